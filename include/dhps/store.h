@@ -1,0 +1,239 @@
+/*
+ * dhps store: an in-memory embedding store (u64 key -> byte value, usually a fixed
+ * dimension fp32/fp16 vector) built for batched lookups at memory speed.
+ *
+ * Design (measurements behind the constants are in docs/store.md and
+ * docs/PERFORMANCE.md):
+ *
+ * Index. A 2-choice bucketized cuckoo hash. A bucket is one 64-byte cache line:
+ *   12 one-byte tags | 4-byte seqlock version | 12 x 32-bit record references.
+ *   A lookup loads one line per candidate bucket, compares the 12 tags with one SIMD
+ *   compare (AVX2 compares both candidate buckets at once, SSE2 one each, scalar
+ *   fallback) and follows only tag hits. The second bucket is derived from the first
+ *   and the tag (b2 = (F(tag) - b1) mod nbuckets, an involution), so the bucket count
+ *   need not be a power of two and the table can be sized to the key count: at the
+ *   default 93 % fill that is 5.7 bytes of index per key. Displacement uses a bounded
+ *   BFS; a table that cannot place a key grows by rebuilding beside the old one
+ *   (readers keep using the old table until one pointer swing), or, when a memory limit
+ *   forbids growth, the insert fails with DHPS_E_FULL.
+ *
+ * Records. Key-in-value: key, length, version and (for records with a TTL) expiry live
+ *   beside the value, so the key check costs no extra cache miss. Records are appended
+ *   to segments (default 2 MiB, huge-page backed) and referenced as 32-bit offsets into
+ *   one reserved address range, in units of 2^record_align_log2 bytes (default 2:
+ *   8 GiB of records per store; use more shards for more). A header is 14 bytes
+ *   (u64 key, u16 length+flags, i32 version delta from the segment's base), +4 for a
+ *   record with a TTL (u32 expiry second), +4 when a version does not fit the delta.
+ *
+ * Updates. One writer per store. An upsert whose version is lower than the stored
+ *   version is ignored and reported. A same-length overwrite that does not extend the
+ *   record's expiry is done in place under the bucket's seqlock (readers validate and
+ *   retry), unless a zero-copy pin is outstanding; anything else appends a new record
+ *   and swings the reference, leaving garbage that compaction reclaims.
+ *
+ * TTL layers. Records with a TTL are appended to segments of their TTL class (exact
+ *   below 128 s, then 64 classes per power of two), so a segment's records expire
+ *   close together; a segment whose last record expired is freed whole. A lookup
+ *   checks the record's own expiry: a record is never returned at or after its expiry
+ *   second. Under a memory limit, forced reclamation frees the segments nearest expiry
+ *   first, then the oldest; their live keys are removed from the index.
+ *
+ * Compaction. Bounded steps copy live records out of the segments with the least live
+ *   data into the TTL class's compaction segment and free the source; writes trigger
+ *   steps in proportion to the garbage they create, keeping fragmentation
+ *   (1 - live bytes / segment bytes) under the configured goal (default 4 %).
+ *
+ * Concurrency. Any number of readers, each with its own dhps_store_reader handle, run
+ *   lock-free beside the one writer. Memory (segments, old index tables) is freed only
+ *   after every reader that could see it has left its read section (epoch-based
+ *   reclamation). All dhps_store_* calls that change the store must come from one
+ *   thread at a time (the writer); reader calls may run on any number of threads,
+ *   one thread per reader handle at a time.
+ */
+#ifndef DHPS_STORE_H
+#define DHPS_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdbool.h>
+
+#include "dhps/error.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct dhps_store dhps_store;
+typedef struct dhps_store_reader dhps_store_reader;
+
+/* A clock in milliseconds (any epoch, monotonic non-decreasing). NULL arg allowed. */
+typedef uint64_t (*dhps_clock_fn)(void *arg);
+
+/* Largest value a record can hold, in bytes. */
+#define DHPS_STORE_MAX_VALUE 16383u
+/* TTL meaning "never expires". */
+#define DHPS_TTL_NONE 0u
+/* Largest TTL in seconds (about 48 days); larger TTLs are clamped to it. */
+#define DHPS_STORE_MAX_TTL ((1u << 22) - 1)
+
+typedef struct dhps_store_params {
+    uint64_t capacity_hint;    /* keys expected; the index is sized for them (default 1 Mi) */
+    uint64_t mem_limit;        /* bytes of segments + index; 0 = no limit (default 0) */
+    uint32_t segment_bytes;    /* segment size, a power of two >= 64 KiB (default 2 MiB) */
+    uint32_t record_align_log2;/* record alignment 2^k, k in 1..4 (default 1); the store
+                                  addresses at most 2^(32+k) bytes of records */
+    uint32_t default_ttl;      /* seconds, used when an upsert passes ttl 0xFFFFFFFF
+                                  (DHPS_TTL_DEFAULT); 0 = never (default 0) */
+    float max_fill;            /* index fill at which inserts grow the table (default 0.95) */
+    float fragmentation_goal;  /* compaction keeps garbage below this share (default 0.04) */
+    bool huge_pages;           /* madvise(MADV_HUGEPAGE) index and segments (default true) */
+    bool inplace_updates;      /* allow in-place same-length overwrites (default true) */
+    bool auto_maintain;        /* upserts run expiry/compaction steps (default true) */
+    uint32_t max_readers;      /* reader handles at once (default 256) */
+    dhps_clock_fn clock;       /* time source (default CLOCK_MONOTONIC in ms) */
+    void *clock_arg;
+} dhps_store_params;
+
+#define DHPS_TTL_DEFAULT 0xFFFFFFFFu
+
+/* Fill p with the defaults documented above. */
+void dhps_store_params_init(dhps_store_params *p);
+
+/* Create an empty store. Returns 0 and sets *out, or -EINVAL (bad params, message in
+ * the log), -ENOMEM. The store owns all its memory; free with dhps_store_destroy. */
+int dhps_store_create(const dhps_store_params *p, dhps_store **out);
+
+/* Destroy a store; NULL is allowed. No reader may be open or in use. */
+void dhps_store_destroy(dhps_store *s);
+
+/* ---- readers ---------------------------------------------------------------------- */
+
+/* Open a reader handle for one thread's lookups. Returns 0, or -EMFILE when max_readers
+ * handles are open, -ENOMEM. Thread-safe against other reader_open/close calls. */
+int dhps_store_reader_open(dhps_store *s, dhps_store_reader **out);
+
+/* Close a reader; releases any pin it holds. NULL is allowed. */
+void dhps_store_reader_close(dhps_store_reader *r);
+
+/*
+ * Batched lookup, copying values. For each i < n: if keys[i] is present and not
+ * expired, copies min(len, out_stride) value bytes to out + i*out_stride, zero-fills
+ * the rest of that row, sets bit i of found (found[i/64] >> (i%64) & 1) and, when lens
+ * is non-NULL, lens[i] = len; otherwise zero-fills the row, clears the bit and sets
+ * lens[i] = 0. found must hold (n+63)/64 words; out may be NULL when out_stride is 0
+ * (presence test). Returns the number found. Lock-free; safe beside the writer;
+ * one thread per reader handle. Must not be called while the handle holds a pin.
+ */
+size_t dhps_store_get(dhps_store_reader *r, const uint64_t *keys, size_t n, void *out,
+                      size_t out_stride, uint32_t *lens, uint64_t *found);
+
+/*
+ * Batched zero-copy lookup: vals[i] points at the stored value (len lens[i]) or is
+ * NULL. The pointers and the bytes they point to stay valid and unchanged until
+ * dhps_store_release(r) (the reader holds a pin: memory is not reclaimed and in-place
+ * updates of pinned stores fall back to appends). found as for dhps_store_get; lens may
+ * be NULL. Returns the number found. A second call before release extends the pin.
+ */
+size_t dhps_store_get_pinned(dhps_store_reader *r, const uint64_t *keys, size_t n,
+                             const void **vals, uint32_t *lens, uint64_t *found);
+
+/* End the pin taken by dhps_store_get_pinned; pointers from it become invalid. */
+void dhps_store_release(dhps_store_reader *r);
+
+/* ---- writer ----------------------------------------------------------------------- */
+
+typedef struct dhps_store_batch {
+    const uint64_t *keys;
+    size_t n;
+    const void *values;       /* value i at values + i*value_stride */
+    size_t value_stride;
+    const uint32_t *lens;     /* NULL: every value is value_stride bytes */
+    const uint64_t *versions; /* NULL: every record gets `version` */
+    uint64_t version;
+    uint32_t ttl;             /* seconds; DHPS_TTL_NONE, or DHPS_TTL_DEFAULT */
+} dhps_store_batch;
+
+/*
+ * Upsert a batch (writer only). A key whose stored version is greater than the
+ * batch's version for it is left unchanged and its bit is set in stale (if non-NULL,
+ * (n+63)/64 words, cleared first). Equal versions overwrite. Returns the number of
+ * records written (n minus stale), or a negative error, in which case keys before the
+ * failing one were applied: DHPS_E_TOOBIG (value longer than DHPS_STORE_MAX_VALUE),
+ * DHPS_E_FULL (memory limit reached even after forced reclamation), -ENOMEM.
+ */
+long dhps_store_put(dhps_store *s, const dhps_store_batch *b, uint64_t *stale);
+
+/*
+ * Delete keys whose stored version is <= version (pass UINT64_MAX to delete
+ * unconditionally). Sets bit i of deleted (if non-NULL) for each key removed. Returns
+ * the number removed. Writer only. Deletes leave no tombstone.
+ */
+size_t dhps_store_delete(dhps_store *s, const uint64_t *keys, size_t n, uint64_t version,
+                         uint64_t *deleted);
+
+/*
+ * Run background work (writer only): free expired segments, reclaim down to the memory
+ * limit, compact, and reclaim memory whose readers have left. Copies at most
+ * budget_bytes of live records (0: until the fragmentation goal is met). Returns bytes
+ * of segment memory freed. auto_maintain stores also do this in dhps_store_put.
+ */
+size_t dhps_store_maintain(dhps_store *s, size_t budget_bytes);
+
+/* ---- stats, snapshot ------------------------------------------------------------ */
+
+typedef struct dhps_store_stats {
+    uint64_t keys;               /* records in the index (may include expired ones) */
+    uint64_t live_bytes;         /* bytes of live records (headers included) */
+    uint64_t payload_bytes;      /* key + value bytes of live records */
+    uint64_t segment_bytes;      /* bytes of segments allocated */
+    uint64_t segments;           /* segments allocated */
+    uint64_t index_bytes;        /* bytes of the index table */
+    double fragmentation;        /* 1 - live_bytes / segment_bytes (0 when empty) */
+    double load_factor;          /* index slots used / slots */
+    uint64_t expired_segments;   /* segments freed because every record expired */
+    uint64_t expired_records;    /* records dropped by expiry */
+    uint64_t evicted_segments;   /* segments freed by forced reclamation */
+    uint64_t evicted_records;    /* live records dropped by forced reclamation */
+    uint64_t compacted_segments; /* segments emptied by compaction */
+    uint64_t compaction_bytes;   /* live record bytes moved by compaction */
+    uint64_t inplace_updates;    /* overwrites done in place */
+    uint64_t stale_updates;      /* upserts ignored for an older version */
+    uint64_t index_grows;        /* times the index was rebuilt larger */
+    uint64_t reader_retries;     /* lookups repeated after a concurrent change */
+} dhps_store_stats;
+
+/* Fill *st. Writer only (reads writer-owned counters without locks). */
+void dhps_store_get_stats(const dhps_store *s, dhps_store_stats *st);
+
+/*
+ * Write every live, unexpired record to path: written to path.tmp.<pid>, fsync'd,
+ * renamed over path, directory fsync'd. Format: docs/store.md (header, blocks of
+ * records each with a CRC32C, trailer with counts and a checksum). Writer only.
+ * Returns 0, or a negative errno (nothing at path changes on failure).
+ */
+int dhps_store_snapshot(dhps_store *s, const char *path);
+
+/*
+ * Load a snapshot into an empty store (writer only). The whole file is verified before
+ * anything is inserted: a truncated or damaged file returns DHPS_E_CORRUPT, an
+ * unknown format DHPS_E_VERSION, and the store stays empty. Records whose expiry has
+ * passed are skipped. Returns the number of records loaded, or a negative error
+ * (-EBUSY if the store is not empty, -errno on I/O errors, DHPS_E_FULL).
+ */
+long dhps_store_load(dhps_store *s, const char *path);
+
+/* As dhps_store_load, from a buffer (the fuzz target's entry point). */
+long dhps_store_load_buffer(dhps_store *s, const void *buf, size_t len);
+
+/* Which tag-match implementation lookups use: "avx2", "sse2" or "scalar". */
+const char *dhps_store_simd_name(void);
+
+/* Force a tag-match implementation ("avx2", "sse2", "scalar"); for tests and
+ * benchmarks. Returns 0, or -ENOTSUP if the CPU lacks it. Not thread-safe: call before
+ * any lookup. */
+int dhps_store_force_simd(const char *name);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

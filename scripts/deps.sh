@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Install dhps's Debian 12 build, test and benchmark dependencies. Idempotent: does
+# nothing (no apt-get at all) when every package is already installed.
+set -euo pipefail
+pkgs=(
+  build-essential cmake pkg-config clang libclang-rt-14-dev llvm
+  libxxhash-dev libcmocka-dev liburing-dev libssl-dev libyaml-dev libjansson-dev
+  libmicrohttpd-dev libibverbs-dev librdmacm-dev ibverbs-providers rdma-core
+  libabsl-dev libdpdk-dev
+  redis-server redis-tools memcached
+  iproute2 procps python3
+)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "deps: installing ${missing[*]}" >&2
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
