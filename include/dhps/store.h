@@ -208,7 +208,7 @@ void dhps_store_get_stats(const dhps_store *s, dhps_store_stats *st);
 /*
  * Write every live, unexpired record to path: written to path.tmp.<pid>, fsync'd,
  * renamed over path, directory fsync'd. Format: docs/store.md (header, blocks of
- * records each with a CRC32C, trailer with counts and a checksum). Writer only.
+ * records each with an XXH3-64 checksum, trailer with counts and a checksum). Writer only.
  * Returns 0, or a negative errno (nothing at path changes on failure).
  */
 int dhps_store_snapshot(dhps_store *s, const char *path);

@@ -1,0 +1,441 @@
+/* Segments, TTL classes, expiry, forced reclamation and compaction. Writer only. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <time.h>
+
+#include "dhps/log.h"
+#include "store_int.h"
+
+uint64_t store_now_ms(const dhps_store *s) { return s->clock(s->clock_arg); }
+uint32_t store_now_s(const dhps_store *s) { return (uint32_t)(store_now_ms(s) / 1000); }
+
+unsigned ttl_class_of(uint32_t ttl)
+{
+    if (ttl == 0)
+        return 0;
+    if (ttl > DHPS_STORE_MAX_TTL)
+        ttl = DHPS_STORE_MAX_TTL;
+    if (ttl < 128)
+        return ttl;
+    unsigned k = 31u - (unsigned)__builtin_clz(ttl); /* 7..21 */
+    unsigned sub = (ttl >> (k - 6)) & 63u;
+    return 128u + (k - 7u) * 64u + sub;
+}
+
+uint64_t rec_version(const dhps_store *s, const uint8_t *rec, uint32_t seg)
+{
+    uint16_t lf = rd16(rec + 8);
+    if (lf & REC_WIDE)
+        return rd64(rec + 10);
+    return s->segs[seg].ver_base + (uint64_t)(int64_t)(int32_t)rd32(rec + 10);
+}
+
+uint32_t rec_size(const dhps_store *s, const uint8_t *rec)
+{
+    uint16_t lf = rd16(rec + 8);
+    uint32_t sz = rec_hdr_size(lf) + (lf & REC_LEN_MASK);
+    uint32_t a = 1u << s->align_log2;
+    return (sz + a - 1) & ~(a - 1);
+}
+
+void store_live(dhps_store *s, uint32_t ref, const uint8_t *rec)
+{
+    seg_meta *m = &s->segs[seg_of_ref(s, ref)];
+    uint32_t sz = rec_size(s, rec);
+    m->live += sz;
+    m->live_recs++;
+    s->live_bytes += sz;
+    s->payload_bytes += 8u + (rd16(rec + 8) & REC_LEN_MASK);
+    s->keys++;
+}
+
+void store_unlive(dhps_store *s, uint32_t ref, const uint8_t *rec)
+{
+    seg_meta *m = &s->segs[seg_of_ref(s, ref)];
+    uint32_t sz = rec_size(s, rec);
+    m->live -= sz;
+    m->live_recs--;
+    s->live_bytes -= sz;
+    s->payload_bytes -= 8u + (rd16(rec + 8) & REC_LEN_MASK);
+    s->keys--;
+}
+
+uint64_t store_mem_used(const dhps_store *s)
+{
+    index_table *t = atomic_load_explicit(&s->table, memory_order_relaxed);
+    return (uint64_t)s->nsegs_alloc * s->seg_bytes + t->nb * sizeof(bucket) +
+           s->retired_table_bytes;
+}
+
+int seg_reserve(dhps_store *s)
+{
+    uint64_t span = 1ull << (32 + s->align_log2);
+    uint64_t cap = span;
+    if (s->p.mem_limit && s->p.mem_limit + 4ull * s->seg_bytes < cap)
+        cap = (s->p.mem_limit + 4ull * s->seg_bytes + s->seg_bytes - 1) & ~((uint64_t)s->seg_bytes - 1);
+    s->nsegs_max = (uint32_t)(cap >> s->seg_log2);
+    s->reserve_bytes = (size_t)s->nsegs_max << s->seg_log2;
+    /* Reserve address space only (PROT_NONE costs no memory or commit); a segment's
+     * range becomes writable when it is first used. Align to 2 MiB for huge pages. */
+    size_t extra = 2u << 20;
+    uint8_t *p = mmap(NULL, s->reserve_bytes + extra, PROT_NONE,
+                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED)
+        return -ENOMEM;
+    uintptr_t a = ((uintptr_t)p + extra - 1) & ~(uintptr_t)(extra - 1);
+    if (a > (uintptr_t)p)
+        munmap(p, a - (uintptr_t)p);
+    size_t tail = (size_t)((uintptr_t)p + s->reserve_bytes + extra - (a + s->reserve_bytes));
+    if (tail)
+        munmap((uint8_t *)a + s->reserve_bytes, tail);
+    s->base = (uint8_t *)a;
+    s->segs = calloc(s->nsegs_max, sizeof *s->segs);
+    if (!s->segs) {
+        munmap(s->base, s->reserve_bytes);
+        s->base = NULL;
+        return -ENOMEM;
+    }
+    s->free_head = SEG_NONE;
+    s->retired_head = SEG_NONE;
+    for (unsigned i = 0; i < TTL_CLASSES; i++)
+        s->open_seg[i] = s->compact_seg[i] = SEG_NONE;
+    return 0;
+}
+
+void seg_release_all(dhps_store *s)
+{
+    if (s->base)
+        munmap(s->base, s->reserve_bytes);
+    free(s->segs);
+    s->base = NULL;
+    s->segs = NULL;
+}
+
+static uint32_t seg_alloc(dhps_store *s)
+{
+    uint32_t id;
+    if (s->free_head != SEG_NONE) {
+        id = s->free_head;
+        s->free_head = s->segs[id].next;
+    } else if (s->nsegs_hw < s->nsegs_max) {
+        id = s->nsegs_hw++;
+    } else {
+        return SEG_NONE;
+    }
+    seg_meta *m = &s->segs[id];
+    if (!m->mapped) {
+        uint8_t *p = s->base + ((size_t)id << s->seg_log2);
+        if (mprotect(p, s->seg_bytes, PROT_READ | PROT_WRITE) != 0) {
+            m->next = s->free_head;
+            s->free_head = id;
+            return SEG_NONE;
+        }
+        if (s->p.huge_pages)
+            (void)madvise(p, s->seg_bytes, MADV_HUGEPAGE);
+        m->mapped = 1;
+    }
+    uint8_t mapped = m->mapped;
+    memset(m, 0, sizeof *m);
+    m->mapped = mapped;
+    m->next = SEG_NONE;
+    s->nsegs_alloc++;
+    return id;
+}
+
+static void seg_unlink_class(dhps_store *s, uint32_t id)
+{
+    seg_meta *m = &s->segs[id];
+    if (s->open_seg[m->ttl_class] == id)
+        s->open_seg[m->ttl_class] = SEG_NONE;
+    if (s->compact_seg[m->ttl_class] == id)
+        s->compact_seg[m->ttl_class] = SEG_NONE;
+}
+
+void seg_retire(dhps_store *s, uint32_t id)
+{
+    seg_meta *m = &s->segs[id];
+    seg_unlink_class(s, id);
+    m->state = SEG_RETIRED;
+    s->retired_used += m->used;
+    m->retire_epoch = epoch_retire_stamp(s);
+    m->next = s->retired_head;
+    s->retired_head = id;
+}
+
+uint64_t seg_drop_records(dhps_store *s, uint32_t id, bool expired)
+{
+    seg_meta *m = &s->segs[id];
+    uint8_t *base = s->base + ((size_t)id << s->seg_log2);
+    index_table *t = atomic_load_explicit(&s->table, memory_order_relaxed);
+    uint64_t n = 0;
+    for (uint32_t off = 0; off < m->used && m->live_recs;) {
+        uint8_t *rec = base + off;
+        uint32_t sz = rec_size(s, rec);
+        uint32_t ref = (uint32_t)((((uint64_t)id << s->seg_log2) + off) >> s->align_log2);
+        uint32_t bkt;
+        int slot;
+        if (index_find_ref(s, rd64(rec), ref, &bkt, &slot) == 0) {
+            index_remove(t, bkt, slot);
+            store_unlive(s, ref, rec);
+            n++;
+        }
+        off += sz;
+    }
+    s->index_gen++;
+    (void)expired;
+    return n;
+}
+
+static int64_t seg_place(dhps_store *s, uint32_t id, uint32_t size)
+{
+    seg_meta *m = &s->segs[id];
+    uint32_t off = m->used;
+    m->used += size;
+    s->used_bytes += size;
+    return (int64_t)((((uint64_t)id << s->seg_log2) + off) >> s->align_log2);
+}
+
+int64_t seg_append(dhps_store *s, unsigned cls, bool compact, uint32_t len, bool has_exp,
+                   uint64_t version, uint16_t *lf, uint32_t *size)
+{
+    uint32_t a = 1u << s->align_log2;
+    uint16_t flags = (uint16_t)(len | (has_exp ? REC_EXP : 0));
+    uint32_t *slot = compact ? &s->compact_seg[cls] : &s->open_seg[cls];
+    uint32_t id = *slot;
+    if (id != SEG_NONE) {
+        seg_meta *m = &s->segs[id];
+        int64_t d = (int64_t)(version - m->ver_base);
+        uint16_t f = flags | ((d < INT32_MIN || d > INT32_MAX) ? REC_WIDE : 0);
+        uint32_t sz = (rec_hdr_size(f) + len + a - 1) & ~(a - 1);
+        if (m->used + sz <= s->seg_bytes) {
+            *lf = f;
+            *size = sz;
+            return seg_place(s, id, sz);
+        }
+        m->state = SEG_SEALED;
+        *slot = SEG_NONE;
+    }
+    uint32_t sz = (rec_hdr_size(flags) + len + a - 1) & ~(a - 1);
+    int rc = store_make_room(s, s->seg_bytes);
+    if (rc)
+        return rc;
+    id = seg_alloc(s);
+    if (id == SEG_NONE)
+        return DHPS_E_FULL;
+    seg_meta *m = &s->segs[id];
+    m->state = SEG_OPEN;
+    m->ttl_class = (uint16_t)cls;
+    m->compact_target = compact;
+    m->ver_base = version;
+    m->created_ms = store_now_ms(s);
+    m->seq = ++s->seg_seq;
+    *slot = id;
+    *lf = flags;
+    *size = sz;
+    return seg_place(s, id, sz);
+}
+
+void rec_write_header(dhps_store *s, uint8_t *rec, uint32_t ref, uint64_t key, uint16_t lf,
+                      uint64_t version, uint32_t exp)
+{
+    seg_meta *m = &s->segs[seg_of_ref(s, ref)];
+    wr64(rec, key);
+    wr16(rec + 8, lf);
+    if (lf & REC_WIDE)
+        wr64(rec + 10, version);
+    else
+        wr32(rec + 10, (uint32_t)(int32_t)(int64_t)(version - m->ver_base));
+    if (lf & REC_EXP) {
+        wr32(rec + rec_exp_off(lf), exp);
+        if (exp > m->max_exp)
+            m->max_exp = exp;
+    }
+}
+
+/* ---- expiry -------------------------------------------------------------------------- */
+
+size_t store_expire(dhps_store *s, uint32_t now_s)
+{
+    size_t freed = 0;
+    s->last_sweep_s = now_s;
+    for (uint32_t id = 0; id < s->nsegs_hw; id++) {
+        seg_meta *m = &s->segs[id];
+        if ((m->state != SEG_OPEN && m->state != SEG_SEALED) || m->ttl_class == 0 ||
+            m->max_exp > now_s || m->used == 0)
+            continue;
+        uint64_t n = seg_drop_records(s, id, true);
+        s->st.expired_records += n;
+        s->st.expired_segments++;
+        seg_retire(s, id);
+        freed += s->seg_bytes;
+    }
+    return freed;
+}
+
+/* ---- forced reclamation ---------------------------------------------------------------- */
+
+/* The segment to give up under memory pressure: nearest expiry first, then oldest. */
+static uint32_t evict_victim(dhps_store *s)
+{
+    uint32_t best = SEG_NONE;
+    uint32_t best_exp = UINT32_MAX;
+    uint64_t best_age = UINT64_MAX;
+    for (uint32_t id = 0; id < s->nsegs_hw; id++) {
+        seg_meta *m = &s->segs[id];
+        if (m->state != SEG_SEALED && m->state != SEG_OPEN)
+            continue;
+        uint32_t exp = m->ttl_class ? m->max_exp : UINT32_MAX;
+        if (exp < best_exp || (exp == best_exp && m->seq < best_age)) {
+            best = id;
+            best_exp = exp;
+            best_age = m->seq;
+        }
+    }
+    return best;
+}
+
+int store_make_room(dhps_store *s, uint64_t bytes)
+{
+    if (!s->p.mem_limit)
+        return 0;
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    while (store_mem_used(s) + bytes > s->p.mem_limit) {
+        if (store_reclaim(s))
+            continue;
+        if (s->retired_head == SEG_NONE) {
+            if (store_expire(s, store_now_s(s)))
+                continue;
+            uint32_t v = evict_victim(s);
+            if (v == SEG_NONE)
+                return DHPS_E_FULL;
+            uint64_t n = seg_drop_records(s, v, false);
+            s->st.evicted_records += n;
+            s->st.evicted_segments++;
+            seg_retire(s, v);
+            continue;
+        }
+        /* Memory is waiting for readers to leave their read sections: wait a little
+         * (sections last one batch), but not for a pin held indefinitely. */
+        struct timespec t1;
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        if ((t1.tv_sec - t0.tv_sec) * 1000000000L + (t1.tv_nsec - t0.tv_nsec) > 20000000L) {
+            DHPS_LOG(DHPS_LOG_WARN, "store", "memory limit: retired memory still in use by readers");
+            return DHPS_E_FULL;
+        }
+        sched_yield();
+    }
+    return 0;
+}
+
+/* ---- compaction ------------------------------------------------------------------------ */
+
+static double garbage_share(const dhps_store *s)
+{
+    uint64_t used = s->used_bytes - s->retired_used;
+    return used ? 1.0 - (double)s->live_bytes / (double)used : 0.0;
+}
+
+static uint32_t compact_victim(dhps_store *s)
+{
+    uint32_t best = SEG_NONE, best_live = UINT32_MAX;
+    for (uint32_t id = 0; id < s->nsegs_hw; id++) {
+        seg_meta *m = &s->segs[id];
+        if (m->state != SEG_SEALED)
+            continue;
+        if (m->live < best_live) {
+            best = id;
+            best_live = m->live;
+        }
+    }
+    /* Not worth it when the emptiest segment is nearly all live. */
+    if (best != SEG_NONE && (double)best_live > (1.0 - s->p.fragmentation_goal / 2) * s->segs[best].used)
+        return SEG_NONE;
+    return best;
+}
+
+/* Move one segment's live records (from its cursor) to its class's compaction segment.
+ * Returns bytes copied; sets *done when the segment was emptied and retired. */
+static size_t compact_segment(dhps_store *s, uint32_t id, size_t budget, bool *done)
+{
+    seg_meta *m = &s->segs[id];
+    uint8_t *base = s->base + ((size_t)id << s->seg_log2);
+    uint32_t now = store_now_s(s);
+    size_t copied = 0;
+    *done = false;
+    while (m->cursor < m->used && m->live_recs && copied < budget) {
+        uint32_t off = m->cursor;
+        uint8_t *rec = base + off;
+        uint32_t sz = rec_size(s, rec);
+        m->cursor += sz;
+        uint32_t ref = (uint32_t)((((uint64_t)id << s->seg_log2) + off) >> s->align_log2);
+        uint64_t key = rd64(rec);
+        uint32_t bkt;
+        int slot;
+        if (index_find_ref(s, key, ref, &bkt, &slot) != 0)
+            continue;
+        uint16_t lf = rd16(rec + 8);
+        uint32_t len = lf & REC_LEN_MASK;
+        uint32_t exp = (lf & REC_EXP) ? rd32(rec + rec_exp_off(lf)) : 0;
+        index_table *t = atomic_load_explicit(&s->table, memory_order_relaxed);
+        if ((lf & REC_EXP) && exp <= now) {
+            index_remove(t, bkt, slot);
+            store_unlive(s, ref, rec);
+            s->st.expired_records++;
+            continue;
+        }
+        uint64_t ver = rec_version(s, rec, id);
+        uint16_t nlf;
+        uint32_t nsz;
+        uint64_t gen = s->index_gen;
+        int64_t nref = seg_append(s, m->ttl_class, true, len, lf & REC_EXP, ver, &nlf, &nsz);
+        if (nref < 0)
+            return copied; /* no room to move into; try again later */
+        if (s->index_gen != gen || m->state != SEG_SEALED) {
+            /* reclamation ran; the victim or the entry may be gone: re-check */
+            if (m->state != SEG_SEALED)
+                return copied;
+            if (index_find_ref(s, key, ref, &bkt, &slot) != 0)
+                continue; /* the space appended stays as garbage in the target */
+            t = atomic_load_explicit(&s->table, memory_order_relaxed);
+        }
+        uint8_t *dst = rec_ptr(s, (uint32_t)nref);
+        rec_write_header(s, dst, (uint32_t)nref, key, nlf, ver, exp);
+        memcpy(dst + rec_hdr_size(nlf), rec + rec_hdr_size(lf), len);
+        __atomic_store_n(&t->b[bkt].refs[slot], (uint32_t)nref, __ATOMIC_RELEASE);
+        store_unlive(s, ref, rec);
+        store_live(s, (uint32_t)nref, dst);
+        copied += sz;
+        s->st.compaction_bytes += sz;
+    }
+    if (m->live_recs == 0 || m->cursor >= m->used) {
+        seg_retire(s, id);
+        s->st.compacted_segments++;
+        *done = true;
+    }
+    return copied;
+}
+
+size_t store_compact(dhps_store *s, size_t budget)
+{
+    size_t copied = 0;
+    static const size_t unlimited = SIZE_MAX;
+    if (budget == 0)
+        budget = unlimited;
+    while (copied < budget && garbage_share(s) > s->p.fragmentation_goal) {
+        uint32_t v = compact_victim(s);
+        if (v == SEG_NONE)
+            break;
+        bool done;
+        size_t c = compact_segment(s, v, budget - copied, &done);
+        copied += c;
+        if (!done && c == 0)
+            break;
+        if (done)
+            store_reclaim(s);
+    }
+    return copied;
+}

@@ -1,0 +1,264 @@
+/* Private to the store module: layouts and helpers shared by its .c files. */
+#ifndef DHPS_STORE_INT_H
+#define DHPS_STORE_INT_H
+
+#include <assert.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "dhps/store.h"
+
+#if defined(__SANITIZE_THREAD__)
+#define DHPS_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define DHPS_TSAN 1
+#endif
+#endif
+
+#define CACHELINE 64
+#define SLOTS 12
+
+/* One bucket is one cache line: tags, seqlock version, record references. A tag of 0
+ * marks an empty slot. version is odd while the writer moves an entry out of or into
+ * this bucket or rewrites a record it references in place. */
+typedef struct bucket {
+    uint8_t tags[SLOTS];
+    uint32_t version;
+    uint32_t refs[SLOTS];
+} __attribute__((aligned(CACHELINE))) bucket;
+static_assert(sizeof(bucket) == 64, "a bucket is one cache line");
+static_assert(offsetof(bucket, version) == 12, "tags then version fill 16 bytes");
+static_assert(offsetof(bucket, refs) == 16, "refs fill the last 48 bytes");
+
+typedef struct index_table {
+    bucket *b;
+    uint64_t nb;        /* buckets (any count >= 2, < 2^32) */
+    uint64_t used;      /* occupied slots (writer only) */
+    size_t map_bytes;   /* length of the mapping */
+} index_table;
+
+/* ---- records ------------------------------------------------------------------------
+ * off 0  u64 key
+ * off 8  u16 lf: bits 0..13 value length, bit 14 WIDE (8-byte version), bit 15 EXP
+ * off 10 i32 version delta from the segment's ver_base, or u64 version if WIDE
+ * then   u32 expiry second if EXP
+ * then   value
+ * Records start at multiples of 2^align_log2 bytes, so reads use memcpy (unaligned). */
+#define REC_WIDE 0x4000u
+#define REC_EXP 0x8000u
+#define REC_LEN_MASK 0x3FFFu
+#define REC_BASE_HDR 14u
+
+static inline uint64_t rd64(const void *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+static inline uint32_t rd32(const void *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static inline uint16_t rd16(const void *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+static inline void wr64(void *p, uint64_t v) { memcpy(p, &v, 8); }
+static inline void wr32(void *p, uint32_t v) { memcpy(p, &v, 4); }
+static inline void wr16(void *p, uint16_t v) { memcpy(p, &v, 2); }
+
+/* Reads and writes of record bytes that an in-place update may change while readers
+ * copy them (the bucket seqlock detects the overlap). Under TSan they are relaxed atomic
+ * byte accesses, so the sanitizer checks the protocol instead of flagging the race. */
+static inline void copy_sync(void *dst, const void *src, size_t n)
+{
+#ifdef DHPS_TSAN
+    for (size_t i = 0; i < n; i++)
+        __atomic_store_n((uint8_t *)dst + i, __atomic_load_n((const uint8_t *)src + i, __ATOMIC_RELAXED),
+                         __ATOMIC_RELAXED);
+#else
+    memcpy(dst, src, n);
+#endif
+}
+static inline uint32_t rd32_sync(const void *p) { uint32_t v; copy_sync(&v, p, 4); return v; }
+
+static inline uint32_t rec_hdr_size(uint16_t lf)
+{
+    return REC_BASE_HDR + ((lf & REC_WIDE) ? 4u : 0u) + ((lf & REC_EXP) ? 4u : 0u);
+}
+static inline uint32_t rec_exp_off(uint16_t lf) { return (lf & REC_WIDE) ? 18u : 14u; }
+
+/* ---- segments ------------------------------------------------------------------------ */
+enum seg_state { SEG_FREE = 0, SEG_OPEN, SEG_SEALED, SEG_RETIRED };
+#define SEG_NONE UINT32_MAX
+#define TTL_CLASSES (128u + 15u * 64u) /* class 0: no TTL; 1..127 exact; 64 per octave */
+
+typedef struct seg_meta {
+    uint32_t used;          /* bytes appended */
+    uint32_t live;          /* bytes of records the index references */
+    uint32_t live_recs;
+    uint32_t max_exp;       /* greatest expiry second of its records (TTL classes) */
+    uint64_t ver_base;      /* version of its first record */
+    uint64_t created_ms;
+    uint64_t seq;           /* creation order, for oldest-first eviction */
+    uint64_t retire_epoch;
+    uint32_t next;          /* free-list / retired-list link */
+    uint32_t cursor;        /* compaction progress */
+    uint16_t ttl_class;
+    uint8_t state;
+    uint8_t compact_target; /* opened as a compaction destination */
+    uint8_t mapped;         /* pages made writable once */
+    uint8_t pad[3];
+} seg_meta;
+
+typedef struct dhps_store_reader reader_slot;
+struct dhps_store_reader {
+    _Atomic uint64_t epoch; /* 0: outside any read section */
+    _Atomic uint32_t in_use;
+    uint32_t pinned;        /* owner-only: holds a zero-copy pin */
+    struct dhps_store *store;
+    uint64_t retries;       /* owner-only, summed into stats when closed */
+    char pad[CACHELINE - 32];
+} __attribute__((aligned(CACHELINE)));
+static_assert(sizeof(struct dhps_store_reader) == CACHELINE, "one reader per line");
+
+typedef struct retired_table {
+    index_table *t;
+    uint64_t epoch;
+    struct retired_table *next;
+} retired_table;
+
+struct dhps_store {
+    /* read-mostly, shared with readers */
+    _Atomic(index_table *) table;
+    uint8_t *base;          /* reserved record range */
+    uint32_t align_log2;
+    uint32_t seg_log2;
+    dhps_clock_fn clock;
+    void *clock_arg;
+    uint64_t seed;
+    reader_slot *readers;
+    uint32_t max_readers;
+    char pad0[CACHELINE];
+
+    _Atomic uint64_t global_epoch;
+    char pad1[CACHELINE - 8];
+    _Atomic uint32_t zc_pins;       /* readers holding zero-copy pins */
+    _Atomic uint32_t reader_hw;     /* highest reader slot ever used + 1 */
+    _Atomic uint64_t reader_retries;/* folded in from closed readers */
+    char pad2[CACHELINE - 16];
+
+    /* writer-owned */
+    dhps_store_params p;
+    size_t reserve_bytes;
+    uint32_t seg_bytes;
+    uint32_t nsegs_max;
+    uint32_t nsegs_hw;      /* segment ids below this have been used */
+    uint32_t free_head;
+    uint32_t retired_head;
+    uint32_t nsegs_alloc;   /* OPEN + SEALED + RETIRED */
+    seg_meta *segs;
+    uint32_t open_seg[TTL_CLASSES];
+    uint32_t compact_seg[TTL_CLASSES];
+    retired_table *retired_tables;
+    uint64_t retired_table_bytes;
+    uint64_t live_bytes, payload_bytes, keys;
+    uint64_t used_bytes;    /* bytes appended in OPEN/SEALED/RETIRED segments */
+    uint64_t retired_used;  /* of which in RETIRED segments */
+    uint64_t seg_seq;
+    uint64_t grow_refused_nb; /* table size whose growth the limit refused (logged once) */
+    uint64_t index_gen;     /* bumped when maintenance removes or moves entries */
+    uint64_t last_sweep_s;
+    size_t pending_garbage; /* garbage bytes created since the last compaction check */
+    dhps_store_stats st;    /* event counters */
+};
+
+/* ---- index (index.c) ------------------------------------------------------------------ */
+typedef struct hkey {
+    uint64_t key;
+    uint32_t b1, b2;
+    uint8_t tag;
+} hkey;
+
+uint64_t store_hash(const dhps_store *s, uint64_t key);
+static inline uint32_t fastrange32(uint32_t x, uint64_t n) { return (uint32_t)(((uint64_t)x * n) >> 32); }
+static inline uint32_t alt_bucket(uint32_t b, uint8_t tag, uint64_t nb)
+{
+    uint32_t f = fastrange32((uint32_t)tag * 0x9E3779B1u, nb);
+    return f >= b ? f - b : (uint32_t)(f + nb - b);
+}
+static inline void hkey_make(hkey *k, uint64_t key, uint64_t h, uint64_t nb)
+{
+    k->key = key;
+    uint8_t tag = (uint8_t)(h >> 56);
+    k->tag = tag ? tag : 1;
+    k->b1 = fastrange32((uint32_t)h, nb);
+    k->b2 = alt_bucket(k->b1, k->tag, nb);
+}
+
+static inline uint8_t *rec_ptr(const dhps_store *s, uint32_t ref)
+{
+    return s->base + ((uint64_t)ref << s->align_log2);
+}
+static inline uint32_t seg_of_ref(const dhps_store *s, uint32_t ref)
+{
+    return (uint32_t)(((uint64_t)ref << s->align_log2) >> s->seg_log2);
+}
+
+/* Tag match: bit i set where bucket tag i equals tag (12 bits). */
+uint32_t match_tags_writer(const bucket *b, uint8_t tag);
+
+index_table *index_create(uint64_t nb, bool huge);
+void index_free(index_table *t);
+/* Find key: returns 0 and bucket/slot, or -1. Writer only. */
+int index_find(dhps_store *s, index_table *t, const hkey *k, uint32_t *bkt, int *slot);
+/* Insert a new key's ref; returns 0 or DHPS_E_FULL when no place within the bounded
+ * search (caller grows). Writer only. */
+int index_insert(dhps_store *s, index_table *t, const hkey *k, uint32_t ref);
+/* Remove slot (writer). */
+void index_remove(index_table *t, uint32_t bkt, int slot);
+/* Grow to hold at least `want` keys. Returns 0, DHPS_E_FULL (memory limit), -ENOMEM. */
+int index_grow(dhps_store *s, uint64_t want);
+/* Find the slot whose ref equals ref for key (liveness check). */
+int index_find_ref(dhps_store *s, uint64_t key, uint32_t ref, uint32_t *bkt, int *slot);
+
+/* ---- epochs (epoch.c) ------------------------------------------------------------------ */
+static inline void reader_enter(dhps_store *s, reader_slot *r)
+{
+    uint64_t e = atomic_load_explicit(&s->global_epoch, memory_order_acquire);
+    atomic_store_explicit(&r->epoch, e, memory_order_seq_cst);
+}
+static inline void reader_exit(reader_slot *r)
+{
+    atomic_store_explicit(&r->epoch, 0, memory_order_release);
+}
+/* Writer: the epoch to stamp on something just unlinked; advances the global epoch. */
+uint64_t epoch_retire_stamp(dhps_store *s);
+/* Writer: oldest epoch any reader may still be in (UINT64_MAX if none). */
+uint64_t epoch_min_active(dhps_store *s);
+/* Writer: free retired segments and tables no reader can see. Returns bytes freed. */
+size_t store_reclaim(dhps_store *s);
+
+/* ---- segments (segment.c) ------------------------------------------------------------- */
+unsigned ttl_class_of(uint32_t ttl);
+/* Reserve space for a record (value length len, expiry if has_exp) in class cls
+ * (its compaction segment if compact), sized for how `version` encodes there. Sets
+ * *lf (length and flags) and *size; returns the ref, or DHPS_E_FULL. May run forced
+ * reclamation (which bumps index_gen). */
+int64_t seg_append(dhps_store *s, unsigned cls, bool compact, uint32_t len, bool has_exp,
+                   uint64_t version, uint16_t *lf, uint32_t *size);
+/* Write a record header at rec for a record placed by seg_append. */
+void rec_write_header(dhps_store *s, uint8_t *rec, uint32_t ref, uint64_t key, uint16_t lf,
+                      uint64_t version, uint32_t exp);
+void store_live(dhps_store *s, uint32_t ref, const uint8_t *rec);
+void seg_retire(dhps_store *s, uint32_t id);
+int seg_reserve(dhps_store *s);
+void seg_release_all(dhps_store *s);
+/* Drop from the index every record of segment id it still references; returns count. */
+uint64_t seg_drop_records(dhps_store *s, uint32_t id, bool expired_only_count);
+uint32_t store_now_s(const dhps_store *s);
+uint64_t store_now_ms(const dhps_store *s);
+uint64_t rec_version(const dhps_store *s, const uint8_t *rec, uint32_t seg);
+uint32_t rec_size(const dhps_store *s, const uint8_t *rec);
+/* Bytes of memory under the limit: segments plus index tables. */
+uint64_t store_mem_used(const dhps_store *s);
+/* Free space for one more segment under the memory limit: expiry, then forced
+ * reclamation. Returns 0 or DHPS_E_FULL. */
+int store_make_room(dhps_store *s, uint64_t bytes);
+size_t store_expire(dhps_store *s, uint32_t now_s);
+size_t store_compact(dhps_store *s, size_t budget);
+/* Account a record leaving the index (overwrite, delete, drop). */
+void store_unlive(dhps_store *s, uint32_t ref, const uint8_t *rec);
+
+#endif
