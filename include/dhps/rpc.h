@@ -1,0 +1,290 @@
+/*
+ * dhps rpc: one request/response RPC API over TCP, shared memory and (planned) RDMA
+ * verbs, for the parameter server's lookups and updates.
+ *
+ * Design (the full essay, wire layouts and test record are in docs/rpc.md):
+ *
+ * Model. A server owns one acceptor thread and N worker threads. Handlers are
+ *   registered by a 16-bit method id before the server starts. The acceptor accepts a
+ *   TCP connection, runs the authenticated hello (below) with a bounded timeout, and
+ *   hands the connection to a worker through a single-producer/single-consumer ring
+ *   of pointers (atomics only, plus an eventfd kick). From then on the worker owns
+ *   the connection: it reads, runs handlers to completion and writes, with no lock on
+ *   that path. A client (dhps_rpc_client) is the same idea seen from the caller: one
+ *   event-loop object owned by one thread at a time (eRPC's model); its channels,
+ *   calls and callbacks all run on that thread inside dhps_rpc_client_poll().
+ *
+ * Zero copy. A caller asks its channel for a request buffer (dhps_rpc_call_start),
+ *   writes the request there and sends it (dhps_rpc_call_send). On shared memory the
+ *   buffer lies inside the ring the server reads from; on TCP it lies in the
+ *   connection's send buffer handed to the kernel. A handler reads its request in
+ *   place (in the ring, or the connection's receive buffer) and writes its response
+ *   into a buffer the library lends it, again inside the outgoing ring / send buffer.
+ *   Completion callbacks get the response in place. Nothing is copied between the
+ *   application and the transport's memory; dhps_rpc_call() is a blocking
+ *   convenience that does copy (once each way).
+ *
+ * Coalescing. Committed requests are only queued; each poll turn flushes every
+ *   channel once: one send() for all frames queued to a TCP peer, one tail store
+ *   (and at most one doorbell) for a shared-memory peer. Servers do the same with the
+ *   responses produced in one loop turn.
+ *
+ * Transports sit behind one const ops table (reserve, commit, flush, receive). TCP
+ *   (epoll, TCP_NODELAY, optional SO_BUSY_POLL) is always there: it carries the hello,
+ *   the shared-memory doorbells, and every call when no faster path was negotiated.
+ *   Shared memory (same host id, both sides allow it): the client creates a region of
+ *   two single-producer/single-consumer byte rings (one each way); frames are written
+ *   in place; the consumer polls and, when idle, sets a "sleeping" word in the region
+ *   and blocks in epoll on the TCP socket; a producer that sees the word sends one
+ *   doorbell frame on TCP (the eventfd-equivalent that also works across processes
+ *   without passing descriptors). RDMA verbs: the hello already reserves room for
+ *   GID/QPN/keys, but the verbs data path is NOT implemented yet (docs/rpc.md, "not
+ *   done"); a verbs-capable channel is negotiated down to the best of shm/TCP.
+ *
+ * Negotiation and security. Every connection starts on TCP with a versioned hello:
+ *   client hello (magic, version, capabilities, max message, nonce, host id), server
+ *   hello (same, plus HMAC-SHA256 proof over both nonces and capabilities with the
+ *   shared cluster secret), client proof (HMAC over the nonces and its transport
+ *   offer, e.g. the shm region name), server accept. No region is opened, no handler
+ *   runs and nothing is registered for a peer before its proof checks; a wrong proof
+ *   gets a reject message and the connection is closed. A version-1 peer (no
+ *   capabilities) gets TCP. The caller's per-channel allow mask and required
+ *   transport are applied on top. Frames are bounded by the negotiated max message;
+ *   an unknown method gets an error reply (DHPS_E_NOTFOUND); garbage closes the
+ *   connection. Parsers are pure functions over byte buffers (fuzzed).
+ *
+ * Errors (error.h): DHPS_E_TIMEOUT (deadline passed), DHPS_E_UNREACHABLE (connect
+ *   failed, or the peer died / closed), DHPS_E_AUTH (hello proof rejected by either
+ *   side), DHPS_E_MALFORMED (a peer broke the protocol), DHPS_E_HANDLER (the remote
+ *   handler returned an error), DHPS_E_NOTFOUND (no handler for the method),
+ *   DHPS_E_TOOBIG (message above the negotiated limit), DHPS_E_BUSY (send ring or
+ *   in-flight table full: poll and retry), DHPS_E_CONFIG (bad params, or a required
+ *   transport could not be negotiated), DHPS_E_VERSION (peer speaks no common hello
+ *   version).
+ */
+#ifndef DHPS_RPC_H
+#define DHPS_RPC_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdbool.h>
+
+#include "dhps/error.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct dhps_rpc_server dhps_rpc_server;
+typedef struct dhps_rpc_client dhps_rpc_client;
+typedef struct dhps_rpc_channel dhps_rpc_channel;
+
+/* Transports, and masks of them (1u << transport). */
+enum dhps_rpc_transport {
+    DHPS_RPC_TCP = 0,
+    DHPS_RPC_SHM = 1,
+    DHPS_RPC_VERBS = 2,
+    DHPS_RPC_NTRANSPORTS = 3,
+};
+#define DHPS_RPC_MASK(t) (1u << (t))
+#define DHPS_RPC_ALL ((1u << DHPS_RPC_NTRANSPORTS) - 1)
+
+/* Hard upper bound on max_msg (payload bytes of one request or response). */
+#define DHPS_RPC_MAX_MSG_LIMIT (16u << 20)
+/* Longest shared cluster secret accepted. */
+#define DHPS_RPC_MAX_SECRET 256u
+
+/* Name a transport ("tcp", "shm", "verbs"; "?" otherwise). Thread-safe. */
+const char *dhps_rpc_transport_name(int transport);
+
+/* Does this host have a usable RDMA verbs device (ibv_get_device_list non-empty and a
+ * port ACTIVE)? Thread-safe; costs a device scan. */
+bool dhps_rpc_verbs_available(void);
+
+/* ---- server ----------------------------------------------------------------------- */
+
+/* What a handler sees. req/req_len point at the request in the transport's receive
+ * memory; resp is a buffer of resp_cap bytes lent by the library, inside the outgoing
+ * ring / send buffer. All three are valid only during the handler call. The handler
+ * sets resp_len (<= resp_cap; 0 allowed). */
+typedef struct dhps_rpc_request {
+    uint16_t method;
+    uint32_t worker;        /* index of the worker thread running the handler */
+    uint64_t id;            /* request id (unique per connection) */
+    const void *req;
+    size_t req_len;
+    void *resp;
+    size_t resp_cap;
+    size_t resp_len;
+} dhps_rpc_request;
+
+/* A handler returns 0 (response = resp[0..resp_len)) or a negative code: the caller's
+ * call then completes with DHPS_E_HANDLER and an empty response. Runs on a worker
+ * thread; must not block for long (it holds up every connection of that worker). */
+typedef int (*dhps_rpc_handler_fn)(void *arg, dhps_rpc_request *r);
+
+typedef struct dhps_rpc_server_params {
+    const char *host;          /* listen address, numeric IPv4 (default "127.0.0.1") */
+    uint16_t port;             /* 0 = ephemeral; see dhps_rpc_server_port (default 0) */
+    uint32_t workers;          /* worker threads, 1..64 (default 1) */
+    const void *secret;        /* shared cluster secret (copied); may be NULL with */
+    size_t secret_len;         /*   secret_len 0 = empty key, which authenticates nothing */
+    uint32_t max_msg;          /* largest request/response payload (default 256 KiB) */
+    uint32_t allow;            /* transports the server offers (default DHPS_RPC_ALL) */
+    uint32_t hello_timeout_ms; /* bound on one peer's hello at the acceptor (default 2000) */
+    uint32_t busy_poll_us;     /* SO_BUSY_POLL on accepted sockets, 0 = off (default 0) */
+    uint32_t spin_turns;       /* idle loop turns a worker spins before sleeping (default 64) */
+    const uint8_t *host_id;    /* 16 bytes identifying this host; NULL = kernel boot id */
+} dhps_rpc_server_params;
+
+/* Fill p with the defaults above. */
+void dhps_rpc_server_params_init(dhps_rpc_server_params *p);
+
+/* Create a server and bind/listen its socket (threads are not started yet). Returns 0
+ * and sets *out, or -EINVAL / DHPS_E_CONFIG (bad params), -errno from socket/bind/
+ * listen (e.g. -EADDRINUSE), -ENOMEM. Free with dhps_rpc_server_destroy. */
+int dhps_rpc_server_create(const dhps_rpc_server_params *p, dhps_rpc_server **out);
+
+/* Register handler fn(arg, ...) for method. Only before dhps_rpc_server_start; not
+ * thread-safe. Returns 0, -EINVAL (NULL fn), -EBUSY (already started), -EEXIST. */
+int dhps_rpc_server_register(dhps_rpc_server *s, uint16_t method, dhps_rpc_handler_fn fn,
+                             void *arg);
+
+/* Start the acceptor and worker threads. Returns 0 or -errno (pthread_create). */
+int dhps_rpc_server_start(dhps_rpc_server *s);
+
+/* The bound TCP port (host order). Thread-safe. */
+uint16_t dhps_rpc_server_port(const dhps_rpc_server *s);
+
+typedef struct dhps_rpc_server_stats {
+    uint64_t accepted;                        /* connections that passed the hello */
+    uint64_t rejected_auth;                   /* hellos refused for a bad proof */
+    uint64_t rejected_malformed;              /* hellos or frames that broke the protocol */
+    uint64_t handled[DHPS_RPC_NTRANSPORTS];   /* requests handled, by transport */
+    uint64_t handler_errors;                  /* handlers that returned < 0 */
+    uint64_t unknown_method;                  /* requests for an unregistered method */
+    uint64_t open_conns;                      /* connections owned by workers now */
+} dhps_rpc_server_stats;
+
+/* Snapshot of counters (relaxed atomic loads; each value is exact, the set is not a
+ * consistent cut). Thread-safe. */
+void dhps_rpc_server_get_stats(const dhps_rpc_server *s, dhps_rpc_server_stats *st);
+
+/* Stop threads, close every connection and free the server. NULL allowed. Must not be
+ * called from a handler. Clients see their connections close (DHPS_E_UNREACHABLE). */
+void dhps_rpc_server_destroy(dhps_rpc_server *s);
+
+/* ---- client ----------------------------------------------------------------------- */
+
+typedef struct dhps_rpc_client_params {
+    const void *secret;        /* shared cluster secret (copied), as for the server */
+    size_t secret_len;
+    uint32_t max_msg;          /* largest payload this side accepts (default 256 KiB) */
+    uint32_t max_inflight;     /* outstanding calls per channel, power of two (default 1024) */
+    uint32_t connect_timeout_ms;/* connect + hello bound (default 2000) */
+    uint32_t shm_ring_bytes;   /* bytes of each shm ring, power of two, >= 4*max_msg+
+                                  4 KiB (default: smallest such, at least 1 MiB) */
+    uint32_t busy_poll_us;     /* SO_BUSY_POLL on channel sockets, 0 = off (default 0) */
+    const uint8_t *host_id;    /* 16 bytes; NULL = kernel boot id */
+    uint16_t hello_version;    /* test hook: hello version to speak (default: newest) */
+} dhps_rpc_client_params;
+
+void dhps_rpc_client_params_init(dhps_rpc_client_params *p);
+
+/* Create a client event loop. Returns 0 and sets *out, -EINVAL, -ENOMEM, -errno.
+ * A client and all its channels are used by one thread at a time (no locks inside);
+ * different clients are independent. Free with dhps_rpc_client_destroy. */
+int dhps_rpc_client_create(const dhps_rpc_client_params *p, dhps_rpc_client **out);
+
+/* Close every channel (their in-flight calls complete with DHPS_E_CANCELLED, callbacks
+ * run inside this call) and free the client. NULL allowed. */
+void dhps_rpc_client_destroy(dhps_rpc_client *c);
+
+typedef struct dhps_rpc_channel_params {
+    const char *host;          /* server address, numeric IPv4 (default "127.0.0.1") */
+    uint16_t port;             /* server port (no default) */
+    uint32_t allow;            /* transports this channel may use (default DHPS_RPC_ALL;
+                                  TCP is always used for the hello) */
+    int require;               /* transport that must be negotiated, or -1 (default) */
+} dhps_rpc_channel_params;
+
+void dhps_rpc_channel_params_init(dhps_rpc_channel_params *p);
+
+/* Connect, authenticate and negotiate; blocks up to connect_timeout_ms. Returns 0 and
+ * sets *out, or DHPS_E_UNREACHABLE (connect failed / peer closed), DHPS_E_TIMEOUT,
+ * DHPS_E_AUTH (server proof wrong, or the server rejected ours), DHPS_E_VERSION,
+ * DHPS_E_MALFORMED, DHPS_E_CONFIG (bad params or `require` not negotiable), -ENOMEM.
+ * The channel belongs to c (same thread rule); close with dhps_rpc_channel_close. */
+int dhps_rpc_channel_open(dhps_rpc_client *c, const dhps_rpc_channel_params *p,
+                          dhps_rpc_channel **out);
+
+/* Close a channel: in-flight calls complete with DHPS_E_CANCELLED (callbacks run inside
+ * this call). NULL allowed. */
+void dhps_rpc_channel_close(dhps_rpc_channel *ch);
+
+/* Transport the channel's calls use now (DHPS_RPC_TCP / _SHM / _VERBS). */
+int dhps_rpc_channel_transport(const dhps_rpc_channel *ch);
+
+/* Completion: status 0 and resp/len = the response (in place in the receive ring or
+ * buffer, valid only during the callback), or a negative code with resp NULL, len 0.
+ * Runs inside dhps_rpc_client_poll (or close/destroy) on the client's thread; it may
+ * start new calls. Called exactly once per sent call. */
+typedef void (*dhps_rpc_done_fn)(void *arg, int status, const void *resp, size_t len);
+
+/*
+ * Zero-copy send, step 1: lend the caller a buffer of at least max_len bytes for a
+ * request to `method`, inside the transport's send memory. Returns 0 and sets *buf,
+ * or DHPS_E_TOOBIG (max_len > negotiated max message), DHPS_E_BUSY (ring or in-flight
+ * table full: poll, then retry), DHPS_E_UNREACHABLE (channel broken), -EINVAL (a
+ * previous buffer was not yet sent). The buffer is valid until dhps_rpc_call_send or
+ * dhps_rpc_call_abort on this channel; one lent buffer per channel at a time.
+ */
+int dhps_rpc_call_start(dhps_rpc_channel *ch, uint16_t method, size_t max_len, void **buf);
+
+/*
+ * Zero-copy send, step 2: queue the request (len <= max_len bytes of the lent buffer)
+ * with a deadline timeout_us from now (0 = none). done(arg, ...) runs exactly once
+ * later, from dhps_rpc_client_poll. Queued requests go out at the next poll/flush.
+ * Returns 0 or -EINVAL (no buffer lent, len too long); on error done is not called.
+ */
+int dhps_rpc_call_send(dhps_rpc_channel *ch, size_t len, uint64_t timeout_us,
+                       dhps_rpc_done_fn done, void *arg);
+
+/* Give back a lent buffer without sending. */
+void dhps_rpc_call_abort(dhps_rpc_channel *ch);
+
+/* One loop turn (or several, up to timeout_ms, until at least one completion ran):
+ * flush queued requests of every channel, receive responses, run callbacks, expire
+ * deadlines. timeout_ms 0 = do not block, -1 = until something completes. Returns the
+ * number of callbacks run (>= 0) or -errno from epoll. */
+int dhps_rpc_client_poll(dhps_rpc_client *c, int timeout_ms);
+
+/*
+ * Blocking convenience: copy req into a lent buffer, send, poll until done or the
+ * deadline, copy the response into resp (up to resp_cap; *resp_len gets the full
+ * length, and DHPS_E_TOOBIG is returned when it did not fit). Returns 0, or the
+ * call's error (DHPS_E_TIMEOUT, DHPS_E_UNREACHABLE, DHPS_E_HANDLER, DHPS_E_NOTFOUND,
+ * DHPS_E_MALFORMED, DHPS_E_TOOBIG, -EINVAL). Runs other calls' callbacks meanwhile.
+ */
+int dhps_rpc_call(dhps_rpc_channel *ch, uint16_t method, const void *req, size_t req_len,
+                  void *resp, size_t resp_cap, size_t *resp_len, uint64_t timeout_us);
+
+typedef struct dhps_rpc_channel_stats {
+    uint64_t calls[DHPS_RPC_NTRANSPORTS]; /* calls sent, by transport */
+    uint64_t completed;                    /* callbacks with status 0 */
+    uint64_t failed;                       /* callbacks with status < 0 */
+    uint64_t timeouts;                     /* of those, deadline passed */
+    uint64_t fallbacks;                    /* fast path lost, calls moved to TCP */
+    uint64_t repromotions;                 /* fast path re-established */
+    uint64_t retries;                      /* calls re-sent after a fallback */
+    uint64_t doorbells;                    /* shm doorbell frames sent */
+    uint64_t flushes;                      /* send syscalls / ring publishes */
+} dhps_rpc_channel_stats;
+
+/* Counters of one channel. Client thread only. */
+void dhps_rpc_channel_get_stats(const dhps_rpc_channel *ch, dhps_rpc_channel_stats *st);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

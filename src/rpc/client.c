@@ -1,0 +1,660 @@
+/* rpc client: one event loop per dhps_rpc_client, owned by one thread at a time. */
+#include "internal.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "dhps/log.h"
+
+typedef struct slot {
+    uint64_t id;       /* 0 = free */
+    uint64_t deadline; /* ns, UINT64_MAX = none */
+    dhps_rpc_done_fn done;
+    void *arg;
+    uint8_t transport;
+} slot;
+
+struct dhps_rpc_channel {
+    dhps_rpc_client *cl;
+    dhps_rpc_channel *prev, *next;
+    conn c;
+    int broken;           /* 0, or the error calls now get */
+    slot *slots;
+    uint32_t *free_stack, nfree;
+    uint32_t mask;        /* max_inflight - 1 */
+    uint32_t log2;
+    uint64_t seq;
+    uint32_t inflight;
+    uint64_t min_deadline;
+    /* the lent buffer */
+    bool lent;
+    uint16_t lent_method;
+    size_t lent_max;
+    int lent_transport;
+    dhps_rpc_channel_stats st;
+};
+
+struct dhps_rpc_client {
+    dhps_rpc_client_params p;
+    uint8_t secret[DHPS_RPC_MAX_SECRET];
+    uint8_t host_id[RPC_HOST_ID];
+    int ep;
+    dhps_rpc_channel *chans;
+    uint32_t nshm;
+};
+
+void dhps_rpc_client_params_init(dhps_rpc_client_params *p)
+{
+    memset(p, 0, sizeof *p);
+    p->max_msg = 256u << 10;
+    p->max_inflight = 1024;
+    p->connect_timeout_ms = 2000;
+    p->hello_version = RPC_HELLO_VERSION;
+}
+
+void dhps_rpc_channel_params_init(dhps_rpc_channel_params *p)
+{
+    memset(p, 0, sizeof *p);
+    p->host = "127.0.0.1";
+    p->allow = DHPS_RPC_ALL;
+    p->require = -1;
+}
+
+int dhps_rpc_client_create(const dhps_rpc_client_params *p, dhps_rpc_client **out)
+{
+    *out = NULL;
+    if (!p || p->max_msg == 0 || p->max_msg > DHPS_RPC_MAX_MSG_LIMIT ||
+        p->max_inflight == 0 || (p->max_inflight & (p->max_inflight - 1)) ||
+        p->max_inflight > (1u << 20) || p->secret_len > DHPS_RPC_MAX_SECRET ||
+        (p->secret_len && !p->secret) || p->hello_version < 1 ||
+        (p->shm_ring_bytes && (p->shm_ring_bytes & (p->shm_ring_bytes - 1))))
+        return -EINVAL;
+    dhps_rpc_client *c = calloc(1, sizeof *c);
+    if (!c)
+        return -ENOMEM;
+    c->p = *p;
+    c->p.secret = NULL;
+    if (p->secret_len)
+        memcpy(c->secret, p->secret, p->secret_len);
+    rpc_host_id(p->host_id, c->host_id);
+    c->p.host_id = NULL;
+    if (c->p.shm_ring_bytes == 0) {
+        uint64_t need = 4ull * p->max_msg + 4096, r = 1u << 20;
+        while (r < need)
+            r <<= 1;
+        c->p.shm_ring_bytes = (uint32_t)r;
+    }
+    if ((uint64_t)c->p.shm_ring_bytes < 4ull * p->max_msg + 4096) {
+        free(c);
+        return -EINVAL;
+    }
+    c->ep = epoll_create1(EPOLL_CLOEXEC);
+    if (c->ep < 0) {
+        int e = -errno;
+        free(c);
+        return e;
+    }
+    *out = c;
+    return 0;
+}
+
+void dhps_rpc_client_destroy(dhps_rpc_client *c)
+{
+    if (!c)
+        return;
+    while (c->chans)
+        dhps_rpc_channel_close(c->chans);
+    close(c->ep);
+    free(c);
+}
+
+int dhps_rpc_channel_transport(const dhps_rpc_channel *ch) { return ch->c.transport; }
+
+void dhps_rpc_channel_get_stats(const dhps_rpc_channel *ch, dhps_rpc_channel_stats *st)
+{
+    *st = ch->st;
+    st->doorbells = ch->c.doorbells;
+    st->flushes = ch->c.flushes;
+}
+
+/* ---- completion ------------------------------------------------------------------- */
+
+static void complete(dhps_rpc_channel *ch, uint32_t idx, int status, const void *resp,
+                     size_t len)
+{
+    slot *s = &ch->slots[idx];
+    dhps_rpc_done_fn done = s->done;
+    void *arg = s->arg;
+    s->id = 0;
+    ch->free_stack[ch->nfree++] = idx;
+    ch->inflight--;
+    if (status == 0)
+        ch->st.completed++;
+    else
+        ch->st.failed++;
+    if (status == DHPS_E_TIMEOUT)
+        ch->st.timeouts++;
+    done(arg, status, status ? NULL : resp, status ? 0 : len);
+}
+
+static int fail_all(dhps_rpc_channel *ch, int why)
+{
+    int n = 0;
+    for (uint32_t i = 0; i <= ch->mask && ch->inflight; i++)
+        if (ch->slots[i].id) {
+            complete(ch, i, why, NULL, 0);
+            n++;
+        }
+    return n;
+}
+
+/* The channel's connection is gone: every call in flight fails with `why`. */
+static int channel_break(dhps_rpc_channel *ch, int why)
+{
+    if (ch->broken)
+        return 0;
+    DHPS_LOG(DHPS_LOG_INFO, RPC_LOG, "channel broken: %s", dhps_strerror(why));
+    ch->broken = why == DHPS_E_MALFORMED ? DHPS_E_MALFORMED : DHPS_E_UNREACHABLE;
+    epoll_ctl(ch->cl->ep, EPOLL_CTL_DEL, ch->c.fd, NULL);
+    if (ch->c.shm_base)
+        ch->cl->nshm--;
+    int fd = ch->c.fd;
+    ch->c.fd = -1;
+    close(fd);
+    if (ch->c.shm_base) {
+        munmap(ch->c.shm_base, ch->c.shm_len);
+        ch->c.shm_base = NULL;
+    }
+    return fail_all(ch, ch->broken);
+}
+
+static int on_response(void *arg, conn *c, int via, const rpc_frame *f, const uint8_t *payload)
+{
+    dhps_rpc_channel *ch = arg;
+    if (f->type == RPC_F_DOORBELL)
+        return 0;
+    if (f->type != RPC_F_RESP)
+        return DHPS_E_MALFORMED;
+    uint32_t idx = (uint32_t)(f->id & ch->mask);
+    if (ch->slots[idx].id != f->id)
+        return 0; /* late answer to a call that already timed out: drop */
+    int st = f->status;
+    if (st != 0 && st != DHPS_E_HANDLER && st != DHPS_E_NOTFOUND)
+        st = DHPS_E_MALFORMED; /* the server may only send these codes */
+    complete(ch, idx, st, payload, f->len);
+    return 0;
+}
+
+/* ---- channel open: connect, hello, negotiate -------------------------------------- */
+
+static int connect_to(const dhps_rpc_channel_params *p, uint64_t deadline, int *out)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(p->port)};
+    if (inet_pton(AF_INET, p->host, &a.sin_addr) != 1)
+        return DHPS_E_CONFIG;
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
+        if (errno != EINPROGRESS) {
+            close(fd);
+            return DHPS_E_UNREACHABLE;
+        }
+        for (;;) {
+            uint64_t now = rpc_now_ns();
+            if (now >= deadline) {
+                close(fd);
+                return DHPS_E_TIMEOUT;
+            }
+            struct pollfd pf = {.fd = fd, .events = POLLOUT};
+            int r = poll(&pf, 1, (int)((deadline - now + 999999) / 1000000));
+            if (r > 0)
+                break;
+            if (r < 0 && errno != EINTR) {
+                close(fd);
+                return DHPS_E_UNREACHABLE;
+            }
+        }
+        int err = 0;
+        socklen_t l = sizeof err;
+        getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &l);
+        if (err) {
+            close(fd);
+            return DHPS_E_UNREACHABLE;
+        }
+    }
+    *out = fd;
+    return 0;
+}
+
+/* Create this channel's shared region; its name and cookie go into the proof. */
+static int make_region(dhps_rpc_client *cl, rpc_hello *pr, int *shmfd)
+{
+    uint8_t rnd[16];
+    if (rpc_random(rnd, sizeof rnd) || rpc_random(&pr->shm_cookie, sizeof pr->shm_cookie))
+        return -EIO;
+    int k = snprintf(pr->shm_name, RPC_SHM_NAME, "/dhps-rpc-%d-", (int)getpid());
+    for (int i = 0; i < 8 && k + 2 < (int)RPC_SHM_NAME; i++)
+        k += snprintf(pr->shm_name + k, RPC_SHM_NAME - (size_t)k, "%02x", rnd[i]);
+    pr->shm_bytes = SHM_HDR_BYTES + 2ull * cl->p.shm_ring_bytes;
+    int fd = shm_open(pr->shm_name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return -errno;
+    if (ftruncate(fd, (off_t)pr->shm_bytes) != 0) {
+        int e = -errno;
+        close(fd);
+        shm_unlink(pr->shm_name);
+        return e;
+    }
+    *shmfd = fd;
+    return 0;
+}
+
+int dhps_rpc_channel_open(dhps_rpc_client *cl, const dhps_rpc_channel_params *p,
+                          dhps_rpc_channel **out)
+{
+    *out = NULL;
+    if (!p || !p->host || p->port == 0 || !(p->allow & DHPS_RPC_MASK(DHPS_RPC_TCP)) ||
+        p->require < -1 || p->require >= DHPS_RPC_NTRANSPORTS)
+        return DHPS_E_CONFIG;
+    if (p->require >= 0 && !(p->allow & DHPS_RPC_MASK(p->require)))
+        return DHPS_E_CONFIG;
+    uint64_t deadline = rpc_now_ns() + (uint64_t)cl->p.connect_timeout_ms * 1000000ull;
+    int rc, fd = -1, shmfd = -1;
+    bool unlink_name = false;
+    rpc_hello ch, sh, pr, ac;
+    dhps_rpc_channel *c = calloc(1, sizeof *c);
+    if (!c)
+        return -ENOMEM;
+    c->c.fd = -1;
+    memset(&pr, 0, sizeof pr);
+    rc = connect_to(p, deadline, &fd);
+    if (rc)
+        goto fail;
+    memset(&ch, 0, sizeof ch);
+    ch.kind = RPC_H_CLIENT_HELLO;
+    ch.version = cl->p.hello_version > RPC_HELLO_VERSION ? RPC_HELLO_VERSION
+                                                         : cl->p.hello_version;
+    ch.caps = p->allow & (DHPS_RPC_MASK(DHPS_RPC_TCP) | DHPS_RPC_MASK(DHPS_RPC_SHM));
+    ch.max_msg = cl->p.max_msg;
+    memcpy(ch.host_id, cl->host_id, RPC_HOST_ID);
+    if ((rc = rpc_random(ch.nonce, RPC_NONCE)) || (rc = rpc_write_hello(fd, &ch, deadline)))
+        goto fail;
+    if ((rc = rpc_read_hello(fd, &sh, deadline)))
+        goto fail;
+    if (sh.kind == RPC_H_REJECT) {
+        rc = sh.status == DHPS_E_AUTH ? DHPS_E_AUTH : DHPS_E_VERSION;
+        goto fail;
+    }
+    if (sh.kind != RPC_H_SERVER_HELLO || sh.version > ch.version) {
+        rc = DHPS_E_MALFORMED;
+        goto fail;
+    }
+    if (ch.version < 2)
+        ch.caps = DHPS_RPC_MASK(DHPS_RPC_TCP); /* what the server parsed */
+    uint8_t want[RPC_MAC];
+    rpc_proof(cl->secret, cl->p.secret_len, 's', &ch, &sh, NULL, want);
+    if (!rpc_mac_equal(want, sh.proof)) {
+        DHPS_LOG(DHPS_LOG_WARN, RPC_LOG, "hello: server proof wrong (secret mismatch?)");
+        rc = DHPS_E_AUTH;
+        goto fail;
+    }
+    /* pick the best path both sides and the policy allow */
+    uint32_t common = ch.caps & sh.caps & p->allow;
+    bool same_host = memcmp(sh.host_id, cl->host_id, RPC_HOST_ID) == 0;
+    pr.kind = RPC_H_CLIENT_PROOF;
+    pr.version = sh.version;
+    pr.want = DHPS_RPC_TCP;
+    if (sh.version >= 2 && (common & DHPS_RPC_MASK(DHPS_RPC_SHM)) && same_host) {
+        int r = make_region(cl, &pr, &shmfd);
+        if (r == 0) {
+            unlink_name = true;
+            pr.want = DHPS_RPC_SHM;
+        } else {
+            DHPS_LOG(DHPS_LOG_INFO, RPC_LOG, "shm region: %s; using tcp", dhps_strerror(r));
+            memset(pr.shm_name, 0, sizeof pr.shm_name);
+        }
+    }
+    if (p->require >= 0 && (int)pr.want != p->require) {
+        rc = DHPS_E_CONFIG;
+        goto fail;
+    }
+    uint32_t max_msg = ch.max_msg < sh.max_msg ? ch.max_msg : sh.max_msg;
+    if ((rc = conn_init(&c->c, fd, max_msg, false)))
+        goto fail;
+    fd = -1; /* owned by c->c now */
+    if (pr.want == DHPS_RPC_SHM &&
+        (rc = shm_attach(&c->c, shmfd, pr.shm_bytes, pr.shm_cookie, true)))
+        goto fail;
+    rpc_proof(cl->secret, cl->p.secret_len, 'c', &ch, &sh, &pr, pr.proof);
+    if ((rc = rpc_write_hello(c->c.fd, &pr, deadline)) ||
+        (rc = rpc_read_hello(c->c.fd, &ac, deadline)))
+        goto fail;
+    if (ac.kind == RPC_H_REJECT) {
+        rc = ac.status == DHPS_E_AUTH ? DHPS_E_AUTH : DHPS_E_CONFIG;
+        goto fail;
+    }
+    if (ac.kind != RPC_H_ACCEPT || (ac.transport != DHPS_RPC_TCP && ac.transport != pr.want)) {
+        rc = DHPS_E_MALFORMED;
+        goto fail;
+    }
+    if (unlink_name) {
+        shm_unlink(pr.shm_name);
+        unlink_name = false;
+    }
+    if (shmfd >= 0) {
+        close(shmfd);
+        shmfd = -1;
+    }
+    if (ac.transport != DHPS_RPC_SHM && c->c.shm_base) {
+        munmap(c->c.shm_base, c->c.shm_len);
+        c->c.shm_base = NULL;
+    }
+    c->c.transport = (int)ac.transport;
+    if (p->require >= 0 && c->c.transport != p->require) {
+        rc = DHPS_E_CONFIG;
+        goto fail;
+    }
+    rpc_tune_socket(c->c.fd, cl->p.busy_poll_us);
+    /* in-flight table */
+    uint32_t n = cl->p.max_inflight;
+    c->slots = calloc(n, sizeof *c->slots);
+    c->free_stack = malloc(n * sizeof *c->free_stack);
+    if (!c->slots || !c->free_stack) {
+        rc = -ENOMEM;
+        goto fail;
+    }
+    for (uint32_t i = 0; i < n; i++)
+        c->free_stack[i] = n - 1 - i;
+    c->nfree = n;
+    c->mask = n - 1;
+    while ((1u << c->log2) < n)
+        c->log2++;
+    c->min_deadline = UINT64_MAX;
+    c->cl = cl;
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
+    if (epoll_ctl(cl->ep, EPOLL_CTL_ADD, c->c.fd, &ev) != 0) {
+        rc = -errno;
+        goto fail;
+    }
+    if (c->c.shm_base)
+        cl->nshm++;
+    c->next = cl->chans;
+    if (cl->chans)
+        cl->chans->prev = c;
+    cl->chans = c;
+    *out = c;
+    return 0;
+fail:
+    if (unlink_name)
+        shm_unlink(pr.shm_name);
+    if (shmfd >= 0)
+        close(shmfd);
+    if (fd >= 0)
+        close(fd);
+    if (c->c.in.p || c->c.fd >= 0)
+        conn_fini(&c->c);
+    free(c->slots);
+    free(c->free_stack);
+    free(c);
+    return rc;
+}
+
+void dhps_rpc_channel_close(dhps_rpc_channel *ch)
+{
+    if (!ch)
+        return;
+    dhps_rpc_client *cl = ch->cl;
+    fail_all(ch, DHPS_E_CANCELLED);
+    if (!ch->broken) {
+        epoll_ctl(cl->ep, EPOLL_CTL_DEL, ch->c.fd, NULL);
+        if (ch->c.shm_base)
+            cl->nshm--;
+    }
+    if (ch->prev)
+        ch->prev->next = ch->next;
+    else
+        cl->chans = ch->next;
+    if (ch->next)
+        ch->next->prev = ch->prev;
+    conn_fini(&ch->c);
+    free(ch->slots);
+    free(ch->free_stack);
+    free(ch);
+}
+
+/* ---- calls ------------------------------------------------------------------------ */
+
+int dhps_rpc_call_start(dhps_rpc_channel *ch, uint16_t method, size_t max_len, void **buf)
+{
+    if (ch->lent)
+        return -EINVAL;
+    if (ch->broken)
+        return ch->broken;
+    if (max_len > ch->c.max_msg)
+        return DHPS_E_TOOBIG;
+    if (ch->nfree == 0)
+        return DHPS_E_BUSY;
+    int t = ch->c.transport;
+    uint8_t *p = rpc_transports[t]->reserve(&ch->c, max_len);
+    if (!p)
+        return t == DHPS_RPC_TCP ? -ENOMEM : DHPS_E_BUSY;
+    ch->lent = true;
+    ch->lent_method = method;
+    ch->lent_max = max_len;
+    ch->lent_transport = t;
+    *buf = p;
+    return 0;
+}
+
+void dhps_rpc_call_abort(dhps_rpc_channel *ch) { ch->lent = false; }
+
+int dhps_rpc_call_send(dhps_rpc_channel *ch, size_t len, uint64_t timeout_us,
+                       dhps_rpc_done_fn done, void *arg)
+{
+    if (!ch->lent || len > ch->lent_max || !done)
+        return -EINVAL;
+    ch->lent = false;
+    uint32_t idx = ch->free_stack[--ch->nfree];
+    slot *s = &ch->slots[idx];
+    s->id = (++ch->seq << ch->log2) | idx;
+    s->deadline = timeout_us ? rpc_now_ns() + timeout_us * 1000ull : UINT64_MAX;
+    if (s->deadline < ch->min_deadline)
+        ch->min_deadline = s->deadline;
+    s->done = done;
+    s->arg = arg;
+    s->transport = (uint8_t)ch->lent_transport;
+    ch->inflight++;
+    rpc_frame f = {.type = RPC_F_REQ, .method = ch->lent_method, .len = (uint32_t)len,
+                   .id = s->id};
+    rpc_transports[ch->lent_transport]->commit(&ch->c, &f);
+    ch->st.calls[ch->lent_transport]++;
+    return 0;
+}
+
+static int expire(dhps_rpc_channel *ch, uint64_t now)
+{
+    if (now < ch->min_deadline)
+        return 0;
+    int n = 0;
+    uint64_t next = UINT64_MAX;
+    for (uint32_t i = 0; i <= ch->mask; i++) {
+        slot *s = &ch->slots[i];
+        if (!s->id)
+            continue;
+        if (s->deadline <= now) {
+            complete(ch, i, DHPS_E_TIMEOUT, NULL, 0);
+            n++;
+        } else if (s->deadline < next) {
+            next = s->deadline;
+        }
+    }
+    ch->min_deadline = next;
+    return n;
+}
+
+static int flush_all(dhps_rpc_client *cl)
+{
+    int ran = 0;
+    for (dhps_rpc_channel *ch = cl->chans; ch; ch = ch->next) {
+        if (ch->broken)
+            continue;
+        int r = 0;
+        if (ch->c.shm_dirty)
+            r = rpc_shm_ops.flush(&ch->c);
+        if (!r && ch->c.tcp_dirty)
+            r = rpc_tcp_ops.flush(&ch->c);
+        if (r)
+            ran += channel_break(ch, r);
+    }
+    return ran;
+}
+
+/* One non-blocking pass over every channel. Returns callbacks run. */
+static int turn(dhps_rpc_client *cl, int wait_ms)
+{
+    int ran = flush_all(cl);
+    if (cl->nshm) {
+        for (dhps_rpc_channel *ch = cl->chans; ch; ch = ch->next) {
+            if (ch->broken || !ch->c.shm_base)
+                continue;
+            int r = rpc_shm_ops.rx(&ch->c, on_response, ch);
+            if (r > 0)
+                ran += r;
+            else if (r < 0)
+                ran += channel_break(ch, r);
+        }
+    }
+    bool slept = false;
+    if (ran || wait_ms == 0) {
+        wait_ms = 0;
+    } else if (cl->nshm) {
+        for (dhps_rpc_channel *ch = cl->chans; ch; ch = ch->next)
+            if (!ch->broken && ch->c.shm_base && !shm_prepare_sleep(&ch->c))
+                wait_ms = 0;
+        slept = true;
+    }
+    struct epoll_event evs[32];
+    int n = epoll_wait(cl->ep, evs, 32, wait_ms);
+    if (slept)
+        for (dhps_rpc_channel *ch = cl->chans; ch; ch = ch->next)
+            if (!ch->broken && ch->c.shm_base)
+                shm_end_sleep(&ch->c);
+    if (n < 0)
+        return errno == EINTR ? ran : -errno;
+    for (int i = 0; i < n; i++) {
+        dhps_rpc_channel *ch = evs[i].data.ptr;
+        if (ch->broken)
+            continue;
+        int r = rpc_tcp_ops.rx(&ch->c, on_response, ch);
+        if (r > 0)
+            ran += r;
+        else if (r < 0)
+            ran += channel_break(ch, r);
+    }
+    uint64_t now = rpc_now_ns();
+    for (dhps_rpc_channel *ch = cl->chans; ch; ch = ch->next)
+        if (ch->inflight)
+            ran += expire(ch, now);
+    ran += flush_all(cl); /* callbacks may have queued new calls */
+    return ran;
+}
+
+static uint64_t next_deadline(dhps_rpc_client *cl)
+{
+    uint64_t d = UINT64_MAX;
+    for (dhps_rpc_channel *ch = cl->chans; ch; ch = ch->next)
+        if (ch->inflight && ch->min_deadline < d)
+            d = ch->min_deadline;
+    return d;
+}
+
+int dhps_rpc_client_poll(dhps_rpc_client *cl, int timeout_ms)
+{
+    uint64_t end = timeout_ms < 0 ? UINT64_MAX : rpc_now_ns() + (uint64_t)timeout_ms * 1000000ull;
+    uint32_t spins = 0;
+    for (;;) {
+        int wait = 0;
+        uint64_t now = rpc_now_ns();
+        if (timeout_ms != 0 && (!cl->nshm || ++spins > 64)) {
+            uint64_t until = end < next_deadline(cl) ? end : next_deadline(cl);
+            if (until == UINT64_MAX)
+                wait = -1;
+            else if (until > now)
+                wait = (int)((until - now + 999999) / 1000000);
+        }
+        int r = turn(cl, wait);
+        if (r != 0 || timeout_ms == 0)
+            return r;
+        if (rpc_now_ns() >= end)
+            return 0;
+    }
+}
+
+typedef struct sync_call {
+    bool done;
+    int status;
+    void *resp;
+    size_t cap, len;
+} sync_call;
+
+static void sync_done(void *arg, int status, const void *resp, size_t len)
+{
+    sync_call *s = arg;
+    s->done = true;
+    s->status = status;
+    s->len = len;
+    if (status == 0) {
+        if (len > s->cap) {
+            s->status = DHPS_E_TOOBIG;
+            len = s->cap;
+        }
+        if (len)
+            memcpy(s->resp, resp, len);
+    }
+}
+
+int dhps_rpc_call(dhps_rpc_channel *ch, uint16_t method, const void *req, size_t req_len,
+                  void *resp, size_t resp_cap, size_t *resp_len, uint64_t timeout_us)
+{
+    void *buf;
+    int rc;
+    uint64_t end = timeout_us ? rpc_now_ns() + timeout_us * 1000ull : UINT64_MAX;
+    while ((rc = dhps_rpc_call_start(ch, method, req_len, &buf)) == DHPS_E_BUSY) {
+        if (rpc_now_ns() >= end)
+            return DHPS_E_TIMEOUT;
+        dhps_rpc_client_poll(ch->cl, 1);
+    }
+    if (rc)
+        return rc;
+    if (req_len)
+        memcpy(buf, req, req_len);
+    sync_call s = {.resp = resp, .cap = resp_cap};
+    uint64_t now = rpc_now_ns();
+    uint64_t left = end == UINT64_MAX ? 0 : (end > now ? (end - now) / 1000 : 1);
+    if (left == 0 && end != UINT64_MAX)
+        left = 1;
+    rc = dhps_rpc_call_send(ch, req_len, left, sync_done, &s);
+    if (rc)
+        return rc;
+    while (!s.done) {
+        /* s lives on this stack: never return before its callback ran (the call
+         * carries a deadline when timeout_us > 0, so this ends) */
+        (void)dhps_rpc_client_poll(ch->cl, -1);
+    }
+    if (resp_len)
+        *resp_len = s.len;
+    return s.status;
+}
+

@@ -1,0 +1,115 @@
+/* Private: connection state and the transport ops table shared by server and client. */
+#ifndef DHPS_RPC_INTERNAL_H
+#define DHPS_RPC_INTERNAL_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dhps/rpc.h"
+#include "wire.h"
+
+#define RPC_LOG "rpc"
+
+static inline size_t align8(size_t n) { return (n + 7) & ~(size_t)7; }
+
+/* ---- byte buffers (TCP) ----------------------------------------------------------- */
+
+typedef struct obuf { /* bytes [head, tail) are queued for send() */
+    uint8_t *p;
+    size_t cap, head, tail;
+} obuf;
+
+typedef struct ibuf { /* bytes [0, len) received, not yet parsed */
+    uint8_t *p;
+    size_t cap, len;
+} ibuf;
+
+/* ---- shared-memory rings ---------------------------------------------------------- */
+
+#define SHM_MAGIC 0x64687073726d6731ull /* "dhpsrmg1" */
+#define SHM_HDR_BYTES 4096u
+
+typedef struct shm_ctl {
+    _Alignas(64) _Atomic uint64_t head;     /* consumer's position (consumer writes) */
+    _Alignas(64) _Atomic uint64_t tail;     /* producer's published position */
+    _Alignas(64) _Atomic uint32_t sleeping; /* consumer is (about to be) asleep */
+} shm_ctl;
+
+typedef struct shm_region_hdr {
+    uint64_t magic, cookie, ring_bytes, rsvd;
+    shm_ctl c2s, s2c;
+} shm_region_hdr;
+_Static_assert(sizeof(shm_region_hdr) <= SHM_HDR_BYTES, "shm header fits its page");
+
+typedef struct shm_ring {
+    shm_ctl *ctl;
+    uint8_t *data;
+    uint64_t size;
+    uint64_t pos;       /* producer: committed tail; consumer: consumed head */
+    uint64_t published; /* producer: last tail stored to ctl */
+} shm_ring;
+
+/* ---- connection ------------------------------------------------------------------- */
+
+struct conn;
+/* Frame delivery: return 0 (consumed), 1 (not consumed: stop, retry later), <0 (fatal,
+ * connection closes with that code). payload is in place and valid during the call. */
+typedef int (*rpc_rx_fn)(void *arg, struct conn *c, int via, const rpc_frame *f,
+                         const uint8_t *payload);
+
+typedef struct rpc_ops {
+    const char *name;
+    /* Lend room for a frame with up to `payload` bytes; NULL when full (retry later). */
+    uint8_t *(*reserve)(struct conn *c, size_t payload);
+    /* Commit the frame last reserved (f->len <= the reserved payload). */
+    void (*commit)(struct conn *c, const rpc_frame *f);
+    /* Publish committed frames. Returns 0 or a negative code (connection broken). */
+    int (*flush)(struct conn *c);
+    /* Deliver received frames to fn. Returns frames delivered (>= 0) or < 0 (broken). */
+    int (*rx)(struct conn *c, rpc_rx_fn fn, void *arg);
+} rpc_ops;
+
+extern const rpc_ops rpc_tcp_ops;
+extern const rpc_ops rpc_shm_ops;
+extern const rpc_ops *const rpc_transports[DHPS_RPC_NTRANSPORTS];
+
+typedef struct conn {
+    int fd;
+    int transport;     /* fast path in use for new sends */
+    uint32_t max_msg;  /* negotiated payload bound */
+    bool is_server;
+    bool tcp_dirty, shm_dirty;
+    bool eof;
+    obuf out;
+    ibuf in;
+    void *shm_base;
+    size_t shm_len;
+    shm_ring tx, rx;
+    uint64_t doorbells, flushes;
+} conn;
+
+int conn_init(conn *c, int fd, uint32_t max_msg, bool is_server);
+void conn_fini(conn *c);
+/* Map a region of `bytes` from an open shm fd and attach as server or client. */
+int shm_attach(conn *c, int shmfd, size_t bytes, uint64_t cookie, bool create);
+/* Consumer sleep protocol on c->rx: returns true when it may sleep (ring empty). */
+bool shm_prepare_sleep(conn *c);
+void shm_end_sleep(conn *c);
+bool shm_rx_pending(conn *c);
+
+/* helpers */
+uint64_t rpc_now_ns(void);
+void rpc_host_id(const uint8_t *override, uint8_t out[RPC_HOST_ID]);
+int rpc_random(void *buf, size_t n);
+void rpc_tune_socket(int fd, uint32_t busy_poll_us);
+/* Blocking I/O with an absolute deadline (rpc_now_ns clock). 0, DHPS_E_TIMEOUT,
+ * DHPS_E_UNREACHABLE (peer closed / error). */
+int rpc_write_all(int fd, const void *buf, size_t n, uint64_t deadline);
+int rpc_read_all(int fd, void *buf, size_t n, uint64_t deadline);
+/* Read one hello message into h. Returns 0 or an error. */
+int rpc_read_hello(int fd, rpc_hello *h, uint64_t deadline);
+int rpc_write_hello(int fd, const rpc_hello *h, uint64_t deadline);
+
+#endif

@@ -1,0 +1,564 @@
+#define _GNU_SOURCE
+/* rpc server: an acceptor thread (accept + authenticated hello) hands connections to
+ * run-to-completion worker threads through SPSC pointer rings (atomics + eventfd). */
+#include "internal.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "dhps/log.h"
+
+#define INBOX 256u
+#define MAX_WORKERS 64u
+
+typedef struct handler {
+    dhps_rpc_handler_fn fn;
+    void *arg;
+} handler;
+
+typedef struct sconn {
+    conn c;
+    struct sconn *prev, *next;
+    bool reading; /* EPOLLIN armed */
+    bool want_out;
+} sconn;
+
+typedef struct wstats {
+    _Atomic uint64_t handled[DHPS_RPC_NTRANSPORTS];
+    _Atomic uint64_t handler_errors, unknown_method, malformed, open;
+} wstats;
+
+typedef struct worker {
+    struct dhps_rpc_server *s;
+    uint32_t idx;
+    pthread_t th;
+    bool started;
+    int ep, evfd;
+    _Alignas(64) _Atomic uint32_t in_head; /* consumer (worker) */
+    _Alignas(64) _Atomic uint32_t in_tail; /* producer (acceptor) */
+    sconn *inbox[INBOX];
+    sconn *conns; /* list owned by this worker only */
+    uint32_t nshm;
+    wstats st;
+} worker;
+
+struct dhps_rpc_server {
+    dhps_rpc_server_params p;
+    uint8_t secret[DHPS_RPC_MAX_SECRET];
+    uint8_t host_id[RPC_HOST_ID];
+    int lfd;
+    uint16_t port;
+    bool started;
+    _Atomic bool stop;
+    pthread_t acc;
+    bool acc_started;
+    handler *handlers; /* 65536 entries, read-only after start */
+    worker *w;
+    uint32_t next_worker;
+    _Atomic uint64_t accepted, rejected_auth, rejected_hello;
+};
+
+void dhps_rpc_server_params_init(dhps_rpc_server_params *p)
+{
+    memset(p, 0, sizeof *p);
+    p->host = "127.0.0.1";
+    p->workers = 1;
+    p->max_msg = 256u << 10;
+    p->allow = DHPS_RPC_ALL;
+    p->hello_timeout_ms = 2000;
+    p->spin_turns = 64;
+}
+
+const char *dhps_rpc_transport_name(int t)
+{
+    switch (t) {
+    case DHPS_RPC_TCP: return "tcp";
+    case DHPS_RPC_SHM: return "shm";
+    case DHPS_RPC_VERBS: return "verbs";
+    default: return "?";
+    }
+}
+
+int dhps_rpc_server_create(const dhps_rpc_server_params *p, dhps_rpc_server **out)
+{
+    int rc = -EINVAL;
+    dhps_rpc_server *s = NULL;
+    *out = NULL;
+    if (!p || !p->host || p->workers < 1 || p->workers > MAX_WORKERS || p->max_msg == 0 ||
+        p->max_msg > DHPS_RPC_MAX_MSG_LIMIT || p->secret_len > DHPS_RPC_MAX_SECRET ||
+        (p->secret_len && !p->secret) || !(p->allow & DHPS_RPC_MASK(DHPS_RPC_TCP))) {
+        DHPS_LOG(DHPS_LOG_ERROR, RPC_LOG, "server: invalid params");
+        return -EINVAL;
+    }
+    s = calloc(1, sizeof *s);
+    if (!s)
+        return -ENOMEM;
+    s->lfd = -1;
+    s->p = *p;
+    s->p.secret = NULL;
+    if (p->secret_len)
+        memcpy(s->secret, p->secret, p->secret_len);
+    rpc_host_id(p->host_id, s->host_id);
+    s->p.host_id = NULL;
+    s->handlers = calloc(65536, sizeof *s->handlers);
+    s->w = calloc(p->workers, sizeof *s->w);
+    if (!s->handlers || !s->w) {
+        rc = -ENOMEM;
+        goto fail;
+    }
+    for (uint32_t i = 0; i < p->workers; i++)
+        s->w[i].ep = s->w[i].evfd = -1;
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(p->port)};
+    if (inet_pton(AF_INET, p->host, &a.sin_addr) != 1)
+        goto fail;
+    s->lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (s->lfd < 0) {
+        rc = -errno;
+        goto fail;
+    }
+    int one = 1;
+    setsockopt(s->lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(s->lfd, (struct sockaddr *)&a, sizeof a) != 0 || listen(s->lfd, 128) != 0) {
+        rc = -errno;
+        goto fail;
+    }
+    socklen_t al = sizeof a;
+    getsockname(s->lfd, (struct sockaddr *)&a, &al);
+    s->port = ntohs(a.sin_port);
+    for (uint32_t i = 0; i < p->workers; i++) {
+        worker *w = &s->w[i];
+        w->s = s;
+        w->idx = i;
+        w->ep = epoll_create1(EPOLL_CLOEXEC);
+        w->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        if (w->ep < 0 || w->evfd < 0) {
+            rc = -errno;
+            goto fail;
+        }
+        struct epoll_event ev = {.events = EPOLLIN, .data.ptr = NULL};
+        if (epoll_ctl(w->ep, EPOLL_CTL_ADD, w->evfd, &ev) != 0) {
+            rc = -errno;
+            goto fail;
+        }
+    }
+    *out = s;
+    return 0;
+fail:
+    dhps_rpc_server_destroy(s);
+    return rc;
+}
+
+int dhps_rpc_server_register(dhps_rpc_server *s, uint16_t method, dhps_rpc_handler_fn fn,
+                             void *arg)
+{
+    if (!fn)
+        return -EINVAL;
+    if (s->started)
+        return -EBUSY;
+    if (s->handlers[method].fn)
+        return -EEXIST;
+    s->handlers[method] = (handler){fn, arg};
+    return 0;
+}
+
+uint16_t dhps_rpc_server_port(const dhps_rpc_server *s) { return s->port; }
+
+void dhps_rpc_server_get_stats(const dhps_rpc_server *s, dhps_rpc_server_stats *st)
+{
+    memset(st, 0, sizeof *st);
+    st->accepted = atomic_load_explicit(&s->accepted, memory_order_relaxed);
+    st->rejected_auth = atomic_load_explicit(&s->rejected_auth, memory_order_relaxed);
+    st->rejected_malformed = atomic_load_explicit(&s->rejected_hello, memory_order_relaxed);
+    for (uint32_t i = 0; i < s->p.workers; i++) {
+        const wstats *w = &s->w[i].st;
+        for (int t = 0; t < DHPS_RPC_NTRANSPORTS; t++)
+            st->handled[t] += atomic_load_explicit(&w->handled[t], memory_order_relaxed);
+        st->handler_errors += atomic_load_explicit(&w->handler_errors, memory_order_relaxed);
+        st->unknown_method += atomic_load_explicit(&w->unknown_method, memory_order_relaxed);
+        st->rejected_malformed += atomic_load_explicit(&w->malformed, memory_order_relaxed);
+        st->open_conns += atomic_load_explicit(&w->open, memory_order_relaxed);
+    }
+}
+
+static inline void bump(_Atomic uint64_t *a)
+{
+    /* single writer: a relaxed load + store is enough and avoids a locked add */
+    atomic_store_explicit(a, atomic_load_explicit(a, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+}
+
+/* ---- worker ----------------------------------------------------------------------- */
+
+static void sconn_close(worker *w, sconn *sc, int why)
+{
+    DHPS_LOG(DHPS_LOG_INFO, RPC_LOG, "worker %u: closing connection: %s", w->idx,
+             dhps_strerror(why));
+    if (why == DHPS_E_MALFORMED)
+        bump(&w->st.malformed);
+    epoll_ctl(w->ep, EPOLL_CTL_DEL, sc->c.fd, NULL);
+    if (sc->prev)
+        sc->prev->next = sc->next;
+    else
+        w->conns = sc->next;
+    if (sc->next)
+        sc->next->prev = sc->prev;
+    if (sc->c.shm_base)
+        w->nshm--;
+    conn_fini(&sc->c);
+    free(sc);
+    atomic_store_explicit(&w->st.open, atomic_load_explicit(&w->st.open, memory_order_relaxed) - 1,
+                          memory_order_relaxed);
+}
+
+/* Serve one request received on transport `via`; the response goes back on `via`. */
+static int serve_frame(void *arg, conn *c, int via, const rpc_frame *f, const uint8_t *payload)
+{
+    worker *w = arg;
+    if (f->type == RPC_F_DOORBELL)
+        return 0;
+    if (f->type != RPC_F_REQ)
+        return DHPS_E_MALFORMED;
+    const rpc_ops *ops = rpc_transports[via];
+    uint8_t *resp = ops->reserve(c, c->max_msg);
+    if (!resp)
+        return via == DHPS_RPC_TCP ? -ENOMEM : 1; /* shm ring full: retry next turn */
+    rpc_frame r = {.type = RPC_F_RESP, .id = f->id, .method = f->method};
+    const handler *h = &w->s->handlers[f->method];
+    if (!h->fn) {
+        bump(&w->st.unknown_method);
+        r.status = DHPS_E_NOTFOUND;
+    } else {
+        dhps_rpc_request q = {.method = f->method, .worker = w->idx, .id = f->id,
+                              .req = payload, .req_len = f->len, .resp = resp,
+                              .resp_cap = c->max_msg};
+        int hr = h->fn(h->arg, &q);
+        if (hr < 0 || q.resp_len > q.resp_cap) {
+            bump(&w->st.handler_errors);
+            r.status = DHPS_E_HANDLER;
+        } else {
+            r.len = (uint32_t)q.resp_len;
+        }
+        bump(&w->st.handled[via]);
+    }
+    ops->commit(c, &r);
+    return 0;
+}
+
+static void arm(worker *w, sconn *sc, bool in, bool out)
+{
+    if (sc->reading == in && sc->want_out == out)
+        return;
+    sc->reading = in;
+    sc->want_out = out;
+    struct epoll_event ev = {.events = (in ? EPOLLIN : 0) | (out ? EPOLLOUT : 0),
+                             .data.ptr = sc};
+    epoll_ctl(w->ep, EPOLL_CTL_MOD, sc->c.fd, &ev);
+}
+
+/* Flush a connection's queued responses; apply TCP back-pressure. 0 or < 0 (close). */
+static int sconn_flush(worker *w, sconn *sc)
+{
+    conn *c = &sc->c;
+    int r = 0;
+    if (c->shm_dirty)
+        r = rpc_shm_ops.flush(c);
+    if (!r && c->tcp_dirty)
+        r = rpc_tcp_ops.flush(c);
+    if (r)
+        return r;
+    size_t pending = c->out.tail - c->out.head;
+    arm(w, sc, pending < (4u << 20), pending > 0);
+    return 0;
+}
+
+static void adopt(worker *w)
+{
+    uint32_t h = atomic_load_explicit(&w->in_head, memory_order_relaxed);
+    uint32_t t = atomic_load_explicit(&w->in_tail, memory_order_acquire);
+    while (h != t) {
+        sconn *sc = w->inbox[h % INBOX];
+        h++;
+        sc->next = w->conns;
+        sc->prev = NULL;
+        if (w->conns)
+            w->conns->prev = sc;
+        w->conns = sc;
+        if (sc->c.shm_base)
+            w->nshm++;
+        atomic_store_explicit(&w->st.open, atomic_load_explicit(&w->st.open, memory_order_relaxed) + 1,
+                              memory_order_relaxed);
+        sc->reading = true;
+        struct epoll_event ev = {.events = EPOLLIN, .data.ptr = sc};
+        if (epoll_ctl(w->ep, EPOLL_CTL_ADD, sc->c.fd, &ev) != 0)
+            sconn_close(w, sc, -errno);
+    }
+    atomic_store_explicit(&w->in_head, h, memory_order_release);
+}
+
+static void *worker_main(void *arg)
+{
+    worker *w = arg;
+    dhps_rpc_server *s = w->s;
+    struct epoll_event evs[64];
+    uint32_t idle = 0;
+    while (!atomic_load_explicit(&s->stop, memory_order_acquire)) {
+        int work = 0;
+        /* 1. shared-memory rings: poll every turn */
+        if (w->nshm) {
+            for (sconn *sc = w->conns, *nx; sc; sc = nx) {
+                nx = sc->next;
+                if (!sc->c.shm_base)
+                    continue;
+                int r = rpc_shm_ops.rx(&sc->c, serve_frame, w);
+                if (r > 0)
+                    work += r;
+                if (r >= 0 && (sc->c.shm_dirty || sc->c.tcp_dirty))
+                    r = sconn_flush(w, sc);
+                if (r < 0)
+                    sconn_close(w, sc, r);
+            }
+        }
+        /* 2. sockets; block only when idle and every shm consumer flag is set */
+        int timeout = 0;
+        bool slept = false;
+        if (!work && ++idle > s->p.spin_turns) {
+            timeout = -1;
+            for (sconn *sc = w->conns; sc; sc = sc->next)
+                if (sc->c.shm_base && !shm_prepare_sleep(&sc->c))
+                    timeout = 0;
+            slept = true;
+        }
+        int n = epoll_wait(w->ep, evs, 64, timeout);
+        if (slept)
+            for (sconn *sc = w->conns; sc; sc = sc->next)
+                if (sc->c.shm_base)
+                    shm_end_sleep(&sc->c);
+        if (work)
+            idle = 0;
+        for (int i = 0; i < n; i++) {
+            sconn *sc = evs[i].data.ptr;
+            idle = 0;
+            if (!sc) {
+                uint64_t v;
+                if (read(w->evfd, &v, sizeof v) < 0 && errno != EAGAIN)
+                    DHPS_LOG(DHPS_LOG_WARN, RPC_LOG, "eventfd read: %s", strerror(errno));
+                adopt(w);
+                continue;
+            }
+            int r = 0;
+            if (evs[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP))
+                r = rpc_tcp_ops.rx(&sc->c, serve_frame, w);
+            if (r >= 0)
+                r = sconn_flush(w, sc);
+            if (r < 0)
+                sconn_close(w, sc, r);
+        }
+    }
+    while (w->conns)
+        sconn_close(w, w->conns, DHPS_E_CANCELLED);
+    adopt(w); /* anything handed over during shutdown */
+    while (w->conns)
+        sconn_close(w, w->conns, DHPS_E_CANCELLED);
+    return NULL;
+}
+
+/* ---- acceptor: the hello ---------------------------------------------------------- */
+
+static int open_client_region(dhps_rpc_server *s, const rpc_hello *pr, uint32_t max_msg, conn *c)
+{
+    if (pr->shm_name[0] == 0 || pr->shm_bytes < SHM_HDR_BYTES || pr->shm_bytes > (1ull << 32))
+        return DHPS_E_MALFORMED;
+    uint64_t ring = (pr->shm_bytes - SHM_HDR_BYTES) / 2;
+    if ((ring & (ring - 1)) || ring < 2 * align8(RPC_FRAME_HDR + (size_t)max_msg) + 4096 ||
+        SHM_HDR_BYTES + 2 * ring != pr->shm_bytes)
+        return DHPS_E_CONFIG;
+    int fd = shm_open(pr->shm_name, O_RDWR | O_CLOEXEC | O_NOFOLLOW, 0);
+    if (fd < 0)
+        return -errno;
+    struct stat st;
+    int rc = 0;
+    if (fstat(fd, &st) != 0 || (uint64_t)st.st_size != pr->shm_bytes || st.st_uid != geteuid())
+        rc = DHPS_E_MALFORMED;
+    else
+        rc = shm_attach(c, fd, pr->shm_bytes, pr->shm_cookie, false);
+    close(fd);
+    (void)s;
+    return rc;
+}
+
+static void handshake(dhps_rpc_server *s, int fd)
+{
+    uint64_t deadline = rpc_now_ns() + (uint64_t)s->p.hello_timeout_ms * 1000000ull;
+    rpc_hello ch, sh, pr, ac;
+    sconn *sc = NULL;
+    int rc = rpc_read_hello(fd, &ch, deadline);
+    if (rc || ch.kind != RPC_H_CLIENT_HELLO)
+        goto bad;
+    memset(&sh, 0, sizeof sh);
+    sh.kind = RPC_H_SERVER_HELLO;
+    sh.version = ch.version; /* min(ours, theirs): parse clamps to ours */
+    sh.caps = s->p.allow & (DHPS_RPC_MASK(DHPS_RPC_TCP) | DHPS_RPC_MASK(DHPS_RPC_SHM));
+    if (sh.version < 2)
+        sh.caps = DHPS_RPC_MASK(DHPS_RPC_TCP);
+    sh.max_msg = s->p.max_msg;
+    memcpy(sh.host_id, s->host_id, RPC_HOST_ID);
+    if (rpc_random(sh.nonce, RPC_NONCE))
+        goto bad;
+    rpc_proof(s->secret, s->p.secret_len, 's', &ch, &sh, NULL, sh.proof);
+    if (rpc_write_hello(fd, &sh, deadline))
+        goto bad;
+    rc = rpc_read_hello(fd, &pr, deadline);
+    if (rc || pr.kind != RPC_H_CLIENT_PROOF)
+        goto bad;
+    uint8_t want[RPC_MAC];
+    rpc_proof(s->secret, s->p.secret_len, 'c', &ch, &sh, &pr, want);
+    if (!rpc_mac_equal(want, pr.proof)) {
+        /* no region opened, no connection registered: just say no and close */
+        rpc_hello rj = {.version = sh.version, .kind = RPC_H_REJECT, .status = DHPS_E_AUTH};
+        rpc_write_hello(fd, &rj, deadline);
+        bump(&s->rejected_auth);
+        DHPS_LOG(DHPS_LOG_WARN, RPC_LOG, "hello: bad client proof, connection refused");
+        close(fd);
+        return;
+    }
+    uint32_t max_msg = ch.max_msg < s->p.max_msg ? ch.max_msg : s->p.max_msg;
+    if (max_msg > DHPS_RPC_MAX_MSG_LIMIT)
+        max_msg = DHPS_RPC_MAX_MSG_LIMIT;
+    sc = calloc(1, sizeof *sc);
+    if (!sc || conn_init(&sc->c, fd, max_msg, true)) {
+        free(sc);
+        sc = NULL;
+        goto bad;
+    }
+    memset(&ac, 0, sizeof ac);
+    ac.version = sh.version;
+    ac.kind = RPC_H_ACCEPT;
+    ac.transport = DHPS_RPC_TCP;
+    if (pr.want == DHPS_RPC_SHM && (sh.caps & DHPS_RPC_MASK(DHPS_RPC_SHM)) &&
+        memcmp(ch.host_id, s->host_id, RPC_HOST_ID) == 0) {
+        int r = open_client_region(s, &pr, max_msg, &sc->c);
+        if (r == 0)
+            ac.transport = DHPS_RPC_SHM;
+        else
+            DHPS_LOG(DHPS_LOG_INFO, RPC_LOG, "hello: shm refused (%s), using tcp",
+                     dhps_strerror(r));
+    }
+    sc->c.transport = (int)ac.transport;
+    if (rpc_write_hello(fd, &ac, deadline))
+        goto bad;
+    rpc_tune_socket(fd, s->p.busy_poll_us);
+    /* hand over to a worker: SPSC ring, we are its only producer */
+    worker *w = &s->w[s->next_worker++ % s->p.workers];
+    for (;;) {
+        uint32_t t = atomic_load_explicit(&w->in_tail, memory_order_relaxed);
+        uint32_t h = atomic_load_explicit(&w->in_head, memory_order_acquire);
+        if (t - h < INBOX) {
+            w->inbox[t % INBOX] = sc;
+            atomic_store_explicit(&w->in_tail, t + 1, memory_order_release);
+            break;
+        }
+        if (atomic_load_explicit(&s->stop, memory_order_acquire))
+            goto bad;
+        sched_yield();
+    }
+    uint64_t one = 1;
+    if (write(w->evfd, &one, sizeof one) < 0)
+        DHPS_LOG(DHPS_LOG_WARN, RPC_LOG, "eventfd write: %s", strerror(errno));
+    bump(&s->accepted);
+    return;
+bad:
+    bump(&s->rejected_hello);
+    if (sc) {
+        conn_fini(&sc->c); /* closes fd */
+        free(sc);
+    } else {
+        close(fd);
+    }
+}
+
+static void *acceptor_main(void *arg)
+{
+    dhps_rpc_server *s = arg;
+    while (!atomic_load_explicit(&s->stop, memory_order_acquire)) {
+        int fd = accept4(s->lfd, NULL, NULL, SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED || errno == EMFILE || errno == ENFILE) {
+                if (errno == EMFILE || errno == ENFILE)
+                    usleep(1000);
+                continue;
+            }
+            break; /* shutdown(lfd) during destroy */
+        }
+        if (atomic_load_explicit(&s->stop, memory_order_acquire)) {
+            close(fd);
+            break;
+        }
+        handshake(s, fd);
+    }
+    return NULL;
+}
+
+int dhps_rpc_server_start(dhps_rpc_server *s)
+{
+    if (s->started)
+        return -EBUSY;
+    s->started = true;
+    for (uint32_t i = 0; i < s->p.workers; i++) {
+        int r = pthread_create(&s->w[i].th, NULL, worker_main, &s->w[i]);
+        if (r)
+            return -r;
+        s->w[i].started = true;
+    }
+    int r = pthread_create(&s->acc, NULL, acceptor_main, s);
+    if (r)
+        return -r;
+    s->acc_started = true;
+    return 0;
+}
+
+void dhps_rpc_server_destroy(dhps_rpc_server *s)
+{
+    if (!s)
+        return;
+    atomic_store_explicit(&s->stop, true, memory_order_release);
+    if (s->lfd >= 0)
+        shutdown(s->lfd, SHUT_RDWR);
+    if (s->acc_started)
+        pthread_join(s->acc, NULL);
+    if (s->w) {
+        for (uint32_t i = 0; i < s->p.workers; i++) {
+            worker *w = &s->w[i];
+            if (w->started) {
+                uint64_t one = 1;
+                if (write(w->evfd, &one, sizeof one) < 0)
+                    DHPS_LOG(DHPS_LOG_WARN, RPC_LOG, "eventfd write: %s", strerror(errno));
+                pthread_join(w->th, NULL);
+            } else {
+                adopt(w);
+                while (w->conns)
+                    sconn_close(w, w->conns, DHPS_E_CANCELLED);
+            }
+            if (w->ep >= 0)
+                close(w->ep);
+            if (w->evfd >= 0)
+                close(w->evfd);
+        }
+    }
+    if (s->lfd >= 0)
+        close(s->lfd);
+    free(s->w);
+    free(s->handlers);
+    free(s);
+}

@@ -1,0 +1,497 @@
+/* rpc transports behind one ops table: TCP (send buffer + one send per flush) and
+ * shared memory (SPSC byte rings, frames in place, doorbell on TCP when the consumer
+ * sleeps). Plus small I/O helpers used by the hello. */
+#include "internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+#include <openssl/rand.h>
+
+#include "dhps/log.h"
+
+uint64_t rpc_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+int rpc_random(void *buf, size_t n)
+{
+    return RAND_bytes(buf, (int)n) == 1 ? 0 : -EIO;
+}
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+void rpc_host_id(const uint8_t *override, uint8_t out[RPC_HOST_ID])
+{
+    memset(out, 0, RPC_HOST_ID);
+    if (override) {
+        memcpy(out, override, RPC_HOST_ID);
+        return;
+    }
+    char s[64] = {0};
+    int fd = open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        ssize_t n = read(fd, s, sizeof s - 1);
+        close(fd);
+        if (n < 0)
+            n = 0;
+        s[n] = 0;
+    }
+    int k = 0, hi = -1;
+    for (char *p = s; *p && k < (int)RPC_HOST_ID; p++) {
+        int v = hexval(*p);
+        if (v < 0)
+            continue;
+        if (hi < 0) {
+            hi = v;
+        } else {
+            out[k++] = (uint8_t)(hi << 4 | v);
+            hi = -1;
+        }
+    }
+}
+
+void rpc_tune_socket(int fd, uint32_t busy_poll_us)
+{
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (busy_poll_us) {
+        int v = (int)busy_poll_us;
+        if (setsockopt(fd, SOL_SOCKET, SO_BUSY_POLL, &v, sizeof v) != 0)
+            DHPS_LOG(DHPS_LOG_INFO, RPC_LOG, "SO_BUSY_POLL not set: %s", strerror(errno));
+    }
+}
+
+static int wait_fd(int fd, short ev, uint64_t deadline)
+{
+    for (;;) {
+        uint64_t now = rpc_now_ns();
+        if (now >= deadline)
+            return DHPS_E_TIMEOUT;
+        int ms = (int)((deadline - now + 999999) / 1000000);
+        struct pollfd p = {.fd = fd, .events = ev};
+        int r = poll(&p, 1, ms);
+        if (r > 0)
+            return 0;
+        if (r < 0 && errno != EINTR)
+            return DHPS_E_UNREACHABLE;
+    }
+}
+
+int rpc_write_all(int fd, const void *buf, size_t n, uint64_t deadline)
+{
+    const uint8_t *p = buf;
+    while (n) {
+        ssize_t w = send(fd, p, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w > 0) {
+            p += w;
+            n -= (size_t)w;
+            continue;
+        }
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            int r = wait_fd(fd, POLLOUT, deadline);
+            if (r)
+                return r;
+            continue;
+        }
+        return DHPS_E_UNREACHABLE;
+    }
+    return 0;
+}
+
+int rpc_read_all(int fd, void *buf, size_t n, uint64_t deadline)
+{
+    uint8_t *p = buf;
+    while (n) {
+        ssize_t r = recv(fd, p, n, MSG_DONTWAIT);
+        if (r > 0) {
+            p += r;
+            n -= (size_t)r;
+            continue;
+        }
+        if (r == 0)
+            return DHPS_E_UNREACHABLE;
+        if (errno == EINTR)
+            continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            int w = wait_fd(fd, POLLIN, deadline);
+            if (w)
+                return w;
+            continue;
+        }
+        return DHPS_E_UNREACHABLE;
+    }
+    return 0;
+}
+
+int rpc_read_hello(int fd, rpc_hello *h, uint64_t deadline)
+{
+    uint8_t buf[RPC_HELLO_HDR + RPC_HELLO_MAX_BODY];
+    int r = rpc_read_all(fd, buf, RPC_HELLO_HDR, deadline);
+    if (r)
+        return r;
+    long n = rpc_hello_parse(buf, RPC_HELLO_HDR, h);
+    if (n < 0)
+        return (int)n;
+    uint32_t body = (uint32_t)buf[8] | (uint32_t)buf[9] << 8 | (uint32_t)buf[10] << 16 |
+                    (uint32_t)buf[11] << 24; /* bounded by the parse above */
+    r = rpc_read_all(fd, buf + RPC_HELLO_HDR, body, deadline);
+    if (r)
+        return r;
+    n = rpc_hello_parse(buf, RPC_HELLO_HDR + body, h);
+    if (n < 0)
+        return (int)n;
+    return n == 0 ? DHPS_E_MALFORMED : 0;
+}
+
+int rpc_write_hello(int fd, const rpc_hello *h, uint64_t deadline)
+{
+    uint8_t buf[RPC_HELLO_HDR + RPC_HELLO_MAX_BODY];
+    long n = rpc_hello_encode(h, buf, sizeof buf);
+    if (n < 0)
+        return -EINVAL;
+    return rpc_write_all(fd, buf, (size_t)n, deadline);
+}
+
+/* ---- connection ------------------------------------------------------------------- */
+
+int conn_init(conn *c, int fd, uint32_t max_msg, bool is_server)
+{
+    memset(c, 0, sizeof *c);
+    c->fd = fd;
+    c->max_msg = max_msg;
+    c->is_server = is_server;
+    c->transport = DHPS_RPC_TCP;
+    c->in.cap = RPC_FRAME_HDR + (size_t)max_msg + 65536;
+    c->in.p = malloc(c->in.cap);
+    c->out.cap = 65536;
+    c->out.p = malloc(c->out.cap);
+    if (!c->in.p || !c->out.p) {
+        conn_fini(c);
+        return -ENOMEM;
+    }
+    return 0;
+}
+
+void conn_fini(conn *c)
+{
+    if (c->fd >= 0)
+        close(c->fd);
+    c->fd = -1;
+    free(c->in.p);
+    free(c->out.p);
+    c->in.p = c->out.p = NULL;
+    if (c->shm_base)
+        munmap(c->shm_base, c->shm_len);
+    c->shm_base = NULL;
+}
+
+/* ---- TCP ops ---------------------------------------------------------------------- */
+
+static uint8_t *tcp_reserve(conn *c, size_t payload)
+{
+    obuf *o = &c->out;
+    size_t need = RPC_FRAME_HDR + payload;
+    if (o->cap - o->tail < need) {
+        if (o->head) { /* compact */
+            memmove(o->p, o->p + o->head, o->tail - o->head);
+            o->tail -= o->head;
+            o->head = 0;
+        }
+        if (o->cap - o->tail < need) {
+            size_t nc = o->cap * 2;
+            while (nc - o->tail < need)
+                nc *= 2;
+            uint8_t *np = realloc(o->p, nc);
+            if (!np)
+                return NULL;
+            o->p = np;
+            o->cap = nc;
+        }
+    }
+    return o->p + o->tail + RPC_FRAME_HDR;
+}
+
+static void tcp_commit(conn *c, const rpc_frame *f)
+{
+    rpc_frame_encode(f, c->out.p + c->out.tail);
+    c->out.tail += RPC_FRAME_HDR + f->len;
+    c->tcp_dirty = true;
+}
+
+static int tcp_flush(conn *c)
+{
+    obuf *o = &c->out;
+    if (o->head == o->tail) {
+        c->tcp_dirty = false;
+        return 0;
+    }
+    c->flushes++;
+    while (o->head < o->tail) {
+        ssize_t w = send(c->fd, o->p + o->head, o->tail - o->head, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w > 0) {
+            o->head += (size_t)w;
+            continue;
+        }
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return 0; /* stays dirty; the loop retries (EPOLLOUT) */
+        return DHPS_E_UNREACHABLE;
+    }
+    o->head = o->tail = 0;
+    c->tcp_dirty = false;
+    return 0;
+}
+
+static int tcp_rx(conn *c, rpc_rx_fn fn, void *arg)
+{
+    ibuf *in = &c->in;
+    int delivered = 0;
+    for (;;) {
+        if (in->len < in->cap) {
+            ssize_t r = recv(c->fd, in->p + in->len, in->cap - in->len, MSG_DONTWAIT);
+            if (r == 0) {
+                c->eof = true;
+            } else if (r < 0) {
+                if (errno == EINTR)
+                    continue;
+                if (errno != EAGAIN && errno != EWOULDBLOCK)
+                    return DHPS_E_UNREACHABLE;
+            } else {
+                in->len += (size_t)r;
+            }
+        }
+        size_t off = 0;
+        for (;;) {
+            rpc_frame f;
+            long n = rpc_frame_parse(in->p + off, in->len - off, c->max_msg, false, &f);
+            if (n < 0)
+                return (int)n;
+            if (n == 0)
+                break;
+            int r = fn(arg, c, DHPS_RPC_TCP, &f, in->p + off + RPC_FRAME_HDR);
+            if (r < 0)
+                return r;
+            off += (size_t)n;
+            delivered++;
+        }
+        if (off) {
+            memmove(in->p, in->p + off, in->len - off);
+            in->len -= off;
+        }
+        if (c->eof)
+            return in->len ? DHPS_E_MALFORMED : DHPS_E_UNREACHABLE;
+        if (off == 0 || in->len == in->cap)
+            break; /* nothing new, or a frame is waiting for bytes */
+        /* keep reading while the socket has data: loop once more */
+        if (delivered > 256)
+            break;
+        struct pollfd p = {.fd = c->fd, .events = POLLIN};
+        if (poll(&p, 1, 0) <= 0)
+            break;
+    }
+    return delivered;
+}
+
+const rpc_ops rpc_tcp_ops = {
+    .name = "tcp",
+    .reserve = tcp_reserve,
+    .commit = tcp_commit,
+    .flush = tcp_flush,
+    .rx = tcp_rx,
+};
+
+/* ---- shared memory ops ------------------------------------------------------------ */
+
+int shm_attach(conn *c, int shmfd, size_t bytes, uint64_t cookie, bool create)
+{
+    void *base = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, shmfd, 0);
+    if (base == MAP_FAILED)
+        return -errno;
+    shm_region_hdr *h = base;
+    uint64_t ring = (bytes - SHM_HDR_BYTES) / 2;
+    if (create) {
+        memset(h, 0, sizeof *h);
+        h->cookie = cookie;
+        h->ring_bytes = ring;
+        atomic_store_explicit((_Atomic uint64_t *)&h->magic, SHM_MAGIC, memory_order_release);
+    } else if (atomic_load_explicit((_Atomic uint64_t *)&h->magic, memory_order_acquire) !=
+                   SHM_MAGIC ||
+               h->cookie != cookie || h->ring_bytes != ring) {
+        munmap(base, bytes);
+        return DHPS_E_MALFORMED;
+    }
+    c->shm_base = base;
+    c->shm_len = bytes;
+    uint8_t *c2s = (uint8_t *)base + SHM_HDR_BYTES, *s2c = c2s + ring;
+    shm_ring *tx = &c->tx, *rx = &c->rx;
+    tx->size = rx->size = ring;
+    if (c->is_server) {
+        rx->ctl = &h->c2s, rx->data = c2s;
+        tx->ctl = &h->s2c, tx->data = s2c;
+    } else {
+        tx->ctl = &h->c2s, tx->data = c2s;
+        rx->ctl = &h->s2c, rx->data = s2c;
+    }
+    tx->pos = tx->published = atomic_load_explicit(&tx->ctl->tail, memory_order_acquire);
+    rx->pos = atomic_load_explicit(&rx->ctl->head, memory_order_acquire);
+    return 0;
+}
+
+static uint8_t *shm_reserve(conn *c, size_t payload)
+{
+    shm_ring *r = &c->tx;
+    uint64_t n8 = align8(RPC_FRAME_HDR + payload);
+    uint64_t off = r->pos & (r->size - 1);
+    uint64_t to_end = r->size - off;
+    uint64_t extra = to_end < n8 ? to_end : 0;
+    uint64_t head = atomic_load_explicit(&r->ctl->head, memory_order_acquire);
+    if (head > r->pos || r->pos - head > r->size)
+        return NULL; /* a peer scribbled on the ring: treat as full; rx detects it */
+    if (r->pos + extra + n8 - head > r->size)
+        return NULL;
+    if (extra) {
+        if (to_end >= RPC_FRAME_HDR) {
+            rpc_frame pad = {.type = RPC_F_PAD, .len = (uint32_t)(to_end - RPC_FRAME_HDR)};
+            rpc_frame_encode(&pad, r->data + off);
+        }
+        r->pos += extra;
+        off = 0;
+    }
+    return r->data + off + RPC_FRAME_HDR;
+}
+
+static void shm_commit(conn *c, const rpc_frame *f)
+{
+    shm_ring *r = &c->tx;
+    rpc_frame_encode(f, r->data + (r->pos & (r->size - 1)));
+    r->pos += align8(RPC_FRAME_HDR + f->len);
+    c->shm_dirty = true;
+}
+
+static int shm_flush(conn *c)
+{
+    shm_ring *r = &c->tx;
+    c->shm_dirty = false;
+    if (r->pos == r->published)
+        return 0;
+    r->published = r->pos;
+    c->flushes++;
+    atomic_store_explicit(&r->ctl->tail, r->pos, memory_order_release);
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(&r->ctl->sleeping, memory_order_relaxed) &&
+        atomic_exchange_explicit(&r->ctl->sleeping, 0, memory_order_seq_cst)) {
+        /* the consumer sleeps in epoll on the TCP socket: ring its doorbell there */
+        rpc_frame db = {.type = RPC_F_DOORBELL};
+        uint8_t *p = tcp_reserve(c, 0);
+        if (!p)
+            return -ENOMEM;
+        tcp_commit(c, &db);
+        c->doorbells++;
+        return tcp_flush(c);
+    }
+    return 0;
+}
+
+bool shm_rx_pending(conn *c)
+{
+    return atomic_load_explicit(&c->rx.ctl->tail, memory_order_acquire) != c->rx.pos;
+}
+
+static int shm_rx(conn *c, rpc_rx_fn fn, void *arg)
+{
+    shm_ring *r = &c->rx;
+    uint64_t tail = atomic_load_explicit(&r->ctl->tail, memory_order_acquire);
+    if (tail < r->pos || tail - r->pos > r->size)
+        return DHPS_E_MALFORMED;
+    int delivered = 0, rc = 0;
+    uint64_t start = r->pos;
+    while (r->pos < tail) {
+        uint64_t off = r->pos & (r->size - 1), to_end = r->size - off;
+        if (to_end < RPC_FRAME_HDR) {
+            r->pos += to_end;
+            continue;
+        }
+        uint64_t avail = tail - r->pos < to_end ? tail - r->pos : to_end;
+        rpc_frame f;
+        long n = rpc_frame_parse(r->data + off, avail, c->max_msg, true, &f);
+        if (n <= 0) {
+            rc = DHPS_E_MALFORMED;
+            break;
+        }
+        if (f.type == RPC_F_PAD) {
+            if ((uint64_t)n != to_end) {
+                rc = DHPS_E_MALFORMED;
+                break;
+            }
+            r->pos += to_end;
+            continue;
+        }
+        if (f.type == RPC_F_DOORBELL) {
+            rc = DHPS_E_MALFORMED;
+            break;
+        }
+        int x = fn(arg, c, DHPS_RPC_SHM, &f, r->data + off + RPC_FRAME_HDR);
+        if (x < 0) {
+            rc = x;
+            break;
+        }
+        if (x == 1)
+            break; /* not consumed: back-pressure */
+        r->pos += align8((size_t)n);
+        delivered++;
+        if (r->pos - start >= r->size / 2)
+            break; /* bound one turn's work; also frees ring space early */
+    }
+    atomic_store_explicit(&r->ctl->head, r->pos, memory_order_release);
+    return rc ? rc : delivered;
+}
+
+bool shm_prepare_sleep(conn *c)
+{
+    atomic_store_explicit(&c->rx.ctl->sleeping, 1, memory_order_seq_cst);
+    if (shm_rx_pending(c)) {
+        atomic_store_explicit(&c->rx.ctl->sleeping, 0, memory_order_relaxed);
+        return false;
+    }
+    return true;
+}
+
+void shm_end_sleep(conn *c)
+{
+    atomic_store_explicit(&c->rx.ctl->sleeping, 0, memory_order_relaxed);
+}
+
+const rpc_ops rpc_shm_ops = {
+    .name = "shm",
+    .reserve = shm_reserve,
+    .commit = shm_commit,
+    .flush = shm_flush,
+    .rx = shm_rx,
+};
+
+const rpc_ops *const rpc_transports[DHPS_RPC_NTRANSPORTS] = {
+    [DHPS_RPC_TCP] = &rpc_tcp_ops,
+    [DHPS_RPC_SHM] = &rpc_shm_ops,
+    [DHPS_RPC_VERBS] = NULL, /* not implemented: never negotiated */
+};
