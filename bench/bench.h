@@ -1,0 +1,20 @@
+/*
+ * dhps-bench subcommands. Each subcommand is one function with a main()-like
+ * signature; bench/main.c dispatches on argv[1]. argv[0] of the call is the
+ * subcommand name. Returns the process exit status (0 ok, 1 a contender failed or
+ * returned wrong data, 2 usage error).
+ */
+#ifndef DHPS_BENCH_H
+#define DHPS_BENCH_H
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* `dhps-bench store`: the storage engine beside its peers (bench/store_bench.c). */
+int bench_store_main(int argc, char **argv);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,1431 @@
+/*
+ * `dhps-bench store`: the dhps store beside std::unordered_map, absl::flat_hash_map and
+ * DPDK rte_hash, on the same keys, in the same run. See usage() for options and
+ * definitions; store_bench.h for the contender interface; store_peers.cc for the peers.
+ *
+ * Method (what makes the figures comparable):
+ *  - Keys: key[i] = mix64(splitmix64(seed) + i) for i < N, where mix64 is a bijection,
+ *    so the N keys are distinct without deduplication. Values are derived from (key,
+ *    generation, length) (bench_value_fill), so no value array is kept and any copied
+ *    value can be checked.
+ *  - Streams: the lookup and update streams (indices into the key array, uniform or
+ *    Zipf by rejection-inversion over a seeded shuffle of the keys, so hot keys are
+ *    scattered) are generated in the parent before any contender starts.
+ *  - Each contender runs in its own forked child, one after another. The child sets up
+ *    its buffers, measures RSS, creates and loads its structure, measures RSS again:
+ *    rss_bytes is the difference, i.e. the structure alone (streams, key array and
+ *    buffers are in the baseline). Results return over a pipe.
+ *  - Timing: CLOCK_MONOTONIC around each batch call only; values of an upsert batch and
+ *    the keys of a lookup batch are gathered outside the timed region; every copied
+ *    row is checked against the expected bytes after its batch, outside the timed
+ *    region; misses are counted (expected 0).
+ *  - Single thread everywhere.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "bench.h"
+#include "store_bench.h"
+
+#ifndef DHPS_BENCH_NO_STORE
+#include "dhps/error.h"
+#include "dhps/store.h"
+#endif
+
+/* ---- small helpers ----------------------------------------------------------------- */
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+void *bench_map(size_t bytes, bool huge)
+{
+    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        return NULL;
+    if (huge)
+        madvise(p, bytes, MADV_HUGEPAGE); /* advice only: ignore failure */
+    return p;
+}
+
+void bench_unmap(void *p, size_t bytes)
+{
+    if (p)
+        munmap(p, bytes);
+}
+
+uint64_t bench_rss_bytes(void)
+{
+    FILE *f = fopen("/proc/self/statm", "r");
+    unsigned long long size = 0, resident = 0;
+    if (!f)
+        return 0;
+    if (fscanf(f, "%llu %llu", &size, &resident) != 2)
+        resident = 0;
+    fclose(f);
+    return (uint64_t)resident * (uint64_t)sysconf(_SC_PAGESIZE);
+}
+
+/* Uniform integer in [0, n). */
+static inline uint64_t rand_below(uint64_t *state, uint64_t n)
+{
+    return (uint64_t)(((unsigned __int128)bench_rand64(state) * n) >> 64);
+}
+
+/* Uniform double in [0, 1). */
+static inline double rand_unit(uint64_t *state)
+{
+    return (double)(bench_rand64(state) >> 11) * 0x1.0p-53;
+}
+
+static inline uint64_t key_of(uint64_t base, uint64_t i) { return bench_mix64(base + i); }
+
+/* ---- Zipf sampling by rejection-inversion (Hoermann and Derflinger 1996) -------------
+ * Ranks 1..n with P(k) proportional to k^-s, s > 0, in O(1) expected time per sample. */
+
+typedef struct zipf {
+    double s, n, h_x1, h_n, cut;
+} zipf;
+
+static double zipf_helper1(double x) /* log1p(x)/x, stable near 0 */
+{
+    return fabs(x) > 1e-8 ? log1p(x) / x : 1.0 - x * (0.5 - x * (1.0 / 3.0 - 0.25 * x));
+}
+
+static double zipf_helper2(double x) /* expm1(x)/x, stable near 0 */
+{
+    return fabs(x) > 1e-8 ? expm1(x) / x : 1.0 + x * 0.5 * (1.0 + x / 3.0 * (1.0 + 0.25 * x));
+}
+
+static double zipf_h(const zipf *z, double x) { return exp(-z->s * log(x)); }
+
+/* H(x): an antiderivative of h(x) = x^-s (shifted so it is continuous at s = 1). */
+static double zipf_H(const zipf *z, double x)
+{
+    double lx = log(x);
+    return zipf_helper2((1.0 - z->s) * lx) * lx;
+}
+
+static double zipf_Hinv(const zipf *z, double x)
+{
+    double t = x * (1.0 - z->s);
+    if (t < -1.0)
+        t = -1.0;
+    return exp(zipf_helper1(t) * x);
+}
+
+static void zipf_init(zipf *z, uint64_t n, double s)
+{
+    z->s = s;
+    z->n = (double)n;
+    z->h_x1 = zipf_H(z, 1.5) - 1.0;
+    z->h_n = zipf_H(z, z->n + 0.5);
+    z->cut = 2.0 - zipf_Hinv(z, zipf_H(z, 2.5) - zipf_h(z, 2.0));
+}
+
+/* A rank in 1..n. */
+static uint64_t zipf_sample(const zipf *z, uint64_t *state)
+{
+    for (;;) {
+        double u = z->h_n + rand_unit(state) * (z->h_x1 - z->h_n);
+        double x = zipf_Hinv(z, u);
+        double k = floor(x + 0.5);
+        if (k < 1.0)
+            k = 1.0;
+        else if (k > z->n)
+            k = z->n;
+        if (k - x <= z->cut || u >= zipf_H(z, k + 0.5) - zipf_h(z, k))
+            return (uint64_t)k;
+    }
+}
+
+/* ---- options ------------------------------------------------------------------------ */
+
+#define CONTENDER_MAX 4
+
+typedef struct opts {
+    uint64_t keys, value_bytes, batch, ops, update_ops, seed;
+    bool update_ops_set;
+    double zipf_s; /* 0: uniform */
+    char dist[32];
+    double churn;
+    bool peers, json, huge;
+    char only[128];
+    char simd[16];
+} opts;
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+"usage: dhps-bench store [options]\n"
+"\n"
+"Builds a table of N random u64 keys with B-byte values, then measures batched lookups\n"
+"(each value copied into a dense batch x B output matrix, as inference gathers\n"
+"embeddings), batched upserts (overwrites of existing keys with new bytes) and memory.\n"
+"Every contender runs alone in its own child process on the same keys and streams.\n"
+"\n"
+"  --keys N            table size (default 10000000; 1e6, 10M, 500k accepted)\n"
+"  --value-bytes B     value size, 1..16383 (default 128)\n"
+"  --batch K           keys per lookup / upsert call (default 1024)\n"
+"  --dist D            lookup and update key distribution: uniform | zipf:S (S > 0,\n"
+"                      e.g. zipf:0.99; ranks over a seeded shuffle of the keys)\n"
+"  --ops M             lookups (default 20000000)\n"
+"  --update-ops U      upserts (default M/2: overwrites of existing keys, new bytes)\n"
+"  --peers             also run std::unordered_map, absl::flat_hash_map, rte_hash\n"
+"  --only LIST         run only these, comma-separated: dhps,unordered_map,absl,rte_hash\n"
+"  --churn R           dhps only: after the measures, R x N overwrites of random keys\n"
+"                      with value sizes uniform in 16..512 B and TTLs none/1h/6h/1d (per\n"
+"                      batch; the store's clock is frozen so nothing expires), then\n"
+"                      fragmentation (max over samples every N/4 ops after a 1 x N\n"
+"                      warm-up, and final), RSS / live payload, live payload\n"
+"  --seed X            PRNG seed (splitmix64) for keys and streams (default 1)\n"
+"  --no-huge           no madvise(MADV_HUGEPAGE) for anyone (dhps huge_pages=false)\n"
+"  --simd NAME         force dhps's tag match: avx2 | sse2 | scalar\n"
+"  --json              print one JSON object on stdout (progress goes to stderr)\n"
+"\n"
+"Contenders (each pre-sized for N; large arrays huge-page advised like dhps):\n"
+"  dhps                dhps_store, capacity_hint N, dhps_store_put batches of K with\n"
+"                      increasing versions, dhps_store_get with out_stride B;\n"
+"                      'dhps (pinned)': dhps_store_get_pinned, then our own copy\n");
+    const bench_contender *peers[] = {bench_peer_unordered_map(), bench_peer_absl(),
+                                      bench_peer_rte_hash()};
+    for (size_t i = 0; i < 3; i++)
+        fprintf(f, "  %-18s  %s\n", peers[i]->id, peers[i]->describe);
+    fprintf(f,
+"\n"
+"Figures: lookup/update Mkeys/s = keys / time inside the calls; rss_bytes = RSS after\n"
+"loading - RSS before creating (the structure alone; absolute RSS also shown);\n"
+"payload = N x (8 + B); index B/key: dhps's index table / N, a peer's memory outside\n"
+"its value slab / N (its map, keys included); overhead B/key = (rss_bytes - payload)/N;\n"
+"fragmentation: dhps's 1 - live / segment bytes (null for peers).\n"
+"Targets shown, not asserted: dhps lookups >= 5x unordered_map and >= 3x rte_hash;\n"
+"upserts >= 3x unordered_map; RSS <= 1.10 x payload after loading, <= 1.15 x after\n"
+"--churn 10; fragmentation <= 5%%.\n"
+"Exit status: 0, or 1 if a contender failed, missed keys or copied wrong bytes.\n");
+}
+
+/* A count: 1000, 1e6, 2.5M, 10k, 1G. */
+static int parse_count(const char *s, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (end == s || errno)
+        return -1;
+    switch (*end) {
+    case 'k': case 'K': v *= 1e3; end++; break;
+    case 'm': case 'M': v *= 1e6; end++; break;
+    case 'g': case 'G': v *= 1e9; end++; break;
+    default: break;
+    }
+    if (*end || v < 0 || v > 1.8e19 || v != floor(v))
+        return -1;
+    *out = (uint64_t)v;
+    return 0;
+}
+
+static int parse_opts(int argc, char **argv, opts *o)
+{
+    memset(o, 0, sizeof *o);
+    o->keys = 10000000;
+    o->value_bytes = 128;
+    o->batch = 1024;
+    o->ops = 20000000;
+    o->seed = 1;
+    o->huge = true;
+    snprintf(o->dist, sizeof o->dist, "uniform");
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *val = NULL;
+        char name[64];
+        const char *eq = strchr(a, '=');
+        if (eq && (size_t)(eq - a) < sizeof name) {
+            memcpy(name, a, (size_t)(eq - a));
+            name[eq - a] = 0;
+            val = eq + 1;
+        } else {
+            snprintf(name, sizeof name, "%s", a);
+        }
+        if (!strcmp(name, "-h") || !strcmp(name, "--help")) {
+            usage(stdout);
+            exit(0);
+        }
+        if (!strcmp(name, "--peers")) { o->peers = true; continue; }
+        if (!strcmp(name, "--json")) { o->json = true; continue; }
+        if (!strcmp(name, "--no-huge")) { o->huge = false; continue; }
+        static const char *const valued[] = {"--keys", "--value-bytes", "--batch", "--dist",
+                                             "--ops", "--update-ops", "--churn", "--seed",
+                                             "--only", "--simd"};
+        bool known = false;
+        for (size_t k = 0; k < sizeof valued / sizeof valued[0]; k++)
+            known |= !strcmp(name, valued[k]);
+        if (!known) {
+            fprintf(stderr, "dhps-bench store: unknown option '%s' (see --help)\n", a);
+            return -1;
+        }
+        if (!val) {
+            if (i + 1 >= argc) {
+                fprintf(stderr, "dhps-bench store: %s needs a value\n", name);
+                return -1;
+            }
+            val = argv[++i];
+        }
+        int bad = 0;
+        if (!strcmp(name, "--keys")) bad = parse_count(val, &o->keys);
+        else if (!strcmp(name, "--value-bytes")) bad = parse_count(val, &o->value_bytes);
+        else if (!strcmp(name, "--batch")) bad = parse_count(val, &o->batch);
+        else if (!strcmp(name, "--ops")) bad = parse_count(val, &o->ops);
+        else if (!strcmp(name, "--update-ops")) {
+            bad = parse_count(val, &o->update_ops);
+            o->update_ops_set = true;
+        } else if (!strcmp(name, "--seed")) {
+            char *end;
+            errno = 0;
+            o->seed = strtoull(val, &end, 0);
+            bad = *end || end == val || errno;
+        } else if (!strcmp(name, "--churn")) {
+            char *end;
+            o->churn = strtod(val, &end);
+            bad = *end || end == val || !(o->churn >= 0 && o->churn <= 1000);
+        } else if (!strcmp(name, "--dist")) {
+            if (!strcmp(val, "uniform")) {
+                o->zipf_s = 0;
+            } else if (!strncmp(val, "zipf:", 5)) {
+                char *end;
+                o->zipf_s = strtod(val + 5, &end);
+                bad = *end || end == val + 5 || !(o->zipf_s > 0 && o->zipf_s <= 10);
+            } else {
+                bad = 1;
+            }
+            snprintf(o->dist, sizeof o->dist, "%s", val);
+        } else if (!strcmp(name, "--only")) {
+            snprintf(o->only, sizeof o->only, "%s", val);
+        } else if (!strcmp(name, "--simd")) {
+            snprintf(o->simd, sizeof o->simd, "%s", val);
+        }
+        if (bad) {
+            fprintf(stderr, "dhps-bench store: bad value '%s' for %s\n", val, name);
+            return -1;
+        }
+    }
+    if (!o->update_ops_set)
+        o->update_ops = o->ops / 2;
+    if (o->keys < 1 || o->keys > UINT32_MAX) {
+        fprintf(stderr, "dhps-bench store: --keys must be in 1..%u\n", UINT32_MAX);
+        return -1;
+    }
+    if (o->value_bytes < 1 || o->value_bytes > 16383) {
+        fprintf(stderr, "dhps-bench store: --value-bytes must be in 1..16383\n");
+        return -1;
+    }
+    if (o->batch < 1 || o->batch > (1u << 20)) {
+        fprintf(stderr, "dhps-bench store: --batch must be in 1..1048576\n");
+        return -1;
+    }
+    if (o->ops > (1ull << 34) || o->update_ops > (1ull << 34)) {
+        fprintf(stderr, "dhps-bench store: --ops/--update-ops at most 2^34\n");
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- shared run data (generated in the parent, read-only in children) --------------- */
+
+typedef struct run_data {
+    const opts *o;
+    bench_store_cfg cfg;
+    uint64_t key_base;   /* key[i] = mix64(key_base + i) */
+    uint32_t *lookup_ix; /* o->ops indices into the key set */
+    uint32_t *update_ix; /* o->update_ops indices */
+} run_data;
+
+/* Fill n stream entries: uniform indices, or Zipf ranks mapped through perm. */
+static void gen_stream(uint32_t *dst, uint64_t n, uint64_t nkeys, const zipf *z,
+                       const uint32_t *perm, uint64_t *state)
+{
+    for (uint64_t i = 0; i < n; i++)
+        dst[i] = z ? perm[zipf_sample(z, state) - 1] : (uint32_t)rand_below(state, nkeys);
+}
+
+static void *xmap(size_t bytes, const char *what)
+{
+    void *p = bench_map(bytes ? bytes : 1, false);
+    if (!p) {
+        fprintf(stderr, "dhps-bench store: cannot map %zu bytes for %s: %s\n", bytes, what,
+                strerror(errno));
+        exit(1);
+    }
+    return p;
+}
+
+static void gen_data(run_data *d)
+{
+    const opts *o = d->o;
+    uint64_t st = o->seed;
+    d->key_base = bench_rand64(&st);
+    d->lookup_ix = xmap(o->ops * sizeof(uint32_t), "the lookup stream");
+    d->update_ix = xmap(o->update_ops * sizeof(uint32_t), "the update stream");
+    uint32_t *perm = NULL;
+    zipf z, *zp = NULL;
+    if (o->zipf_s > 0) {
+        /* rank r -> perm[r-1]: a seeded Fisher-Yates shuffle, so the hottest keys are
+         * not neighbours in insertion order (nor in anyone's value storage) */
+        perm = xmap(o->keys * sizeof(uint32_t), "the Zipf permutation");
+        for (uint64_t i = 0; i < o->keys; i++)
+            perm[i] = (uint32_t)i;
+        for (uint64_t i = o->keys - 1; i > 0; i--) {
+            uint64_t j = rand_below(&st, i + 1);
+            uint32_t t = perm[i];
+            perm[i] = perm[j];
+            perm[j] = t;
+        }
+        zipf_init(&z, o->keys, o->zipf_s);
+        zp = &z;
+    }
+    uint64_t ls = bench_mix64(o->seed ^ 0x6c6f6f6b7570ull), us = bench_mix64(o->seed ^ 0x757064617465ull);
+    gen_stream(d->lookup_ix, o->ops, o->keys, zp, perm, &ls);
+    gen_stream(d->update_ix, o->update_ops, o->keys, zp, perm, &us);
+    if (perm)
+        bench_unmap(perm, o->keys * sizeof(uint32_t));
+}
+
+/* ---- one contender, in its child ----------------------------------------------------- */
+
+typedef struct bench_result {
+    char id[24], label[48], lookup2_label[48];
+    int ran;   /* the child got as far as sending its result */
+    int ok;    /* every phase completed */
+    char err[BENCH_ERR_LEN];
+    uint64_t built, lookups, updates;
+    double build_s, lookup_s, lookup2_s, update_s;
+    uint64_t rss_base, rss_loaded, rss_updated, rss_end;
+    uint64_t lookup_misses, lookup_checked, lookup_bad;
+    uint64_t lookup2_misses, lookup2_checked, lookup2_bad;
+    uint64_t update_checked, update_bad, update_misses;
+    uint64_t anon_huge_kb; /* AnonHugePages after loading */
+    bench_kv_stats st_loaded, st_updated;
+    /* churn (dhps) */
+    int churned;
+    uint64_t churn_ops, churn_samples;
+    double churn_s, frag_max, frag_final;
+    uint64_t churn_rss, churn_rss_max; /* deltas over rss_base */
+    uint64_t churn_live_payload;       /* sum of 8 + len over keys, as we wrote them */
+    double churn_ratio_max;            /* max RSS delta / live payload over samples */
+    uint64_t churn_checked, churn_bad, churn_misses;
+    bench_kv_stats st_churn;
+} bench_result;
+
+static uint64_t anon_huge_kb(void)
+{
+    FILE *f = fopen("/proc/self/smaps_rollup", "r");
+    char line[256];
+    unsigned long long kb = 0;
+    if (!f)
+        return 0;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "AnonHugePages: %llu kB", &kb) == 1)
+            break;
+    fclose(f);
+    return kb;
+}
+
+typedef struct child_bufs {
+    uint64_t *keys;   /* batch keys */
+    uint8_t *vals;    /* batch x max_value */
+    uint8_t *out;     /* batch x out_stride */
+    uint8_t *expect;  /* one expected value */
+    uint64_t *found;
+    uint32_t *lens;
+    size_t out_stride;
+    uint32_t *key_gen;  /* per key: generation of its current value */
+    uint16_t *key_len;  /* per key: current length (churn only) */
+} child_bufs;
+
+/* Check rows [0, n) of a lookup of keys ix[] against key_gen/key_len (generation 0
+ * and length B when loaded is true: nothing was overwritten yet, and skipping the
+ * per-key arrays keeps the check from dragging extra lines through the cache).
+ * Returns wrong rows; counts misses. */
+static uint64_t check_rows(const run_data *d, child_bufs *b, const uint32_t *ix, size_t n,
+                           size_t stride, bool check_lens, bool loaded, uint64_t *misses)
+{
+    uint64_t bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t k = ix[i];
+        uint64_t gen = loaded ? 0 : b->key_gen[k];
+        size_t len = !loaded && b->key_len ? b->key_len[k] : d->cfg.value_bytes;
+        if (!(b->found[i / 64] >> (i % 64) & 1)) {
+            (*misses)++;
+            continue;
+        }
+        if (check_lens && b->lens[i] != len) {
+            bad++;
+            continue;
+        }
+        size_t cmp = len < stride ? len : stride;
+        bench_value_fill(b->expect, key_of(d->key_base, k), gen, len);
+        const uint8_t *row = b->out + i * stride;
+        if (memcmp(row, b->expect, cmp))
+            bad++;
+        else
+            for (size_t j = cmp; j < stride; j++)
+                if (row[j]) {
+                    bad++;
+                    break;
+                }
+    }
+    return bad;
+}
+
+/* Timed lookups over the whole lookup stream with one of the contender's lookup ops.
+ * Runs right after loading: every key holds its generation-0 value. */
+static void run_lookups(const run_data *d, child_bufs *b, void *ctx,
+                        size_t (*lookup)(void *, const uint64_t *, size_t, uint8_t *, size_t,
+                                         uint32_t *, uint64_t *),
+                        double *secs, uint64_t *misses, uint64_t *checked, uint64_t *bad)
+{
+    const size_t K = d->cfg.batch, B = d->cfg.value_bytes;
+    uint64_t total = 0;
+    for (uint64_t pos = 0; pos < d->o->ops; pos += K) {
+        size_t n = d->o->ops - pos < K ? (size_t)(d->o->ops - pos) : K;
+        const uint32_t *ix = d->lookup_ix + pos;
+        for (size_t i = 0; i < n; i++)
+            b->keys[i] = key_of(d->key_base, ix[i]);
+        uint64_t t0 = now_ns();
+        size_t got = lookup(ctx, b->keys, n, b->out, B, NULL, b->found);
+        total += now_ns() - t0;
+        uint64_t m = 0;
+        *bad += check_rows(d, b, ix, n, B, false, true, &m);
+        *misses += m;
+        *checked += n;
+        if (got + m != n) /* the count returned disagrees with the found bits */
+            (*bad)++;
+    }
+    *secs = total / 1e9;
+}
+
+/* Untimed: look up every key of ix[0..n) in batches and check them. */
+static void verify_keys(const run_data *d, child_bufs *b, void *ctx, const bench_contender *c,
+                        const uint32_t *ix, uint64_t n, size_t stride, bool check_lens,
+                        uint64_t *checked, uint64_t *bad, uint64_t *misses)
+{
+    const size_t K = d->cfg.batch;
+    for (uint64_t pos = 0; pos < n; pos += K) {
+        size_t m = n - pos < K ? (size_t)(n - pos) : K;
+        for (size_t i = 0; i < m; i++)
+            b->keys[i] = key_of(d->key_base, ix[pos + i]);
+        c->lookup(ctx, b->keys, m, b->out, stride, check_lens ? b->lens : NULL, b->found);
+        *bad += check_rows(d, b, ix + pos, m, stride, check_lens, false, misses);
+        *checked += m;
+    }
+}
+
+static void stats_of(const bench_contender *c, void *ctx, bench_kv_stats *st)
+{
+    memset(st, 0, sizeof *st);
+    st->fragmentation = NAN;
+    if (c->stats) {
+        c->stats(ctx, st);
+        st->known = true;
+    }
+}
+
+static const uint32_t churn_ttls[] = {0, 3600, 6 * 3600, 24 * 3600};
+
+static void run_churn(const run_data *d, child_bufs *b, void *ctx, const bench_contender *c,
+                      bench_result *r, uint64_t *version, uint32_t *gen)
+{
+    const uint64_t N = d->cfg.keys, K = d->cfg.batch;
+    const uint64_t total = (uint64_t)(d->o->churn * (double)N);
+    const uint64_t warm = N, every = N / 4 ? N / 4 : 1;
+    const size_t stride = d->cfg.max_value;
+    uint64_t st = bench_mix64(d->o->seed ^ 0x636875726eull);
+    uint64_t live = 0;
+    uint32_t *bix = (uint32_t *)malloc(K * sizeof(uint32_t));
+    uint32_t *blen = (uint32_t *)malloc(K * sizeof(uint32_t));
+    if (!bix || !blen) {
+        snprintf(r->err, BENCH_ERR_LEN, "churn: out of memory");
+        free(bix);
+        free(blen);
+        return;
+    }
+    for (uint64_t k = 0; k < N; k++)
+        live += 8 + b->key_len[k];
+    uint64_t done = 0, next_sample = warm, t = 0;
+    r->frag_max = 0;
+    r->churn_ratio_max = 0;
+    fprintf(stderr, "  [%s] churn: %" PRIu64 " overwrites, sizes 16..512, TTL none/1h/6h/1d\n",
+            c->id, total);
+    while (done < total) {
+        size_t n = total - done < K ? (size_t)(total - done) : (size_t)K;
+        uint32_t g = ++*gen;
+        uint32_t ttl = churn_ttls[(g) % 4];
+        for (size_t i = 0; i < n; i++) {
+            uint32_t k = (uint32_t)rand_below(&st, N);
+            uint32_t len = 16 + (uint32_t)rand_below(&st, 512 - 16 + 1);
+            bix[i] = k;
+            blen[i] = len;
+            b->keys[i] = key_of(d->key_base, k);
+            bench_value_fill(b->vals + i * stride, b->keys[i], g, len);
+        }
+        uint64_t t0 = now_ns();
+        int rc = c->upsert(ctx, b->keys, n, b->vals, stride, blen, ttl, ++*version, r->err);
+        t += now_ns() - t0;
+        if (rc) {
+            free(bix);
+            free(blen);
+            return;
+        }
+        for (size_t i = 0; i < n; i++) { /* in order: a repeated key's last write wins */
+            live += (uint64_t)blen[i] - b->key_len[bix[i]];
+            b->key_len[bix[i]] = (uint16_t)blen[i];
+            b->key_gen[bix[i]] = g;
+        }
+        done += n;
+        if (done >= next_sample || done == total) {
+            bench_kv_stats s;
+            stats_of(c, ctx, &s);
+            uint64_t rss = bench_rss_bytes() - r->rss_base;
+            if (s.fragmentation > r->frag_max)
+                r->frag_max = s.fragmentation;
+            double ratio = (double)rss / (double)live;
+            if (ratio > r->churn_ratio_max)
+                r->churn_ratio_max = ratio;
+            if (rss > r->churn_rss_max)
+                r->churn_rss_max = rss;
+            r->churn_samples++;
+            while (next_sample <= done)
+                next_sample += every;
+        }
+    }
+    r->churn_ops = done;
+    r->churn_s = t / 1e9;
+    r->churn_live_payload = live;
+    r->churn_rss = bench_rss_bytes() - r->rss_base;
+    stats_of(c, ctx, &r->st_churn);
+    r->frag_final = r->st_churn.fragmentation;
+    /* check a spread sample of keys: length, bytes, presence */
+    uint64_t ns = N < 262144 ? N : 262144;
+    uint32_t *six = (uint32_t *)malloc(ns * sizeof(uint32_t));
+    if (six) {
+        for (uint64_t i = 0; i < ns; i++)
+            six[i] = (uint32_t)(i * (N / ns));
+        verify_keys(d, b, ctx, c, six, ns, stride, true, &r->churn_checked, &r->churn_bad,
+                    &r->churn_misses);
+        free(six);
+    }
+    r->churned = 1;
+    free(bix);
+    free(blen);
+}
+
+static void run_contender(const run_data *d, const bench_contender *c, bench_result *r)
+{
+    const opts *o = d->o;
+    const bench_store_cfg *cfg = &d->cfg;
+    const uint64_t N = cfg->keys;
+    const size_t K = cfg->batch, B = cfg->value_bytes;
+    const bool churn = o->churn > 0 && c->churn;
+    void *ctx = NULL;
+    child_bufs b;
+    memset(&b, 0, sizeof b);
+
+    if (c->init && c->init(cfg, r->err))
+        return;
+    /* buffers first, touched, so they are in the RSS baseline */
+    b.out_stride = cfg->max_value > B ? cfg->max_value : B;
+    b.keys = xmap(K * sizeof(uint64_t), "batch keys");
+    b.vals = xmap(K * (size_t)cfg->max_value, "batch values");
+    b.out = xmap(K * b.out_stride, "output matrix");
+    b.expect = xmap(cfg->max_value, "expected value");
+    b.found = xmap((K + 63) / 64 * sizeof(uint64_t), "found mask");
+    b.lens = xmap(K * sizeof(uint32_t), "lengths");
+    b.key_gen = xmap(N * sizeof(uint32_t), "key generations");
+    memset(b.keys, 0, K * sizeof(uint64_t));
+    memset(b.vals, 0, K * (size_t)cfg->max_value);
+    memset(b.out, 0, K * b.out_stride);
+    memset(b.found, 0, (K + 63) / 64 * sizeof(uint64_t));
+    memset(b.lens, 0, K * sizeof(uint32_t));
+    memset(b.key_gen, 0, N * sizeof(uint32_t));
+    if (churn) {
+        b.key_len = xmap(N * sizeof(uint16_t), "key lengths");
+        for (uint64_t k = 0; k < N; k++)
+            b.key_len[k] = (uint16_t)B;
+    }
+    uint32_t *sample = xmap((N < 262144 ? N : 262144) * sizeof(uint32_t), "sample");
+    memset(sample, 0, (N < 262144 ? N : 262144) * sizeof(uint32_t));
+
+    r->rss_base = bench_rss_bytes();
+    if (c->create(cfg, &ctx, r->err))
+        return;
+
+    /* load: keys in index order, generation 0, version 1 */
+    uint64_t version = 1, t = 0;
+    uint32_t gen = 0;
+    fprintf(stderr, "  [%s] load %" PRIu64 " keys\n", c->id, N);
+    for (uint64_t pos = 0; pos < N; pos += K) {
+        size_t n = N - pos < K ? (size_t)(N - pos) : K;
+        for (size_t i = 0; i < n; i++) {
+            b.keys[i] = key_of(d->key_base, pos + i);
+            bench_value_fill(b.vals + i * B, b.keys[i], 0, B);
+        }
+        uint64_t t0 = now_ns();
+        int rc = c->upsert(ctx, b.keys, n, b.vals, B, NULL, 0, version, r->err);
+        t += now_ns() - t0;
+        if (rc)
+            goto out;
+    }
+    r->built = N;
+    r->build_s = t / 1e9;
+    r->rss_loaded = bench_rss_bytes();
+    r->anon_huge_kb = anon_huge_kb();
+    stats_of(c, ctx, &r->st_loaded);
+
+    fprintf(stderr, "  [%s] %" PRIu64 " lookups\n", c->id, o->ops);
+    run_lookups(d, &b, ctx, c->lookup, &r->lookup_s, &r->lookup_misses, &r->lookup_checked,
+                &r->lookup_bad);
+    r->lookups = o->ops;
+    if (c->lookup2) {
+        fprintf(stderr, "  [%s] %" PRIu64 " lookups: %s\n", c->id, o->ops, c->lookup2_label);
+        run_lookups(d, &b, ctx, c->lookup2, &r->lookup2_s, &r->lookup2_misses,
+                    &r->lookup2_checked, &r->lookup2_bad);
+    }
+
+    /* updates: overwrites of existing keys, one new generation per batch */
+    fprintf(stderr, "  [%s] %" PRIu64 " upserts\n", c->id, o->update_ops);
+    t = 0;
+    for (uint64_t pos = 0; pos < o->update_ops; pos += K) {
+        size_t n = o->update_ops - pos < K ? (size_t)(o->update_ops - pos) : K;
+        const uint32_t *ix = d->update_ix + pos;
+        ++gen;
+        for (size_t i = 0; i < n; i++) {
+            b.keys[i] = key_of(d->key_base, ix[i]);
+            bench_value_fill(b.vals + i * B, b.keys[i], gen, B);
+        }
+        uint64_t t0 = now_ns();
+        int rc = c->upsert(ctx, b.keys, n, b.vals, B, NULL, 0, ++version, r->err);
+        t += now_ns() - t0;
+        if (rc)
+            goto out;
+        for (size_t i = 0; i < n; i++)
+            b.key_gen[ix[i]] = gen;
+    }
+    r->updates = o->update_ops;
+    r->update_s = t / 1e9;
+    r->rss_updated = bench_rss_bytes();
+    stats_of(c, ctx, &r->st_updated);
+    {
+        /* every key of a spread sample must hold the bytes of its last write */
+        uint64_t ns = N < 262144 ? N : 262144;
+        for (uint64_t i = 0; i < ns; i++)
+            sample[i] = (uint32_t)(i * (N / ns));
+        verify_keys(d, &b, ctx, c, sample, ns, B, false, &r->update_checked, &r->update_bad,
+                    &r->update_misses);
+    }
+
+    if (churn) {
+        run_churn(d, &b, ctx, c, r, &version, &gen);
+        if (!r->churned)
+            goto out;
+    }
+    r->rss_end = bench_rss_bytes();
+    r->ok = 1;
+out:
+    if (c->destroy)
+        c->destroy(ctx);
+    if (c->fini)
+        c->fini();
+}
+
+static int write_all(int fd, const void *p, size_t n)
+{
+    const char *s = p;
+    while (n) {
+        ssize_t w = write(fd, s, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return -1;
+        s += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+static size_t read_all(int fd, void *p, size_t n)
+{
+    char *s = p;
+    size_t got = 0;
+    while (got < n) {
+        ssize_t r = read(fd, s + got, n - got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        got += (size_t)r;
+    }
+    return got;
+}
+
+/* Run c in a forked child; fills *r (r->ran = 0 and r->err set if the child died). */
+static void run_forked(const run_data *d, const bench_contender *c, bench_result *r)
+{
+    memset(r, 0, sizeof *r);
+    snprintf(r->id, sizeof r->id, "%s", c->id);
+    snprintf(r->label, sizeof r->label, "%s", c->label);
+    if (c->lookup2_label)
+        snprintf(r->lookup2_label, sizeof r->lookup2_label, "%s", c->lookup2_label);
+    int fds[2];
+    if (pipe(fds)) {
+        snprintf(r->err, BENCH_ERR_LEN, "pipe: %s", strerror(errno));
+        return;
+    }
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid < 0) {
+        snprintf(r->err, BENCH_ERR_LEN, "fork: %s", strerror(errno));
+        close(fds[0]);
+        close(fds[1]);
+        return;
+    }
+    if (pid == 0) {
+        close(fds[0]);
+        bench_result cr = *r;
+        run_contender(d, c, &cr);
+        cr.ran = 1;
+        int rc = write_all(fds[1], &cr, sizeof cr);
+        fflush(stderr);
+        _exit(rc ? 3 : 0);
+    }
+    close(fds[1]);
+    bench_result got;
+    size_t n = read_all(fds[0], &got, sizeof got);
+    close(fds[0]);
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+        ;
+    if (n == sizeof got) {
+        *r = got;
+        return;
+    }
+    if (WIFSIGNALED(status))
+        snprintf(r->err, BENCH_ERR_LEN, "child died of signal %d (%s)", WTERMSIG(status),
+                 strsignal(WTERMSIG(status)));
+    else
+        snprintf(r->err, BENCH_ERR_LEN, "child exited with status %d without a result",
+                 WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+}
+
+/* ---- the dhps contender (public API of include/dhps/store.h only) ---------------------- */
+
+#ifndef DHPS_BENCH_NO_STORE
+
+typedef struct dhps_ctx {
+    dhps_store *s;
+    dhps_store_reader *r;
+    const void **pv;    /* get_pinned's value pointers, one batch */
+    uint32_t *plens;
+    size_t cap;
+    uint64_t clock_ms;  /* frozen clock: TTLs are carried, nothing expires */
+} dhps_ctx;
+
+static uint64_t dhps_frozen_clock(void *arg) { return ((const dhps_ctx *)arg)->clock_ms; }
+
+static int dhps_c_create(const bench_store_cfg *cfg, void **out, char *err)
+{
+    dhps_ctx *c = calloc(1, sizeof *c);
+    if (!c) {
+        snprintf(err, BENCH_ERR_LEN, "out of memory");
+        return -1;
+    }
+    c->cap = cfg->batch;
+    c->pv = calloc(c->cap, sizeof *c->pv);
+    c->plens = calloc(c->cap, sizeof *c->plens);
+    c->clock_ms = now_ns() / 1000000;
+    if (!c->pv || !c->plens) {
+        snprintf(err, BENCH_ERR_LEN, "out of memory");
+        goto fail;
+    }
+    dhps_store_params p;
+    dhps_store_params_init(&p);
+    p.capacity_hint = cfg->keys;
+    p.huge_pages = cfg->huge_pages;
+    p.clock = dhps_frozen_clock;
+    p.clock_arg = c;
+    int rc = dhps_store_create(&p, &c->s);
+    if (rc) {
+        snprintf(err, BENCH_ERR_LEN, "dhps_store_create: %s", dhps_strerror(rc));
+        goto fail;
+    }
+    rc = dhps_store_reader_open(c->s, &c->r);
+    if (rc) {
+        snprintf(err, BENCH_ERR_LEN, "dhps_store_reader_open: %s", dhps_strerror(rc));
+        goto fail;
+    }
+    *out = c;
+    return 0;
+fail:
+    dhps_store_reader_close(c->r);
+    dhps_store_destroy(c->s);
+    free(c->pv);
+    free(c->plens);
+    free(c);
+    return -1;
+}
+
+static int dhps_c_upsert(void *ctx, const uint64_t *keys, size_t n, const uint8_t *vals,
+                         size_t stride, const uint32_t *lens, uint32_t ttl, uint64_t version,
+                         char *err)
+{
+    dhps_ctx *c = ctx;
+    dhps_store_batch b = {.keys = keys, .n = n, .values = vals, .value_stride = stride,
+                          .lens = lens, .versions = NULL, .version = version, .ttl = ttl};
+    long rc = dhps_store_put(c->s, &b, NULL);
+    if (rc < 0) {
+        snprintf(err, BENCH_ERR_LEN, "dhps_store_put(%zu keys, version %" PRIu64 "): %s", n,
+                 version, dhps_strerror((int)rc));
+        return -1;
+    }
+    if ((size_t)rc != n) {
+        snprintf(err, BENCH_ERR_LEN,
+                 "dhps_store_put wrote %ld of %zu records at increasing version %" PRIu64, rc,
+                 n, version);
+        return -1;
+    }
+    return 0;
+}
+
+static size_t dhps_c_lookup(void *ctx, const uint64_t *keys, size_t n, uint8_t *out,
+                            size_t stride, uint32_t *lens, uint64_t *found)
+{
+    dhps_ctx *c = ctx;
+    return dhps_store_get(c->r, keys, n, out, stride, lens, found);
+}
+
+/* Zero-copy lookup, then the copy an application would do itself. */
+static size_t dhps_c_lookup_pinned(void *ctx, const uint64_t *keys, size_t n, uint8_t *out,
+                                   size_t stride, uint32_t *lens, uint64_t *found)
+{
+    dhps_ctx *c = ctx;
+    size_t hits = dhps_store_get_pinned(c->r, keys, n, c->pv, c->plens, found);
+    for (size_t i = 0; i < n; i++) {
+        uint8_t *row = out + i * stride;
+        if (c->pv[i]) {
+            size_t len = c->plens[i] < stride ? c->plens[i] : stride;
+            memcpy(row, c->pv[i], len);
+            if (len < stride)
+                memset(row + len, 0, stride - len);
+        } else {
+            memset(row, 0, stride);
+        }
+        if (lens)
+            lens[i] = c->pv[i] ? c->plens[i] : 0;
+    }
+    dhps_store_release(c->r);
+    return hits;
+}
+
+static void dhps_c_stats(void *ctx, bench_kv_stats *st)
+{
+    dhps_ctx *c = ctx;
+    dhps_store_stats s;
+    dhps_store_get_stats(c->s, &s);
+    st->index_bytes = s.index_bytes;
+    st->payload_bytes = s.payload_bytes;
+    st->segment_bytes = s.segment_bytes;
+    st->keys = s.keys;
+    st->fragmentation = s.fragmentation;
+    st->load_factor = s.load_factor;
+    st->inplace_updates = s.inplace_updates;
+    st->compacted_segments = s.compacted_segments;
+    st->index_grows = s.index_grows;
+}
+
+static void dhps_c_destroy(void *ctx)
+{
+    dhps_ctx *c = ctx;
+    if (!c)
+        return;
+    dhps_store_reader_close(c->r);
+    dhps_store_destroy(c->s);
+    free(c->pv);
+    free(c->plens);
+    free(c);
+}
+
+static const char *g_simd; /* --simd, applied in the dhps child */
+
+static int dhps_c_init(const bench_store_cfg *cfg, char *err)
+{
+    if (g_simd && g_simd[0]) {
+        int rc = dhps_store_force_simd(g_simd);
+        if (rc) {
+            snprintf(err, BENCH_ERR_LEN, "dhps_store_force_simd(%s): %s", g_simd,
+                     dhps_strerror(rc));
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static const bench_contender k_dhps = {
+    .id = "dhps", .label = "dhps", .lookup2_label = "dhps (pinned)",
+    .describe = "dhps_store", .churn = true,
+    .init = dhps_c_init, .create = dhps_c_create, .upsert = dhps_c_upsert,
+    .lookup = dhps_c_lookup, .lookup2 = dhps_c_lookup_pinned, .stats = dhps_c_stats,
+    .destroy = dhps_c_destroy, .fini = NULL,
+};
+#endif /* DHPS_BENCH_NO_STORE */
+
+/* ---- reporting ------------------------------------------------------------------------ */
+
+static double mks(uint64_t keys, double s) { return s > 0 ? keys / s / 1e6 : NAN; }
+
+typedef struct derived {
+    double lookup, lookup2, update, build;
+    uint64_t rss;           /* delta after loading */
+    double rss_ratio;       /* rss / payload */
+    double index_per_key, overhead_per_key, frag;
+    uint64_t bad, misses;
+} derived;
+
+static void derive(const run_data *d, const bench_result *r, derived *x)
+{
+    const uint64_t N = d->cfg.keys, B = d->cfg.value_bytes;
+    const double payload = (double)N * (double)(8 + B);
+    memset(x, 0, sizeof *x);
+    x->lookup = mks(r->lookups, r->lookup_s);
+    x->lookup2 = r->lookup2_label[0] ? mks(r->lookups, r->lookup2_s) : NAN;
+    x->update = mks(r->updates, r->update_s);
+    x->build = mks(r->built, r->build_s);
+    x->rss = r->rss_loaded > r->rss_base ? r->rss_loaded - r->rss_base : 0;
+    x->rss_ratio = r->rss_loaded ? x->rss / payload : NAN;
+    if (!r->rss_loaded)
+        x->index_per_key = x->overhead_per_key = NAN;
+    else if (r->st_loaded.known)
+        x->index_per_key = (double)r->st_loaded.index_bytes / (double)N;
+    else
+        x->index_per_key = ((double)x->rss - (double)N * (double)B) / (double)N;
+    if (r->rss_loaded)
+        x->overhead_per_key = ((double)x->rss - payload) / (double)N;
+    x->frag = r->st_loaded.known ? r->st_loaded.fragmentation : NAN;
+    x->bad = r->lookup_bad + r->lookup2_bad + r->update_bad + r->churn_bad;
+    x->misses = r->lookup_misses + r->lookup2_misses + r->update_misses + r->churn_misses;
+}
+
+static void json_num(FILE *f, const char *name, double v, bool comma)
+{
+    if (isfinite(v) && v == floor(v) && fabs(v) < 9007199254740992.0)
+        fprintf(f, "\"%s\": %.0f%s", name, v, comma ? ", " : ""); /* counts, bytes */
+    else if (isfinite(v))
+        fprintf(f, "\"%s\": %.6g%s", name, v, comma ? ", " : "");
+    else
+        fprintf(f, "\"%s\": null%s", name, comma ? ", " : "");
+}
+
+static void json_str(FILE *f, const char *s)
+{
+    fputc('"', f);
+    for (; *s; s++) {
+        if (*s == '"' || *s == '\\')
+            fprintf(f, "\\%c", *s);
+        else if ((unsigned char)*s < 0x20)
+            fprintf(f, "\\u%04x", *s);
+        else
+            fputc(*s, f);
+    }
+    fputc('"', f);
+}
+
+/* The fields every contender has; null when r is NULL or did not get that far. */
+static void json_fields(FILE *f, const run_data *d, const bench_result *r)
+{
+    derived x;
+    if (r)
+        derive(d, r, &x);
+    bool has = r && r->ok;
+    fprintf(f, "\"ok\": %s, ", !r ? "null" : has ? "true" : "false");
+    if (r && r->err[0]) {
+        fprintf(f, "\"error\": ");
+        json_str(f, r->err);
+        fprintf(f, ", ");
+    }
+    json_num(f, "lookup_mkeys_s", has ? x.lookup : NAN, true);
+    json_num(f, "update_mkeys_s", has ? x.update : NAN, true);
+    json_num(f, "build_mkeys_s", has ? x.build : NAN, true);
+    json_num(f, "rss_bytes", has ? (double)x.rss : NAN, true);
+    json_num(f, "rss_abs_bytes", has ? (double)r->rss_loaded : NAN, true);
+    json_num(f, "rss_after_updates_bytes",
+             has ? (double)(r->rss_updated - r->rss_base) : NAN, true);
+    json_num(f, "payload_bytes", (double)d->cfg.keys * (8.0 + d->cfg.value_bytes), true);
+    json_num(f, "rss_per_payload", has ? x.rss_ratio : NAN, true);
+    json_num(f, "index_bytes_per_key", has ? x.index_per_key : NAN, true);
+    json_num(f, "overhead_bytes_per_key", has ? x.overhead_per_key : NAN, true);
+    json_num(f, "fragmentation", has ? x.frag : NAN, true);
+    json_num(f, "anon_huge_bytes", has ? r->anon_huge_kb * 1024.0 : NAN, true);
+    json_num(f, "misses", r ? (double)x.misses : NAN, true);
+    json_num(f, "wrong_values", r ? (double)x.bad : NAN, true);
+    json_num(f, "checked_values",
+             r ? (double)(r->lookup_checked + r->lookup2_checked + r->update_checked +
+                          r->churn_checked)
+               : NAN,
+             false);
+}
+
+static void print_json(FILE *f, const run_data *d, const bench_result *res, size_t nres,
+                       const char *simd)
+{
+    const opts *o = d->o;
+    const bench_result *dh = NULL;
+    for (size_t i = 0; i < nres; i++)
+        if (!strcmp(res[i].id, "dhps"))
+            dh = &res[i];
+    fprintf(f, "{\"bench\": \"store\", \"keys\": %" PRIu64 ", \"value_bytes\": %u, "
+               "\"batch\": %u, \"dist\": ", d->cfg.keys, d->cfg.value_bytes, d->cfg.batch);
+    json_str(f, o->dist);
+    fprintf(f, ", \"lookup_ops\": %" PRIu64 ", \"update_ops\": %" PRIu64
+               ", \"seed\": %" PRIu64 ", \"huge_pages\": %s, \"simd\": ",
+            o->ops, o->update_ops, o->seed, o->huge ? "true" : "false");
+    if (simd)
+        json_str(f, simd);
+    else
+        fputs("null", f);
+    fprintf(f, ",\n ");
+    json_fields(f, d, dh);
+    derived x;
+    if (dh)
+        derive(d, dh, &x);
+    fprintf(f, ",\n ");
+    json_num(f, "pinned_lookup_mkeys_s", dh && dh->ok ? x.lookup2 : NAN, true);
+    json_num(f, "index_bytes", dh && dh->ok ? (double)dh->st_loaded.index_bytes : NAN, true);
+    json_num(f, "store_payload_bytes", dh && dh->ok ? (double)dh->st_loaded.payload_bytes : NAN,
+             true);
+    json_num(f, "segment_bytes", dh && dh->ok ? (double)dh->st_loaded.segment_bytes : NAN, true);
+    json_num(f, "load_factor", dh && dh->ok ? dh->st_loaded.load_factor : NAN, true);
+    json_num(f, "fragmentation_after_updates",
+             dh && dh->ok ? dh->st_updated.fragmentation : NAN, true);
+    json_num(f, "inplace_updates", dh && dh->ok ? (double)dh->st_updated.inplace_updates : NAN,
+             false);
+    fprintf(f, ",\n \"churn\": ");
+    if (dh && dh->churned) {
+        fprintf(f, "{\"rounds\": %g, \"ops\": %" PRIu64 ", ", o->churn, dh->churn_ops);
+        json_num(f, "upsert_mkeys_s", mks(dh->churn_ops, dh->churn_s), true);
+        json_num(f, "fragmentation_max", dh->frag_max, true);
+        json_num(f, "fragmentation", dh->frag_final, true);
+        json_num(f, "rss_bytes", (double)dh->churn_rss, true);
+        json_num(f, "live_payload_bytes", (double)dh->churn_live_payload, true);
+        json_num(f, "store_payload_bytes", (double)dh->st_churn.payload_bytes, true);
+        json_num(f, "rss_per_payload", (double)dh->churn_rss / (double)dh->churn_live_payload,
+                 true);
+        json_num(f, "rss_per_payload_max", dh->churn_ratio_max, true);
+        json_num(f, "samples", (double)dh->churn_samples, true);
+        json_num(f, "compacted_segments", (double)dh->st_churn.compacted_segments, true);
+        json_num(f, "wrong_values", (double)dh->churn_bad, true);
+        json_num(f, "misses", (double)dh->churn_misses, false);
+        fputc('}', f);
+    } else {
+        fputs("null", f);
+    }
+    fprintf(f, ",\n \"peers\": {");
+    bool first = true;
+    for (size_t i = 0; i < nres; i++) {
+        if (!strcmp(res[i].id, "dhps"))
+            continue;
+        fprintf(f, "%s\n  ", first ? "" : ",");
+        json_str(f, res[i].id);
+        fprintf(f, ": {");
+        json_fields(f, d, &res[i]);
+        fputc('}', f);
+        first = false;
+    }
+    fprintf(f, "},\n \"ratios\": {");
+    first = true;
+    if (dh && dh->ok) {
+        for (size_t i = 0; i < nres; i++) {
+            derived y;
+            if (!strcmp(res[i].id, "dhps") || !res[i].ok)
+                continue;
+            derive(d, &res[i], &y);
+            fprintf(f, "%s\n  \"%s\": {", first ? "" : ",", res[i].id);
+            json_num(f, "lookup", x.lookup / y.lookup, true);
+            json_num(f, "update", x.update / y.update, true);
+            json_num(f, "rss", (double)x.rss / (double)y.rss, false);
+            fputc('}', f);
+            first = false;
+        }
+    }
+    fprintf(f, "}}\n");
+}
+
+static void fmt_bytes(char *buf, size_t n, double v)
+{
+    if (!isfinite(v))
+        snprintf(buf, n, "-");
+    else if (v >= 1e9)
+        snprintf(buf, n, "%.2f GB", v / 1e9);
+    else if (v >= 1e6)
+        snprintf(buf, n, "%.1f MB", v / 1e6);
+    else
+        snprintf(buf, n, "%.0f kB", v / 1e3);
+}
+
+static void fmt_num(char *buf, size_t n, const char *fmt, double v)
+{
+    if (isfinite(v))
+        snprintf(buf, n, fmt, v);
+    else
+        snprintf(buf, n, "-");
+}
+
+static const char *verdict(double v, double target, bool at_least)
+{
+    if (!isfinite(v))
+        return "n/a";
+    return (at_least ? v >= target : v <= target) ? "met" : "NOT met";
+}
+
+static void print_human(FILE *f, const run_data *d, const bench_result *res, size_t nres,
+                        const char *simd, const char *thp)
+{
+    const opts *o = d->o;
+    const double payload = (double)d->cfg.keys * (8.0 + d->cfg.value_bytes);
+    char pb[32];
+    fmt_bytes(pb, sizeof pb, payload);
+    fprintf(f, "\ndhps-bench store: %" PRIu64 " keys x %u B values, batch %u, dist %s, "
+               "%" PRIu64 " lookups, %" PRIu64 " upserts, seed %" PRIu64 "\n",
+            d->cfg.keys, d->cfg.value_bytes, d->cfg.batch, o->dist, o->ops, o->update_ops,
+            o->seed);
+    fprintf(f, "payload N x (8+B) = %s; dhps SIMD: %s; THP: %s; huge-page advice: %s; "
+               "one process per contender, single thread\n\n",
+            pb, simd ? simd : "(not built)", thp, o->huge ? "on" : "off");
+    fprintf(f, "%-20s %9s %9s %9s %10s %10s %7s %7s %8s %6s %6s %s\n", "contender", "build",
+            "lookup", "update", "RSS delta", "RSS abs", "RSS/", "index", "overhd", "frag",
+            "misses", "wrong");
+    fprintf(f, "%-20s %9s %9s %9s %10s %10s %7s %7s %8s %6s %6s %s\n", "", "Mkeys/s",
+            "Mkeys/s", "Mkeys/s", "", "", "payload", "B/key", "B/key", "", "", "values");
+    const bench_result *dh = NULL;
+    for (size_t i = 0; i < nres; i++) {
+        const bench_result *r = &res[i];
+        derived x;
+        derive(d, r, &x);
+        if (!strcmp(r->id, "dhps"))
+            dh = r;
+        if (!r->ok) {
+            fprintf(f, "%-20s FAILED: %s\n", r->label, r->err[0] ? r->err : "(no message)");
+            if (!r->rss_loaded)
+                continue;
+        }
+        char c[11][24];
+        fmt_num(c[0], 24, "%.2f", x.build);
+        fmt_num(c[1], 24, "%.2f", x.lookup);
+        fmt_num(c[2], 24, "%.2f", x.update);
+        fmt_bytes(c[3], 24, r->rss_loaded ? (double)x.rss : NAN);
+        fmt_bytes(c[4], 24, r->rss_loaded ? (double)r->rss_loaded : NAN);
+        fmt_num(c[5], 24, "%.3f", x.rss_ratio);
+        fmt_num(c[6], 24, "%.1f", x.index_per_key);
+        fmt_num(c[7], 24, "%.1f", x.overhead_per_key);
+        fmt_num(c[8], 24, "%.2f%%", x.frag * 100);
+        fprintf(f, "%-20s %9s %9s %9s %10s %10s %7s %7s %8s %6s %6" PRIu64 " %" PRIu64 "\n",
+                r->label, c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8],
+                x.misses, x.bad);
+        if (r->lookup2_label[0] && r->ok) {
+            fmt_num(c[1], 24, "%.2f", x.lookup2);
+            fprintf(f, "%-20s %9s %9s %9s\n", r->lookup2_label, "", c[1], "");
+        }
+    }
+    derived xd;
+    if (dh && dh->ok) {
+        derive(d, dh, &xd);
+        bool any = false;
+        for (size_t i = 0; i < nres; i++) {
+            const bench_result *r = &res[i];
+            if (r == dh || !r->ok)
+                continue;
+            derived y;
+            derive(d, r, &y);
+            if (!any)
+                fprintf(f, "\nratios dhps / peer    lookup  (pinned)    update   RSS\n");
+            any = true;
+            fprintf(f, "%-20s %8.2fx %8.2fx %8.2fx %6.2fx\n", r->label, xd.lookup / y.lookup,
+                    xd.lookup2 / y.lookup, xd.update / y.update, (double)xd.rss / (double)y.rss);
+        }
+        fprintf(f, "\ntargets (shown, not asserted):\n");
+        for (size_t i = 0; i < nres; i++) {
+            const bench_result *r = &res[i];
+            derived y;
+            if (!r->ok)
+                continue;
+            derive(d, r, &y);
+            if (!strcmp(r->id, "unordered_map")) {
+                fprintf(f, "  lookups  >= 5x std::unordered_map    %6.2fx  %s\n",
+                        xd.lookup / y.lookup, verdict(xd.lookup / y.lookup, 5, true));
+                fprintf(f, "  upserts  >= 3x std::unordered_map    %6.2fx  %s\n",
+                        xd.update / y.update, verdict(xd.update / y.update, 3, true));
+            } else if (!strcmp(r->id, "rte_hash")) {
+                fprintf(f, "  lookups  >= 3x rte_hash bulk         %6.2fx  %s\n",
+                        xd.lookup / y.lookup, verdict(xd.lookup / y.lookup, 3, true));
+            }
+        }
+        fprintf(f, "  RSS      <= 1.10 x payload (loaded)   %6.3f   %s\n", xd.rss_ratio,
+                verdict(xd.rss_ratio, 1.10, false));
+        fprintf(f, "  fragmentation <= 5%% (loaded)         %5.2f%%   %s\n", xd.frag * 100,
+                verdict(xd.frag, 0.05, false));
+        if (dh->churned) {
+            double ratio = (double)dh->churn_rss / (double)dh->churn_live_payload;
+            char lp[32], rs[32];
+            fmt_bytes(lp, sizeof lp, (double)dh->churn_live_payload);
+            fmt_bytes(rs, sizeof rs, (double)dh->churn_rss);
+            fprintf(f, "\nchurn %g (dhps): %" PRIu64 " overwrites at %.2f Mkeys/s, sizes 16..512 B,"
+                       " TTL none/1h/6h/1d; %" PRIu64 " samples\n",
+                    o->churn, dh->churn_ops, mks(dh->churn_ops, dh->churn_s), dh->churn_samples);
+            fprintf(f, "  live payload %s (store says %" PRIu64 " B), RSS delta %s, "
+                       "compacted segments %" PRIu64 "\n",
+                    lp, dh->st_churn.payload_bytes, rs, dh->st_churn.compacted_segments);
+            fprintf(f, "  RSS      <= 1.15 x live payload       %6.3f   %s   (max over samples %.3f)\n",
+                    ratio, verdict(ratio, 1.15, false), dh->churn_ratio_max);
+            fprintf(f, "  fragmentation <= 5%% steady state     %5.2f%%   %s   (max over samples %.2f%%)\n",
+                    dh->frag_final * 100, verdict(dh->frag_max, 0.05, false), dh->frag_max * 100);
+            fprintf(f, "  checked %" PRIu64 " keys after churn: %" PRIu64 " wrong, %" PRIu64
+                       " missing\n", dh->churn_checked, dh->churn_bad, dh->churn_misses);
+        }
+    }
+    uint64_t checked = 0;
+    for (size_t i = 0; i < nres; i++)
+        checked += res[i].lookup_checked + res[i].lookup2_checked + res[i].update_checked +
+                   res[i].churn_checked;
+    fprintf(f, "\nchecked %" PRIu64 " copied values against the expected bytes\n", checked);
+}
+
+static void thp_mode(char *buf, size_t n)
+{
+    snprintf(buf, n, "unknown");
+    FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
+    char line[128];
+    if (!f)
+        return;
+    if (fgets(line, sizeof line, f)) {
+        char *a = strchr(line, '['), *b = a ? strchr(a, ']') : NULL;
+        if (a && b) {
+            *b = 0;
+            snprintf(buf, n, "%s", a + 1);
+        }
+    }
+    fclose(f);
+}
+
+/* ---- entry ------------------------------------------------------------------------------ */
+
+int bench_store_main(int argc, char **argv)
+{
+    opts o;
+    if (parse_opts(argc, argv, &o))
+        return 2;
+
+    /* which contenders */
+    const bench_contender *all[CONTENDER_MAX];
+    const char *names[CONTENDER_MAX] = {"dhps", "unordered_map", "absl", "rte_hash"};
+#ifndef DHPS_BENCH_NO_STORE
+    all[0] = &k_dhps;
+    g_simd = o.simd;
+#else
+    all[0] = NULL;
+#endif
+    all[1] = bench_peer_unordered_map();
+    all[2] = bench_peer_absl();
+    all[3] = bench_peer_rte_hash();
+    bool want[CONTENDER_MAX] = {true, o.peers, o.peers, o.peers};
+    if (o.only[0]) {
+        memset(want, 0, sizeof want);
+        char list[128];
+        snprintf(list, sizeof list, "%s", o.only);
+        for (char *save = NULL, *t = strtok_r(list, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+            int k = -1;
+            for (int i = 0; i < CONTENDER_MAX; i++)
+                if (!strcmp(t, names[i]))
+                    k = i;
+            if (k < 0) {
+                fprintf(stderr, "dhps-bench store: --only: unknown contender '%s' "
+                                "(dhps, unordered_map, absl, rte_hash)\n", t);
+                return 2;
+            }
+            want[k] = true;
+        }
+    }
+    if (want[0] && !all[0]) {
+        if (o.only[0]) {
+            fprintf(stderr, "dhps-bench store: built without the dhps store library "
+                            "(DHPS_BENCH_NO_STORE): only peers can run\n");
+            return 2;
+        }
+        fprintf(stderr, "dhps-bench store: note: built without the dhps store library; "
+                        "running peers only\n");
+        want[0] = false;
+    }
+    if (o.simd[0] && !want[0]) {
+        fprintf(stderr, "dhps-bench store: --simd applies to dhps, which is not running\n");
+        return 2;
+    }
+
+    run_data d;
+    memset(&d, 0, sizeof d);
+    d.o = &o;
+    d.cfg.keys = o.keys;
+    d.cfg.value_bytes = (uint32_t)o.value_bytes;
+    d.cfg.batch = (uint32_t)o.batch;
+    d.cfg.max_value = o.churn > 0 && want[0] ? (o.value_bytes > 512 ? (uint32_t)o.value_bytes : 512)
+                                             : (uint32_t)o.value_bytes;
+    d.cfg.huge_pages = o.huge;
+
+    const char *simd = NULL;
+#ifndef DHPS_BENCH_NO_STORE
+    simd = o.simd[0] ? o.simd : dhps_store_simd_name();
+#endif
+    char thp[32];
+    thp_mode(thp, sizeof thp);
+    fprintf(stderr, "dhps-bench store: generating %" PRIu64 " keys, %" PRIu64 " lookups, %" PRIu64
+                    " upserts (%s)\n", o.keys, o.ops, o.update_ops, o.dist);
+    uint64_t t0 = now_ns();
+    gen_data(&d);
+    fprintf(stderr, "dhps-bench store: streams ready in %.2f s\n", (now_ns() - t0) / 1e9);
+
+    bench_result res[CONTENDER_MAX];
+    size_t nres = 0;
+    int status = 0;
+    for (int i = 0; i < CONTENDER_MAX; i++) {
+        if (!want[i])
+            continue;
+        fprintf(stderr, "dhps-bench store: running %s\n", all[i]->label);
+        bench_result *r = &res[nres++];
+        run_forked(&d, all[i], r);
+        derived x;
+        derive(&d, r, &x);
+        if (!r->ok) {
+            fprintf(stderr, "dhps-bench store: %s FAILED: %s\n", r->label, r->err);
+            status = 1;
+        } else if (x.bad || x.misses) {
+            fprintf(stderr, "dhps-bench store: %s returned %" PRIu64 " wrong values and missed "
+                            "%" PRIu64 " keys\n", r->label, x.bad, x.misses);
+            status = 1;
+        }
+    }
+    if (o.json)
+        print_json(stdout, &d, res, nres, simd);
+    else
+        print_human(stdout, &d, res, nres, simd, thp);
+    bench_unmap(d.lookup_ix, o.ops * sizeof(uint32_t));
+    bench_unmap(d.update_ix, o.update_ops * sizeof(uint32_t));
+    return status;
+}
