@@ -80,9 +80,11 @@ long rpc_frame_parse(const uint8_t *buf, size_t n, uint32_t max_payload, bool al
             return DHPS_E_MALFORMED;
         break;
     case RPC_F_PAD:
-        if (!allow_pad || f->status != 0)
+        /* a pad fills less than one aligned frame; the ring also checks it ends at
+         * the ring's end */
+        if (!allow_pad || f->status != 0 || f->len > max_payload + 8)
             return DHPS_E_MALFORMED;
-        break; /* len is checked by the ring, which knows its size */
+        break;
     default:
         return DHPS_E_MALFORMED;
     }

@@ -37,8 +37,9 @@ void rpc_frame_encode(const rpc_frame *f, uint8_t *out);
 /*
  * Parse one frame from buf[0..n). Returns the total frame size (header + payload, > 0)
  * when a whole frame is there, 0 when more bytes are needed, or DHPS_E_MALFORMED
- * (bad magic, unknown type, reserved bits set, len > max_payload, a doorbell/pad with
- * a payload where none is allowed, a request with a status, a PAD when !allow_pad).
+ * (bad magic, unknown type, reserved bits set, len > max_payload, a doorbell with a
+ * payload, a PAD longer than max_payload + 8, a request with a status, a response
+ * with both a status and a payload, a PAD when !allow_pad).
  * *f is set when the header is valid (return != DHPS_E_MALFORMED and n >= 24).
  */
 long rpc_frame_parse(const uint8_t *buf, size_t n, uint32_t max_payload, bool allow_pad,
