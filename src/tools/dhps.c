@@ -1,0 +1,46 @@
+/*
+ * dhps: the command-line tool. One binary, subcommands dispatched from a const table.
+ *
+ * For now only `sim` (the route simulator, src/tools/sim.c). Issue 4 adds the cluster
+ * commands: up, down, get, put, stats, load and bench.
+ */
+#include <stdio.h>
+#include <string.h>
+
+int dhps_cmd_sim(int argc, char **argv);
+
+struct dhps_cmd {
+    const char *name;
+    int (*run)(int argc, char **argv); /* argv[0] is the subcommand name */
+    const char *help;
+};
+
+static const struct dhps_cmd dhps_cmds[] = {
+    {"sim", dhps_cmd_sim, "simulate client traffic over a cluster through the router"},
+    /* issue 4: up, down, get, put, stats, load, bench */
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: dhps <command> [options]   (dhps <command> --help)\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof dhps_cmds / sizeof dhps_cmds[0]; i++)
+        fprintf(f, "  %-8s %s\n", dhps_cmds[i].name, dhps_cmds[i].help);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    if (!strcmp(argv[1], "help") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+        usage(stdout);
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof dhps_cmds / sizeof dhps_cmds[0]; i++)
+        if (!strcmp(argv[1], dhps_cmds[i].name))
+            return dhps_cmds[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "dhps: unknown command '%s'\n", argv[1]);
+    usage(stderr);
+    return 2;
+}
