@@ -12,6 +12,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     p.capacity_hint = 64;
     p.segment_bytes = 64u << 10;
     p.huge_pages = false;
+    p.mem_limit = 8u << 20; /* small reservation: faster iterations */
     dhps_store *s;
     if (dhps_store_create(&p, &s) != 0)
         abort();

@@ -166,7 +166,9 @@ long dhps_store_put(dhps_store *s, const dhps_store_batch *b, uint64_t *stale);
 /*
  * Delete keys whose stored version is <= version (pass UINT64_MAX to delete
  * unconditionally). Sets bit i of deleted (if non-NULL) for each key removed. Returns
- * the number removed. Writer only. Deletes leave no tombstone.
+ * the number removed. Writer only. Deletes leave no tombstone. An expired record counts
+ * as absent: it is removed whatever its version, and not counted. Likewise an upsert
+ * over an expired record is never stale.
  */
 size_t dhps_store_delete(dhps_store *s, const uint64_t *keys, size_t n, uint64_t version,
                          uint64_t *deleted);

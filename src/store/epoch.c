@@ -16,7 +16,7 @@ uint64_t epoch_retire_stamp(dhps_store *s)
 
 uint64_t epoch_min_active(dhps_store *s)
 {
-    atomic_thread_fence(memory_order_seq_cst);
+    FENCE_SC(s);
     uint64_t min = UINT64_MAX;
     uint32_t hw = atomic_load_explicit(&s->reader_hw, memory_order_acquire);
     for (uint32_t i = 0; i < hw; i++) {

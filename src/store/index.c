@@ -70,7 +70,7 @@ static inline void bucket_lock(bucket *b)
 {
     uint32_t v = __atomic_load_n(&b->version, __ATOMIC_RELAXED);
     __atomic_store_n(&b->version, v + 1, __ATOMIC_RELAXED);
-    __atomic_thread_fence(__ATOMIC_RELEASE);
+    FENCE_REL();
 }
 static inline void bucket_unlock(bucket *b)
 {
@@ -129,8 +129,8 @@ static inline int empty_slot(const bucket *b)
 
 static inline void slot_fill(bucket *b, int i, uint8_t tag, uint32_t ref)
 {
-    __atomic_store_n(&b->refs[i], ref, __ATOMIC_RELAXED);
-    __atomic_store_n(&b->tags[i], tag, __ATOMIC_RELEASE); /* publishes the ref and record */
+    __atomic_store_n(&b->refs[i], ref, __ATOMIC_RELEASE); /* publishes the record */
+    __atomic_store_n(&b->tags[i], tag, __ATOMIC_RELEASE); /* publishes the ref */
 }
 
 void index_remove(index_table *t, uint32_t bkt, int slot)

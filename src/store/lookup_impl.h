@@ -79,7 +79,7 @@ LOOKUP_TARGET static size_t LOOKUP_FN(dhps_store *s, const index_table *t, const
                             r = 1;
                         }
                         /* an in-place rewrite of this record bumps this bucket */
-                        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+                        FENCE_ACQ();
                         if (__atomic_load_n(&bs[w]->version, __ATOMIC_RELAXED) != (w ? v2[j] : v1[j]))
                             r = -3;
                         break;
@@ -87,7 +87,7 @@ LOOKUP_TARGET static size_t LOOKUP_FN(dhps_store *s, const index_table *t, const
                 }
                 if (r == -2) {
                     /* a miss is only a miss if no entry moved between the buckets */
-                    __atomic_thread_fence(__ATOMIC_ACQUIRE);
+                    FENCE_ACQ();
                     if (__atomic_load_n(&bs[0]->version, __ATOMIC_RELAXED) == v1[j] &&
                         __atomic_load_n(&bs[1]->version, __ATOMIC_RELAXED) == v2[j])
                         r = 0;

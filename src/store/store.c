@@ -1,6 +1,7 @@
 /* Public store API: lifecycle, readers, lookups, upserts, deletes, maintenance, stats. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <pthread.h>
 #include <sched.h>
 #include <stdlib.h>
 #include <sys/random.h>
@@ -38,9 +39,12 @@ void dhps_store_params_init(dhps_store_params *p)
     p->max_readers = 256;
 }
 
+static void lookup_pick(void);
+
 int dhps_store_create(const dhps_store_params *p, dhps_store **out)
 {
     *out = NULL;
+    lookup_pick(); /* choose the tag-match code once, before any reader exists */
     const char *bad = NULL;
     if (p->segment_bytes < (64u << 10) || p->segment_bytes > (1u << 30) ||
         (p->segment_bytes & (p->segment_bytes - 1)))
@@ -199,7 +203,7 @@ static int lookup_one_slow(dhps_store *s, const index_table *t, const hkey *k, u
                 break;
             }
         }
-        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+        FENCE_ACQ();
         if (__atomic_load_n(&bs[0]->version, __ATOMIC_RELAXED) != v[0] ||
             __atomic_load_n(&bs[1]->version, __ATOMIC_RELAXED) != v[1])
             continue;
@@ -261,8 +265,9 @@ typedef size_t (*lookup_fn)(dhps_store *, const index_table *, const uint64_t *,
                             uint64_t *);
 static lookup_fn g_lookup;
 static const char *g_lookup_name;
+static pthread_once_t g_lookup_once = PTHREAD_ONCE_INIT;
 
-static void lookup_pick(void)
+static void lookup_pick_once(void)
 {
 #if defined(__x86_64__) && !defined(DHPS_TSAN)
     __builtin_cpu_init();
@@ -279,15 +284,17 @@ static void lookup_pick(void)
 #endif
 }
 
+static void lookup_pick(void) { pthread_once(&g_lookup_once, lookup_pick_once); }
+
 const char *dhps_store_simd_name(void)
 {
-    if (!g_lookup)
-        lookup_pick();
+    lookup_pick();
     return g_lookup_name;
 }
 
 int dhps_store_force_simd(const char *name)
 {
+    lookup_pick();
     if (!strcmp(name, "scalar")) {
         g_lookup = lookup_scalar;
         g_lookup_name = "scalar";
@@ -314,8 +321,6 @@ size_t dhps_store_get(dhps_store_reader *r, const uint64_t *keys, size_t n, void
                       size_t out_stride, uint32_t *lens, uint64_t *found)
 {
     dhps_store *s = r->store;
-    if (!g_lookup)
-        lookup_pick();
     memset(found, 0, ((n + 63) / 64) * sizeof *found);
     if (!out)
         out_stride = 0;
@@ -334,15 +339,13 @@ size_t dhps_store_get_pinned(dhps_store_reader *r, const uint64_t *keys, size_t 
                              const void **vals, uint32_t *lens, uint64_t *found)
 {
     dhps_store *s = r->store;
-    if (!g_lookup)
-        lookup_pick();
     memset(found, 0, ((n + 63) / 64) * sizeof *found);
     uint32_t now = store_now_s(s);
     if (!r->pinned) {
         /* Announce the pin before reading (pairs with the writer's check in
          * try_inplace), then hold the epoch until release. */
         atomic_fetch_add_explicit(&s->zc_pins, 1, memory_order_seq_cst);
-        atomic_thread_fence(memory_order_seq_cst);
+        FENCE_SC(s);
         reader_enter(s, r);
         r->pinned = 1;
     }
@@ -372,7 +375,7 @@ static bool try_inplace(dhps_store *s, bucket *b, uint8_t *rec, uint16_t lf, uin
 {
     uint32_t v = __atomic_load_n(&b->version, __ATOMIC_RELAXED);
     __atomic_store_n(&b->version, v + 1, __ATOMIC_RELAXED);
-    atomic_thread_fence(memory_order_seq_cst);
+    FENCE_SC(s);
     if (atomic_load_explicit(&s->zc_pins, memory_order_seq_cst) != 0) {
         __atomic_store_n(&b->version, v + 2, __ATOMIC_RELEASE);
         return false;
@@ -448,7 +451,9 @@ long dhps_store_put(dhps_store *s, const dhps_store_batch *b, uint64_t *stale)
             uint32_t oref = t->b[bkt].refs[slot];
             uint8_t *orec = rec_ptr(s, oref);
             uint32_t oseg = seg_of_ref(s, oref);
-            if (ver < rec_version(s, orec, oseg)) {
+            uint16_t elf = rd16(orec + 8);
+            bool expired = (elf & REC_EXP) && rd32(orec + rec_exp_off(elf)) <= now;
+            if (!expired && ver < rec_version(s, orec, oseg)) {
                 if (stale)
                     stale[i >> 6] |= 1ull << (i & 63);
                 s->st.stale_updates++;
@@ -516,6 +521,7 @@ size_t dhps_store_delete(dhps_store *s, const uint64_t *keys, size_t n, uint64_t
     if (deleted)
         memset(deleted, 0, ((n + 63) / 64) * sizeof *deleted);
     size_t count = 0;
+    uint32_t now = store_now_s(s);
     for (size_t i = 0; i < n; i++) {
         index_table *t = atomic_load_explicit(&s->table, memory_order_relaxed);
         hkey k;
@@ -526,6 +532,13 @@ size_t dhps_store_delete(dhps_store *s, const uint64_t *keys, size_t n, uint64_t
             continue;
         uint32_t ref = t->b[bkt].refs[slot];
         uint8_t *rec = rec_ptr(s, ref);
+        uint16_t lf = rd16(rec + 8);
+        if ((lf & REC_EXP) && rd32(rec + rec_exp_off(lf)) <= now) {
+            index_remove(t, bkt, slot); /* expired: already invisible, not counted */
+            store_unlive(s, ref, rec);
+            s->st.expired_records++;
+            continue;
+        }
         if (rec_version(s, rec, seg_of_ref(s, ref)) > version)
             continue;
         index_remove(t, bkt, slot);

@@ -17,6 +17,20 @@
 #endif
 #endif
 
+/* Fences. TSan does not model stand-alone fences (gcc warns -Wtsan), so under TSan the
+ * seq_cst fence becomes a seq_cst read-modify-write of a per-store word and the
+ * acquire/release fences are dropped: every access they order is itself atomic there
+ * (copy_sync, __atomic loads and stores), which is what TSan checks. */
+#ifdef DHPS_TSAN
+#define FENCE_ACQ() ((void)0)
+#define FENCE_REL() ((void)0)
+#define FENCE_SC(s) ((void)atomic_fetch_add_explicit(&(s)->fence_word, 0, memory_order_seq_cst))
+#else
+#define FENCE_ACQ() __atomic_thread_fence(__ATOMIC_ACQUIRE)
+#define FENCE_REL() __atomic_thread_fence(__ATOMIC_RELEASE)
+#define FENCE_SC(s) ((void)(s), __atomic_thread_fence(__ATOMIC_SEQ_CST))
+#endif
+
 #define CACHELINE 64
 #define SLOTS 12
 
@@ -137,7 +151,8 @@ struct dhps_store {
     _Atomic uint32_t zc_pins;       /* readers holding zero-copy pins */
     _Atomic uint32_t reader_hw;     /* highest reader slot ever used + 1 */
     _Atomic uint64_t reader_retries;/* folded in from closed readers */
-    char pad2[CACHELINE - 16];
+    _Atomic uint64_t fence_word;    /* FENCE_SC under TSan */
+    char pad2[CACHELINE - 24];
 
     /* writer-owned */
     dhps_store_params p;

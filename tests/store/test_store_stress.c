@@ -1,0 +1,146 @@
+/* Concurrency stress: lock-free readers verify every value they see while one writer
+ * upserts (in place and appending), deletes, expires, compacts and grows the index.
+ * Values carry their version in the first 8 bytes and bytes derived from (key,
+ * version, length) after it, so a torn or stale-pointer read is caught. Keys below
+ * STABLE are written once before readers start and never deleted or expired: readers
+ * must always find them (no false miss while entries move or the index is rebuilt).
+ * Pinned readers check that pinned bytes do not change until release. */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+
+#include "test_util.h"
+
+enum { K = 20000, STABLE = 2000, READERS = 3 };
+
+static test_clock clk = {.ms = 1000000};
+static dhps_store *S;
+static _Atomic int done;
+static _Atomic uint64_t reads, hits, pinned_checks;
+
+static uint64_t key_of(unsigned i) { return (uint64_t)i * 0xD6E8FEB86659FD93ull + 1; }
+
+static void make_value(uint8_t *v, uint32_t len, uint64_t key, uint64_t ver)
+{
+    memcpy(v, &ver, 8);
+    fill_value(v + 8, len - 8, key, ver ^ ((uint64_t)len << 48));
+}
+
+static void verify(const uint8_t *v, uint32_t len, uint64_t key)
+{
+    uint64_t ver;
+    assert_true(len >= 8);
+    memcpy(&ver, v, 8);
+    assert_true(check_value(v + 8, len - 8, key, ver ^ ((uint64_t)len << 48)));
+}
+
+static void *reader_main(void *arg)
+{
+    unsigned id = (unsigned)(uintptr_t)arg;
+    uint64_t x = 77 + id;
+    dhps_store_reader *r;
+    assert_int_equal(dhps_store_reader_open(S, &r), 0);
+    enum { B = 64 };
+    uint64_t keys[B], found[1];
+    static __thread uint8_t out[B][128];
+    uint32_t lens[B];
+    const void *vals[B];
+    while (!atomic_load(&done)) {
+        for (int j = 0; j < B; j++)
+            keys[j] = key_of((unsigned)(splitmix(&x) % K));
+        keys[0] = key_of((unsigned)(splitmix(&x) % STABLE));
+        if (splitmix(&x) % 16 == 0) {
+            dhps_store_get_pinned(r, keys, B, vals, lens, found);
+            assert_true(bit(found, 0));
+            uint8_t copy[B][128];
+            for (int j = 0; j < B; j++)
+                if (bit(found, (size_t)j)) {
+                    verify(vals[j], lens[j], keys[j]);
+                    memcpy(copy[j], vals[j], lens[j]);
+                }
+            for (volatile int spin = 0; spin < 2000; spin++)
+                ;
+            for (int j = 0; j < B; j++)
+                if (bit(found, (size_t)j))
+                    assert_memory_equal(copy[j], vals[j], lens[j]); /* pinned bytes hold */
+            dhps_store_release(r);
+            atomic_fetch_add(&pinned_checks, 1);
+        } else {
+            size_t h = dhps_store_get(r, keys, B, out, 128, lens, found);
+            assert_true(bit(found, 0)); /* stable keys are never missed */
+            for (int j = 0; j < B; j++)
+                if (bit(found, (size_t)j))
+                    verify(out[j], lens[j], keys[j]);
+            atomic_fetch_add(&hits, h);
+        }
+        atomic_fetch_add(&reads, B);
+    }
+    dhps_store_reader_close(r);
+    return NULL;
+}
+
+static void stress(void **state)
+{
+    (void)state;
+    dhps_store_params p;
+    dhps_store_params_init(&p);
+    p.capacity_hint = 256; /* grows several times under the readers */
+    p.segment_bytes = 64u << 10;
+    p.clock = test_clock_fn;
+    p.clock_arg = &clk;
+    assert_int_equal(dhps_store_create(&p, &S), 0);
+    uint64_t ver[K] = {0};
+    uint8_t v[128];
+    for (unsigned i = 0; i < STABLE; i++) {
+        uint64_t k = key_of(i);
+        make_value(v, 64, k, ++ver[i]);
+        dhps_store_batch b = {.keys = &k, .n = 1, .values = v, .value_stride = 64, .version = ver[i]};
+        assert_int_equal(dhps_store_put(S, &b, NULL), 1);
+    }
+    pthread_t th[READERS];
+    for (uintptr_t i = 0; i < READERS; i++)
+        assert_int_equal(pthread_create(&th[i], NULL, reader_main, (void *)i), 0);
+
+    uint64_t ops = test_scale(600000, 60000), x = 5;
+    for (uint64_t op = 0; op < ops; op++) {
+        unsigned what = (unsigned)(splitmix(&x) % 100);
+        unsigned i = (unsigned)(splitmix(&x) % K);
+        uint64_t k = key_of(i);
+        if (what < 80) {
+            uint32_t len = splitmix(&x) % 4 ? 64 : 8 + (uint32_t)(splitmix(&x) % 120);
+            uint32_t ttl = i < STABLE ? 0 : (splitmix(&x) % 3 ? 0 : 1 + (uint32_t)(splitmix(&x) % 4));
+            make_value(v, len, k, ++ver[i]);
+            dhps_store_batch b = {.keys = &k, .n = 1, .values = v, .value_stride = len,
+                                  .version = ver[i], .ttl = ttl};
+            assert_int_equal(dhps_store_put(S, &b, NULL), 1);
+        } else if (what < 90) {
+            if (i >= STABLE)
+                dhps_store_delete(S, &k, 1, UINT64_MAX, NULL);
+        } else if (what < 95) {
+            test_clock_advance(&clk, 300);
+        } else {
+            dhps_store_maintain(S, (size_t)(splitmix(&x) % 200000));
+        }
+    }
+    atomic_store(&done, 1);
+    for (int i = 0; i < READERS; i++)
+        pthread_join(th[i], NULL);
+    dhps_store_stats st;
+    dhps_store_get_stats(S, &st);
+    printf("stress: %llu writer ops, %llu keys read (%llu hits), %llu pinned checks; grows %llu, "
+           "compacted %llu, expired %llu, inplace %llu, reader retries %llu\n",
+           (unsigned long long)ops, (unsigned long long)atomic_load(&reads),
+           (unsigned long long)atomic_load(&hits), (unsigned long long)atomic_load(&pinned_checks),
+           (unsigned long long)st.index_grows, (unsigned long long)st.compacted_segments,
+           (unsigned long long)st.expired_segments, (unsigned long long)st.inplace_updates,
+           (unsigned long long)st.reader_retries);
+    assert_true(st.index_grows >= 3);
+    assert_true(atomic_load(&reads) > 0);
+    dhps_store_destroy(S);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {cmocka_unit_test(stress)};
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
