@@ -520,6 +520,8 @@ static void breaker_open(dhps_route *r, struct rnode *n, uint32_t b, uint64_t no
         }
     } while (!cas32(&r->ejected, &e, e + 1));
     st64(&n->open_until, now + backoff_ns(r, level));
+    st32(&n->probe_ok, 0);
+    st32(&n->probe_busy, 0);
     uint32_t nb = BRK(DHPS_ROUTE_OPEN, level + 1 > MAX_LEVEL ? MAX_LEVEL : level + 1);
     if (!cas32(&n->brk, &b, nb)) { /* someone else changed it first */
         __atomic_fetch_sub(&r->ejected, 1, RLX);
@@ -535,9 +537,8 @@ static void breaker_open(dhps_route *r, struct rnode *n, uint32_t b, uint64_t no
 static uint32_t breaker_state(dhps_route *r, struct rnode *n, uint64_t now)
 {
     uint32_t b = __atomic_load_n(&n->brk, ACQ);
+    /* probe_ok and probe_busy were cleared before the node entered OPEN */
     while (BRK_STATE(b) == DHPS_ROUTE_OPEN && now >= ld64(&n->open_until)) {
-        st32(&n->probe_ok, 0);
-        st32(&n->probe_busy, 0);
         if (cas32(&n->brk, &b, BRK(DHPS_ROUTE_HALF_OPEN, BRK_LEVEL(b)))) {
             inc(&r->c.breaker_half_opened);
             return DHPS_ROUTE_HALF_OPEN;
@@ -566,6 +567,7 @@ static void breaker_report(dhps_route *r, struct rnode *n, const dhps_route_choi
             }
         } else {
             st64(&n->open_until, now + backoff_ns(r, BRK_LEVEL(b)));
+            st32(&n->probe_ok, 0);
             uint32_t lvl = BRK_LEVEL(b) + 1 > MAX_LEVEL ? MAX_LEVEL : BRK_LEVEL(b) + 1;
             if (cas32(&n->brk, &b, BRK(DHPS_ROUTE_OPEN, lvl))) {
                 inc(&r->c.breaker_opened);

@@ -32,7 +32,7 @@ struct sim_opts {
     double fail_rate, slow_share, rate;
     const char *partition;
     uint64_t deadline_ns, attempt_timeout_ns;
-    bool json, hedge, retry;
+    bool json, hedge, retry, flat;
 };
 
 /* ---- random ------------------------------------------------------------------------- */
@@ -186,6 +186,7 @@ struct sim {
     uint64_t issued, finished, failed;
     uint64_t *lat; /* per finished request, ns */
     uint64_t tier_lat[DHPS_ROUTE_TIERS];
+    uint64_t sent[DHPS_ROUTE_TIERS]; /* attempts by true network tier */
     uint64_t sim_end;
 };
 
@@ -247,6 +248,7 @@ static void send_attempt(struct sim *s, uint32_t si, int kind)
     sb->tried[a] = ch.node;
     sb->open++;
     uint64_t resp = response_time(s, s->client_node[rq->client], ch.node);
+    s->sent[tier_between(&s->c, s->client_node[rq->client], ch.node)]++;
     sb->att_resp[a] = resp;
     uint64_t tmo = g_now + s->o.attempt_timeout_ns;
     if (tmo > rq->deadline)
@@ -383,6 +385,7 @@ static void usage(FILE *f)
             "  --attempt-us D     per-attempt timeout (default 1000)\n"
             "  --no-hedge         disable hedging\n"
             "  --no-retry         disable retries\n"
+            "  --flat             hide the labels from the routers (no tiers: P2C only)\n"
             "  --json             print one JSON object\n");
 }
 
@@ -397,7 +400,7 @@ int dhps_cmd_sim(int argc, char **argv)
                            .partition = "none", .deadline_ns = 5000 * US,
                            .attempt_timeout_ns = 1000 * US, .hedge = true, .retry = true};
     enum { O_NODES = 256, O_AZS, O_PODS, O_CLIENTS, O_REQ, O_FAN, O_RATE, O_SEED, O_FAIL,
-           O_SLOW, O_PART, O_DL, O_ATT, O_NOHEDGE, O_NORETRY, O_JSON, O_HELP };
+           O_SLOW, O_PART, O_DL, O_ATT, O_NOHEDGE, O_NORETRY, O_FLAT, O_JSON, O_HELP };
     static const struct option lo[] = {
         {"nodes", 1, 0, O_NODES},       {"azs", 1, 0, O_AZS},
         {"pods", 1, 0, O_PODS},         {"clients", 1, 0, O_CLIENTS},
@@ -407,6 +410,7 @@ int dhps_cmd_sim(int argc, char **argv)
         {"partition", 1, 0, O_PART},    {"deadline-us", 1, 0, O_DL},
         {"attempt-us", 1, 0, O_ATT},    {"no-hedge", 0, 0, O_NOHEDGE},
         {"no-retry", 0, 0, O_NORETRY},  {"json", 0, 0, O_JSON},
+        {"flat", 0, 0, O_FLAT},
         {"help", 0, 0, O_HELP},         {0, 0, 0, 0}};
     int c;
     optind = 1;
@@ -427,6 +431,7 @@ int dhps_cmd_sim(int argc, char **argv)
         case O_ATT: o->attempt_timeout_ns = strtoull(optarg, NULL, 0) * US; break;
         case O_NOHEDGE: o->hedge = false; break;
         case O_NORETRY: o->retry = false; break;
+        case O_FLAT: o->flat = true; break;
         case O_JSON: o->json = true; break;
         case O_HELP: usage(stdout); return 0;
         default: usage(stderr); return 2;
@@ -522,6 +527,8 @@ int dhps_cmd_sim(int argc, char **argv)
         snprintf(pod, sizeof pod, "p%u", cn->pod);
         snprintf(az, sizeof az, "az%u", cn->az);
         dhps_route_labels local = {host, pod, az};
+        if (o->flat)
+            local = (dhps_route_labels){NULL, NULL, NULL}; /* every node is "remote" */
         if (dhps_route_create(&p, &local, &s.routers[k]) != 0) {
             fprintf(stderr, "dhps sim: router create failed\n");
             return 1;
@@ -563,26 +570,28 @@ int dhps_cmd_sim(int argc, char **argv)
     double avail = s.finished ? 1.0 - (double)s.failed / (double)s.finished : 0;
 #define PCT(q) (s.finished ? (double)s.lat[(size_t)((q) * (double)(s.finished - 1))] / 1e3 : 0)
     double p50 = PCT(0.5), p99 = PCT(0.99), p999 = PCT(0.999);
-    double share[DHPS_ROUTE_TIERS];
+    double share[DHPS_ROUTE_TIERS]; /* by true tier (the same as the router's unless --flat) */
+    uint64_t sent = 0;
     for (int t = 0; t < DHPS_ROUTE_TIERS; t++)
-        share[t] = tot.picks ? (double)tot.tier[t].picks / (double)tot.picks : 0;
+        sent += s.sent[t];
+    for (int t = 0; t < DHPS_ROUTE_TIERS; t++)
+        share[t] = sent ? (double)s.sent[t] / (double)sent : 0;
 
     if (o->json) {
         printf("{\"nodes\":%u,\"azs\":%u,\"pods_per_az\":%u,\"clients\":%u,\"requests\":%llu,"
                "\"fanout\":%u,\"seed\":%llu,\"fail_rate\":%g,\"slow_share\":%g,"
-               "\"partition\":\"%s\",\"hedge\":%s,\"retry\":%s,\"nodes_died\":%u,"
+               "\"partition\":\"%s\",\"flat\":%s,\"hedge\":%s,\"retry\":%s,\"nodes_died\":%u,"
                "\"nodes_slow\":%u,\"sim_seconds\":%.3f,\"availability\":%.6f,"
                "\"failed\":%llu,\"p50_us\":%.1f,\"p99_us\":%.1f,\"p999_us\":%.1f,"
                "\"tier_share\":{",
                o->nodes, o->azs, o->pods_per_az, o->clients, (unsigned long long)o->requests,
                o->fanout, (unsigned long long)o->seed, o->fail_rate, o->slow_share,
-               o->partition, o->hedge ? "true" : "false", o->retry ? "true" : "false", died,
+               o->partition, o->flat ? "true" : "false", o->hedge ? "true" : "false", o->retry ? "true" : "false", died,
                slow, (double)s.sim_end / 1e9, avail, (unsigned long long)s.failed, p50, p99,
                p999);
         for (int t = 0; t < DHPS_ROUTE_TIERS; t++)
             printf("%s\"%s\":{\"share\":%.6f,\"picks\":%llu,\"spills\":%llu}", t ? "," : "",
-                   dhps_route_tier_name(t), share[t],
-                   (unsigned long long)tot.tier[t].picks,
+                   dhps_route_tier_name(t), share[t], (unsigned long long)s.sent[t],
                    (unsigned long long)tot.tier[t].spills);
         printf("},\"picks\":%llu,\"hedges_sent\":%llu,\"hedges_won\":%llu,"
                "\"hedge_budget_exhausted\":%llu,\"retries\":%llu,"
