@@ -27,6 +27,7 @@
 #include <inttypes.h>
 #include <math.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -158,7 +159,7 @@ static uint64_t zipf_sample(const zipf *z, uint64_t *state)
 #define CONTENDER_MAX 4
 
 typedef struct opts {
-    uint64_t keys, value_bytes, batch, ops, update_ops, seed;
+    uint64_t keys, value_bytes, batch, ops, update_ops, seed, rounds;
     bool update_ops_set;
     double zipf_s; /* 0: uniform */
     char dist[32];
@@ -193,6 +194,10 @@ static void usage(FILE *f)
 "                      fragmentation (max over samples every N/4 ops after a 1 x N\n"
 "                      warm-up, and final), RSS / live payload, live payload\n"
 "  --seed X            PRNG seed (splitmix64) for keys and streams (default 1)\n"
+"  --rounds R          run the contenders R times, round-robin (dhps, peers, dhps,\n"
+"                      ...), each time in a fresh process, and report the median\n"
+"                      rates (memory and churn from round 1); shared machines are\n"
+"                      noisy, and interleaving keeps a noise burst off one contender\n"
 "  --no-huge           no madvise(MADV_HUGEPAGE) for anyone (dhps huge_pages=false)\n"
 "  --simd NAME         force dhps's tag match: avx2 | sse2 | scalar\n"
 "  --json              print one JSON object on stdout (progress goes to stderr)\n"
@@ -246,6 +251,7 @@ static int parse_opts(int argc, char **argv, opts *o)
     o->batch = 1024;
     o->ops = 20000000;
     o->seed = 1;
+    o->rounds = 1;
     o->huge = true;
     snprintf(o->dist, sizeof o->dist, "uniform");
     for (int i = 1; i < argc; i++) {
@@ -268,7 +274,7 @@ static int parse_opts(int argc, char **argv, opts *o)
         if (!strcmp(name, "--no-huge")) { o->huge = false; continue; }
         static const char *const valued[] = {"--keys", "--value-bytes", "--batch", "--dist",
                                              "--ops", "--update-ops", "--churn", "--seed",
-                                             "--only", "--simd"};
+                                             "--only", "--simd", "--rounds"};
         bool known = false;
         for (size_t k = 0; k < sizeof valued / sizeof valued[0]; k++)
             known |= !strcmp(name, valued[k]);
@@ -288,6 +294,8 @@ static int parse_opts(int argc, char **argv, opts *o)
         else if (!strcmp(name, "--value-bytes")) bad = parse_count(val, &o->value_bytes);
         else if (!strcmp(name, "--batch")) bad = parse_count(val, &o->batch);
         else if (!strcmp(name, "--ops")) bad = parse_count(val, &o->ops);
+        else if (!strcmp(name, "--rounds"))
+            bad = parse_count(val, &o->rounds) || o->rounds < 1 || o->rounds > 99;
         else if (!strcmp(name, "--update-ops")) {
             bad = parse_count(val, &o->update_ops);
             o->update_ops_set = true;
@@ -323,6 +331,8 @@ static int parse_opts(int argc, char **argv, opts *o)
     }
     if (!o->update_ops_set)
         o->update_ops = o->ops / 2;
+    if (o->batch == 0)
+        o->batch = 1; /* rejected below */
     if (o->keys < 1 || o->keys > UINT32_MAX) {
         fprintf(stderr, "dhps-bench store: --keys must be in 1..%u\n", UINT32_MAX);
         return -1;
@@ -350,6 +360,7 @@ typedef struct run_data {
     uint64_t key_base;   /* key[i] = mix64(key_base + i) */
     uint32_t *lookup_ix; /* o->ops indices into the key set */
     uint32_t *update_ix; /* o->update_ops indices */
+    bool churn_now;      /* this round runs --churn (the first round only) */
 } run_data;
 
 /* Fill n stream entries: uniform indices, or Zipf ranks mapped through perm. */
@@ -637,7 +648,7 @@ static void run_contender(const run_data *d, const bench_contender *c, bench_res
     const bench_store_cfg *cfg = &d->cfg;
     const uint64_t N = cfg->keys;
     const size_t K = cfg->batch, B = cfg->value_bytes;
-    const bool churn = o->churn > 0 && c->churn;
+    const bool churn = o->churn > 0 && c->churn && d->churn_now;
     void *ctx = NULL;
     child_bufs b;
     memset(&b, 0, sizeof b);
@@ -990,6 +1001,61 @@ static const bench_contender k_dhps = {
 };
 #endif /* DHPS_BENCH_NO_STORE */
 
+static double g_loadavg = NAN; /* 1-minute load average when the run started */
+
+/* ---- rounds ----------------------------------------------------------------------------- */
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Median of the round values of one timing field (seconds; equal key counts per round,
+ * so the median time gives the median rate). */
+static double median_field(const bench_result *rounds, size_t col, uint64_t nr, size_t off)
+{
+    double v[100];
+    for (uint64_t r = 0; r < nr; r++)
+        memcpy(&v[r], (const char *)&rounds[r * CONTENDER_MAX + col] + off, sizeof(double));
+    qsort(v, nr, sizeof v[0], cmp_double);
+    return nr % 2 ? v[nr / 2] : (v[nr / 2 - 1] + v[nr / 2]) / 2;
+}
+
+/* out = round 1 of contender col, with median timings over the rounds that completed
+ * and error counts summed over all rounds. */
+static void merge_rounds(bench_result *out, const bench_result *rounds, size_t col, uint64_t nr)
+{
+    *out = rounds[col];
+    uint64_t good = 0;
+    for (uint64_t r = 0; r < nr; r++) {
+        const bench_result *x = &rounds[r * CONTENDER_MAX + col];
+        good += x->ok != 0;
+        if (r == 0)
+            continue;
+        if (!x->ok) {
+            out->ok = 0;
+            if (!out->err[0])
+                snprintf(out->err, sizeof out->err, "round %" PRIu64 ": %s", r + 1, x->err);
+        }
+        out->lookup_misses += x->lookup_misses;
+        out->lookup_checked += x->lookup_checked;
+        out->lookup_bad += x->lookup_bad;
+        out->lookup2_misses += x->lookup2_misses;
+        out->lookup2_checked += x->lookup2_checked;
+        out->lookup2_bad += x->lookup2_bad;
+        out->update_checked += x->update_checked;
+        out->update_bad += x->update_bad;
+        out->update_misses += x->update_misses;
+    }
+    if (nr < 2 || good != nr)
+        return;
+    out->build_s = median_field(rounds, col, nr, offsetof(bench_result, build_s));
+    out->lookup_s = median_field(rounds, col, nr, offsetof(bench_result, lookup_s));
+    out->lookup2_s = median_field(rounds, col, nr, offsetof(bench_result, lookup2_s));
+    out->update_s = median_field(rounds, col, nr, offsetof(bench_result, update_s));
+}
+
 /* ---- reporting ------------------------------------------------------------------------ */
 
 static double mks(uint64_t keys, double s) { return s > 0 ? keys / s / 1e6 : NAN; }
@@ -1097,13 +1163,19 @@ static void print_json(FILE *f, const run_data *d, const bench_result *res, size
                "\"batch\": %u, \"dist\": ", d->cfg.keys, d->cfg.value_bytes, d->cfg.batch);
     json_str(f, o->dist);
     fprintf(f, ", \"lookup_ops\": %" PRIu64 ", \"update_ops\": %" PRIu64
-               ", \"seed\": %" PRIu64 ", \"huge_pages\": %s, \"simd\": ",
-            o->ops, o->update_ops, o->seed, o->huge ? "true" : "false");
+               ", \"seed\": %" PRIu64 ", \"rounds\": %" PRIu64 ", \"huge_pages\": %s, "
+               "\"simd\": ",
+            o->ops, o->update_ops, o->seed, o->rounds, o->huge ? "true" : "false");
     if (simd)
         json_str(f, simd);
     else
         fputs("null", f);
-    fprintf(f, ",\n ");
+    fprintf(f, ", \"loadavg_1m\": ");
+    if (isfinite(g_loadavg))
+        fprintf(f, "%.2f", g_loadavg);
+    else
+        fputs("null", f);
+    fprintf(f, ", \"cpus\": %ld,\n ", sysconf(_SC_NPROCESSORS_ONLN));
     json_fields(f, d, dh);
     derived x;
     if (dh)
@@ -1209,8 +1281,12 @@ static void print_human(FILE *f, const run_data *d, const bench_result *res, siz
             d->cfg.keys, d->cfg.value_bytes, d->cfg.batch, o->dist, o->ops, o->update_ops,
             o->seed);
     fprintf(f, "payload N x (8+B) = %s; dhps SIMD: %s; THP: %s; huge-page advice: %s; "
-               "one process per contender, single thread\n\n",
+               "one process per contender, single thread",
             pb, simd ? simd : "(not built)", thp, o->huge ? "on" : "off");
+    if (o->rounds > 1)
+        fprintf(f, "; rates: median of %" PRIu64 " round-robin rounds", o->rounds);
+    fprintf(f, "; load average at start %.2f on %ld CPUs\n\n", g_loadavg,
+            sysconf(_SC_NPROCESSORS_ONLN));
     fprintf(f, "%-20s %9s %9s %9s %10s %10s %7s %7s %8s %6s %6s %s\n", "contender", "build",
             "lookup", "update", "RSS delta", "RSS abs", "RSS/", "index", "overhd", "frag",
             "misses", "wrong");
@@ -1257,10 +1333,15 @@ static void print_human(FILE *f, const run_data *d, const bench_result *res, siz
             derived y;
             derive(d, r, &y);
             if (!any)
-                fprintf(f, "\nratios dhps / peer    lookup  (pinned)    update   RSS\n");
+                fprintf(f, "\n%-20s %9s %9s %9s %7s\n", "ratios dhps / peer", "lookup",
+                        "(pinned)", "update", "RSS");
             any = true;
-            fprintf(f, "%-20s %8.2fx %8.2fx %8.2fx %6.2fx\n", r->label, xd.lookup / y.lookup,
-                    xd.lookup2 / y.lookup, xd.update / y.update, (double)xd.rss / (double)y.rss);
+            char q[4][24];
+            fmt_num(q[0], 24, "%.2fx", xd.lookup / y.lookup);
+            fmt_num(q[1], 24, "%.2fx", xd.lookup2 / y.lookup);
+            fmt_num(q[2], 24, "%.2fx", xd.update / y.update);
+            fmt_num(q[3], 24, "%.2fx", (double)xd.rss / (double)y.rss);
+            fprintf(f, "%-20s %9s %9s %9s %7s\n", r->label, q[0], q[1], q[2], q[3]);
         }
         fprintf(f, "\ntargets (shown, not asserted):\n");
         for (size_t i = 0; i < nres; i++) {
@@ -1395,36 +1476,60 @@ int bench_store_main(int argc, char **argv)
 #endif
     char thp[32];
     thp_mode(thp, sizeof thp);
+    double load[3] = {NAN, NAN, NAN};
+    if (getloadavg(load, 3) < 1)
+        load[0] = NAN;
+    g_loadavg = load[0];
     fprintf(stderr, "dhps-bench store: generating %" PRIu64 " keys, %" PRIu64 " lookups, %" PRIu64
                     " upserts (%s)\n", o.keys, o.ops, o.update_ops, o.dist);
     uint64_t t0 = now_ns();
     gen_data(&d);
     fprintf(stderr, "dhps-bench store: streams ready in %.2f s\n", (now_ns() - t0) / 1e9);
 
+    /* rounds x contenders, round-robin; res[] keeps round 1 with median timings */
     bench_result res[CONTENDER_MAX];
+    bench_result *rounds = calloc(o.rounds * CONTENDER_MAX, sizeof *rounds);
+    if (!rounds) {
+        fprintf(stderr, "dhps-bench store: out of memory\n");
+        return 1;
+    }
     size_t nres = 0;
     int status = 0;
-    for (int i = 0; i < CONTENDER_MAX; i++) {
-        if (!want[i])
-            continue;
-        fprintf(stderr, "dhps-bench store: running %s\n", all[i]->label);
-        bench_result *r = &res[nres++];
-        run_forked(&d, all[i], r);
-        derived x;
-        derive(&d, r, &x);
-        if (!r->ok) {
-            fprintf(stderr, "dhps-bench store: %s FAILED: %s\n", r->label, r->err);
-            status = 1;
-        } else if (x.bad || x.misses) {
-            fprintf(stderr, "dhps-bench store: %s returned %" PRIu64 " wrong values and missed "
-                            "%" PRIu64 " keys\n", r->label, x.bad, x.misses);
-            status = 1;
+    for (uint64_t rd = 0; rd < o.rounds; rd++) {
+        d.churn_now = rd == 0;
+        nres = 0;
+        for (int i = 0; i < CONTENDER_MAX; i++) {
+            if (!want[i])
+                continue;
+            if (o.rounds > 1)
+                fprintf(stderr, "dhps-bench store: round %" PRIu64 "/%" PRIu64 ": running %s\n",
+                        rd + 1, o.rounds, all[i]->label);
+            else
+                fprintf(stderr, "dhps-bench store: running %s\n", all[i]->label);
+            bench_result *r = &rounds[rd * CONTENDER_MAX + nres++];
+            run_forked(&d, all[i], r);
+            derived x;
+            derive(&d, r, &x);
+            if (!r->ok) {
+                fprintf(stderr, "dhps-bench store: %s FAILED: %s\n", r->label, r->err);
+                status = 1;
+            } else if (x.bad || x.misses) {
+                fprintf(stderr, "dhps-bench store: %s returned %" PRIu64 " wrong values and "
+                                "missed %" PRIu64 " keys\n", r->label, x.bad, x.misses);
+                status = 1;
+            } else if (o.rounds > 1) {
+                fprintf(stderr, "  [%s] lookup %.2f Mkeys/s, update %.2f Mkeys/s\n", r->id,
+                        x.lookup, x.update);
+            }
         }
     }
+    for (size_t i = 0; i < nres; i++)
+        merge_rounds(&res[i], rounds, i, o.rounds);
     if (o.json)
         print_json(stdout, &d, res, nres, simd);
     else
         print_human(stdout, &d, res, nres, simd, thp);
+    free(rounds);
     bench_unmap(d.lookup_ix, o.ops * sizeof(uint32_t));
     bench_unmap(d.update_ix, o.update_ops * sizeof(uint32_t));
     return status;

@@ -36,6 +36,7 @@
 #include <rte_hash.h>
 #include <rte_hash_crc.h>
 #include <rte_lcore.h>
+#include <rte_malloc.h>
 #include <rte_memory.h>
 
 #include "store_bench.h"
@@ -227,21 +228,38 @@ template <class Map> void map_destroy(void *ctx)
 // ---- DPDK rte_hash: u64 key -> data pointer into the slab, bulk lookups ------------
 //
 // EAL setup that works on these machines (no hugepages mounted, no devices, shared
-// hosts; DPDK 22.11): --no-huge makes EAL mmap -m MB of anonymous memory as its heap;
-// pages are faulted only when written (RSS after rte_eal_init grows by ~20 MB of EAL
-// metadata, not by -m). --in-memory is refused together with --no-huge in 22.11
-// ("Option --legacy-mem is not compatible with --in-memory"); --no-shconf instead keeps
-// EAL from creating its shared config and multi-process socket, so concurrent runs do
-// not collide (only the empty directory /var/run/dpdk/rte appears). --no-pci and
-// --no-telemetry skip device probing and the telemetry socket. -l 0 gives EAL one
-// lcore; it pins the calling thread to CPU 0, which we undo right after rte_eal_init
-// (the other contenders run unpinned). -m must cover all that rte_hash_create
-// allocates with rte_zmalloc: buckets (align32pow2(entries) / 8 of 128 bytes), the
-// key store (entries + 1 slots of 16 bytes) and the free-slot ring (align32pow2(entries
-// + 1) x 4 bytes): about 36 bytes x align32pow2(entries); we reserve 64 bytes x that
-// + 64 MiB, which costs address space only. With huge pages on, we madvise
-// (MADV_HUGEPAGE) EAL's memseg lists, so the table gets the same transparent huge
-// pages as the other contenders.
+// hosts; DPDK 22.11): --no-huge makes EAL back its heap (-m MB) with a memfd
+// ("/memfd:nohuge", MAP_SHARED). --in-memory is refused together with --no-huge in
+// 22.11 ("Option --legacy-mem is not compatible with --in-memory"); --no-shconf
+// instead keeps EAL from creating its shared config and multi-process socket, so
+// concurrent runs do not collide (only the empty directory /var/run/dpdk/rte
+// appears). --no-pci and --no-telemetry skip device probing and the telemetry socket.
+// -l 0 gives EAL one lcore; it pins the calling thread to CPU 0, which we undo right
+// after rte_eal_init (the other contenders run unpinned). -m 64 covers EAL's own
+// needs; rte_eal_init adds ~20 MB of RSS (metadata), before our RSS baseline.
+//
+// The table itself does NOT live in that memfd heap: shared memory gets transparent
+// huge pages only if /sys/kernel/mm/transparent_hugepage/shmem_enabled allows it
+// ("never" here), while dhps and the other peers get them through madvise on
+// anonymous memory. To give rte_hash the same advantage, we create an external malloc
+// heap (rte_malloc_heap_create + rte_malloc_heap_memory_add) over our own anonymous
+// mmap, 2 MiB aligned and madvise(MADV_HUGEPAGE)'d (unless --no-huge), and pass its
+// socket id to rte_hash_create, so buckets, key store and free-slot ring (all
+// rte_zmalloc / memzone memory) come from it. The region is sized from what
+// rte_hash_create allocates: buckets (align32pow2(entries) / 8 of 64-128 bytes), key
+// store (entries + 1 slots of 16 bytes) and free-slot ring (align32pow2(entries) x 4
+// bytes), i.e. at most ~36 bytes x align32pow2(entries); we reserve 64 bytes x that +
+// 64 MiB of address space, which costs nothing until written. Memory added to an
+// external heap is not known to be clean, so rte_zmalloc zeroes what it hands out:
+// the RSS delta is what rte_hash allocates (see the MADV_DONTNEED in rte_init).
+
+const char k_rte_heap[] = "dhps_bench";
+const size_t k_rte_page = size_t(2) << 20;
+void *g_rte_map;       // our mmap (unaligned)
+size_t g_rte_map_len;
+void *g_rte_heap_va;   // 2 MiB aligned start added to the heap
+size_t g_rte_heap_len;
+int g_rte_socket = -1;
 
 struct RteCtx {
     struct rte_hash *h = nullptr;
@@ -254,22 +272,11 @@ uint32_t rte_entries(uint64_t keys)
     return e > RTE_HASH_ENTRIES_MAX ? RTE_HASH_ENTRIES_MAX : uint32_t(e);
 }
 
-int rte_madvise_seglist(const struct rte_memseg_list *msl, void *arg)
-{
-    if (msl->base_va && msl->len)
-        madvise(msl->base_va, msl->len, MADV_HUGEPAGE);
-    return 0;
-}
-
 int rte_init(const bench_store_cfg *cfg, char *err)
 {
-    uint64_t pow2 = rte_align64pow2(rte_entries(cfg->keys));
-    uint64_t mb = (pow2 * 64 >> 20) + 64;
-    char mem[32];
-    snprintf(mem, sizeof mem, "%llu", (unsigned long long)mb);
-    const char *args[] = {"dhps-bench",   "--no-huge",   "--no-pci",
+    const char *args[] = {"dhps-bench",   "--no-huge",      "--no-pci",
                           "--no-shconf",  "--no-telemetry", "-l", "0",
-                          "--log-level=lib.eal:error", "-m", mem};
+                          "--log-level=lib.eal:error", "-m", "64"};
     int argc = int(sizeof args / sizeof args[0]);
     char *argv[sizeof args / sizeof args[0] + 1];
     for (int i = 0; i < argc; i++)
@@ -279,18 +286,55 @@ int rte_init(const bench_store_cfg *cfg, char *err)
     cpu_set_t before;
     bool have_mask = sched_getaffinity(0, sizeof before, &before) == 0;
     if (rte_eal_init(argc, argv) < 0) {
-        snprintf(err, BENCH_ERR_LEN, "rte_eal_init (-m %s): %s", mem,
-                 rte_strerror(rte_errno));
+        snprintf(err, BENCH_ERR_LEN, "rte_eal_init: %s", rte_strerror(rte_errno));
         return -1;
     }
     if (have_mask)
         sched_setaffinity(0, sizeof before, &before);
-    if (cfg->huge_pages)
-        rte_memseg_list_walk(rte_madvise_seglist, nullptr);
+
+    uint64_t pow2 = rte_align64pow2(rte_entries(cfg->keys));
+    g_rte_heap_len = (size_t(pow2 * 64 + (size_t(64) << 20)) + k_rte_page - 1) & ~(k_rte_page - 1);
+    g_rte_map_len = g_rte_heap_len + k_rte_page;
+    g_rte_map = bench_map(g_rte_map_len, cfg->huge_pages);
+    if (!g_rte_map) {
+        snprintf(err, BENCH_ERR_LEN, "mmap %zu bytes for the rte heap: %s", g_rte_map_len,
+                 strerror(errno));
+        return -1;
+    }
+    g_rte_heap_va = reinterpret_cast<void *>(
+        (reinterpret_cast<uintptr_t>(g_rte_map) + k_rte_page - 1) & ~uintptr_t(k_rte_page - 1));
+    if (rte_malloc_heap_create(k_rte_heap) ||
+        rte_malloc_heap_memory_add(k_rte_heap, g_rte_heap_va, g_rte_heap_len, nullptr,
+                                   unsigned(g_rte_heap_len / k_rte_page), k_rte_page)) {
+        snprintf(err, BENCH_ERR_LEN, "external rte heap of %zu bytes: %s", g_rte_heap_len,
+                 rte_strerror(rte_errno));
+        return -1;
+    }
+    // rte_malloc_heap_memory_add writes the whole region (RSS grows by all of it);
+    // give the pages back, so they are faulted in (and counted) only when rte_hash
+    // allocates them. The heap's own element header sits at the start of the region;
+    // keep the first and last 2 MiB. External memory is "dirty" to rte_malloc, so
+    // rte_zmalloc still zeroes (i.e. writes) everything it hands out.
+    if (g_rte_heap_len > 2 * k_rte_page)
+        madvise(static_cast<char *>(g_rte_heap_va) + k_rte_page,
+                g_rte_heap_len - 2 * k_rte_page, MADV_DONTNEED);
+    g_rte_socket = rte_malloc_heap_get_socket(k_rte_heap);
+    if (g_rte_socket < 0) {
+        snprintf(err, BENCH_ERR_LEN, "rte_malloc_heap_get_socket: %s", rte_strerror(rte_errno));
+        return -1;
+    }
     return 0;
 }
 
-void rte_fini(void) { rte_eal_cleanup(); }
+void rte_fini(void)
+{
+    if (g_rte_socket >= 0) {
+        rte_malloc_heap_memory_remove(k_rte_heap, g_rte_heap_va, g_rte_heap_len);
+        rte_malloc_heap_destroy(k_rte_heap);
+    }
+    bench_unmap(g_rte_map, g_rte_map_len);
+    rte_eal_cleanup();
+}
 
 int rte_create(const bench_store_cfg *cfg, void **ctx, char *err)
 {
@@ -310,7 +354,7 @@ int rte_create(const bench_store_cfg *cfg, void **ctx, char *err)
     p.key_len = sizeof(uint64_t);
     p.hash_func = rte_hash_crc; // CRC32C, the SSE4.2 instruction when the CPU has it
     p.hash_func_init_val = 0;
-    p.socket_id = int(rte_socket_id());
+    p.socket_id = g_rte_socket; // the external, huge-page advised heap above
     p.extra_flag = 0; // single writer, no reader/writer concurrency: the fastest mode
     c->h = rte_hash_create(&p);
     if (!c->h) {
@@ -427,7 +471,9 @@ void rte_destroy(void *ctx)
 
 const bench_contender k_unordered_map = {
     "unordered_map", "std::unordered_map", nullptr,
-    "std::unordered_map<u64,u32 slot> reserve(N), values in one N x B slab", false,
+    "std::unordered_map<u64,u32 slot> reserve(N), values in one N x B slab;\n"
+    "                      nodes from malloc (4 KiB pages unless GLIBC_TUNABLES=\n"
+    "                      glibc.malloc.hugetlb=1)", false,
     nullptr, map_create<StdMap>, map_upsert<StdMap>, map_lookup<StdMap>, nullptr,
     nullptr, map_destroy<StdMap>, nullptr,
 };
@@ -441,8 +487,10 @@ const bench_contender k_absl = {
 
 const bench_contender k_rte_hash = {
     "rte_hash", "rte_hash (bulk)", nullptr,
-    "DPDK rte_hash CRC32C, entries N/0.9, data = pointer into one N x B slab; "
-    "rte_hash_lookup_bulk_data x64, value rows prefetched, then copied", false,
+    "DPDK rte_hash (CRC32C, entries N/0.9, heap in huge-page advised memory),\n"
+    "                      data = pointer into one N x B slab; lookups by\n"
+    "                      rte_hash_lookup_bulk_data in bursts of 64, value rows\n"
+    "                      prefetched, then copied", false,
     rte_init, rte_create, rte_upsert, rte_lookup, nullptr, nullptr, rte_destroy, rte_fini,
 };
 
