@@ -1036,7 +1036,7 @@ static void merge_rounds(bench_result *out, const bench_result *rounds, size_t c
         if (!x->ok) {
             out->ok = 0;
             if (!out->err[0])
-                snprintf(out->err, sizeof out->err, "round %" PRIu64 ": %s", r + 1, x->err);
+                snprintf(out->err, sizeof out->err, "round %" PRIu64 ": %.150s", r + 1, x->err);
         }
         out->lookup_misses += x->lookup_misses;
         out->lookup_checked += x->lookup_checked;
@@ -1190,7 +1190,8 @@ static void print_json(FILE *f, const run_data *d, const bench_result *res, size
     json_num(f, "fragmentation_after_updates",
              dh && dh->ok ? dh->st_updated.fragmentation : NAN, true);
     json_num(f, "inplace_updates", dh && dh->ok ? (double)dh->st_updated.inplace_updates : NAN,
-             false);
+             true);
+    json_num(f, "index_grows", dh && dh->ok ? (double)dh->st_updated.index_grows : NAN, false);
     fprintf(f, ",\n \"churn\": ");
     if (dh && dh->churned) {
         fprintf(f, "{\"rounds\": %g, \"ops\": %" PRIu64 ", ", o->churn, dh->churn_ops);
