@@ -53,6 +53,15 @@ static uint64_t now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+/* CPU time of this thread: with now_ns() around a whole phase, the share of a CPU the
+ * contender actually got (below ~0.9 the machine was busy and its rates understated). */
+static uint64_t cpu_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
 void *bench_map(size_t bytes, bool huge)
 {
     void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -212,7 +221,9 @@ static void usage(FILE *f)
         fprintf(f, "  %-18s  %s\n", peers[i]->id, peers[i]->describe);
     fprintf(f,
 "\n"
-"Figures: lookup/update Mkeys/s = keys / time inside the calls; rss_bytes = RSS after\n"
+"Figures: lookup/update Mkeys/s = keys / time inside the calls; CPU got = least share\n"
+"of a CPU the contender got during a phase (CPU time / wall time; < 90%%: busy machine,\n"
+"rates understated); rss_bytes = RSS after\n"
 "loading - RSS before creating (the structure alone; absolute RSS also shown);\n"
 "payload = N x (8 + B); index B/key: dhps's index table / N, a peer's memory outside\n"
 "its value slab / N (its map, keys included); overhead B/key = (rss_bytes - payload)/N;\n"
@@ -426,6 +437,7 @@ typedef struct bench_result {
     uint64_t lookup_misses, lookup_checked, lookup_bad;
     uint64_t lookup2_misses, lookup2_checked, lookup2_bad;
     uint64_t update_checked, update_bad, update_misses;
+    double cpu_share;      /* min over the timed phases of CPU time / wall time */
     uint64_t anon_huge_kb; /* AnonHugePages after loading */
     bench_kv_stats st_loaded, st_updated;
     /* churn (dhps) */
@@ -642,6 +654,19 @@ static void run_churn(const run_data *d, child_bufs *b, void *ctx, const bench_c
     free(blen);
 }
 
+/* Fold the CPU share of the phase that began at (*w, *c) into r; start the next one. */
+static void note_share(bench_result *r, uint64_t *w, uint64_t *c)
+{
+    uint64_t w1 = now_ns(), c1 = cpu_ns();
+    if (w1 - *w > 50000000) { /* phases under 50 ms are too short to tell */
+        double share = (double)(c1 - *c) / (double)(w1 - *w);
+        if (share < r->cpu_share)
+            r->cpu_share = share;
+    }
+    *w = now_ns();
+    *c = cpu_ns();
+}
+
 static void run_contender(const run_data *d, const bench_contender *c, bench_result *r)
 {
     const opts *o = d->o;
@@ -685,6 +710,8 @@ static void run_contender(const run_data *d, const bench_contender *c, bench_res
     /* load: keys in index order, generation 0, version 1 */
     uint64_t version = 1, t = 0;
     uint32_t gen = 0;
+    r->cpu_share = 1;
+    uint64_t pw = now_ns(), pc = cpu_ns();
     fprintf(stderr, "  [%s] load %" PRIu64 " keys\n", c->id, N);
     for (uint64_t pos = 0; pos < N; pos += K) {
         size_t n = N - pos < K ? (size_t)(N - pos) : K;
@@ -700,6 +727,7 @@ static void run_contender(const run_data *d, const bench_contender *c, bench_res
     }
     r->built = N;
     r->build_s = t / 1e9;
+    note_share(r, &pw, &pc);
     r->rss_loaded = bench_rss_bytes();
     r->anon_huge_kb = anon_huge_kb();
     stats_of(c, ctx, &r->st_loaded);
@@ -708,10 +736,12 @@ static void run_contender(const run_data *d, const bench_contender *c, bench_res
     run_lookups(d, &b, ctx, c->lookup, &r->lookup_s, &r->lookup_misses, &r->lookup_checked,
                 &r->lookup_bad);
     r->lookups = o->ops;
+    note_share(r, &pw, &pc);
     if (c->lookup2) {
         fprintf(stderr, "  [%s] %" PRIu64 " lookups: %s\n", c->id, o->ops, c->lookup2_label);
         run_lookups(d, &b, ctx, c->lookup2, &r->lookup2_s, &r->lookup2_misses,
                     &r->lookup2_checked, &r->lookup2_bad);
+        note_share(r, &pw, &pc);
     }
 
     /* updates: overwrites of existing keys, one new generation per batch */
@@ -735,6 +765,7 @@ static void run_contender(const run_data *d, const bench_contender *c, bench_res
     }
     r->updates = o->update_ops;
     r->update_s = t / 1e9;
+    note_share(r, &pw, &pc);
     r->rss_updated = bench_rss_bytes();
     stats_of(c, ctx, &r->st_updated);
     {
@@ -1047,6 +1078,8 @@ static void merge_rounds(bench_result *out, const bench_result *rounds, size_t c
         out->update_checked += x->update_checked;
         out->update_bad += x->update_bad;
         out->update_misses += x->update_misses;
+        if (x->ok && x->cpu_share < out->cpu_share)
+            out->cpu_share = x->cpu_share;
     }
     if (nr < 2 || good != nr)
         return;
@@ -1142,6 +1175,7 @@ static void json_fields(FILE *f, const run_data *d, const bench_result *r)
     json_num(f, "overhead_bytes_per_key", has ? x.overhead_per_key : NAN, true);
     json_num(f, "fragmentation", has ? x.frag : NAN, true);
     json_num(f, "anon_huge_bytes", has ? r->anon_huge_kb * 1024.0 : NAN, true);
+    json_num(f, "cpu_share", has ? r->cpu_share : NAN, true);
     json_num(f, "misses", r ? (double)x.misses : NAN, true);
     json_num(f, "wrong_values", r ? (double)x.bad : NAN, true);
     json_num(f, "checked_values",
@@ -1288,12 +1322,14 @@ static void print_human(FILE *f, const run_data *d, const bench_result *res, siz
         fprintf(f, "; rates: median of %" PRIu64 " round-robin rounds", o->rounds);
     fprintf(f, "; load average at start %.2f on %ld CPUs\n\n", g_loadavg,
             sysconf(_SC_NPROCESSORS_ONLN));
-    fprintf(f, "%-20s %9s %9s %9s %10s %10s %7s %7s %8s %6s %6s %s\n", "contender", "build",
-            "lookup", "update", "RSS delta", "RSS abs", "RSS/", "index", "overhd", "frag",
-            "misses", "wrong");
-    fprintf(f, "%-20s %9s %9s %9s %10s %10s %7s %7s %8s %6s %6s %s\n", "", "Mkeys/s",
-            "Mkeys/s", "Mkeys/s", "", "", "payload", "B/key", "B/key", "", "", "values");
+    fprintf(f, "%-20s %9s %9s %9s %10s %10s %7s %7s %8s %6s %5s %6s %s\n", "contender",
+            "build", "lookup", "update", "RSS delta", "RSS abs", "RSS/", "index", "overhd",
+            "frag", "CPU", "misses", "wrong");
+    fprintf(f, "%-20s %9s %9s %9s %10s %10s %7s %7s %8s %6s %5s %6s %s\n", "", "Mkeys/s",
+            "Mkeys/s", "Mkeys/s", "", "", "payload", "B/key", "B/key", "", "got", "",
+            "values");
     const bench_result *dh = NULL;
+    bool busy = false;
     for (size_t i = 0; i < nres; i++) {
         const bench_result *r = &res[i];
         derived x;
@@ -1315,14 +1351,21 @@ static void print_human(FILE *f, const run_data *d, const bench_result *res, siz
         fmt_num(c[6], 24, "%.1f", x.index_per_key);
         fmt_num(c[7], 24, "%.1f", x.overhead_per_key);
         fmt_num(c[8], 24, "%.2f%%", x.frag * 100);
-        fprintf(f, "%-20s %9s %9s %9s %10s %10s %7s %7s %8s %6s %6" PRIu64 " %" PRIu64 "\n",
-                r->label, c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8],
+        fmt_num(c[9], 24, "%.0f%%", r->rss_loaded ? r->cpu_share * 100 : NAN);
+        fprintf(f, "%-20s %9s %9s %9s %10s %10s %7s %7s %8s %6s %5s %6" PRIu64 " %" PRIu64 "\n",
+                r->label, c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9],
                 x.misses, x.bad);
+        if (r->rss_loaded && r->cpu_share < 0.9)
+            busy = true;
         if (r->lookup2_label[0] && r->ok) {
             fmt_num(c[1], 24, "%.2f", x.lookup2);
             fprintf(f, "%-20s %9s %9s %9s\n", r->lookup2_label, "", c[1], "");
         }
     }
+    if (busy)
+        fprintf(f, "note: CPU got = least share of a CPU a contender's process got in a timed "
+                   "phase; below 90%% the machine was busy\n      and that contender's rates "
+                   "are understated (try --rounds 3, or a quieter machine)\n");
     derived xd;
     if (dh && dh->ok) {
         derive(d, dh, &xd);
