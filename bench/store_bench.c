@@ -417,7 +417,8 @@ static void gen_data(run_data *d)
         zipf_init(&z, o->keys, o->zipf_s);
         zp = &z;
     }
-    uint64_t ls = bench_mix64(o->seed ^ 0x6c6f6f6b7570ull), us = bench_mix64(o->seed ^ 0x757064617465ull);
+    uint64_t ls = bench_mix64(o->seed ^ 0x6c6f6f6b7570ull); /* "lookup" */
+    uint64_t us = bench_mix64(o->seed ^ 0x757064617465ull); /* "update" */
     gen_stream(d->lookup_ix, o->ops, o->keys, zp, perm, &ls);
     gen_stream(d->update_ix, o->update_ops, o->keys, zp, perm, &us);
     if (perm)
@@ -1419,10 +1420,13 @@ static void print_human(FILE *f, const run_data *d, const bench_result *res, siz
             fprintf(f, "  live payload %s (store says %" PRIu64 " B), RSS delta %s, "
                        "compacted segments %" PRIu64 "\n",
                     lp, dh->st_churn.payload_bytes, rs, dh->st_churn.compacted_segments);
-            fprintf(f, "  RSS      <= 1.15 x live payload       %6.3f   %s   (max over samples %.3f)\n",
+            fprintf(f, "  RSS      <= 1.15 x live payload       %6.3f   %s   (final; max over "
+                       "samples %.3f)\n",
                     ratio, verdict(ratio, 1.15, false), dh->churn_ratio_max);
-            fprintf(f, "  fragmentation <= 5%% steady state     %5.2f%%   %s   (max over samples %.2f%%)\n",
-                    dh->frag_final * 100, verdict(dh->frag_max, 0.05, false), dh->frag_max * 100);
+            fprintf(f, "  fragmentation <= 5%% steady state     %5.2f%%   %s   (max over samples; "
+                       "final %.2f%%)\n",
+                    dh->frag_max * 100, verdict(dh->frag_max, 0.05, false),
+                    dh->frag_final * 100);
             fprintf(f, "  checked %" PRIu64 " keys after churn: %" PRIu64 " wrong, %" PRIu64
                        " missing\n", dh->churn_checked, dh->churn_bad, dh->churn_misses);
         }
@@ -1476,7 +1480,8 @@ int bench_store_main(int argc, char **argv)
         memset(want, 0, sizeof want);
         char list[128];
         snprintf(list, sizeof list, "%s", o.only);
-        for (char *save = NULL, *t = strtok_r(list, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        char *save = NULL;
+        for (char *t = strtok_r(list, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
             int k = -1;
             for (int i = 0; i < CONTENDER_MAX; i++)
                 if (!strcmp(t, names[i]))
