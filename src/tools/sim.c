@@ -29,7 +29,7 @@
 struct sim_opts {
     uint32_t nodes, azs, pods_per_az, clients, fanout;
     uint64_t requests, seed;
-    double fail_rate, slow_share, rate;
+    double fail_rate, slow_share, rate, slow_pod;
     const char *partition;
     uint64_t deadline_ns, attempt_timeout_ns;
     bool json, hedge, retry, flat;
@@ -63,6 +63,8 @@ struct cluster {
     int part_kind;         /* 0 none, 1 pod, 2 az */
     uint32_t part_id;
     uint64_t part_from, part_until;
+    uint64_t slow_from, slow_until; /* --slow-pod: POD 0's own fabric is slow */
+    double slow_pod;
 };
 
 static uint64_t g_now;
@@ -187,6 +189,8 @@ struct sim {
     uint64_t *lat; /* per finished request, ns */
     uint64_t tier_lat[DHPS_ROUTE_TIERS];
     uint64_t sent[DHPS_ROUTE_TIERS]; /* attempts by true network tier */
+    uint64_t pod0_att[10], pod0_in[10]; /* POD-0 clients' attempts by tenth of the run */
+    uint64_t T;
     uint64_t sim_end;
 };
 
@@ -220,7 +224,11 @@ static uint64_t response_time(struct sim *s, uint32_t client_node, uint32_t node
     /* a partition cuts the group off from everyone outside it */
     if (in_partition(&s->c, node) != in_partition(&s->c, client_node))
         return UINT64_MAX;
-    double lat = (double)s->tier_lat[tier_between(&s->c, client_node, node)];
+    int tier = tier_between(&s->c, client_node, node);
+    double lat = (double)s->tier_lat[tier];
+    if (tier == DHPS_ROUTE_POD && n->pod == 0 && g_now >= s->c.slow_from &&
+        g_now < s->c.slow_until)
+        lat *= s->c.slow_pod;
     lat *= 0.8 + 0.4 * rnd01();  /* +-20 % jitter */
     if (rnd01() < 0.01)
         lat *= 2.0 + 8.0 * rnd01(); /* 1 % tail: 2-10x (queueing, GC, retransmits) */
@@ -248,7 +256,14 @@ static void send_attempt(struct sim *s, uint32_t si, int kind)
     sb->tried[a] = ch.node;
     sb->open++;
     uint64_t resp = response_time(s, s->client_node[rq->client], ch.node);
-    s->sent[tier_between(&s->c, s->client_node[rq->client], ch.node)]++;
+    int tier = tier_between(&s->c, s->client_node[rq->client], ch.node);
+    s->sent[tier]++;
+    if (s->c.n[s->client_node[rq->client]].pod == 0) {
+        uint64_t tenth = g_now * 10 / (s->T ? s->T : 1);
+        tenth = tenth > 9 ? 9 : tenth;
+        s->pod0_att[tenth]++;
+        s->pod0_in[tenth] += tier <= DHPS_ROUTE_POD;
+    }
     sb->att_resp[a] = resp;
     uint64_t tmo = g_now + s->o.attempt_timeout_ns;
     if (tmo > rq->deadline)
@@ -381,6 +396,7 @@ static void usage(FILE *f)
             "  --fail-rate F      share of nodes that die for a while (default 0)\n"
             "  --slow-share F     share of nodes 10x slower (default 0)\n"
             "  --partition P      none | pod | az: cut one off from 30 to 60 %% of the run\n"
+            "  --slow-pod X       POD 0's internal latency x X from 30 to 60 %% of the run\n"
             "  --deadline-us D    per-request deadline (default 5000)\n"
             "  --attempt-us D     per-attempt timeout (default 1000)\n"
             "  --no-hedge         disable hedging\n"
@@ -397,10 +413,10 @@ int dhps_cmd_sim(int argc, char **argv)
     struct sim_opts *o = &s.o;
     *o = (struct sim_opts){.nodes = 1024, .azs = 4, .pods_per_az = 8, .clients = 16,
                            .fanout = 8, .requests = 100000, .seed = 1, .rate = 20000,
-                           .partition = "none", .deadline_ns = 5000 * US,
+                           .partition = "none", .slow_pod = 1.0, .deadline_ns = 5000 * US,
                            .attempt_timeout_ns = 1000 * US, .hedge = true, .retry = true};
     enum { O_NODES = 256, O_AZS, O_PODS, O_CLIENTS, O_REQ, O_FAN, O_RATE, O_SEED, O_FAIL,
-           O_SLOW, O_PART, O_DL, O_ATT, O_NOHEDGE, O_NORETRY, O_FLAT, O_JSON, O_HELP };
+           O_SLOW, O_PART, O_DL, O_ATT, O_NOHEDGE, O_NORETRY, O_FLAT, O_SLOWPOD, O_JSON, O_HELP };
     static const struct option lo[] = {
         {"nodes", 1, 0, O_NODES},       {"azs", 1, 0, O_AZS},
         {"pods", 1, 0, O_PODS},         {"clients", 1, 0, O_CLIENTS},
@@ -410,7 +426,7 @@ int dhps_cmd_sim(int argc, char **argv)
         {"partition", 1, 0, O_PART},    {"deadline-us", 1, 0, O_DL},
         {"attempt-us", 1, 0, O_ATT},    {"no-hedge", 0, 0, O_NOHEDGE},
         {"no-retry", 0, 0, O_NORETRY},  {"json", 0, 0, O_JSON},
-        {"flat", 0, 0, O_FLAT},
+        {"flat", 0, 0, O_FLAT},         {"slow-pod", 1, 0, O_SLOWPOD},
         {"help", 0, 0, O_HELP},         {0, 0, 0, 0}};
     int c;
     optind = 1;
@@ -432,6 +448,7 @@ int dhps_cmd_sim(int argc, char **argv)
         case O_NOHEDGE: o->hedge = false; break;
         case O_NORETRY: o->retry = false; break;
         case O_FLAT: o->flat = true; break;
+        case O_SLOWPOD: o->slow_pod = strtod(optarg, NULL); break;
         case O_JSON: o->json = true; break;
         case O_HELP: usage(stdout); return 0;
         default: usage(stderr); return 2;
@@ -441,7 +458,7 @@ int dhps_cmd_sim(int argc, char **argv)
              : !strcmp(o->partition, "az") ? 2 : -1;
     if (part < 0 ||  o->pods_per_az < 2 || o->clients == 0 || o->fanout == 0 ||
         o->requests == 0 || o->rate <= 0 || o->fail_rate < 0 || o->fail_rate > 1 ||
-        o->slow_share < 0 || o->slow_share > 1 || o->deadline_ns == 0 || o->azs < 3 ||
+        o->slow_share < 0 || o->slow_share > 1 || o->slow_pod < 1 || o->deadline_ns == 0 || o->azs < 3 ||
         o->attempt_timeout_ns == 0 || o->nodes < 4 * o->azs * o->pods_per_az ||
         o->nodes > (1u << 20)) {
         fprintf(stderr, "dhps sim: invalid options (nodes >= 4 x azs x pods, azs >= 3, pods >= 2)\n");
@@ -472,6 +489,10 @@ int dhps_cmd_sim(int argc, char **argv)
     s.tier_lat[3] = 500 * US;
     double duration = (double)o->requests / o->rate; /* seconds */
     uint64_t T = (uint64_t)(duration * 1e9);
+    s.T = T;
+    cl->slow_pod = o->slow_pod;
+    cl->slow_from = (uint64_t)(0.3 * (double)T);
+    cl->slow_until = (uint64_t)(0.6 * (double)T);
 
     /* placement: node i in pod i % npods; pod p in az p / pods_per_az */
     uint32_t died = 0, slow = 0;
@@ -597,7 +618,8 @@ int dhps_cmd_sim(int argc, char **argv)
                "\"hedge_budget_exhausted\":%llu,\"retries\":%llu,"
                "\"retry_budget_exhausted\":%llu,\"retry_deadline\":%llu,\"timeouts\":%llu,"
                "\"breaker_opened\":%llu,\"breaker_closed\":%llu,\"ejection_capped\":%llu,"
-               "\"probes\":%llu,\"panics\":%llu,\"no_healthy\":%llu,\"spills\":%llu}\n",
+               "\"probes\":%llu,\"panics\":%llu,\"no_healthy\":%llu,\"spills\":%llu,"
+               "\"slow_pod\":%g,\"pod0_local_share_by_tenth\":[",
                (unsigned long long)tot.picks, (unsigned long long)tot.hedge_sent,
                (unsigned long long)tot.hedge_won,
                (unsigned long long)tot.hedge_budget_exhausted, (unsigned long long)tot.retries,
@@ -606,7 +628,10 @@ int dhps_cmd_sim(int argc, char **argv)
                (unsigned long long)tot.breaker_opened, (unsigned long long)tot.breaker_closed,
                (unsigned long long)tot.ejection_capped, (unsigned long long)tot.probes,
                (unsigned long long)tot.panics, (unsigned long long)tot.no_healthy,
-               (unsigned long long)tot.spills);
+               (unsigned long long)tot.spills, o->slow_pod);
+        for (int i = 0; i < 10; i++)
+            printf("%s%.4f", i ? "," : "", s.pod0_att[i] ? (double)s.pod0_in[i] / (double)s.pod0_att[i] : 0);
+        printf("]}\n");
     } else {
         printf("dhps sim: %u nodes (%u AZ x %u POD), %u clients, %llu requests x %u "
                "sub-batches, seed %llu, %.2f s simulated\n",
@@ -635,6 +660,11 @@ int dhps_cmd_sim(int argc, char **argv)
                (unsigned long long)tot.ejection_capped, (unsigned long long)tot.probes,
                (unsigned long long)tot.picks, (unsigned long long)tot.spills,
                (unsigned long long)tot.panics, (unsigned long long)tot.no_healthy);
+        printf("POD-0 clients, share of attempts kept in their POD (or host), by tenth of the run"
+               "%s:\n ", o->slow_pod > 1 ? " (POD 0 slow in tenths 4-6)" : "");
+        for (int i = 0; i < 10; i++)
+            printf(" %.3f", s.pod0_att[i] ? (double)s.pod0_in[i] / (double)s.pod0_att[i] : 0);
+        printf("\n");
     }
     free(cl->n);
     free(cl->rep);

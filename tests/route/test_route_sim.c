@@ -86,6 +86,28 @@ static void partitions_are_absorbed(void **state)
     assert_true(field(j, "breaker_opened") > 0);
 }
 
+static void slow_pod_sheds_and_recovers(void **state)
+{
+    (void)state;
+    const char *j = sim("--slow-pod 3 --rate 2000"); /* 10 s simulated: 3 s slow */
+    assert_true(field(j, "availability") >= 0.999);
+    const char *p = strstr(j, "\"pod0_local_share_by_tenth\":[");
+    assert_non_null(p);
+    p = strchr(p, '[') + 1;
+    double v[10];
+    for (int i = 0; i < 10; i++) {
+        char *end;
+        v[i] = strtod(p, &end);
+        assert_true(end != p);
+        p = end + 1;
+    }
+    /* POD 0 is as slow as its AZ during tenths 3-5: its clients move most traffic out,
+     * then win it back */
+    assert_true(v[1] > 0.05);
+    assert_true(v[5] < 0.6 * v[1]);
+    assert_true(v[9] > 0.5 * v[1]);
+}
+
 static void deterministic_for_a_seed(void **state)
 {
     (void)state;
@@ -101,6 +123,7 @@ int main(void)
         cmocka_unit_test(json_fields_and_no_faults),
         cmocka_unit_test(failures_are_absorbed),
         cmocka_unit_test(partitions_are_absorbed),
+        cmocka_unit_test(slow_pod_sheds_and_recovers),
         cmocka_unit_test(deterministic_for_a_seed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
