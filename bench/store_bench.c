@@ -1240,6 +1240,8 @@ static void print_json(FILE *f, const run_data *d, const bench_result *res, size
                  true);
         json_num(f, "rss_per_payload_max", dh->churn_ratio_max, true);
         json_num(f, "samples", (double)dh->churn_samples, true);
+        json_num(f, "segment_bytes", (double)dh->st_churn.segment_bytes, true);
+        json_num(f, "index_bytes", (double)dh->st_churn.index_bytes, true);
         json_num(f, "compacted_segments", (double)dh->st_churn.compacted_segments, true);
         json_num(f, "wrong_values", (double)dh->churn_bad, true);
         json_num(f, "misses", (double)dh->churn_misses, false);
@@ -1417,9 +1419,11 @@ static void print_human(FILE *f, const run_data *d, const bench_result *res, siz
             fprintf(f, "\nchurn %g (dhps): %" PRIu64 " overwrites at %.2f Mkeys/s, sizes 16..512 B,"
                        " TTL none/1h/6h/1d; %" PRIu64 " samples\n",
                     o->churn, dh->churn_ops, mks(dh->churn_ops, dh->churn_s), dh->churn_samples);
-            fprintf(f, "  live payload %s (store says %" PRIu64 " B), RSS delta %s, "
+            char sb[32];
+            fmt_bytes(sb, sizeof sb, (double)dh->st_churn.segment_bytes);
+            fprintf(f, "  live payload %s (store says %" PRIu64 " B), RSS delta %s, segments %s, "
                        "compacted segments %" PRIu64 "\n",
-                    lp, dh->st_churn.payload_bytes, rs, dh->st_churn.compacted_segments);
+                    lp, dh->st_churn.payload_bytes, rs, sb, dh->st_churn.compacted_segments);
             fprintf(f, "  RSS      <= 1.15 x live payload       %6.3f   %s   (final; max over "
                        "samples %.3f)\n",
                     ratio, verdict(ratio, 1.15, false), dh->churn_ratio_max);
