@@ -34,7 +34,7 @@
  *   A node without samples borrows its tier's median, so it does not attract every pick.
  *
  * Dynamic flow ratios. A node's weight = success^2 x latency factor, in [weight_floor, 1].
- *   success is an EWMA of ok/failed reports (alpha 1/16: 5 errors in a row halve it).
+ *   success is an EWMA of ok/failed reports (alpha 1/16: 5 errors in a row halve the weight).
  *   The latency factor asks how much of the tier's advantage over the next tier the node
  *   still has: f = (Lnext - lat) / (Lnext - B), where lat is the node's smooth latency EWMA
  *   (time constant weight_tau, 2 s), B the tier's baseline (a decaying minimum of its
