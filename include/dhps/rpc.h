@@ -164,6 +164,9 @@ typedef struct dhps_rpc_server_stats {
     uint64_t handler_errors;                  /* handlers that returned < 0 */
     uint64_t unknown_method;                  /* requests for an unregistered method */
     uint64_t open_conns;                      /* connections owned by workers now */
+    uint64_t duplicates;                      /* re-sent requests answered from the
+                                                 de-duplication cache (handler not run) */
+    uint64_t verbs_failures;                  /* verbs paths torn down (then TCP) */
 } dhps_rpc_server_stats;
 
 /* Snapshot of counters (relaxed atomic loads; each value is exact, the set is not a
@@ -187,6 +190,10 @@ typedef struct dhps_rpc_client_params {
     uint32_t busy_poll_us;     /* SO_BUSY_POLL on channel sockets, 0 = off (default 0) */
     const uint8_t *host_id;    /* 16 bytes; NULL = kernel boot id */
     uint16_t hello_version;    /* test hook: hello version to speak (default: newest) */
+    uint32_t verbs_slots;      /* verbs: receive slots = send slots = calls in flight on
+                                  the verbs path per channel, 1..1024 (default 32) */
+    uint32_t promote_backoff_ms;/* first wait before re-trying verbs after a failure;
+                                  doubles up to 64x (default 20) */
 } dhps_rpc_client_params;
 
 void dhps_rpc_client_params_init(dhps_rpc_client_params *p);
@@ -206,6 +213,9 @@ typedef struct dhps_rpc_channel_params {
     uint32_t allow;            /* transports this channel may use (default DHPS_RPC_ALL;
                                   TCP is always used for the hello) */
     int require;               /* transport that must be negotiated, or -1 (default) */
+    bool mixed;                /* verbs channels: when the verbs path has no free slot,
+                                  send on TCP instead of returning DHPS_E_BUSY (default
+                                  false) */
 } dhps_rpc_channel_params;
 
 void dhps_rpc_channel_params_init(dhps_rpc_channel_params *p);
@@ -255,8 +265,10 @@ void dhps_rpc_call_abort(dhps_rpc_channel *ch);
 
 /* One loop turn (or several, up to timeout_ms, until at least one completion ran):
  * flush queued requests of every channel, receive responses, run callbacks, expire
- * deadlines. timeout_ms 0 = do not block, -1 = until something completes. Returns the
- * number of callbacks run (>= 0) or -errno from epoll. */
+ * deadlines, handle path failures (fallback to TCP, re-sending in-flight verbs calls)
+ * and re-promotion. timeout_ms 0 = do not block, -1 = until something completes.
+ * Returns the number of callbacks run (>= 0), -EINVAL when a channel has a lent
+ * buffer outstanding (send or abort it first), or -errno from epoll. */
 int dhps_rpc_client_poll(dhps_rpc_client *c, int timeout_ms);
 
 /*
@@ -283,6 +295,12 @@ typedef struct dhps_rpc_channel_stats {
 
 /* Counters of one channel. Client thread only. */
 void dhps_rpc_channel_get_stats(const dhps_rpc_channel *ch, dhps_rpc_channel_stats *st);
+
+/* Test hooks (fault injection). DHPS_RPC_FAULT_QP_ERROR moves the channel's verbs
+ * queue pair to the error state, as a failing device would; the next poll detects it
+ * and falls back. Returns 0, or -ENOTCONN when the channel has no verbs path now. */
+enum { DHPS_RPC_FAULT_QP_ERROR = 1 };
+int dhps_rpc_channel_inject(dhps_rpc_channel *ch, int fault);
 
 #ifdef __cplusplus
 }

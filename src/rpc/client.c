@@ -1,5 +1,6 @@
 /* rpc client: one event loop per dhps_rpc_client, owned by one thread at a time. */
 #include "internal.h"
+#include "verbs.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -23,6 +24,7 @@ typedef struct slot {
     dhps_rpc_done_fn done;
     void *arg;
     uint8_t transport;
+    int16_t vslot;     /* verbs send slot holding the request, when transport is verbs */
 } slot;
 
 struct dhps_rpc_channel {
@@ -43,6 +45,14 @@ struct dhps_rpc_channel {
     size_t lent_max;
     int lent_transport;
     dhps_rpc_channel_stats st;
+    /* verbs */
+    bool verbs_wanted;      /* negotiated verbs once: keep re-trying after failures */
+    bool mixed;
+    uint32_t remote_slots;  /* server receives posted = our verbs credits */
+    uint32_t v_inflight;
+    vep *pending;           /* endpoint offered in a PROMOTE, awaiting the answer */
+    uint64_t retry_at;      /* next re-promotion attempt (ns) */
+    uint32_t backoff_ms;
 };
 
 struct dhps_rpc_client {
@@ -51,7 +61,9 @@ struct dhps_rpc_client {
     uint8_t host_id[RPC_HOST_ID];
     int ep;
     dhps_rpc_channel *chans;
-    uint32_t nshm;
+    uint32_t nshm, nverbs;
+    rpc_dev *dev; /* opened on first use; closed on a fatal device event */
+    uint64_t dev_checked;
 };
 
 void dhps_rpc_client_params_init(dhps_rpc_client_params *p)
@@ -61,6 +73,8 @@ void dhps_rpc_client_params_init(dhps_rpc_client_params *p)
     p->max_inflight = 1024;
     p->connect_timeout_ms = 2000;
     p->hello_version = RPC_HELLO_VERSION;
+    p->verbs_slots = 32;
+    p->promote_backoff_ms = 20;
 }
 
 void dhps_rpc_channel_params_init(dhps_rpc_channel_params *p)
@@ -78,7 +92,8 @@ int dhps_rpc_client_create(const dhps_rpc_client_params *p, dhps_rpc_client **ou
         p->max_inflight == 0 || (p->max_inflight & (p->max_inflight - 1)) ||
         p->max_inflight > (1u << 20) || p->secret_len > DHPS_RPC_MAX_SECRET ||
         (p->secret_len && !p->secret) || p->hello_version < 1 ||
-        (p->shm_ring_bytes && (p->shm_ring_bytes & (p->shm_ring_bytes - 1))))
+        (p->shm_ring_bytes && (p->shm_ring_bytes & (p->shm_ring_bytes - 1))) ||
+        p->verbs_slots < 1 || p->verbs_slots > 1024)
         return -EINVAL;
     dhps_rpc_client *c = calloc(1, sizeof *c);
     if (!c)
@@ -115,6 +130,7 @@ void dhps_rpc_client_destroy(dhps_rpc_client *c)
         return;
     while (c->chans)
         dhps_rpc_channel_close(c->chans);
+    rpc_dev_close(c->dev);
     close(c->ep);
     free(c);
 }
@@ -136,6 +152,10 @@ static void complete(dhps_rpc_channel *ch, uint32_t idx, int status, const void 
     slot *s = &ch->slots[idx];
     dhps_rpc_done_fn done = s->done;
     void *arg = s->arg;
+    if (s->transport == DHPS_RPC_VERBS && ch->c.v) {
+        ch->c.v->ss[s->vslot].held = false;
+        ch->v_inflight--;
+    }
     s->id = 0;
     ch->free_stack[ch->nfree++] = idx;
     ch->inflight--;
@@ -176,7 +196,48 @@ static int channel_break(dhps_rpc_channel *ch, int why)
         munmap(ch->c.shm_base, ch->c.shm_len);
         ch->c.shm_base = NULL;
     }
-    return fail_all(ch, ch->broken);
+    int n = fail_all(ch, ch->broken);
+    if (ch->c.v) {
+        ch->cl->nverbs--;
+        vep_destroy(ch->c.v);
+        ch->c.v = NULL;
+    }
+    vep_destroy(ch->pending);
+    ch->pending = NULL;
+    ch->verbs_wanted = false;
+    return n;
+}
+
+static void schedule_promote(dhps_rpc_channel *ch)
+{
+    ch->retry_at = rpc_now_ns() + (uint64_t)ch->backoff_ms * 1000000ull;
+    if (ch->backoff_ms < ch->cl->p.promote_backoff_ms * 64)
+        ch->backoff_ms *= 2;
+}
+
+/* The server answered a PROMOTE. */
+static int on_ctrl(dhps_rpc_channel *ch, const uint8_t *payload, uint32_t len)
+{
+    uint32_t op;
+    rpc_verbs_info r;
+    if (rpc_ctrl_parse(payload, len, &op, &r) || op == RPC_CTRL_PROMOTE || !ch->pending)
+        return DHPS_E_MALFORMED;
+    vep *v = ch->pending;
+    ch->pending = NULL;
+    if (op == RPC_CTRL_PROMOTE_OK && r.slots > 0 && !ch->c.v && vep_connect(v, &r) == 0) {
+        ch->c.v = v;
+        ch->c.transport = DHPS_RPC_VERBS;
+        ch->remote_slots = r.slots;
+        ch->v_inflight = 0;
+        ch->cl->nverbs++;
+        ch->st.repromotions++;
+        ch->backoff_ms = ch->cl->p.promote_backoff_ms;
+        DHPS_LOG(DHPS_LOG_INFO, RPC_LOG, "verbs path re-promoted");
+        return 0;
+    }
+    vep_destroy(v);
+    schedule_promote(ch);
+    return 0;
 }
 
 static int on_response(void *arg, conn *c, int via, const rpc_frame *f, const uint8_t *payload)
@@ -184,6 +245,8 @@ static int on_response(void *arg, conn *c, int via, const rpc_frame *f, const ui
     dhps_rpc_channel *ch = arg;
     if (f->type == RPC_F_DOORBELL)
         return 0;
+    if (f->type == RPC_F_CTRL && via == DHPS_RPC_TCP)
+        return on_ctrl(ch, payload, f->len);
     if (f->type != RPC_F_RESP)
         return DHPS_E_MALFORMED;
     uint32_t idx = (uint32_t)(f->id & ch->mask);
@@ -286,7 +349,7 @@ int dhps_rpc_channel_open(dhps_rpc_client *cl, const dhps_rpc_channel_params *p,
     ch.kind = RPC_H_CLIENT_HELLO;
     ch.version = cl->p.hello_version > RPC_HELLO_VERSION ? RPC_HELLO_VERSION
                                                          : cl->p.hello_version;
-    ch.caps = p->allow & (DHPS_RPC_MASK(DHPS_RPC_TCP) | DHPS_RPC_MASK(DHPS_RPC_SHM));
+    ch.caps = p->allow & DHPS_RPC_ALL;
     ch.max_msg = cl->p.max_msg;
     memcpy(ch.host_id, cl->host_id, RPC_HOST_ID);
     if ((rc = rpc_random(ch.nonce, RPC_NONCE)) || (rc = rpc_write_hello(fd, &ch, deadline)))
@@ -316,7 +379,24 @@ int dhps_rpc_channel_open(dhps_rpc_client *cl, const dhps_rpc_channel_params *p,
     pr.kind = RPC_H_CLIENT_PROOF;
     pr.version = sh.version;
     pr.want = DHPS_RPC_TCP;
-    if (sh.version >= 2 && (common & DHPS_RPC_MASK(DHPS_RPC_SHM)) && same_host) {
+    uint32_t max_msg = ch.max_msg < sh.max_msg ? ch.max_msg : sh.max_msg;
+    bool try_verbs = sh.version >= 2 && (common & DHPS_RPC_MASK(DHPS_RPC_VERBS)) &&
+                     cl->p.max_inflight <= (1u << 16) &&
+                     (p->require == DHPS_RPC_VERBS ||
+                      !(same_host && (common & DHPS_RPC_MASK(DHPS_RPC_SHM))));
+    if (try_verbs && !cl->dev && rpc_dev_open(&cl->dev) != 0)
+        try_verbs = false;
+    if (try_verbs) {
+        int r = vep_create(cl->dev, cl->p.verbs_slots, cl->p.verbs_slots, max_msg, &c->c.v);
+        if (r == 0) {
+            pr.want = DHPS_RPC_VERBS;
+            vep_info(c->c.v, &pr.verbs);
+            while ((1u << pr.verbs.inflight_log2) < cl->p.max_inflight)
+                pr.verbs.inflight_log2++;
+        } else {
+            DHPS_LOG(DHPS_LOG_INFO, RPC_LOG, "verbs endpoint: %s; not offered", dhps_strerror(r));
+        }
+    } else if (sh.version >= 2 && (common & DHPS_RPC_MASK(DHPS_RPC_SHM)) && same_host) {
         int r = make_region(cl, &pr, &shmfd);
         if (r == 0) {
             unlink_name = true;
@@ -330,9 +410,13 @@ int dhps_rpc_channel_open(dhps_rpc_client *cl, const dhps_rpc_channel_params *p,
         rc = DHPS_E_CONFIG;
         goto fail;
     }
-    uint32_t max_msg = ch.max_msg < sh.max_msg ? ch.max_msg : sh.max_msg;
-    if ((rc = conn_init(&c->c, fd, max_msg, false)))
+    vep *v = c->c.v; /* conn_init clears the conn */
+    c->c.v = NULL;
+    if ((rc = conn_init(&c->c, fd, max_msg, false))) {
+        vep_destroy(v);
         goto fail;
+    }
+    c->c.v = v;
     fd = -1; /* owned by c->c now */
     if (pr.want == DHPS_RPC_SHM &&
         (rc = shm_attach(&c->c, shmfd, pr.shm_bytes, pr.shm_cookie, true)))
@@ -360,6 +444,23 @@ int dhps_rpc_channel_open(dhps_rpc_client *cl, const dhps_rpc_channel_params *p,
     if (ac.transport != DHPS_RPC_SHM && c->c.shm_base) {
         munmap(c->c.shm_base, c->c.shm_len);
         c->c.shm_base = NULL;
+    }
+    c->backoff_ms = cl->p.promote_backoff_ms;
+    c->mixed = p->mixed;
+    if (ac.transport == DHPS_RPC_VERBS) {
+        if (vep_connect(c->c.v, &ac.verbs) == 0 && ac.verbs.slots > 0) {
+            c->remote_slots = ac.verbs.slots;
+            c->verbs_wanted = true;
+        } else { /* the server is ready but we are not: serve on TCP, re-try later */
+            vep_destroy(c->c.v);
+            c->c.v = NULL;
+            ac.transport = DHPS_RPC_TCP;
+            c->verbs_wanted = true;
+            c->st.fallbacks++;
+        }
+    } else if (c->c.v) {
+        vep_destroy(c->c.v);
+        c->c.v = NULL;
     }
     c->c.transport = (int)ac.transport;
     if (p->require >= 0 && c->c.transport != p->require) {
@@ -390,6 +491,10 @@ int dhps_rpc_channel_open(dhps_rpc_client *cl, const dhps_rpc_channel_params *p,
     }
     if (c->c.shm_base)
         cl->nshm++;
+    if (c->c.v)
+        cl->nverbs++;
+    if (c->verbs_wanted && !c->c.v)
+        schedule_promote(c);
     c->next = cl->chans;
     if (cl->chans)
         cl->chans->prev = c;
@@ -403,7 +508,7 @@ fail:
         close(shmfd);
     if (fd >= 0)
         close(fd);
-    if (c->c.in.p || c->c.fd >= 0)
+    if (c->c.in.p || c->c.fd >= 0 || c->c.v)
         conn_fini(&c->c);
     free(c->slots);
     free(c->free_stack);
@@ -421,7 +526,10 @@ void dhps_rpc_channel_close(dhps_rpc_channel *ch)
         epoll_ctl(cl->ep, EPOLL_CTL_DEL, ch->c.fd, NULL);
         if (ch->c.shm_base)
             cl->nshm--;
+        if (ch->c.v)
+            cl->nverbs--;
     }
+    vep_destroy(ch->pending);
     if (ch->prev)
         ch->prev->next = ch->next;
     else
@@ -447,7 +555,19 @@ int dhps_rpc_call_start(dhps_rpc_channel *ch, uint16_t method, size_t max_len, v
     if (ch->nfree == 0)
         return DHPS_E_BUSY;
     int t = ch->c.transport;
-    uint8_t *p = rpc_transports[t]->reserve(&ch->c, max_len);
+    uint8_t *p = NULL;
+    if (t == DHPS_RPC_VERBS) {
+        vep *v = ch->c.v;
+        if (v && !v->failed && ch->v_inflight < ch->remote_slots)
+            p = rpc_verbs_ops.reserve(&ch->c, max_len);
+        if (!p) {
+            if (!ch->mixed && v && !v->failed)
+                return DHPS_E_BUSY;
+            t = DHPS_RPC_TCP; /* mixed mode, or the path just failed: use TCP */
+        }
+    }
+    if (!p)
+        p = rpc_transports[t]->reserve(&ch->c, max_len);
     if (!p)
         return t == DHPS_RPC_TCP ? -ENOMEM : DHPS_E_BUSY;
     ch->lent = true;
@@ -458,7 +578,104 @@ int dhps_rpc_call_start(dhps_rpc_channel *ch, uint16_t method, size_t max_len, v
     return 0;
 }
 
-void dhps_rpc_call_abort(dhps_rpc_channel *ch) { ch->lent = false; }
+void dhps_rpc_call_abort(dhps_rpc_channel *ch)
+{
+    ch->lent = false;
+    if (ch->c.v)
+        ch->c.v->cur = -1;
+}
+
+/* ---- verbs failure, fallback, re-promotion ------------------------------------------ */
+
+/* The verbs path failed: move every call in flight on it to TCP (same id, RETRY flag;
+ * the server answers a request it already ran from its cache), drop the endpoint and
+ * schedule a re-promotion. */
+static int verbs_fallback(dhps_rpc_channel *ch)
+{
+    vep *v = ch->c.v;
+    DHPS_LOG(DHPS_LOG_INFO, RPC_LOG, "verbs path failed: %u calls re-sent on tcp",
+             ch->v_inflight);
+    for (uint32_t i = 0; i <= ch->mask; i++) {
+        slot *s = &ch->slots[i];
+        if (!s->id || s->transport != DHPS_RPC_VERBS)
+            continue;
+        const uint8_t *fr = v->mem + (size_t)s->vslot * v->slot_bytes;
+        rpc_frame f;
+        if (rpc_frame_parse(fr, v->ss[s->vslot].len, ch->c.max_msg, false, &f) <= 0)
+            return DHPS_E_MALFORMED; /* our own frame: cannot happen */
+        uint8_t *p = rpc_tcp_ops.reserve(&ch->c, f.len);
+        if (!p)
+            return -ENOMEM;
+        memcpy(p, fr + RPC_FRAME_HDR, f.len); /* the retry path's one copy */
+        f.flags = RPC_FLAG_RETRY;
+        rpc_tcp_ops.commit(&ch->c, &f);
+        s->transport = DHPS_RPC_TCP;
+        ch->st.retries++;
+        ch->st.calls[DHPS_RPC_TCP]++;
+    }
+    vep_destroy(v);
+    ch->c.v = NULL;
+    ch->c.verbs_dirty = false;
+    ch->c.transport = DHPS_RPC_TCP;
+    ch->v_inflight = 0;
+    ch->cl->nverbs--;
+    ch->st.fallbacks++;
+    schedule_promote(ch);
+    return 0;
+}
+
+static void try_promote(dhps_rpc_channel *ch, uint64_t now)
+{
+    dhps_rpc_client *cl = ch->cl;
+    if (ch->c.v || ch->pending || now < ch->retry_at || ch->broken)
+        return;
+    if (!cl->dev && rpc_dev_open(&cl->dev) != 0) {
+        schedule_promote(ch);
+        return;
+    }
+    vep *v = NULL;
+    uint8_t *p = NULL;
+    if (vep_create(cl->dev, cl->p.verbs_slots, cl->p.verbs_slots, ch->c.max_msg, &v) ||
+        !(p = rpc_tcp_ops.reserve(&ch->c, RPC_CTRL_BYTES))) {
+        vep_destroy(v);
+        schedule_promote(ch);
+        return;
+    }
+    rpc_verbs_info me;
+    vep_info(v, &me);
+    while ((1u << me.inflight_log2) < cl->p.max_inflight)
+        me.inflight_log2++;
+    rpc_ctrl_encode(RPC_CTRL_PROMOTE, &me, p);
+    rpc_frame f = {.type = RPC_F_CTRL, .len = RPC_CTRL_BYTES};
+    rpc_tcp_ops.commit(&ch->c, &f);
+    ch->pending = v;
+    ch->retry_at = UINT64_MAX;
+}
+
+/* A fatal device event: tear down every verbs object so the device can go away. */
+static void device_gone(dhps_rpc_client *cl)
+{
+    for (dhps_rpc_channel *ch = cl->chans; ch; ch = ch->next) {
+        if (ch->c.v)
+            verbs_fallback(ch);
+        if (ch->pending) {
+            vep_destroy(ch->pending);
+            ch->pending = NULL;
+            schedule_promote(ch);
+        }
+    }
+    rpc_dev_close(cl->dev);
+    cl->dev = NULL;
+}
+
+int dhps_rpc_channel_inject(dhps_rpc_channel *ch, int fault)
+{
+    if (fault != DHPS_RPC_FAULT_QP_ERROR)
+        return -EINVAL;
+    if (!ch->c.v)
+        return -ENOTCONN;
+    return vep_break(ch->c.v);
+}
 
 int dhps_rpc_call_send(dhps_rpc_channel *ch, size_t len, uint64_t timeout_us,
                        dhps_rpc_done_fn done, void *arg)
@@ -475,6 +692,11 @@ int dhps_rpc_call_send(dhps_rpc_channel *ch, size_t len, uint64_t timeout_us,
     s->done = done;
     s->arg = arg;
     s->transport = (uint8_t)ch->lent_transport;
+    if (s->transport == DHPS_RPC_VERBS) {
+        s->vslot = (int16_t)ch->c.v->cur;
+        ch->c.v->ss[s->vslot].held = true;
+        ch->v_inflight++;
+    }
     ch->inflight++;
     rpc_frame f = {.type = RPC_F_REQ, .method = ch->lent_method, .len = (uint32_t)len,
                    .id = s->id};
@@ -513,6 +735,8 @@ static int flush_all(dhps_rpc_client *cl)
         int r = 0;
         if (ch->c.shm_dirty)
             r = rpc_shm_ops.flush(&ch->c);
+        if (ch->c.verbs_dirty)
+            (void)rpc_verbs_ops.flush(&ch->c); /* failure: handled in the next turn */
         if (!r && ch->c.tcp_dirty)
             r = rpc_tcp_ops.flush(&ch->c);
         if (r)
@@ -535,6 +759,31 @@ static int turn(dhps_rpc_client *cl, int wait_ms)
             else if (r < 0)
                 ran += channel_break(ch, r);
         }
+    }
+    if (cl->dev) {
+        uint64_t t = rpc_now_ns();
+        bool sys = t - cl->dev_checked > 50000000ull; /* sysfs look every 50 ms */
+        if (sys)
+            cl->dev_checked = t;
+        if (rpc_dev_check(cl->dev, sys))
+            device_gone(cl);
+    }
+    if (cl->nverbs) {
+        for (dhps_rpc_channel *ch = cl->chans; ch; ch = ch->next) {
+            if (ch->broken || !ch->c.v)
+                continue;
+            int r = vep_poll_send(ch->c.v);
+            if (r == 0)
+                r = rpc_verbs_ops.rx(&ch->c, on_response, ch);
+            if (r > 0)
+                ran += r;
+            if (ch->c.v && ch->c.v->failed) {
+                if ((r = verbs_fallback(ch)) < 0)
+                    ran += channel_break(ch, r);
+            }
+        }
+        if (wait_ms < 0 || wait_ms > 1)
+            wait_ms = 1; /* no CQ event channel yet: nap at most 1 ms */
     }
     bool slept = false;
     if (ran || wait_ms == 0) {
@@ -564,9 +813,12 @@ static int turn(dhps_rpc_client *cl, int wait_ms)
             ran += channel_break(ch, r);
     }
     uint64_t now = rpc_now_ns();
-    for (dhps_rpc_channel *ch = cl->chans; ch; ch = ch->next)
+    for (dhps_rpc_channel *ch = cl->chans; ch; ch = ch->next) {
         if (ch->inflight)
             ran += expire(ch, now);
+        if (ch->verbs_wanted && !ch->c.v)
+            try_promote(ch, now);
+    }
     ran += flush_all(cl); /* callbacks may have queued new calls */
     return ran;
 }
@@ -582,6 +834,9 @@ static uint64_t next_deadline(dhps_rpc_client *cl)
 
 int dhps_rpc_client_poll(dhps_rpc_client *cl, int timeout_ms)
 {
+    for (dhps_rpc_channel *ch = cl->chans; ch; ch = ch->next)
+        if (ch->lent)
+            return -EINVAL;
     uint64_t end = timeout_ms < 0 ? UINT64_MAX : rpc_now_ns() + (uint64_t)timeout_ms * 1000000ull;
     uint32_t spins = 0;
     for (;;) {

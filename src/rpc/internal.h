@@ -73,6 +73,7 @@ typedef struct rpc_ops {
 
 extern const rpc_ops rpc_tcp_ops;
 extern const rpc_ops rpc_shm_ops;
+extern const rpc_ops rpc_verbs_ops;
 extern const rpc_ops *const rpc_transports[DHPS_RPC_NTRANSPORTS];
 
 typedef struct conn {
@@ -80,7 +81,8 @@ typedef struct conn {
     int transport;     /* fast path in use for new sends */
     uint32_t max_msg;  /* negotiated payload bound */
     bool is_server;
-    bool tcp_dirty, shm_dirty;
+    bool tcp_dirty, shm_dirty, verbs_dirty;
+    struct vep *v;     /* verbs endpoint, or NULL */
     bool eof;
     obuf out;
     ibuf in;

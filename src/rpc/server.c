@@ -2,6 +2,7 @@
 /* rpc server: an acceptor thread (accept + authenticated hello) hands connections to
  * run-to-completion worker threads through SPSC pointer rings (atomics + eventfd). */
 #include "internal.h"
+#include "verbs.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -28,8 +29,21 @@ typedef struct handler {
     void *arg;
 } handler;
 
+/* Verbs connections keep, per client call slot, the last request id seen and (for
+ * requests that arrived over verbs) a copy of the response, so a request re-sent on
+ * TCP after a verbs failure is answered from here and its handler runs once. */
+typedef struct dd_entry {
+    uint64_t id;
+    int32_t status;
+    uint32_t len, cap;
+    bool have; /* response cached */
+    uint8_t *buf;
+} dd_entry;
+
 typedef struct sconn {
     conn c;
+    dd_entry *dd;
+    uint32_t dd_mask;
     struct sconn *prev, *next;
     bool reading; /* EPOLLIN armed */
     bool want_out;
@@ -37,7 +51,7 @@ typedef struct sconn {
 
 typedef struct wstats {
     _Atomic uint64_t handled[DHPS_RPC_NTRANSPORTS];
-    _Atomic uint64_t handler_errors, unknown_method, malformed, open;
+    _Atomic uint64_t handler_errors, unknown_method, malformed, open, dup, verbs_down;
 } wstats;
 
 typedef struct worker {
@@ -50,7 +64,8 @@ typedef struct worker {
     _Alignas(64) _Atomic uint32_t in_tail; /* producer (acceptor) */
     sconn *inbox[INBOX];
     sconn *conns; /* list owned by this worker only */
-    uint32_t nshm;
+    uint32_t nshm, nverbs;
+    uint64_t dev_checked;
     wstats st;
 } worker;
 
@@ -65,6 +80,7 @@ struct dhps_rpc_server {
     pthread_t acc;
     bool acc_started;
     handler *handlers; /* 65536 entries, read-only after start */
+    rpc_dev *dev;      /* verbs device (thread-safe verbs calls), or NULL */
     worker *w;
     uint32_t next_worker;
     _Atomic uint64_t accepted, rejected_auth, rejected_hello;
@@ -120,6 +136,11 @@ int dhps_rpc_server_create(const dhps_rpc_server_params *p, dhps_rpc_server **ou
     }
     for (uint32_t i = 0; i < p->workers; i++)
         s->w[i].ep = s->w[i].evfd = -1;
+    if (p->allow & DHPS_RPC_MASK(DHPS_RPC_VERBS)) {
+        int r = rpc_dev_open(&s->dev);
+        if (r)
+            DHPS_LOG(DHPS_LOG_INFO, RPC_LOG, "server: no verbs device (%s)", dhps_strerror(r));
+    }
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(p->port)};
     if (inet_pton(AF_INET, p->host, &a.sin_addr) != 1)
         goto fail;
@@ -189,6 +210,8 @@ void dhps_rpc_server_get_stats(const dhps_rpc_server *s, dhps_rpc_server_stats *
         st->unknown_method += atomic_load_explicit(&w->unknown_method, memory_order_relaxed);
         st->rejected_malformed += atomic_load_explicit(&w->malformed, memory_order_relaxed);
         st->open_conns += atomic_load_explicit(&w->open, memory_order_relaxed);
+        st->duplicates += atomic_load_explicit(&w->dup, memory_order_relaxed);
+        st->verbs_failures += atomic_load_explicit(&w->verbs_down, memory_order_relaxed);
     }
 }
 
@@ -216,24 +239,119 @@ static void sconn_close(worker *w, sconn *sc, int why)
         sc->next->prev = sc->prev;
     if (sc->c.shm_base)
         w->nshm--;
+    if (sc->c.v)
+        w->nverbs--;
     conn_fini(&sc->c);
+    if (sc->dd)
+        for (uint32_t i = 0; i <= sc->dd_mask; i++)
+            free(sc->dd[i].buf);
+    free(sc->dd);
     free(sc);
     atomic_store_explicit(&w->st.open, atomic_load_explicit(&w->st.open, memory_order_relaxed) - 1,
                           memory_order_relaxed);
+}
+
+static int dd_alloc(sconn *sc, uint32_t log2)
+{
+    if (sc->dd)
+        return 0;
+    if (log2 > 16)
+        return -EINVAL;
+    sc->dd = calloc((size_t)1 << log2, sizeof *sc->dd);
+    if (!sc->dd)
+        return -ENOMEM;
+    sc->dd_mask = (1u << log2) - 1;
+    return 0;
+}
+
+/* Create a verbs endpoint for a client described by r and connect it. */
+static int verbs_setup(dhps_rpc_server *s, sconn *sc, const rpc_verbs_info *r,
+                       rpc_verbs_info *mine)
+{
+    if (!s->dev || __atomic_load_n(&s->dev->fatal, __ATOMIC_RELAXED) || r->slots == 0 ||
+        r->slots > 1024)
+        return -ENODEV;
+    int rc = dd_alloc(sc, r->inflight_log2);
+    if (rc)
+        return rc;
+    vep *v = NULL;
+    if ((rc = vep_create(s->dev, 2 * r->slots, r->slots, sc->c.max_msg, &v)))
+        return rc;
+    if ((rc = vep_connect(v, r))) {
+        vep_destroy(v);
+        return rc;
+    }
+    vep_info(v, mine);
+    sc->c.v = v;
+    return 0;
+}
+
+static void verbs_down(worker *w, sconn *sc)
+{
+    DHPS_LOG(DHPS_LOG_INFO, RPC_LOG, "worker %u: verbs path down, serving on tcp", w->idx);
+    vep_destroy(sc->c.v);
+    sc->c.v = NULL;
+    sc->c.verbs_dirty = false;
+    sc->c.transport = DHPS_RPC_TCP;
+    w->nverbs--;
+    bump(&w->st.verbs_down);
+}
+
+/* Re-promotion request from a client whose verbs path failed earlier. */
+static int serve_ctrl(worker *w, sconn *sc, const uint8_t *payload, uint32_t len)
+{
+    uint32_t op;
+    rpc_verbs_info r, mine;
+    memset(&mine, 0, sizeof mine);
+    if (rpc_ctrl_parse(payload, len, &op, &r) || op != RPC_CTRL_PROMOTE)
+        return DHPS_E_MALFORMED;
+    if (sc->c.v)
+        verbs_down(w, sc);
+    int rc = verbs_setup(w->s, sc, &r, &mine);
+    if (rc == 0) {
+        sc->c.transport = DHPS_RPC_VERBS;
+        w->nverbs++;
+    }
+    uint8_t *p = rpc_tcp_ops.reserve(&sc->c, RPC_CTRL_BYTES);
+    if (!p)
+        return -ENOMEM;
+    rpc_ctrl_encode(rc == 0 ? RPC_CTRL_PROMOTE_OK : RPC_CTRL_PROMOTE_NO, &mine, p);
+    rpc_frame f = {.type = RPC_F_CTRL, .len = RPC_CTRL_BYTES};
+    rpc_tcp_ops.commit(&sc->c, &f);
+    return 0;
 }
 
 /* Serve one request received on transport `via`; the response goes back on `via`. */
 static int serve_frame(void *arg, conn *c, int via, const rpc_frame *f, const uint8_t *payload)
 {
     worker *w = arg;
+    sconn *sc = (sconn *)c;
     if (f->type == RPC_F_DOORBELL)
         return 0;
+    if (f->type == RPC_F_CTRL && via == DHPS_RPC_TCP)
+        return serve_ctrl(w, sc, payload, f->len);
     if (f->type != RPC_F_REQ)
         return DHPS_E_MALFORMED;
+    dd_entry *dd = sc->dd ? &sc->dd[f->id & sc->dd_mask] : NULL;
+    if (dd && dd->id == f->id) {
+        /* seen before: a TCP retry of a verbs request (answer from the cache), or the
+         * verbs original arriving after its retry was served (drop) */
+        bump(&w->st.dup);
+        if (via != DHPS_RPC_TCP || !dd->have)
+            return 0;
+        uint8_t *p = rpc_tcp_ops.reserve(c, dd->len);
+        if (!p)
+            return -ENOMEM;
+        memcpy(p, dd->buf, dd->len);
+        rpc_frame r = {.type = RPC_F_RESP, .id = f->id, .method = f->method,
+                       .status = dd->status, .len = dd->len};
+        rpc_tcp_ops.commit(c, &r);
+        return 0;
+    }
     const rpc_ops *ops = rpc_transports[via];
     uint8_t *resp = ops->reserve(c, c->max_msg);
     if (!resp)
-        return via == DHPS_RPC_TCP ? -ENOMEM : 1; /* shm ring full: retry next turn */
+        return via == DHPS_RPC_TCP ? -ENOMEM : 1; /* ring/slots full: retry next turn */
     rpc_frame r = {.type = RPC_F_RESP, .id = f->id, .method = f->method};
     const handler *h = &w->s->handlers[f->method];
     if (!h->fn) {
@@ -251,6 +369,24 @@ static int serve_frame(void *arg, conn *c, int via, const rpc_frame *f, const ui
             r.len = (uint32_t)q.resp_len;
         }
         bump(&w->st.handled[via]);
+    }
+    if (dd) {
+        dd->id = f->id;
+        dd->have = false;
+        if (via == DHPS_RPC_VERBS) { /* keep a copy in case the path dies */
+            if (dd->cap < r.len) {
+                uint8_t *nb = realloc(dd->buf, r.len);
+                if (!nb)
+                    return -ENOMEM;
+                dd->buf = nb;
+                dd->cap = r.len;
+            }
+            if (r.len)
+                memcpy(dd->buf, resp, r.len);
+            dd->len = r.len;
+            dd->status = r.status;
+            dd->have = true;
+        }
     }
     ops->commit(c, &r);
     return 0;
@@ -274,6 +410,8 @@ static int sconn_flush(worker *w, sconn *sc)
     int r = 0;
     if (c->shm_dirty)
         r = rpc_shm_ops.flush(c);
+    if (!r && c->verbs_dirty && rpc_verbs_ops.flush(c))
+        verbs_down(w, sc); /* the responses are cached: the client re-sends on TCP */
     if (!r && c->tcp_dirty)
         r = rpc_tcp_ops.flush(c);
     if (r)
@@ -297,6 +435,8 @@ static void adopt(worker *w)
         w->conns = sc;
         if (sc->c.shm_base)
             w->nshm++;
+        if (sc->c.v)
+            w->nverbs++;
         atomic_store_explicit(&w->st.open, atomic_load_explicit(&w->st.open, memory_order_relaxed) + 1,
                               memory_order_relaxed);
         sc->reading = true;
@@ -330,11 +470,43 @@ static void *worker_main(void *arg)
                     sconn_close(w, sc, r);
             }
         }
-        /* 2. sockets; block only when idle and every shm consumer flag is set */
+        /* 1b. verbs completion queues: poll every turn */
+        if (w->nverbs) {
+            uint64_t t = rpc_now_ns();
+            if (t - w->dev_checked > 50000000ull) { /* device health every 50 ms */
+                w->dev_checked = t;
+                if (rpc_dev_check(s->dev, true))
+                    for (sconn *sc = w->conns; sc; sc = sc->next)
+                        if (sc->c.v)
+                            verbs_down(w, sc);
+            }
+        }
+        if (w->nverbs) {
+            for (sconn *sc = w->conns, *nx; sc; sc = nx) {
+                nx = sc->next;
+                if (!sc->c.v)
+                    continue;
+                int r = vep_poll_send(sc->c.v);
+                if (r == 0)
+                    r = rpc_verbs_ops.rx(&sc->c, serve_frame, w);
+                if (r > 0)
+                    work += r;
+                if (r < 0 && sc->c.v) {
+                    verbs_down(w, sc);
+                    r = 0;
+                }
+                if (r >= 0 && (sc->c.verbs_dirty || sc->c.tcp_dirty))
+                    r = sconn_flush(w, sc);
+                if (r < 0)
+                    sconn_close(w, sc, r);
+            }
+        }
+        /* 2. sockets; block only when idle and every shm consumer flag is set (verbs
+         * connections cap the sleep at 1 ms: no CQ event channel yet) */
         int timeout = 0;
         bool slept = false;
         if (!work && ++idle > s->p.spin_turns) {
-            timeout = -1;
+            timeout = w->nverbs ? 1 : -1;
             for (sconn *sc = w->conns; sc; sc = sc->next)
                 if (sc->c.shm_base && !shm_prepare_sleep(&sc->c))
                     timeout = 0;
@@ -409,7 +581,9 @@ static void handshake(dhps_rpc_server *s, int fd)
     memset(&sh, 0, sizeof sh);
     sh.kind = RPC_H_SERVER_HELLO;
     sh.version = ch.version; /* min(ours, theirs): parse clamps to ours */
-    sh.caps = s->p.allow & (DHPS_RPC_MASK(DHPS_RPC_TCP) | DHPS_RPC_MASK(DHPS_RPC_SHM));
+    sh.caps = s->p.allow & (DHPS_RPC_MASK(DHPS_RPC_TCP) | DHPS_RPC_MASK(DHPS_RPC_SHM) |
+                            (s->dev && !rpc_dev_check(s->dev, true) ? DHPS_RPC_MASK(DHPS_RPC_VERBS)
+                                                                     : 0));
     if (sh.version < 2)
         sh.caps = DHPS_RPC_MASK(DHPS_RPC_TCP);
     sh.max_msg = s->p.max_msg;
@@ -446,7 +620,14 @@ static void handshake(dhps_rpc_server *s, int fd)
     ac.version = sh.version;
     ac.kind = RPC_H_ACCEPT;
     ac.transport = DHPS_RPC_TCP;
-    if (pr.want == DHPS_RPC_SHM && (sh.caps & DHPS_RPC_MASK(DHPS_RPC_SHM)) &&
+    if (pr.want == DHPS_RPC_VERBS && (sh.caps & DHPS_RPC_MASK(DHPS_RPC_VERBS))) {
+        int r = verbs_setup(s, sc, &pr.verbs, &ac.verbs);
+        if (r == 0)
+            ac.transport = DHPS_RPC_VERBS;
+        else
+            DHPS_LOG(DHPS_LOG_INFO, RPC_LOG, "hello: verbs refused (%s), using tcp",
+                     dhps_strerror(r));
+    } else if (pr.want == DHPS_RPC_SHM && (sh.caps & DHPS_RPC_MASK(DHPS_RPC_SHM)) &&
         memcmp(ch.host_id, s->host_id, RPC_HOST_ID) == 0) {
         int r = open_client_region(s, &pr, max_msg, &sc->c);
         if (r == 0)
@@ -558,6 +739,7 @@ void dhps_rpc_server_destroy(dhps_rpc_server *s)
     }
     if (s->lfd >= 0)
         close(s->lfd);
+    rpc_dev_close(s->dev);
     free(s->w);
     free(s->handlers);
     free(s);

@@ -2,6 +2,7 @@
  * shared memory (SPSC byte rings, frames in place, doorbell on TCP when the consumer
  * sleeps). Plus small I/O helpers used by the hello. */
 #include "internal.h"
+#include "verbs.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -203,6 +204,8 @@ void conn_fini(conn *c)
     if (c->shm_base)
         munmap(c->shm_base, c->shm_len);
     c->shm_base = NULL;
+    vep_destroy(c->v);
+    c->v = NULL;
 }
 
 /* ---- TCP ops ---------------------------------------------------------------------- */
@@ -493,5 +496,5 @@ const rpc_ops rpc_shm_ops = {
 const rpc_ops *const rpc_transports[DHPS_RPC_NTRANSPORTS] = {
     [DHPS_RPC_TCP] = &rpc_tcp_ops,
     [DHPS_RPC_SHM] = &rpc_shm_ops,
-    [DHPS_RPC_VERBS] = NULL, /* not implemented: never negotiated */
+    [DHPS_RPC_VERBS] = &rpc_verbs_ops,
 };

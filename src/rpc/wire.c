@@ -58,7 +58,7 @@ long rpc_frame_parse(const uint8_t *buf, size_t n, uint32_t max_payload, bool al
 {
     if (n < RPC_FRAME_HDR)
         return 0;
-    if (get16(buf) != RPC_FRAME_MAGIC || get16(buf + 18) != 0 || buf[3] != 0)
+    if (get16(buf) != RPC_FRAME_MAGIC || get16(buf + 18) != 0 || (buf[3] & ~RPC_FLAG_RETRY))
         return DHPS_E_MALFORMED;
     f->type = buf[2];
     f->flags = buf[3];
@@ -72,17 +72,21 @@ long rpc_frame_parse(const uint8_t *buf, size_t n, uint32_t max_payload, bool al
             return DHPS_E_MALFORMED;
         break;
     case RPC_F_RESP:
-        if (f->len > max_payload || (f->status != 0 && f->len != 0) || f->status > 0)
+        if (f->flags ||f->len > max_payload || (f->status != 0 && f->len != 0) || f->status > 0)
+            return DHPS_E_MALFORMED;
+        break;
+    case RPC_F_CTRL:
+        if (f->flags || f->len != RPC_CTRL_BYTES || f->status != 0 || allow_pad)
             return DHPS_E_MALFORMED;
         break;
     case RPC_F_DOORBELL:
-        if (f->len != 0 || f->status != 0)
+        if (f->len != 0 || f->status != 0 || f->flags)
             return DHPS_E_MALFORMED;
         break;
     case RPC_F_PAD:
         /* a pad fills less than one aligned frame; the ring also checks it ends at
          * the ring's end */
-        if (!allow_pad || f->status != 0 || f->len > max_payload + 8)
+        if (!allow_pad || f->status != 0 || f->flags || f->len > max_payload + 8)
             return DHPS_E_MALFORMED;
         break;
     default:
@@ -120,9 +124,9 @@ static void put_verbs(uint8_t *p, const rpc_verbs_info *v)
     memcpy(p, v->gid, 16);
     put32(p + 16, v->qpn);
     put32(p + 20, v->psn);
-    put32(p + 24, v->rkey);
-    put32(p + 28, v->ring_bytes);
-    put64(p + 32, v->ring_addr);
+    put32(p + 24, v->slots);
+    put32(p + 28, v->inflight_log2);
+    put64(p + 32, v->rsvd);
 }
 
 static void get_verbs(const uint8_t *p, rpc_verbs_info *v)
@@ -130,9 +134,27 @@ static void get_verbs(const uint8_t *p, rpc_verbs_info *v)
     memcpy(v->gid, p, 16);
     v->qpn = get32(p + 16);
     v->psn = get32(p + 20);
-    v->rkey = get32(p + 24);
-    v->ring_bytes = get32(p + 28);
-    v->ring_addr = get64(p + 32);
+    v->slots = get32(p + 24);
+    v->inflight_log2 = get32(p + 28);
+    v->rsvd = get64(p + 32);
+}
+
+void rpc_ctrl_encode(uint32_t op, const rpc_verbs_info *v, uint8_t *out)
+{
+    put32(out, op);
+    put_verbs(out + 4, v);
+}
+
+int rpc_ctrl_parse(const uint8_t *p, size_t n, uint32_t *op, rpc_verbs_info *v)
+{
+    if (n != RPC_CTRL_BYTES)
+        return DHPS_E_MALFORMED;
+    *op = get32(p);
+    get_verbs(p + 4, v);
+    if (*op < RPC_CTRL_PROMOTE || *op > RPC_CTRL_PROMOTE_NO || v->slots > 4096 ||
+        v->inflight_log2 > 20)
+        return DHPS_E_MALFORMED;
+    return 0;
 }
 
 long rpc_hello_encode(const rpc_hello *h, uint8_t *out, size_t cap)
@@ -237,14 +259,15 @@ long rpc_hello_parse(const uint8_t *buf, size_t n, rpc_hello *h)
         h->shm_cookie = get64(b + 48);
         memcpy(h->shm_name, b + 56, RPC_SHM_NAME);
         get_verbs(b + 104, &h->verbs);
-        if (h->want >= DHPS_RPC_NTRANSPORTS || !shm_name_ok(h->shm_name))
+        if (h->want >= DHPS_RPC_NTRANSPORTS || !shm_name_ok(h->shm_name) ||
+            h->verbs.slots > 4096 || h->verbs.inflight_log2 > 20)
             return DHPS_E_MALFORMED;
         break;
     case RPC_H_ACCEPT:
         h->status = (int32_t)get32(b);
         h->transport = get32(b + 4);
         get_verbs(b + 8, &h->verbs);
-        if (h->transport >= DHPS_RPC_NTRANSPORTS || h->status > 0)
+        if (h->transport >= DHPS_RPC_NTRANSPORTS || h->status > 0 || h->verbs.slots > 4096)
             return DHPS_E_MALFORMED;
         break;
     case RPC_H_REJECT:

@@ -20,7 +20,11 @@ enum rpc_frame_type {
     RPC_F_RESP = 2,     /* response: id, status, payload (empty when status != 0) */
     RPC_F_DOORBELL = 3, /* shm wake-up on the TCP socket, no payload */
     RPC_F_PAD = 4,      /* shm ring filler up to the ring's end, never on TCP */
+    RPC_F_CTRL = 5,     /* TCP only: verbs re-promotion; payload = op u32 + rpc_verbs_info */
 };
+#define RPC_FLAG_RETRY 0x01u /* request re-sent on TCP after a verbs failure */
+#define RPC_CTRL_BYTES 44u
+enum { RPC_CTRL_PROMOTE = 1, RPC_CTRL_PROMOTE_OK = 2, RPC_CTRL_PROMOTE_NO = 3 };
 
 typedef struct rpc_frame {
     uint8_t type;
@@ -64,11 +68,15 @@ enum rpc_hello_kind {
     RPC_H_REJECT = 5,
 };
 
-/* Verbs endpoint description (reserved for the verbs transport; carried, unused). */
+/* Verbs endpoint description: where to connect an RC QP and how many receives the
+ * sender of this description keeps posted. No memory keys: the verbs path uses
+ * SEND/RECV only, so no region is remotely accessible. */
 typedef struct rpc_verbs_info {
     uint8_t gid[16];
-    uint32_t qpn, psn, rkey, ring_bytes;
-    uint64_t ring_addr;
+    uint32_t qpn, psn;
+    uint32_t slots;        /* receive slots posted (the peer's send credits) */
+    uint32_t inflight_log2;/* client: log2(max_inflight), sizes the server's dedupe table */
+    uint64_t rsvd;
 } rpc_verbs_info;
 
 typedef struct rpc_hello {
@@ -103,6 +111,10 @@ long rpc_hello_encode(const rpc_hello *h, uint8_t *out, size_t cap);
  * ignored); version 1 hellos carry no capabilities (caps forced to TCP only).
  */
 long rpc_hello_parse(const uint8_t *buf, size_t n, rpc_hello *h);
+
+/* Encode / parse a CTRL payload (RPC_CTRL_BYTES). parse returns 0 or DHPS_E_MALFORMED. */
+void rpc_ctrl_encode(uint32_t op, const rpc_verbs_info *v, uint8_t *out);
+int rpc_ctrl_parse(const uint8_t *p, size_t n, uint32_t *op, rpc_verbs_info *v);
 
 /* HMAC-SHA256 proofs. role 's' (server proof) covers version, both nonces, both caps;
  * role 'c' (client proof) covers the nonces plus the client's transport offer. */

@@ -25,7 +25,7 @@ fi
 
 log=$(mktemp)
 echo "verbs: running test_rpc_verbs in the guest"
-(cd "$bdir" && "$rxe" --timeout "${RXE_TIMEOUT:-600}" -- ./tests/rpc/test_rpc_verbs) 2>&1 | tee "$log"
+(cd "$bdir" && DHPS_TEST_SCALE=${DHPS_TEST_SCALE:-small} "$rxe" --timeout "${RXE_TIMEOUT:-600}" -- ./tests/rpc/test_rpc_verbs) 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 case $rc in
   0)   echo "verbs suite PASSED in the Soft-RoCE guest"; rm -f "$log"; exit 0 ;;

@@ -1,0 +1,71 @@
+/* Private: the RDMA verbs endpoint (RC QP, SEND/RECV over pre-registered slots). */
+#ifndef DHPS_RPC_VERBS_H
+#define DHPS_RPC_VERBS_H
+
+#include <infiniband/verbs.h>
+
+#include "wire.h"
+
+typedef struct rpc_dev {
+    struct ibv_context *ctx;
+    struct ibv_pd *pd;
+    uint8_t port;
+    int gid_index;
+    union ibv_gid gid;
+    enum ibv_mtu mtu;
+    bool fatal; /* device-fatal event seen, or the device left sysfs (atomic access) */
+    char path[IBV_SYSFS_PATH_MAX]; /* uverbs sysfs node: gone once unregistration starts */
+} rpc_dev;
+
+/* Open the first device with an ACTIVE port. 0 or -ENODEV / -errno. */
+int rpc_dev_open(rpc_dev **out);
+void rpc_dev_close(rpc_dev *d);
+/* Drain async events (non-blocking) and, when check_sysfs, test that the device is
+ * still registered (a deleted Soft-RoCE link keeps working for open contexts until
+ * they close, so events alone do not show it). Returns true when it is unusable.
+ * Thread-safe. */
+bool rpc_dev_check(rpc_dev *d, bool check_sysfs);
+
+typedef struct vslot {
+    uint64_t seq; /* WR sequence that last used this slot (done when <= vep.done) */
+    bool held;    /* client: an in-flight call still owns the request bytes */
+    uint32_t len; /* bytes of the frame in the slot (header included) */
+} vslot;
+
+typedef struct vep {
+    rpc_dev *dev;
+    struct ibv_cq *scq, *rcq;
+    struct ibv_qp *qp;
+    struct ibv_mr *mr;
+    uint8_t *mem;
+    uint32_t nsend, nrecv, slot_bytes, max_inline, psn;
+    vslot *ss;
+    struct ibv_send_wr *wr;
+    struct ibv_sge *sge;
+    struct ibv_recv_wr *rwr;
+    struct ibv_sge *rsge;
+    uint32_t *repost, nrepost;
+    struct ibv_send_wr *head, *tail; /* pending post list (one doorbell per flush) */
+    uint64_t assigned, done;
+    uint32_t cursor;
+    int cur;      /* slot lent by reserve, or -1 */
+    bool failed;
+    uint64_t posts, signaled, inlined;
+} vep;
+
+/* Create an endpoint: CQs, an RC QP in INIT, one registered region of nsend + nrecv
+ * slots (local write only), all receives posted. */
+int vep_create(rpc_dev *d, uint32_t nsend, uint32_t nrecv, uint32_t max_msg, vep **out);
+void vep_destroy(vep *v);
+void vep_info(const vep *v, rpc_verbs_info *out);
+/* Bring the QP to RTR and RTS toward the peer described by r. */
+int vep_connect(vep *v, const rpc_verbs_info *r);
+/* Force the QP into the error state (test hook). */
+int vep_break(vep *v);
+/* Process send completions; returns <0 on a completion error. */
+int vep_poll_send(vep *v);
+/* Free send slots now (not held, send completed). */
+uint32_t vep_free_slots(vep *v);
+uint8_t *vep_slot_payload(vep *v, uint32_t slot);
+
+#endif
