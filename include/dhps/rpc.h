@@ -1,6 +1,6 @@
 /*
- * dhps rpc: one request/response RPC API over TCP, shared memory and (planned) RDMA
- * verbs, for the parameter server's lookups and updates.
+ * dhps rpc: one request/response RPC API over TCP, shared memory and RDMA verbs, for
+ * the parameter server's lookups and updates.
  *
  * Design (the full essay, wire layouts and test record are in docs/rpc.md):
  *
@@ -29,23 +29,40 @@
  *   (and at most one doorbell) for a shared-memory peer. Servers do the same with the
  *   responses produced in one loop turn.
  *
- * Transports sit behind one const ops table (reserve, commit, flush, receive). TCP
- *   (epoll, TCP_NODELAY, optional SO_BUSY_POLL) is always there: it carries the hello,
- *   the shared-memory doorbells, and every call when no faster path was negotiated.
+ * Transports sit behind one const ops table (reserve, commit, flush, receive).
+ *   TCP (epoll, TCP_NODELAY, optional SO_BUSY_POLL) is always there: it carries the
+ *   hello, the shared-memory doorbells, verbs re-promotion, and every call when no
+ *   faster path was negotiated or the fast path failed.
  *   Shared memory (same host id, both sides allow it): the client creates a region of
  *   two single-producer/single-consumer byte rings (one each way); frames are written
  *   in place; the consumer polls and, when idle, sets a "sleeping" word in the region
  *   and blocks in epoll on the TCP socket; a producer that sees the word sends one
  *   doorbell frame on TCP (the eventfd-equivalent that also works across processes
- *   without passing descriptors). RDMA verbs: the hello already reserves room for
- *   GID/QPN/keys, but the verbs data path is NOT implemented yet (docs/rpc.md, "not
- *   done"); a verbs-capable channel is negotiated down to the best of shm/TCP.
+ *   without passing descriptors).
+ *   RDMA verbs (libibverbs; different hosts, or when required): one RC queue pair per
+ *   channel, SEND/RECV over pre-registered slots (the request is written into a send
+ *   slot, the handler reads it in its receive slot and writes the response into a
+ *   send slot), inline sends for small frames, one signalled work request per post
+ *   list, one ibv_post_send per flush. No memory is remotely accessible (SEND/RECV
+ *   needs no rkeys), so no keys travel in the hello. Credits: a channel keeps at most
+ *   verbs_slots calls on verbs; the server re-posts a receive before it posts that
+ *   request's response.
+ *
+ * Fallback. On a verbs failure (completion error, QP in the error state, device gone
+ *   from sysfs or a fatal async event, post failure) the client re-sends every call
+ *   in flight on verbs over the still-open TCP connection with the same request id;
+ *   the server keeps, per client call slot, the last request id and the response of
+ *   requests served over verbs, so a re-sent request is answered from that cache and
+ *   its handler runs once. The channel keeps serving on TCP and re-tries verbs with
+ *   exponential backoff (a CTRL frame on TCP carries the new QP), re-promoting when it
+ *   connects. Mixed mode spills calls to TCP when the verbs slots are all in use.
  *
  * Negotiation and security. Every connection starts on TCP with a versioned hello:
  *   client hello (magic, version, capabilities, max message, nonce, host id), server
  *   hello (same, plus HMAC-SHA256 proof over both nonces and capabilities with the
  *   shared cluster secret), client proof (HMAC over the nonces and its transport
- *   offer, e.g. the shm region name), server accept. No region is opened, no handler
+ *   offer: shm region name, or QP number/GID), server accept (its QP number/GID when
+ *   verbs was chosen). No region is opened, no QP is created, no handler
  *   runs and nothing is registered for a peer before its proof checks; a wrong proof
  *   gets a reject message and the connection is closed. A version-1 peer (no
  *   capabilities) gets TCP. The caller's per-channel allow mask and required
