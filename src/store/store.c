@@ -4,7 +4,10 @@
 #include <pthread.h>
 #include <sched.h>
 #include <stdlib.h>
+#include <linux/membarrier.h>
 #include <sys/random.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #include <time.h>
 
 #define XXH_INLINE_ALL
@@ -220,44 +223,42 @@ static int lookup_one_slow(dhps_store *s, const index_table *t, const hkey *k, u
             m |= (uint32_t)(__atomic_load_n(&(b)->tags[i_], __ATOMIC_RELAXED) == (tag)) << i_; \
     } while (0)
 
+/* Prefetch every line of a record: from its line through header (<= 22 B) and value. */
+#define PREFETCH_RECORD(rec, span)                                                         \
+    do {                                                                                   \
+        uintptr_t a_ = (uintptr_t)(rec) & ~(uintptr_t)63;                                  \
+        uintptr_t e_ = (uintptr_t)(rec) + ((span) < 16 * 64 ? (span) : 16 * 64);           \
+        for (; a_ < e_; a_ += 64)                                                          \
+            __builtin_prefetch((const void *)a_);                                          \
+    } while (0)
+
 #define LOOKUP_FN lookup_scalar
 #define LOOKUP_TARGET
-#define MATCH2(b1, b2, tag, m1, m2) do { MATCH_SCALAR(b1, tag, m1); MATCH_SCALAR(b2, tag, m2); } while (0)
+#define MATCH1(b, tag, m) MATCH_SCALAR(b, tag, m)
 #include "lookup_impl.h"
 #undef LOOKUP_FN
 #undef LOOKUP_TARGET
-#undef MATCH2
+#undef MATCH1
 
 #if defined(__x86_64__) && !defined(DHPS_TSAN)
+#define MATCH_SSE2(b, tag, m)                                                              \
+    (m = (uint32_t)_mm_movemask_epi8(_mm_cmpeq_epi8(_mm_load_si128((const __m128i *)(b)),  \
+                                                    _mm_set1_epi8((char)(tag)))) & 0xFFFu)
 #define LOOKUP_FN lookup_sse2
 #define LOOKUP_TARGET
-#define MATCH2(b1, b2, tag, m1, m2)                                                        \
-    do {                                                                                   \
-        __m128i t_ = _mm_set1_epi8((char)(tag));                                           \
-        m1 = (uint32_t)_mm_movemask_epi8(_mm_cmpeq_epi8(_mm_load_si128((const __m128i *)(b1)), t_)) & 0xFFFu; \
-        m2 = (uint32_t)_mm_movemask_epi8(_mm_cmpeq_epi8(_mm_load_si128((const __m128i *)(b2)), t_)) & 0xFFFu; \
-    } while (0)
+#define MATCH1(b, tag, m) MATCH_SSE2(b, tag, m)
 #include "lookup_impl.h"
 #undef LOOKUP_FN
 #undef LOOKUP_TARGET
-#undef MATCH2
+#undef MATCH1
 
 #define LOOKUP_FN lookup_avx2
 #define LOOKUP_TARGET __attribute__((target("avx2")))
-#define MATCH2(b1, b2, tag, m1, m2)                                                        \
-    do {                                                                                   \
-        __m256i v_ = _mm256_inserti128_si256(                                              \
-            _mm256_castsi128_si256(_mm_load_si128((const __m128i *)(b1))),                 \
-            _mm_load_si128((const __m128i *)(b2)), 1);                                     \
-        uint32_t mm_ = (uint32_t)_mm256_movemask_epi8(                                     \
-            _mm256_cmpeq_epi8(v_, _mm256_set1_epi8((char)(tag))));                         \
-        m1 = mm_ & 0xFFFu;                                                                 \
-        m2 = (mm_ >> 16) & 0xFFFu;                                                         \
-    } while (0)
+#define MATCH1(b, tag, m) MATCH_SSE2(b, tag, m)
 #include "lookup_impl.h"
 #undef LOOKUP_FN
 #undef LOOKUP_TARGET
-#undef MATCH2
+#undef MATCH1
 #endif
 
 typedef size_t (*lookup_fn)(dhps_store *, const index_table *, const uint64_t *, size_t,
@@ -284,7 +285,51 @@ static void lookup_pick_once(void)
 #endif
 }
 
-static void lookup_pick(void) { pthread_once(&g_lookup_once, lookup_pick_once); }
+/* Zero-copy pins against in-place writes is a Dekker handshake: the writer marks the
+ * bucket odd then reads zc_pins; a pinning reader bumps zc_pins then reads bucket
+ * versions. Each side needs a store-load barrier. A full fence per in-place write
+ * would drain the store buffer and serialise the writer's cache misses, so where the
+ * kernel offers it the reader pays instead: membarrier(PRIVATE_EXPEDITED) makes every
+ * thread of the process execute a full barrier, once per pin (a few microseconds). */
+static bool g_membarrier;
+
+#ifndef DHPS_TSAN
+static void mb_register(void)
+{
+#ifdef SYS_membarrier
+    long cmds = syscall(SYS_membarrier, MEMBARRIER_CMD_QUERY, 0, 0);
+    if (cmds > 0 && (cmds & MEMBARRIER_CMD_PRIVATE_EXPEDITED) &&
+        syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0)
+        g_membarrier = true;
+#endif
+}
+#endif
+
+static void lookup_pick(void)
+{
+    pthread_once(&g_lookup_once, lookup_pick_once);
+#ifndef DHPS_TSAN
+    static pthread_once_t mb_once = PTHREAD_ONCE_INIT;
+    pthread_once(&mb_once, mb_register);
+#endif
+}
+
+static inline void pin_barrier(dhps_store *s)
+{
+#ifdef SYS_membarrier
+    if (g_membarrier && syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) == 0)
+        return;
+#endif
+    FENCE_SC(s);
+}
+
+static inline void writer_pin_check_barrier(dhps_store *s)
+{
+    if (g_membarrier)
+        __asm__ __volatile__("" ::: "memory"); /* the pinning reader's membarrier fences us */
+    else
+        FENCE_SC(s);
+}
 
 const char *dhps_store_simd_name(void)
 {
@@ -345,7 +390,7 @@ size_t dhps_store_get_pinned(dhps_store_reader *r, const uint64_t *keys, size_t 
         /* Announce the pin before reading (pairs with the writer's check in
          * try_inplace), then hold the epoch until release. */
         atomic_fetch_add_explicit(&s->zc_pins, 1, memory_order_seq_cst);
-        FENCE_SC(s);
+        pin_barrier(s);
         reader_enter(s, r);
         r->pinned = 1;
     }
@@ -375,8 +420,8 @@ static bool try_inplace(dhps_store *s, bucket *b, uint8_t *rec, uint16_t lf, uin
 {
     uint32_t v = __atomic_load_n(&b->version, __ATOMIC_RELAXED);
     __atomic_store_n(&b->version, v + 1, __ATOMIC_RELAXED);
-    FENCE_SC(s);
-    if (atomic_load_explicit(&s->zc_pins, memory_order_seq_cst) != 0) {
+    writer_pin_check_barrier(s);
+    if (atomic_load_explicit(&s->zc_pins, g_membarrier ? memory_order_relaxed : memory_order_seq_cst) != 0) {
         __atomic_store_n(&b->version, v + 2, __ATOMIC_RELEASE);
         return false;
     }
@@ -427,23 +472,50 @@ long dhps_store_put(dhps_store *s, const dhps_store_batch *b, uint64_t *stale)
     long applied = 0;
     size_t appended = 0;
     const uint8_t *vbase = b->values;
-    for (size_t i = 0; i < b->n; i++) {
-        uint64_t key = b->keys[i];
-        uint32_t len = b->lens ? b->lens[i] : (uint32_t)b->value_stride;
+    /* Pipeline the misses as lookups do: key i+2W has its buckets prefetched, key i+W
+     * its candidate records (for writing), key i is applied with its lines warm. The
+     * hashes are kept; bucket numbers are recomputed if the index grows meanwhile. */
+    enum { W = 8, WR = 32 };
+    uint64_t hh[WR];
+    index_table *pt = atomic_load_explicit(&s->table, memory_order_relaxed);
+    for (size_t i = 0; i < b->n + 2 * W; i++) {
+        if (i < b->n) {
+            hkey ph;
+            hh[i & (WR - 1)] = store_hash(s, b->keys[i]);
+            hkey_make(&ph, b->keys[i], hh[i & (WR - 1)], pt->nb);
+            __builtin_prefetch(&pt->b[ph.b1], 1);
+            __builtin_prefetch(&pt->b[ph.b2], 1);
+        }
+        if (i >= W && i - W < b->n) {
+            hkey ph;
+            hkey_make(&ph, b->keys[i - W], hh[(i - W) & (WR - 1)], pt->nb);
+            uint32_t m = match_tags_writer(&pt->b[ph.b1], ph.tag);
+            const bucket *pb = &pt->b[ph.b1];
+            if (!m) {
+                m = match_tags_writer(&pt->b[ph.b2], ph.tag);
+                pb = &pt->b[ph.b2];
+            }
+            if (m) {
+                const uint8_t *rec = rec_ptr(s, pb->refs[__builtin_ctz(m)]);
+                uintptr_t a = (uintptr_t)rec & ~(uintptr_t)63, e = (uintptr_t)rec + 22 + b->value_stride;
+                for (unsigned l = 0; a < e && l < 8; a += 64, l++)
+                    __builtin_prefetch((const void *)a, 1);
+            }
+        }
+        if (i < 2 * W)
+            continue;
+        size_t j = i - 2 * W;
+        uint64_t key = b->keys[j];
+        uint32_t len = b->lens ? b->lens[j] : (uint32_t)b->value_stride;
         if (b->lens ? len > b->value_stride || len > DHPS_STORE_MAX_VALUE
                     : b->value_stride > DHPS_STORE_MAX_VALUE)
             return applied ? applied : DHPS_E_TOOBIG;
-        uint64_t ver = b->versions ? b->versions[i] : b->version;
-        const uint8_t *val = vbase + i * b->value_stride;
-        if (i + 4 < b->n) {
-            index_table *pt = atomic_load_explicit(&s->table, memory_order_relaxed);
-            hkey ph;
-            hkey_make(&ph, b->keys[i + 4], store_hash(s, b->keys[i + 4]), pt->nb);
-            __builtin_prefetch(&pt->b[ph.b1], 1);
-        }
+        uint64_t ver = b->versions ? b->versions[j] : b->version;
+        const uint8_t *val = vbase + j * b->value_stride;
         index_table *t = atomic_load_explicit(&s->table, memory_order_relaxed);
+        pt = t;
         hkey k;
-        hkey_make(&k, key, store_hash(s, key), t->nb);
+        hkey_make(&k, key, hh[j & (WR - 1)], t->nb);
         uint32_t bkt;
         int slot;
         bool exists = index_find(s, t, &k, &bkt, &slot) == 0;
@@ -455,7 +527,7 @@ long dhps_store_put(dhps_store *s, const dhps_store_batch *b, uint64_t *stale)
             bool expired = (elf & REC_EXP) && rd32(orec + rec_exp_off(elf)) <= now;
             if (!expired && ver < rec_version(s, orec, oseg)) {
                 if (stale)
-                    stale[i >> 6] |= 1ull << (i & 63);
+                    stale[j >> 6] |= 1ull << (j & 63);
                 s->st.stale_updates++;
                 continue;
             }

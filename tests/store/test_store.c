@@ -202,6 +202,28 @@ static void high_fill_from_hint(void **state)
     assert_int_equal(st.index_grows, 0);
     assert_true(st.load_factor > 0.9);
     assert_true((double)st.index_bytes / (double)n < 6.0);
+    /* At this fill many keys live in their second bucket, and first buckets hold
+     * stray tag matches: every key must still be found, in batches and one by one,
+     * by every tag-match implementation. */
+    dhps_store_reader *r;
+    assert_int_equal(dhps_store_reader_open(s, &r), 0);
+    uint64_t *keys = malloc(n * sizeof *keys), *found = malloc(((n + 63) / 64) * 8);
+    x = 99;
+    for (uint64_t i = 0; i < n; i++)
+        keys[i] = splitmix(&x);
+    const char *orig = dhps_store_simd_name();
+    const char *names[] = {"scalar", "sse2", "avx2"};
+    for (int v = 0; v < 3; v++) {
+        if (dhps_store_force_simd(names[v]) != 0)
+            continue;
+        assert_int_equal(dhps_store_get(r, keys, n, NULL, 0, NULL, found), n);
+        for (uint64_t i = 0; i < n; i += 7)
+            assert_int_equal(get1(r, keys[i], 1, 8), 1);
+    }
+    assert_int_equal(dhps_store_force_simd(orig), 0);
+    free(keys);
+    free(found);
+    dhps_store_reader_close(r);
     dhps_store_destroy(s);
 }
 
