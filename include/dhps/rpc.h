@@ -233,11 +233,18 @@ typedef struct dhps_rpc_channel_params {
     bool mixed;                /* verbs channels: when the verbs path has no free slot,
                                   send on TCP instead of returning DHPS_E_BUSY (default
                                   false) */
+    bool exclusive;            /* do not share the connection (default false: channels of
+                                  one client to the same host:port with the same allow,
+                                  require and mixed share one connection, one QP) */
 } dhps_rpc_channel_params;
 
 void dhps_rpc_channel_params_init(dhps_rpc_channel_params *p);
 
-/* Connect, authenticate and negotiate; blocks up to connect_timeout_ms. Returns 0 and
+/* Open a channel. When this client already has a connection to the same host:port
+ * with the same allow/require/mixed policy (and neither side asked for exclusive),
+ * the channel shares it: same TCP connection, same shm rings or verbs QP (one QP per
+ * peer per client, the client being one worker thread); otherwise it connects,
+ * authenticates and negotiates, blocking up to connect_timeout_ms. Returns 0 and
  * sets *out, or DHPS_E_UNREACHABLE (connect failed / peer closed), DHPS_E_TIMEOUT,
  * DHPS_E_AUTH (server proof wrong, or the server rejected ours), DHPS_E_VERSION,
  * DHPS_E_MALFORMED, DHPS_E_CONFIG (bad params or `require` not negotiable), -ENOMEM.
@@ -245,8 +252,8 @@ void dhps_rpc_channel_params_init(dhps_rpc_channel_params *p);
 int dhps_rpc_channel_open(dhps_rpc_client *c, const dhps_rpc_channel_params *p,
                           dhps_rpc_channel **out);
 
-/* Close a channel: in-flight calls complete with DHPS_E_CANCELLED (callbacks run inside
- * this call). NULL allowed. */
+/* Close a channel: its in-flight calls complete with DHPS_E_CANCELLED (callbacks run
+ * inside this call); the connection closes with its last channel. NULL allowed. */
 void dhps_rpc_channel_close(dhps_rpc_channel *ch);
 
 /* Transport the channel's calls use now (DHPS_RPC_TCP / _SHM / _VERBS). */
@@ -261,10 +268,11 @@ typedef void (*dhps_rpc_done_fn)(void *arg, int status, const void *resp, size_t
 /*
  * Zero-copy send, step 1: lend the caller a buffer of at least max_len bytes for a
  * request to `method`, inside the transport's send memory. Returns 0 and sets *buf,
- * or DHPS_E_TOOBIG (max_len > negotiated max message), DHPS_E_BUSY (ring or in-flight
- * table full: poll, then retry), DHPS_E_UNREACHABLE (channel broken), -EINVAL (a
- * previous buffer was not yet sent). The buffer is valid until dhps_rpc_call_send or
- * dhps_rpc_call_abort on this channel; one lent buffer per channel at a time.
+ * or DHPS_E_TOOBIG (max_len > negotiated max message), DHPS_E_BUSY (ring, verbs slots
+ * or in-flight table full: poll, then retry), DHPS_E_UNREACHABLE (channel broken),
+ * -EINVAL (a previous buffer was not yet sent). The buffer is valid until
+ * dhps_rpc_call_send or dhps_rpc_call_abort on this channel; one lent buffer per
+ * connection at a time (channels sharing a connection share that rule).
  */
 int dhps_rpc_call_start(dhps_rpc_channel *ch, uint16_t method, size_t max_len, void **buf);
 
@@ -307,10 +315,12 @@ typedef struct dhps_rpc_channel_stats {
     uint64_t repromotions;                 /* fast path re-established */
     uint64_t retries;                      /* calls re-sent after a fallback */
     uint64_t doorbells;                    /* shm doorbell frames sent */
-    uint64_t flushes;                      /* send syscalls / ring publishes */
+    uint64_t flushes;                      /* send syscalls / ring publishes / post lists */
+    uint64_t channels;                     /* channels sharing this connection */
 } dhps_rpc_channel_stats;
 
-/* Counters of one channel. Client thread only. */
+/* Counters of the channel's connection (shared by every channel that shares it, see
+ * dhps_rpc_channel_params.exclusive). Client thread only. */
 void dhps_rpc_channel_get_stats(const dhps_rpc_channel *ch, dhps_rpc_channel_stats *st);
 
 /* Test hooks (fault injection). DHPS_RPC_FAULT_QP_ERROR moves the channel's verbs

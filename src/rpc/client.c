@@ -24,13 +24,26 @@ typedef struct slot {
     dhps_rpc_done_fn done;
     void *arg;
     uint8_t transport;
-    int16_t vslot;     /* verbs send slot holding the request, when transport is verbs */
+    int16_t vslot;
+    const void *owner; /* the channel handle that sent it */     /* verbs send slot holding the request, when transport is verbs */
 } slot;
 
-struct dhps_rpc_channel {
+typedef struct session session;
+
+/* A session is one connection (TCP + fast path) to a peer; channels with the same
+ * policy to the same peer share it (one QP per peer per client). */
+struct session {
     dhps_rpc_client *cl;
-    dhps_rpc_channel *prev, *next;
+    session *prev, *next;
     conn c;
+    /* sharing */
+    uint32_t refs;
+    char host[64];
+    uint16_t port;
+    uint32_t allow;
+    int require;
+    bool exclusive;
+    const void *lent_owner;
     int broken;           /* 0, or the error calls now get */
     slot *slots;
     uint32_t *free_stack, nfree;
@@ -55,12 +68,21 @@ struct dhps_rpc_channel {
     uint32_t backoff_ms;
 };
 
+static void s_close(session *ch);
+
+/* What the caller holds: a handle onto a (possibly shared) session. */
+struct dhps_rpc_channel {
+    session *s;
+    struct dhps_rpc_channel *prev, *next;
+};
+
 struct dhps_rpc_client {
     dhps_rpc_client_params p;
     uint8_t secret[DHPS_RPC_MAX_SECRET];
     uint8_t host_id[RPC_HOST_ID];
     int ep;
-    dhps_rpc_channel *chans;
+    session *chans;           /* sessions */
+    struct dhps_rpc_channel *handles; /* channel handles, freed by destroy */
     uint32_t nshm, nverbs;
     rpc_dev *dev; /* opened on first use; closed on a fatal device event */
     uint64_t dev_checked;
@@ -129,24 +151,30 @@ void dhps_rpc_client_destroy(dhps_rpc_client *c)
     if (!c)
         return;
     while (c->chans)
-        dhps_rpc_channel_close(c->chans);
+        s_close(c->chans);
+    while (c->handles) {
+        struct dhps_rpc_channel *h = c->handles;
+        c->handles = h->next;
+        free(h);
+    }
     rpc_dev_close(c->dev);
     close(c->ep);
     free(c);
 }
 
-int dhps_rpc_channel_transport(const dhps_rpc_channel *ch) { return ch->c.transport; }
+static int s_transport(const session *ch) { return ch->c.transport; }
 
-void dhps_rpc_channel_get_stats(const dhps_rpc_channel *ch, dhps_rpc_channel_stats *st)
+static void s_get_stats(const session *ch, dhps_rpc_channel_stats *st)
 {
     *st = ch->st;
+    st->channels = ch->refs;
     st->doorbells = ch->c.doorbells;
     st->flushes = ch->c.flushes;
 }
 
 /* ---- completion ------------------------------------------------------------------- */
 
-static void complete(dhps_rpc_channel *ch, uint32_t idx, int status, const void *resp,
+static void complete(session *ch, uint32_t idx, int status, const void *resp,
                      size_t len)
 {
     slot *s = &ch->slots[idx];
@@ -168,7 +196,7 @@ static void complete(dhps_rpc_channel *ch, uint32_t idx, int status, const void 
     done(arg, status, status ? NULL : resp, status ? 0 : len);
 }
 
-static int fail_all(dhps_rpc_channel *ch, int why)
+static int fail_all(session *ch, int why)
 {
     int n = 0;
     for (uint32_t i = 0; i <= ch->mask && ch->inflight; i++)
@@ -180,7 +208,7 @@ static int fail_all(dhps_rpc_channel *ch, int why)
 }
 
 /* The channel's connection is gone: every call in flight fails with `why`. */
-static int channel_break(dhps_rpc_channel *ch, int why)
+static int channel_break(session *ch, int why)
 {
     if (ch->broken)
         return 0;
@@ -208,7 +236,7 @@ static int channel_break(dhps_rpc_channel *ch, int why)
     return n;
 }
 
-static void schedule_promote(dhps_rpc_channel *ch)
+static void schedule_promote(session *ch)
 {
     ch->retry_at = rpc_now_ns() + (uint64_t)ch->backoff_ms * 1000000ull;
     if (ch->backoff_ms < ch->cl->p.promote_backoff_ms * 64)
@@ -216,7 +244,7 @@ static void schedule_promote(dhps_rpc_channel *ch)
 }
 
 /* The server answered a PROMOTE. */
-static int on_ctrl(dhps_rpc_channel *ch, const uint8_t *payload, uint32_t len)
+static int on_ctrl(session *ch, const uint8_t *payload, uint32_t len)
 {
     uint32_t op;
     rpc_verbs_info r;
@@ -242,7 +270,7 @@ static int on_ctrl(dhps_rpc_channel *ch, const uint8_t *payload, uint32_t len)
 
 static int on_response(void *arg, conn *c, int via, const rpc_frame *f, const uint8_t *payload)
 {
-    dhps_rpc_channel *ch = arg;
+    session *ch = arg;
     if (f->type == RPC_F_DOORBELL)
         return 0;
     if (f->type == RPC_F_CTRL && via == DHPS_RPC_TCP)
@@ -324,8 +352,7 @@ static int make_region(dhps_rpc_client *cl, rpc_hello *pr, int *shmfd)
     return 0;
 }
 
-int dhps_rpc_channel_open(dhps_rpc_client *cl, const dhps_rpc_channel_params *p,
-                          dhps_rpc_channel **out)
+static int s_open(dhps_rpc_client *cl, const dhps_rpc_channel_params *p, session **out)
 {
     *out = NULL;
     if (!p || !p->host || p->port == 0 || !(p->allow & DHPS_RPC_MASK(DHPS_RPC_TCP)) ||
@@ -337,7 +364,7 @@ int dhps_rpc_channel_open(dhps_rpc_client *cl, const dhps_rpc_channel_params *p,
     int rc, fd = -1, shmfd = -1;
     bool unlink_name = false;
     rpc_hello ch, sh, pr, ac;
-    dhps_rpc_channel *c = calloc(1, sizeof *c);
+    session *c = calloc(1, sizeof *c);
     if (!c)
         return -ENOMEM;
     c->c.fd = -1;
@@ -495,6 +522,12 @@ int dhps_rpc_channel_open(dhps_rpc_client *cl, const dhps_rpc_channel_params *p,
         cl->nverbs++;
     if (c->verbs_wanted && !c->c.v)
         schedule_promote(c);
+    c->refs = 1;
+    c->port = p->port;
+    c->allow = p->allow;
+    c->require = p->require;
+    c->exclusive = p->exclusive || strlen(p->host) >= sizeof c->host;
+    snprintf(c->host, sizeof c->host, "%s", p->host);
     c->next = cl->chans;
     if (cl->chans)
         cl->chans->prev = c;
@@ -516,7 +549,7 @@ fail:
     return rc;
 }
 
-void dhps_rpc_channel_close(dhps_rpc_channel *ch)
+static void s_close(session *ch)
 {
     if (!ch)
         return;
@@ -544,7 +577,7 @@ void dhps_rpc_channel_close(dhps_rpc_channel *ch)
 
 /* ---- calls ------------------------------------------------------------------------ */
 
-int dhps_rpc_call_start(dhps_rpc_channel *ch, uint16_t method, size_t max_len, void **buf)
+static int s_call_start(session *ch, uint16_t method, size_t max_len, void **buf)
 {
     if (ch->lent)
         return -EINVAL;
@@ -578,7 +611,7 @@ int dhps_rpc_call_start(dhps_rpc_channel *ch, uint16_t method, size_t max_len, v
     return 0;
 }
 
-void dhps_rpc_call_abort(dhps_rpc_channel *ch)
+static void s_call_abort(session *ch)
 {
     ch->lent = false;
     if (ch->c.v)
@@ -590,7 +623,7 @@ void dhps_rpc_call_abort(dhps_rpc_channel *ch)
 /* The verbs path failed: move every call in flight on it to TCP (same id, RETRY flag;
  * the server answers a request it already ran from its cache), drop the endpoint and
  * schedule a re-promotion. */
-static int verbs_fallback(dhps_rpc_channel *ch)
+static int verbs_fallback(session *ch)
 {
     vep *v = ch->c.v;
     DHPS_LOG(DHPS_LOG_INFO, RPC_LOG, "verbs path failed: %u calls re-sent on tcp",
@@ -624,7 +657,7 @@ static int verbs_fallback(dhps_rpc_channel *ch)
     return 0;
 }
 
-static void try_promote(dhps_rpc_channel *ch, uint64_t now)
+static void try_promote(session *ch, uint64_t now)
 {
     dhps_rpc_client *cl = ch->cl;
     if (ch->c.v || ch->pending || now < ch->retry_at || ch->broken)
@@ -655,7 +688,7 @@ static void try_promote(dhps_rpc_channel *ch, uint64_t now)
 /* A fatal device event: tear down every verbs object so the device can go away. */
 static void device_gone(dhps_rpc_client *cl)
 {
-    for (dhps_rpc_channel *ch = cl->chans; ch; ch = ch->next) {
+    for (session *ch = cl->chans; ch; ch = ch->next) {
         if (ch->c.v)
             verbs_fallback(ch);
         if (ch->pending) {
@@ -668,7 +701,7 @@ static void device_gone(dhps_rpc_client *cl)
     cl->dev = NULL;
 }
 
-int dhps_rpc_channel_inject(dhps_rpc_channel *ch, int fault)
+static int s_inject(session *ch, int fault)
 {
     if (fault != DHPS_RPC_FAULT_QP_ERROR)
         return -EINVAL;
@@ -677,7 +710,7 @@ int dhps_rpc_channel_inject(dhps_rpc_channel *ch, int fault)
     return vep_break(ch->c.v);
 }
 
-int dhps_rpc_call_send(dhps_rpc_channel *ch, size_t len, uint64_t timeout_us,
+static int s_call_send(session *ch, const void *owner, size_t len, uint64_t timeout_us,
                        dhps_rpc_done_fn done, void *arg)
 {
     if (!ch->lent || len > ch->lent_max || !done)
@@ -691,6 +724,7 @@ int dhps_rpc_call_send(dhps_rpc_channel *ch, size_t len, uint64_t timeout_us,
         ch->min_deadline = s->deadline;
     s->done = done;
     s->arg = arg;
+    s->owner = owner;
     s->transport = (uint8_t)ch->lent_transport;
     if (s->transport == DHPS_RPC_VERBS) {
         s->vslot = (int16_t)ch->c.v->cur;
@@ -705,7 +739,7 @@ int dhps_rpc_call_send(dhps_rpc_channel *ch, size_t len, uint64_t timeout_us,
     return 0;
 }
 
-static int expire(dhps_rpc_channel *ch, uint64_t now)
+static int expire(session *ch, uint64_t now)
 {
     if (now < ch->min_deadline)
         return 0;
@@ -729,7 +763,7 @@ static int expire(dhps_rpc_channel *ch, uint64_t now)
 static int flush_all(dhps_rpc_client *cl)
 {
     int ran = 0;
-    for (dhps_rpc_channel *ch = cl->chans; ch; ch = ch->next) {
+    for (session *ch = cl->chans; ch; ch = ch->next) {
         if (ch->broken)
             continue;
         int r = 0;
@@ -750,7 +784,7 @@ static int turn(dhps_rpc_client *cl, int wait_ms)
 {
     int ran = flush_all(cl);
     if (cl->nshm) {
-        for (dhps_rpc_channel *ch = cl->chans; ch; ch = ch->next) {
+        for (session *ch = cl->chans; ch; ch = ch->next) {
             if (ch->broken || !ch->c.shm_base)
                 continue;
             int r = rpc_shm_ops.rx(&ch->c, on_response, ch);
@@ -769,7 +803,7 @@ static int turn(dhps_rpc_client *cl, int wait_ms)
             device_gone(cl);
     }
     if (cl->nverbs) {
-        for (dhps_rpc_channel *ch = cl->chans; ch; ch = ch->next) {
+        for (session *ch = cl->chans; ch; ch = ch->next) {
             if (ch->broken || !ch->c.v)
                 continue;
             int r = vep_poll_send(ch->c.v);
@@ -789,7 +823,7 @@ static int turn(dhps_rpc_client *cl, int wait_ms)
     if (ran || wait_ms == 0) {
         wait_ms = 0;
     } else if (cl->nshm) {
-        for (dhps_rpc_channel *ch = cl->chans; ch; ch = ch->next)
+        for (session *ch = cl->chans; ch; ch = ch->next)
             if (!ch->broken && ch->c.shm_base && !shm_prepare_sleep(&ch->c))
                 wait_ms = 0;
         slept = true;
@@ -797,13 +831,13 @@ static int turn(dhps_rpc_client *cl, int wait_ms)
     struct epoll_event evs[32];
     int n = epoll_wait(cl->ep, evs, 32, wait_ms);
     if (slept)
-        for (dhps_rpc_channel *ch = cl->chans; ch; ch = ch->next)
+        for (session *ch = cl->chans; ch; ch = ch->next)
             if (!ch->broken && ch->c.shm_base)
                 shm_end_sleep(&ch->c);
     if (n < 0)
         return errno == EINTR ? ran : -errno;
     for (int i = 0; i < n; i++) {
-        dhps_rpc_channel *ch = evs[i].data.ptr;
+        session *ch = evs[i].data.ptr;
         if (ch->broken)
             continue;
         int r = rpc_tcp_ops.rx(&ch->c, on_response, ch);
@@ -813,7 +847,7 @@ static int turn(dhps_rpc_client *cl, int wait_ms)
             ran += channel_break(ch, r);
     }
     uint64_t now = rpc_now_ns();
-    for (dhps_rpc_channel *ch = cl->chans; ch; ch = ch->next) {
+    for (session *ch = cl->chans; ch; ch = ch->next) {
         if (ch->inflight)
             ran += expire(ch, now);
         if (ch->verbs_wanted && !ch->c.v)
@@ -826,7 +860,7 @@ static int turn(dhps_rpc_client *cl, int wait_ms)
 static uint64_t next_deadline(dhps_rpc_client *cl)
 {
     uint64_t d = UINT64_MAX;
-    for (dhps_rpc_channel *ch = cl->chans; ch; ch = ch->next)
+    for (session *ch = cl->chans; ch; ch = ch->next)
         if (ch->inflight && ch->min_deadline < d)
             d = ch->min_deadline;
     return d;
@@ -834,7 +868,7 @@ static uint64_t next_deadline(dhps_rpc_client *cl)
 
 int dhps_rpc_client_poll(dhps_rpc_client *cl, int timeout_ms)
 {
-    for (dhps_rpc_channel *ch = cl->chans; ch; ch = ch->next)
+    for (session *ch = cl->chans; ch; ch = ch->next)
         if (ch->lent)
             return -EINVAL;
     uint64_t end = timeout_ms < 0 ? UINT64_MAX : rpc_now_ns() + (uint64_t)timeout_ms * 1000000ull;
@@ -880,13 +914,14 @@ static void sync_done(void *arg, int status, const void *resp, size_t len)
     }
 }
 
-int dhps_rpc_call(dhps_rpc_channel *ch, uint16_t method, const void *req, size_t req_len,
-                  void *resp, size_t resp_cap, size_t *resp_len, uint64_t timeout_us)
+static int s_call(session *ch, const void *owner, uint16_t method, const void *req,
+                  size_t req_len, void *resp, size_t resp_cap, size_t *resp_len,
+                  uint64_t timeout_us)
 {
     void *buf;
     int rc;
     uint64_t end = timeout_us ? rpc_now_ns() + timeout_us * 1000ull : UINT64_MAX;
-    while ((rc = dhps_rpc_call_start(ch, method, req_len, &buf)) == DHPS_E_BUSY) {
+    while ((rc = s_call_start(ch, method, req_len, &buf)) == DHPS_E_BUSY) {
         if (rpc_now_ns() >= end)
             return DHPS_E_TIMEOUT;
         dhps_rpc_client_poll(ch->cl, 1);
@@ -900,7 +935,7 @@ int dhps_rpc_call(dhps_rpc_channel *ch, uint16_t method, const void *req, size_t
     uint64_t left = end == UINT64_MAX ? 0 : (end > now ? (end - now) / 1000 : 1);
     if (left == 0 && end != UINT64_MAX)
         left = 1;
-    rc = dhps_rpc_call_send(ch, req_len, left, sync_done, &s);
+    rc = s_call_send(ch, owner, req_len, left, sync_done, &s);
     if (rc)
         return rc;
     while (!s.done) {
@@ -913,3 +948,101 @@ int dhps_rpc_call(dhps_rpc_channel *ch, uint16_t method, const void *req, size_t
     return s.status;
 }
 
+
+/* ---- channel handles: sessions shared by channels with the same peer and policy ---- */
+
+static bool shareable(const session *s, const dhps_rpc_channel_params *p)
+{
+    return !s->broken && !s->exclusive && !p->exclusive && s->port == p->port &&
+           s->allow == p->allow && s->require == p->require && s->mixed == p->mixed &&
+           strcmp(s->host, p->host) == 0;
+}
+
+int dhps_rpc_channel_open(dhps_rpc_client *cl, const dhps_rpc_channel_params *p,
+                          dhps_rpc_channel **out)
+{
+    *out = NULL;
+    if (!p || !p->host)
+        return DHPS_E_CONFIG;
+    dhps_rpc_channel *h = calloc(1, sizeof *h);
+    if (!h)
+        return -ENOMEM;
+    session *s = cl->chans;
+    while (s && !shareable(s, p))
+        s = s->next;
+    if (s) {
+        s->refs++;
+    } else {
+        int rc = s_open(cl, p, &s);
+        if (rc) {
+            free(h);
+            return rc;
+        }
+    }
+    h->s = s;
+    h->next = cl->handles;
+    if (cl->handles)
+        cl->handles->prev = h;
+    cl->handles = h;
+    *out = h;
+    return 0;
+}
+
+void dhps_rpc_channel_close(dhps_rpc_channel *h)
+{
+    if (!h)
+        return;
+    session *s = h->s;
+    dhps_rpc_client *cl = s->cl;
+    if (s->lent && s->lent_owner == h)
+        s_call_abort(s);
+    for (uint32_t i = 0; i <= s->mask && s->inflight; i++) /* this channel's calls only */
+        if (s->slots[i].id && s->slots[i].owner == h)
+            complete(s, i, DHPS_E_CANCELLED, NULL, 0);
+    if (h->prev)
+        h->prev->next = h->next;
+    else
+        cl->handles = h->next;
+    if (h->next)
+        h->next->prev = h->prev;
+    free(h);
+    if (--s->refs == 0)
+        s_close(s);
+}
+
+int dhps_rpc_channel_transport(const dhps_rpc_channel *h) { return s_transport(h->s); }
+
+void dhps_rpc_channel_get_stats(const dhps_rpc_channel *h, dhps_rpc_channel_stats *st)
+{
+    s_get_stats(h->s, st);
+}
+
+int dhps_rpc_channel_inject(dhps_rpc_channel *h, int fault) { return s_inject(h->s, fault); }
+
+int dhps_rpc_call_start(dhps_rpc_channel *h, uint16_t method, size_t max_len, void **buf)
+{
+    int rc = s_call_start(h->s, method, max_len, buf);
+    if (rc == 0)
+        h->s->lent_owner = h;
+    return rc;
+}
+
+void dhps_rpc_call_abort(dhps_rpc_channel *h)
+{
+    if (h->s->lent && h->s->lent_owner == h)
+        s_call_abort(h->s);
+}
+
+int dhps_rpc_call_send(dhps_rpc_channel *h, size_t len, uint64_t timeout_us,
+                       dhps_rpc_done_fn done, void *arg)
+{
+    if (h->s->lent && h->s->lent_owner != h)
+        return -EINVAL;
+    return s_call_send(h->s, h, len, timeout_us, done, arg);
+}
+
+int dhps_rpc_call(dhps_rpc_channel *h, uint16_t method, const void *req, size_t req_len,
+                  void *resp, size_t resp_cap, size_t *resp_len, uint64_t timeout_us)
+{
+    return s_call(h->s, h, method, req, req_len, resp, resp_cap, resp_len, timeout_us);
+}

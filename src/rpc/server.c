@@ -640,6 +640,7 @@ static void handshake(dhps_rpc_server *s, int fd)
     if (rpc_write_hello(fd, &ac, deadline))
         goto bad;
     rpc_tune_socket(fd, s->p.busy_poll_us);
+    bump(&s->accepted); /* before the worker can serve it: stats readers see it first */
     /* hand over to a worker: SPSC ring, we are its only producer */
     worker *w = &s->w[s->next_worker++ % s->p.workers];
     for (;;) {
@@ -650,14 +651,15 @@ static void handshake(dhps_rpc_server *s, int fd)
             atomic_store_explicit(&w->in_tail, t + 1, memory_order_release);
             break;
         }
-        if (atomic_load_explicit(&s->stop, memory_order_acquire))
+        if (atomic_load_explicit(&s->stop, memory_order_acquire)) {
+            atomic_fetch_sub_explicit(&s->accepted, 1, memory_order_relaxed);
             goto bad;
+        }
         sched_yield();
     }
     uint64_t one = 1;
     if (write(w->evfd, &one, sizeof one) < 0)
         DHPS_LOG(DHPS_LOG_WARN, RPC_LOG, "eventfd write: %s", strerror(errno));
-    bump(&s->accepted);
     return;
 bad:
     bump(&s->rejected_hello);
