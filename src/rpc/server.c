@@ -342,7 +342,8 @@ static int serve_frame(void *arg, conn *c, int via, const rpc_frame *f, const ui
         uint8_t *p = rpc_tcp_ops.reserve(c, dd->len);
         if (!p)
             return -ENOMEM;
-        memcpy(p, dd->buf, dd->len);
+        if (dd->len)
+            memcpy(p, dd->buf, dd->len);
         rpc_frame r = {.type = RPC_F_RESP, .id = f->id, .method = f->method,
                        .status = dd->status, .len = dd->len};
         rpc_tcp_ops.commit(c, &r);

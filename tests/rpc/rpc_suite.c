@@ -735,6 +735,7 @@ static void *client_thread(void *p)
     cp.secret = SECRET;
     cp.secret_len = sizeof SECRET - 1;
     cp.max_msg = 64 << 10;
+    cp.connect_timeout_ms = 30000; /* hellos are served one at a time; TCG + ASan is slow */
     dhps_rpc_client *c = NULL;
     if (dhps_rpc_client_create(&cp, &c)) {
         t->errors++;
@@ -743,7 +744,9 @@ static void *client_thread(void *p)
     dhps_rpc_channel_params chp;
     chan_params(&chp, t->port);
     dhps_rpc_channel *ch = NULL;
-    if (dhps_rpc_channel_open(c, &chp, &ch)) {
+    int rc = dhps_rpc_channel_open(c, &chp, &ch);
+    if (rc) {
+        print_message("  client thread: channel_open: %s\n", dhps_strerror(rc));
         t->errors++;
         dhps_rpc_client_destroy(c);
         return NULL;
@@ -765,6 +768,8 @@ static void *client_thread(void *p)
     }
     t->calls = a.done;
     t->errors += a.bad;
+    if (a.bad)
+        print_message("  client thread: %d calls failed\n", a.bad);
     dhps_rpc_client_destroy(c);
     return NULL;
 }
