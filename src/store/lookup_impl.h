@@ -24,7 +24,7 @@ LOOKUP_TARGET static size_t LOOKUP_FN(dhps_store *s, const index_table *t, const
 #ifndef LK_D
 #define LK_D 8
 #endif
-    enum { D = LK_D, R = 32 };
+    enum { D = LK_D, R = 3 * LK_D < 32 ? 32 : 3 * LK_D < 64 ? 64 : 128 };
     static_assert(3 * D < R && (R & (R - 1)) == 0, "ring holds the pipeline");
     hkey hk[R];
     uint32_t v1[R], v2[R], m1[R], m2[R];
