@@ -40,8 +40,10 @@
  *   doorbell frame on TCP (the eventfd-equivalent that also works across processes
  *   without passing descriptors).
  *   RDMA verbs (libibverbs; different hosts, or when required): one RC queue pair per
- *   channel, SEND/RECV over pre-registered slots (the request is written into a send
- *   slot, the handler reads it in its receive slot and writes the response into a
+ *   connection, shared by all channels of a client to that peer (see
+ *   dhps_rpc_channel_open), SEND/RECV over pre-registered slots (the request is
+ *   written into a send slot, the handler reads it in its receive slot and writes the
+ *   response into a
  *   send slot), inline sends for small frames, one signalled work request per post
  *   list, one ibv_post_send per flush. No memory is remotely accessible (SEND/RECV
  *   needs no rkeys), so no keys travel in the hello. Credits: a channel keeps at most

@@ -69,6 +69,8 @@ struct session {
 };
 
 static void s_close(session *ch);
+static char verbs_wake_tag; /* epoll data for completion-channel fds: drain them all */
+
 
 /* What the caller holds: a handle onto a (possibly shared) session. */
 struct dhps_rpc_channel {
@@ -87,6 +89,14 @@ struct dhps_rpc_client {
     rpc_dev *dev; /* opened on first use; closed on a fatal device event */
     uint64_t dev_checked;
 };
+
+/* Watch a verbs endpoint's completion channel from the client's epoll set. */
+static void watch_vep(dhps_rpc_client *cl, vep *v)
+{
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &verbs_wake_tag};
+    if (epoll_ctl(cl->ep, EPOLL_CTL_ADD, vep_event_fd(v), &ev) != 0)
+        DHPS_LOG(DHPS_LOG_WARN, RPC_LOG, "epoll add cq channel: %s", strerror(errno));
+}
 
 void dhps_rpc_client_params_init(dhps_rpc_client_params *p)
 {
@@ -254,6 +264,7 @@ static int on_ctrl(session *ch, const uint8_t *payload, uint32_t len)
     ch->pending = NULL;
     if (op == RPC_CTRL_PROMOTE_OK && r.slots > 0 && !ch->c.v && vep_connect(v, &r) == 0) {
         ch->c.v = v;
+        watch_vep(ch->cl, v);
         ch->c.transport = DHPS_RPC_VERBS;
         ch->remote_slots = r.slots;
         ch->v_inflight = 0;
@@ -518,8 +529,10 @@ static int s_open(dhps_rpc_client *cl, const dhps_rpc_channel_params *p, session
     }
     if (c->c.shm_base)
         cl->nshm++;
-    if (c->c.v)
+    if (c->c.v) {
         cl->nverbs++;
+        watch_vep(cl, c->c.v);
+    }
     if (c->verbs_wanted && !c->c.v)
         schedule_promote(c);
     c->refs = 1;
@@ -779,6 +792,26 @@ static int flush_all(dhps_rpc_client *cl)
     return ran;
 }
 
+/* Poll every verbs session once: send completions, responses, failures. */
+static int poll_verbs(dhps_rpc_client *cl)
+{
+    int ran = 0;
+    for (session *ch = cl->chans; ch; ch = ch->next) {
+        if (ch->broken || !ch->c.v)
+            continue;
+        int r = vep_poll_send(ch->c.v);
+        if (r == 0)
+            r = rpc_verbs_ops.rx(&ch->c, on_response, ch);
+        if (r > 0)
+            ran += r;
+        if (ch->c.v && ch->c.v->failed) {
+            if ((r = verbs_fallback(ch)) < 0)
+                ran += channel_break(ch, r);
+        }
+    }
+    return ran;
+}
+
 /* One non-blocking pass over every channel. Returns callbacks run. */
 static int turn(dhps_rpc_client *cl, int wait_ms)
 {
@@ -803,21 +836,17 @@ static int turn(dhps_rpc_client *cl, int wait_ms)
             device_gone(cl);
     }
     if (cl->nverbs) {
-        for (session *ch = cl->chans; ch; ch = ch->next) {
-            if (ch->broken || !ch->c.v)
-                continue;
-            int r = vep_poll_send(ch->c.v);
-            if (r == 0)
-                r = rpc_verbs_ops.rx(&ch->c, on_response, ch);
-            if (r > 0)
-                ran += r;
-            if (ch->c.v && ch->c.v->failed) {
-                if ((r = verbs_fallback(ch)) < 0)
-                    ran += channel_break(ch, r);
-            }
+        ran += poll_verbs(cl);
+        if (!ran && wait_ms != 0) {
+            /* about to sleep: arm every receive CQ, then look once more (a completion
+             * that landed before arming raises no event) */
+            for (session *ch = cl->chans; ch; ch = ch->next)
+                if (!ch->broken && ch->c.v)
+                    vep_arm(ch->c.v);
+            ran += poll_verbs(cl);
         }
-        if (wait_ms < 0 || wait_ms > 1)
-            wait_ms = 1; /* no CQ event channel yet: nap at most 1 ms */
+        if (wait_ms < 0 || wait_ms > 50)
+            wait_ms = 50; /* device health is looked at every 50 ms */
     }
     bool slept = false;
     if (ran || wait_ms == 0) {
@@ -838,6 +867,12 @@ static int turn(dhps_rpc_client *cl, int wait_ms)
         return errno == EINTR ? ran : -errno;
     for (int i = 0; i < n; i++) {
         session *ch = evs[i].data.ptr;
+        if (ch == (void *)&verbs_wake_tag) {
+            for (session *x = cl->chans; x; x = x->next)
+                if (x->c.v)
+                    vep_drain_events(x->c.v);
+            continue;
+        }
         if (ch->broken)
             continue;
         int r = rpc_tcp_ops.rx(&ch->c, on_response, ch);

@@ -22,6 +22,7 @@
 #include "dhps/log.h"
 
 #define INBOX 256u
+static char verbs_wake_tag; /* epoll data for completion-channel fds: drain them all */
 #define MAX_WORKERS 64u
 
 typedef struct handler {
@@ -286,6 +287,14 @@ static int verbs_setup(dhps_rpc_server *s, sconn *sc, const rpc_verbs_info *r,
     return 0;
 }
 
+/* Watch a verbs endpoint's completion channel from this worker's epoll set. */
+static void watch_vep(worker *w, vep *v)
+{
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &verbs_wake_tag};
+    if (epoll_ctl(w->ep, EPOLL_CTL_ADD, vep_event_fd(v), &ev) != 0)
+        DHPS_LOG(DHPS_LOG_WARN, RPC_LOG, "epoll add cq channel: %s", strerror(errno));
+}
+
 static void verbs_down(worker *w, sconn *sc)
 {
     DHPS_LOG(DHPS_LOG_INFO, RPC_LOG, "worker %u: verbs path down, serving on tcp", w->idx);
@@ -311,6 +320,7 @@ static int serve_ctrl(worker *w, sconn *sc, const uint8_t *payload, uint32_t len
     if (rc == 0) {
         sc->c.transport = DHPS_RPC_VERBS;
         w->nverbs++;
+        watch_vep(w, sc->c.v);
     }
     uint8_t *p = rpc_tcp_ops.reserve(&sc->c, RPC_CTRL_BYTES);
     if (!p)
@@ -436,8 +446,10 @@ static void adopt(worker *w)
         w->conns = sc;
         if (sc->c.shm_base)
             w->nshm++;
-        if (sc->c.v)
+        if (sc->c.v) {
             w->nverbs++;
+            watch_vep(w, sc->c.v);
+        }
         atomic_store_explicit(&w->st.open, atomic_load_explicit(&w->st.open, memory_order_relaxed) + 1,
                               memory_order_relaxed);
         sc->reading = true;
@@ -446,6 +458,31 @@ static void adopt(worker *w)
             sconn_close(w, sc, -errno);
     }
     atomic_store_explicit(&w->in_head, h, memory_order_release);
+}
+
+/* Poll every verbs endpoint of this worker once: send completions, then requests. */
+static int serve_verbs(worker *w)
+{
+    int work = 0;
+    for (sconn *sc = w->conns, *nx; sc; sc = nx) {
+        nx = sc->next;
+        if (!sc->c.v)
+            continue;
+        int r = vep_poll_send(sc->c.v);
+        if (r == 0)
+            r = rpc_verbs_ops.rx(&sc->c, serve_frame, w);
+        if (r > 0)
+            work += r;
+        if (r < 0 && sc->c.v) {
+            verbs_down(w, sc);
+            r = 0;
+        }
+        if (r >= 0 && (sc->c.verbs_dirty || sc->c.tcp_dirty))
+            r = sconn_flush(w, sc);
+        if (r < 0)
+            sconn_close(w, sc, r);
+    }
+    return work;
 }
 
 static void *worker_main(void *arg)
@@ -482,32 +519,21 @@ static void *worker_main(void *arg)
                             verbs_down(w, sc);
             }
         }
-        if (w->nverbs) {
-            for (sconn *sc = w->conns, *nx; sc; sc = nx) {
-                nx = sc->next;
-                if (!sc->c.v)
-                    continue;
-                int r = vep_poll_send(sc->c.v);
-                if (r == 0)
-                    r = rpc_verbs_ops.rx(&sc->c, serve_frame, w);
-                if (r > 0)
-                    work += r;
-                if (r < 0 && sc->c.v) {
-                    verbs_down(w, sc);
-                    r = 0;
-                }
-                if (r >= 0 && (sc->c.verbs_dirty || sc->c.tcp_dirty))
-                    r = sconn_flush(w, sc);
-                if (r < 0)
-                    sconn_close(w, sc, r);
-            }
-        }
-        /* 2. sockets; block only when idle and every shm consumer flag is set (verbs
-         * connections cap the sleep at 1 ms: no CQ event channel yet) */
+        if (w->nverbs)
+            work += serve_verbs(w);
+        /* 2. sockets; block only when idle, every shm consumer flag is set and every
+         * verbs receive CQ is armed (and re-polled after arming) */
         int timeout = 0;
         bool slept = false;
         if (!work && ++idle > s->p.spin_turns) {
-            timeout = w->nverbs ? 1 : -1;
+            timeout = -1;
+            if (w->nverbs) {
+                for (sconn *sc = w->conns; sc; sc = sc->next)
+                    if (sc->c.v)
+                        vep_arm(sc->c.v);
+                if ((work = serve_verbs(w)) > 0)
+                    timeout = 0;
+            }
             for (sconn *sc = w->conns; sc; sc = sc->next)
                 if (sc->c.shm_base && !shm_prepare_sleep(&sc->c))
                     timeout = 0;
@@ -523,6 +549,12 @@ static void *worker_main(void *arg)
         for (int i = 0; i < n; i++) {
             sconn *sc = evs[i].data.ptr;
             idle = 0;
+            if (sc == (void *)&verbs_wake_tag) {
+                for (sconn *x = w->conns; x; x = x->next)
+                    if (x->c.v)
+                        vep_drain_events(x->c.v);
+                continue;
+            }
             if (!sc) {
                 uint64_t v;
                 if (read(w->evfd, &v, sizeof v) < 0 && errno != EAGAIN)

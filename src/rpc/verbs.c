@@ -144,8 +144,13 @@ int vep_create(rpc_dev *d, uint32_t nsend, uint32_t nrecv, uint32_t max_msg, vep
     rc = -EIO;
     /* least access: the peer never touches this memory directly (SEND/RECV only) */
     v->mr = ibv_reg_mr(d->pd, v->mem, bytes, IBV_ACCESS_LOCAL_WRITE);
+    v->cc = ibv_create_comp_channel(d->ctx);
+    if (!v->cc)
+        goto fail;
+    int fl = fcntl(v->cc->fd, F_GETFL);
+    fcntl(v->cc->fd, F_SETFL, fl | O_NONBLOCK);
     v->scq = ibv_create_cq(d->ctx, (int)nsend + 1, NULL, NULL, 0);
-    v->rcq = ibv_create_cq(d->ctx, (int)nrecv + 1, NULL, NULL, 0);
+    v->rcq = ibv_create_cq(d->ctx, (int)nrecv + 1, NULL, v->cc, 0);
     if (!v->mr || !v->scq || !v->rcq)
         goto fail;
     struct ibv_qp_init_attr qa = {
@@ -199,8 +204,12 @@ void vep_destroy(vep *v)
         ibv_destroy_qp(v->qp);
     if (v->scq)
         ibv_destroy_cq(v->scq);
-    if (v->rcq)
+    if (v->rcq) {
+        vep_drain_events(v); /* destroy waits for every event to be acknowledged */
         ibv_destroy_cq(v->rcq);
+    }
+    if (v->cc)
+        ibv_destroy_comp_channel(v->cc);
     if (v->mr)
         ibv_dereg_mr(v->mr);
     free(v->mem);
@@ -247,6 +256,22 @@ int vep_connect(vep *v, const rpc_verbs_info *r)
                                        IBV_QP_MAX_QP_RD_ATOMIC))
         return -EIO;
     return 0;
+}
+
+int vep_event_fd(const vep *v) { return v->cc->fd; }
+
+void vep_arm(vep *v)
+{
+    if (ibv_req_notify_cq(v->rcq, 0))
+        v->failed = true;
+}
+
+void vep_drain_events(vep *v)
+{
+    struct ibv_cq *cq;
+    void *ctx;
+    while (ibv_get_cq_event(v->cc, &cq, &ctx) == 0)
+        ibv_ack_cq_events(cq, 1);
 }
 
 int vep_break(vep *v)

@@ -35,6 +35,7 @@ typedef struct vslot {
 typedef struct vep {
     rpc_dev *dev;
     struct ibv_cq *scq, *rcq;
+    struct ibv_comp_channel *cc; /* receive-CQ events, to sleep when idle */
     struct ibv_qp *qp;
     struct ibv_mr *mr;
     uint8_t *mem;
@@ -60,6 +61,12 @@ void vep_destroy(vep *v);
 void vep_info(const vep *v, rpc_verbs_info *out);
 /* Bring the QP to RTR and RTS toward the peer described by r. */
 int vep_connect(vep *v, const rpc_verbs_info *r);
+/* Sleeping: the completion channel's fd (non-blocking) wakes an epoll set. Arm asks
+ * for an event on the next receive completion (then poll the CQ once more before
+ * sleeping); drain consumes and acknowledges pending events. */
+int vep_event_fd(const vep *v);
+void vep_arm(vep *v);
+void vep_drain_events(vep *v);
 /* Force the QP into the error state (test hook). */
 int vep_break(vep *v);
 /* Process send completions; returns <0 on a completion error. */

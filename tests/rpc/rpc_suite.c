@@ -136,6 +136,8 @@ static void echo_blocking(void **st)
     dhps_rpc_channel *ch = open_chan(c, dhps_rpc_server_port(s));
     char out[64];
     size_t n = 0;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
     for (int i = 0; i < 100; i++) {
         char msg[32];
         int len = snprintf(msg, sizeof msg, "hello %d", i);
@@ -143,6 +145,9 @@ static void echo_blocking(void **st)
         assert_int_equal(n, len);
         assert_memory_equal(out, msg, n);
     }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    print_message("  %s: 100 blocking calls in %.1f ms\n", dhps_rpc_transport_name(T),
+                  (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6);
     /* empty request and response */
     assert_int_equal(dhps_rpc_call(ch, M_ECHO, NULL, 0, out, sizeof out, &n, 1000000), 0);
     assert_int_equal(n, 0);
