@@ -4,12 +4,12 @@
  *
  * Design (the full essay, wire layouts and test record are in docs/rpc.md):
  *
- * Model. A server owns one acceptor thread and N worker threads. Handlers are
- *   registered by a 16-bit method id before the server starts. The acceptor accepts a
+ * Model. A server owns a few acceptor threads and N worker threads. Handlers are
+ *   registered by a 16-bit method id before the server starts. An acceptor accepts a
  *   TCP connection, runs the authenticated hello (below) with a bounded timeout, and
  *   hands the connection to a worker through a single-producer/single-consumer ring
- *   of pointers (atomics only, plus an eventfd kick). From then on the worker owns
- *   the connection: it reads, runs handlers to completion and writes, with no lock on
+ *   of pointers (one ring per acceptor and worker: atomics only, plus an eventfd
+ *   kick). From then on the worker owns the connection: it reads, runs handlers to completion and writes, with no lock on
  *   that path. A client (dhps_rpc_client) is the same idea seen from the caller: one
  *   event-loop object owned by one thread at a time (eRPC's model); its channels,
  *   calls and callbacks all run on that thread inside dhps_rpc_client_poll().
@@ -146,6 +146,8 @@ typedef struct dhps_rpc_server_params {
     const char *host;          /* listen address, numeric IPv4 (default "127.0.0.1") */
     uint16_t port;             /* 0 = ephemeral; see dhps_rpc_server_port (default 0) */
     uint32_t workers;          /* worker threads, 1..64 (default 1) */
+    uint32_t acceptors;        /* acceptor threads running hellos, 1..8 (default 2): a
+                                  peer stalling its hello holds up only its acceptor */
     const void *secret;        /* shared cluster secret (copied); may be NULL with */
     size_t secret_len;         /*   secret_len 0 = empty key, which authenticates nothing */
     uint32_t max_msg;          /* largest request/response payload (default 256 KiB) */
@@ -169,7 +171,8 @@ int dhps_rpc_server_create(const dhps_rpc_server_params *p, dhps_rpc_server **ou
 int dhps_rpc_server_register(dhps_rpc_server *s, uint16_t method, dhps_rpc_handler_fn fn,
                              void *arg);
 
-/* Start the acceptor and worker threads. Returns 0 or -errno (pthread_create). */
+/* Start the acceptor and worker threads. Returns 0, -EBUSY (already started) or -errno
+ * (pthread_create; threads already started are stopped by dhps_rpc_server_destroy). */
 int dhps_rpc_server_start(dhps_rpc_server *s);
 
 /* The bound TCP port (host order). Thread-safe. */

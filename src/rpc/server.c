@@ -22,6 +22,7 @@
 #include "dhps/log.h"
 
 #define INBOX 256u
+#define MAX_ACCEPTORS 8u
 static char verbs_wake_tag; /* epoll data for completion-channel fds: drain them all */
 #define MAX_WORKERS 64u
 
@@ -61,9 +62,11 @@ typedef struct worker {
     pthread_t th;
     bool started;
     int ep, evfd;
-    _Alignas(64) _Atomic uint32_t in_head; /* consumer (worker) */
-    _Alignas(64) _Atomic uint32_t in_tail; /* producer (acceptor) */
-    sconn *inbox[INBOX];
+    struct inbox { /* one single-producer/single-consumer ring per acceptor */
+        _Alignas(64) _Atomic uint32_t head; /* consumer (this worker) */
+        _Alignas(64) _Atomic uint32_t tail; /* producer (that acceptor) */
+        sconn *slot[INBOX];
+    } in[MAX_ACCEPTORS];
     sconn *conns; /* list owned by this worker only */
     uint32_t nshm, nverbs;
     uint64_t dev_checked;
@@ -78,12 +81,15 @@ struct dhps_rpc_server {
     uint16_t port;
     bool started;
     _Atomic bool stop;
-    pthread_t acc;
-    bool acc_started;
+    struct acceptor {
+        struct dhps_rpc_server *s;
+        uint32_t idx, next_worker;
+        pthread_t th;
+        bool started;
+    } acc[MAX_ACCEPTORS];
     handler *handlers; /* 65536 entries, read-only after start */
     rpc_dev *dev;      /* verbs device (thread-safe verbs calls), or NULL */
     worker *w;
-    uint32_t next_worker;
     _Atomic uint64_t accepted, rejected_auth, rejected_hello;
 };
 
@@ -96,6 +102,7 @@ void dhps_rpc_server_params_init(dhps_rpc_server_params *p)
     p->allow = DHPS_RPC_ALL;
     p->hello_timeout_ms = 2000;
     p->spin_turns = 64;
+    p->acceptors = 2;
 }
 
 const char *dhps_rpc_transport_name(int t)
@@ -114,6 +121,7 @@ int dhps_rpc_server_create(const dhps_rpc_server_params *p, dhps_rpc_server **ou
     dhps_rpc_server *s = NULL;
     *out = NULL;
     if (!p || !p->host || p->workers < 1 || p->workers > MAX_WORKERS || p->max_msg == 0 ||
+        p->acceptors < 1 || p->acceptors > MAX_ACCEPTORS ||
         p->max_msg > DHPS_RPC_MAX_MSG_LIMIT || p->secret_len > DHPS_RPC_MAX_SECRET ||
         (p->secret_len && !p->secret) || !(p->allow & DHPS_RPC_MASK(DHPS_RPC_TCP))) {
         DHPS_LOG(DHPS_LOG_ERROR, RPC_LOG, "server: invalid params");
@@ -432,12 +440,12 @@ static int sconn_flush(worker *w, sconn *sc)
     return 0;
 }
 
-static void adopt(worker *w)
+static void adopt_from(worker *w, struct inbox *q)
 {
-    uint32_t h = atomic_load_explicit(&w->in_head, memory_order_relaxed);
-    uint32_t t = atomic_load_explicit(&w->in_tail, memory_order_acquire);
+    uint32_t h = atomic_load_explicit(&q->head, memory_order_relaxed);
+    uint32_t t = atomic_load_explicit(&q->tail, memory_order_acquire);
     while (h != t) {
-        sconn *sc = w->inbox[h % INBOX];
+        sconn *sc = q->slot[h % INBOX];
         h++;
         sc->next = w->conns;
         sc->prev = NULL;
@@ -457,7 +465,13 @@ static void adopt(worker *w)
         if (epoll_ctl(w->ep, EPOLL_CTL_ADD, sc->c.fd, &ev) != 0)
             sconn_close(w, sc, -errno);
     }
-    atomic_store_explicit(&w->in_head, h, memory_order_release);
+    atomic_store_explicit(&q->head, h, memory_order_release);
+}
+
+static void adopt(worker *w)
+{
+    for (uint32_t a = 0; a < w->s->p.acceptors; a++)
+        adopt_from(w, &w->in[a]);
 }
 
 /* Poll every verbs endpoint of this worker once: send completions, then requests. */
@@ -603,8 +617,9 @@ static int open_client_region(dhps_rpc_server *s, const rpc_hello *pr, uint32_t 
     return rc;
 }
 
-static void handshake(dhps_rpc_server *s, int fd)
+static void handshake(struct acceptor *acc, int fd)
 {
+    dhps_rpc_server *s = acc->s;
     uint64_t deadline = rpc_now_ns() + (uint64_t)s->p.hello_timeout_ms * 1000000ull;
     rpc_hello ch, sh, pr, ac;
     sconn *sc = NULL;
@@ -635,7 +650,7 @@ static void handshake(dhps_rpc_server *s, int fd)
         /* no region opened, no connection registered: just say no and close */
         rpc_hello rj = {.version = sh.version, .kind = RPC_H_REJECT, .status = DHPS_E_AUTH};
         rpc_write_hello(fd, &rj, deadline);
-        bump(&s->rejected_auth);
+        atomic_fetch_add_explicit(&s->rejected_auth, 1, memory_order_relaxed);
         DHPS_LOG(DHPS_LOG_WARN, RPC_LOG, "hello: bad client proof, connection refused");
         close(fd);
         return;
@@ -673,15 +688,17 @@ static void handshake(dhps_rpc_server *s, int fd)
     if (rpc_write_hello(fd, &ac, deadline))
         goto bad;
     rpc_tune_socket(fd, s->p.busy_poll_us);
-    bump(&s->accepted); /* before the worker can serve it: stats readers see it first */
-    /* hand over to a worker: SPSC ring, we are its only producer */
-    worker *w = &s->w[s->next_worker++ % s->p.workers];
+    /* before the worker can serve it: stats readers see it first */
+    atomic_fetch_add_explicit(&s->accepted, 1, memory_order_relaxed);
+    /* hand over to a worker: our own SPSC ring in it, we are its only producer */
+    worker *w = &s->w[(acc->next_worker++ + acc->idx) % s->p.workers];
+    struct inbox *q = &w->in[acc->idx];
     for (;;) {
-        uint32_t t = atomic_load_explicit(&w->in_tail, memory_order_relaxed);
-        uint32_t h = atomic_load_explicit(&w->in_head, memory_order_acquire);
+        uint32_t t = atomic_load_explicit(&q->tail, memory_order_relaxed);
+        uint32_t h = atomic_load_explicit(&q->head, memory_order_acquire);
         if (t - h < INBOX) {
-            w->inbox[t % INBOX] = sc;
-            atomic_store_explicit(&w->in_tail, t + 1, memory_order_release);
+            q->slot[t % INBOX] = sc;
+            atomic_store_explicit(&q->tail, t + 1, memory_order_release);
             break;
         }
         if (atomic_load_explicit(&s->stop, memory_order_acquire)) {
@@ -695,7 +712,7 @@ static void handshake(dhps_rpc_server *s, int fd)
         DHPS_LOG(DHPS_LOG_WARN, RPC_LOG, "eventfd write: %s", strerror(errno));
     return;
 bad:
-    bump(&s->rejected_hello);
+    atomic_fetch_add_explicit(&s->rejected_hello, 1, memory_order_relaxed);
     if (sc) {
         conn_fini(&sc->c); /* closes fd */
         free(sc);
@@ -706,7 +723,8 @@ bad:
 
 static void *acceptor_main(void *arg)
 {
-    dhps_rpc_server *s = arg;
+    struct acceptor *acc = arg;
+    dhps_rpc_server *s = acc->s;
     while (!atomic_load_explicit(&s->stop, memory_order_acquire)) {
         int fd = accept4(s->lfd, NULL, NULL, SOCK_CLOEXEC);
         if (fd < 0) {
@@ -721,7 +739,7 @@ static void *acceptor_main(void *arg)
             close(fd);
             break;
         }
-        handshake(s, fd);
+        handshake(acc, fd);
     }
     return NULL;
 }
@@ -737,10 +755,13 @@ int dhps_rpc_server_start(dhps_rpc_server *s)
             return -r;
         s->w[i].started = true;
     }
-    int r = pthread_create(&s->acc, NULL, acceptor_main, s);
-    if (r)
-        return -r;
-    s->acc_started = true;
+    for (uint32_t a = 0; a < s->p.acceptors; a++) {
+        s->acc[a] = (struct acceptor){.s = s, .idx = a};
+        int r = pthread_create(&s->acc[a].th, NULL, acceptor_main, &s->acc[a]);
+        if (r)
+            return -r;
+        s->acc[a].started = true;
+    }
     return 0;
 }
 
@@ -751,8 +772,9 @@ void dhps_rpc_server_destroy(dhps_rpc_server *s)
     atomic_store_explicit(&s->stop, true, memory_order_release);
     if (s->lfd >= 0)
         shutdown(s->lfd, SHUT_RDWR);
-    if (s->acc_started)
-        pthread_join(s->acc, NULL);
+    for (uint32_t a = 0; a < MAX_ACCEPTORS; a++)
+        if (s->acc[a].started)
+            pthread_join(s->acc[a].th, NULL);
     if (s->w) {
         for (uint32_t i = 0; i < s->p.workers; i++) {
             worker *w = &s->w[i];

@@ -511,6 +511,31 @@ static void forged_proof_closed_before_handlers(void **st)
     dhps_rpc_server_destroy(s);
 }
 
+/* A peer that connects and never says hello holds up one acceptor, not the server. */
+static void stalled_hello_does_not_block_others(void **st)
+{
+    (void)st;
+    dhps_rpc_server *s = start_server(1, NULL); /* 2 acceptors by default */
+    int idle = raw_connect(dhps_rpc_server_port(s));
+    usleep(100000); /* let one acceptor pick it up */
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    dhps_rpc_client *c = new_client(SECRET);
+    dhps_rpc_channel *ch = open_chan(c, dhps_rpc_server_port(s));
+    char out[8];
+    size_t n;
+    assert_int_equal(dhps_rpc_call(ch, M_ECHO, "q", 1, out, sizeof out, &n, 5000000), 0);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double ms = (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6;
+    print_message("  open + call beside a stalled hello: %.1f ms (hello timeout 2000 ms)\n", ms);
+    assert_true(ms < 1500);
+    /* the stalled peer is cut off at the hello timeout */
+    assert_true(closed_by_peer(idle));
+    close(idle);
+    dhps_rpc_client_destroy(c);
+    dhps_rpc_server_destroy(s);
+}
+
 static void garbage_closes_connection(void **st)
 {
     (void)st;
@@ -1041,6 +1066,7 @@ int main(void)
         cmocka_unit_test(channels_share_one_connection),
         cmocka_unit_test(wrong_secret_rejected),
         cmocka_unit_test(forged_proof_closed_before_handlers),
+        cmocka_unit_test(stalled_hello_does_not_block_others),
         cmocka_unit_test(garbage_closes_connection),
         cmocka_unit_test(negotiation_policy),
         cmocka_unit_test(server_destroyed_under_client),
