@@ -48,6 +48,7 @@ typedef struct sconn {
     uint32_t dd_mask;
     struct sconn *prev, *next;
     bool reading; /* EPOLLIN armed */
+    bool tx_full; /* shm: a request waits for room in the response ring */
     bool want_out;
 } sconn;
 
@@ -369,8 +370,12 @@ static int serve_frame(void *arg, conn *c, int via, const rpc_frame *f, const ui
     }
     const rpc_ops *ops = rpc_transports[via];
     uint8_t *resp = ops->reserve(c, c->max_msg);
-    if (!resp)
-        return via == DHPS_RPC_TCP ? -ENOMEM : 1; /* ring/slots full: retry next turn */
+    if (!resp) {
+        if (via == DHPS_RPC_TCP)
+            return -ENOMEM;
+        sc->tx_full = true; /* response ring full: leave the request, retry later */
+        return 1;
+    }
     rpc_frame r = {.type = RPC_F_RESP, .id = f->id, .method = f->method};
     const handler *h = &w->s->handlers[f->method];
     if (!h->fn) {
@@ -548,9 +553,17 @@ static void *worker_main(void *arg)
                 if ((work = serve_verbs(w)) > 0)
                     timeout = 0;
             }
-            for (sconn *sc = w->conns; sc; sc = sc->next)
-                if (sc->c.shm_base && !shm_prepare_sleep(&sc->c))
+            for (sconn *sc = w->conns; sc; sc = sc->next) {
+                if (!sc->c.shm_base || shm_prepare_sleep(&sc->c))
+                    continue;
+                /* requests pending: at once, unless they wait for the client to drain
+                 * our response ring (nap 1 ms instead of spinning) */
+                if (!sc->tx_full)
                     timeout = 0;
+                else if (timeout < 0)
+                    timeout = 1;
+                sc->tx_full = false;
+            }
             slept = true;
         }
         int n = epoll_wait(w->ep, evs, 64, timeout);

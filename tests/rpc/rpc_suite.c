@@ -289,6 +289,40 @@ static void errors_distinct(void **st)
     dhps_rpc_client_destroy(c);
 }
 
+/* The client stops reading while the server answers: responses pile up (on shm the
+ * response ring fills and the server must wait, not drop or spin forever). */
+static void slow_reader_backpressure(void **st)
+{
+    (void)st;
+    dhps_rpc_server *s = start_server(1, NULL);
+    dhps_rpc_client *c = new_client(SECRET);
+    dhps_rpc_channel *ch = open_chan(c, dhps_rpc_server_port(s));
+    async_ctx a = {0};
+    int sent = 0;
+    for (int i = 0; i < 60; i++) {
+        void *buf;
+        int rc = dhps_rpc_call_start(ch, M_ECHO, 8, &buf);
+        if (rc == DHPS_E_BUSY)
+            break;
+        assert_int_equal(rc, 0);
+        uint64_t v = (uint64_t)i;
+        memcpy(buf, &v, 8);
+        assert_int_equal(dhps_rpc_call_send(ch, 8, 10000000, async_done, &a), 0);
+        sent++;
+    }
+    dhps_rpc_client_poll(c, 0); /* flush; then do not read for a while */
+    usleep(200000);
+    while (a.done < sent)
+        assert_true(dhps_rpc_client_poll(c, 1000) >= 0);
+    assert_int_equal(a.bad, 0);
+    assert_true(sent >= 30);
+    char out[8];
+    size_t n;
+    assert_int_equal(dhps_rpc_call(ch, M_ECHO, "z", 1, out, sizeof out, &n, 5000000), 0);
+    dhps_rpc_client_destroy(c);
+    dhps_rpc_server_destroy(s);
+}
+
 static void inflight_limit_busy(void **st)
 {
     (void)st;
@@ -1063,6 +1097,7 @@ int main(void)
         cmocka_unit_test(large_and_limits),
         cmocka_unit_test(errors_distinct),
         cmocka_unit_test(inflight_limit_busy),
+        cmocka_unit_test(slow_reader_backpressure),
         cmocka_unit_test(channels_share_one_connection),
         cmocka_unit_test(wrong_secret_rejected),
         cmocka_unit_test(forged_proof_closed_before_handlers),
