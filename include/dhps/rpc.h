@@ -218,6 +218,7 @@ typedef struct dhps_rpc_client_params {
                                   doubles up to 64x (default 20) */
 } dhps_rpc_client_params;
 
+/* Fill p with the defaults above (no secret: set secret/secret_len). */
 void dhps_rpc_client_params_init(dhps_rpc_client_params *p);
 
 /* Create a client event loop. Returns 0 and sets *out, -EINVAL, -ENOMEM, -errno.
@@ -243,6 +244,7 @@ typedef struct dhps_rpc_channel_params {
                                   require and mixed share one connection, one QP) */
 } dhps_rpc_channel_params;
 
+/* Fill p with the defaults above (port must still be set). */
 void dhps_rpc_channel_params_init(dhps_rpc_channel_params *p);
 
 /* Open a channel. When this client already has a connection to the same host:port
@@ -261,13 +263,15 @@ int dhps_rpc_channel_open(dhps_rpc_client *c, const dhps_rpc_channel_params *p,
  * inside this call); the connection closes with its last channel. NULL allowed. */
 void dhps_rpc_channel_close(dhps_rpc_channel *ch);
 
-/* Transport the channel's calls use now (DHPS_RPC_TCP / _SHM / _VERBS). */
+/* Transport the channel's new calls use now (DHPS_RPC_TCP / _SHM / _VERBS; a verbs
+ * channel reads TCP between a fallback and its re-promotion). Client thread only. */
 int dhps_rpc_channel_transport(const dhps_rpc_channel *ch);
 
 /* Completion: status 0 and resp/len = the response (in place in the receive ring or
  * buffer, valid only during the callback), or a negative code with resp NULL, len 0.
  * Runs inside dhps_rpc_client_poll (or close/destroy) on the client's thread; it may
- * start new calls. Called exactly once per sent call. */
+ * start and send new calls, but must not close a channel or destroy the client.
+ * Called exactly once per sent call. */
 typedef void (*dhps_rpc_done_fn)(void *arg, int status, const void *resp, size_t len);
 
 /*
@@ -290,7 +294,8 @@ int dhps_rpc_call_start(dhps_rpc_channel *ch, uint16_t method, size_t max_len, v
 int dhps_rpc_call_send(dhps_rpc_channel *ch, size_t len, uint64_t timeout_us,
                        dhps_rpc_done_fn done, void *arg);
 
-/* Give back a lent buffer without sending. */
+/* Give back the buffer lent to this channel without sending; no effect when none is
+ * lent. Client thread only. */
 void dhps_rpc_call_abort(dhps_rpc_channel *ch);
 
 /* One loop turn (or several, up to timeout_ms, until at least one completion ran):
