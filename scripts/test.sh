@@ -45,6 +45,14 @@ fuzz_all() {
   [ "$n" -gt 0 ] || { echo "fuzz: no targets built"; return 1; }
   return $rc
 }
+asan_tests() {
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+    DHPS_TEST_SCALE=small ctest_in asan
+}
+tsan_tests() {
+  TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 DHPS_TEST_SCALE=small \
+    ctest_in tsan -L concurrency
+}
 verbs() {
   local script="$root/tests/rpc/verbs-suite.sh"
   if [ ! -x "$script" ]; then echo "verbs: no verbs suite yet (tests/rpc/verbs-suite.sh)"; return 0; fi
@@ -53,10 +61,8 @@ verbs() {
 for s in $stages; do
   case $s in
     rel)   stage rel   ctest_in rel ;;
-    asan)  stage asan  env ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
-                       DHPS_TEST_SCALE=small ctest_in asan ;;
-    tsan)  stage tsan  env TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 DHPS_TEST_SCALE=small \
-                       ctest_in tsan -L concurrency ;;
+    asan)  stage asan  asan_tests ;;
+    tsan)  stage tsan  tsan_tests ;;
     fuzz)  stage fuzz  fuzz_all ;;
     verbs) stage verbs verbs ;;
     *) echo "unknown stage $s"; failed=$((failed+1)) ;;
