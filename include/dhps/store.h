@@ -187,7 +187,8 @@ typedef struct dhps_store_stats {
     uint64_t keys;               /* records in the index (may include expired ones) */
     uint64_t live_bytes;         /* bytes of live records (headers included) */
     uint64_t payload_bytes;      /* key + value bytes of live records */
-    uint64_t segment_bytes;      /* bytes of segments allocated */
+    uint64_t segment_bytes;      /* bytes of segment memory held (in use, plus up to 4
+                                    freed segments kept resident for reuse) */
     uint64_t segments;           /* segments allocated */
     uint64_t index_bytes;        /* bytes of the index table */
     double fragmentation;        /* 1 - live_bytes / segment_bytes (0 when empty) */

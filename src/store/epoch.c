@@ -39,7 +39,15 @@ size_t store_reclaim(dhps_store *s)
         seg_meta *m = &s->segs[id];
         if (m->retire_epoch < min) {
             *link = m->next;
-            (void)madvise(s->base + ((size_t)id << s->seg_log2), s->seg_bytes, MADV_DONTNEED);
+            /* Keep a few freed segments resident: a reused segment then costs no page
+             * faults or zeroing (compaction frees and reuses segments constantly). */
+            if (s->free_resident < FREE_RESIDENT_MAX) {
+                m->resident = 1;
+                s->free_resident++;
+            } else {
+                (void)madvise(s->base + ((size_t)id << s->seg_log2), s->seg_bytes, MADV_DONTNEED);
+                m->resident = 0;
+            }
             m->state = SEG_FREE;
             s->used_bytes -= m->used;
             s->retired_used -= m->used;

@@ -99,6 +99,15 @@ int index_find(dhps_store *s, index_table *t, const hkey *k, uint32_t *bkt, int 
     return -1;
 }
 
+void index_prefetch_key(dhps_store *s, uint64_t key)
+{
+    index_table *t = atomic_load_explicit(&s->table, memory_order_relaxed);
+    hkey k;
+    hkey_make(&k, key, store_hash(s, key), t->nb);
+    __builtin_prefetch(&t->b[k.b1], 1);
+    __builtin_prefetch(&t->b[k.b2], 1);
+}
+
 int index_find_ref(dhps_store *s, uint64_t key, uint32_t ref, uint32_t *bkt, int *slot)
 {
     index_table *t = atomic_load_explicit(&s->table, memory_order_relaxed);

@@ -66,7 +66,7 @@ void store_unlive(dhps_store *s, uint32_t ref, const uint8_t *rec)
 uint64_t store_mem_used(const dhps_store *s)
 {
     index_table *t = atomic_load_explicit(&s->table, memory_order_relaxed);
-    return (uint64_t)s->nsegs_alloc * s->seg_bytes + t->nb * sizeof(bucket) +
+    return (uint64_t)(s->nsegs_alloc + s->free_resident) * s->seg_bytes + t->nb * sizeof(bucket) +
            s->retired_table_bytes;
 }
 
@@ -120,6 +120,10 @@ static uint32_t seg_alloc(dhps_store *s)
     if (s->free_head != SEG_NONE) {
         id = s->free_head;
         s->free_head = s->segs[id].next;
+        if (s->segs[id].resident) {
+            s->segs[id].resident = 0;
+            s->free_resident--;
+        }
     } else if (s->nsegs_hw < s->nsegs_max) {
         id = s->nsegs_hw++;
     } else {
@@ -165,13 +169,25 @@ void seg_retire(dhps_store *s, uint32_t id)
     s->retired_head = id;
 }
 
+/* Walks over a segment check each record against the index: prefetch that many
+ * records' buckets ahead so the probes overlap. */
+#define WALK_AHEAD 12u
+
 uint64_t seg_drop_records(dhps_store *s, uint32_t id, bool expired)
 {
     seg_meta *m = &s->segs[id];
     uint8_t *base = s->base + ((size_t)id << s->seg_log2);
     index_table *t = atomic_load_explicit(&s->table, memory_order_relaxed);
     uint64_t n = 0;
+    uint32_t pf = 0; /* index buckets are prefetched WALK_AHEAD records ahead */
+    unsigned ahead = 0;
     for (uint32_t off = 0; off < m->used && m->live_recs;) {
+        for (; ahead < WALK_AHEAD && pf < m->used; ahead++) {
+            __builtin_prefetch(base + pf + 1024); /* the segment streams in ahead too */
+            index_prefetch_key(s, rd64(base + pf));
+            pf += rec_size(s, base + pf);
+        }
+        ahead--;
         uint8_t *rec = base + off;
         uint32_t sz = rec_size(s, rec);
         uint32_t ref = (uint32_t)((((uint64_t)id << s->seg_log2) + off) >> s->align_log2);
@@ -297,6 +313,22 @@ static uint32_t evict_victim(dhps_store *s)
     return best;
 }
 
+/* Give back the memory of free segments kept resident. Returns bytes released. */
+static size_t store_release_resident(dhps_store *s)
+{
+    size_t freed = 0;
+    for (uint32_t id = s->free_head; id != SEG_NONE && s->free_resident; id = s->segs[id].next) {
+        seg_meta *m = &s->segs[id];
+        if (!m->resident)
+            continue;
+        (void)madvise(s->base + ((size_t)id << s->seg_log2), s->seg_bytes, MADV_DONTNEED);
+        m->resident = 0;
+        s->free_resident--;
+        freed += s->seg_bytes;
+    }
+    return freed;
+}
+
 int store_make_room(dhps_store *s, uint64_t bytes)
 {
     if (!s->p.mem_limit)
@@ -304,6 +336,8 @@ int store_make_room(dhps_store *s, uint64_t bytes)
     struct timespec t0;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     while (store_mem_used(s) + bytes > s->p.mem_limit) {
+        if (store_release_resident(s))
+            continue;
         if (store_reclaim(s))
             continue;
         if (s->retired_head == SEG_NONE) {
@@ -366,7 +400,15 @@ static size_t compact_segment(dhps_store *s, uint32_t id, size_t budget, bool *d
     uint32_t now = store_now_s(s);
     size_t copied = 0;
     *done = false;
+    uint32_t pf = m->cursor;
+    unsigned ahead = 0;
     while (m->cursor < m->used && m->live_recs && copied < budget) {
+        for (; ahead < WALK_AHEAD && pf < m->used; ahead++) {
+            __builtin_prefetch(base + pf + 1024); /* the segment streams in ahead too */
+            index_prefetch_key(s, rd64(base + pf));
+            pf += rec_size(s, base + pf);
+        }
+        ahead--;
         uint32_t off = m->cursor;
         uint8_t *rec = base + off;
         uint32_t sz = rec_size(s, rec);

@@ -641,7 +641,7 @@ void dhps_store_get_stats(const dhps_store *s, dhps_store_stats *st)
     st->live_bytes = s->live_bytes;
     st->payload_bytes = s->payload_bytes;
     st->segments = s->nsegs_alloc;
-    st->segment_bytes = (uint64_t)s->nsegs_alloc * s->seg_bytes;
+    st->segment_bytes = (uint64_t)(s->nsegs_alloc + s->free_resident) * s->seg_bytes;
     st->index_bytes = t->nb * sizeof(bucket);
     st->fragmentation = s->used_bytes ? 1.0 - (double)s->live_bytes / (double)s->used_bytes : 0.0;
     st->load_factor = (double)t->used / (double)(t->nb * SLOTS);

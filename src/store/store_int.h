@@ -96,6 +96,7 @@ static inline uint32_t rec_exp_off(uint16_t lf) { return (lf & REC_WIDE) ? 18u :
 /* ---- segments ------------------------------------------------------------------------ */
 enum seg_state { SEG_FREE = 0, SEG_OPEN, SEG_SEALED, SEG_RETIRED };
 #define SEG_NONE UINT32_MAX
+#define FREE_RESIDENT_MAX 4u /* freed segments kept resident for reuse */
 #define TTL_CLASSES (128u + 15u * 64u) /* class 0: no TTL; 1..127 exact; 64 per octave */
 
 typedef struct seg_meta {
@@ -113,7 +114,8 @@ typedef struct seg_meta {
     uint8_t state;
     uint8_t compact_target; /* opened as a compaction destination */
     uint8_t mapped;         /* pages made writable once */
-    uint8_t pad[3];
+    uint8_t resident;       /* FREE but its memory kept (not MADV_DONTNEED'd) */
+    uint8_t pad[2];
 } seg_meta;
 
 typedef struct dhps_store_reader reader_slot;
@@ -163,6 +165,7 @@ struct dhps_store {
     uint32_t free_head;
     uint32_t retired_head;
     uint32_t nsegs_alloc;   /* OPEN + SEALED + RETIRED */
+    uint32_t free_resident; /* FREE segments whose memory is kept */
     seg_meta *segs;
     uint32_t open_seg[TTL_CLASSES];
     uint32_t compact_seg[TTL_CLASSES];
@@ -225,6 +228,8 @@ int index_insert(dhps_store *s, index_table *t, const hkey *k, uint32_t ref);
 void index_remove(index_table *t, uint32_t bkt, int slot);
 /* Grow to hold at least `want` keys. Returns 0, DHPS_E_FULL (memory limit), -ENOMEM. */
 int index_grow(dhps_store *s, uint64_t want);
+/* Prefetch both of key's buckets (for walks over a segment's records). */
+void index_prefetch_key(dhps_store *s, uint64_t key);
 /* Find the slot whose ref equals ref for key (liveness check). */
 int index_find_ref(dhps_store *s, uint64_t key, uint32_t ref, uint32_t *bkt, int *slot);
 
