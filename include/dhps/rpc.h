@@ -43,12 +43,13 @@
  *   connection, shared by all channels of a client to that peer (see
  *   dhps_rpc_channel_open), SEND/RECV over pre-registered slots (the request is
  *   written into a send slot, the handler reads it in its receive slot and writes the
- *   response into a
- *   send slot), inline sends for small frames, one signalled work request per post
- *   list, one ibv_post_send per flush. No memory is remotely accessible (SEND/RECV
- *   needs no rkeys), so no keys travel in the hello. Credits: a channel keeps at most
- *   verbs_slots calls on verbs; the server re-posts a receive before it posts that
- *   request's response.
+ *   response into a send slot), a shared receive queue per server worker (all its QPs receive into
+ *   it), inline sends for small frames, one signalled work request per post list, one
+ *   ibv_post_send per flush, completion queues polled in the loop and slept on through
+ *   completion channels when idle. No memory is remotely accessible (SEND/RECV needs
+ *   no rkeys), so no keys travel in the hello. Credits: a channel keeps at most
+ *   verbs_slots calls on verbs; the server re-posts receives before it posts a turn's
+ *   responses; a burst beyond the shared queue waits in the NIC (RNR retry).
  *
  * Fallback. On a verbs failure (completion error, QP in the error state, device gone
  *   from sysfs or a fatal async event, post failure) the client re-sends every call
@@ -155,6 +156,8 @@ typedef struct dhps_rpc_server_params {
     uint32_t hello_timeout_ms; /* bound on one peer's hello at the acceptor (default 2000) */
     uint32_t busy_poll_us;     /* SO_BUSY_POLL on accepted sockets, 0 = off (default 0) */
     uint32_t spin_turns;       /* idle loop turns a worker spins before sleeping (default 64) */
+    uint32_t verbs_srq_slots;  /* receive slots of each worker's shared receive queue,
+                                  one max_msg frame each, 1..16384 (default 64) */
     const uint8_t *host_id;    /* 16 bytes identifying this host; NULL = kernel boot id */
 } dhps_rpc_server_params;
 

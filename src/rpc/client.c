@@ -425,7 +425,7 @@ static int s_open(dhps_rpc_client *cl, const dhps_rpc_channel_params *p, session
     if (try_verbs && !cl->dev && rpc_dev_open(&cl->dev) != 0)
         try_verbs = false;
     if (try_verbs) {
-        int r = vep_create(cl->dev, cl->p.verbs_slots, cl->p.verbs_slots, max_msg, &c->c.v);
+        int r = vep_create(cl->dev, cl->p.verbs_slots, cl->p.verbs_slots, max_msg, NULL, &c->c.v);
         if (r == 0) {
             pr.want = DHPS_RPC_VERBS;
             vep_info(c->c.v, &pr.verbs);
@@ -681,7 +681,7 @@ static void try_promote(session *ch, uint64_t now)
     }
     vep *v = NULL;
     uint8_t *p = NULL;
-    if (vep_create(cl->dev, cl->p.verbs_slots, cl->p.verbs_slots, ch->c.max_msg, &v) ||
+    if (vep_create(cl->dev, cl->p.verbs_slots, cl->p.verbs_slots, ch->c.max_msg, NULL, &v) ||
         !(p = rpc_tcp_ops.reserve(&ch->c, RPC_CTRL_BYTES))) {
         vep_destroy(v);
         schedule_promote(ch);

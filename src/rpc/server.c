@@ -71,6 +71,9 @@ typedef struct worker {
     sconn *conns; /* list owned by this worker only */
     uint32_t nshm, nverbs;
     uint64_t dev_checked;
+    vsrq *srq;       /* shared receive queue of this worker's verbs connections (set
+                        once, under srq_lock, with a release store) */
+    sconn *last_sc;  /* last connection a shared-queue completion mapped to */
     wstats st;
 } worker;
 
@@ -90,6 +93,7 @@ struct dhps_rpc_server {
     } acc[MAX_ACCEPTORS];
     handler *handlers; /* 65536 entries, read-only after start */
     rpc_dev *dev;      /* verbs device (thread-safe verbs calls), or NULL */
+    pthread_mutex_t srq_lock; /* lazy creation of the workers' shared receive queues */
     worker *w;
     _Atomic uint64_t accepted, rejected_auth, rejected_hello;
 };
@@ -104,6 +108,7 @@ void dhps_rpc_server_params_init(dhps_rpc_server_params *p)
     p->hello_timeout_ms = 2000;
     p->spin_turns = 64;
     p->acceptors = 2;
+    p->verbs_srq_slots = 64;
 }
 
 const char *dhps_rpc_transport_name(int t)
@@ -122,7 +127,8 @@ int dhps_rpc_server_create(const dhps_rpc_server_params *p, dhps_rpc_server **ou
     dhps_rpc_server *s = NULL;
     *out = NULL;
     if (!p || !p->host || p->workers < 1 || p->workers > MAX_WORKERS || p->max_msg == 0 ||
-        p->acceptors < 1 || p->acceptors > MAX_ACCEPTORS ||
+        p->acceptors < 1 || p->acceptors > MAX_ACCEPTORS || p->verbs_srq_slots < 1 ||
+        p->verbs_srq_slots > 16384 ||
         p->max_msg > DHPS_RPC_MAX_MSG_LIMIT || p->secret_len > DHPS_RPC_MAX_SECRET ||
         (p->secret_len && !p->secret) || !(p->allow & DHPS_RPC_MASK(DHPS_RPC_TCP))) {
         DHPS_LOG(DHPS_LOG_ERROR, RPC_LOG, "server: invalid params");
@@ -132,6 +138,7 @@ int dhps_rpc_server_create(const dhps_rpc_server_params *p, dhps_rpc_server **ou
     if (!s)
         return -ENOMEM;
     s->lfd = -1;
+    pthread_mutex_init(&s->srq_lock, NULL);
     s->p = *p;
     s->p.secret = NULL;
     if (p->secret_len)
@@ -251,6 +258,8 @@ static void sconn_close(worker *w, sconn *sc, int why)
         w->nshm--;
     if (sc->c.v)
         w->nverbs--;
+    if (w->last_sc == sc)
+        w->last_sc = NULL;
     conn_fini(&sc->c);
     if (sc->dd)
         for (uint32_t i = 0; i <= sc->dd_mask; i++)
@@ -275,7 +284,27 @@ static int dd_alloc(sconn *sc, uint32_t log2)
 }
 
 /* Create a verbs endpoint for a client described by r and connect it. */
-static int verbs_setup(dhps_rpc_server *s, sconn *sc, const rpc_verbs_info *r,
+/* The worker's shared receive queue, created on first use (by an acceptor or the
+ * worker itself: a slow path, under srq_lock); its completion channel joins the
+ * worker's epoll set. */
+static vsrq *worker_srq(dhps_rpc_server *s, worker *w)
+{
+    pthread_mutex_lock(&s->srq_lock);
+    vsrq *q = w->srq;
+    if (!q && vsrq_create(s->dev, s->p.verbs_srq_slots, s->p.max_msg, &q) == 0) {
+        struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &verbs_wake_tag};
+        if (epoll_ctl(w->ep, EPOLL_CTL_ADD, vsrq_event_fd(q), &ev) != 0)
+            DHPS_LOG(DHPS_LOG_WARN, RPC_LOG, "epoll add cq channel: %s", strerror(errno));
+        __atomic_store_n(&w->srq, q, __ATOMIC_RELEASE); /* the worker reads it lock-free */
+    }
+    pthread_mutex_unlock(&s->srq_lock);
+    return q;
+}
+
+/* Create a verbs endpoint on worker w's shared receive queue for a client described
+ * by r and connect it. The client may keep r->slots requests in flight; more than
+ * the queue holds at once wait in the NIC (RNR retry), they are not lost. */
+static int verbs_setup(dhps_rpc_server *s, worker *w, sconn *sc, const rpc_verbs_info *r,
                        rpc_verbs_info *mine)
 {
     if (!s->dev || __atomic_load_n(&s->dev->fatal, __ATOMIC_RELAXED) || r->slots == 0 ||
@@ -284,24 +313,20 @@ static int verbs_setup(dhps_rpc_server *s, sconn *sc, const rpc_verbs_info *r,
     int rc = dd_alloc(sc, r->inflight_log2);
     if (rc)
         return rc;
+    vsrq *q = worker_srq(s, w);
+    if (!q)
+        return -ENOMEM;
     vep *v = NULL;
-    if ((rc = vep_create(s->dev, 2 * r->slots, r->slots, sc->c.max_msg, &v)))
+    if ((rc = vep_create(s->dev, 2 * r->slots, 0, sc->c.max_msg, q, &v)))
         return rc;
     if ((rc = vep_connect(v, r))) {
         vep_destroy(v);
         return rc;
     }
     vep_info(v, mine);
+    mine->slots = r->slots;
     sc->c.v = v;
     return 0;
-}
-
-/* Watch a verbs endpoint's completion channel from this worker's epoll set. */
-static void watch_vep(worker *w, vep *v)
-{
-    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &verbs_wake_tag};
-    if (epoll_ctl(w->ep, EPOLL_CTL_ADD, vep_event_fd(v), &ev) != 0)
-        DHPS_LOG(DHPS_LOG_WARN, RPC_LOG, "epoll add cq channel: %s", strerror(errno));
 }
 
 static void verbs_down(worker *w, sconn *sc)
@@ -325,11 +350,10 @@ static int serve_ctrl(worker *w, sconn *sc, const uint8_t *payload, uint32_t len
         return DHPS_E_MALFORMED;
     if (sc->c.v)
         verbs_down(w, sc);
-    int rc = verbs_setup(w->s, sc, &r, &mine);
+    int rc = verbs_setup(w->s, w, sc, &r, &mine);
     if (rc == 0) {
         sc->c.transport = DHPS_RPC_VERBS;
         w->nverbs++;
-        watch_vep(w, sc->c.v);
     }
     uint8_t *p = rpc_tcp_ops.reserve(&sc->c, RPC_CTRL_BYTES);
     if (!p)
@@ -459,10 +483,8 @@ static void adopt_from(worker *w, struct inbox *q)
         w->conns = sc;
         if (sc->c.shm_base)
             w->nshm++;
-        if (sc->c.v) {
+        if (sc->c.v)
             w->nverbs++;
-            watch_vep(w, sc->c.v);
-        }
         atomic_store_explicit(&w->st.open, atomic_load_explicit(&w->st.open, memory_order_relaxed) + 1,
                               memory_order_relaxed);
         sc->reading = true;
@@ -479,25 +501,60 @@ static void adopt(worker *w)
         adopt_from(w, &w->in[a]);
 }
 
-/* Poll every verbs endpoint of this worker once: send completions, then requests. */
+/* One request from the worker's shared receive queue: find its connection by QP. */
+static int srq_frame(void *arg, uint32_t qp_num, bool ok, const uint8_t *data, uint32_t len)
+{
+    worker *w = arg;
+    sconn *sc = w->last_sc;
+    if (!sc || !sc->c.v || sc->c.v->qp->qp_num != qp_num) {
+        for (sc = w->conns; sc; sc = sc->next)
+            if (sc->c.v && sc->c.v->qp->qp_num == qp_num)
+                break;
+        w->last_sc = sc;
+    }
+    if (!sc)
+        return 0; /* its connection is gone or fell back: the client re-sends on TCP */
+    if (!ok) {
+        verbs_down(w, sc);
+        return 0;
+    }
+    rpc_frame f;
+    long m = rpc_frame_parse(data, len, sc->c.max_msg, false, &f);
+    int r = DHPS_E_MALFORMED;
+    if (m > 0 && (uint32_t)m == len && f.type == RPC_F_REQ)
+        r = serve_frame(w, &sc->c, DHPS_RPC_VERBS, &f, data + RPC_FRAME_HDR);
+    if (r != 0) {
+        if (r == DHPS_E_MALFORMED)
+            bump(&w->st.malformed);
+        verbs_down(w, sc);
+    }
+    return 0;
+}
+
+/* Poll this worker's verbs once: send completions, then requests, then flush. */
 static int serve_verbs(worker *w)
 {
     int work = 0;
-    for (sconn *sc = w->conns, *nx; sc; sc = nx) {
-        nx = sc->next;
-        if (!sc->c.v)
-            continue;
-        int r = vep_poll_send(sc->c.v);
-        if (r == 0)
-            r = rpc_verbs_ops.rx(&sc->c, serve_frame, w);
+    for (sconn *sc = w->conns; sc; sc = sc->next)
+        if (sc->c.v && vep_poll_send(sc->c.v))
+            verbs_down(w, sc);
+    vsrq *q = __atomic_load_n(&w->srq, __ATOMIC_ACQUIRE);
+    if (q) {
+        int r = vsrq_rx(q, srq_frame, w);
         if (r > 0)
             work += r;
-        if (r < 0 && sc->c.v) {
-            verbs_down(w, sc);
-            r = 0;
+        if (r < 0) { /* the queue itself broke: every verbs path of this worker */
+            DHPS_LOG(DHPS_LOG_WARN, RPC_LOG, "worker %u: shared receive queue failed", w->idx);
+            for (sconn *sc = w->conns; sc; sc = sc->next)
+                if (sc->c.v)
+                    verbs_down(w, sc);
         }
-        if (r >= 0 && (sc->c.verbs_dirty || sc->c.tcp_dirty))
-            r = sconn_flush(w, sc);
+    }
+    for (sconn *sc = w->conns, *nx; sc; sc = nx) {
+        nx = sc->next;
+        if (!sc->c.verbs_dirty && !(sc->c.v && sc->c.tcp_dirty))
+            continue;
+        int r = sconn_flush(w, sc);
         if (r < 0)
             sconn_close(w, sc, r);
     }
@@ -546,10 +603,9 @@ static void *worker_main(void *arg)
         bool slept = false;
         if (!work && ++idle > s->p.spin_turns) {
             timeout = -1;
-            if (w->nverbs) {
-                for (sconn *sc = w->conns; sc; sc = sc->next)
-                    if (sc->c.v)
-                        vep_arm(sc->c.v);
+            vsrq *q = __atomic_load_n(&w->srq, __ATOMIC_ACQUIRE);
+            if (w->nverbs && q) {
+                vsrq_arm(q);
                 if ((work = serve_verbs(w)) > 0)
                     timeout = 0;
             }
@@ -577,9 +633,9 @@ static void *worker_main(void *arg)
             sconn *sc = evs[i].data.ptr;
             idle = 0;
             if (sc == (void *)&verbs_wake_tag) {
-                for (sconn *x = w->conns; x; x = x->next)
-                    if (x->c.v)
-                        vep_drain_events(x->c.v);
+                vsrq *q = __atomic_load_n(&w->srq, __ATOMIC_ACQUIRE);
+                if (q)
+                    vsrq_drain_events(q);
                 continue;
             }
             if (!sc) {
@@ -681,8 +737,10 @@ static void handshake(struct acceptor *acc, int fd)
     ac.version = sh.version;
     ac.kind = RPC_H_ACCEPT;
     ac.transport = DHPS_RPC_TCP;
+    /* the worker that will own it (its shared receive queue takes the QP) */
+    worker *w = &s->w[(acc->next_worker++ + acc->idx) % s->p.workers];
     if (pr.want == DHPS_RPC_VERBS && (sh.caps & DHPS_RPC_MASK(DHPS_RPC_VERBS))) {
-        int r = verbs_setup(s, sc, &pr.verbs, &ac.verbs);
+        int r = verbs_setup(s, w, sc, &pr.verbs, &ac.verbs);
         if (r == 0)
             ac.transport = DHPS_RPC_VERBS;
         else
@@ -704,7 +762,6 @@ static void handshake(struct acceptor *acc, int fd)
     /* before the worker can serve it: stats readers see it first */
     atomic_fetch_add_explicit(&s->accepted, 1, memory_order_relaxed);
     /* hand over to a worker: our own SPSC ring in it, we are its only producer */
-    worker *w = &s->w[(acc->next_worker++ + acc->idx) % s->p.workers];
     struct inbox *q = &w->in[acc->idx];
     for (;;) {
         uint32_t t = atomic_load_explicit(&q->tail, memory_order_relaxed);
@@ -801,6 +858,7 @@ void dhps_rpc_server_destroy(dhps_rpc_server *s)
                 while (w->conns)
                     sconn_close(w, w->conns, DHPS_E_CANCELLED);
             }
+            vsrq_destroy(w->srq); /* its QPs are gone with the connections */
             if (w->ep >= 0)
                 close(w->ep);
             if (w->evfd >= 0)
@@ -810,6 +868,7 @@ void dhps_rpc_server_destroy(dhps_rpc_server *s)
     if (s->lfd >= 0)
         close(s->lfd);
     rpc_dev_close(s->dev);
+    pthread_mutex_destroy(&s->srq_lock);
     free(s->w);
     free(s->handlers);
     free(s);

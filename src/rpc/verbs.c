@@ -119,13 +119,16 @@ static int post_recvs(vep *v)
     return rc ? -EIO : 0;
 }
 
-int vep_create(rpc_dev *d, uint32_t nsend, uint32_t nrecv, uint32_t max_msg, vep **out)
+int vep_create(rpc_dev *d, uint32_t nsend, uint32_t nrecv, uint32_t max_msg, vsrq *srq,
+               vep **out)
 {
     int rc = -ENOMEM;
     *out = NULL;
     vep *v = calloc(1, sizeof *v);
     if (!v)
         return -ENOMEM;
+    if (srq)
+        nrecv = 0;
     v->dev = d;
     v->cur = -1;
     v->nsend = nsend;
@@ -136,25 +139,30 @@ int vep_create(rpc_dev *d, uint32_t nsend, uint32_t nrecv, uint32_t max_msg, vep
     v->ss = calloc(nsend, sizeof *v->ss);
     v->wr = calloc(nsend, sizeof *v->wr);
     v->sge = calloc(nsend, sizeof *v->sge);
-    v->rwr = calloc(nrecv, sizeof *v->rwr);
-    v->rsge = calloc(nrecv, sizeof *v->rsge);
-    v->repost = calloc(nrecv, sizeof *v->repost);
+    v->rwr = calloc(nrecv + 1, sizeof *v->rwr);
+    v->rsge = calloc(nrecv + 1, sizeof *v->rsge);
+    v->repost = calloc(nrecv + 1, sizeof *v->repost);
     if (!v->mem || !v->ss || !v->wr || !v->sge || !v->rwr || !v->rsge || !v->repost)
         goto fail;
     rc = -EIO;
     /* least access: the peer never touches this memory directly (SEND/RECV only) */
     v->mr = ibv_reg_mr(d->pd, v->mem, bytes, IBV_ACCESS_LOCAL_WRITE);
-    v->cc = ibv_create_comp_channel(d->ctx);
-    if (!v->cc)
-        goto fail;
-    int fl = fcntl(v->cc->fd, F_GETFL);
-    fcntl(v->cc->fd, F_SETFL, fl | O_NONBLOCK);
     v->scq = ibv_create_cq(d->ctx, (int)nsend + 1, NULL, NULL, 0);
-    v->rcq = ibv_create_cq(d->ctx, (int)nrecv + 1, NULL, v->cc, 0);
-    if (!v->mr || !v->scq || !v->rcq)
+    if (!v->mr || !v->scq)
         goto fail;
+    if (!srq) {
+        v->cc = ibv_create_comp_channel(d->ctx);
+        if (!v->cc)
+            goto fail;
+        int fl = fcntl(v->cc->fd, F_GETFL);
+        fcntl(v->cc->fd, F_SETFL, fl | O_NONBLOCK);
+        v->rcq = ibv_create_cq(d->ctx, (int)nrecv + 1, NULL, v->cc, 0);
+        if (!v->rcq)
+            goto fail;
+    }
     struct ibv_qp_init_attr qa = {
-        .send_cq = v->scq, .recv_cq = v->rcq, .qp_type = IBV_QPT_RC,
+        .send_cq = v->scq, .recv_cq = srq ? srq->rcq : v->rcq, .qp_type = IBV_QPT_RC,
+        .srq = srq ? srq->srq : NULL,
         .cap = {.max_send_wr = nsend, .max_recv_wr = nrecv, .max_send_sge = 1,
                 .max_recv_sge = 1, .max_inline_data = 128},
     };
@@ -194,6 +202,127 @@ int vep_create(rpc_dev *d, uint32_t nsend, uint32_t nrecv, uint32_t max_msg, vep
 fail:
     vep_destroy(v);
     return rc;
+}
+
+/* ---- shared receive queue ------------------------------------------------------------ */
+
+static int srq_post(vsrq *q)
+{
+    if (!q->nrepost)
+        return 0;
+    for (uint32_t i = 0; i < q->nrepost; i++) {
+        uint32_t s = q->repost[i];
+        struct ibv_recv_wr *w = &q->rwr[s];
+        w->wr_id = s;
+        w->sg_list = &q->rsge[s];
+        w->num_sge = 1;
+        w->next = i + 1 < q->nrepost ? &q->rwr[q->repost[i + 1]] : NULL;
+    }
+    struct ibv_recv_wr *bad = NULL;
+    int rc = ibv_post_srq_recv(q->srq, &q->rwr[q->repost[0]], &bad);
+    q->nrepost = 0;
+    return rc ? -EIO : 0;
+}
+
+int vsrq_create(rpc_dev *d, uint32_t n, uint32_t max_msg, vsrq **out)
+{
+    int rc = -ENOMEM;
+    *out = NULL;
+    vsrq *q = calloc(1, sizeof *q);
+    if (!q)
+        return -ENOMEM;
+    q->dev = d;
+    q->n = n;
+    q->slot_bytes = (uint32_t)((RPC_FRAME_HDR + (size_t)max_msg + 63) & ~(size_t)63);
+    size_t bytes = (size_t)n * q->slot_bytes;
+    q->mem = aligned_alloc(4096, (bytes + 4095) & ~(size_t)4095);
+    q->rwr = calloc(n, sizeof *q->rwr);
+    q->rsge = calloc(n, sizeof *q->rsge);
+    q->repost = calloc(n, sizeof *q->repost);
+    if (!q->mem || !q->rwr || !q->rsge || !q->repost)
+        goto fail;
+    rc = -EIO;
+    q->mr = ibv_reg_mr(d->pd, q->mem, bytes, IBV_ACCESS_LOCAL_WRITE);
+    q->cc = ibv_create_comp_channel(d->ctx);
+    if (!q->mr || !q->cc)
+        goto fail;
+    int fl = fcntl(q->cc->fd, F_GETFL);
+    fcntl(q->cc->fd, F_SETFL, fl | O_NONBLOCK);
+    q->rcq = ibv_create_cq(d->ctx, (int)n + 1, NULL, q->cc, 0);
+    struct ibv_srq_init_attr sa = {.attr = {.max_wr = n, .max_sge = 1}};
+    q->srq = ibv_create_srq(d->pd, &sa);
+    if (!q->rcq || !q->srq)
+        goto fail;
+    for (uint32_t i = 0; i < n; i++) {
+        q->rsge[i] = (struct ibv_sge){.addr = (uintptr_t)(q->mem + (size_t)i * q->slot_bytes),
+                                      .length = q->slot_bytes, .lkey = q->mr->lkey};
+        q->repost[q->nrepost++] = i;
+    }
+    if (srq_post(q))
+        goto fail;
+    *out = q;
+    return 0;
+fail:
+    vsrq_destroy(q);
+    return rc;
+}
+
+void vsrq_destroy(vsrq *q)
+{
+    if (!q)
+        return;
+    if (q->srq)
+        ibv_destroy_srq(q->srq);
+    if (q->rcq) {
+        vsrq_drain_events(q);
+        ibv_destroy_cq(q->rcq);
+    }
+    if (q->cc)
+        ibv_destroy_comp_channel(q->cc);
+    if (q->mr)
+        ibv_dereg_mr(q->mr);
+    free(q->mem);
+    free(q->rwr);
+    free(q->rsge);
+    free(q->repost);
+    free(q);
+}
+
+int vsrq_event_fd(const vsrq *q) { return q->cc->fd; }
+
+void vsrq_arm(vsrq *q)
+{
+    if (ibv_req_notify_cq(q->rcq, 0))
+        q->failed = true;
+}
+
+void vsrq_drain_events(vsrq *q)
+{
+    struct ibv_cq *cq;
+    void *ctx;
+    while (ibv_get_cq_event(q->cc, &cq, &ctx) == 0)
+        ibv_ack_cq_events(cq, 1);
+}
+
+int vsrq_rx(vsrq *q, vsrq_fn fn, void *arg)
+{
+    struct ibv_wc wc[32];
+    int n = ibv_poll_cq(q->rcq, 32, wc);
+    if (n < 0)
+        return -EIO;
+    for (int i = 0; i < n; i++) {
+        if (wc[i].wr_id >= q->n)
+            return -EIO;
+        uint32_t s = (uint32_t)wc[i].wr_id;
+        bool ok = wc[i].status == IBV_WC_SUCCESS && wc[i].opcode == IBV_WC_RECV;
+        fn(arg, wc[i].qp_num, ok, ok ? q->mem + (size_t)s * q->slot_bytes : NULL,
+           ok ? wc[i].byte_len : 0);
+        q->repost[q->nrepost++] = s; /* the slot is free again either way */
+    }
+    /* re-post before this turn's responses are posted (credit rule, see verbs_rx) */
+    if (srq_post(q))
+        return -EIO;
+    return n;
 }
 
 void vep_destroy(vep *v)

@@ -32,6 +32,35 @@ typedef struct vslot {
     uint32_t len; /* bytes of the frame in the slot (header included) */
 } vslot;
 
+/* A shared receive queue (server: one per worker) with its own receive CQ, completion
+ * channel and registered slots; every QP of the worker receives into it. */
+typedef struct vsrq {
+    rpc_dev *dev;
+    struct ibv_srq *srq;
+    struct ibv_cq *rcq;
+    struct ibv_comp_channel *cc;
+    struct ibv_mr *mr;
+    uint8_t *mem;
+    uint32_t n, slot_bytes;
+    struct ibv_recv_wr *rwr;
+    struct ibv_sge *rsge;
+    uint32_t *repost, nrepost;
+    bool failed;
+} vsrq;
+
+int vsrq_create(rpc_dev *d, uint32_t n, uint32_t max_msg, vsrq **out);
+void vsrq_destroy(vsrq *q);
+int vsrq_event_fd(const vsrq *q);
+void vsrq_arm(vsrq *q);
+void vsrq_drain_events(vsrq *q);
+/* One receive completion of a shared queue: ok false for an error completion (then
+ * data is NULL). Return 0, or < 0 to stop after this one. */
+typedef int (*vsrq_fn)(void *arg, uint32_t qp_num, bool ok, const uint8_t *data,
+                       uint32_t len);
+/* Poll the shared receive CQ once (up to 32 completions), re-post their slots in one
+ * list. Returns completions handled or < 0 when the queue itself broke. */
+int vsrq_rx(vsrq *q, vsrq_fn fn, void *arg);
+
 typedef struct vep {
     rpc_dev *dev;
     struct ibv_cq *scq, *rcq;
@@ -55,8 +84,10 @@ typedef struct vep {
 } vep;
 
 /* Create an endpoint: CQs, an RC QP in INIT, one registered region of nsend + nrecv
- * slots (local write only), all receives posted. */
-int vep_create(rpc_dev *d, uint32_t nsend, uint32_t nrecv, uint32_t max_msg, vep **out);
+ * slots (local write only), all receives posted. With srq, the QP receives into that
+ * shared queue instead (nrecv is then ignored and the endpoint has no receive CQ). */
+int vep_create(rpc_dev *d, uint32_t nsend, uint32_t nrecv, uint32_t max_msg, vsrq *srq,
+               vep **out);
 void vep_destroy(vep *v);
 void vep_info(const vep *v, rpc_verbs_info *out);
 /* Bring the QP to RTR and RTS toward the peer described by r. */

@@ -1020,6 +1020,41 @@ static void verbs_mixed_mode(void **unused)
     dhps_rpc_server_destroy(s);
 }
 
+/* Two clients keep 32 calls each in flight against a worker whose shared receive
+ * queue has 4 slots: the excess waits in the NIC (RNR retry), nothing fails. */
+static void verbs_small_shared_receive_queue(void **unused)
+{
+    (void)unused;
+    dhps_rpc_server_params sp;
+    dhps_rpc_server_params_init(&sp);
+    sp.secret = SECRET;
+    sp.secret_len = sizeof SECRET - 1;
+    sp.max_msg = 64 << 10;
+    sp.verbs_srq_slots = 4;
+    dhps_rpc_server *s = NULL;
+    assert_int_equal(dhps_rpc_server_create(&sp, &s), 0);
+    assert_int_equal(dhps_rpc_server_register(s, M_ECHO, h_echo, NULL), 0);
+    assert_int_equal(dhps_rpc_server_start(s), 0);
+    stream a = {.c = new_client(SECRET)}, b = {.c = new_client(SECRET)};
+    a.ch = open_chan(a.c, dhps_rpc_server_port(s));
+    b.ch = open_chan(b.c, dhps_rpc_server_port(s));
+    time_t t0 = time(NULL);
+    while (a.a.done < 300 || b.a.done < 300) {
+        pump(&a, 300, 32);
+        pump(&b, 300, 32);
+        assert_true(time(NULL) - t0 < 60);
+    }
+    assert_int_equal(a.a.bad + b.a.bad, 0);
+    assert_int_equal(a.a.expect_sum, a.sum);
+    dhps_rpc_channel_stats cs;
+    dhps_rpc_channel_get_stats(a.ch, &cs);
+    assert_int_equal(cs.fallbacks, 0);
+    assert_true(cs.calls[DHPS_RPC_VERBS] >= 300);
+    dhps_rpc_client_destroy(a.c);
+    dhps_rpc_client_destroy(b.c);
+    dhps_rpc_server_destroy(s);
+}
+
 /* Last test: deletes the Soft-RoCE device mid-stream (the guest is thrown away). */
 static void verbs_link_deleted_mid_stream(void **unused)
 {
@@ -1112,6 +1147,7 @@ int main(void)
         cmocka_unit_test(verbs_qp_error_fallback_and_repromotion),
         cmocka_unit_test(verbs_retry_answered_from_cache),
         cmocka_unit_test(verbs_mixed_mode),
+        cmocka_unit_test(verbs_small_shared_receive_queue),
         cmocka_unit_test(verbs_link_deleted_mid_stream),
     };
     int fails = cmocka_run_group_tests(tests, NULL, NULL);
