@@ -223,6 +223,8 @@ static int lookup_one_slow(dhps_store *s, const index_table *t, const hkey *k, u
             m |= (uint32_t)(__atomic_load_n(&(b)->tags[i_], __ATOMIC_RELAXED) == (tag)) << i_; \
     } while (0)
 
+#define LOOKUP_GROUP 4 /* keys per group in the lookup pipeline (lookup_impl.h) */
+
 /* Prefetch every line of a record: from its line through header (<= 22 B) and value. */
 #define PREFETCH_RECORD(rec, span)                                                         \
     do {                                                                                   \
@@ -472,115 +474,128 @@ long dhps_store_put(dhps_store *s, const dhps_store_batch *b, uint64_t *stale)
     long applied = 0;
     size_t appended = 0;
     const uint8_t *vbase = b->values;
-    /* Pipeline the misses as lookups do: key i+2W has its buckets prefetched, key i+W
-     * its candidate records (for writing), key i is applied with its lines warm. The
-     * hashes are kept; bucket numbers are recomputed if the index grows meanwhile. */
-    enum { W = 8, WR = 32 };
+    /* The same pipelined-groups schedule as lookups (lookup_impl.h): in one turn group
+     * g has its first buckets prefetched, group g-1 its records (for writing) or second
+     * buckets, group g-2 its second-bucket records, and group g-3 is applied with its
+     * lines warm. Hashes are kept; bucket numbers are recomputed if the index grows. */
+    enum { WG = 4, WR = 16 };
     uint64_t hh[WR];
-    index_table *pt = atomic_load_explicit(&s->table, memory_order_relaxed);
-    for (size_t i = 0; i < b->n + 2 * W; i++) {
-        if (i < b->n) {
-            hkey ph;
-            hh[i & (WR - 1)] = store_hash(s, b->keys[i]);
-            hkey_make(&ph, b->keys[i], hh[i & (WR - 1)], pt->nb);
-            __builtin_prefetch(&pt->b[ph.b1], 1);
-            __builtin_prefetch(&pt->b[ph.b2], 1);
-        }
-        if (i >= W && i - W < b->n) {
-            hkey ph;
-            hkey_make(&ph, b->keys[i - W], hh[(i - W) & (WR - 1)], pt->nb);
-            uint32_t m = match_tags_writer(&pt->b[ph.b1], ph.tag);
-            const bucket *pb = &pt->b[ph.b1];
-            if (!m) {
-                m = match_tags_writer(&pt->b[ph.b2], ph.tag);
-                pb = &pt->b[ph.b2];
-            }
-            if (m) {
-                const uint8_t *rec = rec_ptr(s, pb->refs[__builtin_ctz(m)]);
-                uintptr_t a = (uintptr_t)rec & ~(uintptr_t)63, e = (uintptr_t)rec + 22 + b->value_stride;
-                for (unsigned l = 0; a < e && l < 8; a += 64, l++)
-                    __builtin_prefetch((const void *)a, 1);
+    uint32_t hit1[WR];
+    const size_t ngroups = (b->n + WG - 1) / WG;
+    for (size_t turn = 0; turn < ngroups + 3; turn++) {
+        index_table *pt = atomic_load_explicit(&s->table, memory_order_relaxed);
+        if (turn < ngroups) {
+            size_t e = (turn + 1) * WG < b->n ? (turn + 1) * WG : b->n;
+            for (size_t k = turn * WG; k < e; k++) {
+                hkey ph;
+                hh[k & (WR - 1)] = store_hash(s, b->keys[k]);
+                hkey_make(&ph, b->keys[k], hh[k & (WR - 1)], pt->nb);
+                __builtin_prefetch(&pt->b[ph.b1], 1);
             }
         }
-        if (i < 2 * W)
-            continue;
-        size_t j = i - 2 * W;
-        uint64_t key = b->keys[j];
-        uint32_t len = b->lens ? b->lens[j] : (uint32_t)b->value_stride;
-        if (b->lens ? len > b->value_stride || len > DHPS_STORE_MAX_VALUE
-                    : b->value_stride > DHPS_STORE_MAX_VALUE)
-            return applied ? applied : DHPS_E_TOOBIG;
-        uint64_t ver = b->versions ? b->versions[j] : b->version;
-        const uint8_t *val = vbase + j * b->value_stride;
-        index_table *t = atomic_load_explicit(&s->table, memory_order_relaxed);
-        pt = t;
-        hkey k;
-        hkey_make(&k, key, hh[j & (WR - 1)], t->nb);
-        uint32_t bkt;
-        int slot;
-        bool exists = index_find(s, t, &k, &bkt, &slot) == 0;
-        if (exists) {
-            uint32_t oref = t->b[bkt].refs[slot];
-            uint8_t *orec = rec_ptr(s, oref);
-            uint32_t oseg = seg_of_ref(s, oref);
-            uint16_t elf = rd16(orec + 8);
-            bool expired = (elf & REC_EXP) && rd32(orec + rec_exp_off(elf)) <= now;
-            if (!expired && ver < rec_version(s, orec, oseg)) {
-                if (stale)
-                    stale[j >> 6] |= 1ull << (j & 63);
-                s->st.stale_updates++;
+        for (int st = 1; st <= 2; st++) {
+            if (turn < (size_t)st || turn - st >= ngroups)
                 continue;
-            }
-            uint16_t olf = rd16(orec + 8);
-            if (s->p.inplace_updates && (olf & REC_LEN_MASK) == len &&
-                !!(olf & REC_EXP) == (ttl != 0) && (!ttl || exp <= s->segs[oseg].max_exp) &&
-                version_fits(s, olf, oseg, ver) &&
-                try_inplace(s, &t->b[bkt], orec, olf, ver, exp, val, len)) {
-                s->st.inplace_updates++;
-                applied++;
-                continue;
-            }
-        }
-        uint16_t lf;
-        uint32_t size;
-        uint64_t gen = s->index_gen;
-        int64_t ref = seg_append(s, cls, false, len, ttl != 0, ver, &lf, &size);
-        if (ref < 0)
-            return applied ? applied : (long)ref;
-        uint8_t *rec = rec_ptr(s, (uint32_t)ref);
-        rec_write_header(s, rec, (uint32_t)ref, key, lf, ver, exp);
-        memcpy(rec + rec_hdr_size(lf), val, len);
-        appended += size;
-        if (s->index_gen != gen) { /* reclamation may have dropped or moved the key */
-            t = atomic_load_explicit(&s->table, memory_order_relaxed);
-            exists = index_find(s, t, &k, &bkt, &slot) == 0;
-        }
-        if (exists) {
-            uint32_t oref = t->b[bkt].refs[slot];
-            __atomic_store_n(&t->b[bkt].refs[slot], (uint32_t)ref, __ATOMIC_RELEASE);
-            store_unlive(s, oref, rec_ptr(s, oref));
-        } else {
-            if (t->used + 1 > (uint64_t)(s->p.max_fill * (double)(t->nb * SLOTS))) {
-                int grc = index_grow(s, t->used + t->used / 2 + 1);
-                if (grc == -ENOMEM || (grc && t->used + 1 > t->nb * SLOTS))
-                    return applied ? applied : grc;
-                t = atomic_load_explicit(&s->table, memory_order_relaxed);
-                hkey_make(&k, key, store_hash(s, key), t->nb);
-            }
-            int rc = index_insert(s, t, &k, (uint32_t)ref);
-            if (rc == DHPS_E_FULL) {
-                rc = index_grow(s, t->used + t->used / 2 + 1);
-                if (rc == 0) {
-                    t = atomic_load_explicit(&s->table, memory_order_relaxed);
-                    hkey_make(&k, key, store_hash(s, key), t->nb);
-                    rc = index_insert(s, t, &k, (uint32_t)ref);
+            size_t g = turn - st, e = (g + 1) * WG < b->n ? (g + 1) * WG : b->n;
+            for (size_t k = g * WG; k < e; k++) {
+                hkey ph;
+                hkey_make(&ph, b->keys[k], hh[k & (WR - 1)], pt->nb);
+                const bucket *pb = &pt->b[st == 1 ? ph.b1 : ph.b2];
+                if (st == 2 && hit1[k & (WR - 1)])
+                    continue;
+                uint32_t m = match_tags_writer(pb, ph.tag);
+                if (st == 1)
+                    hit1[k & (WR - 1)] = m;
+                if (m) {
+                    const uint8_t *rec = rec_ptr(s, pb->refs[__builtin_ctz(m)]);
+                    uintptr_t a = (uintptr_t)rec & ~(uintptr_t)63, e2 = (uintptr_t)rec + 22 + b->value_stride;
+                    for (unsigned l = 0; a < e2 && l < 8; a += 64, l++)
+                        __builtin_prefetch((const void *)a, 1);
+                } else if (st == 1) {
+                    __builtin_prefetch(&pt->b[ph.b2], 1);
                 }
             }
-            if (rc)
-                return applied ? applied : rc; /* the appended record stays as garbage */
         }
-        store_live(s, (uint32_t)ref, rec);
-        applied++;
+        if (turn < 3)
+            continue;
+        size_t ag = turn - 3, ae = (ag + 1) * WG < b->n ? (ag + 1) * WG : b->n;
+        for (size_t j = ag * WG; j < ae; j++) {
+            uint64_t key = b->keys[j];
+            uint32_t len = b->lens ? b->lens[j] : (uint32_t)b->value_stride;
+            if (b->lens ? len > b->value_stride || len > DHPS_STORE_MAX_VALUE
+                        : b->value_stride > DHPS_STORE_MAX_VALUE)
+                return applied ? applied : DHPS_E_TOOBIG;
+            uint64_t ver = b->versions ? b->versions[j] : b->version;
+            const uint8_t *val = vbase + j * b->value_stride;
+            index_table *t = atomic_load_explicit(&s->table, memory_order_relaxed);
+            hkey k;
+            hkey_make(&k, key, hh[j & (WR - 1)], t->nb);
+            uint32_t bkt;
+            int slot;
+            bool exists = index_find(s, t, &k, &bkt, &slot) == 0;
+            if (exists) {
+                uint32_t oref = t->b[bkt].refs[slot];
+                uint8_t *orec = rec_ptr(s, oref);
+                uint32_t oseg = seg_of_ref(s, oref);
+                uint16_t elf = rd16(orec + 8);
+                bool expired = (elf & REC_EXP) && rd32(orec + rec_exp_off(elf)) <= now;
+                if (!expired && ver < rec_version(s, orec, oseg)) {
+                    if (stale)
+                        stale[j >> 6] |= 1ull << (j & 63);
+                    s->st.stale_updates++;
+                    continue;
+                }
+                uint16_t olf = rd16(orec + 8);
+                if (s->p.inplace_updates && (olf & REC_LEN_MASK) == len &&
+                    !!(olf & REC_EXP) == (ttl != 0) && (!ttl || exp <= s->segs[oseg].max_exp) &&
+                    version_fits(s, olf, oseg, ver) &&
+                    try_inplace(s, &t->b[bkt], orec, olf, ver, exp, val, len)) {
+                    s->st.inplace_updates++;
+                    applied++;
+                    continue;
+                }
+            }
+            uint16_t lf;
+            uint32_t size;
+            uint64_t gen = s->index_gen;
+            int64_t ref = seg_append(s, cls, false, len, ttl != 0, ver, &lf, &size);
+            if (ref < 0)
+                return applied ? applied : (long)ref;
+            uint8_t *rec = rec_ptr(s, (uint32_t)ref);
+            rec_write_header(s, rec, (uint32_t)ref, key, lf, ver, exp);
+            memcpy(rec + rec_hdr_size(lf), val, len);
+            appended += size;
+            if (s->index_gen != gen) { /* reclamation may have dropped or moved the key */
+                t = atomic_load_explicit(&s->table, memory_order_relaxed);
+                exists = index_find(s, t, &k, &bkt, &slot) == 0;
+            }
+            if (exists) {
+                uint32_t oref = t->b[bkt].refs[slot];
+                __atomic_store_n(&t->b[bkt].refs[slot], (uint32_t)ref, __ATOMIC_RELEASE);
+                store_unlive(s, oref, rec_ptr(s, oref));
+            } else {
+                if (t->used + 1 > (uint64_t)(s->p.max_fill * (double)(t->nb * SLOTS))) {
+                    int grc = index_grow(s, t->used + t->used / 2 + 1);
+                    if (grc == -ENOMEM || (grc && t->used + 1 > t->nb * SLOTS))
+                        return applied ? applied : grc;
+                    t = atomic_load_explicit(&s->table, memory_order_relaxed);
+                    hkey_make(&k, key, store_hash(s, key), t->nb);
+                }
+                int rc = index_insert(s, t, &k, (uint32_t)ref);
+                if (rc == DHPS_E_FULL) {
+                    rc = index_grow(s, t->used + t->used / 2 + 1);
+                    if (rc == 0) {
+                        t = atomic_load_explicit(&s->table, memory_order_relaxed);
+                        hkey_make(&k, key, store_hash(s, key), t->nb);
+                        rc = index_insert(s, t, &k, (uint32_t)ref);
+                    }
+                }
+                if (rc)
+                    return applied ? applied : rc; /* the appended record stays as garbage */
+            }
+            store_live(s, (uint32_t)ref, rec);
+            applied++;
+        }
     }
     if (s->p.auto_maintain)
         maintain_after_put(s, appended);
