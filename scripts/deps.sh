@@ -7,7 +7,7 @@ pkgs=(
   libxxhash-dev libcmocka-dev liburing-dev libssl-dev libyaml-dev libjansson-dev
   libmicrohttpd-dev libibverbs-dev librdmacm-dev ibverbs-providers rdma-core
   libabsl-dev libdpdk-dev
-  redis-server redis-tools memcached
+  redis-server redis-tools memcached libhiredis-dev libmemcached-dev
   iproute2 procps python3
 )
 missing=()
