@@ -8,6 +8,7 @@
 #include <string.h>
 
 int dhps_cmd_sim(int argc, char **argv);
+int dhps_cmd_map(int argc, char **argv);
 
 struct dhps_cmd {
     const char *name;
@@ -17,6 +18,7 @@ struct dhps_cmd {
 
 static const struct dhps_cmd dhps_cmds[] = {
     {"sim", dhps_cmd_sim, "simulate client traffic over a cluster through the router"},
+    {"map", dhps_cmd_map, "check or generate a cluster map file"},
     /* issue 4: up, down, get, put, stats, load, bench */
 };
 

@@ -1,0 +1,165 @@
+/*
+ * dhps cluster map: which nodes exist, where they are, and which nodes hold each
+ * virtual shard. Servers read it to know what they own; clients read it to route.
+ *
+ * Design.
+ *
+ * Shape. A map is a version (u64, bumped by whoever edits it), a shard count (every key
+ *   lives in shard dhps_proto_shard_of(key, nshards)), a replica count R, a node list
+ *   (id, host/pod/az labels, ip:port address, optional metrics port) and, per shard, the
+ *   ordered ids of its R replicas. Everything is explicit: the shard table is data, not
+ *   the output of a hash ring, so an operator can move one shard by editing one line,
+ *   and a client never needs to agree with a server on a placement function.
+ *
+ * File. JSON (Debian's libjansson), format in docs/client.md:
+ *     {"version": 7, "nshards": 1024, "replicas": 3,
+ *      "nodes": [{"id": 0, "host": "h0", "pod": "p0", "az": "a", "addr": "10.0.0.1:7000",
+ *                 "metrics_port": 9100}, ...],
+ *      "shards": [[0, 1, 2], [1, 2, 0], ...]}
+ *   1024 shards x 3 replicas is ~14 KB: parsing it takes well under a millisecond, so a
+ *   client simply re-reads the whole file when its mtime moves and keeps it only if the
+ *   version grew (no diffs, no partial states).
+ *
+ * Validation. A map is loaded whole or not at all. The parser is a pure function over
+ *   a byte buffer (fuzzed: fuzz/cluster) that collects every problem it can find, one
+ *   line each, naming the key, node or shard: missing/ill-typed keys, duplicate node
+ *   ids or addresses, bad addresses, a shards array whose length is not nshards, a
+ *   shard without replicas or with a count other than R, an unknown node id, the same
+ *   node twice in a shard, two replicas of one shard on one host (a host failure must
+ *   never take out two copies).
+ *
+ * Generation (dhps_cluster_map_generate). Greedy, slot by slot: for shard s, replica r,
+ *   the candidate nodes are those on a host not yet used by s whose load is below
+ *   ceil(S*R/N); among them the key is (AZ already used by s, pod already used by s,
+ *   load, primary load, rotation by s) - so replicas spread over AZs, then pods, when
+ *   the labels allow it, and load stays even. A repair pass then moves replicas from the
+ *   most to the least loaded node (keeping hosts distinct) until every node holds within
+ *   +-1 of S*R/N shards. First replicas (the "first healthy" router's preferred target)
+ *   are balanced the same way through the primary-load term.
+ *
+ * Ownership and threads. A dhps_cluster_map is immutable after creation: any number of
+ *   threads may read one at once. Pointers it returns live as long as the map.
+ */
+#ifndef DHPS_CLUSTER_H
+#define DHPS_CLUSTER_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdbool.h>
+
+#include "dhps/error.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct dhps_cluster_map dhps_cluster_map;
+
+#define DHPS_CLUSTER_LABEL_MAX 63      /* host/pod/az bytes, without NUL */
+#define DHPS_CLUSTER_ADDR_MAX 47       /* "ip:port" bytes, without NUL */
+#define DHPS_CLUSTER_MAX_NODE_ID 65535u /* node ids are 0..this */
+#define DHPS_CLUSTER_MAX_SHARDS (1u << 20)
+#define DHPS_CLUSTER_MAX_REPLICAS 16u
+#define DHPS_CLUSTER_MAX_NODES 65536u
+
+typedef struct dhps_cluster_node {
+    uint32_t id;
+    char host[DHPS_CLUSTER_LABEL_MAX + 1];
+    char pod[DHPS_CLUSTER_LABEL_MAX + 1];
+    char az[DHPS_CLUSTER_LABEL_MAX + 1];
+    char addr[DHPS_CLUSTER_ADDR_MAX + 1]; /* "ip:port" as written */
+    char ip[DHPS_CLUSTER_ADDR_MAX + 1];   /* the ip part (filled by the parser/generator) */
+    uint16_t port;                        /* the port part */
+    uint16_t metrics_port;                /* 0 = none */
+} dhps_cluster_node;
+
+/*
+ * Parse a map from buf[0..len) (need not be NUL-terminated). Pure: no I/O, no global
+ * state. On success returns 0 and sets *out (free with dhps_cluster_map_destroy). On
+ * failure returns DHPS_E_MALFORMED (not JSON), DHPS_E_CONFIG (JSON, but not a valid map)
+ * or -ENOMEM, leaves *out NULL, and when err != NULL writes a NUL-terminated list of
+ * problems, one per line ("shard 17: replicas 3 and 5 share host h2"), truncated to
+ * errlen. Thread-safe.
+ */
+int dhps_cluster_map_parse(const void *buf, size_t len, dhps_cluster_map **out, char *err,
+                           size_t errlen);
+
+/* Read the file at path and parse it as above. Adds -errno (open/read failure, named in
+ * err). Thread-safe. */
+int dhps_cluster_map_load(const char *path, dhps_cluster_map **out, char *err, size_t errlen);
+
+/* Free a map. NULL allowed. No other thread may use it any more. */
+void dhps_cluster_map_destroy(dhps_cluster_map *m);
+
+/* Accessors: pure reads, thread-safe. */
+uint64_t dhps_cluster_map_version(const dhps_cluster_map *m);
+uint32_t dhps_cluster_map_nshards(const dhps_cluster_map *m);
+uint32_t dhps_cluster_map_nreplicas(const dhps_cluster_map *m);
+size_t dhps_cluster_map_nnodes(const dhps_cluster_map *m);
+/* Largest node id in the map (0 for a map without nodes). */
+uint32_t dhps_cluster_map_max_node_id(const dhps_cluster_map *m);
+
+/* The i-th node in file order (i < nnodes), or NULL. Valid while the map lives. */
+const dhps_cluster_node *dhps_cluster_map_node_at(const dhps_cluster_map *m, size_t i);
+/* The node with this id, or NULL. O(1). Valid while the map lives. */
+const dhps_cluster_node *dhps_cluster_map_node(const dhps_cluster_map *m, uint32_t id);
+
+/* The shard of a key in this map (dhps_proto_shard_of with the map's nshards). */
+uint32_t dhps_cluster_map_shard_of(const dhps_cluster_map *m, uint64_t key);
+
+/* Replica node ids of shard (in map order, first = preferred). Returns the count (the
+ * map's R) and sets *ids to an array valid while the map lives, or -EINVAL (shard out
+ * of range, NULL argument). */
+int dhps_cluster_map_replicas(const dhps_cluster_map *m, uint32_t shard, const uint32_t **ids);
+
+/* Shards that list node_id among their replicas, ascending. Writes up to cap of them
+ * into out (out may be NULL when cap is 0) and returns the total count (0 for an
+ * unknown node). */
+size_t dhps_cluster_map_shards_of(const dhps_cluster_map *m, uint32_t node_id, uint32_t *out,
+                                  size_t cap);
+
+/* Is node_id a replica of shard? */
+bool dhps_cluster_map_owns(const dhps_cluster_map *m, uint32_t node_id, uint32_t shard);
+
+typedef struct dhps_cluster_gen_params {
+    uint64_t version;   /* version of the new map (default 1) */
+    uint32_t nshards;   /* default 1024 */
+    uint32_t replicas;  /* default 3; must not exceed the number of distinct hosts */
+} dhps_cluster_gen_params;
+
+/* Fill p with the defaults above. */
+void dhps_cluster_gen_params_init(dhps_cluster_gen_params *p);
+
+/*
+ * Generate a balanced map over nodes[0..n) (see the essay: distinct hosts per shard,
+ * spread over AZs and pods when possible, every node within +-1 of the mean shard
+ * count). The node array is copied; ip/port are derived from addr. Returns 0 and sets
+ * *out, or DHPS_E_CONFIG (fewer distinct hosts than replicas, a node list that would
+ * not pass dhps_cluster_map_parse, bad params; described in err), -ENOMEM.
+ * Deterministic: the same input gives the same map. Thread-safe.
+ */
+int dhps_cluster_map_generate(const dhps_cluster_gen_params *p, const dhps_cluster_node *nodes,
+                              size_t n, dhps_cluster_map **out, char *err, size_t errlen);
+
+/*
+ * Parse a node list (a JSON array of node objects, or an object with a "nodes" array;
+ * same keys as in a map) for dhps_cluster_map_generate. Returns 0 and sets *nodes (free
+ * with free()) and *n, or DHPS_E_MALFORMED / DHPS_E_CONFIG / -ENOMEM with err filled.
+ * Thread-safe.
+ */
+int dhps_cluster_nodes_parse(const void *buf, size_t len, dhps_cluster_node **nodes, size_t *n,
+                             char *err, size_t errlen);
+
+/* Serialise the map as JSON (the format parse reads; shards one per line). Returns a
+ * malloc'ed NUL-terminated string (free with free()), or NULL on -ENOMEM. */
+char *dhps_cluster_map_to_json(const dhps_cluster_map *m);
+
+/* Write the map to path atomically: a temporary file in the same directory, fsync,
+ * rename over path. Readers see the old or the new file, never a torn one. Returns 0 or
+ * -errno / -ENOMEM. Thread-safe for distinct paths. */
+int dhps_cluster_map_write(const dhps_cluster_map *m, const char *path);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
