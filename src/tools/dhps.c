@@ -9,6 +9,7 @@
 
 int dhps_cmd_sim(int argc, char **argv);
 int dhps_cmd_map(int argc, char **argv);
+int dhps_cmd_load(int argc, char **argv);
 
 struct dhps_cmd {
     const char *name;
@@ -19,6 +20,7 @@ struct dhps_cmd {
 static const struct dhps_cmd dhps_cmds[] = {
     {"sim", dhps_cmd_sim, "simulate client traffic over a cluster through the router"},
     {"map", dhps_cmd_map, "check or generate a cluster map file"},
+    {"load", dhps_cmd_load, "bulk-load a table from a dhps table file or a .npy array"},
     /* issue 4: up, down, get, put, stats, load, bench */
 };
 

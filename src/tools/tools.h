@@ -1,0 +1,70 @@
+/*
+ * Shared helpers of the dhps service subcommands (load, up, down, get, put, stats,
+ * snapshot, bench). Private to src/tools.
+ */
+#ifndef DHPS_TOOLS_TOOLS_H
+#define DHPS_TOOLS_TOOLS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* A read-only mapping of a whole file. */
+typedef struct tools_file {
+    const uint8_t *data;
+    size_t len;
+} tools_file;
+
+/* Map path read-only (an empty file maps to data NULL, len 0). Returns 0 or -errno;
+ * prints nothing. Unmap with tools_file_unmap (NULL-safe, idempotent). */
+int tools_file_map(const char *path, tools_file *f);
+void tools_file_unmap(tools_file *f);
+
+/* Parse a decimal/hex unsigned number with an optional k/m/g suffix (x1000, not 1024)
+ * into *v; returns false (after printing "dhps <cmd>: bad <what> '<s>'") on error. */
+bool tools_parse_u64(const char *cmd, const char *what, const char *s, uint64_t *v);
+
+/* Monotonic nanoseconds. */
+uint64_t tools_now_ns(void);
+
+/* A progress bar on stderr, drawn only when stderr is a terminal (isatty), at most
+ * ~10 times a second; tools_progress_done ends the line. */
+typedef struct tools_progress {
+    bool tty;
+    const char *label;
+    uint64_t start_ns, last_ns;
+} tools_progress;
+void tools_progress_init(tools_progress *p, const char *label);
+void tools_progress_update(void *p, uint64_t done, uint64_t total);
+void tools_progress_done(tools_progress *p);
+
+/* Latency histogram: log-linear buckets (16 per power of two) of nanoseconds, up to
+ * ~2^40 ns; quantiles within ~4.4 %. Not thread-safe: one per thread, then merge. */
+#define TOOLS_HIST_SUB 16
+#define TOOLS_HIST_BUCKETS (41 * TOOLS_HIST_SUB)
+typedef struct tools_hist {
+    uint64_t n, sum;
+    uint64_t b[TOOLS_HIST_BUCKETS];
+} tools_hist;
+void tools_hist_add(tools_hist *h, uint64_t ns);
+void tools_hist_merge(tools_hist *into, const tools_hist *from);
+/* The q-quantile (0..1) in ns (bucket midpoint), 0 when empty. */
+uint64_t tools_hist_quantile(const tools_hist *h, double q);
+
+/* Zipf(s) sampler over [0, n) by rejection-inversion (Hörmann & Derflinger), O(1) per
+ * sample, any n >= 1, s > 0 (s = 1 allowed). rank 0 is the most popular; callers
+ * scramble ranks into keys. */
+typedef struct tools_zipf {
+    double s, n, h_x1, h_n, hd;
+} tools_zipf;
+void tools_zipf_init(tools_zipf *z, uint64_t n, double s);
+uint64_t tools_zipf_next(const tools_zipf *z, uint64_t *rng);
+
+/* splitmix64 step. */
+uint64_t tools_rand(uint64_t *state);
+
+/* Deterministic sample vector of key k (dim fp32s in [-1, 1)): what `dhps up` loads
+ * and what the tests check lookups against. */
+void tools_sample_row(uint64_t key, uint32_t dim, float *out);
+
+#endif
