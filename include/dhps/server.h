@@ -1,0 +1,157 @@
+/*
+ * dhps server: the parameter-server node. It owns one store (include/dhps/store.h) per
+ * (table, virtual shard) it serves, answers the service protocol (include/dhps/proto.h)
+ * over every rpc transport (include/dhps/rpc.h), snapshots its stores (on demand,
+ * periodically, at shutdown) and reloads them at start, and serves Prometheus metrics
+ * and a health endpoint over HTTP. The `dhps-server` binary is a thin main() around
+ * this API; tests and the local-cluster tool embed it directly.
+ *
+ * Threading. Lookups run on every rpc worker thread, each worker with its own store
+ *   reader per store (lock-free beside the writer). Writes (UPSERT, DELETE) and
+ *   writer-only calls (stats, snapshot) on one store are serialized by a per-store
+ *   mutex held only for one batch or one snapshot; lookups never take it. A snapshot
+ *   thread runs the periodic snapshots; the metrics HTTP server has its own thread.
+ *
+ * Config: a JSON document (docs/server.md has every key); dhps_server_config_parse is
+ *   a pure function over a buffer (fuzzed: fuzz_server_config).
+ *
+ * Snapshots: one file per (table, shard): <snapshot_dir>/<table>.<shard>.snap, written
+ *   by dhps_store_snapshot (temp file, fsync, rename: a crash leaves the last complete
+ *   file). At start every existing file of an owned store is loaded before the server
+ *   reports ready; a damaged file makes start fail with an error naming it (the server
+ *   refuses to come up empty rather than serve, then overwrite, a data set it lost).
+ */
+#ifndef DHPS_SERVER_H
+#define DHPS_SERVER_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdbool.h>
+
+#include "dhps/error.h"
+#include "dhps/proto.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define DHPS_SERVER_MAX_TABLES 64
+#define DHPS_SERVER_MAX_DIM 4096
+#define DHPS_SERVER_MAX_SHARDS 65536
+
+typedef struct dhps_server dhps_server;
+
+typedef struct dhps_server_table_config {
+    char name[DHPS_TABLE_NAME_MAX];  /* 1..47 bytes of [A-Za-z0-9_.-] */
+    uint32_t dim;                    /* 1..4096 elements */
+    int dtype;                       /* DHPS_FP32 or DHPS_FP16 */
+    uint32_t default_ttl;            /* seconds, 0 = never */
+    uint64_t mem_limit;              /* bytes for the whole table on this node, 0 = none;
+                                        split evenly over the owned shards */
+    uint64_t capacity;               /* keys expected on this node (sizes the indexes) */
+} dhps_server_table_config;
+
+/* A parsed, validated config. Strings are owned by the config (freed with it). */
+typedef struct dhps_server_config {
+    char *node_id;                   /* required, non-empty */
+    char *label_host, *label_pod, *label_az;   /* may be NULL */
+    char *listen_host;               /* numeric IPv4 (default "127.0.0.1") */
+    uint16_t tcp_port;               /* 0 = ephemeral */
+    bool shm;                        /* offer shared memory (default true) */
+    bool verbs;                      /* offer RDMA verbs (default false) */
+    uint32_t workers;                /* rpc worker threads 1..64 (default 2) */
+    uint32_t max_msg;                /* rpc max message bytes (default 4 MiB) */
+    uint32_t ntables;
+    dhps_server_table_config tables[DHPS_SERVER_MAX_TABLES];
+    char *snapshot_dir;              /* NULL = no snapshots */
+    uint32_t snapshot_interval_s;    /* 0 = no periodic snapshots */
+    bool snapshot_on_shutdown;       /* default true */
+    char *secret_file;               /* required */
+    bool metrics_enabled;            /* false when "metrics" is absent or port is -1 */
+    char *metrics_host;              /* default "127.0.0.1" */
+    uint16_t metrics_port;           /* 0 = ephemeral */
+    uint32_t nshards;                /* virtual shards of the cluster, 1..65536 */
+    uint8_t *owned;                  /* nshards bytes, 1 = this node serves the shard */
+    char *cluster_map;               /* map path (reserved: the map form is not done) */
+    char *pid_file;                  /* NULL = none */
+    char *port_file;                 /* NULL = none; see dhps_server_start */
+    uint32_t startup_delay_ms;       /* test hook: wait before loading (default 0) */
+} dhps_server_config;
+
+/*
+ * Parse and validate a JSON config from buf[0..len) (need not be NUL-terminated).
+ * Pure: touches no file. Returns 0 and sets *out (free with dhps_server_config_free),
+ * or DHPS_E_CONFIG with a message naming the bad key written to err (errlen bytes,
+ * NUL-terminated; err may be NULL), e.g. "config tables[1].dim: must be 1..4096".
+ * -ENOMEM on allocation failure. Thread-safe.
+ */
+int dhps_server_config_parse(const void *buf, size_t len, dhps_server_config **out,
+                             char *err, size_t errlen);
+
+/* Read path and parse it as dhps_server_config_parse does; a read failure is
+ * DHPS_E_CONFIG with "config <path>: <strerror>". */
+int dhps_server_config_load(const char *path, dhps_server_config **out, char *err,
+                            size_t errlen);
+
+/* Free a config; NULL allowed. */
+void dhps_server_config_free(dhps_server_config *c);
+
+/*
+ * Create a server from cfg (copied; cfg may be freed afterwards): reads the secret
+ * file, creates the stores and the rpc server (its TCP port is bound now). Nothing runs
+ * yet. Returns 0 and sets *out, or DHPS_E_CONFIG (bad secret file: missing, empty or
+ * too long; message in err), -errno (bind, ...), -ENOMEM. A world-readable secret file
+ * is accepted with a warning in the log. Free with dhps_server_destroy.
+ */
+int dhps_server_create(const dhps_server_config *cfg, dhps_server **out, char *err,
+                       size_t errlen);
+
+/*
+ * Start: metrics/health endpoint first (health answers 503), then write the pid file
+ * and the port file ("<rpc port> <metrics port>\n", written to a temp file and renamed,
+ * so a reader never sees half of it), load the snapshots of owned stores, start the rpc
+ * threads and the snapshot thread, and turn health to 200. Returns 0, or a negative
+ * error with a message in err: DHPS_E_CORRUPT / DHPS_E_VERSION / -errno naming the
+ * snapshot file that failed to load, -errno from the HTTP server or threads. On error
+ * the server must still be destroyed. Call once.
+ */
+int dhps_server_start(dhps_server *s, char *err, size_t errlen);
+
+/* The bound rpc TCP port / metrics port (0 when metrics are off). Thread-safe. */
+uint16_t dhps_server_port(const dhps_server *s);
+uint16_t dhps_server_metrics_port(const dhps_server *s);
+
+/* Has start finished loading (health 200)? Thread-safe. */
+bool dhps_server_ready(const dhps_server *s);
+
+/* Snapshot every owned store now (takes each store's writer lock in turn; lookups go
+ * on). Returns the number of stores written, or the first negative error (the other
+ * stores are still attempted). -ENOENT when no snapshot_dir is configured.
+ * Thread-safe. */
+int dhps_server_snapshot(dhps_server *s);
+
+/*
+ * Stop the rpc and metrics threads and the snapshot thread, then (when configured and
+ * the server had started) write the final snapshot; remove the pid file. Returns 0 or
+ * the final snapshot's error. Idempotent; not from an rpc handler.
+ */
+int dhps_server_stop(dhps_server *s);
+
+/* Stop (if running) and free everything. NULL allowed. */
+void dhps_server_destroy(dhps_server *s);
+
+/* ---- fp16 helpers (exported for tests and the client) -------------------------- */
+
+/* Convert n values. Use F16C when the CPU has it (runtime check), else a scalar
+ * path with the same results (round to nearest even, NaN stays NaN, overflow -> inf).
+ * Thread-safe. */
+void dhps_fp16_from_fp32(uint16_t *dst, const float *src, size_t n);
+void dhps_fp16_to_fp32(float *dst, const uint16_t *src, size_t n);
+/* Force the scalar path (true) or the automatic choice (false). Tests only; not
+ * thread-safe against running conversions. Returns whether F16C is available. */
+bool dhps_fp16_force_scalar(bool scalar);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,466 @@
+/* dhps-server config: JSON (libjansson) -> dhps_server_config, validated key by key. */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <arpa/inet.h>
+#include <jansson.h>
+
+#include "dhps/server.h"
+
+typedef struct cfg_ctx {
+    char *err;
+    size_t errlen;
+} cfg_ctx;
+
+__attribute__((format(printf, 2, 3))) static int fail(cfg_ctx *x, const char *fmt, ...)
+{
+    if (x->err && x->errlen) {
+        int k = snprintf(x->err, x->errlen, "config ");
+        va_list ap;
+        va_start(ap, fmt);
+        if (k >= 0 && (size_t)k < x->errlen)
+            vsnprintf(x->err + k, x->errlen - (size_t)k, fmt, ap);
+        va_end(ap);
+    }
+    return DHPS_E_CONFIG;
+}
+
+/* Reject keys of obj not in the NULL-terminated list. */
+static int only_keys(cfg_ctx *x, json_t *obj, const char *path, const char *const *keys)
+{
+    const char *k;
+    json_t *v;
+    json_object_foreach(obj, k, v) {
+        bool ok = false;
+        for (size_t i = 0; keys[i]; i++)
+            if (!strcmp(k, keys[i]))
+                ok = true;
+        if (!ok)
+            return fail(x, "%s%s%s: unknown key", path, *path ? "." : "", k);
+    }
+    return 0;
+}
+
+static int get_str(cfg_ctx *x, json_t *obj, const char *key, const char *path, bool req,
+                   size_t maxlen, char **out)
+{
+    json_t *v = json_object_get(obj, key);
+    if (!v) {
+        if (req)
+            return fail(x, "%s%s%s: required", path, *path ? "." : "", key);
+        return 0;
+    }
+    if (!json_is_string(v))
+        return fail(x, "%s%s%s: must be a string", path, *path ? "." : "", key);
+    size_t n = json_string_length(v);
+    const char *s = json_string_value(v);
+    if (n == 0 || n > maxlen || memchr(s, 0, n))
+        return fail(x, "%s%s%s: must be a string of 1..%zu bytes without NUL", path,
+                    *path ? "." : "", key, maxlen);
+    free(*out);
+    if (!(*out = strdup(s)))
+        return -ENOMEM;
+    return 0;
+}
+
+static int get_uint(cfg_ctx *x, json_t *obj, const char *key, const char *path,
+                    uint64_t lo, uint64_t hi, uint64_t *out, bool *present)
+{
+    json_t *v = json_object_get(obj, key);
+    if (present)
+        *present = v != NULL;
+    if (!v)
+        return 0;
+    if (!json_is_integer(v) || json_integer_value(v) < 0 ||
+        (uint64_t)json_integer_value(v) < lo || (uint64_t)json_integer_value(v) > hi)
+        return fail(x, "%s%s%s: must be %llu..%llu", path, *path ? "." : "", key,
+                    (unsigned long long)lo, (unsigned long long)hi);
+    *out = (uint64_t)json_integer_value(v);
+    return 0;
+}
+
+static int get_bool(cfg_ctx *x, json_t *obj, const char *key, const char *path, bool *out)
+{
+    json_t *v = json_object_get(obj, key);
+    if (!v)
+        return 0;
+    if (!json_is_boolean(v))
+        return fail(x, "%s%s%s: must be true or false", path, *path ? "." : "", key);
+    *out = json_is_true(v);
+    return 0;
+}
+
+static int need_object(cfg_ctx *x, json_t *v, const char *path)
+{
+    return json_is_object(v) ? 0 : fail(x, "%s: must be an object", path);
+}
+
+static bool valid_ipv4(const char *s)
+{
+    struct in_addr a;
+    return inet_pton(AF_INET, s, &a) == 1;
+}
+
+static bool valid_name(const char *s)
+{
+    for (; *s; s++)
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') ||
+              (*s >= '0' && *s <= '9') || *s == '_' || *s == '-' || *s == '.'))
+            return false;
+    return true;
+}
+
+static int parse_table(cfg_ctx *x, json_t *t, size_t i, dhps_server_table_config *tc)
+{
+    static const char *const keys[] = {"name", "dim", "dtype", "default_ttl", "mem_limit",
+                                       "capacity", NULL};
+    char path[32];
+    snprintf(path, sizeof path, "tables[%zu]", i);
+    int rc;
+    if ((rc = need_object(x, t, path)) || (rc = only_keys(x, t, path, keys)))
+        return rc;
+    char *name = NULL, *dtype = NULL;
+    uint64_t v;
+    if ((rc = get_str(x, t, "name", path, true, DHPS_TABLE_NAME_MAX - 1, &name)))
+        goto out;
+    if (!valid_name(name)) {
+        rc = fail(x, "%s.name: only letters, digits, '_', '-' and '.' allowed", path);
+        goto out;
+    }
+    strcpy(tc->name, name);
+    bool have = false;
+    if ((rc = get_uint(x, t, "dim", path, 1, DHPS_SERVER_MAX_DIM, &v, &have)))
+        goto out;
+    if (!have) {
+        rc = fail(x, "%s.dim: required (1..%u)", path, DHPS_SERVER_MAX_DIM);
+        goto out;
+    }
+    tc->dim = (uint32_t)v;
+    tc->dtype = DHPS_FP32;
+    if ((rc = get_str(x, t, "dtype", path, false, 16, &dtype)))
+        goto out;
+    if (dtype) {
+        if (!strcmp(dtype, "fp32")) {
+            tc->dtype = DHPS_FP32;
+        } else if (!strcmp(dtype, "fp16")) {
+            tc->dtype = DHPS_FP16;
+        } else {
+            rc = fail(x, "%s.dtype: must be \"fp32\" or \"fp16\"", path);
+            goto out;
+        }
+    }
+    v = 0;
+    if ((rc = get_uint(x, t, "default_ttl", path, 0, 4194303, &v, NULL)))
+        goto out;
+    tc->default_ttl = (uint32_t)v;
+    v = 0;
+    if ((rc = get_uint(x, t, "mem_limit", path, 0, UINT64_MAX >> 1, &v, NULL)))
+        goto out;
+    tc->mem_limit = v;
+    v = 65536;
+    if ((rc = get_uint(x, t, "capacity", path, 1, 1ull << 36, &v, NULL)))
+        goto out;
+    tc->capacity = v;
+out:
+    free(name);
+    free(dtype);
+    return rc;
+}
+
+static int parse_shards(cfg_ctx *x, json_t *sh, dhps_server_config *c)
+{
+    static const char *const keys[] = {"nshards", "own", "cluster_map", NULL};
+    int rc;
+    if ((rc = need_object(x, sh, "shards")) || (rc = only_keys(x, sh, "shards", keys)))
+        return rc;
+    if ((rc = get_str(x, sh, "cluster_map", "shards", false, 4096, &c->cluster_map)))
+        return rc;
+    if (c->cluster_map)
+        return fail(x, "shards.cluster_map: the cluster map form is not supported yet; "
+                       "use nshards + own");
+    uint64_t v = 0;
+    bool have = false;
+    if ((rc = get_uint(x, sh, "nshards", "shards", 1, DHPS_SERVER_MAX_SHARDS, &v, &have)))
+        return rc;
+    if (!have)
+        return fail(x, "shards.nshards: required (1..%u)", DHPS_SERVER_MAX_SHARDS);
+    c->nshards = (uint32_t)v;
+    if (!(c->owned = calloc(c->nshards, 1)))
+        return -ENOMEM;
+    json_t *own = json_object_get(sh, "own");
+    if (!own)
+        return fail(x, "shards.own: required (\"all\" or a list of shard ids)");
+    if (json_is_string(own)) {
+        if (strcmp(json_string_value(own), "all"))
+            return fail(x, "shards.own: must be \"all\" or a list of shard ids");
+        memset(c->owned, 1, c->nshards);
+        return 0;
+    }
+    if (!json_is_array(own) || json_array_size(own) == 0)
+        return fail(x, "shards.own: must be \"all\" or a non-empty list of shard ids");
+    size_t i;
+    json_t *e;
+    json_array_foreach(own, i, e) {
+        if (!json_is_integer(e) || json_integer_value(e) < 0 ||
+            json_integer_value(e) >= (json_int_t)c->nshards)
+            return fail(x, "shards.own[%zu]: must be 0..%u", i, c->nshards - 1);
+        if (c->owned[json_integer_value(e)])
+            return fail(x, "shards.own[%zu]: shard %lld listed twice", i,
+                        (long long)json_integer_value(e));
+        c->owned[json_integer_value(e)] = 1;
+    }
+    return 0;
+}
+
+static int parse_root(cfg_ctx *x, json_t *root, dhps_server_config *c)
+{
+    static const char *const keys[] = {"node_id", "labels", "listen", "tables", "snapshot",
+                                       "secret_file", "metrics", "shards", "pid_file",
+                                       "port_file", "startup_delay_ms", NULL};
+    int rc;
+    if (!json_is_object(root))
+        return fail(x, "top level: must be an object");
+    if ((rc = only_keys(x, root, "", keys)))
+        return rc;
+    if ((rc = get_str(x, root, "node_id", "", true, 255, &c->node_id)))
+        return rc;
+
+    json_t *l = json_object_get(root, "labels");
+    if (l) {
+        static const char *const lk[] = {"host", "pod", "az", NULL};
+        if ((rc = need_object(x, l, "labels")) || (rc = only_keys(x, l, "labels", lk)) ||
+            (rc = get_str(x, l, "host", "labels", false, 255, &c->label_host)) ||
+            (rc = get_str(x, l, "pod", "labels", false, 255, &c->label_pod)) ||
+            (rc = get_str(x, l, "az", "labels", false, 255, &c->label_az)))
+            return rc;
+    }
+
+    uint64_t v;
+    json_t *li = json_object_get(root, "listen");
+    if (li) {
+        static const char *const lk[] = {"host", "tcp_port", "shm", "verbs", "workers",
+                                         "max_msg", NULL};
+        if ((rc = need_object(x, li, "listen")) || (rc = only_keys(x, li, "listen", lk)) ||
+            (rc = get_str(x, li, "host", "listen", false, 63, &c->listen_host)))
+            return rc;
+        if (c->listen_host && !valid_ipv4(c->listen_host))
+            return fail(x, "listen.host: must be a numeric IPv4 address");
+        v = 0;
+        if ((rc = get_uint(x, li, "tcp_port", "listen", 0, 65535, &v, NULL)))
+            return rc;
+        c->tcp_port = (uint16_t)v;
+        v = c->workers;
+        if ((rc = get_uint(x, li, "workers", "listen", 1, 64, &v, NULL)))
+            return rc;
+        c->workers = (uint32_t)v;
+        v = c->max_msg;
+        if ((rc = get_uint(x, li, "max_msg", "listen", 4096, 16u << 20, &v, NULL)))
+            return rc;
+        c->max_msg = (uint32_t)v;
+        if ((rc = get_bool(x, li, "shm", "listen", &c->shm)) ||
+            (rc = get_bool(x, li, "verbs", "listen", &c->verbs)))
+            return rc;
+    }
+    if (!c->listen_host && !(c->listen_host = strdup("127.0.0.1")))
+        return -ENOMEM;
+
+    json_t *ts = json_object_get(root, "tables");
+    if (!ts)
+        return fail(x, "tables: required (a non-empty list)");
+    if (!json_is_array(ts) || json_array_size(ts) == 0 ||
+        json_array_size(ts) > DHPS_SERVER_MAX_TABLES)
+        return fail(x, "tables: must be a list of 1..%d tables", DHPS_SERVER_MAX_TABLES);
+    size_t i;
+    json_t *t;
+    json_array_foreach(ts, i, t) {
+        if ((rc = parse_table(x, t, i, &c->tables[i])))
+            return rc;
+        for (size_t j = 0; j < i; j++)
+            if (!strcmp(c->tables[j].name, c->tables[i].name))
+                return fail(x, "tables[%zu].name: \"%s\" already used by tables[%zu]", i,
+                            c->tables[i].name, j);
+        c->ntables = (uint32_t)i + 1;
+    }
+
+    json_t *sn = json_object_get(root, "snapshot");
+    if (sn) {
+        static const char *const sk[] = {"dir", "interval_s", "on_shutdown", NULL};
+        if ((rc = need_object(x, sn, "snapshot")) ||
+            (rc = only_keys(x, sn, "snapshot", sk)) ||
+            (rc = get_str(x, sn, "dir", "snapshot", true, 4000, &c->snapshot_dir)) ||
+            (rc = get_bool(x, sn, "on_shutdown", "snapshot", &c->snapshot_on_shutdown)))
+            return rc;
+        v = 0;
+        if ((rc = get_uint(x, sn, "interval_s", "snapshot", 0, 86400 * 7, &v, NULL)))
+            return rc;
+        c->snapshot_interval_s = (uint32_t)v;
+    }
+
+    if ((rc = get_str(x, root, "secret_file", "", true, 4000, &c->secret_file)))
+        return rc;
+
+    json_t *m = json_object_get(root, "metrics");
+    if (m) {
+        static const char *const mk[] = {"host", "port", NULL};
+        if ((rc = need_object(x, m, "metrics")) || (rc = only_keys(x, m, "metrics", mk)) ||
+            (rc = get_str(x, m, "host", "metrics", false, 63, &c->metrics_host)))
+            return rc;
+        if (c->metrics_host && !valid_ipv4(c->metrics_host))
+            return fail(x, "metrics.host: must be a numeric IPv4 address");
+        json_t *p = json_object_get(m, "port");
+        if (p && json_is_integer(p) && json_integer_value(p) == -1) {
+            c->metrics_enabled = false;
+        } else {
+            v = 0;
+            if ((rc = get_uint(x, m, "port", "metrics", 0, 65535, &v, NULL)))
+                return fail(x, "metrics.port: must be 0..65535, or -1 for no metrics");
+            c->metrics_port = (uint16_t)v;
+            c->metrics_enabled = true;
+        }
+    }
+    if (!c->metrics_host && !(c->metrics_host = strdup("127.0.0.1")))
+        return -ENOMEM;
+
+    json_t *sh = json_object_get(root, "shards");
+    if (!sh)
+        return fail(x, "shards: required ({\"nshards\": N, \"own\": \"all\" | [ids]})");
+    if ((rc = parse_shards(x, sh, c)))
+        return rc;
+
+    if ((rc = get_str(x, root, "pid_file", "", false, 4000, &c->pid_file)) ||
+        (rc = get_str(x, root, "port_file", "", false, 4000, &c->port_file)))
+        return rc;
+    v = 0;
+    if ((rc = get_uint(x, root, "startup_delay_ms", "", 0, 60000, &v, NULL)))
+        return rc;
+    c->startup_delay_ms = (uint32_t)v;
+    return 0;
+}
+
+int dhps_server_config_parse(const void *buf, size_t len, dhps_server_config **out,
+                             char *err, size_t errlen)
+{
+    cfg_ctx x = {err, errlen};
+    if (err && errlen)
+        err[0] = 0;
+    *out = NULL;
+    dhps_server_config *c = calloc(1, sizeof *c);
+    if (!c)
+        return -ENOMEM;
+    c->shm = true;
+    c->workers = 2;
+    c->max_msg = 4u << 20;
+    c->snapshot_on_shutdown = true;
+    json_error_t je;
+    json_t *root = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &je);
+    int rc;
+    if (!root) {
+        rc = fail(&x, "line %d column %d: %s", je.line, je.column, je.text);
+        goto fail;
+    }
+    rc = parse_root(&x, root, c);
+    json_decref(root);
+    if (rc)
+        goto fail;
+    *out = c;
+    return 0;
+fail:
+    dhps_server_config_free(c);
+    return rc;
+}
+
+int dhps_server_config_load(const char *path, dhps_server_config **out, char *err,
+                            size_t errlen)
+{
+    *out = NULL;
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        int e = errno;
+        if (err && errlen)
+            snprintf(err, errlen, "config %s: %s", path, strerror(e));
+        return DHPS_E_CONFIG;
+    }
+    char *buf = NULL;
+    size_t len = 0, cap = 0;
+    int rc = 0;
+    for (;;) {
+        if (len == cap) {
+            cap = cap ? cap * 2 : 4096;
+            char *nb = cap > (16u << 20) ? NULL : realloc(buf, cap);
+            if (!nb) {
+                if (err && errlen)
+                    snprintf(err, errlen, "config %s: too large or out of memory", path);
+                rc = DHPS_E_CONFIG;
+                goto out;
+            }
+            buf = nb;
+        }
+        size_t k = fread(buf + len, 1, cap - len, f);
+        len += k;
+        if (k == 0)
+            break;
+    }
+    if (ferror(f)) {
+        if (err && errlen)
+            snprintf(err, errlen, "config %s: read error", path);
+        rc = DHPS_E_CONFIG;
+        goto out;
+    }
+    rc = dhps_server_config_parse(buf, len, out, err, errlen);
+out:
+    free(buf);
+    fclose(f);
+    return rc;
+}
+
+void dhps_server_config_free(dhps_server_config *c)
+{
+    if (!c)
+        return;
+    free(c->node_id);
+    free(c->label_host);
+    free(c->label_pod);
+    free(c->label_az);
+    free(c->listen_host);
+    free(c->snapshot_dir);
+    free(c->secret_file);
+    free(c->metrics_host);
+    free(c->owned);
+    free(c->cluster_map);
+    free(c->pid_file);
+    free(c->port_file);
+    free(c);
+}
+
+/* Deep copy (private: srv_int.h). Returns NULL on allocation failure. */
+dhps_server_config *srv_config_dup(const dhps_server_config *c)
+{
+    dhps_server_config *d = malloc(sizeof *d);
+    if (!d)
+        return NULL;
+    *d = *c;
+    char **strs[] = {&d->node_id, &d->label_host, &d->label_pod, &d->label_az,
+                     &d->listen_host, &d->snapshot_dir, &d->secret_file, &d->metrics_host,
+                     &d->cluster_map, &d->pid_file, &d->port_file};
+    const char *src[] = {c->node_id, c->label_host, c->label_pod, c->label_az,
+                         c->listen_host, c->snapshot_dir, c->secret_file, c->metrics_host,
+                         c->cluster_map, c->pid_file, c->port_file};
+    bool ok = true;
+    for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++)
+        *strs[i] = NULL;
+    for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++)
+        if (src[i] && !(*strs[i] = strdup(src[i])))
+            ok = false;
+    d->owned = NULL;
+    if (c->owned && (d->owned = malloc(c->nshards)))
+        memcpy(d->owned, c->owned, c->nshards);
+    else if (c->owned)
+        ok = false;
+    if (!ok) {
+        dhps_server_config_free(d);
+        return NULL;
+    }
+    return d;
+}
