@@ -1,0 +1,389 @@
+/* Real dhps-server processes on 127.0.0.1 (ephemeral ports read from the port file),
+ * driven with raw rpc + proto.h: restart keeps acknowledged data (SIGTERM, kill -9
+ * after an on-demand snapshot, kill -9 in the middle of a snapshot loop), a corrupt
+ * snapshot is refused with the file named, bad configs exit 2, a wrong secret is
+ * refused, health goes 503 -> 200, pid file. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "srv_test.h"
+
+#define NSH 4
+#define D 8
+
+typedef struct proc {
+    pid_t pid;
+    uint16_t port, mport;
+} proc;
+
+static void cfg_file(const char *dir, const char *extra, char *path, size_t len)
+{
+    char text[2048];
+    t_config(dir, text, sizeof text, NSH, "\"all\"", extra);
+    snprintf(path, len, "%s/server.json", dir);
+    t_write(path, text, 0600);
+}
+
+static pid_t spawn(const char *dir, const char *flag, const char *cfg)
+{
+    char log[600];
+    snprintf(log, sizeof log, "%s/stderr.log", dir);
+    pid_t pid = fork();
+    if (pid == 0) {
+        int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        dup2(fd, 2);
+        int nul = open("/dev/null", O_WRONLY);
+        dup2(nul, 1);
+        execl(DHPS_SERVER_BIN, "dhps-server", flag, cfg, (char *)NULL);
+        _exit(127);
+    }
+    return pid;
+}
+
+/* Exit status of a child, waiting up to ms; -1 on timeout (child killed). */
+static int wait_exit(pid_t pid, unsigned ms)
+{
+    uint64_t end = t_now_ms() + ms;
+    int st;
+    while (t_now_ms() < end) {
+        pid_t r = waitpid(pid, &st, WNOHANG);
+        if (r == pid)
+            return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+        t_sleep_ms(20);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, &st, 0);
+    return -1;
+}
+
+static char *slurp(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return strdup("");
+    char *buf = calloc(1, 1 << 16);
+    size_t n = fread(buf, 1, (1 << 16) - 1, f);
+    buf[n] = 0;
+    fclose(f);
+    return buf;
+}
+
+/* Start a server and wait for its port file and readiness (health 200). */
+static int start(const char *dir, const char *cfg, proc *p, bool wait_ready)
+{
+    char pf[600];
+    snprintf(pf, sizeof pf, "%s/ports", dir);
+    unlink(pf);
+    p->pid = spawn(dir, "--config", cfg);
+    uint64_t end = t_now_ms() + 15000;
+    while (t_now_ms() < end) {
+        FILE *f = fopen(pf, "r");
+        unsigned a = 0, b = 0;
+        if (f) {
+            int k = fscanf(f, "%u %u", &a, &b);
+            fclose(f);
+            if (k == 2) {
+                p->port = (uint16_t)a;
+                p->mport = (uint16_t)b;
+                break;
+            }
+        }
+        if (waitpid(p->pid, NULL, WNOHANG) == p->pid)
+            return -1;
+        t_sleep_ms(10);
+    }
+    if (!p->port)
+        return -1;
+    while (wait_ready && t_now_ms() < end) {
+        char *body;
+        int code = t_http_get(p->mport, "/health", &body);
+        free(body);
+        if (code == 200)
+            return 0;
+        if (waitpid(p->pid, NULL, WNOHANG) == p->pid)
+            return -1;
+        t_sleep_ms(10);
+    }
+    return wait_ready ? -1 : 0;
+}
+
+static void fill_row(float *row, uint64_t key, uint64_t ver)
+{
+    for (int j = 0; j < D; j++)
+        row[j] = (float)(key % 4096) + (float)j * 0.5f + (float)ver;
+}
+
+/* Upsert keys [k0, k1) with version ver, split by shard. */
+static int put_range(t_conn *tc, uint64_t k0, uint64_t k1, uint64_t ver)
+{
+    uint32_t n = (uint32_t)(k1 - k0);
+    uint64_t *keys = malloc(n * 8);
+    float *rows = malloc((size_t)n * D * 4);
+    int rc = 0;
+    for (uint32_t sh = 0; sh < NSH && !rc; sh++) {
+        uint32_t m = 0;
+        for (uint64_t k = k0; k < k1; k++)
+            if (dhps_proto_shard_of(k, NSH) == sh) {
+                keys[m] = k;
+                fill_row(rows + (size_t)m * D, k, ver);
+                m++;
+            }
+        if (m)
+            rc = t_upsert(tc, "emb", sh, keys, m, rows, D * 4, 0, ver, NULL);
+    }
+    free(keys);
+    free(rows);
+    return rc;
+}
+
+/* Check keys [k0, k1) are present with version ver's rows. */
+static void check_range(t_conn *tc, uint64_t k0, uint64_t k1, uint64_t ver)
+{
+    uint32_t n = (uint32_t)(k1 - k0);
+    uint64_t *keys = malloc(n * 8), *found = calloc((n + 63) / 64, 8);
+    float *rows = malloc((size_t)n * D * 4), want[D];
+    for (uint32_t sh = 0; sh < NSH; sh++) {
+        uint32_t m = 0;
+        for (uint64_t k = k0; k < k1; k++)
+            if (dhps_proto_shard_of(k, NSH) == sh)
+                keys[m++] = k;
+        if (!m)
+            continue;
+        assert_int_equal(t_lookup(tc, "emb", sh, keys, m, 0, rows, found, NULL), 0);
+        for (uint32_t i = 0; i < m; i++) {
+            if (!(found[i / 64] >> (i % 64) & 1))
+                fail_msg("key %llu (shard %u) missing after restart",
+                         (unsigned long long)keys[i], sh);
+            fill_row(want, keys[i], ver);
+            assert_memory_equal(rows + (size_t)i * D, want, sizeof want);
+        }
+    }
+    free(keys);
+    free(found);
+    free(rows);
+}
+
+static void test_sigterm_restart(void **st)
+{
+    char *dir = t_mkdtemp(), cfg[600], pidf[600], extra[700];
+    snprintf(pidf, sizeof pidf, "%s/server.pid", dir);
+    snprintf(extra, sizeof extra, "\"pid_file\":\"%s\"", pidf);
+    cfg_file(dir, extra, cfg, sizeof cfg);
+    proc p;
+    assert_int_equal(start(dir, cfg, &p, true), 0);
+    char *pidtext = slurp(pidf);
+    assert_int_equal(atoi(pidtext), p.pid);
+    free(pidtext);
+    t_conn tc;
+    assert_int_equal(t_connect(&tc, p.port, T_SECRET), 0);
+    assert_int_equal(put_range(&tc, 1, 3001, 1), 0);
+    assert_int_equal(put_range(&tc, 1, 1001, 2), 0); /* overwrite some */
+    t_close(&tc);
+    kill(p.pid, SIGTERM);
+    assert_int_equal(wait_exit(p.pid, 20000), 0);
+    assert_int_not_equal(access(pidf, F_OK), 0); /* pid file removed */
+
+    assert_int_equal(start(dir, cfg, &p, true), 0);
+    assert_int_equal(t_connect(&tc, p.port, T_SECRET), 0);
+    check_range(&tc, 1, 1001, 2);
+    check_range(&tc, 1001, 3001, 1);
+    /* a wrong secret is refused; the server keeps serving */
+    t_conn bad;
+    assert_int_equal(t_connect(&bad, p.port, "not-the-secret"), DHPS_E_AUTH);
+    check_range(&tc, 1, 101, 2);
+    t_close(&tc);
+    kill(p.pid, SIGTERM);
+    assert_int_equal(wait_exit(p.pid, 20000), 0);
+
+    /* corrupt one snapshot: the server refuses to start and names the file */
+    char snap[600];
+    snprintf(snap, sizeof snap, "%s/snap/emb.2.snap", dir);
+    int fd = open(snap, O_RDWR);
+    assert_true(fd >= 0);
+    struct stat sb;
+    fstat(fd, &sb);
+    char junk[16];
+    memset(junk, 0x5A, sizeof junk);
+    assert_int_equal(pwrite(fd, junk, sizeof junk, sb.st_size / 2), (ssize_t)sizeof junk);
+    close(fd);
+    p.pid = spawn(dir, "--config", cfg);
+    assert_int_equal(wait_exit(p.pid, 20000), 1);
+    char logp[600];
+    snprintf(logp, sizeof logp, "%s/stderr.log", dir);
+    char *log = slurp(logp);
+    if (!strstr(log, snap) || !strstr(log, "refusing to start"))
+        fail_msg("stderr does not name the corrupt snapshot: %s", log);
+    free(log);
+    t_rmdir(dir);
+}
+
+static void test_kill9_after_snapshot(void **st)
+{
+    char *dir = t_mkdtemp(), cfg[600];
+    cfg_file(dir, "", cfg, sizeof cfg);
+    proc p;
+    assert_int_equal(start(dir, cfg, &p, true), 0);
+    t_conn tc;
+    assert_int_equal(t_connect(&tc, p.port, T_SECRET), 0);
+    assert_int_equal(put_range(&tc, 1, 2001, 1), 0);
+    uint32_t count = 0;
+    assert_int_equal(t_simple(&tc, DHPS_M_SNAPSHOT, "", NULL, 0, &count), 0);
+    assert_int_equal(count, 2 * NSH);
+    assert_int_equal(put_range(&tc, 5001, 6001, 1), 0); /* after the snapshot: may be lost */
+    t_close(&tc);
+    kill(p.pid, SIGKILL);
+    waitpid(p.pid, NULL, 0);
+    assert_int_equal(start(dir, cfg, &p, true), 0);
+    assert_int_equal(t_connect(&tc, p.port, T_SECRET), 0);
+    check_range(&tc, 1, 2001, 1);
+    t_close(&tc);
+    kill(p.pid, SIGTERM);
+    assert_int_equal(wait_exit(p.pid, 20000), 0);
+    t_rmdir(dir);
+}
+
+/* A writer thread loops: upsert a batch, on-demand snapshot; the batches acked before
+ * the last snapshot that completed must survive a kill -9 at a random moment. */
+typedef struct loop_arg {
+    uint16_t port;
+    long last_safe; /* atomic: batches [0, last_safe] are in a completed snapshot */
+} loop_arg;
+
+#define BATCH 500
+
+static void *loop_main(void *p)
+{
+    loop_arg *a = p;
+    t_conn tc;
+    if (t_connect(&tc, a->port, T_SECRET))
+        return NULL;
+    for (long b = 0; b < 100000; b++) {
+        if (put_range(&tc, (uint64_t)b * BATCH + 1, (uint64_t)(b + 1) * BATCH + 1, 1))
+            break;
+        if (t_simple(&tc, DHPS_M_SNAPSHOT, "", NULL, 0, NULL))
+            break;
+        __atomic_store_n(&a->last_safe, b, __ATOMIC_RELEASE);
+    }
+    t_close(&tc);
+    return NULL;
+}
+
+static void test_kill9_during_snapshots(void **st)
+{
+    char *dir = t_mkdtemp(), cfg[600];
+    cfg_file(dir, "", cfg, sizeof cfg);
+    /* periodic snapshots too, every second */
+    char text[2048];
+    t_config(dir, text, sizeof text, NSH, "\"all\"", "");
+    char *sn = strstr(text, "\"snapshot\":{");
+    assert_non_null(sn);
+    char fixed[2200];
+    snprintf(fixed, sizeof fixed, "%.*s\"snapshot\":{\"interval_s\":1,%s", (int)(sn - text),
+             text, sn + strlen("\"snapshot\":{"));
+    t_write(cfg, fixed, 0600);
+    for (int round = 0; round < 3; round++) {
+        proc p;
+        assert_int_equal(start(dir, cfg, &p, true), 0);
+        loop_arg a = {.port = p.port, .last_safe = -1};
+        pthread_t th;
+        pthread_create(&th, NULL, loop_main, &a);
+        t_sleep_ms(400 + (unsigned)(rand() % 700));
+        kill(p.pid, SIGKILL);
+        waitpid(p.pid, NULL, 0);
+        pthread_join(th, NULL);
+        long safe = __atomic_load_n(&a.last_safe, __ATOMIC_ACQUIRE);
+        assert_true(safe >= 0);
+        printf("round %d: %ld batches of %d keys acknowledged before the last snapshot\n", round, safe + 1, BATCH);
+        assert_int_equal(start(dir, cfg, &p, true), 0);
+        t_conn tc;
+        assert_int_equal(t_connect(&tc, p.port, T_SECRET), 0);
+        check_range(&tc, 1, (uint64_t)(safe + 1) * BATCH + 1, 1);
+        t_close(&tc);
+        kill(p.pid, SIGKILL); /* next round starts from what the snapshots hold */
+        waitpid(p.pid, NULL, 0);
+    }
+    t_rmdir(dir);
+}
+
+static void test_health_503_then_200(void **st)
+{
+    char *dir = t_mkdtemp(), cfg[600];
+    cfg_file(dir, "\"startup_delay_ms\":1500", cfg, sizeof cfg);
+    proc p;
+    assert_int_equal(start(dir, cfg, &p, false), 0);
+    char *body;
+    int code = t_http_get(p.mport, "/health", &body);
+    assert_int_equal(code, 503);
+    assert_non_null(strstr(body, "loading"));
+    free(body);
+    uint64_t end = t_now_ms() + 10000;
+    while ((code = t_http_get(p.mport, "/health", &body)) != 200 && t_now_ms() < end) {
+        free(body);
+        t_sleep_ms(20);
+    }
+    free(body);
+    assert_int_equal(code, 200);
+    assert_int_equal(t_http_get(p.mport, "/metrics", &body), 200);
+    assert_non_null(strstr(body, "dhps_ready 1"));
+    free(body);
+    kill(p.pid, SIGTERM);
+    assert_int_equal(wait_exit(p.pid, 20000), 0);
+    t_rmdir(dir);
+}
+
+static void test_bad_configs_exit_2(void **st)
+{
+    char *dir = t_mkdtemp(), cfg[600], logp[600];
+    snprintf(cfg, sizeof cfg, "%s/bad.json", dir);
+    snprintf(logp, sizeof logp, "%s/stderr.log", dir);
+    static const struct {
+        const char *json, *want;
+    } cases[] = {
+        {"{\"node_id\":\"n\",\"tables\":[{\"name\":\"a\",\"dim\":4},{\"name\":\"b\",\"dim\":0}],"
+         "\"secret_file\":\"/s\",\"shards\":{\"nshards\":2,\"own\":\"all\"}}",
+         "config tables[1].dim: must be 1..4096"},
+        {"{\"node_id\":\"n\",", "config line"},
+        {"{\"node_id\":\"n\",\"tables\":[{\"name\":\"a\",\"dim\":4}],\"secret_file\":\"/s\","
+         "\"shards\":{\"nshards\":2,\"own\":[3]}}", "shards.own[0]: must be 0..1"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        t_write(cfg, cases[i].json, 0600);
+        for (int mode = 0; mode < 2; mode++) {
+            pid_t pid = spawn(dir, mode ? "--config" : "--check-config", cfg);
+            assert_int_equal(wait_exit(pid, 10000), 2);
+            char *log = slurp(logp);
+            if (!strstr(log, cases[i].want))
+                fail_msg("case %zu: stderr \"%s\" lacks \"%s\"", i, log, cases[i].want);
+            free(log);
+        }
+    }
+    /* a good config passes --check-config; a missing secret file fails at start */
+    char good[600];
+    cfg_file(dir, "", good, sizeof good);
+    assert_int_equal(wait_exit(spawn(dir, "--check-config", good), 10000), 0);
+    char sec[600];
+    snprintf(sec, sizeof sec, "%s/secret", dir);
+    unlink(sec);
+    assert_int_equal(wait_exit(spawn(dir, "--config", good), 10000), 2);
+    char *log = slurp(logp);
+    assert_non_null(strstr(log, "secret_file"));
+    free(log);
+    t_rmdir(dir);
+}
+
+int main(void)
+{
+    signal(SIGPIPE, SIG_IGN);
+    srand((unsigned)time(NULL));
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_bad_configs_exit_2),
+        cmocka_unit_test(test_health_503_then_200),
+        cmocka_unit_test(test_sigterm_restart),
+        cmocka_unit_test(test_kill9_after_snapshot),
+        cmocka_unit_test(test_kill9_during_snapshots),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
