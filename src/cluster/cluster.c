@@ -129,7 +129,9 @@ static int parse_node(json_t *o, size_t i, dhps_cluster_node *nd, struct errbuf 
         json_t *v = json_object_get(o, keys[k]);
         if (!v && k > 0)
             continue; /* pod and az are optional (empty = unknown) */
-        if (!json_is_string(v) || json_string_length(v) == 0 ||
+        /* host must be non-empty; pod and az may be "" (unknown) */
+        if (!json_is_string(v) || (k == 0 && json_string_length(v) == 0) ||
+            strlen(json_string_value(v)) != json_string_length(v) ||
             copy_label(json_string_value(v), dst[k]) < 0) {
             eb_add(e, "node %u: key \"%s\" missing, empty, not a string or longer than %d bytes",
                    nd->id, keys[k], DHPS_CLUSTER_LABEL_MAX);
@@ -137,7 +139,8 @@ static int parse_node(json_t *o, size_t i, dhps_cluster_node *nd, struct errbuf 
         }
     }
     json_t *addr = json_object_get(o, "addr");
-    if (!json_is_string(addr) || json_string_length(addr) > DHPS_CLUSTER_ADDR_MAX) {
+    if (!json_is_string(addr) || json_string_length(addr) > DHPS_CLUSTER_ADDR_MAX ||
+        strlen(json_string_value(addr)) != json_string_length(addr)) {
         eb_add(e, "node %u: key \"addr\" missing or not a string \"ip:port\"", nd->id);
         bad = 1;
     } else {

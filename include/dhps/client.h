@@ -1,0 +1,284 @@
+/*
+ * dhps client: batched embedding lookups and updates against a dhps cluster, for many
+ * inference threads at once.
+ *
+ * Design (reference, semantics and test record in docs/client.md):
+ *
+ * Map. The client is created from a cluster map file (include/dhps/cluster.h). It keeps
+ *   the parsed map behind a refcount: every call pins the current map for its whole
+ *   duration, so a reload never changes routing under a request in flight. The file is
+ *   re-checked (stat: mtime, size, inode) at most every reload_interval_ms, on the first
+ *   call after that interval, and at once when a server answers DHPS_E_NOTFOUND ("shard
+ *   not owned here", i.e. the client routed with an old map); a new file replaces the
+ *   map only when its version is greater.
+ *
+ * Threads. The rpc library's client is an event loop owned by one thread (rpc.h). So
+ *   each thread that calls into a dhps_client gets its own rpc client and its own
+ *   channels, created lazily on its first call and kept in thread-specific storage
+ *   (one pthread key per dhps_client): no lock on the data path, no loop shared between
+ *   threads. A thread's state is freed when the thread exits, or by
+ *   dhps_client_destroy. A channel to a node is opened on first use, with the transport
+ *   left to the rpc hello (shm on the same host, verbs where both ends have a device,
+ *   else TCP); a node that refused a connection is not re-dialled by that thread for
+ *   redial_backoff_ms. Shared state is small: the map pointer (mutex, taken once per
+ *   call), the router (lock-free), counters (relaxed atomics), the version clock (CAS).
+ *
+ * Lookup. Keys are bucketed by shard (dhps_proto_shard_of over the map's nshards); each
+ *   shard's keys become one or more LOOKUP messages (split so a request and its response
+ *   fit max_msg). Every message is sent before the first poll, so several shards bound
+ *   for one node leave in one flush (the rpc library coalesces a poll turn's frames per
+ *   connection). Responses are scattered straight into the caller's dense output in key
+ *   order (fp32 or fp16, converting if the server sent the other width). A failed
+ *   message (error, timeout of its rpc call, "not owned") is retried on another replica
+ *   of the shard, excluding those already tried, while the deadline leaves room and the
+ *   router allows it. When the deadline passes the call returns what it has: keys
+ *   without an answer are marked missing and get the default row, and the return code
+ *   says the result is partial. Calls still in flight at that point are detached: they
+ *   complete later inside a poll of the same thread (any later call), touching only
+ *   their own heap record, never the caller's buffers.
+ *
+ * Update. One version per batch from a hybrid logical clock (max(realtime ns, last+1),
+ *   shared by all threads of the client), so every replica of a key stores the same
+ *   version and replicas converge whatever order the messages arrive in (servers keep
+ *   the higher version). Each shard's keys go to every replica; the call returns when
+ *   every shard has the acknowledgements its ack policy asks for (all replicas, a
+ *   majority, or one), or at the deadline; keys of shards short of it are reported in
+ *   failed_mask. A replica answering that the key holds a newer version ("stale")
+ *   counts as an acknowledgement: the replica already has something at least as new.
+ *
+ * Routing. Reads choose replicas through a small const ops table (dhps_client_router_ops):
+ *   pick(replicas, excluded) and report(pick, latency, outcome). Two are built in:
+ *   "first healthy" (map order, skipping nodes that failed in the last second) and an
+ *   adapter to the route library (tiers from host/pod/az labels, P2C, breakers, retry
+ *   budget), the default when the client's own labels are given.
+ *
+ * Errors (error.h): -EINVAL (bad arguments), DHPS_E_CONFIG (bad map or params),
+ *   DHPS_E_TOOBIG (dim too large for max_msg), DHPS_E_TIMEOUT / DHPS_E_UNREACHABLE /
+ *   DHPS_E_HANDLER / DHPS_E_NOTFOUND / DHPS_E_MALFORMED (partial results: see the
+ *   functions), -ENOMEM.
+ */
+#ifndef DHPS_CLIENT_H
+#define DHPS_CLIENT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdbool.h>
+
+#include "dhps/cluster.h"
+#include "dhps/error.h"
+#include "dhps/proto.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct dhps_client dhps_client;
+
+/* ---- routers ------------------------------------------------------------------------- */
+
+/* One replica choice, returned by pick and handed back to report. */
+typedef struct dhps_client_pick {
+    uint32_t node;      /* chosen node id */
+    uint8_t kind;       /* DHPS_ROUTE_PRIMARY / _RETRY (route.h values) */
+    uint8_t tier;       /* router-defined (route adapter: its tier) */
+    uint8_t flags;      /* router-defined */
+    uint64_t start_ns;  /* router clock at the pick (router-defined) */
+} dhps_client_pick;
+
+enum dhps_client_outcome {
+    DHPS_CLIENT_OK = 0,      /* answered */
+    DHPS_CLIENT_ERROR = 1,   /* failed: refused, reset, handler error, not owned */
+    DHPS_CLIENT_TIMEOUT = 2, /* no answer before the deadline */
+};
+
+/*
+ * A replica-choice policy. All functions may be called from any number of threads at
+ * once (the client shares one router between its threads).
+ *   pick:    choose one of replicas[0..n) not in excluded[0..n_excluded); kind is
+ *            DHPS_ROUTE_PRIMARY (0) for a first attempt, DHPS_ROUTE_RETRY (2) for a
+ *            retry. Returns 0 and fills *out, or DHPS_E_UNREACHABLE (nothing left).
+ *   report:  outcome of a successful pick, exactly once per pick.
+ *   allow_retry: may a failed attempt be retried now, given the absolute deadline
+ *            (CLOCK_MONOTONIC ns)? NULL = yes.
+ *   set_nodes: the map changed (called before the new map is used; may be NULL).
+ *   destroy: free self (may be NULL).
+ */
+typedef struct dhps_client_router_ops {
+    const char *name;
+    int (*pick)(void *self, const uint32_t *replicas, size_t n, const uint32_t *excluded,
+                size_t n_excluded, int kind, dhps_client_pick *out);
+    void (*report)(void *self, const dhps_client_pick *pick, uint64_t latency_ns, int outcome);
+    bool (*allow_retry)(void *self, uint64_t deadline_ns);
+    void (*set_nodes)(void *self, const dhps_cluster_map *map);
+    void (*destroy)(void *self);
+} dhps_client_router_ops;
+
+/* The built-in "first healthy" policy: replicas in map order, skipping any that failed
+ * within the last second (unless all did). self: a handle from
+ * dhps_client_router_first_healthy_create. */
+extern const dhps_client_router_ops dhps_client_router_first_healthy;
+/* Create its state (max_node_id: largest node id it will see). NULL on -ENOMEM. */
+void *dhps_client_router_first_healthy_create(uint32_t max_node_id);
+
+/* The adapter to the route library (route.h): self is a dhps_route * created for this
+ * client's labels (the client makes one when labels are given and no router is). */
+extern const dhps_client_router_ops dhps_client_router_route;
+
+/* ---- client -------------------------------------------------------------------------- */
+
+enum dhps_client_router_kind {
+    DHPS_CLIENT_ROUTER_AUTO = 0,          /* route library when labels.host is set, else
+                                             first healthy */
+    DHPS_CLIENT_ROUTER_FIRST_HEALTHY = 1,
+    DHPS_CLIENT_ROUTER_ROUTE = 2,
+    DHPS_CLIENT_ROUTER_CUSTOM = 3,        /* router_ops / router_self below */
+};
+
+typedef struct dhps_client_params {
+    const char *map_path;        /* cluster map file (required) */
+    const void *secret;          /* shared cluster secret (copied) */
+    size_t secret_len;
+    const char *host, *pod, *az; /* this client's labels (NULL = unknown) */
+    int router;                  /* enum dhps_client_router_kind (default AUTO) */
+    const dhps_client_router_ops *router_ops; /* CUSTOM: ops, and its state (owned by */
+    void *router_self;                        /*   the client after create: destroy runs) */
+    uint32_t max_node_id;        /* largest node id any map may use (default 4095) */
+    uint32_t max_msg;            /* rpc max message (default 256 KiB) */
+    uint32_t connect_timeout_ms; /* rpc connect + hello bound (default 1000) */
+    uint32_t redial_backoff_ms;  /* a thread does not re-dial a refusing node for this
+                                    long (default 100) */
+    uint64_t default_timeout_us; /* deadline of calls passing 0 (default 100000) */
+    uint32_t reload_interval_ms; /* map file check period, 0 = only on "not owned"
+                                    (default 1000) */
+    uint32_t max_attempts;       /* attempts per lookup sub-batch (default 3) */
+} dhps_client_params;
+
+/* Fill p with the defaults above. */
+void dhps_client_params_init(dhps_client_params *p);
+
+/*
+ * Create a client: load and validate the map, create the router. No connection is made
+ * until a thread's first call. Returns 0 and sets *out, or -EINVAL (NULL, no map path),
+ * DHPS_E_CONFIG (invalid map, a node id above max_node_id, bad params), -errno (map file
+ * unreadable), -ENOMEM. On failure a CUSTOM router_self is destroyed too.
+ * Free with dhps_client_destroy. The returned client is thread-safe (see the essay).
+ */
+int dhps_client_create(const dhps_client_params *p, dhps_client **out);
+
+/*
+ * Free the client, every thread's rpc client and channels (calls in flight complete
+ * with DHPS_E_CANCELLED internally) and the router. NULL allowed. No call on c may be
+ * running or follow, on any thread.
+ */
+void dhps_client_destroy(dhps_client *c);
+
+/*
+ * Register the default row of table for missing keys (dim fp32 values, copied); NULL
+ * vec removes it (missing rows are then zeros). Used by lookups asking for exactly this
+ * dim. Returns 0, -EINVAL, -ENOMEM. Not safe concurrently with lookups on the same
+ * table: register defaults before serving.
+ */
+int dhps_client_set_default(dhps_client *c, const char *table, const float *vec, uint32_t dim);
+
+/* Outcome counters of one call (optional out-parameter). */
+typedef struct dhps_client_result {
+    size_t found;        /* keys answered with a stored value */
+    size_t missing;      /* keys marked in missing_mask / failed_mask */
+    size_t unanswered;   /* of those, keys no replica answered (partial result) */
+    uint32_t messages;   /* rpc messages sent (sub-batches, retries, fan-out) */
+    uint32_t retries;    /* lookup messages re-sent to another replica */
+    uint64_t version;    /* update: the version the batch was written with */
+} dhps_client_result;
+
+/*
+ * Look up n keys of table. out receives n rows of dim values, row i for keys[i], each
+ * dim * (4 for DHPS_FP32, 2 for DHPS_FP16) bytes, packed. missing_mask (n bits, u64
+ * words, may be NULL) gets bit i set when keys[i] was not found or not answered; such
+ * rows hold the table's default (dhps_client_set_default) or zeros. timeout_us: the
+ * deadline from now (0 = params.default_timeout_us).
+ *
+ * Returns 0 when every key got an answer (found or not), or - with out and missing_mask
+ * fully written all the same - the error that left keys unanswered: DHPS_E_TIMEOUT
+ * (deadline), DHPS_E_UNREACHABLE (no replica reachable), DHPS_E_NOTFOUND (no replica
+ * owns the shard / table unknown), DHPS_E_HANDLER, DHPS_E_MALFORMED (bad response).
+ * Errors that write nothing: -EINVAL (NULL args, dtype not FP32/FP16, dim 0, n 0 is
+ * fine and returns 0), DHPS_E_TOOBIG (a row larger than a message), -ENOMEM.
+ * Thread-safe; keys/out/missing_mask belong to the caller and are not touched after the
+ * call returns. Blocks up to the deadline (plus a connect on a thread's first use).
+ */
+int dhps_client_lookup(dhps_client *c, const char *table, const uint64_t *keys, size_t n,
+                       void *out, uint32_t dim, int dtype, uint64_t *missing_mask,
+                       uint64_t timeout_us, dhps_client_result *res);
+
+enum dhps_client_ack {
+    DHPS_ACK_ALL = 0,     /* every replica of the shard acknowledged */
+    DHPS_ACK_QUORUM = 1,  /* a majority: R/2 + 1 */
+    DHPS_ACK_ONE = 2,     /* at least one */
+};
+
+/* ttl value meaning "the table's default TTL" (proto.h: 0xFFFFFFFF). */
+#define DHPS_CLIENT_TTL_DEFAULT 0xFFFFFFFFu
+
+/*
+ * Write n rows (values: n x dim of dtype, packed) to table with one new version, to every
+ * replica of each key's shard; ttl in seconds (0 none, DHPS_CLIENT_TTL_DEFAULT). Returns
+ * when every shard has the acknowledgements ack asks for, or at the deadline. failed_mask
+ * (n bits, may be NULL) gets bit i set when keys[i]'s shard fell short. Returns 0 (all
+ * keys acknowledged per policy), or the first error behind a shortfall (DHPS_E_TIMEOUT,
+ * DHPS_E_UNREACHABLE, DHPS_E_HANDLER, DHPS_E_NOTFOUND, ...) with failed_mask written;
+ * -EINVAL, DHPS_E_TOOBIG, -ENOMEM write nothing. Messages to replicas beyond the policy
+ * still complete in the background (later polls of this thread). Thread-safe.
+ */
+int dhps_client_update(dhps_client *c, const char *table, const uint64_t *keys,
+                       const void *values, size_t n, uint32_t dim, int dtype, uint32_t ttl,
+                       int ack, uint64_t timeout_us, uint64_t *failed_mask,
+                       dhps_client_result *res);
+
+/* Next version of the client's hybrid logical clock (what the next update will use or
+ * later). Thread-safe. */
+uint64_t dhps_client_next_version(dhps_client *c);
+
+/*
+ * Check the map file now: reload when its version is greater than the current one.
+ * Returns 1 (reloaded), 0 (unchanged or not newer), or the load error (the old map stays).
+ * Thread-safe.
+ */
+int dhps_client_reload(dhps_client *c);
+
+/* Version of the map in use. Thread-safe. */
+uint64_t dhps_client_map_version(dhps_client *c);
+
+/* Name of the router in use ("first_healthy", "route", or the custom ops' name). */
+const char *dhps_client_router_name(const dhps_client *c);
+
+typedef struct dhps_client_node_stats {
+    uint64_t messages;  /* rpc messages sent to the node */
+    uint64_t ok;        /* answered */
+    uint64_t errors;    /* failed (incl. not owned) */
+    uint64_t timeouts;  /* no answer before the deadline */
+    uint64_t connects;  /* channels opened (over all threads) */
+    uint64_t connect_failures;
+} dhps_client_node_stats;
+
+typedef struct dhps_client_stats {
+    uint64_t lookups, updates;     /* calls */
+    uint64_t keys_looked_up, keys_updated;
+    uint64_t sub_batches;          /* messages sent (first attempts and fan-out) */
+    uint64_t retries;              /* lookup messages re-sent on another replica */
+    uint64_t partial;              /* lookups returning with unanswered keys */
+    uint64_t update_shortfalls;    /* updates returning with failed keys */
+    uint64_t not_owned;            /* DHPS_E_NOTFOUND answers */
+    uint64_t map_reloads;          /* maps replaced */
+    uint64_t threads;              /* per-thread states created */
+} dhps_client_stats;
+
+/* Read the counters (relaxed loads). Thread-safe. */
+void dhps_client_stats_get(dhps_client *c, dhps_client_stats *st);
+
+/* Per-node counters; node_id <= max_node_id. Returns 0 or -EINVAL. Thread-safe. */
+int dhps_client_node_stats_get(dhps_client *c, uint32_t node_id, dhps_client_node_stats *st);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

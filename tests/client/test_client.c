@@ -1,0 +1,478 @@
+/* Client against in-process fake nodes (fake_server.h): scatter/gather, defaults, fp16,
+ * retries, deadlines and partial results, ack policies, "not owned" map reloads. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+
+#include <cmocka.h>
+
+#include "dhps/client.h"
+#include "fake_server.h"
+
+#define NNODES 4
+#define NSHARDS 64
+#define DIM 8
+
+struct fx {
+    struct fake_node nodes[NNODES];
+    char dir[64], path[96];
+    dhps_cluster_map *map;
+    dhps_client *c;
+};
+
+static dhps_client *mkclient(struct fx *x, int router, uint32_t reload_ms)
+{
+    dhps_client_params p;
+    dhps_client_params_init(&p);
+    p.map_path = x->path;
+    p.secret = FAKE_SECRET;
+    p.secret_len = strlen(FAKE_SECRET);
+    p.router = router;
+    p.reload_interval_ms = reload_ms;
+    p.default_timeout_us = 2000000;
+    if (router == DHPS_CLIENT_ROUTER_ROUTE) {
+        p.host = "h0";
+        p.pod = "p0";
+        p.az = "az0";
+    }
+    dhps_client *c = NULL;
+    assert_int_equal(dhps_client_create(&p, &c), 0);
+    return c;
+}
+
+static int setup(void **state)
+{
+    struct fx *x = calloc(1, sizeof *x);
+    strcpy(x->dir, "/tmp/dhps_client_XXXXXX");
+    assert_non_null(mkdtemp(x->dir));
+    snprintf(x->path, sizeof x->path, "%s/map.json", x->dir);
+    for (uint32_t i = 0; i < NNODES; i++)
+        assert_int_equal(fake_start(&x->nodes[i], i, 0), 0);
+    assert_int_equal(fake_write_map(x->nodes, NNODES, NSHARDS, 3, 1, false, x->path, &x->map), 0);
+    x->c = mkclient(x, DHPS_CLIENT_ROUTER_FIRST_HEALTHY, 1000);
+    *state = x;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct fx *x = *state;
+    dhps_client_destroy(x->c);
+    for (uint32_t i = 0; i < NNODES; i++)
+        fake_free(&x->nodes[i]);
+    dhps_cluster_map_destroy(x->map);
+    unlink(x->path);
+    rmdir(x->dir);
+    free(x);
+    return 0;
+}
+
+static void row_of(uint64_t key, float *row)
+{
+    for (int d = 0; d < DIM; d++)
+        row[d] = (float)((key % 1000) + d) * 0.5f; /* exact in fp16 */
+}
+
+static void put_keys(dhps_client *c, uint64_t first, size_t n, int ack)
+{
+    uint64_t *keys = malloc(n * 8);
+    float *vals = malloc(n * DIM * sizeof(float));
+    for (size_t i = 0; i < n; i++) {
+        keys[i] = first + i;
+        row_of(keys[i], vals + i * DIM);
+    }
+    uint64_t failed[(n + 63) / 64];
+    dhps_client_result res;
+    assert_int_equal(dhps_client_update(c, "emb", keys, vals, n, DIM, DHPS_FP32,
+                                        DHPS_CLIENT_TTL_DEFAULT, ack, 0, failed, &res), 0);
+    assert_int_equal(res.found, n);
+    for (size_t w = 0; w < (n + 63) / 64; w++)
+        assert_int_equal(failed[w], 0);
+    free(keys);
+    free(vals);
+}
+
+/* Look up [first, first+n) plus n never-written keys; check rows, masks, counts. */
+static void check_keys(dhps_client *c, uint64_t first, size_t n, int expect_rc)
+{
+    size_t tot = 2 * n;
+    uint64_t *keys = malloc(tot * 8);
+    for (size_t i = 0; i < n; i++) {
+        keys[2 * i] = first + i;
+        keys[2 * i + 1] = (1ull << 40) + first + i; /* never written */
+    }
+    float *out = malloc(tot * DIM * sizeof(float));
+    uint64_t mask[(tot + 63) / 64];
+    dhps_client_result res;
+    int rc = dhps_client_lookup(c, "emb", keys, tot, out, DIM, DHPS_FP32, mask, 0, &res);
+    assert_int_equal(rc, expect_rc);
+    assert_int_equal(res.found, n);
+    assert_int_equal(res.missing, n);
+    assert_int_equal(res.unanswered, 0);
+    for (size_t i = 0; i < tot; i++) {
+        bool miss = (mask[i / 64] >> (i % 64)) & 1;
+        assert_int_equal(miss, i % 2);
+        float want[DIM] = {0};
+        if (!miss)
+            row_of(keys[i], want);
+        assert_memory_equal(out + i * DIM, want, sizeof want);
+    }
+    free(keys);
+    free(out);
+}
+
+static void test_update_lookup(void **state)
+{
+    struct fx *x = *state;
+    put_keys(x->c, 1, 2000, DHPS_ACK_ALL);
+    /* every replica, and only the replicas, hold each key, with one version per batch */
+    uint64_t v0 = 0;
+    for (uint64_t k = 1; k <= 2000; k++) {
+        uint32_t s = dhps_cluster_map_shard_of(x->map, k);
+        for (uint32_t i = 0; i < NNODES; i++) {
+            uint64_t v = 0;
+            bool has = fake_get(&x->nodes[i], k, &v, NULL);
+            assert_int_equal(has, dhps_cluster_map_owns(x->map, i, s));
+            if (has) {
+                if (!v0)
+                    v0 = v;
+                assert_int_equal(v, v0);
+            }
+        }
+    }
+    check_keys(x->c, 1, 2000, 0);
+    /* one message per shard touched */
+    uint64_t keys[3] = {5, 5, 5};
+    float out[3 * DIM];
+    dhps_client_result res;
+    assert_int_equal(dhps_client_lookup(x->c, "emb", keys, 3, out, DIM, DHPS_FP32, NULL, 0, &res), 0);
+    assert_int_equal(res.messages, 1);
+    assert_int_equal(res.found, 3);
+    /* empty batch */
+    assert_int_equal(dhps_client_lookup(x->c, "emb", keys, 0, out, DIM, DHPS_FP32, NULL, 0, &res), 0);
+    /* bad arguments */
+    assert_int_equal(dhps_client_lookup(x->c, "emb", keys, 3, out, DIM, 7, NULL, 0, &res), -EINVAL);
+    assert_int_equal(dhps_client_lookup(x->c, "emb", keys, 3, out, 0, DHPS_FP32, NULL, 0, &res), -EINVAL);
+    assert_int_equal(dhps_client_lookup(x->c, "emb", keys, 3, out, 1u << 20, DHPS_FP32, NULL, 0, &res),
+                     DHPS_E_TOOBIG);
+    dhps_client_stats st;
+    dhps_client_stats_get(x->c, &st);
+    assert_true(st.lookups >= 3);
+    assert_int_equal(st.updates, 1);
+    assert_int_equal(st.partial, 0);
+    assert_int_equal(st.threads, 1);
+    dhps_client_node_stats ns;
+    uint64_t msgs = 0;
+    for (uint32_t i = 0; i < NNODES; i++) {
+        assert_int_equal(dhps_client_node_stats_get(x->c, i, &ns), 0);
+        msgs += ns.messages;
+        assert_int_equal(ns.connects, 1);
+    }
+    assert_true(msgs >= st.sub_batches);
+    /* versions of later batches are larger */
+    uint64_t v1 = dhps_client_next_version(x->c), v2 = dhps_client_next_version(x->c);
+    assert_true(v2 > v1 && v1 > v0);
+}
+
+static void test_big_batch_split(void **state)
+{
+    struct fx *x = *state;
+    /* 40000 keys over 64 shards: ~625 per shard; messages still one per shard */
+    put_keys(x->c, 100000, 40000, DHPS_ACK_QUORUM);
+    check_keys(x->c, 100000, 40000, 0);
+}
+
+static void test_fp16_and_defaults(void **state)
+{
+    struct fx *x = *state;
+    put_keys(x->c, 1, 100, DHPS_ACK_ALL);
+    float def[DIM];
+    for (int d = 0; d < DIM; d++)
+        def[d] = -1.5f;
+    assert_int_equal(dhps_client_set_default(x->c, "emb", def, DIM), 0);
+    uint64_t keys[4] = {1, 1ull << 41, 50, 2ull << 41};
+    uint16_t out[4 * DIM];
+    uint64_t mask[1];
+    dhps_client_result res;
+    assert_int_equal(dhps_client_lookup(x->c, "emb", keys, 4, out, DIM, DHPS_FP16, mask, 0, &res), 0);
+    assert_int_equal(mask[0], 0xa);
+    for (int i = 0; i < 4; i++) {
+        float want[DIM];
+        if (i % 2)
+            memcpy(want, def, sizeof want);
+        else
+            row_of(keys[i], want);
+        for (int d = 0; d < DIM; d++)
+            assert_int_equal(out[i * DIM + d], fake_f2h(want[d]));
+    }
+    float out32[4 * DIM];
+    assert_int_equal(dhps_client_lookup(x->c, "emb", keys, 4, out32, DIM, DHPS_FP32, mask, 0, &res), 0);
+    assert_memory_equal(out32 + DIM, def, sizeof def);
+    assert_int_equal(dhps_client_set_default(x->c, "emb", NULL, 0), 0);
+    assert_int_equal(dhps_client_lookup(x->c, "emb", keys, 4, out32, DIM, DHPS_FP32, mask, 0, &res), 0);
+    assert_float_equal(out32[DIM], 0.0f, 0);
+}
+
+static void test_retry_on_failure(void **state)
+{
+    struct fx *x = *state;
+    put_keys(x->c, 1, 500, DHPS_ACK_ALL);
+    atomic_store(&x->nodes[0].fail, 1);
+    atomic_store(&x->nodes[1].fail, 1);
+    check_keys(x->c, 1, 500, 0); /* every shard has a third replica on node 2 or 3 */
+    dhps_client_stats st;
+    dhps_client_stats_get(x->c, &st);
+    assert_true(st.retries > 0);
+    /* first healthy now avoids the failed nodes: no more retries */
+    uint64_t r0 = st.retries;
+    check_keys(x->c, 1, 500, 0);
+    dhps_client_stats_get(x->c, &st);
+    assert_int_equal(st.retries, r0);
+    /* every replica failing: all keys unanswered, the error says why */
+    atomic_store(&x->nodes[2].fail, 1);
+    atomic_store(&x->nodes[3].fail, 1);
+    uint64_t keys[2] = {1, 2};
+    float out[2 * DIM];
+    uint64_t mask[1];
+    dhps_client_result res;
+    assert_int_equal(dhps_client_lookup(x->c, "emb", keys, 2, out, DIM, DHPS_FP32, mask, 0, &res),
+                     DHPS_E_HANDLER);
+    assert_int_equal(res.unanswered, 2);
+    assert_int_equal(mask[0], 3);
+    for (int i = 0; i < NNODES; i++)
+        atomic_store(&x->nodes[i].fail, 0);
+}
+
+static void test_node_down(void **state)
+{
+    struct fx *x = *state;
+    put_keys(x->c, 1, 1000, DHPS_ACK_ALL);
+    fake_stop(&x->nodes[1]);
+    check_keys(x->c, 1, 1000, 0); /* retried on the other replicas */
+    /* updates: ALL falls short exactly on shards node 1 holds; QUORUM and ONE do not */
+    size_t n = 1000;
+    uint64_t keys[1000];
+    float vals[1000 * DIM];
+    for (size_t i = 0; i < n; i++) {
+        keys[i] = 5000 + i;
+        row_of(keys[i], vals + i * DIM);
+    }
+    uint64_t failed[16];
+    dhps_client_result res;
+    int rc = dhps_client_update(x->c, "emb", keys, vals, n, DIM, DHPS_FP32, 0, DHPS_ACK_ALL, 0,
+                                failed, &res);
+    assert_int_equal(rc, DHPS_E_UNREACHABLE);
+    size_t nfail = 0;
+    for (size_t i = 0; i < n; i++) {
+        bool f = (failed[i / 64] >> (i % 64)) & 1;
+        assert_int_equal(f, dhps_cluster_map_owns(x->map, 1, dhps_cluster_map_shard_of(x->map, keys[i])));
+        nfail += f;
+    }
+    assert_int_equal(res.missing, nfail);
+    assert_true(nfail > 0 && nfail < n);
+    assert_int_equal(dhps_client_update(x->c, "emb", keys, vals, n, DIM, DHPS_FP32, 0,
+                                        DHPS_ACK_QUORUM, 0, failed, &res), 0);
+    assert_int_equal(dhps_client_update(x->c, "emb", keys, vals, n, DIM, DHPS_FP32, 0,
+                                        DHPS_ACK_ONE, 0, failed, &res), 0);
+    check_keys(x->c, 5000, 1000, 0);
+    dhps_client_node_stats ns;
+    dhps_client_node_stats_get(x->c, 1, &ns);
+    assert_true(ns.errors > 0);
+}
+
+static void test_deadline_partial(void **state)
+{
+    struct fx *x = *state;
+    put_keys(x->c, 1, 200, DHPS_ACK_ALL);
+    for (int i = 0; i < NNODES; i++)
+        atomic_store(&x->nodes[i].delay_ms, 5000);
+    uint64_t keys[200];
+    for (int i = 0; i < 200; i++)
+        keys[i] = (uint64_t)i + 1;
+    float out[200 * DIM];
+    uint64_t mask[4];
+    dhps_client_result res;
+    uint64_t t0 = fake_now_ms();
+    int rc = dhps_client_lookup(x->c, "emb", keys, 200, out, DIM, DHPS_FP32, mask, 50000, &res);
+    uint64_t took = fake_now_ms() - t0;
+    assert_int_equal(rc, DHPS_E_TIMEOUT);
+    assert_int_equal(res.unanswered, 200);
+    assert_int_equal(res.found, 0);
+    assert_true(took < 1000); /* returned at the deadline, not after the servers' delay */
+    for (int w = 0; w < 3; w++)
+        assert_int_equal(mask[w], ~0ull);
+    for (int i = 0; i < 200 * DIM; i++)
+        assert_float_equal(out[i], 0.0f, 0);
+    /* partial: two nodes slow, two fast; keys with a fast replica come back */
+    atomic_store(&x->nodes[2].delay_ms, 0);
+    atomic_store(&x->nodes[3].delay_ms, 0);
+    usleep(20000);
+    rc = dhps_client_lookup(x->c, "emb", keys, 200, out, DIM, DHPS_FP32, mask, 300000, &res);
+    assert_true(rc == 0 || rc == DHPS_E_TIMEOUT);
+    assert_true(res.found > 0);
+    for (int i = 0; i < NNODES; i++)
+        atomic_store(&x->nodes[i].delay_ms, 0);
+    usleep(20000);
+    /* detached calls complete harmlessly; the next calls are whole again */
+    check_keys(x->c, 1, 200, 0);
+    dhps_client_stats st;
+    dhps_client_stats_get(x->c, &st);
+    assert_true(st.partial >= 1);
+}
+
+static void test_not_owned_reload(void **state)
+{
+    struct fx *x = *state;
+    dhps_client_destroy(x->c);
+    x->c = mkclient(x, DHPS_CLIENT_ROUTER_FIRST_HEALTHY, 0); /* reload only when told */
+    put_keys(x->c, 1, 300, DHPS_ACK_ALL);
+    /* a new map moves shards; nodes enforce it and hold every key */
+    dhps_cluster_map *m2 = NULL;
+    char p2[128];
+    snprintf(p2, sizeof p2, "%s/map2.json", x->dir);
+    assert_int_equal(fake_write_map(x->nodes, NNODES, NSHARDS, 3, 2, true, p2, &m2), 0);
+    size_t moved = 0;
+    for (uint32_t s = 0; s < NSHARDS; s++)
+        for (uint32_t i = 0; i < NNODES; i++)
+            moved += dhps_cluster_map_owns(m2, i, s) != dhps_cluster_map_owns(x->map, i, s);
+    assert_true(moved > 0);
+    for (int i = 0; i < NNODES; i++)
+        atomic_store(&x->nodes[i].owner_map, m2);
+    put_keys(x->c, 1, 1, DHPS_ACK_ONE); /* warm every channel */
+    uint64_t keys[300];
+    for (int i = 0; i < 300; i++)
+        keys[i] = (uint64_t)i + 1;
+    float out[300 * DIM];
+    uint64_t mask[5];
+    dhps_client_result res;
+    /* everything still answered: a "not owned" replica is retried on another one */
+    assert_int_equal(rename(p2, x->path), 0);
+    int rc = dhps_client_lookup(x->c, "emb", keys, 300, out, DIM, DHPS_FP32, mask, 0, &res);
+    (void)rc;
+    dhps_client_stats st;
+    dhps_client_stats_get(x->c, &st);
+    assert_true(st.not_owned > 0);
+    assert_int_equal(st.map_reloads, 1);
+    assert_int_equal(dhps_client_map_version(x->c), 2);
+    /* with the new map: no more refusals */
+    uint64_t no0 = st.not_owned;
+    for (int i = 0; i < NNODES; i++) /* the new owners must hold the keys */
+        atomic_store(&x->nodes[i].owner_map, NULL);
+    dhps_cluster_map_destroy(x->map);
+    x->map = m2;
+    for (int i = 0; i < NNODES; i++)
+        atomic_store(&x->nodes[i].owner_map, m2);
+    put_keys(x->c, 1, 300, DHPS_ACK_ALL);
+    check_keys(x->c, 1, 300, 0);
+    dhps_client_stats_get(x->c, &st);
+    assert_int_equal(st.not_owned, no0);
+    /* an explicit reload of an unchanged or older file changes nothing */
+    assert_int_equal(dhps_client_reload(x->c), 0);
+    for (int i = 0; i < NNODES; i++)
+        atomic_store(&x->nodes[i].owner_map, NULL);
+}
+
+static void test_reload_timer(void **state)
+{
+    struct fx *x = *state;
+    dhps_client_destroy(x->c);
+    x->c = mkclient(x, DHPS_CLIENT_ROUTER_FIRST_HEALTHY, 1);
+    assert_int_equal(dhps_client_map_version(x->c), 1);
+    dhps_cluster_map *m = NULL;
+    assert_int_equal(fake_write_map(x->nodes, NNODES, NSHARDS, 3, 7, false, x->path, &m), 0);
+    dhps_cluster_map_destroy(m);
+    usleep(5000);
+    put_keys(x->c, 1, 10, DHPS_ACK_ALL); /* any call notices the file after the interval */
+    assert_int_equal(dhps_client_map_version(x->c), 7);
+    /* an older version is ignored */
+    assert_int_equal(fake_write_map(x->nodes, NNODES, NSHARDS, 3, 3, false, x->path, &m), 0);
+    dhps_cluster_map_destroy(m);
+    assert_int_equal(dhps_client_reload(x->c), 0);
+    assert_int_equal(dhps_client_map_version(x->c), 7);
+    /* a broken file is reported and ignored */
+    FILE *f = fopen(x->path, "w");
+    fputs("{\"version\": 9", f);
+    fclose(f);
+    assert_int_equal(dhps_client_reload(x->c), DHPS_E_MALFORMED);
+    assert_int_equal(dhps_client_map_version(x->c), 7);
+    check_keys(x->c, 1, 10, 0);
+}
+
+static void test_route_router(void **state)
+{
+    struct fx *x = *state;
+    dhps_client_destroy(x->c);
+    x->c = mkclient(x, DHPS_CLIENT_ROUTER_AUTO, 1000);
+    assert_string_equal(dhps_client_router_name(x->c), "first_healthy"); /* no labels */
+    dhps_client_destroy(x->c);
+    x->c = mkclient(x, DHPS_CLIENT_ROUTER_ROUTE, 1000);
+    assert_string_equal(dhps_client_router_name(x->c), "route");
+    put_keys(x->c, 1, 1000, DHPS_ACK_ALL);
+    check_keys(x->c, 1, 1000, 0);
+    /* a failing node: the route library's retry budget (10 % of picks + a burst of 20)
+     * may leave the first lookups partial, until its breaker isolates the node; then
+     * lookups are whole again without retries */
+    atomic_store(&x->nodes[0].fail, 1);
+    uint64_t keys[1000];
+    float out[1000 * DIM];
+    for (int i = 0; i < 1000; i++)
+        keys[i] = (uint64_t)i + 1;
+    int whole = 0;
+    dhps_client_result res;
+    for (int i = 0; i < 20 && whole < 3; i++) {
+        int rc = dhps_client_lookup(x->c, "emb", keys, 1000, out, DIM, DHPS_FP32, NULL, 0, &res);
+        if (rc == 0 && res.found == 1000)
+            whole++;
+        else
+            assert_int_equal(rc, DHPS_E_HANDLER);
+    }
+    assert_int_equal(whole, 3);
+    assert_int_equal(res.retries, 0);
+    atomic_store(&x->nodes[0].fail, 0);
+}
+
+static void test_create_errors(void **state)
+{
+    struct fx *x = *state;
+    dhps_client_params p;
+    dhps_client_params_init(&p);
+    dhps_client *c = NULL;
+    assert_int_equal(dhps_client_create(&p, &c), -EINVAL);
+    p.map_path = "/nonexistent/map.json";
+    assert_int_equal(dhps_client_create(&p, &c), -ENOENT);
+    p.map_path = x->path;
+    p.max_node_id = 2; /* the map uses id 3 */
+    assert_int_equal(dhps_client_create(&p, &c), DHPS_E_CONFIG);
+    assert_null(c);
+    dhps_client_destroy(NULL);
+    /* a wrong secret: calls fail (auth), reported as unanswered keys */
+    p.max_node_id = 4095;
+    p.secret = "wrong";
+    p.secret_len = 5;
+    p.default_timeout_us = 300000;
+    assert_int_equal(dhps_client_create(&p, &c), 0);
+    uint64_t k = 1;
+    float out[DIM];
+    dhps_client_result res;
+    int rc = dhps_client_lookup(c, "emb", &k, 1, out, DIM, DHPS_FP32, NULL, 0, &res);
+    assert_true(rc == DHPS_E_AUTH || rc == DHPS_E_UNREACHABLE);
+    assert_int_equal(res.unanswered, 1);
+    dhps_client_destroy(c);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_update_lookup, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_big_batch_split, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fp16_and_defaults, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_retry_on_failure, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_node_down, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_deadline_partial, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_not_owned_reload, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reload_timer, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_route_router, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_create_errors, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
