@@ -1007,8 +1007,13 @@ static void lookup_attempt(struct op *op, struct msg *ms)
     int nrep = dhps_cluster_map_replicas(op->m, ms->shard, &rep);
     int kind = ms->attempts == 0 ? DHPS_ROUTE_PRIMARY : DHPS_ROUTE_RETRY;
     if (ms->attempts > 0) {
+        /* The retry budget guards servers against multiplied load; an attempt that
+         * never reached a server (no connection, peer gone) cost it nothing. */
+        bool free_retry = ms->err == DHPS_E_UNREACHABLE || ms->err == DHPS_E_AUTH ||
+                          ms->err == DHPS_E_CANCELLED;
         if (ms->attempts >= c->p.max_attempts || mono_ns() >= op->deadline_ns ||
-            (c->rops->allow_retry && !c->rops->allow_retry(c->rself, op->deadline_ns))) {
+            (!free_retry && c->rops->allow_retry &&
+             !c->rops->allow_retry(c->rself, op->deadline_ns))) {
             ms->state = M_FAILED;
             return;
         }

@@ -1,0 +1,210 @@
+/* Integration: 3 real dhps-server processes on 127.0.0.1 serving a generated map; the
+ * client writes keys across every shard and reads them back (fp32 and fp16), then with
+ * one server stopped reads them from the surviving replicas. Exit 77 (skip) when the
+ * dhps-server binary was not built. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "dhps/client.h"
+#include "dhps/cluster.h"
+
+#ifndef DHPS_SERVER_BIN
+#define DHPS_SERVER_BIN ""
+#endif
+
+#define N 3
+#define NSHARDS 64
+#define DIM 16
+#define NKEYS 5000
+
+static char g_dir[64];
+static pid_t g_pid[N];
+
+static dhps_cluster_map *gen_map(const uint16_t *ports)
+{
+    dhps_cluster_node nodes[N];
+    memset(nodes, 0, sizeof nodes);
+    for (int i = 0; i < N; i++) {
+        nodes[i].id = (uint32_t)i;
+        snprintf(nodes[i].host, sizeof nodes[i].host, "local-%d", i);
+        snprintf(nodes[i].az, sizeof nodes[i].az, "az0");
+        snprintf(nodes[i].addr, sizeof nodes[i].addr, "127.0.0.1:%u", ports ? ports[i] : 1000 + i);
+    }
+    dhps_cluster_gen_params gp;
+    dhps_cluster_gen_params_init(&gp);
+    gp.nshards = NSHARDS;
+    gp.replicas = 2;
+    dhps_cluster_map *m = NULL;
+    assert_int_equal(dhps_cluster_map_generate(&gp, nodes, N, &m, NULL, 0), 0);
+    return m;
+}
+
+static void write_text(const char *path, const char *text, mode_t mode)
+{
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+    chmod(path, mode);
+}
+
+static void stop(int i)
+{
+    if (g_pid[i] > 0) {
+        kill(g_pid[i], SIGTERM);
+        int st;
+        waitpid(g_pid[i], &st, 0);
+        g_pid[i] = 0;
+    }
+}
+
+static void test_three_servers(void **state)
+{
+    (void)state;
+    char path[256], secret_path[256];
+    snprintf(secret_path, sizeof secret_path, "%s/secret", g_dir);
+    write_text(secret_path, "integration-secret\n", 0600);
+    dhps_cluster_map *m0 = gen_map(NULL);
+    uint16_t ports[N];
+    for (int i = 0; i < N; i++) {
+        uint32_t own[NSHARDS];
+        size_t k = dhps_cluster_map_shards_of(m0, (uint32_t)i, own, NSHARDS);
+        char list[1024] = "", *p = list;
+        for (size_t j = 0; j < k; j++)
+            p += sprintf(p, "%s%u", j ? "," : "", own[j]);
+        char cfg[4096];
+        snprintf(cfg, sizeof cfg,
+                 "{\"node_id\": \"n%d\", \"labels\": {\"host\": \"local-%d\", \"az\": \"az0\"},"
+                 " \"listen\": {\"host\": \"127.0.0.1\", \"tcp_port\": 0, \"workers\": 1},"
+                 " \"tables\": [{\"name\": \"emb\", \"dim\": %d, \"dtype\": \"fp32\"}],"
+                 " \"secret_file\": \"%s\", \"metrics\": {\"port\": -1},"
+                 " \"shards\": {\"nshards\": %d, \"own\": [%s]},"
+                 " \"port_file\": \"%s/port%d\"}",
+                 i, i, DIM, secret_path, NSHARDS, list, g_dir, i);
+        snprintf(path, sizeof path, "%s/node%d.json", g_dir, i);
+        write_text(path, cfg, 0644);
+        g_pid[i] = fork();
+        assert_true(g_pid[i] >= 0);
+        if (g_pid[i] == 0) {
+            execl(DHPS_SERVER_BIN, DHPS_SERVER_BIN, "--config", path, (char *)NULL);
+            _exit(127);
+        }
+    }
+    for (int i = 0; i < N; i++) { /* wait for each port file */
+        snprintf(path, sizeof path, "%s/port%d", g_dir, i);
+        unsigned rpc = 0, http = 0;
+        for (int t = 0; t < 1000; t++) {
+            FILE *f = fopen(path, "r");
+            if (f) {
+                int got = fscanf(f, "%u %u", &rpc, &http);
+                fclose(f);
+                if (got >= 1 && rpc)
+                    break;
+            }
+            int st;
+            if (waitpid(g_pid[i], &st, WNOHANG) == g_pid[i])
+                fail_msg("dhps-server %d exited (status %d)", i, st);
+            usleep(10000);
+        }
+        assert_true(rpc > 0);
+        ports[i] = (uint16_t)rpc;
+    }
+    /* the same node list gives the same placement, now with the real ports */
+    dhps_cluster_map *m = gen_map(ports);
+    for (uint32_t s = 0; s < NSHARDS; s++) {
+        const uint32_t *a, *b;
+        dhps_cluster_map_replicas(m0, s, &a);
+        dhps_cluster_map_replicas(m, s, &b);
+        assert_memory_equal(a, b, 2 * sizeof *a);
+    }
+    char map_path[256];
+    snprintf(map_path, sizeof map_path, "%s/map.json", g_dir);
+    assert_int_equal(dhps_cluster_map_write(m, map_path), 0);
+
+    dhps_client_params p;
+    dhps_client_params_init(&p);
+    p.map_path = map_path;
+    p.secret = "integration-secret";
+    p.secret_len = strlen(p.secret);
+    p.host = "local-0";
+    p.az = "az0";
+    p.default_timeout_us = 5000000;
+    dhps_client *c = NULL;
+    assert_int_equal(dhps_client_create(&p, &c), 0);
+
+    static uint64_t keys[NKEYS];
+    static float vals[NKEYS * DIM], out[NKEYS * DIM];
+    static uint16_t out16[NKEYS * DIM];
+    uint64_t mask[(NKEYS + 63) / 64];
+    for (int i = 0; i < NKEYS; i++) {
+        keys[i] = 0x1000000ull + (uint64_t)i * 7919;
+        for (int d = 0; d < DIM; d++)
+            vals[i * DIM + d] = (float)(i % 512) + (float)d * 0.25f;
+    }
+    dhps_client_result res;
+    int rc = dhps_client_update(c, "emb", keys, vals, NKEYS, DIM, DHPS_FP32, 0, DHPS_ACK_ALL, 0,
+                                mask, &res);
+    assert_int_equal(rc, 0);
+    rc = dhps_client_lookup(c, "emb", keys, NKEYS, out, DIM, DHPS_FP32, mask, 0, &res);
+    assert_int_equal(rc, 0);
+    assert_int_equal(res.found, NKEYS);
+    assert_memory_equal(out, vals, sizeof vals);
+    /* keys never written are missing */
+    uint64_t other[2] = {1, 2};
+    float o2[2 * DIM];
+    uint64_t m2[1];
+    assert_int_equal(dhps_client_lookup(c, "emb", other, 2, o2, DIM, DHPS_FP32, m2, 0, &res), 0);
+    assert_int_equal(m2[0], 3);
+    /* fp16 output */
+    rc = dhps_client_lookup(c, "emb", keys, NKEYS, out16, DIM, DHPS_FP16, mask, 0, &res);
+    assert_int_equal(rc, 0);
+    assert_int_equal(res.found, NKEYS);
+    /* one server down: every shard keeps a replica */
+    stop(1);
+    rc = dhps_client_lookup(c, "emb", keys, NKEYS, out, DIM, DHPS_FP32, mask, 0, &res);
+    assert_int_equal(rc, 0);
+    assert_int_equal(res.found, NKEYS);
+    assert_memory_equal(out, vals, sizeof vals);
+    dhps_client_destroy(c);
+    dhps_cluster_map_destroy(m);
+    dhps_cluster_map_destroy(m0);
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    for (int i = 0; i < N; i++)
+        stop(i);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
+    if (system(cmd) != 0)
+        return 0;
+    return 0;
+}
+
+int main(void)
+{
+    if (!DHPS_SERVER_BIN[0] || access(DHPS_SERVER_BIN, X_OK) != 0) {
+        fprintf(stderr, "dhps-server not built: skipping\n");
+        return 77;
+    }
+    strcpy(g_dir, "/tmp/dhps_clint_XXXXXX");
+    if (!mkdtemp(g_dir))
+        return 1;
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(test_three_servers, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
