@@ -10,6 +10,12 @@
 int dhps_cmd_sim(int argc, char **argv);
 int dhps_cmd_map(int argc, char **argv);
 int dhps_cmd_load(int argc, char **argv);
+int dhps_cmd_up(int argc, char **argv);
+int dhps_cmd_down(int argc, char **argv);
+int dhps_cmd_get(int argc, char **argv);
+int dhps_cmd_put(int argc, char **argv);
+int dhps_cmd_stats(int argc, char **argv);
+int dhps_cmd_snapshot(int argc, char **argv);
 
 struct dhps_cmd {
     const char *name;
@@ -21,6 +27,12 @@ static const struct dhps_cmd dhps_cmds[] = {
     {"sim", dhps_cmd_sim, "simulate client traffic over a cluster through the router"},
     {"map", dhps_cmd_map, "check or generate a cluster map file"},
     {"load", dhps_cmd_load, "bulk-load a table from a dhps table file or a .npy array"},
+    {"up", dhps_cmd_up, "start a local cluster, load a sample table, run a workload"},
+    {"down", dhps_cmd_down, "stop the local cluster started by `dhps up`"},
+    {"get", dhps_cmd_get, "print the vectors of keys"},
+    {"put", dhps_cmd_put, "write one key's vector"},
+    {"stats", dhps_cmd_stats, "per-node table statistics (STATS)"},
+    {"snapshot", dhps_cmd_snapshot, "snapshot every node now (SNAPSHOT)"},
     /* issue 4: up, down, get, put, stats, load, bench */
 };
 

@@ -2,14 +2,16 @@
 #include "toolsclient.h"
 
 #include <errno.h>
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
+#include "dhps/client.h"
+#include "dhps/cluster.h"
 #include "dhps/error.h"
-
-struct tools_conn {
-    int unused;
-};
+#include "dhps/proto.h"
+#include "dhps/rpc.h"
 
 const char *tools_default_dir(void)
 {
@@ -17,18 +19,205 @@ const char *tools_default_dir(void)
     return d && *d ? d : "dhps-cluster";
 }
 
-int tools_conn_open(const tools_target *t, tools_conn **out)
+char *tools_read_file(const char *path, size_t *len)
 {
-    (void)t;
-    *out = NULL;
-    fprintf(stderr, "dhps: the client library is not built yet (use --dry-run)\n");
-    return -ENOSYS;
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    char *buf = NULL;
+    size_t n = 0, cap = 0;
+    for (;;) {
+        if (n + 4096 + 1 > cap) {
+            cap = cap ? cap * 2 : 8192;
+            char *nb = realloc(buf, cap);
+            if (!nb) {
+                free(buf);
+                fclose(f);
+                errno = ENOMEM;
+                return NULL;
+            }
+            buf = nb;
+        }
+        size_t r = fread(buf + n, 1, 4096, f);
+        n += r;
+        if (r < 4096)
+            break;
+    }
+    int bad = ferror(f);
+    fclose(f);
+    if (bad) {
+        free(buf);
+        errno = EIO;
+        return NULL;
+    }
+    buf[n] = 0;
+    if (len)
+        *len = n;
+    return buf;
 }
 
-void tools_conn_close(tools_conn *c) { free(c); }
+static void copy_label(char *dst, size_t cap, const char *src)
+{
+    snprintf(dst, cap, "%s", src ? src : "");
+}
+
+int tools_conn_open(const tools_target *t, tools_conn **out)
+{
+    *out = NULL;
+    tools_conn *c = calloc(1, sizeof *c);
+    json_t *cj = NULL;
+    char *sec = NULL, err[2048] = "";
+    int rc = -ENOMEM;
+    if (!c)
+        goto fail;
+    char secret_path[4096];
+    if (t->map || t->secret) {
+        if (!t->map || !t->secret) {
+            fprintf(stderr, "dhps: --map and --secret go together\n");
+            rc = -EINVAL;
+            goto fail;
+        }
+        snprintf(c->map_path, sizeof c->map_path, "%s", t->map);
+        snprintf(secret_path, sizeof secret_path, "%s", t->secret);
+    } else {
+        const char *dir = t->cluster_dir ? t->cluster_dir : tools_default_dir();
+        char p[4096];
+        snprintf(p, sizeof p, "%s/cluster.json", dir);
+        json_error_t je;
+        cj = json_load_file(p, 0, &je);
+        if (!cj) {
+            fprintf(stderr, "dhps: no cluster at %s (%s); start one with `dhps up --dir %s` "
+                    "or name one with --cluster DIR / --map FILE --secret FILE\n", dir,
+                    je.text, dir);
+            rc = -ENOENT;
+            goto fail;
+        }
+        const char *m = json_string_value(json_object_get(cj, "map"));
+        const char *s = json_string_value(json_object_get(cj, "secret"));
+        if (!m || !s) {
+            fprintf(stderr, "dhps: %s: no \"map\"/\"secret\"\n", p);
+            rc = DHPS_E_CONFIG;
+            goto fail;
+        }
+        snprintf(c->map_path, sizeof c->map_path, "%s", m);
+        snprintf(secret_path, sizeof secret_path, "%s", s);
+        json_t *l = json_object_get(cj, "client_labels");
+        copy_label(c->host, sizeof c->host, json_string_value(json_object_get(l, "host")));
+        copy_label(c->pod, sizeof c->pod, json_string_value(json_object_get(l, "pod")));
+        copy_label(c->az, sizeof c->az, json_string_value(json_object_get(l, "az")));
+    }
+    if (t->host)
+        copy_label(c->host, sizeof c->host, t->host);
+    if (t->pod)
+        copy_label(c->pod, sizeof c->pod, t->pod);
+    if (t->az)
+        copy_label(c->az, sizeof c->az, t->az);
+    size_t slen;
+    if (!(sec = tools_read_file(secret_path, &slen))) {
+        fprintf(stderr, "dhps: secret %s: %s\n", secret_path, strerror(errno));
+        rc = -errno;
+        goto fail;
+    }
+    if (slen == 0 || slen > sizeof c->secret) {
+        fprintf(stderr, "dhps: secret %s: must be 1..%zu bytes\n", secret_path, sizeof c->secret);
+        rc = DHPS_E_CONFIG;
+        goto fail;
+    }
+    memcpy(c->secret, sec, slen);
+    c->secret_len = slen;
+    if ((rc = dhps_cluster_map_load(c->map_path, &c->map, err, sizeof err)) < 0) {
+        fprintf(stderr, "dhps: map %s: %s\n%s", c->map_path, dhps_strerror(rc), err);
+        goto fail;
+    }
+    dhps_client_params p;
+    dhps_client_params_init(&p);
+    p.map_path = c->map_path;
+    p.secret = c->secret;
+    p.secret_len = c->secret_len;
+    p.host = c->host[0] ? c->host : NULL;
+    p.pod = c->pod[0] ? c->pod : NULL;
+    p.az = c->az[0] ? c->az : NULL;
+    p.max_msg = 4u << 20;
+    p.max_node_id = dhps_cluster_map_max_node_id(c->map);
+    if (p.max_node_id < 4095)
+        p.max_node_id = 4095;
+    if ((rc = dhps_client_create(&p, &c->client)) < 0) {
+        fprintf(stderr, "dhps: client for map %s: %s\n", c->map_path, dhps_strerror(rc));
+        goto fail;
+    }
+    json_decref(cj);
+    free(sec);
+    *out = c;
+    return 0;
+fail:
+    json_decref(cj);
+    free(sec);
+    tools_conn_close(c);
+    return rc;
+}
+
+void tools_conn_close(tools_conn *c)
+{
+    if (!c)
+        return;
+    dhps_client_destroy(c->client);
+    dhps_cluster_map_destroy(c->map);
+    memset(c->secret, 0, sizeof c->secret);
+    free(c);
+}
 
 int tools_conn_put(tools_conn *c, const char *table, uint32_t dtype, uint32_t dim,
                    const uint64_t *keys, const void *rows, uint32_t n)
 {
-    return -ENOSYS;
+    return dhps_client_update(c->client, table, keys, rows, n, dim, (int)dtype,
+                              DHPS_CLIENT_TTL_DEFAULT, DHPS_ACK_ALL, 10000000, NULL, NULL);
+}
+
+int tools_conn_admin(tools_conn *c, uint16_t method, const char *table, tools_admin_fn fn,
+                     void *arg)
+{
+    dhps_rpc_client_params cp;
+    dhps_rpc_client_params_init(&cp);
+    cp.secret = c->secret;
+    cp.secret_len = c->secret_len;
+    cp.max_msg = 4u << 20;
+    dhps_rpc_client *rc = NULL;
+    int failed = 0, err;
+    size_t cap = 4u << 20;
+    uint8_t *resp = malloc(cap);
+    if (!resp || (err = dhps_rpc_client_create(&cp, &rc)) < 0) {
+        free(resp);
+        return (int)dhps_cluster_map_nnodes(c->map);
+    }
+    for (size_t i = 0; i < dhps_cluster_map_nnodes(c->map); i++) {
+        const dhps_cluster_node *nd = dhps_cluster_map_node_at(c->map, i);
+        dhps_rpc_channel_params chp;
+        dhps_rpc_channel_params_init(&chp);
+        chp.host = nd->ip;
+        chp.port = nd->port;
+        chp.allow = DHPS_RPC_MASK(DHPS_RPC_TCP);
+        dhps_rpc_channel *ch = NULL;
+        dhps_proto_hdr h = {.version = DHPS_PROTO_VERSION};
+        snprintf(h.table, sizeof h.table, "%s", table ? table : "");
+        h.map_version = dhps_cluster_map_version(c->map);
+        size_t len = 0;
+        err = dhps_rpc_channel_open(rc, &chp, &ch);
+        if (!err)
+            err = dhps_rpc_call(ch, method, &h, sizeof h, resp, cap, &len, 30000000);
+        dhps_proto_resp r = {0};
+        if (!err && len < sizeof r)
+            err = DHPS_E_MALFORMED;
+        if (!err) {
+            memcpy(&r, resp, sizeof r);
+            err = r.status;
+        }
+        if (err)
+            failed++;
+        fn(arg, nd->id, err, r.count, err ? "" : (const char *)resp + sizeof r,
+           err ? 0 : len - sizeof r);
+        dhps_rpc_channel_close(ch);
+    }
+    dhps_rpc_client_destroy(rc);
+    free(resp);
+    return failed;
 }

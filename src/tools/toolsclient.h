@@ -3,8 +3,9 @@
  *
  * A target is either a cluster directory written by `dhps up` (DIR/cluster.json names
  * the map and the secret) or an explicit map file and secret file. Data calls (put,
- * get) go through the client library (include/dhps/client.h) which routes by the map;
- * per-node admin calls (STATS, SNAPSHOT) go straight to every node over rpc.
+ * get, load) go through the client library (include/dhps/client.h), which routes by
+ * the map; per-node admin calls (STATS, SNAPSHOT, INFO) go straight to every node of
+ * the map over rpc.
  */
 #ifndef DHPS_TOOLS_TOOLSCLIENT_H
 #define DHPS_TOOLS_TOOLSCLIENT_H
@@ -13,27 +14,50 @@
 #include <stddef.h>
 #include <stdint.h>
 
+struct dhps_client;
+struct dhps_cluster_map;
+
 typedef struct tools_target {
-    const char *cluster_dir; /* DIR of `dhps up` (default when nothing is given: see
-                                tools_default_dir) */
+    const char *cluster_dir; /* DIR of `dhps up` (default: tools_default_dir()) */
     const char *map;         /* map file; with secret, instead of cluster_dir */
     const char *secret;      /* secret file */
+    const char *host, *pod, *az; /* client labels (NULL: from cluster.json, if any) */
 } tools_target;
 
-typedef struct tools_conn tools_conn;
+typedef struct tools_conn {
+    struct dhps_client *client;
+    struct dhps_cluster_map *map;
+    uint8_t secret[256];
+    size_t secret_len;
+    char map_path[4096];
+    char host[64], pod[64], az[64]; /* labels the client was given ("" = none) */
+} tools_conn;
 
 /* Directory `dhps up`/`down` and the other commands use when none is given:
  * $DHPS_CLUSTER_DIR, else "dhps-cluster" in the current directory. */
 const char *tools_default_dir(void);
+
+/* Read a whole (small) file into a malloc'ed NUL-terminated buffer. Returns it (and its
+ * length in *len when len is not NULL) or NULL with errno set. */
+char *tools_read_file(const char *path, size_t *len);
 
 /* Open a connection to the target's cluster. Returns 0 and sets *out, or a negative
  * error after printing the reason on stderr. Close with tools_conn_close (NULL-safe). */
 int tools_conn_open(const tools_target *t, tools_conn **out);
 void tools_conn_close(tools_conn *c);
 
-/* Write n rows (row_bytes = dim * size of dtype) under keys into table. Returns 0 or a
- * negative error. */
+/* Write n rows (row_bytes = dim * size of dtype) under keys into table, acknowledged
+ * by every replica. Returns 0 or a negative error. Thread-safe. */
 int tools_conn_put(tools_conn *c, const char *table, uint32_t dtype, uint32_t dim,
                    const uint64_t *keys, const void *rows, uint32_t n);
+
+/* Per-node admin call: send method (DHPS_M_STATS / _SNAPSHOT / _INFO) with table ("" =
+ * all) to every node of the map in turn; fn(arg, node, status, count, text, len) gets
+ * each node's answer (status 0 or the error; text the JSON after the response header,
+ * may be empty). Returns the number of nodes that failed. */
+typedef void (*tools_admin_fn)(void *arg, uint32_t node, int status, uint32_t count,
+                               const char *text, size_t len);
+int tools_conn_admin(tools_conn *c, uint16_t method, const char *table, tools_admin_fn fn,
+                     void *arg);
 
 #endif

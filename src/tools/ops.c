@@ -1,0 +1,328 @@
+/*
+ * dhps get / put / stats / snapshot: one-shot calls against a running cluster.
+ *
+ *   dhps get KEY... [--table T] [target]       print each key's vector (or "missing")
+ *   dhps put KEY V1,V2,... [--table T] [target] write one vector (every replica acks)
+ *   dhps stats [--table T] [--json] [target]   STATS of every node: keys, bytes, lookups
+ *   dhps snapshot [target]                     SNAPSHOT on every node
+ *
+ * target: --cluster DIR (default $DHPS_CLUSTER_DIR or ./dhps-cluster, as `dhps up`
+ * writes it) or --map FILE --secret FILE. The table's dim and dtype come from the
+ * nodes (INFO), so get/put need no --dim.
+ */
+#include <getopt.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dhps/client.h"
+#include "dhps/cluster.h"
+#include "dhps/error.h"
+#include "dhps/proto.h"
+#include "dhps/server.h"
+#include "tools.h"
+#include "toolsclient.h"
+
+struct ops_opts {
+    tools_target tgt;
+    const char *table;
+    bool json;
+};
+
+/* Common options; returns the index of the first positional argument, or -1 (usage). */
+static int ops_parse(int argc, char **argv, struct ops_opts *o, const char *usage)
+{
+    static const struct option lo[] = {
+        {"cluster", required_argument, 0, 'c'}, {"map", required_argument, 0, 'm'},
+        {"secret", required_argument, 0, 's'},  {"table", required_argument, 0, 't'},
+        {"json", no_argument, 0, 'j'},          {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0}};
+    memset(o, 0, sizeof *o);
+    o->table = "emb";
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "c:m:s:t:jh", lo, NULL)) != -1) {
+        switch (c) {
+        case 'c': o->tgt.cluster_dir = optarg; break;
+        case 'm': o->tgt.map = optarg; break;
+        case 's': o->tgt.secret = optarg; break;
+        case 't': o->table = optarg; break;
+        case 'j': o->json = true; break;
+        case 'h': printf("%s", usage); exit(0);
+        default: fprintf(stderr, "%s", usage); return -1;
+        }
+    }
+    return optind;
+}
+
+/* ---- table info (INFO of the nodes) --------------------------------------------------- */
+
+struct info_ctx {
+    const char *table;
+    int dim, dtype; /* dim 0 until found */
+};
+
+static void info_fn(void *arg, uint32_t node, int status, uint32_t count, const char *text,
+                    size_t len)
+{
+    struct info_ctx *ic = arg;
+    if (status || ic->dim)
+        return;
+    json_t *o = json_loadb(text, len, 0, NULL), *t;
+    size_t i;
+    json_array_foreach(json_object_get(o, "tables"), i, t) {
+        if (!strcmp(json_string_value(json_object_get(t, "name")) ?: "", ic->table)) {
+            ic->dim = (int)json_integer_value(json_object_get(t, "dim"));
+            const char *d = json_string_value(json_object_get(t, "dtype"));
+            ic->dtype = d && !strcmp(d, "fp16") ? DHPS_FP16 : DHPS_FP32;
+        }
+    }
+    json_decref(o);
+}
+
+static int table_info(tools_conn *c, const char *table, uint32_t *dim, int *dtype)
+{
+    struct info_ctx ic = {.table = table};
+    tools_conn_admin(c, DHPS_M_INFO, table, info_fn, &ic);
+    if (!ic.dim) {
+        fprintf(stderr, "dhps: no node of the cluster serves table '%s'\n", table);
+        return DHPS_E_NOTFOUND;
+    }
+    *dim = (uint32_t)ic.dim;
+    *dtype = ic.dtype;
+    return 0;
+}
+
+/* ---- get / put ------------------------------------------------------------------------ */
+
+static const char get_usage[] =
+    "usage: dhps get KEY... [--table T] [--cluster DIR | --map FILE --secret FILE]\n";
+static const char put_usage[] =
+    "usage: dhps put KEY V1,V2,...,Vdim [--table T] [--cluster DIR | --map F --secret F]\n";
+
+int dhps_cmd_get(int argc, char **argv)
+{
+    struct ops_opts o;
+    int first = ops_parse(argc, argv, &o, get_usage);
+    if (first < 0 || first >= argc) {
+        fprintf(stderr, "%s", get_usage);
+        return 2;
+    }
+    size_t n = (size_t)(argc - first);
+    uint64_t *keys = calloc(n, sizeof *keys), miss[1024 / 64 + 1] = {0};
+    float *out = NULL;
+    tools_conn *c = NULL;
+    int rc = 1, err;
+    if (!keys)
+        goto out;
+    if (n > 1024) {
+        fprintf(stderr, "dhps get: at most 1024 keys at once\n");
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (!tools_parse_u64("get", "key", argv[first + (int)i], &keys[i])) {
+            rc = 2;
+            goto out;
+        }
+    uint32_t dim;
+    int dtype;
+    if (tools_conn_open(&o.tgt, &c) < 0 || table_info(c, o.table, &dim, &dtype) < 0)
+        goto out;
+    if (!(out = calloc(n * dim, sizeof *out)))
+        goto out;
+    dhps_client_result res;
+    err = dhps_client_lookup(c->client, o.table, keys, n, out, dim, DHPS_FP32, miss, 0, &res);
+    for (size_t i = 0; i < n; i++) {
+        printf("%llu", (unsigned long long)keys[i]);
+        if (miss[i / 64] >> (i % 64) & 1) {
+            printf(" missing\n");
+            continue;
+        }
+        for (uint32_t d = 0; d < dim; d++)
+            printf("%c%.9g", d ? ',' : ' ', (double)out[i * dim + d]);
+        printf("\n");
+    }
+    if (err) {
+        fprintf(stderr, "dhps get: %zu keys unanswered: %s\n", res.unanswered, dhps_strerror(err));
+        goto out;
+    }
+    rc = 0;
+out:
+    tools_conn_close(c);
+    free(out);
+    free(keys);
+    return rc;
+}
+
+int dhps_cmd_put(int argc, char **argv)
+{
+    struct ops_opts o;
+    int first = ops_parse(argc, argv, &o, put_usage);
+    if (first < 0 || argc - first != 2) {
+        fprintf(stderr, "%s", put_usage);
+        return 2;
+    }
+    uint64_t key;
+    if (!tools_parse_u64("put", "key", argv[first], &key))
+        return 2;
+    tools_conn *c = NULL;
+    float *vec = NULL;
+    int rc = 1, err;
+    uint32_t dim;
+    int dtype;
+    if (tools_conn_open(&o.tgt, &c) < 0 || table_info(c, o.table, &dim, &dtype) < 0)
+        goto out;
+    if (!(vec = calloc(dim, sizeof *vec)))
+        goto out;
+    const char *s = argv[first + 1];
+    uint32_t got = 0;
+    while (*s) {
+        char *end;
+        float v = strtof(s, &end);
+        if (end == s || got == dim) {
+            fprintf(stderr, "dhps put: need exactly %u comma-separated numbers for table %s\n",
+                    dim, o.table);
+            rc = 2;
+            goto out;
+        }
+        vec[got++] = v;
+        s = *end == ',' ? end + 1 : end;
+        if (*end && *end != ',') {
+            fprintf(stderr, "dhps put: bad number near '%s'\n", end);
+            rc = 2;
+            goto out;
+        }
+    }
+    if (got != dim) {
+        fprintf(stderr, "dhps put: got %u numbers, table %s has dim %u\n", got, o.table, dim);
+        rc = 2;
+        goto out;
+    }
+    dhps_client_result res;
+    err = dhps_client_update(c->client, o.table, &key, vec, 1, dim, DHPS_FP32,
+                             DHPS_CLIENT_TTL_DEFAULT, DHPS_ACK_ALL, 0, NULL, &res);
+    if (err) {
+        fprintf(stderr, "dhps put: %s\n", dhps_strerror(err));
+        goto out;
+    }
+    printf("put %llu (dim %u) version %llu\n", (unsigned long long)key, dim,
+           (unsigned long long)res.version);
+    rc = 0;
+out:
+    free(vec);
+    tools_conn_close(c);
+    return rc;
+}
+
+/* ---- stats / snapshot --------------------------------------------------------------- */
+
+static const char stats_usage[] =
+    "usage: dhps stats [--table T] [--json] [--cluster DIR | --map FILE --secret FILE]\n";
+static const char snap_usage[] =
+    "usage: dhps snapshot [--cluster DIR | --map FILE --secret FILE]\n";
+
+struct stats_ctx {
+    bool json;
+    json_t *all;
+    uint64_t keys, lookups, found, bytes;
+};
+
+static void stats_fn(void *arg, uint32_t node, int status, uint32_t count, const char *text,
+                     size_t len)
+{
+    struct stats_ctx *sc = arg;
+    json_t *o = status ? NULL : json_loadb(text, len, 0, NULL), *t;
+    if (sc->json) {
+        json_t *e = o ? json_incref(o) : json_pack("{s:s}", "error", dhps_strerror(status));
+        json_object_set_new(e, "node", json_integer(node));
+        json_array_append_new(sc->all, e);
+    }
+    if (!o) {
+        if (!sc->json)
+            printf("node %-4u error: %s\n", node, dhps_strerror(status));
+        return;
+    }
+    size_t i;
+    json_array_foreach(json_object_get(o, "tables"), i, t) {
+        uint64_t k = (uint64_t)json_integer_value(json_object_get(t, "keys"));
+        uint64_t lb = (uint64_t)json_integer_value(json_object_get(t, "live_bytes"));
+        uint64_t sb = (uint64_t)json_integer_value(json_object_get(t, "segment_bytes"));
+        uint64_t ib = (uint64_t)json_integer_value(json_object_get(t, "index_bytes"));
+        uint64_t lu = (uint64_t)json_integer_value(json_object_get(t, "looked_up"));
+        uint64_t fo = (uint64_t)json_integer_value(json_object_get(t, "found"));
+        sc->keys += k;
+        sc->lookups += lu;
+        sc->found += fo;
+        sc->bytes += sb + ib;
+        if (!sc->json)
+            printf("node %-4u %-8s %-10s shards %-5lld keys %-10llu live %7.1f MiB  "
+                   "memory %7.1f MiB  frag %4.1f%%  looked up %llu found %llu\n", node,
+                   json_string_value(json_object_get(o, "node_id")) ?: "?",
+                   json_string_value(json_object_get(t, "name")) ?: "?",
+                   json_integer_value(json_object_get(t, "shards")), (unsigned long long)k,
+                   (double)lb / 1048576.0, (double)(sb + ib) / 1048576.0,
+                   100.0 * json_number_value(json_object_get(t, "fragmentation")),
+                   (unsigned long long)lu, (unsigned long long)fo);
+    }
+    json_decref(o);
+}
+
+int dhps_cmd_stats(int argc, char **argv)
+{
+    struct ops_opts o;
+    int first = ops_parse(argc, argv, &o, stats_usage);
+    if (first < 0 || first != argc) {
+        fprintf(stderr, "%s", stats_usage);
+        return 2;
+    }
+    bool all_tables = true;
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--table") || !strncmp(argv[i], "--table=", 8))
+            all_tables = false;
+    tools_conn *c = NULL;
+    if (tools_conn_open(&o.tgt, &c) < 0)
+        return 1;
+    struct stats_ctx sc = {.json = o.json, .all = json_array()};
+    int failed = tools_conn_admin(c, DHPS_M_STATS, all_tables ? "" : o.table, stats_fn, &sc);
+    if (o.json) {
+        json_t *top = json_pack("{s:o,s:I,s:I,s:I,s:i}", "nodes", sc.all, "keys",
+                                (json_int_t)sc.keys, "looked_up", (json_int_t)sc.lookups,
+                                "found", (json_int_t)sc.found, "failed_nodes", failed);
+        json_dumpf(top, stdout, JSON_INDENT(1));
+        printf("\n");
+        json_decref(top);
+    } else {
+        json_decref(sc.all);
+        printf("total: %llu keys stored (all replicas), %.1f MiB, %llu keys looked up, "
+               "%d node(s) failed\n", (unsigned long long)sc.keys, (double)sc.bytes / 1048576.0,
+               (unsigned long long)sc.lookups, failed);
+    }
+    tools_conn_close(c);
+    return failed ? 1 : 0;
+}
+
+static void snap_fn(void *arg, uint32_t node, int status, uint32_t count, const char *text,
+                    size_t len)
+{
+    if (status)
+        printf("node %-4u snapshot failed: %s\n", node, dhps_strerror(status));
+    else
+        printf("node %-4u snapshot written (%u stores)\n", node, count);
+}
+
+int dhps_cmd_snapshot(int argc, char **argv)
+{
+    struct ops_opts o;
+    int first = ops_parse(argc, argv, &o, snap_usage);
+    if (first < 0 || first != argc) {
+        fprintf(stderr, "%s", snap_usage);
+        return 2;
+    }
+    tools_conn *c = NULL;
+    if (tools_conn_open(&o.tgt, &c) < 0)
+        return 1;
+    int failed = tools_conn_admin(c, DHPS_M_SNAPSHOT, "", snap_fn, NULL);
+    tools_conn_close(c);
+    return failed ? 1 : 0;
+}

@@ -1,0 +1,838 @@
+/*
+ * dhps up / dhps down: a local cluster on loopback, for trying dhps and for its tests.
+ *
+ * up: generate a secret, a cluster map (cluster library generator: replicas on distinct
+ *   hosts, spread over AZs and PODs) and one dhps-server config per node; start the
+ *   servers (each in its own session, logs in DIR/nodeN/server.log); wait for every
+ *   /health to answer 200; write the map with the real ports and DIR/cluster.json
+ *   (pids, ports, paths); load a deterministic sample table through the client
+ *   library; check a sample of it; run a lookup workload and print throughput, batch
+ *   latency quantiles and where the traffic went (per node, per tier relative to the
+ *   client's labels). The cluster stays up.
+ * down: SIGTERM every server of DIR/cluster.json (final snapshot), wait, SIGKILL after
+ *   --timeout, report, remove cluster.json.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "dhps/client.h"
+#include "dhps/cluster.h"
+#include "dhps/error.h"
+#include "tools.h"
+#include "toolsclient.h"
+#include "up.h"
+#include "workload.h"
+
+#define UP_MAX_NODES 64
+
+/* Paths built here are a checked directory (< UP_MAX_DIR bytes) plus short suffixes, so
+ * snprintf into PATH_MAX buffers cannot truncate; gcc cannot see that bound. */
+#define UP_MAX_DIR 3000
+#pragma GCC diagnostic ignored "-Wformat-truncation"
+
+/* ---- small helpers ------------------------------------------------------------------ */
+
+static void msleep(unsigned ms)
+{
+    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static int mkdir_p(const char *path)
+{
+    char tmp[PATH_MAX];
+    snprintf(tmp, sizeof tmp, "%s", path);
+    for (char *p = tmp + 1; *p; p++) {
+        if (*p == '/') {
+            *p = 0;
+            if (mkdir(tmp, 0755) < 0 && errno != EEXIST)
+                return -errno;
+            *p = '/';
+        }
+    }
+    if (mkdir(tmp, 0755) < 0 && errno != EEXIST)
+        return -errno;
+    return 0;
+}
+
+static int write_text(const char *path, const char *text, mode_t mode)
+{
+    char tmp[PATH_MAX + 16];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+    if (fd < 0)
+        return -errno;
+    size_t n = strlen(text), off = 0;
+    while (off < n) {
+        ssize_t w = write(fd, text + off, n - off);
+        if (w < 0) {
+            int e = -errno;
+            close(fd);
+            return e;
+        }
+        off += (size_t)w;
+    }
+    close(fd);
+    return rename(tmp, path) < 0 ? -errno : 0;
+}
+
+bool up_find_server(const char *given, char *out, size_t cap)
+{
+    if (given) {
+        snprintf(out, cap, "%s", given);
+        return access(out, X_OK) == 0;
+    }
+    const char *env = getenv("DHPS_SERVER");
+    if (env && *env) {
+        snprintf(out, cap, "%s", env);
+        return access(out, X_OK) == 0;
+    }
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n > 0) {
+        exe[n] = 0;
+        char *slash = strrchr(exe, '/');
+        if (slash) {
+            *slash = 0;
+            static const char *const rel[] = {"/dhps-server", "/../server/dhps-server"};
+            for (size_t i = 0; i < 2; i++) {
+                snprintf(out, cap, "%s%s", exe, rel[i]);
+                if (access(out, X_OK) == 0)
+                    return true;
+            }
+        }
+    }
+    const char *path = getenv("PATH");
+    char buf[8192];
+    snprintf(buf, sizeof buf, "%s", path ? path : "/usr/local/bin:/usr/bin:/bin");
+    for (char *save = NULL, *d = strtok_r(buf, ":", &save); d; d = strtok_r(NULL, ":", &save)) {
+        snprintf(out, cap, "%s/dhps-server", d);
+        if (access(out, X_OK) == 0)
+            return true;
+    }
+    return false;
+}
+
+int up_http_status(uint16_t port, const char *path)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    struct timeval tv = {.tv_sec = 2};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    int rc = -ECONNREFUSED;
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) == 0) {
+        char req[256], resp[64] = "";
+        int n = snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", path);
+        if (write(fd, req, (size_t)n) == n) {
+            ssize_t r = read(fd, resp, sizeof resp - 1);
+            int code;
+            if (r > 12 && sscanf(resp, "HTTP/%*d.%*d %d", &code) == 1)
+                rc = code;
+            else
+                rc = -EPROTO;
+        }
+    }
+    close(fd);
+    return rc;
+}
+
+/* Is pid a live (not zombie) dhps-server? */
+bool up_pid_is_server(pid_t pid)
+{
+    if (pid <= 0 || kill(pid, 0) < 0)
+        return false;
+    char p[64], buf[512];
+    snprintf(p, sizeof p, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(p, "r");
+    if (!f)
+        return false;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    char *rp = strrchr(buf, ')');
+    if (!rp || rp[1] != ' ' || rp[2] == 'Z' || rp[2] == 'X')
+        return false;
+    return strstr(buf, "(dhps-server)") != NULL;
+}
+
+static void tail_log(const char *path)
+{
+    size_t len;
+    char *t = tools_read_file(path, &len);
+    if (!t)
+        return;
+    const char *s = len > 1500 ? t + len - 1500 : t;
+    fprintf(stderr, "--- last lines of %s ---\n%s---\n", path, s);
+    free(t);
+}
+
+static void wipe_snapshots(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    struct dirent *e;
+    char p[PATH_MAX];
+    while ((e = readdir(d))) {
+        size_t n = strlen(e->d_name);
+        if (n > 5 && (strstr(e->d_name, ".snap"))) {
+            snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+            unlink(p);
+        }
+    }
+    closedir(d);
+}
+
+/* ---- up ---------------------------------------------------------------------------- */
+
+struct up_opts {
+    uint32_t nodes, azs, pods, replicas, shards, workers, dim, threads, batch;
+    uint64_t keys;
+    double seconds, zipf;
+    const char *dir, *server, *table;
+    bool shm, load, workload, quiet;
+};
+
+struct up_node {
+    char name[16], host[32], pod[32], az[32];
+    char cfg[PATH_MAX], log[PATH_MAX], portfile[PATH_MAX], pidfile[PATH_MAX], snap[PATH_MAX];
+    pid_t pid;
+    uint16_t port, mport;
+};
+
+static const char up_usage[] =
+    "usage: dhps up [--dir DIR] [--nodes 6] [--azs 2] [--pods 2] [--replicas 2]\n"
+    "               [--shards 1024] [--workers 1] [--no-shm] [--server PATH]\n"
+    "               [--table emb] [--keys 1000000] [--dim 32] [--no-load]\n"
+    "               [--seconds 3] [--threads 2] [--batch 1000] [--zipf 0.99 | 0 uniform]\n"
+    "               [--no-workload]\n"
+    "  Starts a local cluster on 127.0.0.1 (pods are per AZ; nodes are spread round-robin\n"
+    "  over AZs, then pods), loads a sample table, runs a lookup workload, and leaves the\n"
+    "  cluster running; state in DIR/cluster.json (default $DHPS_CLUSTER_DIR or\n"
+    "  ./dhps-cluster). Stop it with `dhps down --dir DIR`.\n";
+
+static int tier_of(const struct up_node *n, const char *host, const char *pod, const char *az)
+{
+    if (!strcmp(n->host, host))
+        return 0;
+    if (!strcmp(n->az, az))
+        return strcmp(n->pod, pod) ? 2 : 1;
+    return 3;
+}
+static const char *const tier_names[4] = {"host", "pod", "az", "remote"};
+
+/* dhps backend for the workload: the shared client (thread-safe by itself). */
+struct dhps_wl {
+    dhps_client *client;
+    const char *table;
+    uint32_t dim;
+};
+static void *dwl_open(void *arg) { return arg; }
+static void dwl_close(void *th) { (void)th; }
+static int dwl_lookup(void *th, const uint64_t *keys, uint32_t n, void *out, uint32_t *missing)
+{
+    struct dhps_wl *w = th;
+    dhps_client_result res;
+    int rc = dhps_client_lookup(w->client, w->table, keys, n, out, w->dim, DHPS_FP32, NULL, 0,
+                                &res);
+    *missing = (uint32_t)res.missing;
+    return rc;
+}
+static int dwl_update(void *th, const uint64_t *keys, uint32_t n, const void *rows)
+{
+    struct dhps_wl *w = th;
+    return dhps_client_update(w->client, w->table, keys, rows, n, w->dim, DHPS_FP32,
+                              DHPS_CLIENT_TTL_DEFAULT, DHPS_ACK_ALL, 0, NULL, NULL);
+}
+const wl_backend *up_dhps_backend(dhps_client *c, const char *table, uint32_t dim)
+{
+    static struct dhps_wl w;
+    static wl_backend b;
+    w = (struct dhps_wl){.client = c, .table = table, .dim = dim};
+    b = (wl_backend){.name = "dhps", .open = dwl_open, .lookup = dwl_lookup,
+                     .update = dwl_update, .close = dwl_close, .arg = &w};
+    return &b;
+}
+
+int up_load_sample(dhps_client *c, const char *table, uint32_t dim, uint64_t nkeys, bool quiet)
+{
+    uint32_t batch = 16384;
+    uint64_t *keys = malloc(batch * sizeof *keys);
+    float *rows = malloc((size_t)batch * dim * sizeof *rows);
+    int rc = -ENOMEM;
+    if (!keys || !rows)
+        goto out;
+    tools_progress pg;
+    tools_progress_init(&pg, "load");
+    if (quiet)
+        pg.tty = false;
+    for (uint64_t done = 0; done < nkeys;) {
+        uint32_t n = nkeys - done < batch ? (uint32_t)(nkeys - done) : batch;
+        for (uint32_t i = 0; i < n; i++) {
+            keys[i] = done + i;
+            tools_sample_row(done + i, dim, rows + (size_t)i * dim);
+        }
+        rc = dhps_client_update(c, table, keys, rows, n, dim, DHPS_FP32,
+                                DHPS_CLIENT_TTL_DEFAULT, DHPS_ACK_ALL, 30000000, NULL, NULL);
+        if (rc < 0)
+            goto out;
+        done += n;
+        tools_progress_update(&pg, done, nkeys);
+    }
+    tools_progress_done(&pg);
+    rc = 0;
+out:
+    free(rows);
+    free(keys);
+    return rc;
+}
+
+/* Look up `n` random loaded keys and compare with the generator; returns mismatches. */
+static long verify_sample(dhps_client *c, const char *table, uint32_t dim, uint64_t nkeys,
+                          uint32_t n)
+{
+    uint64_t *keys = malloc(n * sizeof *keys), rng = 42, mask[64] = {0};
+    float *out = malloc((size_t)n * dim * sizeof *out), *want = malloc(dim * sizeof *want);
+    long bad = -ENOMEM;
+    if (!keys || !out || !want || n > 4096)
+        goto done;
+    for (uint32_t i = 0; i < n; i++)
+        keys[i] = tools_rand(&rng) % nkeys;
+    int rc = dhps_client_lookup(c, table, keys, n, out, dim, DHPS_FP32, mask, 0, NULL);
+    if (rc < 0) {
+        bad = rc;
+        goto done;
+    }
+    bad = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        tools_sample_row(keys[i], dim, want);
+        if ((mask[i / 64] >> (i % 64) & 1) || memcmp(want, out + (size_t)i * dim, dim * 4))
+            bad++;
+    }
+done:
+    free(want);
+    free(out);
+    free(keys);
+    return bad;
+}
+
+static void stop_started(struct up_node *nd, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++)
+        if (nd[i].pid > 0)
+            kill(nd[i].pid, SIGTERM);
+    for (uint32_t i = 0; i < n; i++) {
+        if (nd[i].pid <= 0)
+            continue;
+        int st;
+        for (int k = 0; k < 300 && waitpid(nd[i].pid, &st, WNOHANG) == 0; k++)
+            msleep(100);
+        if (waitpid(nd[i].pid, &st, WNOHANG) == 0) {
+            kill(nd[i].pid, SIGKILL);
+            waitpid(nd[i].pid, &st, 0);
+        }
+        nd[i].pid = 0;
+    }
+}
+
+static json_t *state_json(const struct up_opts *o, const char *absdir, const char *server,
+                          struct up_node *nd)
+{
+    json_t *nodes = json_array();
+    for (uint32_t i = 0; i < o->nodes; i++)
+        json_array_append_new(
+            nodes, json_pack("{s:i,s:s,s:i,s:i,s:i,s:s,s:s,s:s,s:s,s:s}", "id", (int)i, "name",
+                             nd[i].name, "pid", (int)nd[i].pid, "port", (int)nd[i].port,
+                             "metrics_port", (int)nd[i].mport, "host", nd[i].host, "pod",
+                             nd[i].pod, "az", nd[i].az, "config", nd[i].cfg, "log", nd[i].log));
+    char mp[PATH_MAX], sp[PATH_MAX];
+    snprintf(mp, sizeof mp, "%s/map.json", absdir);
+    snprintf(sp, sizeof sp, "%s/secret", absdir);
+    return json_pack("{s:i,s:s,s:s,s:s,s:s,s:s,s:i,s:s,s:I,s:{s:s,s:s,s:s},s:o}", "version", 1,
+                     "dir", absdir, "map", mp, "secret", sp, "server", server, "table",
+                     o->table, "dim", (int)o->dim, "dtype", "fp32", "keys",
+                     (json_int_t)(o->load ? o->keys : 0), "client_labels", "host", nd[0].host,
+                     "pod", nd[0].pod, "az", nd[0].az, "nodes", nodes);
+}
+
+/* Any server of DIR/cluster.json still alive? */
+static bool cluster_running(const char *dir)
+{
+    char p[PATH_MAX];
+    snprintf(p, sizeof p, "%s/cluster.json", dir);
+    json_t *j = json_load_file(p, 0, NULL), *n;
+    bool alive = false;
+    size_t i;
+    json_array_foreach(json_object_get(j, "nodes"), i, n)
+        alive |= up_pid_is_server((pid_t)json_integer_value(json_object_get(n, "pid")));
+    json_decref(j);
+    return alive;
+}
+
+int dhps_cmd_up(int argc, char **argv)
+{
+    static const struct option lo[] = {
+        {"dir", required_argument, 0, 'd'},      {"nodes", required_argument, 0, 'n'},
+        {"azs", required_argument, 0, 'a'},      {"pods", required_argument, 0, 'p'},
+        {"replicas", required_argument, 0, 'r'}, {"shards", required_argument, 0, 's'},
+        {"workers", required_argument, 0, 'w'},  {"no-shm", no_argument, 0, 'S'},
+        {"server", required_argument, 0, 'x'},   {"table", required_argument, 0, 't'},
+        {"keys", required_argument, 0, 'k'},     {"dim", required_argument, 0, 'D'},
+        {"no-load", no_argument, 0, 'L'},        {"seconds", required_argument, 0, 'T'},
+        {"threads", required_argument, 0, 'j'},  {"batch", required_argument, 0, 'b'},
+        {"zipf", required_argument, 0, 'z'},     {"no-workload", no_argument, 0, 'W'},
+        {"quiet", no_argument, 0, 'q'},          {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0}};
+    struct up_opts o = {.nodes = 6, .azs = 2, .pods = 2, .replicas = 2, .shards = 1024,
+                        .workers = 1, .dim = 32, .threads = 2, .batch = 1000,
+                        .keys = 1000000, .seconds = 3, .zipf = 0.99, .table = "emb",
+                        .shm = true, .load = true, .workload = true};
+    uint64_t v;
+    int c;
+    optind = 1;
+#define U32OPT(field, what)                                                                \
+    do {                                                                                   \
+        if (!tools_parse_u64("up", what, optarg, &v) || v == 0 || v > UINT32_MAX)         \
+            return 2;                                                                      \
+        o.field = (uint32_t)v;                                                             \
+    } while (0)
+    while ((c = getopt_long(argc, argv, "d:n:a:p:r:s:w:Sx:t:k:D:LT:j:b:z:Wqh", lo, NULL)) != -1) {
+        switch (c) {
+        case 'd': o.dir = optarg; break;
+        case 'n': U32OPT(nodes, "--nodes"); break;
+        case 'a': U32OPT(azs, "--azs"); break;
+        case 'p': U32OPT(pods, "--pods"); break;
+        case 'r': U32OPT(replicas, "--replicas"); break;
+        case 's': U32OPT(shards, "--shards"); break;
+        case 'w': U32OPT(workers, "--workers"); break;
+        case 'S': o.shm = false; break;
+        case 'x': o.server = optarg; break;
+        case 't': o.table = optarg; break;
+        case 'k': if (!tools_parse_u64("up", "--keys", optarg, &o.keys) || !o.keys) return 2; break;
+        case 'D': U32OPT(dim, "--dim"); break;
+        case 'L': o.load = false; break;
+        case 'T': o.seconds = atof(optarg); break;
+        case 'j': U32OPT(threads, "--threads"); break;
+        case 'b': U32OPT(batch, "--batch"); break;
+        case 'z': o.zipf = atof(optarg); break;
+        case 'W': o.workload = false; break;
+        case 'q': o.quiet = true; break;
+        case 'h': printf("%s", up_usage); return 0;
+        default: fprintf(stderr, "%s", up_usage); return 2;
+        }
+    }
+#undef U32OPT
+    if (optind != argc) {
+        fprintf(stderr, "%s", up_usage);
+        return 2;
+    }
+    if (o.nodes > UP_MAX_NODES || o.replicas > o.nodes || o.dim > 4096 || o.seconds < 0 ||
+        (uint64_t)o.shards * o.replicas < o.nodes || o.batch > DHPS_PROTO_MAX_KEYS) {
+        fprintf(stderr, "dhps up: need nodes <= %d, replicas <= nodes, shards x replicas >= "
+                "nodes, dim <= 4096, batch <= %u\n", UP_MAX_NODES, DHPS_PROTO_MAX_KEYS);
+        return 2;
+    }
+    if (!o.load)
+        o.workload = false;
+    const char *dir = o.dir ? o.dir : tools_default_dir();
+    char server[PATH_MAX];
+    if (!up_find_server(o.server, server, sizeof server)) {
+        fprintf(stderr, "dhps up: no dhps-server binary (looked next to dhps, in ../server, "
+                "on PATH; or give --server PATH / $DHPS_SERVER)\n");
+        return 1;
+    }
+    if (cluster_running(dir)) {
+        fprintf(stderr, "dhps up: a cluster from %s/cluster.json is still running; "
+                "`dhps down --dir %s` first\n", dir, dir);
+        return 1;
+    }
+
+    struct up_node *nd = calloc(o.nodes, sizeof *nd);
+    dhps_cluster_node *cn = calloc(o.nodes, sizeof *cn);
+    dhps_cluster_map *map = NULL, *final = NULL;
+    tools_conn *conn = NULL;
+    json_t *mj = NULL, *state = NULL;
+    char *mtext = NULL, *stext = NULL, err[4096] = "", absdir[PATH_MAX], p[PATH_MAX];
+    uint32_t *own = NULL;
+    int rc = 1, e;
+    if (!nd || !cn || !(own = calloc(o.shards, sizeof *own)))
+        goto fail;
+    if ((e = mkdir_p(dir)) < 0 || !realpath(dir, absdir)) {
+        fprintf(stderr, "dhps up: %s: %s\n", dir, strerror(e < 0 ? -e : errno));
+        goto fail;
+    }
+    if (strlen(absdir) >= UP_MAX_DIR) {
+        fprintf(stderr, "dhps up: %s: path too long\n", absdir);
+        goto fail;
+    }
+
+    /* secret: 32 random bytes, hex */
+    uint8_t rnd[32];
+    int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+    if (fd < 0 || read(fd, rnd, sizeof rnd) != (ssize_t)sizeof rnd) {
+        fprintf(stderr, "dhps up: /dev/urandom: %s\n", strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        goto fail;
+    }
+    close(fd);
+    char hex[65];
+    for (int i = 0; i < 32; i++)
+        sprintf(hex + 2 * i, "%02x", rnd[i]);
+    snprintf(p, sizeof p, "%s/secret", absdir);
+    unlink(p);
+    if ((e = write_text(p, hex, 0600)) < 0) {
+        fprintf(stderr, "dhps up: %s: %s\n", p, strerror(-e));
+        goto fail;
+    }
+
+    /* nodes and map (placeholder ports; the real ones are known after start) */
+    for (uint32_t i = 0; i < o.nodes; i++) {
+        uint32_t az = i % o.azs, pod = (i / o.azs) % o.pods;
+        snprintf(nd[i].name, sizeof nd[i].name, "n%u", i);
+        snprintf(nd[i].host, sizeof nd[i].host, "h%u", i);
+        snprintf(nd[i].az, sizeof nd[i].az, "az%u", az);
+        snprintf(nd[i].pod, sizeof nd[i].pod, "az%u-pod%u", az, pod);
+        cn[i].id = i;
+        snprintf(cn[i].host, sizeof cn[i].host, "%s", nd[i].host);
+        snprintf(cn[i].pod, sizeof cn[i].pod, "%s", nd[i].pod);
+        snprintf(cn[i].az, sizeof cn[i].az, "%s", nd[i].az);
+        snprintf(cn[i].addr, sizeof cn[i].addr, "127.0.0.1:%u", 40000 + i);
+    }
+    dhps_cluster_gen_params gp;
+    dhps_cluster_gen_params_init(&gp);
+    gp.nshards = o.shards;
+    gp.replicas = o.replicas;
+    gp.version = (uint64_t)time(NULL);
+    if ((e = dhps_cluster_map_generate(&gp, cn, o.nodes, &map, err, sizeof err)) < 0) {
+        fprintf(stderr, "dhps up: map: %s\n%s\n", dhps_strerror(e), err);
+        goto fail;
+    }
+
+    /* one config per node */
+    uint64_t cap = o.keys * o.replicas / o.nodes * 5 / 4 + 1024;
+    for (uint32_t i = 0; i < o.nodes; i++) {
+        char nd_dir[PATH_MAX];
+        snprintf(nd_dir, sizeof nd_dir, "%s/node%u", absdir, i);
+        snprintf(nd[i].snap, sizeof nd[i].snap, "%s/snap", nd_dir);
+        if ((e = mkdir_p(nd[i].snap)) < 0) {
+            fprintf(stderr, "dhps up: %s: %s\n", nd[i].snap, strerror(-e));
+            goto fail;
+        }
+        wipe_snapshots(nd[i].snap); /* a new map: old snapshots would not match it */
+        snprintf(nd[i].cfg, sizeof nd[i].cfg, "%s/server.json", nd_dir);
+        snprintf(nd[i].log, sizeof nd[i].log, "%s/server.log", nd_dir);
+        snprintf(nd[i].portfile, sizeof nd[i].portfile, "%s/ports", nd_dir);
+        snprintf(nd[i].pidfile, sizeof nd[i].pidfile, "%s/pid", nd_dir);
+        unlink(nd[i].portfile);
+        size_t no = dhps_cluster_map_shards_of(map, i, own, o.shards);
+        json_t *ownj = json_array();
+        for (size_t k = 0; k < no; k++)
+            json_array_append_new(ownj, json_integer(own[k]));
+        json_t *cfg = json_pack(
+            "{s:s,s:{s:s,s:s,s:s},s:{s:s,s:i,s:b,s:b,s:i,s:i},"
+            "s:[{s:s,s:i,s:s,s:I}],s:{s:s,s:b},s:s,s:{s:s,s:i},s:{s:i,s:o},s:s,s:s}",
+            "node_id", nd[i].name, "labels", "host", nd[i].host, "pod", nd[i].pod, "az",
+            nd[i].az, "listen", "host", "127.0.0.1", "tcp_port", 0, "shm", o.shm, "verbs", 0,
+            "workers", (int)o.workers, "max_msg", 4 << 20, "tables", "name", o.table, "dim",
+            (int)o.dim, "dtype", "fp32", "capacity", (json_int_t)cap, "snapshot", "dir",
+            nd[i].snap, "on_shutdown", 1, "secret_file", p, "metrics", "host", "127.0.0.1",
+            "port", 0, "shards", "nshards", (int)o.shards, "own", ownj, "pid_file",
+            nd[i].pidfile, "port_file", nd[i].portfile);
+        char *text = cfg ? json_dumps(cfg, JSON_INDENT(2)) : NULL;
+        json_decref(cfg);
+        if (!text || (e = write_text(nd[i].cfg, text, 0644)) < 0) {
+            fprintf(stderr, "dhps up: cannot write %s\n", nd[i].cfg);
+            free(text);
+            goto fail;
+        }
+        free(text);
+    }
+
+    /* start the servers */
+    if (!o.quiet)
+        printf("dhps up: starting %u dhps-server nodes (%s), %u AZs x %u PODs, %u replicas of "
+               "%u shards, in %s\n", o.nodes, server, o.azs, o.pods, o.replicas, o.shards,
+               absdir);
+    fflush(stdout);
+    for (uint32_t i = 0; i < o.nodes; i++) {
+        pid_t pid = fork();
+        if (pid < 0) {
+            fprintf(stderr, "dhps up: fork: %s\n", strerror(errno));
+            goto fail;
+        }
+        if (pid == 0) {
+            setsid(); /* outlives `dhps up`, not killed by its terminal's ^C */
+            int lfd = open(nd[i].log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+            int nfd = open("/dev/null", O_RDONLY);
+            if (lfd >= 0) {
+                dup2(lfd, 1);
+                dup2(lfd, 2);
+            }
+            if (nfd >= 0)
+                dup2(nfd, 0);
+            execl(server, "dhps-server", "--config", nd[i].cfg, (char *)NULL);
+            _exit(127);
+        }
+        nd[i].pid = pid;
+    }
+
+    /* wait for ports and health */
+    uint64_t t0 = tools_now_ns(), deadline = t0 + 60000000000ull;
+    for (uint32_t i = 0; i < o.nodes; i++) {
+        for (;;) {
+            int st;
+            if (waitpid(nd[i].pid, &st, WNOHANG) == nd[i].pid) {
+                nd[i].pid = 0;
+                fprintf(stderr, "dhps up: node %s exited during start (%s %d)\n", nd[i].name,
+                        WIFEXITED(st) ? "status" : "signal",
+                        WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
+                tail_log(nd[i].log);
+                goto fail;
+            }
+            if (!nd[i].port) {
+                char *t = tools_read_file(nd[i].portfile, NULL);
+                unsigned a, b;
+                if (t && sscanf(t, "%u %u", &a, &b) == 2) {
+                    nd[i].port = (uint16_t)a;
+                    nd[i].mport = (uint16_t)b;
+                }
+                free(t);
+            }
+            if (nd[i].port && up_http_status(nd[i].mport, "/health") == 200)
+                break;
+            if (tools_now_ns() > deadline) {
+                fprintf(stderr, "dhps up: node %s not healthy after 60 s\n", nd[i].name);
+                tail_log(nd[i].log);
+                goto fail;
+            }
+            msleep(20);
+        }
+    }
+    if (!o.quiet)
+        printf("dhps up: %u nodes healthy in %.2f s\n", o.nodes,
+               (double)(tools_now_ns() - t0) / 1e9);
+
+    /* the map with the real ports */
+    if (!(mtext = dhps_cluster_map_to_json(map)) || !(mj = json_loads(mtext, 0, NULL)))
+        goto fail;
+    json_t *jn;
+    size_t ji;
+    json_array_foreach(json_object_get(mj, "nodes"), ji, jn) {
+        uint32_t id = (uint32_t)json_integer_value(json_object_get(jn, "id"));
+        if (id >= o.nodes)
+            goto fail;
+        char addr[64];
+        snprintf(addr, sizeof addr, "127.0.0.1:%u", nd[id].port);
+        json_object_set_new(jn, "addr", json_string(addr));
+        json_object_set_new(jn, "metrics_port", json_integer(nd[id].mport));
+    }
+    free(mtext);
+    mtext = json_dumps(mj, 0);
+    if (!mtext || (e = dhps_cluster_map_parse(mtext, strlen(mtext), &final, err, sizeof err)) < 0) {
+        fprintf(stderr, "dhps up: final map invalid: %s\n", err);
+        goto fail;
+    }
+    snprintf(p, sizeof p, "%s/map.json", absdir);
+    if ((e = dhps_cluster_map_write(final, p)) < 0) {
+        fprintf(stderr, "dhps up: %s: %s\n", p, strerror(-e));
+        goto fail;
+    }
+    state = state_json(&o, absdir, server, nd);
+    snprintf(p, sizeof p, "%s/cluster.json", absdir);
+    if (!state || !(stext = json_dumps(state, JSON_INDENT(2))) || write_text(p, stext, 0644) < 0) {
+        fprintf(stderr, "dhps up: cannot write %s\n", p);
+        goto fail;
+    }
+    for (uint32_t i = 0; i < o.nodes && !o.quiet; i++)
+        printf("  %-3s pid %-7d rpc 127.0.0.1:%-5u metrics :%-5u host %-4s pod %-9s az %s\n",
+               nd[i].name, (int)nd[i].pid, nd[i].port, nd[i].mport, nd[i].host, nd[i].pod,
+               nd[i].az);
+
+    /* all started: from here on the cluster stays up whatever happens */
+    rc = 0;
+    tools_target tgt = {.cluster_dir = absdir};
+    if (!o.load || tools_conn_open(&tgt, &conn) < 0)
+        goto done;
+    uint64_t tl = tools_now_ns();
+    if ((e = up_load_sample(conn->client, o.table, o.dim, o.keys, o.quiet)) < 0) {
+        fprintf(stderr, "dhps up: loading the sample table failed: %s\n", dhps_strerror(e));
+        rc = 1;
+        goto done;
+    }
+    double ls = (double)(tools_now_ns() - tl) / 1e9;
+    long bad = verify_sample(conn->client, o.table, o.dim, o.keys, 1000);
+    printf("dhps up: loaded table %s: %llu keys x dim %u fp32 (x%u replicas) in %.2f s "
+           "(%.0f keys/s); check of 1000 random keys: %s\n", o.table,
+           (unsigned long long)o.keys, o.dim, o.replicas, ls, (double)o.keys / ls,
+           bad == 0 ? "all match" : "MISMATCH");
+    if (bad != 0) {
+        fprintf(stderr, "dhps up: %ld of 1000 sample keys wrong or missing (%s)\n", bad,
+                bad < 0 ? dhps_strerror((int)bad) : "values differ");
+        rc = 1;
+        goto done;
+    }
+    if (!o.workload || o.seconds <= 0)
+        goto done;
+
+    dhps_client_node_stats before[UP_MAX_NODES], after;
+    for (uint32_t i = 0; i < o.nodes; i++)
+        dhps_client_node_stats_get(conn->client, i, &before[i]);
+    wl_params wp = {.nkeys = o.keys, .row_bytes = o.dim * 4, .batch = o.batch,
+                    .threads = o.threads, .seconds = o.seconds, .zipf = o.zipf, .seed = 7};
+    wl_result wr;
+    if ((e = wl_run(&wp, up_dhps_backend(conn->client, o.table, o.dim), &wr)) < 0) {
+        fprintf(stderr, "dhps up: workload: %s\n", dhps_strerror(e));
+        rc = 1;
+        goto done;
+    }
+    printf("dhps up: workload: %u threads, batches of %u keys (%s), %.1f s, client router %s\n"
+           "  %.0f keys/s, %.0f batches/s; batch latency p50 %.0f us, p99 %.0f us, "
+           "p99.9 %.0f us; %llu errors, %llu keys missing\n", o.threads, o.batch,
+           o.zipf > 0 ? "zipf" : "uniform", wr.seconds, dhps_client_router_name(conn->client),
+           (double)wr.keys / wr.seconds, (double)wr.batches / wr.seconds,
+           tools_hist_quantile(&wr.hist, 0.5) / 1e3, tools_hist_quantile(&wr.hist, 0.99) / 1e3,
+           tools_hist_quantile(&wr.hist, 0.999) / 1e3, (unsigned long long)wr.errors,
+           (unsigned long long)wr.missing);
+    uint64_t tier_msgs[4] = {0}, total = 0;
+    printf("  traffic (rpc messages from this client; tiers relative to its labels %s/%s/%s):\n",
+           nd[0].host, nd[0].pod, nd[0].az);
+    for (uint32_t i = 0; i < o.nodes; i++) {
+        dhps_client_node_stats_get(conn->client, i, &after);
+        uint64_t m = after.messages - before[i].messages;
+        total += m;
+        tier_msgs[tier_of(&nd[i], nd[0].host, nd[0].pod, nd[0].az)] += m;
+    }
+    for (uint32_t i = 0; i < o.nodes; i++) {
+        dhps_client_node_stats_get(conn->client, i, &after);
+        uint64_t m = after.messages - before[i].messages;
+        printf("    %-3s %-6s %10llu msgs %5.1f%%  errors %llu timeouts %llu\n", nd[i].name,
+               tier_names[tier_of(&nd[i], nd[0].host, nd[0].pod, nd[0].az)],
+               (unsigned long long)m, total ? 100.0 * (double)m / (double)total : 0.0,
+               (unsigned long long)(after.errors - before[i].errors),
+               (unsigned long long)(after.timeouts - before[i].timeouts));
+    }
+    printf("    per tier:");
+    for (int t = 0; t < 4; t++)
+        printf(" %s %.1f%%", tier_names[t],
+               total ? 100.0 * (double)tier_msgs[t] / (double)total : 0.0);
+    printf("\n");
+done:
+    printf("dhps up: cluster running; state in %s/cluster.json. Try `dhps get 1 --cluster %s`, "
+           "`dhps stats --cluster %s`; stop with `dhps down --dir %s`\n", absdir, absdir,
+           absdir, absdir);
+    tools_conn_close(conn);
+    goto out;
+fail:
+    stop_started(nd, nd ? o.nodes : 0);
+    rc = 1;
+out:
+    free(stext);
+    json_decref(state);
+    free(mtext);
+    json_decref(mj);
+    dhps_cluster_map_destroy(final);
+    dhps_cluster_map_destroy(map);
+    free(own);
+    free(cn);
+    free(nd);
+    return rc;
+}
+
+/* ---- down -------------------------------------------------------------------------- */
+
+int up_stop_dir(const char *dir, double timeout_s, bool quiet)
+{
+    char p[PATH_MAX];
+    snprintf(p, sizeof p, "%s/cluster.json", dir);
+    json_error_t je;
+    json_t *j = json_load_file(p, 0, &je), *n;
+    if (!j) {
+        fprintf(stderr, "dhps down: no cluster at %s (%s)\n", dir, je.text);
+        return 1;
+    }
+    size_t i, nn = json_array_size(json_object_get(j, "nodes"));
+    pid_t pids[UP_MAX_NODES] = {0};
+    const char *names[UP_MAX_NODES] = {0};
+    json_array_foreach(json_object_get(j, "nodes"), i, n) {
+        if (i >= UP_MAX_NODES)
+            break;
+        pids[i] = (pid_t)json_integer_value(json_object_get(n, "pid"));
+        names[i] = json_string_value(json_object_get(n, "name")) ?: "?";
+        if (up_pid_is_server(pids[i]))
+            kill(pids[i], SIGTERM);
+        else
+            pids[i] = -pids[i]; /* already gone */
+    }
+    uint64_t t0 = tools_now_ns(), deadline = t0 + (uint64_t)(timeout_s * 1e9);
+    int killed = 0;
+    for (i = 0; i < nn && i < UP_MAX_NODES; i++) {
+        if (pids[i] <= 0) {
+            if (!quiet)
+                printf("  %-3s pid %-7d was not running\n", names[i], (int)-pids[i]);
+            continue;
+        }
+        while (up_pid_is_server(pids[i]) && tools_now_ns() < deadline) {
+            waitpid(pids[i], NULL, WNOHANG); /* reaps it when it is our child (tests) */
+            msleep(10);
+        }
+        if (up_pid_is_server(pids[i])) {
+            kill(pids[i], SIGKILL);
+            killed++;
+            if (!quiet)
+                printf("  %-3s pid %-7d did not stop in %.0f s: killed\n", names[i],
+                       (int)pids[i], timeout_s);
+        } else if (!quiet) {
+            printf("  %-3s pid %-7d stopped after %.2f s\n", names[i], (int)pids[i],
+                   (double)(tools_now_ns() - t0) / 1e9);
+        }
+    }
+    json_decref(j);
+    char q[PATH_MAX + 16];
+    snprintf(q, sizeof q, "%s.stopped", p);
+    rename(p, q);
+    if (!quiet)
+        printf("dhps down: %zu nodes stopped%s; data and logs stay in %s\n", nn,
+               killed ? " (some killed)" : " cleanly", dir);
+    return killed ? 1 : 0;
+}
+
+int dhps_cmd_down(int argc, char **argv)
+{
+    static const struct option lo[] = {{"dir", required_argument, 0, 'd'},
+                                       {"cluster", required_argument, 0, 'd'},
+                                       {"timeout", required_argument, 0, 't'},
+                                       {"help", no_argument, 0, 'h'},
+                                       {0, 0, 0, 0}};
+    const char *dir = NULL;
+    double timeout = 30;
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "d:t:h", lo, NULL)) != -1) {
+        switch (c) {
+        case 'd': dir = optarg; break;
+        case 't': timeout = atof(optarg); break;
+        case 'h': printf("usage: dhps down [--dir DIR] [--timeout 30]\n"); return 0;
+        default: fprintf(stderr, "usage: dhps down [--dir DIR] [--timeout 30]\n"); return 2;
+        }
+    }
+    return up_stop_dir(dir ? dir : tools_default_dir(), timeout, false);
+}

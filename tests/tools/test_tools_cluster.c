@@ -1,0 +1,179 @@
+/*
+ * `dhps up` + get/put/stats/snapshot + `dhps down` end to end, through the built
+ * binaries: a 4-node cluster with 64 shards and a small sample table on loopback.
+ * Skips (77) when dhps-server is not built. Every server started is stopped, also on
+ * failure (teardown runs `dhps down`, then kills any pid of cluster.json left).
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "tablefile.h"
+#include "tools.h"
+
+static char g_dir[256];
+static char g_cmd[4096];
+
+static int run(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int run(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(g_cmd, sizeof g_cmd, fmt, ap);
+    va_end(ap);
+    int st = system(g_cmd);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+/* Run a command and capture its stdout (malloc'ed). */
+static char *capture(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static char *capture(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(g_cmd, sizeof g_cmd, fmt, ap);
+    va_end(ap);
+    FILE *p = popen(g_cmd, "r");
+    assert_non_null(p);
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap);
+    size_t r;
+    while ((r = fread(buf + n, 1, cap - n - 1, p)) > 0)
+        n += r;
+    buf[n] = 0;
+    pclose(p);
+    return buf;
+}
+
+/* Kill whatever pids cluster.json still lists (after a failed test). */
+static void kill_leftovers(void)
+{
+    char *pids = capture("grep -o '\"pid\": [0-9]*' %s/cluster.json 2>/dev/null | cut -d' ' -f2",
+                         g_dir);
+    for (char *s = strtok(pids, "\n"); s; s = strtok(NULL, "\n"))
+        if (atoi(s) > 0)
+            kill(atoi(s), SIGKILL);
+    free(pids);
+}
+
+static void up_get_put_down(void **state)
+{
+    (void)state;
+    int rc = run(DHPS_BIN " up --dir %s --nodes 4 --shards 64 --keys 20000 --dim 8 "
+                 "--seconds 1 --threads 2 --batch 200 --quiet > %s/up.out 2>&1", g_dir, g_dir);
+    if (rc != 0)
+        run("cat %s/up.out; tail -20 %s/node*/server.log", g_dir, g_dir);
+    assert_int_equal(rc, 0);
+    char *out = capture("cat %s/up.out", g_dir);
+    assert_non_null(strstr(out, "all match"));
+    assert_non_null(strstr(out, "keys/s"));
+    assert_non_null(strstr(out, "p99.9"));
+    assert_non_null(strstr(out, "per tier:"));
+    assert_non_null(strstr(out, "0 errors"));
+    free(out);
+
+    /* get: the sample row of key 123 */
+    out = capture(DHPS_BIN " get 123 19999 --cluster %s", g_dir);
+    float want[8];
+    tools_sample_row(123, 8, want);
+    char line[512];
+    int n = snprintf(line, sizeof line, "123");
+    for (int d = 0; d < 8; d++)
+        n += snprintf(line + n, sizeof line - (size_t)n, "%c%.9g", d ? ',' : ' ', (double)want[d]);
+    assert_non_null(strstr(out, line));
+    assert_non_null(strstr(out, "\n19999 "));
+    free(out);
+    out = capture(DHPS_BIN " get 20000 --cluster %s", g_dir);
+    assert_non_null(strstr(out, "20000 missing"));
+    free(out);
+
+    /* put, then get it back */
+    assert_int_equal(run(DHPS_BIN " put 777777 1,2,3,4,5,6,7,8.5 --cluster %s > /dev/null",
+                         g_dir), 0);
+    out = capture(DHPS_BIN " get 777777 --cluster %s", g_dir);
+    assert_string_equal(out, "777777 1,2,3,4,5,6,7,8.5\n");
+    free(out);
+    assert_int_equal(run(DHPS_BIN " put 1 1,2 --cluster %s 2>/dev/null", g_dir), 2);
+
+    /* stats: 2 replicas of 20001 keys */
+    out = capture(DHPS_BIN " stats --json --cluster %s", g_dir);
+    assert_non_null(strstr(out, "\"keys\": 40002"));
+    assert_non_null(strstr(out, "\"failed_nodes\": 0"));
+    free(out);
+    out = capture(DHPS_BIN " snapshot --cluster %s", g_dir);
+    assert_non_null(strstr(out, "snapshot written"));
+    assert_null(strstr(out, "failed"));
+    free(out);
+
+    /* a second up on a running cluster is refused */
+    assert_int_equal(run(DHPS_BIN " up --dir %s --nodes 4 --shards 64 --no-load --quiet "
+                         ">/dev/null 2>&1", g_dir), 1);
+
+    /* load a table file through the client */
+    uint64_t keys[3] = {5000001, 5000002, 5000003};
+    float rows[24];
+    for (int i = 0; i < 24; i++)
+        rows[i] = (float)i;
+    uint8_t file[1024];
+    long flen = tf_bin_write(file, sizeof file, DHPS_FP32, 8, 3, keys, rows);
+    assert_true(flen > 0);
+    char path[512];
+    snprintf(path, sizeof path, "%s/t.bin", g_dir);
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(file, 1, (size_t)flen, f), (size_t)flen);
+    fclose(f);
+    out = capture(DHPS_BIN " load %s --table emb --cluster %s", path, g_dir);
+    assert_non_null(strstr(out, "loaded 3 rows"));
+    free(out);
+    out = capture(DHPS_BIN " get 5000003 --cluster %s", g_dir);
+    assert_string_equal(out, "5000003 16,17,18,19,20,21,22,23\n");
+    free(out);
+    file[100] ^= 1; /* a damaged file loads nothing */
+    f = fopen(path, "wb");
+    fwrite(file, 1, (size_t)flen, f);
+    fclose(f);
+    assert_int_equal(run(DHPS_BIN " load %s --table emb --cluster %s 2>/dev/null", path, g_dir), 1);
+
+    out = capture(DHPS_BIN " down --dir %s", g_dir);
+    assert_non_null(strstr(out, "stopped cleanly"));
+    free(out);
+    out = capture(DHPS_BIN " get 1 --cluster %s 2>&1", g_dir);
+    assert_non_null(strstr(out, "no cluster"));
+    free(out);
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    snprintf(g_dir, sizeof g_dir, "/tmp/dhps-test-up-XXXXXX");
+    return mkdtemp(g_dir) ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    run(DHPS_BIN " down --dir %s --timeout 10 > /dev/null 2>&1", g_dir);
+    kill_leftovers();
+    run("rm -rf %s", g_dir);
+    return 0;
+}
+
+int main(void)
+{
+    if (access(DHPS_SERVER_BIN, X_OK) != 0) {
+        fprintf(stderr, "dhps-server not built: skipping\n");
+        return 77;
+    }
+    setenv("DHPS_SERVER", DHPS_SERVER_BIN, 1);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(up_get_put_down, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
