@@ -70,9 +70,12 @@ typedef struct dhps_server_config {
     bool metrics_enabled;            /* false when "metrics" is absent or port is -1 */
     char *metrics_host;              /* default "127.0.0.1" */
     uint16_t metrics_port;           /* 0 = ephemeral */
-    uint32_t nshards;                /* virtual shards of the cluster, 1..65536 */
-    uint8_t *owned;                  /* nshards bytes, 1 = this node serves the shard */
-    char *cluster_map;               /* map path (reserved: the map form is not done) */
+    uint32_t nshards;                /* virtual shards of the cluster, 1..65536 (0 until
+                                        resolved when cluster_map is set) */
+    uint8_t *owned;                  /* nshards bytes, 1 = this node serves the shard
+                                        (NULL until resolved when cluster_map is set) */
+    char *cluster_map;               /* cluster map path (include/dhps/cluster.h), or NULL */
+    uint32_t map_node;               /* this node's id in the cluster map */
     char *pid_file;                  /* NULL = none */
     char *port_file;                 /* NULL = none; see dhps_server_start */
     uint32_t startup_delay_ms;       /* test hook: wait before loading (default 0) */
@@ -87,6 +90,15 @@ typedef struct dhps_server_config {
  */
 int dhps_server_config_parse(const void *buf, size_t len, dhps_server_config **out,
                              char *err, size_t errlen);
+
+/*
+ * Resolve the shards a config owns from its cluster map (when cluster_map is set):
+ * load the map, check map_node is in it, set nshards and owned from the map (a node
+ * owning no shard is accepted with a warning). No effect without cluster_map. Returns 0,
+ * or DHPS_E_CONFIG with a message naming the map file in err. Reads the file; not
+ * thread-safe on one config. dhps_server_create calls it on its copy.
+ */
+int dhps_server_config_resolve(dhps_server_config *c, char *err, size_t errlen);
 
 /* Read path and parse it as dhps_server_config_parse does; a read failure is
  * DHPS_E_CONFIG with "config <path>: <strerror>". */

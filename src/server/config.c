@@ -7,6 +7,8 @@
 #include <arpa/inet.h>
 #include <jansson.h>
 
+#include "dhps/cluster.h"
+#include "dhps/log.h"
 #include "dhps/server.h"
 
 typedef struct cfg_ctx {
@@ -171,17 +173,27 @@ out:
 
 static int parse_shards(cfg_ctx *x, json_t *sh, dhps_server_config *c)
 {
-    static const char *const keys[] = {"nshards", "own", "cluster_map", NULL};
+    static const char *const keys[] = {"nshards", "own", "cluster_map", "map_node", NULL};
     int rc;
     if ((rc = need_object(x, sh, "shards")) || (rc = only_keys(x, sh, "shards", keys)))
         return rc;
     if ((rc = get_str(x, sh, "cluster_map", "shards", false, 4096, &c->cluster_map)))
         return rc;
-    if (c->cluster_map)
-        return fail(x, "shards.cluster_map: the cluster map form is not supported yet; "
-                       "use nshards + own");
     uint64_t v = 0;
     bool have = false;
+    if (c->cluster_map) { /* the map decides nshards and ownership (resolved later) */
+        if (json_object_get(sh, "nshards") || json_object_get(sh, "own"))
+            return fail(x, "shards: give either cluster_map + map_node, or nshards + own");
+        if ((rc = get_uint(x, sh, "map_node", "shards", 0, 65535, &v, &have)))
+            return rc;
+        if (!have)
+            return fail(x, "shards.map_node: required with cluster_map (this node's id in "
+                           "the map)");
+        c->map_node = (uint32_t)v;
+        return 0;
+    }
+    if (json_object_get(sh, "map_node"))
+        return fail(x, "shards.map_node: only with cluster_map");
     if ((rc = get_uint(x, sh, "nshards", "shards", 1, DHPS_SERVER_MAX_SHARDS, &v, &have)))
         return rc;
     if (!have)
@@ -454,7 +466,7 @@ dhps_server_config *srv_config_dup(const dhps_server_config *c)
         if (src[i] && !(*strs[i] = strdup(src[i])))
             ok = false;
     d->owned = NULL;
-    if (c->owned && (d->owned = malloc(c->nshards)))
+    if (c->owned && c->nshards && (d->owned = malloc(c->nshards)))
         memcpy(d->owned, c->owned, c->nshards);
     else if (c->owned)
         ok = false;
@@ -463,4 +475,59 @@ dhps_server_config *srv_config_dup(const dhps_server_config *c)
         return NULL;
     }
     return d;
+}
+
+int dhps_server_config_resolve(dhps_server_config *c, char *err, size_t errlen)
+{
+    if (!c->cluster_map)
+        return 0;
+    dhps_cluster_map *m = NULL;
+    char merr[512] = "";
+    int rc = dhps_cluster_map_load(c->cluster_map, &m, merr, sizeof merr);
+    if (rc) {
+        char *nl = strchr(merr, '\n');
+        if (nl)
+            *nl = 0; /* first problem only */
+        if (err && errlen)
+            snprintf(err, errlen, "config shards.cluster_map %s: %s", c->cluster_map,
+                     merr[0] ? merr : dhps_strerror(rc));
+        return DHPS_E_CONFIG;
+    }
+    rc = 0;
+    uint32_t ns = dhps_cluster_map_nshards(m);
+    if (!dhps_cluster_map_node(m, c->map_node)) {
+        if (err && errlen)
+            snprintf(err, errlen, "config shards.map_node: node %u is not in the cluster map "
+                     "%s", c->map_node, c->cluster_map);
+        rc = DHPS_E_CONFIG;
+        goto out;
+    }
+    if (ns < 1 || ns > DHPS_SERVER_MAX_SHARDS) {
+        if (err && errlen)
+            snprintf(err, errlen, "config shards.cluster_map %s: nshards %u outside 1..%u",
+                     c->cluster_map, ns, DHPS_SERVER_MAX_SHARDS);
+        rc = DHPS_E_CONFIG;
+        goto out;
+    }
+    uint8_t *owned = calloc(ns, 1);
+    uint32_t *ids = malloc((size_t)ns * sizeof *ids);
+    if (!owned || !ids) {
+        free(owned);
+        free(ids);
+        rc = -ENOMEM;
+        goto out;
+    }
+    size_t k = dhps_cluster_map_shards_of(m, c->map_node, ids, ns);
+    for (size_t i = 0; i < k && i < ns; i++)
+        owned[ids[i]] = 1;
+    free(ids);
+    if (k == 0)
+        DHPS_LOG(DHPS_LOG_WARN, "server", "node %u owns no shard in cluster map %s",
+                 c->map_node, c->cluster_map);
+    free(c->owned);
+    c->owned = owned;
+    c->nshards = ns;
+out:
+    dhps_cluster_map_destroy(m);
+    return rc;
 }

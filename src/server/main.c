@@ -43,6 +43,11 @@ int main(int argc, char **argv)
         fprintf(stderr, "dhps-server: %s\n", rc == DHPS_E_CONFIG ? err : dhps_strerror(rc));
         return 2;
     }
+    if (check && (rc = dhps_server_config_resolve(cfg, err, sizeof err))) {
+        fprintf(stderr, "dhps-server: %s\n", err);
+        dhps_server_config_free(cfg);
+        return 2;
+    }
     if (check) {
         printf("dhps-server: config %s OK (%u tables, %u shards)\n", path, cfg->ntables,
                cfg->nshards);

@@ -199,11 +199,8 @@ int dhps_server_create(const dhps_server_config *cfg, dhps_server **out, char *e
         goto fail;
     }
     cfg = s->cfg;
-    if (cfg->cluster_map) {
-        seterr(err, errlen, "shards.cluster_map: not supported yet");
-        rc = DHPS_E_CONFIG;
+    if ((rc = dhps_server_config_resolve(s->cfg, err, errlen)))
         goto fail;
-    }
     if ((rc = read_secret(s, err, errlen)))
         goto fail;
 
@@ -212,7 +209,7 @@ int dhps_server_create(const dhps_server_config *cfg, dhps_server **out, char *e
         nowned += cfg->owned[i] ? 1 : 0;
     s->nstores = nowned * cfg->ntables;
     s->tables = calloc(cfg->ntables, sizeof *s->tables);
-    s->stores = calloc(s->nstores, sizeof *s->stores);
+    s->stores = calloc(s->nstores ? s->nstores : 1, sizeof *s->stores);
     if (!s->tables || !s->stores) {
         rc = -ENOMEM;
         goto fail;

@@ -352,6 +352,59 @@ static void test_bad_secret_file(void **state)
     t_rmdir(dir);
 }
 
+/* Ownership from a cluster map: node 1 serves shards 1 and 3 of 4. */
+static void test_cluster_map_form(void **state)
+{
+    char *dir = t_mkdtemp();
+    char mapp[600], cfgtext[2048], err[512], info[4096];
+    snprintf(mapp, sizeof mapp, "%s/map.json", dir);
+    t_write(mapp,
+            "{\"version\":3,\"nshards\":4,\"replicas\":1,\"nodes\":["
+            "{\"id\":0,\"host\":\"h0\",\"pod\":\"p\",\"az\":\"a\",\"addr\":\"127.0.0.1:7000\"},"
+            "{\"id\":1,\"host\":\"h1\",\"pod\":\"p\",\"az\":\"a\",\"addr\":\"127.0.0.1:7001\"}],"
+            "\"shards\":[[0],[1],[0],[1]]}", 0600);
+    for (int bad = 0; bad < 2; bad++) {
+        snprintf(cfgtext, sizeof cfgtext,
+                 "{\"node_id\":\"n1\",\"tables\":[{\"name\":\"emb\",\"dim\":8}],"
+                 "\"secret_file\":\"%s/secret\",\"shards\":{\"cluster_map\":\"%s\","
+                 "\"map_node\":%d}}", dir, mapp, bad ? 9 : 1);
+        dhps_server_config *c = NULL;
+        assert_int_equal(dhps_server_config_parse(cfgtext, strlen(cfgtext), &c, err, sizeof err),
+                         0);
+        dhps_server *s = NULL;
+        int rc = dhps_server_create(c, &s, err, sizeof err);
+        dhps_server_config_free(c);
+        if (bad) {
+            assert_int_equal(rc, DHPS_E_CONFIG);
+            assert_non_null(strstr(err, "shards.map_node: node 9 is not in the cluster map"));
+            continue;
+        }
+        assert_int_equal(rc, 0);
+        assert_int_equal(dhps_server_start(s, err, sizeof err), 0);
+        t_conn tc;
+        assert_int_equal(t_connect(&tc, dhps_server_port(s), T_SECRET), 0);
+        assert_int_equal(t_simple(&tc, DHPS_M_INFO, "", info, sizeof info, NULL), 0);
+        assert_non_null(strstr(info, "\"nshards\":4"));
+        assert_non_null(strstr(info, "\"shards\":[1,3]"));
+        uint64_t k = 1;
+        while (dhps_proto_shard_of(k, 4) != 0)
+            k++;
+        assert_int_equal(t_lookup(&tc, "emb", 0, &k, 1, 0, NULL, NULL, NULL), DHPS_E_NOTFOUND);
+        t_close(&tc);
+        dhps_server_destroy(s);
+    }
+    /* the two forms do not mix */
+    snprintf(cfgtext, sizeof cfgtext,
+             "{\"node_id\":\"n1\",\"tables\":[{\"name\":\"emb\",\"dim\":8}],"
+             "\"secret_file\":\"/s\",\"shards\":{\"cluster_map\":\"%s\",\"map_node\":1,"
+             "\"nshards\":4}}", mapp);
+    dhps_server_config *c = NULL;
+    assert_int_equal(dhps_server_config_parse(cfgtext, strlen(cfgtext), &c, err, sizeof err),
+                     DHPS_E_CONFIG);
+    assert_non_null(strstr(err, "either cluster_map + map_node, or nshards + own"));
+    t_rmdir(dir);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -362,6 +415,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_stats_snapshot_metrics, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_clients, setup, teardown),
         cmocka_unit_test(test_bad_secret_file),
+        cmocka_unit_test(test_cluster_map_form),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
