@@ -173,7 +173,7 @@ void seg_retire(dhps_store *s, uint32_t id)
  * records' buckets ahead so the probes overlap. */
 #define WALK_AHEAD 12u
 
-uint64_t seg_drop_records(dhps_store *s, uint32_t id, bool expired)
+uint64_t seg_drop_records(dhps_store *s, uint32_t id)
 {
     seg_meta *m = &s->segs[id];
     uint8_t *base = s->base + ((size_t)id << s->seg_log2);
@@ -201,7 +201,6 @@ uint64_t seg_drop_records(dhps_store *s, uint32_t id, bool expired)
         off += sz;
     }
     s->index_gen++;
-    (void)expired;
     return n;
 }
 
@@ -282,7 +281,7 @@ size_t store_expire(dhps_store *s, uint32_t now_s)
         if ((m->state != SEG_OPEN && m->state != SEG_SEALED) || m->ttl_class == 0 ||
             m->max_exp > now_s || m->used == 0)
             continue;
-        uint64_t n = seg_drop_records(s, id, true);
+        uint64_t n = seg_drop_records(s, id);
         s->st.expired_records += n;
         s->st.expired_segments++;
         seg_retire(s, id);
@@ -346,7 +345,7 @@ int store_make_room(dhps_store *s, uint64_t bytes)
             uint32_t v = evict_victim(s);
             if (v == SEG_NONE)
                 return DHPS_E_FULL;
-            uint64_t n = seg_drop_records(s, v, false);
+            uint64_t n = seg_drop_records(s, v);
             s->st.evicted_records += n;
             s->st.evicted_segments++;
             seg_retire(s, v);

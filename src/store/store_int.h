@@ -266,7 +266,7 @@ void seg_retire(dhps_store *s, uint32_t id);
 int seg_reserve(dhps_store *s);
 void seg_release_all(dhps_store *s);
 /* Drop from the index every record of segment id it still references; returns count. */
-uint64_t seg_drop_records(dhps_store *s, uint32_t id, bool expired_only_count);
+uint64_t seg_drop_records(dhps_store *s, uint32_t id);
 uint32_t store_now_s(const dhps_store *s);
 uint64_t store_now_ms(const dhps_store *s);
 uint64_t rec_version(const dhps_store *s, const uint8_t *rec, uint32_t seg);
