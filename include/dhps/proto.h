@@ -62,7 +62,9 @@ typedef struct dhps_proto_lookup {
 /* Common response header: 16 bytes. status is 0 or a negative dhps error; for
  * LOOKUP, n rows of value_bytes follow a found mask of (n+63)/64 u64 (missing rows
  * zero-filled); for UPSERT/DELETE, count is applied/deleted and a (n+63)/64 u64 mask
- * follows (stale keys / deleted keys); for STATS and INFO, JSON text follows. */
+ * follows (stale keys / deleted keys); for STATS and INFO, JSON text follows. A
+ * response with status < 0 may be followed by a human-readable message (UTF-8, not
+ * NUL-terminated; added for dhps-server's error replies, ignorable). */
 typedef struct dhps_proto_resp {
     int32_t status;
     uint32_t n;

@@ -82,7 +82,8 @@ typedef struct t_conn {
     dhps_rpc_channel *ch;
 } t_conn;
 
-static inline int t_connect(t_conn *tc, uint16_t port, const char *secret)
+static inline int t_connect_ex(t_conn *tc, uint16_t port, const char *secret,
+                               uint32_t allow, int require)
 {
     dhps_rpc_client_params cp;
     dhps_rpc_client_params_init(&cp);
@@ -95,13 +96,19 @@ static inline int t_connect(t_conn *tc, uint16_t port, const char *secret)
     dhps_rpc_channel_params p;
     dhps_rpc_channel_params_init(&p);
     p.port = port;
-    p.allow = DHPS_RPC_MASK(DHPS_RPC_TCP);
+    p.allow = allow;
+    p.require = require;
     rc = dhps_rpc_channel_open(tc->c, &p, &tc->ch);
     if (rc) {
         dhps_rpc_client_destroy(tc->c);
         tc->c = NULL;
     }
     return rc;
+}
+
+static inline int t_connect(t_conn *tc, uint16_t port, const char *secret)
+{
+    return t_connect_ex(tc, port, secret, DHPS_RPC_MASK(DHPS_RPC_TCP), -1);
 }
 
 static inline void t_close(t_conn *tc)

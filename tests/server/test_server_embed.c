@@ -352,6 +352,36 @@ static void test_bad_secret_file(void **state)
     t_rmdir(dir);
 }
 
+/* The same requests over shared memory (the server offers shm by default). */
+static void test_shm_transport(void **state)
+{
+    fx *f = *state;
+    t_conn tc;
+    int rc = t_connect_ex(&tc, dhps_server_port(f->s), T_SECRET,
+                          DHPS_RPC_MASK(DHPS_RPC_TCP) | DHPS_RPC_MASK(DHPS_RPC_SHM), DHPS_RPC_SHM);
+    if (rc)
+        fail_msg("shm channel: %s", dhps_strerror(rc));
+    assert_int_equal(dhps_rpc_channel_transport(tc.ch), DHPS_RPC_SHM);
+    uint64_t keys[40];
+    uint32_t n = 0;
+    for (uint64_t k = 77; n < 40; k++)
+        if (dhps_proto_shard_of(k, NSH) == 2)
+            keys[n++] = k;
+    float rows[40 * 8], back[40 * 8] = {0};
+    for (int i = 0; i < 40 * 8; i++)
+        rows[i] = (float)i;
+    assert_int_equal(t_upsert(&tc, "emb", 2, keys, n, rows, 32, 0, 1, NULL), 0);
+    uint64_t found = 0;
+    assert_int_equal(t_lookup(&tc, "emb", 2, keys, n, 0, back, &found, NULL), 0);
+    assert_int_equal(found, (1ull << 40) - 1);
+    assert_memory_equal(rows, back, sizeof rows);
+    t_close(&tc);
+    char *body = NULL;
+    assert_int_equal(t_http_get(dhps_server_metrics_port(f->s), "/metrics", &body), 200);
+    assert_true(t_metric(body, "dhps_rpc_handled_total{transport=\"shm\"}") >= 2);
+    free(body);
+}
+
 /* Ownership from a cluster map: node 1 serves shards 1 and 3 of 4. */
 static void test_cluster_map_form(void **state)
 {
@@ -414,6 +444,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_errors_take_nothing_down, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stats_snapshot_metrics, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_clients, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_shm_transport, setup, teardown),
         cmocka_unit_test(test_bad_secret_file),
         cmocka_unit_test(test_cluster_map_form),
     };
