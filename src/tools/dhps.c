@@ -16,6 +16,7 @@ int dhps_cmd_get(int argc, char **argv);
 int dhps_cmd_put(int argc, char **argv);
 int dhps_cmd_stats(int argc, char **argv);
 int dhps_cmd_snapshot(int argc, char **argv);
+int dhps_cmd_bench(int argc, char **argv);
 
 struct dhps_cmd {
     const char *name;
@@ -33,6 +34,7 @@ static const struct dhps_cmd dhps_cmds[] = {
     {"put", dhps_cmd_put, "write one key's vector"},
     {"stats", dhps_cmd_stats, "per-node table statistics (STATS)"},
     {"snapshot", dhps_cmd_snapshot, "snapshot every node now (SNAPSHOT)"},
+    {"bench", dhps_cmd_bench, "lookup/update workloads, optionally beside redis and memcached"},
     /* issue 4: up, down, get, put, stats, load, bench */
 };
 
