@@ -9,8 +9,9 @@
  * Threading. Lookups run on every rpc worker thread, each worker with its own store
  *   reader per store (lock-free beside the writer). Writes (UPSERT, DELETE) and
  *   writer-only calls (stats, snapshot) on one store are serialized by a per-store
- *   mutex held only for one batch or one snapshot; lookups never take it. A snapshot
- *   thread runs the periodic snapshots; the metrics HTTP server has its own thread.
+ *   mutex held only for one batch or one snapshot; lookups never take it. A background
+ *   thread runs store maintenance (once a second) and the periodic snapshots; the
+ *   metrics HTTP server has its own thread.
  *
  * Config: a JSON document (docs/server.md has every key); dhps_server_config_parse is
  *   a pure function over a buffer (fuzzed: fuzz_server_config).
@@ -57,6 +58,8 @@ typedef struct dhps_server_config {
     char *label_host, *label_pod, *label_az;   /* may be NULL */
     char *listen_host;               /* numeric IPv4 (default "127.0.0.1") */
     uint16_t tcp_port;               /* 0 = ephemeral */
+    bool tcp_port_set;               /* listen.tcp_port given (else, in the map form, the
+                                        port of this node's addr in the map) */
     bool shm;                        /* offer shared memory (default true) */
     bool verbs;                      /* offer RDMA verbs (default false) */
     uint32_t workers;                /* rpc worker threads 1..64 (default 2) */
@@ -94,7 +97,8 @@ int dhps_server_config_parse(const void *buf, size_t len, dhps_server_config **o
 /*
  * Resolve the shards a config owns from its cluster map (when cluster_map is set):
  * load the map, check map_node is in it, set nshards and owned from the map (a node
- * owning no shard is accepted with a warning). No effect without cluster_map. Returns 0,
+ * owning no shard is accepted with a warning) and, unless listen.tcp_port was given,
+ * tcp_port from the node's addr. No effect without cluster_map. Returns 0,
  * or DHPS_E_CONFIG with a message naming the map file in err. Reads the file; not
  * thread-safe on one config. dhps_server_create calls it on its copy.
  */

@@ -260,7 +260,7 @@ static int parse_root(cfg_ctx *x, json_t *root, dhps_server_config *c)
         if (c->listen_host && !valid_ipv4(c->listen_host))
             return fail(x, "listen.host: must be a numeric IPv4 address");
         v = 0;
-        if ((rc = get_uint(x, li, "tcp_port", "listen", 0, 65535, &v, NULL)))
+        if ((rc = get_uint(x, li, "tcp_port", "listen", 0, 65535, &v, &c->tcp_port_set)))
             return rc;
         c->tcp_port = (uint16_t)v;
         v = c->workers;
@@ -509,6 +509,8 @@ int dhps_server_config_resolve(dhps_server_config *c, char *err, size_t errlen)
         rc = DHPS_E_CONFIG;
         goto out;
     }
+    if (!c->tcp_port_set)
+        c->tcp_port = dhps_cluster_map_node(m, c->map_node)->port;
     uint8_t *owned = calloc(ns, 1);
     uint32_t *ids = malloc((size_t)ns * sizeof *ids);
     if (!owned || !ids) {

@@ -341,14 +341,18 @@ int dhps_server_snapshot(dhps_server *s)
     return snapshot_some(s, NULL);
 }
 
-static void *snap_main(void *arg)
+/* Background thread: once a second, a bounded maintenance step per store (expiry,
+ * compaction, reclamation for stores that get no writes); every snapshot_interval_s, a
+ * snapshot of every store. Each step holds one store's writer lock only. */
+static void *bg_main(void *arg)
 {
     dhps_server *s = arg;
+    uint64_t last_snap = now_ns();
     pthread_mutex_lock(&s->ctl_mu);
     while (!s->stopping) {
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_sec += s->cfg->snapshot_interval_s;
+        ts.tv_sec += 1;
         while (!s->stopping) {
             if (pthread_cond_timedwait(&s->ctl_cv, &s->ctl_mu, &ts) == ETIMEDOUT)
                 break;
@@ -356,8 +360,18 @@ static void *snap_main(void *arg)
         if (s->stopping)
             break;
         pthread_mutex_unlock(&s->ctl_mu);
-        int rc = snapshot_some(s, NULL);
-        DHPS_LOG(DHPS_LOG_INFO, LOGM, "periodic snapshot: %d", rc);
+        for (uint32_t i = 0; i < s->nstores; i++) {
+            pthread_mutex_lock(&s->stores[i].mu);
+            dhps_store_maintain(s->stores[i].st, 4u << 20);
+            pthread_mutex_unlock(&s->stores[i].mu);
+        }
+        uint32_t iv = s->cfg->snapshot_interval_s;
+        if (s->cfg->snapshot_dir && iv && now_ns() - last_snap >= (uint64_t)iv * 1000000000ull) {
+            last_snap = now_ns();
+            int rc = snapshot_some(s, NULL);
+            DHPS_LOG(DHPS_LOG_INFO, LOGM, "periodic snapshot: %s",
+                     rc < 0 ? dhps_strerror(rc) : "ok");
+        }
         pthread_mutex_lock(&s->ctl_mu);
     }
     pthread_mutex_unlock(&s->ctl_mu);
@@ -953,13 +967,11 @@ int dhps_server_start(dhps_server *s, char *err, size_t errlen)
         seterr(err, errlen, "rpc start: %s", dhps_strerror(rc));
         return rc;
     }
-    if (c->snapshot_dir && c->snapshot_interval_s) {
-        if ((rc = pthread_create(&s->snap_thread, NULL, snap_main, s))) {
-            seterr(err, errlen, "snapshot thread: %s", strerror(rc));
-            return -rc;
-        }
-        s->snap_running = true;
+    if ((rc = pthread_create(&s->snap_thread, NULL, bg_main, s))) {
+        seterr(err, errlen, "background thread: %s", strerror(rc));
+        return -rc;
     }
+    s->snap_running = true;
     __atomic_store_n(&s->ready, true, __ATOMIC_RELEASE);
     DHPS_LOG(DHPS_LOG_INFO, LOGM, "node %s ready: rpc port %u, metrics port %u, %u stores",
              c->node_id, s->rpc_port, s->http_port, s->nstores);

@@ -396,6 +396,7 @@ static void test_cluster_map_form(void **state)
     for (int bad = 0; bad < 2; bad++) {
         snprintf(cfgtext, sizeof cfgtext,
                  "{\"node_id\":\"n1\",\"tables\":[{\"name\":\"emb\",\"dim\":8}],"
+                 "\"listen\":{\"tcp_port\":0},"
                  "\"secret_file\":\"%s/secret\",\"shards\":{\"cluster_map\":\"%s\","
                  "\"map_node\":%d}}", dir, mapp, bad ? 9 : 1);
         dhps_server_config *c = NULL;
@@ -423,6 +424,19 @@ static void test_cluster_map_form(void **state)
         t_close(&tc);
         dhps_server_destroy(s);
     }
+    /* without listen.tcp_port the node's port comes from its addr in the map */
+    snprintf(cfgtext, sizeof cfgtext,
+             "{\"node_id\":\"n1\",\"tables\":[{\"name\":\"emb\",\"dim\":8}],"
+             "\"secret_file\":\"/s\",\"shards\":{\"cluster_map\":\"%s\",\"map_node\":1}}",
+             mapp);
+    dhps_server_config *pc = NULL;
+    assert_int_equal(dhps_server_config_parse(cfgtext, strlen(cfgtext), &pc, err, sizeof err), 0);
+    assert_int_equal(dhps_server_config_resolve(pc, err, sizeof err), 0);
+    assert_int_equal(pc->tcp_port, 7001);
+    assert_int_equal(pc->nshards, 4);
+    assert_int_equal(pc->owned[1] + pc->owned[3], 2);
+    assert_int_equal(pc->owned[0] + pc->owned[2], 0);
+    dhps_server_config_free(pc);
     /* the two forms do not mix */
     snprintf(cfgtext, sizeof cfgtext,
              "{\"node_id\":\"n1\",\"tables\":[{\"name\":\"emb\",\"dim\":8}],"
