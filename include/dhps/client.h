@@ -47,10 +47,14 @@
  *   counts as an acknowledgement: the replica already has something at least as new.
  *
  * Routing. Reads choose replicas through a small const ops table (dhps_client_router_ops):
- *   pick(replicas, excluded) and report(pick, latency, outcome). Two are built in:
- *   "first healthy" (map order, skipping nodes that failed in the last second) and an
- *   adapter to the route library (tiers from host/pod/az labels, P2C, breakers, retry
- *   budget), the default when the client's own labels are given.
+ *   pick(replicas, excluded) and report(pick, latency, outcome), plus optional retry
+ *   and hedge budgets. Two are built in: "first healthy" (map order, skipping nodes that
+ *   failed in the last second; never hedges) and an adapter to the route library (tiers
+ *   from host/pod/az labels, P2C, breakers, retry and hedge budgets), the default when
+ *   the client's own labels are given. Hedging: a lookup message still unanswered after
+ *   the router's hedge delay (~p95 of its tier) is sent once more to another replica if
+ *   the hedge budget allows; the first answer is used, the other reported cancelled.
+ *   The wait loop wakes at millisecond granularity (rpc poll), so hedges fire >= 1 ms.
  *
  * Errors (error.h): -EINVAL (bad arguments), DHPS_E_CONFIG (bad map or params),
  *   DHPS_E_TOOBIG (dim too large for max_msg), DHPS_E_TIMEOUT / DHPS_E_UNREACHABLE /
@@ -89,17 +93,21 @@ enum dhps_client_outcome {
     DHPS_CLIENT_OK = 0,      /* answered */
     DHPS_CLIENT_ERROR = 1,   /* failed: refused, reset, handler error, not owned */
     DHPS_CLIENT_TIMEOUT = 2, /* no answer before the deadline */
+    DHPS_CLIENT_CANCELLED = 3, /* the other attempt of a hedged pair answered first */
 };
 
 /*
  * A replica-choice policy. All functions may be called from any number of threads at
  * once (the client shares one router between its threads).
  *   pick:    choose one of replicas[0..n) not in excluded[0..n_excluded); kind is
- *            DHPS_ROUTE_PRIMARY (0) for a first attempt, DHPS_ROUTE_RETRY (2) for a
- *            retry. Returns 0 and fills *out, or DHPS_E_UNREACHABLE (nothing left).
+ *            DHPS_ROUTE_PRIMARY (0) for a first attempt, DHPS_ROUTE_HEDGE (1) for a
+ *            hedge, DHPS_ROUTE_RETRY (2) for a retry. Returns 0 and fills *out, or
+ *            DHPS_E_UNREACHABLE (nothing left). out->start_ns must be CLOCK_MONOTONIC.
  *   report:  outcome of a successful pick, exactly once per pick.
  *   allow_retry: may a failed attempt be retried now, given the absolute deadline
  *            (CLOCK_MONOTONIC ns)? NULL = yes.
+ *   hedge_delay / hedge_acquire: after how many ns an unanswered attempt is hedged, and
+ *            may a hedge be sent now (budget). Both NULL = the router does not hedge.
  *   set_nodes: the map changed (called before the new map is used; may be NULL).
  *   destroy: free self (may be NULL).
  */
@@ -109,6 +117,8 @@ typedef struct dhps_client_router_ops {
                 size_t n_excluded, int kind, dhps_client_pick *out);
     void (*report)(void *self, const dhps_client_pick *pick, uint64_t latency_ns, int outcome);
     bool (*allow_retry)(void *self, uint64_t deadline_ns);
+    uint64_t (*hedge_delay)(void *self, const dhps_client_pick *pick);
+    bool (*hedge_acquire)(void *self, uint64_t deadline_ns);
     void (*set_nodes)(void *self, const dhps_cluster_map *map);
     void (*destroy)(void *self);
 } dhps_client_router_ops;
@@ -150,7 +160,11 @@ typedef struct dhps_client_params {
     uint64_t default_timeout_us; /* deadline of calls passing 0 (default 100000) */
     uint32_t reload_interval_ms; /* map file check period, 0 = only on "not owned"
                                     (default 1000) */
-    uint32_t max_attempts;       /* attempts per lookup sub-batch (default 3) */
+    uint32_t max_attempts;       /* attempts per lookup sub-batch, hedges not counted
+                                    (default 3) */
+    bool hedge;                  /* hedge slow lookup sub-batches when the router can
+                                    (route: after ~p95 of the tier, 5 % budget; default
+                                    true) */
 } dhps_client_params;
 
 /* Fill p with the defaults above. */
@@ -187,6 +201,7 @@ typedef struct dhps_client_result {
     size_t unanswered;   /* of those, keys no replica answered (partial result) */
     uint32_t messages;   /* rpc messages sent (sub-batches, retries, fan-out) */
     uint32_t retries;    /* lookup messages re-sent to another replica */
+    uint32_t hedges;     /* lookup messages duplicated to another replica (hedges) */
     uint64_t version;    /* update: the version the batch was written with */
 } dhps_client_result;
 
@@ -265,6 +280,7 @@ typedef struct dhps_client_stats {
     uint64_t keys_looked_up, keys_updated;
     uint64_t sub_batches;          /* messages sent (first attempts and fan-out) */
     uint64_t retries;              /* lookup messages re-sent on another replica */
+    uint64_t hedges;               /* lookup messages hedged to another replica */
     uint64_t partial;              /* lookups returning with unanswered keys */
     uint64_t update_shortfalls;    /* updates returning with failed keys */
     uint64_t not_owned;            /* DHPS_E_NOTFOUND answers */

@@ -165,6 +165,8 @@ static void fh_report(void *self, const dhps_client_pick *p, uint64_t lat, int o
     struct first_healthy *f = self;
     if (p->node > f->max_id)
         return;
+    if (outcome == DHPS_CLIENT_CANCELLED)
+        return;
     uint64_t v = outcome == DHPS_CLIENT_OK ? 0 : mono_ns() + 1000000000ull;
     atomic_store_explicit(&f->fail_until[p->node], v, memory_order_relaxed);
 }
@@ -201,15 +203,28 @@ static void rt_report(void *self, const dhps_client_pick *p, uint64_t lat, int o
 {
     dhps_route_choice ch = {.node = p->node, .tier = p->tier, .kind = p->kind,
                             .flags = p->flags, .start_ns = p->start_ns};
-    int o = outcome == DHPS_CLIENT_OK      ? DHPS_ROUTE_OK
-            : outcome == DHPS_CLIENT_TIMEOUT ? DHPS_ROUTE_TIMEOUT
-                                             : DHPS_ROUTE_ERROR;
+    int o = outcome == DHPS_CLIENT_OK          ? DHPS_ROUTE_OK
+            : outcome == DHPS_CLIENT_TIMEOUT   ? DHPS_ROUTE_TIMEOUT
+            : outcome == DHPS_CLIENT_CANCELLED ? DHPS_ROUTE_CANCELLED
+                                               : DHPS_ROUTE_ERROR;
     dhps_route_report(self, &ch, lat, o);
 }
 
 static bool rt_allow_retry(void *self, uint64_t deadline_ns)
 {
     return dhps_route_retry_acquire(self, deadline_ns) == 0;
+}
+
+static uint64_t rt_hedge_delay(void *self, const dhps_client_pick *p)
+{
+    dhps_route_choice ch = {.node = p->node, .tier = p->tier, .kind = p->kind,
+                            .flags = p->flags, .start_ns = p->start_ns};
+    return dhps_route_hedge_delay(self, &ch);
+}
+
+static bool rt_hedge_acquire(void *self, uint64_t deadline_ns)
+{
+    return dhps_route_hedge_acquire(self, deadline_ns) == 0;
 }
 
 static void rt_set_nodes(void *self, const dhps_cluster_map *m)
@@ -225,6 +240,7 @@ static void rt_destroy(void *self) { dhps_route_destroy(self); }
 
 const dhps_client_router_ops dhps_client_router_route = {
     .name = "route", .pick = rt_pick, .report = rt_report, .allow_retry = rt_allow_retry,
+    .hedge_delay = rt_hedge_delay, .hedge_acquire = rt_hedge_acquire,
     .set_nodes = rt_set_nodes, .destroy = rt_destroy,
 };
 
@@ -284,7 +300,7 @@ struct dhps_client {
 
     _Atomic uint64_t hlc;
     struct {
-        _Atomic uint64_t lookups, updates, keys_looked_up, keys_updated, sub_batches, retries,
+        _Atomic uint64_t lookups, updates, keys_looked_up, keys_updated, sub_batches, retries, hedges,
             partial, update_shortfalls, not_owned, map_reloads, threads;
     } st;
     struct node_ctr *nodes; /* max_node_id + 1 */
@@ -303,6 +319,7 @@ void dhps_client_params_init(dhps_client_params *p)
     p->default_timeout_us = 100000;
     p->reload_interval_ms = 1000;
     p->max_attempts = 3;
+    p->hedge = true;
 }
 
 static void map_unref(struct map_ref *r)
@@ -730,6 +747,13 @@ enum msg_state { M_IDLE, M_INFLIGHT, M_OK, M_RETRY, M_FAILED };
 #define MAX_TRIED DHPS_CLUSTER_MAX_REPLICAS
 
 struct op;
+struct msg;
+
+struct attempt {            /* one rpc call of a message: [0] primary/retry, [1] hedge */
+    struct msg *ms;
+    dhps_client_pick pick;
+    bool inflight;
+};
 
 struct msg {
     struct op *op;
@@ -740,8 +764,10 @@ struct msg {
     uint8_t attempts;
     uint8_t ntried;
     int err;
+    uint8_t ninflight;      /* attempts in flight (2 while hedged) */
+    bool hedged;            /* a hedge was considered (at most one per message) */
     uint32_t tried[MAX_TRIED];
-    dhps_client_pick pick;
+    struct attempt att[2];
 };
 
 struct group {              /* update: one shard chunk fanned out to R replicas */
@@ -777,7 +803,8 @@ struct op {
     uint32_t ttl;
     uint64_t version;
     bool not_owned;         /* some replica said "not owned": reload */
-    uint32_t messages, retries;
+    bool hedge;             /* lookups: the router hedges and the caller allows it */
+    uint32_t messages, retries, hedges;
 };
 
 static void op_free(struct op *op)
@@ -796,9 +823,10 @@ static void op_unref(struct op *op)
 }
 
 /* Outcome of one rpc call: classify, report to the router, count. */
-static int call_outcome(dhps_client *c, struct msg *ms, int status, const void *resp, size_t len,
-                        const dhps_proto_resp **hdr)
+static int call_outcome(dhps_client *c, struct attempt *a, int status, const void *resp,
+                        size_t len, const dhps_proto_resp **hdr)
 {
+    struct msg *ms = a->ms;
     int err = status;
     if (err == 0) {
         if (len < sizeof(dhps_proto_resp)) {
@@ -810,15 +838,17 @@ static int call_outcome(dhps_client *c, struct msg *ms, int status, const void *
                 err = DHPS_E_MALFORMED;
         }
     }
-    uint64_t lat = mono_ns() - ms->pick.start_ns;
+    uint64_t lat = mono_ns() - a->pick.start_ns;
     int outcome = err == 0 ? DHPS_CLIENT_OK
                   : err == DHPS_E_TIMEOUT ? DHPS_CLIENT_TIMEOUT : DHPS_CLIENT_ERROR;
     /* "stale" on an update means the replica holds something newer: it answered */
     if (err == DHPS_E_STALE)
         outcome = DHPS_CLIENT_OK;
+    struct node_ctr *nc = &c->nodes[a->pick.node];
+    /* the other attempt of a hedged pair already answered: this one lost */
+    int rout = ms->state == M_OK && !ms->op->update ? DHPS_CLIENT_CANCELLED : outcome;
     if (!ms->op->update)
-        c->rops->report(c->rself, &ms->pick, lat, outcome);
-    struct node_ctr *nc = &c->nodes[ms->pick.node];
+        c->rops->report(c->rself, &a->pick, lat, rout);
     if (outcome == DHPS_CLIENT_OK)
         CTR_ADD(nc->ok, 1);
     else if (outcome == DHPS_CLIENT_TIMEOUT)
@@ -829,18 +859,21 @@ static int call_outcome(dhps_client *c, struct msg *ms, int status, const void *
         CTR_ADD(c->st.not_owned, 1);
         ms->op->not_owned = true;
     }
-    if (err == DHPS_E_UNREACHABLE && ms->op->ts && ms->pick.node < ms->op->ts->nchans)
-        ms->op->ts->chans[ms->pick.node].broken = true;
+    if (err == DHPS_E_UNREACHABLE && ms->op->ts && a->pick.node < ms->op->ts->nchans)
+        ms->op->ts->chans[a->pick.node].broken = true;
     return err;
 }
 
 static void lookup_done(void *arg, int status, const void *resp, size_t len)
 {
-    struct msg *ms = arg;
+    struct attempt *a = arg;
+    struct msg *ms = a->ms;
     struct op *op = ms->op;
     const dhps_proto_resp *h = NULL;
-    int err = call_outcome(op->c, ms, status, resp, len, &h);
-    if (op->detached) {
+    a->inflight = false;
+    ms->ninflight--;
+    int err = call_outcome(op->c, a, status, resp, len, &h);
+    if (op->detached || ms->state == M_OK) { /* abandoned, or the other attempt won */
         op_unref(op);
         return;
     }
@@ -870,18 +903,22 @@ static void lookup_done(void *arg, int status, const void *resp, size_t len)
     if (err == 0) {
         ms->state = M_OK;
     } else {
-        ms->state = M_RETRY;
         ms->err = err;
+        if (ms->ninflight == 0) /* else the other attempt may still answer */
+            ms->state = M_RETRY;
     }
     op_unref(op);
 }
 
 static void update_done(void *arg, int status, const void *resp, size_t len)
 {
-    struct msg *ms = arg;
+    struct attempt *a = arg;
+    struct msg *ms = a->ms;
     struct op *op = ms->op;
     const dhps_proto_resp *h = NULL;
-    int err = call_outcome(op->c, ms, status, resp, len, &h);
+    a->inflight = false;
+    ms->ninflight--;
+    int err = call_outcome(op->c, a, status, resp, len, &h);
     if (!op->detached) {
         struct group *g = &op->groups[ms->group];
         if (err == 0 || err == DHPS_E_STALE) {
@@ -921,12 +958,13 @@ static void fill_hdr(struct op *op, dhps_proto_hdr *h, uint32_t shard, uint16_t 
     h->map_version = dhps_cluster_map_version(op->m);
 }
 
-/* Send message ms to node (already chosen in ms->pick). On a local failure the message
- * is left in M_RETRY (lookup) or M_FAILED (update) with err set. */
-static void send_msg(struct op *op, struct msg *ms)
+/* Send message ms as attempt a (node already chosen in a->pick). On a local failure the
+ * message is left in M_RETRY (lookup, unless another attempt is in flight) or M_FAILED
+ * (update) with err set. */
+static void send_msg(struct op *op, struct msg *ms, struct attempt *a)
 {
     dhps_client *c = op->c;
-    uint32_t node = ms->pick.node;
+    uint32_t node = a->pick.node;
     dhps_rpc_channel *ch = NULL;
     void *buf = NULL;
     uint64_t now = mono_ns();
@@ -969,7 +1007,7 @@ static void send_msg(struct op *op, struct msg *ms)
             if ((int64_t)(op->deadline_ns - mono_ns()) <= 0)
                 left_us = 1;
             rc = dhps_rpc_call_send(ch, len, left_us ? left_us : 1,
-                                    op->update ? update_done : lookup_done, ms);
+                                    op->update ? update_done : lookup_done, a);
             if (rc < 0)
                 dhps_rpc_call_abort(ch);
         }
@@ -980,6 +1018,8 @@ static void send_msg(struct op *op, struct msg *ms)
     op->messages++;
     if (rc == 0) {
         ms->state = M_INFLIGHT;
+        a->inflight = true;
+        ms->ninflight++;
         op->refs++;
         return;
     }
@@ -988,8 +1028,9 @@ static void send_msg(struct op *op, struct msg *ms)
     CTR_ADD(c->nodes[node].errors, 1);
     ms->err = rc;
     if (!op->update) {
-        c->rops->report(c->rself, &ms->pick, mono_ns() - ms->pick.start_ns, outcome);
-        ms->state = M_RETRY;
+        c->rops->report(c->rself, &a->pick, mono_ns() - a->pick.start_ns, outcome);
+        if (ms->ninflight == 0)
+            ms->state = M_RETRY;
     } else {
         struct group *g = &op->groups[ms->group];
         g->fails++;
@@ -1018,11 +1059,13 @@ static void lookup_attempt(struct op *op, struct msg *ms)
             return;
         }
     }
-    int rc = c->rops->pick(c->rself, rep, (size_t)nrep, ms->tried, ms->ntried, kind, &ms->pick);
+    struct attempt *a = &ms->att[0];
+    a->ms = ms;
+    int rc = c->rops->pick(c->rself, rep, (size_t)nrep, ms->tried, ms->ntried, kind, &a->pick);
     if (rc < 0 && ms->ntried > 0 && kind == DHPS_ROUTE_RETRY) {
         /* every replica tried once: start over (a transient failure may have passed) */
         ms->ntried = 0;
-        rc = c->rops->pick(c->rself, rep, (size_t)nrep, NULL, 0, kind, &ms->pick);
+        rc = c->rops->pick(c->rself, rep, (size_t)nrep, NULL, 0, kind, &a->pick);
     }
     if (rc < 0) {
         ms->state = M_FAILED;
@@ -1031,14 +1074,45 @@ static void lookup_attempt(struct op *op, struct msg *ms)
         return;
     }
     if (ms->ntried < MAX_TRIED)
-        ms->tried[ms->ntried++] = ms->pick.node;
+        ms->tried[ms->ntried++] = a->pick.node;
     if (ms->attempts++ > 0) {
         op->retries++;
         CTR_ADD(c->st.retries, 1);
     } else {
         CTR_ADD(c->st.sub_batches, 1);
     }
-    send_msg(op, ms);
+    send_msg(op, ms, a);
+}
+
+/* Lookup: if ms's only attempt has been out longer than the router's hedge delay, send
+ * a hedge to another replica (once per message, within the hedge budget). Returns the
+ * time the hedge falls due when it is not due yet, else 0. */
+static uint64_t maybe_hedge(struct op *op, struct msg *ms, uint64_t now)
+{
+    dhps_client *c = op->c;
+    struct attempt *a = &ms->att[0];
+    if (!op->hedge || ms->hedged || ms->state != M_INFLIGHT || ms->ninflight != 1 ||
+        !a->inflight)
+        return 0;
+    uint64_t due = a->pick.start_ns + c->rops->hedge_delay(c->rself, &a->pick);
+    if (now < due)
+        return due;
+    ms->hedged = true;
+    if (!c->rops->hedge_acquire(c->rself, op->deadline_ns))
+        return 0;
+    const uint32_t *rep;
+    int nrep = dhps_cluster_map_replicas(op->m, ms->shard, &rep);
+    struct attempt *h = &ms->att[1];
+    h->ms = ms;
+    if (c->rops->pick(c->rself, rep, (size_t)nrep, ms->tried, ms->ntried, DHPS_ROUTE_HEDGE,
+                      &h->pick) < 0)
+        return 0;
+    if (ms->ntried < MAX_TRIED)
+        ms->tried[ms->ntried++] = h->pick.node;
+    op->hedges++;
+    CTR_ADD(c->st.hedges, 1);
+    send_msg(op, ms, h);
+    return 0;
 }
 
 /* Sort key indices by shard (counting sort) and cut each shard's run into messages of at
@@ -1098,9 +1172,10 @@ out:
 }
 
 /* Poll the thread's loop once, waiting at most until the deadline. */
-static void wait_turn(struct op *op)
+static void wait_turn(struct op *op, uint64_t wake_ns)
 {
-    int64_t left = (int64_t)(op->deadline_ns - mono_ns());
+    uint64_t until = wake_ns && wake_ns < op->deadline_ns ? wake_ns : op->deadline_ns;
+    int64_t left = (int64_t)(until - mono_ns());
     int ms = left <= 0 ? 0 : (int)((left + 999999) / 1000000);
     if (ms > 100)
         ms = 100;
@@ -1180,6 +1255,7 @@ int dhps_client_lookup(dhps_client *c, const char *table, const uint64_t *keys, 
     op->dim = dim;
     op->out_bytes = dtype == DHPS_FP16 ? 2 : 4;
     op->want_fp16 = dtype == DHPS_FP16;
+    op->hedge = c->p.hedge && c->rops->hedge_delay && c->rops->hedge_acquire;
     op->found = calloc((n + 63) / 64 + 1, sizeof *op->found);
     if (!op->found || plan(op, n, per_msg, 1) < 0) {
         op_release(op, mr);
@@ -1190,15 +1266,19 @@ int dhps_client_lookup(dhps_client *c, const char *table, const uint64_t *keys, 
         lookup_attempt(op, &op->msgs[i]);
     for (;;) {
         bool pending = false;
+        uint64_t now = mono_ns(), wake = 0;
         for (size_t i = 0; i < op->nmsgs; i++) {
             struct msg *ms = &op->msgs[i];
             if (ms->state == M_RETRY)
                 lookup_attempt(op, ms); /* another replica, or give up */
+            uint64_t due = maybe_hedge(op, ms, now);
+            if (due && (!wake || due < wake))
+                wake = due;
             pending |= ms->state == M_INFLIGHT || ms->state == M_RETRY;
         }
         if (!pending || mono_ns() >= op->deadline_ns)
             break;
-        wait_turn(op);
+        wait_turn(op, wake);
     }
     /* gather: defaults for keys not found, masks, counts */
     int first_err = 0;
@@ -1238,6 +1318,7 @@ int dhps_client_lookup(dhps_client *c, const char *table, const uint64_t *keys, 
         res->unanswered = unanswered;
         res->messages = op->messages;
         res->retries = op->retries;
+        res->hedges = op->hedges;
     }
     op_release(op, mr);
     return rc;
@@ -1287,12 +1368,14 @@ int dhps_client_update(dhps_client *c, const char *table, const uint64_t *keys,
         struct msg *ms = &op->msgs[i];
         const uint32_t *rep;
         dhps_cluster_map_replicas(op->m, ms->shard, &rep);
-        memset(&ms->pick, 0, sizeof ms->pick);
-        ms->pick.node = rep[i % R];
-        ms->pick.start_ns = mono_ns();
+        struct attempt *a = &ms->att[0];
+        memset(a, 0, sizeof *a);
+        a->ms = ms;
+        a->pick.node = rep[i % R];
+        a->pick.start_ns = mono_ns();
         ms->attempts = 1;
         CTR_ADD(c->st.sub_batches, 1);
-        send_msg(op, ms);
+        send_msg(op, ms, a);
     }
     for (;;) {
         bool pending = false;
@@ -1303,7 +1386,7 @@ int dhps_client_update(dhps_client *c, const char *table, const uint64_t *keys,
         }
         if (!pending || mono_ns() >= op->deadline_ns)
             break;
-        wait_turn(op);
+        wait_turn(op, 0);
     }
     int first_err = 0;
     size_t failed = 0;
@@ -1350,6 +1433,7 @@ void dhps_client_stats_get(dhps_client *c, dhps_client_stats *s)
     s->keys_updated = LD(c->st.keys_updated);
     s->sub_batches = LD(c->st.sub_batches);
     s->retries = LD(c->st.retries);
+    s->hedges = LD(c->st.hedges);
     s->partial = LD(c->st.partial);
     s->update_shortfalls = LD(c->st.update_shortfalls);
     s->not_owned = LD(c->st.not_owned);

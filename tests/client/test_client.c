@@ -431,6 +431,44 @@ static void test_route_router(void **state)
     atomic_store(&x->nodes[0].fail, 0);
 }
 
+static void test_hedging(void **state)
+{
+    struct fx *x = *state;
+    put_keys(x->c, 1, 1000, DHPS_ACK_ALL);
+    check_keys(x->c, 1, 1000, 0);
+    dhps_client_stats st;
+    dhps_client_stats_get(x->c, &st);
+    assert_int_equal(st.hedges, 0); /* first_healthy does not hedge */
+    dhps_client_destroy(x->c);
+    x->c = mkclient(x, DHPS_CLIENT_ROUTER_ROUTE, 1000);
+    /* one slow node: sub-batches sent to it are hedged to another replica; the answers
+     * (first of each pair) are whole and correct, the late ones are dropped */
+    atomic_store(&x->nodes[0].delay_ms, 20);
+    uint64_t keys[1000];
+    float out[1000 * DIM];
+    uint64_t mask[16];
+    for (int i = 0; i < 1000; i++)
+        keys[i] = (uint64_t)i + 1;
+    dhps_client_result res;
+    uint32_t hedges = 0;
+    for (int r = 0; r < 3; r++) {
+        assert_int_equal(dhps_client_lookup(x->c, "emb", keys, 1000, out, DIM, DHPS_FP32, mask,
+                                            5000000, &res), 0);
+        assert_int_equal(res.found, 1000);
+        for (int i = 0; i < 1000; i++) {
+            float want[DIM];
+            row_of(keys[i], want);
+            assert_memory_equal(out + i * DIM, want, sizeof want);
+        }
+        hedges += res.hedges;
+    }
+    assert_true(hedges > 0);
+    dhps_client_stats_get(x->c, &st);
+    assert_int_equal(st.hedges, hedges);
+    atomic_store(&x->nodes[0].delay_ms, 0);
+    check_keys(x->c, 1, 1000, 0);
+}
+
 static void test_create_errors(void **state)
 {
     struct fx *x = *state;
@@ -472,6 +510,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_not_owned_reload, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reload_timer, setup, teardown),
         cmocka_unit_test_setup_teardown(test_route_router, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_hedging, setup, teardown),
         cmocka_unit_test_setup_teardown(test_create_errors, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
