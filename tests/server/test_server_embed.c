@@ -346,6 +346,13 @@ static void test_bad_secret_file(void **state)
     assert_int_equal(dhps_server_create(c, &s, err, sizeof err), DHPS_E_CONFIG);
     assert_non_null(strstr(err, "No such file"));
     t_write(p, "ok-secret", 0644); /* world-readable: accepted with a warning */
+    char snapd[600];
+    snprintf(snapd, sizeof snapd, "%s/snap", dir);
+    rmdir(snapd); /* a missing snapshot dir is a config error */
+    assert_int_equal(dhps_server_create(c, &s, err, sizeof err), DHPS_E_CONFIG);
+    assert_non_null(strstr(err, "snapshot.dir"));
+    assert_non_null(strstr(err, "No such file"));
+    mkdir(snapd, 0700);
     assert_int_equal(dhps_server_create(c, &s, err, sizeof err), 0);
     dhps_server_destroy(s);
     dhps_server_config_free(c);
