@@ -32,20 +32,22 @@
 static char g_dir[64];
 static pid_t g_pid[N];
 
-static dhps_cluster_map *gen_map(const uint16_t *ports)
+static dhps_cluster_map *gen_map(const uint16_t *ports, bool reversed, uint64_t version)
 {
     dhps_cluster_node nodes[N];
     memset(nodes, 0, sizeof nodes);
-    for (int i = 0; i < N; i++) {
-        nodes[i].id = (uint32_t)i;
-        snprintf(nodes[i].host, sizeof nodes[i].host, "local-%d", i);
-        snprintf(nodes[i].az, sizeof nodes[i].az, "az0");
-        snprintf(nodes[i].addr, sizeof nodes[i].addr, "127.0.0.1:%u", ports ? ports[i] : 1000 + i);
+    for (int k = 0; k < N; k++) {
+        int i = reversed ? N - 1 - k : k;
+        nodes[k].id = (uint32_t)i;
+        snprintf(nodes[k].host, sizeof nodes[k].host, "local-%d", i);
+        snprintf(nodes[k].az, sizeof nodes[k].az, "az0");
+        snprintf(nodes[k].addr, sizeof nodes[k].addr, "127.0.0.1:%u", ports ? ports[i] : 1000 + i);
     }
     dhps_cluster_gen_params gp;
     dhps_cluster_gen_params_init(&gp);
     gp.nshards = NSHARDS;
     gp.replicas = 2;
+    gp.version = version;
     dhps_cluster_map *m = NULL;
     assert_int_equal(dhps_cluster_map_generate(&gp, nodes, N, &m, NULL, 0), 0);
     return m;
@@ -76,7 +78,7 @@ static void test_three_servers(void **state)
     char path[256], secret_path[256];
     snprintf(secret_path, sizeof secret_path, "%s/secret", g_dir);
     write_text(secret_path, "integration-secret\n", 0600);
-    dhps_cluster_map *m0 = gen_map(NULL);
+    dhps_cluster_map *m0 = gen_map(NULL, false, 1);
     uint16_t ports[N];
     for (int i = 0; i < N; i++) {
         uint32_t own[NSHARDS];
@@ -122,16 +124,24 @@ static void test_three_servers(void **state)
         ports[i] = (uint16_t)rpc;
     }
     /* the same node list gives the same placement, now with the real ports */
-    dhps_cluster_map *m = gen_map(ports);
+    dhps_cluster_map *m = gen_map(ports, false, 2);
     for (uint32_t s = 0; s < NSHARDS; s++) {
         const uint32_t *a, *b;
         dhps_cluster_map_replicas(m0, s, &a);
         dhps_cluster_map_replicas(m, s, &b);
         assert_memory_equal(a, b, 2 * sizeof *a);
     }
+    /* the client starts from a stale map (version 1, other placement); the servers
+     * refuse shards they do not own, which makes the client reload the file (version 2) */
+    dhps_cluster_map *stale = gen_map(ports, true, 1);
+    size_t moved = 0;
+    for (uint32_t s = 0; s < NSHARDS; s++)
+        for (uint32_t i = 0; i < N; i++)
+            moved += dhps_cluster_map_owns(stale, i, s) != dhps_cluster_map_owns(m, i, s);
+    assert_true(moved > 0);
     char map_path[256];
     snprintf(map_path, sizeof map_path, "%s/map.json", g_dir);
-    assert_int_equal(dhps_cluster_map_write(m, map_path), 0);
+    assert_int_equal(dhps_cluster_map_write(stale, map_path), 0);
 
     dhps_client_params p;
     dhps_client_params_init(&p);
@@ -141,8 +151,11 @@ static void test_three_servers(void **state)
     p.host = "local-0";
     p.az = "az0";
     p.default_timeout_us = 5000000;
+    p.reload_interval_ms = 0; /* only on "not owned" */
     dhps_client *c = NULL;
     assert_int_equal(dhps_client_create(&p, &c), 0);
+    assert_int_equal(dhps_client_map_version(c), 1);
+    assert_int_equal(dhps_cluster_map_write(m, map_path), 0);
 
     static uint64_t keys[NKEYS];
     static float vals[NKEYS * DIM], out[NKEYS * DIM];
@@ -156,6 +169,14 @@ static void test_three_servers(void **state)
     dhps_client_result res;
     int rc = dhps_client_update(c, "emb", keys, vals, NKEYS, DIM, DHPS_FP32, 0, DHPS_ACK_ALL, 0,
                                 mask, &res);
+    assert_int_equal(rc, DHPS_E_NOTFOUND); /* routed with the stale map */
+    dhps_client_stats st;
+    dhps_client_stats_get(c, &st);
+    assert_true(st.not_owned > 0);
+    assert_int_equal(st.map_reloads, 1);
+    assert_int_equal(dhps_client_map_version(c), 2);
+    rc = dhps_client_update(c, "emb", keys, vals, NKEYS, DIM, DHPS_FP32, 0, DHPS_ACK_ALL, 0,
+                            mask, &res);
     assert_int_equal(rc, 0);
     rc = dhps_client_lookup(c, "emb", keys, NKEYS, out, DIM, DHPS_FP32, mask, 0, &res);
     assert_int_equal(rc, 0);
@@ -180,6 +201,7 @@ static void test_three_servers(void **state)
     dhps_client_destroy(c);
     dhps_cluster_map_destroy(m);
     dhps_cluster_map_destroy(m0);
+    dhps_cluster_map_destroy(stale);
 }
 
 static int teardown(void **state)
