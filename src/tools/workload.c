@@ -18,16 +18,24 @@ struct wl_thread {
     int open_failed;
 };
 
-void wl_keys(const wl_params *p, const tools_zipf *z, uint64_t *rng, uint64_t *buf, uint32_t n)
+void wl_keys(const wl_params *p, const tools_zipf *z, uint64_t *rng, uint64_t *buf, uint32_t n,
+             uint64_t *seen, uint32_t seen_mask)
 {
+    bool distinct = p->distinct && seen && n <= p->nkeys / 2;
+    if (distinct) /* key + 1 per slot, 0 = empty: cleared per batch */
+        memset(seen, 0, ((size_t)seen_mask + 1) * sizeof *seen);
     for (uint32_t i = 0; i < n; i++) {
         for (int tries = 0;; tries++) {
             uint64_t k = p->zipf > 0 ? tools_zipf_next(z, rng) : tools_rand(rng) % p->nkeys;
-            bool dup = false;
-            if (p->distinct && tries < 64 && n <= p->nkeys)
-                for (uint32_t j = 0; j < i && !dup; j++)
-                    dup = buf[j] == k;
-            if (!dup) {
+            if (!distinct) {
+                buf[i] = k;
+                break;
+            }
+            uint32_t h = (uint32_t)((k * 0x9E3779B97F4A7C15ull) >> 32) & seen_mask;
+            while (seen[h] && seen[h] != k + 1)
+                h = (h + 1) & seen_mask;
+            if (!seen[h] || tries >= 64) { /* new key (or give up on a very hot set) */
+                seen[h] = k + 1;
                 buf[i] = k;
                 break;
             }
@@ -54,8 +62,12 @@ static void *wl_main(void *arg)
     uint64_t rng = p->seed * 0x9E3779B97F4A7C15ull + t->idx + 1;
     uint64_t *keys = malloc(p->batch * sizeof *keys);
     uint8_t *buf = malloc((size_t)p->batch * p->row_bytes);
+    uint32_t seen_n = 16;
+    while (seen_n < 4 * p->batch)
+        seen_n *= 2;
+    uint64_t *seen = malloc(seen_n * sizeof *seen);
     void *th = t->b->open(t->b->arg);
-    if (!keys || !buf || !th) {
+    if (!keys || !buf || !seen || !th) {
         t->open_failed = 1;
         goto out;
     }
@@ -71,7 +83,7 @@ static void *wl_main(void *arg)
         uint64_t t0 = gap ? next : tools_now_ns();
         if (t0 >= t->end_ns)
             break;
-        wl_keys(p, t->z, &rng, keys, p->batch);
+        wl_keys(p, t->z, &rng, keys, p->batch, seen, seen_n - 1);
         bool upd = p->update_share > 0 &&
                    (double)(tools_rand(&rng) >> 11) * 0x1.0p-53 < p->update_share;
         uint32_t miss = 0;
@@ -95,6 +107,7 @@ static void *wl_main(void *arg)
 out:
     if (th)
         t->b->close(th);
+    free(seen);
     free(buf);
     free(keys);
     return NULL;
