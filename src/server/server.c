@@ -1018,16 +1018,16 @@ int dhps_server_stop(dhps_server *s)
         pthread_join(s->snap_thread, NULL);
         s->snap_running = false;
     }
+    if (s->http) { /* first: its thread reads the rpc server's counters */
+        MHD_stop_daemon(s->http);
+        s->http = NULL;
+    }
     dhps_rpc_server_destroy(s->rpc); /* no more writes after this */
     s->rpc = NULL;
     if (was_ready && s->cfg->snapshot_dir && s->cfg->snapshot_on_shutdown) {
         int n = snapshot_some(s, NULL);
         rc = n < 0 ? n : 0;
         DHPS_LOG(DHPS_LOG_INFO, LOGM, "final snapshot: %s", n < 0 ? dhps_strerror(n) : "ok");
-    }
-    if (s->http) {
-        MHD_stop_daemon(s->http);
-        s->http = NULL;
     }
     if (s->started && s->cfg->pid_file)
         unlink(s->cfg->pid_file);
