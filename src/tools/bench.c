@@ -48,7 +48,7 @@ struct bench_opts {
     const char *table;
     uint32_t dim, batch, threads, shards, server_workers;
     int server_cpu;
-    uint64_t keys;
+    uint64_t keys, timeout_ms;
     double seconds, zipf, rate, update_share;
 };
 
@@ -534,7 +534,7 @@ static const char bench_usage[] =
     "                  [--zipf 0.99] [--batch 1000] [--value-bytes 128] [--keys 100000]\n"
     "                  [--threads 2] [--seconds 3] [--rate BATCHES_PER_S (open loop)]\n"
     "                  [--peers] [--json] [--table bench] [--shards 1] [--server-cpu N|-1]\n"
-    "                  [--server-workers 1]\n";
+    "                  [--server-workers 1] [--timeout-ms 1000 (dhps call deadline)]\n";
 
 int dhps_cmd_bench(int argc, char **argv)
 {
@@ -549,17 +549,18 @@ int dhps_cmd_bench(int argc, char **argv)
         {"json", no_argument, 0, 'J'},           {"table", required_argument, 0, 't'},
         {"shards", required_argument, 0, 'S'},   {"server-cpu", required_argument, 0, 'C'},
         {"server-workers", required_argument, 0, 'W'}, {"help", no_argument, 0, 'h'},
+        {"timeout-ms", required_argument, 0, 'O'},
         {0, 0, 0, 0}};
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     struct bench_opts o = {.table = "bench", .dim = 32, .batch = 1000, .threads = 2,
                            .shards = 1, .server_workers = 1, .keys = 100000, .seconds = 3,
-                           .zipf = 0.99, .server_cpu = ncpu > 1 ? (int)ncpu - 1 : -1};
+                           .zipf = 0.99, .timeout_ms = 1000, .server_cpu = ncpu > 1 ? (int)ncpu - 1 : -1};
     const char *mode = "lookup", *dist = "zipf";
     uint64_t v;
     bool share_given = false;
     int c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "c:m:s:M:u:D:z:b:v:k:j:T:r:PJt:S:C:W:h", lo, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "c:m:s:M:u:D:z:b:v:k:j:T:r:PJt:S:C:W:O:h", lo, NULL)) != -1) {
         switch (c) {
         case 'c': o.tgt.cluster_dir = optarg; break;
         case 'm': o.tgt.map = optarg; break;
@@ -586,6 +587,10 @@ int dhps_cmd_bench(int argc, char **argv)
         case 'C': o.server_cpu = atoi(optarg); break;
         case 'W': if (!tools_parse_u64("bench", "--server-workers", optarg, &v) || !v || v > 64) return 2;
                   o.server_workers = (uint32_t)v; break;
+        case 'O':
+            if (!tools_parse_u64("bench", "--timeout-ms", optarg, &o.timeout_ms) || !o.timeout_ms)
+                return 2;
+            break;
         case 'h': printf("%s", bench_usage); return 0;
         default: fprintf(stderr, "%s", bench_usage); return 2;
         }
@@ -686,7 +691,8 @@ int dhps_cmd_bench(int argc, char **argv)
                     .threads = o.threads, .seconds = o.seconds, .zipf = o.zipf,
                     .rate = o.rate, .update_share = o.update_share, .seed = 11,
                     .distinct = true};
-    if ((e = wl_run(&wp, up_dhps_backend(conn->client, o.table, o.dim), &res[0].r)) < 0)
+    if ((e = wl_run(&wp, up_dhps_backend(conn->client, o.table, o.dim, o.timeout_ms * 1000),
+                    &res[0].r)) < 0)
         goto out;
     res[0].ran = true;
 

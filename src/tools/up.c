@@ -244,6 +244,7 @@ struct dhps_wl {
     dhps_client *client;
     const char *table;
     uint32_t dim;
+    uint64_t timeout_us;
 };
 static void *dwl_open(void *arg) { return arg; }
 static void dwl_close(void *th) { (void)th; }
@@ -251,8 +252,8 @@ static int dwl_lookup(void *th, const uint64_t *keys, uint32_t n, void *out, uin
 {
     struct dhps_wl *w = th;
     dhps_client_result res;
-    int rc = dhps_client_lookup(w->client, w->table, keys, n, out, w->dim, DHPS_FP32, NULL, 0,
-                                &res);
+    int rc = dhps_client_lookup(w->client, w->table, keys, n, out, w->dim, DHPS_FP32, NULL,
+                                w->timeout_us, &res);
     *missing = (uint32_t)res.missing;
     return rc;
 }
@@ -260,13 +261,14 @@ static int dwl_update(void *th, const uint64_t *keys, uint32_t n, const void *ro
 {
     struct dhps_wl *w = th;
     return dhps_client_update(w->client, w->table, keys, rows, n, w->dim, DHPS_FP32,
-                              DHPS_CLIENT_TTL_DEFAULT, DHPS_ACK_ALL, 0, NULL, NULL);
+                              DHPS_CLIENT_TTL_DEFAULT, DHPS_ACK_ALL, w->timeout_us, NULL, NULL);
 }
-const wl_backend *up_dhps_backend(dhps_client *c, const char *table, uint32_t dim)
+const wl_backend *up_dhps_backend(dhps_client *c, const char *table, uint32_t dim,
+                                  uint64_t timeout_us)
 {
     static struct dhps_wl w;
     static wl_backend b;
-    w = (struct dhps_wl){.client = c, .table = table, .dim = dim};
+    w = (struct dhps_wl){.client = c, .table = table, .dim = dim, .timeout_us = timeout_us};
     b = (wl_backend){.name = "dhps", .open = dwl_open, .lookup = dwl_lookup,
                      .update = dwl_update, .close = dwl_close, .arg = &w};
     return &b;
@@ -699,7 +701,7 @@ int dhps_cmd_up(int argc, char **argv)
     wl_params wp = {.nkeys = o.keys, .row_bytes = o.dim * 4, .batch = o.batch,
                     .threads = o.threads, .seconds = o.seconds, .zipf = o.zipf, .seed = 7};
     wl_result wr;
-    if ((e = wl_run(&wp, up_dhps_backend(conn->client, o.table, o.dim), &wr)) < 0) {
+    if ((e = wl_run(&wp, up_dhps_backend(conn->client, o.table, o.dim, 0), &wr)) < 0) {
         fprintf(stderr, "dhps up: workload: %s\n", dhps_strerror(e));
         rc = 1;
         goto done;

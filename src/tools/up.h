@@ -29,7 +29,9 @@ int up_stop_dir(const char *dir, double timeout_s, bool quiet);
 int up_load_sample(struct dhps_client *c, const char *table, uint32_t dim, uint64_t nkeys,
                    bool quiet);
 
-/* A workload backend over the client (one static instance: not reentrant). */
-const wl_backend *up_dhps_backend(struct dhps_client *c, const char *table, uint32_t dim);
+/* A workload backend over the client (one static instance: not reentrant); timeout_us
+ * is each call's deadline (0 = the client's default, 100 ms). */
+const wl_backend *up_dhps_backend(struct dhps_client *c, const char *table, uint32_t dim,
+                                  uint64_t timeout_us);
 
 #endif
