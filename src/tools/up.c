@@ -208,7 +208,7 @@ struct up_opts {
     uint64_t keys;
     double seconds, zipf;
     const char *dir, *server, *table;
-    bool shm, load, workload, quiet;
+    bool shm, load, workload, quiet, pairs;
 };
 
 struct up_node {
@@ -223,9 +223,10 @@ static const char up_usage[] =
     "               [--shards 1024] [--workers 1] [--no-shm] [--server PATH]\n"
     "               [--table emb] [--keys 1000000] [--dim 32] [--no-load]\n"
     "               [--seconds 3] [--threads 2] [--batch 1000] [--zipf 0.99 | 0 uniform]\n"
-    "               [--no-workload]\n"
+    "               [--no-workload] [--same-host-pairs] [--quiet]\n"
     "  Starts a local cluster on 127.0.0.1 (pods are per AZ; nodes are spread round-robin\n"
-    "  over AZs, then pods), loads a sample table, runs a lookup workload, and leaves the\n"
+    "  over AZs, then pods; --same-host-pairs puts nodes 2k and 2k+1 on one host label),\n"
+    "  loads a sample table, runs a lookup workload, and leaves the\n"
     "  cluster running; state in DIR/cluster.json (default $DHPS_CLUSTER_DIR or\n"
     "  ./dhps-cluster). Stop it with `dhps down --dir DIR`.\n";
 
@@ -402,6 +403,7 @@ int dhps_cmd_up(int argc, char **argv)
         {"threads", required_argument, 0, 'j'},  {"batch", required_argument, 0, 'b'},
         {"zipf", required_argument, 0, 'z'},     {"no-workload", no_argument, 0, 'W'},
         {"quiet", no_argument, 0, 'q'},          {"help", no_argument, 0, 'h'},
+        {"same-host-pairs", no_argument, 0, 'H'},
         {0, 0, 0, 0}};
     struct up_opts o = {.nodes = 6, .azs = 2, .pods = 2, .replicas = 2, .shards = 1024,
                         .workers = 1, .dim = 32, .threads = 2, .batch = 1000,
@@ -416,7 +418,7 @@ int dhps_cmd_up(int argc, char **argv)
             return 2;                                                                      \
         o.field = (uint32_t)v;                                                             \
     } while (0)
-    while ((c = getopt_long(argc, argv, "d:n:a:p:r:s:w:Sx:t:k:D:LT:j:b:z:Wqh", lo, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "d:n:a:p:r:s:w:Sx:t:k:D:LT:j:b:z:WqHh", lo, NULL)) != -1) {
         switch (c) {
         case 'd': o.dir = optarg; break;
         case 'n': U32OPT(nodes, "--nodes"); break;
@@ -437,6 +439,7 @@ int dhps_cmd_up(int argc, char **argv)
         case 'z': o.zipf = atof(optarg); break;
         case 'W': o.workload = false; break;
         case 'q': o.quiet = true; break;
+        case 'H': o.pairs = true; break;
         case 'h': printf("%s", up_usage); return 0;
         default: fprintf(stderr, "%s", up_usage); return 2;
         }
@@ -508,9 +511,10 @@ int dhps_cmd_up(int argc, char **argv)
 
     /* nodes and map (placeholder ports; the real ones are known after start) */
     for (uint32_t i = 0; i < o.nodes; i++) {
-        uint32_t az = i % o.azs, pod = (i / o.azs) % o.pods;
+        uint32_t h = o.pairs ? i / 2 : i; /* --same-host-pairs: n0+n1 on h0, ... */
+        uint32_t az = h % o.azs, pod = (h / o.azs) % o.pods;
         snprintf(nd[i].name, sizeof nd[i].name, "n%u", i);
-        snprintf(nd[i].host, sizeof nd[i].host, "h%u", i);
+        snprintf(nd[i].host, sizeof nd[i].host, "h%u", h);
         snprintf(nd[i].az, sizeof nd[i].az, "az%u", az);
         snprintf(nd[i].pod, sizeof nd[i].pod, "az%u-pod%u", az, pod);
         cn[i].id = i;
