@@ -45,6 +45,9 @@
  *   majority, or one), or at the deadline; keys of shards short of it are reported in
  *   failed_mask. A replica answering that the key holds a newer version ("stale")
  *   counts as an acknowledgement: the replica already has something at least as new.
+ *   A message that failed in a way that may pass (connection lost, handler error,
+ *   overload) is re-sent to the same replica - same version, so idempotent - after a
+ *   short backoff, up to max_attempts, while its shard still lacks acknowledgements.
  *
  * Routing. Reads choose replicas through a small const ops table (dhps_client_router_ops):
  *   pick(replicas, excluded) and report(pick, latency, outcome), plus optional retry
@@ -200,7 +203,8 @@ typedef struct dhps_client_result {
     size_t missing;      /* keys marked in missing_mask / failed_mask */
     size_t unanswered;   /* of those, keys no replica answered (partial result) */
     uint32_t messages;   /* rpc messages sent (sub-batches, retries, fan-out) */
-    uint32_t retries;    /* lookup messages re-sent to another replica */
+    uint32_t retries;    /* lookup: messages re-sent to another replica; update/delete:
+                            messages re-sent to the same replica */
     uint32_t hedges;     /* lookup messages duplicated to another replica (hedges) */
     uint64_t version;    /* update: the version the batch was written with */
 } dhps_client_result;
@@ -249,6 +253,16 @@ int dhps_client_update(dhps_client *c, const char *table, const uint64_t *keys,
                        int ack, uint64_t timeout_us, uint64_t *failed_mask,
                        dhps_client_result *res);
 
+/*
+ * Delete n keys of table on every replica of their shards, with one new version (a
+ * replica deletes a key whose stored version is <= it, so a delete never removes a newer
+ * write). Acks, failed_mask, return codes and threading as dhps_client_update; a key
+ * that was absent counts as deleted.
+ */
+int dhps_client_delete(dhps_client *c, const char *table, const uint64_t *keys, size_t n,
+                       int ack, uint64_t timeout_us, uint64_t *failed_mask,
+                       dhps_client_result *res);
+
 /* Next version of the client's hybrid logical clock (what the next update will use or
  * later). Thread-safe. */
 uint64_t dhps_client_next_version(dhps_client *c);
@@ -276,10 +290,11 @@ typedef struct dhps_client_node_stats {
 } dhps_client_node_stats;
 
 typedef struct dhps_client_stats {
-    uint64_t lookups, updates;     /* calls */
+    uint64_t lookups, updates;     /* calls (updates include deletes) */
     uint64_t keys_looked_up, keys_updated;
     uint64_t sub_batches;          /* messages sent (first attempts and fan-out) */
-    uint64_t retries;              /* lookup messages re-sent on another replica */
+    uint64_t retries;              /* messages re-sent (lookups: another replica;
+                                      updates: the same replica) */
     uint64_t hedges;               /* lookup messages hedged to another replica */
     uint64_t partial;              /* lookups returning with unanswered keys */
     uint64_t update_shortfalls;    /* updates returning with failed keys */

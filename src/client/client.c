@@ -765,6 +765,7 @@ struct msg {
     uint8_t ntried;
     int err;
     uint8_t ninflight;      /* attempts in flight (2 while hedged) */
+    uint64_t retry_at;      /* update: a failed message may be re-sent from then */
     bool hedged;            /* a hedge was considered (at most one per message) */
     uint32_t tried[MAX_TRIED];
     struct attempt att[2];
@@ -804,6 +805,7 @@ struct op {
     uint64_t version;
     bool not_owned;         /* some replica said "not owned": reload */
     bool hedge;             /* lookups: the router hedges and the caller allows it */
+    bool del;               /* update op carrying DELETE messages */
     uint32_t messages, retries, hedges;
 };
 
@@ -910,6 +912,22 @@ static void lookup_done(void *arg, int status, const void *resp, size_t len)
     op_unref(op);
 }
 
+/* Update messages are re-sent to the same replica (same version: idempotent) after
+ * errors that may pass: a dropped connection (after the redial backoff), a handler
+ * error, overload. Not after "not owned", auth, malformed answers or the deadline. */
+static bool update_retryable(int err)
+{
+    return err == DHPS_E_UNREACHABLE || err == DHPS_E_HANDLER || err == DHPS_E_BUSY ||
+           err == DHPS_E_CANCELLED;
+}
+
+static uint64_t update_retry_at(dhps_client *c, int err)
+{
+    uint64_t backoff = err == DHPS_E_UNREACHABLE ? (uint64_t)c->p.redial_backoff_ms * 1000000ull
+                                                 : 1000000ull;
+    return mono_ns() + backoff;
+}
+
 static void update_done(void *arg, int status, const void *resp, size_t len)
 {
     struct attempt *a = arg;
@@ -930,6 +948,7 @@ static void update_done(void *arg, int status, const void *resp, size_t len)
                 g->err = err;
             ms->state = M_FAILED;
             ms->err = err;
+            ms->retry_at = update_retry_at(op->c, err);
         }
     }
     op_unref(op);
@@ -980,6 +999,18 @@ static void send_msg(struct op *op, struct msg *ms, struct attempt *a)
                 dhps_proto_lookup lk = {.n = ms->count};
                 memcpy(b + sizeof(dhps_proto_hdr), &lk, sizeof lk);
                 uint8_t *kp = b + sizeof(dhps_proto_hdr) + sizeof lk;
+                for (uint32_t j = 0; j < ms->count; j++)
+                    memcpy(kp + 8 * j, &op->keys[op->order[ms->first + j]], 8);
+            }
+        } else if (op->del) {
+            len = sizeof(dhps_proto_hdr) + sizeof(dhps_proto_delete) + 8ull * ms->count;
+            rc = start_call(op, ch, DHPS_M_DELETE, len, &buf);
+            if (rc == 0) {
+                uint8_t *b = buf;
+                fill_hdr(op, (dhps_proto_hdr *)b, ms->shard, 0);
+                dhps_proto_delete dl = {.n = ms->count, .version = op->version};
+                memcpy(b + sizeof(dhps_proto_hdr), &dl, sizeof dl);
+                uint8_t *kp = b + sizeof(dhps_proto_hdr) + sizeof dl;
                 for (uint32_t j = 0; j < ms->count; j++)
                     memcpy(kp + 8 * j, &op->keys[op->order[ms->first + j]], 8);
             }
@@ -1037,6 +1068,7 @@ static void send_msg(struct op *op, struct msg *ms, struct attempt *a)
         if (!g->err)
             g->err = rc;
         ms->state = M_FAILED;
+        ms->retry_at = update_retry_at(c, rc);
     }
 }
 
@@ -1324,17 +1356,19 @@ int dhps_client_lookup(dhps_client *c, const char *table, const uint64_t *keys, 
     return rc;
 }
 
-int dhps_client_update(dhps_client *c, const char *table, const uint64_t *keys,
+/* Updates and deletes: fan each (shard, chunk) out to every replica, count acks. */
+static int write_batch(dhps_client *c, const char *table, const uint64_t *keys,
                        const void *values, size_t n, uint32_t dim, int dtype, uint32_t ttl,
                        int ack, uint64_t timeout_us, uint64_t *failed_mask,
-                       dhps_client_result *res)
+                       dhps_client_result *res, bool del)
 {
     if (res)
         memset(res, 0, sizeof *res);
-    if ((dtype != DHPS_FP32 && dtype != DHPS_FP16 && dtype != DHPS_BYTES) || dim == 0 ||
-        (n && (!keys || !values)) || n > (1u << 30) || ack < DHPS_ACK_ALL || ack > DHPS_ACK_ONE)
+    if ((dtype != DHPS_FP32 && dtype != DHPS_FP16 && dtype != DHPS_BYTES) ||
+        (dim == 0 && !del) || (n && (!keys || (!values && !del))) || n > (1u << 30) ||
+        ack < DHPS_ACK_ALL || ack > DHPS_ACK_ONE)
         return -EINVAL;
-    uint32_t vb = dim * (dtype == DHPS_FP32 ? 4u : dtype == DHPS_FP16 ? 2u : 1u);
+    uint32_t vb = del ? 0 : dim * (dtype == DHPS_FP32 ? 4u : dtype == DHPS_FP16 ? 2u : 1u);
     uint32_t per_msg = c ? (c->p.max_msg - 128) / (8u + vb) : 0;
     if (per_msg > DHPS_PROTO_MAX_KEYS)
         per_msg = DHPS_PROTO_MAX_KEYS;
@@ -1349,6 +1383,7 @@ int dhps_client_update(dhps_client *c, const char *table, const uint64_t *keys,
     struct map_ref *mr = map_pin(c);
     op->m = mr->m;
     op->update = true;
+    op->del = del;
     op->values = values;
     op->vb = vb;
     op->dtype = dtype;
@@ -1379,6 +1414,26 @@ int dhps_client_update(dhps_client *c, const char *table, const uint64_t *keys,
     }
     for (;;) {
         bool pending = false;
+        uint64_t now = mono_ns(), wake = 0;
+        for (size_t i = 0; i < op->nmsgs; i++) {
+            struct msg *ms = &op->msgs[i];
+            struct group *gr = &op->groups[ms->group];
+            if (ms->state != M_FAILED || gr->acks >= gr->needed || now >= op->deadline_ns ||
+                ms->attempts >= c->p.max_attempts || !update_retryable(ms->err))
+                continue;
+            if (now < ms->retry_at) {
+                pending = true; /* this group may still get there */
+                if (!wake || ms->retry_at < wake)
+                    wake = ms->retry_at;
+                continue;
+            }
+            gr->fails--;
+            ms->attempts++;
+            ms->att[0].pick.start_ns = now;
+            op->retries++;
+            CTR_ADD(c->st.retries, 1);
+            send_msg(op, ms, &ms->att[0]);
+        }
         for (size_t g = 0; g < op->ngroups; g++) {
             struct group *gr = &op->groups[g];
             if (gr->acks < gr->needed && gr->acks + (gr->nrep - gr->acks - gr->fails) >= gr->needed)
@@ -1386,7 +1441,7 @@ int dhps_client_update(dhps_client *c, const char *table, const uint64_t *keys,
         }
         if (!pending || mono_ns() >= op->deadline_ns)
             break;
-        wait_turn(op, 0);
+        wait_turn(op, wake);
     }
     int first_err = 0;
     size_t failed = 0;
@@ -1414,11 +1469,29 @@ int dhps_client_update(dhps_client *c, const char *table, const uint64_t *keys,
         res->unanswered = failed;
         res->found = n - failed;
         res->messages = op->messages;
+        res->retries = op->retries;
         res->version = op->version;
     }
     rc = failed ? first_err : 0;
     op_release(op, mr);
     return rc;
+}
+
+int dhps_client_update(dhps_client *c, const char *table, const uint64_t *keys,
+                       const void *values, size_t n, uint32_t dim, int dtype, uint32_t ttl,
+                       int ack, uint64_t timeout_us, uint64_t *failed_mask,
+                       dhps_client_result *res)
+{
+    return write_batch(c, table, keys, values, n, dim, dtype, ttl, ack, timeout_us, failed_mask,
+                       res, false);
+}
+
+int dhps_client_delete(dhps_client *c, const char *table, const uint64_t *keys, size_t n,
+                       int ack, uint64_t timeout_us, uint64_t *failed_mask,
+                       dhps_client_result *res)
+{
+    return write_batch(c, table, keys, NULL, n, 0, DHPS_FP32, 0, ack, timeout_us, failed_mask,
+                       res, true);
 }
 
 /* ---- stats --------------------------------------------------------------------------- */

@@ -40,6 +40,7 @@ struct fake_node {
     struct fake_entry *tab;
     _Atomic int delay_ms;       /* handlers sleep while delay_ms > 0, up to that long */
     _Atomic int fail;           /* answer with status DHPS_E_HANDLER */
+    _Atomic int fail_next;      /* answer the next N requests with DHPS_E_HANDLER */
     _Atomic(const dhps_cluster_map *) owner_map; /* if set: refuse shards not owned */
     _Atomic uint64_t lookups, upserts, keys;
 };
@@ -88,7 +89,10 @@ static int fake_prologue(struct fake_node *f, dhps_rpc_request *r, const dhps_pr
     memset(resp, 0, sizeof *resp);
     r->resp_len = sizeof *resp;
     const dhps_cluster_map *om = atomic_load(&f->owner_map);
-    if (atomic_load(&f->fail)) {
+    int fn = atomic_load(&f->fail_next);
+    while (fn > 0 && !atomic_compare_exchange_weak(&f->fail_next, &fn, fn - 1))
+        ;
+    if (atomic_load(&f->fail) || fn > 0) {
         resp->status = DHPS_E_HANDLER;
         return 1;
     }
@@ -210,6 +214,46 @@ static int fake_upsert(void *arg, dhps_rpc_request *r)
     return 0;
 }
 
+static int fake_delete(void *arg, dhps_rpc_request *r)
+{
+    struct fake_node *f = arg;
+    const uint8_t *b = r->req;
+    if (r->req_len < sizeof(dhps_proto_hdr) + sizeof(dhps_proto_delete))
+        return -1;
+    const dhps_proto_hdr *h = r->req;
+    dhps_proto_delete dl;
+    memcpy(&dl, b + sizeof *h, sizeof dl);
+    if (r->req_len < sizeof *h + sizeof dl + 8ull * dl.n)
+        return -1;
+    if (fake_prologue(f, r, h))
+        return 0;
+    const uint8_t *kp = b + sizeof *h + sizeof dl;
+    size_t words = (dl.n + 63) / 64;
+    if (sizeof(dhps_proto_resp) + words * 8 > r->resp_cap)
+        return -1;
+    dhps_proto_resp *resp = r->resp;
+    uint8_t *mask = (uint8_t *)r->resp + sizeof *resp;
+    memset(mask, 0, words * 8);
+    uint32_t deleted = 0;
+    pthread_mutex_lock(&f->lock);
+    for (uint32_t i = 0; i < dl.n; i++) {
+        uint64_t k;
+        memcpy(&k, kp + 8 * i, 8);
+        struct fake_entry *e = fake_slot(f, k, false);
+        if (!e || e->version > dl.version)
+            continue;
+        e->dim = 0; /* a tombstone: lookups skip rows whose dim differs */
+        e->version = dl.version;
+        mask[i / 8] |= (uint8_t)(1u << (i % 8));
+        deleted++;
+    }
+    pthread_mutex_unlock(&f->lock);
+    resp->n = dl.n;
+    resp->count = deleted;
+    r->resp_len = sizeof *resp + words * 8;
+    return 0;
+}
+
 static int fake_start(struct fake_node *f, uint32_t id, uint16_t port)
 {
     memset(f, 0, sizeof *f);
@@ -227,6 +271,7 @@ static int fake_start(struct fake_node *f, uint32_t id, uint16_t port)
         return rc;
     dhps_rpc_server_register(f->srv, DHPS_M_LOOKUP, fake_lookup, f);
     dhps_rpc_server_register(f->srv, DHPS_M_UPSERT, fake_upsert, f);
+    dhps_rpc_server_register(f->srv, DHPS_M_DELETE, fake_delete, f);
     f->port = dhps_rpc_server_port(f->srv);
     return dhps_rpc_server_start(f->srv);
 }

@@ -174,6 +174,62 @@ static void test_update_lookup(void **state)
     assert_true(v2 > v1 && v1 > v0);
 }
 
+static void test_delete(void **state)
+{
+    struct fx *x = *state;
+    put_keys(x->c, 1, 400, DHPS_ACK_ALL);
+    uint64_t del[200];
+    for (int i = 0; i < 200; i++)
+        del[i] = (uint64_t)(2 * i + 1); /* odd keys */
+    uint64_t failed[4];
+    dhps_client_result res;
+    assert_int_equal(dhps_client_delete(x->c, "emb", del, 200, DHPS_ACK_ALL, 0, failed, &res), 0);
+    assert_int_equal(res.found, 200);
+    uint64_t keys[400];
+    float out[400 * DIM];
+    uint64_t mask[7];
+    for (int i = 0; i < 400; i++)
+        keys[i] = (uint64_t)i + 1;
+    assert_int_equal(dhps_client_lookup(x->c, "emb", keys, 400, out, DIM, DHPS_FP32, mask, 0, &res), 0);
+    assert_int_equal(res.found, 200);
+    for (int i = 0; i < 400; i++) {
+        bool miss = (mask[i / 64] >> (i % 64)) & 1;
+        assert_int_equal(miss, keys[i] % 2);
+    }
+    /* a write after the delete wins (newer version) */
+    put_keys(x->c, 1, 400, DHPS_ACK_ALL);
+    check_keys(x->c, 1, 400, 0);
+    assert_int_equal(dhps_client_delete(x->c, "emb", del, 0, DHPS_ACK_ALL, 0, failed, &res), 0);
+    assert_int_equal(dhps_client_delete(x->c, "emb", NULL, 3, DHPS_ACK_ALL, 0, failed, &res), -EINVAL);
+}
+
+static void test_update_retry(void **state)
+{
+    struct fx *x = *state;
+    /* node 0 fails its next 2 requests: ACK_ALL still succeeds, by re-sending */
+    atomic_store(&x->nodes[0].fail_next, 2);
+    uint64_t keys[300];
+    float vals[300 * DIM];
+    for (int i = 0; i < 300; i++) {
+        keys[i] = (uint64_t)i + 1;
+        row_of(keys[i], vals + i * DIM);
+    }
+    uint64_t failed[5];
+    dhps_client_result res;
+    assert_int_equal(dhps_client_update(x->c, "emb", keys, vals, 300, DIM, DHPS_FP32, 0,
+                                        DHPS_ACK_ALL, 0, failed, &res), 0);
+    assert_int_equal(res.retries, 2);
+    for (uint64_t k = 1; k <= 300; k++)
+        assert_int_equal(fake_get(&x->nodes[0], k, NULL, NULL),
+                         dhps_cluster_map_owns(x->map, 0, dhps_cluster_map_shard_of(x->map, k)));
+    /* always failing: bounded by max_attempts, reported per key */
+    atomic_store(&x->nodes[0].fail, 1);
+    assert_int_equal(dhps_client_update(x->c, "emb", keys, vals, 300, DIM, DHPS_FP32, 0,
+                                        DHPS_ACK_ALL, 0, failed, &res), DHPS_E_HANDLER);
+    assert_true(res.missing > 0);
+    atomic_store(&x->nodes[0].fail, 0);
+}
+
 static void test_big_batch_split(void **state)
 {
     struct fx *x = *state;
@@ -502,6 +558,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_update_lookup, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_delete, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_update_retry, setup, teardown),
         cmocka_unit_test_setup_teardown(test_big_batch_split, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fp16_and_defaults, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retry_on_failure, setup, teardown),

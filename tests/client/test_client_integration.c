@@ -192,6 +192,16 @@ static void test_three_servers(void **state)
     rc = dhps_client_lookup(c, "emb", keys, NKEYS, out16, DIM, DHPS_FP16, mask, 0, &res);
     assert_int_equal(rc, 0);
     assert_int_equal(res.found, NKEYS);
+    /* delete the first 100 keys on every replica; they read as missing, the rest stay */
+    assert_int_equal(dhps_client_delete(c, "emb", keys, 100, DHPS_ACK_ALL, 0, mask, &res), 0);
+    rc = dhps_client_lookup(c, "emb", keys, NKEYS, out, DIM, DHPS_FP32, mask, 0, &res);
+    assert_int_equal(rc, 0);
+    assert_int_equal(res.found, NKEYS - 100);
+    for (int i = 0; i < NKEYS; i++)
+        assert_int_equal((mask[i / 64] >> (i % 64)) & 1, i < 100);
+    rc = dhps_client_update(c, "emb", keys, vals, 100, DIM, DHPS_FP32, 0, DHPS_ACK_ALL, 0, mask,
+                            &res);
+    assert_int_equal(rc, 0);
     /* one server down: every shard keeps a replica */
     stop(1);
     rc = dhps_client_lookup(c, "emb", keys, NKEYS, out, DIM, DHPS_FP32, mask, 0, &res);
