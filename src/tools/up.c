@@ -203,6 +203,15 @@ static void wipe_snapshots(const char *dir)
 
 /* ---- up ---------------------------------------------------------------------------- */
 
+/* ^C / SIGTERM while the servers start: stop the ones started instead of leaving them
+ * running with no cluster.json naming them. */
+static volatile sig_atomic_t g_up_interrupted;
+static void up_on_signal(int sig)
+{
+    (void)sig;
+    g_up_interrupted = 1;
+}
+
 struct up_opts {
     uint32_t nodes, azs, pods, replicas, shards, workers, dim, threads, batch;
     uint64_t keys;
@@ -477,6 +486,8 @@ int dhps_cmd_up(int argc, char **argv)
     json_t *mj = NULL, *state = NULL;
     char *mtext = NULL, *stext = NULL, err[4096] = "", absdir[PATH_MAX], p[PATH_MAX];
     uint32_t *own = NULL;
+    struct sigaction old_int, old_term;
+    bool signals_caught = false;
     int rc = 1, e;
     if (!nd || !cn || !(own = calloc(o.shards, sizeof *own)))
         goto fail;
@@ -579,6 +590,11 @@ int dhps_cmd_up(int argc, char **argv)
                "%u shards, in %s\n", o.nodes, server, o.azs, o.pods, o.replicas, o.shards,
                absdir);
     fflush(stdout);
+    struct sigaction sa = {.sa_handler = up_on_signal};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
+    signals_caught = true;
     for (uint32_t i = 0; i < o.nodes; i++) {
         pid_t pid = fork();
         if (pid < 0) {
@@ -625,6 +641,10 @@ int dhps_cmd_up(int argc, char **argv)
             }
             if (nd[i].port && up_http_status(nd[i].mport, "/health") == 200)
                 break;
+            if (g_up_interrupted) {
+                fprintf(stderr, "dhps up: interrupted; stopping the nodes started\n");
+                goto fail;
+            }
             if (tools_now_ns() > deadline) {
                 fprintf(stderr, "dhps up: node %s not healthy after 60 s\n", nd[i].name);
                 tail_log(nd[i].log);
@@ -673,7 +693,11 @@ int dhps_cmd_up(int argc, char **argv)
                nd[i].name, (int)nd[i].pid, nd[i].port, nd[i].mport, nd[i].host, nd[i].pod,
                nd[i].az);
 
-    /* all started: from here on the cluster stays up whatever happens */
+    /* all started and named in cluster.json: from here on the cluster stays up whatever
+     * happens (^C now ends `dhps up` only; `dhps down` stops the nodes) */
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
+    signals_caught = false;
     rc = 0;
     tools_target tgt = {.cluster_dir = absdir};
     if (!o.load || tools_conn_open(&tgt, &conn) < 0)
@@ -751,6 +775,10 @@ fail:
     stop_started(nd, nd ? o.nodes : 0);
     rc = 1;
 out:
+    if (signals_caught) {
+        sigaction(SIGINT, &old_int, NULL);
+        sigaction(SIGTERM, &old_term, NULL);
+    }
     free(stext);
     json_decref(state);
     free(mtext);

@@ -135,6 +135,29 @@ static void up_get_put_down(void **state)
     out = capture(DHPS_BIN " get 5000003 --cluster %s", g_dir);
     assert_string_equal(out, "5000003 16,17,18,19,20,21,22,23\n");
     free(out);
+    /* a .npy (v2) of 4 x 8 fp32 rows keyed by row index + base */
+    uint8_t npy[512];
+    uint64_t shape[2] = {4, 8};
+    long hl = tf_npy_write_header(npy, sizeof npy, 2, "<f4", false, 2, shape);
+    assert_true(hl > 0);
+    float nrows[32];
+    for (int i = 0; i < 32; i++)
+        nrows[i] = 0.5f * (float)i;
+    memcpy(npy + hl, nrows, sizeof nrows);
+    snprintf(path, sizeof path, "%s/t.npy", g_dir);
+    f = fopen(path, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(npy, 1, (size_t)hl + sizeof nrows, f), (size_t)hl + sizeof nrows);
+    fclose(f);
+    out = capture(DHPS_BIN " load %s --table emb --keys-from-row-index --key-base 6000000 "
+                  "--cluster %s", path, g_dir);
+    assert_non_null(strstr(out, "loaded 4 rows"));
+    free(out);
+    out = capture(DHPS_BIN " get 6000003 --cluster %s", g_dir);
+    assert_string_equal(out, "6000003 12,12.5,13,13.5,14,14.5,15,15.5\n");
+    free(out);
+
+    snprintf(path, sizeof path, "%s/t.bin", g_dir);
     file[100] ^= 1; /* a damaged file loads nothing */
     f = fopen(path, "wb");
     fwrite(file, 1, (size_t)flen, f);
