@@ -240,7 +240,16 @@ int dhps_server_create(const dhps_server_config *cfg, dhps_server **out, char *e
             dhps_store_params p;
             dhps_store_params_init(&p);
             p.capacity_hint = tb->c.capacity / nowned < 1024 ? 1024 : tb->c.capacity / nowned;
+            /* Segments sized to the shard: about 1/8 of its expected records, between
+             * 64 KiB and 2 MiB, so hundreds of small shards per node do not each pin
+             * a 2 MiB segment (docs/server.md). */
+            uint64_t want = p.capacity_hint * (uint64_t)(tb->row_bytes + 24) / 8;
+            p.segment_bytes = 64u << 10;
+            while (p.segment_bytes < want && p.segment_bytes < (2u << 20))
+                p.segment_bytes <<= 1;
             p.mem_limit = tb->c.mem_limit / nowned;
+            if (p.mem_limit && p.mem_limit < 4ull * p.segment_bytes) /* the store's floor */
+                p.mem_limit = 4ull * p.segment_bytes;
             p.default_ttl = tb->c.default_ttl;
             p.max_readers = cfg->workers + 4;
             if ((rc = dhps_store_create(&p, &st->st))) {

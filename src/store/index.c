@@ -44,13 +44,17 @@ index_table *index_create(uint64_t nb, bool huge)
     if (!t)
         return NULL;
     size_t bytes = (size_t)nb * sizeof(bucket);
-    size_t map = (bytes + (2u << 20) - 1) & ~(size_t)((2u << 20) - 1);
+    /* Tables of 2 MiB or more are rounded to whole huge pages and advised; smaller
+     * ones (a node holds hundreds of small shards) stay on 4 KiB pages, so a shard of
+     * a thousand keys costs kilobytes, not a 2 MiB page. */
+    size_t unit = bytes >= (2u << 20) ? (2u << 20) : 4096u;
+    size_t map = (bytes + unit - 1) & ~(size_t)(unit - 1);
     void *p = mmap(NULL, map, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) {
         free(t);
         return NULL;
     }
-    if (huge)
+    if (huge && unit > 4096u)
         (void)madvise(p, map, MADV_HUGEPAGE);
     t->b = p;
     t->nb = nb;
