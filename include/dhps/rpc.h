@@ -342,6 +342,62 @@ void dhps_rpc_channel_get_stats(const dhps_rpc_channel *ch, dhps_rpc_channel_sta
 enum { DHPS_RPC_FAULT_QP_ERROR = 1 };
 int dhps_rpc_channel_inject(dhps_rpc_channel *ch, int fault);
 
+/* ---- fault injection (client side, per peer) --------------------------------------
+ *
+ * Rules in the manner of Envoy's fault filter, applied to calls a client sends to one
+ * peer, keyed by the peer's address as given to dhps_rpc_channel_open (numeric IPv4
+ * host and port; port 0 matches every port of that host). The table is process-wide:
+ * every dhps_rpc_client of the process sees a rule (a test or an operator thread sets
+ * it while other threads' clients carry traffic). Set, clear and read are thread-safe
+ * (one mutex); the call path costs one relaxed atomic load while the table is empty.
+ *
+ * Applied in dhps_rpc_call_send (and dhps_rpc_call), in this order, once per call:
+ *   partition: the call fails with DHPS_E_UNREACHABLE (as if the peer vanished).
+ *   drop:      drop_percent of calls fail, with DHPS_E_UNREACHABLE (drop_timeout false)
+ *              or DHPS_E_TIMEOUT at their deadline (drop_timeout true; a call with no
+ *              deadline then fails with DHPS_E_TIMEOUT at once). Nothing is sent.
+ *   delay:     delay_percent of the remaining calls are sent delay_us later (the request
+ *              is copied out of the lent buffer and re-issued by dhps_rpc_client_poll;
+ *              if its deadline passes first it fails with DHPS_E_TIMEOUT).
+ * A faulted call's callback still runs exactly once, from dhps_rpc_client_poll, never
+ * inside dhps_rpc_call_send. Percent draws come from a per-rule xorshift generator
+ * seeded by `seed`, so one thread's call sequence sees a reproducible pattern. Calls
+ * already sent when a rule is set are not affected. A rule with no effect selected
+ * (all zero) is allowed and only counts calls.
+ */
+typedef struct dhps_rpc_fault {
+    bool partition;          /* every call fails with DHPS_E_UNREACHABLE */
+    uint32_t drop_percent;   /* 0..100 */
+    bool drop_timeout;       /* dropped calls time out instead of failing fast */
+    uint32_t delay_us;       /* added before sending, 0 = none (at most 60 s) */
+    uint32_t delay_percent;  /* 0..100 of calls delayed (default 100) */
+    uint64_t seed;           /* percent generator seed (0 = a fixed default) */
+} dhps_rpc_fault;
+
+typedef struct dhps_rpc_fault_stats {
+    uint64_t calls;          /* calls that matched the rule */
+    uint64_t partitioned;    /* failed by the partition */
+    uint64_t dropped;        /* failed by the drop percentage */
+    uint64_t delayed;        /* sent late */
+} dhps_rpc_fault_stats;
+
+/* Most rules at once. */
+#define DHPS_RPC_FAULT_MAX_RULES 64u
+
+/* Fill f with no effect (delay_percent 100, everything else 0). */
+void dhps_rpc_fault_init(dhps_rpc_fault *f);
+
+/* Set (or replace) the rule for host:port; its counters restart at zero. Returns 0,
+ * -EINVAL (bad host, percent > 100, delay > 60 s), -ENOSPC (table full). Thread-safe. */
+int dhps_rpc_fault_set(const char *host, uint16_t port, const dhps_rpc_fault *f);
+
+/* Remove the rule for host:port (host NULL: every rule). Returns 0 or -ENOENT. Calls
+ * already held back by a delay are still sent at their time. Thread-safe. */
+int dhps_rpc_fault_clear(const char *host, uint16_t port);
+
+/* Counters of the rule for host:port. Returns 0 or -ENOENT. Thread-safe. */
+int dhps_rpc_fault_get_stats(const char *host, uint16_t port, dhps_rpc_fault_stats *st);
+
 #ifdef __cplusplus
 }
 #endif

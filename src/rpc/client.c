@@ -57,6 +57,7 @@ struct session {
     uint16_t lent_method;
     size_t lent_max;
     int lent_transport;
+    void *lent_buf;
     dhps_rpc_channel_stats st;
     /* verbs */
     bool verbs_wanted;      /* negotiated verbs once: keep re-trying after failures */
@@ -69,6 +70,7 @@ struct session {
 };
 
 static void s_close(session *ch);
+static void cancel_deferred(dhps_rpc_client *cl, const void *owner);
 static char verbs_wake_tag; /* epoll data for completion-channel fds: drain them all */
 
 
@@ -78,8 +80,24 @@ struct dhps_rpc_channel {
     struct dhps_rpc_channel *prev, *next;
 };
 
+/* A call held back by a fault rule (see dhps_rpc_fault_set): failed or sent at `at`. */
+typedef struct deferred {
+    struct deferred *next;
+    session *s;
+    const void *owner;  /* the channel handle that sent it */
+    uint16_t method;
+    int status;         /* 0: send at `at`; < 0: fail with it at `at` */
+    uint64_t at;        /* ns */
+    uint64_t deadline;  /* ns, UINT64_MAX = none */
+    dhps_rpc_done_fn done;
+    void *arg;
+    size_t len;
+    uint8_t req[];
+} deferred;
+
 struct dhps_rpc_client {
     dhps_rpc_client_params p;
+    deferred *dq;             /* calls held back by fault rules (unsorted) */
     uint8_t secret[DHPS_RPC_MAX_SECRET];
     uint8_t host_id[RPC_HOST_ID];
     int ep;
@@ -160,6 +178,7 @@ void dhps_rpc_client_destroy(dhps_rpc_client *c)
 {
     if (!c)
         return;
+    cancel_deferred(c, NULL);
     while (c->chans)
         s_close(c->chans);
     while (c->handles) {
@@ -620,6 +639,7 @@ static int s_call_start(session *ch, uint16_t method, size_t max_len, void **buf
     ch->lent_method = method;
     ch->lent_max = max_len;
     ch->lent_transport = t;
+    ch->lent_buf = p;
     *buf = p;
     return 0;
 }
@@ -750,6 +770,121 @@ static int s_call_send(session *ch, const void *owner, size_t len, uint64_t time
     rpc_transports[ch->lent_transport]->commit(&ch->c, &f);
     ch->st.calls[ch->lent_transport]++;
     return 0;
+}
+
+/* ---- fault rules: calls held back or failed without being sent ---------------------- */
+
+static void deferred_fail(session *s, deferred *q, int status)
+{
+    s->st.failed++;
+    if (status == DHPS_E_TIMEOUT)
+        s->st.timeouts++;
+    q->done(q->arg, status, NULL, 0);
+}
+
+/* dhps_rpc_call_send with the fault rules applied (one relaxed load when none is set). */
+static int s_send(session *ch, const void *owner, size_t len, uint64_t timeout_us,
+                  dhps_rpc_done_fn done, void *arg)
+{
+    if (atomic_load_explicit(&rpc_fault_nrules, memory_order_relaxed) == 0)
+        return s_call_send(ch, owner, len, timeout_us, done, arg);
+    if (!ch->lent || len > ch->lent_max || !done)
+        return -EINVAL;
+    uint64_t delay;
+    int k = rpc_fault_decide(ch->host, ch->port, &delay);
+    if (k == RPC_FAULT_NONE)
+        return s_call_send(ch, owner, len, timeout_us, done, arg);
+    deferred *q = malloc(sizeof *q + (k == RPC_FAULT_DELAY ? len : 0));
+    if (!q) /* no memory to hold it back: send it unharmed */
+        return s_call_send(ch, owner, len, timeout_us, done, arg);
+    uint64_t now = rpc_now_ns();
+    *q = (deferred){.s = ch, .owner = owner, .method = ch->lent_method, .done = done,
+                    .arg = arg, .len = len,
+                    .deadline = timeout_us ? now + timeout_us * 1000ull : UINT64_MAX};
+    if (k == RPC_FAULT_FAIL) {
+        q->status = DHPS_E_UNREACHABLE;
+        q->at = now;
+    } else if (k == RPC_FAULT_HOLD) {
+        q->status = DHPS_E_TIMEOUT;
+        q->at = q->deadline == UINT64_MAX ? now : q->deadline;
+    } else {
+        q->status = 0;
+        q->at = now + delay;
+        if (len)
+            memcpy(q->req, ch->lent_buf, len);
+    }
+    s_call_abort(ch);
+    q->next = ch->cl->dq;
+    ch->cl->dq = q;
+    return 0;
+}
+
+/* Fail or send every held-back call whose time came. Returns callbacks run. */
+static int run_deferred(dhps_rpc_client *cl, uint64_t now)
+{
+    int ran = 0;
+    deferred *list = cl->dq, *keep = NULL;
+    cl->dq = NULL; /* callbacks may hold back new calls: they wait for the next turn */
+    while (list) {
+        deferred *q = list;
+        list = q->next;
+        int st = q->status;
+        if (q->at > now) {
+            if (q->deadline > now) {
+                q->next = keep;
+                keep = q;
+                continue;
+            }
+            st = DHPS_E_TIMEOUT; /* deadline passed while delayed */
+        }
+        if (st == 0) {
+            void *buf;
+            int rc = q->s->lent ? DHPS_E_BUSY : s_call_start(q->s, q->method, q->len, &buf);
+            if (rc == DHPS_E_BUSY) {
+                q->next = keep;
+                keep = q;
+                continue;
+            }
+            if (rc == 0) {
+                if (q->len)
+                    memcpy(buf, q->req, q->len);
+                uint64_t left = q->deadline == UINT64_MAX ? 0 : (q->deadline - now) / 1000;
+                if (q->deadline != UINT64_MAX && left == 0)
+                    left = 1;
+                q->s->lent_owner = q->owner;
+                (void)s_call_send(q->s, q->owner, q->len, left, q->done, q->arg);
+                free(q);
+                continue;
+            }
+            st = rc;
+        }
+        deferred_fail(q->s, q, st);
+        free(q);
+        ran++;
+    }
+    while (keep) {
+        deferred *q = keep;
+        keep = q->next;
+        q->next = cl->dq;
+        cl->dq = q;
+    }
+    return ran;
+}
+
+/* Cancel held-back calls of one channel handle (owner NULL: all). */
+static void cancel_deferred(dhps_rpc_client *cl, const void *owner)
+{
+    deferred **pp = &cl->dq;
+    while (*pp) {
+        deferred *q = *pp;
+        if (owner && q->owner != owner) {
+            pp = &q->next;
+            continue;
+        }
+        *pp = q->next;
+        deferred_fail(q->s, q, DHPS_E_CANCELLED);
+        free(q);
+    }
 }
 
 static int expire(session *ch, uint64_t now)
@@ -888,6 +1023,8 @@ static int turn(dhps_rpc_client *cl, int wait_ms)
         if (ch->verbs_wanted && !ch->c.v)
             try_promote(ch, now);
     }
+    if (cl->dq)
+        ran += run_deferred(cl, now);
     ran += flush_all(cl); /* callbacks may have queued new calls */
     return ran;
 }
@@ -898,6 +1035,12 @@ static uint64_t next_deadline(dhps_rpc_client *cl)
     for (session *ch = cl->chans; ch; ch = ch->next)
         if (ch->inflight && ch->min_deadline < d)
             d = ch->min_deadline;
+    for (const deferred *q = cl->dq; q; q = q->next) {
+        if (q->at < d)
+            d = q->at;
+        if (q->deadline < d)
+            d = q->deadline;
+    }
     return d;
 }
 
@@ -970,7 +1113,7 @@ static int s_call(session *ch, const void *owner, uint16_t method, const void *r
     uint64_t left = end == UINT64_MAX ? 0 : (end > now ? (end - now) / 1000 : 1);
     if (left == 0 && end != UINT64_MAX)
         left = 1;
-    rc = s_call_send(ch, owner, req_len, left, sync_done, &s);
+    rc = s_send(ch, owner, req_len, left, sync_done, &s);
     if (rc)
         return rc;
     while (!s.done) {
@@ -1034,6 +1177,8 @@ void dhps_rpc_channel_close(dhps_rpc_channel *h)
     for (uint32_t i = 0; i <= s->mask && s->inflight; i++) /* this channel's calls only */
         if (s->slots[i].id && s->slots[i].owner == h)
             complete(s, i, DHPS_E_CANCELLED, NULL, 0);
+    if (cl->dq)
+        cancel_deferred(cl, h);
     if (h->prev)
         h->prev->next = h->next;
     else
@@ -1073,7 +1218,7 @@ int dhps_rpc_call_send(dhps_rpc_channel *h, size_t len, uint64_t timeout_us,
 {
     if (h->s->lent && h->s->lent_owner != h)
         return -EINVAL;
-    return s_call_send(h->s, h, len, timeout_us, done, arg);
+    return s_send(h->s, h, len, timeout_us, done, arg);
 }
 
 int dhps_rpc_call(dhps_rpc_channel *h, uint16_t method, const void *req, size_t req_len,

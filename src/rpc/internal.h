@@ -114,4 +114,13 @@ int rpc_read_all(int fd, void *buf, size_t n, uint64_t deadline);
 int rpc_read_hello(int fd, rpc_hello *h, uint64_t deadline);
 int rpc_write_hello(int fd, const rpc_hello *h, uint64_t deadline);
 
+/* ---- fault injection (fault.c) ---------------------------------------------------- */
+
+extern _Atomic uint32_t rpc_fault_nrules; /* rules set; 0 = nothing to look up */
+enum { RPC_FAULT_NONE = 0, RPC_FAULT_FAIL = 1, RPC_FAULT_HOLD = 2, RPC_FAULT_DELAY = 3 };
+/* Decide the fate of one call to host:port: NONE (send now), FAIL (fail with
+ * DHPS_E_UNREACHABLE), HOLD (fail with DHPS_E_TIMEOUT at the deadline), DELAY (send
+ * *delay_ns later). Counts it in the matching rule. */
+int rpc_fault_decide(const char *host, uint16_t port, uint64_t *delay_ns);
+
 #endif
