@@ -74,6 +74,7 @@
 #include "dhps/cluster.h"
 #include "dhps/error.h"
 #include "dhps/proto.h"
+#include "dhps/rpc.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -308,6 +309,17 @@ void dhps_client_stats_get(dhps_client *c, dhps_client_stats *st);
 
 /* Per-node counters; node_id <= max_node_id. Returns 0 or -EINVAL. Thread-safe. */
 int dhps_client_node_stats_get(dhps_client *c, uint32_t node_id, dhps_client_node_stats *st);
+
+/*
+ * Fault injection toward one node (tests, operators): install rpc fault rule f for the
+ * node's address in the current map (dhps_rpc_fault_set(node ip, port, f)), or remove it
+ * when f is NULL. The rpc rule table is process-wide, so every thread of this client
+ * (and any other rpc client of the process talking to that address) sees it; a map
+ * reload that moves the node does not move the rule. Read its counters with
+ * dhps_rpc_fault_get_stats. Returns 0, -EINVAL, -ENOENT (no such node in the map, or f
+ * NULL and no rule), or dhps_rpc_fault_set's errors. Thread-safe.
+ */
+int dhps_client_fault_set(dhps_client *c, uint32_t node_id, const dhps_rpc_fault *f);
 
 #ifdef __cplusplus
 }

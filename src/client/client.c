@@ -420,6 +420,19 @@ uint64_t dhps_client_map_version(dhps_client *c)
 
 const char *dhps_client_router_name(const dhps_client *c) { return c->rops->name; }
 
+int dhps_client_fault_set(dhps_client *c, uint32_t node_id, const dhps_rpc_fault *f)
+{
+    if (!c)
+        return -EINVAL;
+    struct map_ref *r = map_pin(c);
+    const dhps_cluster_node *nd = dhps_cluster_map_node(r->m, node_id);
+    int rc = -ENOENT;
+    if (nd)
+        rc = f ? dhps_rpc_fault_set(nd->ip, nd->port, f) : dhps_rpc_fault_clear(nd->ip, nd->port);
+    map_unref(r);
+    return rc;
+}
+
 static void tstate_free(struct tstate *ts)
 {
     if (!ts)
