@@ -17,6 +17,7 @@ int dhps_cmd_put(int argc, char **argv);
 int dhps_cmd_stats(int argc, char **argv);
 int dhps_cmd_snapshot(int argc, char **argv);
 int dhps_cmd_bench(int argc, char **argv);
+int dhps_cmd_chaos(int argc, char **argv);
 
 struct dhps_cmd {
     const char *name;
@@ -35,6 +36,7 @@ static const struct dhps_cmd dhps_cmds[] = {
     {"stats", dhps_cmd_stats, "per-node table statistics (STATS)"},
     {"snapshot", dhps_cmd_snapshot, "snapshot every node now (SNAPSHOT)"},
     {"bench", dhps_cmd_bench, "lookup/update workloads, optionally beside redis and memcached"},
+    {"chaos", dhps_cmd_chaos, "availability under killed, stopped and slowed nodes"},
     /* issue 4: up, down, get, put, stats, load, bench */
 };
 

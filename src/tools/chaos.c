@@ -1,0 +1,525 @@
+/*
+ * dhps chaos: the availability test on its own. Starts a local cluster through the
+ * `dhps up` code path (small defaults: 4 nodes, 2 replicas, 64 shards, 20,000 keys of
+ * dim 8), snapshots every node, then runs a lookup thread and an update thread through
+ * the client for --seconds while the main thread plays a fault schedule, one fault at a
+ * time on rotating nodes, each restored before the next:
+ *   kill -9 a node, then restart it from its config on the same ports (it reloads its
+ *     last snapshot: it does not catch up from a peer);
+ *   SIGSTOP a node, then SIGCONT;
+ *   an rpc fault rule adding --latency-ms to every call to a node, then cleared.
+ * Lookups: batches of --batch random sample keys with a --deadline-ms deadline; one is
+ * "answered in deadline" when every key got an answer (rc 0) within the deadline.
+ * Updates: batches of 8 keys from a separate range, each row carrying a per-key
+ * generation, written with DHPS_ACK_ALL; a key counts as acknowledged when its bit in
+ * failed_mask is clear. At the end every acknowledged key is read from each of its
+ * replicas alone (the client partitioned from the others by rpc fault rules): the
+ * update is lost when no replica holds the acknowledged generation or a newer one.
+ * Reads through the router that saw an older generation are reported separately
+ * (stale_router_reads: the restarted replica's known gap). The cluster is stopped.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <fcntl.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "dhps/client.h"
+#include "dhps/cluster.h"
+#include "dhps/error.h"
+#include "dhps/proto.h"
+#include "dhps/rpc.h"
+#include "tools.h"
+#include "toolsclient.h"
+#include "up.h"
+
+#pragma GCC diagnostic ignored "-Wformat-truncation"
+
+int dhps_cmd_up(int argc, char **argv);
+int dhps_cmd_snapshot(int argc, char **argv);
+int dhps_cmd_chaos(int argc, char **argv);
+
+#define CH_MAX_NODES 16
+#define CH_UKEYS 2000u
+#define CH_UBASE (1ull << 40)
+#define CH_UBATCH 8u
+
+static const char chaos_usage[] =
+    "usage: dhps chaos [--dir DIR] [--seconds 60] [--interval 3] [--nodes 4] [--shards 64]\n"
+    "                  [--keys 20000] [--dim 8] [--batch 100] [--deadline-ms 100]\n"
+    "                  [--latency-ms 50] [--server PATH] [--json]\n"
+    "  Starts a local cluster (as `dhps up`), runs lookup + update load (updates with\n"
+    "  ACK_ALL) while killing (-9, then restart), stopping (SIGSTOP/SIGCONT) and slowing\n"
+    "  (injected rpc latency) one node at a time; reports the share of lookups answered\n"
+    "  completely within the deadline and whether any acknowledged update was lost.\n"
+    "  The cluster is stopped at the end. Default DIR: ./dhps-chaos.\n";
+
+struct ch_node {
+    pid_t pid;
+    uint16_t port, mport;
+    char cfg[PATH_MAX], log[PATH_MAX];
+};
+
+struct chaos {
+    dhps_client *client;
+    const dhps_cluster_map *map;
+    uint32_t dim, batch, nodes;
+    uint64_t nkeys, deadline_us;
+    _Atomic int stop;
+    /* lookups */
+    uint64_t requests, in_deadline, missing_keys, errors[4];
+    /* updates (one thread) */
+    uint32_t gen[CH_UKEYS];   /* last generation written */
+    uint32_t acked[CH_UKEYS]; /* last generation acknowledged (0 = none) */
+    uint64_t updates, update_ok, update_shortfalls, acked_keys;
+};
+
+static uint64_t rnd64(uint64_t *s)
+{
+    uint64_t x = *s;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *s = x;
+    return x * 0x2545f4914f6cdd1dull;
+}
+
+static void *lookup_thread(void *arg)
+{
+    struct chaos *C = arg;
+    uint64_t seed = 0x1234567ull, keys[DHPS_PROTO_MAX_KEYS > 1000 ? 1000 : DHPS_PROTO_MAX_KEYS];
+    float *out = malloc((size_t)C->batch * C->dim * sizeof(float));
+    uint64_t mask[(1000 + 63) / 64];
+    while (out && !atomic_load(&C->stop)) {
+        for (uint32_t i = 0; i < C->batch; i++)
+            keys[i] = rnd64(&seed) % C->nkeys;
+        dhps_client_result res;
+        uint64_t t0 = tools_now_ns();
+        int rc = dhps_client_lookup(C->client, "emb", keys, C->batch, out, C->dim, DHPS_FP32,
+                                    mask, C->deadline_us, &res);
+        uint64_t dt = tools_now_ns() - t0;
+        C->requests++;
+        if (rc == 0 && dt <= C->deadline_us * 1000ull)
+            C->in_deadline++;
+        else if (rc == DHPS_E_TIMEOUT)
+            C->errors[0]++;
+        else if (rc == DHPS_E_UNREACHABLE)
+            C->errors[1]++;
+        else if (rc != 0)
+            C->errors[2]++;
+        else
+            C->errors[3]++; /* complete, but late */
+        C->missing_keys += res.missing - res.unanswered;
+    }
+    free(out);
+    return NULL;
+}
+
+static void *update_thread(void *arg)
+{
+    struct chaos *C = arg;
+    uint64_t seed = 0x9876543ull, keys[CH_UBATCH], mask[1];
+    uint32_t idx[CH_UBATCH];
+    float *rows = malloc((size_t)CH_UBATCH * C->dim * sizeof(float));
+    while (rows && !atomic_load(&C->stop)) {
+        uint32_t n = 0;
+        while (n < CH_UBATCH) { /* distinct keys */
+            uint32_t k = (uint32_t)(rnd64(&seed) % CH_UKEYS);
+            bool dup = false;
+            for (uint32_t j = 0; j < n; j++)
+                dup |= idx[j] == k;
+            if (dup)
+                continue;
+            idx[n] = k;
+            keys[n] = CH_UBASE + k;
+            uint32_t g = ++C->gen[k];
+            for (uint32_t d = 0; d < C->dim; d++)
+                rows[n * C->dim + d] = (float)g;
+            n++;
+        }
+        dhps_client_result res;
+        int rc = dhps_client_update(C->client, "emb", keys, rows, n, C->dim, DHPS_FP32, 0,
+                                    DHPS_ACK_ALL, 4 * C->deadline_us, mask, &res);
+        C->updates++;
+        if (rc == 0)
+            C->update_ok++;
+        else
+            C->update_shortfalls++;
+        for (uint32_t j = 0; j < n; j++)
+            if (rc == 0 || !((mask[0] >> j) & 1)) {
+                C->acked[idx[j]] = C->gen[idx[j]];
+                C->acked_keys++;
+            }
+        struct timespec ts = {0, 2000000}; /* ~ a few hundred updates/s */
+        nanosleep(&ts, NULL);
+    }
+    free(rows);
+    return NULL;
+}
+
+static void sleep_s(double s)
+{
+    struct timespec ts = {(time_t)s, (long)((s - (double)(time_t)s) * 1e9)};
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+        ;
+}
+
+/* Restart node i from its config, on its old ports; wait for /health (30 s). */
+static int restart_node(struct ch_node *n, const char *server)
+{
+    json_t *cfg = json_load_file(n->cfg, 0, NULL);
+    if (!cfg)
+        return -EIO;
+    json_object_set_new(json_object_get(cfg, "listen"), "tcp_port", json_integer(n->port));
+    json_object_set_new(json_object_get(cfg, "metrics"), "port", json_integer(n->mport));
+    int e = json_dump_file(cfg, n->cfg, JSON_INDENT(2));
+    json_decref(cfg);
+    if (e)
+        return -EIO;
+    pid_t pid = fork();
+    if (pid < 0)
+        return -errno;
+    if (pid == 0) {
+        setsid();
+        int lfd = open(n->log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+        int nfd = open("/dev/null", O_RDONLY);
+        if (lfd >= 0) {
+            dup2(lfd, 1);
+            dup2(lfd, 2);
+        }
+        if (nfd >= 0)
+            dup2(nfd, 0);
+        execl(server, "dhps-server", "--config", n->cfg, (char *)NULL);
+        _exit(127);
+    }
+    n->pid = pid;
+    for (int t = 0; t < 1500; t++) {
+        int st;
+        if (waitpid(pid, &st, WNOHANG) == pid) {
+            n->pid = 0;
+            return -ECHILD;
+        }
+        if (up_http_status(n->mport, "/health") == 200)
+            return 0;
+        sleep_s(0.02);
+    }
+    return -ETIMEDOUT;
+}
+
+/* Rewrite the pids in DIR/cluster.json (so `dhps down` and up_stop_dir find them). */
+static void save_pids(const char *dir, struct ch_node *nd, uint32_t n)
+{
+    char p[PATH_MAX];
+    snprintf(p, sizeof p, "%s/cluster.json", dir);
+    json_t *j = json_load_file(p, 0, NULL), *x;
+    size_t i;
+    json_array_foreach(json_object_get(j, "nodes"), i, x)
+        if (i < n)
+            json_object_set_new(x, "pid", json_integer(nd[i].pid));
+    if (j)
+        json_dump_file(j, p, JSON_INDENT(2));
+    json_decref(j);
+}
+
+/* Read every acknowledged key from each replica alone; count keys no replica holds at
+ * the acknowledged generation or newer, and router reads that were older. */
+static void verify(struct chaos *C, const struct ch_node *nd, uint64_t *lost,
+                   uint64_t *stale_router, uint64_t *checked)
+{
+    uint32_t best[CH_UKEYS] = {0};
+    uint64_t keys[CH_UKEYS], mask[(CH_UKEYS + 63) / 64];
+    uint32_t idx[CH_UKEYS];
+    float *out = malloc((size_t)CH_UKEYS * C->dim * sizeof(float));
+    uint32_t nsh = dhps_cluster_map_nshards(C->map);
+    dhps_rpc_fault part;
+    dhps_rpc_fault_init(&part);
+    part.partition = true;
+    for (int32_t only = -1; out && only < (int32_t)C->nodes; only++) {
+        /* only = -1: through the router, no fault */
+        uint32_t n = 0;
+        for (uint32_t k = 0; k < CH_UKEYS; k++) {
+            if (!C->acked[k])
+                continue;
+            if (only >= 0) {
+                const uint32_t *ids;
+                int r = dhps_cluster_map_replicas(C->map, dhps_proto_shard_of(CH_UBASE + k, nsh), &ids);
+                bool has = false;
+                for (int j = 0; j < r; j++)
+                    has |= ids[j] == (uint32_t)only;
+                if (!has)
+                    continue;
+            }
+            idx[n] = k;
+            keys[n++] = CH_UBASE + k;
+        }
+        for (uint32_t i = 0; only >= 0 && i < C->nodes; i++)
+            if (i != (uint32_t)only)
+                dhps_client_fault_set(C->client, i, &part);
+        for (uint32_t off = 0; off < n; off += 500) {
+            uint32_t m = n - off < 500 ? n - off : 500;
+            dhps_client_result res;
+            for (int attempt = 0; attempt < 20; attempt++) {
+                int rc = dhps_client_lookup(C->client, "emb", keys + off, m, out, C->dim,
+                                            DHPS_FP32, mask, 2000000, &res);
+                if (rc == 0)
+                    break;
+                sleep_s(0.05); /* breakers of the partitioned nodes settle */
+            }
+            for (uint32_t j = 0; j < m; j++) {
+                if ((mask[j / 64] >> (j % 64)) & 1)
+                    continue;
+                uint32_t k = idx[off + j], g = (uint32_t)out[(size_t)j * C->dim];
+                if (only < 0) {
+                    if (g < C->acked[k])
+                        (*stale_router)++;
+                } else if (g > best[k]) {
+                    best[k] = g;
+                }
+            }
+        }
+        for (uint32_t i = 0; only >= 0 && i < C->nodes; i++)
+            dhps_client_fault_set(C->client, i, NULL);
+        if (only < 0)
+            *checked = n;
+    }
+    for (uint32_t k = 0; k < CH_UKEYS; k++)
+        if (C->acked[k] && best[k] < C->acked[k])
+            (*lost)++;
+    free(out);
+}
+
+int dhps_cmd_chaos(int argc, char **argv)
+{
+    static const struct option lo[] = {
+        {"dir", required_argument, 0, 'd'},      {"seconds", required_argument, 0, 'T'},
+        {"interval", required_argument, 0, 'i'}, {"nodes", required_argument, 0, 'n'},
+        {"shards", required_argument, 0, 's'},   {"keys", required_argument, 0, 'k'},
+        {"dim", required_argument, 0, 'D'},      {"batch", required_argument, 0, 'b'},
+        {"deadline-ms", required_argument, 0, 'l'}, {"latency-ms", required_argument, 0, 'L'},
+        {"server", required_argument, 0, 'x'},   {"json", no_argument, 0, 'J'},
+        {"help", no_argument, 0, 'h'},           {0, 0, 0, 0}};
+    double seconds = 60, interval = 3;
+    uint64_t nodes = 4, shards = 64, keys = 20000, dim = 8, batch = 100, deadline_ms = 100,
+             latency_ms = 50;
+    const char *dir = "dhps-chaos", *server_opt = NULL;
+    bool json = false;
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "d:T:i:n:s:k:D:b:l:L:x:Jh", lo, NULL)) != -1) {
+        bool ok = true;
+        switch (c) {
+        case 'd': dir = optarg; break;
+        case 'T': seconds = atof(optarg); ok = seconds > 0; break;
+        case 'i': interval = atof(optarg); ok = interval >= 0.2; break;
+        case 'n': ok = tools_parse_u64("chaos", "--nodes", optarg, &nodes) && nodes >= 3 &&
+                       nodes <= CH_MAX_NODES; break;
+        case 's': ok = tools_parse_u64("chaos", "--shards", optarg, &shards) && shards; break;
+        case 'k': ok = tools_parse_u64("chaos", "--keys", optarg, &keys) && keys; break;
+        case 'D': ok = tools_parse_u64("chaos", "--dim", optarg, &dim) && dim && dim <= 1024; break;
+        case 'b': ok = tools_parse_u64("chaos", "--batch", optarg, &batch) && batch &&
+                       batch <= 1000; break;
+        case 'l': ok = tools_parse_u64("chaos", "--deadline-ms", optarg, &deadline_ms) &&
+                       deadline_ms; break;
+        case 'L': ok = tools_parse_u64("chaos", "--latency-ms", optarg, &latency_ms); break;
+        case 'x': server_opt = optarg; break;
+        case 'J': json = true; break;
+        case 'h': printf("%s", chaos_usage); return 0;
+        default: ok = false; break;
+        }
+        if (!ok) {
+            fprintf(stderr, "%s", chaos_usage);
+            return 2;
+        }
+    }
+    if (optind != argc) {
+        fprintf(stderr, "%s", chaos_usage);
+        return 2;
+    }
+    FILE *say = json ? stderr : stdout;
+
+    /* the cluster, through `dhps up` */
+    char a_nodes[24], a_shards[24], a_keys[24], a_dim[24];
+    snprintf(a_nodes, sizeof a_nodes, "%llu", (unsigned long long)nodes);
+    snprintf(a_shards, sizeof a_shards, "%llu", (unsigned long long)shards);
+    snprintf(a_keys, sizeof a_keys, "%llu", (unsigned long long)keys);
+    snprintf(a_dim, sizeof a_dim, "%llu", (unsigned long long)dim);
+    char *up_argv[24] = {"up", "--dir", (char *)dir, "--nodes", a_nodes, "--shards", a_shards,
+                         "--keys", a_keys, "--dim", a_dim, "--replicas", "2", "--azs", "1",
+                         "--pods", "1", "--no-workload", "--quiet"};
+    int up_argc = 19;
+    if (server_opt) {
+        up_argv[up_argc++] = "--server";
+        up_argv[up_argc++] = (char *)server_opt;
+    }
+    fflush(stdout);
+    int saved_out = -1;
+    if (json) { /* `dhps up` prints on stdout: keep it off the JSON */
+        fflush(stdout);
+        saved_out = dup(1);
+        dup2(2, 1);
+    }
+    int rc = dhps_cmd_up(up_argc, up_argv);
+    char *snap_argv[] = {"snapshot", "--cluster", (char *)dir};
+    int src = rc == 0 ? dhps_cmd_snapshot(3, snap_argv) : 1;
+    fflush(stdout);
+    if (saved_out >= 0) {
+        dup2(saved_out, 1);
+        close(saved_out);
+    }
+    if (rc != 0) {
+        fprintf(stderr, "dhps chaos: could not start the cluster\n");
+        return 1;
+    }
+    char absdir[PATH_MAX], p[PATH_MAX], server[PATH_MAX];
+    if (!realpath(dir, absdir))
+        snprintf(absdir, sizeof absdir, "%s", dir);
+    snprintf(p, sizeof p, "%s/cluster.json", absdir);
+    json_t *cj = json_load_file(p, 0, NULL), *jn;
+    struct ch_node nd[CH_MAX_NODES];
+    memset(nd, 0, sizeof nd);
+    size_t ji;
+    json_array_foreach(json_object_get(cj, "nodes"), ji, jn) {
+        if (ji >= nodes)
+            break;
+        nd[ji].pid = (pid_t)json_integer_value(json_object_get(jn, "pid"));
+        nd[ji].port = (uint16_t)json_integer_value(json_object_get(jn, "port"));
+        nd[ji].mport = (uint16_t)json_integer_value(json_object_get(jn, "metrics_port"));
+        snprintf(nd[ji].cfg, sizeof nd[ji].cfg, "%s", json_string_value(json_object_get(jn, "config")));
+        snprintf(nd[ji].log, sizeof nd[ji].log, "%s", json_string_value(json_object_get(jn, "log")));
+    }
+    const char *sv = json_string_value(json_object_get(cj, "server"));
+    snprintf(server, sizeof server, "%s", sv ? sv : "");
+    json_decref(cj);
+
+    static struct chaos C; /* large; one run per process */
+    memset(&C, 0, sizeof C);
+    tools_target tgt = {.cluster_dir = absdir};
+    tools_conn *conn = NULL;
+    int ret = 1;
+    if (src != 0)
+        fprintf(stderr, "dhps chaos: snapshot of every node failed; continuing\n");
+    if (tools_conn_open(&tgt, &conn) < 0)
+        goto stop;
+    C.client = conn->client;
+    C.map = conn->map;
+    C.dim = (uint32_t)dim;
+    C.batch = (uint32_t)batch;
+    C.nodes = (uint32_t)nodes;
+    C.nkeys = keys;
+    C.deadline_us = deadline_ms * 1000;
+    fprintf(say, "dhps chaos: %llu nodes x 2 replicas, %llu shards, %llu keys dim %llu; "
+            "%.0f s of lookups (batch %llu, deadline %llu ms) and ACK_ALL updates; a fault "
+            "every %.1f s\n", (unsigned long long)nodes, (unsigned long long)shards,
+            (unsigned long long)keys, (unsigned long long)dim, seconds,
+            (unsigned long long)batch, (unsigned long long)deadline_ms, interval);
+    pthread_t tl, tu;
+    if (pthread_create(&tl, NULL, lookup_thread, &C) != 0)
+        goto stop;
+    if (pthread_create(&tu, NULL, update_thread, &C) != 0) {
+        atomic_store(&C.stop, 1);
+        pthread_join(tl, NULL);
+        goto stop;
+    }
+    uint64_t t_end = tools_now_ns() + (uint64_t)(seconds * 1e9);
+    uint32_t kills = 0, stops = 0, slows = 0, restart_failures = 0;
+    for (uint32_t k = 0; tools_now_ns() + (uint64_t)(interval * 1e9) < t_end; k++) {
+        sleep_s(interval / 2); /* steady */
+        uint32_t victim = k % C.nodes, kind = k % 3;
+        double hold = interval / 2;
+        if (kind == 0) {
+            fprintf(say, "  %6.1f s: kill -9 n%u, restart\n", seconds - (double)(t_end - tools_now_ns()) / 1e9, victim);
+            kill(nd[victim].pid, SIGKILL);
+            waitpid(nd[victim].pid, NULL, 0);
+            nd[victim].pid = 0;
+            sleep_s(hold);
+            int e = restart_node(&nd[victim], server);
+            if (e < 0) {
+                fprintf(stderr, "dhps chaos: restarting n%u failed: %s\n", victim, strerror(-e));
+                restart_failures++;
+            }
+            save_pids(absdir, nd, C.nodes);
+            kills++;
+        } else if (kind == 1) {
+            fprintf(say, "  %6.1f s: SIGSTOP n%u, SIGCONT\n", seconds - (double)(t_end - tools_now_ns()) / 1e9, victim);
+            kill(nd[victim].pid, SIGSTOP);
+            sleep_s(hold);
+            kill(nd[victim].pid, SIGCONT);
+            stops++;
+        } else {
+            fprintf(say, "  %6.1f s: +%llu ms on calls to n%u, clear\n", seconds - (double)(t_end - tools_now_ns()) / 1e9, (unsigned long long)latency_ms, victim);
+            dhps_rpc_fault f;
+            dhps_rpc_fault_init(&f);
+            f.delay_us = (uint32_t)(latency_ms * 1000);
+            dhps_client_fault_set(C.client, victim, &f);
+            sleep_s(hold);
+            dhps_client_fault_set(C.client, victim, NULL);
+            slows++;
+        }
+    }
+    while (tools_now_ns() < t_end)
+        sleep_s(0.05);
+    atomic_store(&C.stop, 1);
+    pthread_join(tl, NULL);
+    pthread_join(tu, NULL);
+    sleep_s(0.2); /* background acks of the last updates */
+
+    uint64_t lost = 0, stale = 0, checked = 0;
+    verify(&C, nd, &lost, &stale, &checked);
+    double avail = C.requests ? (double)C.in_deadline / (double)C.requests : 0;
+    if (json) {
+        printf("{\"seconds\": %.1f, \"requests\": %llu, \"answered_in_deadline\": %llu, "
+               "\"availability\": %.6f, \"deadline_ms\": %llu, \"lookup_timeouts\": %llu, "
+               "\"lookup_unreachable\": %llu, \"lookup_other_errors\": %llu, "
+               "\"lookup_late\": %llu, \"missing_keys\": %llu, \"updates\": %llu, "
+               "\"update_shortfalls\": %llu, \"update_ack\": \"all\", \"acked_updates\": %llu, "
+               "\"acked_keys_checked\": %llu, \"acked_updates_lost\": %llu, "
+               "\"stale_router_reads\": %llu, \"kills\": %u, \"stops\": %u, "
+               "\"slowdowns\": %u, \"restart_failures\": %u}\n",
+               seconds, (unsigned long long)C.requests, (unsigned long long)C.in_deadline,
+               avail, (unsigned long long)deadline_ms, (unsigned long long)C.errors[0],
+               (unsigned long long)C.errors[1], (unsigned long long)C.errors[2],
+               (unsigned long long)C.errors[3], (unsigned long long)C.missing_keys,
+               (unsigned long long)C.updates, (unsigned long long)C.update_shortfalls,
+               (unsigned long long)C.acked_keys, (unsigned long long)checked,
+               (unsigned long long)lost, (unsigned long long)stale, kills, stops, slows,
+               restart_failures);
+    } else {
+        printf("dhps chaos: %llu lookups, %llu answered completely within %llu ms: "
+               "availability %.5f %% (target 99.999 %%)\n"
+               "  not in deadline: %llu timeouts, %llu unreachable, %llu other errors, %llu "
+               "late; %llu keys reported missing\n"
+               "  updates (ACK_ALL): %llu batches, %llu short of acks; %llu key writes "
+               "acknowledged, %llu keys checked on every replica: %llu lost; %llu router "
+               "reads older than the ack (restarted replica behind)\n"
+               "  faults: %u kill -9 + restart (%u restart failures), %u SIGSTOP, %u "
+               "slowdowns\n",
+               (unsigned long long)C.requests, (unsigned long long)C.in_deadline,
+               (unsigned long long)deadline_ms, 100.0 * avail, (unsigned long long)C.errors[0],
+               (unsigned long long)C.errors[1], (unsigned long long)C.errors[2],
+               (unsigned long long)C.errors[3], (unsigned long long)C.missing_keys,
+               (unsigned long long)C.updates, (unsigned long long)C.update_shortfalls,
+               (unsigned long long)C.acked_keys, (unsigned long long)checked,
+               (unsigned long long)lost, (unsigned long long)stale, kills, restart_failures,
+               stops, slows);
+    }
+    ret = lost == 0 && restart_failures == 0 ? 0 : 1;
+stop:
+    tools_conn_close(conn);
+    for (uint32_t i = 0; i < nodes; i++) /* never leave a node stopped */
+        if (nd[i].pid > 0)
+            kill(nd[i].pid, SIGCONT);
+    up_stop_dir(absdir, 10, json);
+    for (uint32_t i = 0; i < nodes; i++) /* reap our children */
+        if (nd[i].pid > 0)
+            waitpid(nd[i].pid, NULL, WNOHANG);
+    return ret;
+}
