@@ -528,6 +528,27 @@ static int do_lookup(dhps_server *s, srv_worker *w, const srv_msg *m, dhps_rpc_r
     return 0;
 }
 
+/* UPSERT and DELETE answer with a header and a mask of n bits. Whether that fits the
+ * lent response buffer (if not, the error reply is already written): */
+static bool mask_resp_fits(dhps_rpc_request *r, uint32_t n)
+{
+    if (sizeof(dhps_proto_resp) + (size_t)((n + 63) / 64) * 8 > r->resp_cap) {
+        resp_error(r, DHPS_E_TOOBIG, "response does not fit the max message");
+        return false;
+    }
+    return true;
+}
+
+/* Write that answer: status 0, count, then the mask. */
+static void mask_resp_finish(dhps_rpc_request *r, const uint64_t *mask, uint32_t n, uint32_t count)
+{
+    size_t mask_bytes = (size_t)((n + 63) / 64) * 8;
+    memcpy((uint8_t *)r->resp + sizeof(dhps_proto_resp), mask, mask_bytes);
+    dhps_proto_resp h = {.status = 0, .n = n, .value_bytes = 0, .count = count};
+    memcpy(r->resp, &h, sizeof h);
+    r->resp_len = sizeof h + mask_bytes;
+}
+
 static int do_upsert(dhps_server *s, srv_worker *w, const srv_msg *m, dhps_rpc_request *r)
 {
     int status;
@@ -540,11 +561,8 @@ static int do_upsert(dhps_server *s, srv_worker *w, const srv_msg *m, dhps_rpc_r
         resp_error(r, DHPS_E_MALFORMED, "table %s (dim %u): %s", t->c.name, t->c.dim, why);
         return DHPS_E_MALFORMED;
     }
-    size_t mask_bytes = (size_t)((m->n + 63) / 64) * 8;
-    if (sizeof(dhps_proto_resp) + mask_bytes > r->resp_cap) {
-        resp_error(r, DHPS_E_TOOBIG, "response does not fit the max message");
+    if (!mask_resp_fits(r, m->n))
         return DHPS_E_TOOBIG;
-    }
     const uint64_t *keys = aligned_keys(w, m);
     const void *vals = m->values;
     bool rows16 = m->flags == DHPS_FP16;
@@ -567,10 +585,7 @@ static int do_upsert(dhps_server *s, srv_worker *w, const srv_msg *m, dhps_rpc_r
                    "one were applied)", t->c.name, st->shard, dhps_strerror((int)n));
         return (int)n;
     }
-    memcpy((uint8_t *)r->resp + sizeof(dhps_proto_resp), w->mask, mask_bytes);
-    dhps_proto_resp h = {.status = 0, .n = m->n, .value_bytes = 0, .count = (uint32_t)n};
-    memcpy(r->resp, &h, sizeof h);
-    r->resp_len = sizeof h + mask_bytes;
+    mask_resp_finish(r, w->mask, m->n, (uint32_t)n);
     return 0;
 }
 
@@ -580,19 +595,13 @@ static int do_delete(dhps_server *s, srv_worker *w, const srv_msg *m, dhps_rpc_r
     srv_store *st = find_store(s, m, r, &status);
     if (!st)
         return status;
-    size_t mask_bytes = (size_t)((m->n + 63) / 64) * 8;
-    if (sizeof(dhps_proto_resp) + mask_bytes > r->resp_cap) {
-        resp_error(r, DHPS_E_TOOBIG, "response does not fit the max message");
+    if (!mask_resp_fits(r, m->n))
         return DHPS_E_TOOBIG;
-    }
     const uint64_t *keys = aligned_keys(w, m);
     pthread_mutex_lock(&st->mu);
     size_t n = dhps_store_delete(st->st, keys, m->n, m->version, w->mask);
     pthread_mutex_unlock(&st->mu);
-    memcpy((uint8_t *)r->resp + sizeof(dhps_proto_resp), w->mask, mask_bytes);
-    dhps_proto_resp h = {.status = 0, .n = m->n, .value_bytes = 0, .count = (uint32_t)n};
-    memcpy(r->resp, &h, sizeof h);
-    r->resp_len = sizeof h + mask_bytes;
+    mask_resp_finish(r, w->mask, m->n, (uint32_t)n);
     return 0;
 }
 

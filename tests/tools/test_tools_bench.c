@@ -16,18 +16,8 @@
 #include <string.h>
 #include <unistd.h>
 
-static char *capture(const char *cmd, int *status)
-{
-    FILE *p = popen(cmd, "r");
-    assert_non_null(p);
-    size_t cap = 1 << 16, n = 0, r;
-    char *buf = malloc(cap);
-    while ((r = fread(buf + n, 1, cap - n - 1, p)) > 0)
-        n += r;
-    buf[n] = 0;
-    *status = pclose(p);
-    return buf;
-}
+#include "capture.h"
+
 
 static bool have(const char *bin)
 {
