@@ -1274,6 +1274,18 @@ static void op_release(struct op *op, struct map_ref *mr)
     map_unref(mr);
 }
 
+/* Keys per message when each costs bytes_per_key of a message (lookups: the response
+ * row and a mask bit; writes: key and row). DHPS_E_TOOBIG when not even one fits. */
+static int msg_budget(const dhps_client *c, uint32_t dim, uint32_t bytes_per_key, uint32_t *per_msg)
+{
+    *per_msg = c ? (c->p.max_msg - 128) / bytes_per_key : 0;
+    if (*per_msg > DHPS_PROTO_MAX_KEYS)
+        *per_msg = DHPS_PROTO_MAX_KEYS;
+    if (c && (dim > (1u << 24) || *per_msg == 0))
+        return DHPS_E_TOOBIG;
+    return 0;
+}
+
 int dhps_client_lookup(dhps_client *c, const char *table, const uint64_t *keys, size_t n,
                        void *out, uint32_t dim, int dtype, uint64_t *missing_mask,
                        uint64_t timeout_us, dhps_client_result *res)
@@ -1283,12 +1295,10 @@ int dhps_client_lookup(dhps_client *c, const char *table, const uint64_t *keys, 
     if ((dtype != DHPS_FP32 && dtype != DHPS_FP16) || dim == 0 || (n && (!keys || !out)) ||
         n > (1u << 30))
         return -EINVAL;
-    uint32_t per_msg = c ? (c->p.max_msg - 128) / (dim * 4u + 1) : 0;
-    if (per_msg > DHPS_PROTO_MAX_KEYS)
-        per_msg = DHPS_PROTO_MAX_KEYS;
-    if (c && (dim > (1u << 24) || per_msg == 0))
-        return DHPS_E_TOOBIG;
-    int rc;
+    uint32_t per_msg;
+    int rc = msg_budget(c, dim, dim * 4u + 1, &per_msg);
+    if (rc)
+        return rc;
     struct op *op = op_new(c, table, keys, timeout_us, &rc);
     if (!op)
         return rc;
@@ -1382,12 +1392,10 @@ static int write_batch(dhps_client *c, const char *table, const uint64_t *keys,
         ack < DHPS_ACK_ALL || ack > DHPS_ACK_ONE)
         return -EINVAL;
     uint32_t vb = del ? 0 : dim * (dtype == DHPS_FP32 ? 4u : dtype == DHPS_FP16 ? 2u : 1u);
-    uint32_t per_msg = c ? (c->p.max_msg - 128) / (8u + vb) : 0;
-    if (per_msg > DHPS_PROTO_MAX_KEYS)
-        per_msg = DHPS_PROTO_MAX_KEYS;
-    if (c && (dim > (1u << 24) || per_msg == 0))
-        return DHPS_E_TOOBIG;
-    int rc;
+    uint32_t per_msg;
+    int rc = msg_budget(c, dim, 8u + vb, &per_msg);
+    if (rc)
+        return rc;
     struct op *op = op_new(c, table, keys, timeout_us, &rc);
     if (!op)
         return rc;
