@@ -121,6 +121,16 @@ const char *dhps_rpc_transport_name(int transport);
  * port ACTIVE)? Thread-safe; costs a device scan. */
 bool dhps_rpc_verbs_available(void);
 
+/* Length of a host id (the hello's "same host?" token; equal ids allow shared memory). */
+#define DHPS_RPC_HOST_ID_LEN 16u
+
+/* Fill out with a host id for a node labelled label on this kernel: the kernel boot id
+ * when label is NULL or empty, else the first 16 bytes of SHA-256(boot id || label). So
+ * processes on one machine with the same host label share an id (and use shared memory
+ * with each other), while processes that simulate different hosts on one machine (network
+ * namespaces, `dhps up`) do not. Thread-safe. */
+void dhps_rpc_host_id(const char *label, uint8_t out[DHPS_RPC_HOST_ID_LEN]);
+
 /* ---- server ----------------------------------------------------------------------- */
 
 /* What a handler sees. req/req_len point at the request in the transport's receive

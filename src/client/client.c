@@ -266,6 +266,7 @@ struct chan {
     dhps_rpc_channel *ch;
     char addr[DHPS_CLUSTER_ADDR_MAX + 1];
     uint64_t retry_at_ns; /* after a failed dial: not before this */
+    uint32_t allow;       /* transports the channel was opened with (path_allow) */
     bool broken;
 };
 
@@ -479,6 +480,9 @@ static struct tstate *tstate_get(dhps_client *c)
     rp.secret_len = c->p.secret_len;
     rp.max_msg = c->p.max_msg;
     rp.connect_timeout_ms = c->p.connect_timeout_ms;
+    uint8_t host_id[DHPS_RPC_HOST_ID_LEN];
+    dhps_rpc_host_id(c->host, host_id); /* shm only with servers of our host label */
+    rp.host_id = host_id;
     if (dhps_rpc_client_create(&rp, &ts->rpc) < 0 || pthread_setspecific(c->key, ts) != 0) {
         dhps_rpc_client_destroy(ts->rpc);
         free(ts);
@@ -493,6 +497,18 @@ static struct tstate *tstate_get(dhps_client *c)
     pthread_mutex_unlock(&c->lock);
     CTR_ADD(c->st.threads, 1);
     return ts;
+}
+
+/* Transports toward node nd, from the tiers of the design: the same host may use shared
+ * memory (the rpc hello decides, by host id), the same AZ RDMA verbs when both ends have a
+ * device, another AZ TCP only. Without labels on either side every transport is allowed. */
+static uint32_t path_allow(const dhps_client *c, const dhps_cluster_node *nd)
+{
+    if (!c->host[0] || !nd->host[0] || !strcmp(c->host, nd->host))
+        return DHPS_RPC_ALL;
+    if (!c->az[0] || !nd->az[0] || !strcmp(c->az, nd->az))
+        return DHPS_RPC_MASK(DHPS_RPC_TCP) | DHPS_RPC_MASK(DHPS_RPC_VERBS);
+    return DHPS_RPC_MASK(DHPS_RPC_TCP);
 }
 
 /* The thread's channel to node id of map m, opened on demand. */
@@ -513,7 +529,8 @@ static int channel_get(struct tstate *ts, const dhps_cluster_map *m, uint32_t id
         ts->nchans = nn;
     }
     struct chan *e = &ts->chans[id];
-    if (e->ch && (e->broken || strcmp(e->addr, nd->addr))) {
+    uint32_t allow = path_allow(c, nd);
+    if (e->ch && (e->broken || strcmp(e->addr, nd->addr) || e->allow != allow)) {
         dhps_rpc_channel_close(e->ch); /* in-flight calls complete (cancelled) */
         e->ch = NULL;
         e->broken = false;
@@ -529,7 +546,9 @@ static int channel_get(struct tstate *ts, const dhps_cluster_map *m, uint32_t id
     dhps_rpc_channel_params_init(&cp);
     cp.host = nd->ip;
     cp.port = nd->port;
+    cp.allow = allow;
     strcpy(e->addr, nd->addr);
+    e->allow = allow;
     int rc = dhps_rpc_channel_open(ts->rpc, &cp, &e->ch);
     if (rc < 0) {
         e->ch = NULL;

@@ -16,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <openssl/rand.h>
+#include <openssl/evp.h>
 
 #include "dhps/log.h"
 
@@ -67,6 +68,26 @@ void rpc_host_id(const uint8_t *override, uint8_t out[RPC_HOST_ID])
             hi = -1;
         }
     }
+}
+
+void dhps_rpc_host_id(const char *label, uint8_t out[DHPS_RPC_HOST_ID_LEN])
+{
+    _Static_assert(DHPS_RPC_HOST_ID_LEN == RPC_HOST_ID, "host id length");
+    rpc_host_id(NULL, out);
+    if (!label || !*label)
+        return;
+    size_t l = strlen(label);
+    uint8_t md[EVP_MAX_MD_SIZE], *buf = malloc(RPC_HOST_ID + l);
+    unsigned int mdl = 0;
+    if (!buf)
+        return; /* the boot id alone: still a valid id, only coarser */
+    memcpy(buf, out, RPC_HOST_ID);
+    memcpy(buf + RPC_HOST_ID, label, l);
+    int ok = EVP_Digest(buf, RPC_HOST_ID + l, md, &mdl, EVP_sha256(), NULL);
+    free(buf);
+    if (ok != 1 || mdl < RPC_HOST_ID)
+        return;
+    memcpy(out, md, RPC_HOST_ID);
 }
 
 void rpc_tune_socket(int fd, uint32_t busy_poll_us)

@@ -295,6 +295,9 @@ int dhps_server_create(const dhps_server_config *cfg, dhps_server **out, char *e
     rp.max_msg = cfg->max_msg;
     rp.allow = DHPS_RPC_MASK(DHPS_RPC_TCP) | (cfg->shm ? DHPS_RPC_MASK(DHPS_RPC_SHM) : 0) |
                (cfg->verbs ? DHPS_RPC_MASK(DHPS_RPC_VERBS) : 0);
+    uint8_t host_id[DHPS_RPC_HOST_ID_LEN];
+    dhps_rpc_host_id(cfg->label_host, host_id); /* shm only with clients of our host label */
+    rp.host_id = host_id;
     if ((rc = dhps_rpc_server_create(&rp, &s->rpc))) {
         seterr(err, errlen, "listen %s:%u: %s", cfg->listen_host, cfg->tcp_port,
                dhps_strerror(rc));

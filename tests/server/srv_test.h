@@ -90,6 +90,9 @@ static inline int t_connect_ex(t_conn *tc, uint16_t port, const char *secret,
     cp.secret = secret;
     cp.secret_len = strlen(secret);
     cp.max_msg = 4u << 20;
+    uint8_t host_id[DHPS_RPC_HOST_ID_LEN];
+    dhps_rpc_host_id("h1", host_id); /* t_config's labels.host: shm is allowed */
+    cp.host_id = host_id;
     int rc = dhps_rpc_client_create(&cp, &tc->c);
     if (rc)
         return rc;
