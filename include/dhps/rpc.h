@@ -146,6 +146,9 @@ typedef struct dhps_rpc_request {
     void *resp;
     size_t resp_cap;
     size_t resp_len;
+    const char *peer;       /* caller's numeric IPv4 address as the server's socket sees
+                               it ("" if unknown); valid during the call */
+    uint16_t peer_port;     /* caller's TCP port (the key of per-port fault rules) */
 } dhps_rpc_request;
 
 /* A handler returns 0 (response = resp[0..resp_len)) or a negative code: the caller's
@@ -391,8 +394,10 @@ typedef struct dhps_rpc_fault_stats {
     uint64_t delayed;        /* sent late */
 } dhps_rpc_fault_stats;
 
-/* Most rules at once. */
+/* Most rules at once (per table: the client's process-wide one, each server's own). */
 #define DHPS_RPC_FAULT_MAX_RULES 64u
+/* Longest delay a rule may ask for (60 s). */
+#define DHPS_RPC_FAULT_MAX_DELAY_US 60000000u
 
 /* Fill f with no effect (delay_percent 100, everything else 0). */
 void dhps_rpc_fault_init(dhps_rpc_fault *f);
@@ -407,6 +412,67 @@ int dhps_rpc_fault_clear(const char *host, uint16_t port);
 
 /* Counters of the rule for host:port. Returns 0 or -ENOENT. Thread-safe. */
 int dhps_rpc_fault_get_stats(const char *host, uint16_t port, dhps_rpc_fault_stats *st);
+
+/* ---- fault injection (server side, per calling peer) ------------------------------
+ *
+ * The same rules applied by a server to the requests it receives, keyed by the calling
+ * peer's address as the server's TCP socket sees it (numeric IPv4; port 0 matches every
+ * port of that address, i.e. every connection from that host) or DHPS_RPC_FAULT_ANY_PEER
+ * ("*", port 0: every peer without a rule of its own, "make this node slow"). Lookup:
+ * exact ip:port, else ip:0, else "*". Each server has its own table (a test can fault one
+ * of two servers of a process). Set, clear, get and list are thread-safe (one mutex per
+ * server) and may be called while the server runs; a worker costs one relaxed atomic load
+ * per request while the server's table is empty. Applied per request, in this order,
+ * whatever the transport (TCP, shm, verbs), before the handler:
+ *   partition: the request is discarded: no handler run, no response; the connection
+ *              stays open and its hello still succeeds, so the caller sees what a
+ *              network partition with live sockets looks like: silence, and its call
+ *              ends with DHPS_E_TIMEOUT at its deadline (no deadline: never).
+ *   drop:      drop_percent of requests are discarded the same way (drop_timeout has no
+ *              meaning here: a dropped request always ends in the caller's time-out).
+ *   delay:     delay_percent of the remaining requests run their handler at once, and
+ *              the response (copied out) is held back delay_us on a per-worker timer
+ *              heap; the worker goes on serving its other connections meanwhile (its
+ *              loop sleeps no longer than the next due response). A held-back response
+ *              goes back on the transport its request came in on; if the connection
+ *              closed meanwhile it is discarded; if its verbs path failed meanwhile it
+ *              is discarded and the client's re-send on TCP is answered from the
+ *              de-duplication cache.
+ * Requests already handled when a rule is set are not affected; clearing a rule does
+ * not release responses already held back (they go at their time). Counters (calls =
+ * requests matched, partitioned, dropped, delayed) restart when a rule is replaced.
+ * Percent draws: per-rule xorshift seeded by `seed`, shared by the server's workers.
+ */
+#define DHPS_RPC_FAULT_ANY_PEER "*"
+
+typedef struct dhps_rpc_fault_entry {
+    char host[64];              /* numeric IPv4 or DHPS_RPC_FAULT_ANY_PEER */
+    uint16_t port;              /* 0 = every port */
+    dhps_rpc_fault f;           /* the rule as set */
+    dhps_rpc_fault_stats st;    /* its counters now */
+} dhps_rpc_fault_entry;
+
+/* Set (or replace) the server's rule for requests from peer:port (peer a numeric IPv4
+ * address, or DHPS_RPC_FAULT_ANY_PEER with port 0); its counters restart at zero.
+ * Returns 0, -EINVAL (NULL s or f, peer not numeric IPv4 nor "*", "*" with a port,
+ * percent > 100, delay_us > DHPS_RPC_FAULT_MAX_DELAY_US), -ENOSPC (64 rules already).
+ * Thread-safe; takes effect for requests read after it returns. */
+int dhps_rpc_server_fault_set(dhps_rpc_server *s, const char *peer, uint16_t port,
+                              const dhps_rpc_fault *f);
+
+/* Remove the rule for peer:port (peer NULL: every rule of this server). Returns 0,
+ * -ENOENT (no such rule / no rule at all), -EINVAL (bad peer). Responses already held
+ * back are still sent at their time. Thread-safe. */
+int dhps_rpc_server_fault_clear(dhps_rpc_server *s, const char *peer, uint16_t port);
+
+/* Counters of the rule for peer:port. Returns 0, -ENOENT or -EINVAL. Thread-safe. */
+int dhps_rpc_server_fault_get_stats(dhps_rpc_server *s, const char *peer, uint16_t port,
+                                    dhps_rpc_fault_stats *st);
+
+/* Copy up to cap rules with their counters into out (in table order; out may be NULL
+ * with cap 0). Returns the number of rules set (may exceed cap). Thread-safe. */
+size_t dhps_rpc_server_fault_list(dhps_rpc_server *s, dhps_rpc_fault_entry *out,
+                                  size_t cap);
 
 #ifdef __cplusplus
 }

@@ -2,6 +2,7 @@
 #ifndef DHPS_RPC_INTERNAL_H
 #define DHPS_RPC_INTERNAL_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -116,11 +117,49 @@ int rpc_write_hello(int fd, const rpc_hello *h, uint64_t deadline);
 
 /* ---- fault injection (fault.c) ---------------------------------------------------- */
 
-extern _Atomic uint32_t rpc_fault_nrules; /* rules set; 0 = nothing to look up */
+#define RPC_FAULT_HOST_MAX 64u
+
+typedef struct rpc_fault_rule {
+    bool used;
+    char host[RPC_FAULT_HOST_MAX];
+    uint16_t port;
+    dhps_rpc_fault f;
+    uint64_t rng;
+    dhps_rpc_fault_stats st;
+} rpc_fault_rule;
+
+/* A rule table: the rule count is read with one relaxed load on the request path (0 =
+ * nothing to look up); everything else under mu. */
+typedef struct rpc_fault_table {
+    _Atomic uint32_t nrules;
+    pthread_mutex_t mu;
+    rpc_fault_rule rules[DHPS_RPC_FAULT_MAX_RULES];
+} rpc_fault_table;
+
 enum { RPC_FAULT_NONE = 0, RPC_FAULT_FAIL = 1, RPC_FAULT_HOLD = 2, RPC_FAULT_DELAY = 3 };
-/* Decide the fate of one call to host:port: NONE (send now), FAIL (fail with
- * DHPS_E_UNREACHABLE), HOLD (fail with DHPS_E_TIMEOUT at the deadline), DELAY (send
- * *delay_ns later). Counts it in the matching rule. */
+
+void rpc_fault_table_init(rpc_fault_table *t);
+void rpc_fault_table_fini(rpc_fault_table *t);
+int rpc_fault_table_set(rpc_fault_table *t, const char *host, uint16_t port,
+                        const dhps_rpc_fault *f);
+int rpc_fault_table_clear(rpc_fault_table *t, const char *host, uint16_t port);
+int rpc_fault_table_get(rpc_fault_table *t, const char *host, uint16_t port,
+                        dhps_rpc_fault_stats *st);
+size_t rpc_fault_table_list(rpc_fault_table *t, dhps_rpc_fault_entry *out, size_t cap);
+/* Decide the fate of one call/request of host:port (exact rule, else the host's port-0
+ * rule, else with any_peer the DHPS_RPC_FAULT_ANY_PEER rule): NONE, FAIL (partition or
+ * drop), HOLD (drop with drop_timeout), DELAY (*delay_ns later). Counts it in the rule. */
+int rpc_fault_table_decide(rpc_fault_table *t, const char *host, uint16_t port,
+                           bool any_peer, uint64_t *delay_ns);
+/* Check a server rule's peer and write its canonical form. 0 or -EINVAL. */
+int rpc_fault_server_peer(const char *peer, uint16_t port, char out[RPC_FAULT_HOST_MAX]);
+
+/* The client side's process-wide table (client.c reads rpc_fault_nrules). */
+extern rpc_fault_table rpc_client_faults;
+#define rpc_fault_nrules (rpc_client_faults.nrules)
+/* rpc_fault_table_decide on the client table, without the any-peer rule: NONE (send
+ * now), FAIL (fail with DHPS_E_UNREACHABLE), HOLD (fail with DHPS_E_TIMEOUT at the
+ * deadline), DELAY (send *delay_ns later). */
 int rpc_fault_decide(const char *host, uint16_t port, uint64_t *delay_ns);
 
 #endif

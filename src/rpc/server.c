@@ -47,6 +47,9 @@ typedef struct sconn {
     dd_entry *dd;
     uint32_t dd_mask;
     struct sconn *prev, *next;
+    char peer[16];      /* caller's IPv4 address (numeric), for the fault rules */
+    uint16_t peer_port; /* caller's TCP port */
+    bool fault_flush;   /* a held-back response was committed this turn */
     bool reading; /* EPOLLIN armed */
     bool tx_full; /* shm: a request waits for room in the response ring */
     bool want_out;
@@ -74,6 +77,10 @@ typedef struct worker {
     vsrq *srq;       /* shared receive queue of this worker's verbs connections (set
                         once, under srq_lock, with a release store) */
     sconn *last_sc;  /* last connection a shared-queue completion mapped to */
+    struct dresp **heap; /* responses held back by a fault rule: min-heap on `at` */
+    uint32_t nheap, capheap;
+    bool heap_stuck;     /* the due response could not be reserved: retry soon */
+    uint8_t *fscratch;   /* handler output of delayed requests (max_msg), lazily */
     wstats st;
 } worker;
 
@@ -96,7 +103,17 @@ struct dhps_rpc_server {
     pthread_mutex_t srq_lock; /* lazy creation of the workers' shared receive queues */
     worker *w;
     _Atomic uint64_t accepted, rejected_auth, rejected_hello;
+    rpc_fault_table faults; /* server-side fault rules (dhps_rpc_server_fault_*) */
 };
+
+/* A response held back by a delay rule: sent on `via` at `at` (rpc_now_ns clock). */
+typedef struct dresp {
+    uint64_t at;
+    sconn *sc;
+    int via;
+    rpc_frame f;
+    uint8_t data[];
+} dresp;
 
 void dhps_rpc_server_params_init(dhps_rpc_server_params *p)
 {
@@ -139,6 +156,7 @@ int dhps_rpc_server_create(const dhps_rpc_server_params *p, dhps_rpc_server **ou
         return -ENOMEM;
     s->lfd = -1;
     pthread_mutex_init(&s->srq_lock, NULL);
+    rpc_fault_table_init(&s->faults);
     s->p = *p;
     s->p.secret = NULL;
     if (p->secret_len)
@@ -241,6 +259,67 @@ static inline void bump(_Atomic uint64_t *a)
 
 /* ---- worker ----------------------------------------------------------------------- */
 
+/* Held-back responses: a binary min-heap on `at` per worker (only the worker touches it). */
+static void heap_down(worker *w, uint32_t i)
+{
+    for (;;) {
+        uint32_t l = 2 * i + 1, r = l + 1, m = i;
+        if (l < w->nheap && w->heap[l]->at < w->heap[m]->at)
+            m = l;
+        if (r < w->nheap && w->heap[r]->at < w->heap[m]->at)
+            m = r;
+        if (m == i)
+            return;
+        dresp *t = w->heap[i];
+        w->heap[i] = w->heap[m];
+        w->heap[m] = t;
+        i = m;
+    }
+}
+
+static int heap_push(worker *w, dresp *d)
+{
+    if (w->nheap == w->capheap) {
+        uint32_t nc = w->capheap ? 2 * w->capheap : 64;
+        dresp **nh = realloc(w->heap, (size_t)nc * sizeof *nh);
+        if (!nh)
+            return -ENOMEM;
+        w->heap = nh;
+        w->capheap = nc;
+    }
+    uint32_t i = w->nheap++;
+    w->heap[i] = d;
+    while (i && w->heap[(i - 1) / 2]->at > w->heap[i]->at) {
+        dresp *t = w->heap[i];
+        w->heap[i] = w->heap[(i - 1) / 2];
+        w->heap[(i - 1) / 2] = t;
+        i = (i - 1) / 2;
+    }
+    return 0;
+}
+
+static void heap_pop(worker *w)
+{
+    w->heap[0] = w->heap[--w->nheap];
+    if (w->nheap)
+        heap_down(w, 0);
+}
+
+/* Drop the held-back responses of a connection being closed. */
+static void heap_purge(worker *w, sconn *sc)
+{
+    uint32_t k = 0;
+    for (uint32_t i = 0; i < w->nheap; i++) {
+        if (w->heap[i]->sc == sc)
+            free(w->heap[i]);
+        else
+            w->heap[k++] = w->heap[i];
+    }
+    w->nheap = k;
+    for (uint32_t i = k / 2; i-- > 0;)
+        heap_down(w, i);
+}
+
 static void sconn_close(worker *w, sconn *sc, int why)
 {
     DHPS_LOG(DHPS_LOG_INFO, RPC_LOG, "worker %u: closing connection: %s", w->idx,
@@ -260,6 +339,8 @@ static void sconn_close(worker *w, sconn *sc, int why)
         w->nverbs--;
     if (w->last_sc == sc)
         w->last_sc = NULL;
+    if (w->nheap)
+        heap_purge(w, sc);
     conn_fini(&sc->c);
     if (sc->dd)
         for (uint32_t i = 0; i <= sc->dd_mask; i++)
@@ -364,6 +445,99 @@ static int serve_ctrl(worker *w, sconn *sc, const uint8_t *payload, uint32_t len
     return 0;
 }
 
+static int sconn_flush(worker *w, sconn *sc);
+
+/* Hold back a response (frame r, payload data) for delay_ns: it is sent on `via` by
+ * fault_release. Returns 0, or -ENOMEM (the caller sends it now instead). */
+static int defer_resp(worker *w, sconn *sc, int via, const rpc_frame *r, const uint8_t *data,
+                      uint64_t delay_ns)
+{
+    dresp *d = malloc(sizeof *d + r->len);
+    if (!d)
+        return -ENOMEM;
+    d->at = rpc_now_ns() + delay_ns;
+    d->sc = sc;
+    d->via = via;
+    d->f = *r;
+    if (r->len)
+        memcpy(d->data, data, r->len);
+    if (heap_push(w, d)) {
+        free(d);
+        return -ENOMEM;
+    }
+    return 0;
+}
+
+/* Queue a copy of a response on `via` now. 0, 1 (no room: shm/verbs, response lost,
+ * the caller times out) or -ENOMEM (TCP: close). */
+static int send_copy(conn *c, int via, const rpc_frame *r, const uint8_t *data)
+{
+    uint8_t *p = rpc_transports[via]->reserve(c, r->len);
+    if (!p)
+        return via == DHPS_RPC_TCP ? -ENOMEM : 1;
+    if (r->len)
+        memcpy(p, data, r->len);
+    rpc_transports[via]->commit(c, r);
+    return 0;
+}
+
+/* Send the held-back responses whose time came (in due order). A response whose verbs
+ * path is gone is dropped (the client re-sends on TCP and the de-duplication cache
+ * answers); one that finds no room stays first and is retried next turn. Returns the
+ * number sent. */
+static int fault_release(worker *w, uint64_t now)
+{
+    int sent = 0;
+    w->heap_stuck = false;
+    while (w->nheap && w->heap[0]->at <= now) {
+        dresp *d = w->heap[0];
+        conn *c = &d->sc->c;
+        if (d->via == DHPS_RPC_VERBS && (!c->v || c->v->failed)) {
+            heap_pop(w);
+            free(d);
+            continue;
+        }
+        uint8_t *p = rpc_transports[d->via]->reserve(c, d->f.len);
+        if (!p) {
+            w->heap_stuck = true;
+            break;
+        }
+        if (d->f.len)
+            memcpy(p, d->data, d->f.len);
+        rpc_transports[d->via]->commit(c, &d->f);
+        d->sc->fault_flush = true;
+        heap_pop(w);
+        free(d);
+        sent++;
+    }
+    if (sent)
+        for (sconn *sc = w->conns, *nx; sc; sc = nx) {
+            nx = sc->next;
+            if (!sc->fault_flush)
+                continue;
+            sc->fault_flush = false;
+            int r = sconn_flush(w, sc);
+            if (r < 0)
+                sconn_close(w, sc, r);
+        }
+    return sent;
+}
+
+/* Milliseconds the worker may sleep before its next held-back response is due (-1:
+ * none held back). */
+static int fault_timeout_ms(const worker *w, uint64_t now)
+{
+    if (!w->nheap)
+        return -1;
+    if (w->heap_stuck)
+        return 1;
+    uint64_t at = w->heap[0]->at;
+    if (at <= now)
+        return 0;
+    uint64_t ms = (at - now + 999999ull) / 1000000ull;
+    return ms > 60000 ? 60000 : (int)ms;
+}
+
 /* Serve one request received on transport `via`; the response goes back on `via`. */
 static int serve_frame(void *arg, conn *c, int via, const rpc_frame *f, const uint8_t *payload)
 {
@@ -375,6 +549,14 @@ static int serve_frame(void *arg, conn *c, int via, const rpc_frame *f, const ui
         return serve_ctrl(w, sc, payload, f->len);
     if (f->type != RPC_F_REQ)
         return DHPS_E_MALFORMED;
+    /* fault rules: one relaxed load while the server has none */
+    uint64_t delay_ns = 0;
+    if (atomic_load_explicit(&w->s->faults.nrules, memory_order_relaxed) != 0) {
+        int k = rpc_fault_table_decide(&w->s->faults, sc->peer, sc->peer_port, true,
+                                       &delay_ns);
+        if (k == RPC_FAULT_FAIL || k == RPC_FAULT_HOLD)
+            return 0; /* partition or drop: consumed, no handler, no response */
+    }
     dd_entry *dd = sc->dd ? &sc->dd[f->id & sc->dd_mask] : NULL;
     if (dd && dd->id == f->id) {
         /* seen before: a TCP retry of a verbs request (answer from the cache), or the
@@ -382,19 +564,22 @@ static int serve_frame(void *arg, conn *c, int via, const rpc_frame *f, const ui
         bump(&w->st.dup);
         if (via != DHPS_RPC_TCP || !dd->have)
             return 0;
-        uint8_t *p = rpc_tcp_ops.reserve(c, dd->len);
-        if (!p)
-            return -ENOMEM;
-        if (dd->len)
-            memcpy(p, dd->buf, dd->len);
         rpc_frame r = {.type = RPC_F_RESP, .id = f->id, .method = f->method,
                        .status = dd->status, .len = dd->len};
-        rpc_tcp_ops.commit(c, &r);
-        return 0;
+        if (delay_ns && defer_resp(w, sc, DHPS_RPC_TCP, &r, dd->buf, delay_ns) == 0)
+            return 0;
+        return send_copy(c, DHPS_RPC_TCP, &r, dd->buf);
     }
     const rpc_ops *ops = rpc_transports[via];
-    uint8_t *resp = ops->reserve(c, c->max_msg);
-    if (!resp) {
+    uint8_t *resp = NULL;
+    if (delay_ns) { /* the handler writes into scratch; the response is copied out */
+        if (!w->fscratch)
+            w->fscratch = malloc(w->s->p.max_msg);
+        resp = w->fscratch;
+        if (!resp)
+            delay_ns = 0;
+    }
+    if (!resp && !(resp = ops->reserve(c, c->max_msg))) {
         if (via == DHPS_RPC_TCP)
             return -ENOMEM;
         sc->tx_full = true; /* response ring full: leave the request, retry later */
@@ -408,7 +593,8 @@ static int serve_frame(void *arg, conn *c, int via, const rpc_frame *f, const ui
     } else {
         dhps_rpc_request q = {.method = f->method, .worker = w->idx, .id = f->id,
                               .req = payload, .req_len = f->len, .resp = resp,
-                              .resp_cap = c->max_msg};
+                              .resp_cap = c->max_msg, .peer = sc->peer,
+                              .peer_port = sc->peer_port};
         int hr = h->fn(h->arg, &q);
         if (hr < 0 || q.resp_len > q.resp_cap) {
             bump(&w->st.handler_errors);
@@ -435,6 +621,12 @@ static int serve_frame(void *arg, conn *c, int via, const rpc_frame *f, const ui
             dd->status = r.status;
             dd->have = true;
         }
+    }
+    if (delay_ns) {
+        if (defer_resp(w, sc, via, &r, resp, delay_ns) == 0)
+            return 0;
+        int sr = send_copy(c, via, &r, resp); /* no memory to hold it back: send now */
+        return sr < 0 ? sr : 0;
     }
     ops->commit(c, &r);
     return 0;
@@ -569,6 +761,9 @@ static void *worker_main(void *arg)
     uint32_t idle = 0;
     while (!atomic_load_explicit(&s->stop, memory_order_acquire)) {
         int work = 0;
+        /* 0. responses held back by a delay rule whose time came */
+        if (w->nheap)
+            work += fault_release(w, rpc_now_ns());
         /* 1. shared-memory rings: poll every turn */
         if (w->nshm) {
             for (sconn *sc = w->conns, *nx; sc; sc = nx) {
@@ -621,6 +816,11 @@ static void *worker_main(void *arg)
                 sc->tx_full = false;
             }
             slept = true;
+        }
+        if (timeout != 0 && w->nheap) { /* wake for the next held-back response */
+            int ft = fault_timeout_ms(w, rpc_now_ns());
+            if (timeout < 0 || ft < timeout)
+                timeout = ft;
         }
         int n = epoll_wait(w->ep, evs, 64, timeout);
         if (slept)
@@ -732,6 +932,12 @@ static void handshake(struct acceptor *acc, int fd)
         free(sc);
         sc = NULL;
         goto bad;
+    }
+    struct sockaddr_in pa;
+    socklen_t pal = sizeof pa;
+    if (getpeername(fd, (struct sockaddr *)&pa, &pal) == 0 && pa.sin_family == AF_INET) {
+        inet_ntop(AF_INET, &pa.sin_addr, sc->peer, sizeof sc->peer);
+        sc->peer_port = ntohs(pa.sin_port);
     }
     memset(&ac, 0, sizeof ac);
     ac.version = sh.version;
@@ -859,6 +1065,8 @@ void dhps_rpc_server_destroy(dhps_rpc_server *s)
                     sconn_close(w, w->conns, DHPS_E_CANCELLED);
             }
             vsrq_destroy(w->srq); /* its QPs are gone with the connections */
+            free(w->heap); /* empty: closing a connection drops its held-back responses */
+            free(w->fscratch);
             if (w->ep >= 0)
                 close(w->ep);
             if (w->evfd >= 0)
@@ -869,7 +1077,41 @@ void dhps_rpc_server_destroy(dhps_rpc_server *s)
         close(s->lfd);
     rpc_dev_close(s->dev);
     pthread_mutex_destroy(&s->srq_lock);
+    rpc_fault_table_fini(&s->faults);
     free(s->w);
     free(s->handlers);
     free(s);
+}
+
+/* ---- fault rules (server side) -------------------------------------------------------- */
+
+int dhps_rpc_server_fault_set(dhps_rpc_server *s, const char *peer, uint16_t port,
+                              const dhps_rpc_fault *f)
+{
+    char h[RPC_FAULT_HOST_MAX];
+    if (!s || !f || rpc_fault_server_peer(peer, port, h))
+        return -EINVAL;
+    return rpc_fault_table_set(&s->faults, h, port, f);
+}
+
+int dhps_rpc_server_fault_clear(dhps_rpc_server *s, const char *peer, uint16_t port)
+{
+    char h[RPC_FAULT_HOST_MAX];
+    if (!s || (peer && rpc_fault_server_peer(peer, port, h)))
+        return -EINVAL;
+    return rpc_fault_table_clear(&s->faults, peer ? h : NULL, port);
+}
+
+int dhps_rpc_server_fault_get_stats(dhps_rpc_server *s, const char *peer, uint16_t port,
+                                    dhps_rpc_fault_stats *st)
+{
+    char h[RPC_FAULT_HOST_MAX];
+    if (!s || !st || rpc_fault_server_peer(peer, port, h))
+        return -EINVAL;
+    return rpc_fault_table_get(&s->faults, h, port, st);
+}
+
+size_t dhps_rpc_server_fault_list(dhps_rpc_server *s, dhps_rpc_fault_entry *out, size_t cap)
+{
+    return s ? rpc_fault_table_list(&s->faults, out, cap) : 0;
 }
