@@ -82,6 +82,9 @@ typedef struct dhps_server_config {
     char *pid_file;                  /* NULL = none */
     char *port_file;                 /* NULL = none; see dhps_server_start */
     uint32_t startup_delay_ms;       /* test hook: wait before loading (default 0) */
+    bool admin_faults;               /* admin.faults: serve /fault on the metrics port
+                                        (set/clear/list the rpc server's fault rules,
+                                        HMAC-authenticated; default false: 403) */
 } dhps_server_config;
 
 /*

@@ -230,7 +230,7 @@ static int parse_root(cfg_ctx *x, json_t *root, dhps_server_config *c)
 {
     static const char *const keys[] = {"node_id", "labels", "listen", "tables", "snapshot",
                                        "secret_file", "metrics", "shards", "pid_file",
-                                       "port_file", "startup_delay_ms", NULL};
+                                       "port_file", "startup_delay_ms", "admin", NULL};
     int rc;
     if (!json_is_object(root))
         return fail(x, "top level: must be an object");
@@ -334,6 +334,16 @@ static int parse_root(cfg_ctx *x, json_t *root, dhps_server_config *c)
     }
     if (!c->metrics_host && !(c->metrics_host = strdup("127.0.0.1")))
         return -ENOMEM;
+
+    json_t *ad = json_object_get(root, "admin");
+    if (ad) {
+        static const char *const ak[] = {"faults", NULL};
+        if ((rc = need_object(x, ad, "admin")) || (rc = only_keys(x, ad, "admin", ak)) ||
+            (rc = get_bool(x, ad, "faults", "admin", &c->admin_faults)))
+            return rc;
+        if (c->admin_faults && !c->metrics_enabled)
+            return fail(x, "admin.faults: needs the metrics HTTP endpoint (set metrics.port)");
+    }
 
     json_t *sh = json_object_get(root, "shards");
     if (!sh)

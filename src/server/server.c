@@ -17,6 +17,7 @@
 #include "dhps/log.h"
 #include "dhps/rpc.h"
 #include "dhps/store.h"
+#include "admin.h"
 #include "msg.h"
 #include "srv_int.h"
 
@@ -889,6 +890,149 @@ static void write_metrics(dhps_server *s, FILE *f)
     fprintf(f, "# TYPE dhps_loaded_records gauge\ndhps_loaded_records %llu\n",
             (unsigned long long)get(&s->loaded_records));
     fprintf(f, "# TYPE dhps_ready gauge\ndhps_ready %d\n", dhps_server_ready(s) ? 1 : 0);
+    srv_fault_metrics(s->rpc, f);
+}
+
+/* ---- /fault: the rpc server's fault rules, set at run time (admin.faults) ---------- */
+
+typedef struct http_req { /* one request's body, gathered across handler calls */
+    size_t len;
+    bool too_big;
+    char body[SRV_ADMIN_MAX_BODY];
+} http_req;
+
+static void http_done(void *cls, struct MHD_Connection *conn, void **con_cls,
+                      enum MHD_RequestTerminationCode toe)
+{
+    (void)cls;
+    (void)conn;
+    (void)toe;
+    free(*con_cls);
+    *con_cls = NULL;
+}
+
+/* Queue body (malloc'ed, taken over; NULL = out of memory) with code. */
+static enum MHD_Result reply(struct MHD_Connection *conn, unsigned code, const char *ctype,
+                             char *body)
+{
+    if (!body)
+        return MHD_NO;
+    struct MHD_Response *resp = MHD_create_response_from_buffer(strlen(body), body,
+                                                                MHD_RESPMEM_MUST_FREE);
+    if (!resp) {
+        free(body);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, "Content-Type", ctype);
+    enum MHD_Result ret = MHD_queue_response(conn, code, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
+
+__attribute__((format(printf, 3, 4))) static enum MHD_Result
+reply_text(struct MHD_Connection *conn, unsigned code, const char *fmt, ...)
+{
+    char *t = NULL;
+    va_list ap;
+    va_start(ap, fmt);
+    if (vasprintf(&t, fmt, ap) < 0)
+        t = NULL;
+    va_end(ap);
+    return reply(conn, code, "text/plain; charset=utf-8", t);
+}
+
+static enum MHD_Result http_fault(dhps_server *s, struct MHD_Connection *conn,
+                                  const char *method, const char *upload_data,
+                                  size_t *upload_size, void **con_cls)
+{
+    http_req *q = *con_cls;
+    if (!q) { /* first call: headers only */
+        if (!(q = calloc(1, sizeof *q)))
+            return MHD_NO;
+        *con_cls = q;
+        return MHD_YES;
+    }
+    if (*upload_size) {
+        if (q->len + *upload_size > SRV_ADMIN_MAX_BODY) {
+            q->too_big = true;
+        } else {
+            memcpy(q->body + q->len, upload_data, *upload_size);
+            q->len += *upload_size;
+        }
+        *upload_size = 0;
+        return MHD_YES;
+    }
+    if (!s->cfg->admin_faults)
+        return reply_text(conn, MHD_HTTP_FORBIDDEN,
+                          "fault admin is disabled on this node: set \"admin\": {\"faults\": "
+                          "true} in its config\n");
+    if (!strcmp(method, "GET") || !strcmp(method, "HEAD"))
+        return reply(conn, MHD_HTTP_OK, "application/json", srv_fault_list_json(s->rpc));
+    bool set = !strcmp(method, "PUT") || !strcmp(method, "POST");
+    if (!set && strcmp(method, "DELETE"))
+        return reply_text(conn, MHD_HTTP_METHOD_NOT_ALLOWED,
+                          "fault: method %s not allowed (GET, PUT, POST, DELETE)\n", method);
+    if (q->too_big)
+        return reply_text(conn, 413 /* content too large */,
+                          "fault body: longer than %u bytes\n", SRV_ADMIN_MAX_BODY);
+    const char *peer = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "peer");
+    const char *port = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "port");
+    const char *all = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "all");
+    const char *auth = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, SRV_ADMIN_AUTH_HEADER);
+    char err[512];
+    if (srv_admin_auth(s->secret, s->secret_len, auth, method, "/fault", peer ? peer : "",
+                       port ? port : "", all ? all : "", q->body, q->len, time(NULL), err,
+                       sizeof err)) {
+        DHPS_LOG(DHPS_LOG_WARN, LOGM, "/fault %s refused: %s", method, err);
+        return reply_text(conn, MHD_HTTP_UNAUTHORIZED, "%s\n", err);
+    }
+    if (!s->rpc)
+        return reply_text(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "fault: rpc server stopped\n");
+    if (set) {
+        srv_fault_req fr;
+        if (srv_fault_parse(q->body, q->len, &fr, err, sizeof err))
+            return reply_text(conn, MHD_HTTP_BAD_REQUEST, "%s\n", err);
+        int rc = dhps_rpc_server_fault_set(s->rpc, fr.peer, fr.port, &fr.f);
+        if (rc == -ENOSPC)
+            return reply_text(conn, MHD_HTTP_CONFLICT, "fault: %u rules already set; delete "
+                              "one first\n", DHPS_RPC_FAULT_MAX_RULES);
+        if (rc)
+            return reply_text(conn, MHD_HTTP_BAD_REQUEST, "fault: %s\n", dhps_strerror(rc));
+        DHPS_LOG(DHPS_LOG_WARN, LOGM, "fault rule set: peer %s port %u: delay %u us (%u %%), "
+                 "drop %u %%, partition %s", fr.peer, fr.port, fr.f.delay_us,
+                 fr.f.delay_percent, fr.f.drop_percent, fr.f.partition ? "yes" : "no");
+        return reply(conn, MHD_HTTP_OK, "application/json", srv_fault_list_json(s->rpc));
+    }
+    /* DELETE ?peer=IP|*[&port=P] or ?all=true */
+    if (all && !strcmp(all, "true")) {
+        int rc = dhps_rpc_server_fault_clear(s->rpc, NULL, 0);
+        DHPS_LOG(DHPS_LOG_WARN, LOGM, "fault rules cleared (all)");
+        return reply(conn, MHD_HTTP_OK, "application/json",
+                     strdup(rc == 0 ? "{\"deleted\":\"all\"}" : "{\"deleted\":\"none\"}"));
+    }
+    if (all)
+        return reply_text(conn, MHD_HTTP_BAD_REQUEST, "fault all: must be true\n");
+    if (!peer || !*peer)
+        return reply_text(conn, MHD_HTTP_BAD_REQUEST,
+                          "fault peer: required (?peer=IP or ?peer=*, optional &port=P; or "
+                          "?all=true)\n");
+    unsigned long pv = 0;
+    if (port) {
+        char *end = NULL;
+        errno = 0;
+        pv = strtoul(port, &end, 10);
+        if (!*port || *end || errno || pv > 65535 || port[0] == '-' || port[0] == '+')
+            return reply_text(conn, MHD_HTTP_BAD_REQUEST, "fault port: must be 0..65535\n");
+    }
+    int rc = dhps_rpc_server_fault_clear(s->rpc, peer, (uint16_t)pv);
+    if (rc == -EINVAL)
+        return reply_text(conn, MHD_HTTP_BAD_REQUEST,
+                          "fault peer: must be a numeric IPv4 address or \"*\" (with port 0)\n");
+    if (rc == -ENOENT)
+        return reply_text(conn, MHD_HTTP_NOT_FOUND, "fault peer: no rule for %s port %lu\n",
+                          peer, pv);
+    DHPS_LOG(DHPS_LOG_WARN, LOGM, "fault rule cleared: peer %s port %lu", peer, pv);
+    return reply(conn, MHD_HTTP_OK, "application/json", srv_fault_list_json(s->rpc));
 }
 
 static enum MHD_Result http_handler(void *cls, struct MHD_Connection *conn, const char *url,
@@ -897,6 +1041,8 @@ static enum MHD_Result http_handler(void *cls, struct MHD_Connection *conn, cons
                                     void **con_cls)
 {
     dhps_server *s = cls;
+    if (!strcmp(url, "/fault"))
+        return http_fault(s, conn, method, upload_data, upload_size, con_cls);
     if (strcmp(method, "GET") && strcmp(method, "HEAD"))
         return MHD_NO;
     char *body = NULL;
@@ -917,7 +1063,7 @@ static enum MHD_Result http_handler(void *cls, struct MHD_Connection *conn, cons
         len = body ? strlen(body) : 0;
     } else {
         code = MHD_HTTP_NOT_FOUND;
-        body = strdup("not found: try /metrics or /health\n");
+        body = strdup("not found: try /metrics, /health or /fault\n");
         len = body ? strlen(body) : 0;
     }
     if (!body)
@@ -966,7 +1112,9 @@ int dhps_server_start(dhps_server *s, char *err, size_t errlen)
         inet_pton(AF_INET, c->metrics_host, &sin.sin_addr);
         s->http = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD, c->metrics_port, NULL,
                                    NULL, http_handler, s, MHD_OPTION_SOCK_ADDR, &sin,
-                                   MHD_OPTION_CONNECTION_TIMEOUT, 10u, MHD_OPTION_END);
+                                   MHD_OPTION_CONNECTION_TIMEOUT, 10u,
+                                   MHD_OPTION_NOTIFY_COMPLETED, http_done, NULL,
+                                   MHD_OPTION_END);
         if (!s->http) {
             seterr(err, errlen, "metrics %s:%u: cannot start the HTTP server (port in use?)",
                    c->metrics_host, c->metrics_port);
