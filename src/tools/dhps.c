@@ -18,6 +18,7 @@ int dhps_cmd_stats(int argc, char **argv);
 int dhps_cmd_snapshot(int argc, char **argv);
 int dhps_cmd_bench(int argc, char **argv);
 int dhps_cmd_chaos(int argc, char **argv);
+int dhps_cmd_fault(int argc, char **argv);
 
 struct dhps_cmd {
     const char *name;
@@ -37,6 +38,7 @@ static const struct dhps_cmd dhps_cmds[] = {
     {"snapshot", dhps_cmd_snapshot, "snapshot every node now (SNAPSHOT)"},
     {"bench", dhps_cmd_bench, "lookup/update workloads, optionally beside redis and memcached"},
     {"chaos", dhps_cmd_chaos, "availability under killed, stopped and slowed nodes"},
+    {"fault", dhps_cmd_fault, "set/clear/list a node's server-side rpc fault rules (/fault)"},
     /* issue 4: up, down, get, put, stats, load, bench */
 };
 
