@@ -30,7 +30,7 @@
 #endif
 #define T RPC_SUITE_TRANSPORT
 
-enum { M_ECHO = 1, M_FAIL = 2, M_SLOW = 3, M_COUNT = 4, M_BIG = 5 };
+enum { M_ECHO = 1, M_FAIL = 2, M_SLOW = 3, M_COUNT = 4, M_BIG = 5, M_WHO = 6 };
 static const char SECRET[] = "cluster-secret-for-tests";
 
 static _Atomic long handled;
@@ -58,6 +58,14 @@ static int h_slow(void *arg, dhps_rpc_request *r)
     r->resp_len = 0;
     return 0;
 }
+static int h_who(void *arg, dhps_rpc_request *r)
+{   /* the caller's port as the server sees it (the key of per-port fault rules) */
+    (void)arg;
+    uint32_t port = r->peer_port;
+    memcpy(r->resp, &port, 4);
+    r->resp_len = 4;
+    return 0;
+}
 static int h_big(void *arg, dhps_rpc_request *r)
 {   /* answer with resp_cap bytes of a pattern */
     (void)arg;
@@ -83,6 +91,7 @@ static dhps_rpc_server *start_server(uint32_t workers, const uint8_t *host_id)
     assert_int_equal(dhps_rpc_server_register(s, M_FAIL, h_fail, NULL), 0);
     assert_int_equal(dhps_rpc_server_register(s, M_SLOW, h_slow, NULL), 0);
     assert_int_equal(dhps_rpc_server_register(s, M_BIG, h_big, NULL), 0);
+    assert_int_equal(dhps_rpc_server_register(s, M_WHO, h_who, NULL), 0);
     assert_int_equal(dhps_rpc_server_register(s, M_ECHO, h_echo, NULL), -EEXIST);
     assert_int_equal(dhps_rpc_server_start(s), 0);
     assert_int_equal(dhps_rpc_server_register(s, 9, h_echo, NULL), -EBUSY);
@@ -1117,6 +1126,87 @@ static void verbs_link_deleted_mid_stream(void **unused)
                   reaped && WIFEXITED(wst) ? WEXITSTATUS(wst) : -1);
 }
 
+/* ---- server-side fault rules on this transport ---------------------------------- */
+
+static uint16_t my_port(dhps_rpc_channel *ch)
+{
+    uint32_t port = 0;
+    size_t n = 0;
+    assert_int_equal(dhps_rpc_call(ch, M_WHO, NULL, 0, &port, 4, &n, 20000000), 0);
+    assert_int_equal(n, 4);
+    return (uint16_t)port;
+}
+
+static int echo_once(dhps_rpc_channel *ch, uint64_t timeout_us)
+{
+    uint64_t v = 5, r = 0;
+    size_t n = 0;
+    int rc = dhps_rpc_call(ch, M_ECHO, &v, 8, &r, 8, &n, timeout_us);
+    if (rc == 0)
+        assert_true(n == 8 && r == 5);
+    return rc;
+}
+
+/* A delay rule on peer A's port holds A's responses (sent back on this transport when
+ * due) while peer B, on the same single worker, is answered; drop makes A's calls time
+ * out; a partition of every peer ("*") silences B too; clearing restores both. */
+static void server_fault_rules(void **unused)
+{
+    (void)unused;
+    dhps_rpc_server *s = start_server(1, NULL);
+    uint16_t port = dhps_rpc_server_port(s);
+    dhps_rpc_client *ca = new_client(SECRET), *cb = new_client(SECRET);
+    dhps_rpc_channel *a = open_chan(ca, port), *b = open_chan(cb, port);
+    uint16_t pa = my_port(a), pb = my_port(b);
+    assert_int_not_equal(pa, pb);
+    dhps_rpc_fault f;
+    dhps_rpc_fault_init(&f);
+    f.delay_us = 1500000; /* the thing under test; long beside B's calls even under TCG */
+    assert_int_equal(dhps_rpc_server_fault_set(s, "127.0.0.1", pa, &f), 0);
+    async_ctx aa = {0};
+    for (int i = 0; i < 8; i++) {
+        void *buf;
+        assert_int_equal(dhps_rpc_call_start(a, M_ECHO, 8, &buf), 0);
+        uint64_t v = (uint64_t)i;
+        memcpy(buf, &v, 8);
+        assert_int_equal(dhps_rpc_call_send(a, 8, 60000000, async_done, &aa), 0);
+    }
+    assert_true(dhps_rpc_client_poll(ca, 0) >= 0);
+    for (int i = 0; i < 20; i++)
+        assert_int_equal(echo_once(b, 20000000), 0);
+    assert_int_equal(dhps_rpc_client_poll(ca, 0), 0); /* A's answers are still held */
+    assert_int_equal(aa.done, 0);
+    while (aa.done < 8)
+        assert_true(dhps_rpc_client_poll(ca, 100) >= 0);
+    assert_int_equal(aa.bad, 0);
+    assert_int_equal(aa.expect_sum, 0 + 1 + 2 + 3 + 4 + 5 + 6 + 7);
+    assert_int_equal(dhps_rpc_channel_transport(a), T);
+    dhps_rpc_fault_stats fs;
+    assert_int_equal(dhps_rpc_server_fault_get_stats(s, "127.0.0.1", pa, &fs), 0);
+    assert_int_equal(fs.delayed, 8);
+    /* drop */
+    dhps_rpc_fault_init(&f);
+    f.drop_percent = 100;
+    assert_int_equal(dhps_rpc_server_fault_set(s, "127.0.0.1", pa, &f), 0);
+    assert_int_equal(echo_once(a, 200000), DHPS_E_TIMEOUT);
+    assert_int_equal(echo_once(b, 20000000), 0);
+    /* every peer partitioned: B has no rule of its own */
+    dhps_rpc_fault_init(&f);
+    f.partition = true;
+    assert_int_equal(dhps_rpc_server_fault_set(s, DHPS_RPC_FAULT_ANY_PEER, 0, &f), 0);
+    assert_int_equal(echo_once(b, 200000), DHPS_E_TIMEOUT);
+    assert_int_equal(dhps_rpc_server_fault_get_stats(s, "*", 0, &fs), 0);
+    assert_int_equal(fs.partitioned, 1);
+    assert_int_equal(dhps_rpc_server_fault_clear(s, NULL, 0), 0);
+    assert_int_equal(echo_once(a, 20000000), 0);
+    assert_int_equal(echo_once(b, 20000000), 0);
+    assert_int_equal(dhps_rpc_channel_transport(a), T);
+    assert_int_equal(dhps_rpc_channel_transport(b), T);
+    dhps_rpc_client_destroy(ca);
+    dhps_rpc_client_destroy(cb);
+    dhps_rpc_server_destroy(s);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -1142,6 +1232,7 @@ int main(void)
         cmocka_unit_test(server_destroyed_under_client),
         cmocka_unit_test(threads_many_clients),
         cmocka_unit_test(peer_killed_mid_call),
+        cmocka_unit_test(server_fault_rules),
     };
     const struct CMUnitTest verbs_tests[] = {
         cmocka_unit_test(verbs_qp_error_fallback_and_repromotion),
