@@ -172,6 +172,9 @@ typedef struct dhps_rpc_server_params {
     uint32_t verbs_srq_slots;  /* receive slots of each worker's shared receive queue,
                                   one max_msg frame each, 1..16384 (default 64) */
     const uint8_t *host_id;    /* 16 bytes identifying this host; NULL = kernel boot id */
+    uint64_t fault_hold_bytes; /* most bytes of responses one worker holds back for delay
+                                  fault rules; a response beyond it goes out at once
+                                  (counted in fault_overflow) (default 256 MiB) */
 } dhps_rpc_server_params;
 
 /* Fill p with the defaults above. */
@@ -205,6 +208,9 @@ typedef struct dhps_rpc_server_stats {
     uint64_t duplicates;                      /* re-sent requests answered from the
                                                  de-duplication cache (handler not run) */
     uint64_t verbs_failures;                  /* verbs paths torn down (then TCP) */
+    uint64_t fault_overflow;                  /* responses a delay rule should have held
+                                                 back, sent at once: fault_hold_bytes
+                                                 reached (or no memory) */
 } dhps_rpc_server_stats;
 
 /* Snapshot of counters (relaxed atomic loads; each value is exact, the set is not a
@@ -433,7 +439,9 @@ int dhps_rpc_fault_get_stats(const char *host, uint16_t port, dhps_rpc_fault_sta
  *   delay:     delay_percent of the remaining requests run their handler at once, and
  *              the response (copied out) is held back delay_us on a per-worker timer
  *              heap; the worker goes on serving its other connections meanwhile (its
- *              loop sleeps no longer than the next due response). A held-back response
+ *              loop sleeps no longer than the next due response). A worker holds at
+ *              most fault_hold_bytes (server param) of responses; beyond that a
+ *              delayed response goes out at once and counts in fault_overflow. A held-back response
  *              goes back on the transport its request came in on; if the connection
  *              closed meanwhile it is discarded; if its verbs path failed meanwhile it
  *              is discarded and the client's re-send on TCP is answered from the

@@ -58,6 +58,7 @@ typedef struct sconn {
 typedef struct wstats {
     _Atomic uint64_t handled[DHPS_RPC_NTRANSPORTS];
     _Atomic uint64_t handler_errors, unknown_method, malformed, open, dup, verbs_down;
+    _Atomic uint64_t fault_overflow;
 } wstats;
 
 typedef struct worker {
@@ -79,6 +80,7 @@ typedef struct worker {
     sconn *last_sc;  /* last connection a shared-queue completion mapped to */
     struct dresp **heap; /* responses held back by a fault rule: min-heap on `at` */
     uint32_t nheap, capheap;
+    uint64_t held_bytes; /* bytes of the held-back entries (bounded by fault_hold_bytes) */
     bool heap_stuck;     /* the due response could not be reserved: retry soon */
     uint8_t *fscratch;   /* handler output of delayed requests (max_msg), lazily */
     wstats st;
@@ -126,6 +128,7 @@ void dhps_rpc_server_params_init(dhps_rpc_server_params *p)
     p->spin_turns = 64;
     p->acceptors = 2;
     p->verbs_srq_slots = 64;
+    p->fault_hold_bytes = 256ull << 20;
 }
 
 const char *dhps_rpc_transport_name(int t)
@@ -247,6 +250,7 @@ void dhps_rpc_server_get_stats(const dhps_rpc_server *s, dhps_rpc_server_stats *
         st->open_conns += atomic_load_explicit(&w->open, memory_order_relaxed);
         st->duplicates += atomic_load_explicit(&w->dup, memory_order_relaxed);
         st->verbs_failures += atomic_load_explicit(&w->verbs_down, memory_order_relaxed);
+        st->fault_overflow += atomic_load_explicit(&w->fault_overflow, memory_order_relaxed);
     }
 }
 
@@ -305,13 +309,20 @@ static void heap_pop(worker *w)
         heap_down(w, 0);
 }
 
+/* Free a held-back entry (taken off the heap). */
+static void dresp_free(worker *w, dresp *d)
+{
+    w->held_bytes -= sizeof(dresp) + d->f.len;
+    free(d);
+}
+
 /* Drop the held-back responses of a connection being closed. */
 static void heap_purge(worker *w, sconn *sc)
 {
     uint32_t k = 0;
     for (uint32_t i = 0; i < w->nheap; i++) {
         if (w->heap[i]->sc == sc)
-            free(w->heap[i]);
+            dresp_free(w, w->heap[i]);
         else
             w->heap[k++] = w->heap[i];
     }
@@ -452,7 +463,10 @@ static int sconn_flush(worker *w, sconn *sc);
 static int defer_resp(worker *w, sconn *sc, int via, const rpc_frame *r, const uint8_t *data,
                       uint64_t delay_ns)
 {
-    dresp *d = malloc(sizeof *d + r->len);
+    size_t bytes = sizeof(dresp) + r->len;
+    if (w->held_bytes + bytes > w->s->p.fault_hold_bytes)
+        return -ENOBUFS;
+    dresp *d = malloc(bytes);
     if (!d)
         return -ENOMEM;
     d->at = rpc_now_ns() + delay_ns;
@@ -465,8 +479,10 @@ static int defer_resp(worker *w, sconn *sc, int via, const rpc_frame *r, const u
         free(d);
         return -ENOMEM;
     }
+    w->held_bytes += bytes;
     return 0;
 }
+
 
 /* Queue a copy of a response on `via` now. 0, 1 (no room: shm/verbs, response lost,
  * the caller times out) or -ENOMEM (TCP: close). */
@@ -494,7 +510,7 @@ static int fault_release(worker *w, uint64_t now)
         conn *c = &d->sc->c;
         if (d->via == DHPS_RPC_VERBS && (!c->v || c->v->failed)) {
             heap_pop(w);
-            free(d);
+            dresp_free(w, d);
             continue;
         }
         uint8_t *p = rpc_transports[d->via]->reserve(c, d->f.len);
@@ -507,7 +523,7 @@ static int fault_release(worker *w, uint64_t now)
         rpc_transports[d->via]->commit(c, &d->f);
         d->sc->fault_flush = true;
         heap_pop(w);
-        free(d);
+        dresp_free(w, d);
         sent++;
     }
     if (sent)
@@ -566,8 +582,11 @@ static int serve_frame(void *arg, conn *c, int via, const rpc_frame *f, const ui
             return 0;
         rpc_frame r = {.type = RPC_F_RESP, .id = f->id, .method = f->method,
                        .status = dd->status, .len = dd->len};
-        if (delay_ns && defer_resp(w, sc, DHPS_RPC_TCP, &r, dd->buf, delay_ns) == 0)
-            return 0;
+        if (delay_ns) {
+            if (defer_resp(w, sc, DHPS_RPC_TCP, &r, dd->buf, delay_ns) == 0)
+                return 0;
+            bump(&w->st.fault_overflow);
+        }
         return send_copy(c, DHPS_RPC_TCP, &r, dd->buf);
     }
     const rpc_ops *ops = rpc_transports[via];
@@ -625,7 +644,8 @@ static int serve_frame(void *arg, conn *c, int via, const rpc_frame *f, const ui
     if (delay_ns) {
         if (defer_resp(w, sc, via, &r, resp, delay_ns) == 0)
             return 0;
-        int sr = send_copy(c, via, &r, resp); /* no memory to hold it back: send now */
+        bump(&w->st.fault_overflow); /* over fault_hold_bytes (or no memory): send now */
+        int sr = send_copy(c, via, &r, resp);
         return sr < 0 ? sr : 0;
     }
     ops->commit(c, &r);

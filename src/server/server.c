@@ -880,6 +880,10 @@ static void write_metrics(dhps_server *s, FILE *f)
             (unsigned long long)rs.duplicates);
     fprintf(f, "# TYPE dhps_rpc_verbs_failures_total counter\ndhps_rpc_verbs_failures_total %llu\n",
             (unsigned long long)rs.verbs_failures);
+    fprintf(f, "# HELP dhps_fault_overflow_total Responses a delay fault rule should have held "
+               "back, sent at once (hold bound reached).\n"
+               "# TYPE dhps_fault_overflow_total counter\ndhps_fault_overflow_total %llu\n",
+            (unsigned long long)rs.fault_overflow);
     fprintf(f, "# TYPE dhps_snapshots_total counter\ndhps_snapshots_total %llu\n",
             (unsigned long long)get(&s->snapshots_ok));
     fprintf(f, "# TYPE dhps_snapshot_errors_total counter\ndhps_snapshot_errors_total %llu\n",

@@ -54,10 +54,12 @@ static uint64_t now_us(void)
     return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
-static dhps_rpc_server *start_server(uint32_t workers)
+static dhps_rpc_server *start_server_hold(uint32_t workers, uint64_t hold_bytes)
 {
     dhps_rpc_server_params sp;
     dhps_rpc_server_params_init(&sp);
+    if (hold_bytes)
+        sp.fault_hold_bytes = hold_bytes;
     sp.secret = SECRET;
     sp.secret_len = sizeof SECRET - 1;
     sp.workers = workers;
@@ -67,6 +69,11 @@ static dhps_rpc_server *start_server(uint32_t workers)
     assert_int_equal(dhps_rpc_server_register(s, M_WHOAMI, h_whoami, NULL), 0);
     assert_int_equal(dhps_rpc_server_start(s), 0);
     return s;
+}
+
+static dhps_rpc_server *start_server(uint32_t workers)
+{
+    return start_server_hold(workers, 0);
 }
 
 typedef struct peer {
@@ -438,6 +445,54 @@ static void close_with_held_responses(void **st)
     dhps_rpc_server_destroy(s); /* b's connection closed with nothing held: fine too */
 }
 
+static void count_ok(void *arg, int status, const void *resp, size_t len)
+{
+    (void)resp;
+    int *ok = arg;
+    assert_int_equal(status, 0);
+    assert_int_equal(len, 1024);
+    (*ok)++;
+}
+
+/* A worker holds back at most fault_hold_bytes of responses: beyond that a delayed
+ * response goes out at once and is counted in fault_overflow; every call still gets
+ * its one answer. */
+static void hold_bound(void **st)
+{
+    (void)st;
+    dhps_rpc_server *s = start_server_hold(1, 16384);
+    dhps_rpc_server_stats ss;
+    dhps_rpc_server_get_stats(s, &ss);
+    assert_int_equal(ss.fault_overflow, 0);
+    peer a;
+    peer_open(&a, dhps_rpc_server_port(s), DHPS_RPC_TCP);
+    dhps_rpc_fault f;
+    dhps_rpc_fault_init(&f);
+    f.delay_us = 500000;
+    assert_int_equal(dhps_rpc_server_fault_set(s, "*", 0, &f), 0);
+    /* 64 calls in flight with 1 KiB responses: about 15 fit in 16 KiB */
+    const int n = 64;
+    int ok = 0;
+    for (int i = 0; i < n; i++) {
+        void *buf;
+        assert_int_equal(dhps_rpc_call_start(a.ch, M_ECHO, 1024, &buf), 0);
+        memset(buf, i, 1024);
+        assert_int_equal(dhps_rpc_call_send(a.ch, 1024, 30000000, count_ok, &ok), 0);
+    }
+    while (ok < n)
+        assert_true(dhps_rpc_client_poll(a.c, 100) >= 0);
+    dhps_rpc_server_get_stats(s, &ss);
+    dhps_rpc_fault_stats fs;
+    assert_int_equal(dhps_rpc_server_fault_get_stats(s, "*", 0, &fs), 0);
+    assert_int_equal(fs.delayed, n);
+    assert_true(ss.fault_overflow >= 1);
+    assert_true(ss.fault_overflow <= (uint64_t)n - 8); /* at least 8 were held */
+    print_message("  hold bound 16 KiB: %d delayed 1 KiB responses, %llu sent at once\n", n,
+                  (unsigned long long)ss.fault_overflow);
+    peer_close(&a);
+    dhps_rpc_server_destroy(s);
+}
+
 /* Rules changed by another thread while two client threads run calls: every callback
  * exactly once, statuses only 0 or DHPS_E_TIMEOUT. */
 typedef struct churn {
@@ -516,6 +571,7 @@ int main(void)
         cmocka_unit_test(drop_one_peer),
         cmocka_unit_test(partition_rules),
         cmocka_unit_test(close_with_held_responses),
+        cmocka_unit_test(hold_bound),
         cmocka_unit_test(rules_change_under_traffic),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

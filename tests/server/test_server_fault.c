@@ -176,6 +176,7 @@ static void disabled_by_default(void **st)
     assert_int_equal(info_call(f, 5000000), 0); /* nothing was set */
     assert_int_equal(http(f->mport, "GET", "/metrics", NULL, NULL, &b), 200);
     assert_true(t_metric(b, "dhps_fault_rules") == 0);
+    assert_true(t_metric(b, "dhps_fault_overflow_total") == 0);
     free(b);
     stop(f);
 }
