@@ -328,6 +328,11 @@ void dhps_rpc_call_abort(dhps_rpc_channel *ch);
  * buffer outstanding (send or abort it first), or -errno from epoll. */
 int dhps_rpc_client_poll(dhps_rpc_client *c, int timeout_ms);
 
+/* dhps_rpc_client_poll with a nanosecond bound (timeout_ns < 0: until something
+ * completes). Sleeps use epoll_pwait2 where the kernel has it, so a caller waking for a
+ * hedge or a held-back call (fault delay) is not rounded up to the next millisecond. */
+int dhps_rpc_client_poll_ns(dhps_rpc_client *c, int64_t timeout_ns);
+
 /*
  * Blocking convenience: copy req into a lent buffer, send, poll until done or the
  * deadline, copy the response into resp (up to resp_cap; *resp_len gets the full

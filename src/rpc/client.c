@@ -948,7 +948,24 @@ static int poll_verbs(dhps_rpc_client *cl)
 }
 
 /* One non-blocking pass over every channel. Returns callbacks run. */
-static int turn(dhps_rpc_client *cl, int wait_ms)
+/* epoll_wait with a nanosecond bound (wait_ns < 0: forever): epoll_pwait2 where the
+ * kernel has it (5.11+), so held-back calls (fault delays), hedges and deadlines fire on
+ * time instead of on the next whole millisecond; else epoll_wait rounded up to 1 ms. */
+static int wait_events(int ep, struct epoll_event *evs, int max, int64_t wait_ns)
+{
+    static _Atomic int no_pwait2;
+    if (wait_ns > 0 && !atomic_load_explicit(&no_pwait2, memory_order_relaxed)) {
+        struct timespec ts = {.tv_sec = wait_ns / 1000000000, .tv_nsec = wait_ns % 1000000000};
+        int n = epoll_pwait2(ep, evs, max, &ts, NULL);
+        if (n >= 0 || errno != ENOSYS)
+            return n;
+        atomic_store_explicit(&no_pwait2, 1, memory_order_relaxed);
+    }
+    int ms = wait_ns < 0 ? -1 : (int)((wait_ns + 999999) / 1000000);
+    return epoll_wait(ep, evs, max, ms);
+}
+
+static int turn(dhps_rpc_client *cl, int64_t wait_ns)
 {
     int ran = flush_all(cl);
     if (cl->nshm) {
@@ -972,7 +989,7 @@ static int turn(dhps_rpc_client *cl, int wait_ms)
     }
     if (cl->nverbs) {
         ran += poll_verbs(cl);
-        if (!ran && wait_ms != 0) {
+        if (!ran && wait_ns != 0) {
             /* about to sleep: arm every receive CQ, then look once more (a completion
              * that landed before arming raises no event) */
             for (session *ch = cl->chans; ch; ch = ch->next)
@@ -980,20 +997,20 @@ static int turn(dhps_rpc_client *cl, int wait_ms)
                     vep_arm(ch->c.v);
             ran += poll_verbs(cl);
         }
-        if (wait_ms < 0 || wait_ms > 50)
-            wait_ms = 50; /* device health is looked at every 50 ms */
+        if (wait_ns < 0 || wait_ns > 50000000)
+            wait_ns = 50000000; /* device health is looked at every 50 ms */
     }
     bool slept = false;
-    if (ran || wait_ms == 0) {
-        wait_ms = 0;
+    if (ran || wait_ns == 0) {
+        wait_ns = 0;
     } else if (cl->nshm) {
         for (session *ch = cl->chans; ch; ch = ch->next)
             if (!ch->broken && ch->c.shm_base && !shm_prepare_sleep(&ch->c))
-                wait_ms = 0;
+                wait_ns = 0;
         slept = true;
     }
     struct epoll_event evs[32];
-    int n = epoll_wait(cl->ep, evs, 32, wait_ms);
+    int n = wait_events(cl->ep, evs, 32, wait_ns);
     if (slept)
         for (session *ch = cl->chans; ch; ch = ch->next)
             if (!ch->broken && ch->c.shm_base)
@@ -1046,23 +1063,28 @@ static uint64_t next_deadline(dhps_rpc_client *cl)
 
 int dhps_rpc_client_poll(dhps_rpc_client *cl, int timeout_ms)
 {
+    return dhps_rpc_client_poll_ns(cl, timeout_ms < 0 ? -1 : (int64_t)timeout_ms * 1000000);
+}
+
+int dhps_rpc_client_poll_ns(dhps_rpc_client *cl, int64_t timeout_ns)
+{
     for (session *ch = cl->chans; ch; ch = ch->next)
         if (ch->lent)
             return -EINVAL;
-    uint64_t end = timeout_ms < 0 ? UINT64_MAX : rpc_now_ns() + (uint64_t)timeout_ms * 1000000ull;
+    uint64_t end = timeout_ns < 0 ? UINT64_MAX : rpc_now_ns() + (uint64_t)timeout_ns;
     uint32_t spins = 0;
     for (;;) {
-        int wait = 0;
+        int64_t wait = 0;
         uint64_t now = rpc_now_ns();
-        if (timeout_ms != 0 && (!cl->nshm || ++spins > 64)) {
+        if (timeout_ns != 0 && (!cl->nshm || ++spins > 64)) {
             uint64_t until = end < next_deadline(cl) ? end : next_deadline(cl);
             if (until == UINT64_MAX)
                 wait = -1;
             else if (until > now)
-                wait = (int)((until - now + 999999) / 1000000);
+                wait = (int64_t)(until - now);
         }
         int r = turn(cl, wait);
-        if (r != 0 || timeout_ms == 0)
+        if (r != 0 || timeout_ns == 0)
             return r;
         if (rpc_now_ns() >= end)
             return 0;

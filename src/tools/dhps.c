@@ -1,8 +1,8 @@
 /*
  * dhps: the command-line tool. One binary, subcommands dispatched from a const table.
  *
- * For now only `sim` (the route simulator, src/tools/sim.c). Issue 4 adds the cluster
- * commands: up, down, get, put, stats, load and bench.
+ * Each command lives in its own file of src/tools (docs/tools.md); `sim` needs only the
+ * route library, the others the client and cluster libraries (noclient.c otherwise).
  */
 #include <stdio.h>
 #include <string.h>
@@ -19,6 +19,7 @@ int dhps_cmd_snapshot(int argc, char **argv);
 int dhps_cmd_bench(int argc, char **argv);
 int dhps_cmd_chaos(int argc, char **argv);
 int dhps_cmd_fault(int argc, char **argv);
+int dhps_cmd_traffic(int argc, char **argv);
 
 struct dhps_cmd {
     const char *name;
@@ -39,7 +40,7 @@ static const struct dhps_cmd dhps_cmds[] = {
     {"bench", dhps_cmd_bench, "lookup/update workloads, optionally beside redis and memcached"},
     {"chaos", dhps_cmd_chaos, "availability under killed, stopped and slowed nodes"},
     {"fault", dhps_cmd_fault, "set/clear/list a node's server-side rpc fault rules (/fault)"},
-    /* issue 4: up, down, get, put, stats, load, bench */
+    {"traffic", dhps_cmd_traffic, "steady lookups; per interval, where the traffic goes"},
 };
 
 static void usage(FILE *f)

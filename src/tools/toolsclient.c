@@ -166,6 +166,20 @@ void tools_conn_close(tools_conn *c)
     free(c);
 }
 
+static bool same_label(const char *a, const char *b) { return *a && *b && !strcmp(a, b); }
+
+int tools_tier_of(const dhps_cluster_node *nd, const char *host, const char *pod,
+                  const char *az)
+{
+    if (same_label(nd->host, host))
+        return 0;
+    if (same_label(nd->az, az))
+        return same_label(nd->pod, pod) ? 1 : 2;
+    return 3;
+}
+
+const char *const tools_tier_names[4] = {"host", "pod", "az", "remote"};
+
 int tools_conn_put(tools_conn *c, const char *table, uint32_t dtype, uint32_t dim,
                    const uint64_t *keys, const void *rows, uint32_t n)
 {

@@ -1,0 +1,251 @@
+#!/usr/bin/env bash
+# The topology test (docs/topology.md): PODs and AZs as network namespaces joined by veth
+# pairs on 198.51.100.0/24, six dhps-server processes in them, and `dhps traffic` as the
+# client in one POD. It shows, from the client's per-interval traffic lines:
+#   1. traffic stays in the client's POD while its replicas there are healthy;
+#   2. it spills to the next tier (other POD of the AZ) when those replicas are killed,
+#      and to the other AZ when the AZ's replicas are killed too;
+#   3. it comes back, tier by tier, when they are restarted;
+# with every lookup checked against the loaded values.
+#
+#   AZ a: POD a1: c1 (client), a1s1, a1s2      POD a2: a2s1, a2s2
+#   AZ b: POD b1: b1s1, b1s2
+#   every shard has 3 replicas: one in a1, one in a2, one in b1.
+#   hosts -> POD router (ra1, ra2, rb1) -> AZ router (aza, azb) -> aza <-> azb
+#
+# Link latency, one way: 50 us inside a POD, 500 us across PODs, 2 ms across AZs.
+#   default:  the host kernel has no netem, so the client injects the matching round
+#             trips (100 / 1000 / 4000 us) per tier with rpc fault rules.
+#   --netem:  real delays with tc netem on every link (25 us per host link end,
+#             225 us per POD-AZ link end, 1500 us per AZ-AZ link end).
+#   --verbs:  servers offer RDMA verbs; the client uses it inside its AZ (tiers pod and az)
+#             and TCP across AZs. Inside the Soft-RoCE guest the verbs traffic goes over
+#             the one rxe device (rdma_rxe is not network-namespace aware), not over the
+#             veth links, so with --verbs the pod and az delays are injected and netem
+#             carries only the cross-AZ TCP delay. The test then also requires that the
+#             servers in AZ a answered over verbs.
+# Options: --bin DIR (build dir with src/tools/dhps and src/server/dhps-server; default
+# build/rel), --keep DIR (keep logs there), --phase-timeout S (default 40), --delays
+# H,P,A,R (injected round trips per tier in us, instead of the defaults above).
+# Exit: 0 pass; 1 a check failed; 77 skipped (not root / no ip netns), printed as SKIPPED.
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+bin=$root/build/rel
+netem=0 verbs=0 keep="" phase_timeout=40 delays=""
+while [ $# -gt 0 ]; do
+  case $1 in
+    --netem) netem=1 ;;
+    --verbs) verbs=1 ;;
+    --bin) bin=$2; shift ;;
+    --keep) keep=$2; shift ;;
+    --phase-timeout) phase_timeout=$2; shift ;;
+    --delays) delays=$2; shift ;;
+    *) echo "usage: $0 [--netem] [--verbs] [--bin DIR] [--keep DIR] [--phase-timeout S]"; exit 2 ;;
+  esac
+  shift
+done
+dhps=$bin/src/tools/dhps server=$bin/src/server/dhps-server
+skip() { echo "topology SKIPPED: $*"; exit 77; }
+[ "$(id -u)" = 0 ] || skip "needs root (network namespaces)"
+command -v ip >/dev/null || skip "no ip (iproute2)"
+[ -x "$dhps" ] && [ -x "$server" ] || { echo "topology: build $bin first (scripts/build.sh rel)"; exit 1; }
+
+p=dt$$ # namespace prefix, unique per run
+work=$(mktemp -d /tmp/dhps-topo-XXXXXX)
+nslist=() pids=() link_no=0 fails=0 traffic_pid=""
+ns() { echo "$p-$1"; }
+cleanup() {
+  [ -n "$traffic_pid" ] && kill -TERM "$traffic_pid" 2>/dev/null
+  for n in "${nslist[@]}"; do
+    for pid in $(ip netns pids "$n" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null; done
+  done
+  { wait; } 2>/dev/null
+  for n in "${nslist[@]}"; do ip netns del "$n" 2>/dev/null; done
+  if [ -n "$keep" ]; then mkdir -p "$keep" && cp -r "$work"/. "$keep"/; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+mkns() { local n; n=$(ns "$1"); ip netns add "$n" || skip "ip netns add failed"; nslist+=("$n")
+  ip -n "$n" link set lo up; }
+nsx() { local n=$1; shift; ip netns exec "$(ns "$n")" "$@"; }
+# link A IFA B IFB DELAY_US: a veth pair on the next /30; A gets .1, B .2 of it.
+link() {
+  local a=$1 ia=$2 b=$3 ib=$4 d=$5 base=$((link_no * 4)); link_no=$((link_no + 1))
+  ip link add "${p}x" type veth peer name "${p}y" || exit 1
+  ip link set "${p}x" netns "$(ns "$a")" name "$ia"
+  ip link set "${p}y" netns "$(ns "$b")" name "$ib"
+  ip -n "$(ns "$a")" addr add "198.51.100.$((base + 1))/30" dev "$ia"
+  ip -n "$(ns "$b")" addr add "198.51.100.$((base + 2))/30" dev "$ib"
+  ip -n "$(ns "$a")" link set "$ia" up; ip -n "$(ns "$b")" link set "$ib" up
+  if [ "$netem" = 1 ] && [ "$d" -gt 0 ]; then
+    ip netns exec "$(ns "$a")" tc qdisc add dev "$ia" root netem delay "${d}us" || exit 1
+    ip netns exec "$(ns "$b")" tc qdisc add dev "$ib" root netem delay "${d}us" || exit 1
+  fi
+  L_A=198.51.100.$((base + 1)) L_B=198.51.100.$((base + 2)) L_NET=198.51.100.$base/30
+}
+
+echo "topology: building namespaces (prefix $p) in $work"
+for r in ra1 ra2 rb1 aza azb; do mkns $r; nsx $r sysctl -qw net.ipv4.ip_forward=1; done
+declare -A ip_of pod_of az_of
+hosts=(c1 a1s1 a1s2 a2s1 a2s2 b1s1 b1s2)
+for h in "${hosts[@]}"; do
+  case $h in c1|a1*) pod=a1 az=a ;; a2*) pod=a2 az=a ;; b1*) pod=b1 az=b ;; esac
+  mkns "$h"
+  link "$h" eth0 "r$pod" "$h" 25
+  ip -n "$(ns "$h")" route add default via "$L_B"
+  ip_of[$h]=$L_A pod_of[$h]=$pod az_of[$h]=$az
+  eval "hostnets_$pod+=\" $L_NET\""
+done
+for pod in a1 a2 b1; do
+  az=${pod:0:1}
+  link "r$pod" uplink "az$az" "$pod" 225
+  ip -n "$(ns "r$pod")" route add default via "$L_B"
+  nets_var=hostnets_$pod
+  for net in ${!nets_var}; do ip -n "$(ns "az$az")" route add "$net" via "$L_A"; done
+done
+link aza to-azb azb to-aza 1500
+ip -n "$(ns aza)" route add default via "$L_B"
+ip -n "$(ns azb)" route add default via "$L_A"
+
+# --- cluster files --------------------------------------------------------------------
+head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$work/secret"; chmod 600 "$work/secret"
+servers=(a1s1 a1s2 a2s1 a2s2 b1s1 b1s2)
+declare -A id_of
+{
+  echo '{"version": 1, "nshards": 16, "replicas": 3, "nodes": ['
+  for i in "${!servers[@]}"; do
+    s=${servers[$i]}; id_of[$s]=$i
+    sep=,; [ "$i" = $((${#servers[@]} - 1)) ] && sep=""
+    echo "  {\"id\": $i, \"host\": \"$s\", \"pod\": \"${pod_of[$s]}\", \"az\": \"${az_of[$s]}\", \"addr\": \"${ip_of[$s]}:7000\", \"metrics_port\": 9100}$sep"
+  done
+  echo '], "shards": ['
+  for sh in $(seq 0 15); do
+    k=$((sh % 2)); sep=,; [ "$sh" = 15 ] && sep=""
+    echo "  [$k, $((2 + k)), $((4 + k))]$sep"
+  done
+  echo ']}'
+} >"$work/map.json"
+"$dhps" map check "$work/map.json" >/dev/null || { echo "topology: bad map"; cat "$work/map.json"; exit 1; }
+for s in "${servers[@]}"; do
+  mkdir -p "$work/$s/snap"
+  cat >"$work/$s/server.json" <<EOF
+{"node_id": "$s", "labels": {"host": "$s", "pod": "${pod_of[$s]}", "az": "${az_of[$s]}"},
+ "listen": {"host": "${ip_of[$s]}", "tcp_port": 7000, "shm": false, "verbs": $([ $verbs = 1 ] && echo true || echo false), "workers": 1},
+ "tables": [{"name": "emb", "dim": 32, "dtype": "fp32", "capacity": 100000}],
+ "snapshot": {"dir": "$work/$s/snap", "on_shutdown": true},
+ "secret_file": "$work/secret",
+ "metrics": {"host": "${ip_of[$s]}", "port": 9100},
+ "shards": {"cluster_map": "$work/map.json", "map_node": ${id_of[$s]}},
+ "pid_file": "$work/$s/pid"}
+EOF
+done
+
+declare -A spid
+start() { # start SERVER...: start and wait for /health 200
+  for s in "$@"; do
+    # ip netns exec execs the server, so $! is the server's pid (not a subshell's)
+    ip netns exec "$(ns "$s")" "$server" --config "$work/$s/server.json" >>"$work/$s/log" 2>&1 &
+    spid[$s]=$!
+  done
+  for s in "$@"; do
+    local t0=$SECONDS
+    until nsx c1 curl -m 2 -sf -o /dev/null "http://${ip_of[$s]}:9100/health"; do
+      [ $((SECONDS - t0)) -gt 60 ] && { echo "topology: $s not healthy in 60 s"; tail "$work/$s/log"; exit 1; }
+      kill -0 "${spid[$s]}" 2>/dev/null || { echo "topology: $s exited"; tail "$work/$s/log"; exit 1; }
+      sleep 0.1
+    done
+  done
+}
+kill9() { for s in "$@"; do { kill -KILL "${spid[$s]}"; wait "${spid[$s]}"; } 2>/dev/null; done; }
+metric() { # metric SERVER NAME: the sum of NAME's samples on SERVER's /metrics
+  nsx c1 curl -m 2 -sf "http://${ip_of[$1]}:9100/metrics" |
+    awk -v m="$2" 'index($0, m) == 1 { s += $NF } END { printf "%d\n", s }'
+}
+
+start "${servers[@]}"
+echo "topology: 6 servers healthy"
+if [ "$netem" = 1 ]; then
+  echo "topology: TCP connect round trips from c1 (netem), median of 5:"
+  for s in a1s1 a2s1 b1s1; do
+    printf "  to %-5s %s us\n" "$s" "$(for i in 1 2 3 4 5; do
+      nsx c1 curl -m 2 -s -o /dev/null -w '%{time_connect}\n' "http://${ip_of[$s]}:9100/health"
+    done | sort -n | sed -n 3p | awk '{ printf "%d", $1 * 1e6 }')"
+  done
+fi
+
+client=(--map "$work/map.json" --secret "$work/secret" --host c1 --pod a1 --az a --table emb
+        --dim 32 --keys 20000)
+if [ -n "$delays" ]; then :
+elif [ "$netem" = 1 ] && [ "$verbs" = 1 ]; then delays=0,100,1000,0  # verbs in the AZ: injected
+elif [ "$netem" = 1 ]; then delays=0,0,0,0
+else delays=0,100,1000,4000; fi
+nsx c1 "$dhps" traffic "${client[@]}" --load --seconds 0.1 >/dev/null || { echo "topology: load failed"; exit 1; }
+nsx c1 "$dhps" snapshot --map "$work/map.json" --secret "$work/secret" >/dev/null ||
+  { echo "topology: snapshot failed"; exit 1; }
+echo "topology: 20000 keys loaded on 3 replicas each, snapshots taken"
+
+deadline_ms=100; [ "$netem" = 1 ] && deadline_ms=500  # the guest (TCG) is 10-50x slower
+ip netns exec "$(ns c1)" "$dhps" traffic "${client[@]}" --check --seconds 0 --interval-ms 500 \
+  --deadline-ms $deadline_ms --tier-delay-us $delays --batch 100 >"$work/traffic.log" 2>&1 &
+traffic_pid=$!
+
+# await NAME AWK-CONDITION: wait until two consecutive interval lines satisfy the condition
+await() {
+  local name=$1 cond=$2 t0=$SECONDS seen=0 lines=0
+  while [ $((SECONDS - t0)) -lt "$phase_timeout" ]; do
+    sleep 0.5
+    kill -0 "$traffic_pid" 2>/dev/null || { echo "topology: dhps traffic exited"; cat "$work/traffic.log"; exit 1; }
+    local n; n=$(grep -c '^interval' "$work/traffic.log")
+    [ "$n" -le "$lines" ] && continue
+    lines=$n
+    local last; last=$(grep '^interval' "$work/traffic.log" | tail -1)
+    if echo "$last" | awk '{ for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] } }
+                            END { exit !('"$cond"') }'; then
+      seen=$((seen + 1))
+      if [ $seen -ge 2 ]; then
+        echo "  ok   $name after $((SECONDS - t0)) s: ${last#interval }"; return 0
+      fi
+    else seen=0; fi
+  done
+  echo "  FAIL $name: not within $phase_timeout s; last: $(grep '^interval' "$work/traffic.log" | tail -1)"
+  fails=$((fails + 1)); return 1
+}
+# awk conditions read v["pod"] etc.
+echo "topology: phases (lines: share of rpc messages per tier over the last 0.5 s)"
+await "steady: traffic stays in POD a1" 'v["pod"] >= 0.90'
+echo "topology: kill -9 a1s1 a1s2 (the client's POD)"
+kill9 a1s1 a1s2
+await "spill: POD a1 down -> POD a2 (tier az)" 'v["az"] >= 0.90 && v["pod"] == 0'
+echo "topology: kill -9 a2s1 a2s2 (the rest of AZ a)"
+kill9 a2s1 a2s2
+await "spill: AZ a down -> AZ b (tier remote)" 'v["remote"] >= 0.90'
+echo "topology: restart a2s1 a2s2"
+start a2s1 a2s2
+await "return: POD a2 back -> tier az" 'v["az"] >= 0.90'
+echo "topology: restart a1s1 a1s2"
+start a1s1 a1s2
+await "return: POD a1 back -> tier pod" 'v["pod"] >= 0.90'
+
+kill -TERM "$traffic_pid"; wait "$traffic_pid"; traffic_pid=""
+summary=$(grep '^summary' "$work/traffic.log")
+echo "topology: ${summary}"
+get() { echo "$summary" | tr ' ' '\n' | awk -F= -v k="$1" '$1 == k { print $2 }'; }
+lookups=$(get lookups) incomplete=$(get incomplete) wrong=$(get wrong) missing=$(get missing)
+if [ "$wrong" != 0 ] || [ "$missing" != 0 ]; then
+  echo "  FAIL values: wrong $wrong, missing $missing"; fails=$((fails + 1))
+else echo "  ok   values: every row of $lookups lookups matched the loaded data"; fi
+# A lookup is complete when every key got an answer within its deadline. Killing replicas
+# must not cost answers: retries and hedges go to the other replicas.
+if awk -v l="$lookups" -v i="$incomplete" 'BEGIN { exit !(l > 0 && i <= l * 0.001) }'; then
+  echo "  ok   availability: $incomplete of $lookups lookups incomplete"
+else echo "  FAIL availability: $incomplete of $lookups lookups incomplete (> 0.1 %)"; fails=$((fails + 1)); fi
+if [ "$verbs" = 1 ]; then
+  v=0; for s in a1s1 a1s2 a2s1 a2s2; do v=$((v + $(metric "$s" 'dhps_rpc_handled_total{transport="verbs"}'))); done
+  t=0; for s in b1s1 b1s2; do t=$((t + $(metric "$s" 'dhps_rpc_handled_total{transport="tcp"}'))); done
+  if [ "$v" -gt 0 ]; then echo "  ok   transports: AZ a answered $v calls over verbs (since restart), AZ b $t over TCP"
+  else echo "  FAIL transports: no verbs calls on AZ a's servers"; fails=$((fails + 1)); fi
+fi
+echo "topology: per-interval lines in traffic.log$([ -n "$keep" ] && echo " (kept in $keep)")"
+if [ $fails -gt 0 ]; then echo "topology FAILED: $fails checks"; grep -E '^(interval|summary)' "$work/traffic.log" | tail -80; exit 1; fi
+echo "topology PASSED"
