@@ -169,6 +169,12 @@ typedef struct dhps_client_params {
     bool hedge;                  /* hedge slow lookup sub-batches when the router can
                                     (route: after ~p95 of the tier, 5 % budget; default
                                     true) */
+    uint32_t attempt_timeout_us; /* lookups: an attempt unanswered this long is reported
+                                    to the router as timed out at once and its sub-batch
+                                    re-sent to another replica (retry budget) while it
+                                    may still answer; 0 = a quarter of the call's
+                                    deadline, at least 1 ms; UINT32_MAX = never (attempts
+                                    then only end at the deadline) (default 0) */
 } dhps_client_params;
 
 /* Fill p with the defaults above. */
@@ -286,6 +292,10 @@ typedef struct dhps_client_node_stats {
     uint64_t ok;        /* answered */
     uint64_t errors;    /* failed (incl. not owned) */
     uint64_t timeouts;  /* no answer before the deadline */
+    uint64_t cancelled; /* hedge losers: lookup attempts whose message the other attempt
+                           had already answered, whatever became of them (answered late,
+                           failed, timed out); counted in none of ok/errors/timeouts.
+                           messages = ok + errors + timeouts + cancelled + in flight */
     uint64_t connects;  /* channels opened (over all threads) */
     uint64_t connect_failures;
 } dhps_client_node_stats;
@@ -309,6 +319,16 @@ void dhps_client_stats_get(dhps_client *c, dhps_client_stats *st);
 
 /* Per-node counters; node_id <= max_node_id. Returns 0 or -EINVAL. Thread-safe. */
 int dhps_client_node_stats_get(dhps_client *c, uint32_t node_id, dhps_client_node_stats *st);
+
+/*
+ * Wait up to timeout_us for the rpc calls the calling thread still has in flight to
+ * complete: the losers of hedged lookups and the messages beyond an update's ack policy,
+ * which otherwise complete in the thread's next call. Only the calling thread's calls
+ * are waited for (each thread has its own). Returns the number still in flight (0: all
+ * done; their counters are final), or -EINVAL. Use it before reading counters that must
+ * cover everything sent, or before a thread goes idle for long.
+ */
+int dhps_client_drain(dhps_client *c, uint64_t timeout_us);
 
 /*
  * Fault injection toward one node (tests, operators): install rpc fault rule f for the

@@ -65,13 +65,19 @@
  *   hist_decay, 1 s) of successful latencies, clamped to [hedge_min, hedge_max]; below 32
  *   samples it returns hedge_default. dhps_route_hedge_acquire spends a token from a bucket
  *   that gains hedge_budget (0.05) per primary pick plus hedge_floor_per_s per second, up to
- *   hedge_burst (10): hedges <= 5 % of requests + floor, so a slow cluster is not doubled.
+ *   hedge_burst (10), or up to what the per-pick share earned over the last
+ *   budget_window (1 s) when that is more: hedges <= 5 % of requests + floor over any
+ *   window, so a slow cluster is not doubled, yet the moment a node stalls under a wide
+ *   fan-out (tens of sub-batches waiting on it at once) the last second's share can pay
+ *   for hedging all of them.
  *
  * Retries. dhps_route_retry_acquire allows a retry on another replica (pick with the tried
  *   nodes excluded) when the deadline leaves room for one more attempt (the fastest known
  *   tier median, or retry_min_headroom) and a token is left in a bucket like the hedge one
- *   (retry_budget 0.1 per primary pick, retry_floor_per_s 10/s, burst 20; Finagle's retry
- *   budget has the same shape), so retries cannot multiply load during an outage.
+ *   (retry_budget 0.1 per primary pick, retry_floor_per_s 10/s, burst 20 or the last
+ *   budget_window's share; Finagle's retry budget has the same shape: a percentage of the
+ *   requests in a time window plus a floor), so retries cannot multiply load during an
+ *   outage.
  *
  * Observability. Every decision increments a counter: per tier (picks, spills in,
  *   hedges, retries, ok, errors), per node (picks, ok, errors, ejections) and per reason
@@ -170,6 +176,10 @@ typedef struct dhps_route_params {
     double retry_burst;           /* bucket size, and initial tokens (default 20) */
     uint64_t retry_min_headroom_ns; /* a retry needs this much time before the deadline;
                                        0 = the fastest tier's median (default 0) */
+    uint64_t budget_window_ns;    /* the hedge and retry buckets may hold up to what the
+                                     per-pick budget earned over the last window when
+                                     that exceeds the burst; 0 = the burst is the cap
+                                     (default 1 s) */
 } dhps_route_params;
 
 /* Fill p with the defaults documented above. */

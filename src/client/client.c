@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -252,7 +253,7 @@ struct map_ref {
 };
 
 struct node_ctr {
-    _Atomic uint64_t messages, ok, errors, timeouts, connects, connect_failures;
+    _Atomic uint64_t messages, ok, errors, timeouts, cancelled, connects, connect_failures;
 };
 
 struct tdefault {
@@ -273,6 +274,7 @@ struct chan {
 struct tstate {
     dhps_client *c;
     dhps_rpc_client *rpc;
+    uint64_t inflight;  /* rpc calls of this thread not completed yet (detached ones too) */
     struct chan *chans; /* indexed by node id */
     size_t nchans;
     struct tstate *next, *prev;
@@ -300,6 +302,7 @@ struct dhps_client {
     struct tdefault *defaults;
 
     _Atomic uint64_t hlc;
+    bool trace;                  /* DHPS_CLIENT_TRACE set: print failed lookups' attempts */
     struct {
         _Atomic uint64_t lookups, updates, keys_looked_up, keys_updated, sub_batches, retries, hedges,
             partial, update_shortfalls, not_owned, map_reloads, threads;
@@ -665,6 +668,8 @@ int dhps_client_create(const dhps_client_params *p, dhps_client **out)
     }
     if (c->rops->set_nodes)
         c->rops->set_nodes(c->rself, m);
+    c->trace = getenv("DHPS_CLIENT_TRACE") && getenv("DHPS_CLIENT_TRACE")[0] &&
+               strcmp(getenv("DHPS_CLIENT_TRACE"), "0");
     *out = c;
     return 0;
 fail:
@@ -785,6 +790,19 @@ struct attempt {            /* one rpc call of a message: [0] primary/retry, [1]
     struct msg *ms;
     dhps_client_pick pick;
     bool inflight;
+    bool reported;          /* the router already has this attempt's outcome (it timed
+                               out at the attempt timeout; the call may still answer) */
+    int8_t tli;             /* trace: index of its entry in the message's log, or -1 */
+};
+
+/* Trace (DHPS_CLIENT_TRACE): what happened to each attempt of a lookup message, times
+ * in microseconds from the start of the call. */
+#define TL_PER_MSG 8
+struct tlog {
+    uint32_t node;
+    uint8_t kind, flags;
+    int16_t err;            /* 1 = still in flight */
+    int32_t sent_us, done_us, dial_us;
 };
 
 struct msg {
@@ -799,6 +817,9 @@ struct msg {
     uint8_t ninflight;      /* attempts in flight (2 while hedged) */
     uint64_t retry_at;      /* update: a failed message may be re-sent from then */
     bool hedged;            /* a hedge was considered (at most one per message) */
+    bool second;            /* att[1] was used (a hedge, or a re-send after an attempt
+                               timeout): at most one per message */
+    uint8_t ntl;            /* trace entries used */
     uint32_t tried[MAX_TRIED];
     struct attempt att[2];
 };
@@ -837,12 +858,16 @@ struct op {
     uint64_t version;
     bool not_owned;         /* some replica said "not owned": reload */
     bool hedge;             /* lookups: the router hedges and the caller allows it */
+    uint64_t attempt_ns;    /* lookups: attempt timeout */
     bool del;               /* update op carrying DELETE messages */
     uint32_t messages, retries, hedges;
+    uint64_t t0;            /* start of the call */
+    struct tlog *tl;        /* trace: TL_PER_MSG entries per message, or NULL */
 };
 
 static void op_free(struct op *op)
 {
+    free(op->tl);
     free(op->order);
     free(op->msgs);
     free(op->groups);
@@ -858,7 +883,7 @@ static void op_unref(struct op *op)
 
 /* Outcome of one rpc call: classify, report to the router, count. */
 static int call_outcome(dhps_client *c, struct attempt *a, int status, const void *resp,
-                        size_t len, const dhps_proto_resp **hdr)
+                        size_t len, dhps_proto_resp *hdr)
 {
     struct msg *ms = a->ms;
     int err = status;
@@ -866,24 +891,33 @@ static int call_outcome(dhps_client *c, struct attempt *a, int status, const voi
         if (len < sizeof(dhps_proto_resp)) {
             err = DHPS_E_MALFORMED;
         } else {
-            *hdr = resp;
-            err = (*hdr)->status;
+            memcpy(hdr, resp, sizeof *hdr); /* responses need not be aligned */
+            err = hdr->status;
             if (err > 0)
                 err = DHPS_E_MALFORMED;
         }
     }
     uint64_t lat = mono_ns() - a->pick.start_ns;
+    if (ms->op->tl && a->tli >= 0) {
+        struct tlog *t = &ms->op->tl[(size_t)(ms - ms->op->msgs) * TL_PER_MSG + (size_t)a->tli];
+        t->done_us = (int32_t)((mono_ns() - ms->op->t0) / 1000);
+        t->err = (int16_t)err;
+    }
     int outcome = err == 0 ? DHPS_CLIENT_OK
                   : err == DHPS_E_TIMEOUT ? DHPS_CLIENT_TIMEOUT : DHPS_CLIENT_ERROR;
     /* "stale" on an update means the replica holds something newer: it answered */
     if (err == DHPS_E_STALE)
         outcome = DHPS_CLIENT_OK;
     struct node_ctr *nc = &c->nodes[a->pick.node];
-    /* the other attempt of a hedged pair already answered: this one lost */
+    /* the other attempt of a hedged pair already answered: this one lost, whatever
+     * became of it (answered late, timed out, or cancelled when its call was dropped) */
     int rout = ms->state == M_OK && !ms->op->update ? DHPS_CLIENT_CANCELLED : outcome;
-    if (!ms->op->update)
+    if (!ms->op->update && !a->reported)
         c->rops->report(c->rself, &a->pick, lat, rout);
-    if (outcome == DHPS_CLIENT_OK)
+    a->reported = false;
+    if (rout == DHPS_CLIENT_CANCELLED)
+        CTR_ADD(nc->cancelled, 1);
+    else if (outcome == DHPS_CLIENT_OK)
         CTR_ADD(nc->ok, 1);
     else if (outcome == DHPS_CLIENT_TIMEOUT)
         CTR_ADD(nc->timeouts, 1);
@@ -903,10 +937,11 @@ static void lookup_done(void *arg, int status, const void *resp, size_t len)
     struct attempt *a = arg;
     struct msg *ms = a->ms;
     struct op *op = ms->op;
-    const dhps_proto_resp *h = NULL;
+    dhps_proto_resp hb, *h = &hb;
     a->inflight = false;
     ms->ninflight--;
-    int err = call_outcome(op->c, a, status, resp, len, &h);
+    op->ts->inflight--;
+    int err = call_outcome(op->c, a, status, resp, len, h);
     if (op->detached || ms->state == M_OK) { /* abandoned, or the other attempt won */
         op_unref(op);
         return;
@@ -965,9 +1000,10 @@ static void update_done(void *arg, int status, const void *resp, size_t len)
     struct attempt *a = arg;
     struct msg *ms = a->ms;
     struct op *op = ms->op;
-    const dhps_proto_resp *h = NULL;
+    dhps_proto_resp h;
     a->inflight = false;
     ms->ninflight--;
+    op->ts->inflight--;
     int err = call_outcome(op->c, a, status, resp, len, &h);
     if (!op->detached) {
         struct group *g = &op->groups[ms->group];
@@ -1020,6 +1056,24 @@ static void send_msg(struct op *op, struct msg *ms, struct attempt *a)
     void *buf = NULL;
     uint64_t now = mono_ns();
     int rc = now >= op->deadline_ns ? DHPS_E_TIMEOUT : channel_get(op->ts, op->m, node, &ch);
+    uint64_t t1 = mono_ns();
+    /* the time spent opening a connection is not the node's answer time: the router's
+     * latency sample (and a half-open breaker's probe verdict) starts after it */
+    if (t1 - now > 100000)
+        a->pick.start_ns += t1 - now;
+    struct tlog *tl = NULL;
+    a->tli = -1;
+    if (op->tl && ms->ntl < TL_PER_MSG) {
+        a->tli = (int8_t)ms->ntl;
+        tl = &op->tl[(size_t)(ms - op->msgs) * TL_PER_MSG + ms->ntl++];
+        tl->node = node;
+        tl->kind = a->pick.kind;
+        tl->flags = a->pick.flags;
+        tl->err = 1;
+        tl->sent_us = (int32_t)((now - op->t0) / 1000);
+        tl->dial_us = (int32_t)((t1 - now) / 1000);
+        tl->done_us = -1;
+    }
     if (rc == 0) {
         size_t len;
         if (!op->update) {
@@ -1080,14 +1134,27 @@ static void send_msg(struct op *op, struct msg *ms, struct attempt *a)
     CTR_ADD(c->nodes[node].messages, 1);
     op->messages++;
     if (rc == 0) {
-        ms->state = M_INFLIGHT;
+        /* the loop polled while waiting for a send buffer (start_call) or closing a broken
+         * channel: the message's other attempt may have answered meanwhile */
+        if (ms->state != M_OK)
+            ms->state = M_INFLIGHT;
         a->inflight = true;
         ms->ninflight++;
+        op->ts->inflight++;
         op->refs++;
         return;
     }
     /* failed before reaching the wire */
+    if (tl) {
+        tl->err = (int16_t)rc;
+        tl->done_us = (int32_t)((mono_ns() - op->t0) / 1000);
+    }
     int outcome = rc == DHPS_E_TIMEOUT ? DHPS_CLIENT_TIMEOUT : DHPS_CLIENT_ERROR;
+    if (!op->update && ms->state == M_OK) { /* answered meanwhile: lost before it left */
+        CTR_ADD(c->nodes[node].cancelled, 1);
+        c->rops->report(c->rself, &a->pick, mono_ns() - a->pick.start_ns, DHPS_CLIENT_CANCELLED);
+        return;
+    }
     CTR_ADD(c->nodes[node].errors, 1);
     ms->err = rc;
     if (!op->update) {
@@ -1158,7 +1225,11 @@ static uint64_t maybe_hedge(struct op *op, struct msg *ms, uint64_t now)
     if (!op->hedge || ms->hedged || ms->state != M_INFLIGHT || ms->ninflight != 1 ||
         !a->inflight)
         return 0;
-    uint64_t due = a->pick.start_ns + c->rops->hedge_delay(c->rself, &a->pick);
+    /* a probe of a half-open breaker is hedged at once: the node was failing a moment
+     * ago, and the probe must not cost the caller its answer */
+    uint64_t due = (a->pick.flags & DHPS_ROUTE_PROBE) && c->rops == &dhps_client_router_route
+                       ? a->pick.start_ns
+                       : a->pick.start_ns + c->rops->hedge_delay(c->rself, &a->pick);
     if (now < due)
         return due;
     ms->hedged = true;
@@ -1173,10 +1244,57 @@ static uint64_t maybe_hedge(struct op *op, struct msg *ms, uint64_t now)
         return 0;
     if (ms->ntried < MAX_TRIED)
         ms->tried[ms->ntried++] = h->pick.node;
+    ms->second = true;
     op->hedges++;
     CTR_ADD(c->st.hedges, 1);
     send_msg(op, ms, h);
     return 0;
+}
+
+/* Lookup: an attempt unanswered for the attempt timeout is reported to the router as
+ * timed out now (its breaker and weights learn of a stalled node within a fraction of the
+ * deadline, not at its end), and unless the message already has a second attempt it is
+ * re-sent to another replica, under the retry budget; the first attempt stays in flight
+ * and may still answer first. Returns when the next attempt timeout falls due, or 0. */
+static uint64_t attempt_timeouts(struct op *op, struct msg *ms, uint64_t now)
+{
+    dhps_client *c = op->c;
+    if (ms->state != M_INFLIGHT || !op->attempt_ns)
+        return 0;
+    uint64_t next = 0;
+    for (int k = 0; k < 2; k++) {
+        struct attempt *a = &ms->att[k];
+        if (!a->inflight || a->reported)
+            continue;
+        uint64_t due = a->pick.start_ns + op->attempt_ns;
+        if (now < due) {
+            if (!next || due < next)
+                next = due;
+            continue;
+        }
+        a->reported = true;
+        c->rops->report(c->rself, &a->pick, now - a->pick.start_ns, DHPS_CLIENT_TIMEOUT);
+        if (ms->second || ms->ninflight != 1 || ms->attempts >= c->p.max_attempts ||
+            now >= op->deadline_ns ||
+            (c->rops->allow_retry && !c->rops->allow_retry(c->rself, op->deadline_ns)))
+            continue;
+        ms->hedged = ms->second = true; /* the second slot is taken */
+        const uint32_t *rep;
+        int nrep = dhps_cluster_map_replicas(op->m, ms->shard, &rep);
+        struct attempt *h = &ms->att[1];
+        h->ms = ms;
+        h->reported = false;
+        if (c->rops->pick(c->rself, rep, (size_t)nrep, ms->tried, ms->ntried, DHPS_ROUTE_RETRY,
+                          &h->pick) < 0)
+            continue;
+        if (ms->ntried < MAX_TRIED)
+            ms->tried[ms->ntried++] = h->pick.node;
+        ms->attempts++;
+        op->retries++;
+        CTR_ADD(c->st.retries, 1);
+        send_msg(op, ms, h);
+    }
+    return next;
 }
 
 /* Sort key indices by shard (counting sort) and cut each shard's run into messages of at
@@ -1246,6 +1364,60 @@ static void wait_turn(struct op *op, uint64_t wake_ns)
     dhps_rpc_client_poll(op->ts->rpc, ms);
 }
 
+static void trace_print(struct op *op, int rc)
+{
+    dhps_client *c = op->c;
+    uint64_t now = mono_ns();
+    fprintf(stderr, "dhps client trace: lookup rc %d (%s), %zu messages, returned after %llu us\n",
+            rc, dhps_strerror(rc), op->nmsgs, (unsigned long long)((now - op->t0) / 1000));
+    if (c->rops == &dhps_client_router_route) {
+        dhps_route_stats rs;
+        dhps_route_stats_get(c->rself, &rs);
+        fprintf(stderr, "  router: hedges sent %llu, budget exhausted %llu, deadline %llu; "
+                "retries %llu, budget exhausted %llu; ejected %u, panics %llu\n",
+                (unsigned long long)rs.hedge_sent, (unsigned long long)rs.hedge_budget_exhausted,
+                (unsigned long long)rs.hedge_deadline, (unsigned long long)rs.retries,
+                (unsigned long long)rs.retry_budget_exhausted, rs.ejected,
+                (unsigned long long)rs.panics);
+        for (int t = 0; t < DHPS_ROUTE_TIERS; t++)
+            if (rs.tier[t].picks)
+                fprintf(stderr, "  tier %d: p50 %llu us p95 %llu us\n", t,
+                        (unsigned long long)rs.tier[t].p50_ns / 1000,
+                        (unsigned long long)rs.tier[t].p95_ns / 1000);
+    }
+    for (size_t i = 0; i < op->nmsgs; i++) {
+        struct msg *ms = &op->msgs[i];
+        bool slow_dial = false;
+        for (uint8_t j = 0; j < ms->ntl; j++)
+            slow_dial |= op->tl[i * TL_PER_MSG + j].dial_us > 1000;
+        if (ms->state == M_OK && !slow_dial)
+            continue;
+        fprintf(stderr, "  shard %u (%u keys) state %d err %d attempts %u:", ms->shard, ms->count,
+                ms->state, ms->err, ms->attempts);
+        for (uint8_t j = 0; j < ms->ntl; j++) {
+            const struct tlog *t = &op->tl[i * TL_PER_MSG + j];
+            fprintf(stderr, " [n%u %s%s sent %d dial %d done %d err %d]", t->node,
+                    t->kind == DHPS_ROUTE_HEDGE ? "hedge" : t->kind == DHPS_ROUTE_RETRY ? "retry" : "primary",
+                    t->flags & DHPS_ROUTE_PROBE ? "+probe" : "", t->sent_us, t->dial_us,
+                    t->done_us, t->err);
+        }
+        fprintf(stderr, "\n");
+        if (c->rops == &dhps_client_router_route) {
+            const uint32_t *rep;
+            int nrep = dhps_cluster_map_replicas(op->m, ms->shard, &rep);
+            for (int r = 0; r < nrep; r++) {
+                dhps_route_node_stats ns;
+                if (dhps_route_node_stats_get(c->rself, rep[r], &ns) == 0)
+                    fprintf(stderr, "    n%u: breaker %d in_flight %u peak %.0f us succ %.2f "
+                            "weight %.2f picks %llu errors %llu timeouts %llu\n", rep[r],
+                            ns.breaker, ns.in_flight, ns.peak_ewma_ns / 1000, ns.success,
+                            ns.weight, (unsigned long long)ns.picks,
+                            (unsigned long long)ns.errors, (unsigned long long)ns.timeouts);
+            }
+        }
+    }
+}
+
 static const float *find_default(dhps_client *c, const char *table, uint32_t dim)
 {
     const float *v = NULL;
@@ -1279,7 +1451,8 @@ static struct op *op_new(dhps_client *c, const char *table, const uint64_t *keys
     op->refs = 1;
     op->keys = keys;
     strncpy(op->table, table, sizeof op->table - 1);
-    op->deadline_ns = mono_ns() + (timeout_us ? timeout_us : c->p.default_timeout_us) * 1000ull;
+    op->t0 = mono_ns();
+    op->deadline_ns = op->t0 + (timeout_us ? timeout_us : c->p.default_timeout_us) * 1000ull;
     return op;
 }
 
@@ -1330,11 +1503,18 @@ int dhps_client_lookup(dhps_client *c, const char *table, const uint64_t *keys, 
     op->out_bytes = dtype == DHPS_FP16 ? 2 : 4;
     op->want_fp16 = dtype == DHPS_FP16;
     op->hedge = c->p.hedge && c->rops->hedge_delay && c->rops->hedge_acquire;
+    if (c->p.attempt_timeout_us != UINT32_MAX) {
+        uint64_t t = c->p.attempt_timeout_us ? (uint64_t)c->p.attempt_timeout_us * 1000ull
+                                             : (op->deadline_ns - op->t0) / 4;
+        op->attempt_ns = t < 1000000ull ? 1000000ull : t;
+    }
     op->found = calloc((n + 63) / 64 + 1, sizeof *op->found);
     if (!op->found || plan(op, n, per_msg, 1) < 0) {
         op_release(op, mr);
         return -ENOMEM;
     }
+    if (c->trace)
+        op->tl = calloc(op->nmsgs * TL_PER_MSG + 1, sizeof *op->tl);
     /* send every sub-batch, then poll: a node's messages leave in one flush */
     for (size_t i = 0; i < op->nmsgs; i++)
         lookup_attempt(op, &op->msgs[i]);
@@ -1346,6 +1526,9 @@ int dhps_client_lookup(dhps_client *c, const char *table, const uint64_t *keys, 
             if (ms->state == M_RETRY)
                 lookup_attempt(op, ms); /* another replica, or give up */
             uint64_t due = maybe_hedge(op, ms, now);
+            if (due && (!wake || due < wake))
+                wake = due;
+            due = attempt_timeouts(op, ms, now);
             if (due && (!wake || due < wake))
                 wake = due;
             pending |= ms->state == M_INFLIGHT || ms->state == M_RETRY;
@@ -1386,6 +1569,8 @@ int dhps_client_lookup(dhps_client *c, const char *table, const uint64_t *keys, 
     rc = unanswered ? first_err : 0;
     if (unanswered)
         CTR_ADD(c->st.partial, 1);
+    if (op->tl && (unanswered || mono_ns() > op->deadline_ns))
+        trace_print(op, rc);
     if (res) {
         res->found = found;
         res->missing = n - found;
@@ -1534,6 +1719,25 @@ int dhps_client_delete(dhps_client *c, const char *table, const uint64_t *keys, 
                        res, true);
 }
 
+int dhps_client_drain(dhps_client *c, uint64_t timeout_us)
+{
+    if (!c)
+        return -EINVAL;
+    struct tstate *ts = pthread_getspecific(c->key);
+    if (!ts)
+        return 0;
+    uint64_t end = mono_ns() + timeout_us * 1000ull;
+    for (;;) {
+        dhps_rpc_client_poll(ts->rpc, 0);
+        uint64_t now = mono_ns();
+        if (!ts->inflight || now >= end)
+            break;
+        uint64_t left_ms = (end - now + 999999) / 1000000;
+        dhps_rpc_client_poll(ts->rpc, left_ms > 10 ? 10 : (int)left_ms);
+    }
+    return ts->inflight > INT32_MAX ? INT32_MAX : (int)ts->inflight;
+}
+
 /* ---- stats --------------------------------------------------------------------------- */
 
 #define LD(x) atomic_load_explicit(&(x), memory_order_relaxed)
@@ -1563,6 +1767,7 @@ int dhps_client_node_stats_get(dhps_client *c, uint32_t id, dhps_client_node_sta
     s->ok = LD(n->ok);
     s->errors = LD(n->errors);
     s->timeouts = LD(n->timeouts);
+    s->cancelled = LD(n->cancelled);
     s->connects = LD(n->connects);
     s->connect_failures = LD(n->connect_failures);
     return 0;

@@ -71,6 +71,10 @@ struct bucket {
     uint64_t stamp; /* last time-based refill */
     int64_t per_pick, cap;
     double per_s;
+    uint64_t window;      /* budget_window_ns (0: the cap is fixed) */
+    uint64_t win_start;   /* start of the current window */
+    int64_t earned;       /* micro-tokens earned by picks in the current window */
+    int64_t earned_prev;  /* ... in the previous one: the cap may grow to this */
 } __attribute__((aligned(64)));
 
 struct counters {
@@ -207,25 +211,56 @@ static uint64_t hist_quantile(const struct rtier *t, double q)
 /* ---- token buckets --------------------------------------------------------------------- */
 
 static void bucket_init(struct bucket *b, double per_pick, double per_s, double burst,
-                        uint64_t now)
+                        uint64_t window, uint64_t now)
 {
     b->per_pick = (int64_t)(per_pick * TOKEN);
     b->per_s = per_s;
     b->cap = (int64_t)(burst * TOKEN);
     b->tokens = b->cap;
     b->stamp = now;
+    b->window = window;
+    b->win_start = now;
+}
+
+/* The bucket holds at most the burst, or what picks earned in the last full window when
+ * that is more: a budget of x % of the recent picks, so a burst of sub-batches that all
+ * need a hedge at once (a node stalls under a wide fan-out) can be covered by what the
+ * traffic of the last second earned, while the long-run share stays x %. */
+static int64_t bucket_cap(const struct bucket *b)
+{
+    int64_t e = __atomic_load_n(&b->earned_prev, RLX);
+    return e > b->cap ? e : b->cap;
 }
 
 static void bucket_add(struct bucket *b, int64_t amount)
 {
     if (amount <= 0)
         return;
+    int64_t cap = bucket_cap(b);
     int64_t cur = __atomic_load_n(&b->tokens, RLX), nv;
     do {
-        if (cur >= b->cap)
+        if (cur >= cap)
             return;
-        nv = cur + amount > b->cap ? b->cap : cur + amount;
+        nv = cur + amount > cap ? cap : cur + amount;
     } while (!__atomic_compare_exchange_n(&b->tokens, &cur, nv, false, RLX, RLX));
+}
+
+/* A primary pick's deposit, counted in the current window. */
+static void bucket_deposit(struct bucket *b, uint64_t now)
+{
+    if (b->per_pick <= 0)
+        return;
+    if (b->window) {
+        uint64_t ws = ld64(&b->win_start);
+        if (now >= ws + b->window &&
+            __atomic_compare_exchange_n(&b->win_start, &ws, now, false, RLX, RLX)) {
+            int64_t e = __atomic_exchange_n(&b->earned, 0, RLX);
+            /* an idle window in between: nothing was earned in the last one */
+            __atomic_store_n(&b->earned_prev, now >= ws + 2 * b->window ? 0 : e, RLX);
+        }
+        __atomic_fetch_add(&b->earned, b->per_pick, RLX);
+    }
+    bucket_add(b, b->per_pick);
 }
 
 /* Refill by elapsed time, then take one token. True on success. */
@@ -278,6 +313,7 @@ void dhps_route_params_init(dhps_route_params *p)
     p->retry_floor_per_s = 10.0;
     p->retry_burst = 20.0;
     p->retry_min_headroom_ns = 0;
+    p->budget_window_ns = 1000000000ull;
 }
 
 static bool share_ok(double v) { return v >= 0.0 && v <= 1.0; }
@@ -345,8 +381,10 @@ int dhps_route_create(const dhps_route_params *p, const dhps_route_labels *local
     }
     memset(r->nodes, 0, sizeof(struct rnode) * p->max_nodes);
     uint64_t now = now_ns(r);
-    bucket_init(&r->hedge, p->hedge_budget, p->hedge_floor_per_s, p->hedge_burst, now);
-    bucket_init(&r->retry, p->retry_budget, p->retry_floor_per_s, p->retry_burst, now);
+    bucket_init(&r->hedge, p->hedge_budget, p->hedge_floor_per_s, p->hedge_burst,
+                p->budget_window_ns, now);
+    bucket_init(&r->retry, p->retry_budget, p->retry_floor_per_s, p->retry_burst,
+                p->budget_window_ns, now);
     for (int t = 0; t < DHPS_ROUTE_TIERS; t++)
         r->tier[t].hist_stamp = now;
     *out = r;
@@ -708,8 +746,8 @@ int dhps_route_pick(dhps_route *r, const uint32_t *replicas, size_t n,
         return DHPS_E_TOOBIG;
     uint64_t now = now_ns(r);
     if (kind == DHPS_ROUTE_PRIMARY) {
-        bucket_add(&r->hedge, r->hedge.per_pick);
-        bucket_add(&r->retry, r->retry.per_pick);
+        bucket_deposit(&r->hedge, now);
+        bucket_deposit(&r->retry, now);
     }
 
     struct cand cs[DHPS_ROUTE_MAX_REPLICAS];

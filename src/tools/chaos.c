@@ -69,12 +69,32 @@ struct ch_node {
     char cfg[PATH_MAX], log[PATH_MAX];
 };
 
+/* Fault phases, for the record of each lookup that missed its deadline. */
+enum { PH_STEADY, PH_KILLED, PH_RESTARTING, PH_STOPPED, PH_SLOWED };
+static const char *const phase_name[] = {"steady", "killed", "restarting", "stopped", "slowed"};
+
+#define CH_MAX_FAILS 64
+struct ch_fail {
+    uint64_t t_ns;          /* since the start of the load */
+    uint64_t since_ns;      /* since the phase began */
+    uint32_t phase, victim, prev_phase;
+    int rc;
+    uint64_t dt_us;
+    size_t unanswered;
+    uint32_t messages, retries, hedges;
+};
+
 struct chaos {
     dhps_client *client;
     const dhps_cluster_map *map;
     uint32_t dim, batch, nodes;
     uint64_t nkeys, deadline_us;
     _Atomic int stop;
+    uint64_t t_start;
+    _Atomic uint64_t phase;   /* phase | victim << 8 | previous phase << 16 */
+    _Atomic uint64_t phase_ns;
+    struct ch_fail fails[CH_MAX_FAILS];
+    uint32_t nfails;
     /* lookups */
     uint64_t requests, in_deadline, missing_keys, errors[4];
     /* updates (one thread) */
@@ -119,6 +139,21 @@ static void *lookup_thread(void *arg)
         else
             C->errors[3]++; /* complete, but late */
         C->missing_keys += res.missing - res.unanswered;
+        if ((rc != 0 || dt > C->deadline_us * 1000ull) && C->nfails < CH_MAX_FAILS) {
+            uint64_t ph = atomic_load(&C->phase), pns = atomic_load(&C->phase_ns);
+            struct ch_fail *f = &C->fails[C->nfails++];
+            f->t_ns = t0 - C->t_start;
+            f->since_ns = t0 > pns ? t0 - pns : 0;
+            f->phase = (uint32_t)(ph & 0xff);
+            f->victim = (uint32_t)((ph >> 8) & 0xff);
+            f->prev_phase = (uint32_t)((ph >> 16) & 0xff);
+            f->rc = rc;
+            f->dt_us = dt / 1000;
+            f->unanswered = res.unanswered;
+            f->messages = res.messages;
+            f->retries = res.retries;
+            f->hedges = res.hedges;
+        }
     }
     free(out);
     return NULL;
@@ -164,6 +199,13 @@ static void *update_thread(void *arg)
     }
     free(rows);
     return NULL;
+}
+
+static void set_phase(struct chaos *C, uint32_t phase, uint32_t victim)
+{
+    uint64_t old = atomic_load(&C->phase);
+    atomic_store(&C->phase_ns, tools_now_ns());
+    atomic_store(&C->phase, phase | victim << 8 | (old & 0xff) << 16);
 }
 
 static void sleep_s(double s)
@@ -421,6 +463,8 @@ int dhps_cmd_chaos(int argc, char **argv)
             "every %.1f s\n", (unsigned long long)nodes, (unsigned long long)shards,
             (unsigned long long)keys, (unsigned long long)dim, seconds,
             (unsigned long long)batch, (unsigned long long)deadline_ms, interval);
+    C.t_start = tools_now_ns();
+    atomic_store(&C.phase_ns, C.t_start);
     pthread_t tl, tu;
     if (pthread_create(&tl, NULL, lookup_thread, &C) != 0)
         goto stop;
@@ -437,11 +481,14 @@ int dhps_cmd_chaos(int argc, char **argv)
         double hold = interval / 2;
         if (kind == 0) {
             fprintf(say, "  %6.1f s: kill -9 n%u, restart\n", seconds - (double)(t_end - tools_now_ns()) / 1e9, victim);
+            set_phase(&C, PH_KILLED, victim);
             kill(nd[victim].pid, SIGKILL);
             waitpid(nd[victim].pid, NULL, 0);
             nd[victim].pid = 0;
             sleep_s(hold);
+            set_phase(&C, PH_RESTARTING, victim);
             int e = restart_node(&nd[victim], server);
+            set_phase(&C, PH_STEADY, victim);
             if (e < 0) {
                 fprintf(stderr, "dhps chaos: restarting n%u failed: %s\n", victim, strerror(-e));
                 restart_failures++;
@@ -450,18 +497,22 @@ int dhps_cmd_chaos(int argc, char **argv)
             kills++;
         } else if (kind == 1) {
             fprintf(say, "  %6.1f s: SIGSTOP n%u, SIGCONT\n", seconds - (double)(t_end - tools_now_ns()) / 1e9, victim);
+            set_phase(&C, PH_STOPPED, victim);
             kill(nd[victim].pid, SIGSTOP);
             sleep_s(hold);
             kill(nd[victim].pid, SIGCONT);
+            set_phase(&C, PH_STEADY, victim);
             stops++;
         } else {
             fprintf(say, "  %6.1f s: +%llu ms on calls to n%u, clear\n", seconds - (double)(t_end - tools_now_ns()) / 1e9, (unsigned long long)latency_ms, victim);
             dhps_rpc_fault f;
             dhps_rpc_fault_init(&f);
             f.delay_us = (uint32_t)(latency_ms * 1000);
+            set_phase(&C, PH_SLOWED, victim);
             dhps_client_fault_set(C.client, victim, &f);
             sleep_s(hold);
             dhps_client_fault_set(C.client, victim, NULL);
+            set_phase(&C, PH_STEADY, victim);
             slows++;
         }
     }
@@ -510,6 +561,15 @@ int dhps_cmd_chaos(int argc, char **argv)
                (unsigned long long)C.acked_keys, (unsigned long long)checked,
                (unsigned long long)lost, (unsigned long long)stale, kills, restart_failures,
                stops, slows);
+    }
+    for (uint32_t i = 0; i < C.nfails; i++) {
+        const struct ch_fail *f = &C.fails[i];
+        fprintf(say, "  missed: %7.3f s, %s n%u for %.0f ms (before: %s): %s after %llu us, "
+                "%zu keys unanswered, %u messages, %u retries, %u hedges\n",
+                (double)f->t_ns / 1e9, phase_name[f->phase], f->victim,
+                (double)f->since_ns / 1e6, phase_name[f->prev_phase],
+                f->rc ? dhps_strerror(f->rc) : "complete but late",
+                (unsigned long long)f->dt_us, f->unanswered, f->messages, f->retries, f->hedges);
     }
     ret = lost == 0 && restart_failures == 0 ? 0 : 1;
 stop:

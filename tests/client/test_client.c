@@ -525,6 +525,59 @@ static void test_hedging(void **state)
     check_keys(x->c, 1, 1000, 0);
 }
 
+/* Node stats through the public API: a hedge loser is counted as cancelled, never as an
+ * error or an ok answer, even when its late answer is a failure; after a drain every
+ * message sent is accounted for. */
+static void test_hedge_loser_counters(void **state)
+{
+    struct fx *x = *state;
+    put_keys(x->c, 1, 1000, DHPS_ACK_ALL);
+    dhps_client_destroy(x->c);
+    x->c = mkclient(x, DHPS_CLIENT_ROUTER_ROUTE, 1000);
+    /* node 0 answers every request 20 ms late, and with a handler error */
+    atomic_store(&x->nodes[0].delay_ms, 20);
+    atomic_store(&x->nodes[0].fail, 1);
+    uint64_t keys[1000];
+    float out[1000 * DIM];
+    for (int i = 0; i < 1000; i++)
+        keys[i] = (uint64_t)i + 1;
+    dhps_client_result res;
+    uint32_t hedges = 0;
+    for (int r = 0; r < 3; r++) {
+        /* an unhedged message that node 0 failed needs a retry token; the budget may run
+         * out while it fails everything, which is not what is checked here */
+        int rc = dhps_client_lookup(x->c, "emb", keys, 1000, out, DIM, DHPS_FP32, NULL,
+                                    5000000, &res);
+        assert_true(rc == 0 || rc == DHPS_E_HANDLER);
+        hedges += res.hedges;
+    }
+    assert_true(hedges > 0);
+    /* the losers still in flight complete; then every message is accounted for */
+    assert_int_equal(dhps_client_drain(x->c, 10000000), 0);
+    dhps_client_stats st;
+    dhps_client_stats_get(x->c, &st);
+    assert_int_equal(st.hedges, hedges);
+    uint64_t cancelled = 0;
+    dhps_client_node_stats ns[NNODES];
+    for (uint32_t i = 0; i < NNODES; i++) {
+        assert_int_equal(dhps_client_node_stats_get(x->c, i, &ns[i]), 0);
+        assert_int_equal(ns[i].messages,
+                         ns[i].ok + ns[i].errors + ns[i].timeouts + ns[i].cancelled);
+        cancelled += ns[i].cancelled;
+    }
+    /* every hedged pair had one fast replica: exactly one loser each */
+    assert_int_equal(cancelled, hedges);
+    /* node 0 answered nothing usable: its attempts are errors (not hedged, so they failed
+     * the message and it was retried) or cancelled (hedged, the other replica won) */
+    assert_int_equal(ns[0].ok, 0);
+    assert_true(ns[0].cancelled > 0);
+    assert_int_equal(ns[0].errors + ns[0].cancelled, ns[0].messages);
+    assert_int_equal(ns[0].timeouts, 0);
+    assert_int_equal(dhps_client_drain(NULL, 0), -EINVAL);
+    atomic_store(&x->nodes[0].fail, 0);
+    atomic_store(&x->nodes[0].delay_ms, 0);
+}
+
 static void test_create_errors(void **state)
 {
     struct fx *x = *state;
@@ -569,6 +622,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_reload_timer, setup, teardown),
         cmocka_unit_test_setup_teardown(test_route_router, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hedging, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_hedge_loser_counters, setup, teardown),
         cmocka_unit_test_setup_teardown(test_create_errors, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
