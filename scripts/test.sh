@@ -5,13 +5,15 @@
 #   3. TSan build, the concurrency-labelled tests
 #   4. clang libFuzzer build, each fuzz target for a short time from its seed corpus
 #   5. verbs tests inside a Soft-RoCE guest (../shared/rxe-vm), when present
+#   6. topology: servers in network namespaces, routing by tier (tests/topology), on the
+#      host with injected delays, then in the Soft-RoCE guest with netem and verbs
 # Ends with one line "N passed, N failed" over the stages; exits non-zero on any failure.
-# Env: DHPS_TEST_STAGES="rel asan tsan fuzz verbs" to pick stages; FUZZ_SECONDS (20).
+# Env: DHPS_TEST_STAGES="rel asan tsan fuzz verbs topology" to pick stages; FUZZ_SECONDS (20).
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 "$root/scripts/deps.sh" || { echo "deps: install failed"; exit 1; }
-stages=${DHPS_TEST_STAGES:-rel asan tsan fuzz verbs}
+stages=${DHPS_TEST_STAGES:-rel asan tsan fuzz verbs topology}
 passed=0; failed=0; failed_names=()
 stage() { # stage NAME CMD...
   local name=$1; shift
@@ -58,6 +60,13 @@ verbs() {
   if [ ! -x "$script" ]; then echo "verbs: no verbs suite yet (tests/rpc/verbs-suite.sh)"; return 0; fi
   "$script"
 }
+topology() {
+  local dir rc; dir=$("$root/scripts/build.sh" rel) || return 1
+  "$root/tests/topology/topology.sh" --bin "$dir"; rc=$?
+  [ $rc = 77 ] && rc=0 # skipped (printed): not root or no ip netns
+  [ $rc = 0 ] || return $rc
+  "$root/tests/topology/topology-rxe.sh"
+}
 for s in $stages; do
   case $s in
     rel)   stage rel   ctest_in rel ;;
@@ -65,6 +74,7 @@ for s in $stages; do
     tsan)  stage tsan  tsan_tests ;;
     fuzz)  stage fuzz  fuzz_all ;;
     verbs) stage verbs verbs ;;
+    topology) stage topology topology ;;
     *) echo "unknown stage $s"; failed=$((failed+1)) ;;
   esac
 done

@@ -64,6 +64,7 @@ typedef struct dhps_server_config {
     bool verbs;                      /* offer RDMA verbs (default false) */
     uint32_t workers;                /* rpc worker threads 1..64 (default 2) */
     uint32_t max_msg;                /* rpc max message bytes (default 4 MiB) */
+    uint32_t hello_timeout_ms;       /* bound on a peer's hello, 100..60000 (default 2000) */
     uint32_t ntables;
     dhps_server_table_config tables[DHPS_SERVER_MAX_TABLES];
     char *snapshot_dir;              /* NULL = no snapshots */

@@ -253,7 +253,7 @@ static int parse_root(cfg_ctx *x, json_t *root, dhps_server_config *c)
     json_t *li = json_object_get(root, "listen");
     if (li) {
         static const char *const lk[] = {"host", "tcp_port", "shm", "verbs", "workers",
-                                         "max_msg", NULL};
+                                         "max_msg", "hello_timeout_ms", NULL};
         if ((rc = need_object(x, li, "listen")) || (rc = only_keys(x, li, "listen", lk)) ||
             (rc = get_str(x, li, "host", "listen", false, 63, &c->listen_host)))
             return rc;
@@ -271,6 +271,10 @@ static int parse_root(cfg_ctx *x, json_t *root, dhps_server_config *c)
         if ((rc = get_uint(x, li, "max_msg", "listen", 4096, 16u << 20, &v, NULL)))
             return rc;
         c->max_msg = (uint32_t)v;
+        v = c->hello_timeout_ms;
+        if ((rc = get_uint(x, li, "hello_timeout_ms", "listen", 100, 60000, &v, NULL)))
+            return rc;
+        c->hello_timeout_ms = (uint32_t)v;
         if ((rc = get_bool(x, li, "shm", "listen", &c->shm)) ||
             (rc = get_bool(x, li, "verbs", "listen", &c->verbs)))
             return rc;
@@ -374,6 +378,7 @@ int dhps_server_config_parse(const void *buf, size_t len, dhps_server_config **o
     c->shm = true;
     c->workers = 2;
     c->max_msg = 4u << 20;
+    c->hello_timeout_ms = 2000;
     c->snapshot_on_shutdown = true;
     json_error_t je;
     json_t *root = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &je);

@@ -294,6 +294,8 @@ int dhps_server_create(const dhps_server_config *cfg, dhps_server **out, char *e
     rp.secret = s->secret;
     rp.secret_len = s->secret_len;
     rp.max_msg = cfg->max_msg;
+    if (cfg->hello_timeout_ms)
+        rp.hello_timeout_ms = cfg->hello_timeout_ms;
     rp.allow = DHPS_RPC_MASK(DHPS_RPC_TCP) | (cfg->shm ? DHPS_RPC_MASK(DHPS_RPC_SHM) : 0) |
                (cfg->verbs ? DHPS_RPC_MASK(DHPS_RPC_VERBS) : 0);
     uint8_t host_id[DHPS_RPC_HOST_ID_LEN];

@@ -137,7 +137,9 @@ int tools_conn_open(const tools_target *t, tools_conn **out)
     p.host = c->host[0] ? c->host : NULL;
     p.pod = c->pod[0] ? c->pod : NULL;
     p.az = c->az[0] ? c->az : NULL;
-    p.max_msg = 4u << 20;
+    p.max_msg = t->max_msg ? t->max_msg : 4u << 20;
+    if (t->connect_timeout_ms)
+        p.connect_timeout_ms = t->connect_timeout_ms;
     p.max_node_id = dhps_cluster_map_max_node_id(c->map);
     if (p.max_node_id < 4095)
         p.max_node_id = 4095;

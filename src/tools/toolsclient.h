@@ -22,6 +22,9 @@ typedef struct tools_target {
     const char *map;         /* map file; with secret, instead of cluster_dir */
     const char *secret;      /* secret file */
     const char *host, *pod, *az; /* client labels (NULL: from cluster.json, if any) */
+    uint32_t connect_timeout_ms; /* client connect + hello bound (0: the client's default) */
+    uint32_t max_msg;            /* client max message (0: 4 MiB, for bulk loads); each
+                                    verbs channel registers slots of this size */
 } tools_target;
 
 typedef struct tools_conn {

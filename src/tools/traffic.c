@@ -6,7 +6,8 @@
  * replicas killed and restarted while it runs, and the lines show traffic staying in the
  * POD, spilling to the next tier and coming back.
  *
- * Lookups: --threads threads, each sending batches of --batch keys drawn uniformly from
+ * Lookups: --threads threads, each first doing one uncounted warm-up lookup (it opens the
+ * thread's channels; intervals start when every thread is past it), then sending batches of --batch keys drawn uniformly from
  * [0, --keys) with a --deadline-ms deadline. A lookup is "complete" when every key got
  * an answer (rc 0) - found or not; "incomplete" otherwise (partial result at the
  * deadline, or no replica reachable). With --load the keys are first written with the
@@ -48,7 +49,7 @@ static const char traffic_usage[] =
     "                    [--az A] [--table T] [--dim 32] [--keys 10000] [--batch 100]\n"
     "                    [--threads 1] [--seconds 10] [--interval-ms 500]\n"
     "                    [--deadline-ms 100] [--tier-delay-us H,P,A,R] [--load] [--check]\n"
-    "                    [--json]\n"
+    "                    [--connect-timeout-ms MS] [--json]\n"
     "  Steady lookups; every interval prints lookups, complete/incomplete, latency and\n"
     "  the share of rpc messages per tier (relative to the client's labels).\n"
     "  --load writes the sample rows of keys 0..keys-1 first; --check verifies them.\n"
@@ -81,6 +82,8 @@ struct tr_thread {
 };
 
 static atomic_bool tr_stop;
+static atomic_uint tr_ready; /* threads past their warm-up lookup */
+#define TR_WARMUP_US 60000000ull
 
 static void tr_on_signal(int sig)
 {
@@ -100,6 +103,13 @@ static void *tr_run(void *arg)
         atomic_store(&tr_stop, true);
         goto done;
     }
+    /* warm-up, not counted: this thread's first lookup opens its channels (a verbs hello
+     * can take seconds under emulation), so it gets a generous deadline */
+    for (size_t i = 0; i < n; i++)
+        keys[i] = tools_rand(&t->seed) % o->keys;
+    dhps_client_lookup(t->client, o->table, keys, n, out, o->dim, DHPS_FP32, mask,
+                       TR_WARMUP_US, NULL);
+    atomic_fetch_add(&tr_ready, 1);
     while (!atomic_load_explicit(&tr_stop, memory_order_relaxed)) {
         for (size_t i = 0; i < n; i++)
             keys[i] = tools_rand(&t->seed) % o->keys;
@@ -172,7 +182,12 @@ static int tr_load(tools_conn *conn, const struct tr_opts *o)
             keys[i] = k + i;
             tools_sample_row(k + i, o->dim, rows + (size_t)i * o->dim);
         }
-        rc = tools_conn_put(conn, o->table, DHPS_FP32, o->dim, keys, rows, n);
+        /* a first write opens channels to every replica (slow under emulation): a batch
+         * that timed out is written again, idempotently (keys and rows are the same) */
+        for (int attempt = 0; attempt < 3; attempt++)
+            if ((rc = tools_conn_put(conn, o->table, DHPS_FP32, o->dim, keys, rows, n)) !=
+                    DHPS_E_TIMEOUT && rc != DHPS_E_UNREACHABLE)
+                break;
     }
     free(rows);
     return rc;
@@ -258,6 +273,7 @@ int dhps_cmd_traffic(int argc, char **argv)
         {"interval-ms", required_argument, 0, 'i'},
         {"deadline-ms", required_argument, 0, 'D'},
         {"tier-delay-us", required_argument, 0, 'y'},
+        {"connect-timeout-ms", required_argument, 0, 'o'},
         {"load", no_argument, 0, 'L'},          {"check", no_argument, 0, 'C'},
         {"json", no_argument, 0, 'J'},          {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0}};
@@ -267,7 +283,7 @@ int dhps_cmd_traffic(int argc, char **argv)
     int c;
     char *end;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "c:m:s:H:P:A:t:d:k:b:j:T:i:D:y:LCJh", lo, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "c:m:s:H:P:A:t:d:k:b:j:T:i:D:y:o:LCJh", lo, NULL)) != -1) {
         switch (c) {
         case 'c': o.tgt.cluster_dir = optarg; break;
         case 'm': o.tgt.map = optarg; break;
@@ -322,6 +338,12 @@ int dhps_cmd_traffic(int argc, char **argv)
             }
             o.have_delay = true;
             break;
+        case 'o':
+            if (!tools_parse_u64("traffic", "--connect-timeout-ms", optarg, &v) || !v ||
+                v > 600000)
+                return 2;
+            o.tgt.connect_timeout_ms = (uint32_t)v;
+            break;
         case 'L': o.load = true; break;
         case 'C': o.check = true; break;
         case 'J': o.json = true; break;
@@ -334,6 +356,11 @@ int dhps_cmd_traffic(int argc, char **argv)
         return 2;
     }
 
+    /* the client library's default message bound: lookups of --batch keys fit, and a
+     * verbs channel registers 32 slots of it (not 32 x 4 MiB as bulk loads would) */
+    o.tgt.max_msg = 256u << 10;
+    if ((uint64_t)o.batch * (o.dim * 4 + 16) + 4096 > o.tgt.max_msg)
+        o.tgt.max_msg = 4u << 20;
     tools_conn *conn = NULL;
     if (tools_conn_open(&o.tgt, &conn) < 0)
         return 1;
@@ -359,14 +386,9 @@ int dhps_cmd_traffic(int argc, char **argv)
     }
     if (o.have_delay && tr_delays(conn, &o, true))
         goto out;
-    for (size_t i = 0; i < nn; i++) {
-        dhps_client_node_stats st;
-        dhps_client_node_stats_get(conn->client, dhps_cluster_map_node_at(conn->map, i)->id,
-                                   &st);
-        first[i] = prev[i] = st.messages;
-    }
 
     atomic_store(&tr_stop, false);
+    atomic_store(&tr_ready, 0);
     struct sigaction sa = {.sa_handler = tr_on_signal}, old_int, old_term;
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, &old_int);
@@ -386,6 +408,22 @@ int dhps_cmd_traffic(int argc, char **argv)
         }
     }
 
+    while (atomic_load(&tr_ready) < started && !atomic_load(&tr_stop)) {
+        struct timespec ts = {.tv_sec = 0, .tv_nsec = 10000000};
+        nanosleep(&ts, NULL);
+    }
+    for (uint32_t i = 0; i < started; i++) { /* intervals start after every warm-up */
+        pthread_mutex_lock(&th[i].mu);
+        memset(&th[i].n, 0, sizeof th[i].n);
+        memset(&th[i].h, 0, sizeof th[i].h);
+        pthread_mutex_unlock(&th[i].mu);
+    }
+    for (size_t i = 0; i < nn; i++) {
+        dhps_client_node_stats st;
+        dhps_client_node_stats_get(conn->client, dhps_cluster_map_node_at(conn->map, i)->id,
+                                   &st);
+        first[i] = prev[i] = st.messages;
+    }
     struct tr_counts all = {0};
     tools_hist allh = {0}, ih;
     uint64_t t0 = tools_now_ns(), next = t0;

@@ -92,7 +92,7 @@ static void test_fp16_round_trip(void **st)
 static const char *GOOD =
     "{\"node_id\":\"n1\",\"labels\":{\"host\":\"h\",\"pod\":\"p\",\"az\":\"a\"},"
     "\"listen\":{\"host\":\"127.0.0.1\",\"tcp_port\":7000,\"shm\":false,\"verbs\":true,"
-    "\"workers\":3,\"max_msg\":65536},"
+    "\"workers\":3,\"max_msg\":65536,\"hello_timeout_ms\":9000},"
     "\"tables\":[{\"name\":\"t0\",\"dim\":16},{\"name\":\"t1\",\"dim\":4096,\"dtype\":\"fp16\","
     "\"default_ttl\":60,\"mem_limit\":1000000,\"capacity\":10}],"
     "\"snapshot\":{\"dir\":\"/tmp/x\",\"interval_s\":30,\"on_shutdown\":false},"
@@ -110,6 +110,7 @@ static void test_config_good(void **st)
     assert_false(c->shm);
     assert_true(c->verbs);
     assert_int_equal(c->workers, 3);
+    assert_int_equal(c->hello_timeout_ms, 9000);
     assert_int_equal(c->ntables, 2);
     assert_int_equal(c->tables[1].dim, 4096);
     assert_int_equal(c->tables[1].dtype, DHPS_FP16);
@@ -162,6 +163,8 @@ static void test_config_bad(void **st)
                "listen.host: must be a numeric IPv4");
     expect_bad("{\"node_id\":\"n\"," BASE_T ",\"listen\":{\"shm\":1}," BASE_S "}",
                "listen.shm: must be true or false");
+    expect_bad("{\"node_id\":\"n\"," BASE_T ",\"listen\":{\"hello_timeout_ms\":50}," BASE_S "}",
+               "listen.hello_timeout_ms: must be 100..60000");
     expect_bad("{\"node_id\":\"n\"," BASE_T ",\"shards\":{\"nshards\":4,\"own\":[1,9]},"
                "\"secret_file\":\"/s\"}", "shards.own[1]: must be 0..3");
     expect_bad("{\"node_id\":\"n\"," BASE_T ",\"shards\":{\"nshards\":4,\"own\":[1,1]},"

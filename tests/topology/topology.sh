@@ -26,13 +26,15 @@
 #             servers in AZ a answered over verbs.
 # Options: --bin DIR (build dir with src/tools/dhps and src/server/dhps-server; default
 # build/rel), --keep DIR (keep logs there), --phase-timeout S (default 40), --delays
-# H,P,A,R (injected round trips per tier in us, instead of the defaults above).
+# H,P,A,R (injected round trips per tier in us, instead of the defaults above), --scale N
+# (every delay and the lookup deadline times N: under TCG in the guest, processing alone
+# takes milliseconds, so the 50 us / 500 us / 2 ms network would be lost in its noise).
 # Exit: 0 pass; 1 a check failed; 77 skipped (not root / no ip netns), printed as SKIPPED.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 bin=$root/build/rel
-netem=0 verbs=0 keep="" phase_timeout=40 delays=""
+netem=0 verbs=0 keep="" phase_timeout=40 delays="" scale=1
 while [ $# -gt 0 ]; do
   case $1 in
     --netem) netem=1 ;;
@@ -41,6 +43,7 @@ while [ $# -gt 0 ]; do
     --keep) keep=$2; shift ;;
     --phase-timeout) phase_timeout=$2; shift ;;
     --delays) delays=$2; shift ;;
+    --scale) scale=$2; shift ;;
     *) echo "usage: $0 [--netem] [--verbs] [--bin DIR] [--keep DIR] [--phase-timeout S]"; exit 2 ;;
   esac
   shift
@@ -92,19 +95,19 @@ hosts=(c1 a1s1 a1s2 a2s1 a2s2 b1s1 b1s2)
 for h in "${hosts[@]}"; do
   case $h in c1|a1*) pod=a1 az=a ;; a2*) pod=a2 az=a ;; b1*) pod=b1 az=b ;; esac
   mkns "$h"
-  link "$h" eth0 "r$pod" "$h" 25
+  link "$h" eth0 "r$pod" "$h" $((25 * scale))
   ip -n "$(ns "$h")" route add default via "$L_B"
   ip_of[$h]=$L_A pod_of[$h]=$pod az_of[$h]=$az
   eval "hostnets_$pod+=\" $L_NET\""
 done
 for pod in a1 a2 b1; do
   az=${pod:0:1}
-  link "r$pod" uplink "az$az" "$pod" 225
+  link "r$pod" uplink "az$az" "$pod" $((225 * scale))
   ip -n "$(ns "r$pod")" route add default via "$L_B"
   nets_var=hostnets_$pod
   for net in ${!nets_var}; do ip -n "$(ns "az$az")" route add "$net" via "$L_A"; done
 done
-link aza to-azb azb to-aza 1500
+link aza to-azb azb to-aza $((1500 * scale))
 ip -n "$(ns aza)" route add default via "$L_B"
 ip -n "$(ns azb)" route add default via "$L_A"
 
@@ -131,7 +134,8 @@ for s in "${servers[@]}"; do
   mkdir -p "$work/$s/snap"
   cat >"$work/$s/server.json" <<EOF
 {"node_id": "$s", "labels": {"host": "$s", "pod": "${pod_of[$s]}", "az": "${az_of[$s]}"},
- "listen": {"host": "${ip_of[$s]}", "tcp_port": 7000, "shm": false, "verbs": $([ $verbs = 1 ] && echo true || echo false), "workers": 1},
+ "listen": {"host": "${ip_of[$s]}", "tcp_port": 7000, "shm": false, "verbs": $([ $verbs = 1 ] && echo true || echo false), "workers": 1,
+            "hello_timeout_ms": $((2000 * scale))},
  "tables": [{"name": "emb", "dim": 32, "dtype": "fp32", "capacity": 100000}],
  "snapshot": {"dir": "$work/$s/snap", "on_shutdown": true},
  "secret_file": "$work/secret",
@@ -147,6 +151,7 @@ start() { # start SERVER...: start and wait for /health 200
     # ip netns exec execs the server, so $! is the server's pid (not a subshell's)
     ip netns exec "$(ns "$s")" "$server" --config "$work/$s/server.json" >>"$work/$s/log" 2>&1 &
     spid[$s]=$!
+    disown "${spid[$s]}" # killed on purpose: no "Killed" job reports
   done
   for s in "$@"; do
     local t0=$SECONDS
@@ -157,7 +162,9 @@ start() { # start SERVER...: start and wait for /health 200
     done
   done
 }
-kill9() { for s in "$@"; do { kill -KILL "${spid[$s]}"; wait "${spid[$s]}"; } 2>/dev/null; done; }
+kill9() { # kill -9 and wait until gone
+  for s in "$@"; do kill -KILL "${spid[$s]}"; while kill -0 "${spid[$s]}" 2>/dev/null; do sleep 0.05; done; done
+}
 metric() { # metric SERVER NAME: the sum of NAME's samples on SERVER's /metrics
   nsx c1 curl -m 2 -sf "http://${ip_of[$1]}:9100/metrics" |
     awk -v m="$2" 'index($0, m) == 1 { s += $NF } END { printf "%d\n", s }'
@@ -176,16 +183,18 @@ fi
 
 client=(--map "$work/map.json" --secret "$work/secret" --host c1 --pod a1 --az a --table emb
         --dim 32 --keys 20000)
+# under TCG a hello that also sets up a verbs queue pair can take over a second
+client+=(--connect-timeout-ms $((1000 * scale)))
 if [ -n "$delays" ]; then :
-elif [ "$netem" = 1 ] && [ "$verbs" = 1 ]; then delays=0,100,1000,0  # verbs in the AZ: injected
+elif [ "$netem" = 1 ] && [ "$verbs" = 1 ]; then delays=0,$((100 * scale)),$((1000 * scale)),0  # verbs in the AZ
 elif [ "$netem" = 1 ]; then delays=0,0,0,0
-else delays=0,100,1000,4000; fi
+else delays=0,$((100 * scale)),$((1000 * scale)),$((4000 * scale)); fi
 nsx c1 "$dhps" traffic "${client[@]}" --load --seconds 0.1 >/dev/null || { echo "topology: load failed"; exit 1; }
 nsx c1 "$dhps" snapshot --map "$work/map.json" --secret "$work/secret" >/dev/null ||
   { echo "topology: snapshot failed"; exit 1; }
 echo "topology: 20000 keys loaded on 3 replicas each, snapshots taken"
 
-deadline_ms=100; [ "$netem" = 1 ] && deadline_ms=500  # the guest (TCG) is 10-50x slower
+deadline_ms=$((100 * scale))
 ip netns exec "$(ns c1)" "$dhps" traffic "${client[@]}" --check --seconds 0 --interval-ms 500 \
   --deadline-ms $deadline_ms --tier-delay-us $delays --batch 100 >"$work/traffic.log" 2>&1 &
 traffic_pid=$!

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The topology test inside the Soft-RoCE guest (../shared/rxe-vm/rxe-run): real link
+# delays with tc netem, RDMA verbs inside AZ a, everything x10 for TCG (docs/topology.md).
+# Binaries come from the host's release build (build/rel, built here if missing).
+# Exit 0 when it passed or was skipped (printed "topology (guest) SKIPPED: why"), non-zero
+# when it failed.
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+rxe=${RXE_RUN:-$root/../shared/rxe-vm/rxe-run}
+skip() { echo "topology (guest) SKIPPED: $*"; exit 0; }
+[ -x "$rxe" ] || skip "no Soft-RoCE harness at $rxe"
+bdir=$("$root/scripts/build.sh" rel) || { echo "topology (guest): build FAILED"; exit 1; }
+cd "$root" || exit 1
+"$rxe" --timeout "${RXE_TIMEOUT:-900}" -- tests/topology/topology.sh --bin "$bdir" --netem \
+  --verbs --scale 30 --phase-timeout 150
+rc=$?
+case $rc in
+  0)   echo "topology (guest) PASSED"; exit 0 ;;
+  77)  skip "the test skipped itself in the guest (see above)" ;;
+  125) skip "the Soft-RoCE guest could not start (rxe-run exit 125)" ;;
+  124) echo "topology (guest) FAILED: timeout"; exit 1 ;;
+  *)   echo "topology (guest) FAILED (exit $rc)"; exit 1 ;;
+esac
