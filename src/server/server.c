@@ -917,13 +917,13 @@ static void http_done(void *cls, struct MHD_Connection *conn, void **con_cls,
     *con_cls = NULL;
 }
 
-/* Queue body (malloc'ed, taken over; NULL = out of memory) with code. */
-static enum MHD_Result reply(struct MHD_Connection *conn, unsigned code, const char *ctype,
-                             char *body)
+/* Queue body[0..len) (malloc'ed, taken over; NULL = out of memory) with code. */
+static enum MHD_Result reply_len(struct MHD_Connection *conn, unsigned code,
+                                 const char *ctype, char *body, size_t len)
 {
     if (!body)
         return MHD_NO;
-    struct MHD_Response *resp = MHD_create_response_from_buffer(strlen(body), body,
+    struct MHD_Response *resp = MHD_create_response_from_buffer(len, body,
                                                                 MHD_RESPMEM_MUST_FREE);
     if (!resp) {
         free(body);
@@ -933,6 +933,13 @@ static enum MHD_Result reply(struct MHD_Connection *conn, unsigned code, const c
     enum MHD_Result ret = MHD_queue_response(conn, code, resp);
     MHD_destroy_response(resp);
     return ret;
+}
+
+/* reply_len of a NUL-terminated body. */
+static enum MHD_Result reply(struct MHD_Connection *conn, unsigned code, const char *ctype,
+                             char *body)
+{
+    return reply_len(conn, code, ctype, body, body ? strlen(body) : 0);
 }
 
 __attribute__((format(printf, 3, 4))) static enum MHD_Result
@@ -1072,18 +1079,7 @@ static enum MHD_Result http_handler(void *cls, struct MHD_Connection *conn, cons
         body = strdup("not found: try /metrics, /health or /fault\n");
         len = body ? strlen(body) : 0;
     }
-    if (!body)
-        return MHD_NO;
-    struct MHD_Response *resp = MHD_create_response_from_buffer(len, body,
-                                                                MHD_RESPMEM_MUST_FREE);
-    if (!resp) {
-        free(body);
-        return MHD_NO;
-    }
-    MHD_add_response_header(resp, "Content-Type", ctype);
-    enum MHD_Result ret = MHD_queue_response(conn, code, resp);
-    MHD_destroy_response(resp);
-    return ret;
+    return reply_len(conn, code, ctype, body, len);
 }
 
 /* ---- lifecycle -------------------------------------------------------------------- */
