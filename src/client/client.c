@@ -1358,10 +1358,12 @@ static void wait_turn(struct op *op, uint64_t wake_ns)
 {
     uint64_t until = wake_ns && wake_ns < op->deadline_ns ? wake_ns : op->deadline_ns;
     int64_t left = (int64_t)(until - mono_ns());
-    int ms = left <= 0 ? 0 : (int)((left + 999999) / 1000000);
-    if (ms > 100)
-        ms = 100;
-    dhps_rpc_client_poll(op->ts->rpc, ms);
+    if (left < 0)
+        left = 0;
+    if (left > 100000000)
+        left = 100000000;
+    dhps_rpc_client_poll_ns(op->ts->rpc, left); /* to the ns: a hedge due in 300 us is
+                                                   sent then, not at the next ms */
 }
 
 static void trace_print(struct op *op, int rc)
