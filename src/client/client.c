@@ -1721,6 +1721,25 @@ int dhps_client_delete(dhps_client *c, const char *table, const uint64_t *keys, 
                        res, true);
 }
 
+int dhps_client_connect(dhps_client *c)
+{
+    if (!c)
+        return -EINVAL;
+    struct tstate *ts = tstate_get(c);
+    if (!ts)
+        return -ENOMEM;
+    struct map_ref *mr = map_pin(c);
+    int failed = 0;
+    for (size_t i = 0; i < dhps_cluster_map_nnodes(mr->m); i++) {
+        const dhps_cluster_node *nd = dhps_cluster_map_node_at(mr->m, i);
+        dhps_rpc_channel *ch;
+        if (channel_get(ts, mr->m, nd->id, &ch) < 0)
+            failed++;
+    }
+    map_unref(mr);
+    return failed;
+}
+
 int dhps_client_drain(dhps_client *c, uint64_t timeout_us)
 {
     if (!c)

@@ -28,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <sys/wait.h>
 #include <fcntl.h>
 #include <time.h>
@@ -56,12 +57,18 @@ int dhps_cmd_chaos(int argc, char **argv);
 static const char chaos_usage[] =
     "usage: dhps chaos [--dir DIR] [--seconds 60] [--interval 3] [--nodes 4] [--shards 64]\n"
     "                  [--keys 20000] [--dim 8] [--batch 100] [--deadline-ms 100]\n"
-    "                  [--latency-ms 50] [--server PATH] [--json]\n"
+    "                  [--latency-ms 50] [--faults kill,stop,slow | none] [--verbs]\n"
+    "                  [--rdma-link-delete SECONDS] [--max-msg 4194304]\n"
+    "                  [--connect-timeout-ms 1000] [--server PATH] [--json]\n"
     "  Starts a local cluster (as `dhps up`), runs lookup + update load (updates with\n"
     "  ACK_ALL) while killing (-9, then restart), stopping (SIGSTOP/SIGCONT) and slowing\n"
     "  (injected rpc latency) one node at a time; reports the share of lookups answered\n"
     "  completely within the deadline and whether any acknowledged update was lost.\n"
-    "  The cluster is stopped at the end. Default DIR: ./dhps-chaos.\n";
+    "  The cluster is stopped at the end. Default DIR: ./dhps-chaos.\n"
+    "  --verbs: the servers offer RDMA verbs (the client uses it toward the other nodes,\n"
+    "  all in its AZ). --rdma-link-delete S: run `rdma link delete DEV` S seconds into the\n"
+    "  load (DEV: $RXE_DEV, else the first device in /sys/class/infiniband); the report\n"
+    "  adds the verbs requests the servers handled before it and the lookups after it.\n";
 
 struct ch_node {
     pid_t pid;
@@ -86,10 +93,22 @@ struct ch_fail {
 
 struct chaos {
     dhps_client *client;
+    /* rdma link delete (--rdma-link-delete) */
+    double ld_at;             /* seconds into the load, < 0 = none */
+    char ld_dev[64];
+    _Atomic uint64_t ld_t_ns; /* when it was started (0 = not yet) */
+    uint64_t ld_requests, ld_in_deadline; /* lookups started after it (lookup thread) */
+    uint64_t ld_verbs_before, ld_verbs_end, ld_tcp_before, ld_tcp_end, ld_verbs_failures;
+    int ld_status;            /* exit status of rdma, -1 = did not run / did not end */
+    pid_t ld_pid;             /* rdma while it runs */
+    double ld_secs;           /* how long rdma took */
+    const struct ch_node *nd;
     const dhps_cluster_map *map;
     uint32_t dim, batch, nodes;
     uint64_t nkeys, deadline_us;
     _Atomic int stop;
+    _Atomic int warm;         /* threads past their warm-up call */
+    _Atomic int go;           /* the load (and its clock) starts */
     uint64_t t_start;
     _Atomic uint64_t phase;   /* phase | victim << 8 | previous phase << 16 */
     _Atomic uint64_t phase_ns;
@@ -113,12 +132,25 @@ static uint64_t rnd64(uint64_t *s)
     return x * 0x2545f4914f6cdd1dull;
 }
 
+static void wait_go(struct chaos *C)
+{
+    while (!atomic_load(&C->go) && !atomic_load(&C->stop)) {
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+}
+
 static void *lookup_thread(void *arg)
 {
     struct chaos *C = arg;
     uint64_t seed = 0x1234567ull, keys[DHPS_PROTO_MAX_KEYS > 1000 ? 1000 : DHPS_PROTO_MAX_KEYS];
     float *out = malloc((size_t)C->batch * C->dim * sizeof(float));
     uint64_t mask[(1000 + 63) / 64];
+    /* warm-up: this thread's channels to every node, before the clock starts (a verbs
+     * path under TCG takes longer than a deadline to set up) */
+    dhps_client_connect(C->client);
+    atomic_fetch_add(&C->warm, 1);
+    wait_go(C);
     while (out && !atomic_load(&C->stop)) {
         for (uint32_t i = 0; i < C->batch; i++)
             keys[i] = rnd64(&seed) % C->nkeys;
@@ -128,8 +160,13 @@ static void *lookup_thread(void *arg)
                                     mask, C->deadline_us, &res);
         uint64_t dt = tools_now_ns() - t0;
         C->requests++;
-        if (rc == 0 && dt <= C->deadline_us * 1000ull)
+        uint64_t ld = atomic_load(&C->ld_t_ns);
+        bool after_ld = ld && t0 >= ld;
+        C->ld_requests += after_ld;
+        if (rc == 0 && dt <= C->deadline_us * 1000ull) {
             C->in_deadline++;
+            C->ld_in_deadline += after_ld;
+        }
         else if (rc == DHPS_E_TIMEOUT)
             C->errors[0]++;
         else if (rc == DHPS_E_UNREACHABLE)
@@ -165,6 +202,9 @@ static void *update_thread(void *arg)
     uint64_t seed = 0x9876543ull, keys[CH_UBATCH], mask[1];
     uint32_t idx[CH_UBATCH];
     float *rows = malloc((size_t)CH_UBATCH * C->dim * sizeof(float));
+    dhps_client_connect(C->client); /* warm-up (see lookup_thread) */
+    atomic_fetch_add(&C->warm, 1);
+    wait_go(C);
     while (rows && !atomic_load(&C->stop)) {
         uint32_t n = 0;
         while (n < CH_UBATCH) { /* distinct keys */
@@ -199,6 +239,144 @@ static void *update_thread(void *arg)
     }
     free(rows);
     return NULL;
+}
+
+/* Sum of one counter line (e.g. `dhps_rpc_handled_total{transport="verbs"}`) over the
+ * servers' /metrics. */
+static uint64_t metrics_sum(const struct ch_node *nd, uint32_t n, const char *name)
+{
+    static char buf[1 << 16];
+    uint64_t sum = 0;
+    size_t l = strlen(name);
+    for (uint32_t i = 0; i < n; i++) {
+        if (up_http_get(nd[i].mport, "/metrics", buf, sizeof buf) <= 0)
+            continue;
+        for (char *p = strstr(buf, name); p; p = strstr(p + 1, name))
+            if ((p == buf || p[-1] == '\n') && p[l] == ' ')
+                sum += strtoull(p + l + 1, NULL, 10);
+    }
+    return sum;
+}
+
+#define M_VERBS "dhps_rpc_handled_total{transport=\"verbs\"}"
+#define M_TCP "dhps_rpc_handled_total{transport=\"tcp\"}"
+
+/* The RDMA device to delete: $RXE_DEV, else the first of /sys/class/infiniband. */
+static bool rdma_device(char *out, size_t cap)
+{
+    const char *e = getenv("RXE_DEV");
+    if (e && *e) {
+        snprintf(out, cap, "%s", e);
+        return true;
+    }
+    DIR *d = opendir("/sys/class/infiniband");
+    struct dirent *de;
+    bool found = false;
+    while (d && !found && (de = readdir(d)))
+        if (de->d_name[0] != '.') {
+            snprintf(out, cap, "%s", de->d_name);
+            found = true;
+        }
+    if (d)
+        closedir(d);
+    return found;
+}
+
+/* Reap the rdma child (waiting up to 60 s if wait); true when it has exited. */
+static bool ld_reap(struct chaos *C, bool wait)
+{
+    for (int i = 0; C->ld_pid > 0 && i < (wait ? 3000 : 1); i++) {
+        int st = 0;
+        if (waitpid(C->ld_pid, &st, WNOHANG) == C->ld_pid) {
+            C->ld_status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+            C->ld_secs = (double)(tools_now_ns() - atomic_load(&C->ld_t_ns)) / 1e9;
+            C->ld_pid = 0;
+            return true;
+        }
+        if (wait) {
+            struct timespec ts = {0, 20000000};
+            nanosleep(&ts, NULL);
+        }
+    }
+    return C->ld_pid == 0;
+}
+
+/* --rdma-link-delete: at ld_at seconds into the load, count what verbs carried so far,
+ * run `rdma link delete DEV` and wait for it. */
+static void *link_delete_thread(void *arg)
+{
+    struct chaos *C = arg;
+    uint64_t at = C->t_start + (uint64_t)(C->ld_at * 1e9);
+    while (!atomic_load(&C->stop) && tools_now_ns() < at) {
+        struct timespec ts = {0, 20000000};
+        nanosleep(&ts, NULL);
+    }
+    if (atomic_load(&C->stop))
+        return NULL;
+    /* lookups from here on count as "after": the metrics reads below take a while */
+    atomic_store(&C->ld_t_ns, tools_now_ns());
+    C->ld_verbs_before = metrics_sum(C->nd, C->nodes, M_VERBS);
+    C->ld_tcp_before = metrics_sum(C->nd, C->nodes, M_TCP);
+    pid_t pid = fork();
+    if (pid == 0) {
+        execlp("rdma", "rdma", "link", "delete", C->ld_dev, (char *)NULL);
+        _exit(127);
+    }
+    if (pid < 0)
+        return NULL;
+    C->ld_pid = pid;
+    /* the kernel finishes the delete only when every process has closed the device: the
+     * servers keep theirs open until they stop, so rdma may outlive the load */
+    while (!atomic_load(&C->stop)) {
+        if (ld_reap(C, false))
+            return NULL;
+        struct timespec ts = {0, 20000000};
+        nanosleep(&ts, NULL);
+    }
+    return NULL;
+}
+
+/* The client, from DIR/cluster.json (map, secret, client labels: those of node 0), with
+ * this run's message size and connect bound. */
+static int open_client(json_t *cj, uint32_t max_msg, uint32_t connect_ms, dhps_client **out,
+                       dhps_cluster_map **map)
+{
+    const char *mp = json_string_value(json_object_get(cj, "map"));
+    const char *sp = json_string_value(json_object_get(cj, "secret"));
+    json_t *l = json_object_get(cj, "client_labels");
+    if (!mp || !sp) {
+        fprintf(stderr, "dhps chaos: cluster.json has no map or secret\n");
+        return DHPS_E_CONFIG;
+    }
+    size_t slen = 0;
+    char *sec = tools_read_file(sp, &slen);
+    if (!sec || !slen) {
+        fprintf(stderr, "dhps chaos: secret %s: unreadable or empty\n", sp);
+        free(sec);
+        return -EIO;
+    }
+    char err[2048] = "";
+    int rc = dhps_cluster_map_load(mp, map, err, sizeof err);
+    if (rc < 0) {
+        fprintf(stderr, "dhps chaos: map %s: %s\n%s", mp, dhps_strerror(rc), err);
+        free(sec);
+        return rc;
+    }
+    dhps_client_params cp;
+    dhps_client_params_init(&cp);
+    cp.map_path = mp;
+    cp.secret = sec;
+    cp.secret_len = slen;
+    cp.host = json_string_value(json_object_get(l, "host"));
+    cp.pod = json_string_value(json_object_get(l, "pod"));
+    cp.az = json_string_value(json_object_get(l, "az"));
+    cp.max_msg = max_msg;
+    cp.connect_timeout_ms = connect_ms;
+    rc = dhps_client_create(&cp, out);
+    if (rc < 0)
+        fprintf(stderr, "dhps chaos: client: %s\n", dhps_strerror(rc));
+    free(sec);
+    return rc;
 }
 
 static void set_phase(struct chaos *C, uint32_t phase, uint32_t victim)
@@ -348,15 +526,20 @@ int dhps_cmd_chaos(int argc, char **argv)
         {"dim", required_argument, 0, 'D'},      {"batch", required_argument, 0, 'b'},
         {"deadline-ms", required_argument, 0, 'l'}, {"latency-ms", required_argument, 0, 'L'},
         {"server", required_argument, 0, 'x'},   {"json", no_argument, 0, 'J'},
+        {"faults", required_argument, 0, 'F'},   {"verbs", no_argument, 0, 'V'},
+        {"rdma-link-delete", required_argument, 0, 'R'},
+        {"max-msg", required_argument, 0, 'M'},  {"connect-timeout-ms", required_argument, 0, 'C'},
         {"help", no_argument, 0, 'h'},           {0, 0, 0, 0}};
     double seconds = 60, interval = 3;
     uint64_t nodes = 4, shards = 64, keys = 20000, dim = 8, batch = 100, deadline_ms = 100,
              latency_ms = 50;
     const char *dir = "dhps-chaos", *server_opt = NULL;
-    bool json = false;
+    bool json = false, verbs = false, f_kill = true, f_stop = true, f_slow = true;
+    double ld_at = -1;
+    uint64_t max_msg = 4u << 20, connect_ms = 1000;
     int c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "d:T:i:n:s:k:D:b:l:L:x:Jh", lo, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "d:T:i:n:s:k:D:b:l:L:x:JF:VR:M:C:h", lo, NULL)) != -1) {
         bool ok = true;
         switch (c) {
         case 'd': dir = optarg; break;
@@ -374,6 +557,35 @@ int dhps_cmd_chaos(int argc, char **argv)
         case 'L': ok = tools_parse_u64("chaos", "--latency-ms", optarg, &latency_ms); break;
         case 'x': server_opt = optarg; break;
         case 'J': json = true; break;
+        case 'V': verbs = true; break;
+        case 'M': ok = tools_parse_u64("chaos", "--max-msg", optarg, &max_msg) &&
+                       max_msg >= 4096 && max_msg <= DHPS_RPC_MAX_MSG_LIMIT; break;
+        case 'C': ok = tools_parse_u64("chaos", "--connect-timeout-ms", optarg, &connect_ms) &&
+                       connect_ms && connect_ms <= 600000; break;
+        case 'R': {
+            char *end;
+            ld_at = strtod(optarg, &end);
+            ok = *optarg && !*end && ld_at >= 0;
+            break;
+        }
+        case 'F': {
+            f_kill = f_stop = f_slow = false;
+            if (strcmp(optarg, "none")) {
+                char list[128];
+                snprintf(list, sizeof list, "%s", optarg);
+                for (char *sv, *t = strtok_r(list, ",", &sv); t; t = strtok_r(NULL, ",", &sv)) {
+                    if (!strcmp(t, "kill"))
+                        f_kill = true;
+                    else if (!strcmp(t, "stop"))
+                        f_stop = true;
+                    else if (!strcmp(t, "slow"))
+                        f_slow = true;
+                    else
+                        ok = false;
+                }
+            }
+            break;
+        }
         case 'h': printf("%s", chaos_usage); return 0;
         default: ok = false; break;
         }
@@ -387,17 +599,32 @@ int dhps_cmd_chaos(int argc, char **argv)
         return 2;
     }
     FILE *say = json ? stderr : stdout;
+    char ld_dev[64] = "";
+    if (ld_at >= 0 && !rdma_device(ld_dev, sizeof ld_dev)) {
+        fprintf(stderr, "dhps chaos: --rdma-link-delete: no RDMA device here ($RXE_DEV unset "
+                "and /sys/class/infiniband empty or absent); run it where one exists, e.g. "
+                "in the Soft-RoCE guest (../shared/rxe-vm/rxe-run)\n");
+        return 1;
+    }
+    if (ld_at >= 0 && ld_at >= seconds) {
+        fprintf(stderr, "dhps chaos: --rdma-link-delete %.1f is not within --seconds %.1f\n",
+                ld_at, seconds);
+        return 2;
+    }
 
     /* the cluster, through `dhps up` */
-    char a_nodes[24], a_shards[24], a_keys[24], a_dim[24];
+    char a_nodes[24], a_shards[24], a_keys[24], a_dim[24], a_msg[24];
     snprintf(a_nodes, sizeof a_nodes, "%llu", (unsigned long long)nodes);
     snprintf(a_shards, sizeof a_shards, "%llu", (unsigned long long)shards);
     snprintf(a_keys, sizeof a_keys, "%llu", (unsigned long long)keys);
     snprintf(a_dim, sizeof a_dim, "%llu", (unsigned long long)dim);
+    snprintf(a_msg, sizeof a_msg, "%llu", (unsigned long long)max_msg);
     char *up_argv[24] = {"up", "--dir", (char *)dir, "--nodes", a_nodes, "--shards", a_shards,
                          "--keys", a_keys, "--dim", a_dim, "--replicas", "2", "--azs", "1",
-                         "--pods", "1", "--no-workload", "--quiet"};
-    int up_argc = 19;
+                         "--pods", "1", "--no-load", "--quiet", "--max-msg", a_msg};
+    int up_argc = 21;
+    if (verbs)
+        up_argv[up_argc++] = "--verbs";
     if (server_opt) {
         up_argv[up_argc++] = "--server";
         up_argv[up_argc++] = (char *)server_opt;
@@ -410,20 +637,20 @@ int dhps_cmd_chaos(int argc, char **argv)
         dup2(2, 1);
     }
     int rc = dhps_cmd_up(up_argc, up_argv);
-    char *snap_argv[] = {"snapshot", "--cluster", (char *)dir};
-    int src = rc == 0 ? dhps_cmd_snapshot(3, snap_argv) : 1;
     fflush(stdout);
     if (saved_out >= 0) {
         dup2(saved_out, 1);
         close(saved_out);
-    }
-    if (rc != 0) {
-        fprintf(stderr, "dhps chaos: could not start the cluster\n");
-        return 1;
+        saved_out = -1;
     }
     char absdir[PATH_MAX], p[PATH_MAX], server[PATH_MAX];
     if (!realpath(dir, absdir))
         snprintf(absdir, sizeof absdir, "%s", dir);
+    if (rc != 0) {
+        fprintf(stderr, "dhps chaos: could not start the cluster\n");
+        up_stop_dir(absdir, 10, true); /* whatever did start */
+        return 1;
+    }
     snprintf(p, sizeof p, "%s/cluster.json", absdir);
     json_t *cj = json_load_file(p, 0, NULL), *jn;
     struct ch_node nd[CH_MAX_NODES];
@@ -440,32 +667,54 @@ int dhps_cmd_chaos(int argc, char **argv)
     }
     const char *sv = json_string_value(json_object_get(cj, "server"));
     snprintf(server, sizeof server, "%s", sv ? sv : "");
-    json_decref(cj);
 
     static struct chaos C; /* large; one run per process */
     memset(&C, 0, sizeof C);
-    tools_target tgt = {.cluster_dir = absdir};
-    tools_conn *conn = NULL;
+    dhps_client *client = NULL;
+    dhps_cluster_map *map = NULL;
     int ret = 1;
+    bool cluster_stopped = false;
+    rc = open_client(cj, (uint32_t)max_msg, (uint32_t)connect_ms, &client, &map);
+    json_decref(cj);
+    if (rc < 0)
+        goto stop;
+    /* the sample table, through this client (its message size and connect bound) */
+    if ((rc = up_load_sample(client, "emb", (uint32_t)dim, keys, json)) < 0) {
+        fprintf(stderr, "dhps chaos: loading the sample table failed: %s\n", dhps_strerror(rc));
+        goto stop;
+    }
+    if (json) {
+        fflush(stdout);
+        saved_out = dup(1);
+        dup2(2, 1);
+    }
+    char *snap_argv[] = {"snapshot", "--cluster", absdir};
+    int src = dhps_cmd_snapshot(3, snap_argv);
+    fflush(stdout);
+    if (saved_out >= 0) {
+        dup2(saved_out, 1);
+        close(saved_out);
+    }
     if (src != 0)
         fprintf(stderr, "dhps chaos: snapshot of every node failed; continuing\n");
-    if (tools_conn_open(&tgt, &conn) < 0)
-        goto stop;
-    C.client = conn->client;
-    C.map = conn->map;
+    C.client = client;
+    C.map = map;
     C.dim = (uint32_t)dim;
     C.batch = (uint32_t)batch;
     C.nodes = (uint32_t)nodes;
     C.nkeys = keys;
     C.deadline_us = deadline_ms * 1000;
+    C.ld_at = ld_at;
+    C.ld_status = -1;
+    C.nd = nd;
+    snprintf(C.ld_dev, sizeof C.ld_dev, "%s", ld_dev);
     fprintf(say, "dhps chaos: %llu nodes x 2 replicas, %llu shards, %llu keys dim %llu; "
             "%.0f s of lookups (batch %llu, deadline %llu ms) and ACK_ALL updates; a fault "
             "every %.1f s\n", (unsigned long long)nodes, (unsigned long long)shards,
             (unsigned long long)keys, (unsigned long long)dim, seconds,
             (unsigned long long)batch, (unsigned long long)deadline_ms, interval);
-    C.t_start = tools_now_ns();
-    atomic_store(&C.phase_ns, C.t_start);
-    pthread_t tl, tu;
+    pthread_t tl, tu, tld;
+    bool ld_started = false;
     if (pthread_create(&tl, NULL, lookup_thread, &C) != 0)
         goto stop;
     if (pthread_create(&tu, NULL, update_thread, &C) != 0) {
@@ -473,11 +722,27 @@ int dhps_cmd_chaos(int argc, char **argv)
         pthread_join(tl, NULL);
         goto stop;
     }
+    while (atomic_load(&C.warm) < 2) /* both threads have their connections */
+        sleep_s(0.001);
+    C.t_start = tools_now_ns();
+    atomic_store(&C.phase_ns, C.t_start);
+    atomic_store(&C.go, 1);
+    if (ld_at >= 0) {
+        if (pthread_create(&tld, NULL, link_delete_thread, &C) == 0)
+            ld_started = true;
+        else
+            fprintf(stderr, "dhps chaos: cannot start the link-delete thread\n");
+    }
     uint64_t t_end = tools_now_ns() + (uint64_t)(seconds * 1e9);
     uint32_t kills = 0, stops = 0, slows = 0, restart_failures = 0;
     for (uint32_t k = 0; tools_now_ns() + (uint64_t)(interval * 1e9) < t_end; k++) {
-        sleep_s(interval / 2); /* steady */
         uint32_t victim = k % C.nodes, kind = k % 3;
+        if (!(kind == 0 ? f_kill : kind == 1 ? f_stop : f_slow)) {
+            if (!f_kill && !f_stop && !f_slow)
+                break; /* no process faults: only the load (and the link delete) */
+            continue;
+        }
+        sleep_s(interval / 2); /* steady */
         double hold = interval / 2;
         if (kind == 0) {
             fprintf(say, "  %6.1f s: kill -9 n%u, restart\n", seconds - (double)(t_end - tools_now_ns()) / 1e9, victim);
@@ -521,10 +786,35 @@ int dhps_cmd_chaos(int argc, char **argv)
     atomic_store(&C.stop, 1);
     pthread_join(tl, NULL);
     pthread_join(tu, NULL);
+    if (ld_started)
+        pthread_join(tld, NULL);
+    if (ld_at >= 0) {
+        C.ld_verbs_end = metrics_sum(nd, C.nodes, M_VERBS);
+        C.ld_tcp_end = metrics_sum(nd, C.nodes, M_TCP);
+        C.ld_verbs_failures = metrics_sum(nd, C.nodes, "dhps_rpc_verbs_failures_total");
+    }
     sleep_s(0.2); /* background acks of the last updates */
 
     uint64_t lost = 0, stale = 0, checked = 0;
     verify(&C, nd, &lost, &stale, &checked);
+    if (C.ld_pid > 0) { /* rdma is waiting for the device's users: stop them first */
+        dhps_client_destroy(client);
+        client = NULL;
+        for (uint32_t i = 0; i < nodes; i++)
+            if (nd[i].pid > 0)
+                kill(nd[i].pid, SIGCONT);
+        up_stop_dir(absdir, 10, true);
+        cluster_stopped = true;
+        if (!ld_reap(&C, true)) {
+            fprintf(stderr, "dhps chaos: rdma link delete still running 60 s after the "
+                    "cluster stopped; killing it\n");
+            kill(C.ld_pid, SIGKILL);
+            waitpid(C.ld_pid, NULL, 0);
+        } else if (!json) {
+            printf("  (rdma link delete ended %.1f s after it started, once the servers had "
+                   "stopped and released the device)\n", C.ld_secs);
+        }
+    }
     double avail = C.requests ? (double)C.in_deadline / (double)C.requests : 0;
     if (json) {
         printf("{\"seconds\": %.1f, \"requests\": %llu, \"answered_in_deadline\": %llu, "
@@ -534,7 +824,7 @@ int dhps_cmd_chaos(int argc, char **argv)
                "\"update_shortfalls\": %llu, \"update_ack\": \"all\", \"acked_updates\": %llu, "
                "\"acked_keys_checked\": %llu, \"acked_updates_lost\": %llu, "
                "\"stale_router_reads\": %llu, \"kills\": %u, \"stops\": %u, "
-               "\"slowdowns\": %u, \"restart_failures\": %u}\n",
+               "\"slowdowns\": %u, \"restart_failures\": %u",
                seconds, (unsigned long long)C.requests, (unsigned long long)C.in_deadline,
                avail, (unsigned long long)deadline_ms, (unsigned long long)C.errors[0],
                (unsigned long long)C.errors[1], (unsigned long long)C.errors[2],
@@ -543,6 +833,20 @@ int dhps_cmd_chaos(int argc, char **argv)
                (unsigned long long)C.acked_keys, (unsigned long long)checked,
                (unsigned long long)lost, (unsigned long long)stale, kills, stops, slows,
                restart_failures);
+        if (ld_at >= 0)
+            printf(", \"rdma_link_delete\": {\"device\": \"%s\", \"at_s\": %.1f, "
+                   "\"exit\": %d, \"took_s\": %.2f, \"verbs_handled_before\": %llu, "
+                   "\"tcp_handled_before\": %llu, \"verbs_handled_end\": %llu, "
+                   "\"tcp_handled_end\": %llu, \"verbs_failures\": %llu, "
+                   "\"lookups_after\": %llu, \"lookups_after_in_deadline\": %llu, "
+                   "\"lookups_after_failed\": %llu}",
+                   C.ld_dev, ld_at, C.ld_status, C.ld_secs,
+                   (unsigned long long)C.ld_verbs_before, (unsigned long long)C.ld_tcp_before,
+                   (unsigned long long)C.ld_verbs_end, (unsigned long long)C.ld_tcp_end,
+                   (unsigned long long)C.ld_verbs_failures, (unsigned long long)C.ld_requests,
+                   (unsigned long long)C.ld_in_deadline,
+                   (unsigned long long)(C.ld_requests - C.ld_in_deadline));
+        printf("}\n");
     } else {
         printf("dhps chaos: %llu lookups, %llu answered completely within %llu ms: "
                "availability %.5f %% (target 99.999 %%)\n"
@@ -561,6 +865,17 @@ int dhps_cmd_chaos(int argc, char **argv)
                (unsigned long long)C.acked_keys, (unsigned long long)checked,
                (unsigned long long)lost, (unsigned long long)stale, kills, restart_failures,
                stops, slows);
+        if (ld_at >= 0)
+            printf("  rdma link delete %s at %.1f s: exit %d after %.2f s; requests the "
+                   "servers handled over verbs %llu before it, %llu at the end (tcp %llu, "
+                   "%llu); verbs paths failed %llu; lookups after it: %llu, %llu in "
+                   "deadline, %llu failed\n",
+                   C.ld_dev, ld_at, C.ld_status, C.ld_secs,
+                   (unsigned long long)C.ld_verbs_before, (unsigned long long)C.ld_verbs_end,
+                   (unsigned long long)C.ld_tcp_before, (unsigned long long)C.ld_tcp_end,
+                   (unsigned long long)C.ld_verbs_failures, (unsigned long long)C.ld_requests,
+                   (unsigned long long)C.ld_in_deadline,
+                   (unsigned long long)(C.ld_requests - C.ld_in_deadline));
     }
     for (uint32_t i = 0; i < C.nfails; i++) {
         const struct ch_fail *f = &C.fails[i];
@@ -572,12 +887,20 @@ int dhps_cmd_chaos(int argc, char **argv)
                 (unsigned long long)f->dt_us, f->unanswered, f->messages, f->retries, f->hedges);
     }
     ret = lost == 0 && restart_failures == 0 ? 0 : 1;
+    if (ld_at >= 0 && (C.ld_status != 0 || C.ld_verbs_before == 0)) {
+        fprintf(stderr, "dhps chaos: the rdma link delete %s\n",
+                C.ld_status != 0 ? "did not succeed (see its exit status)"
+                                 : "found no verbs traffic before it: nothing was tested");
+        ret = 1;
+    }
 stop:
-    tools_conn_close(conn);
+    dhps_client_destroy(client);
+    dhps_cluster_map_destroy(map);
     for (uint32_t i = 0; i < nodes; i++) /* never leave a node stopped */
         if (nd[i].pid > 0)
             kill(nd[i].pid, SIGCONT);
-    up_stop_dir(absdir, 10, json);
+    if (!cluster_stopped)
+        up_stop_dir(absdir, 10, json);
     for (uint32_t i = 0; i < nodes; i++) /* reap our children */
         if (nd[i].pid > 0)
             waitpid(nd[i].pid, NULL, WNOHANG);

@@ -128,6 +128,35 @@ bool up_find_server(const char *given, char *out, size_t cap)
     return false;
 }
 
+int up_http_get(uint16_t port, const char *path, char *buf, size_t cap)
+{
+    if (!buf || cap < 2)
+        return -EINVAL;
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    struct timeval tv = {.tv_sec = 5};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    int rc = -ECONNREFUSED;
+    size_t got = 0;
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) == 0) {
+        char req[256];
+        int n = snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", path);
+        rc = -EIO;
+        if (write(fd, req, (size_t)n) == n) {
+            ssize_t r;
+            while (got + 1 < cap && (r = read(fd, buf + got, cap - 1 - got)) > 0)
+                got += (size_t)r;
+            rc = got > 12 ? (int)got : -EPROTO;
+        }
+    }
+    buf[got] = 0;
+    close(fd);
+    return rc;
+}
+
 int up_http_status(uint16_t port, const char *path)
 {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -213,11 +242,11 @@ static void up_on_signal(int sig)
 }
 
 struct up_opts {
-    uint32_t nodes, azs, pods, replicas, shards, workers, dim, threads, batch;
+    uint32_t nodes, azs, pods, replicas, shards, workers, dim, threads, batch, max_msg;
     uint64_t keys;
     double seconds, zipf;
     const char *dir, *server, *table;
-    bool shm, load, workload, quiet, pairs;
+    bool shm, verbs, load, workload, quiet, pairs;
 };
 
 struct up_node {
@@ -229,15 +258,17 @@ struct up_node {
 
 static const char up_usage[] =
     "usage: dhps up [--dir DIR] [--nodes 6] [--azs 2] [--pods 2] [--replicas 2]\n"
-    "               [--shards 1024] [--workers 1] [--no-shm] [--server PATH]\n"
+    "               [--shards 1024] [--workers 1] [--no-shm] [--verbs] [--server PATH]\n"
     "               [--table emb] [--keys 1000000] [--dim 32] [--no-load]\n"
     "               [--seconds 3] [--threads 2] [--batch 1000] [--zipf 0.99 | 0 uniform]\n"
-    "               [--no-workload] [--same-host-pairs] [--quiet]\n"
+    "               [--no-workload] [--same-host-pairs] [--max-msg 4194304] [--quiet]\n"
     "  Starts a local cluster on 127.0.0.1 (pods are per AZ; nodes are spread round-robin\n"
     "  over AZs, then pods; --same-host-pairs puts nodes 2k and 2k+1 on one host label),\n"
     "  loads a sample table, runs a lookup workload, and leaves the\n"
     "  cluster running; state in DIR/cluster.json (default $DHPS_CLUSTER_DIR or\n"
-    "  ./dhps-cluster). Stop it with `dhps down --dir DIR`.\n";
+    "  ./dhps-cluster). Stop it with `dhps down --dir DIR`. --verbs: the servers offer\n"
+    "  RDMA verbs (needs an RDMA device, e.g. Soft-RoCE; clients use it toward nodes of\n"
+    "  another host label in their AZ, and fall back to TCP without one).\n";
 
 static int tier_of(const struct up_node *n, const char *host, const char *pod, const char *az)
 {
@@ -412,12 +443,13 @@ int dhps_cmd_up(int argc, char **argv)
         {"threads", required_argument, 0, 'j'},  {"batch", required_argument, 0, 'b'},
         {"zipf", required_argument, 0, 'z'},     {"no-workload", no_argument, 0, 'W'},
         {"quiet", no_argument, 0, 'q'},          {"help", no_argument, 0, 'h'},
-        {"same-host-pairs", no_argument, 0, 'H'},
+        {"same-host-pairs", no_argument, 0, 'H'}, {"verbs", no_argument, 0, 'V'},
+        {"max-msg", required_argument, 0, 'M'},
         {0, 0, 0, 0}};
     struct up_opts o = {.nodes = 6, .azs = 2, .pods = 2, .replicas = 2, .shards = 1024,
                         .workers = 1, .dim = 32, .threads = 2, .batch = 1000,
                         .keys = 1000000, .seconds = 3, .zipf = 0.99, .table = "emb",
-                        .shm = true, .load = true, .workload = true};
+                        .shm = true, .load = true, .workload = true, .max_msg = 4u << 20};
     uint64_t v;
     int c;
     optind = 1;
@@ -427,7 +459,7 @@ int dhps_cmd_up(int argc, char **argv)
             return 2;                                                                      \
         o.field = (uint32_t)v;                                                             \
     } while (0)
-    while ((c = getopt_long(argc, argv, "d:n:a:p:r:s:w:Sx:t:k:D:LT:j:b:z:WqHh", lo, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "d:n:a:p:r:s:w:SVM:x:t:k:D:LT:j:b:z:WqHh", lo, NULL)) != -1) {
         switch (c) {
         case 'd': o.dir = optarg; break;
         case 'n': U32OPT(nodes, "--nodes"); break;
@@ -437,6 +469,8 @@ int dhps_cmd_up(int argc, char **argv)
         case 's': U32OPT(shards, "--shards"); break;
         case 'w': U32OPT(workers, "--workers"); break;
         case 'S': o.shm = false; break;
+        case 'V': o.verbs = true; break;
+        case 'M': U32OPT(max_msg, "--max-msg"); break;
         case 'x': o.server = optarg; break;
         case 't': o.table = optarg; break;
         case 'k': if (!tools_parse_u64("up", "--keys", optarg, &o.keys) || !o.keys) return 2; break;
@@ -458,6 +492,10 @@ int dhps_cmd_up(int argc, char **argv)
         fprintf(stderr, "%s", up_usage);
         return 2;
     }
+    if (o.max_msg < 4096 || o.max_msg > DHPS_RPC_MAX_MSG_LIMIT) {
+        fprintf(stderr, "dhps up: --max-msg must be 4096..%u bytes\n", DHPS_RPC_MAX_MSG_LIMIT);
+        return 2;
+    }
     if (o.nodes > UP_MAX_NODES || o.replicas > o.nodes || o.dim > 4096 || o.seconds < 0 ||
         (uint64_t)o.shards * o.replicas < o.nodes || o.batch > DHPS_PROTO_MAX_KEYS) {
         fprintf(stderr, "dhps up: need nodes <= %d, replicas <= nodes, shards x replicas >= "
@@ -466,6 +504,11 @@ int dhps_cmd_up(int argc, char **argv)
     }
     if (!o.load)
         o.workload = false;
+    if (o.load && o.max_msg < (4u << 20)) {
+        fprintf(stderr, "dhps up: --max-msg below 4194304 needs --no-load (the loader's "
+                "client sends messages of up to 4 MiB)\n");
+        return 2;
+    }
     const char *dir = o.dir ? o.dir : tools_default_dir();
     char server[PATH_MAX];
     if (!up_find_server(o.server, server, sizeof server)) {
@@ -568,8 +611,8 @@ int dhps_cmd_up(int argc, char **argv)
             "{s:s,s:{s:s,s:s,s:s},s:{s:s,s:i,s:b,s:b,s:i,s:i},"
             "s:[{s:s,s:i,s:s,s:I}],s:{s:s,s:b},s:s,s:{s:s,s:i},s:{s:i,s:o},s:s,s:s}",
             "node_id", nd[i].name, "labels", "host", nd[i].host, "pod", nd[i].pod, "az",
-            nd[i].az, "listen", "host", "127.0.0.1", "tcp_port", 0, "shm", o.shm, "verbs", 0,
-            "workers", (int)o.workers, "max_msg", 4 << 20, "tables", "name", o.table, "dim",
+            nd[i].az, "listen", "host", "127.0.0.1", "tcp_port", 0, "shm", o.shm, "verbs", o.verbs,
+            "workers", (int)o.workers, "max_msg", (int)o.max_msg, "tables", "name", o.table, "dim",
             (int)o.dim, "dtype", "fp32", "capacity", (json_int_t)cap, "snapshot", "dir",
             nd[i].snap, "on_shutdown", 1, "secret_file", p, "metrics", "host", "127.0.0.1",
             "port", 0, "shards", "nshards", (int)o.shards, "own", ownj, "pid_file",

@@ -18,6 +18,11 @@ bool up_find_server(const char *given, char *out, size_t cap);
 /* HTTP status of GET path on 127.0.0.1:port, or a negative errno. */
 int up_http_status(uint16_t port, const char *path);
 
+/* GET path on 127.0.0.1:port (HTTP/1.0, 5 s read timeout): the whole response, headers
+ * included, NUL-terminated in buf (truncated to cap - 1 bytes). Returns its length, or a
+ * negative errno (-EPROTO for a reply too short to be HTTP). */
+int up_http_get(uint16_t port, const char *path, char *buf, size_t cap);
+
 /* Is pid a live, non-zombie process named dhps-server? */
 bool up_pid_is_server(pid_t pid);
 

@@ -578,6 +578,27 @@ static void test_hedge_loser_counters(void **state)
     atomic_store(&x->nodes[0].delay_ms, 0);
 }
 
+/* dhps_client_connect opens the calling thread's channels to every node once. */
+static void test_connect(void **state)
+{
+    struct fx *x = *state;
+    assert_int_equal(dhps_client_connect(x->c), 0);
+    assert_int_equal(dhps_client_connect(x->c), 0); /* already open: nothing dialled */
+    for (uint32_t i = 0; i < NNODES; i++) {
+        dhps_client_node_stats ns;
+        assert_int_equal(dhps_client_node_stats_get(x->c, i, &ns), 0);
+        assert_int_equal(ns.connects, 1);
+        assert_int_equal(ns.messages, 0);
+    }
+    assert_int_equal(dhps_client_connect(NULL), -EINVAL);
+    /* a node that is gone is counted, the others stay connected */
+    fake_stop(&x->nodes[3]);
+    dhps_client_destroy(x->c);
+    x->c = mkclient(x, DHPS_CLIENT_ROUTER_FIRST_HEALTHY, 1000);
+    assert_int_equal(dhps_client_connect(x->c), 1);
+    put_keys(x->c, 1, 100, DHPS_ACK_ONE);
+}
+
 static void test_create_errors(void **state)
 {
     struct fx *x = *state;
@@ -623,6 +644,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_route_router, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hedging, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hedge_loser_counters, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_connect, setup, teardown),
         cmocka_unit_test_setup_teardown(test_create_errors, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
