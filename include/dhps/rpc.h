@@ -180,9 +180,11 @@ typedef struct dhps_rpc_server_params {
 /* Fill p with the defaults above. */
 void dhps_rpc_server_params_init(dhps_rpc_server_params *p);
 
-/* Create a server and bind/listen its socket (threads are not started yet). Returns 0
- * and sets *out, or -EINVAL / DHPS_E_CONFIG (bad params), -errno from socket/bind/
- * listen (e.g. -EADDRINUSE), -ENOMEM. Free with dhps_rpc_server_destroy. */
+/* Create a server and bind its socket (threads are not started and nothing listens
+ * yet: a peer dialing before dhps_rpc_server_start is refused at once, rather than left
+ * waiting in the backlog while the owner loads its data). Returns 0 and sets *out, or
+ * -EINVAL / DHPS_E_CONFIG (bad params), -errno from socket/bind (e.g. -EADDRINUSE),
+ * -ENOMEM. Free with dhps_rpc_server_destroy. */
 int dhps_rpc_server_create(const dhps_rpc_server_params *p, dhps_rpc_server **out);
 
 /* Register handler fn(arg, ...) for method. Only before dhps_rpc_server_start; not
@@ -190,8 +192,9 @@ int dhps_rpc_server_create(const dhps_rpc_server_params *p, dhps_rpc_server **ou
 int dhps_rpc_server_register(dhps_rpc_server *s, uint16_t method, dhps_rpc_handler_fn fn,
                              void *arg);
 
-/* Start the acceptor and worker threads. Returns 0, -EBUSY (already started) or -errno
- * (pthread_create; threads already started are stopped by dhps_rpc_server_destroy). */
+/* Listen, then start the acceptor and worker threads. Returns 0, -EBUSY (already
+ * started) or -errno (listen, pthread_create; threads already started are stopped by
+ * dhps_rpc_server_destroy). */
 int dhps_rpc_server_start(dhps_rpc_server *s);
 
 /* The bound TCP port (host order). Thread-safe. */

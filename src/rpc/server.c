@@ -189,7 +189,10 @@ int dhps_rpc_server_create(const dhps_rpc_server_params *p, dhps_rpc_server **ou
     }
     int one = 1;
     setsockopt(s->lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (bind(s->lfd, (struct sockaddr *)&a, sizeof a) != 0 || listen(s->lfd, 128) != 0) {
+    /* bound now (the port is known and held), listening only from start: a peer that
+     * dials while the owner is still loading is refused at once instead of waiting in
+     * the backlog for a hello nobody runs yet */
+    if (bind(s->lfd, (struct sockaddr *)&a, sizeof a) != 0) {
         rc = -errno;
         goto fail;
     }
@@ -1044,6 +1047,8 @@ int dhps_rpc_server_start(dhps_rpc_server *s)
 {
     if (s->started)
         return -EBUSY;
+    if (listen(s->lfd, 128) != 0)
+        return -errno;
     s->started = true;
     for (uint32_t i = 0; i < s->p.workers; i++) {
         int r = pthread_create(&s->w[i].th, NULL, worker_main, &s->w[i]);

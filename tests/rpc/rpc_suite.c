@@ -713,6 +713,37 @@ static void negotiation_policy(void **st)
 
 /* ---- faults ------------------------------------------------------------------------ */
 
+/* A server that is created but not started holds its port yet does not listen: a peer is
+ * refused at once (DHPS_E_UNREACHABLE), not left in the backlog until the connect times
+ * out (DHPS_E_TIMEOUT); once started, the same peer gets in. */
+static void refused_until_started(void **st)
+{
+    (void)st;
+    dhps_rpc_server_params sp;
+    dhps_rpc_server_params_init(&sp);
+    sp.secret = SECRET;
+    sp.secret_len = sizeof SECRET - 1;
+    sp.max_msg = 64 << 10;
+    dhps_rpc_server *s = NULL;
+    assert_int_equal(dhps_rpc_server_create(&sp, &s), 0);
+    assert_int_equal(dhps_rpc_server_register(s, M_ECHO, h_echo, NULL), 0);
+    dhps_rpc_client *c = new_client(SECRET);
+    dhps_rpc_channel_params p;
+    chan_params(&p, dhps_rpc_server_port(s));
+    dhps_rpc_channel *ch = NULL;
+    assert_int_equal(dhps_rpc_channel_open(c, &p, &ch), DHPS_E_UNREACHABLE);
+    assert_null(ch);
+    assert_int_equal(dhps_rpc_server_start(s), 0);
+    assert_int_equal(dhps_rpc_channel_open(c, &p, &ch), 0);
+    char resp[8] = {0};
+    size_t rl = 0;
+    assert_int_equal(dhps_rpc_call(ch, M_ECHO, "ping", 4, resp, sizeof resp, &rl, 2000000), 0);
+    assert_memory_equal(resp, "ping", 4);
+    dhps_rpc_channel_close(ch);
+    dhps_rpc_client_destroy(c);
+    dhps_rpc_server_destroy(s);
+}
+
 static void peer_killed_mid_call(void **st)
 {
     (void)st;
@@ -1231,6 +1262,7 @@ int main(void)
         cmocka_unit_test(negotiation_policy),
         cmocka_unit_test(server_destroyed_under_client),
         cmocka_unit_test(threads_many_clients),
+        cmocka_unit_test(refused_until_started),
         cmocka_unit_test(peer_killed_mid_call),
         cmocka_unit_test(server_fault_rules),
     };
