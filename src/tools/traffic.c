@@ -356,11 +356,13 @@ int dhps_cmd_traffic(int argc, char **argv)
         return 2;
     }
 
-    /* the client library's default message bound: lookups of --batch keys fit, and a
-     * verbs channel registers 32 slots of it (not 32 x 4 MiB as bulk loads would) */
-    o.tgt.max_msg = 256u << 10;
-    if ((uint64_t)o.batch * (o.dim * 4 + 16) + 4096 > o.tgt.max_msg)
-        o.tgt.max_msg = 4u << 20;
+    /* the smallest message bound (a power of two, >= 64 KiB) that a batch of lookups or
+     * of --load writes (256 rows) needs: a verbs channel registers 32 slots of it each
+     * way, which is slow under emulation (not 32 x 4 MiB as bulk loads would) */
+    uint64_t need = (uint64_t)(o.batch > 256 ? o.batch : 256) * (o.dim * 4 + 16) + 4096;
+    o.tgt.max_msg = 64u << 10;
+    while (o.tgt.max_msg < need && o.tgt.max_msg < DHPS_RPC_MAX_MSG_LIMIT)
+        o.tgt.max_msg <<= 1;
     tools_conn *conn = NULL;
     if (tools_conn_open(&o.tgt, &conn) < 0)
         return 1;
