@@ -4,7 +4,8 @@
 #   2. ASan+UBSan build, all tests
 #   3. TSan build, the concurrency-labelled tests
 #   4. clang libFuzzer build, each fuzz target for a short time from its seed corpus
-#   5. verbs tests inside a Soft-RoCE guest (../shared/rxe-vm), when present
+#   5. verbs tests inside a Soft-RoCE guest (../shared/rxe-vm), when present: the rpc
+#      suite on verbs, and dhps chaos with the rxe link deleted mid-load
 #   6. topology: servers in network namespaces, routing by tier (tests/topology), on the
 #      host with injected delays, then in the Soft-RoCE guest with netem and verbs
 # Ends with one line "N passed, N failed" over the stages; exits non-zero on any failure.
@@ -55,10 +56,9 @@ tsan_tests() {
   TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 DHPS_TEST_SCALE=small \
     ctest_in tsan -L concurrency
 }
-verbs() {
-  local script="$root/tests/rpc/verbs-suite.sh"
-  if [ ! -x "$script" ]; then echo "verbs: no verbs suite yet (tests/rpc/verbs-suite.sh)"; return 0; fi
-  "$script"
+verbs() { # the rpc suite on verbs, then dhps chaos with the rxe link deleted mid-load
+  "$root/tests/rpc/verbs-suite.sh" || return 1
+  "$root/tests/tools/chaos-rxe.sh"
 }
 topology() {
   local dir rc; dir=$("$root/scripts/build.sh" rel) || return 1
