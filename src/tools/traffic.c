@@ -6,13 +6,14 @@
  * replicas killed and restarted while it runs, and the lines show traffic staying in the
  * POD, spilling to the next tier and coming back.
  *
- * Lookups: --threads threads, each first doing one uncounted warm-up lookup (it opens the
- * thread's channels; intervals start when every thread is past it), then sending batches of --batch keys drawn uniformly from
- * [0, --keys) with a --deadline-ms deadline. A lookup is "complete" when every key got
- * an answer (rc 0) - found or not; "incomplete" otherwise (partial result at the
- * deadline, or no replica reachable). With --load the keys are first written with the
- * deterministic sample rows (every replica acknowledges); with --check every found row
- * is compared with that sample row ("wrong") and keys not found are counted
+ * Lookups: --threads threads, each first doing one uncounted warm-up lookup (it opens
+ * the thread's channels; intervals start when every thread is past it), then sending
+ * batches of --batch keys drawn uniformly from [0, --keys) with a --deadline-ms
+ * deadline. A lookup is "complete" when every key got an answer (rc 0) - found or not -
+ * and the call returned within the deadline; "incomplete" otherwise (partial result at
+ * the deadline, no replica reachable, or late). With --load the keys are first written
+ * with the deterministic sample rows (every replica acknowledges); with --check every
+ * found row is compared with that sample row ("wrong") and keys not found are counted
  * ("missing").
  *
  * Traffic: rpc messages the client sent to each node in the interval (first attempts,
@@ -78,7 +79,6 @@ struct tr_thread {
     pthread_mutex_t mu; /* counts and hist: taken per batch and by the reporter */
     struct tr_counts n;
     tools_hist h;
-    int started;
 };
 
 static atomic_bool tr_stop;
@@ -136,7 +136,7 @@ static void *tr_run(void *arg)
         }
         pthread_mutex_lock(&t->mu);
         t->n.lookups++;
-        if (rc == 0)
+        if (rc == 0 && dt <= o->deadline_ms * 1000000ull) /* all keys, in time */
             t->n.complete++;
         else
             t->n.incomplete++;
