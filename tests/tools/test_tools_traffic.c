@@ -1,0 +1,145 @@
+/*
+ * dhps traffic through the built binary, against a 4-node `dhps up` cluster: --load and
+ * --check (every row right), per-interval lines and the summary in text and --json form
+ * (tier shares add up to 1, every node listed), SIGTERM ends a --seconds 0 run with the
+ * summary, and bad options are usage errors. Routing behaviour under faults is the
+ * topology test's (tests/topology/topology.sh).
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "capture.h"
+
+static char g_dir[64];
+
+static int sh(const char *fmt, ...)
+{
+    char cmd[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    return system(cmd);
+}
+
+static double field(const char *line, const char *key)
+{
+    const char *p = strstr(line, key);
+    if (!p)
+        fail_msg("no %s in %s", key, line);
+    return atof(p + strlen(key));
+}
+
+static void json_and_check(void **state)
+{
+    (void)state;
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd,
+             DHPS_BIN " traffic --cluster %s --table emb --dim 8 --keys 2000 --batch 50 "
+             "--load --check --seconds 1 --interval-ms 200 --deadline-ms 2000 --json",
+             g_dir);
+    int st;
+    char *out = capture(cmd, &st);
+    if (st != 0)
+        fail_msg("%s: status %d: %s", cmd, st, out);
+    int intervals = 0;
+    char *summary = NULL;
+    for (char *line = strtok(out, "\n"); line; line = strtok(NULL, "\n")) {
+        assert_int_equal(line[0], '{');
+        if (strstr(line, "\"summary\":true"))
+            summary = line;
+        else
+            intervals++;
+    }
+    assert_true(intervals >= 3);
+    assert_non_null(summary);
+    assert_true(field(summary, "\"lookups\":") > 0);
+    assert_int_equal((int)field(summary, "\"wrong\":"), 0);
+    assert_int_equal((int)field(summary, "\"missing\":"), 0);
+    double sum = field(summary, "\"host\":") + field(summary, "\"pod\":") +
+                 field(summary, "\"az\":") + field(summary, "\"remote\":");
+    assert_true(sum > 0.99 && sum < 1.01);
+    for (int n = 0; n < 4; n++) {
+        char key[16];
+        snprintf(key, sizeof key, "\"%d\":", n);
+        assert_true(field(strstr(summary, "\"node_messages\""), key) > 0);
+    }
+    free(out);
+}
+
+static void text_until_sigterm(void **state)
+{
+    (void)state;
+    /* --seconds 0 runs until a signal; the summary is printed all the same */
+    int rc = sh("(" DHPS_BIN " traffic --cluster %s --table emb --dim 8 --keys 2000 "
+                "--seconds 0 --interval-ms 100 --tier-delay-us 0,0,200,2000 > %s/t.out "
+                "2>&1 & p=$!; sleep 1; kill -TERM $p; wait $p)", g_dir, g_dir);
+    assert_int_equal(rc, 0);
+    char path[128];
+    snprintf(path, sizeof path, "cat %s/t.out", g_dir);
+    int st;
+    char *out = capture(path, &st);
+    assert_non_null(strstr(out, "interval t="));
+    char *s = strstr(out, "summary t=");
+    if (!s)
+        fail_msg("no summary line: %s", out);
+    assert_true(field(s, " lookups=") > 0);
+    assert_non_null(strstr(s, " remote="));
+    assert_non_null(strstr(s, " availability="));
+    free(out);
+}
+
+static void bad_options(void **state)
+{
+    (void)state;
+    static const char *const bad[] = {"--tier-delay-us 1,2,3", "--tier-delay-us 1,2,3,x",
+                                      "--deadline-ms 0", "--interval-ms 5", "--seconds -1",
+                                      "--batch 0", "extra"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        int st = sh(DHPS_BIN " traffic --cluster %s %s > /dev/null 2>&1", g_dir, bad[i]);
+        if (WEXITSTATUS(st) != 2)
+            fail_msg("dhps traffic %s: exit %d, want 2", bad[i], WEXITSTATUS(st));
+    }
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    snprintf(g_dir, sizeof g_dir, "/tmp/dhps-test-traffic-XXXXXX");
+    if (!mkdtemp(g_dir))
+        return -1;
+    return sh(DHPS_BIN " up --dir %s --nodes 4 --shards 16 --dim 8 --no-load --quiet "
+              "> %s/up.out 2>&1", g_dir, g_dir) == 0 ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    sh(DHPS_BIN " down --dir %s --timeout 10 > /dev/null 2>&1", g_dir);
+    sh("rm -rf %s", g_dir);
+    return 0;
+}
+
+int main(void)
+{
+    if (access(DHPS_SERVER_BIN, X_OK) != 0) {
+        fprintf(stderr, "dhps-server not built: skipping\n");
+        return 77;
+    }
+    setenv("DHPS_SERVER", DHPS_SERVER_BIN, 1);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(json_and_check),
+        cmocka_unit_test(text_until_sigterm),
+        cmocka_unit_test(bad_options),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
