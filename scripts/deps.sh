@@ -8,7 +8,7 @@ pkgs=(
   libmicrohttpd-dev libibverbs-dev librdmacm-dev ibverbs-providers rdma-core
   libabsl-dev libdpdk-dev
   redis-server redis-tools memcached libhiredis-dev libmemcached-dev
-  iproute2 procps python3 curl
+  iproute2 procps python3 curl jq
 )
 missing=()
 for p in "${pkgs[@]}"; do
