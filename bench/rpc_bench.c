@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include "dhps/rpc.h"
+#include "util.h"
 
 #define M_ECHO 1
 #define MAX_LAT (1u << 22)
@@ -39,13 +40,6 @@ typedef struct opts {
     double seconds;
     bool peers, json;
 } opts;
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 static double cpu_s(void)
 {
@@ -86,7 +80,7 @@ static void on_done(void *arg, int status, const void *resp, size_t len)
     }
     uint64_t t0;
     memcpy(&t0, resp, 8);
-    uint64_t d = now_ns() - t0;
+    uint64_t d = dhps_mono_ns() - t0;
     w->calls++;
     w->bytes += 2 * len;
     if (w->nlat < MAX_LAT)
@@ -127,7 +121,7 @@ static void *client_main(void *p)
                 break;
             if (len > 8)
                 memset((char *)buf + 8, 0x5a, len - 8); /* the caller writes its payload */
-            uint64_t t = now_ns();
+            uint64_t t = dhps_mono_ns();
             memcpy(buf, &t, 8);
             if (dhps_rpc_call_send(ch, len, 5000000, on_done, w))
                 break;
@@ -279,11 +273,11 @@ int bench_rpc_main(int argc, char **argv)
     }
     usleep(300000); /* channels open */
     double c0 = cpu_s();
-    uint64_t t0 = now_ns();
+    uint64_t t0 = dhps_mono_ns();
     atomic_store(&go, true);
     usleep((useconds_t)(o.seconds * 1e6));
     atomic_store(&stop, true);
-    uint64_t t1 = now_ns();
+    uint64_t t1 = dhps_mono_ns();
     double c1 = cpu_s();
     uint64_t calls = 0, errors = 0, bytes = 0, nlat = 0;
     int open_err = 0;

@@ -38,6 +38,7 @@
 
 #include "bench.h"
 #include "store_bench.h"
+#include "util.h"
 
 #ifndef DHPS_BENCH_NO_STORE
 #include "dhps/error.h"
@@ -46,21 +47,9 @@
 
 /* ---- small helpers ----------------------------------------------------------------- */
 
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-/* CPU time of this thread: with now_ns() around a whole phase, the share of a CPU the
+/* CPU time of this thread: with dhps_mono_ns() around a whole phase, the share of a CPU the
  * contender actually got (below ~0.9 the machine was busy and its rates understated). */
-static uint64_t cpu_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
+static uint64_t cpu_ns(void) { return dhps_clock_ns(CLOCK_THREAD_CPUTIME_ID); }
 
 void *bench_map(size_t bytes, bool huge)
 {
@@ -527,9 +516,9 @@ static void run_lookups(const run_data *d, child_bufs *b, void *ctx,
         const uint32_t *ix = d->lookup_ix + pos;
         for (size_t i = 0; i < n; i++)
             b->keys[i] = key_of(d->key_base, ix[i]);
-        uint64_t t0 = now_ns();
+        uint64_t t0 = dhps_mono_ns();
         size_t got = lookup(ctx, b->keys, n, b->out, B, NULL, b->found);
-        total += now_ns() - t0;
+        total += dhps_mono_ns() - t0;
         uint64_t m = 0;
         *bad += check_rows(d, b, ix, n, B, false, true, &m);
         *misses += m;
@@ -604,9 +593,9 @@ static void run_churn(const run_data *d, child_bufs *b, void *ctx, const bench_c
             b->keys[i] = key_of(d->key_base, k);
             bench_value_fill(b->vals + i * stride, b->keys[i], g, len);
         }
-        uint64_t t0 = now_ns();
+        uint64_t t0 = dhps_mono_ns();
         int rc = c->upsert(ctx, b->keys, n, b->vals, stride, blen, ttl, ++*version, r->err);
-        t += now_ns() - t0;
+        t += dhps_mono_ns() - t0;
         if (rc) {
             free(bix);
             free(blen);
@@ -658,13 +647,13 @@ static void run_churn(const run_data *d, child_bufs *b, void *ctx, const bench_c
 /* Fold the CPU share of the phase that began at (*w, *c) into r; start the next one. */
 static void note_share(bench_result *r, uint64_t *w, uint64_t *c)
 {
-    uint64_t w1 = now_ns(), c1 = cpu_ns();
+    uint64_t w1 = dhps_mono_ns(), c1 = cpu_ns();
     if (w1 - *w > 50000000) { /* phases under 50 ms are too short to tell */
         double share = (double)(c1 - *c) / (double)(w1 - *w);
         if (share < r->cpu_share)
             r->cpu_share = share;
     }
-    *w = now_ns();
+    *w = dhps_mono_ns();
     *c = cpu_ns();
 }
 
@@ -712,7 +701,7 @@ static void run_contender(const run_data *d, const bench_contender *c, bench_res
     uint64_t version = 1, t = 0;
     uint32_t gen = 0;
     r->cpu_share = 1;
-    uint64_t pw = now_ns(), pc = cpu_ns();
+    uint64_t pw = dhps_mono_ns(), pc = cpu_ns();
     fprintf(stderr, "  [%s] load %" PRIu64 " keys\n", c->id, N);
     for (uint64_t pos = 0; pos < N; pos += K) {
         size_t n = N - pos < K ? (size_t)(N - pos) : K;
@@ -720,9 +709,9 @@ static void run_contender(const run_data *d, const bench_contender *c, bench_res
             b.keys[i] = key_of(d->key_base, pos + i);
             bench_value_fill(b.vals + i * B, b.keys[i], 0, B);
         }
-        uint64_t t0 = now_ns();
+        uint64_t t0 = dhps_mono_ns();
         int rc = c->upsert(ctx, b.keys, n, b.vals, B, NULL, 0, version, r->err);
-        t += now_ns() - t0;
+        t += dhps_mono_ns() - t0;
         if (rc)
             goto out;
     }
@@ -756,9 +745,9 @@ static void run_contender(const run_data *d, const bench_contender *c, bench_res
             b.keys[i] = key_of(d->key_base, ix[i]);
             bench_value_fill(b.vals + i * B, b.keys[i], gen, B);
         }
-        uint64_t t0 = now_ns();
+        uint64_t t0 = dhps_mono_ns();
         int rc = c->upsert(ctx, b.keys, n, b.vals, B, NULL, 0, ++version, r->err);
-        t += now_ns() - t0;
+        t += dhps_mono_ns() - t0;
         if (rc)
             goto out;
         for (size_t i = 0; i < n; i++)
@@ -897,7 +886,7 @@ static int dhps_c_create(const bench_store_cfg *cfg, void **out, char *err)
     c->cap = cfg->batch;
     c->pv = calloc(c->cap, sizeof *c->pv);
     c->plens = calloc(c->cap, sizeof *c->plens);
-    c->clock_ms = now_ns() / 1000000;
+    c->clock_ms = dhps_mono_ns() / 1000000;
     if (!c->pv || !c->plens) {
         snprintf(err, BENCH_ERR_LEN, "out of memory");
         goto fail;
@@ -1535,9 +1524,9 @@ int bench_store_main(int argc, char **argv)
     g_loadavg = load[0];
     fprintf(stderr, "dhps-bench store: generating %" PRIu64 " keys, %" PRIu64 " lookups, %" PRIu64
                     " upserts (%s)\n", o.keys, o.ops, o.update_ops, o.dist);
-    uint64_t t0 = now_ns();
+    uint64_t t0 = dhps_mono_ns();
     gen_data(&d);
-    fprintf(stderr, "dhps-bench store: streams ready in %.2f s\n", (now_ns() - t0) / 1e9);
+    fprintf(stderr, "dhps-bench store: streams ready in %.2f s\n", (dhps_mono_ns() - t0) / 1e9);
 
     /* rounds x contenders, round-robin; res[] keeps round 1 with median timings */
     bench_result res[CONTENDER_MAX];

@@ -15,22 +15,9 @@
 
 #include "dhps/route.h"
 #include "dhps/rpc.h"
+#include "util.h"
 
 /* ---- time, fp16 ---------------------------------------------------------------------- */
-
-static uint64_t mono_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-static uint64_t real_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 static float h2f(uint16_t h)
 {
@@ -140,7 +127,7 @@ static int fh_pick(void *self, const uint32_t *rep, size_t n, const uint32_t *ex
                    int kind, dhps_client_pick *out)
 {
     struct first_healthy *f = self;
-    uint64_t now = mono_ns();
+    uint64_t now = dhps_mono_ns();
     size_t fallback = n;
     for (size_t i = 0; i < n; i++) {
         if (rep[i] > f->max_id || excluded(ex, nex, rep[i]))
@@ -168,7 +155,7 @@ static void fh_report(void *self, const dhps_client_pick *p, uint64_t lat, int o
         return;
     if (outcome == DHPS_CLIENT_CANCELLED)
         return;
-    uint64_t v = outcome == DHPS_CLIENT_OK ? 0 : mono_ns() + 1000000000ull;
+    uint64_t v = outcome == DHPS_CLIENT_OK ? 0 : dhps_mono_ns() + 1000000000ull;
     atomic_store_explicit(&f->fail_until[p->node], v, memory_order_relaxed);
 }
 
@@ -351,7 +338,7 @@ static int check_map_ids(dhps_client *c, const dhps_cluster_map *m)
 /* Reload when the file changed (or force) and its version is newer. */
 static int reload(dhps_client *c, bool force)
 {
-    uint64_t now = mono_ns();
+    uint64_t now = dhps_mono_ns();
     if (!force) {
         uint64_t last = atomic_load_explicit(&c->last_check_ns, memory_order_relaxed);
         if (c->p.reload_interval_ms == 0 ||
@@ -542,7 +529,7 @@ static int channel_get(struct tstate *ts, const dhps_cluster_map *m, uint32_t id
         *out = e->ch;
         return 0;
     }
-    uint64_t now = mono_ns();
+    uint64_t now = dhps_mono_ns();
     if (now < e->retry_at_ns && !strcmp(e->addr, nd->addr))
         return DHPS_E_UNREACHABLE;
     dhps_rpc_channel_params cp;
@@ -555,7 +542,7 @@ static int channel_get(struct tstate *ts, const dhps_cluster_map *m, uint32_t id
     int rc = dhps_rpc_channel_open(ts->rpc, &cp, &e->ch);
     if (rc < 0) {
         e->ch = NULL;
-        e->retry_at_ns = mono_ns() + (uint64_t)c->p.redial_backoff_ms * 1000000ull;
+        e->retry_at_ns = dhps_mono_ns() + (uint64_t)c->p.redial_backoff_ms * 1000000ull;
         CTR_ADD(c->nodes[id].connect_failures, 1);
         return rc;
     }
@@ -640,7 +627,7 @@ int dhps_client_create(const dhps_client_params *p, dhps_client **out)
     }
     c->cur->m = m;
     atomic_init(&c->cur->refs, 1);
-    atomic_store(&c->last_check_ns, mono_ns());
+    atomic_store(&c->last_check_ns, dhps_mono_ns());
 
     int kind = p->router;
     if (kind == DHPS_CLIENT_ROUTER_AUTO)
@@ -768,7 +755,7 @@ int dhps_client_set_default(dhps_client *c, const char *table, const float *vec,
 
 uint64_t dhps_client_next_version(dhps_client *c)
 {
-    uint64_t now = real_ns();
+    uint64_t now = dhps_clock_ns(CLOCK_REALTIME);
     uint64_t last = atomic_load_explicit(&c->hlc, memory_order_relaxed), v;
     do {
         v = now > last ? now : last + 1;
@@ -897,10 +884,10 @@ static int call_outcome(dhps_client *c, struct attempt *a, int status, const voi
                 err = DHPS_E_MALFORMED;
         }
     }
-    uint64_t lat = mono_ns() - a->pick.start_ns;
+    uint64_t lat = dhps_mono_ns() - a->pick.start_ns;
     if (ms->op->tl && a->tli >= 0) {
         struct tlog *t = &ms->op->tl[(size_t)(ms - ms->op->msgs) * TL_PER_MSG + (size_t)a->tli];
-        t->done_us = (int32_t)((mono_ns() - ms->op->t0) / 1000);
+        t->done_us = (int32_t)((dhps_mono_ns() - ms->op->t0) / 1000);
         t->err = (int16_t)err;
     }
     int outcome = err == 0 ? DHPS_CLIENT_OK
@@ -992,7 +979,7 @@ static uint64_t update_retry_at(dhps_client *c, int err)
 {
     uint64_t backoff = err == DHPS_E_UNREACHABLE ? (uint64_t)c->p.redial_backoff_ms * 1000000ull
                                                  : 1000000ull;
-    return mono_ns() + backoff;
+    return dhps_mono_ns() + backoff;
 }
 
 static void update_done(void *arg, int status, const void *resp, size_t len)
@@ -1029,7 +1016,7 @@ static int start_call(struct op *op, dhps_rpc_channel *ch, uint16_t method, size
         int rc = dhps_rpc_call_start(ch, method, len, buf);
         if (rc != DHPS_E_BUSY)
             return rc;
-        if (mono_ns() >= op->deadline_ns)
+        if (dhps_mono_ns() >= op->deadline_ns)
             return DHPS_E_TIMEOUT;
         dhps_rpc_client_poll(op->ts->rpc, 0);
     }
@@ -1054,9 +1041,9 @@ static void send_msg(struct op *op, struct msg *ms, struct attempt *a)
     uint32_t node = a->pick.node;
     dhps_rpc_channel *ch = NULL;
     void *buf = NULL;
-    uint64_t now = mono_ns();
+    uint64_t now = dhps_mono_ns();
     int rc = now >= op->deadline_ns ? DHPS_E_TIMEOUT : channel_get(op->ts, op->m, node, &ch);
-    uint64_t t1 = mono_ns();
+    uint64_t t1 = dhps_mono_ns();
     /* the time spent opening a connection is not the node's answer time: the router's
      * latency sample (and a half-open breaker's probe verdict) starts after it */
     if (t1 - now > 100000)
@@ -1120,8 +1107,8 @@ static void send_msg(struct op *op, struct msg *ms, struct attempt *a)
             }
         }
         if (rc == 0) {
-            uint64_t left_us = (op->deadline_ns - mono_ns()) / 1000;
-            if ((int64_t)(op->deadline_ns - mono_ns()) <= 0)
+            uint64_t left_us = (op->deadline_ns - dhps_mono_ns()) / 1000;
+            if ((int64_t)(op->deadline_ns - dhps_mono_ns()) <= 0)
                 left_us = 1;
             rc = dhps_rpc_call_send(ch, len, left_us ? left_us : 1,
                                     op->update ? update_done : lookup_done, a);
@@ -1147,18 +1134,18 @@ static void send_msg(struct op *op, struct msg *ms, struct attempt *a)
     /* failed before reaching the wire */
     if (tl) {
         tl->err = (int16_t)rc;
-        tl->done_us = (int32_t)((mono_ns() - op->t0) / 1000);
+        tl->done_us = (int32_t)((dhps_mono_ns() - op->t0) / 1000);
     }
     int outcome = rc == DHPS_E_TIMEOUT ? DHPS_CLIENT_TIMEOUT : DHPS_CLIENT_ERROR;
     if (!op->update && ms->state == M_OK) { /* answered meanwhile: lost before it left */
         CTR_ADD(c->nodes[node].cancelled, 1);
-        c->rops->report(c->rself, &a->pick, mono_ns() - a->pick.start_ns, DHPS_CLIENT_CANCELLED);
+        c->rops->report(c->rself, &a->pick, dhps_mono_ns() - a->pick.start_ns, DHPS_CLIENT_CANCELLED);
         return;
     }
     CTR_ADD(c->nodes[node].errors, 1);
     ms->err = rc;
     if (!op->update) {
-        c->rops->report(c->rself, &a->pick, mono_ns() - a->pick.start_ns, outcome);
+        c->rops->report(c->rself, &a->pick, dhps_mono_ns() - a->pick.start_ns, outcome);
         if (ms->ninflight == 0)
             ms->state = M_RETRY;
     } else {
@@ -1183,7 +1170,7 @@ static void lookup_attempt(struct op *op, struct msg *ms)
          * never reached a server (no connection, peer gone) cost it nothing. */
         bool free_retry = ms->err == DHPS_E_UNREACHABLE || ms->err == DHPS_E_AUTH ||
                           ms->err == DHPS_E_CANCELLED;
-        if (ms->attempts >= c->p.max_attempts || mono_ns() >= op->deadline_ns ||
+        if (ms->attempts >= c->p.max_attempts || dhps_mono_ns() >= op->deadline_ns ||
             (!free_retry && c->rops->allow_retry &&
              !c->rops->allow_retry(c->rself, op->deadline_ns))) {
             ms->state = M_FAILED;
@@ -1357,7 +1344,7 @@ out:
 static void wait_turn(struct op *op, uint64_t wake_ns)
 {
     uint64_t until = wake_ns && wake_ns < op->deadline_ns ? wake_ns : op->deadline_ns;
-    int64_t left = (int64_t)(until - mono_ns());
+    int64_t left = (int64_t)(until - dhps_mono_ns());
     if (left < 0)
         left = 0;
     if (left > 100000000)
@@ -1369,7 +1356,7 @@ static void wait_turn(struct op *op, uint64_t wake_ns)
 static void trace_print(struct op *op, int rc)
 {
     dhps_client *c = op->c;
-    uint64_t now = mono_ns();
+    uint64_t now = dhps_mono_ns();
     fprintf(stderr, "dhps client trace: lookup rc %d (%s), %zu messages, returned after %llu us\n",
             rc, dhps_strerror(rc), op->nmsgs, (unsigned long long)((now - op->t0) / 1000));
     if (c->rops == &dhps_client_router_route) {
@@ -1453,7 +1440,7 @@ static struct op *op_new(dhps_client *c, const char *table, const uint64_t *keys
     op->refs = 1;
     op->keys = keys;
     strncpy(op->table, table, sizeof op->table - 1);
-    op->t0 = mono_ns();
+    op->t0 = dhps_mono_ns();
     op->deadline_ns = op->t0 + (timeout_us ? timeout_us : c->p.default_timeout_us) * 1000ull;
     return op;
 }
@@ -1522,7 +1509,7 @@ int dhps_client_lookup(dhps_client *c, const char *table, const uint64_t *keys, 
         lookup_attempt(op, &op->msgs[i]);
     for (;;) {
         bool pending = false;
-        uint64_t now = mono_ns(), wake = 0;
+        uint64_t now = dhps_mono_ns(), wake = 0;
         for (size_t i = 0; i < op->nmsgs; i++) {
             struct msg *ms = &op->msgs[i];
             if (ms->state == M_RETRY)
@@ -1535,7 +1522,7 @@ int dhps_client_lookup(dhps_client *c, const char *table, const uint64_t *keys, 
                 wake = due;
             pending |= ms->state == M_INFLIGHT || ms->state == M_RETRY;
         }
-        if (!pending || mono_ns() >= op->deadline_ns)
+        if (!pending || dhps_mono_ns() >= op->deadline_ns)
             break;
         wait_turn(op, wake);
     }
@@ -1571,7 +1558,7 @@ int dhps_client_lookup(dhps_client *c, const char *table, const uint64_t *keys, 
     rc = unanswered ? first_err : 0;
     if (unanswered)
         CTR_ADD(c->st.partial, 1);
-    if (op->tl && (unanswered || mono_ns() > op->deadline_ns))
+    if (op->tl && (unanswered || dhps_mono_ns() > op->deadline_ns))
         trace_print(op, rc);
     if (res) {
         res->found = found;
@@ -1634,14 +1621,14 @@ static int write_batch(dhps_client *c, const char *table, const uint64_t *keys,
         memset(a, 0, sizeof *a);
         a->ms = ms;
         a->pick.node = rep[i % R];
-        a->pick.start_ns = mono_ns();
+        a->pick.start_ns = dhps_mono_ns();
         ms->attempts = 1;
         CTR_ADD(c->st.sub_batches, 1);
         send_msg(op, ms, a);
     }
     for (;;) {
         bool pending = false;
-        uint64_t now = mono_ns(), wake = 0;
+        uint64_t now = dhps_mono_ns(), wake = 0;
         for (size_t i = 0; i < op->nmsgs; i++) {
             struct msg *ms = &op->msgs[i];
             struct group *gr = &op->groups[ms->group];
@@ -1666,7 +1653,7 @@ static int write_batch(dhps_client *c, const char *table, const uint64_t *keys,
             if (gr->acks < gr->needed && gr->acks + (gr->nrep - gr->acks - gr->fails) >= gr->needed)
                 pending = true;
         }
-        if (!pending || mono_ns() >= op->deadline_ns)
+        if (!pending || dhps_mono_ns() >= op->deadline_ns)
             break;
         wait_turn(op, wake);
     }
@@ -1747,10 +1734,10 @@ int dhps_client_drain(dhps_client *c, uint64_t timeout_us)
     struct tstate *ts = pthread_getspecific(c->key);
     if (!ts)
         return 0;
-    uint64_t end = mono_ns() + timeout_us * 1000ull;
+    uint64_t end = dhps_mono_ns() + timeout_us * 1000ull;
     for (;;) {
         dhps_rpc_client_poll(ts->rpc, 0);
-        uint64_t now = mono_ns();
+        uint64_t now = dhps_mono_ns();
         if (!ts->inflight || now >= end)
             break;
         uint64_t left_ms = (end - now + 999999) / 1000000;

@@ -8,6 +8,7 @@
  */
 #include "dhps/route.h"
 #include "dhps/log.h"
+#include "util.h"
 
 #include <errno.h>
 #include <math.h>
@@ -120,9 +121,7 @@ static double clampd(double v, double lo, double hi) { return v < lo ? lo : v > 
 static uint64_t default_clock(void *arg)
 {
     (void)arg;
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+    return dhps_mono_ns();
 }
 
 static uint64_t default_rand(void *arg)

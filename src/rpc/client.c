@@ -267,7 +267,7 @@ static int channel_break(session *ch, int why)
 
 static void schedule_promote(session *ch)
 {
-    ch->retry_at = rpc_now_ns() + (uint64_t)ch->backoff_ms * 1000000ull;
+    ch->retry_at = dhps_mono_ns() + (uint64_t)ch->backoff_ms * 1000000ull;
     if (ch->backoff_ms < ch->cl->p.promote_backoff_ms * 64)
         ch->backoff_ms *= 2;
 }
@@ -333,7 +333,7 @@ static int connect_to(const dhps_rpc_channel_params *p, uint64_t deadline, int *
             return DHPS_E_UNREACHABLE;
         }
         for (;;) {
-            uint64_t now = rpc_now_ns();
+            uint64_t now = dhps_mono_ns();
             if (now >= deadline) {
                 close(fd);
                 return DHPS_E_TIMEOUT;
@@ -390,7 +390,7 @@ static int s_open(dhps_rpc_client *cl, const dhps_rpc_channel_params *p, session
         return DHPS_E_CONFIG;
     if (p->require >= 0 && !(p->allow & DHPS_RPC_MASK(p->require)))
         return DHPS_E_CONFIG;
-    uint64_t deadline = rpc_now_ns() + (uint64_t)cl->p.connect_timeout_ms * 1000000ull;
+    uint64_t deadline = dhps_mono_ns() + (uint64_t)cl->p.connect_timeout_ms * 1000000ull;
     int rc, fd = -1, shmfd = -1;
     bool unlink_name = false;
     rpc_hello ch, sh, pr, ac;
@@ -752,7 +752,7 @@ static int s_call_send(session *ch, const void *owner, size_t len, uint64_t time
     uint32_t idx = ch->free_stack[--ch->nfree];
     slot *s = &ch->slots[idx];
     s->id = (++ch->seq << ch->log2) | idx;
-    s->deadline = timeout_us ? rpc_now_ns() + timeout_us * 1000ull : UINT64_MAX;
+    s->deadline = timeout_us ? dhps_mono_ns() + timeout_us * 1000ull : UINT64_MAX;
     if (s->deadline < ch->min_deadline)
         ch->min_deadline = s->deadline;
     s->done = done;
@@ -797,7 +797,7 @@ static int s_send(session *ch, const void *owner, size_t len, uint64_t timeout_u
     deferred *q = malloc(sizeof *q + (k == RPC_FAULT_DELAY ? len : 0));
     if (!q) /* no memory to hold it back: send it unharmed */
         return s_call_send(ch, owner, len, timeout_us, done, arg);
-    uint64_t now = rpc_now_ns();
+    uint64_t now = dhps_mono_ns();
     *q = (deferred){.s = ch, .owner = owner, .method = ch->lent_method, .done = done,
                     .arg = arg, .len = len,
                     .deadline = timeout_us ? now + timeout_us * 1000ull : UINT64_MAX};
@@ -980,7 +980,7 @@ static int turn(dhps_rpc_client *cl, int64_t wait_ns)
         }
     }
     if (cl->dev) {
-        uint64_t t = rpc_now_ns();
+        uint64_t t = dhps_mono_ns();
         bool sys = t - cl->dev_checked > 50000000ull; /* sysfs look every 50 ms */
         if (sys)
             cl->dev_checked = t;
@@ -1033,7 +1033,7 @@ static int turn(dhps_rpc_client *cl, int64_t wait_ns)
         else if (r < 0)
             ran += channel_break(ch, r);
     }
-    uint64_t now = rpc_now_ns();
+    uint64_t now = dhps_mono_ns();
     for (session *ch = cl->chans; ch; ch = ch->next) {
         if (ch->inflight)
             ran += expire(ch, now);
@@ -1071,11 +1071,11 @@ int dhps_rpc_client_poll_ns(dhps_rpc_client *cl, int64_t timeout_ns)
     for (session *ch = cl->chans; ch; ch = ch->next)
         if (ch->lent)
             return -EINVAL;
-    uint64_t end = timeout_ns < 0 ? UINT64_MAX : rpc_now_ns() + (uint64_t)timeout_ns;
+    uint64_t end = timeout_ns < 0 ? UINT64_MAX : dhps_mono_ns() + (uint64_t)timeout_ns;
     uint32_t spins = 0;
     for (;;) {
         int64_t wait = 0;
-        uint64_t now = rpc_now_ns();
+        uint64_t now = dhps_mono_ns();
         if (timeout_ns != 0 && (!cl->nshm || ++spins > 64)) {
             uint64_t until = end < next_deadline(cl) ? end : next_deadline(cl);
             if (until == UINT64_MAX)
@@ -1086,7 +1086,7 @@ int dhps_rpc_client_poll_ns(dhps_rpc_client *cl, int64_t timeout_ns)
         int r = turn(cl, wait);
         if (r != 0 || timeout_ns == 0)
             return r;
-        if (rpc_now_ns() >= end)
+        if (dhps_mono_ns() >= end)
             return 0;
     }
 }
@@ -1120,9 +1120,9 @@ static int s_call(session *ch, const void *owner, uint16_t method, const void *r
 {
     void *buf;
     int rc;
-    uint64_t end = timeout_us ? rpc_now_ns() + timeout_us * 1000ull : UINT64_MAX;
+    uint64_t end = timeout_us ? dhps_mono_ns() + timeout_us * 1000ull : UINT64_MAX;
     while ((rc = s_call_start(ch, method, req_len, &buf)) == DHPS_E_BUSY) {
-        if (rpc_now_ns() >= end)
+        if (dhps_mono_ns() >= end)
             return DHPS_E_TIMEOUT;
         dhps_rpc_client_poll(ch->cl, 1);
     }
@@ -1131,7 +1131,7 @@ static int s_call(session *ch, const void *owner, uint16_t method, const void *r
     if (req_len)
         memcpy(buf, req, req_len);
     sync_call s = {.resp = resp, .cap = resp_cap};
-    uint64_t now = rpc_now_ns();
+    uint64_t now = dhps_mono_ns();
     uint64_t left = end == UINT64_MAX ? 0 : (end > now ? (end - now) / 1000 : 1);
     if (left == 0 && end != UINT64_MAX)
         left = 1;

@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "dhps/rpc.h"
+#include "util.h"
 #include "wire.h"
 
 #define RPC_LOG "rpc"
@@ -102,12 +103,11 @@ bool shm_prepare_sleep(conn *c);
 void shm_end_sleep(conn *c);
 bool shm_rx_pending(conn *c);
 
-/* helpers */
-uint64_t rpc_now_ns(void);
+/* helpers (the clock is dhps_mono_ns, src/common/util.h) */
 void rpc_host_id(const uint8_t *override, uint8_t out[RPC_HOST_ID]);
 int rpc_random(void *buf, size_t n);
 void rpc_tune_socket(int fd, uint32_t busy_poll_us);
-/* Blocking I/O with an absolute deadline (rpc_now_ns clock). 0, DHPS_E_TIMEOUT,
+/* Blocking I/O with an absolute deadline (dhps_mono_ns clock). 0, DHPS_E_TIMEOUT,
  * DHPS_E_UNREACHABLE (peer closed / error). */
 int rpc_write_all(int fd, const void *buf, size_t n, uint64_t deadline);
 int rpc_read_all(int fd, void *buf, size_t n, uint64_t deadline);

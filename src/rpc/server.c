@@ -108,7 +108,7 @@ struct dhps_rpc_server {
     rpc_fault_table faults; /* server-side fault rules (dhps_rpc_server_fault_*) */
 };
 
-/* A response held back by a delay rule: sent on `via` at `at` (rpc_now_ns clock). */
+/* A response held back by a delay rule: sent on `via` at `at` (dhps_mono_ns clock). */
 typedef struct dresp {
     uint64_t at;
     sconn *sc;
@@ -472,7 +472,7 @@ static int defer_resp(worker *w, sconn *sc, int via, const rpc_frame *r, const u
     dresp *d = malloc(bytes);
     if (!d)
         return -ENOMEM;
-    d->at = rpc_now_ns() + delay_ns;
+    d->at = dhps_mono_ns() + delay_ns;
     d->sc = sc;
     d->via = via;
     d->f = *r;
@@ -786,7 +786,7 @@ static void *worker_main(void *arg)
         int work = 0;
         /* 0. responses held back by a delay rule whose time came */
         if (w->nheap)
-            work += fault_release(w, rpc_now_ns());
+            work += fault_release(w, dhps_mono_ns());
         /* 1. shared-memory rings: poll every turn */
         if (w->nshm) {
             for (sconn *sc = w->conns, *nx; sc; sc = nx) {
@@ -804,7 +804,7 @@ static void *worker_main(void *arg)
         }
         /* 1b. verbs completion queues: poll every turn */
         if (w->nverbs) {
-            uint64_t t = rpc_now_ns();
+            uint64_t t = dhps_mono_ns();
             if (t - w->dev_checked > 50000000ull) { /* device health every 50 ms */
                 w->dev_checked = t;
                 if (rpc_dev_check(s->dev, true))
@@ -841,7 +841,7 @@ static void *worker_main(void *arg)
             slept = true;
         }
         if (timeout != 0 && w->nheap) { /* wake for the next held-back response */
-            int ft = fault_timeout_ms(w, rpc_now_ns());
+            int ft = fault_timeout_ms(w, dhps_mono_ns());
             if (timeout < 0 || ft < timeout)
                 timeout = ft;
         }
@@ -912,7 +912,7 @@ static int open_client_region(dhps_rpc_server *s, const rpc_hello *pr, uint32_t 
 static void handshake(struct acceptor *acc, int fd)
 {
     dhps_rpc_server *s = acc->s;
-    uint64_t deadline = rpc_now_ns() + (uint64_t)s->p.hello_timeout_ms * 1000000ull;
+    uint64_t deadline = dhps_mono_ns() + (uint64_t)s->p.hello_timeout_ms * 1000000ull;
     rpc_hello ch, sh, pr, ac;
     sconn *sc = NULL;
     int rc = rpc_read_hello(fd, &ch, deadline);

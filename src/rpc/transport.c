@@ -20,13 +20,6 @@
 
 #include "dhps/log.h"
 
-uint64_t rpc_now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 int rpc_random(void *buf, size_t n)
 {
     return RAND_bytes(buf, (int)n) == 1 ? 0 : -EIO;
@@ -104,7 +97,7 @@ void rpc_tune_socket(int fd, uint32_t busy_poll_us)
 static int wait_fd(int fd, short ev, uint64_t deadline)
 {
     for (;;) {
-        uint64_t now = rpc_now_ns();
+        uint64_t now = dhps_mono_ns();
         if (now >= deadline)
             return DHPS_E_TIMEOUT;
         int ms = (int)((deadline - now + 999999) / 1000000);

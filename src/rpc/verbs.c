@@ -461,8 +461,8 @@ static uint8_t *verbs_reserve(conn *c, size_t payload)
     int s = find_slot(v);
     if (s < 0) {
         /* completions are cumulative: one poll usually frees a batch of slots */
-        uint64_t until = rpc_now_ns() + 20000000ull;
-        while (s < 0 && !v->failed && rpc_now_ns() < until) {
+        uint64_t until = dhps_mono_ns() + 20000000ull;
+        while (s < 0 && !v->failed && dhps_mono_ns() < until) {
             if (vep_poll_send(v))
                 return NULL;
             s = find_slot(v);

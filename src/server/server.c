@@ -20,6 +20,7 @@
 #include "admin.h"
 #include "msg.h"
 #include "srv_int.h"
+#include "util.h"
 
 #define LOGM "server"
 
@@ -93,13 +94,6 @@ struct dhps_server {
     uint64_t snapshots_ok, snapshot_errors, loaded_records;
     uint64_t last_snapshot_unix;
 };
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 static void add(uint64_t *p, uint64_t v)
 {
@@ -372,7 +366,7 @@ int dhps_server_snapshot(dhps_server *s)
 static void *bg_main(void *arg)
 {
     dhps_server *s = arg;
-    uint64_t last_snap = now_ns();
+    uint64_t last_snap = dhps_mono_ns();
     pthread_mutex_lock(&s->ctl_mu);
     while (!s->stopping) {
         struct timespec ts;
@@ -391,8 +385,8 @@ static void *bg_main(void *arg)
             pthread_mutex_unlock(&s->stores[i].mu);
         }
         uint32_t iv = s->cfg->snapshot_interval_s;
-        if (s->cfg->snapshot_dir && iv && now_ns() - last_snap >= (uint64_t)iv * 1000000000ull) {
-            last_snap = now_ns();
+        if (s->cfg->snapshot_dir && iv && dhps_mono_ns() - last_snap >= (uint64_t)iv * 1000000000ull) {
+            last_snap = dhps_mono_ns();
             int rc = snapshot_some(s, NULL);
             DHPS_LOG(DHPS_LOG_INFO, LOGM, "periodic snapshot: %s",
                      rc < 0 ? dhps_strerror(rc) : "ok");
@@ -765,7 +759,7 @@ static int method_index(uint16_t m)
 static int rpc_handler(void *arg, dhps_rpc_request *r)
 {
     dhps_server *s = arg;
-    uint64_t t0 = now_ns();
+    uint64_t t0 = dhps_mono_ns();
     srv_worker *w = &s->workers[r->worker % s->cfg->workers];
     if (r->resp_cap < sizeof(dhps_proto_resp))
         return -ENOSPC;
@@ -789,7 +783,7 @@ static int rpc_handler(void *arg, dhps_rpc_request *r)
         if (status_codes[i] == status)
             si = i;
     add(&s->req[mi][si], 1);
-    uint64_t dt = now_ns() - t0, us = dt / 1000;
+    uint64_t dt = dhps_mono_ns() - t0, us = dt / 1000;
     size_t b = 0;
     while (b < NBUCKETS - 1 && us > lat_bounds_us[b])
         b++;

@@ -15,6 +15,7 @@
 
 #include "dhps/log.h"
 #include "store_int.h"
+#include "util.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -23,9 +24,7 @@
 static uint64_t default_clock(void *arg)
 {
     (void)arg;
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    return dhps_mono_ns() / 1000000u; /* ms */
 }
 
 void dhps_store_params_init(dhps_store_params *p)

@@ -677,14 +677,14 @@ int dhps_cmd_bench(int argc, char **argv)
     if (tools_conn_open(&o.tgt, &conn) < 0)
         goto out;
     fflush(info);
-    uint64_t t0 = tools_now_ns();
+    uint64_t t0 = dhps_mono_ns();
     if ((e = up_load_sample(conn->client, o.table, o.dim, o.keys, true)) < 0) {
         fprintf(stderr, "dhps bench: loading %llu keys into table %s failed: %s\n",
                 (unsigned long long)o.keys, o.table, dhps_strerror(e));
         goto out;
     }
     fprintf(info, "dhps bench: loaded %llu keys x %u B into dhps in %.2f s\n",
-            (unsigned long long)o.keys, o.dim * 4, (double)(tools_now_ns() - t0) / 1e9);
+            (unsigned long long)o.keys, o.dim * 4, (double)(dhps_mono_ns() - t0) / 1e9);
     fflush(info);
 
     wl_params wp = {.nkeys = o.keys, .row_bytes = o.dim * 4, .batch = o.batch,

@@ -155,10 +155,10 @@ static void *lookup_thread(void *arg)
         for (uint32_t i = 0; i < C->batch; i++)
             keys[i] = rnd64(&seed) % C->nkeys;
         dhps_client_result res;
-        uint64_t t0 = tools_now_ns();
+        uint64_t t0 = dhps_mono_ns();
         int rc = dhps_client_lookup(C->client, "emb", keys, C->batch, out, C->dim, DHPS_FP32,
                                     mask, C->deadline_us, &res);
-        uint64_t dt = tools_now_ns() - t0;
+        uint64_t dt = dhps_mono_ns() - t0;
         C->requests++;
         uint64_t ld = atomic_load(&C->ld_t_ns);
         bool after_ld = ld && t0 >= ld;
@@ -289,7 +289,7 @@ static bool ld_reap(struct chaos *C, bool wait)
         int st = 0;
         if (waitpid(C->ld_pid, &st, WNOHANG) == C->ld_pid) {
             C->ld_status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-            C->ld_secs = (double)(tools_now_ns() - atomic_load(&C->ld_t_ns)) / 1e9;
+            C->ld_secs = (double)(dhps_mono_ns() - atomic_load(&C->ld_t_ns)) / 1e9;
             C->ld_pid = 0;
             return true;
         }
@@ -307,14 +307,14 @@ static void *link_delete_thread(void *arg)
 {
     struct chaos *C = arg;
     uint64_t at = C->t_start + (uint64_t)(C->ld_at * 1e9);
-    while (!atomic_load(&C->stop) && tools_now_ns() < at) {
+    while (!atomic_load(&C->stop) && dhps_mono_ns() < at) {
         struct timespec ts = {0, 20000000};
         nanosleep(&ts, NULL);
     }
     if (atomic_load(&C->stop))
         return NULL;
     /* lookups from here on count as "after": the metrics reads below take a while */
-    atomic_store(&C->ld_t_ns, tools_now_ns());
+    atomic_store(&C->ld_t_ns, dhps_mono_ns());
     C->ld_verbs_before = metrics_sum(C->nd, C->nodes, M_VERBS);
     C->ld_tcp_before = metrics_sum(C->nd, C->nodes, M_TCP);
     pid_t pid = fork();
@@ -382,7 +382,7 @@ static int open_client(json_t *cj, uint32_t max_msg, uint32_t connect_ms, dhps_c
 static void set_phase(struct chaos *C, uint32_t phase, uint32_t victim)
 {
     uint64_t old = atomic_load(&C->phase);
-    atomic_store(&C->phase_ns, tools_now_ns());
+    atomic_store(&C->phase_ns, dhps_mono_ns());
     atomic_store(&C->phase, phase | victim << 8 | (old & 0xff) << 16);
 }
 
@@ -724,7 +724,7 @@ int dhps_cmd_chaos(int argc, char **argv)
     }
     while (atomic_load(&C.warm) < 2) /* both threads have their connections */
         sleep_s(0.001);
-    C.t_start = tools_now_ns();
+    C.t_start = dhps_mono_ns();
     atomic_store(&C.phase_ns, C.t_start);
     atomic_store(&C.go, 1);
     if (ld_at >= 0) {
@@ -733,9 +733,9 @@ int dhps_cmd_chaos(int argc, char **argv)
         else
             fprintf(stderr, "dhps chaos: cannot start the link-delete thread\n");
     }
-    uint64_t t_end = tools_now_ns() + (uint64_t)(seconds * 1e9);
+    uint64_t t_end = dhps_mono_ns() + (uint64_t)(seconds * 1e9);
     uint32_t kills = 0, stops = 0, slows = 0, restart_failures = 0;
-    for (uint32_t k = 0; tools_now_ns() + (uint64_t)(interval * 1e9) < t_end; k++) {
+    for (uint32_t k = 0; dhps_mono_ns() + (uint64_t)(interval * 1e9) < t_end; k++) {
         uint32_t victim = k % C.nodes, kind = k % 3;
         if (!(kind == 0 ? f_kill : kind == 1 ? f_stop : f_slow)) {
             if (!f_kill && !f_stop && !f_slow)
@@ -745,7 +745,7 @@ int dhps_cmd_chaos(int argc, char **argv)
         sleep_s(interval / 2); /* steady */
         double hold = interval / 2;
         if (kind == 0) {
-            fprintf(say, "  %6.1f s: kill -9 n%u, restart\n", seconds - (double)(t_end - tools_now_ns()) / 1e9, victim);
+            fprintf(say, "  %6.1f s: kill -9 n%u, restart\n", seconds - (double)(t_end - dhps_mono_ns()) / 1e9, victim);
             set_phase(&C, PH_KILLED, victim);
             kill(nd[victim].pid, SIGKILL);
             waitpid(nd[victim].pid, NULL, 0);
@@ -761,7 +761,7 @@ int dhps_cmd_chaos(int argc, char **argv)
             save_pids(absdir, nd, C.nodes);
             kills++;
         } else if (kind == 1) {
-            fprintf(say, "  %6.1f s: SIGSTOP n%u, SIGCONT\n", seconds - (double)(t_end - tools_now_ns()) / 1e9, victim);
+            fprintf(say, "  %6.1f s: SIGSTOP n%u, SIGCONT\n", seconds - (double)(t_end - dhps_mono_ns()) / 1e9, victim);
             set_phase(&C, PH_STOPPED, victim);
             kill(nd[victim].pid, SIGSTOP);
             sleep_s(hold);
@@ -769,7 +769,7 @@ int dhps_cmd_chaos(int argc, char **argv)
             set_phase(&C, PH_STEADY, victim);
             stops++;
         } else {
-            fprintf(say, "  %6.1f s: +%llu ms on calls to n%u, clear\n", seconds - (double)(t_end - tools_now_ns()) / 1e9, (unsigned long long)latency_ms, victim);
+            fprintf(say, "  %6.1f s: +%llu ms on calls to n%u, clear\n", seconds - (double)(t_end - dhps_mono_ns()) / 1e9, (unsigned long long)latency_ms, victim);
             dhps_rpc_fault f;
             dhps_rpc_fault_init(&f);
             f.delay_us = (uint32_t)(latency_ms * 1000);
@@ -781,7 +781,7 @@ int dhps_cmd_chaos(int argc, char **argv)
             slows++;
         }
     }
-    while (tools_now_ns() < t_end)
+    while (dhps_mono_ns() < t_end)
         sleep_s(0.05);
     atomic_store(&C.stop, 1);
     pthread_join(tl, NULL);

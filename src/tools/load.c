@@ -164,11 +164,11 @@ int dhps_cmd_load(int argc, char **argv)
     struct load_ctx ctx = {.conn = conn, .table = table, .dtype = t.dtype, .dim = t.dim};
     tools_progress pg;
     tools_progress_init(&pg, "load");
-    uint64_t t0 = tools_now_ns();
+    uint64_t t0 = dhps_mono_ns();
     long n = tf_batches(&t, key_base, (uint32_t)batch, keybuf, load_batch, &ctx,
                         tools_progress_update, &pg);
     tools_progress_done(&pg);
-    double s = (double)(tools_now_ns() - t0) / 1e9;
+    double s = (double)(dhps_mono_ns() - t0) / 1e9;
     if (n < 0) {
         fprintf(stderr, "dhps load: update failed after %llu rows: %s\n",
                 (unsigned long long)ctx.sent, dhps_strerror((int)n));

@@ -79,20 +79,13 @@ bad:
     return false;
 }
 
-uint64_t tools_now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 /* ---- progress ----------------------------------------------------------------------- */
 
 void tools_progress_init(tools_progress *p, const char *label)
 {
     p->tty = isatty(STDERR_FILENO) == 1;
     p->label = label;
-    p->start_ns = p->last_ns = tools_now_ns();
+    p->start_ns = p->last_ns = dhps_mono_ns();
 }
 
 void tools_progress_update(void *arg, uint64_t done, uint64_t total)
@@ -100,7 +93,7 @@ void tools_progress_update(void *arg, uint64_t done, uint64_t total)
     tools_progress *p = arg;
     if (!p->tty)
         return;
-    uint64_t now = tools_now_ns();
+    uint64_t now = dhps_mono_ns();
     if (done < total && now - p->last_ns < 100000000ull)
         return;
     p->last_ns = now;

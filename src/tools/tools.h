@@ -9,6 +9,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "util.h" /* dhps_mono_ns: monotonic nanoseconds */
+
 /* A read-only mapping of a whole file. */
 typedef struct tools_file {
     const uint8_t *data;
@@ -23,9 +25,6 @@ void tools_file_unmap(tools_file *f);
 /* Parse a decimal/hex unsigned number with an optional k/m/g suffix (x1000, not 1024)
  * into *v; returns false (after printing "dhps <cmd>: bad <what> '<s>'") on error. */
 bool tools_parse_u64(const char *cmd, const char *what, const char *s, uint64_t *v);
-
-/* Monotonic nanoseconds. */
-uint64_t tools_now_ns(void);
 
 /* A progress bar on stderr, drawn only when stderr is a terminal (isatty), at most
  * ~10 times a second; tools_progress_done ends the line. */

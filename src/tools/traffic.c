@@ -113,10 +113,10 @@ static void *tr_run(void *arg)
     while (!atomic_load_explicit(&tr_stop, memory_order_relaxed)) {
         for (size_t i = 0; i < n; i++)
             keys[i] = tools_rand(&t->seed) % o->keys;
-        uint64_t t0 = tools_now_ns();
+        uint64_t t0 = dhps_mono_ns();
         int rc = dhps_client_lookup(t->client, o->table, keys, n, out, o->dim, DHPS_FP32, mask,
                                     o->deadline_ms * 1000, NULL);
-        uint64_t dt = tools_now_ns() - t0;
+        uint64_t dt = dhps_mono_ns() - t0;
         if (rc < 0 && rc != DHPS_E_TIMEOUT && rc != DHPS_E_UNREACHABLE &&
             rc != DHPS_E_NOTFOUND && rc != DHPS_E_HANDLER && rc != DHPS_E_MALFORMED) {
             fprintf(stderr, "dhps traffic: lookup: %s\n", dhps_strerror(rc));
@@ -376,7 +376,7 @@ int dhps_cmd_traffic(int argc, char **argv)
         goto out;
     }
     if (o.load) {
-        uint64_t t0 = tools_now_ns();
+        uint64_t t0 = dhps_mono_ns();
         int e = tr_load(conn, &o);
         if (e) {
             fprintf(stderr, "dhps traffic: --load: %s\n", dhps_strerror(e));
@@ -384,7 +384,7 @@ int dhps_cmd_traffic(int argc, char **argv)
         }
         fprintf(stderr, "dhps traffic: loaded %llu keys x dim %u into %s in %.2f s\n",
                 (unsigned long long)o.keys, o.dim, o.table,
-                (double)(tools_now_ns() - t0) / 1e9);
+                (double)(dhps_mono_ns() - t0) / 1e9);
     }
     if (o.have_delay && tr_delays(conn, &o, true))
         goto out;
@@ -400,7 +400,7 @@ int dhps_cmd_traffic(int argc, char **argv)
         struct tr_thread *t = &th[started];
         t->o = &o;
         t->client = conn->client;
-        t->seed = 0x9e3779b97f4a7c15ull * (started + 1) ^ tools_now_ns();
+        t->seed = 0x9e3779b97f4a7c15ull * (started + 1) ^ dhps_mono_ns();
         pthread_mutex_init(&t->mu, NULL);
         if (pthread_create(&t->th, NULL, tr_run, t)) {
             pthread_mutex_destroy(&t->mu);
@@ -428,15 +428,15 @@ int dhps_cmd_traffic(int argc, char **argv)
     }
     struct tr_counts all = {0};
     tools_hist allh = {0}, ih;
-    uint64_t t0 = tools_now_ns(), next = t0;
+    uint64_t t0 = dhps_mono_ns(), next = t0;
     bool last = false;
     while (!last) {
         next += o.interval_ms * 1000000ull;
         uint64_t end_ns = o.seconds > 0 ? t0 + (uint64_t)(o.seconds * 1e9) : UINT64_MAX;
         if (next >= end_ns)
             next = end_ns;
-        for (uint64_t now = tools_now_ns(); now < next && !atomic_load(&tr_stop);
-             now = tools_now_ns()) {
+        for (uint64_t now = dhps_mono_ns(); now < next && !atomic_load(&tr_stop);
+             now = dhps_mono_ns()) {
             uint64_t left = next - now, step = left < 20000000ull ? left : 20000000ull;
             struct timespec ts = {.tv_sec = 0, .tv_nsec = (long)step};
             nanosleep(&ts, NULL);
@@ -470,7 +470,7 @@ int dhps_cmd_traffic(int argc, char **argv)
         all.wrong += in.wrong;
         all.missing += in.missing;
         tools_hist_merge(&allh, &ih);
-        tr_print(&o, conn, (double)(tools_now_ns() - t0) / 1e9, false, &in, &ih, msgs);
+        tr_print(&o, conn, (double)(dhps_mono_ns() - t0) / 1e9, false, &in, &ih, msgs);
     }
     atomic_store(&tr_stop, true);
     for (uint32_t i = 0; i < started; i++) {
@@ -492,7 +492,7 @@ int dhps_cmd_traffic(int argc, char **argv)
                                    &st);
         msgs[i] = st.messages - first[i];
     }
-    tr_print(&o, conn, (double)(tools_now_ns() - t0) / 1e9, true, &all, &allh, msgs);
+    tr_print(&o, conn, (double)(dhps_mono_ns() - t0) / 1e9, true, &all, &allh, msgs);
     if (o.have_delay)
         tr_delays(conn, &o, false);
     rc = started == o.threads && all.lookups ? 0 : 1;

@@ -661,7 +661,7 @@ int dhps_cmd_up(int argc, char **argv)
     }
 
     /* wait for ports and health */
-    uint64_t t0 = tools_now_ns(), deadline = t0 + 60000000000ull;
+    uint64_t t0 = dhps_mono_ns(), deadline = t0 + 60000000000ull;
     for (uint32_t i = 0; i < o.nodes; i++) {
         for (;;) {
             int st;
@@ -688,7 +688,7 @@ int dhps_cmd_up(int argc, char **argv)
                 fprintf(stderr, "dhps up: interrupted; stopping the nodes started\n");
                 goto fail;
             }
-            if (tools_now_ns() > deadline) {
+            if (dhps_mono_ns() > deadline) {
                 fprintf(stderr, "dhps up: node %s not healthy after 60 s\n", nd[i].name);
                 tail_log(nd[i].log);
                 goto fail;
@@ -698,7 +698,7 @@ int dhps_cmd_up(int argc, char **argv)
     }
     if (!o.quiet)
         printf("dhps up: %u nodes healthy in %.2f s\n", o.nodes,
-               (double)(tools_now_ns() - t0) / 1e9);
+               (double)(dhps_mono_ns() - t0) / 1e9);
 
     /* the map with the real ports */
     if (!(mtext = dhps_cluster_map_to_json(map)) || !(mj = json_loads(mtext, 0, NULL)))
@@ -745,13 +745,13 @@ int dhps_cmd_up(int argc, char **argv)
     tools_target tgt = {.cluster_dir = absdir};
     if (!o.load || tools_conn_open(&tgt, &conn) < 0)
         goto done;
-    uint64_t tl = tools_now_ns();
+    uint64_t tl = dhps_mono_ns();
     if ((e = up_load_sample(conn->client, o.table, o.dim, o.keys, o.quiet)) < 0) {
         fprintf(stderr, "dhps up: loading the sample table failed: %s\n", dhps_strerror(e));
         rc = 1;
         goto done;
     }
-    double ls = (double)(tools_now_ns() - tl) / 1e9;
+    double ls = (double)(dhps_mono_ns() - tl) / 1e9;
     long bad = verify_sample(conn->client, o.table, o.dim, o.keys, 1000);
     printf("dhps up: loaded table %s: %llu keys x dim %u fp32 (x%u replicas) in %.2f s "
            "(%.0f keys/s); check of 1000 random keys: %s\n", o.table,
@@ -859,7 +859,7 @@ int up_stop_dir(const char *dir, double timeout_s, bool quiet)
         else
             pids[i] = -pids[i]; /* already gone */
     }
-    uint64_t t0 = tools_now_ns(), deadline = t0 + (uint64_t)(timeout_s * 1e9);
+    uint64_t t0 = dhps_mono_ns(), deadline = t0 + (uint64_t)(timeout_s * 1e9);
     int killed = 0;
     for (i = 0; i < nn && i < UP_MAX_NODES; i++) {
         if (pids[i] <= 0) {
@@ -867,7 +867,7 @@ int up_stop_dir(const char *dir, double timeout_s, bool quiet)
                 printf("  %-3s pid %-7d was not running\n", names[i], (int)-pids[i]);
             continue;
         }
-        while (up_pid_is_server(pids[i]) && tools_now_ns() < deadline) {
+        while (up_pid_is_server(pids[i]) && dhps_mono_ns() < deadline) {
             waitpid(pids[i], NULL, WNOHANG); /* reaps it when it is our child (tests) */
             msleep(10);
         }
@@ -879,7 +879,7 @@ int up_stop_dir(const char *dir, double timeout_s, bool quiet)
                        (int)pids[i], timeout_s);
         } else if (!quiet) {
             printf("  %-3s pid %-7d stopped after %.2f s\n", names[i], (int)pids[i],
-                   (double)(tools_now_ns() - t0) / 1e9);
+                   (double)(dhps_mono_ns() - t0) / 1e9);
         }
     }
     json_decref(j);

@@ -45,13 +45,13 @@ void wl_keys(const wl_params *p, const tools_zipf *z, uint64_t *rng, uint64_t *b
 
 static void sleep_until(uint64_t t)
 {
-    uint64_t now = tools_now_ns();
+    uint64_t now = dhps_mono_ns();
     if (t > now + 50000) {
         struct timespec ts = {.tv_sec = (time_t)((t - now) / 1000000000ull),
                               .tv_nsec = (long)((t - now) % 1000000000ull)};
         nanosleep(&ts, NULL);
     }
-    while (tools_now_ns() < t)
+    while (dhps_mono_ns() < t)
         ;
 }
 
@@ -80,7 +80,7 @@ static void *wl_main(void *arg)
     for (;;) {
         if (gap)
             sleep_until(next);
-        uint64_t t0 = gap ? next : tools_now_ns();
+        uint64_t t0 = gap ? next : dhps_mono_ns();
         if (t0 >= t->end_ns)
             break;
         wl_keys(p, t->z, &rng, keys, p->batch, seen, seen_n - 1);
@@ -89,7 +89,7 @@ static void *wl_main(void *arg)
         uint32_t miss = 0;
         int rc = upd ? t->b->update(th, keys, p->batch, buf)
                      : t->b->lookup(th, keys, p->batch, buf, &miss);
-        uint64_t dt = tools_now_ns() - t0;
+        uint64_t dt = dhps_mono_ns() - t0;
         tools_hist_add(&t->r.hist, dt);
         tools_hist_add(upd ? &t->r.hist_update : &t->r.hist_lookup, dt);
         t->r.batches++;
@@ -123,7 +123,7 @@ int wl_run(const wl_params *p, const wl_backend *b, wl_result *r)
         return -ENOMEM;
     tools_zipf z;
     tools_zipf_init(&z, p->nkeys, p->zipf > 0 ? p->zipf : 1.0);
-    uint64_t start = tools_now_ns() + 20000000ull; /* let every thread open first */
+    uint64_t start = dhps_mono_ns() + 20000000ull; /* let every thread open first */
     uint64_t end = start + (uint64_t)(p->seconds * 1e9);
     int rc = 0;
     uint32_t started = 0;
@@ -146,7 +146,7 @@ int wl_run(const wl_params *p, const wl_backend *b, wl_result *r)
         tools_hist_merge(&r->hist_lookup, &ts[i].r.hist_lookup);
         tools_hist_merge(&r->hist_update, &ts[i].r.hist_update);
     }
-    uint64_t now = tools_now_ns();
+    uint64_t now = dhps_mono_ns();
     r->seconds = (double)(now - start) / 1e9; /* until the last batch returned */
     free(ts);
     return rc;
