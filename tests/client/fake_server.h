@@ -20,6 +20,7 @@
 #include "dhps/cluster.h"
 #include "dhps/proto.h"
 #include "dhps/rpc.h"
+#include "util.h"
 
 #define FAKE_SECRET "client-test-secret"
 #define FAKE_SLOTS 65536u /* power of two; tests keep well below */
@@ -45,12 +46,7 @@ struct fake_node {
     _Atomic uint64_t lookups, upserts, keys;
 };
 
-static uint64_t fake_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
+static uint64_t fake_now_ms(void) { return dhps_mono_ns() / 1000000; }
 
 static struct fake_entry *fake_slot(struct fake_node *f, uint64_t key, bool create)
 {

@@ -15,26 +15,10 @@
 #include <time.h>
 
 #include "dhps/rpc.h"
+#include "fault_test.h"
 
 enum { M_ECHO = 1 };
 static const char SECRET[] = "fault-secret";
-static _Atomic long handled;
-
-static int h_echo(void *arg, dhps_rpc_request *r)
-{
-    (void)arg;
-    handled++;
-    memcpy(r->resp, r->req, r->req_len);
-    r->resp_len = r->req_len;
-    return 0;
-}
-
-static uint64_t now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
 
 static dhps_rpc_server *start_server(void)
 {

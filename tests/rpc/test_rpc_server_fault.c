@@ -22,19 +22,10 @@
 #include <time.h>
 
 #include "dhps/rpc.h"
+#include "fault_test.h"
 
 enum { M_ECHO = 1, M_WHOAMI = 2 };
 static const char SECRET[] = "server-fault-secret";
-static _Atomic long handled;
-
-static int h_echo(void *arg, dhps_rpc_request *r)
-{
-    (void)arg;
-    handled++;
-    memcpy(r->resp, r->req, r->req_len);
-    r->resp_len = r->req_len;
-    return 0;
-}
 
 static int h_whoami(void *arg, dhps_rpc_request *r)
 {
@@ -45,13 +36,6 @@ static int h_whoami(void *arg, dhps_rpc_request *r)
     if (strcmp(r->peer, "127.0.0.1") != 0)
         return -1;
     return 0;
-}
-
-static uint64_t now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
 static dhps_rpc_server *start_server_hold(uint32_t workers, uint64_t hold_bytes)

@@ -22,6 +22,7 @@
 
 #include "dhps/proto.h"
 #include "dhps/rpc.h"
+#include "util.h"
 
 #define T_SECRET "server-test-secret"
 
@@ -292,12 +293,7 @@ static inline double t_metric(const char *text, const char *series)
     return -1;
 }
 
-static inline uint64_t t_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
+static inline uint64_t t_now_ms(void) { return dhps_mono_ns() / 1000000; }
 
 static inline void t_sleep_ms(unsigned ms)
 {
