@@ -1139,7 +1139,8 @@ static void send_msg(struct op *op, struct msg *ms, struct attempt *a)
     int outcome = rc == DHPS_E_TIMEOUT ? DHPS_CLIENT_TIMEOUT : DHPS_CLIENT_ERROR;
     if (!op->update && ms->state == M_OK) { /* answered meanwhile: lost before it left */
         CTR_ADD(c->nodes[node].cancelled, 1);
-        c->rops->report(c->rself, &a->pick, dhps_mono_ns() - a->pick.start_ns, DHPS_CLIENT_CANCELLED);
+        c->rops->report(c->rself, &a->pick, dhps_mono_ns() - a->pick.start_ns,
+                        DHPS_CLIENT_CANCELLED);
         return;
     }
     CTR_ADD(c->nodes[node].errors, 1);
