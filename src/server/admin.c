@@ -13,8 +13,9 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 
-__attribute__((format(printf, 3, 4))) static int bad(char *err, size_t errlen,
-                                                     const char *fmt, ...)
+#include "srv_int.h"
+
+void srv_errf(char *err, size_t errlen, const char *fmt, ...)
 {
     if (err && errlen) {
         va_list ap;
@@ -22,8 +23,10 @@ __attribute__((format(printf, 3, 4))) static int bad(char *err, size_t errlen,
         vsnprintf(err, errlen, fmt, ap);
         va_end(ap);
     }
-    return DHPS_E_CONFIG;
 }
+
+/* A parse or auth error: the message into err, DHPS_E_CONFIG as the value. */
+#define bad(err, errlen, ...) (srv_errf((err), (errlen), __VA_ARGS__), DHPS_E_CONFIG)
 
 /* An integer field in [lo, hi]; absent leaves *out. */
 static int get_int(json_t *o, const char *key, long long lo, long long hi, long long *out,
@@ -162,7 +165,7 @@ int srv_admin_auth(const void *secret, size_t secret_len, const char *header,
                    size_t errlen)
 {
     if (!header) {
-        bad(err, errlen, "fault auth: missing %s header (\"<unix seconds> <hex "
+        srv_errf(err, errlen, "fault auth: missing %s header (\"<unix seconds> <hex "
             "HMAC-SHA256>\", see docs/server.md; `dhps fault` sends it)", SRV_ADMIN_AUTH_HEADER);
         return -EACCES;
     }
@@ -185,13 +188,13 @@ int srv_admin_auth(const void *secret, size_t secret_len, const char *header,
             got[k] = (uint8_t)(hi << 4 | lo);
     }
     if (!form) {
-        bad(err, errlen, "fault auth: %s must be \"<unix seconds> <64 hex digits>\"",
+        srv_errf(err, errlen, "fault auth: %s must be \"<unix seconds> <64 hex digits>\"",
             SRV_ADMIN_AUTH_HEADER);
         return -EACCES;
     }
     long long t = strtoll(ts, NULL, 10);
     if (t < (long long)now - SRV_ADMIN_SKEW_S || t > (long long)now + SRV_ADMIN_SKEW_S) {
-        bad(err, errlen, "fault auth: timestamp %lld is more than %d s from the server's "
+        srv_errf(err, errlen, "fault auth: timestamp %lld is more than %d s from the server's "
             "clock (%lld)", t, SRV_ADMIN_SKEW_S, (long long)now);
         return -EACCES;
     }
@@ -199,7 +202,7 @@ int srv_admin_auth(const void *secret, size_t secret_len, const char *header,
     if (srv_admin_mac(secret, secret_len, method, path, peer, port, all, ts, body, body_len,
                       want) ||
         CRYPTO_memcmp(want, got, 32) != 0) {
-        bad(err, errlen, "fault auth: MAC does not match (wrong cluster secret?)");
+        srv_errf(err, errlen, "fault auth: MAC does not match (wrong cluster secret?)");
         return -EACCES;
     }
     return 0;

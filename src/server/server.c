@@ -105,18 +105,6 @@ static uint64_t get(const uint64_t *p)
     return __atomic_load_n(p, __ATOMIC_RELAXED);
 }
 
-__attribute__((format(printf, 3, 4))) static int seterr(char *err, size_t errlen,
-                                                        const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return 0;
-}
-
 /* ---- setup ------------------------------------------------------------------------ */
 
 static int read_secret(dhps_server *s, char *err, size_t errlen)
@@ -124,7 +112,7 @@ static int read_secret(dhps_server *s, char *err, size_t errlen)
     const char *path = s->cfg->secret_file;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
-        seterr(err, errlen, "secret_file %s: %s", path, strerror(errno));
+        srv_errf(err, errlen, "secret_file %s: %s", path, strerror(errno));
         return DHPS_E_CONFIG;
     }
     int rc = 0;
@@ -140,7 +128,7 @@ static int read_secret(dhps_server *s, char *err, size_t errlen)
         if (k < 0 && errno == EINTR)
             continue;
         if (k < 0) {
-            seterr(err, errlen, "secret_file %s: %s", path, strerror(errno));
+            srv_errf(err, errlen, "secret_file %s: %s", path, strerror(errno));
             rc = DHPS_E_CONFIG;
             goto out;
         }
@@ -153,14 +141,14 @@ static int read_secret(dhps_server *s, char *err, size_t errlen)
     while (len && (buf[len - 1] == '\n' || buf[len - 1] == '\r'))
         len--;
     if (len == 0) {
-        seterr(err, errlen, "secret_file %s: empty (the cluster secret must not be empty)",
-               path);
+        srv_errf(err, errlen, "secret_file %s: empty (the cluster secret must not be empty)",
+                 path);
         rc = DHPS_E_CONFIG;
         goto out;
     }
     if (len > DHPS_RPC_MAX_SECRET) {
-        seterr(err, errlen, "secret_file %s: longer than %u bytes", path,
-               DHPS_RPC_MAX_SECRET);
+        srv_errf(err, errlen, "secret_file %s: longer than %u bytes", path,
+                 DHPS_RPC_MAX_SECRET);
         rc = DHPS_E_CONFIG;
         goto out;
     }
@@ -183,7 +171,7 @@ int dhps_server_create(const dhps_server_config *cfg, dhps_server **out, char *e
 {
     int rc;
     *out = NULL;
-    seterr(err, errlen, "%s", "");
+    srv_errf(err, errlen, "%s", "");
     dhps_server *s = calloc(1, sizeof *s);
     if (!s)
         return -ENOMEM;
@@ -202,8 +190,8 @@ int dhps_server_create(const dhps_server_config *cfg, dhps_server **out, char *e
         struct stat sd;
         int sr = stat(cfg->snapshot_dir, &sd);
         if (sr || !S_ISDIR(sd.st_mode)) {
-            seterr(err, errlen, "snapshot.dir %s: %s", cfg->snapshot_dir,
-                   sr ? strerror(errno) : "not a directory");
+            srv_errf(err, errlen, "snapshot.dir %s: %s", cfg->snapshot_dir,
+                     sr ? strerror(errno) : "not a directory");
             rc = DHPS_E_CONFIG;
             goto fail;
         }
@@ -248,8 +236,8 @@ int dhps_server_create(const dhps_server_config *cfg, dhps_server **out, char *e
             p.default_ttl = tb->c.default_ttl;
             p.max_readers = cfg->workers + 4;
             if ((rc = dhps_store_create(&p, &st->st))) {
-                seterr(err, errlen, "table %s shard %u: cannot create store: %s",
-                       tb->c.name, sh, dhps_strerror(rc));
+                srv_errf(err, errlen, "table %s shard %u: cannot create store: %s",
+                         tb->c.name, sh, dhps_strerror(rc));
                 goto fail;
             }
             pthread_mutex_init(&st->mu, NULL);
@@ -296,8 +284,8 @@ int dhps_server_create(const dhps_server_config *cfg, dhps_server **out, char *e
     dhps_rpc_host_id(cfg->label_host, host_id); /* shm only with clients of our host label */
     rp.host_id = host_id;
     if ((rc = dhps_rpc_server_create(&rp, &s->rpc))) {
-        seterr(err, errlen, "listen %s:%u: %s", cfg->listen_host, cfg->tcp_port,
-               dhps_strerror(rc));
+        srv_errf(err, errlen, "listen %s:%u: %s", cfg->listen_host, cfg->tcp_port,
+                 dhps_strerror(rc));
         goto fail;
     }
     static const uint16_t methods[] = {DHPS_M_LOOKUP, DHPS_M_UPSERT,   DHPS_M_DELETE,
@@ -385,7 +373,8 @@ static void *bg_main(void *arg)
             pthread_mutex_unlock(&s->stores[i].mu);
         }
         uint32_t iv = s->cfg->snapshot_interval_s;
-        if (s->cfg->snapshot_dir && iv && dhps_mono_ns() - last_snap >= (uint64_t)iv * 1000000000ull) {
+        if (s->cfg->snapshot_dir && iv &&
+            dhps_mono_ns() - last_snap >= (uint64_t)iv * 1000000000ull) {
             last_snap = dhps_mono_ns();
             int rc = snapshot_some(s, NULL);
             DHPS_LOG(DHPS_LOG_INFO, LOGM, "periodic snapshot: %s",
@@ -411,9 +400,9 @@ static int load_snapshots(dhps_server *s, char *err, size_t errlen)
         long n = dhps_store_load(st->st, path);
         pthread_mutex_unlock(&st->mu);
         if (n < 0) {
-            seterr(err, errlen,
-                   "snapshot %s: %s; refusing to start (move the file aside to start this "
-                   "shard empty)", path, dhps_strerror((int)n));
+            srv_errf(err, errlen,
+                     "snapshot %s: %s; refusing to start (move the file aside to start this "
+                     "shard empty)", path, dhps_strerror((int)n));
             return (int)n;
         }
         add(&s->loaded_records, (uint64_t)n);
@@ -1098,7 +1087,7 @@ static int write_file_atomic(const char *path, const char *text)
 int dhps_server_start(dhps_server *s, char *err, size_t errlen)
 {
     int rc;
-    seterr(err, errlen, "%s", "");
+    srv_errf(err, errlen, "%s", "");
     if (s->started)
         return -EBUSY;
     s->started = true;
@@ -1112,8 +1101,8 @@ int dhps_server_start(dhps_server *s, char *err, size_t errlen)
                                    MHD_OPTION_NOTIFY_COMPLETED, http_done, NULL,
                                    MHD_OPTION_END);
         if (!s->http) {
-            seterr(err, errlen, "metrics %s:%u: cannot start the HTTP server (port in use?)",
-                   c->metrics_host, c->metrics_port);
+            srv_errf(err, errlen, "metrics %s:%u: cannot start the HTTP server (port in use?)",
+                     c->metrics_host, c->metrics_port);
             return -EADDRINUSE;
         }
         const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->http, MHD_DAEMON_INFO_BIND_PORT);
@@ -1123,14 +1112,14 @@ int dhps_server_start(dhps_server *s, char *err, size_t errlen)
     if (c->pid_file) {
         snprintf(line, sizeof line, "%d\n", (int)getpid());
         if ((rc = write_file_atomic(c->pid_file, line))) {
-            seterr(err, errlen, "pid_file %s: %s", c->pid_file, strerror(-rc));
+            srv_errf(err, errlen, "pid_file %s: %s", c->pid_file, strerror(-rc));
             return rc;
         }
     }
     if (c->port_file) {
         snprintf(line, sizeof line, "%u %u\n", s->rpc_port, s->http_port);
         if ((rc = write_file_atomic(c->port_file, line))) {
-            seterr(err, errlen, "port_file %s: %s", c->port_file, strerror(-rc));
+            srv_errf(err, errlen, "port_file %s: %s", c->port_file, strerror(-rc));
             return rc;
         }
     }
@@ -1139,11 +1128,11 @@ int dhps_server_start(dhps_server *s, char *err, size_t errlen)
     if ((rc = load_snapshots(s, err, errlen)))
         return rc;
     if ((rc = dhps_rpc_server_start(s->rpc))) {
-        seterr(err, errlen, "rpc start: %s", dhps_strerror(rc));
+        srv_errf(err, errlen, "rpc start: %s", dhps_strerror(rc));
         return rc;
     }
     if ((rc = pthread_create(&s->snap_thread, NULL, bg_main, s))) {
-        seterr(err, errlen, "background thread: %s", strerror(rc));
+        srv_errf(err, errlen, "background thread: %s", strerror(rc));
         return -rc;
     }
     s->snap_running = true;
