@@ -244,23 +244,10 @@ static inline int t_simple(t_conn *tc, uint16_t method, const char *table, char 
 
 /* ---- HTTP ---------------------------------------------------------------------------- */
 
-/* GET path from 127.0.0.1:port; returns the status code (or -1), body malloc'd. */
-static inline int t_http_get(uint16_t port, const char *path, char **body)
+/* Read an HTTP/1.x response from fd until EOF and close fd; returns the status code (or
+ * -1) and sets *body (malloc'd, "" when there is none). */
+static inline int t_http_reply(int fd, char **body)
 {
-    *body = NULL;
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (connect(fd, (struct sockaddr *)&a, sizeof a)) {
-        close(fd);
-        return -1;
-    }
-    char req[256];
-    int k = snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", path);
-    if (write(fd, req, (size_t)k) != k) {
-        close(fd);
-        return -1;
-    }
     size_t cap = 1 << 16, len = 0;
     char *buf = malloc(cap);
     for (;;) {
@@ -280,6 +267,26 @@ static inline int t_http_get(uint16_t port, const char *path, char **body)
     *body = strdup(b ? b + 4 : "");
     free(buf);
     return code;
+}
+
+/* GET path from 127.0.0.1:port; returns the status code (or -1), body malloc'd. */
+static inline int t_http_get(uint16_t port, const char *path, char **body)
+{
+    *body = NULL;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, (struct sockaddr *)&a, sizeof a)) {
+        close(fd);
+        return -1;
+    }
+    char req[256];
+    int k = snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", path);
+    if (write(fd, req, (size_t)k) != k) {
+        close(fd);
+        return -1;
+    }
+    return t_http_reply(fd, body);
 }
 
 /* Value of the first metrics line starting with `prefix` (exact series), or -1. */

@@ -102,25 +102,7 @@ static int http(uint16_t port, const char *method, const char *target, const cha
         off += (size_t)w;
     }
     free(req);
-    size_t cap = 1 << 16, len = 0;
-    char *buf = malloc(cap);
-    for (;;) {
-        if (len + 1 >= cap)
-            buf = realloc(buf, cap *= 2);
-        ssize_t r = read(fd, buf + len, cap - len - 1);
-        if (r <= 0)
-            break;
-        len += (size_t)r;
-    }
-    close(fd);
-    buf[len] = 0;
-    int code = -1;
-    if (sscanf(buf, "HTTP/1.%*d %d", &code) != 1)
-        code = -1;
-    char *b = strstr(buf, "\r\n\r\n");
-    *resp = strdup(b ? b + 4 : "");
-    free(buf);
-    return code;
+    return t_http_reply(fd, resp);
 }
 
 static int put_rule(fx *f, const char *body, char **resp)
