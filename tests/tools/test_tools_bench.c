@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "capture.h"
+#include "server_bin.h"
 
 
 static bool have(const char *bin)
@@ -74,11 +75,8 @@ static void open_loop_mixed(void **state)
 
 int main(void)
 {
-    if (access(DHPS_SERVER_BIN, X_OK) != 0) {
-        fprintf(stderr, "dhps-server not built: skipping\n");
+    if (use_built_server())
         return 77;
-    }
-    setenv("DHPS_SERVER", DHPS_SERVER_BIN, 1);
     const struct CMUnitTest tests[] = {cmocka_unit_test(json_fields),
                                        cmocka_unit_test(open_loop_mixed)};
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "capture.h"
+#include "server_bin.h"
 
 static char g_dir[64];
 
@@ -64,11 +65,8 @@ static void chaos_json(void **state)
 
 int main(void)
 {
-    if (access(DHPS_SERVER_BIN, X_OK) != 0) {
-        fprintf(stderr, "dhps-server not built: skipping\n");
+    if (use_built_server())
         return 77;
-    }
-    setenv("DHPS_SERVER", DHPS_SERVER_BIN, 1);
     strcpy(g_dir, "/tmp/dhps_chaos_XXXXXX");
     if (!mkdtemp(g_dir))
         return 1;

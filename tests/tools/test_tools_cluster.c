@@ -14,6 +14,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "server_bin.h"
 #include "tablefile.h"
 #include "tools.h"
 
@@ -190,11 +191,8 @@ static int teardown(void **state)
 
 int main(void)
 {
-    if (access(DHPS_SERVER_BIN, X_OK) != 0) {
-        fprintf(stderr, "dhps-server not built: skipping\n");
+    if (use_built_server())
         return 77;
-    }
-    setenv("DHPS_SERVER", DHPS_SERVER_BIN, 1);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(up_get_put_down, setup, teardown),
     };

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "capture.h"
+#include "server_bin.h"
 
 static char g_dir[64];
 
@@ -131,11 +132,8 @@ static int teardown(void **state)
 
 int main(void)
 {
-    if (access(DHPS_SERVER_BIN, X_OK) != 0) {
-        fprintf(stderr, "dhps-server not built: skipping\n");
+    if (use_built_server())
         return 77;
-    }
-    setenv("DHPS_SERVER", DHPS_SERVER_BIN, 1);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(json_and_check),
         cmocka_unit_test(text_until_sigterm),
