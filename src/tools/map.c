@@ -28,19 +28,28 @@ static void map_usage(FILE *f)
             "round-robin over A azs and P pods (defaults 1). Defaults: 1024 shards, 3 replicas.\n");
 }
 
+/* The map at path, or NULL after saying on stderr why it is invalid. */
+static dhps_cluster_map *load_or_say(const char *path)
+{
+    char err[16384];
+    dhps_cluster_map *m = NULL;
+    int rc = dhps_cluster_map_load(path, &m, err, sizeof err);
+    if (rc) {
+        fprintf(stderr, "%s: invalid map (%s):\n%s", path, dhps_strerror(rc), err);
+        return NULL;
+    }
+    return m;
+}
+
 static int cmd_check(int argc, char **argv)
 {
     if (argc != 2) {
         map_usage(stderr);
         return 2;
     }
-    char err[16384];
-    dhps_cluster_map *m = NULL;
-    int rc = dhps_cluster_map_load(argv[1], &m, err, sizeof err);
-    if (rc) {
-        fprintf(stderr, "%s: invalid map (%s):\n%s", argv[1], dhps_strerror(rc), err);
+    dhps_cluster_map *m = load_or_say(argv[1]);
+    if (!m)
         return 2;
-    }
     printf("%s: ok: version %llu, %u shards x %u replicas, %zu nodes\n", argv[1],
            (unsigned long long)dhps_cluster_map_version(m), dhps_cluster_map_nshards(m),
            dhps_cluster_map_nreplicas(m), dhps_cluster_map_nnodes(m));
@@ -176,13 +185,9 @@ static int cmd_owners(int argc, char **argv)
         map_usage(stderr);
         return 2;
     }
-    char err[16384];
-    dhps_cluster_map *m = NULL;
-    int rc = dhps_cluster_map_load(argv[1], &m, err, sizeof err);
-    if (rc) {
-        fprintf(stderr, "%s: invalid map (%s):\n%s", argv[1], dhps_strerror(rc), err);
+    dhps_cluster_map *m = load_or_say(argv[1]);
+    if (!m)
         return 2;
-    }
     size_t cnt = dhps_cluster_map_shards_of(m, (uint32_t)id, NULL, 0);
     uint32_t *v = malloc((cnt + 1) * sizeof *v);
     if (!v) {
@@ -195,7 +200,7 @@ static int cmd_owners(int argc, char **argv)
         printf(" %u", v[i]);
     printf("\n");
     free(v);
-    rc = dhps_cluster_map_node(m, (uint32_t)id) ? 0 : 1;
+    int rc = dhps_cluster_map_node(m, (uint32_t)id) ? 0 : 1;
     dhps_cluster_map_destroy(m);
     return rc;
 }
