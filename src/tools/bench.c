@@ -135,6 +135,17 @@ struct redis_th {
 static uint16_t g_redis_port;
 static uint32_t g_row_bytes, g_batch;
 
+static void redis_close(void *th)
+{
+    struct redis_th *t = th;
+    if (t->c)
+        redisFree(t->c);
+    free(t->argv);
+    free(t->argl);
+    free(t->kt);
+    free(t);
+}
+
 static void *redis_open(void *arg)
 {
     struct redis_th *t = calloc(1, sizeof *t);
@@ -147,24 +158,10 @@ static void *redis_open(void *arg)
     t->kt = calloc(g_batch, sizeof *t->kt);
     t->row_bytes = g_row_bytes;
     if (!t->c || t->c->err || !t->argv || !t->argl || !t->kt) {
-        if (t->c)
-            redisFree(t->c);
-        free(t->argv);
-        free(t->argl);
-        free(t->kt);
-        free(t);
+        redis_close(t);
         return NULL;
     }
     return t;
-}
-static void redis_close(void *th)
-{
-    struct redis_th *t = th;
-    redisFree(t->c);
-    free(t->argv);
-    free(t->argl);
-    free(t->kt);
-    free(t);
 }
 static int redis_lookup(void *th, const uint64_t *keys, uint32_t n, void *out, uint32_t *missing)
 {
