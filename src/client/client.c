@@ -1419,8 +1419,10 @@ static const float *find_default(dhps_client *c, const char *table, uint32_t dim
     return v;
 }
 
+/* A new op for one call, with the current map pinned for it (*mr; op_release unpins).
+ * NULL with *rc (-EINVAL, -ENOMEM) on failure, nothing pinned then. */
 static struct op *op_new(dhps_client *c, const char *table, const uint64_t *keys,
-                         uint64_t timeout_us, int *rc)
+                         uint64_t timeout_us, struct map_ref **mr, int *rc)
 {
     if (!c || !table || strlen(table) >= DHPS_TABLE_NAME_MAX) {
         *rc = -EINVAL;
@@ -1443,6 +1445,8 @@ static struct op *op_new(dhps_client *c, const char *table, const uint64_t *keys
     strncpy(op->table, table, sizeof op->table - 1);
     op->t0 = dhps_mono_ns();
     op->deadline_ns = op->t0 + (timeout_us ? timeout_us : c->p.default_timeout_us) * 1000ull;
+    *mr = map_pin(c);
+    op->m = (*mr)->m;
     return op;
 }
 
@@ -1481,13 +1485,12 @@ int dhps_client_lookup(dhps_client *c, const char *table, const uint64_t *keys, 
     int rc = msg_budget(c, dim, dim * 4u + 1, &per_msg);
     if (rc)
         return rc;
-    struct op *op = op_new(c, table, keys, timeout_us, &rc);
+    struct map_ref *mr;
+    struct op *op = op_new(c, table, keys, timeout_us, &mr, &rc);
     if (!op)
         return rc;
     CTR_ADD(c->st.lookups, 1);
     CTR_ADD(c->st.keys_looked_up, n);
-    struct map_ref *mr = map_pin(c);
-    op->m = mr->m;
     op->out = out;
     op->dim = dim;
     op->out_bytes = dtype == DHPS_FP16 ? 2 : 4;
@@ -1590,13 +1593,12 @@ static int write_batch(dhps_client *c, const char *table, const uint64_t *keys,
     int rc = msg_budget(c, dim, 8u + vb, &per_msg);
     if (rc)
         return rc;
-    struct op *op = op_new(c, table, keys, timeout_us, &rc);
+    struct map_ref *mr;
+    struct op *op = op_new(c, table, keys, timeout_us, &mr, &rc);
     if (!op)
         return rc;
     CTR_ADD(c->st.updates, 1);
     CTR_ADD(c->st.keys_updated, n);
-    struct map_ref *mr = map_pin(c);
-    op->m = mr->m;
     op->update = true;
     op->del = del;
     op->values = values;
