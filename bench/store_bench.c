@@ -9,8 +9,9 @@
  *    generation, length) (bench_value_fill), so no value array is kept and any copied
  *    value can be checked.
  *  - Streams: the lookup and update streams (indices into the key array, uniform or
- *    Zipf by rejection-inversion over a seeded shuffle of the keys, so hot keys are
- *    scattered) are generated in the parent before any contender starts.
+ *    Zipf by rejection-inversion (dhps_zipf, src/common/util.c) over a seeded shuffle
+ *    of the keys, so hot keys are scattered) are generated in the parent before any
+ *    contender starts.
  *  - Each contender runs in its own forked child, one after another. The child sets up
  *    its buffers, measures RSS, creates and loads its structure, measures RSS again:
  *    rss_bytes is the difference, i.e. the structure alone (streams, key array and
@@ -85,72 +86,7 @@ static inline uint64_t rand_below(uint64_t *state, uint64_t n)
     return (uint64_t)(((unsigned __int128)bench_rand64(state) * n) >> 64);
 }
 
-/* Uniform double in [0, 1). */
-static inline double rand_unit(uint64_t *state)
-{
-    return (double)(bench_rand64(state) >> 11) * 0x1.0p-53;
-}
-
 static inline uint64_t key_of(uint64_t base, uint64_t i) { return bench_mix64(base + i); }
-
-/* ---- Zipf sampling by rejection-inversion (Hoermann and Derflinger 1996) -------------
- * Ranks 1..n with P(k) proportional to k^-s, s > 0, in O(1) expected time per sample. */
-
-typedef struct zipf {
-    double s, n, h_x1, h_n, cut;
-} zipf;
-
-static double zipf_helper1(double x) /* log1p(x)/x, stable near 0 */
-{
-    return fabs(x) > 1e-8 ? log1p(x) / x : 1.0 - x * (0.5 - x * (1.0 / 3.0 - 0.25 * x));
-}
-
-static double zipf_helper2(double x) /* expm1(x)/x, stable near 0 */
-{
-    return fabs(x) > 1e-8 ? expm1(x) / x : 1.0 + x * 0.5 * (1.0 + x / 3.0 * (1.0 + 0.25 * x));
-}
-
-static double zipf_h(const zipf *z, double x) { return exp(-z->s * log(x)); }
-
-/* H(x): an antiderivative of h(x) = x^-s (shifted so it is continuous at s = 1). */
-static double zipf_H(const zipf *z, double x)
-{
-    double lx = log(x);
-    return zipf_helper2((1.0 - z->s) * lx) * lx;
-}
-
-static double zipf_Hinv(const zipf *z, double x)
-{
-    double t = x * (1.0 - z->s);
-    if (t < -1.0)
-        t = -1.0;
-    return exp(zipf_helper1(t) * x);
-}
-
-static void zipf_init(zipf *z, uint64_t n, double s)
-{
-    z->s = s;
-    z->n = (double)n;
-    z->h_x1 = zipf_H(z, 1.5) - 1.0;
-    z->h_n = zipf_H(z, z->n + 0.5);
-    z->cut = 2.0 - zipf_Hinv(z, zipf_H(z, 2.5) - zipf_h(z, 2.0));
-}
-
-/* A rank in 1..n. */
-static uint64_t zipf_sample(const zipf *z, uint64_t *state)
-{
-    for (;;) {
-        double u = z->h_n + rand_unit(state) * (z->h_x1 - z->h_n);
-        double x = zipf_Hinv(z, u);
-        double k = floor(x + 0.5);
-        if (k < 1.0)
-            k = 1.0;
-        else if (k > z->n)
-            k = z->n;
-        if (k - x <= z->cut || u >= zipf_H(z, k + 0.5) - zipf_h(z, k))
-            return (uint64_t)k;
-    }
-}
 
 /* ---- options ------------------------------------------------------------------------ */
 
@@ -364,11 +300,11 @@ typedef struct run_data {
 } run_data;
 
 /* Fill n stream entries: uniform indices, or Zipf ranks mapped through perm. */
-static void gen_stream(uint32_t *dst, uint64_t n, uint64_t nkeys, const zipf *z,
+static void gen_stream(uint32_t *dst, uint64_t n, uint64_t nkeys, const dhps_zipf *z,
                        const uint32_t *perm, uint64_t *state)
 {
     for (uint64_t i = 0; i < n; i++)
-        dst[i] = z ? perm[zipf_sample(z, state) - 1] : (uint32_t)rand_below(state, nkeys);
+        dst[i] = z ? perm[dhps_zipf_next(z, state)] : (uint32_t)rand_below(state, nkeys);
 }
 
 static void *xmap(size_t bytes, const char *what)
@@ -390,9 +326,9 @@ static void gen_data(run_data *d)
     d->lookup_ix = xmap(o->ops * sizeof(uint32_t), "the lookup stream");
     d->update_ix = xmap(o->update_ops * sizeof(uint32_t), "the update stream");
     uint32_t *perm = NULL;
-    zipf z, *zp = NULL;
+    dhps_zipf z, *zp = NULL;
     if (o->zipf_s > 0) {
-        /* rank r -> perm[r-1]: a seeded Fisher-Yates shuffle, so the hottest keys are
+        /* rank r -> perm[r]: a seeded Fisher-Yates shuffle, so the hottest keys are
          * not neighbours in insertion order (nor in anyone's value storage) */
         perm = xmap(o->keys * sizeof(uint32_t), "the Zipf permutation");
         for (uint64_t i = 0; i < o->keys; i++)
@@ -403,7 +339,7 @@ static void gen_data(run_data *d)
             perm[i] = perm[j];
             perm[j] = t;
         }
-        zipf_init(&z, o->keys, o->zipf_s);
+        dhps_zipf_init(&z, o->keys, o->zipf_s);
         zp = &z;
     }
     uint64_t ls = bench_mix64(o->seed ^ 0x6c6f6f6b7570ull); /* "lookup" */

@@ -1,7 +1,8 @@
 /*
  * Small internal helpers shared by the dhps libraries, the dhps tool, tests and benches.
  * Not public API (include/dhps/ holds that): anything linking dhps_common can include
- * "util.h". Everything here is static inline, so it costs nothing on hot paths.
+ * "util.h". The clock and random helpers are static inline, so they cost nothing on hot
+ * paths; the Zipf sampler lives in util.c.
  */
 #ifndef DHPS_COMMON_UTIL_H
 #define DHPS_COMMON_UTIL_H
@@ -20,5 +21,31 @@ static inline uint64_t dhps_clock_ns(clockid_t id)
 
 /* Monotonic nanoseconds: the clock for deadlines, timeouts and durations. */
 static inline uint64_t dhps_mono_ns(void) { return dhps_clock_ns(CLOCK_MONOTONIC); }
+
+/* splitmix64: advance *state and return the next pseudo-random word of its stream. */
+static inline uint64_t dhps_splitmix64(uint64_t *state)
+{
+    uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+/* Uniform double in [0, 1) from the splitmix64 stream *state (53 random bits). */
+static inline double dhps_rand_unit(uint64_t *state)
+{
+    return (double)(dhps_splitmix64(state) >> 11) * 0x1.0p-53;
+}
+
+/* Zipf(s) sampler over ranks [0, n) by rejection-inversion (Hoermann and Derflinger
+ * 1996): P(rank r) proportional to (r + 1)^-s, O(1) expected time per sample, any n >= 1
+ * (0 is taken as 1), s > 0 (s = 1 allowed). Rank 0 is the most popular; callers scramble
+ * ranks into keys. Init once; next is pure given *rng (a splitmix64 state), so one
+ * dhps_zipf may be shared by threads that each have their own rng. */
+typedef struct dhps_zipf {
+    double s, n, h_x1, h_n, cut;
+} dhps_zipf;
+void dhps_zipf_init(dhps_zipf *z, uint64_t n, double s);
+uint64_t dhps_zipf_next(const dhps_zipf *z, uint64_t *rng);
 
 #endif

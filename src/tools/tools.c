@@ -157,63 +157,11 @@ uint64_t tools_hist_quantile(const tools_hist *h, double q)
     return 0;
 }
 
-/* ---- random ------------------------------------------------------------------------- */
-
-uint64_t tools_rand(uint64_t *s)
-{
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
-static double rnd01(uint64_t *s) { return (double)(tools_rand(s) >> 11) * 0x1.0p-53; }
-
-/* (exp(x) - 1) / x and log1p(x) / x, continuous at 0 */
-static double expm1_x(double x) { return fabs(x) > 1e-8 ? expm1(x) / x : 1.0 + x / 2; }
-static double log1p_x(double x) { return fabs(x) > 1e-8 ? log1p(x) / x : 1.0 - x / 2; }
-
-static double zh(const tools_zipf *z, double x) { return exp(-z->s * log(x)); }
-static double zH(const tools_zipf *z, double x)
-{
-    double lx = log(x);
-    return expm1_x((1.0 - z->s) * lx) * lx;
-}
-static double zHinv(const tools_zipf *z, double x)
-{
-    double t = x * (1.0 - z->s);
-    if (t < -1.0)
-        t = -1.0;
-    return exp(log1p_x(t) * x);
-}
-
-void tools_zipf_init(tools_zipf *z, uint64_t n, double s)
-{
-    z->s = s;
-    z->n = (double)(n ? n : 1);
-    z->h_x1 = zH(z, 1.5) - 1.0;
-    z->h_n = zH(z, z->n + 0.5);
-    z->hd = 2.0 - zHinv(z, zH(z, 2.5) - zh(z, 2.0));
-}
-
-uint64_t tools_zipf_next(const tools_zipf *z, uint64_t *rng)
-{
-    for (;;) {
-        double u = z->h_n + rnd01(rng) * (z->h_x1 - z->h_n);
-        double x = zHinv(z, u);
-        double k = floor(x + 0.5);
-        if (k < 1)
-            k = 1;
-        else if (k > z->n)
-            k = z->n;
-        if (k - x <= z->hd || u >= zH(z, k + 0.5) - zh(z, k))
-            return (uint64_t)k - 1;
-    }
-}
+/* ---- sample rows -------------------------------------------------------------------- */
 
 void tools_sample_row(uint64_t key, uint32_t dim, float *out)
 {
     uint64_t s = key * 0xD1B54A32D192ED03ull + 1;
     for (uint32_t i = 0; i < dim; i++)
-        out[i] = (float)((double)(tools_rand(&s) >> 40) * 0x1.0p-23 - 1.0);
+        out[i] = (float)((double)(dhps_splitmix64(&s) >> 40) * 0x1.0p-23 - 1.0);
 }

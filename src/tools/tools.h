@@ -9,7 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "util.h" /* dhps_mono_ns: monotonic nanoseconds */
+#include "util.h" /* dhps_mono_ns, dhps_splitmix64, dhps_zipf */
 
 /* A read-only mapping of a whole file. */
 typedef struct tools_file {
@@ -49,18 +49,6 @@ void tools_hist_add(tools_hist *h, uint64_t ns);
 void tools_hist_merge(tools_hist *into, const tools_hist *from);
 /* The q-quantile (0..1) in ns (bucket midpoint), 0 when empty. */
 uint64_t tools_hist_quantile(const tools_hist *h, double q);
-
-/* Zipf(s) sampler over [0, n) by rejection-inversion (Hörmann & Derflinger), O(1) per
- * sample, any n >= 1, s > 0 (s = 1 allowed). rank 0 is the most popular; callers
- * scramble ranks into keys. */
-typedef struct tools_zipf {
-    double s, n, h_x1, h_n, hd;
-} tools_zipf;
-void tools_zipf_init(tools_zipf *z, uint64_t n, double s);
-uint64_t tools_zipf_next(const tools_zipf *z, uint64_t *rng);
-
-/* splitmix64 step. */
-uint64_t tools_rand(uint64_t *state);
 
 /* Deterministic sample vector of key k (dim fp32s in [-1, 1)): what `dhps up` loads
  * and what the tests check lookups against. */

@@ -106,13 +106,13 @@ static void *tr_run(void *arg)
     /* warm-up, not counted: this thread's first lookup opens its channels (a verbs hello
      * can take seconds under emulation), so it gets a generous deadline */
     for (size_t i = 0; i < n; i++)
-        keys[i] = tools_rand(&t->seed) % o->keys;
+        keys[i] = dhps_splitmix64(&t->seed) % o->keys;
     dhps_client_lookup(t->client, o->table, keys, n, out, o->dim, DHPS_FP32, mask,
                        TR_WARMUP_US, NULL);
     atomic_fetch_add(&tr_ready, 1);
     while (!atomic_load_explicit(&tr_stop, memory_order_relaxed)) {
         for (size_t i = 0; i < n; i++)
-            keys[i] = tools_rand(&t->seed) % o->keys;
+            keys[i] = dhps_splitmix64(&t->seed) % o->keys;
         uint64_t t0 = dhps_mono_ns();
         int rc = dhps_client_lookup(t->client, o->table, keys, n, out, o->dim, DHPS_FP32, mask,
                                     o->deadline_ms * 1000, NULL);

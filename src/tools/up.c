@@ -358,7 +358,7 @@ static long verify_sample(dhps_client *c, const char *table, uint32_t dim, uint6
     if (!keys || !out || !want || n > 4096)
         goto done;
     for (uint32_t i = 0; i < n; i++)
-        keys[i] = tools_rand(&rng) % nkeys;
+        keys[i] = dhps_splitmix64(&rng) % nkeys;
     int rc = dhps_client_lookup(c, table, keys, n, out, dim, DHPS_FP32, mask, 0, NULL);
     if (rc < 0) {
         bad = rc;

@@ -10,7 +10,7 @@
 struct wl_thread {
     const wl_params *p;
     const wl_backend *b;
-    const tools_zipf *z;
+    const dhps_zipf *z;
     uint32_t idx;
     uint64_t start_ns, end_ns;
     wl_result r;
@@ -18,7 +18,7 @@ struct wl_thread {
     int open_failed;
 };
 
-void wl_keys(const wl_params *p, const tools_zipf *z, uint64_t *rng, uint64_t *buf, uint32_t n,
+void wl_keys(const wl_params *p, const dhps_zipf *z, uint64_t *rng, uint64_t *buf, uint32_t n,
              uint64_t *seen, uint32_t seen_mask)
 {
     bool distinct = p->distinct && seen && n <= p->nkeys / 2;
@@ -26,7 +26,7 @@ void wl_keys(const wl_params *p, const tools_zipf *z, uint64_t *rng, uint64_t *b
         memset(seen, 0, ((size_t)seen_mask + 1) * sizeof *seen);
     for (uint32_t i = 0; i < n; i++) {
         for (int tries = 0;; tries++) {
-            uint64_t k = p->zipf > 0 ? tools_zipf_next(z, rng) : tools_rand(rng) % p->nkeys;
+            uint64_t k = p->zipf > 0 ? dhps_zipf_next(z, rng) : dhps_splitmix64(rng) % p->nkeys;
             if (!distinct) {
                 buf[i] = k;
                 break;
@@ -85,7 +85,7 @@ static void *wl_main(void *arg)
             break;
         wl_keys(p, t->z, &rng, keys, p->batch, seen, seen_n - 1);
         bool upd = p->update_share > 0 &&
-                   (double)(tools_rand(&rng) >> 11) * 0x1.0p-53 < p->update_share;
+                   (double)(dhps_splitmix64(&rng) >> 11) * 0x1.0p-53 < p->update_share;
         uint32_t miss = 0;
         int rc = upd ? t->b->update(th, keys, p->batch, buf)
                      : t->b->lookup(th, keys, p->batch, buf, &miss);
@@ -121,8 +121,8 @@ int wl_run(const wl_params *p, const wl_backend *b, wl_result *r)
     struct wl_thread *ts = calloc(p->threads, sizeof *ts);
     if (!ts)
         return -ENOMEM;
-    tools_zipf z;
-    tools_zipf_init(&z, p->nkeys, p->zipf > 0 ? p->zipf : 1.0);
+    dhps_zipf z;
+    dhps_zipf_init(&z, p->nkeys, p->zipf > 0 ? p->zipf : 1.0);
     uint64_t start = dhps_mono_ns() + 20000000ull; /* let every thread open first */
     uint64_t end = start + (uint64_t)(p->seconds * 1e9);
     int rc = 0;

@@ -54,7 +54,7 @@ int wl_run(const wl_params *p, const wl_backend *b, wl_result *r);
 /* Fill buf[0..n) with keys for a batch (uniform or Zipf rank). With p->distinct and a
  * scratch table seen[0..seen_mask] (a power of two >= 2n slots), keys within the batch
  * are distinct (up to 64 redraws per key, so a tiny hot set still terminates). */
-void wl_keys(const wl_params *p, const tools_zipf *z, uint64_t *rng, uint64_t *buf, uint32_t n,
+void wl_keys(const wl_params *p, const dhps_zipf *z, uint64_t *rng, uint64_t *buf, uint32_t n,
              uint64_t *seen, uint32_t seen_mask);
 
 #endif
