@@ -245,14 +245,7 @@ static void *mc_open(void *arg)
     t->fd = -1;
     if (!t->m || !t->kp || !t->kl || !t->kt || !t->hk || !t->hv ||
         memcached_server_add(t->m, "127.0.0.1", g_mc_port) != MEMCACHED_SUCCESS) {
-        if (t->m)
-            memcached_free(t->m);
-        free(t->kp);
-        free(t->kl);
-        free(t->kt);
-        free(t->hk);
-        free(t->hv);
-        free(t);
+        mc_close(t);
         return NULL;
     }
     memcached_behavior_set(t->m, MEMCACHED_BEHAVIOR_TCP_NODELAY, 1);
@@ -273,7 +266,8 @@ static void *mc_open(void *arg)
 static void mc_close(void *th)
 {
     struct mc_th *t = th;
-    memcached_free(t->m);
+    if (t->m)
+        memcached_free(t->m);
     if (t->fd >= 0)
         close(t->fd);
     free(t->kp);
