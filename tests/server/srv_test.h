@@ -244,6 +244,19 @@ static inline int t_simple(t_conn *tc, uint16_t method, const char *table, char 
 
 /* ---- HTTP ---------------------------------------------------------------------------- */
 
+/* A TCP connection to 127.0.0.1:port, or -1. */
+static inline int t_http_connect(uint16_t port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, (struct sockaddr *)&a, sizeof a)) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
 /* Read an HTTP/1.x response from fd until EOF and close fd; returns the status code (or
  * -1) and sets *body (malloc'd, "" when there is none). */
 static inline int t_http_reply(int fd, char **body)
@@ -273,13 +286,9 @@ static inline int t_http_reply(int fd, char **body)
 static inline int t_http_get(uint16_t port, const char *path, char **body)
 {
     *body = NULL;
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (connect(fd, (struct sockaddr *)&a, sizeof a)) {
-        close(fd);
+    int fd = t_http_connect(port);
+    if (fd < 0)
         return -1;
-    }
     char req[256];
     int k = snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", path);
     if (write(fd, req, (size_t)k) != k) {

@@ -76,13 +76,9 @@ static int http(uint16_t port, const char *method, const char *target, const cha
                 const char *body, char **resp)
 {
     *resp = NULL;
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (connect(fd, (struct sockaddr *)&a, sizeof a)) {
-        close(fd);
+    int fd = t_http_connect(port);
+    if (fd < 0)
         return -1;
-    }
     size_t blen = body ? strlen(body) : 0;
     char *req = malloc(blen + 1024);
     int k = snprintf(req, 1024, "%s %s HTTP/1.0\r\nHost: 127.0.0.1\r\n", method, target);
