@@ -22,6 +22,7 @@
 
 #include "dhps/proto.h"
 #include "dhps/rpc.h"
+#include "dhps/server.h"
 #include "util.h"
 
 #define T_SECRET "server-test-secret"
@@ -74,6 +75,29 @@ static inline void t_config(const char *dir, char *out, size_t len, uint32_t nsh
              "\"snapshot\":{\"dir\":\"%s/snap\"},\"port_file\":\"%s/ports\","
              "\"shards\":{\"nshards\":%u,\"own\":%s}%s%s}",
              dir, dir, dir, nshards, own, *extra ? "," : "", extra);
+}
+
+/* Parse cfgtext, then create and start an embedded server in *s. 0, or the failing
+ * step's code with "config: ", "create: " or "start: " and its message in err. */
+static inline int t_server_start(const char *cfgtext, dhps_server **s, char *err,
+                                 size_t errlen)
+{
+    char e[512] = "";
+    dhps_server_config *c = NULL;
+    int rc = dhps_server_config_parse(cfgtext, strlen(cfgtext), &c, e, sizeof e);
+    if (rc) {
+        snprintf(err, errlen, "config: %s", e);
+        return rc;
+    }
+    rc = dhps_server_create(c, s, e, sizeof e);
+    dhps_server_config_free(c);
+    if (rc) {
+        snprintf(err, errlen, "create: %s", e);
+        return rc;
+    }
+    if ((rc = dhps_server_start(*s, e, sizeof e)))
+        snprintf(err, errlen, "start: %s", e);
+    return rc;
 }
 
 /* ---- rpc ---------------------------------------------------------------------------- */

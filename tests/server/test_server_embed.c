@@ -22,16 +22,10 @@ static int setup(void **state)
 {
     fx *f = calloc(1, sizeof *f);
     f->dir = t_mkdtemp();
-    char cfgtext[2048], err[512];
+    char cfgtext[2048], err[600];
     t_config(f->dir, cfgtext, sizeof cfgtext, NSH, "[0,1,2]", "");
-    dhps_server_config *c = NULL;
-    assert_int_equal(dhps_server_config_parse(cfgtext, strlen(cfgtext), &c, err, sizeof err), 0);
-    int rc = dhps_server_create(c, &f->s, err, sizeof err);
-    dhps_server_config_free(c);
-    if (rc)
-        fail_msg("create: %s", err);
-    if ((rc = dhps_server_start(f->s, err, sizeof err)))
-        fail_msg("start: %s", err);
+    if (t_server_start(cfgtext, &f->s, err, sizeof err))
+        fail_msg("%s", err);
     assert_true(dhps_server_ready(f->s));
     assert_int_equal(t_connect(&f->tc, dhps_server_port(f->s), T_SECRET), 0);
     *state = f;

@@ -28,17 +28,10 @@ static fx *start(const char *extra)
 {
     fx *f = calloc(1, sizeof *f);
     f->dir = t_mkdtemp();
-    char cfgtext[2048], err[512];
+    char cfgtext[2048], err[600];
     t_config(f->dir, cfgtext, sizeof cfgtext, 4, "\"all\"", extra);
-    dhps_server_config *c = NULL;
-    if (dhps_server_config_parse(cfgtext, strlen(cfgtext), &c, err, sizeof err))
-        fail_msg("config: %s", err);
-    int rc = dhps_server_create(c, &f->s, err, sizeof err);
-    dhps_server_config_free(c);
-    if (rc)
-        fail_msg("create: %s", err);
-    if ((rc = dhps_server_start(f->s, err, sizeof err)))
-        fail_msg("start: %s", err);
+    if (t_server_start(cfgtext, &f->s, err, sizeof err))
+        fail_msg("%s", err);
     f->mport = dhps_server_metrics_port(f->s);
     assert_int_equal(t_connect(&f->tc, dhps_server_port(f->s), T_SECRET), 0);
     return f;
