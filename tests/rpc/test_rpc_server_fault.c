@@ -480,27 +480,40 @@ static void hold_bound(void **st)
 /* Rules changed by another thread while two client threads run calls: every callback
  * exactly once, statuses only 0 or DHPS_E_TIMEOUT. */
 typedef struct churn {
-    uint16_t port;
     _Atomic bool stop;
-    dhps_rpc_server *s;
     int transport;
+    peer p;
     tally t;
-    int sent;
+    int sent, send_failed, poll_failed;
 } churn;
 
+/* Runs on its own thread with a peer opened by the main thread (an rpc client may move
+ * between threads, used by one at a time): its open does not race the rule changes, and
+ * no cmocka assertion runs off the main thread (a failure there could not be reported). */
 static void *churn_client(void *arg)
 {
     churn *cz = arg;
-    peer p;
-    peer_open(&p, cz->port, cz->transport);
     while (!cz->stop) {
+        int n = 0;
         for (int i = 0; i < 16; i++) {
-            send_async(&p, &cz->t, 50000);
-            cz->sent++;
+            void *buf;
+            if (dhps_rpc_call_start(cz->p.ch, M_ECHO, 8, &buf) != 0)
+                break;
+            uint64_t v = 7;
+            memcpy(buf, &v, 8);
+            if (dhps_rpc_call_send(cz->p.ch, 8, 50000, on_done, &cz->t) != 0)
+                break;
+            n++;
         }
-        wait_all(&p, &cz->t, cz->sent);
+        cz->sent += n;
+        if (n < 16)
+            cz->send_failed++;
+        while (cz->t.done < cz->sent)
+            if (dhps_rpc_client_poll(cz->p.c, 100) < 0) {
+                cz->poll_failed++;
+                return NULL;
+            }
     }
-    peer_close(&p);
     return NULL;
 }
 
@@ -508,11 +521,12 @@ static void rules_change_under_traffic(void **st)
 {
     (void)st;
     dhps_rpc_server *s = start_server(2);
-    churn cz[2] = {{.port = dhps_rpc_server_port(s), .s = s, .transport = DHPS_RPC_TCP},
-                   {.port = dhps_rpc_server_port(s), .s = s, .transport = DHPS_RPC_SHM}};
+    churn cz[2] = {{.transport = DHPS_RPC_TCP}, {.transport = DHPS_RPC_SHM}};
     pthread_t th[2];
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < 2; i++) {
+        peer_open(&cz[i].p, dhps_rpc_server_port(s), cz[i].transport);
         assert_int_equal(pthread_create(&th[i], NULL, churn_client, &cz[i]), 0);
+    }
     dhps_rpc_fault f;
     for (int round = 0; round < 60; round++) {
         dhps_rpc_fault_init(&f);
@@ -536,6 +550,9 @@ static void rules_change_under_traffic(void **st)
     for (int i = 0; i < 2; i++) {
         cz[i].stop = true;
         pthread_join(th[i], NULL);
+        peer_close(&cz[i].p);
+        assert_int_equal(cz[i].send_failed, 0);
+        assert_int_equal(cz[i].poll_failed, 0);
         assert_int_equal(cz[i].t.done, cz[i].sent);
         assert_int_equal(cz[i].t.other, 0);
         assert_int_equal(cz[i].t.ok + cz[i].t.timeout, cz[i].sent);

@@ -6,7 +6,9 @@
  * must always find them (no false miss while entries move or the index is rebuilt).
  * Pinned readers check that pinned bytes do not change until release. */
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 
 #include "test_util.h"
@@ -26,12 +28,38 @@ static void make_value(uint8_t *v, uint32_t len, uint64_t key, uint64_t ver)
     fill_value(v + 8, len - 8, key, ver ^ ((uint64_t)len << 48));
 }
 
-static void verify(const uint8_t *v, uint32_t len, uint64_t key)
+/* Reader threads must not call cmocka's assertions (a failure off the main thread cannot
+ * be reported: the process just ends). They record the first failure here and stop;
+ * the main thread fails the test with it after joining them. */
+static _Atomic int failed;
+static char fail_text[256];
+
+__attribute__((format(printf, 1, 2))) static void reader_fail(const char *fmt, ...)
+{
+    int expect = 0;
+    if (atomic_compare_exchange_strong(&failed, &expect, 1)) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(fail_text, sizeof fail_text, fmt, ap);
+        va_end(ap);
+    }
+    atomic_store(&done, 1);
+}
+
+static bool verify(const uint8_t *v, uint32_t len, uint64_t key)
 {
     uint64_t ver;
-    assert_true(len >= 8);
+    if (len < 8) {
+        reader_fail("key %llx: value of %u bytes (< 8)", (unsigned long long)key, len);
+        return false;
+    }
     memcpy(&ver, v, 8);
-    assert_true(check_value(v + 8, len - 8, key, ver ^ ((uint64_t)len << 48)));
+    if (!check_value(v + 8, len - 8, key, ver ^ ((uint64_t)len << 48))) {
+        reader_fail("key %llx: torn or stale value (version %llu, %u bytes)",
+                    (unsigned long long)key, (unsigned long long)ver, len);
+        return false;
+    }
+    return true;
 }
 
 static void *reader_main(void *arg)
@@ -39,7 +67,10 @@ static void *reader_main(void *arg)
     unsigned id = (unsigned)(uintptr_t)arg;
     uint64_t x = 77 + id;
     dhps_store_reader *r;
-    assert_int_equal(dhps_store_reader_open(S, &r), 0);
+    if (dhps_store_reader_open(S, &r) != 0) {
+        reader_fail("reader %u: reader_open failed", id);
+        return NULL;
+    }
     enum { B = 64 };
     uint64_t keys[B], found[1];
     static __thread uint8_t out[B][128];
@@ -51,7 +82,9 @@ static void *reader_main(void *arg)
         keys[0] = key_of((unsigned)(splitmix(&x) % STABLE));
         if (splitmix(&x) % 16 == 0) {
             dhps_store_get_pinned(r, keys, B, vals, lens, found);
-            assert_true(bit(found, 0));
+            if (!bit(found, 0))
+                reader_fail("reader %u: stable key %llx missed (pinned get)", id,
+                            (unsigned long long)keys[0]);
             uint8_t copy[B][128];
             for (int j = 0; j < B; j++)
                 if (bit(found, (size_t)j)) {
@@ -61,13 +94,16 @@ static void *reader_main(void *arg)
             for (volatile int spin = 0; spin < 2000; spin++)
                 ;
             for (int j = 0; j < B; j++)
-                if (bit(found, (size_t)j))
-                    assert_memory_equal(copy[j], vals[j], lens[j]); /* pinned bytes hold */
+                if (bit(found, (size_t)j) && memcmp(copy[j], vals[j], lens[j]) != 0)
+                    reader_fail("reader %u: pinned bytes of key %llx changed before release",
+                                id, (unsigned long long)keys[j]);
             dhps_store_release(r);
             atomic_fetch_add(&pinned_checks, 1);
         } else {
             size_t h = dhps_store_get(r, keys, B, out, 128, lens, found);
-            assert_true(bit(found, 0)); /* stable keys are never missed */
+            if (!bit(found, 0)) /* stable keys are never missed */
+                reader_fail("reader %u: stable key %llx missed", id,
+                            (unsigned long long)keys[0]);
             for (int j = 0; j < B; j++)
                 if (bit(found, (size_t)j))
                     verify(out[j], lens[j], keys[j]);
@@ -102,7 +138,7 @@ static void stress(void **state)
         assert_int_equal(pthread_create(&th[i], NULL, reader_main, (void *)i), 0);
 
     uint64_t ops = test_scale(600000, 60000), x = 5;
-    for (uint64_t op = 0; op < ops; op++) {
+    for (uint64_t op = 0; op < ops && !atomic_load(&failed); op++) {
         unsigned what = (unsigned)(splitmix(&x) % 100);
         unsigned i = (unsigned)(splitmix(&x) % K);
         uint64_t k = key_of(i);
@@ -125,6 +161,8 @@ static void stress(void **state)
     atomic_store(&done, 1);
     for (int i = 0; i < READERS; i++)
         pthread_join(th[i], NULL);
+    if (atomic_load(&failed))
+        fail_msg("%s", fail_text);
     dhps_store_stats st;
     dhps_store_get_stats(S, &st);
     printf("stress: %llu writer ops, %llu keys read (%llu hits), %llu pinned checks; grows %llu, "
