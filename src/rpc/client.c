@@ -947,7 +947,6 @@ static int poll_verbs(dhps_rpc_client *cl)
     return ran;
 }
 
-/* One non-blocking pass over every channel. Returns callbacks run. */
 /* epoll_wait with a nanosecond bound (wait_ns < 0: forever): epoll_pwait2 where the
  * kernel has it (5.11+), so held-back calls (fault delays), hedges and deadlines fire on
  * time instead of on the next whole millisecond; else epoll_wait rounded up to 1 ms. */
@@ -965,6 +964,8 @@ static int wait_events(int ep, struct epoll_event *evs, int max, int64_t wait_ns
     return epoll_wait(ep, evs, max, ms);
 }
 
+/* One pass over every channel, sleeping at most wait_ns (< 0: until an event; the
+ * verbs device check caps it at 50 ms) when nothing ran. Returns callbacks run. */
 static int turn(dhps_rpc_client *cl, int64_t wait_ns)
 {
     int ran = flush_all(cl);
