@@ -267,6 +267,12 @@ typedef struct dhps_rpc_channel_params {
     bool exclusive;            /* do not share the connection (default false: channels of
                                   one client to the same host:port with the same allow,
                                   require and mixed share one connection, one QP) */
+    uint32_t tcp_connect_timeout_us; /* bound on the TCP connect alone, before the hello
+                                  (0 = default: the client's connect_timeout_ms bounds
+                                  connect and hello together). A caller with a deadline
+                                  passes what is left of it, so a host that drops SYNs
+                                  (dead, or a full backlog) costs at most that; a live
+                                  host answers the connect in one round trip. */
 } dhps_rpc_channel_params;
 
 /* Fill p with the defaults above (port must still be set). */

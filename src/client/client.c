@@ -501,9 +501,12 @@ static uint32_t path_allow(const dhps_client *c, const dhps_cluster_node *nd)
     return DHPS_RPC_MASK(DHPS_RPC_TCP);
 }
 
-/* The thread's channel to node id of map m, opened on demand. */
+/* The thread's channel to node id of map m, opened on demand. A call with a deadline
+ * (deadline_ns != 0) bounds the TCP connect of a new channel by what is left of it: a
+ * node whose host drops SYNs costs the call at most its own time, not the client's
+ * connect timeout (the hello keeps that bound: a live but slow peer still gets in). */
 static int channel_get(struct tstate *ts, const dhps_cluster_map *m, uint32_t id,
-                       dhps_rpc_channel **out)
+                       uint64_t deadline_ns, dhps_rpc_channel **out)
 {
     dhps_client *c = ts->c;
     const dhps_cluster_node *nd = dhps_cluster_map_node(m, id);
@@ -537,6 +540,11 @@ static int channel_get(struct tstate *ts, const dhps_cluster_map *m, uint32_t id
     cp.host = nd->ip;
     cp.port = nd->port;
     cp.allow = allow;
+    if (deadline_ns) {
+        uint64_t left_us = deadline_ns > now ? (deadline_ns - now) / 1000 : 0;
+        cp.tcp_connect_timeout_us =
+            left_us < 1000 ? 1000 : left_us > UINT32_MAX ? UINT32_MAX : (uint32_t)left_us;
+    }
     strcpy(e->addr, nd->addr);
     e->allow = allow;
     int rc = dhps_rpc_channel_open(ts->rpc, &cp, &e->ch);
@@ -1042,7 +1050,8 @@ static void send_msg(struct op *op, struct msg *ms, struct attempt *a)
     dhps_rpc_channel *ch = NULL;
     void *buf = NULL;
     uint64_t now = dhps_mono_ns();
-    int rc = now >= op->deadline_ns ? DHPS_E_TIMEOUT : channel_get(op->ts, op->m, node, &ch);
+    int rc = now >= op->deadline_ns ? DHPS_E_TIMEOUT
+                                     : channel_get(op->ts, op->m, node, op->deadline_ns, &ch);
     uint64_t t1 = dhps_mono_ns();
     /* the time spent opening a connection is not the node's answer time: the router's
      * latency sample (and a half-open breaker's probe verdict) starts after it */
@@ -1723,7 +1732,7 @@ int dhps_client_connect(dhps_client *c)
     for (size_t i = 0; i < dhps_cluster_map_nnodes(mr->m); i++) {
         const dhps_cluster_node *nd = dhps_cluster_map_node_at(mr->m, i);
         dhps_rpc_channel *ch;
-        if (channel_get(ts, mr->m, nd->id, &ch) < 0)
+        if (channel_get(ts, mr->m, nd->id, 0, &ch) < 0)
             failed++;
     }
     map_unref(mr);

@@ -399,7 +399,13 @@ static int s_open(dhps_rpc_client *cl, const dhps_rpc_channel_params *p, session
         return -ENOMEM;
     c->c.fd = -1;
     memset(&pr, 0, sizeof pr);
-    rc = connect_to(p, deadline, &fd);
+    uint64_t connect_deadline = deadline;
+    if (p->tcp_connect_timeout_us) {
+        uint64_t d = dhps_mono_ns() + (uint64_t)p->tcp_connect_timeout_us * 1000ull;
+        if (d < connect_deadline)
+            connect_deadline = d;
+    }
+    rc = connect_to(p, connect_deadline, &fd);
     if (rc)
         goto fail;
     memset(&ch, 0, sizeof ch);

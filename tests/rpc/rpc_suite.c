@@ -744,6 +744,45 @@ static void refused_until_started(void **st)
     dhps_rpc_server_destroy(s);
 }
 
+/* A listener whose accept queue is full drops SYNs (as a dead host sends nothing back):
+ * a channel's tcp_connect_timeout_us bounds the connect alone, well inside the client's
+ * connect timeout (10 s here), and the open fails with DHPS_E_TIMEOUT. */
+static void tcp_connect_bounded(void **st)
+{
+    (void)st;
+    int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(lfd >= 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    assert_int_equal(bind(lfd, (struct sockaddr *)&a, sizeof a), 0);
+    assert_int_equal(listen(lfd, 0), 0); /* never accepted: one queued connection fills it */
+    socklen_t al = sizeof a;
+    assert_int_equal(getsockname(lfd, (struct sockaddr *)&a, &al), 0);
+    int filler = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_int_equal(connect(filler, (struct sockaddr *)&a, sizeof a), 0);
+    dhps_rpc_client_params cp;
+    dhps_rpc_client_params_init(&cp);
+    cp.secret = SECRET;
+    cp.secret_len = sizeof SECRET - 1;
+    cp.connect_timeout_ms = 10000;
+    dhps_rpc_client *c = NULL;
+    assert_int_equal(dhps_rpc_client_create(&cp, &c), 0);
+    dhps_rpc_channel_params p;
+    chan_params(&p, ntohs(a.sin_port));
+    p.tcp_connect_timeout_us = 200000;
+    dhps_rpc_channel *ch = NULL;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    assert_int_equal(dhps_rpc_channel_open(c, &p, &ch), DHPS_E_TIMEOUT);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double s = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    print_message("  connect to a full backlog failed after %.3f s (bound 0.2 s, client 10 s)\n", s);
+    assert_true(s < 5.0); /* the client's own 10 s bound would have been used */
+    assert_null(ch);
+    dhps_rpc_client_destroy(c);
+    close(filler);
+    close(lfd);
+}
+
 static void peer_killed_mid_call(void **st)
 {
     (void)st;
@@ -1263,6 +1302,7 @@ int main(void)
         cmocka_unit_test(server_destroyed_under_client),
         cmocka_unit_test(threads_many_clients),
         cmocka_unit_test(refused_until_started),
+        cmocka_unit_test(tcp_connect_bounded),
         cmocka_unit_test(peer_killed_mid_call),
         cmocka_unit_test(server_fault_rules),
     };
