@@ -609,14 +609,16 @@ int dhps_cmd_up(int argc, char **argv)
             json_array_append_new(ownj, json_integer(own[k]));
         json_t *cfg = json_pack(
             "{s:s,s:{s:s,s:s,s:s},s:{s:s,s:i,s:b,s:b,s:i,s:i},"
-            "s:[{s:s,s:i,s:s,s:I}],s:{s:s,s:b},s:s,s:{s:s,s:i},s:{s:i,s:o},s:s,s:s}",
+            "s:[{s:s,s:i,s:s,s:I}],s:{s:s,s:b},s:s,s:{s:s,s:i},s:{s:i,s:o},s:s,s:s,s:{s:b}}",
             "node_id", nd[i].name, "labels", "host", nd[i].host, "pod", nd[i].pod, "az",
             nd[i].az, "listen", "host", "127.0.0.1", "tcp_port", 0, "shm", o.shm, "verbs", o.verbs,
             "workers", (int)o.workers, "max_msg", (int)o.max_msg, "tables", "name", o.table, "dim",
             (int)o.dim, "dtype", "fp32", "capacity", (json_int_t)cap, "snapshot", "dir",
             nd[i].snap, "on_shutdown", 1, "secret_file", p, "metrics", "host", "127.0.0.1",
             "port", 0, "shards", "nshards", (int)o.shards, "own", ownj, "pid_file",
-            nd[i].pidfile, "port_file", nd[i].portfile);
+            nd[i].pidfile, "port_file", nd[i].portfile,
+            /* `dhps fault` works on the local cluster (changes need the cluster secret) */
+            "admin", "faults", 1);
         char *text = cfg ? json_dumps(cfg, JSON_INDENT(2)) : NULL;
         json_decref(cfg);
         if (!text || (e = write_text(nd[i].cfg, text, 0644)) < 0) {

@@ -114,6 +114,18 @@ static void up_get_put_down(void **state)
     assert_null(strstr(out, "failed"));
     free(out);
 
+    /* the nodes of `dhps up` accept server-side fault rules (admin.faults): set, list, clear */
+    assert_int_equal(run(DHPS_BIN " fault set --node 1 --cluster %s --delay-us 500 > /dev/null",
+                         g_dir), 0);
+    out = capture(DHPS_BIN " fault list --node 1 --cluster %s", g_dir);
+    assert_non_null(strstr(out, "1 rule"));
+    free(out);
+    assert_int_equal(run(DHPS_BIN " fault clear --node 1 --cluster %s --all > /dev/null", g_dir),
+                     0);
+    out = capture(DHPS_BIN " fault list --node 1 --cluster %s", g_dir);
+    assert_non_null(strstr(out, "0 rules"));
+    free(out);
+
     /* a second up on a running cluster is refused */
     assert_int_equal(run(DHPS_BIN " up --dir %s --nodes 4 --shards 64 --no-load --quiet "
                          ">/dev/null 2>&1", g_dir), 1);
