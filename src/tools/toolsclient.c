@@ -170,13 +170,13 @@ void tools_conn_close(tools_conn *c)
 
 static bool same_label(const char *a, const char *b) { return *a && *b && !strcmp(a, b); }
 
-int tools_tier_of(const dhps_cluster_node *nd, const char *host, const char *pod,
-                  const char *az)
+int tools_tier_of(const char *host, const char *pod, const char *az, const char *chost,
+                  const char *cpod, const char *caz)
 {
-    if (same_label(nd->host, host))
+    if (same_label(host, chost))
         return 0;
-    if (same_label(nd->az, az))
-        return same_label(nd->pod, pod) ? 1 : 2;
+    if (same_label(az, caz))
+        return same_label(pod, cpod) ? 1 : 2;
     return 3;
 }
 

@@ -36,12 +36,11 @@ typedef struct tools_conn {
     char host[64], pod[64], az[64]; /* labels the client was given ("" = none) */
 } tools_conn;
 
-/* Tier of node nd relative to a client labelled host/pod/az, as the route library
- * ranks them: 0 same host, 1 same pod (and az), 2 same az, 3 another az. An empty label
- * is unknown and never equal to another. */
-struct dhps_cluster_node;
-int tools_tier_of(const struct dhps_cluster_node *nd, const char *host, const char *pod,
-                  const char *az);
+/* Tier of a node labelled host/pod/az relative to a client labelled chost/cpod/caz, as
+ * the route library ranks them: 0 same host, 1 same pod (and az), 2 same az, 3 another
+ * az. An empty label is unknown and never equal to another. */
+int tools_tier_of(const char *host, const char *pod, const char *az, const char *chost,
+                  const char *cpod, const char *caz);
 extern const char *const tools_tier_names[4]; /* "host", "pod", "az", "remote" */
 
 /* Directory `dhps up`/`down` and the other commands use when none is given:

@@ -200,12 +200,18 @@ static int tr_load(tools_conn *conn, const struct tr_opts *o)
     return rc;
 }
 
+/* Tier of node nd relative to the client's labels. */
+static int tr_tier(const tools_conn *conn, const dhps_cluster_node *nd)
+{
+    return tools_tier_of(nd->host, nd->pod, nd->az, conn->host, conn->pod, conn->az);
+}
+
 /* Install the per-tier delay rules (or remove them: on = false). */
 static int tr_delays(tools_conn *conn, const struct tr_opts *o, bool on)
 {
     for (size_t i = 0; i < dhps_cluster_map_nnodes(conn->map); i++) {
         const dhps_cluster_node *nd = dhps_cluster_map_node_at(conn->map, i);
-        uint32_t d = o->tier_delay_us[tools_tier_of(nd, conn->host, conn->pod, conn->az)];
+        uint32_t d = o->tier_delay_us[tr_tier(conn, nd)];
         if (!d)
             continue;
         dhps_rpc_fault f;
@@ -228,7 +234,7 @@ static void tr_print(const struct tr_opts *o, tools_conn *conn, double t, bool s
     size_t nn = dhps_cluster_map_nnodes(conn->map);
     for (size_t i = 0; i < nn; i++) {
         const dhps_cluster_node *nd = dhps_cluster_map_node_at(conn->map, i);
-        tier[tools_tier_of(nd, conn->host, conn->pod, conn->az)] += msgs[i];
+        tier[tr_tier(conn, nd)] += msgs[i];
         total += msgs[i];
     }
     double share[4];

@@ -270,15 +270,11 @@ static const char up_usage[] =
     "  RDMA verbs (needs an RDMA device, e.g. Soft-RoCE; clients use it toward nodes of\n"
     "  another host label in their AZ, and fall back to TCP without one).\n";
 
-static int tier_of(const struct up_node *n, const char *host, const char *pod, const char *az)
+/* Tier of node n relative to the client, which has node 0's labels. */
+static int tier_of(const struct up_node *nd, const struct up_node *n)
 {
-    if (!strcmp(n->host, host))
-        return 0;
-    if (!strcmp(n->az, az))
-        return strcmp(n->pod, pod) ? 2 : 1;
-    return 3;
+    return tools_tier_of(n->host, n->pod, n->az, nd[0].host, nd[0].pod, nd[0].az);
 }
-static const char *const tier_names[4] = {"host", "pod", "az", "remote"};
 
 /* dhps backend for the workload: the shared client (thread-safe by itself). */
 struct dhps_wl {
@@ -794,20 +790,20 @@ int dhps_cmd_up(int argc, char **argv)
         dhps_client_node_stats_get(conn->client, i, &after);
         uint64_t m = after.messages - before[i].messages;
         total += m;
-        tier_msgs[tier_of(&nd[i], nd[0].host, nd[0].pod, nd[0].az)] += m;
+        tier_msgs[tier_of(nd, &nd[i])] += m;
     }
     for (uint32_t i = 0; i < o.nodes; i++) {
         dhps_client_node_stats_get(conn->client, i, &after);
         uint64_t m = after.messages - before[i].messages;
         printf("    %-3s %-6s %10llu msgs %5.1f%%  errors %llu timeouts %llu\n", nd[i].name,
-               tier_names[tier_of(&nd[i], nd[0].host, nd[0].pod, nd[0].az)],
+               tools_tier_names[tier_of(nd, &nd[i])],
                (unsigned long long)m, total ? 100.0 * (double)m / (double)total : 0.0,
                (unsigned long long)(after.errors - before[i].errors),
                (unsigned long long)(after.timeouts - before[i].timeouts));
     }
     printf("    per tier:");
     for (int t = 0; t < 4; t++)
-        printf(" %s %.1f%%", tier_names[t],
+        printf(" %s %.1f%%", tools_tier_names[t],
                total ? 100.0 * (double)tier_msgs[t] / (double)total : 0.0);
     printf("\n");
 done:
