@@ -140,6 +140,9 @@ int tools_conn_open(const tools_target *t, tools_conn **out)
     p.max_msg = t->max_msg ? t->max_msg : 4u << 20;
     if (t->connect_timeout_ms)
         p.connect_timeout_ms = t->connect_timeout_ms;
+    c->put_timeout_us = 10000000;
+    if (2000ull * p.connect_timeout_ms > c->put_timeout_us)
+        c->put_timeout_us = 2000ull * p.connect_timeout_ms;
     p.max_node_id = dhps_cluster_map_max_node_id(c->map);
     if (p.max_node_id < 4095)
         p.max_node_id = 4095;
@@ -186,7 +189,8 @@ int tools_conn_put(tools_conn *c, const char *table, uint32_t dtype, uint32_t di
                    const uint64_t *keys, const void *rows, uint32_t n)
 {
     return dhps_client_update(c->client, table, keys, rows, n, dim, (int)dtype,
-                              DHPS_CLIENT_TTL_DEFAULT, DHPS_ACK_ALL, 10000000, NULL, NULL);
+                              DHPS_CLIENT_TTL_DEFAULT, DHPS_ACK_ALL, c->put_timeout_us, NULL,
+                              NULL);
 }
 
 int tools_conn_admin(tools_conn *c, uint16_t method, const char *table, tools_admin_fn fn,

@@ -34,6 +34,7 @@ typedef struct tools_conn {
     size_t secret_len;
     char map_path[4096];
     char host[64], pod[64], az[64]; /* labels the client was given ("" = none) */
+    uint64_t put_timeout_us;        /* deadline of tools_conn_put (set by open) */
 } tools_conn;
 
 /* Tier of a node labelled host/pod/az relative to a client labelled chost/cpod/caz, as
@@ -57,7 +58,9 @@ int tools_conn_open(const tools_target *t, tools_conn **out);
 void tools_conn_close(tools_conn *c);
 
 /* Write n rows (row_bytes = dim * size of dtype) under keys into table, acknowledged
- * by every replica. Returns 0 or a negative error. Thread-safe. */
+ * by every replica, within put_timeout_us: 10 s, or twice the target's connect timeout
+ * when that is longer (a batch may first have to open channels to its replicas).
+ * Returns 0 or a negative error. Thread-safe. */
 int tools_conn_put(tools_conn *c, const char *table, uint32_t dtype, uint32_t dim,
                    const uint64_t *keys, const void *rows, uint32_t n);
 

@@ -176,11 +176,6 @@ static int tr_load(tools_conn *conn, const struct tr_opts *o)
     if (!rows)
         return -ENOMEM;
     int rc = 0;
-    /* every replica must acknowledge; a batch may have to open channels first, each
-     * bounded by the connect timeout, so the deadline is at least twice that */
-    uint64_t deadline_us = 10000000;
-    if (o->tgt.connect_timeout_ms && 2000ull * o->tgt.connect_timeout_ms > deadline_us)
-        deadline_us = 2000ull * o->tgt.connect_timeout_ms;
     for (uint64_t k = 0; k < o->keys && !rc; k += B) {
         uint32_t n = (uint32_t)(o->keys - k < B ? o->keys - k : B);
         for (uint32_t i = 0; i < n; i++) {
@@ -190,9 +185,8 @@ static int tr_load(tools_conn *conn, const struct tr_opts *o)
         /* a first write opens channels to every replica (slow under emulation): a batch
          * that timed out is written again, idempotently (keys and rows are the same) */
         for (int attempt = 0; attempt < 3; attempt++)
-            if ((rc = dhps_client_update(conn->client, o->table, keys, rows, n, o->dim,
-                                         DHPS_FP32, DHPS_CLIENT_TTL_DEFAULT, DHPS_ACK_ALL,
-                                         deadline_us, NULL, NULL)) != DHPS_E_TIMEOUT &&
+            if ((rc = tools_conn_put(conn, o->table, DHPS_FP32, o->dim, keys, rows, n)) !=
+                    DHPS_E_TIMEOUT &&
                 rc != DHPS_E_UNREACHABLE)
                 break;
     }
