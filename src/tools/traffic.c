@@ -71,6 +71,15 @@ struct tr_counts {
     uint64_t lookups, complete, incomplete, wrong, missing;
 };
 
+static void counts_add(struct tr_counts *to, const struct tr_counts *from)
+{
+    to->lookups += from->lookups;
+    to->complete += from->complete;
+    to->incomplete += from->incomplete;
+    to->wrong += from->wrong;
+    to->missing += from->missing;
+}
+
 struct tr_thread {
     pthread_t th;
     const struct tr_opts *o;
@@ -198,6 +207,14 @@ static int tr_load(tools_conn *conn, const struct tr_opts *o)
 static int tr_tier(const tools_conn *conn, const dhps_cluster_node *nd)
 {
     return tools_tier_of(nd->host, nd->pod, nd->az, conn->host, conn->pod, conn->az);
+}
+
+/* Messages the client has sent so far to the i-th node of the map. */
+static uint64_t tr_node_msgs(const tools_conn *conn, size_t i)
+{
+    dhps_client_node_stats st;
+    dhps_client_node_stats_get(conn->client, dhps_cluster_map_node_at(conn->map, i)->id, &st);
+    return st.messages;
 }
 
 /* Install the per-tier delay rules (or remove them: on = false). */
@@ -427,12 +444,8 @@ int dhps_cmd_traffic(int argc, char **argv)
         memset(&th[i].h, 0, sizeof th[i].h);
         pthread_mutex_unlock(&th[i].mu);
     }
-    for (size_t i = 0; i < nn; i++) {
-        dhps_client_node_stats st;
-        dhps_client_node_stats_get(conn->client, dhps_cluster_map_node_at(conn->map, i)->id,
-                                   &st);
-        first[i] = prev[i] = st.messages;
-    }
+    for (size_t i = 0; i < nn; i++)
+        first[i] = prev[i] = tr_node_msgs(conn, i);
     struct tr_counts all = {0};
     tools_hist allh = {0}, ih;
     uint64_t t0 = dhps_mono_ns(), next = t0;
@@ -454,28 +467,18 @@ int dhps_cmd_traffic(int argc, char **argv)
         for (uint32_t i = 0; i < started; i++) {
             struct tr_thread *t = &th[i];
             pthread_mutex_lock(&t->mu);
-            in.lookups += t->n.lookups;
-            in.complete += t->n.complete;
-            in.incomplete += t->n.incomplete;
-            in.wrong += t->n.wrong;
-            in.missing += t->n.missing;
+            counts_add(&in, &t->n);
             tools_hist_merge(&ih, &t->h);
             memset(&t->n, 0, sizeof t->n);
             memset(&t->h, 0, sizeof t->h);
             pthread_mutex_unlock(&t->mu);
         }
         for (size_t i = 0; i < nn; i++) {
-            dhps_client_node_stats st;
-            dhps_client_node_stats_get(conn->client,
-                                       dhps_cluster_map_node_at(conn->map, i)->id, &st);
-            msgs[i] = st.messages - prev[i];
-            prev[i] = st.messages;
+            uint64_t m = tr_node_msgs(conn, i);
+            msgs[i] = m - prev[i];
+            prev[i] = m;
         }
-        all.lookups += in.lookups;
-        all.complete += in.complete;
-        all.incomplete += in.incomplete;
-        all.wrong += in.wrong;
-        all.missing += in.missing;
+        counts_add(&all, &in);
         tools_hist_merge(&allh, &ih);
         tr_print(&o, conn, (double)(dhps_mono_ns() - t0) / 1e9, false, &in, &ih, msgs);
     }
@@ -484,21 +487,13 @@ int dhps_cmd_traffic(int argc, char **argv)
         pthread_join(th[i].th, NULL);
         pthread_mutex_destroy(&th[i].mu);
         /* batches that finished after the last interval still count */
-        all.lookups += th[i].n.lookups;
-        all.complete += th[i].n.complete;
-        all.incomplete += th[i].n.incomplete;
-        all.wrong += th[i].n.wrong;
-        all.missing += th[i].n.missing;
+        counts_add(&all, &th[i].n);
         tools_hist_merge(&allh, &th[i].h);
     }
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
-    for (size_t i = 0; i < nn; i++) {
-        dhps_client_node_stats st;
-        dhps_client_node_stats_get(conn->client, dhps_cluster_map_node_at(conn->map, i)->id,
-                                   &st);
-        msgs[i] = st.messages - first[i];
-    }
+    for (size_t i = 0; i < nn; i++)
+        msgs[i] = tr_node_msgs(conn, i) - first[i];
     tr_print(&o, conn, (double)(dhps_mono_ns() - t0) / 1e9, true, &all, &allh, msgs);
     if (o.have_delay)
         tr_delays(conn, &o, false);
