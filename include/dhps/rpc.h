@@ -290,6 +290,27 @@ void dhps_rpc_channel_params_init(dhps_rpc_channel_params *p);
 int dhps_rpc_channel_open(dhps_rpc_client *c, const dhps_rpc_channel_params *p,
                           dhps_rpc_channel **out);
 
+/* Open a channel without blocking. Same sharing and checks as dhps_rpc_channel_open,
+ * but the connect and hello run inside this client's dhps_rpc_client_poll turns, so a
+ * peer that is slow to answer (stopped, loading, setting up verbs) holds no thread.
+ * Calls may be started and sent on the channel at once: while it opens, a request is
+ * copied once and waits (its deadline running); when the channel is ready it goes out
+ * on the negotiated transport (fault rules applied then); when the open fails, it
+ * completes with the open's error (DHPS_E_UNREACHABLE, DHPS_E_TIMEOUT, DHPS_E_AUTH,
+ * ...). Returns 0 and sets *out (see dhps_rpc_channel_status), or at once
+ * DHPS_E_CONFIG, -ENOMEM, -errno. Client thread only. */
+int dhps_rpc_channel_open_async(dhps_rpc_client *c, const dhps_rpc_channel_params *p,
+                                dhps_rpc_channel **out);
+
+/* State of a channel: 0 ready, -EINPROGRESS while its open runs, or the error that
+ * ended it (the open's, or DHPS_E_UNREACHABLE / DHPS_E_MALFORMED after the connection
+ * broke). A failed channel stays failed: close it and open another. Client thread only. */
+int dhps_rpc_channel_status(const dhps_rpc_channel *ch);
+
+/* CLOCK_MONOTONIC time in ns at which the channel's connection became
+ * ready; 0 while it opens or when its open failed. Client thread only. */
+uint64_t dhps_rpc_channel_ready_ns(const dhps_rpc_channel *ch);
+
 /* Close a channel: its in-flight calls complete with DHPS_E_CANCELLED (callbacks run
  * inside this call); the connection closes with its last channel. NULL allowed. */
 void dhps_rpc_channel_close(dhps_rpc_channel *ch);

@@ -29,6 +29,8 @@ typedef struct slot {
 } slot;
 
 typedef struct session session;
+struct hs;
+struct deferred;
 
 /* A session is one connection (TCP + fast path) to a peer; channels with the same
  * policy to the same peer share it (one QP per peer per client). */
@@ -67,6 +69,10 @@ struct session {
     vep *pending;           /* endpoint offered in a PROMOTE, awaiting the answer */
     uint64_t retry_at;      /* next re-promotion attempt (ns) */
     uint32_t backoff_ms;
+    /* opening */
+    struct hs *hs;          /* the hello in progress, NULL once ready (or failed) */
+    struct deferred *stage; /* lent buffer of a call started while opening */
+    uint64_t ready_ns;      /* when the hello completed */
 };
 
 static void s_close(session *ch);
@@ -87,6 +93,8 @@ typedef struct deferred {
     const void *owner;  /* the channel handle that sent it */
     uint16_t method;
     int status;         /* 0: send at `at`; < 0: fail with it at `at` */
+    bool wait_open;     /* started while the channel opened: sent (fault rules applied)
+                           once it is ready, `at` is UINT64_MAX until then */
     uint64_t at;        /* ns */
     uint64_t deadline;  /* ns, UINT64_MAX = none */
     dhps_rpc_done_fn done;
@@ -105,6 +113,7 @@ struct dhps_rpc_client {
     struct dhps_rpc_channel *handles; /* channel handles, freed by destroy */
     uint32_t nshm, nverbs;
     rpc_dev *dev; /* opened on first use; closed on a fatal device event */
+    uint32_t nopening;        /* sessions whose hello is in progress */
     uint64_t dev_checked;
 };
 
@@ -317,46 +326,36 @@ static int on_response(void *arg, conn *c, int via, const rpc_frame *f, const ui
     return 0;
 }
 
-/* ---- channel open: connect, hello, negotiate -------------------------------------- */
+/* ---- channel open: connect, hello, negotiate, without blocking -------------------- */
 
-static int connect_to(const dhps_rpc_channel_params *p, uint64_t deadline, int *out)
+/*
+ * An open in progress. The hello is a state machine driven by the client's poll turns
+ * (dhps_rpc_channel_open_async) or by a private poll loop (dhps_rpc_channel_open):
+ * connect -> CLIENT_HELLO -> SERVER_HELLO -> CLIENT_PROOF -> ACCEPT. Hello messages
+ * are read exactly (header, then body), so nothing that follows the ACCEPT is consumed.
+ */
+enum { HS_CONNECT = 1, HS_SERVER_HELLO, HS_ACCEPT };
+
+struct hs {
+    int state;
+    int fd;                   /* until conn_init takes it over (then c->c.fd) */
+    int shmfd;
+    bool unlink_name;
+    bool want_out;            /* registered for EPOLLOUT */
+    uint64_t deadline;        /* connect + hello */
+    uint64_t connect_deadline;/* the TCP connect alone */
+    vep *v;                   /* verbs endpoint offered, until the ACCEPT */
+    rpc_hello ch, sh, pr;
+    size_t in_len, out_off, out_len;
+    uint8_t in[RPC_HELLO_HDR + RPC_HELLO_MAX_BODY];
+    uint8_t out[RPC_HELLO_HDR + RPC_HELLO_MAX_BODY];
+};
+
+static int hs_fd(const session *c) { return c->hs->fd >= 0 ? c->hs->fd : c->c.fd; }
+
+static uint64_t hs_deadline(const session *c)
 {
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(p->port)};
-    if (inet_pton(AF_INET, p->host, &a.sin_addr) != 1)
-        return DHPS_E_CONFIG;
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return -errno;
-    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
-        if (errno != EINPROGRESS) {
-            close(fd);
-            return DHPS_E_UNREACHABLE;
-        }
-        for (;;) {
-            uint64_t now = dhps_mono_ns();
-            if (now >= deadline) {
-                close(fd);
-                return DHPS_E_TIMEOUT;
-            }
-            struct pollfd pf = {.fd = fd, .events = POLLOUT};
-            int r = poll(&pf, 1, (int)((deadline - now + 999999) / 1000000));
-            if (r > 0)
-                break;
-            if (r < 0 && errno != EINTR) {
-                close(fd);
-                return DHPS_E_UNREACHABLE;
-            }
-        }
-        int err = 0;
-        socklen_t l = sizeof err;
-        getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &l);
-        if (err) {
-            close(fd);
-            return DHPS_E_UNREACHABLE;
-        }
-    }
-    *out = fd;
-    return 0;
+    return c->hs->state == HS_CONNECT ? c->hs->connect_deadline : c->hs->deadline;
 }
 
 /* Create this channel's shared region; its name and cookie go into the proof. */
@@ -382,176 +381,215 @@ static int make_region(dhps_rpc_client *cl, rpc_hello *pr, int *shmfd)
     return 0;
 }
 
-static int s_open(dhps_rpc_client *cl, const dhps_rpc_channel_params *p, session **out)
+/* Queue hello h for sending (the buffer is empty: one message at a time). */
+static int hs_put(struct hs *h, const rpc_hello *m)
 {
-    *out = NULL;
-    if (!p || !p->host || p->port == 0 || !(p->allow & DHPS_RPC_MASK(DHPS_RPC_TCP)) ||
-        p->require < -1 || p->require >= DHPS_RPC_NTRANSPORTS)
-        return DHPS_E_CONFIG;
-    if (p->require >= 0 && !(p->allow & DHPS_RPC_MASK(p->require)))
-        return DHPS_E_CONFIG;
-    uint64_t deadline = dhps_mono_ns() + (uint64_t)cl->p.connect_timeout_ms * 1000000ull;
-    int rc, fd = -1, shmfd = -1;
-    bool unlink_name = false;
-    rpc_hello ch, sh, pr, ac;
-    session *c = calloc(1, sizeof *c);
-    if (!c)
-        return -ENOMEM;
-    c->c.fd = -1;
-    memset(&pr, 0, sizeof pr);
-    uint64_t connect_deadline = deadline;
-    if (p->tcp_connect_timeout_us) {
-        uint64_t d = dhps_mono_ns() + (uint64_t)p->tcp_connect_timeout_us * 1000ull;
-        if (d < connect_deadline)
-            connect_deadline = d;
+    long n = rpc_hello_encode(m, h->out, sizeof h->out);
+    if (n < 0)
+        return -EINVAL;
+    h->out_off = 0;
+    h->out_len = (size_t)n;
+    return 0;
+}
+
+/* Send what is queued. 1: all sent, 0: the socket is full, < 0: error. */
+static int hs_flush(struct hs *h, int fd)
+{
+    while (h->out_off < h->out_len) {
+        ssize_t w = send(fd, h->out + h->out_off, h->out_len - h->out_off,
+                         MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (w > 0) {
+            h->out_off += (size_t)w;
+            continue;
+        }
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return 0;
+        return DHPS_E_UNREACHABLE;
     }
-    rc = connect_to(p, connect_deadline, &fd);
-    if (rc)
-        goto fail;
-    memset(&ch, 0, sizeof ch);
-    ch.kind = RPC_H_CLIENT_HELLO;
-    ch.version = cl->p.hello_version > RPC_HELLO_VERSION ? RPC_HELLO_VERSION
-                                                         : cl->p.hello_version;
-    ch.caps = p->allow & DHPS_RPC_ALL;
-    ch.max_msg = cl->p.max_msg;
-    memcpy(ch.host_id, cl->host_id, RPC_HOST_ID);
-    if ((rc = rpc_random(ch.nonce, RPC_NONCE)) || (rc = rpc_write_hello(fd, &ch, deadline)))
-        goto fail;
-    if ((rc = rpc_read_hello(fd, &sh, deadline)))
-        goto fail;
-    if (sh.kind == RPC_H_REJECT) {
-        rc = sh.status == DHPS_E_AUTH ? DHPS_E_AUTH : DHPS_E_VERSION;
-        goto fail;
+    return 1;
+}
+
+/* Read one hello message into m. 1: parsed, 0: more bytes needed, < 0: error. */
+static int hs_read(struct hs *h, int fd, rpc_hello *m)
+{
+    for (;;) {
+        size_t need = RPC_HELLO_HDR;
+        if (h->in_len >= RPC_HELLO_HDR) {
+            long n = rpc_hello_parse(h->in, h->in_len, m);
+            if (n < 0)
+                return (int)n;
+            if (n > 0) {
+                h->in_len = 0;
+                return 1;
+            }
+            /* the body length is bounded by the parse above */
+            need += (uint32_t)h->in[8] | (uint32_t)h->in[9] << 8 |
+                    (uint32_t)h->in[10] << 16 | (uint32_t)h->in[11] << 24;
+            if (need <= h->in_len || need > sizeof h->in)
+                return DHPS_E_MALFORMED;
+        }
+        ssize_t r = recv(fd, h->in + h->in_len, need - h->in_len, MSG_DONTWAIT);
+        if (r > 0) {
+            h->in_len += (size_t)r;
+            continue;
+        }
+        if (r == 0)
+            return DHPS_E_UNREACHABLE;
+        if (errno == EINTR)
+            continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            return 0;
+        return DHPS_E_UNREACHABLE;
     }
-    if (sh.kind != RPC_H_SERVER_HELLO || sh.version > ch.version) {
-        rc = DHPS_E_MALFORMED;
-        goto fail;
-    }
-    if (ch.version < 2)
-        ch.caps = DHPS_RPC_MASK(DHPS_RPC_TCP); /* what the server parsed */
+}
+
+/* The server's hello arrived: check its proof, pick the path, set it up on our side
+ * and queue our proof (with the offer). */
+static int hs_server_hello(session *c)
+{
+    dhps_rpc_client *cl = c->cl;
+    struct hs *h = c->hs;
+    rpc_hello *ch = &h->ch, *sh = &h->sh, *pr = &h->pr;
+    if (sh->kind == RPC_H_REJECT)
+        return sh->status == DHPS_E_AUTH ? DHPS_E_AUTH : DHPS_E_VERSION;
+    if (sh->kind != RPC_H_SERVER_HELLO || sh->version > ch->version)
+        return DHPS_E_MALFORMED;
+    if (ch->version < 2)
+        ch->caps = DHPS_RPC_MASK(DHPS_RPC_TCP); /* what the server parsed */
     uint8_t want[RPC_MAC];
-    rpc_proof(cl->secret, cl->p.secret_len, 's', &ch, &sh, NULL, want);
-    if (!rpc_mac_equal(want, sh.proof)) {
+    rpc_proof(cl->secret, cl->p.secret_len, 's', ch, sh, NULL, want);
+    if (!rpc_mac_equal(want, sh->proof)) {
         DHPS_LOG(DHPS_LOG_WARN, RPC_LOG, "hello: server proof wrong (secret mismatch?)");
-        rc = DHPS_E_AUTH;
-        goto fail;
+        return DHPS_E_AUTH;
     }
     /* pick the best path both sides and the policy allow */
-    uint32_t common = ch.caps & sh.caps & p->allow;
-    bool same_host = memcmp(sh.host_id, cl->host_id, RPC_HOST_ID) == 0;
-    pr.kind = RPC_H_CLIENT_PROOF;
-    pr.version = sh.version;
-    pr.want = DHPS_RPC_TCP;
-    uint32_t max_msg = ch.max_msg < sh.max_msg ? ch.max_msg : sh.max_msg;
-    bool try_verbs = sh.version >= 2 && (common & DHPS_RPC_MASK(DHPS_RPC_VERBS)) &&
+    uint32_t common = ch->caps & sh->caps & c->allow;
+    bool same_host = memcmp(sh->host_id, cl->host_id, RPC_HOST_ID) == 0;
+    memset(pr, 0, sizeof *pr);
+    pr->kind = RPC_H_CLIENT_PROOF;
+    pr->version = sh->version;
+    pr->want = DHPS_RPC_TCP;
+    uint32_t max_msg = ch->max_msg < sh->max_msg ? ch->max_msg : sh->max_msg;
+    bool try_verbs = sh->version >= 2 && (common & DHPS_RPC_MASK(DHPS_RPC_VERBS)) &&
                      cl->p.max_inflight <= (1u << 16) &&
-                     (p->require == DHPS_RPC_VERBS ||
+                     (c->require == DHPS_RPC_VERBS ||
                       !(same_host && (common & DHPS_RPC_MASK(DHPS_RPC_SHM))));
     if (try_verbs && !cl->dev && rpc_dev_open(&cl->dev) != 0)
         try_verbs = false;
     if (try_verbs) {
-        int r = vep_create(cl->dev, cl->p.verbs_slots, cl->p.verbs_slots, max_msg, NULL, &c->c.v);
+        int r = vep_create(cl->dev, cl->p.verbs_slots, cl->p.verbs_slots, max_msg, NULL, &h->v);
         if (r == 0) {
-            pr.want = DHPS_RPC_VERBS;
-            vep_info(c->c.v, &pr.verbs);
-            while ((1u << pr.verbs.inflight_log2) < cl->p.max_inflight)
-                pr.verbs.inflight_log2++;
+            pr->want = DHPS_RPC_VERBS;
+            vep_info(h->v, &pr->verbs);
+            while ((1u << pr->verbs.inflight_log2) < cl->p.max_inflight)
+                pr->verbs.inflight_log2++;
         } else {
             DHPS_LOG(DHPS_LOG_INFO, RPC_LOG, "verbs endpoint: %s; not offered", dhps_strerror(r));
         }
-    } else if (sh.version >= 2 && (common & DHPS_RPC_MASK(DHPS_RPC_SHM)) && same_host) {
-        int r = make_region(cl, &pr, &shmfd);
+    } else if (sh->version >= 2 && (common & DHPS_RPC_MASK(DHPS_RPC_SHM)) && same_host) {
+        int r = make_region(cl, pr, &h->shmfd);
         if (r == 0) {
-            unlink_name = true;
-            pr.want = DHPS_RPC_SHM;
+            h->unlink_name = true;
+            pr->want = DHPS_RPC_SHM;
         } else {
             DHPS_LOG(DHPS_LOG_INFO, RPC_LOG, "shm region: %s; using tcp", dhps_strerror(r));
-            memset(pr.shm_name, 0, sizeof pr.shm_name);
+            memset(pr->shm_name, 0, sizeof pr->shm_name);
         }
     }
-    if (p->require >= 0 && (int)pr.want != p->require) {
-        rc = DHPS_E_CONFIG;
-        goto fail;
-    }
-    vep *v = c->c.v; /* conn_init clears the conn */
-    c->c.v = NULL;
-    if ((rc = conn_init(&c->c, fd, max_msg, false))) {
-        vep_destroy(v);
-        goto fail;
-    }
-    c->c.v = v;
-    fd = -1; /* owned by c->c now */
-    if (pr.want == DHPS_RPC_SHM &&
-        (rc = shm_attach(&c->c, shmfd, pr.shm_bytes, pr.shm_cookie, true)))
-        goto fail;
-    rpc_proof(cl->secret, cl->p.secret_len, 'c', &ch, &sh, &pr, pr.proof);
-    if ((rc = rpc_write_hello(c->c.fd, &pr, deadline)) ||
-        (rc = rpc_read_hello(c->c.fd, &ac, deadline)))
-        goto fail;
-    if (ac.kind == RPC_H_REJECT) {
-        rc = ac.status == DHPS_E_AUTH ? DHPS_E_AUTH : DHPS_E_CONFIG;
-        goto fail;
-    }
-    if (ac.kind != RPC_H_ACCEPT || (ac.transport != DHPS_RPC_TCP && ac.transport != pr.want)) {
-        rc = DHPS_E_MALFORMED;
-        goto fail;
-    }
-    if (unlink_name) {
-        shm_unlink(pr.shm_name);
-        unlink_name = false;
-    }
-    if (shmfd >= 0) {
-        close(shmfd);
-        shmfd = -1;
-    }
-    if (ac.transport != DHPS_RPC_SHM && c->c.shm_base) {
+    if (c->require >= 0 && (int)pr->want != c->require)
+        return DHPS_E_CONFIG;
+    int rc = conn_init(&c->c, h->fd, max_msg, false);
+    h->fd = -1; /* owned by c->c now (closed by it on failure) */
+    if (rc)
+        return rc;
+    if (pr->want == DHPS_RPC_SHM &&
+        (rc = shm_attach(&c->c, h->shmfd, pr->shm_bytes, pr->shm_cookie, true)))
+        return rc;
+    rpc_proof(cl->secret, cl->p.secret_len, 'c', ch, sh, pr, pr->proof);
+    h->state = HS_ACCEPT;
+    return hs_put(h, pr);
+}
+
+/* The server accepted (or rejected) our offer: finish the path. */
+static int hs_accept(session *c, rpc_hello *ac)
+{
+    dhps_rpc_client *cl = c->cl;
+    struct hs *h = c->hs;
+    if (ac->kind == RPC_H_REJECT)
+        return ac->status == DHPS_E_AUTH ? DHPS_E_AUTH : DHPS_E_CONFIG;
+    if (ac->kind != RPC_H_ACCEPT ||
+        (ac->transport != DHPS_RPC_TCP && ac->transport != h->pr.want))
+        return DHPS_E_MALFORMED;
+    if (ac->transport != DHPS_RPC_SHM && c->c.shm_base) {
         munmap(c->c.shm_base, c->c.shm_len);
         c->c.shm_base = NULL;
     }
-    c->backoff_ms = cl->p.promote_backoff_ms;
-    c->mixed = p->mixed;
-    if (ac.transport == DHPS_RPC_VERBS) {
-        if (vep_connect(c->c.v, &ac.verbs) == 0 && ac.verbs.slots > 0) {
-            c->remote_slots = ac.verbs.slots;
-            c->verbs_wanted = true;
+    if (ac->transport == DHPS_RPC_VERBS) {
+        c->verbs_wanted = true;
+        if (h->v && vep_connect(h->v, &ac->verbs) == 0 && ac->verbs.slots > 0) {
+            c->c.v = h->v;
+            h->v = NULL;
+            c->remote_slots = ac->verbs.slots;
         } else { /* the server is ready but we are not: serve on TCP, re-try later */
-            vep_destroy(c->c.v);
-            c->c.v = NULL;
-            ac.transport = DHPS_RPC_TCP;
-            c->verbs_wanted = true;
+            ac->transport = DHPS_RPC_TCP;
             c->st.fallbacks++;
         }
-    } else if (c->c.v) {
-        vep_destroy(c->c.v);
-        c->c.v = NULL;
     }
-    c->c.transport = (int)ac.transport;
-    if (p->require >= 0 && c->c.transport != p->require) {
-        rc = DHPS_E_CONFIG;
-        goto fail;
-    }
+    c->c.transport = (int)ac->transport;
+    if (c->require >= 0 && c->c.transport != c->require)
+        return DHPS_E_CONFIG;
     rpc_tune_socket(c->c.fd, cl->p.busy_poll_us);
-    /* in-flight table */
-    uint32_t n = cl->p.max_inflight;
-    c->slots = calloc(n, sizeof *c->slots);
-    c->free_stack = malloc(n * sizeof *c->free_stack);
-    if (!c->slots || !c->free_stack) {
-        rc = -ENOMEM;
-        goto fail;
-    }
-    for (uint32_t i = 0; i < n; i++)
-        c->free_stack[i] = n - 1 - i;
-    c->nfree = n;
-    c->mask = n - 1;
-    while ((1u << c->log2) < n)
-        c->log2++;
-    c->min_deadline = UINT64_MAX;
-    c->cl = cl;
+    return 1;
+}
+
+/* Release what the open still holds (not the connection: c->c). */
+static void hs_free(session *c)
+{
+    struct hs *h = c->hs;
+    if (!h)
+        return;
+    if (h->unlink_name)
+        shm_unlink(h->pr.shm_name);
+    if (h->shmfd >= 0)
+        close(h->shmfd);
+    if (h->fd >= 0)
+        close(h->fd);
+    vep_destroy(h->v);
+    free(h);
+    c->hs = NULL;
+    c->cl->nopening--;
+}
+
+/* Calls queued while the channel opened may go now (or fail with its error). */
+static void release_waiting(session *c)
+{
+    uint64_t now = dhps_mono_ns();
+    for (deferred *q = c->cl->dq; q; q = q->next)
+        if (q->s == c && q->wait_open)
+            q->at = now;
+}
+
+/* The open failed (or the channel closes while opening). */
+static void hs_fail(session *c, int why)
+{
+    epoll_ctl(c->cl->ep, EPOLL_CTL_DEL, hs_fd(c), NULL);
+    hs_free(c);
+    conn_fini(&c->c);
+    c->broken = why;
+    DHPS_LOG(DHPS_LOG_INFO, RPC_LOG, "open %s:%u failed: %s", c->host, c->port,
+             dhps_strerror(why));
+    release_waiting(c);
+}
+
+/* The hello is done: the session serves calls from now on. */
+static void hs_done(session *c)
+{
+    dhps_rpc_client *cl = c->cl;
     struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
-    if (epoll_ctl(cl->ep, EPOLL_CTL_ADD, c->c.fd, &ev) != 0) {
-        rc = -errno;
-        goto fail;
-    }
+    epoll_ctl(cl->ep, EPOLL_CTL_MOD, c->c.fd, &ev);
+    hs_free(c);
     if (c->c.shm_base)
         cl->nshm++;
     if (c->c.v) {
@@ -560,29 +598,181 @@ static int s_open(dhps_rpc_client *cl, const dhps_rpc_channel_params *p, session
     }
     if (c->verbs_wanted && !c->c.v)
         schedule_promote(c);
+    c->ready_ns = dhps_mono_ns();
+    release_waiting(c);
+}
+
+/* Move the open as far as the socket allows. 1: ready, 0: waiting, < 0: failed (the
+ * session is then broken with that error). */
+static int hs_drive(session *c)
+{
+    struct hs *h = c->hs;
+    int r = 0;
+    if (h->state == HS_CONNECT) {
+        struct pollfd pf = {.fd = h->fd, .events = POLLOUT};
+        if (poll(&pf, 1, 0) == 0)
+            return 0;
+        int err = 0;
+        socklen_t l = sizeof err;
+        if (getsockopt(h->fd, SOL_SOCKET, SO_ERROR, &err, &l) != 0 || err) {
+            r = DHPS_E_UNREACHABLE;
+            goto out;
+        }
+        h->state = HS_SERVER_HELLO;
+        if ((r = hs_put(h, &h->ch)))
+            goto out;
+    }
+    for (;;) {
+        if ((r = hs_flush(h, hs_fd(c))) <= 0)
+            break;
+        if (h->state == HS_SERVER_HELLO) {
+            if ((r = hs_read(h, hs_fd(c), &h->sh)) <= 0)
+                break;
+            if ((r = hs_server_hello(c)))
+                break;
+            continue; /* send the proof */
+        }
+        rpc_hello ac;
+        if ((r = hs_read(h, hs_fd(c), &ac)) <= 0)
+            break;
+        r = hs_accept(c, &ac);
+        break;
+    }
+out:
+    if (r < 0) {
+        hs_fail(c, r);
+        return r;
+    }
+    if (r == 1) {
+        hs_done(c);
+        return 1;
+    }
+    bool want_out = h->state == HS_CONNECT || h->out_off < h->out_len;
+    if (want_out != h->want_out) {
+        struct epoll_event ev = {.events = EPOLLIN | (want_out ? EPOLLOUT : 0u), .data.ptr = c};
+        epoll_ctl(c->cl->ep, EPOLL_CTL_MOD, hs_fd(c), &ev);
+        h->want_out = want_out;
+    }
+    return 0;
+}
+
+/* Drive the open to its end here, polling only its socket (dhps_rpc_channel_open).
+ * Returns 0 or the open's error. */
+static int hs_block(session *c)
+{
+    for (;;) {
+        int r = hs_drive(c);
+        if (r)
+            return r < 0 ? r : 0;
+        uint64_t now = dhps_mono_ns(), d = hs_deadline(c);
+        if (now >= d) {
+            hs_fail(c, DHPS_E_TIMEOUT);
+            return DHPS_E_TIMEOUT;
+        }
+        struct pollfd pf = {.fd = hs_fd(c), .events = (short)(c->hs->want_out ? POLLOUT : POLLIN)};
+        uint64_t ms = (d - now + 999999) / 1000000;
+        (void)poll(&pf, 1, ms > 1000 ? 1000 : (int)ms);
+    }
+}
+
+/* Fail every open whose time is up. */
+static void hs_expire(dhps_rpc_client *cl, uint64_t now)
+{
+    for (session *c = cl->chans; c; c = c->next)
+        if (c->hs && now >= hs_deadline(c))
+            hs_fail(c, DHPS_E_TIMEOUT);
+}
+
+/* Start opening a session: validate, connect without blocking, queue the client hello.
+ * The session is linked and registered with epoll; hs_drive moves it on. Returns 0,
+ * DHPS_E_CONFIG, DHPS_E_UNREACHABLE (refused at once), -ENOMEM, -errno. */
+static int s_begin(dhps_rpc_client *cl, const dhps_rpc_channel_params *p, session **out)
+{
+    *out = NULL;
+    if (!p || !p->host || p->port == 0 || !(p->allow & DHPS_RPC_MASK(DHPS_RPC_TCP)) ||
+        p->require < -1 || p->require >= DHPS_RPC_NTRANSPORTS)
+        return DHPS_E_CONFIG;
+    if (p->require >= 0 && !(p->allow & DHPS_RPC_MASK(p->require)))
+        return DHPS_E_CONFIG;
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(p->port)};
+    if (inet_pton(AF_INET, p->host, &a.sin_addr) != 1)
+        return DHPS_E_CONFIG;
+    session *c = calloc(1, sizeof *c);
+    struct hs *h = calloc(1, sizeof *h);
+    uint32_t n = cl->p.max_inflight;
+    if (c) {
+        c->slots = calloc(n, sizeof *c->slots);
+        c->free_stack = malloc(n * sizeof *c->free_stack);
+    }
+    int rc = -ENOMEM;
+    if (!c || !h || !c->slots || !c->free_stack)
+        goto fail;
+    c->c.fd = -1;
+    h->fd = h->shmfd = -1;
+    c->hs = h;
+    for (uint32_t i = 0; i < n; i++)
+        c->free_stack[i] = n - 1 - i;
+    c->nfree = n;
+    c->mask = n - 1;
+    while ((1u << c->log2) < n)
+        c->log2++;
+    c->min_deadline = UINT64_MAX;
+    c->cl = cl;
+    c->backoff_ms = cl->p.promote_backoff_ms;
+    c->mixed = p->mixed;
     c->refs = 1;
     c->port = p->port;
     c->allow = p->allow;
     c->require = p->require;
     c->exclusive = p->exclusive || strlen(p->host) >= sizeof c->host;
     snprintf(c->host, sizeof c->host, "%s", p->host);
+    uint64_t now = dhps_mono_ns();
+    h->deadline = now + (uint64_t)cl->p.connect_timeout_ms * 1000000ull;
+    h->connect_deadline = h->deadline;
+    if (p->tcp_connect_timeout_us) {
+        uint64_t d = now + (uint64_t)p->tcp_connect_timeout_us * 1000ull;
+        if (d < h->connect_deadline)
+            h->connect_deadline = d;
+    }
+    h->ch.kind = RPC_H_CLIENT_HELLO;
+    h->ch.version = cl->p.hello_version > RPC_HELLO_VERSION ? RPC_HELLO_VERSION
+                                                           : cl->p.hello_version;
+    h->ch.caps = p->allow & DHPS_RPC_ALL;
+    h->ch.max_msg = cl->p.max_msg;
+    memcpy(h->ch.host_id, cl->host_id, RPC_HOST_ID);
+    if ((rc = rpc_random(h->ch.nonce, RPC_NONCE)))
+        goto fail;
+    h->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (h->fd < 0) {
+        rc = -errno;
+        goto fail;
+    }
+    if (connect(h->fd, (struct sockaddr *)&a, sizeof a) != 0 && errno != EINPROGRESS) {
+        rc = DHPS_E_UNREACHABLE;
+        goto fail;
+    }
+    h->state = HS_CONNECT;
+    h->want_out = true;
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT, .data.ptr = c};
+    if (epoll_ctl(cl->ep, EPOLL_CTL_ADD, h->fd, &ev) != 0) {
+        rc = -errno;
+        goto fail;
+    }
     c->next = cl->chans;
     if (cl->chans)
         cl->chans->prev = c;
     cl->chans = c;
+    cl->nopening++;
     *out = c;
     return 0;
 fail:
-    if (unlink_name)
-        shm_unlink(pr.shm_name);
-    if (shmfd >= 0)
-        close(shmfd);
-    if (fd >= 0)
-        close(fd);
-    if (c->c.in.p || c->c.fd >= 0 || c->c.v)
-        conn_fini(&c->c);
-    free(c->slots);
-    free(c->free_stack);
+    if (h && h->fd >= 0)
+        close(h->fd);
+    free(h);
+    if (c) {
+        free(c->slots);
+        free(c->free_stack);
+    }
     free(c);
     return rc;
 }
@@ -593,6 +783,9 @@ static void s_close(session *ch)
         return;
     dhps_rpc_client *cl = ch->cl;
     fail_all(ch, DHPS_E_CANCELLED);
+    if (ch->hs)
+        hs_fail(ch, DHPS_E_CANCELLED);
+    free(ch->stage);
     if (!ch->broken) {
         epoll_ctl(cl->ep, EPOLL_CTL_DEL, ch->c.fd, NULL);
         if (ch->c.shm_base)
@@ -621,6 +814,21 @@ static int s_call_start(session *ch, uint16_t method, size_t max_len, void **buf
         return -EINVAL;
     if (ch->broken)
         return ch->broken;
+    if (ch->hs) { /* opening: the request waits in a copy until the channel is ready */
+        if (max_len > ch->cl->p.max_msg)
+            return DHPS_E_TOOBIG;
+        deferred *q = malloc(sizeof *q + max_len);
+        if (!q)
+            return -ENOMEM;
+        ch->stage = q;
+        ch->lent = true;
+        ch->lent_method = method;
+        ch->lent_max = max_len;
+        ch->lent_transport = -1;
+        ch->lent_buf = q->req;
+        *buf = q->req;
+        return 0;
+    }
     if (max_len > ch->c.max_msg)
         return DHPS_E_TOOBIG;
     if (ch->nfree == 0)
@@ -653,6 +861,8 @@ static int s_call_start(session *ch, uint16_t method, size_t max_len, void **buf
 static void s_call_abort(session *ch)
 {
     ch->lent = false;
+    free(ch->stage);
+    ch->stage = NULL;
     if (ch->c.v)
         ch->c.v->cur = -1;
 }
@@ -728,6 +938,10 @@ static void try_promote(session *ch, uint64_t now)
 static void device_gone(dhps_rpc_client *cl)
 {
     for (session *ch = cl->chans; ch; ch = ch->next) {
+        if (ch->hs && ch->hs->v) { /* an accepted offer then serves on TCP */
+            vep_destroy(ch->hs->v);
+            ch->hs->v = NULL;
+        }
         if (ch->c.v)
             verbs_fallback(ch);
         if (ch->pending) {
@@ -792,6 +1006,27 @@ static void deferred_fail(session *s, deferred *q, int status)
 static int s_send(session *ch, const void *owner, size_t len, uint64_t timeout_us,
                   dhps_rpc_done_fn done, void *arg)
 {
+    if (ch->stage) { /* started while opening: wait for the hello (or its failure) */
+        if (!ch->lent || len > ch->lent_max || !done)
+            return -EINVAL;
+        deferred *q = ch->stage;
+        uint64_t now = dhps_mono_ns();
+        q->s = ch;
+        q->owner = owner;
+        q->method = ch->lent_method;
+        q->status = 0;
+        q->wait_open = true;
+        q->at = ch->hs ? UINT64_MAX : now;
+        q->deadline = timeout_us ? now + timeout_us * 1000ull : UINT64_MAX;
+        q->done = done;
+        q->arg = arg;
+        q->len = len;
+        ch->stage = NULL;
+        ch->lent = false;
+        q->next = ch->cl->dq;
+        ch->cl->dq = q;
+        return 0;
+    }
     if (atomic_load_explicit(&rpc_fault_nrules, memory_order_relaxed) == 0)
         return s_call_send(ch, owner, len, timeout_us, done, arg);
     if (!ch->lent || len > ch->lent_max || !done)
@@ -858,7 +1093,10 @@ static int run_deferred(dhps_rpc_client *cl, uint64_t now)
                 if (q->deadline != UINT64_MAX && left == 0)
                     left = 1;
                 q->s->lent_owner = q->owner;
-                (void)s_call_send(q->s, q->owner, q->len, left, q->done, q->arg);
+                if (q->wait_open)
+                    (void)s_send(q->s, q->owner, q->len, left, q->done, q->arg);
+                else
+                    (void)s_call_send(q->s, q->owner, q->len, left, q->done, q->arg);
                 free(q);
                 continue;
             }
@@ -918,7 +1156,7 @@ static int flush_all(dhps_rpc_client *cl)
 {
     int ran = 0;
     for (session *ch = cl->chans; ch; ch = ch->next) {
-        if (ch->broken)
+        if (ch->broken || ch->hs)
             continue;
         int r = 0;
         if (ch->c.shm_dirty)
@@ -977,7 +1215,7 @@ static int turn(dhps_rpc_client *cl, int64_t wait_ns)
     int ran = flush_all(cl);
     if (cl->nshm) {
         for (session *ch = cl->chans; ch; ch = ch->next) {
-            if (ch->broken || !ch->c.shm_base)
+            if (ch->broken || ch->hs || !ch->c.shm_base)
                 continue;
             int r = rpc_shm_ops.rx(&ch->c, on_response, ch);
             if (r > 0)
@@ -1012,7 +1250,7 @@ static int turn(dhps_rpc_client *cl, int64_t wait_ns)
         wait_ns = 0;
     } else if (cl->nshm) {
         for (session *ch = cl->chans; ch; ch = ch->next)
-            if (!ch->broken && ch->c.shm_base && !shm_prepare_sleep(&ch->c))
+            if (!ch->broken && !ch->hs && ch->c.shm_base && !shm_prepare_sleep(&ch->c))
                 wait_ns = 0;
         slept = true;
     }
@@ -1020,7 +1258,7 @@ static int turn(dhps_rpc_client *cl, int64_t wait_ns)
     int n = wait_events(cl->ep, evs, 32, wait_ns);
     if (slept)
         for (session *ch = cl->chans; ch; ch = ch->next)
-            if (!ch->broken && ch->c.shm_base)
+            if (!ch->broken && !ch->hs && ch->c.shm_base)
                 shm_end_sleep(&ch->c);
     if (n < 0)
         return errno == EINTR ? ran : -errno;
@@ -1034,6 +1272,10 @@ static int turn(dhps_rpc_client *cl, int64_t wait_ns)
         }
         if (ch->broken)
             continue;
+        if (ch->hs) {
+            (void)hs_drive(ch);
+            continue;
+        }
         int r = rpc_tcp_ops.rx(&ch->c, on_response, ch);
         if (r > 0)
             ran += r;
@@ -1041,6 +1283,8 @@ static int turn(dhps_rpc_client *cl, int64_t wait_ns)
             ran += channel_break(ch, r);
     }
     uint64_t now = dhps_mono_ns();
+    if (cl->nopening)
+        hs_expire(cl, now);
     for (session *ch = cl->chans; ch; ch = ch->next) {
         if (ch->inflight)
             ran += expire(ch, now);
@@ -1056,9 +1300,12 @@ static int turn(dhps_rpc_client *cl, int64_t wait_ns)
 static uint64_t next_deadline(dhps_rpc_client *cl)
 {
     uint64_t d = UINT64_MAX;
-    for (session *ch = cl->chans; ch; ch = ch->next)
+    for (session *ch = cl->chans; ch; ch = ch->next) {
         if (ch->inflight && ch->min_deadline < d)
             d = ch->min_deadline;
+        if (ch->hs && hs_deadline(ch) < d)
+            d = hs_deadline(ch);
+    }
     for (const deferred *q = cl->dq; q; q = q->next) {
         if (q->at < d)
             d = q->at;
@@ -1165,8 +1412,10 @@ static bool shareable(const session *s, const dhps_rpc_channel_params *p)
            strcmp(s->host, p->host) == 0;
 }
 
-int dhps_rpc_channel_open(dhps_rpc_client *cl, const dhps_rpc_channel_params *p,
-                          dhps_rpc_channel **out)
+/* A handle on a session to the peer: a shared one (ready or opening), else a new one
+ * whose open has started. */
+static int open_handle(dhps_rpc_client *cl, const dhps_rpc_channel_params *p,
+                       dhps_rpc_channel **out)
 {
     *out = NULL;
     if (!p || !p->host)
@@ -1180,11 +1429,12 @@ int dhps_rpc_channel_open(dhps_rpc_client *cl, const dhps_rpc_channel_params *p,
     if (s) {
         s->refs++;
     } else {
-        int rc = s_open(cl, p, &s);
+        int rc = s_begin(cl, p, &s);
         if (rc) {
             free(h);
             return rc;
         }
+        (void)hs_drive(s); /* a loopback connect may be done already */
     }
     h->s = s;
     h->next = cl->handles;
@@ -1194,6 +1444,37 @@ int dhps_rpc_channel_open(dhps_rpc_client *cl, const dhps_rpc_channel_params *p,
     *out = h;
     return 0;
 }
+
+int dhps_rpc_channel_open(dhps_rpc_client *cl, const dhps_rpc_channel_params *p,
+                          dhps_rpc_channel **out)
+{
+    int rc = open_handle(cl, p, out);
+    if (rc)
+        return rc;
+    session *s = (*out)->s;
+    if (s->hs)
+        rc = hs_block(s);
+    else if (s->broken) /* refused at once */
+        rc = s->broken;
+    if (rc) {
+        dhps_rpc_channel_close(*out);
+        *out = NULL;
+    }
+    return rc;
+}
+
+int dhps_rpc_channel_open_async(dhps_rpc_client *cl, const dhps_rpc_channel_params *p,
+                                dhps_rpc_channel **out)
+{
+    return open_handle(cl, p, out);
+}
+
+int dhps_rpc_channel_status(const dhps_rpc_channel *h)
+{
+    return h->s->hs ? -EINPROGRESS : h->s->broken;
+}
+
+uint64_t dhps_rpc_channel_ready_ns(const dhps_rpc_channel *h) { return h->s->ready_ns; }
 
 void dhps_rpc_channel_close(dhps_rpc_channel *h)
 {

@@ -175,6 +175,7 @@ static void echo_blocking(void **st)
 
 typedef struct async_ctx {
     int done, bad;
+    int first_status; /* status of the first failed call, for the report */
     uint32_t expect_sum;
 } async_ctx;
 
@@ -183,7 +184,8 @@ static void async_done(void *arg, int status, const void *resp, size_t len)
     async_ctx *a = arg;
     a->done++;
     if (status != 0 || len != 8) {
-        a->bad++;
+        if (!a->bad++)
+            a->first_status = status;
         return;
     }
     uint64_t v;
@@ -783,6 +785,190 @@ static void tcp_connect_bounded(void **st)
     close(lfd);
 }
 
+/* ---- opening without blocking ---------------------------------------------------- */
+
+static double since(const struct timespec *t0)
+{
+    struct timespec t1;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    return (double)(t1.tv_sec - t0->tv_sec) + (double)(t1.tv_nsec - t0->tv_nsec) / 1e9;
+}
+
+/* Send one 8-byte echo of v on ch (which may still be opening). */
+static void send_echo(dhps_rpc_channel *ch, uint64_t v, uint64_t timeout_us, async_ctx *a)
+{
+    void *buf;
+    assert_int_equal(dhps_rpc_call_start(ch, M_ECHO, 8, &buf), 0);
+    memcpy(buf, &v, 8);
+    assert_int_equal(dhps_rpc_call_send(ch, 8, timeout_us, async_done, a), 0);
+}
+
+static void async_open_queues_calls(void **st)
+{
+    (void)st;
+    dhps_rpc_server *s = start_server(1, NULL);
+    dhps_rpc_client *c = new_client(SECRET);
+    dhps_rpc_channel_params p;
+    chan_params(&p, dhps_rpc_server_port(s));
+    dhps_rpc_channel *ch = NULL;
+    assert_int_equal(dhps_rpc_channel_open_async(c, &p, &ch), 0);
+    int stat = dhps_rpc_channel_status(ch);
+    assert_true(stat == -EINPROGRESS || stat == 0);
+    if (stat == -EINPROGRESS)
+        assert_int_equal(dhps_rpc_channel_ready_ns(ch), 0);
+    /* calls sent before the hello finished wait for it, then go out on the path */
+    async_ctx a = {0};
+    uint32_t sum = 0;
+    for (uint64_t v = 1; v <= 100; v++) {
+        send_echo(ch, v, 20000000, &a);
+        sum += (uint32_t)v;
+    }
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    while (a.done < 100 && since(&t0) < 30)
+        assert_true(dhps_rpc_client_poll(c, 100) >= 0);
+    assert_int_equal(a.done, 100);
+    assert_int_equal(a.bad, 0);
+    assert_int_equal(a.expect_sum, sum);
+    assert_int_equal(dhps_rpc_channel_status(ch), 0);
+    assert_true(dhps_rpc_channel_ready_ns(ch) > 0);
+    assert_int_equal(dhps_rpc_channel_transport(ch), T);
+    dhps_rpc_channel_stats cs;
+    dhps_rpc_channel_get_stats(ch, &cs);
+    assert_int_equal(cs.calls[T], 100);
+    /* a blocking open to the same peer shares the connection */
+    dhps_rpc_channel *ch2 = open_chan(c, dhps_rpc_server_port(s));
+    dhps_rpc_channel_get_stats(ch2, &cs);
+    assert_int_equal(cs.channels, 2);
+    dhps_rpc_server_stats ss;
+    dhps_rpc_server_get_stats(s, &ss);
+    assert_int_equal(ss.accepted, 1);
+    dhps_rpc_client_destroy(c);
+    dhps_rpc_server_destroy(s);
+}
+
+/* A peer that accepts connections but never answers the hello holds no thread: other
+ * channels keep serving, and calls queued on it fail when the open times out. */
+static void async_open_does_not_block(void **st)
+{
+    (void)st;
+    dhps_rpc_server *s = start_server(1, NULL);
+    int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(lfd >= 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    assert_int_equal(bind(lfd, (struct sockaddr *)&a, sizeof a), 0);
+    assert_int_equal(listen(lfd, 8), 0); /* connects complete in the backlog; nobody reads */
+    socklen_t al = sizeof a;
+    assert_int_equal(getsockname(lfd, (struct sockaddr *)&a, &al), 0);
+    dhps_rpc_client_params cp;
+    dhps_rpc_client_params_init(&cp);
+    cp.secret = SECRET;
+    cp.secret_len = sizeof SECRET - 1;
+    cp.max_msg = 64 << 10;
+    cp.connect_timeout_ms = 1500;
+    dhps_rpc_client *c = NULL;
+    assert_int_equal(dhps_rpc_client_create(&cp, &c), 0);
+    dhps_rpc_channel *good = open_chan(c, dhps_rpc_server_port(s));
+    dhps_rpc_channel_params p;
+    chan_params(&p, ntohs(a.sin_port));
+    dhps_rpc_channel *stuck = NULL;
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    assert_int_equal(dhps_rpc_channel_open_async(c, &p, &stuck), 0);
+    double opened = since(&t0);
+    assert_int_equal(dhps_rpc_channel_status(stuck), -EINPROGRESS);
+    async_ctx q = {0};
+    send_echo(stuck, 7, 20000000, &q); /* waits for the hello; its deadline is 20 s */
+    /* meanwhile the other channel serves blocking calls, driving the same event loop */
+    int served = 0;
+    char out[8];
+    size_t n;
+    while (q.done == 0 && since(&t0) < 30) {
+        assert_int_equal(dhps_rpc_call(good, M_ECHO, "ping", 4, out, sizeof out, &n, 5000000), 0);
+        served++;
+    }
+    double failed_at = since(&t0);
+    print_message("  open_async returned in %.2f ms; %d calls served beside the stalled hello; "
+                  "its queued call failed after %.2f s (open bound 1.5 s, call 20 s)\n",
+                  opened * 1e3, served, failed_at);
+    assert_true(opened < 0.5); /* a blocking open would have waited 1.5 s */
+    assert_int_equal(q.done, 1);
+    assert_int_equal(q.bad, 1);
+    assert_int_equal(q.first_status, DHPS_E_TIMEOUT);
+    assert_true(served > 1);
+    assert_true(failed_at < 15.0); /* the open's bound, not the call's 20 s */
+    assert_int_equal(dhps_rpc_channel_status(stuck), DHPS_E_TIMEOUT);
+    void *buf;
+    assert_int_equal(dhps_rpc_call_start(stuck, M_ECHO, 8, &buf), DHPS_E_TIMEOUT);
+    dhps_rpc_channel_close(stuck);
+    assert_int_equal(dhps_rpc_call(good, M_ECHO, "ping", 4, out, sizeof out, &n, 5000000), 0);
+    dhps_rpc_client_destroy(c);
+    close(lfd);
+    dhps_rpc_server_destroy(s);
+}
+
+/* Send an echo on a channel whose open may already have failed (the peer can answer
+ * before we look): a refused start counts as that call's failure. */
+static void try_echo(dhps_rpc_channel *ch, uint64_t v, async_ctx *a)
+{
+    void *buf;
+    int rc = dhps_rpc_call_start(ch, M_ECHO, 8, &buf);
+    if (rc) {
+        async_done(a, rc, NULL, 0);
+        return;
+    }
+    memcpy(buf, &v, 8);
+    assert_int_equal(dhps_rpc_call_send(ch, 8, 5000000, async_done, a), 0);
+}
+
+static void async_open_errors(void **st)
+{
+    (void)st;
+    /* nobody listens: refused */
+    int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    assert_int_equal(bind(lfd, (struct sockaddr *)&a, sizeof a), 0);
+    socklen_t al = sizeof a;
+    assert_int_equal(getsockname(lfd, (struct sockaddr *)&a, &al), 0);
+    close(lfd);
+    dhps_rpc_client *c = new_client(SECRET);
+    dhps_rpc_channel_params p;
+    chan_params(&p, ntohs(a.sin_port));
+    dhps_rpc_channel *ch = NULL;
+    assert_int_equal(dhps_rpc_channel_open_async(c, &p, &ch), 0);
+    async_ctx q = {0};
+    try_echo(ch, 1, &q);
+    while (q.done == 0)
+        assert_true(dhps_rpc_client_poll(c, 100) >= 0);
+    assert_int_equal(q.first_status, DHPS_E_UNREACHABLE);
+    assert_int_equal(dhps_rpc_channel_status(ch), DHPS_E_UNREACHABLE);
+    dhps_rpc_channel_close(ch);
+    /* wrong secret: the queued call fails with DHPS_E_AUTH */
+    dhps_rpc_server *s = start_server(1, NULL);
+    dhps_rpc_client *bad = new_client("not-the-cluster-secret");
+    chan_params(&p, dhps_rpc_server_port(s));
+    assert_int_equal(dhps_rpc_channel_open_async(bad, &p, &ch), 0);
+    q = (async_ctx){0};
+    try_echo(ch, 2, &q);
+    while (q.done == 0)
+        assert_true(dhps_rpc_client_poll(bad, 100) >= 0);
+    assert_int_equal(q.first_status, DHPS_E_AUTH);
+    assert_int_equal(dhps_rpc_channel_status(ch), DHPS_E_AUTH);
+    dhps_rpc_client_destroy(bad);
+    /* closed while opening: its queued calls are cancelled, nothing leaks (ASan) */
+    assert_int_equal(dhps_rpc_channel_open_async(c, &p, &ch), 0);
+    q = (async_ctx){0};
+    send_echo(ch, 3, 5000000, &q);
+    send_echo(ch, 4, 5000000, &q);
+    void *buf; /* and one started but never sent */
+    assert_int_equal(dhps_rpc_call_start(ch, M_ECHO, 8, &buf), 0);
+    dhps_rpc_channel_close(ch); /* in flight or still waiting: cancelled either way */
+    assert_int_equal(q.done, 2);
+    assert_int_equal(q.first_status, DHPS_E_CANCELLED);
+    dhps_rpc_client_destroy(c);
+    dhps_rpc_server_destroy(s);
+}
+
 static void peer_killed_mid_call(void **st)
 {
     (void)st;
@@ -904,7 +1090,7 @@ static void *client_thread(void *p)
                 break;
             uint64_t v = (uint64_t)sent;
             memcpy(buf, &v, 8);
-            dhps_rpc_call_send(ch, 8, 5000000, async_done, &a);
+            dhps_rpc_call_send(ch, 8, 30000000, async_done, &a); /* TCG + a loaded host */
             sent++;
         }
         dhps_rpc_client_poll(c, 100);
@@ -912,7 +1098,18 @@ static void *client_thread(void *p)
     t->calls = a.done;
     t->errors += a.bad;
     if (a.bad)
-        print_message("  client thread: %d calls failed\n", a.bad);
+        print_message("  client thread: %d calls failed, the first with %s\n", a.bad,
+                      dhps_strerror(a.first_status));
+    dhps_rpc_channel_stats cs;
+    dhps_rpc_channel_get_stats(ch, &cs);
+    if (a.bad)
+        print_message("  client thread: now on %s; verbs %llu tcp %llu, timeouts %llu, "
+                      "fallbacks %llu, retries %llu\n",
+                      dhps_rpc_transport_name(dhps_rpc_channel_transport(ch)),
+                      (unsigned long long)cs.calls[DHPS_RPC_VERBS],
+                      (unsigned long long)cs.calls[DHPS_RPC_TCP],
+                      (unsigned long long)cs.timeouts, (unsigned long long)cs.fallbacks,
+                      (unsigned long long)cs.retries);
     dhps_rpc_client_destroy(c);
     return NULL;
 }
@@ -1280,6 +1477,9 @@ static void server_fault_rules(void **unused)
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
+    /* DHPS_TEST_FILTER=name (cmocka pattern, * and ? allowed) runs only matching tests */
+    if (getenv("DHPS_TEST_FILTER"))
+        cmocka_set_test_filter(getenv("DHPS_TEST_FILTER"));
     if (T == DHPS_RPC_VERBS) {
         if (!dhps_rpc_verbs_available()) {
             printf("SKIP: no active RDMA verbs device on this host\n");
@@ -1303,6 +1503,9 @@ int main(void)
         cmocka_unit_test(threads_many_clients),
         cmocka_unit_test(refused_until_started),
         cmocka_unit_test(tcp_connect_bounded),
+        cmocka_unit_test(async_open_queues_calls),
+        cmocka_unit_test(async_open_does_not_block),
+        cmocka_unit_test(async_open_errors),
         cmocka_unit_test(peer_killed_mid_call),
         cmocka_unit_test(server_fault_rules),
     };
