@@ -321,11 +321,13 @@ void dhps_client_stats_get(dhps_client *c, dhps_client_stats *st);
 int dhps_client_node_stats_get(dhps_client *c, uint32_t node_id, dhps_client_node_stats *st);
 
 /*
- * Open the calling thread's channels to every node of the current map now (each dial
- * bounded by connect_timeout_ms), so that its first calls do not pay for connection
- * set-up inside their deadlines: a thread's first call otherwise dials the nodes it
- * needs. Returns the number of nodes that could not be reached (they are re-dialled on
- * use, after redial_backoff_ms), -EINVAL or -ENOMEM. Only the calling thread's channels.
+ * Open the calling thread's channels to every node of the current map now, all at once,
+ * and wait until each is ready or failed (each bounded by connect_timeout_ms), so that
+ * its first calls do not pay for connection set-up inside their deadlines: a thread's
+ * first call otherwise starts the opens it needs (without blocking on them; its calls
+ * wait for the hello inside their deadlines). Returns the number of nodes that could not
+ * be reached (they are re-dialled on use, after redial_backoff_ms), -EINVAL or -ENOMEM.
+ * Only the calling thread's channels.
  */
 int dhps_client_connect(dhps_client *c);
 

@@ -256,6 +256,7 @@ struct chan {
     uint64_t retry_at_ns; /* after a failed dial: not before this */
     uint32_t allow;       /* transports the channel was opened with (path_allow) */
     bool broken;
+    bool up;              /* its open completed (counted in connects) */
 };
 
 struct tstate {
@@ -501,10 +502,30 @@ static uint32_t path_allow(const dhps_client *c, const dhps_cluster_node *nd)
     return DHPS_RPC_MASK(DHPS_RPC_TCP);
 }
 
-/* The thread's channel to node id of map m, opened on demand. A call with a deadline
- * (deadline_ns != 0) bounds the TCP connect of a new channel by what is left of it: a
- * node whose host drops SYNs costs the call at most its own time, not the client's
- * connect timeout (the hello keeps that bound: a live but slow peer still gets in). */
+/* Look at an open in progress: count its end, and after a failure keep the node from
+ * being dialled again before redial_backoff_ms. Returns the channel's status. */
+static int chan_state(dhps_client *c, struct chan *e, uint32_t id)
+{
+    int st = dhps_rpc_channel_status(e->ch);
+    if (st == 0 && !e->up) {
+        e->up = true;
+        CTR_ADD(c->nodes[id].connects, 1);
+    } else if (st < 0 && st != -EINPROGRESS) {
+        if (!e->up) {
+            e->retry_at_ns = dhps_mono_ns() + (uint64_t)c->p.redial_backoff_ms * 1000000ull;
+            CTR_ADD(c->nodes[id].connect_failures, 1);
+        }
+        e->broken = true;
+    }
+    return st;
+}
+
+/* The thread's channel to node id of map m, opened on demand without blocking: a new
+ * channel is returned while its connect and hello run (calls sent on it wait for them,
+ * inside their own deadlines, and fail with the open's error), so a node that is slow to
+ * accept (stopped, loading, setting up RDMA) holds up only the calls routed to it; the
+ * attempt timeout and hedges move those elsewhere. A call with a deadline (deadline_ns
+ * != 0) also bounds the TCP connect by what is left of it. */
 static int channel_get(struct tstate *ts, const dhps_cluster_map *m, uint32_t id,
                        uint64_t deadline_ns, dhps_rpc_channel **out)
 {
@@ -523,6 +544,8 @@ static int channel_get(struct tstate *ts, const dhps_cluster_map *m, uint32_t id
     }
     struct chan *e = &ts->chans[id];
     uint32_t allow = path_allow(c, nd);
+    if (e->ch)
+        (void)chan_state(c, e, id);
     if (e->ch && (e->broken || strcmp(e->addr, nd->addr) || e->allow != allow)) {
         dhps_rpc_channel_close(e->ch); /* in-flight calls complete (cancelled) */
         e->ch = NULL;
@@ -547,14 +570,17 @@ static int channel_get(struct tstate *ts, const dhps_cluster_map *m, uint32_t id
     }
     strcpy(e->addr, nd->addr);
     e->allow = allow;
-    int rc = dhps_rpc_channel_open(ts->rpc, &cp, &e->ch);
+    e->up = false;
+    int rc = dhps_rpc_channel_open_async(ts->rpc, &cp, &e->ch);
     if (rc < 0) {
         e->ch = NULL;
         e->retry_at_ns = dhps_mono_ns() + (uint64_t)c->p.redial_backoff_ms * 1000000ull;
         CTR_ADD(c->nodes[id].connect_failures, 1);
         return rc;
     }
-    CTR_ADD(c->nodes[id].connects, 1);
+    rc = chan_state(c, e, id);
+    if (rc < 0 && rc != -EINPROGRESS)
+        return rc; /* refused at once: closed on the next use, after the backoff */
     *out = e->ch;
     return 0;
 }
@@ -787,6 +813,7 @@ struct attempt {            /* one rpc call of a message: [0] primary/retry, [1]
     bool inflight;
     bool reported;          /* the router already has this attempt's outcome (it timed
                                out at the attempt timeout; the call may still answer) */
+    bool wait_open;         /* sent while its channel was still opening */
     int8_t tli;             /* trace: index of its entry in the message's log, or -1 */
 };
 
@@ -892,7 +919,14 @@ static int call_outcome(dhps_client *c, struct attempt *a, int status, const voi
                 err = DHPS_E_MALFORMED;
         }
     }
-    uint64_t lat = dhps_mono_ns() - a->pick.start_ns;
+    uint64_t now = dhps_mono_ns(), from = a->pick.start_ns;
+    if (a->wait_open && ms->op->ts && a->pick.node < ms->op->ts->nchans &&
+        ms->op->ts->chans[a->pick.node].ch) {
+        uint64_t ready = dhps_rpc_channel_ready_ns(ms->op->ts->chans[a->pick.node].ch);
+        if (ready > from && ready <= now)
+            from = ready;
+    }
+    uint64_t lat = now - from;
     if (ms->op->tl && a->tli >= 0) {
         struct tlog *t = &ms->op->tl[(size_t)(ms - ms->op->msgs) * TL_PER_MSG + (size_t)a->tli];
         t->done_us = (int32_t)((dhps_mono_ns() - ms->op->t0) / 1000);
@@ -1054,9 +1088,11 @@ static void send_msg(struct op *op, struct msg *ms, struct attempt *a)
                                      : channel_get(op->ts, op->m, node, op->deadline_ns, &ch);
     uint64_t t1 = dhps_mono_ns();
     /* the time spent opening a connection is not the node's answer time: the router's
-     * latency sample (and a half-open breaker's probe verdict) starts after it */
+     * latency sample (and a half-open breaker's probe verdict) starts after it (here
+     * for a slow local step, in call_outcome for a wait on the hello) */
     if (t1 - now > 100000)
         a->pick.start_ns += t1 - now;
+    a->wait_open = rc == 0 && dhps_rpc_channel_status(ch) == -EINPROGRESS;
     struct tlog *tl = NULL;
     a->tli = -1;
     if (op->tl && ms->ntl < TL_PER_MSG) {
@@ -1728,12 +1764,26 @@ int dhps_client_connect(dhps_client *c)
     if (!ts)
         return -ENOMEM;
     struct map_ref *mr = map_pin(c);
-    int failed = 0;
-    for (size_t i = 0; i < dhps_cluster_map_nnodes(mr->m); i++) {
-        const dhps_cluster_node *nd = dhps_cluster_map_node_at(mr->m, i);
+    size_t nn = dhps_cluster_map_nnodes(mr->m);
+    /* every open runs at once: the wait is the slowest node's, not the sum */
+    for (size_t i = 0; i < nn; i++) {
         dhps_rpc_channel *ch;
-        if (channel_get(ts, mr->m, nd->id, 0, &ch) < 0)
-            failed++;
+        (void)channel_get(ts, mr->m, dhps_cluster_map_node_at(mr->m, i)->id, 0, &ch);
+    }
+    int failed;
+    for (;;) { /* each open ends by itself: connect_timeout_ms bounds it */
+        bool opening = false;
+        failed = 0;
+        for (size_t i = 0; i < nn; i++) {
+            uint32_t id = dhps_cluster_map_node_at(mr->m, i)->id;
+            struct chan *e = id < ts->nchans ? &ts->chans[id] : NULL;
+            int st = e && e->ch ? chan_state(c, e, id) : DHPS_E_UNREACHABLE;
+            opening |= st == -EINPROGRESS;
+            failed += st < 0 && st != -EINPROGRESS;
+        }
+        if (!opening)
+            break;
+        dhps_rpc_client_poll(ts->rpc, 10);
     }
     map_unref(mr);
     return failed;

@@ -6,6 +6,10 @@
 
 #include <cmocka.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
 #include "dhps/client.h"
 #include "fake_server.h"
 
@@ -599,6 +603,70 @@ static void test_connect(void **state)
     put_keys(x->c, 1, 100, DHPS_ACK_ONE);
 }
 
+/* A node that accepts connections but never answers the hello (stopped, loading, slow
+ * RDMA set-up) costs a lookup only its attempt timeout: the open runs without blocking
+ * the thread, the calls waiting on it are re-sent to other replicas. A blocking open
+ * would hold the thread for connect_timeout_ms (3 s) against a 400 ms deadline. */
+static void test_stalled_hello(void **state)
+{
+    struct fx *x = *state;
+    put_keys(x->c, 1, 500, DHPS_ACK_ALL);
+    uint16_t port = x->nodes[0].port;
+    fake_stop(&x->nodes[0]);
+    int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(lfd >= 0);
+    int one = 1;
+    setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    assert_int_equal(bind(lfd, (struct sockaddr *)&a, sizeof a), 0);
+    assert_int_equal(listen(lfd, 64), 0); /* connects complete; nobody answers */
+    dhps_client_params p;
+    dhps_client_params_init(&p);
+    p.map_path = x->path;
+    p.secret = FAKE_SECRET;
+    p.secret_len = strlen(FAKE_SECRET);
+    p.router = DHPS_CLIENT_ROUTER_FIRST_HEALTHY; /* node 0 first wherever it is listed */
+    p.connect_timeout_ms = 3000;
+    p.default_timeout_us = 400000;
+    p.max_attempts = 3;
+    dhps_client *c = NULL;
+    assert_int_equal(dhps_client_create(&p, &c), 0);
+    uint64_t keys[500];
+    float out[500 * DIM];
+    uint64_t mask[8];
+    for (int i = 0; i < 500; i++)
+        keys[i] = 1 + (uint64_t)i;
+    dhps_client_result res;
+    uint64_t t0 = dhps_mono_ns();
+    int rc = dhps_client_lookup(c, "emb", keys, 500, out, DIM, DHPS_FP32, mask, 0, &res);
+    double ms = (double)(dhps_mono_ns() - t0) / 1e6;
+    dhps_client_node_stats ns;
+    assert_int_equal(dhps_client_node_stats_get(c, 0, &ns), 0);
+    print_message("  lookup beside a stalled hello: %.1f ms, rc %d, %zu unanswered; "
+                  "node 0: %llu messages, %llu timeouts\n", ms, rc, res.unanswered,
+                  (unsigned long long)ns.messages, (unsigned long long)ns.timeouts);
+    assert_int_equal(rc, 0); /* within the 400 ms deadline, every key answered */
+    assert_int_equal(res.unanswered, 0);
+    assert_true(ns.messages > 0); /* node 0 was tried: the re-sends were needed */
+    for (int i = 0; i < 500; i++) {
+        float want[DIM];
+        row_of(keys[i], want);
+        assert_memory_equal(out + (size_t)i * DIM, want, sizeof want);
+    }
+    /* the open ends at connect_timeout_ms and counts as a failed dial */
+    t0 = dhps_mono_ns();
+    while (ns.connect_failures == 0 && dhps_mono_ns() - t0 < 20000000000ull) {
+        assert_int_equal(dhps_client_lookup(c, "emb", keys, 50, out, DIM, DHPS_FP32, mask, 0,
+                                            &res), 0);
+        assert_int_equal(dhps_client_node_stats_get(c, 0, &ns), 0);
+    }
+    assert_int_equal(ns.connect_failures, 1);
+    assert_int_equal(ns.connects, 0);
+    dhps_client_destroy(c);
+    close(lfd);
+}
+
 static void test_create_errors(void **state)
 {
     struct fx *x = *state;
@@ -645,6 +713,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_hedging, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hedge_loser_counters, setup, teardown),
         cmocka_unit_test_setup_teardown(test_connect, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stalled_hello, setup, teardown),
         cmocka_unit_test_setup_teardown(test_create_errors, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
