@@ -98,7 +98,8 @@ static dhps_rpc_server *start_server(uint32_t workers, const uint8_t *host_id)
     return s;
 }
 
-static dhps_rpc_client *new_client(const char *secret)
+/* A client with the suite's limits; connect_timeout_ms 0 = the default. */
+static dhps_rpc_client *new_client_ct(const char *secret, uint32_t connect_timeout_ms)
 {
     dhps_rpc_client_params cp;
     dhps_rpc_client_params_init(&cp);
@@ -106,10 +107,14 @@ static dhps_rpc_client *new_client(const char *secret)
     cp.secret_len = strlen(secret);
     cp.max_msg = 64 << 10;
     cp.max_inflight = 256;
+    if (connect_timeout_ms)
+        cp.connect_timeout_ms = connect_timeout_ms;
     dhps_rpc_client *c = NULL;
     assert_int_equal(dhps_rpc_client_create(&cp, &c), 0);
     return c;
 }
+
+static dhps_rpc_client *new_client(const char *secret) { return new_client_ct(secret, 0); }
 
 static void chan_params(dhps_rpc_channel_params *p, uint16_t port)
 {
@@ -860,14 +865,7 @@ static void async_open_does_not_block(void **st)
     assert_int_equal(listen(lfd, 8), 0); /* connects complete in the backlog; nobody reads */
     socklen_t al = sizeof a;
     assert_int_equal(getsockname(lfd, (struct sockaddr *)&a, &al), 0);
-    dhps_rpc_client_params cp;
-    dhps_rpc_client_params_init(&cp);
-    cp.secret = SECRET;
-    cp.secret_len = sizeof SECRET - 1;
-    cp.max_msg = 64 << 10;
-    cp.connect_timeout_ms = 1500;
-    dhps_rpc_client *c = NULL;
-    assert_int_equal(dhps_rpc_client_create(&cp, &c), 0);
+    dhps_rpc_client *c = new_client_ct(SECRET, 1500);
     dhps_rpc_channel *good = open_chan(c, dhps_rpc_server_port(s));
     dhps_rpc_channel_params p;
     chan_params(&p, ntohs(a.sin_port));
