@@ -36,10 +36,11 @@
  * Dynamic flow ratios. A node's weight = success^2 x latency factor, in [weight_floor, 1].
  *   success is an EWMA of ok/failed reports (alpha 1/16: 5 errors in a row halve the weight).
  *   The latency factor asks how much of the tier's advantage over the next tier the node
- *   still has: f = (Lnext - lat) / (Lnext - B), where lat is the node's smooth latency EWMA
- *   (time constant weight_tau, 2 s), B the tier's baseline (a decaying minimum of its
- *   nodes' latencies that rises with time constant baseline_tau, 10 min) and Lnext the
- *   next tier's baseline (at least 1.5 B; 3 B when unknown). A POD whose latency doubles
+ *   still has: f = (Lnext - (lat - rise)) / (Lnext - B), where lat is the node's smooth
+ *   latency EWMA (time constant weight_tau, 2 s), B the tier's baseline (a decaying minimum
+ *   of its nodes' latencies that rises with time constant baseline_tau, 10 min), Lnext the
+ *   next tier's baseline (at least 1.5 B; 3 B when unknown) and rise the common rise
+ *   (below; 0 unless every measured tier got slower). A POD whose latency doubles
  *   (20 -> 40 us, AZ 60 us) keeps half its weight, so with 1.4 it keeps 70 % of its traffic
  *   and sheds 30 %; at the AZ latency it keeps only the floor. Weights move smoothly (EWMA
  *   inputs) and are only rewritten when they move by more than weight_hysteresis (0.05),
@@ -47,10 +48,26 @@
  *   degraded node: it keeps being measured and wins its traffic back when it recovers.
  *   A tier that stays slow for many minutes becomes its own new baseline, gradually.
  *
+ * Common rise. Baselines remember a calm past on purpose, but a load on the client's own
+ *   host (CPU wait) adds about the same time to every answer whatever the tier: judged
+ *   against its calm baseline the fastest tier would look slow and be pushed out, though
+ *   the tiers' order has not changed. So each tier also keeps a long EWMA of its latency
+ *   (baseline_tau); its rise is its smooth latency minus that. The common rise is the
+ *   least rise among the tiers with an ok answer in the last 3 weight_tau, 0 unless at
+ *   least two did (with one tier its own slowdown and the client's cannot be told apart).
+ *   Weights and the slow-call test subtract it from the latency they judge. A tier slow on
+ *   its own rises alone, so the others keep the common rise at ~0 and it is judged in
+ *   full; when all tiers rise together (POD 0.3 + 1.7 ms, AZ 1 + 1.7 ms) the POD is judged
+ *   at about its calm 0.3 ms and keeps its traffic. The slow-call test, which judges one
+ *   answer as it arrives, takes the larger of this and the same minimum over each tier's
+ *   last answer, so a sudden load is seen once every measured tier has answered under
+ *   it, not after the seconds the smooth EWMAs need.
+ *
  * Circuit breaker, per node. Closed: it opens after consecutive_errors (5) failures in a
  *   row, or when a window (1 s, at least 20 requests) has error share >= 0.5 or slow share
- *   >= 0.5, a call being slow above slow_factor (5) x its tier's baseline (10x slow nodes
- *   are isolated; a 2-3x slow POD is left to the weights). Open: no traffic for
+ *   >= 0.5, a call being slow when its latency minus the common rise is above slow_factor
+ *   (5) x its tier's baseline (10x slow nodes are isolated, also under a loaded client; a
+ *   2-3x slow POD is left to the weights). Open: no traffic for
  *   base_ejection x 2^k (1 s doubling to 60 s; k grows by one per consecutive opening and
  *   is forgotten after the node has stayed closed for backoff_reset, 5 min). Half-open: one
  *   probe request at a time (real traffic, flagged DHPS_ROUTE_PROBE so the caller can hedge
@@ -147,7 +164,8 @@ typedef struct dhps_route_params {
                                      0 = no limit (default 0) */
     uint64_t ewma_tau_ns;         /* peak-EWMA decay (default 1 s) */
     uint64_t weight_tau_ns;       /* smooth latency EWMA for weights (default 2 s) */
-    uint64_t baseline_tau_ns;     /* tier baseline rise (default 600 s) */
+    uint64_t baseline_tau_ns;     /* tier baseline rise, and the long tier latency EWMA
+                                     the common rise is measured from (default 600 s) */
     double weight_floor;          /* least weight of an eligible node (default 0.05) */
     double weight_hysteresis;     /* weight changes smaller than this are ignored (0.05) */
 
@@ -309,6 +327,8 @@ typedef struct dhps_route_tier_stats {
     uint64_t p50_ns, p95_ns;  /* from the decaying histogram, 0 without samples */
     double latency_ns;        /* smooth latency EWMA of the tier's ok reports */
     double baseline_ns;       /* the tier baseline B (0 = unknown) */
+    double latency_long_ns;   /* the same EWMA with baseline_tau (its rise is latency_ns
+                                 minus this) */
 } dhps_route_tier_stats;
 
 typedef struct dhps_route_stats {
@@ -335,6 +355,9 @@ typedef struct dhps_route_stats {
     uint32_t nodes;             /* present */
     uint32_t ejected;           /* open or half-open now */
     uint32_t down;              /* administratively down now */
+    double common_rise_ns;      /* the rise all measured tiers share (see the essay), from
+                                   their smooth latencies */
+    double common_rise_last_ns; /* ... from their last answers */
     dhps_route_tier_stats tier[DHPS_ROUTE_TIERS];
 } dhps_route_stats;
 

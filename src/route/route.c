@@ -28,6 +28,8 @@
 #define BASELINE_MIN_SAMPLES 8 /* a node feeds its tier's baseline after this many oks */
 #define NEXT_TIER_MIN_GAP 1.5  /* next tier's reference is at least 1.5 x this baseline */
 #define NEXT_TIER_DEFAULT_GAP 3.0 /* ... and 3 x when unknown */
+#define RISE_FRESH_TAUS 3      /* a tier measured in the last 3 weight_tau is a witness */
+#define RISE_MIN_TIERS 2       /* witnesses needed before a rise is called common */
 #define TOKEN 1000000LL        /* token buckets count micro-tokens */
 #define MAX_LEVEL 40
 
@@ -58,7 +60,9 @@ struct rnode {
 } __attribute__((aligned(64)));
 
 struct rtier {
-    double lat;
+    double lat;          /* smooth latency EWMA, weight_tau */
+    double last;         /* latency of its last ok answer: what it answers in right now */
+    double lat_long;     /* the same with baseline_tau: what it used to answer in */
     uint64_t lat_stamp;
     double base;
     uint64_t base_stamp;
@@ -641,7 +645,38 @@ static void breaker_report(dhps_route *r, struct rnode *n, const dhps_route_choi
 
 /* ---- weights ------------------------------------------------------------------------------------ */
 
-static void weight_update(dhps_route *r, struct rnode *n, unsigned t)
+/*
+ * The rise every tier shares now. A tier's rise is its smooth latency (weight_tau EWMA)
+ * minus its long one (baseline_tau): how much slower it answers than it used to. The
+ * common rise is the least rise among the tiers with an ok answer in the last
+ * RISE_FRESH_TAUS x weight_tau, and 0 unless at least RISE_MIN_TIERS of them agree (with
+ * one tier, its own slowdown and the client's cannot be told apart). A load on the
+ * client's own host adds about the same time to every answer whatever the tier; a tier
+ * that is slow on its own rises alone, so the others keep this near 0 and its slowness
+ * is judged in full. last: each tier's last answer instead of its smooth latency, which
+ * lags a sudden rise by seconds.
+ */
+static double common_rise(const dhps_route *r, uint64_t now, bool last)
+{
+    double rise = 0;
+    int n = 0;
+    uint64_t fresh = RISE_FRESH_TAUS * r->p.weight_tau_ns;
+    for (int t = 0; t < DHPS_ROUTE_TIERS; t++) {
+        const struct rtier *tr = &r->tier[t];
+        double now_lat = ldd(last ? &tr->last : &tr->lat), long_lat = ldd(&tr->lat_long);
+        uint64_t ts = ld64(&tr->lat_stamp);
+        if (now_lat <= 0 || long_lat <= 0 || (now > ts && now - ts > fresh))
+            continue;
+        double d = now_lat > long_lat ? now_lat - long_lat : 0;
+        if (!n++ || d < rise)
+            rise = d;
+    }
+    return n >= RISE_MIN_TIERS ? rise : 0;
+}
+
+/* f = (Lnext - lat') / (Lnext - B), lat' = lat - rise: the node's latency with the rise
+ * every tier shares (the client's own wait) taken out, so B and Lnext still apply. */
+static void weight_update(dhps_route *r, struct rnode *n, unsigned t, double rise)
 {
     double f = 1.0;
     double B = ldd(&r->tier[t].base), lat = ldd(&n->lat);
@@ -651,7 +686,7 @@ static void weight_update(dhps_route *r, struct rnode *n, unsigned t)
             next = NEXT_TIER_DEFAULT_GAP * B;
         else if (next < NEXT_TIER_MIN_GAP * B)
             next = NEXT_TIER_MIN_GAP * B;
-        f = clampd((next - lat) / (next - B), 0.0, 1.0);
+        f = clampd((next - (lat - rise)) / (next - B), 0.0, 1.0);
     }
     double s = ldd(&n->succ);
     double w = clampd(s * s * f, r->p.weight_floor, 1.0);
@@ -674,10 +709,18 @@ static void latency_update(dhps_route *r, struct rnode *n, unsigned t, double v,
     st64(&n->lat_stamp, now);
 
     struct rtier *tr = &r->tier[t];
-    double tl = ldd(&tr->lat);
-    uint64_t ts = ld64(&tr->lat_stamp);
-    tl = tl <= 0 ? v : tl + (v - tl) * ewma_alpha(now > ts ? now - ts : 0, r->p.weight_tau_ns);
+    double tl = ldd(&tr->lat), tll = ldd(&tr->lat_long);
+    uint64_t ts = ld64(&tr->lat_stamp), dt = now > ts ? now - ts : 0;
+    tl = tl <= 0 ? v : tl + (v - tl) * ewma_alpha(dt, r->p.weight_tau_ns);
+    /* same-instant answers weigh in the long EWMA what they weigh in the short one,
+     * relative to the time constants */
+    double along = dt ? ewma_alpha(dt, r->p.baseline_tau_ns)
+                      : EWMA_SAME_TIME_ALPHA * (double)r->p.weight_tau_ns /
+                            (double)r->p.baseline_tau_ns;
+    tll = tll <= 0 ? v : tll + (v - tll) * along;
     std_(&tr->lat, tl);
+    std_(&tr->last, v);
+    std_(&tr->lat_long, tll);
     st64(&tr->lat_stamp, now);
 
     /* tier baseline: decaying minimum of its nodes' smooth latencies */
@@ -928,8 +971,6 @@ int dhps_route_report(dhps_route *r, const dhps_route_choice *c, uint64_t latenc
         std_(&n->peak, peak);
         st64(&n->peak_stamp, now);
     }
-    double B = ldd(&tr->base);
-    bool slow = B > 0 && v > r->p.slow_factor * B;
     if (ok) {
         inc(&n->ok);
         inc(&tr->ok);
@@ -946,10 +987,18 @@ int dhps_route_report(dhps_route *r, const dhps_route_choice *c, uint64_t latenc
         inc(&tr->timeouts);
         inc(&r->c.reports_timeout);
     }
+    /* slow: above slow_factor x the baseline once the rise all tiers share is taken out.
+     * One answer is judged against the tiers' last answers too, so a sudden load on the
+     * client is seen as soon as each tier has answered once; the smooth rise covers
+     * steady state without their noise. Read after this answer updated its tier: a tier
+     * back from an outage is a witness from its first answer. */
+    double B = ldd(&tr->base), rise = common_rise(r, now, false);
+    double rise_last = common_rise(r, now, true);
+    bool slow = B > 0 && v - (rise > rise_last ? rise : rise_last) > r->p.slow_factor * B;
     double s = ldd(&n->succ);
     std_(&n->succ, s + ((ok ? 1.0 : 0.0) - s) * SUCCESS_ALPHA);
     breaker_report(r, n, c, ok, slow, now); /* closing resets success: weigh after it */
-    weight_update(r, n, c->tier);
+    weight_update(r, n, c->tier, rise);
     return 0;
 }
 
@@ -1066,7 +1115,11 @@ int dhps_route_stats_get(dhps_route *r, dhps_route_stats *o)
         ts->p95_ns = hist_quantile(tr, 0.95);
         ts->latency_ns = ldd(&tr->lat);
         ts->baseline_ns = ldd(&tr->base);
+        ts->latency_long_ns = ldd(&tr->lat_long);
     }
+    uint64_t now = now_ns(r);
+    o->common_rise_ns = common_rise(r, now, false);
+    o->common_rise_last_ns = common_rise(r, now, true);
     return 0;
 }
 
