@@ -256,7 +256,7 @@ struct chan {
     uint64_t retry_at_ns; /* after a failed dial: not before this */
     uint32_t allow;       /* transports the channel was opened with (path_allow) */
     bool broken;
-    bool up;              /* its open completed (counted in connects) */
+    bool ended;           /* its open's end was counted (connects / connect_failures) */
 };
 
 struct tstate {
@@ -507,16 +507,19 @@ static uint32_t path_allow(const dhps_client *c, const dhps_cluster_node *nd)
 static int chan_state(dhps_client *c, struct chan *e, uint32_t id)
 {
     int st = dhps_rpc_channel_status(e->ch);
-    if (st == 0 && !e->up) {
-        e->up = true;
-        CTR_ADD(c->nodes[id].connects, 1);
-    } else if (st < 0 && st != -EINPROGRESS) {
-        if (!e->up) {
+    if (st == -EINPROGRESS)
+        return st;
+    if (!e->ended) { /* once per open: the backoff runs from the failure's first sight */
+        e->ended = true;
+        if (st == 0) {
+            CTR_ADD(c->nodes[id].connects, 1);
+        } else {
             e->retry_at_ns = dhps_mono_ns() + (uint64_t)c->p.redial_backoff_ms * 1000000ull;
             CTR_ADD(c->nodes[id].connect_failures, 1);
         }
-        e->broken = true;
     }
+    if (st < 0)
+        e->broken = true;
     return st;
 }
 
@@ -570,7 +573,7 @@ static int channel_get(struct tstate *ts, const dhps_cluster_map *m, uint32_t id
     }
     strcpy(e->addr, nd->addr);
     e->allow = allow;
-    e->up = false;
+    e->ended = false;
     int rc = dhps_rpc_channel_open_async(ts->rpc, &cp, &e->ch);
     if (rc < 0) {
         e->ch = NULL;
@@ -922,7 +925,12 @@ static int call_outcome(dhps_client *c, struct attempt *a, int status, const voi
     uint64_t now = dhps_mono_ns(), from = a->pick.start_ns;
     if (a->wait_open && ms->op->ts && a->pick.node < ms->op->ts->nchans &&
         ms->op->ts->chans[a->pick.node].ch) {
-        uint64_t ready = dhps_rpc_channel_ready_ns(ms->op->ts->chans[a->pick.node].ch);
+        struct chan *e = &ms->op->ts->chans[a->pick.node];
+        /* the open this call waited for has ended: note it now, so a failure's redial
+         * backoff runs from the failure, not from the node's next use (a breaker probe
+         * seconds later would otherwise find itself inside the backoff and never dial) */
+        (void)chan_state(c, e, a->pick.node);
+        uint64_t ready = dhps_rpc_channel_ready_ns(e->ch);
         if (ready > from && ready <= now)
             from = ready;
     }

@@ -601,6 +601,18 @@ static void test_connect(void **state)
     x->c = mkclient(x, DHPS_CLIENT_ROUTER_FIRST_HEALTHY, 1000);
     assert_int_equal(dhps_client_connect(x->c), 1);
     put_keys(x->c, 1, 100, DHPS_ACK_ONE);
+    /* back on its port: once redial_backoff_ms has passed since the failure, the next use
+     * dials again (the backoff runs from the failure, not from each later look at it) */
+    uint16_t port = x->nodes[3].port;
+    fake_free(&x->nodes[3]);
+    assert_int_equal(fake_start(&x->nodes[3], 3, port), 0);
+    struct timespec pause = {.tv_sec = 0, .tv_nsec = 150 * 1000000L};
+    nanosleep(&pause, NULL);
+    assert_int_equal(dhps_client_connect(x->c), 0);
+    dhps_client_node_stats ns;
+    assert_int_equal(dhps_client_node_stats_get(x->c, 3, &ns), 0);
+    assert_int_equal(ns.connects, 1);
+    assert_int_equal(ns.connect_failures, 1);
 }
 
 /* A node that accepts connections but never answers the hello (stopped, loading, slow
