@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The topology test inside the Soft-RoCE guest (../shared/rxe-vm/rxe-run): real link
 # delays with tc netem, RDMA verbs inside AZ a, every delay and deadline x30 for TCG, and
-# up to 1 % of lookups may miss their deadline: a dial to a restarted node (its verbs
-# set-up takes seconds under TCG) blocks the dialing client thread (docs/topology.md).
+# up to 0.2 % of lookups may miss their deadline (0.1 % on the host: TCG timing is
+# noisier; the 1 % once needed for dials that blocked the client thread on a restarted
+# node's slow verbs set-up went with the non-blocking open, docs/topology.md).
 # Binaries come from the host's release build (build/rel, built here if missing).
 # Exit 0 when it passed or was skipped (printed "topology (guest) SKIPPED: why"), non-zero
 # when it failed.
@@ -15,7 +16,7 @@ skip() { echo "topology (guest) SKIPPED: $*"; exit 0; }
 bdir=$("$root/scripts/build.sh" rel) || { echo "topology (guest): build FAILED"; exit 1; }
 cd "$root" || exit 1
 "$rxe" --timeout "${RXE_TIMEOUT:-900}" -- tests/topology/topology.sh --bin "$bdir" --netem \
-  --verbs --scale 30 --phase-timeout 150 --max-incomplete 1
+  --verbs --scale 30 --phase-timeout 150 --max-incomplete 0.2
 rc=$?
 case $rc in
   0)   echo "topology (guest) PASSED"; exit 0 ;;
