@@ -346,9 +346,7 @@ struct hs {
     uint64_t connect_deadline;/* the TCP connect alone */
     vep *v;                   /* verbs endpoint offered, until the ACCEPT */
     rpc_hello ch, sh, pr;
-    size_t in_len, out_off, out_len;
-    uint8_t in[RPC_HELLO_HDR + RPC_HELLO_MAX_BODY];
-    uint8_t out[RPC_HELLO_HDR + RPC_HELLO_MAX_BODY];
+    rpc_hio io;
 };
 
 static int hs_fd(const session *c) { return c->hs->fd >= 0 ? c->hs->fd : c->c.fd; }
@@ -379,70 +377,6 @@ static int make_region(dhps_rpc_client *cl, rpc_hello *pr, int *shmfd)
     }
     *shmfd = fd;
     return 0;
-}
-
-/* Queue hello h for sending (the buffer is empty: one message at a time). */
-static int hs_put(struct hs *h, const rpc_hello *m)
-{
-    long n = rpc_hello_encode(m, h->out, sizeof h->out);
-    if (n < 0)
-        return -EINVAL;
-    h->out_off = 0;
-    h->out_len = (size_t)n;
-    return 0;
-}
-
-/* Send what is queued. 1: all sent, 0: the socket is full, < 0: error. */
-static int hs_flush(struct hs *h, int fd)
-{
-    while (h->out_off < h->out_len) {
-        ssize_t w = send(fd, h->out + h->out_off, h->out_len - h->out_off,
-                         MSG_DONTWAIT | MSG_NOSIGNAL);
-        if (w > 0) {
-            h->out_off += (size_t)w;
-            continue;
-        }
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-            return 0;
-        return DHPS_E_UNREACHABLE;
-    }
-    return 1;
-}
-
-/* Read one hello message into m. 1: parsed, 0: more bytes needed, < 0: error. */
-static int hs_read(struct hs *h, int fd, rpc_hello *m)
-{
-    for (;;) {
-        size_t need = RPC_HELLO_HDR;
-        if (h->in_len >= RPC_HELLO_HDR) {
-            long n = rpc_hello_parse(h->in, h->in_len, m);
-            if (n < 0)
-                return (int)n;
-            if (n > 0) {
-                h->in_len = 0;
-                return 1;
-            }
-            /* the body length is bounded by the parse above */
-            need += (uint32_t)h->in[8] | (uint32_t)h->in[9] << 8 |
-                    (uint32_t)h->in[10] << 16 | (uint32_t)h->in[11] << 24;
-            if (need <= h->in_len || need > sizeof h->in)
-                return DHPS_E_MALFORMED;
-        }
-        ssize_t r = recv(fd, h->in + h->in_len, need - h->in_len, MSG_DONTWAIT);
-        if (r > 0) {
-            h->in_len += (size_t)r;
-            continue;
-        }
-        if (r == 0)
-            return DHPS_E_UNREACHABLE;
-        if (errno == EINTR)
-            continue;
-        if (errno == EAGAIN || errno == EWOULDBLOCK)
-            return 0;
-        return DHPS_E_UNREACHABLE;
-    }
 }
 
 /* The server's hello arrived: check its proof, pick the path, set it up on our side
@@ -509,7 +443,7 @@ static int hs_server_hello(session *c)
         return rc;
     rpc_proof(cl->secret, cl->p.secret_len, 'c', ch, sh, pr, pr->proof);
     h->state = HS_ACCEPT;
-    return hs_put(h, pr);
+    return rpc_hio_put(&h->io, pr);
 }
 
 /* The server accepted (or rejected) our offer: finish the path. */
@@ -619,21 +553,21 @@ static int hs_drive(session *c)
             goto out;
         }
         h->state = HS_SERVER_HELLO;
-        if ((r = hs_put(h, &h->ch)))
+        if ((r = rpc_hio_put(&h->io, &h->ch)))
             goto out;
     }
     for (;;) {
-        if ((r = hs_flush(h, hs_fd(c))) <= 0)
+        if ((r = rpc_hio_flush(&h->io, hs_fd(c))) <= 0)
             break;
         if (h->state == HS_SERVER_HELLO) {
-            if ((r = hs_read(h, hs_fd(c), &h->sh)) <= 0)
+            if ((r = rpc_hio_read(&h->io, hs_fd(c), &h->sh)) <= 0)
                 break;
             if ((r = hs_server_hello(c)))
                 break;
             continue; /* send the proof */
         }
         rpc_hello ac;
-        if ((r = hs_read(h, hs_fd(c), &ac)) <= 0)
+        if ((r = rpc_hio_read(&h->io, hs_fd(c), &ac)) <= 0)
             break;
         r = hs_accept(c, &ac);
         break;
@@ -647,7 +581,7 @@ out:
         hs_done(c);
         return 1;
     }
-    bool want_out = h->state == HS_CONNECT || h->out_off < h->out_len;
+    bool want_out = h->state == HS_CONNECT || rpc_hio_pending_out(&h->io);
     if (want_out != h->want_out) {
         struct epoll_event ev = {.events = EPOLLIN | (want_out ? EPOLLOUT : 0u), .data.ptr = c};
         epoll_ctl(c->cl->ep, EPOLL_CTL_MOD, hs_fd(c), &ev);

@@ -107,13 +107,23 @@ bool shm_rx_pending(conn *c);
 void rpc_host_id(const uint8_t *override, uint8_t out[RPC_HOST_ID]);
 int rpc_random(void *buf, size_t n);
 void rpc_tune_socket(int fd, uint32_t busy_poll_us);
-/* Blocking I/O with an absolute deadline (dhps_mono_ns clock). 0, DHPS_E_TIMEOUT,
- * DHPS_E_UNREACHABLE (peer closed / error). */
-int rpc_write_all(int fd, const void *buf, size_t n, uint64_t deadline);
-int rpc_read_all(int fd, void *buf, size_t n, uint64_t deadline);
-/* Read one hello message into h. Returns 0 or an error. */
-int rpc_read_hello(int fd, rpc_hello *h, uint64_t deadline);
-int rpc_write_hello(int fd, const rpc_hello *h, uint64_t deadline);
+/* Non-blocking hello I/O, one message each way at a time (both ends of the hello are
+ * state machines driven by readiness: a peer that stalls holds no thread). */
+typedef struct rpc_hio {
+    size_t in_len, out_off, out_len;
+    uint8_t in[RPC_HELLO_HDR + RPC_HELLO_MAX_BODY];
+    uint8_t out[RPC_HELLO_HDR + RPC_HELLO_MAX_BODY];
+} rpc_hio;
+/* Queue hello m for sending (replaces what is queued). 0 or -EINVAL. */
+int rpc_hio_put(rpc_hio *h, const rpc_hello *m);
+/* Send what is queued: 1 all sent, 0 the socket is full (wait for POLLOUT), or
+ * DHPS_E_UNREACHABLE. */
+int rpc_hio_flush(rpc_hio *h, int fd);
+/* Read one hello message into m, exactly its bytes (what follows belongs to the
+ * connection): 1 parsed, 0 more bytes needed (wait for POLLIN), DHPS_E_UNREACHABLE (peer
+ * closed / error), or the parse's DHPS_E_MALFORMED / DHPS_E_VERSION. */
+int rpc_hio_read(rpc_hio *h, int fd, rpc_hello *m);
+static inline bool rpc_hio_pending_out(const rpc_hio *h) { return h->out_off < h->out_len; }
 
 /* ---- fault injection (fault.c) ---------------------------------------------------- */
 

@@ -99,6 +99,9 @@ struct dhps_rpc_server {
         uint32_t idx, next_worker;
         pthread_t th;
         bool started;
+        int ep;               /* the listening socket + hellos in progress */
+        struct pend **pend;   /* hellos in progress (PEND_MAX slots) */
+        uint32_t npend;
     } acc[MAX_ACCEPTORS];
     handler *handlers; /* 65536 entries, read-only after start */
     rpc_dev *dev;      /* verbs device (thread-safe verbs calls), or NULL */
@@ -909,51 +912,44 @@ static int open_client_region(dhps_rpc_server *s, const rpc_hello *pr, uint32_t 
     return rc;
 }
 
-static void handshake(struct acceptor *acc, int fd)
+/* ---- acceptors: hellos as state machines on an event loop ----------------------------- */
+
+/*
+ * Each acceptor runs the hellos of many peers at once: its epoll set holds the listening
+ * socket and every connection whose hello is in progress. A peer that connects and then
+ * stalls (never sends, sends one byte a second, never reads) costs a slot until its
+ * hello_timeout_ms, not the acceptor thread. At most PEND_MAX hellos per acceptor are in
+ * progress; a new connection beyond that evicts the one nearest its deadline.
+ */
+#define PEND_MAX 256u
+
+enum { P_HELLO = 1, P_PROOF };
+
+typedef struct pend {
+    int fd;
+    int state;
+    bool want_out;
+    uint64_t deadline;
+    rpc_hello ch, sh;
+    rpc_hio io;
+} pend;
+
+/* The proof checked out: set up the connection and its path, answer ACCEPT and hand it
+ * to a worker. The ACCEPT is one small message into an empty socket buffer (the peer
+ * has read everything we sent): sent at once or the connection is dropped. */
+static void finish(struct acceptor *acc, pend *p, const rpc_hello *pr)
 {
     dhps_rpc_server *s = acc->s;
-    uint64_t deadline = dhps_mono_ns() + (uint64_t)s->p.hello_timeout_ms * 1000000ull;
-    rpc_hello ch, sh, pr, ac;
-    sconn *sc = NULL;
-    int rc = rpc_read_hello(fd, &ch, deadline);
-    if (rc || ch.kind != RPC_H_CLIENT_HELLO)
-        goto bad;
-    memset(&sh, 0, sizeof sh);
-    sh.kind = RPC_H_SERVER_HELLO;
-    sh.version = ch.version; /* min(ours, theirs): parse clamps to ours */
-    sh.caps = s->p.allow & (DHPS_RPC_MASK(DHPS_RPC_TCP) | DHPS_RPC_MASK(DHPS_RPC_SHM) |
-                            (s->dev && !rpc_dev_check(s->dev, true) ? DHPS_RPC_MASK(DHPS_RPC_VERBS)
-                                                                     : 0));
-    if (sh.version < 2)
-        sh.caps = DHPS_RPC_MASK(DHPS_RPC_TCP);
-    sh.max_msg = s->p.max_msg;
-    memcpy(sh.host_id, s->host_id, RPC_HOST_ID);
-    if (rpc_random(sh.nonce, RPC_NONCE))
-        goto bad;
-    rpc_proof(s->secret, s->p.secret_len, 's', &ch, &sh, NULL, sh.proof);
-    if (rpc_write_hello(fd, &sh, deadline))
-        goto bad;
-    rc = rpc_read_hello(fd, &pr, deadline);
-    if (rc || pr.kind != RPC_H_CLIENT_PROOF)
-        goto bad;
-    uint8_t want[RPC_MAC];
-    rpc_proof(s->secret, s->p.secret_len, 'c', &ch, &sh, &pr, want);
-    if (!rpc_mac_equal(want, pr.proof)) {
-        /* no region opened, no connection registered: just say no and close */
-        rpc_hello rj = {.version = sh.version, .kind = RPC_H_REJECT, .status = DHPS_E_AUTH};
-        rpc_write_hello(fd, &rj, deadline);
-        atomic_fetch_add_explicit(&s->rejected_auth, 1, memory_order_relaxed);
-        DHPS_LOG(DHPS_LOG_WARN, RPC_LOG, "hello: bad client proof, connection refused");
-        close(fd);
-        return;
-    }
-    uint32_t max_msg = ch.max_msg < s->p.max_msg ? ch.max_msg : s->p.max_msg;
+    const rpc_hello *ch = &p->ch, *sh = &p->sh;
+    int fd = p->fd;
+    uint32_t max_msg = ch->max_msg < s->p.max_msg ? ch->max_msg : s->p.max_msg;
     if (max_msg > DHPS_RPC_MAX_MSG_LIMIT)
         max_msg = DHPS_RPC_MAX_MSG_LIMIT;
-    sc = calloc(1, sizeof *sc);
-    if (!sc || conn_init(&sc->c, fd, max_msg, true)) {
+    sconn *sc = calloc(1, sizeof *sc);
+    if (!sc || conn_init(&sc->c, fd, max_msg, true)) { /* conn_init closes fd on failure */
+        if (!sc)
+            close(fd);
         free(sc);
-        sc = NULL;
         goto bad;
     }
     struct sockaddr_in pa;
@@ -962,22 +958,23 @@ static void handshake(struct acceptor *acc, int fd)
         inet_ntop(AF_INET, &pa.sin_addr, sc->peer, sizeof sc->peer);
         sc->peer_port = ntohs(pa.sin_port);
     }
+    rpc_hello ac;
     memset(&ac, 0, sizeof ac);
-    ac.version = sh.version;
+    ac.version = sh->version;
     ac.kind = RPC_H_ACCEPT;
     ac.transport = DHPS_RPC_TCP;
     /* the worker that will own it (its shared receive queue takes the QP) */
     worker *w = &s->w[(acc->next_worker++ + acc->idx) % s->p.workers];
-    if (pr.want == DHPS_RPC_VERBS && (sh.caps & DHPS_RPC_MASK(DHPS_RPC_VERBS))) {
-        int r = verbs_setup(s, w, sc, &pr.verbs, &ac.verbs);
+    if (pr->want == DHPS_RPC_VERBS && (sh->caps & DHPS_RPC_MASK(DHPS_RPC_VERBS))) {
+        int r = verbs_setup(s, w, sc, &pr->verbs, &ac.verbs);
         if (r == 0)
             ac.transport = DHPS_RPC_VERBS;
         else
             DHPS_LOG(DHPS_LOG_INFO, RPC_LOG, "hello: verbs refused (%s), using tcp",
                      dhps_strerror(r));
-    } else if (pr.want == DHPS_RPC_SHM && (sh.caps & DHPS_RPC_MASK(DHPS_RPC_SHM)) &&
-        memcmp(ch.host_id, s->host_id, RPC_HOST_ID) == 0) {
-        int r = open_client_region(s, &pr, max_msg, &sc->c);
+    } else if (pr->want == DHPS_RPC_SHM && (sh->caps & DHPS_RPC_MASK(DHPS_RPC_SHM)) &&
+               memcmp(ch->host_id, s->host_id, RPC_HOST_ID) == 0) {
+        int r = open_client_region(s, pr, max_msg, &sc->c);
         if (r == 0)
             ac.transport = DHPS_RPC_SHM;
         else
@@ -985,8 +982,8 @@ static void handshake(struct acceptor *acc, int fd)
                      dhps_strerror(r));
     }
     sc->c.transport = (int)ac.transport;
-    if (rpc_write_hello(fd, &ac, deadline))
-        goto bad;
+    if (rpc_hio_put(&p->io, &ac) || rpc_hio_flush(&p->io, fd) != 1)
+        goto bad_sc;
     rpc_tune_socket(fd, s->p.busy_poll_us);
     /* before the worker can serve it: stats readers see it first */
     atomic_fetch_add_explicit(&s->accepted, 1, memory_order_relaxed);
@@ -1002,7 +999,7 @@ static void handshake(struct acceptor *acc, int fd)
         }
         if (atomic_load_explicit(&s->stop, memory_order_acquire)) {
             atomic_fetch_sub_explicit(&s->accepted, 1, memory_order_relaxed);
-            goto bad;
+            goto bad_sc;
         }
         sched_yield();
     }
@@ -1010,13 +1007,130 @@ static void handshake(struct acceptor *acc, int fd)
     if (write(w->evfd, &one, sizeof one) < 0)
         DHPS_LOG(DHPS_LOG_WARN, RPC_LOG, "eventfd write: %s", strerror(errno));
     return;
+bad_sc:
+    conn_fini(&sc->c); /* closes fd */
+    free(sc);
 bad:
     atomic_fetch_add_explicit(&s->rejected_hello, 1, memory_order_relaxed);
-    if (sc) {
-        conn_fini(&sc->c); /* closes fd */
-        free(sc);
-    } else {
-        close(fd);
+}
+
+/* Move one hello on. Returns 0 while it goes on, 1 when it ended (handed to a worker,
+ * or refused: the fd is then closed or owned by the worker). */
+static int pend_step(struct acceptor *acc, pend *p)
+{
+    dhps_rpc_server *s = acc->s;
+    int r;
+    for (;;) {
+        if ((r = rpc_hio_flush(&p->io, p->fd)) <= 0)
+            break;
+        if (p->state == P_HELLO) {
+            if ((r = rpc_hio_read(&p->io, p->fd, &p->ch)) <= 0)
+                break;
+            if (p->ch.kind != RPC_H_CLIENT_HELLO) {
+                r = DHPS_E_MALFORMED;
+                break;
+            }
+            rpc_hello *sh = &p->sh;
+            memset(sh, 0, sizeof *sh);
+            sh->kind = RPC_H_SERVER_HELLO;
+            sh->version = p->ch.version; /* min(ours, theirs): parse clamps to ours */
+            sh->caps = s->p.allow &
+                       (DHPS_RPC_MASK(DHPS_RPC_TCP) | DHPS_RPC_MASK(DHPS_RPC_SHM) |
+                        (s->dev && !rpc_dev_check(s->dev, true) ? DHPS_RPC_MASK(DHPS_RPC_VERBS)
+                                                                 : 0));
+            if (sh->version < 2)
+                sh->caps = DHPS_RPC_MASK(DHPS_RPC_TCP);
+            sh->max_msg = s->p.max_msg;
+            memcpy(sh->host_id, s->host_id, RPC_HOST_ID);
+            if ((r = rpc_random(sh->nonce, RPC_NONCE)))
+                break;
+            rpc_proof(s->secret, s->p.secret_len, 's', &p->ch, sh, NULL, sh->proof);
+            if ((r = rpc_hio_put(&p->io, sh)))
+                break;
+            p->state = P_PROOF;
+            continue;
+        }
+        rpc_hello pr;
+        if ((r = rpc_hio_read(&p->io, p->fd, &pr)) <= 0)
+            break;
+        if (pr.kind != RPC_H_CLIENT_PROOF) {
+            r = DHPS_E_MALFORMED;
+            break;
+        }
+        uint8_t want[RPC_MAC];
+        rpc_proof(s->secret, s->p.secret_len, 'c', &p->ch, &p->sh, &pr, want);
+        if (!rpc_mac_equal(want, pr.proof)) {
+            /* no region opened, no connection registered: just say no and close */
+            rpc_hello rj = {.version = p->sh.version, .kind = RPC_H_REJECT,
+                            .status = DHPS_E_AUTH};
+            if (rpc_hio_put(&p->io, &rj) == 0)
+                (void)rpc_hio_flush(&p->io, p->fd);
+            atomic_fetch_add_explicit(&s->rejected_auth, 1, memory_order_relaxed);
+            DHPS_LOG(DHPS_LOG_WARN, RPC_LOG, "hello: bad client proof, connection refused");
+            close(p->fd);
+            return 1;
+        }
+        epoll_ctl(acc->ep, EPOLL_CTL_DEL, p->fd, NULL);
+        finish(acc, p, &pr);
+        return 1;
+    }
+    if (r < 0) {
+        atomic_fetch_add_explicit(&s->rejected_hello, 1, memory_order_relaxed);
+        close(p->fd);
+        return 1;
+    }
+    bool want_out = rpc_hio_pending_out(&p->io);
+    if (want_out != p->want_out) {
+        struct epoll_event ev = {.events = EPOLLIN | (want_out ? EPOLLOUT : 0u), .data.ptr = p};
+        epoll_ctl(acc->ep, EPOLL_CTL_MOD, p->fd, &ev);
+        p->want_out = want_out;
+    }
+    return 0;
+}
+
+static void pend_drop(struct acceptor *acc, uint32_t i)
+{
+    free(acc->pend[i]);
+    acc->pend[i] = acc->pend[--acc->npend];
+}
+
+/* Take every connection waiting in the backlog (the listening socket is non-blocking:
+ * several acceptors share it). */
+static void take_new(struct acceptor *acc)
+{
+    dhps_rpc_server *s = acc->s;
+    for (;;) {
+        int fd = accept4(s->lfd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+        if (fd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            if (errno == EMFILE || errno == ENFILE)
+                DHPS_LOG(DHPS_LOG_WARN, RPC_LOG, "accept: %s", strerror(errno));
+            return; /* EAGAIN, out of descriptors (retried at the next turn), shutdown */
+        }
+        if (acc->npend == PEND_MAX) { /* evict the hello nearest its deadline */
+            uint32_t old = 0;
+            for (uint32_t i = 1; i < acc->npend; i++)
+                if (acc->pend[i]->deadline < acc->pend[old]->deadline)
+                    old = i;
+            close(acc->pend[old]->fd); /* also leaves the epoll set */
+            pend_drop(acc, old);
+            atomic_fetch_add_explicit(&s->rejected_hello, 1, memory_order_relaxed);
+        }
+        pend *p = calloc(1, sizeof *p);
+        struct epoll_event ev = {.events = EPOLLIN, .data.ptr = p};
+        if (!p || epoll_ctl(acc->ep, EPOLL_CTL_ADD, fd, &ev) != 0) {
+            free(p);
+            close(fd);
+            atomic_fetch_add_explicit(&s->rejected_hello, 1, memory_order_relaxed);
+            continue;
+        }
+        p->fd = fd;
+        p->state = P_HELLO;
+        p->deadline = dhps_mono_ns() + (uint64_t)s->p.hello_timeout_ms * 1000000ull;
+        acc->pend[acc->npend++] = p;
+        if (pend_step(acc, p)) /* the hello may be here already */
+            pend_drop(acc, acc->npend - 1);
     }
 }
 
@@ -1024,22 +1138,51 @@ static void *acceptor_main(void *arg)
 {
     struct acceptor *acc = arg;
     dhps_rpc_server *s = acc->s;
+    static char listen_tag;
+    struct epoll_event lev = {.events = EPOLLIN | EPOLLEXCLUSIVE, .data.ptr = &listen_tag};
+    if (epoll_ctl(acc->ep, EPOLL_CTL_ADD, s->lfd, &lev) != 0) {
+        DHPS_LOG(DHPS_LOG_ERROR, RPC_LOG, "acceptor: epoll: %s", strerror(errno));
+        return NULL;
+    }
     while (!atomic_load_explicit(&s->stop, memory_order_acquire)) {
-        int fd = accept4(s->lfd, NULL, NULL, SOCK_CLOEXEC);
-        if (fd < 0) {
-            if (errno == EINTR || errno == ECONNABORTED || errno == EMFILE || errno == ENFILE) {
-                if (errno == EMFILE || errno == ENFILE)
-                    usleep(1000);
+        uint64_t now = dhps_mono_ns(), next = now + 100000000ull; /* stop checked 10x/s */
+        for (uint32_t i = 0; i < acc->npend; i++)
+            if (acc->pend[i]->deadline < next)
+                next = acc->pend[i]->deadline;
+        struct epoll_event evs[64];
+        int ms = next > now ? (int)((next - now + 999999) / 1000000) : 0;
+        int n = epoll_wait(acc->ep, evs, 64, ms);
+        if (n < 0 && errno != EINTR)
+            break;
+        for (int i = 0; i < n; i++) {
+            if (evs[i].data.ptr == &listen_tag) {
+                take_new(acc);
                 continue;
             }
-            break; /* shutdown(lfd) during destroy */
+            pend *p = evs[i].data.ptr;
+            if (pend_step(acc, p)) {
+                for (uint32_t k = 0; k < acc->npend; k++)
+                    if (acc->pend[k] == p) {
+                        pend_drop(acc, k);
+                        break;
+                    }
+            }
         }
-        if (atomic_load_explicit(&s->stop, memory_order_acquire)) {
-            close(fd);
-            break;
+        now = dhps_mono_ns();
+        for (uint32_t i = 0; i < acc->npend;) {
+            if (acc->pend[i]->deadline > now) {
+                i++;
+                continue;
+            }
+            close(acc->pend[i]->fd);
+            pend_drop(acc, i);
+            atomic_fetch_add_explicit(&s->rejected_hello, 1, memory_order_relaxed);
         }
-        handshake(acc, fd);
     }
+    for (uint32_t i = 0; i < acc->npend; i++)
+        close(acc->pend[i]->fd);
+    while (acc->npend)
+        pend_drop(acc, acc->npend - 1);
     return NULL;
 }
 
@@ -1056,8 +1199,15 @@ int dhps_rpc_server_start(dhps_rpc_server *s)
             return -r;
         s->w[i].started = true;
     }
+    int fl = fcntl(s->lfd, F_GETFL);
+    if (fl < 0 || fcntl(s->lfd, F_SETFL, fl | O_NONBLOCK) != 0) /* acceptors share it */
+        return -errno;
     for (uint32_t a = 0; a < s->p.acceptors; a++) {
-        s->acc[a] = (struct acceptor){.s = s, .idx = a};
+        s->acc[a] = (struct acceptor){.s = s, .idx = a, .ep = -1};
+        s->acc[a].ep = epoll_create1(EPOLL_CLOEXEC);
+        s->acc[a].pend = calloc(PEND_MAX, sizeof *s->acc[a].pend);
+        if (s->acc[a].ep < 0 || !s->acc[a].pend)
+            return -ENOMEM;
         int r = pthread_create(&s->acc[a].th, NULL, acceptor_main, &s->acc[a]);
         if (r)
             return -r;
@@ -1073,9 +1223,13 @@ void dhps_rpc_server_destroy(dhps_rpc_server *s)
     atomic_store_explicit(&s->stop, true, memory_order_release);
     if (s->lfd >= 0)
         shutdown(s->lfd, SHUT_RDWR);
-    for (uint32_t a = 0; a < MAX_ACCEPTORS; a++)
+    for (uint32_t a = 0; a < MAX_ACCEPTORS; a++) {
         if (s->acc[a].started)
             pthread_join(s->acc[a].th, NULL);
+        if (s->acc[a].ep > 0)
+            close(s->acc[a].ep);
+        free(s->acc[a].pend);
+    }
     if (s->w) {
         for (uint32_t i = 0; i < s->p.workers; i++) {
             worker *w = &s->w[i];

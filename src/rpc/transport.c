@@ -94,97 +94,65 @@ void rpc_tune_socket(int fd, uint32_t busy_poll_us)
     }
 }
 
-static int wait_fd(int fd, short ev, uint64_t deadline)
+int rpc_hio_put(rpc_hio *h, const rpc_hello *m)
 {
-    for (;;) {
-        uint64_t now = dhps_mono_ns();
-        if (now >= deadline)
-            return DHPS_E_TIMEOUT;
-        int ms = (int)((deadline - now + 999999) / 1000000);
-        struct pollfd p = {.fd = fd, .events = ev};
-        int r = poll(&p, 1, ms);
-        if (r > 0)
-            return 0;
-        if (r < 0 && errno != EINTR)
-            return DHPS_E_UNREACHABLE;
-    }
+    long n = rpc_hello_encode(m, h->out, sizeof h->out);
+    if (n < 0)
+        return -EINVAL;
+    h->out_off = 0;
+    h->out_len = (size_t)n;
+    return 0;
 }
 
-int rpc_write_all(int fd, const void *buf, size_t n, uint64_t deadline)
+int rpc_hio_flush(rpc_hio *h, int fd)
 {
-    const uint8_t *p = buf;
-    while (n) {
-        ssize_t w = send(fd, p, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+    while (h->out_off < h->out_len) {
+        ssize_t w = send(fd, h->out + h->out_off, h->out_len - h->out_off,
+                         MSG_DONTWAIT | MSG_NOSIGNAL);
         if (w > 0) {
-            p += w;
-            n -= (size_t)w;
+            h->out_off += (size_t)w;
             continue;
         }
         if (w < 0 && errno == EINTR)
             continue;
-        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            int r = wait_fd(fd, POLLOUT, deadline);
-            if (r)
-                return r;
-            continue;
-        }
+        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return 0;
         return DHPS_E_UNREACHABLE;
     }
-    return 0;
+    return 1;
 }
 
-int rpc_read_all(int fd, void *buf, size_t n, uint64_t deadline)
+int rpc_hio_read(rpc_hio *h, int fd, rpc_hello *m)
 {
-    uint8_t *p = buf;
-    while (n) {
-        ssize_t r = recv(fd, p, n, MSG_DONTWAIT);
+    for (;;) {
+        size_t need = RPC_HELLO_HDR;
+        if (h->in_len >= RPC_HELLO_HDR) {
+            long n = rpc_hello_parse(h->in, h->in_len, m);
+            if (n < 0)
+                return (int)n;
+            if (n > 0) {
+                h->in_len = 0;
+                return 1;
+            }
+            /* the body length is bounded by the parse above */
+            need += (uint32_t)h->in[8] | (uint32_t)h->in[9] << 8 |
+                    (uint32_t)h->in[10] << 16 | (uint32_t)h->in[11] << 24;
+            if (need <= h->in_len || need > sizeof h->in)
+                return DHPS_E_MALFORMED;
+        }
+        ssize_t r = recv(fd, h->in + h->in_len, need - h->in_len, MSG_DONTWAIT);
         if (r > 0) {
-            p += r;
-            n -= (size_t)r;
+            h->in_len += (size_t)r;
             continue;
         }
         if (r == 0)
             return DHPS_E_UNREACHABLE;
         if (errno == EINTR)
             continue;
-        if (errno == EAGAIN || errno == EWOULDBLOCK) {
-            int w = wait_fd(fd, POLLIN, deadline);
-            if (w)
-                return w;
-            continue;
-        }
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            return 0;
         return DHPS_E_UNREACHABLE;
     }
-    return 0;
-}
-
-int rpc_read_hello(int fd, rpc_hello *h, uint64_t deadline)
-{
-    uint8_t buf[RPC_HELLO_HDR + RPC_HELLO_MAX_BODY];
-    int r = rpc_read_all(fd, buf, RPC_HELLO_HDR, deadline);
-    if (r)
-        return r;
-    long n = rpc_hello_parse(buf, RPC_HELLO_HDR, h);
-    if (n < 0)
-        return (int)n;
-    uint32_t body = (uint32_t)buf[8] | (uint32_t)buf[9] << 8 | (uint32_t)buf[10] << 16 |
-                    (uint32_t)buf[11] << 24; /* bounded by the parse above */
-    r = rpc_read_all(fd, buf + RPC_HELLO_HDR, body, deadline);
-    if (r)
-        return r;
-    n = rpc_hello_parse(buf, RPC_HELLO_HDR + body, h);
-    if (n < 0)
-        return (int)n;
-    return n == 0 ? DHPS_E_MALFORMED : 0;
-}
-
-int rpc_write_hello(int fd, const rpc_hello *h, uint64_t deadline)
-{
-    uint8_t buf[RPC_HELLO_HDR + RPC_HELLO_MAX_BODY];
-    long n = rpc_hello_encode(h, buf, sizeof buf);
-    if (n < 0)
-        return -EINVAL;
-    return rpc_write_all(fd, buf, (size_t)n, deadline);
 }
 
 /* ---- connection ------------------------------------------------------------------- */

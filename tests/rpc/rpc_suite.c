@@ -566,8 +566,20 @@ static void stalled_hello_does_not_block_others(void **st)
 {
     (void)st;
     dhps_rpc_server *s = start_server(1, NULL); /* 2 acceptors by default */
-    int idle = raw_connect(dhps_rpc_server_port(s));
-    usleep(100000); /* let one acceptor pick it up */
+    /* many more stalled peers than acceptors: silent ones, ones that sent half a header,
+     * one that got the server hello and never sends its proof. Each acceptor runs its
+     * hellos on an event loop, so none of them holds it. */
+    enum { NSTALL = 16 };
+    int stalled[NSTALL];
+    for (int i = 0; i < NSTALL; i++) {
+        stalled[i] = raw_connect(dhps_rpc_server_port(s));
+        if (i % 2)
+            send(stalled[i], "DHPH\x02", 5, MSG_NOSIGNAL);
+    }
+    rpc_hello hch, hsh;
+    int half = raw_half_hello(dhps_rpc_server_port(s), &hch, &hsh);
+    int idle = stalled[0];
+    usleep(100000); /* let the acceptors pick them up */
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     dhps_rpc_client *c = new_client(SECRET);
@@ -577,11 +589,16 @@ static void stalled_hello_does_not_block_others(void **st)
     assert_int_equal(dhps_rpc_call(ch, M_ECHO, "q", 1, out, sizeof out, &n, 5000000), 0);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     double ms = (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6;
-    print_message("  open + call beside a stalled hello: %.1f ms (hello timeout 2000 ms)\n", ms);
+    print_message("  open + call beside %d stalled hellos: %.1f ms (hello timeout 2000 ms)\n",
+                  NSTALL + 1, ms);
     assert_true(ms < 1500);
-    /* the stalled peer is cut off at the hello timeout */
+    /* the stalled peers are cut off at the hello timeout */
     assert_true(closed_by_peer(idle));
-    close(idle);
+    assert_true(closed_by_peer(stalled[1]));
+    assert_true(closed_by_peer(half));
+    for (int i = 0; i < NSTALL; i++)
+        close(stalled[i]);
+    close(half);
     dhps_rpc_client_destroy(c);
     dhps_rpc_server_destroy(s);
 }
