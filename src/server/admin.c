@@ -169,17 +169,29 @@ int srv_admin_auth(const void *secret, size_t secret_len, const char *header,
             "HMAC-SHA256>\", see docs/server.md; `dhps fault` sends it)", SRV_ADMIN_AUTH_HEADER);
         return -EACCES;
     }
-    /* "<digits> <64 hex>" exactly */
-    char ts[24];
-    size_t i = 0;
+    /* "<digits>[.<1-32 hex>] <64 hex>" exactly */
+    char ts[56];
+    size_t i = 0, nd;
     while (header[i] >= '0' && header[i] <= '9' && i < 19) {
         ts[i] = header[i];
         i++;
     }
+    nd = i;
+    bool form = nd > 0;
+    if (form && header[i] == '.') {
+        ts[i] = header[i];
+        i++;
+        size_t h0 = i;
+        while (hexval(header[i]) >= 0 && i - h0 < 32) {
+            ts[i] = header[i];
+            i++;
+        }
+        form = i > h0;
+    }
     ts[i] = 0;
     const char *hex = header + i + 1;
     uint8_t got[32];
-    bool form = i > 0 && header[i] == ' ' && strlen(hex) == 64;
+    form = form && header[i] == ' ' && strlen(hex) == 64;
     for (size_t k = 0; form && k < 32; k++) {
         int hi = hexval(hex[2 * k]), lo = hexval(hex[2 * k + 1]);
         if (hi < 0 || lo < 0)
@@ -188,11 +200,11 @@ int srv_admin_auth(const void *secret, size_t secret_len, const char *header,
             got[k] = (uint8_t)(hi << 4 | lo);
     }
     if (!form) {
-        srv_errf(err, errlen, "fault auth: %s must be \"<unix seconds> <64 hex digits>\"",
-            SRV_ADMIN_AUTH_HEADER);
+        srv_errf(err, errlen, "fault auth: %s must be \"<unix seconds>[.<nonce: 1-32 hex "
+            "digits>] <64 hex digits>\"", SRV_ADMIN_AUTH_HEADER);
         return -EACCES;
     }
-    long long t = strtoll(ts, NULL, 10);
+    long long t = strtoll(ts, NULL, 10); /* stops at the '.' */
     if (t < (long long)now - SRV_ADMIN_SKEW_S || t > (long long)now + SRV_ADMIN_SKEW_S) {
         srv_errf(err, errlen, "fault auth: timestamp %lld is more than %d s from the server's "
             "clock (%lld)", t, SRV_ADMIN_SKEW_S, (long long)now);
@@ -206,6 +218,64 @@ int srv_admin_auth(const void *secret, size_t secret_len, const char *header,
         return -EACCES;
     }
     return 0;
+}
+
+void srv_admin_replay_init(srv_admin_replay *r)
+{
+    memset(r->e, 0, sizeof r->e);
+    pthread_mutex_init(&r->mu, NULL);
+}
+
+void srv_admin_replay_fini(srv_admin_replay *r) { pthread_mutex_destroy(&r->mu); }
+
+int srv_admin_replay_note(srv_admin_replay *r, const char *header, time_t now, char *err,
+                          size_t errlen)
+{
+    /* what srv_admin_auth accepted: the timestamp leads, the MAC is the last 64 digits */
+    size_t len = header ? strlen(header) : 0;
+    if (len < 66 || header[0] < '0' || header[0] > '9') {
+        srv_errf(err, errlen, "fault auth: malformed %s", SRV_ADMIN_AUTH_HEADER);
+        return -EINVAL;
+    }
+    uint8_t mac[32];
+    const char *hex = header + len - 64;
+    for (size_t k = 0; k < 32; k++) {
+        int hi = hexval(hex[2 * k]), lo = hexval(hex[2 * k + 1]);
+        if (hi < 0 || lo < 0) {
+            srv_errf(err, errlen, "fault auth: malformed %s", SRV_ADMIN_AUTH_HEADER);
+            return -EINVAL;
+        }
+        mac[k] = (uint8_t)(hi << 4 | lo);
+    }
+    /* after its timestamp + skew the request is refused as stale anyway */
+    long long until = strtoll(header, NULL, 10) + SRV_ADMIN_SKEW_S + 1;
+    int rc = 0;
+    size_t slot = SRV_ADMIN_REPLAY_SLOTS;
+    pthread_mutex_lock(&r->mu);
+    for (size_t i = 0; i < SRV_ADMIN_REPLAY_SLOTS; i++) {
+        if (r->e[i].until <= (long long)now) {
+            r->e[i].until = 0;
+            if (slot == SRV_ADMIN_REPLAY_SLOTS)
+                slot = i;
+        } else if (!memcmp(r->e[i].mac, mac, 32)) {
+            rc = -EALREADY;
+            break;
+        }
+    }
+    if (!rc && slot == SRV_ADMIN_REPLAY_SLOTS)
+        rc = -EBUSY;
+    if (!rc) {
+        memcpy(r->e[slot].mac, mac, 32);
+        r->e[slot].until = until;
+    }
+    pthread_mutex_unlock(&r->mu);
+    if (rc == -EALREADY)
+        srv_errf(err, errlen, "fault auth: replayed request (this signed request was already "
+                 "accepted; sign each change anew, with a nonce: `dhps fault` does)");
+    else if (rc == -EBUSY)
+        srv_errf(err, errlen, "fault auth: more than %u signed changes in %d s; try again "
+                 "later", SRV_ADMIN_REPLAY_SLOTS, 2 * SRV_ADMIN_SKEW_S);
+    return rc;
 }
 
 char *srv_fault_list_json(dhps_rpc_server *rpc)

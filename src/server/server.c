@@ -87,6 +87,7 @@ struct dhps_server {
     pthread_mutex_t ctl_mu;
     pthread_cond_t ctl_cv;
     bool stopping;
+    srv_admin_replay replay;     /* /fault: signed changes already accepted */
     /* metrics (atomics) */
     uint64_t req[NMETHODS][NSTATUS];
     uint64_t lat[NMETHODS][NBUCKETS];
@@ -177,6 +178,7 @@ int dhps_server_create(const dhps_server_config *cfg, dhps_server **out, char *e
         return -ENOMEM;
     pthread_mutex_init(&s->ctl_mu, NULL);
     pthread_cond_init(&s->ctl_cv, NULL);
+    srv_admin_replay_init(&s->replay);
     if (!(s->cfg = srv_config_dup(cfg))) {
         rc = -ENOMEM;
         goto fail;
@@ -982,6 +984,12 @@ static enum MHD_Result http_fault(dhps_server *s, struct MHD_Connection *conn,
         DHPS_LOG(DHPS_LOG_WARN, LOGM, "/fault %s refused: %s", method, err);
         return reply_text(conn, MHD_HTTP_UNAUTHORIZED, "%s\n", err);
     }
+    int rp = srv_admin_replay_note(&s->replay, auth, time(NULL), err, sizeof err);
+    if (rp) {
+        DHPS_LOG(DHPS_LOG_WARN, LOGM, "/fault %s refused: %s", method, err);
+        return reply_text(conn, rp == -EBUSY ? 429 /* too many requests */
+                                             : MHD_HTTP_UNAUTHORIZED, "%s\n", err);
+    }
     if (!s->rpc)
         return reply_text(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "fault: rpc server stopped\n");
     if (set) {
@@ -1220,6 +1228,7 @@ void dhps_server_destroy(dhps_server *s)
         free(s->secret);
     }
     dhps_server_config_free(s->cfg);
+    srv_admin_replay_fini(&s->replay);
     pthread_cond_destroy(&s->ctl_cv);
     pthread_mutex_destroy(&s->ctl_mu);
     free(s);

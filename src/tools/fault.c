@@ -10,9 +10,10 @@
  *
  * target: --cluster DIR (DIR/cluster.json of `dhps up`: each node's metrics port, its
  * config's metrics.host, the secret file) or --addr HOST:PORT --secret FILE (one node).
- * Requests are signed with the cluster secret: X-Dhps-Auth: "<unix seconds> <hex
+ * Requests are signed with the cluster secret: X-Dhps-Auth: "<ts> <hex
  * HMAC-SHA256(secret, "dhps-admin-v1\n" method "\n/fault\npeer=" peer "\nport=" port
- * "\nall=" all "\n" seconds "\n" body)>".
+ * "\nall=" all "\n" ts "\n" body)>", ts being "<unix seconds>.<16 hex digits of random
+ * nonce>": the server refuses a signed request it has already accepted (replay).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -30,6 +31,7 @@
 #include <jansson.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <openssl/rand.h>
 
 #include "toolsclient.h"
 
@@ -123,8 +125,13 @@ static int nodes_from_cluster(const char *dir, int want, fnode *nd, char *secret
 static int sign(const uint8_t *key, size_t klen, const char *method, const char *peer,
                 const char *port, const char *all, const char *body, char out[128])
 {
-    char ts[32];
-    snprintf(ts, sizeof ts, "%lld", (long long)time(NULL));
+    char ts[64];
+    uint8_t nonce[8]; /* each change signed anew: the server refuses a replayed MAC */
+    if (RAND_bytes(nonce, sizeof nonce) != 1)
+        return -EIO;
+    int t = snprintf(ts, sizeof ts, "%lld.", (long long)time(NULL));
+    for (size_t i = 0; i < sizeof nonce; i++)
+        t += snprintf(ts + t, sizeof ts - (size_t)t, "%02x", nonce[i]);
     char *msg = NULL;
     int n = asprintf(&msg, "dhps-admin-v1\n%s\n/fault\npeer=%s\nport=%s\nall=%s\n%s\n%s",
                      method, peer, port, all, ts, body);

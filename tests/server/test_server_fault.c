@@ -45,12 +45,11 @@ static void stop(fx *f)
     free(f);
 }
 
-/* X-Dhps-Auth for a request, per docs/server.md. ts_shift moves the timestamp. */
-static void sign(const char *secret, const char *method, const char *peer, const char *port,
-                 const char *all, const char *body, long ts_shift, char out[128])
+/* X-Dhps-Auth for a request, per docs/server.md, with the timestamp token ts. */
+static void sign_ts(const char *secret, const char *method, const char *peer,
+                    const char *port, const char *all, const char *body, const char *ts,
+                    char out[128])
 {
-    char ts[32];
-    snprintf(ts, sizeof ts, "%lld", (long long)time(NULL) + ts_shift);
     char msg[8192];
     int n = snprintf(msg, sizeof msg,
                      "dhps-admin-v1\n%s\n/fault\npeer=%s\nport=%s\nall=%s\n%s\n%s", method,
@@ -62,6 +61,16 @@ static void sign(const char *secret, const char *method, const char *peer, const
     int k = snprintf(out, 128, "%s ", ts);
     for (int i = 0; i < 32; i++)
         k += snprintf(out + k, (size_t)(128 - k), "%02x", mac[i]);
+}
+
+/* The same with "<now + ts_shift>.<a fresh nonce>": every request signed anew. */
+static void sign(const char *secret, const char *method, const char *peer, const char *port,
+                 const char *all, const char *body, long ts_shift, char out[128])
+{
+    static unsigned nonce;
+    char ts[48];
+    snprintf(ts, sizeof ts, "%lld.%x", (long long)time(NULL) + ts_shift, ++nonce);
+    sign_ts(secret, method, peer, port, all, body, ts, out);
 }
 
 /* One HTTP/1.0 request; returns the status code and sets *resp (malloc'ed body). */
@@ -281,6 +290,43 @@ static void bad_requests(void **st)
     stop(f);
 }
 
+/* A signed change is accepted once: a request seen on the (plaintext) metrics port
+ * cannot be replayed, e.g. to re-impose a partition the operator has just lifted. */
+static void replay_refused(void **st)
+{
+    (void)st;
+    fx *f = start("\"admin\":{\"faults\":true}");
+    char *b, a[128], auth[128];
+    const char *body = "{\"peer\":\"127.0.0.1\",\"partition\":true}";
+    sign(T_SECRET, "PUT", "", "", "", body, 0, a);
+    assert_int_equal(http(f->mport, "PUT", "/fault", a, body, &b), 200);
+    free(b);
+    expect(http(f->mport, "PUT", "/fault", a, body, &b), 401, &b, "replayed request");
+    assert_int_equal(del_rule(f, "127.0.0.1", NULL, NULL, &b), 200);
+    free(b);
+    expect(http(f->mport, "PUT", "/fault", a, body, &b), 401, &b, "replayed request");
+    assert_int_equal(info_call(f, 5000000), 0); /* the partition stayed lifted */
+    assert_int_equal(http(f->mport, "GET", "/fault", NULL, NULL, &b), 200);
+    assert_string_equal(b, "{\"rules\":[]}");
+    free(b);
+    /* a timestamp without a nonce still signs (older tools): once */
+    char ts[32];
+    snprintf(ts, sizeof ts, "%lld", (long long)time(NULL));
+    sign_ts(T_SECRET, "DELETE", "", "", "true", "", ts, auth);
+    assert_int_equal(http(f->mport, "DELETE", "/fault?all=true", auth, NULL, &b), 200);
+    free(b);
+    expect(http(f->mport, "DELETE", "/fault?all=true", auth, NULL, &b), 401, &b,
+           "replayed request");
+    /* nonce syntax: hex digits, 1..32 of them */
+    snprintf(ts, sizeof ts, "%lld.xyz", (long long)time(NULL));
+    sign_ts(T_SECRET, "DELETE", "", "", "true", "", ts, auth);
+    expect(http(f->mport, "DELETE", "/fault?all=true", auth, NULL, &b), 401, &b, "must be");
+    snprintf(ts, sizeof ts, "%lld.", (long long)time(NULL));
+    sign_ts(T_SECRET, "DELETE", "", "", "true", "", ts, auth);
+    expect(http(f->mport, "DELETE", "/fault?all=true", auth, NULL, &b), 401, &b, "must be");
+    stop(f);
+}
+
 static void config_keys(void **st)
 {
     (void)st;
@@ -327,6 +373,7 @@ int main(void)
         cmocka_unit_test(disabled_by_default),
         cmocka_unit_test(set_list_delete),
         cmocka_unit_test(bad_requests),
+        cmocka_unit_test(replay_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,4 +1,5 @@
 /* Fast unit tests: fp16 conversion paths, config validation, request decoding. */
+#include <errno.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -10,6 +11,7 @@
 #include <cmocka.h>
 
 #include "dhps/server.h"
+#include "admin.h"
 #include "msg.h"
 
 /* ---- fp16 ---- */
@@ -265,12 +267,40 @@ static void test_msg_decode(void **st)
     assert_int_equal(srv_msg_decode(0x7777, buf, 64, &m, &why), DHPS_E_MALFORMED);
 }
 
+/* The replay guard remembers each accepted signed change until its timestamp leaves
+ * the window; it refuses rather than forgets when every slot is live. */
+static void test_admin_replay_window(void **st)
+{
+    (void)st;
+    srv_admin_replay *r = malloc(sizeof *r);
+    assert_non_null(r);
+    srv_admin_replay_init(r);
+    char err[256], h[160];
+    const time_t now = 1700000000;
+    for (unsigned i = 0; i < SRV_ADMIN_REPLAY_SLOTS; i++) {
+        snprintf(h, sizeof h, "%lld.%x %064x", (long long)now, i, i);
+        assert_int_equal(srv_admin_replay_note(r, h, now, err, sizeof err), 0);
+    }
+    snprintf(h, sizeof h, "%lld.%x %064x", (long long)now, 7u, 7u);
+    assert_int_equal(srv_admin_replay_note(r, h, now, err, sizeof err), -EALREADY);
+    assert_non_null(strstr(err, "replayed"));
+    snprintf(h, sizeof h, "%lld %064x", (long long)now, 0x12345u);
+    assert_int_equal(srv_admin_replay_note(r, h, now + 10, err, sizeof err), -EBUSY);
+    assert_non_null(strstr(err, "try again"));
+    /* past timestamp + skew they are stale anyway: their slots are reused */
+    assert_int_equal(srv_admin_replay_note(r, h, now + SRV_ADMIN_SKEW_S + 1, err, sizeof err), 0);
+    assert_int_equal(srv_admin_replay_note(r, "12 zz", now, err, sizeof err), -EINVAL);
+    srv_admin_replay_fini(r);
+    free(r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fp16_paths_agree), cmocka_unit_test(test_fp16_round_trip),
         cmocka_unit_test(test_config_good),      cmocka_unit_test(test_config_bad),
         cmocka_unit_test(test_config_file),      cmocka_unit_test(test_msg_decode),
+        cmocka_unit_test(test_admin_replay_window),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
