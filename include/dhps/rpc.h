@@ -160,8 +160,9 @@ typedef struct dhps_rpc_server_params {
     const char *host;          /* listen address, numeric IPv4 (default "127.0.0.1") */
     uint16_t port;             /* 0 = ephemeral; see dhps_rpc_server_port (default 0) */
     uint32_t workers;          /* worker threads, 1..64 (default 1) */
-    uint32_t acceptors;        /* acceptor threads running hellos, 1..8 (default 2): a
-                                  peer stalling its hello holds up only its acceptor */
+    uint32_t acceptors;        /* acceptor threads, 1..8 (default 2), each running up to
+                                  256 hellos at once on an event loop: a peer stalling
+                                  its hello holds a slot until hello_timeout_ms */
     const void *secret;        /* shared cluster secret (copied); may be NULL with */
     size_t secret_len;         /*   secret_len 0 = empty key, which authenticates nothing */
     uint32_t max_msg;          /* largest request/response payload (default 256 KiB) */
@@ -175,6 +176,10 @@ typedef struct dhps_rpc_server_params {
     uint64_t fault_hold_bytes; /* most bytes of responses one worker holds back for delay
                                   fault rules; a response beyond it goes out at once
                                   (counted in fault_overflow) (default 256 MiB) */
+    uint32_t handoff_delay_us; /* test hook: the acceptor waits this long between its
+                                  ACCEPT and handing the connection to its worker, so a
+                                  client's first verbs requests overtake the hand-off
+                                  (default 0) */
 } dhps_rpc_server_params;
 
 /* Fill p with the defaults above. */

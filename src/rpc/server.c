@@ -83,8 +83,24 @@ typedef struct worker {
     uint64_t held_bytes; /* bytes of the held-back entries (bounded by fault_hold_bytes) */
     bool heap_stuck;     /* the due response could not be reserved: retry soon */
     uint8_t *fscratch;   /* handler output of delayed requests (max_msg), lazily */
+    struct orphan *orph, *orph_tail; /* requests from QPs not adopted yet (FIFO) */
+    uint32_t norph;
     wstats st;
 } worker;
+
+/* A request that came through the worker's shared receive queue from a QP whose
+ * connection the worker does not hold yet: the acceptor connects the QP and answers
+ * ACCEPT before it hands the connection over, so a fast client's first requests can
+ * overtake the hand-off. Kept (copied) until the connection is adopted, then served in
+ * order; dropped after hello_timeout_ms (its connection is gone: the client re-sends on
+ * TCP). */
+typedef struct orphan {
+    struct orphan *next;
+    uint64_t at;
+    uint32_t qp_num, len;
+    uint8_t data[];
+} orphan;
+#define ORPHANS_MAX 4096u
 
 struct dhps_rpc_server {
     dhps_rpc_server_params p;
@@ -687,6 +703,8 @@ static int sconn_flush(worker *w, sconn *sc)
     return 0;
 }
 
+static void orphans_serve(worker *w, sconn *sc);
+
 static void adopt_from(worker *w, struct inbox *q)
 {
     uint32_t h = atomic_load_explicit(&q->head, memory_order_relaxed);
@@ -709,6 +727,8 @@ static void adopt_from(worker *w, struct inbox *q)
         struct epoll_event ev = {.events = EPOLLIN, .data.ptr = sc};
         if (epoll_ctl(w->ep, EPOLL_CTL_ADD, sc->c.fd, &ev) != 0)
             sconn_close(w, sc, -errno);
+        else if (w->norph && sc->c.v)
+            orphans_serve(w, sc);
     }
     atomic_store_explicit(&q->head, h, memory_order_release);
 }
@@ -719,23 +739,9 @@ static void adopt(worker *w)
         adopt_from(w, &w->in[a]);
 }
 
-/* One request from the worker's shared receive queue: find its connection by QP. */
-static int srq_frame(void *arg, uint32_t qp_num, bool ok, const uint8_t *data, uint32_t len)
+/* Serve one request that arrived over sc's QP. */
+static void serve_vreq(worker *w, sconn *sc, const uint8_t *data, uint32_t len)
 {
-    worker *w = arg;
-    sconn *sc = w->last_sc;
-    if (!sc || !sc->c.v || sc->c.v->qp->qp_num != qp_num) {
-        for (sc = w->conns; sc; sc = sc->next)
-            if (sc->c.v && sc->c.v->qp->qp_num == qp_num)
-                break;
-        w->last_sc = sc;
-    }
-    if (!sc)
-        return 0; /* its connection is gone or fell back: the client re-sends on TCP */
-    if (!ok) {
-        verbs_down(w, sc);
-        return 0;
-    }
     rpc_frame f;
     long m = rpc_frame_parse(data, len, sc->c.max_msg, false, &f);
     int r = DHPS_E_MALFORMED;
@@ -746,6 +752,83 @@ static int srq_frame(void *arg, uint32_t qp_num, bool ok, const uint8_t *data, u
             bump(&w->st.malformed);
         verbs_down(w, sc);
     }
+}
+
+static sconn *sconn_by_qp(worker *w, uint32_t qp_num)
+{
+    sconn *sc = w->last_sc;
+    if (!sc || !sc->c.v || sc->c.v->qp->qp_num != qp_num) {
+        for (sc = w->conns; sc; sc = sc->next)
+            if (sc->c.v && sc->c.v->qp->qp_num == qp_num)
+                break;
+        w->last_sc = sc;
+    }
+    return sc;
+}
+
+/* Serve, in arrival order, the requests that waited for sc's adoption. */
+static void orphans_serve(worker *w, sconn *sc)
+{
+    orphan **pp = &w->orph, *prev = NULL;
+    while (*pp) {
+        orphan *o = *pp;
+        if (!sc->c.v || o->qp_num != sc->c.v->qp->qp_num) {
+            prev = o;
+            pp = &o->next;
+            continue;
+        }
+        *pp = o->next;
+        if (w->orph_tail == o)
+            w->orph_tail = prev;
+        w->norph--;
+        if (sc->c.v)
+            serve_vreq(w, sc, o->data, o->len);
+        free(o);
+    }
+}
+
+/* Drop the requests whose connection never came (older than hello_timeout_ms). */
+static void orphans_expire(worker *w, uint64_t now)
+{
+    uint64_t max_age = (uint64_t)w->s->p.hello_timeout_ms * 1000000ull;
+    while (w->orph && now - w->orph->at > max_age) {
+        orphan *o = w->orph;
+        w->orph = o->next;
+        if (!w->orph)
+            w->orph_tail = NULL;
+        w->norph--;
+        free(o);
+    }
+}
+
+/* One request from the worker's shared receive queue: find its connection by QP. */
+static int srq_frame(void *arg, uint32_t qp_num, bool ok, const uint8_t *data, uint32_t len)
+{
+    worker *w = arg;
+    sconn *sc = sconn_by_qp(w, qp_num);
+    if (!sc) { /* not handed over yet? take what the acceptors have queued */
+        adopt(w);
+        sc = sconn_by_qp(w, qp_num);
+    }
+    if (!sc) {
+        orphan *o = ok && w->norph < ORPHANS_MAX ? malloc(sizeof *o + len) : NULL;
+        if (o) { /* keep it for the hand-off; a gone connection's client re-sends on TCP */
+            *o = (orphan){.at = dhps_mono_ns(), .qp_num = qp_num, .len = len};
+            memcpy(o->data, data, len);
+            if (w->orph_tail)
+                w->orph_tail->next = o;
+            else
+                w->orph = o;
+            w->orph_tail = o;
+            w->norph++;
+        }
+        return 0;
+    }
+    if (!ok) {
+        verbs_down(w, sc);
+        return 0;
+    }
+    serve_vreq(w, sc, data, len);
     return 0;
 }
 
@@ -818,6 +901,8 @@ static void *worker_main(void *arg)
         }
         if (w->nverbs)
             work += serve_verbs(w);
+        if (w->norph)
+            orphans_expire(w, dhps_mono_ns());
         /* 2. sockets; block only when idle, every shm consumer flag is set and every
          * verbs receive CQ is armed (and re-polled after arming) */
         int timeout = 0;
@@ -985,6 +1070,8 @@ static void finish(struct acceptor *acc, pend *p, const rpc_hello *pr)
     if (rpc_hio_put(&p->io, &ac) || rpc_hio_flush(&p->io, fd) != 1)
         goto bad_sc;
     rpc_tune_socket(fd, s->p.busy_poll_us);
+    if (s->p.handoff_delay_us) /* test hook: let the client's first requests overtake */
+        usleep(s->p.handoff_delay_us);
     /* before the worker can serve it: stats readers see it first */
     atomic_fetch_add_explicit(&s->accepted, 1, memory_order_relaxed);
     /* hand over to a worker: our own SPSC ring in it, we are its only producer */
@@ -1245,6 +1332,11 @@ void dhps_rpc_server_destroy(dhps_rpc_server *s)
             }
             vsrq_destroy(w->srq); /* its QPs are gone with the connections */
             free(w->heap); /* empty: closing a connection drops its held-back responses */
+            while (w->orph) {
+                orphan *o = w->orph;
+                w->orph = o->next;
+                free(o);
+            }
             free(w->fscratch);
             if (w->ep >= 0)
                 close(w->ep);
