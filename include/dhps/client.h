@@ -320,6 +320,15 @@ void dhps_client_stats_get(dhps_client *c, dhps_client_stats *st);
 /* Per-node counters; node_id <= max_node_id. Returns 0 or -EINVAL. Thread-safe. */
 int dhps_client_node_stats_get(dhps_client *c, uint32_t node_id, dhps_client_node_stats *st);
 
+struct dhps_route;
+struct dhps_route_stats;
+/* The route library instance behind this client's routing (the route adapter, made for
+ * its labels or passed as router_self), for dhps_route_stats_get and
+ * dhps_route_node_stats_get: its decisions (spills, breaker openings by reason, hedges)
+ * and its tier estimates. NULL when the client routes another way (first healthy, a
+ * custom router). Valid until dhps_client_destroy. Thread-safe. */
+struct dhps_route *dhps_client_route(dhps_client *c);
+
 /*
  * Open the calling thread's channels to every node of the current map now, all at once,
  * and wait until each is ready or failed (each bounded by connect_timeout_ms), so that

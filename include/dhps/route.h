@@ -343,6 +343,10 @@ typedef struct dhps_route_stats {
     uint64_t breaker_half_opened;
     uint64_t breaker_closed;    /* half-open -> closed */
     uint64_t ejection_capped;   /* openings refused by max_ejection_share */
+    uint64_t opened_errors;     /* of breaker_opened: errors (consecutive, or the window's
+                                   error share) */
+    uint64_t opened_slow;       /* ... the window's slow share */
+    uint64_t opened_probe;      /* ... a half-open probe failed or was slow */
     uint64_t hedge_sent;        /* hedge tokens granted */
     uint64_t hedge_won;         /* hedge choices reported OK */
     uint64_t hedge_lost;        /* hedge choices reported CANCELLED */

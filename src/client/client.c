@@ -1836,6 +1836,11 @@ void dhps_client_stats_get(dhps_client *c, dhps_client_stats *s)
     s->threads = LD(c->st.threads);
 }
 
+struct dhps_route *dhps_client_route(dhps_client *c)
+{
+    return c && c->rops == &dhps_client_router_route ? (struct dhps_route *)c->rself : NULL;
+}
+
 int dhps_client_node_stats_get(dhps_client *c, uint32_t id, dhps_client_node_stats *s)
 {
     if (!c || !s || id > c->p.max_node_id)

@@ -85,6 +85,7 @@ struct bucket {
 struct counters {
     uint64_t picks, primary, hedge_picks, retry_picks, spills, panics, no_healthy, probes,
         unreachable, breaker_opened, breaker_half_opened, breaker_closed, ejection_capped,
+        opened_errors, opened_slow, opened_probe,
         hedge_sent, hedge_won, hedge_lost, hedge_budget_exhausted, hedge_deadline, retries,
         retry_budget_exhausted, retry_deadline, reports_ok, reports_error, reports_timeout,
         reports_cancelled;
@@ -543,7 +544,9 @@ static void window_reset(struct rnode *n, uint64_t now)
 }
 
 /* Closed -> open, unless the ejection cap forbids it. */
-static void breaker_open(dhps_route *r, struct rnode *n, uint32_t b, uint64_t now)
+/* Open n's breaker (closed -> open); slow: the window's slow share tripped it, not
+ * errors (counted apart, so a reader can tell a sick node from a loaded path). */
+static void breaker_open(dhps_route *r, struct rnode *n, uint32_t b, uint64_t now, bool slow)
 {
     uint32_t level = BRK_LEVEL(b);
     if (now - ld64(&n->closed_since) >= r->p.backoff_reset_ns)
@@ -569,6 +572,7 @@ static void breaker_open(dhps_route *r, struct rnode *n, uint32_t b, uint64_t no
         return;
     }
     inc(&r->c.breaker_opened);
+    inc(slow ? &r->c.opened_slow : &r->c.opened_errors);
     inc(&n->ejections);
     DHPS_LOG(DHPS_LOG_DEBUG, "route", "node %u breaker open for %llu ns",
              (unsigned)(n - r->nodes), (unsigned long long)backoff_ns(r, level));
@@ -612,6 +616,7 @@ static void breaker_report(dhps_route *r, struct rnode *n, const dhps_route_choi
             uint32_t lvl = BRK_LEVEL(b) + 1 > MAX_LEVEL ? MAX_LEVEL : BRK_LEVEL(b) + 1;
             if (cas32(&n->brk, &b, BRK(DHPS_ROUTE_OPEN, lvl))) {
                 inc(&r->c.breaker_opened);
+                inc(&r->c.opened_probe);
                 inc(&n->ejections);
             }
         }
@@ -634,13 +639,15 @@ static void breaker_report(dhps_route *r, struct rnode *n, const dhps_route_choi
         st32(&n->consec, 0);
     else
         consec = __atomic_add_fetch(&n->consec, 1, RLX);
-    bool trip = consec >= r->p.consecutive_errors;
-    if (total >= r->p.window_min_requests &&
-        ((double)err >= r->p.error_threshold * total ||
-         (double)slw >= r->p.slow_threshold * total))
-        trip = true;
+    bool trip = consec >= r->p.consecutive_errors, by_slow = false;
+    if (!trip && total >= r->p.window_min_requests) {
+        if ((double)err >= r->p.error_threshold * total)
+            trip = true;
+        else if ((double)slw >= r->p.slow_threshold * total)
+            trip = by_slow = true;
+    }
     if (trip)
-        breaker_open(r, n, b, now);
+        breaker_open(r, n, b, now, by_slow);
 }
 
 /* ---- weights ------------------------------------------------------------------------------------ */
@@ -1085,6 +1092,9 @@ int dhps_route_stats_get(dhps_route *r, dhps_route_stats *o)
     o->breaker_half_opened = ld64(&c->breaker_half_opened);
     o->breaker_closed = ld64(&c->breaker_closed);
     o->ejection_capped = ld64(&c->ejection_capped);
+    o->opened_errors = ld64(&c->opened_errors);
+    o->opened_slow = ld64(&c->opened_slow);
+    o->opened_probe = ld64(&c->opened_probe);
     o->hedge_sent = ld64(&c->hedge_sent);
     o->hedge_won = ld64(&c->hedge_won);
     o->hedge_lost = ld64(&c->hedge_lost);

@@ -21,6 +21,10 @@
  * that much injected latency (rpc fault rules, dhps_client_fault_set) to every call
  * toward nodes of each tier: the stand-in for link delays where the kernel has no netem.
  *
+ * Router decisions (when the client routes with the route library, i.e. has labels):
+ * breaker openings in the interval by reason (opened_err, opened_slow, opened_probe),
+ * closings, nodes isolated now (ejected) and the common rise of latency (rise_us).
+ *
  * Output: one line per --interval-ms, then a summary; --json prints one JSON object per
  * line instead (the summary has "summary": true). Runs --seconds (0: until SIGINT or
  * SIGTERM, which also end a timed run early - the summary is printed either way).
@@ -39,6 +43,7 @@
 #include "dhps/cluster.h"
 #include "dhps/error.h"
 #include "dhps/proto.h"
+#include "dhps/route.h"
 #include "dhps/rpc.h"
 #include "tools.h"
 #include "toolsclient.h"
@@ -238,8 +243,37 @@ static int tr_delays(tools_conn *conn, const struct tr_opts *o, bool on)
     return 0;
 }
 
+/* The router's breaker decisions since *base (and *base moved on to now), when the
+ * client routes with the route library: openings by reason, nodes isolated now, and
+ * the rise of latency every tier shares (a loaded client; docs/route.md). */
+struct tr_route {
+    bool have;
+    uint64_t opened_errors, opened_slow, opened_probe, closed;
+    uint32_t ejected;
+    double rise_us;
+};
+
+static struct tr_route tr_route_since(tools_conn *conn, dhps_route_stats *base)
+{
+    struct tr_route d = {0};
+    dhps_route *r = dhps_client_route(conn->client);
+    dhps_route_stats now;
+    if (!r || dhps_route_stats_get(r, &now))
+        return d;
+    d.have = true;
+    d.opened_errors = now.opened_errors - base->opened_errors;
+    d.opened_slow = now.opened_slow - base->opened_slow;
+    d.opened_probe = now.opened_probe - base->opened_probe;
+    d.closed = now.breaker_closed - base->breaker_closed;
+    d.ejected = now.ejected;
+    d.rise_us = now.common_rise_ns / 1e3;
+    *base = now;
+    return d;
+}
+
 static void tr_print(const struct tr_opts *o, tools_conn *conn, double t, bool summary,
-                     const struct tr_counts *n, const tools_hist *h, const uint64_t *msgs)
+                     const struct tr_counts *n, const tools_hist *h, const uint64_t *msgs,
+                     const struct tr_route *rt)
 {
     uint64_t tier[4] = {0}, total = 0;
     size_t nn = dhps_cluster_map_nnodes(conn->map);
@@ -268,7 +302,15 @@ static void tr_print(const struct tr_opts *o, tools_conn *conn, double t, bool s
         for (size_t i = 0; i < nn; i++)
             printf("%s\"%u\":%llu", i ? "," : "", dhps_cluster_map_node_at(conn->map, i)->id,
                    (unsigned long long)msgs[i]);
-        printf("}}\n");
+        printf("}");
+        if (rt->have)
+            printf(",\"breaker\":{\"opened_errors\":%llu,\"opened_slow\":%llu,"
+                   "\"opened_probe\":%llu,\"closed\":%llu,\"ejected\":%u},"
+                   "\"common_rise_us\":%.1f",
+                   (unsigned long long)rt->opened_errors, (unsigned long long)rt->opened_slow,
+                   (unsigned long long)rt->opened_probe, (unsigned long long)rt->closed,
+                   rt->ejected, rt->rise_us);
+        printf("}\n");
     } else {
         printf("%s t=%.2f lookups=%llu complete=%llu incomplete=%llu wrong=%llu missing=%llu "
                "p50_us=%llu p99_us=%llu msgs=%llu",
@@ -278,6 +320,12 @@ static void tr_print(const struct tr_opts *o, tools_conn *conn, double t, bool s
                (unsigned long long)total);
         for (int k = 0; k < 4; k++)
             printf(" %s=%.3f", tools_tier_names[k], share[k]);
+        if (rt->have)
+            printf(" opened_err=%llu opened_slow=%llu opened_probe=%llu closed=%llu "
+                   "ejected=%u rise_us=%.0f",
+                   (unsigned long long)rt->opened_errors, (unsigned long long)rt->opened_slow,
+                   (unsigned long long)rt->opened_probe, (unsigned long long)rt->closed,
+                   rt->ejected, rt->rise_us);
         if (summary)
             printf(" availability=%.6f", avail);
         printf("\n");
@@ -446,6 +494,9 @@ int dhps_cmd_traffic(int argc, char **argv)
     }
     for (size_t i = 0; i < nn; i++)
         first[i] = prev[i] = tr_node_msgs(conn, i);
+    dhps_route_stats rbase = {0}, rfirst;
+    (void)tr_route_since(conn, &rbase); /* from here on */
+    rfirst = rbase;
     struct tr_counts all = {0};
     tools_hist allh = {0}, ih;
     uint64_t t0 = dhps_mono_ns(), next = t0;
@@ -480,7 +531,8 @@ int dhps_cmd_traffic(int argc, char **argv)
         }
         counts_add(&all, &in);
         tools_hist_merge(&allh, &ih);
-        tr_print(&o, conn, (double)(dhps_mono_ns() - t0) / 1e9, false, &in, &ih, msgs);
+        struct tr_route rt = tr_route_since(conn, &rbase);
+        tr_print(&o, conn, (double)(dhps_mono_ns() - t0) / 1e9, false, &in, &ih, msgs, &rt);
     }
     atomic_store(&tr_stop, true);
     for (uint32_t i = 0; i < started; i++) {
@@ -494,7 +546,8 @@ int dhps_cmd_traffic(int argc, char **argv)
     sigaction(SIGTERM, &old_term, NULL);
     for (size_t i = 0; i < nn; i++)
         msgs[i] = tr_node_msgs(conn, i) - first[i];
-    tr_print(&o, conn, (double)(dhps_mono_ns() - t0) / 1e9, true, &all, &allh, msgs);
+    struct tr_route rt = tr_route_since(conn, &rfirst);
+    tr_print(&o, conn, (double)(dhps_mono_ns() - t0) / 1e9, true, &all, &allh, msgs, &rt);
     if (o.have_delay)
         tr_delays(conn, &o, false);
     rc = started == o.threads && all.lookups ? 0 : 1;

@@ -633,6 +633,9 @@ static void breaker_backoff_and_probes(void **state)
     dhps_route_stats s;
     dhps_route_stats_get(r, &s);
     assert_int_equal(s.breaker_opened, 3);
+    assert_int_equal(s.opened_errors, 1); /* 5 in a row */
+    assert_int_equal(s.opened_probe, 2);  /* two failed probes */
+    assert_int_equal(s.opened_slow, 0);
     assert_int_equal(s.breaker_half_opened, 3);
     assert_int_equal(s.breaker_closed, 1);
     assert_int_equal(s.probes, 5);
@@ -645,6 +648,8 @@ static void breaker_backoff_and_probes(void **state)
     }
     dhps_route_node_stats_get(r, 0, &ns);
     assert_int_equal(ns.breaker, DHPS_ROUTE_OPEN);
+    dhps_route_stats_get(r, &s);
+    assert_int_equal(s.opened_errors, 2);
     /* after backoff_reset (5 min closed) the backoff starts again from 1 s: checked via
      * node stats of a node that never opened */
     dhps_route_node_stats_get(r, 1, &ns);
@@ -673,6 +678,10 @@ static void slow_node_is_ejected(void **state)
     dhps_route_node_stats ns;
     dhps_route_node_stats_get(r, 0, &ns);
     assert_int_equal(ns.breaker, DHPS_ROUTE_OPEN);
+    dhps_route_stats s;
+    dhps_route_stats_get(r, &s);
+    assert_int_equal(s.opened_slow, 1); /* told apart from errors */
+    assert_int_equal(s.opened_errors, 0);
     dhps_route_destroy(r);
 }
 

@@ -74,6 +74,14 @@ static void json_and_check(void **state)
         snprintf(key, sizeof key, "\"%d\":", n);
         assert_true(field(strstr(summary, "\"node_messages\""), key) > 0);
     }
+    /* the router's decisions: a healthy cluster, no breaker opened on errors */
+    char *brk = strstr(summary, "\"breaker\":{");
+    if (!brk)
+        fail_msg("no router decisions in the summary: %s", summary);
+    assert_int_equal((int)field(brk, "\"opened_errors\":"), 0);
+    assert_non_null(strstr(brk, "\"opened_slow\":"));
+    assert_non_null(strstr(brk, "\"ejected\":"));
+    assert_non_null(strstr(summary, "\"common_rise_us\":"));
     free(out);
 }
 
@@ -95,6 +103,9 @@ static void text_until_sigterm(void **state)
         fail_msg("no summary line: %s", out);
     assert_true(field(s, " lookups=") > 0);
     assert_non_null(strstr(s, " remote="));
+    assert_non_null(strstr(s, " opened_err="));
+    assert_non_null(strstr(s, " ejected="));
+    assert_non_null(strstr(s, " rise_us="));
     assert_non_null(strstr(s, " availability="));
     free(out);
 }

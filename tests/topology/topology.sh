@@ -215,7 +215,8 @@ await() {
                             END { exit !('"$cond"') }'; then
       seen=$((seen + 1))
       if [ $seen -ge 2 ]; then
-        echo "  ok   $name after $((SECONDS - t0)) s: ${last#interval }"; return 0
+        took=$((SECONDS - t0))
+        echo "  ok   $name after $took s: ${last#interval }"; return 0
       fi
     else seen=0; fi
   done
@@ -225,18 +226,39 @@ await() {
 # awk conditions read v["pod"] etc.
 echo "topology: phases (lines: share of rpc messages per tier over the last 0.5 s)"
 await "steady: traffic stays in POD a1" 'v["pod"] >= 0.90'
+# A return may wait for the restarted nodes' breakers: their isolation doubles (1, 2,
+# 4 ... s) each time a probe finds them still down, so the period running at the restart
+# ends at most about as long after it (+1 s) as the nodes were down; then the probes pass
+# and two 0.5 s lines must show the share. A slower return is reported, not failed: on a
+# loaded machine a returned node's breaker can open again (slow answers) and double its
+# isolation, which is the breaker at work. A redial bug once made every probe of a
+# restarted node fail on the client (21 s after 14 s down): this line shows such things.
+return_note() { # return_note NAME DOWN_SECONDS: compare the last await's time with it
+  local slack=$((4 + scale / 2))
+  if [ "$took" -gt $(($2 + slack)) ]; then
+    echo "  note $1 took $took s: more than the $2 s the nodes were down + $slack s" \
+         "(breaker re-openings under load, or probes failing)"
+  else
+    echo "  ok   $1 within the $2 s the nodes were down + $slack s"
+  fi
+}
+took=0
 echo "topology: kill -9 a1s1 a1s2 (the client's POD)"
 kill9 a1s1 a1s2
+a1_down=$SECONDS
 await "spill: POD a1 down -> POD a2 (tier az)" 'v["az"] >= 0.90 && v["pod"] == 0'
 echo "topology: kill -9 a2s1 a2s2 (the rest of AZ a)"
 kill9 a2s1 a2s2
+a2_down=$SECONDS
 await "spill: AZ a down -> AZ b (tier remote)" 'v["remote"] >= 0.90'
 echo "topology: restart a2s1 a2s2"
 start a2s1 a2s2
-await "return: POD a2 back -> tier az" 'v["az"] >= 0.90'
+a2_down=$((SECONDS - a2_down))
+await "return: POD a2 back -> tier az" 'v["az"] >= 0.90' && return_note "return of POD a2" "$a2_down"
 echo "topology: restart a1s1 a1s2"
 start a1s1 a1s2
-await "return: POD a1 back -> tier pod" 'v["pod"] >= 0.90'
+a1_down=$((SECONDS - a1_down))
+await "return: POD a1 back -> tier pod" 'v["pod"] >= 0.90' && return_note "return of POD a1" "$a1_down"
 
 kill -TERM "$traffic_pid"; wait "$traffic_pid"; traffic_pid=""
 summary=$(grep '^summary' "$work/traffic.log")
