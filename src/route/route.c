@@ -681,6 +681,24 @@ static double common_rise(const dhps_route *r, uint64_t now, bool last)
     return n >= RISE_MIN_TIERS ? rise : 0;
 }
 
+/* Does an answer in v ns beat what the next tier with fresh answers (an ok answer in the
+ * last RISE_FRESH_TAUS x weight_tau) answers in now (its smooth latency)? Such a node is
+ * not "slow" for the breaker, whatever its baseline says: isolating it would only move
+ * its traffic to something slower (a baseline remembers quiet moments; under a load
+ * present all along there is no rise to take out). With no fresh next tier: false. */
+static bool faster_than_next(const dhps_route *r, unsigned t, double v, uint64_t now)
+{
+    uint64_t fresh = RISE_FRESH_TAUS * r->p.weight_tau_ns;
+    for (unsigned k = t + 1; k < DHPS_ROUTE_TIERS; k++) {
+        const struct rtier *nx = &r->tier[k];
+        double nl = ldd(&nx->lat);
+        uint64_t ts = ld64(&nx->lat_stamp);
+        if (nl > 0 && (now <= ts || now - ts <= fresh))
+            return v < nl;
+    }
+    return false;
+}
+
 /* f = (Lnext - lat') / (Lnext - B), lat' = lat - rise: the node's latency with the rise
  * every tier shares (the client's own wait) taken out, so B and Lnext still apply. */
 static void weight_update(dhps_route *r, struct rnode *n, unsigned t, double rise)
@@ -1001,7 +1019,8 @@ int dhps_route_report(dhps_route *r, const dhps_route_choice *c, uint64_t latenc
      * back from an outage is a witness from its first answer. */
     double B = ldd(&tr->base), rise = common_rise(r, now, false);
     double rise_last = common_rise(r, now, true);
-    bool slow = B > 0 && v - (rise > rise_last ? rise : rise_last) > r->p.slow_factor * B;
+    bool slow = B > 0 && v - (rise > rise_last ? rise : rise_last) > r->p.slow_factor * B &&
+                !faster_than_next(r, c->tier, v, now);
     double s = ldd(&n->succ);
     std_(&n->succ, s + ((ok ? 1.0 : 0.0) - s) * SUCCESS_ALPHA);
     breaker_report(r, n, c, ok, slow, now); /* closing resets success: weigh after it */

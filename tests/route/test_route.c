@@ -685,6 +685,59 @@ static void slow_node_is_ejected(void **state)
     dhps_route_destroy(r);
 }
 
+/* A node answering faster than the next tier answers now is not "slow" to the breaker,
+ * whatever its baseline says: isolating it would move its traffic to something slower.
+ * Here the AZ was always slow (so no rise to take out), the POD learned a 20 us
+ * baseline, then answers in 200 us (10x): kept while the AZ answers in 400 us, ejected
+ * once the AZ answers in 100 us. */
+static void not_slow_while_faster_than_next(void **state)
+{
+    (void)state;
+    dhps_route *r = make(NULL);
+    uint32_t pod[2] = {0, 1}, az[2] = {2, 3}, n0[1] = {0};
+    add(r, 0, DHPS_ROUTE_POD);
+    add(r, 1, DHPS_ROUTE_POD);
+    add(r, 2, DHPS_ROUTE_AZ);
+    add(r, 3, DHPS_ROUTE_AZ);
+    for (int i = 0; i < 2000; i++) { /* the POD learns 20 us; the AZ answers in 400 us */
+        g_now += 100 * US;
+        pick_ok(r, pod, 2, 20 * US);
+        if (i % 10 == 0)
+            pick_ok(r, az, 2, 400 * US);
+    }
+    g_now += 1 * SEC; /* a fresh breaker window */
+    for (int i = 0; i < 30; i++) {
+        g_now += 1 * MS;
+        pick_ok(r, n0, 1, 200 * US);
+        pick_ok(r, az, 2, 400 * US);
+    }
+    dhps_route_node_stats ns;
+    dhps_route_stats s;
+    dhps_route_node_stats_get(r, 0, &ns);
+    dhps_route_stats_get(r, &s);
+    assert_int_equal(ns.breaker, DHPS_ROUTE_CLOSED);
+    assert_int_equal(s.opened_slow, 0);
+    for (int i = 0; i < 1000; i++) { /* the AZ speeds up to 100 us */
+        g_now += 10 * MS;
+        pick_ok(r, az, 2, 100 * US);
+        if (i % 10 == 0)
+            pick_ok(r, pod, 2, 20 * US);
+    }
+    g_now += 1 * SEC;
+    for (int i = 0; i < 30; i++) {
+        g_now += 1 * MS;
+        dhps_route_choice c;
+        if (dhps_route_pick(r, n0, 1, NULL, 0, 0, &c) == 0)
+            dhps_route_report(r, &c, 200 * US, DHPS_ROUTE_OK);
+        pick_ok(r, az, 2, 100 * US);
+    }
+    dhps_route_node_stats_get(r, 0, &ns);
+    dhps_route_stats_get(r, &s);
+    assert_int_equal(ns.breaker, DHPS_ROUTE_OPEN);
+    assert_int_equal(s.opened_slow, 1);
+    dhps_route_destroy(r);
+}
+
 static void ejection_cap(void **state)
 {
     (void)state;
@@ -943,6 +996,7 @@ int main(void)
         cmocka_unit_test(client_load_onset_keeps_pod),
         cmocka_unit_test(breaker_backoff_and_probes),
         cmocka_unit_test(slow_node_is_ejected),
+        cmocka_unit_test(not_slow_while_faster_than_next),
         cmocka_unit_test(ejection_cap),
         cmocka_unit_test(hedge_delay_tracks_p95),
         cmocka_unit_test(hedge_budget),
