@@ -14,6 +14,10 @@ extern "C" {
 /* `dhps-bench store`: the storage engine beside its peers (bench/store_bench.c). */
 int bench_store_main(int argc, char **argv);
 
+/* `dhps-bench route`: one routing decision (pick + report) beside trivial policies
+ * (bench/route_bench.c). */
+int bench_route_main(int argc, char **argv);
+
 #ifdef __cplusplus
 }
 #endif

@@ -22,6 +22,7 @@ static const bench_cmd bench_cmds[] = {
      "store engine: batched lookups, upserts, memory; --peers adds std::unordered_map, "
      "absl::flat_hash_map, DPDK rte_hash"},
     {"rpc", bench_rpc_main, "rpc library: one transport (tcp|shm|verbs), calls/s, GB/s, latency, CPU/call; --peers adds redis PING/GET"},
+    {"route", bench_route_main, "route library: one pick + report (tiers, P2C, breakers, weights) beside random and round-robin choice"},
     /* {"name", bench_name_main, "summary"},  -- one line per further subcommand */
 };
 

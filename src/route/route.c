@@ -1018,9 +1018,12 @@ int dhps_route_report(dhps_route *r, const dhps_route_choice *c, uint64_t latenc
      * steady state without their noise. Read after this answer updated its tier: a tier
      * back from an outage is a witness from its first answer. */
     double B = ldd(&tr->base), rise = common_rise(r, now, false);
-    double rise_last = common_rise(r, now, true);
-    bool slow = B > 0 && v - (rise > rise_last ? rise : rise_last) > r->p.slow_factor * B &&
-                !faster_than_next(r, c->tier, v, now);
+    bool slow = false;
+    if (B > 0 && v - rise > r->p.slow_factor * B) { /* else not slow whatever rise_last is */
+        double rise_last = common_rise(r, now, true);
+        slow = v - (rise > rise_last ? rise : rise_last) > r->p.slow_factor * B &&
+               !faster_than_next(r, c->tier, v, now);
+    }
     double s = ldd(&n->succ);
     std_(&n->succ, s + ((ok ? 1.0 : 0.0) - s) * SUCCESS_ALPHA);
     breaker_report(r, n, c, ok, slow, now); /* closing resets success: weigh after it */
