@@ -472,6 +472,21 @@ static void wrong_secret_rejected(void **st)
     dhps_rpc_server_destroy(s);
 }
 
+/* A TCP socket bound to an ephemeral loopback port (*a gets the address), listening with
+ * `backlog` when backlog >= 0, else left unlistened (its port refuses connections). */
+static int loopback_socket(int backlog, struct sockaddr_in *a)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(fd >= 0);
+    *a = (struct sockaddr_in){.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    assert_int_equal(bind(fd, (struct sockaddr *)a, sizeof *a), 0);
+    if (backlog >= 0)
+        assert_int_equal(listen(fd, backlog), 0);
+    socklen_t al = sizeof *a;
+    assert_int_equal(getsockname(fd, (struct sockaddr *)a, &al), 0);
+    return fd;
+}
+
 static int raw_connect(uint16_t port)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -774,22 +789,11 @@ static void refused_until_started(void **st)
 static void tcp_connect_bounded(void **st)
 {
     (void)st;
-    int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    assert_true(lfd >= 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    assert_int_equal(bind(lfd, (struct sockaddr *)&a, sizeof a), 0);
-    assert_int_equal(listen(lfd, 0), 0); /* never accepted: one queued connection fills it */
-    socklen_t al = sizeof a;
-    assert_int_equal(getsockname(lfd, (struct sockaddr *)&a, &al), 0);
+    struct sockaddr_in a;
+    int lfd = loopback_socket(0, &a); /* never accepted: one queued connection fills it */
     int filler = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     assert_int_equal(connect(filler, (struct sockaddr *)&a, sizeof a), 0);
-    dhps_rpc_client_params cp;
-    dhps_rpc_client_params_init(&cp);
-    cp.secret = SECRET;
-    cp.secret_len = sizeof SECRET - 1;
-    cp.connect_timeout_ms = 10000;
-    dhps_rpc_client *c = NULL;
-    assert_int_equal(dhps_rpc_client_create(&cp, &c), 0);
+    dhps_rpc_client *c = new_client_ct(SECRET, 10000);
     dhps_rpc_channel_params p;
     chan_params(&p, ntohs(a.sin_port));
     p.tcp_connect_timeout_us = 200000;
@@ -875,13 +879,8 @@ static void async_open_does_not_block(void **st)
 {
     (void)st;
     dhps_rpc_server *s = start_server(1, NULL);
-    int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    assert_true(lfd >= 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    assert_int_equal(bind(lfd, (struct sockaddr *)&a, sizeof a), 0);
-    assert_int_equal(listen(lfd, 8), 0); /* connects complete in the backlog; nobody reads */
-    socklen_t al = sizeof a;
-    assert_int_equal(getsockname(lfd, (struct sockaddr *)&a, &al), 0);
+    struct sockaddr_in a;
+    int lfd = loopback_socket(8, &a); /* connects complete in the backlog; nobody reads */
     dhps_rpc_client *c = new_client_ct(SECRET, 1500);
     dhps_rpc_channel *good = open_chan(c, dhps_rpc_server_port(s));
     dhps_rpc_channel_params p;
@@ -940,12 +939,8 @@ static void async_open_errors(void **st)
 {
     (void)st;
     /* nobody listens: refused */
-    int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    assert_int_equal(bind(lfd, (struct sockaddr *)&a, sizeof a), 0);
-    socklen_t al = sizeof a;
-    assert_int_equal(getsockname(lfd, (struct sockaddr *)&a, &al), 0);
-    close(lfd);
+    struct sockaddr_in a;
+    close(loopback_socket(-1, &a));
     dhps_rpc_client *c = new_client(SECRET);
     dhps_rpc_channel_params p;
     chan_params(&p, ntohs(a.sin_port));
