@@ -1265,7 +1265,7 @@ int dhps_rpc_client_poll_ns(dhps_rpc_client *cl, int64_t timeout_ns)
         int64_t wait = 0;
         uint64_t now = dhps_mono_ns();
         if (timeout_ns != 0 && (!cl->nshm || ++spins > 64)) {
-            uint64_t until = end < next_deadline(cl) ? end : next_deadline(cl);
+            uint64_t nd = next_deadline(cl), until = end < nd ? end : nd;
             if (until == UINT64_MAX)
                 wait = -1;
             else if (until > now)

@@ -177,6 +177,8 @@ int dhps_rpc_server_create(const dhps_rpc_server_params *p, dhps_rpc_server **ou
     if (!s)
         return -ENOMEM;
     s->lfd = -1;
+    for (uint32_t a = 0; a < MAX_ACCEPTORS; a++)
+        s->acc[a].ep = -1; /* destroy closes only what start created */
     pthread_mutex_init(&s->srq_lock, NULL);
     rpc_fault_table_init(&s->faults);
     s->p = *p;
@@ -781,8 +783,7 @@ static void orphans_serve(worker *w, sconn *sc)
         if (w->orph_tail == o)
             w->orph_tail = prev;
         w->norph--;
-        if (sc->c.v)
-            serve_vreq(w, sc, o->data, o->len);
+        serve_vreq(w, sc, o->data, o->len); /* the loop's test: sc still has its QP */
         free(o);
     }
 }
@@ -1313,7 +1314,7 @@ void dhps_rpc_server_destroy(dhps_rpc_server *s)
     for (uint32_t a = 0; a < MAX_ACCEPTORS; a++) {
         if (s->acc[a].started)
             pthread_join(s->acc[a].th, NULL);
-        if (s->acc[a].ep > 0)
+        if (s->acc[a].ep >= 0)
             close(s->acc[a].ep);
         free(s->acc[a].pend);
     }
