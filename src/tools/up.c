@@ -128,16 +128,17 @@ bool up_find_server(const char *given, char *out, size_t cap)
     return false;
 }
 
-int up_http_get(uint16_t port, const char *path, char *buf, size_t cap)
+/* GET path from 127.0.0.1:port (HTTP/1.0), reading the response into buf (NUL-terminated,
+ * at most cap - 1 bytes) with a receive timeout of secs. Returns the bytes read, or
+ * -ECONNREFUSED, -EIO, -EPROTO (no status line), -errno. */
+static int http_exchange(uint16_t port, const char *path, char *buf, size_t cap, int secs)
 {
-    if (!buf || cap < 2)
-        return -EINVAL;
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -errno;
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    struct timeval tv = {.tv_sec = 5};
+    struct timeval tv = {.tv_sec = secs};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     int rc = -ECONNREFUSED;
     size_t got = 0;
@@ -157,30 +158,21 @@ int up_http_get(uint16_t port, const char *path, char *buf, size_t cap)
     return rc;
 }
 
+int up_http_get(uint16_t port, const char *path, char *buf, size_t cap)
+{
+    if (!buf || cap < 2)
+        return -EINVAL;
+    return http_exchange(port, path, buf, cap, 5);
+}
+
 int up_http_status(uint16_t port, const char *path)
 {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return -errno;
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    struct timeval tv = {.tv_sec = 2};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    int rc = -ECONNREFUSED;
-    if (connect(fd, (struct sockaddr *)&a, sizeof a) == 0) {
-        char req[256], resp[64] = "";
-        int n = snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", path);
-        if (write(fd, req, (size_t)n) == n) {
-            ssize_t r = read(fd, resp, sizeof resp - 1);
-            int code;
-            if (r > 12 && sscanf(resp, "HTTP/%*d.%*d %d", &code) == 1)
-                rc = code;
-            else
-                rc = -EPROTO;
-        }
-    }
-    close(fd);
-    return rc;
+    char resp[64];
+    int rc = http_exchange(port, path, resp, sizeof resp, 2);
+    int code;
+    if (rc < 0)
+        return rc;
+    return sscanf(resp, "HTTP/%*d.%*d %d", &code) == 1 ? code : -EPROTO;
 }
 
 /* Is pid a live (not zombie) dhps-server? */
