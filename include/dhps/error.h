@@ -30,7 +30,9 @@ enum dhps_error {
     DHPS_E_VERSION = -10012,     /* a file or peer speaks an unsupported version */
     DHPS_E_CANCELLED = -10013,   /* the operation was cancelled */
     DHPS_E_BUSY = -10014,        /* overloaded or rejected by flow control; retry later */
-    DHPS_E_LAST = -10015,
+    DHPS_E_NOTREADY = -10015,    /* a replica is recovering or catching up: it holds writes
+                                    but answers no lookups yet; ask another replica */
+    DHPS_E_LAST = -10016,
 };
 
 /* Name an error: a static string for any int (0, -errno or DHPS_E_*). Thread-safe. */

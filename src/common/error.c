@@ -17,6 +17,7 @@ static const char *const dhps_errstr[] = {
     [-(DHPS_E_VERSION - DHPS_E_BASE)] = "unsupported version",
     [-(DHPS_E_CANCELLED - DHPS_E_BASE)] = "cancelled",
     [-(DHPS_E_BUSY - DHPS_E_BASE)] = "busy: overloaded, retry later",
+    [-(DHPS_E_NOTREADY - DHPS_E_BASE)] = "replica not ready: recovering or catching up",
 };
 
 const char *dhps_strerror(int err)

@@ -1,16 +1,121 @@
-/* Private declarations shared by the server's files. */
+/* Private declarations shared by the server's files:
+ *   server.c    create/start/stop/destroy, snapshots, the background thread
+ *   handlers.c  the rpc handlers of the service protocol (proto.h)
+ *   http.c      /metrics, /health and /fault over libmicrohttpd
+ *   config.c, msg.c, admin.c, fp16.c  config parsing, request decoding, /fault auth, fp16 */
 #ifndef DHPS_SRV_INT_H
 #define DHPS_SRV_INT_H
 
+#include <pthread.h>
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
 
+#include "dhps/rpc.h"
 #include "dhps/server.h"
+#include "dhps/store.h"
+#include "admin.h"
 
 dhps_server_config *srv_config_dup(const dhps_server_config *c);
 
 /* printf into err[errlen] (truncated, NUL-terminated); nothing when err is NULL or errlen
- * 0. The one error-message formatter of server.c and admin.c (defined in admin.c). */
+ * 0. The one error-message formatter of the server's files (defined in admin.c). */
 void srv_errf(char *err, size_t errlen, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+
+/* ---- metrics layout ------------------------------------------------------------- */
+
+enum { M_LOOKUP, M_UPSERT, M_DELETE, M_STATS, M_SNAPSHOT, M_INFO, NMETHODS };
+#define NSTATUS 8
+/* latency buckets, upper bounds in microseconds (+Inf implied) */
+#define NBUCKETS 12
+extern const char *const method_names[NMETHODS];
+extern const int status_codes[NSTATUS - 1];  /* status_names[i] for i < NSTATUS - 1 */
+extern const char *const status_names[NSTATUS]; /* the last: "other" */
+extern const uint32_t lat_bounds_us[NBUCKETS - 1];
+
+
+typedef struct srv_table srv_table;
+
+typedef struct srv_store {
+    pthread_mutex_t mu;          /* writer lock: upserts, deletes, stats, snapshot */
+    dhps_store *st;
+    srv_table *t;
+    uint32_t shard;
+    uint32_t idx;                /* index in dhps_server.stores / worker readers */
+} srv_store;
+
+struct srv_table {
+    dhps_server_table_config c;
+    uint32_t row_bytes;          /* stored bytes per row */
+    srv_store **by_shard;        /* nshards entries, NULL = not owned */
+    uint64_t looked_up, found;   /* atomics */
+};
+
+typedef struct srv_worker {
+    dhps_store_reader **readers; /* one per store */
+    uint64_t *keys;              /* DHPS_PROTO_MAX_KEYS, for unaligned key arrays */
+    uint64_t *mask;              /* DHPS_PROTO_MAX_KEYS / 64 */
+    uint8_t *rows;               /* conversion scratch, 2 * max_msg */
+} srv_worker;
+
+struct dhps_server {
+    dhps_server_config *cfg;
+    uint8_t *secret;
+    size_t secret_len;
+    srv_table *tables;
+    srv_store *stores;
+    uint32_t nstores;
+    srv_worker *workers;
+    dhps_rpc_server *rpc;
+    uint16_t rpc_port;
+    struct MHD_Daemon *http;
+    uint16_t http_port;
+    bool ready;                  /* atomic */
+    bool started, stopped;
+    pthread_t snap_thread;
+    bool snap_running;
+    pthread_mutex_t ctl_mu;
+    pthread_cond_t ctl_cv;
+    bool stopping;
+    srv_admin_replay replay;     /* /fault: signed changes already accepted */
+    /* metrics (atomics) */
+    uint64_t req[NMETHODS][NSTATUS];
+    uint64_t lat[NMETHODS][NBUCKETS];
+    uint64_t lat_sum_ns[NMETHODS];
+    uint64_t snapshots_ok, snapshot_errors, loaded_records;
+    uint64_t last_snapshot_unix;
+};
+
+static inline void add(uint64_t *p, uint64_t v)
+{
+    __atomic_fetch_add(p, v, __ATOMIC_RELAXED);
+}
+
+static inline uint64_t get(const uint64_t *p)
+{
+    return __atomic_load_n(p, __ATOMIC_RELAXED);
+}
+
+typedef struct table_agg {
+    dhps_store_stats st;
+    uint32_t shards;
+} table_agg;
+
+/* Sum the stats of table t's stores on this node (takes each store's writer lock). */
+void srv_aggregate(dhps_server *s, const srv_table *t, table_agg *a);
+
+/* Snapshot the stores of table t (NULL: all). Returns stores written or first error;
+ * -ENOENT without snapshot_dir. (server.c) */
+int srv_snapshot_some(dhps_server *s, const srv_table *t);
+
+/* The rpc handler of every service method; arg is the server. (handlers.c) */
+int srv_rpc_handler(void *arg, dhps_rpc_request *r);
+
+/* The HTTP endpoint: start it on cfg's metrics host/port. Returns 0 or -EADDRINUSE with
+ * a message in err. (http.c) */
+int srv_http_start(dhps_server *s, char *err, size_t errlen);
+void srv_http_stop(dhps_server *s);
 
 #endif

@@ -1,0 +1,335 @@
+/* dhps server: /metrics, /health and /fault over libmicrohttpd. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+#include <microhttpd.h>
+
+#include "dhps/log.h"
+#include "srv_int.h"
+#include "util.h"
+
+#define LOGM "server"
+
+/* ---- metrics over HTTP ------------------------------------------------------------ */
+
+static void write_metrics(dhps_server *s, FILE *f)
+{
+    fprintf(f, "# HELP dhps_requests_total Requests by method and status.\n"
+               "# TYPE dhps_requests_total counter\n");
+    for (int m = 0; m < NMETHODS; m++)
+        for (int k = 0; k < NSTATUS; k++)
+            fprintf(f, "dhps_requests_total{method=\"%s\",status=\"%s\"} %llu\n",
+                    method_names[m], status_names[k], (unsigned long long)get(&s->req[m][k]));
+    fprintf(f, "# HELP dhps_request_seconds Handler latency by method.\n"
+               "# TYPE dhps_request_seconds histogram\n");
+    for (int m = 0; m < NMETHODS; m++) {
+        uint64_t cum = 0;
+        for (size_t b = 0; b < NBUCKETS; b++) {
+            cum += get(&s->lat[m][b]);
+            if (b < NBUCKETS - 1)
+                fprintf(f, "dhps_request_seconds_bucket{method=\"%s\",le=\"%g\"} %llu\n",
+                        method_names[m], lat_bounds_us[b] / 1e6, (unsigned long long)cum);
+            else
+                fprintf(f, "dhps_request_seconds_bucket{method=\"%s\",le=\"+Inf\"} %llu\n",
+                        method_names[m], (unsigned long long)cum);
+        }
+        fprintf(f, "dhps_request_seconds_sum{method=\"%s\"} %.9f\n", method_names[m],
+                get(&s->lat_sum_ns[m]) / 1e9);
+        fprintf(f, "dhps_request_seconds_count{method=\"%s\"} %llu\n", method_names[m],
+                (unsigned long long)cum);
+    }
+    fprintf(f, "# TYPE dhps_keys_looked_up_total counter\n# TYPE dhps_keys_found_total counter\n"
+               "# TYPE dhps_table_keys gauge\n# TYPE dhps_table_live_bytes gauge\n"
+               "# TYPE dhps_table_segment_bytes gauge\n# TYPE dhps_table_index_bytes gauge\n"
+               "# TYPE dhps_table_fragmentation gauge\n"
+               "# TYPE dhps_table_expired_records_total counter\n"
+               "# TYPE dhps_table_evicted_records_total counter\n"
+               "# TYPE dhps_table_stale_updates_total counter\n");
+    for (uint32_t i = 0; i < s->cfg->ntables; i++) {
+        srv_table *t = &s->tables[i];
+        table_agg a;
+        srv_aggregate(s, t, &a);
+        const char *n = t->c.name;
+        fprintf(f, "dhps_keys_looked_up_total{table=\"%s\"} %llu\n", n,
+                (unsigned long long)get(&t->looked_up));
+        fprintf(f, "dhps_keys_found_total{table=\"%s\"} %llu\n", n,
+                (unsigned long long)get(&t->found));
+        fprintf(f, "dhps_table_keys{table=\"%s\"} %llu\n", n, (unsigned long long)a.st.keys);
+        fprintf(f, "dhps_table_live_bytes{table=\"%s\"} %llu\n", n,
+                (unsigned long long)a.st.live_bytes);
+        fprintf(f, "dhps_table_segment_bytes{table=\"%s\"} %llu\n", n,
+                (unsigned long long)a.st.segment_bytes);
+        fprintf(f, "dhps_table_index_bytes{table=\"%s\"} %llu\n", n,
+                (unsigned long long)a.st.index_bytes);
+        fprintf(f, "dhps_table_fragmentation{table=\"%s\"} %.6f\n", n, a.st.fragmentation);
+        fprintf(f, "dhps_table_expired_records_total{table=\"%s\"} %llu\n", n,
+                (unsigned long long)a.st.expired_records);
+        fprintf(f, "dhps_table_evicted_records_total{table=\"%s\"} %llu\n", n,
+                (unsigned long long)a.st.evicted_records);
+        fprintf(f, "dhps_table_stale_updates_total{table=\"%s\"} %llu\n", n,
+                (unsigned long long)a.st.stale_updates);
+    }
+    dhps_rpc_server_stats rs;
+    memset(&rs, 0, sizeof rs);
+    if (s->rpc)
+        dhps_rpc_server_get_stats(s->rpc, &rs);
+    fprintf(f, "# TYPE dhps_rpc_handled_total counter\n");
+    for (int t = 0; t < DHPS_RPC_NTRANSPORTS; t++)
+        fprintf(f, "dhps_rpc_handled_total{transport=\"%s\"} %llu\n",
+                dhps_rpc_transport_name(t), (unsigned long long)rs.handled[t]);
+    fprintf(f, "# TYPE dhps_rpc_accepted_total counter\ndhps_rpc_accepted_total %llu\n",
+            (unsigned long long)rs.accepted);
+    fprintf(f, "# TYPE dhps_rpc_rejected_auth_total counter\ndhps_rpc_rejected_auth_total %llu\n",
+            (unsigned long long)rs.rejected_auth);
+    fprintf(f, "# TYPE dhps_rpc_rejected_malformed_total counter\n"
+               "dhps_rpc_rejected_malformed_total %llu\n",
+            (unsigned long long)rs.rejected_malformed);
+    fprintf(f, "# TYPE dhps_rpc_handler_errors_total counter\ndhps_rpc_handler_errors_total %llu\n",
+            (unsigned long long)rs.handler_errors);
+    fprintf(f, "# TYPE dhps_rpc_unknown_method_total counter\ndhps_rpc_unknown_method_total %llu\n",
+            (unsigned long long)rs.unknown_method);
+    fprintf(f, "# TYPE dhps_rpc_open_connections gauge\ndhps_rpc_open_connections %llu\n",
+            (unsigned long long)rs.open_conns);
+    fprintf(f, "# TYPE dhps_rpc_duplicates_total counter\ndhps_rpc_duplicates_total %llu\n",
+            (unsigned long long)rs.duplicates);
+    fprintf(f, "# TYPE dhps_rpc_verbs_failures_total counter\ndhps_rpc_verbs_failures_total %llu\n",
+            (unsigned long long)rs.verbs_failures);
+    fprintf(f, "# HELP dhps_fault_overflow_total Responses a delay fault rule should have held "
+               "back, sent at once (hold bound reached).\n"
+               "# TYPE dhps_fault_overflow_total counter\ndhps_fault_overflow_total %llu\n",
+            (unsigned long long)rs.fault_overflow);
+    fprintf(f, "# TYPE dhps_snapshots_total counter\ndhps_snapshots_total %llu\n",
+            (unsigned long long)get(&s->snapshots_ok));
+    fprintf(f, "# TYPE dhps_snapshot_errors_total counter\ndhps_snapshot_errors_total %llu\n",
+            (unsigned long long)get(&s->snapshot_errors));
+    fprintf(f, "# TYPE dhps_last_snapshot_timestamp_seconds gauge\n"
+               "dhps_last_snapshot_timestamp_seconds %llu\n",
+            (unsigned long long)get(&s->last_snapshot_unix));
+    fprintf(f, "# TYPE dhps_loaded_records gauge\ndhps_loaded_records %llu\n",
+            (unsigned long long)get(&s->loaded_records));
+    fprintf(f, "# TYPE dhps_ready gauge\ndhps_ready %d\n", dhps_server_ready(s) ? 1 : 0);
+    srv_fault_metrics(s->rpc, f);
+}
+
+/* ---- /fault: the rpc server's fault rules, set at run time (admin.faults) ---------- */
+
+typedef struct http_req { /* one request's body, gathered across handler calls */
+    size_t len;
+    bool too_big;
+    char body[SRV_ADMIN_MAX_BODY];
+} http_req;
+
+static void http_done(void *cls, struct MHD_Connection *conn, void **con_cls,
+                      enum MHD_RequestTerminationCode toe)
+{
+    (void)cls;
+    (void)conn;
+    (void)toe;
+    free(*con_cls);
+    *con_cls = NULL;
+}
+
+/* Queue body[0..len) (malloc'ed, taken over; NULL = out of memory) with code. */
+static enum MHD_Result reply_len(struct MHD_Connection *conn, unsigned code,
+                                 const char *ctype, char *body, size_t len)
+{
+    if (!body)
+        return MHD_NO;
+    struct MHD_Response *resp = MHD_create_response_from_buffer(len, body,
+                                                                MHD_RESPMEM_MUST_FREE);
+    if (!resp) {
+        free(body);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, "Content-Type", ctype);
+    enum MHD_Result ret = MHD_queue_response(conn, code, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
+
+/* reply_len of a NUL-terminated body. */
+static enum MHD_Result reply(struct MHD_Connection *conn, unsigned code, const char *ctype,
+                             char *body)
+{
+    return reply_len(conn, code, ctype, body, body ? strlen(body) : 0);
+}
+
+__attribute__((format(printf, 3, 4))) static enum MHD_Result
+reply_text(struct MHD_Connection *conn, unsigned code, const char *fmt, ...)
+{
+    char *t = NULL;
+    va_list ap;
+    va_start(ap, fmt);
+    if (vasprintf(&t, fmt, ap) < 0)
+        t = NULL;
+    va_end(ap);
+    return reply(conn, code, "text/plain; charset=utf-8", t);
+}
+
+static enum MHD_Result http_fault(dhps_server *s, struct MHD_Connection *conn,
+                                  const char *method, const char *upload_data,
+                                  size_t *upload_size, void **con_cls)
+{
+    http_req *q = *con_cls;
+    if (!q) { /* first call: headers only */
+        if (!(q = calloc(1, sizeof *q)))
+            return MHD_NO;
+        *con_cls = q;
+        return MHD_YES;
+    }
+    if (*upload_size) {
+        if (q->len + *upload_size > SRV_ADMIN_MAX_BODY) {
+            q->too_big = true;
+        } else {
+            memcpy(q->body + q->len, upload_data, *upload_size);
+            q->len += *upload_size;
+        }
+        *upload_size = 0;
+        return MHD_YES;
+    }
+    if (!s->cfg->admin_faults)
+        return reply_text(conn, MHD_HTTP_FORBIDDEN,
+                          "fault admin is disabled on this node: set \"admin\": {\"faults\": "
+                          "true} in its config\n");
+    if (!strcmp(method, "GET") || !strcmp(method, "HEAD"))
+        return reply(conn, MHD_HTTP_OK, "application/json", srv_fault_list_json(s->rpc));
+    bool set = !strcmp(method, "PUT") || !strcmp(method, "POST");
+    if (!set && strcmp(method, "DELETE"))
+        return reply_text(conn, MHD_HTTP_METHOD_NOT_ALLOWED,
+                          "fault: method %s not allowed (GET, PUT, POST, DELETE)\n", method);
+    if (q->too_big)
+        return reply_text(conn, 413 /* content too large */,
+                          "fault body: longer than %u bytes\n", SRV_ADMIN_MAX_BODY);
+    const char *peer = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "peer");
+    const char *port = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "port");
+    const char *all = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "all");
+    const char *auth = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, SRV_ADMIN_AUTH_HEADER);
+    char err[512];
+    if (srv_admin_auth(s->secret, s->secret_len, auth, method, "/fault", peer ? peer : "",
+                       port ? port : "", all ? all : "", q->body, q->len, time(NULL), err,
+                       sizeof err)) {
+        DHPS_LOG(DHPS_LOG_WARN, LOGM, "/fault %s refused: %s", method, err);
+        return reply_text(conn, MHD_HTTP_UNAUTHORIZED, "%s\n", err);
+    }
+    int rp = srv_admin_replay_note(&s->replay, auth, time(NULL), err, sizeof err);
+    if (rp) {
+        DHPS_LOG(DHPS_LOG_WARN, LOGM, "/fault %s refused: %s", method, err);
+        return reply_text(conn, rp == -EBUSY ? 429 /* too many requests */
+                                             : MHD_HTTP_UNAUTHORIZED, "%s\n", err);
+    }
+    if (!s->rpc)
+        return reply_text(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "fault: rpc server stopped\n");
+    if (set) {
+        srv_fault_req fr;
+        if (srv_fault_parse(q->body, q->len, &fr, err, sizeof err))
+            return reply_text(conn, MHD_HTTP_BAD_REQUEST, "%s\n", err);
+        int rc = dhps_rpc_server_fault_set(s->rpc, fr.peer, fr.port, &fr.f);
+        if (rc == -ENOSPC)
+            return reply_text(conn, MHD_HTTP_CONFLICT, "fault: %u rules already set; delete "
+                              "one first\n", DHPS_RPC_FAULT_MAX_RULES);
+        if (rc)
+            return reply_text(conn, MHD_HTTP_BAD_REQUEST, "fault: %s\n", dhps_strerror(rc));
+        DHPS_LOG(DHPS_LOG_WARN, LOGM, "fault rule set: peer %s port %u: delay %u us (%u %%), "
+                 "drop %u %%, partition %s", fr.peer, fr.port, fr.f.delay_us,
+                 fr.f.delay_percent, fr.f.drop_percent, fr.f.partition ? "yes" : "no");
+        return reply(conn, MHD_HTTP_OK, "application/json", srv_fault_list_json(s->rpc));
+    }
+    /* DELETE ?peer=IP|*[&port=P] or ?all=true */
+    if (all && !strcmp(all, "true")) {
+        int rc = dhps_rpc_server_fault_clear(s->rpc, NULL, 0);
+        DHPS_LOG(DHPS_LOG_WARN, LOGM, "fault rules cleared (all)");
+        return reply(conn, MHD_HTTP_OK, "application/json",
+                     strdup(rc == 0 ? "{\"deleted\":\"all\"}" : "{\"deleted\":\"none\"}"));
+    }
+    if (all)
+        return reply_text(conn, MHD_HTTP_BAD_REQUEST, "fault all: must be true\n");
+    if (!peer || !*peer)
+        return reply_text(conn, MHD_HTTP_BAD_REQUEST,
+                          "fault peer: required (?peer=IP or ?peer=*, optional &port=P; or "
+                          "?all=true)\n");
+    unsigned long pv = 0;
+    if (port) {
+        char *end = NULL;
+        errno = 0;
+        pv = strtoul(port, &end, 10);
+        if (!*port || *end || errno || pv > 65535 || port[0] == '-' || port[0] == '+')
+            return reply_text(conn, MHD_HTTP_BAD_REQUEST, "fault port: must be 0..65535\n");
+    }
+    int rc = dhps_rpc_server_fault_clear(s->rpc, peer, (uint16_t)pv);
+    if (rc == -EINVAL)
+        return reply_text(conn, MHD_HTTP_BAD_REQUEST,
+                          "fault peer: must be a numeric IPv4 address or \"*\" (with port 0)\n");
+    if (rc == -ENOENT)
+        return reply_text(conn, MHD_HTTP_NOT_FOUND, "fault peer: no rule for %s port %lu\n",
+                          peer, pv);
+    DHPS_LOG(DHPS_LOG_WARN, LOGM, "fault rule cleared: peer %s port %lu", peer, pv);
+    return reply(conn, MHD_HTTP_OK, "application/json", srv_fault_list_json(s->rpc));
+}
+
+static enum MHD_Result http_handler(void *cls, struct MHD_Connection *conn, const char *url,
+                                    const char *method, const char *version,
+                                    const char *upload_data, size_t *upload_size,
+                                    void **con_cls)
+{
+    dhps_server *s = cls;
+    if (!strcmp(url, "/fault"))
+        return http_fault(s, conn, method, upload_data, upload_size, con_cls);
+    if (strcmp(method, "GET") && strcmp(method, "HEAD"))
+        return MHD_NO;
+    char *body = NULL;
+    size_t len = 0;
+    unsigned code = MHD_HTTP_OK;
+    const char *ctype = "text/plain; charset=utf-8";
+    if (!strcmp(url, "/metrics")) {
+        FILE *f = open_memstream(&body, &len);
+        if (!f)
+            return MHD_NO;
+        write_metrics(s, f);
+        fclose(f);
+        ctype = "text/plain; version=0.0.4; charset=utf-8";
+    } else if (!strcmp(url, "/health")) {
+        bool ok = dhps_server_ready(s);
+        code = ok ? MHD_HTTP_OK : MHD_HTTP_SERVICE_UNAVAILABLE;
+        body = strdup(ok ? "ok\n" : "loading\n");
+        len = body ? strlen(body) : 0;
+    } else {
+        code = MHD_HTTP_NOT_FOUND;
+        body = strdup("not found: try /metrics, /health or /fault\n");
+        len = body ? strlen(body) : 0;
+    }
+    return reply_len(conn, code, ctype, body, len);
+}
+
+int srv_http_start(dhps_server *s, char *err, size_t errlen)
+{
+    const dhps_server_config *c = s->cfg;
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons(c->metrics_port)};
+    inet_pton(AF_INET, c->metrics_host, &sin.sin_addr);
+    s->http = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD, c->metrics_port, NULL,
+                               NULL, http_handler, s, MHD_OPTION_SOCK_ADDR, &sin,
+                               MHD_OPTION_CONNECTION_TIMEOUT, 10u,
+                               MHD_OPTION_NOTIFY_COMPLETED, http_done, NULL,
+                               MHD_OPTION_END);
+    if (!s->http) {
+        srv_errf(err, errlen, "metrics %s:%u: cannot start the HTTP server (port in use?)",
+                 c->metrics_host, c->metrics_port);
+        return -EADDRINUSE;
+    }
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->http, MHD_DAEMON_INFO_BIND_PORT);
+    s->http_port = di ? di->port : c->metrics_port;
+    return 0;
+}
+
+void srv_http_stop(dhps_server *s)
+{
+    if (s->http) {
+        MHD_stop_daemon(s->http);
+        s->http = NULL;
+    }
+}
