@@ -228,6 +228,99 @@ long dhps_store_load(dhps_store *s, const char *path);
 /* As dhps_store_load, from a buffer (the fuzz target's entry point). */
 long dhps_store_load_buffer(dhps_store *s, const void *buf, size_t len);
 
+/* ---- replica catch-up and anti-entropy ----------------------------------------------
+ *
+ * A replica that restarts pulls a point-in-time copy of its (table, shard) from a live
+ * peer (dhps_store_export on the peer, dhps_store_merge_buffer here), then compares
+ * per-range digests (dhps_store_digest) and repairs only the ranges that differ
+ * (dhps_store_range_versions to find the keys, export with a range mask to ship them).
+ * Images are in the snapshot format, so their checksums protect them on the wire.
+ * The store keeps no tombstones: the caller filters deleted keys through merge's skip.
+ */
+
+/* Largest range count for the calls below. */
+#define DHPS_STORE_MAX_RANGES 65536u
+
+/*
+ * The range of a key: a pure hash of key into [0, nranges), nranges in
+ * 1..DHPS_STORE_MAX_RANGES. Independent of the store's seeded bucket hash (so equal on
+ * every replica) and of dhps_proto_shard_of (different mixer and constants), so the keys
+ * of one shard spread evenly over the ranges. Part of the replication contract: it must
+ * not change between versions that talk to each other. Thread-safe.
+ */
+static inline uint32_t dhps_store_key_range(uint64_t key, uint32_t nranges)
+{
+    /* moremur (Pelle Evensen's 64-bit mixer), seeded away from splitmix's
+     * golden-ratio increment; the low 32 bits feed the range reduction, where
+     * dhps_proto_shard_of uses the high 32 bits of a different mix. */
+    uint64_t z = key ^ 0x6A09E667F3BCC909ull;
+    z ^= z >> 27;
+    z *= 0x3C79AC492BA7B653ull;
+    z ^= z >> 33;
+    z *= 0x1C69B3F74AC4AE35ull;
+    z ^= z >> 27;
+    return (uint32_t)(((z & 0xFFFFFFFFull) * (uint64_t)nranges) >> 32);
+}
+
+/*
+ * Export (writer only): serialize every live, unexpired record into one malloc'ed
+ * buffer in exactly the snapshot format (dhps_store_load_buffer and
+ * dhps_store_merge_buffer accept it). range_mask selects keys: bit r (range_mask[r/64]
+ * >> (r%64) & 1) keeps keys with dhps_store_key_range(key, nranges) == r; it must hold
+ * (nranges+63)/64 words. NULL exports every key (nranges is then ignored). TTLs are
+ * written as seconds left. On success returns 0, sets *buf (caller frees with free()),
+ * *len and, if records is non-NULL, *records. Returns -EINVAL (nranges out of range
+ * with a mask), -ENOMEM; on error *buf is NULL and *len 0.
+ * Cost: one pass over the index with records prefetched ahead (docs/store.md).
+ */
+int dhps_store_export(dhps_store *s, const uint64_t *range_mask, uint32_t nranges, void **buf,
+                      size_t *len, uint64_t *records);
+
+typedef struct dhps_store_merge_stats {
+    uint64_t applied; /* records written (equal or newer version than the stored one) */
+    uint64_t stale;   /* records left out: the store holds a newer version */
+    uint64_t skipped; /* records the skip callback dropped */
+    uint64_t expired; /* records whose TTL had run out */
+} dhps_store_merge_stats;
+
+/*
+ * Merge an image (writer only) into a store that may already hold data. The whole
+ * buffer is verified first exactly as dhps_store_load_buffer does: a damaged or
+ * truncated buffer returns DHPS_E_CORRUPT, an unknown format DHPS_E_VERSION, and
+ * nothing is applied. Then every record is upserted with its own version and its
+ * remaining TTL (less the wall-clock time since the image was made, as for loads;
+ * records whose TTL has run out are skipped and counted as expired). A record whose
+ * version is lower than the stored one is left out (stale); equal versions overwrite
+ * (as dhps_store_put). skip (may be NULL) is called with arg for each unexpired record
+ * before it is applied; returning true drops it (e.g. a tombstone covers it).
+ * Records are applied in batches grouped by (TTL, length), not in buffer order.
+ * st (may be NULL) is zeroed then filled. buf is only read, and not kept.
+ * Returns records applied, or a negative error after which some records may have been
+ * applied (st counts them): DHPS_E_FULL (memory limit), -ENOMEM.
+ */
+long dhps_store_merge_buffer(dhps_store *s, const void *buf, size_t len,
+                             bool (*skip)(void *arg, uint64_t key, uint64_t version), void *arg,
+                             dhps_store_merge_stats *st);
+
+/*
+ * Per-range digests (writer only). hash and count hold nranges entries (1..
+ * DHPS_STORE_MAX_RANGES) and are zeroed first; then for every live, unexpired record,
+ * with r = dhps_store_key_range(key, nranges): hash[r] ^= XXH3-64 of the 16 bytes
+ * key || version (both little-endian u64, seed 0), count[r]++. Two stores holding the
+ * same (key, version) set give identical arrays whatever their insertion order, index
+ * size or segment layout; values and TTLs are not covered. Returns 0 or -EINVAL.
+ */
+int dhps_store_digest(dhps_store *s, uint32_t nranges, uint64_t *hash, uint64_t *count);
+
+/*
+ * The (key, version) pairs of every live, unexpired record in the selected ranges
+ * (writer only; range_mask as for dhps_store_export, NULL = all), in no particular
+ * order. Sets *keys and *versions to malloc'ed arrays of *n entries (caller frees both
+ * with free(); both NULL when *n is 0). Returns 0, -EINVAL, -ENOMEM (outputs NULL/0).
+ */
+int dhps_store_range_versions(dhps_store *s, const uint64_t *range_mask, uint32_t nranges,
+                              uint64_t **keys, uint64_t **versions, size_t *n);
+
 /* Which tag-match implementation lookups use: "avx2", "sse2" or "scalar". */
 const char *dhps_store_simd_name(void);
 

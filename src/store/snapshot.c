@@ -25,52 +25,158 @@
 #include "dhps/log.h"
 #include "store_int.h"
 
-#define SNAP_MAGIC "DHPSSNAP"
-#define SNAP_END "DHPSEND1"
-#define SNAP_BLK "BLK1"
-#define SNAP_FORMAT 1u
-#define SNAP_HDR 64u
-#define SNAP_TRAILER 32u
-#define BLK_HDR 16u
-#define REC_HDR 22u
-#define BLOCK_TARGET (64u << 10)
-
-static uint64_t wall_ms(void)
+uint64_t store_wall_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
+/* ---- the record walk (shared with export.c) ------------------------------------- */
+
+int store_walk(dhps_store *s, const uint64_t *range_mask, uint32_t nranges, store_visit_fn fn,
+               void *arg)
+{
+    uint32_t now_s = store_now_s(s);
+    index_table *t = atomic_load_explicit(&s->table, memory_order_relaxed);
+    enum { PF = 4 }; /* buckets ahead whose records are prefetched */
+    for (uint64_t bi = 0; bi < t->nb; bi++) {
+        if (bi + PF < t->nb) {
+            const bucket *pb = &t->b[bi + PF];
+            for (int i = 0; i < SLOTS; i++)
+                if (pb->tags[i])
+                    __builtin_prefetch(rec_ptr(s, pb->refs[i]));
+        }
+        const bucket *b = &t->b[bi];
+        for (int i = 0; i < SLOTS; i++) {
+            if (!b->tags[i])
+                continue;
+            uint32_t ref = b->refs[i];
+            const uint8_t *rec = rec_ptr(s, ref);
+            uint64_t key = rd64(rec);
+            if (range_mask) {
+                uint32_t r = dhps_store_key_range(key, nranges);
+                if (!((range_mask[r >> 6] >> (r & 63)) & 1))
+                    continue;
+            }
+            uint16_t lf = rd16(rec + 8);
+            uint32_t ttl_left = 0;
+            if (lf & REC_EXP) {
+                uint32_t exp = rd32(rec + rec_exp_off(lf));
+                if (exp <= now_s)
+                    continue;
+                ttl_left = exp - now_s;
+            }
+            int rc = fn(arg, key, rec_version(s, rec, seg_of_ref(s, ref)), ttl_left,
+                        rec + rec_hdr_size(lf), lf & REC_LEN_MASK);
+            if (rc)
+                return rc;
+        }
+    }
+    return 0;
+}
+
+/* ---- the image writer, over a sink --------------------------------------------- */
+
 typedef struct snap_writer {
-    FILE *f;
+    const snap_sink *k;
     uint8_t *blk;
     uint32_t len, nrecs;
     uint64_t blocks, records, chain;
-    int err;
 } snap_writer;
 
-static void w_bytes(snap_writer *w, const void *p, size_t n)
-{
-    if (!w->err && fwrite(p, 1, n, w->f) != n)
-        w->err = errno ? -errno : -EIO;
-}
-
-static void w_flush(snap_writer *w)
+static int w_flush(snap_writer *w)
 {
     if (!w->nrecs)
-        return;
+        return 0;
     memcpy(w->blk, SNAP_BLK, 4);
     wr32(w->blk + 4, w->nrecs);
     wr32(w->blk + 8, w->len - BLK_HDR);
     wr32(w->blk + 12, 0);
     uint64_t h = XXH3_64bits(w->blk, w->len);
-    w_bytes(w, w->blk, w->len);
-    w_bytes(w, &h, 8);
+    wr64(w->blk + w->len, h);
+    int rc = w->k->write(w->k->arg, w->blk, w->len + 8);
     w->chain = XXH3_64bits_withSeed(&h, 8, w->chain);
     w->blocks++;
     w->len = BLK_HDR;
     w->nrecs = 0;
+    return rc;
+}
+
+static int w_record(void *arg, uint64_t key, uint64_t ver, uint32_t ttl_left, const uint8_t *val,
+                    uint32_t len)
+{
+    snap_writer *w = arg;
+    uint8_t *o = w->blk + w->len;
+    wr64(o, key);
+    wr64(o + 8, ver);
+    wr32(o + 16, ttl_left);
+    wr16(o + 20, (uint16_t)len);
+    memcpy(o + SNAP_REC_HDR, val, len);
+    w->len += SNAP_REC_HDR + len;
+    w->nrecs++;
+    w->records++;
+    return w->len >= SNAP_BLOCK_TARGET ? w_flush(w) : 0;
+}
+
+int snap_write(dhps_store *s, const uint64_t *range_mask, uint32_t nranges, const snap_sink *k,
+               uint64_t *records)
+{
+    snap_writer w = {.k = k, .len = BLK_HDR};
+    /* a block: header, up to the target plus one largest record, its hash */
+    w.blk = malloc(SNAP_BLOCK_TARGET + SNAP_REC_HDR + DHPS_STORE_MAX_VALUE + 8);
+    if (!w.blk)
+        return -ENOMEM;
+    uint64_t now_ms = store_now_ms(s);
+    uint8_t hdr[SNAP_HDR] = {0};
+    memcpy(hdr, SNAP_MAGIC, 8);
+    wr32(hdr + 8, SNAP_FORMAT);
+    wr32(hdr + 12, SNAP_HDR);
+    /* records (offset 16) and the header hash are set by the sink's finish */
+    wr64(hdr + 24, now_ms);
+    wr64(hdr + 32, store_wall_ms());
+    wr32(hdr + 40, SNAP_BLOCK_TARGET);
+    int rc = k->write(k->arg, hdr, SNAP_HDR);
+    if (!rc)
+        rc = store_walk(s, range_mask, nranges, w_record, &w);
+    if (!rc)
+        rc = w_flush(&w);
+    free(w.blk);
+    if (rc)
+        return rc;
+    uint8_t tr[SNAP_TRAILER];
+    memcpy(tr, SNAP_END, 8);
+    wr64(tr + 8, w.records);
+    wr64(tr + 16, w.blocks);
+    wr64(tr + 24, w.chain);
+    if ((rc = k->write(k->arg, tr, SNAP_TRAILER)) != 0)
+        return rc;
+    wr64(hdr + 16, w.records);
+    wr64(hdr + 56, XXH3_64bits(hdr, 56));
+    if ((rc = k->finish(k->arg, hdr)) != 0)
+        return rc;
+    if (records)
+        *records = w.records;
+    return 0;
+}
+
+/* ---- the file sink --------------------------------------------------------------- */
+
+static int file_write(void *arg, const void *p, size_t n)
+{
+    return fwrite(p, 1, n, (FILE *)arg) == n ? 0 : (errno ? -errno : -EIO);
+}
+
+static int file_finish(void *arg, const uint8_t *hdr)
+{
+    FILE *f = arg;
+    if (fflush(f) != 0)
+        return -errno;
+    if (pwrite(fileno(f), hdr, SNAP_HDR, 0) != SNAP_HDR)
+        return errno ? -errno : -EIO;
+    if (fsync(fileno(f)) != 0)
+        return -errno;
+    return 0;
 }
 
 int dhps_store_snapshot(dhps_store *s, const char *path)
@@ -78,84 +184,20 @@ int dhps_store_snapshot(dhps_store *s, const char *path)
     char tmp[4096];
     if (snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid()) >= (int)sizeof tmp)
         return -ENAMETOOLONG;
-    snap_writer w = {0};
-    w.blk = malloc(BLOCK_TARGET + REC_HDR + DHPS_STORE_MAX_VALUE);
-    if (!w.blk)
-        return -ENOMEM;
-    w.len = BLK_HDR;
-    w.f = fopen(tmp, "wb");
-    if (!w.f) {
-        int e = -errno;
-        free(w.blk);
-        return e;
-    }
-    setvbuf(w.f, NULL, _IOFBF, 1 << 20);
-    uint64_t now_ms = store_now_ms(s);
-    uint32_t now_s = (uint32_t)(now_ms / 1000);
-    uint8_t hdr[SNAP_HDR] = {0};
-    memcpy(hdr, SNAP_MAGIC, 8);
-    wr32(hdr + 8, SNAP_FORMAT);
-    wr32(hdr + 12, SNAP_HDR);
-    /* records (offset 16) is patched after the walk */
-    wr64(hdr + 24, now_ms);
-    wr64(hdr + 32, wall_ms());
-    wr32(hdr + 40, BLOCK_TARGET);
-    w_bytes(&w, hdr, SNAP_HDR);
-
-    index_table *t = atomic_load_explicit(&s->table, memory_order_relaxed);
-    for (uint64_t bi = 0; bi < t->nb && !w.err; bi++) {
-        const bucket *b = &t->b[bi];
-        for (int i = 0; i < SLOTS; i++) {
-            if (!b->tags[i])
-                continue;
-            uint32_t ref = b->refs[i];
-            const uint8_t *rec = rec_ptr(s, ref);
-            uint16_t lf = rd16(rec + 8);
-            uint32_t len = lf & REC_LEN_MASK, ttl_left = 0;
-            if (lf & REC_EXP) {
-                uint32_t exp = rd32(rec + rec_exp_off(lf));
-                if (exp <= now_s)
-                    continue;
-                ttl_left = exp - now_s;
-            }
-            uint8_t *o = w.blk + w.len;
-            wr64(o, rd64(rec));
-            wr64(o + 8, rec_version(s, rec, seg_of_ref(s, ref)));
-            wr32(o + 16, ttl_left);
-            wr16(o + 20, (uint16_t)len);
-            memcpy(o + REC_HDR, rec + rec_hdr_size(lf), len);
-            w.len += REC_HDR + len;
-            w.nrecs++;
-            w.records++;
-            if (w.len >= BLOCK_TARGET)
-                w_flush(&w);
-        }
-    }
-    w_flush(&w);
-    uint8_t tr[SNAP_TRAILER];
-    memcpy(tr, SNAP_END, 8);
-    wr64(tr + 8, w.records);
-    wr64(tr + 16, w.blocks);
-    wr64(tr + 24, w.chain);
-    w_bytes(&w, tr, SNAP_TRAILER);
-    wr64(hdr + 16, w.records);
-    uint64_t hh = XXH3_64bits(hdr, 56);
-    wr64(hdr + 56, hh);
-    if (!w.err && fflush(w.f) != 0)
-        w.err = -errno;
-    if (!w.err && pwrite(fileno(w.f), hdr, SNAP_HDR, 0) != SNAP_HDR)
-        w.err = errno ? -errno : -EIO;
-    if (!w.err && fsync(fileno(w.f)) != 0)
-        w.err = -errno;
-    if (fclose(w.f) != 0 && !w.err)
-        w.err = -errno;
-    free(w.blk);
-    if (!w.err && rename(tmp, path) != 0)
-        w.err = -errno;
-    if (w.err) {
+    FILE *f = fopen(tmp, "wb");
+    if (!f)
+        return -errno;
+    setvbuf(f, NULL, _IOFBF, 1 << 20);
+    snap_sink k = {.write = file_write, .finish = file_finish, .arg = f};
+    int err = snap_write(s, NULL, 0, &k, NULL);
+    if (fclose(f) != 0 && !err)
+        err = -errno;
+    if (!err && rename(tmp, path) != 0)
+        err = -errno;
+    if (err) {
         unlink(tmp);
-        DHPS_LOG(DHPS_LOG_ERROR, "store", "snapshot %s: %s", path, dhps_strerror(w.err));
-        return w.err;
+        DHPS_LOG(DHPS_LOG_ERROR, "store", "snapshot %s: %s", path, dhps_strerror(err));
+        return err;
     }
     char dirbuf[4096];
     snprintf(dirbuf, sizeof dirbuf, "%s", path);
@@ -168,7 +210,7 @@ int dhps_store_snapshot(dhps_store *s, const char *path)
 }
 
 /* Verify the whole image; returns records or a negative error. */
-static long snap_verify(const uint8_t *p, size_t n)
+long snap_verify(const uint8_t *p, size_t n)
 {
     if (n < SNAP_HDR + SNAP_TRAILER || memcmp(p, SNAP_MAGIC, 8) != 0)
         return DHPS_E_CORRUPT;
@@ -189,12 +231,12 @@ static long snap_verify(const uint8_t *p, size_t n)
             return DHPS_E_CORRUPT;
         const uint8_t *q = p + off + BLK_HDR, *qe = q + plen;
         for (uint32_t r = 0; r < nrecs; r++) {
-            if ((size_t)(qe - q) < REC_HDR)
+            if ((size_t)(qe - q) < SNAP_REC_HDR)
                 return DHPS_E_CORRUPT;
             uint16_t len = rd16(q + 20);
-            if (len > DHPS_STORE_MAX_VALUE || (size_t)(qe - q) - REC_HDR < len)
+            if (len > DHPS_STORE_MAX_VALUE || (size_t)(qe - q) - SNAP_REC_HDR < len)
                 return DHPS_E_CORRUPT;
-            q += REC_HDR + len;
+            q += SNAP_REC_HDR + len;
         }
         if (q != qe)
             return DHPS_E_CORRUPT;
@@ -214,41 +256,12 @@ long dhps_store_load_buffer(dhps_store *s, const void *buf, size_t n)
 {
     if (s->keys)
         return -EBUSY;
-    const uint8_t *p = buf;
-    long rc = snap_verify(p, n);
+    long rc = snap_verify(buf, n);
     if (rc < 0) {
         DHPS_LOG(DHPS_LOG_WARN, "store", "snapshot rejected: %s", dhps_strerror((int)rc));
         return rc;
     }
-    /* Time passed while the snapshot sat on disk counts against TTLs. */
-    uint64_t snap_wall = rd64(p + 32), now_wall = wall_ms();
-    uint64_t away_s = now_wall > snap_wall ? (now_wall - snap_wall) / 1000 : 0;
-    long loaded = 0;
-    size_t off = SNAP_HDR, end = n - SNAP_TRAILER;
-    while (off < end) {
-        uint32_t nrecs = rd32(p + off + 4), plen = rd32(p + off + 8);
-        const uint8_t *q = p + off + BLK_HDR;
-        for (uint32_t r = 0; r < nrecs; r++) {
-            uint64_t key = rd64(q), ver = rd64(q + 8);
-            uint32_t ttl = rd32(q + 16);
-            uint16_t len = rd16(q + 20);
-            const uint8_t *val = q + REC_HDR;
-            q += REC_HDR + len;
-            if (ttl) {
-                if (ttl <= away_s)
-                    continue;
-                ttl -= (uint32_t)away_s;
-            }
-            dhps_store_batch b = {.keys = &key, .n = 1, .values = val, .value_stride = len,
-                                  .version = ver, .ttl = ttl};
-            long w = dhps_store_put(s, &b, NULL);
-            if (w < 0)
-                return w;
-            loaded += w;
-        }
-        off += BLK_HDR + plen + 8;
-    }
-    return loaded;
+    return snap_apply(s, buf, n, NULL, NULL, NULL);
 }
 
 long dhps_store_load(dhps_store *s, const char *path)

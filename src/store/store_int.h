@@ -281,4 +281,44 @@ size_t store_compact(dhps_store *s, size_t budget);
 /* Account a record leaving the index (overwrite, delete, drop). */
 void store_unlive(dhps_store *s, uint32_t ref, const uint8_t *rec);
 
+/* ---- snapshot images (snapshot.c, export.c) -------------------------------------------
+ * Layout in snapshot.c's head comment and docs/store.md. */
+#define SNAP_MAGIC "DHPSSNAP"
+#define SNAP_END "DHPSEND1"
+#define SNAP_BLK "BLK1"
+#define SNAP_FORMAT 1u
+#define SNAP_HDR 64u
+#define SNAP_TRAILER 32u
+#define BLK_HDR 16u
+#define SNAP_REC_HDR 22u
+#define SNAP_BLOCK_TARGET (64u << 10)
+
+/* Called for each record of a walk; a non-zero return stops the walk and is returned. */
+typedef int (*store_visit_fn)(void *arg, uint64_t key, uint64_t version, uint32_t ttl_left_s,
+                              const uint8_t *val, uint32_t len);
+/* Writer: visit every live, unexpired record in index order; with range_mask, only keys
+ * whose dhps_store_key_range(key, nranges) bit is set. Prefetches records ahead. */
+int store_walk(dhps_store *s, const uint64_t *range_mask, uint32_t nranges, store_visit_fn fn,
+               void *arg);
+
+/* Where an image goes: write appends n bytes; finish receives the final 64-byte header
+ * (record count and hash set) to put at offset 0. Both return 0 or a negative error. */
+typedef struct snap_sink {
+    int (*write)(void *arg, const void *p, size_t n);
+    int (*finish)(void *arg, const uint8_t *hdr);
+    void *arg;
+} snap_sink;
+/* Writer: write an image of the selected records to k (one writer for files and
+ * buffers). Returns 0 (and *records if non-NULL) or the first error of the sink. */
+int snap_write(dhps_store *s, const uint64_t *range_mask, uint32_t nranges, const snap_sink *k,
+               uint64_t *records);
+/* Verify a whole image: records, or DHPS_E_CORRUPT / DHPS_E_VERSION. */
+long snap_verify(const uint8_t *p, size_t n);
+/* Writer: upsert the records of a verified image (export.c). skip may be NULL; st may
+ * be NULL. Returns records applied or a negative error (earlier batches applied). */
+long snap_apply(dhps_store *s, const uint8_t *p, size_t n,
+                bool (*skip)(void *arg, uint64_t key, uint64_t version), void *arg,
+                dhps_store_merge_stats *st);
+uint64_t store_wall_ms(void);
+
 #endif
