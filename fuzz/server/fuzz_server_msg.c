@@ -7,7 +7,8 @@
 #include "msg.h"
 
 static const uint16_t methods[] = {DHPS_M_LOOKUP, DHPS_M_UPSERT,   DHPS_M_DELETE, DHPS_M_STATS,
-                                   DHPS_M_SNAPSHOT, DHPS_M_INFO, 0x0100, 0xFFFF};
+                                   DHPS_M_SNAPSHOT, DHPS_M_INFO, DHPS_M_SYNC_DIGEST,
+                                   DHPS_M_SYNC_FETCH, 0x0100, 0xFFFF};
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -49,6 +50,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 m.value_bytes != dim * (m.flags == DHPS_FP16 ? 2u : 4u))
                 abort();
         }
+        if (m.range_mask) {
+            size_t mb = (size_t)(m.nranges + 63) / 64 * 8;
+            if (!m.nranges || m.range_mask < buf || m.range_mask + mb != end)
+                abort();
+            volatile uint8_t x = 0;
+            for (size_t i = 0; i < mb; i++)
+                x ^= m.range_mask[i];
+            (void)x;
+        }
+        if ((method == DHPS_M_SYNC_DIGEST || method == DHPS_M_SYNC_FETCH) &&
+            m.nranges > DHPS_PROTO_SYNC_MAX_RANGES)
+            abort();
         (void)srv_lookup_resp_len(m.n, (size_t)dim * 4);
     } else if (rc != DHPS_E_MALFORMED && rc != DHPS_E_TOOBIG && rc != DHPS_E_VERSION) {
         abort();

@@ -37,6 +37,15 @@ enum dhps_method {
     DHPS_M_STATS = 0x0104,    /* request: dhps_proto_hdr (table may be empty: all) */
     DHPS_M_SNAPSHOT = 0x0105, /* request: dhps_proto_hdr; response: dhps_proto_resp */
     DHPS_M_INFO = 0x0106,     /* request: dhps_proto_hdr; response: resp + JSON text */
+    /* Replica sync (server to server; docs/server.md "Catch-up and anti-entropy"). A
+     * node answers these once its own recovery (snapshot + update log) is done, even
+     * while it is still catching up itself. */
+    DHPS_M_SYNC_DIGEST = 0x0110, /* request: hdr + dhps_proto_sync_digest; response:
+                                    resp (n = nranges) + nranges u64 hashes + nranges
+                                    u64 counts (dhps_store_digest) */
+    DHPS_M_SYNC_FETCH = 0x0111,  /* request: hdr + dhps_proto_sync_fetch [+ range mask];
+                                    response: resp (n = chunk bytes) +
+                                    dhps_proto_sync_chunk + the chunk */
 };
 
 /* dtype of values on the wire (and of a table) */
@@ -89,6 +98,36 @@ typedef struct dhps_proto_delete {
     uint64_t version;    /* delete keys whose stored version <= this */
 } dhps_proto_delete;
 
+/* SYNC_DIGEST request: hdr, this. nranges 1..DHPS_PROTO_SYNC_MAX_RANGES. */
+#define DHPS_PROTO_SYNC_MAX_RANGES 4096u
+typedef struct dhps_proto_sync_digest {
+    uint32_t nranges;
+    uint32_t reserved;
+} dhps_proto_sync_digest;
+
+/* SYNC_FETCH request: hdr, this, then (nranges + 63) / 64 u64 of range mask when
+ * nranges > 0 (0: the whole shard). The first fetch of a session (offset 0) makes the
+ * server take a point-in-time export of the shard (tombstones, then records in the
+ * snapshot format, docs/server.md) and keep it under the requester's session id; later
+ * fetches read it from offset, at most max_bytes per answer. The export is freed after
+ * its last byte is read or after 30 s without a fetch. */
+typedef struct dhps_proto_sync_fetch {
+    uint64_t session;    /* non-zero, chosen by the requester */
+    uint64_t offset;     /* byte offset into the export */
+    uint32_t nranges;    /* 0, or 1..DHPS_PROTO_SYNC_MAX_RANGES with a mask following */
+    uint32_t max_bytes;  /* chunk bytes wanted, >= 4096 */
+} dhps_proto_sync_fetch;
+
+/* SYNC_FETCH answer, after dhps_proto_resp: the export's total length and the offset
+ * of the chunk that follows. */
+typedef struct dhps_proto_sync_chunk {
+    uint64_t total;
+    uint64_t offset;
+} dhps_proto_sync_chunk;
+
+_Static_assert(sizeof(dhps_proto_sync_digest) == 8, "u64 arrays stay 8-aligned");
+_Static_assert(sizeof(dhps_proto_sync_fetch) == 24, "u64 arrays stay 8-aligned");
+_Static_assert(sizeof(dhps_proto_sync_chunk) == 16, "chunk stays 8-aligned");
 _Static_assert(sizeof(dhps_proto_hdr) == 64, "request header is 64 bytes");
 _Static_assert(sizeof(dhps_proto_resp) == 16, "response header is 16 bytes");
 _Static_assert(sizeof(dhps_proto_lookup) == 8, "u64 keys stay 8-aligned");

@@ -83,6 +83,16 @@ typedef struct dhps_server_config {
     char *pid_file;                  /* NULL = none */
     char *port_file;                 /* NULL = none; see dhps_server_start */
     uint32_t startup_delay_ms;       /* test hook: wait before loading (default 0) */
+    bool sync_enabled;               /* sync.enabled: catch up from peer replicas and run
+                                        anti-entropy (default true; needs cluster_map) */
+    uint32_t sync_peer_wait_s;       /* sync.peer_wait_s: how long catch-up retries an
+                                        unreachable peer before going on without it
+                                        (default 10) */
+    uint32_t sync_anti_entropy_s;    /* sync.anti_entropy_s: digest repair against every
+                                        peer this often, 0 = off (default 30) */
+    uint32_t sync_tombstone_s;       /* sync.tombstone_s: deletes remembered this long
+                                        (default 3600; >= 2 x anti_entropy_s) */
+    uint32_t sync_ranges;            /* sync.ranges: digest ranges per shard (default 256) */
     bool admin_faults;               /* admin.faults: serve /fault on the metrics port
                                         (set/clear/list the rpc server's fault rules,
                                         HMAC-authenticated; default false: 403) */

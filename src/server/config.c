@@ -230,7 +230,8 @@ static int parse_root(cfg_ctx *x, json_t *root, dhps_server_config *c)
 {
     static const char *const keys[] = {"node_id", "labels", "listen", "tables", "snapshot",
                                        "secret_file", "metrics", "shards", "pid_file",
-                                       "port_file", "startup_delay_ms", "admin", NULL};
+                                       "port_file", "startup_delay_ms", "admin", "sync",
+                                       NULL};
     int rc;
     if (!json_is_object(root))
         return fail(x, "top level: must be an object");
@@ -349,6 +350,34 @@ static int parse_root(cfg_ctx *x, json_t *root, dhps_server_config *c)
             return fail(x, "admin.faults: needs the metrics HTTP endpoint (set metrics.port)");
     }
 
+    json_t *sy = json_object_get(root, "sync");
+    if (sy) {
+        static const char *const yk[] = {"enabled", "peer_wait_s", "anti_entropy_s",
+                                         "tombstone_s", "ranges", NULL};
+        if ((rc = need_object(x, sy, "sync")) || (rc = only_keys(x, sy, "sync", yk)) ||
+            (rc = get_bool(x, sy, "enabled", "sync", &c->sync_enabled)))
+            return rc;
+        struct {
+            const char *key;
+            uint64_t lo, hi;
+            uint32_t *dst;
+        } u[] = {{"peer_wait_s", 0, 3600, &c->sync_peer_wait_s},
+                 {"anti_entropy_s", 0, 86400, &c->sync_anti_entropy_s},
+                 {"tombstone_s", 60, 86400 * 30, &c->sync_tombstone_s},
+                 {"ranges", 1, DHPS_PROTO_SYNC_MAX_RANGES, &c->sync_ranges}};
+        for (size_t j = 0; j < sizeof u / sizeof u[0]; j++) {
+            bool set = false;
+            v = 0;
+            if ((rc = get_uint(x, sy, u[j].key, "sync", u[j].lo, u[j].hi, &v, &set)))
+                return rc;
+            if (set)
+                *u[j].dst = (uint32_t)v;
+        }
+        if (c->sync_anti_entropy_s && c->sync_anti_entropy_s * 2u > c->sync_tombstone_s)
+            return fail(x, "sync.tombstone_s: must be at least twice sync.anti_entropy_s, so "
+                        "that every peer sees a delete before it is forgotten");
+    }
+
     json_t *sh = json_object_get(root, "shards");
     if (!sh)
         return fail(x, "shards: required ({\"nshards\": N, \"own\": \"all\" | [ids]})");
@@ -380,6 +409,11 @@ int dhps_server_config_parse(const void *buf, size_t len, dhps_server_config **o
     c->max_msg = 4u << 20;
     c->hello_timeout_ms = 2000;
     c->snapshot_on_shutdown = true;
+    c->sync_enabled = true;
+    c->sync_peer_wait_s = 10;
+    c->sync_anti_entropy_s = 30;
+    c->sync_tombstone_s = 3600;
+    c->sync_ranges = 256;
     json_error_t je;
     json_t *root = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &je);
     int rc;

@@ -12,21 +12,24 @@
 #include "dhps/log.h"
 #include "msg.h"
 #include "srv_int.h"
+#include "sync.h"
 #include "util.h"
 
 #define LOGM "server"
 
-const char *const method_names[NMETHODS] = {"lookup", "upsert", "delete",
-                                                   "stats",  "snapshot", "info"};
+const char *const method_names[NMETHODS] = {"lookup", "upsert",   "delete", "stats",
+                                            "snapshot", "info", "sync"};
 const int status_codes[NSTATUS - 1] = {0,
-                                   DHPS_E_MALFORMED,
-                                   DHPS_E_NOTFOUND,
-                                   DHPS_E_TOOBIG,
-                                   DHPS_E_VERSION,
-                                   DHPS_E_FULL,
-                                   DHPS_E_CONFIG};
-const char *const status_names[NSTATUS] = {"ok",     "malformed", "notfound", "toobig",
-                                           "version", "full",     "config",   "other"};
+                                       DHPS_E_MALFORMED,
+                                       DHPS_E_NOTFOUND,
+                                       DHPS_E_TOOBIG,
+                                       DHPS_E_VERSION,
+                                       DHPS_E_FULL,
+                                       DHPS_E_CONFIG,
+                                       DHPS_E_NOTREADY};
+const char *const status_names[NSTATUS] = {"ok",      "malformed", "notfound",
+                                           "toobig",  "version",   "full",
+                                           "config",  "notready",  "other"};
 /* latency buckets, upper bounds in microseconds (+Inf implied) */
 const uint32_t lat_bounds_us[NBUCKETS - 1] = {10,   25,   50,    100,   250,   500,
                                          1000, 2500, 10000, 50000, 250000};
@@ -34,9 +37,7 @@ const uint32_t lat_bounds_us[NBUCKETS - 1] = {10,   25,   50,    100,   250,   5
 /* ---- rpc handlers ----------------------------------------------------------------- */
 
 /* Write an error response: header with status, then a human-readable message. */
-static void resp_error(dhps_rpc_request *r, int status, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void resp_error(dhps_rpc_request *r, int status, const char *fmt, ...)
+void srv_resp_error(dhps_rpc_request *r, int status, const char *fmt, ...)
 {
     if (r->resp_cap < sizeof(dhps_proto_resp)) {
         r->resp_len = 0;
@@ -67,19 +68,18 @@ static srv_table *find_table(dhps_server *s, const char *name)
     return NULL;
 }
 
-/* Resolve table + shard; on failure writes the error response and returns NULL. */
-static srv_store *find_store(dhps_server *s, const srv_msg *m, dhps_rpc_request *r,
+srv_store *srv_find_store(dhps_server *s, const srv_msg *m, dhps_rpc_request *r,
                              int *status)
 {
     srv_table *t = find_table(s, m->table);
     if (!t) {
         *status = DHPS_E_NOTFOUND;
-        resp_error(r, *status, "unknown table \"%s\" on node %s", m->table, s->cfg->node_id);
+        srv_resp_error(r, *status, "unknown table \"%s\" on node %s", m->table, s->cfg->node_id);
         return NULL;
     }
     if (m->shard >= s->cfg->nshards || !t->by_shard[m->shard]) {
         *status = DHPS_E_NOTFOUND;
-        resp_error(r, *status, "shard %u of table %s is not owned by node %s (nshards %u)",
+        srv_resp_error(r, *status, "shard %u of table %s is not owned by node %s (nshards %u)",
                    m->shard, t->c.name, s->cfg->node_id, s->cfg->nshards);
         return NULL;
     }
@@ -97,15 +97,22 @@ static const uint64_t *aligned_keys(srv_worker *w, const srv_msg *m)
 static int do_lookup(dhps_server *s, srv_worker *w, const srv_msg *m, dhps_rpc_request *r)
 {
     int status;
-    srv_store *st = find_store(s, m, r, &status);
+    srv_store *st = srv_find_store(s, m, r, &status);
     if (!st)
         return status;
     srv_table *t = st->t;
+    if (!__atomic_load_n(&st->ready, __ATOMIC_ACQUIRE)) {
+        /* holding writes, still catching up: another replica must answer, never
+         * "absent" from here (docs/server.md "Readiness") */
+        srv_resp_error(r, DHPS_E_NOTREADY, "table %s shard %u on node %s is catching up from "
+                       "its peers", t->c.name, st->shard, s->cfg->node_id);
+        return DHPS_E_NOTREADY;
+    }
     bool want16 = (m->flags & DHPS_LOOKUP_FP16) != 0;
     size_t out_row = (size_t)t->c.dim * (want16 ? 2 : 4);
     size_t need = srv_lookup_resp_len(m->n, out_row);
     if (need > r->resp_cap) {
-        resp_error(r, DHPS_E_TOOBIG,
+        srv_resp_error(r, DHPS_E_TOOBIG,
                    "lookup response of %zu bytes exceeds the max message of %zu; split "
                    "the batch", need, r->resp_cap);
         return DHPS_E_TOOBIG;
@@ -142,7 +149,7 @@ static int do_lookup(dhps_server *s, srv_worker *w, const srv_msg *m, dhps_rpc_r
 static bool mask_resp_fits(dhps_rpc_request *r, uint32_t n)
 {
     if (sizeof(dhps_proto_resp) + (size_t)((n + 63) / 64) * 8 > r->resp_cap) {
-        resp_error(r, DHPS_E_TOOBIG, "response does not fit the max message");
+        srv_resp_error(r, DHPS_E_TOOBIG, "response does not fit the max message");
         return false;
     }
     return true;
@@ -161,13 +168,13 @@ static void mask_resp_finish(dhps_rpc_request *r, const uint64_t *mask, uint32_t
 static int do_upsert(dhps_server *s, srv_worker *w, const srv_msg *m, dhps_rpc_request *r)
 {
     int status;
-    srv_store *st = find_store(s, m, r, &status);
+    srv_store *st = srv_find_store(s, m, r, &status);
     if (!st)
         return status;
     srv_table *t = st->t;
     const char *why;
     if (srv_msg_check_rows(m, t->c.dim, &why)) {
-        resp_error(r, DHPS_E_MALFORMED, "table %s (dim %u): %s", t->c.name, t->c.dim, why);
+        srv_resp_error(r, DHPS_E_MALFORMED, "table %s (dim %u): %s", t->c.name, t->c.dim, why);
         return DHPS_E_MALFORMED;
     }
     if (!mask_resp_fits(r, m->n))
@@ -190,7 +197,7 @@ static int do_upsert(dhps_server *s, srv_worker *w, const srv_msg *m, dhps_rpc_r
     long n = dhps_store_put(st->st, &b, w->mask);
     pthread_mutex_unlock(&st->mu);
     if (n < 0) {
-        resp_error(r, (int)n, "upsert into table %s shard %u: %s (keys before the failing "
+        srv_resp_error(r, (int)n, "upsert into table %s shard %u: %s (keys before the failing "
                    "one were applied)", t->c.name, st->shard, dhps_strerror((int)n));
         return (int)n;
     }
@@ -201,7 +208,7 @@ static int do_upsert(dhps_server *s, srv_worker *w, const srv_msg *m, dhps_rpc_r
 static int do_delete(dhps_server *s, srv_worker *w, const srv_msg *m, dhps_rpc_request *r)
 {
     int status;
-    srv_store *st = find_store(s, m, r, &status);
+    srv_store *st = srv_find_store(s, m, r, &status);
     if (!st)
         return status;
     if (!mask_resp_fits(r, m->n))
@@ -209,6 +216,15 @@ static int do_delete(dhps_server *s, srv_worker *w, const srv_msg *m, dhps_rpc_r
     const uint64_t *keys = aligned_keys(w, m);
     pthread_mutex_lock(&st->mu);
     size_t n = dhps_store_delete(st->st, keys, m->n, m->version, w->mask);
+    if (s->sync) { /* remembered, so that no peer's older copy comes back by sync */
+        uint32_t now_s = (uint32_t)time(NULL);
+        for (uint32_t i = 0; i < m->n; i++)
+            if (srv_tomb_put(&st->tomb, keys[i], m->version, now_s)) {
+                DHPS_LOG(DHPS_LOG_WARN, LOGM, "tombstones of table %s shard %u: out of memory",
+                         st->t->c.name, st->shard);
+                break;
+            }
+    }
     pthread_mutex_unlock(&st->mu);
     mask_resp_finish(r, w->mask, m->n, (uint32_t)n);
     return 0;
@@ -245,13 +261,13 @@ static int resp_json(dhps_rpc_request *r, json_t *o, uint32_t count)
 {
     int rc = 0;
     if (!o) {
-        resp_error(r, -ENOMEM, "out of memory");
+        srv_resp_error(r, -ENOMEM, "out of memory");
         return -ENOMEM;
     }
     size_t room = r->resp_cap > sizeof(dhps_proto_resp) ? r->resp_cap - sizeof(dhps_proto_resp) : 0;
     size_t k = json_dumpb(o, (char *)r->resp + sizeof(dhps_proto_resp), room, JSON_COMPACT);
     if (k == 0 || k > room) {
-        resp_error(r, DHPS_E_TOOBIG, "reply of %zu bytes exceeds the max message", k);
+        srv_resp_error(r, DHPS_E_TOOBIG, "reply of %zu bytes exceeds the max message", k);
         rc = DHPS_E_TOOBIG;
     } else {
         dhps_proto_resp h = {.status = 0, .n = 0, .value_bytes = 0, .count = count};
@@ -266,7 +282,7 @@ static int do_stats(dhps_server *s, const srv_msg *m, dhps_rpc_request *r)
 {
     srv_table *only = NULL;
     if (m->table[0] && !(only = find_table(s, m->table))) {
-        resp_error(r, DHPS_E_NOTFOUND, "unknown table \"%s\" on node %s", m->table,
+        srv_resp_error(r, DHPS_E_NOTFOUND, "unknown table \"%s\" on node %s", m->table,
                    s->cfg->node_id);
         return DHPS_E_NOTFOUND;
     }
@@ -329,17 +345,17 @@ static int do_snapshot(dhps_server *s, const srv_msg *m, dhps_rpc_request *r)
 {
     srv_table *only = NULL;
     if (m->table[0] && !(only = find_table(s, m->table))) {
-        resp_error(r, DHPS_E_NOTFOUND, "unknown table \"%s\" on node %s", m->table,
+        srv_resp_error(r, DHPS_E_NOTFOUND, "unknown table \"%s\" on node %s", m->table,
                    s->cfg->node_id);
         return DHPS_E_NOTFOUND;
     }
     if (!s->cfg->snapshot_dir) {
-        resp_error(r, DHPS_E_CONFIG, "node %s has no snapshot.dir configured", s->cfg->node_id);
+        srv_resp_error(r, DHPS_E_CONFIG, "node %s has no snapshot.dir configured", s->cfg->node_id);
         return DHPS_E_CONFIG;
     }
     int rc = srv_snapshot_some(s, only);
     if (rc < 0) {
-        resp_error(r, rc, "snapshot failed: %s (see the server log)", dhps_strerror(rc));
+        srv_resp_error(r, rc, "snapshot failed: %s (see the server log)", dhps_strerror(rc));
         return rc;
     }
     dhps_proto_resp h = {.status = 0, .count = (uint32_t)rc};
@@ -356,6 +372,8 @@ static int method_index(uint16_t m)
     case DHPS_M_DELETE: return M_DELETE;
     case DHPS_M_STATS: return M_STATS;
     case DHPS_M_SNAPSHOT: return M_SNAPSHOT;
+    case DHPS_M_SYNC_DIGEST:
+    case DHPS_M_SYNC_FETCH: return M_SYNC;
     default: return M_INFO;
     }
 }
@@ -371,7 +389,7 @@ int srv_rpc_handler(void *arg, dhps_rpc_request *r)
     const char *why;
     int status = srv_msg_decode(r->method, r->req, r->req_len, &m, &why);
     if (status) {
-        resp_error(r, status, "%s request: %s", method_names[method_index(r->method)], why);
+        srv_resp_error(r, status, "%s request: %s", method_names[method_index(r->method)], why);
     } else {
         switch (r->method) {
         case DHPS_M_LOOKUP: status = do_lookup(s, w, &m, r); break;
@@ -379,6 +397,8 @@ int srv_rpc_handler(void *arg, dhps_rpc_request *r)
         case DHPS_M_DELETE: status = do_delete(s, w, &m, r); break;
         case DHPS_M_STATS: status = do_stats(s, &m, r); break;
         case DHPS_M_SNAPSHOT: status = do_snapshot(s, &m, r); break;
+        case DHPS_M_SYNC_DIGEST:
+        case DHPS_M_SYNC_FETCH: status = srv_sync_handle(s, &m, r); break;
         default: status = do_info(s, r); break;
         }
     }

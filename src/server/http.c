@@ -12,6 +12,7 @@
 
 #include "dhps/log.h"
 #include "srv_int.h"
+#include "sync.h"
 #include "util.h"
 
 #define LOGM "server"
@@ -114,6 +115,8 @@ static void write_metrics(dhps_server *s, FILE *f)
     fprintf(f, "# TYPE dhps_loaded_records gauge\ndhps_loaded_records %llu\n",
             (unsigned long long)get(&s->loaded_records));
     fprintf(f, "# TYPE dhps_ready gauge\ndhps_ready %d\n", dhps_server_ready(s) ? 1 : 0);
+    if (s->sync)
+        srv_sync_metrics(s->sync, f);
     srv_fault_metrics(s->rpc, f);
 }
 
@@ -293,14 +296,27 @@ static enum MHD_Result http_handler(void *cls, struct MHD_Connection *conn, cons
         write_metrics(s, f);
         fclose(f);
         ctype = "text/plain; version=0.0.4; charset=utf-8";
-    } else if (!strcmp(url, "/health")) {
+    } else if (!strcmp(url, "/health/live")) {
+        body = strdup("live\n"); /* the process answers: restart it only when this fails */
+        len = body ? strlen(body) : 0;
+    } else if (!strcmp(url, "/health/ready") || !strcmp(url, "/health")) {
+        /* ready = local recovery done and every store caught up from its peers; the
+         * body says how far catch-up is (JSON on /health/ready) */
         bool ok = dhps_server_ready(s);
         code = ok ? MHD_HTTP_OK : MHD_HTTP_SERVICE_UNAVAILABLE;
-        body = strdup(ok ? "ok\n" : "loading\n");
+        if (!strcmp(url, "/health/ready") && s->sync) {
+            body = srv_sync_status_json(s->sync);
+            ctype = "application/json";
+        } else {
+            body = strdup(ok ? "ok\n"
+                             : __atomic_load_n(&s->ready, __ATOMIC_ACQUIRE) ? "catching up\n"
+                                                                          : "loading\n");
+        }
         len = body ? strlen(body) : 0;
     } else {
         code = MHD_HTTP_NOT_FOUND;
-        body = strdup("not found: try /metrics, /health or /fault\n");
+        body = strdup("not found: try /metrics, /health, /health/live, /health/ready or "
+                      "/fault\n");
         len = body ? strlen(body) : 0;
     }
     return reply_len(conn, code, ctype, body, len);

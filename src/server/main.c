@@ -76,7 +76,7 @@ int main(int argc, char **argv)
         dhps_server_destroy(s);
         return 1;
     }
-    fprintf(stderr, "dhps-server: ready, rpc port %u, metrics port %u\n", dhps_server_port(s),
+    fprintf(stderr, "dhps-server: serving, rpc port %u, metrics port %u\n", dhps_server_port(s),
             dhps_server_metrics_port(s));
     int sig = 0;
     sigwait(&set, &sig);

@@ -115,6 +115,42 @@ int srv_msg_decode(uint16_t method, const void *buf, size_t len, srv_msg *m,
         m->keys = p + sizeof d;
         return 0;
     }
+    case DHPS_M_SYNC_DIGEST: {
+        dhps_proto_sync_digest d;
+        if (h.flags || len != sizeof d) {
+            *why = "sync digest request: bad flags or length";
+            return DHPS_E_MALFORMED;
+        }
+        memcpy(&d, p, sizeof d);
+        m->nranges = d.nranges;
+        if (d.nranges == 0 || d.nranges > DHPS_PROTO_SYNC_MAX_RANGES || d.reserved) {
+            *why = "sync digest: nranges must be 1..DHPS_PROTO_SYNC_MAX_RANGES";
+            return DHPS_E_MALFORMED;
+        }
+        return 0;
+    }
+    case DHPS_M_SYNC_FETCH: {
+        dhps_proto_sync_fetch f;
+        if (h.flags || len < sizeof f) {
+            *why = "sync fetch request: bad flags or shorter than its header";
+            return DHPS_E_MALFORMED;
+        }
+        memcpy(&f, p, sizeof f);
+        m->session = f.session;
+        m->offset = f.offset;
+        m->nranges = f.nranges;
+        m->max_bytes = f.max_bytes;
+        if (!f.session || f.max_bytes < 4096 || f.nranges > DHPS_PROTO_SYNC_MAX_RANGES) {
+            *why = "sync fetch: session 0, max_bytes < 4096 or too many ranges";
+            return DHPS_E_MALFORMED;
+        }
+        if (len - sizeof f != (size_t)(f.nranges + 63) / 64 * 8) {
+            *why = "sync fetch length does not match its range mask";
+            return DHPS_E_MALFORMED;
+        }
+        m->range_mask = f.nranges ? p + sizeof f : NULL;
+        return 0;
+    }
     case DHPS_M_STATS:
     case DHPS_M_SNAPSHOT:
     case DHPS_M_INFO:

@@ -21,6 +21,10 @@ typedef struct srv_msg {
     uint32_t value_bytes;            /* UPSERT */
     uint64_t version;                /* UPSERT/DELETE */
     uint32_t ttl;                    /* UPSERT */
+    uint32_t nranges;                /* SYNC_DIGEST, SYNC_FETCH (0: whole shard) */
+    const uint8_t *range_mask;       /* SYNC_FETCH: (nranges + 63) / 64 u64, or NULL */
+    uint64_t session, offset;        /* SYNC_FETCH */
+    uint32_t max_bytes;              /* SYNC_FETCH */
 } srv_msg;
 
 /* Decode buf[0..len) as a request to method. Returns 0, or DHPS_E_MALFORMED (short

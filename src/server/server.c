@@ -17,6 +17,7 @@
 #include "dhps/store.h"
 #include "admin.h"
 #include "srv_int.h"
+#include "sync.h"
 #include "util.h"
 
 #define LOGM "server"
@@ -203,12 +204,15 @@ int dhps_server_create(const dhps_server_config *cfg, dhps_server **out, char *e
                  dhps_strerror(rc));
         goto fail;
     }
-    static const uint16_t methods[] = {DHPS_M_LOOKUP, DHPS_M_UPSERT,   DHPS_M_DELETE,
-                                       DHPS_M_STATS,  DHPS_M_SNAPSHOT, DHPS_M_INFO};
-    for (size_t i = 0; i < NMETHODS; i++)
+    static const uint16_t methods[] = {DHPS_M_LOOKUP,   DHPS_M_UPSERT,      DHPS_M_DELETE,
+                                       DHPS_M_STATS,    DHPS_M_SNAPSHOT,    DHPS_M_INFO,
+                                       DHPS_M_SYNC_DIGEST, DHPS_M_SYNC_FETCH};
+    for (size_t i = 0; i < sizeof methods / sizeof methods[0]; i++)
         if ((rc = dhps_rpc_server_register(s->rpc, methods[i], srv_rpc_handler, s)))
             goto fail;
     s->rpc_port = dhps_rpc_server_port(s->rpc);
+    if ((rc = srv_sync_create(s, &s->sync, err, errlen)))
+        goto fail;
     *out = s;
     return 0;
 fail:
@@ -286,6 +290,8 @@ static void *bg_main(void *arg)
             dhps_store_maintain(s->stores[i].st, 4u << 20);
             pthread_mutex_unlock(&s->stores[i].mu);
         }
+        if (s->sync)
+            srv_sync_maintain(s->sync);
         uint32_t iv = s->cfg->snapshot_interval_s;
         if (s->cfg->snapshot_dir && iv &&
             dhps_mono_ns() - last_snap >= (uint64_t)iv * 1000000000ull) {
@@ -383,8 +389,13 @@ int dhps_server_start(dhps_server *s, char *err, size_t errlen)
     }
     s->snap_running = true;
     __atomic_store_n(&s->ready, true, __ATOMIC_RELEASE);
-    DHPS_LOG(DHPS_LOG_INFO, LOGM, "node %s ready: rpc port %u, metrics port %u, %u stores",
-             c->node_id, s->rpc_port, s->http_port, s->nstores);
+    if ((rc = srv_sync_start(s->sync))) {
+        srv_errf(err, errlen, "sync thread: %s", dhps_strerror(rc));
+        return rc;
+    }
+    DHPS_LOG(DHPS_LOG_INFO, LOGM, "node %s serving: rpc port %u, metrics port %u, %u stores "
+             "(%s)", c->node_id, s->rpc_port, s->http_port, s->nstores,
+             dhps_server_ready(s) ? "ready" : "catching up from peers");
     return 0;
 }
 
@@ -400,7 +411,7 @@ uint16_t dhps_server_metrics_port(const dhps_server *s)
 
 bool dhps_server_ready(const dhps_server *s)
 {
-    return __atomic_load_n(&s->ready, __ATOMIC_ACQUIRE);
+    return __atomic_load_n(&s->ready, __ATOMIC_ACQUIRE) && srv_sync_ready(s->sync);
 }
 
 int dhps_server_stop(dhps_server *s)
@@ -409,7 +420,7 @@ int dhps_server_stop(dhps_server *s)
         return 0;
     s->stopped = true;
     int rc = 0;
-    bool was_ready = dhps_server_ready(s);
+    bool was_ready = __atomic_load_n(&s->ready, __ATOMIC_ACQUIRE); /* recovered */
     pthread_mutex_lock(&s->ctl_mu);
     s->stopping = true;
     pthread_cond_broadcast(&s->ctl_cv);
@@ -419,6 +430,7 @@ int dhps_server_stop(dhps_server *s)
         s->snap_running = false;
     }
     srv_http_stop(s); /* first: its thread reads the rpc server's counters */
+    srv_sync_stop(s->sync); /* its calls go to peers; exports are served by rpc */
     dhps_rpc_server_destroy(s->rpc); /* no more writes after this */
     s->rpc = NULL;
     if (was_ready && s->cfg->snapshot_dir && s->cfg->snapshot_on_shutdown) {
@@ -448,7 +460,9 @@ void dhps_server_destroy(dhps_server *s)
         }
         free(s->workers);
     }
+    srv_sync_destroy(s->sync);
     for (uint32_t i = 0; s->stores && i < s->nstores; i++) {
+        srv_tomb_free(&s->stores[i].tomb);
         if (s->stores[i].st) {
             dhps_store_destroy(s->stores[i].st);
             pthread_mutex_destroy(&s->stores[i].mu);

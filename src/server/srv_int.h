@@ -16,6 +16,8 @@
 #include "dhps/server.h"
 #include "dhps/store.h"
 #include "admin.h"
+#include "msg.h"
+#include "tomb.h"
 
 dhps_server_config *srv_config_dup(const dhps_server_config *c);
 
@@ -26,8 +28,8 @@ void srv_errf(char *err, size_t errlen, const char *fmt, ...)
 
 /* ---- metrics layout ------------------------------------------------------------- */
 
-enum { M_LOOKUP, M_UPSERT, M_DELETE, M_STATS, M_SNAPSHOT, M_INFO, NMETHODS };
-#define NSTATUS 8
+enum { M_LOOKUP, M_UPSERT, M_DELETE, M_STATS, M_SNAPSHOT, M_INFO, M_SYNC, NMETHODS };
+#define NSTATUS 9
 /* latency buckets, upper bounds in microseconds (+Inf implied) */
 #define NBUCKETS 12
 extern const char *const method_names[NMETHODS];
@@ -44,6 +46,8 @@ typedef struct srv_store {
     srv_table *t;
     uint32_t shard;
     uint32_t idx;                /* index in dhps_server.stores / worker readers */
+    bool ready;                  /* atomic: serves lookups (caught up from its peers) */
+    srv_tomb tomb;               /* deletes remembered for sync (under mu) */
 } srv_store;
 
 struct srv_table {
@@ -72,13 +76,15 @@ struct dhps_server {
     uint16_t rpc_port;
     struct MHD_Daemon *http;
     uint16_t http_port;
-    bool ready;                  /* atomic */
+    bool ready;                  /* atomic: local recovery done, rpc serving (the node is
+                                    ready when its stores are caught up too) */
     bool started, stopped;
     pthread_t snap_thread;
     bool snap_running;
     pthread_mutex_t ctl_mu;
     pthread_cond_t ctl_cv;
     bool stopping;
+    struct srv_sync *sync;       /* catch-up and anti-entropy (sync.c) */
     srv_admin_replay replay;     /* /fault: signed changes already accepted */
     /* metrics (atomics) */
     uint64_t req[NMETHODS][NSTATUS];
@@ -109,6 +115,14 @@ void srv_aggregate(dhps_server *s, const srv_table *t, table_agg *a);
 /* Snapshot the stores of table t (NULL: all). Returns stores written or first error;
  * -ENOENT without snapshot_dir. (server.c) */
 int srv_snapshot_some(dhps_server *s, const srv_table *t);
+
+/* Resolve m's table + shard; on failure write the error response, set *status and
+ * return NULL. (handlers.c) */
+srv_store *srv_find_store(dhps_server *s, const srv_msg *m, dhps_rpc_request *r, int *status);
+
+/* Write an error response: header with status, then a human-readable message. */
+void srv_resp_error(dhps_rpc_request *r, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 /* The rpc handler of every service method; arg is the server. (handlers.c) */
 int srv_rpc_handler(void *arg, dhps_rpc_request *r);

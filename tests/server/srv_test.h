@@ -207,6 +207,24 @@ static inline int t_upsert(t_conn *tc, const char *table, uint32_t shard, const 
     return rc;
 }
 
+/* DELETE n keys of one shard at version. Returns status. */
+static inline int t_delete(t_conn *tc, const char *table, uint32_t shard, const uint64_t *keys,
+                           uint32_t n, uint64_t version)
+{
+    size_t len = sizeof(dhps_proto_hdr) + sizeof(dhps_proto_delete) + (size_t)n * 8;
+    uint8_t *req = malloc(len), *resp = malloc(T_RESP_CAP);
+    t_hdr(req, table, shard, 0);
+    dhps_proto_delete d = {.n = n, .version = version};
+    memcpy(req + 64, &d, sizeof d);
+    memcpy(req + 64 + sizeof d, keys, (size_t)n * 8);
+    size_t rl = 0;
+    int rc = t_call(tc, DHPS_M_DELETE, req, len, resp, &rl);
+    rc = t_status(rc, resp, rl);
+    free(req);
+    free(resp);
+    return rc;
+}
+
 /* LOOKUP: rows (n * out_row bytes) and found mask copied out. Returns status. */
 static inline int t_lookup(t_conn *tc, const char *table, uint32_t shard, const uint64_t *keys,
                            uint32_t n, uint16_t flags, void *rows, uint64_t *found,

@@ -1,0 +1,63 @@
+/* Private: replica catch-up and anti-entropy (docs/server.md "Catch-up and
+ * anti-entropy").
+ *
+ * Serving side (any rpc worker): SYNC_DIGEST answers a store's per-range digests;
+ * SYNC_FETCH streams a point-in-time export of a store (its tombstones, then its
+ * records in the snapshot format) in chunks, kept per requester session.
+ *
+ * Pulling side (one thread per server, started after the rpc server): every owned store
+ * whose shard has other replicas in the cluster map starts not ready (lookups answer
+ * DHPS_E_NOTREADY; writes are applied as usual). For each such store and each peer
+ * replica: fetch the whole export and merge it (tombstones first; a record is taken only
+ * when its version is above what the store holds and above a tombstone for its key),
+ * then repair rounds (compare digests, fetch and merge the ranges that differ) until a
+ * round brings nothing newer or SYNC_MAX_ROUNDS pass. Then the store is ready. A peer
+ * that cannot be reached is retried until sync.peer_wait_s after start, then skipped
+ * (it will pull from us when it comes back). After every store is ready the thread runs
+ * the same digest repair against every peer every sync.anti_entropy_s.
+ */
+#ifndef DHPS_SRV_SYNC_H
+#define DHPS_SRV_SYNC_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "dhps/rpc.h"
+#include "msg.h"
+
+typedef struct dhps_server dhps_server;
+typedef struct srv_sync srv_sync;
+
+/* Create the sync state (loads the cluster map again for the peers of each shard).
+ * Marks stores without peers ready. Returns 0, -ENOMEM, or DHPS_E_CONFIG (message in
+ * err). */
+int srv_sync_create(dhps_server *s, srv_sync **out, char *err, size_t errlen);
+
+/* Start the pulling thread (after the rpc server started). 0 or -errno. */
+int srv_sync_start(srv_sync *y);
+
+/* Stop the thread (in-flight calls end at their deadline). Idempotent. */
+void srv_sync_stop(srv_sync *y);
+
+void srv_sync_destroy(srv_sync *y);
+
+/* rpc handlers for DHPS_M_SYNC_DIGEST / DHPS_M_SYNC_FETCH (m decoded). Return the
+ * status written into r. */
+int srv_sync_handle(dhps_server *s, const srv_msg *m, dhps_rpc_request *r);
+
+/* Drop tombstones older than sync.tombstone_s and export sessions idle for 30 s
+ * (background thread, once a second). */
+void srv_sync_maintain(srv_sync *y);
+
+/* Every store caught up (true without sync). Thread-safe. */
+bool srv_sync_ready(const srv_sync *y);
+
+/* Prometheus lines (HELP and TYPE included). */
+void srv_sync_metrics(srv_sync *y, FILE *f);
+
+/* Readiness as JSON for /health/ready: {"ready":b,"stores":n,"stores_ready":n,...}.
+ * malloc'ed; NULL on -ENOMEM. */
+char *srv_sync_status_json(srv_sync *y);
+
+#endif

@@ -1,0 +1,125 @@
+/* Helpers for tests that run real dhps-server processes (DHPS_SERVER_BIN): spawn with a
+ * config file, read the port file, wait for health, wait for exit. */
+#ifndef DHPS_SRV_PROC_H
+#define DHPS_SRV_PROC_H
+
+#include "srv_test.h"
+
+typedef struct proc {
+    pid_t pid;
+    uint16_t port, mport;
+} proc;
+
+/* Start DHPS_SERVER_BIN flag cfg with stderr in dir/stderr.log (appended, so restarts
+ * keep the earlier lines). */
+static inline pid_t p_spawn(const char *dir, const char *flag, const char *cfg)
+{
+    char log[600];
+    snprintf(log, sizeof log, "%s/stderr.log", dir);
+    pid_t pid = fork();
+    if (pid == 0) {
+        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+        dup2(fd, 2);
+        int nul = open("/dev/null", O_WRONLY);
+        dup2(nul, 1);
+        execl(DHPS_SERVER_BIN, "dhps-server", flag, cfg, (char *)NULL);
+        _exit(127);
+    }
+    return pid;
+}
+
+/* Exit status of a child, waiting up to ms; -1 on timeout (child killed). */
+static inline int p_wait_exit(pid_t pid, unsigned ms)
+{
+    uint64_t end = t_now_ms() + ms;
+    int st;
+    while (t_now_ms() < end) {
+        pid_t r = waitpid(pid, &st, WNOHANG);
+        if (r == pid)
+            return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+        t_sleep_ms(20);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, &st, 0);
+    return -1;
+}
+
+/* A file's text (at most 64 KiB), malloc'ed; "" when unreadable. */
+static inline char *p_slurp(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return strdup("");
+    char *buf = calloc(1, 1 << 16);
+    size_t n = fread(buf, 1, (1 << 16) - 1, f);
+    buf[n] = 0;
+    fclose(f);
+    return buf;
+}
+
+/* Wait until GET path on p's metrics port answers code (or the process exits, or ms
+ * pass). 0 or -1. */
+static inline int p_wait_http(const proc *p, const char *path, int code, unsigned ms)
+{
+    uint64_t end = t_now_ms() + ms;
+    while (t_now_ms() < end) {
+        char *body = NULL;
+        int c = t_http_get(p->mport, path, &body);
+        free(body);
+        if (c == code)
+            return 0;
+        if (waitpid(p->pid, NULL, WNOHANG) == p->pid)
+            return -1;
+        t_sleep_ms(10);
+    }
+    return -1;
+}
+
+/* Start a server from cfg (its port_file is dir/ports), wait for the port file and,
+ * when wait_ready, for /health 200. 0 or -1. */
+static inline int p_start(const char *dir, const char *cfg, proc *p, bool wait_ready)
+{
+    char pf[600];
+    snprintf(pf, sizeof pf, "%s/ports", dir);
+    unlink(pf);
+    memset(p, 0, sizeof *p);
+    p->pid = p_spawn(dir, "--config", cfg);
+    uint64_t end = t_now_ms() + 15000;
+    while (t_now_ms() < end) {
+        FILE *f = fopen(pf, "r");
+        unsigned a = 0, b = 0;
+        if (f) {
+            int k = fscanf(f, "%u %u", &a, &b);
+            fclose(f);
+            if (k == 2) {
+                p->port = (uint16_t)a;
+                p->mport = (uint16_t)b;
+                break;
+            }
+        }
+        if (waitpid(p->pid, NULL, WNOHANG) == p->pid)
+            return -1;
+        t_sleep_ms(10);
+    }
+    if (!p->port)
+        return -1;
+    return wait_ready ? p_wait_http(p, "/health", 200, 15000) : 0;
+}
+
+/* A TCP port on 127.0.0.1 that was free a moment ago (bound to 0, read, closed). */
+static inline uint16_t p_free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t al = sizeof a;
+    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) ||
+        getsockname(fd, (struct sockaddr *)&a, &al)) {
+        if (fd >= 0)
+            close(fd);
+        return 0;
+    }
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+#endif
