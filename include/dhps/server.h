@@ -16,6 +16,13 @@
  * Config: a JSON document (docs/server.md has every key); dhps_server_config_parse is
  *   a pure function over a buffer (fuzzed: fuzz_server_config).
  *
+ * Readiness: a store whose shard has other replicas in the cluster map starts not ready
+ *   and is caught up from its peers by the sync thread (docs/server.md "Replicas");
+ *   until then its lookups answer DHPS_E_NOTREADY and its writes are applied. The node
+ *   is ready (dhps_server_ready, /health 200) when local recovery is done and every
+ *   store is caught up. After that, anti-entropy repairs divergence every
+ *   sync.anti_entropy_s.
+ *
  * Snapshots: one file per (table, shard): <snapshot_dir>/<table>.<shard>.snap, written
  *   by dhps_store_snapshot (temp file, fsync, rename: a crash leaves the last complete
  *   file). At start every existing file of an owned store is loaded before the server
@@ -151,7 +158,8 @@ int dhps_server_start(dhps_server *s, char *err, size_t errlen);
 uint16_t dhps_server_port(const dhps_server *s);
 uint16_t dhps_server_metrics_port(const dhps_server *s);
 
-/* Has start finished loading (health 200)? Thread-safe. */
+/* Is the node ready: start finished loading (snapshots, update log) and every store is
+ * caught up from its peers (health 200)? Thread-safe. */
 bool dhps_server_ready(const dhps_server *s);
 
 /* Snapshot every owned store now (takes each store's writer lock in turn; lookups go
