@@ -18,6 +18,10 @@ int bench_store_main(int argc, char **argv);
  * (bench/route_bench.c). */
 int bench_route_main(int argc, char **argv);
 
+/* `dhps-bench sync`: replica catch-up between two embedded servers beside a snapshot
+ * load of the same data (bench/sync_bench.c). */
+int bench_sync_main(int argc, char **argv);
+
 #ifdef __cplusplus
 }
 #endif
