@@ -7,7 +7,11 @@
  *   block*      : "BLK1" | u32 nrecs | u32 payload_len | u32 0 | payload | u64 xxh3(hdr+payload)
  *      record   : u64 key | u64 version | u32 ttl_left_s (0: none) | u16 len | value
  *   trailer 32 B: "DHPSEND1" | u64 records | u64 blocks | u64 chain
- *   where chain = xxh3(block_hash, seed = chain) over the blocks in order, from 0. */
+ *   where chain = xxh3(block_hash, seed = chain) over the blocks in order, from 0.
+ *
+ * One walk (store_walk) and one image writer (snap_write, over a sink) serve the file
+ * snapshot here and the in-memory export, digests and range versions in export.c;
+ * load_buffer and merge_buffer share snap_verify and snap_apply. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
