@@ -57,6 +57,21 @@ static int mem_finish(void *arg, const uint8_t *hdr)
 
 static bool ranges_ok(uint32_t nranges) { return nranges >= 1 && nranges <= DHPS_STORE_MAX_RANGES; }
 
+/* Share of the ranges a mask selects (1 without a mask). */
+static double mask_share(const uint64_t *range_mask, uint32_t nranges)
+{
+    if (!range_mask)
+        return 1.0;
+    uint64_t sel = 0;
+    for (uint32_t w = 0; w < (nranges + 63) / 64; w++) {
+        uint64_t m = range_mask[w];
+        if (w == nranges / 64 && (nranges & 63))
+            m &= (1ull << (nranges & 63)) - 1;
+        sel += (uint64_t)__builtin_popcountll(m);
+    }
+    return (double)sel / nranges;
+}
+
 int dhps_store_export(dhps_store *s, const uint64_t *range_mask, uint32_t nranges, void **buf,
                       size_t *len, uint64_t *records)
 {
@@ -66,17 +81,7 @@ int dhps_store_export(dhps_store *s, const uint64_t *range_mask, uint32_t nrange
         return -EINVAL;
     /* Size for what a full export needs (record: key+value from payload_bytes, 14 more
      * header bytes; a block's 24 per 64 KiB), scaled by the share of ranges selected. */
-    double share = 1.0;
-    if (range_mask) {
-        uint64_t sel = 0;
-        for (uint32_t w = 0; w < (nranges + 63) / 64; w++) {
-            uint64_t m = range_mask[w];
-            if (w == nranges / 64 && (nranges & 63))
-                m &= (1ull << (nranges & 63)) - 1;
-            sel += (uint64_t)__builtin_popcountll(m);
-        }
-        share = (double)sel / nranges;
-    }
+    double share = mask_share(range_mask, nranges);
     uint64_t body = s->payload_bytes + s->keys * (SNAP_REC_HDR - 8);
     body += body / (SNAP_BLOCK_TARGET / 32) + 64; /* block headers and hashes */
     mem_sink m = {0};
@@ -294,7 +299,7 @@ int dhps_store_digest(dhps_store *s, uint32_t nranges, uint64_t *hash, uint64_t 
     memset(hash, 0, nranges * sizeof *hash);
     memset(count, 0, nranges * sizeof *count);
     digest_acc d = {.nranges = nranges, .hash = hash, .count = count};
-    return store_walk(s, NULL, 0, digest_visit, &d);
+    return store_walk(s, NULL, 0, false, digest_visit, &d);
 }
 
 typedef struct versions_acc {
@@ -334,7 +339,17 @@ int dhps_store_range_versions(dhps_store *s, const uint64_t *range_mask, uint32_
     if (range_mask && !ranges_ok(nranges))
         return -EINVAL;
     versions_acc a = {0};
-    int rc = store_walk(s, range_mask, nranges, versions_visit, &a);
+    /* sized for the expected count (index keys may include expired ones) */
+    size_t cap = (size_t)((double)s->keys * mask_share(range_mask, nranges) * 1.05) + 1024;
+    a.keys = malloc(cap * sizeof *a.keys);
+    a.vers = malloc(cap * sizeof *a.vers);
+    if (!a.keys || !a.vers) {
+        free(a.keys);
+        free(a.vers);
+        return -ENOMEM;
+    }
+    a.cap = cap;
+    int rc = store_walk(s, range_mask, nranges, false, versions_visit, &a);
     if (rc || !a.n) {
         free(a.keys);
         free(a.vers);

@@ -297,9 +297,10 @@ void store_unlive(dhps_store *s, uint32_t ref, const uint8_t *rec);
 typedef int (*store_visit_fn)(void *arg, uint64_t key, uint64_t version, uint32_t ttl_left_s,
                               const uint8_t *val, uint32_t len);
 /* Writer: visit every live, unexpired record in index order; with range_mask, only keys
- * whose dhps_store_key_range(key, nranges) bit is set. Prefetches records ahead. */
-int store_walk(dhps_store *s, const uint64_t *range_mask, uint32_t nranges, store_visit_fn fn,
-               void *arg);
+ * whose dhps_store_key_range(key, nranges) bit is set. Prefetches records ahead (their
+ * value lines too when values is true and no mask filters them). */
+int store_walk(dhps_store *s, const uint64_t *range_mask, uint32_t nranges, bool values,
+               store_visit_fn fn, void *arg);
 
 /* Where an image goes: write appends n bytes; finish receives the final 64-byte header
  * (record count and hash set) to put at offset 0. Both return 0 or a negative error. */
