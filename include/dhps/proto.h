@@ -37,7 +37,7 @@ enum dhps_method {
     DHPS_M_STATS = 0x0104,    /* request: dhps_proto_hdr (table may be empty: all) */
     DHPS_M_SNAPSHOT = 0x0105, /* request: dhps_proto_hdr; response: dhps_proto_resp */
     DHPS_M_INFO = 0x0106,     /* request: dhps_proto_hdr; response: resp + JSON text */
-    /* Replica sync (server to server; docs/server.md "Catch-up and anti-entropy"). A
+    /* Replica sync (server to server; docs/server.md "Replicas"). A
      * node answers these once its own recovery (snapshot + update log) is done, even
      * while it is still catching up itself. */
     DHPS_M_SYNC_DIGEST = 0x0110, /* request: hdr + dhps_proto_sync_digest; response:

@@ -650,17 +650,21 @@ static int repair_round(srv_sync *y, srv_store *st, uint32_t id, uint64_t *appli
     return rc;
 }
 
-/* Bring st up to date with node id: repair rounds until one takes nothing newer. */
+/* Bring st up to date with node id: repair rounds until the digests agree, or a round
+ * leaves as many ranges differing as the one before (what still differs is this node's
+ * own newer writes, or writes in flight to both), or SYNC_MAX_ROUNDS pass. */
 static int catch_up(srv_sync *y, srv_store *st, uint32_t id)
 {
+    uint32_t prev = UINT32_MAX;
     for (int round = 0; round < SYNC_MAX_ROUNDS && !stopping(y); round++) {
         uint64_t applied;
         uint32_t ranges;
         int rc = repair_round(y, st, id, &applied, &ranges);
         if (rc)
             return rc;
-        if (!ranges || !applied)
+        if (!ranges || ranges >= prev)
             return 0;
+        prev = ranges;
     }
     return 0; /* writes keep racing the copy; anti-entropy takes the rest */
 }

@@ -1,5 +1,5 @@
-/* Private: replica catch-up and anti-entropy (docs/server.md "Catch-up and
- * anti-entropy").
+/* Private: replica catch-up and anti-entropy (docs/server.md "Replicas:
+ * readiness, catch-up and anti-entropy").
  *
  * Serving side (any rpc worker): SYNC_DIGEST answers a store's per-range digests;
  * SYNC_FETCH streams a point-in-time export of a store (its tombstones, then its
@@ -8,10 +8,9 @@
  * Pulling side (one thread per server, started after the rpc server): every owned store
  * whose shard has other replicas in the cluster map starts not ready (lookups answer
  * DHPS_E_NOTREADY; writes are applied as usual). For each such store and each peer
- * replica: fetch the whole export and merge it (tombstones first; a record is taken only
- * when its version is above what the store holds and above a tombstone for its key),
- * then repair rounds (compare digests, fetch and merge the ranges that differ) until a
- * round brings nothing newer or SYNC_MAX_ROUNDS pass. Then the store is ready. A peer
+ * replica, repair rounds (compare digests, fetch and merge the ranges that differ) until the
+ * digests agree, a round leaves as many ranges differing as the one before, or
+ * SYNC_MAX_ROUNDS pass. Then the store is ready. A peer
  * that cannot be reached is retried until sync.peer_wait_s after start, then skipped
  * (it will pull from us when it comes back). After every store is ready the thread runs
  * the same digest repair against every peer every sync.anti_entropy_s.

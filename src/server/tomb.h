@@ -2,7 +2,7 @@
  * replica that catches up or repairs from a peer must not take back a key this node
  * deleted (the peer may not have seen the delete yet). So the server remembers, per
  * (table, shard), key -> highest delete version for sync.tombstone_s seconds, and
- * ships them in sync exports (docs/server.md "Catch-up and anti-entropy").
+ * ships them in sync exports (docs/server.md "Replicas").
  *
  * Open addressing with linear probing; at_s == 0 marks an empty slot (wall-clock
  * seconds are never 0). Not thread-safe: the store's writer mutex guards it. */
