@@ -193,8 +193,11 @@ int dhps_rpc_server_create(const dhps_rpc_server_params *p, dhps_rpc_server **ou
         rc = -ENOMEM;
         goto fail;
     }
-    for (uint32_t i = 0; i < p->workers; i++)
+    for (uint32_t i = 0; i < p->workers; i++) { /* destroy may run from here on */
+        s->w[i].s = s;
+        s->w[i].idx = i;
         s->w[i].ep = s->w[i].evfd = -1;
+    }
     if (p->allow & DHPS_RPC_MASK(DHPS_RPC_VERBS)) {
         int r = rpc_dev_open(&s->dev);
         if (r)
@@ -222,8 +225,6 @@ int dhps_rpc_server_create(const dhps_rpc_server_params *p, dhps_rpc_server **ou
     s->port = ntohs(a.sin_port);
     for (uint32_t i = 0; i < p->workers; i++) {
         worker *w = &s->w[i];
-        w->s = s;
-        w->idx = i;
         w->ep = epoll_create1(EPOLL_CLOEXEC);
         w->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
         if (w->ep < 0 || w->evfd < 0) {
