@@ -254,12 +254,13 @@ static const char *const stop_words[] = {
 /* Stop node `only` (or every node when only < 0, and then also the processes with a
  * config in DIR that belong to no node). One line per node unless quiet. Counts the
  * outcomes in cnt[UP_STOP_*]. */
-static void stop_nodes(const char *cmd, cluster *c, int only, double timeout, bool quiet,
-                       int cnt[4])
+static const char *stop_nodes(const char *cmd, cluster *c, int only, double timeout, bool quiet,
+                              int cnt[4])
 {
+    bool one_each = true; /* every process found is the only one of a node of cluster.json */
     up_found *found = calloc(FOUND_MAX, sizeof *found);
     size_t nf = found ? up_find_dir_servers(c->dir, found, FOUND_MAX) : 0;
-    pid_t pids[NODE_MAX * NODE_PIDS + FOUND_MAX];
+    pid_t pids[NODE_MAX * NODE_PIDS + FOUND_MAX] = {0};
     int owner[NODE_MAX * NODE_PIDS + FOUND_MAX]; /* node index, or -1 - found index */
     size_t np = 0;
     for (uint32_t i = 0; i < c->n; i++) {
@@ -267,6 +268,7 @@ static void stop_nodes(const char *cmd, cluster *c, int only, double timeout, bo
             continue;
         pid_t mine[NODE_PIDS];
         size_t k = node_pids(&c->node[i], found, nf, mine);
+        one_each &= k <= 1;
         for (size_t q = 0; q < k; q++) {
             owner[np] = (int)i;
             pids[np++] = mine[q];
@@ -277,6 +279,7 @@ static void stop_nodes(const char *cmd, cluster *c, int only, double timeout, bo
         for (size_t q = 0; q < np && !known; q++)
             known = pids[q] == found[f].pid;
         if (!known) {
+            one_each = false;
             owner[np] = -1 - (int)f;
             pids[np++] = found[f].pid;
         }
@@ -322,6 +325,7 @@ static void stop_nodes(const char *cmd, cluster *c, int only, double timeout, bo
                    stop_words[res[q]], found[-1 - owner[q]].cfg, c->file);
     }
     free(found);
+    return one_each ? "nodes" : "processes";
 }
 
 static void print_counts(const char *cmd, const char *what, const int cnt[4])
@@ -342,14 +346,14 @@ int up_stop_dir(const char *dir, double timeout_s, bool quiet)
     if (!c)
         return 1;
     int cnt[4] = {0};
-    stop_nodes("down", c, -1, timeout_s, quiet, cnt);
+    const char *what = stop_nodes("down", c, -1, timeout_s, quiet, cnt);
     if (!c->stopped) {
         char q[PATH_MAX + 16];
         snprintf(q, sizeof q, "%s.stopped", c->file);
         rename(c->file, q);
     }
     if (!quiet) {
-        print_counts("down", "processes", cnt);
+        print_counts("down", what, cnt);
         printf("; data and logs stay in %s\n", c->dir);
     }
     cluster_free(c);
@@ -520,8 +524,8 @@ static int node_cmd(int argc, char **argv, int ops)
     }
     if (ops & OP_STOP) {
         int cnt[4] = {0};
-        stop_nodes(cmd, cl, only, stop_timeout, false, cnt);
-        print_counts(cmd, only >= 0 ? "processes of the node" : "processes", cnt);
+        const char *what = stop_nodes(cmd, cl, only, stop_timeout, false, cnt);
+        print_counts(cmd, only >= 0 ? "process(es) of the node" : what, cnt);
         printf("\n");
         if (cnt[UP_STOP_STUCK] || (ops == OP_STOP && cnt[UP_STOP_KILLED]))
             rc = 1;
