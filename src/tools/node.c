@@ -302,7 +302,7 @@ static const char *stop_nodes(const char *cmd, cluster *c, int only, double time
             if (res[q] == UP_STOP_CLEAN)
                 printf(" in %.2f s\n", secs[q]);
             else if (res[q] == UP_STOP_KILLED)
-                printf(" (SIGKILL: no SIGTERM exit in %.0f s, no final snapshot)\n", timeout);
+                printf(" (SIGKILL: no SIGTERM exit in %g s, no final snapshot)\n", timeout);
             else
                 printf("\n");
             if (res[q] == UP_STOP_STUCK)
@@ -328,16 +328,36 @@ static const char *stop_nodes(const char *cmd, cluster *c, int only, double time
     return one_each ? "nodes" : "processes";
 }
 
+/* "dhps <cmd>: 6 nodes stopped cleanly" when no process was killed or is left, else only
+ * the nonzero counts ("1 killed; 2 not running"): never "stopped cleanly" for one that
+ * was killed or still runs. */
 static void print_counts(const char *cmd, const char *what, const int cnt[4])
 {
-    int n = cnt[UP_STOP_CLEAN] + cnt[UP_STOP_KILLED] + cnt[UP_STOP_STUCK];
-    if (cnt[UP_STOP_KILLED] + cnt[UP_STOP_STUCK] == 0 && n > 0)
-        printf("dhps %s: %d %s stopped cleanly", cmd, n, what);
-    else
-        printf("dhps %s: %d stopped cleanly, %d killed, %d still running", cmd,
-               cnt[UP_STOP_CLEAN], cnt[UP_STOP_KILLED], cnt[UP_STOP_STUCK]);
-    if (cnt[UP_STOP_NOT_RUNNING])
-        printf("%s%d not running", n ? "; " : ": ", cnt[UP_STOP_NOT_RUNNING]);
+    static const char *const fmt[] = {
+        [UP_STOP_CLEAN] = "%d stopped cleanly",
+        [UP_STOP_KILLED] = "%d killed",
+        [UP_STOP_STUCK] = "%d STILL RUNNING",
+        [UP_STOP_NOT_RUNNING] = "%d not running",
+    };
+    static const int order[] = {UP_STOP_CLEAN, UP_STOP_KILLED, UP_STOP_STUCK,
+                                UP_STOP_NOT_RUNNING};
+    printf("dhps %s: ", cmd);
+    if (cnt[UP_STOP_KILLED] + cnt[UP_STOP_STUCK] == 0 && cnt[UP_STOP_CLEAN] > 0) {
+        printf("%d %s stopped cleanly", cnt[UP_STOP_CLEAN], what);
+        if (cnt[UP_STOP_NOT_RUNNING])
+            printf("; %d not running", cnt[UP_STOP_NOT_RUNNING]);
+        return;
+    }
+    const char *sep = "";
+    for (int k = 0; k < 4; k++) {
+        if (!cnt[order[k]])
+            continue;
+        printf("%s", sep);
+        printf(fmt[order[k]], cnt[order[k]]);
+        sep = ", ";
+    }
+    if (!*sep)
+        printf("nothing to stop");
 }
 
 int up_stop_dir(const char *dir, double timeout_s, bool quiet)

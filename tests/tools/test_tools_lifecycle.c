@@ -183,6 +183,39 @@ static void stop_start_same_ports(void **state)
     assert_int_equal(run(DHPS_BIN " down --dir %s > /dev/null", g_dir), 0);
 }
 
+/* A node that ignores SIGTERM (stopped with SIGSTOP) is killed after --timeout, and stop
+ * says so; a node still loading is reported with its /health answer (503) when start's
+ * --timeout ends, left running, and comes up healthy afterwards. */
+static void stop_escalates_start_reports_503(void **state)
+{
+    (void)state;
+    up_cluster();
+    int rc, pid = node_pid(1);
+    kill(pid, SIGSTOP);
+    char *out = capture(&rc, DHPS_BIN " stop --dir %s --node 1 --timeout 0.5", g_dir);
+    assert_int_equal(rc, 1);
+    assert_non_null(strstr(out, "killed (SIGKILL"));
+    assert_null(strstr(out, "stopped cleanly"));
+    free(out);
+    assert_false(alive(pid));
+    /* the node now takes 3 s to load: start gives up after 1 s and says what it saw */
+    assert_int_equal(run("sed -i 's/\"node_id\"/\"startup_delay_ms\": 3000, \"node_id\"/' "
+                         "%s/node1/server.json", g_dir), 0);
+    out = capture(&rc, DHPS_BIN " start --dir %s --node 1 --timeout 1 2>&1", g_dir);
+    assert_int_equal(rc, 1);
+    if (!strstr(out, "/health answers 503") || !strstr(out, "left running"))
+        fail_msg("start did not report the 503: %s", out);
+    free(out);
+    int pid2 = node_pid(1);
+    assert_true(pid2 > 0 && alive(pid2));
+    out = capture(&rc, DHPS_BIN " start --dir %s --node 1 2>&1", g_dir);
+    assert_int_equal(rc, 1);
+    assert_non_null(strstr(out, "already running"));
+    free(out);
+    assert_int_equal(run(DHPS_BIN " down --dir %s > /dev/null", g_dir), 0);
+    assert_false(alive(pid2));
+}
+
 /* A node stopped and restarted by hand (relative --config, from its own directory)
  * comes back on the map's port, and `dhps down` stops it and says so. */
 static void down_stops_hand_restart(void **state)
@@ -314,6 +347,7 @@ int main(void)
         return 77;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(stop_start_same_ports, setup, teardown),
+        cmocka_unit_test_setup_teardown(stop_escalates_start_reports_503, setup, teardown),
         cmocka_unit_test_setup_teardown(down_stops_hand_restart, setup, teardown),
         cmocka_unit_test_setup_teardown(up_refuses_existing_dir, setup, teardown),
         cmocka_unit_test_setup_teardown(up_taken_port, setup, teardown),
