@@ -396,43 +396,17 @@ static void sleep_s(double s)
 /* Restart node i from its config, on its old ports; wait for /health (30 s). */
 static int restart_node(struct ch_node *n, const char *server)
 {
-    json_t *cfg = json_load_file(n->cfg, 0, NULL);
-    if (!cfg)
-        return -EIO;
-    json_object_set_new(json_object_get(cfg, "listen"), "tcp_port", json_integer(n->port));
-    json_object_set_new(json_object_get(cfg, "metrics"), "port", json_integer(n->mport));
-    int e = json_dump_file(cfg, n->cfg, JSON_INDENT(2));
-    json_decref(cfg);
-    if (e)
-        return -EIO;
-    pid_t pid = fork();
-    if (pid < 0)
-        return -errno;
-    if (pid == 0) {
-        setsid();
-        int lfd = open(n->log, O_WRONLY | O_CREAT | O_APPEND, 0644);
-        int nfd = open("/dev/null", O_RDONLY);
-        if (lfd >= 0) {
-            dup2(lfd, 1);
-            dup2(lfd, 2);
-        }
-        if (nfd >= 0)
-            dup2(nfd, 0);
-        execl(server, "dhps-server", "--config", n->cfg, (char *)NULL);
-        _exit(127);
-    }
+    int e = up_config_pin_ports(n->cfg, n->port, n->mport); /* `dhps up` pinned them too */
+    if (e < 0)
+        return e;
+    pid_t pid;
+    if ((e = up_spawn_node(server, n->cfg, n->log, true, &pid)) < 0)
+        return e;
     n->pid = pid;
-    for (int t = 0; t < 1500; t++) {
-        int st;
-        if (waitpid(pid, &st, WNOHANG) == pid) {
-            n->pid = 0;
-            return -ECHILD;
-        }
-        if (up_http_status(n->mport, "/health") == 200)
-            return 0;
-        sleep_s(0.02);
-    }
-    return -ETIMEDOUT;
+    up_wait w = {.port = n->port, .mport = n->mport}; /* known: no port file to read */
+    if ((e = up_wait_node(pid, "", 30, NULL, &w)) == -ECHILD)
+        n->pid = 0;
+    return e;
 }
 
 /* Rewrite the pids in DIR/cluster.json (so `dhps down` and up_stop_dir find them). */
@@ -619,10 +593,11 @@ int dhps_cmd_chaos(int argc, char **argv)
     snprintf(a_keys, sizeof a_keys, "%llu", (unsigned long long)keys);
     snprintf(a_dim, sizeof a_dim, "%llu", (unsigned long long)dim);
     snprintf(a_msg, sizeof a_msg, "%llu", (unsigned long long)max_msg);
-    char *up_argv[24] = {"up", "--dir", (char *)dir, "--nodes", a_nodes, "--shards", a_shards,
+    char *up_argv[26] = {"up", "--dir", (char *)dir, "--nodes", a_nodes, "--shards", a_shards,
                          "--keys", a_keys, "--dim", a_dim, "--replicas", "2", "--azs", "1",
-                         "--pods", "1", "--no-load", "--quiet", "--max-msg", a_msg};
-    int up_argc = 21;
+                         "--pods", "1", "--no-load", "--quiet", "--max-msg", a_msg,
+                         "--fresh"}; /* DIR is the run's scratch directory */
+    int up_argc = 22;
     if (verbs)
         up_argv[up_argc++] = "--verbs";
     if (server_opt) {

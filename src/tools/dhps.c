@@ -12,6 +12,9 @@ int dhps_cmd_map(int argc, char **argv);
 int dhps_cmd_load(int argc, char **argv);
 int dhps_cmd_up(int argc, char **argv);
 int dhps_cmd_down(int argc, char **argv);
+int dhps_cmd_start(int argc, char **argv);
+int dhps_cmd_stop(int argc, char **argv);
+int dhps_cmd_restart(int argc, char **argv);
 int dhps_cmd_get(int argc, char **argv);
 int dhps_cmd_put(int argc, char **argv);
 int dhps_cmd_stats(int argc, char **argv);
@@ -32,7 +35,10 @@ static const struct dhps_cmd dhps_cmds[] = {
     {"map", dhps_cmd_map, "check or generate a cluster map file"},
     {"load", dhps_cmd_load, "bulk-load a table from a dhps table file or a .npy array"},
     {"up", dhps_cmd_up, "start a local cluster, load a sample table, run a workload"},
-    {"down", dhps_cmd_down, "stop the local cluster started by `dhps up`"},
+    {"down", dhps_cmd_down, "stop every node of the local cluster started by `dhps up`"},
+    {"start", dhps_cmd_start, "start one node (--node N) or all nodes of a `dhps up` cluster"},
+    {"stop", dhps_cmd_stop, "stop one node (--node N) or all nodes of a `dhps up` cluster"},
+    {"restart", dhps_cmd_restart, "stop, then start, one node or all nodes of a cluster"},
     {"get", dhps_cmd_get, "print the vectors of keys"},
     {"put", dhps_cmd_put, "write one key's vector"},
     {"stats", dhps_cmd_stats, "per-node table statistics (STATS)"},

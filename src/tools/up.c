@@ -1,3 +1,4 @@
+#define _GNU_SOURCE /* nftw */
 /*
  * dhps up / dhps down: a local cluster on loopback, for trying dhps and for its tests.
  *
@@ -15,6 +16,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <getopt.h>
 #include <jansson.h>
 #include <limits.h>
@@ -46,50 +48,6 @@
 #pragma GCC diagnostic ignored "-Wformat-truncation"
 
 /* ---- small helpers ------------------------------------------------------------------ */
-
-static void msleep(unsigned ms)
-{
-    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
-static int mkdir_p(const char *path)
-{
-    char tmp[PATH_MAX];
-    snprintf(tmp, sizeof tmp, "%s", path);
-    for (char *p = tmp + 1; *p; p++) {
-        if (*p == '/') {
-            *p = 0;
-            if (mkdir(tmp, 0755) < 0 && errno != EEXIST)
-                return -errno;
-            *p = '/';
-        }
-    }
-    if (mkdir(tmp, 0755) < 0 && errno != EEXIST)
-        return -errno;
-    return 0;
-}
-
-static int write_text(const char *path, const char *text, mode_t mode)
-{
-    char tmp[PATH_MAX + 16];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
-    if (fd < 0)
-        return -errno;
-    size_t n = strlen(text), off = 0;
-    while (off < n) {
-        ssize_t w = write(fd, text + off, n - off);
-        if (w < 0) {
-            int e = -errno;
-            close(fd);
-            return e;
-        }
-        off += (size_t)w;
-    }
-    close(fd);
-    return rename(tmp, path) < 0 ? -errno : 0;
-}
 
 bool up_find_server(const char *given, char *out, size_t cap)
 {
@@ -128,100 +86,6 @@ bool up_find_server(const char *given, char *out, size_t cap)
     return false;
 }
 
-/* GET path from 127.0.0.1:port (HTTP/1.0), reading the response into buf (NUL-terminated,
- * at most cap - 1 bytes) with a receive timeout of secs. Returns the bytes read, or
- * -ECONNREFUSED, -EIO, -EPROTO (no status line), -errno. */
-static int http_exchange(uint16_t port, const char *path, char *buf, size_t cap, int secs)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return -errno;
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    struct timeval tv = {.tv_sec = secs};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    int rc = -ECONNREFUSED;
-    size_t got = 0;
-    if (connect(fd, (struct sockaddr *)&a, sizeof a) == 0) {
-        char req[256];
-        int n = snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", path);
-        rc = -EIO;
-        if (write(fd, req, (size_t)n) == n) {
-            ssize_t r;
-            while (got + 1 < cap && (r = read(fd, buf + got, cap - 1 - got)) > 0)
-                got += (size_t)r;
-            rc = got > 12 ? (int)got : -EPROTO;
-        }
-    }
-    buf[got] = 0;
-    close(fd);
-    return rc;
-}
-
-int up_http_get(uint16_t port, const char *path, char *buf, size_t cap)
-{
-    if (!buf || cap < 2)
-        return -EINVAL;
-    return http_exchange(port, path, buf, cap, 5);
-}
-
-int up_http_status(uint16_t port, const char *path)
-{
-    char resp[64];
-    int rc = http_exchange(port, path, resp, sizeof resp, 2);
-    int code;
-    if (rc < 0)
-        return rc;
-    return sscanf(resp, "HTTP/%*d.%*d %d", &code) == 1 ? code : -EPROTO;
-}
-
-/* Is pid a live (not zombie) dhps-server? */
-bool up_pid_is_server(pid_t pid)
-{
-    if (pid <= 0 || kill(pid, 0) < 0)
-        return false;
-    char p[64], buf[512];
-    snprintf(p, sizeof p, "/proc/%d/stat", (int)pid);
-    FILE *f = fopen(p, "r");
-    if (!f)
-        return false;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = 0;
-    char *rp = strrchr(buf, ')');
-    if (!rp || rp[1] != ' ' || rp[2] == 'Z' || rp[2] == 'X')
-        return false;
-    return strstr(buf, "(dhps-server)") != NULL;
-}
-
-static void tail_log(const char *path)
-{
-    size_t len;
-    char *t = tools_read_file(path, &len);
-    if (!t)
-        return;
-    const char *s = len > 1500 ? t + len - 1500 : t;
-    fprintf(stderr, "--- last lines of %s ---\n%s---\n", path, s);
-    free(t);
-}
-
-static void wipe_snapshots(const char *dir)
-{
-    DIR *d = opendir(dir);
-    if (!d)
-        return;
-    struct dirent *e;
-    char p[PATH_MAX];
-    while ((e = readdir(d))) {
-        size_t n = strlen(e->d_name);
-        if (n > 5 && (strstr(e->d_name, ".snap"))) {
-            snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-            unlink(p);
-        }
-    }
-    closedir(d);
-}
-
 /* ---- up ---------------------------------------------------------------------------- */
 
 /* ^C / SIGTERM while the servers start: stop the ones started instead of leaving them
@@ -235,11 +99,18 @@ static void up_on_signal(int sig)
 
 struct up_opts {
     uint32_t nodes, azs, pods, replicas, shards, workers, dim, threads, batch, max_msg;
+    uint32_t base_port; /* 0: ephemeral ports, pinned in the configs once known */
     uint64_t keys;
     double seconds, zipf;
     const char *dir, *server, *table;
-    bool shm, verbs, load, workload, quiet, pairs;
+    bool shm, verbs, load, workload, quiet, pairs, fresh;
 };
+
+/* Port of node i (which 0: rpc, 1: metrics) with --base-port, else 0 (ephemeral). */
+static uint32_t port_of(const struct up_opts *o, uint32_t i, int which)
+{
+    return o->base_port ? o->base_port + 2 * i + (uint32_t)which : 0;
+}
 
 struct up_node {
     char name[16], host[32], pod[32], az[32];
@@ -254,13 +125,19 @@ static const char up_usage[] =
     "               [--table emb] [--keys 1000000] [--dim 32] [--no-load]\n"
     "               [--seconds 3] [--threads 2] [--batch 1000] [--zipf 0.99 | 0 uniform]\n"
     "               [--no-workload] [--same-host-pairs] [--max-msg 4194304] [--quiet]\n"
+    "               [--base-port P] [--fresh]\n"
     "  Starts a local cluster on 127.0.0.1 (pods are per AZ; nodes are spread round-robin\n"
     "  over AZs, then pods; --same-host-pairs puts nodes 2k and 2k+1 on one host label),\n"
     "  loads a sample table, runs a lookup workload, and leaves the\n"
     "  cluster running; state in DIR/cluster.json (default $DHPS_CLUSTER_DIR or\n"
     "  ./dhps-cluster). Stop it with `dhps down --dir DIR`. --verbs: the servers offer\n"
     "  RDMA verbs (needs an RDMA device, e.g. Soft-RoCE; clients use it toward nodes of\n"
-    "  another host label in their AZ, and fall back to TCP without one).\n";
+    "  another host label in their AZ, and fall back to TCP without one).\n"
+    "  Each node's server.json keeps the ports it came up on (ephemeral, or P + 2i for rpc\n"
+    "  and P + 2i + 1 for metrics with --base-port P), so `dhps start|stop|restart` and a\n"
+    "  restart by hand bring it back on the map's ports. A DIR that already holds a\n"
+    "  cluster (cluster.json, map, node dirs with snapshots) is refused unless --fresh,\n"
+    "  which deletes them (and says what) first.\n";
 
 /* Tier of node n relative to the client, which has node 0's labels. */
 static int tier_of(const struct up_node *nd, const struct up_node *n)
@@ -365,6 +242,7 @@ done:
     return bad;
 }
 
+/* Our children (a child may not have exec'd dhps-server yet): SIGTERM, wait, SIGKILL. */
 static void stop_started(struct up_node *nd, uint32_t n)
 {
     for (uint32_t i = 0; i < n; i++)
@@ -375,7 +253,7 @@ static void stop_started(struct up_node *nd, uint32_t n)
             continue;
         int st;
         for (int k = 0; k < 300 && waitpid(nd[i].pid, &st, WNOHANG) == 0; k++)
-            msleep(100);
+            up_msleep(100);
         if (waitpid(nd[i].pid, &st, WNOHANG) == 0) {
             kill(nd[i].pid, SIGKILL);
             waitpid(nd[i].pid, &st, 0);
@@ -404,18 +282,90 @@ static json_t *state_json(const struct up_opts *o, const char *absdir, const cha
                      "pod", nd[0].pod, "az", nd[0].az, "nodes", nodes);
 }
 
-/* Any server of DIR/cluster.json still alive? */
-static bool cluster_running(const char *dir)
+/* ---- an existing cluster directory ------------------------------------------------- */
+
+static unsigned g_snap_files; /* .snap files seen by count_snap / rm_entry */
+static int count_snap(const char *path, const struct stat *st, int flag, struct FTW *f)
 {
-    char p[PATH_MAX];
-    snprintf(p, sizeof p, "%s/cluster.json", dir);
-    json_t *j = json_load_file(p, 0, NULL), *n;
-    bool alive = false;
-    size_t i;
-    json_array_foreach(json_object_get(j, "nodes"), i, n)
-        alive |= up_pid_is_server((pid_t)json_integer_value(json_object_get(n, "pid")));
-    json_decref(j);
-    return alive;
+    (void)st;
+    (void)f;
+    if (flag == FTW_F && strstr(path, ".snap"))
+        g_snap_files++;
+    return 0;
+}
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *f)
+{
+    (void)st;
+    (void)f;
+    return (flag == FTW_DP ? rmdir(path) : unlink(path)) < 0 ? -1 : 0;
+}
+
+/* Is entry name one of what `dhps up` writes at the top of DIR? */
+static bool up_entry(const char *name)
+{
+    static const char *const files[] = {"cluster.json", "cluster.json.stopped", "map.json",
+                                        "secret"};
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++)
+        if (!strcmp(name, files[i]))
+            return true;
+    size_t n = strlen(name);
+    return n > 4 && !strncmp(name, "node", 4) && strspn(name + 4, "0123456789") == n - 4;
+}
+
+/* A directory that holds a cluster (what up_entry names) is refused (1, said why) unless
+ * fresh, which removes those entries after listing them (0; 1 when one cannot be
+ * removed). An empty or unrelated directory: 0. Nothing is deleted without fresh. */
+static int dir_holds_cluster(const char *absdir, bool fresh)
+{
+    DIR *d = opendir(absdir);
+    if (!d)
+        return 0;
+    char names[1024] = "", p[PATH_MAX];
+    unsigned nodes = 0, n = 0;
+    size_t len = 0;
+    g_snap_files = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (!up_entry(e->d_name))
+            continue;
+        n++;
+        snprintf(p, sizeof p, "%s/%s", absdir, e->d_name);
+        if (!strncmp(e->d_name, "node", 4)) {
+            nodes++;
+            nftw(p, count_snap, 16, FTW_PHYS);
+        } else if (len + strlen(e->d_name) + 3 < sizeof names) {
+            len += (size_t)snprintf(names + len, sizeof names - len, "%s%s", len ? ", " : "",
+                                    e->d_name);
+        }
+    }
+    closedir(d);
+    if (!n)
+        return 0;
+    char what[1200];
+    snprintf(what, sizeof what, "%s%s%u node dirs (configs, logs, %u snapshot files)", names,
+             len ? ", " : "", nodes, g_snap_files);
+    if (!fresh) {
+        fprintf(stderr, "dhps up: %s already holds a cluster (%s); `dhps start --dir %s` "
+                "restarts it, `dhps up --fresh` deletes it and makes a new one\n", absdir,
+                what, absdir);
+        return 1;
+    }
+    printf("dhps up: --fresh: removing from %s: %s\n", absdir, what);
+    fflush(stdout);
+    if (!(d = opendir(absdir)))
+        return 1;
+    int rc = 0;
+    while ((e = readdir(d))) {
+        if (!up_entry(e->d_name))
+            continue;
+        snprintf(p, sizeof p, "%s/%s", absdir, e->d_name);
+        if (nftw(p, rm_entry, 16, FTW_DEPTH | FTW_PHYS) != 0) {
+            fprintf(stderr, "dhps up: --fresh: cannot remove %s: %s\n", p, strerror(errno));
+            rc = 1;
+        }
+    }
+    closedir(d);
+    return rc;
 }
 
 int dhps_cmd_up(int argc, char **argv)
@@ -432,7 +382,8 @@ int dhps_cmd_up(int argc, char **argv)
         {"zipf", required_argument, 0, 'z'},     {"no-workload", no_argument, 0, 'W'},
         {"quiet", no_argument, 0, 'q'},          {"help", no_argument, 0, 'h'},
         {"same-host-pairs", no_argument, 0, 'H'}, {"verbs", no_argument, 0, 'V'},
-        {"max-msg", required_argument, 0, 'M'},
+        {"max-msg", required_argument, 0, 'M'},  {"fresh", no_argument, 0, 'F'},
+        {"base-port", required_argument, 0, 'P'},
         {0, 0, 0, 0}};
     struct up_opts o = {.nodes = 6, .azs = 2, .pods = 2, .replicas = 2, .shards = 1024,
                         .workers = 1, .dim = 32, .threads = 2, .batch = 1000,
@@ -447,7 +398,7 @@ int dhps_cmd_up(int argc, char **argv)
             return 2;                                                                      \
         o.field = (uint32_t)v;                                                             \
     } while (0)
-    while ((c = getopt_long(argc, argv, "d:n:a:p:r:s:w:SVM:x:t:k:D:LT:j:b:z:WqHh", lo, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "d:n:a:p:r:s:w:SVM:x:t:k:D:LT:j:b:z:WqHhFP:", lo, NULL)) != -1) {
         switch (c) {
         case 'd': o.dir = optarg; break;
         case 'n': U32OPT(nodes, "--nodes"); break;
@@ -471,6 +422,8 @@ int dhps_cmd_up(int argc, char **argv)
         case 'W': o.workload = false; break;
         case 'q': o.quiet = true; break;
         case 'H': o.pairs = true; break;
+        case 'F': o.fresh = true; break;
+        case 'P': U32OPT(base_port, "--base-port"); break;
         case 'h': printf("%s", up_usage); return 0;
         default: fprintf(stderr, "%s", up_usage); return 2;
         }
@@ -490,6 +443,10 @@ int dhps_cmd_up(int argc, char **argv)
                 "nodes, dim <= 4096, batch <= %u\n", UP_MAX_NODES, DHPS_PROTO_MAX_KEYS);
         return 2;
     }
+    if (o.base_port && (o.base_port < 1024 || o.base_port + 2 * o.nodes - 1 > 65535)) {
+        fprintf(stderr, "dhps up: --base-port needs 1024 <= P and P + 2 x nodes - 1 <= 65535\n");
+        return 2;
+    }
     if (!o.load)
         o.workload = false;
     if (o.load && o.max_msg < (4u << 20)) {
@@ -504,10 +461,20 @@ int dhps_cmd_up(int argc, char **argv)
                 "on PATH; or give --server PATH / $DHPS_SERVER)\n");
         return 1;
     }
-    if (cluster_running(dir)) {
-        fprintf(stderr, "dhps up: a cluster from %s/cluster.json is still running; "
-                "`dhps down --dir %s` first\n", dir, dir);
+    pid_t alive;
+    if (up_dir_running(dir, &alive)) {
+        fprintf(stderr, "dhps up: a cluster in %s is still running (pid %d); "
+                "`dhps down --dir %s` first\n", dir, (int)alive, dir);
         return 1;
+    }
+    for (uint32_t i = 0; i < 2 * o.nodes && o.base_port; i++) {
+        int pe = up_port_check((uint16_t)port_of(&o, i / 2, (int)(i % 2)));
+        if (pe < 0) {
+            fprintf(stderr, "dhps up: port 127.0.0.1:%u (%s port of n%u): %s\n",
+                    port_of(&o, i / 2, (int)(i % 2)), i % 2 ? "metrics" : "rpc", i / 2,
+                    pe == -EADDRINUSE ? "in use by another process" : strerror(-pe));
+            return 1;
+        }
     }
 
     struct up_node *nd = calloc(o.nodes, sizeof *nd);
@@ -522,7 +489,7 @@ int dhps_cmd_up(int argc, char **argv)
     int rc = 1, e;
     if (!nd || !cn || !(own = calloc(o.shards, sizeof *own)))
         goto fail;
-    if ((e = mkdir_p(dir)) < 0 || !realpath(dir, absdir)) {
+    if ((e = up_mkdir_p(dir)) < 0 || !realpath(dir, absdir)) {
         fprintf(stderr, "dhps up: %s: %s\n", dir, strerror(e < 0 ? -e : errno));
         goto fail;
     }
@@ -530,6 +497,8 @@ int dhps_cmd_up(int argc, char **argv)
         fprintf(stderr, "dhps up: %s: path too long\n", absdir);
         goto fail;
     }
+    if (dir_holds_cluster(absdir, o.fresh) != 0)
+        goto fail;
 
     /* secret: 32 random bytes, hex */
     uint8_t rnd[32];
@@ -546,7 +515,7 @@ int dhps_cmd_up(int argc, char **argv)
         sprintf(hex + 2 * i, "%02x", rnd[i]);
     snprintf(p, sizeof p, "%s/secret", absdir);
     unlink(p);
-    if ((e = write_text(p, hex, 0600)) < 0) {
+    if ((e = up_write_text(p, hex, 0600)) < 0) {
         fprintf(stderr, "dhps up: %s: %s\n", p, strerror(-e));
         goto fail;
     }
@@ -581,11 +550,10 @@ int dhps_cmd_up(int argc, char **argv)
         char nd_dir[PATH_MAX];
         snprintf(nd_dir, sizeof nd_dir, "%s/node%u", absdir, i);
         snprintf(nd[i].snap, sizeof nd[i].snap, "%s/snap", nd_dir);
-        if ((e = mkdir_p(nd[i].snap)) < 0) {
+        if ((e = up_mkdir_p(nd[i].snap)) < 0) {
             fprintf(stderr, "dhps up: %s: %s\n", nd[i].snap, strerror(-e));
             goto fail;
         }
-        wipe_snapshots(nd[i].snap); /* a new map: old snapshots would not match it */
         snprintf(nd[i].cfg, sizeof nd[i].cfg, "%s/server.json", nd_dir);
         snprintf(nd[i].log, sizeof nd[i].log, "%s/server.log", nd_dir);
         snprintf(nd[i].portfile, sizeof nd[i].portfile, "%s/ports", nd_dir);
@@ -599,17 +567,18 @@ int dhps_cmd_up(int argc, char **argv)
             "{s:s,s:{s:s,s:s,s:s},s:{s:s,s:i,s:b,s:b,s:i,s:i},"
             "s:[{s:s,s:i,s:s,s:I}],s:{s:s,s:b},s:s,s:{s:s,s:i},s:{s:i,s:o},s:s,s:s,s:{s:b}}",
             "node_id", nd[i].name, "labels", "host", nd[i].host, "pod", nd[i].pod, "az",
-            nd[i].az, "listen", "host", "127.0.0.1", "tcp_port", 0, "shm", o.shm, "verbs", o.verbs,
+            nd[i].az, "listen", "host", "127.0.0.1", "tcp_port", (int)port_of(&o, i, 0), "shm",
+            o.shm, "verbs", o.verbs,
             "workers", (int)o.workers, "max_msg", (int)o.max_msg, "tables", "name", o.table, "dim",
             (int)o.dim, "dtype", "fp32", "capacity", (json_int_t)cap, "snapshot", "dir",
             nd[i].snap, "on_shutdown", 1, "secret_file", p, "metrics", "host", "127.0.0.1",
-            "port", 0, "shards", "nshards", (int)o.shards, "own", ownj, "pid_file",
+            "port", (int)port_of(&o, i, 1), "shards", "nshards", (int)o.shards, "own", ownj, "pid_file",
             nd[i].pidfile, "port_file", nd[i].portfile,
             /* `dhps fault` works on the local cluster (changes need the cluster secret) */
             "admin", "faults", 1);
         char *text = cfg ? json_dumps(cfg, JSON_INDENT(2)) : NULL;
         json_decref(cfg);
-        if (!text || (e = write_text(nd[i].cfg, text, 0644)) < 0) {
+        if (!text || (e = up_write_text(nd[i].cfg, text, 0644)) < 0) {
             fprintf(stderr, "dhps up: cannot write %s\n", nd[i].cfg);
             free(text);
             goto fail;
@@ -629,61 +598,42 @@ int dhps_cmd_up(int argc, char **argv)
     sigaction(SIGTERM, &sa, &old_term);
     signals_caught = true;
     for (uint32_t i = 0; i < o.nodes; i++) {
-        pid_t pid = fork();
-        if (pid < 0) {
-            fprintf(stderr, "dhps up: fork: %s\n", strerror(errno));
+        if ((e = up_spawn_node(server, nd[i].cfg, nd[i].log, false, &nd[i].pid)) < 0) {
+            fprintf(stderr, "dhps up: fork: %s\n", strerror(-e));
             goto fail;
         }
-        if (pid == 0) {
-            setsid(); /* outlives `dhps up`, not killed by its terminal's ^C */
-            int lfd = open(nd[i].log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-            int nfd = open("/dev/null", O_RDONLY);
-            if (lfd >= 0) {
-                dup2(lfd, 1);
-                dup2(lfd, 2);
-            }
-            if (nfd >= 0)
-                dup2(nfd, 0);
-            execl(server, "dhps-server", "--config", nd[i].cfg, (char *)NULL);
-            _exit(127);
-        }
-        nd[i].pid = pid;
     }
 
     /* wait for ports and health */
-    uint64_t t0 = dhps_mono_ns(), deadline = t0 + 60000000000ull;
+    uint64_t t0 = dhps_mono_ns();
     for (uint32_t i = 0; i < o.nodes; i++) {
-        for (;;) {
-            int st;
-            if (waitpid(nd[i].pid, &st, WNOHANG) == nd[i].pid) {
-                nd[i].pid = 0;
-                fprintf(stderr, "dhps up: node %s exited during start (%s %d)\n", nd[i].name,
-                        WIFEXITED(st) ? "status" : "signal",
-                        WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
-                tail_log(nd[i].log);
-                goto fail;
-            }
-            if (!nd[i].port) {
-                char *t = tools_read_file(nd[i].portfile, NULL);
-                unsigned a, b;
-                if (t && sscanf(t, "%u %u", &a, &b) == 2) {
-                    nd[i].port = (uint16_t)a;
-                    nd[i].mport = (uint16_t)b;
-                }
-                free(t);
-            }
-            if (nd[i].port && up_http_status(nd[i].mport, "/health") == 200)
-                break;
-            if (g_up_interrupted) {
-                fprintf(stderr, "dhps up: interrupted; stopping the nodes started\n");
-                goto fail;
-            }
-            if (dhps_mono_ns() > deadline) {
-                fprintf(stderr, "dhps up: node %s not healthy after 60 s\n", nd[i].name);
-                tail_log(nd[i].log);
-                goto fail;
-            }
-            msleep(20);
+        up_wait w = {0};
+        double left = 60 - (double)(dhps_mono_ns() - t0) / 1e9;
+        e = up_wait_node(nd[i].pid, nd[i].portfile, left > 0 ? left : 0, &g_up_interrupted, &w);
+        if (e == -ECHILD) {
+            nd[i].pid = 0;
+            fprintf(stderr, "dhps up: node %s exited during start (%s %d)\n", nd[i].name,
+                    WIFEXITED(w.status) ? "status" : "signal",
+                    WIFEXITED(w.status) ? WEXITSTATUS(w.status) : WTERMSIG(w.status));
+            up_tail_log(nd[i].log);
+            goto fail;
+        }
+        if (e == -ECANCELED) {
+            fprintf(stderr, "dhps up: interrupted; stopping the nodes started\n");
+            goto fail;
+        }
+        if (e < 0) {
+            fprintf(stderr, "dhps up: node %s not healthy after 60 s\n", nd[i].name);
+            up_tail_log(nd[i].log);
+            goto fail;
+        }
+        nd[i].port = w.port;
+        nd[i].mport = w.mport;
+        /* the node's own config names the map's ports from now on: a restart, by
+         * `dhps start` or by hand, comes back where the map says */
+        if (!o.base_port && (e = up_config_pin_ports(nd[i].cfg, w.port, w.mport)) < 0) {
+            fprintf(stderr, "dhps up: %s: %s\n", nd[i].cfg, strerror(-e));
+            goto fail;
         }
     }
     if (!o.quiet)
@@ -717,7 +667,7 @@ int dhps_cmd_up(int argc, char **argv)
     }
     state = state_json(&o, absdir, server, nd);
     snprintf(p, sizeof p, "%s/cluster.json", absdir);
-    if (!state || !(stext = json_dumps(state, JSON_INDENT(2))) || write_text(p, stext, 0644) < 0) {
+    if (!state || !(stext = json_dumps(state, JSON_INDENT(2))) || up_write_text(p, stext, 0644) < 0) {
         fprintf(stderr, "dhps up: cannot write %s\n", p);
         goto fail;
     }
@@ -822,84 +772,4 @@ out:
     free(cn);
     free(nd);
     return rc;
-}
-
-/* ---- down -------------------------------------------------------------------------- */
-
-int up_stop_dir(const char *dir, double timeout_s, bool quiet)
-{
-    char p[PATH_MAX];
-    snprintf(p, sizeof p, "%s/cluster.json", dir);
-    json_error_t je;
-    json_t *j = json_load_file(p, 0, &je), *n;
-    if (!j) {
-        fprintf(stderr, "dhps down: no cluster at %s (%s)\n", dir, je.text);
-        return 1;
-    }
-    size_t i, nn = json_array_size(json_object_get(j, "nodes"));
-    pid_t pids[UP_MAX_NODES] = {0};
-    const char *names[UP_MAX_NODES] = {0};
-    json_array_foreach(json_object_get(j, "nodes"), i, n) {
-        if (i >= UP_MAX_NODES)
-            break;
-        pids[i] = (pid_t)json_integer_value(json_object_get(n, "pid"));
-        names[i] = json_string_value(json_object_get(n, "name")) ?: "?";
-        if (up_pid_is_server(pids[i]))
-            kill(pids[i], SIGTERM);
-        else
-            pids[i] = -pids[i]; /* already gone */
-    }
-    uint64_t t0 = dhps_mono_ns(), deadline = t0 + (uint64_t)(timeout_s * 1e9);
-    int killed = 0;
-    for (i = 0; i < nn && i < UP_MAX_NODES; i++) {
-        if (pids[i] <= 0) {
-            if (!quiet)
-                printf("  %-3s pid %-7d was not running\n", names[i], (int)-pids[i]);
-            continue;
-        }
-        while (up_pid_is_server(pids[i]) && dhps_mono_ns() < deadline) {
-            waitpid(pids[i], NULL, WNOHANG); /* reaps it when it is our child (tests) */
-            msleep(10);
-        }
-        if (up_pid_is_server(pids[i])) {
-            kill(pids[i], SIGKILL);
-            killed++;
-            if (!quiet)
-                printf("  %-3s pid %-7d did not stop in %.0f s: killed\n", names[i],
-                       (int)pids[i], timeout_s);
-        } else if (!quiet) {
-            printf("  %-3s pid %-7d stopped after %.2f s\n", names[i], (int)pids[i],
-                   (double)(dhps_mono_ns() - t0) / 1e9);
-        }
-    }
-    json_decref(j);
-    char q[PATH_MAX + 16];
-    snprintf(q, sizeof q, "%s.stopped", p);
-    rename(p, q);
-    if (!quiet)
-        printf("dhps down: %zu nodes stopped%s; data and logs stay in %s\n", nn,
-               killed ? " (some killed)" : " cleanly", dir);
-    return killed ? 1 : 0;
-}
-
-int dhps_cmd_down(int argc, char **argv)
-{
-    static const struct option lo[] = {{"dir", required_argument, 0, 'd'},
-                                       {"cluster", required_argument, 0, 'd'},
-                                       {"timeout", required_argument, 0, 't'},
-                                       {"help", no_argument, 0, 'h'},
-                                       {0, 0, 0, 0}};
-    const char *dir = NULL;
-    double timeout = 30;
-    int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "d:t:h", lo, NULL)) != -1) {
-        switch (c) {
-        case 'd': dir = optarg; break;
-        case 't': timeout = atof(optarg); break;
-        case 'h': printf("usage: dhps down [--dir DIR] [--timeout 30]\n"); return 0;
-        default: fprintf(stderr, "usage: dhps down [--dir DIR] [--timeout 30]\n"); return 2;
-        }
-    }
-    return up_stop_dir(dir ? dir : tools_default_dir(), timeout, false);
 }

@@ -1,4 +1,5 @@
-/* Local-cluster helpers shared by `dhps up`, `dhps down` and `dhps bench`. Private. */
+/* Local-cluster helpers shared by `dhps up`, `dhps down`, `dhps start|stop|restart`,
+ * `dhps bench` and `dhps chaos`. Private. */
 #ifndef DHPS_TOOLS_UP_H
 #define DHPS_TOOLS_UP_H
 
@@ -15,6 +16,19 @@ struct dhps_client;
  * ../server/ from it (the build tree), then PATH. Writes it to out; false when none. */
 bool up_find_server(const char *given, char *out, size_t cap);
 
+/* ---- local.c: files and processes of a local cluster --------------------------------- */
+
+#include <signal.h>
+#include <sys/stat.h>
+
+void up_msleep(unsigned ms);
+/* mkdir -p (mode 0755). Returns 0 or -errno. */
+int up_mkdir_p(const char *path);
+/* Write text to path atomically (path.tmp, then rename) with mode. Returns 0 or -errno. */
+int up_write_text(const char *path, const char *text, mode_t mode);
+/* Print the last ~1500 bytes of a log file on stderr, framed (nothing when unreadable). */
+void up_tail_log(const char *path);
+
 /* HTTP status of GET path on 127.0.0.1:port, or a negative errno. */
 int up_http_status(uint16_t port, const char *path);
 
@@ -23,11 +37,71 @@ int up_http_status(uint16_t port, const char *path);
  * negative errno (-EPROTO for a reply too short to be HTTP). */
 int up_http_get(uint16_t port, const char *path, char *buf, size_t cap);
 
+/* Can a server bind 127.0.0.1:port now (SO_REUSEADDR, as dhps-server does)? 0 (also for
+ * port 0), -EADDRINUSE when something holds it, or another -errno. */
+int up_port_check(uint16_t port);
+
 /* Is pid a live, non-zombie process named dhps-server? */
 bool up_pid_is_server(pid_t pid);
 
-/* Stop the cluster of dir/cluster.json (SIGTERM, wait up to timeout_s, SIGKILL);
- * prints a report unless quiet. Returns 0 (all stopped cleanly) or 1. */
+/* The pid in a pid file, or 0 (missing, unreadable, not a number). */
+pid_t up_read_pid_file(const char *path);
+
+/* Fork and exec `server --config cfg` in its own session (setsid: it outlives the caller
+ * and its terminal's ^C), stdout and stderr to log (appended or truncated), stdin
+ * /dev/null. Returns 0 (*pid set) or -errno of fork. The caller reaps the child. */
+int up_spawn_node(const char *server, const char *cfg, const char *log, bool append,
+                  pid_t *pid);
+
+/* What up_wait_node saw. Zero port/mport before the call to read them from the port file;
+ * set them to skip the port file. */
+typedef struct up_wait {
+    uint16_t port, mport; /* from the node's port file ("RPC METRICS") */
+    int health;           /* last /health status, or -errno of the request */
+    int status;           /* waitpid status when the node exited (-1: not our child) */
+} up_wait;
+
+/* Wait until the node's port file names its ports and /health answers 200. Returns 0,
+ * -ECHILD (the process exited: w->status), -ETIMEDOUT after timeout_s (w->health is the
+ * last answer, e.g. 503 while it catches up), or -ECANCELED once *cancel is set. */
+int up_wait_node(pid_t pid, const char *portfile, double timeout_s,
+                 volatile sig_atomic_t *cancel, up_wait *w);
+
+/* Outcome of stopping one pid (up_stop_pids). */
+enum { UP_STOP_CLEAN, UP_STOP_KILLED, UP_STOP_NOT_RUNNING, UP_STOP_STUCK };
+
+/* SIGTERM every pid that is a live dhps-server, wait for all of them up to timeout_s
+ * (one deadline), SIGKILL what is left and wait 5 s more. res[i]: UP_STOP_CLEAN (exited
+ * after SIGTERM), UP_STOP_KILLED (exited after SIGKILL), UP_STOP_NOT_RUNNING (no such
+ * live dhps-server at the start), UP_STOP_STUCK (still there after SIGKILL); secs[i]: time
+ * until it exited or was killed. Children of the caller are reaped. */
+void up_stop_pids(const pid_t *pids, size_t n, double timeout_s, int *res, double *secs);
+
+/* A dhps-server process found in /proc, with its --config made absolute. */
+typedef struct up_found {
+    pid_t pid;
+    char cfg[4096];
+} up_found;
+
+/* Live dhps-server processes whose --config (resolved against the process's working
+ * directory) lies inside absdir (an absolute, resolved path). Returns how many were
+ * written to out (at most cap). Processes of other users are found only as root. */
+size_t up_find_dir_servers(const char *absdir, up_found *out, size_t cap);
+
+/* Rewrite a dhps-server config with fixed listen.tcp_port and metrics.port (atomically).
+ * Returns 0 or -errno (-EINVAL: the file has no listen/metrics objects). */
+int up_config_pin_ports(const char *cfg, uint16_t port, uint16_t mport);
+
+/* ---- node.c: the cluster directory ---------------------------------------------------- */
+
+/* Is any dhps-server of dir running (cluster.json pids, node pid files, or a process
+ * whose config lies in dir)? *pid gets one of them. */
+bool up_dir_running(const char *dir, pid_t *pid);
+
+/* Stop every dhps-server of dir (see `dhps down` in docs/tools.md), print one line per
+ * node unless quiet, rename cluster.json to cluster.json.stopped. Returns 0 (every node
+ * stopped on SIGTERM or was not running) or 1 (no cluster, a node killed or still
+ * running). */
 int up_stop_dir(const char *dir, double timeout_s, bool quiet);
 
 /* Load the sample table: keys 0..nkeys-1, rows tools_sample_row. Returns 0 or error. */

@@ -783,6 +783,25 @@ static void refused_until_started(void **st)
     dhps_rpc_server_destroy(s);
 }
 
+/* A port already bound: create fails with -EADDRINUSE and leaves nothing behind (it used
+ * to crash in the destroy of the half-created server); a bad host is -EINVAL. */
+static void create_on_taken_port(void **st)
+{
+    (void)st;
+    dhps_rpc_server *a = start_server(2, NULL), *b = (dhps_rpc_server *)&b;
+    dhps_rpc_server_params sp;
+    dhps_rpc_server_params_init(&sp);
+    sp.workers = 2;
+    sp.port = dhps_rpc_server_port(a);
+    assert_int_equal(dhps_rpc_server_create(&sp, &b), -EADDRINUSE);
+    assert_null(b);
+    sp.port = 0;
+    sp.host = "not-an-address";
+    assert_int_equal(dhps_rpc_server_create(&sp, &b), -EINVAL);
+    assert_null(b);
+    dhps_rpc_server_destroy(a);
+}
+
 /* A listener whose accept queue is full drops SYNs (as a dead host sends nothing back):
  * a channel's tcp_connect_timeout_us bounds the connect alone, well inside the client's
  * connect timeout (10 s here), and the open fails with DHPS_E_TIMEOUT. */
@@ -1556,6 +1575,7 @@ int main(void)
         cmocka_unit_test(server_destroyed_under_client),
         cmocka_unit_test(threads_many_clients),
         cmocka_unit_test(refused_until_started),
+        cmocka_unit_test(create_on_taken_port),
         cmocka_unit_test(tcp_connect_bounded),
         cmocka_unit_test(async_open_queues_calls),
         cmocka_unit_test(async_open_does_not_block),

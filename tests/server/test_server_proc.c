@@ -374,12 +374,65 @@ static void test_bad_configs_exit_2(void **st)
     t_rmdir(dir);
 }
 
+/* Ports already taken: a second dhps-server on the first one's rpc port, then on its
+ * metrics port, exits 1 with one line on stderr naming the port (it used to crash on
+ * the rpc port); the first server keeps its pid file and serves on. */
+static void replace_port(char *text, size_t len, const char *from, const char *to)
+{
+    char *at = strstr(text, from), tail[2048];
+    assert_non_null(at);
+    snprintf(tail, sizeof tail, "%s", at + strlen(from));
+    snprintf(at, len - (size_t)(at - text), "%s%s", to, tail);
+}
+
+static void test_taken_ports_exit_1(void **st)
+{
+    (void)st;
+    char *dir = t_mkdtemp(), cfg[600], pidf[600], extra[700];
+    snprintf(pidf, sizeof pidf, "%s/server.pid", dir);
+    snprintf(extra, sizeof extra, "\"pid_file\":\"%s\"", pidf);
+    cfg_file(dir, extra, cfg, sizeof cfg);
+    proc p;
+    assert_int_equal(start(dir, cfg, &p, true), 0);
+    char *dir2 = t_mkdtemp(), cfg2[600], text[2048], logp[600];
+    snprintf(cfg2, sizeof cfg2, "%s/server.json", dir2);
+    snprintf(logp, sizeof logp, "%s/stderr.log", dir2);
+    for (int which = 0; which < 2; which++) {
+        t_config(dir2, text, sizeof text, NSH, "\"all\"", "");
+        uint16_t port = which ? p.mport : p.port;
+        char to[64];
+        snprintf(to, sizeof to, which ? "\"metrics\":{\"port\":%u}" : "\"tcp_port\":%u", port);
+        replace_port(text, sizeof text, which ? "\"metrics\":{\"port\":0}" : "\"tcp_port\":0", to);
+        t_write(cfg2, text, 0600);
+        pid_t pid = spawn(dir2, "--config", cfg2);
+        assert_int_equal(wait_exit(pid, 10000), 1);
+        char *log = slurp(logp), want[32];
+        snprintf(want, sizeof want, ":%u", port);
+        char *nl = strchr(log, '\n');
+        if (!strstr(log, want) || !strstr(log, "in use") || !nl || nl[1])
+            fail_msg("%s port %u taken: stderr is not one line naming it: \"%s\"",
+                     which ? "metrics" : "rpc", port, log);
+        free(log);
+    }
+    char *pidtext = slurp(pidf); /* the first server's pid file is untouched */
+    assert_int_equal(atoi(pidtext), p.pid);
+    free(pidtext);
+    char *body;
+    assert_int_equal(t_http_get(p.mport, "/health", &body), 200);
+    free(body);
+    kill(p.pid, SIGTERM);
+    assert_int_equal(wait_exit(p.pid, 20000), 0);
+    t_rmdir(dir2);
+    t_rmdir(dir);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
     srand((unsigned)time(NULL));
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_bad_configs_exit_2),
+        cmocka_unit_test(test_taken_ports_exit_1),
         cmocka_unit_test(test_health_503_then_200),
         cmocka_unit_test(test_sigterm_restart),
         cmocka_unit_test(test_kill9_after_snapshot),

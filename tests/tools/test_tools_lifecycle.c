@@ -1,0 +1,356 @@
+/*
+ * Node lifecycle through the built binaries: `dhps stop|start|restart --node N` keep a
+ * node on the ports of the map; `dhps down` stops a node restarted by hand (found by its
+ * pid file and in /proc) and says so; `dhps up` over an existing cluster directory is
+ * refused and leaves its snapshots, `--fresh` replaces it; a taken port makes `dhps up
+ * --base-port` fail cleanly. A 3-node cluster with 16 shards on loopback. Skips (77)
+ * when dhps-server is not built. Every server started is stopped, also on failure.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "server_bin.h"
+
+static char g_dir[256];
+static char g_cmd[4096];
+
+static int run(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int run(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(g_cmd, sizeof g_cmd, fmt, ap);
+    va_end(ap);
+    int st = system(g_cmd);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+/* stdout (and whatever the command redirects into it) of a shell command, malloc'ed. */
+static char *capture(int *rc, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static char *capture(int *rc, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(g_cmd, sizeof g_cmd, fmt, ap);
+    va_end(ap);
+    FILE *p = popen(g_cmd, "r");
+    assert_non_null(p);
+    size_t cap = 1 << 16, n = 0, r;
+    char *buf = malloc(cap);
+    while ((r = fread(buf + n, 1, cap - n - 1, p)) > 0)
+        n += r;
+    buf[n] = 0;
+    int st = pclose(p);
+    if (rc)
+        *rc = WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+    return buf;
+}
+
+/* "RPC METRICS" of node i's port file; false when unreadable. */
+static bool node_ports(int i, unsigned *rpc, unsigned *met)
+{
+    char p[512];
+    snprintf(p, sizeof p, "%s/node%d/ports", g_dir, i);
+    FILE *f = fopen(p, "r");
+    if (!f)
+        return false;
+    int k = fscanf(f, "%u %u", rpc, met);
+    fclose(f);
+    return k == 2;
+}
+
+static int node_pid(int i)
+{
+    char p[512];
+    snprintf(p, sizeof p, "%s/node%d/pid", g_dir, i);
+    FILE *f = fopen(p, "r");
+    int pid = 0;
+    if (f) {
+        if (fscanf(f, "%d", &pid) != 1)
+            pid = 0;
+        fclose(f);
+    }
+    return pid;
+}
+
+static bool alive(int pid)
+{
+    char p[64];
+    snprintf(p, sizeof p, "/proc/%d/stat", pid);
+    FILE *f = fopen(p, "r");
+    if (!f)
+        return false;
+    char buf[256] = "";
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    char *rp = strrchr(buf, ')');
+    return rp && rp[2] != 'Z' && rp[2] != 'X';
+}
+
+static unsigned snap_files(void)
+{
+    unsigned n = 0;
+    for (int i = 0; i < 3; i++) {
+        char p[512];
+        snprintf(p, sizeof p, "%s/node%d/snap", g_dir, i);
+        DIR *d = opendir(p);
+        struct dirent *e;
+        while (d && (e = readdir(d)))
+            n += strstr(e->d_name, ".snap") != NULL;
+        if (d)
+            closedir(d);
+    }
+    return n;
+}
+
+#define UP_ARGS "--nodes 3 --shards 16 --keys 3000 --dim 4 --no-workload --quiet"
+
+static void up_cluster(void)
+{
+    int rc = run(DHPS_BIN " up --dir %s " UP_ARGS " > %s.up.out 2>&1", g_dir, g_dir);
+    if (rc != 0)
+        run("cat %s.up.out; tail -5 %s/node*/server.log", g_dir, g_dir);
+    assert_int_equal(rc, 0);
+}
+
+/* up; stop --node 1; start --node 1: same rpc and metrics ports, serves; restart too. */
+static void stop_start_same_ports(void **state)
+{
+    (void)state;
+    up_cluster();
+    unsigned r0, m0, r1, m1;
+    assert_true(node_ports(1, &r0, &m0));
+    int rc, pid0 = node_pid(1);
+    char *out = capture(&rc, DHPS_BIN " stop --dir %s --node 1", g_dir);
+    assert_int_equal(rc, 0);
+    assert_non_null(strstr(out, "stopped cleanly"));
+    free(out);
+    assert_false(alive(pid0));
+    out = capture(&rc, DHPS_BIN " stop --dir %s --node 1", g_dir);
+    assert_int_equal(rc, 0);
+    assert_non_null(strstr(out, "was not running"));
+    free(out);
+    out = capture(&rc, DHPS_BIN " start --dir %s --node 1", g_dir);
+    assert_int_equal(rc, 0);
+    assert_non_null(strstr(out, "healthy"));
+    free(out);
+    assert_true(node_ports(1, &r1, &m1));
+    assert_int_equal(r1, r0);
+    assert_int_equal(m1, m0);
+    /* the restarted node serves: every key of the sample table is found */
+    out = capture(&rc, DHPS_BIN " get 1 2 2999 --cluster %s", g_dir);
+    assert_int_equal(rc, 0);
+    assert_null(strstr(out, "missing"));
+    free(out);
+    /* starting it again: one-line error, exit 1; unknown node; missing dir */
+    out = capture(&rc, DHPS_BIN " start --dir %s --node 1 2>&1", g_dir);
+    assert_int_equal(rc, 1);
+    assert_non_null(strstr(out, "already running"));
+    free(out);
+    out = capture(&rc, DHPS_BIN " start --dir %s --node 7 2>&1", g_dir);
+    assert_int_equal(rc, 1);
+    assert_non_null(strstr(out, "no node '7'"));
+    free(out);
+    out = capture(&rc, DHPS_BIN " stop --dir %s/nope --node 1 2>&1", g_dir);
+    assert_int_equal(rc, 1);
+    assert_non_null(strstr(out, "cluster dir"));
+    free(out);
+    int pid1 = node_pid(1);
+    out = capture(&rc, DHPS_BIN " restart --dir %s --node n1", g_dir);
+    assert_int_equal(rc, 0);
+    assert_non_null(strstr(out, "stopped cleanly"));
+    assert_non_null(strstr(out, "healthy"));
+    free(out);
+    assert_false(alive(pid1));
+    assert_true(node_ports(1, &r1, &m1));
+    assert_int_equal(r1, r0);
+    assert_int_equal(m1, m0);
+    assert_int_equal(run(DHPS_BIN " down --dir %s > /dev/null", g_dir), 0);
+}
+
+/* A node that ignores SIGTERM (stopped with SIGSTOP) is killed after --timeout, and stop
+ * says so; a node still loading is reported with its /health answer (503) when start's
+ * --timeout ends, left running, and comes up healthy afterwards. */
+static void stop_escalates_start_reports_503(void **state)
+{
+    (void)state;
+    up_cluster();
+    int rc, pid = node_pid(1);
+    kill(pid, SIGSTOP);
+    char *out = capture(&rc, DHPS_BIN " stop --dir %s --node 1 --timeout 0.5", g_dir);
+    assert_int_equal(rc, 1);
+    assert_non_null(strstr(out, "killed (SIGKILL"));
+    assert_null(strstr(out, "stopped cleanly"));
+    free(out);
+    assert_false(alive(pid));
+    /* the node now takes 3 s to load: start gives up after 1 s and says what it saw */
+    assert_int_equal(run("sed -i 's/\"node_id\"/\"startup_delay_ms\": 3000, \"node_id\"/' "
+                         "%s/node1/server.json", g_dir), 0);
+    out = capture(&rc, DHPS_BIN " start --dir %s --node 1 --timeout 1 2>&1", g_dir);
+    assert_int_equal(rc, 1);
+    if (!strstr(out, "/health answers 503") || !strstr(out, "left running"))
+        fail_msg("start did not report the 503: %s", out);
+    free(out);
+    int pid2 = node_pid(1);
+    assert_true(pid2 > 0 && alive(pid2));
+    out = capture(&rc, DHPS_BIN " start --dir %s --node 1 2>&1", g_dir);
+    assert_int_equal(rc, 1);
+    assert_non_null(strstr(out, "already running"));
+    free(out);
+    assert_int_equal(run(DHPS_BIN " down --dir %s > /dev/null", g_dir), 0);
+    assert_false(alive(pid2));
+}
+
+/* A node stopped and restarted by hand (relative --config, from its own directory)
+ * comes back on the map's port, and `dhps down` stops it and says so. */
+static void down_stops_hand_restart(void **state)
+{
+    (void)state;
+    up_cluster();
+    unsigned r0, m0, r1, m1;
+    assert_true(node_ports(2, &r0, &m0));
+    int pid0 = node_pid(2);
+    kill(pid0, SIGTERM);
+    for (int k = 0; k < 500 && alive(pid0); k++)
+        usleep(10000);
+    assert_false(alive(pid0));
+    char nd[512];
+    snprintf(nd, sizeof nd, "%s/node2", g_dir);
+    unlink(strcat(strcpy(g_cmd, nd), "/ports"));
+    pid_t pid = fork();
+    if (pid == 0) {
+        setsid();
+        if (chdir(nd) != 0)
+            _exit(126);
+        int fd = open("hand.log", O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        dup2(fd, 1);
+        dup2(fd, 2);
+        execl(DHPS_SERVER_BIN, "dhps-server", "--config", "server.json", (char *)NULL);
+        _exit(127);
+    }
+    for (int k = 0; k < 1000 && !node_ports(2, &r1, &m1); k++)
+        usleep(10000);
+    assert_true(node_ports(2, &r1, &m1));
+    assert_int_equal(r1, r0); /* server.json holds the map's ports */
+    assert_int_equal(m1, m0);
+    int rc;
+    char *out = capture(&rc, DHPS_BIN " down --dir %s", g_dir);
+    char want[64];
+    snprintf(want, sizeof want, "pid %-7d stopped cleanly", (int)pid);
+    if (!strstr(out, want))
+        fail_msg("down does not report the hand-started node (%s): %s", want, out);
+    assert_int_equal(rc, 0);
+    free(out);
+    int st;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+}
+
+/* `dhps up` over an existing cluster directory: refused, snapshots kept; --fresh
+ * deletes it (and says what) and makes a new cluster. */
+static void up_refuses_existing_dir(void **state)
+{
+    (void)state;
+    up_cluster();
+    assert_int_equal(run(DHPS_BIN " down --dir %s > /dev/null", g_dir), 0);
+    unsigned snaps = snap_files();
+    assert_true(snaps > 0);
+    int rc;
+    char *out = capture(&rc, DHPS_BIN " up --dir %s " UP_ARGS " --no-load 2>&1", g_dir);
+    assert_int_not_equal(rc, 0);
+    assert_non_null(strstr(out, "already holds a cluster"));
+    assert_non_null(strstr(out, "--fresh"));
+    free(out);
+    assert_int_equal(snap_files(), snaps);
+    /* the stopped cluster comes back whole, with its data */
+    out = capture(&rc, DHPS_BIN " start --dir %s", g_dir);
+    assert_int_equal(rc, 0);
+    assert_non_null(strstr(out, "3 nodes started and healthy"));
+    free(out);
+    out = capture(&rc, DHPS_BIN " get 5 --cluster %s", g_dir);
+    assert_int_equal(rc, 0);
+    assert_null(strstr(out, "missing"));
+    free(out);
+    /* running: refused even with --fresh */
+    out = capture(&rc, DHPS_BIN " up --dir %s " UP_ARGS " --fresh 2>&1", g_dir);
+    assert_int_equal(rc, 1);
+    assert_non_null(strstr(out, "still running"));
+    free(out);
+    assert_int_equal(run(DHPS_BIN " stop --dir %s > /dev/null", g_dir), 0);
+    out = capture(&rc, DHPS_BIN " up --dir %s " UP_ARGS " --no-load --fresh 2>&1", g_dir);
+    assert_int_equal(rc, 0);
+    assert_non_null(strstr(out, "--fresh: removing"));
+    assert_non_null(strstr(out, "snapshot files"));
+    free(out);
+    assert_int_equal(run(DHPS_BIN " down --dir %s > /dev/null", g_dir), 0);
+}
+
+/* A port of --base-port taken: `dhps up` exits 1 with one line naming it, starts
+ * nothing. */
+static void up_taken_port(void **state)
+{
+    (void)state;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t al = sizeof a;
+    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+    assert_int_equal(listen(fd, 1), 0);
+    getsockname(fd, (struct sockaddr *)&a, &al);
+    unsigned taken = ntohs(a.sin_port), base = taken - 3; /* n1's metrics port */
+    int rc;
+    char *out = capture(&rc, DHPS_BIN " up --dir %s " UP_ARGS " --base-port %u 2>&1", g_dir,
+                        base);
+    assert_int_equal(rc, 1);
+    char want[96];
+    snprintf(want, sizeof want, "port 127.0.0.1:%u (metrics port of n1): in use", taken);
+    if (!strstr(out, want) || strchr(out, '\n') != out + strlen(out) - 1)
+        fail_msg("want one line with \"%s\": %s", want, out);
+    free(out);
+    assert_int_not_equal(access(strcat(strcpy(g_cmd, g_dir), "/node0"), F_OK), 0);
+    close(fd);
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    snprintf(g_dir, sizeof g_dir, "/tmp/dhps-test-life-XXXXXX");
+    return mkdtemp(g_dir) ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    run(DHPS_BIN " down --dir %s --timeout 10 > /dev/null 2>&1", g_dir);
+    run("rm -rf %s %s.up.out", g_dir, g_dir);
+    return 0;
+}
+
+int main(void)
+{
+    if (use_built_server())
+        return 77;
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(stop_start_same_ports, setup, teardown),
+        cmocka_unit_test_setup_teardown(stop_escalates_start_reports_503, setup, teardown),
+        cmocka_unit_test_setup_teardown(down_stops_hand_restart, setup, teardown),
+        cmocka_unit_test_setup_teardown(up_refuses_existing_dir, setup, teardown),
+        cmocka_unit_test_setup_teardown(up_taken_port, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
