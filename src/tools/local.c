@@ -132,6 +132,30 @@ int up_http_status(uint16_t port, const char *path)
     return sscanf(resp, "HTTP/%*d.%*d %d", &code) == 1 ? code : -EPROTO;
 }
 
+int up_free_ports(uint16_t *out, uint32_t n)
+{
+    int *fds = calloc(n ? n : 1, sizeof *fds), rc = 0;
+    if (!fds)
+        return -ENOMEM;
+    uint32_t k = 0;
+    for (; k < n && !rc; k++) { /* all bound at once, so no port is handed out twice */
+        fds[k] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        struct sockaddr_in a = {.sin_family = AF_INET};
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        socklen_t al = sizeof a;
+        if (fds[k] < 0 || bind(fds[k], (struct sockaddr *)&a, sizeof a) ||
+            getsockname(fds[k], (struct sockaddr *)&a, &al))
+            rc = -errno;
+        else
+            out[k] = ntohs(a.sin_port);
+    }
+    for (uint32_t i = 0; i < k; i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+    free(fds);
+    return rc;
+}
+
 int up_port_check(uint16_t port)
 {
     if (!port)

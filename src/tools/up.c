@@ -2,10 +2,12 @@
 /*
  * dhps up / dhps down: a local cluster on loopback, for trying dhps and for its tests.
  *
- * up: generate a secret, a cluster map (cluster library generator: replicas on distinct
- *   hosts, spread over AZs and PODs) and one dhps-server config per node; start the
- *   servers (each in its own session, logs in DIR/nodeN/server.log); wait for every
- *   /health to answer 200; write the map with the real ports and DIR/cluster.json
+ * up: choose free ports (or --base-port), generate a secret, a cluster map (cluster
+ *   library generator: replicas on distinct hosts, spread over AZs and PODs) and one
+ *   dhps-server config per node in the map form (its shards and peers come from the
+ *   map, so a restarted node catches up from its peers); start the servers (each in its
+ *   own session, logs in DIR/nodeN/server.log); wait for every /health to answer 200
+ *   (ready: caught up); write DIR/cluster.json
  *   (pids, ports, paths); load a deterministic sample table through the client
  *   library; check a sample of it; run a lookup workload and print throughput, batch
  *   latency quantiles and where the traffic went (per node, per tier relative to the
@@ -99,17 +101,20 @@ static void up_on_signal(int sig)
 
 struct up_opts {
     uint32_t nodes, azs, pods, replicas, shards, workers, dim, threads, batch, max_msg;
-    uint32_t base_port; /* 0: ephemeral ports, pinned in the configs once known */
+    uint32_t base_port; /* 0: free ports chosen at start */
+    uint16_t ports[2 * UP_MAX_NODES]; /* node i: rpc 2i, metrics 2i + 1 */
     uint64_t keys;
     double seconds, zipf;
     const char *dir, *server, *table;
     bool shm, verbs, load, workload, quiet, pairs, fresh;
 };
 
-/* Port of node i (which 0: rpc, 1: metrics) with --base-port, else 0 (ephemeral). */
+/* Port of node i (which 0: rpc, 1: metrics): --base-port + 2i (+1), or the free port
+ * chosen for it at start. Fixed before any node starts, so the map and every config name
+ * the ports the nodes listen on, and a restart comes back on them. */
 static uint32_t port_of(const struct up_opts *o, uint32_t i, int which)
 {
-    return o->base_port ? o->base_port + 2 * i + (uint32_t)which : 0;
+    return o->base_port ? o->base_port + 2 * i + (uint32_t)which : o->ports[2 * i + which];
 }
 
 struct up_node {
@@ -477,17 +482,22 @@ int dhps_cmd_up(int argc, char **argv)
         }
     }
 
+    int e0;
+    if (!o.base_port && (e0 = up_free_ports(o.ports, 2 * o.nodes)) < 0) {
+        fprintf(stderr, "dhps up: no free ports on 127.0.0.1: %s\n", strerror(-e0));
+        return 1;
+    }
+
     struct up_node *nd = calloc(o.nodes, sizeof *nd);
     dhps_cluster_node *cn = calloc(o.nodes, sizeof *cn);
-    dhps_cluster_map *map = NULL, *final = NULL;
+    dhps_cluster_map *map = NULL;
     tools_conn *conn = NULL;
-    json_t *mj = NULL, *state = NULL;
-    char *mtext = NULL, *stext = NULL, err[4096] = "", absdir[PATH_MAX], p[PATH_MAX];
-    uint32_t *own = NULL;
+    json_t *state = NULL;
+    char *stext = NULL, err[4096] = "", absdir[PATH_MAX], p[PATH_MAX];
     struct sigaction old_int, old_term;
     bool signals_caught = false;
     int rc = 1, e;
-    if (!nd || !cn || !(own = calloc(o.shards, sizeof *own)))
+    if (!nd || !cn)
         goto fail;
     if ((e = up_mkdir_p(dir)) < 0 || !realpath(dir, absdir)) {
         fprintf(stderr, "dhps up: %s: %s\n", dir, strerror(e < 0 ? -e : errno));
@@ -520,7 +530,7 @@ int dhps_cmd_up(int argc, char **argv)
         goto fail;
     }
 
-    /* nodes and map (placeholder ports; the real ones are known after start) */
+    /* nodes and map, with the ports the nodes will listen on */
     for (uint32_t i = 0; i < o.nodes; i++) {
         uint32_t h = o.pairs ? i / 2 : i; /* --same-host-pairs: n0+n1 on h0, ... */
         uint32_t az = h % o.azs, pod = (h / o.azs) % o.pods;
@@ -532,7 +542,8 @@ int dhps_cmd_up(int argc, char **argv)
         snprintf(cn[i].host, sizeof cn[i].host, "%s", nd[i].host);
         snprintf(cn[i].pod, sizeof cn[i].pod, "%s", nd[i].pod);
         snprintf(cn[i].az, sizeof cn[i].az, "%s", nd[i].az);
-        snprintf(cn[i].addr, sizeof cn[i].addr, "127.0.0.1:%u", 40000 + i);
+        snprintf(cn[i].addr, sizeof cn[i].addr, "127.0.0.1:%u", port_of(&o, i, 0));
+        cn[i].metrics_port = (uint16_t)port_of(&o, i, 1);
     }
     dhps_cluster_gen_params gp;
     dhps_cluster_gen_params_init(&gp);
@@ -541,6 +552,14 @@ int dhps_cmd_up(int argc, char **argv)
     gp.version = (uint64_t)time(NULL);
     if ((e = dhps_cluster_map_generate(&gp, cn, o.nodes, &map, err, sizeof err)) < 0) {
         fprintf(stderr, "dhps up: map: %s\n%s\n", dhps_strerror(e), err);
+        goto fail;
+    }
+
+    /* the map first: every node reads it (its shards, and the peers it catches up from) */
+    char mapp[PATH_MAX];
+    snprintf(mapp, sizeof mapp, "%s/map.json", absdir);
+    if ((e = dhps_cluster_map_write(map, mapp)) < 0) {
+        fprintf(stderr, "dhps up: %s: %s\n", mapp, strerror(-e));
         goto fail;
     }
 
@@ -559,20 +578,17 @@ int dhps_cmd_up(int argc, char **argv)
         snprintf(nd[i].portfile, sizeof nd[i].portfile, "%s/ports", nd_dir);
         snprintf(nd[i].pidfile, sizeof nd[i].pidfile, "%s/pid", nd_dir);
         unlink(nd[i].portfile);
-        size_t no = dhps_cluster_map_shards_of(map, i, own, o.shards);
-        json_t *ownj = json_array();
-        for (size_t k = 0; k < no; k++)
-            json_array_append_new(ownj, json_integer(own[k]));
         json_t *cfg = json_pack(
             "{s:s,s:{s:s,s:s,s:s},s:{s:s,s:i,s:b,s:b,s:i,s:i},"
-            "s:[{s:s,s:i,s:s,s:I}],s:{s:s,s:b},s:s,s:{s:s,s:i},s:{s:i,s:o},s:s,s:s,s:{s:b}}",
+            "s:[{s:s,s:i,s:s,s:I}],s:{s:s,s:b},s:s,s:{s:s,s:i},s:{s:s,s:i},s:s,s:s,s:{s:b}}",
             "node_id", nd[i].name, "labels", "host", nd[i].host, "pod", nd[i].pod, "az",
             nd[i].az, "listen", "host", "127.0.0.1", "tcp_port", (int)port_of(&o, i, 0), "shm",
             o.shm, "verbs", o.verbs,
             "workers", (int)o.workers, "max_msg", (int)o.max_msg, "tables", "name", o.table, "dim",
             (int)o.dim, "dtype", "fp32", "capacity", (json_int_t)cap, "snapshot", "dir",
             nd[i].snap, "on_shutdown", 1, "secret_file", p, "metrics", "host", "127.0.0.1",
-            "port", (int)port_of(&o, i, 1), "shards", "nshards", (int)o.shards, "own", ownj, "pid_file",
+            "port", (int)port_of(&o, i, 1), "shards", "cluster_map", mapp, "map_node", (int)i,
+            "pid_file",
             nd[i].pidfile, "port_file", nd[i].portfile,
             /* `dhps fault` works on the local cluster (changes need the cluster secret) */
             "admin", "faults", 1);
@@ -629,10 +645,9 @@ int dhps_cmd_up(int argc, char **argv)
         }
         nd[i].port = w.port;
         nd[i].mport = w.mport;
-        /* the node's own config names the map's ports from now on: a restart, by
-         * `dhps start` or by hand, comes back where the map says */
-        if (!o.base_port && (e = up_config_pin_ports(nd[i].cfg, w.port, w.mport)) < 0) {
-            fprintf(stderr, "dhps up: %s: %s\n", nd[i].cfg, strerror(-e));
+        if (w.port != port_of(&o, i, 0) || w.mport != port_of(&o, i, 1)) {
+            fprintf(stderr, "dhps up: node %s listens on %u/%u, not on the map's %u/%u\n",
+                    nd[i].name, w.port, w.mport, port_of(&o, i, 0), port_of(&o, i, 1));
             goto fail;
         }
     }
@@ -640,31 +655,6 @@ int dhps_cmd_up(int argc, char **argv)
         printf("dhps up: %u nodes healthy in %.2f s\n", o.nodes,
                (double)(dhps_mono_ns() - t0) / 1e9);
 
-    /* the map with the real ports */
-    if (!(mtext = dhps_cluster_map_to_json(map)) || !(mj = json_loads(mtext, 0, NULL)))
-        goto fail;
-    json_t *jn;
-    size_t ji;
-    json_array_foreach(json_object_get(mj, "nodes"), ji, jn) {
-        uint32_t id = (uint32_t)json_integer_value(json_object_get(jn, "id"));
-        if (id >= o.nodes)
-            goto fail;
-        char addr[64];
-        snprintf(addr, sizeof addr, "127.0.0.1:%u", nd[id].port);
-        json_object_set_new(jn, "addr", json_string(addr));
-        json_object_set_new(jn, "metrics_port", json_integer(nd[id].mport));
-    }
-    free(mtext);
-    mtext = json_dumps(mj, 0);
-    if (!mtext || (e = dhps_cluster_map_parse(mtext, strlen(mtext), &final, err, sizeof err)) < 0) {
-        fprintf(stderr, "dhps up: final map invalid: %s\n", err);
-        goto fail;
-    }
-    snprintf(p, sizeof p, "%s/map.json", absdir);
-    if ((e = dhps_cluster_map_write(final, p)) < 0) {
-        fprintf(stderr, "dhps up: %s: %s\n", p, strerror(-e));
-        goto fail;
-    }
     state = state_json(&o, absdir, server, nd);
     snprintf(p, sizeof p, "%s/cluster.json", absdir);
     if (!state || !(stext = json_dumps(state, JSON_INDENT(2))) || up_write_text(p, stext, 0644) < 0) {
@@ -764,11 +754,7 @@ out:
     }
     free(stext);
     json_decref(state);
-    free(mtext);
-    json_decref(mj);
-    dhps_cluster_map_destroy(final);
     dhps_cluster_map_destroy(map);
-    free(own);
     free(cn);
     free(nd);
     return rc;

@@ -41,6 +41,10 @@ int up_http_get(uint16_t port, const char *path, char *buf, size_t cap);
  * port 0), -EADDRINUSE when something holds it, or another -errno. */
 int up_port_check(uint16_t port);
 
+/* n distinct TCP ports of 127.0.0.1 that were free a moment ago (each bound to port 0
+ * at the same time, read, then all closed). 0 or -errno. */
+int up_free_ports(uint16_t *out, uint32_t n);
+
 /* Is pid a live, non-zombie process named dhps-server? */
 bool up_pid_is_server(pid_t pid);
 
