@@ -102,9 +102,13 @@ static inline int t_server_start(const char *cfgtext, dhps_server **s, char *err
 
 /* ---- rpc ---------------------------------------------------------------------------- */
 
+/* Response buffer, static size: big enough for the tests' batches. */
+#define T_RESP_CAP (4u << 20)
+
 typedef struct t_conn {
     dhps_rpc_client *c;
     dhps_rpc_channel *ch;
+    uint8_t *resp; /* T_RESP_CAP bytes, reused by the request helpers below */
 } t_conn;
 
 static inline int t_connect_ex(t_conn *tc, uint16_t port, const char *secret,
@@ -118,6 +122,7 @@ static inline int t_connect_ex(t_conn *tc, uint16_t port, const char *secret,
     uint8_t host_id[DHPS_RPC_HOST_ID_LEN];
     dhps_rpc_host_id("h1", host_id); /* t_config's labels.host: shm is allowed */
     cp.host_id = host_id;
+    tc->resp = NULL;
     int rc = dhps_rpc_client_create(&cp, &tc->c);
     if (rc)
         return rc;
@@ -127,6 +132,10 @@ static inline int t_connect_ex(t_conn *tc, uint16_t port, const char *secret,
     p.allow = allow;
     p.require = require;
     rc = dhps_rpc_channel_open(tc->c, &p, &tc->ch);
+    if (!rc && !(tc->resp = malloc(T_RESP_CAP))) {
+        dhps_rpc_channel_close(tc->ch);
+        rc = -ENOMEM;
+    }
     if (rc) {
         dhps_rpc_client_destroy(tc->c);
         tc->c = NULL;
@@ -143,8 +152,10 @@ static inline void t_close(t_conn *tc)
 {
     dhps_rpc_channel_close(tc->ch);
     dhps_rpc_client_destroy(tc->c);
+    free(tc->resp);
     tc->c = NULL;
     tc->ch = NULL;
+    tc->resp = NULL;
 }
 
 static inline void t_hdr(void *buf, const char *table, uint32_t shard, uint16_t flags)
@@ -158,8 +169,6 @@ static inline void t_hdr(void *buf, const char *table, uint32_t shard, uint16_t 
     memcpy(buf, &h, sizeof h);
 }
 
-/* Response buffer, static size: big enough for the tests' batches. */
-#define T_RESP_CAP (4u << 20)
 
 /* Send a raw request; returns the rpc status; *resp_len set. */
 static inline int t_call(t_conn *tc, uint16_t method, const void *req, size_t len,
@@ -187,7 +196,7 @@ static inline int t_upsert(t_conn *tc, const char *table, uint32_t shard, const 
 {
     size_t len = sizeof(dhps_proto_hdr) + sizeof(dhps_proto_upsert) + (size_t)n * 8 +
                  (size_t)n * row_bytes;
-    uint8_t *req = malloc(len), *resp = malloc(T_RESP_CAP);
+    uint8_t *req = malloc(len), *resp = tc->resp;
     t_hdr(req, table, shard, rows16 ? DHPS_FP16 : DHPS_FP32);
     dhps_proto_upsert u = {.n = n, .value_bytes = row_bytes, .version = version,
                            .ttl = 0};
@@ -203,7 +212,6 @@ static inline int t_upsert(t_conn *tc, const char *table, uint32_t shard, const 
         *count = h.count;
     }
     free(req);
-    free(resp);
     return rc;
 }
 
@@ -212,7 +220,7 @@ static inline int t_delete(t_conn *tc, const char *table, uint32_t shard, const 
                            uint32_t n, uint64_t version)
 {
     size_t len = sizeof(dhps_proto_hdr) + sizeof(dhps_proto_delete) + (size_t)n * 8;
-    uint8_t *req = malloc(len), *resp = malloc(T_RESP_CAP);
+    uint8_t *req = malloc(len), *resp = tc->resp;
     t_hdr(req, table, shard, 0);
     dhps_proto_delete d = {.n = n, .version = version};
     memcpy(req + 64, &d, sizeof d);
@@ -221,7 +229,6 @@ static inline int t_delete(t_conn *tc, const char *table, uint32_t shard, const 
     int rc = t_call(tc, DHPS_M_DELETE, req, len, resp, &rl);
     rc = t_status(rc, resp, rl);
     free(req);
-    free(resp);
     return rc;
 }
 
@@ -231,7 +238,7 @@ static inline int t_lookup(t_conn *tc, const char *table, uint32_t shard, const 
                            uint32_t *value_bytes)
 {
     size_t len = sizeof(dhps_proto_hdr) + sizeof(dhps_proto_lookup) + (size_t)n * 8;
-    uint8_t *req = malloc(len), *resp = malloc(T_RESP_CAP);
+    uint8_t *req = malloc(len), *resp = tc->resp;
     t_hdr(req, table, shard, flags);
     dhps_proto_lookup l = {.n = n};
     memcpy(req + 64, &l, sizeof l);
@@ -255,7 +262,6 @@ static inline int t_lookup(t_conn *tc, const char *table, uint32_t shard, const 
         }
     }
     free(req);
-    free(resp);
     return rc;
 }
 
@@ -264,7 +270,7 @@ static inline int t_simple(t_conn *tc, uint16_t method, const char *table, char 
                            size_t outlen, uint32_t *count)
 {
     uint8_t req[64];
-    uint8_t *resp = malloc(T_RESP_CAP);
+    uint8_t *resp = tc->resp;
     t_hdr(req, table, 0, 0);
     size_t rl = 0;
     int rc = t_call(tc, method, req, sizeof req, resp, &rl);
@@ -280,7 +286,6 @@ static inline int t_simple(t_conn *tc, uint16_t method, const char *table, char 
         if (count)
             *count = h.count;
     }
-    free(resp);
     return st;
 }
 
