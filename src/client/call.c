@@ -80,6 +80,14 @@ int client_call_outcome(dhps_client *c, struct attempt *a, int status, const voi
         CTR_ADD(nc->timeouts, 1);
     else
         CTR_ADD(nc->errors, 1);
+    if (err != 0 && err != DHPS_E_STALE)
+        atomic_store_explicit(&nc->last_error, err, memory_order_relaxed);
+    /* recovering or catching up: an error, never "absent" (a hedge loser's answer is
+     * counted cancelled, as any other loser's: not_ready stays a part of errors) */
+    if (err == DHPS_E_NOTREADY && rout != DHPS_CLIENT_CANCELLED) {
+        CTR_ADD(nc->not_ready, 1);
+        CTR_ADD(c->st.not_ready, 1);
+    }
     if (err == DHPS_E_NOTFOUND) {
         CTR_ADD(c->st.not_owned, 1);
         ms->op->not_owned = true;
@@ -227,6 +235,7 @@ void client_send_msg(struct op *op, struct msg *ms, struct attempt *a)
         return;
     }
     CTR_ADD(c->nodes[node].errors, 1);
+    atomic_store_explicit(&c->nodes[node].last_error, rc, memory_order_relaxed);
     ms->err = rc;
     if (!op->update) {
         c->rops->report(c->rself, &a->pick, dhps_mono_ns() - a->pick.start_ns, outcome);

@@ -273,6 +273,7 @@ void dhps_client_stats_get(dhps_client *c, dhps_client_stats *s)
     s->partial = LD(c->st.partial);
     s->update_shortfalls = LD(c->st.update_shortfalls);
     s->not_owned = LD(c->st.not_owned);
+    s->not_ready = LD(c->st.not_ready);
     s->map_reloads = LD(c->st.map_reloads);
     s->threads = LD(c->st.threads);
 }
@@ -290,9 +291,11 @@ int dhps_client_node_stats_get(dhps_client *c, uint32_t id, dhps_client_node_sta
     s->messages = LD(n->messages);
     s->ok = LD(n->ok);
     s->errors = LD(n->errors);
+    s->not_ready = LD(n->not_ready);
     s->timeouts = LD(n->timeouts);
     s->cancelled = LD(n->cancelled);
     s->connects = LD(n->connects);
     s->connect_failures = LD(n->connect_failures);
+    s->last_error = atomic_load_explicit(&n->last_error, memory_order_relaxed);
     return 0;
 }

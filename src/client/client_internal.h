@@ -28,7 +28,9 @@ struct map_ref {
 };
 
 struct node_ctr {
-    _Atomic uint64_t messages, ok, errors, timeouts, cancelled, connects, connect_failures;
+    _Atomic uint64_t messages, ok, errors, timeouts, cancelled, connects, connect_failures,
+        not_ready;
+    _Atomic int last_error; /* latest failed attempt's error */
 };
 
 struct tdefault {
@@ -80,8 +82,8 @@ struct dhps_client {
     _Atomic uint64_t hlc;
     bool trace;                  /* DHPS_CLIENT_TRACE set: print failed lookups' attempts */
     struct {
-        _Atomic uint64_t lookups, updates, keys_looked_up, keys_updated, sub_batches, retries, hedges,
-            partial, update_shortfalls, not_owned, map_reloads, threads;
+        _Atomic uint64_t lookups, updates, keys_looked_up, keys_updated, sub_batches, retries,
+            hedges, partial, update_shortfalls, not_owned, not_ready, map_reloads, threads;
     } st;
     struct node_ctr *nodes; /* max_node_id + 1 */
 };

@@ -147,9 +147,11 @@ static void lookup_attempt(struct op *op, struct msg *ms)
     int kind = ms->attempts == 0 ? DHPS_ROUTE_PRIMARY : DHPS_ROUTE_RETRY;
     if (ms->attempts > 0) {
         /* The retry budget guards servers against multiplied load; an attempt that
-         * never reached a server (no connection, peer gone) cost it nothing. */
+         * never reached a server (no connection, peer gone) cost it nothing, and a "not
+         * ready" answer next to nothing - and its keys must be asked elsewhere, or they
+         * go unanswered however healthy the other replicas are. */
         bool free_retry = ms->err == DHPS_E_UNREACHABLE || ms->err == DHPS_E_AUTH ||
-                          ms->err == DHPS_E_CANCELLED;
+                          ms->err == DHPS_E_CANCELLED || ms->err == DHPS_E_NOTREADY;
         if (ms->attempts >= c->p.max_attempts || dhps_mono_ns() >= op->deadline_ns ||
             (!free_retry && c->rops->allow_retry &&
              !c->rops->allow_retry(c->rself, op->deadline_ns))) {
@@ -333,6 +335,15 @@ int dhps_client_lookup(dhps_client *c, const char *table, const uint64_t *keys, 
                        void *out, uint32_t dim, int dtype, uint64_t *missing_mask,
                        uint64_t timeout_us, dhps_client_result *res)
 {
+    return dhps_client_lookup_masks(c, table, keys, n, out, dim, dtype, missing_mask, NULL,
+                                    timeout_us, res);
+}
+
+int dhps_client_lookup_masks(dhps_client *c, const char *table, const uint64_t *keys, size_t n,
+                             void *out, uint32_t dim, int dtype, uint64_t *missing_mask,
+                             uint64_t *unanswered_mask, uint64_t timeout_us,
+                             dhps_client_result *res)
+{
     if (res)
         memset(res, 0, sizeof *res);
     if ((dtype != DHPS_FP32 && dtype != DHPS_FP16) || dim == 0 || (n && (!keys || !out)) ||
@@ -387,9 +398,14 @@ int dhps_client_lookup(dhps_client *c, const char *table, const uint64_t *keys, 
             break;
         client_wait_turn(op, wake);
     }
-    /* gather: defaults for keys not found, masks, counts */
+    /* gather: defaults for keys not found, masks, counts. Only a message in M_OK was
+     * answered, by a replica that was ready (a "not ready" answer is an error and leaves
+     * the message to a retry): its keys without a found bit are "absent"; every key of
+     * any other message is unanswered, whatever its last attempt met. */
     int first_err = 0;
     size_t unanswered = 0, found = 0;
+    if (unanswered_mask)
+        memset(unanswered_mask, 0, (n + 63) / 64 * sizeof *unanswered_mask);
     for (size_t i = 0; i < op->nmsgs; i++) {
         struct msg *ms = &op->msgs[i];
         if (ms->state != M_OK) {
@@ -397,6 +413,10 @@ int dhps_client_lookup(dhps_client *c, const char *table, const uint64_t *keys, 
             int e = ms->state == M_INFLIGHT || (ms->err == 0) ? DHPS_E_TIMEOUT : ms->err;
             if (!first_err || (first_err == DHPS_E_TIMEOUT && e != DHPS_E_TIMEOUT))
                 first_err = e;
+            for (uint32_t j = 0; unanswered_mask && j < ms->count; j++) {
+                uint32_t k = op->order[ms->first + j];
+                unanswered_mask[k / 64] |= 1ull << (k % 64);
+            }
         }
     }
     const float *def = find_default(c, table, dim);

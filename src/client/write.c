@@ -12,11 +12,13 @@
 
 /* Update messages are re-sent to the same replica (same version: idempotent) after
  * errors that may pass: a dropped connection (after the redial backoff), a handler
- * error, overload. Not after "not owned", auth, malformed answers or the deadline. */
+ * error, overload, "not ready" (a catching-up replica takes writes, so it should not
+ * say so; if it does, it may not a moment later). Not after "not owned", auth, malformed
+ * answers or the deadline. */
 static bool update_retryable(int err)
 {
     return err == DHPS_E_UNREACHABLE || err == DHPS_E_HANDLER || err == DHPS_E_BUSY ||
-           err == DHPS_E_CANCELLED;
+           err == DHPS_E_CANCELLED || err == DHPS_E_NOTREADY;
 }
 
 uint64_t client_update_retry_at(dhps_client *c, int err)
