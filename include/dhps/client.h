@@ -329,9 +329,9 @@ typedef struct dhps_client_node_stats {
                            messages = ok + errors + timeouts + cancelled + in flight */
     uint64_t connects;  /* channels opened (over all threads) */
     uint64_t connect_failures;
-    int last_error;     /* error of the node's latest failed attempt (DHPS_E_NOTREADY,
-                           _UNREACHABLE, _TIMEOUT, _AUTH, ...), 0 = none yet: tools take
-                           the reason a node failed from it */
+    int last_error;     /* error of the node's latest failed attempt, one counted in errors
+                           or timeouts (DHPS_E_NOTREADY, _UNREACHABLE, _TIMEOUT, _AUTH,
+                           ...), 0 = none yet: tools take the reason a node failed from it */
 } dhps_client_node_stats;
 
 typedef struct dhps_client_stats {

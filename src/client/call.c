@@ -80,7 +80,7 @@ int client_call_outcome(dhps_client *c, struct attempt *a, int status, const voi
         CTR_ADD(nc->timeouts, 1);
     else
         CTR_ADD(nc->errors, 1);
-    if (err != 0 && err != DHPS_E_STALE)
+    if (rout != DHPS_CLIENT_CANCELLED && outcome != DHPS_CLIENT_OK)
         atomic_store_explicit(&nc->last_error, err, memory_order_relaxed);
     /* recovering or catching up: an error, never "absent" (a hedge loser's answer is
      * counted cancelled, as any other loser's: not_ready stays a part of errors) */

@@ -193,6 +193,10 @@ int dhps_cmd_get(int argc, char **argv)
     dhps_client_result res;
     err = dhps_client_lookup_masks(c->client, o.table, keys, n, out, dim, DHPS_FP32, miss,
                                    unans, 0, &res);
+    if (err && !res.unanswered) { /* nothing written (bad arguments, too big, memory) */
+        fprintf(stderr, "dhps get: %s\n", dhps_strerror(err));
+        goto out;
+    }
     for (size_t i = 0; i < n; i++) {
         printf("%llu", (unsigned long long)keys[i]);
         if (unans[i / 64] >> (i % 64) & 1) { /* no ready replica answered */
