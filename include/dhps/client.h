@@ -29,13 +29,20 @@
  *   for one node leave in one flush (the rpc library coalesces a poll turn's frames per
  *   connection). Responses are scattered straight into the caller's dense output in key
  *   order (fp32 or fp16, converting if the server sent the other width). A failed
- *   message (error, timeout of its rpc call, "not owned") is retried on another replica
- *   of the shard, excluding those already tried, while the deadline leaves room and the
- *   router allows it. When the deadline passes the call returns what it has: keys
- *   without an answer are marked missing and get the default row, and the return code
- *   says the result is partial. Calls still in flight at that point are detached: they
- *   complete later inside a poll of the same thread (any later call), touching only
- *   their own heap record, never the caller's buffers.
+ *   message (error, timeout of its rpc call, "not owned", "not ready") is retried on
+ *   another replica of the shard, excluding those already tried, while the deadline
+ *   leaves room and the router allows it. A replica that is recovering or catching up
+ *   answers DHPS_E_NOTREADY (it holds writes, but its data may be incomplete): that is a
+ *   failed attempt like any other - reported to the router as an error, so its breaker
+ *   may isolate the node, which is not ready for its other shards either - and never an
+ *   answer: its keys are not "absent". When the deadline passes, or no replica is left to
+ *   ask, the call returns what it has: keys without an answer ("unanswered") are marked
+ *   missing and get the default row, and the return code says the result is partial.
+ *   Hence the contract: a lookup returning 0 marked missing only keys that a ready
+ *   replica answered "absent" (the cluster invariant of the design brief, section 4: a
+ *   not-ready replica answers "not ready", never "absent"). Calls still in flight when
+ *   the call returns are detached: they complete later inside a poll of the same thread
+ *   (any later call), touching only their own heap record, never the caller's buffers.
  *
  * Update. One version per batch from a hybrid logical clock (max(realtime ns, last+1),
  *   shared by all threads of the client), so every replica of a key stores the same
@@ -61,8 +68,8 @@
  *
  * Errors (error.h): -EINVAL (bad arguments), DHPS_E_CONFIG (bad map or params),
  *   DHPS_E_TOOBIG (dim too large for max_msg), DHPS_E_TIMEOUT / DHPS_E_UNREACHABLE /
- *   DHPS_E_HANDLER / DHPS_E_NOTFOUND / DHPS_E_MALFORMED (partial results: see the
- *   functions), -ENOMEM.
+ *   DHPS_E_NOTREADY / DHPS_E_HANDLER / DHPS_E_NOTFOUND / DHPS_E_MALFORMED (partial
+ *   results: see the functions), -ENOMEM.
  */
 #ifndef DHPS_CLIENT_H
 #define DHPS_CLIENT_H
@@ -95,7 +102,8 @@ typedef struct dhps_client_pick {
 
 enum dhps_client_outcome {
     DHPS_CLIENT_OK = 0,      /* answered */
-    DHPS_CLIENT_ERROR = 1,   /* failed: refused, reset, handler error, not owned */
+    DHPS_CLIENT_ERROR = 1,   /* failed: refused, reset, handler error, not owned,
+                                not ready (a replica recovering or catching up) */
     DHPS_CLIENT_TIMEOUT = 2, /* no answer before the deadline */
     DHPS_CLIENT_CANCELLED = 3, /* the other attempt of a hedged pair answered first */
 };
@@ -208,7 +216,10 @@ int dhps_client_set_default(dhps_client *c, const char *table, const float *vec,
 typedef struct dhps_client_result {
     size_t found;        /* keys answered with a stored value */
     size_t missing;      /* keys marked in missing_mask / failed_mask */
-    size_t unanswered;   /* of those, keys no replica answered (partial result) */
+    size_t unanswered;   /* of those, keys no ready replica answered (partial result:
+                            every replica tried was not ready, unreachable, failed or
+                            timed out); missing - unanswered keys were answered
+                            "absent" */
     uint32_t messages;   /* rpc messages sent (sub-batches, retries, fan-out) */
     uint32_t retries;    /* lookup: messages re-sent to another replica; update/delete:
                             messages re-sent to the same replica */
@@ -221,11 +232,17 @@ typedef struct dhps_client_result {
  * dim * (4 for DHPS_FP32, 2 for DHPS_FP16) bytes, packed. missing_mask (n bits, u64
  * words, may be NULL) gets bit i set when keys[i] was not found or not answered; such
  * rows hold the table's default (dhps_client_set_default) or zeros. timeout_us: the
- * deadline from now (0 = params.default_timeout_us).
+ * deadline from now (0 = params.default_timeout_us). A replica answering "not ready"
+ * (DHPS_E_NOTREADY: recovering, catching up) is not an answer: the keys are asked of
+ * another replica of the shard, and stay unanswered if none is left.
  *
- * Returns 0 when every key got an answer (found or not), or - with out and missing_mask
- * fully written all the same - the error that left keys unanswered: DHPS_E_TIMEOUT
- * (deadline), DHPS_E_UNREACHABLE (no replica reachable), DHPS_E_NOTFOUND (no replica
+ * Returns 0 when every key got an answer from a ready replica (found or not): then every
+ * key marked in missing_mask was answered "absent" by a replica that was ready. Else -
+ * with out and missing_mask fully written all the same, res->unanswered counting the
+ * keys no ready replica answered - the error that left keys unanswered (the last reason
+ * of the first such sub-batch, a deadline only when nothing else went wrong):
+ * DHPS_E_TIMEOUT (deadline), DHPS_E_NOTREADY (the replicas asked were not ready),
+ * DHPS_E_UNREACHABLE (no replica reachable), DHPS_E_AUTH, DHPS_E_NOTFOUND (no replica
  * owns the shard / table unknown), DHPS_E_HANDLER, DHPS_E_MALFORMED (bad response).
  * Errors that write nothing: -EINVAL (NULL args, dtype not FP32/FP16, dim 0, n 0 is
  * fine and returns 0), DHPS_E_TOOBIG (a row larger than a message), -ENOMEM.
@@ -235,6 +252,17 @@ typedef struct dhps_client_result {
 int dhps_client_lookup(dhps_client *c, const char *table, const uint64_t *keys, size_t n,
                        void *out, uint32_t dim, int dtype, uint64_t *missing_mask,
                        uint64_t timeout_us, dhps_client_result *res);
+
+/*
+ * dhps_client_lookup, and also unanswered_mask (n bits, u64 words, may be NULL): bit i
+ * set when no ready replica answered for keys[i] (a subset of missing_mask; missing and
+ * not unanswered = answered "absent"). For callers that report keys one by one (the
+ * `dhps get` tool). Same returns, same threading.
+ */
+int dhps_client_lookup_masks(dhps_client *c, const char *table, const uint64_t *keys, size_t n,
+                             void *out, uint32_t dim, int dtype, uint64_t *missing_mask,
+                             uint64_t *unanswered_mask, uint64_t timeout_us,
+                             dhps_client_result *res);
 
 enum dhps_client_ack {
     DHPS_ACK_ALL = 0,     /* every replica of the shard acknowledged */
@@ -252,6 +280,8 @@ enum dhps_client_ack {
  * (n bits, may be NULL) gets bit i set when keys[i]'s shard fell short. Returns 0 (all
  * keys acknowledged per policy), or the first error behind a shortfall (DHPS_E_TIMEOUT,
  * DHPS_E_UNREACHABLE, DHPS_E_HANDLER, DHPS_E_NOTFOUND, ...) with failed_mask written;
+ * a replica that is not ready still takes writes, and should it answer DHPS_E_NOTREADY
+ * anyway the message is re-sent to it like after any transient failure;
  * -EINVAL, DHPS_E_TOOBIG, -ENOMEM write nothing. Messages to replicas beyond the policy
  * still complete in the background (later polls of this thread). Thread-safe.
  */
@@ -290,7 +320,8 @@ const char *dhps_client_router_name(const dhps_client *c);
 typedef struct dhps_client_node_stats {
     uint64_t messages;  /* rpc messages sent to the node */
     uint64_t ok;        /* answered */
-    uint64_t errors;    /* failed (incl. not owned) */
+    uint64_t errors;    /* failed (incl. not owned, not ready) */
+    uint64_t not_ready; /* of errors: answers DHPS_E_NOTREADY (recovering, catching up) */
     uint64_t timeouts;  /* no answer before the deadline */
     uint64_t cancelled; /* hedge losers: lookup attempts whose message the other attempt
                            had already answered, whatever became of them (answered late,
@@ -298,6 +329,9 @@ typedef struct dhps_client_node_stats {
                            messages = ok + errors + timeouts + cancelled + in flight */
     uint64_t connects;  /* channels opened (over all threads) */
     uint64_t connect_failures;
+    int last_error;     /* error of the node's latest failed attempt, one counted in errors
+                           or timeouts (DHPS_E_NOTREADY, _UNREACHABLE, _TIMEOUT, _AUTH,
+                           ...), 0 = none yet: tools take the reason a node failed from it */
 } dhps_client_node_stats;
 
 typedef struct dhps_client_stats {
@@ -310,6 +344,7 @@ typedef struct dhps_client_stats {
     uint64_t partial;              /* lookups returning with unanswered keys */
     uint64_t update_shortfalls;    /* updates returning with failed keys */
     uint64_t not_owned;            /* DHPS_E_NOTFOUND answers */
+    uint64_t not_ready;            /* DHPS_E_NOTREADY answers (the nodes' not_ready summed) */
     uint64_t map_reloads;          /* maps replaced */
     uint64_t threads;              /* per-thread states created */
 } dhps_client_stats;

@@ -1,7 +1,9 @@
 /*
  * dhps get / put / stats / snapshot: one-shot calls against a running cluster.
  *
- *   dhps get KEY... [--table T] [target]       print each key's vector (or "missing")
+ *   dhps get KEY... [--table T] [target]       print each key's vector, "missing" (a
+ *                                              ready replica answered absent) or
+ *                                              "unanswered (reason)"
  *   dhps put KEY V1,V2,... [--table T] [target] write one vector (every replica acks)
  *   dhps stats [--table T] [--json] [target]   STATS of every node: keys, bytes, lookups
  *   dhps snapshot [target]                     SNAPSHOT on every node
@@ -96,6 +98,56 @@ static int table_info(tools_conn *c, const char *table, uint32_t *dim, int *dtyp
 
 /* ---- get / put ------------------------------------------------------------------------ */
 
+/* Why a node or a key went unanswered, in the words `dhps get` prints. */
+static const char *fail_reason(int err)
+{
+    switch (err) {
+    case DHPS_E_NOTREADY: return "not ready";
+    case DHPS_E_UNREACHABLE: return "unreachable";
+    case DHPS_E_TIMEOUT: return "timeout";
+    case DHPS_E_AUTH: return "auth";
+    default: return dhps_strerror(err);
+    }
+}
+
+/* After a lookup that left keys unanswered: one line naming the nodes whose attempts
+ * failed during it and why, from the client's per-node counters (before: taken just
+ * before the lookup, one per node of the map, in map order). */
+static void print_failed_nodes(tools_conn *c, const dhps_client_node_stats *before)
+{
+    char line[4096];
+    size_t len = 0;
+    int nfailed = 0;
+    for (size_t i = 0; i < dhps_cluster_map_nnodes(c->map); i++) {
+        const dhps_cluster_node *nd = dhps_cluster_map_node_at(c->map, i);
+        dhps_client_node_stats now;
+        if (dhps_client_node_stats_get(c->client, nd->id, &now) < 0)
+            continue;
+        uint64_t not_ready = now.not_ready - before[i].not_ready;
+        uint64_t timeouts = now.timeouts - before[i].timeouts;
+        uint64_t other = now.errors - before[i].errors - not_ready;
+        if (!not_ready && !timeouts && !other)
+            continue;
+        char why[160];
+        int w = 0;
+        if (not_ready)
+            w += snprintf(why + w, sizeof why - (size_t)w, "not ready");
+        if (timeouts)
+            w += snprintf(why + w, sizeof why - (size_t)w, "%stimeout", w ? ", " : "");
+        if (other) /* the reason of its latest failure, if that was not "not ready" */
+            snprintf(why + w, sizeof why - (size_t)w, "%s%s", w ? ", " : "",
+                     now.last_error && now.last_error != DHPS_E_NOTREADY
+                         ? fail_reason(now.last_error) : "error");
+        int k = snprintf(line + len, sizeof line - len, "%snode %u (%s) %s",
+                         nfailed ? "; " : "", nd->id, nd->addr, why);
+        if (k > 0 && (size_t)k < sizeof line - len)
+            len += (size_t)k;
+        nfailed++;
+    }
+    if (nfailed)
+        fprintf(stderr, "dhps get: failed nodes: %s\n", line);
+}
+
 static const char get_usage[] =
     "usage: dhps get KEY... [--table T] [--cluster DIR | --map FILE --secret FILE]\n";
 static const char put_usage[] =
@@ -110,8 +162,10 @@ int dhps_cmd_get(int argc, char **argv)
         return 2;
     }
     size_t n = (size_t)(argc - first);
-    uint64_t *keys = calloc(n, sizeof *keys), miss[1024 / 64 + 1] = {0};
+    uint64_t *keys = calloc(n, sizeof *keys), miss[1024 / 64 + 1] = {0},
+             unans[1024 / 64 + 1] = {0};
     float *out = NULL;
+    dhps_client_node_stats *before = NULL;
     tools_conn *c = NULL;
     int rc = 1, err;
     if (!keys)
@@ -129,13 +183,27 @@ int dhps_cmd_get(int argc, char **argv)
     int dtype;
     if (tools_conn_open(&o.tgt, &c) < 0 || table_info(c, o.table, &dim, &dtype) < 0)
         goto out;
-    if (!(out = calloc(n * dim, sizeof *out)))
+    size_t nnodes = dhps_cluster_map_nnodes(c->map);
+    if (!(out = calloc(n * dim, sizeof *out)) ||
+        !(before = calloc(nnodes + 1, sizeof *before)))
         goto out;
+    for (size_t i = 0; i < nnodes; i++)
+        dhps_client_node_stats_get(c->client, dhps_cluster_map_node_at(c->map, i)->id,
+                                   &before[i]);
     dhps_client_result res;
-    err = dhps_client_lookup(c->client, o.table, keys, n, out, dim, DHPS_FP32, miss, 0, &res);
+    err = dhps_client_lookup_masks(c->client, o.table, keys, n, out, dim, DHPS_FP32, miss,
+                                   unans, 0, &res);
+    if (err && !res.unanswered) { /* nothing written (bad arguments, too big, memory) */
+        fprintf(stderr, "dhps get: %s\n", dhps_strerror(err));
+        goto out;
+    }
     for (size_t i = 0; i < n; i++) {
         printf("%llu", (unsigned long long)keys[i]);
-        if (miss[i / 64] >> (i % 64) & 1) {
+        if (unans[i / 64] >> (i % 64) & 1) { /* no ready replica answered */
+            printf(" unanswered (%s)\n", fail_reason(err));
+            continue;
+        }
+        if (miss[i / 64] >> (i % 64) & 1) { /* a ready replica answered "absent" */
             printf(" missing\n");
             continue;
         }
@@ -143,13 +211,16 @@ int dhps_cmd_get(int argc, char **argv)
             printf("%c%.9g", d ? ',' : ' ', (double)out[i * dim + d]);
         printf("\n");
     }
-    if (err) {
-        fprintf(stderr, "dhps get: %zu keys unanswered: %s\n", res.unanswered, dhps_strerror(err));
+    if (err || res.unanswered) {
+        fprintf(stderr, "dhps get: %zu keys unanswered: %s\n", res.unanswered,
+                dhps_strerror(err));
+        print_failed_nodes(c, before);
         goto out;
     }
     rc = 0;
 out:
     tools_conn_close(c);
+    free(before);
     free(out);
     free(keys);
     return rc;

@@ -1,8 +1,9 @@
 /*
  * An in-process fake dhps node for client tests: an rpc server (rpc.h) answering LOOKUP
  * and UPSERT (proto.h) from a small hash map, with knobs to delay, fail, refuse shards it
- * does not own ("not owned" = DHPS_E_NOTFOUND), or disappear. Header-only; tests include
- * it once.
+ * does not own ("not owned" = DHPS_E_NOTFOUND), play a replica that is recovering or
+ * catching up (lookups answered DHPS_E_NOTREADY, writes applied), or disappear.
+ * Header-only; tests include it once.
  */
 #ifndef DHPS_TEST_FAKE_SERVER_H
 #define DHPS_TEST_FAKE_SERVER_H
@@ -43,7 +44,10 @@ struct fake_node {
     _Atomic int fail;           /* answer with status DHPS_E_HANDLER */
     _Atomic int fail_next;      /* answer the next N requests with DHPS_E_HANDLER */
     _Atomic(const dhps_cluster_map *) owner_map; /* if set: refuse shards not owned */
-    _Atomic uint64_t lookups, upserts, keys;
+    _Atomic int not_ready;      /* lookups answered DHPS_E_NOTREADY; writes still applied */
+    _Atomic int not_ready_writes; /* answer the next N writes DHPS_E_NOTREADY (a server
+                                     should not; the client must cope if one does) */
+    _Atomic uint64_t lookups, upserts, keys, not_ready_answers;
 };
 
 static uint64_t fake_now_ms(void) { return dhps_mono_ns() / 1000000; }
@@ -92,6 +96,16 @@ static int fake_prologue(struct fake_node *f, dhps_rpc_request *r, const dhps_pr
         resp->status = DHPS_E_HANDLER;
         return 1;
     }
+    if (r->method != DHPS_M_LOOKUP) {
+        int nw = atomic_load(&f->not_ready_writes);
+        while (nw > 0 && !atomic_compare_exchange_weak(&f->not_ready_writes, &nw, nw - 1))
+            ;
+        if (nw > 0) {
+            resp->status = DHPS_E_NOTREADY;
+            atomic_fetch_add(&f->not_ready_answers, 1);
+            return 1;
+        }
+    }
     if (om && !dhps_cluster_map_owns(om, f->id, h->shard)) {
         resp->status = DHPS_E_NOTFOUND;
         return 1;
@@ -113,6 +127,11 @@ static int fake_lookup(void *arg, dhps_rpc_request *r)
     atomic_fetch_add(&f->lookups, 1);
     if (fake_prologue(f, r, h))
         return 0;
+    if (atomic_load(&f->not_ready)) { /* catching up: holds writes, serves no lookups */
+        ((dhps_proto_resp *)r->resp)->status = DHPS_E_NOTREADY;
+        atomic_fetch_add(&f->not_ready_answers, 1);
+        return 0;
+    }
     const uint8_t *kp = b + sizeof *h + sizeof lk;
     bool fp16 = h->flags & DHPS_LOOKUP_FP16;
     pthread_mutex_lock(&f->lock);

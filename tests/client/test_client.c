@@ -11,6 +11,7 @@
 #include <sys/socket.h>
 
 #include "dhps/client.h"
+#include "dhps/route.h"
 #include "fake_server.h"
 
 #define NNODES 4
@@ -679,6 +680,195 @@ static void test_stalled_hello(void **state)
     close(lfd);
 }
 
+/* ---- replicas that are not ready (recovering, catching up) ----------------------------- */
+
+/* Replace the fixture's client by one of router over a 2-replica map of nodes 0 and 1. */
+static void two_replicas(struct fx *x, int router)
+{
+    dhps_client_destroy(x->c);
+    assert_int_equal(fake_write_map(x->nodes, 2, 16, 2, 2, false, x->path, NULL), 0);
+    x->c = mkclient(x, router, 0);
+}
+
+static uint64_t node_not_ready(dhps_client *c, uint32_t id)
+{
+    dhps_client_node_stats ns;
+    assert_int_equal(dhps_client_node_stats_get(c, id, &ns), 0);
+    return ns.not_ready;
+}
+
+/* One replica of two not ready: writes still reach it, every lookup is answered by the
+ * other one - all written keys found, the never-written ones "absent", return 0. */
+static void test_not_ready_one_replica(void **state)
+{
+    struct fx *x = *state;
+    int routers[2] = {DHPS_CLIENT_ROUTER_FIRST_HEALTHY, DHPS_CLIENT_ROUTER_ROUTE};
+    for (int r = 0; r < 2; r++) {
+        two_replicas(x, routers[r]);
+        atomic_store(&x->nodes[0].not_ready, 1);
+        uint64_t first = 1 + (uint64_t)r * 10000;
+        put_keys(x->c, first, 300, DHPS_ACK_ALL);
+        assert_true(fake_get(&x->nodes[0], first, NULL, NULL)); /* it took the write */
+        for (int i = 0; i < 5; i++)
+            check_keys(x->c, first, 300, 0); /* rc 0, 300 found, 300 missing, 0 unanswered */
+        assert_int_equal(dhps_client_drain(x->c, 2000000), 0);
+        dhps_client_stats st;
+        dhps_client_stats_get(x->c, &st);
+        assert_int_equal(st.partial, 0);
+        /* every NOTREADY answer the node gave is counted, on it and in the total (but a
+         * hedge loser's, counted cancelled: the route router hedges) */
+        if (routers[r] == DHPS_CLIENT_ROUTER_FIRST_HEALTHY)
+            assert_int_equal(node_not_ready(x->c, 0),
+                             atomic_load(&x->nodes[0].not_ready_answers));
+        else
+            assert_true(node_not_ready(x->c, 0) <= atomic_load(&x->nodes[0].not_ready_answers));
+        assert_int_equal(node_not_ready(x->c, 1), 0);
+        assert_int_equal(st.not_ready, node_not_ready(x->c, 0));
+        if (routers[r] == DHPS_CLIENT_ROUTER_FIRST_HEALTHY) {
+            /* node 0 is listed first for half the shards: it was asked, and said so */
+            assert_true(st.not_ready > 0);
+            dhps_client_node_stats ns;
+            dhps_client_node_stats_get(x->c, 0, &ns);
+            assert_int_equal(ns.last_error, DHPS_E_NOTREADY);
+            assert_true(ns.errors >= ns.not_ready);
+        }
+        atomic_store(&x->nodes[0].not_ready, 0);
+        atomic_store(&x->nodes[0].not_ready_answers, 0);
+    }
+}
+
+/* Both replicas not ready: nothing is "absent" - every key unanswered, DHPS_E_NOTREADY,
+ * default rows - whatever the router does (breakers, panic, all replicas excluded). */
+static void test_not_ready_all(void **state)
+{
+    struct fx *x = *state;
+    int routers[2] = {DHPS_CLIENT_ROUTER_FIRST_HEALTHY, DHPS_CLIENT_ROUTER_ROUTE};
+    enum { N = 200 };
+    for (int r = 0; r < 2; r++) {
+        two_replicas(x, routers[r]);
+        float def[DIM] = {9, 9, 9, 9, 9, 9, 9, 9};
+        assert_int_equal(dhps_client_set_default(x->c, "emb", def, DIM), 0);
+        atomic_store(&x->nodes[0].not_ready, 1);
+        atomic_store(&x->nodes[1].not_ready, 1);
+        put_keys(x->c, 1, N / 2, DHPS_ACK_ALL); /* not-ready replicas take writes */
+        uint64_t keys[N];
+        for (int i = 0; i < N; i++)
+            keys[i] = i % 2 ? (1ull << 40) + (uint64_t)i : 1 + (uint64_t)i / 2;
+        float out[N * DIM];
+        uint64_t miss[(N + 63) / 64], unans[(N + 63) / 64];
+        for (int round = 0; round < 12; round++) { /* past the breakers' openings */
+            dhps_client_result res;
+            memset(miss, 0, sizeof miss);
+            memset(unans, 0, sizeof unans);
+            int rc = dhps_client_lookup_masks(x->c, "emb", keys, N, out, DIM, DHPS_FP32, miss,
+                                              unans, 0, &res);
+            assert_int_equal(rc, DHPS_E_NOTREADY);
+            assert_int_equal(res.found, 0);
+            assert_int_equal(res.missing, N);
+            assert_int_equal(res.unanswered, N); /* none "found-absent" */
+            for (int i = 0; i < N; i++) {
+                assert_true((miss[i / 64] >> (i % 64)) & 1);
+                assert_true((unans[i / 64] >> (i % 64)) & 1);
+                assert_memory_equal(out + i * DIM, def, sizeof def);
+            }
+            /* the plain call says the same */
+            rc = dhps_client_lookup(x->c, "emb", keys, N, out, DIM, DHPS_FP32, miss, 0, &res);
+            assert_int_equal(rc, DHPS_E_NOTREADY);
+            assert_int_equal(res.unanswered, N);
+        }
+        dhps_client_stats st;
+        dhps_client_stats_get(x->c, &st);
+        assert_int_equal(st.partial, 24);
+        assert_true(st.not_ready > 0);
+        /* ready again: every key answered, the never-written ones "absent" */
+        atomic_store(&x->nodes[0].not_ready, 0);
+        atomic_store(&x->nodes[1].not_ready, 0);
+        for (int i = 0; i < 50; i++) {
+            dhps_client_result res;
+            int rc = dhps_client_lookup_masks(x->c, "emb", keys, N, out, DIM, DHPS_FP32, miss,
+                                              unans, 0, &res);
+            if (rc == 0) {
+                assert_int_equal(res.found, N / 2);
+                assert_int_equal(res.unanswered, 0);
+                for (int w = 0; w < (N + 63) / 64; w++)
+                    assert_int_equal(unans[w], 0);
+                break;
+            }
+            /* the route router may still hold both nodes isolated for a moment */
+            assert_true(rc == DHPS_E_NOTREADY || rc == DHPS_E_UNREACHABLE);
+            assert_true(res.unanswered > 0);
+            usleep(100000);
+            assert_true(i < 49);
+        }
+        assert_int_equal(dhps_client_set_default(x->c, "emb", NULL, 0), 0);
+    }
+}
+
+/* A not-ready node that becomes ready gets its traffic back: its breaker opens while it
+ * answers "not ready" (lookups stay whole meanwhile), then closes after its isolation
+ * and probes, and it answers lookups again. */
+static void test_not_ready_recovers(void **state)
+{
+    struct fx *x = *state;
+    two_replicas(x, DHPS_CLIENT_ROUTER_ROUTE);
+    put_keys(x->c, 1, 200, DHPS_ACK_ALL);
+    atomic_store(&x->nodes[0].not_ready, 1);
+    dhps_route *rt = dhps_client_route(x->c);
+    assert_non_null(rt);
+    dhps_route_node_stats rs;
+    int i;
+    for (i = 0; i < 500; i++) {
+        check_keys(x->c, 1, 100, 0);
+        assert_int_equal(dhps_route_node_stats_get(rt, 0, &rs), 0);
+        if (rs.breaker != DHPS_ROUTE_CLOSED)
+            break;
+    }
+    assert_true(i < 500); /* the breaker opened */
+    assert_true(node_not_ready(x->c, 0) > 0);
+    /* ready again; node 1 a little slower, so node 0's probes win their hedged pairs */
+    atomic_store(&x->nodes[0].not_ready, 0);
+    atomic_store(&x->nodes[1].delay_ms, 2);
+    dhps_client_node_stats ns0;
+    dhps_client_node_stats_get(x->c, 0, &ns0);
+    uint64_t ok0 = ns0.ok, t0 = fake_now_ms();
+    bool closed = false;
+    while (fake_now_ms() - t0 < 20000) {
+        check_keys(x->c, 1, 100, 0);
+        assert_int_equal(dhps_route_node_stats_get(rt, 0, &rs), 0);
+        if (rs.breaker == DHPS_ROUTE_CLOSED) {
+            closed = true;
+            break;
+        }
+        usleep(5000);
+    }
+    assert_true(closed);
+    /* traffic is back on node 0 */
+    for (i = 0; i < 20; i++)
+        check_keys(x->c, 1, 100, 0);
+    dhps_client_node_stats_get(x->c, 0, &ns0);
+    assert_true(ns0.ok > ok0 + 5);
+    atomic_store(&x->nodes[1].delay_ms, 0);
+}
+
+/* A write answered "not ready" (a server should not, a catching-up replica takes writes)
+ * is re-sent to the same replica like after any transient failure. */
+static void test_not_ready_write(void **state)
+{
+    struct fx *x = *state;
+    two_replicas(x, DHPS_CLIENT_ROUTER_FIRST_HEALTHY);
+    atomic_store(&x->nodes[0].not_ready_writes, 2);
+    uint64_t key = 77;
+    float row[DIM];
+    row_of(key, row);
+    dhps_client_result res;
+    assert_int_equal(dhps_client_update(x->c, "emb", &key, row, 1, DIM, DHPS_FP32, 0,
+                                        DHPS_ACK_ALL, 0, NULL, &res), 0);
+    assert_int_equal(res.retries, 2);
+    assert_int_equal(node_not_ready(x->c, 0), 2);
+    assert_true(fake_get(&x->nodes[0], key, NULL, NULL));
+    assert_true(fake_get(&x->nodes[1], key, NULL, NULL));
+}
+
 static void test_create_errors(void **state)
 {
     struct fx *x = *state;
@@ -726,6 +916,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_hedge_loser_counters, setup, teardown),
         cmocka_unit_test_setup_teardown(test_connect, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stalled_hello, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_not_ready_one_replica, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_not_ready_all, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_not_ready_recovers, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_not_ready_write, setup, teardown),
         cmocka_unit_test_setup_teardown(test_create_errors, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

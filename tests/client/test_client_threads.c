@@ -1,6 +1,8 @@
 /* Many inference threads on one client: per-thread rpc state, shared map/router/clock.
  * Each thread writes its own key range and reads it back (and others' ranges) while a
- * map reload happens underneath. Run under TSan in CI (label concurrency). */
+ * map reload happens underneath, and while one node flips between "not ready" (lookups
+ * answered DHPS_E_NOTREADY, writes taken) and ready: with 2 replicas every lookup must
+ * still be whole. Run under TSan in CI (label concurrency). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -79,9 +81,16 @@ static void test_threads(void **state)
     pthread_t th[NTHREADS];
     for (uintptr_t t = 0; t < NTHREADS; t++)
         assert_int_equal(pthread_create(&th[t], NULL, worker, (void *)t), 0);
-    /* same placement, newer version: the threads swap maps under their calls */
+    /* same placement, newer version: the threads swap maps under their calls; node 1
+     * goes in and out of "not ready" meanwhile */
+    atomic_store(&nodes[1].not_ready, 1);
     usleep(20000);
     assert_int_equal(fake_write_map(nodes, NNODES, 128, 2, 2, false, path, NULL), 0);
+    for (int i = 0; i < 30; i++) {
+        atomic_store(&nodes[1].not_ready, i % 2 == 0);
+        usleep(5000);
+    }
+    atomic_store(&nodes[1].not_ready, 0);
     for (int t = 0; t < NTHREADS; t++)
         pthread_join(th[t], NULL);
     assert_int_equal(atomic_load(&g_errors), 0);
@@ -90,6 +99,11 @@ static void test_threads(void **state)
     assert_int_equal(st.threads, NTHREADS);
     assert_int_equal(st.updates, NTHREADS * ROUNDS);
     assert_int_equal(st.partial, 0);
+    dhps_client_node_stats ns;
+    assert_int_equal(dhps_client_node_stats_get(g_client, 1, &ns), 0);
+    printf("  node 1 answered \"not ready\" %llu times (client: %llu)\n",
+           (unsigned long long)atomic_load(&nodes[1].not_ready_answers),
+           (unsigned long long)ns.not_ready);
     assert_int_equal(dhps_client_map_version(g_client), 2);
     dhps_client_destroy(g_client);
     for (uint32_t i = 0; i < NNODES; i++)

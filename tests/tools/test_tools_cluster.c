@@ -96,6 +96,31 @@ static void up_get_put_down(void **state)
     assert_non_null(strstr(out, "20000 missing"));
     free(out);
 
+    /* keys no ready replica answered: 3 of the 4 nodes stopped (SIGSTOP), so the shards
+     * without a replica on node 0 go unanswered; get says so per key, names the failed
+     * nodes and exits 1 (it printed them "missing" with exit 0 once) */
+    char *pids = capture("grep -o '\"pid\": [0-9]*' %s/cluster.json | cut -d' ' -f2 | tail -3",
+                         g_dir);
+    int stopped[3], nstopped = 0;
+    for (char *s = strtok(pids, "\n"); s && nstopped < 3; s = strtok(NULL, "\n"))
+        if (atoi(s) > 0 && kill(atoi(s), SIGSTOP) == 0)
+            stopped[nstopped++] = atoi(s);
+    free(pids);
+    assert_int_equal(nstopped, 3);
+    rc = run(DHPS_BIN " get 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 --cluster %s "
+             "> %s/get.out 2> %s/get.err", g_dir, g_dir, g_dir);
+    for (int i = 0; i < nstopped; i++)
+        kill(stopped[i], SIGCONT);
+    assert_int_equal(rc, 1);
+    out = capture("cat %s/get.out", g_dir);
+    assert_non_null(strstr(out, " unanswered ("));
+    assert_null(strstr(out, " missing"));
+    free(out);
+    out = capture("cat %s/get.err", g_dir);
+    assert_non_null(strstr(out, "keys unanswered"));
+    assert_non_null(strstr(out, "dhps get: failed nodes: node "));
+    free(out);
+
     /* put, then get it back */
     assert_int_equal(run(DHPS_BIN " put 777777 1,2,3,4,5,6,7,8.5 --cluster %s > /dev/null",
                          g_dir), 0);
