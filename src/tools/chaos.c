@@ -199,6 +199,7 @@ static void *update_thread(void *arg)
 
 #define M_VERBS "dhps_rpc_handled_total{transport=\"verbs\"}"
 #define M_TCP "dhps_rpc_handled_total{transport=\"tcp\"}"
+#define M_NOTREADY "dhps_requests_total{method=\"lookup\",status=\"notready\"}"
 
 /* The RDMA device to delete: $RXE_DEV, else the first of /sys/class/infiniband. */
 static bool rdma_device(char *out, size_t cap)
@@ -685,6 +686,7 @@ int dhps_cmd_chaos(int argc, char **argv)
                 C.restart_failures++;
             } else if (C.ncatchup < CH_MAX_CATCHUPS) {
                 C.catchup[C.ncatchup++] = secs;
+                C.notready_answers += chaos_metrics_sum(&nd[victim], 1, M_NOTREADY, NULL);
                 fprintf(say, "  %6.1f s: n%u ready %.2f s after its restart\n",
                         seconds - (double)(t_end - dhps_mono_ns()) / 1e9, victim, secs);
             }

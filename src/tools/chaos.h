@@ -122,6 +122,8 @@ struct chaos {
     uint32_t kills, stops, slows, restart_failures, ready_timeouts;
     double catchup[CH_MAX_CATCHUPS];      /* restart → /health/ready 200, seconds */
     uint32_t ncatchup;
+    uint64_t notready_answers; /* lookups restarted nodes answered DHPS_E_NOTREADY while
+                                  catching up (their counter, read once they are ready) */
 };
 
 extern const char *const chaos_ack_name[3]; /* "all", "quorum", "one" */

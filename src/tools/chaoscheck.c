@@ -425,6 +425,7 @@ void chaos_report(const struct chaos *C, const struct chaos_check *K,
                "\"replica_divergence\": {\"shards_checked\": %u, \"shards_differing\": %u, "
                "\"digest_errors\": %u, \"keys_compared\": %llu, \"keys_differing\": %llu}, "
                "\"catchup_seconds\": {\"p50\": %.3f, \"max\": %.3f, \"n\": %u}, "
+               "\"notready_answers\": %llu, "
                "\"ready_timeouts\": %u, \"anti_entropy_s\": %u, \"settled\": %s, "
                "\"settle_seconds\": %.2f, \"kills\": %u, \"stops\": %u, \"slowdowns\": %u, "
                "\"restart_failures\": %u",
@@ -440,7 +441,7 @@ void chaos_report(const struct chaos *C, const struct chaos_check *K,
                (unsigned long long)K->unread, K->shards_checked, K->shards_differing,
                K->digest_errors, (unsigned long long)K->keys_compared,
                (unsigned long long)K->keys_differing, p50, cmax, C->ncatchup,
-               C->ready_timeouts, C->ae_s, K->settled ? "true" : "false", K->settle_s,
+               (unsigned long long)C->notready_answers, C->ready_timeouts, C->ae_s, K->settled ? "true" : "false", K->settle_s,
                C->kills, C->stops, C->slows, C->restart_failures);
         if (C->ld_at >= 0)
             printf(", \"rdma_link_delete\": {\"device\": \"%s\", \"at_s\": %.1f, "
@@ -467,7 +468,7 @@ void chaos_report(const struct chaos *C, const struct chaos_check *K,
                "replica (target 0), %llu on every one; %llu router reads older than the ack "
                "(target 0)\n"
                "  replicas: %u restarts ready after %.2f s p50, %.2f s max (%u not ready in "
-               "time); at the end (settled in %.2f s, anti-entropy every %u s%s): %u of %u "
+               "time; %llu lookup messages answered not ready meanwhile); at the end (settled in %.2f s, anti-entropy every %u s%s): %u of %u "
                "shards with differing digests, %llu of %llu chaos keys differing between "
                "replicas, %llu sample keys wrong somewhere, %llu key reads unanswered "
                "(targets 0)\n"
@@ -483,6 +484,7 @@ void chaos_report(const struct chaos *C, const struct chaos_check *K,
                (unsigned long long)C->acked_keys, (unsigned long long)K->checked,
                (unsigned long long)K->lost, (unsigned long long)K->lost_everywhere,
                (unsigned long long)K->stale_router, C->ncatchup, p50, cmax, C->ready_timeouts,
+               (unsigned long long)C->notready_answers,
                K->settle_s, C->ae_s, K->settled ? "" : ", NOT SETTLED", K->shards_differing,
                K->shards_checked, (unsigned long long)K->keys_differing,
                (unsigned long long)K->keys_compared, (unsigned long long)K->sample_bad,
