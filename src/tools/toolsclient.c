@@ -193,51 +193,85 @@ int tools_conn_put(tools_conn *c, const char *table, uint32_t dtype, uint32_t di
                               NULL);
 }
 
-int tools_conn_admin(tools_conn *c, uint16_t method, const char *table, tools_admin_fn fn,
-                     void *arg)
+/* One call to node nd over TCP on its own channel (opened and closed here): 0 with the
+ * response in resp (*len bytes, at least a dhps_proto_resp) whose status is returned when
+ * negative, or the channel/call error. */
+static int node_call(dhps_rpc_client *rc, const dhps_cluster_node *nd, uint16_t method,
+                     const void *req, size_t req_len, void *resp, size_t cap, size_t *len)
+{
+    dhps_rpc_channel_params chp;
+    dhps_rpc_channel_params_init(&chp);
+    chp.host = nd->ip;
+    chp.port = nd->port;
+    chp.allow = DHPS_RPC_MASK(DHPS_RPC_TCP);
+    dhps_rpc_channel *ch = NULL;
+    *len = 0;
+    int err = dhps_rpc_channel_open(rc, &chp, &ch);
+    if (!err)
+        err = dhps_rpc_call(ch, method, req, req_len, resp, cap, len, 30000000);
+    dhps_proto_resp r = {0};
+    if (!err && *len < sizeof r)
+        err = DHPS_E_MALFORMED;
+    if (!err) {
+        memcpy(&r, resp, sizeof r);
+        err = r.status > 0 ? DHPS_E_MALFORMED : r.status;
+    }
+    dhps_rpc_channel_close(ch);
+    return err;
+}
+
+static int admin_rpc(tools_conn *c, dhps_rpc_client **out)
 {
     dhps_rpc_client_params cp;
     dhps_rpc_client_params_init(&cp);
     cp.secret = c->secret;
     cp.secret_len = c->secret_len;
     cp.max_msg = 4u << 20;
+    return dhps_rpc_client_create(&cp, out);
+}
+
+int tools_conn_admin(tools_conn *c, uint16_t method, const char *table, tools_admin_fn fn,
+                     void *arg)
+{
     dhps_rpc_client *rc = NULL;
     int failed = 0, err;
     size_t cap = 4u << 20;
     uint8_t *resp = malloc(cap);
-    if (!resp || (err = dhps_rpc_client_create(&cp, &rc)) < 0) {
+    if (!resp || (err = admin_rpc(c, &rc)) < 0) {
         free(resp);
         return (int)dhps_cluster_map_nnodes(c->map);
     }
     for (size_t i = 0; i < dhps_cluster_map_nnodes(c->map); i++) {
         const dhps_cluster_node *nd = dhps_cluster_map_node_at(c->map, i);
-        dhps_rpc_channel_params chp;
-        dhps_rpc_channel_params_init(&chp);
-        chp.host = nd->ip;
-        chp.port = nd->port;
-        chp.allow = DHPS_RPC_MASK(DHPS_RPC_TCP);
-        dhps_rpc_channel *ch = NULL;
         dhps_proto_hdr h = {.version = DHPS_PROTO_VERSION};
         snprintf(h.table, sizeof h.table, "%s", table ? table : "");
         h.map_version = dhps_cluster_map_version(c->map);
         size_t len = 0;
-        err = dhps_rpc_channel_open(rc, &chp, &ch);
-        if (!err)
-            err = dhps_rpc_call(ch, method, &h, sizeof h, resp, cap, &len, 30000000);
+        err = node_call(rc, nd, method, &h, sizeof h, resp, cap, &len);
         dhps_proto_resp r = {0};
-        if (!err && len < sizeof r)
-            err = DHPS_E_MALFORMED;
-        if (!err) {
+        if (!err)
             memcpy(&r, resp, sizeof r);
-            err = r.status;
-        }
-        if (err)
+        else
             failed++;
         fn(arg, nd->id, err, r.count, err ? "" : (const char *)resp + sizeof r,
            err ? 0 : len - sizeof r);
-        dhps_rpc_channel_close(ch);
     }
     dhps_rpc_client_destroy(rc);
     free(resp);
     return failed;
+}
+
+int tools_conn_call(tools_conn *c, uint32_t node, uint16_t method, const void *req,
+                    size_t req_len, void *resp, size_t cap, size_t *resp_len)
+{
+    const dhps_cluster_node *nd = dhps_cluster_map_node(c->map, node);
+    if (!nd)
+        return DHPS_E_NOTFOUND;
+    dhps_rpc_client *rc = NULL;
+    int err = admin_rpc(c, &rc);
+    if (err < 0)
+        return err;
+    err = node_call(rc, nd, method, req, req_len, resp, cap, resp_len);
+    dhps_rpc_client_destroy(rc);
+    return err;
 }

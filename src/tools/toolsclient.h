@@ -73,4 +73,12 @@ typedef void (*tools_admin_fn)(void *arg, uint32_t node, int status, uint32_t co
 int tools_conn_admin(tools_conn *c, uint16_t method, const char *table, tools_admin_fn fn,
                      void *arg);
 
+/* One rpc call to node id `node` of the map over TCP (a channel of its own, opened and
+ * closed here; 30 s bound): req (req_len bytes, a dhps_proto_hdr first) → resp (cap
+ * bytes). Returns 0 with *resp_len bytes in resp (a dhps_proto_resp first, status 0), the
+ * answer's negative status (DHPS_E_*), or the channel / call error (DHPS_E_NOTFOUND for
+ * a node not in the map). Thread-safe (nothing shared but the map). */
+int tools_conn_call(tools_conn *c, uint32_t node, uint16_t method, const void *req,
+                    size_t req_len, void *resp, size_t cap, size_t *resp_len);
+
 #endif

@@ -103,6 +103,7 @@ struct up_opts {
     uint32_t nodes, azs, pods, replicas, shards, workers, dim, threads, batch, max_msg;
     uint32_t base_port; /* 0: free ports chosen at start */
     uint16_t ports[2 * UP_MAX_NODES]; /* node i: rpc 2i, metrics 2i + 1 */
+    uint32_t anti_entropy_s;  /* sync.anti_entropy_s of the nodes (0: the server's default) */
     uint64_t keys;
     double seconds, zipf;
     const char *dir, *server, *table;
@@ -130,7 +131,7 @@ static const char up_usage[] =
     "               [--table emb] [--keys 1000000] [--dim 32] [--no-load]\n"
     "               [--seconds 3] [--threads 2] [--batch 1000] [--zipf 0.99 | 0 uniform]\n"
     "               [--no-workload] [--same-host-pairs] [--max-msg 4194304] [--quiet]\n"
-    "               [--base-port P] [--fresh]\n"
+    "               [--base-port P] [--fresh] [--anti-entropy-s S]\n"
     "  Starts a local cluster on 127.0.0.1 (pods are per AZ; nodes are spread round-robin\n"
     "  over AZs, then pods; --same-host-pairs puts nodes 2k and 2k+1 on one host label),\n"
     "  loads a sample table, runs a lookup workload, and leaves the\n"
@@ -138,9 +139,12 @@ static const char up_usage[] =
     "  ./dhps-cluster). Stop it with `dhps down --dir DIR`. --verbs: the servers offer\n"
     "  RDMA verbs (needs an RDMA device, e.g. Soft-RoCE; clients use it toward nodes of\n"
     "  another host label in their AZ, and fall back to TCP without one).\n"
-    "  Each node's server.json keeps the ports it came up on (ephemeral, or P + 2i for rpc\n"
-    "  and P + 2i + 1 for metrics with --base-port P), so `dhps start|stop|restart` and a\n"
-    "  restart by hand bring it back on the map's ports. A DIR that already holds a\n"
+    "  Each node's server.json names its map ports (free ports chosen at start, or P + 2i\n"
+    "  for rpc and P + 2i + 1 for metrics with --base-port P) and reads its shards and\n"
+    "  peers from DIR/map.json, so `dhps start|stop|restart` and a restart by hand bring\n"
+    "  it back on the map's ports, caught up from its peers before it is ready.\n"
+    "  --anti-entropy-s S: the nodes' sync.anti_entropy_s (default: the server's, 30).\n"
+    "  A DIR that already holds a\n"
     "  cluster (cluster.json, map, node dirs with snapshots) is refused unless --fresh,\n"
     "  which deletes them (and says what) first.\n";
 
@@ -389,6 +393,7 @@ int dhps_cmd_up(int argc, char **argv)
         {"same-host-pairs", no_argument, 0, 'H'}, {"verbs", no_argument, 0, 'V'},
         {"max-msg", required_argument, 0, 'M'},  {"fresh", no_argument, 0, 'F'},
         {"base-port", required_argument, 0, 'P'},
+        {"anti-entropy-s", required_argument, 0, 'E'},
         {0, 0, 0, 0}};
     struct up_opts o = {.nodes = 6, .azs = 2, .pods = 2, .replicas = 2, .shards = 1024,
                         .workers = 1, .dim = 32, .threads = 2, .batch = 1000,
@@ -429,6 +434,7 @@ int dhps_cmd_up(int argc, char **argv)
         case 'H': o.pairs = true; break;
         case 'F': o.fresh = true; break;
         case 'P': U32OPT(base_port, "--base-port"); break;
+        case 'E': U32OPT(anti_entropy_s, "--anti-entropy-s"); break;
         case 'h': printf("%s", up_usage); return 0;
         default: fprintf(stderr, "%s", up_usage); return 2;
         }
@@ -592,6 +598,9 @@ int dhps_cmd_up(int argc, char **argv)
             nd[i].pidfile, "port_file", nd[i].portfile,
             /* `dhps fault` works on the local cluster (changes need the cluster secret) */
             "admin", "faults", 1);
+        if (cfg && o.anti_entropy_s)
+            json_object_set_new(cfg, "sync", json_pack("{s:i}", "anti_entropy_s",
+                                                       (int)o.anti_entropy_s));
         char *text = cfg ? json_dumps(cfg, JSON_INDENT(2)) : NULL;
         json_decref(cfg);
         if (!text || (e = up_write_text(nd[i].cfg, text, 0644)) < 0) {
