@@ -700,7 +700,9 @@ static uint32_t catch_up_pass(srv_sync *y)
             int rc = catch_up(y, st, id);
             if (rc == 0) {
                 y->done[i] |= 1u << j;
-            } else if (transient(rc) && dhps_mono_ns() - y->t_start_ns < wait_ns) {
+            } else if (transient(rc) &&
+                       dhps_mono_ns() - __atomic_load_n(&y->t_start_ns, __ATOMIC_ACQUIRE) <
+                           wait_ns) {
                 all = false;
             } else {
                 if (transient(rc) && !p->given_up) {
@@ -752,11 +754,20 @@ static void anti_entropy_pass(srv_sync *y)
                  (unsigned long long)got);
 }
 
+static double catchup_seconds(const srv_sync *y)
+{
+    uint64_t t1 = __atomic_load_n(&y->t_ready_ns, __ATOMIC_ACQUIRE);
+    uint64_t t0 = __atomic_load_n(&y->t_start_ns, __ATOMIC_ACQUIRE);
+    if (!t0)
+        return 0;
+    return (double)((t1 ? t1 : dhps_mono_ns()) - t0) / 1e9;
+}
+
 static void *sync_main(void *arg)
 {
     srv_sync *y = arg;
     dhps_server *s = y->s;
-    y->t_start_ns = dhps_mono_ns();
+    __atomic_store_n(&y->t_start_ns, dhps_mono_ns(), __ATOMIC_RELEASE);
     while (!stopping(y) && __atomic_load_n(&y->pending, __ATOMIC_ACQUIRE)) {
         if (!catch_up_pass(y) && __atomic_load_n(&y->pending, __ATOMIC_ACQUIRE))
             nap(y, 100);
@@ -767,7 +778,7 @@ static void *sync_main(void *arg)
             DHPS_LOG(DHPS_LOG_INFO, LOGM, "node %s caught up: %u stores, %llu records taken "
                      "from peers in %.2f s", s->cfg->node_id, y->stores_sync,
                      (unsigned long long)get(&y->merged),
-                     (double)(y->t_ready_ns - y->t_start_ns) / 1e9);
+                     catchup_seconds(y));
     }
     uint32_t every = s->cfg->sync_anti_entropy_s;
     while (!stopping(y) && every && y->map) {
@@ -857,14 +868,6 @@ bool srv_sync_ready(const srv_sync *y)
     return !y || __atomic_load_n(&y->pending, __ATOMIC_ACQUIRE) == 0;
 }
 
-static double catchup_seconds(const srv_sync *y)
-{
-    uint64_t t1 = __atomic_load_n(&y->t_ready_ns, __ATOMIC_ACQUIRE);
-    uint64_t t0 = __atomic_load_n(&y->t_start_ns, __ATOMIC_ACQUIRE);
-    if (!t0)
-        return 0;
-    return (double)((t1 ? t1 : dhps_mono_ns()) - t0) / 1e9;
-}
 
 void srv_sync_metrics(srv_sync *y, FILE *f)
 {
