@@ -11,7 +11,9 @@
  *      1 stopped and sync.peer_wait_s 0, so readiness is the snapshot load alone;
  *   4. restart to ready: with node 1 back and --updates new rows written to node 1
  *      meanwhile, restart node 2 from its snapshot and time start to ready (snapshot
- *      load + catch-up of the rows that differ).
+ *      load + catch-up of what changed since its newest version, then digests).
+ * Rows are loaded with versions spread over the last hour (a table written over time),
+ * the updates with the current time, as a dhps client's hybrid logical clock would.
  * Prints each figure and the ratio catch-up / snapshot load; --rounds repeats and
  * reports min/median/max.
  */
@@ -127,8 +129,9 @@ static double sb_wait_ready(dhps_server *s, uint64_t t0)
     return (double)(dhps_mono_ns() - t0) / 1e9;
 }
 
-/* Upsert keys [k0, k1) into the server at port (version ver). */
-static int sb_load(uint16_t port, uint32_t dim, uint64_t k0, uint64_t k1, uint64_t ver)
+/* Upsert keys [k0, k1) into the server at port, batch i with version ver + i * step. */
+static int sb_load(uint16_t port, uint32_t dim, uint64_t k0, uint64_t k1, uint64_t ver,
+                   uint64_t step)
 {
     dhps_rpc_client_params cp;
     dhps_rpc_client_params_init(&cp);
@@ -150,7 +153,8 @@ static int sb_load(uint16_t port, uint32_t dim, uint64_t k0, uint64_t k1, uint64
         uint32_t n = (uint32_t)(k1 - k < batch ? k1 - k : batch);
         dhps_proto_hdr h = {.version = DHPS_PROTO_VERSION, .flags = DHPS_FP32};
         strcpy(h.table, "emb");
-        dhps_proto_upsert u = {.n = n, .value_bytes = (uint32_t)row, .version = ver};
+        dhps_proto_upsert u = {.n = n, .value_bytes = (uint32_t)row,
+                               .version = ver + (k - k0) / batch * step};
         memcpy(req, &h, 64);
         memcpy(req + 64, &u, sizeof u);
         uint8_t *kp = req + 64 + sizeof u, *vp = kp + (size_t)n * 8;
@@ -229,7 +233,11 @@ int bench_sync_main(int argc, char **argv)
         if ((rc = sb_setup(&x, dim)) || (rc = sb_start(&x, 0, 1, &a)))
             break;
         uint16_t pa = dhps_server_port(a);
-        if ((rc = sb_load(pa, dim, 0, keys, 1)))
+        /* versions as a dhps client makes them (realtime nanoseconds), as if the table
+         * had been written over the last hour (batches spread evenly); the later updates
+         * carry the time they are made */
+        uint64_t hour = 3600ull * 1000000000ull, nb = (keys + 8191) / 8192;
+        if ((rc = sb_load(pa, dim, 0, keys, dhps_clock_ns(CLOCK_REALTIME) - hour, hour / nb)))
             fprintf(stderr, "dhps-bench sync: load: %s\n", dhps_strerror(rc));
         uint64_t t0 = dhps_mono_ns();
         if (!rc && !(rc = sb_start(&x, 1, 30, &b)))
@@ -245,7 +253,7 @@ int bench_sync_main(int argc, char **argv)
         b = NULL;
         if (!rc && !(rc = sb_start(&x, 0, 0, &a))) {
             pa = dhps_server_port(a);
-            rc = sb_load(pa, dim, keys, keys + updates, 2);
+            rc = sb_load(pa, dim, keys, keys + updates, dhps_clock_ns(CLOCK_REALTIME), 1);
         }
         t0 = dhps_mono_ns();
         if (!rc && !(rc = sb_start(&x, 1, 30, &b)))

@@ -116,6 +116,8 @@ typedef struct dhps_proto_sync_fetch {
     uint64_t offset;     /* byte offset into the export */
     uint32_t nranges;    /* 0, or 1..DHPS_PROTO_SYNC_MAX_RANGES with a mask following */
     uint32_t max_bytes;  /* chunk bytes wanted, >= 4096 */
+    uint64_t min_version;/* only records and tombstones at or above this version (0: all):
+                            "what changed since", for a replica that restarts */
 } dhps_proto_sync_fetch;
 
 /* SYNC_FETCH answer, after dhps_proto_resp: the export's total length and the offset
@@ -126,7 +128,7 @@ typedef struct dhps_proto_sync_chunk {
 } dhps_proto_sync_chunk;
 
 _Static_assert(sizeof(dhps_proto_sync_digest) == 8, "u64 arrays stay 8-aligned");
-_Static_assert(sizeof(dhps_proto_sync_fetch) == 24, "u64 arrays stay 8-aligned");
+_Static_assert(sizeof(dhps_proto_sync_fetch) == 32, "u64 arrays stay 8-aligned");
 _Static_assert(sizeof(dhps_proto_sync_chunk) == 16, "chunk stays 8-aligned");
 _Static_assert(sizeof(dhps_proto_hdr) == 64, "request header is 64 bytes");
 _Static_assert(sizeof(dhps_proto_resp) == 16, "response header is 16 bytes");

@@ -100,6 +100,9 @@ typedef struct dhps_server_config {
     uint32_t sync_tombstone_s;       /* sync.tombstone_s: deletes remembered this long
                                         (default 3600; >= 2 x anti_entropy_s) */
     uint32_t sync_ranges;            /* sync.ranges: digest ranges per shard (default 256) */
+    uint32_t sync_version_margin_s;  /* sync.version_margin_s: a restarted store first
+                                        fetches records newer than its newest version
+                                        minus this (writers' clock skew; default 60) */
     bool admin_faults;               /* admin.faults: serve /fault on the metrics port
                                         (set/clear/list the rpc server's fault rules,
                                         HMAC-authenticated; default false: 403) */

@@ -151,6 +151,9 @@ typedef struct dhps_store_batch {
     const uint64_t *versions; /* NULL: every record gets `version` */
     uint64_t version;
     uint32_t ttl;             /* seconds; DHPS_TTL_NONE, or DHPS_TTL_DEFAULT */
+    bool keep_equal;          /* a key already stored at the same version is left as it
+                                 is and reported in stale (replica sync: the same write
+                                 arriving twice); default false: equal versions overwrite */
 } dhps_store_batch;
 
 /*
@@ -276,9 +279,23 @@ static inline uint32_t dhps_store_key_range(uint64_t key, uint32_t nranges)
 int dhps_store_export(dhps_store *s, const uint64_t *range_mask, uint32_t nranges, void **buf,
                       size_t *len, uint64_t *records);
 
+/*
+ * As dhps_store_export, leaving out records whose version is below min_version: "what
+ * changed since", for a replica that restarts holding everything up to some version
+ * (records deleted since are not in any image: tombstones are the caller's). min_version
+ * 0 is dhps_store_export. Same returns. The walk still visits every record; the image
+ * holds only the selected ones.
+ */
+int dhps_store_export_since(dhps_store *s, const uint64_t *range_mask, uint32_t nranges,
+                            uint64_t min_version, void **buf, size_t *len, uint64_t *records);
+
+/* The highest version of any live, unexpired record, 0 when there is none (writer only;
+ * one pass over the index). */
+uint64_t dhps_store_max_version(dhps_store *s);
+
 typedef struct dhps_store_merge_stats {
-    uint64_t applied; /* records written (equal or newer version than the stored one) */
-    uint64_t stale;   /* records left out: the store holds a newer version */
+    uint64_t applied; /* records written (newer than the stored version, or absent) */
+    uint64_t stale;   /* records left out: the store holds this version or a newer one */
     uint64_t skipped; /* records the skip callback dropped */
     uint64_t expired; /* records whose TTL had run out */
 } dhps_store_merge_stats;
@@ -290,8 +307,8 @@ typedef struct dhps_store_merge_stats {
  * nothing is applied. Then every record is upserted with its own version and its
  * remaining TTL (less the wall-clock time since the image was made, as for loads;
  * records whose TTL has run out are skipped and counted as expired). A record whose
- * version is lower than the stored one is left out (stale); equal versions overwrite
- * (as dhps_store_put). skip (may be NULL) is called with arg for each unexpired record
+ * version is lower than or equal to the stored one is left out (stale: the same write
+ * arriving twice changes nothing, and costs no copy). skip (may be NULL) is called with arg for each unexpired record
  * before it is applied; returning true drops it (e.g. a tombstone covers it).
  * Records are applied in batches grouped by (TTL, length), not in buffer order.
  * st (may be NULL) is zeroed then filled. buf is only read, and not kept.

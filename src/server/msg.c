@@ -140,6 +140,7 @@ int srv_msg_decode(uint16_t method, const void *buf, size_t len, srv_msg *m,
         m->offset = f.offset;
         m->nranges = f.nranges;
         m->max_bytes = f.max_bytes;
+        m->min_version = f.min_version;
         if (!f.session || f.max_bytes < 4096 || f.nranges > DHPS_PROTO_SYNC_MAX_RANGES) {
             *why = "sync fetch: session 0, max_bytes < 4096 or too many ranges";
             return DHPS_E_MALFORMED;

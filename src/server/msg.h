@@ -24,6 +24,7 @@ typedef struct srv_msg {
     uint32_t nranges;                /* SYNC_DIGEST, SYNC_FETCH (0: whole shard) */
     const uint8_t *range_mask;       /* SYNC_FETCH: (nranges + 63) / 64 u64, or NULL */
     uint64_t session, offset;        /* SYNC_FETCH */
+    uint64_t min_version;            /* SYNC_FETCH */
     uint32_t max_bytes;              /* SYNC_FETCH */
 } srv_msg;
 

@@ -63,6 +63,7 @@ struct srv_sync {
     uint32_t stores_sync, pending;
     uint64_t exports, export_bytes, fetched_bytes, merged, stale, tombs_applied;
     uint64_t rounds, ranges_repaired, ae_passes, ae_records, peer_errors, peers_skipped;
+    uint64_t delta_fetches;
 };
 
 static void st_set_ready(srv_store *st)
@@ -139,6 +140,7 @@ static bool in_mask(const uint64_t *mask, uint32_t nranges, uint64_t key)
 typedef struct tomb_collect {
     const uint64_t *mask;
     uint32_t nranges;
+    uint64_t min_version;
     uint64_t *out; /* pairs */
     size_t n, cap;
     bool oom;
@@ -147,7 +149,7 @@ typedef struct tomb_collect {
 static void collect_one(void *arg, uint64_t key, uint64_t version)
 {
     tomb_collect *t = arg;
-    if (t->oom || !in_mask(t->mask, t->nranges, key))
+    if (t->oom || version < t->min_version || !in_mask(t->mask, t->nranges, key))
         return;
     if (t->n == t->cap) {
         size_t cap = t->cap ? t->cap * 2 : 64;
@@ -164,17 +166,18 @@ static void collect_one(void *arg, uint64_t key, uint64_t version)
     t->n++;
 }
 
-/* Take a point-in-time export of st (selected ranges): tombstones and records under
- * one hold of the writer lock. */
+/* Take a point-in-time export of st (selected ranges, versions >= min_version):
+ * tombstones and records under one hold of the writer lock. */
 static int build_export(dhps_server *s, srv_store *st, const uint64_t *mask, uint32_t nranges,
-                        sync_session *x)
+                        uint64_t min_version, sync_session *x)
 {
-    tomb_collect tc = {.mask = mask, .nranges = nranges};
+    tomb_collect tc = {.mask = mask, .nranges = nranges, .min_version = min_version};
     uint64_t recs = 0;
     pthread_mutex_lock(&st->mu);
     srv_tomb_each(&st->tomb, collect_one, &tc);
     int rc = tc.oom ? -ENOMEM
-                    : dhps_store_export(st->st, mask, nranges, &x->recs, &x->recs_len, &recs);
+                    : dhps_store_export_since(st->st, mask, nranges, min_version, &x->recs,
+                                              &x->recs_len, &recs);
     pthread_mutex_unlock(&st->mu);
     if (rc == 0) {
         x->head_len = SYNC_HDR + tc.n * 16;
@@ -254,7 +257,7 @@ static int handle_fetch(dhps_server *s, srv_store *st, const srv_msg *m, dhps_rp
     }
     sync_session fresh = {0};
     if (m->offset == 0) { /* a new export, taken outside the sessions lock */
-        int rc = build_export(s, st, mask, m->nranges, &fresh);
+        int rc = build_export(s, st, mask, m->nranges, m->min_version, &fresh);
         if (rc) {
             srv_resp_error(r, rc, "sync export of table %s shard %u: %s", st->t->c.name,
                            st->shard, dhps_strerror(rc));
@@ -489,9 +492,10 @@ static int remote_digest(srv_sync *y, uint32_t id, const srv_store *st, uint64_t
     return rc;
 }
 
-/* Fetch a whole export (mask: the ranges, NULL = all) into *out (malloc'ed). */
+/* Fetch a whole export (mask: the ranges, NULL = all; records and tombstones at or above
+ * min_version) into *out (malloc'ed). */
 static int fetch_export(srv_sync *y, uint32_t id, const srv_store *st, const uint64_t *mask,
-                        uint8_t **out, size_t *out_len)
+                        uint64_t min_version, uint8_t **out, size_t *out_len)
 {
     size_t mask_bytes = mask ? (size_t)(y->nranges + 63) / 64 * 8 : 0;
     size_t req_len = sizeof(dhps_proto_hdr) + sizeof(dhps_proto_sync_fetch) + mask_bytes;
@@ -502,7 +506,8 @@ static int fetch_export(srv_sync *y, uint32_t id, const srv_store *st, const uin
     uint32_t max_msg = y->s->cfg->max_msg;
     dhps_proto_sync_fetch f = {.session = dhps_splitmix64(&y->seed) | 1,
                                .nranges = mask ? y->nranges : 0,
-                               .max_bytes = max_msg - 4096};
+                               .max_bytes = max_msg - 4096,
+                               .min_version = min_version};
     memcpy(req, &h, sizeof h);
     if (mask)
         memcpy(req + sizeof h + sizeof f, mask, mask_bytes);
@@ -634,7 +639,7 @@ static int repair_round(srv_sync *y, srv_store *st, uint32_t id, uint64_t *appli
     if (*ranges) {
         uint8_t *buf;
         size_t len;
-        rc = fetch_export(y, id, st, *ranges == nr ? NULL : mask, &buf, &len);
+        rc = fetch_export(y, id, st, *ranges == nr ? NULL : mask, 0, &buf, &len);
         if (rc) {
             peer_failed(y, id, rc);
         } else {
@@ -655,6 +660,28 @@ static int repair_round(srv_sync *y, srv_store *st, uint32_t id, uint64_t *appli
  * own newer writes, or writes in flight to both), or SYNC_MAX_ROUNDS pass. */
 static int catch_up(srv_sync *y, srv_store *st, uint32_t id)
 {
+    /* A store that recovered data first takes what changed since its newest version
+     * (less sync.version_margin_s, for clocks of writers that run behind): a restart
+     * then costs what it missed, and the digests below mostly agree at once. */
+    pthread_mutex_lock(&st->mu);
+    uint64_t newest = dhps_store_max_version(st->st);
+    pthread_mutex_unlock(&st->mu);
+    uint64_t margin = (uint64_t)y->s->cfg->sync_version_margin_s * 1000000000ull;
+    if (newest > margin) {
+        uint8_t *buf;
+        size_t len;
+        uint64_t applied;
+        int rc = fetch_export(y, id, st, NULL, newest - margin, &buf, &len);
+        if (rc) {
+            peer_failed(y, id, rc);
+            return rc;
+        }
+        rc = apply_export(y, st, buf, len, &applied);
+        free(buf);
+        if (rc)
+            return rc;
+        add(&y->delta_fetches, 1);
+    }
     uint32_t prev = UINT32_MAX;
     for (int round = 0; round < SYNC_MAX_ROUNDS && !stopping(y); round++) {
         uint64_t applied;
@@ -902,6 +929,9 @@ void srv_sync_metrics(srv_sync *y, FILE *f)
          (double)get(&y->export_bytes)},
         {"dhps_sync_rounds_total", "counter", "Digest comparisons with a peer.",
          (double)get(&y->rounds)},
+        {"dhps_sync_delta_fetches_total", "counter",
+         "Catch-up fetches of what changed since the store's newest version.",
+         (double)get(&y->delta_fetches)},
         {"dhps_sync_ranges_repaired_total", "counter",
          "Key ranges whose digests differed and were pulled from a peer.",
          (double)get(&y->ranges_repaired)},

@@ -75,6 +75,12 @@ static double mask_share(const uint64_t *range_mask, uint32_t nranges)
 int dhps_store_export(dhps_store *s, const uint64_t *range_mask, uint32_t nranges, void **buf,
                       size_t *len, uint64_t *records)
 {
+    return dhps_store_export_since(s, range_mask, nranges, 0, buf, len, records);
+}
+
+int dhps_store_export_since(dhps_store *s, const uint64_t *range_mask, uint32_t nranges,
+                            uint64_t min_version, void **buf, size_t *len, uint64_t *records)
+{
     *buf = NULL;
     *len = 0;
     if (range_mask && !ranges_ok(nranges))
@@ -91,7 +97,7 @@ int dhps_store_export(dhps_store *s, const uint64_t *range_mask, uint32_t nrange
         return -ENOMEM;
     hugepage_advise(m.p, m.cap);
     snap_sink k = {.write = mem_write, .finish = mem_finish, .arg = &m};
-    int rc = snap_write(s, range_mask, nranges, &k, records);
+    int rc = snap_write(s, range_mask, nranges, min_version, &k, records);
     if (rc) {
         free(m.p);
         return rc;
@@ -161,7 +167,8 @@ static long apply_run(dhps_store *s, merge_scratch *x, const mrec *recs, size_t 
         while (done < bn) {
             dhps_store_batch b = {.keys = x->keys + done, .n = bn - done,
                                   .values = x->vals + done * len, .value_stride = len,
-                                  .versions = x->vers + done, .ttl = recs[0].ttl};
+                                  .versions = x->vers + done, .ttl = recs[0].ttl,
+                                  .keep_equal = true};
             long w = dhps_store_put(s, &b, x->stale);
             if (w < 0)
                 return w;
@@ -290,6 +297,23 @@ static int digest_visit(void *arg, uint64_t key, uint64_t version, uint32_t ttl_
     d->hash[r] ^= kv_hash(key, version);
     d->count[r]++;
     return 0;
+}
+
+static int max_visit(void *arg, uint64_t key, uint64_t version, uint32_t ttl_left,
+                     const uint8_t *val, uint32_t len)
+{
+    (void)key, (void)ttl_left, (void)val, (void)len;
+    uint64_t *m = arg;
+    if (version > *m)
+        *m = version;
+    return 0;
+}
+
+uint64_t dhps_store_max_version(dhps_store *s)
+{
+    uint64_t m = 0;
+    store_walk(s, NULL, 0, false, max_visit, &m);
+    return m;
 }
 
 int dhps_store_digest(dhps_store *s, uint32_t nranges, uint64_t *hash, uint64_t *count)

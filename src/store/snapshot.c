@@ -91,6 +91,7 @@ int store_walk(dhps_store *s, const uint64_t *range_mask, uint32_t nranges, bool
 
 typedef struct snap_writer {
     const snap_sink *k;
+    uint64_t min_version; /* records with a lower version are left out */
     uint8_t *blk;
     uint32_t len, nrecs;
     uint64_t blocks, records, chain;
@@ -118,6 +119,8 @@ static int w_record(void *arg, uint64_t key, uint64_t ver, uint32_t ttl_left, co
                     uint32_t len)
 {
     snap_writer *w = arg;
+    if (ver < w->min_version)
+        return 0;
     uint8_t *o = w->blk + w->len;
     wr64(o, key);
     wr64(o + 8, ver);
@@ -130,10 +133,10 @@ static int w_record(void *arg, uint64_t key, uint64_t ver, uint32_t ttl_left, co
     return w->len >= SNAP_BLOCK_TARGET ? w_flush(w) : 0;
 }
 
-int snap_write(dhps_store *s, const uint64_t *range_mask, uint32_t nranges, const snap_sink *k,
-               uint64_t *records)
+int snap_write(dhps_store *s, const uint64_t *range_mask, uint32_t nranges,
+               uint64_t min_version, const snap_sink *k, uint64_t *records)
 {
-    snap_writer w = {.k = k, .len = BLK_HDR};
+    snap_writer w = {.k = k, .min_version = min_version, .len = BLK_HDR};
     /* a block: header, up to the target plus one largest record, its hash */
     w.blk = malloc(SNAP_BLOCK_TARGET + SNAP_REC_HDR + DHPS_STORE_MAX_VALUE + 8);
     if (!w.blk)
@@ -200,7 +203,7 @@ int dhps_store_snapshot(dhps_store *s, const char *path)
         return -errno;
     setvbuf(f, NULL, _IOFBF, 1 << 20);
     snap_sink k = {.write = file_write, .finish = file_finish, .arg = f};
-    int err = snap_write(s, NULL, 0, &k, NULL);
+    int err = snap_write(s, NULL, 0, 0, &k, NULL);
     if (fclose(f) != 0 && !err)
         err = -errno;
     if (!err && rename(tmp, path) != 0)

@@ -538,10 +538,11 @@ long dhps_store_put(dhps_store *s, const dhps_store_batch *b, uint64_t *stale)
                 uint32_t oseg = seg_of_ref(s, oref);
                 uint16_t elf = rd16(orec + 8);
                 bool expired = (elf & REC_EXP) && rd32(orec + rec_exp_off(elf)) <= now;
-                if (!expired && ver < rec_version(s, orec, oseg)) {
+                uint64_t over = expired ? 0 : rec_version(s, orec, oseg);
+                if (!expired && (ver < over || (b->keep_equal && ver == over))) {
                     if (stale)
                         stale[j >> 6] |= 1ull << (j & 63);
-                    s->st.stale_updates++;
+                    s->st.stale_updates += ver < over;
                     continue;
                 }
                 uint16_t olf = rd16(orec + 8);

@@ -309,10 +309,11 @@ typedef struct snap_sink {
     int (*finish)(void *arg, const uint8_t *hdr);
     void *arg;
 } snap_sink;
-/* Writer: write an image of the selected records to k (one writer for files and
- * buffers). Returns 0 (and *records if non-NULL) or the first error of the sink. */
-int snap_write(dhps_store *s, const uint64_t *range_mask, uint32_t nranges, const snap_sink *k,
-               uint64_t *records);
+/* Writer: write an image of the selected records (version >= min_version) to k (one
+ * writer for files and buffers). Returns 0 (and *records if non-NULL) or the first error
+ * of the sink. */
+int snap_write(dhps_store *s, const uint64_t *range_mask, uint32_t nranges,
+               uint64_t min_version, const snap_sink *k, uint64_t *records);
 /* Verify a whole image: records, or DHPS_E_CORRUPT / DHPS_E_VERSION. */
 long snap_verify(const uint8_t *p, size_t n);
 /* Writer: upsert the records of a verified image (export.c). skip may be NULL; st may

@@ -187,14 +187,14 @@ static void merge_keeps_the_higher_version(void **state)
         assert_int_equal(put1(b, k, 20, 64, 0), 1); /* newer: survives */
     for (uint64_t k = 2001; k <= 2100; k++)
         assert_int_equal(put1(b, k, 1, 16, 0), 1); /* only here: untouched */
-    assert_int_equal(put1(b, 5000, 10, 48, 0), 1); /* equal version: overwritten */
+    assert_int_equal(put1(b, 5000, 10, 48, 0), 1); /* equal version: the same write, kept */
     void *buf;
     size_t len;
     assert_int_equal(dhps_store_export(a, NULL, 0, &buf, &len, NULL), 0);
     dhps_store_merge_stats st;
-    assert_int_equal(dhps_store_merge_buffer(b, buf, len, NULL, NULL, &st), 501);
-    assert_int_equal(st.applied, 501);
-    assert_int_equal(st.stale, 500);
+    assert_int_equal(dhps_store_merge_buffer(b, buf, len, NULL, NULL, &st), 500);
+    assert_int_equal(st.applied, 500);
+    assert_int_equal(st.stale, 501);
     dhps_store_reader *r;
     assert_int_equal(dhps_store_reader_open(b, &r), 0);
     for (uint64_t k = 1; k <= 500; k++)
@@ -203,8 +203,11 @@ static void merge_keeps_the_higher_version(void **state)
         assert_int_equal(get1(r, k, 20, 64), 1);
     for (uint64_t k = 2001; k <= 2100; k++)
         assert_int_equal(get1(r, k, 1, 16), 1);
-    assert_int_equal(get1(r, 5000, 10, 32), 1);
+    assert_int_equal(get1(r, 5000, 10, 48), 1);
     dhps_store_reader_close(r);
+    dhps_store_stats ss;
+    dhps_store_get_stats(b, &ss);
+    assert_int_equal(ss.stale_updates, 500); /* equal versions are not stale updates */
     /* versions were kept, not restamped: an older put is still refused */
     assert_int_equal(put1(b, 1, 9, 64, 0), 0);
     assert_int_equal(put1(b, 501, 19, 64, 0), 0);
@@ -433,12 +436,46 @@ static void range_versions_returns_the_selected_ranges(void **state)
     dhps_store_destroy(s);
 }
 
+/* export_since keeps exactly the records at or above a version; max_version is the
+ * highest live version. */
+static void export_since_filters_by_version(void **state)
+{
+    (void)state;
+    test_clock c = {.ms = 1000000};
+    dhps_store *s = filled(&c, N);
+    assert_int_equal(dhps_store_max_version(s), N - 4 + 1000); /* key N-4: i % 5 == 1 */
+    uint64_t since = 3000, want = 0;
+    for (uint64_t i = 1; i <= N; i++)
+        want += !f_deleted(i) && f_ver(i) >= since;
+    void *buf;
+    size_t len;
+    uint64_t recs;
+    assert_int_equal(dhps_store_export_since(s, NULL, 0, since, &buf, &len, &recs), 0);
+    assert_int_equal(recs, want);
+    dhps_store *t = mk_store(&c, 10, 0);
+    assert_int_equal(dhps_store_load_buffer(t, buf, len), (long)want);
+    dhps_store_reader *r;
+    assert_int_equal(dhps_store_reader_open(t, &r), 0);
+    for (uint64_t i = 1; i <= N; i++)
+        assert_int_equal(get1(r, keyof(i), f_ver(i), (uint32_t)(i % 300)),
+                         !f_deleted(i) && f_ver(i) >= since);
+    dhps_store_reader_close(r);
+    free(buf);
+    assert_int_equal(dhps_store_max_version(t), N - 4 + 1000);
+    dhps_store_destroy(t);
+    t = mk_store(&c, 10, 0);
+    assert_int_equal(dhps_store_max_version(t), 0);
+    dhps_store_destroy(t);
+    dhps_store_destroy(s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(key_range_is_even_within_a_shard),
         cmocka_unit_test(export_all_round_trips),
         cmocka_unit_test(export_by_range),
+        cmocka_unit_test(export_since_filters_by_version),
         cmocka_unit_test(merge_keeps_the_higher_version),
         cmocka_unit_test(skip_drops_records),
         cmocka_unit_test(expired_records_are_neither_exported_nor_merged),
