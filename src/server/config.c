@@ -241,6 +241,7 @@ static int parse_log(cfg_ctx *x, json_t *root, dhps_server_config *c)
         if ((rc = need_object(x, lg, "log")) || (rc = only_keys(x, lg, "log", lk)))
             return rc;
         bool en_set = json_object_get(lg, "enabled") != NULL;
+        c->log_enabled = true; /* a "log" object asks for a log unless enabled: false */
         if ((rc = get_bool(x, lg, "enabled", "log", &c->log_enabled)))
             return rc;
         if (c->log_enabled && !c->snapshot_dir)
