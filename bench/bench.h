@@ -18,6 +18,10 @@ int bench_store_main(int argc, char **argv);
  * (bench/route_bench.c). */
 int bench_route_main(int argc, char **argv);
 
+/* `dhps-bench wal`: the update log's appends per policy, pwrite vs io_uring; --server:
+ * update throughput with the log on as a ratio to off (bench/wal_bench.c). */
+int bench_wal_main(int argc, char **argv);
+
 #ifdef __cplusplus
 }
 #endif

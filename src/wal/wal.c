@@ -623,7 +623,8 @@ static int wal_recover(dhps_wal *w, uint64_t from_lsn, dhps_wal_replay_fn fn, vo
     closedir(d);
     if (rc)
         goto out;
-    qsort(g, n, sizeof *g, cmp_seg);
+    if (n)
+        qsort(g, n, sizeof *g, cmp_seg);
     for (size_t i = 0; i < n; i++) {
         char path[PATH_MAX];
         snprintf(path, sizeof path, "%s/%s", w->dir, g[i].name);
