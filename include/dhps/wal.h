@@ -35,9 +35,10 @@
  *   so the product path is pwritev + fdatasync and liburing is a bench-only dependency.
  *
  * Rotation and truncation. A record that would take a segment past segment_bytes (default
- *   64 MiB) goes to a new segment (the old one is fdatasync'd first unless NEVER). After a
- *   checkpoint (every store snapshotted, all records < L covered) the caller calls
- *   dhps_wal_truncate_before(L): segment files all of whose records are < L are deleted.
+ *   64 MiB) goes to a new segment (the old one is fdatasync'd first, under every
+ *   policy). After a checkpoint (every store snapshotted, all records < L covered) the
+ *   caller calls dhps_wal_truncate_before(L): segment files all of whose records are < L
+ *   are deleted.
  *
  * Recovery. dhps_wal_open scans every segment: headers (magic, version, identity,
  *   checksum), then records (length, checksum, LSN sequence). A damaged tail of the last

@@ -220,6 +220,19 @@ static void wipe_snapshots(const char *dir)
         }
     }
     closedir(d);
+    /* and the update log beside them (log.dir defaults to <snapshot.dir>/log): its
+     * records belong to the old map as much as the snapshots do */
+    char logdir[PATH_MAX];
+    snprintf(logdir, sizeof logdir, "%s/log", dir);
+    if (!(d = opendir(logdir)))
+        return;
+    while ((e = readdir(d))) {
+        if (!strncmp(e->d_name, "wal.", 4) || !strncmp(e->d_name, "checkpoint", 10)) {
+            snprintf(p, sizeof p, "%s/%s", logdir, e->d_name);
+            unlink(p);
+        }
+    }
+    closedir(d);
 }
 
 /* ---- up ---------------------------------------------------------------------------- */
