@@ -265,10 +265,15 @@ static srv_store *find_store(dhps_server *s, const char *table, uint32_t shard)
     return NULL;
 }
 
+typedef struct replay_ctx {
+    dhps_server *s;
+    srv_durable *d;
+} replay_ctx;
+
 static int replay_one(void *arg, uint64_t lsn, const void *p, size_t len)
 {
-    dhps_server *s = arg;
-    srv_durable *d = s->dur;
+    dhps_server *s = ((replay_ctx *)arg)->s;
+    srv_durable *d = ((replay_ctx *)arg)->d;
     srv_log_rec r;
     const char *why;
     if (srv_log_decode(p, len, &r, &why)) {
@@ -324,7 +329,6 @@ int srv_durable_start(dhps_server *s, char *err, size_t errlen)
         return -ENOMEM;
     }
     pthread_mutex_init(&d->ckpt_mu, NULL);
-    s->dur = d;
     d->ckpt_lsn = read_checkpoint(s);
     dhps_wal_params p;
     dhps_wal_params_init(&p);
@@ -336,14 +340,20 @@ int srv_durable_start(dhps_server *s, char *err, size_t errlen)
     dhps_wal_report rep;
     char werr[1024] = "";
     uint64_t t0 = dhps_mono_ns();
-    int rc = dhps_wal_open(&p, d->ckpt_lsn, replay_one, s, &rep, &d->wal, werr, sizeof werr);
+    replay_ctx rc_ctx = {s, d};
+    int rc = dhps_wal_open(&p, d->ckpt_lsn, replay_one, &rc_ctx, &rep, &d->wal, werr,
+                           sizeof werr);
     if (rc) {
         srv_errf(err, errlen, "update log: %s; refusing to start (the log holds "
                  "acknowledged updates: repair or move %s aside to start without them)",
                  werr[0] ? werr : dhps_strerror(rc), c->log_dir);
-        srv_durable_close(s);
+        pthread_mutex_destroy(&d->ckpt_mu);
+        free(d->keys);
+        free(d);
         return rc;
     }
+    /* published after replay: the metrics thread (up since before the load) reads it */
+    __atomic_store_n(&s->dur, d, __ATOMIC_RELEASE);
     d->torn_bytes = rep.torn_bytes;
     if (rep.torn_bytes)
         DHPS_LOG(DHPS_LOG_WARN, LOGM, "update log: torn tail of %s cut: %" PRIu64 " bytes at "
@@ -373,7 +383,7 @@ void srv_durable_close(dhps_server *s)
 
 void srv_durable_metrics(dhps_server *s, FILE *f)
 {
-    srv_durable *d = s->dur;
+    srv_durable *d = __atomic_load_n(&s->dur, __ATOMIC_ACQUIRE);
     if (!d)
         return;
     dhps_wal_stats st;
