@@ -17,7 +17,6 @@
 #include "durable.h"
 
 static char dir[64];
-static const uint8_t *seg_lo, *seg_hi; /* not the mapping: only lengths are checked */
 
 static void clean(void)
 {
@@ -48,11 +47,18 @@ static int replay(void *arg, uint64_t lsn, const void *p, size_t len)
     return 0;
 }
 
+static void remove_dir(void)
+{
+    clean();
+    rmdir(dir);
+}
+
 static void fuzz_segment(const uint8_t *data, size_t size)
 {
     if (!dir[0]) {
         snprintf(dir, sizeof dir, "/tmp/dhps-fuzz-wal-%d", (int)getpid());
         mkdir(dir, 0700);
+        atexit(remove_dir);
     }
     clean();
     char p[600];
@@ -88,8 +94,6 @@ static void fuzz_segment(const uint8_t *data, size_t size)
     } else if (w || !err[0]) {
         abort(); /* an error always comes with a message and no handle */
     }
-    (void)seg_lo;
-    (void)seg_hi;
 }
 
 static void fuzz_payload(const uint8_t *data, size_t size)
