@@ -29,10 +29,12 @@
  *               something was written: a power cut loses at most ~interval_ms of appends.
  *     NEVER     the page cache decides.
  *   Appends from several threads are serialized by one mutex held for the pwritev.
- *   measured (docs/PERFORMANCE.md, `dhps-bench wal`): io_uring (liburing 2.3) with one
- *   submission per record gains nothing over pwritev here, since the caller needs the
- *   write completed before it returns anyway and the cost is the copy into the page cache;
- *   so the product path is pwritev + fdatasync and liburing is a bench-only dependency.
+ *   pwritev, not io_uring (docs/PERFORMANCE.md "Update log", `dhps-bench wal`): append
+ *   must have the record in the kernel when it returns, so io_uring means one submission
+ *   and one completion wait per record; for buffered 1 KiB appends that measured 0.37-0.42x
+ *   of pwrite (1.2-1.3x for 128 KiB), and under ALWAYS the bound is the number of
+ *   fdatasyncs, which group commit cuts, not how they are submitted. liburing is a
+ *   bench-only dependency.
  *
  * Rotation and truncation. A record that would take a segment past segment_bytes (default
  *   64 MiB) goes to a new segment (the old one is fdatasync'd first, under every
