@@ -22,6 +22,10 @@ int bench_route_main(int argc, char **argv);
  * load of the same data (bench/sync_bench.c). */
 int bench_sync_main(int argc, char **argv);
 
+/* `dhps-bench wal`: the update log's appends per policy, pwrite vs io_uring; --server:
+ * update throughput with the log on as a ratio to off (bench/wal_bench.c). */
+int bench_wal_main(int argc, char **argv);
+
 #ifdef __cplusplus
 }
 #endif

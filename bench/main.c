@@ -24,6 +24,7 @@ static const bench_cmd bench_cmds[] = {
     {"rpc", bench_rpc_main, "rpc library: one transport (tcp|shm|verbs), calls/s, GB/s, latency, CPU/call; --peers adds redis PING/GET"},
     {"route", bench_route_main, "route library: one pick + report (tiers, P2C, breakers, weights) beside random and round-robin choice"},
     {"sync", bench_sync_main, "replica catch-up from a peer (keys/s, MB/s, restart to ready) beside loading the node's own snapshot"},
+    {"wal", bench_wal_main, "update log: appends/s and MB/s per fsync policy, pwrite vs io_uring; --server: upserts with the log on / off"},
     /* {"name", bench_name_main, "summary"},  -- one line per further subcommand */
 };
 

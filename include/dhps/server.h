@@ -28,6 +28,12 @@
  *   file). At start every existing file of an owned store is loaded before the server
  *   reports ready; a damaged file makes start fail with an error naming it (the server
  *   refuses to come up empty rather than serve, then overwrite, a data set it lost).
+ *
+ * Update log: with snapshot.dir set, every UPSERT/DELETE batch is appended to the update
+ *   log (include/dhps/wal.h) under the store's writer lock before it is applied and
+ *   acknowledged; start replays the log from the last checkpoint after loading the
+ *   snapshots; a full snapshot writes a checkpoint and truncates the log
+ *   (docs/server.md "Update log").
  */
 #ifndef DHPS_SERVER_H
 #define DHPS_SERVER_H
@@ -106,6 +112,16 @@ typedef struct dhps_server_config {
     bool admin_faults;               /* admin.faults: serve /fault on the metrics port
                                         (set/clear/list the rpc server's fault rules,
                                         HMAC-authenticated; default false: 403) */
+    /* the update log (include/dhps/wal.h, docs/server.md "Update log") */
+    bool log_enabled;                /* log.enabled (default: true when snapshot.dir is
+                                        set; the log needs snapshot.dir) */
+    char *log_dir;                   /* log.dir (default "<snapshot.dir>/log") */
+    int log_fsync;                   /* log.fsync: enum dhps_wal_sync (default interval) */
+    uint32_t log_fsync_interval_ms;  /* log.fsync_interval_ms 1..10000 (default 10) */
+    uint32_t log_segment_mb;         /* log.segment_mb 1..1024 (default 64) */
+    uint32_t log_max_mb;             /* log.max_mb: past it the background thread takes a
+                                        full snapshot, which truncates the log (default
+                                        1024, at least segment_mb) */
 } dhps_server_config;
 
 /*

@@ -10,6 +10,7 @@
 #include "dhps/cluster.h"
 #include "dhps/log.h"
 #include "dhps/server.h"
+#include "dhps/wal.h"
 
 typedef struct cfg_ctx {
     char *err;
@@ -226,11 +227,74 @@ static int parse_shards(cfg_ctx *x, json_t *sh, dhps_server_config *c)
     return 0;
 }
 
+/* "log": the update log. Called after "snapshot" (its defaults derive from it). */
+static int parse_log(cfg_ctx *x, json_t *root, dhps_server_config *c)
+{
+    static const char *const lk[] = {"dir", "enabled", "fsync", "fsync_interval_ms",
+                                     "segment_mb", "max_mb", NULL};
+    json_t *lg = json_object_get(root, "log");
+    int rc;
+    uint64_t v;
+    char *fs = NULL;
+    c->log_enabled = c->snapshot_dir != NULL;
+    if (lg) {
+        if ((rc = need_object(x, lg, "log")) || (rc = only_keys(x, lg, "log", lk)))
+            return rc;
+        bool en_set = json_object_get(lg, "enabled") != NULL;
+        c->log_enabled = true; /* a "log" object asks for a log unless enabled: false */
+        if ((rc = get_bool(x, lg, "enabled", "log", &c->log_enabled)))
+            return rc;
+        if (c->log_enabled && !c->snapshot_dir)
+            return fail(x, en_set ? "log.enabled: needs snapshot.dir (snapshots are what "
+                                    "truncate the log)"
+                                  : "log: needs snapshot.dir (snapshots are what truncate "
+                                    "the log); set snapshot.dir or log.enabled false");
+        if ((rc = get_str(x, lg, "dir", "log", false, 4000, &c->log_dir)) ||
+            (rc = get_str(x, lg, "fsync", "log", false, 16, &fs)))
+            return rc;
+        if (fs) {
+            if (!strcmp(fs, "always"))
+                c->log_fsync = DHPS_WAL_SYNC_ALWAYS;
+            else if (!strcmp(fs, "interval"))
+                c->log_fsync = DHPS_WAL_SYNC_INTERVAL;
+            else if (!strcmp(fs, "never"))
+                c->log_fsync = DHPS_WAL_SYNC_NEVER;
+            free(fs);
+            if (c->log_fsync < 0)
+                return fail(x, "log.fsync: must be \"always\", \"interval\" or \"never\"");
+        }
+        v = c->log_fsync_interval_ms;
+        if ((rc = get_uint(x, lg, "fsync_interval_ms", "log", 1, 10000, &v, NULL)))
+            return rc;
+        c->log_fsync_interval_ms = (uint32_t)v;
+        v = c->log_segment_mb;
+        if ((rc = get_uint(x, lg, "segment_mb", "log", 1, 1024, &v, NULL)))
+            return rc;
+        c->log_segment_mb = (uint32_t)v;
+        v = c->log_max_mb;
+        if ((rc = get_uint(x, lg, "max_mb", "log", 1, 1u << 20, &v, NULL)))
+            return rc;
+        c->log_max_mb = (uint32_t)v;
+        if (c->log_max_mb < c->log_segment_mb)
+            return fail(x, "log.max_mb: must be at least log.segment_mb (%u)",
+                        c->log_segment_mb);
+    }
+    if (c->log_fsync < 0)
+        c->log_fsync = DHPS_WAL_SYNC_INTERVAL;
+    if (c->log_enabled && !c->log_dir) {
+        size_t n = strlen(c->snapshot_dir) + 5;
+        if (!(c->log_dir = malloc(n)))
+            return -ENOMEM;
+        snprintf(c->log_dir, n, "%s/log", c->snapshot_dir);
+    }
+    return 0;
+}
+
 static int parse_root(cfg_ctx *x, json_t *root, dhps_server_config *c)
 {
     static const char *const keys[] = {"node_id", "labels", "listen", "tables", "snapshot",
                                        "secret_file", "metrics", "shards", "pid_file",
-                                       "port_file", "startup_delay_ms", "admin", "sync",
+                                       "port_file", "startup_delay_ms", "admin", "sync", "log",
                                        NULL};
     int rc;
     if (!json_is_object(root))
@@ -314,6 +378,8 @@ static int parse_root(cfg_ctx *x, json_t *root, dhps_server_config *c)
             return rc;
         c->snapshot_interval_s = (uint32_t)v;
     }
+    if ((rc = parse_log(x, root, c)))
+        return rc;
 
     if ((rc = get_str(x, root, "secret_file", "", true, 4000, &c->secret_file)))
         return rc;
@@ -416,6 +482,10 @@ int dhps_server_config_parse(const void *buf, size_t len, dhps_server_config **o
     c->sync_tombstone_s = 3600;
     c->sync_ranges = 256;
     c->sync_version_margin_s = 60;
+    c->log_fsync = -1; /* "interval" unless log.fsync says otherwise */
+    c->log_fsync_interval_ms = 10;
+    c->log_segment_mb = 64;
+    c->log_max_mb = 1024;
     json_error_t je;
     json_t *root = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &je);
     int rc;
@@ -494,6 +564,7 @@ void dhps_server_config_free(dhps_server_config *c)
     free(c->cluster_map);
     free(c->pid_file);
     free(c->port_file);
+    free(c->log_dir);
     free(c);
 }
 
@@ -506,10 +577,10 @@ dhps_server_config *srv_config_dup(const dhps_server_config *c)
     *d = *c;
     char **strs[] = {&d->node_id, &d->label_host, &d->label_pod, &d->label_az,
                      &d->listen_host, &d->snapshot_dir, &d->secret_file, &d->metrics_host,
-                     &d->cluster_map, &d->pid_file, &d->port_file};
+                     &d->cluster_map, &d->pid_file, &d->port_file, &d->log_dir};
     const char *src[] = {c->node_id, c->label_host, c->label_pod, c->label_az,
                          c->listen_host, c->snapshot_dir, c->secret_file, c->metrics_host,
-                         c->cluster_map, c->pid_file, c->port_file};
+                         c->cluster_map, c->pid_file, c->port_file, c->log_dir};
     bool ok = true;
     for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++)
         *strs[i] = NULL;

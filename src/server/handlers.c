@@ -10,6 +10,7 @@
 #include <jansson.h>
 
 #include "dhps/log.h"
+#include "durable.h"
 #include "msg.h"
 #include "srv_int.h"
 #include "sync.h"
@@ -193,13 +194,25 @@ static int do_upsert(dhps_server *s, srv_worker *w, const srv_msg *m, dhps_rpc_r
     dhps_store_batch b = {.keys = keys, .n = m->n, .values = vals,
                           .value_stride = t->row_bytes, .version = m->version,
                           .ttl = m->ttl};
+    uint64_t lsn;
     pthread_mutex_lock(&st->mu);
-    long n = dhps_store_put(st->st, &b, w->mask);
+    int lrc = srv_durable_log_put(s, st, &b, &lsn); /* logged before applied */
+    long n = lrc ? lrc : dhps_store_put(st->st, &b, w->mask);
     pthread_mutex_unlock(&st->mu);
+    if (lrc) {
+        srv_resp_error(r, lrc, "upsert into table %s shard %u: update log: %s (nothing applied)",
+                   t->c.name, st->shard, dhps_strerror(lrc));
+        return lrc;
+    }
     if (n < 0) {
         srv_resp_error(r, (int)n, "upsert into table %s shard %u: %s (keys before the failing "
                    "one were applied)", t->c.name, st->shard, dhps_strerror((int)n));
         return (int)n;
+    }
+    if ((lrc = srv_durable_wait(s, lsn))) {
+        srv_resp_error(r, lrc, "upsert into table %s shard %u: applied, but the update log's "
+                   "fdatasync failed: %s", t->c.name, st->shard, dhps_strerror(lrc));
+        return lrc;
     }
     mask_resp_finish(r, w->mask, m->n, (uint32_t)n);
     return 0;
@@ -214,18 +227,20 @@ static int do_delete(dhps_server *s, srv_worker *w, const srv_msg *m, dhps_rpc_r
     if (!mask_resp_fits(r, m->n))
         return DHPS_E_TOOBIG;
     const uint64_t *keys = aligned_keys(w, m);
+    uint64_t lsn;
     pthread_mutex_lock(&st->mu);
-    size_t n = dhps_store_delete(st->st, keys, m->n, m->version, w->mask);
-    if (s->sync) { /* remembered, so that no peer's older copy comes back by sync */
-        uint32_t now_s = (uint32_t)time(NULL);
-        for (uint32_t i = 0; i < m->n; i++)
-            if (srv_tomb_put(&st->tomb, keys[i], m->version, now_s)) {
-                DHPS_LOG(DHPS_LOG_WARN, LOGM, "tombstones of table %s shard %u: out of memory",
-                         st->t->c.name, st->shard);
-                break;
-            }
-    }
+    int lrc = srv_durable_log_delete(s, st, keys, m->n, m->version, &lsn);
+    size_t n = lrc ? 0 : dhps_store_delete(st->st, keys, m->n, m->version, w->mask);
+    if (!lrc)
+        srv_sync_note_deletes(s, st, keys, m->n, m->version, (uint32_t)time(NULL));
     pthread_mutex_unlock(&st->mu);
+    if (!lrc)
+        lrc = srv_durable_wait(s, lsn);
+    if (lrc) {
+        srv_resp_error(r, lrc, "delete in table %s shard %u: update log: %s", st->t->c.name,
+                   st->shard, dhps_strerror(lrc));
+        return lrc;
+    }
     mask_resp_finish(r, w->mask, m->n, (uint32_t)n);
     return 0;
 }

@@ -11,6 +11,7 @@
 #include <microhttpd.h>
 
 #include "dhps/log.h"
+#include "durable.h"
 #include "srv_int.h"
 #include "sync.h"
 #include "util.h"
@@ -114,6 +115,7 @@ static void write_metrics(dhps_server *s, FILE *f)
             (unsigned long long)get(&s->last_snapshot_unix));
     fprintf(f, "# TYPE dhps_loaded_records gauge\ndhps_loaded_records %llu\n",
             (unsigned long long)get(&s->loaded_records));
+    srv_durable_metrics(s, f);
     fprintf(f, "# TYPE dhps_ready gauge\ndhps_ready %d\n", dhps_server_ready(s) ? 1 : 0);
     if (s->sync)
         srv_sync_metrics(s->sync, f);

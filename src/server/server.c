@@ -16,6 +16,7 @@
 #include "dhps/rpc.h"
 #include "dhps/store.h"
 #include "admin.h"
+#include "durable.h"
 #include "srv_int.h"
 #include "sync.h"
 #include "util.h"
@@ -249,6 +250,7 @@ int srv_snapshot_some(dhps_server *s, const srv_table *t)
     if (!s->cfg->snapshot_dir)
         return -ENOENT;
     int first = 0, n = 0;
+    uint64_t ckpt = t ? 0 : srv_durable_begin(s); /* a full snapshot checkpoints the log */
     for (uint32_t i = 0; i < s->nstores; i++) {
         if (t && s->stores[i].t != t)
             continue;
@@ -258,6 +260,8 @@ int srv_snapshot_some(dhps_server *s, const srv_table *t)
         else if (!rc)
             n++;
     }
+    if (!first && ckpt)
+        first = srv_durable_checkpoint(s, ckpt);
     return first ? first : n;
 }
 
@@ -298,6 +302,11 @@ static void *bg_main(void *arg)
             last_snap = dhps_mono_ns();
             int rc = srv_snapshot_some(s, NULL);
             DHPS_LOG(DHPS_LOG_INFO, LOGM, "periodic snapshot: %s",
+                     rc < 0 ? dhps_strerror(rc) : "ok");
+        } else if (srv_durable_over_limit(s)) { /* log.max_mb: a checkpoint truncates it */
+            last_snap = dhps_mono_ns();
+            int rc = srv_snapshot_some(s, NULL);
+            DHPS_LOG(DHPS_LOG_INFO, LOGM, "snapshot for the update log size: %s",
                      rc < 0 ? dhps_strerror(rc) : "ok");
         }
         pthread_mutex_lock(&s->ctl_mu);
@@ -379,6 +388,8 @@ int dhps_server_start(dhps_server *s, char *err, size_t errlen)
         usleep(c->startup_delay_ms * 1000u);
     if ((rc = load_snapshots(s, err, errlen)))
         return rc;
+    if ((rc = srv_durable_start(s, err, errlen))) /* replay the update log */
+        return rc;
     if ((rc = dhps_rpc_server_start(s->rpc))) {
         srv_errf(err, errlen, "rpc start: %s", dhps_strerror(rc));
         return rc;
@@ -448,6 +459,7 @@ void dhps_server_destroy(dhps_server *s)
     if (!s)
         return;
     dhps_server_stop(s);
+    srv_durable_close(s);
     if (s->workers) {
         for (uint32_t w = 0; w < s->cfg->workers; w++) {
             srv_worker *wk = &s->workers[w];

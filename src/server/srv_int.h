@@ -2,6 +2,7 @@
  *   server.c    create/start/stop/destroy, snapshots, the background thread
  *   handlers.c  the rpc handlers of the service protocol (proto.h)
  *   http.c      /metrics, /health and /fault over libmicrohttpd
+ *   durable.c   the update log: write-path hooks, replay, checkpoints (durable.h)
  *   config.c, msg.c, admin.c, fp16.c  config parsing, request decoding, /fault auth, fp16 */
 #ifndef DHPS_SRV_INT_H
 #define DHPS_SRV_INT_H
@@ -39,6 +40,7 @@ extern const uint32_t lat_bounds_us[NBUCKETS - 1];
 
 
 typedef struct srv_table srv_table;
+typedef struct srv_durable srv_durable; /* the update log's server side (durable.h) */
 
 typedef struct srv_store {
     pthread_mutex_t mu;          /* writer lock: upserts, deletes, stats, snapshot */
@@ -92,6 +94,7 @@ struct dhps_server {
     uint64_t lat_sum_ns[NMETHODS];
     uint64_t snapshots_ok, snapshot_errors, loaded_records;
     uint64_t last_snapshot_unix;
+    srv_durable *dur;            /* NULL: no update log (durable.c) */
 };
 
 static inline void add(uint64_t *p, uint64_t v)

@@ -870,6 +870,22 @@ void srv_sync_destroy(srv_sync *y)
     free(y);
 }
 
+void srv_sync_note_deletes(dhps_server *s, srv_store *st, const uint64_t *keys, uint32_t n,
+                           uint64_t version, uint32_t at_s)
+{
+    srv_sync *y = s->sync;
+    uint32_t now_s = (uint32_t)time(NULL);
+    if (!y || !y->map || at_s + s->cfg->sync_tombstone_s < now_s)
+        return;
+    for (uint32_t i = 0; i < n; i++)
+        if (srv_tomb_put(&st->tomb, keys[i], version, at_s)) {
+            DHPS_LOG(DHPS_LOG_WARN, LOGM, "tombstones of table %s shard %u: out of memory; "
+                     "a peer's older copy of these deleted keys may come back",
+                     st->t->c.name, st->shard);
+            return;
+        }
+}
+
 void srv_sync_maintain(srv_sync *y)
 {
     dhps_server *s = y->s;

@@ -26,6 +26,7 @@
 #include "msg.h"
 
 typedef struct dhps_server dhps_server;
+typedef struct srv_store srv_store;
 typedef struct srv_sync srv_sync;
 
 /* Create the sync state (loads the cluster map again for the peers of each shard).
@@ -44,6 +45,12 @@ void srv_sync_destroy(srv_sync *y);
 /* rpc handlers for DHPS_M_SYNC_DIGEST / DHPS_M_SYNC_FETCH (m decoded). Return the
  * status written into r. */
 int srv_sync_handle(dhps_server *s, const srv_msg *m, dhps_rpc_request *r);
+
+/* Remember keys[0..n) deleted at version, at wall-clock second at_s, as tombstones of st
+ * (when the node has peers; caller holds st->mu). Called for every DELETE applied, and
+ * for deletes replayed from the update log. */
+void srv_sync_note_deletes(dhps_server *s, srv_store *st, const uint64_t *keys, uint32_t n,
+                           uint64_t version, uint32_t at_s);
 
 /* Drop tombstones older than sync.tombstone_s and export sessions idle for 30 s
  * (background thread, once a second). */
