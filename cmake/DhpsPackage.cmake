@@ -123,6 +123,7 @@ set(CPACK_PACKAGE_DESCRIPTION_SUMMARY
     "parameter server for online inference: dhps-server, dhps CLI, libdhps, headers")
 set(CPACK_SET_DESTDIR ON)
 set(CPACK_PACKAGING_INSTALL_PREFIX /usr)
+set(CPACK_INSTALL_PREFIX /usr) # with CPACK_SET_DESTDIR, the prefix CPack installs with
 set(CPACK_DEBIAN_FILE_NAME DEB-DEFAULT)
 set(CPACK_DEBIAN_PACKAGE_SECTION net)
 set(CPACK_DEBIAN_PACKAGE_SHLIBDEPS ON)
