@@ -10,7 +10,8 @@
 #      binary writes, reads back and sees the unwritten keys "absent"; dhps down
 #   5. cpack: dhps_<ver>_amd64.deb, its file list and control files; as root under
 #      CI=true, dpkg -i into the system (else dpkg-deb -x into a temp dir), the unit's
-#      ExecStart run as the unit would run it, /health 200, SIGTERM, exit 0; dpkg -r
+#      ExecStart run as the unit would run it, /health 200, SIGTERM, exit 0; dpkg -r, then
+#      dpkg -P (purge) so that a second run starts from the same system
 # Prints one line per check and "install: N passed, N failed"; exit 0 or 1. Idempotent.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -30,7 +31,7 @@ cluster_up=""; server_pid=""; deb_installed=""
 cleanup() {
   [ -n "$server_pid" ] && kill -TERM "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
   [ -n "$cluster_up" ] && "$prefix/bin/dhps" down --dir "$tmp/cluster" >/dev/null 2>&1
-  [ -n "$deb_installed" ] && dpkg -r dhps >/dev/null 2>&1
+  [ -n "$deb_installed" ] && dpkg -P dhps >/dev/null 2>&1
   rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -139,7 +140,10 @@ if [ -f "$deb" ]; then
     bad "no dhps-server or no metrics port in the package: not started"
   else
   runas=()
-  [ "$mode" = system ] && [ -n "$user" ] && command -v runuser >/dev/null && runas=(runuser -u "$user" --)
+  # as the unit's User=, exec'd in place like systemd does (setpriv: no parent shell
+  # between the signal and the server)
+  [ "$mode" = system ] && [ -n "$user" ] && command -v setpriv >/dev/null &&
+    runas=(setpriv --reuid "$user" --regid "$user" --init-groups --)
   echo "install: running the unit's ExecStart: ${runas[*]} $cmdline"
   # shellcheck disable=SC2086 # the unit's command line, split as systemd splits it
   "${runas[@]}" $cmdline >"$tmp/server.log" 2>&1 &
@@ -163,6 +167,10 @@ if [ -f "$deb" ]; then
     check "dpkg -r dhps" dpkg -r dhps && deb_installed=""
     check "after dpkg -r: binaries and libdhps gone, config kept (conffile)" bash -c \
       '! [ -e /usr/bin/dhps-server ] && ! [ -e /usr/lib/libdhps.so.0 ] && [ -f /etc/dhps/server.json ]'
+    # leave the system as it was: the conffile, the secret, /var/lib/dhps, the user
+    check "dpkg -P dhps: config, secret, /var/lib/dhps and the dhps user gone" bash -c \
+      'dpkg -P dhps && ! [ -e /etc/dhps/server.json ] && ! [ -e /etc/dhps/secret ] &&
+       ! [ -e /var/lib/dhps ] && ! getent passwd dhps'
   fi
 fi
 echo "install: $passed passed, $failed failed"
