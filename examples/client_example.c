@@ -23,6 +23,8 @@ int main(int argc, char **argv)
     size_t secret_len = f ? fread(secret, 1, sizeof secret, f) : 0;
     if (f)
         fclose(f);
+    while (secret_len > 0 && secret[secret_len - 1] == '\n')
+        secret_len--;                      /* as dhps-server reads secret_file */
     if (secret_len == 0 || dim == 0 || dim > MAXDIM) {
         fprintf(stderr, "cannot read secret %s, or dim not 1..%d\n", argv[2], MAXDIM);
         return 2;

@@ -58,7 +58,12 @@ hdr_cxx() { for h in "$prefix"/include/dhps/*.h; do
 check "installed headers compile alone as C11 (-pedantic -Werror)" hdr_c11
 check "installed headers compile alone as C++17 (-pedantic -Werror)" hdr_cxx
 
-# 3. examples out of tree
+# 3. examples out of tree; docs/client.md quotes the example whole
+doc_quotes_example() {
+  awk '/<!-- examples\/client_example.c/ {m=1; next} m==1 && /^```c$/ {m=2; next}
+       m==2 && /^```$/ {exit} m==2 {print}' "$root/docs/client.md" | diff - "$root/examples/client_example.c"
+}
+check "docs/client.md quotes examples/client_example.c exactly" doc_quotes_example
 cp -r "$root/examples" "$tmp/examples"
 export PKG_CONFIG_PATH="$prefix/lib/pkgconfig"
 check "pkg-config --libs dhps is -ldhps only" bash -c '[ "$(pkg-config --libs-only-l dhps | xargs)" = "-ldhps" ]'
