@@ -27,12 +27,14 @@ if(DHPS_SHARED)
                     libmicrohttpd libxxhash)
   # Exports: exactly the symbols listed in cmake/dhps.map (the functions and variables
   # declared in include/dhps/*.h); everything else (client_*, srv_*, rpc internals,
-  # static helpers of each module) is local. tests/install/check-exports.sh checks it.
+  # static helpers of each module) is made local by the version script's "local: *".
+  # A version script rather than -fvisibility=hidden + a DHPS_API macro: the same module
+  # objects also build the static archives the binaries and tests link, and the public
+  # headers stay free of export annotations. tests/install/check-exports.sh checks it.
   # target dhps_shared (the target "dhps" is the command-line tool), file libdhps.so
   add_library(dhps_shared SHARED ${PROJECT_SOURCE_DIR}/cmake/dhps_lib.c ${_dhps_objs})
   set_target_properties(dhps_shared PROPERTIES
     OUTPUT_NAME dhps VERSION ${PROJECT_VERSION} SOVERSION ${PROJECT_VERSION_MAJOR}
-    C_VISIBILITY_PRESET hidden
     LINK_DEPENDS ${PROJECT_SOURCE_DIR}/cmake/dhps.map)
   target_include_directories(dhps_shared INTERFACE
     $<BUILD_INTERFACE:${PROJECT_SOURCE_DIR}/include>)
@@ -81,7 +83,8 @@ if(DHPS_INSTALL_BENCH AND TARGET dhps-bench)
   install(TARGETS dhps-bench RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 endif()
 
-# pkg-config: relocatable (prefix from the .pc file's own place).
+# pkg-config: relocatable (prefix from the .pc file's own place, whatever LIBDIR's depth).
+file(RELATIVE_PATH DHPS_PC_UP /p/${CMAKE_INSTALL_LIBDIR}/pkgconfig /p)
 string(REPLACE ";" " -l" _sys "-l${DHPS_LIB_SYS_LIBS}")
 configure_file(${PROJECT_SOURCE_DIR}/packaging/dhps.pc.in ${PROJECT_BINARY_DIR}/dhps.pc @ONLY)
 install(FILES ${PROJECT_BINARY_DIR}/dhps.pc DESTINATION ${CMAKE_INSTALL_LIBDIR}/pkgconfig)

@@ -130,6 +130,9 @@ if [ -f "$deb" ]; then
     mkdir -p "$sysroot/var/lib/dhps/snap"
     (umask 077; od -An -N32 -tx1 /dev/urandom | tr -d ' \n' > "$sysroot/etc/dhps/secret")
     sed -i "s|/etc/dhps|$sysroot/etc/dhps|; s|/var/lib/dhps|$sysroot/var/lib/dhps|" "$sysroot/etc/dhps/server.json"
+    # ephemeral ports (a developer's machine may use 7000/9100), found in port_file
+    jq --arg pf "$tmp/ports" '.listen.tcp_port = 0 | .metrics.port = 0 | .port_file = $pf' \
+      "$sysroot/etc/dhps/server.json" > "$tmp/cfg" && cp "$tmp/cfg" "$sysroot/etc/dhps/server.json"
     ok "deb extracted to a temp root (not root under CI=true: system left alone)"
   fi
   unit=$sysroot/lib/systemd/system/dhps-server.service
@@ -140,7 +143,8 @@ if [ -f "$deb" ]; then
   cfg=$sysroot/etc/dhps/server.json
   check "dhps-server --check-config on the packaged config ($mode)" \
     env LD_LIBRARY_PATH="$sysroot/usr/lib" "$sysroot/usr/bin/dhps-server" --check-config "$cfg"
-  metrics=$(sed -n 's/.*"metrics": *{[^}]*"port": *\([0-9]*\).*/\1/p' "$cfg")
+  metrics=$(jq -r '.metrics.port // empty' "$cfg")
+  portfile=$(jq -r '.port_file // empty' "$cfg")
   if [ ! -x "$sysroot/usr/bin/dhps-server" ] || [ -z "$metrics" ]; then
     bad "no dhps-server or no metrics port in the package: not started"
   else
@@ -155,6 +159,7 @@ if [ -f "$deb" ]; then
   server_pid=$!
   code=""
   for _ in $(seq 1 100); do
+    if [ -n "$portfile" ]; then metrics=$(awk '{print $2}' "$portfile" 2>/dev/null); fi
     code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$metrics/health" || true)
     [ "$code" = 200 ] && break
     kill -0 "$server_pid" 2>/dev/null || break
