@@ -60,6 +60,8 @@ int main()
     dhps_client_result r{};
     CHECK(r.unanswered == 0);
     CHECK(DHPS_ACK_QUORUM == 1 && DHPS_FP16 == 1);
+    CHECK(dhps_client_router_first_healthy.name != nullptr); // an exported variable
+    DHPS_LOG(DHPS_LOG_DEBUG, "cxx", "the logging macro from C++: %d", 1);
 
     std::printf("test_cxx_headers: %s\n", failed ? "FAILED" : "ok");
     return failed ? 1 : 0;
