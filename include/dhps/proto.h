@@ -127,14 +127,20 @@ typedef struct dhps_proto_sync_chunk {
     uint64_t offset;
 } dhps_proto_sync_chunk;
 
-_Static_assert(sizeof(dhps_proto_sync_digest) == 8, "u64 arrays stay 8-aligned");
-_Static_assert(sizeof(dhps_proto_sync_fetch) == 32, "u64 arrays stay 8-aligned");
-_Static_assert(sizeof(dhps_proto_sync_chunk) == 16, "chunk stays 8-aligned");
-_Static_assert(sizeof(dhps_proto_hdr) == 64, "request header is 64 bytes");
-_Static_assert(sizeof(dhps_proto_resp) == 16, "response header is 16 bytes");
-_Static_assert(sizeof(dhps_proto_lookup) == 8, "u64 keys stay 8-aligned");
-_Static_assert(sizeof(dhps_proto_upsert) == 24, "u64 keys stay 8-aligned");
-_Static_assert(sizeof(dhps_proto_delete) == 16, "u64 keys stay 8-aligned");
+/* C11 _Static_assert, C++ static_assert: the header compiles as both (tests/common). */
+#ifdef __cplusplus
+#define DHPS_STATIC_ASSERT(cond, msg) static_assert(cond, msg)
+#else
+#define DHPS_STATIC_ASSERT(cond, msg) _Static_assert(cond, msg)
+#endif
+DHPS_STATIC_ASSERT(sizeof(dhps_proto_sync_digest) == 8, "u64 arrays stay 8-aligned");
+DHPS_STATIC_ASSERT(sizeof(dhps_proto_sync_fetch) == 32, "u64 arrays stay 8-aligned");
+DHPS_STATIC_ASSERT(sizeof(dhps_proto_sync_chunk) == 16, "chunk stays 8-aligned");
+DHPS_STATIC_ASSERT(sizeof(dhps_proto_hdr) == 64, "request header is 64 bytes");
+DHPS_STATIC_ASSERT(sizeof(dhps_proto_resp) == 16, "response header is 16 bytes");
+DHPS_STATIC_ASSERT(sizeof(dhps_proto_lookup) == 8, "u64 keys stay 8-aligned");
+DHPS_STATIC_ASSERT(sizeof(dhps_proto_upsert) == 24, "u64 keys stay 8-aligned");
+DHPS_STATIC_ASSERT(sizeof(dhps_proto_delete) == 16, "u64 keys stay 8-aligned");
 
 /* The virtual shard of a key: a hash independent of the store's own (so shards do not
  * correlate with buckets). nshards > 0. Pure function; thread-safe. */
