@@ -98,9 +98,12 @@ typedef struct dhps_server_config {
     uint32_t startup_delay_ms;       /* test hook: wait before loading (default 0) */
     bool sync_enabled;               /* sync.enabled: catch up from peer replicas and run
                                         anti-entropy (default true; needs cluster_map) */
-    uint32_t sync_peer_wait_s;       /* sync.peer_wait_s: how long catch-up retries an
-                                        unreachable peer before going on without it
-                                        (default 10) */
+    uint32_t sync_peer_wait_s;       /* sync.peer_wait_s: how long catch-up of a store
+                                        that recovered data retries an unreachable peer
+                                        before going on without it (default 10) */
+    uint32_t sync_empty_peer_wait_s; /* sync.empty_peer_wait_s: the same for a store that
+                                        recovered nothing; 0 = wait until a peer answers
+                                        (default 0) */
     uint32_t sync_anti_entropy_s;    /* sync.anti_entropy_s: digest repair against every
                                         peer this often, 0 = off (default 30) */
     uint32_t sync_tombstone_s;       /* sync.tombstone_s: deletes remembered this long

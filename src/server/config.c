@@ -419,7 +419,8 @@ static int parse_root(cfg_ctx *x, json_t *root, dhps_server_config *c)
     json_t *sy = json_object_get(root, "sync");
     if (sy) {
         static const char *const yk[] = {"enabled", "peer_wait_s", "anti_entropy_s",
-                                         "tombstone_s", "ranges", "version_margin_s", NULL};
+                                         "tombstone_s", "ranges", "version_margin_s",
+                                         "empty_peer_wait_s", NULL};
         if ((rc = need_object(x, sy, "sync")) || (rc = only_keys(x, sy, "sync", yk)) ||
             (rc = get_bool(x, sy, "enabled", "sync", &c->sync_enabled)))
             return rc;
@@ -431,7 +432,8 @@ static int parse_root(cfg_ctx *x, json_t *root, dhps_server_config *c)
                  {"anti_entropy_s", 0, 86400, &c->sync_anti_entropy_s},
                  {"tombstone_s", 60, 86400 * 30, &c->sync_tombstone_s},
                  {"ranges", 1, DHPS_PROTO_SYNC_MAX_RANGES, &c->sync_ranges},
-                 {"version_margin_s", 0, 86400, &c->sync_version_margin_s}};
+                 {"version_margin_s", 0, 86400, &c->sync_version_margin_s},
+                 {"empty_peer_wait_s", 0, 86400, &c->sync_empty_peer_wait_s}};
         for (size_t j = 0; j < sizeof u / sizeof u[0]; j++) {
             bool set = false;
             v = 0;

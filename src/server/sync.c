@@ -57,6 +57,7 @@ struct srv_sync {
     dhps_rpc_client *rc;   /* owned by the thread */
     sync_peer *peers;      /* by node id, max_node_id + 1 */
     uint32_t *done;        /* per store: bit j = replica j of its shard caught up */
+    uint8_t *empty;        /* per store: recovered nothing locally (set at thread start) */
     uint64_t seed;
     /* progress and counters (atomics) */
     uint64_t t_start_ns, t_ready_ns;
@@ -87,7 +88,8 @@ int srv_sync_create(dhps_server *s, srv_sync **out, char *err, size_t errlen)
     if (getrandom(&y->seed, sizeof y->seed, 0) != (ssize_t)sizeof y->seed)
         y->seed = dhps_mono_ns() ^ (uint64_t)(uintptr_t)y;
     y->done = calloc(s->nstores ? s->nstores : 1, sizeof *y->done);
-    if (!y->done) {
+    y->empty = calloc(s->nstores ? s->nstores : 1, 1);
+    if (!y->done || !y->empty) {
         srv_sync_destroy(y);
         return -ENOMEM;
     }
@@ -706,12 +708,20 @@ static bool transient(int rc)
 static uint32_t catch_up_pass(srv_sync *y)
 {
     dhps_server *s = y->s;
+    uint64_t elapsed = dhps_mono_ns() - __atomic_load_n(&y->t_start_ns, __ATOMIC_ACQUIRE);
     uint64_t wait_ns = (uint64_t)s->cfg->sync_peer_wait_s * 1000000000ull;
+    uint64_t empty_ns = (uint64_t)s->cfg->sync_empty_peer_wait_s * 1000000000ull;
     uint32_t made = 0;
     for (uint32_t i = 0; i < s->nstores && !stopping(y); i++) {
         srv_store *st = &s->stores[i];
         if (__atomic_load_n(&st->ready, __ATOMIC_ACQUIRE))
             continue;
+        /* A store that recovered data may go on without unreachable peers after
+         * peer_wait_s: what it holds is its own acknowledged writes, the others repair
+         * from it later. An empty one may not (by default): serving it would answer
+         * "absent" for keys its peers hold. */
+        bool empty = y->empty[i];
+        bool may_skip = empty ? empty_ns && elapsed >= empty_ns : elapsed >= wait_ns;
         const uint32_t *ids;
         int nr = dhps_cluster_map_replicas(y->map, st->shard, &ids);
         bool all = true;
@@ -720,24 +730,22 @@ static uint32_t catch_up_pass(srv_sync *y)
             if (id == y->self || (y->done[i] >> j & 1))
                 continue;
             sync_peer *p = &y->peers[id];
-            if (p->given_up) {
+            if (p->given_up && may_skip) {
                 y->done[i] |= 1u << j;
                 continue;
             }
             int rc = catch_up(y, st, id);
             if (rc == 0) {
                 y->done[i] |= 1u << j;
-            } else if (transient(rc) &&
-                       dhps_mono_ns() - __atomic_load_n(&y->t_start_ns, __ATOMIC_ACQUIRE) <
-                           wait_ns) {
+            } else if (transient(rc) && !may_skip) {
                 all = false;
             } else {
                 if (transient(rc) && !p->given_up) {
                     p->given_up = true;
                     add(&y->peers_skipped, 1);
-                    DHPS_LOG(DHPS_LOG_WARN, LOGM, "peer node %u: %s for %u s; catching up "
+                    DHPS_LOG(DHPS_LOG_WARN, LOGM, "peer node %u: %s for %.0f s; catching up "
                              "without it (it pulls from us when it returns)", id,
-                             dhps_strerror(rc), s->cfg->sync_peer_wait_s);
+                             dhps_strerror(rc), (double)elapsed / 1e9);
                 } else if (!transient(rc)) {
                     DHPS_LOG(DHPS_LOG_WARN, LOGM, "table %s shard %u from node %u: %s; "
                              "skipping that peer", st->t->c.name, st->shard, id,
@@ -795,6 +803,13 @@ static void *sync_main(void *arg)
     srv_sync *y = arg;
     dhps_server *s = y->s;
     __atomic_store_n(&y->t_start_ns, dhps_mono_ns(), __ATOMIC_RELEASE);
+    for (uint32_t i = 0; i < s->nstores; i++) { /* after the snapshots and the log */
+        dhps_store_stats st;
+        pthread_mutex_lock(&s->stores[i].mu);
+        dhps_store_get_stats(s->stores[i].st, &st);
+        pthread_mutex_unlock(&s->stores[i].mu);
+        y->empty[i] = st.keys == 0;
+    }
     while (!stopping(y) && __atomic_load_n(&y->pending, __ATOMIC_ACQUIRE)) {
         if (!catch_up_pass(y) && __atomic_load_n(&y->pending, __ATOMIC_ACQUIRE))
             nap(y, 100);
@@ -864,6 +879,7 @@ void srv_sync_destroy(srv_sync *y)
         session_free(&y->sess[i]);
     dhps_cluster_map_destroy(y->map);
     free(y->done);
+    free(y->empty);
     pthread_cond_destroy(&y->wcv);
     pthread_mutex_destroy(&y->wmu);
     pthread_mutex_destroy(&y->mu);

@@ -6,6 +6,7 @@
  *   - a replica whose peer does not answer stays not ready: lookups get
  *     DHPS_E_NOTREADY (never "absent"), /health/ready 503 with its progress,
  *     /health/live 200; writes are taken meanwhile and kept;
+ *   - a replica that recovered nothing waits for a peer past sync.peer_wait_s;
  *   - anti-entropy repairs updates and deletes that reached one replica only, and the
  *     replicas' digests end equal. */
 #include <stdarg.h>
@@ -308,6 +309,49 @@ static void test_not_ready_until_caught_up(void **state)
     cluster_stop(&c);
 }
 
+/* A replica whose disk was wiped (it recovers nothing) does not give up on a peer that
+ * does not answer after sync.peer_wait_s: served empty it would answer "absent" for
+ * every key. It is ready once the peer answers, with the peer's data. */
+static void test_empty_replica_waits_for_a_peer(void **state)
+{
+    (void)state;
+    cluster c;
+    cluster_init(&c, "{\"peer_wait_s\":1,\"anti_entropy_s\":0}");
+    start_node(&c, 0, false);
+    start_node(&c, 1, false);
+    assert_int_equal(p_wait_http(&c.p[0], "/health/ready", 200, 30000), 0);
+    assert_int_equal(p_wait_http(&c.p[1], "/health/ready", 200, 30000), 0);
+    t_conn a, b;
+    assert_int_equal(t_connect(&a, c.p[0].port, T_SECRET), 0);
+    put_range(&a, 1, 1001, 1);
+    kill(c.p[1].pid, SIGKILL);
+    p_wait_exit(c.p[1].pid, 10000);
+    char cmd[1400];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s/snap' && mkdir '%s/snap'", c.node_dir[1],
+             c.node_dir[1]);
+    assert_int_equal(system(cmd), 0);
+    kill(c.p[0].pid, SIGSTOP);
+    start_node(&c, 1, false);
+    assert_int_equal(p_wait_http(&c.p[1], "/health/live", 200, 30000), 0);
+    uint64_t until = t_now_ms() + 3000; /* three times peer_wait_s */
+    while (t_now_ms() < until) {
+        char *body = NULL;
+        assert_int_equal(t_http_get(c.p[1].mport, "/health/ready", &body), 503);
+        free(body);
+        t_sleep_ms(100);
+    }
+    assert_int_equal(t_connect(&b, c.p[1].port, T_SECRET), 0);
+    int st;
+    assert_int_equal(mismatches(&b, 1, 1001, 1, true, &st), 1000);
+    assert_int_equal(st, DHPS_E_NOTREADY);
+    kill(c.p[0].pid, SIGCONT);
+    assert_int_equal(p_wait_http(&c.p[1], "/health/ready", 200, 60000), 0);
+    expect_present(&b, 1, 1001, 1);
+    t_close(&a);
+    t_close(&b);
+    cluster_stop(&c);
+}
+
 /* Updates and deletes that reached one replica only are repaired by anti-entropy. */
 static void test_anti_entropy_repairs(void **state)
 {
@@ -351,6 +395,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_catch_up_after_kill9),
         cmocka_unit_test(test_not_ready_until_caught_up),
+        cmocka_unit_test(test_empty_replica_waits_for_a_peer),
         cmocka_unit_test(test_anti_entropy_repairs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
