@@ -605,94 +605,103 @@ static int apply_export(srv_sync *y, srv_store *st, const uint8_t *buf, size_t l
     return 0;
 }
 
-/* One repair round of st against node id: compare digests, fetch and merge the ranges
- * that differ. *applied: records taken; *ranges: ranges that differed. */
-static int repair_round(srv_sync *y, srv_store *st, uint32_t id, uint64_t *applied,
-                        uint32_t *ranges)
+/* Compare st's digests with node id's: mask (nranges bits) gets the ranges that
+ * differ, *ranges how many. */
+static int compare(srv_sync *y, srv_store *st, uint32_t id, uint64_t *mask, uint32_t *ranges)
 {
-    *applied = 0;
-    *ranges = 0;
-    int rc;
     size_t nr = y->nranges;
-    uint64_t *mem = malloc(nr * 8 * 4 + (nr + 63) / 64 * 8);
+    uint64_t *mem = malloc(nr * 8 * 4);
     if (!mem)
         return -ENOMEM;
-    uint64_t *rh = mem, *rcnt = mem + nr, *lh = mem + 2 * nr, *lcnt = mem + 3 * nr,
-             *mask = mem + 4 * nr;
-    if ((rc = remote_digest(y, id, st, rh, rcnt))) {
-        peer_failed(y, id, rc);
-        free(mem);
-        return rc;
-    }
-    pthread_mutex_lock(&st->mu);
-    rc = dhps_store_digest(st->st, (uint32_t)nr, lh, lcnt);
-    pthread_mutex_unlock(&st->mu);
+    uint64_t *rh = mem, *rcnt = mem + nr, *lh = mem + 2 * nr, *lcnt = mem + 3 * nr;
+    int rc = remote_digest(y, id, st, rh, rcnt);
     if (rc) {
-        free(mem);
-        return rc;
+        peer_failed(y, id, rc);
+    } else {
+        pthread_mutex_lock(&st->mu);
+        rc = dhps_store_digest(st->st, (uint32_t)nr, lh, lcnt);
+        pthread_mutex_unlock(&st->mu);
     }
+    *ranges = 0;
     memset(mask, 0, (nr + 63) / 64 * 8);
-    for (size_t r = 0; r < nr; r++)
+    for (size_t r = 0; !rc && r < nr; r++)
         if (rh[r] != lh[r] || rcnt[r] != lcnt[r]) {
             mask[r / 64] |= 1ull << (r % 64);
             (*ranges)++;
         }
     add(&y->rounds, 1);
-    if (*ranges) {
-        uint8_t *buf;
-        size_t len;
-        rc = fetch_export(y, id, st, *ranges == nr ? NULL : mask, 0, &buf, &len);
-        if (rc) {
-            peer_failed(y, id, rc);
-        } else {
-            rc = apply_export(y, st, buf, len, applied);
-            free(buf);
-            if (rc)
-                DHPS_LOG(DHPS_LOG_ERROR, LOGM, "table %s shard %u: export from node %u: %s",
-                         st->t->c.name, st->shard, id, dhps_strerror(rc));
-        }
-        add(&y->ranges_repaired, *ranges);
-    }
     free(mem);
     return rc;
 }
 
-/* Bring st up to date with node id: repair rounds until the digests agree, or a round
- * leaves as many ranges differing as the one before (what still differs is this node's
- * own newer writes, or writes in flight to both), or SYNC_MAX_ROUNDS pass. */
+/* Fetch an export of st from node id (mask NULL = every range; records and tombstones
+ * at or above min_version) and merge it. */
+static int pull(srv_sync *y, srv_store *st, uint32_t id, const uint64_t *mask,
+                uint64_t min_version)
+{
+    uint8_t *buf;
+    size_t len;
+    uint64_t applied;
+    int rc = fetch_export(y, id, st, mask, min_version, &buf, &len);
+    if (rc) {
+        peer_failed(y, id, rc);
+        return rc;
+    }
+    rc = apply_export(y, st, buf, len, &applied);
+    free(buf);
+    if (rc)
+        DHPS_LOG(DHPS_LOG_ERROR, LOGM, "table %s shard %u: export from node %u: %s",
+                 st->t->c.name, st->shard, id, dhps_strerror(rc));
+    return rc;
+}
+
+/* One repair round of st against node id (anti-entropy): compare digests, pull the
+ * ranges that differ. */
+static int repair_round(srv_sync *y, srv_store *st, uint32_t id)
+{
+    uint64_t mask[DHPS_PROTO_SYNC_MAX_RANGES / 64];
+    uint32_t ranges;
+    int rc = compare(y, st, id, mask, &ranges);
+    if (rc || !ranges)
+        return rc;
+    add(&y->ranges_repaired, ranges);
+    return pull(y, st, id, ranges == y->nranges ? NULL : mask, 0);
+}
+
+/* Bring st up to date with node id. Digests first: when they agree (a restart that
+ * missed nothing) that is one round trip. When they differ and the store recovered
+ * data, it first takes what changed since its newest version (less
+ * sync.version_margin_s, for writers whose clocks run behind), so a restart costs what
+ * it missed. Then rounds pull the ranges that still differ, until the digests agree, a
+ * round leaves as many ranges differing as the one before (what still differs is this
+ * node's own newer writes, or writes in flight to both), or SYNC_MAX_ROUNDS pass. */
 static int catch_up(srv_sync *y, srv_store *st, uint32_t id)
 {
-    /* A store that recovered data first takes what changed since its newest version
-     * (less sync.version_margin_s, for clocks of writers that run behind): a restart
-     * then costs what it missed, and the digests below mostly agree at once. */
-    pthread_mutex_lock(&st->mu);
-    uint64_t newest = dhps_store_max_version(st->st);
-    pthread_mutex_unlock(&st->mu);
+    uint64_t mask[DHPS_PROTO_SYNC_MAX_RANGES / 64];
     uint64_t margin = (uint64_t)y->s->cfg->sync_version_margin_s * 1000000000ull;
-    if (newest > margin) {
-        uint8_t *buf;
-        size_t len;
-        uint64_t applied;
-        int rc = fetch_export(y, id, st, NULL, newest - margin, &buf, &len);
-        if (rc) {
-            peer_failed(y, id, rc);
-            return rc;
-        }
-        rc = apply_export(y, st, buf, len, &applied);
-        free(buf);
-        if (rc)
-            return rc;
-        add(&y->delta_fetches, 1);
-    }
-    uint32_t prev = UINT32_MAX;
+    uint32_t prev = UINT32_MAX, ranges;
+    bool delta = true;
     for (int round = 0; round < SYNC_MAX_ROUNDS && !stopping(y); round++) {
-        uint64_t applied;
-        uint32_t ranges;
-        int rc = repair_round(y, st, id, &applied, &ranges);
+        int rc = compare(y, st, id, mask, &ranges);
         if (rc)
             return rc;
         if (!ranges || ranges >= prev)
             return 0;
+        if (delta) {
+            delta = false;
+            pthread_mutex_lock(&st->mu);
+            uint64_t newest = dhps_store_max_version(st->st);
+            pthread_mutex_unlock(&st->mu);
+            if (newest > margin) {
+                if ((rc = pull(y, st, id, NULL, newest - margin)))
+                    return rc;
+                add(&y->delta_fetches, 1);
+                continue; /* compare again: prev stays, this was not a range round */
+            }
+        }
+        add(&y->ranges_repaired, ranges);
+        if ((rc = pull(y, st, id, ranges == y->nranges ? NULL : mask, 0)))
+            return rc;
         prev = ranges;
     }
     return 0; /* writes keep racing the copy; anti-entropy takes the rest */
@@ -775,9 +784,7 @@ static void anti_entropy_pass(srv_sync *y)
         for (int j = 0; j < nr && !stopping(y); j++) {
             if (ids[j] == y->self)
                 continue;
-            uint64_t applied;
-            uint32_t ranges;
-            if (repair_round(y, st, ids[j], &applied, &ranges) == 0)
+            if (repair_round(y, st, ids[j]) == 0)
                 y->peers[ids[j]].given_up = false;
         }
     }

@@ -8,9 +8,11 @@
  * Pulling side (one thread per server, started after the rpc server): every owned store
  * whose shard has other replicas in the cluster map starts not ready (lookups answer
  * DHPS_E_NOTREADY; writes are applied as usual). For each such store and each peer
- * replica, repair rounds (compare digests, fetch and merge the ranges that differ) until the
- * digests agree, a round leaves as many ranges differing as the one before, or
- * SYNC_MAX_ROUNDS pass. Then the store is ready. A peer
+ * replica: compare digests; when they differ, first (if the store recovered data) pull
+ * what changed since its newest version, then pull the ranges that still differ
+ * (tombstones first, then records newer than what the store holds and not covered by a
+ * tombstone), until the digests agree, a round leaves as many ranges differing as the
+ * one before, or SYNC_MAX_ROUNDS pass. Then the store is ready. A peer
  * that cannot be reached is retried until sync.peer_wait_s after start, then skipped
  * (it will pull from us when it comes back). After every store is ready the thread runs
  * the same digest repair against every peer every sync.anti_entropy_s.
