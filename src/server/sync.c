@@ -377,6 +377,9 @@ static int peer_channel(srv_sync *y, uint32_t id, dhps_rpc_channel **out)
     dhps_rpc_channel_params_init(&cp);
     cp.host = nd->ip;
     cp.port = nd->port;
+    /* bulk copies between servers: TCP (or shm on one host); verbs set-up buys nothing
+     * for a few large calls and can take seconds (Soft-RoCE under emulation) */
+    cp.allow = DHPS_RPC_MASK(DHPS_RPC_TCP) | DHPS_RPC_MASK(DHPS_RPC_SHM);
     int rc = dhps_rpc_channel_open(y->rc, &cp, &p->ch);
     if (rc) {
         p->ch = NULL;
@@ -492,6 +495,120 @@ static int remote_digest(srv_sync *y, uint32_t id, const srv_store *st, uint64_t
     }
     free(resp);
     return rc;
+}
+
+/* One store's digest request in a batch (digest_many). */
+typedef struct dg_call {
+    srv_sync *y;
+    uint64_t *hash, *count; /* nranges each */
+    int status;             /* 1 while in flight */
+    uint32_t *left;
+} dg_call;
+
+static void dg_done(void *arg, int status, const void *resp, size_t len)
+{
+    dg_call *c = arg;
+    dhps_proto_resp rh;
+    size_t nr = c->y->nranges, want = sizeof rh + nr * 16;
+    if (!status && !(status = resp_status(resp, len, &rh))) {
+        if (rh.n != nr || len != want) {
+            status = DHPS_E_MALFORMED;
+        } else {
+            memcpy(c->hash, (const uint8_t *)resp + sizeof rh, nr * 8);
+            memcpy(c->count, (const uint8_t *)resp + sizeof rh + nr * 8, nr * 8);
+        }
+    }
+    c->status = status;
+    (*c->left)--;
+}
+
+/* The digests of n stores from node id, all requests in flight at once (one round trip
+ * for the lot, not one per store): calls[i] gets store sts[i]'s, status 0 or an error.
+ * Returns 0, or the channel's error (then no call was sent). */
+static int digest_many(srv_sync *y, uint32_t id, srv_store *const *sts, size_t n,
+                       dg_call *calls)
+{
+    dhps_rpc_channel *ch;
+    int rc = peer_channel(y, id, &ch);
+    if (rc)
+        return rc;
+    uint32_t left = 0;
+    uint8_t req[sizeof(dhps_proto_hdr) + sizeof(dhps_proto_sync_digest)];
+    dhps_proto_sync_digest d = {.nranges = y->nranges};
+    for (size_t i = 0; i < n; i++) {
+        calls[i].y = y;
+        calls[i].left = &left;
+        calls[i].status = 1;
+        dhps_proto_hdr h;
+        fill_hdr(&h, sts[i]);
+        memcpy(req, &h, sizeof h);
+        memcpy(req + sizeof h, &d, sizeof d);
+        void *buf;
+        while ((rc = dhps_rpc_call_start(ch, DHPS_M_SYNC_DIGEST, sizeof req, &buf)) ==
+                   DHPS_E_BUSY &&
+               !stopping(y))
+            dhps_rpc_client_poll(y->rc, 1);
+        if (rc) {
+            calls[i].status = rc;
+            continue;
+        }
+        memcpy(buf, req, sizeof req);
+        if ((rc = dhps_rpc_call_send(ch, sizeof req, SYNC_CALL_TIMEOUT_US, dg_done,
+                                     &calls[i]))) {
+            calls[i].status = rc;
+            continue;
+        }
+        left++;
+    }
+    while (left) {
+        if (stopping(y)) { /* the close completes the calls (cancelled) */
+            dhps_rpc_channel_close(ch);
+            y->peers[id].ch = NULL;
+            break;
+        }
+        dhps_rpc_client_poll(y->rc, 50);
+    }
+    for (size_t i = 0; i < n; i++)
+        if (calls[i].status && calls[i].status != 1) {
+            peer_failed(y, id, calls[i].status);
+            break;
+        } else if (calls[i].status == 0) {
+            y->peers[id].given_up = false; /* it answers (again) */
+        }
+    add(&y->rounds, n);
+    return 0;
+}
+
+/* Does st's own digest equal hash/count (nranges each)? */
+static bool digest_matches(srv_sync *y, srv_store *st, const uint64_t *hash,
+                           const uint64_t *count, uint64_t *scratch)
+{
+    size_t nr = y->nranges;
+    pthread_mutex_lock(&st->mu);
+    int rc = dhps_store_digest(st->st, (uint32_t)nr, scratch, scratch + nr);
+    pthread_mutex_unlock(&st->mu);
+    return rc == 0 && !memcmp(scratch, hash, nr * 8) && !memcmp(scratch + nr, count, nr * 8);
+}
+
+/* For every store in sts[0..n) of which node id is a replica: ask the peer for all their
+ * digests at once and set agree[i] where they equal the store's own. Stores whose
+ * digests differ, or whose call failed, are left for the per-store path. */
+static void agree_many(srv_sync *y, uint32_t id, srv_store *const *sts, size_t n, bool *agree)
+{
+    size_t nr = y->nranges;
+    dg_call *calls = calloc(n ? n : 1, sizeof *calls);
+    uint64_t *mem = malloc((n * 2 + 2) * nr * 8);
+    for (size_t i = 0; calls && mem && i < n; i++) {
+        calls[i].hash = mem + (2 * i) * nr;
+        calls[i].count = mem + (2 * i + 1) * nr;
+    }
+    if (calls && mem && digest_many(y, id, sts, n, calls) == 0)
+        for (size_t i = 0; i < n && !stopping(y); i++)
+            agree[i] = calls[i].status == 0 &&
+                       digest_matches(y, sts[i], calls[i].hash, calls[i].count,
+                                      mem + 2 * n * nr);
+    free(calls);
+    free(mem);
 }
 
 /* Fetch a whole export (mask: the ranges, NULL = all; records and tombstones at or above
@@ -713,6 +830,70 @@ static bool transient(int rc)
            rc == DHPS_E_CANCELLED || rc == -ENOMEM;
 }
 
+/* Position of node id among the replicas of st's shard (-1: not one). */
+static int replica_pos(srv_sync *y, const srv_store *st, uint32_t id)
+{
+    const uint32_t *ids;
+    int nr = dhps_cluster_map_replicas(y->map, st->shard, &ids);
+    for (int j = 0; j < nr && j < 32; j++)
+        if (ids[j] == id)
+            return j;
+    return -1;
+}
+
+/* For each peer node: the stores (not ready ones only when pending_only) that have it as
+ * a replica and are not marked done for it; agree_many on them; fn(y, i, j, agree) per
+ * store i (j: the peer's replica position). */
+static void each_peer_batch(srv_sync *y, bool pending_only,
+                            void (*fn)(srv_sync *y, uint32_t i, uint32_t id, int j, bool agree))
+{
+    dhps_server *s = y->s;
+    srv_store **sts = calloc(s->nstores ? s->nstores : 1, sizeof *sts);
+    uint32_t *idx = calloc(s->nstores ? s->nstores : 1, sizeof *idx);
+    bool *agree = calloc(s->nstores ? s->nstores : 1, sizeof *agree);
+    size_t nn = dhps_cluster_map_nnodes(y->map);
+    for (size_t k = 0; sts && idx && agree && k < nn && !stopping(y); k++) {
+        uint32_t id = dhps_cluster_map_node_at(y->map, k)->id;
+        if (id == y->self)
+            continue;
+        size_t n = 0;
+        for (uint32_t i = 0; i < s->nstores; i++) {
+            srv_store *st = &s->stores[i];
+            int j = replica_pos(y, st, id);
+            if (j < 0 || (pending_only && (__atomic_load_n(&st->ready, __ATOMIC_ACQUIRE) ||
+                                           (y->done[i] >> j & 1))))
+                continue;
+            sts[n] = st;
+            idx[n++] = i;
+        }
+        if (!n)
+            continue;
+        memset(agree, 0, n * sizeof *agree);
+        agree_many(y, id, sts, n, agree);
+        for (size_t m = 0; m < n && !stopping(y); m++)
+            fn(y, idx[m], id, replica_pos(y, &s->stores[idx[m]], id), agree[m]);
+    }
+    free(sts);
+    free(idx);
+    free(agree);
+}
+
+/* catch-up: a peer whose digests agree with the store's needs nothing more */
+static void mark_agreeing(srv_sync *y, uint32_t i, uint32_t id, int j, bool agree)
+{
+    (void)id;
+    if (agree)
+        y->done[i] |= 1u << j;
+}
+
+/* anti-entropy: repair the stores whose digests differ from the peer's */
+static void repair_differing(srv_sync *y, uint32_t i, uint32_t id, int j, bool agree)
+{
+    (void)j;
+    if (!agree)
+        repair_round(y, &y->s->stores[i], id);
+}
+
 /* One pass over the stores that are not ready. Returns stores made ready. */
 static uint32_t catch_up_pass(srv_sync *y)
 {
@@ -721,6 +902,7 @@ static uint32_t catch_up_pass(srv_sync *y)
     uint64_t wait_ns = (uint64_t)s->cfg->sync_peer_wait_s * 1000000000ull;
     uint64_t empty_ns = (uint64_t)s->cfg->sync_empty_peer_wait_s * 1000000000ull;
     uint32_t made = 0;
+    each_peer_batch(y, true, mark_agreeing); /* most stores: one batched round trip */
     for (uint32_t i = 0; i < s->nstores && !stopping(y); i++) {
         srv_store *st = &s->stores[i];
         if (__atomic_load_n(&st->ready, __ATOMIC_ACQUIRE))
@@ -772,22 +954,12 @@ static uint32_t catch_up_pass(srv_sync *y)
     return made;
 }
 
-/* Anti-entropy: one repair round of every store against every reachable peer. */
+/* Anti-entropy: every store's digests against every peer's (batched per peer), and a
+ * repair round where they differ. */
 static void anti_entropy_pass(srv_sync *y)
 {
-    dhps_server *s = y->s;
     uint64_t before = get(&y->merged);
-    for (uint32_t i = 0; i < s->nstores && !stopping(y); i++) {
-        srv_store *st = &s->stores[i];
-        const uint32_t *ids;
-        int nr = dhps_cluster_map_replicas(y->map, st->shard, &ids);
-        for (int j = 0; j < nr && !stopping(y); j++) {
-            if (ids[j] == y->self)
-                continue;
-            if (repair_round(y, st, ids[j]) == 0)
-                y->peers[ids[j]].given_up = false;
-        }
-    }
+    each_peer_batch(y, false, repair_differing);
     uint64_t got = get(&y->merged) - before;
     add(&y->ae_passes, 1);
     add(&y->ae_records, got);
@@ -847,7 +1019,8 @@ int srv_sync_start(srv_sync *y)
     p.secret = y->s->secret;
     p.secret_len = y->s->secret_len;
     p.max_msg = y->s->cfg->max_msg;
-    p.connect_timeout_ms = 1000;
+    p.connect_timeout_ms = y->s->cfg->hello_timeout_ms > 1000 ? y->s->cfg->hello_timeout_ms
+                                                              : 1000;
     int rc = dhps_rpc_client_create(&p, &y->rc);
     if (rc)
         return rc;
