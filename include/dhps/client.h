@@ -33,9 +33,10 @@
  *   another replica of the shard, excluding those already tried, while the deadline
  *   leaves room and the router allows it. A replica that is recovering or catching up
  *   answers DHPS_E_NOTREADY (it holds writes, but its data may be incomplete): that is a
- *   failed attempt like any other - reported to the router as an error, so its breaker
- *   may isolate the node, which is not ready for its other shards either - and never an
- *   answer: its keys are not "absent". When the deadline passes, or no replica is left to
+ *   failed attempt - never an answer: its keys are not "absent" - after which the node
+ *   is left out of this client's lookup picks for 250 ms, then asked again; the router
+ *   gets no verdict for it (no breaker opening, no isolation that grows while the node
+ *   catches up), so the node has its traffic back within a hold of being ready. When the deadline passes, or no replica is left to
  *   ask, the call returns what it has: keys without an answer ("unanswered") are marked
  *   missing and get the default row, and the return code says the result is partial.
  *   Hence the contract: a lookup returning 0 marked missing only keys that a ready

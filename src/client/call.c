@@ -69,8 +69,13 @@ int client_call_outcome(dhps_client *c, struct attempt *a, int status, const voi
     /* the other attempt of a hedged pair already answered: this one lost, whatever
      * became of it (answered late, timed out, or cancelled when its call was dropped) */
     int rout = ms->state == M_OK && !ms->op->update ? DHPS_CLIENT_CANCELLED : outcome;
+    if (err == DHPS_E_NOTREADY && rout != DHPS_CLIENT_CANCELLED)
+        atomic_store_explicit(&nc->not_ready_until_ns, now + CLIENT_NOT_READY_HOLD_NS,
+                              memory_order_relaxed);
+    /* not ready: no verdict for the router (client_pick holds the node back instead) */
     if (!ms->op->update && !a->reported)
-        c->rops->report(c->rself, &a->pick, lat, rout);
+        c->rops->report(c->rself, &a->pick, lat,
+                        err == DHPS_E_NOTREADY ? DHPS_CLIENT_CANCELLED : rout);
     a->reported = false;
     if (rout == DHPS_CLIENT_CANCELLED)
         CTR_ADD(nc->cancelled, 1);

@@ -30,6 +30,8 @@ struct map_ref {
 struct node_ctr {
     _Atomic uint64_t messages, ok, errors, timeouts, cancelled, connects, connect_failures,
         not_ready;
+    _Atomic uint64_t not_ready_until_ns; /* answered "not ready": lookups go elsewhere
+                                            until then (CLIENT_NOT_READY_HOLD_NS) */
     _Atomic int last_error; /* latest failed attempt's error */
 };
 
@@ -93,6 +95,11 @@ struct dhps_client {
 enum msg_state { M_IDLE, M_INFLIGHT, M_OK, M_RETRY, M_FAILED };
 
 #define MAX_TRIED DHPS_CLUSTER_MAX_REPLICAS
+/* A replica that answered "not ready" (recovering, catching up) is left out of lookup
+ * picks for this long, then asked again; the router gets no verdict for it (no breaker
+ * opening, no growing isolation: it is catching up, not failing, and must get its
+ * traffic back as soon as it is ready). */
+#define CLIENT_NOT_READY_HOLD_NS 250000000ull
 
 struct op;
 struct msg;
@@ -208,5 +215,10 @@ int client_msg_budget(const dhps_client *c, uint32_t dim, uint32_t bytes_per_key
 void client_lookup_done(void *arg, int status, const void *resp, size_t len);
 void client_update_done(void *arg, int status, const void *resp, size_t len);
 uint64_t client_update_retry_at(dhps_client *c, int err);
+
+/* The router's pick among rep[0..nrep) for a lookup, leaving out tried[0..ntried) and
+ * the replicas held as not ready (unless that leaves none). (lookup.c) */
+int client_pick(dhps_client *c, const uint32_t *rep, int nrep, const uint32_t *tried,
+                int ntried, int kind, dhps_client_pick *out);
 
 #endif

@@ -138,6 +138,28 @@ void client_lookup_done(void *arg, int status, const void *resp, size_t len)
     client_op_unref(op);
 }
 
+int client_pick(dhps_client *c, const uint32_t *rep, int nrep, const uint32_t *tried,
+                int ntried, int kind, dhps_client_pick *out)
+{
+    uint32_t ex[2 * MAX_TRIED];
+    int nex = 0;
+    for (int i = 0; i < ntried && nex < (int)(2 * MAX_TRIED); i++)
+        ex[nex++] = tried[i];
+    uint64_t now = dhps_mono_ns();
+    int held = 0;
+    for (int i = 0; i < nrep && nex < (int)(2 * MAX_TRIED); i++)
+        if (rep[i] <= c->p.max_node_id &&
+            atomic_load_explicit(&c->nodes[rep[i]].not_ready_until_ns, memory_order_relaxed) >
+                now) {
+            ex[nex++] = rep[i];
+            held++;
+        }
+    int rc = c->rops->pick(c->rself, rep, (size_t)nrep, ex, (size_t)nex, kind, out);
+    if (rc < 0 && held) /* only held replicas left: ask one, it may be ready by now */
+        rc = c->rops->pick(c->rself, rep, (size_t)nrep, tried, (size_t)ntried, kind, out);
+    return rc;
+}
+
 /* Lookup: pick a replica for ms (first attempt or retry) and send; or give up. */
 static void lookup_attempt(struct op *op, struct msg *ms)
 {
@@ -161,11 +183,11 @@ static void lookup_attempt(struct op *op, struct msg *ms)
     }
     struct attempt *a = &ms->att[0];
     a->ms = ms;
-    int rc = c->rops->pick(c->rself, rep, (size_t)nrep, ms->tried, ms->ntried, kind, &a->pick);
+    int rc = client_pick(c, rep, nrep, ms->tried, ms->ntried, kind, &a->pick);
     if (rc < 0 && ms->ntried > 0 && kind == DHPS_ROUTE_RETRY) {
         /* every replica tried once: start over (a transient failure may have passed) */
         ms->ntried = 0;
-        rc = c->rops->pick(c->rself, rep, (size_t)nrep, NULL, 0, kind, &a->pick);
+        rc = client_pick(c, rep, nrep, NULL, 0, kind, &a->pick);
     }
     if (rc < 0) {
         ms->state = M_FAILED;
@@ -208,8 +230,7 @@ static uint64_t maybe_hedge(struct op *op, struct msg *ms, uint64_t now)
     int nrep = dhps_cluster_map_replicas(op->m, ms->shard, &rep);
     struct attempt *h = &ms->att[1];
     h->ms = ms;
-    if (c->rops->pick(c->rself, rep, (size_t)nrep, ms->tried, ms->ntried, DHPS_ROUTE_HEDGE,
-                      &h->pick) < 0)
+    if (client_pick(c, rep, nrep, ms->tried, ms->ntried, DHPS_ROUTE_HEDGE, &h->pick) < 0)
         return 0;
     if (ms->ntried < MAX_TRIED)
         ms->tried[ms->ntried++] = h->pick.node;
@@ -253,8 +274,7 @@ static uint64_t attempt_timeouts(struct op *op, struct msg *ms, uint64_t now)
         struct attempt *h = &ms->att[1];
         h->ms = ms;
         h->reported = false;
-        if (c->rops->pick(c->rself, rep, (size_t)nrep, ms->tried, ms->ntried, DHPS_ROUTE_RETRY,
-                          &h->pick) < 0)
+        if (client_pick(c, rep, nrep, ms->tried, ms->ntried, DHPS_ROUTE_RETRY, &h->pick) < 0)
             continue;
         if (ms->ntried < MAX_TRIED)
             ms->tried[ms->ntried++] = h->pick.node;
