@@ -95,7 +95,7 @@ static void on_status(void *arg, int status, int64_t rev)
     dhps_client *c = arg;
     if (status == 0) {
         atomic_store_explicit(&c->st.coord_up, 1, memory_order_relaxed);
-        DHPS_LOG(DHPS_LOG_INFO, LOGM, "etcd %s reachable again: map watch resumed",
+        DHPS_LOG(DHPS_LOG_WARN, LOGM, "etcd %s reachable again: map watch resumed",
                  c->etcd_url);
     } else if (status == DHPS_E_STALE) {
         /* events lost to compaction: re-read the map (the watch resumes after it) */

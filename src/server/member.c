@@ -51,7 +51,7 @@ static void set_down(struct srv_member *m, const char *what, int rc)
 static void set_up(struct srv_member *m)
 {
     if (m->down)
-        DHPS_LOG(DHPS_LOG_INFO, LOGM, "etcd %s reachable again", dhps_coord_endpoint(m->c));
+        DHPS_LOG(DHPS_LOG_WARN, LOGM, "etcd %s reachable again", dhps_coord_endpoint(m->c));
     m->down = false;
     __atomic_store_n(&m->up, 1, __ATOMIC_RELAXED);
 }
