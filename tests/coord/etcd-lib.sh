@@ -19,4 +19,4 @@ etcd_start() {
   done
   echo "etcd did not start: $ETCD_DIR/etcd.log" >&2; tail -5 "$ETCD_DIR/etcd.log" >&2; return 1
 }
-etcd_kill() { [ -z "${ETCD_PID:-}" ] || { kill -9 "$ETCD_PID" 2>/dev/null; wait "$ETCD_PID" 2>/dev/null; ETCD_PID=; }; }
+etcd_kill() { if [ -n "${ETCD_PID:-}" ]; then kill -9 "$ETCD_PID" 2>/dev/null || true; wait "$ETCD_PID" 2>/dev/null || true; ETCD_PID=; fi; }
