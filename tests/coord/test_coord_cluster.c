@@ -139,6 +139,26 @@ static void test_cluster(void **st)
     assert_true(kv[0].lease != 0);
     dhps_coord_kvs_free(kv, n);
     assert_int_equal(metric(0, "dhps_coord_up"), 1);
+#ifdef DHPS_BIN
+    {   /* dhps nodes lists both, with their leases */
+        char cmd[512], out[4096] = "";
+        snprintf(cmd, sizeof cmd, "%s nodes --etcd %s --cluster t", DHPS_BIN, fx.url);
+        FILE *f = popen(cmd, "r");
+        assert_non_null(f);
+        size_t got = fread(out, 1, sizeof out - 1, f);
+        out[got] = 0;
+        assert_int_equal(pclose(f), 0);
+        assert_non_null(strstr(out, "n1 "));
+        assert_non_null(strstr(out, "n2 "));
+        assert_non_null(strstr(out, "127.0.0.1:"));
+        snprintf(cmd, sizeof cmd, "%s nodes --etcd %s --cluster t --json", DHPS_BIN, fx.url);
+        f = popen(cmd, "r");
+        got = fread(out, 1, sizeof out - 1, f);
+        out[got] = 0;
+        assert_int_equal(pclose(f), 0);
+        assert_non_null(strstr(out, "\"lease_ttl_s\": "));
+    }
+#endif
 
     /* the map from etcd */
     assert_int_equal(publish(1, 0), 0);
