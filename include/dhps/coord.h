@@ -17,7 +17,9 @@
  *   thread reconnects with backoff (100 ms doubling to 2 s) from the last revision seen
  *   + 1, so no event is lost or repeated across an outage, unless etcd compacted that
  *   revision away: then the status callback gets DHPS_E_STALE with the compact revision
- *   and the watch resumes from there (the caller re-reads what it watches).
+ *   and the watch resumes from there (the caller re-reads what it watches). An idle
+ *   stream to an etcd that hangs without closing is noticed by TCP keepalive (5 s idle,
+ *   probes every 2 s: ~25 s); a killed or restarted etcd closes it at once.
  *
  * Errors. etcd unreachable (refused, reset, no answer before the deadline) ->
  *   DHPS_E_UNREACHABLE (DHPS_E_TIMEOUT only for a connection that opened but did not
@@ -128,6 +130,11 @@ int dhps_coord_delete(dhps_coord *c, const char *key, bool prefix);
 int dhps_coord_cas(dhps_coord *c, const char *key, const void *val, size_t len,
                    int64_t expect_rev, int64_t lease, int64_t *rev);
 
+/* Compact etcd's history below revision rev (physical: wait until it is done). Watches
+ * resuming from an older revision then get DHPS_E_STALE. Returns 0, -EIO (rev already
+ * compacted or in the future) or the errors above. */
+int dhps_coord_compact(dhps_coord *c, int64_t rev);
+
 /* Grant a lease of ttl_s seconds (>= 1). Sets *id and, when ttl_out != NULL, the TTL
  * etcd granted. Returns 0 or an error above. */
 int dhps_coord_lease_grant(dhps_coord *c, int64_t ttl_s, int64_t *id, int64_t *ttl_out);
@@ -159,7 +166,8 @@ typedef void (*dhps_coord_event_fn)(void *arg, const dhps_coord_event *ev);
 
 /*
  * Called on the watch thread when the watch's connection state changes: status 0 = the
- * watch is (re)established (rev = the revision it resumes from); DHPS_E_UNREACHABLE /
+ * watch is established again after an outage reported below (rev = the revision it
+ * resumed from; not called for the first connection); DHPS_E_UNREACHABLE /
  * DHPS_E_TIMEOUT / -EIO = the stream broke and reconnection started (once per outage,
  * not once per attempt); DHPS_E_STALE = the revisions from rev onwards up to the
  * compaction were compacted away: events were lost, re-read the state (rev = the

@@ -268,7 +268,7 @@ static int call(dhps_coord *c, const char *path, json_t *body, json_t **resp)
     if (cc != CURLE_OK) {
         rc = curl_err(cc);
         /* a timeout before the connection opened is an unreachable etcd */
-        long connected = 0;
+        curl_off_t connected = 0;
         if (rc == DHPS_E_TIMEOUT &&
             (curl_easy_getinfo(h, CURLINFO_CONNECT_TIME_T, &connected) != CURLE_OK ||
              connected == 0))
@@ -435,6 +435,23 @@ fail:
     json_decref(put);
     json_decref(succ);
     return rc;
+}
+
+int dhps_coord_compact(dhps_coord *c, int64_t rev)
+{
+    if (!c || rev < 1)
+        return -EINVAL;
+    json_t *b = json_object(), *r;
+    if (!b || json_object_set_new(b, "revision", jstr_i64(rev)) < 0 ||
+        json_object_set_new(b, "physical", json_true()) < 0) {
+        json_decref(b);
+        return -ENOMEM;
+    }
+    int rc = call(c, "/v3/kv/compaction", b, &r);
+    if (rc < 0)
+        return rc;
+    json_decref(r);
+    return 0;
 }
 
 /* ---- leases ---------------------------------------------------------------------- */

@@ -243,6 +243,30 @@ static void test_watch_order_and_restart(void **st)
     free(s);
 }
 
+static void test_watch_compacted(void **st)
+{
+    struct seen *s = calloc(1, sizeof *s);
+    pthread_mutex_init(&s->mu, NULL);
+    int64_t r1, r2, r3;
+    assert_int_equal(dhps_coord_put(C, "/cmp/a", "1", 1, 0, &r1), 0);
+    assert_int_equal(dhps_coord_put(C, "/cmp/a", "2", 1, 0, &r2), 0);
+    assert_int_equal(dhps_coord_put(C, "/cmp/a", "3", 1, 0, &r3), 0);
+    assert_int_equal(dhps_coord_compact(C, r3), 0);
+    /* a watch from before the compaction: told so, then resumes at the compact revision */
+    dhps_coord_watch *w;
+    assert_int_equal(dhps_coord_watch_start(C, "/cmp/", true, r1, on_ev, on_st, s, &w), 0);
+    assert_int_equal(wait_n(s, 1, 5000), 1);
+    pthread_mutex_lock(&s->mu);
+    assert_int_equal(s->stale, 1);
+    assert_int_equal(s->down, 0);
+    assert_int_equal(s->rev[0], r3);
+    assert_string_equal(s->val[0], "3");
+    pthread_mutex_unlock(&s->mu);
+    dhps_coord_watch_stop(w);
+    pthread_mutex_destroy(&s->mu);
+    free(s);
+}
+
 static void test_unreachable(void **st)
 {
     dhps_coord_params p;
@@ -280,6 +304,7 @@ int main(void)
         cmocka_unit_test(test_key_schema),  cmocka_unit_test(test_put_get_delete),
         cmocka_unit_test(test_cas),         cmocka_unit_test(test_cas_race),
         cmocka_unit_test(test_lease),       cmocka_unit_test(test_unreachable),
+        cmocka_unit_test(test_watch_compacted),
         cmocka_unit_test(test_watch_order_and_restart),
     };
     rc = cmocka_run_group_tests(tests, NULL, NULL);
