@@ -121,7 +121,7 @@ static void write_metrics(dhps_server *s, FILE *f)
     if (s->sync)
         srv_sync_metrics(s->sync, f);
     srv_fault_metrics(s->rpc, f);
-    srv_member_metrics(s->member, f);
+    srv_member_metrics(__atomic_load_n(&s->member, __ATOMIC_ACQUIRE), f);
 }
 
 /* ---- /fault: the rpc server's fault rules, set at run time (admin.faults) ---------- */

@@ -405,10 +405,12 @@ int dhps_server_start(dhps_server *s, char *err, size_t errlen)
         srv_errf(err, errlen, "sync thread: %s", dhps_strerror(rc));
         return rc;
     }
-    if ((rc = srv_member_start(s, &s->member))) { /* etcd down is not an error here */
+    struct srv_member *mb = NULL;
+    if ((rc = srv_member_start(s, &mb))) { /* etcd down is not an error here */
         srv_errf(err, errlen, "coord: %s", dhps_strerror(rc));
         return rc;
     }
+    __atomic_store_n(&s->member, mb, __ATOMIC_RELEASE); /* the metrics thread reads it */
     DHPS_LOG(DHPS_LOG_INFO, LOGM, "node %s serving: rpc port %u, metrics port %u, %u stores "
              "(%s)", c->node_id, s->rpc_port, s->http_port, s->nstores,
              dhps_server_ready(s) ? "ready" : "catching up from peers");
