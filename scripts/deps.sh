@@ -9,6 +9,7 @@ pkgs=(
   libabsl-dev libdpdk-dev
   redis-server redis-tools memcached libhiredis-dev libmemcached-dev
   iproute2 procps python3 curl jq
+  libcurl4-openssl-dev etcd-server etcd-client   # coord (etcd JSON gateway) and its tests
   dpkg-dev file binutils util-linux   # tests/install: cpack DEB (dpkg-shlibdeps), nm, setpriv
 )
 missing=()

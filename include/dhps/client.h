@@ -10,7 +10,10 @@
  *   re-checked (stat: mtime, size, inode) at most every reload_interval_ms, on the first
  *   call after that interval, and at once when a server answers DHPS_E_NOTFOUND ("shard
  *   not owned here", i.e. the client routed with an old map); a new file replaces the
- *   map only when its version is greater.
+ *   map only when its version is greater. With params.etcd the map comes from etcd
+ *   instead (/dhps/<cluster>/map, docs/cluster.md): read at create, then watched by a
+ *   thread (include/dhps/coord.h) that installs every newer version the same way; an
+ *   etcd outage freezes the map, never the data path (stats coord_*).
  *
  * Threads. The rpc library's client is an event loop owned by one thread (rpc.h). So
  *   each thread that calls into a dhps_client gets its own rpc client and its own
@@ -158,7 +161,7 @@ enum dhps_client_router_kind {
 };
 
 typedef struct dhps_client_params {
-    const char *map_path;        /* cluster map file (required) */
+    const char *map_path;        /* cluster map file (required unless etcd is set) */
     const void *secret;          /* shared cluster secret (copied) */
     size_t secret_len;
     const char *host, *pod, *az; /* this client's labels (NULL = unknown) */
@@ -184,6 +187,13 @@ typedef struct dhps_client_params {
                                     may still answer; 0 = a quarter of the call's
                                     deadline, at least 1 ms; UINT32_MAX = never (attempts
                                     then only end at the deadline) (default 0) */
+    const char *etcd;            /* etcd client URL ("http://127.0.0.1:2379"; copied):
+                                    load the map from /dhps/<cluster>/map and watch it,
+                                    applying every newer version; during an etcd outage
+                                    the last map stays in use (stats coord_*). With
+                                    map_path too, the file is used when etcd is down at
+                                    create. NULL = the map file only (default) */
+    const char *cluster;         /* cluster name in etcd (required with etcd; copied) */
 } dhps_client_params;
 
 /* Fill p with the defaults above. */
@@ -348,6 +358,10 @@ typedef struct dhps_client_stats {
     uint64_t not_ready;            /* DHPS_E_NOTREADY answers (the nodes' not_ready summed) */
     uint64_t map_reloads;          /* maps replaced */
     uint64_t threads;              /* per-thread states created */
+    uint64_t coord_outages;        /* etcd map watch: outages begun (etcd unreachable; the
+                                      last map stays in use) */
+    uint64_t coord_errors;         /* etcd: failed calls and invalid maps ignored */
+    uint64_t coord_up;             /* 1 while the etcd map watch is connected */
 } dhps_client_stats;
 
 /* Read the counters (relaxed loads). Thread-safe. */

@@ -32,7 +32,9 @@ enum dhps_error {
     DHPS_E_BUSY = -10014,        /* overloaded or rejected by flow control; retry later */
     DHPS_E_NOTREADY = -10015,    /* a replica is recovering or catching up: it holds writes
                                     but answers no lookups yet; ask another replica */
-    DHPS_E_LAST = -10016,
+    DHPS_E_CONFLICT = -10016,    /* a compare-and-swap lost: the compared value changed
+                                    (etcd: another writer moved the revision first) */
+    DHPS_E_LAST = -10017,
 };
 
 /* Name an error: a static string for any int (0, -errno or DHPS_E_*). Thread-safe. */

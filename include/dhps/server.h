@@ -125,6 +125,10 @@ typedef struct dhps_server_config {
     uint32_t log_max_mb;             /* log.max_mb: past it the background thread takes a
                                         full snapshot, which truncates the log (default
                                         1024, at least segment_mb) */
+    /* membership in etcd (include/dhps/coord.h, docs/cluster.md) */
+    char *coord_etcd;                /* coord.etcd: client URL, NULL = no registration */
+    char *coord_cluster;             /* coord.cluster: cluster name (required with etcd) */
+    uint32_t coord_lease_ttl_s;      /* coord.lease_ttl_s 2..300 (default 10) */
 } dhps_server_config;
 
 /*

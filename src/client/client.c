@@ -57,7 +57,8 @@ static void copy_label(char *dst, const char *src)
 
 int dhps_client_create(const dhps_client_params *p, dhps_client **out)
 {
-    if (!p || !out || !p->map_path || (p->secret_len && !p->secret) ||
+    if (!p || !out || (!p->map_path && !p->etcd) || (p->etcd && !p->cluster) ||
+        (p->secret_len && !p->secret) ||
         p->secret_len > DHPS_RPC_MAX_SECRET) {
         if (p && p->router == DHPS_CLIENT_ROUTER_CUSTOM && p->router_ops &&
             p->router_ops->destroy)
@@ -91,11 +92,16 @@ int dhps_client_create(const dhps_client_params *p, dhps_client **out)
     c->p.host = c->host;
     c->p.pod = c->pod;
     c->p.az = c->az;
-    c->map_path = strdup(p->map_path);
+    c->map_path = p->map_path ? strdup(p->map_path) : NULL;
+    c->etcd_url = p->etcd ? strdup(p->etcd) : NULL;
+    c->cluster = p->cluster ? strdup(p->cluster) : NULL;
     c->secret = malloc(p->secret_len ? p->secret_len : 1);
     c->nodes = calloc((size_t)p->max_node_id + 1, sizeof *c->nodes);
-    if (!c->map_path || !c->secret || !c->nodes)
+    if ((p->map_path && !c->map_path) || (p->etcd && (!c->etcd_url || !c->cluster)) ||
+        !c->secret || !c->nodes)
         goto fail;
+    c->p.etcd = c->etcd_url;
+    c->p.cluster = c->cluster;
     if (p->secret_len)
         memcpy(c->secret, p->secret, p->secret_len);
     c->p.map_path = c->map_path;
@@ -105,13 +111,22 @@ int dhps_client_create(const dhps_client_params *p, dhps_client **out)
     key_made = true;
 
     dhps_cluster_map *m = NULL;
-    if (stat(c->map_path, &c->file_st) < 0) {
-        rc = -errno;
-        goto fail;
+    int64_t etcd_rev = 0;
+    if (c->etcd_url) {
+        /* the map from etcd; with a map file too, the file when etcd cannot give one */
+        rc = client_etcd_open(c, &m, &etcd_rev);
+        if (rc < 0 && !c->map_path)
+            goto fail;
     }
-    rc = dhps_cluster_map_load(c->map_path, &m, NULL, 0);
-    if (rc < 0)
-        goto fail;
+    if (!m) {
+        if (stat(c->map_path, &c->file_st) < 0) {
+            rc = -errno;
+            goto fail;
+        }
+        rc = dhps_cluster_map_load(c->map_path, &m, NULL, 0);
+        if (rc < 0)
+            goto fail;
+    }
     rc = client_check_map_ids(c, m);
     if (rc < 0 || !(c->cur = malloc(sizeof *c->cur))) {
         dhps_cluster_map_destroy(m);
@@ -150,10 +165,15 @@ int dhps_client_create(const dhps_client_params *p, dhps_client **out)
         c->rops->set_nodes(c->rself, m);
     c->trace = getenv("DHPS_CLIENT_TRACE") && getenv("DHPS_CLIENT_TRACE")[0] &&
                strcmp(getenv("DHPS_CLIENT_TRACE"), "0");
+    if (c->etcd_url && (rc = client_etcd_watch(c, etcd_rev ? etcd_rev + 1 : 0)) < 0)
+        goto fail;
     *out = c;
     return 0;
 fail:
     if (c) {
+        client_etcd_close(c);
+        free(c->etcd_url);
+        free(c->cluster);
         if (c->rops && c->rops->destroy)
             c->rops->destroy(c->rself);
         if (key_made)
@@ -175,6 +195,7 @@ void dhps_client_destroy(dhps_client *c)
 {
     if (!c)
         return;
+    client_etcd_close(c); /* no map installs after this */
     for (;;) {
         pthread_mutex_lock(&c->lock);
         struct tstate *ts = c->threads;
@@ -202,6 +223,8 @@ void dhps_client_destroy(dhps_client *c)
     pthread_mutex_destroy(&c->lock);
     pthread_mutex_destroy(&c->reload_lock);
     free(c->map_path);
+    free(c->etcd_url);
+    free(c->cluster);
     free(c->secret);
     free(c->nodes);
     free(c);
@@ -276,6 +299,9 @@ void dhps_client_stats_get(dhps_client *c, dhps_client_stats *s)
     s->not_ready = LD(c->st.not_ready);
     s->map_reloads = LD(c->st.map_reloads);
     s->threads = LD(c->st.threads);
+    s->coord_outages = LD(c->st.coord_outages);
+    s->coord_errors = LD(c->st.coord_errors);
+    s->coord_up = LD(c->st.coord_up);
 }
 
 struct dhps_route *dhps_client_route(dhps_client *c)

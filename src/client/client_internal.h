@@ -85,9 +85,12 @@ struct dhps_client {
     bool trace;                  /* DHPS_CLIENT_TRACE set: print failed lookups' attempts */
     struct {
         _Atomic uint64_t lookups, updates, keys_looked_up, keys_updated, sub_batches, retries,
-            hedges, partial, update_shortfalls, not_owned, not_ready, map_reloads, threads;
+            hedges, partial, update_shortfalls, not_owned, not_ready, map_reloads, threads,
+            coord_outages, coord_errors, coord_up;
     } st;
     struct node_ctr *nodes; /* max_node_id + 1 */
+    struct client_etcd *etcd; /* NULL: the map comes from the file only (etcd.c) */
+    char *etcd_url, *cluster;
 };
 
 #define CTR_ADD(x, v) atomic_fetch_add_explicit(&(x), (v), memory_order_relaxed)
@@ -189,6 +192,14 @@ void client_map_unref(struct map_ref *r);
 struct map_ref *client_map_pin(dhps_client *c);
 int client_check_map_ids(dhps_client *c, const dhps_cluster_map *m);
 int client_reload(dhps_client *c, bool force);
+int client_map_install(dhps_client *c, dhps_cluster_map *m); /* reload_lock held */
+/* etcd.c: read the map from etcd (c->etcd_url, c->cluster) into *m (NULL when etcd is
+ * down or has no map: the error is returned) and set *rev to the read's revision. */
+int client_etcd_open(dhps_client *c, dhps_cluster_map **m, int64_t *rev);
+/* etcd.c: start the map watch from start_rev (0 = now). */
+int client_etcd_watch(dhps_client *c, int64_t start_rev);
+/* etcd.c: stop the watch, free the etcd state. NULL etcd allowed. */
+void client_etcd_close(dhps_client *c);
 
 /* thread.c */
 void client_tstate_free(struct tstate *ts);

@@ -32,9 +32,40 @@ int client_check_map_ids(dhps_client *c, const dhps_cluster_map *m)
     return dhps_cluster_map_max_node_id(m) > c->p.max_node_id ? DHPS_E_CONFIG : 0;
 }
 
-/* Reload when the file changed (or force) and its version is newer. */
+/* Replace the map with m (consumed) when its version is greater. Caller holds
+ * reload_lock. Returns 1 (replaced), 0 (not newer), DHPS_E_CONFIG, -ENOMEM. */
+int client_map_install(dhps_client *c, dhps_cluster_map *m)
+{
+    uint64_t curv = dhps_cluster_map_version(c->cur->m); /* cur only changes under reload_lock */
+    if (dhps_cluster_map_version(m) <= curv || client_check_map_ids(c, m) < 0) {
+        int rc = dhps_cluster_map_version(m) <= curv ? 0 : DHPS_E_CONFIG;
+        dhps_cluster_map_destroy(m);
+        return rc;
+    }
+    struct map_ref *r = malloc(sizeof *r);
+    if (!r) {
+        dhps_cluster_map_destroy(m);
+        return -ENOMEM;
+    }
+    r->m = m;
+    atomic_init(&r->refs, 1);
+    if (c->rops->set_nodes)
+        c->rops->set_nodes(c->rself, m);
+    pthread_mutex_lock(&c->lock);
+    struct map_ref *old = c->cur;
+    c->cur = r;
+    pthread_mutex_unlock(&c->lock);
+    client_map_unref(old);
+    CTR_ADD(c->st.map_reloads, 1);
+    return 1;
+}
+
+/* Reload when the file changed (or force) and its version is newer. Without a map file
+ * (the map comes from etcd) there is nothing to check: the etcd watch installs maps. */
 int client_reload(dhps_client *c, bool force)
 {
+    if (!c->map_path)
+        return 0;
     uint64_t now = dhps_mono_ns();
     if (!force) {
         uint64_t last = atomic_load_explicit(&c->last_check_ns, memory_order_relaxed);
@@ -60,29 +91,7 @@ int client_reload(dhps_client *c, bool force)
     if (rc < 0)
         goto out;
     c->file_st = st;
-    uint64_t curv = dhps_cluster_map_version(c->cur->m); /* cur only changes under reload_lock */
-    if (dhps_cluster_map_version(m) <= curv || client_check_map_ids(c, m) < 0) {
-        rc = dhps_cluster_map_version(m) <= curv ? 0 : DHPS_E_CONFIG;
-        dhps_cluster_map_destroy(m);
-        goto out;
-    }
-    struct map_ref *r = malloc(sizeof *r);
-    if (!r) {
-        dhps_cluster_map_destroy(m);
-        rc = -ENOMEM;
-        goto out;
-    }
-    r->m = m;
-    atomic_init(&r->refs, 1);
-    if (c->rops->set_nodes)
-        c->rops->set_nodes(c->rself, m);
-    pthread_mutex_lock(&c->lock);
-    struct map_ref *old = c->cur;
-    c->cur = r;
-    pthread_mutex_unlock(&c->lock);
-    client_map_unref(old);
-    CTR_ADD(c->st.map_reloads, 1);
-    rc = 1;
+    rc = client_map_install(c, m);
 out:
     pthread_mutex_unlock(&c->reload_lock);
     return rc;

@@ -18,6 +18,7 @@ static const char *const dhps_errstr[] = {
     [-(DHPS_E_CANCELLED - DHPS_E_BASE)] = "cancelled",
     [-(DHPS_E_BUSY - DHPS_E_BASE)] = "busy: overloaded, retry later",
     [-(DHPS_E_NOTREADY - DHPS_E_BASE)] = "replica not ready: recovering or catching up",
+    [-(DHPS_E_CONFLICT - DHPS_E_BASE)] = "conflict: a concurrent change won the compare-and-swap",
 };
 
 const char *dhps_strerror(int err)

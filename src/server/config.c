@@ -295,7 +295,7 @@ static int parse_root(cfg_ctx *x, json_t *root, dhps_server_config *c)
     static const char *const keys[] = {"node_id", "labels", "listen", "tables", "snapshot",
                                        "secret_file", "metrics", "shards", "pid_file",
                                        "port_file", "startup_delay_ms", "admin", "sync", "log",
-                                       NULL};
+                                       "coord", NULL};
     int rc;
     if (!json_is_object(root))
         return fail(x, "top level: must be an object");
@@ -447,6 +447,22 @@ static int parse_root(cfg_ctx *x, json_t *root, dhps_server_config *c)
                         "that every peer sees a delete before it is forgotten");
     }
 
+    json_t *co = json_object_get(root, "coord");
+    c->coord_lease_ttl_s = 10;
+    if (co) {
+        static const char *const ck[] = {"etcd", "cluster", "lease_ttl_s", NULL};
+        if ((rc = need_object(x, co, "coord")) || (rc = only_keys(x, co, "coord", ck)) ||
+            (rc = get_str(x, co, "etcd", "coord", true, 255, &c->coord_etcd)) ||
+            (rc = get_str(x, co, "cluster", "coord", true, 63, &c->coord_cluster)))
+            return rc;
+        if (strchr(c->coord_cluster, '/'))
+            return fail(x, "coord.cluster: must not contain '/'");
+        v = 10;
+        if ((rc = get_uint(x, co, "lease_ttl_s", "coord", 2, 300, &v, NULL)))
+            return rc;
+        c->coord_lease_ttl_s = (uint32_t)v;
+    }
+
     json_t *sh = json_object_get(root, "shards");
     if (!sh)
         return fail(x, "shards: required ({\"nshards\": N, \"own\": \"all\" | [ids]})");
@@ -567,6 +583,8 @@ void dhps_server_config_free(dhps_server_config *c)
     free(c->pid_file);
     free(c->port_file);
     free(c->log_dir);
+    free(c->coord_etcd);
+    free(c->coord_cluster);
     free(c);
 }
 
@@ -579,10 +597,12 @@ dhps_server_config *srv_config_dup(const dhps_server_config *c)
     *d = *c;
     char **strs[] = {&d->node_id, &d->label_host, &d->label_pod, &d->label_az,
                      &d->listen_host, &d->snapshot_dir, &d->secret_file, &d->metrics_host,
-                     &d->cluster_map, &d->pid_file, &d->port_file, &d->log_dir};
+                     &d->cluster_map, &d->pid_file, &d->port_file, &d->log_dir,
+                     &d->coord_etcd, &d->coord_cluster};
     const char *src[] = {c->node_id, c->label_host, c->label_pod, c->label_az,
                          c->listen_host, c->snapshot_dir, c->secret_file, c->metrics_host,
-                         c->cluster_map, c->pid_file, c->port_file, c->log_dir};
+                         c->cluster_map, c->pid_file, c->port_file, c->log_dir,
+                         c->coord_etcd, c->coord_cluster};
     bool ok = true;
     for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++)
         *strs[i] = NULL;

@@ -13,6 +13,7 @@
 #include "dhps/log.h"
 #include "durable.h"
 #include "srv_int.h"
+#include "member.h"
 #include "sync.h"
 #include "util.h"
 
@@ -120,6 +121,7 @@ static void write_metrics(dhps_server *s, FILE *f)
     if (s->sync)
         srv_sync_metrics(s->sync, f);
     srv_fault_metrics(s->rpc, f);
+    srv_member_metrics(__atomic_load_n(&s->member, __ATOMIC_ACQUIRE), f);
 }
 
 /* ---- /fault: the rpc server's fault rules, set at run time (admin.faults) ---------- */

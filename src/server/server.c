@@ -18,6 +18,7 @@
 #include "admin.h"
 #include "durable.h"
 #include "srv_int.h"
+#include "member.h"
 #include "sync.h"
 #include "util.h"
 
@@ -404,6 +405,12 @@ int dhps_server_start(dhps_server *s, char *err, size_t errlen)
         srv_errf(err, errlen, "sync thread: %s", dhps_strerror(rc));
         return rc;
     }
+    struct srv_member *mb = NULL;
+    if ((rc = srv_member_start(s, &mb))) { /* etcd down is not an error here */
+        srv_errf(err, errlen, "coord: %s", dhps_strerror(rc));
+        return rc;
+    }
+    __atomic_store_n(&s->member, mb, __ATOMIC_RELEASE); /* the metrics thread reads it */
     DHPS_LOG(DHPS_LOG_INFO, LOGM, "node %s serving: rpc port %u, metrics port %u, %u stores "
              "(%s)", c->node_id, s->rpc_port, s->http_port, s->nstores,
              dhps_server_ready(s) ? "ready" : "catching up from peers");
@@ -436,6 +443,7 @@ int dhps_server_stop(dhps_server *s)
     s->stopping = true;
     pthread_cond_broadcast(&s->ctl_cv);
     pthread_mutex_unlock(&s->ctl_mu);
+    srv_member_stop(s->member); /* deregister first: clients stop being told about us */
     if (s->snap_running) {
         pthread_join(s->snap_thread, NULL);
         s->snap_running = false;
@@ -473,6 +481,7 @@ void dhps_server_destroy(dhps_server *s)
         free(s->workers);
     }
     srv_sync_destroy(s->sync);
+    srv_member_destroy(s->member);
     for (uint32_t i = 0; s->stores && i < s->nstores; i++) {
         srv_tomb_free(&s->stores[i].tomb);
         if (s->stores[i].st) {

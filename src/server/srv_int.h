@@ -95,6 +95,7 @@ struct dhps_server {
     uint64_t snapshots_ok, snapshot_errors, loaded_records;
     uint64_t last_snapshot_unix;
     srv_durable *dur;            /* NULL: no update log (durable.c) */
+    struct srv_member *member;   /* NULL: no "coord" in the config (member.c) */
 };
 
 static inline void add(uint64_t *p, uint64_t v)

@@ -9,6 +9,7 @@
 
 int dhps_cmd_sim(int argc, char **argv);
 int dhps_cmd_map(int argc, char **argv);
+int dhps_cmd_nodes(int argc, char **argv);
 int dhps_cmd_load(int argc, char **argv);
 int dhps_cmd_up(int argc, char **argv);
 int dhps_cmd_down(int argc, char **argv);
@@ -32,7 +33,8 @@ struct dhps_cmd {
 
 static const struct dhps_cmd dhps_cmds[] = {
     {"sim", dhps_cmd_sim, "simulate client traffic over a cluster through the router"},
-    {"map", dhps_cmd_map, "check or generate a cluster map file"},
+    {"map", dhps_cmd_map, "check or generate a cluster map file; publish/show it in etcd"},
+    {"nodes", dhps_cmd_nodes, "nodes registered in etcd (--etcd URL --cluster NAME)"},
     {"load", dhps_cmd_load, "bulk-load a table from a dhps table file or a .npy array"},
     {"up", dhps_cmd_up, "start a local cluster, load a sample table, run a workload"},
     {"down", dhps_cmd_down, "stop every node of the local cluster started by `dhps up`"},

@@ -5,6 +5,7 @@
  *   dhps map gen (--nodes NODES.json | --local N [--azs A] [--pods P] [--base-port PORT])
  *                [--shards S] [--replicas R] [--version V] -o FILE
  *   dhps map owners FILE NODE_ID print the shards node NODE_ID holds
+ *   dhps map publish|show|history --etcd URL --cluster NAME ...  the map in etcd (coordcmd.c)
  */
 #include <errno.h>
 #include <getopt.h>
@@ -15,6 +16,7 @@
 #include "dhps/cluster.h"
 
 int dhps_cmd_map(int argc, char **argv);
+int dhps_cmd_map_etcd(int argc, char **argv);
 
 static void map_usage(FILE *f)
 {
@@ -24,6 +26,7 @@ static void map_usage(FILE *f)
             "                    [--base-port PORT]) [--shards S] [--replicas R]\n"
             "                    [--version V] -o FILE\n"
             "       dhps map owners FILE NODE_ID\n"
+            "       dhps map publish|show|history --etcd URL --cluster NAME ... (etcd)\n"
             "--local N: N nodes on 127.0.0.1 (ports PORT.., default 7100), hosts local-0..,\n"
             "round-robin over A azs and P pods (defaults 1). Defaults: 1024 shards, 3 replicas.\n");
 }
@@ -211,6 +214,8 @@ int dhps_cmd_map(int argc, char **argv)
         map_usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
     }
+    if (!strcmp(argv[1], "publish") || !strcmp(argv[1], "show") || !strcmp(argv[1], "history"))
+        return dhps_cmd_map_etcd(argc - 1, argv + 1); /* the map in etcd: coordcmd.c */
     if (!strcmp(argv[1], "check"))
         return cmd_check(argc - 1, argv + 1);
     if (!strcmp(argv[1], "gen"))

@@ -1,0 +1,120 @@
+/*
+ * A real etcd for tests: started on free loopback ports with a temporary data dir,
+ * killed at the end. etcd_start returns 77 (skip) when the binary is missing.
+ */
+#ifndef DHPS_TEST_ETCD_FIXTURE_H
+#define DHPS_TEST_ETCD_FIXTURE_H
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "dhps/coord.h"
+
+struct etcd_fx {
+    pid_t pid;
+    int cport, pport;
+    char dir[64];
+    char url[64];
+};
+
+static int fx_free_port(void)
+{
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t l = sizeof a;
+    bind(s, (struct sockaddr *)&a, sizeof a);
+    getsockname(s, (struct sockaddr *)&a, &l);
+    close(s);
+    return ntohs(a.sin_port);
+}
+
+static const char *fx_etcd_bin(void)
+{
+    static const char *c[] = {"/usr/bin/etcd", "/usr/local/bin/etcd"};
+    for (size_t i = 0; i < sizeof c / sizeof *c; i++)
+        if (access(c[i], X_OK) == 0)
+            return c[i];
+    return NULL;
+}
+
+/* (Re)start etcd on fx's ports and dir (first call picks them). Waits until it answers.
+ * Returns 0, 77 (no etcd binary), or -1. */
+static int etcd_start(struct etcd_fx *fx)
+{
+    const char *bin = fx_etcd_bin();
+    if (!bin) {
+        fprintf(stderr, "SKIP: no etcd binary (apt-get install etcd-server)\n");
+        return 77;
+    }
+    if (!fx->dir[0]) {
+        strcpy(fx->dir, "/tmp/dhps-etcd-XXXXXX");
+        if (!mkdtemp(fx->dir))
+            return -1;
+        fx->cport = fx_free_port();
+        fx->pport = fx_free_port();
+        snprintf(fx->url, sizeof fx->url, "http://127.0.0.1:%d", fx->cport);
+    }
+    char lc[64], pu[64], log[96], ic[96];
+    snprintf(lc, sizeof lc, "http://127.0.0.1:%d", fx->cport);
+    snprintf(pu, sizeof pu, "http://127.0.0.1:%d", fx->pport);
+    snprintf(log, sizeof log, "%s.log", fx->dir);
+    snprintf(ic, sizeof ic, "t=%s", pu);
+    fx->pid = fork();
+    if (fx->pid == 0) {
+        FILE *f = freopen(log, "a", stderr);
+        (void)f;
+        dup2(2, 1);
+        execl(bin, "etcd", "--name", "t", "--data-dir", fx->dir, "--listen-client-urls", lc,
+              "--advertise-client-urls", lc, "--listen-peer-urls", pu,
+              "--initial-advertise-peer-urls", pu, "--initial-cluster", ic,
+              (char *)NULL);
+        _exit(127);
+    }
+    dhps_coord_params p;
+    dhps_coord_params_init(&p);
+    p.endpoint = fx->url;
+    p.timeout_ms = 500;
+    dhps_coord *c = NULL;
+    if (dhps_coord_create(&p, &c) < 0)
+        return -1;
+    for (int i = 0; i < 200; i++) {
+        dhps_coord_kv *kv;
+        if (dhps_coord_get(c, "/probe", false, &kv, NULL) >= 0) {
+            dhps_coord_destroy(c);
+            return 0;
+        }
+        usleep(50000);
+    }
+    dhps_coord_destroy(c);
+    return -1;
+}
+
+static void etcd_kill(struct etcd_fx *fx)
+{
+    if (fx->pid > 0) {
+        kill(fx->pid, SIGKILL);
+        waitpid(fx->pid, NULL, 0);
+        fx->pid = 0;
+    }
+}
+
+static void etcd_cleanup(struct etcd_fx *fx)
+{
+    etcd_kill(fx);
+    if (fx->dir[0]) {
+        char cmd[160];
+        snprintf(cmd, sizeof cmd, "rm -rf %s %s.log", fx->dir, fx->dir);
+        if (system(cmd) != 0)
+            fprintf(stderr, "cleanup failed: %s\n", cmd);
+    }
+}
+
+#endif
