@@ -9,6 +9,8 @@ pkgs=(
   libabsl-dev libdpdk-dev
   redis-server redis-tools memcached libhiredis-dev libmemcached-dev
   iproute2 procps python3 curl jq
+  python3-cffi python3-numpy python3-pytest   # python/ package and its tests (/usr/bin/python3)
+  python3-redis                               # python/bench_lookup.py: redis-py MGET baseline
   dpkg-dev file binutils util-linux   # tests/install: cpack DEB (dpkg-shlibdeps), nm, setpriv
 )
 missing=()
