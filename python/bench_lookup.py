@@ -8,7 +8,9 @@ run, and to redis-py MGET on the same keys and value sizes.
 Without --cluster it starts `dhps up --no-workload --keys 100000 --nodes 3` in a temporary
 directory (build/rel/src/tools/dhps, or $DHPS_BIN) and stops it at the end. One thread
 each; rounds alternate C, Python (no out=), Python (out=, preallocated) and redis, so a
-noisy neighbour hits them alike. The C side is python/bench/lookup_bench.c, compiled here
+noisy neighbour hits them alike (C first in odd
+rounds, Python first in even ones); the C driver warms up 1 s (a fresh client), Python
+0.3 s (its client is warm). The C side is python/bench/lookup_bench.c, compiled here
 with cc against include/ and the library under test. Redis: a private redis-server on a
 unix socket in the temporary directory, the same keys as "k<key>" with the same
 dim * 4-byte values, MGET per batch and the rows joined into one [n, dim] float32 array.
@@ -152,8 +154,12 @@ def main():
               f"{a.batch}; {a.seconds:g} s x {a.rounds} rounds; lib {dhps._ffi.lib_path()}")
         res = {"c": [], "py": [], "py_out": [], "redis": []}
         for r in range(a.rounds):
-            res["c"].append(c_bench(tmp, cj, a.table, info.dim, a.batch, kf, a.seconds))
+            # odd rounds run C first, even rounds Python first (order effects cancel)
+            if r % 2 == 0:
+                res["c"].append(c_bench(tmp, cj, a.table, info.dim, a.batch, kf, a.seconds))
             res["py"].append(py_bench(c, a.table, info.dim, a.batch, keys, a.seconds, False))
+            if r % 2 == 1:
+                res["c"].append(c_bench(tmp, cj, a.table, info.dim, a.batch, kf, a.seconds))
             res["py_out"].append(py_bench(c, a.table, info.dim, a.batch, keys, a.seconds, True))
             if rd:
                 res["redis"].append(redis_bench(rcli, info.dim, a.batch, keys, a.seconds))
