@@ -11,7 +11,10 @@ each; rounds alternate C, Python (no out=), Python (out=, preallocated) and redi
 noisy neighbour hits them alike (C first in odd
 rounds, Python first in even ones); the C driver warms up 1 s (a fresh client), Python
 0.3 s (its client is warm). The C side is python/bench/lookup_bench.c, compiled here
-with cc against include/ and the library under test. Redis: a private redis-server on a
+with cc against include/ and the library under test, run two ways: "c", a process of its
+own with its own client; "c_inproc", its loop called in this process on the Python
+Client's own handle (same client, channels and thread: only the loop's language differs,
+the fairest ratio). Redis: a private redis-server on a
 unix socket in the temporary directory, the same keys as "k<key>" with the same
 dim * 4-byte values, MGET per batch and the rows joined into one [n, dim] float32 array.
 """
@@ -49,6 +52,32 @@ def c_bench(tmp, cj, table, dim, batch, keys_file, seconds):
                           str(seconds)], capture_output=True, text=True, check=True).stdout
     f = out.split()
     return float(f[f.index("keys_per_s") + 1])
+
+
+_inproc = None
+
+
+def c_inproc_bench(tmp, c, table, dim, batch, keys, seconds):
+    """The C loop in this process on c's own handle (same client, channels, thread)."""
+    global _inproc
+    if _inproc is None:
+        from cffi import FFI
+        so = os.path.join(tmp, "lookup_bench.so")
+        lib = os.path.realpath(os.environ["DHPS_LIB"])
+        subprocess.run(["cc", "-O2", "-std=c11", "-shared", "-fPIC", "-DDHPS_BENCH_NO_MAIN",
+                        "-I", os.path.join(ROOT, "include"),
+                        os.path.join(ROOT, "python", "bench", "lookup_bench.c"), "-o", so, lib,
+                        "-Wl,-rpath," + os.path.dirname(lib)], check=True)
+        f = FFI()
+        f.cdef("double dhps_bench_loop(uintptr_t client, const char *table, "
+               "const uint64_t *keys, size_t nkeys, size_t batch, uint32_t dim, "
+               "double seconds, double warmup);")
+        _inproc = (f, f.dlopen(so))
+    f, lib = _inproc
+    k = np.ascontiguousarray(keys, np.uint64)
+    addr = int(dhps._ffi.ffi.cast("uintptr_t", c._c))
+    return lib.dhps_bench_loop(addr, table.encode(), f.from_buffer("uint64_t[]", k), len(k),
+                               batch, dim, seconds, 0.3)
 
 
 def py_bench(c, table, dim, batch, keys, seconds, use_out):
@@ -152,7 +181,7 @@ def main():
             redis_proc, rcli = rd
         print(f"table {a.table}: dim {info.dim} {info.dtype.name}, {nkeys} keys; batch "
               f"{a.batch}; {a.seconds:g} s x {a.rounds} rounds; lib {dhps._ffi.lib_path()}")
-        res = {"c": [], "py": [], "py_out": [], "redis": []}
+        res = {"c": [], "c_inproc": [], "py": [], "py_out": [], "redis": []}
         for r in range(a.rounds):
             # odd rounds run C first, even rounds Python first (order effects cancel)
             if r % 2 == 0:
@@ -160,19 +189,22 @@ def main():
             res["py"].append(py_bench(c, a.table, info.dim, a.batch, keys, a.seconds, False))
             if r % 2 == 1:
                 res["c"].append(c_bench(tmp, cj, a.table, info.dim, a.batch, kf, a.seconds))
+            res["c_inproc"].append(c_inproc_bench(tmp, c, a.table, info.dim, a.batch, keys,
+                                                  a.seconds))
             res["py_out"].append(py_bench(c, a.table, info.dim, a.batch, keys, a.seconds, True))
             if rd:
                 res["redis"].append(redis_bench(rcli, info.dim, a.batch, keys, a.seconds))
             line = " ".join(f"{k} {v[-1] / 1e6:.3f}M" for k, v in res.items() if v)
-            print(f"round {r + 1}: keys/s {line}  py/c {res['py'][-1] / res['c'][-1]:.2f} "
-                  f"py_out/c {res['py_out'][-1] / res['c'][-1]:.2f}", flush=True)
+            print(f"round {r + 1}: keys/s {line}  py/c_inproc "
+                  f"{res['py'][-1] / res['c_inproc'][-1]:.2f}", flush=True)
         med = {k: statistics.median(v) for k, v in res.items() if v}
         spread = {k: (min(v), max(v)) for k, v in res.items() if v}
         print("median keys/s: " + ", ".join(
             f"{k} {med[k] / 1e6:.3f}M [{spread[k][0] / 1e6:.3f}..{spread[k][1] / 1e6:.3f}]"
             for k in med))
-        print(f"ratio python/C: {med['py'] / med['c']:.2f} (out=: {med['py_out'] / med['c']:.2f})"
-              f" (target >= 0.8)")
+        print(f"ratio python/C in-process (same client): {med['py'] / med['c_inproc']:.2f} "
+              f"(out=: {med['py_out'] / med['c_inproc']:.2f}); python/C process: "
+              f"{med['py'] / med['c']:.2f} (target >= 0.8)")
         if rd:
             print(f"ratio python/redis-py MGET: {med['py'] / med['redis']:.1f}x")
         else:

@@ -6,9 +6,12 @@
  *
  * KEYS_FILE: raw u64 keys (native order), used round-robin in batches of BATCH. Prints
  * "lookups N keys K seconds S keys_per_s R partial P". Built by bench_lookup.py with cc
- * against include/ and the library under test.
+ * against include/ and the library under test: as a program (a separate process with a
+ * client of its own) and, with -DDHPS_BENCH_NO_MAIN -shared, as a library whose
+ * dhps_bench_loop runs the same loop on the Python client's own handle, in-process.
  */
 #define _POSIX_C_SOURCE 200809L
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,6 +44,43 @@ static char *slurp(const char *path, size_t *len)
     return b;
 }
 
+/* The timed loop alone, for bench_lookup.py to call in its own process on its own
+ * dhps.Client's handle (passed as an address): same client, same channels, same thread,
+ * so only the language of the loop differs. Returns keys/s. */
+double dhps_bench_loop(uintptr_t client, const char *table, const uint64_t *keys, size_t nkeys,
+                       size_t batch, uint32_t dim, double seconds, double warmup)
+{
+    dhps_client *c = (dhps_client *)client;
+    float *out = malloc(batch * dim * sizeof *out);
+    uint64_t *mm = calloc((batch + 63) / 64, 8), *um = calloc((batch + 63) / 64, 8);
+    double r = -1;
+    if (!out || !mm || !um || nkeys < batch)
+        goto done;
+    size_t off = 0;
+    for (double t_end = now_s() + warmup; now_s() < t_end;) {
+        dhps_client_lookup_masks(c, table, keys + off, batch, out, dim, DHPS_FP32, mm, um, 0,
+                                 NULL);
+        off = off + 2 * batch > nkeys ? 0 : off + batch;
+    }
+    unsigned long lookups = 0;
+    double t0 = now_s(), t = t0;
+    while (t - t0 < seconds) {
+        dhps_client_lookup_masks(c, table, keys + off, batch, out, dim, DHPS_FP32, mm, um, 0,
+                                 NULL);
+        lookups++;
+        off = off + 2 * batch > nkeys ? 0 : off + batch;
+        if ((lookups & 15) == 0)
+            t = now_s();
+    }
+    r = (double)(lookups * batch) / (now_s() - t0);
+done:
+    free(out);
+    free(mm);
+    free(um);
+    return r;
+}
+
+#ifndef DHPS_BENCH_NO_MAIN
 int main(int argc, char **argv)
 {
     if (argc != 11) {
@@ -105,3 +145,4 @@ int main(int argc, char **argv)
     free(secret);
     return 0;
 }
+#endif
