@@ -10,6 +10,8 @@ pkgs=(
   redis-server redis-tools memcached libhiredis-dev libmemcached-dev
   iproute2 procps python3 curl jq
   libcurl4-openssl-dev etcd-server etcd-client   # coord (etcd JSON gateway) and its tests
+  python3-cffi python3-numpy python3-pytest   # python/ package and its tests (/usr/bin/python3)
+  python3-redis                               # python/bench_lookup.py: redis-py MGET baseline
   dpkg-dev file binutils util-linux   # tests/install: cpack DEB (dpkg-shlibdeps), nm, setpriv
 )
 missing=()

@@ -70,7 +70,7 @@ topology() {
 }
 for s in $stages; do
   case $s in
-    rel)   stage rel   ctest_in rel; stage install "$root/tests/install/install-test.sh" ;;
+    rel)   stage rel   ctest_in rel; stage install "$root/tests/install/install-test.sh"; stage python "$root/python/run-tests.sh" ;;
     asan)  stage asan  asan_tests ;;
     tsan)  stage tsan  tsan_tests ;;
     fuzz)  stage fuzz  fuzz_all ;;

@@ -311,6 +311,21 @@ int dhps_client_delete(dhps_client *c, const char *table, const uint64_t *keys, 
                        int ack, uint64_t timeout_us, uint64_t *failed_mask,
                        dhps_client_result *res);
 
+/*
+ * A table's element count per row (dim) and dtype (DHPS_FP32 / DHPS_FP16), as the nodes
+ * of the current map declare it (their INFO): the nodes are asked in map order, over a
+ * TCP channel of this call's own (opened and closed here, one rpc client per call: it
+ * costs a connect and a hello per node asked, so call it once, not per lookup), until
+ * one lists the table. timeout_us bounds the whole call (0 = params.default_timeout_us).
+ * Returns 0 with *dim and *dtype set, DHPS_E_NOTFOUND (no node asked lists the table,
+ * or the map has no node), else the first failure of the nodes asked (DHPS_E_TIMEOUT,
+ * DHPS_E_UNREACHABLE, DHPS_E_AUTH, DHPS_E_MALFORMED, ...); -EINVAL (NULL argument,
+ * table name too long), -ENOMEM. Thread-safe; does not touch the calling thread's
+ * channels used by lookups.
+ */
+int dhps_client_table_info(dhps_client *c, const char *table, uint32_t *dim, int *dtype,
+                           uint64_t timeout_us);
+
 /* Next version of the client's hybrid logical clock (what the next update will use or
  * later). Thread-safe. */
 uint64_t dhps_client_next_version(dhps_client *c);

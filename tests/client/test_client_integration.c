@@ -282,12 +282,25 @@ static void test_three_servers(void **state)
     }
     dhps_client_node_stats_get(c, 2, &n2c);
     assert_true(n2c.ok > n2a.ok);
+    /* table info from the nodes' INFO */
+    uint32_t tdim = 0;
+    int tdtype = -1;
+    assert_int_equal(dhps_client_table_info(c, "emb", &tdim, &tdtype, 0), 0);
+    assert_int_equal(tdim, DIM);
+    assert_int_equal(tdtype, DHPS_FP32);
+    assert_int_equal(dhps_client_table_info(c, "nope", &tdim, &tdtype, 0), DHPS_E_NOTFOUND);
+    assert_int_equal(dhps_client_table_info(c, NULL, &tdim, &tdtype, 0), -EINVAL);
+    assert_int_equal(dhps_client_table_info(c, "emb", NULL, &tdtype, 0), -EINVAL);
     /* one server down: every shard keeps a replica */
     stop(1);
     rc = dhps_client_lookup(c, "emb", keys, NKEYS, out, DIM, DHPS_FP32, mask, 0, &res);
     assert_int_equal(rc, 0);
     assert_int_equal(res.found, NKEYS);
     assert_memory_equal(out, vals, sizeof vals);
+    /* a node down (connection refused) is skipped: the others still answer INFO */
+    tdim = 0;
+    assert_int_equal(dhps_client_table_info(c, "emb", &tdim, &tdtype, 2000000), 0);
+    assert_int_equal(tdim, DIM);
     dhps_client_destroy(c);
     dhps_cluster_map_destroy(m);
     dhps_cluster_map_destroy(m0);
