@@ -38,6 +38,8 @@ typedef struct dhps_client_params {
     uint32_t max_attempts;
     bool hedge;
     uint32_t attempt_timeout_us;
+    const char *etcd;
+    const char *cluster;
 } dhps_client_params;
 
 typedef struct dhps_client_result {
