@@ -24,6 +24,7 @@
 #include "dhps/rpc.h"
 #include "dhps/server.h"
 #include "util.h"
+#include "test_scale.h"
 
 #define T_SECRET "server-test-secret"
 

@@ -46,7 +46,7 @@ static pid_t spawn(const char *dir, const char *flag, const char *cfg)
 /* Exit status of a child, waiting up to ms; -1 on timeout (child killed). */
 static int wait_exit(pid_t pid, unsigned ms)
 {
-    uint64_t end = t_now_ms() + ms;
+    uint64_t end = t_now_ms() + dhps_test_ms(ms); /* a bound on an event, scaled */
     int st;
     while (t_now_ms() < end) {
         pid_t r = waitpid(pid, &st, WNOHANG);
@@ -78,7 +78,7 @@ static int start(const char *dir, const char *cfg, proc *p, bool wait_ready)
     snprintf(pf, sizeof pf, "%s/ports", dir);
     unlink(pf);
     p->pid = spawn(dir, "--config", cfg);
-    uint64_t end = t_now_ms() + 15000;
+    uint64_t end = t_now_ms() + dhps_test_ms(15000); /* a bound on an event, scaled */
     while (t_now_ms() < end) {
         FILE *f = fopen(pf, "r");
         unsigned a = 0, b = 0;
@@ -311,7 +311,12 @@ static void test_kill9_during_snapshots(void **st)
 static void test_health_503_then_200(void **st)
 {
     char *dir = t_mkdtemp(), cfg[600];
-    cfg_file(dir, "\"startup_delay_ms\":1500", cfg, sizeof cfg);
+    /* the 503 window must outlast the server's start and the first GET, which under a
+     * sanitizer on a loaded machine took over 1.5 s: the window is scaled (test_scale.h) */
+    uint32_t delay = dhps_test_ms(1500);
+    char extra[64];
+    snprintf(extra, sizeof extra, "\"startup_delay_ms\":%u", delay);
+    cfg_file(dir, extra, cfg, sizeof cfg);
     proc p;
     assert_int_equal(start(dir, cfg, &p, false), 0);
     char *body;
@@ -319,7 +324,7 @@ static void test_health_503_then_200(void **st)
     assert_int_equal(code, 503);
     assert_non_null(strstr(body, "loading"));
     free(body);
-    uint64_t end = t_now_ms() + 10000;
+    uint64_t end = t_now_ms() + delay + dhps_test_ms(10000);
     while ((code = t_http_get(p.mport, "/health", &body)) != 200 && t_now_ms() < end) {
         free(body);
         t_sleep_ms(20);
