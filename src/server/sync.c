@@ -756,7 +756,7 @@ static void *sync_main(void *arg)
 {
     srv_sync *y = arg;
     dhps_server *s = y->s;
-    y->t_start_ns = dhps_mono_ns();
+    __atomic_store_n(&y->t_start_ns, dhps_mono_ns(), __ATOMIC_RELEASE); /* read by /status (catchup_seconds) */
     while (!stopping(y) && __atomic_load_n(&y->pending, __ATOMIC_ACQUIRE)) {
         if (!catch_up_pass(y) && __atomic_load_n(&y->pending, __ATOMIC_ACQUIRE))
             nap(y, 100);
