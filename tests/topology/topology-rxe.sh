@@ -4,7 +4,9 @@
 # up to 0.2 % of lookups may miss their deadline (0.1 % on the host: TCG timing is
 # noisier; the 1 % once needed for dials that blocked the client thread on a restarted
 # node's slow verbs set-up went with the non-blocking open, docs/topology.md).
-# Binaries come from the host's release build (build/rel, built here if missing).
+# Binaries come from the host's release build (build/rel, built here if missing). The
+# guest gets 4 GiB (RXE_MEM): with 2 GiB its OOM killer took a dhps-server (640 MB
+# resident each) on 2026-12-04.
 # Exit 0 when it passed, 77 when it was skipped (printed "topology (guest) SKIPPED: why",
 # appended to $DHPS_SKIP_FILE when set), another non-zero status when it failed.
 set -uo pipefail
@@ -15,7 +17,7 @@ skip() { echo "topology (guest) SKIPPED: $*"; [ -z "${DHPS_SKIP_FILE:-}" ] || ec
 [ -x "$rxe" ] || skip "no Soft-RoCE harness at $rxe"
 bdir=$("$root/scripts/build.sh" rel) || { echo "topology (guest): build FAILED"; exit 1; }
 cd "$root" || exit 1
-"$rxe" --timeout "${RXE_TIMEOUT:-900}" -- tests/topology/topology.sh --bin "$bdir" --netem \
+"$rxe" --timeout "${RXE_TIMEOUT:-900}" --mem "${RXE_MEM:-4G}" -- tests/topology/topology.sh --bin "$bdir" --netem \
   --verbs --scale 30 --phase-timeout 150 --max-incomplete 0.2
 rc=$?
 case $rc in
