@@ -96,7 +96,7 @@ stage() { # stage NAME FUNCTION
 # fuzz targets, and the verbs/topology scripts' FAILED lines.
 failed_tests() {
   local log=$1 cases
-  cases=$(grep -oE '^\[  FAILED  \] [A-Za-z_0-9]+' "$log" | awk '{print $NF}' | sort -u | paste -sd, -)
+  cases=$(grep -oE '^\[  FAILED  \] [A-Za-z_][A-Za-z_0-9]*' "$log" | awk '{print $NF}' | sort -u | paste -sd, -)
   {
     sed -n '/The following tests FAILED:/,$p' "$log" | grep -oE '^[[:space:]]*[0-9]+ - [^ ]+ \([^)]*\)' |
       sed -E 's/^[[:space:]]*[0-9]+ - //'

@@ -31,6 +31,7 @@ struct ops_opts {
     const char *table;
     bool json;
     uint64_t timeout_us; /* dhps get's lookup deadline (--timeout-ms, default 2 s) */
+    bool timeout_set;    /* --timeout-ms given: also put's deadline (default 10 s) */
 };
 
 /* Common options; returns the index of the first positional argument, or -1 (usage). */
@@ -63,6 +64,7 @@ static int ops_parse(int argc, char **argv, struct ops_opts *o, const char *usag
                 return -1;
             }
             o->timeout_us = ms * 1000;
+            o->timeout_set = true;
             break;
         case 'h': printf("%s", usage); exit(0);
         default: fprintf(stderr, "%s", usage); return -1;
@@ -164,7 +166,7 @@ static void print_failed_nodes(tools_conn *c, const dhps_client_node_stats *befo
 static const char get_usage[] =
     "usage: dhps get KEY... [--table T] [--timeout-ms 2000] [--cluster DIR | --map FILE --secret FILE]\n";
 static const char put_usage[] =
-    "usage: dhps put KEY V1,V2,...,Vdim [--table T] [--cluster DIR | --map F --secret F]\n";
+    "usage: dhps put KEY V1,V2,...,Vdim [--table T] [--timeout-ms 10000] [--cluster DIR | --map F --secret F]\n";
 
 int dhps_cmd_get(int argc, char **argv)
 {
@@ -257,6 +259,8 @@ int dhps_cmd_put(int argc, char **argv)
     int dtype;
     if (tools_conn_open(&o.tgt, &c) < 0 || table_info(c, o.table, &dim, &dtype) < 0)
         goto out;
+    if (o.timeout_set)
+        c->put_timeout_us = o.timeout_us;
     if (!(vec = calloc(dim, sizeof *vec)))
         goto out;
     const char *s = argv[first + 1];
