@@ -440,7 +440,7 @@ int dhps_cmd_chaos(int argc, char **argv)
     if (ld_at >= 0 && !rdma_device(ld_dev, sizeof ld_dev)) {
         fprintf(stderr, "dhps chaos: --rdma-link-delete: no RDMA device here ($RXE_DEV unset "
                 "and /sys/class/infiniband empty or absent); run it where one exists, e.g. "
-                "in the Soft-RoCE guest (../shared/rxe-vm/rxe-run)\n");
+                "in the Soft-RoCE guest (tests/vm/rxe-run)\n");
         return 1;
     }
     if (ld_at >= 0 && ld_at >= seconds) {

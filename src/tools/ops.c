@@ -30,6 +30,8 @@ struct ops_opts {
     tools_target tgt;
     const char *table;
     bool json;
+    uint64_t timeout_us; /* dhps get's lookup deadline (--timeout-ms, default 2 s) */
+    bool timeout_set;    /* --timeout-ms given: also put's deadline (default 10 s) */
 };
 
 /* Common options; returns the index of the first positional argument, or -1 (usage). */
@@ -39,9 +41,14 @@ static int ops_parse(int argc, char **argv, struct ops_opts *o, const char *usag
         {"cluster", required_argument, 0, 'c'}, {"map", required_argument, 0, 'm'},
         {"secret", required_argument, 0, 's'},  {"table", required_argument, 0, 't'},
         {"json", no_argument, 0, 'j'},          {"help", no_argument, 0, 'h'},
-        {0, 0, 0, 0}};
+        {"timeout-ms", required_argument, 0, 'T'}, {0, 0, 0, 0}};
     memset(o, 0, sizeof *o);
     o->table = "emb";
+    /* A one-shot CLI lookup opens its connections inside the call: the client's 100 ms
+     * default (sized for a warm inference client) was exceeded by a first connection
+     * under ASan on a loaded machine. 2 s is generous for a human at a prompt. */
+    o->timeout_us = 2000000;
+    uint64_t ms;
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "c:m:s:t:jh", lo, NULL)) != -1) {
@@ -51,6 +58,14 @@ static int ops_parse(int argc, char **argv, struct ops_opts *o, const char *usag
         case 's': o->tgt.secret = optarg; break;
         case 't': o->table = optarg; break;
         case 'j': o->json = true; break;
+        case 'T':
+            if (!tools_parse_u64("get", "--timeout-ms", optarg, &ms) || !ms || ms > 3600000) {
+                fprintf(stderr, "dhps: --timeout-ms must be 1..3600000\n");
+                return -1;
+            }
+            o->timeout_us = ms * 1000;
+            o->timeout_set = true;
+            break;
         case 'h': printf("%s", usage); exit(0);
         default: fprintf(stderr, "%s", usage); return -1;
         }
@@ -149,9 +164,9 @@ static void print_failed_nodes(tools_conn *c, const dhps_client_node_stats *befo
 }
 
 static const char get_usage[] =
-    "usage: dhps get KEY... [--table T] [--cluster DIR | --map FILE --secret FILE]\n";
+    "usage: dhps get KEY... [--table T] [--timeout-ms 2000] [--cluster DIR | --map FILE --secret FILE]\n";
 static const char put_usage[] =
-    "usage: dhps put KEY V1,V2,...,Vdim [--table T] [--cluster DIR | --map F --secret F]\n";
+    "usage: dhps put KEY V1,V2,...,Vdim [--table T] [--timeout-ms 10000] [--cluster DIR | --map F --secret F]\n";
 
 int dhps_cmd_get(int argc, char **argv)
 {
@@ -192,7 +207,7 @@ int dhps_cmd_get(int argc, char **argv)
                                    &before[i]);
     dhps_client_result res;
     err = dhps_client_lookup_masks(c->client, o.table, keys, n, out, dim, DHPS_FP32, miss,
-                                   unans, 0, &res);
+                                   unans, o.timeout_us, &res);
     if (err && !res.unanswered) { /* nothing written (bad arguments, too big, memory) */
         fprintf(stderr, "dhps get: %s\n", dhps_strerror(err));
         goto out;
@@ -244,6 +259,8 @@ int dhps_cmd_put(int argc, char **argv)
     int dtype;
     if (tools_conn_open(&o.tgt, &c) < 0 || table_info(c, o.table, &dim, &dtype) < 0)
         goto out;
+    if (o.timeout_set)
+        c->put_timeout_us = o.timeout_us;
     if (!(vec = calloc(dim, sizeof *vec)))
         goto out;
     const char *s = argv[first + 1];

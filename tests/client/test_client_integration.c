@@ -19,6 +19,7 @@
 
 #include "dhps/client.h"
 #include "dhps/cluster.h"
+#include "test_scale.h"
 
 #ifndef DHPS_SERVER_BIN
 #define DHPS_SERVER_BIN ""
@@ -107,7 +108,7 @@ static void test_three_servers(void **state)
     for (int i = 0; i < N; i++) { /* wait for each port file */
         snprintf(path, sizeof path, "%s/port%d", g_dir, i);
         unsigned rpc = 0, http = 0;
-        for (int t = 0; t < 1000; t++) {
+        for (uint32_t t = 0; t < dhps_test_ms(10000) / 10; t++) { /* scaled bound */
             FILE *f = fopen(path, "r");
             if (f) {
                 int got = fscanf(f, "%u %u", &rpc, &http);
@@ -150,7 +151,7 @@ static void test_three_servers(void **state)
     p.secret_len = strlen(p.secret);
     p.host = "local-0";
     p.az = "az0";
-    p.default_timeout_us = 5000000;
+    p.default_timeout_us = dhps_test_us(5000000); /* not under test: scaled */
     p.reload_interval_ms = 0; /* only on "not owned" */
     dhps_client *c = NULL;
     assert_int_equal(dhps_client_create(&p, &c), 0);
@@ -219,7 +220,7 @@ static void test_three_servers(void **state)
     /* every call sent before the rule has completed (lookups return with hedge losers
      * still in flight; one of them to node 2 could otherwise be answered inside the
      * window): from here on, node 2 can answer only what is sent under the rule */
-    assert_int_equal(dhps_client_drain(c, 5000000), 0);
+    assert_int_equal(dhps_client_drain(c, dhps_test_us(5000000)), 0);
     dhps_client_node_stats_get(c, 2, &n0);
     dhps_rpc_fault_stats fs;
     char addr2[32];
@@ -245,7 +246,7 @@ static void test_three_servers(void **state)
         assert_int_equal(res.found, NKEYS);
     }
     assert_memory_equal(out, vals, sizeof vals);
-    assert_int_equal(dhps_client_drain(c, 5000000), 0);
+    assert_int_equal(dhps_client_drain(c, dhps_test_us(5000000)), 0);
     dhps_client_node_stats_get(c, 2, &n2a);
     assert_int_equal(dhps_rpc_fault_get_stats(addr2, ports[2], &fs), 0);
     assert_int_equal(n2a.ok, n0.ok); /* nothing answered by node 2 */
@@ -272,14 +273,20 @@ static void test_three_servers(void **state)
     /* cleared: node 2 answers again */
     assert_int_equal(dhps_client_fault_set(c, 2, NULL), 0);
     assert_int_equal(dhps_client_fault_set(c, 2, NULL), -ENOENT);
-    for (int r = 0; r < 200; r++) {
+    /* until node 2 has answered once. Its breaker's isolation is time-based and doubles
+     * with each opening during the partition (1 s up to 60 s, route.h), so the 2 s this
+     * loop once allowed ran out when a slow (ASan, loaded) partition phase had opened it
+     * three times: the bound covers the longest isolation plus a scaled margin; it is a
+     * wait on an event and costs nothing when node 2 answers at once */
+    uint64_t clear_end = dhps_test_now_ms() + 60000 + dhps_test_ms(2000);
+    do {
         rc = dhps_client_lookup(c, "emb", keys, NKEYS, out, DIM, DHPS_FP32, mask, 0, &res);
         assert_int_equal(rc, 0);
         dhps_client_node_stats_get(c, 2, &n2b);
         if (n2b.ok > n2a.ok)
             break;
         usleep(10000);
-    }
+    } while (dhps_test_now_ms() < clear_end);
     dhps_client_node_stats_get(c, 2, &n2c);
     assert_true(n2c.ok > n2a.ok);
     /* table info from the nodes' INFO */

@@ -11,6 +11,7 @@
 
 #include "dhps/client.h"
 #include "fake_server.h"
+#include "test_scale.h"
 
 #define NNODES 3
 #define NTHREADS 6
@@ -75,7 +76,7 @@ static void test_threads(void **state)
     p.secret = FAKE_SECRET;
     p.secret_len = strlen(FAKE_SECRET);
     p.reload_interval_ms = 1;
-    p.default_timeout_us = 10000000;
+    p.default_timeout_us = dhps_test_us(10000000); /* not under test: scaled */
     p.host = "h0"; /* route router */
     assert_int_equal(dhps_client_create(&p, &g_client), 0);
     pthread_t th[NTHREADS];

@@ -31,7 +31,7 @@ static inline pid_t p_spawn(const char *dir, const char *flag, const char *cfg)
 /* Exit status of a child, waiting up to ms; -1 on timeout (child killed). */
 static inline int p_wait_exit(pid_t pid, unsigned ms)
 {
-    uint64_t end = t_now_ms() + ms;
+    uint64_t end = t_now_ms() + dhps_test_ms(ms); /* a bound on an event, scaled */
     int st;
     while (t_now_ms() < end) {
         pid_t r = waitpid(pid, &st, WNOHANG);
@@ -61,7 +61,7 @@ static inline char *p_slurp(const char *path)
  * pass). 0 or -1. */
 static inline int p_wait_http(const proc *p, const char *path, int code, unsigned ms)
 {
-    uint64_t end = t_now_ms() + ms;
+    uint64_t end = t_now_ms() + dhps_test_ms(ms); /* a bound on an event, scaled */
     while (t_now_ms() < end) {
         char *body = NULL;
         int c = t_http_get(p->mport, path, &body);
@@ -84,7 +84,7 @@ static inline int p_start(const char *dir, const char *cfg, proc *p, bool wait_r
     unlink(pf);
     memset(p, 0, sizeof *p);
     p->pid = p_spawn(dir, "--config", cfg);
-    uint64_t end = t_now_ms() + 15000;
+    uint64_t end = t_now_ms() + dhps_test_ms(15000); /* a bound on an event, scaled */
     while (t_now_ms() < end) {
         FILE *f = fopen(pf, "r");
         unsigned a = 0, b = 0;
@@ -103,7 +103,7 @@ static inline int p_start(const char *dir, const char *cfg, proc *p, bool wait_r
     }
     if (!p->port)
         return -1;
-    return wait_ready ? p_wait_http(p, "/health", 200, 15000) : 0;
+    return wait_ready ? p_wait_http(p, "/health", 200, 15000) /* scaled inside */ : 0;
 }
 
 /* A TCP port on 127.0.0.1 that was free a moment ago (bound to 0, read, closed). */

@@ -24,6 +24,7 @@
 #include "dhps/rpc.h"
 #include "dhps/server.h"
 #include "util.h"
+#include "test_scale.h"
 
 #define T_SECRET "server-test-secret"
 
@@ -174,7 +175,8 @@ static inline void t_hdr(void *buf, const char *table, uint32_t shard, uint16_t 
 static inline int t_call(t_conn *tc, uint16_t method, const void *req, size_t len,
                          void *resp, size_t *resp_len)
 {
-    return dhps_rpc_call(tc->ch, method, req, len, resp, T_RESP_CAP, resp_len, 5000000);
+    return dhps_rpc_call(tc->ch, method, req, len, resp, T_RESP_CAP, resp_len,
+                         dhps_test_us(5000000)); /* not under test: scaled */
 }
 
 /* Status of a proto response (or the rpc error when the call failed). */

@@ -153,7 +153,7 @@ static void disabled_by_default(void **st)
     free(b);
     assert_int_equal(del_rule(f, NULL, NULL, "true", &b), 403);
     free(b);
-    assert_int_equal(info_call(f, 5000000), 0); /* nothing was set */
+    assert_int_equal(info_call(f, dhps_test_us(5000000)), 0); /* nothing was set */
     assert_int_equal(http(f->mport, "GET", "/metrics", NULL, NULL, &b), 200);
     assert_true(t_metric(b, "dhps_fault_rules") == 0);
     assert_true(t_metric(b, "dhps_fault_overflow_total") == 0);
@@ -189,7 +189,7 @@ static void set_list_delete(void **st)
     /* delete it: served again */
     assert_int_equal(del_rule(f, "127.0.0.1", NULL, NULL, &b), 200);
     free(b);
-    assert_int_equal(info_call(f, 5000000), 0);
+    assert_int_equal(info_call(f, dhps_test_us(5000000)), 0);
     assert_int_equal(del_rule(f, "127.0.0.1", "0", NULL, &b), 404);
     assert_non_null(strstr(b, "no rule for 127.0.0.1"));
     free(b);
@@ -199,7 +199,7 @@ static void set_list_delete(void **st)
     sign(T_SECRET, "POST", "", "", "", slow, 0, auth);
     assert_int_equal(http(f->mport, "POST", "/fault", auth, slow, &b), 200);
     free(b);
-    assert_int_equal(info_call(f, 5000000), 0);
+    assert_int_equal(info_call(f, dhps_test_us(5000000)), 0);
     assert_int_equal(http(f->mport, "GET", "/metrics", NULL, NULL, &b), 200);
     assert_true(t_metric(b, "dhps_fault_delayed_total{peer=\"*\",port=\"0\"}") == 1);
     free(b);
@@ -214,7 +214,7 @@ static void set_list_delete(void **st)
     assert_int_equal(http(f->mport, "GET", "/fault", NULL, NULL, &b), 200);
     assert_string_equal(b, "{\"rules\":[]}");
     free(b);
-    assert_int_equal(info_call(f, 5000000), 0);
+    assert_int_equal(info_call(f, dhps_test_us(5000000)), 0);
     stop(f);
 }
 
@@ -269,7 +269,7 @@ static void bad_requests(void **st)
     expect(http(f->mport, "DELETE", "/fault?peer=127.0.0.2", auth, NULL, &b), 401, &b,
            "MAC does not match");
     /* nothing above took effect */
-    assert_int_equal(info_call(f, 5000000), 0);
+    assert_int_equal(info_call(f, dhps_test_us(5000000)), 0);
     assert_int_equal(http(f->mport, "GET", "/fault", NULL, NULL, &b), 200);
     assert_string_equal(b, "{\"rules\":[]}");
     free(b);
@@ -305,7 +305,7 @@ static void replay_refused(void **st)
     assert_int_equal(del_rule(f, "127.0.0.1", NULL, NULL, &b), 200);
     free(b);
     expect(http(f->mport, "PUT", "/fault", a, body, &b), 401, &b, "replayed request");
-    assert_int_equal(info_call(f, 5000000), 0); /* the partition stayed lifted */
+    assert_int_equal(info_call(f, dhps_test_us(5000000)), 0); /* the partition stayed lifted */
     assert_int_equal(http(f->mport, "GET", "/fault", NULL, NULL, &b), 200);
     assert_string_equal(b, "{\"rules\":[]}");
     free(b);

@@ -46,7 +46,7 @@ static pid_t spawn(const char *dir, const char *flag, const char *cfg)
 /* Exit status of a child, waiting up to ms; -1 on timeout (child killed). */
 static int wait_exit(pid_t pid, unsigned ms)
 {
-    uint64_t end = t_now_ms() + ms;
+    uint64_t end = t_now_ms() + dhps_test_ms(ms); /* a bound on an event, scaled */
     int st;
     while (t_now_ms() < end) {
         pid_t r = waitpid(pid, &st, WNOHANG);
@@ -78,7 +78,7 @@ static int start(const char *dir, const char *cfg, proc *p, bool wait_ready)
     snprintf(pf, sizeof pf, "%s/ports", dir);
     unlink(pf);
     p->pid = spawn(dir, "--config", cfg);
-    uint64_t end = t_now_ms() + 15000;
+    uint64_t end = t_now_ms() + dhps_test_ms(15000); /* a bound on an event, scaled */
     while (t_now_ms() < end) {
         FILE *f = fopen(pf, "r");
         unsigned a = 0, b = 0;
@@ -290,6 +290,9 @@ static void test_kill9_during_snapshots(void **st)
         loop_arg a = {.port = p.port, .last_safe = -1};
         pthread_t th;
         pthread_create(&th, NULL, loop_main, &a);
+        /* the kill lands at a random moment after the first batch is in a snapshot (an
+         * event: waiting a fixed 0.4-1.1 s for it failed under TSan at load 8) */
+        DHPS_TEST_WAIT_FOR(__atomic_load_n(&a.last_safe, __ATOMIC_ACQUIRE) >= 0, 30000);
         t_sleep_ms(400 + (unsigned)(rand() % 700));
         kill(p.pid, SIGKILL);
         waitpid(p.pid, NULL, 0);
@@ -311,7 +314,12 @@ static void test_kill9_during_snapshots(void **st)
 static void test_health_503_then_200(void **st)
 {
     char *dir = t_mkdtemp(), cfg[600];
-    cfg_file(dir, "\"startup_delay_ms\":1500", cfg, sizeof cfg);
+    /* the 503 window must outlast the server's start and the first GET, which under a
+     * sanitizer on a loaded machine took over 1.5 s: the window is scaled (test_scale.h) */
+    uint32_t delay = dhps_test_ms(1500);
+    char extra[64];
+    snprintf(extra, sizeof extra, "\"startup_delay_ms\":%u", delay);
+    cfg_file(dir, extra, cfg, sizeof cfg);
     proc p;
     assert_int_equal(start(dir, cfg, &p, false), 0);
     char *body;
@@ -319,7 +327,7 @@ static void test_health_503_then_200(void **st)
     assert_int_equal(code, 503);
     assert_non_null(strstr(body, "loading"));
     free(body);
-    uint64_t end = t_now_ms() + 10000;
+    uint64_t end = t_now_ms() + delay + dhps_test_ms(10000);
     while ((code = t_http_get(p.mport, "/health", &body)) != 200 && t_now_ms() < end) {
         free(body);
         t_sleep_ms(20);

@@ -370,7 +370,7 @@ static void test_anti_entropy_repairs(void **state)
     put_range(&a, 1001, 1501, 4); /* on node 1 only (an ONE ack) */
     put_range(&b, 1, 101, 5);     /* newer, on node 2 only */
     del_range(&a, 501, 601, 6);   /* deleted on node 1 only */
-    uint64_t end = t_now_ms() + 60000;
+    uint64_t end = t_now_ms() + dhps_test_ms(60000); /* a bound on an event, scaled */
     int st;
     while (t_now_ms() < end &&
            (mismatches(&b, 1001, 1501, 4, true, &st) || mismatches(&b, 501, 601, 0, false, &st) ||

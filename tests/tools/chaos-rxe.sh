@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# dhps chaos on RDMA verbs inside a Soft-RoCE guest (../shared/rxe-vm/rxe-run, relative to
-# the repository root), with the rxe link deleted in the middle of the load. Binaries are
+# dhps chaos on RDMA verbs inside a Soft-RoCE guest (tests/vm/rxe-run: Debian's kernel with
+# rdma_rxe in qemu), with the rxe link deleted in the middle of the load. Binaries are
 # built on the host (build/chaos-rxe) and only run in the guest (TCG: 10-50x slower).
 #
 # What it runs in the guest: a 4-node local cluster whose servers offer verbs (`dhps up
@@ -20,18 +20,18 @@
 # within its deadline (so, in particular, none after the delete), and lookups did run
 # after the delete.
 #
-# Exit status: 0 when it passed, or when it was skipped (no rxe-run, or the guest could
-# not boot) -- a skip is always printed as "chaos-rxe SKIPPED: <why>", never as a pass.
+# Exit status: 0 when it passed; 77 when it was skipped (the guest could not boot),
+# printed as "chaos-rxe SKIPPED: <why>" and appended to $DHPS_SKIP_FILE when set.
 # Non-zero when the build failed or a check failed in the guest.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-rxe=${RXE_RUN:-$root/../shared/rxe-vm/rxe-run}
+rxe=${RXE_RUN:-$root/tests/vm/rxe-run}
 bdir=${DHPS_CHAOS_RXE_BUILD:-$root/build/chaos-rxe}
 seconds=${CHAOS_RXE_SECONDS:-30}
 delete_at=${CHAOS_RXE_DELETE_AT:-12}
 
-skip() { echo "chaos-rxe SKIPPED: $*"; exit 0; }
+skip() { echo "chaos-rxe SKIPPED: $*"; [ -z "${DHPS_SKIP_FILE:-}" ] || echo "chaos-rxe: $*" >>"$DHPS_SKIP_FILE"; exit 77; }
 fail() { echo "chaos-rxe FAILED: $*"; exit 1; }
 
 [ -x "$rxe" ] || skip "no Soft-RoCE harness at $rxe"
@@ -52,7 +52,8 @@ echo "chaos-rxe: dhps chaos --verbs --rdma-link-delete $delete_at for $seconds s
    --deadline-ms 3000 --max-msg 262144 --connect-timeout-ms 20000 --json) 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 case $rc in
-  125) skip "the Soft-RoCE guest could not start (rxe-run exit 125; see its output above)" ;;
+  125) why=$(grep -m1 '^rxe-run: ' "$log" | sed 's/^rxe-run: //')
+       skip "the Soft-RoCE guest could not start: ${why:-rxe-run exit 125, see above}" ;;
   124) fail "timeout in the guest" ;;
 esac
 json=$(grep -m1 '^{"seconds"' "$log") || fail "no JSON report from dhps chaos (exit $rc)"

@@ -17,6 +17,7 @@
 #include "server_bin.h"
 #include "tablefile.h"
 #include "tools.h"
+#include "test_scale.h"
 
 static char g_dir[256];
 static char g_cmd[4096];
@@ -122,8 +123,9 @@ static void up_get_put_down(void **state)
     free(out);
 
     /* put, then get it back */
-    assert_int_equal(run(DHPS_BIN " put 777777 1,2,3,4,5,6,7,8.5 --cluster %s > /dev/null",
-                         g_dir), 0);
+    /* right after three nodes were stopped and continued: a generous, scaled deadline */
+    assert_int_equal(run(DHPS_BIN " put 777777 1,2,3,4,5,6,7,8.5 --timeout-ms %u --cluster %s "
+                         "> /dev/null", dhps_test_ms(10000), g_dir), 0);
     out = capture(DHPS_BIN " get 777777 --cluster %s", g_dir);
     assert_string_equal(out, "777777 1,2,3,4,5,6,7,8.5\n");
     free(out);

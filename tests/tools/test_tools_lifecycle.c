@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "server_bin.h"
+#include "test_scale.h"
 
 static char g_dir[256];
 static char g_cmd[4096];
@@ -153,7 +154,7 @@ static void stop_start_same_ports(void **state)
     assert_int_equal(r1, r0);
     assert_int_equal(m1, m0);
     /* the restarted node serves: every key of the sample table is found */
-    out = capture(&rc, DHPS_BIN " get 1 2 2999 --cluster %s", g_dir);
+    out = capture(&rc, DHPS_BIN " get 1 2 2999 --timeout-ms %u --cluster %s", dhps_test_ms(2000), g_dir);
     assert_int_equal(rc, 0);
     assert_null(strstr(out, "missing"));
     free(out);
@@ -198,10 +199,13 @@ static void stop_escalates_start_reports_503(void **state)
     assert_null(strstr(out, "stopped cleanly"));
     free(out);
     assert_false(alive(pid));
-    /* the node now takes 3 s to load: start gives up after 1 s and says what it saw */
-    assert_int_equal(run("sed -i 's/\"node_id\"/\"startup_delay_ms\": 3000, \"node_id\"/' "
-                         "%s/node1/server.json", g_dir), 0);
-    out = capture(&rc, DHPS_BIN " start --dir %s --node 1 --timeout 1 2>&1", g_dir);
+    /* the node now takes 3 s to load: start gives up after 1 s and says what it saw. Both
+     * scaled (test_scale.h): the server must have its metrics port up within start's
+     * timeout, and still be loading when it ends */
+    assert_int_equal(run("sed -i 's/\"node_id\"/\"startup_delay_ms\": %u, \"node_id\"/' "
+                         "%s/node1/server.json", dhps_test_ms(3000), g_dir), 0);
+    out = capture(&rc, DHPS_BIN " start --dir %s --node 1 --timeout %.3f 2>&1", g_dir,
+                  dhps_test_ms(1000) / 1000.0);
     assert_int_equal(rc, 1);
     if (!strstr(out, "/health answers 503") || !strstr(out, "left running"))
         fail_msg("start did not report the 503: %s", out);
@@ -212,7 +216,9 @@ static void stop_escalates_start_reports_503(void **state)
     assert_int_equal(rc, 1);
     assert_non_null(strstr(out, "already running"));
     free(out);
-    assert_int_equal(run(DHPS_BIN " down --dir %s > /dev/null", g_dir), 0);
+    /* the node may still be in its (scaled) startup delay: down's bound covers it */
+    assert_int_equal(run(DHPS_BIN " down --dir %s --timeout %u > /dev/null", g_dir,
+                         30 + dhps_test_ms(3000) / 1000), 0);
     assert_false(alive(pid2));
 }
 
@@ -226,7 +232,7 @@ static void down_stops_hand_restart(void **state)
     assert_true(node_ports(2, &r0, &m0));
     int pid0 = node_pid(2);
     kill(pid0, SIGTERM);
-    for (int k = 0; k < 500 && alive(pid0); k++)
+    for (uint32_t k = 0; k < dhps_test_ms(5000) / 10 && alive(pid0); k++)
         usleep(10000);
     assert_false(alive(pid0));
     char nd[512];
@@ -243,7 +249,7 @@ static void down_stops_hand_restart(void **state)
         execl(DHPS_SERVER_BIN, "dhps-server", "--config", "server.json", (char *)NULL);
         _exit(127);
     }
-    for (int k = 0; k < 1000 && !node_ports(2, &r1, &m1); k++)
+    for (uint32_t k = 0; k < dhps_test_ms(10000) / 10 && !node_ports(2, &r1, &m1); k++)
         usleep(10000);
     assert_true(node_ports(2, &r1, &m1));
     assert_int_equal(r1, r0); /* server.json holds the map's ports */
@@ -282,7 +288,7 @@ static void up_refuses_existing_dir(void **state)
     assert_int_equal(rc, 0);
     assert_non_null(strstr(out, "3 nodes started and healthy"));
     free(out);
-    out = capture(&rc, DHPS_BIN " get 5 --cluster %s", g_dir);
+    out = capture(&rc, DHPS_BIN " get 5 --timeout-ms %u --cluster %s", dhps_test_ms(2000), g_dir);
     assert_int_equal(rc, 0);
     assert_null(strstr(out, "missing"));
     free(out);

@@ -51,7 +51,7 @@ while [ $# -gt 0 ]; do
   shift
 done
 dhps=$bin/src/tools/dhps server=$bin/src/server/dhps-server
-skip() { echo "topology SKIPPED: $*"; exit 77; }
+skip() { echo "topology SKIPPED: $*"; [ -z "${DHPS_SKIP_FILE:-}" ] || echo "topology (host): $*" >>"$DHPS_SKIP_FILE"; exit 77; }
 [ "$(id -u)" = 0 ] || skip "needs root (network namespaces)"
 command -v ip >/dev/null || skip "no ip (iproute2)"
 [ -x "$dhps" ] && [ -x "$server" ] || { echo "topology: build $bin first (scripts/build.sh rel)"; exit 1; }
