@@ -9,6 +9,7 @@ pkgs=(
   libabsl-dev libdpdk-dev
   redis-server redis-tools memcached libhiredis-dev libmemcached-dev
   iproute2 procps python3 curl jq
+  prometheus   # promtool: tests/tools/test_tools_metrics checks /metrics with it
   dpkg-dev file binutils util-linux   # tests/install: cpack DEB (dpkg-shlibdeps), nm, setpriv
 )
 missing=()

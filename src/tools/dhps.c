@@ -7,6 +7,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "dhps/proto.h"
+
 int dhps_cmd_sim(int argc, char **argv);
 int dhps_cmd_map(int argc, char **argv);
 int dhps_cmd_load(int argc, char **argv);
@@ -51,7 +53,7 @@ static const struct dhps_cmd dhps_cmds[] = {
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: dhps <command> [options]   (dhps <command> --help)\n\ncommands:\n");
+    fprintf(f, "usage: dhps <command> [options]   (dhps <command> --help; dhps --version)\n\ncommands:\n");
     for (size_t i = 0; i < sizeof dhps_cmds / sizeof dhps_cmds[0]; i++)
         fprintf(f, "  %-8s %s\n", dhps_cmds[i].name, dhps_cmds[i].help);
 }
@@ -62,6 +64,13 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    /* --version anywhere before a subcommand's own arguments end: `dhps --version`,
+     * `dhps get --version` */
+    for (int i = 1; i < argc && i < 3; i++)
+        if (!strcmp(argv[i], "--version")) {
+            printf("dhps %s (protocol %d)\n", DHPS_VERSION_STRING, DHPS_PROTO_VERSION);
+            return 0;
+        }
     if (!strcmp(argv[1], "help") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         usage(stdout);
         return 0;

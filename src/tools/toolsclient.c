@@ -12,6 +12,7 @@
 #include "dhps/error.h"
 #include "dhps/proto.h"
 #include "dhps/rpc.h"
+#include "util.h"
 
 const char *tools_default_dir(void)
 {
@@ -66,7 +67,7 @@ int tools_conn_open(const tools_target *t, tools_conn **out)
     *out = NULL;
     tools_conn *c = calloc(1, sizeof *c);
     json_t *cj = NULL;
-    char *sec = NULL, err[2048] = "";
+    char err[4200] = "";
     int rc = -ENOMEM;
     if (!c)
         goto fail;
@@ -112,19 +113,11 @@ int tools_conn_open(const tools_target *t, tools_conn **out)
         copy_label(c->pod, sizeof c->pod, t->pod);
     if (t->az)
         copy_label(c->az, sizeof c->az, t->az);
-    size_t slen;
-    if (!(sec = tools_read_file(secret_path, &slen))) {
-        fprintf(stderr, "dhps: secret %s: %s\n", secret_path, strerror(errno));
-        rc = -errno;
+    if ((rc = dhps_secret_load(secret_path, c->secret, sizeof c->secret, &c->secret_len, NULL,
+                               err, sizeof err))) {
+        fprintf(stderr, "dhps: %s\n", err);
         goto fail;
     }
-    if (slen == 0 || slen > sizeof c->secret) {
-        fprintf(stderr, "dhps: secret %s: must be 1..%zu bytes\n", secret_path, sizeof c->secret);
-        rc = DHPS_E_CONFIG;
-        goto fail;
-    }
-    memcpy(c->secret, sec, slen);
-    c->secret_len = slen;
     if ((rc = dhps_cluster_map_load(c->map_path, &c->map, err, sizeof err)) < 0) {
         fprintf(stderr, "dhps: map %s: %s\n%s", c->map_path, dhps_strerror(rc), err);
         goto fail;
@@ -151,12 +144,10 @@ int tools_conn_open(const tools_target *t, tools_conn **out)
         goto fail;
     }
     json_decref(cj);
-    free(sec);
     *out = c;
     return 0;
 fail:
     json_decref(cj);
-    free(sec);
     tools_conn_close(c);
     return rc;
 }
