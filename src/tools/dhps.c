@@ -19,6 +19,8 @@ int dhps_cmd_stop(int argc, char **argv);
 int dhps_cmd_restart(int argc, char **argv);
 int dhps_cmd_get(int argc, char **argv);
 int dhps_cmd_put(int argc, char **argv);
+int dhps_cmd_delete(int argc, char **argv);
+int dhps_cmd_info(int argc, char **argv);
 int dhps_cmd_stats(int argc, char **argv);
 int dhps_cmd_snapshot(int argc, char **argv);
 int dhps_cmd_bench(int argc, char **argv);
@@ -43,6 +45,8 @@ static const struct dhps_cmd dhps_cmds[] = {
     {"restart", dhps_cmd_restart, "stop, then start, one node or all nodes of a cluster"},
     {"get", dhps_cmd_get, "print the vectors of keys"},
     {"put", dhps_cmd_put, "write one key's vector"},
+    {"delete", dhps_cmd_delete, "delete keys (every replica acks)"},
+    {"info", dhps_cmd_info, "a table's dim, dtype, shards; per node: serving, ready"},
     {"stats", dhps_cmd_stats, "per-node table statistics (STATS)"},
     {"snapshot", dhps_cmd_snapshot, "snapshot every node now (SNAPSHOT)"},
     {"bench", dhps_cmd_bench, "lookup/update workloads, optionally beside redis and memcached"},

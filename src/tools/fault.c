@@ -270,7 +270,7 @@ int dhps_cmd_fault(int argc, char **argv)
         bool ok = true, takes = true;
         if (!strcmp(a, "--node"))
             node = v;
-        else if (!strcmp(a, "--cluster"))
+        else if (!strcmp(a, "--cluster") || !strcmp(a, "--dir"))
             cluster = v;
         else if (!strcmp(a, "--addr"))
             addr = v;

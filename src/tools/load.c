@@ -43,7 +43,17 @@ static void load_usage(FILE *f)
             "                 [--batch N] [--cluster DIR | --map FILE --secret FILE]\n"
             "                 [--dry-run] [--no-verify]\n"
             "  bin: dhps binary table (docs/tools.md); npy: (N, D) '<f4' or '<f2' array,\n"
-            "  keys from a (N,) '<u8'/'<i8' .npy or the row index (+ --key-base).\n");
+            "  keys from a (N,) '<u8'/'<i8' .npy or the row index (+ --key-base).\n"
+            "  --table T          table to load into (its dim and dtype come from the nodes)\n"
+            "  --format F         bin or npy (default: from the file's first bytes)\n"
+            "  --keys KEYS.npy    the keys of the rows, a (N,) '<u8' or '<i8' array\n"
+            "  --keys-from-row-index  key = --key-base + row index\n"
+            "  --key-base N       first key with --keys-from-row-index (default 0)\n"
+            "  --batch N          rows per update call\n"
+            "  --cluster DIR      cluster directory of `dhps up` (--dir DIR is the same)\n"
+            "  --map F --secret F any cluster: its map file and its secret file\n"
+            "  --dry-run          parse and check only; send nothing\n"
+            "  --no-verify        skip the read-back of sampled rows after loading\n");
 }
 
 /* Without --format: a file starting with the NumPy magic is npy, anything else bin. */
@@ -58,7 +68,8 @@ int dhps_cmd_load(int argc, char **argv)
         {"table", required_argument, 0, 't'},   {"format", required_argument, 0, 'f'},
         {"keys", required_argument, 0, 'k'},    {"keys-from-row-index", no_argument, 0, 'r'},
         {"key-base", required_argument, 0, 'b'}, {"batch", required_argument, 0, 'B'},
-        {"cluster", required_argument, 0, 'c'}, {"map", required_argument, 0, 'm'},
+        {"cluster", required_argument, 0, 'c'}, {"dir", required_argument, 0, 'c'},
+        {"map", required_argument, 0, 'm'},
         {"secret", required_argument, 0, 's'},  {"dry-run", no_argument, 0, 'n'},
         {"no-verify", no_argument, 0, 'V'},     {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0}};

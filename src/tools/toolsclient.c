@@ -87,7 +87,7 @@ int tools_conn_open(const tools_target *t, tools_conn **out)
         json_error_t je;
         cj = json_load_file(p, 0, &je);
         if (!cj) {
-            fprintf(stderr, "dhps: no cluster at %s (%s); start one with `dhps up --dir %s` "
+            fprintf(stderr, "dhps: no cluster at %s (%s); start one with `dhps up --cluster %s` "
                     "or name one with --cluster DIR / --map FILE --secret FILE\n", dir,
                     je.text, dir);
             rc = -ENOENT;

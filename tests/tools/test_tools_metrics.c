@@ -197,6 +197,53 @@ static void secret_file_newline_and_empty(void **state)
     free(err);
 }
 
+/* dhps info / delete, and the error text naming each node and why */
+static void info_delete_and_node_errors(void **state)
+{
+    (void)state;
+    char *out = capture(DHPS_BIN " info emb --cluster %s/c", g_dir);
+    assert_non_null(strstr(out, "table emb: dim 4, fp32, 16 shards, served by 2 of 2 nodes (2 ready)"));
+    assert_non_null(strstr(out, "serves it"));
+    free(out);
+    out = capture(DHPS_BIN " info emb --dir %s/c --json", g_dir);
+    assert_non_null(strstr(out, "\"nodes_ready\":2"));
+    free(out);
+    out = capture(DHPS_BIN " info nope --cluster %s/c 2>&1; echo rc=$?", g_dir);
+    assert_non_null(strstr(out, "has no table 'nope' (tables: emb)"));
+    assert_non_null(strstr(out, "rc=1"));
+    free(out);
+    assert_int_equal(run(DHPS_BIN " put 9 1,2,3,4 --cluster %s/c > /dev/null", g_dir), 0);
+    out = capture(DHPS_BIN " delete 9 --cluster %s/c", g_dir);
+    assert_non_null(strstr(out, "deleted 1 keys from emb"));
+    free(out);
+    out = capture(DHPS_BIN " get 9 --cluster %s/c", g_dir);
+    assert_non_null(strstr(out, "9 missing"));
+    free(out);
+    /* a wrong secret: every node named, "auth failed" */
+    assert_int_equal(run("echo wrong > %s/secret.wrong", g_dir), 0);
+    out = capture(DHPS_BIN " get 1 --map %s/c/map.json --secret %s/secret.wrong 2>&1", g_dir,
+                  g_dir);
+    assert_non_null(strstr(out, "no node serves table 'emb': node 0 ("));
+    assert_non_null(strstr(out, "auth failed (wrong cluster secret?); node 1 ("));
+    free(out);
+}
+
+/* --help on every subcommand: exit 0, a usage line naming its flags */
+static void help_on_every_subcommand(void **state)
+{
+    (void)state;
+    static const char *const cmds[] = {"sim",  "map",    "load",  "up",     "down",
+                                       "start", "stop",  "restart", "get",  "put",
+                                       "delete", "info", "stats", "snapshot", "bench",
+                                       "chaos", "fault", "traffic"};
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
+        char *out = capture(DHPS_BIN " %s --help 2>&1; echo rc=$?", cmds[i]);
+        if (!strstr(out, "usage: dhps ") || !strstr(out, "rc=0") || !strstr(out, " --"))
+            fail_msg("dhps %s --help:\n%s", cmds[i], out);
+        free(out);
+    }
+}
+
 int main(void)
 {
     int skip = use_built_server();
@@ -206,6 +253,8 @@ int main(void)
         cmocka_unit_test(version_flags),
         cmocka_unit_test(promtool_clean_on_every_node),
         cmocka_unit_test(secret_file_newline_and_empty),
+        cmocka_unit_test(info_delete_and_node_errors),
+        cmocka_unit_test(help_on_every_subcommand),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
