@@ -142,7 +142,7 @@ static void info_fn(void *arg, uint32_t node, int status, uint32_t count, const 
 
 /* The table's dim and dtype from the nodes' INFO. When no node answers with it: one
  * line naming every node and why (auth, unreachable, not ready, no such table). */
-static int table_info(tools_conn *c, const char *table, uint32_t *dim, int *dtype)
+int tools_table_info(tools_conn *c, const char *table, uint32_t *dim, int *dtype)
 {
     struct info_ctx ic = {.c = c, .table = table};
     tools_conn_admin(c, DHPS_M_INFO, table, info_fn, &ic);
@@ -253,7 +253,7 @@ int dhps_cmd_get(int argc, char **argv)
         }
     uint32_t dim;
     int dtype;
-    if (tools_conn_open(&o.tgt, &c) < 0 || table_info(c, o.table, &dim, &dtype) < 0)
+    if (tools_conn_open(&o.tgt, &c) < 0 || tools_table_info(c, o.table, &dim, &dtype) < 0)
         goto out;
     size_t nnodes = dhps_cluster_map_nnodes(c->map);
     if (!(out = calloc(n * dim, sizeof *out)) ||
@@ -314,7 +314,7 @@ int dhps_cmd_put(int argc, char **argv)
     int rc = 1, err;
     uint32_t dim;
     int dtype;
-    if (tools_conn_open(&o.tgt, &c) < 0 || table_info(c, o.table, &dim, &dtype) < 0)
+    if (tools_conn_open(&o.tgt, &c) < 0 || tools_table_info(c, o.table, &dim, &dtype) < 0)
         goto out;
     if (!(vec = calloc(dim, sizeof *vec)))
         goto out;
@@ -389,7 +389,7 @@ int dhps_cmd_delete(int argc, char **argv)
             rc = 2;
             goto out;
         }
-    if (tools_conn_open(&o.tgt, &c) < 0 || table_info(c, o.table, &dim, &dtype) < 0)
+    if (tools_conn_open(&o.tgt, &c) < 0 || tools_table_info(c, o.table, &dim, &dtype) < 0)
         goto out;
     dhps_client_result res;
     int err = dhps_client_delete(c->client, o.table, keys, n, DHPS_ACK_ALL, c->put_timeout_us,

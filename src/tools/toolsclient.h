@@ -55,6 +55,9 @@ char *tools_read_file(const char *path, size_t *len);
 /* Open a connection to the target's cluster. Returns 0 and sets *out, or a negative
  * error after printing the reason on stderr. Close with tools_conn_close (NULL-safe). */
 int tools_conn_open(const tools_target *t, tools_conn **out);
+/* The table's dim and dtype from the nodes' INFO (ops.c): 0, or DHPS_E_NOTFOUND after
+ * one line on stderr naming every node and why it did not serve the table. */
+int tools_table_info(tools_conn *c, const char *table, uint32_t *dim, int *dtype);
 void tools_conn_close(tools_conn *c);
 
 /* Write n rows (row_bytes = dim * size of dtype) under keys into table, acknowledged

@@ -5,7 +5,8 @@
  * must report nothing; every family has HELP and TYPE; the renamed families and the
  * fine latency buckets are there. Then --version on dhps and dhps-server, and the one
  * secret loader: a secret file ending in a newline works for the CLI as for the server,
- * an empty one is refused naming the file. Skips (77) without the built dhps-server;
+ * an empty one is refused naming the file; dhps info/delete, per-node error text,
+ * --help on every subcommand, and dhps load's formats and checks. Skips (77) without the built dhps-server;
  * the promtool case skips without promtool (scripts/deps.sh installs it).
  */
 #include <stdarg.h>
@@ -14,6 +15,7 @@
 #include <cmocka.h>
 #include <signal.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -228,6 +230,92 @@ static void info_delete_and_node_errors(void **state)
     free(out);
 }
 
+static void write_file(const char *name, const void *data, size_t len)
+{
+    char path[400];
+    snprintf(path, sizeof path, "%s/%s", g_dir, name);
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(data, 1, len, f), len);
+    fclose(f);
+}
+
+/* a (rows, 4) .npy of descr with rows of 1..8 (as double, float or half via raw bytes) */
+static void write_npy(const char *name, const char *descr, const char *shape,
+                      const void *data, size_t len)
+{
+    char hdr[128];
+    int n = snprintf(hdr, sizeof hdr, "{'descr': '%s', 'fortran_order': False, 'shape': %s, }",
+                     descr, shape);
+    int pad = 64 - (10 + n + 1) % 64;
+    memset(hdr + n, ' ', (size_t)pad);
+    hdr[n + pad] = '\n';
+    uint16_t hl = (uint16_t)(n + pad + 1);
+    uint8_t buf[1024];
+    memcpy(buf, "\x93NUMPY\x01\x00", 8);
+    memcpy(buf + 8, &hl, 2);
+    memcpy(buf + 10, hdr, hl);
+    memcpy(buf + 10 + hl, data, len);
+    write_file(name, buf, 10 + hl + len);
+}
+
+/* dhps load: CSV, TSV, '<f8' .npy with a keys .npy, raw float32 with --dim; a dim that
+ * differs from the table's is refused before anything is sent (also in --dry-run); a
+ * --key-base that would wrap is refused; an unknown format says "unsupported";
+ * --resume-from skips rows. */
+static void load_formats(void **state)
+{
+    (void)state;
+    const char *csv = "101,1,2,3,4\n102,5,6,7,8\n", *tsv = "# keys\n201\t1,2,3,4\n202\t5\t6\t7\t8\n";
+    write_file("a.csv", csv, strlen(csv));
+    write_file("a.tsv", tsv, strlen(tsv));
+    write_file("d3.csv", "1,1,2,3\n", 8);
+    write_file("junk.bin", "\x01\x02junk", 6);
+    double d[8] = {1, 2, 3, 4, 5, 6, 7, 8.25};
+    uint64_t k[2] = {301, 302};
+    float f[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+    write_npy("f8.npy", "<f8", "(2, 4)", d, sizeof d);
+    write_npy("k.npy", "<u8", "(2,)", k, sizeof k);
+    write_file("raw.f32", f, sizeof f);
+#define LOAD DHPS_BIN " load --cluster %s/c --table emb %s/"
+    assert_int_equal(run(LOAD "a.csv > /dev/null", g_dir, g_dir), 0);
+    assert_int_equal(run(LOAD "a.tsv > /dev/null", g_dir, g_dir), 0);
+    assert_int_equal(run(LOAD "f8.npy --keys %s/k.npy > /dev/null", g_dir, g_dir, g_dir), 0);
+    assert_int_equal(run(LOAD "raw.f32 --format raw --dim 4 --keys-from-row-index "
+                         "--key-base 500 > /dev/null", g_dir, g_dir), 0);
+    char *out = capture(DHPS_BIN " get 102 201 302 501 --cluster %s/c", g_dir);
+    assert_non_null(strstr(out, "102 5,6,7,8\n"));
+    assert_non_null(strstr(out, "201 1,2,3,4\n"));
+    assert_non_null(strstr(out, "302 5,6,7,8.25\n"));
+    assert_non_null(strstr(out, "501 5,6,7,8\n"));
+    free(out);
+    out = capture(LOAD "d3.csv 2>&1; echo rc=$?", g_dir, g_dir);
+    assert_non_null(strstr(out, "has dim 3 but table emb has dim 4 on the nodes; nothing sent"));
+    assert_non_null(strstr(out, "rc=1"));
+    free(out);
+    out = capture(LOAD "d3.csv --dry-run 2>&1; echo rc=$?", g_dir, g_dir);
+    assert_non_null(strstr(out, "has dim 3 but table emb has dim 4"));
+    free(out);
+    out = capture(LOAD "f8.npy --keys-from-row-index --key-base 18446744073709551615 2>&1; "
+                  "echo rc=$?", g_dir, g_dir);
+    assert_non_null(strstr(out, "overflows the 64-bit key range"));
+    assert_non_null(strstr(out, "rc=2"));
+    free(out);
+    out = capture(LOAD "junk.bin 2>&1; echo rc=$?", g_dir, g_dir);
+    assert_non_null(strstr(out, "unsupported file format"));
+    free(out);
+    out = capture(LOAD "a.csv --format xml 2>&1; echo rc=$?", g_dir, g_dir);
+    assert_non_null(strstr(out, "unsupported format 'xml'"));
+    free(out);
+    assert_int_equal(run(LOAD "f8.npy --keys-from-row-index --key-base 60000 --resume-from 1 "
+                         "> /dev/null", g_dir, g_dir), 0);
+    out = capture(DHPS_BIN " get 60000 60001 --cluster %s/c", g_dir);
+    assert_non_null(strstr(out, "60000 missing\n"));
+    assert_non_null(strstr(out, "60001 5,6,7,8.25\n"));
+    free(out);
+#undef LOAD
+}
+
 /* --help on every subcommand: exit 0, a usage line naming its flags */
 static void help_on_every_subcommand(void **state)
 {
@@ -255,6 +343,7 @@ int main(void)
         cmocka_unit_test(secret_file_newline_and_empty),
         cmocka_unit_test(info_delete_and_node_errors),
         cmocka_unit_test(help_on_every_subcommand),
+        cmocka_unit_test(load_formats),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
