@@ -37,7 +37,7 @@ static int ops_parse(int argc, char **argv, struct ops_opts *o, const char *usag
 {
     static const struct option lo[] = {
         {"cluster", required_argument, 0, 'c'}, {"dir", required_argument, 0, 'c'},
-        {"map", required_argument, 0, 'm'},
+        {"map", required_argument, 0, 'm'},     {"addr", required_argument, 0, 'a'},
         {"secret", required_argument, 0, 's'},  {"table", required_argument, 0, 't'},
         {"json", no_argument, 0, 'j'},          {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0}};
@@ -45,8 +45,9 @@ static int ops_parse(int argc, char **argv, struct ops_opts *o, const char *usag
     o->table = "emb";
     int c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "c:m:s:t:jh", lo, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "c:m:s:t:jha:", lo, NULL)) != -1) {
         switch (c) {
+        case 'a': o->tgt.addr = optarg; break;
         case 'c': o->tgt.cluster_dir = optarg; break;
         case 'm': o->tgt.map = optarg; break;
         case 's': o->tgt.secret = optarg; break;
@@ -215,6 +216,7 @@ static const char get_usage[] =
     "  --cluster DIR      cluster directory of `dhps up` (default $DHPS_CLUSTER_DIR or\n"
     "                     ./dhps-cluster); --dir DIR is the same\n"
     "  --map F --secret F any cluster: its map file and its secret file\n"
+    "  --addr H:P --secret F  one node by its rpc address, no map (its shards only)\n"
     "  --version          print the version\n";
 static const char put_usage[] =
     "usage: dhps put KEY V1,V2,...,Vdim [--table T] [--cluster DIR | --map F --secret F]\n"
@@ -223,6 +225,7 @@ static const char put_usage[] =
     "  --cluster DIR      cluster directory of `dhps up` (default $DHPS_CLUSTER_DIR or\n"
     "                     ./dhps-cluster); --dir DIR is the same\n"
     "  --map F --secret F any cluster: its map file and its secret file\n"
+    "  --addr H:P --secret F  one node by its rpc address, no map (its shards only)\n"
     "  --version          print the version\n";
 
 int dhps_cmd_get(int argc, char **argv)
@@ -491,6 +494,7 @@ static const char stats_usage[] =
     "  --cluster DIR      cluster directory of `dhps up` (default $DHPS_CLUSTER_DIR or\n"
     "                     ./dhps-cluster); --dir DIR is the same\n"
     "  --map F --secret F any cluster: its map file and its secret file\n"
+    "  --addr H:P --secret F  one node by its rpc address, no map (its shards only)\n"
     "  --version          print the version\n";
 static const char snap_usage[] =
     "usage: dhps snapshot [--cluster DIR | --map FILE --secret FILE]\n"
@@ -498,6 +502,7 @@ static const char snap_usage[] =
     "  --cluster DIR      cluster directory of `dhps up` (default $DHPS_CLUSTER_DIR or\n"
     "                     ./dhps-cluster); --dir DIR is the same\n"
     "  --map F --secret F any cluster: its map file and its secret file\n"
+    "  --addr H:P --secret F  one node by its rpc address, no map (its shards only)\n"
     "  --version          print the version\n";
 
 struct stats_ctx {

@@ -21,6 +21,8 @@ typedef struct tools_target {
     const char *cluster_dir; /* DIR of `dhps up` (default: tools_default_dir()) */
     const char *map;         /* map file; with secret, instead of cluster_dir */
     const char *secret;      /* secret file */
+    const char *addr;        /* HOST:PORT of one node, with secret: no map needed (a
+                                one-node map of that node is written to a temp file) */
     const char *host, *pod, *az; /* client labels (NULL: from cluster.json, if any) */
     uint32_t connect_timeout_ms; /* client connect + hello bound (0: the client's default) */
     uint32_t max_msg;            /* client max message (0: 4 MiB, for bulk loads); each
@@ -33,6 +35,7 @@ typedef struct tools_conn {
     uint8_t secret[256];
     size_t secret_len;
     char map_path[4096];
+    bool tmp_map;            /* map_path is a temp file of --addr: unlinked at close */
     char host[64], pod[64], az[64]; /* labels the client was given ("" = none) */
     uint64_t put_timeout_us;        /* deadline of tools_conn_put (set by open) */
 } tools_conn;

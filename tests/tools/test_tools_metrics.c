@@ -316,6 +316,26 @@ static void load_formats(void **state)
 #undef LOAD
 }
 
+/* dhps get --addr HOST:PORT --secret FILE: one node, no map */
+static void get_by_addr(void **state)
+{
+    (void)state;
+    char *ports = capture("grep -o '\"port\": [0-9]*' %s/c/cluster.json | head -1 | cut -d' ' -f2",
+                          g_dir);
+    int port = atoi(ports);
+    free(ports);
+    assert_true(port > 0);
+    assert_int_equal(run(DHPS_BIN " put 77 1,2,3,4 --cluster %s/c > /dev/null", g_dir), 0);
+    char *out = capture(DHPS_BIN " get 77 --addr 127.0.0.1:%d --secret %s/c/secret 2>&1", port,
+                        g_dir);
+    assert_non_null(strstr(out, "77 1,2,3,4\n"));
+    free(out);
+    out = capture(DHPS_BIN " get 77 --addr nonsense --secret %s/c/secret 2>&1; echo rc=$?", g_dir);
+    assert_non_null(strstr(out, "want HOST:PORT"));
+    assert_non_null(strstr(out, "rc=1"));
+    free(out);
+}
+
 /* --help on every subcommand: exit 0, a usage line naming its flags */
 static void help_on_every_subcommand(void **state)
 {
@@ -344,6 +364,7 @@ int main(void)
         cmocka_unit_test(info_delete_and_node_errors),
         cmocka_unit_test(help_on_every_subcommand),
         cmocka_unit_test(load_formats),
+        cmocka_unit_test(get_by_addr),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
