@@ -12,6 +12,7 @@ pkgs=(
   libcurl4-openssl-dev etcd-server etcd-client   # coord (etcd JSON gateway) and its tests
   python3-cffi python3-numpy python3-pytest   # python/ package and its tests (/usr/bin/python3)
   python3-redis                               # python/bench_lookup.py: redis-py MGET baseline
+  prometheus   # promtool: tests/tools/test_tools_metrics checks /metrics with it
   dpkg-dev file binutils util-linux   # tests/install: cpack DEB (dpkg-shlibdeps), nm, setpriv
 )
 missing=()

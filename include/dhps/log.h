@@ -1,7 +1,8 @@
 /*
  * Logging by module and level, free when off: a disabled level costs one load and a
  * predictable branch; arguments are not evaluated. Output goes to stderr, one line
- * per call, prefixed "dhps <module> <level>:". The level comes from DHPS_LOG
+ * per call, prefixed "<ISO-8601 UTC time with ms> dhps <module> <level>:", e.g.
+ * "2026-12-04T06:49:04.123Z dhps rpc warn: ...". The level comes from DHPS_LOG
  * (error|warn|info|debug, default warn) at the first call, or dhps_log_set_level().
  */
 #ifndef DHPS_LOG_H

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 int dhps_log_level_ = -1;
 
@@ -33,8 +34,15 @@ int dhps_log_enabled_slow(int level)
 void dhps_log_write(int level, const char *module, const char *fmt, ...)
 {
     static const char *const names[] = {"error", "warn", "info", "debug"};
-    char line[1024];
-    int n = snprintf(line, sizeof line, "dhps %s %s: ", module,
+    char line[1024], ts[64] = "";
+    struct timespec now;
+    struct tm tm;
+    clock_gettime(CLOCK_REALTIME, &now);
+    if (gmtime_r(&now.tv_sec, &tm))
+        snprintf(ts, sizeof ts, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ ", tm.tm_year + 1900,
+                 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                 now.tv_nsec / 1000000);
+    int n = snprintf(line, sizeof line, "%sdhps %s %s: ", ts, module,
                      names[level < 0 ? 0 : level > 3 ? 3 : level]);
     va_list ap;
     va_start(ap, fmt);

@@ -7,6 +7,8 @@
 #ifndef DHPS_COMMON_UTIL_H
 #define DHPS_COMMON_UTIL_H
 
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <time.h>
 
@@ -47,5 +49,14 @@ typedef struct dhps_zipf {
 } dhps_zipf;
 void dhps_zipf_init(dhps_zipf *z, uint64_t n, double s);
 uint64_t dhps_zipf_next(const dhps_zipf *z, uint64_t *rng);
+
+/* The cluster secret file, read the one way the server and every tool read it: up to
+ * cap bytes, trailing newlines (\n, \r\n) stripped, empty refused. On success 0, the
+ * secret in buf[0..*len) and *world_readable (may be NULL) set when others may read the
+ * file (callers warn). On failure DHPS_E_CONFIG with one line in err naming the path and
+ * why: cannot open (strerror), empty, or longer than cap bytes; buf is then wiped.
+ * Thread-safe (no shared state). */
+int dhps_secret_load(const char *path, uint8_t *buf, size_t cap, size_t *len,
+                     bool *world_readable, char *err, size_t errlen);
 
 #endif

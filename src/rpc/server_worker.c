@@ -74,8 +74,13 @@ static void heap_purge(worker *w, sconn *sc)
 
 void sconn_close(worker *w, sconn *sc, int why)
 {
-    DHPS_LOG(DHPS_LOG_INFO, RPC_LOG, "worker %u: closing connection: %s", w->idx,
-             dhps_strerror(why));
+    /* a peer hanging up (every CLI call ends so) or our shutdown is routine: debug */
+    if (why == DHPS_E_UNREACHABLE || why == DHPS_E_CANCELLED)
+        DHPS_LOG(DHPS_LOG_DEBUG, RPC_LOG, "worker %u: connection closed: %s", w->idx,
+                 why == DHPS_E_UNREACHABLE ? "peer hung up" : "shutting down");
+    else
+        DHPS_LOG(DHPS_LOG_INFO, RPC_LOG, "worker %u: closing connection: %s", w->idx,
+                 dhps_strerror(why));
     if (why == DHPS_E_MALFORMED)
         bump(&w->st.malformed);
     epoll_ctl(w->ep, EPOLL_CTL_DEL, sc->c.fd, NULL);

@@ -32,8 +32,9 @@ const char *const status_names[NSTATUS] = {"ok",      "malformed", "notfound",
                                            "toobig",  "version",   "full",
                                            "config",  "notready",  "other"};
 /* latency buckets, upper bounds in microseconds (+Inf implied) */
-const uint32_t lat_bounds_us[NBUCKETS - 1] = {10,   25,   50,    100,   250,   500,
-                                         1000, 2500, 10000, 50000, 250000};
+const uint32_t lat_bounds_us[NBUCKETS - 1] = {
+    10,   25,   50,   75,   100,  150,  200,  300,   400,   500,   750,   1000,
+    1500, 2000, 3000, 4000, 5000, 7500, 10000, 25000, 50000, 100000, 250000};
 
 /* ---- rpc handlers ----------------------------------------------------------------- */
 

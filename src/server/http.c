@@ -7,6 +7,9 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <dirent.h>
+#include <stdbool.h>
+#include <sys/resource.h>
 #include <arpa/inet.h>
 #include <microhttpd.h>
 
@@ -21,16 +24,85 @@
 
 /* ---- metrics over HTTP ------------------------------------------------------------ */
 
+/* One family's HELP and TYPE lines (Prometheus text 0.0.4: every family has both). */
+static void fam(FILE *f, const char *name, const char *type, const char *help)
+{
+    fprintf(f, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+/* The process_* families every Prometheus client exports, from /proc/self. Absent
+ * values (no /proc) are left out rather than reported as 0. */
+static void write_process_metrics(FILE *f)
+{
+    long tck = sysconf(_SC_CLK_TCK), page = sysconf(_SC_PAGESIZE);
+    unsigned long long ut = 0, st = 0, start = 0;
+    long rss = 0;
+    bool have_stat = false;
+    FILE *sf = fopen("/proc/self/stat", "r");
+    if (sf) {
+        char buf[1024];
+        size_t n = fread(buf, 1, sizeof buf - 1, sf);
+        buf[n] = 0;
+        fclose(sf);
+        char *p = strrchr(buf, ')'); /* comm may hold spaces: fields start after it */
+        /* fields 3.. : state ppid pgrp session tty tpgid flags minflt cminflt majflt
+         * cmajflt utime(14) stime(15) cutime cstime priority nice threads itreal
+         * starttime(22) vsize rss(24) */
+        if (p && sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu %*d %*d "
+                               "%*d %*d %*d %*d %llu %*u %ld",
+                        &ut, &st, &start, &rss) == 4)
+            have_stat = tck > 0;
+    }
+    if (have_stat) {
+        fam(f, "process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds.");
+        fprintf(f, "process_cpu_seconds_total %.2f\n", (double)(ut + st) / (double)tck);
+        fam(f, "process_resident_memory_bytes", "gauge", "Resident memory size in bytes.");
+        fprintf(f, "process_resident_memory_bytes %lld\n", (long long)rss * page);
+        double btime = 0;
+        FILE *pf = fopen("/proc/stat", "r");
+        if (pf) {
+            char line[256];
+            while (fgets(line, sizeof line, pf))
+                if (sscanf(line, "btime %lf", &btime) == 1)
+                    break;
+            fclose(pf);
+        }
+        if (btime > 0) {
+            fam(f, "process_start_time_seconds", "gauge",
+                "Start time of the process since unix epoch in seconds.");
+            fprintf(f, "process_start_time_seconds %.2f\n", btime + (double)start / (double)tck);
+        }
+    }
+    DIR *d = opendir("/proc/self/fd");
+    if (d) {
+        long nfd = 0;
+        struct dirent *e;
+        while ((e = readdir(d)))
+            if (e->d_name[0] != '.')
+                nfd++;
+        closedir(d);
+        fam(f, "process_open_fds", "gauge", "Number of open file descriptors.");
+        fprintf(f, "process_open_fds %ld\n", nfd - 1); /* less the one opendir holds */
+    }
+    struct rlimit rl;
+    if (!getrlimit(RLIMIT_NOFILE, &rl) && rl.rlim_cur != RLIM_INFINITY) {
+        fam(f, "process_max_fds", "gauge", "Maximum number of open file descriptors.");
+        fprintf(f, "process_max_fds %llu\n", (unsigned long long)rl.rlim_cur);
+    }
+}
+
 static void write_metrics(dhps_server *s, FILE *f)
 {
-    fprintf(f, "# HELP dhps_requests_total Requests by method and status.\n"
-               "# TYPE dhps_requests_total counter\n");
+    fam(f, "dhps_build_info", "gauge", "Build of this dhps-server (value 1; labels say which).");
+    fprintf(f, "dhps_build_info{version=\"%s\",proto=\"%d\"} 1\n", DHPS_VERSION_STRING,
+            DHPS_PROTO_VERSION);
+    write_process_metrics(f);
+    fam(f, "dhps_requests_total", "counter", "Requests by method and status.");
     for (int m = 0; m < NMETHODS; m++)
         for (int k = 0; k < NSTATUS; k++)
             fprintf(f, "dhps_requests_total{method=\"%s\",status=\"%s\"} %llu\n",
                     method_names[m], status_names[k], (unsigned long long)get(&s->req[m][k]));
-    fprintf(f, "# HELP dhps_request_seconds Handler latency by method.\n"
-               "# TYPE dhps_request_seconds histogram\n");
+    fam(f, "dhps_request_seconds", "histogram", "Handler latency by method, in seconds.");
     for (int m = 0; m < NMETHODS; m++) {
         uint64_t cum = 0;
         for (size_t b = 0; b < NBUCKETS; b++) {
@@ -47,77 +119,91 @@ static void write_metrics(dhps_server *s, FILE *f)
         fprintf(f, "dhps_request_seconds_count{method=\"%s\"} %llu\n", method_names[m],
                 (unsigned long long)cum);
     }
-    fprintf(f, "# TYPE dhps_keys_looked_up_total counter\n# TYPE dhps_keys_found_total counter\n"
-               "# TYPE dhps_table_keys gauge\n# TYPE dhps_table_live_bytes gauge\n"
-               "# TYPE dhps_table_segment_bytes gauge\n# TYPE dhps_table_index_bytes gauge\n"
-               "# TYPE dhps_table_fragmentation gauge\n"
-               "# TYPE dhps_table_expired_records_total counter\n"
-               "# TYPE dhps_table_evicted_records_total counter\n"
-               "# TYPE dhps_table_stale_updates_total counter\n");
-    for (uint32_t i = 0; i < s->cfg->ntables; i++) {
-        srv_table *t = &s->tables[i];
-        table_agg a;
-        srv_aggregate(s, t, &a);
-        const char *n = t->c.name;
-        fprintf(f, "dhps_keys_looked_up_total{table=\"%s\"} %llu\n", n,
-                (unsigned long long)get(&t->looked_up));
-        fprintf(f, "dhps_keys_found_total{table=\"%s\"} %llu\n", n,
-                (unsigned long long)get(&t->found));
-        fprintf(f, "dhps_table_keys{table=\"%s\"} %llu\n", n, (unsigned long long)a.st.keys);
-        fprintf(f, "dhps_table_live_bytes{table=\"%s\"} %llu\n", n,
-                (unsigned long long)a.st.live_bytes);
-        fprintf(f, "dhps_table_segment_bytes{table=\"%s\"} %llu\n", n,
-                (unsigned long long)a.st.segment_bytes);
-        fprintf(f, "dhps_table_index_bytes{table=\"%s\"} %llu\n", n,
-                (unsigned long long)a.st.index_bytes);
-        fprintf(f, "dhps_table_fragmentation{table=\"%s\"} %.6f\n", n, a.st.fragmentation);
-        fprintf(f, "dhps_table_expired_records_total{table=\"%s\"} %llu\n", n,
-                (unsigned long long)a.st.expired_records);
-        fprintf(f, "dhps_table_evicted_records_total{table=\"%s\"} %llu\n", n,
-                (unsigned long long)a.st.evicted_records);
-        fprintf(f, "dhps_table_stale_updates_total{table=\"%s\"} %llu\n", n,
-                (unsigned long long)a.st.stale_updates);
+    /* per-table families: one HELP/TYPE block each, then a row per table */
+    enum { T_LOOKED, T_FOUND, T_KEYS, T_LIVE, T_SEG, T_IDX, T_FRAG, T_EXP, T_EVI, T_STALE, T_N };
+    static const struct { const char *name, *type, *help; } tf[T_N] = {
+        {"dhps_keys_looked_up_total", "counter", "Keys asked for in lookups."},
+        {"dhps_keys_found_total", "counter", "Keys found by lookups."},
+        {"dhps_table_keys", "gauge", "Live keys (summed over the shards this node owns)."},
+        {"dhps_table_live_bytes", "gauge", "Bytes of live records."},
+        {"dhps_table_segment_bytes", "gauge", "Bytes of store segments allocated."},
+        {"dhps_table_index_bytes", "gauge", "Bytes of the key index."},
+        {"dhps_table_fragmentation_ratio", "gauge",
+         "1 - live record bytes / bytes appended to live segments (0..1)."},
+        {"dhps_table_expired_records_total", "counter", "Records dropped because they expired."},
+        {"dhps_table_evicted_records_total", "counter", "Records evicted to stay within memory."},
+        {"dhps_table_stale_updates_total", "counter",
+         "Updates ignored because the store held a newer version."},
+    };
+    table_agg *ag = calloc(s->cfg->ntables ? s->cfg->ntables : 1, sizeof *ag);
+    if (ag)
+        for (uint32_t i = 0; i < s->cfg->ntables; i++)
+            srv_aggregate(s, &s->tables[i], &ag[i]);
+    for (int k = 0; k < T_N && ag; k++) {
+        fam(f, tf[k].name, tf[k].type, tf[k].help);
+        for (uint32_t i = 0; i < s->cfg->ntables; i++) {
+            srv_table *t = &s->tables[i];
+            const table_agg *a = &ag[i];
+            fprintf(f, "%s{table=\"%s\"} ", tf[k].name, t->c.name);
+            switch (k) {
+            case T_LOOKED: fprintf(f, "%llu\n", (unsigned long long)get(&t->looked_up)); break;
+            case T_FOUND: fprintf(f, "%llu\n", (unsigned long long)get(&t->found)); break;
+            case T_KEYS: fprintf(f, "%llu\n", (unsigned long long)a->st.keys); break;
+            case T_LIVE: fprintf(f, "%llu\n", (unsigned long long)a->st.live_bytes); break;
+            case T_SEG: fprintf(f, "%llu\n", (unsigned long long)a->st.segment_bytes); break;
+            case T_IDX: fprintf(f, "%llu\n", (unsigned long long)a->st.index_bytes); break;
+            case T_FRAG: fprintf(f, "%.6f\n", a->st.fragmentation); break;
+            case T_EXP: fprintf(f, "%llu\n", (unsigned long long)a->st.expired_records); break;
+            case T_EVI: fprintf(f, "%llu\n", (unsigned long long)a->st.evicted_records); break;
+            default: fprintf(f, "%llu\n", (unsigned long long)a->st.stale_updates); break;
+            }
+        }
     }
+    free(ag);
     dhps_rpc_server_stats rs;
     memset(&rs, 0, sizeof rs);
     if (s->rpc)
         dhps_rpc_server_get_stats(s->rpc, &rs);
-    fprintf(f, "# TYPE dhps_rpc_handled_total counter\n");
+    fam(f, "dhps_rpc_handled_total", "counter", "Rpc requests handled, by transport.");
     for (int t = 0; t < DHPS_RPC_NTRANSPORTS; t++)
         fprintf(f, "dhps_rpc_handled_total{transport=\"%s\"} %llu\n",
                 dhps_rpc_transport_name(t), (unsigned long long)rs.handled[t]);
-    fprintf(f, "# TYPE dhps_rpc_accepted_total counter\ndhps_rpc_accepted_total %llu\n",
-            (unsigned long long)rs.accepted);
-    fprintf(f, "# TYPE dhps_rpc_rejected_auth_total counter\ndhps_rpc_rejected_auth_total %llu\n",
-            (unsigned long long)rs.rejected_auth);
-    fprintf(f, "# TYPE dhps_rpc_rejected_malformed_total counter\n"
-               "dhps_rpc_rejected_malformed_total %llu\n",
-            (unsigned long long)rs.rejected_malformed);
-    fprintf(f, "# TYPE dhps_rpc_handler_errors_total counter\ndhps_rpc_handler_errors_total %llu\n",
-            (unsigned long long)rs.handler_errors);
-    fprintf(f, "# TYPE dhps_rpc_unknown_method_total counter\ndhps_rpc_unknown_method_total %llu\n",
-            (unsigned long long)rs.unknown_method);
-    fprintf(f, "# TYPE dhps_rpc_open_connections gauge\ndhps_rpc_open_connections %llu\n",
-            (unsigned long long)rs.open_conns);
-    fprintf(f, "# TYPE dhps_rpc_duplicates_total counter\ndhps_rpc_duplicates_total %llu\n",
-            (unsigned long long)rs.duplicates);
-    fprintf(f, "# TYPE dhps_rpc_verbs_failures_total counter\ndhps_rpc_verbs_failures_total %llu\n",
-            (unsigned long long)rs.verbs_failures);
-    fprintf(f, "# HELP dhps_fault_overflow_total Responses a delay fault rule should have held "
-               "back, sent at once (hold bound reached).\n"
-               "# TYPE dhps_fault_overflow_total counter\ndhps_fault_overflow_total %llu\n",
-            (unsigned long long)rs.fault_overflow);
-    fprintf(f, "# TYPE dhps_snapshots_total counter\ndhps_snapshots_total %llu\n",
-            (unsigned long long)get(&s->snapshots_ok));
-    fprintf(f, "# TYPE dhps_snapshot_errors_total counter\ndhps_snapshot_errors_total %llu\n",
-            (unsigned long long)get(&s->snapshot_errors));
-    fprintf(f, "# TYPE dhps_last_snapshot_timestamp_seconds gauge\n"
-               "dhps_last_snapshot_timestamp_seconds %llu\n",
-            (unsigned long long)get(&s->last_snapshot_unix));
-    fprintf(f, "# TYPE dhps_loaded_records gauge\ndhps_loaded_records %llu\n",
-            (unsigned long long)get(&s->loaded_records));
+    const struct { const char *name, *type, *help; uint64_t v; } rows[] = {
+        {"dhps_rpc_accepted_total", "counter", "Rpc connections accepted.", rs.accepted},
+        {"dhps_rpc_rejected_auth_total", "counter",
+         "Rpc connections refused: the peer failed the secret handshake.", rs.rejected_auth},
+        {"dhps_rpc_rejected_malformed_total", "counter", "Rpc frames refused as malformed.",
+         rs.rejected_malformed},
+        {"dhps_rpc_handler_errors_total", "counter", "Rpc handler calls that returned an error.",
+         rs.handler_errors},
+        {"dhps_rpc_unknown_method_total", "counter", "Rpc requests for an unknown method.",
+         rs.unknown_method},
+        {"dhps_rpc_open_connections", "gauge", "Rpc connections open now.", rs.open_conns},
+        {"dhps_rpc_duplicates_total", "counter",
+         "Retried rpc requests answered from the duplicate cache.", rs.duplicates},
+        {"dhps_rpc_verbs_failures_total", "counter", "RDMA verbs operations that failed.",
+         rs.verbs_failures},
+        {"dhps_fault_overflow_total", "counter",
+         "Responses a delay fault rule should have held back, sent at once (hold bound "
+         "reached).",
+         rs.fault_overflow},
+        {"dhps_snapshot_files_total", "counter",
+         "Store snapshot files written (one per table shard per snapshot).",
+         get(&s->snapshots_ok)},
+        {"dhps_snapshot_file_errors_total", "counter", "Store snapshot files that failed.",
+         get(&s->snapshot_errors)},
+        {"dhps_last_snapshot_timestamp_seconds", "gauge",
+         "Unix time of the last snapshot file written (0: none).", get(&s->last_snapshot_unix)},
+        {"dhps_loaded_records", "gauge", "Records loaded from snapshots at start.",
+         get(&s->loaded_records)},
+    };
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+        fam(f, rows[i].name, rows[i].type, rows[i].help);
+        fprintf(f, "%s %llu\n", rows[i].name, (unsigned long long)rows[i].v);
+    }
     srv_durable_metrics(s, f);
-    fprintf(f, "# TYPE dhps_ready gauge\ndhps_ready %d\n", dhps_server_ready(s) ? 1 : 0);
+    fam(f, "dhps_ready", "gauge", "1 when every store this node serves is caught up.");
+    fprintf(f, "dhps_ready %d\n", dhps_server_ready(s) ? 1 : 0);
     if (s->sync)
         srv_sync_metrics(s->sync, f);
     srv_fault_metrics(s->rpc, f);

@@ -6,13 +6,15 @@
 #include <pthread.h>
 
 #include "dhps/log.h"
+#include "dhps/proto.h"
 #include "dhps/server.h"
 
 static void usage(FILE *f)
 {
     fprintf(f, "usage: dhps-server --config FILE      run in the foreground (SIGTERM: final\n"
                "                                       snapshot, exit 0)\n"
-               "       dhps-server --check-config FILE validate FILE (exit 0, or 2)\n");
+               "       dhps-server --check-config FILE validate FILE (exit 0, or 2)\n"
+               "       dhps-server --version            print the version\n");
 }
 
 int main(int argc, char **argv)
@@ -26,6 +28,9 @@ int main(int argc, char **argv)
             path = argv[++i];
         } else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             usage(stdout);
+            return 0;
+        } else if (!strcmp(argv[i], "--version")) {
+            printf("dhps-server %s (protocol %d)\n", DHPS_VERSION_STRING, DHPS_PROTO_VERSION);
             return 0;
         } else {
             usage(stderr);

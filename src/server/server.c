@@ -29,57 +29,26 @@
 static int read_secret(dhps_server *s, char *err, size_t errlen)
 {
     const char *path = s->cfg->secret_file;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        srv_errf(err, errlen, "secret_file %s: %s", path, strerror(errno));
-        return DHPS_E_CONFIG;
+    uint8_t buf[DHPS_RPC_MAX_SECRET];
+    size_t len = 0;
+    bool wr = false;
+    char e[4200];
+    int rc = dhps_secret_load(path, buf, sizeof buf, &len, &wr, e, sizeof e);
+    if (rc) {
+        srv_errf(err, errlen, "config secret_file: %s", e);
+        return rc;
     }
-    int rc = 0;
-    struct stat sb;
-    if (fstat(fd, &sb) == 0 && (sb.st_mode & S_IROTH))
+    if (wr)
         DHPS_LOG(DHPS_LOG_WARN, LOGM,
                  "secret_file %s is world-readable; chmod o-r it (the cluster secret "
                  "authenticates every peer)", path);
-    uint8_t buf[DHPS_RPC_MAX_SECRET + 2];
-    size_t len = 0;
-    for (;;) {
-        ssize_t k = read(fd, buf + len, sizeof buf - len);
-        if (k < 0 && errno == EINTR)
-            continue;
-        if (k < 0) {
-            srv_errf(err, errlen, "secret_file %s: %s", path, strerror(errno));
-            rc = DHPS_E_CONFIG;
-            goto out;
-        }
-        if (k == 0)
-            break;
-        len += (size_t)k;
-        if (len == sizeof buf)
-            break;
-    }
-    while (len && (buf[len - 1] == '\n' || buf[len - 1] == '\r'))
-        len--;
-    if (len == 0) {
-        srv_errf(err, errlen, "secret_file %s: empty (the cluster secret must not be empty)",
-                 path);
-        rc = DHPS_E_CONFIG;
-        goto out;
-    }
-    if (len > DHPS_RPC_MAX_SECRET) {
-        srv_errf(err, errlen, "secret_file %s: longer than %u bytes", path,
-                 DHPS_RPC_MAX_SECRET);
-        rc = DHPS_E_CONFIG;
-        goto out;
-    }
-    if (!(s->secret = malloc(len))) {
+    if (!(s->secret = malloc(len)))
         rc = -ENOMEM;
-        goto out;
+    else {
+        memcpy(s->secret, buf, len);
+        s->secret_len = len;
     }
-    memcpy(s->secret, buf, len);
-    s->secret_len = len;
-out:
     memset(buf, 0, sizeof buf);
-    close(fd);
     return rc;
 }
 

@@ -530,7 +530,8 @@ static const char bench_usage[] =
 int dhps_cmd_bench(int argc, char **argv)
 {
     static const struct option lo[] = {
-        {"cluster", required_argument, 0, 'c'},  {"map", required_argument, 0, 'm'},
+        {"cluster", required_argument, 0, 'c'},  {"dir", required_argument, 0, 'c'},
+        {"map", required_argument, 0, 'm'},
         {"secret", required_argument, 0, 's'},   {"mode", required_argument, 0, 'M'},
         {"update-share", required_argument, 0, 'u'}, {"dist", required_argument, 0, 'D'},
         {"zipf", required_argument, 0, 'z'},     {"batch", required_argument, 0, 'b'},

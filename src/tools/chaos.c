@@ -50,7 +50,7 @@ int dhps_cmd_snapshot(int argc, char **argv);
 int dhps_cmd_chaos(int argc, char **argv);
 
 static const char chaos_usage[] =
-    "usage: dhps chaos [--dir DIR] [--seconds 60] [--interval 3] [--nodes 4] [--shards 64]\n"
+    "usage: dhps chaos [--cluster DIR] [--seconds 60] [--interval 3] [--nodes 4] [--shards 64]\n"
     "                  [--keys 20000] [--dim 8] [--batch 100] [--deadline-ms 100]\n"
     "                  [--latency-ms 50] [--faults kill,stop,slow | none] [--verbs]\n"
     "                  [--ack all|quorum|one] [--ready-timeout 60] [--anti-entropy-s 1]\n"
@@ -344,7 +344,8 @@ static void save_pids(const char *dir, struct ch_node *nd, uint32_t n)
 int dhps_cmd_chaos(int argc, char **argv)
 {
     static const struct option lo[] = {
-        {"dir", required_argument, 0, 'd'},      {"seconds", required_argument, 0, 'T'},
+        {"dir", required_argument, 0, 'd'},      {"cluster", required_argument, 0, 'd'},
+        {"seconds", required_argument, 0, 'T'},
         {"interval", required_argument, 0, 'i'}, {"nodes", required_argument, 0, 'n'},
         {"shards", required_argument, 0, 's'},   {"keys", required_argument, 0, 'k'},
         {"dim", required_argument, 0, 'D'},      {"batch", required_argument, 0, 'b'},

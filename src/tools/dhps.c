@@ -7,6 +7,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "dhps/proto.h"
+
 int dhps_cmd_sim(int argc, char **argv);
 int dhps_cmd_map(int argc, char **argv);
 int dhps_cmd_nodes(int argc, char **argv);
@@ -18,6 +20,8 @@ int dhps_cmd_stop(int argc, char **argv);
 int dhps_cmd_restart(int argc, char **argv);
 int dhps_cmd_get(int argc, char **argv);
 int dhps_cmd_put(int argc, char **argv);
+int dhps_cmd_delete(int argc, char **argv);
+int dhps_cmd_info(int argc, char **argv);
 int dhps_cmd_stats(int argc, char **argv);
 int dhps_cmd_snapshot(int argc, char **argv);
 int dhps_cmd_bench(int argc, char **argv);
@@ -43,6 +47,8 @@ static const struct dhps_cmd dhps_cmds[] = {
     {"restart", dhps_cmd_restart, "stop, then start, one node or all nodes of a cluster"},
     {"get", dhps_cmd_get, "print the vectors of keys"},
     {"put", dhps_cmd_put, "write one key's vector"},
+    {"delete", dhps_cmd_delete, "delete keys (every replica acks)"},
+    {"info", dhps_cmd_info, "a table's dim, dtype, shards; per node: serving, ready"},
     {"stats", dhps_cmd_stats, "per-node table statistics (STATS)"},
     {"snapshot", dhps_cmd_snapshot, "snapshot every node now (SNAPSHOT)"},
     {"bench", dhps_cmd_bench, "lookup/update workloads, optionally beside redis and memcached"},
@@ -53,7 +59,7 @@ static const struct dhps_cmd dhps_cmds[] = {
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: dhps <command> [options]   (dhps <command> --help)\n\ncommands:\n");
+    fprintf(f, "usage: dhps <command> [options]   (dhps <command> --help; dhps --version)\n\ncommands:\n");
     for (size_t i = 0; i < sizeof dhps_cmds / sizeof dhps_cmds[0]; i++)
         fprintf(f, "  %-8s %s\n", dhps_cmds[i].name, dhps_cmds[i].help);
 }
@@ -64,6 +70,13 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    /* --version anywhere before a subcommand's own arguments end: `dhps --version`,
+     * `dhps get --version` */
+    for (int i = 1; i < argc && i < 3; i++)
+        if (!strcmp(argv[i], "--version")) {
+            printf("dhps %s (protocol %d)\n", DHPS_VERSION_STRING, DHPS_PROTO_VERSION);
+            return 0;
+        }
     if (!strcmp(argv[1], "help") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         usage(stdout);
         return 0;

@@ -34,6 +34,8 @@
 #include <openssl/rand.h>
 
 #include "toolsclient.h"
+#include "util.h"
+#include "dhps/rpc.h"
 
 int dhps_cmd_fault(int argc, char **argv);
 
@@ -268,7 +270,7 @@ int dhps_cmd_fault(int argc, char **argv)
         bool ok = true, takes = true;
         if (!strcmp(a, "--node"))
             node = v;
-        else if (!strcmp(a, "--cluster"))
+        else if (!strcmp(a, "--cluster") || !strcmp(a, "--dir"))
             cluster = v;
         else if (!strcmp(a, "--addr"))
             addr = v;
@@ -370,16 +372,10 @@ int dhps_cmd_fault(int argc, char **argv)
             return 1;
     }
     size_t slen = 0;
-    char *key = tools_read_file(secret_path, &slen);
-    if (!key) {
-        fprintf(stderr, "dhps fault: secret %s: %s\n", secret_path, strerror(errno));
-        return 1;
-    }
-    while (slen && (key[slen - 1] == '\n' || key[slen - 1] == '\r'))
-        slen--; /* as dhps-server reads it */
-    if (slen == 0) {
-        fprintf(stderr, "dhps fault: secret %s is empty\n", secret_path);
-        free(key);
+    uint8_t key[DHPS_RPC_MAX_SECRET];
+    char serr[4200];
+    if (dhps_secret_load(secret_path, key, sizeof key, &slen, NULL, serr, sizeof serr)) {
+        fprintf(stderr, "dhps fault: %s\n", serr);
         return 1;
     }
     /* the request, the same for every node */
@@ -407,7 +403,7 @@ int dhps_cmd_fault(int argc, char **argv)
     for (int i = 0; i < n; i++) {
         char auth[128], *resp = NULL;
         const char *sp = is_clear && !all ? peer : "";
-        if (sign((const uint8_t *)key, slen, method, sp, ports, is_clear && all ? "true" : "",
+        if (sign(key, slen, method, sp, ports, is_clear && all ? "true" : "",
                  body, auth)) {
             fprintf(stderr, "dhps fault: cannot sign the request\n");
             failed++;
@@ -449,7 +445,6 @@ int dhps_cmd_fault(int argc, char **argv)
         free(t);
         json_decref(out);
     }
-    memset(key, 0, slen);
-    free(key);
+    memset(key, 0, sizeof key);
     return failed ? 1 : 0;
 }

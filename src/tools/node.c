@@ -84,7 +84,7 @@ static cluster *cluster_load(const char *cmd, const char *dir)
         c->stopped = true;
         if (access(c->file, F_OK) < 0) {
             fprintf(stderr, "dhps %s: no cluster at %s (no cluster.json: make one with "
-                    "`dhps up --dir %s`)\n", cmd, c->dir, dir);
+                    "`dhps up --cluster %s`)\n", cmd, c->dir, dir);
             goto fail;
         }
     }
@@ -479,30 +479,43 @@ static int node_cmd(int argc, char **argv, int ops)
                                        {"stop-timeout", required_argument, 0, 's'},
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
-    char usage[1024];
+    char usage[2048];
     if (ops == OP_START)
         snprintf(usage, sizeof usage,
-                 "usage: dhps start [--dir DIR] [--node N] [--timeout 60]\n"
+                 "usage: dhps start [--cluster DIR] [--node N] [--timeout 60]\n"
                  "  Starts node N (or every node not running) of the cluster in DIR (made by\n"
                  "  `dhps up`; default $DHPS_CLUSTER_DIR or ./dhps-cluster) from its own\n"
                  "  server.json, on the rpc and metrics ports of cluster.json, and waits up to\n"
                  "  --timeout s for /health to answer 200. Log appended to DIR/nodeN/server.log.\n"
                  "  Exit 0 healthy; 1 no such node, already running (with --node), port taken,\n"
                  "  exited, or not healthy in time (the answer is printed; the node is left\n"
-                 "  running); 2 usage.\n");
+                 "  running); 2 usage.\n"
+                 "  --cluster DIR      cluster directory (default $DHPS_CLUSTER_DIR or\n"
+                 "                     ./dhps-cluster); --dir DIR is the same\n"
+                 "  --node N           only node N (id or name); default every node\n"
+                 "  --timeout S        seconds to wait for /health 200 (default 60)\n");
     else if (ops == OP_STOP)
         snprintf(usage, sizeof usage,
-                 "usage: dhps stop [--dir DIR] [--node N] [--timeout 30]\n"
+                 "usage: dhps stop [--cluster DIR] [--node N] [--timeout 30]\n"
                  "  Stops node N (or every node) of the cluster in DIR: SIGTERM to each of its\n"
                  "  dhps-server processes (from cluster.json, its pid file and /proc: also one\n"
                  "  started by hand), waits up to --timeout s (the final snapshot), then\n"
                  "  SIGKILL, and says which. Exit 0 stopped on SIGTERM or not running; 1 killed,\n"
-                 "  still running, no such node or no cluster; 2 usage.\n");
+                 "  still running, no such node or no cluster; 2 usage.\n"
+                 "  --cluster DIR      cluster directory (default $DHPS_CLUSTER_DIR or\n"
+                 "                     ./dhps-cluster); --dir DIR is the same\n"
+                 "  --node N           only node N (id or name); default every node\n"
+                 "  --timeout S        seconds to wait after SIGTERM (default 30)\n");
     else
         snprintf(usage, sizeof usage,
-                 "usage: dhps restart [--dir DIR] [--node N] [--stop-timeout 30] [--timeout 60]\n"
+                 "usage: dhps restart [--cluster DIR] [--node N] [--stop-timeout 30] [--timeout 60]\n"
                  "  dhps stop, then dhps start, of node N (or every node) of the cluster in DIR.\n"
-                 "  Exit 0 when the node(s) answer 200 on /health again; else 1; 2 usage.\n");
+                 "  Exit 0 when the node(s) answer 200 on /health again; else 1; 2 usage.\n"
+                 "  --cluster DIR      cluster directory (default $DHPS_CLUSTER_DIR or\n"
+                 "                     ./dhps-cluster); --dir DIR is the same\n"
+                 "  --node N           only node N (id or name); default every node\n"
+                 "  --stop-timeout S   seconds to wait after SIGTERM (default 30)\n"
+                 "  --timeout S        seconds to wait for /health 200 (default 60)\n");
     const char *dir = NULL, *node = NULL;
     double timeout = ops == OP_STOP ? 30 : 60, stop_timeout = 30;
     bool stop_timeout_given = false;
@@ -594,13 +607,16 @@ int dhps_cmd_down(int argc, char **argv)
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
     static const char usage[] =
-        "usage: dhps down [--dir DIR] [--timeout 30]\n"
+        "usage: dhps down [--cluster DIR] [--timeout 30]\n"
         "  Stops every dhps-server of the cluster in DIR: the pids of cluster.json, the\n"
         "  nodes' pid files, and any dhps-server whose --config lies in DIR (a node\n"
         "  restarted by hand); SIGTERM, wait up to --timeout s, then SIGKILL. One line per\n"
         "  node (stopped cleanly / killed / was not running); cluster.json becomes\n"
         "  cluster.json.stopped (`dhps start` brings the cluster back). Exit 0 all stopped\n"
-        "  on SIGTERM; 1 a node killed or still running, or no cluster; 2 usage.\n";
+        "  on SIGTERM; 1 a node killed or still running, or no cluster; 2 usage.\n"
+        "  --cluster DIR      cluster directory (default $DHPS_CLUSTER_DIR or\n"
+        "                     ./dhps-cluster); --dir DIR is the same\n"
+        "  --timeout S        seconds to wait after SIGTERM before SIGKILL (default 30)\n";
     const char *dir = NULL;
     double timeout = 30;
     int c;

@@ -38,7 +38,8 @@ struct ops_opts {
 static int ops_parse(int argc, char **argv, struct ops_opts *o, const char *usage)
 {
     static const struct option lo[] = {
-        {"cluster", required_argument, 0, 'c'}, {"map", required_argument, 0, 'm'},
+        {"cluster", required_argument, 0, 'c'}, {"dir", required_argument, 0, 'c'},
+        {"map", required_argument, 0, 'm'},     {"addr", required_argument, 0, 'a'},
         {"secret", required_argument, 0, 's'},  {"table", required_argument, 0, 't'},
         {"json", no_argument, 0, 'j'},          {"help", no_argument, 0, 'h'},
         {"timeout-ms", required_argument, 0, 'T'}, {0, 0, 0, 0}};
@@ -51,8 +52,9 @@ static int ops_parse(int argc, char **argv, struct ops_opts *o, const char *usag
     uint64_t ms;
     int c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "c:m:s:t:jh", lo, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "c:m:s:t:jha:", lo, NULL)) != -1) {
         switch (c) {
+        case 'a': o->tgt.addr = optarg; break;
         case 'c': o->tgt.cluster_dir = optarg; break;
         case 'm': o->tgt.map = optarg; break;
         case 's': o->tgt.secret = optarg; break;
@@ -76,34 +78,93 @@ static int ops_parse(int argc, char **argv, struct ops_opts *o, const char *usag
 /* ---- table info (INFO of the nodes) --------------------------------------------------- */
 
 struct info_ctx {
+    tools_conn *c;
     const char *table;
     int dim, dtype; /* dim 0 until found */
+    int serving;    /* nodes that answered with the table */
+    char why[4096]; /* per node that did not: "node 0 (ip:port) auth failed (...)" */
+    size_t whylen;
+    json_t *nodes;  /* for `dhps info`: one object per node, or NULL */
 };
+
+static const char *fail_reason(int err);
 
 static void info_fn(void *arg, uint32_t node, int status, uint32_t count, const char *text,
                     size_t len)
 {
     struct info_ctx *ic = arg;
-    if (status || ic->dim)
-        return;
-    json_t *o = json_loadb(text, len, 0, NULL), *t;
+    (void)count;
+    const dhps_cluster_node *nd = dhps_cluster_map_node(ic->c->map, node);
+    const char *addr = nd ? nd->addr : "?";
+    json_t *o = status ? NULL : json_loadb(text, len, 0, NULL), *t;
+    char why[600] = "";
+    bool has = false;
+    if (status == DHPS_E_AUTH)
+        snprintf(why, sizeof why, "auth failed (wrong cluster secret?)");
+    else if (status)
+        snprintf(why, sizeof why, "%s", fail_reason(status));
+    else if (!o)
+        snprintf(why, sizeof why, "INFO answer is not JSON");
     size_t i;
+    json_t *tables = json_array();
     json_array_foreach(json_object_get(o, "tables"), i, t) {
-        if (!strcmp(json_string_value(json_object_get(t, "name")) ?: "", ic->table)) {
+        const char *name = json_string_value(json_object_get(t, "name")) ?: "";
+        json_array_append_new(tables, json_string(name));
+        if (strcmp(name, ic->table))
+            continue;
+        has = true;
+        if (!ic->dim) {
             ic->dim = (int)json_integer_value(json_object_get(t, "dim"));
             const char *d = json_string_value(json_object_get(t, "dtype"));
             ic->dtype = d && !strcmp(d, "fp16") ? DHPS_FP16 : DHPS_FP32;
         }
     }
+    if (o && !has) {
+        size_t w = (size_t)snprintf(why, sizeof why, "has no table '%s' (tables:", ic->table);
+        json_t *nm;
+        json_array_foreach(tables, i, nm)
+            if (w < sizeof why)
+                w += (size_t)snprintf(why + w, sizeof why - w, " %s", json_string_value(nm));
+        if (w < sizeof why)
+            snprintf(why + w, sizeof why - w, "%s)", json_array_size(tables) ? "" : " none");
+    }
+    if (has)
+        ic->serving++;
+    else if (ic->whylen < sizeof ic->why) {
+        int k = snprintf(ic->why + ic->whylen, sizeof ic->why - ic->whylen, "%snode %u (%s) %s",
+                         ic->whylen ? "; " : "", node, addr, why);
+        if (k > 0)
+            ic->whylen += (size_t)k;
+    }
+    if (ic->nodes) {
+        json_t *e = json_pack("{s:i,s:s,s:b}", "node", (int)node, "addr", addr, "serves", has);
+        if (o) {
+            json_object_set(e, "node_id", json_object_get(o, "node_id"));
+            json_object_set(e, "ready", json_object_get(o, "ready"));
+            json_object_set(e, "labels", json_object_get(o, "labels"));
+            json_object_set(e, "nshards", json_object_get(o, "nshards"));
+            json_object_set_new(e, "shards_owned",
+                                json_integer((json_int_t)json_array_size(
+                                    json_object_get(o, "shards"))));
+            json_object_set_new(e, "tables", json_incref(tables));
+        }
+        if (!has)
+            json_object_set_new(e, "error", json_string(why));
+        json_array_append_new(ic->nodes, e);
+    }
+    json_decref(tables);
     json_decref(o);
 }
 
-static int table_info(tools_conn *c, const char *table, uint32_t *dim, int *dtype)
+/* The table's dim and dtype from the nodes' INFO. When no node answers with it: one
+ * line naming every node and why (auth, unreachable, not ready, no such table). */
+int tools_table_info(tools_conn *c, const char *table, uint32_t *dim, int *dtype)
 {
-    struct info_ctx ic = {.table = table};
+    struct info_ctx ic = {.c = c, .table = table};
     tools_conn_admin(c, DHPS_M_INFO, table, info_fn, &ic);
     if (!ic.dim) {
-        fprintf(stderr, "dhps: no node of the cluster serves table '%s'\n", table);
+        fprintf(stderr, "dhps: no node serves table '%s': %s\n", table,
+                ic.whylen ? ic.why : "the map lists no nodes");
         return DHPS_E_NOTFOUND;
     }
     *dim = (uint32_t)ic.dim;
@@ -164,9 +225,25 @@ static void print_failed_nodes(tools_conn *c, const dhps_client_node_stats *befo
 }
 
 static const char get_usage[] =
-    "usage: dhps get KEY... [--table T] [--timeout-ms 2000] [--cluster DIR | --map FILE --secret FILE]\n";
+    "usage: dhps get KEY... [--table T] [--timeout-ms 2000] [--cluster DIR | --map FILE --secret FILE]\n"
+    "  print each key's vector (at most 1024 keys), \"missing\" or \"unanswered (why)\"\n"
+    "  --table T          table (default emb)\n"
+    "  --timeout-ms MS    deadline of the lookup (default 2000)\n"
+    "  --cluster DIR      cluster directory of `dhps up` (default $DHPS_CLUSTER_DIR or\n"
+    "                     ./dhps-cluster); --dir DIR is the same\n"
+    "  --map F --secret F any cluster: its map file and its secret file\n"
+    "  --addr H:P --secret F  one node by its rpc address, no map (its shards only)\n"
+    "  --version          print the version\n";
 static const char put_usage[] =
-    "usage: dhps put KEY V1,V2,...,Vdim [--table T] [--timeout-ms 10000] [--cluster DIR | --map F --secret F]\n";
+    "usage: dhps put KEY V1,V2,...,Vdim [--table T] [--timeout-ms 10000] [--cluster DIR | --map F --secret F]\n"
+    "  write one key's vector (dim numbers; every replica acks)\n"
+    "  --table T          table (default emb)\n"
+    "  --timeout-ms MS    deadline of the write (default 10000)\n"
+    "  --cluster DIR      cluster directory of `dhps up` (default $DHPS_CLUSTER_DIR or\n"
+    "                     ./dhps-cluster); --dir DIR is the same\n"
+    "  --map F --secret F any cluster: its map file and its secret file\n"
+    "  --addr H:P --secret F  one node by its rpc address, no map (its shards only)\n"
+    "  --version          print the version\n";
 
 int dhps_cmd_get(int argc, char **argv)
 {
@@ -196,7 +273,7 @@ int dhps_cmd_get(int argc, char **argv)
         }
     uint32_t dim;
     int dtype;
-    if (tools_conn_open(&o.tgt, &c) < 0 || table_info(c, o.table, &dim, &dtype) < 0)
+    if (tools_conn_open(&o.tgt, &c) < 0 || tools_table_info(c, o.table, &dim, &dtype) < 0)
         goto out;
     size_t nnodes = dhps_cluster_map_nnodes(c->map);
     if (!(out = calloc(n * dim, sizeof *out)) ||
@@ -257,7 +334,7 @@ int dhps_cmd_put(int argc, char **argv)
     int rc = 1, err;
     uint32_t dim;
     int dtype;
-    if (tools_conn_open(&o.tgt, &c) < 0 || table_info(c, o.table, &dim, &dtype) < 0)
+    if (tools_conn_open(&o.tgt, &c) < 0 || tools_table_info(c, o.table, &dim, &dtype) < 0)
         goto out;
     if (o.timeout_set)
         c->put_timeout_us = o.timeout_us;
@@ -289,7 +366,7 @@ int dhps_cmd_put(int argc, char **argv)
     }
     dhps_client_result res;
     err = dhps_client_update(c->client, o.table, &key, vec, 1, dim, DHPS_FP32,
-                             DHPS_CLIENT_TTL_DEFAULT, DHPS_ACK_ALL, 0, NULL, &res);
+                             DHPS_CLIENT_TTL_DEFAULT, DHPS_ACK_ALL, c->put_timeout_us, NULL, &res);
     if (err) {
         fprintf(stderr, "dhps put: %s\n", dhps_strerror(err));
         goto out;
@@ -303,12 +380,149 @@ out:
     return rc;
 }
 
+/* ---- delete / info ------------------------------------------------------------------- */
+
+static const char delete_usage[] =
+    "usage: dhps delete KEY... [--table T] [--cluster DIR | --map FILE --secret FILE]\n"
+    "  delete keys (every replica acks; at most 1024 keys)\n"
+    "  --table T          table (default emb)\n"
+    "  --cluster DIR      cluster directory of `dhps up` (default $DHPS_CLUSTER_DIR or\n"
+    "                     ./dhps-cluster); --dir DIR is the same\n"
+    "  --map F --secret F any cluster: its map and secret file\n";
+
+int dhps_cmd_delete(int argc, char **argv)
+{
+    struct ops_opts o;
+    int first = ops_parse(argc, argv, &o, delete_usage);
+    if (first < 0 || first >= argc || argc - first > 1024) {
+        fprintf(stderr, "%s", delete_usage);
+        return 2;
+    }
+    size_t n = (size_t)(argc - first);
+    uint64_t *keys = calloc(n, sizeof *keys), failed[1024 / 64 + 1] = {0};
+    tools_conn *c = NULL;
+    int rc = 1;
+    uint32_t dim;
+    int dtype;
+    if (!keys)
+        goto out;
+    for (size_t i = 0; i < n; i++)
+        if (!tools_parse_u64("delete", "key", argv[first + (int)i], &keys[i])) {
+            rc = 2;
+            goto out;
+        }
+    if (tools_conn_open(&o.tgt, &c) < 0 || tools_table_info(c, o.table, &dim, &dtype) < 0)
+        goto out;
+    dhps_client_result res;
+    int err = dhps_client_delete(c->client, o.table, keys, n, DHPS_ACK_ALL, c->put_timeout_us,
+                                 failed, &res);
+    if (err) {
+        size_t nf = 0;
+        for (size_t i = 0; i < n; i++)
+            nf += failed[i / 64] >> (i % 64) & 1;
+        fprintf(stderr, "dhps delete: %zu of %zu keys not deleted on every replica: %s\n", nf,
+                n, dhps_strerror(err));
+        goto out;
+    }
+    printf("deleted %zu keys from %s\n", n, o.table);
+    rc = 0;
+out:
+    tools_conn_close(c);
+    free(keys);
+    return rc;
+}
+
+static const char info_usage[] =
+    "usage: dhps info TABLE [--json] [--cluster DIR | --map FILE --secret FILE]\n"
+    "  the table's dim, dtype and shards, and per node of the map: whether it serves the\n"
+    "  table, how many shards it owns, ready or not (or why it did not answer)\n"
+    "  --json             one JSON object\n"
+    "  --cluster DIR      cluster directory of `dhps up` (--dir DIR is the same)\n"
+    "  --map F --secret F any cluster: its map and secret file\n";
+
+int dhps_cmd_info(int argc, char **argv)
+{
+    struct ops_opts o;
+    int first = ops_parse(argc, argv, &o, info_usage);
+    if (first < 0 || argc - first != 1) {
+        fprintf(stderr, "%s", info_usage);
+        return 2;
+    }
+    tools_conn *c = NULL;
+    struct info_ctx ic = {.table = argv[first], .nodes = json_array()};
+    int rc = 1;
+    if (!ic.nodes || tools_conn_open(&o.tgt, &c) < 0)
+        goto out;
+    ic.c = c;
+    tools_conn_admin(c, DHPS_M_INFO, ic.table, info_fn, &ic);
+    uint32_t nshards = dhps_cluster_map_nshards(c->map);
+    int ready = 0;
+    size_t i;
+    json_t *e;
+    json_array_foreach(ic.nodes, i, e) ready += json_is_true(json_object_get(e, "serves")) &&
+                                                json_is_true(json_object_get(e, "ready"));
+    if (o.json) {
+        json_t *out = json_pack("{s:s,s:i,s:s,s:i,s:i,s:i,s:O}", "table", ic.table, "dim",
+                                ic.dim, "dtype", ic.dtype == DHPS_FP16 ? "fp16" : "fp32",
+                                "shards", (int)nshards, "nodes_serving", ic.serving,
+                                "nodes_ready", ready, "nodes", ic.nodes);
+        char *t = out ? json_dumps(out, JSON_COMPACT) : NULL;
+        if (t)
+            printf("%s\n", t);
+        free(t);
+        json_decref(out);
+    } else if (ic.dim) {
+        printf("table %s: dim %d, %s, %u shards, served by %d of %zu nodes (%d ready)\n",
+               ic.table, ic.dim, ic.dtype == DHPS_FP16 ? "fp16" : "fp32", nshards, ic.serving,
+               json_array_size(ic.nodes), ready);
+    }
+    if (!o.json)
+        json_array_foreach(ic.nodes, i, e) {
+            const char *err = json_string_value(json_object_get(e, "error"));
+            if (err && !json_object_get(e, "ready"))
+                printf("  node %-4lld %-21s %s\n",
+                       (long long)json_integer_value(json_object_get(e, "node")),
+                       json_string_value(json_object_get(e, "addr")), err);
+            else
+                printf("  node %-4lld %-21s %s, %lld shards owned, %s\n",
+                       (long long)json_integer_value(json_object_get(e, "node")),
+                       json_string_value(json_object_get(e, "addr")),
+                       err ? err : "serves it",
+                       (long long)json_integer_value(json_object_get(e, "shards_owned")),
+                       json_is_true(json_object_get(e, "ready")) ? "ready" : "not ready");
+        }
+    if (!ic.dim) {
+        fprintf(stderr, "dhps info: no node serves table '%s': %s\n", ic.table,
+                ic.whylen ? ic.why : "the map lists no nodes");
+        goto out;
+    }
+    rc = 0;
+out:
+    json_decref(ic.nodes);
+    tools_conn_close(c);
+    return rc;
+}
+
 /* ---- stats / snapshot --------------------------------------------------------------- */
 
 static const char stats_usage[] =
-    "usage: dhps stats [--table T] [--json] [--cluster DIR | --map FILE --secret FILE]\n";
+    "usage: dhps stats [--table T] [--json] [--cluster DIR | --map FILE --secret FILE]\n"
+    "  per node and table: keys, memory, fragmentation, lookups\n"
+    "  --table T          only table T (default: every table)\n"
+    "  --json             one JSON array, an object per node\n"
+    "  --cluster DIR      cluster directory of `dhps up` (default $DHPS_CLUSTER_DIR or\n"
+    "                     ./dhps-cluster); --dir DIR is the same\n"
+    "  --map F --secret F any cluster: its map file and its secret file\n"
+    "  --addr H:P --secret F  one node by its rpc address, no map (its shards only)\n"
+    "  --version          print the version\n";
 static const char snap_usage[] =
-    "usage: dhps snapshot [--cluster DIR | --map FILE --secret FILE]\n";
+    "usage: dhps snapshot [--cluster DIR | --map FILE --secret FILE]\n"
+    "  snapshot every node now (SNAPSHOT)\n"
+    "  --cluster DIR      cluster directory of `dhps up` (default $DHPS_CLUSTER_DIR or\n"
+    "                     ./dhps-cluster); --dir DIR is the same\n"
+    "  --map F --secret F any cluster: its map file and its secret file\n"
+    "  --addr H:P --secret F  one node by its rpc address, no map (its shards only)\n"
+    "  --version          print the version\n";
 
 struct stats_ctx {
     bool json;

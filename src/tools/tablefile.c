@@ -300,7 +300,8 @@ int tf_npy_parse(const void *buf, size_t len, tf_npy *a)
 
 int tf_npy_as_rows(const tf_npy *a, tf_table *t)
 {
-    if (!a || !t || a->kind != 'f' || a->fortran_order || (a->itemsize != 4 && a->itemsize != 2))
+    if (!a || !t || a->kind != 'f' || a->fortran_order ||
+        (a->itemsize != 8 && a->itemsize != 4 && a->itemsize != 2))
         return DHPS_E_CONFIG;
     uint64_t n, d;
     if (a->ndim == 2) {
@@ -312,9 +313,9 @@ int tf_npy_as_rows(const tf_npy *a, tf_table *t)
     } else {
         return DHPS_E_CONFIG;
     }
-    if (d == 0 || d * a->itemsize > TF_MAX_ROW_BYTES)
+    if (d == 0 || d * (a->itemsize == 8 ? 4 : a->itemsize) > TF_MAX_ROW_BYTES)
         return DHPS_E_CONFIG;
-    t->dtype = a->itemsize == 4 ? DHPS_FP32 : DHPS_FP16;
+    t->dtype = a->itemsize == 8 ? TF_F64 : a->itemsize == 4 ? DHPS_FP32 : DHPS_FP16;
     t->dim = (uint32_t)d;
     t->row_bytes = (uint32_t)(d * a->itemsize);
     t->count = n;

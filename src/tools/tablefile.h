@@ -42,6 +42,7 @@
 #define TF_BIN_MAGIC "DHPSTBL\0"
 #define TF_BIN_VERSION 1u
 #define TF_BIN_HDR 64u
+#define TF_F64 100u /* tf_table.dtype of '<f8' .npy rows (cast to fp32 when sent) */
 #define TF_MAX_ROW_BYTES 16383u /* the store's largest value (DHPS_STORE_MAX_VALUE) */
 
 /* A parsed table: count keys and count rows of row_bytes each. */
@@ -57,7 +58,8 @@ typedef struct tf_table {
 /* Element size of a dtype (4, 2, 1), 0 for an unknown dtype. */
 static inline uint32_t tf_dtype_size(uint32_t dtype)
 {
-    return dtype == DHPS_FP32 ? 4 : dtype == DHPS_FP16 ? 2 : dtype == DHPS_BYTES ? 1 : 0;
+    return dtype == DHPS_FP32 ? 4 : dtype == DHPS_FP16 ? 2 : dtype == DHPS_BYTES ? 1
+         : dtype == TF_F64 ? 8 : 0;
 }
 
 /* Read a little-endian u64 from unaligned memory. */

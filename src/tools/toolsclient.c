@@ -6,12 +6,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "dhps/client.h"
 #include "dhps/cluster.h"
 #include "dhps/error.h"
 #include "dhps/proto.h"
 #include "dhps/rpc.h"
+#include "util.h"
 
 const char *tools_default_dir(void)
 {
@@ -61,17 +63,104 @@ static void copy_label(char *dst, size_t cap, const char *src)
     snprintf(dst, cap, "%s", src ? src : "");
 }
 
+static int node_call(dhps_rpc_client *rc, const dhps_cluster_node *nd, uint16_t method,
+                     const void *req, size_t req_len, void *resp, size_t cap, size_t *len);
+
+/* --addr HOST:PORT: ask that node (INFO) for its shard count and write a one-node map
+ * of it (every shard on it, 1 replica) to a temp file c->map_path. 0, or an error after
+ * one line on stderr. */
+static int addr_map(const char *addr, const char *secret_path, tools_conn *c)
+{
+    dhps_cluster_node nd;
+    memset(&nd, 0, sizeof nd);
+    const char *colon = strrchr(addr, ':');
+    char *end;
+    unsigned long port = colon ? strtoul(colon + 1, &end, 10) : 0;
+    if (!colon || colon == addr || (size_t)(colon - addr) >= sizeof nd.ip || *end || !port ||
+        port > 65535) {
+        fprintf(stderr, "dhps: --addr %s: want HOST:PORT (an IPv4 address and the rpc port)\n",
+                addr);
+        return -EINVAL;
+    }
+    snprintf(nd.ip, sizeof nd.ip, "%.*s", (int)(colon - addr), addr);
+    snprintf(nd.addr, sizeof nd.addr, "%s", addr);
+    nd.port = (uint16_t)port;
+    char err[4200];
+    int rc = dhps_secret_load(secret_path, c->secret, sizeof c->secret, &c->secret_len, NULL,
+                              err, sizeof err);
+    if (rc) {
+        fprintf(stderr, "dhps: %s\n", err);
+        return rc;
+    }
+    dhps_rpc_client_params cp;
+    dhps_rpc_client_params_init(&cp);
+    cp.secret = c->secret;
+    cp.secret_len = c->secret_len;
+    cp.max_msg = 4u << 20;
+    dhps_rpc_client *rpc = NULL;
+    size_t cap = 1u << 20, len = 0;
+    uint8_t *resp = malloc(cap);
+    if (!resp || (rc = dhps_rpc_client_create(&cp, &rpc)) < 0) {
+        free(resp);
+        return rc < 0 ? rc : -ENOMEM;
+    }
+    dhps_proto_hdr h = {.version = DHPS_PROTO_VERSION};
+    rc = node_call(rpc, &nd, DHPS_M_INFO, &h, sizeof h, resp, cap, &len);
+    dhps_rpc_client_destroy(rpc);
+    json_t *o = rc ? NULL : json_loadb((const char *)resp + sizeof(dhps_proto_resp),
+                                       len - sizeof(dhps_proto_resp), 0, NULL);
+    free(resp);
+    long long ns = o ? json_integer_value(json_object_get(o, "nshards")) : 0;
+    json_decref(o);
+    if (rc || ns <= 0) {
+        fprintf(stderr, "dhps: --addr %s: INFO failed: %s\n", addr,
+                rc == DHPS_E_AUTH ? "auth failed (wrong cluster secret?)"
+                                  : rc ? dhps_strerror(rc) : "no shard count in the answer");
+        return rc ? rc : DHPS_E_MALFORMED;
+    }
+    snprintf(c->map_path, sizeof c->map_path, "/tmp/dhps-addr-map-XXXXXX");
+    int fd = mkstemp(c->map_path);
+    FILE *f = fd >= 0 ? fdopen(fd, "w") : NULL;
+    if (!f) {
+        fprintf(stderr, "dhps: temp map file: %s\n", strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return -errno;
+    }
+    c->tmp_map = true;
+    fprintf(f, "{\"version\":1,\"nshards\":%lld,\"replicas\":1,\"nodes\":[{\"id\":0,"
+               "\"host\":\"h0\",\"pod\":\"p0\",\"az\":\"a0\",\"addr\":\"%s\"}],\"shards\":[",
+            ns, addr);
+    for (long long i = 0; i < ns; i++)
+        fprintf(f, "%s[0]", i ? "," : "");
+    fprintf(f, "]}\n");
+    if (fclose(f)) {
+        fprintf(stderr, "dhps: temp map file: %s\n", strerror(errno));
+        return -EIO;
+    }
+    return 0;
+}
+
 int tools_conn_open(const tools_target *t, tools_conn **out)
 {
     *out = NULL;
     tools_conn *c = calloc(1, sizeof *c);
     json_t *cj = NULL;
-    char *sec = NULL, err[2048] = "";
+    char err[4200] = "";
     int rc = -ENOMEM;
     if (!c)
         goto fail;
     char secret_path[4096];
-    if (t->map || t->secret) {
+    if (t->addr) {
+        if (!t->secret || t->map) {
+            fprintf(stderr, "dhps: --addr HOST:PORT goes with --secret FILE (and no --map)\n");
+            rc = -EINVAL;
+            goto fail;
+        }
+        if ((rc = addr_map(t->addr, t->secret, c)) < 0)
+            goto fail;
+        snprintf(secret_path, sizeof secret_path, "%s", t->secret);
+    } else if (t->map || t->secret) {
         if (!t->map || !t->secret) {
             fprintf(stderr, "dhps: --map and --secret go together\n");
             rc = -EINVAL;
@@ -86,7 +175,7 @@ int tools_conn_open(const tools_target *t, tools_conn **out)
         json_error_t je;
         cj = json_load_file(p, 0, &je);
         if (!cj) {
-            fprintf(stderr, "dhps: no cluster at %s (%s); start one with `dhps up --dir %s` "
+            fprintf(stderr, "dhps: no cluster at %s (%s); start one with `dhps up --cluster %s` "
                     "or name one with --cluster DIR / --map FILE --secret FILE\n", dir,
                     je.text, dir);
             rc = -ENOENT;
@@ -112,19 +201,11 @@ int tools_conn_open(const tools_target *t, tools_conn **out)
         copy_label(c->pod, sizeof c->pod, t->pod);
     if (t->az)
         copy_label(c->az, sizeof c->az, t->az);
-    size_t slen;
-    if (!(sec = tools_read_file(secret_path, &slen))) {
-        fprintf(stderr, "dhps: secret %s: %s\n", secret_path, strerror(errno));
-        rc = -errno;
+    if ((rc = dhps_secret_load(secret_path, c->secret, sizeof c->secret, &c->secret_len, NULL,
+                               err, sizeof err))) {
+        fprintf(stderr, "dhps: %s\n", err);
         goto fail;
     }
-    if (slen == 0 || slen > sizeof c->secret) {
-        fprintf(stderr, "dhps: secret %s: must be 1..%zu bytes\n", secret_path, sizeof c->secret);
-        rc = DHPS_E_CONFIG;
-        goto fail;
-    }
-    memcpy(c->secret, sec, slen);
-    c->secret_len = slen;
     if ((rc = dhps_cluster_map_load(c->map_path, &c->map, err, sizeof err)) < 0) {
         fprintf(stderr, "dhps: map %s: %s\n%s", c->map_path, dhps_strerror(rc), err);
         goto fail;
@@ -151,12 +232,10 @@ int tools_conn_open(const tools_target *t, tools_conn **out)
         goto fail;
     }
     json_decref(cj);
-    free(sec);
     *out = c;
     return 0;
 fail:
     json_decref(cj);
-    free(sec);
     tools_conn_close(c);
     return rc;
 }
@@ -167,6 +246,8 @@ void tools_conn_close(tools_conn *c)
         return;
     dhps_client_destroy(c->client);
     dhps_cluster_map_destroy(c->map);
+    if (c->tmp_map)
+        unlink(c->map_path);
     memset(c->secret, 0, sizeof c->secret);
     free(c);
 }

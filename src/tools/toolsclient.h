@@ -21,6 +21,8 @@ typedef struct tools_target {
     const char *cluster_dir; /* DIR of `dhps up` (default: tools_default_dir()) */
     const char *map;         /* map file; with secret, instead of cluster_dir */
     const char *secret;      /* secret file */
+    const char *addr;        /* HOST:PORT of one node, with secret: no map needed (a
+                                one-node map of that node is written to a temp file) */
     const char *host, *pod, *az; /* client labels (NULL: from cluster.json, if any) */
     uint32_t connect_timeout_ms; /* client connect + hello bound (0: the client's default) */
     uint32_t max_msg;            /* client max message (0: 4 MiB, for bulk loads); each
@@ -33,6 +35,7 @@ typedef struct tools_conn {
     uint8_t secret[256];
     size_t secret_len;
     char map_path[4096];
+    bool tmp_map;            /* map_path is a temp file of --addr: unlinked at close */
     char host[64], pod[64], az[64]; /* labels the client was given ("" = none) */
     uint64_t put_timeout_us;        /* deadline of tools_conn_put (set by open) */
 } tools_conn;
@@ -55,6 +58,9 @@ char *tools_read_file(const char *path, size_t *len);
 /* Open a connection to the target's cluster. Returns 0 and sets *out, or a negative
  * error after printing the reason on stderr. Close with tools_conn_close (NULL-safe). */
 int tools_conn_open(const tools_target *t, tools_conn **out);
+/* The table's dim and dtype from the nodes' INFO (ops.c): 0, or DHPS_E_NOTFOUND after
+ * one line on stderr naming every node and why it did not serve the table. */
+int tools_table_info(tools_conn *c, const char *table, uint32_t *dim, int *dtype);
 void tools_conn_close(tools_conn *c);
 
 /* Write n rows (row_bytes = dim * size of dtype) under keys into table, acknowledged

@@ -336,7 +336,8 @@ static void tr_print(const struct tr_opts *o, tools_conn *conn, double t, bool s
 int dhps_cmd_traffic(int argc, char **argv)
 {
     static const struct option lo[] = {
-        {"cluster", required_argument, 0, 'c'}, {"map", required_argument, 0, 'm'},
+        {"cluster", required_argument, 0, 'c'}, {"dir", required_argument, 0, 'c'},
+        {"map", required_argument, 0, 'm'},
         {"secret", required_argument, 0, 's'},  {"host", required_argument, 0, 'H'},
         {"pod", required_argument, 0, 'P'},     {"az", required_argument, 0, 'A'},
         {"table", required_argument, 0, 't'},   {"dim", required_argument, 0, 'd'},

@@ -126,7 +126,7 @@ struct up_node {
 };
 
 static const char up_usage[] =
-    "usage: dhps up [--dir DIR] [--nodes 6] [--azs 2] [--pods 2] [--replicas 2]\n"
+    "usage: dhps up [--cluster DIR] [--nodes 6] [--azs 2] [--pods 2] [--replicas 2]\n"
     "               [--shards 1024] [--workers 1] [--no-shm] [--verbs] [--server PATH]\n"
     "               [--table emb] [--keys 1000000] [--dim 32] [--no-load]\n"
     "               [--seconds 3] [--threads 2] [--batch 1000] [--zipf 0.99 | 0 uniform]\n"
@@ -136,7 +136,7 @@ static const char up_usage[] =
     "  over AZs, then pods; --same-host-pairs puts nodes 2k and 2k+1 on one host label),\n"
     "  loads a sample table, runs a lookup workload, and leaves the\n"
     "  cluster running; state in DIR/cluster.json (default $DHPS_CLUSTER_DIR or\n"
-    "  ./dhps-cluster). Stop it with `dhps down --dir DIR`. --verbs: the servers offer\n"
+    "  ./dhps-cluster). Stop it with `dhps down --cluster DIR`. --verbs: the servers offer\n"
     "  RDMA verbs (needs an RDMA device, e.g. Soft-RoCE; clients use it toward nodes of\n"
     "  another host label in their AZ, and fall back to TCP without one).\n"
     "  Each node's server.json names its map ports (free ports chosen at start, or P + 2i\n"
@@ -354,7 +354,7 @@ static int dir_holds_cluster(const char *absdir, bool fresh)
     snprintf(what, sizeof what, "%s%s%u node dirs (configs, logs, %u snapshot files)", names,
              len ? ", " : "", nodes, g_snap_files);
     if (!fresh) {
-        fprintf(stderr, "dhps up: %s already holds a cluster (%s); `dhps start --dir %s` "
+        fprintf(stderr, "dhps up: %s already holds a cluster (%s); `dhps start --cluster %s` "
                 "restarts it, `dhps up --fresh` deletes it and makes a new one\n", absdir,
                 what, absdir);
         return 1;
@@ -380,7 +380,8 @@ static int dir_holds_cluster(const char *absdir, bool fresh)
 int dhps_cmd_up(int argc, char **argv)
 {
     static const struct option lo[] = {
-        {"dir", required_argument, 0, 'd'},      {"nodes", required_argument, 0, 'n'},
+        {"dir", required_argument, 0, 'd'},      {"cluster", required_argument, 0, 'd'},
+        {"nodes", required_argument, 0, 'n'},
         {"azs", required_argument, 0, 'a'},      {"pods", required_argument, 0, 'p'},
         {"replicas", required_argument, 0, 'r'}, {"shards", required_argument, 0, 's'},
         {"workers", required_argument, 0, 'w'},  {"no-shm", no_argument, 0, 'S'},
@@ -475,7 +476,7 @@ int dhps_cmd_up(int argc, char **argv)
     pid_t alive;
     if (up_dir_running(dir, &alive)) {
         fprintf(stderr, "dhps up: a cluster in %s is still running (pid %d); "
-                "`dhps down --dir %s` first\n", dir, (int)alive, dir);
+                "`dhps down --cluster %s` first\n", dir, (int)alive, dir);
         return 1;
     }
     for (uint32_t i = 0; i < 2 * o.nodes && o.base_port; i++) {
@@ -749,7 +750,7 @@ int dhps_cmd_up(int argc, char **argv)
     printf("\n");
 done:
     printf("dhps up: cluster running; state in %s/cluster.json. Try `dhps get 1 --cluster %s`, "
-           "`dhps stats --cluster %s`; stop with `dhps down --dir %s`\n", absdir, absdir,
+           "`dhps stats --cluster %s`; stop with `dhps down --cluster %s`\n", absdir, absdir,
            absdir, absdir);
     tools_conn_close(conn);
     goto out;

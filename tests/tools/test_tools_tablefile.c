@@ -227,7 +227,14 @@ static void npy_header_syntax(void **state)
     assert_int_equal(tf_npy_parse(b, len, &a), 0);
     assert_int_equal(tf_npy_as_rows(&a, &t), DHPS_E_CONFIG);
     free(b);
+    /* '<f8' rows are taken (dhps load casts them to fp32) */
     b = npy_raw(1, "{'descr': '<f8', 'fortran_order': False, 'shape': (2, 3), }", 48, &len);
+    assert_int_equal(tf_npy_parse(b, len, &a), 0);
+    assert_int_equal(tf_npy_as_rows(&a, &t), 0);
+    assert_int_equal(t.dtype, TF_F64);
+    assert_int_equal(t.row_bytes, 24);
+    free(b);
+    b = npy_raw(1, "{'descr': '<i4', 'fortran_order': False, 'shape': (2, 3), }", 24, &len);
     assert_int_equal(tf_npy_parse(b, len, &a), 0);
     assert_int_equal(tf_npy_as_rows(&a, &t), DHPS_E_CONFIG);
     free(b);
