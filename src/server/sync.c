@@ -1,4 +1,5 @@
-/* Replica catch-up and anti-entropy: see sync.h and docs/server.md. */
+/* Replica catch-up and anti-entropy: lifecycle, the pulling thread's passes, metrics.
+ * See sync.h and docs/server.md. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
@@ -10,62 +11,11 @@
 #define XXH_INLINE_ALL
 #include <xxhash.h>
 
-#include "dhps/cluster.h"
 #include "dhps/log.h"
-#include "srv_int.h"
-#include "sync.h"
+#include "sync_int.h"
 #include "util.h"
 
 #define LOGM "sync"
-#define SYNC_MAGIC "DHPSSYN1"
-#define SYNC_HDR 24u               /* magic | u64 tombstones | u64 xxh3 of them */
-#define SYNC_MAX_SESSIONS 32
-#define SYNC_SESSION_IDLE_NS (30ull * 1000000000ull)
-#define SYNC_MAX_ROUNDS 5
-#define SYNC_CALL_TIMEOUT_US (30ull * 1000000ull) /* one chunk; the first includes the export */
-
-/* One export being read by a peer: tombstone section, then the store's export. */
-typedef struct sync_session {
-    uint64_t id;
-    const srv_store *st;
-    uint8_t *head;     /* SYNC_HDR + 16 * ntomb bytes */
-    size_t head_len;
-    void *recs;        /* dhps_store_export buffer */
-    size_t recs_len;
-    uint64_t last_ns;
-} sync_session;
-
-typedef struct sync_peer {
-    dhps_rpc_channel *ch;
-    uint64_t retry_ns;   /* do not dial before */
-    bool given_up;       /* unreachable past peer_wait_s: skipped by catch-up */
-    int last_err;
-} sync_peer;
-
-struct srv_sync {
-    dhps_server *s;
-    dhps_cluster_map *map;
-    uint32_t self, nranges;
-    pthread_mutex_t mu; /* sessions */
-    sync_session sess[SYNC_MAX_SESSIONS];
-    /* pulling thread */
-    pthread_t thr;
-    bool running;
-    pthread_mutex_t wmu;
-    pthread_cond_t wcv;
-    bool stop;
-    dhps_rpc_client *rc;   /* owned by the thread */
-    sync_peer *peers;      /* by node id, max_node_id + 1 */
-    uint32_t *done;        /* per store: bit j = replica j of its shard caught up */
-    uint8_t *empty;        /* per store: recovered nothing locally (set at thread start) */
-    uint64_t seed;
-    /* progress and counters (atomics) */
-    uint64_t t_start_ns, t_ready_ns;
-    uint32_t stores_sync, pending;
-    uint64_t exports, export_bytes, fetched_bytes, merged, stale, tombs_applied;
-    uint64_t rounds, ranges_repaired, ae_passes, ae_records, peer_errors, peers_skipped;
-    uint64_t delta_fetches;
-};
 
 static void st_set_ready(srv_store *st)
 {
@@ -122,606 +72,6 @@ int srv_sync_create(dhps_server *s, srv_sync **out, char *err, size_t errlen)
     return 0;
 }
 
-/* ---- serving side ------------------------------------------------------------------ */
-
-static void session_free(sync_session *x)
-{
-    free(x->head);
-    free(x->recs);
-    memset(x, 0, sizeof *x);
-}
-
-static bool in_mask(const uint64_t *mask, uint32_t nranges, uint64_t key)
-{
-    if (!mask)
-        return true;
-    uint32_t r = dhps_store_key_range(key, nranges);
-    return (mask[r / 64] >> (r % 64)) & 1;
-}
-
-typedef struct tomb_collect {
-    const uint64_t *mask;
-    uint32_t nranges;
-    uint64_t min_version;
-    uint64_t *out; /* pairs */
-    size_t n, cap;
-    bool oom;
-} tomb_collect;
-
-static void collect_one(void *arg, uint64_t key, uint64_t version)
-{
-    tomb_collect *t = arg;
-    if (t->oom || version < t->min_version || !in_mask(t->mask, t->nranges, key))
-        return;
-    if (t->n == t->cap) {
-        size_t cap = t->cap ? t->cap * 2 : 64;
-        uint64_t *o = realloc(t->out, cap * 16);
-        if (!o) {
-            t->oom = true;
-            return;
-        }
-        t->out = o;
-        t->cap = cap;
-    }
-    t->out[2 * t->n] = key;
-    t->out[2 * t->n + 1] = version;
-    t->n++;
-}
-
-/* Take a point-in-time export of st (selected ranges, versions >= min_version):
- * tombstones and records under one hold of the writer lock. */
-static int build_export(dhps_server *s, srv_store *st, const uint64_t *mask, uint32_t nranges,
-                        uint64_t min_version, sync_session *x)
-{
-    tomb_collect tc = {.mask = mask, .nranges = nranges, .min_version = min_version};
-    uint64_t recs = 0;
-    pthread_mutex_lock(&st->mu);
-    srv_tomb_each(&st->tomb, collect_one, &tc);
-    int rc = tc.oom ? -ENOMEM
-                    : dhps_store_export_since(st->st, mask, nranges, min_version, &x->recs,
-                                              &x->recs_len, &recs);
-    pthread_mutex_unlock(&st->mu);
-    if (rc == 0) {
-        x->head_len = SYNC_HDR + tc.n * 16;
-        if (!(x->head = malloc(x->head_len))) {
-            rc = -ENOMEM;
-        } else {
-            memcpy(x->head, SYNC_MAGIC, 8);
-            uint64_t n = tc.n, h = XXH3_64bits(tc.out, tc.n * 16);
-            memcpy(x->head + 8, &n, 8);
-            memcpy(x->head + 16, &h, 8);
-            if (tc.n)
-                memcpy(x->head + SYNC_HDR, tc.out, tc.n * 16);
-        }
-    }
-    free(tc.out);
-    if (rc) {
-        session_free(x);
-        return rc;
-    }
-    x->st = st;
-    add(&s->sync->exports, 1);
-    add(&s->sync->export_bytes, x->head_len + x->recs_len);
-    return 0;
-}
-
-static int handle_digest(dhps_server *s, srv_store *st, const srv_msg *m, dhps_rpc_request *r)
-{
-    size_t need = sizeof(dhps_proto_resp) + (size_t)m->nranges * 16;
-    if (need > r->resp_cap) {
-        srv_resp_error(r, DHPS_E_TOOBIG, "digest of %u ranges exceeds the max message",
-                       m->nranges);
-        return DHPS_E_TOOBIG;
-    }
-    uint64_t *hash = (uint64_t *)(void *)((uint8_t *)r->resp + sizeof(dhps_proto_resp));
-    uint64_t *count = hash + m->nranges;
-    pthread_mutex_lock(&st->mu);
-    int rc = dhps_store_digest(st->st, m->nranges, hash, count);
-    pthread_mutex_unlock(&st->mu);
-    if (rc) {
-        srv_resp_error(r, rc, "digest: %s", dhps_strerror(rc));
-        return rc;
-    }
-    dhps_proto_resp h = {.status = 0, .n = m->nranges};
-    memcpy(r->resp, &h, sizeof h);
-    r->resp_len = need;
-    (void)s;
-    return 0;
-}
-
-/* Copy [off, off + n) of the session's two pieces to dst. */
-static void session_read(const sync_session *x, uint64_t off, uint8_t *dst, size_t n)
-{
-    if (off < x->head_len) {
-        size_t k = x->head_len - off < n ? (size_t)(x->head_len - off) : n;
-        memcpy(dst, x->head + off, k);
-        dst += k;
-        n -= k;
-        off += k;
-    }
-    if (n)
-        memcpy(dst, (const uint8_t *)x->recs + (off - x->head_len), n);
-}
-
-static int handle_fetch(dhps_server *s, srv_store *st, const srv_msg *m, dhps_rpc_request *r)
-{
-    srv_sync *y = s->sync;
-    const size_t hdr = sizeof(dhps_proto_resp) + sizeof(dhps_proto_sync_chunk);
-    if (r->resp_cap < hdr + 4096) {
-        srv_resp_error(r, DHPS_E_TOOBIG, "max message too small for sync chunks");
-        return DHPS_E_TOOBIG;
-    }
-    uint64_t mask_copy[DHPS_PROTO_SYNC_MAX_RANGES / 64];
-    const uint64_t *mask = NULL;
-    if (m->range_mask) {
-        memcpy(mask_copy, m->range_mask, (size_t)(m->nranges + 63) / 64 * 8);
-        mask = mask_copy;
-    }
-    sync_session fresh = {0};
-    if (m->offset == 0) { /* a new export, taken outside the sessions lock */
-        int rc = build_export(s, st, mask, m->nranges, m->min_version, &fresh);
-        if (rc) {
-            srv_resp_error(r, rc, "sync export of table %s shard %u: %s", st->t->c.name,
-                           st->shard, dhps_strerror(rc));
-            return rc;
-        }
-        fresh.id = m->session;
-    }
-    uint64_t now = dhps_mono_ns();
-    pthread_mutex_lock(&y->mu);
-    sync_session *x = NULL, *oldest = &y->sess[0];
-    for (int i = 0; i < SYNC_MAX_SESSIONS; i++) {
-        sync_session *c = &y->sess[i];
-        if (c->id == m->session && c->st == st)
-            x = c;
-        if (!c->id || (oldest->id && c->last_ns < oldest->last_ns))
-            oldest = c;
-    }
-    if (m->offset == 0) {
-        if (!x) {
-            x = oldest;
-            if (x->id)
-                DHPS_LOG(DHPS_LOG_WARN, LOGM, "more than %d sync exports at once: dropping the "
-                         "least recently read", SYNC_MAX_SESSIONS);
-        }
-        session_free(x);
-        *x = fresh;
-    }
-    if (!x) {
-        pthread_mutex_unlock(&y->mu);
-        srv_resp_error(r, DHPS_E_NOTFOUND, "sync session %llx unknown or expired; start again "
-                       "at offset 0", (unsigned long long)m->session);
-        return DHPS_E_NOTFOUND;
-    }
-    uint64_t total = x->head_len + x->recs_len;
-    if (m->offset > total) {
-        pthread_mutex_unlock(&y->mu);
-        srv_resp_error(r, DHPS_E_MALFORMED, "sync offset %llu past the export's %llu bytes",
-                       (unsigned long long)m->offset, (unsigned long long)total);
-        return DHPS_E_MALFORMED;
-    }
-    size_t room = r->resp_cap - hdr;
-    if (room > m->max_bytes)
-        room = m->max_bytes;
-    size_t n = total - m->offset < room ? (size_t)(total - m->offset) : room;
-    uint8_t *o = (uint8_t *)r->resp;
-    session_read(x, m->offset, o + hdr, n);
-    x->last_ns = now;
-    if (m->offset + n == total)
-        session_free(x);
-    pthread_mutex_unlock(&y->mu);
-    dhps_proto_resp h = {.status = 0, .n = (uint32_t)n};
-    dhps_proto_sync_chunk ck = {.total = total, .offset = m->offset};
-    memcpy(o, &h, sizeof h);
-    memcpy(o + sizeof h, &ck, sizeof ck);
-    r->resp_len = hdr + n;
-    return 0;
-}
-
-int srv_sync_handle(dhps_server *s, const srv_msg *m, dhps_rpc_request *r)
-{
-    int status;
-    srv_store *st = srv_find_store(s, m, r, &status);
-    if (!st)
-        return status;
-    if (!s->sync) {
-        srv_resp_error(r, DHPS_E_NOTFOUND, "sync is not set up on node %s", s->cfg->node_id);
-        return DHPS_E_NOTFOUND;
-    }
-    return m->method == DHPS_M_SYNC_DIGEST ? handle_digest(s, st, m, r)
-                                           : handle_fetch(s, st, m, r);
-}
-
-/* ---- pulling side ------------------------------------------------------------------- */
-
-static bool stopping(srv_sync *y)
-{
-    return __atomic_load_n(&y->stop, __ATOMIC_ACQUIRE);
-}
-
-/* Sleep up to ms, waking at stop. */
-static void nap(srv_sync *y, unsigned ms)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    uint64_t ns = (uint64_t)ts.tv_nsec + (uint64_t)ms * 1000000ull;
-    ts.tv_sec += (time_t)(ns / 1000000000ull);
-    ts.tv_nsec = (long)(ns % 1000000000ull);
-    pthread_mutex_lock(&y->wmu);
-    while (!y->stop)
-        if (pthread_cond_timedwait(&y->wcv, &y->wmu, &ts) == ETIMEDOUT)
-            break;
-    pthread_mutex_unlock(&y->wmu);
-}
-
-/* The channel to node id, opened on demand. 0, or the open's error (the peer is then
- * not dialled again for 500 ms). */
-static int peer_channel(srv_sync *y, uint32_t id, dhps_rpc_channel **out)
-{
-    sync_peer *p = &y->peers[id];
-    if (p->ch && dhps_rpc_channel_status(p->ch) == 0) {
-        *out = p->ch;
-        return 0;
-    }
-    if (p->ch) {
-        dhps_rpc_channel_close(p->ch);
-        p->ch = NULL;
-    }
-    uint64_t now = dhps_mono_ns();
-    if (now < p->retry_ns)
-        return p->last_err ? p->last_err : DHPS_E_UNREACHABLE;
-    const dhps_cluster_node *nd = dhps_cluster_map_node(y->map, id);
-    if (!nd)
-        return DHPS_E_NOTFOUND;
-    dhps_rpc_channel_params cp;
-    dhps_rpc_channel_params_init(&cp);
-    cp.host = nd->ip;
-    cp.port = nd->port;
-    /* bulk copies between servers: TCP (or shm on one host); verbs set-up buys nothing
-     * for a few large calls and can take seconds (Soft-RoCE under emulation) */
-    cp.allow = DHPS_RPC_MASK(DHPS_RPC_TCP) | DHPS_RPC_MASK(DHPS_RPC_SHM);
-    int rc = dhps_rpc_channel_open(y->rc, &cp, &p->ch);
-    if (rc) {
-        p->ch = NULL;
-        p->last_err = rc;
-        p->retry_ns = now + 500000000ull;
-        return rc;
-    }
-    p->last_err = 0;
-    *out = p->ch;
-    return 0;
-}
-
-/* Failed call on a peer's channel: drop the channel when the connection broke. */
-static void peer_failed(srv_sync *y, uint32_t id, int rc)
-{
-    sync_peer *p = &y->peers[id];
-    add(&y->peer_errors, 1);
-    p->last_err = rc;
-    if (p->ch && dhps_rpc_channel_status(p->ch) != 0) {
-        dhps_rpc_channel_close(p->ch);
-        p->ch = NULL;
-    }
-}
-
-typedef struct call_wait {
-    bool done;
-    int status;
-    uint8_t *resp;
-    size_t cap, len;
-} call_wait;
-
-static void call_done(void *arg, int status, const void *resp, size_t len)
-{
-    call_wait *w = arg;
-    w->done = true;
-    w->status = status;
-    w->len = len;
-    if (!status && len > w->cap)
-        w->status = DHPS_E_TOOBIG;
-    else if (!status)
-        memcpy(w->resp, resp, len);
-}
-
-/* A blocking call to node id that gives way to stop: the channel is closed then (its
- * call completes as cancelled inside the close). Returns as dhps_rpc_call. */
-static int sync_call(srv_sync *y, uint32_t id, uint16_t method, const void *req,
-                     size_t req_len, void *resp, size_t cap, size_t *len)
-{
-    dhps_rpc_channel *ch;
-    int rc = peer_channel(y, id, &ch);
-    if (rc)
-        return rc;
-    void *buf;
-    while ((rc = dhps_rpc_call_start(ch, method, req_len, &buf)) == DHPS_E_BUSY)
-        dhps_rpc_client_poll(y->rc, 1);
-    if (rc)
-        return rc;
-    memcpy(buf, req, req_len);
-    call_wait w = {.resp = resp, .cap = cap};
-    if ((rc = dhps_rpc_call_send(ch, req_len, SYNC_CALL_TIMEOUT_US, call_done, &w)))
-        return rc;
-    while (!w.done) {
-        if (stopping(y)) {
-            dhps_rpc_channel_close(ch);
-            y->peers[id].ch = NULL;
-            break;
-        }
-        dhps_rpc_client_poll(y->rc, 50);
-    }
-    *len = w.len;
-    return w.done ? w.status : DHPS_E_CANCELLED;
-}
-
-static void fill_hdr(dhps_proto_hdr *h, const srv_store *st)
-{
-    memset(h, 0, sizeof *h);
-    h->version = DHPS_PROTO_VERSION;
-    h->shard = st->shard;
-    memcpy(h->table, st->t->c.name, strnlen(st->t->c.name, DHPS_TABLE_NAME_MAX - 1));
-}
-
-/* Resp status of an answer, or DHPS_E_MALFORMED when too short. */
-static int resp_status(const uint8_t *resp, size_t len, dhps_proto_resp *h)
-{
-    if (len < sizeof *h)
-        return DHPS_E_MALFORMED;
-    memcpy(h, resp, sizeof *h);
-    return h->status;
-}
-
-static int remote_digest(srv_sync *y, uint32_t id, const srv_store *st, uint64_t *hash,
-                         uint64_t *count)
-{
-    uint8_t req[sizeof(dhps_proto_hdr) + sizeof(dhps_proto_sync_digest)];
-    dhps_proto_hdr h;
-    fill_hdr(&h, st);
-    dhps_proto_sync_digest d = {.nranges = y->nranges};
-    memcpy(req, &h, sizeof h);
-    memcpy(req + sizeof h, &d, sizeof d);
-    size_t cap = sizeof(dhps_proto_resp) + (size_t)y->nranges * 16, len = 0;
-    uint8_t *resp = malloc(cap);
-    if (!resp)
-        return -ENOMEM;
-    int rc = sync_call(y, id, DHPS_M_SYNC_DIGEST, req, sizeof req, resp, cap, &len);
-    dhps_proto_resp rh;
-    if (!rc && !(rc = resp_status(resp, len, &rh))) {
-        if (rh.n != y->nranges || len != cap)
-            rc = DHPS_E_MALFORMED;
-        else {
-            memcpy(hash, resp + sizeof rh, (size_t)y->nranges * 8);
-            memcpy(count, resp + sizeof rh + (size_t)y->nranges * 8, (size_t)y->nranges * 8);
-        }
-    }
-    free(resp);
-    return rc;
-}
-
-/* One store's digest request in a batch (digest_many). */
-typedef struct dg_call {
-    srv_sync *y;
-    uint64_t *hash, *count; /* nranges each */
-    int status;             /* 1 while in flight */
-    uint32_t *left;
-} dg_call;
-
-static void dg_done(void *arg, int status, const void *resp, size_t len)
-{
-    dg_call *c = arg;
-    dhps_proto_resp rh;
-    size_t nr = c->y->nranges, want = sizeof rh + nr * 16;
-    if (!status && !(status = resp_status(resp, len, &rh))) {
-        if (rh.n != nr || len != want) {
-            status = DHPS_E_MALFORMED;
-        } else {
-            memcpy(c->hash, (const uint8_t *)resp + sizeof rh, nr * 8);
-            memcpy(c->count, (const uint8_t *)resp + sizeof rh + nr * 8, nr * 8);
-        }
-    }
-    c->status = status;
-    (*c->left)--;
-}
-
-/* The digests of n stores from node id, all requests in flight at once (one round trip
- * for the lot, not one per store): calls[i] gets store sts[i]'s, status 0 or an error.
- * Returns 0, or the channel's error (then no call was sent). */
-static int digest_many(srv_sync *y, uint32_t id, srv_store *const *sts, size_t n,
-                       dg_call *calls)
-{
-    dhps_rpc_channel *ch;
-    int rc = peer_channel(y, id, &ch);
-    if (rc)
-        return rc;
-    uint32_t left = 0;
-    uint8_t req[sizeof(dhps_proto_hdr) + sizeof(dhps_proto_sync_digest)];
-    dhps_proto_sync_digest d = {.nranges = y->nranges};
-    for (size_t i = 0; i < n; i++) {
-        calls[i].y = y;
-        calls[i].left = &left;
-        calls[i].status = 1;
-        dhps_proto_hdr h;
-        fill_hdr(&h, sts[i]);
-        memcpy(req, &h, sizeof h);
-        memcpy(req + sizeof h, &d, sizeof d);
-        void *buf;
-        while ((rc = dhps_rpc_call_start(ch, DHPS_M_SYNC_DIGEST, sizeof req, &buf)) ==
-                   DHPS_E_BUSY &&
-               !stopping(y))
-            dhps_rpc_client_poll(y->rc, 1);
-        if (rc) {
-            calls[i].status = rc;
-            continue;
-        }
-        memcpy(buf, req, sizeof req);
-        if ((rc = dhps_rpc_call_send(ch, sizeof req, SYNC_CALL_TIMEOUT_US, dg_done,
-                                     &calls[i]))) {
-            calls[i].status = rc;
-            continue;
-        }
-        left++;
-    }
-    while (left) {
-        if (stopping(y)) { /* the close completes the calls (cancelled) */
-            dhps_rpc_channel_close(ch);
-            y->peers[id].ch = NULL;
-            break;
-        }
-        dhps_rpc_client_poll(y->rc, 50);
-    }
-    for (size_t i = 0; i < n; i++)
-        if (calls[i].status && calls[i].status != 1) {
-            peer_failed(y, id, calls[i].status);
-            break;
-        } else if (calls[i].status == 0) {
-            y->peers[id].given_up = false; /* it answers (again) */
-        }
-    add(&y->rounds, n);
-    return 0;
-}
-
-/* Does st's own digest equal hash/count (nranges each)? */
-static bool digest_matches(srv_sync *y, srv_store *st, const uint64_t *hash,
-                           const uint64_t *count, uint64_t *scratch)
-{
-    size_t nr = y->nranges;
-    pthread_mutex_lock(&st->mu);
-    int rc = dhps_store_digest(st->st, (uint32_t)nr, scratch, scratch + nr);
-    pthread_mutex_unlock(&st->mu);
-    return rc == 0 && !memcmp(scratch, hash, nr * 8) && !memcmp(scratch + nr, count, nr * 8);
-}
-
-/* For every store in sts[0..n) of which node id is a replica: ask the peer for all their
- * digests at once and set agree[i] where they equal the store's own. Stores whose
- * digests differ, or whose call failed, are left for the per-store path. */
-static void agree_many(srv_sync *y, uint32_t id, srv_store *const *sts, size_t n, bool *agree)
-{
-    size_t nr = y->nranges;
-    dg_call *calls = calloc(n ? n : 1, sizeof *calls);
-    uint64_t *mem = malloc((n * 2 + 2) * nr * 8);
-    for (size_t i = 0; calls && mem && i < n; i++) {
-        calls[i].hash = mem + (2 * i) * nr;
-        calls[i].count = mem + (2 * i + 1) * nr;
-    }
-    if (calls && mem && digest_many(y, id, sts, n, calls) == 0)
-        for (size_t i = 0; i < n && !stopping(y); i++)
-            agree[i] = calls[i].status == 0 &&
-                       digest_matches(y, sts[i], calls[i].hash, calls[i].count,
-                                      mem + 2 * n * nr);
-    free(calls);
-    free(mem);
-}
-
-/* Fetch a whole export (mask: the ranges, NULL = all; records and tombstones at or above
- * min_version) into *out (malloc'ed). */
-static int fetch_export(srv_sync *y, uint32_t id, const srv_store *st, const uint64_t *mask,
-                        uint64_t min_version, uint8_t **out, size_t *out_len)
-{
-    size_t mask_bytes = mask ? (size_t)(y->nranges + 63) / 64 * 8 : 0;
-    size_t req_len = sizeof(dhps_proto_hdr) + sizeof(dhps_proto_sync_fetch) + mask_bytes;
-    uint8_t req[sizeof(dhps_proto_hdr) + sizeof(dhps_proto_sync_fetch) +
-                DHPS_PROTO_SYNC_MAX_RANGES / 8];
-    dhps_proto_hdr h;
-    fill_hdr(&h, st);
-    uint32_t max_msg = y->s->cfg->max_msg;
-    dhps_proto_sync_fetch f = {.session = dhps_splitmix64(&y->seed) | 1,
-                               .nranges = mask ? y->nranges : 0,
-                               .max_bytes = max_msg - 4096,
-                               .min_version = min_version};
-    memcpy(req, &h, sizeof h);
-    if (mask)
-        memcpy(req + sizeof h + sizeof f, mask, mask_bytes);
-    size_t cap = max_msg, len = 0;
-    uint8_t *resp = malloc(cap), *buf = NULL;
-    if (!resp)
-        return -ENOMEM;
-    uint64_t total = UINT64_MAX, off = 0;
-    int rc = 0;
-    while (off < total && !stopping(y)) {
-        f.offset = off;
-        memcpy(req + sizeof h, &f, sizeof f);
-        if ((rc = sync_call(y, id, DHPS_M_SYNC_FETCH, req, req_len, resp, cap, &len)))
-            break;
-        dhps_proto_resp rh;
-        if ((rc = resp_status(resp, len, &rh)))
-            break;
-        dhps_proto_sync_chunk ck;
-        if (len < sizeof rh + sizeof ck || len - sizeof rh - sizeof ck != rh.n) {
-            rc = DHPS_E_MALFORMED;
-            break;
-        }
-        memcpy(&ck, resp + sizeof rh, sizeof ck);
-        if (ck.offset != off || (total != UINT64_MAX && ck.total != total) ||
-            ck.total < SYNC_HDR || off + rh.n > ck.total || (rh.n == 0 && off < ck.total)) {
-            rc = DHPS_E_MALFORMED;
-            break;
-        }
-        if (!buf) {
-            total = ck.total;
-            if (!(buf = malloc(total))) {
-                rc = -ENOMEM;
-                break;
-            }
-        }
-        memcpy(buf + off, resp + sizeof rh + sizeof ck, rh.n);
-        off += rh.n;
-    }
-    free(resp);
-    if (!rc && stopping(y))
-        rc = DHPS_E_CANCELLED;
-    if (rc) {
-        free(buf);
-        return rc;
-    }
-    add(&y->fetched_bytes, total);
-    *out = buf;
-    *out_len = total;
-    return 0;
-}
-
-static bool skip_tombstoned(void *arg, uint64_t key, uint64_t version)
-{
-    uint64_t tv;
-    return srv_tomb_get(arg, key, &tv) && version <= tv;
-}
-
-/* Apply an export to st: its tombstones, then its records. *applied: records taken
- * (newer than what st held). */
-static int apply_export(srv_sync *y, srv_store *st, const uint8_t *buf, size_t len,
-                        uint64_t *applied)
-{
-    uint64_t ntomb, h;
-    if (len < SYNC_HDR || memcmp(buf, SYNC_MAGIC, 8))
-        return DHPS_E_CORRUPT;
-    memcpy(&ntomb, buf + 8, 8);
-    memcpy(&h, buf + 16, 8);
-    if (ntomb > (len - SYNC_HDR) / 16 || XXH3_64bits(buf + SYNC_HDR, ntomb * 16) != h)
-        return DHPS_E_CORRUPT;
-    uint32_t now_s = (uint32_t)time(NULL);
-    const uint8_t *tp = buf + SYNC_HDR, *recs = tp + ntomb * 16;
-    size_t recs_len = len - SYNC_HDR - ntomb * 16;
-    dhps_store_merge_stats ms;
-    memset(&ms, 0, sizeof ms);
-    pthread_mutex_lock(&st->mu);
-    int rc = 0;
-    for (uint64_t i = 0; i < ntomb && !rc; i++) {
-        uint64_t key, ver;
-        memcpy(&key, tp + i * 16, 8);
-        memcpy(&ver, tp + i * 16 + 8, 8);
-        rc = srv_tomb_put(&st->tomb, key, ver, now_s);
-        dhps_store_delete(st->st, &key, 1, ver, NULL);
-    }
-    long n = rc ? rc : dhps_store_merge_buffer(st->st, recs, recs_len, skip_tombstoned,
-                                               &st->tomb, &ms);
-    pthread_mutex_unlock(&st->mu);
-    if (n < 0)
-        return (int)n;
-    add(&y->tombs_applied, ntomb);
-    add(&y->merged, (uint64_t)n);
-    add(&y->stale, ms.stale);
-    *applied = (uint64_t)n;
-    return 0;
-}
-
 /* Compare st's digests with node id's: mask (nranges bits) gets the ranges that
  * differ, *ranges how many. */
 static int compare(srv_sync *y, srv_store *st, uint32_t id, uint64_t *mask, uint32_t *ranges)
@@ -731,9 +81,9 @@ static int compare(srv_sync *y, srv_store *st, uint32_t id, uint64_t *mask, uint
     if (!mem)
         return -ENOMEM;
     uint64_t *rh = mem, *rcnt = mem + nr, *lh = mem + 2 * nr, *lcnt = mem + 3 * nr;
-    int rc = remote_digest(y, id, st, rh, rcnt);
+    int rc = sync_remote_digest(y, id, st, rh, rcnt);
     if (rc) {
-        peer_failed(y, id, rc);
+        sync_peer_failed(y, id, rc);
     } else {
         pthread_mutex_lock(&st->mu);
         rc = dhps_store_digest(st->st, (uint32_t)nr, lh, lcnt);
@@ -759,12 +109,12 @@ static int pull(srv_sync *y, srv_store *st, uint32_t id, const uint64_t *mask,
     uint8_t *buf;
     size_t len;
     uint64_t applied;
-    int rc = fetch_export(y, id, st, mask, min_version, &buf, &len);
+    int rc = sync_fetch_export(y, id, st, mask, min_version, &buf, &len);
     if (rc) {
-        peer_failed(y, id, rc);
+        sync_peer_failed(y, id, rc);
         return rc;
     }
-    rc = apply_export(y, st, buf, len, &applied);
+    rc = sync_apply_export(y, st, buf, len, &applied);
     free(buf);
     if (rc)
         DHPS_LOG(DHPS_LOG_ERROR, LOGM, "table %s shard %u: export from node %u: %s",
@@ -798,7 +148,7 @@ static int catch_up(srv_sync *y, srv_store *st, uint32_t id)
     uint64_t margin = (uint64_t)y->s->cfg->sync_version_margin_s * 1000000000ull;
     uint32_t prev = UINT32_MAX, ranges;
     bool delta = true;
-    for (int round = 0; round < SYNC_MAX_ROUNDS && !stopping(y); round++) {
+    for (int round = 0; round < SYNC_MAX_ROUNDS && !sync_stopping(y); round++) {
         int rc = compare(y, st, id, mask, &ranges);
         if (rc)
             return rc;
@@ -852,7 +202,7 @@ static void each_peer_batch(srv_sync *y, bool pending_only,
     uint32_t *idx = calloc(s->nstores ? s->nstores : 1, sizeof *idx);
     bool *agree = calloc(s->nstores ? s->nstores : 1, sizeof *agree);
     size_t nn = dhps_cluster_map_nnodes(y->map);
-    for (size_t k = 0; sts && idx && agree && k < nn && !stopping(y); k++) {
+    for (size_t k = 0; sts && idx && agree && k < nn && !sync_stopping(y); k++) {
         uint32_t id = dhps_cluster_map_node_at(y->map, k)->id;
         if (id == y->self)
             continue;
@@ -869,8 +219,8 @@ static void each_peer_batch(srv_sync *y, bool pending_only,
         if (!n)
             continue;
         memset(agree, 0, n * sizeof *agree);
-        agree_many(y, id, sts, n, agree);
-        for (size_t m = 0; m < n && !stopping(y); m++)
+        sync_agree_many(y, id, sts, n, agree);
+        for (size_t m = 0; m < n && !sync_stopping(y); m++)
             fn(y, idx[m], id, replica_pos(y, &s->stores[idx[m]], id), agree[m]);
     }
     free(sts);
@@ -903,7 +253,7 @@ static uint32_t catch_up_pass(srv_sync *y)
     uint64_t empty_ns = (uint64_t)s->cfg->sync_empty_peer_wait_s * 1000000000ull;
     uint32_t made = 0;
     each_peer_batch(y, true, mark_agreeing); /* most stores: one batched round trip */
-    for (uint32_t i = 0; i < s->nstores && !stopping(y); i++) {
+    for (uint32_t i = 0; i < s->nstores && !sync_stopping(y); i++) {
         srv_store *st = &s->stores[i];
         if (__atomic_load_n(&st->ready, __ATOMIC_ACQUIRE))
             continue;
@@ -945,7 +295,7 @@ static uint32_t catch_up_pass(srv_sync *y)
                 y->done[i] |= 1u << j;
             }
         }
-        if (all && !stopping(y)) {
+        if (all && !sync_stopping(y)) {
             st_set_ready(st);
             __atomic_fetch_sub(&y->pending, 1, __ATOMIC_ACQ_REL);
             made++;
@@ -989,11 +339,11 @@ static void *sync_main(void *arg)
         pthread_mutex_unlock(&s->stores[i].mu);
         y->empty[i] = st.keys == 0;
     }
-    while (!stopping(y) && __atomic_load_n(&y->pending, __ATOMIC_ACQUIRE)) {
+    while (!sync_stopping(y) && __atomic_load_n(&y->pending, __ATOMIC_ACQUIRE)) {
         if (!catch_up_pass(y) && __atomic_load_n(&y->pending, __ATOMIC_ACQUIRE))
-            nap(y, 100);
+            sync_nap(y, 100);
     }
-    if (!stopping(y)) {
+    if (!sync_stopping(y)) {
         __atomic_store_n(&y->t_ready_ns, dhps_mono_ns(), __ATOMIC_RELEASE);
         if (y->stores_sync)
             DHPS_LOG(DHPS_LOG_INFO, LOGM, "node %s caught up: %u stores, %llu records taken "
@@ -1002,9 +352,9 @@ static void *sync_main(void *arg)
                      catchup_seconds(y));
     }
     uint32_t every = s->cfg->sync_anti_entropy_s;
-    while (!stopping(y) && every && y->map) {
-        nap(y, every * 1000u);
-        if (!stopping(y))
+    while (!sync_stopping(y) && every && y->map) {
+        sync_nap(y, every * 1000u);
+        if (!sync_stopping(y))
             anti_entropy_pass(y);
     }
     return NULL;
@@ -1056,7 +406,7 @@ void srv_sync_destroy(srv_sync *y)
     }
     dhps_rpc_client_destroy(y->rc);
     for (int i = 0; i < SYNC_MAX_SESSIONS; i++)
-        session_free(&y->sess[i]);
+        sync_session_free(&y->sess[i]);
     dhps_cluster_map_destroy(y->map);
     free(y->done);
     free(y->empty);
@@ -1089,7 +439,7 @@ void srv_sync_maintain(srv_sync *y)
     pthread_mutex_lock(&y->mu);
     for (int i = 0; i < SYNC_MAX_SESSIONS; i++)
         if (y->sess[i].id && now - y->sess[i].last_ns > SYNC_SESSION_IDLE_NS)
-            session_free(&y->sess[i]);
+            sync_session_free(&y->sess[i]);
     pthread_mutex_unlock(&y->mu);
     uint32_t keep = s->cfg->sync_tombstone_s, now_s = (uint32_t)time(NULL);
     if (now_s <= keep)
