@@ -311,14 +311,38 @@ static void up_refuses_existing_dir(void **state)
 static void up_taken_port(void **state)
 {
     (void)state;
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t al = sizeof a;
-    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
-    assert_int_equal(listen(fd, 1), 0);
-    getsockname(fd, (struct sockaddr *)&a, &al);
-    unsigned taken = ntohs(a.sin_port), base = taken - 3; /* n1's metrics port */
+    /* hold an ephemeral port P as n1's metrics port (base P - 3), with the three ports
+     * below it free at the moment (other tests run beside this one and take ephemeral
+     * ports too: only the held one may be in use) */
+    int fd = -1;
+    unsigned taken = 0, base = 0;
+    for (int tries = 0; tries < 100 && !taken; tries++) {
+        fd = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in a = {.sin_family = AF_INET};
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        socklen_t al = sizeof a;
+        assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+        assert_int_equal(listen(fd, 1), 0);
+        getsockname(fd, (struct sockaddr *)&a, &al);
+        unsigned p = ntohs(a.sin_port);
+        bool free3 = p > 1027;
+        for (unsigned q = p - 3; free3 && q < p; q++) {
+            int t = socket(AF_INET, SOCK_STREAM, 0);
+            int one = 1;
+            setsockopt(t, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+            struct sockaddr_in b = {.sin_family = AF_INET, .sin_port = htons((uint16_t)q)};
+            b.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+            free3 = bind(t, (struct sockaddr *)&b, sizeof b) == 0;
+            close(t);
+        }
+        if (free3) {
+            taken = p;
+            base = p - 3; /* n1's metrics port is base + 3 */
+        } else {
+            close(fd);
+        }
+    }
+    assert_true(taken != 0);
     int rc;
     char *out = capture(&rc, DHPS_BIN " up --dir %s " UP_ARGS " --base-port %u 2>&1", g_dir,
                         base);
