@@ -83,6 +83,10 @@ class Client:
         Client(cluster="DIR")        DIR/cluster.json of `dhps up` (map, secret, labels)
         Client(map="map.json", secret="secret-file" | secret=b"bytes",
                host=None, pod=None, az=None)
+        Client(etcd="http://127.0.0.1:2379", name="prod", secret=...)
+                                     the map from etcd (docs/cluster.md), watched: a newer
+                                     version applies without a restart; during an etcd
+                                     outage the last map stays in use
 
     Options: timeout_ms (default deadline of calls, 100 ms), connect_timeout_ms,
     max_msg (bytes, default 4 MiB like the tools), hedge (bool).
@@ -90,10 +94,15 @@ class Client:
 
     def __init__(self, cluster=None, *, map=None, secret=None, host=None, pod=None, az=None,
                  timeout_ms=None, connect_timeout_ms=None, max_msg=4 << 20, hedge=None,
-                 etcd=None):
+                 etcd=None, name=None):
         self._c = None
         if etcd is not None:
-            raise NotImplementedError("Client(etcd=...) is not implemented yet")
+            if cluster is not None:
+                raise ValueError("give cluster=DIR or etcd=URL, not both")
+            if not name or not isinstance(name, str):
+                raise ValueError("etcd= needs name= (the cluster's name in etcd)")
+            if not isinstance(etcd, str):
+                raise TypeError("etcd must be a URL string, e.g. http://127.0.0.1:2379")
         if cluster is not None:
             if map is not None or secret is not None:
                 raise ValueError("give cluster= or map=/secret=, not both")
@@ -107,8 +116,8 @@ class Client:
             host = host if host is not None else labels.get("host")
             pod = pod if pod is not None else labels.get("pod")
             az = az if az is not None else labels.get("az")
-        if map is None or secret is None:
-            raise ValueError("need cluster=DIR, or map= and secret=")
+        if secret is None or (map is None and etcd is None):
+            raise ValueError("need cluster=DIR, or map= (or etcd= and name=) and secret=")
         if isinstance(secret, (bytes, bytearray)):
             sec = bytes(secret)
         else:
@@ -130,7 +139,9 @@ class Client:
         p = ffi.new("dhps_client_params *")
         lib = _ffi.lib()
         lib.dhps_client_params_init(p)
-        p.map_path = cstr(os.fspath(map))
+        p.map_path = cstr(os.fspath(map)) if map is not None else ffi.NULL
+        if etcd is not None:  # the map from etcd, watched; a newer version applies live
+            p.etcd, p.cluster = cstr(etcd), cstr(name)
         secbuf = ffi.new("char[]", sec)
         self._keep.append(secbuf)
         p.secret = secbuf
