@@ -34,7 +34,9 @@ enum dhps_error {
                                     but answers no lookups yet; ask another replica */
     DHPS_E_CONFLICT = -10016,    /* a compare-and-swap lost: the compared value changed
                                     (etcd: another writer moved the revision first) */
-    DHPS_E_LAST = -10017,
+    DHPS_E_MOVED = -10017,       /* the shard's replica set changed after the map the request
+                                    was routed with: reload the map and send it again */
+    DHPS_E_LAST = -10018,
 };
 
 /* Name an error: a static string for any int (0, -errno or DHPS_E_*). Thread-safe. */
