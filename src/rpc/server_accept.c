@@ -95,6 +95,8 @@ static void finish(struct acceptor *acc, pend *p, const rpc_hello *pr)
                      dhps_strerror(r));
     }
     sc->c.transport = (int)ac.transport;
+    /* the server proves itself only now, to a client that has proved itself */
+    rpc_proof(s->secret, s->p.secret_len, 'a', ch, sh, &ac, ac.proof);
     if (rpc_hio_put(&p->io, &ac) || rpc_hio_flush(&p->io, fd) != 1)
         goto bad_sc;
     rpc_tune_socket(fd, s->p.busy_poll_us);
@@ -145,6 +147,16 @@ static int pend_step(struct acceptor *acc, pend *p)
                 r = DHPS_E_MALFORMED;
                 break;
             }
+            if (p->ch.version < RPC_HELLO_MIN_VERSION) {
+                /* an older peer would expect our proof before its own: refuse, no MAC */
+                rpc_hello rj = {.version = p->ch.version, .kind = RPC_H_REJECT,
+                                .status = DHPS_E_VERSION};
+                if (rpc_hio_put(&p->io, &rj) == 0)
+                    (void)rpc_hio_flush(&p->io, p->fd);
+                atomic_fetch_add_explicit(&s->rejected_hello, 1, memory_order_relaxed);
+                close(p->fd);
+                return 1;
+            }
             rpc_hello *sh = &p->sh;
             memset(sh, 0, sizeof *sh);
             sh->kind = RPC_H_SERVER_HELLO;
@@ -153,13 +165,10 @@ static int pend_step(struct acceptor *acc, pend *p)
                        (DHPS_RPC_MASK(DHPS_RPC_TCP) | DHPS_RPC_MASK(DHPS_RPC_SHM) |
                         (s->dev && !rpc_dev_check(s->dev, true) ? DHPS_RPC_MASK(DHPS_RPC_VERBS)
                                                                  : 0));
-            if (sh->version < 2)
-                sh->caps = DHPS_RPC_MASK(DHPS_RPC_TCP);
             sh->max_msg = s->p.max_msg;
             memcpy(sh->host_id, s->host_id, RPC_HOST_ID);
             if ((r = rpc_random(sh->nonce, RPC_NONCE)))
                 break;
-            rpc_proof(s->secret, s->p.secret_len, 's', &p->ch, sh, NULL, sh->proof);
             if ((r = rpc_hio_put(&p->io, sh)))
                 break;
             p->state = P_PROOF;
