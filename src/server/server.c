@@ -31,17 +31,12 @@ static int read_secret(dhps_server *s, char *err, size_t errlen)
     const char *path = s->cfg->secret_file;
     uint8_t buf[DHPS_RPC_MAX_SECRET];
     size_t len = 0;
-    bool wr = false;
     char e[4200];
-    int rc = dhps_secret_load(path, buf, sizeof buf, &len, &wr, e, sizeof e);
+    int rc = dhps_secret_load(path, buf, sizeof buf, &len, e, sizeof e);
     if (rc) {
         srv_errf(err, errlen, "config secret_file: %s", e);
         return rc;
     }
-    if (wr)
-        DHPS_LOG(DHPS_LOG_WARN, LOGM,
-                 "secret_file %s is world-readable; chmod o-r it (the cluster secret "
-                 "authenticates every peer)", path);
     if (!(s->secret = malloc(len)))
         rc = -ENOMEM;
     else {
