@@ -163,7 +163,6 @@ int dhps_secret_generate(const char *path, bool replace)
     char text[2 * sizeof rnd + 1];
     for (size_t i = 0; i < sizeof rnd; i++)
         snprintf(text + 2 * i, 3, "%02x", rnd[i]);
-    text[2 * sizeof rnd] = '\n';
     memset(rnd, 0, sizeof rnd);
     char tmp[4096];
     const char *dst = path;
@@ -176,7 +175,9 @@ int dhps_secret_generate(const char *path, bool replace)
     if (fd < 0)
         return -errno;
     int rc = 0;
-    if (fchmod(fd, 0600) != 0 || write(fd, text, sizeof text) != (ssize_t)sizeof text ||
+    size_t tl = 2 * sizeof rnd; /* no newline: readers that take the bytes as they are
+                                   (not dhps_secret_load) see the same secret */
+    if (fchmod(fd, 0600) != 0 || write(fd, text, tl) != (ssize_t)tl ||
         fsync(fd) != 0)
         rc = errno ? -errno : -EIO;
     memset(text, 0, sizeof text);

@@ -66,8 +66,8 @@ uint64_t dhps_zipf_next(const dhps_zipf *z, uint64_t *rng);
 int dhps_secret_load(const char *path, uint8_t *buf, size_t cap, size_t *len, char *err,
                      size_t errlen);
 
-/* Write a new cluster secret to path: 32 bytes from getrandom(), hex-encoded, a newline,
- * mode 0600, fsync'ed. Refuses to replace an existing file unless replace (then written
+/* Write a new cluster secret to path: 32 bytes from getrandom(), hex-encoded (64 bytes,
+ * no newline), mode 0600, fsync'ed. Refuses to replace an existing file unless replace (then written
  * beside it and renamed over it). Returns 0 or -errno (-EEXIST: exists). */
 int dhps_secret_generate(const char *path, bool replace);
 
