@@ -591,7 +591,7 @@ int dhps_cmd_up(int argc, char **argv)
                                                        (int)o.anti_entropy_s));
         char *text = cfg ? json_dumps(cfg, JSON_INDENT(2)) : NULL;
         json_decref(cfg);
-        if (!text || (e = up_write_text(nd[i].cfg, text, 0644)) < 0) {
+        if (!text || (e = up_write_text(nd[i].cfg, text, 0640)) < 0) {
             fprintf(stderr, "dhps up: cannot write %s\n", nd[i].cfg);
             free(text);
             goto fail;
@@ -654,7 +654,7 @@ int dhps_cmd_up(int argc, char **argv)
 
     state = state_json(&o, absdir, server, nd);
     snprintf(p, sizeof p, "%s/cluster.json", absdir);
-    if (!state || !(stext = json_dumps(state, JSON_INDENT(2))) || up_write_text(p, stext, 0644) < 0) {
+    if (!state || !(stext = json_dumps(state, JSON_INDENT(2))) || up_write_text(p, stext, 0640) < 0) {
         fprintf(stderr, "dhps up: cannot write %s\n", p);
         goto fail;
     }
