@@ -386,7 +386,9 @@ static int parse_root(cfg_ctx *x, json_t *root, dhps_server_config *c)
 
     json_t *m = json_object_get(root, "metrics");
     if (m) {
-        static const char *const mk[] = {"host", "port", NULL};
+        static const char *const mk[] = {"host",        "port",
+                                         "max_connections", "max_per_ip",
+                                         "header_timeout_ms", "health_port", NULL};
         if ((rc = need_object(x, m, "metrics")) || (rc = only_keys(x, m, "metrics", mk)) ||
             (rc = get_str(x, m, "host", "metrics", false, 63, &c->metrics_host)))
             return rc;
@@ -402,6 +404,26 @@ static int parse_root(cfg_ctx *x, json_t *root, dhps_server_config *c)
             c->metrics_port = (uint16_t)v;
             c->metrics_enabled = true;
         }
+        bool has = false;
+        if ((rc = get_uint(x, m, "max_connections", "metrics", 1, 65536, &v, &has)))
+            return rc;
+        if (has)
+            c->metrics_max_connections = (uint32_t)v;
+        if ((rc = get_uint(x, m, "max_per_ip", "metrics", 1, 65536, &v, &has)))
+            return rc;
+        if (has)
+            c->metrics_max_per_ip = (uint32_t)v;
+        if ((rc = get_uint(x, m, "header_timeout_ms", "metrics", 100, 60000, &v, &has)))
+            return rc;
+        if (has)
+            c->metrics_header_timeout_ms = (uint32_t)v;
+        if ((rc = get_uint(x, m, "health_port", "metrics", 0, 65535, &v, &has)))
+            return rc;
+        if (has)
+            c->metrics_health_port = (int32_t)v;
+        if (c->metrics_max_per_ip && c->metrics_max_connections &&
+            c->metrics_max_per_ip > c->metrics_max_connections)
+            return fail(x, "metrics.max_per_ip: must not exceed metrics.max_connections");
     }
     if (!c->metrics_host && !(c->metrics_host = strdup("127.0.0.1")))
         return -ENOMEM;
@@ -494,6 +516,10 @@ int dhps_server_config_parse(const void *buf, size_t len, dhps_server_config **o
     c->max_msg = 4u << 20;
     c->hello_timeout_ms = 2000;
     c->snapshot_on_shutdown = true;
+    c->metrics_max_connections = 64;
+    c->metrics_max_per_ip = 16;
+    c->metrics_header_timeout_ms = 2000;
+    c->metrics_health_port = -1;
     c->sync_enabled = true;
     c->sync_peer_wait_s = 10;
     c->sync_anti_entropy_s = 30;

@@ -343,7 +343,7 @@ int dhps_server_start(dhps_server *s, char *err, size_t errlen)
         }
     }
     if (c->port_file) {
-        snprintf(line, sizeof line, "%u %u\n", s->rpc_port, s->http_port);
+        snprintf(line, sizeof line, "%u %u %u\n", s->rpc_port, s->http_port, s->health_port);
         if ((rc = write_file_atomic(c->port_file, line))) {
             srv_errf(err, errlen, "port_file %s: %s", c->port_file, strerror(-rc));
             return rc;
@@ -389,6 +389,11 @@ uint16_t dhps_server_port(const dhps_server *s)
 uint16_t dhps_server_metrics_port(const dhps_server *s)
 {
     return s->http_port;
+}
+
+uint16_t dhps_server_health_port(const dhps_server *s)
+{
+    return s->health_port;
 }
 
 bool dhps_server_ready(const dhps_server *s)
