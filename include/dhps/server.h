@@ -78,6 +78,11 @@ typedef struct dhps_server_config {
     uint32_t workers;                /* rpc worker threads 1..64 (default 2) */
     uint32_t max_msg;                /* rpc max message bytes (default 4 MiB) */
     uint32_t hello_timeout_ms;       /* bound on a peer's hello, 100..60000 (default 2000) */
+    uint32_t rpc_max_connections;    /* listen.*: rpc limits (dhps_rpc_server_params; 0 = */
+    uint32_t rpc_max_conns_per_peer; /*   the rpc library's default) */
+    uint32_t rpc_max_input_mb;
+    uint32_t rpc_frame_timeout_ms;
+    uint32_t rpc_idle_timeout_s;     /* 0 = idle connections are kept */
     uint32_t ntables;
     dhps_server_table_config tables[DHPS_SERVER_MAX_TABLES];
     char *snapshot_dir;              /* NULL = no snapshots */

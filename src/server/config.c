@@ -318,7 +318,9 @@ static int parse_root(cfg_ctx *x, json_t *root, dhps_server_config *c)
     json_t *li = json_object_get(root, "listen");
     if (li) {
         static const char *const lk[] = {"host", "tcp_port", "shm", "verbs", "workers",
-                                         "max_msg", "hello_timeout_ms", NULL};
+                                         "max_msg", "hello_timeout_ms", "max_connections",
+                                         "max_conns_per_peer", "max_input_mb",
+                                         "frame_timeout_ms", "idle_timeout_s", NULL};
         if ((rc = need_object(x, li, "listen")) || (rc = only_keys(x, li, "listen", lk)) ||
             (rc = get_str(x, li, "host", "listen", false, 63, &c->listen_host)))
             return rc;
@@ -340,6 +342,24 @@ static int parse_root(cfg_ctx *x, json_t *root, dhps_server_config *c)
         if ((rc = get_uint(x, li, "hello_timeout_ms", "listen", 100, 60000, &v, NULL)))
             return rc;
         c->hello_timeout_ms = (uint32_t)v;
+        /* limits against hostile peers (docs/security.md); 0 = the rpc default */
+        const struct { const char *key; uint64_t lo, hi; uint32_t *out; } lim[] = {
+            {"max_connections", 1, 1u << 20, &c->rpc_max_connections},
+            {"max_conns_per_peer", 1, 1u << 20, &c->rpc_max_conns_per_peer},
+            {"max_input_mb", 1, 1u << 20, &c->rpc_max_input_mb},
+            {"frame_timeout_ms", 100, 3600000, &c->rpc_frame_timeout_ms},
+            {"idle_timeout_s", 1, 86400 * 7, &c->rpc_idle_timeout_s},
+        };
+        for (size_t i = 0; i < sizeof lim / sizeof lim[0]; i++) {
+            bool has = false;
+            if ((rc = get_uint(x, li, lim[i].key, "listen", lim[i].lo, lim[i].hi, &v, &has)))
+                return rc;
+            if (has)
+                *lim[i].out = (uint32_t)v;
+        }
+        if (c->rpc_max_connections && c->rpc_max_conns_per_peer &&
+            c->rpc_max_conns_per_peer > c->rpc_max_connections)
+            return fail(x, "listen.max_conns_per_peer: must not exceed listen.max_connections");
         if ((rc = get_bool(x, li, "shm", "listen", &c->shm)) ||
             (rc = get_bool(x, li, "verbs", "listen", &c->verbs)))
             return rc;

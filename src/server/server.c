@@ -160,6 +160,15 @@ int dhps_server_create(const dhps_server_config *cfg, dhps_server **out, char *e
     rp.max_msg = cfg->max_msg;
     if (cfg->hello_timeout_ms)
         rp.hello_timeout_ms = cfg->hello_timeout_ms;
+    if (cfg->rpc_max_connections)
+        rp.max_connections = cfg->rpc_max_connections;
+    if (cfg->rpc_max_conns_per_peer)
+        rp.max_conns_per_peer = cfg->rpc_max_conns_per_peer;
+    if (cfg->rpc_max_input_mb)
+        rp.max_input_bytes = (uint64_t)cfg->rpc_max_input_mb << 20;
+    if (cfg->rpc_frame_timeout_ms)
+        rp.frame_timeout_ms = cfg->rpc_frame_timeout_ms;
+    rp.idle_timeout_ms = cfg->rpc_idle_timeout_s * 1000u;
     rp.allow = DHPS_RPC_MASK(DHPS_RPC_TCP) | (cfg->shm ? DHPS_RPC_MASK(DHPS_RPC_SHM) : 0) |
                (cfg->verbs ? DHPS_RPC_MASK(DHPS_RPC_VERBS) : 0);
     uint8_t host_id[DHPS_RPC_HOST_ID_LEN];
