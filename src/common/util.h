@@ -50,6 +50,33 @@ typedef struct dhps_zipf {
 void dhps_zipf_init(dhps_zipf *z, uint64_t n, double s);
 uint64_t dhps_zipf_next(const dhps_zipf *z, uint64_t *rng);
 
+/* A log rate limit: at most `per_s` lines a second; the lines left out are counted and
+ * the next line that goes out reports them. Not thread-safe: one per thread (or under the
+ * caller's lock). Zero-initialise. */
+typedef struct dhps_ratelimit {
+    uint64_t window_ns, suppressed;
+    uint32_t lines;
+} dhps_ratelimit;
+
+/* May a line be logged now? When true, *left_out is the number of lines refused since the
+ * last one allowed. */
+static inline bool dhps_ratelimit_allow(dhps_ratelimit *r, uint32_t per_s, uint64_t *left_out)
+{
+    uint64_t now = dhps_mono_ns();
+    if (now - r->window_ns > 1000000000ull) {
+        r->window_ns = now;
+        r->lines = 0;
+    }
+    if (r->lines >= per_s) {
+        r->suppressed++;
+        return false;
+    }
+    r->lines++;
+    *left_out = r->suppressed;
+    r->suppressed = 0;
+    return true;
+}
+
 /* Least and most bytes of a cluster secret file, and the least distinct byte values in
  * it (docs/security.md): 32 random bytes hex-encoded (what `dhps keygen` writes) pass;
  * words, short secrets and repeated patterns do not. */

@@ -199,7 +199,16 @@ static int pend_step(struct acceptor *acc, pend *p)
             if (rpc_hio_put(&p->io, &rj) == 0)
                 (void)rpc_hio_flush(&p->io, p->fd);
             atomic_fetch_add_explicit(&s->rejected_auth, 1, memory_order_relaxed);
-            DHPS_LOG(DHPS_LOG_WARN, RPC_LOG, "hello: bad client proof, connection refused");
+            uint64_t left_out = 0;
+            if (rpc_log_allowed(&acc->log_rl, &left_out)) {
+                char ip[INET_ADDRSTRLEN] = "?", more[64] = "";
+                inet_ntop(AF_INET, &p->ip, ip, sizeof ip);
+                if (left_out)
+                    snprintf(more, sizeof more, "; %llu more refusals not logged",
+                             (unsigned long long)left_out);
+                DHPS_LOG(DHPS_LOG_WARN, RPC_LOG, "hello from %s: bad client proof (wrong "
+                         "cluster secret?), connection refused%s", ip, more);
+            }
             close(p->fd);
             return 1;
         }

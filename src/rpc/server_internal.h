@@ -60,13 +60,6 @@ typedef struct dd_entry {
     uint8_t *buf;
 } dd_entry;
 
-/* At most a few log lines a second from one thread; the rest are counted and the
- * next line that goes out says how many were left out. */
-typedef struct rpc_ratelimit {
-    uint64_t window_ns, suppressed;
-    uint32_t lines;
-} rpc_ratelimit;
-
 typedef struct sconn {
     conn c;
     uint32_t peer_ip;   /* network order; counted in the server's peer table */
@@ -112,7 +105,7 @@ typedef struct worker {
     struct orphan *orph, *orph_tail; /* requests from QPs not adopted yet (FIFO) */
     uint32_t norph;
     uint64_t swept_ns;  /* last timeout sweep over the connections */
-    rpc_ratelimit log_rl;
+    dhps_ratelimit log_rl;
     wstats st;
 } worker;
 
@@ -146,7 +139,7 @@ struct dhps_rpc_server {
         int ep;               /* the listening socket + hellos in progress */
         struct pend **pend;   /* hellos in progress (PEND_MAX slots) */
         uint32_t npend;
-        rpc_ratelimit log_rl; /* refusals at accept */
+        dhps_ratelimit log_rl; /* refusals at accept */
     } acc[MAX_ACCEPTORS];
     handler *handlers; /* 65536 entries, read-only after start */
     rpc_dev *dev;      /* verbs device (thread-safe verbs calls), or NULL */
@@ -193,9 +186,11 @@ void rpc_peers_destroy(struct rpc_peers *t);
 int rpc_peer_acquire(dhps_rpc_server *s, uint32_t ip, uint32_t *held);
 /* The connection counted by rpc_peer_acquire(ip) is closed. Thread-safe. */
 void rpc_peer_release(dhps_rpc_server *s, uint32_t ip);
-/* May this thread log a refusal now? Sets *suppressed to the lines left out since the
- * last one that went out. Not thread-safe: one rpc_ratelimit per thread. */
-bool rpc_log_allowed(rpc_ratelimit *r, uint64_t *suppressed);
+/* May this thread log a refusal now (5 lines a second; dhps_ratelimit_allow)? */
+static inline bool rpc_log_allowed(dhps_ratelimit *r, uint64_t *left_out)
+{
+    return dhps_ratelimit_allow(r, 5, left_out);
+}
 
 /* server_verbs.c */
 int verbs_setup(dhps_rpc_server *s, worker *w, sconn *sc, const rpc_verbs_info *r,

@@ -92,20 +92,3 @@ void rpc_peer_release(dhps_rpc_server *s, uint32_t ip)
     }
     pthread_mutex_unlock(&t->mu);
 }
-
-bool rpc_log_allowed(rpc_ratelimit *r, uint64_t *suppressed)
-{
-    uint64_t now = dhps_mono_ns();
-    if (now - r->window_ns > 1000000000ull) { /* at most 5 lines a second per thread */
-        r->window_ns = now;
-        r->lines = 0;
-    }
-    if (r->lines >= 5) {
-        r->suppressed++;
-        return false;
-    }
-    r->lines++;
-    *suppressed = r->suppressed;
-    r->suppressed = 0;
-    return true;
-}

@@ -423,6 +423,26 @@ reply_text(struct MHD_Connection *conn, unsigned code, const char *fmt, ...)
     return reply(conn, code, "text/plain; charset=utf-8", t);
 }
 
+/* Log a refused /fault request: the peer named, at most 5 lines a second (the daemon's
+ * one thread calls it), with a count of the lines left out. */
+static void fault_refused(dhps_server *s, struct MHD_Connection *conn, const char *method,
+                          const char *err)
+{
+    uint64_t left_out = 0;
+    if (!dhps_ratelimit_allow(&s->http_log_rl, 5, &left_out))
+        return;
+    char ip[INET_ADDRSTRLEN] = "?", more[64] = "";
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    if (ci && ci->client_addr && ci->client_addr->sa_family == AF_INET)
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)ci->client_addr)->sin_addr, ip,
+                  sizeof ip);
+    if (left_out)
+        snprintf(more, sizeof more, "; %llu more refusals not logged",
+                 (unsigned long long)left_out);
+    DHPS_LOG(DHPS_LOG_WARN, LOGM, "/fault %s from %s refused: %s%s", method, ip, err, more);
+}
+
 static enum MHD_Result http_fault(dhps_server *s, struct MHD_Connection *conn,
                                   const char *method, const char *upload_data,
                                   size_t *upload_size, void **con_cls)
@@ -465,12 +485,12 @@ static enum MHD_Result http_fault(dhps_server *s, struct MHD_Connection *conn,
     if (srv_admin_auth(s->secret, s->secret_len, auth, method, "/fault", peer ? peer : "",
                        port ? port : "", all ? all : "", q->body, q->len, time(NULL), err,
                        sizeof err)) {
-        DHPS_LOG(DHPS_LOG_WARN, LOGM, "/fault %s refused: %s", method, err);
+        fault_refused(s, conn, method, err);
         return reply_text(conn, MHD_HTTP_UNAUTHORIZED, "%s\n", err);
     }
     int rp = srv_admin_replay_note(&s->replay, auth, time(NULL), err, sizeof err);
     if (rp) {
-        DHPS_LOG(DHPS_LOG_WARN, LOGM, "/fault %s refused: %s", method, err);
+        fault_refused(s, conn, method, err);
         return reply_text(conn, rp == -EBUSY ? 429 /* too many requests */
                                              : MHD_HTTP_UNAUTHORIZED, "%s\n", err);
     }

@@ -17,6 +17,7 @@
 #include "dhps/server.h"
 #include "dhps/store.h"
 #include "admin.h"
+#include "util.h"
 #include "msg.h"
 #include "tomb.h"
 
@@ -82,6 +83,7 @@ struct dhps_server {
     struct MHD_Daemon *health;   /* metrics.health_port listener, or NULL */
     uint16_t health_port;
     struct srv_http_guard *http_guard; /* header deadlines of both (http.c) */
+    dhps_ratelimit http_log_rl;  /* refused /fault requests (the daemon's thread) */
     bool ready;                  /* atomic: local recovery done, rpc serving (the node is
                                     ready when its stores are caught up too) */
     bool started, stopped;

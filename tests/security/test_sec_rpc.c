@@ -44,7 +44,7 @@ static int setup(void **st)
              "\"max_input_mb\":16,\"frame_timeout_ms\":2000,\"max_conns_per_peer\":32,"
              "\"max_connections\":64},"
              "\"tables\":[{\"name\":\"emb\",\"dim\":%d}],\"secret_file\":\"%s/secret\","
-             "\"metrics\":{\"port\":0},\"shards\":{\"nshards\":%d,\"own\":\"all\"},"
+             "\"metrics\":{\"port\":0},\"admin\":{\"faults\":true},\"shards\":{\"nshards\":%d,\"own\":\"all\"},"
              "\"port_file\":\"%s/ports\"}",
              DIM, g_dir, NSH, g_dir);
     t_write(cfg, text, 0600);
@@ -121,8 +121,16 @@ static int client_round(uint64_t base)
     return missing[0] || memcmp(out, rows, sizeof rows) ? -1 : 0;
 }
 
+static int raw_hello(const char *secret);
+
 /* An authenticated raw connection (the hello done by hand, version 3). -1 on failure. */
 static int raw_auth(void)
+{
+    return raw_hello(SEC_SECRET);
+}
+
+/* A raw hello proving `secret`: the fd when accepted, -1 when refused or broken. */
+static int raw_hello(const char *secret)
 {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(g_p.port)};
@@ -156,7 +164,7 @@ static int raw_auth(void)
             break;
     }
     rpc_hello pr = {.kind = RPC_H_CLIENT_PROOF, .version = sh.version, .want = DHPS_RPC_TCP};
-    rpc_proof(SEC_SECRET, strlen(SEC_SECRET), 'c', &ch, &sh, &pr, pr.proof);
+    rpc_proof(secret, strlen(secret), 'c', &ch, &sh, &pr, pr.proof);
     n = rpc_hello_encode(&pr, buf, sizeof buf);
     if (send(fd, buf, (size_t)n, MSG_NOSIGNAL) != n)
         goto bad;
@@ -225,6 +233,50 @@ static void authenticated_memory_growth_is_bounded(void **st)
     free(frame);
 }
 
+/* Count the lines of dir/stderr.log containing needle. */
+static int log_lines(const char *needle)
+{
+    char lp[600];
+    snprintf(lp, sizeof lp, "%s/stderr.log", g_dir);
+    char *log = p_slurp(lp);
+    int lines = 0;
+    for (char *q = log; (q = strstr(q, needle)); q++)
+        lines++;
+    free(log);
+    return lines;
+}
+
+/* 500 hellos with a wrong secret and 500 unsigned /fault requests: each refused, the
+ * refusals logged naming the peer, a few lines a second (it was one line per attempt:
+ * 78 KB of log in 0.05 s). */
+static void refusals_are_logged_with_peer_rate_limited(void **st)
+{
+    (void)st;
+    t_sleep_ms(1100); /* the flood's refusals used this second's log lines */
+    int before = log_lines("hello from 127.0.0.1: bad client proof");
+    for (int i = 0; i < 500; i++)
+        assert_int_equal(raw_hello("a-wrong-secret-of-enough-length-0123456789"), -1);
+    int hello_lines = log_lines("hello from 127.0.0.1: bad client proof") - before;
+    int fault_before = log_lines("/fault PUT from 127.0.0.1 refused");
+    for (int i = 0; i < 500; i++) {
+        int fd = t_http_connect(g_p.mport);
+        assert_true(fd >= 0);
+        const char *req = "PUT /fault?peer=127.0.0.1&port=1 HTTP/1.0\r\nContent-Length: 2\r\n"
+                          "\r\n{}";
+        assert_int_equal(write(fd, req, strlen(req)), (ssize_t)strlen(req));
+        char *body = NULL;
+        assert_int_equal(t_http_reply(fd, &body), 401);
+        free(body);
+    }
+    int fault_lines = log_lines("/fault PUT from 127.0.0.1 refused") - fault_before;
+    print_message("  500 wrong-secret hellos: %d log lines; 500 unsigned /fault: %d lines\n",
+                  hello_lines, fault_lines);
+    assert_true(hello_lines >= 1 && hello_lines <= 40);
+    assert_true(fault_lines >= 1 && fault_lines <= 40);
+    assert_true(metric("dhps_rpc_rejected_auth_total") >= 500);
+    assert_int_equal(client_round(30000), 0);
+}
+
 static void connection_flood_is_capped(void **st)
 {
     (void)st;
@@ -275,6 +327,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(authenticated_memory_growth_is_bounded),
         cmocka_unit_test(connection_flood_is_capped),
+        cmocka_unit_test(refusals_are_logged_with_peer_rate_limited),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
