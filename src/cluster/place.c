@@ -829,6 +829,8 @@ int dhps_cluster_plan(const dhps_cluster_map *m, const dhps_cluster_plan_params 
     for (uint32_t i = 0; i < N; i++) {
         if (!P.elig[i])
             continue;
+        if (P.need[i] > 0)
+            st.short_left += (size_t)P.need[i];
         st.load_min = P.load[i] < st.load_min ? P.load[i] : st.load_min;
         st.load_max = P.load[i] > st.load_max ? P.load[i] : st.load_max;
         st.primary_min = P.prim[i] < st.primary_min ? P.prim[i] : st.primary_min;
