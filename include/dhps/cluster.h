@@ -65,7 +65,10 @@
  *      only then does it go to a node at target (a detour the balance step pays for).
  *   3. Balance: while an eligible node is short, it takes the best slot (same key, now
  *      as the change in AZ/POD pairs and first-replica imbalance) of a node above its
- *      target; no slot moves twice in a plan, so the moves can start together.
+ *      target. When none fits (hosts), it takes one from a node at its target that can
+ *      itself take a slot of a node above target (a detour of one move that makes
+ *      progress); else it stays short (stats.short_left). No slot moves twice in a
+ *      plan, so the moves can start together.
  *   Measured (tests/cluster/test_cluster_plan.c, 120 random clusters of 5..60 nodes,
  *   2 AZs x 1..3 PODs, R = 2/3, 64..1024 shards, adds, drains, deaths, replacements):
  *   every plan meets its lower bound; shards short of the AZ spread after the moves

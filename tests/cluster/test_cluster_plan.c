@@ -257,7 +257,8 @@ static void test_plan_frozen_and_limit(void **state)
     size_t nfull = 0, npart = 0;
     dhps_cluster_plan_stats st, st2;
     assert_int_equal(dhps_cluster_plan(m, &p, &full, &nfull, &st, err, sizeof err), 0);
-    size_t c9 = dhps_cluster_map_shards_of(m, 9, NULL, 0), c5 = dhps_cluster_map_shards_of(m, 5, NULL, 0);
+    size_t c9 = dhps_cluster_map_shards_of(m, 9, NULL, 0);
+    size_t c5 = dhps_cluster_map_shards_of(m, 5, NULL, 0);
     assert_int_equal(st.forced, c9 + c5);
     assert_int_equal(nfull, st.min_moves);
     /* priority order: dead, draining, balance */
@@ -379,9 +380,9 @@ static void test_plan_property(void **state)
         if (k < st.min_moves)
             fail_msg("run %d: %zu moves below the bound %zu?", it, k, st.min_moves);
         if (k > st.min_moves)
-            print_message("run %d: n=%u pods=%u R=%u S=%u share=%d change=%d: %zu moves, bound %zu, "
-                          "forced %zu, load %u..%u\n", it, n, pods, R, S, share, change, k,
-                          st.min_moves, st.forced, st.load_min, st.load_max);
+            print_message("run %d: n=%u pods=%u R=%u S=%u share=%d change=%d: %zu moves, "
+                          "bound %zu, forced %zu, load %u..%u\n", it, n, pods, R, S, share,
+                          change, k, st.min_moves, st.forced, st.load_min, st.load_max);
         if (k - st.min_moves > worst)
             worst = k - st.min_moves;
         total_moves += k;
@@ -429,7 +430,8 @@ static void test_plan_property(void **state)
     print_message("plan property: %zu runs, %zu moves for a lower bound of %zu (worst run +%zu); "
                   "shards short of the AZ spread %zu, of the POD spread %zu, of %zu (generated "
                   "maps before the change: %zu, %zu; generated afresh after it: %zu, %zu); first "
-                  "replicas per node: max - min grew by more than 2 by at most %u\n", runs, total_moves, total_min, worst,
+                  "replicas per node: max - min grew by more than 2 by at most %u\n", runs,
+                  total_moves, total_min, worst,
                   az_short, pod_short, shards, az_short0, pod_short0, az_fresh, pod_fresh,
                   prim_worst);
     assert_true(runs >= 100);
