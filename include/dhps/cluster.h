@@ -69,7 +69,7 @@
  *      itself take a slot of a node above target (a detour of one move that makes
  *      progress); else it stays short (stats.short_left). No slot moves twice in a
  *      plan, so the moves can start together.
- *   Measured (tests/cluster/test_cluster_plan.c, 120 random clusters of 5..60 nodes,
+ *   Measured (tests/cluster/test_cluster_plan.c, 120 random clusters of 4..60 nodes,
  *   2 AZs x 1..3 PODs, R = 2/3, 64..1024 shards, adds, drains, deaths, replacements):
  *   every plan meets its lower bound; shards short of the AZ spread after the moves
  *   3703 of 51456 against 3295 for a map generated afresh over the same nodes (which
