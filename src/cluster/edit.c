@@ -305,7 +305,8 @@ int dhps_cluster_map_edit_balance_first(const dhps_cluster_map *m, dhps_cluster_
     }
     size_t nch = 0;
     for (uint32_t s = 0; s < S; s++)
-        nch += memcmp(p.shards + (size_t)s * R, m->shards + (size_t)s * R, R * sizeof *p.shards) != 0;
+        nch += memcmp(p.shards + (size_t)s * R, m->shards + (size_t)s * R,
+                      R * sizeof *p.shards) != 0;
     if (changed)
         *changed = nch;
     free(first);
