@@ -14,8 +14,11 @@
  * File. JSON (Debian's libjansson), format in docs/client.md:
  *     {"version": 7, "nshards": 1024, "replicas": 3,
  *      "nodes": [{"id": 0, "host": "h0", "pod": "p0", "az": "a", "addr": "10.0.0.1:7000",
- *                 "metrics_port": 9100}, ...],
+ *                 "metrics_port": 9100}, {"id": 4, ..., "state": "draining"}, ...],
+ *      "joining": [{"shard": 17, "node": 5, "replaces": 2, "since": 7}, ...],
  *      "shards": [[0, 1, 2], [1, 2, 0], ...]}
+ *   "state" (optional, "active" by default) and "joining" (optional, empty by default) are
+ *   the membership additions (issue 10); a map without them parses as before.
  *   1024 shards x 3 replicas is ~14 KB: parsing it takes well under a millisecond, so a
  *   client simply re-reads the whole file when its mtime moves and keeps it only if the
  *   version grew (no diffs, no partial states).
@@ -26,7 +29,12 @@
  *   ids or addresses, bad addresses, a shards array whose length is not nshards, a
  *   shard without replicas or with a count other than R, an unknown node id, the same
  *   node twice in a shard, two replicas of one shard on one host (a host failure must
- *   never take out two copies).
+ *   never take out two copies), a node "state" other than "active"/"draining", and for
+ *   each joining entry: an unknown shard or node, a node that is already a replica of the
+ *   shard, a "replaces" that is not, a second entry for one (shard, node) or one
+ *   (shard, replaces), a joining node on the host of a replica it does not replace or of
+ *   another joining node of that shard (every flip order must give a valid map), a
+ *   "since" newer than the map version.
  *
  * Generation (dhps_cluster_map_generate). Greedy, slot by slot: for shard s, replica r,
  *   the candidate nodes are those on a host not yet used by s whose load is below
@@ -71,7 +79,27 @@ typedef struct dhps_cluster_node {
     char ip[DHPS_CLUSTER_ADDR_MAX + 1];   /* the ip part (filled by the parser/generator) */
     uint16_t port;                        /* the port part */
     uint16_t metrics_port;                /* 0 = none */
+    uint8_t state;                        /* DHPS_NODE_ACTIVE or DHPS_NODE_DRAINING */
 } dhps_cluster_node;
+
+/* Node states (key "state" of a node object; absent = active). A draining node still
+ * serves every shard it lists; placement (dhps_cluster_plan) moves its shards away and
+ * places nothing new on it; it is removed from the map once it holds nothing. */
+#define DHPS_NODE_ACTIVE 0
+#define DHPS_NODE_DRAINING 1
+
+/*
+ * A move in flight (top-level "joining" list): node is catching up shard to take the
+ * place of replica replaces, which stays in the shard's replica list until the flip.
+ * since = the map version that added the entry. A joining node receives every write of
+ * the shard and answers no lookups (docs/cluster.md "Membership").
+ */
+typedef struct dhps_cluster_join {
+    uint32_t shard;
+    uint32_t node;
+    uint32_t replaces;
+    uint64_t since;
+} dhps_cluster_join;
 
 /*
  * Parse a map from buf[0..len) (need not be NUL-terminated). Pure: no I/O, no global
@@ -118,8 +146,33 @@ int dhps_cluster_map_replicas(const dhps_cluster_map *m, uint32_t shard, const u
 size_t dhps_cluster_map_shards_of(const dhps_cluster_map *m, uint32_t node_id, uint32_t *out,
                                   size_t cap);
 
-/* Is node_id a replica of shard? */
+/* Is node_id a replica of shard? False for a joining node, an unknown node or shard, or
+ * m == NULL. Thread-safe. */
 bool dhps_cluster_map_owns(const dhps_cluster_map *m, uint32_t node_id, uint32_t shard);
+
+/* Number of joining entries (moves in flight) in the map; 0 for m == NULL. Thread-safe. */
+size_t dhps_cluster_map_njoining(const dhps_cluster_map *m);
+
+/* The i-th joining entry, sorted by (shard, node) whatever the file order, or NULL when
+ * i >= njoining or m == NULL. Valid while the map lives. Thread-safe. */
+const dhps_cluster_join *dhps_cluster_map_join_at(const dhps_cluster_map *m, size_t i);
+
+/* Joining entries of one shard: returns their count (0..R) and sets *out to the first of
+ * them (they are contiguous in join_at order, sorted by node; *out = NULL when the count
+ * is 0), or -EINVAL (shard out of range, NULL argument). O(log njoining). Valid while
+ * the map lives. Thread-safe. */
+int dhps_cluster_map_joining(const dhps_cluster_map *m, uint32_t shard,
+                             const dhps_cluster_join **out);
+
+/* Does node hold shard, as a replica or as a joining node (it must keep a store for the
+ * shard and accept its writes)? False for unknown node/shard or m == NULL. Thread-safe. */
+bool dhps_cluster_map_holds(const dhps_cluster_map *m, uint32_t node, uint32_t shard);
+
+/* Shards node holds (replica or joining), ascending. Writes up to cap of them into out
+ * (out may be NULL when cap is 0) and returns the total count (0 for an unknown node or
+ * m == NULL). O(count). Thread-safe. */
+size_t dhps_cluster_map_holdings_of(const dhps_cluster_map *m, uint32_t node, uint32_t *out,
+                                    size_t cap);
 
 typedef struct dhps_cluster_gen_params {
     uint64_t version;   /* version of the new map (default 1) */
@@ -133,7 +186,10 @@ void dhps_cluster_gen_params_init(dhps_cluster_gen_params *p);
 /*
  * Generate a balanced map over nodes[0..n) (see the essay: distinct hosts per shard,
  * spread over AZs and pods when possible, every node within +-1 of the mean shard
- * count). The node array is copied; ip/port are derived from addr. Returns 0 and sets
+ * count). The node array is copied; ip/port are derived from addr; state is copied (a
+ * state other than active/draining is refused) but every node receives its share: a new
+ * map has nothing to drain (dhps_cluster_plan moves draining nodes' shards away). The map
+ * has no joining entries. Returns 0 and sets
  * *out, or DHPS_E_CONFIG (fewer distinct hosts than replicas, a node list that would
  * not pass dhps_cluster_map_parse, bad params; described in err), -ENOMEM.
  * Deterministic: the same input gives the same map. Thread-safe.
@@ -150,8 +206,11 @@ int dhps_cluster_map_generate(const dhps_cluster_gen_params *p, const dhps_clust
 int dhps_cluster_nodes_parse(const void *buf, size_t len, dhps_cluster_node **nodes, size_t *n,
                              char *err, size_t errlen);
 
-/* Serialise the map as JSON (the format parse reads; shards one per line). Returns a
- * malloc'ed NUL-terminated string (free with free()), or NULL on -ENOMEM. */
+/* Serialise the map as JSON (the format parse reads; shards one per line). "state" is
+ * written only for draining nodes and "joining" only when non-empty (sorted by (shard,
+ * node)), so a map without them serialises as before. parse(to_json(m)) gives a map
+ * whose to_json is identical. Returns a malloc'ed NUL-terminated string (free with
+ * free()), or NULL on -ENOMEM or m == NULL. Thread-safe. */
 char *dhps_cluster_map_to_json(const dhps_cluster_map *m);
 
 /* Write the map to path atomically: a temporary file in the same directory, fsync,

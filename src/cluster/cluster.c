@@ -27,6 +27,10 @@ struct dhps_cluster_map {
     uint32_t *shards;          /* nshards x nreplicas node ids */
     uint32_t *owned_off;       /* per node index: offset into owned (nnodes + 1) */
     uint32_t *owned;           /* shard ids, grouped by node index, ascending */
+    dhps_cluster_join *joins;  /* sorted by (shard, node) */
+    size_t njoins;
+    uint32_t *held_off;        /* per node index: offset into held (nnodes + 1) */
+    uint32_t *held;            /* shards held (replica or joining), by node index, ascending */
 };
 
 /* ---- error list ---------------------------------------------------------------------- */
@@ -161,6 +165,18 @@ static int parse_node(json_t *o, size_t i, dhps_cluster_node *nd, struct errbuf 
             nd->metrics_port = (uint16_t)json_integer_value(mp);
         }
     }
+    json_t *st = json_object_get(o, "state");
+    if (st) {
+        const char *v = json_is_string(st) ? json_string_value(st) : "";
+        if (!strcmp(v, "active")) {
+            nd->state = DHPS_NODE_ACTIVE;
+        } else if (!strcmp(v, "draining")) {
+            nd->state = DHPS_NODE_DRAINING;
+        } else {
+            eb_add(e, "node %u: key \"state\" must be \"active\" or \"draining\"", nd->id);
+            bad = 1;
+        }
+    }
     return bad ? -1 : 0;
 }
 
@@ -194,10 +210,95 @@ out:
     free(addrs);
 }
 
-/* Build a map from parts (takes ownership of nodes and shards) and validate placement.
- * On errors (e->count grew) frees everything and returns DHPS_E_CONFIG. */
+static int cmp_join(const void *a, const void *b)
+{
+    const dhps_cluster_join *x = a, *y = b;
+    if (x->shard != y->shard)
+        return x->shard < y->shard ? -1 : 1;
+    if (x->node != y->node)
+        return x->node < y->node ? -1 : 1;
+    return 0;
+}
+
+static const char *host_of(const dhps_cluster_map *m, uint32_t id)
+{
+    return m->nodes[m->by_id[id]].host;
+}
+
+static bool known(const dhps_cluster_map *m, uint32_t id)
+{
+    return id <= m->max_id && m->by_id[id] >= 0;
+}
+
+/* Validate the joining entries of m (sorted; shards and nodes already checked). */
+static void check_joins(const dhps_cluster_map *m, struct errbuf *e)
+{
+    const uint32_t R = m->nreplicas;
+    for (size_t i = 0; i < m->njoins;) {
+        const uint32_t s = m->joins[i].shard;
+        size_t end = i;
+        while (end < m->njoins && m->joins[end].shard == s)
+            end++;
+        const uint32_t *r = m->shards + (size_t)s * R;
+        bool pairs = true;
+        if (end - i > R) {
+            eb_add(e, "shard %u: %zu joining entries, more than its %u replicas", s, end - i, R);
+            pairs = false;
+        }
+        for (size_t k = i; k < end; k++) {
+            const dhps_cluster_join *j = &m->joins[k];
+            if (j->since > m->version)
+                eb_add(e, "shard %u: joining node %u: since %llu is newer than the map version "
+                       "%llu", s, j->node, (unsigned long long)j->since,
+                       (unsigned long long)m->version);
+            if (!known(m, j->node)) {
+                eb_add(e, "shard %u: joining node %u is not in \"nodes\"", s, j->node);
+                continue;
+            }
+            bool is_rep = false, repl_ok = false;
+            for (uint32_t a = 0; a < R; a++) {
+                is_rep |= r[a] == j->node;
+                repl_ok |= r[a] == j->replaces;
+            }
+            if (is_rep)
+                eb_add(e, "shard %u: joining node %u is already a replica", s, j->node);
+            if (!repl_ok)
+                eb_add(e, "shard %u: joining node %u replaces %u, which is not a replica", s,
+                       j->node, j->replaces);
+            if (is_rep || !repl_ok)
+                continue;
+            for (uint32_t a = 0; a < R; a++)
+                if (r[a] != j->replaces && !strcmp(host_of(m, r[a]), host_of(m, j->node)))
+                    eb_add(e, "shard %u: joining node %u shares host %s with replica %u", s,
+                           j->node, host_of(m, j->node), r[a]);
+        }
+        for (size_t k = i; pairs && k < end; k++) {
+            const dhps_cluster_join *j = &m->joins[k];
+            for (size_t l = i; l < k; l++) {
+                const dhps_cluster_join *p = &m->joins[l];
+                if (p->node == j->node) {
+                    eb_add(e, "shard %u: node %u joining twice", s, j->node);
+                    continue;
+                }
+                if (p->replaces == j->replaces)
+                    eb_add(e, "shard %u: replica %u replaced twice (by nodes %u and %u)", s,
+                           j->replaces, p->node, j->node);
+                if (known(m, j->node) && known(m, p->node) &&
+                    !strcmp(host_of(m, j->node), host_of(m, p->node)))
+                    eb_add(e, "shard %u: joining nodes %u and %u share host %s", s, p->node,
+                           j->node, host_of(m, j->node));
+            }
+        }
+        i = end;
+    }
+}
+
+/* Build a map from parts (takes ownership of nodes, shards and joins; joins may be NULL
+ * when njoins is 0) and validate placement and joins. On errors (e->count grew) frees
+ * everything and returns DHPS_E_CONFIG. */
 static int assemble(uint64_t version, uint32_t nshards, uint32_t nrep, dhps_cluster_node *nodes,
-                    size_t nnodes, uint32_t *shards, struct errbuf *e, dhps_cluster_map **out)
+                    size_t nnodes, uint32_t *shards, dhps_cluster_join *joins, size_t njoins,
+                    struct errbuf *e, dhps_cluster_map **out)
 {
     int rc = -ENOMEM;
     unsigned errs0 = e->count;
@@ -210,8 +311,11 @@ static int assemble(uint64_t version, uint32_t nshards, uint32_t nrep, dhps_clus
     m->nnodes = nnodes;
     m->nodes = nodes;
     m->shards = shards;
+    m->joins = joins;
+    m->njoins = njoins;
     nodes = NULL;
     shards = NULL;
+    joins = NULL;
     for (size_t i = 0; i < nnodes; i++)
         if (m->nodes[i].id > m->max_id)
             m->max_id = m->nodes[i].id;
@@ -251,6 +355,14 @@ static int assemble(uint64_t version, uint32_t nshards, uint32_t nrep, dhps_clus
         rc = DHPS_E_CONFIG;
         goto fail;
     }
+    if (m->njoins) {
+        qsort(m->joins, m->njoins, sizeof *m->joins, cmp_join);
+        check_joins(m, e);
+        if (e->count != errs0) {
+            rc = DHPS_E_CONFIG;
+            goto fail;
+        }
+    }
     /* owned index: counting sort by node index */
     for (uint32_t s = 0; s < nshards; s++)
         for (uint32_t a = 0; a < nrep; a++)
@@ -266,11 +378,37 @@ static int assemble(uint64_t version, uint32_t nshards, uint32_t nrep, dhps_clus
             m->owned[m->owned_off[ni] + fill[ni]++] = s;
         }
     free(fill);
+    /* held index: replicas and joining entries, shard by shard so each list ascends */
+    m->held_off = calloc(nnodes + 1, sizeof *m->held_off);
+    m->held = malloc(((size_t)nshards * nrep + m->njoins + 1) * sizeof *m->held);
+    fill = calloc(nnodes + 1, sizeof *fill);
+    if (!m->held_off || !m->held || !fill) {
+        free(fill);
+        goto fail;
+    }
+    for (size_t i = 0; i < nnodes; i++)
+        m->held_off[i + 1] = m->owned_off[i + 1] - m->owned_off[i];
+    for (size_t k = 0; k < m->njoins; k++)
+        m->held_off[m->by_id[m->joins[k].node] + 1]++;
+    for (size_t i = 0; i < nnodes; i++)
+        m->held_off[i + 1] += m->held_off[i];
+    for (uint32_t s = 0, k = 0; s < nshards; s++) {
+        for (uint32_t a = 0; a < nrep; a++) {
+            int32_t ni = m->by_id[m->shards[(size_t)s * nrep + a]];
+            m->held[m->held_off[ni] + fill[ni]++] = s;
+        }
+        for (; k < m->njoins && m->joins[k].shard == s; k++) {
+            int32_t ni = m->by_id[m->joins[k].node];
+            m->held[m->held_off[ni] + fill[ni]++] = s;
+        }
+    }
+    free(fill);
     *out = m;
     return 0;
 fail:
     free(nodes);
     free(shards);
+    free(joins);
     dhps_cluster_map_destroy(m);
     return rc;
 }
@@ -322,7 +460,8 @@ int dhps_cluster_map_parse(const void *buf, size_t len, dhps_cluster_map **out, 
     *out = NULL;
     dhps_cluster_node *nodes = NULL;
     uint32_t *shards = NULL;
-    size_t nnodes = 0;
+    dhps_cluster_join *joins = NULL;
+    size_t nnodes = 0, njoins = 0;
     int rc = DHPS_E_CONFIG;
     json_t *root = load_json(buf ? buf : "", len, &e);
     if (!root)
@@ -349,6 +488,9 @@ int dhps_cluster_map_parse(const void *buf, size_t len, dhps_cluster_map **out, 
         eb_add(&e, "key \"nodes\": missing, not an array, or empty");
     if (!json_is_array(jsh))
         eb_add(&e, "key \"shards\": missing or not an array");
+    json_t *jjoin = json_object_get(root, "joining");
+    if (jjoin && !json_is_array(jjoin))
+        eb_add(&e, "key \"joining\": not an array");
     if (e.count)
         goto done;
     uint32_t nshards = (uint32_t)json_integer_value(jn);
@@ -392,14 +534,46 @@ int dhps_cluster_map_parse(const void *buf, size_t len, dhps_cluster_map **out, 
             shards[(size_t)s * nrep + a] = (uint32_t)json_integer_value(id);
         }
     }
+    njoins = jjoin ? json_array_size(jjoin) : 0;
+    if (njoins > (size_t)nshards * nrep) {
+        eb_add(&e, "key \"joining\": %zu entries, more than nshards x replicas", njoins);
+        goto done;
+    }
+    if (njoins && !(joins = calloc(njoins, sizeof *joins))) {
+        rc = -ENOMEM;
+        goto done;
+    }
+    for (size_t i = 0; i < njoins; i++) {
+        json_t *o = json_array_get(jjoin, i);
+        if (!json_is_object(o)) {
+            eb_add(&e, "joining[%zu]: not an object", i);
+            continue;
+        }
+        static const char *const jk[4] = {"shard", "node", "replaces", "since"};
+        json_int_t v[4];
+        const json_int_t lim[4] = {(json_int_t)nshards - 1, DHPS_CLUSTER_MAX_NODE_ID,
+                                   DHPS_CLUSTER_MAX_NODE_ID, INT64_MAX};
+        for (int k = 0; k < 4; k++) {
+            json_t *x = json_object_get(o, jk[k]);
+            v[k] = json_is_integer(x) ? json_integer_value(x) : -1;
+            if (v[k] < 0 || v[k] > lim[k])
+                eb_add(&e, "joining[%zu]: key \"%s\" missing or not an integer in 0..%lld", i,
+                       jk[k], (long long)lim[k]);
+        }
+        joins[i] = (dhps_cluster_join){(uint32_t)v[0], (uint32_t)v[1], (uint32_t)v[2],
+                                       (uint64_t)v[3]};
+    }
     if (e.count)
         goto done;
-    rc = assemble((uint64_t)json_integer_value(jv), nshards, nrep, nodes, nnodes, shards, &e, out);
+    rc = assemble((uint64_t)json_integer_value(jv), nshards, nrep, nodes, nnodes, shards, joins,
+                  njoins, &e, out);
     nodes = NULL;
     shards = NULL;
+    joins = NULL;
 done:
     free(nodes);
     free(shards);
+    free(joins);
     json_decref(root);
     if (rc == 0 && *out == NULL)
         rc = DHPS_E_CONFIG;
@@ -500,6 +674,9 @@ void dhps_cluster_map_destroy(dhps_cluster_map *m)
     free(m->shards);
     free(m->owned_off);
     free(m->owned);
+    free(m->joins);
+    free(m->held_off);
+    free(m->held);
     free(m);
 }
 
@@ -559,6 +736,63 @@ bool dhps_cluster_map_owns(const dhps_cluster_map *m, uint32_t node_id, uint32_t
     return false;
 }
 
+size_t dhps_cluster_map_njoining(const dhps_cluster_map *m) { return m ? m->njoins : 0; }
+
+const dhps_cluster_join *dhps_cluster_map_join_at(const dhps_cluster_map *m, size_t i)
+{
+    return (m && i < m->njoins) ? &m->joins[i] : NULL;
+}
+
+/* Index of the first joining entry with shard >= s. */
+static size_t join_lower(const dhps_cluster_map *m, uint32_t s)
+{
+    size_t lo = 0, hi = m->njoins;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (m->joins[mid].shard < s)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+int dhps_cluster_map_joining(const dhps_cluster_map *m, uint32_t shard,
+                             const dhps_cluster_join **out)
+{
+    if (!m || !out || shard >= m->nshards)
+        return -EINVAL;
+    size_t i = join_lower(m, shard), k = i;
+    while (k < m->njoins && m->joins[k].shard == shard)
+        k++;
+    *out = k > i ? &m->joins[i] : NULL;
+    return (int)(k - i);
+}
+
+bool dhps_cluster_map_holds(const dhps_cluster_map *m, uint32_t node, uint32_t shard)
+{
+    if (dhps_cluster_map_owns(m, node, shard))
+        return true;
+    if (!m || shard >= m->nshards)
+        return false;
+    for (size_t i = join_lower(m, shard); i < m->njoins && m->joins[i].shard == shard; i++)
+        if (m->joins[i].node == node)
+            return true;
+    return false;
+}
+
+size_t dhps_cluster_map_holdings_of(const dhps_cluster_map *m, uint32_t node, uint32_t *out,
+                                    size_t cap)
+{
+    if (!m || node > m->max_id || m->by_id[node] < 0)
+        return 0;
+    int32_t i = m->by_id[node];
+    size_t cnt = m->held_off[i + 1] - m->held_off[i];
+    for (size_t k = 0; k < cnt && k < cap; k++)
+        out[k] = m->held[m->held_off[i] + k];
+    return cnt;
+}
+
 /* ---- generate ------------------------------------------------------------------------ */
 
 void dhps_cluster_gen_params_init(dhps_cluster_gen_params *p)
@@ -613,6 +847,9 @@ int dhps_cluster_map_generate(const dhps_cluster_gen_params *p, const dhps_clust
         if (nv[i].id > DHPS_CLUSTER_MAX_NODE_ID || !nv[i].host[0] ||
             split_addr(nv[i].addr, nv[i].ip, sizeof nv[i].ip, &nv[i].port) < 0)
             eb_add(&e, "node %u: bad id, empty host or bad address \"%s\"", nv[i].id, nv[i].addr);
+        if (nv[i].state > DHPS_NODE_DRAINING)
+            eb_add(&e, "node %u: state %u is neither active nor draining", nv[i].id,
+                   nv[i].state);
     }
     check_nodes(nv, n, &e);
     if (e.count) {
@@ -708,7 +945,7 @@ int dhps_cluster_map_generate(const dhps_cluster_gen_params *p, const dhps_clust
     }
     for (size_t k = 0; k < total; k++)
         shards[k] = nv[idx[k]].id;
-    rc = assemble(p->version, S, R, nv, n, shards, &e, out);
+    rc = assemble(p->version, S, R, nv, n, shards, NULL, 0, &e, out);
     nv = NULL;
     shards = NULL;
 fail:
@@ -786,10 +1023,26 @@ char *dhps_cluster_map_to_json(const dhps_cluster_map *m)
         if (nd->metrics_port && sb_printf(&b, &len, &cap, ", \"metrics_port\": %u",
                                           nd->metrics_port) < 0)
             goto fail;
+        if (nd->state == DHPS_NODE_DRAINING &&
+            sb_printf(&b, &len, &cap, ", \"state\": \"draining\"") < 0)
+            goto fail;
         if (sb_printf(&b, &len, &cap, "}%s\n", i + 1 < m->nnodes ? "," : "") < 0)
             goto fail;
     }
-    if (sb_printf(&b, &len, &cap, "  ],\n  \"shards\": [\n") < 0)
+    if (sb_printf(&b, &len, &cap, "  ],\n") < 0)
+        goto fail;
+    if (m->njoins && sb_printf(&b, &len, &cap, "  \"joining\": [\n") < 0)
+        goto fail;
+    for (size_t k = 0; k < m->njoins; k++) {
+        const dhps_cluster_join *j = &m->joins[k];
+        if (sb_printf(&b, &len, &cap, "    {\"shard\": %u, \"node\": %u, \"replaces\": %u, "
+                      "\"since\": %llu}%s\n", j->shard, j->node, j->replaces,
+                      (unsigned long long)j->since, k + 1 < m->njoins ? "," : "") < 0)
+            goto fail;
+    }
+    if (m->njoins && sb_printf(&b, &len, &cap, "  ],\n") < 0)
+        goto fail;
+    if (sb_printf(&b, &len, &cap, "  \"shards\": [\n") < 0)
         goto fail;
     for (uint32_t s = 0; s < m->nshards; s++) {
         if (sb_printf(&b, &len, &cap, "    [") < 0)
