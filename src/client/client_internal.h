@@ -173,8 +173,9 @@ struct group {              /* update: one shard chunk fanned out to its holders
     uint32_t nrep, njoin;   /* serving replicas / joining nodes of the shard in m */
     uint32_t needed;        /* replica acknowledgements the policy asks for (of nrep) */
     bool need_join;         /* ACK_ALL: every joining node's acknowledgement too */
-    bool moved;             /* a message routed with m was answered DHPS_E_MOVED */
-    bool dead;              /* failed for good (no newer map after DHPS_E_MOVED) */
+    int moved;              /* a message routed with m was answered DHPS_E_MOVED (or, if
+                               none was, DHPS_E_NOTFOUND "not owned"): m is old */
+    bool dead;              /* failed for good: no newer map to re-route to */
     uint8_t reroutes;
     int err;                /* first error of a message routed with m */
 };

@@ -49,10 +49,12 @@ void client_update_done(void *arg, int status, const void *resp, size_t len)
             ms->err = err;
             ms->retry_at = client_update_retry_at(op->c, err);
             /* only a refusal of the group's own map says that map is old; a message
-             * sent with an older one (before a re-route) is simply re-sent */
+             * sent with an older one (before a re-route) is simply re-sent. "Not
+             * owned" says so too (the node no longer holds the shard: a flip), unless
+             * the table is unknown - the refresh then finds nothing newer. */
             if (ms->role != SLOT_DROPPED && ms->m == g->m) {
-                if (err == DHPS_E_MOVED)
-                    g->moved = true;
+                if (err == DHPS_E_MOVED || (err == DHPS_E_NOTFOUND && !g->moved))
+                    g->moved = err;
                 if (!g->err)
                     g->err = err;
             }
@@ -61,7 +63,8 @@ void client_update_done(void *arg, int status, const void *resp, size_t len)
     client_op_unref(op);
 }
 
-/* The holders of shard s in m: its serving replicas, then its joining nodes. Fills
+/* The holders of shard s in m: its serving replicas, then its joining nodes (catching
+ * up to replace a replica: they take every write, serve no lookup). Fills
  * nodes[] / roles[] (capacity 2 * DHPS_CLUSTER_MAX_REPLICAS) and returns the count;
  * *nrep, *njoin get the two parts. */
 static uint32_t holders(const dhps_cluster_map *m, uint32_t s, uint32_t *nodes, uint8_t *roles,
@@ -75,7 +78,13 @@ static uint32_t holders(const dhps_cluster_map *m, uint32_t s, uint32_t *nodes, 
         roles[n++] = SLOT_REPLICA;
     }
     *nrep = n;
-    *njoin = 0;
+    const dhps_cluster_join *j;
+    int nj = dhps_cluster_map_joining(m, s, &j);
+    for (int i = 0; i < nj && n < 2 * DHPS_CLUSTER_MAX_REPLICAS; i++) {
+        nodes[n] = j[i].node;
+        roles[n++] = SLOT_JOINING;
+    }
+    *njoin = n - *nrep;
     return n;
 }
 
@@ -174,7 +183,7 @@ static int reroute(struct op *op, struct group *g, const dhps_cluster_map *m2, i
     g->njoin = njoin;
     g->needed = policy_needed(ack, nrep);
     g->need_join = ack == DHPS_ACK_ALL;
-    g->moved = false;
+    g->moved = 0;
     g->err = 0;
     g->reroutes++;
     CTR_ADD(op->c->st.moved, 1);
@@ -211,9 +220,11 @@ static const dhps_cluster_map *op_newest(const struct op *op)
 }
 
 /* Group g can no longer be satisfied with its map, and a message of it was refused
- * DHPS_E_MOVED: find a newer map (one this op already pinned, else refresh now - at
- * most once per wait turn (*refreshed), CLIENT_MAX_REROUTES times per call) and
- * re-route g to it. Returns true when g was re-routed. */
+ * DHPS_E_MOVED or "not owned": find a newer map (one this op already pinned, else
+ * refresh now - at most once per wait turn (*refreshed), CLIENT_MAX_REROUTES times per
+ * call; after "not owned" alone without waiting for another thread's refresh and, with
+ * etcd, rate-limited: it is also the answer for an unknown table) and re-route g to
+ * it. Returns true when g was re-routed. */
 static bool try_reroute(struct op *op, struct group *g, int ack, bool *refreshed, uint64_t now)
 {
     dhps_client *c = op->c;
@@ -226,7 +237,8 @@ static bool try_reroute(struct op *op, struct group *g, int ack, bool *refreshed
         op->refreshes++;
         uint64_t left_ms = (op->deadline_ns - now) / 1000000;
         uint32_t t = left_ms < 1 ? 1 : left_ms > 1000 ? 1000 : (uint32_t)left_ms;
-        if (client_map_refresh(c, dhps_cluster_map_version(m2), t, true) == 1) {
+        bool wait = g->moved == DHPS_E_MOVED;
+        if (client_map_refresh(c, dhps_cluster_map_version(m2), t, wait) == 1) {
             struct map_ref *r = client_map_pin(c);
             if (dhps_cluster_map_version(r->m) > dhps_cluster_map_version(m2)) {
                 op->pins[op->npins++] = r;
@@ -292,7 +304,7 @@ static bool write_step(struct op *op, int ack, uint64_t *wake)
             pending = true;
         } else {
             g->dead = true;
-            g->err = DHPS_E_MOVED;
+            g->err = g->moved;
         }
     }
     return pending;

@@ -44,7 +44,8 @@ struct fake_node {
     _Atomic int delay_ms;       /* handlers sleep while delay_ms > 0, up to that long */
     _Atomic int fail;           /* answer with status DHPS_E_HANDLER */
     _Atomic int fail_next;      /* answer the next N requests with DHPS_E_HANDLER */
-    _Atomic(const dhps_cluster_map *) owner_map; /* if set: refuse shards not owned */
+    _Atomic(const dhps_cluster_map *) owner_map; /* if set: refuse shards not owned
+                                                   (writes: not held, joining counts) */
     _Atomic int not_ready;      /* lookups answered DHPS_E_NOTREADY; writes still applied */
     _Atomic int not_ready_writes; /* answer the next N writes DHPS_E_NOTREADY (a server
                                      should not; the client must cope if one does) */
@@ -113,7 +114,9 @@ static int fake_prologue(struct fake_node *f, dhps_rpc_request *r, const dhps_pr
             return 1;
         }
     }
-    if (om && !dhps_cluster_map_owns(om, f->id, h->shard)) {
+    /* a joining node takes the shard's writes, not its lookups */
+    if (om && !(r->method == DHPS_M_LOOKUP ? dhps_cluster_map_owns(om, f->id, h->shard)
+                                           : dhps_cluster_map_holds(om, f->id, h->shard))) {
         resp->status = DHPS_E_NOTFOUND;
         return 1;
     }

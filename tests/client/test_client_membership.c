@@ -81,9 +81,9 @@ static dhps_client *mkclient(struct fx *x, int router)
     p.reload_interval_ms = 0; /* the map is re-read only when a node says it is old */
     p.default_timeout_us = dhps_test_us(2000000);
     if (router == DHPS_CLIENT_ROUTER_ROUTE) {
-        p.host = "h3";
+        p.host = "hc"; /* no node's host; az0 = nodes 0 and 2 in its best tier */
         p.pod = "p0";
-        p.az = "az1";
+        p.az = "az0";
     }
     dhps_client *c = NULL;
     assert_int_equal(dhps_client_create(&p, &c), 0);
@@ -369,6 +369,215 @@ static void test_moved_map_published_meanwhile(void **state)
     dhps_cluster_map_destroy(m2);
 }
 
+/* ---- joining nodes --------------------------------------------------------------------- */
+
+/* Shard 0 of a one-shard map: node 2 joining to replace node 0 (since version v). */
+static char *join2(uint64_t since)
+{
+    static char buf[128];
+    snprintf(buf, sizeof buf, "[{\"shard\": 0, \"node\": 2, \"replaces\": 0, \"since\": %llu}]",
+             (unsigned long long)since);
+    return buf;
+}
+
+/* Wait (bounded) until node i holds keys first..first+n-1 at version v: a write the
+ * client gave up on may still be applied by a slow node. */
+static bool wait_holds(struct fx *x, int i, uint64_t first, size_t n, uint64_t v)
+{
+    uint64_t end = dhps_mono_ns() + dhps_test_us(5000000) * 1000ull;
+    for (;;) {
+        size_t ok = 0;
+        for (size_t k = 0; k < n; k++) {
+            uint64_t got = 0;
+            ok += fake_get(&x->nodes[i], first + k, &got, NULL) && got == v;
+        }
+        if (ok == n)
+            return true;
+        if (dhps_mono_ns() > end)
+            return false;
+        usleep(2000);
+    }
+}
+
+/* A write goes to the replicas and the joining node. ACK_ALL needs the joining node
+ * (failing: DHPS_E_HANDLER after its re-sends; stalled: the deadline); QUORUM and ONE
+ * count serving replicas only, so neither waits for it - it is still sent the write. */
+static void test_joining_writes(void **state)
+{
+    struct fx *x = *state;
+    write_map(x, 1, 1, 2, "[[0, 1]]", join2(1));
+    x->c = mkclient(x, DHPS_CLIENT_ROUTER_FIRST_HEALTHY);
+    dhps_client_result res;
+    uint64_t failed[2];
+    assert_int_equal(put(x->c, 1, NK, DHPS_ACK_ALL, &res, failed), 0);
+    assert_int_equal(failed[0] | failed[1], 0);
+    assert_int_equal(res.messages, 3);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(upserts(x, i), 1);
+        holds(x, i, 1, NK, res.version, true);
+    }
+    assert_int_equal(upserts(x, 3), 0);
+
+    /* the joining node fails: ALL falls short, QUORUM and ONE do not */
+    atomic_store(&x->nodes[2].fail, 1);
+    assert_int_equal(put(x->c, 1, NK, DHPS_ACK_ALL, &res, failed), DHPS_E_HANDLER);
+    assert_int_equal(failed[0], ~0ull);
+    assert_int_equal(res.missing, NK);
+    assert_int_equal(upserts(x, 2), 1 + 3); /* max_attempts re-sends */
+    assert_int_equal(put(x->c, 1, NK, DHPS_ACK_QUORUM, &res, failed), 0);
+    assert_int_equal(put(x->c, 1, NK, DHPS_ACK_ONE, &res, failed), 0);
+    assert_int_equal(dhps_client_drain(x->c, dhps_test_us(2000000)), 0);
+    assert_true(upserts(x, 2) >= 4 + 2); /* still sent the write */
+    atomic_store(&x->nodes[2].fail, 0);
+
+    /* the joining node does not answer: ALL ends at its deadline, QUORUM and ONE return
+     * with the replicas (waiting for it would end at the deadline too) */
+    atomic_store(&x->nodes[2].delay_ms, 600000);
+    uint64_t keys[NK];
+    float vals[NK * DIM];
+    for (int i = 0; i < NK; i++) {
+        keys[i] = 1 + (uint64_t)i;
+        row_of(keys[i], vals + i * DIM);
+    }
+    assert_int_equal(dhps_client_update(x->c, "emb", keys, vals, NK, DIM, DHPS_FP32, 0,
+                                        DHPS_ACK_ALL, dhps_test_us(300000), failed, &res),
+                     DHPS_E_TIMEOUT);
+    assert_int_equal(failed[0], ~0ull);
+    int acks[2] = {DHPS_ACK_QUORUM, DHPS_ACK_ONE};
+    for (int a = 0; a < 2; a++) {
+        assert_int_equal(dhps_client_update(x->c, "emb", keys, vals, NK, DIM, DHPS_FP32, 0,
+                                            acks[a], dhps_test_us(2000000), failed, &res), 0);
+        assert_int_equal(failed[0] | failed[1], 0);
+    }
+    atomic_store(&x->nodes[2].delay_ms, 0);
+    /* the stalled node got the writes all the same (the last one's version wins) */
+    assert_true(wait_holds(x, 2, 1, NK, res.version));
+    assert_int_equal(dhps_client_drain(x->c, dhps_test_us(5000000)), 0);
+    dhps_client_stats st;
+    stats(x, &st);
+    assert_int_equal(st.moved, 0);
+    assert_int_equal(st.map_refreshes, 0);
+}
+
+/* Joining nodes on some shards only (the others have fewer holders): each key lands
+ * on exactly its shard's replicas and joining node. */
+static void test_joining_some_shards(void **state)
+{
+    struct fx *x = *state;
+    write_map(x, 1, 4, 2, "[[0, 1], [1, 2], [2, 3], [3, 0]]",
+              "[{\"shard\": 1, \"node\": 3, \"replaces\": 1, \"since\": 1},"
+              " {\"shard\": 3, \"node\": 1, \"replaces\": 0, \"since\": 1}]");
+    x->c = mkclient(x, DHPS_CLIENT_ROUTER_FIRST_HEALTHY);
+    dhps_cluster_map *m = NULL;
+    assert_int_equal(dhps_cluster_map_load(x->path, &m, NULL, 0), 0);
+    dhps_client_result res;
+    assert_int_equal(put(x->c, 1, NK, DHPS_ACK_ALL, &res, NULL), 0);
+    for (uint64_t k = 1; k <= NK; k++) {
+        uint32_t s = dhps_cluster_map_shard_of(m, k);
+        for (uint32_t i = 0; i < NNODES; i++)
+            assert_int_equal(fake_get(&x->nodes[i], k, NULL, NULL),
+                             dhps_cluster_map_holds(m, i, s));
+    }
+    dhps_cluster_map_destroy(m);
+}
+
+/* Lookups never go to a joining node: not first, not as a retry when a replica fails,
+ * not as a hedge when one is slow, not when every replica fails (the keys are then
+ * unanswered, though the joining node holds them). Both routers. */
+static void test_joining_no_lookups(void **state)
+{
+    struct fx *x = *state;
+    int routers[2] = {DHPS_CLIENT_ROUTER_FIRST_HEALTHY, DHPS_CLIENT_ROUTER_ROUTE};
+    write_map(x, 1, 1, 2, "[[0, 1]]", join2(1));
+    uint64_t keys[NK];
+    float want[NK * DIM], out[NK * DIM];
+    for (int i = 0; i < NK; i++) {
+        keys[i] = 1 + (uint64_t)i;
+        row_of(keys[i], want + i * DIM);
+    }
+    for (int r = 0; r < 2; r++) {
+        dhps_client_destroy(x->c);
+        x->c = mkclient(x, routers[r]);
+        dhps_client_result res;
+        assert_int_equal(put(x->c, 1, NK, DHPS_ACK_ALL, &res, NULL), 0);
+        uint32_t hedges = 0;
+        for (int round = 0; round < 60; round++) {
+            int phase = round / 20; /* 0: healthy, 1: node 0 slow, 2: node 0 failing */
+            atomic_store(&x->nodes[0].delay_ms, phase == 1 ? 20 : 0);
+            atomic_store(&x->nodes[0].fail, phase == 2);
+            assert_int_equal(dhps_client_lookup(x->c, "emb", keys, NK, out, DIM, DHPS_FP32,
+                                                NULL, dhps_test_us(2000000), &res), 0);
+            assert_int_equal(res.found, NK);
+            assert_memory_equal(out, want, sizeof want);
+            hedges += res.hedges;
+        }
+        if (routers[r] == DHPS_CLIENT_ROUTER_ROUTE)
+            assert_true(hedges > 0); /* the slow phase hedged, to node 1 */
+        atomic_store(&x->nodes[1].fail, 1);
+        for (int round = 0; round < 5; round++) {
+            int rc = dhps_client_lookup(x->c, "emb", keys, NK, out, DIM, DHPS_FP32, NULL,
+                                        dhps_test_us(300000), &res);
+            assert_true(rc == DHPS_E_HANDLER || rc == DHPS_E_UNREACHABLE);
+            assert_int_equal(res.unanswered, NK);
+        }
+        atomic_store(&x->nodes[0].fail, 0);
+        atomic_store(&x->nodes[1].fail, 0);
+        assert_int_equal(dhps_client_drain(x->c, dhps_test_us(2000000)), 0);
+        assert_int_equal(atomic_load(&x->nodes[2].lookups), 0);
+        dhps_client_node_stats ns;
+        assert_int_equal(dhps_client_node_stats_get(x->c, 2, &ns), 0);
+        assert_int_equal(ns.messages, 1); /* the write */
+        assert_true(atomic_load(&x->nodes[0].lookups) + atomic_load(&x->nodes[1].lookups) > 60);
+    }
+}
+
+/* A move starts (map 2 adds node 2 joining for node 0) while the client has map 1; node
+ * 0 already follows map 2 and fences map-1 writes; node 1 does not yet. The write is
+ * re-routed: node 0 again with map 2, node 2 new, node 1's ack carried. Then the flip
+ * (map 3: node 2 in node 0's place, node 0 holds nothing): a client still on map 2 is
+ * refused "not owned" by node 0 and re-routes - the other two already acknowledged, so
+ * nothing more is sent. */
+static void test_joining_move(void **state)
+{
+    struct fx *x = *state;
+    write_map(x, 1, 1, 2, "[[0, 1]]", NULL);
+    x->c = mkclient(x, DHPS_CLIENT_ROUTER_FIRST_HEALTHY);
+    write_map(x, 2, 1, 2, "[[0, 1]]", join2(2));
+    atomic_store(&x->nodes[0].fence, 2);
+    dhps_client_result res;
+    assert_int_equal(put(x->c, 1, NK, DHPS_ACK_ALL, &res, NULL), 0);
+    assert_int_equal(upserts(x, 0), 2);
+    assert_int_equal(upserts(x, 1), 1);
+    assert_int_equal(upserts(x, 2), 1);
+    for (int i = 0; i < 3; i++)
+        holds(x, i, 1, NK, res.version, true);
+    uint64_t v_first = res.version;
+    dhps_client_stats st;
+    stats(x, &st);
+    assert_int_equal(st.moved, 1);
+    assert_int_equal(dhps_client_map_version(x->c), 2);
+
+    /* the flip: node 0 refuses the shard it no longer holds */
+    write_map(x, 3, 1, 2, "[[2, 1]]", NULL);
+    dhps_cluster_map *m3 = NULL;
+    assert_int_equal(dhps_cluster_map_load(x->path, &m3, NULL, 0), 0);
+    atomic_store(&x->nodes[0].owner_map, m3);
+    assert_int_equal(put(x->c, 1, NK, DHPS_ACK_ALL, &res, NULL), 0);
+    assert_int_equal(dhps_client_drain(x->c, dhps_test_us(2000000)), 0);
+    assert_int_equal(upserts(x, 0), 3);
+    assert_int_equal(upserts(x, 1), 2);
+    assert_int_equal(upserts(x, 2), 2);
+    holds(x, 0, 1, NK, v_first, true); /* refused: the first write's rows */
+    holds(x, 1, 1, NK, res.version, true);
+    holds(x, 2, 1, NK, res.version, true);
+    stats(x, &st);
+    assert_int_equal(st.moved, 2);
+    assert_true(st.not_owned > 0);
+    assert_int_equal(dhps_client_map_version(x->c), 3);
+    atomic_store(&x->nodes[0].owner_map, NULL);
+    dhps_cluster_map_destroy(m3);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -376,6 +585,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_moved_no_newer_map, setup, teardown),
         cmocka_unit_test_setup_teardown(test_moved_bounded, setup, teardown),
         cmocka_unit_test_setup_teardown(test_moved_map_published_meanwhile, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_joining_writes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_joining_some_shards, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_joining_no_lookups, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_joining_move, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
