@@ -481,6 +481,34 @@ static void test_joining_some_shards(void **state)
     dhps_cluster_map_destroy(m);
 }
 
+/* A joining node that has not applied the map adding it yet answers "not owned": the
+ * write is re-sent to it (a few ms apart, up to max_attempts), with no map refresh - it
+ * is the node's map that is behind, not the client's. */
+static void test_joining_not_applied_yet(void **state)
+{
+    struct fx *x = *state;
+    write_map(x, 1, 1, 2, "[[0, 1]]", join2(1));
+    x->c = mkclient(x, DHPS_CLIENT_ROUTER_FIRST_HEALTHY);
+    atomic_store(&x->nodes[2].not_owned_writes, 2);
+    dhps_client_result res;
+    assert_int_equal(put(x->c, 1, NK, DHPS_ACK_ALL, &res, NULL), 0);
+    assert_int_equal(res.retries, 2);
+    assert_int_equal(upserts(x, 2), 3);
+    holds(x, 2, 1, NK, res.version, true);
+    /* it never catches up: ALL fails "not owned" after max_attempts (3) */
+    atomic_store(&x->nodes[2].not_owned_writes, 100);
+    uint64_t failed[2];
+    assert_int_equal(put(x->c, 1, NK, DHPS_ACK_ALL, &res, failed), DHPS_E_NOTFOUND);
+    assert_int_equal(failed[0], ~0ull);
+    assert_int_equal(upserts(x, 2), 3 + 3);
+    dhps_client_stats st;
+    stats(x, &st);
+    assert_int_equal(st.moved, 0);
+    assert_int_equal(st.map_refreshes, 0);
+    assert_int_equal(st.not_owned, 2 + 3);
+    atomic_store(&x->nodes[2].not_owned_writes, 0);
+}
+
 /* Lookups never go to a joining node: not first, not as a retry when a replica fails,
  * not as a hedge when one is slow, not when every replica fails (the keys are then
  * unanswered, though the joining node holds them). Both routers. */
@@ -587,6 +615,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_moved_map_published_meanwhile, setup, teardown),
         cmocka_unit_test_setup_teardown(test_joining_writes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_joining_some_shards, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_joining_not_applied_yet, setup, teardown),
         cmocka_unit_test_setup_teardown(test_joining_no_lookups, setup, teardown),
         cmocka_unit_test_setup_teardown(test_joining_move, setup, teardown),
     };
