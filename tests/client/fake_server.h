@@ -349,9 +349,10 @@ __attribute__((unused)) static bool fake_get(struct fake_node *f, uint64_t key, 
 }
 
 /* Write a map over the fakes (node i = id i, host h<i>, az az<i%2>) to path. */
-static int fake_write_map(struct fake_node *f, size_t n, uint32_t nshards, uint32_t replicas,
-                          uint64_t version, bool reversed, const char *path,
-                          dhps_cluster_map **out)
+__attribute__((unused)) static int fake_write_map(struct fake_node *f, size_t n,
+                                                  uint32_t nshards, uint32_t replicas,
+                                                  uint64_t version, bool reversed,
+                                                  const char *path, dhps_cluster_map **out)
 {
     dhps_cluster_node *nodes = calloc(n, sizeof *nodes);
     for (size_t i = 0; i < n; i++) {
