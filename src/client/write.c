@@ -345,14 +345,17 @@ static int write_batch(dhps_client *c, const char *table, const uint64_t *keys,
     op->dtype = dtype;
     op->ttl = ttl;
     op->version = dhps_client_next_version(c);
-    /* room for the most holders any shard has: R replicas + its joining nodes */
+    /* room for the most holders any shard has: R replicas + its joining nodes (the
+     * joining list is sorted by shard: count its longest run, O(moves in flight)) */
     uint32_t nodes[2 * DHPS_CLUSTER_MAX_REPLICAS];
     uint8_t roles[2 * DHPS_CLUSTER_MAX_REPLICAS];
-    uint32_t F = 0, nrep, njoin;
-    for (uint32_t s = 0; s < dhps_cluster_map_nshards(op->m); s++) {
-        uint32_t h = holders(op->m, s, nodes, roles, &nrep, &njoin);
-        F = h > F ? h : F;
+    uint32_t nrep, njoin, maxj = 0, run = 0;
+    for (size_t i = 0; i < dhps_cluster_map_njoining(op->m); i++) {
+        const dhps_cluster_join *j = dhps_cluster_map_join_at(op->m, i);
+        run = i && j->shard == dhps_cluster_map_join_at(op->m, i - 1)->shard ? run + 1 : 1;
+        maxj = run > maxj ? run : maxj;
     }
+    uint32_t F = dhps_cluster_map_nreplicas(op->m) + maxj;
     if (client_plan(op, n, per_msg, F) < 0) {
         client_op_release(op, mr);
         return -ENOMEM;
@@ -362,6 +365,8 @@ static int write_batch(dhps_client *c, const char *table, const uint64_t *keys,
         struct group *g = &op->groups[gi];
         struct msg *slots = &op->msgs[gi * F];
         uint32_t h = holders(op->m, slots[0].shard, nodes, roles, &nrep, &njoin);
+        if (h > F) /* cannot happen: every shard lists R replicas (map validation) */
+            h = F;
         g->m = op->m;
         g->nrep = nrep;
         g->njoin = njoin;

@@ -459,13 +459,15 @@ static void test_joining_writes(void **state)
     assert_int_equal(st.map_refreshes, 0);
 }
 
-/* Joining nodes on some shards only (the others have fewer holders): each key lands
- * on exactly its shard's replicas and joining node. */
+/* Joining nodes on some shards only, two on shard 0 (both its replicas being replaced),
+ * none on shard 2: each key lands on exactly its shard's replicas and joining nodes. */
 static void test_joining_some_shards(void **state)
 {
     struct fx *x = *state;
     write_map(x, 1, 4, 2, "[[0, 1], [1, 2], [2, 3], [3, 0]]",
-              "[{\"shard\": 1, \"node\": 3, \"replaces\": 1, \"since\": 1},"
+              "[{\"shard\": 0, \"node\": 2, \"replaces\": 0, \"since\": 1},"
+              " {\"shard\": 0, \"node\": 3, \"replaces\": 1, \"since\": 1},"
+              " {\"shard\": 1, \"node\": 3, \"replaces\": 1, \"since\": 1},"
               " {\"shard\": 3, \"node\": 1, \"replaces\": 0, \"since\": 1}]");
     x->c = mkclient(x, DHPS_CLIENT_ROUTER_FIRST_HEALTHY);
     dhps_cluster_map *m = NULL;
