@@ -608,6 +608,120 @@ static void test_joining_move(void **state)
     dhps_cluster_map_destroy(m3);
 }
 
+/* ---- threads ------------------------------------------------------------------------- */
+
+#define NTHR 4
+#define TKEYS 64
+
+struct writer {
+    struct fx *x;
+    int id;
+    _Atomic int *stop;
+    int bad_rc;                 /* first return code other than 0 */
+    unsigned calls;
+    uint64_t last_version;      /* of the final write, made after the last map change */
+};
+
+static void thr_put(struct writer *w, dhps_client_result *res, int *rc)
+{
+    uint64_t keys[TKEYS];
+    float vals[TKEYS * DIM];
+    for (int i = 0; i < TKEYS; i++) {
+        keys[i] = (uint64_t)(w->id + 1) * 100000 + (uint64_t)i;
+        row_of(keys[i], vals + i * DIM);
+    }
+    *rc = dhps_client_update(w->x->c, "emb", keys, vals, TKEYS, DIM, DHPS_FP32, 0,
+                             DHPS_ACK_ALL, 0, NULL, res);
+    if (*rc && !w->bad_rc)
+        w->bad_rc = *rc;
+    w->calls++;
+}
+
+static void *writer_main(void *arg)
+{
+    struct writer *w = arg;
+    dhps_client_result res;
+    int rc;
+    while (!atomic_load(w->stop))
+        thr_put(w, &res, &rc);
+    return NULL;
+}
+
+/* 16 shards, R 2, placement rotated by v; odd versions move shard 0 (a joining node). */
+static void rotate_map(struct fx *x, uint64_t v)
+{
+    char shards[512], join[128];
+    int len = snprintf(shards, sizeof shards, "[");
+    for (int s = 0; s < 16; s++)
+        len += snprintf(shards + len, sizeof shards - (size_t)len, "%s[%d, %d]", s ? ", " : "",
+                        (int)((s + v) % 4), (int)((s + v + 1) % 4));
+    snprintf(shards + len, sizeof shards - (size_t)len, "]");
+    snprintf(join, sizeof join, "[{\"shard\": 0, \"node\": %d, \"replaces\": %d, \"since\": %llu}]",
+             (int)((v + 2) % 4), (int)(v % 4), (unsigned long long)v);
+    write_map(x, v, 16, 2, shards, v % 2 ? join : NULL);
+}
+
+/* Four threads write through one client (ACK_ALL) while the map changes every 30 ms and
+ * every node then fences the older maps: refusals, refreshes (several threads at once:
+ * one waits for the other's) and re-routes on every thread, map pins outliving
+ * installs. Every write succeeds; a final write per thread lands on exactly its
+ * holders in the last map. */
+static void test_moved_threads(void **state)
+{
+    struct fx *x = *state;
+    rotate_map(x, 1);
+    x->c = mkclient(x, DHPS_CLIENT_ROUTER_FIRST_HEALTHY);
+    _Atomic int stop = 0;
+    struct writer w[NTHR];
+    pthread_t th[NTHR];
+    for (int i = 0; i < NTHR; i++) {
+        w[i] = (struct writer){.x = x, .id = i, .stop = &stop};
+        assert_int_equal(pthread_create(&th[i], NULL, writer_main, &w[i]), 0);
+    }
+    uint64_t last = 8;
+    for (uint64_t v = 2; v <= last; v++) {
+        usleep(30000);
+        rotate_map(x, v);
+        for (int i = 0; i < NNODES; i++)
+            atomic_store(&x->nodes[i].fence, v);
+    }
+    usleep(30000);
+    atomic_store(&stop, 1);
+    unsigned calls = 0;
+    for (int i = 0; i < NTHR; i++) {
+        assert_int_equal(pthread_join(th[i], NULL), 0);
+        if (w[i].bad_rc)
+            fprintf(stderr, "writer %d: rc %d (%s)\n", i, w[i].bad_rc, dhps_strerror(w[i].bad_rc));
+        assert_int_equal(w[i].bad_rc, 0);
+        calls += w[i].calls;
+        dhps_client_result res;
+        int rc;
+        thr_put(&w[i], &res, &rc);
+        assert_int_equal(rc, 0);
+        w[i].last_version = res.version;
+    }
+    dhps_client_stats st;
+    stats(x, &st);
+    print_message("  %u writes over %llu map changes: %llu chunks re-routed, %llu refreshes\n",
+                  calls, (unsigned long long)(last - 1), (unsigned long long)st.moved,
+                  (unsigned long long)st.map_refreshes);
+    assert_int_equal(dhps_client_map_version(x->c), last);
+    assert_true(st.moved > 0);
+    dhps_cluster_map *m = NULL;
+    assert_int_equal(dhps_cluster_map_load(x->path, &m, NULL, 0), 0);
+    for (int i = 0; i < NTHR; i++)
+        for (int k = 0; k < TKEYS; k++) {
+            uint64_t key = (uint64_t)(i + 1) * 100000 + (uint64_t)k, v = 0;
+            uint32_t s = dhps_cluster_map_shard_of(m, key);
+            for (uint32_t n = 0; n < NNODES; n++)
+                if (dhps_cluster_map_holds(m, n, s)) {
+                    assert_true(fake_get(&x->nodes[n], key, &v, NULL));
+                    assert_int_equal(v, w[i].last_version);
+                }
+        }
+    dhps_cluster_map_destroy(m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -620,6 +734,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_joining_not_applied_yet, setup, teardown),
         cmocka_unit_test_setup_teardown(test_joining_no_lookups, setup, teardown),
         cmocka_unit_test_setup_teardown(test_joining_move, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_moved_threads, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
