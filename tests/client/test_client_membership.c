@@ -663,10 +663,10 @@ static void rotate_map(struct fx *x, uint64_t v)
 
 /* Four threads write through one client (ACK_ALL) while the map changes every 30 ms
  * (scaled: test_scale.h; a write spanning 4 changes would rightly give up, after 3
- * re-routes) and every node then fences the older maps: refusals, refreshes (several threads at once:
- * one waits for the other's) and re-routes on every thread, map pins outliving
- * installs. Every write succeeds; a final write per thread lands on exactly its
- * holders in the last map. */
+ * re-routes) and every node then fences the older maps: refusals, refreshes (several
+ * threads at once: one waits for the other's) and re-routes on every thread, map pins
+ * outliving installs. Every write succeeds; a final write per thread lands on exactly
+ * its holders in the last map. */
 static void test_moved_threads(void **state)
 {
     struct fx *x = *state;
