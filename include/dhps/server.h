@@ -163,6 +163,16 @@ int dhps_server_config_parse(const void *buf, size_t len, dhps_server_config **o
  */
 int dhps_server_config_resolve(dhps_server_config *c, char *err, size_t errlen);
 
+/*
+ * Everything `dhps-server --check-config` checks, which is everything dhps_server_create
+ * would refuse the config for before serving: resolve (above), the secret file (mode,
+ * strength), snapshot.dir (a writable directory), log.dir (or a writable parent), and
+ * that the configured non-zero ports (listen.tcp_port, metrics.port, metrics.health_port)
+ * can be bound now. Returns 0 or DHPS_E_CONFIG (-errno for a socket failure) with one
+ * line in err. Not thread-safe on one config.
+ */
+int dhps_server_config_check(dhps_server_config *c, char *err, size_t errlen);
+
 /* Read path and parse it as dhps_server_config_parse does; a read failure is
  * DHPS_E_CONFIG with "config <path>: <strerror>". */
 int dhps_server_config_load(const char *path, dhps_server_config **out, char *err,
