@@ -63,6 +63,9 @@ typedef struct dhps_server_table_config {
     uint64_t mem_limit;              /* bytes for the whole table on this node, 0 = none;
                                         split evenly over the owned shards */
     uint64_t capacity;               /* keys expected on this node (sizes the indexes) */
+    bool allow_nonfinite;            /* store NaN/+-inf values; by default an UPSERT with
+                                        one (or an fp32 value an fp16 table cannot hold)
+                                        is refused whole, -EDOM (default false) */
 } dhps_server_table_config;
 
 /* A parsed, validated config. Strings are owned by the config (freed with it). */
