@@ -250,7 +250,8 @@ int main(void)
     dhps_coord_create(&p, &C);
     dir = t_mkdtemp();
     char path[700], text[4096];
-    uint16_t port[2] = {p_free_port(), p_free_port()};
+    int hold[2]; /* the map's ports, held until the end (p_hold_port) */
+    uint16_t port[2] = {p_hold_port(&hold[0]), p_hold_port(&hold[1])};
     snprintf(map_text[0], sizeof map_text[0],
              "{\"version\":%%d,\"nshards\":%d,\"replicas\":2,\"nodes\":["
              "{\"id\":1,\"host\":\"ha\",\"pod\":\"p\",\"az\":\"a\",\"addr\":\"127.0.0.1:%u\"},"
@@ -295,6 +296,8 @@ int main(void)
         if (system(cmd) != 0)
             fprintf(stderr, "no logs\n");
     }
+    close(hold[0]);
+    close(hold[1]);
     dhps_coord_destroy(C);
     etcd_cleanup(&fx);
     t_rmdir(dir);

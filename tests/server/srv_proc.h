@@ -131,7 +131,31 @@ static inline int p_start(const char *dir, const char *cfg, proc *p, bool wait_r
     return wait_ready ? p_wait_http(p, "/health", 200, 15000) /* scaled inside */ : 0;
 }
 
-/* A TCP port on 127.0.0.1 that was free a moment ago (bound to 0, read, closed). */
+/* A TCP port on 127.0.0.1 held for a server the test starts later (a cluster map names
+ * it first): bound here and kept bound, not listening, in *fd (close it when done).
+ * Others cannot bind it nor get it as a connect's ephemeral port meanwhile, while
+ * dhps-server, which binds with SO_REUSEADDR, can bind and listen on it -- also again
+ * after a kill -9. Picked exclusively (bound to 0 before SO_REUSEADDR is set). 0 on
+ * error. */
+static inline uint16_t p_hold_port(int *fd)
+{
+    *fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t al = sizeof a;
+    int one = 1;
+    if (*fd < 0 || bind(*fd, (struct sockaddr *)&a, sizeof a) ||
+        setsockopt(*fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) ||
+        getsockname(*fd, (struct sockaddr *)&a, &al)) {
+        if (*fd >= 0)
+            close(*fd);
+        *fd = -1;
+        return 0;
+    }
+    return ntohs(a.sin_port);
+}
+
+/* A TCP port on 127.0.0.1 that was free a moment ago (bound to 0, read, closed): only
+ * for a port that must be free, never for one a server binds later (p_hold_port). */
 static inline uint16_t p_free_port(void)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);

@@ -24,6 +24,7 @@ typedef struct cluster {
     char *dir;
     char node_dir[2][600], cfg[2][700];
     proc p[2];
+    int hold[2]; /* the map's ports, held until cluster_stop (p_hold_port) */
 } cluster;
 
 /* A map of nodes 1 and 2 on free ports, both replicas of all NSH shards, and a config
@@ -35,7 +36,7 @@ static void cluster_init(cluster *c, const char *sync_json)
     char path[700], text[4096];
     uint16_t port[2];
     for (int i = 0; i < 2; i++) {
-        port[i] = p_free_port();
+        port[i] = p_hold_port(&c->hold[i]);
         assert_true(port[i] != 0);
     }
     snprintf(path, sizeof path, "%s/map.json", c->dir);
@@ -77,6 +78,8 @@ static void cluster_stop(cluster *c)
             p_wait_exit(c->p[i].pid, 10000);
             c->p[i].pid = 0;
         }
+    for (int i = 0; i < 2; i++)
+        close(c->hold[i]);
     t_rmdir(c->dir);
 }
 
