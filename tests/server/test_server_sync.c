@@ -27,11 +27,18 @@ typedef struct cluster {
     int hold[2]; /* the map's ports, held until cluster_stop (p_hold_port) */
 } cluster;
 
+/* The cluster of the running test, stopped by teardown when an assertion ended the test
+ * before its cluster_stop (else its servers live on, one of them maybe SIGSTOPped,
+ * holding their ports). Tests keep their cluster in static storage for this. */
+static cluster *g_live;
+
 /* A map of nodes 1 and 2 on free ports, both replicas of all NSH shards, and a config
  * per node (sync settings in sync_json). */
 static void cluster_init(cluster *c, const char *sync_json)
 {
     memset(c, 0, sizeof *c);
+    c->hold[0] = c->hold[1] = -1;
+    g_live = c;
     c->dir = t_mkdtemp();
     char path[700], text[4096];
     uint16_t port[2];
@@ -71,6 +78,7 @@ static void cluster_init(cluster *c, const char *sync_json)
 
 static void cluster_stop(cluster *c)
 {
+    g_live = NULL;
     for (int i = 0; i < 2; i++)
         if (c->p[i].pid > 0) {
             kill(c->p[i].pid, SIGCONT);
@@ -245,7 +253,7 @@ static void connect_listening(t_conn *tc, const cluster *c, int i)
 static void test_catch_up_after_kill9(void **state)
 {
     (void)state;
-    cluster c;
+    static cluster c;
     cluster_init(&c, "{\"peer_wait_s\":20,\"anti_entropy_s\":0}");
     start_node(&c, 0, false);
     start_node(&c, 1, false);
@@ -285,7 +293,7 @@ static void test_catch_up_after_kill9(void **state)
 static void test_not_ready_until_caught_up(void **state)
 {
     (void)state;
-    cluster c;
+    static cluster c;
     cluster_init(&c, "{\"peer_wait_s\":600,\"anti_entropy_s\":0}");
     start_node(&c, 0, false);
     start_node(&c, 1, false);
@@ -327,7 +335,7 @@ static void test_not_ready_until_caught_up(void **state)
 static void test_empty_replica_waits_for_a_peer(void **state)
 {
     (void)state;
-    cluster c;
+    static cluster c;
     cluster_init(&c, "{\"peer_wait_s\":1,\"anti_entropy_s\":0}");
     start_node(&c, 0, false);
     start_node(&c, 1, false);
@@ -368,7 +376,7 @@ static void test_empty_replica_waits_for_a_peer(void **state)
 static void test_anti_entropy_repairs(void **state)
 {
     (void)state;
-    cluster c;
+    static cluster c;
     cluster_init(&c, "{\"peer_wait_s\":20,\"anti_entropy_s\":1,\"tombstone_s\":60}");
     start_node(&c, 0, false);
     start_node(&c, 1, false);
@@ -401,14 +409,22 @@ static void test_anti_entropy_repairs(void **state)
     cluster_stop(&c);
 }
 
+static int teardown(void **state)
+{
+    (void)state;
+    if (g_live)
+        cluster_stop(g_live);
+    return 0;
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_catch_up_after_kill9),
-        cmocka_unit_test(test_not_ready_until_caught_up),
-        cmocka_unit_test(test_empty_replica_waits_for_a_peer),
-        cmocka_unit_test(test_anti_entropy_repairs),
+        cmocka_unit_test_teardown(test_catch_up_after_kill9, teardown),
+        cmocka_unit_test_teardown(test_not_ready_until_caught_up, teardown),
+        cmocka_unit_test_teardown(test_empty_replica_waits_for_a_peer, teardown),
+        cmocka_unit_test_teardown(test_anti_entropy_repairs, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
