@@ -144,6 +144,9 @@ typedef struct dhps_server_config {
     char *coord_etcd;                /* coord.etcd: client URL, NULL = no registration */
     char *coord_cluster;             /* coord.cluster: cluster name (required with etcd) */
     uint32_t coord_lease_ttl_s;      /* coord.lease_ttl_s 2..300 (default 10) */
+    char *startup_gate_file;         /* test hook: after startup_delay_ms, wait until this
+                                        file exists before loading (health stays 503);
+                                        NULL = none. Last, so earlier offsets keep. */
 } dhps_server_config;
 
 /*

@@ -295,8 +295,8 @@ static int parse_root(cfg_ctx *x, json_t *root, dhps_server_config *c)
 {
     static const char *const keys[] = {"node_id", "labels", "listen", "tables", "snapshot",
                                        "secret_file", "metrics", "shards", "pid_file",
-                                       "port_file", "startup_delay_ms", "admin", "sync", "log",
-                                       "coord", NULL};
+                                       "port_file", "startup_delay_ms", "startup_gate_file", "admin",
+                                       "sync", "log", "coord", NULL};
     int rc;
     if (!json_is_object(root))
         return fail(x, "top level: must be an object");
@@ -519,6 +519,8 @@ static int parse_root(cfg_ctx *x, json_t *root, dhps_server_config *c)
     if ((rc = get_uint(x, root, "startup_delay_ms", "", 0, 60000, &v, NULL)))
         return rc;
     c->startup_delay_ms = (uint32_t)v;
+    if ((rc = get_str(x, root, "startup_gate_file", "", false, 4000, &c->startup_gate_file)))
+        return rc;
     return 0;
 }
 
@@ -632,6 +634,7 @@ void dhps_server_config_free(dhps_server_config *c)
     free(c->log_dir);
     free(c->coord_etcd);
     free(c->coord_cluster);
+    free(c->startup_gate_file);
     free(c);
 }
 
@@ -645,11 +648,11 @@ dhps_server_config *srv_config_dup(const dhps_server_config *c)
     char **strs[] = {&d->node_id, &d->label_host, &d->label_pod, &d->label_az,
                      &d->listen_host, &d->snapshot_dir, &d->secret_file, &d->metrics_host,
                      &d->cluster_map, &d->pid_file, &d->port_file, &d->log_dir,
-                     &d->coord_etcd, &d->coord_cluster};
+                     &d->coord_etcd, &d->coord_cluster, &d->startup_gate_file};
     const char *src[] = {c->node_id, c->label_host, c->label_pod, c->label_az,
                          c->listen_host, c->snapshot_dir, c->secret_file, c->metrics_host,
                          c->cluster_map, c->pid_file, c->port_file, c->log_dir,
-                         c->coord_etcd, c->coord_cluster};
+                         c->coord_etcd, c->coord_cluster, c->startup_gate_file};
     bool ok = true;
     for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++)
         *strs[i] = NULL;

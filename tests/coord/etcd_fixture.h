@@ -1,6 +1,9 @@
 /*
  * A real etcd for tests: started on free loopback ports with a temporary data dir,
  * killed at the end. etcd_start returns 77 (skip) when the binary is missing.
+ * The ports are free when picked, not held (etcd binds them itself): on its first start
+ * an etcd that exits (a port taken meanwhile by another process) is retried on new
+ * ports. Bounds are scaled (test_scale.h).
  */
 #ifndef DHPS_TEST_ETCD_FIXTURE_H
 #define DHPS_TEST_ETCD_FIXTURE_H
@@ -17,6 +20,7 @@
 #include <unistd.h>
 
 #include "dhps/coord.h"
+#include "test_scale.h"
 
 struct etcd_fx {
     pid_t pid;
@@ -45,23 +49,10 @@ static const char *fx_etcd_bin(void)
     return NULL;
 }
 
-/* (Re)start etcd on fx's ports and dir (first call picks them). Waits until it answers.
- * Returns 0, 77 (no etcd binary), or -1. */
-static int etcd_start(struct etcd_fx *fx)
+/* Start etcd on fx's ports and dir and wait until it answers: 0; -1 when it exited
+ * (e.g. a port taken) or did not answer within a scaled bound (then killed). */
+static int fx_run(struct etcd_fx *fx, const char *bin)
 {
-    const char *bin = fx_etcd_bin();
-    if (!bin) {
-        fprintf(stderr, "SKIP: no etcd binary (apt-get install etcd-server)\n");
-        return 77;
-    }
-    if (!fx->dir[0]) {
-        strcpy(fx->dir, "/tmp/dhps-etcd-XXXXXX");
-        if (!mkdtemp(fx->dir))
-            return -1;
-        fx->cport = fx_free_port();
-        fx->pport = fx_free_port();
-        snprintf(fx->url, sizeof fx->url, "http://127.0.0.1:%d", fx->cport);
-    }
     char lc[64], pu[64], log[96], ic[96];
     snprintf(lc, sizeof lc, "http://127.0.0.1:%d", fx->cport);
     snprintf(pu, sizeof pu, "http://127.0.0.1:%d", fx->pport);
@@ -81,19 +72,60 @@ static int etcd_start(struct etcd_fx *fx)
     dhps_coord_params p;
     dhps_coord_params_init(&p);
     p.endpoint = fx->url;
-    p.timeout_ms = 500;
+    p.timeout_ms = 500; /* one probe; the loop below is the bound */
     dhps_coord *c = NULL;
     if (dhps_coord_create(&p, &c) < 0)
         return -1;
-    for (int i = 0; i < 200; i++) {
+    uint64_t end = dhps_test_now_ms() + dhps_test_ms(10000); /* an event, scaled */
+    int rc = -1;
+    while (dhps_test_now_ms() < end) {
         dhps_coord_kv *kv;
         if (dhps_coord_get(c, "/probe", false, &kv, NULL) >= 0) {
-            dhps_coord_destroy(c);
-            return 0;
+            rc = 0;
+            break;
+        }
+        if (waitpid(fx->pid, NULL, WNOHANG) == fx->pid) { /* exited: it will not answer */
+            fx->pid = 0;
+            break;
         }
         usleep(50000);
     }
     dhps_coord_destroy(c);
+    if (rc && fx->pid > 0) {
+        kill(fx->pid, SIGKILL);
+        waitpid(fx->pid, NULL, 0);
+        fx->pid = 0;
+    }
+    return rc;
+}
+
+/* (Re)start etcd on fx's ports and dir (first call picks them). Waits until it answers.
+ * Returns 0, 77 (no etcd binary), or -1. */
+static int etcd_start(struct etcd_fx *fx)
+{
+    const char *bin = fx_etcd_bin();
+    if (!bin) {
+        fprintf(stderr, "SKIP: no etcd binary (apt-get install etcd-server)\n");
+        return 77;
+    }
+    if (fx->dir[0]) /* a restart: same ports, same data */
+        return fx_run(fx, bin);
+    strcpy(fx->dir, "/tmp/dhps-etcd-XXXXXX");
+    if (!mkdtemp(fx->dir))
+        return -1;
+    for (int attempt = 0; attempt < 3; attempt++) {
+        char cmd[160];
+        snprintf(cmd, sizeof cmd, "rm -rf %s/*", fx->dir); /* what a failed try left */
+        if (attempt && system(cmd) != 0)
+            return -1;
+        fx->cport = fx_free_port();
+        fx->pport = fx_free_port();
+        snprintf(fx->url, sizeof fx->url, "http://127.0.0.1:%d", fx->cport);
+        if (fx_run(fx, bin) == 0)
+            return 0;
+        fprintf(stderr, "etcd on ports %d/%d did not come up (log %s.log)%s\n", fx->cport,
+                fx->pport, fx->dir, attempt < 2 ? ": new ports" : "");
+    }
     return -1;
 }
 

@@ -109,11 +109,27 @@ static void test_cas_race(void **st)
     assert_int_equal(conflicts, 7);
 }
 
+/* Keys of prefix key (or the key) in etcd now; -1 on error. */
+static int key_count(const char *key, bool prefix)
+{
+    dhps_coord_kv *kv;
+    int n = dhps_coord_get(C, key, prefix, &kv, NULL);
+    if (n > 0)
+        dhps_coord_kvs_free(kv, n);
+    return n < 0 ? -1 : n;
+}
+
 static void test_lease(void **st)
 {
-    int64_t id, ttl, left, granted;
-    assert_int_equal(dhps_coord_lease_grant(C, 2, &id, &ttl), 0);
-    assert_int_equal(ttl, 2);
+    /* the TTL is the thing under test: keepalives every quarter of it keep the key, then
+     * the key goes with the lease. It is scaled (test_scale.h; 2 s natively) so that a
+     * keepalive delayed by the machine still lands inside it, and capped at 10 s (a
+     * keepalive 7.5 s late; the test stays under a minute). */
+    int64_t id, ttl, left, granted, want = dhps_test_ms(2000) / 1000;
+    if (want > 10)
+        want = 10;
+    assert_int_equal(dhps_coord_lease_grant(C, want, &id, &ttl), 0);
+    assert_int_equal(ttl, want);
     assert_int_equal(dhps_coord_put(C, "/lease/k", "x", 1, id, NULL), 0);
     dhps_coord_kv *kv;
     assert_int_equal(dhps_coord_get(C, "/lease/k", false, &kv, NULL), 1);
@@ -121,18 +137,18 @@ static void test_lease(void **st)
     dhps_coord_kvs_free(kv, 1);
     /* kept alive well past its TTL */
     for (int i = 0; i < 6; i++) {
-        usleep(600000);
+        usleep((useconds_t)(want * 250000));
         assert_int_equal(dhps_coord_lease_keepalive(C, id, &ttl), 0);
-        assert_int_equal(ttl, 2);
+        assert_int_equal(ttl, want);
     }
     assert_int_equal(dhps_coord_get(C, "/lease/k", false, &kv, NULL), 1);
     dhps_coord_kvs_free(kv, 1);
     assert_int_equal(dhps_coord_lease_ttl(C, id, &left, &granted), 0);
-    assert_true(left >= 0 && left <= 2);
-    assert_int_equal(granted, 2);
-    /* then left alone: the key expires with it */
-    usleep(3500000);
-    assert_int_equal(dhps_coord_get(C, "/lease/k", false, &kv, NULL), 0);
+    assert_true(left >= 0 && left <= want);
+    assert_int_equal(granted, want);
+    /* then left alone: the key expires with it (an event: etcd's lessor revokes expired
+     * leases on its own schedule; a fixed 3.5 s sleep assumed it did so within 1.5 s) */
+    assert_true(DHPS_TEST_WAIT_FOR(key_count("/lease/k", false) == 0, 2000 + 10000));
     assert_int_equal(dhps_coord_lease_keepalive(C, id, NULL), DHPS_E_NOTFOUND);
     assert_int_equal(dhps_coord_lease_ttl(C, id, &left, NULL), 0);
     assert_int_equal(left, -1);
@@ -181,8 +197,10 @@ static void on_st(void *arg, int status, int64_t rev)
     pthread_mutex_unlock(&s->mu);
 }
 
+/* Wait for n events, up to a scaled ms (not under test); the count seen. */
 static int wait_n(struct seen *s, int n, int ms)
 {
+    ms = (int)dhps_test_ms((uint32_t)ms);
     for (int t = 0; t < ms; t += 20) {
         pthread_mutex_lock(&s->mu);
         int k = s->n;
@@ -223,7 +241,15 @@ static void test_watch_order_and_restart(void **st)
     /* etcd down: the watch reports it once, calls fail as unreachable */
     etcd_kill(&fx);
     assert_int_equal(dhps_coord_put(C, "/w/a", "x", 1, 0, NULL), DHPS_E_UNREACHABLE);
-    usleep(1500000);
+    /* an event (the watch thread notices on its own time; a fixed 1.5 s sleep assumed
+     * it did by then); that it is reported once is checked after the outage below */
+    assert_true(DHPS_TEST_WAIT_FOR(({
+                                       pthread_mutex_lock(&s->mu);
+                                       int d = s->down;
+                                       pthread_mutex_unlock(&s->mu);
+                                       d >= 1;
+                                   }),
+                                   10000));
     pthread_mutex_lock(&s->mu);
     assert_int_equal(s->down, 1);
     pthread_mutex_unlock(&s->mu);
@@ -271,8 +297,15 @@ static void test_unreachable(void **st)
 {
     dhps_coord_params p;
     dhps_coord_params_init(&p);
+    /* a port bound here and not listening: refused for as long as the test holds it (a
+     * port only free a moment ago may be taken by a test running beside this one) */
+    int hold = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t al = sizeof a;
+    assert_int_equal(bind(hold, (struct sockaddr *)&a, sizeof a), 0);
+    assert_int_equal(getsockname(hold, (struct sockaddr *)&a, &al), 0);
     char url[64];
-    snprintf(url, sizeof url, "http://127.0.0.1:%d", fx_free_port());
+    snprintf(url, sizeof url, "http://127.0.0.1:%d", ntohs(a.sin_port));
     p.endpoint = url;
     p.timeout_ms = 300;
     dhps_coord *c;
@@ -282,6 +315,7 @@ static void test_unreachable(void **st)
     int64_t id;
     assert_int_equal(dhps_coord_lease_grant(c, 5, &id, NULL), DHPS_E_UNREACHABLE);
     dhps_coord_destroy(c);
+    close(hold);
     p.endpoint = "";
     assert_int_equal(dhps_coord_create(&p, &c), -EINVAL);
 }
@@ -299,6 +333,8 @@ int main(void)
     dhps_coord_params p;
     dhps_coord_params_init(&p);
     p.endpoint = fx.url;
+    p.timeout_ms = dhps_test_ms(2000); /* not under test: scaled */
+    p.connect_timeout_ms = dhps_test_ms(1000);
     dhps_coord_create(&p, &C);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_key_schema),  cmocka_unit_test(test_put_get_delete),

@@ -36,9 +36,10 @@ static int count_nodes(void)
     return n;
 }
 
+/* The waits below are on events, up to a scaled ms (test_scale.h): none is under test. */
 static int wait_nodes(int want, unsigned ms)
 {
-    uint64_t end = t_now_ms() + ms;
+    uint64_t end = t_now_ms() + dhps_test_ms(ms);
     int n;
     while ((n = count_nodes()) != want && t_now_ms() < end)
         t_sleep_ms(50);
@@ -72,7 +73,7 @@ static double metric(int i, const char *series)
 
 static int wait_metric(int i, const char *series, double want, unsigned ms)
 {
-    uint64_t end = t_now_ms() + ms;
+    uint64_t end = t_now_ms() + dhps_test_ms(ms);
     while (t_now_ms() < end) {
         if (metric(i, series) == want)
             return 0;
@@ -105,11 +106,13 @@ static int roundtrip(dhps_client *cl, float base)
             vals[i * D + j] = base + i;
     }
     uint64_t failed[(NK + 63) / 64] = {0}, missing[(NK + 63) / 64] = {0};
-    int rc = dhps_client_update(cl, "emb", keys, vals, NK, D, DHPS_FP32, 0, 0, 1000000, failed,
+    int rc = dhps_client_update(cl, "emb", keys, vals, NK, D, DHPS_FP32, 0, 0,
+                                dhps_test_us(1000000) /* not under test: scaled */, failed,
                                 NULL);
     if (rc < 0)
         return rc;
-    rc = dhps_client_lookup(cl, "emb", keys, NK, out, D, DHPS_FP32, missing, 1000000, NULL);
+    rc = dhps_client_lookup(cl, "emb", keys, NK, out, D, DHPS_FP32, missing,
+                            dhps_test_us(1000000), NULL);
     if (rc < 0)
         return rc;
     for (int i = 0; i < NK; i++)
@@ -120,7 +123,7 @@ static int roundtrip(dhps_client *cl, float base)
 
 static uint64_t wait_version(dhps_client *cl, uint64_t v, unsigned ms)
 {
-    uint64_t end = t_now_ms() + ms;
+    uint64_t end = t_now_ms() + dhps_test_ms(ms);
     while (dhps_client_map_version(cl) < v && t_now_ms() < end)
         t_sleep_ms(20);
     return dhps_client_map_version(cl);
@@ -180,7 +183,9 @@ static void test_cluster(void **st)
     assert_int_equal(wait_version(cl, 2, 5000), 2);
     assert_int_equal(roundtrip(cl, 2.0f), 0);
     assert_int_equal(wait_metric(1, "dhps_coord_map_version", 2, 5000), 0);
-    assert_true(count_in_log(1, "cluster map in etcd: version 2") == 1);
+    /* the server sets the metric, then logs: wait for the line (an event), then once */
+    DHPS_TEST_WAIT_FOR(count_in_log(1, "cluster map in etcd: version 2") >= 1, 5000);
+    assert_int_equal(count_in_log(1, "cluster map in etcd: version 2"), 1);
 
     /* etcd down: the data path goes on with the last map */
     etcd_kill(&fx);
@@ -192,9 +197,10 @@ static void test_cluster(void **st)
     }
     assert_true(rounds > 0);
     assert_int_equal(dhps_client_map_version(cl), 2);
+    /* the client's watch notices the outage on its own time: an event (the 4 s above
+     * were assumed to be enough) */
     dhps_client_stats cs;
-    dhps_client_stats_get(cl, &cs);
-    assert_int_equal(cs.coord_up, 0);
+    assert_true(DHPS_TEST_WAIT_FOR((dhps_client_stats_get(cl, &cs), cs.coord_up == 0), 10000));
     assert_int_equal(cs.coord_outages, 1);
     assert_int_equal(wait_metric(0, "dhps_coord_up", 0, 5000), 0);
     assert_true(metric(0, "dhps_coord_errors_total") >= 1);
@@ -239,10 +245,13 @@ int main(void)
     dhps_coord_params p;
     dhps_coord_params_init(&p);
     p.endpoint = fx.url;
+    p.timeout_ms = dhps_test_ms(2000); /* not under test: scaled */
+    p.connect_timeout_ms = dhps_test_ms(1000);
     dhps_coord_create(&p, &C);
     dir = t_mkdtemp();
     char path[700], text[4096];
-    uint16_t port[2] = {p_free_port(), p_free_port()};
+    int hold[2]; /* the map's ports, held until the end (p_hold_port) */
+    uint16_t port[2] = {p_hold_port(&hold[0]), p_hold_port(&hold[1])};
     snprintf(map_text[0], sizeof map_text[0],
              "{\"version\":%%d,\"nshards\":%d,\"replicas\":2,\"nodes\":["
              "{\"id\":1,\"host\":\"ha\",\"pod\":\"p\",\"az\":\"a\",\"addr\":\"127.0.0.1:%u\"},"
@@ -287,6 +296,8 @@ int main(void)
         if (system(cmd) != 0)
             fprintf(stderr, "no logs\n");
     }
+    close(hold[0]);
+    close(hold[1]);
     dhps_coord_destroy(C);
     etcd_cleanup(&fx);
     t_rmdir(dir);

@@ -10,6 +10,9 @@ typedef struct proc {
     uint16_t port, mport;
 } proc;
 
+/* DHPS_LOG for the servers p_spawn starts (e.g. "info"); NULL: inherited. */
+static const char *p_server_log;
+
 /* Start DHPS_SERVER_BIN flag cfg with stderr in dir/stderr.log (appended, so restarts
  * keep the earlier lines). */
 static inline pid_t p_spawn(const char *dir, const char *flag, const char *cfg)
@@ -22,6 +25,8 @@ static inline pid_t p_spawn(const char *dir, const char *flag, const char *cfg)
         dup2(fd, 2);
         int nul = open("/dev/null", O_WRONLY);
         dup2(nul, 1);
+        if (p_server_log)
+            setenv("DHPS_LOG", p_server_log, 1);
         execl(DHPS_SERVER_BIN, "dhps-server", flag, cfg, (char *)NULL);
         _exit(127);
     }
@@ -44,17 +49,37 @@ static inline int p_wait_exit(pid_t pid, unsigned ms)
     return -1;
 }
 
-/* A file's text (at most 64 KiB), malloc'ed; "" when unreadable. */
+/* A file's whole text, malloc'ed; "" when unreadable. */
 static inline char *p_slurp(const char *path)
 {
     FILE *f = fopen(path, "r");
     if (!f)
         return strdup("");
-    char *buf = calloc(1, 1 << 16);
-    size_t n = fread(buf, 1, (1 << 16) - 1, f);
-    buf[n] = 0;
+    size_t cap = 1 << 16, len = 0, r;
+    char *buf = malloc(cap);
+    while ((r = fread(buf + len, 1, cap - len - 1, f)) > 0)
+        if ((len += r) + 1 == cap)
+            buf = realloc(buf, cap *= 2);
+    buf[len] = 0;
     fclose(f);
     return buf;
+}
+
+/* dir/stderr.log, the servers' stderr (p_spawn), malloc'ed. */
+static inline char *p_stderr(const char *dir)
+{
+    char p[600];
+    snprintf(p, sizeof p, "%s/stderr.log", dir);
+    return p_slurp(p);
+}
+
+/* Empty dir/stderr.log: a test that looks for a line in it sees this run's lines only. */
+static inline void p_stderr_clear(const char *dir)
+{
+    char p[600];
+    snprintf(p, sizeof p, "%s/stderr.log", dir);
+    if (truncate(p, 0) && errno != ENOENT)
+        perror(p);
 }
 
 /* Wait until GET path on p's metrics port answers code (or the process exits, or ms
@@ -106,7 +131,31 @@ static inline int p_start(const char *dir, const char *cfg, proc *p, bool wait_r
     return wait_ready ? p_wait_http(p, "/health", 200, 15000) /* scaled inside */ : 0;
 }
 
-/* A TCP port on 127.0.0.1 that was free a moment ago (bound to 0, read, closed). */
+/* A TCP port on 127.0.0.1 held for a server the test starts later (a cluster map names
+ * it first): bound here and kept bound, not listening, in *fd (close it when done).
+ * Others cannot bind it nor get it as a connect's ephemeral port meanwhile, while
+ * dhps-server, which binds with SO_REUSEADDR, can bind and listen on it -- also again
+ * after a kill -9. Picked exclusively (bound to 0 before SO_REUSEADDR is set). 0 on
+ * error. */
+static inline uint16_t p_hold_port(int *fd)
+{
+    *fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t al = sizeof a;
+    int one = 1;
+    if (*fd < 0 || bind(*fd, (struct sockaddr *)&a, sizeof a) ||
+        setsockopt(*fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) ||
+        getsockname(*fd, (struct sockaddr *)&a, &al)) {
+        if (*fd >= 0)
+            close(*fd);
+        *fd = -1;
+        return 0;
+    }
+    return ntohs(a.sin_port);
+}
+
+/* A TCP port on 127.0.0.1 that was free a moment ago (bound to 0, read, closed): only
+ * for a port that must be free, never for one a server binds later (p_hold_port). */
 static inline uint16_t p_free_port(void)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);

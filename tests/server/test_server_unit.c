@@ -99,7 +99,8 @@ static const char *GOOD =
     "\"default_ttl\":60,\"mem_limit\":1000000,\"capacity\":10}],"
     "\"snapshot\":{\"dir\":\"/tmp/x\",\"interval_s\":30,\"on_shutdown\":false},"
     "\"secret_file\":\"/etc/dhps/secret\",\"metrics\":{\"host\":\"0.0.0.0\",\"port\":9100},"
-    "\"shards\":{\"nshards\":8,\"own\":[1,3,5]},\"pid_file\":\"/tmp/p\",\"port_file\":\"/tmp/q\"}";
+    "\"shards\":{\"nshards\":8,\"own\":[1,3,5]},\"pid_file\":\"/tmp/p\",\"port_file\":\"/tmp/q\","
+    "\"startup_gate_file\":\"/tmp/g\"}";
 
 static void test_config_good(void **st)
 {
@@ -125,6 +126,7 @@ static void test_config_good(void **st)
     assert_int_equal(c->nshards, 8);
     assert_int_equal(c->owned[1] + c->owned[3] + c->owned[5], 3);
     assert_int_equal(c->owned[0] + c->owned[2], 0);
+    assert_string_equal(c->startup_gate_file, "/tmp/g");
     dhps_server_config_free(c);
 }
 
@@ -144,6 +146,8 @@ static void expect_bad(const char *json, const char *want)
 static void test_config_bad(void **st)
 {
     expect_bad("{", "config line 1");
+    expect_bad("{\"node_id\":\"n\"," BASE_T "," BASE_S ",\"startup_gate_file\":7}",
+               "startup_gate_file: must be a string");
     expect_bad("[]", "top level: must be an object");
     expect_bad("{\"node_id\":\"n\",\"tables\":[{\"name\":\"a\",\"dim\":4},{\"name\":\"b\","
                "\"dim\":5000}]," BASE_S "}", "config tables[1].dim: must be 1..4096");

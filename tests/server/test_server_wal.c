@@ -10,15 +10,10 @@
 #include <dirent.h>
 #include <cmocka.h>
 
-#include "srv_test.h"
+#include "srv_proc.h"
 
 #define NSH 4
 #define D 8
-
-typedef struct proc {
-    pid_t pid;
-    uint16_t port, mport;
-} proc;
 
 static void cfg_file(const char *dir, const char *extra, char *path, size_t len)
 {
@@ -26,92 +21,6 @@ static void cfg_file(const char *dir, const char *extra, char *path, size_t len)
     t_config(dir, text, sizeof text, NSH, "\"all\"", extra);
     snprintf(path, len, "%s/server.json", dir);
     t_write(path, text, 0600);
-}
-
-static pid_t spawn(const char *dir, const char *flag, const char *cfg)
-{
-    char log[600];
-    snprintf(log, sizeof log, "%s/stderr.log", dir);
-    pid_t pid = fork();
-    if (pid == 0) {
-        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
-        dup2(fd, 2);
-        int nul = open("/dev/null", O_WRONLY);
-        dup2(nul, 1);
-        setenv("DHPS_LOG", "info", 1);
-        execl(DHPS_SERVER_BIN, "dhps-server", flag, cfg, (char *)NULL);
-        _exit(127);
-    }
-    return pid;
-}
-
-static int wait_exit(pid_t pid, unsigned ms)
-{
-    uint64_t end = t_now_ms() + ms;
-    int st;
-    while (t_now_ms() < end) {
-        pid_t r = waitpid(pid, &st, WNOHANG);
-        if (r == pid)
-            return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-        t_sleep_ms(20);
-    }
-    kill(pid, SIGKILL);
-    waitpid(pid, &st, 0);
-    return -1;
-}
-
-static char *slurp(const char *path)
-{
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return strdup("");
-    char *buf = calloc(1, 1 << 20);
-    size_t n = fread(buf, 1, (1 << 20) - 1, f);
-    buf[n] = 0;
-    fclose(f);
-    return buf;
-}
-
-static char *stderr_log(const char *dir)
-{
-    char p[600];
-    snprintf(p, sizeof p, "%s/stderr.log", dir);
-    return slurp(p);
-}
-
-static int start(const char *dir, const char *cfg, proc *p)
-{
-    char pf[600];
-    snprintf(pf, sizeof pf, "%s/ports", dir);
-    unlink(pf);
-    memset(p, 0, sizeof *p);
-    p->pid = spawn(dir, "--config", cfg);
-    uint64_t end = t_now_ms() + 15000;
-    while (t_now_ms() < end && !p->port) {
-        FILE *f = fopen(pf, "r");
-        unsigned a = 0, b = 0;
-        if (f) {
-            if (fscanf(f, "%u %u", &a, &b) == 2) {
-                p->port = (uint16_t)a;
-                p->mport = (uint16_t)b;
-            }
-            fclose(f);
-        }
-        if (waitpid(p->pid, NULL, WNOHANG) == p->pid)
-            return -1;
-        t_sleep_ms(10);
-    }
-    while (p->port && t_now_ms() < end) {
-        char *body;
-        int code = t_http_get(p->mport, "/health", &body);
-        free(body);
-        if (code == 200)
-            return 0;
-        if (waitpid(p->pid, NULL, WNOHANG) == p->pid)
-            return -1;
-        t_sleep_ms(10);
-    }
-    return -1;
 }
 
 static void kill9(proc *p)
@@ -286,7 +195,7 @@ static void kill9_replays(const char *fsync)
              "\"log\":{\"fsync\":\"%s\",\"segment_mb\":1,\"max_mb\":64}", fsync);
     cfg_file(dir, extra, cfg, sizeof cfg);
     proc p;
-    assert_int_equal(start(dir, cfg, &p), 0);
+    assert_int_equal(p_start(dir, cfg, &p, true), 0);
     t_conn tc;
     assert_int_equal(t_connect(&tc, p.port, T_SECRET), 0);
     assert_int_equal(range_op(&tc, 'p', 1, 40001, 1, 0), 0);    /* > 1 MiB: rotations */
@@ -308,7 +217,7 @@ static void kill9_replays(const char *fsync)
     assert_true(first);
     t_sleep_ms(1100); /* the 1 s TTL runs out while the node is down */
 
-    assert_int_equal(start(dir, cfg, &p), 0);
+    assert_int_equal(p_start(dir, cfg, &p, true), 0);
     assert_int_equal(t_connect(&tc, p.port, T_SECRET), 0);
     check_range(&tc, 1, 1001, 2);
     check_range(&tc, 1001, 2001, 1);
@@ -332,7 +241,7 @@ static void kill9_replays(const char *fsync)
     assert_int_equal(range_op(&tc, 'p', 60001, 60101, 7, 0), 0); /* after the checkpoint */
     t_close(&tc);
     kill9(&p);
-    assert_int_equal(start(dir, cfg, &p), 0);
+    assert_int_equal(p_start(dir, cfg, &p, true), 0);
     assert_int_equal(t_connect(&tc, p.port, T_SECRET), 0);
     check_range(&tc, 1, 1001, 2);
     check_range(&tc, 2001, 2501, 0);
@@ -341,7 +250,7 @@ static void kill9_replays(const char *fsync)
     assert_int_equal(metric(&p, "dhps_log_replayed_records"), NSH); /* one batch per shard */
     t_close(&tc);
     kill(p.pid, SIGTERM);
-    assert_int_equal(wait_exit(p.pid, 20000), 0);
+    assert_int_equal(p_wait_exit(p.pid, 20000), 0);
     t_rmdir(dir);
 }
 
@@ -374,7 +283,7 @@ static void test_torn_tail_and_corrupt_middle(void **st)
     char *dir = t_mkdtemp(), cfg[600];
     cfg_file(dir, "", cfg, sizeof cfg);
     proc p;
-    assert_int_equal(start(dir, cfg, &p), 0);
+    assert_int_equal(p_start(dir, cfg, &p, true), 0);
     t_conn tc;
     assert_int_equal(t_connect(&tc, p.port, T_SECRET), 0);
     for (uint64_t b = 0; b < 10; b++)
@@ -387,8 +296,8 @@ static void test_torn_tail_and_corrupt_middle(void **st)
     struct stat sb;
     assert_int_equal(stat(seg, &sb), 0);
     assert_int_equal(truncate(seg, sb.st_size - 5), 0);
-    assert_int_equal(start(dir, cfg, &p), 0);
-    char *log = stderr_log(dir);
+    assert_int_equal(p_start(dir, cfg, &p, true), 0);
+    char *log = p_stderr(dir);
     if (!strstr(log, "torn tail"))
         fail_msg("no torn tail reported: %s", log);
     free(log);
@@ -406,9 +315,10 @@ static void test_torn_tail_and_corrupt_middle(void **st)
     char junk[4] = {0x5a, 0x5a, 0x5a, 0x5a};
     assert_int_equal(pwrite(fd, junk, sizeof junk, sb.st_size / 2), 4);
     close(fd);
-    p.pid = spawn(dir, "--config", cfg);
-    assert_int_equal(wait_exit(p.pid, 20000), 1);
-    log = stderr_log(dir);
+    p_stderr_clear(dir); /* this run's lines only: earlier runs named the segment too */
+    p.pid = p_spawn(dir, "--config", cfg);
+    assert_int_equal(p_wait_exit(p.pid, 20000), 1);
+    log = p_stderr(dir);
     if (!strstr(log, strrchr(seg, '/') + 1) || !strstr(log, "refusing to start"))
         fail_msg("stderr does not name the corrupt log segment: %s", log);
     free(log);
@@ -476,20 +386,21 @@ static void test_log_config(void **st)
     /* --check-config validates the keys too */
     char *dir = t_mkdtemp(), cfg[600];
     cfg_file(dir, "\"log\":{\"fsync\":\"sometimes\"}", cfg, sizeof cfg);
-    pid_t pid = spawn(dir, "--check-config", cfg);
-    assert_int_equal(wait_exit(pid, 10000), 2);
-    char *log = stderr_log(dir);
+    pid_t pid = p_spawn(dir, "--check-config", cfg);
+    assert_int_equal(p_wait_exit(pid, 10000), 2);
+    char *log = p_stderr(dir);
     assert_non_null(strstr(log, "log.fsync"));
     free(log);
     cfg_file(dir, "\"log\":{\"fsync\":\"never\"}", cfg, sizeof cfg);
-    pid = spawn(dir, "--check-config", cfg);
-    assert_int_equal(wait_exit(pid, 10000), 0);
+    pid = p_spawn(dir, "--check-config", cfg);
+    assert_int_equal(p_wait_exit(pid, 10000), 0);
     t_rmdir(dir);
 }
 
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
+    p_server_log = "info"; /* the servers' replay and torn-tail lines */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_log_config),
         cmocka_unit_test(test_kill9_interval),
