@@ -202,9 +202,12 @@ static void map_seen(struct srv_member *m, const char *val, size_t len, int64_t 
         return;
     }
     uint64_t v = dhps_cluster_map_version(map);
-    if (v > get(&m->map_version) && m->s->follow) {
+    bool newest = v > get(&m->map_version);
+    if (newest) {
         __atomic_store_n(&m->map_version, v, __ATOMIC_RELAXED);
         __atomic_store_n(&m->map_revision, (uint64_t)rev, __ATOMIC_RELAXED);
+    }
+    if (m->s->follow && newest && v > __atomic_load_n(&m->s->map_version, __ATOMIC_ACQUIRE)) {
         DHPS_LOG(DHPS_LOG_INFO, LOGM, "cluster map in etcd: version %" PRIu64 " (revision %"
                  PRId64 "): applying", v, rev);
         pthread_mutex_lock(&m->mu); /* the member thread applies it */
@@ -214,13 +217,11 @@ static void map_seen(struct srv_member *m, const char *val, size_t len, int64_t 
         pthread_mutex_unlock(&m->mu);
         return;
     }
-    if (v > get(&m->map_version)) {
-        __atomic_store_n(&m->map_version, v, __ATOMIC_RELAXED);
-        __atomic_store_n(&m->map_revision, (uint64_t)rev, __ATOMIC_RELAXED);
+    if (!m->s->follow && newest) {
         bool owns = dhps_cluster_map_node(map, m->s->cfg->map_node) != NULL;
         DHPS_LOG(DHPS_LOG_INFO, LOGM, "cluster map in etcd: version %" PRIu64 " (revision %"
                  PRId64 ", %u shards, node %u %s): noted; this node keeps serving its "
-                 "configured shards (acting on map changes is not implemented yet)",
+                 "configured shards (shards.follow_etcd makes it follow the map)",
                  v, rev, dhps_cluster_map_nshards(map), m->s->cfg->map_node,
                  owns ? "in it" : "not in it");
     }
@@ -236,9 +237,15 @@ static void on_map_event(void *arg, const dhps_coord_event *ev)
 static void on_map_status(void *arg, int status, int64_t rev)
 {
     struct srv_member *m = arg;
-    if (status == DHPS_E_STALE)
-        DHPS_LOG(DHPS_LOG_WARN, LOGM, "map watch: history compacted at revision %" PRId64,
-                 rev);
+    if (status == DHPS_E_STALE) {
+        DHPS_LOG(DHPS_LOG_WARN, LOGM, "map watch: history compacted at revision %" PRId64
+                 "; reading the map again", rev);
+        dhps_coord_kv *kv = NULL; /* a change inside the compacted range is not replayed */
+        int got = dhps_coord_get(m->c, m->map_key, false, &kv, NULL);
+        if (got > 0)
+            map_seen(m, kv[0].value, kv[0].value_len, kv[0].mod_revision);
+        dhps_coord_kvs_free(kv, got);
+    }
     else if (status < 0)
         add(&m->errors, 1);
 }
