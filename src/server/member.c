@@ -207,7 +207,8 @@ static void map_seen(struct srv_member *m, const char *val, size_t len, int64_t 
         __atomic_store_n(&m->map_version, v, __ATOMIC_RELAXED);
         __atomic_store_n(&m->map_revision, (uint64_t)rev, __ATOMIC_RELAXED);
     }
-    if (m->s->follow && newest && v > __atomic_load_n(&m->s->map_version, __ATOMIC_ACQUIRE)) {
+    if (m->s->follow && newest &&
+        v > __atomic_load_n(&m->s->map_version, __ATOMIC_ACQUIRE)) {
         DHPS_LOG(DHPS_LOG_INFO, LOGM, "cluster map in etcd: version %" PRIu64 " (revision %"
                  PRId64 "): applying", v, rev);
         pthread_mutex_lock(&m->mu); /* the member thread applies it */

@@ -590,7 +590,8 @@ char *srv_sync_status_json(srv_sync *y)
                  "\"catchup_seconds\":%.3f,\"peers_skipped\":%llu}\n",
                  ready ? "true" : "false",
                  ready ? "ready" : !recovered ? "recovering" : "catching_up", nstores,
-                 nstores > pending ? nstores - pending : 0, pending, (unsigned long long)get(&y->merged),
+                 nstores > pending ? nstores - pending : 0, pending,
+                 (unsigned long long)get(&y->merged),
                  (unsigned long long)get(&y->fetched_bytes), catchup_seconds(y),
                  (unsigned long long)get(&y->peers_skipped)) < 0)
         return NULL;

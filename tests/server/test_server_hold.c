@@ -163,7 +163,7 @@ static void test_move_under_load(void **state)
 static void test_fence(void **state)
 {
     (void)state;
-    S->follow = true; /* as with shards.follow_etcd (set before any request of this test) */
+    __atomic_store_n(&S->follow, true, __ATOMIC_RELAXED); /* as with shards.follow_etcd */
     uint64_t v = (uint64_t)metric("dhps_map_version") + 1;
     /* node 2 joins shard 0: the holder set changes at v, node 1 keeps the shard */
     assert_int_equal(srv_hold_apply(S, map_jv(v, NSH, true), "test"), 1);
@@ -194,7 +194,7 @@ static void test_fence(void **state)
     assert_int_equal(t_lookup(&tc, "emb", 0, K0, 1, 0, NULL, NULL, NULL), DHPS_E_NOTREADY);
     t_close(&tc);
     assert_int_equal(metric("dhps_writes_moved_total"), 3);
-    S->follow = false;
+    __atomic_store_n(&S->follow, false, __ATOMIC_RELAXED);
 }
 
 int main(void)
