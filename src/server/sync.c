@@ -332,6 +332,11 @@ static uint32_t catch_up_pass(srv_sync *y)
             }
         }
         if (all && !sync_stopping(y)) {
+            if (!st->sync_caught && !st->sync_ndone) /* e.g. flipped in before it was ready */
+                DHPS_LOG(DHPS_LOG_WARN, LOGM, "table %s shard %u: no other serving replica "
+                         "in map version %llu to catch up from; serving what it holds",
+                         st->t->c.name, st->shard,
+                         (unsigned long long)dhps_cluster_map_version(y->map));
             srv_hold_set_ready(s, st);
             made++;
         }
