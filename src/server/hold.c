@@ -107,6 +107,7 @@ int srv_hold_init(dhps_server *s, dhps_cluster_map *m, char *err, size_t errlen)
     const dhps_server_config *c = s->cfg;
     int rc = 0;
     pthread_mutex_init(&s->hold_mu, NULL);
+    s->epoch = 1; /* a worker slot of 0 means idle: the epoch a handler announces never is */
     if (m) {
         if (!(s->map = calloc(1, sizeof *s->map))) {
             dhps_cluster_map_destroy(m);
