@@ -121,6 +121,22 @@ def test_bad_arguments_raise_before_call(client):
         client.delete("emb", [1], ack="two")
 
 
+def test_secret_file_rules(cluster, tmp_path):
+    """The binding reads a secret file by the server's rules (docs/security.md)."""
+    good = open(os.path.join(cluster, "secret"), "rb").read()
+    p = tmp_path / "secret"
+    p.write_bytes(good + b"\n")
+    os.chmod(p, 0o600)
+    assert dhps.client.read_secret_file(p) == good.rstrip(b"\r\n")
+    os.chmod(p, 0o640)
+    with pytest.raises(ValueError, match="lets its group read"):
+        dhps.client.read_secret_file(p)
+    p.write_bytes(b"dog\n")
+    os.chmod(p, 0o600)
+    with pytest.raises(ValueError, match="too weak"):
+        dhps.Client(map=os.path.join(cluster, "map.json"), secret=p)
+
+
 def test_error_carries_code_and_text(cluster):
     with pytest.raises(dhps.Error) as ei:
         dhps.Client(map=os.path.join(cluster, "no-map.json"),

@@ -28,6 +28,7 @@ int dhps_cmd_bench(int argc, char **argv);
 int dhps_cmd_chaos(int argc, char **argv);
 int dhps_cmd_fault(int argc, char **argv);
 int dhps_cmd_traffic(int argc, char **argv);
+int dhps_cmd_keygen(int argc, char **argv);
 
 struct dhps_cmd {
     const char *name;
@@ -36,7 +37,7 @@ struct dhps_cmd {
 };
 
 static const struct dhps_cmd dhps_cmds[] = {
-    {"sim", dhps_cmd_sim, "simulate client traffic over a cluster through the router"},
+    {"sim", dhps_cmd_sim, "simulate traffic through the router; `sim churn`: membership"},
     {"map", dhps_cmd_map, "check or generate a cluster map file; publish/show it in etcd"},
     {"nodes", dhps_cmd_nodes, "nodes registered in etcd (--etcd URL --cluster NAME)"},
     {"load", dhps_cmd_load, "bulk-load a table from a dhps table file or a .npy array"},
@@ -55,6 +56,7 @@ static const struct dhps_cmd dhps_cmds[] = {
     {"chaos", dhps_cmd_chaos, "availability under killed, stopped and slowed nodes"},
     {"fault", dhps_cmd_fault, "set/clear/list a node's server-side rpc fault rules (/fault)"},
     {"traffic", dhps_cmd_traffic, "steady lookups; per interval, where the traffic goes"},
+    {"keygen", dhps_cmd_keygen, "write a new cluster secret file (32 random bytes, 0600)"},
 };
 
 static void usage(FILE *f)
