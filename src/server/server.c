@@ -86,9 +86,8 @@ int dhps_server_create(const dhps_server_config *cfg, dhps_server **out, char *e
     } else if (cfg->cluster_map) {
         if ((rc = dhps_server_config_resolve(s->cfg, err, errlen)))
             goto fail;
-        if (cfg->sync_enabled &&
-            (rc = dhps_cluster_map_load(cfg->cluster_map, &m0, err, errlen)))
-            goto fail;
+        if ((rc = dhps_cluster_map_load(cfg->cluster_map, &m0, err, errlen)))
+            goto fail; /* the applied map: sync peers, dhps_map_version, registration */
     }
     s->follow = cfg->follow_etcd;
     s->tables = calloc(cfg->ntables, sizeof *s->tables);
