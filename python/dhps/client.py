@@ -117,12 +117,14 @@ class Client:
                                      outage the last map stays in use
 
     Options: timeout_ms (default deadline of calls, 100 ms), connect_timeout_ms,
-    max_msg (bytes, default 4 MiB like the tools), hedge (bool).
+    max_msg (bytes, default 4 MiB like the tools), hedge (bool), allow_nonfinite
+    (bool, default False: an update with a NaN or inf value is refused whole, dhps.Error
+    with code -errno.EDOM, and nothing is written).
     """
 
     def __init__(self, cluster=None, *, map=None, secret=None, host=None, pod=None, az=None,
                  timeout_ms=None, connect_timeout_ms=None, max_msg=4 << 20, hedge=None,
-                 etcd=None, name=None):
+                 etcd=None, name=None, allow_nonfinite=False):
         self._c = None
         if etcd is not None:
             if cluster is not None:
@@ -182,6 +184,7 @@ class Client:
             p.max_msg = int(max_msg)
         if hedge is not None:
             p.hedge = bool(hedge)
+        p.allow_nonfinite = bool(allow_nonfinite)
         out = ffi.new("dhps_client **")
         rc = lib.dhps_client_create(p, out)
         self._keep = None

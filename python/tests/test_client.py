@@ -1,5 +1,6 @@
 """dhps.Client against a real local cluster (3 nodes, 64 shards, table emb: 1000 keys of
 dim 32 fp32 loaded by `dhps up`)."""
+import errno
 import os
 import subprocess
 import threading
@@ -119,6 +120,14 @@ def test_bad_arguments_raise_before_call(client):
         client.update("emb", [1], np.zeros((1, DIM), np.float32), ttl=-1)
     with pytest.raises(ValueError):
         client.delete("emb", [1], ack="two")
+
+
+def test_nonfinite_refused(client):
+    rows = np.ones((2, DIM), np.float32)
+    rows[1, 3] = np.nan
+    with pytest.raises(dhps.Error) as ei:
+        client.update("emb", [5, 6], rows)
+    assert ei.value.code == -errno.EDOM
 
 
 def test_secret_file_rules(cluster, tmp_path):

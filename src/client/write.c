@@ -315,6 +315,14 @@ static bool write_step(struct op *op, int ack, uint64_t *wake)
     return pending;
 }
 
+/* Are all n*dim values of dtype finite? DHPS_BYTES rows are opaque. */
+static bool rows_finite(const void *values, size_t n, uint32_t dim, int dtype)
+{
+    return dtype == DHPS_FP32   ? dhps_f32_all_finite(values, n * dim)
+           : dtype == DHPS_FP16 ? dhps_f16_all_finite(values, n * dim)
+                                : true;
+}
+
 /* Updates and deletes: fan each (shard, chunk) out to its holders, count acks. */
 static int write_batch(dhps_client *c, const char *table, const uint64_t *keys,
                        const void *values, size_t n, uint32_t dim, int dtype, uint32_t ttl,
@@ -327,6 +335,8 @@ static int write_batch(dhps_client *c, const char *table, const uint64_t *keys,
         (dim == 0 && !del) || (n && (!keys || (!values && !del))) || n > (1u << 30) ||
         ack < DHPS_ACK_ALL || ack > DHPS_ACK_ONE)
         return -EINVAL;
+    if (!del && !c->p.allow_nonfinite && !rows_finite(values, n, dim, dtype))
+        return -EDOM;
     uint32_t vb = del ? 0 : dim * (dtype == DHPS_FP32 ? 4u : dtype == DHPS_FP16 ? 2u : 1u);
     uint32_t per_msg;
     int rc = client_msg_budget(c, dim, 8u + vb, &per_msg);

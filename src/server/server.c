@@ -68,16 +68,8 @@ int dhps_server_create(const dhps_server_config *cfg, dhps_server **out, char *e
     cfg = s->cfg;
     if ((rc = read_secret(s, err, errlen)))
         goto fail;
-    if (cfg->snapshot_dir) {
-        struct stat sd;
-        int sr = stat(cfg->snapshot_dir, &sd);
-        if (sr || !S_ISDIR(sd.st_mode)) {
-            srv_errf(err, errlen, "snapshot.dir %s: %s", cfg->snapshot_dir,
-                     sr ? strerror(errno) : "not a directory");
-            rc = DHPS_E_CONFIG;
-            goto fail;
-        }
-    }
+    if ((rc = srv_check_files(cfg, err, errlen))) /* the same checks as --check-config */
+        goto fail;
 
     if (cfg->follow_etcd) {
         if ((rc = srv_hold_initial_map(cfg, &m0, err, errlen)) ||

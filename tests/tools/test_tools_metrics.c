@@ -251,6 +251,16 @@ static void info_delete_and_node_errors(void **state)
     assert_non_null(strstr(out, "has no table 'nope' (tables: emb)"));
     assert_non_null(strstr(out, "rc=1"));
     free(out);
+    /* careless values are refused with the value named, nothing written */
+    const char *bad[] = {"1,nan,3,4", "1,2,inf,4", "1,2,3,1e39", "1,2,3,4,"};
+    const char *why[] = {"value 2 (nan) is not a finite", "value 3 (inf) is not a finite",
+                         "value 4 (1e39) is not a finite", "a trailing comma after value 4"};
+    for (int i = 0; i < 4; i++) {
+        char *e = capture(DHPS_BIN " put 9 %s --cluster %s/c 2>&1; echo rc=$?", bad[i], g_dir);
+        assert_non_null(strstr(e, why[i]));
+        assert_non_null(strstr(e, "rc=2"));
+        free(e);
+    }
     assert_int_equal(run(DHPS_BIN " put 9 1,2,3,4 --cluster %s/c > /dev/null", g_dir), 0);
     out = capture(DHPS_BIN " delete 9 --cluster %s/c", g_dir);
     assert_non_null(strstr(out, "deleted 1 keys from emb"));
