@@ -20,8 +20,17 @@
  *   and is caught up from its peers by the sync thread (docs/server.md "Replicas");
  *   until then its lookups answer DHPS_E_NOTREADY and its writes are applied. The node
  *   is ready (dhps_server_ready, /health 200) when local recovery is done and every
- *   store is caught up. After that, anti-entropy repairs divergence every
+ *   store held at start is caught up. After that, anti-entropy repairs divergence every
  *   sync.anti_entropy_s.
+ *
+ * Membership (shards.follow_etcd with coord): the map in etcd decides what the node
+ *   holds, at start and while it serves. A newer map opens stores (not ready, caught up
+ *   from the shard's serving replicas) for shards it gives the node as a replica or
+ *   joining node, and refuses at once then frees (after every rpc handler that could
+ *   see them returned) the stores of shards it takes away; writes routed with a map
+ *   older than a shard's last holder change answer DHPS_E_MOVED. The registration in
+ *   etcd reports the applied map version and the shards not ready (docs/server.md
+ *   "Following the map in etcd").
  *
  * Snapshots: one file per (table, shard): <snapshot_dir>/<table>.<shard>.snap, written
  *   by dhps_store_snapshot (temp file, fsync, rename: a crash leaves the last complete
@@ -144,6 +153,10 @@ typedef struct dhps_server_config {
     char *coord_etcd;                /* coord.etcd: client URL, NULL = no registration */
     char *coord_cluster;             /* coord.cluster: cluster name (required with etcd) */
     uint32_t coord_lease_ttl_s;      /* coord.lease_ttl_s 2..300 (default 10) */
+    bool follow_etcd;                /* shards.follow_etcd: hold what the map in etcd
+                                        gives map_node, adopt every newer version while
+                                        serving and keep cluster_map as its copy (needs
+                                        cluster_map, map_node and coord; default false) */
     char *startup_gate_file;         /* test hook: after startup_delay_ms, wait until this
                                         file exists before loading (health stays 503);
                                         NULL = none. Last, so earlier offsets keep. */
@@ -163,9 +176,12 @@ int dhps_server_config_parse(const void *buf, size_t len, dhps_server_config **o
  * Resolve the shards a config owns from its cluster map (when cluster_map is set):
  * load the map, check map_node is in it, set nshards and owned from the map (a node
  * owning no shard is accepted with a warning) and, unless listen.tcp_port was given,
- * tcp_port from the node's addr. No effect without cluster_map. Returns 0,
- * or DHPS_E_CONFIG with a message naming the map file in err. Reads the file; not
- * thread-safe on one config. dhps_server_create calls it on its copy.
+ * tcp_port from the node's addr. No effect without cluster_map. With follow_etcd the
+ * file may be missing (0, nshards stays 0: the map comes from etcd at start) and a
+ * map_node the map does not list is accepted (it holds nothing until a map adds it).
+ * Returns 0, or DHPS_E_CONFIG with a message naming the map file in err. Reads the
+ * file, never etcd; not thread-safe on one config. dhps_server_create resolves its copy
+ * (from the newer of the file and etcd's map with follow_etcd).
  */
 int dhps_server_config_resolve(dhps_server_config *c, char *err, size_t errlen);
 
@@ -215,8 +231,9 @@ uint16_t dhps_server_metrics_port(const dhps_server *s);
 /* The bound port of the /health-only listener (metrics.health_port), 0 when none. */
 uint16_t dhps_server_health_port(const dhps_server *s);
 
-/* Is the node ready: start finished loading (snapshots, update log) and every store is
- * caught up from its peers (health 200)? Thread-safe. */
+/* Is the node ready: start finished loading (snapshots, update log) and every store held
+ * at start is caught up from its peers (health 200)? Stores a newer map adds later are
+ * reported in the registration's not_ready, not here. Thread-safe. */
 bool dhps_server_ready(const dhps_server *s);
 
 /* Snapshot every owned store now (takes each store's writer lock in turn; lookups go
