@@ -377,6 +377,10 @@ typedef struct dhps_client_stats {
                                       last map stays in use) */
     uint64_t coord_errors;         /* etcd: failed calls and invalid maps ignored */
     uint64_t coord_up;             /* 1 while the etcd map watch is connected */
+    uint64_t moved;                /* write shard chunks re-routed to a newer map after a
+                                      node answered DHPS_E_MOVED */
+    uint64_t map_refreshes;        /* on-demand map refreshes (after DHPS_E_MOVED or "not
+                                      owned"): etcd gets, or map file re-checks */
 } dhps_client_stats;
 
 /* Read the counters (relaxed loads). Thread-safe. */

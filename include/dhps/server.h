@@ -129,6 +129,10 @@ typedef struct dhps_server_config {
     char *coord_etcd;                /* coord.etcd: client URL, NULL = no registration */
     char *coord_cluster;             /* coord.cluster: cluster name (required with etcd) */
     uint32_t coord_lease_ttl_s;      /* coord.lease_ttl_s 2..300 (default 10) */
+    bool follow_etcd;                /* shards.follow_etcd: hold what the map in etcd
+                                        gives map_node, adopt every newer version while
+                                        serving and keep cluster_map as its copy (needs
+                                        cluster_map, map_node and coord; default false) */
 } dhps_server_config;
 
 /*
@@ -145,9 +149,12 @@ int dhps_server_config_parse(const void *buf, size_t len, dhps_server_config **o
  * Resolve the shards a config owns from its cluster map (when cluster_map is set):
  * load the map, check map_node is in it, set nshards and owned from the map (a node
  * owning no shard is accepted with a warning) and, unless listen.tcp_port was given,
- * tcp_port from the node's addr. No effect without cluster_map. Returns 0,
- * or DHPS_E_CONFIG with a message naming the map file in err. Reads the file; not
- * thread-safe on one config. dhps_server_create calls it on its copy.
+ * tcp_port from the node's addr. No effect without cluster_map. With follow_etcd the
+ * file may be missing (0, nshards stays 0: the map comes from etcd at start) and a
+ * map_node the map does not list is accepted (it holds nothing until a map adds it).
+ * Returns 0, or DHPS_E_CONFIG with a message naming the map file in err. Reads the
+ * file, never etcd; not thread-safe on one config. dhps_server_create resolves its copy
+ * (from the newer of the file and etcd's map with follow_etcd).
  */
 int dhps_server_config_resolve(dhps_server_config *c, char *err, size_t errlen);
 

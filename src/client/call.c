@@ -17,6 +17,11 @@ static void op_free(struct op *op)
     free(op->msgs);
     free(op->groups);
     free(op->found);
+    while (op->extra) {
+        struct msg_block *b = op->extra;
+        op->extra = b->next;
+        free(b);
+    }
     free(op);
 }
 
@@ -115,14 +120,14 @@ static int start_call(struct op *op, dhps_rpc_channel *ch, uint16_t method, size
     }
 }
 
-static void fill_hdr(struct op *op, dhps_proto_hdr *h, uint32_t shard, uint16_t flags)
+static void fill_hdr(struct op *op, const struct msg *ms, dhps_proto_hdr *h, uint16_t flags)
 {
     memset(h, 0, sizeof *h);
     h->version = DHPS_PROTO_VERSION;
     h->flags = flags;
-    h->shard = shard;
+    h->shard = ms->shard;
     memcpy(h->table, op->table, sizeof h->table);
-    h->map_version = dhps_cluster_map_version(op->m);
+    h->map_version = dhps_cluster_map_version(ms->m); /* servers fence older writes */
 }
 
 /* Send message ms as attempt a (node already chosen in a->pick). On a local failure the
@@ -136,7 +141,7 @@ void client_send_msg(struct op *op, struct msg *ms, struct attempt *a)
     void *buf = NULL;
     uint64_t now = dhps_mono_ns();
     int rc = now >= op->deadline_ns ? DHPS_E_TIMEOUT
-                                     : client_channel_get(op->ts, op->m, node, op->deadline_ns, &ch);
+                                     : client_channel_get(op->ts, ms->m, node, op->deadline_ns, &ch);
     uint64_t t1 = dhps_mono_ns();
     /* the time spent opening a connection is not the node's answer time: the router's
      * latency sample (and a half-open breaker's probe verdict) starts after it (here
@@ -164,7 +169,7 @@ void client_send_msg(struct op *op, struct msg *ms, struct attempt *a)
             rc = start_call(op, ch, DHPS_M_LOOKUP, len, &buf);
             if (rc == 0) {
                 uint8_t *b = buf;
-                fill_hdr(op, (dhps_proto_hdr *)b, ms->shard, op->want_fp16 ? DHPS_LOOKUP_FP16 : 0);
+                fill_hdr(op, ms, (dhps_proto_hdr *)b, op->want_fp16 ? DHPS_LOOKUP_FP16 : 0);
                 dhps_proto_lookup lk = {.n = ms->count};
                 memcpy(b + sizeof(dhps_proto_hdr), &lk, sizeof lk);
                 uint8_t *kp = b + sizeof(dhps_proto_hdr) + sizeof lk;
@@ -176,7 +181,7 @@ void client_send_msg(struct op *op, struct msg *ms, struct attempt *a)
             rc = start_call(op, ch, DHPS_M_DELETE, len, &buf);
             if (rc == 0) {
                 uint8_t *b = buf;
-                fill_hdr(op, (dhps_proto_hdr *)b, ms->shard, 0);
+                fill_hdr(op, ms, (dhps_proto_hdr *)b, 0);
                 dhps_proto_delete dl = {.n = ms->count, .version = op->version};
                 memcpy(b + sizeof(dhps_proto_hdr), &dl, sizeof dl);
                 uint8_t *kp = b + sizeof(dhps_proto_hdr) + sizeof dl;
@@ -189,7 +194,7 @@ void client_send_msg(struct op *op, struct msg *ms, struct attempt *a)
             rc = start_call(op, ch, DHPS_M_UPSERT, len, &buf);
             if (rc == 0) {
                 uint8_t *b = buf;
-                fill_hdr(op, (dhps_proto_hdr *)b, ms->shard, (uint16_t)op->dtype);
+                fill_hdr(op, ms, (dhps_proto_hdr *)b, (uint16_t)op->dtype);
                 dhps_proto_upsert up = {.n = ms->count, .value_bytes = op->vb,
                                         .version = op->version, .ttl = op->ttl};
                 memcpy(b + sizeof(dhps_proto_hdr), &up, sizeof up);
@@ -248,8 +253,7 @@ void client_send_msg(struct op *op, struct msg *ms, struct attempt *a)
             ms->state = M_RETRY;
     } else {
         struct group *g = &op->groups[ms->group];
-        g->fails++;
-        if (!g->err)
+        if (!g->err && ms->role != SLOT_DROPPED)
             g->err = rc;
         ms->state = M_FAILED;
         ms->retry_at = client_update_retry_at(c, rc);
@@ -295,6 +299,7 @@ int client_plan(struct op *op, size_t n, uint32_t per_msg, uint32_t fanout)
             for (uint32_t r = 0; r < fanout; r++) {
                 struct msg *ms = &op->msgs[mi++];
                 ms->op = op;
+                ms->m = op->m;
                 ms->shard = s;
                 ms->first = f;
                 ms->count = k;
@@ -360,9 +365,18 @@ struct op *client_op_new(dhps_client *c, const char *table, const uint64_t *keys
 /* The caller is done with op: free it, or leave it to its calls still in flight. */
 void client_op_release(struct op *op, struct map_ref *mr)
 {
-    if (op->not_owned)
-        client_reload(op->c, true);
+    if (op->not_owned) {
+        /* a server said our map is old: look now (with etcd, a get of the map key,
+         * rate-limited; the watch would bring the new map too, a little later). The
+         * get is bounded by what is left of the call's deadline, within [10, 100] ms. */
+        int64_t left_ms = ((int64_t)op->deadline_ns - (int64_t)dhps_mono_ns()) / 1000000;
+        uint32_t t = left_ms < 10 ? 10 : left_ms > 100 ? 100 : (uint32_t)left_ms;
+        client_map_refresh(op->c, dhps_cluster_map_version(mr->m), t, false);
+    }
     op->detached = true;
+    for (uint8_t i = 0; i < op->npins; i++)
+        client_map_unref(op->pins[i]);
+    op->npins = 0;
     client_op_unref(op);
     client_map_unref(mr);
 }

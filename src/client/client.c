@@ -302,6 +302,8 @@ void dhps_client_stats_get(dhps_client *c, dhps_client_stats *s)
     s->coord_outages = LD(c->st.coord_outages);
     s->coord_errors = LD(c->st.coord_errors);
     s->coord_up = LD(c->st.coord_up);
+    s->moved = LD(c->st.moved);
+    s->map_refreshes = LD(c->st.map_refreshes);
 }
 
 struct dhps_route *dhps_client_route(dhps_client *c)

@@ -73,6 +73,7 @@ struct dhps_client {
     pthread_mutex_t reload_lock; /* one reload at a time; file identity below */
     struct stat file_st;
     _Atomic uint64_t last_check_ns;
+    _Atomic uint64_t last_refresh_ns; /* latest on-demand etcd get (rate limit) */
 
     const dhps_client_router_ops *rops;
     void *rself;
@@ -86,7 +87,7 @@ struct dhps_client {
     struct {
         _Atomic uint64_t lookups, updates, keys_looked_up, keys_updated, sub_batches, retries,
             hedges, partial, update_shortfalls, not_owned, not_ready, map_reloads, threads,
-            coord_outages, coord_errors, coord_up;
+            coord_outages, coord_errors, coord_up, moved, map_refreshes;
     } st;
     struct node_ctr *nodes; /* max_node_id + 1 */
     struct client_etcd *etcd; /* NULL: the map comes from the file only (etcd.c) */
@@ -103,6 +104,16 @@ enum msg_state { M_IDLE, M_INFLIGHT, M_OK, M_RETRY, M_FAILED };
  * opening, no growing isolation: it is catching up, not failing, and must get its
  * traffic back as soon as it is ready). */
 #define CLIENT_NOT_READY_HOLD_NS 250000000ull
+/* Writes: a shard chunk answered DHPS_E_MOVED is re-routed to a newer map at most this
+ * many times per call, and a call refreshes the map on demand at most this many times
+ * (client_map_refresh): a map that keeps changing under a write ends it with
+ * DHPS_E_MOVED rather than chasing it until the deadline. */
+#define CLIENT_MAX_REROUTES 3
+/* On-demand etcd gets triggered by "not owned" lookup answers: at most one per this
+ * long per client (the watch delivers new maps anyway; this only shortens the wait). A
+ * write answered DHPS_E_MOVED is not rate-limited: it cannot complete without a newer
+ * map, and its call bounds its own refreshes (CLIENT_MAX_REROUTES). */
+#define CLIENT_REFRESH_GAP_NS 100000000ull
 
 struct op;
 struct msg;
@@ -127,8 +138,17 @@ struct tlog {
     int32_t sent_us, done_us, dial_us;
 };
 
+enum slot_role { SLOT_REPLICA, SLOT_JOINING, SLOT_DROPPED };
+
 struct msg {
     struct op *op;
+    const dhps_cluster_map *m; /* the map it is routed with (its header's map_version;
+                                  the node's address): op->m, or for a write re-routed
+                                  after DHPS_E_MOVED its group's newer map */
+    struct msg *next;       /* update: next message of its group */
+    uint32_t node;          /* update: its node */
+    uint8_t role;           /* update: enum slot_role of its node in its group's map
+                               (SLOT_DROPPED: not a holder there any more, not counted) */
     uint32_t shard;
     uint32_t first, count;  /* range of op->order */
     uint32_t group;         /* update: index of the (shard, chunk) group */
@@ -146,9 +166,23 @@ struct msg {
     struct attempt att[2];
 };
 
-struct group {              /* update: one shard chunk fanned out to R replicas */
-    uint32_t acks, fails, needed, nrep;
-    int err;
+struct group {              /* update: one shard chunk fanned out to its holders */
+    struct msg *head;       /* its messages: one per holder (replica or joining node) of
+                               m, plus dropped ones after a re-route */
+    const dhps_cluster_map *m; /* map it is routed with (op->m or a newer pinned one) */
+    uint32_t nrep, njoin;   /* serving replicas / joining nodes of the shard in m */
+    uint32_t needed;        /* replica acknowledgements the policy asks for (of nrep) */
+    bool need_join;         /* ACK_ALL: every joining node's acknowledgement too */
+    int moved;              /* a message routed with m was answered DHPS_E_MOVED (or, if
+                               none was, DHPS_E_NOTFOUND "not owned"): m is old */
+    bool dead;              /* failed for good: no newer map to re-route to */
+    uint8_t reroutes;
+    int err;                /* first error of a message routed with m */
+};
+
+struct msg_block {          /* update: messages added by a re-route (freed with the op) */
+    struct msg_block *next;
+    struct msg ms[];
 };
 
 struct op {
@@ -166,6 +200,9 @@ struct op {
     size_t nmsgs;
     struct group *groups;
     size_t ngroups;
+    struct msg_block *extra; /* update: messages of re-routes */
+    struct map_ref *pins[CLIENT_MAX_REROUTES]; /* update: newer maps pinned by re-routes */
+    uint8_t npins, refreshes;
     /* lookup */
     uint8_t *out;
     uint32_t dim;
@@ -193,9 +230,20 @@ struct map_ref *client_map_pin(dhps_client *c);
 int client_check_map_ids(dhps_client *c, const dhps_cluster_map *m);
 int client_reload(dhps_client *c, bool force);
 int client_map_install(dhps_client *c, dhps_cluster_map *m); /* reload_lock held */
+/* Refresh the map on demand, because a server said the caller's map is old (a write
+ * answered DHPS_E_MOVED, a lookup "not owned"): with etcd a get of the map key (bounded
+ * by timeout_ms; without wait at most one per CLIENT_REFRESH_GAP_NS), else a re-check
+ * of the map file. wait: block for a refresh another thread is running (then use its
+ * result) instead of skipping. Returns 1 when the map in use is now newer than have
+ * (installed here or by another thread meanwhile), 0 (nothing newer, or skipped), or
+ * the error of the read (the map in use stays). Counts stats.map_refreshes. */
+int client_map_refresh(dhps_client *c, uint64_t have, uint32_t timeout_ms, bool wait);
 /* etcd.c: read the map from etcd (c->etcd_url, c->cluster) into *m (NULL when etcd is
  * down or has no map: the error is returned) and set *rev to the read's revision. */
 int client_etcd_open(dhps_client *c, dhps_cluster_map **m, int64_t *rev);
+/* etcd.c: the same read, on demand, bounded by timeout_ms (a coord handle of its own:
+ * the watch's handle keeps its own timeouts). */
+int client_etcd_fetch(dhps_client *c, uint32_t timeout_ms, dhps_cluster_map **m);
 /* etcd.c: start the map watch from start_rev (0 = now). */
 int client_etcd_watch(dhps_client *c, int64_t start_rev);
 /* etcd.c: stop the watch, free the etcd state. NULL etcd allowed. */

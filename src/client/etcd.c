@@ -42,14 +42,11 @@ static int etcd_state(dhps_client *c)
     return 0;
 }
 
-int client_etcd_open(dhps_client *c, dhps_cluster_map **m, int64_t *rev)
+/* Read the map key through coord into *m. */
+static int etcd_read(dhps_client *c, dhps_coord *coord, dhps_cluster_map **m, int64_t *rev)
 {
-    *m = NULL;
-    int rc = etcd_state(c);
-    if (rc < 0)
-        return rc;
     dhps_coord_kv *kv = NULL;
-    int n = dhps_coord_get(c->etcd->coord, c->etcd->key, false, &kv, rev);
+    int n = dhps_coord_get(coord, c->etcd->key, false, &kv, rev);
     if (n < 0) {
         CTR_ADD(c->st.coord_errors, 1);
         DHPS_LOG(DHPS_LOG_WARN, LOGM, "etcd %s: %s", c->etcd_url, dhps_strerror(n));
@@ -60,12 +57,39 @@ int client_etcd_open(dhps_client *c, dhps_cluster_map **m, int64_t *rev)
         return DHPS_E_NOTFOUND;
     }
     char err[512];
-    rc = dhps_cluster_map_parse(kv[0].value, kv[0].value_len, m, err, sizeof err);
+    int rc = dhps_cluster_map_parse(kv[0].value, kv[0].value_len, m, err, sizeof err);
     if (rc < 0)
         DHPS_LOG(DHPS_LOG_WARN, LOGM, "etcd %s: %s: invalid map: %s", c->etcd_url,
                  c->etcd->key, err);
     dhps_coord_kvs_free(kv, n);
     atomic_store_explicit(&c->st.coord_up, 1, memory_order_relaxed);
+    return rc;
+}
+
+int client_etcd_open(dhps_client *c, dhps_cluster_map **m, int64_t *rev)
+{
+    *m = NULL;
+    int rc = etcd_state(c);
+    if (rc < 0)
+        return rc;
+    return etcd_read(c, c->etcd->coord, m, rev);
+}
+
+int client_etcd_fetch(dhps_client *c, uint32_t timeout_ms, dhps_cluster_map **m)
+{
+    *m = NULL;
+    if (!c->etcd)
+        return -EINVAL;
+    dhps_coord_params p;
+    dhps_coord_params_init(&p);
+    p.endpoint = c->etcd_url;
+    p.timeout_ms = timeout_ms ? timeout_ms : 1;
+    p.connect_timeout_ms = p.timeout_ms;
+    dhps_coord *coord = NULL;
+    int rc = dhps_coord_create(&p, &coord);
+    if (rc == 0)
+        rc = etcd_read(c, coord, m, NULL);
+    dhps_coord_destroy(coord);
     return rc;
 }
 

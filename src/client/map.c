@@ -60,6 +60,26 @@ int client_map_install(dhps_client *c, dhps_cluster_map *m)
     return 1;
 }
 
+/* Re-check the map file (stat identity), load and install it when it changed. Caller
+ * holds reload_lock. Returns client_map_install's codes or the load error. */
+static int reload_file_locked(dhps_client *c)
+{
+    atomic_store_explicit(&c->last_check_ns, dhps_mono_ns(), memory_order_relaxed);
+    struct stat st;
+    if (stat(c->map_path, &st) < 0)
+        return -errno;
+    if (st.st_ino == c->file_st.st_ino && st.st_dev == c->file_st.st_dev &&
+        st.st_size == c->file_st.st_size && st.st_mtim.tv_sec == c->file_st.st_mtim.tv_sec &&
+        st.st_mtim.tv_nsec == c->file_st.st_mtim.tv_nsec)
+        return 0;
+    dhps_cluster_map *m = NULL;
+    int rc = dhps_cluster_map_load(c->map_path, &m, NULL, 0);
+    if (rc < 0)
+        return rc;
+    c->file_st = st;
+    return client_map_install(c, m);
+}
+
 /* Reload when the file changed (or force) and its version is newer. Without a map file
  * (the map comes from etcd) there is nothing to check: the etcd watch installs maps. */
 int client_reload(dhps_client *c, bool force)
@@ -75,23 +95,40 @@ int client_reload(dhps_client *c, bool force)
     }
     if (pthread_mutex_trylock(&c->reload_lock) != 0)
         return 0; /* another thread is at it */
-    atomic_store_explicit(&c->last_check_ns, now, memory_order_relaxed);
+    int rc = reload_file_locked(c);
+    pthread_mutex_unlock(&c->reload_lock);
+    return rc;
+}
+
+int client_map_refresh(dhps_client *c, uint64_t have, uint32_t timeout_ms, bool wait)
+{
+    if (wait)
+        pthread_mutex_lock(&c->reload_lock);
+    else if (pthread_mutex_trylock(&c->reload_lock) != 0)
+        return 0; /* another thread is refreshing: its map serves us too */
     int rc = 0;
-    struct stat st;
-    if (stat(c->map_path, &st) < 0) {
-        rc = -errno;
+    /* cur only changes under reload_lock: a refresh that ran while we waited counts */
+    if (dhps_cluster_map_version(c->cur->m) > have) {
+        rc = 1;
         goto out;
     }
-    if (st.st_ino == c->file_st.st_ino && st.st_dev == c->file_st.st_dev &&
-        st.st_size == c->file_st.st_size && st.st_mtim.tv_sec == c->file_st.st_mtim.tv_sec &&
-        st.st_mtim.tv_nsec == c->file_st.st_mtim.tv_nsec)
-        goto out;
-    dhps_cluster_map *m = NULL;
-    rc = dhps_cluster_map_load(c->map_path, &m, NULL, 0);
-    if (rc < 0)
-        goto out;
-    c->file_st = st;
-    rc = client_map_install(c, m);
+    if (c->etcd) {
+        uint64_t now = dhps_mono_ns();
+        uint64_t last = atomic_load_explicit(&c->last_refresh_ns, memory_order_relaxed);
+        if (!wait && last && now - last < CLIENT_REFRESH_GAP_NS)
+            goto out;
+        atomic_store_explicit(&c->last_refresh_ns, now, memory_order_relaxed);
+        CTR_ADD(c->st.map_refreshes, 1);
+        dhps_cluster_map *m = NULL;
+        rc = client_etcd_fetch(c, timeout_ms, &m);
+        if (rc == 0)
+            rc = client_map_install(c, m);
+    } else if (c->map_path) {
+        CTR_ADD(c->st.map_refreshes, 1);
+        rc = reload_file_locked(c);
+    }
+    if (rc >= 0)
+        rc = dhps_cluster_map_version(c->cur->m) > have;
 out:
     pthread_mutex_unlock(&c->reload_lock);
     return rc;

@@ -11,6 +11,7 @@
 #include "dhps/log.h"
 #include "dhps/server.h"
 #include "dhps/wal.h"
+#include "srv_int.h"
 
 typedef struct cfg_ctx {
     char *err;
@@ -174,7 +175,8 @@ out:
 
 static int parse_shards(cfg_ctx *x, json_t *sh, dhps_server_config *c)
 {
-    static const char *const keys[] = {"nshards", "own", "cluster_map", "map_node", NULL};
+    static const char *const keys[] = {"nshards", "own", "cluster_map", "map_node",
+                                       "follow_etcd", NULL};
     int rc;
     if ((rc = need_object(x, sh, "shards")) || (rc = only_keys(x, sh, "shards", keys)))
         return rc;
@@ -191,10 +193,18 @@ static int parse_shards(cfg_ctx *x, json_t *sh, dhps_server_config *c)
             return fail(x, "shards.map_node: required with cluster_map (this node's id in "
                            "the map)");
         c->map_node = (uint32_t)v;
+        if ((rc = get_bool(x, sh, "follow_etcd", "shards", &c->follow_etcd)))
+            return rc;
+        if (c->follow_etcd && !c->coord_etcd)
+            return fail(x, "shards.follow_etcd: needs \"coord\" (the etcd the map is taken "
+                           "from)");
         return 0;
     }
     if (json_object_get(sh, "map_node"))
         return fail(x, "shards.map_node: only with cluster_map");
+    if (json_object_get(sh, "follow_etcd"))
+        return fail(x, "shards.follow_etcd: only with cluster_map + map_node (the map's "
+                       "local copy and this node's id in it)");
     if ((rc = get_uint(x, sh, "nshards", "shards", 1, DHPS_SERVER_MAX_SHARDS, &v, &have)))
         return rc;
     if (!have)
@@ -621,6 +631,49 @@ dhps_server_config *srv_config_dup(const dhps_server_config *c)
     return d;
 }
 
+int srv_config_resolve_map(dhps_server_config *c, const dhps_cluster_map *m, char *err,
+                           size_t errlen)
+{
+    uint32_t ns = dhps_cluster_map_nshards(m);
+    const dhps_cluster_node *me = dhps_cluster_map_node(m, c->map_node);
+    if (!me && !c->follow_etcd) {
+        if (err && errlen)
+            snprintf(err, errlen, "config shards.map_node: node %u is not in the cluster map "
+                     "%s", c->map_node, c->cluster_map);
+        return DHPS_E_CONFIG;
+    }
+    if (ns < 1 || ns > DHPS_SERVER_MAX_SHARDS) {
+        if (err && errlen)
+            snprintf(err, errlen, "config shards.cluster_map %s: nshards %u outside 1..%u",
+                     c->cluster_map, ns, DHPS_SERVER_MAX_SHARDS);
+        return DHPS_E_CONFIG;
+    }
+    if (!c->tcp_port_set && me)
+        c->tcp_port = me->port;
+    uint8_t *owned = calloc(ns, 1);
+    uint32_t *ids = malloc((size_t)ns * sizeof *ids);
+    if (!owned || !ids) {
+        free(owned);
+        free(ids);
+        return -ENOMEM;
+    }
+    size_t k = dhps_cluster_map_holdings_of(m, c->map_node, ids, ns);
+    for (size_t i = 0; i < k && i < ns; i++)
+        owned[ids[i]] = 1;
+    free(ids);
+    if (!me)
+        DHPS_LOG(DHPS_LOG_WARN, "server", "node %u is not in cluster map version %llu: it holds "
+                 "nothing until a map adds it", c->map_node,
+                 (unsigned long long)dhps_cluster_map_version(m));
+    else if (k == 0)
+        DHPS_LOG(DHPS_LOG_WARN, "server", "node %u owns no shard in cluster map %s",
+                 c->map_node, c->cluster_map);
+    free(c->owned);
+    c->owned = owned;
+    c->nshards = ns;
+    return 0;
+}
+
 int dhps_server_config_resolve(dhps_server_config *c, char *err, size_t errlen)
 {
     if (!c->cluster_map)
@@ -628,6 +681,8 @@ int dhps_server_config_resolve(dhps_server_config *c, char *err, size_t errlen)
     dhps_cluster_map *m = NULL;
     char merr[512] = "";
     int rc = dhps_cluster_map_load(c->cluster_map, &m, merr, sizeof merr);
+    if (rc == -ENOENT && c->follow_etcd)
+        return 0; /* the map comes from etcd at start */
     if (rc) {
         char *nl = strchr(merr, '\n');
         if (nl)
@@ -637,43 +692,7 @@ int dhps_server_config_resolve(dhps_server_config *c, char *err, size_t errlen)
                      merr[0] ? merr : dhps_strerror(rc));
         return DHPS_E_CONFIG;
     }
-    rc = 0;
-    uint32_t ns = dhps_cluster_map_nshards(m);
-    if (!dhps_cluster_map_node(m, c->map_node)) {
-        if (err && errlen)
-            snprintf(err, errlen, "config shards.map_node: node %u is not in the cluster map "
-                     "%s", c->map_node, c->cluster_map);
-        rc = DHPS_E_CONFIG;
-        goto out;
-    }
-    if (ns < 1 || ns > DHPS_SERVER_MAX_SHARDS) {
-        if (err && errlen)
-            snprintf(err, errlen, "config shards.cluster_map %s: nshards %u outside 1..%u",
-                     c->cluster_map, ns, DHPS_SERVER_MAX_SHARDS);
-        rc = DHPS_E_CONFIG;
-        goto out;
-    }
-    if (!c->tcp_port_set)
-        c->tcp_port = dhps_cluster_map_node(m, c->map_node)->port;
-    uint8_t *owned = calloc(ns, 1);
-    uint32_t *ids = malloc((size_t)ns * sizeof *ids);
-    if (!owned || !ids) {
-        free(owned);
-        free(ids);
-        rc = -ENOMEM;
-        goto out;
-    }
-    size_t k = dhps_cluster_map_shards_of(m, c->map_node, ids, ns);
-    for (size_t i = 0; i < k && i < ns; i++)
-        owned[ids[i]] = 1;
-    free(ids);
-    if (k == 0)
-        DHPS_LOG(DHPS_LOG_WARN, "server", "node %u owns no shard in cluster map %s",
-                 c->map_node, c->cluster_map);
-    free(c->owned);
-    c->owned = owned;
-    c->nshards = ns;
-out:
+    rc = srv_config_resolve_map(c, m, err, errlen);
     dhps_cluster_map_destroy(m);
     return rc;
 }

@@ -11,6 +11,7 @@
 
 #include "dhps/log.h"
 #include "durable.h"
+#include "hold.h"
 #include "msg.h"
 #include "srv_int.h"
 #include "sync.h"
@@ -27,10 +28,11 @@ const int status_codes[NSTATUS - 1] = {0,
                                        DHPS_E_VERSION,
                                        DHPS_E_FULL,
                                        DHPS_E_CONFIG,
-                                       DHPS_E_NOTREADY};
+                                       DHPS_E_NOTREADY,
+                                       DHPS_E_MOVED};
 const char *const status_names[NSTATUS] = {"ok",      "malformed", "notfound",
                                            "toobig",  "version",   "full",
-                                           "config",  "notready",  "other"};
+                                           "config",  "notready",  "moved", "other"};
 /* latency buckets, upper bounds in microseconds (+Inf implied) */
 const uint32_t lat_bounds_us[NBUCKETS - 1] = {
     10,   25,   50,   75,   100,  150,  200,  300,   400,   500,   750,   1000,
@@ -79,13 +81,58 @@ srv_store *srv_find_store(dhps_server *s, const srv_msg *m, dhps_rpc_request *r,
         srv_resp_error(r, *status, "unknown table \"%s\" on node %s", m->table, s->cfg->node_id);
         return NULL;
     }
-    if (m->shard >= s->cfg->nshards || !t->by_shard[m->shard]) {
-        *status = DHPS_E_NOTFOUND;
-        srv_resp_error(r, *status, "shard %u of table %s is not owned by node %s (nshards %u)",
-                   m->shard, t->c.name, s->cfg->node_id, s->cfg->nshards);
+    srv_store *st = m->shard < s->cfg->nshards
+                        ? __atomic_load_n(&t->by_shard[m->shard], __ATOMIC_ACQUIRE)
+                        : NULL;
+    if (!st) {
+        bool write = m->method == DHPS_M_UPSERT || m->method == DHPS_M_DELETE;
+        uint64_t applied = __atomic_load_n(&s->map_version, __ATOMIC_ACQUIRE);
+        uint64_t gone = m->shard < s->cfg->nshards
+                            ? __atomic_load_n(&s->dropped_at[m->shard], __ATOMIC_RELAXED)
+                            : 0;
+        if (s->follow && write && m->map_version && m->map_version < gone) {
+            /* routed before this node gave the shard up: the sender reloads the map */
+            *status = DHPS_E_MOVED;
+            add(&s->writes_moved, 1);
+            srv_resp_error(r, *status, "shard %u left node %s at map version %llu; the "
+                           "request was routed with version %llu", m->shard, s->cfg->node_id,
+                           (unsigned long long)gone, (unsigned long long)m->map_version);
+        } else if (s->follow && m->map_version > applied) {
+            /* routed with a map this node has not applied yet: it may hold it shortly */
+            *status = DHPS_E_NOTREADY;
+            srv_resp_error(r, *status, "node %s has applied map version %llu, the request was "
+                           "routed with %llu; retry shortly", s->cfg->node_id,
+                           (unsigned long long)applied, (unsigned long long)m->map_version);
+        } else {
+            *status = DHPS_E_NOTFOUND;
+            srv_resp_error(r, *status, "shard %u of table %s is not owned by node %s "
+                           "(nshards %u)", m->shard, t->c.name, s->cfg->node_id,
+                           s->cfg->nshards);
+        }
         return NULL;
     }
-    return t->by_shard[m->shard];
+    return st;
+}
+
+/* Under st->mu, before a write is logged and applied: refuse it when the store was
+ * dropped (NOTFOUND, as a shard not held) or when it was routed with a map older than
+ * the shard's last holder change (DHPS_E_MOVED; map_version 0 is never fenced). Returns
+ * 0 or the status written into r. */
+static int write_fence(dhps_server *s, srv_store *st, const srv_msg *m, dhps_rpc_request *r)
+{
+    if (st->dropped) {
+        srv_resp_error(r, DHPS_E_NOTFOUND, "shard %u of table %s is not owned by node %s "
+                       "(dropped)", st->shard, st->t->c.name, s->cfg->node_id);
+        return DHPS_E_NOTFOUND;
+    }
+    if (s->follow && m->map_version && m->map_version < st->fence) {
+        add(&s->writes_moved, 1);
+        srv_resp_error(r, DHPS_E_MOVED, "shard %u changed holders at map version %llu; the "
+                       "write was routed with version %llu", st->shard,
+                       (unsigned long long)st->fence, (unsigned long long)m->map_version);
+        return DHPS_E_MOVED;
+    }
+    return 0;
 }
 
 static const uint64_t *aligned_keys(srv_worker *w, const srv_msg *m)
@@ -122,7 +169,11 @@ static int do_lookup(dhps_server *s, srv_worker *w, const srv_msg *m, dhps_rpc_r
     const uint64_t *keys = aligned_keys(w, m);
     size_t mask_bytes = (size_t)((m->n + 63) / 64) * 8;
     uint8_t *rows = (uint8_t *)r->resp + sizeof(dhps_proto_resp) + mask_bytes;
-    dhps_store_reader *rd = w->readers[st->idx];
+    dhps_store_reader *rd = srv_hold_reader(s, st, (uint32_t)(w - s->workers));
+    if (!rd) {
+        srv_resp_error(r, -ENOMEM, "no store reader for this worker");
+        return -ENOMEM;
+    }
     size_t found;
     bool same = (t->c.dtype == DHPS_FP16) == want16;
     if (same) {
@@ -197,9 +248,12 @@ static int do_upsert(dhps_server *s, srv_worker *w, const srv_msg *m, dhps_rpc_r
                           .ttl = m->ttl};
     uint64_t lsn;
     pthread_mutex_lock(&st->mu);
-    int lrc = srv_durable_log_put(s, st, &b, &lsn); /* logged before applied */
-    long n = lrc ? lrc : dhps_store_put(st->st, &b, w->mask);
+    int frc = write_fence(s, st, m, r);
+    int lrc = frc ? 0 : srv_durable_log_put(s, st, &b, &lsn); /* logged before applied */
+    long n = frc || lrc ? lrc : dhps_store_put(st->st, &b, w->mask);
     pthread_mutex_unlock(&st->mu);
+    if (frc)
+        return frc;
     if (lrc) {
         srv_resp_error(r, lrc, "upsert into table %s shard %u: update log: %s (nothing applied)",
                    t->c.name, st->shard, dhps_strerror(lrc));
@@ -230,11 +284,14 @@ static int do_delete(dhps_server *s, srv_worker *w, const srv_msg *m, dhps_rpc_r
     const uint64_t *keys = aligned_keys(w, m);
     uint64_t lsn;
     pthread_mutex_lock(&st->mu);
-    int lrc = srv_durable_log_delete(s, st, keys, m->n, m->version, &lsn);
-    size_t n = lrc ? 0 : dhps_store_delete(st->st, keys, m->n, m->version, w->mask);
-    if (!lrc)
+    int frc = write_fence(s, st, m, r);
+    int lrc = frc ? 0 : srv_durable_log_delete(s, st, keys, m->n, m->version, &lsn);
+    size_t n = frc || lrc ? 0 : dhps_store_delete(st->st, keys, m->n, m->version, w->mask);
+    if (!frc && !lrc)
         srv_sync_note_deletes(s, st, keys, m->n, m->version, (uint32_t)time(NULL));
     pthread_mutex_unlock(&st->mu);
+    if (frc)
+        return frc;
     if (!lrc)
         lrc = srv_durable_wait(s, lsn);
     if (lrc) {
@@ -249,10 +306,10 @@ static int do_delete(dhps_server *s, srv_worker *w, const srv_msg *m, dhps_rpc_r
 void srv_aggregate(dhps_server *s, const srv_table *t, table_agg *a)
 {
     memset(a, 0, sizeof *a);
-    for (uint32_t i = 0; i < s->nstores; i++) {
-        srv_store *st = &s->stores[i];
-        if (st->t != t)
-            continue;
+    srv_store **v;
+    size_t k = srv_hold_stores_get(s, t, &v);
+    for (size_t i = 0; i < k; i++) {
+        srv_store *st = v[i];
         dhps_store_stats x;
         pthread_mutex_lock(&st->mu);
         dhps_store_get_stats(st->st, &x);
@@ -268,6 +325,7 @@ void srv_aggregate(dhps_server *s, const srv_table *t, table_agg *a)
         a->st.stale_updates += x.stale_updates;
         a->st.compaction_bytes += x.compaction_bytes;
     }
+    srv_hold_stores_put(v, k);
     a->st.fragmentation =
         a->st.segment_bytes ? 1.0 - (double)a->st.live_bytes / (double)a->st.segment_bytes : 0;
 }
@@ -338,8 +396,8 @@ static int do_info(dhps_server *s, dhps_rpc_request *r)
                                               "row_bytes", (int)t->row_bytes, "default_ttl",
                                               (int)t->c.default_ttl));
     }
-    for (uint32_t i = 0; own && i < s->cfg->nshards; i++)
-        if (s->cfg->owned[i])
+    for (uint32_t i = 0; own && i < s->cfg->nshards; i++) /* held now */
+        if (__atomic_load_n(&s->tables[0].by_shard[i], __ATOMIC_ACQUIRE))
             json_array_append_new(own, json_integer(i));
     json_t *o = NULL;
     if (tabs && own)
@@ -403,6 +461,7 @@ int srv_rpc_handler(void *arg, dhps_rpc_request *r)
         return -ENOSPC;
     srv_msg m;
     const char *why;
+    srv_hold_enter(s, w); /* the stores it finds stay allocated until leave (hold.h) */
     int status = srv_msg_decode(r->method, r->req, r->req_len, &m, &why);
     if (status) {
         srv_resp_error(r, status, "%s request: %s", method_names[method_index(r->method)], why);
@@ -418,6 +477,7 @@ int srv_rpc_handler(void *arg, dhps_rpc_request *r)
         default: status = do_info(s, r); break;
         }
     }
+    srv_hold_leave(w);
     int mi = method_index(r->method), si = NSTATUS - 1;
     for (int i = 0; i < (int)(sizeof status_codes / sizeof status_codes[0]); i++)
         if (status_codes[i] == status)

@@ -15,6 +15,7 @@
 
 #include "dhps/log.h"
 #include "durable.h"
+#include "hold.h"
 #include "srv_int.h"
 #include "member.h"
 #include "sync.h"
@@ -202,8 +203,10 @@ static void write_metrics(dhps_server *s, FILE *f)
         fprintf(f, "%s %llu\n", rows[i].name, (unsigned long long)rows[i].v);
     }
     srv_durable_metrics(s, f);
-    fam(f, "dhps_ready", "gauge", "1 when every store this node serves is caught up.");
+    fam(f, "dhps_ready", "gauge",
+        "1 when recovery is done and every store held at start is caught up.");
     fprintf(f, "dhps_ready %d\n", dhps_server_ready(s) ? 1 : 0);
+    srv_hold_metrics(s, f);
     if (s->sync)
         srv_sync_metrics(s->sync, f);
     srv_fault_metrics(s->rpc, f);

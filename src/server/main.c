@@ -54,8 +54,12 @@ int main(int argc, char **argv)
         return 2;
     }
     if (check) {
-        printf("dhps-server: config %s OK (%u tables, %u shards)\n", path, cfg->ntables,
-               cfg->nshards);
+        if (cfg->follow_etcd && !cfg->nshards)
+            printf("dhps-server: config %s OK (%u tables; %s missing: the map is taken from "
+                   "etcd at start)\n", path, cfg->ntables, cfg->cluster_map);
+        else
+            printf("dhps-server: config %s OK (%u tables, %u shards%s)\n", path, cfg->ntables,
+                   cfg->nshards, cfg->follow_etcd ? "; a newer map in etcd wins at start" : "");
         dhps_server_config_free(cfg);
         return 0;
     }

@@ -15,7 +15,9 @@
 #include "dhps/cluster.h"
 #include "dhps/coord.h"
 #include "dhps/log.h"
+#include "hold.h"
 #include "srv_int.h"
+#include "util.h"
 
 #define LOGM "coord"
 
@@ -24,7 +26,6 @@ struct srv_member {
     dhps_coord *c;
     dhps_coord_watch *w;
     char key[320], map_key[128];
-    char *reg;            /* registration JSON */
     int64_t lease;
     uint32_t ttl_s;
     pthread_t th;
@@ -33,8 +34,34 @@ struct srv_member {
     pthread_cond_t cv;
     bool stop;
     bool down;            /* an outage is in progress (logged) */
-    uint64_t up, errors, map_version, map_revision, registrations;
+    dhps_cluster_map *pending; /* under mu: newest map from the watch, not applied yet */
+    uint64_t gen, put_gen;     /* under mu: readiness changes / the one last registered */
+    uint64_t last_put_ns;      /* the thread's: when the registration was last put */
+    uint64_t up, errors, map_version, map_revision, registrations, reputs;
 };
+
+static char *registration_json(dhps_server *s);
+
+/* Put the registration under the current lease (it changed: map version, readiness).
+ * Returns 0 or the put's error. */
+static int put_registration(struct srv_member *m, int64_t lease)
+{
+    pthread_mutex_lock(&m->mu);
+    uint64_t gen = m->gen;
+    pthread_mutex_unlock(&m->mu);
+    char *reg = registration_json(m->s);
+    if (!reg)
+        return -ENOMEM;
+    int rc = dhps_coord_put(m->c, m->key, reg, strlen(reg), lease, NULL);
+    free(reg);
+    m->last_put_ns = dhps_mono_ns();
+    if (rc == 0) {
+        pthread_mutex_lock(&m->mu);
+        m->put_gen = gen;
+        pthread_mutex_unlock(&m->mu);
+    }
+    return rc;
+}
 
 static void set_down(struct srv_member *m, const char *what, int rc)
 {
@@ -79,7 +106,7 @@ static uint32_t member_step(struct srv_member *m)
         set_down(m, "lease grant", rc);
         return 1;
     }
-    if ((rc = dhps_coord_put(m->c, m->key, m->reg, strlen(m->reg), id, NULL)) < 0) {
+    if ((rc = put_registration(m, id)) < 0) {
         set_down(m, "register", rc);
         dhps_coord_lease_revoke(m->c, id);
         return 1;
@@ -92,22 +119,74 @@ static uint32_t member_step(struct srv_member *m)
     return m->ttl_s / 3 ? m->ttl_s / 3 : 1;
 }
 
+#define REG_DEBOUNCE_NS 100000000ull /* at most one re-put of the registration per 100 ms */
+
+static void apply_pending(struct srv_member *m)
+{
+    pthread_mutex_lock(&m->mu);
+    dhps_cluster_map *pm = m->pending;
+    m->pending = NULL;
+    pthread_mutex_unlock(&m->mu);
+    if (pm)
+        srv_hold_apply(m->s, pm, "etcd"); /* pokes us when it changed anything */
+}
+
+/* The thread: applies maps from the watch (following etcd), registers and renews the
+ * lease, and re-puts the registration when the map version or readiness changed. */
 static void *member_main(void *arg)
 {
     struct srv_member *m = arg;
+    uint64_t next_step = 0;
     pthread_mutex_lock(&m->mu);
     while (!m->stop) {
         pthread_mutex_unlock(&m->mu);
-        uint32_t wait_s = member_step(m);
+        apply_pending(m);
+        uint64_t now = dhps_mono_ns();
+        if (now >= next_step)
+            next_step = now + (uint64_t)member_step(m) * 1000000000ull;
         pthread_mutex_lock(&m->mu);
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_sec += wait_s;
-        while (!m->stop && pthread_cond_timedwait(&m->cv, &m->mu, &ts) != ETIMEDOUT)
-            ;
+        bool dirty = m->gen != m->put_gen;
+        pthread_mutex_unlock(&m->mu);
+        now = dhps_mono_ns();
+        if (dirty && m->lease && now - m->last_put_ns >= REG_DEBOUNCE_NS) {
+            int rc = put_registration(m, m->lease);
+            if (rc == 0)
+                add(&m->reputs, 1);
+            else if (rc == DHPS_E_NOTFOUND) /* the lease is gone: register anew */
+                next_step = 0;
+            else
+                set_down(m, "registration update", rc);
+        }
+        pthread_mutex_lock(&m->mu);
+        dirty = m->gen != m->put_gen;
+        uint64_t until = next_step;
+        if (dirty && m->lease && m->last_put_ns + REG_DEBOUNCE_NS < until)
+            until = m->last_put_ns + REG_DEBOUNCE_NS;
+        now = dhps_mono_ns();
+        if (until > now && !m->pending && !m->stop) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            uint64_t ns = (uint64_t)ts.tv_nsec + (until - now);
+            ts.tv_sec += (time_t)(ns / 1000000000ull);
+            ts.tv_nsec = (long)(ns % 1000000000ull);
+            uint64_t g = m->gen;
+            while (!m->stop && !m->pending && m->gen == g &&
+                   pthread_cond_timedwait(&m->cv, &m->mu, &ts) != ETIMEDOUT)
+                ;
+        }
     }
     pthread_mutex_unlock(&m->mu);
     return NULL;
+}
+
+void srv_member_poke(struct srv_member *m)
+{
+    if (!m)
+        return;
+    pthread_mutex_lock(&m->mu);
+    m->gen++;
+    pthread_cond_broadcast(&m->cv);
+    pthread_mutex_unlock(&m->mu);
 }
 
 static void map_seen(struct srv_member *m, const char *val, size_t len, int64_t rev)
@@ -123,6 +202,18 @@ static void map_seen(struct srv_member *m, const char *val, size_t len, int64_t 
         return;
     }
     uint64_t v = dhps_cluster_map_version(map);
+    if (v > get(&m->map_version) && m->s->follow) {
+        __atomic_store_n(&m->map_version, v, __ATOMIC_RELAXED);
+        __atomic_store_n(&m->map_revision, (uint64_t)rev, __ATOMIC_RELAXED);
+        DHPS_LOG(DHPS_LOG_INFO, LOGM, "cluster map in etcd: version %" PRIu64 " (revision %"
+                 PRId64 "): applying", v, rev);
+        pthread_mutex_lock(&m->mu); /* the member thread applies it */
+        dhps_cluster_map_destroy(m->pending);
+        m->pending = map;
+        pthread_cond_broadcast(&m->cv);
+        pthread_mutex_unlock(&m->mu);
+        return;
+    }
     if (v > get(&m->map_version)) {
         __atomic_store_n(&m->map_version, v, __ATOMIC_RELAXED);
         __atomic_store_n(&m->map_revision, (uint64_t)rev, __ATOMIC_RELAXED);
@@ -170,6 +261,18 @@ static char *registration_json(dhps_server *s)
                           (json_int_t)time(NULL), "pid", (int)getpid());
     if (j && c->cluster_map)
         json_object_set_new(j, "id", json_integer(c->map_node));
+    if (j && s->map) { /* the readiness report (docs/cluster.md) */
+        uint32_t *nr = malloc((c->nshards ? c->nshards : 1) * sizeof *nr);
+        json_t *a = json_array();
+        size_t n = nr ? srv_hold_not_ready(s, nr, c->nshards) : 0;
+        for (size_t i = 0; a && i < n && i < c->nshards; i++)
+            json_array_append_new(a, json_integer(nr[i]));
+        free(nr);
+        json_object_set_new(j, "map_version",
+                            json_integer((json_int_t)__atomic_load_n(&s->map_version,
+                                                                     __ATOMIC_ACQUIRE)));
+        json_object_set_new(j, "not_ready", a ? a : json_array());
+    }
     char *out = j ? json_dumps(j, JSON_COMPACT) : NULL;
     json_decref(j);
     return out;
@@ -196,8 +299,7 @@ int srv_member_start(dhps_server *s, struct srv_member **out)
     if (rc < 0 || n >= (int)sizeof m->key || strchr(m->key + strlen("/dhps//nodes/") +
                                                      strlen(c->coord_cluster), '/') ||
         dhps_coord_key(m->map_key, sizeof m->map_key, c->coord_cluster, DHPS_COORD_KEY_MAP,
-                       0) < 0 ||
-        !(m->reg = registration_json(s))) {
+                       0) < 0) {
         rc = rc < 0 ? rc : -EINVAL;
         goto fail;
     }
@@ -254,7 +356,7 @@ void srv_member_destroy(struct srv_member *m)
     dhps_coord_destroy(m->c);
     pthread_mutex_destroy(&m->mu);
     pthread_cond_destroy(&m->cv);
-    free(m->reg);
+    dhps_cluster_map_destroy(m->pending);
     free(m);
 }
 
@@ -270,6 +372,11 @@ void srv_member_metrics(struct srv_member *m, FILE *f)
     fprintf(f, "# TYPE dhps_coord_registrations_total counter\n"
                "dhps_coord_registrations_total %llu\n",
             (unsigned long long)get(&m->registrations));
+    fprintf(f, "# HELP dhps_coord_registration_updates_total Registration re-puts under the "
+               "same lease (map version or readiness changed).\n"
+               "# TYPE dhps_coord_registration_updates_total counter\n"
+               "dhps_coord_registration_updates_total %llu\n",
+            (unsigned long long)get(&m->reputs));
     fprintf(f, "# HELP dhps_coord_map_version Newest map version seen in etcd.\n"
                "# TYPE dhps_coord_map_version gauge\ndhps_coord_map_version %llu\n",
             (unsigned long long)get(&m->map_version));

@@ -18,6 +18,7 @@ int srv_msg_decode(uint16_t method, const void *buf, size_t len, srv_msg *m,
     memcpy(&h, p, sizeof h);
     m->flags = h.flags;
     m->shard = h.shard;
+    m->map_version = h.map_version;
     if (h.version != DHPS_PROTO_VERSION) {
         *why = "unsupported protocol version";
         return DHPS_E_VERSION;

@@ -14,6 +14,7 @@ typedef struct srv_msg {
     uint16_t method;
     uint16_t flags;
     uint32_t shard;
+    uint64_t map_version;            /* hdr.map_version: the map the sender routed with */
     char table[DHPS_TABLE_NAME_MAX]; /* NUL-terminated copy */
     uint32_t n;                      /* keys (LOOKUP/UPSERT/DELETE) */
     const uint8_t *keys;             /* n * 8 bytes, maybe unaligned */

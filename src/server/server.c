@@ -17,6 +17,7 @@
 #include "dhps/store.h"
 #include "admin.h"
 #include "durable.h"
+#include "hold.h"
 #include "srv_int.h"
 #include "member.h"
 #include "sync.h"
@@ -58,6 +59,7 @@ int dhps_server_create(const dhps_server_config *cfg, dhps_server **out, char *e
     int rc;
     *out = NULL;
     srv_errf(err, errlen, "%s", "");
+    dhps_cluster_map *m0 = NULL; /* the map to start from (NULL: explicit shards) */
     dhps_server *s = calloc(1, sizeof *s);
     if (!s)
         return -ENOMEM;
@@ -69,8 +71,6 @@ int dhps_server_create(const dhps_server_config *cfg, dhps_server **out, char *e
         goto fail;
     }
     cfg = s->cfg;
-    if ((rc = dhps_server_config_resolve(s->cfg, err, errlen)))
-        goto fail;
     if ((rc = read_secret(s, err, errlen)))
         goto fail;
     if (cfg->snapshot_dir) {
@@ -84,76 +84,50 @@ int dhps_server_create(const dhps_server_config *cfg, dhps_server **out, char *e
         }
     }
 
-    uint32_t nowned = 0;
-    for (uint32_t i = 0; i < cfg->nshards; i++)
-        nowned += cfg->owned[i] ? 1 : 0;
-    s->nstores = nowned * cfg->ntables;
+    if (cfg->follow_etcd) {
+        if ((rc = srv_hold_initial_map(cfg, &m0, err, errlen)) ||
+            (rc = srv_config_resolve_map(s->cfg, m0, err, errlen)))
+            goto fail;
+    } else if (cfg->cluster_map) {
+        if ((rc = dhps_server_config_resolve(s->cfg, err, errlen)))
+            goto fail;
+        if (cfg->sync_enabled &&
+            (rc = dhps_cluster_map_load(cfg->cluster_map, &m0, err, errlen)))
+            goto fail;
+    }
+    s->follow = cfg->follow_etcd;
     s->tables = calloc(cfg->ntables, sizeof *s->tables);
-    s->stores = calloc(s->nstores ? s->nstores : 1, sizeof *s->stores);
-    if (!s->tables || !s->stores) {
+    if (!s->tables) {
         rc = -ENOMEM;
         goto fail;
     }
-    uint32_t k = 0;
     for (uint32_t t = 0; t < cfg->ntables; t++) {
         srv_table *tb = &s->tables[t];
         tb->c = cfg->tables[t];
         tb->row_bytes = tb->c.dim * (tb->c.dtype == DHPS_FP16 ? 2u : 4u);
-        if (!(tb->by_shard = calloc(cfg->nshards, sizeof *tb->by_shard))) {
-            rc = -ENOMEM;
-            goto fail;
-        }
-        for (uint32_t sh = 0; sh < cfg->nshards; sh++) {
-            if (!cfg->owned[sh])
-                continue;
-            srv_store *st = &s->stores[k];
-            dhps_store_params p;
-            dhps_store_params_init(&p);
-            p.capacity_hint = tb->c.capacity / nowned < 1024 ? 1024 : tb->c.capacity / nowned;
-            /* Segments sized to the shard: about 1/8 of its expected records, between
-             * 64 KiB and 2 MiB, so hundreds of small shards per node do not each pin
-             * a 2 MiB segment (docs/server.md). */
-            uint64_t want = p.capacity_hint * (uint64_t)(tb->row_bytes + 24) / 8;
-            p.segment_bytes = 64u << 10;
-            while (p.segment_bytes < want && p.segment_bytes < (2u << 20))
-                p.segment_bytes <<= 1;
-            p.mem_limit = tb->c.mem_limit / nowned;
-            if (p.mem_limit && p.mem_limit < 4ull * p.segment_bytes) /* the store's floor */
-                p.mem_limit = 4ull * p.segment_bytes;
-            p.default_ttl = tb->c.default_ttl;
-            p.max_readers = cfg->workers + 4;
-            if ((rc = dhps_store_create(&p, &st->st))) {
-                srv_errf(err, errlen, "table %s shard %u: cannot create store: %s",
-                         tb->c.name, sh, dhps_strerror(rc));
-                goto fail;
-            }
-            pthread_mutex_init(&st->mu, NULL);
-            st->t = tb;
-            st->shard = sh;
-            st->idx = k++;
-            tb->by_shard[sh] = st;
-        }
     }
-
-    s->workers = calloc(cfg->workers, sizeof *s->workers);
+    s->workers = aligned_alloc(64, cfg->workers * sizeof *s->workers);
+    if (s->workers)
+        memset(s->workers, 0, cfg->workers * sizeof *s->workers);
     if (!s->workers) {
         rc = -ENOMEM;
         goto fail;
     }
     for (uint32_t w = 0; w < cfg->workers; w++) {
         srv_worker *wk = &s->workers[w];
-        wk->readers = calloc(s->nstores ? s->nstores : 1, sizeof *wk->readers);
         wk->keys = malloc(DHPS_PROTO_MAX_KEYS * sizeof(uint64_t));
         wk->mask = malloc(DHPS_PROTO_MAX_KEYS / 64 * sizeof(uint64_t) + 8);
         wk->rows = malloc(2 * (size_t)cfg->max_msg);
-        if (!wk->readers || !wk->keys || !wk->mask || !wk->rows) {
+        if (!wk->keys || !wk->mask || !wk->rows) {
             rc = -ENOMEM;
             goto fail;
         }
-        for (uint32_t i = 0; i < s->nstores; i++)
-            if ((rc = dhps_store_reader_open(s->stores[i].st, &wk->readers[i])))
-                goto fail;
     }
+    s->hold_init = true;
+    rc = srv_hold_init(s, m0, err, errlen); /* takes m0 */
+    m0 = NULL;
+    if (rc)
+        goto fail;
 
     dhps_rpc_server_params rp;
     dhps_rpc_server_params_init(&rp);
@@ -187,6 +161,7 @@ int dhps_server_create(const dhps_server_config *cfg, dhps_server **out, char *e
     *out = s;
     return 0;
 fail:
+    dhps_cluster_map_destroy(m0);
     dhps_server_destroy(s);
     return rc;
 }
@@ -198,13 +173,17 @@ static void store_path(const dhps_server *s, const srv_store *st, char *buf, siz
     snprintf(buf, len, "%s/%s.%u.snap", s->cfg->snapshot_dir, st->t->c.name, st->shard);
 }
 
+/* Snapshot one store; a dropped one is skipped (its file was deleted at the drop). */
 static int snapshot_store(dhps_server *s, srv_store *st)
 {
     char path[4200];
     store_path(s, st, path, sizeof path);
     pthread_mutex_lock(&st->mu);
-    int rc = dhps_store_snapshot(st->st, path);
+    bool dropped = st->dropped;
+    int rc = dropped ? 0 : dhps_store_snapshot(st->st, path);
     pthread_mutex_unlock(&st->mu);
+    if (dropped)
+        return 0;
     if (rc) {
         add(&s->snapshot_errors, 1);
         DHPS_LOG(DHPS_LOG_ERROR, LOGM, "snapshot %s: %s", path, dhps_strerror(rc));
@@ -221,15 +200,16 @@ int srv_snapshot_some(dhps_server *s, const srv_table *t)
         return -ENOENT;
     int first = 0, n = 0;
     uint64_t ckpt = t ? 0 : srv_durable_begin(s); /* a full snapshot checkpoints the log */
-    for (uint32_t i = 0; i < s->nstores; i++) {
-        if (t && s->stores[i].t != t)
-            continue;
-        int rc = snapshot_store(s, &s->stores[i]);
+    srv_store **v;
+    size_t k = srv_hold_stores_get(s, t, &v); /* after L: a store added later logs >= L */
+    for (size_t i = 0; i < k; i++) {
+        int rc = snapshot_store(s, v[i]);
         if (rc && !first)
             first = rc;
         else if (!rc)
             n++;
     }
+    srv_hold_stores_put(v, k);
     if (!first && ckpt)
         first = srv_durable_checkpoint(s, ckpt);
     return first ? first : n;
@@ -259,15 +239,29 @@ static void *bg_main(void *arg)
         if (s->stopping)
             break;
         pthread_mutex_unlock(&s->ctl_mu);
-        for (uint32_t i = 0; i < s->nstores; i++) {
-            pthread_mutex_lock(&s->stores[i].mu);
-            dhps_store_maintain(s->stores[i].st, 4u << 20);
-            pthread_mutex_unlock(&s->stores[i].mu);
+        srv_store **v;
+        size_t k = srv_hold_stores_get(s, NULL, &v);
+        for (size_t i = 0; i < k; i++) {
+            pthread_mutex_lock(&v[i]->mu);
+            dhps_store_maintain(v[i]->st, 4u << 20);
+            pthread_mutex_unlock(&v[i]->mu);
         }
+        srv_hold_stores_put(v, k);
+        srv_hold_reclaim(s, false);
         if (s->sync)
             srv_sync_maintain(s->sync);
         uint32_t iv = s->cfg->snapshot_interval_s;
-        if (s->cfg->snapshot_dir && iv &&
+        if (s->cfg->snapshot_dir && __atomic_exchange_n(&s->want_checkpoint, false,
+                                                        __ATOMIC_ACQ_REL)) {
+            /* a shard was dropped: a checkpoint takes its records out of the update log,
+             * so a restart never replays them into a store this node holds again */
+            last_snap = dhps_mono_ns();
+            int rc = srv_snapshot_some(s, NULL);
+            DHPS_LOG(DHPS_LOG_INFO, LOGM, "snapshot after dropping shards: %s",
+                     rc < 0 ? dhps_strerror(rc) : "ok");
+            if (rc < 0)
+                __atomic_store_n(&s->want_checkpoint, true, __ATOMIC_RELEASE);
+        } else if (s->cfg->snapshot_dir && iv &&
             dhps_mono_ns() - last_snap >= (uint64_t)iv * 1000000000ull) {
             last_snap = dhps_mono_ns();
             int rc = srv_snapshot_some(s, NULL);
@@ -289,8 +283,7 @@ static int load_snapshots(dhps_server *s, char *err, size_t errlen)
 {
     if (!s->cfg->snapshot_dir)
         return 0;
-    for (uint32_t i = 0; i < s->nstores; i++) {
-        srv_store *st = &s->stores[i];
+    for (srv_store *st = s->live; st; st = st->next) { /* before any other thread runs */
         char path[4200];
         store_path(s, st, path, sizeof path);
         if (access(path, F_OK) != 0 && errno == ENOENT)
@@ -381,7 +374,7 @@ int dhps_server_start(dhps_server *s, char *err, size_t errlen)
     }
     __atomic_store_n(&s->member, mb, __ATOMIC_RELEASE); /* the metrics thread reads it */
     DHPS_LOG(DHPS_LOG_INFO, LOGM, "node %s serving: rpc port %u, metrics port %u, %u stores "
-             "(%s)", c->node_id, s->rpc_port, s->http_port, s->nstores,
+             "(%s)", c->node_id, s->rpc_port, s->http_port, s->nlive,
              dhps_server_ready(s) ? "ready" : "catching up from peers");
     return 0;
 }
@@ -398,7 +391,8 @@ uint16_t dhps_server_metrics_port(const dhps_server *s)
 
 bool dhps_server_ready(const dhps_server *s)
 {
-    return __atomic_load_n(&s->ready, __ATOMIC_ACQUIRE) && srv_sync_ready(s->sync);
+    return __atomic_load_n(&s->ready, __ATOMIC_ACQUIRE) &&
+           __atomic_load_n(&s->initial_pending, __ATOMIC_ACQUIRE) == 0;
 }
 
 int dhps_server_stop(dhps_server *s)
@@ -437,30 +431,19 @@ void dhps_server_destroy(dhps_server *s)
         return;
     dhps_server_stop(s);
     srv_durable_close(s);
+    srv_sync_destroy(s->sync);
+    srv_member_destroy(s->member);
+    if (s->hold_init)
+        srv_hold_fini(s);
     if (s->workers) {
         for (uint32_t w = 0; w < s->cfg->workers; w++) {
             srv_worker *wk = &s->workers[w];
-            for (uint32_t i = 0; wk->readers && i < s->nstores; i++)
-                dhps_store_reader_close(wk->readers[i]);
-            free(wk->readers);
             free(wk->keys);
             free(wk->mask);
             free(wk->rows);
         }
         free(s->workers);
     }
-    srv_sync_destroy(s->sync);
-    srv_member_destroy(s->member);
-    for (uint32_t i = 0; s->stores && i < s->nstores; i++) {
-        srv_tomb_free(&s->stores[i].tomb);
-        if (s->stores[i].st) {
-            dhps_store_destroy(s->stores[i].st);
-            pthread_mutex_destroy(&s->stores[i].mu);
-        }
-    }
-    free(s->stores);
-    for (uint32_t t = 0; s->tables && t < s->cfg->ntables; t++)
-        free(s->tables[t].by_shard);
     free(s->tables);
     if (s->secret) {
         memset(s->secret, 0, s->secret_len);

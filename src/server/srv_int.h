@@ -3,6 +3,7 @@
  *   handlers.c  the rpc handlers of the service protocol (proto.h)
  *   http.c      /metrics, /health and /fault over libmicrohttpd
  *   durable.c   the update log: write-path hooks, replay, checkpoints (durable.h)
+ *   hold.c      the shards held: stores added and dropped by map, reclamation (hold.h)
  *   config.c, msg.c, admin.c, fp16.c  config parsing, request decoding, /fault auth, fp16 */
 #ifndef DHPS_SRV_INT_H
 #define DHPS_SRV_INT_H
@@ -13,6 +14,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "dhps/cluster.h"
 #include "dhps/rpc.h"
 #include "dhps/server.h"
 #include "dhps/store.h"
@@ -22,6 +24,12 @@
 
 dhps_server_config *srv_config_dup(const dhps_server_config *c);
 
+/* Resolve c's nshards, owned shards and tcp_port from map m, as
+ * dhps_server_config_resolve does from the file (config.c); with follow_etcd a node
+ * that m does not list is accepted (it holds nothing). 0 or DHPS_E_CONFIG / -ENOMEM. */
+int srv_config_resolve_map(dhps_server_config *c, const dhps_cluster_map *m, char *err,
+                           size_t errlen);
+
 /* printf into err[errlen] (truncated, NUL-terminated); nothing when err is NULL or errlen
  * 0. The one error-message formatter of the server's files (defined in admin.c). */
 void srv_errf(char *err, size_t errlen, const char *fmt, ...)
@@ -30,7 +38,7 @@ void srv_errf(char *err, size_t errlen, const char *fmt, ...)
 /* ---- metrics layout ------------------------------------------------------------- */
 
 enum { M_LOOKUP, M_UPSERT, M_DELETE, M_STATS, M_SNAPSHOT, M_INFO, M_SYNC, NMETHODS };
-#define NSTATUS 9
+#define NSTATUS 10
 /* latency buckets, upper bounds in microseconds (+Inf implied): 10 us .. 250 ms, at most
  * 1.5x apart from 50 us to 10 ms where lookups and upserts land */
 #define NBUCKETS 24
@@ -43,37 +51,63 @@ extern const uint32_t lat_bounds_us[NBUCKETS - 1];
 typedef struct srv_table srv_table;
 typedef struct srv_durable srv_durable; /* the update log's server side (durable.h) */
 
-typedef struct srv_store {
+typedef struct srv_store srv_store;
+
+/* One (table, shard) this node holds. Created at start for the shards of the starting
+ * map, and while serving by srv_hold_apply for shards a newer map gives this node;
+ * retired when a map takes the shard away and freed by srv_hold_reclaim once no thread
+ * can still use it (hold.h: the rpc workers by epoch, other threads by reference). */
+struct srv_store {
     pthread_mutex_t mu;          /* writer lock: upserts, deletes, stats, snapshot */
     dhps_store *st;
     srv_table *t;
     uint32_t shard;
-    uint32_t idx;                /* index in dhps_server.stores / worker readers */
     bool ready;                  /* atomic: serves lookups (caught up from its peers) */
+    bool dropped;                /* under mu (atomic reads elsewhere): refused from now on */
+    bool initial;                /* held at start (dhps_server_ready waits for these) */
+    uint64_t fence;              /* under mu: map version at which the shard's holder set
+                                    last changed as seen here; older writes: DHPS_E_MOVED */
     srv_tomb tomb;               /* deletes remembered for sync (under mu) */
-} srv_store;
+    dhps_store_reader **readers; /* per rpc worker, opened lazily by that worker only */
+    uint32_t refs;               /* atomic: non-worker threads using it (hold.h) */
+    /* the sync thread's per-store state (sync.c; only that thread touches it) */
+    uint32_t sync_done[DHPS_CLUSTER_MAX_REPLICAS]; /* peers caught up from (node ids) */
+    uint32_t sync_ndone;
+    uint32_t sync_caught;        /* of those, really answered (not skipped) */
+    bool sync_empty;             /* held no record when catch-up began */
+    uint64_t sync_t0_ns;         /* when catch-up began (peer_wait_s counts from it) */
+    /* retirement (under the server's hold_mu) */
+    srv_store *next;             /* live list, then retired list */
+    uint64_t retire_epoch, retire_ns;
+};
 
 struct srv_table {
     dhps_server_table_config c;
     uint32_t row_bytes;          /* stored bytes per row */
-    srv_store **by_shard;        /* nshards entries, NULL = not owned */
+    srv_store **by_shard;        /* nshards entries, NULL = not held; atomic pointers:
+                                    set and cleared under hold_mu, read by rpc workers
+                                    inside their epoch (hold.h) */
     uint64_t looked_up, found;   /* atomics */
 };
 
 typedef struct srv_worker {
-    dhps_store_reader **readers; /* one per store */
+    uint64_t epoch;              /* atomic: global epoch when its handler began, 0 idle */
     uint64_t *keys;              /* DHPS_PROTO_MAX_KEYS, for unaligned key arrays */
     uint64_t *mask;              /* DHPS_PROTO_MAX_KEYS / 64 */
     uint8_t *rows;               /* conversion scratch, 2 * max_msg */
-} srv_worker;
+} __attribute__((aligned(64))) srv_worker;
+
+/* The cluster map this node has applied, shared by reference (hold.c). */
+typedef struct srv_map {
+    dhps_cluster_map *m;
+    uint32_t refs;               /* atomic */
+} srv_map;
 
 struct dhps_server {
     dhps_server_config *cfg;
     uint8_t *secret;
     size_t secret_len;
     srv_table *tables;
-    srv_store *stores;
-    uint32_t nstores;
     srv_worker *workers;
     dhps_rpc_server *rpc;
     uint16_t rpc_port;
@@ -89,6 +123,21 @@ struct dhps_server {
     bool stopping;
     struct srv_sync *sync;       /* catch-up and anti-entropy (sync.c) */
     srv_admin_replay replay;     /* /fault: signed changes already accepted */
+    /* what this node holds (hold.c, hold.h) */
+    bool follow;                 /* shards.follow_etcd: the map in etcd decides */
+    bool hold_init;              /* srv_hold_init ran (destroy calls srv_hold_fini) */
+    pthread_mutex_t hold_mu;     /* the store set, the map, retirement */
+    srv_store *live, *retired;   /* lists through srv_store.next */
+    uint32_t nlive;              /* stores in live */
+    uint32_t nheld;              /* atomic: shards held (stores of the first table) */
+    uint32_t not_ready;          /* atomic: live stores not ready */
+    uint32_t initial_pending;    /* atomic: stores held at start, not ready yet */
+    uint64_t epoch;              /* atomic: reclamation epoch */
+    srv_map *map;                /* under hold_mu; NULL without a cluster map */
+    uint64_t map_version;        /* atomic: version of map (0: none) */
+    uint64_t *dropped_at;        /* nshards, atomics: map version that took the shard away */
+    bool want_checkpoint;        /* atomic: a shard was dropped, snapshot + checkpoint soon */
+    uint64_t shards_added, shards_dropped, writes_moved, stores_freed; /* atomics */
     /* metrics (atomics) */
     uint64_t req[NMETHODS][NSTATUS];
     uint64_t lat[NMETHODS][NBUCKETS];
@@ -117,7 +166,7 @@ typedef struct table_agg {
 /* Sum the stats of table t's stores on this node (takes each store's writer lock). */
 void srv_aggregate(dhps_server *s, const srv_table *t, table_agg *a);
 
-/* Snapshot the stores of table t (NULL: all). Returns stores written or first error;
+/* Snapshot the stores of table t (NULL: all) held now. Returns stores written or first error;
  * -ENOENT without snapshot_dir. (server.c) */
 int srv_snapshot_some(dhps_server *s, const srv_table *t);
 

@@ -12,19 +12,17 @@
 #include <xxhash.h>
 
 #include "dhps/log.h"
+#include "hold.h"
 #include "sync_int.h"
 #include "util.h"
 
 #define LOGM "sync"
 
-static void st_set_ready(srv_store *st)
-{
-    __atomic_store_n(&st->ready, true, __ATOMIC_RELEASE);
-}
-
 int srv_sync_create(dhps_server *s, srv_sync **out, char *err, size_t errlen)
 {
     const dhps_server_config *c = s->cfg;
+    (void)err;
+    (void)errlen;
     *out = NULL;
     srv_sync *y = calloc(1, sizeof *y);
     if (!y)
@@ -32,44 +30,62 @@ int srv_sync_create(dhps_server *s, srv_sync **out, char *err, size_t errlen)
     y->s = s;
     y->self = c->map_node;
     y->nranges = c->sync_ranges ? c->sync_ranges : 256;
+    y->has_map = s->map && c->sync_enabled;
     pthread_mutex_init(&y->mu, NULL);
     pthread_mutex_init(&y->wmu, NULL);
     pthread_cond_init(&y->wcv, NULL);
     if (getrandom(&y->seed, sizeof y->seed, 0) != (ssize_t)sizeof y->seed)
         y->seed = dhps_mono_ns() ^ (uint64_t)(uintptr_t)y;
-    y->done = calloc(s->nstores ? s->nstores : 1, sizeof *y->done);
-    y->empty = calloc(s->nstores ? s->nstores : 1, 1);
-    if (!y->done || !y->empty) {
-        srv_sync_destroy(y);
-        return -ENOMEM;
-    }
-    if (c->cluster_map && c->sync_enabled) {
-        int rc = dhps_cluster_map_load(c->cluster_map, &y->map, err, errlen);
-        if (rc) {
-            srv_sync_destroy(y);
-            return rc;
-        }
-        y->peers = calloc(dhps_cluster_map_max_node_id(y->map) + 1, sizeof *y->peers);
-        if (!y->peers) {
-            srv_sync_destroy(y);
-            return -ENOMEM;
-        }
-    }
-    for (uint32_t i = 0; i < s->nstores; i++) {
-        srv_store *st = &s->stores[i];
-        const uint32_t *ids;
-        int nr = y->map ? dhps_cluster_map_replicas(y->map, st->shard, &ids) : 0;
-        bool peers = false;
-        for (int j = 0; j < nr; j++)
-            peers |= ids[j] != y->self;
-        if (peers)
-            y->stores_sync++;
-        else
-            st_set_ready(st);
-    }
-    y->pending = y->stores_sync;
+    y->stores_sync = __atomic_load_n(&s->not_ready, __ATOMIC_RELAXED);
     *out = y;
     return 0;
+}
+
+/* Take the server's current map for this pass: grow the peer table to its node ids and
+ * close channels to nodes it moved or removed. */
+static void pin_map(srv_sync *y)
+{
+    srv_map *m = srv_hold_map_get(y->s);
+    if (m == y->pin) {
+        srv_hold_map_put(m);
+        return;
+    }
+    uint32_t need = m ? dhps_cluster_map_max_node_id(m->m) + 1 : 0;
+    if (need > y->npeers) {
+        sync_peer *np = realloc(y->peers, need * sizeof *np);
+        if (!np) {
+            srv_hold_map_put(m); /* keep the old map; retried next pass */
+            return;
+        }
+        memset(np + y->npeers, 0, (need - y->npeers) * sizeof *np);
+        y->peers = np;
+        y->npeers = need;
+    }
+    for (uint32_t id = 0; id < y->npeers; id++) {
+        sync_peer *p = &y->peers[id];
+        const dhps_cluster_node *nd = m ? dhps_cluster_map_node(m->m, id) : NULL;
+        if (p->ch && (!nd || strcmp(nd->addr, p->addr))) {
+            dhps_rpc_channel_close(p->ch);
+            p->ch = NULL;
+        }
+    }
+    srv_hold_map_put(y->pin);
+    y->pin = m;
+    y->map = m ? m->m : NULL;
+}
+
+static bool done_has(const srv_store *st, uint32_t id)
+{
+    for (uint32_t i = 0; i < st->sync_ndone; i++)
+        if (st->sync_done[i] == id)
+            return true;
+    return false;
+}
+
+static void done_add(srv_store *st, uint32_t id)
+{
+    if (!done_has(st, id) && st->sync_ndone < DHPS_CLUSTER_MAX_REPLICAS)
+        st->sync_done[st->sync_ndone++] = id;
 }
 
 /* Compare st's digests with node id's: mask (nranges bits) gets the ranges that
@@ -180,104 +196,124 @@ static bool transient(int rc)
            rc == DHPS_E_CANCELLED || rc == -ENOMEM;
 }
 
-/* Position of node id among the replicas of st's shard (-1: not one). */
-static int replica_pos(srv_sync *y, const srv_store *st, uint32_t id)
+/* Is node id a serving replica of st's shard in the pass's map? (joining nodes are
+ * never sources) */
+static bool is_replica(srv_sync *y, const srv_store *st, uint32_t id)
 {
     const uint32_t *ids;
     int nr = dhps_cluster_map_replicas(y->map, st->shard, &ids);
-    for (int j = 0; j < nr && j < 32; j++)
+    for (int j = 0; j < nr; j++)
         if (ids[j] == id)
-            return j;
-    return -1;
+            return true;
+    return false;
 }
 
-/* For each peer node: the stores (not ready ones only when pending_only) that have it as
- * a replica and are not marked done for it; agree_many on them; fn(y, i, j, agree) per
- * store i (j: the peer's replica position). */
-static void each_peer_batch(srv_sync *y, bool pending_only,
-                            void (*fn)(srv_sync *y, uint32_t i, uint32_t id, int j, bool agree))
+/* For each peer node: the stores of v[0..nv) (not ready ones only when pending_only)
+ * that have it as a replica and are not done with it; agree_many on them; fn(y, st,
+ * id, agree) per store. */
+static void each_peer_batch(srv_sync *y, srv_store **v, size_t nv, bool pending_only,
+                            void (*fn)(srv_sync *y, srv_store *st, uint32_t id, bool agree))
 {
-    dhps_server *s = y->s;
-    srv_store **sts = calloc(s->nstores ? s->nstores : 1, sizeof *sts);
-    uint32_t *idx = calloc(s->nstores ? s->nstores : 1, sizeof *idx);
-    bool *agree = calloc(s->nstores ? s->nstores : 1, sizeof *agree);
+    srv_store **sts = calloc(nv ? nv : 1, sizeof *sts);
+    bool *agree = calloc(nv ? nv : 1, sizeof *agree);
     size_t nn = dhps_cluster_map_nnodes(y->map);
-    for (size_t k = 0; sts && idx && agree && k < nn && !sync_stopping(y); k++) {
+    for (size_t k = 0; sts && agree && k < nn && !sync_stopping(y); k++) {
         uint32_t id = dhps_cluster_map_node_at(y->map, k)->id;
         if (id == y->self)
             continue;
         size_t n = 0;
-        for (uint32_t i = 0; i < s->nstores; i++) {
-            srv_store *st = &s->stores[i];
-            int j = replica_pos(y, st, id);
-            if (j < 0 || (pending_only && (__atomic_load_n(&st->ready, __ATOMIC_ACQUIRE) ||
-                                           (y->done[i] >> j & 1))))
+        for (size_t i = 0; i < nv; i++) {
+            srv_store *st = v[i];
+            if (__atomic_load_n(&st->dropped, __ATOMIC_ACQUIRE) || !is_replica(y, st, id))
                 continue;
-            sts[n] = st;
-            idx[n++] = i;
+            if (pending_only &&
+                (__atomic_load_n(&st->ready, __ATOMIC_ACQUIRE) || done_has(st, id)))
+                continue;
+            sts[n++] = st;
         }
         if (!n)
             continue;
         memset(agree, 0, n * sizeof *agree);
         sync_agree_many(y, id, sts, n, agree);
         for (size_t m = 0; m < n && !sync_stopping(y); m++)
-            fn(y, idx[m], id, replica_pos(y, &s->stores[idx[m]], id), agree[m]);
+            fn(y, sts[m], id, agree[m]);
     }
     free(sts);
-    free(idx);
     free(agree);
 }
 
 /* catch-up: a peer whose digests agree with the store's needs nothing more */
-static void mark_agreeing(srv_sync *y, uint32_t i, uint32_t id, int j, bool agree)
+static void mark_agreeing(srv_sync *y, srv_store *st, uint32_t id, bool agree)
 {
-    (void)id;
-    if (agree)
-        y->done[i] |= 1u << j;
+    (void)y;
+    if (agree) {
+        done_add(st, id);
+        st->sync_caught++;
+    }
 }
 
 /* anti-entropy: repair the stores whose digests differ from the peer's */
-static void repair_differing(srv_sync *y, uint32_t i, uint32_t id, int j, bool agree)
+static void repair_differing(srv_sync *y, srv_store *st, uint32_t id, bool agree)
 {
-    (void)j;
     if (!agree)
-        repair_round(y, &y->s->stores[i], id);
+        repair_round(y, st, id);
 }
 
 /* One pass over the stores that are not ready. Returns stores made ready. */
 static uint32_t catch_up_pass(srv_sync *y)
 {
     dhps_server *s = y->s;
-    uint64_t elapsed = dhps_mono_ns() - __atomic_load_n(&y->t_start_ns, __ATOMIC_ACQUIRE);
+    uint64_t now = dhps_mono_ns();
     uint64_t wait_ns = (uint64_t)s->cfg->sync_peer_wait_s * 1000000000ull;
     uint64_t empty_ns = (uint64_t)s->cfg->sync_empty_peer_wait_s * 1000000000ull;
     uint32_t made = 0;
-    each_peer_batch(y, true, mark_agreeing); /* most stores: one batched round trip */
-    for (uint32_t i = 0; i < s->nstores && !sync_stopping(y); i++) {
-        srv_store *st = &s->stores[i];
-        if (__atomic_load_n(&st->ready, __ATOMIC_ACQUIRE))
+    srv_store **v;
+    size_t nv = srv_hold_stores_get(s, NULL, &v);
+    for (size_t i = 0; i < nv; i++) {
+        srv_store *st = v[i];
+        if (st->sync_t0_ns || __atomic_load_n(&st->ready, __ATOMIC_ACQUIRE))
+            continue;
+        /* first seen: after the snapshots and the log (or just opened by a map) */
+        dhps_store_stats x;
+        pthread_mutex_lock(&st->mu);
+        dhps_store_get_stats(st->st, &x);
+        pthread_mutex_unlock(&st->mu);
+        st->sync_empty = x.keys == 0;
+        st->sync_t0_ns = now;
+    }
+    each_peer_batch(y, v, nv, true, mark_agreeing); /* most stores: one round trip */
+    for (size_t i = 0; i < nv && !sync_stopping(y); i++) {
+        srv_store *st = v[i];
+        if (__atomic_load_n(&st->ready, __ATOMIC_ACQUIRE) ||
+            __atomic_load_n(&st->dropped, __ATOMIC_ACQUIRE))
             continue;
         /* A store that recovered data may go on without unreachable peers after
          * peer_wait_s: what it holds is its own acknowledged writes, the others repair
-         * from it later. An empty one may not (by default): serving it would answer
-         * "absent" for keys its peers hold. */
-        bool empty = y->empty[i];
-        bool may_skip = empty ? empty_ns && elapsed >= empty_ns : elapsed >= wait_ns;
+         * from it later. An empty one only once another peer answered (it then holds
+         * what that peer held), or after empty_peer_wait_s when that is set: serving it
+         * before would answer "absent" for keys its peers hold. */
+        uint64_t elapsed = dhps_mono_ns() - st->sync_t0_ns;
+        bool may_skip = st->sync_empty ? (st->sync_caught && elapsed >= wait_ns) ||
+                                             (empty_ns && elapsed >= empty_ns)
+                                       : elapsed >= wait_ns;
         const uint32_t *ids;
         int nr = dhps_cluster_map_replicas(y->map, st->shard, &ids);
         bool all = true;
-        for (int j = 0; j < nr && j < 32; j++) {
+        for (int j = 0; j < nr; j++) {
             uint32_t id = ids[j];
-            if (id == y->self || (y->done[i] >> j & 1))
+            if (id == y->self || done_has(st, id))
                 continue;
             sync_peer *p = &y->peers[id];
             if (p->given_up && may_skip) {
-                y->done[i] |= 1u << j;
+                done_add(st, id);
                 continue;
             }
             int rc = catch_up(y, st, id);
             if (rc == 0) {
-                y->done[i] |= 1u << j;
+                done_add(st, id);
+                st->sync_caught++;
+            } else if (rc == DHPS_E_NOTREADY || (s->follow && rc == DHPS_E_NOTFOUND)) {
+                all = false; /* the peer has not applied our map yet (or is ahead of it) */
             } else if (transient(rc) && !may_skip) {
                 all = false;
             } else {
@@ -292,15 +328,15 @@ static uint32_t catch_up_pass(srv_sync *y)
                              "skipping that peer", st->t->c.name, st->shard, id,
                              dhps_strerror(rc));
                 }
-                y->done[i] |= 1u << j;
+                done_add(st, id);
             }
         }
         if (all && !sync_stopping(y)) {
-            st_set_ready(st);
-            __atomic_fetch_sub(&y->pending, 1, __ATOMIC_ACQ_REL);
+            srv_hold_set_ready(s, st);
             made++;
         }
     }
+    srv_hold_stores_put(v, nv);
     return made;
 }
 
@@ -309,7 +345,10 @@ static uint32_t catch_up_pass(srv_sync *y)
 static void anti_entropy_pass(srv_sync *y)
 {
     uint64_t before = get(&y->merged);
-    each_peer_batch(y, false, repair_differing);
+    srv_store **v;
+    size_t nv = srv_hold_stores_get(y->s, NULL, &v);
+    each_peer_batch(y, v, nv, false, repair_differing);
+    srv_hold_stores_put(v, nv);
     uint64_t got = get(&y->merged) - before;
     add(&y->ae_passes, 1);
     add(&y->ae_records, got);
@@ -332,37 +371,43 @@ static void *sync_main(void *arg)
     srv_sync *y = arg;
     dhps_server *s = y->s;
     __atomic_store_n(&y->t_start_ns, dhps_mono_ns(), __ATOMIC_RELEASE);
-    for (uint32_t i = 0; i < s->nstores; i++) { /* after the snapshots and the log */
-        dhps_store_stats st;
-        pthread_mutex_lock(&s->stores[i].mu);
-        dhps_store_get_stats(s->stores[i].st, &st);
-        pthread_mutex_unlock(&s->stores[i].mu);
-        y->empty[i] = st.keys == 0;
-    }
-    while (!sync_stopping(y) && __atomic_load_n(&y->pending, __ATOMIC_ACQUIRE)) {
-        if (!catch_up_pass(y) && __atomic_load_n(&y->pending, __ATOMIC_ACQUIRE))
-            sync_nap(y, 100);
-    }
-    if (!sync_stopping(y)) {
-        __atomic_store_n(&y->t_ready_ns, dhps_mono_ns(), __ATOMIC_RELEASE);
-        if (y->stores_sync)
-            DHPS_LOG(DHPS_LOG_INFO, LOGM, "node %s caught up: %u stores, %llu records taken "
-                     "from peers in %.2f s", s->cfg->node_id, y->stores_sync,
-                     (unsigned long long)get(&y->merged),
-                     catchup_seconds(y));
-    }
-    uint32_t every = s->cfg->sync_anti_entropy_s;
-    while (!sync_stopping(y) && every && y->map) {
-        sync_nap(y, every * 1000u);
-        if (!sync_stopping(y))
+    uint64_t every_ns = (uint64_t)s->cfg->sync_anti_entropy_s * 1000000000ull;
+    uint64_t next_ae = 0;
+    while (!sync_stopping(y)) {
+        pin_map(y);
+        if (y->map && __atomic_load_n(&s->not_ready, __ATOMIC_ACQUIRE)) {
+            uint32_t made = catch_up_pass(y);
+            if (!made && __atomic_load_n(&s->not_ready, __ATOMIC_ACQUIRE))
+                sync_nap(y, 100);
+            continue;
+        }
+        if (!__atomic_load_n(&y->t_ready_ns, __ATOMIC_ACQUIRE)) {
+            __atomic_store_n(&y->t_ready_ns, dhps_mono_ns(), __ATOMIC_RELEASE);
+            next_ae = dhps_mono_ns() + every_ns;
+            if (y->stores_sync)
+                DHPS_LOG(DHPS_LOG_INFO, LOGM, "node %s caught up: %u stores, %llu records "
+                         "taken from peers in %.2f s", s->cfg->node_id, y->stores_sync,
+                         (unsigned long long)get(&y->merged), catchup_seconds(y));
+        }
+        uint64_t now = dhps_mono_ns();
+        if (every_ns && y->map && now >= next_ae) {
             anti_entropy_pass(y);
+            next_ae = dhps_mono_ns() + every_ns;
+            continue;
+        }
+        uint64_t wait_ms = every_ns ? (next_ae - now) / 1000000ull + 1 : 60000;
+        sync_nap(y, wait_ms > 60000 ? 60000 : (unsigned)wait_ms); /* a new map wakes it */
     }
+    srv_hold_map_put(y->pin);
+    y->pin = NULL;
+    y->map = NULL;
     return NULL;
 }
 
 int srv_sync_start(srv_sync *y)
 {
-    if (!y->map || (!y->stores_sync && !y->s->cfg->sync_anti_entropy_s))
+    if (!y->has_map ||
+        (!y->s->follow && !y->stores_sync && !y->s->cfg->sync_anti_entropy_s))
         return 0;
     dhps_rpc_client_params p;
     dhps_rpc_client_params_init(&p);
@@ -399,17 +444,13 @@ void srv_sync_destroy(srv_sync *y)
     if (!y)
         return;
     srv_sync_stop(y);
-    if (y->peers) {
-        for (uint32_t i = 0; i <= dhps_cluster_map_max_node_id(y->map); i++)
-            dhps_rpc_channel_close(y->peers[i].ch);
-        free(y->peers);
-    }
+    for (uint32_t i = 0; i < y->npeers; i++)
+        dhps_rpc_channel_close(y->peers[i].ch);
+    free(y->peers);
+    srv_hold_map_put(y->pin);
     dhps_rpc_client_destroy(y->rc);
     for (int i = 0; i < SYNC_MAX_SESSIONS; i++)
         sync_session_free(&y->sess[i]);
-    dhps_cluster_map_destroy(y->map);
-    free(y->done);
-    free(y->empty);
     pthread_cond_destroy(&y->wcv);
     pthread_mutex_destroy(&y->wmu);
     pthread_mutex_destroy(&y->mu);
@@ -421,7 +462,7 @@ void srv_sync_note_deletes(dhps_server *s, srv_store *st, const uint64_t *keys, 
 {
     srv_sync *y = s->sync;
     uint32_t now_s = (uint32_t)time(NULL);
-    if (!y || !y->map || at_s + s->cfg->sync_tombstone_s < now_s)
+    if (!y || !y->has_map || at_s + s->cfg->sync_tombstone_s < now_s)
         return;
     for (uint32_t i = 0; i < n; i++)
         if (srv_tomb_put(&st->tomb, keys[i], version, at_s)) {
@@ -444,17 +485,35 @@ void srv_sync_maintain(srv_sync *y)
     uint32_t keep = s->cfg->sync_tombstone_s, now_s = (uint32_t)time(NULL);
     if (now_s <= keep)
         return;
-    for (uint32_t i = 0; i < s->nstores; i++) {
-        srv_store *st = &s->stores[i];
-        pthread_mutex_lock(&st->mu);
-        srv_tomb_expire(&st->tomb, now_s - keep);
-        pthread_mutex_unlock(&st->mu);
+    srv_store **v;
+    size_t nv = srv_hold_stores_get(s, NULL, &v);
+    for (size_t i = 0; i < nv; i++) {
+        pthread_mutex_lock(&v[i]->mu);
+        srv_tomb_expire(&v[i]->tomb, now_s - keep);
+        pthread_mutex_unlock(&v[i]->mu);
     }
+    srv_hold_stores_put(v, nv);
 }
 
-bool srv_sync_ready(const srv_sync *y)
+void srv_sync_wake(srv_sync *y)
 {
-    return !y || __atomic_load_n(&y->pending, __ATOMIC_ACQUIRE) == 0;
+    if (!y)
+        return;
+    pthread_mutex_lock(&y->wmu);
+    y->wake = true;
+    pthread_cond_broadcast(&y->wcv);
+    pthread_mutex_unlock(&y->wmu);
+}
+
+void srv_sync_forget(srv_sync *y, const srv_store *st)
+{
+    if (!y)
+        return;
+    pthread_mutex_lock(&y->mu);
+    for (int i = 0; i < SYNC_MAX_SESSIONS; i++)
+        if (y->sess[i].id && y->sess[i].st == st)
+            sync_session_free(&y->sess[i]);
+    pthread_mutex_unlock(&y->mu);
 }
 
 
@@ -462,17 +521,20 @@ void srv_sync_metrics(srv_sync *y, FILE *f)
 {
     dhps_server *s = y->s;
     uint64_t tombs = 0;
-    for (uint32_t i = 0; i < s->nstores; i++) {
-        pthread_mutex_lock(&s->stores[i].mu);
-        tombs += s->stores[i].tomb.n;
-        pthread_mutex_unlock(&s->stores[i].mu);
+    srv_store **v;
+    size_t nv = srv_hold_stores_get(s, NULL, &v);
+    for (size_t i = 0; i < nv; i++) {
+        pthread_mutex_lock(&v[i]->mu);
+        tombs += v[i]->tomb.n;
+        pthread_mutex_unlock(&v[i]->mu);
     }
+    srv_hold_stores_put(v, nv);
     struct {
         const char *name, *type, *help;
         double v;
     } rows[] = {
         {"dhps_sync_stores_pending", "gauge", "Stores not ready yet (catching up from peers).",
-         (double)__atomic_load_n(&y->pending, __ATOMIC_RELAXED)},
+         (double)__atomic_load_n(&s->not_ready, __ATOMIC_RELAXED)},
         {"dhps_sync_catchup_seconds", "gauge",
          "Seconds from the start of catch-up to ready (running while catching up).",
          catchup_seconds(y)},
@@ -517,7 +579,8 @@ void srv_sync_metrics(srv_sync *y, FILE *f)
 char *srv_sync_status_json(srv_sync *y)
 {
     dhps_server *s = y->s;
-    uint32_t pending = __atomic_load_n(&y->pending, __ATOMIC_ACQUIRE);
+    uint32_t pending = __atomic_load_n(&s->not_ready, __ATOMIC_ACQUIRE);
+    uint32_t nstores = __atomic_load_n(&s->nlive, __ATOMIC_ACQUIRE);
     bool ready = dhps_server_ready(s);
     bool recovered = __atomic_load_n(&s->ready, __ATOMIC_ACQUIRE);
     char *out = NULL;
@@ -526,8 +589,8 @@ char *srv_sync_status_json(srv_sync *y)
                  "\"catching_up\":%u,\"records_merged\":%llu,\"bytes_fetched\":%llu,"
                  "\"catchup_seconds\":%.3f,\"peers_skipped\":%llu}\n",
                  ready ? "true" : "false",
-                 ready ? "ready" : !recovered ? "recovering" : "catching_up", s->nstores,
-                 s->nstores - pending, pending, (unsigned long long)get(&y->merged),
+                 ready ? "ready" : !recovered ? "recovering" : "catching_up", nstores,
+                 nstores > pending ? nstores - pending : 0, pending, (unsigned long long)get(&y->merged),
                  (unsigned long long)get(&y->fetched_bytes), catchup_seconds(y),
                  (unsigned long long)get(&y->peers_skipped)) < 0)
         return NULL;

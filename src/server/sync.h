@@ -5,16 +5,20 @@
  * SYNC_FETCH streams a point-in-time export of a store (its tombstones, then its
  * records in the snapshot format) in chunks, kept per requester session.
  *
- * Pulling side (one thread per server, started after the rpc server): every owned store
- * whose shard has other replicas in the cluster map starts not ready (lookups answer
- * DHPS_E_NOTREADY; writes are applied as usual). For each such store and each peer
- * replica: compare digests; when they differ, first (if the store recovered data) pull
+ * Pulling side (one thread per server, started after the rpc server): every held store
+ * whose shard has other serving replicas in the cluster map starts not ready (lookups
+ * answer DHPS_E_NOTREADY; writes are applied as usual), at start or when a newer map
+ * adds it (hold.h). For each such store and each serving replica (never a joining
+ * node) of its shard in the applied map: compare digests; when they differ, first (if the store recovered data) pull
  * what changed since its newest version, then pull the ranges that still differ
  * (tombstones first, then records newer than what the store holds and not covered by a
  * tombstone), until the digests agree, a round leaves as many ranges differing as the
  * one before, or SYNC_MAX_ROUNDS pass. Then the store is ready. A peer
- * that cannot be reached is retried until sync.peer_wait_s after start, then skipped
- * (it will pull from us when it comes back). After every store is ready the thread runs
+ * that cannot be reached is retried until sync.peer_wait_s after the store's catch-up
+ * began, then skipped (it will pull from us when it comes back; an empty store skips it
+ * only once another peer answered). A peer that has not applied the map this node
+ * routes with answers DHPS_E_NOTREADY and is asked again (requests carry
+ * hdr.map_version when following etcd). After every store is ready the thread runs
  * the same digest repair against every peer every sync.anti_entropy_s.
  */
 #ifndef DHPS_SRV_SYNC_H
@@ -31,9 +35,9 @@ typedef struct dhps_server dhps_server;
 typedef struct srv_store srv_store;
 typedef struct srv_sync srv_sync;
 
-/* Create the sync state (loads the cluster map again for the peers of each shard).
- * Marks stores without peers ready. Returns 0, -ENOMEM, or DHPS_E_CONFIG (message in
- * err). */
+/* Create the sync state (after srv_hold_init: the peers of each shard come from the
+ * server's applied map, taken afresh by every pass of the thread). Returns 0 or
+ * -ENOMEM (err unused). */
 int srv_sync_create(dhps_server *s, srv_sync **out, char *err, size_t errlen);
 
 /* Start the pulling thread (after the rpc server started). 0 or -errno. */
@@ -58,8 +62,12 @@ void srv_sync_note_deletes(dhps_server *s, srv_store *st, const uint64_t *keys, 
  * (background thread, once a second). */
 void srv_sync_maintain(srv_sync *y);
 
-/* Every store caught up (true without sync). Thread-safe. */
-bool srv_sync_ready(const srv_sync *y);
+/* A newer map was applied or stores were added: the thread looks again now. NULL
+ * allowed. Thread-safe. */
+void srv_sync_wake(srv_sync *y);
+
+/* st is being dropped: free the export sessions taken of it. NULL allowed. */
+void srv_sync_forget(srv_sync *y, const srv_store *st);
 
 /* Prometheus lines (HELP and TYPE included). */
 void srv_sync_metrics(srv_sync *y, FILE *f);

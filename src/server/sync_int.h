@@ -33,6 +33,7 @@ typedef struct sync_session {
 
 typedef struct sync_peer {
     dhps_rpc_channel *ch;
+    char addr[DHPS_CLUSTER_ADDR_MAX + 1]; /* where ch goes (a map may move a node) */
     uint64_t retry_ns;   /* do not dial before */
     bool given_up;       /* unreachable past peer_wait_s: skipped by catch-up */
     int last_err;
@@ -40,7 +41,9 @@ typedef struct sync_peer {
 
 struct srv_sync {
     dhps_server *s;
-    dhps_cluster_map *map;
+    srv_map *pin;          /* the pulling thread's map for this pass (a reference) */
+    const dhps_cluster_map *map; /* pin->m, NULL before the first pass / without a map */
+    bool has_map;          /* the server has a cluster map (peers may exist) */
     uint32_t self, nranges;
     pthread_mutex_t mu; /* sessions */
     sync_session sess[SYNC_MAX_SESSIONS];
@@ -50,14 +53,14 @@ struct srv_sync {
     pthread_mutex_t wmu;
     pthread_cond_t wcv;
     bool stop;
+    bool wake;             /* under wmu: a new map or new stores (srv_sync_wake) */
     dhps_rpc_client *rc;   /* owned by the thread */
-    sync_peer *peers;      /* by node id, max_node_id + 1 */
-    uint32_t *done;        /* per store: bit j = replica j of its shard caught up */
-    uint8_t *empty;        /* per store: recovered nothing locally (set at thread start) */
+    sync_peer *peers;      /* by node id, npeers of them (grown with the map) */
+    uint32_t npeers;
     uint64_t seed;
     /* progress and counters (atomics) */
     uint64_t t_start_ns, t_ready_ns;
-    uint32_t stores_sync, pending;
+    uint32_t stores_sync;
     uint64_t exports, export_bytes, fetched_bytes, merged, stale, tombs_applied;
     uint64_t rounds, ranges_repaired, ae_passes, ae_records, peer_errors, peers_skipped;
     uint64_t delta_fetches;
@@ -69,7 +72,7 @@ void sync_session_free(sync_session *x);
 
 /* ---- sync_rpc.c: the pulling thread's calls ---- */
 bool sync_stopping(srv_sync *y);
-/* Sleep up to ms, waking at stop. */
+/* Sleep up to ms, waking at stop or srv_sync_wake. */
 void sync_nap(srv_sync *y, unsigned ms);
 /* A failed call to node id: counted; the channel dropped when its connection broke. */
 void sync_peer_failed(srv_sync *y, uint32_t id, int rc);
@@ -84,7 +87,8 @@ int sync_fetch_export(srv_sync *y, uint32_t id, const srv_store *st, const uint6
 int sync_apply_export(srv_sync *y, srv_store *st, const uint8_t *buf, size_t len,
                       uint64_t *applied);
 /* For every store in sts[0..n) of which node id is a replica: agree[i] when node id's
- * digests equal the store's own (one batched round trip). */
+ * digests equal the store's own (one batched round trip). Requests carry this node's
+ * applied map version (a peer that has not applied it yet answers DHPS_E_NOTREADY). */
 void sync_agree_many(srv_sync *y, uint32_t id, srv_store *const *sts, size_t n, bool *agree);
 
 #endif

@@ -24,7 +24,7 @@ bool sync_stopping(srv_sync *y)
     return __atomic_load_n(&y->stop, __ATOMIC_ACQUIRE);
 }
 
-/* Sleep up to ms, waking at stop. */
+/* Sleep up to ms, waking at stop or srv_sync_wake. */
 void sync_nap(srv_sync *y, unsigned ms)
 {
     struct timespec ts;
@@ -33,9 +33,10 @@ void sync_nap(srv_sync *y, unsigned ms)
     ts.tv_sec += (time_t)(ns / 1000000000ull);
     ts.tv_nsec = (long)(ns % 1000000000ull);
     pthread_mutex_lock(&y->wmu);
-    while (!y->stop)
+    while (!y->stop && !y->wake)
         if (pthread_cond_timedwait(&y->wcv, &y->wmu, &ts) == ETIMEDOUT)
             break;
+    y->wake = false;
     pthread_mutex_unlock(&y->wmu);
 }
 
@@ -58,6 +59,7 @@ static int peer_channel(srv_sync *y, uint32_t id, dhps_rpc_channel **out)
     const dhps_cluster_node *nd = dhps_cluster_map_node(y->map, id);
     if (!nd)
         return DHPS_E_NOTFOUND;
+    snprintf(p->addr, sizeof p->addr, "%s", nd->addr);
     dhps_rpc_channel_params cp;
     dhps_rpc_channel_params_init(&cp);
     cp.host = nd->ip;
@@ -138,11 +140,14 @@ static int sync_call(srv_sync *y, uint32_t id, uint16_t method, const void *req,
     return w.done ? w.status : DHPS_E_CANCELLED;
 }
 
-static void fill_hdr(dhps_proto_hdr *h, const srv_store *st)
+static void fill_hdr(srv_sync *y, dhps_proto_hdr *h, const srv_store *st)
 {
     memset(h, 0, sizeof *h);
     h->version = DHPS_PROTO_VERSION;
     h->shard = st->shard;
+    /* following etcd: only copy from peers that route new writes to us already */
+    if (y->s->follow)
+        h->map_version = __atomic_load_n(&y->s->map_version, __ATOMIC_ACQUIRE);
     memcpy(h->table, st->t->c.name, strnlen(st->t->c.name, DHPS_TABLE_NAME_MAX - 1));
 }
 
@@ -160,7 +165,7 @@ int sync_remote_digest(srv_sync *y, uint32_t id, const srv_store *st, uint64_t *
 {
     uint8_t req[sizeof(dhps_proto_hdr) + sizeof(dhps_proto_sync_digest)];
     dhps_proto_hdr h;
-    fill_hdr(&h, st);
+    fill_hdr(y, &h, st);
     dhps_proto_sync_digest d = {.nranges = y->nranges};
     memcpy(req, &h, sizeof h);
     memcpy(req + sizeof h, &d, sizeof d);
@@ -225,7 +230,7 @@ static int digest_many(srv_sync *y, uint32_t id, srv_store *const *sts, size_t n
         calls[i].left = &left;
         calls[i].status = 1;
         dhps_proto_hdr h;
-        fill_hdr(&h, sts[i]);
+        fill_hdr(y, &h, sts[i]);
         memcpy(req, &h, sizeof h);
         memcpy(req + sizeof h, &d, sizeof d);
         void *buf;
@@ -306,7 +311,7 @@ int sync_fetch_export(srv_sync *y, uint32_t id, const srv_store *st, const uint6
     uint8_t req[sizeof(dhps_proto_hdr) + sizeof(dhps_proto_sync_fetch) +
                 DHPS_PROTO_SYNC_MAX_RANGES / 8];
     dhps_proto_hdr h;
-    fill_hdr(&h, st);
+    fill_hdr(y, &h, st);
     uint32_t max_msg = y->s->cfg->max_msg;
     dhps_proto_sync_fetch f = {.session = dhps_splitmix64(&y->seed) | 1,
                                .nranges = mask ? y->nranges : 0,

@@ -216,6 +216,15 @@ static int handle_fetch(dhps_server *s, srv_store *st, const srv_msg *m, dhps_rp
 int srv_sync_handle(dhps_server *s, const srv_msg *m, dhps_rpc_request *r)
 {
     int status;
+    uint64_t applied = __atomic_load_n(&s->map_version, __ATOMIC_ACQUIRE);
+    if (m->map_version > applied) {
+        /* the requester routes with a map we have not applied: our fence may not cover
+         * it yet, so an export now could miss writes sent to us only (spec: retry) */
+        srv_resp_error(r, DHPS_E_NOTREADY, "node %s has applied map version %llu, the sync "
+                       "request was routed with %llu; retry shortly", s->cfg->node_id,
+                       (unsigned long long)applied, (unsigned long long)m->map_version);
+        return DHPS_E_NOTREADY;
+    }
     srv_store *st = srv_find_store(s, m, r, &status);
     if (!st)
         return status;

@@ -2,7 +2,8 @@
  * An in-process fake dhps node for client tests: an rpc server (rpc.h) answering LOOKUP
  * and UPSERT (proto.h) from a small hash map, with knobs to delay, fail, refuse shards it
  * does not own ("not owned" = DHPS_E_NOTFOUND), play a replica that is recovering or
- * catching up (lookups answered DHPS_E_NOTREADY, writes applied), or disappear.
+ * catching up (lookups answered DHPS_E_NOTREADY, writes applied), fence writes routed
+ * with an old map (DHPS_E_MOVED, as a server following the etcd map does), or disappear.
  * Header-only; tests include it once.
  */
 #ifndef DHPS_TEST_FAKE_SERVER_H
@@ -43,11 +44,18 @@ struct fake_node {
     _Atomic int delay_ms;       /* handlers sleep while delay_ms > 0, up to that long */
     _Atomic int fail;           /* answer with status DHPS_E_HANDLER */
     _Atomic int fail_next;      /* answer the next N requests with DHPS_E_HANDLER */
-    _Atomic(const dhps_cluster_map *) owner_map; /* if set: refuse shards not owned */
+    _Atomic(const dhps_cluster_map *) owner_map; /* if set: refuse shards not owned
+                                                   (writes: not held, joining counts) */
     _Atomic int not_ready;      /* lookups answered DHPS_E_NOTREADY; writes still applied */
     _Atomic int not_ready_writes; /* answer the next N writes DHPS_E_NOTREADY (a server
                                      should not; the client must cope if one does) */
-    _Atomic uint64_t lookups, upserts, keys, not_ready_answers;
+    _Atomic uint64_t fence;     /* writes whose hdr.map_version is non-zero and below
+                                   it are answered DHPS_E_MOVED (docs/server.md) */
+    /* called (in a server thread) just before a write is answered DHPS_E_MOVED: a test
+     * publishes a newer map there, so it exists by the time the client asks */
+    void (*on_moved)(struct fake_node *f, void *arg);
+    void *on_moved_arg;
+    _Atomic uint64_t lookups, upserts, deletes, keys, not_ready_answers, moved_answers;
 };
 
 static uint64_t fake_now_ms(void) { return dhps_mono_ns() / 1000000; }
@@ -106,8 +114,18 @@ static int fake_prologue(struct fake_node *f, dhps_rpc_request *r, const dhps_pr
             return 1;
         }
     }
-    if (om && !dhps_cluster_map_owns(om, f->id, h->shard)) {
+    /* a joining node takes the shard's writes, not its lookups */
+    if (om && !(r->method == DHPS_M_LOOKUP ? dhps_cluster_map_owns(om, f->id, h->shard)
+                                           : dhps_cluster_map_holds(om, f->id, h->shard))) {
         resp->status = DHPS_E_NOTFOUND;
+        return 1;
+    }
+    uint64_t fence = atomic_load(&f->fence);
+    if (r->method != DHPS_M_LOOKUP && h->map_version && h->map_version < fence) {
+        if (f->on_moved)
+            f->on_moved(f, f->on_moved_arg);
+        atomic_fetch_add(&f->moved_answers, 1);
+        resp->status = DHPS_E_MOVED;
         return 1;
     }
     return 0;
@@ -240,6 +258,7 @@ static int fake_delete(void *arg, dhps_rpc_request *r)
     memcpy(&dl, b + sizeof *h, sizeof dl);
     if (r->req_len < sizeof *h + sizeof dl + 8ull * dl.n)
         return -1;
+    atomic_fetch_add(&f->deletes, 1);
     if (fake_prologue(f, r, h))
         return 0;
     const uint8_t *kp = b + sizeof *h + sizeof dl;
