@@ -1,5 +1,6 @@
 /*
- * Cluster map: parser, validation, generator, writer. Design in include/dhps/cluster.h.
+ * Cluster map: parser, validation, accessors, writer. Design in include/dhps/cluster.h;
+ * generation and placement in place.c, edits in edit.c.
  */
 #include "dhps/cluster.h"
 
@@ -15,33 +16,13 @@
 #include <unistd.h>
 
 #include "dhps/proto.h"
+#include "cluster_int.h"
 
-struct dhps_cluster_map {
-    uint64_t version;
-    uint32_t nshards;
-    uint32_t nreplicas;
-    size_t nnodes;
-    uint32_t max_id;
-    dhps_cluster_node *nodes;  /* file order */
-    int32_t *by_id;            /* node id -> index, -1 = none; max_id + 1 entries */
-    uint32_t *shards;          /* nshards x nreplicas node ids */
-    uint32_t *owned_off;       /* per node index: offset into owned (nnodes + 1) */
-    uint32_t *owned;           /* shard ids, grouped by node index, ascending */
-    dhps_cluster_join *joins;  /* sorted by (shard, node) */
-    size_t njoins;
-    uint32_t *held_off;        /* per node index: offset into held (nnodes + 1) */
-    uint32_t *held;            /* shards held (replica or joining), by node index, ascending */
-};
 
 /* ---- error list ---------------------------------------------------------------------- */
 
-struct errbuf {
-    char *buf;
-    size_t cap, len;
-    unsigned count;
-};
 
-__attribute__((format(printf, 2, 3))) static void eb_add(struct errbuf *e, const char *fmt, ...)
+void cl_eb_add(struct cl_errbuf *e, const char *fmt, ...)
 {
     e->count++;
     if (!e->buf || e->cap == 0 || e->len + 1 >= e->cap)
@@ -61,7 +42,7 @@ __attribute__((format(printf, 2, 3))) static void eb_add(struct errbuf *e, const
     e->buf[e->len] = '\0';
 }
 
-static void eb_init(struct errbuf *e, char *buf, size_t cap)
+void cl_eb_init(struct cl_errbuf *e, char *buf, size_t cap)
 {
     e->buf = buf;
     e->cap = cap;
@@ -74,7 +55,7 @@ static void eb_init(struct errbuf *e, char *buf, size_t cap)
 /* ---- helpers ------------------------------------------------------------------------- */
 
 /* Split "a.b.c.d:port" into ip and port. 0 or -1. */
-static int split_addr(const char *addr, char *ip, size_t ipcap, uint16_t *port)
+int cl_split_addr(const char *addr, char *ip, size_t ipcap, uint16_t *port)
 {
     const char *colon = strrchr(addr, ':');
     if (!colon || colon == addr || (size_t)(colon - addr) >= ipcap)
@@ -111,18 +92,18 @@ static int copy_label(const char *s, char *dst)
 }
 
 /* Read one node object into *nd; problems go to e. Returns 0 when usable. */
-static int parse_node(json_t *o, size_t i, dhps_cluster_node *nd, struct errbuf *e)
+static int parse_node(json_t *o, size_t i, dhps_cluster_node *nd, struct cl_errbuf *e)
 {
     int bad = 0;
     memset(nd, 0, sizeof *nd);
     if (!json_is_object(o)) {
-        eb_add(e, "nodes[%zu]: not an object", i);
+        cl_eb_add(e, "nodes[%zu]: not an object", i);
         return -1;
     }
     json_t *id = json_object_get(o, "id");
     if (!json_is_integer(id) || json_integer_value(id) < 0 ||
         json_integer_value(id) > (json_int_t)DHPS_CLUSTER_MAX_NODE_ID) {
-        eb_add(e, "nodes[%zu]: key \"id\" missing or not an integer in 0..%u", i,
+        cl_eb_add(e, "nodes[%zu]: key \"id\" missing or not an integer in 0..%u", i,
                DHPS_CLUSTER_MAX_NODE_ID);
         return -1;
     }
@@ -137,7 +118,7 @@ static int parse_node(json_t *o, size_t i, dhps_cluster_node *nd, struct errbuf 
         if (!json_is_string(v) || (k == 0 && json_string_length(v) == 0) ||
             strlen(json_string_value(v)) != json_string_length(v) ||
             copy_label(json_string_value(v), dst[k]) < 0) {
-            eb_add(e, "node %u: key \"%s\" missing, empty, not a string or longer than %d bytes",
+            cl_eb_add(e, "node %u: key \"%s\" missing, empty, not a string or longer than %d bytes",
                    nd->id, keys[k], DHPS_CLUSTER_LABEL_MAX);
             bad = 1;
         }
@@ -145,12 +126,12 @@ static int parse_node(json_t *o, size_t i, dhps_cluster_node *nd, struct errbuf 
     json_t *addr = json_object_get(o, "addr");
     if (!json_is_string(addr) || json_string_length(addr) > DHPS_CLUSTER_ADDR_MAX ||
         strlen(json_string_value(addr)) != json_string_length(addr)) {
-        eb_add(e, "node %u: key \"addr\" missing or not a string \"ip:port\"", nd->id);
+        cl_eb_add(e, "node %u: key \"addr\" missing or not a string \"ip:port\"", nd->id);
         bad = 1;
     } else {
         strcpy(nd->addr, json_string_value(addr));
-        if (split_addr(nd->addr, nd->ip, sizeof nd->ip, &nd->port) < 0) {
-            eb_add(e, "node %u: key \"addr\": \"%s\" is not a numeric IPv4 \"ip:port\"", nd->id,
+        if (cl_split_addr(nd->addr, nd->ip, sizeof nd->ip, &nd->port) < 0) {
+            cl_eb_add(e, "node %u: key \"addr\": \"%s\" is not a numeric IPv4 \"ip:port\"", nd->id,
                    nd->addr);
             bad = 1;
         }
@@ -159,7 +140,7 @@ static int parse_node(json_t *o, size_t i, dhps_cluster_node *nd, struct errbuf 
     if (mp) {
         if (!json_is_integer(mp) || json_integer_value(mp) < 0 ||
             json_integer_value(mp) > 65535) {
-            eb_add(e, "node %u: key \"metrics_port\" not an integer in 0..65535", nd->id);
+            cl_eb_add(e, "node %u: key \"metrics_port\" not an integer in 0..65535", nd->id);
             bad = 1;
         } else {
             nd->metrics_port = (uint16_t)json_integer_value(mp);
@@ -173,7 +154,7 @@ static int parse_node(json_t *o, size_t i, dhps_cluster_node *nd, struct errbuf 
         } else if (!strcmp(v, "draining")) {
             nd->state = DHPS_NODE_DRAINING;
         } else {
-            eb_add(e, "node %u: key \"state\" must be \"active\" or \"draining\"", nd->id);
+            cl_eb_add(e, "node %u: key \"state\" must be \"active\" or \"draining\"", nd->id);
             bad = 1;
         }
     }
@@ -186,25 +167,25 @@ static int cmp_str(const void *a, const void *b)
 }
 
 /* Check the node list for duplicate ids and addresses. */
-static void check_nodes(const dhps_cluster_node *nodes, size_t n, struct errbuf *e)
+void cl_check_nodes(const dhps_cluster_node *nodes, size_t n, struct cl_errbuf *e)
 {
     if (n == 0)
         return;
     uint8_t *seen = calloc(DHPS_CLUSTER_MAX_NODE_ID + 1, 1);
     const char **addrs = malloc(n * sizeof *addrs);
     if (!seen || !addrs) {
-        eb_add(e, "out of memory");
+        cl_eb_add(e, "out of memory");
         goto out;
     }
     for (size_t i = 0; i < n; i++) {
         if (seen[nodes[i].id]++)
-            eb_add(e, "nodes: duplicate node id %u", nodes[i].id);
+            cl_eb_add(e, "nodes: duplicate node id %u", nodes[i].id);
         addrs[i] = nodes[i].addr;
     }
     qsort(addrs, n, sizeof *addrs, cmp_str);
     for (size_t i = 1; i < n; i++)
         if (!strcmp(addrs[i], addrs[i - 1]) && (i < 2 || strcmp(addrs[i], addrs[i - 2])))
-            eb_add(e, "nodes: duplicate address %s", addrs[i]);
+            cl_eb_add(e, "nodes: duplicate address %s", addrs[i]);
 out:
     free(seen);
     free(addrs);
@@ -231,7 +212,7 @@ static bool known(const dhps_cluster_map *m, uint32_t id)
 }
 
 /* Validate the joining entries of m (sorted; shards and nodes already checked). */
-static void check_joins(const dhps_cluster_map *m, struct errbuf *e)
+static void check_joins(const dhps_cluster_map *m, struct cl_errbuf *e)
 {
     const uint32_t R = m->nreplicas;
     for (size_t i = 0; i < m->njoins;) {
@@ -242,17 +223,17 @@ static void check_joins(const dhps_cluster_map *m, struct errbuf *e)
         const uint32_t *r = m->shards + (size_t)s * R;
         bool pairs = true;
         if (end - i > R) {
-            eb_add(e, "shard %u: %zu joining entries, more than its %u replicas", s, end - i, R);
+            cl_eb_add(e, "shard %u: %zu joining entries, more than its %u replicas", s, end - i, R);
             pairs = false;
         }
         for (size_t k = i; k < end; k++) {
             const dhps_cluster_join *j = &m->joins[k];
             if (j->since > m->version)
-                eb_add(e, "shard %u: joining node %u: since %llu is newer than the map version "
+                cl_eb_add(e, "shard %u: joining node %u: since %llu is newer than the map version "
                        "%llu", s, j->node, (unsigned long long)j->since,
                        (unsigned long long)m->version);
             if (!known(m, j->node)) {
-                eb_add(e, "shard %u: joining node %u is not in \"nodes\"", s, j->node);
+                cl_eb_add(e, "shard %u: joining node %u is not in \"nodes\"", s, j->node);
                 continue;
             }
             bool is_rep = false, repl_ok = false;
@@ -261,15 +242,15 @@ static void check_joins(const dhps_cluster_map *m, struct errbuf *e)
                 repl_ok |= r[a] == j->replaces;
             }
             if (is_rep)
-                eb_add(e, "shard %u: joining node %u is already a replica", s, j->node);
+                cl_eb_add(e, "shard %u: joining node %u is already a replica", s, j->node);
             if (!repl_ok)
-                eb_add(e, "shard %u: joining node %u replaces %u, which is not a replica", s,
+                cl_eb_add(e, "shard %u: joining node %u replaces %u, which is not a replica", s,
                        j->node, j->replaces);
             if (is_rep || !repl_ok)
                 continue;
             for (uint32_t a = 0; a < R; a++)
                 if (r[a] != j->replaces && !strcmp(host_of(m, r[a]), host_of(m, j->node)))
-                    eb_add(e, "shard %u: joining node %u shares host %s with replica %u", s,
+                    cl_eb_add(e, "shard %u: joining node %u shares host %s with replica %u", s,
                            j->node, host_of(m, j->node), r[a]);
         }
         for (size_t k = i; pairs && k < end; k++) {
@@ -277,15 +258,15 @@ static void check_joins(const dhps_cluster_map *m, struct errbuf *e)
             for (size_t l = i; l < k; l++) {
                 const dhps_cluster_join *p = &m->joins[l];
                 if (p->node == j->node) {
-                    eb_add(e, "shard %u: node %u joining twice", s, j->node);
+                    cl_eb_add(e, "shard %u: node %u joining twice", s, j->node);
                     continue;
                 }
                 if (p->replaces == j->replaces)
-                    eb_add(e, "shard %u: replica %u replaced twice (by nodes %u and %u)", s,
+                    cl_eb_add(e, "shard %u: replica %u replaced twice (by nodes %u and %u)", s,
                            j->replaces, p->node, j->node);
                 if (known(m, j->node) && known(m, p->node) &&
                     !strcmp(host_of(m, j->node), host_of(m, p->node)))
-                    eb_add(e, "shard %u: joining nodes %u and %u share host %s", s, p->node,
+                    cl_eb_add(e, "shard %u: joining nodes %u and %u share host %s", s, p->node,
                            j->node, host_of(m, j->node));
             }
         }
@@ -296,9 +277,9 @@ static void check_joins(const dhps_cluster_map *m, struct errbuf *e)
 /* Build a map from parts (takes ownership of nodes, shards and joins; joins may be NULL
  * when njoins is 0) and validate placement and joins. On errors (e->count grew) frees
  * everything and returns DHPS_E_CONFIG. */
-static int assemble(uint64_t version, uint32_t nshards, uint32_t nrep, dhps_cluster_node *nodes,
+int cl_assemble(uint64_t version, uint32_t nshards, uint32_t nrep, dhps_cluster_node *nodes,
                     size_t nnodes, uint32_t *shards, dhps_cluster_join *joins, size_t njoins,
-                    struct errbuf *e, dhps_cluster_map **out)
+                    struct cl_errbuf *e, dhps_cluster_map **out)
 {
     int rc = -ENOMEM;
     unsigned errs0 = e->count;
@@ -335,17 +316,17 @@ static int assemble(uint64_t version, uint32_t nshards, uint32_t nrep, dhps_clus
         const uint32_t *r = m->shards + (size_t)s * nrep;
         for (uint32_t a = 0; a < nrep; a++) {
             if (r[a] > m->max_id || m->by_id[r[a]] < 0) {
-                eb_add(e, "shard %u: unknown node id %u", s, r[a]);
+                cl_eb_add(e, "shard %u: unknown node id %u", s, r[a]);
                 continue;
             }
             for (uint32_t b = 0; b < a; b++) {
                 if (r[b] > m->max_id || m->by_id[r[b]] < 0)
                     continue;
                 if (r[a] == r[b]) {
-                    eb_add(e, "shard %u: node %u listed twice", s, r[a]);
+                    cl_eb_add(e, "shard %u: node %u listed twice", s, r[a]);
                 } else if (!strcmp(m->nodes[m->by_id[r[a]]].host,
                                    m->nodes[m->by_id[r[b]]].host)) {
-                    eb_add(e, "shard %u: replicas %u and %u share host %s", s, r[b], r[a],
+                    cl_eb_add(e, "shard %u: replicas %u and %u share host %s", s, r[b], r[a],
                            m->nodes[m->by_id[r[a]]].host);
                 }
             }
@@ -415,11 +396,11 @@ fail:
 
 /* ---- parse --------------------------------------------------------------------------- */
 
-static int parse_nodes_array(json_t *arr, dhps_cluster_node **nodes, size_t *n, struct errbuf *e)
+static int parse_nodes_array(json_t *arr, dhps_cluster_node **nodes, size_t *n, struct cl_errbuf *e)
 {
     size_t cnt = json_array_size(arr);
     if (cnt > DHPS_CLUSTER_MAX_NODES) {
-        eb_add(e, "nodes: more than %u nodes", DHPS_CLUSTER_MAX_NODES);
+        cl_eb_add(e, "nodes: more than %u nodes", DHPS_CLUSTER_MAX_NODES);
         return DHPS_E_CONFIG;
     }
     dhps_cluster_node *v = calloc(cnt ? cnt : 1, sizeof *v);
@@ -429,7 +410,7 @@ static int parse_nodes_array(json_t *arr, dhps_cluster_node **nodes, size_t *n, 
     for (size_t i = 0; i < cnt; i++)
         parse_node(json_array_get(arr, i), i, &v[i], e);
     if (e->count == errs0)
-        check_nodes(v, cnt, e);
+        cl_check_nodes(v, cnt, e);
     if (e->count != errs0) {
         free(v);
         return DHPS_E_CONFIG;
@@ -439,22 +420,22 @@ static int parse_nodes_array(json_t *arr, dhps_cluster_node **nodes, size_t *n, 
     return 0;
 }
 
-static json_t *load_json(const void *buf, size_t len, struct errbuf *e)
+static json_t *load_json(const void *buf, size_t len, struct cl_errbuf *e)
 {
     json_error_t je;
     json_t *root = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &je);
     if (!root)
-        eb_add(e, "JSON error at line %d column %d: %s", je.line, je.column, je.text);
+        cl_eb_add(e, "JSON error at line %d column %d: %s", je.line, je.column, je.text);
     return root;
 }
 
 int dhps_cluster_map_parse(const void *buf, size_t len, dhps_cluster_map **out, char *err,
                            size_t errlen)
 {
-    struct errbuf e;
-    eb_init(&e, err, errlen);
+    struct cl_errbuf e;
+    cl_eb_init(&e, err, errlen);
     if (!out || (!buf && len)) {
-        eb_add(&e, "invalid arguments");
+        cl_eb_add(&e, "invalid arguments");
         return -EINVAL;
     }
     *out = NULL;
@@ -467,7 +448,7 @@ int dhps_cluster_map_parse(const void *buf, size_t len, dhps_cluster_map **out, 
     if (!root)
         return DHPS_E_MALFORMED;
     if (!json_is_object(root)) {
-        eb_add(&e, "top level: not an object");
+        cl_eb_add(&e, "top level: not an object");
         goto done;
     }
     json_t *jv = json_object_get(root, "version");
@@ -476,27 +457,27 @@ int dhps_cluster_map_parse(const void *buf, size_t len, dhps_cluster_map **out, 
     json_t *jnodes = json_object_get(root, "nodes");
     json_t *jsh = json_object_get(root, "shards");
     if (!json_is_integer(jv) || json_integer_value(jv) < 0)
-        eb_add(&e, "key \"version\": missing or not a non-negative integer");
+        cl_eb_add(&e, "key \"version\": missing or not a non-negative integer");
     if (!json_is_integer(jn) || json_integer_value(jn) < 1 ||
         json_integer_value(jn) > (json_int_t)DHPS_CLUSTER_MAX_SHARDS)
-        eb_add(&e, "key \"nshards\": missing or not an integer in 1..%u", DHPS_CLUSTER_MAX_SHARDS);
+        cl_eb_add(&e, "key \"nshards\": missing or not an integer in 1..%u", DHPS_CLUSTER_MAX_SHARDS);
     if (!json_is_integer(jr) || json_integer_value(jr) < 1 ||
         json_integer_value(jr) > (json_int_t)DHPS_CLUSTER_MAX_REPLICAS)
-        eb_add(&e, "key \"replicas\": missing or not an integer in 1..%u",
+        cl_eb_add(&e, "key \"replicas\": missing or not an integer in 1..%u",
                DHPS_CLUSTER_MAX_REPLICAS);
     if (!json_is_array(jnodes) || json_array_size(jnodes) == 0)
-        eb_add(&e, "key \"nodes\": missing, not an array, or empty");
+        cl_eb_add(&e, "key \"nodes\": missing, not an array, or empty");
     if (!json_is_array(jsh))
-        eb_add(&e, "key \"shards\": missing or not an array");
+        cl_eb_add(&e, "key \"shards\": missing or not an array");
     json_t *jjoin = json_object_get(root, "joining");
     if (jjoin && !json_is_array(jjoin))
-        eb_add(&e, "key \"joining\": not an array");
+        cl_eb_add(&e, "key \"joining\": not an array");
     if (e.count)
         goto done;
     uint32_t nshards = (uint32_t)json_integer_value(jn);
     uint32_t nrep = (uint32_t)json_integer_value(jr);
     if (json_array_size(jsh) != nshards) {
-        eb_add(&e, "key \"shards\": %zu entries but nshards is %u", json_array_size(jsh), nshards);
+        cl_eb_add(&e, "key \"shards\": %zu entries but nshards is %u", json_array_size(jsh), nshards);
         goto done;
     }
     rc = parse_nodes_array(jnodes, &nodes, &nnodes, &e);
@@ -511,23 +492,23 @@ int dhps_cluster_map_parse(const void *buf, size_t len, dhps_cluster_map **out, 
     for (uint32_t s = 0; s < nshards; s++) {
         json_t *r = json_array_get(jsh, s);
         if (!json_is_array(r)) {
-            eb_add(&e, "shard %u: not an array of node ids", s);
+            cl_eb_add(&e, "shard %u: not an array of node ids", s);
             continue;
         }
         size_t k = json_array_size(r);
         if (k == 0) {
-            eb_add(&e, "shard %u: no replicas", s);
+            cl_eb_add(&e, "shard %u: no replicas", s);
             continue;
         }
         if (k != nrep) {
-            eb_add(&e, "shard %u: %zu replicas, expected %u", s, k, nrep);
+            cl_eb_add(&e, "shard %u: %zu replicas, expected %u", s, k, nrep);
             continue;
         }
         for (size_t a = 0; a < k; a++) {
             json_t *id = json_array_get(r, a);
             if (!json_is_integer(id) || json_integer_value(id) < 0 ||
                 json_integer_value(id) > (json_int_t)DHPS_CLUSTER_MAX_NODE_ID) {
-                eb_add(&e, "shard %u: replica %zu is not a node id", s, a);
+                cl_eb_add(&e, "shard %u: replica %zu is not a node id", s, a);
                 shards[(size_t)s * nrep + a] = 0;
                 continue;
             }
@@ -536,7 +517,7 @@ int dhps_cluster_map_parse(const void *buf, size_t len, dhps_cluster_map **out, 
     }
     njoins = jjoin ? json_array_size(jjoin) : 0;
     if (njoins > (size_t)nshards * nrep) {
-        eb_add(&e, "key \"joining\": %zu entries, more than nshards x replicas", njoins);
+        cl_eb_add(&e, "key \"joining\": %zu entries, more than nshards x replicas", njoins);
         goto done;
     }
     if (njoins && !(joins = calloc(njoins, sizeof *joins))) {
@@ -546,7 +527,7 @@ int dhps_cluster_map_parse(const void *buf, size_t len, dhps_cluster_map **out, 
     for (size_t i = 0; i < njoins; i++) {
         json_t *o = json_array_get(jjoin, i);
         if (!json_is_object(o)) {
-            eb_add(&e, "joining[%zu]: not an object", i);
+            cl_eb_add(&e, "joining[%zu]: not an object", i);
             continue;
         }
         static const char *const jk[4] = {"shard", "node", "replaces", "since"};
@@ -557,7 +538,7 @@ int dhps_cluster_map_parse(const void *buf, size_t len, dhps_cluster_map **out, 
             json_t *x = json_object_get(o, jk[k]);
             v[k] = json_is_integer(x) ? json_integer_value(x) : -1;
             if (v[k] < 0 || v[k] > lim[k])
-                eb_add(&e, "joining[%zu]: key \"%s\" missing or not an integer in 0..%lld", i,
+                cl_eb_add(&e, "joining[%zu]: key \"%s\" missing or not an integer in 0..%lld", i,
                        jk[k], (long long)lim[k]);
         }
         joins[i] = (dhps_cluster_join){(uint32_t)v[0], (uint32_t)v[1], (uint32_t)v[2],
@@ -565,7 +546,7 @@ int dhps_cluster_map_parse(const void *buf, size_t len, dhps_cluster_map **out, 
     }
     if (e.count)
         goto done;
-    rc = assemble((uint64_t)json_integer_value(jv), nshards, nrep, nodes, nnodes, shards, joins,
+    rc = cl_assemble((uint64_t)json_integer_value(jv), nshards, nrep, nodes, nnodes, shards, joins,
                   njoins, &e, out);
     nodes = NULL;
     shards = NULL;
@@ -580,12 +561,12 @@ done:
     return rc;
 }
 
-static int read_file(const char *path, char **buf, size_t *len, struct errbuf *e)
+static int read_file(const char *path, char **buf, size_t *len, struct cl_errbuf *e)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         int rc = -errno;
-        eb_add(e, "%s: %s", path, strerror(errno));
+        cl_eb_add(e, "%s: %s", path, strerror(errno));
         return rc;
     }
     int rc = 0;
@@ -610,7 +591,7 @@ static int read_file(const char *path, char **buf, size_t *len, struct errbuf *e
             if (errno == EINTR)
                 continue;
             rc = -errno;
-            eb_add(e, "%s: %s", path, strerror(errno));
+            cl_eb_add(e, "%s: %s", path, strerror(errno));
             goto out;
         }
         if (r == 0)
@@ -628,8 +609,8 @@ out:
 
 int dhps_cluster_map_load(const char *path, dhps_cluster_map **out, char *err, size_t errlen)
 {
-    struct errbuf e;
-    eb_init(&e, err, errlen);
+    struct cl_errbuf e;
+    cl_eb_init(&e, err, errlen);
     if (!path || !out)
         return -EINVAL;
     *out = NULL;
@@ -646,8 +627,8 @@ int dhps_cluster_map_load(const char *path, dhps_cluster_map **out, char *err, s
 int dhps_cluster_nodes_parse(const void *buf, size_t len, dhps_cluster_node **nodes, size_t *n,
                              char *err, size_t errlen)
 {
-    struct errbuf e;
-    eb_init(&e, err, errlen);
+    struct cl_errbuf e;
+    cl_eb_init(&e, err, errlen);
     if (!nodes || !n || (!buf && len))
         return -EINVAL;
     json_t *root = load_json(buf ? buf : "", len, &e);
@@ -656,7 +637,7 @@ int dhps_cluster_nodes_parse(const void *buf, size_t len, dhps_cluster_node **no
     json_t *arr = json_is_object(root) ? json_object_get(root, "nodes") : root;
     int rc;
     if (!json_is_array(arr) || json_array_size(arr) == 0) {
-        eb_add(&e, "node list: expected a non-empty array of nodes or {\"nodes\": [...]}");
+        cl_eb_add(&e, "node list: expected a non-empty array of nodes or {\"nodes\": [...]}");
         rc = DHPS_E_CONFIG;
     } else {
         rc = parse_nodes_array(arr, nodes, n, &e);
@@ -791,172 +772,6 @@ size_t dhps_cluster_map_holdings_of(const dhps_cluster_map *m, uint32_t node, ui
     for (size_t k = 0; k < cnt && k < cap; k++)
         out[k] = m->held[m->held_off[i] + k];
     return cnt;
-}
-
-/* ---- generate ------------------------------------------------------------------------ */
-
-void dhps_cluster_gen_params_init(dhps_cluster_gen_params *p)
-{
-    p->version = 1;
-    p->nshards = 1024;
-    p->replicas = 3;
-}
-
-/* Small interning of label strings to dense ids, for the generator. */
-static uint32_t intern(const char **names, uint32_t *count, const char *s)
-{
-    for (uint32_t i = 0; i < *count; i++)
-        if (!strcmp(names[i], s))
-            return i;
-    names[*count] = s;
-    return (*count)++;
-}
-
-int dhps_cluster_map_generate(const dhps_cluster_gen_params *p, const dhps_cluster_node *nodes,
-                              size_t n, dhps_cluster_map **out, char *err, size_t errlen)
-{
-    struct errbuf e;
-    eb_init(&e, err, errlen);
-    if (!p || !out || (!nodes && n)) {
-        eb_add(&e, "invalid arguments");
-        return -EINVAL;
-    }
-    *out = NULL;
-    if (n == 0 || n > DHPS_CLUSTER_MAX_NODES || p->nshards == 0 ||
-        p->nshards > DHPS_CLUSTER_MAX_SHARDS || p->replicas == 0 ||
-        p->replicas > DHPS_CLUSTER_MAX_REPLICAS) {
-        eb_add(&e, "generate: need 1..%u nodes, 1..%u shards, 1..%u replicas",
-               DHPS_CLUSTER_MAX_NODES, DHPS_CLUSTER_MAX_SHARDS, DHPS_CLUSTER_MAX_REPLICAS);
-        return DHPS_E_CONFIG;
-    }
-    int rc = -ENOMEM;
-    const uint32_t S = p->nshards, R = p->replicas;
-    dhps_cluster_node *nv = malloc(n * sizeof *nv);
-    uint32_t *shards = malloc((size_t)S * R * sizeof *shards);
-    const char **names = malloc(3 * n * sizeof *names);
-    uint32_t *hid = malloc(3 * n * sizeof *hid); /* host, pod, az ids per node */
-    uint32_t *load = calloc(n, sizeof *load), *pload = calloc(n, sizeof *pload);
-    uint32_t *idx = malloc((size_t)S * R * sizeof *idx); /* node index per slot */
-    if (!nv || !shards || !names || !hid || !load || !pload || !idx)
-        goto fail;
-    memcpy(nv, nodes, n * sizeof *nv);
-    for (size_t i = 0; i < n; i++) {
-        nv[i].addr[DHPS_CLUSTER_ADDR_MAX] = '\0';
-        nv[i].host[DHPS_CLUSTER_LABEL_MAX] = nv[i].pod[DHPS_CLUSTER_LABEL_MAX] =
-            nv[i].az[DHPS_CLUSTER_LABEL_MAX] = '\0';
-        if (nv[i].id > DHPS_CLUSTER_MAX_NODE_ID || !nv[i].host[0] ||
-            split_addr(nv[i].addr, nv[i].ip, sizeof nv[i].ip, &nv[i].port) < 0)
-            eb_add(&e, "node %u: bad id, empty host or bad address \"%s\"", nv[i].id, nv[i].addr);
-        if (nv[i].state > DHPS_NODE_DRAINING)
-            eb_add(&e, "node %u: state %u is neither active nor draining", nv[i].id,
-                   nv[i].state);
-    }
-    check_nodes(nv, n, &e);
-    if (e.count) {
-        rc = DHPS_E_CONFIG;
-        goto fail;
-    }
-    /* dense label ids: hosts, pods (qualified by az), azs */
-    uint32_t nh = 0, np = 0, na = 0;
-    const char **hn = names, **pn = names + n, **an = names + 2 * n;
-    char (*podkey)[2 * DHPS_CLUSTER_LABEL_MAX + 2] = malloc(n * sizeof *podkey);
-    if (!podkey)
-        goto fail;
-    for (size_t i = 0; i < n; i++) {
-        snprintf(podkey[i], sizeof podkey[i], "%s/%s", nv[i].az, nv[i].pod);
-        hid[3 * i] = intern(hn, &nh, nv[i].host);
-        hid[3 * i + 1] = intern(pn, &np, podkey[i]);
-        hid[3 * i + 2] = intern(an, &na, nv[i].az);
-    }
-    if (nh < R) {
-        eb_add(&e, "generate: %u replicas need at least %u distinct hosts, have %u", R, R, nh);
-        free(podkey);
-        rc = DHPS_E_CONFIG;
-        goto fail;
-    }
-    const uint64_t total = (uint64_t)S * R;
-    const uint32_t cap = (uint32_t)((total + n - 1) / n);
-    for (uint32_t s = 0; s < S; s++) {
-        for (uint32_t r = 0; r < R; r++) {
-            size_t best = n;
-            uint64_t bestkey = UINT64_MAX;
-            for (size_t k = 0; k < n; k++) {
-                size_t i = (k + s) % n; /* rotation: ties go round the nodes */
-                bool host_used = false, az_used = false, pod_used = false;
-                for (uint32_t q = 0; q < r; q++) {
-                    size_t j = idx[(size_t)s * R + q];
-                    host_used |= hid[3 * j] == hid[3 * i];
-                    pod_used |= hid[3 * j + 1] == hid[3 * i + 1];
-                    az_used |= hid[3 * j + 2] == hid[3 * i + 2];
-                }
-                if (host_used)
-                    continue;
-                uint64_t key = ((uint64_t)(load[i] >= cap) << 62) | ((uint64_t)az_used << 61) |
-                               ((uint64_t)pod_used << 60) | ((uint64_t)load[i] << 36) |
-                               ((uint64_t)(r == 0 ? pload[i] : 0) << 12);
-                if (key < bestkey) {
-                    bestkey = key;
-                    best = i;
-                }
-            }
-            if (best == n) { /* cannot happen: nh >= R */
-                rc = DHPS_E_CONFIG;
-                free(podkey);
-                goto fail;
-            }
-            idx[(size_t)s * R + r] = (uint32_t)best;
-            load[best]++;
-            if (r == 0)
-                pload[best]++;
-        }
-    }
-    free(podkey);
-    /* repair: move replicas from the most to the least loaded node */
-    for (uint64_t iter = 0; iter < total * 2; iter++) {
-        size_t hi = 0, lo = 0;
-        for (size_t i = 1; i < n; i++) {
-            if (load[i] > load[hi])
-                hi = i;
-            if (load[i] < load[lo])
-                lo = i;
-        }
-        if (load[hi] - load[lo] <= 1)
-            break;
-        bool moved = false;
-        for (uint32_t s = 0; s < S && !moved; s++) {
-            uint32_t *slot = idx + (size_t)s * R;
-            int at = -1;
-            bool ok = true;
-            for (uint32_t q = 0; q < R; q++) {
-                if (slot[q] == hi)
-                    at = (int)q;
-                else if (hid[3 * slot[q]] == hid[3 * lo])
-                    ok = false;
-            }
-            if (at >= 0 && ok) {
-                slot[at] = (uint32_t)lo;
-                load[hi]--;
-                load[lo]++;
-                moved = true;
-            }
-        }
-        if (!moved)
-            break;
-    }
-    for (size_t k = 0; k < total; k++)
-        shards[k] = nv[idx[k]].id;
-    rc = assemble(p->version, S, R, nv, n, shards, NULL, 0, &e, out);
-    nv = NULL;
-    shards = NULL;
-fail:
-    free(nv);
-    free(shards);
-    free(names);
-    free(hid);
-    free(load);
-    free(pload);
-    free(idx);
-    return rc;
 }
 
 /* ---- write --------------------------------------------------------------------------- */
