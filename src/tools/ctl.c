@@ -158,9 +158,16 @@ bool ctl_join_ready(const ctl_state *st, const dhps_cluster_join *j)
 
 /* ---- map edits ------------------------------------------------------------------------ */
 
+/* Edits go through the cluster library's editing API (include/dhps/cluster.h "editing":
+ * each call gives a new map, version + 1, validated as a whole). Flips and cancels are
+ * queued and applied as one call each before the next edit of another kind; joins are
+ * queued (each checked against the map with every queued join) and started by one call
+ * in ctl_edit_finish, so their since is the version published. A step's version thus
+ * grows by the number of kinds of change it made (typically 1-3), not per move. */
 struct ctl_edit {
-    json_t *root;       /* the map object */
-    uint64_t base;      /* version edited */
+    dhps_cluster_map *cur;  /* the map with every applied edit */
+    dhps_cluster_move *flips, *cancels, *joins;
+    size_t nflips, ncancels, njoins, cap;
     unsigned edits;
 };
 
@@ -170,20 +177,10 @@ int ctl_edit_begin(const char *json, size_t len, ctl_edit **out)
     ctl_edit *e = calloc(1, sizeof *e);
     if (!e)
         return -ENOMEM;
-    e->root = json_loadb(json, len, 0, NULL);
-    json_t *v = json_object_get(e->root, "version");
-    if (!json_is_object(e->root) || !json_is_integer(v) || json_integer_value(v) < 0 ||
-        !json_is_array(json_object_get(e->root, "nodes")) ||
-        !json_is_array(json_object_get(e->root, "shards"))) {
-        ctl_edit_free(e);
-        return DHPS_E_MALFORMED;
-    }
-    e->base = (uint64_t)json_integer_value(v);
-    /* the next version from the start: joins added carry since = it, and the checks of
-     * add_join parse the map as it will be published */
-    if (json_object_set_new(e->root, "version", json_integer((json_int_t)(e->base + 1))) < 0) {
-        ctl_edit_free(e);
-        return -ENOMEM;
+    int rc = dhps_cluster_map_parse(json, len, &e->cur, NULL, 0);
+    if (rc < 0) {
+        free(e);
+        return rc == -ENOMEM ? rc : DHPS_E_MALFORMED;
     }
     *out = e;
     return 0;
@@ -193,185 +190,201 @@ void ctl_edit_free(ctl_edit *e)
 {
     if (!e)
         return;
-    json_decref(e->root);
+    dhps_cluster_map_destroy(e->cur);
+    free(e->flips);
+    free(e->cancels);
+    free(e->joins);
     free(e);
 }
 
 unsigned ctl_edit_count(const ctl_edit *e) { return e->edits; }
 
-static uint32_t jint(json_t *o, const char *k)
+/* Append mv to one of the queues (each holds at most one entry per shard and replica,
+ * so nshards x R bounds them all). */
+static int queue(ctl_edit *e, dhps_cluster_move **q, size_t *n, dhps_cluster_move mv)
 {
-    return (uint32_t)json_integer_value(json_object_get(o, k));
-}
-
-/* The node object of id and its index, or NULL. */
-static json_t *node_obj(ctl_edit *e, uint32_t id, size_t *at)
-{
-    json_t *nodes = json_object_get(e->root, "nodes"), *x;
-    size_t i;
-    json_array_foreach(nodes, i, x)
-        if (json_is_integer(json_object_get(x, "id")) && jint(x, "id") == id) {
-            if (at)
-                *at = i;
-            return x;
+    if (!e->cap) {
+        e->cap = (size_t)dhps_cluster_map_nshards(e->cur) * dhps_cluster_map_nreplicas(e->cur);
+        e->flips = calloc(e->cap, sizeof *e->flips);
+        e->cancels = calloc(e->cap, sizeof *e->cancels);
+        e->joins = calloc(e->cap, sizeof *e->joins);
+        if (!e->flips || !e->cancels || !e->joins) {
+            e->cap = 0;
+            return -ENOMEM;
         }
-    return NULL;
-}
-
-/* The replica array of shard, or NULL. */
-static json_t *shard_arr(ctl_edit *e, uint32_t shard)
-{
-    return json_array_get(json_object_get(e->root, "shards"), shard);
-}
-
-/* Position of node in the replica array, or -1. */
-static long pos_in(json_t *reps, uint32_t node)
-{
-    json_t *x;
-    size_t i;
-    json_array_foreach(reps, i, x)
-        if (json_is_integer(x) && (uint32_t)json_integer_value(x) == node)
-            return (long)i;
-    return -1;
-}
-
-/* The "joining" array (created when create). */
-static json_t *joins(ctl_edit *e, bool create)
-{
-    json_t *j = json_object_get(e->root, "joining");
-    if (!j && create) {
-        j = json_array();
-        if (!j || json_object_set_new(e->root, "joining", j) < 0)
-            return NULL;
     }
-    return j;
+    if (*n >= e->cap)
+        return -ENOSPC;
+    (*q)[(*n)++] = mv;
+    return 0;
 }
 
-/* Index of the join (shard, node) — or, with by_replaces, (shard, replaces = node) —
- * or -1. */
-static long join_at(ctl_edit *e, uint32_t shard, uint32_t node, bool by_replaces)
+static void replace_cur(ctl_edit *e, dhps_cluster_map *m)
 {
-    json_t *js = joins(e, false), *x;
-    size_t i;
-    json_array_foreach(js, i, x)
-        if (jint(x, "shard") == shard && jint(x, by_replaces ? "replaces" : "node") == node)
+    dhps_cluster_map_destroy(e->cur);
+    e->cur = m;
+}
+
+static int api_rc(int rc)
+{
+    return rc == DHPS_E_NOTFOUND ? -ENOENT : rc;
+}
+
+/* Apply the queued flips and cancels. */
+static int flush(ctl_edit *e)
+{
+    dhps_cluster_map *m = NULL;
+    int rc;
+    if (e->nflips) {
+        if ((rc = dhps_cluster_map_edit_complete_joins(e->cur, e->flips, e->nflips, &m, NULL,
+                                                       0)) < 0)
+            return api_rc(rc);
+        replace_cur(e, m);
+        e->nflips = 0;
+    }
+    if (e->ncancels) {
+        if ((rc = dhps_cluster_map_edit_cancel_joins(e->cur, e->cancels, e->ncancels, &m, NULL,
+                                                     0)) < 0)
+            return api_rc(rc);
+        replace_cur(e, m);
+        e->ncancels = 0;
+    }
+    return 0;
+}
+
+/* Index of the queued join (shard, node) — or (shard, replaces = node) — or -1. */
+static long queued_join(const ctl_edit *e, uint32_t shard, uint32_t node, bool by_replaces)
+{
+    for (size_t i = 0; i < e->njoins; i++)
+        if (e->joins[i].shard == shard && (by_replaces ? e->joins[i].from : e->joins[i].to) == node)
             return (long)i;
     return -1;
 }
 
-/* Remove the join at index i. */
-static void join_remove(ctl_edit *e, long i)
+/* The join (shard, node) of the current map, or NULL. */
+static const dhps_cluster_join *map_join(const ctl_edit *e, uint32_t shard, uint32_t node,
+                                         bool by_replaces)
 {
-    json_t *js = joins(e, false);
-    json_array_remove(js, (size_t)i);
-    if (!json_array_size(js))
-        json_object_del(e->root, "joining");
+    const dhps_cluster_join *j;
+    int n = dhps_cluster_map_joining(e->cur, shard, &j);
+    for (int i = 0; i < n; i++)
+        if ((by_replaces ? j[i].replaces : j[i].node) == node)
+            return &j[i];
+    return NULL;
 }
 
 int ctl_edit_add_join(ctl_edit *e, uint32_t shard, uint32_t node, uint32_t replaces)
 {
-    json_t *reps = shard_arr(e, shard);
-    if (!reps || !node_obj(e, node, NULL) || pos_in(reps, replaces) < 0)
+    int rc = flush(e);
+    if (rc < 0)
+        return rc;
+    if (shard >= dhps_cluster_map_nshards(e->cur) || !dhps_cluster_map_node(e->cur, node) ||
+        !dhps_cluster_map_owns(e->cur, replaces, shard))
         return -ENOENT;
-    if (pos_in(reps, node) >= 0 || join_at(e, shard, node, false) >= 0 ||
-        join_at(e, shard, replaces, true) >= 0)
+    if (dhps_cluster_map_holds(e->cur, node, shard) || map_join(e, shard, replaces, true) ||
+        queued_join(e, shard, node, false) >= 0 || queued_join(e, shard, replaces, true) >= 0)
         return -EEXIST;
-    json_t *js = joins(e, true);
-    json_t *o = json_pack("{s:I,s:I,s:I,s:I}", "shard", (json_int_t)shard, "node",
-                          (json_int_t)node, "replaces", (json_int_t)replaces, "since",
-                          (json_int_t)(e->base + 1));
-    if (!js || !o || json_array_append_new(js, o) < 0)
-        return -ENOMEM;
-    /* the whole map must stay valid (hosts distinct with the join, ...): a parse of a
-     * 1024-shard map takes well under a millisecond, so one bad move is refused here
-     * instead of failing the whole edit at finish */
-    char *text = json_dumps(e->root, JSON_COMPACT);
+    if ((rc = queue(e, &e->joins, &e->njoins, (dhps_cluster_move){shard, replaces, node})) < 0)
+        return rc;
+    /* the map with every queued join must be valid: one bad move is refused here alone */
     dhps_cluster_map *m = NULL;
-    int rc = text ? dhps_cluster_map_parse(text, strlen(text), &m, NULL, 0) : -ENOMEM;
-    free(text);
+    rc = dhps_cluster_map_edit_start_joins(e->cur, e->joins, e->njoins, &m, NULL, 0);
     dhps_cluster_map_destroy(m);
     if (rc < 0) {
-        join_remove(e, (long)json_array_size(js) - 1);
+        e->njoins--;
         return rc == -ENOMEM ? rc : DHPS_E_CONFIG;
     }
     e->edits++;
     return 0;
 }
 
+/* Queue a flip (complete) or a cancel of the join (shard, node). */
+static int end_join(ctl_edit *e, uint32_t shard, uint32_t node, bool complete)
+{
+    long q = queued_join(e, shard, node, false);
+    if (q >= 0) { /* started in this edit, never published */
+        if (complete)
+            return -ENOENT;
+        e->joins[q] = e->joins[--e->njoins];
+        e->edits++;
+        return 0;
+    }
+    const dhps_cluster_join *j = map_join(e, shard, node, false);
+    if (!j)
+        return -ENOENT;
+    dhps_cluster_move mv = {shard, j->replaces, node};
+    for (size_t i = 0; i < e->nflips; i++)
+        if (e->flips[i].shard == shard && e->flips[i].to == node)
+            return -EEXIST;
+    for (size_t i = 0; i < e->ncancels; i++)
+        if (e->cancels[i].shard == shard && e->cancels[i].to == node)
+            return -EEXIST;
+    int rc = complete ? queue(e, &e->flips, &e->nflips, mv)
+                      : queue(e, &e->cancels, &e->ncancels, mv);
+    if (rc == 0)
+        e->edits++;
+    return rc;
+}
+
 int ctl_edit_flip(ctl_edit *e, uint32_t shard, uint32_t node)
 {
-    long i = join_at(e, shard, node, false);
-    json_t *reps = shard_arr(e, shard);
-    if (i < 0 || !reps)
-        return -ENOENT;
-    uint32_t repl = jint(json_array_get(joins(e, false), (size_t)i), "replaces");
-    long p = pos_in(reps, repl);
-    if (p < 0)
-        return -ENOENT;
-    if (json_array_set_new(reps, (size_t)p, json_integer(node)) < 0)
-        return -ENOMEM;
-    join_remove(e, i);
-    e->edits++;
-    return 0;
+    return end_join(e, shard, node, true);
 }
 
 int ctl_edit_cancel(ctl_edit *e, uint32_t shard, uint32_t node)
 {
-    long i = join_at(e, shard, node, false);
-    if (i < 0)
-        return -ENOENT;
-    join_remove(e, i);
-    e->edits++;
-    return 0;
+    return end_join(e, shard, node, false);
 }
 
 int ctl_edit_set_state(ctl_edit *e, uint32_t node, int state)
 {
-    json_t *o = node_obj(e, node, NULL);
-    if (!o)
+    int rc = flush(e);
+    const dhps_cluster_node *n = rc < 0 ? NULL : dhps_cluster_map_node(e->cur, node);
+    if (rc < 0)
+        return rc;
+    if (!n)
         return -ENOENT;
-    const char *cur = json_string_value(json_object_get(o, "state"));
-    bool draining = cur && !strcmp(cur, "draining");
-    if ((state == DHPS_NODE_DRAINING) == draining)
+    if (n->state == state)
         return -EEXIST;
-    if (state == DHPS_NODE_DRAINING) {
-        if (json_object_set_new(o, "state", json_string("draining")) < 0)
-            return -ENOMEM;
-    } else {
-        json_object_del(o, "state");
-    }
+    dhps_cluster_map *m = NULL;
+    if ((rc = dhps_cluster_map_edit_set_state(e->cur, node, (uint8_t)state, &m, NULL, 0)) < 0)
+        return api_rc(rc);
+    replace_cur(e, m);
     e->edits++;
     return 0;
 }
 
 int ctl_edit_add_node(ctl_edit *e, const dhps_cluster_node *n)
 {
-    if (node_obj(e, n->id, NULL))
+    int rc = flush(e);
+    if (rc < 0)
+        return rc;
+    if (dhps_cluster_map_node(e->cur, n->id))
         return -EEXIST;
-    json_t *o = json_pack("{s:I,s:s,s:s,s:s,s:s}", "id", (json_int_t)n->id, "host", n->host,
-                          "pod", n->pod, "az", n->az, "addr", n->addr);
-    if (o && n->metrics_port)
-        json_object_set_new(o, "metrics_port", json_integer(n->metrics_port));
-    if (!o || json_array_append_new(json_object_get(e->root, "nodes"), o) < 0)
-        return -ENOMEM;
+    dhps_cluster_map *m = NULL;
+    if ((rc = dhps_cluster_map_edit_add_node(e->cur, n, &m, NULL, 0)) < 0)
+        return api_rc(rc);
+    replace_cur(e, m);
     e->edits++;
     return 0;
 }
 
 int ctl_edit_remove_node(ctl_edit *e, uint32_t node)
 {
-    size_t at;
-    if (!node_obj(e, node, &at))
+    int rc = flush(e);
+    if (rc < 0)
+        return rc;
+    if (!dhps_cluster_map_node(e->cur, node))
         return -ENOENT;
-    json_t *sh = json_object_get(e->root, "shards"), *x;
-    size_t i;
-    json_array_foreach(sh, i, x)
-        if (pos_in(x, node) >= 0)
+    for (size_t i = 0; i < e->njoins; i++)
+        if (e->joins[i].to == node || e->joins[i].from == node)
             return -EBUSY;
-    json_array_foreach(joins(e, false), i, x)
-        if (jint(x, "node") == node)
-            return -EBUSY;
-    json_array_remove(json_object_get(e->root, "nodes"), at);
+    if (dhps_cluster_map_holdings_of(e->cur, node, NULL, 0))
+        return -EBUSY;
+    dhps_cluster_map *m = NULL;
+    if ((rc = dhps_cluster_map_edit_remove_node(e->cur, node, &m, NULL, 0)) < 0)
+        return api_rc(rc);
+    replace_cur(e, m);
     e->edits++;
     return 0;
 }
@@ -381,17 +394,23 @@ int ctl_edit_finish(ctl_edit *e, dhps_cluster_map **map, char **json, char *err,
 {
     *map = NULL;
     *json = NULL;
-    char *text = json_dumps(e->root, JSON_COMPACT);
-    if (!text)
-        return -ENOMEM;
-    int rc = dhps_cluster_map_parse(text, strlen(text), map, err, errlen);
-    free(text);
+    int rc = flush(e);
+    if (rc == 0 && e->njoins) {
+        dhps_cluster_map *m = NULL;
+        rc = dhps_cluster_map_edit_start_joins(e->cur, e->joins, e->njoins, &m, err, errlen);
+        if (rc == 0) {
+            replace_cur(e, m);
+            e->njoins = 0;
+        }
+    }
     if (rc < 0)
         return rc == -ENOMEM ? rc : DHPS_E_CONFIG;
-    if (!(*json = dhps_cluster_map_to_json(*map))) {
-        dhps_cluster_map_destroy(*map);
-        *map = NULL;
+    if (!(*json = dhps_cluster_map_to_json(e->cur)))
         return -ENOMEM;
+    if ((rc = dhps_cluster_map_parse(*json, strlen(*json), map, err, errlen)) < 0) {
+        free(*json);
+        *json = NULL;
+        return rc == -ENOMEM ? rc : DHPS_E_CONFIG;
     }
     return 0;
 }

@@ -104,26 +104,29 @@ bool ctl_join_ready(const ctl_state *st, const dhps_cluster_join *j);
 /* ---- map edits ------------------------------------------------------------------------ */
 
 /*
- * A map being edited: the JSON of a map plus the edits below, turned into the next
- * version by ctl_edit_finish. Every edit checks its preconditions on the JSON and
- * returns 0, -ENOENT (no such node / join / replica) or -EEXIST (already there); the
- * validity of the whole (hosts distinct, joins consistent) is checked by the parse in
- * ctl_edit_finish. Not thread-safe (one editor).
+ * A map being edited through the cluster library's editing API (dhps_cluster_map_edit_*,
+ * each call a new map, version + 1, validated whole). Flips and cancels are queued and
+ * applied one call per kind before an edit of another kind; joins are queued and started
+ * by one call in ctl_edit_finish (their since = the version published), each checked on
+ * adding against the map with every queued join. The published version is therefore the
+ * edited one + the number of calls (typically 1-3 for a driver step). Not thread-safe.
+ *
+ * Every edit returns 0, -ENOENT (no such node / join / replica), -EEXIST (already so),
+ * or -ENOMEM; add_join also DHPS_E_CONFIG (the map would be invalid with it, e.g. two
+ * copies of the shard on one host: nothing changed), remove_node -EBUSY (it still holds
+ * a shard, as a replica or joining, or a queued join names it).
  */
 typedef struct ctl_edit ctl_edit;
 
-/* Start from map JSON text (len bytes). Returns 0 and *out, DHPS_E_MALFORMED or
- * -ENOMEM. Free with ctl_edit_free (NULL-safe). */
+/* Start from map JSON text (len bytes). Returns 0 and *out, DHPS_E_MALFORMED (not a
+ * valid map) or -ENOMEM. Free with ctl_edit_free (NULL-safe). */
 int ctl_edit_begin(const char *json, size_t len, ctl_edit **out);
 void ctl_edit_free(ctl_edit *e);
 
-/* Edits (see the contract above). add_join: since = the version
- * ctl_edit_finish writes (edited + 1). flip: node takes replaces' position in shards[shard], entry removed.
- * cancel: entry removed. set_state: DHPS_NODE_ACTIVE or DHPS_NODE_DRAINING. add_node:
- * n's id, labels, addr, metrics_port (-EEXIST for a known id). remove_node: -EBUSY when
- * it still holds a shard (replica or joining). add_join also returns DHPS_E_CONFIG when
- * the map would be invalid with it (e.g. two copies of the shard on one host): nothing
- * changed. */
+/* add_join: node starts catching up shard to replace replica `replaces`. flip: the join
+ * (shard, node) completes (node takes the replaced replica's position). cancel: it is
+ * rolled back. set_state: DHPS_NODE_ACTIVE or DHPS_NODE_DRAINING. add_node: n's id,
+ * labels, addr, metrics_port. remove_node: a node that holds nothing. */
 int ctl_edit_add_join(ctl_edit *e, uint32_t shard, uint32_t node, uint32_t replaces);
 int ctl_edit_flip(ctl_edit *e, uint32_t shard, uint32_t node);
 int ctl_edit_cancel(ctl_edit *e, uint32_t shard, uint32_t node);
@@ -135,10 +138,11 @@ int ctl_edit_remove_node(ctl_edit *e, uint32_t node);
 unsigned ctl_edit_count(const ctl_edit *e);
 
 /*
- * The edited map as the next version (old version + 1; new joins get since = that):
- * parsed (validated) into *map and serialised into *json (malloc'ed; free()). Returns
- * 0, DHPS_E_CONFIG (the edits made an invalid map: err says why, one problem a line),
- * or -ENOMEM. The edit stays usable (finish may be called again after more edits).
+ * Apply what is queued and give the map as it now stands: parsed into *map (the caller's;
+ * destroy it) and serialised into *json (malloc'ed; free()). Returns 0, DHPS_E_CONFIG
+ * (the queued edits make an invalid map: err says why, one problem a line) or -ENOMEM.
+ * The edit stays usable: more edits and another finish may follow (the driver plans on
+ * the map after its flips, then adds joins).
  */
 int ctl_edit_finish(ctl_edit *e, dhps_cluster_map **map, char **json, char *err,
                     size_t errlen);
