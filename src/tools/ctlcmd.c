@@ -345,9 +345,9 @@ static void print_result(const struct opts *o, const char *cmd, const char *resu
 
 /* Drive the moves until the goal (or wait for the controller that holds the election). */
 static int drive(dhps_coord *c, const struct opts *o, const char *cmd, ctl_plan_fn plan,
-                 void *parg, const struct goal *g, uint64_t t0)
+                 void *parg, const struct goal *g, uint64_t t0, uint64_t ver)
 {
-    ctl_stats none = {0};
+    ctl_stats none = {.version = ver};
     if (o->no_wait) {
         print_result(o, cmd, "map edited (--no-wait)", &none, (double)(dhps_mono_ns() - t0) / 1e9,
                      EX_OK);
@@ -474,7 +474,7 @@ int dhps_cmd_node(int argc, char **argv)
     struct goal g = {.want_gone = remove || replace, .gone = a.id};
     if (ex == EX_OK)
         ex = drive(c, &o, cmd, replace ? plan_replace : ctl_plan_placement,
-                   replace ? &rp : NULL, &g, t0);
+                   replace ? &rp : NULL, &g, t0, ver);
     dhps_coord_destroy(c);
     return ex;
 }
@@ -494,7 +494,7 @@ int dhps_cmd_rebalance(int argc, char **argv)
     uint64_t t0 = dhps_mono_ns();
     if (!o.dry_run) {
         struct goal g = {0};
-        ex = drive(c, &o, "rebalance", ctl_plan_placement, NULL, &g, t0);
+        ex = drive(c, &o, "rebalance", ctl_plan_placement, NULL, &g, t0, 0);
         dhps_coord_destroy(c);
         return ex;
     }

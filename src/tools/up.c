@@ -690,8 +690,8 @@ int dhps_cmd_up(int argc, char **argv)
     /* start the servers */
     if (!o.quiet)
         printf("dhps up: starting %u dhps-server nodes (%s), %u AZs x %u PODs, %u replicas of "
-               "%u shards, in %s\n", o.nodes, server, o.azs, o.pods, o.replicas, o.shards,
-               absdir);
+               "%u shards, in %s%s\n", o.total, server, o.azs, o.pods, o.replicas, o.shards,
+               absdir, o.spare ? " (the last ones spares, not in the map)" : "");
     fflush(stdout);
     struct sigaction sa = {.sa_handler = up_on_signal};
     sigemptyset(&sa.sa_mask);
