@@ -14,7 +14,8 @@
  *   of the map, and the next driver (or this one restarted) reads it, sees from the
  *   registration whether the joining node is ready, and flips or cancels it.
  *
- * One step (ctl_step): read map + registrations; then, as one new map version:
+ * One step (ctl_step): read map + registrations; then, as one new map (one CAS; its
+ *   version grows by one per kind of edit made, see ctl_edit):
  *   1. every join whose node reports ready (registration map_version >= since, the
  *      shard not in not_ready) is flipped: the joining node takes the replaced
  *      replica's position, the entry goes;

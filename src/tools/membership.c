@@ -54,7 +54,7 @@ int dhps_cmd_membership(int argc, char **argv);
 static const char mb_usage[] =
     "usage: dhps membership [--cluster DIR] [--keys 20000] [--dim 8] [--shards 64]\n"
     "                       [--batch 100] [--deadline-ms 100] [--grace-s 3] [--lease-ttl-s 3]\n"
-    "                       [--parallel 8] [--step-timeout-s 180] [--etcd-down-s 3]\n"
+    "                       [--parallel 16] [--step-timeout-s 180] [--etcd-down-s 3]\n"
     "                       [--ack all|quorum|one] [--server PATH] [--json]\n"
     "  Through real dhps-server processes and a real etcd (`dhps up --etcd`), with lookups\n"
     "  and updates running throughout: grow 4 -> 6 nodes, shrink back to 4 (etcd killed and\n"
@@ -467,7 +467,7 @@ int dhps_cmd_membership(int argc, char **argv)
     memset(&M, 0, sizeof M);
     memset(&C, 0, sizeof C);
     memset(&K, 0, sizeof K);
-    uint64_t keys = 20000, dim = 8, shards = 64, batch = 100, deadline_ms = 100, par = 8,
+    uint64_t keys = 20000, dim = 8, shards = 64, batch = 100, deadline_ms = 100, par = 16,
              ttl = 3;
     const char *dir = "dhps-membership", *server = NULL;
     M.grace_s = 3;
@@ -480,8 +480,12 @@ int dhps_cmd_membership(int argc, char **argv)
         switch (c) {
         case 'd': dir = optarg; break;
         case 'k': ok = tools_parse_u64("membership", "--keys", optarg, &keys) && keys; break;
-        case 'D': ok = tools_parse_u64("membership", "--dim", optarg, &dim) && dim && dim <= 1024; break;
-        case 's': ok = tools_parse_u64("membership", "--shards", optarg, &shards) && shards >= 8; break;
+        case 'D':
+            ok = tools_parse_u64("membership", "--dim", optarg, &dim) && dim && dim <= 1024;
+            break;
+        case 's':
+            ok = tools_parse_u64("membership", "--shards", optarg, &shards) && shards >= 8;
+            break;
         case 'b': ok = tools_parse_u64("membership", "--batch", optarg, &batch) && batch &&
                        batch <= 1000; break;
         case 'l': ok = tools_parse_u64("membership", "--deadline-ms", optarg, &deadline_ms) &&
@@ -596,7 +600,8 @@ int dhps_cmd_membership(int argc, char **argv)
     step_begin(&M, &C, &st[nst], 2, "shrink 6->4 (etcd killed)");
     st[nst].exit = run_cmd(&M, "drain5", &st[nst],
                            (char *[]){"node", "drain", "5", "--no-wait", NULL});
-    pid_t drv = st[nst].exit ? -1 : spawn_cmd(&M, "remove4", (char *[]){"node", "remove", "4", NULL});
+    pid_t drv = st[nst].exit ? -1
+                              : spawn_cmd(&M, "remove4", (char *[]){"node", "remove", "4", NULL});
     if (drv > 0) {
         if (etcd_outage(&M, drv, &etcd_down, &etcd_mid) == 0)
             save_etcd_pid(&M);

@@ -430,7 +430,8 @@ int dhps_cmd_up(int argc, char **argv)
             return 2;                                                                      \
         o.field = (uint32_t)v;                                                             \
     } while (0)
-    while ((c = getopt_long(argc, argv, "d:n:a:p:r:s:w:SVM:x:t:k:D:LT:j:b:z:WqHhFP:E:CN:A:l:", lo, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "d:n:a:p:r:s:w:SVM:x:t:k:D:LT:j:b:z:WqHhFP:E:CN:A:l:", lo,
+                            NULL)) != -1) {
         switch (c) {
         case 'd': o.dir = optarg; break;
         case 'n': U32OPT(nodes, "--nodes"); break;

@@ -58,7 +58,8 @@ static void membership(void **state)
         fail_msg("%s: status %d, output: %s", cmd, st, out);
     }
     assert_int_equal(out[0], '{');
-    long long req = field_in(out, NULL, "lookups"), ok = field_in(out, NULL, "answered_in_deadline");
+    long long req = field_in(out, NULL, "lookups");
+    long long ok = field_in(out, NULL, "answered_in_deadline");
     assert_true(req > 0 && ok <= req);
     assert_non_null(strstr(out, "\"settled\": true"));
     assert_true(field_in(out, NULL, "acked_keys_checked") > 0);
