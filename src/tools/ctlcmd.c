@@ -343,89 +343,120 @@ static void print_result(const struct opts *o, const char *cmd, const char *resu
     }
 }
 
-/* Drive the moves until the goal (or wait for the controller that holds the election). */
+/* Is the controller key there (someone holds the election)? Unknown (etcd error): yes. */
+static bool election_held(dhps_coord *c, const char *cluster)
+{
+    char key[128];
+    snprintf(key, sizeof key, "/dhps/%s/controller", cluster);
+    dhps_coord_kv *kv = NULL;
+    int n = dhps_coord_get(c, key, false, &kv, NULL);
+    dhps_coord_kvs_free(kv, n);
+    return n != 0;
+}
+
+/* Drive the moves with the election held (see drive). */
+static int drive_held(dhps_coord *c, const struct opts *o, ctl_election *el, ctl_plan_fn plan,
+                      void *parg, uint64_t t_end, FILE *log, ctl_stats *st,
+                      const char **result)
+{
+    ctl_params p;
+    ctl_params_init(&p);
+    p.coord = c;
+    p.cluster = o->cluster;
+    p.parallel = o->parallel;
+    p.grace_s = o->grace_s;
+    p.poll_s = o->poll_ms / 1000.0;
+    p.plan = plan;
+    p.plan_arg = parg;
+    p.log = log;
+    p.election = el;
+    ctl_driver *d = NULL;
+    double left = t_end ? (double)(t_end - dhps_mono_ns()) / 1e9 : 0;
+    if (t_end && left <= 0)
+        left = 0.001;
+    int rc = ctl_driver_create(&p, &d);
+    if (rc == 0)
+        rc = ctl_drive(d, left, &g_stop);
+    if (d)
+        *st = *ctl_driver_stats(d);
+    ctl_driver_destroy(d);
+    *result = "done";
+    if (rc == -ETIMEDOUT || rc == -ECANCELED || rc == DHPS_E_CONFLICT) {
+        *result = rc == -ETIMEDOUT   ? "timed out"
+                  : rc == -ECANCELED ? "interrupted"
+                                     : "lost the controller election";
+        return EX_UNFINISHED;
+    }
+    *result = rc < 0 ? "failed" : "done";
+    if (rc == DHPS_E_NOTFOUND)
+        fprintf(stderr, "/dhps/%s/map: no map published\n", o->cluster);
+    return rc == DHPS_E_NOTFOUND ? EX_REFUSED : rc < 0 ? EX_USAGE : EX_OK;
+}
+
+/*
+ * Drive the moves until the goal: with the election won, by this process; while another
+ * holds it, by waiting for the goal (the holder drives) and trying for the election
+ * whenever its key is gone (a holder that died: its lease expired).
+ */
 static int drive(dhps_coord *c, const struct opts *o, const char *cmd, ctl_plan_fn plan,
                  void *parg, const struct goal *g, uint64_t t0, uint64_t ver)
 {
-    ctl_stats none = {.version = ver};
+    ctl_stats st = {.version = ver};
     if (o->no_wait) {
-        print_result(o, cmd, "map edited (--no-wait)", &none, (double)(dhps_mono_ns() - t0) / 1e9,
+        print_result(o, cmd, "map edited (--no-wait)", &st, (double)(dhps_mono_ns() - t0) / 1e9,
                      EX_OK);
         return EX_OK;
     }
-    char holder[128], held_by[512];
+    char holder[128], held_by[512], said[512] = "";
     snprintf(holder, sizeof holder, "dhps %s (pid %d)", cmd, (int)getpid());
-    ctl_election *el = NULL;
-    int rc = ctl_election_acquire(c, o->cluster, holder, o->lease_ttl_s, &el, held_by,
-                                  sizeof held_by);
     FILE *log = o->json ? stderr : stdout;
     uint64_t t_end = o->timeout_s > 0 ? t0 + (uint64_t)(o->timeout_s * 1e9) : 0;
-    int ex = EX_OK;
-    const char *result = "done";
-    ctl_stats st = none;
-    if (rc == DHPS_E_CONFLICT) {
-        /* a controller drives: wait for it */
-        fprintf(log, "dhps %s: the controller %s drives the moves; waiting for it\n", cmd,
-                held_by);
-        ctl_move *buf = malloc(4096 * sizeof *buf);
-        bool met = false;
-        while (buf && !met && !g_stop && (!t_end || dhps_mono_ns() < t_end)) {
-            ctl_state s;
-            if (ctl_state_read(c, o->cluster, &s) == 0) {
-                met = goal_met(&s, g, plan, parg, buf, 4096);
-                st.version = s.map ? dhps_cluster_map_version(s.map) : 0;
-                ctl_state_free(&s);
+    const char *result = "timed out";
+    ctl_move *buf = malloc(4096 * sizeof *buf);
+    int ex = buf ? EX_UNFINISHED : EX_USAGE;
+    bool try_election = true, first = true;
+    while (buf && !g_stop && (!t_end || dhps_mono_ns() < t_end)) {
+        if (try_election) {
+            ctl_election *el = NULL;
+            int rc = ctl_election_acquire(c, o->cluster, holder, o->lease_ttl_s, &el, held_by,
+                                          sizeof held_by);
+            if (rc == 0) {
+                ex = drive_held(c, o, el, plan, parg, t_end, log, &st, &result);
+                ctl_election_release(el);
+                break;
             }
-            if (!met) {
-                struct timespec ts = {0, (long)o->poll_ms * 1000000L};
-                nanosleep(&ts, NULL);
+            if (rc != DHPS_E_CONFLICT && (first || !is_etcd_error(rc))) {
+                fprintf(stderr, "etcd %s: the controller election: %s\n", o->etcd,
+                        dhps_strerror(rc));
+                ex = is_etcd_error(rc) ? EX_ETCD : EX_USAGE;
+                result = "failed";
+                break;
+            }
+            if (rc == DHPS_E_CONFLICT && strcmp(said, held_by)) {
+                fprintf(log, "dhps %s: the controller %s drives the moves; waiting for it\n",
+                        cmd, held_by);
+                snprintf(said, sizeof said, "%s", held_by);
             }
         }
-        free(buf);
-        if (!met) {
-            ex = EX_UNFINISHED;
-            result = g_stop ? "interrupted" : "timed out";
+        first = false;
+        ctl_state s;
+        if (ctl_state_read(c, o->cluster, &s) == 0) {
+            bool met = goal_met(&s, g, plan, parg, buf, 4096);
+            st.version = s.map ? dhps_cluster_map_version(s.map) : 0;
+            ctl_state_free(&s);
+            if (met) {
+                ex = EX_OK;
+                result = "done";
+                break;
+            }
         }
-    } else if (rc < 0) {
-        fprintf(stderr, "etcd %s: the controller election: %s\n", o->etcd, dhps_strerror(rc));
-        ex = is_etcd_error(rc) ? EX_ETCD : EX_USAGE;
-        result = "failed";
-    } else {
-        ctl_params p;
-        ctl_params_init(&p);
-        p.coord = c;
-        p.cluster = o->cluster;
-        p.parallel = o->parallel;
-        p.grace_s = o->grace_s;
-        p.poll_s = o->poll_ms / 1000.0;
-        p.plan = plan;
-        p.plan_arg = parg;
-        p.log = log;
-        p.election = el;
-        ctl_driver *d = NULL;
-        double left = t_end ? (double)(t_end - dhps_mono_ns()) / 1e9 : 0;
-        if (t_end && left <= 0)
-            left = 0.001;
-        if ((rc = ctl_driver_create(&p, &d)) == 0)
-            rc = ctl_drive(d, left, &g_stop);
-        if (d)
-            st = *ctl_driver_stats(d);
-        ctl_driver_destroy(d);
-        if (rc == -ETIMEDOUT || rc == -ECANCELED || rc == DHPS_E_CONFLICT) {
-            ex = EX_UNFINISHED;
-            result = rc == -ETIMEDOUT   ? "timed out"
-                     : rc == -ECANCELED ? "interrupted"
-                                        : "lost the controller election";
-        } else if (rc == DHPS_E_NOTFOUND) {
-            fprintf(stderr, "/dhps/%s/map: no map published\n", o->cluster);
-            ex = EX_REFUSED;
-            result = "failed";
-        } else if (rc < 0) {
-            ex = EX_USAGE;
-            result = "failed";
-        }
+        struct timespec ts = {0, (long)o->poll_ms * 1000000L};
+        nanosleep(&ts, NULL);
+        try_election = !election_held(c, o->cluster);
     }
-    ctl_election_release(el);
+    if (g_stop && ex == EX_UNFINISHED)
+        result = "interrupted";
+    free(buf);
     print_result(o, cmd, result, &st, (double)(dhps_mono_ns() - t0) / 1e9, ex);
     return ex;
 }

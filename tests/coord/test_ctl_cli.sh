@@ -74,8 +74,17 @@ reg 6 "${L[6]}" 0 '[]'
 expect_rc 0 "$D" node add 6 "${E[@]}" --no-wait
 expect_rc 4 "$D" rebalance "${E[@]}" --timeout-s 2
 [ "$(joining)" -gt 0 ]
+# a driver killed (-9) mid-move: the map stays valid with its joins; its election key
+# stays until its lease (2 s) expires; the next rebalance waits for that, then drives
+"$D" rebalance "${E[@]}" --lease-ttl-s 2 >"$t/k" 2>&1 & pk=$!
+sleep 1
+kill -9 $pk; wait $pk || true
+"$D" map show "${E[@]}" --json >"$t/cur.json"; "$D" map check "$t/cur.json" >/dev/null
+[ "$(joining)" -gt 0 ]
 reg 6 "${L[6]}" 1000000 '[]'
-expect_rc 0 "$D" rebalance "${E[@]}"
+expect_rc 0 "$D" rebalance "${E[@]}" --timeout-s 60
+grep -q "drives the moves; waiting for it" "$t/out" || { echo "FAIL: no wait for the dead holder"; cat "$t/out"; exit 1; }
+grep -q "flipped" "$t/out" || { echo "FAIL: it did not drive after the lease expired"; cat "$t/out"; exit 1; }
 [ "$(joining)" -eq 0 ] && [ "$(holds 6)" -gt 0 ]
 
 # drain (no wait), then remove: both leave the map, their shards elsewhere
