@@ -266,6 +266,9 @@ typedef struct dhps_cluster_plan_stats {
                             * replica the nodes short of their target cannot take (hosts) */
     size_t moves;          /* moves planned, before max_moves */
     size_t unplaced;       /* forced replicas no eligible node could take (too few hosts) */
+    size_t short_left;     /* replicas the eligible nodes still lack below their targets
+                            * after the moves: balance the hosts or frozen shards did not
+                            * allow (0 = every eligible node within +-1 of the mean) */
     uint32_t load_min, load_max;       /* eligible nodes' replica counts after the moves */
     uint32_t primary_min, primary_max; /* eligible nodes' first-replica counts after */
     size_t az_short;       /* shards after the moves whose replicas span fewer AZs than

@@ -603,16 +603,31 @@ static int plan_forced(struct plan *P, struct cl_errbuf *e, dhps_cluster_plan_st
     return 0;
 }
 
+/* Can some slot of a node above its target (not moved, not frozen) go to node x? */
+static bool has_source(const struct plan *P, const size_t *src, size_t nsrc, uint32_t x)
+{
+    for (size_t i = 0; i < nsrc; i++) {
+        size_t k = src[i];
+        uint32_t o = P->now[k];
+        if (!P->moved[k] && o != x && P->need[o] < 0 &&
+            host_ok(P, (uint32_t)(k / P->R), (uint32_t)(k % P->R), x))
+            return true;
+    }
+    return false;
+}
+
 /* Balance moves: while an eligible node is below its target, give it the best slot of a
  * node above its target (one move each: the lower bound). When no such slot fits (hosts),
- * take one from a node at its target, which then needs one: a detour, bounded. */
+ * take one from a node at its target that can itself take a slot of a node above its
+ * target (a detour of one move, so it always makes progress); otherwise the node stays
+ * short (e.g. every slot above target is in a frozen shard). */
 static int plan_balance(struct plan *P)
 {
     const uint32_t S = P->S, R = P->R, N = P->N;
     uint8_t *stuck = calloc(N, 1);
+    size_t *src = NULL, nsrc = 0;
     if (!stuck)
         return -ENOMEM;
-    size_t detours = 0, max_detours = (size_t)N + 64;
     for (;;) {
         uint32_t y = N;
         for (uint32_t i = 0; i < N; i++)
@@ -624,8 +639,21 @@ static int plan_balance(struct plan *P)
         bool found = false;
         struct key bk = {0, 0, 0, 0, 0};
         for (int pass = 0; pass < 2 && !found; pass++) {
-            if (pass == 1 && detours >= max_detours)
-                break;
+            if (pass == 1) { /* the movable slots above target, for the detour's check */
+                free(src);
+                src = malloc(((size_t)S * R + 1) * sizeof *src);
+                if (!src) {
+                    free(stuck);
+                    return -ENOMEM;
+                }
+                nsrc = 0;
+                for (size_t k = 0; k < (size_t)S * R; k++)
+                    if (!P->moved[k] && !P->frozen[k / R] && P->elig[P->now[k]] &&
+                        P->need[P->now[k]] < 0)
+                        src[nsrc++] = k;
+                if (!nsrc)
+                    break;
+            }
             for (uint32_t s = 0; s < S; s++) {
                 if (P->frozen[s])
                     continue;
@@ -637,16 +665,16 @@ static int plan_balance(struct plan *P)
                         !host_ok(P, s, a, y))
                         continue;
                     struct key ky = key_of(P, s, a, x, y, true);
-                    if (!found || key_cmp(&ky, &bk) < 0) {
-                        found = true;
-                        bk = ky;
-                        bs = s;
-                        ba = a;
-                    }
+                    if (found && key_cmp(&ky, &bk) >= 0)
+                        continue;
+                    if (pass == 1 && !has_source(P, src, nsrc, x))
+                        continue;
+                    found = true;
+                    bk = ky;
+                    bs = s;
+                    ba = a;
                 }
             }
-            if (found && pass == 1)
-                detours++;
         }
         if (!found) {
             stuck[y] = 1;
@@ -654,10 +682,12 @@ static int plan_balance(struct plan *P)
         }
         if (record(P, bs, ba, y, 2) < 0) {
             free(stuck);
+            free(src);
             return -ENOMEM;
         }
     }
     free(stuck);
+    free(src);
     return 0;
 }
 
@@ -799,6 +829,8 @@ int dhps_cluster_plan(const dhps_cluster_map *m, const dhps_cluster_plan_params 
     for (uint32_t i = 0; i < N; i++) {
         if (!P.elig[i])
             continue;
+        if (P.need[i] > 0)
+            st.short_left += (size_t)P.need[i];
         st.load_min = P.load[i] < st.load_min ? P.load[i] : st.load_min;
         st.load_max = P.load[i] > st.load_max ? P.load[i] : st.load_max;
         st.primary_min = P.prim[i] < st.primary_min ? P.prim[i] : st.primary_min;

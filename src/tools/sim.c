@@ -384,7 +384,7 @@ static int cmp_u64(const void *a, const void *b)
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: dhps sim [options]\n"
+            "usage: dhps sim [options]      (membership churn: dhps sim churn --help)\n"
             "  --nodes N          nodes (default 1024)\n"
             "  --azs N            availability zones (default 4)\n"
             "  --pods N           PODs per AZ (default 8)\n"
@@ -406,8 +406,11 @@ static void usage(FILE *f)
 }
 
 int dhps_cmd_sim(int argc, char **argv);
+int dhps_sim_churn(int argc, char **argv); /* simchurn.c */
 int dhps_cmd_sim(int argc, char **argv)
 {
+    if (argc > 1 && !strcmp(argv[1], "churn"))
+        return dhps_sim_churn(argc - 1, argv + 1);
     struct sim s;
     memset(&s, 0, sizeof s);
     struct sim_opts *o = &s.o;

@@ -375,6 +375,7 @@ static void test_plan_property(void **state)
         size_t k = plan(m, dead, ndead, &mv, &st);
         if (st.unplaced) /* too few hosts left for R (small clusters): nothing to check */
             goto next;
+        assert_int_equal(st.short_left, 0);
         if (k < st.min_moves)
             fail_msg("run %d: %zu moves below the bound %zu?", it, k, st.min_moves);
         if (k > st.min_moves)
