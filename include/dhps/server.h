@@ -20,8 +20,17 @@
  *   and is caught up from its peers by the sync thread (docs/server.md "Replicas");
  *   until then its lookups answer DHPS_E_NOTREADY and its writes are applied. The node
  *   is ready (dhps_server_ready, /health 200) when local recovery is done and every
- *   store is caught up. After that, anti-entropy repairs divergence every
+ *   store held at start is caught up. After that, anti-entropy repairs divergence every
  *   sync.anti_entropy_s.
+ *
+ * Membership (shards.follow_etcd with coord): the map in etcd decides what the node
+ *   holds, at start and while it serves. A newer map opens stores (not ready, caught up
+ *   from the shard's serving replicas) for shards it gives the node as a replica or
+ *   joining node, and refuses at once then frees (after every rpc handler that could
+ *   see them returned) the stores of shards it takes away; writes routed with a map
+ *   older than a shard's last holder change answer DHPS_E_MOVED. The registration in
+ *   etcd reports the applied map version and the shards not ready (docs/server.md
+ *   "Following the map in etcd").
  *
  * Snapshots: one file per (table, shard): <snapshot_dir>/<table>.<shard>.snap, written
  *   by dhps_store_snapshot (temp file, fsync, rename: a crash leaves the last complete
@@ -191,8 +200,9 @@ int dhps_server_start(dhps_server *s, char *err, size_t errlen);
 uint16_t dhps_server_port(const dhps_server *s);
 uint16_t dhps_server_metrics_port(const dhps_server *s);
 
-/* Is the node ready: start finished loading (snapshots, update log) and every store is
- * caught up from its peers (health 200)? Thread-safe. */
+/* Is the node ready: start finished loading (snapshots, update log) and every store held
+ * at start is caught up from its peers (health 200)? Stores a newer map adds later are
+ * reported in the registration's not_ready, not here. Thread-safe. */
 bool dhps_server_ready(const dhps_server *s);
 
 /* Snapshot every owned store now (takes each store's writer lock in turn; lookups go

@@ -86,18 +86,19 @@ srv_store *srv_find_store(dhps_server *s, const srv_msg *m, dhps_rpc_request *r,
                         : NULL;
     if (!st) {
         bool write = m->method == DHPS_M_UPSERT || m->method == DHPS_M_DELETE;
+        bool follow = __atomic_load_n(&s->follow, __ATOMIC_RELAXED); /* set at create */
         uint64_t applied = __atomic_load_n(&s->map_version, __ATOMIC_ACQUIRE);
         uint64_t gone = m->shard < s->cfg->nshards
                             ? __atomic_load_n(&s->dropped_at[m->shard], __ATOMIC_RELAXED)
                             : 0;
-        if (s->follow && write && m->map_version && m->map_version < gone) {
+        if (follow && write && m->map_version && m->map_version < gone) {
             /* routed before this node gave the shard up: the sender reloads the map */
             *status = DHPS_E_MOVED;
             add(&s->writes_moved, 1);
             srv_resp_error(r, *status, "shard %u left node %s at map version %llu; the "
                            "request was routed with version %llu", m->shard, s->cfg->node_id,
                            (unsigned long long)gone, (unsigned long long)m->map_version);
-        } else if (s->follow && m->map_version > applied) {
+        } else if (follow && m->map_version > applied) {
             /* routed with a map this node has not applied yet: it may hold it shortly */
             *status = DHPS_E_NOTREADY;
             srv_resp_error(r, *status, "node %s has applied map version %llu, the request was "
@@ -125,7 +126,8 @@ static int write_fence(dhps_server *s, srv_store *st, const srv_msg *m, dhps_rpc
                        "(dropped)", st->shard, st->t->c.name, s->cfg->node_id);
         return DHPS_E_NOTFOUND;
     }
-    if (s->follow && m->map_version && m->map_version < st->fence) {
+    if (__atomic_load_n(&s->follow, __ATOMIC_RELAXED) && m->map_version &&
+        m->map_version < st->fence) {
         add(&s->writes_moved, 1);
         srv_resp_error(r, DHPS_E_MOVED, "shard %u changed holders at map version %llu; the "
                        "write was routed with version %llu", st->shard,

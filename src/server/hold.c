@@ -107,6 +107,7 @@ int srv_hold_init(dhps_server *s, dhps_cluster_map *m, char *err, size_t errlen)
     const dhps_server_config *c = s->cfg;
     int rc = 0;
     pthread_mutex_init(&s->hold_mu, NULL);
+    s->epoch = 1; /* a worker slot of 0 means idle: the epoch a handler announces never is */
     if (m) {
         if (!(s->map = calloc(1, sizeof *s->map))) {
             dhps_cluster_map_destroy(m);
@@ -534,8 +535,9 @@ void srv_hold_metrics(dhps_server *s, FILE *f)
          __atomic_load_n(&s->map_version, __ATOMIC_RELAXED)},
         {"dhps_shards_held", "gauge", "Shards this node holds (replica or joining).",
          __atomic_load_n(&s->nheld, __ATOMIC_RELAXED)},
-        {"dhps_shards_not_ready", "gauge", "Stores held that are still catching up.",
-         __atomic_load_n(&s->not_ready, __ATOMIC_RELAXED)},
+        {"dhps_shards_not_ready", "gauge",
+         "Shards held with a store still catching up (the registration's not_ready).",
+         srv_hold_not_ready(s, NULL, 0)},
         {"dhps_shards_added_total", "counter", "Shards a newer map gave this node.",
          get(&s->shards_added)},
         {"dhps_shards_dropped_total", "counter", "Shards a newer map took from this node.",

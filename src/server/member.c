@@ -36,11 +36,14 @@ struct srv_member {
     bool down;            /* an outage is in progress (logged) */
     dhps_cluster_map *pending; /* under mu: newest map from the watch, not applied yet */
     uint64_t gen, put_gen;     /* under mu: readiness changes / the one last registered */
-    uint64_t last_put_ns;      /* the thread's: when the registration was last put */
+    uint64_t put_after_ns;     /* the thread's: no re-put before (100 ms debounce after a
+                                  put, 1 s after a failed one) */
     uint64_t up, errors, map_version, map_revision, registrations, reputs;
 };
 
 static char *registration_json(dhps_server *s);
+
+#define REG_DEBOUNCE_NS 100000000ull /* at most one re-put of the registration per 100 ms */
 
 /* Put the registration under the current lease (it changed: map version, readiness).
  * Returns 0 or the put's error. */
@@ -54,7 +57,7 @@ static int put_registration(struct srv_member *m, int64_t lease)
         return -ENOMEM;
     int rc = dhps_coord_put(m->c, m->key, reg, strlen(reg), lease, NULL);
     free(reg);
-    m->last_put_ns = dhps_mono_ns();
+    m->put_after_ns = dhps_mono_ns() + (rc == 0 ? REG_DEBOUNCE_NS : 1000000000ull);
     if (rc == 0) {
         pthread_mutex_lock(&m->mu);
         m->put_gen = gen;
@@ -119,8 +122,6 @@ static uint32_t member_step(struct srv_member *m)
     return m->ttl_s / 3 ? m->ttl_s / 3 : 1;
 }
 
-#define REG_DEBOUNCE_NS 100000000ull /* at most one re-put of the registration per 100 ms */
-
 static void apply_pending(struct srv_member *m)
 {
     pthread_mutex_lock(&m->mu);
@@ -148,7 +149,7 @@ static void *member_main(void *arg)
         bool dirty = m->gen != m->put_gen;
         pthread_mutex_unlock(&m->mu);
         now = dhps_mono_ns();
-        if (dirty && m->lease && now - m->last_put_ns >= REG_DEBOUNCE_NS) {
+        if (dirty && m->lease && now >= m->put_after_ns) {
             int rc = put_registration(m, m->lease);
             if (rc == 0)
                 add(&m->reputs, 1);
@@ -160,8 +161,8 @@ static void *member_main(void *arg)
         pthread_mutex_lock(&m->mu);
         dirty = m->gen != m->put_gen;
         uint64_t until = next_step;
-        if (dirty && m->lease && m->last_put_ns + REG_DEBOUNCE_NS < until)
-            until = m->last_put_ns + REG_DEBOUNCE_NS;
+        if (dirty && m->lease && m->put_after_ns < until)
+            until = m->put_after_ns;
         now = dhps_mono_ns();
         if (until > now && !m->pending && !m->stop) {
             struct timespec ts;
@@ -202,9 +203,13 @@ static void map_seen(struct srv_member *m, const char *val, size_t len, int64_t 
         return;
     }
     uint64_t v = dhps_cluster_map_version(map);
-    if (v > get(&m->map_version) && m->s->follow) {
+    bool newest = v > get(&m->map_version);
+    if (newest) {
         __atomic_store_n(&m->map_version, v, __ATOMIC_RELAXED);
         __atomic_store_n(&m->map_revision, (uint64_t)rev, __ATOMIC_RELAXED);
+    }
+    if (m->s->follow && newest &&
+        v > __atomic_load_n(&m->s->map_version, __ATOMIC_ACQUIRE)) {
         DHPS_LOG(DHPS_LOG_INFO, LOGM, "cluster map in etcd: version %" PRIu64 " (revision %"
                  PRId64 "): applying", v, rev);
         pthread_mutex_lock(&m->mu); /* the member thread applies it */
@@ -214,13 +219,11 @@ static void map_seen(struct srv_member *m, const char *val, size_t len, int64_t 
         pthread_mutex_unlock(&m->mu);
         return;
     }
-    if (v > get(&m->map_version)) {
-        __atomic_store_n(&m->map_version, v, __ATOMIC_RELAXED);
-        __atomic_store_n(&m->map_revision, (uint64_t)rev, __ATOMIC_RELAXED);
+    if (!m->s->follow && newest) {
         bool owns = dhps_cluster_map_node(map, m->s->cfg->map_node) != NULL;
         DHPS_LOG(DHPS_LOG_INFO, LOGM, "cluster map in etcd: version %" PRIu64 " (revision %"
                  PRId64 ", %u shards, node %u %s): noted; this node keeps serving its "
-                 "configured shards (acting on map changes is not implemented yet)",
+                 "configured shards (shards.follow_etcd makes it follow the map)",
                  v, rev, dhps_cluster_map_nshards(map), m->s->cfg->map_node,
                  owns ? "in it" : "not in it");
     }
@@ -236,9 +239,15 @@ static void on_map_event(void *arg, const dhps_coord_event *ev)
 static void on_map_status(void *arg, int status, int64_t rev)
 {
     struct srv_member *m = arg;
-    if (status == DHPS_E_STALE)
-        DHPS_LOG(DHPS_LOG_WARN, LOGM, "map watch: history compacted at revision %" PRId64,
-                 rev);
+    if (status == DHPS_E_STALE) {
+        DHPS_LOG(DHPS_LOG_WARN, LOGM, "map watch: history compacted at revision %" PRId64
+                 "; reading the map again", rev);
+        dhps_coord_kv *kv = NULL; /* a change inside the compacted range is not replayed */
+        int got = dhps_coord_get(m->c, m->map_key, false, &kv, NULL);
+        if (got > 0)
+            map_seen(m, kv[0].value, kv[0].value_len, kv[0].mod_revision);
+        dhps_coord_kvs_free(kv, got);
+    }
     else if (status < 0)
         add(&m->errors, 1);
 }

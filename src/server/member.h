@@ -8,8 +8,9 @@
  * registration carries the readiness report ("map_version" applied, "not_ready"
  * shards), re-put under the same lease when it changes (at most every 100 ms). A watch
  * on /dhps/<cluster>/map hands every newer map version to the thread, which applies it
- * (srv_hold_apply) when shards.follow_etcd is set; otherwise it is only logged. etcd being down is logged once when it starts and once when it ends,
- * counted (dhps_coord_up, dhps_coord_errors_total), and never touches the data path.
+ * (srv_hold_apply) when shards.follow_etcd is set; otherwise it is only logged. etcd
+ * being down is logged once when it starts and once when it ends, counted
+ * (dhps_coord_up, dhps_coord_errors_total), and never touches the data path.
  */
 #ifndef DHPS_SRV_MEMBER_H
 #define DHPS_SRV_MEMBER_H

@@ -332,6 +332,11 @@ static uint32_t catch_up_pass(srv_sync *y)
             }
         }
         if (all && !sync_stopping(y)) {
+            if (!st->sync_caught && !st->sync_ndone) /* e.g. flipped in before it was ready */
+                DHPS_LOG(DHPS_LOG_WARN, LOGM, "table %s shard %u: no other serving replica "
+                         "in map version %llu to catch up from; serving what it holds",
+                         st->t->c.name, st->shard,
+                         (unsigned long long)dhps_cluster_map_version(y->map));
             srv_hold_set_ready(s, st);
             made++;
         }
@@ -590,7 +595,8 @@ char *srv_sync_status_json(srv_sync *y)
                  "\"catchup_seconds\":%.3f,\"peers_skipped\":%llu}\n",
                  ready ? "true" : "false",
                  ready ? "ready" : !recovered ? "recovering" : "catching_up", nstores,
-                 nstores > pending ? nstores - pending : 0, pending, (unsigned long long)get(&y->merged),
+                 nstores > pending ? nstores - pending : 0, pending,
+                 (unsigned long long)get(&y->merged),
                  (unsigned long long)get(&y->fetched_bytes), catchup_seconds(y),
                  (unsigned long long)get(&y->peers_skipped)) < 0)
         return NULL;

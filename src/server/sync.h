@@ -9,8 +9,8 @@
  * whose shard has other serving replicas in the cluster map starts not ready (lookups
  * answer DHPS_E_NOTREADY; writes are applied as usual), at start or when a newer map
  * adds it (hold.h). For each such store and each serving replica (never a joining
- * node) of its shard in the applied map: compare digests; when they differ, first (if the store recovered data) pull
- * what changed since its newest version, then pull the ranges that still differ
+ * node) of its shard in the applied map: compare digests; when they differ, first (if
+ * the store recovered data) pull what changed since its newest version, then pull the ranges that still differ
  * (tombstones first, then records newer than what the store holds and not covered by a
  * tombstone), until the digests agree, a round leaves as many ranges differing as the
  * one before, or SYNC_MAX_ROUNDS pass. Then the store is ready. A peer

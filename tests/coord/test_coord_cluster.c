@@ -14,8 +14,7 @@
 
 #include "dhps/client.h"
 #include "dhps/coord.h"
-#include "etcd_fixture.h"
-#include "srv_proc.h"
+#include "coord_proc.h"
 
 #define NSH 4
 #define D 8
@@ -30,19 +29,12 @@ static proc P[2];
 
 static int count_nodes(void)
 {
-    dhps_coord_kv *kv;
-    int n = dhps_coord_get(C, "/dhps/t/nodes/", true, &kv, NULL);
-    dhps_coord_kvs_free(kv, n);
-    return n;
+    return cp_count_keys(C, "/dhps/t/nodes/");
 }
 
 static int wait_nodes(int want, unsigned ms)
 {
-    uint64_t end = t_now_ms() + ms;
-    int n;
-    while ((n = count_nodes()) != want && t_now_ms() < end)
-        t_sleep_ms(50);
-    return n;
+    return cp_wait_keys(C, "/dhps/t/nodes/", want, ms);
 }
 
 static int publish(int version, int64_t expect)
@@ -54,43 +46,24 @@ static int publish(int version, int64_t expect)
 
 static int64_t map_rev(void)
 {
-    dhps_coord_kv *kv;
-    int n = dhps_coord_get(C, "/dhps/t/map", false, &kv, NULL);
-    int64_t r = n > 0 ? kv[0].mod_revision : 0;
-    dhps_coord_kvs_free(kv, n);
-    return r;
+    return cp_key_rev(C, "/dhps/t/map");
 }
 
 static double metric(int i, const char *series)
 {
-    char *body = NULL;
-    int code = t_http_get(P[i].mport, "/metrics", &body);
-    double v = code == 200 ? t_metric(body, series) : -1;
-    free(body);
-    return v;
+    return cp_metric(&P[i], series);
 }
 
 static int wait_metric(int i, const char *series, double want, unsigned ms)
 {
-    uint64_t end = t_now_ms() + ms;
-    while (t_now_ms() < end) {
-        if (metric(i, series) == want)
-            return 0;
-        t_sleep_ms(100);
-    }
-    return -1;
+    return cp_wait_metric(&P[i], series, want, ms);
 }
 
 static int count_in_log(int i, const char *needle)
 {
     char path[800];
     snprintf(path, sizeof path, "%s/n%d/stderr.log", dir, i + 1);
-    char *t = p_slurp(path);
-    int n = 0;
-    for (char *p = t; (p = strstr(p, needle)); p++)
-        n++;
-    free(t);
-    return n;
+    return cp_count_in_file(path, needle);
 }
 
 /* Write keys [0, NK) with value key+base and read them back; 0 when every key came back

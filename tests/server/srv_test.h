@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -110,6 +111,7 @@ typedef struct t_conn {
     dhps_rpc_client *c;
     dhps_rpc_channel *ch;
     uint8_t *resp; /* T_RESP_CAP bytes, reused by the request helpers below */
+    uint64_t map_version; /* hdr.map_version of UPSERT/DELETE/LOOKUP below (0: none) */
 } t_conn;
 
 static inline int t_connect_ex(t_conn *tc, uint16_t port, const char *secret,
@@ -124,6 +126,7 @@ static inline int t_connect_ex(t_conn *tc, uint16_t port, const char *secret,
     dhps_rpc_host_id("h1", host_id); /* t_config's labels.host: shm is allowed */
     cp.host_id = host_id;
     tc->resp = NULL;
+    tc->map_version = 0;
     int rc = dhps_rpc_client_create(&cp, &tc->c);
     if (rc)
         return rc;
@@ -200,6 +203,7 @@ static inline int t_upsert(t_conn *tc, const char *table, uint32_t shard, const 
                  (size_t)n * row_bytes;
     uint8_t *req = malloc(len), *resp = tc->resp;
     t_hdr(req, table, shard, rows16 ? DHPS_FP16 : DHPS_FP32);
+    memcpy(req + offsetof(dhps_proto_hdr, map_version), &tc->map_version, 8);
     dhps_proto_upsert u = {.n = n, .value_bytes = row_bytes, .version = version,
                            .ttl = 0};
     memcpy(req + 64, &u, sizeof u);
@@ -224,6 +228,7 @@ static inline int t_delete(t_conn *tc, const char *table, uint32_t shard, const 
     size_t len = sizeof(dhps_proto_hdr) + sizeof(dhps_proto_delete) + (size_t)n * 8;
     uint8_t *req = malloc(len), *resp = tc->resp;
     t_hdr(req, table, shard, 0);
+    memcpy(req + offsetof(dhps_proto_hdr, map_version), &tc->map_version, 8);
     dhps_proto_delete d = {.n = n, .version = version};
     memcpy(req + 64, &d, sizeof d);
     memcpy(req + 64 + sizeof d, keys, (size_t)n * 8);
@@ -242,6 +247,7 @@ static inline int t_lookup(t_conn *tc, const char *table, uint32_t shard, const 
     size_t len = sizeof(dhps_proto_hdr) + sizeof(dhps_proto_lookup) + (size_t)n * 8;
     uint8_t *req = malloc(len), *resp = tc->resp;
     t_hdr(req, table, shard, flags);
+    memcpy(req + offsetof(dhps_proto_hdr, map_version), &tc->map_version, 8);
     dhps_proto_lookup l = {.n = n};
     memcpy(req + 64, &l, sizeof l);
     memcpy(req + 64 + sizeof l, keys, (size_t)n * 8);

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <math.h>
+#include <unistd.h>
 #include <cmocka.h>
 
 #include "dhps/server.h"
@@ -181,6 +182,60 @@ static void test_config_bad(void **st)
     expect_bad("{\"node_id\":\"n\"," BASE_T ",\"metrics\":{\"port\":\"x\"}," BASE_S "}",
                "metrics.port");
     expect_bad("{\"node_id\":\"n\",\"node_id\":\"m\"," BASE_T "," BASE_S "}", "duplicate");
+    /* following etcd: needs coord, the map form, a boolean */
+    expect_bad("{\"node_id\":\"n\"," BASE_T ",\"secret_file\":\"/s\",\"shards\":"
+               "{\"cluster_map\":\"/m\",\"map_node\":1,\"follow_etcd\":true}}",
+               "shards.follow_etcd: needs \"coord\"");
+    expect_bad("{\"node_id\":\"n\"," BASE_T ",\"secret_file\":\"/s\","
+               "\"coord\":{\"etcd\":\"http://127.0.0.1:1\",\"cluster\":\"c\"},\"shards\":"
+               "{\"nshards\":4,\"own\":\"all\",\"follow_etcd\":true}}",
+               "shards.follow_etcd: only with cluster_map + map_node");
+    expect_bad("{\"node_id\":\"n\"," BASE_T ",\"secret_file\":\"/s\","
+               "\"coord\":{\"etcd\":\"http://127.0.0.1:1\",\"cluster\":\"c\"},\"shards\":"
+               "{\"cluster_map\":\"/m\",\"map_node\":1,\"follow_etcd\":1}}",
+               "shards.follow_etcd: must be true or false");
+}
+
+/* follow_etcd: a missing map file is fine for --check-config (etcd has it at start),
+ * a map that does not list map_node too; without follow_etcd both are errors. */
+static void test_config_follow(void **st)
+{
+    (void)st;
+    char text[1024], err[512];
+    dhps_server_config *c = NULL;
+    const char *fmt = "{\"node_id\":\"n\"," BASE_T ",\"secret_file\":\"/s\","
+                      "\"coord\":{\"etcd\":\"http://127.0.0.1:1\",\"cluster\":\"c\"},"
+                      "\"shards\":{\"cluster_map\":\"%s\",\"map_node\":7%s}}";
+    snprintf(text, sizeof text, fmt, "/nonexistent/map.json", ",\"follow_etcd\":true");
+    assert_int_equal(dhps_server_config_parse(text, strlen(text), &c, err, sizeof err), 0);
+    assert_true(c->follow_etcd);
+    assert_int_equal(dhps_server_config_resolve(c, err, sizeof err), 0);
+    assert_int_equal(c->nshards, 0);
+    dhps_server_config_free(c);
+    snprintf(text, sizeof text, fmt, "/nonexistent/map.json", "");
+    assert_int_equal(dhps_server_config_parse(text, strlen(text), &c, err, sizeof err), 0);
+    assert_false(c->follow_etcd);
+    assert_int_equal(dhps_server_config_resolve(c, err, sizeof err), DHPS_E_CONFIG);
+    dhps_server_config_free(c);
+    char path[] = "/tmp/dhps-unit-map-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    const char *map = "{\"version\":3,\"nshards\":2,\"replicas\":1,\"nodes\":[{\"id\":1,"
+                      "\"host\":\"h\",\"addr\":\"127.0.0.1:7000\"}],\"shards\":[[1],[1]]}";
+    assert_int_equal(write(fd, map, strlen(map)), (ssize_t)strlen(map));
+    close(fd);
+    snprintf(text, sizeof text, fmt, path, ",\"follow_etcd\":true");
+    assert_int_equal(dhps_server_config_parse(text, strlen(text), &c, err, sizeof err), 0);
+    assert_int_equal(dhps_server_config_resolve(c, err, sizeof err), 0); /* node 7: none */
+    assert_int_equal(c->nshards, 2);
+    assert_int_equal(c->owned[0] + c->owned[1], 0);
+    dhps_server_config_free(c);
+    snprintf(text, sizeof text, fmt, path, "");
+    assert_int_equal(dhps_server_config_parse(text, strlen(text), &c, err, sizeof err), 0);
+    assert_int_equal(dhps_server_config_resolve(c, err, sizeof err), DHPS_E_CONFIG);
+    assert_non_null(strstr(err, "node 7 is not in the cluster map"));
+    dhps_server_config_free(c);
+    unlink(path);
 }
 
 static void test_config_file(void **st)
@@ -299,7 +354,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fp16_paths_agree), cmocka_unit_test(test_fp16_round_trip),
         cmocka_unit_test(test_config_good),      cmocka_unit_test(test_config_bad),
-        cmocka_unit_test(test_config_file),      cmocka_unit_test(test_msg_decode),
+        cmocka_unit_test(test_config_file),
+        cmocka_unit_test(test_config_follow),      cmocka_unit_test(test_msg_decode),
         cmocka_unit_test(test_admin_replay_window),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
