@@ -9,11 +9,13 @@
  *   duration, so a reload never changes routing under a request in flight. The file is
  *   re-checked (stat: mtime, size, inode) at most every reload_interval_ms, on the first
  *   call after that interval, and at once when a server answers DHPS_E_NOTFOUND ("shard
- *   not owned here", i.e. the client routed with an old map); a new file replaces the
- *   map only when its version is greater. With params.etcd the map comes from etcd
- *   instead (/dhps/<cluster>/map, docs/cluster.md): read at create, then watched by a
- *   thread (include/dhps/coord.h) that installs every newer version the same way; an
- *   etcd outage freezes the map, never the data path (stats coord_*).
+ *   not owned here", i.e. the client routed with an old map) or DHPS_E_MOVED (below); a
+ *   new file replaces the map only when its version is greater. With params.etcd the
+ *   map comes from etcd instead (/dhps/<cluster>/map, docs/cluster.md): read at create,
+ *   then watched by a thread (include/dhps/coord.h) that installs every newer version
+ *   the same way, and read at once (a get of the map key, besides the watch) when a
+ *   server says the map is old - after "not owned" at most once per 100 ms; an etcd
+ *   outage freezes the map, never the data path (stats coord_*, map_refreshes).
  *
  * Threads. The rpc library's client is an event loop owned by one thread (rpc.h). So
  *   each thread that calls into a dhps_client gets its own rpc client and its own
@@ -60,6 +62,24 @@
  *   overload) is re-sent to the same replica - same version, so idempotent - after a
  *   short backoff, up to max_attempts, while its shard still lacks acknowledgements.
  *
+ * Membership (issue 10; docs/cluster.md). A shard may have joining nodes besides its R
+ *   replicas: nodes catching up to take a replica's place (dhps_cluster_map_joining).
+ *   A write goes to the shard's holders - replicas and joining nodes. ACK_ALL needs
+ *   every replica and every joining node; QUORUM (R/2+1) and ONE count serving replicas
+ *   only (joining nodes are still sent the write). Reads - first picks, retries, hedges
+ *   - choose among the replicas only: a joining node is never asked. A server following
+ *   the etcd map refuses a write routed with a map older than the shard's last holder
+ *   change: DHPS_E_MOVED. When a chunk can no longer meet its policy and a node refused
+ *   it so (or a replica answered "not owned": a flip moved the shard away), the client
+ *   refreshes the map at once (etcd: a get of the map key bounded by the call's
+ *   deadline; file: the re-check) and, if it is newer, re-routes the chunk to its holder
+ *   set there, same version (idempotent): acknowledgements of nodes that are still
+ *   holders count, refused messages are re-sent with the new map (whose version their
+ *   header carries), new holders are sent the chunk, nodes no longer holders stop
+ *   counting. At most 3 re-routes and 3 refreshes per call; no newer map: the chunk
+ *   fails (failed_mask) with DHPS_E_MOVED. A joining node answering "not owned" has not
+ *   applied the map that added it yet: re-sent to it after 5 ms, up to max_attempts.
+ *
  * Routing. Reads choose replicas through a small const ops table (dhps_client_router_ops):
  *   pick(replicas, excluded) and report(pick, latency, outcome), plus optional retry
  *   and hedge budgets. Two are built in: "first healthy" (map order, skipping nodes that
@@ -72,8 +92,8 @@
  *
  * Errors (error.h): -EINVAL (bad arguments), DHPS_E_CONFIG (bad map or params),
  *   DHPS_E_TOOBIG (dim too large for max_msg), DHPS_E_TIMEOUT / DHPS_E_UNREACHABLE /
- *   DHPS_E_NOTREADY / DHPS_E_HANDLER / DHPS_E_NOTFOUND / DHPS_E_MALFORMED (partial
- *   results: see the functions), -ENOMEM.
+ *   DHPS_E_NOTREADY / DHPS_E_HANDLER / DHPS_E_NOTFOUND / DHPS_E_MALFORMED /
+ *   DHPS_E_MOVED (writes) (partial results: see the functions), -ENOMEM.
  */
 #ifndef DHPS_CLIENT_H
 #define DHPS_CLIENT_H
@@ -276,9 +296,9 @@ int dhps_client_lookup_masks(dhps_client *c, const char *table, const uint64_t *
                              dhps_client_result *res);
 
 enum dhps_client_ack {
-    DHPS_ACK_ALL = 0,     /* every replica of the shard acknowledged */
-    DHPS_ACK_QUORUM = 1,  /* a majority: R/2 + 1 */
-    DHPS_ACK_ONE = 2,     /* at least one */
+    DHPS_ACK_ALL = 0,     /* every replica and every joining node of the shard acknowledged */
+    DHPS_ACK_QUORUM = 1,  /* a majority of the serving replicas: R/2 + 1 */
+    DHPS_ACK_ONE = 2,     /* at least one serving replica */
 };
 
 /* ttl value meaning "the table's default TTL" (proto.h: 0xFFFFFFFF). */
@@ -286,11 +306,15 @@ enum dhps_client_ack {
 
 /*
  * Write n rows (values: n x dim of dtype, packed) to table with one new version, to every
- * replica of each key's shard; ttl in seconds (0 none, DHPS_CLIENT_TTL_DEFAULT). Returns
- * when every shard has the acknowledgements ack asks for, or at the deadline. failed_mask
- * (n bits, may be NULL) gets bit i set when keys[i]'s shard fell short. Returns 0 (all
- * keys acknowledged per policy), or the first error behind a shortfall (DHPS_E_TIMEOUT,
- * DHPS_E_UNREACHABLE, DHPS_E_HANDLER, DHPS_E_NOTFOUND, ...) with failed_mask written;
+ * replica and every joining node of each key's shard; ttl in seconds (0 none,
+ * DHPS_CLIENT_TTL_DEFAULT). Returns when every shard has the acknowledgements ack asks
+ * for (joining nodes count for ACK_ALL only), or at the deadline. A shard refused as
+ * routed with an old map (DHPS_E_MOVED, or "not owned" from a replica) is re-routed to
+ * a newer map's holders when one can be had (essay: "Membership"). failed_mask (n bits,
+ * may be NULL) gets bit i set when keys[i]'s shard fell short. Returns 0 (all keys
+ * acknowledged per policy), or the first error behind a shortfall (DHPS_E_TIMEOUT,
+ * DHPS_E_UNREACHABLE, DHPS_E_HANDLER, DHPS_E_NOTFOUND, DHPS_E_MOVED: refused as routed
+ * with an old map and no newer one to re-route to, ...) with failed_mask written;
  * a replica that is not ready still takes writes, and should it answer DHPS_E_NOTREADY
  * anyway the message is re-sent to it like after any transient failure;
  * -EINVAL, DHPS_E_TOOBIG, -ENOMEM write nothing. Messages to replicas beyond the policy
@@ -332,8 +356,8 @@ uint64_t dhps_client_next_version(dhps_client *c);
 
 /*
  * Check the map file now: reload when its version is greater than the current one.
- * Returns 1 (reloaded), 0 (unchanged or not newer), or the load error (the old map stays).
- * Thread-safe.
+ * Returns 1 (reloaded), 0 (unchanged or not newer, or no map file: a client on etcd
+ * gets maps from its watch), or the load error (the old map stays). Thread-safe.
  */
 int dhps_client_reload(dhps_client *c);
 

@@ -7,11 +7,12 @@
 See docs/python.md."""
 
 from .client import Client, TableInfo
-from .errors import (AuthError, ConfigError, Error, NotFoundError, NotReadyError,
-                     TimeoutError, UnreachableError)
+from .errors import (AuthError, ConfigError, Error, MovedError, NotFoundError,
+                     NotReadyError, TimeoutError, UnreachableError)
 from . import errors, tablefile
 
 __all__ = ["Client", "TableInfo", "Error", "TimeoutError", "NotReadyError",
-           "UnreachableError", "NotFoundError", "AuthError", "ConfigError", "errors",
+           "UnreachableError", "NotFoundError", "MovedError", "AuthError", "ConfigError",
+           "errors",
            "tablefile"]
 __version__ = "0.1.0"

@@ -59,6 +59,13 @@ class NotFoundError(Error):
     """DHPS_E_NOTFOUND: unknown table, or no replica owns a shard."""
 
 
+class MovedError(Error):
+    """DHPS_E_MOVED: an update or delete was refused as routed with an old map (a
+    shard's holders changed) and no newer map could be had to re-route it; .failed
+    marks the keys of the shards that fell short. Retrying once the new map is
+    published succeeds."""
+
+
 class AuthError(Error):
     """DHPS_E_AUTH: the cluster secret was refused."""
 
@@ -72,6 +79,7 @@ _BY_CODE = {
     E_NOTREADY: NotReadyError,
     E_UNREACHABLE: UnreachableError,
     E_NOTFOUND: NotFoundError,
+    E_MOVED: MovedError,
     E_AUTH: AuthError,
     E_CONFIG: ConfigError,
 }

@@ -84,3 +84,18 @@ def test_library_exports_the_cdef_functions():
     for name in ("dhps_client_create", "dhps_client_lookup_masks", "dhps_client_update",
                  "dhps_client_delete", "dhps_client_table_info", "dhps_strerror"):
         assert getattr(lib, name) is not None
+
+
+def test_error_classes_by_code():
+    """Each code with a class of its own maps to it (a shard refused as routed with an old
+    map: MovedError, with the failed mask), anything else to dhps.Error."""
+    from dhps.errors import error_for
+    for code, cls in ((dhps.errors.E_MOVED, dhps.MovedError),
+                      (dhps.errors.E_NOTREADY, dhps.NotReadyError),
+                      (dhps.errors.E_NOTFOUND, dhps.NotFoundError),
+                      (dhps.errors.E_CONFLICT, dhps.Error)):
+        e = error_for(code, "update('emb', 3 keys)", failed=[True, False, True])
+        assert type(e) is cls
+        assert e.code == code and e.failed == [True, False, True]
+        assert "update('emb', 3 keys)" in str(e)
+    assert "moved" in str(error_for(dhps.errors.E_MOVED, "x"))  # dhps_strerror's text

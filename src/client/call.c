@@ -100,7 +100,9 @@ int client_call_outcome(dhps_client *c, struct attempt *a, int status, const voi
     }
     if (err == DHPS_E_NOTFOUND) {
         CTR_ADD(c->st.not_owned, 1);
-        ms->op->not_owned = true;
+        /* a joining node saying so has not applied its map yet: ours is not old */
+        if (!ms->op->update || ms->role != SLOT_JOINING)
+            ms->op->not_owned = true;
     }
     if (err == DHPS_E_UNREACHABLE && ms->op->ts && a->pick.node < ms->op->ts->nchans)
         ms->op->ts->chans[a->pick.node].broken = true;

@@ -114,6 +114,9 @@ enum msg_state { M_IDLE, M_INFLIGHT, M_OK, M_RETRY, M_FAILED };
  * write answered DHPS_E_MOVED is not rate-limited: it cannot complete without a newer
  * map, and its call bounds its own refreshes (CLIENT_MAX_REROUTES). */
 #define CLIENT_REFRESH_GAP_NS 100000000ull
+/* A joining node answering a write "not owned" has not applied the map that added it
+ * yet: the write is re-sent to it after this long (up to max_attempts). */
+#define CLIENT_JOIN_RETRY_NS 5000000ull
 
 struct op;
 struct msg;

@@ -14,18 +14,22 @@
 /* Update messages are re-sent to the same node (same version: idempotent) after errors
  * that may pass: a dropped connection (after the redial backoff), a handler error,
  * overload, "not ready" (a catching-up replica takes writes, so it should not say so;
- * if it does, it may not a moment later). Not after "not owned", auth, malformed answers
- * or the deadline. DHPS_E_MOVED is handled apart (write_step): the message is re-sent
- * with a newer map, never with the one the node refused. */
-static bool update_retryable(int err)
+ * if it does, it may not a moment later), and "not owned" from a joining node (it has
+ * not applied the map that added it yet: it follows the same etcd key, a moment
+ * behind). Not after "not owned" from a replica, auth, malformed answers or the
+ * deadline. DHPS_E_MOVED is handled apart (write_step): the message is re-sent with a
+ * newer map, never with the one the node refused. */
+static bool update_retryable(int err, uint8_t role)
 {
     return err == DHPS_E_UNREACHABLE || err == DHPS_E_HANDLER || err == DHPS_E_BUSY ||
-           err == DHPS_E_CANCELLED || err == DHPS_E_NOTREADY;
+           err == DHPS_E_CANCELLED || err == DHPS_E_NOTREADY ||
+           (err == DHPS_E_NOTFOUND && role == SLOT_JOINING);
 }
 
 uint64_t client_update_retry_at(dhps_client *c, int err)
 {
     uint64_t backoff = err == DHPS_E_UNREACHABLE ? (uint64_t)c->p.redial_backoff_ms * 1000000ull
+                       : err == DHPS_E_NOTFOUND  ? CLIENT_JOIN_RETRY_NS
                                                  : 1000000ull;
     return dhps_mono_ns() + backoff;
 }
@@ -53,7 +57,8 @@ void client_update_done(void *arg, int status, const void *resp, size_t len)
              * owned" says so too (the node no longer holds the shard: a flip), unless
              * the table is unknown - the refresh then finds nothing newer. */
             if (ms->role != SLOT_DROPPED && ms->m == g->m) {
-                if (err == DHPS_E_MOVED || (err == DHPS_E_NOTFOUND && !g->moved))
+                if (err == DHPS_E_MOVED ||
+                    (err == DHPS_E_NOTFOUND && !g->moved && ms->role != SLOT_JOINING))
                     g->moved = err;
                 if (!g->err)
                     g->err = err;
@@ -126,7 +131,7 @@ static void tally(const struct op *op, const struct group *g, uint64_t now, stru
         if (ms->role == SLOT_DROPPED)
             continue;
         bool alive = ms->state != M_FAILED || stale_moved(g, ms) ||
-                     (update_retryable(ms->err) && ms->attempts < op->c->p.max_attempts &&
+                     (update_retryable(ms->err, ms->role) && ms->attempts < op->c->p.max_attempts &&
                       now < op->deadline_ns);
         t->acks[ms->role] += ms->state == M_OK;
         t->alive[ms->role] += alive;
@@ -279,7 +284,7 @@ static bool write_step(struct op *op, int ack, uint64_t *wake)
                 write_send(op, ms, now);
                 continue;
             }
-            if (ms->attempts >= c->p.max_attempts || !update_retryable(ms->err))
+            if (ms->attempts >= c->p.max_attempts || !update_retryable(ms->err, ms->role))
                 continue;
             if (now < ms->retry_at) {
                 if (!*wake || ms->retry_at < *wake)
@@ -340,14 +345,17 @@ static int write_batch(dhps_client *c, const char *table, const uint64_t *keys,
     op->dtype = dtype;
     op->ttl = ttl;
     op->version = dhps_client_next_version(c);
-    /* room for the most holders any shard has: R replicas + its joining nodes */
+    /* room for the most holders any shard has: R replicas + its joining nodes (the
+     * joining list is sorted by shard: count its longest run, O(moves in flight)) */
     uint32_t nodes[2 * DHPS_CLUSTER_MAX_REPLICAS];
     uint8_t roles[2 * DHPS_CLUSTER_MAX_REPLICAS];
-    uint32_t F = 0, nrep, njoin;
-    for (uint32_t s = 0; s < dhps_cluster_map_nshards(op->m); s++) {
-        uint32_t h = holders(op->m, s, nodes, roles, &nrep, &njoin);
-        F = h > F ? h : F;
+    uint32_t nrep, njoin, maxj = 0, run = 0;
+    for (size_t i = 0; i < dhps_cluster_map_njoining(op->m); i++) {
+        const dhps_cluster_join *j = dhps_cluster_map_join_at(op->m, i);
+        run = i && j->shard == dhps_cluster_map_join_at(op->m, i - 1)->shard ? run + 1 : 1;
+        maxj = run > maxj ? run : maxj;
     }
+    uint32_t F = dhps_cluster_map_nreplicas(op->m) + maxj;
     if (client_plan(op, n, per_msg, F) < 0) {
         client_op_release(op, mr);
         return -ENOMEM;
@@ -357,6 +365,8 @@ static int write_batch(dhps_client *c, const char *table, const uint64_t *keys,
         struct group *g = &op->groups[gi];
         struct msg *slots = &op->msgs[gi * F];
         uint32_t h = holders(op->m, slots[0].shard, nodes, roles, &nrep, &njoin);
+        if (h > F) /* cannot happen: every shard lists R replicas (map validation) */
+            h = F;
         g->m = op->m;
         g->nrep = nrep;
         g->njoin = njoin;

@@ -459,13 +459,15 @@ static void test_joining_writes(void **state)
     assert_int_equal(st.map_refreshes, 0);
 }
 
-/* Joining nodes on some shards only (the others have fewer holders): each key lands
- * on exactly its shard's replicas and joining node. */
+/* Joining nodes on some shards only, two on shard 0 (both its replicas being replaced),
+ * none on shard 2: each key lands on exactly its shard's replicas and joining nodes. */
 static void test_joining_some_shards(void **state)
 {
     struct fx *x = *state;
     write_map(x, 1, 4, 2, "[[0, 1], [1, 2], [2, 3], [3, 0]]",
-              "[{\"shard\": 1, \"node\": 3, \"replaces\": 1, \"since\": 1},"
+              "[{\"shard\": 0, \"node\": 2, \"replaces\": 0, \"since\": 1},"
+              " {\"shard\": 0, \"node\": 3, \"replaces\": 1, \"since\": 1},"
+              " {\"shard\": 1, \"node\": 3, \"replaces\": 1, \"since\": 1},"
               " {\"shard\": 3, \"node\": 1, \"replaces\": 0, \"since\": 1}]");
     x->c = mkclient(x, DHPS_CLIENT_ROUTER_FIRST_HEALTHY);
     dhps_cluster_map *m = NULL;
@@ -479,6 +481,34 @@ static void test_joining_some_shards(void **state)
                              dhps_cluster_map_holds(m, i, s));
     }
     dhps_cluster_map_destroy(m);
+}
+
+/* A joining node that has not applied the map adding it yet answers "not owned": the
+ * write is re-sent to it (a few ms apart, up to max_attempts), with no map refresh - it
+ * is the node's map that is behind, not the client's. */
+static void test_joining_not_applied_yet(void **state)
+{
+    struct fx *x = *state;
+    write_map(x, 1, 1, 2, "[[0, 1]]", join2(1));
+    x->c = mkclient(x, DHPS_CLIENT_ROUTER_FIRST_HEALTHY);
+    atomic_store(&x->nodes[2].not_owned_writes, 2);
+    dhps_client_result res;
+    assert_int_equal(put(x->c, 1, NK, DHPS_ACK_ALL, &res, NULL), 0);
+    assert_int_equal(res.retries, 2);
+    assert_int_equal(upserts(x, 2), 3);
+    holds(x, 2, 1, NK, res.version, true);
+    /* it never catches up: ALL fails "not owned" after max_attempts (3) */
+    atomic_store(&x->nodes[2].not_owned_writes, 100);
+    uint64_t failed[2];
+    assert_int_equal(put(x->c, 1, NK, DHPS_ACK_ALL, &res, failed), DHPS_E_NOTFOUND);
+    assert_int_equal(failed[0], ~0ull);
+    assert_int_equal(upserts(x, 2), 3 + 3);
+    dhps_client_stats st;
+    stats(x, &st);
+    assert_int_equal(st.moved, 0);
+    assert_int_equal(st.map_refreshes, 0);
+    assert_int_equal(st.not_owned, 2 + 3);
+    atomic_store(&x->nodes[2].not_owned_writes, 0);
 }
 
 /* Lookups never go to a joining node: not first, not as a retry when a replica fails,
@@ -578,6 +608,120 @@ static void test_joining_move(void **state)
     dhps_cluster_map_destroy(m3);
 }
 
+/* ---- threads ------------------------------------------------------------------------- */
+
+#define NTHR 4
+#define TKEYS 64
+
+struct writer {
+    struct fx *x;
+    int id;
+    _Atomic int *stop;
+    int bad_rc;                 /* first return code other than 0 */
+    unsigned calls;
+    uint64_t last_version;      /* of the final write, made after the last map change */
+};
+
+static void thr_put(struct writer *w, dhps_client_result *res, int *rc)
+{
+    uint64_t keys[TKEYS];
+    float vals[TKEYS * DIM];
+    for (int i = 0; i < TKEYS; i++) {
+        keys[i] = (uint64_t)(w->id + 1) * 100000 + (uint64_t)i;
+        row_of(keys[i], vals + i * DIM);
+    }
+    *rc = dhps_client_update(w->x->c, "emb", keys, vals, TKEYS, DIM, DHPS_FP32, 0,
+                             DHPS_ACK_ALL, 0, NULL, res);
+    if (*rc && !w->bad_rc)
+        w->bad_rc = *rc;
+    w->calls++;
+}
+
+static void *writer_main(void *arg)
+{
+    struct writer *w = arg;
+    dhps_client_result res;
+    int rc;
+    while (!atomic_load(w->stop))
+        thr_put(w, &res, &rc);
+    return NULL;
+}
+
+/* 16 shards, R 2, placement rotated by v; odd versions move shard 0 (a joining node). */
+static void rotate_map(struct fx *x, uint64_t v)
+{
+    char shards[512], join[128];
+    int len = snprintf(shards, sizeof shards, "[");
+    for (int s = 0; s < 16; s++)
+        len += snprintf(shards + len, sizeof shards - (size_t)len, "%s[%d, %d]", s ? ", " : "",
+                        (int)((s + v) % 4), (int)((s + v + 1) % 4));
+    snprintf(shards + len, sizeof shards - (size_t)len, "]");
+    snprintf(join, sizeof join, "[{\"shard\": 0, \"node\": %d, \"replaces\": %d, \"since\": %llu}]",
+             (int)((v + 2) % 4), (int)(v % 4), (unsigned long long)v);
+    write_map(x, v, 16, 2, shards, v % 2 ? join : NULL);
+}
+
+/* Four threads write through one client (ACK_ALL) while the map changes every 30 ms and
+ * every node then fences the older maps: refusals, refreshes (several threads at once:
+ * one waits for the other's) and re-routes on every thread, map pins outliving
+ * installs. Every write succeeds; a final write per thread lands on exactly its
+ * holders in the last map. */
+static void test_moved_threads(void **state)
+{
+    struct fx *x = *state;
+    rotate_map(x, 1);
+    x->c = mkclient(x, DHPS_CLIENT_ROUTER_FIRST_HEALTHY);
+    _Atomic int stop = 0;
+    struct writer w[NTHR];
+    pthread_t th[NTHR];
+    for (int i = 0; i < NTHR; i++) {
+        w[i] = (struct writer){.x = x, .id = i, .stop = &stop};
+        assert_int_equal(pthread_create(&th[i], NULL, writer_main, &w[i]), 0);
+    }
+    uint64_t last = 8;
+    for (uint64_t v = 2; v <= last; v++) {
+        usleep(30000);
+        rotate_map(x, v);
+        for (int i = 0; i < NNODES; i++)
+            atomic_store(&x->nodes[i].fence, v);
+    }
+    usleep(30000);
+    atomic_store(&stop, 1);
+    unsigned calls = 0;
+    for (int i = 0; i < NTHR; i++) {
+        assert_int_equal(pthread_join(th[i], NULL), 0);
+        if (w[i].bad_rc)
+            fprintf(stderr, "writer %d: rc %d (%s)\n", i, w[i].bad_rc, dhps_strerror(w[i].bad_rc));
+        assert_int_equal(w[i].bad_rc, 0);
+        calls += w[i].calls;
+        dhps_client_result res;
+        int rc;
+        thr_put(&w[i], &res, &rc);
+        assert_int_equal(rc, 0);
+        w[i].last_version = res.version;
+    }
+    dhps_client_stats st;
+    stats(x, &st);
+    print_message("  %u writes over %llu map changes: %llu chunks re-routed, %llu refreshes\n",
+                  calls, (unsigned long long)(last - 1), (unsigned long long)st.moved,
+                  (unsigned long long)st.map_refreshes);
+    assert_int_equal(dhps_client_map_version(x->c), last);
+    assert_true(st.moved > 0);
+    dhps_cluster_map *m = NULL;
+    assert_int_equal(dhps_cluster_map_load(x->path, &m, NULL, 0), 0);
+    for (int i = 0; i < NTHR; i++)
+        for (int k = 0; k < TKEYS; k++) {
+            uint64_t key = (uint64_t)(i + 1) * 100000 + (uint64_t)k, v = 0;
+            uint32_t s = dhps_cluster_map_shard_of(m, key);
+            for (uint32_t n = 0; n < NNODES; n++)
+                if (dhps_cluster_map_holds(m, n, s)) {
+                    assert_true(fake_get(&x->nodes[n], key, &v, NULL));
+                    assert_int_equal(v, w[i].last_version);
+                }
+        }
+    dhps_cluster_map_destroy(m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -587,8 +731,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_moved_map_published_meanwhile, setup, teardown),
         cmocka_unit_test_setup_teardown(test_joining_writes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_joining_some_shards, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_joining_not_applied_yet, setup, teardown),
         cmocka_unit_test_setup_teardown(test_joining_no_lookups, setup, teardown),
         cmocka_unit_test_setup_teardown(test_joining_move, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_moved_threads, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
