@@ -164,6 +164,15 @@ typedef int (*ctl_plan_fn)(void *arg, const dhps_cluster_map *m, ctl_move *out, 
  * unused. */
 int ctl_plan_placement(void *arg, const dhps_cluster_map *m, ctl_move *out, size_t cap);
 
+/* One map version a driver step published (ctl_params.on_publish). */
+typedef struct ctl_publish {
+    uint64_t version;
+    int64_t revision;
+    uint64_t flips, cancels, marked_dead, removed, joins; /* what it changed */
+    uint64_t in_flight;      /* joins in the map it wrote */
+    int planned;             /* moves the planner proposed */
+} ctl_publish;
+
 typedef struct ctl_params {
     dhps_coord *coord;       /* required; borrowed */
     const char *cluster;     /* required */
@@ -174,6 +183,9 @@ typedef struct ctl_params {
     void *plan_arg;
     FILE *log;               /* one line per map change (NULL: quiet) */
     bool forever;            /* ctl_drive: keep stepping once done (the controller) */
+    void (*on_publish)(void *arg, const ctl_publish *pub); /* after each version written
+                                                             (may be NULL; driver thread) */
+    void *publish_arg;
     const struct ctl_election *election; /* drive only while it is held (NULL: always) */
 } ctl_params;
 

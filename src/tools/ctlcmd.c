@@ -564,6 +564,19 @@ int dhps_cmd_rebalance(int argc, char **argv)
     return ex;
 }
 
+/* dhps controller --json: one object per map version written, on stdout. */
+static void publish_json(void *arg, const ctl_publish *p)
+{
+    (void)arg;
+    printf("{\"event\": \"map\", \"version\": %" PRIu64 ", \"revision\": %" PRId64
+           ", \"flips\": %" PRIu64 ", \"cancels\": %" PRIu64 ", \"marked_dead\": %" PRIu64
+           ", \"removed\": %" PRIu64 ", \"joins\": %" PRIu64 ", \"in_flight\": %" PRIu64
+           ", \"planned\": %d}\n",
+           p->version, p->revision, p->flips, p->cancels, p->marked_dead, p->removed, p->joins,
+           p->in_flight, p->planned);
+    fflush(stdout);
+}
+
 int dhps_cmd_controller(int argc, char **argv)
 {
     struct opts o;
@@ -586,9 +599,12 @@ int dhps_cmd_controller(int argc, char **argv)
     p.parallel = o.parallel;
     p.grace_s = o.grace_s;
     p.poll_s = o.poll_ms / 1000.0;
-    p.log = stdout;
+    p.log = o.json ? stderr : stdout;
     p.forever = true;
     p.plan = ctl_plan_placement;
+    if (o.json)
+        p.on_publish = publish_json;
+    FILE *say = p.log;
     uint64_t t0 = dhps_mono_ns();
     int ex = EX_OK;
     while (!g_stop && (!o.timeout_s || dhps_mono_ns() < t0 + (uint64_t)(o.timeout_s * 1e9))) {
@@ -597,10 +613,17 @@ int dhps_cmd_controller(int argc, char **argv)
                                       sizeof held_by);
         if (rc == DHPS_E_CONFLICT || is_etcd_error(rc)) {
             const char *why = rc == DHPS_E_CONFLICT ? held_by : dhps_strerror(rc);
-            if (strcmp(why, last)) /* once per holder / outage */
-                printf("dhps controller: standby (%s: %s)\n",
-                       rc == DHPS_E_CONFLICT ? "held by" : "etcd", why);
+            if (strcmp(why, last)) { /* once per holder / outage */
+                fprintf(say, "dhps controller: standby (%s: %s)\n",
+                        rc == DHPS_E_CONFLICT ? "held by" : "etcd", why);
+                if (o.json)
+                    printf("{\"event\": \"standby\", \"%s\": %s%s%s}\n",
+                           rc == DHPS_E_CONFLICT ? "held_by" : "etcd_error",
+                           rc == DHPS_E_CONFLICT ? "" : "\"", why,
+                           rc == DHPS_E_CONFLICT ? "" : "\"");
+            }
             fflush(stdout);
+            fflush(say);
             snprintf(last, sizeof last, "%s", why);
             struct timespec ts = {0, 500000000};
             nanosleep(&ts, NULL);
@@ -612,9 +635,12 @@ int dhps_cmd_controller(int argc, char **argv)
             break;
         }
         last[0] = 0;
-        printf("dhps controller: elected (%s); grace %.1f s, %u moves in flight at most\n",
-               holder, o.grace_s, o.parallel);
+        fprintf(say, "dhps controller: elected (%s); grace %.1f s, %u moves in flight at most\n",
+                holder, o.grace_s, o.parallel);
+        if (o.json)
+            printf("{\"event\": \"elected\", \"pid\": %d}\n", (int)getpid());
         fflush(stdout);
+        fflush(say);
         p.election = el;
         ctl_driver *d = NULL;
         double left = o.timeout_s ? o.timeout_s - (double)(dhps_mono_ns() - t0) / 1e9 : 0;
@@ -623,7 +649,9 @@ int dhps_cmd_controller(int argc, char **argv)
         ctl_driver_destroy(d);
         ctl_election_release(el);
         if (rc == DHPS_E_CONFLICT) {
-            printf("dhps controller: lost the election (lease expired); standing by\n");
+            fprintf(say, "dhps controller: lost the election (lease expired); standing by\n");
+            if (o.json)
+                printf("{\"event\": \"lost\"}\n");
             continue;
         }
         if (rc == -ECANCELED || rc == -ETIMEDOUT)
@@ -635,7 +663,9 @@ int dhps_cmd_controller(int argc, char **argv)
             nanosleep(&ts, NULL);
         }
     }
-    printf("dhps controller: stopped\n");
+    fprintf(say, "dhps controller: stopped\n");
+    if (o.json)
+        printf("{\"event\": \"stopped\", \"exit\": %d}\n", ex);
     dhps_coord_destroy(c);
     return ex;
 }

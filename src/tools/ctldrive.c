@@ -115,7 +115,8 @@ static bool join_busy(const dhps_cluster_map *m, uint32_t shard, uint32_t node, 
 
 /* Publish the edit as the next version over st->rev. 0 (published, or a lost CAS:
  * counted), DHPS_E_CONFIG, or an etcd error. */
-static int publish(ctl_driver *d, ctl_edit *e, const ctl_state *st, const char *what)
+static int publish(ctl_driver *d, ctl_edit *e, const ctl_state *st, const char *what,
+                   ctl_publish *pub)
 {
     dhps_cluster_map *m = NULL;
     char *json = NULL, err[2048] = "";
@@ -138,6 +139,10 @@ static int publish(ctl_driver *d, ctl_edit *e, const ctl_state *st, const char *
         d->st.version = ver;
         say(d, "controller: published version %" PRIu64 " (revision %" PRId64 "): %s\n", ver,
             rev, what);
+        pub->version = ver;
+        pub->revision = rev;
+        if (d->p.on_publish)
+            d->p.on_publish(d->p.publish_arg, pub);
     }
     free(json);
     dhps_cluster_map_destroy(m);
@@ -253,7 +258,10 @@ int ctl_step(ctl_driver *d, bool *done)
                  " removed, %" PRIu64 " joins started (%zu in flight, %d moves planned)",
                  flips, cancels, dead, removed, joins, inflight, np);
         uint64_t pubs = d->st.publishes;
-        if ((rc = publish(d, e, &st, what)) < 0)
+        ctl_publish pub = {.flips = flips, .cancels = cancels, .marked_dead = dead,
+                           .removed = removed, .joins = joins, .in_flight = inflight,
+                           .planned = np};
+        if ((rc = publish(d, e, &st, what, &pub)) < 0)
             goto out;
         if (d->st.publishes > pubs) {
             d->st.flips += flips;

@@ -359,23 +359,21 @@ static void report(const struct mb *M, const struct chaos *C, const struct chaos
                 (long long)K->lost_ex[i].want);
 }
 
-/* `dhps controller` prints one line per map version it publishes ("... N flipped, N
- * rolled back, N marked dead, N removed, N joins started ..."): sum them into s. */
+/* `dhps controller --json` prints one object per line, {"event": "map", ...} for each map
+ * version it wrote: sum their flips, joins, cancels into s. */
 static void controller_counts(const struct mb *M, struct step *s)
 {
     char p[PATH_MAX], line[1024];
     snprintf(p, sizeof p, "%s/controller.json", M->dir);
     FILE *f = fopen(p, "r");
     while (f && fgets(line, sizeof line, f)) {
-        unsigned long long fl, rb, dead, rm, js;
-        char *x = strstr(line, "): ");
-        if (x && sscanf(x, "): %llu flipped, %llu rolled back, %llu marked dead, %llu removed, "
-                           "%llu joins started", &fl, &rb, &dead, &rm, &js) == 5) {
-            s->moved += fl;
-            s->cancels += rb;
-            s->started += js;
+        json_t *j = json_loads(line, 0, NULL);
+        if (j && !strcmp(json_string_value(json_object_get(j, "event")) ?: "", "map")) {
+            s->moved += (uint64_t)json_integer_value(json_object_get(j, "flips"));
+            s->started += (uint64_t)json_integer_value(json_object_get(j, "joins"));
+            s->cancels += (uint64_t)json_integer_value(json_object_get(j, "cancels"));
         }
-        s->conflicts += strstr(line, "changed concurrently") != NULL;
+        json_decref(j);
     }
     if (f)
         fclose(f);
