@@ -75,8 +75,8 @@ expect_rc 0 "$D" node add 6 "${E[@]}" --no-wait
 expect_rc 4 "$D" rebalance "${E[@]}" --timeout-s 2
 [ "$(joining)" -gt 0 ]
 # a driver killed (-9) mid-move: the map stays valid with its joins; its election key
-# stays until its lease (2 s) expires; the next rebalance waits for that, then drives
-"$D" rebalance "${E[@]}" --lease-ttl-s 2 >"$t/k" 2>&1 & pk=$!
+# stays until its lease (5 s) expires; the next rebalance waits for that, then drives
+"$D" rebalance "${E[@]}" --lease-ttl-s 5 >"$t/k" 2>&1 & pk=$!
 sleep 1
 kill -9 $pk; wait $pk || true
 "$D" map show "${E[@]}" --json >"$t/cur.json"; "$D" map check "$t/cur.json" >/dev/null
