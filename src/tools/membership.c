@@ -49,7 +49,7 @@ int dhps_cmd_up(int argc, char **argv);
 int dhps_cmd_membership(int argc, char **argv);
 
 #define MB_NODES 7 /* 4 in the first map, spares 4, 5 (grow) and 6 (replacement) */
-#define MB_STEPS 4
+#define MB_STEPS 5
 
 static const char mb_usage[] =
     "usage: dhps membership [--cluster DIR] [--keys 20000] [--dim 8] [--shards 64]\n"
@@ -74,7 +74,8 @@ struct step {
 };
 
 struct mb {
-    char self[PATH_MAX], dir[PATH_MAX], url[64], cluster[64];
+    char self[PATH_MAX], dir[PATH_MAX], url[64], cluster[64], server[PATH_MAX];
+    uint16_t mport0[MB_NODES]; /* metrics ports as started (mport is zeroed when a node goes) */
     pid_t etcd_pid;
     uint16_t etcd_port, etcd_peer;
     struct ch_node nd[MB_NODES];
@@ -262,6 +263,46 @@ static int etcd_outage(struct mb *M, pid_t driver, double *down_s, bool *mid_mov
     return e;
 }
 
+/* Start node i again from its config (log appended) and wait until it is registered
+ * (30 s). */
+static bool restart_node(struct mb *M, int i)
+{
+    pid_t pid;
+    if (up_spawn_node(M->server, M->nd[i].cfg, M->nd[i].log, true, &pid) < 0)
+        return false;
+    M->nd[i].pid = pid;
+    M->nd[i].mport = M->mport0[i];
+    for (int k = 0; k < 300; k++) {
+        ctl_state st;
+        if (ctl_state_read(M->coord, M->cluster, &st) == 0) {
+            bool reg = ctl_state_reg(&st, (uint32_t)i) != NULL;
+            ctl_state_free(&st);
+            if (reg)
+                return true;
+        }
+        up_msleep(100);
+    }
+    return false;
+}
+
+/* Wait until the map has a join to node (true), or the driver exits / 60 s pass. */
+static bool wait_joining(struct mb *M, uint32_t node, pid_t driver)
+{
+    uint64_t by = dhps_mono_ns() + 60000000000ull;
+    while (dhps_mono_ns() < by && waitpid(driver, NULL, WNOHANG) == 0) {
+        dhps_cluster_map *m = map_now(M);
+        size_t n = m ? dhps_cluster_map_njoining(m) : 0;
+        bool found = false;
+        for (size_t i = 0; i < n && !found; i++)
+            found = dhps_cluster_map_join_at(m, i)->node == node;
+        dhps_cluster_map_destroy(m);
+        if (found)
+            return true;
+        up_msleep(10);
+    }
+    return false;
+}
+
 /* Wait until node `gone` has left the map, nothing is joining and every shard has R
  * replicas on live nodes. */
 static bool wait_restored(struct mb *M, uint32_t gone, double timeout_s)
@@ -442,7 +483,10 @@ static int start_cluster(struct mb *M, const char *dir, uint64_t shards, uint64_
         n->mport = (uint16_t)json_integer_value(json_object_get(jn, "metrics_port"));
         snprintf(n->cfg, sizeof n->cfg, "%s", json_string_value(json_object_get(jn, "config")));
         snprintf(n->log, sizeof n->log, "%s", json_string_value(json_object_get(jn, "log")));
+        M->mport0[i] = n->mport;
     }
+    snprintf(M->server, sizeof M->server, "%s",
+             json_string_value(json_object_get(cj, "server")) ?: "");
     json_decref(cj);
     return M->url[0] && M->etcd_pid > 0 ? 0 : -1;
 }
@@ -645,6 +689,30 @@ int dhps_cmd_membership(int argc, char **argv)
     m = map_now(&M);
     if (m)
         st[nst].version = dhps_cluster_map_version(m);
+    dhps_cluster_map_destroy(m);
+    step_end(&M, &st[nst++]);
+    chaos_sleep_s(1);
+
+    /* a joining node killed: node 4 started again and added; killed -9 as soon as a join
+     * to it is in the map; the add's driver rolls its joins back after the grace (and
+     * re-replicates what already flipped to it), marks it dead and removes it */
+    step_begin(&M, &C, &st[nst], 5, "kill -9 a joining node (4)");
+    st[nst].exit = restart_node(&M, 4) ? 0 : 125;
+    pid_t add = st[nst].exit ? -1 : spawn_cmd(&M, "readd4", (char *[]){"node", "add", "4", NULL});
+    if (add > 0) {
+        bool joining = wait_joining(&M, 4, add);
+        sample_bytes(&M);
+        kill(M.nd[4].pid, SIGKILL);
+        waitpid(M.nd[4].pid, NULL, 0);
+        M.nd[4].pid = 0;
+        M.nd[4].mport = 0;
+        st[nst].exit = wait_cmd(&M, add, "readd4", &st[nst]);
+        if (!joining && !st[nst].exit)
+            st[nst].exit = 126; /* never saw it joining: nothing was tested */
+    }
+    m = map_now(&M);
+    if (!st[nst].exit && (!m || dhps_cluster_map_node(m, 4) || dhps_cluster_map_njoining(m)))
+        st[nst].exit = 126; /* done, yet node 4 or a join is still in the map */
     dhps_cluster_map_destroy(m);
     step_end(&M, &st[nst++]);
     chaos_sleep_s(1);
