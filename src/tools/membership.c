@@ -13,6 +13,9 @@
  *   kill      `dhps controller --grace-s G` runs; node 1 is killed -9; its registration
  *             goes with its lease, and after the grace the controller re-replicates its
  *             shards and removes it; the step ends when every shard has 2 replicas again
+ *   joiner    node 4 is started again and `dhps node add 4` run; node 4 is killed -9 as
+ *             soon as a join to it is in the map: the add's driver rolls the joins back
+ *             after the grace, marks it dead and removes it
  * Each command is a child process (this binary), its --json result kept. Then the load
  * stops and chaoscheck.c checks the end state on the final map: every node ready, one
  * anti-entropy pass, every acknowledged update key read from every replica alone
