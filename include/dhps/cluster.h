@@ -44,7 +44,8 @@
  *   most to the least loaded node (keeping hosts distinct) until every node holds within
  *   +-1 of S*R/N shards. First replicas (the "first healthy" router's preferred target)
  *   are balanced the same way through the primary-load term (with R = 3; with R = 2 over
- *   two AZs they are not: measured up to 0..261 per node, a known gap).
+ *   two AZs they are not: measured up to 0..282 per node over 7 nodes, a known gap that
+ *   dhps_cluster_map_edit_balance_first closes without moving data: 170..171).
  *
  * Placement (dhps_cluster_plan). Moves from an existing map to a balanced one, as few as
  *   possible. The eligible nodes are the active ones not named dead. Shards with a
@@ -65,8 +66,11 @@
  *      only then does it go to a node at target (a detour the balance step pays for).
  *   3. Balance: while an eligible node is short, it takes the best slot (same key, now
  *      as the change in AZ/POD pairs and first-replica imbalance) of a node above its
- *      target; no slot moves twice in a plan, so the moves can start together.
- *   Measured (tests/cluster/test_cluster_plan.c, 120 random clusters of 5..60 nodes,
+ *      target. When none fits (hosts), it takes one from a node at its target that can
+ *      itself take a slot of a node above target (a detour of one move that makes
+ *      progress); else it stays short (stats.short_left). No slot moves twice in a
+ *      plan, so the moves can start together.
+ *   Measured (tests/cluster/test_cluster_plan.c, 120 random clusters of 4..60 nodes,
  *   2 AZs x 1..3 PODs, R = 2/3, 64..1024 shards, adds, drains, deaths, replacements):
  *   every plan meets its lower bound; shards short of the AZ spread after the moves
  *   3703 of 51456 against 3295 for a map generated afresh over the same nodes (which
@@ -351,6 +355,18 @@ int dhps_cluster_map_edit_complete_joins(const dhps_cluster_map *m,
 int dhps_cluster_map_edit_cancel_joins(const dhps_cluster_map *m, const dhps_cluster_move *moves,
                                        size_t n, dhps_cluster_map **out, char *err,
                                        size_t errlen);
+
+/* Balance first replicas (the "first healthy" router's preferred target) over the active
+ * nodes without moving data: in some shards the first replica swaps places with another
+ * replica of the same shard, so every holder set stays as it is (servers see no change;
+ * no fence moves). Local search: a shard's first replica is swapped with the active
+ * replica of the shard that is first in the fewest shards when that count + 1 is below
+ * the first replica's, or when the first replica's node is draining; until no swap
+ * applies (each swap lowers the sum of squared counts, so it ends). *changed (may be
+ * NULL) = shards whose order changed. Useful after generate with R = 2 (essay) and after
+ * moves, which keep a replaced replica's position. */
+int dhps_cluster_map_edit_balance_first(const dhps_cluster_map *m, dhps_cluster_map **out,
+                                        size_t *changed, char *err, size_t errlen);
 
 /* Serialise the map as JSON (the format parse reads; shards one per line). "state" is
  * written only for draining nodes and "joining" only when non-empty (sorted by (shard,

@@ -460,7 +460,8 @@ int dhps_cluster_map_parse(const void *buf, size_t len, dhps_cluster_map **out, 
         cl_eb_add(&e, "key \"version\": missing or not a non-negative integer");
     if (!json_is_integer(jn) || json_integer_value(jn) < 1 ||
         json_integer_value(jn) > (json_int_t)DHPS_CLUSTER_MAX_SHARDS)
-        cl_eb_add(&e, "key \"nshards\": missing or not an integer in 1..%u", DHPS_CLUSTER_MAX_SHARDS);
+        cl_eb_add(&e, "key \"nshards\": missing or not an integer in 1..%u",
+                  DHPS_CLUSTER_MAX_SHARDS);
     if (!json_is_integer(jr) || json_integer_value(jr) < 1 ||
         json_integer_value(jr) > (json_int_t)DHPS_CLUSTER_MAX_REPLICAS)
         cl_eb_add(&e, "key \"replicas\": missing or not an integer in 1..%u",
@@ -477,7 +478,8 @@ int dhps_cluster_map_parse(const void *buf, size_t len, dhps_cluster_map **out, 
     uint32_t nshards = (uint32_t)json_integer_value(jn);
     uint32_t nrep = (uint32_t)json_integer_value(jr);
     if (json_array_size(jsh) != nshards) {
-        cl_eb_add(&e, "key \"shards\": %zu entries but nshards is %u", json_array_size(jsh), nshards);
+        cl_eb_add(&e, "key \"shards\": %zu entries but nshards is %u", json_array_size(jsh),
+                  nshards);
         goto done;
     }
     rc = parse_nodes_array(jnodes, &nodes, &nnodes, &e);
@@ -818,7 +820,8 @@ char *dhps_cluster_map_to_json(const dhps_cluster_map *m)
     if (!b)
         return NULL;
     b[0] = '\0';
-    if (sb_printf(&b, &len, &cap, "{\n  \"version\": %llu,\n  \"nshards\": %u,\n  \"replicas\": %u,\n"
+    if (sb_printf(&b, &len, &cap,
+                  "{\n  \"version\": %llu,\n  \"nshards\": %u,\n  \"replicas\": %u,\n"
                   "  \"nodes\": [\n", (unsigned long long)m->version, m->nshards,
                   m->nreplicas) < 0)
         goto fail;

@@ -254,3 +254,61 @@ int dhps_cluster_map_edit_cancel_joins(const dhps_cluster_map *m, const dhps_clu
 {
     return end_joins(m, moves, n, false, out, err, errlen);
 }
+
+int dhps_cluster_map_edit_balance_first(const dhps_cluster_map *m, dhps_cluster_map **out,
+                                        size_t *changed, char *err, size_t errlen)
+{
+    struct cl_errbuf e;
+    cl_eb_init(&e, err, errlen);
+    if (!m || !out) {
+        cl_eb_add(&e, "invalid arguments");
+        return -EINVAL;
+    }
+    *out = NULL;
+    const uint32_t S = m->nshards, R = m->nreplicas;
+    struct parts p;
+    if (parts_copy(m, 0, 0, &p) < 0)
+        return -ENOMEM;
+    uint32_t *first = calloc(m->nnodes, sizeof *first); /* per node index */
+    if (!first) {
+        parts_free(&p);
+        return -ENOMEM;
+    }
+    for (uint32_t s = 0; s < S; s++)
+        first[m->by_id[p.shards[(size_t)s * R]]]++;
+    for (bool again = true; again;) {
+        again = false;
+        for (uint32_t s = 0; s < S; s++) {
+            uint32_t *r = p.shards + (size_t)s * R;
+            int32_t fi = m->by_id[r[0]];
+            bool f_active = m->nodes[fi].state == DHPS_NODE_ACTIVE;
+            uint32_t best = 0;
+            for (uint32_t a = 1; a < R; a++) {
+                int32_t ai = m->by_id[r[a]];
+                if (m->nodes[ai].state != DHPS_NODE_ACTIVE)
+                    continue;
+                if (!best || first[ai] < first[m->by_id[r[best]]])
+                    best = a;
+            }
+            if (!best)
+                continue;
+            int32_t bi = m->by_id[r[best]];
+            if (f_active && first[bi] + 1 >= first[fi])
+                continue;
+            first[fi]--;
+            first[bi]++;
+            uint32_t t = r[0];
+            r[0] = r[best];
+            r[best] = t;
+            again = true;
+        }
+    }
+    size_t nch = 0;
+    for (uint32_t s = 0; s < S; s++)
+        nch += memcmp(p.shards + (size_t)s * R, m->shards + (size_t)s * R,
+                      R * sizeof *p.shards) != 0;
+    if (changed)
+        *changed = nch;
+    free(first);
+    return parts_build(m, &p, &e, out);
+}

@@ -64,7 +64,8 @@ int dhps_cluster_map_generate(const dhps_cluster_gen_params *p, const dhps_clust
             nv[i].az[DHPS_CLUSTER_LABEL_MAX] = '\0';
         if (nv[i].id > DHPS_CLUSTER_MAX_NODE_ID || !nv[i].host[0] ||
             cl_split_addr(nv[i].addr, nv[i].ip, sizeof nv[i].ip, &nv[i].port) < 0)
-            cl_eb_add(&e, "node %u: bad id, empty host or bad address \"%s\"", nv[i].id, nv[i].addr);
+            cl_eb_add(&e, "node %u: bad id, empty host or bad address \"%s\"", nv[i].id,
+                      nv[i].addr);
         if (nv[i].state > DHPS_NODE_DRAINING)
             cl_eb_add(&e, "node %u: state %u is neither active nor draining", nv[i].id,
                    nv[i].state);
@@ -296,7 +297,7 @@ static int64_t pdist(const struct plan *P, int64_t p)
     return (p > P->pc ? p - P->pc : 0) + (p < P->pf ? P->pf - p : 0);
 }
 
-/* A candidate move's key, compared lexicographically: lower is better. */
+/* A candidate move's key (key_cmp: az, prim, pod, room, tie): lower is better. */
 struct key {
     int64_t az, pod, prim, room;
     uint64_t tie;
@@ -315,9 +316,10 @@ static int key_cmp(const struct key *x, const struct key *y)
     return x->tie < y->tie ? -1 : x->tie > y->tie;
 }
 
-/* The key of moving slot a of shard s (now on x) to y: AZ pairs added, POD pairs added,
- * first-replica imbalance added (slot 0 only), then room: y's remaining need (forced
- * moves: fill the emptiest first) or x's excess (balance: shed from the fullest). */
+/* The key of moving slot a of shard s (now on x) to y, compared in the order AZ pairs
+ * added, first-replica imbalance added (slot 0 only), POD pairs added, then room: y's
+ * remaining need (forced moves: fill the emptiest first) or x's excess (balance: shed
+ * from the fullest). For forced moves the pairs count y's side only (x goes anyway). */
 static struct key key_of(const struct plan *P, uint32_t s, uint32_t a, uint32_t x, uint32_t y,
                          bool balance)
 {

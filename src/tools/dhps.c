@@ -40,7 +40,7 @@ struct dhps_cmd {
 };
 
 static const struct dhps_cmd dhps_cmds[] = {
-    {"sim", dhps_cmd_sim, "simulate client traffic over a cluster through the router"},
+    {"sim", dhps_cmd_sim, "simulate traffic through the router; `sim churn`: membership"},
     {"map", dhps_cmd_map, "check or generate a cluster map file; publish/show it in etcd"},
     {"nodes", dhps_cmd_nodes, "nodes registered in etcd (--etcd URL --cluster NAME)"},
     {"load", dhps_cmd_load, "bulk-load a table from a dhps table file or a .npy array"},

@@ -118,8 +118,9 @@ static void test_joining_accessors(void **state)
                  " {\"shard\": 0, \"node\": 2, \"replaces\": 1, \"since\": 12}]");
     dhps_cluster_map *m = parse_ok(j);
     assert_int_equal(dhps_cluster_map_njoining(m), 3);
-    const dhps_cluster_join *a = dhps_cluster_map_join_at(m, 0), *b = dhps_cluster_map_join_at(m, 1),
-                            *c = dhps_cluster_map_join_at(m, 2);
+    const dhps_cluster_join *a = dhps_cluster_map_join_at(m, 0);
+    const dhps_cluster_join *b = dhps_cluster_map_join_at(m, 1);
+    const dhps_cluster_join *c = dhps_cluster_map_join_at(m, 2);
     assert_true(a->shard == 0 && a->node == 2 && a->replaces == 1 && a->since == 12);
     assert_true(b->shard == 0 && b->node == 3 && b->replaces == 0 && b->since == 11);
     assert_true(c->shard == 2 && c->node == 4 && c->replaces == 2 && c->since == 5);
