@@ -71,6 +71,19 @@ static int store_new(dhps_server *s, srv_table *tb, uint32_t shard, uint32_t nhe
         free(st);
         return rc;
     }
+    /* one reader per rpc worker, opened now: before the store is published no other
+     * thread can race the opens (the store's stats read the reader slots) */
+    for (uint32_t w = 0; w < s->cfg->workers; w++)
+        if ((rc = dhps_store_reader_open(st->st, &st->readers[w]))) {
+            srv_errf(err, errlen, "table %s shard %u: store reader: %s", tb->c.name, shard,
+                     dhps_strerror(rc));
+            for (uint32_t k = 0; k < w; k++)
+                dhps_store_reader_close(st->readers[k]);
+            dhps_store_destroy(st->st);
+            free(st->readers);
+            free(st);
+            return rc;
+        }
     pthread_mutex_init(&st->mu, NULL);
     st->t = tb;
     st->shard = shard;
@@ -212,8 +225,6 @@ void srv_hold_stores_put(srv_store **v, size_t n)
 dhps_store_reader *srv_hold_reader(dhps_server *s, srv_store *st, uint32_t w)
 {
     (void)s;
-    if (!st->readers[w] && dhps_store_reader_open(st->st, &st->readers[w]))
-        st->readers[w] = NULL;
     return st->readers[w];
 }
 
@@ -296,7 +307,8 @@ static void store_retire(dhps_server *s, srv_store *st)
             DHPS_LOG(DHPS_LOG_WARN, LOGM, "dropping %s: %s", path, strerror(errno));
     }
     pthread_mutex_unlock(&st->mu);
-    __atomic_store_n(&st->t->by_shard[st->shard], NULL, __ATOMIC_RELEASE);
+    /* seq_cst: ordered before the epoch scans (hold.h) */
+    __atomic_store_n(&st->t->by_shard[st->shard], NULL, __ATOMIC_SEQ_CST);
     for (srv_store **pp = &s->live; *pp; pp = &(*pp)->next)
         if (*pp == st) {
             *pp = st->next;
@@ -416,10 +428,9 @@ int srv_hold_apply(dhps_server *s, dhps_cluster_map *m, const char *from)
 
 /* ---- reclamation ----------------------------------------------------------------- */
 
-/* Can a worker still see a store retired at epoch e? */
+/* Can a worker still see a store retired at epoch e? (seq_cst loads: see hold.h) */
 static bool worker_may_see(dhps_server *s, uint64_t e)
 {
-    __atomic_thread_fence(__ATOMIC_SEQ_CST);
     for (uint32_t w = 0; w < s->cfg->workers; w++) {
         uint64_t we = __atomic_load_n(&s->workers[w].epoch, __ATOMIC_SEQ_CST);
         if (we && we <= e)

@@ -10,8 +10,8 @@
  * Who may still use a retired store, and how we know they stopped.
  *   - rpc workers (the hot path) find a store through by_shard inside a handler and run
  *     to completion. Each handler runs inside an epoch section: srv_hold_enter writes
- *     the global epoch into the worker's slot (seq_cst, then a full fence), then the
- *     handler reads by_shard; srv_hold_leave writes 0. Retiring clears by_shard, then
+ *     the global epoch into the worker's slot, then the handler reads by_shard (all
+ *     seq_cst, see srv_hold_enter); srv_hold_leave writes 0. Retiring clears by_shard, then
  *     bumps the global epoch to E (the store's retire_epoch). A worker whose slot is 0
  *     or > E entered after the clear and cannot see the store; a slot <= E may. No
  *     lock, no shared write on the lookup path: one store to the worker's own line.
@@ -21,9 +21,10 @@
  *     store is off the list, so its count only falls.
  *   srv_hold_reclaim (background thread, once a second) frees a retired store when its
  *   refs are 0, no worker slot is in (0, E], and SRV_DROP_LINGER_MS passed since it was
- *   retired (a margin, not what makes it safe). Readers of a store are per worker and
- *   opened lazily by that worker (srv_hold_reader), so stores can come and go without
- *   touching any worker's state; they are closed with the store.
+ *   retired (a margin, not what makes it safe). Readers of a store are per worker, opened
+ *   with the store before it is published and used by their worker only
+ *   (srv_hold_reader), so stores can come and go without touching any worker's state;
+ *   they are closed with the store.
  *
  * Writes against a retiring store: srv_hold_apply sets store->dropped under its writer
  * lock; UPSERT and DELETE check it (and the stale-map fence) under that lock, so no
@@ -83,15 +84,16 @@ void srv_hold_set_ready(dhps_server *s, srv_store *st);
  * returns the total. Thread-safe. */
 size_t srv_hold_not_ready(dhps_server *s, uint32_t *out, size_t cap);
 
-/* Worker w's reader of st, opened on first use (only worker w calls this for w).
- * NULL on -ENOMEM / -EMFILE. */
+/* Worker w's reader of st (opened with the store; only worker w uses it). */
 dhps_store_reader *srv_hold_reader(dhps_server *s, srv_store *st, uint32_t w);
 
-/* The epoch section of an rpc handler (hold.h essay). */
+/* The epoch section of an rpc handler (hold.h essay). The slot store, the handler's
+ * by_shard loads, the unlink and the reclaimer's slot loads are all seq_cst: in their
+ * single total order, a reclaimer that reads 0 (or a later epoch) from the slot precedes
+ * the announcement, so the handler's lookups come after the unlink and miss the store. */
 static inline void srv_hold_enter(dhps_server *s, srv_worker *w)
 {
-    __atomic_store_n(&w->epoch, __atomic_load_n(&s->epoch, __ATOMIC_ACQUIRE), __ATOMIC_SEQ_CST);
-    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    __atomic_store_n(&w->epoch, __atomic_load_n(&s->epoch, __ATOMIC_SEQ_CST), __ATOMIC_SEQ_CST);
 }
 
 static inline void srv_hold_leave(srv_worker *w)

@@ -374,7 +374,8 @@ int dhps_server_start(dhps_server *s, char *err, size_t errlen)
     }
     __atomic_store_n(&s->member, mb, __ATOMIC_RELEASE); /* the metrics thread reads it */
     DHPS_LOG(DHPS_LOG_INFO, LOGM, "node %s serving: rpc port %u, metrics port %u, %u stores "
-             "(%s)", c->node_id, s->rpc_port, s->http_port, s->nlive,
+             "(%s)", c->node_id, s->rpc_port, s->http_port,
+             __atomic_load_n(&s->nlive, __ATOMIC_RELAXED),
              dhps_server_ready(s) ? "ready" : "catching up from peers");
     return 0;
 }

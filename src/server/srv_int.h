@@ -68,7 +68,8 @@ struct srv_store {
     uint64_t fence;              /* under mu: map version at which the shard's holder set
                                     last changed as seen here; older writes: DHPS_E_MOVED */
     srv_tomb tomb;               /* deletes remembered for sync (under mu) */
-    dhps_store_reader **readers; /* per rpc worker, opened lazily by that worker only */
+    dhps_store_reader **readers; /* per rpc worker, opened with the store; worker w uses
+                                    readers[w] only */
     uint32_t refs;               /* atomic: non-worker threads using it (hold.h) */
     /* the sync thread's per-store state (sync.c; only that thread touches it) */
     uint32_t sync_done[DHPS_CLUSTER_MAX_REPLICAS]; /* peers caught up from (node ids) */
