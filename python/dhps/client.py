@@ -270,6 +270,7 @@ class Client:
         array; the server narrows/widens to the table's dtype). ttl: seconds (0 = none,
         None = the table's default). ack: "all", "quorum" or "one". Returns the
         version the batch was written with. Raises TimeoutError / UnreachableError /
+        MovedError (refused as routed with an old map, no newer map to re-route to) /
         ... with .failed (bool mask of keys whose shard fell short) and .version."""
         b = _table(table)
         a = _ack(ack)

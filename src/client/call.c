@@ -142,8 +142,9 @@ void client_send_msg(struct op *op, struct msg *ms, struct attempt *a)
     dhps_rpc_channel *ch = NULL;
     void *buf = NULL;
     uint64_t now = dhps_mono_ns();
-    int rc = now >= op->deadline_ns ? DHPS_E_TIMEOUT
-                                     : client_channel_get(op->ts, ms->m, node, op->deadline_ns, &ch);
+    int rc = now >= op->deadline_ns
+                 ? DHPS_E_TIMEOUT
+                 : client_channel_get(op->ts, ms->m, node, op->deadline_ns, &ch);
     uint64_t t1 = dhps_mono_ns();
     /* the time spent opening a connection is not the node's answer time: the router's
      * latency sample (and a half-open breaker's probe verdict) starts after it (here

@@ -23,7 +23,9 @@ struct fx {
     _Atomic uint64_t hook_version; /* on_moved hooks: the version they publish next */
     _Atomic int hook_calls;
     int hook_once;                 /* 1: publish only on the first call */
-    const char *hook_shards;       /* placement the hook publishes (NULL: make_map's) */
+    const char *hook_shards;       /* placement the hook publishes */
+    dhps_cluster_map *owner_map;   /* a fake's owner_map: freed after the fakes stop (a
+                                      worker may read it until then) */
 };
 
 /* Write a map over the fakes to x->path (atomically: temp file and rename): node i =
@@ -108,6 +110,7 @@ static int teardown(void **state)
     dhps_client_destroy(x->c);
     for (uint32_t i = 0; i < NNODES; i++)
         fake_free(&x->nodes[i]);
+    dhps_cluster_map_destroy(x->owner_map);
     unlink(x->path);
     rmdir(x->dir);
     free(x);
@@ -589,9 +592,8 @@ static void test_joining_move(void **state)
 
     /* the flip: node 0 refuses the shard it no longer holds */
     write_map(x, 3, 1, 2, "[[2, 1]]", NULL);
-    dhps_cluster_map *m3 = NULL;
-    assert_int_equal(dhps_cluster_map_load(x->path, &m3, NULL, 0), 0);
-    atomic_store(&x->nodes[0].owner_map, m3);
+    assert_int_equal(dhps_cluster_map_load(x->path, &x->owner_map, NULL, 0), 0);
+    atomic_store(&x->nodes[0].owner_map, x->owner_map);
     assert_int_equal(put(x->c, 1, NK, DHPS_ACK_ALL, &res, NULL), 0);
     assert_int_equal(dhps_client_drain(x->c, dhps_test_us(2000000)), 0);
     assert_int_equal(upserts(x, 0), 3);
@@ -604,8 +606,6 @@ static void test_joining_move(void **state)
     assert_int_equal(st.moved, 2);
     assert_true(st.not_owned > 0);
     assert_int_equal(dhps_client_map_version(x->c), 3);
-    atomic_store(&x->nodes[0].owner_map, NULL);
-    dhps_cluster_map_destroy(m3);
 }
 
 /* ---- threads ------------------------------------------------------------------------- */
@@ -661,11 +661,12 @@ static void rotate_map(struct fx *x, uint64_t v)
     write_map(x, v, 16, 2, shards, v % 2 ? join : NULL);
 }
 
-/* Four threads write through one client (ACK_ALL) while the map changes every 30 ms and
- * every node then fences the older maps: refusals, refreshes (several threads at once:
- * one waits for the other's) and re-routes on every thread, map pins outliving
- * installs. Every write succeeds; a final write per thread lands on exactly its
- * holders in the last map. */
+/* Four threads write through one client (ACK_ALL) while the map changes every 30 ms
+ * (scaled: test_scale.h; a write spanning 4 changes would rightly give up, after 3
+ * re-routes) and every node then fences the older maps: refusals, refreshes (several
+ * threads at once: one waits for the other's) and re-routes on every thread, map pins
+ * outliving installs. Every write succeeds; a final write per thread lands on exactly
+ * its holders in the last map. */
 static void test_moved_threads(void **state)
 {
     struct fx *x = *state;
@@ -678,14 +679,14 @@ static void test_moved_threads(void **state)
         w[i] = (struct writer){.x = x, .id = i, .stop = &stop};
         assert_int_equal(pthread_create(&th[i], NULL, writer_main, &w[i]), 0);
     }
-    uint64_t last = 8;
+    uint64_t last = 8, period_us = dhps_test_us(30000);
     for (uint64_t v = 2; v <= last; v++) {
-        usleep(30000);
+        usleep((useconds_t)period_us);
         rotate_map(x, v);
         for (int i = 0; i < NNODES; i++)
             atomic_store(&x->nodes[i].fence, v);
     }
-    usleep(30000);
+    usleep((useconds_t)period_us);
     atomic_store(&stop, 1);
     unsigned calls = 0;
     for (int i = 0; i < NTHR; i++) {
