@@ -87,7 +87,7 @@ static void wait_go(struct chaos *C)
     }
 }
 
-static void *lookup_thread(void *arg)
+void *chaos_lookup_thread(void *arg)
 {
     struct chaos *C = arg;
     uint64_t seed = 0x1234567ull, keys[DHPS_PROTO_MAX_KEYS > 1000 ? 1000 : DHPS_PROTO_MAX_KEYS];
@@ -152,7 +152,7 @@ static void *lookup_thread(void *arg)
     return NULL;
 }
 
-static void *update_thread(void *arg)
+void *chaos_update_thread(void *arg)
 {
     struct chaos *C = arg;
     uint64_t seed = 0x9876543ull, keys[CH_UBATCH], mask[1];
@@ -575,9 +575,9 @@ int dhps_cmd_chaos(int argc, char **argv)
             (unsigned long long)ae_s);
     pthread_t tl, tu, tld;
     bool ld_started = false;
-    if (pthread_create(&tl, NULL, lookup_thread, &C) != 0)
+    if (pthread_create(&tl, NULL, chaos_lookup_thread, &C) != 0)
         goto stop;
-    if (pthread_create(&tu, NULL, update_thread, &C) != 0) {
+    if (pthread_create(&tu, NULL, chaos_update_thread, &C) != 0) {
         atomic_store(&C.stop, 1);
         pthread_join(tl, NULL);
         goto stop;

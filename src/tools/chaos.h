@@ -128,17 +128,26 @@ struct chaos {
 
 extern const char *const chaos_ack_name[3]; /* "all", "quorum", "one" */
 
+/* The load threads (chaos.c), also run by `dhps membership` (membership.c): arg is the
+ * struct chaos. Each connects, counts itself in warm, waits for go, then loops until
+ * stop: lookups of --batch random sample keys with deadline_us (requests, in_deadline,
+ * errors, missing_while_held, fails with the phase then current), or ACK updates of
+ * CH_UBATCH distinct update keys carrying per-key generations (gen, acked). */
+void *chaos_lookup_thread(void *arg);
+void *chaos_update_thread(void *arg);
+
 void chaos_sleep_s(double s);
 
 /* Sum of one counter line (e.g. `dhps_rpc_handled_total{transport="verbs"}`) over the
  * servers' /metrics; with per_node (n entries) also each node's value (0 when it did
- * not answer). */
+ * not answer). Nodes with mport 0 (not part of the cluster any more) are skipped. */
 uint64_t chaos_metrics_sum(const struct ch_node *nd, uint32_t n, const char *name,
                            uint64_t *per_node);
 
 /* Wait (up to --ready-timeout) until every node's /health/ready answers 200, then until
  * dhps_sync_antientropy_passes_total has grown by 2 on every node (so one whole pass
- * started after the last write; bounded by 10 intervals + 10 s). */
+ * started after the last write; bounded by 10 intervals + 10 s). Nodes with mport 0 are
+ * left out. */
 void chaos_settle(struct chaos *C, struct chaos_check *K);
 
 /* Read every chaos key (the sample and every update key written) from each of its

@@ -22,6 +22,7 @@
 
 #include "dhps/cluster.h"
 #include "dhps/coord.h"
+#include "ctl.h" /* ctl_map_publish: the one publish path (CAS + history) */
 
 int dhps_cmd_map_etcd(int argc, char **argv);
 int dhps_cmd_nodes(int argc, char **argv);
@@ -102,7 +103,7 @@ static int etcd_fail(const struct copts *o, const char *what, int rc)
 static int cmd_publish(int argc, char **argv)
 {
     struct copts o;
-    char key[256], hkey[256];
+    char key[256];
     if (parse_opts(argc, argv, &o, true) < 0 ||
         dhps_coord_key(key, sizeof key, o.cluster, DHPS_COORD_KEY_MAP, 0) < 0) {
         coord_usage(stderr);
@@ -155,7 +156,7 @@ static int cmd_publish(int argc, char **argv)
         goto out;
     }
     int64_t rev = 0;
-    rc = dhps_coord_cas(c, key, json, strlen(json), expect, 0, &rev);
+    rc = ctl_map_publish(c, o.cluster, json, ver, expect, &rev); /* + the history entry */
     if (rc == DHPS_E_CONFLICT) {
         int n = dhps_coord_get(c, key, false, &kv, NULL); /* what won, for the message */
         cur_rev = n > 0 ? kv[0].mod_revision : 0;
@@ -171,12 +172,6 @@ static int cmd_publish(int argc, char **argv)
         ret = etcd_fail(&o, "write the map", rc);
         goto out;
     }
-    /* the history entry follows the winning write (a lost history put is only a gap in
-     * the record, never a wrong map) */
-    dhps_coord_key(hkey, sizeof hkey, o.cluster, DHPS_COORD_KEY_HISTORY_VERSION, ver);
-    rc = dhps_coord_put(c, hkey, json, strlen(json), 0, NULL);
-    if (rc < 0)
-        fprintf(stderr, "warning: %s: %s\n", hkey, dhps_strerror(rc));
     printf("%s: published version %" PRIu64 " at revision %" PRId64 "\n", key, ver, rev);
     ret = 0;
 out:
@@ -292,8 +287,8 @@ int dhps_cmd_nodes(int argc, char **argv)
         ret = etcd_fail(&o, "read the nodes", rc);
     json_t *all = o.json ? json_array() : NULL;
     if (!o.json && rc >= 0)
-        printf("%-6s %-22s %-12s %-8s %-6s %-18s %s\n", "id", "addr", "host", "pod", "az",
-               "lease", "ttl_s");
+        printf("%-6s %-22s %-12s %-8s %-6s %-18s %-6s %-12s %s\n", "id", "addr", "host", "pod",
+               "az", "lease", "ttl_s", "map_version", "not_ready");
     for (int i = 0; i < rc; i++) {
         json_t *j = json_loadb(kv[i].value, kv[i].value_len, 0, NULL);
         int64_t ttl = -1;
@@ -309,12 +304,21 @@ int dhps_cmd_nodes(int argc, char **argv)
             continue;
         }
         const char *id = json_string_value(json_object_get(j, "node_id"));
-        printf("%-6s %-22s %-12s %-8s %-6s %-18" PRIx64 " %" PRId64 "\n",
+        /* a server following the map in etcd reports the map it applied and the shards
+         * it still catches up ("-": a server that does not follow) */
+        json_t *mv = json_object_get(j, "map_version"), *nr = json_object_get(j, "not_ready");
+        char mvs[24] = "-", nrs[24] = "-";
+        if (json_is_integer(mv))
+            snprintf(mvs, sizeof mvs, "%" PRId64, (int64_t)json_integer_value(mv));
+        if (json_is_array(nr))
+            snprintf(nrs, sizeof nrs, "%zu", json_array_size(nr));
+        printf("%-6s %-22s %-12s %-8s %-6s %-18" PRIx64 " %-6" PRId64 " %-12s %s\n",
                id ? id : strrchr(kv[i].key, '/') + 1,
                json_string_value(json_object_get(j, "addr")) ?: "?",
                json_string_value(json_object_get(j, "host")) ?: "",
                json_string_value(json_object_get(j, "pod")) ?: "",
-               json_string_value(json_object_get(j, "az")) ?: "", (uint64_t)kv[i].lease, ttl);
+               json_string_value(json_object_get(j, "az")) ?: "", (uint64_t)kv[i].lease, ttl,
+               mvs, nrs);
         json_decref(j);
     }
     if (all) {

@@ -28,6 +28,10 @@ int dhps_cmd_bench(int argc, char **argv);
 int dhps_cmd_chaos(int argc, char **argv);
 int dhps_cmd_fault(int argc, char **argv);
 int dhps_cmd_traffic(int argc, char **argv);
+int dhps_cmd_node(int argc, char **argv);
+int dhps_cmd_rebalance(int argc, char **argv);
+int dhps_cmd_controller(int argc, char **argv);
+int dhps_cmd_membership(int argc, char **argv);
 int dhps_cmd_keygen(int argc, char **argv);
 
 struct dhps_cmd {
@@ -56,6 +60,10 @@ static const struct dhps_cmd dhps_cmds[] = {
     {"chaos", dhps_cmd_chaos, "availability under killed, stopped and slowed nodes"},
     {"fault", dhps_cmd_fault, "set/clear/list a node's server-side rpc fault rules (/fault)"},
     {"traffic", dhps_cmd_traffic, "steady lookups; per interval, where the traffic goes"},
+    {"node", dhps_cmd_node, "add|drain|remove|replace a node of a cluster whose map is in etcd"},
+    {"rebalance", dhps_cmd_rebalance, "move shards to the placement (--dry-run: print the moves)"},
+    {"controller", dhps_cmd_controller, "daemon: drive pending moves, re-replicate dead nodes"},
+    {"membership", dhps_cmd_membership, "grow, shrink, replace, kill under load (etcd); JSON"},
     {"keygen", dhps_cmd_keygen, "write a new cluster secret file (32 random bytes, 0600)"},
 };
 

@@ -223,6 +223,11 @@ bool up_dir_running(const char *dir, pid_t *pid)
         char p[PATH_MAX];
         snprintf(p, sizeof p, "%s/%s", abs, files[f]);
         json_t *j = json_load_file(p, 0, NULL), *n;
+        pid_t ep = (pid_t)json_integer_value(json_object_get(json_object_get(j, "etcd"), "pid"));
+        if (ep > 0 && up_pid_is_etcd(ep)) { /* `dhps up --etcd`'s etcd */
+            *pid = ep;
+            alive = true;
+        }
         size_t i;
         json_array_foreach(json_object_get(j, "nodes"), i, n) {
             pid_t a = (pid_t)json_integer_value(json_object_get(n, "pid"));
@@ -367,6 +372,17 @@ int up_stop_dir(const char *dir, double timeout_s, bool quiet)
         return 1;
     int cnt[4] = {0};
     const char *what = stop_nodes("down", c, -1, timeout_s, quiet, cnt);
+    /* `dhps up --etcd`: etcd after the nodes (a clean stop revokes their leases in it) */
+    json_t *etcd = json_object_get(c->j, "etcd");
+    pid_t epid = (pid_t)json_integer_value(json_object_get(etcd, "pid"));
+    if (etcd && epid > 0) {
+        int er = up_etcd_stop(epid, timeout_s);
+        if (!quiet)
+            printf("  etcd pid %-7d %s\n", (int)epid,
+                   er == 0 ? "stopped" : er == 1 ? "was not running" : "killed (SIGKILL)");
+        if (er == 2)
+            cnt[UP_STOP_KILLED]++;
+    }
     if (!c->stopped) {
         char q[PATH_MAX + 16];
         snprintf(q, sizeof q, "%s.stopped", c->file);

@@ -141,6 +141,12 @@ static int addr_map(const char *addr, const char *secret_path, tools_conn *c)
     return 0;
 }
 
+static const char *jstr_or(json_t *o, const char *k)
+{
+    const char *v = json_string_value(json_object_get(o, k));
+    return v ? v : "";
+}
+
 int tools_conn_open(const tools_target *t, tools_conn **out)
 {
     *out = NULL;
@@ -190,6 +196,12 @@ int tools_conn_open(const tools_target *t, tools_conn **out)
         }
         snprintf(c->map_path, sizeof c->map_path, "%s", m);
         snprintf(secret_path, sizeof secret_path, "%s", s);
+        json_t *et = json_object_get(cj, "etcd");
+        if (json_string_value(json_object_get(et, "url")) &&
+            json_string_value(json_object_get(et, "cluster"))) {
+            snprintf(c->etcd, sizeof c->etcd, "%s", jstr_or(et, "url"));
+            snprintf(c->etcd_cluster, sizeof c->etcd_cluster, "%s", jstr_or(et, "cluster"));
+        }
         json_t *l = json_object_get(cj, "client_labels");
         copy_label(c->host, sizeof c->host, json_string_value(json_object_get(l, "host")));
         copy_label(c->pod, sizeof c->pod, json_string_value(json_object_get(l, "pod")));
@@ -219,6 +231,10 @@ int tools_conn_open(const tools_target *t, tools_conn **out)
     p.pod = c->pod[0] ? c->pod : NULL;
     p.az = c->az[0] ? c->az : NULL;
     p.max_msg = t->max_msg ? t->max_msg : 4u << 20;
+    if (c->etcd[0]) { /* the map file stays the fallback while etcd is unreachable */
+        p.etcd = c->etcd;
+        p.cluster = c->etcd_cluster;
+    }
     if (t->connect_timeout_ms)
         p.connect_timeout_ms = t->connect_timeout_ms;
     c->put_timeout_us = 10000000;

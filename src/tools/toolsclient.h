@@ -38,6 +38,8 @@ typedef struct tools_conn {
     bool tmp_map;            /* map_path is a temp file of --addr: unlinked at close */
     char host[64], pod[64], az[64]; /* labels the client was given ("" = none) */
     uint64_t put_timeout_us;        /* deadline of tools_conn_put (set by open) */
+    char etcd[256], etcd_cluster[64]; /* cluster.json "etcd" (`dhps up --etcd`): the client
+                                         follows the map in etcd ("" = the map file only) */
 } tools_conn;
 
 /* Tier of a node labelled host/pod/az relative to a client labelled chost/cpod/caz, as

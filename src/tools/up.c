@@ -101,8 +101,13 @@ static void up_on_signal(int sig)
 
 struct up_opts {
     uint32_t nodes, azs, pods, replicas, shards, workers, dim, threads, batch, max_msg;
+    uint32_t spare, total;    /* --spare: nodes started outside the map; total = nodes + spare */
+    uint32_t lease_ttl_s;     /* --etcd: the nodes' coord.lease_ttl_s */
+    uint16_t etcd_ports[2];   /* --etcd: client, peer */
+    const char *etcd_cluster; /* --etcd: cluster name in etcd */
+    bool etcd;                /* start etcd, publish the map there, nodes follow it */
     uint32_t base_port; /* 0: free ports chosen at start */
-    uint16_t ports[2 * UP_MAX_NODES]; /* node i: rpc 2i, metrics 2i + 1 */
+    uint16_t ports[2 * UP_MAX_NODES + 2]; /* node i: rpc 2i, metrics 2i + 1 (+ etcd's two) */
     uint32_t anti_entropy_s;  /* sync.anti_entropy_s of the nodes (0: the server's default) */
     uint64_t keys;
     double seconds, zipf;
@@ -132,6 +137,7 @@ static const char up_usage[] =
     "               [--seconds 3] [--threads 2] [--batch 1000] [--zipf 0.99 | 0 uniform]\n"
     "               [--no-workload] [--same-host-pairs] [--max-msg 4194304] [--quiet]\n"
     "               [--base-port P] [--fresh] [--anti-entropy-s S]\n"
+    "               [--etcd [--etcd-cluster local] [--spare N] [--lease-ttl-s 10]]\n"
     "  Starts a local cluster on 127.0.0.1 (pods are per AZ; nodes are spread round-robin\n"
     "  over AZs, then pods; --same-host-pairs puts nodes 2k and 2k+1 on one host label),\n"
     "  loads a sample table, runs a lookup workload, and leaves the\n"
@@ -144,6 +150,13 @@ static const char up_usage[] =
     "  peers from DIR/map.json, so `dhps start|stop|restart` and a restart by hand bring\n"
     "  it back on the map's ports, caught up from its peers before it is ready.\n"
     "  --anti-entropy-s S: the nodes' sync.anti_entropy_s (default: the server's, 30).\n"
+    "  --etcd: also start a local etcd (Debian's etcd-server; data in DIR/etcd), publish\n"
+    "  the map there as /dhps/NAME/map (--etcd-cluster NAME, default local) and run the\n"
+    "  nodes with \"coord\" + \"follow_etcd\": they register and follow the map in etcd,\n"
+    "  so `dhps node add|drain|remove|replace` and `dhps rebalance --etcd URL --cluster\n"
+    "  NAME` change it while serving (the URL is in DIR/cluster.json). --spare N starts N\n"
+    "  more nodes (ids nodes..nodes+N-1) that register but are not in the first map,\n"
+    "  ready for `dhps node add`. `dhps down` stops etcd after the nodes.\n"
     "  A DIR that already holds a\n"
     "  cluster (cluster.json, map, node dirs with snapshots) is refused unless --fresh,\n"
     "  which deletes them (and says what) first.\n";
@@ -272,23 +285,29 @@ static void stop_started(struct up_node *nd, uint32_t n)
 }
 
 static json_t *state_json(const struct up_opts *o, const char *absdir, const char *server,
-                          struct up_node *nd)
+                          struct up_node *nd, json_t *etcd)
 {
     json_t *nodes = json_array();
-    for (uint32_t i = 0; i < o->nodes; i++)
-        json_array_append_new(
-            nodes, json_pack("{s:i,s:s,s:i,s:i,s:i,s:s,s:s,s:s,s:s,s:s}", "id", (int)i, "name",
-                             nd[i].name, "pid", (int)nd[i].pid, "port", (int)nd[i].port,
-                             "metrics_port", (int)nd[i].mport, "host", nd[i].host, "pod",
-                             nd[i].pod, "az", nd[i].az, "config", nd[i].cfg, "log", nd[i].log));
+    for (uint32_t i = 0; i < o->total; i++) {
+        json_t *n = json_pack("{s:i,s:s,s:i,s:i,s:i,s:s,s:s,s:s,s:s,s:s}", "id", (int)i, "name",
+                              nd[i].name, "pid", (int)nd[i].pid, "port", (int)nd[i].port,
+                              "metrics_port", (int)nd[i].mport, "host", nd[i].host, "pod",
+                              nd[i].pod, "az", nd[i].az, "config", nd[i].cfg, "log", nd[i].log);
+        if (n && i >= o->nodes) /* --spare: started, registered, not in the first map */
+            json_object_set_new(n, "spare", json_true());
+        json_array_append_new(nodes, n);
+    }
     char mp[PATH_MAX], sp[PATH_MAX];
     snprintf(mp, sizeof mp, "%s/map.json", absdir);
     snprintf(sp, sizeof sp, "%s/secret", absdir);
-    return json_pack("{s:i,s:s,s:s,s:s,s:s,s:s,s:i,s:s,s:I,s:{s:s,s:s,s:s},s:o}", "version", 1,
-                     "dir", absdir, "map", mp, "secret", sp, "server", server, "table",
-                     o->table, "dim", (int)o->dim, "dtype", "fp32", "keys",
-                     (json_int_t)(o->load ? o->keys : 0), "client_labels", "host", nd[0].host,
-                     "pod", nd[0].pod, "az", nd[0].az, "nodes", nodes);
+    json_t *st = json_pack("{s:i,s:s,s:s,s:s,s:s,s:s,s:i,s:s,s:I,s:{s:s,s:s,s:s},s:o}",
+                           "version", 1, "dir", absdir, "map", mp, "secret", sp, "server",
+                           server, "table", o->table, "dim", (int)o->dim, "dtype", "fp32",
+                           "keys", (json_int_t)(o->load ? o->keys : 0), "client_labels",
+                           "host", nd[0].host, "pod", nd[0].pod, "az", nd[0].az, "nodes", nodes);
+    if (st && etcd)
+        json_object_set(st, "etcd", etcd);
+    return st;
 }
 
 /* ---- an existing cluster directory ------------------------------------------------- */
@@ -313,7 +332,7 @@ static int rm_entry(const char *path, const struct stat *st, int flag, struct FT
 static bool up_entry(const char *name)
 {
     static const char *const files[] = {"cluster.json", "cluster.json.stopped", "map.json",
-                                        "secret"};
+                                        "secret", "etcd", "etcd.log"};
     for (size_t i = 0; i < sizeof files / sizeof files[0]; i++)
         if (!strcmp(name, files[i]))
             return true;
@@ -395,6 +414,8 @@ int dhps_cmd_up(int argc, char **argv)
         {"max-msg", required_argument, 0, 'M'},  {"fresh", no_argument, 0, 'F'},
         {"base-port", required_argument, 0, 'P'},
         {"anti-entropy-s", required_argument, 0, 'E'},
+        {"etcd", no_argument, 0, 'C'},           {"etcd-cluster", required_argument, 0, 'N'},
+        {"spare", required_argument, 0, 'A'},    {"lease-ttl-s", required_argument, 0, 'l'},
         {0, 0, 0, 0}};
     struct up_opts o = {.nodes = 6, .azs = 2, .pods = 2, .replicas = 2, .shards = 1024,
                         .workers = 1, .dim = 32, .threads = 2, .batch = 1000,
@@ -409,7 +430,8 @@ int dhps_cmd_up(int argc, char **argv)
             return 2;                                                                      \
         o.field = (uint32_t)v;                                                             \
     } while (0)
-    while ((c = getopt_long(argc, argv, "d:n:a:p:r:s:w:SVM:x:t:k:D:LT:j:b:z:WqHhFP:", lo, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "d:n:a:p:r:s:w:SVM:x:t:k:D:LT:j:b:z:WqHhFP:E:CN:A:l:", lo,
+                            NULL)) != -1) {
         switch (c) {
         case 'd': o.dir = optarg; break;
         case 'n': U32OPT(nodes, "--nodes"); break;
@@ -436,6 +458,14 @@ int dhps_cmd_up(int argc, char **argv)
         case 'F': o.fresh = true; break;
         case 'P': U32OPT(base_port, "--base-port"); break;
         case 'E': U32OPT(anti_entropy_s, "--anti-entropy-s"); break;
+        case 'C': o.etcd = true; break;
+        case 'N': o.etcd_cluster = optarg; break;
+        case 'A':
+            if (!tools_parse_u64("up", "--spare", optarg, &v) || v > UP_MAX_NODES)
+                return 2;
+            o.spare = (uint32_t)v;
+            break;
+        case 'l': U32OPT(lease_ttl_s, "--lease-ttl-s"); break;
         case 'h': printf("%s", up_usage); return 0;
         default: fprintf(stderr, "%s", up_usage); return 2;
         }
@@ -449,13 +479,18 @@ int dhps_cmd_up(int argc, char **argv)
         fprintf(stderr, "dhps up: --max-msg must be 4096..%u bytes\n", DHPS_RPC_MAX_MSG_LIMIT);
         return 2;
     }
-    if (o.nodes > UP_MAX_NODES || o.replicas > o.nodes || o.dim > 4096 || o.seconds < 0 ||
+    o.total = o.nodes + o.spare;
+    if ((o.spare || o.etcd_cluster || o.lease_ttl_s) && !o.etcd) {
+        fprintf(stderr, "dhps up: --spare, --etcd-cluster and --lease-ttl-s go with --etcd\n");
+        return 2;
+    }
+    if (o.total > UP_MAX_NODES || o.replicas > o.nodes || o.dim > 4096 || o.seconds < 0 ||
         (uint64_t)o.shards * o.replicas < o.nodes || o.batch > DHPS_PROTO_MAX_KEYS) {
         fprintf(stderr, "dhps up: need nodes <= %d, replicas <= nodes, shards x replicas >= "
                 "nodes, dim <= 4096, batch <= %u\n", UP_MAX_NODES, DHPS_PROTO_MAX_KEYS);
         return 2;
     }
-    if (o.base_port && (o.base_port < 1024 || o.base_port + 2 * o.nodes - 1 > 65535)) {
+    if (o.base_port && (o.base_port < 1024 || o.base_port + 2 * o.total - 1 > 65535)) {
         fprintf(stderr, "dhps up: --base-port needs 1024 <= P and P + 2 x nodes - 1 <= 65535\n");
         return 2;
     }
@@ -479,7 +514,7 @@ int dhps_cmd_up(int argc, char **argv)
                 "`dhps down --cluster %s` first\n", dir, (int)alive, dir);
         return 1;
     }
-    for (uint32_t i = 0; i < 2 * o.nodes && o.base_port; i++) {
+    for (uint32_t i = 0; i < 2 * o.total && o.base_port; i++) {
         int pe = up_port_check((uint16_t)port_of(&o, i / 2, (int)(i % 2)));
         if (pe < 0) {
             fprintf(stderr, "dhps up: port 127.0.0.1:%u (%s port of n%u): %s\n",
@@ -489,17 +524,37 @@ int dhps_cmd_up(int argc, char **argv)
         }
     }
 
-    int e0;
-    if (!o.base_port && (e0 = up_free_ports(o.ports, 2 * o.nodes)) < 0) {
+    int e0 = 0;
+    /* etcd's two ports come from the same call as the nodes' (distinct); with --base-port
+     * from a call of their own, outside the nodes' range */
+    uint32_t want = o.base_port ? 0 : 2 * o.total;
+    if (o.etcd)
+        want += 2;
+    for (int tries = 0; want && tries < 10; tries++) {
+        if ((e0 = up_free_ports(o.ports, want)) < 0)
+            break;
+        uint16_t c0 = o.ports[want - 2], c1 = o.ports[want - 1];
+        if (!o.base_port || ((c0 < o.base_port || c0 >= o.base_port + 2 * o.total) &&
+                             (c1 < o.base_port || c1 >= o.base_port + 2 * o.total)))
+            break;
+    }
+    if (o.etcd) {
+        o.etcd_ports[0] = o.ports[want - 2];
+        o.etcd_ports[1] = o.ports[want - 1];
+    }
+    if (want && e0 < 0) {
         fprintf(stderr, "dhps up: no free ports on 127.0.0.1: %s\n", strerror(-e0));
         return 1;
     }
 
-    struct up_node *nd = calloc(o.nodes, sizeof *nd);
-    dhps_cluster_node *cn = calloc(o.nodes, sizeof *cn);
+    struct up_node *nd = calloc(o.total, sizeof *nd);
+    dhps_cluster_node *cn = calloc(o.total, sizeof *cn);
     dhps_cluster_map *map = NULL;
     tools_conn *conn = NULL;
-    json_t *state = NULL;
+    json_t *state = NULL, *etcd_state = NULL;
+    pid_t etcd_pid = 0;
+    char etcd_url[64] = "";
+    const char *ecl = o.etcd_cluster ? o.etcd_cluster : "local";
     char *stext = NULL, err[4096] = "", absdir[PATH_MAX], p[PATH_MAX];
     struct sigaction old_int, old_term;
     bool signals_caught = false;
@@ -525,7 +580,7 @@ int dhps_cmd_up(int argc, char **argv)
     }
 
     /* nodes and map, with the ports the nodes will listen on */
-    for (uint32_t i = 0; i < o.nodes; i++) {
+    for (uint32_t i = 0; i < o.total; i++) {
         uint32_t h = o.pairs ? i / 2 : i; /* --same-host-pairs: n0+n1 on h0, ... */
         uint32_t az = h % o.azs, pod = (h / o.azs) % o.pods;
         snprintf(nd[i].name, sizeof nd[i].name, "n%u", i);
@@ -557,9 +612,24 @@ int dhps_cmd_up(int argc, char **argv)
         goto fail;
     }
 
-    /* one config per node */
-    uint64_t cap = o.keys * o.replicas / o.nodes * 5 / 4 + 1024;
-    for (uint32_t i = 0; i < o.nodes; i++) {
+    /* --etcd: etcd first, with the map, so every node finds it when it starts */
+    if (o.etcd) {
+        if ((e = up_etcd_setup(absdir, ecl, map, o.etcd_ports, &etcd_pid, etcd_url,
+                               sizeof etcd_url)) < 0)
+            goto fail;
+        etcd_state = json_pack("{s:s,s:s,s:i,s:i,s:i}", "url", etcd_url, "cluster", ecl, "pid",
+                               (int)etcd_pid, "port", (int)o.etcd_ports[0], "peer_port",
+                               (int)o.etcd_ports[1]);
+        if (!o.quiet)
+            printf("dhps up: etcd %s (pid %d, data %s/etcd), map version %llu published as "
+                   "/dhps/%s/map\n", etcd_url, (int)etcd_pid, absdir,
+                   (unsigned long long)dhps_cluster_map_version(map), ecl);
+    }
+
+    /* one config per node; with etcd a node may come to hold the shards of a dead one */
+    uint64_t cap = o.keys * o.replicas / (o.etcd && o.nodes > o.replicas ? o.nodes - 1 : o.nodes)
+                   * 3 / 2 + 1024;
+    for (uint32_t i = 0; i < o.total; i++) {
         char nd_dir[PATH_MAX];
         snprintf(nd_dir, sizeof nd_dir, "%s/node%u", absdir, i);
         snprintf(nd[i].snap, sizeof nd[i].snap, "%s/snap", nd_dir);
@@ -586,6 +656,12 @@ int dhps_cmd_up(int argc, char **argv)
             nd[i].pidfile, "port_file", nd[i].portfile,
             /* `dhps fault` works on the local cluster (changes need the cluster secret) */
             "admin", "faults", 1);
+        if (cfg && o.etcd && up_etcd_node_config(cfg, etcd_url, ecl, o.lease_ttl_s, nd_dir,
+                                                 i < o.nodes ? map : NULL) < 0) {
+            fprintf(stderr, "dhps up: %s/map.json: cannot write\n", nd_dir);
+            json_decref(cfg);
+            goto fail;
+        }
         if (cfg && o.anti_entropy_s)
             json_object_set_new(cfg, "sync", json_pack("{s:i}", "anti_entropy_s",
                                                        (int)o.anti_entropy_s));
@@ -602,15 +678,15 @@ int dhps_cmd_up(int argc, char **argv)
     /* start the servers */
     if (!o.quiet)
         printf("dhps up: starting %u dhps-server nodes (%s), %u AZs x %u PODs, %u replicas of "
-               "%u shards, in %s\n", o.nodes, server, o.azs, o.pods, o.replicas, o.shards,
-               absdir);
+               "%u shards, in %s%s\n", o.total, server, o.azs, o.pods, o.replicas, o.shards,
+               absdir, o.spare ? " (the last ones spares, not in the map)" : "");
     fflush(stdout);
     struct sigaction sa = {.sa_handler = up_on_signal};
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, &old_int);
     sigaction(SIGTERM, &sa, &old_term);
     signals_caught = true;
-    for (uint32_t i = 0; i < o.nodes; i++) {
+    for (uint32_t i = 0; i < o.total; i++) {
         if ((e = up_spawn_node(server, nd[i].cfg, nd[i].log, false, &nd[i].pid)) < 0) {
             fprintf(stderr, "dhps up: fork: %s\n", strerror(-e));
             goto fail;
@@ -619,7 +695,7 @@ int dhps_cmd_up(int argc, char **argv)
 
     /* wait for ports and health */
     uint64_t t0 = dhps_mono_ns();
-    for (uint32_t i = 0; i < o.nodes; i++) {
+    for (uint32_t i = 0; i < o.total; i++) {
         up_wait w = {0};
         double left = 60 - (double)(dhps_mono_ns() - t0) / 1e9;
         e = up_wait_node(nd[i].pid, nd[i].portfile, left > 0 ? left : 0, &g_up_interrupted, &w);
@@ -649,16 +725,16 @@ int dhps_cmd_up(int argc, char **argv)
         }
     }
     if (!o.quiet)
-        printf("dhps up: %u nodes healthy in %.2f s\n", o.nodes,
+        printf("dhps up: %u nodes healthy in %.2f s\n", o.total,
                (double)(dhps_mono_ns() - t0) / 1e9);
 
-    state = state_json(&o, absdir, server, nd);
+    state = state_json(&o, absdir, server, nd, etcd_state);
     snprintf(p, sizeof p, "%s/cluster.json", absdir);
     if (!state || !(stext = json_dumps(state, JSON_INDENT(2))) || up_write_text(p, stext, 0640) < 0) {
         fprintf(stderr, "dhps up: cannot write %s\n", p);
         goto fail;
     }
-    for (uint32_t i = 0; i < o.nodes && !o.quiet; i++)
+    for (uint32_t i = 0; i < o.total && !o.quiet; i++)
         printf("  %-3s pid %-7d rpc 127.0.0.1:%-5u metrics :%-5u host %-4s pod %-9s az %s\n",
                nd[i].name, (int)nd[i].pid, nd[i].port, nd[i].mport, nd[i].host, nd[i].pod,
                nd[i].az);
@@ -742,7 +818,9 @@ done:
     tools_conn_close(conn);
     goto out;
 fail:
-    stop_started(nd, nd ? o.nodes : 0);
+    stop_started(nd, nd ? o.total : 0);
+    if (etcd_pid > 0)
+        up_etcd_stop(etcd_pid, 10);
     rc = 1;
 out:
     if (signals_caught) {
@@ -751,6 +829,7 @@ out:
     }
     free(stext);
     json_decref(state);
+    json_decref(etcd_state);
     dhps_cluster_map_destroy(map);
     free(cn);
     free(nd);

@@ -118,3 +118,38 @@ const wl_backend *up_dhps_backend(struct dhps_client *c, const char *table, uint
                                   uint64_t timeout_us);
 
 #endif
+
+/* ---- upetcd.c: the local etcd of `dhps up --etcd` ------------------------------------- */
+
+struct json_t;
+struct dhps_cluster_map;
+
+/* The etcd binary: $DHPS_ETCD, /usr/bin/etcd, /usr/local/bin/etcd. false when none. */
+bool up_etcd_find(char *out, size_t cap);
+
+/* Start etcd (its own session) with data in dir/etcd, log appended to dir/etcd.log, on
+ * 127.0.0.1:cport (clients) and :pport (peers); the same dir and ports restart it on its
+ * data. Waits up to 10 s until it answers. Returns 0 (*pid; url = "http://127.0.0.1:
+ * cport"), -ENOENT (no etcd binary), -ECHILD (it exited: see the log), -ETIMEDOUT (killed
+ * again), -errno of fork. The caller reaps (up_etcd_stop). */
+int up_etcd_start(const char *dir, uint16_t cport, uint16_t pport, pid_t *pid, char *url,
+                  size_t cap);
+
+/* Is pid a live etcd process? */
+bool up_pid_is_etcd(pid_t pid);
+
+/* SIGTERM, wait up to timeout_s, SIGKILL. 0 stopped, 1 not running, 2 killed. */
+int up_etcd_stop(pid_t pid, double timeout_s);
+
+/* up_etcd_start on dir with ports[0..1], then publish map as /dhps/<cluster>/map (create).
+ * Says what failed on stderr. Returns 0 (*pid, url) or a negative error (etcd stopped). */
+int up_etcd_setup(const char *dir, const char *cluster, const struct dhps_cluster_map *map,
+                  const uint16_t ports[2], pid_t *pid, char *url, size_t cap);
+
+/* Turn a dhps-server config (from `dhps up`) into one that follows the map in etcd:
+ * "coord" {etcd: url, cluster, lease_ttl_s (0: the server's default)} and "shards"
+ * {"cluster_map": node_dir/map.json, "follow_etcd": true}; map (may be NULL: a --spare
+ * node, which takes the map from etcd) is written to that file. 0 or -errno/-ENOMEM. */
+int up_etcd_node_config(struct json_t *cfg, const char *url, const char *cluster,
+                        uint32_t lease_ttl_s, const char *node_dir,
+                        const struct dhps_cluster_map *map);
