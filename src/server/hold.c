@@ -71,6 +71,16 @@ static int store_new(dhps_server *s, srv_table *tb, uint32_t shard, uint32_t nhe
         free(st);
         return rc;
     }
+    /* what it holds, written into its snapshots and catch-up images and checked when one
+     * is loaded or merged (shard 1's file copied over shard 0's is refused) */
+    dhps_store_identity id;
+    memset(&id, 0, sizeof id);
+    snprintf(id.table, sizeof id.table, "%s", tb->c.name);
+    if (s->cfg->coord_cluster)
+        snprintf(id.cluster, sizeof id.cluster, "%s", s->cfg->coord_cluster);
+    id.shard = shard;
+    id.nshards = s->cfg->nshards;
+    (void)dhps_store_set_identity(st->st, &id); /* valid by construction: shard < nshards */
     /* one reader per rpc worker, opened now: before the store is published no other
      * thread can race the opens (the store's stats read the reader slots) */
     for (uint32_t w = 0; w < s->cfg->workers; w++)

@@ -286,6 +286,18 @@ static int load_snapshots(dhps_server *s, char *err, size_t errlen)
         pthread_mutex_lock(&st->mu);
         long n = dhps_store_load(st->st, path);
         pthread_mutex_unlock(&st->mu);
+        if (n == DHPS_E_MISMATCH) {
+            dhps_store_identity id;
+            memset(&id, 0, sizeof id);
+            (void)dhps_store_file_identity(path, &id);
+            srv_errf(err, errlen,
+                     "snapshot %s holds table %s shard %u of %u%s%s, not table %s shard %u of %u: "
+                     "refusing to start (a file copied or restored to the wrong name? move it "
+                     "aside to start this shard empty)", path, id.table, id.shard, id.nshards,
+                     id.cluster[0] ? " of cluster " : "", id.cluster, st->t->c.name, st->shard,
+                     s->cfg->nshards);
+            return (int)n;
+        }
         if (n < 0) {
             srv_errf(err, errlen,
                      "snapshot %s: %s; refusing to start (move the file aside to start this "
