@@ -214,6 +214,10 @@ typedef struct dhps_client_params {
                                     map_path too, the file is used when etcd is down at
                                     create. NULL = the map file only (default) */
     const char *cluster;         /* cluster name in etcd (required with etcd; copied) */
+    bool allow_nonfinite;        /* let updates carry NaN and +-inf in fp32/fp16 rows; by
+                                    default such an update is refused whole (-EDOM), and
+                                    servers refuse them again unless the table allows
+                                    them (tables[].allow_nonfinite) (default false) */
 } dhps_client_params;
 
 /* Fill p with the defaults above. */
@@ -317,7 +321,8 @@ enum dhps_client_ack {
  * with an old map and no newer one to re-route to, ...) with failed_mask written;
  * a replica that is not ready still takes writes, and should it answer DHPS_E_NOTREADY
  * anyway the message is re-sent to it like after any transient failure;
- * -EINVAL, DHPS_E_TOOBIG, -ENOMEM write nothing. Messages to replicas beyond the policy
+ * -EINVAL, -EDOM (a NaN or +-inf in an fp32/fp16 row without params.allow_nonfinite),
+ * DHPS_E_TOOBIG, -ENOMEM write nothing. Messages to replicas beyond the policy
  * still complete in the background (later polls of this thread). Thread-safe.
  */
 int dhps_client_update(dhps_client *c, const char *table, const uint64_t *keys,

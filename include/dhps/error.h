@@ -36,7 +36,9 @@ enum dhps_error {
                                     (etcd: another writer moved the revision first) */
     DHPS_E_MOVED = -10017,       /* the shard's replica set changed after the map the request
                                     was routed with: reload the map and send it again */
-    DHPS_E_LAST = -10018,
+    DHPS_E_MISMATCH = -10018,    /* a file or image belongs to another table, shard, shard
+                                    count or cluster than the one it was given to */
+    DHPS_E_LAST = -10019,
 };
 
 /* Name an error: a static string for any int (0, -errno or DHPS_E_*). Thread-safe. */

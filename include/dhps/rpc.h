@@ -180,6 +180,18 @@ typedef struct dhps_rpc_server_params {
                                   ACCEPT and handing the connection to its worker, so a
                                   client's first verbs requests overtake the hand-off
                                   (default 0) */
+    /* Limits against hostile or broken peers (docs/rpc.md §4). Connections past a cap
+     * are closed at accept; a connection past a timeout or the input budget is closed.
+     * Every refusal is counted (stats) and logged, rate-limited, with the peer. */
+    uint32_t max_connections;  /* open connections, hellos included (default 4096) */
+    uint32_t max_conns_per_peer;/* of them from one IPv4 address (default 256) */
+    uint64_t max_input_bytes;  /* TCP input buffered beyond 64 KiB per connection, summed
+                                  over all connections: a frame that would take it past
+                                  this closes its connection (default 256 MiB) */
+    uint32_t frame_timeout_ms; /* a TCP frame must arrive whole within this of its first
+                                  byte (default 30000; 0 = no bound) */
+    uint32_t idle_timeout_ms;  /* an authenticated connection without a request for this
+                                  long is closed (default 0 = kept) */
 } dhps_rpc_server_params;
 
 /* Fill p with the defaults above. */
@@ -219,6 +231,12 @@ typedef struct dhps_rpc_server_stats {
     uint64_t fault_overflow;                  /* responses a delay rule should have held
                                                  back, sent at once: fault_hold_bytes
                                                  reached (or no memory) */
+    uint64_t rejected_limit;                  /* connections closed at accept:
+                                                 max_connections / max_conns_per_peer */
+    uint64_t closed_budget;                   /* closed: a frame past max_input_bytes */
+    uint64_t closed_timeout;                  /* closed: frame_timeout_ms / idle_timeout_ms */
+    uint64_t input_bytes;                     /* input buffered beyond the per-connection
+                                                 64 KiB now (max_input_bytes bounds it) */
 } dhps_rpc_server_stats;
 
 /* Snapshot of counters (relaxed atomic loads; each value is exact, the set is not a

@@ -87,6 +87,11 @@ typedef struct dhps_server_config {
     uint32_t workers;                /* rpc worker threads 1..64 (default 2) */
     uint32_t max_msg;                /* rpc max message bytes (default 4 MiB) */
     uint32_t hello_timeout_ms;       /* bound on a peer's hello, 100..60000 (default 2000) */
+    uint32_t rpc_max_connections;    /* listen.*: rpc limits (dhps_rpc_server_params; 0 = */
+    uint32_t rpc_max_conns_per_peer; /*   the rpc library's default) */
+    uint32_t rpc_max_input_mb;
+    uint32_t rpc_frame_timeout_ms;
+    uint32_t rpc_idle_timeout_s;     /* 0 = idle connections are kept */
     uint32_t ntables;
     dhps_server_table_config tables[DHPS_SERVER_MAX_TABLES];
     char *snapshot_dir;              /* NULL = no snapshots */
@@ -96,6 +101,13 @@ typedef struct dhps_server_config {
     bool metrics_enabled;            /* false when "metrics" is absent or port is -1 */
     char *metrics_host;              /* default "127.0.0.1" */
     uint16_t metrics_port;           /* 0 = ephemeral */
+    uint32_t metrics_max_connections;/* admin HTTP connections at once (default 64) */
+    uint32_t metrics_max_per_ip;     /* of them from one address (default 16) */
+    uint32_t metrics_header_timeout_ms; /* a connection must send a whole request header
+                                        within this of opening or of its last answer, or it
+                                        is cut (default 2000) */
+    int32_t metrics_health_port;     /* a second HTTP listener answering only /health*
+                                        (own connection budget), -1 = none (default -1) */
     uint32_t nshards;                /* virtual shards of the cluster, 1..65536 (0 until
                                         resolved when cluster_map is set) */
     uint8_t *owned;                  /* nshards bytes, 1 = this node serves the shard
@@ -199,6 +211,9 @@ int dhps_server_start(dhps_server *s, char *err, size_t errlen);
 /* The bound rpc TCP port / metrics port (0 when metrics are off). Thread-safe. */
 uint16_t dhps_server_port(const dhps_server *s);
 uint16_t dhps_server_metrics_port(const dhps_server *s);
+
+/* The bound port of the /health-only listener (metrics.health_port), 0 when none. */
+uint16_t dhps_server_health_port(const dhps_server *s);
 
 /* Is the node ready: start finished loading (snapshots, update log) and every store held
  * at start is caught up from its peers (health 200)? Stores a newer map adds later are

@@ -211,6 +211,36 @@ typedef struct dhps_store_stats {
 /* Fill *st. Writer only (reads writer-owned counters without locks). */
 void dhps_store_get_stats(const dhps_store *s, dhps_store_stats *st);
 
+/* What a store holds, written into its snapshots and exports and checked when one is
+ * loaded or merged, so that shard 1's file copied over shard 0's, or a file from another
+ * cluster or another shard count, is refused instead of silently loaded. */
+#define DHPS_STORE_ID_TABLE_MAX 47u   /* bytes, without NUL */
+#define DHPS_STORE_ID_CLUSTER_MAX 55u /* bytes, without NUL */
+typedef struct dhps_store_identity {
+    char table[DHPS_STORE_ID_TABLE_MAX + 1];
+    char cluster[DHPS_STORE_ID_CLUSTER_MAX + 1]; /* "" = not named */
+    uint32_t shard;
+    uint32_t nshards;
+} dhps_store_identity;
+
+/* Give the store its identity (copied). Writer only. Returns 0, or -EINVAL (NULL, a
+ * table or cluster name that does not fit, nshards 0 or shard >= nshards). */
+int dhps_store_set_identity(dhps_store *s, const dhps_store_identity *id);
+
+/* Do two identities name the same data? Table, shard and nshards must be equal; the
+ * cluster names too when both are non-empty (so a store named after a cluster still
+ * loads the files it wrote before it had a name). Pure. */
+bool dhps_store_identity_match(const dhps_store_identity *a, const dhps_store_identity *b);
+
+/* The identity recorded in a snapshot image buf[0..len) (only its header is read; the
+ * image is not verified). Returns 1 and fills *id, 0 when the image records none
+ * (format 1, or written by a store without an identity), DHPS_E_CORRUPT (not a
+ * snapshot header, damaged identity block), DHPS_E_VERSION (unknown format). Pure. */
+int dhps_store_image_identity(const void *buf, size_t len, dhps_store_identity *id);
+
+/* As dhps_store_image_identity for the file at path; adds -errno. */
+int dhps_store_file_identity(const char *path, dhps_store_identity *id);
+
 /*
  * Write every live, unexpired record to path: written to path.tmp.<pid>, fsync'd,
  * renamed over path, directory fsync'd. Format: docs/store.md (header, blocks of
@@ -222,7 +252,9 @@ int dhps_store_snapshot(dhps_store *s, const char *path);
 /*
  * Load a snapshot into an empty store (writer only). The whole file is verified before
  * anything is inserted: a truncated or damaged file returns DHPS_E_CORRUPT, an
- * unknown format DHPS_E_VERSION, and the store stays empty. Records whose expiry has
+ * unknown format DHPS_E_VERSION, a file whose recorded identity does not match the
+ * store's (both set; dhps_store_identity_match) DHPS_E_MISMATCH, and the store stays
+ * empty. Format-1 files (before identities) load into any store. Records whose expiry has
  * passed are skipped. Returns the number of records loaded, or a negative error
  * (-EBUSY if the store is not empty, -errno on I/O errors, DHPS_E_FULL).
  */

@@ -89,6 +89,8 @@ int main(int argc, char **argv)
     }
     size_t slen, klen;
     char *secret = slurp(argv[2], &slen);
+    while (secret && slen && (secret[slen - 1] == '\n' || secret[slen - 1] == '\r'))
+        slen--; /* as dhps-server reads secret_file */
     uint64_t *keys = (uint64_t *)slurp(argv[9], &klen);
     uint32_t dim = (uint32_t)atoi(argv[7]);
     size_t batch = (size_t)atoi(argv[8]), nkeys = klen / 8;

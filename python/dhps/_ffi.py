@@ -40,6 +40,7 @@ typedef struct dhps_client_params {
     uint32_t attempt_timeout_us;
     const char *etcd;
     const char *cluster;
+    bool allow_nonfinite;
 } dhps_client_params;
 
 typedef struct dhps_client_result {

@@ -28,6 +28,34 @@ class TableInfo:
         return f"TableInfo(name={self.name!r}, dim={self.dim}, dtype={self.dtype.name})"
 
 
+SECRET_MIN_BYTES = 32
+SECRET_MIN_DISTINCT = 10
+
+
+def read_secret_file(path):
+    """The cluster secret in a file, read by the rules of dhps-server and the dhps tools
+    (docs/security.md): trailing newlines stripped; refused (ValueError naming the file
+    and the fix) when the group or others may read or write it, or when it is weak
+    (< 32 bytes or < 10 distinct byte values: `dhps keygen FILE` writes a good one)."""
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        mode = os.fstat(f.fileno()).st_mode
+        if mode & 0o066:
+            who = "any user" if mode & 0o006 else "its group"
+            raise ValueError(f"secret file {path}: mode {mode & 0o7777:04o} lets {who} read "
+                             f"or change it; chmod 600 {path}")
+        sec = f.read(4098)
+    sec = sec.rstrip(b"\r\n")
+    if not sec:
+        raise ValueError(f"secret file {path}: empty")
+    if len(sec) > 256:
+        raise ValueError(f"secret file {path}: longer than 256 bytes")
+    if len(sec) < SECRET_MIN_BYTES or len(set(sec)) < SECRET_MIN_DISTINCT:
+        raise ValueError(f"secret file {path}: too weak ({len(sec)} bytes, {len(set(sec))} "
+                         f"distinct); write a random one with `dhps keygen {path}`")
+    return sec
+
+
 def _timeout_us(timeout_ms):
     if timeout_ms is None:
         return 0  # the client's default_timeout_us
@@ -89,12 +117,14 @@ class Client:
                                      outage the last map stays in use
 
     Options: timeout_ms (default deadline of calls, 100 ms), connect_timeout_ms,
-    max_msg (bytes, default 4 MiB like the tools), hedge (bool).
+    max_msg (bytes, default 4 MiB like the tools), hedge (bool), allow_nonfinite
+    (bool, default False: an update with a NaN or inf value is refused whole, dhps.Error
+    with code -errno.EDOM, and nothing is written).
     """
 
     def __init__(self, cluster=None, *, map=None, secret=None, host=None, pod=None, az=None,
                  timeout_ms=None, connect_timeout_ms=None, max_msg=4 << 20, hedge=None,
-                 etcd=None, name=None):
+                 etcd=None, name=None, allow_nonfinite=False):
         self._c = None
         if etcd is not None:
             if cluster is not None:
@@ -121,8 +151,7 @@ class Client:
         if isinstance(secret, (bytes, bytearray)):
             sec = bytes(secret)
         else:
-            with open(os.fspath(secret), "rb") as f:
-                sec = f.read()
+            sec = read_secret_file(secret)
         if not sec:
             raise ValueError("the secret is empty")
         self._keep = []  # cdata the params point to, alive until create returns
@@ -155,6 +184,7 @@ class Client:
             p.max_msg = int(max_msg)
         if hedge is not None:
             p.hedge = bool(hedge)
+        p.allow_nonfinite = bool(allow_nonfinite)
         out = ffi.new("dhps_client **")
         rc = lib.dhps_client_create(p, out)
         self._keep = None

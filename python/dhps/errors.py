@@ -20,6 +20,7 @@ E_BUSY = -10014
 E_NOTREADY = -10015
 E_CONFLICT = -10016
 E_MOVED = -10017
+E_MISMATCH = -10018
 
 
 class Error(Exception):

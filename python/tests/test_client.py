@@ -1,5 +1,6 @@
 """dhps.Client against a real local cluster (3 nodes, 64 shards, table emb: 1000 keys of
 dim 32 fp32 loaded by `dhps up`)."""
+import errno
 import os
 import subprocess
 import threading
@@ -119,6 +120,30 @@ def test_bad_arguments_raise_before_call(client):
         client.update("emb", [1], np.zeros((1, DIM), np.float32), ttl=-1)
     with pytest.raises(ValueError):
         client.delete("emb", [1], ack="two")
+
+
+def test_nonfinite_refused(client):
+    rows = np.ones((2, DIM), np.float32)
+    rows[1, 3] = np.nan
+    with pytest.raises(dhps.Error) as ei:
+        client.update("emb", [5, 6], rows)
+    assert ei.value.code == -errno.EDOM
+
+
+def test_secret_file_rules(cluster, tmp_path):
+    """The binding reads a secret file by the server's rules (docs/security.md)."""
+    good = open(os.path.join(cluster, "secret"), "rb").read()
+    p = tmp_path / "secret"
+    p.write_bytes(good + b"\n")
+    os.chmod(p, 0o600)
+    assert dhps.client.read_secret_file(p) == good.rstrip(b"\r\n")
+    os.chmod(p, 0o640)
+    with pytest.raises(ValueError, match="lets its group read"):
+        dhps.client.read_secret_file(p)
+    p.write_bytes(b"dog\n")
+    os.chmod(p, 0o600)
+    with pytest.raises(ValueError, match="too weak"):
+        dhps.Client(map=os.path.join(cluster, "map.json"), secret=p)
 
 
 def test_error_carries_code_and_text(cluster):

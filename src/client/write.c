@@ -315,6 +315,33 @@ static bool write_step(struct op *op, int ack, uint64_t *wake)
     return pending;
 }
 
+/* Are all n*dim values of dtype finite? fp16: exponent bits not all ones. */
+static bool rows_finite(const void *values, size_t n, uint32_t dim, int dtype)
+{
+    size_t cnt = n * dim;
+    if (dtype == DHPS_FP32) {
+        const uint32_t *w = values; /* exponent all ones: NaN or inf (no FP traps, any align) */
+        uint32_t bad = 0;
+        for (size_t i = 0; i < cnt; i++) {
+            uint32_t x;
+            memcpy(&x, w + i, 4);
+            bad |= (uint32_t)((x & 0x7f800000u) == 0x7f800000u);
+        }
+        return !bad;
+    }
+    if (dtype == DHPS_FP16) {
+        const uint16_t *h = values;
+        uint32_t bad = 0;
+        for (size_t i = 0; i < cnt; i++) {
+            uint16_t x;
+            memcpy(&x, h + i, 2);
+            bad |= (uint32_t)((x & 0x7c00u) == 0x7c00u);
+        }
+        return !bad;
+    }
+    return true; /* DHPS_BYTES: opaque */
+}
+
 /* Updates and deletes: fan each (shard, chunk) out to its holders, count acks. */
 static int write_batch(dhps_client *c, const char *table, const uint64_t *keys,
                        const void *values, size_t n, uint32_t dim, int dtype, uint32_t ttl,
@@ -327,6 +354,8 @@ static int write_batch(dhps_client *c, const char *table, const uint64_t *keys,
         (dim == 0 && !del) || (n && (!keys || (!values && !del))) || n > (1u << 30) ||
         ack < DHPS_ACK_ALL || ack > DHPS_ACK_ONE)
         return -EINVAL;
+    if (!del && !c->p.allow_nonfinite && !rows_finite(values, n, dim, dtype))
+        return -EDOM;
     uint32_t vb = del ? 0 : dim * (dtype == DHPS_FP32 ? 4u : dtype == DHPS_FP16 ? 2u : 1u);
     uint32_t per_msg;
     int rc = client_msg_budget(c, dim, 8u + vb, &per_msg);

@@ -1,4 +1,4 @@
-/* The out-of-line parts of util.h: the Zipf sampler and the secret file reader. */
+/* The out-of-line parts of util.h: the Zipf sampler and the secret file reader/writer. */
 #include "util.h"
 
 #include <errno.h>
@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 
 #include "dhps/error.h"
@@ -64,20 +65,29 @@ uint64_t dhps_zipf_next(const dhps_zipf *z, uint64_t *rng)
     }
 }
 
-int dhps_secret_load(const char *path, uint8_t *buf, size_t cap, size_t *len,
-                     bool *world_readable, char *err, size_t errlen)
+int dhps_secret_load(const char *path, uint8_t *buf, size_t cap, size_t *len, char *err,
+                     size_t errlen)
 {
     *len = 0;
-    if (world_readable)
-        *world_readable = false;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         snprintf(err, errlen, "secret file %s: %s", path, strerror(errno));
         return DHPS_E_CONFIG;
     }
     struct stat sb;
-    if (world_readable && fstat(fd, &sb) == 0 && (sb.st_mode & S_IROTH))
-        *world_readable = true;
+    if (fstat(fd, &sb) != 0) {
+        snprintf(err, errlen, "secret file %s: %s", path, strerror(errno));
+        close(fd);
+        return DHPS_E_CONFIG;
+    }
+    if (sb.st_mode & (S_IRGRP | S_IWGRP | S_IROTH | S_IWOTH)) {
+        snprintf(err, errlen, "secret file %s: mode %04o lets %s read or change it; the "
+                 "cluster secret authenticates every peer: chmod 600 %s", path,
+                 (unsigned)(sb.st_mode & 07777),
+                 sb.st_mode & (S_IROTH | S_IWOTH) ? "any user" : "its group", path);
+        close(fd);
+        return DHPS_E_CONFIG;
+    }
     uint8_t tmp[4096 + 2];
     size_t n = 0, want = cap + 2 < sizeof tmp ? cap + 2 : sizeof tmp; /* room for "\r\n" */
     int rc = 0;
@@ -115,10 +125,69 @@ int dhps_secret_load(const char *path, uint8_t *buf, size_t cap, size_t *len,
         rc = DHPS_E_CONFIG;
         goto out;
     }
+    bool seen[256] = {false};
+    unsigned distinct = 0;
+    for (size_t i = 0; i < n; i++)
+        if (!seen[tmp[i]]) {
+            seen[tmp[i]] = true;
+            distinct++;
+        }
+    if (n < DHPS_SECRET_MIN_BYTES || distinct < DHPS_SECRET_MIN_DISTINCT) {
+        snprintf(err, errlen, "secret file %s: too weak (%zu bytes, %u distinct; at least %u "
+                 "bytes and %u distinct are needed): write a random one with `dhps keygen "
+                 "%s`", path, n, distinct, DHPS_SECRET_MIN_BYTES, DHPS_SECRET_MIN_DISTINCT,
+                 path);
+        rc = DHPS_E_CONFIG;
+        goto out;
+    }
     memcpy(buf, tmp, n);
     *len = n;
 out:
     memset(tmp, 0, sizeof tmp);
     close(fd);
+    return rc;
+}
+
+int dhps_secret_generate(const char *path, bool replace)
+{
+    uint8_t rnd[32];
+    size_t got = 0;
+    while (got < sizeof rnd) {
+        ssize_t k = getrandom(rnd + got, sizeof rnd - got, 0);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k < 0)
+            return -errno;
+        got += (size_t)k;
+    }
+    char text[2 * sizeof rnd + 1];
+    for (size_t i = 0; i < sizeof rnd; i++)
+        snprintf(text + 2 * i, 3, "%02x", rnd[i]);
+    memset(rnd, 0, sizeof rnd);
+    char tmp[4096];
+    const char *dst = path;
+    if (replace) {
+        if (snprintf(tmp, sizeof tmp, "%s.new-%d", path, (int)getpid()) >= (int)sizeof tmp)
+            return -ENAMETOOLONG;
+        dst = tmp;
+    }
+    int fd = open(dst, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0)
+        return -errno;
+    int rc = 0;
+    size_t tl = 2 * sizeof rnd; /* no newline: readers that take the bytes as they are
+                                   (not dhps_secret_load) see the same secret */
+    if (fchmod(fd, 0600) != 0 || write(fd, text, tl) != (ssize_t)tl ||
+        fsync(fd) != 0)
+        rc = errno ? -errno : -EIO;
+    memset(text, 0, sizeof text);
+    if (close(fd) != 0 && rc == 0)
+        rc = -errno;
+    if (rc == 0 && replace && rename(tmp, path) != 0)
+        rc = -errno;
+    if (rc && dst != path)
+        unlink(tmp);
+    else if (rc)
+        unlink(path);
     return rc;
 }

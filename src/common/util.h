@@ -50,13 +50,52 @@ typedef struct dhps_zipf {
 void dhps_zipf_init(dhps_zipf *z, uint64_t n, double s);
 uint64_t dhps_zipf_next(const dhps_zipf *z, uint64_t *rng);
 
+/* A log rate limit: at most `per_s` lines a second; the lines left out are counted and
+ * the next line that goes out reports them. Not thread-safe: one per thread (or under the
+ * caller's lock). Zero-initialise. */
+typedef struct dhps_ratelimit {
+    uint64_t window_ns, suppressed;
+    uint32_t lines;
+} dhps_ratelimit;
+
+/* May a line be logged now? When true, *left_out is the number of lines refused since the
+ * last one allowed. */
+static inline bool dhps_ratelimit_allow(dhps_ratelimit *r, uint32_t per_s, uint64_t *left_out)
+{
+    uint64_t now = dhps_mono_ns();
+    if (now - r->window_ns > 1000000000ull) {
+        r->window_ns = now;
+        r->lines = 0;
+    }
+    if (r->lines >= per_s) {
+        r->suppressed++;
+        return false;
+    }
+    r->lines++;
+    *left_out = r->suppressed;
+    r->suppressed = 0;
+    return true;
+}
+
+/* Least and most bytes of a cluster secret file, and the least distinct byte values in
+ * it (docs/security.md): 32 random bytes hex-encoded (what `dhps keygen` writes) pass;
+ * words, short secrets and repeated patterns do not. */
+#define DHPS_SECRET_MIN_BYTES 32u
+#define DHPS_SECRET_MIN_DISTINCT 10u
+
 /* The cluster secret file, read the one way the server and every tool read it: up to
- * cap bytes, trailing newlines (\n, \r\n) stripped, empty refused. On success 0, the
- * secret in buf[0..*len) and *world_readable (may be NULL) set when others may read the
- * file (callers warn). On failure DHPS_E_CONFIG with one line in err naming the path and
- * why: cannot open (strerror), empty, or longer than cap bytes; buf is then wiped.
- * Thread-safe (no shared state). */
-int dhps_secret_load(const char *path, uint8_t *buf, size_t cap, size_t *len,
-                     bool *world_readable, char *err, size_t errlen);
+ * cap bytes, trailing newlines (\n, \r\n) stripped. On success 0 and the secret in
+ * buf[0..*len). On failure DHPS_E_CONFIG with one line in err naming the path and why:
+ * cannot open (strerror); readable or writable by group or others (the secret
+ * authenticates every peer: chmod 600); empty; shorter than DHPS_SECRET_MIN_BYTES or
+ * with fewer than DHPS_SECRET_MIN_DISTINCT distinct bytes (a guessable secret; `dhps
+ * keygen` writes a good one); longer than cap bytes. buf is then wiped. Thread-safe. */
+int dhps_secret_load(const char *path, uint8_t *buf, size_t cap, size_t *len, char *err,
+                     size_t errlen);
+
+/* Write a new cluster secret to path: 32 bytes from getrandom(), hex-encoded (64 bytes,
+ * no newline), mode 0600, fsync'ed. Refuses to replace an existing file unless replace (then written
+ * beside it and renamed over it). Returns 0 or -errno (-EEXIST: exists). */
+int dhps_secret_generate(const char *path, bool replace);
 
 #endif

@@ -390,14 +390,9 @@ static int hs_server_hello(session *c)
         return sh->status == DHPS_E_AUTH ? DHPS_E_AUTH : DHPS_E_VERSION;
     if (sh->kind != RPC_H_SERVER_HELLO || sh->version > ch->version)
         return DHPS_E_MALFORMED;
-    if (ch->version < 2)
-        ch->caps = DHPS_RPC_MASK(DHPS_RPC_TCP); /* what the server parsed */
-    uint8_t want[RPC_MAC];
-    rpc_proof(cl->secret, cl->p.secret_len, 's', ch, sh, NULL, want);
-    if (!rpc_mac_equal(want, sh->proof)) {
-        DHPS_LOG(DHPS_LOG_WARN, RPC_LOG, "hello: server proof wrong (secret mismatch?)");
-        return DHPS_E_AUTH;
-    }
+    if (sh->version < RPC_HELLO_MIN_VERSION)
+        return DHPS_E_VERSION; /* it would prove itself before we do: not spoken any more */
+    /* the server proves itself in its ACCEPT, after our proof (hs_accept) */
     /* pick the best path both sides and the policy allow */
     uint32_t common = ch->caps & sh->caps & c->allow;
     bool same_host = memcmp(sh->host_id, cl->host_id, RPC_HOST_ID) == 0;
@@ -406,7 +401,7 @@ static int hs_server_hello(session *c)
     pr->version = sh->version;
     pr->want = DHPS_RPC_TCP;
     uint32_t max_msg = ch->max_msg < sh->max_msg ? ch->max_msg : sh->max_msg;
-    bool try_verbs = sh->version >= 2 && (common & DHPS_RPC_MASK(DHPS_RPC_VERBS)) &&
+    bool try_verbs = (common & DHPS_RPC_MASK(DHPS_RPC_VERBS)) &&
                      cl->p.max_inflight <= (1u << 16) &&
                      (c->require == DHPS_RPC_VERBS ||
                       !(same_host && (common & DHPS_RPC_MASK(DHPS_RPC_SHM))));
@@ -422,7 +417,7 @@ static int hs_server_hello(session *c)
         } else {
             DHPS_LOG(DHPS_LOG_INFO, RPC_LOG, "verbs endpoint: %s; not offered", dhps_strerror(r));
         }
-    } else if (sh->version >= 2 && (common & DHPS_RPC_MASK(DHPS_RPC_SHM)) && same_host) {
+    } else if ((common & DHPS_RPC_MASK(DHPS_RPC_SHM)) && same_host) {
         int r = make_region(cl, pr, &h->shmfd);
         if (r == 0) {
             h->unlink_name = true;
@@ -456,6 +451,12 @@ static int hs_accept(session *c, rpc_hello *ac)
     if (ac->kind != RPC_H_ACCEPT ||
         (ac->transport != DHPS_RPC_TCP && ac->transport != h->pr.want))
         return DHPS_E_MALFORMED;
+    uint8_t want[RPC_MAC];
+    rpc_proof(cl->secret, cl->p.secret_len, 'a', &h->ch, &h->sh, ac, want);
+    if (!rpc_mac_equal(want, ac->proof)) {
+        DHPS_LOG(DHPS_LOG_WARN, RPC_LOG, "hello: server proof wrong (secret mismatch?)");
+        return DHPS_E_AUTH;
+    }
     if (ac->transport != DHPS_RPC_SHM && c->c.shm_base) {
         munmap(c->c.shm_base, c->c.shm_len);
         c->c.shm_base = NULL;

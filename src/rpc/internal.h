@@ -88,6 +88,12 @@ typedef struct conn {
     bool eof;
     obuf out;
     ibuf in;
+    size_t in_base;             /* in.cap before any large frame (grown per frame) */
+    uint64_t in_grown_ns;       /* when in.cap last grew */
+    _Atomic uint64_t *in_used;  /* server: bytes of in.cap above in_base over all conns */
+    uint64_t in_limit;          /*   and their bound (max_input_bytes); NULL/0: no budget */
+    uint64_t in_since_ns;       /* a partial frame waits since then (0: none) */
+    uint64_t last_rx_ns;        /* last complete frame received */
     void *shm_base;
     size_t shm_len;
     shm_ring tx, rx;
@@ -95,6 +101,10 @@ typedef struct conn {
 } conn;
 
 int conn_init(conn *c, int fd, uint32_t max_msg, bool is_server);
+/* Give a grown input buffer back (down to in_base) once it holds no more than that and
+ * has not grown for a second: the server's sweep calls it, so a stream of large frames
+ * keeps its buffer and an idle connection does not hold the input budget. */
+void conn_in_shrink(conn *c, uint64_t now);
 void conn_fini(conn *c);
 /* Map a region of `bytes` from an open shm fd and attach as server or client. */
 int shm_attach(conn *c, int shmfd, size_t bytes, uint64_t cookie, bool create);

@@ -15,6 +15,10 @@ void dhps_rpc_server_params_init(dhps_rpc_server_params *p)
     p->acceptors = 2;
     p->verbs_srq_slots = 64;
     p->fault_hold_bytes = 256ull << 20;
+    p->max_connections = 4096;
+    p->max_conns_per_peer = 256;
+    p->max_input_bytes = 256ull << 20;
+    p->frame_timeout_ms = 30000;
 }
 
 const char *dhps_rpc_transport_name(int t)
@@ -56,7 +60,7 @@ int dhps_rpc_server_create(const dhps_rpc_server_params *p, dhps_rpc_server **ou
     s->p.host_id = NULL;
     s->handlers = calloc(65536, sizeof *s->handlers);
     s->w = calloc(p->workers, sizeof *s->w);
-    if (!s->handlers || !s->w) {
+    if (!s->handlers || !s->w || rpc_peers_create(&s->peers)) {
         rc = -ENOMEM;
         goto fail;
     }
@@ -132,6 +136,8 @@ void dhps_rpc_server_get_stats(const dhps_rpc_server *s, dhps_rpc_server_stats *
     st->accepted = atomic_load_explicit(&s->accepted, memory_order_relaxed);
     st->rejected_auth = atomic_load_explicit(&s->rejected_auth, memory_order_relaxed);
     st->rejected_malformed = atomic_load_explicit(&s->rejected_hello, memory_order_relaxed);
+    st->rejected_limit = atomic_load_explicit(&s->rejected_limit, memory_order_relaxed);
+    st->input_bytes = atomic_load_explicit(&s->input_used, memory_order_relaxed);
     for (uint32_t i = 0; i < s->p.workers; i++) {
         const wstats *w = &s->w[i].st;
         for (int t = 0; t < DHPS_RPC_NTRANSPORTS; t++)
@@ -143,6 +149,8 @@ void dhps_rpc_server_get_stats(const dhps_rpc_server *s, dhps_rpc_server_stats *
         st->duplicates += atomic_load_explicit(&w->dup, memory_order_relaxed);
         st->verbs_failures += atomic_load_explicit(&w->verbs_down, memory_order_relaxed);
         st->fault_overflow += atomic_load_explicit(&w->fault_overflow, memory_order_relaxed);
+        st->closed_budget += atomic_load_explicit(&w->closed_budget, memory_order_relaxed);
+        st->closed_timeout += atomic_load_explicit(&w->closed_timeout, memory_order_relaxed);
     }
 }
 
@@ -224,6 +232,7 @@ void dhps_rpc_server_destroy(dhps_rpc_server *s)
     rpc_fault_table_fini(&s->faults);
     free(s->w);
     free(s->handlers);
+    rpc_peers_destroy(s->peers);
     free(s);
 }
 

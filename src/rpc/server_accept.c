@@ -40,6 +40,8 @@ enum { P_HELLO = 1, P_PROOF };
 
 typedef struct pend {
     int fd;
+    uint32_t ip;      /* peer, network order: counted in s->peers until released */
+    bool counted;     /* released by pend_drop, unless handed to a worker */
     int state;
     bool want_out;
     uint64_t deadline;
@@ -71,6 +73,10 @@ static void finish(struct acceptor *acc, pend *p, const rpc_hello *pr)
         inet_ntop(AF_INET, &pa.sin_addr, sc->peer, sizeof sc->peer);
         sc->peer_port = ntohs(pa.sin_port);
     }
+    /* TCP input beyond 64 KiB a frame counts against the server's budget */
+    sc->c.in_used = &s->input_used;
+    sc->c.in_limit = s->p.max_input_bytes;
+    sc->c.last_rx_ns = dhps_mono_ns();
     rpc_hello ac;
     memset(&ac, 0, sizeof ac);
     ac.version = sh->version;
@@ -95,6 +101,8 @@ static void finish(struct acceptor *acc, pend *p, const rpc_hello *pr)
                      dhps_strerror(r));
     }
     sc->c.transport = (int)ac.transport;
+    /* the server proves itself only now, to a client that has proved itself */
+    rpc_proof(s->secret, s->p.secret_len, 'a', ch, sh, &ac, ac.proof);
     if (rpc_hio_put(&p->io, &ac) || rpc_hio_flush(&p->io, fd) != 1)
         goto bad_sc;
     rpc_tune_socket(fd, s->p.busy_poll_us);
@@ -118,6 +126,9 @@ static void finish(struct acceptor *acc, pend *p, const rpc_hello *pr)
         }
         sched_yield();
     }
+    /* the worker's connection now: it releases the peer count when it closes it */
+    sc->peer_ip = p->ip;
+    p->counted = false;
     uint64_t one = 1;
     if (write(w->evfd, &one, sizeof one) < 0)
         DHPS_LOG(DHPS_LOG_WARN, RPC_LOG, "eventfd write: %s", strerror(errno));
@@ -145,6 +156,16 @@ static int pend_step(struct acceptor *acc, pend *p)
                 r = DHPS_E_MALFORMED;
                 break;
             }
+            if (p->ch.version < RPC_HELLO_MIN_VERSION) {
+                /* an older peer would expect our proof before its own: refuse, no MAC */
+                rpc_hello rj = {.version = p->ch.version, .kind = RPC_H_REJECT,
+                                .status = DHPS_E_VERSION};
+                if (rpc_hio_put(&p->io, &rj) == 0)
+                    (void)rpc_hio_flush(&p->io, p->fd);
+                atomic_fetch_add_explicit(&s->rejected_hello, 1, memory_order_relaxed);
+                close(p->fd);
+                return 1;
+            }
             rpc_hello *sh = &p->sh;
             memset(sh, 0, sizeof *sh);
             sh->kind = RPC_H_SERVER_HELLO;
@@ -153,13 +174,10 @@ static int pend_step(struct acceptor *acc, pend *p)
                        (DHPS_RPC_MASK(DHPS_RPC_TCP) | DHPS_RPC_MASK(DHPS_RPC_SHM) |
                         (s->dev && !rpc_dev_check(s->dev, true) ? DHPS_RPC_MASK(DHPS_RPC_VERBS)
                                                                  : 0));
-            if (sh->version < 2)
-                sh->caps = DHPS_RPC_MASK(DHPS_RPC_TCP);
             sh->max_msg = s->p.max_msg;
             memcpy(sh->host_id, s->host_id, RPC_HOST_ID);
             if ((r = rpc_random(sh->nonce, RPC_NONCE)))
                 break;
-            rpc_proof(s->secret, s->p.secret_len, 's', &p->ch, sh, NULL, sh->proof);
             if ((r = rpc_hio_put(&p->io, sh)))
                 break;
             p->state = P_PROOF;
@@ -181,7 +199,16 @@ static int pend_step(struct acceptor *acc, pend *p)
             if (rpc_hio_put(&p->io, &rj) == 0)
                 (void)rpc_hio_flush(&p->io, p->fd);
             atomic_fetch_add_explicit(&s->rejected_auth, 1, memory_order_relaxed);
-            DHPS_LOG(DHPS_LOG_WARN, RPC_LOG, "hello: bad client proof, connection refused");
+            uint64_t left_out = 0;
+            if (rpc_log_allowed(&acc->log_rl, &left_out)) {
+                char ip[INET_ADDRSTRLEN] = "?", more[64] = "";
+                inet_ntop(AF_INET, &p->ip, ip, sizeof ip);
+                if (left_out)
+                    snprintf(more, sizeof more, "; %llu more refusals not logged",
+                             (unsigned long long)left_out);
+                DHPS_LOG(DHPS_LOG_WARN, RPC_LOG, "hello from %s: bad client proof (wrong "
+                         "cluster secret?), connection refused%s", ip, more);
+            }
             close(p->fd);
             return 1;
         }
@@ -205,6 +232,8 @@ static int pend_step(struct acceptor *acc, pend *p)
 
 static void pend_drop(struct acceptor *acc, uint32_t i)
 {
+    if (acc->pend[i]->counted)
+        rpc_peer_release(acc->s, acc->pend[i]->ip);
     free(acc->pend[i]);
     acc->pend[i] = acc->pend[--acc->npend];
 }
@@ -215,7 +244,9 @@ static void take_new(struct acceptor *acc)
 {
     dhps_rpc_server *s = acc->s;
     for (;;) {
-        int fd = accept4(s->lfd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+        struct sockaddr_in pa = {0};
+        socklen_t pal = sizeof pa;
+        int fd = accept4(s->lfd, (struct sockaddr *)&pa, &pal, SOCK_CLOEXEC | SOCK_NONBLOCK);
         if (fd < 0) {
             if (errno == EINTR || errno == ECONNABORTED)
                 continue;
@@ -232,14 +263,38 @@ static void take_new(struct acceptor *acc)
             pend_drop(acc, old);
             atomic_fetch_add_explicit(&s->rejected_hello, 1, memory_order_relaxed);
         }
+        uint32_t held = 0;
+        int lim = rpc_peer_acquire(s, pa.sin_addr.s_addr, &held);
+        if (lim) {
+            close(fd);
+            atomic_fetch_add_explicit(&s->rejected_limit, 1, memory_order_relaxed);
+            uint64_t left_out = 0;
+            char ip[INET_ADDRSTRLEN] = "?";
+            if (rpc_log_allowed(&acc->log_rl, &left_out)) {
+                inet_ntop(AF_INET, &pa.sin_addr, ip, sizeof ip);
+                char more[64] = "";
+                if (left_out)
+                    snprintf(more, sizeof more, "; %llu more refusals not logged",
+                             (unsigned long long)left_out);
+                DHPS_LOG(DHPS_LOG_WARN, RPC_LOG, "refused a connection from %s:%u: %s "
+                         "(%u open)%s", ip, ntohs(pa.sin_port),
+                         lim == -EMFILE ? "server at max_connections"
+                         : lim == DHPS_E_BUSY ? "address at max_conns_per_peer"
+                                              : "out of memory", held, more);
+            }
+            continue;
+        }
         pend *p = calloc(1, sizeof *p);
         struct epoll_event ev = {.events = EPOLLIN, .data.ptr = p};
         if (!p || epoll_ctl(acc->ep, EPOLL_CTL_ADD, fd, &ev) != 0) {
             free(p);
             close(fd);
+            rpc_peer_release(s, pa.sin_addr.s_addr);
             atomic_fetch_add_explicit(&s->rejected_hello, 1, memory_order_relaxed);
             continue;
         }
+        p->ip = pa.sin_addr.s_addr;
+        p->counted = true;
         p->fd = fd;
         p->state = P_HELLO;
         p->deadline = dhps_mono_ns() + (uint64_t)s->p.hello_timeout_ms * 1000000ull;

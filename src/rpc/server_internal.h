@@ -10,6 +10,7 @@
  *                    held-back responses of fault rules
  *   server_verbs.c   the verbs path of a worker: shared receive queue, endpoints,
  *                    requests that overtake their connection's hand-off (orphans)
+ *   server_limits.c  connection caps (total, per peer address), rate-limited refusal log
  *
  * An acceptor thread (accept + authenticated hello) hands connections to
  * run-to-completion worker threads through SPSC pointer rings (atomics + eventfd).
@@ -26,6 +27,7 @@
 #include <netinet/in.h>
 #include <pthread.h>
 #include <sched.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -60,6 +62,7 @@ typedef struct dd_entry {
 
 typedef struct sconn {
     conn c;
+    uint32_t peer_ip;   /* network order; counted in the server's peer table */
     dd_entry *dd;
     uint32_t dd_mask;
     struct sconn *prev, *next;
@@ -74,7 +77,7 @@ typedef struct sconn {
 typedef struct wstats {
     _Atomic uint64_t handled[DHPS_RPC_NTRANSPORTS];
     _Atomic uint64_t handler_errors, unknown_method, malformed, open, dup, verbs_down;
-    _Atomic uint64_t fault_overflow;
+    _Atomic uint64_t fault_overflow, closed_budget, closed_timeout;
 } wstats;
 
 typedef struct worker {
@@ -101,6 +104,8 @@ typedef struct worker {
     uint8_t *fscratch;   /* handler output of delayed requests (max_msg), lazily */
     struct orphan *orph, *orph_tail; /* requests from QPs not adopted yet (FIFO) */
     uint32_t norph;
+    uint64_t swept_ns;  /* last timeout sweep over the connections */
+    dhps_ratelimit log_rl;
     wstats st;
 } worker;
 
@@ -134,12 +139,15 @@ struct dhps_rpc_server {
         int ep;               /* the listening socket + hellos in progress */
         struct pend **pend;   /* hellos in progress (PEND_MAX slots) */
         uint32_t npend;
+        dhps_ratelimit log_rl; /* refusals at accept */
     } acc[MAX_ACCEPTORS];
     handler *handlers; /* 65536 entries, read-only after start */
     rpc_dev *dev;      /* verbs device (thread-safe verbs calls), or NULL */
     pthread_mutex_t srq_lock; /* lazy creation of the workers' shared receive queues */
     worker *w;
-    _Atomic uint64_t accepted, rejected_auth, rejected_hello;
+    _Atomic uint64_t accepted, rejected_auth, rejected_hello, rejected_limit;
+    _Atomic uint64_t input_used;   /* conn.in_used of every TCP connection */
+    struct rpc_peers *peers;       /* open connections per address (server_limits.c) */
     rpc_fault_table faults; /* server-side fault rules (dhps_rpc_server_fault_*) */
 };
 
@@ -168,6 +176,21 @@ int serve_frame(void *arg, conn *c, int via, const rpc_frame *f, const uint8_t *
 int sconn_flush(worker *w, sconn *sc);
 void adopt(worker *w);
 void *worker_main(void *arg);
+
+/* server_limits.c */
+int rpc_peers_create(struct rpc_peers **out);
+void rpc_peers_destroy(struct rpc_peers *t);
+/* Count a new connection from ip (network order). 0, or refused: -EMFILE (the server's
+ * max_connections), DHPS_E_BUSY (the address's max_conns_per_peer), -ENOMEM; *held then
+ * says how many were open. Thread-safe. */
+int rpc_peer_acquire(dhps_rpc_server *s, uint32_t ip, uint32_t *held);
+/* The connection counted by rpc_peer_acquire(ip) is closed. Thread-safe. */
+void rpc_peer_release(dhps_rpc_server *s, uint32_t ip);
+/* May this thread log a refusal now (5 lines a second; dhps_ratelimit_allow)? */
+static inline bool rpc_log_allowed(dhps_ratelimit *r, uint64_t *left_out)
+{
+    return dhps_ratelimit_allow(r, 5, left_out);
+}
 
 /* server_verbs.c */
 int verbs_setup(dhps_rpc_server *s, worker *w, sconn *sc, const rpc_verbs_info *r,

@@ -83,6 +83,22 @@ void sconn_close(worker *w, sconn *sc, int why)
                  dhps_strerror(why));
     if (why == DHPS_E_MALFORMED)
         bump(&w->st.malformed);
+    if (why == DHPS_E_BUSY || why == DHPS_E_TIMEOUT) { /* a limit: counted, and named */
+        bump(why == DHPS_E_BUSY ? &w->st.closed_budget : &w->st.closed_timeout);
+        uint64_t left_out = 0;
+        if (rpc_log_allowed(&w->log_rl, &left_out)) {
+            char more[64] = "";
+            if (left_out)
+                snprintf(more, sizeof more, "; %llu more not logged",
+                         (unsigned long long)left_out);
+            DHPS_LOG(DHPS_LOG_WARN, RPC_LOG, "closed the connection of %s:%u: %s%s", sc->peer,
+                     sc->peer_port,
+                     why == DHPS_E_BUSY ? "a frame past the input budget (max_input_bytes)"
+                                        : "too slow (frame_timeout_ms) or idle "
+                                          "(idle_timeout_ms)", more);
+        }
+    }
+    rpc_peer_release(w->s, sc->peer_ip);
     epoll_ctl(w->ep, EPOLL_CTL_DEL, sc->c.fd, NULL);
     if (sc->prev)
         sc->prev->next = sc->next;
@@ -389,6 +405,7 @@ static void adopt_from(worker *w, struct inbox *q)
         atomic_store_explicit(&w->st.open, atomic_load_explicit(&w->st.open, memory_order_relaxed) + 1,
                               memory_order_relaxed);
         sc->reading = true;
+        sc->c.last_rx_ns = dhps_mono_ns();
         struct epoll_event ev = {.events = EPOLLIN, .data.ptr = sc};
         if (epoll_ctl(w->ep, EPOLL_CTL_ADD, sc->c.fd, &ev) != 0)
             sconn_close(w, sc, -errno);
@@ -402,6 +419,41 @@ void adopt(worker *w)
 {
     for (uint32_t a = 0; a < w->s->p.acceptors; a++)
         adopt_from(w, &w->in[a]);
+}
+
+/* Close the connections past frame_timeout_ms (a partial TCP frame) or idle_timeout_ms
+ * (no request), and give back grown input buffers: a pass over the connections at most
+ * every 100 ms. */
+static void sweep_timeouts(worker *w, uint64_t now)
+{
+    const dhps_rpc_server_params *p = &w->s->p;
+    if (now - w->swept_ns < 100000000ull)
+        return;
+    w->swept_ns = now;
+    uint64_t frame_ns = (uint64_t)p->frame_timeout_ms * 1000000ull;
+    uint64_t idle_ns = (uint64_t)p->idle_timeout_ms * 1000000ull;
+    for (sconn *sc = w->conns, *nx; sc; sc = nx) {
+        nx = sc->next;
+        bool slow = frame_ns && sc->c.in_since_ns && now - sc->c.in_since_ns > frame_ns;
+        bool idle = idle_ns && now - sc->c.last_rx_ns > idle_ns && !sc->c.shm_base && !sc->c.v;
+        if (slow || idle)
+            sconn_close(w, sc, DHPS_E_TIMEOUT);
+        else
+            conn_in_shrink(&sc->c, now);
+    }
+}
+
+/* Before sleeping: must a sweep come within 100 ms (a partial frame waits, or idle
+ * connections are bounded)? */
+static bool sweep_due(const worker *w)
+{
+    const dhps_rpc_server_params *p = &w->s->p;
+    if (p->idle_timeout_ms && w->conns)
+        return true;
+    for (const sconn *sc = w->conns; sc; sc = sc->next)
+        if ((p->frame_timeout_ms && sc->c.in_since_ns) || sc->c.in.cap > sc->c.in_base)
+            return true;
+    return false;
 }
 
 void *worker_main(void *arg)
@@ -474,6 +526,11 @@ void *worker_main(void *arg)
             int ft = fault_timeout_ms(w, dhps_mono_ns());
             if (timeout < 0 || ft < timeout)
                 timeout = ft;
+        }
+        if (w->conns) {
+            sweep_timeouts(w, dhps_mono_ns());
+            if ((timeout < 0 || timeout > 100) && sweep_due(w))
+                timeout = 100;
         }
         int n = epoll_wait(w->ep, evs, 64, timeout);
         if (slept)

@@ -164,7 +164,11 @@ int conn_init(conn *c, int fd, uint32_t max_msg, bool is_server)
     c->max_msg = max_msg;
     c->is_server = is_server;
     c->transport = DHPS_RPC_TCP;
-    c->in.cap = RPC_FRAME_HDR + (size_t)max_msg + 65536;
+    /* room for frames up to 64 KiB and what follows them; a larger frame grows the
+     * buffer for itself (conn_in_grow) and it shrinks back once consumed */
+    size_t whole = RPC_FRAME_HDR + (size_t)max_msg + 65536;
+    c->in_base = whole < RPC_FRAME_HDR + 131072u ? whole : RPC_FRAME_HDR + 131072u;
+    c->in.cap = c->in_base;
     c->in.p = malloc(c->in.cap);
     c->out.cap = 65536;
     c->out.p = malloc(c->out.cap);
@@ -175,11 +179,54 @@ int conn_init(conn *c, int fd, uint32_t max_msg, bool is_server)
     return 0;
 }
 
+/* Make room for a frame of `total` bytes (header + payload) at the start of in, charging
+ * the bytes above in_base to the server's input budget. 0, DHPS_E_BUSY (budget), -ENOMEM. */
+static int conn_in_grow(conn *c, size_t total)
+{
+    size_t want = total + 65536; /* and a little of what follows */
+    if (want <= c->in.cap)
+        return 0;
+    if (c->in_used) {
+        uint64_t more = want - c->in.cap;
+        uint64_t now = atomic_fetch_add_explicit(c->in_used, more, memory_order_relaxed);
+        if (c->in_limit && now + more > c->in_limit) {
+            atomic_fetch_sub_explicit(c->in_used, more, memory_order_relaxed);
+            return DHPS_E_BUSY;
+        }
+    }
+    uint8_t *np = realloc(c->in.p, want);
+    if (!np) {
+        if (c->in_used)
+            atomic_fetch_sub_explicit(c->in_used, want - c->in.cap, memory_order_relaxed);
+        return -ENOMEM;
+    }
+    c->in.p = np;
+    c->in.cap = want;
+    c->in_grown_ns = dhps_mono_ns();
+    return 0;
+}
+
+void conn_in_shrink(conn *c, uint64_t now)
+{
+    if (c->in.cap <= c->in_base || c->in.len > c->in_base || now - c->in_grown_ns < 1000000000ull)
+        return;
+    uint8_t *np = realloc(c->in.p, c->in_base);
+    if (!np)
+        return; /* keep the larger buffer: still charged, still correct */
+    if (c->in_used)
+        atomic_fetch_sub_explicit(c->in_used, c->in.cap - c->in_base, memory_order_relaxed);
+    c->in.p = np;
+    c->in.cap = c->in_base;
+}
+
 void conn_fini(conn *c)
 {
     if (c->fd >= 0)
         close(c->fd);
     c->fd = -1;
+    if (c->in_used && c->in.cap > c->in_base)
+        atomic_fetch_sub_explicit(c->in_used, c->in.cap - c->in_base, memory_order_relaxed);
+    c->in_used = NULL;
     free(c->in.p);
     free(c->out.p);
     c->in.p = c->out.p = NULL;
@@ -283,9 +330,21 @@ static int tcp_rx(conn *c, rpc_rx_fn fn, void *arg)
         if (off) {
             memmove(in->p, in->p + off, in->len - off);
             in->len -= off;
+            c->last_rx_ns = dhps_mono_ns();
         }
+        c->in_since_ns = in->len == 0 ? 0 : c->in_since_ns ? c->in_since_ns : dhps_mono_ns();
         if (c->eof)
             return in->len ? DHPS_E_MALFORMED : DHPS_E_UNREACHABLE;
+        if (in->len == in->cap && in->len >= RPC_FRAME_HDR) {
+            /* a frame larger than the buffer: grow for it (its length was checked
+             * against max_msg by the parse above) and read on */
+            rpc_frame f;
+            (void)rpc_frame_parse(in->p, in->len, c->max_msg, false, &f);
+            int g = conn_in_grow(c, RPC_FRAME_HDR + (size_t)f.len);
+            if (g < 0)
+                return g;
+            continue;
+        }
         if (off == 0 || in->len == in->cap)
             break; /* nothing new, or a frame is waiting for bytes */
         /* keep reading while the socket has data: loop once more */

@@ -104,6 +104,7 @@ long rpc_frame_parse(const uint8_t *buf, size_t n, uint32_t max_payload, bool al
 #define SH_BODY 88u   /* + proof */
 #define CP_BODY 144u  /* proof, want, rsvd, shm_bytes, cookie, name, verbs */
 #define AC_BODY 48u   /* status, transport, verbs */
+#define AC_BODY3 80u  /* + server proof (version >= 3) */
 #define RJ_BODY 8u    /* status, rsvd */
 #define VERBS_BYTES 40u
 
@@ -160,6 +161,8 @@ int rpc_ctrl_parse(const uint8_t *p, size_t n, uint32_t *op, rpc_verbs_info *v)
 long rpc_hello_encode(const rpc_hello *h, uint8_t *out, size_t cap)
 {
     uint32_t body = body_min(h->kind);
+    if (h->kind == RPC_H_ACCEPT && h->version >= 3)
+        body = AC_BODY3;
     if (body == 0 || cap < RPC_HELLO_HDR + body)
         return -1;
     memset(out, 0, RPC_HELLO_HDR + body);
@@ -190,6 +193,8 @@ long rpc_hello_encode(const rpc_hello *h, uint8_t *out, size_t cap)
         put32(b, (uint32_t)h->status);
         put32(b + 4, h->transport);
         put_verbs(b + 8, &h->verbs);
+        if (h->version >= 3)
+            memcpy(b + AC_BODY, h->proof, RPC_MAC);
         break;
     case RPC_H_REJECT:
         put32(b, (uint32_t)h->status);
@@ -232,6 +237,8 @@ long rpc_hello_parse(const uint8_t *buf, size_t n, rpc_hello *h)
         return DHPS_E_MALFORMED;
     if (ver == 0)
         return DHPS_E_VERSION;
+    if (kind == RPC_H_ACCEPT && ver >= 3 && body < AC_BODY3)
+        return DHPS_E_MALFORMED;
     if (n < RPC_HELLO_HDR + (size_t)body)
         return 0;
     memset(h, 0, sizeof *h);
@@ -267,6 +274,8 @@ long rpc_hello_parse(const uint8_t *buf, size_t n, rpc_hello *h)
         h->status = (int32_t)get32(b);
         h->transport = get32(b + 4);
         get_verbs(b + 8, &h->verbs);
+        if (h->version >= 3)
+            memcpy(h->proof, b + AC_BODY, RPC_MAC);
         if (h->transport >= DHPS_RPC_NTRANSPORTS || h->status > 0 || h->verbs.slots > 4096)
             return DHPS_E_MALFORMED;
         break;
@@ -293,7 +302,7 @@ void rpc_proof(const void *key, size_t keylen, char role, const rpc_hello *ch,
     k += RPC_NONCE;
     memcpy(m + k, sh->nonce, RPC_NONCE);
     k += RPC_NONCE;
-    if (role == 's') {
+    if (role == 's' || role == 'a') {
         put32(m + k, ch->caps);
         put32(m + k + 4, sh->caps);
         put32(m + k + 8, ch->max_msg);
@@ -303,6 +312,12 @@ void rpc_proof(const void *key, size_t keylen, char role, const rpc_hello *ch,
         k += RPC_HOST_ID;
         memcpy(m + k, sh->host_id, RPC_HOST_ID);
         k += RPC_HOST_ID;
+        if (role == 'a') {
+            put32(m + k, offer->transport);
+            k += 4;
+            put_verbs(m + k, &offer->verbs);
+            k += VERBS_BYTES;
+        }
     } else {
         put32(m + k, offer->want);
         put64(m + k + 4, offer->shm_bytes);

@@ -52,7 +52,12 @@ long rpc_frame_parse(const uint8_t *buf, size_t n, uint32_t max_payload, bool al
 /* ---- hello ----------------------------------------------------------------------- */
 
 #define RPC_HELLO_MAGIC 0x48504844u /* "DHPH" */
-#define RPC_HELLO_VERSION 2u        /* newest; 1 = TCP only (no capabilities) */
+#define RPC_HELLO_VERSION 3u        /* newest; 1 = TCP only (no capabilities) */
+/* Oldest version a handshake accepts. Versions 1-2 sent the server's proof in its hello,
+ * before the client had proved anything: an offline guessing oracle for the secret to
+ * anyone who can connect. Since 3 the server proves itself only in its ACCEPT, after
+ * the client's proof checked out. Older peers are refused (DHPS_E_VERSION). */
+#define RPC_HELLO_MIN_VERSION 3u
 #define RPC_HELLO_HDR 12u
 #define RPC_HELLO_MAX_BODY 1024u
 #define RPC_NONCE 32u
@@ -87,7 +92,7 @@ typedef struct rpc_hello {
     uint32_t max_msg;
     uint8_t nonce[RPC_NONCE];
     uint8_t host_id[RPC_HOST_ID];
-    /* SERVER_HELLO, CLIENT_PROOF */
+    /* CLIENT_PROOF; ACCEPT (version >= 3); SERVER_HELLO (versions 1-2 only) */
     uint8_t proof[RPC_MAC];
     /* CLIENT_PROOF: the transport wanted and its details */
     uint32_t want;
@@ -116,8 +121,12 @@ long rpc_hello_parse(const uint8_t *buf, size_t n, rpc_hello *h);
 void rpc_ctrl_encode(uint32_t op, const rpc_verbs_info *v, uint8_t *out);
 int rpc_ctrl_parse(const uint8_t *p, size_t n, uint32_t *op, rpc_verbs_info *v);
 
-/* HMAC-SHA256 proofs. role 's' (server proof) covers version, both nonces, both caps;
- * role 'c' (client proof) covers the nonces plus the client's transport offer. */
+/* HMAC-SHA256 proofs. role 'c' (client proof, CLIENT_PROOF) covers the version, both
+ * nonces and the client's transport offer (offer = the CLIENT_PROOF). role 'a' (server
+ * proof, ACCEPT, version >= 3) covers the version, both nonces, both caps, max_msg and
+ * host ids, and the accepted transport with its verbs block (offer = the ACCEPT). role
+ * 's' is the versions 1-2 server proof (the 'a' fields without the ACCEPT's; offer
+ * unused), kept for the wire tests. */
 void rpc_proof(const void *key, size_t keylen, char role, const rpc_hello *ch,
                const rpc_hello *sh, const rpc_hello *offer, uint8_t out[RPC_MAC]);
 

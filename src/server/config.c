@@ -328,7 +328,9 @@ static int parse_root(cfg_ctx *x, json_t *root, dhps_server_config *c)
     json_t *li = json_object_get(root, "listen");
     if (li) {
         static const char *const lk[] = {"host", "tcp_port", "shm", "verbs", "workers",
-                                         "max_msg", "hello_timeout_ms", NULL};
+                                         "max_msg", "hello_timeout_ms", "max_connections",
+                                         "max_conns_per_peer", "max_input_mb",
+                                         "frame_timeout_ms", "idle_timeout_s", NULL};
         if ((rc = need_object(x, li, "listen")) || (rc = only_keys(x, li, "listen", lk)) ||
             (rc = get_str(x, li, "host", "listen", false, 63, &c->listen_host)))
             return rc;
@@ -350,6 +352,24 @@ static int parse_root(cfg_ctx *x, json_t *root, dhps_server_config *c)
         if ((rc = get_uint(x, li, "hello_timeout_ms", "listen", 100, 60000, &v, NULL)))
             return rc;
         c->hello_timeout_ms = (uint32_t)v;
+        /* limits against hostile peers (docs/security.md); 0 = the rpc default */
+        const struct { const char *key; uint64_t lo, hi; uint32_t *out; } lim[] = {
+            {"max_connections", 1, 1u << 20, &c->rpc_max_connections},
+            {"max_conns_per_peer", 1, 1u << 20, &c->rpc_max_conns_per_peer},
+            {"max_input_mb", 1, 1u << 20, &c->rpc_max_input_mb},
+            {"frame_timeout_ms", 100, 3600000, &c->rpc_frame_timeout_ms},
+            {"idle_timeout_s", 1, 86400 * 7, &c->rpc_idle_timeout_s},
+        };
+        for (size_t i = 0; i < sizeof lim / sizeof lim[0]; i++) {
+            bool has = false;
+            if ((rc = get_uint(x, li, lim[i].key, "listen", lim[i].lo, lim[i].hi, &v, &has)))
+                return rc;
+            if (has)
+                *lim[i].out = (uint32_t)v;
+        }
+        if (c->rpc_max_connections && c->rpc_max_conns_per_peer &&
+            c->rpc_max_conns_per_peer > c->rpc_max_connections)
+            return fail(x, "listen.max_conns_per_peer: must not exceed listen.max_connections");
         if ((rc = get_bool(x, li, "shm", "listen", &c->shm)) ||
             (rc = get_bool(x, li, "verbs", "listen", &c->verbs)))
             return rc;
@@ -396,7 +416,9 @@ static int parse_root(cfg_ctx *x, json_t *root, dhps_server_config *c)
 
     json_t *m = json_object_get(root, "metrics");
     if (m) {
-        static const char *const mk[] = {"host", "port", NULL};
+        static const char *const mk[] = {"host",        "port",
+                                         "max_connections", "max_per_ip",
+                                         "header_timeout_ms", "health_port", NULL};
         if ((rc = need_object(x, m, "metrics")) || (rc = only_keys(x, m, "metrics", mk)) ||
             (rc = get_str(x, m, "host", "metrics", false, 63, &c->metrics_host)))
             return rc;
@@ -412,6 +434,26 @@ static int parse_root(cfg_ctx *x, json_t *root, dhps_server_config *c)
             c->metrics_port = (uint16_t)v;
             c->metrics_enabled = true;
         }
+        bool has = false;
+        if ((rc = get_uint(x, m, "max_connections", "metrics", 1, 65536, &v, &has)))
+            return rc;
+        if (has)
+            c->metrics_max_connections = (uint32_t)v;
+        if ((rc = get_uint(x, m, "max_per_ip", "metrics", 1, 65536, &v, &has)))
+            return rc;
+        if (has)
+            c->metrics_max_per_ip = (uint32_t)v;
+        if ((rc = get_uint(x, m, "header_timeout_ms", "metrics", 100, 60000, &v, &has)))
+            return rc;
+        if (has)
+            c->metrics_header_timeout_ms = (uint32_t)v;
+        if ((rc = get_uint(x, m, "health_port", "metrics", 0, 65535, &v, &has)))
+            return rc;
+        if (has)
+            c->metrics_health_port = (int32_t)v;
+        if (c->metrics_max_per_ip && c->metrics_max_connections &&
+            c->metrics_max_per_ip > c->metrics_max_connections)
+            return fail(x, "metrics.max_per_ip: must not exceed metrics.max_connections");
     }
     if (!c->metrics_host && !(c->metrics_host = strdup("127.0.0.1")))
         return -ENOMEM;
@@ -504,6 +546,10 @@ int dhps_server_config_parse(const void *buf, size_t len, dhps_server_config **o
     c->max_msg = 4u << 20;
     c->hello_timeout_ms = 2000;
     c->snapshot_on_shutdown = true;
+    c->metrics_max_connections = 64;
+    c->metrics_max_per_ip = 16;
+    c->metrics_header_timeout_ms = 2000;
+    c->metrics_health_port = -1;
     c->sync_enabled = true;
     c->sync_peer_wait_s = 10;
     c->sync_anti_entropy_s = 30;

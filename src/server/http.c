@@ -1,6 +1,19 @@
-/* dhps server: /metrics, /health and /fault over libmicrohttpd. */
+/* dhps server: /metrics, /health and /fault over libmicrohttpd.
+ *
+ * Hostile peers (docs/security.md). The daemon runs on epoll (no FD_SETSIZE cliff) with
+ * a bound on connections (metrics.max_connections) and on connections from one address
+ * (metrics.max_per_ip); libmicrohttpd refuses connections past them at accept. A guard
+ * gives every connection an absolute deadline to deliver a whole request header, from
+ * its accept or from its last answer (metrics.header_timeout_ms): a thread shuts the
+ * socket of any connection past it, so a slowloris peer dripping one header line every
+ * few seconds holds a slot for at most the deadline (libmicrohttpd's own timeout only
+ * counts idle time). An optional second listener (metrics.health_port) answers only
+ * /health, /health/live and /health/ready from its own small budget, so a prober that
+ * shares an address with an attacker still gets through. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <pthread.h>
+#include <sys/socket.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -98,6 +111,7 @@ static void write_metrics(dhps_server *s, FILE *f)
     fprintf(f, "dhps_build_info{version=\"%s\",proto=\"%d\"} 1\n", DHPS_VERSION_STRING,
             DHPS_PROTO_VERSION);
     write_process_metrics(f);
+    srv_http_metrics(s, f);
     fam(f, "dhps_requests_total", "counter", "Requests by method and status.");
     for (int m = 0; m < NMETHODS; m++)
         for (int k = 0; k < NSTATUS; k++)
@@ -180,6 +194,18 @@ static void write_metrics(dhps_server *s, FILE *f)
         {"dhps_rpc_unknown_method_total", "counter", "Rpc requests for an unknown method.",
          rs.unknown_method},
         {"dhps_rpc_open_connections", "gauge", "Rpc connections open now.", rs.open_conns},
+        {"dhps_rpc_rejected_limit_total", "counter",
+         "Rpc connections refused at accept: listen.max_connections or max_conns_per_peer.",
+         rs.rejected_limit},
+        {"dhps_rpc_closed_budget_total", "counter",
+         "Rpc connections closed: a frame would have passed listen.max_input_mb.",
+         rs.closed_budget},
+        {"dhps_rpc_closed_timeout_total", "counter",
+         "Rpc connections closed: listen.frame_timeout_ms or listen.idle_timeout_s.",
+         rs.closed_timeout},
+        {"dhps_rpc_input_bytes", "gauge",
+         "Rpc input buffered beyond 64 KiB per connection (bounded by listen.max_input_mb).",
+         rs.input_bytes},
         {"dhps_rpc_duplicates_total", "counter",
          "Retried rpc requests answered from the duplicate cache.", rs.duplicates},
         {"dhps_rpc_verbs_failures_total", "counter", "RDMA verbs operations that failed.",
@@ -221,12 +247,144 @@ typedef struct http_req { /* one request's body, gathered across handler calls *
     char body[SRV_ADMIN_MAX_BODY];
 } http_req;
 
+/* ---- the connection guard: an absolute deadline for request headers -------------- */
+
+typedef struct http_conn {
+    struct http_conn *prev, *next; /* in the guard's list, under its mu */
+    int fd;
+    uint64_t since_ns;             /* accepted, or its last request answered */
+    bool in_request;               /* a whole header arrived; the request is being served */
+    bool cut;                      /* shut by the guard */
+} http_conn;
+
+struct srv_http_guard {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    http_conn head;                /* circular list of open connections */
+    pthread_t th;
+    bool running, stop;
+    uint64_t deadline_ns;
+    uint64_t open, cut_total;      /* under mu */
+};
+
+static uint64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void guard_notify(void *cls, struct MHD_Connection *conn, void **socket_context,
+                         enum MHD_ConnectionNotificationCode code)
+{
+    struct srv_http_guard *g = cls;
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        http_conn *hc = calloc(1, sizeof *hc);
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        *socket_context = hc;
+        if (!hc)
+            return; /* unguarded: libmicrohttpd's idle timeout still applies */
+        hc->fd = ci ? ci->connect_fd : -1;
+        hc->since_ns = mono_ns();
+        pthread_mutex_lock(&g->mu);
+        hc->next = g->head.next;
+        hc->prev = &g->head;
+        g->head.next->prev = hc;
+        g->head.next = hc;
+        g->open++;
+        pthread_mutex_unlock(&g->mu);
+    } else if (code == MHD_CONNECTION_NOTIFY_CLOSED && *socket_context) {
+        /* libmicrohttpd closes the socket after this returns: the guard, which holds
+         * mu while it shuts sockets, never touches a closed (or reused) descriptor */
+        http_conn *hc = *socket_context;
+        pthread_mutex_lock(&g->mu);
+        hc->prev->next = hc->next;
+        hc->next->prev = hc->prev;
+        g->open--;
+        pthread_mutex_unlock(&g->mu);
+        free(hc);
+        *socket_context = NULL;
+    }
+}
+
+/* The connection's request header is complete (the handler runs) or its answer is done. */
+static void guard_mark(struct srv_http_guard *g, struct MHD_Connection *conn, bool in_request)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    http_conn *hc = ci ? ci->socket_context : NULL;
+    if (!g || !hc)
+        return;
+    pthread_mutex_lock(&g->mu);
+    hc->in_request = in_request;
+    if (!in_request)
+        hc->since_ns = mono_ns();
+    pthread_mutex_unlock(&g->mu);
+}
+
+static void *guard_main(void *arg)
+{
+    struct srv_http_guard *g = arg;
+    uint64_t tick_ns = g->deadline_ns / 4 < 250000000ull ? g->deadline_ns / 4 : 250000000ull;
+    pthread_mutex_lock(&g->mu);
+    while (!g->stop) {
+        uint64_t now = mono_ns();
+        for (http_conn *hc = g->head.next; hc != &g->head; hc = hc->next)
+            if (!hc->in_request && !hc->cut && hc->fd >= 0 && now - hc->since_ns > g->deadline_ns) {
+                shutdown(hc->fd, SHUT_RDWR); /* libmicrohttpd sees the end and closes it */
+                hc->cut = true;
+                g->cut_total++;
+            }
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        uint64_t at = (uint64_t)ts.tv_nsec + tick_ns;
+        ts.tv_sec += (time_t)(at / 1000000000ull);
+        ts.tv_nsec = (long)(at % 1000000000ull);
+        pthread_cond_timedwait(&g->cv, &g->mu, &ts);
+    }
+    pthread_mutex_unlock(&g->mu);
+    return NULL;
+}
+
+static void guard_destroy(struct srv_http_guard *g)
+{
+    if (!g)
+        return;
+    if (g->running) {
+        pthread_mutex_lock(&g->mu);
+        g->stop = true;
+        pthread_cond_signal(&g->cv);
+        pthread_mutex_unlock(&g->mu);
+        pthread_join(g->th, NULL);
+    }
+    pthread_mutex_destroy(&g->mu);
+    pthread_cond_destroy(&g->cv);
+    free(g);
+}
+
+static struct srv_http_guard *guard_create(uint32_t deadline_ms)
+{
+    struct srv_http_guard *g = calloc(1, sizeof *g);
+    if (!g)
+        return NULL;
+    pthread_mutex_init(&g->mu, NULL);
+    pthread_cond_init(&g->cv, NULL);
+    g->head.next = g->head.prev = &g->head;
+    g->deadline_ns = (uint64_t)(deadline_ms ? deadline_ms : 2000) * 1000000ull;
+    if (pthread_create(&g->th, NULL, guard_main, g)) {
+        guard_destroy(g);
+        return NULL;
+    }
+    g->running = true;
+    return g;
+}
+
 static void http_done(void *cls, struct MHD_Connection *conn, void **con_cls,
                       enum MHD_RequestTerminationCode toe)
 {
-    (void)cls;
-    (void)conn;
     (void)toe;
+    guard_mark(cls, conn, false);
     free(*con_cls);
     *con_cls = NULL;
 }
@@ -266,6 +424,26 @@ reply_text(struct MHD_Connection *conn, unsigned code, const char *fmt, ...)
         t = NULL;
     va_end(ap);
     return reply(conn, code, "text/plain; charset=utf-8", t);
+}
+
+/* Log a refused /fault request: the peer named, at most 5 lines a second (the daemon's
+ * one thread calls it), with a count of the lines left out. */
+static void fault_refused(dhps_server *s, struct MHD_Connection *conn, const char *method,
+                          const char *err)
+{
+    uint64_t left_out = 0;
+    if (!dhps_ratelimit_allow(&s->http_log_rl, 5, &left_out))
+        return;
+    char ip[INET_ADDRSTRLEN] = "?", more[64] = "";
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    if (ci && ci->client_addr && ci->client_addr->sa_family == AF_INET)
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)ci->client_addr)->sin_addr, ip,
+                  sizeof ip);
+    if (left_out)
+        snprintf(more, sizeof more, "; %llu more refusals not logged",
+                 (unsigned long long)left_out);
+    DHPS_LOG(DHPS_LOG_WARN, LOGM, "/fault %s from %s refused: %s%s", method, ip, err, more);
 }
 
 static enum MHD_Result http_fault(dhps_server *s, struct MHD_Connection *conn,
@@ -310,12 +488,12 @@ static enum MHD_Result http_fault(dhps_server *s, struct MHD_Connection *conn,
     if (srv_admin_auth(s->secret, s->secret_len, auth, method, "/fault", peer ? peer : "",
                        port ? port : "", all ? all : "", q->body, q->len, time(NULL), err,
                        sizeof err)) {
-        DHPS_LOG(DHPS_LOG_WARN, LOGM, "/fault %s refused: %s", method, err);
+        fault_refused(s, conn, method, err);
         return reply_text(conn, MHD_HTTP_UNAUTHORIZED, "%s\n", err);
     }
     int rp = srv_admin_replay_note(&s->replay, auth, time(NULL), err, sizeof err);
     if (rp) {
-        DHPS_LOG(DHPS_LOG_WARN, LOGM, "/fault %s refused: %s", method, err);
+        fault_refused(s, conn, method, err);
         return reply_text(conn, rp == -EBUSY ? 429 /* too many requests */
                                              : MHD_HTTP_UNAUTHORIZED, "%s\n", err);
     }
@@ -374,6 +552,7 @@ static enum MHD_Result http_handler(void *cls, struct MHD_Connection *conn, cons
                                     void **con_cls)
 {
     dhps_server *s = cls;
+    guard_mark(s->http_guard, conn, true);
     if (!strcmp(url, "/fault"))
         return http_fault(s, conn, method, upload_data, upload_size, con_cls);
     if (strcmp(method, "GET") && strcmp(method, "HEAD"))
@@ -415,30 +594,105 @@ static enum MHD_Result http_handler(void *cls, struct MHD_Connection *conn, cons
     return reply_len(conn, code, ctype, body, len);
 }
 
+/* The /health-only listener: everything else is 404. */
+static enum MHD_Result health_handler(void *cls, struct MHD_Connection *conn, const char *url,
+                                      const char *method, const char *version,
+                                      const char *upload_data, size_t *upload_size,
+                                      void **con_cls)
+{
+    dhps_server *s = cls;
+    if (strcmp(url, "/health") && strcmp(url, "/health/live") && strcmp(url, "/health/ready")) {
+        guard_mark(s->http_guard, conn, true);
+        char *body = strdup("not found: this port answers /health, /health/live and "
+                            "/health/ready only\n");
+        return reply_len(conn, MHD_HTTP_NOT_FOUND, "text/plain; charset=utf-8", body,
+                         body ? strlen(body) : 0);
+    }
+    return http_handler(cls, conn, url, method, version, upload_data, upload_size, con_cls);
+}
+
+/* One guarded epoll daemon on host:port. NULL on failure. */
+static struct MHD_Daemon *start_daemon(dhps_server *s, const char *host, uint16_t port,
+                                       MHD_AccessHandlerCallback fn, uint32_t max_conn,
+                                       uint32_t max_per_ip)
+{
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons(port)};
+    inet_pton(AF_INET, host, &sin.sin_addr);
+    return MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL, port, NULL, NULL,
+                            fn, s, MHD_OPTION_SOCK_ADDR, &sin,
+                            MHD_OPTION_CONNECTION_TIMEOUT, 10u,
+                            MHD_OPTION_CONNECTION_LIMIT, (unsigned)max_conn,
+                            MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)max_per_ip,
+                            MHD_OPTION_NOTIFY_CONNECTION, guard_notify, s->http_guard,
+                            MHD_OPTION_NOTIFY_COMPLETED, http_done, s->http_guard,
+                            MHD_OPTION_END);
+}
+
+static uint16_t daemon_port(struct MHD_Daemon *d, uint16_t asked)
+{
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
+    return di ? di->port : asked;
+}
+
 int srv_http_start(dhps_server *s, char *err, size_t errlen)
 {
     const dhps_server_config *c = s->cfg;
-    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons(c->metrics_port)};
-    inet_pton(AF_INET, c->metrics_host, &sin.sin_addr);
-    s->http = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD, c->metrics_port, NULL,
-                               NULL, http_handler, s, MHD_OPTION_SOCK_ADDR, &sin,
-                               MHD_OPTION_CONNECTION_TIMEOUT, 10u,
-                               MHD_OPTION_NOTIFY_COMPLETED, http_done, NULL,
-                               MHD_OPTION_END);
+    uint32_t maxc = c->metrics_max_connections ? c->metrics_max_connections : 64;
+    uint32_t perip = c->metrics_max_per_ip ? c->metrics_max_per_ip : 16;
+    if (!(s->http_guard = guard_create(c->metrics_header_timeout_ms))) {
+        srv_errf(err, errlen, "metrics: out of memory or threads");
+        return -ENOMEM;
+    }
+    s->http = start_daemon(s, c->metrics_host, c->metrics_port, http_handler, maxc,
+                           perip < maxc ? perip : maxc);
     if (!s->http) {
         srv_errf(err, errlen, "metrics %s:%u: cannot start the HTTP server (port in use?)",
                  c->metrics_host, c->metrics_port);
+        srv_http_stop(s);
         return -EADDRINUSE;
     }
-    const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->http, MHD_DAEMON_INFO_BIND_PORT);
-    s->http_port = di ? di->port : c->metrics_port;
+    s->http_port = daemon_port(s->http, c->metrics_port);
+    if (c->metrics_health_port >= 0) {
+        /* a small budget of its own: probes are few and short */
+        s->health = start_daemon(s, c->metrics_host, (uint16_t)c->metrics_health_port,
+                                 health_handler, 16, 8);
+        if (!s->health) {
+            srv_errf(err, errlen, "metrics.health_port %s:%d: cannot start the HTTP server "
+                     "(port in use?)", c->metrics_host, c->metrics_health_port);
+            srv_http_stop(s);
+            return -EADDRINUSE;
+        }
+        s->health_port = daemon_port(s->health, (uint16_t)c->metrics_health_port);
+    }
     return 0;
 }
 
 void srv_http_stop(dhps_server *s)
 {
+    if (s->health) {
+        MHD_stop_daemon(s->health);
+        s->health = NULL;
+    }
     if (s->http) {
         MHD_stop_daemon(s->http);
         s->http = NULL;
     }
+    guard_destroy(s->http_guard); /* after the daemons: their callbacks use it */
+    s->http_guard = NULL;
+}
+
+void srv_http_metrics(dhps_server *s, FILE *f)
+{
+    struct srv_http_guard *g = s->http_guard;
+    if (!g)
+        return;
+    pthread_mutex_lock(&g->mu);
+    uint64_t open = g->open, cut = g->cut_total;
+    pthread_mutex_unlock(&g->mu);
+    fam(f, "dhps_http_connections", "gauge",
+        "Open admin HTTP connections (metrics and health listeners).");
+    fprintf(f, "dhps_http_connections %llu\n", (unsigned long long)open);
+    fam(f, "dhps_http_header_timeouts_total", "counter",
+        "Admin HTTP connections cut for not sending a whole request header in time.");
+    fprintf(f, "dhps_http_header_timeouts_total %llu\n", (unsigned long long)cut);
 }

@@ -32,17 +32,12 @@ static int read_secret(dhps_server *s, char *err, size_t errlen)
     const char *path = s->cfg->secret_file;
     uint8_t buf[DHPS_RPC_MAX_SECRET];
     size_t len = 0;
-    bool wr = false;
     char e[4200];
-    int rc = dhps_secret_load(path, buf, sizeof buf, &len, &wr, e, sizeof e);
+    int rc = dhps_secret_load(path, buf, sizeof buf, &len, e, sizeof e);
     if (rc) {
         srv_errf(err, errlen, "config secret_file: %s", e);
         return rc;
     }
-    if (wr)
-        DHPS_LOG(DHPS_LOG_WARN, LOGM,
-                 "secret_file %s is world-readable; chmod o-r it (the cluster secret "
-                 "authenticates every peer)", path);
     if (!(s->secret = malloc(len)))
         rc = -ENOMEM;
     else {
@@ -139,6 +134,15 @@ int dhps_server_create(const dhps_server_config *cfg, dhps_server **out, char *e
     rp.max_msg = cfg->max_msg;
     if (cfg->hello_timeout_ms)
         rp.hello_timeout_ms = cfg->hello_timeout_ms;
+    if (cfg->rpc_max_connections)
+        rp.max_connections = cfg->rpc_max_connections;
+    if (cfg->rpc_max_conns_per_peer)
+        rp.max_conns_per_peer = cfg->rpc_max_conns_per_peer;
+    if (cfg->rpc_max_input_mb)
+        rp.max_input_bytes = (uint64_t)cfg->rpc_max_input_mb << 20;
+    if (cfg->rpc_frame_timeout_ms)
+        rp.frame_timeout_ms = cfg->rpc_frame_timeout_ms;
+    rp.idle_timeout_ms = cfg->rpc_idle_timeout_s * 1000u;
     rp.allow = DHPS_RPC_MASK(DHPS_RPC_TCP) | (cfg->shm ? DHPS_RPC_MASK(DHPS_RPC_SHM) : 0) |
                (cfg->verbs ? DHPS_RPC_MASK(DHPS_RPC_VERBS) : 0);
     uint8_t host_id[DHPS_RPC_HOST_ID_LEN];
@@ -341,7 +345,7 @@ int dhps_server_start(dhps_server *s, char *err, size_t errlen)
         }
     }
     if (c->port_file) {
-        snprintf(line, sizeof line, "%u %u\n", s->rpc_port, s->http_port);
+        snprintf(line, sizeof line, "%u %u %u\n", s->rpc_port, s->http_port, s->health_port);
         if ((rc = write_file_atomic(c->port_file, line))) {
             srv_errf(err, errlen, "port_file %s: %s", c->port_file, strerror(-rc));
             return rc;
@@ -388,6 +392,11 @@ uint16_t dhps_server_port(const dhps_server *s)
 uint16_t dhps_server_metrics_port(const dhps_server *s)
 {
     return s->http_port;
+}
+
+uint16_t dhps_server_health_port(const dhps_server *s)
+{
+    return s->health_port;
 }
 
 bool dhps_server_ready(const dhps_server *s)

@@ -19,6 +19,7 @@
 #include "dhps/server.h"
 #include "dhps/store.h"
 #include "admin.h"
+#include "util.h"
 #include "msg.h"
 #include "tomb.h"
 
@@ -114,6 +115,10 @@ struct dhps_server {
     uint16_t rpc_port;
     struct MHD_Daemon *http;
     uint16_t http_port;
+    struct MHD_Daemon *health;   /* metrics.health_port listener, or NULL */
+    uint16_t health_port;
+    struct srv_http_guard *http_guard; /* header deadlines of both (http.c) */
+    dhps_ratelimit http_log_rl;  /* refused /fault requests (the daemon's thread) */
     bool ready;                  /* atomic: local recovery done, rpc serving (the node is
                                     ready when its stores are caught up too) */
     bool started, stopped;
@@ -186,5 +191,7 @@ int srv_rpc_handler(void *arg, dhps_rpc_request *r);
  * a message in err. (http.c) */
 int srv_http_start(dhps_server *s, char *err, size_t errlen);
 void srv_http_stop(dhps_server *s);
+/* The admin HTTP families (open connections, header timeouts) for /metrics. */
+void srv_http_metrics(dhps_server *s, FILE *f);
 
 #endif

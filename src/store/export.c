@@ -91,7 +91,7 @@ int dhps_store_export_since(dhps_store *s, const uint64_t *range_mask, uint32_t 
     uint64_t body = s->payload_bytes + s->keys * (SNAP_REC_HDR - 8);
     body += body / (SNAP_BLOCK_TARGET / 32) + 64; /* block headers and hashes */
     mem_sink m = {0};
-    m.cap = SNAP_HDR + SNAP_TRAILER + (size_t)((double)body * share * 1.02) + (64u << 10);
+    m.cap = SNAP_HDR + SNAP_ID_BYTES + SNAP_TRAILER + (size_t)((double)body * share * 1.02) + (64u << 10);
     m.p = malloc(m.cap);
     if (!m.p)
         return -ENOMEM;
@@ -200,7 +200,7 @@ long snap_apply(dhps_store *s, const uint8_t *p, size_t n,
     mrec *recs = NULL;
     size_t recs_cap = 0;
     long rc = x ? 0 : -ENOMEM;
-    size_t off = SNAP_HDR, end = n - SNAP_TRAILER;
+    size_t off = SNAP_DATA_OFF(p), end = n - SNAP_TRAILER;
     while (!rc && off < end) {
         uint32_t nrecs = rd32(p + off + 4), plen = rd32(p + off + 8);
         const uint8_t *q = p + off + BLK_HDR;
@@ -270,6 +270,8 @@ long dhps_store_merge_buffer(dhps_store *s, const void *buf, size_t len,
         DHPS_LOG(DHPS_LOG_WARN, "store", "merge: image rejected: %s", dhps_strerror((int)rc));
         return rc;
     }
+    if ((rc = snap_check_identity(s, buf, len)) < 0)
+        return rc;
     return snap_apply(s, buf, len, skip, arg, st);
 }
 

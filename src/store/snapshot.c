@@ -2,8 +2,12 @@
  * (so nothing changes underneath), verified whole before anything is loaded.
  *
  * Layout (little-endian; see docs/store.md):
- *   header  64 B: "DHPSSNAP" | u32 format 1 | u32 64 | u64 records | u64 clock_ms |
- *                 u64 wall_ms | u32 block_bytes | u32 0 | u64 0 | u64 xxh3(bytes 0..55)
+ *   header  64 B: "DHPSSNAP" | u32 format 2 | u32 192 (where blocks start) | u64 records |
+ *                 u64 clock_ms | u64 wall_ms | u32 block_bytes | u32 0 | u64 0 |
+ *                 u64 xxh3(bytes 0..55)
+ *   identity 128 B (format 2): "IDNT" | u32 flags (1: set) | u32 shard | u32 nshards |
+ *                 char table[48] | char cluster[56] (NUL-padded) | u64 xxh3(bytes 0..119)
+ *   (format 1, still read: no identity block, blocks start at 64)
  *   block*      : "BLK1" | u32 nrecs | u32 payload_len | u32 0 | payload | u64 xxh3(hdr+payload)
  *      record   : u64 key | u64 version | u32 ttl_left_s (0: none) | u16 len | value
  *   trailer 32 B: "DHPSEND1" | u64 records | u64 blocks | u64 chain
@@ -142,15 +146,26 @@ int snap_write(dhps_store *s, const uint64_t *range_mask, uint32_t nranges,
     if (!w.blk)
         return -ENOMEM;
     uint64_t now_ms = store_now_ms(s);
-    uint8_t hdr[SNAP_HDR] = {0};
+    uint8_t hdr[SNAP_HDR] = {0}, id[SNAP_ID_BYTES] = {0};
     memcpy(hdr, SNAP_MAGIC, 8);
     wr32(hdr + 8, SNAP_FORMAT);
-    wr32(hdr + 12, SNAP_HDR);
+    wr32(hdr + 12, SNAP_HDR + SNAP_ID_BYTES);
     /* records (offset 16) and the header hash are set by the sink's finish */
     wr64(hdr + 24, now_ms);
     wr64(hdr + 32, store_wall_ms());
     wr32(hdr + 40, SNAP_BLOCK_TARGET);
+    memcpy(id, "IDNT", 4);
+    if (s->has_id) {
+        wr32(id + 4, 1);
+        wr32(id + 8, s->id.shard);
+        wr32(id + 12, s->id.nshards);
+        memcpy(id + 16, s->id.table, strlen(s->id.table));
+        memcpy(id + 64, s->id.cluster, strlen(s->id.cluster));
+    }
+    wr64(id + 120, XXH3_64bits(id, 120));
     int rc = k->write(k->arg, hdr, SNAP_HDR);
+    if (!rc)
+        rc = k->write(k->arg, id, SNAP_ID_BYTES);
     if (!rc)
         rc = store_walk(s, range_mask, nranges, true, w_record, &w);
     if (!rc)
@@ -198,9 +213,17 @@ int dhps_store_snapshot(dhps_store *s, const char *path)
     char tmp[4096];
     if (snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid()) >= (int)sizeof tmp)
         return -ENAMETOOLONG;
-    FILE *f = fopen(tmp, "wb");
-    if (!f)
+    /* 0600: a snapshot holds the table's data; only the server's user reads it */
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0)
         return -errno;
+    FILE *f = fdopen(fd, "wb");
+    if (!f) {
+        int e = -errno;
+        close(fd);
+        unlink(tmp);
+        return e;
+    }
     setvbuf(f, NULL, _IOFBF, 1 << 20);
     snap_sink k = {.write = file_write, .finish = file_finish, .arg = f};
     int err = snap_write(s, NULL, 0, 0, &k, NULL);
@@ -223,17 +246,100 @@ int dhps_store_snapshot(dhps_store *s, const char *path)
     return 0;
 }
 
-/* Verify the whole image; returns records or a negative error. */
-long snap_verify(const uint8_t *p, size_t n)
+/* The header (and identity block) of an image: 1 with *id filled when it records one,
+ * 0 when not, or DHPS_E_CORRUPT / DHPS_E_VERSION. */
+static int snap_header(const uint8_t *p, size_t n, dhps_store_identity *id)
 {
-    if (n < SNAP_HDR + SNAP_TRAILER || memcmp(p, SNAP_MAGIC, 8) != 0)
+    if (n < SNAP_HDR || memcmp(p, SNAP_MAGIC, 8) != 0)
         return DHPS_E_CORRUPT;
-    if (rd32(p + 8) != SNAP_FORMAT || rd32(p + 12) != SNAP_HDR)
+    uint32_t fmt = rd32(p + 8), off = rd32(p + 12);
+    if (!((fmt == 1 && off == SNAP_HDR) || (fmt == 2 && off == SNAP_HDR + SNAP_ID_BYTES)))
         return DHPS_E_VERSION;
     if (XXH3_64bits(p, 56) != rd64(p + 56))
         return DHPS_E_CORRUPT;
+    if (fmt == 1)
+        return 0;
+    const uint8_t *b = p + SNAP_HDR;
+    if (n < SNAP_HDR + SNAP_ID_BYTES || memcmp(b, "IDNT", 4) != 0 ||
+        XXH3_64bits(b, 120) != rd64(b + 120))
+        return DHPS_E_CORRUPT;
+    uint32_t flags = rd32(b + 4);
+    if (flags > 1)
+        return DHPS_E_CORRUPT;
+    if (!flags)
+        return 0;
+    memset(id, 0, sizeof *id);
+    id->shard = rd32(b + 8);
+    id->nshards = rd32(b + 12);
+    memcpy(id->table, b + 16, DHPS_STORE_ID_TABLE_MAX);  /* the 48th byte stays NUL */
+    memcpy(id->cluster, b + 64, DHPS_STORE_ID_CLUSTER_MAX);
+    if (b[16 + DHPS_STORE_ID_TABLE_MAX] || b[64 + DHPS_STORE_ID_CLUSTER_MAX] ||
+        id->nshards == 0 || id->shard >= id->nshards)
+        return DHPS_E_CORRUPT;
+    return 1;
+}
+
+int dhps_store_image_identity(const void *buf, size_t len, dhps_store_identity *id)
+{
+    return buf && id ? snap_header(buf, len, id) : -EINVAL;
+}
+
+int dhps_store_file_identity(const char *path, dhps_store_identity *id)
+{
+    uint8_t b[SNAP_HDR + SNAP_ID_BYTES];
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    ssize_t n = pread(fd, b, sizeof b, 0);
+    int e = n < 0 ? -errno : 0;
+    close(fd);
+    return e ? e : snap_header(b, (size_t)n, id);
+}
+
+bool dhps_store_identity_match(const dhps_store_identity *a, const dhps_store_identity *b)
+{
+    return !strcmp(a->table, b->table) && a->shard == b->shard && a->nshards == b->nshards &&
+           (!a->cluster[0] || !b->cluster[0] || !strcmp(a->cluster, b->cluster));
+}
+
+int dhps_store_set_identity(dhps_store *s, const dhps_store_identity *id)
+{
+    if (!s || !id || strnlen(id->table, sizeof id->table) > DHPS_STORE_ID_TABLE_MAX ||
+        strnlen(id->cluster, sizeof id->cluster) > DHPS_STORE_ID_CLUSTER_MAX ||
+        id->nshards == 0 || id->shard >= id->nshards)
+        return -EINVAL;
+    s->id = *id;
+    s->has_id = true;
+    return 0;
+}
+
+/* An image given to this store: refused when both name their data and differ. */
+int snap_check_identity(const dhps_store *s, const uint8_t *p, size_t n)
+{
+    dhps_store_identity id;
+    int rc = snap_header(p, n, &id);
+    if (rc <= 0 || !s->has_id)
+        return rc < 0 ? rc : 0;
+    if (dhps_store_identity_match(&s->id, &id))
+        return 0;
+    DHPS_LOG(DHPS_LOG_WARN, "store", "image of table %s shard %u/%u%s%s refused by the store "
+             "of table %s shard %u/%u%s%s", id.table, id.shard, id.nshards,
+             id.cluster[0] ? " cluster " : "", id.cluster, s->id.table, s->id.shard,
+             s->id.nshards, s->id.cluster[0] ? " cluster " : "", s->id.cluster);
+    return DHPS_E_MISMATCH;
+}
+
+/* Verify the whole image; returns records or a negative error. */
+long snap_verify(const uint8_t *p, size_t n)
+{
+    dhps_store_identity id;
+    int hr = snap_header(p, n, &id);
+    if (hr < 0)
+        return hr;
+    if (n < (size_t)SNAP_DATA_OFF(p) + SNAP_TRAILER)
+        return DHPS_E_CORRUPT;
     uint64_t records = rd64(p + 16), seen = 0, blocks = 0, chain = 0;
-    size_t off = SNAP_HDR, end = n - SNAP_TRAILER;
+    size_t off = SNAP_DATA_OFF(p), end = n - SNAP_TRAILER;
     while (off < end) {
         if (end - off < BLK_HDR + 8 || memcmp(p + off, SNAP_BLK, 4) != 0)
             return DHPS_E_CORRUPT;
@@ -275,6 +381,8 @@ long dhps_store_load_buffer(dhps_store *s, const void *buf, size_t n)
         DHPS_LOG(DHPS_LOG_WARN, "store", "snapshot rejected: %s", dhps_strerror((int)rc));
         return rc;
     }
+    if ((rc = snap_check_identity(s, buf, n)) < 0)
+        return rc;
     return snap_apply(s, buf, n, NULL, NULL, NULL);
 }
 

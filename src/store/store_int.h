@@ -136,6 +136,8 @@ typedef struct retired_table {
 } retired_table;
 
 struct dhps_store {
+    dhps_store_identity id; /* what the store holds (writer: set, snapshot, load) */
+    bool has_id;
     /* read-mostly, shared with readers */
     _Atomic(index_table *) table;
     uint8_t *base;          /* reserved record range */
@@ -286,8 +288,10 @@ void store_unlive(dhps_store *s, uint32_t ref, const uint8_t *rec);
 #define SNAP_MAGIC "DHPSSNAP"
 #define SNAP_END "DHPSEND1"
 #define SNAP_BLK "BLK1"
-#define SNAP_FORMAT 1u
-#define SNAP_HDR 64u
+#define SNAP_FORMAT 2u      /* written; 1 (no identity block) is still read */
+#define SNAP_HDR 64u        /* the fixed header */
+#define SNAP_ID_BYTES 128u  /* format 2: identity block after the header */
+#define SNAP_DATA_OFF(p) (rd32((p) + 12)) /* header + identity: where blocks start (verified) */
 #define SNAP_TRAILER 32u
 #define BLK_HDR 16u
 #define SNAP_REC_HDR 22u
@@ -316,6 +320,9 @@ int snap_write(dhps_store *s, const uint64_t *range_mask, uint32_t nranges,
                uint64_t min_version, const snap_sink *k, uint64_t *records);
 /* Verify a whole image: records, or DHPS_E_CORRUPT / DHPS_E_VERSION. */
 long snap_verify(const uint8_t *p, size_t n);
+/* 0 when the (verified) image may be given to s: s or the image names no data, or both
+ * name the same (dhps_store_identity_match); DHPS_E_MISMATCH (logged) otherwise. */
+int snap_check_identity(const dhps_store *s, const uint8_t *p, size_t n);
 /* Writer: upsert the records of a verified image (export.c). skip may be NULL; st may
  * be NULL. Returns records applied or a negative error (earlier batches applied). */
 long snap_apply(dhps_store *s, const uint8_t *p, size_t n,

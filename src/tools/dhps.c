@@ -32,6 +32,7 @@ int dhps_cmd_node(int argc, char **argv);
 int dhps_cmd_rebalance(int argc, char **argv);
 int dhps_cmd_controller(int argc, char **argv);
 int dhps_cmd_membership(int argc, char **argv);
+int dhps_cmd_keygen(int argc, char **argv);
 
 struct dhps_cmd {
     const char *name;
@@ -63,6 +64,7 @@ static const struct dhps_cmd dhps_cmds[] = {
     {"rebalance", dhps_cmd_rebalance, "move shards to the placement (--dry-run: print the moves)"},
     {"controller", dhps_cmd_controller, "daemon: drive pending moves, re-replicate dead nodes"},
     {"membership", dhps_cmd_membership, "grow, shrink, replace, kill under load (etcd); JSON"},
+    {"keygen", dhps_cmd_keygen, "write a new cluster secret file (32 random bytes, 0600)"},
 };
 
 static void usage(FILE *f)

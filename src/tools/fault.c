@@ -374,7 +374,7 @@ int dhps_cmd_fault(int argc, char **argv)
     size_t slen = 0;
     uint8_t key[DHPS_RPC_MAX_SECRET];
     char serr[4200];
-    if (dhps_secret_load(secret_path, key, sizeof key, &slen, NULL, serr, sizeof serr)) {
+    if (dhps_secret_load(secret_path, key, sizeof key, &slen, serr, sizeof serr)) {
         fprintf(stderr, "dhps fault: %s\n", serr);
         return 1;
     }

@@ -208,7 +208,7 @@ int up_spawn_node(const char *server, const char *cfg, const char *log, bool app
         return -errno;
     if (p == 0) {
         setsid(); /* outlives the command, not killed by its terminal's ^C */
-        int lfd = open(log, O_WRONLY | O_CREAT | (append ? O_APPEND : O_TRUNC), 0644);
+        int lfd = open(log, O_WRONLY | O_CREAT | (append ? O_APPEND : O_TRUNC), 0640);
         int nfd = open("/dev/null", O_RDONLY);
         if (lfd >= 0) {
             dup2(lfd, 1);
@@ -364,7 +364,7 @@ int up_config_pin_ports(const char *cfg, uint16_t port, uint16_t mport)
         json_object_set_new(l, "tcp_port", json_integer(port));
         json_object_set_new(m, "port", json_integer(mport));
         char *text = json_dumps(j, JSON_INDENT(2));
-        rc = text ? up_write_text(cfg, text, 0644) : -ENOMEM;
+        rc = text ? up_write_text(cfg, text, 0640) : -ENOMEM;
         free(text);
     }
     json_decref(j);

@@ -195,7 +195,7 @@ static int cluster_save(cluster *c)
     char p[PATH_MAX];
     snprintf(p, sizeof p, "%s/cluster.json", c->dir);
     char *text = json_dumps(c->j, JSON_INDENT(2));
-    int rc = text ? up_write_text(p, text, 0644) : -ENOMEM;
+    int rc = text ? up_write_text(p, text, 0640) : -ENOMEM;
     free(text);
     if (rc == 0 && c->stopped) {
         unlink(c->file);

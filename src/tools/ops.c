@@ -12,8 +12,10 @@
  * writes it) or --map FILE --secret FILE. The table's dim and dtype come from the
  * nodes (INFO), so get/put need no --dim.
  */
+#include <errno.h>
 #include <getopt.h>
 #include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -344,7 +346,15 @@ int dhps_cmd_put(int argc, char **argv)
     uint32_t got = 0;
     while (*s) {
         char *end;
+        errno = 0;
         float v = strtof(s, &end);
+        if (end != s && (!isfinite(v) || errno == ERANGE) && !(errno == ERANGE && v == 0)) {
+            fprintf(stderr, "dhps put: value %u (%.*s) is not a finite fp32 number (NaN, inf "
+                            "and magnitudes past 3.4e38 are refused)\n", got + 1,
+                    (int)(end - s), s);
+            rc = 2;
+            goto out;
+        }
         if (end == s || got == dim) {
             fprintf(stderr, "dhps put: need exactly %u comma-separated numbers for table %s\n",
                     dim, o.table);
@@ -353,6 +363,11 @@ int dhps_cmd_put(int argc, char **argv)
         }
         vec[got++] = v;
         s = *end == ',' ? end + 1 : end;
+        if (*end == ',' && !end[1]) {
+            fprintf(stderr, "dhps put: a trailing comma after value %u\n", got);
+            rc = 2;
+            goto out;
+        }
         if (*end && *end != ',') {
             fprintf(stderr, "dhps put: bad number near '%s'\n", end);
             rc = 2;

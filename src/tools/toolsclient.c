@@ -86,8 +86,8 @@ static int addr_map(const char *addr, const char *secret_path, tools_conn *c)
     snprintf(nd.addr, sizeof nd.addr, "%s", addr);
     nd.port = (uint16_t)port;
     char err[4200];
-    int rc = dhps_secret_load(secret_path, c->secret, sizeof c->secret, &c->secret_len, NULL,
-                              err, sizeof err);
+    int rc = dhps_secret_load(secret_path, c->secret, sizeof c->secret, &c->secret_len, err,
+                              sizeof err);
     if (rc) {
         fprintf(stderr, "dhps: %s\n", err);
         return rc;
@@ -213,8 +213,8 @@ int tools_conn_open(const tools_target *t, tools_conn **out)
         copy_label(c->pod, sizeof c->pod, t->pod);
     if (t->az)
         copy_label(c->az, sizeof c->az, t->az);
-    if ((rc = dhps_secret_load(secret_path, c->secret, sizeof c->secret, &c->secret_len, NULL,
-                               err, sizeof err))) {
+    if ((rc = dhps_secret_load(secret_path, c->secret, sizeof c->secret, &c->secret_len, err,
+                               sizeof err))) {
         fprintf(stderr, "dhps: %s\n", err);
         goto fail;
     }

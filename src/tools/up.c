@@ -572,22 +572,9 @@ int dhps_cmd_up(int argc, char **argv)
     if (dir_holds_cluster(absdir, o.fresh) != 0)
         goto fail;
 
-    /* secret: 32 random bytes, hex */
-    uint8_t rnd[32];
-    int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
-    if (fd < 0 || read(fd, rnd, sizeof rnd) != (ssize_t)sizeof rnd) {
-        fprintf(stderr, "dhps up: /dev/urandom: %s\n", strerror(errno));
-        if (fd >= 0)
-            close(fd);
-        goto fail;
-    }
-    close(fd);
-    char hex[65];
-    for (int i = 0; i < 32; i++)
-        sprintf(hex + 2 * i, "%02x", rnd[i]);
+    /* secret: 32 random bytes, hex, 0600 (what `dhps keygen` writes) */
     snprintf(p, sizeof p, "%s/secret", absdir);
-    unlink(p);
-    if ((e = up_write_text(p, hex, 0600)) < 0) {
+    if ((e = dhps_secret_generate(p, true)) < 0) {
         fprintf(stderr, "dhps up: %s: %s\n", p, strerror(-e));
         goto fail;
     }
@@ -680,7 +667,7 @@ int dhps_cmd_up(int argc, char **argv)
                                                        (int)o.anti_entropy_s));
         char *text = cfg ? json_dumps(cfg, JSON_INDENT(2)) : NULL;
         json_decref(cfg);
-        if (!text || (e = up_write_text(nd[i].cfg, text, 0644)) < 0) {
+        if (!text || (e = up_write_text(nd[i].cfg, text, 0640)) < 0) {
             fprintf(stderr, "dhps up: cannot write %s\n", nd[i].cfg);
             free(text);
             goto fail;
@@ -743,7 +730,7 @@ int dhps_cmd_up(int argc, char **argv)
 
     state = state_json(&o, absdir, server, nd, etcd_state);
     snprintf(p, sizeof p, "%s/cluster.json", absdir);
-    if (!state || !(stext = json_dumps(state, JSON_INDENT(2))) || up_write_text(p, stext, 0644) < 0) {
+    if (!state || !(stext = json_dumps(state, JSON_INDENT(2))) || up_write_text(p, stext, 0640) < 0) {
         fprintf(stderr, "dhps up: cannot write %s\n", p);
         goto fail;
     }

@@ -7,6 +7,8 @@
 #include <cmocka.h>
 
 #include <arpa/inet.h>
+#include <float.h>
+#include <math.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 
@@ -887,6 +889,60 @@ static void test_not_ready_write(void **state)
     assert_true(fake_get(&x->nodes[1], key, NULL, NULL));
 }
 
+/* NaN and +-inf are refused whole before anything is sent (-EDOM), fp32 and fp16;
+ * params.allow_nonfinite lets them through. */
+static void test_nonfinite_refused(void **state)
+{
+    struct fx *x = *state;
+    uint64_t keys[3] = {11, 12, 13};
+    float rows[3 * DIM];
+    for (int i = 0; i < 3; i++)
+        row_of(keys[i], rows + i * DIM);
+    dhps_client_stats st0, st1;
+    dhps_client_stats_get(x->c, &st0);
+    const float bad[] = {NAN, INFINITY, -INFINITY};
+    for (int b = 0; b < 3; b++) {
+        float r2[3 * DIM];
+        memcpy(r2, rows, sizeof r2);
+        r2[2 * DIM + 1] = bad[b];
+        assert_int_equal(dhps_client_update(x->c, "emb", keys, r2, 3, DIM, DHPS_FP32,
+                                            DHPS_CLIENT_TTL_DEFAULT, DHPS_ACK_ALL, 0, NULL, NULL),
+                         -EDOM);
+    }
+    uint16_t h[3 * DIM] = {0};
+    h[DIM] = 0x7e00; /* fp16 NaN */
+    assert_int_equal(dhps_client_update(x->c, "emb", keys, h, 3, DIM, DHPS_FP16,
+                                        DHPS_CLIENT_TTL_DEFAULT, DHPS_ACK_ALL, 0, NULL, NULL),
+                     -EDOM);
+    h[DIM] = 0x7c00; /* fp16 +inf */
+    assert_int_equal(dhps_client_update(x->c, "emb", keys, h, 3, DIM, DHPS_FP16,
+                                        DHPS_CLIENT_TTL_DEFAULT, DHPS_ACK_ALL, 0, NULL, NULL),
+                     -EDOM);
+    dhps_client_stats_get(x->c, &st1);
+    assert_int_equal(st1.keys_updated, st0.keys_updated); /* nothing went out */
+    /* the largest finite values pass */
+    rows[0] = FLT_MAX;
+    rows[1] = -FLT_MAX;
+    assert_int_equal(dhps_client_update(x->c, "emb", keys, rows, 3, DIM, DHPS_FP32,
+                                        DHPS_CLIENT_TTL_DEFAULT, DHPS_ACK_ALL, 0, NULL, NULL),
+                     0);
+    /* allowed by the client's params */
+    dhps_client_params p;
+    dhps_client_params_init(&p);
+    p.map_path = x->path;
+    p.secret = FAKE_SECRET;
+    p.secret_len = strlen(FAKE_SECRET);
+    p.default_timeout_us = dhps_test_us(2000000);
+    p.allow_nonfinite = true;
+    dhps_client *c = NULL;
+    assert_int_equal(dhps_client_create(&p, &c), 0);
+    rows[DIM] = NAN;
+    assert_int_equal(dhps_client_update(c, "emb", keys, rows, 3, DIM, DHPS_FP32,
+                                        DHPS_CLIENT_TTL_DEFAULT, DHPS_ACK_ALL, 0, NULL, NULL),
+                     0);
+    dhps_client_destroy(c);
+}
+
 static void test_create_errors(void **state)
 {
     struct fx *x = *state;
@@ -938,6 +994,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_not_ready_all, setup, teardown),
         cmocka_unit_test_setup_teardown(test_not_ready_recovers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_not_ready_write, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_nonfinite_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_create_errors, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

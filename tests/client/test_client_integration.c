@@ -78,7 +78,7 @@ static void test_three_servers(void **state)
     (void)state;
     char path[256], secret_path[256];
     snprintf(secret_path, sizeof secret_path, "%s/secret", g_dir);
-    write_text(secret_path, "integration-secret\n", 0600);
+    write_text(secret_path, "integration-secret-0123456789abcdef\n", 0600);
     dhps_cluster_map *m0 = gen_map(NULL, false, 1);
     uint16_t ports[N];
     for (int i = 0; i < N; i++) {
@@ -148,7 +148,7 @@ static void test_three_servers(void **state)
     dhps_client_params p;
     dhps_client_params_init(&p);
     p.map_path = map_path;
-    p.secret = "integration-secret";
+    p.secret = "integration-secret-0123456789abcdef";
     p.secret_len = strlen(p.secret);
     p.host = "local-0";
     p.az = "az0";

@@ -630,6 +630,94 @@ static void stalled_hello_does_not_block_others(void **st)
     g_hello_timeout_ms = 0;
 }
 
+/* The server's hello carries no proof: a peer that knows nothing gets nothing to test
+ * secret guesses against offline. The server proves itself in its ACCEPT, only after
+ * the client's proof checked out; a forged client proof gets a REJECT without a MAC. */
+static void server_proves_only_after_client(void **st)
+{
+    (void)st;
+    dhps_rpc_server *s = start_server(1, NULL);
+    rpc_hello ch, sh, rj, ac;
+    int fd = raw_half_hello(dhps_rpc_server_port(s), &ch, &sh);
+    static const uint8_t zero[RPC_MAC];
+    assert_memory_equal(sh.proof, zero, RPC_MAC);
+    rpc_hello pr = {.kind = RPC_H_CLIENT_PROOF, .version = sh.version, .want = DHPS_RPC_TCP};
+    rpc_proof("guess", 5, 'c', &ch, &sh, &pr, pr.proof);
+    raw_send_hello(fd, &pr);
+    raw_recv_hello(fd, &rj);
+    assert_int_equal(rj.kind, RPC_H_REJECT);
+    assert_memory_equal(rj.proof, zero, RPC_MAC);
+    close(fd);
+    /* the right secret: ACCEPT with a proof over the hellos and the accepted path */
+    fd = raw_half_hello(dhps_rpc_server_port(s), &ch, &sh);
+    rpc_proof(SECRET, sizeof SECRET - 1, 'c', &ch, &sh, &pr, pr.proof);
+    raw_send_hello(fd, &pr);
+    raw_recv_hello(fd, &ac);
+    assert_int_equal(ac.kind, RPC_H_ACCEPT);
+    uint8_t want[RPC_MAC];
+    rpc_proof(SECRET, sizeof SECRET - 1, 'a', &ch, &sh, &ac, want);
+    assert_true(rpc_mac_equal(want, ac.proof));
+    rpc_proof("guess", 5, 'a', &ch, &sh, &ac, want);
+    assert_false(rpc_mac_equal(want, ac.proof));
+    close(fd);
+    dhps_rpc_server_destroy(s);
+}
+
+/* An impostor server (no secret) that accepts any proof: the client refuses its ACCEPT
+ * (DHPS_E_AUTH) and never serves a call on that connection. */
+struct impostor {
+    int lfd;
+    uint16_t port;
+};
+
+static void *impostor_main(void *arg)
+{
+    struct impostor *im = arg;
+    int fd = accept(im->lfd, NULL, NULL);
+    if (fd < 0)
+        return NULL;
+    rpc_hello ch, pr;
+    raw_recv_hello(fd, &ch);
+    rpc_hello sh = {.kind = RPC_H_SERVER_HELLO, .version = ch.version, .caps = 1,
+                    .max_msg = 4096};
+    raw_send_hello(fd, &sh);
+    raw_recv_hello(fd, &pr);
+    rpc_hello ac = {.kind = RPC_H_ACCEPT, .version = sh.version, .transport = DHPS_RPC_TCP};
+    rpc_proof("not the secret", 14, 'a', &ch, &sh, &ac, ac.proof);
+    raw_send_hello(fd, &ac);
+    char b[64];
+    while (recv(fd, b, sizeof b, 0) > 0)
+        ;
+    close(fd);
+    return NULL;
+}
+
+static void client_refuses_impostor_server(void **st)
+{
+    (void)st;
+    struct impostor im;
+    im.lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(im.lfd >= 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t al = sizeof a;
+    assert_int_equal(bind(im.lfd, (struct sockaddr *)&a, sizeof a), 0);
+    assert_int_equal(listen(im.lfd, 4), 0);
+    assert_int_equal(getsockname(im.lfd, (struct sockaddr *)&a, &al), 0);
+    im.port = ntohs(a.sin_port);
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, impostor_main, &im), 0);
+    dhps_rpc_client *c = new_client(SECRET);
+    dhps_rpc_channel_params p;
+    dhps_rpc_channel_params_init(&p);
+    p.port = im.port;
+    p.allow = DHPS_RPC_MASK(DHPS_RPC_TCP);
+    dhps_rpc_channel *chn = NULL;
+    assert_int_equal(dhps_rpc_channel_open(c, &p, &chn), DHPS_E_AUTH);
+    dhps_rpc_client_destroy(c);
+    pthread_join(th, NULL);
+    close(im.lfd);
+}
+
 static void garbage_closes_connection(void **st)
 {
     (void)st;
@@ -741,23 +829,23 @@ static void negotiation_policy(void **st)
     assert_int_equal(dhps_rpc_channel_open(c, &p, &ch), DHPS_E_CONFIG);
     dhps_rpc_client_destroy(c);
 
-    /* an older (version 1) hello: tcp, and it still works */
-    dhps_rpc_client_params_init(&cp);
-    cp.secret = SECRET;
-    cp.secret_len = sizeof SECRET - 1;
-    cp.hello_version = 1;
-    assert_int_equal(dhps_rpc_client_create(&cp, &c), 0);
-    dhps_rpc_channel_params_init(&p);
-    p.port = port;
-    assert_int_equal(dhps_rpc_channel_open(c, &p, &ch), 0);
-    assert_int_equal(dhps_rpc_channel_transport(ch), DHPS_RPC_TCP);
-    assert_int_equal(dhps_rpc_call(ch, M_ECHO, "c", 1, out, sizeof out, &n, 1000000), 0);
-    dhps_rpc_client_destroy(c);
+    /* older hellos (versions 1 and 2, whose server proved itself first) are refused */
+    for (uint16_t v = 1; v < RPC_HELLO_MIN_VERSION; v++) {
+        dhps_rpc_client_params_init(&cp);
+        cp.secret = SECRET;
+        cp.secret_len = sizeof SECRET - 1;
+        cp.hello_version = v;
+        assert_int_equal(dhps_rpc_client_create(&cp, &c), 0);
+        dhps_rpc_channel_params_init(&p);
+        p.port = port;
+        assert_int_equal(dhps_rpc_channel_open(c, &p, &ch), DHPS_E_VERSION);
+        dhps_rpc_client_destroy(c);
+    }
 
     dhps_rpc_server_stats ss;
     dhps_rpc_server_get_stats(s, &ss);
     assert_int_equal(ss.handled[DHPS_RPC_SHM], 1);
-    assert_int_equal(ss.handled[DHPS_RPC_TCP], vb ? 1 : 2);
+    assert_int_equal(ss.handled[DHPS_RPC_TCP], vb ? 0 : 1);
     assert_int_equal(ss.handled[DHPS_RPC_VERBS], vb ? 2 : 0);
     dhps_rpc_server_destroy(s);
 }
@@ -1584,6 +1672,8 @@ int main(void)
         cmocka_unit_test(stalled_hello_does_not_block_others),
         cmocka_unit_test(garbage_closes_connection),
         cmocka_unit_test(negotiation_policy),
+        cmocka_unit_test(server_proves_only_after_client),
+        cmocka_unit_test(client_refuses_impostor_server),
         cmocka_unit_test(server_destroyed_under_client),
         cmocka_unit_test(threads_many_clients),
         cmocka_unit_test(refused_until_started),

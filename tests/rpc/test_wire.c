@@ -115,6 +115,32 @@ static void proofs_bind_secret_and_nonces(void **st)
     pr.shm_cookie = 1;
     rpc_proof("k", 1, 'c', &ch, &sh, &pr, b);
     assert_false(rpc_mac_equal(a, b));
+    /* the ACCEPT proof (version 3) binds the hellos and the accepted path: a proof for
+     * tcp is no proof for verbs, nor for other verbs endpoints, and differs from 's' */
+    ch.version = sh.version = 3;
+    rpc_hello ac = {.kind = RPC_H_ACCEPT, .version = 3, .transport = DHPS_RPC_TCP};
+    rpc_proof("k", 1, 'a', &ch, &sh, &ac, a);
+    rpc_proof("k", 1, 's', &ch, &sh, NULL, b);
+    assert_false(rpc_mac_equal(a, b));
+    ac.transport = DHPS_RPC_VERBS;
+    rpc_proof("k", 1, 'a', &ch, &sh, &ac, b);
+    assert_false(rpc_mac_equal(a, b));
+    ac.transport = DHPS_RPC_TCP;
+    ac.verbs.qpn = 7;
+    rpc_proof("k", 1, 'a', &ch, &sh, &ac, b);
+    assert_false(rpc_mac_equal(a, b));
+    /* and it travels in the version-3 ACCEPT, which is refused without it */
+    uint8_t buf[256];
+    memcpy(ac.proof, a, RPC_MAC);
+    long n = rpc_hello_encode(&ac, buf, sizeof buf);
+    assert_true(n > 0);
+    rpc_hello got;
+    assert_int_equal(rpc_hello_parse(buf, (size_t)n, &got), n);
+    assert_memory_equal(got.proof, a, RPC_MAC);
+    ac.version = 2;
+    long n2 = rpc_hello_encode(&ac, buf, sizeof buf); /* the shorter version-2 body */
+    buf[4] = 3;                                       /* claimed as version 3 */
+    assert_int_equal(rpc_hello_parse(buf, (size_t)n2, &got), DHPS_E_MALFORMED);
 }
 
 int main(void)

@@ -27,7 +27,8 @@
 #include "util.h"
 #include "test_scale.h"
 
-#define T_SECRET "server-test-secret"
+/* a secret file must hold >= 32 bytes with >= 10 distinct values (dhps_secret_load) */
+#define T_SECRET "server-test-secret-0123456789abcdef"
 
 static inline void t_write(const char *path, const char *text, int mode)
 {

@@ -339,7 +339,18 @@ static void test_bad_secret_file(void **state)
     unlink(p);
     assert_int_equal(dhps_server_create(c, &s, err, sizeof err), DHPS_E_CONFIG);
     assert_non_null(strstr(err, "No such file"));
-    t_write(p, "ok-secret", 0644); /* world-readable: accepted with a warning */
+    t_write(p, T_SECRET, 0644); /* world-readable: refused, naming the fix */
+    assert_int_equal(dhps_server_create(c, &s, err, sizeof err), DHPS_E_CONFIG);
+    assert_non_null(strstr(err, "mode 0644 lets any user read or change it"));
+    t_write(p, T_SECRET, 0640); /* group-readable: refused too */
+    chmod(p, 0640);
+    assert_int_equal(dhps_server_create(c, &s, err, sizeof err), DHPS_E_CONFIG);
+    assert_non_null(strstr(err, "mode 0640 lets its group"));
+    chmod(p, 0600);
+    t_write(p, "dog", 0600); /* a guessable secret */
+    assert_int_equal(dhps_server_create(c, &s, err, sizeof err), DHPS_E_CONFIG);
+    assert_non_null(strstr(err, "too weak (3 bytes"));
+    t_write(p, T_SECRET, 0600);
     char snapd[600];
     snprintf(snapd, sizeof snapd, "%s/snap", dir);
     rmdir(snapd); /* a missing snapshot dir is a config error */

@@ -333,9 +333,9 @@ static void damaged_image_is_rejected_whole(void **state)
             assert_int_equal(rc, DHPS_E_CORRUPT);
         }
     }
-    img[8] = 2;
+    img[8] = 3;
     assert_int_equal(dhps_store_merge_buffer(t, img, n, NULL, NULL, NULL), DHPS_E_VERSION);
-    img[8] = 1;
+    img[8] = 2;
     assert_int_equal(dhps_store_digest(t, 16, h1, c1), 0);
     assert_memory_equal(h0, h1, sizeof h0);
     assert_memory_equal(c0, c1, sizeof c0);

@@ -1,10 +1,13 @@
-/* Snapshots: round trip, TTLs across the snapshot, and rejection of every kind of
- * damage (truncation anywhere, any flipped byte, wrong format, non-empty target). */
+/* Snapshots: round trip, TTLs across the snapshot, rejection of every kind of damage
+ * (truncation anywhere, any flipped byte, wrong format, non-empty target), and of a file
+ * that belongs to another table, shard, shard count or cluster. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include <xxhash.h>
 
 #include "test_util.h"
 
@@ -78,6 +81,9 @@ static void round_trip(void **state)
     char path[300];
     snprintf(path, sizeof path, "%s/a.snap", dir);
     assert_int_equal(dhps_store_snapshot(s, path), 0);
+    struct stat sb;
+    assert_int_equal(stat(path, &sb), 0);
+    assert_int_equal(sb.st_mode & 0777, 0600); /* the table's data: its owner only */
     dhps_store_stats st0;
     dhps_store_get_stats(s, &st0);
 
@@ -136,9 +142,9 @@ static void damage_is_rejected_whole(void **state)
         assert_int_equal(st.keys, 0);
     }
     /* an unknown format version is named as such */
-    img[8] = 2;
+    img[8] = 3;
     assert_int_equal(dhps_store_load_buffer(t, img, n), DHPS_E_VERSION);
-    img[8] = 1;
+    img[8] = 2;
     /* appended garbage */
     uint8_t *longer = malloc(n + 10);
     memcpy(longer, img, n);
@@ -150,6 +156,120 @@ static void damage_is_rejected_whole(void **state)
     check_filled(t, 1);
     free(img);
     dhps_store_destroy(t);
+    dhps_store_destroy(s);
+}
+
+static dhps_store_identity ident(const char *table, uint32_t shard, uint32_t nshards,
+                                 const char *cluster)
+{
+    dhps_store_identity id;
+    memset(&id, 0, sizeof id);
+    snprintf(id.table, sizeof id.table, "%s", table);
+    snprintf(id.cluster, sizeof id.cluster, "%s", cluster);
+    id.shard = shard;
+    id.nshards = nshards;
+    return id;
+}
+
+/* Shard 1's file copied over shard 0's must not load (issue 12: it used to, silently,
+ * and the next snapshot made the loss permanent). */
+static void identity_is_checked(void **state)
+{
+    (void)state;
+    test_clock c = {.ms = 1000000};
+    dhps_store *s = filled(&c);
+    dhps_store_identity mine = ident("emb", 1, 16, "prod");
+    assert_int_equal(dhps_store_set_identity(s, &mine), 0);
+    char path[300];
+    snprintf(path, sizeof path, "%s/emb.1.snap", dir);
+    assert_int_equal(dhps_store_snapshot(s, path), 0);
+    dhps_store_identity got;
+    assert_int_equal(dhps_store_file_identity(path, &got), 1);
+    assert_string_equal(got.table, "emb");
+    assert_string_equal(got.cluster, "prod");
+    assert_int_equal(got.shard, 1);
+    assert_int_equal(got.nshards, 16);
+    struct {
+        dhps_store_identity id;
+        long want; /* -1: loads */
+    } cases[] = {
+        {ident("emb", 0, 16, "prod"), DHPS_E_MISMATCH},  /* another shard */
+        {ident("emb", 1, 32, "prod"), DHPS_E_MISMATCH},  /* another shard count */
+        {ident("user", 1, 16, "prod"), DHPS_E_MISMATCH}, /* another table */
+        {ident("emb", 1, 16, "test"), DHPS_E_MISMATCH},  /* another cluster */
+        {ident("emb", 1, 16, ""), -1},                   /* store not named after a cluster */
+        {ident("emb", 1, 16, "prod"), -1},
+    };
+    dhps_store_stats st0;
+    dhps_store_get_stats(s, &st0);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        dhps_store *t = mk_store(&c, 10, 0);
+        assert_int_equal(dhps_store_set_identity(t, &cases[i].id), 0);
+        long rc = dhps_store_load(t, path);
+        dhps_store_stats st;
+        dhps_store_get_stats(t, &st);
+        if (cases[i].want == -1) {
+            assert_int_equal(rc, (long)st0.keys);
+        } else {
+            assert_int_equal(rc, cases[i].want);
+            assert_int_equal(st.keys, 0); /* nothing loaded */
+        }
+        /* a merge (catch-up image) is checked the same way */
+        size_t n;
+        uint8_t *img = slurp(path, &n);
+        dhps_store *u = mk_store(&c, 10, 0);
+        assert_int_equal(dhps_store_set_identity(u, &cases[i].id), 0);
+        rc = dhps_store_merge_buffer(u, img, n, NULL, NULL, NULL);
+        if (cases[i].want == -1)
+            assert_int_equal(rc, (long)st0.keys);
+        else
+            assert_int_equal(rc, cases[i].want);
+        free(img);
+        dhps_store_destroy(u);
+        dhps_store_destroy(t);
+    }
+    /* a store without an identity loads any file; a store with one loads a file written
+     * without one and a format-1 file (before identities) */
+    dhps_store *t = mk_store(&c, 10, 0);
+    assert_int_equal(dhps_store_load(t, path), (long)st0.keys);
+    dhps_store_destroy(t);
+    dhps_store *anon = filled(&c);
+    char apath[300];
+    snprintf(apath, sizeof apath, "%s/anon.snap", dir);
+    assert_int_equal(dhps_store_snapshot(anon, apath), 0);
+    assert_int_equal(dhps_store_file_identity(apath, &got), 0);
+    t = mk_store(&c, 10, 0);
+    assert_int_equal(dhps_store_set_identity(t, &mine), 0);
+    assert_int_equal(dhps_store_load(t, apath), (long)st0.keys);
+    dhps_store_destroy(t);
+    /* format 1: the same image without the identity block */
+    size_t n;
+    uint8_t *img = slurp(path, &n);
+    uint8_t *v1 = malloc(n - 128);
+    memcpy(v1, img, 64);
+    memcpy(v1 + 64, img + 192, n - 192);
+    v1[8] = 1;
+    uint32_t off64 = 64;
+    memcpy(v1 + 12, &off64, 4);
+    uint64_t h = XXH3_64bits(v1, 56);
+    memcpy(v1 + 56, &h, 8);
+    assert_int_equal(dhps_store_image_identity(v1, n - 128, &got), 0);
+    t = mk_store(&c, 10, 0);
+    assert_int_equal(dhps_store_set_identity(t, &mine), 0);
+    assert_int_equal(dhps_store_load_buffer(t, v1, n - 128), (long)st0.keys);
+    check_filled(t, 1);
+    dhps_store_destroy(t);
+    /* a damaged identity block is damage */
+    img[64 + 20] ^= 1;
+    assert_int_equal(dhps_store_image_identity(img, n, &got), DHPS_E_CORRUPT);
+    free(img);
+    free(v1);
+    /* bad identities are refused */
+    dhps_store_identity bad = ident("emb", 16, 16, "");
+    assert_int_equal(dhps_store_set_identity(s, &bad), -EINVAL);
+    bad = ident("emb", 0, 0, "");
+    assert_int_equal(dhps_store_set_identity(s, &bad), -EINVAL);
+    dhps_store_destroy(anon);
     dhps_store_destroy(s);
 }
 
@@ -178,6 +298,7 @@ int main(void)
         cmocka_unit_test(round_trip),
         cmocka_unit_test(damage_is_rejected_whole),
         cmocka_unit_test(failed_write_keeps_old_file),
+        cmocka_unit_test(identity_is_checked),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

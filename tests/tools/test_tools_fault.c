@@ -40,10 +40,11 @@ static int start_nodes(void **st)
     assert_non_null(mkdtemp(dir));
     char p[256], text[2048];
     snprintf(p, sizeof p, "%s/secret", dir);
-    write_file(p, "fault-tool-secret\n");
+    write_file(p, "fault-tool-secret-0123456789abcdef\n");
     chmod(p, 0600);
     snprintf(p, sizeof p, "%s/other-secret", dir);
-    write_file(p, "not-the-secret\n");
+    write_file(p, "not-the-secret-0123456789abcdefghij\n");
+    chmod(p, 0600);
     for (int i = 0; i < 2; i++) {
         snprintf(p, sizeof p, "%s/n%d.json", dir, i);
         snprintf(text, sizeof text,

@@ -178,7 +178,8 @@ static void version_flags(void **state)
 }
 
 /* One secret loader: a trailing newline is stripped by the CLI as by the server; an
- * empty file is refused with the path and the reason. */
+ * empty, weak, or group/world-accessible file is refused with the path and the reason;
+ * `dhps keygen` writes one that loads (0600) and never silently replaces one. */
 static void secret_file_newline_and_empty(void **state)
 {
     (void)state;
@@ -188,7 +189,7 @@ static void secret_file_newline_and_empty(void **state)
     assert_int_equal(run(DHPS_BIN " get 1 --map %s/c/map.json --secret %s/secret.nl > /dev/null",
                          g_dir, g_dir),
                      0);
-    assert_int_equal(run(": > %s/secret.empty", g_dir), 0);
+    assert_int_equal(run(": > %s/secret.empty && chmod 600 %s/secret.empty", g_dir, g_dir), 0);
     char *err = capture(DHPS_BIN " get 1 --map %s/c/map.json --secret %s/secret.empty 2>&1",
                         g_dir, g_dir);
     assert_non_null(strstr(err, "secret.empty: empty"));
@@ -196,6 +197,42 @@ static void secret_file_newline_and_empty(void **state)
     err = capture(DHPS_BIN " get 1 --map %s/c/map.json --secret %s/nonexistent 2>&1", g_dir,
                   g_dir);
     assert_non_null(strstr(err, "nonexistent: No such file or directory"));
+    free(err);
+    /* the right secret, but readable by the group: refused, and the fix named */
+    assert_int_equal(run("cp %s/c/secret %s/secret.grp && chmod 640 %s/secret.grp", g_dir, g_dir,
+                         g_dir), 0);
+    err = capture(DHPS_BIN " get 1 --map %s/c/map.json --secret %s/secret.grp 2>&1; echo rc=$?",
+                  g_dir, g_dir);
+    assert_non_null(strstr(err, "secret.grp: mode 0640 lets its group read or change it"));
+    assert_non_null(strstr(err, "chmod 600"));
+    assert_null(strstr(err, "rc=0"));
+    free(err);
+    /* weak: short, or long but with few distinct bytes */
+    const char *weak[] = {"dog", "passwordpasswordpasswordpassword"};
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(run("printf '%%s\\n' %s > %s/secret.weak && chmod 600 %s/secret.weak",
+                             weak[i], g_dir, g_dir), 0);
+        err = capture(DHPS_BIN " get 1 --map %s/c/map.json --secret %s/secret.weak 2>&1", g_dir,
+                      g_dir);
+        assert_non_null(strstr(err, "secret.weak: too weak"));
+        assert_non_null(strstr(err, "dhps keygen"));
+        free(err);
+    }
+    /* keygen: 0600, 64 hex digits, refuses to overwrite, --force replaces */
+    assert_int_equal(run(DHPS_BIN " keygen %s/secret.new", g_dir), 0);
+    err = capture("stat -c %%a %s/secret.new; wc -c < %s/secret.new", g_dir, g_dir);
+    assert_string_equal(err, "600\n64\n");
+    free(err);
+    err = capture("cat %s/secret.new", g_dir);
+    assert_true(strlen(err) == 64 && strspn(err, "0123456789abcdef") == 64);
+    char *again = capture(DHPS_BIN " keygen %s/secret.new 2>&1; echo rc=$?", g_dir);
+    assert_non_null(strstr(again, "exists; --force replaces it"));
+    assert_non_null(strstr(again, "rc=1"));
+    free(again);
+    assert_int_equal(run(DHPS_BIN " keygen %s/secret.new --force", g_dir), 0);
+    again = capture("cat %s/secret.new", g_dir);
+    assert_true(strncmp(again, err, 64) != 0);
+    free(again);
     free(err);
 }
 
@@ -214,6 +251,16 @@ static void info_delete_and_node_errors(void **state)
     assert_non_null(strstr(out, "has no table 'nope' (tables: emb)"));
     assert_non_null(strstr(out, "rc=1"));
     free(out);
+    /* careless values are refused with the value named, nothing written */
+    const char *bad[] = {"1,nan,3,4", "1,2,inf,4", "1,2,3,1e39", "1,2,3,4,"};
+    const char *why[] = {"value 2 (nan) is not a finite", "value 3 (inf) is not a finite",
+                         "value 4 (1e39) is not a finite", "a trailing comma after value 4"};
+    for (int i = 0; i < 4; i++) {
+        char *e = capture(DHPS_BIN " put 9 %s --cluster %s/c 2>&1; echo rc=$?", bad[i], g_dir);
+        assert_non_null(strstr(e, why[i]));
+        assert_non_null(strstr(e, "rc=2"));
+        free(e);
+    }
     assert_int_equal(run(DHPS_BIN " put 9 1,2,3,4 --cluster %s/c > /dev/null", g_dir), 0);
     out = capture(DHPS_BIN " delete 9 --cluster %s/c", g_dir);
     assert_non_null(strstr(out, "deleted 1 keys from emb"));
@@ -222,7 +269,7 @@ static void info_delete_and_node_errors(void **state)
     assert_non_null(strstr(out, "9 missing"));
     free(out);
     /* a wrong secret: every node named, "auth failed" */
-    assert_int_equal(run("echo wrong > %s/secret.wrong", g_dir), 0);
+    assert_int_equal(run(DHPS_BIN " keygen %s/secret.wrong --force", g_dir), 0);
     out = capture(DHPS_BIN " get 1 --map %s/c/map.json --secret %s/secret.wrong 2>&1", g_dir,
                   g_dir);
     assert_non_null(strstr(out, "no node serves table 'emb': node 0 ("));
