@@ -287,8 +287,8 @@ int dhps_cmd_nodes(int argc, char **argv)
         ret = etcd_fail(&o, "read the nodes", rc);
     json_t *all = o.json ? json_array() : NULL;
     if (!o.json && rc >= 0)
-        printf("%-6s %-22s %-12s %-8s %-6s %-18s %s\n", "id", "addr", "host", "pod", "az",
-               "lease", "ttl_s");
+        printf("%-6s %-22s %-12s %-8s %-6s %-18s %-6s %-12s %s\n", "id", "addr", "host", "pod",
+               "az", "lease", "ttl_s", "map_version", "not_ready");
     for (int i = 0; i < rc; i++) {
         json_t *j = json_loadb(kv[i].value, kv[i].value_len, 0, NULL);
         int64_t ttl = -1;
@@ -304,12 +304,21 @@ int dhps_cmd_nodes(int argc, char **argv)
             continue;
         }
         const char *id = json_string_value(json_object_get(j, "node_id"));
-        printf("%-6s %-22s %-12s %-8s %-6s %-18" PRIx64 " %" PRId64 "\n",
+        /* a server following the map in etcd reports the map it applied and the shards
+         * it still catches up ("-": a server that does not follow) */
+        json_t *mv = json_object_get(j, "map_version"), *nr = json_object_get(j, "not_ready");
+        char mvs[24] = "-", nrs[24] = "-";
+        if (json_is_integer(mv))
+            snprintf(mvs, sizeof mvs, "%" PRId64, (int64_t)json_integer_value(mv));
+        if (json_is_array(nr))
+            snprintf(nrs, sizeof nrs, "%zu", json_array_size(nr));
+        printf("%-6s %-22s %-12s %-8s %-6s %-18" PRIx64 " %-6" PRId64 " %-12s %s\n",
                id ? id : strrchr(kv[i].key, '/') + 1,
                json_string_value(json_object_get(j, "addr")) ?: "?",
                json_string_value(json_object_get(j, "host")) ?: "",
                json_string_value(json_object_get(j, "pod")) ?: "",
-               json_string_value(json_object_get(j, "az")) ?: "", (uint64_t)kv[i].lease, ttl);
+               json_string_value(json_object_get(j, "az")) ?: "", (uint64_t)kv[i].lease, ttl,
+               mvs, nrs);
         json_decref(j);
     }
     if (all) {

@@ -389,6 +389,24 @@ int ctl_edit_remove_node(ctl_edit *e, uint32_t node)
     return 0;
 }
 
+int ctl_edit_balance_first(ctl_edit *e, size_t *changed)
+{
+    *changed = 0;
+    int rc = flush(e);
+    if (rc < 0)
+        return rc;
+    dhps_cluster_map *m = NULL;
+    if ((rc = dhps_cluster_map_edit_balance_first(e->cur, &m, changed, NULL, 0)) < 0)
+        return api_rc(rc);
+    if (*changed) {
+        replace_cur(e, m);
+        e->edits++;
+    } else {
+        dhps_cluster_map_destroy(m);
+    }
+    return 0;
+}
+
 int ctl_edit_finish(ctl_edit *e, dhps_cluster_map **map, char **json, char *err,
                     size_t errlen)
 {

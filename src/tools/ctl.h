@@ -29,6 +29,9 @@
  *      registered, or whose shard already has a join for the same replaced replica or
  *      target, are skipped; the first (parallel - joins in flight) become joins with
  *      since = the new version.
+ *   6. only when 1-5 found nothing to do: first replicas are evened out
+ *      (ctl_edit_balance_first: order within shards, no data moves); done when that
+ *      changes nothing either.
  *   The new version is published by CAS on the revision read (ctl_map_publish, the
  *   same path as `dhps map publish`): a concurrent writer (another operator, a second
  *   driver) makes the CAS fail, and the step ends having changed nothing; the next
@@ -134,6 +137,11 @@ int ctl_edit_cancel(ctl_edit *e, uint32_t shard, uint32_t node);
 int ctl_edit_set_state(ctl_edit *e, uint32_t node, int state);
 int ctl_edit_add_node(ctl_edit *e, const dhps_cluster_node *n);
 int ctl_edit_remove_node(ctl_edit *e, uint32_t node);
+
+/* Even out first replicas (dhps_cluster_map_edit_balance_first: swaps within shards,
+ * holder sets unchanged, no data moves). *changed = shards reordered; the edit counts
+ * only when > 0. 0 or an error above. */
+int ctl_edit_balance_first(ctl_edit *e, size_t *changed);
 
 /* Number of edits made since begin (0: nothing to publish). */
 unsigned ctl_edit_count(const ctl_edit *e);

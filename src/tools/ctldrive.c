@@ -252,7 +252,18 @@ int ctl_step(ctl_driver *d, bool *done)
                 mv->to, dhps_strerror(erc));
         }
     }
-    if (ctl_edit_count(e)) {
+    /* nothing else to do: even out first replicas (order within shards only, no data
+     * moves, no holder set changes) */
+    size_t reordered = 0;
+    if (!ctl_edit_count(e) && !inflight && !usable && np == 0 &&
+        (rc = ctl_edit_balance_first(e, &reordered)) < 0)
+        goto out;
+    if (reordered) {
+        snprintf(what, sizeof what, "first replicas evened out: %zu shards reordered",
+                 reordered);
+        if ((rc = publish(d, e, &st, what, &(ctl_publish){.in_flight = 0})) < 0)
+            goto out;
+    } else if (ctl_edit_count(e)) {
         snprintf(what, sizeof what,
                  "%" PRIu64 " flipped, %" PRIu64 " rolled back, %" PRIu64 " marked dead, %" PRIu64
                  " removed, %" PRIu64 " joins started (%zu in flight, %d moves planned)",

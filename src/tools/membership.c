@@ -5,7 +5,9 @@
  * Starts `dhps up --etcd` with 4 nodes in the map and 3 spares (registered, not in the
  * map), loads the sample keys, runs chaos.c's lookup thread (batches of sample keys, a
  * deadline each) and update thread (ACK_ALL by default; per-key generations), and plays:
- *   grow      `dhps node add 4 --no-wait`, `dhps node add 5`: 4 -> 6 nodes
+ *   grow      `dhps node add 4 --no-wait`, `dhps node add 5`: 4 -> 6 nodes; the second
+ *             is killed -9 once joins to node 5 are in the map, and run again (it waits
+ *             for the killed one's election lease, then resumes)
  *   shrink    `dhps node drain 5 --no-wait`, `dhps node remove 4`, etcd killed (-9) while
  *             joins are in flight and restarted on its data after --etcd-down-s; then
  *             nodes 4 and 5 are stopped
@@ -71,8 +73,9 @@ struct step {
     const char *name;
     double seconds;
     int exit;            /* the driving command's exit (0 done) */
-    uint64_t moved;      /* joins flipped by it (from its --json) */
-    uint64_t started, cancels, conflicts, version;
+    uint64_t moved;      /* replicas whose holder changed: the maps before and after */
+    uint64_t started, cancels, conflicts, version; /* from the commands' --json */
+    dhps_cluster_map *before;
     uint64_t bytes;      /* dhps_sync_fetched_bytes_total grown during the step */
 };
 
@@ -126,8 +129,9 @@ static pid_t spawn_cmd(struct mb *M, const char *tag, char *const *args)
     argv[n++] = "dhps";
     for (int i = 0; args[i] && n < 16; i++)
         argv[n++] = args[i];
+    /* election lease 3 s: a driver killed on purpose holds it that long at most */
     char *common[] = {"--etcd", M->url, "--cluster", M->cluster, "--json", "--grace-s", grace,
-                      "--parallel", par, "--poll-ms", "100", NULL};
+                      "--parallel", par, "--poll-ms", "100", "--lease-ttl-s", "3", NULL};
     for (int i = 0; common[i]; i++)
         argv[n++] = common[i];
     if (strcmp(args[0], "controller")) {
@@ -163,7 +167,6 @@ static int wait_cmd(struct mb *M, pid_t p, const char *tag, struct step *s)
     snprintf(path, sizeof path, "%s/%s.json", M->dir, tag);
     json_t *j = json_load_file(path, JSON_DISABLE_EOF_CHECK, NULL);
     if (j && s) {
-        s->moved += (uint64_t)json_integer_value(json_object_get(j, "flips"));
         s->started += (uint64_t)json_integer_value(json_object_get(j, "joins"));
         s->cancels += (uint64_t)json_integer_value(json_object_get(j, "cancels"));
         s->conflicts += (uint64_t)json_integer_value(json_object_get(j, "conflicts"));
@@ -213,6 +216,7 @@ static void stop_node(struct mb *M, int i)
 static void step_begin(struct mb *M, struct chaos *C, struct step *s, int idx, const char *name)
 {
     s->name = name;
+    s->before = map_now(M);
     sample_bytes(M);
     s->bytes = bytes_total(M);
     s->seconds = (double)dhps_mono_ns() / 1e9;
@@ -223,8 +227,30 @@ static void step_begin(struct mb *M, struct chaos *C, struct step *s, int idx, c
     fflush(M->say);
 }
 
+/* Replicas of b whose node is not among a's replicas of the same shard (0 without both). */
+static uint64_t replicas_moved(const dhps_cluster_map *a, const dhps_cluster_map *b)
+{
+    uint64_t n = 0;
+    if (!a || !b || dhps_cluster_map_nshards(a) != dhps_cluster_map_nshards(b))
+        return 0;
+    for (uint32_t sh = 0; sh < dhps_cluster_map_nshards(b); sh++) {
+        const uint32_t *r;
+        int k = dhps_cluster_map_replicas(b, sh, &r);
+        for (int j = 0; j < k; j++)
+            n += !dhps_cluster_map_owns(a, r[j], sh);
+    }
+    return n;
+}
+
 static void step_end(struct mb *M, struct step *s)
 {
+    dhps_cluster_map *after = map_now(M);
+    s->moved = replicas_moved(s->before, after);
+    if (after)
+        s->version = dhps_cluster_map_version(after);
+    dhps_cluster_map_destroy(after);
+    dhps_cluster_map_destroy(s->before);
+    s->before = NULL;
     sample_bytes(M);
     s->bytes = bytes_total(M) - s->bytes;
     s->seconds = (double)dhps_mono_ns() / 1e9 - s->seconds;
@@ -324,7 +350,7 @@ static bool wait_restored(struct mb *M, uint32_t gone, double timeout_s)
 
 static void report(const struct mb *M, const struct chaos *C, const struct chaos_check *K,
                    const struct step *st, int nst, double etcd_down, bool etcd_mid,
-                   uint64_t deadline_ms)
+                   bool driver_killed, uint64_t deadline_ms)
 {
     double avail = C->requests ? (double)C->in_deadline / (double)C->requests : 0;
     uint64_t moved = 0;
@@ -341,7 +367,7 @@ static void report(const struct mb *M, const struct chaos *C, const struct chaos
                "{\"shards_checked\": %u, \"shards_differing\": %u, \"digest_errors\": %u, "
                "\"keys_differing\": %llu}, \"settled\": %s, \"shards_moved\": %llu, "
                "\"bytes_moved\": %llu, \"etcd_outage\": {\"seconds\": %.2f, \"mid_move\": %s}, "
-               "\"steps\": [",
+               "\"driver_killed_mid_move\": %s, \"steps\": [",
                (unsigned long long)C->requests, (unsigned long long)C->in_deadline, avail,
                (unsigned long long)deadline_ms, (unsigned long long)C->errors[0],
                (unsigned long long)C->errors[1], (unsigned long long)C->errors[2],
@@ -353,7 +379,8 @@ static void report(const struct mb *M, const struct chaos *C, const struct chaos
                (unsigned long long)K->unread, K->shards_checked, K->shards_differing,
                K->digest_errors, (unsigned long long)K->keys_differing,
                K->settled ? "true" : "false", (unsigned long long)moved,
-               (unsigned long long)bytes_total(M), etcd_down, etcd_mid ? "true" : "false");
+               (unsigned long long)bytes_total(M), etcd_down, etcd_mid ? "true" : "false",
+               driver_killed ? "true" : "false");
         for (int i = 0; i < nst; i++)
             printf("%s{\"name\": \"%s\", \"seconds\": %.2f, \"exit\": %d, \"shards_moved\": "
                    "%llu, \"joins_started\": %llu, \"rolled_back\": %llu, \"conflicts\": %llu, "
@@ -413,7 +440,6 @@ static void controller_counts(const struct mb *M, struct step *s)
     while (f && fgets(line, sizeof line, f)) {
         json_t *j = json_loads(line, 0, NULL);
         if (j && !strcmp(json_string_value(json_object_get(j, "event")) ?: "", "map")) {
-            s->moved += (uint64_t)json_integer_value(json_object_get(j, "flips"));
             s->started += (uint64_t)json_integer_value(json_object_get(j, "joins"));
             s->cancels += (uint64_t)json_integer_value(json_object_get(j, "cancels"));
         }
@@ -583,7 +609,7 @@ int dhps_cmd_membership(int argc, char **argv)
     memset(st, 0, sizeof st);
     int nst = 0;
     double etcd_down = 0;
-    bool etcd_mid = false, threads = false;
+    bool etcd_mid = false, threads = false, driver_killed = false;
     pthread_t tl, tu;
     pid_t ctl_pid = 0;
     dhps_coord_params cp;
@@ -633,11 +659,17 @@ int dhps_cmd_membership(int argc, char **argv)
     atomic_store(&C.go, 1);
     chaos_sleep_s(1);
 
-    /* grow 4 -> 6 */
-    step_begin(&M, &C, &st[nst], 1, "grow 4->6 (add 4, 5)");
+    /* grow 4 -> 6; the driver is killed -9 mid-move and run again */
+    step_begin(&M, &C, &st[nst], 1, "grow 4->6 (driver killed)");
     st[nst].exit = run_cmd(&M, "add4", &st[nst], (char *[]){"node", "add", "4", "--no-wait", NULL});
-    if (!st[nst].exit)
-        st[nst].exit = run_cmd(&M, "add5", &st[nst], (char *[]){"node", "add", "5", NULL});
+    pid_t first = st[nst].exit ? -1 : spawn_cmd(&M, "add5", (char *[]){"node", "add", "5", NULL});
+    if (first > 0) {
+        driver_killed = wait_joining(&M, 5, first);
+        kill(first, SIGKILL);
+        waitpid(first, NULL, 0);
+        /* again: it waits for the killed one's election lease, then resumes its joins */
+        st[nst].exit = run_cmd(&M, "add5again", &st[nst], (char *[]){"node", "add", "5", NULL});
+    }
     step_end(&M, &st[nst++]);
     chaos_sleep_s(1);
 
@@ -689,10 +721,6 @@ int dhps_cmd_membership(int argc, char **argv)
         ctl_pid = 0;
     }
     controller_counts(&M, &st[nst]);
-    m = map_now(&M);
-    if (m)
-        st[nst].version = dhps_cluster_map_version(m);
-    dhps_cluster_map_destroy(m);
     step_end(&M, &st[nst++]);
     chaos_sleep_s(1);
 
@@ -741,7 +769,7 @@ int dhps_cmd_membership(int argc, char **argv)
     chaos_settle(&C, &K);
     chaos_verify(&C, &K);
     chaos_digests(&C, &K);
-    report(&M, &C, &K, st, nst, etcd_down, etcd_mid, deadline_ms);
+    report(&M, &C, &K, st, nst, etcd_down, etcd_mid, driver_killed, deadline_ms);
     ret = K.lost || C.missing_while_held || K.keys_differing || K.shards_differing ||
                   K.digest_errors || K.stale_router || K.sample_bad || K.unread || !K.settled
               ? 1

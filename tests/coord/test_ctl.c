@@ -258,24 +258,43 @@ static void test_join_flip_when_ready(void **unused)
     assert_int_equal(ids[0], 4); /* the replaced replica's position */
     dhps_cluster_map_destroy(m);
     reg_put(cl, 4, "h4", ls[4], 4, NULL, 0);
+    assert_int_equal(ctl_step(d, &done), 0); /* the last flip: version 5 */
+    assert_false(done);
+    /* nothing left to move: at most one more version, with first replicas evened out
+     * (the flips kept the replaced replicas' positions), then done */
+    uint64_t pubs = ctl_driver_stats(d)->publishes;
     assert_int_equal(ctl_step(d, &done), 0);
-    assert_int_equal(ctl_step(d, &done), 0);
+    if (!done)
+        assert_int_equal(ctl_step(d, &done), 0);
     assert_true(done);
+    uint64_t reorders = ctl_driver_stats(d)->publishes - pubs;
+    assert_true(reorders <= 1);
     m = read_map(cl, NULL);
-    assert_int_equal(dhps_cluster_map_version(m), 5);
+    assert_int_equal(dhps_cluster_map_version(m), 5 + reorders);
     assert_int_equal(dhps_cluster_map_njoining(m), 0);
     assert_int_equal(dhps_cluster_map_shards_of(m, 4, NULL, 0), 3);
+    uint32_t first[5] = {0}, lo = UINT32_MAX, hi = 0;
+    for (uint32_t sh = 0; sh < 8; sh++) {
+        const uint32_t *r;
+        dhps_cluster_map_replicas(m, sh, &r);
+        first[r[0]]++;
+    }
+    for (int i = 0; i < 5; i++) {
+        lo = first[i] < lo ? first[i] : lo;
+        hi = first[i] > hi ? first[i] : hi;
+    }
+    assert_true(hi - lo <= 1); /* 8 first replicas over 5 nodes */
     dhps_cluster_map_destroy(m);
     const ctl_stats *s = ctl_driver_stats(d);
     assert_int_equal(s->joins, 3);
     assert_int_equal(s->flips, 3);
-    assert_int_equal(s->publishes, 3);
+    assert_int_equal(s->publishes, 3 + reorders);
     /* every version in the history */
     char hk[128];
     dhps_coord_key(hk, sizeof hk, cl, DHPS_COORD_KEY_HISTORY, 0);
     dhps_coord_kv *kv;
     int n = dhps_coord_get(C, hk, true, &kv, NULL);
-    assert_int_equal(n, 5);
+    assert_int_equal(n, 5 + (int)reorders);
     dhps_coord_kvs_free(kv, n);
     ctl_driver_destroy(d);
 }
@@ -432,9 +451,10 @@ static void test_dead_replica_rereplicated(void **unused)
     assert_true(held > 0);
     dhps_cluster_map_destroy(m);
     ctl_driver *d = driver(cl, plan_drain, NULL, 4, 0.3);
-    bool done;
-    assert_int_equal(ctl_step(d, &done), 0);
-    assert_true(done); /* balanced, nothing draining */
+    bool done = false;
+    for (int i = 0; i < 3 && !done; i++) /* balanced (first replicas perhaps reordered) */
+        assert_int_equal(ctl_step(d, &done), 0);
+    assert_true(done);
     assert_int_equal(dhps_coord_lease_revoke(C, ls[3]), 0); /* kill -9 of node 3 */
     assert_int_equal(ctl_step(d, &done), 0);
     assert_true(done); /* absent, but within the grace: nothing to do yet */

@@ -74,6 +74,7 @@ static void membership(void **state)
     assert_true(field_in(out, NULL, "shards_moved") > 0);
     assert_true(field_in(out, NULL, "bytes_moved") > 0);
     assert_non_null(strstr(out, "\"mid_move\": true"));
+    assert_non_null(strstr(out, "\"driver_killed_mid_move\": true"));
     /* five steps, each finished; the first four moved shards, the last started joins to
      * the node it killed */
     const char *s = strstr(out, "\"steps\": [");
