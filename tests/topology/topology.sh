@@ -41,6 +41,7 @@
 # takes milliseconds, so the 50 us / 500 us / 2 ms network would be lost in its noise),
 # --max-incomplete PCT (share of lookups allowed to miss their deadline, default 0.1),
 # --no-membership (leave out the membership part and etcd: the Soft-RoCE guest run).
+# Env: DHPS_ETCD (the etcd binary; default: etcd on PATH).
 # Exit: 0 pass; 1 a check failed; 77 skipped (not root / no ip netns; or no etcd binary:
 # then the membership part is skipped after the rest passed), printed as SKIPPED.
 set -uo pipefail
@@ -71,8 +72,9 @@ command -v ip >/dev/null || skip "no ip (iproute2)"
 # The membership part needs etcd; without it the rest runs and the test ends skipped.
 etcd_bin="" no_etcd=""
 if [ "$membership" = 1 ]; then
-  etcd_bin=$(command -v etcd || true)
-  [ -n "$etcd_bin" ] || { membership=0; no_etcd="no etcd binary (apt-get install etcd-server): the membership part (POD join, node replacement) did not run"; }
+  etcd_bin=${DHPS_ETCD:-$(command -v etcd || true)} # $DHPS_ETCD as for `dhps up --etcd`
+  [ -n "$etcd_bin" ] && [ -x "$etcd_bin" ] ||
+    { membership=0; no_etcd="no etcd binary${DHPS_ETCD:+ at \$DHPS_ETCD=$DHPS_ETCD} (apt-get install etcd-server): the membership part (POD join, node replacement) did not run"; }
 fi
 
 p=dt$$ # namespace prefix, unique per run
