@@ -280,16 +280,17 @@ static void *tr_update_run(void *arg)
 }
 
 /* The final check (after the load stopped): every acknowledged update key, and with
- * --check every sample key, read once more through the router (a batch that does not
- * complete is asked again, up to 5 times). lost: absent, or older than acknowledged
- * (--ack all); wrong: not the row written; unread: no answer after the tries. */
+ * --check every sample key, read once more through the router in batches of 256 (one
+ * that does not complete is asked again, up to 5 times). lost: absent, or older than
+ * acknowledged (--ack all); wrong: not the row written; unread: no answer after the
+ * tries. */
 struct tr_final {
     uint64_t keys, lost, wrong, unread;
 };
 
 static void tr_final_check(dhps_client *client, const struct tr_opts *o, struct tr_final *f)
 {
-    enum { B = 512 };
+    enum { B = 256 }; /* the rows of one --load batch: the message bound allows them */
     uint64_t keys[B], mask[B / 64], unans[B / 64];
     uint32_t want_gen[B];
     float *out = malloc((size_t)B * o->dim * sizeof *out), *want = malloc(o->dim * sizeof *want);
