@@ -72,6 +72,9 @@ typedef struct dhps_server_table_config {
     uint64_t mem_limit;              /* bytes for the whole table on this node, 0 = none;
                                         split evenly over the owned shards */
     uint64_t capacity;               /* keys expected on this node (sizes the indexes) */
+    bool allow_nonfinite;            /* store NaN/+-inf values; by default an UPSERT with
+                                        one (or an fp32 value an fp16 table cannot hold)
+                                        is refused whole, -EDOM (default false) */
 } dhps_server_table_config;
 
 /* A parsed, validated config. Strings are owned by the config (freed with it). */
@@ -178,6 +181,16 @@ int dhps_server_config_parse(const void *buf, size_t len, dhps_server_config **o
  * (from the newer of the file and etcd's map with follow_etcd).
  */
 int dhps_server_config_resolve(dhps_server_config *c, char *err, size_t errlen);
+
+/*
+ * Everything `dhps-server --check-config` checks, which is everything dhps_server_create
+ * would refuse the config for before serving: resolve (above), the secret file (mode,
+ * strength), snapshot.dir (a writable directory), log.dir (or a writable parent), and
+ * that the configured non-zero ports (listen.tcp_port, metrics.port, metrics.health_port)
+ * can be bound now. Returns 0 or DHPS_E_CONFIG (-errno for a socket failure) with one
+ * line in err. Not thread-safe on one config.
+ */
+int dhps_server_config_check(dhps_server_config *c, char *err, size_t errlen);
 
 /* Read path and parse it as dhps_server_config_parse does; a read failure is
  * DHPS_E_CONFIG with "config <path>: <strerror>". */

@@ -315,31 +315,12 @@ static bool write_step(struct op *op, int ack, uint64_t *wake)
     return pending;
 }
 
-/* Are all n*dim values of dtype finite? fp16: exponent bits not all ones. */
+/* Are all n*dim values of dtype finite? DHPS_BYTES rows are opaque. */
 static bool rows_finite(const void *values, size_t n, uint32_t dim, int dtype)
 {
-    size_t cnt = n * dim;
-    if (dtype == DHPS_FP32) {
-        const uint32_t *w = values; /* exponent all ones: NaN or inf (no FP traps, any align) */
-        uint32_t bad = 0;
-        for (size_t i = 0; i < cnt; i++) {
-            uint32_t x;
-            memcpy(&x, w + i, 4);
-            bad |= (uint32_t)((x & 0x7f800000u) == 0x7f800000u);
-        }
-        return !bad;
-    }
-    if (dtype == DHPS_FP16) {
-        const uint16_t *h = values;
-        uint32_t bad = 0;
-        for (size_t i = 0; i < cnt; i++) {
-            uint16_t x;
-            memcpy(&x, h + i, 2);
-            bad |= (uint32_t)((x & 0x7c00u) == 0x7c00u);
-        }
-        return !bad;
-    }
-    return true; /* DHPS_BYTES: opaque */
+    return dtype == DHPS_FP32   ? dhps_f32_all_finite(values, n * dim)
+           : dtype == DHPS_FP16 ? dhps_f16_all_finite(values, n * dim)
+                                : true;
 }
 
 /* Updates and deletes: fan each (shard, chunk) out to its holders, count acks. */

@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include <time.h>
 
 /* Nanoseconds on clock `id` (CLOCK_MONOTONIC, CLOCK_REALTIME, CLOCK_THREAD_CPUTIME_ID).
@@ -49,6 +50,32 @@ typedef struct dhps_zipf {
 } dhps_zipf;
 void dhps_zipf_init(dhps_zipf *z, uint64_t n, double s);
 uint64_t dhps_zipf_next(const dhps_zipf *z, uint64_t *rng);
+
+/* Are all n fp32 (f16: fp16) values at p finite (exponent bits not all ones: no NaN, no
+ * +-inf)? Bit tests, so no floating-point traps and any alignment. */
+static inline bool dhps_f32_all_finite(const void *p, size_t n)
+{
+    const unsigned char *b = (const unsigned char *)p;
+    uint32_t bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t x;
+        memcpy(&x, b + 4 * i, 4);
+        bad |= (uint32_t)((x & 0x7f800000u) == 0x7f800000u);
+    }
+    return !bad;
+}
+
+static inline bool dhps_f16_all_finite(const void *p, size_t n)
+{
+    const unsigned char *b = (const unsigned char *)p;
+    uint32_t bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint16_t x;
+        memcpy(&x, b + 2 * i, 2);
+        bad |= (uint32_t)((x & 0x7c00u) == 0x7c00u);
+    }
+    return !bad;
+}
 
 /* A log rate limit: at most `per_s` lines a second; the lines left out are counted and
  * the next line that goes out reports them. Not thread-safe: one per thread (or under the

@@ -119,7 +119,7 @@ static bool valid_name(const char *s)
 static int parse_table(cfg_ctx *x, json_t *t, size_t i, dhps_server_table_config *tc)
 {
     static const char *const keys[] = {"name", "dim", "dtype", "default_ttl", "mem_limit",
-                                       "capacity", NULL};
+                                       "capacity", "allow_nonfinite", NULL};
     char path[32];
     snprintf(path, sizeof path, "tables[%zu]", i);
     int rc;
@@ -167,6 +167,7 @@ static int parse_table(cfg_ctx *x, json_t *t, size_t i, dhps_server_table_config
     if ((rc = get_uint(x, t, "capacity", path, 1, 1ull << 36, &v, NULL)))
         goto out;
     tc->capacity = v;
+    rc = get_bool(x, t, "allow_nonfinite", path, &tc->allow_nonfinite);
 out:
     free(name);
     free(dtype);

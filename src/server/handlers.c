@@ -241,6 +241,16 @@ static int do_upsert(dhps_server *s, srv_worker *w, const srv_msg *m, dhps_rpc_r
             dhps_fp16_from_fp32((uint16_t *)(void *)w->rows, (const float *)(const void *)vals, nv);
         vals = w->rows;
     }
+    /* rows as they would be stored: a NaN/inf, or an fp32 value past fp16's range in an
+     * fp16 table, is refused whole unless the table allows them */
+    size_t nv = (size_t)m->n * t->c.dim;
+    if (!t->c.allow_nonfinite && !(t->c.dtype == DHPS_FP16 ? dhps_f16_all_finite(vals, nv)
+                                                           : dhps_f32_all_finite(vals, nv))) {
+        srv_resp_error(r, -EDOM, "upsert into table %s: a NaN or infinite value%s (refused "
+                       "whole; tables[].allow_nonfinite stores them)", t->c.name,
+                       t->c.dtype == DHPS_FP16 && !rows16 ? ", or one past fp16's range" : "");
+        return -EDOM;
+    }
     dhps_store_batch b = {.keys = keys, .n = m->n, .values = vals,
                           .value_stride = t->row_bytes, .version = m->version,
                           .ttl = m->ttl};

@@ -48,7 +48,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "dhps-server: %s\n", rc == DHPS_E_CONFIG ? err : dhps_strerror(rc));
         return 2;
     }
-    if (check && (rc = dhps_server_config_resolve(cfg, err, sizeof err))) {
+    if (check && (rc = dhps_server_config_check(cfg, err, sizeof err))) {
         fprintf(stderr, "dhps-server: %s\n", err);
         dhps_server_config_free(cfg);
         return 2;

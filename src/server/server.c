@@ -68,16 +68,8 @@ int dhps_server_create(const dhps_server_config *cfg, dhps_server **out, char *e
     cfg = s->cfg;
     if ((rc = read_secret(s, err, errlen)))
         goto fail;
-    if (cfg->snapshot_dir) {
-        struct stat sd;
-        int sr = stat(cfg->snapshot_dir, &sd);
-        if (sr || !S_ISDIR(sd.st_mode)) {
-            srv_errf(err, errlen, "snapshot.dir %s: %s", cfg->snapshot_dir,
-                     sr ? strerror(errno) : "not a directory");
-            rc = DHPS_E_CONFIG;
-            goto fail;
-        }
-    }
+    if ((rc = srv_check_files(cfg, err, errlen))) /* the same checks as --check-config */
+        goto fail;
 
     if (cfg->follow_etcd) {
         if ((rc = srv_hold_initial_map(cfg, &m0, err, errlen)) ||
@@ -86,9 +78,8 @@ int dhps_server_create(const dhps_server_config *cfg, dhps_server **out, char *e
     } else if (cfg->cluster_map) {
         if ((rc = dhps_server_config_resolve(s->cfg, err, errlen)))
             goto fail;
-        if (cfg->sync_enabled &&
-            (rc = dhps_cluster_map_load(cfg->cluster_map, &m0, err, errlen)))
-            goto fail;
+        if ((rc = dhps_cluster_map_load(cfg->cluster_map, &m0, err, errlen)))
+            goto fail; /* the applied map: sync peers, dhps_map_version, registration */
     }
     s->follow = cfg->follow_etcd;
     s->tables = calloc(cfg->ntables, sizeof *s->tables);

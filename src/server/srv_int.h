@@ -184,6 +184,11 @@ srv_store *srv_find_store(dhps_server *s, const srv_msg *m, dhps_rpc_request *r,
 void srv_resp_error(dhps_rpc_request *r, int status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* The files a config names: the secret (dhps_secret_load's rules), snapshot.dir (a
+ * writable directory), log.dir (one, or a writable parent to create it in). 0 or
+ * DHPS_E_CONFIG with one line in err. (check.c; also dhps_server_config_check) */
+int srv_check_files(const dhps_server_config *c, char *err, size_t errlen);
+
 /* The rpc handler of every service method; arg is the server. (handlers.c) */
 int srv_rpc_handler(void *arg, dhps_rpc_request *r);
 

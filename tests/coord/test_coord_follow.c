@@ -10,7 +10,8 @@
  *   - v2 adds node 3 joining shard 0 in place of node 1. With both sources stopped
  *     (SIGSTOP) node 3 opens the store and reports it not ready in its registration;
  *     resumed, it catches up: every key of shard 0 is on node 3 when read from it
- *     directly. Node 1 fences shard 0: a write routed with v1 gets DHPS_E_MOVED; a SYNC
+ *     directly; a client on v2 then writes at ACK_ALL and node 3 (joining) has every
+ *     new value. Node 1 fences shard 0: a write routed with v1 gets DHPS_E_MOVED; a SYNC
  *     request routed with a map newer than node 1's gets DHPS_E_NOTREADY.
  *   - v3 flips node 3 in: node 1 answers NOTFOUND for shard 0 (MOVED for a write routed
  *     with v2), its snapshot of shard 0 is deleted, dhps_shards_held drops 4 -> 3 and the
@@ -262,6 +263,23 @@ static void test_follow(void **state)
     assert_int_equal(sync_routed(0, 0, 3), DHPS_E_NOTREADY);
     assert_int_equal(sync_routed(0, 0, 2), 0);
 
+    /* a client on v2 writes shard 0 to its replicas and the joining node 3 (ACK_ALL
+     * counts it too): node 3 has every new value */
+    assert_int_equal(cp_wait_metric(&P[1], "dhps_map_version", 2, 10000), 0);
+    uint64_t end = t_now_ms() + dhps_test_ms(10000);
+    while (dhps_client_map_version(cl) < 2 && t_now_ms() < end)
+        t_sleep_ms(20);
+    assert_int_equal(dhps_client_map_version(cl), 2);
+    for (int i = 0; i < NK * D; i++)
+        vals[i] += 1000.0f;
+    memset(failed, 0, sizeof failed);
+    assert_true(dhps_client_update(cl, "emb", keys, vals, NK, D, DHPS_FP32, 0, DHPS_ACK_ALL,
+                                   dhps_test_us(5000000), failed, NULL) >= 0);
+    for (int i = 0; i < NK / 64 + 1; i++)
+        assert_int_equal(failed[i], 0);
+    assert_int_equal(read_direct(2, 0, &good, &total), 0);
+    assert_int_equal(good, total);
+
     /* v3 flips node 3 in: node 1 drops shard 0 and frees it */
     assert_int_equal(t_connect(&tc, P[0].port, T_SECRET), 0);
     uint32_t nsnap = 0;
@@ -298,7 +316,7 @@ static void test_follow(void **state)
     assert_int_equal(write_routed(2, 0, 3), 0);
     assert_int_equal(cp_wait_metric(&P[1], "dhps_map_version", 3, 10000), 0);
     /* the client on v3 finds every key */
-    uint64_t end = t_now_ms() + dhps_test_ms(10000);
+    end = t_now_ms() + dhps_test_ms(10000);
     while (dhps_client_map_version(cl) < 3 && t_now_ms() < end)
         t_sleep_ms(20);
     assert_int_equal(dhps_client_map_version(cl), 3);

@@ -323,6 +323,57 @@ static void test_concurrent_clients(void **state)
     }
 }
 
+/* NaN/inf refused whole by default (-EDOM, nothing stored), as is an fp32 value an fp16
+ * table cannot hold; a table with allow_nonfinite stores them. */
+static void test_nonfinite_refused(void **state)
+{
+    fx *f = *state;
+    uint64_t keys[2];
+    uint32_t nk = 0;
+    for (uint64_t k = 1; nk < 2; k++)
+        if (dhps_proto_shard_of(k, NSH) == 0)
+            keys[nk++] = k;
+    float rows[2 * 8];
+    for (int i = 0; i < 16; i++)
+        rows[i] = (float)i;
+    rows[11] = NAN;
+    assert_int_equal(t_upsert(&f->tc, "emb", 0, keys, 2, rows, 32, 0, 10, NULL), -EDOM);
+    rows[11] = -INFINITY;
+    assert_int_equal(t_upsert(&f->tc, "emb", 0, keys, 2, rows, 32, 0, 10, NULL), -EDOM);
+    float out[16];
+    uint64_t found = 0;
+    assert_int_equal(t_lookup(&f->tc, "emb", 0, keys, 2, 0, out, &found, NULL), 0);
+    assert_int_equal(found, 0); /* nothing stored */
+    /* fp16 table: 1e6 (finite fp32) does not fit fp16 */
+    float r6[2 * 6];
+    for (int i = 0; i < 12; i++)
+        r6[i] = 1.0f;
+    r6[7] = 1e6f;
+    assert_int_equal(t_upsert(&f->tc, "half", 0, keys, 2, r6, 24, 0, 10, NULL), -EDOM);
+    r6[7] = 65504.0f; /* the largest fp16: fine */
+    assert_int_equal(t_upsert(&f->tc, "half", 0, keys, 2, r6, 24, 0, 10, NULL), 0);
+    /* a table that allows them */
+    char cfgtext[2048], err[600];
+    char *dir = t_mkdtemp();
+    snprintf(cfgtext, sizeof cfgtext,
+             "{\"node_id\":\"nf\",\"listen\":{\"tcp_port\":0},\"tables\":[{\"name\":\"emb\","
+             "\"dim\":8,\"allow_nonfinite\":true}],\"secret_file\":\"%s/secret\","
+             "\"shards\":{\"nshards\":%d,\"own\":\"all\"}}", dir, NSH);
+    dhps_server *s2 = NULL;
+    if (t_server_start(cfgtext, &s2, err, sizeof err))
+        fail_msg("%s", err);
+    t_conn tc;
+    assert_int_equal(t_connect(&tc, dhps_server_port(s2), T_SECRET), 0);
+    rows[11] = NAN;
+    assert_int_equal(t_upsert(&tc, "emb", 0, keys, 2, rows, 32, 0, 10, NULL), 0);
+    assert_int_equal(t_lookup(&tc, "emb", 0, keys, 2, 0, out, &found, NULL), 0);
+    assert_int_equal(found, 3); /* both keys: mask bits 0 and 1 */
+    assert_true(isnan(out[11]));
+    t_close(&tc);
+    dhps_server_destroy(s2);
+    t_rmdir(dir);
+}
+
 static void test_bad_secret_file(void **state)
 {
     char *dir = t_mkdtemp();
@@ -471,6 +522,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_stats_snapshot_metrics, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_clients, setup, teardown),
         cmocka_unit_test_setup_teardown(test_shm_transport, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_nonfinite_refused, setup, teardown),
         cmocka_unit_test(test_bad_secret_file),
         cmocka_unit_test(test_cluster_map_form),
     };

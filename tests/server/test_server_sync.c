@@ -217,6 +217,24 @@ static double metric(const proc *p, const char *series)
     return v;
 }
 
+/* Wait until node i's /health/ready says state "catching_up": recovery done, the rpc
+ * server listening (before that, /health/live is 200 already but connections to the rpc
+ * port are refused). 0 or -1. */
+static int wait_catching_up(const proc *p, unsigned ms)
+{
+    uint64_t end = t_now_ms() + dhps_test_ms(ms);
+    while (t_now_ms() < end) {
+        char *body = NULL;
+        int code = t_http_get(p->mport, "/health/ready", &body);
+        bool ok = code == 503 && body && strstr(body, "\"state\":\"catching_up\"");
+        free(body);
+        if (ok)
+            return 0;
+        t_sleep_ms(10);
+    }
+    return -1;
+}
+
 static void start_node(cluster *c, int i, bool wait_ready)
 {
     if (p_start(c->node_dir[i], c->cfg[i], &c->p[i], wait_ready)) {
@@ -288,6 +306,7 @@ static void test_not_ready_until_caught_up(void **state)
 
     start_node(&c, 1, false);
     assert_int_equal(p_wait_http(&c.p[1], "/health/live", 200, 30000), 0);
+    assert_int_equal(wait_catching_up(&c.p[1], 30000), 0);
     char *body = NULL;
     assert_int_equal(t_http_get(c.p[1].mport, "/health/ready", &body), 503);
     assert_non_null(strstr(body, "\"ready\":false"));
@@ -340,6 +359,7 @@ static void test_empty_replica_waits_for_a_peer(void **state)
         free(body);
         t_sleep_ms(100);
     }
+    assert_int_equal(wait_catching_up(&c.p[1], 30000), 0);
     assert_int_equal(t_connect(&b, c.p[1].port, T_SECRET), 0);
     int st;
     assert_int_equal(mismatches(&b, 1, 1001, 1, true, &st), 1000);
