@@ -7,7 +7,8 @@
 #   5. verbs tests inside a Soft-RoCE guest (tests/vm/rxe-run: Debian's kernel in qemu):
 #      the rpc suite on verbs, and dhps chaos with the rxe link deleted mid-load
 #   6. topology: servers in network namespaces, routing by tier (tests/topology), on the
-#      host with injected delays, then in the Soft-RoCE guest with netem and verbs
+#      host with injected delays (then, with an etcd it starts, a POD join and a node
+#      replacement), then in the Soft-RoCE guest with netem and verbs
 #
 # usage: scripts/test.sh [--repeat N] [--load K] [STAGE...]
 #   STAGE...   stages to run (default $DHPS_TEST_STAGES, else all six, in the order above)
@@ -32,7 +33,7 @@ while (($#)); do
     --repeat=*) repeat=${1#*=}; shift ;;
     --load) load=${2:-}; shift 2 ;;
     --load=*) load=${1#*=}; shift ;;
-    -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "test.sh: unknown option $1" >&2; exit 2 ;;
     *) pick+=("$1"); shift ;;
   esac

@@ -207,6 +207,15 @@ int tools_conn_open(const tools_target *t, tools_conn **out)
         copy_label(c->pod, sizeof c->pod, json_string_value(json_object_get(l, "pod")));
         copy_label(c->az, sizeof c->az, json_string_value(json_object_get(l, "az")));
     }
+    if (!t->etcd != !t->etcd_cluster) {
+        fprintf(stderr, "dhps: --etcd URL and --etcd-cluster NAME go together\n");
+        rc = -EINVAL;
+        goto fail;
+    }
+    if (t->etcd) {
+        snprintf(c->etcd, sizeof c->etcd, "%s", t->etcd);
+        snprintf(c->etcd_cluster, sizeof c->etcd_cluster, "%s", t->etcd_cluster);
+    }
     if (t->host)
         copy_label(c->host, sizeof c->host, t->host);
     if (t->pod)

@@ -27,6 +27,9 @@ typedef struct tools_target {
     uint32_t connect_timeout_ms; /* client connect + hello bound (0: the client's default) */
     uint32_t max_msg;            /* client max message (0: 4 MiB, for bulk loads); each
                                     verbs channel registers slots of this size */
+    const char *etcd, *etcd_cluster; /* both or neither: the client follows the map in
+                                        etcd (the map file stays its fallback); override
+                                        cluster.json's "etcd" */
 } tools_target;
 
 typedef struct tools_conn {

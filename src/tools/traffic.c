@@ -28,6 +28,18 @@
  * Output: one line per --interval-ms, then a summary; --json prints one JSON object per
  * line instead (the summary has "summary": true). Runs --seconds (0: until SIGINT or
  * SIGTERM, which also end a timed run early - the summary is printed either way).
+ *
+ * Membership (the topology test's POD join and node replacement, docs/topology.md):
+ * --etcd URL --etcd-cluster NAME make the client follow the map in etcd; whenever the
+ * client's map version changes the map is read from etcd too, so nodes added since
+ * start get their tier's delay rule and their messages counted (--per-node prints each
+ * node's share, n<ID>=). --updates N runs one more thread, on a client of its own (its
+ * messages are not in the shares), writing batches of 8 of N update keys (1 << 40 + i)
+ * with --ack, each row all equal to the key's generation; a lookup batch then carries a
+ * quarter of update keys, and a key acknowledged before the lookup started must be found
+ * (acked_missing) with at least that generation (stale, with --ack all). At the end
+ * every acknowledged update key (and with --check every sample key) is read once more
+ * through the router: final_lost counts those missing or older than acknowledged.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -41,6 +53,7 @@
 
 #include "dhps/client.h"
 #include "dhps/cluster.h"
+#include "dhps/coord.h"
 #include "dhps/error.h"
 #include "dhps/proto.h"
 #include "dhps/route.h"
@@ -55,12 +68,16 @@ static const char traffic_usage[] =
     "                    [--az A] [--table T] [--dim 32] [--keys 10000] [--batch 100]\n"
     "                    [--threads 1] [--seconds 10] [--interval-ms 500]\n"
     "                    [--deadline-ms 100] [--tier-delay-us H,P,A,R] [--load] [--check]\n"
-    "                    [--connect-timeout-ms MS] [--json]\n"
+    "                    [--connect-timeout-ms MS] [--json] [--per-node]\n"
+    "                    [--etcd URL --etcd-cluster NAME] [--updates N] [--ack all|quorum|one]\n"
     "  Steady lookups; every interval prints lookups, complete/incomplete, latency and\n"
     "  the share of rpc messages per tier (relative to the client's labels).\n"
     "  --load writes the sample rows of keys 0..keys-1 first; --check verifies them.\n"
     "  --tier-delay-us injects that latency (us) toward nodes of each tier.\n"
-    "  --seconds 0 runs until SIGINT/SIGTERM.\n";
+    "  --seconds 0 runs until SIGINT/SIGTERM.\n"
+    "  --etcd/--etcd-cluster follow the map in etcd; --per-node adds each node's share.\n"
+    "  --updates N writes N update keys (--ack, default all) beside the lookups and checks\n"
+    "  that acknowledged ones are found, then reads them all once more at the end.\n";
 
 struct tr_opts {
     tools_target tgt;
@@ -68,12 +85,16 @@ struct tr_opts {
     uint32_t dim, batch, threads;
     uint64_t keys, deadline_ms, interval_ms;
     double seconds;
-    bool load, check, json, have_delay;
+    bool load, check, json, have_delay, per_node;
     uint32_t tier_delay_us[4];
+    uint32_t updates; /* update keys (0: no update thread) */
+    int ack;          /* enum dhps_client_ack of the update thread */
 };
 
 struct tr_counts {
     uint64_t lookups, complete, incomplete, wrong, missing;
+    uint64_t errors;                 /* lookups that returned an error (rc < 0) */
+    uint64_t acked_missing, stale;   /* update keys: acknowledged but absent / older */
 };
 
 static void counts_add(struct tr_counts *to, const struct tr_counts *from)
@@ -83,7 +104,26 @@ static void counts_add(struct tr_counts *to, const struct tr_counts *from)
     to->incomplete += from->incomplete;
     to->wrong += from->wrong;
     to->missing += from->missing;
+    to->errors += from->errors;
+    to->acked_missing += from->acked_missing;
+    to->stale += from->stale;
 }
+
+/* Update keys: TR_UBASE + 0..updates-1. tr_gen is the update thread's own; tr_acked[k]
+ * the last generation acknowledged (release store after the update returned; a lookup
+ * loads it before it starts, so a key acknowledged then must be found at least that new). */
+#define TR_UBASE (1ull << 40)
+#define TR_UBATCH 8u
+static uint32_t *tr_gen;
+static _Atomic uint32_t *tr_acked;
+
+struct tr_upd {
+    pthread_t th;
+    const struct tr_opts *o;
+    dhps_client *client;
+    pthread_mutex_t mu; /* the counters: the update thread and the reporter */
+    uint64_t updates, failed, acked_keys;
+};
 
 struct tr_thread {
     pthread_t th;
@@ -110,9 +150,12 @@ static void *tr_run(void *arg)
     struct tr_thread *t = arg;
     const struct tr_opts *o = t->o;
     size_t n = o->batch, words = (n + 63) / 64;
+    /* with --updates the last quarter of each batch (at least one key) are update keys */
+    size_t nu = o->updates ? (n / 4 ? n / 4 : 1) : 0, n0 = n - nu;
     uint64_t *keys = malloc(n * sizeof *keys), *mask = malloc(words * sizeof *mask);
     float *out = malloc(n * o->dim * sizeof *out), *want = malloc(o->dim * sizeof *want);
-    if (!keys || !mask || !out || !want) {
+    uint32_t *snap = malloc((nu ? nu : 1) * sizeof *snap);
+    if (!keys || !mask || !out || !want || !snap) {
         fprintf(stderr, "dhps traffic: out of memory\n");
         atomic_store(&tr_stop, true);
         goto done;
@@ -125,8 +168,13 @@ static void *tr_run(void *arg)
                        TR_WARMUP_US, NULL);
     atomic_fetch_add(&tr_ready, 1);
     while (!atomic_load_explicit(&tr_stop, memory_order_relaxed)) {
-        for (size_t i = 0; i < n; i++)
+        for (size_t i = 0; i < n0; i++)
             keys[i] = dhps_splitmix64(&t->seed) % o->keys;
+        for (size_t i = 0; i < nu; i++) {
+            uint32_t k = (uint32_t)(dhps_splitmix64(&t->seed) % o->updates);
+            keys[n0 + i] = TR_UBASE + k;
+            snap[i] = atomic_load_explicit(&tr_acked[k], memory_order_acquire);
+        }
         uint64_t t0 = dhps_mono_ns();
         int rc = dhps_client_lookup(t->client, o->table, keys, n, out, o->dim, DHPS_FP32, mask,
                                     o->deadline_ms * 1000, NULL);
@@ -137,9 +185,9 @@ static void *tr_run(void *arg)
             atomic_store(&tr_stop, true);
             break;
         }
-        uint64_t wrong = 0, missing = 0;
+        uint64_t wrong = 0, missing = 0, acked_missing = 0, stale = 0;
         if (o->check && rc == 0) {
-            for (size_t i = 0; i < n; i++) {
+            for (size_t i = 0; i < n0; i++) {
                 if (mask[i / 64] >> (i % 64) & 1) {
                     missing++;
                     continue;
@@ -148,8 +196,24 @@ static void *tr_run(void *arg)
                 wrong += memcmp(want, out + i * o->dim, o->dim * sizeof *want) != 0;
             }
         }
+        for (size_t i = n0; rc == 0 && i < n; i++) { /* update keys: always checked */
+            uint32_t a = snap[i - n0];
+            if (mask[i / 64] >> (i % 64) & 1) {
+                acked_missing += a != 0;
+                continue;
+            }
+            const float *row = out + i * o->dim;
+            bool uniform = true;
+            for (uint32_t d = 1; d < o->dim; d++)
+                uniform &= row[d] == row[0];
+            wrong += !uniform;
+            stale += uniform && o->ack == DHPS_ACK_ALL && row[0] < (float)a;
+        }
         pthread_mutex_lock(&t->mu);
         t->n.lookups++;
+        t->n.errors += rc < 0;
+        t->n.acked_missing += acked_missing;
+        t->n.stale += stale;
         if (rc == 0 && dt <= o->deadline_ms * 1000000ull) /* all keys, in time */
             t->n.complete++;
         else
@@ -164,7 +228,124 @@ done:
     free(mask);
     free(out);
     free(want);
+    free(snap);
     return NULL;
+}
+
+/* The update thread: batches of TR_UBATCH distinct update keys, each row all equal to the
+ * key's next generation, with --ack; a key not in failed_mask is acknowledged. */
+static void *tr_update_run(void *arg)
+{
+    struct tr_upd *u = arg;
+    const struct tr_opts *o = u->o;
+    uint64_t seed = 0x51ed270b2f6a1c3dull ^ dhps_mono_ns(), keys[TR_UBATCH], mask[1];
+    uint32_t idx[TR_UBATCH], nb = o->updates < TR_UBATCH ? o->updates : TR_UBATCH;
+    float *rows = malloc((size_t)TR_UBATCH * o->dim * sizeof *rows);
+    while (rows && !atomic_load_explicit(&tr_stop, memory_order_relaxed)) {
+        uint32_t n = 0;
+        while (n < nb) {
+            uint32_t k = (uint32_t)(dhps_splitmix64(&seed) % o->updates);
+            bool dup = false;
+            for (uint32_t j = 0; j < n; j++)
+                dup |= idx[j] == k;
+            if (dup)
+                continue;
+            idx[n] = k;
+            keys[n] = TR_UBASE + k;
+            uint32_t g = ++tr_gen[k];
+            for (uint32_t d = 0; d < o->dim; d++)
+                rows[(size_t)n * o->dim + d] = (float)g;
+            n++;
+        }
+        mask[0] = ~0ull; /* an error that writes no mask acknowledges nothing */
+        int rc = dhps_client_update(u->client, o->table, keys, rows, n, o->dim, DHPS_FP32, 0,
+                                    o->ack, 4 * o->deadline_ms * 1000, mask, NULL);
+        uint64_t acked = 0;
+        for (uint32_t j = 0; j < n; j++)
+            if (rc == 0 || !((mask[0] >> j) & 1)) {
+                atomic_store_explicit(&tr_acked[idx[j]], tr_gen[idx[j]],
+                                      memory_order_release);
+                acked++;
+            }
+        pthread_mutex_lock(&u->mu);
+        u->updates++;
+        u->failed += rc != 0;
+        u->acked_keys += acked;
+        pthread_mutex_unlock(&u->mu);
+        struct timespec ts = {0, 2000000}; /* a few hundred batches a second at most */
+        nanosleep(&ts, NULL);
+    }
+    free(rows);
+    return NULL;
+}
+
+/* The final check (after the load stopped): every acknowledged update key, and with
+ * --check every sample key, read once more through the router in batches of 256 (one
+ * that does not complete is asked again, up to 5 times). lost: absent, or older than
+ * acknowledged (--ack all); wrong: not the row written; unread: no answer after the
+ * tries. */
+struct tr_final {
+    uint64_t keys, lost, wrong, unread;
+};
+
+static void tr_final_check(dhps_client *client, const struct tr_opts *o, struct tr_final *f)
+{
+    enum { B = 256 }; /* the rows of one --load batch: the message bound allows them */
+    uint64_t keys[B], mask[B / 64], unans[B / 64];
+    uint32_t want_gen[B];
+    float *out = malloc((size_t)B * o->dim * sizeof *out), *want = malloc(o->dim * sizeof *want);
+    uint64_t nsample = o->check ? o->keys : 0, total = nsample + o->updates;
+    uint64_t deadline_us = 10 * o->deadline_ms * 1000;
+    if (deadline_us < 5000000)
+        deadline_us = 5000000;
+    for (uint64_t next = 0; out && want && next < total;) {
+        uint32_t n = 0;
+        for (; next < total && n < B; next++) {
+            if (next < nsample) {
+                keys[n] = next;
+                want_gen[n++] = 0;
+                continue;
+            }
+            uint32_t k = (uint32_t)(next - nsample), a = atomic_load(&tr_acked[k]);
+            if (!a)
+                continue; /* never acknowledged: nothing to find */
+            keys[n] = TR_UBASE + k;
+            want_gen[n++] = a;
+        }
+        if (!n)
+            break;
+        int rc = -1;
+        for (int attempt = 0; attempt < 5 && rc != 0; attempt++)
+            rc = dhps_client_lookup_masks(client, o->table, keys, n, out, o->dim, DHPS_FP32,
+                                          mask, unans, deadline_us, NULL);
+        for (uint32_t i = 0; i < n; i++) {
+            f->keys++;
+            bool miss = mask[i / 64] >> (i % 64) & 1;
+            if (miss && rc != 0 && (unans[i / 64] >> (i % 64) & 1)) {
+                f->unread++;
+                continue;
+            }
+            if (miss) {
+                f->lost++;
+                continue;
+            }
+            const float *row = out + (size_t)i * o->dim;
+            if (!want_gen[i]) {
+                tools_sample_row(keys[i], o->dim, want);
+                f->wrong += memcmp(want, row, o->dim * sizeof *want) != 0;
+                continue;
+            }
+            bool uniform = true;
+            for (uint32_t d = 1; d < o->dim; d++)
+                uniform &= row[d] == row[0];
+            if (!uniform)
+                f->wrong++;
+            else if (o->ack == DHPS_ACK_ALL && row[0] < (float)want_gen[i])
+                f->lost++;
+        }
+    }
+    free(out);
+    free(want);
 }
 
 /* Parse "H,P,A,R" microseconds. */
@@ -208,39 +389,106 @@ static int tr_load(tools_conn *conn, const struct tr_opts *o)
     return rc;
 }
 
-/* Tier of node nd relative to the client's labels. */
-static int tr_tier(const tools_conn *conn, const dhps_cluster_node *nd)
-{
-    return tools_tier_of(nd->host, nd->pod, nd->az, conn->host, conn->pod, conn->az);
-}
+/* The nodes whose messages are counted: those of the map at start, and with --etcd every
+ * node of a later map (a node that left the map stays, its count frozen). Indexed in the
+ * order seen; first/prev are the client's message counts at the start of the run and of
+ * the interval (0 for a node seen after the start: all its messages are in the run). */
+#define TR_MAX_NODES 256
+struct tr_node {
+    uint32_t id;
+    int tier;
+    char ip[DHPS_CLUSTER_ADDR_MAX + 1];
+    uint16_t port;
+    bool in_map, delayed;
+    uint64_t first, prev, msgs;
+};
+struct tr_nodes {
+    struct tr_node nd[TR_MAX_NODES];
+    size_t n;
+    uint64_t version; /* the client's map version these nodes were taken for */
+};
 
-/* Messages the client has sent so far to the i-th node of the map. */
-static uint64_t tr_node_msgs(const tools_conn *conn, size_t i)
+/* Messages the client has sent so far to node id. */
+static uint64_t tr_node_msgs(const tools_conn *conn, uint32_t id)
 {
     dhps_client_node_stats st;
-    dhps_client_node_stats_get(conn->client, dhps_cluster_map_node_at(conn->map, i)->id, &st);
+    if (dhps_client_node_stats_get(conn->client, id, &st))
+        return 0;
     return st.messages;
 }
 
-/* Install the per-tier delay rules (or remove them: on = false). */
-static int tr_delays(tools_conn *conn, const struct tr_opts *o, bool on)
+/* Install (on) or remove the per-tier delay rule of node e (by its address: the rule
+ * table is process-wide, so the update thread's client is delayed the same way). */
+static int tr_delay(const struct tr_opts *o, struct tr_node *e, bool on)
 {
-    for (size_t i = 0; i < dhps_cluster_map_nnodes(conn->map); i++) {
-        const dhps_cluster_node *nd = dhps_cluster_map_node_at(conn->map, i);
-        uint32_t d = o->tier_delay_us[tr_tier(conn, nd)];
-        if (!d)
-            continue;
-        dhps_rpc_fault f;
-        dhps_rpc_fault_init(&f);
-        f.delay_us = d;
-        int rc = dhps_client_fault_set(conn->client, nd->id, on ? &f : NULL);
-        if (rc && on) {
-            fprintf(stderr, "dhps traffic: delay rule for node %u: %s\n", nd->id,
-                    dhps_strerror(rc));
-            return rc;
+    uint32_t d = o->tier_delay_us[e->tier];
+    if (!o->have_delay || !d || e->delayed == on)
+        return 0;
+    dhps_rpc_fault f;
+    dhps_rpc_fault_init(&f);
+    f.delay_us = d;
+    int rc = on ? dhps_rpc_fault_set(e->ip, e->port, &f) : dhps_rpc_fault_clear(e->ip, e->port);
+    if (rc && on) {
+        fprintf(stderr, "dhps traffic: delay rule for node %u: %s\n", e->id, dhps_strerror(rc));
+        return rc;
+    }
+    e->delayed = on;
+    return 0;
+}
+
+/* Take map's nodes into ns (new ones: tier, delay rule; every known one: in_map).
+ * started: the run has begun, so a new node's counts start at 0. */
+static int tr_nodes_merge(tools_conn *conn, const struct tr_opts *o, struct tr_nodes *ns,
+                          const dhps_cluster_map *map, bool started)
+{
+    for (size_t k = 0; k < ns->n; k++)
+        ns->nd[k].in_map = false;
+    for (size_t i = 0; i < dhps_cluster_map_nnodes(map); i++) {
+        const dhps_cluster_node *nd = dhps_cluster_map_node_at(map, i);
+        struct tr_node *e = NULL;
+        for (size_t k = 0; k < ns->n && !e; k++)
+            if (ns->nd[k].id == nd->id)
+                e = &ns->nd[k];
+        if (!e) {
+            if (ns->n == TR_MAX_NODES)
+                continue;
+            e = &ns->nd[ns->n++];
+            memset(e, 0, sizeof *e);
+            e->id = nd->id;
+            e->tier = tools_tier_of(nd->host, nd->pod, nd->az, conn->host, conn->pod, conn->az);
+            snprintf(e->ip, sizeof e->ip, "%s", nd->ip);
+            e->port = nd->port;
+            e->first = e->prev = started ? 0 : tr_node_msgs(conn, e->id);
         }
+        e->in_map = true;
+        int rc = tr_delay(o, e, true);
+        if (rc)
+            return rc;
     }
     return 0;
+}
+
+/* --etcd: when the client's map version moved, read the map from etcd and take its
+ * nodes (a failed read is tried again at the next interval). */
+static void tr_nodes_refresh(tools_conn *conn, const struct tr_opts *o, struct tr_nodes *ns,
+                             dhps_coord *coord)
+{
+    uint64_t v = dhps_client_map_version(conn->client);
+    if (!coord || v == ns->version)
+        return;
+    char key[256];
+    if (dhps_coord_key(key, sizeof key, conn->etcd_cluster, DHPS_COORD_KEY_MAP, 0) < 0)
+        return;
+    dhps_coord_kv *kv = NULL;
+    int n = dhps_coord_get(coord, key, false, &kv, NULL);
+    dhps_cluster_map *m = NULL;
+    char err[512];
+    if (n == 1 && dhps_cluster_map_parse(kv[0].value, kv[0].value_len, &m, err, sizeof err) == 0) {
+        if (dhps_cluster_map_version(m) >= v && tr_nodes_merge(conn, o, ns, m, true) == 0)
+            ns->version = v;
+        dhps_cluster_map_destroy(m);
+    }
+    dhps_coord_kvs_free(kv, n);
 }
 
 /* The router's breaker decisions since *base (and *base moved on to now), when the
@@ -271,16 +519,20 @@ static struct tr_route tr_route_since(tools_conn *conn, dhps_route_stats *base)
     return d;
 }
 
-static void tr_print(const struct tr_opts *o, tools_conn *conn, double t, bool summary,
-                     const struct tr_counts *n, const tools_hist *h, const uint64_t *msgs,
-                     const struct tr_route *rt)
+struct tr_upd_counts {
+    bool have;
+    uint64_t updates, failed, acked_keys;
+};
+
+static void tr_print(const struct tr_opts *o, tools_conn *conn, const struct tr_nodes *ns,
+                     double t, bool summary, const struct tr_counts *n, const tools_hist *h,
+                     const struct tr_route *rt, const struct tr_upd_counts *u,
+                     const struct tr_final *f)
 {
     uint64_t tier[4] = {0}, total = 0;
-    size_t nn = dhps_cluster_map_nnodes(conn->map);
-    for (size_t i = 0; i < nn; i++) {
-        const dhps_cluster_node *nd = dhps_cluster_map_node_at(conn->map, i);
-        tier[tr_tier(conn, nd)] += msgs[i];
-        total += msgs[i];
+    for (size_t i = 0; i < ns->n; i++) {
+        tier[ns->nd[i].tier] += ns->nd[i].msgs;
+        total += ns->nd[i].msgs;
     }
     double share[4];
     for (int k = 0; k < 4; k++)
@@ -288,20 +540,22 @@ static void tr_print(const struct tr_opts *o, tools_conn *conn, double t, bool s
     double avail = n->lookups ? (double)n->complete / (double)n->lookups : 1;
     unsigned long long p50 = tools_hist_quantile(h, 0.5) / 1000,
                        p99 = tools_hist_quantile(h, 0.99) / 1000;
+    unsigned long long mapv = (unsigned long long)dhps_client_map_version(conn->client);
     if (o->json) {
         printf("{%s\"t\":%.3f,\"lookups\":%llu,\"complete\":%llu,\"incomplete\":%llu,"
-               "\"availability\":%.6f,\"wrong\":%llu,\"missing\":%llu,\"p50_us\":%llu,"
-               "\"p99_us\":%llu,\"messages\":%llu,\"tier_share\":{",
+               "\"availability\":%.6f,\"wrong\":%llu,\"missing\":%llu,\"errors\":%llu,"
+               "\"p50_us\":%llu,\"p99_us\":%llu,\"map_version\":%llu,\"messages\":%llu,"
+               "\"tier_share\":{",
                summary ? "\"summary\":true," : "", t, (unsigned long long)n->lookups,
                (unsigned long long)n->complete, (unsigned long long)n->incomplete, avail,
-               (unsigned long long)n->wrong, (unsigned long long)n->missing, p50, p99,
-               (unsigned long long)total);
+               (unsigned long long)n->wrong, (unsigned long long)n->missing,
+               (unsigned long long)n->errors, p50, p99, mapv, (unsigned long long)total);
         for (int k = 0; k < 4; k++)
             printf("%s\"%s\":%.4f", k ? "," : "", tools_tier_names[k], share[k]);
         printf("},\"node_messages\":{");
-        for (size_t i = 0; i < nn; i++)
-            printf("%s\"%u\":%llu", i ? "," : "", dhps_cluster_map_node_at(conn->map, i)->id,
-                   (unsigned long long)msgs[i]);
+        for (size_t i = 0; i < ns->n; i++)
+            printf("%s\"%u\":%llu", i ? "," : "", ns->nd[i].id,
+                   (unsigned long long)ns->nd[i].msgs);
         printf("}");
         if (rt->have)
             printf(",\"breaker\":{\"opened_errors\":%llu,\"opened_slow\":%llu,"
@@ -310,6 +564,17 @@ static void tr_print(const struct tr_opts *o, tools_conn *conn, double t, bool s
                    (unsigned long long)rt->opened_errors, (unsigned long long)rt->opened_slow,
                    (unsigned long long)rt->opened_probe, (unsigned long long)rt->closed,
                    rt->ejected, rt->rise_us);
+        if (u->have)
+            printf(",\"updates\":%llu,\"update_failed\":%llu,\"acked_keys\":%llu,"
+                   "\"acked_missing\":%llu,\"stale\":%llu",
+                   (unsigned long long)u->updates, (unsigned long long)u->failed,
+                   (unsigned long long)u->acked_keys, (unsigned long long)n->acked_missing,
+                   (unsigned long long)n->stale);
+        if (f)
+            printf(",\"final_keys\":%llu,\"final_lost\":%llu,\"final_wrong\":%llu,"
+                   "\"final_unread\":%llu",
+                   (unsigned long long)f->keys, (unsigned long long)f->lost,
+                   (unsigned long long)f->wrong, (unsigned long long)f->unread);
         printf("}\n");
     } else {
         printf("%s t=%.2f lookups=%llu complete=%llu incomplete=%llu wrong=%llu missing=%llu "
@@ -326,8 +591,24 @@ static void tr_print(const struct tr_opts *o, tools_conn *conn, double t, bool s
                    (unsigned long long)rt->opened_errors, (unsigned long long)rt->opened_slow,
                    (unsigned long long)rt->opened_probe, (unsigned long long)rt->closed,
                    rt->ejected, rt->rise_us);
+        if (conn->etcd[0] || o->per_node || u->have)
+            printf(" errors=%llu map=%llu", (unsigned long long)n->errors, mapv);
+        if (u->have)
+            printf(" updates=%llu update_failed=%llu acked_keys=%llu acked_missing=%llu "
+                   "stale=%llu",
+                   (unsigned long long)u->updates, (unsigned long long)u->failed,
+                   (unsigned long long)u->acked_keys, (unsigned long long)n->acked_missing,
+                   (unsigned long long)n->stale);
+        if (o->per_node)
+            for (size_t i = 0; i < ns->n; i++)
+                printf(" n%u=%.3f", ns->nd[i].id,
+                       total ? (double)ns->nd[i].msgs / (double)total : 0.0);
         if (summary)
             printf(" availability=%.6f", avail);
+        if (f)
+            printf(" final_keys=%llu final_lost=%llu final_wrong=%llu final_unread=%llu",
+                   (unsigned long long)f->keys, (unsigned long long)f->lost,
+                   (unsigned long long)f->wrong, (unsigned long long)f->unread);
         printf("\n");
     }
     fflush(stdout);
@@ -349,6 +630,9 @@ int dhps_cmd_traffic(int argc, char **argv)
         {"connect-timeout-ms", required_argument, 0, 'o'},
         {"load", no_argument, 0, 'L'},          {"check", no_argument, 0, 'C'},
         {"json", no_argument, 0, 'J'},          {"help", no_argument, 0, 'h'},
+        {"etcd", required_argument, 0, 'e'},    {"etcd-cluster", required_argument, 0, 'E'},
+        {"updates", required_argument, 0, 'u'}, {"ack", required_argument, 0, 'a'},
+        {"per-node", no_argument, 0, 'N'},
         {0, 0, 0, 0}};
     struct tr_opts o = {.table = "emb", .dim = 32, .batch = 100, .threads = 1,
                         .keys = 10000, .deadline_ms = 100, .interval_ms = 500, .seconds = 10};
@@ -356,7 +640,8 @@ int dhps_cmd_traffic(int argc, char **argv)
     int c;
     char *end;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "c:m:s:H:P:A:t:d:k:b:j:T:i:D:y:o:LCJh", lo, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "c:m:s:H:P:A:t:d:k:b:j:T:i:D:y:o:e:E:u:a:NLCJh", lo,
+                            NULL)) != -1) {
         switch (c) {
         case 'c': o.tgt.cluster_dir = optarg; break;
         case 'm': o.tgt.map = optarg; break;
@@ -417,6 +702,26 @@ int dhps_cmd_traffic(int argc, char **argv)
                 return 2;
             o.tgt.connect_timeout_ms = (uint32_t)v;
             break;
+        case 'e': o.tgt.etcd = optarg; break;
+        case 'E': o.tgt.etcd_cluster = optarg; break;
+        case 'u':
+            if (!tools_parse_u64("traffic", "--updates", optarg, &v) || v > 1000000)
+                return 2;
+            o.updates = (uint32_t)v;
+            break;
+        case 'a':
+            if (!strcmp(optarg, "all"))
+                o.ack = DHPS_ACK_ALL;
+            else if (!strcmp(optarg, "quorum"))
+                o.ack = DHPS_ACK_QUORUM;
+            else if (!strcmp(optarg, "one"))
+                o.ack = DHPS_ACK_ONE;
+            else {
+                fprintf(stderr, "dhps traffic: --ack all, quorum or one\n");
+                return 2;
+            }
+            break;
+        case 'N': o.per_node = true; break;
         case 'L': o.load = true; break;
         case 'C': o.check = true; break;
         case 'J': o.json = true; break;
@@ -436,17 +741,33 @@ int dhps_cmd_traffic(int argc, char **argv)
     o.tgt.max_msg = 64u << 10;
     while (o.tgt.max_msg < need && o.tgt.max_msg < DHPS_RPC_MAX_MSG_LIMIT)
         o.tgt.max_msg <<= 1;
-    tools_conn *conn = NULL;
+    tools_conn *conn = NULL, *uconn = NULL;
+    dhps_coord *coord = NULL;
+    struct tr_nodes *ns = NULL;
+    struct tr_thread *th = NULL;
+    struct tr_upd upd = {.o = &o};
+    bool upd_started = false;
+    int rc = 1;
     if (tools_conn_open(&o.tgt, &conn) < 0)
         return 1;
-    int rc = 1;
-    size_t nn = dhps_cluster_map_nnodes(conn->map);
-    uint64_t *prev = calloc(nn, sizeof *prev), *msgs = calloc(nn, sizeof *msgs),
-             *first = calloc(nn, sizeof *first);
-    struct tr_thread *th = calloc(o.threads, sizeof *th);
-    if (!prev || !msgs || !first || !th) {
+    ns = calloc(1, sizeof *ns);
+    th = calloc(o.threads, sizeof *th);
+    if (o.updates) {
+        tr_gen = calloc(o.updates, sizeof *tr_gen);
+        tr_acked = calloc(o.updates, sizeof *tr_acked);
+    }
+    if (!ns || !th || (o.updates && (!tr_gen || !tr_acked))) {
         fprintf(stderr, "dhps traffic: out of memory\n");
         goto out;
+    }
+    if (conn->etcd[0]) { /* the map's nodes as they change (tr_nodes_refresh) */
+        dhps_coord_params cp;
+        dhps_coord_params_init(&cp);
+        cp.endpoint = conn->etcd;
+        if (dhps_coord_create(&cp, &coord) < 0) {
+            fprintf(stderr, "dhps traffic: etcd %s: bad endpoint\n", conn->etcd);
+            goto out;
+        }
     }
     if (o.load) {
         uint64_t t0 = dhps_mono_ns();
@@ -459,7 +780,13 @@ int dhps_cmd_traffic(int argc, char **argv)
                 (unsigned long long)o.keys, o.dim, o.table,
                 (double)(dhps_mono_ns() - t0) / 1e9);
     }
-    if (o.have_delay && tr_delays(conn, &o, true))
+    /* the nodes of the map the client started with (installs their delay rules), then
+     * with --etcd those of etcd's map if the client has a newer one already */
+    ns->version = dhps_cluster_map_version(conn->map);
+    if (tr_nodes_merge(conn, &o, ns, conn->map, false))
+        goto out;
+    tr_nodes_refresh(conn, &o, ns, coord);
+    if (o.updates && tools_conn_open(&o.tgt, &uconn) < 0)
         goto out;
 
     atomic_store(&tr_stop, false);
@@ -493,12 +820,23 @@ int dhps_cmd_traffic(int argc, char **argv)
         memset(&th[i].h, 0, sizeof th[i].h);
         pthread_mutex_unlock(&th[i].mu);
     }
-    for (size_t i = 0; i < nn; i++)
-        first[i] = prev[i] = tr_node_msgs(conn, i);
+    for (size_t i = 0; i < ns->n; i++)
+        ns->nd[i].first = ns->nd[i].prev = tr_node_msgs(conn, ns->nd[i].id);
+    if (o.updates && !atomic_load(&tr_stop)) {
+        upd.client = uconn->client;
+        pthread_mutex_init(&upd.mu, NULL);
+        if (pthread_create(&upd.th, NULL, tr_update_run, &upd)) {
+            pthread_mutex_destroy(&upd.mu);
+            fprintf(stderr, "dhps traffic: cannot start the update thread\n");
+            atomic_store(&tr_stop, true);
+        } else
+            upd_started = true;
+    }
     dhps_route_stats rbase = {0}, rfirst;
     (void)tr_route_since(conn, &rbase); /* from here on */
     rfirst = rbase;
     struct tr_counts all = {0};
+    struct tr_upd_counts uc = {.have = o.updates > 0}, ucprev = {0};
     tools_hist allh = {0}, ih;
     uint64_t t0 = dhps_mono_ns(), next = t0;
     bool last = false;
@@ -525,15 +863,29 @@ int dhps_cmd_traffic(int argc, char **argv)
             memset(&t->h, 0, sizeof t->h);
             pthread_mutex_unlock(&t->mu);
         }
-        for (size_t i = 0; i < nn; i++) {
-            uint64_t m = tr_node_msgs(conn, i);
-            msgs[i] = m - prev[i];
-            prev[i] = m;
+        tr_nodes_refresh(conn, &o, ns, coord);
+        for (size_t i = 0; i < ns->n; i++) {
+            uint64_t m = tr_node_msgs(conn, ns->nd[i].id);
+            ns->nd[i].msgs = m - ns->nd[i].prev;
+            ns->nd[i].prev = m;
+        }
+        struct tr_upd_counts ui = {.have = uc.have};
+        if (upd_started) {
+            pthread_mutex_lock(&upd.mu);
+            uc.updates = upd.updates;
+            uc.failed = upd.failed;
+            uc.acked_keys = upd.acked_keys;
+            pthread_mutex_unlock(&upd.mu);
+            ui.updates = uc.updates - ucprev.updates;
+            ui.failed = uc.failed - ucprev.failed;
+            ui.acked_keys = uc.acked_keys - ucprev.acked_keys;
+            ucprev = uc;
         }
         counts_add(&all, &in);
         tools_hist_merge(&allh, &ih);
         struct tr_route rt = tr_route_since(conn, &rbase);
-        tr_print(&o, conn, (double)(dhps_mono_ns() - t0) / 1e9, false, &in, &ih, msgs, &rt);
+        tr_print(&o, conn, ns, (double)(dhps_mono_ns() - t0) / 1e9, false, &in, &ih, &rt, &ui,
+                 NULL);
     }
     atomic_store(&tr_stop, true);
     for (uint32_t i = 0; i < started; i++) {
@@ -543,20 +895,37 @@ int dhps_cmd_traffic(int argc, char **argv)
         counts_add(&all, &th[i].n);
         tools_hist_merge(&allh, &th[i].h);
     }
+    if (upd_started) {
+        pthread_join(upd.th, NULL);
+        pthread_mutex_destroy(&upd.mu);
+        uc.updates = upd.updates;
+        uc.failed = upd.failed;
+        uc.acked_keys = upd.acked_keys;
+    }
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
-    for (size_t i = 0; i < nn; i++)
-        msgs[i] = tr_node_msgs(conn, i) - first[i];
+    tr_nodes_refresh(conn, &o, ns, coord);
+    for (size_t i = 0; i < ns->n; i++)
+        ns->nd[i].msgs = tr_node_msgs(conn, ns->nd[i].id) - ns->nd[i].first;
     struct tr_route rt = tr_route_since(conn, &rfirst);
-    tr_print(&o, conn, (double)(dhps_mono_ns() - t0) / 1e9, true, &all, &allh, msgs, &rt);
-    if (o.have_delay)
-        tr_delays(conn, &o, false);
+    struct tr_final fin = {0};
+    bool final = o.updates > 0 || o.check;
+    if (final)
+        tr_final_check(conn->client, &o, &fin);
+    tr_print(&o, conn, ns, (double)(dhps_mono_ns() - t0) / 1e9, true, &all, &allh, &rt, &uc,
+             final ? &fin : NULL);
     rc = started == o.threads && all.lookups ? 0 : 1;
 out:
-    free(prev);
-    free(msgs);
-    free(first);
+    for (size_t i = 0; ns && i < ns->n; i++)
+        tr_delay(&o, &ns->nd[i], false);
+    free(ns);
     free(th);
+    free(tr_gen);
+    free(tr_acked);
+    tr_gen = NULL;
+    tr_acked = NULL;
+    dhps_coord_destroy(coord);
+    tools_conn_close(uconn);
     tools_conn_close(conn);
     return rc;
 }
