@@ -123,7 +123,8 @@ int ctl_state_read(dhps_coord *c, const char *cluster, ctl_state *st)
     for (int i = 0; i < nn; i++)
         if (parse_reg(&nkv[i], &st->regs[st->nregs]))
             st->nregs++;
-    qsort(st->regs, st->nregs, sizeof *st->regs, cmp_reg);
+    if (st->nregs)
+        qsort(st->regs, st->nregs, sizeof *st->regs, cmp_reg);
 out:
     dhps_coord_kvs_free(kv, n);
     dhps_coord_kvs_free(nkv, nn);
@@ -153,7 +154,8 @@ bool ctl_join_ready(const ctl_state *st, const dhps_cluster_join *j)
     const ctl_reg *r = ctl_state_reg(st, j->node);
     if (!r || r->map_version < j->since)
         return false;
-    return !bsearch(&j->shard, r->not_ready, r->n_not_ready, sizeof(uint32_t), cmp_u32);
+    return !r->n_not_ready ||
+           !bsearch(&j->shard, r->not_ready, r->n_not_ready, sizeof(uint32_t), cmp_u32);
 }
 
 /* ---- map edits ------------------------------------------------------------------------ */

@@ -105,7 +105,7 @@ static int teardown(void **st)
 }
 
 typedef struct attack {
-    volatile bool stop;
+    bool stop; /* __atomic: set by the test, read by the attacker */
     uint16_t port;
     uint64_t connects, cut;
 } attack;
@@ -134,8 +134,8 @@ static void *attacker(void *arg)
         started[i] = false;
         at->connects++;
     }
-    while (!at->stop) {
-        for (int i = 0; i < NATTACK && !at->stop; i++) {
+    while (!__atomic_load_n(&at->stop, __ATOMIC_RELAXED)) {
+        for (int i = 0; i < NATTACK && !__atomic_load_n(&at->stop, __ATOMIC_RELAXED); i++) {
             char junk[64];
             bool dead = fd[i] < 0;
             if (!dead) {
@@ -201,7 +201,7 @@ static void slowloris_health_and_metrics_still_answer(void **st)
         t_sleep_ms(100);
     }
     unsigned threads1 = threads_of(g_p.pid);
-    at.stop = true;
+    __atomic_store_n(&at.stop, true, __ATOMIC_RELAXED);
     pthread_join(th, NULL);
     print_message("  slowloris %d conns: %llu connects, %llu cut by the server; /health %d/%d, "
                   "/metrics from another address %d/%d; threads %u -> %u\n",

@@ -218,7 +218,11 @@ static void authenticated_memory_growth_is_bounded(void **st)
     print_message("  %d x 4 MiB-1 frames: %d sent whole; RSS %ld -> %ld kB; closed for the "
                   "budget %.0f; input held %.0f bytes\n",
                   NC, sent_whole, rss0, rss1, budget_closed, held);
+#if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
+    /* (a sanitizer's shadow memory grows with every byte the server touches: the budget is
+     * checked through the input gauge below there) */
     assert_true(rss1 - rss0 < (16 + 12) * 1024);   /* budget + slack (was +128 MB) */
+#endif
     assert_true(budget_closed >= NC - 5);
     assert_true(held <= 16.0 * (1 << 20));
     /* the partial frames are cut at the frame timeout; the budget is free again */
