@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 #include <time.h>
 
@@ -85,9 +86,10 @@ typedef struct dhps_ratelimit {
     uint32_t lines;
 } dhps_ratelimit;
 
-/* May a line be logged now? When true, *left_out is the number of lines refused since the
- * last one allowed. */
-static inline bool dhps_ratelimit_allow(dhps_ratelimit *r, uint32_t per_s, uint64_t *left_out)
+/* May a line be logged now? When true, more[0..morelen) gets what ends the line: "" or
+ * "; N more not logged" (the lines refused since the last one allowed). */
+static inline bool dhps_ratelimit_allow(dhps_ratelimit *r, uint32_t per_s, char *more,
+                                        size_t morelen)
 {
     uint64_t now = dhps_mono_ns();
     if (now - r->window_ns > 1000000000ull) {
@@ -99,7 +101,10 @@ static inline bool dhps_ratelimit_allow(dhps_ratelimit *r, uint32_t per_s, uint6
         return false;
     }
     r->lines++;
-    *left_out = r->suppressed;
+    if (r->suppressed)
+        snprintf(more, morelen, "; %llu more not logged", (unsigned long long)r->suppressed);
+    else if (morelen)
+        more[0] = 0;
     r->suppressed = 0;
     return true;
 }

@@ -199,13 +199,10 @@ static int pend_step(struct acceptor *acc, pend *p)
             if (rpc_hio_put(&p->io, &rj) == 0)
                 (void)rpc_hio_flush(&p->io, p->fd);
             atomic_fetch_add_explicit(&s->rejected_auth, 1, memory_order_relaxed);
-            uint64_t left_out = 0;
-            if (rpc_log_allowed(&acc->log_rl, &left_out)) {
-                char ip[INET_ADDRSTRLEN] = "?", more[64] = "";
+            char more[64];
+            if (dhps_ratelimit_allow(&acc->log_rl, RPC_LOG_PER_S, more, sizeof more)) {
+                char ip[INET_ADDRSTRLEN] = "?";
                 inet_ntop(AF_INET, &p->ip, ip, sizeof ip);
-                if (left_out)
-                    snprintf(more, sizeof more, "; %llu more refusals not logged",
-                             (unsigned long long)left_out);
                 DHPS_LOG(DHPS_LOG_WARN, RPC_LOG, "hello from %s: bad client proof (wrong "
                          "cluster secret?), connection refused%s", ip, more);
             }
@@ -268,14 +265,9 @@ static void take_new(struct acceptor *acc)
         if (lim) {
             close(fd);
             atomic_fetch_add_explicit(&s->rejected_limit, 1, memory_order_relaxed);
-            uint64_t left_out = 0;
-            char ip[INET_ADDRSTRLEN] = "?";
-            if (rpc_log_allowed(&acc->log_rl, &left_out)) {
+            char ip[INET_ADDRSTRLEN] = "?", more[64];
+            if (dhps_ratelimit_allow(&acc->log_rl, RPC_LOG_PER_S, more, sizeof more)) {
                 inet_ntop(AF_INET, &pa.sin_addr, ip, sizeof ip);
-                char more[64] = "";
-                if (left_out)
-                    snprintf(more, sizeof more, "; %llu more refusals not logged",
-                             (unsigned long long)left_out);
                 DHPS_LOG(DHPS_LOG_WARN, RPC_LOG, "refused a connection from %s:%u: %s "
                          "(%u open)%s", ip, ntohs(pa.sin_port),
                          lim == -EMFILE ? "server at max_connections"

@@ -186,11 +186,8 @@ void rpc_peers_destroy(struct rpc_peers *t);
 int rpc_peer_acquire(dhps_rpc_server *s, uint32_t ip, uint32_t *held);
 /* The connection counted by rpc_peer_acquire(ip) is closed. Thread-safe. */
 void rpc_peer_release(dhps_rpc_server *s, uint32_t ip);
-/* May this thread log a refusal now (5 lines a second; dhps_ratelimit_allow)? */
-static inline bool rpc_log_allowed(dhps_ratelimit *r, uint64_t *left_out)
-{
-    return dhps_ratelimit_allow(r, 5, left_out);
-}
+/* Refusals a thread logs per second at most (dhps_ratelimit_allow). */
+#define RPC_LOG_PER_S 5u
 
 /* server_verbs.c */
 int verbs_setup(dhps_rpc_server *s, worker *w, sconn *sc, const rpc_verbs_info *r,

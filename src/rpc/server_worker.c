@@ -85,12 +85,8 @@ void sconn_close(worker *w, sconn *sc, int why)
         bump(&w->st.malformed);
     if (why == DHPS_E_BUSY || why == DHPS_E_TIMEOUT) { /* a limit: counted, and named */
         bump(why == DHPS_E_BUSY ? &w->st.closed_budget : &w->st.closed_timeout);
-        uint64_t left_out = 0;
-        if (rpc_log_allowed(&w->log_rl, &left_out)) {
-            char more[64] = "";
-            if (left_out)
-                snprintf(more, sizeof more, "; %llu more not logged",
-                         (unsigned long long)left_out);
+        char more[64];
+        if (dhps_ratelimit_allow(&w->log_rl, RPC_LOG_PER_S, more, sizeof more)) {
             DHPS_LOG(DHPS_LOG_WARN, RPC_LOG, "closed the connection of %s:%u: %s%s", sc->peer,
                      sc->peer_port,
                      why == DHPS_E_BUSY ? "a frame past the input budget (max_input_bytes)"

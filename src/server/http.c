@@ -431,18 +431,14 @@ reply_text(struct MHD_Connection *conn, unsigned code, const char *fmt, ...)
 static void fault_refused(dhps_server *s, struct MHD_Connection *conn, const char *method,
                           const char *err)
 {
-    uint64_t left_out = 0;
-    if (!dhps_ratelimit_allow(&s->http_log_rl, 5, &left_out))
+    char ip[INET_ADDRSTRLEN] = "?", more[64];
+    if (!dhps_ratelimit_allow(&s->http_log_rl, 5, more, sizeof more))
         return;
-    char ip[INET_ADDRSTRLEN] = "?", more[64] = "";
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
     if (ci && ci->client_addr && ci->client_addr->sa_family == AF_INET)
         inet_ntop(AF_INET, &((const struct sockaddr_in *)ci->client_addr)->sin_addr, ip,
                   sizeof ip);
-    if (left_out)
-        snprintf(more, sizeof more, "; %llu more refusals not logged",
-                 (unsigned long long)left_out);
     DHPS_LOG(DHPS_LOG_WARN, LOGM, "/fault %s from %s refused: %s%s", method, ip, err, more);
 }
 
