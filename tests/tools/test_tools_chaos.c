@@ -27,24 +27,6 @@
 static char g_dir[64];
 
 
-/* The number after "name": in out, searched from the text after "in": when in is given
- * (fields of a nested object). Fails the test when it is absent. */
-static long long field_in(const char *out, const char *in, const char *name)
-{
-    char key[64];
-    if (in) {
-        snprintf(key, sizeof key, "\"%s\": {", in);
-        const char *o = strstr(out, key);
-        if (!o)
-            fail_msg("no %s in %s", in, out);
-        out = o;
-    }
-    snprintf(key, sizeof key, "\"%s\": ", name);
-    const char *s = strstr(out, key);
-    if (!s)
-        fail_msg("no %s in %s", name, out);
-    return atoll(s + strlen(key));
-}
 
 static long long field(const char *out, const char *name)
 {
