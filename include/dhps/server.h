@@ -228,7 +228,8 @@ int dhps_server_start(dhps_server *s, char *err, size_t errlen);
 uint16_t dhps_server_port(const dhps_server *s);
 uint16_t dhps_server_metrics_port(const dhps_server *s);
 
-/* The bound port of the /health-only listener (metrics.health_port), 0 when none. */
+/* The bound port of the /health-only listener (metrics.health_port), 0 when none.
+ * Thread-safe. */
 uint16_t dhps_server_health_port(const dhps_server *s);
 
 /* Is the node ready: start finished loading (snapshots, update log) and every store held

@@ -238,7 +238,8 @@ bool dhps_store_identity_match(const dhps_store_identity *a, const dhps_store_id
  * snapshot header, damaged identity block), DHPS_E_VERSION (unknown format). Pure. */
 int dhps_store_image_identity(const void *buf, size_t len, dhps_store_identity *id);
 
-/* As dhps_store_image_identity for the file at path; adds -errno. */
+/* As dhps_store_image_identity for the file at path (reads its first 192 bytes); adds
+ * -errno. Thread-safe (no store involved). */
 int dhps_store_file_identity(const char *path, dhps_store_identity *id);
 
 /*
