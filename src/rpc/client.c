@@ -1,126 +1,15 @@
-/* rpc client: one event loop per dhps_rpc_client, owned by one thread at a time. */
-#include "internal.h"
-#include "verbs.h"
-
-#include <arpa/inet.h>
-#include <errno.h>
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <poll.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/epoll.h>
-#include <sys/mman.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
-#include "dhps/log.h"
-
-typedef struct slot {
-    uint64_t id;       /* 0 = free */
-    uint64_t deadline; /* ns, UINT64_MAX = none */
-    dhps_rpc_done_fn done;
-    void *arg;
-    uint8_t transport;
-    int16_t vslot;
-    const void *owner; /* the channel handle that sent it */     /* verbs send slot holding the request, when transport is verbs */
-} slot;
-
-typedef struct session session;
-struct hs;
-struct deferred;
-
-/* A session is one connection (TCP + fast path) to a peer; channels with the same
- * policy to the same peer share it (one QP per peer per client). */
-struct session {
-    dhps_rpc_client *cl;
-    session *prev, *next;
-    conn c;
-    /* sharing */
-    uint32_t refs;
-    char host[64];
-    uint16_t port;
-    uint32_t allow;
-    int require;
-    bool exclusive;
-    const void *lent_owner;
-    int broken;           /* 0, or the error calls now get */
-    slot *slots;
-    uint32_t *free_stack, nfree;
-    uint32_t mask;        /* max_inflight - 1 */
-    uint32_t log2;
-    uint64_t seq;
-    uint32_t inflight;
-    uint64_t min_deadline;
-    /* the lent buffer */
-    bool lent;
-    uint16_t lent_method;
-    size_t lent_max;
-    int lent_transport;
-    void *lent_buf;
-    dhps_rpc_channel_stats st;
-    /* verbs */
-    bool verbs_wanted;      /* negotiated verbs once: keep re-trying after failures */
-    bool mixed;
-    uint32_t remote_slots;  /* server receives posted = our verbs credits */
-    uint32_t v_inflight;
-    vep *pending;           /* endpoint offered in a PROMOTE, awaiting the answer */
-    uint64_t retry_at;      /* next re-promotion attempt (ns) */
-    uint32_t backoff_ms;
-    /* opening */
-    struct hs *hs;          /* the hello in progress, NULL once ready (or failed) */
-    struct deferred *stage; /* lent buffer of a call started while opening */
-    uint64_t ready_ns;      /* when the hello completed */
-};
+/* rpc client: one event loop per dhps_rpc_client, owned by one thread at a time. Opening
+ * a channel is in client_open.c; shared state in client_int.h. */
+#include "client_int.h"
 
 static void s_close(session *ch);
 static void cancel_deferred(dhps_rpc_client *cl, const void *owner);
-static char verbs_wake_tag; /* epoll data for completion-channel fds: drain them all */
-
-
-/* What the caller holds: a handle onto a (possibly shared) session. */
-struct dhps_rpc_channel {
-    session *s;
-    struct dhps_rpc_channel *prev, *next;
-};
-
-/* A call held back by a fault rule (see dhps_rpc_fault_set): failed or sent at `at`. */
-typedef struct deferred {
-    struct deferred *next;
-    session *s;
-    const void *owner;  /* the channel handle that sent it */
-    uint16_t method;
-    int status;         /* 0: send at `at`; < 0: fail with it at `at` */
-    bool wait_open;     /* started while the channel opened: sent (fault rules applied)
-                           once it is ready, `at` is UINT64_MAX until then */
-    uint64_t at;        /* ns */
-    uint64_t deadline;  /* ns, UINT64_MAX = none */
-    dhps_rpc_done_fn done;
-    void *arg;
-    size_t len;
-    uint8_t req[];
-} deferred;
-
-struct dhps_rpc_client {
-    dhps_rpc_client_params p;
-    deferred *dq;             /* calls held back by fault rules (unsorted) */
-    uint8_t secret[DHPS_RPC_MAX_SECRET];
-    uint8_t host_id[RPC_HOST_ID];
-    int ep;
-    session *chans;           /* sessions */
-    struct dhps_rpc_channel *handles; /* channel handles, freed by destroy */
-    uint32_t nshm, nverbs;
-    rpc_dev *dev; /* opened on first use; closed on a fatal device event */
-    uint32_t nopening;        /* sessions whose hello is in progress */
-    uint64_t dev_checked;
-};
+char cl_verbs_wake_tag;
 
 /* Watch a verbs endpoint's completion channel from the client's epoll set. */
-static void watch_vep(dhps_rpc_client *cl, vep *v)
+void cl_watch_vep(dhps_rpc_client *cl, vep *v)
 {
-    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &verbs_wake_tag};
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &cl_verbs_wake_tag};
     if (epoll_ctl(cl->ep, EPOLL_CTL_ADD, vep_event_fd(v), &ev) != 0)
         DHPS_LOG(DHPS_LOG_WARN, RPC_LOG, "epoll add cq channel: %s", strerror(errno));
 }
@@ -274,7 +163,7 @@ static int channel_break(session *ch, int why)
     return n;
 }
 
-static void schedule_promote(session *ch)
+void cl_schedule_promote(session *ch)
 {
     ch->retry_at = dhps_mono_ns() + (uint64_t)ch->backoff_ms * 1000000ull;
     if (ch->backoff_ms < ch->cl->p.promote_backoff_ms * 64)
@@ -292,7 +181,7 @@ static int on_ctrl(session *ch, const uint8_t *payload, uint32_t len)
     ch->pending = NULL;
     if (op == RPC_CTRL_PROMOTE_OK && r.slots > 0 && !ch->c.v && vep_connect(v, &r) == 0) {
         ch->c.v = v;
-        watch_vep(ch->cl, v);
+        cl_watch_vep(ch->cl, v);
         ch->c.transport = DHPS_RPC_VERBS;
         ch->remote_slots = r.slots;
         ch->v_inflight = 0;
@@ -303,7 +192,7 @@ static int on_ctrl(session *ch, const uint8_t *payload, uint32_t len)
         return 0;
     }
     vep_destroy(v);
-    schedule_promote(ch);
+    cl_schedule_promote(ch);
     return 0;
 }
 
@@ -324,392 +213,6 @@ static int on_response(void *arg, conn *c, int via, const rpc_frame *f, const ui
         st = DHPS_E_MALFORMED; /* the server may only send these codes */
     complete(ch, idx, st, payload, f->len);
     return 0;
-}
-
-/* ---- channel open: connect, hello, negotiate, without blocking -------------------- */
-
-/*
- * An open in progress. The hello is a state machine driven by the client's poll turns
- * (dhps_rpc_channel_open_async) or by a private poll loop (dhps_rpc_channel_open):
- * connect -> CLIENT_HELLO -> SERVER_HELLO -> CLIENT_PROOF -> ACCEPT. Hello messages
- * are read exactly (header, then body), so nothing that follows the ACCEPT is consumed.
- */
-enum { HS_CONNECT = 1, HS_SERVER_HELLO, HS_ACCEPT };
-
-struct hs {
-    int state;
-    int fd;                   /* until conn_init takes it over (then c->c.fd) */
-    int shmfd;
-    bool unlink_name;
-    bool want_out;            /* registered for EPOLLOUT */
-    uint64_t deadline;        /* connect + hello */
-    uint64_t connect_deadline;/* the TCP connect alone */
-    vep *v;                   /* verbs endpoint offered, until the ACCEPT */
-    rpc_hello ch, sh, pr;
-    rpc_hio io;
-};
-
-static int hs_fd(const session *c) { return c->hs->fd >= 0 ? c->hs->fd : c->c.fd; }
-
-static uint64_t hs_deadline(const session *c)
-{
-    return c->hs->state == HS_CONNECT ? c->hs->connect_deadline : c->hs->deadline;
-}
-
-/* Create this channel's shared region; its name and cookie go into the proof. */
-static int make_region(dhps_rpc_client *cl, rpc_hello *pr, int *shmfd)
-{
-    uint8_t rnd[16];
-    if (rpc_random(rnd, sizeof rnd) || rpc_random(&pr->shm_cookie, sizeof pr->shm_cookie))
-        return -EIO;
-    int k = snprintf(pr->shm_name, RPC_SHM_NAME, "/dhps-rpc-%d-", (int)getpid());
-    for (int i = 0; i < 8 && k + 2 < (int)RPC_SHM_NAME; i++)
-        k += snprintf(pr->shm_name + k, RPC_SHM_NAME - (size_t)k, "%02x", rnd[i]);
-    pr->shm_bytes = SHM_HDR_BYTES + 2ull * cl->p.shm_ring_bytes;
-    int fd = shm_open(pr->shm_name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-    if (fd < 0)
-        return -errno;
-    if (ftruncate(fd, (off_t)pr->shm_bytes) != 0) {
-        int e = -errno;
-        close(fd);
-        shm_unlink(pr->shm_name);
-        return e;
-    }
-    *shmfd = fd;
-    return 0;
-}
-
-/* The server's hello arrived: check its proof, pick the path, set it up on our side
- * and queue our proof (with the offer). */
-static int hs_server_hello(session *c)
-{
-    dhps_rpc_client *cl = c->cl;
-    struct hs *h = c->hs;
-    rpc_hello *ch = &h->ch, *sh = &h->sh, *pr = &h->pr;
-    if (sh->kind == RPC_H_REJECT)
-        return sh->status == DHPS_E_AUTH ? DHPS_E_AUTH : DHPS_E_VERSION;
-    if (sh->kind != RPC_H_SERVER_HELLO || sh->version > ch->version)
-        return DHPS_E_MALFORMED;
-    if (sh->version < RPC_HELLO_MIN_VERSION)
-        return DHPS_E_VERSION; /* it would prove itself before we do: not spoken any more */
-    /* the server proves itself in its ACCEPT, after our proof (hs_accept) */
-    /* pick the best path both sides and the policy allow */
-    uint32_t common = ch->caps & sh->caps & c->allow;
-    bool same_host = memcmp(sh->host_id, cl->host_id, RPC_HOST_ID) == 0;
-    memset(pr, 0, sizeof *pr);
-    pr->kind = RPC_H_CLIENT_PROOF;
-    pr->version = sh->version;
-    pr->want = DHPS_RPC_TCP;
-    uint32_t max_msg = ch->max_msg < sh->max_msg ? ch->max_msg : sh->max_msg;
-    bool try_verbs = (common & DHPS_RPC_MASK(DHPS_RPC_VERBS)) &&
-                     cl->p.max_inflight <= (1u << 16) &&
-                     (c->require == DHPS_RPC_VERBS ||
-                      !(same_host && (common & DHPS_RPC_MASK(DHPS_RPC_SHM))));
-    if (try_verbs && !cl->dev && rpc_dev_open(&cl->dev) != 0)
-        try_verbs = false;
-    if (try_verbs) {
-        int r = vep_create(cl->dev, cl->p.verbs_slots, cl->p.verbs_slots, max_msg, NULL, &h->v);
-        if (r == 0) {
-            pr->want = DHPS_RPC_VERBS;
-            vep_info(h->v, &pr->verbs);
-            while ((1u << pr->verbs.inflight_log2) < cl->p.max_inflight)
-                pr->verbs.inflight_log2++;
-        } else {
-            DHPS_LOG(DHPS_LOG_INFO, RPC_LOG, "verbs endpoint: %s; not offered", dhps_strerror(r));
-        }
-    } else if ((common & DHPS_RPC_MASK(DHPS_RPC_SHM)) && same_host) {
-        int r = make_region(cl, pr, &h->shmfd);
-        if (r == 0) {
-            h->unlink_name = true;
-            pr->want = DHPS_RPC_SHM;
-        } else {
-            DHPS_LOG(DHPS_LOG_INFO, RPC_LOG, "shm region: %s; using tcp", dhps_strerror(r));
-            memset(pr->shm_name, 0, sizeof pr->shm_name);
-        }
-    }
-    if (c->require >= 0 && (int)pr->want != c->require)
-        return DHPS_E_CONFIG;
-    int rc = conn_init(&c->c, h->fd, max_msg, false);
-    h->fd = -1; /* owned by c->c now (closed by it on failure) */
-    if (rc)
-        return rc;
-    if (pr->want == DHPS_RPC_SHM &&
-        (rc = shm_attach(&c->c, h->shmfd, pr->shm_bytes, pr->shm_cookie, true)))
-        return rc;
-    rpc_proof(cl->secret, cl->p.secret_len, 'c', ch, sh, pr, pr->proof);
-    h->state = HS_ACCEPT;
-    return rpc_hio_put(&h->io, pr);
-}
-
-/* The server accepted (or rejected) our offer: finish the path. */
-static int hs_accept(session *c, rpc_hello *ac)
-{
-    dhps_rpc_client *cl = c->cl;
-    struct hs *h = c->hs;
-    if (ac->kind == RPC_H_REJECT)
-        return ac->status == DHPS_E_AUTH ? DHPS_E_AUTH : DHPS_E_CONFIG;
-    if (ac->kind != RPC_H_ACCEPT ||
-        (ac->transport != DHPS_RPC_TCP && ac->transport != h->pr.want))
-        return DHPS_E_MALFORMED;
-    uint8_t want[RPC_MAC];
-    rpc_proof(cl->secret, cl->p.secret_len, 'a', &h->ch, &h->sh, ac, want);
-    if (!rpc_mac_equal(want, ac->proof)) {
-        DHPS_LOG(DHPS_LOG_WARN, RPC_LOG, "hello: server proof wrong (secret mismatch?)");
-        return DHPS_E_AUTH;
-    }
-    if (ac->transport != DHPS_RPC_SHM && c->c.shm_base) {
-        munmap(c->c.shm_base, c->c.shm_len);
-        c->c.shm_base = NULL;
-    }
-    if (ac->transport == DHPS_RPC_VERBS) {
-        c->verbs_wanted = true;
-        if (h->v && vep_connect(h->v, &ac->verbs) == 0 && ac->verbs.slots > 0) {
-            c->c.v = h->v;
-            h->v = NULL;
-            c->remote_slots = ac->verbs.slots;
-        } else { /* the server is ready but we are not: serve on TCP, re-try later */
-            ac->transport = DHPS_RPC_TCP;
-            c->st.fallbacks++;
-        }
-    }
-    c->c.transport = (int)ac->transport;
-    if (c->require >= 0 && c->c.transport != c->require)
-        return DHPS_E_CONFIG;
-    rpc_tune_socket(c->c.fd, cl->p.busy_poll_us);
-    return 1;
-}
-
-/* Release what the open still holds (not the connection: c->c). */
-static void hs_free(session *c)
-{
-    struct hs *h = c->hs;
-    if (!h)
-        return;
-    if (h->unlink_name)
-        shm_unlink(h->pr.shm_name);
-    if (h->shmfd >= 0)
-        close(h->shmfd);
-    if (h->fd >= 0)
-        close(h->fd);
-    vep_destroy(h->v);
-    free(h);
-    c->hs = NULL;
-    c->cl->nopening--;
-}
-
-/* Calls queued while the channel opened may go now (or fail with its error). */
-static void release_waiting(session *c)
-{
-    uint64_t now = dhps_mono_ns();
-    for (deferred *q = c->cl->dq; q; q = q->next)
-        if (q->s == c && q->wait_open)
-            q->at = now;
-}
-
-/* The open failed (or the channel closes while opening). */
-static void hs_fail(session *c, int why)
-{
-    epoll_ctl(c->cl->ep, EPOLL_CTL_DEL, hs_fd(c), NULL);
-    hs_free(c);
-    conn_fini(&c->c);
-    c->broken = why;
-    DHPS_LOG(DHPS_LOG_INFO, RPC_LOG, "open %s:%u failed: %s", c->host, c->port,
-             dhps_strerror(why));
-    release_waiting(c);
-}
-
-/* The hello is done: the session serves calls from now on. */
-static void hs_done(session *c)
-{
-    dhps_rpc_client *cl = c->cl;
-    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
-    epoll_ctl(cl->ep, EPOLL_CTL_MOD, c->c.fd, &ev);
-    hs_free(c);
-    if (c->c.shm_base)
-        cl->nshm++;
-    if (c->c.v) {
-        cl->nverbs++;
-        watch_vep(cl, c->c.v);
-    }
-    if (c->verbs_wanted && !c->c.v)
-        schedule_promote(c);
-    c->ready_ns = dhps_mono_ns();
-    release_waiting(c);
-}
-
-/* Move the open as far as the socket allows. 1: ready, 0: waiting, < 0: failed (the
- * session is then broken with that error). */
-static int hs_drive(session *c)
-{
-    struct hs *h = c->hs;
-    int r = 0;
-    if (h->state == HS_CONNECT) {
-        struct pollfd pf = {.fd = h->fd, .events = POLLOUT};
-        if (poll(&pf, 1, 0) == 0)
-            return 0;
-        int err = 0;
-        socklen_t l = sizeof err;
-        if (getsockopt(h->fd, SOL_SOCKET, SO_ERROR, &err, &l) != 0 || err) {
-            r = DHPS_E_UNREACHABLE;
-            goto out;
-        }
-        h->state = HS_SERVER_HELLO;
-        if ((r = rpc_hio_put(&h->io, &h->ch)))
-            goto out;
-    }
-    for (;;) {
-        if ((r = rpc_hio_flush(&h->io, hs_fd(c))) <= 0)
-            break;
-        if (h->state == HS_SERVER_HELLO) {
-            if ((r = rpc_hio_read(&h->io, hs_fd(c), &h->sh)) <= 0)
-                break;
-            if ((r = hs_server_hello(c)))
-                break;
-            continue; /* send the proof */
-        }
-        rpc_hello ac;
-        if ((r = rpc_hio_read(&h->io, hs_fd(c), &ac)) <= 0)
-            break;
-        r = hs_accept(c, &ac);
-        break;
-    }
-out:
-    if (r < 0) {
-        hs_fail(c, r);
-        return r;
-    }
-    if (r == 1) {
-        hs_done(c);
-        return 1;
-    }
-    bool want_out = h->state == HS_CONNECT || rpc_hio_pending_out(&h->io);
-    if (want_out != h->want_out) {
-        struct epoll_event ev = {.events = EPOLLIN | (want_out ? EPOLLOUT : 0u), .data.ptr = c};
-        epoll_ctl(c->cl->ep, EPOLL_CTL_MOD, hs_fd(c), &ev);
-        h->want_out = want_out;
-    }
-    return 0;
-}
-
-/* Drive the open to its end here, polling only its socket (dhps_rpc_channel_open).
- * Returns 0 or the open's error. */
-static int hs_block(session *c)
-{
-    for (;;) {
-        int r = hs_drive(c);
-        if (r)
-            return r < 0 ? r : 0;
-        uint64_t now = dhps_mono_ns(), d = hs_deadline(c);
-        if (now >= d) {
-            hs_fail(c, DHPS_E_TIMEOUT);
-            return DHPS_E_TIMEOUT;
-        }
-        struct pollfd pf = {.fd = hs_fd(c), .events = (short)(c->hs->want_out ? POLLOUT : POLLIN)};
-        uint64_t ms = (d - now + 999999) / 1000000;
-        (void)poll(&pf, 1, ms > 1000 ? 1000 : (int)ms);
-    }
-}
-
-/* Fail every open whose time is up. */
-static void hs_expire(dhps_rpc_client *cl, uint64_t now)
-{
-    for (session *c = cl->chans; c; c = c->next)
-        if (c->hs && now >= hs_deadline(c))
-            hs_fail(c, DHPS_E_TIMEOUT);
-}
-
-/* Start opening a session: validate, connect without blocking, queue the client hello.
- * The session is linked and registered with epoll; hs_drive moves it on. Returns 0,
- * DHPS_E_CONFIG, DHPS_E_UNREACHABLE (refused at once), -ENOMEM, -errno. */
-static int s_begin(dhps_rpc_client *cl, const dhps_rpc_channel_params *p, session **out)
-{
-    *out = NULL;
-    if (!p || !p->host || p->port == 0 || !(p->allow & DHPS_RPC_MASK(DHPS_RPC_TCP)) ||
-        p->require < -1 || p->require >= DHPS_RPC_NTRANSPORTS)
-        return DHPS_E_CONFIG;
-    if (p->require >= 0 && !(p->allow & DHPS_RPC_MASK(p->require)))
-        return DHPS_E_CONFIG;
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(p->port)};
-    if (inet_pton(AF_INET, p->host, &a.sin_addr) != 1)
-        return DHPS_E_CONFIG;
-    session *c = calloc(1, sizeof *c);
-    struct hs *h = calloc(1, sizeof *h);
-    uint32_t n = cl->p.max_inflight;
-    if (c) {
-        c->slots = calloc(n, sizeof *c->slots);
-        c->free_stack = malloc(n * sizeof *c->free_stack);
-    }
-    int rc = -ENOMEM;
-    if (!c || !h || !c->slots || !c->free_stack)
-        goto fail;
-    c->c.fd = -1;
-    h->fd = h->shmfd = -1;
-    c->hs = h;
-    for (uint32_t i = 0; i < n; i++)
-        c->free_stack[i] = n - 1 - i;
-    c->nfree = n;
-    c->mask = n - 1;
-    while ((1u << c->log2) < n)
-        c->log2++;
-    c->min_deadline = UINT64_MAX;
-    c->cl = cl;
-    c->backoff_ms = cl->p.promote_backoff_ms;
-    c->mixed = p->mixed;
-    c->refs = 1;
-    c->port = p->port;
-    c->allow = p->allow;
-    c->require = p->require;
-    c->exclusive = p->exclusive || strlen(p->host) >= sizeof c->host;
-    snprintf(c->host, sizeof c->host, "%s", p->host);
-    uint64_t now = dhps_mono_ns();
-    h->deadline = now + (uint64_t)cl->p.connect_timeout_ms * 1000000ull;
-    h->connect_deadline = h->deadline;
-    if (p->tcp_connect_timeout_us) {
-        uint64_t d = now + (uint64_t)p->tcp_connect_timeout_us * 1000ull;
-        if (d < h->connect_deadline)
-            h->connect_deadline = d;
-    }
-    h->ch.kind = RPC_H_CLIENT_HELLO;
-    h->ch.version = cl->p.hello_version > RPC_HELLO_VERSION ? RPC_HELLO_VERSION
-                                                           : cl->p.hello_version;
-    h->ch.caps = p->allow & DHPS_RPC_ALL;
-    h->ch.max_msg = cl->p.max_msg;
-    memcpy(h->ch.host_id, cl->host_id, RPC_HOST_ID);
-    if ((rc = rpc_random(h->ch.nonce, RPC_NONCE)))
-        goto fail;
-    h->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (h->fd < 0) {
-        rc = -errno;
-        goto fail;
-    }
-    if (connect(h->fd, (struct sockaddr *)&a, sizeof a) != 0 && errno != EINPROGRESS) {
-        rc = DHPS_E_UNREACHABLE;
-        goto fail;
-    }
-    h->state = HS_CONNECT;
-    h->want_out = true;
-    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT, .data.ptr = c};
-    if (epoll_ctl(cl->ep, EPOLL_CTL_ADD, h->fd, &ev) != 0) {
-        rc = -errno;
-        goto fail;
-    }
-    c->next = cl->chans;
-    if (cl->chans)
-        cl->chans->prev = c;
-    cl->chans = c;
-    cl->nopening++;
-    *out = c;
-    return 0;
-fail:
-    if (h && h->fd >= 0)
-        close(h->fd);
-    free(h);
-    if (c) {
-        free(c->slots);
-        free(c->free_stack);
-    }
-    free(c);
-    return rc;
 }
 
 static void s_close(session *ch)
@@ -837,7 +340,7 @@ static int verbs_fallback(session *ch)
     ch->v_inflight = 0;
     ch->cl->nverbs--;
     ch->st.fallbacks++;
-    schedule_promote(ch);
+    cl_schedule_promote(ch);
     return 0;
 }
 
@@ -847,7 +350,7 @@ static void try_promote(session *ch, uint64_t now)
     if (ch->c.v || ch->pending || now < ch->retry_at || ch->broken)
         return;
     if (!cl->dev && rpc_dev_open(&cl->dev) != 0) {
-        schedule_promote(ch);
+        cl_schedule_promote(ch);
         return;
     }
     vep *v = NULL;
@@ -855,7 +358,7 @@ static void try_promote(session *ch, uint64_t now)
     if (vep_create(cl->dev, cl->p.verbs_slots, cl->p.verbs_slots, ch->c.max_msg, NULL, &v) ||
         !(p = rpc_tcp_ops.reserve(&ch->c, RPC_CTRL_BYTES))) {
         vep_destroy(v);
-        schedule_promote(ch);
+        cl_schedule_promote(ch);
         return;
     }
     rpc_verbs_info me;
@@ -882,7 +385,7 @@ static void device_gone(dhps_rpc_client *cl)
         if (ch->pending) {
             vep_destroy(ch->pending);
             ch->pending = NULL;
-            schedule_promote(ch);
+            cl_schedule_promote(ch);
         }
     }
     rpc_dev_close(cl->dev);
@@ -1199,7 +702,7 @@ static int turn(dhps_rpc_client *cl, int64_t wait_ns)
         return errno == EINTR ? ran : -errno;
     for (int i = 0; i < n; i++) {
         session *ch = evs[i].data.ptr;
-        if (ch == (void *)&verbs_wake_tag) {
+        if (ch == (void *)&cl_verbs_wake_tag) {
             for (session *x = cl->chans; x; x = x->next)
                 if (x->c.v)
                     vep_drain_events(x->c.v);
