@@ -35,6 +35,9 @@ struct fake_entry {
     float row[FAKE_MAXDIM];
 };
 
+struct fake_node;
+typedef void (*fake_moved_fn)(struct fake_node *f, void *arg);
+
 struct fake_node {
     dhps_rpc_server *srv;
     uint32_t id;
@@ -55,8 +58,8 @@ struct fake_node {
                                    it are answered DHPS_E_MOVED (docs/server.md) */
     /* called (in a server thread) just before a write is answered DHPS_E_MOVED: a test
      * publishes a newer map there, so it exists by the time the client asks */
-    void (*on_moved)(struct fake_node *f, void *arg);
-    void *on_moved_arg;
+    _Atomic(fake_moved_fn) on_moved; /* set with fake_on_moved */
+    void *_Atomic on_moved_arg;
     _Atomic uint64_t lookups, upserts, deletes, keys, not_ready_answers, moved_answers;
 };
 
@@ -90,6 +93,15 @@ static uint16_t fake_f2h(float v) /* exact for the small values tests use */
 }
 
 /* Common prologue: delays, failures, ownership. Returns 1 when the answer is set. */
+/* Sets (fn, arg) or clears (NULL, NULL) the DHPS_E_MOVED hook while the node serves:
+ * the argument is stored before the function, so a server thread that sees fn sees arg. */
+static inline void fake_on_moved(struct fake_node *f, fake_moved_fn fn, void *arg)
+{
+    if (fn)
+        atomic_store(&f->on_moved_arg, arg);
+    atomic_store(&f->on_moved, fn);
+}
+
 static int fake_prologue(struct fake_node *f, dhps_rpc_request *r, const dhps_proto_hdr *h)
 {
     uint64_t t0 = fake_now_ms();
@@ -131,8 +143,9 @@ static int fake_prologue(struct fake_node *f, dhps_rpc_request *r, const dhps_pr
     }
     uint64_t fence = atomic_load(&f->fence);
     if (r->method != DHPS_M_LOOKUP && h->map_version && h->map_version < fence) {
-        if (f->on_moved)
-            f->on_moved(f, f->on_moved_arg);
+        fake_moved_fn fn = atomic_load(&f->on_moved);
+        if (fn)
+            fn(f, atomic_load(&f->on_moved_arg));
         atomic_fetch_add(&f->moved_answers, 1);
         resp->status = DHPS_E_MOVED;
         return 1;

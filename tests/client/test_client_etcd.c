@@ -133,7 +133,7 @@ static void test_etcd_refresh_on_demand(void **state)
 
     /* map 2 is published at the moment node 0 refuses: the client's get finds it (the
      * watch would too, a little later) and the write lands on {1, 2} */
-    nodes[0].on_moved = publish_v2;
+    fake_on_moved(&nodes[0], publish_v2, NULL);
     r0 = st.map_refreshes;
     assert_int_equal(put_keys(c, DHPS_ACK_ALL, 0, &res), 0);
     dhps_client_stats_get(c, &st);
@@ -148,7 +148,7 @@ static void test_etcd_refresh_on_demand(void **state)
         assert_true(fake_get(&nodes[1], k, NULL, NULL));
         assert_true(fake_get(&nodes[2], k, NULL, NULL));
     }
-    nodes[0].on_moved = NULL;
+    fake_on_moved(&nodes[0], NULL, NULL);
 
     /* etcd down: a refused write fails with DHPS_E_MOVED, within its deadline */
     etcd_kill(&efx);

@@ -287,8 +287,7 @@ static void test_moved_bounded(void **state)
     x->c = mkclient(x, DHPS_CLIENT_ROUTER_FIRST_HEALTHY);
     x->hook_shards = "[[0, 1]]";
     atomic_store(&x->hook_version, 2);
-    x->nodes[0].on_moved_arg = x;
-    x->nodes[0].on_moved = publish_hook;
+    fake_on_moved(&x->nodes[0], publish_hook, x);
     atomic_store(&x->nodes[0].fence, UINT64_MAX);
     dhps_client_result res;
     uint64_t t0 = dhps_mono_ns();
@@ -305,7 +304,7 @@ static void test_moved_bounded(void **state)
     assert_int_equal(upserts(x, 1), 1); /* its ack carried through the three maps */
     assert_int_equal(dhps_client_map_version(x->c), 4);
     assert_int_equal(res.missing, 10);
-    x->nodes[0].on_moved = NULL;
+    fake_on_moved(&x->nodes[0], NULL, NULL);
 }
 
 /* The newer map is published at the moment node 0 refuses (not before the call), over
@@ -327,8 +326,7 @@ static void test_moved_map_published_meanwhile(void **state)
     struct pub pb = {.x = x};
     strcpy(pb.from, p2);
     for (int i = 0; i < NNODES; i++) {
-        x->nodes[i].on_moved_arg = &pb;
-        x->nodes[i].on_moved = rename_hook;
+        fake_on_moved(&x->nodes[i], rename_hook, &pb);
     }
     enum { N = 2000 };
     static uint64_t keys[N];
@@ -367,7 +365,7 @@ static void test_moved_map_published_meanwhile(void **state)
     assert_int_equal(res.found, N);
     assert_memory_equal(out, vals, sizeof vals);
     for (int i = 0; i < NNODES; i++)
-        x->nodes[i].on_moved = NULL;
+        fake_on_moved(&x->nodes[i], NULL, NULL);
     dhps_cluster_map_destroy(m1);
     dhps_cluster_map_destroy(m2);
 }
