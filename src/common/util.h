@@ -12,6 +12,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/types.h>
 #include <time.h>
 
 /* Nanoseconds on clock `id` (CLOCK_MONOTONIC, CLOCK_REALTIME, CLOCK_THREAD_CPUTIME_ID).
@@ -129,5 +130,11 @@ int dhps_secret_load(const char *path, uint8_t *buf, size_t cap, size_t *len, ch
  * no newline), mode 0600, fsync'ed. Refuses to replace an existing file unless replace (then written
  * beside it and renamed over it). Returns 0 or -errno (-EEXIST: exists). */
 int dhps_secret_generate(const char *path, bool replace);
+
+/* True when process `pid` holds a TCP socket listening on `port` (IPv4 or IPv6, any
+ * address) in the caller's network namespace: tells a child that bound its port from
+ * another process answering there (a port picked free, then taken). Reads /proc; false
+ * when the process is gone or its fds are not readable. Thread-safe. (proc.c) */
+bool dhps_pid_listens_tcp(pid_t pid, uint16_t port);
 
 #endif

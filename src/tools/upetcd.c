@@ -82,7 +82,9 @@ int up_etcd_start(const char *dir, uint16_t cport, uint16_t pport, pid_t *pid, c
         dhps_coord_kv *kv = NULL;
         int n = dhps_coord_get(c, "/dhps-probe", false, &kv, NULL);
         dhps_coord_kvs_free(kv, n);
-        if (n >= 0)
+        /* an answer counts only from our etcd: the port was free when picked, and
+         * another etcd (another cluster's) may have taken it since */
+        if (n >= 0 && dhps_pid_listens_tcp(p, cport))
             break;
         int st;
         if (waitpid(p, &st, WNOHANG) == p) {

@@ -143,9 +143,9 @@ static int fake_prologue(struct fake_node *f, dhps_rpc_request *r, const dhps_pr
     }
     uint64_t fence = atomic_load(&f->fence);
     if (r->method != DHPS_M_LOOKUP && h->map_version && h->map_version < fence) {
-        fake_moved_fn fn = atomic_load(&f->on_moved);
-        if (fn)
-            fn(f, atomic_load(&f->on_moved_arg));
+        fake_moved_fn hook = atomic_load(&f->on_moved);
+        if (hook)
+            hook(f, atomic_load(&f->on_moved_arg));
         atomic_fetch_add(&f->moved_answers, 1);
         resp->status = DHPS_E_MOVED;
         return 1;

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "dhps/coord.h"
+#include "util.h" /* dhps_pid_listens_tcp */
 #include "test_scale.h"
 
 struct etcd_fx {
@@ -80,7 +81,9 @@ static int fx_run(struct etcd_fx *fx, const char *bin)
     int rc = -1;
     while (dhps_test_now_ms() < end) {
         dhps_coord_kv *kv;
-        if (dhps_coord_get(c, "/probe", false, &kv, NULL) >= 0) {
+        /* an answer counts only from our etcd, not one that took the port meanwhile */
+        if (dhps_coord_get(c, "/probe", false, &kv, NULL) >= 0 &&
+            dhps_pid_listens_tcp(fx->pid, (uint16_t)fx->cport)) {
             rc = 0;
             break;
         }

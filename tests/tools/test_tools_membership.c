@@ -35,8 +35,14 @@ static void membership(void **state)
     char *out = capture(cmd, &st);
     print_message("  %s", out);
     if (st != 0) {
-        char t[256];
-        snprintf(t, sizeof t, "tail -60 %s/log >&2; tail -40 %s/m/steps.log >&2", g_dir, g_dir);
+        /* the directory goes with the test: show what the servers said (a sanitizer
+         * report, a refusal) along with the tool's own log */
+        char t[768];
+        snprintf(t, sizeof t,
+                 "tail -60 %s/log >&2; tail -40 %s/m/steps.log >&2; "
+                 "for f in %s/m/node*/server.log; do echo \"--- $f\" >&2; "
+                 "grep -m3 -A12 'Sanitizer' \"$f\" >&2; tail -15 \"$f\" >&2; done",
+                 g_dir, g_dir, g_dir);
         if (system(t) != 0)
             fprintf(stderr, "(no log)\n");
         fail_msg("%s: status %d, output: %s", cmd, st, out);
