@@ -108,15 +108,23 @@ static int handle_digest(dhps_server *s, srv_store *st, const srv_msg *m, dhps_r
                        m->nranges);
         return DHPS_E_TOOBIG;
     }
-    uint64_t *hash = (uint64_t *)(void *)((uint8_t *)r->resp + sizeof(dhps_proto_resp));
-    uint64_t *count = hash + m->nranges;
+    /* the digest is computed in aligned memory and copied out: the response sits in
+     * the transport's send buffer at whatever offset the frames before it left */
+    uint64_t *hash = malloc((size_t)m->nranges * 16 + 8);
+    if (!hash) {
+        srv_resp_error(r, -ENOMEM, "digest of %u ranges: out of memory", m->nranges);
+        return -ENOMEM;
+    }
     pthread_mutex_lock(&st->mu);
-    int rc = dhps_store_digest(st->st, m->nranges, hash, count);
+    int rc = dhps_store_digest(st->st, m->nranges, hash, hash + m->nranges);
     pthread_mutex_unlock(&st->mu);
     if (rc) {
+        free(hash);
         srv_resp_error(r, rc, "digest: %s", dhps_strerror(rc));
         return rc;
     }
+    memcpy((uint8_t *)r->resp + sizeof(dhps_proto_resp), hash, (size_t)m->nranges * 16);
+    free(hash);
     dhps_proto_resp h = {.status = 0, .n = m->nranges};
     memcpy(r->resp, &h, sizeof h);
     r->resp_len = need;
