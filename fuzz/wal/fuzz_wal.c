@@ -81,7 +81,7 @@ static void fuzz_segment(const uint8_t *data, size_t size)
     char err[512];
     int rc = dhps_wal_open(&wp, 0, replay, &total, &rep, &w, err, sizeof err);
     if (rc == 0) {
-        if (total + DHPS_WAL_SEGMENT_HDR > size && size >= DHPS_WAL_SEGMENT_HDR)
+        if (total && total + DHPS_WAL_SEGMENT_HDR_BYTES(0) > size)
             abort(); /* replayed more than the file held */
         if (rep.torn_bytes > size)
             abort();
