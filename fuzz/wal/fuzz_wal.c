@@ -1,9 +1,13 @@
-/* libFuzzer: the update log's two decoders. Input: one selector byte, then
- *   even: the bytes of a segment file (wal.0000000000000001.log), opened by dhps_wal_open
- *         (header checks, record checks, torn-tail cut, replay); a log that opens must
- *         replay only whole records inside the file and take one more append;
- *   odd:  a dhps-server log record payload for srv_log_decode (src/server/durable.h);
- *         a decoded record's keys and rows must lie inside the payload. */
+/* libFuzzer: the update log's three decoders. Input: one selector byte, then, by the
+ * selector modulo 3:
+ *   0: the bytes of a segment file (wal.0000000000000001.log), opened by dhps_wal_open
+ *      (header checks of formats 1 and 2, identity, record checks, torn-tail cut,
+ *      replay); a log that opens must replay only whole records inside the file and take
+ *      one more append;
+ *   1: a dhps-server log record payload for srv_log_decode (src/server/durable.h);
+ *      a decoded record's keys and rows must lie inside the payload;
+ *   2: a segment identity for srv_logid_parse (src/server/logid.h); a parsed one must be
+ *      in range and survive srv_logid_encode + parse unchanged. */
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <stdint.h>
@@ -15,6 +19,7 @@
 
 #include "dhps/wal.h"
 #include "durable.h"
+#include "logid.h"
 
 static char dir[64];
 
@@ -81,7 +86,7 @@ static void fuzz_segment(const uint8_t *data, size_t size)
     char err[512];
     int rc = dhps_wal_open(&wp, 0, replay, &total, &rep, &w, err, sizeof err);
     if (rc == 0) {
-        if (total + DHPS_WAL_SEGMENT_HDR > size && size >= DHPS_WAL_SEGMENT_HDR)
+        if (total && total + DHPS_WAL_SEGMENT_HDR_BYTES(0) > size)
             abort(); /* replayed more than the file held */
         if (rep.torn_bytes > size)
             abort();
@@ -125,13 +130,52 @@ static void fuzz_payload(const uint8_t *data, size_t size)
     free(buf);
 }
 
+static void fuzz_identity(const uint8_t *data, size_t size)
+{
+    char *buf = malloc(size ? size : 1); /* exactly size bytes: ASan sees an overread */
+    memcpy(buf, data, size);
+    static srv_logid id, again;
+    const char *why = NULL;
+    int rc = srv_logid_parse(buf, size, &id, &why);
+    free(buf);
+    if (rc) {
+        if (!why || (rc != DHPS_E_MALFORMED && rc != DHPS_E_VERSION))
+            abort();
+        return;
+    }
+    if (why || !id.node[0] || id.nshards < 1 || id.nshards > DHPS_SERVER_MAX_SHARDS ||
+        id.ntables < 1 || id.ntables > DHPS_SERVER_MAX_TABLES)
+        abort();
+    /* what the server would write for this identity parses back to the same */
+    static dhps_server_config c;
+    memset(&c, 0, sizeof c);
+    c.node_id = id.node;
+    c.coord_cluster = id.cluster[0] ? id.cluster : NULL;
+    c.nshards = id.nshards;
+    c.ntables = id.ntables;
+    for (uint32_t i = 0; i < id.ntables; i++) {
+        if (!id.tables[i].name[0] || id.tables[i].dim < 1 ||
+            id.tables[i].dim > DHPS_SERVER_MAX_DIM)
+            abort();
+        memcpy(c.tables[i].name, id.tables[i].name, sizeof c.tables[i].name);
+        c.tables[i].dim = id.tables[i].dim;
+        c.tables[i].dtype = id.tables[i].dtype;
+    }
+    static char enc[DHPS_WAL_IDENTITY_MAX + 1];
+    int n = srv_logid_encode(&c, enc, sizeof enc);
+    if (n < 0 || srv_logid_parse(enc, (size_t)n, &again, &why) ||
+        memcmp(&id, &again, sizeof id))
+        abort();
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 1)
         return 0;
-    if (data[0] & 1)
-        fuzz_payload(data + 1, size - 1);
-    else
-        fuzz_segment(data + 1, size - 1);
+    switch (data[0] % 3) {
+    case 0: fuzz_segment(data + 1, size - 1); break;
+    case 1: fuzz_payload(data + 1, size - 1); break;
+    default: fuzz_identity(data + 1, size - 1); break;
+    }
     return 0;
 }

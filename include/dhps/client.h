@@ -240,6 +240,21 @@ int dhps_client_create(const dhps_client_params *p, dhps_client **out);
 void dhps_client_destroy(dhps_client *c);
 
 /*
+ * Read a cluster secret file the one way dhps-server and the dhps tools read it
+ * (docs/security.md "The cluster secret"), for dhps_client_params.secret: mode 0600 (no
+ * group or other access), then either a random secret (at least 32 bytes with 10
+ * distinct values; trailing newlines stripped) used as it is, or a passphrase file
+ * ("scrypt:N=<N>,r=<r>,p=<p>,salt=<hex>:<passphrase>", `dhps keygen --passphrase`) whose
+ * 32-byte key is derived with scrypt here (about 0.2 s and 32 MiB at the default cost:
+ * call it once). On success 0 and the key in buf[0..*len); cap =
+ * DHPS_RPC_MAX_SECRET fits every accepted file. Else DHPS_E_CONFIG and one line in err
+ * (errlen bytes; err may be NULL) naming the path, what is wrong and the fix, nothing in
+ * buf; -EINVAL for a NULL path, buf or len. Thread-safe.
+ */
+int dhps_client_secret_load(const char *path, void *buf, size_t cap, size_t *len, char *err,
+                            size_t errlen);
+
+/*
  * Register the default row of table for missing keys (dim fp32 values, copied); NULL
  * vec removes it (missing rows are then zeros). Used by lookups asking for exactly this
  * dim. Returns 0, -EINVAL, -ENOMEM. Not safe concurrently with lookups on the same

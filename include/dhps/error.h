@@ -37,7 +37,7 @@ enum dhps_error {
     DHPS_E_MOVED = -10017,       /* the shard's replica set changed after the map the request
                                     was routed with: reload the map and send it again */
     DHPS_E_MISMATCH = -10018,    /* a file or image belongs to another table, shard, shard
-                                    count or cluster than the one it was given to */
+                                    count, node or cluster than the one it was given to */
     DHPS_E_LAST = -10019,
 };
 

@@ -8,16 +8,28 @@
  *   per write batch (src/server/durable.h).
  *
  * Files. Numbered segment files wal.<first LSN as 16 hex digits>.log. A segment starts
- *   with a 288-byte header: magic "DHPSWAL\0", format version (1), the caller's identity
- *   string (e.g. the node id, up to 255 bytes, checked at open: a log written by another
- *   node is refused, never loaded), the segment's first LSN and an XXH3-64 of the header.
- *   Records follow, each 8-byte aligned:
+ *   with a header: magic "DHPSWAL\0", format version (2), the identity length, the
+ *   segment's first LSN, the caller's identity (up to DHPS_WAL_IDENTITY_MAX bytes, zero
+ *   padded to 8) and an XXH3-64 of all that: DHPS_WAL_SEGMENT_HDR_BYTES(identity length)
+ *   bytes. A segment is created as wal.<...>.log.tmp, its header written (and fdatasync'd
+ *   unless NEVER) and renamed into place, so a segment file always starts with a whole
+ *   header. Format 1 (a fixed 288-byte header with up to 255 identity bytes, written by
+ *   older builds) is still read; new segments are always format 2. Records follow the
+ *   header, each 8-byte aligned:
  *     u32 payload length | u32 zero | u64 LSN | u64 checksum | payload | zero pad to 8
  *   checksum = XXH3-64(first 16 header bytes, seed = XXH3-64(payload)), i.e. it covers the
  *   header and the payload; the payload hash is computed before the log's lock is taken,
  *   so the critical section is the write alone. LSNs start at 1 and grow by one per
  *   record, across segments without gaps.
  *
+ * Identity. Each segment's identity is checked at open, before anything is replayed: by
+ *   default it must equal the caller's byte for byte (DHPS_E_MISMATCH naming both), or
+ *   params.check decides (dhps-server accepts its older identity form that way and keeps
+ *   what each segment names for its replay). Appends continue in the newest segment only
+ *   when its identity is the caller's; otherwise open starts a new segment (replacing the
+ *   newest one when that holds no record), so the records of a segment were all written
+ *   under the identity in its header.
+
  * Appends. dhps_wal_append hands the record to the kernel (one pwritev of header +
  *   caller's iovecs + pad) before it returns: a process crash after it returned loses
  *   nothing under any policy. Durability against power loss depends on the policy:
@@ -37,20 +49,22 @@
  *   bench-only dependency.
  *
  * Rotation and truncation. A record that would take a segment past segment_bytes (default
- *   64 MiB) goes to a new segment (the old one is fdatasync'd first, under every
- *   policy). After a checkpoint (every store snapshotted, all records < L covered) the
+ *   64 MiB) goes to a new segment (the old one is fdatasync'd first, except under NEVER). After a checkpoint (every store snapshotted, all records < L covered) the
  *   caller calls dhps_wal_truncate_before(L): segment files all of whose records are < L
  *   are deleted.
  *
- * Recovery. dhps_wal_open scans every segment: headers (magic, version, identity,
- *   checksum), then records (length, checksum, LSN sequence). A damaged tail of the last
+ * Recovery. dhps_wal_open scans every segment: headers (magic, version, checksum,
+ *   identity), then records (length, checksum, LSN sequence). A damaged tail of the last
  *   segment (torn write, short record, garbage, bad checksum with no whole valid record
  *   after it) is cut with ftruncate at the end of the last whole record and reported in
  *   dhps_wal_report and in the log (warn). Damage followed by a whole valid record, or any
  *   damage in an older segment, is corruption: DHPS_E_CORRUPT with the file and offset in
  *   the error message, and nothing is replayed. Only after the whole log checked out are
  *   the records with LSN >= from_lsn passed, in order, to the replay callback. Appends
- *   then continue at the next LSN.
+ *   then continue at the next LSN. A newest segment cut short while it was created
+ *   (shorter than a header's 24 fixed bytes, or a format-1 segment shorter than 288) held
+ *   no record and is removed with a warning, as are leftover wal.*.log.tmp files; a
+ *   format-2 segment shorter than the header it declares is a damaged header.
  */
 #ifndef DHPS_WAL_H
 #define DHPS_WAL_H
@@ -73,22 +87,39 @@ enum dhps_wal_sync {
     DHPS_WAL_SYNC_ALWAYS = 2,
 };
 
-#define DHPS_WAL_IDENTITY_MAX 255u
+/* Longest identity (bytes, without the NUL). */
+#define DHPS_WAL_IDENTITY_MAX 8191u
 /* Largest payload of one record (bytes). */
 #define DHPS_WAL_MAX_RECORD (256u << 20)
-/* Bytes of a record header / a segment header. */
+/* Bytes of a record header. */
 #define DHPS_WAL_RECORD_HDR 24u
-#define DHPS_WAL_SEGMENT_HDR 288u
+/* Bytes of a (format 2) segment header whose identity has ident_len bytes: 24 fixed,
+ * the identity padded to 8, an 8-byte checksum. Records start there. */
+#define DHPS_WAL_SEGMENT_HDR_BYTES(ident_len) (32u + (((uint32_t)(ident_len) + 7u) & ~7u))
 /* Most iovecs one append takes. */
 #define DHPS_WAL_MAX_IOV 64
 
+/*
+ * Identity check of one existing segment (params.check): called by dhps_wal_open for every
+ * segment, oldest first, after its header checked out and before any record is replayed.
+ * found[0..len) is the identity the segment was written with (found[len] is a NUL; the
+ * bytes may hold anything else), segment its file name, first_lsn its first LSN. Return 0
+ * to accept it, or a negative error (e.g. DHPS_E_MISMATCH) with a one-line reason in err
+ * (errlen bytes) to refuse the open; the open's message is "wal <dir>/<segment>: <err>".
+ */
+typedef int (*dhps_wal_check_fn)(void *arg, const char *segment, uint64_t first_lsn,
+                                 const char *found, size_t len, char *err, size_t errlen);
+
 typedef struct dhps_wal_params {
     const char *dir;          /* directory of the segments (created if missing, one level) */
-    const char *identity;     /* written into every segment, checked at open; "" allowed,
-                                 at most DHPS_WAL_IDENTITY_MAX bytes (default "") */
+    const char *identity;     /* written into every new segment; "" allowed, at most
+                                 DHPS_WAL_IDENTITY_MAX bytes (default "") */
     int sync;                 /* enum dhps_wal_sync (default DHPS_WAL_SYNC_INTERVAL) */
     uint32_t interval_ms;     /* INTERVAL period, 1..10000 (default 10) */
     uint64_t segment_bytes;   /* rotation size, >= 4096 (default 64 MiB) */
+    dhps_wal_check_fn check;  /* NULL (default): a segment's identity must equal identity,
+                                 else the open fails with DHPS_E_MISMATCH naming both */
+    void *check_arg;          /* passed to check */
 } dhps_wal_params;
 
 /* Fill p with the defaults above (dir NULL: the caller must set it). */
@@ -119,7 +150,8 @@ typedef int (*dhps_wal_replay_fn)(void *arg, uint64_t lsn, const void *payload, 
  * process owns a log; nothing locks the directory).
  * Returns 0 and sets *out, or, with a message naming the file in err (errlen bytes):
  *   -EINVAL      bad params
- *   DHPS_E_CONFIG   a segment written with another identity
+ *   DHPS_E_MISMATCH a segment written with another identity (params.check NULL), or
+ *                   params.check's error
  *   DHPS_E_VERSION  a segment of an unknown format version
  *   DHPS_E_CORRUPT  a damaged header, damage followed by a valid record, damage in an
  *                   older segment, a gap in the LSNs, or a log starting after from_lsn

@@ -56,6 +56,7 @@ typedef struct dhps_client_result {
 void dhps_client_params_init(dhps_client_params *p);
 int dhps_client_create(const dhps_client_params *p, dhps_client **out);
 void dhps_client_destroy(dhps_client *c);
+int dhps_client_secret_load(const char *path, void *buf, size_t cap, size_t *len, char *err, size_t errlen);
 int dhps_client_set_default(dhps_client *c, const char *table, const float *vec, uint32_t dim);
 int dhps_client_lookup_masks(dhps_client *c, const char *table, const uint64_t *keys, size_t n,
                              void *out, uint32_t dim, int dtype, uint64_t *missing_mask,
@@ -81,6 +82,7 @@ DHPS_FP16 = 1
 DHPS_ACK_ALL, DHPS_ACK_QUORUM, DHPS_ACK_ONE = 0, 1, 2
 DHPS_CLIENT_TTL_DEFAULT = 0xFFFFFFFF
 DHPS_TABLE_NAME_MAX = 48
+DHPS_RPC_MAX_SECRET = 256
 
 ffi = FFI()
 ffi.cdef(CDEF)

@@ -28,31 +28,27 @@ class TableInfo:
         return f"TableInfo(name={self.name!r}, dim={self.dim}, dtype={self.dtype.name})"
 
 
-SECRET_MIN_BYTES = 32
-SECRET_MIN_DISTINCT = 10
-
-
 def read_secret_file(path):
-    """The cluster secret in a file, read by the rules of dhps-server and the dhps tools
-    (docs/security.md): trailing newlines stripped; refused (ValueError naming the file
-    and the fix) when the group or others may read or write it, or when it is weak
-    (< 32 bytes or < 10 distinct byte values: `dhps keygen FILE` writes a good one)."""
+    """The cluster secret in a file, read by the C loader dhps-server and the dhps tools
+    use (dhps_client_secret_load; docs/security.md "The cluster secret"): mode 0600; a
+    random secret (trailing newlines stripped; at least 32 bytes with 10 distinct values,
+    `dhps keygen FILE` writes one) is returned as it is; a passphrase file
+    (`dhps keygen --passphrase FILE`) gives its 32-byte scrypt key, derived here (about
+    0.2 s at the default cost; the GIL is released meanwhile). Anything else raises
+    ValueError with the loader's message (the file, what is wrong, the fix)."""
     path = os.fspath(path)
-    with open(path, "rb") as f:
-        mode = os.fstat(f.fileno()).st_mode
-        if mode & 0o066:
-            who = "any user" if mode & 0o006 else "its group"
-            raise ValueError(f"secret file {path}: mode {mode & 0o7777:04o} lets {who} read "
-                             f"or change it; chmod 600 {path}")
-        sec = f.read(4098)
-    sec = sec.rstrip(b"\r\n")
-    if not sec:
-        raise ValueError(f"secret file {path}: empty")
-    if len(sec) > 256:
-        raise ValueError(f"secret file {path}: longer than 256 bytes")
-    if len(sec) < SECRET_MIN_BYTES or len(set(sec)) < SECRET_MIN_DISTINCT:
-        raise ValueError(f"secret file {path}: too weak ({len(sec)} bytes, {len(set(sec))} "
-                         f"distinct); write a random one with `dhps keygen {path}`")
+    if not isinstance(path, str):
+        path = os.fsdecode(path)
+    cap = _ffi.DHPS_RPC_MAX_SECRET
+    buf = ffi.new("unsigned char[]", cap)
+    n = ffi.new("size_t *")
+    err = ffi.new("char[]", 4400)
+    rc = _ffi.lib().dhps_client_secret_load(os.fsencode(path), buf, cap, n, err, 4400)
+    if rc:
+        raise ValueError(ffi.string(err).decode(errors="replace") or f"secret file {path}: "
+                         f"refused ({rc})")
+    sec = bytes(ffi.buffer(buf, n[0]))
+    ffi.memmove(buf, bytes(cap), cap)  # the C copy; Python's bytes cannot be wiped
     return sec
 
 

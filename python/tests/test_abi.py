@@ -28,6 +28,7 @@ CONSTS = {
     "DHPS_ACK_ALL": _ffi.DHPS_ACK_ALL, "DHPS_ACK_QUORUM": _ffi.DHPS_ACK_QUORUM,
     "DHPS_ACK_ONE": _ffi.DHPS_ACK_ONE, "DHPS_CLIENT_TTL_DEFAULT": _ffi.DHPS_CLIENT_TTL_DEFAULT,
     "DHPS_TABLE_NAME_MAX": _ffi.DHPS_TABLE_NAME_MAX,
+    "DHPS_RPC_MAX_SECRET": _ffi.DHPS_RPC_MAX_SECRET,
     **{f"DHPS_E_{n[2:]}": getattr(dhps.errors, n) for n in dir(dhps.errors)
        if n.startswith("E_")},
 }
@@ -82,7 +83,8 @@ def test_cdef_prototypes_match_header(tmp_path):
 def test_library_exports_the_cdef_functions():
     lib = _ffi.lib()
     for name in ("dhps_client_create", "dhps_client_lookup_masks", "dhps_client_update",
-                 "dhps_client_delete", "dhps_client_table_info", "dhps_strerror"):
+                 "dhps_client_delete", "dhps_client_table_info", "dhps_client_secret_load",
+                 "dhps_strerror"):
         assert getattr(lib, name) is not None
 
 

@@ -8,12 +8,14 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
 
 #include "dhps/route.h"
+#include "secret.h"
 
 void dhps_client_params_init(dhps_client_params *p)
 {
@@ -53,6 +55,21 @@ static void copy_label(char *dst, const char *src)
     size_t l = strnlen(src, DHPS_CLUSTER_LABEL_MAX);
     memcpy(dst, src, l);
     dst[l] = '\0';
+}
+
+int dhps_client_secret_load(const char *path, void *buf, size_t cap, size_t *len, char *err,
+                            size_t errlen)
+{
+    if (!path || !buf || !len) {
+        if (err && errlen)
+            snprintf(err, errlen, "secret file: no path or buffer");
+        return -EINVAL;
+    }
+    char e[4400];
+    int rc = dhps_secret_load(path, buf, cap, len, e, sizeof e);
+    if (rc && err && errlen)
+        snprintf(err, errlen, "%s", e);
+    return rc;
 }
 
 int dhps_client_create(const dhps_client_params *p, dhps_client **out)

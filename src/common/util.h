@@ -110,27 +110,6 @@ static inline bool dhps_ratelimit_allow(dhps_ratelimit *r, uint32_t per_s, char 
     return true;
 }
 
-/* Least and most bytes of a cluster secret file, and the least distinct byte values in
- * it (docs/security.md): 32 random bytes hex-encoded (what `dhps keygen` writes) pass;
- * words, short secrets and repeated patterns do not. */
-#define DHPS_SECRET_MIN_BYTES 32u
-#define DHPS_SECRET_MIN_DISTINCT 10u
-
-/* The cluster secret file, read the one way the server and every tool read it: up to
- * cap bytes, trailing newlines (\n, \r\n) stripped. On success 0 and the secret in
- * buf[0..*len). On failure DHPS_E_CONFIG with one line in err naming the path and why:
- * cannot open (strerror); readable or writable by group or others (the secret
- * authenticates every peer: chmod 600); empty; shorter than DHPS_SECRET_MIN_BYTES or
- * with fewer than DHPS_SECRET_MIN_DISTINCT distinct bytes (a guessable secret; `dhps
- * keygen` writes a good one); longer than cap bytes. buf is then wiped. Thread-safe. */
-int dhps_secret_load(const char *path, uint8_t *buf, size_t cap, size_t *len, char *err,
-                     size_t errlen);
-
-/* Write a new cluster secret to path: 32 bytes from getrandom(), hex-encoded (64 bytes,
- * no newline), mode 0600, fsync'ed. Refuses to replace an existing file unless replace (then written
- * beside it and renamed over it). Returns 0 or -errno (-EEXIST: exists). */
-int dhps_secret_generate(const char *path, bool replace);
-
 /* True when process `pid` holds a TCP socket listening on `port` (IPv4 or IPv6, any
  * address) in the caller's network namespace: tells a child that bound its port from
  * another process answering there (a port picked free, then taken). Reads /proc; false

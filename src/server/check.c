@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "srv_int.h"
+#include "secret.h"
 #include "util.h"
 
 /* dir must be a directory this process may write (create files in). */
@@ -35,11 +36,10 @@ static int check_dir(const char *what, const char *dir, char *err, size_t errlen
 
 int srv_check_files(const dhps_server_config *c, char *err, size_t errlen)
 {
-    uint8_t buf[DHPS_RPC_MAX_SECRET];
     size_t len = 0;
-    char e[4200];
-    int rc = dhps_secret_load(c->secret_file, buf, sizeof buf, &len, e, sizeof e);
-    memset(buf, 0, sizeof buf);
+    char e[4400];
+    /* judged, not derived: dhps_server_create derives a passphrase file's key once */
+    int rc = dhps_secret_load(c->secret_file, NULL, DHPS_RPC_MAX_SECRET, &len, e, sizeof e);
     if (rc) {
         srv_errf(err, errlen, "config secret_file: %s", e);
         return rc;

@@ -13,6 +13,7 @@
 #include "dhps/log.h"
 #include "dhps/wal.h"
 #include "durable.h"
+#include "logid.h"
 #include "srv_int.h"
 #include "sync.h"
 #include "util.h"
@@ -258,36 +259,199 @@ bool srv_durable_over_limit(dhps_server *s)
 
 /* ---- start: replay ------------------------------------------------------------------ */
 
-static srv_store *find_store(dhps_server *s, const char *table, uint32_t shard)
+static srv_table *find_table(dhps_server *s, const char *table)
 {
     for (uint32_t i = 0; i < s->cfg->ntables; i++)
         if (!strcmp(s->tables[i].c.name, table))
-            return shard < s->cfg->nshards ? s->tables[i].by_shard[shard] : NULL;
+            return &s->tables[i];
     return NULL;
 }
+
+/* The identities of the log's segments, in LSN order, one entry per run of segments
+ * with the same identity string (logid.h). */
+typedef struct id_run {
+    uint64_t first_lsn;
+    char *raw;                   /* the identity string */
+    srv_logid *id;               /* NULL: the older form (the node id alone) */
+} id_run;
 
 typedef struct replay_ctx {
     dhps_server *s;
     srv_durable *d;
+    char ident[DHPS_WAL_IDENTITY_MAX + 1]; /* this node's identity string */
+    srv_logid mine;                        /* ... parsed */
+    char mine_desc[400];
+    id_run *runs;
+    size_t nruns, cap, at;       /* at: the run of the record being replayed */
+    bool legacy_noted;
+    char why[1024];              /* a refused record: the reason ("" otherwise) */
 } replay_ctx;
+
+static const char *dtype_name(int dtype)
+{
+    return dtype == DHPS_FP16 ? "fp16" : "fp32";
+}
+
+/* dhps_wal_params.check: one segment's identity (logid.h). Accept this node's, of its
+ * cluster and shard count, in the current form or the older one (the node id alone);
+ * refuse any other, naming both. Keep it for the replay of the segment's records. */
+static int check_segment(void *arg, const char *segment, uint64_t first_lsn,
+                         const char *found, size_t len, char *err, size_t errlen)
+{
+    replay_ctx *x = arg;
+    const char *node = x->s->cfg->node_id;
+    srv_logid *id = NULL;
+    if (x->nruns && strlen(x->runs[x->nruns - 1].raw) == len &&
+        !memcmp(x->runs[x->nruns - 1].raw, found, len))
+        return 0; /* as the segment before it */
+    bool legacy = strlen(node) == len && !memcmp(found, node, len);
+    if (!legacy) {
+        const char *why;
+        if (!(id = malloc(sizeof *id)))
+            return -ENOMEM;
+        int rc = srv_logid_parse(found, len, id, &why);
+        if (rc) {
+            size_t pl = strlen(SRV_LOGID_PREFIX);
+            bool ours = len >= pl && !memcmp(found, SRV_LOGID_PREFIX, pl);
+            free(id);
+            if (!ours) { /* an older build's identity: another node's id */
+                snprintf(err, errlen, "written by node \"%.*s\" (an older build's identity: "
+                         "the node id alone), not by %s: another node's log",
+                         (int)(len > 255 ? 255 : len), found, x->mine_desc);
+                return DHPS_E_MISMATCH;
+            }
+            snprintf(err, errlen, "unreadable identity in the segment header: %s", why);
+            return rc == DHPS_E_VERSION ? DHPS_E_VERSION : DHPS_E_CORRUPT;
+        }
+        bool cluster_differs = id->cluster[0] && x->mine.cluster[0] &&
+                               strcmp(id->cluster, x->mine.cluster);
+        bool node_differs = strcmp(id->node, x->mine.node) != 0;
+        if (node_differs || cluster_differs || id->nshards != x->mine.nshards) {
+            char theirs[400];
+            srv_logid_describe(id, theirs, sizeof theirs);
+            snprintf(err, errlen, "written by %s, not by %s: %s", theirs,
+                     x->mine_desc,
+                     node_differs || cluster_differs
+                         ? "another node's or another cluster's log"
+                         : "a log of another shard count (a cluster's shard count cannot "
+                           "change)");
+            free(id);
+            return DHPS_E_MISMATCH;
+        }
+    } else if (!x->legacy_noted) {
+        x->legacy_noted = true;
+        DHPS_LOG(DHPS_LOG_INFO, LOGM, "update log %s: written with the older identity (the "
+                 "node id \"%s\" alone): accepted; new segments carry the full one",
+                 segment, node);
+    }
+    if (x->nruns == x->cap) {
+        size_t nc = x->cap ? x->cap * 2 : 4;
+        id_run *nr = realloc(x->runs, nc * sizeof *nr);
+        if (!nr) {
+            free(id);
+            return -ENOMEM;
+        }
+        x->runs = nr;
+        x->cap = nc;
+    }
+    char *raw = malloc(len + 1);
+    if (!raw) {
+        free(id);
+        return -ENOMEM;
+    }
+    memcpy(raw, found, len + 1);
+    x->runs[x->nruns++] = (id_run){first_lsn, raw, id};
+    return 0;
+}
+
+static void free_runs(replay_ctx *x)
+{
+    for (size_t i = 0; i < x->nruns; i++) {
+        free(x->runs[i].raw);
+        free(x->runs[i].id);
+    }
+    free(x->runs);
+    x->runs = NULL;
+    x->nruns = x->cap = 0;
+}
+
+/* May record r (LSN lsn) be replayed into this node's tables? 0 and *tb, or an error
+ * with the reason in x->why: its table must be listed by its segment's identity (the
+ * current form) and be in the config with the same dim and dtype (the same row size,
+ * for the older form), its shard below the shard count. */
+static int record_fits(replay_ctx *x, uint64_t lsn, const srv_log_rec *r, srv_table **tb)
+{
+    while (x->at + 1 < x->nruns && x->runs[x->at + 1].first_lsn <= lsn)
+        x->at++;
+    const srv_logid *id = x->nruns ? x->runs[x->at].id : NULL;
+    const srv_logid_table *lt = id ? srv_logid_table_find(id, r->table) : NULL;
+    static const char drop[] = "or move the log aside to drop every update in it";
+    *tb = find_table(x->s, r->table);
+    if (id && !lt) {
+        snprintf(x->why, sizeof x->why, "LSN %" PRIu64 " updates table %s, which the identity "
+                 "of its segment does not list", lsn, r->table);
+        return DHPS_E_CORRUPT;
+    }
+    if (lt && r->kind == SRV_LOG_UPSERT &&
+        r->row_bytes != lt->dim * (lt->dtype == DHPS_FP16 ? 2u : 4u)) {
+        snprintf(x->why, sizeof x->why, "LSN %" PRIu64 " holds %u-byte rows of table %s, "
+                 "which its segment lists as dim %u %s", lsn, r->row_bytes, r->table, lt->dim,
+                 dtype_name(lt->dtype));
+        return DHPS_E_CORRUPT;
+    }
+    if (!*tb) {
+        char was[64] = "";
+        if (lt)
+            snprintf(was, sizeof was, " (dim %u %s)", lt->dim, dtype_name(lt->dtype));
+        snprintf(x->why, sizeof x->why, "LSN %" PRIu64 " updates table %s%s, which the config "
+                 "does not have: put the table back to replay its updates (a clean shutdown "
+                 "then snapshots them and empties the log), %s", lsn, r->table, was, drop);
+        return DHPS_E_MISMATCH;
+    }
+    const dhps_server_table_config *tc = &(*tb)->c;
+    if (lt && (lt->dim != tc->dim || lt->dtype != tc->dtype)) {
+        snprintf(x->why, sizeof x->why, "LSN %" PRIu64 " updates table %s as it was written: "
+                 "dim %u %s; the config says dim %u %s: restore the table's dim and dtype to "
+                 "replay its updates, %s", lsn, r->table, lt->dim, dtype_name(lt->dtype),
+                 tc->dim, dtype_name(tc->dtype), drop);
+        return DHPS_E_MISMATCH;
+    }
+    if (!lt && r->kind == SRV_LOG_UPSERT && r->row_bytes != (*tb)->row_bytes) {
+        snprintf(x->why, sizeof x->why, "LSN %" PRIu64 " holds %u-byte rows of table %s; the "
+                 "config's rows are %u bytes (dim %u %s): restore the table's dim and dtype "
+                 "to replay its updates, %s", lsn, r->row_bytes, r->table, (*tb)->row_bytes,
+                 tc->dim, dtype_name(tc->dtype), drop);
+        return DHPS_E_MISMATCH;
+    }
+    if (r->shard >= x->s->cfg->nshards) {
+        snprintf(x->why, sizeof x->why, "LSN %" PRIu64 " updates table %s shard %u, but the "
+                 "cluster has %u shards: a log of another shard count", lsn, r->table,
+                 r->shard, x->s->cfg->nshards);
+        return DHPS_E_MISMATCH;
+    }
+    return 0;
+}
 
 static int replay_one(void *arg, uint64_t lsn, const void *p, size_t len)
 {
-    dhps_server *s = ((replay_ctx *)arg)->s;
-    srv_durable *d = ((replay_ctx *)arg)->d;
+    replay_ctx *x = arg;
+    dhps_server *s = x->s;
+    srv_durable *d = x->d;
     srv_log_rec r;
     const char *why;
     if (srv_log_decode(p, len, &r, &why)) {
-        DHPS_LOG(DHPS_LOG_ERROR, LOGM, "update log LSN %" PRIu64 ": undecodable record: %s",
-                 lsn, why);
+        snprintf(x->why, sizeof x->why, "LSN %" PRIu64 ": undecodable record: %s", lsn, why);
         return DHPS_E_CORRUPT;
     }
-    srv_store *st = find_store(s, r.table, r.shard);
-    if (!st || (r.kind == SRV_LOG_UPSERT && r.row_bytes != st->t->row_bytes)) {
+    srv_table *tb;
+    int rc = record_fits(x, lsn, &r, &tb);
+    if (rc)
+        return rc;
+    srv_store *st = tb->by_shard[r.shard];
+    if (!st) {
         if (d->skipped++ < 10)
-            DHPS_LOG(DHPS_LOG_WARN, LOGM, "update log LSN %" PRIu64 ": table %s shard %u %s; "
-                     "skipped", lsn, r.table, r.shard,
-                     !st ? "is not served by this node" : "has another row size now");
+            DHPS_LOG(DHPS_LOG_WARN, LOGM, "update log LSN %" PRIu64 ": table %s shard %u is not "
+                     "held by this node; skipped", lsn, r.table, r.shard);
         return 0;
     }
     memcpy(d->keys, r.keys, (size_t)r.n * 8);
@@ -332,28 +496,47 @@ int srv_durable_start(dhps_server *s, char *err, size_t errlen)
     }
     pthread_mutex_init(&d->ckpt_mu, NULL);
     d->ckpt_lsn = read_checkpoint(s);
+    /* this node's identity (logid.h): written into new segments, checked against each
+     * existing one, and what each segment names checked against its records */
+    replay_ctx *x = calloc(1, sizeof *x);
+    const char *why = "out of memory";
+    int rc = x ? srv_logid_encode(c, x->ident, sizeof x->ident) : -ENOMEM;
+    if (rc == -ENAMETOOLONG)
+        why = "too long"; /* cannot happen for a validated config: logid.h */
+    else if (rc >= 0 && srv_logid_parse(x->ident, (size_t)rc, &x->mine, &why))
+        rc = -EINVAL;     /* nor this */
+    if (rc < 0) {
+        srv_errf(err, errlen, "update log: this node's identity: %s", why);
+        goto fail;
+    }
+    x->s = s;
+    x->d = d;
+    srv_logid_describe(&x->mine, x->mine_desc, sizeof x->mine_desc);
     dhps_wal_params p;
     dhps_wal_params_init(&p);
     p.dir = c->log_dir;
-    p.identity = c->node_id;
+    p.identity = x->ident;
+    p.check = check_segment;
+    p.check_arg = x;
     p.sync = c->log_fsync;
     p.interval_ms = c->log_fsync_interval_ms;
     p.segment_bytes = (uint64_t)c->log_segment_mb << 20;
     dhps_wal_report rep;
     char werr[1024] = "";
     uint64_t t0 = dhps_mono_ns();
-    replay_ctx rc_ctx = {s, d};
-    int rc = dhps_wal_open(&p, d->ckpt_lsn, replay_one, &rc_ctx, &rep, &d->wal, werr,
-                           sizeof werr);
+    rc = dhps_wal_open(&p, d->ckpt_lsn, replay_one, x, &rep, &d->wal, werr, sizeof werr);
     if (rc) {
-        srv_errf(err, errlen, "update log: %s; refusing to start (the log holds "
+        char *cut = x->why[0] ? strstr(werr, ": replay of LSN") : NULL;
+        if (cut) /* "wal <file>: replay of LSN n: <strerror>": the reason says more */
+            *cut = 0;
+        srv_errf(err, errlen, "update log: %s%s%s; refusing to start (the log holds "
                  "acknowledged updates: repair or move %s aside to start without them)",
-                 werr[0] ? werr : dhps_strerror(rc), c->log_dir);
-        pthread_mutex_destroy(&d->ckpt_mu);
-        free(d->keys);
-        free(d);
-        return rc;
+                 werr[0] ? werr : dhps_strerror(rc), x->why[0] ? ": " : "", x->why,
+                 c->log_dir);
+        goto fail;
     }
+    free_runs(x);
+    free(x);
     /* published after replay: the metrics thread (up since before the load) reads it */
     __atomic_store_n(&s->dur, d, __ATOMIC_RELEASE);
     d->torn_bytes = rep.torn_bytes;
@@ -367,6 +550,14 @@ int srv_durable_start(dhps_server *s, char *err, size_t errlen)
              d->replayed, d->skipped, d->expired, (double)(dhps_mono_ns() - t0) / 1e9,
              rep.next_lsn);
     return 0;
+fail:
+    if (x)
+        free_runs(x);
+    free(x);
+    pthread_mutex_destroy(&d->ckpt_mu);
+    free(d->keys);
+    free(d);
+    return rc;
 }
 
 void srv_durable_close(dhps_server *s)

@@ -51,8 +51,9 @@ int srv_log_decode(const void *p, size_t len, srv_log_rec *out, const char **why
 
 /* ---- hooks (no-ops returning 0 when the log is off) ----------------------------- */
 
-/* start: after the snapshots are loaded, before rpc starts. Open the log (identity =
- * node id), read the checkpoint, replay; the message names the file on error. */
+/* start: after the snapshots are loaded, before rpc starts. Open the log with this
+ * node's identity (logid.h: each segment's checked, each record's table checked against
+ * the config), read the checkpoint, replay; the message names the file on error. */
 int srv_durable_start(struct dhps_server *s, char *err, size_t errlen);
 /* destroy: close the log (after the final snapshot). */
 void srv_durable_close(struct dhps_server *s);

@@ -21,6 +21,7 @@
 #include "srv_int.h"
 #include "member.h"
 #include "sync.h"
+#include "secret.h"
 #include "util.h"
 
 #define LOGM "server"
@@ -32,7 +33,7 @@ static int read_secret(dhps_server *s, char *err, size_t errlen)
     const char *path = s->cfg->secret_file;
     uint8_t buf[DHPS_RPC_MAX_SECRET];
     size_t len = 0;
-    char e[4200];
+    char e[4400];
     int rc = dhps_secret_load(path, buf, sizeof buf, &len, e, sizeof e);
     if (rc) {
         srv_errf(err, errlen, "config secret_file: %s", e);

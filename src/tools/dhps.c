@@ -64,7 +64,7 @@ static const struct dhps_cmd dhps_cmds[] = {
     {"rebalance", dhps_cmd_rebalance, "move shards to the placement (--dry-run: print the moves)"},
     {"controller", dhps_cmd_controller, "daemon: drive pending moves, re-replicate dead nodes"},
     {"membership", dhps_cmd_membership, "grow, shrink, replace, kill under load (etcd); JSON"},
-    {"keygen", dhps_cmd_keygen, "write a new cluster secret file (32 random bytes, 0600)"},
+    {"keygen", dhps_cmd_keygen, "write a new cluster secret file (32 random bytes, or a passphrase file; 0600)"},
 };
 
 static void usage(FILE *f)

@@ -34,6 +34,7 @@
 #include <openssl/rand.h>
 
 #include "toolsclient.h"
+#include "secret.h"
 #include "util.h"
 #include "dhps/rpc.h"
 

@@ -13,6 +13,7 @@
 #include "dhps/error.h"
 #include "dhps/proto.h"
 #include "dhps/rpc.h"
+#include "secret.h"
 #include "util.h"
 
 const char *tools_default_dir(void)

@@ -37,6 +37,7 @@
 #include "dhps/client.h"
 #include "dhps/cluster.h"
 #include "dhps/error.h"
+#include "secret.h"
 #include "tools.h"
 #include "toolsclient.h"
 #include "up.h"

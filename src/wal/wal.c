@@ -25,18 +25,28 @@
 
 #define LOGM "wal"
 #define WAL_MAGIC "DHPSWAL"    /* 8 bytes with the NUL */
-#define WAL_FORMAT 1u
+#define WAL_FORMAT 2u          /* written; format 1 is read too */
 
-/* Segment header, 288 bytes, little-endian host layout (x86-64/aarch64). */
-typedef struct wal_seg_hdr {
+/* The fixed start of a segment header (both formats), little-endian host layout
+ * (x86-64/aarch64). Format 2: then the identity (ident_len bytes, zero padded to 8) and
+ * an XXH3-64 of every byte before it. */
+typedef struct wal_seg_fixed {
     char magic[8];
     uint32_t format;
     uint32_t ident_len;
     uint64_t first_lsn;
+} wal_seg_fixed;
+_Static_assert(sizeof(wal_seg_fixed) == 24, "segment header layout");
+_Static_assert(DHPS_WAL_SEGMENT_HDR_BYTES(0) == sizeof(wal_seg_fixed) + 8, "header bytes");
+
+/* Format 1: a fixed 288-byte header. */
+typedef struct wal_seg_hdr1 {
+    wal_seg_fixed f;
     char ident[256];
     uint64_t checksum;         /* XXH3-64 of the bytes before it */
-} wal_seg_hdr;
-_Static_assert(sizeof(wal_seg_hdr) == DHPS_WAL_SEGMENT_HDR, "segment header layout");
+} wal_seg_hdr1;
+_Static_assert(sizeof(wal_seg_hdr1) == 288, "format 1 segment header layout");
+#define WAL_HDR_MAX DHPS_WAL_SEGMENT_HDR_BYTES(DHPS_WAL_IDENTITY_MAX)
 
 typedef struct wal_rec_hdr {
     uint32_t len;
@@ -49,12 +59,14 @@ _Static_assert(sizeof(wal_rec_hdr) == DHPS_WAL_RECORD_HDR, "record header layout
 typedef struct wal_seg {
     uint64_t first_lsn;
     uint64_t bytes;
+    uint32_t hdr_len;          /* where its records start */
 } wal_seg;
 
 struct dhps_wal {
     char *dir;
-    char ident[256];
+    char ident[DHPS_WAL_IDENTITY_MAX + 1];
     uint32_t ident_len;
+    uint32_t hdr_len;          /* DHPS_WAL_SEGMENT_HDR_BYTES(ident_len): new segments */
     int sync;
     uint32_t interval_ms;
     uint64_t segment_bytes;
@@ -134,7 +146,7 @@ static int fsync_dir(const char *dir)
     return rc;
 }
 
-static int push_seg(dhps_wal *w, uint64_t first_lsn, uint64_t bytes)
+static int push_seg(dhps_wal *w, uint64_t first_lsn, uint64_t bytes, uint32_t hdr_len)
 {
     if (w->nsegs == w->capsegs) {
         size_t nc = w->capsegs ? w->capsegs * 2 : 16;
@@ -144,7 +156,7 @@ static int push_seg(dhps_wal *w, uint64_t first_lsn, uint64_t bytes)
         w->segs = ns;
         w->capsegs = nc;
     }
-    w->segs[w->nsegs++] = (wal_seg){first_lsn, bytes};
+    w->segs[w->nsegs++] = (wal_seg){first_lsn, bytes, hdr_len};
     return 0;
 }
 
@@ -165,37 +177,47 @@ static int write_full(int fd, const void *buf, size_t len, uint64_t off)
 }
 
 /* Create segment first_lsn with its header, make it the active one. Caller holds mu (or
- * is open). The previous active fd must already be closed. */
+ * is open). The previous active fd must already be closed. The header is written to
+ * <name>.tmp and renamed into place (over an empty segment of the same name, which open
+ * replaces that way), so a segment file never holds a partial header. */
 static int new_segment(dhps_wal *w, uint64_t first_lsn)
 {
-    char path[PATH_MAX];
+    char path[PATH_MAX], tmp[PATH_MAX + 8];
     seg_path(w, first_lsn, path, sizeof path);
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (fd < 0)
         return -errno;
-    wal_seg_hdr h;
-    memset(&h, 0, sizeof h);
-    memcpy(h.magic, WAL_MAGIC, 8);
-    h.format = WAL_FORMAT;
-    h.ident_len = w->ident_len;
-    h.first_lsn = first_lsn;
-    memcpy(h.ident, w->ident, w->ident_len);
-    h.checksum = XXH3_64bits(&h, offsetof(wal_seg_hdr, checksum));
-    int rc = write_full(fd, &h, sizeof h, 0);
+    uint8_t h[WAL_HDR_MAX];
+    wal_seg_fixed f;
+    memset(&f, 0, sizeof f);
+    memcpy(f.magic, WAL_MAGIC, 8);
+    f.format = WAL_FORMAT;
+    f.ident_len = w->ident_len;
+    f.first_lsn = first_lsn;
+    memset(h, 0, w->hdr_len);
+    memcpy(h, &f, sizeof f);
+    memcpy(h + sizeof f, w->ident, w->ident_len);
+    uint64_t sum = XXH3_64bits(h, w->hdr_len - 8);
+    memcpy(h + w->hdr_len - 8, &sum, 8);
+    int rc = write_full(fd, h, w->hdr_len, 0);
     if (!rc && w->sync != DHPS_WAL_SYNC_NEVER && fdatasync(fd))
+        rc = -errno;
+    bool renamed = false;
+    if (!rc && !(renamed = rename(tmp, path) == 0))
         rc = -errno;
     if (!rc && w->sync != DHPS_WAL_SYNC_NEVER)
         rc = fsync_dir(w->dir);
     if (!rc)
-        rc = push_seg(w, first_lsn, sizeof h);
+        rc = push_seg(w, first_lsn, w->hdr_len, w->hdr_len);
     if (rc) {
         close(fd);
-        unlink(path);
+        unlink(renamed ? path : tmp); /* holds no record either way */
         return rc;
     }
     w->fd = fd;
-    w->off = sizeof h;
-    w->disk_bytes += sizeof h;
+    w->off = w->hdr_len;
+    w->disk_bytes += w->hdr_len;
     return 0;
 }
 
@@ -266,7 +288,7 @@ int dhps_wal_append(dhps_wal *w, const struct iovec *iov, int iovcnt, uint64_t *
     int rc = w->failed;
     if (rc)
         goto out;
-    if (w->off > DHPS_WAL_SEGMENT_HDR && w->off + total > w->segment_bytes &&
+    if (w->off > w->segs[w->nsegs - 1].hdr_len && w->off + total > w->segment_bytes &&
         (rc = rotate(w)))
         goto out;
     h.lsn = w->next_lsn;
@@ -414,7 +436,7 @@ int dhps_wal_truncate_before(dhps_wal *w, uint64_t lsn)
 {
     pthread_mutex_lock(&w->mu);
     int rc = 0;
-    if (w->off > DHPS_WAL_SEGMENT_HDR && w->next_lsn <= lsn && !w->failed)
+    if (w->off > w->segs[w->nsegs - 1].hdr_len && w->next_lsn <= lsn && !w->failed)
         rc = rotate(w); /* the active segment holds only records < lsn: let it go too */
     int n = 0;
     while (!rc && w->nsegs > 1 && w->segs[1].first_lsn <= lsn) {
@@ -487,6 +509,8 @@ typedef struct scan_seg {
     uint64_t size;        /* file size (after a cut: the cut) */
     uint64_t end;         /* end of the last whole record */
     uint64_t next_lsn;    /* LSN after its last record */
+    uint32_t hdr_len;     /* where its records start */
+    bool same_ident;      /* written with the caller's identity */
     char name[64];
 } scan_seg;
 
@@ -511,31 +535,65 @@ static bool whole_record(const uint8_t *m, uint64_t size, uint64_t off, wal_rec_
 
 /* Check one segment's header and records; set end / next_lsn. last: the newest segment
  * (a damaged tail there is a torn write; anywhere else it is corruption). */
-static int scan_one(dhps_wal *w, scan_seg *g, bool last, dhps_wal_report *rep, char *err,
-                    size_t errlen)
+static int scan_one(const dhps_wal_params *p, dhps_wal *w, scan_seg *g, bool last,
+                    dhps_wal_report *rep, char *err, size_t errlen)
 {
-    wal_seg_hdr h;
-    memcpy(&h, g->map, sizeof h);
-    if (memcmp(h.magic, WAL_MAGIC, 8)) {
+    wal_seg_fixed f;
+    memcpy(&f, g->map, sizeof f);
+    if (memcmp(f.magic, WAL_MAGIC, 8)) {
         errf(err, errlen, "wal %s/%s: not a dhps log segment (bad magic)", w->dir, g->name);
         return DHPS_E_CORRUPT;
     }
-    if (h.format != WAL_FORMAT) {
-        errf(err, errlen, "wal %s/%s: format version %u, this build reads %u", w->dir,
-             g->name, h.format, WAL_FORMAT);
+    if (f.format != 1 && f.format != WAL_FORMAT) {
+        errf(err, errlen, "wal %s/%s: format version %u, this build reads 1 and %u", w->dir,
+             g->name, f.format, WAL_FORMAT);
         return DHPS_E_VERSION;
     }
-    if (XXH3_64bits(&h, offsetof(wal_seg_hdr, checksum)) != h.checksum ||
-        h.ident_len > DHPS_WAL_IDENTITY_MAX || h.first_lsn != g->first_lsn) {
+    const char *ident;
+    bool ok;
+    if (f.format == 1) {
+        const wal_seg_hdr1 *h1 = (const wal_seg_hdr1 *)g->map; /* mmap'ed: aligned */
+        g->hdr_len = sizeof *h1;
+        ident = h1->ident;
+        ok = g->size >= sizeof *h1 && f.ident_len < sizeof h1->ident &&
+             XXH3_64bits(h1, offsetof(wal_seg_hdr1, checksum)) == h1->checksum;
+    } else {
+        g->hdr_len = f.ident_len <= DHPS_WAL_IDENTITY_MAX
+                         ? DHPS_WAL_SEGMENT_HDR_BYTES(f.ident_len) : UINT32_MAX;
+        ident = (const char *)g->map + sizeof f;
+        ok = g->size >= g->hdr_len;
+        uint64_t sum;
+        if (ok) {
+            memcpy(&sum, g->map + g->hdr_len - 8, 8);
+            ok = XXH3_64bits(g->map, g->hdr_len - 8) == sum;
+        }
+        for (uint32_t i = sizeof f + f.ident_len; ok && i < g->hdr_len - 8; i++)
+            ok = g->map[i] == 0; /* padding */
+    }
+    if (!ok || f.first_lsn != g->first_lsn) {
         errf(err, errlen, "wal %s/%s: damaged segment header", w->dir, g->name);
         return DHPS_E_CORRUPT;
     }
-    if (h.ident_len != w->ident_len || memcmp(h.ident, w->ident, w->ident_len)) {
-        errf(err, errlen, "wal %s/%s: written by \"%.*s\", not by \"%s\" (another node's log: "
-             "refusing to load it)", w->dir, g->name, (int)h.ident_len, h.ident, w->ident);
-        return DHPS_E_CONFIG;
+    /* the identity as a NUL-terminated copy (a format-1 header holds no NUL after it) */
+    char found[DHPS_WAL_IDENTITY_MAX + 1];
+    memcpy(found, ident, f.ident_len);
+    found[f.ident_len] = 0;
+    g->same_ident = f.ident_len == w->ident_len && !memcmp(found, w->ident, w->ident_len);
+    if (p->check) {
+        char why[1024] = "";
+        int rc = p->check(p->check_arg, g->name, g->first_lsn, found, f.ident_len, why,
+                          sizeof why);
+        if (rc) {
+            errf(err, errlen, "wal %s/%s: %s", w->dir, g->name,
+                 why[0] ? why : dhps_strerror(rc));
+            return rc;
+        }
+    } else if (!g->same_ident) {
+        errf(err, errlen, "wal %s/%s: written by \"%s\", not by \"%s\" (another node's log: "
+             "refusing to load it)", w->dir, g->name, found, w->ident);
+        return DHPS_E_MISMATCH;
     }
-    uint64_t off = DHPS_WAL_SEGMENT_HDR, lsn = g->first_lsn;
+    uint64_t off = g->hdr_len, lsn = g->first_lsn;
     wal_rec_hdr r;
     while (off < g->size) {
         if (!whole_record(g->map, g->size, off, &r))
@@ -590,8 +648,40 @@ static int scan_one(dhps_wal *w, scan_seg *g, bool last, dhps_wal_report *rep, c
     return 0;
 }
 
-static int wal_recover(dhps_wal *w, uint64_t from_lsn, dhps_wal_replay_fn fn, void *arg,
-                       dhps_wal_report *rep, char *err, size_t errlen)
+/* A file name wal.<16 lowercase hex>.log (tail "") or wal.<...>.log.tmp (tail ".tmp")?
+ * Sets *first. */
+static bool seg_file_name(const char *nm, const char *tail, uint64_t *first)
+{
+    size_t tl = strlen(tail);
+    if (strlen(nm) != 24 + tl || strncmp(nm, "wal.", 4) || strncmp(nm + 20, ".log", 4) ||
+        strcmp(nm + 24, tail))
+        return false;
+    char hex[17];
+    memcpy(hex, nm + 4, 16);
+    hex[16] = 0;
+    char *endp;
+    *first = strtoull(hex, &endp, 16);
+    return !*endp && strspn(hex, "0123456789abcdef") == 16;
+}
+
+/* A newest segment cut short while it was being created, before any record went into
+ * it? Shorter than a header's fixed part (format 2 segments appear by rename with their
+ * header written, so only a power cut under NEVER leaves that), or a format-1 segment
+ * (created in place by older builds) shorter than its 288-byte header. A format-2
+ * segment shorter than the header it declares is not: its length field may be what is
+ * damaged, with records after it. */
+static bool torn_creation(int fd, uint64_t size)
+{
+    if (size < sizeof(wal_seg_fixed))
+        return true;
+    wal_seg_fixed f;
+    return size < sizeof(wal_seg_hdr1) && pread(fd, &f, sizeof f, 0) == (ssize_t)sizeof f &&
+           !memcmp(f.magic, WAL_MAGIC, 8) && f.format == 1;
+}
+
+static int wal_recover(const dhps_wal_params *p, dhps_wal *w, uint64_t from_lsn,
+                       dhps_wal_replay_fn fn, void *arg, dhps_wal_report *rep, char *err,
+                       size_t errlen)
 {
     scan_seg *g = NULL;
     size_t n = 0, cap = 0;
@@ -605,14 +695,14 @@ static int wal_recover(dhps_wal *w, uint64_t from_lsn, dhps_wal_replay_fn fn, vo
     struct dirent *e;
     while ((e = readdir(d))) {
         const char *nm = e->d_name;
-        if (strlen(nm) != 24 || strncmp(nm, "wal.", 4) || strcmp(nm + 20, ".log"))
+        uint64_t first;
+        if (seg_file_name(nm, ".tmp", &first)) { /* a creation that never got renamed */
+            if (unlinkat(dirfd(d), nm, 0) == 0)
+                DHPS_LOG(DHPS_LOG_WARN, LOGM, "wal %s/%s: a segment that was never "
+                         "completed: removed", w->dir, nm);
             continue;
-        char hex[17];
-        memcpy(hex, nm + 4, 16);
-        hex[16] = 0;
-        char *endp;
-        uint64_t first = strtoull(hex, &endp, 16);
-        if (*endp || strspn(hex, "0123456789abcdef") != 16)
+        }
+        if (!seg_file_name(nm, "", &first))
             continue;
         if (n == cap) {
             cap = cap ? cap * 2 : 16;
@@ -626,7 +716,7 @@ static int wal_recover(dhps_wal *w, uint64_t from_lsn, dhps_wal_replay_fn fn, vo
         memset(&g[n], 0, sizeof g[n]);
         g[n].first_lsn = first;
         g[n].fd = -1;
-        snprintf(g[n].name, sizeof g[n].name, "%s", nm);
+        seg_name(first, g[n].name, sizeof g[n].name); /* == nm (lowercase hex) */
         n++;
     }
     closedir(d);
@@ -644,7 +734,7 @@ static int wal_recover(dhps_wal *w, uint64_t from_lsn, dhps_wal_replay_fn fn, vo
             goto out;
         }
         g[i].size = (uint64_t)sb.st_size;
-        if (g[i].size < DHPS_WAL_SEGMENT_HDR) {
+        if (torn_creation(g[i].fd, g[i].size)) {
             if (i + 1 < n) {
                 errf(err, errlen, "wal %s: %" PRIu64 " bytes, shorter than a segment header, "
                      "and not the newest segment", path, g[i].size);
@@ -675,7 +765,7 @@ static int wal_recover(dhps_wal *w, uint64_t from_lsn, dhps_wal_replay_fn fn, vo
             goto out;
         }
         g[i].map_len = g[i].size;
-        if ((rc = scan_one(w, &g[i], i + 1 == n, rep, err, errlen)))
+        if ((rc = scan_one(p, w, &g[i], i + 1 == n, rep, err, errlen)))
             goto out;
     }
     /* LSNs must run on across segments; a gap is harmless only below from_lsn (those
@@ -700,7 +790,7 @@ static int wal_recover(dhps_wal *w, uint64_t from_lsn, dhps_wal_replay_fn fn, vo
     rep->first_lsn = n ? g[0].first_lsn : 0;
     /* The whole log checked out: replay. */
     for (size_t i = 0; i < n && fn; i++) {
-        uint64_t off = DHPS_WAL_SEGMENT_HDR;
+        uint64_t off = g[i].hdr_len;
         while (off < g[i].end) {
             wal_rec_hdr r;
             memcpy(&r, g[i].map + off, sizeof r);
@@ -720,19 +810,24 @@ static int wal_recover(dhps_wal *w, uint64_t from_lsn, dhps_wal_replay_fn fn, vo
         next = from_lsn;
     if (next < 1)
         next = 1;
-    for (size_t i = 0; i < n; i++)
-        if ((rc = push_seg(w, g[i].first_lsn, g[i].size)))
+    /* Appends go on in the newest segment when it ends at next and was written with
+     * this identity. Else a new segment starts at next; a newest segment that starts
+     * there holds no record and is replaced (the new one is renamed over it). */
+    bool cont = n && g[n - 1].next_lsn == next && g[n - 1].same_ident;
+    size_t keep = n && !cont && g[n - 1].first_lsn == next ? n - 1 : n;
+    for (size_t i = 0; i < keep; i++)
+        if ((rc = push_seg(w, g[i].first_lsn, g[i].size, g[i].hdr_len)))
             goto out;
         else
             w->disk_bytes += g[i].size;
     w->next_lsn = next;
     w->synced_lsn = next - 1; /* recovery read it back; what we cut was fdatasync'd */
-    if (n && g[n - 1].next_lsn == next) {
+    if (cont) {
         w->fd = g[n - 1].fd;
         g[n - 1].fd = -1;
         w->off = g[n - 1].size;
     } else {
-        /* empty log, or the checkpoint is past its end: start a segment at next */
+        /* empty log, the checkpoint past its end, or another identity: a new segment */
         if (n && (rc = fsync_dir(w->dir)))
             goto out;
         if ((rc = new_segment(w, next))) {
@@ -777,6 +872,7 @@ int dhps_wal_open(const dhps_wal_params *p, uint64_t from_lsn, dhps_wal_replay_f
     pthread_cond_init(&w->sync_cv, NULL);
     w->ident_len = (uint32_t)strlen(ident);
     memcpy(w->ident, ident, w->ident_len);
+    w->hdr_len = DHPS_WAL_SEGMENT_HDR_BYTES(w->ident_len);
     w->sync = p->sync;
     w->interval_ms = p->interval_ms;
     w->segment_bytes = p->segment_bytes;
@@ -790,7 +886,7 @@ int dhps_wal_open(const dhps_wal_params *p, uint64_t from_lsn, dhps_wal_replay_f
         errf(err, errlen, "wal dir %s: %s", w->dir, strerror(errno));
         goto fail;
     }
-    if ((rc = wal_recover(w, from_lsn, fn, arg, rep, err, errlen)))
+    if ((rc = wal_recover(p, w, from_lsn, fn, arg, rep, err, errlen)))
         goto fail;
     if (w->sync == DHPS_WAL_SYNC_INTERVAL) {
         if ((rc = pthread_create(&w->thread, NULL, interval_main, w))) {

@@ -32,7 +32,7 @@ static void round_trip(void **state)
     assert_int_equal(st.appended, 100);
     assert_int_equal(st.synced_lsn, 100);
     assert_int_equal(st.segments, 1);
-    assert_true(st.disk_bytes > DHPS_WAL_SEGMENT_HDR + 100 * DHPS_WAL_RECORD_HDR);
+    assert_true(st.disk_bytes > DHPS_WAL_SEGMENT_HDR_BYTES(6) + 100 * DHPS_WAL_RECORD_HDR);
     dhps_wal_close(w);
 
     w_seen seen;
@@ -239,9 +239,10 @@ static void corrupt_middle_refused(void **state)
     w_segments(d, seg, sizeof seg);
     size_t len;
     uint8_t *orig = slurp(seg, &len);
-    /* a bit in a payload, in a length field, in an LSN, in the segment header */
-    size_t spots[] = {len / 2, DHPS_WAL_SEGMENT_HDR + 1, DHPS_WAL_SEGMENT_HDR + 9,
-                      DHPS_WAL_SEGMENT_HDR + 30, 100};
+    /* a bit in a payload, in a length field, in an LSN, in the segment header (its
+     * first LSN, its identity) */
+    const size_t hdr = DHPS_WAL_SEGMENT_HDR_BYTES(1); /* identity "n" */
+    size_t spots[] = {len / 2, hdr + 1, hdr + 9, hdr + 30, 17, 24};
     for (size_t k = 0; k < sizeof spots / sizeof spots[0]; k++) {
         uint8_t *b = malloc(len);
         memcpy(b, orig, len);
@@ -254,8 +255,10 @@ static void corrupt_middle_refused(void **state)
         assert_null(w);
         assert_int_equal(seen.n, 0); /* nothing replayed */
         assert_non_null(strstr(err, strrchr(seg, '/') + 1));
-        if (spots[k] != 100)
+        if (spots[k] >= hdr)
             assert_non_null(strstr(err, "offset"));
+        else
+            assert_non_null(strstr(err, "damaged segment header"));
         struct stat sb;
         assert_int_equal(stat(seg, &sb), 0);
         assert_int_equal((size_t)sb.st_size, len); /* not cut */
@@ -287,12 +290,12 @@ static void identity_checked(void **state)
     assert_int_equal(w_append_std(w, NULL), 0);
     dhps_wal_close(w);
     assert_int_equal(w_open(d, "node-b", DHPS_WAL_SYNC_NEVER, 0, 0, NULL, NULL, &w, err,
-                            sizeof err), DHPS_E_CONFIG);
+                            sizeof err), DHPS_E_MISMATCH);
     assert_null(w);
     assert_non_null(strstr(err, "node-a"));
     assert_non_null(strstr(err, "node-b"));
     /* over-long identity, missing dir */
-    char big[300];
+    char big[DHPS_WAL_IDENTITY_MAX + 2];
     memset(big, 'x', sizeof big - 1);
     big[sizeof big - 1] = 0;
     assert_int_equal(w_open(d, big, DHPS_WAL_SYNC_NEVER, 0, 0, NULL, NULL, &w, err,
