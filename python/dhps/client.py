@@ -34,8 +34,9 @@ def read_secret_file(path):
     random secret (trailing newlines stripped; at least 32 bytes with 10 distinct values,
     `dhps keygen FILE` writes one) is returned as it is; a passphrase file
     (`dhps keygen --passphrase FILE`) gives its 32-byte scrypt key, derived here (about
-    0.2 s at the default cost; the GIL is released meanwhile). Anything else raises
-    ValueError with the loader's message (the file, what is wrong, the fix)."""
+    0.2 s at the default cost; the GIL is released meanwhile). A file that cannot be
+    opened raises OSError (FileNotFoundError, PermissionError); anything else ValueError,
+    both with the loader's message (the file, what is wrong, the fix)."""
     path = os.fspath(path)
     if not isinstance(path, str):
         path = os.fsdecode(path)
@@ -45,8 +46,9 @@ def read_secret_file(path):
     err = ffi.new("char[]", 4400)
     rc = _ffi.lib().dhps_client_secret_load(os.fsencode(path), buf, cap, n, err, 4400)
     if rc:
-        raise ValueError(ffi.string(err).decode(errors="replace") or f"secret file {path}: "
-                         f"refused ({rc})")
+        msg = ffi.string(err).decode(errors="replace") or f"secret file {path}: refused ({rc})"
+        os.stat(path)  # a file that is not there: FileNotFoundError, PermissionError, ...
+        raise ValueError(msg)
     sec = bytes(ffi.buffer(buf, n[0]))
     ffi.memmove(buf, bytes(cap), cap)  # the C copy; Python's bytes cannot be wiped
     return sec

@@ -53,7 +53,7 @@ def test_passphrase_file_refusals(tmp_path):
     write_secret(p, f"scrypt:N=16384,r=8,p=1,salt={salt}:{PASS}", 0o640)
     with pytest.raises(ValueError, match="chmod 600"):
         dhps.client.read_secret_file(p)
-    with pytest.raises(ValueError, match="No such file"):
+    with pytest.raises(FileNotFoundError, match="No such file"):
         dhps.client.read_secret_file(tmp_path / "none")
 
 
