@@ -109,6 +109,18 @@ static inline bool dhps_ratelimit_allow(dhps_ratelimit *r, uint32_t per_s, char 
     return true;
 }
 
+/* A file holding a private secret (the cluster secret, a TLS private key) must be one
+ * that neither its group nor others may read or change. fd: the file opened
+ * (so the bytes read next are the ones checked); path and what ("secret file", "tls key
+ * file") name it in the message, why says what the file protects. 0, or DHPS_E_CONFIG
+ * with one line in err: fstat failed (strerror), or the mode (naming `chmod 600 PATH`).
+ * Thread-safe. */
+int dhps_private_file_check_fd(int fd, const char *path, const char *what, const char *why,
+                               char *err, size_t errlen);
+/* The same for a path (opened read-only, checked, closed); cannot open: strerror. */
+int dhps_private_file_check(const char *path, const char *what, const char *why, char *err,
+                            size_t errlen);
+
 /* Least and most bytes of a cluster secret file, and the least distinct byte values in
  * it (docs/security.md): 32 random bytes hex-encoded (what `dhps keygen` writes) pass;
  * words, short secrets and repeated patterns do not. */

@@ -41,13 +41,30 @@ int dhps_rpc_client_create(const dhps_rpc_client_params *p, dhps_rpc_client **ou
         p->max_inflight > (1u << 20) || p->secret_len > DHPS_RPC_MAX_SECRET ||
         (p->secret_len && !p->secret) || p->hello_version < 1 ||
         (p->shm_ring_bytes && (p->shm_ring_bytes & (p->shm_ring_bytes - 1))) ||
-        p->verbs_slots < 1 || p->verbs_slots > 1024)
+        p->verbs_slots < 1 || p->verbs_slots > 1024 ||
+        (!p->tls_ca_file && (p->tls_cert_file || p->tls_key_file)))
         return -EINVAL;
     dhps_rpc_client *c = calloc(1, sizeof *c);
     if (!c)
         return -ENOMEM;
     c->p = *p;
     c->p.secret = NULL;
+    c->p.tls_ca_file = c->p.tls_cert_file = c->p.tls_key_file = c->p.tls_server_name = NULL;
+    if (p->tls_ca_file) {
+        char err[600];
+        int rc = rpc_tls_ctx_client(p->tls_ca_file, p->tls_cert_file, p->tls_key_file,
+                                    &c->tls_ctx, err, sizeof err);
+        if (!rc && p->tls_server_name && *p->tls_server_name &&
+            !(c->tls_name = strdup(p->tls_server_name)))
+            rc = -ENOMEM;
+        if (rc) {
+            if (rc == DHPS_E_CONFIG)
+                DHPS_LOG(DHPS_LOG_ERROR, RPC_LOG, "client: %s", err);
+            SSL_CTX_free(c->tls_ctx);
+            free(c);
+            return rc;
+        }
+    }
     if (p->secret_len)
         memcpy(c->secret, p->secret, p->secret_len);
     rpc_host_id(p->host_id, c->host_id);
@@ -59,12 +76,16 @@ int dhps_rpc_client_create(const dhps_rpc_client_params *p, dhps_rpc_client **ou
         c->p.shm_ring_bytes = (uint32_t)r;
     }
     if ((uint64_t)c->p.shm_ring_bytes < 4ull * p->max_msg + 4096) {
+        SSL_CTX_free(c->tls_ctx);
+        free(c->tls_name);
         free(c);
         return -EINVAL;
     }
     c->ep = epoll_create1(EPOLL_CLOEXEC);
     if (c->ep < 0) {
         int e = -errno;
+        SSL_CTX_free(c->tls_ctx);
+        free(c->tls_name);
         free(c);
         return e;
     }
@@ -86,6 +107,8 @@ void dhps_rpc_client_destroy(dhps_rpc_client *c)
     }
     rpc_dev_close(c->dev);
     close(c->ep);
+    SSL_CTX_free(c->tls_ctx);
+    free(c->tls_name);
     free(c);
 }
 
@@ -144,6 +167,8 @@ static int channel_break(session *ch, int why)
     epoll_ctl(ch->cl->ep, EPOLL_CTL_DEL, ch->c.fd, NULL);
     if (ch->c.shm_base)
         ch->cl->nshm--;
+    rpc_tls_free(ch->c.tls); /* before its socket closes */
+    ch->c.tls = NULL;
     int fd = ch->c.fd;
     ch->c.fd = -1;
     close(fd);
@@ -590,6 +615,18 @@ static int expire(session *ch, uint64_t now)
     return n;
 }
 
+/* Arm EPOLLOUT on a ready session while its output waits for room in the socket (or its
+ * TLS session waits to write), so the loop wakes to send the rest. */
+static void s_arm(session *ch)
+{
+    bool out = ch->c.tcp_dirty || (ch->c.tls && ch->c.tls->want_write);
+    if (out == ch->out_armed)
+        return;
+    ch->out_armed = out;
+    struct epoll_event ev = {.events = EPOLLIN | (out ? EPOLLOUT : 0u), .data.ptr = ch};
+    epoll_ctl(ch->cl->ep, EPOLL_CTL_MOD, ch->c.fd, &ev);
+}
+
 static int flush_all(dhps_rpc_client *cl)
 {
     int ran = 0;
@@ -605,6 +642,8 @@ static int flush_all(dhps_rpc_client *cl)
             r = rpc_tcp_ops.flush(&ch->c);
         if (r)
             ran += channel_break(ch, r);
+        else
+            s_arm(ch);
     }
     return ran;
 }
@@ -847,7 +886,7 @@ static bool shareable(const session *s, const dhps_rpc_channel_params *p)
 {
     return !s->broken && !s->exclusive && !p->exclusive && s->port == p->port &&
            s->allow == p->allow && s->require == p->require && s->mixed == p->mixed &&
-           strcmp(s->host, p->host) == 0;
+           s->tls == p->tls && strcmp(s->host, p->host) == 0;
 }
 
 /* A handle on a session to the peer: a shared one (ready or opening), else a new one
@@ -939,6 +978,8 @@ void dhps_rpc_channel_close(dhps_rpc_channel *h)
 }
 
 int dhps_rpc_channel_transport(const dhps_rpc_channel *h) { return s_transport(h->s); }
+
+bool dhps_rpc_channel_tls(const dhps_rpc_channel *h) { return h->s->tls; }
 
 void dhps_rpc_channel_get_stats(const dhps_rpc_channel *h, dhps_rpc_channel_stats *st)
 {

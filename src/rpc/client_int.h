@@ -55,6 +55,8 @@ struct session {
     uint32_t allow;
     int require;
     bool exclusive;
+    bool tls;             /* the connection runs TLS (the channel asked for it) */
+    bool out_armed;       /* EPOLLOUT armed: output waits for room in the socket */
     const void *lent_owner;
     int broken;           /* 0, or the error calls now get */
     slot *slots;
@@ -119,6 +121,8 @@ struct dhps_rpc_client {
     struct dhps_rpc_channel *handles; /* channel handles, freed by destroy */
     uint32_t nshm, nverbs;
     rpc_dev *dev; /* opened on first use; closed on a fatal device event */
+    SSL_CTX *tls_ctx;         /* tls_ca_file given, else NULL */
+    char *tls_name;           /* tls_server_name (copied), or NULL */
     uint32_t nopening;        /* sessions whose hello is in progress */
     uint64_t dev_checked;
 };
@@ -128,10 +132,11 @@ struct dhps_rpc_client {
 /*
  * An open in progress. The hello is a state machine driven by the client's poll turns
  * (dhps_rpc_channel_open_async) or by a private poll loop (dhps_rpc_channel_open):
- * connect -> CLIENT_HELLO -> SERVER_HELLO -> CLIENT_PROOF -> ACCEPT. Hello messages
- * are read exactly (header, then body), so nothing that follows the ACCEPT is consumed.
+ * connect -> [TLS handshake] -> CLIENT_HELLO -> SERVER_HELLO -> CLIENT_PROOF -> ACCEPT.
+ * Hello messages are read exactly (header, then body), so nothing that follows the
+ * ACCEPT is consumed.
  */
-enum { HS_CONNECT = 1, HS_SERVER_HELLO, HS_ACCEPT };
+enum { HS_CONNECT = 1, HS_TLS, HS_SERVER_HELLO, HS_ACCEPT };
 
 struct hs {
     int state;
@@ -142,6 +147,8 @@ struct hs {
     uint64_t deadline;        /* connect + hello */
     uint64_t connect_deadline;/* the TCP connect alone */
     vep *v;                   /* verbs endpoint offered, until the ACCEPT */
+    rpc_tls *tls;             /* TLS session, until conn_init takes it over (c->c.tls) */
+    uint8_t bind[RPC_BIND];   /* its keying material, bound into both proofs */
     rpc_hello ch, sh, pr;
     rpc_hio io;
 };
