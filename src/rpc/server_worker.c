@@ -421,7 +421,7 @@ static void adopt_from(worker *w, struct inbox *q)
         if (w->norph && sc->c.v)
             orphans_serve(w, sc);
         if (sc->c.tls && rpc_tls_pending(sc->c.tls)) {
-            /* bytes a peer sent right behind its proof were decrypted with it: no socket
+            /* bytes a peer sent right behind its proof were read ahead with it: no socket
              * event will announce them */
             int r = rpc_tcp_ops.rx(&sc->c, serve_frame, w);
             if (r >= 0)

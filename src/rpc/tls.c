@@ -23,35 +23,91 @@
 
 _Static_assert(RPC_TLS_BIND == RPC_BIND, "the hello binds what the session exports");
 
-/* ---- a socket BIO: MSG_NOSIGNAL | MSG_DONTWAIT ------------------------------------- */
+/* ---- a socket BIO: MSG_NOSIGNAL | MSG_DONTWAIT, records sent in one send() ---------- *
+ *
+ * OpenSSL writes a session's output record by record (16 KiB each). The BIO gathers them
+ * in a buffer (allocated while it holds bytes, at most SB_OUT bytes) and sends them with
+ * one send() when the writer is done (rpc_tls_write, a handshake flight's BIO_flush) or
+ * the buffer is full: a 64 KiB response costs one system call, not five. Reads are the
+ * session's own read-ahead (SSL_CTX_set_read_ahead, a RPC_TLS_READ_BUF buffer): one recv()
+ * takes every record the socket has. `hold` stops reads from the socket, so that the
+ * receive path can finish what the session has buffered without taking more (tcp_rx's
+ * per-turn bound). */
+
+#define SB_OUT (128u << 10)
+
+typedef struct sbio {
+    int fd;
+    bool hold;        /* serve reads from the session's buffer only */
+    uint8_t *out;     /* gathered records [off, len), NULL while empty */
+    size_t off, len;
+} sbio;
 
 static BIO_METHOD *sock_meth;
 static pthread_once_t sock_once = PTHREAD_ONCE_INIT;
 
+/* Send what is gathered: 0 all sent, -EAGAIN some left (the socket is full), or
+ * DHPS_E_UNREACHABLE. */
+static int sb_push(sbio *sb)
+{
+    while (sb->off < sb->len) {
+        ssize_t w = send(sb->fd, sb->out + sb->off, sb->len - sb->off,
+                         MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w > 0) {
+            sb->off += (size_t)w;
+            continue;
+        }
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return -EAGAIN;
+        return DHPS_E_UNREACHABLE;
+    }
+    free(sb->out); /* an idle connection holds no buffer */
+    sb->out = NULL;
+    sb->off = sb->len = 0;
+    return 0;
+}
+
 static int sb_write(BIO *b, const char *buf, size_t n, size_t *done)
 {
-    int fd = (int)(intptr_t)BIO_get_data(b);
+    sbio *sb = BIO_get_data(b);
     BIO_clear_retry_flags(b);
-    for (;;) {
-        ssize_t w = send(fd, buf, n, MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (w >= 0) {
-            *done = (size_t)w;
-            return 1;
+    if (sb->len + n > SB_OUT) { /* make room: send what is gathered first */
+        int r = sb_push(sb);
+        if (r == DHPS_E_UNREACHABLE)
+            return 0;
+        if (r == -EAGAIN && sb->off) { /* compact behind the sent part */
+            memmove(sb->out, sb->out + sb->off, sb->len - sb->off);
+            sb->len -= sb->off;
+            sb->off = 0;
         }
-        if (errno == EINTR)
-            continue;
-        if (errno == EAGAIN || errno == EWOULDBLOCK)
-            BIO_set_retry_write(b);
-        return 0;
+        if (sb->len + n > SB_OUT) {
+            if (sb->len) { /* still full: wait for the socket */
+                BIO_set_retry_write(b);
+                return 0;
+            }
+            n = SB_OUT; /* a write larger than the buffer: take a part */
+        }
     }
+    if (!sb->out && !(sb->out = malloc(SB_OUT)))
+        return 0;
+    memcpy(sb->out + sb->len, buf, n);
+    sb->len += n;
+    *done = n;
+    return 1;
 }
 
 static int sb_read(BIO *b, char *buf, size_t n, size_t *done)
 {
-    int fd = (int)(intptr_t)BIO_get_data(b);
+    sbio *sb = BIO_get_data(b);
     BIO_clear_retry_flags(b);
+    if (sb->hold) {
+        BIO_set_retry_read(b);
+        return 0;
+    }
     for (;;) {
-        ssize_t r = recv(fd, buf, n, MSG_DONTWAIT);
+        ssize_t r = recv(sb->fd, buf, n, MSG_DONTWAIT);
         if (r > 0) {
             *done = (size_t)r;
             return 1;
@@ -72,9 +128,17 @@ static long sb_ctrl(BIO *b, int cmd, long num, void *ptr)
 {
     (void)num;
     (void)ptr;
+    sbio *sb = BIO_get_data(b);
     switch (cmd) {
-    case BIO_CTRL_FLUSH:
-        return 1;
+    case BIO_CTRL_FLUSH: {
+        BIO_clear_retry_flags(b);
+        int r = sb_push(sb);
+        if (r == -EAGAIN)
+            BIO_set_retry_write(b);
+        return r == 0;
+    }
+    case BIO_CTRL_WPENDING:
+        return (long)(sb->len - sb->off);
     case BIO_CTRL_EOF:
         return BIO_test_flags(b, BIO_FLAGS_IN_EOF) != 0;
     default:
@@ -84,7 +148,22 @@ static long sb_ctrl(BIO *b, int cmd, long num, void *ptr)
 
 static int sb_create(BIO *b)
 {
+    sbio *sb = calloc(1, sizeof *sb);
+    if (!sb)
+        return 0;
+    sb->fd = -1;
+    BIO_set_data(b, sb);
     BIO_set_init(b, 1);
+    return 1;
+}
+
+static int sb_destroy(BIO *b)
+{
+    sbio *sb = BIO_get_data(b);
+    if (sb)
+        free(sb->out);
+    free(sb);
+    BIO_set_data(b, NULL);
     return 1;
 }
 
@@ -92,7 +171,8 @@ static void sock_meth_init(void)
 {
     BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "dhps socket");
     if (m && BIO_meth_set_write_ex(m, sb_write) && BIO_meth_set_read_ex(m, sb_read) &&
-        BIO_meth_set_ctrl(m, sb_ctrl) && BIO_meth_set_create(m, sb_create)) {
+        BIO_meth_set_ctrl(m, sb_ctrl) && BIO_meth_set_create(m, sb_create) &&
+        BIO_meth_set_destroy(m, sb_destroy)) {
         sock_meth = m;
         return;
     }
@@ -178,6 +258,8 @@ static SSL_CTX *ctx_new(bool server)
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
     SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
                               SSL_MODE_RELEASE_BUFFERS);
+    SSL_CTX_set_read_ahead(ctx, 1); /* one recv() takes every record the socket has */
+    SSL_CTX_set_default_read_buffer_len(ctx, RPC_TLS_READ_BUF);
     SSL_CTX_set_default_passwd_cb(ctx, no_passphrase);
     return ctx;
 }
@@ -379,8 +461,12 @@ int rpc_tls_new(SSL_CTX *ctx, int fd, bool server, const char *name, const char 
     BIO *b = sock_meth ? BIO_new(sock_meth) : NULL;
     if (!b)
         return -ENOMEM;
-    BIO_set_data(b, (void *)(intptr_t)fd); /* SSL_set_bio(b, b) takes its one reference */
-    return rpc_tls_new_bio(ctx, b, b, server, name, ip, out);
+    sbio *sb = BIO_get_data(b);
+    sb->fd = fd;
+    int rc = rpc_tls_new_bio(ctx, b, b, server, name, ip, out); /* one reference: SSL's */
+    if (rc == 0)
+        (*out)->sb = sb;
+    return rc;
 }
 
 void rpc_tls_free(rpc_tls *t)
@@ -388,8 +474,11 @@ void rpc_tls_free(rpc_tls *t)
     if (!t)
         return;
     if (SSL_is_init_finished(t->ssl) &&
-        !(SSL_get_shutdown(t->ssl) & SSL_SENT_SHUTDOWN))
+        !(SSL_get_shutdown(t->ssl) & SSL_SENT_SHUTDOWN)) {
         (void)SSL_shutdown(t->ssl); /* one try, non-blocking: close_notify if it fits */
+        if (t->sb)
+            (void)sb_push(t->sb);
+    }
     ERR_clear_error();
     SSL_free(t->ssl); /* and its BIOs */
     free(t);
@@ -413,15 +502,25 @@ int rpc_tls_handshake(rpc_tls *t)
     return fail(t, e, true);
 }
 
+/* After a read: what the session wrote meanwhile (a key update's answer) goes out. */
+static void read_flush(rpc_tls *t)
+{
+    if (t->sb && t->sb->len > t->sb->off && sb_push(t->sb) == -EAGAIN)
+        t->want_write = true;
+}
+
 long rpc_tls_read(rpc_tls *t, void *buf, size_t n)
 {
     size_t got = 0;
     ERR_clear_error();
     errno = 0;
     t->want_write = false;
-    if (SSL_read_ex(t->ssl, buf, n, &got) == 1)
+    if (SSL_read_ex(t->ssl, buf, n, &got) == 1) {
+        read_flush(t);
         return (long)got;
+    }
     int e = SSL_get_error(t->ssl, 0);
+    read_flush(t);
     if (e == SSL_ERROR_WANT_READ)
         return -EAGAIN;
     if (e == SSL_ERROR_WANT_WRITE) {
@@ -437,25 +536,52 @@ long rpc_tls_read(rpc_tls *t, void *buf, size_t n)
 
 long rpc_tls_write(rpc_tls *t, const void *buf, size_t n)
 {
-    size_t done = 0;
-    ERR_clear_error();
-    errno = 0;
+    /* SSL_write returns after each record in partial-write mode: loop here, so the BIO
+     * gathers the records of the whole buffer and they go out in one send() */
+    size_t total = 0;
     t->want_read = false;
-    if (SSL_write_ex(t->ssl, buf, n, &done) == 1)
-        return (long)done;
-    int e = SSL_get_error(t->ssl, 0);
-    if (e == SSL_ERROR_WANT_WRITE)
-        return -EAGAIN;
-    if (e == SSL_ERROR_WANT_READ) {
-        t->want_read = true;
-        return -EAGAIN;
+    while (total < n) {
+        size_t done = 0;
+        ERR_clear_error();
+        errno = 0;
+        if (SSL_write_ex(t->ssl, (const uint8_t *)buf + total, n - total, &done) == 1) {
+            total += done;
+            continue;
+        }
+        int e = SSL_get_error(t->ssl, 0);
+        if (e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ) {
+            t->want_write = e == SSL_ERROR_WANT_WRITE;
+            t->want_read = e == SSL_ERROR_WANT_READ;
+            ERR_clear_error();
+            if (total)
+                break; /* what was taken is sent below; the rest waits */
+            return -EAGAIN;
+        }
+        return fail(t, e, false);
     }
-    return fail(t, e, false);
+    int r = rpc_tls_flush(t);
+    return r == 0 || r == -EAGAIN ? (long)total : r;
 }
 
-bool rpc_tls_pending(const rpc_tls *t) { return SSL_pending(t->ssl) > 0; }
+int rpc_tls_flush(rpc_tls *t)
+{
+    if (!t->sb || t->sb->len == t->sb->off)
+        return 0;
+    int r = sb_push(t->sb);
+    if (r == -EAGAIN)
+        t->want_write = true;
+    return r;
+}
 
-bool rpc_tls_partial(const rpc_tls *t) { return SSL_has_pending(t->ssl) == 1; }
+bool rpc_tls_pending(const rpc_tls *t) { return SSL_has_pending(t->ssl) == 1; }
+
+bool rpc_tls_unsent(const rpc_tls *t) { return t->sb && t->sb->len > t->sb->off; }
+
+void rpc_tls_hold(rpc_tls *t, bool on)
+{
+    if (t->sb)
+        t->sb->hold = on;
+}
 
 int rpc_tls_binding(rpc_tls *t, uint8_t out[RPC_TLS_BIND])
 {

@@ -149,7 +149,8 @@ int rpc_hio_flush(rpc_hio *h, int fd, rpc_tls *t)
         }
         return w == -EAGAIN ? 0 : (int)w;
     }
-    return 1;
+    int r = t ? rpc_tls_flush(t) : 0; /* records the session gathered */
+    return r == -EAGAIN ? 0 : r < 0 ? r : 1;
 }
 
 int rpc_hio_read(rpc_hio *h, int fd, rpc_tls *t, rpc_hello *m)
@@ -301,8 +302,11 @@ static int tcp_flush(conn *c)
 {
     obuf *o = &c->out;
     if (o->head == o->tail) {
+        int r = c->tls ? rpc_tls_flush(c->tls) : 0; /* records gathered earlier */
+        if (r == -EAGAIN)
+            return 0;
         c->tcp_dirty = false;
-        return 0;
+        return r;
     }
     c->flushes++;
     while (o->head < o->tail) {
@@ -317,6 +321,8 @@ static int tcp_flush(conn *c)
         return (int)w;
     }
     o->head = o->tail = 0;
+    if (c->tls && rpc_tls_unsent(c->tls))
+        return 0; /* records gathered by the session wait for room: stays dirty */
     c->tcp_dirty = false;
     return 0;
 }
@@ -347,11 +353,12 @@ static int conn_fill(conn *c, size_t room)
     return 1;
 }
 
-static int tcp_rx(conn *c, rpc_rx_fn fn, void *arg)
+static int tcp_rx_loop(conn *c, rpc_rx_fn fn, void *arg, bool *held_out)
 {
     ibuf *in = &c->in;
     const size_t room = c->tls ? RPC_TLS_RECORD_MAX : 1;
     int delivered = 0;
+    bool held = false; /* TLS: reading only what the session buffered (see below) */
     for (;;) {
         int more = conn_fill(c, room);
         if (more < 0)
@@ -376,7 +383,7 @@ static int tcp_rx(conn *c, rpc_rx_fn fn, void *arg)
             c->last_rx_ns = dhps_mono_ns();
         }
         /* a partial frame, or (TLS) a partial record, starts the frame clock */
-        bool partial = in->len != 0 || (c->tls && rpc_tls_partial(c->tls));
+        bool partial = in->len != 0 || (c->tls && rpc_tls_pending(c->tls));
         c->in_since_ns = !partial ? 0 : c->in_since_ns ? c->in_since_ns : dhps_mono_ns();
         if (c->eof)
             return in->len ? DHPS_E_MALFORMED : DHPS_E_UNREACHABLE;
@@ -392,19 +399,35 @@ static int tcp_rx(conn *c, rpc_rx_fn fn, void *arg)
         }
         if (off == 0)
             break; /* nothing new: a frame is waiting for bytes */
-        if (delivered > 256)
-            break; /* enough for one turn: the socket's readiness brings us back */
         if (c->tls) {
+            /* enough for one turn: the socket's readiness brings us back, but records
+             * the session read ahead would wait for it: those are handled now, without
+             * reading more from the socket */
             if (!more)
                 break;
+            if (delivered > 256 && !held) {
+                rpc_tls_hold(c->tls, true);
+                held = *held_out = true;
+            }
             continue;
         }
+        if (delivered > 256)
+            break; /* enough for one turn: the socket's readiness brings us back */
         /* keep reading while the socket has data: loop once more */
         struct pollfd p = {.fd = c->fd, .events = POLLIN};
         if (poll(&p, 1, 0) <= 0)
             break;
     }
     return delivered;
+}
+
+static int tcp_rx(conn *c, rpc_rx_fn fn, void *arg)
+{
+    bool held = false;
+    int r = tcp_rx_loop(c, fn, arg, &held);
+    if (held)
+        rpc_tls_hold(c->tls, false);
+    return r;
 }
 
 const rpc_ops rpc_tcp_ops = {
