@@ -2,9 +2,11 @@
  * call across files.
  *
  *   client.c       the event loop: client lifecycle, calls, completion, verbs fallback and
- *                  re-promotion, fault rules, channel handles
- *   client_open.c  opening a channel: connect, the authenticated hello and the transport
- *                  negotiation, as a state machine that never blocks the loop
+ *                  re-promotion, fault rules
+ *   client_chan.c  channel handles onto shared sessions; the public channel and call
+ *                  functions, the blocking call
+ *   client_open.c  opening a channel: connect, [TLS,] the authenticated hello and the
+ *                  transport negotiation, as a state machine that never blocks the loop
  */
 #ifndef DHPS_RPC_CLIENT_INT_H
 #define DHPS_RPC_CLIENT_INT_H
@@ -161,6 +163,18 @@ extern char cl_verbs_wake_tag;
 void cl_watch_vep(dhps_rpc_client *cl, vep *v);
 /* Schedule the next verbs re-promotion attempt of a session that negotiated verbs. */
 void cl_schedule_promote(session *ch);
+/* Complete call slot idx with status (callback runs now). */
+void complete(session *ch, uint32_t idx, int status, const void *resp, size_t len);
+/* Close a session (its calls cancelled) and free it. NULL allowed. */
+void s_close(session *ch);
+/* Cancel the calls held back by fault rules of one channel handle (owner NULL: all). */
+void cancel_deferred(dhps_rpc_client *cl, const void *owner);
+/* dhps_rpc_call_start / _abort / _send / _inject on a session (owner: the handle). */
+int s_call_start(session *ch, uint16_t method, size_t max_len, void **buf);
+void s_call_abort(session *ch);
+int s_send(session *ch, const void *owner, size_t len, uint64_t timeout_us,
+           dhps_rpc_done_fn done, void *arg);
+int s_inject(session *ch, int fault);
 
 /* client_open.c */
 /* Start opening a session for p (connect issued, hello queued). 0 and *out, or an error. */
