@@ -34,9 +34,9 @@ static char g_dir[64];
 static _Atomic long handled;
 
 static const char *P(const char *name)
-{   /* a path in the certificate dir; a few static buffers, reused round-robin */
-    static char buf[8][128];
-    static int k;
+{   /* a path in the certificate dir; a few buffers per thread, reused round-robin */
+    static _Thread_local char buf[8][128];
+    static _Thread_local int k;
     char *b = buf[k++ % 8];
     snprintf(b, sizeof buf[0], "%s/%s", g_dir, name);
     return b;

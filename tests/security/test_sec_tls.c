@@ -13,7 +13,9 @@
  *              (cut at hello_timeout_ms), junk records and a truncated record after an
  *              authenticated hello (closed; cut at frame_timeout_ms);
  *   slowloris: 40 connections dripping a ClientHello a byte at a time: at most 32 held,
- *              each cut at hello_timeout_ms, a client served meanwhile.
+ *              each cut at hello_timeout_ms, a client served meanwhile;
+ *   tools:     `dhps stats --addr` reaches the node with DHPS_TLS/DHPS_TLS_CA, and says
+ *              why not without them.
  * And a two-node cluster across AZs a and b with tls.policy "cross_az": a client in AZ a
  * reaches node a plain and node b over TLS; node b, killed and restarted, catches up
  * from node a over TLS and serves the client again.
@@ -45,8 +47,8 @@ static char g_map[600];
 
 static const char *path(const char *name)
 {
-    static char buf[8][640];
-    static int k;
+    static _Thread_local char buf[8][640]; /* a few per thread, reused round-robin */
+    static _Thread_local int k;
     char *b = buf[k++ % 8];
     snprintf(b, sizeof buf[0], "%s/%s", g_dir, name);
     return b;
@@ -629,6 +631,47 @@ static void slowloris_tls_handshake(void **st)
     assert_int_equal(client_round(1000), 0);
 }
 
+/* Run the dhps tool with env assignments before it; its exit code, output in *out. */
+static int run_tool(const char *env, const char *args, char **out)
+{
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "env %s %s %s 2>&1", env, DHPS_TOOL_BIN, args);
+    FILE *f = popen(cmd, "r");
+    size_t cap = 1 << 16, len = 0, r;
+    char *buf = malloc(cap);
+    while (f && (r = fread(buf + len, 1, cap - len - 1, f)) > 0)
+        len += r;
+    buf[len] = 0;
+    int st = f ? pclose(f) : -1;
+    *out = buf;
+    return st >= 0 && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* The command-line tools reach a tls.policy always node with DHPS_TLS / DHPS_TLS_CA, and
+ * say why when they are not given. */
+static void tools_reach_tls_nodes(void **st)
+{
+    (void)st;
+    char args[1024], env[2048], *out = NULL;
+    snprintf(args, sizeof args, "stats --addr 127.0.0.1:%u --secret %s", g_p.port,
+             path("secret"));
+    assert_true(run_tool("DHPS_TLS=", args, &out) != 0);
+    if (!strstr(out, "TLS failed"))
+        fail_msg("plain dhps stats at a TLS-only node: %s", out);
+    free(out);
+    snprintf(env, sizeof env, "DHPS_TLS=always DHPS_TLS_CA=%s", path("ca.pem"));
+    int rc = run_tool(env, args, &out);
+    if (rc != 0 || !strstr(out, "node 0") || !strstr(out, "keys"))
+        fail_msg("dhps stats over TLS: exit %d: %s", rc, out);
+    free(out);
+    assert_true(run_tool("DHPS_TLS=sometimes", args, &out) != 0);
+    assert_non_null(strstr(out, "want off, cross_az or always"));
+    free(out);
+    assert_true(run_tool("DHPS_TLS=always", args, &out) != 0); /* no CA */
+    assert_non_null(strstr(out, "DHPS_TLS_CA"));
+    free(out);
+}
+
 /* ---- two AZs, tls.policy cross_az ------------------------------------------------------ */
 
 typedef struct az_node {
@@ -753,6 +796,7 @@ int main(void)
         cmocka_unit_test(tls_relay_cannot_pass_the_hello),
         cmocka_unit_test(garbage_and_truncated_tls_records),
         cmocka_unit_test(slowloris_tls_handshake),
+        cmocka_unit_test(tools_reach_tls_nodes),
         cmocka_unit_test(cross_az_cluster_over_tls),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
