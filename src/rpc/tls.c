@@ -200,7 +200,8 @@ static int fail(rpc_tls *t, int e, bool handshake)
         snprintf(t->err, sizeof t->err, "%s certificate refused: %s",
                  t->server ? "the client's" : "the server's", X509_verify_cert_error_string(vr));
         rc = DHPS_E_TLS;
-    } else if (e == SSL_ERROR_SSL && reason >= SSL_AD_REASON_OFFSET) {
+    } else if (e == SSL_ERROR_SSL && ERR_GET_LIB(last) == ERR_LIB_SSL &&
+               reason >= SSL_AD_REASON_OFFSET) {
         /* the peer sent an alert: it refused our certificate, our name, the handshake */
         snprintf(t->err, sizeof t->err, "the peer refused the session: %s",
                  ssl_reason("alert"));
