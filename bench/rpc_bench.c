@@ -1,17 +1,29 @@
 /*
- * dhps-bench rpc: the RPC library on one transport, beside redis on loopback.
+ * dhps-bench rpc: the RPC library on one transport, beside redis on loopback; and TCP with
+ * and without TLS in the same run.
  *
  *   dhps-bench rpc --transport tcp|shm|verbs [--payload B] [--batch K] [--threads T]
  *                  [--workers W] [--seconds S] [--peers] [--json]
+ *   dhps-bench rpc --transport tcp --tls [--payload B[,B...]] [--rounds N] [...]
  *
  * An in-process server (W workers, echo handler: the response has the request's size)
  * and T client threads, each with its own client and channel, keeping K calls in
  * flight (zero-copy start/send, completions in callbacks). Reports small-call rate
  * (M calls/s), payload throughput (request + response bytes, GB/s), p50/p99/p99.9
- * latency (send to callback) and CPU time per call (getrusage of the whole process:
- * both sides run here). --peers runs redis-server on 127.0.0.1 and redis-benchmark
- * (PING, SET then GET of that value, pipeline K, T connections, value size B) in the
- * same run.
+ * latency (send to callback) and CPU time per call: the client threads' own
+ * (CLOCK_THREAD_CPUTIME_ID of each) and the rest of the process (getrusage minus the
+ * clients': the server's acceptors and workers). --peers runs redis-server on 127.0.0.1
+ * and redis-benchmark (PING, SET then GET of that value, pipeline K, T connections, value
+ * size B) in the same run.
+ *
+ * --tls: for each payload size, N rounds of plain TCP then TCP+TLS (the order flips every
+ * round, so a drift of the machine's load does not favour one side), S seconds each, a
+ * fresh server and clients per run; prints every round and, per payload, the median and
+ * range (min-max) of calls/s and CPU per call of each side and the ratio TLS/plain of the
+ * medians (and its range over the rounds' own ratios). Its clients sleep in epoll while
+ * their K calls are in flight instead of busy-polling (the other runs' clients spin), so
+ * CPU per call counts work, not waiting. Certificates are throwaway ones made at start
+ * (EC P-256, tests/common/test_certs.h) in a temp dir, removed at the end.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -28,17 +40,24 @@
 #include <unistd.h>
 
 #include "dhps/rpc.h"
+#include "test_certs.h"
 #include "util.h"
 
 #define M_ECHO 1
 #define MAX_LAT (1u << 22)
 
+#define MAX_PAYLOADS 8
+
 typedef struct opts {
     int transport;
-    size_t payload;
-    int batch, threads, workers;
+    size_t payload;               /* of this run */
+    size_t payloads[MAX_PAYLOADS];/* --payload list */
+    int npayloads;
+    int batch, threads, workers, rounds;
     double seconds;
-    bool peers, json;
+    bool peers, json, tls_compare;
+    bool tls;                     /* this run over TLS */
+    char tls_dir[64];             /* certificates (--tls) */
 } opts;
 
 static double cpu_s(void)
@@ -63,6 +82,7 @@ typedef struct worker_arg {
     uint16_t port;
     _Atomic bool *go, *stop;
     uint64_t calls, errors, bytes;
+    uint64_t cpu_ns;  /* this client thread's CPU time over the measured window */
     uint32_t *lat; /* ns, sampled */
     uint32_t nlat;
     int rc;
@@ -98,6 +118,11 @@ static void *client_main(void *p)
     cp.max_msg = (uint32_t)(o->payload < 4096 ? 4096 : o->payload);
     if ((uint32_t)o->batch > cp.verbs_slots)
         cp.verbs_slots = (uint32_t)(o->batch > 1024 ? 1024 : o->batch);
+    char ca[128];
+    if (o->tls) {
+        snprintf(ca, sizeof ca, "%s/ca.pem", o->tls_dir);
+        cp.tls_ca_file = ca;
+    }
     dhps_rpc_client *c = NULL;
     dhps_rpc_channel *ch = NULL;
     if ((w->rc = dhps_rpc_client_create(&cp, &c)))
@@ -107,12 +132,14 @@ static void *client_main(void *p)
     chp.port = w->port;
     chp.require = o->transport;
     chp.allow = DHPS_RPC_MASK(DHPS_RPC_TCP) | DHPS_RPC_MASK(o->transport);
+    chp.tls = o->tls;
     if ((w->rc = dhps_rpc_channel_open(c, &chp, &ch))) {
         dhps_rpc_client_destroy(c);
         return NULL;
     }
     while (!atomic_load(w->go))
         ;
+    uint64_t cpu0 = dhps_clock_ns(CLOCK_THREAD_CPUTIME_ID);
     size_t len = o->payload < 8 ? 8 : o->payload;
     while (!atomic_load_explicit(w->stop, memory_order_relaxed)) {
         while (tl_inflight < o->batch) {
@@ -127,8 +154,11 @@ static void *client_main(void *p)
                 break;
             tl_inflight++;
         }
-        dhps_rpc_client_poll(c, 0);
+        /* busy-poll (the latency runs), or with --tls sleep in epoll while all K calls
+         * are in flight: CPU per call is then a call's work, not the wait's spinning */
+        dhps_rpc_client_poll(c, o->tls_compare && tl_inflight >= o->batch ? 5 : 0);
     }
+    w->cpu_ns = dhps_clock_ns(CLOCK_THREAD_CPUTIME_ID) - cpu0;
     while (tl_inflight > 0)
         dhps_rpc_client_poll(c, 10);
     dhps_rpc_client_destroy(c);
@@ -203,55 +233,37 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: dhps-bench rpc --transport tcp|shm|verbs [--payload B] [--batch K]\n"
                "                      [--threads T] [--workers W] [--seconds S] [--peers] [--json]\n"
-               "defaults: payload 32, batch 16, threads 1, workers 1, seconds 3\n");
+               "       dhps-bench rpc --transport tcp --tls [--payload B[,B...]] [--rounds N]\n"
+               "                      [--batch K] [--threads T] [--workers W] [--seconds S] [--json]\n"
+               "defaults: payload 32, batch 16, threads 1, workers 1, seconds 3, rounds 5 (--tls)\n"
+               "--tls: plain TCP vs TCP+TLS in one run, N rounds each, ratio TLS/plain\n");
 }
 
-int bench_rpc_main(int argc, char **argv)
+/* One measured run. */
+typedef struct result {
+    double secs, mps, gbs, p50, p99, p999;
+    double cpu_us;         /* whole process per call */
+    double cpu_client_us;  /* client threads per call */
+    double cpu_server_us;  /* the rest (server threads) per call */
+    uint64_t calls, errors;
+} result;
+
+static int run_once(const opts *o, result *res)
 {
-    opts o = {.transport = -1, .payload = 32, .batch = 16, .threads = 1, .workers = 1,
-              .seconds = 3};
-    static const struct option lo[] = {
-        {"transport", required_argument, 0, 't'}, {"payload", required_argument, 0, 'p'},
-        {"batch", required_argument, 0, 'b'},     {"threads", required_argument, 0, 'T'},
-        {"workers", required_argument, 0, 'w'},   {"seconds", required_argument, 0, 's'},
-        {"peers", no_argument, 0, 'P'},           {"json", no_argument, 0, 'j'},
-        {"help", no_argument, 0, 'h'},            {0, 0, 0, 0}};
-    int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
-        switch (c) {
-        case 't':
-            o.transport = !strcmp(optarg, "tcp") ? DHPS_RPC_TCP
-                          : !strcmp(optarg, "shm") ? DHPS_RPC_SHM
-                          : !strcmp(optarg, "verbs") ? DHPS_RPC_VERBS : -2;
-            break;
-        case 'p': o.payload = strtoul(optarg, NULL, 0); break;
-        case 'b': o.batch = atoi(optarg); break;
-        case 'T': o.threads = atoi(optarg); break;
-        case 'w': o.workers = atoi(optarg); break;
-        case 's': o.seconds = atof(optarg); break;
-        case 'P': o.peers = true; break;
-        case 'j': o.json = true; break;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
-        }
-    }
-    if (o.transport < 0 || o.batch < 1 || o.threads < 1 || o.threads > 64 || o.workers < 1 ||
-        o.payload > (8u << 20) || o.seconds <= 0) {
-        usage(stderr);
-        return 2;
-    }
-    if (o.transport == DHPS_RPC_VERBS && !dhps_rpc_verbs_available()) {
-        fprintf(stderr, "dhps-bench rpc: no active RDMA verbs device on this host\n");
-        return 1;
-    }
-    signal(SIGPIPE, SIG_IGN);
+    memset(res, 0, sizeof *res);
     dhps_rpc_server_params sp;
     dhps_rpc_server_params_init(&sp);
-    sp.workers = (uint32_t)o.workers;
+    sp.workers = (uint32_t)o->workers;
     sp.secret = "bench";
     sp.secret_len = 5;
-    sp.max_msg = (uint32_t)(o.payload < 4096 ? 4096 : o.payload);
+    sp.max_msg = (uint32_t)(o->payload < 4096 ? 4096 : o->payload);
+    char cert[128], key[128];
+    if (o->tls) {
+        snprintf(cert, sizeof cert, "%s/server.pem", o->tls_dir);
+        snprintf(key, sizeof key, "%s/server.key", o->tls_dir);
+        sp.tls_cert_file = cert;
+        sp.tls_key_file = key;
+    }
     dhps_rpc_server *s = NULL;
     int rc = dhps_rpc_server_create(&sp, &s);
     if (rc == 0)
@@ -264,10 +276,10 @@ int bench_rpc_main(int argc, char **argv)
         return 1;
     }
     _Atomic bool go = false, stop = false;
-    worker_arg *wa = calloc((size_t)o.threads, sizeof *wa);
-    pthread_t *th = calloc((size_t)o.threads, sizeof *th);
-    for (int i = 0; i < o.threads; i++) {
-        wa[i] = (worker_arg){.o = &o, .port = dhps_rpc_server_port(s), .go = &go, .stop = &stop};
+    worker_arg *wa = calloc((size_t)o->threads, sizeof *wa);
+    pthread_t *th = calloc((size_t)o->threads, sizeof *th);
+    for (int i = 0; i < o->threads; i++) {
+        wa[i] = (worker_arg){.o = o, .port = dhps_rpc_server_port(s), .go = &go, .stop = &stop};
         wa[i].lat = malloc(MAX_LAT * sizeof *wa[i].lat);
         pthread_create(&th[i], NULL, client_main, &wa[i]);
     }
@@ -275,13 +287,13 @@ int bench_rpc_main(int argc, char **argv)
     double c0 = cpu_s();
     uint64_t t0 = dhps_mono_ns();
     atomic_store(&go, true);
-    usleep((useconds_t)(o.seconds * 1e6));
+    usleep((useconds_t)(o->seconds * 1e6));
     atomic_store(&stop, true);
     uint64_t t1 = dhps_mono_ns();
     double c1 = cpu_s();
-    uint64_t calls = 0, errors = 0, bytes = 0, nlat = 0;
+    uint64_t calls = 0, errors = 0, bytes = 0, nlat = 0, ccpu = 0;
     int open_err = 0;
-    for (int i = 0; i < o.threads; i++) {
+    for (int i = 0; i < o->threads; i++) {
         pthread_join(th[i], NULL);
         if (wa[i].rc)
             open_err = wa[i].rc;
@@ -289,57 +301,250 @@ int bench_rpc_main(int argc, char **argv)
         errors += wa[i].errors;
         bytes += wa[i].bytes;
         nlat += wa[i].nlat;
+        ccpu += wa[i].cpu_ns;
     }
     dhps_rpc_server_destroy(s);
-    if (open_err) {
-        fprintf(stderr, "dhps-bench rpc: channel: %s\n", dhps_strerror(open_err));
-        return 1;
-    }
     uint32_t *all = malloc((nlat ? nlat : 1) * sizeof *all);
     uint64_t k = 0;
-    for (int i = 0; i < o.threads; i++) {
+    for (int i = 0; i < o->threads; i++) {
         memcpy(all + k, wa[i].lat, wa[i].nlat * sizeof *all);
         k += wa[i].nlat;
         free(wa[i].lat);
     }
+    free(wa);
+    free(th);
+    if (open_err) {
+        fprintf(stderr, "dhps-bench rpc: channel: %s\n", dhps_strerror(open_err));
+        free(all);
+        return 1;
+    }
     qsort(all, nlat, sizeof *all, cmp_u32);
-    double secs = (double)(t1 - t0) / 1e9;
-    double mps = (double)calls / secs / 1e6, gbs = (double)bytes / secs / 1e9;
-    double p50 = nlat ? all[nlat / 2] / 1e3 : 0, p99 = nlat ? all[nlat * 99 / 100] / 1e3 : 0,
-           p999 = nlat ? all[nlat * 999 / 1000] / 1e3 : 0;
-    double cpu_us = calls ? (c1 - c0) * 1e6 / (double)calls : 0;
+    res->secs = (double)(t1 - t0) / 1e9;
+    res->calls = calls;
+    res->errors = errors;
+    res->mps = (double)calls / res->secs / 1e6;
+    res->gbs = (double)bytes / res->secs / 1e9;
+    res->p50 = nlat ? all[nlat / 2] / 1e3 : 0;
+    res->p99 = nlat ? all[nlat * 99 / 100] / 1e3 : 0;
+    res->p999 = nlat ? all[nlat * 999 / 1000] / 1e3 : 0;
+    if (calls) {
+        res->cpu_us = (c1 - c0) * 1e6 / (double)calls;
+        res->cpu_client_us = (double)ccpu / 1e3 / (double)calls;
+        res->cpu_server_us = res->cpu_us - res->cpu_client_us;
+    }
+    free(all);
+    return 0;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* median, min, max of v[0..n) (n >= 1; v is sorted in place) */
+static void spread(double *v, int n, double out[3])
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    out[0] = n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+    out[1] = v[0];
+    out[2] = v[n - 1];
+}
+
+/* --tls: rounds of plain and TLS per payload size. */
+static int tls_compare(opts *o)
+{
+    snprintf(o->tls_dir, sizeof o->tls_dir, "/tmp/dhps-bench-tls-XXXXXX");
+    if (!mkdtemp(o->tls_dir) || test_certs_make(o->tls_dir)) {
+        fprintf(stderr, "dhps-bench rpc: cannot make test certificates\n");
+        return 1;
+    }
+    int rc = 0, n = o->rounds;
+    if (!o->json)
+        printf("rpc tcp plain vs tcp+tls: batch %d, threads %d, workers %d, %.1f s per run, "
+               "%d rounds (order flips each round)\n", o->batch, o->threads, o->workers,
+               o->seconds, n);
+    else
+        printf("{\"mode\": \"tls_compare\", \"batch\": %d, \"threads\": %d, \"workers\": %d, "
+               "\"seconds\": %.2f, \"rounds\": %d, \"results\": [", o->batch, o->threads,
+               o->workers, o->seconds, n);
+    for (int pi = 0; pi < o->npayloads && !rc; pi++) {
+        o->payload = o->payloads[pi];
+        double v[2][4][64]; /* side (0 plain, 1 tls) x {mps, cpu, client, server} x round */
+        double ratio[2][64];
+        for (int r = 0; r < n && !rc; r++) {
+            result res[2];
+            for (int k = 0; k < 2 && !rc; k++) {
+                int side = (r % 2) ? 1 - k : k;
+                o->tls = side == 1;
+                rc = run_once(o, &res[side]);
+                if (!rc && res[side].errors)
+                    rc = 1;
+            }
+            if (rc)
+                break;
+            for (int side = 0; side < 2; side++) {
+                v[side][0][r] = res[side].mps;
+                v[side][1][r] = res[side].cpu_us;
+                v[side][2][r] = res[side].cpu_client_us;
+                v[side][3][r] = res[side].cpu_server_us;
+            }
+            ratio[0][r] = res[1].mps / res[0].mps;
+            ratio[1][r] = res[1].cpu_us / res[0].cpu_us;
+            if (!o->json)
+                printf("  payload %6zu B round %d: plain %.3f M calls/s %.2f us CPU/call "
+                       "(client %.2f, server %.2f) | tls %.3f M calls/s %.2f us CPU/call "
+                       "(client %.2f, server %.2f)\n", o->payload, r + 1, res[0].mps,
+                       res[0].cpu_us, res[0].cpu_client_us, res[0].cpu_server_us, res[1].mps,
+                       res[1].cpu_us, res[1].cpu_client_us, res[1].cpu_server_us);
+        }
+        if (rc)
+            break;
+        double m[2][4][3], rr[2][3];
+        for (int side = 0; side < 2; side++)
+            for (int q = 0; q < 4; q++)
+                spread(v[side][q], n, m[side][q]);
+        spread(ratio[0], n, rr[0]);
+        spread(ratio[1], n, rr[1]);
+        if (o->json) {
+            printf("%s{\"payload\": %zu", pi ? ", " : "", o->payload);
+            static const char *const sn[2] = {"plain", "tls"};
+            for (int side = 0; side < 2; side++)
+                printf(", \"%s\": {\"calls_mps\": [%.4f, %.4f, %.4f], \"cpu_us_per_call\": "
+                       "[%.3f, %.3f, %.3f], \"cpu_client_us\": %.3f, \"cpu_server_us\": %.3f}",
+                       sn[side], m[side][0][0], m[side][0][1], m[side][0][2], m[side][1][0],
+                       m[side][1][1], m[side][1][2], m[side][2][0], m[side][3][0]);
+            printf(", \"ratio_tls_plain\": {\"calls\": %.3f, \"calls_range\": [%.3f, %.3f], "
+                   "\"cpu\": %.3f, \"cpu_range\": [%.3f, %.3f]}}",
+                   m[1][0][0] / m[0][0][0], rr[0][1], rr[0][2], m[1][1][0] / m[0][1][0],
+                   rr[1][1], rr[1][2]);
+        } else {
+            printf("payload %zu B (median, min-max over %d rounds):\n", o->payload, n);
+            printf("  plain    %.3f M calls/s (%.3f-%.3f), CPU %.2f us/call (%.2f-%.2f; "
+                   "client %.2f, server %.2f)\n", m[0][0][0], m[0][0][1], m[0][0][2],
+                   m[0][1][0], m[0][1][1], m[0][1][2], m[0][2][0], m[0][3][0]);
+            printf("  tls      %.3f M calls/s (%.3f-%.3f), CPU %.2f us/call (%.2f-%.2f; "
+                   "client %.2f, server %.2f)\n", m[1][0][0], m[1][0][1], m[1][0][2],
+                   m[1][1][0], m[1][1][1], m[1][1][2], m[1][2][0], m[1][3][0]);
+            printf("  tls/plain  calls/s %.2fx (rounds %.2f-%.2f), CPU per call %.2fx "
+                   "(rounds %.2f-%.2f)\n", m[1][0][0] / m[0][0][0], rr[0][1], rr[0][2],
+                   m[1][1][0] / m[0][1][0], rr[1][1], rr[1][2]);
+        }
+        fflush(stdout);
+    }
+    if (o->json)
+        printf("]}\n");
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", o->tls_dir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "dhps-bench rpc: could not remove %s\n", o->tls_dir);
+    if (rc)
+        fprintf(stderr, "dhps-bench rpc: a run failed (errors or no channel)\n");
+    return rc;
+}
+
+/* --payload B[,B...] */
+static int parse_payloads(opts *o, const char *arg)
+{
+    o->npayloads = 0;
+    for (const char *p = arg; *p;) {
+        char *end;
+        unsigned long v = strtoul(p, &end, 0);
+        if (end == p || o->npayloads == MAX_PAYLOADS || v > (8u << 20))
+            return -1;
+        o->payloads[o->npayloads++] = v;
+        if (*end == ',')
+            end++;
+        else if (*end)
+            return -1;
+        p = end;
+    }
+    return o->npayloads ? 0 : -1;
+}
+
+int bench_rpc_main(int argc, char **argv)
+{
+    opts o = {.transport = -1, .payload = 32, .payloads = {32}, .npayloads = 1, .batch = 16,
+              .threads = 1, .workers = 1, .seconds = 3, .rounds = 5};
+    static const struct option lo[] = {
+        {"transport", required_argument, 0, 't'}, {"payload", required_argument, 0, 'p'},
+        {"batch", required_argument, 0, 'b'},     {"threads", required_argument, 0, 'T'},
+        {"workers", required_argument, 0, 'w'},   {"seconds", required_argument, 0, 's'},
+        {"peers", no_argument, 0, 'P'},           {"json", no_argument, 0, 'j'},
+        {"tls", no_argument, 0, 'L'},             {"rounds", required_argument, 0, 'r'},
+        {"help", no_argument, 0, 'h'},            {0, 0, 0, 0}};
+    int c;
+    bool bad = false;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+        switch (c) {
+        case 't':
+            o.transport = !strcmp(optarg, "tcp") ? DHPS_RPC_TCP
+                          : !strcmp(optarg, "shm") ? DHPS_RPC_SHM
+                          : !strcmp(optarg, "verbs") ? DHPS_RPC_VERBS : -2;
+            break;
+        case 'p': bad |= parse_payloads(&o, optarg) != 0; break;
+        case 'b': o.batch = atoi(optarg); break;
+        case 'T': o.threads = atoi(optarg); break;
+        case 'w': o.workers = atoi(optarg); break;
+        case 's': o.seconds = atof(optarg); break;
+        case 'P': o.peers = true; break;
+        case 'j': o.json = true; break;
+        case 'L': o.tls_compare = true; break;
+        case 'r': o.rounds = atoi(optarg); break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    o.payload = o.payloads[0];
+    if (bad || o.transport < 0 || o.batch < 1 || o.threads < 1 || o.threads > 64 ||
+        o.workers < 1 || o.seconds <= 0 || o.rounds < 1 || o.rounds > 64 ||
+        (o.tls_compare && (o.transport != DHPS_RPC_TCP || o.peers)) ||
+        (!o.tls_compare && o.npayloads != 1)) {
+        usage(stderr);
+        return 2;
+    }
+    if (o.transport == DHPS_RPC_VERBS && !dhps_rpc_verbs_available()) {
+        fprintf(stderr, "dhps-bench rpc: no active RDMA verbs device on this host\n");
+        return 1;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    if (o.tls_compare)
+        return tls_compare(&o);
+    result r;
+    if (run_once(&o, &r))
+        return 1;
     double ping = 0, get = 0;
     int peers_rc = o.peers ? run_peers(&o, &ping, &get) : 0;
     static const char *tn[] = {"tcp", "shm", "verbs"};
     if (o.json) {
         printf("{\"transport\": \"%s\", \"payload\": %zu, \"batch\": %d, \"threads\": %d, "
                "\"calls_mps\": %.4f, \"gbytes_s\": %.4f, \"p50_us\": %.2f, \"p99_us\": %.2f, "
-               "\"p999_us\": %.2f, \"cpu_us_per_call\": %.3f, \"errors\": %llu",
-               tn[o.transport], o.payload, o.batch, o.threads, mps, gbs, p50, p99, p999, cpu_us,
-               (unsigned long long)errors);
+               "\"p999_us\": %.2f, \"cpu_us_per_call\": %.3f, \"cpu_client_us_per_call\": %.3f, "
+               "\"cpu_server_us_per_call\": %.3f, \"errors\": %llu",
+               tn[o.transport], o.payload, o.batch, o.threads, r.mps, r.gbs, r.p50, r.p99, r.p999,
+               r.cpu_us, r.cpu_client_us, r.cpu_server_us, (unsigned long long)r.errors);
         if (o.peers)
             printf(", \"peers\": {\"redis_ping\": {\"calls_mps\": %.4f}, "
                    "\"redis_get\": {\"calls_mps\": %.4f}}", ping, get);
         printf("}\n");
     } else {
         printf("rpc %s: payload %zu B, batch %d, threads %d, workers %d, %.1f s\n", tn[o.transport],
-               o.payload, o.batch, o.threads, o.workers, secs);
-        printf("  calls      %.3f M calls/s (%llu calls, %llu errors)\n", mps,
-               (unsigned long long)calls, (unsigned long long)errors);
-        printf("  payload    %.3f GB/s (request + response)\n", gbs);
-        printf("  latency    p50 %.1f us  p99 %.1f us  p99.9 %.1f us\n", p50, p99, p999);
-        printf("  cpu        %.2f us per call (client + server, this process)\n", cpu_us);
+               o.payload, o.batch, o.threads, o.workers, r.secs);
+        printf("  calls      %.3f M calls/s (%llu calls, %llu errors)\n", r.mps,
+               (unsigned long long)r.calls, (unsigned long long)r.errors);
+        printf("  payload    %.3f GB/s (request + response)\n", r.gbs);
+        printf("  latency    p50 %.1f us  p99 %.1f us  p99.9 %.1f us\n", r.p50, r.p99, r.p999);
+        printf("  cpu        %.2f us per call (client threads %.2f, server %.2f; this process)\n",
+               r.cpu_us, r.cpu_client_us, r.cpu_server_us);
         if (o.peers) {
             if (peers_rc)
                 printf("  redis      FAILED to run redis-server/redis-benchmark\n");
             else
                 printf("  redis      PING %.3f M/s, GET %.3f M/s (pipeline %d, %d conns); "
                        "dhps/redis-GET %.2fx\n", ping, get, o.batch, o.threads,
-                       get > 0 ? mps / get : 0);
+                       get > 0 ? r.mps / get : 0);
         }
     }
-    free(all);
-    free(wa);
-    free(th);
-    return errors || peers_rc ? 1 : 0;
+    return r.errors || peers_rc ? 1 : 0;
 }

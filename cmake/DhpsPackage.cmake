@@ -9,7 +9,7 @@ include(CMakePackageConfigHelpers)
 set(DHPS_LIB_MODULES dhps_client dhps_server dhps_wal dhps_coord dhps_cluster dhps_route dhps_rpc dhps_store
     dhps_common)
 # Their private dependencies, linked into libdhps.so; pkg-config names for dhps.pc.
-set(DHPS_LIB_PC_REQUIRES "jansson libcrypto libcurl libibverbs libmicrohttpd libxxhash")
+set(DHPS_LIB_PC_REQUIRES "jansson libssl libcrypto libcurl libibverbs libmicrohttpd libxxhash")
 set(DHPS_LIB_SYS_LIBS pthread rt m)
 
 option(DHPS_SHARED "build libdhps.so (off in fuzz builds)" ON)
@@ -23,7 +23,7 @@ foreach(t ${DHPS_LIB_MODULES})
 endforeach()
 
 if(DHPS_SHARED)
-  pkg_check_modules(DHPS_LIB_DEPS REQUIRED IMPORTED_TARGET jansson libcrypto libcurl libibverbs
+  pkg_check_modules(DHPS_LIB_DEPS REQUIRED IMPORTED_TARGET jansson libssl libcrypto libcurl libibverbs
                     libmicrohttpd libxxhash)
   # Exports: exactly the symbols listed in cmake/dhps.map (the functions and variables
   # declared in include/dhps/*.h); everything else (client_*, srv_*, rpc internals,

@@ -218,6 +218,17 @@ typedef struct dhps_client_params {
                                     default such an update is refused whole (-EDOM), and
                                     servers refuse them again unless the table allows
                                     them (tables[].allow_nonfinite) (default false) */
+    /* TLS to the nodes (docs/client.md "TLS"; rpc.h, docs/rpc.md §4). Strings copied. */
+    int tls;                     /* DHPS_RPC_TLS_OFF (default), _CROSS_AZ: TLS to nodes
+                                    whose az label differs from this client's az (or when
+                                    either is unknown), plain TCP within the AZ; _ALWAYS:
+                                    TLS to every node (dhps_rpc_tls_wanted) */
+    const char *tls_ca_file;     /* PEM CA bundle verifying the nodes' certificates
+                                    (required unless tls is off) */
+    const char *tls_cert_file;   /* client certificate and key, for nodes that verify */
+    const char *tls_key_file;    /*   clients (both or neither; default NULL) */
+    const char *tls_server_name; /* DNS name every node's certificate carries; NULL
+                                    (default) = the node's address, as an IP SAN */
 } dhps_client_params;
 
 /* Fill p with the defaults above. */
@@ -227,7 +238,9 @@ void dhps_client_params_init(dhps_client_params *p);
  * Create a client: load and validate the map, create the router. No connection is made
  * until a thread's first call. Returns 0 and sets *out, or -EINVAL (NULL, no map path),
  * DHPS_E_CONFIG (invalid map, a node id above max_node_id, bad params), -errno (map file
- * unreadable), -ENOMEM. On failure a CUSTOM router_self is destroyed too.
+ * unreadable), -ENOMEM. DHPS_E_CONFIG also for an unusable TLS file (logged, naming it:
+ * dhps_rpc_tls_check) or tls on without tls_ca_file. On failure a CUSTOM router_self is
+ * destroyed too.
  * Free with dhps_client_destroy. The returned client is thread-safe (see the essay).
  */
 int dhps_client_create(const dhps_client_params *p, dhps_client **out);

@@ -38,7 +38,10 @@ enum dhps_error {
                                     was routed with: reload the map and send it again */
     DHPS_E_MISMATCH = -10018,    /* a file or image belongs to another table, shard, shard
                                     count, node or cluster than the one it was given to */
-    DHPS_E_LAST = -10019,
+    DHPS_E_TLS = -10019,         /* TLS failed: a certificate not trusted or naming another
+                                    peer, the peer refused ours, no TLS where the policy
+                                    needs it, or a broken handshake */
+    DHPS_E_LAST = -10020,
 };
 
 /* Name an error: a static string for any int (0, -errno or DHPS_E_*). Thread-safe. */

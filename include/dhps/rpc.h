@@ -73,6 +73,18 @@
  *   an unknown method gets an error reply (DHPS_E_NOTFOUND); garbage closes the
  *   connection. Parsers are pure functions over byte buffers (fuzzed).
  *
+ * TLS (OpenSSL, TLS 1.3 only; docs/rpc.md §4). A server given a certificate and key
+ *   accepts TLS and plain TCP on one port, told apart by the first byte (a TLS record
+ *   0x16, the hello's magic 'D'), or TLS only (tls_require: a plain peer gets a REJECT
+ *   with DHPS_E_TLS, counted and logged). A channel opened with tls runs the handshake
+ *   after the TCP connect, checks the server's certificate against the client's CA and
+ *   the server's name (tls_server_name, else the address dialled as an IP SAN), and then
+ *   runs the same hello inside TLS: the secret still authenticates the cluster, and both
+ *   proofs also cover keying material exported from the TLS session, so a proof does not
+ *   check in another session (a TLS-terminating relay cannot pass it on). TLS carries the
+ *   hello and every TCP frame (calls, doorbells, verbs re-promotion, fallback traffic);
+ *   shared memory and verbs, when negotiated inside a TLS hello, are not encrypted.
+ *
  * Errors (error.h): DHPS_E_TIMEOUT (deadline passed), DHPS_E_UNREACHABLE (connect
  *   failed, or the peer died / closed), DHPS_E_AUTH (hello proof rejected by either
  *   side), DHPS_E_MALFORMED (a peer broke the protocol), DHPS_E_HANDLER (the remote
@@ -80,7 +92,8 @@
  *   DHPS_E_TOOBIG (message above the negotiated limit), DHPS_E_BUSY (send ring or
  *   in-flight table full: poll and retry), DHPS_E_CONFIG (bad params, or a required
  *   transport could not be negotiated), DHPS_E_VERSION (peer speaks no common hello
- *   version).
+ *   version), DHPS_E_TLS (certificate not trusted or of another name, our certificate
+ *   refused, TLS required by the server, or a broken handshake).
  */
 #ifndef DHPS_RPC_H
 #define DHPS_RPC_H
@@ -130,6 +143,45 @@ bool dhps_rpc_verbs_available(void);
  * with each other), while processes that simulate different hosts on one machine (network
  * namespaces, `dhps up`) do not. Thread-safe. */
 void dhps_rpc_host_id(const char *label, uint8_t out[DHPS_RPC_HOST_ID_LEN]);
+
+/* ---- TLS policy (shared by the server's and the client's configs) ------------------ */
+
+/* Which TCP connections use TLS: none (default), those between different availability
+ * zones, or all. The rpc library itself only sees a per-channel `tls` flag and a
+ * server's tls_require; dhps_rpc_tls_wanted is the one rule the client library and
+ * dhps-server apply to pick the flag. */
+enum dhps_rpc_tls_policy {
+    DHPS_RPC_TLS_OFF = 0,
+    DHPS_RPC_TLS_CROSS_AZ = 1,
+    DHPS_RPC_TLS_ALWAYS = 2,
+};
+
+/* Client certificates a TLS server asks for: none; optional (verified against the CA
+ * when one is sent); required (a TLS client without a valid one is refused). */
+enum dhps_rpc_tls_verify {
+    DHPS_RPC_TLS_VERIFY_NONE = 0,
+    DHPS_RPC_TLS_VERIFY_OPTIONAL = 1,
+    DHPS_RPC_TLS_VERIFY_REQUIRED = 2,
+};
+
+/* "off", "cross_az", "always" ("?" otherwise). Thread-safe. */
+const char *dhps_rpc_tls_policy_name(int policy);
+/* The policy named s (the names above), or -EINVAL. Thread-safe. */
+int dhps_rpc_tls_policy_parse(const char *s);
+
+/* Must a connection from a peer in AZ my_az to one in peer_az use TLS under policy?
+ * ALWAYS: yes; OFF: no; CROSS_AZ: yes unless both AZ labels are known (non-empty) and
+ * equal - an unlabelled side counts as another AZ. NULL = unknown. Thread-safe. */
+bool dhps_rpc_tls_wanted(int policy, const char *my_az, const char *peer_az);
+
+/* Check TLS files the way dhps_rpc_server_create / dhps_rpc_client_create load them:
+ * cert_file and key_file (both or neither) a PEM certificate chain, not expired, and the
+ * unencrypted PEM private key that matches it, the key file neither group- nor
+ * world-readable or writable (as secret files); ca_file (NULL allowed) a PEM bundle with
+ * at least one certificate. Returns 0, or DHPS_E_CONFIG with one line in err naming the
+ * file and why, or -ENOMEM. Thread-safe. */
+int dhps_rpc_tls_check(const char *cert_file, const char *key_file, const char *ca_file,
+                       char *err, size_t errlen);
 
 /* ---- server ----------------------------------------------------------------------- */
 
@@ -192,6 +244,19 @@ typedef struct dhps_rpc_server_params {
                                   byte (default 30000; 0 = no bound) */
     uint32_t idle_timeout_ms;  /* an authenticated connection without a request for this
                                   long is closed (default 0 = kept) */
+    /* TLS (docs/rpc.md §4 "TLS"). With a certificate and key the server takes TLS and
+     * plain TCP on its port (or TLS only, tls_require). Files are read at create; a bad
+     * one fails it with DHPS_E_CONFIG and a log line naming it (dhps_rpc_tls_check). The
+     * handshake is bounded by hello_timeout_ms and counted in the connection caps. */
+    const char *tls_cert_file; /* PEM certificate chain (default NULL: no TLS) */
+    const char *tls_key_file;  /* its PEM private key, unencrypted, mode 0600 or stricter */
+    const char *tls_ca_file;   /* PEM CA bundle verifying client certificates (needed
+                                  when tls_verify_client is not NONE) */
+    int tls_verify_client;     /* enum dhps_rpc_tls_verify (default NONE: the cluster
+                                  secret authenticates clients) */
+    bool tls_require;          /* refuse plain TCP connections: they get a REJECT with
+                                  DHPS_E_TLS, counted (rejected_plain) and logged with the
+                                  peer, rate-limited (default false) */
 } dhps_rpc_server_params;
 
 /* Fill p with the defaults above. */
@@ -237,6 +302,13 @@ typedef struct dhps_rpc_server_stats {
     uint64_t closed_timeout;                  /* closed: frame_timeout_ms / idle_timeout_ms */
     uint64_t input_bytes;                     /* input buffered beyond the per-connection
                                                  64 KiB now (max_input_bytes bounds it) */
+    uint64_t accepted_tls;                    /* of accepted, over TLS (the rest plain) */
+    uint64_t open_tls;                        /* of open_conns, over TLS */
+    uint64_t tls_handshake_failures;          /* TLS handshakes that failed (not TLS, a
+                                                 client certificate refused, the peer
+                                                 gave up); those cut at hello_timeout_ms
+                                                 count in rejected_malformed */
+    uint64_t rejected_plain;                  /* plain TCP refused: tls_require */
 } dhps_rpc_server_stats;
 
 /* Snapshot of counters (relaxed atomic loads; each value is exact, the set is not a
@@ -264,12 +336,22 @@ typedef struct dhps_rpc_client_params {
                                   the verbs path per channel, 1..1024 (default 32) */
     uint32_t promote_backoff_ms;/* first wait before re-trying verbs after a failure;
                                   doubles up to 64x (default 20) */
+    /* TLS for channels opened with `tls` (docs/rpc.md §4 "TLS"). Files are read at
+     * create (DHPS_E_CONFIG with a log line naming a bad one, dhps_rpc_tls_check). */
+    const char *tls_ca_file;   /* PEM CA bundle verifying servers (default NULL: opening a
+                                  channel with tls fails with DHPS_E_CONFIG) */
+    const char *tls_cert_file; /* client certificate and its key, for servers that ask */
+    const char *tls_key_file;  /*   (both or neither; default NULL) */
+    const char *tls_server_name;/* DNS name every server's certificate must carry (one
+                                  cluster-wide name; also sent as SNI); NULL (default) =
+                                  the numeric address dialled, as an IP SAN (copied) */
 } dhps_rpc_client_params;
 
 /* Fill p with the defaults above (no secret: set secret/secret_len). */
 void dhps_rpc_client_params_init(dhps_rpc_client_params *p);
 
-/* Create a client event loop. Returns 0 and sets *out, -EINVAL, -ENOMEM, -errno.
+/* Create a client event loop. Returns 0 and sets *out, -EINVAL, DHPS_E_CONFIG (a TLS
+ * file unusable: logged, naming it), -ENOMEM, -errno.
  * A client and all its channels are used by one thread at a time (no locks inside);
  * different clients are independent. Free with dhps_rpc_client_destroy. */
 int dhps_rpc_client_create(const dhps_rpc_client_params *p, dhps_rpc_client **out);
@@ -296,20 +378,25 @@ typedef struct dhps_rpc_channel_params {
                                   passes what is left of it, so a host that drops SYNs
                                   (dead, or a full backlog) costs at most that; a live
                                   host answers the connect in one round trip. */
+    bool tls;                  /* run TLS under the hello (the client's tls_ca_file must be
+                                  set); channels differing in it do not share a
+                                  connection (default false) */
 } dhps_rpc_channel_params;
 
 /* Fill p with the defaults above (port must still be set). */
 void dhps_rpc_channel_params_init(dhps_rpc_channel_params *p);
 
 /* Open a channel. When this client already has a connection to the same host:port
- * with the same allow/require/mixed policy (and neither side asked for exclusive),
+ * with the same allow/require/mixed/tls policy (and neither side asked for exclusive),
  * the channel shares it: same TCP connection, same shm rings or verbs QP (one QP per
  * peer per client, the client being one worker thread); otherwise it connects,
  * authenticates and negotiates, blocking up to connect_timeout_ms. Returns 0 and
  * sets *out, or DHPS_E_UNREACHABLE (connect failed / peer closed), DHPS_E_TIMEOUT,
  * DHPS_E_AUTH (server proof wrong, or the server rejected ours), DHPS_E_VERSION,
- * DHPS_E_MALFORMED, DHPS_E_CONFIG (bad params or `require` not negotiable), -ENOMEM.
- * The channel belongs to c (same thread rule); close with dhps_rpc_channel_close. */
+ * DHPS_E_MALFORMED, DHPS_E_CONFIG (bad params, `require` not negotiable, or tls without
+ * the client's tls_ca_file), DHPS_E_TLS (tls: the server's certificate not trusted or
+ * not for its name, ours refused, no TLS at the server; or a plain channel to a server
+ * that requires TLS), -ENOMEM. The channel belongs to c (same thread rule); close with dhps_rpc_channel_close. */
 int dhps_rpc_channel_open(dhps_rpc_client *c, const dhps_rpc_channel_params *p,
                           dhps_rpc_channel **out);
 
@@ -337,6 +424,9 @@ uint64_t dhps_rpc_channel_ready_ns(const dhps_rpc_channel *ch);
 /* Close a channel: its in-flight calls complete with DHPS_E_CANCELLED (callbacks run
  * inside this call); the connection closes with its last channel. NULL allowed. */
 void dhps_rpc_channel_close(dhps_rpc_channel *ch);
+
+/* Does the channel's connection run TLS? Client thread only. */
+bool dhps_rpc_channel_tls(const dhps_rpc_channel *ch);
 
 /* Transport the channel's new calls use now (DHPS_RPC_TCP / _SHM / _VERBS; a verbs
  * channel reads TCP between a fallback and its re-promotion). Client thread only. */

@@ -159,7 +159,25 @@ typedef struct dhps_server_config {
                                         cluster_map, map_node and coord; default false) */
     char *startup_gate_file;         /* test hook: after startup_delay_ms, wait until this
                                         file exists before loading (health stays 503);
-                                        NULL = none. Last, so earlier offsets keep. */
+                                        NULL = none. */
+    /* TLS on the rpc port and on this node's connections to its peers (docs/server.md
+     * "TLS"). Last, so earlier offsets keep. */
+    int tls_policy;                  /* tls.policy: DHPS_RPC_TLS_OFF / _CROSS_AZ / _ALWAYS
+                                        (rpc.h). off: no TLS; cross_az: the port takes TLS
+                                        and plain, peers in another AZ are dialled with
+                                        TLS; always: the port refuses plain TCP, every
+                                        peer is dialled with TLS (default off) */
+    char *tls_cert_file;             /* tls.cert_file: PEM chain of this node (its server
+                                        certificate, also shown to peers it dials) */
+    char *tls_key_file;              /* tls.key_file: its PEM key (mode 0600) */
+    char *tls_ca_file;               /* tls.ca_file: PEM CA bundle verifying peers' and
+                                        (verify_clients) clients' certificates */
+    int tls_verify_clients;          /* tls.verify_clients: DHPS_RPC_TLS_VERIFY_NONE /
+                                        _OPTIONAL / _REQUIRED ("none", "optional",
+                                        "required"; default none) */
+    char *tls_server_name;           /* tls.server_name: the DNS name every node's
+                                        certificate carries, checked when dialling peers;
+                                        NULL = the peer's address (an IP SAN) */
 } dhps_server_config;
 
 /*

@@ -41,6 +41,11 @@ typedef struct dhps_client_params {
     const char *etcd;
     const char *cluster;
     bool allow_nonfinite;
+    int tls;
+    const char *tls_ca_file;
+    const char *tls_cert_file;
+    const char *tls_key_file;
+    const char *tls_server_name;
 } dhps_client_params;
 
 typedef struct dhps_client_result {

@@ -118,11 +118,17 @@ class Client:
     max_msg (bytes, default 4 MiB like the tools), hedge (bool), allow_nonfinite
     (bool, default False: an update with a NaN or inf value is refused whole, dhps.Error
     with code -errno.EDOM, and nothing is written).
+
+    TLS (docs/client.md "TLS"): tls="off" (default) | "cross_az" | "always", tls_ca (the
+    CA file the nodes' certificates are checked against; needed unless off), tls_cert /
+    tls_key (a client certificate for nodes that verify clients), tls_server_name (the
+    DNS name the nodes' certificates carry; default: each node's address).
     """
 
     def __init__(self, cluster=None, *, map=None, secret=None, host=None, pod=None, az=None,
                  timeout_ms=None, connect_timeout_ms=None, max_msg=4 << 20, hedge=None,
-                 etcd=None, name=None, allow_nonfinite=False):
+                 etcd=None, name=None, allow_nonfinite=False, tls="off", tls_ca=None,
+                 tls_cert=None, tls_key=None, tls_server_name=None):
         self._c = None
         if etcd is not None:
             if cluster is not None:
@@ -183,6 +189,14 @@ class Client:
         if hedge is not None:
             p.hedge = bool(hedge)
         p.allow_nonfinite = bool(allow_nonfinite)
+        policies = {"off": 0, "cross_az": 1, "always": 2}
+        if tls not in policies:
+            raise ValueError('tls must be "off", "cross_az" or "always"')
+        p.tls = policies[tls]
+        p.tls_ca_file = cstr(os.fspath(tls_ca)) if tls_ca is not None else ffi.NULL
+        p.tls_cert_file = cstr(os.fspath(tls_cert)) if tls_cert is not None else ffi.NULL
+        p.tls_key_file = cstr(os.fspath(tls_key)) if tls_key is not None else ffi.NULL
+        p.tls_server_name = cstr(tls_server_name)
         out = ffi.new("dhps_client **")
         rc = lib.dhps_client_create(p, out)
         self._keep = None

@@ -21,6 +21,7 @@ E_NOTREADY = -10015
 E_CONFLICT = -10016
 E_MOVED = -10017
 E_MISMATCH = -10018
+E_TLS = -10019
 
 
 class Error(Exception):

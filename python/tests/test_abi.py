@@ -19,7 +19,8 @@ STRUCTS = {
                            "router_ops", "router_self", "max_node_id", "max_msg",
                            "connect_timeout_ms", "redial_backoff_ms", "default_timeout_us",
                            "reload_interval_ms", "max_attempts", "hedge",
-                           "attempt_timeout_us", "etcd", "cluster", "allow_nonfinite"],
+                           "attempt_timeout_us", "etcd", "cluster", "allow_nonfinite", "tls",
+                           "tls_ca_file", "tls_cert_file", "tls_key_file", "tls_server_name"],
     "dhps_client_result": ["found", "missing", "unanswered", "messages", "retries", "hedges",
                            "version"],
 }

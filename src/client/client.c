@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "dhps/log.h"
 #include "dhps/route.h"
 #include "secret.h"
 
@@ -32,6 +33,46 @@ void dhps_client_params_init(dhps_client_params *p)
 }
 
 const char *dhps_client_router_name(const dhps_client *c) { return c->rops->name; }
+
+static void free_tls(dhps_client *c)
+{
+    free(c->tls_ca);
+    free(c->tls_cert);
+    free(c->tls_key);
+    free(c->tls_name);
+}
+
+/* Copy and check the TLS params (the files are read now, so a bad one fails create
+ * rather than every thread's first call). 0, DHPS_E_CONFIG (logged), -ENOMEM. */
+static int tls_params(dhps_client *c, const dhps_client_params *p)
+{
+    c->p.tls_ca_file = c->p.tls_cert_file = c->p.tls_key_file = c->p.tls_server_name = NULL;
+    if (p->tls == DHPS_RPC_TLS_OFF)
+        return 0; /* the files are not used */
+    if (!p->tls_ca_file) {
+        DHPS_LOG(DHPS_LOG_ERROR, "client", "tls %s needs tls_ca_file (the CA the nodes' "
+                 "certificates are checked against)", dhps_rpc_tls_policy_name(p->tls));
+        return DHPS_E_CONFIG;
+    }
+    char err[600];
+    int rc = dhps_rpc_tls_check(p->tls_cert_file, p->tls_key_file, p->tls_ca_file, err,
+                                sizeof err);
+    if (rc) {
+        DHPS_LOG(DHPS_LOG_ERROR, "client", "%s", err);
+        return rc;
+    }
+    const char *src[4] = {p->tls_ca_file, p->tls_cert_file, p->tls_key_file,
+                          p->tls_server_name};
+    char **dst[4] = {&c->tls_ca, &c->tls_cert, &c->tls_key, &c->tls_name};
+    for (int i = 0; i < 4; i++)
+        if (src[i] && !(*dst[i] = strdup(src[i])))
+            return -ENOMEM;
+    c->p.tls_ca_file = c->tls_ca;
+    c->p.tls_cert_file = c->tls_cert;
+    c->p.tls_key_file = c->tls_key;
+    c->p.tls_server_name = c->tls_name;
+    return 0;
+}
 
 int dhps_client_fault_set(dhps_client *c, uint32_t node_id, const dhps_rpc_fault *f)
 {
@@ -76,7 +117,8 @@ int dhps_client_create(const dhps_client_params *p, dhps_client **out)
 {
     if (!p || !out || (!p->map_path && !p->etcd) || (p->etcd && !p->cluster) ||
         (p->secret_len && !p->secret) ||
-        p->secret_len > DHPS_RPC_MAX_SECRET) {
+        p->secret_len > DHPS_RPC_MAX_SECRET || p->tls < DHPS_RPC_TLS_OFF ||
+        p->tls > DHPS_RPC_TLS_ALWAYS) {
         if (p && p->router == DHPS_CLIENT_ROUTER_CUSTOM && p->router_ops &&
             p->router_ops->destroy)
             p->router_ops->destroy(p->router_self);
@@ -123,6 +165,8 @@ int dhps_client_create(const dhps_client_params *p, dhps_client **out)
         memcpy(c->secret, p->secret, p->secret_len);
     c->p.map_path = c->map_path;
     c->p.secret = c->secret;
+    if ((rc = tls_params(c, p)))
+        goto fail;
     if (pthread_key_create(&c->key, client_tstate_exit) != 0)
         goto fail;
     key_made = true;
@@ -200,6 +244,7 @@ fail:
         free(c->map_path);
         free(c->secret);
         free(c->nodes);
+        free_tls(c);
         free(c);
     } else if (p->router == DHPS_CLIENT_ROUTER_CUSTOM && p->router_ops &&
                p->router_ops->destroy) {
@@ -244,6 +289,7 @@ void dhps_client_destroy(dhps_client *c)
     free(c->cluster);
     free(c->secret);
     free(c->nodes);
+    free_tls(c);
     free(c);
 }
 

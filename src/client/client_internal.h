@@ -47,6 +47,7 @@ struct chan {
     char addr[DHPS_CLUSTER_ADDR_MAX + 1];
     uint64_t retry_at_ns; /* after a failed dial: not before this */
     uint32_t allow;       /* transports the channel was opened with (path_allow) */
+    bool tls;             /* opened with TLS (client_node_tls) */
     bool broken;
     bool ended;           /* its open's end was counted (connects / connect_failures) */
 };
@@ -92,7 +93,18 @@ struct dhps_client {
     struct node_ctr *nodes; /* max_node_id + 1 */
     struct client_etcd *etcd; /* NULL: the map comes from the file only (etcd.c) */
     char *etcd_url, *cluster;
+    char *tls_ca, *tls_cert, *tls_key, *tls_name; /* params.tls_* (copied) */
 };
+
+/* Is node nd dialled with TLS under the client's policy (dhps_rpc_tls_wanted)? */
+static inline bool client_node_tls(const dhps_client *c, const dhps_cluster_node *nd)
+{
+    return dhps_rpc_tls_wanted(c->p.tls, c->az, nd->az);
+}
+
+/* The rpc client params of a calling thread's (or a call's own) rpc client: secret,
+ * max_msg, connect timeout and TLS files from the client's params (thread.c). */
+void client_rpc_params(const dhps_client *c, dhps_rpc_client_params *rp);
 
 #define CTR_ADD(x, v) atomic_fetch_add_explicit(&(x), (v), memory_order_relaxed)
 

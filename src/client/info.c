@@ -58,9 +58,7 @@ int dhps_client_table_info(dhps_client *c, const char *table, uint32_t *dim, int
     size_t cap = 1u << 20;
     uint8_t *resp = malloc(cap);
     dhps_rpc_client_params cp;
-    dhps_rpc_client_params_init(&cp);
-    cp.secret = c->secret;
-    cp.secret_len = c->p.secret_len;
+    client_rpc_params(c, &cp);
     cp.max_msg = (uint32_t)cap;
     uint64_t tms = timeout_us / 1000;
     cp.connect_timeout_ms = tms ? (uint32_t)(tms < 60000 ? tms : 60000) : 1;
@@ -79,6 +77,7 @@ int dhps_client_table_info(dhps_client *c, const char *table, uint32_t *dim, int
         chp.host = nd->ip;
         chp.port = nd->port;
         chp.allow = DHPS_RPC_MASK(DHPS_RPC_TCP);
+        chp.tls = client_node_tls(c, nd);
         dhps_rpc_channel *ch = NULL;
         dhps_proto_hdr h = {.version = DHPS_PROTO_VERSION};
         snprintf(h.table, sizeof h.table, "%s", table);

@@ -42,6 +42,19 @@ void client_tstate_exit(void *arg)
         client_tstate_free(ts);
 }
 
+void client_rpc_params(const dhps_client *c, dhps_rpc_client_params *rp)
+{
+    dhps_rpc_client_params_init(rp);
+    rp->secret = c->secret;
+    rp->secret_len = c->p.secret_len;
+    rp->max_msg = c->p.max_msg;
+    rp->connect_timeout_ms = c->p.connect_timeout_ms;
+    rp->tls_ca_file = c->p.tls_ca_file; /* NULL when tls is off */
+    rp->tls_cert_file = c->p.tls_cert_file;
+    rp->tls_key_file = c->p.tls_key_file;
+    rp->tls_server_name = c->p.tls_server_name;
+}
+
 struct tstate *client_tstate_get(dhps_client *c)
 {
     struct tstate *ts = pthread_getspecific(c->key);
@@ -52,11 +65,7 @@ struct tstate *client_tstate_get(dhps_client *c)
         return NULL;
     ts->c = c;
     dhps_rpc_client_params rp;
-    dhps_rpc_client_params_init(&rp);
-    rp.secret = c->secret;
-    rp.secret_len = c->p.secret_len;
-    rp.max_msg = c->p.max_msg;
-    rp.connect_timeout_ms = c->p.connect_timeout_ms;
+    client_rpc_params(c, &rp);
     uint8_t host_id[DHPS_RPC_HOST_ID_LEN];
     dhps_rpc_host_id(c->host, host_id); /* shm only with servers of our host label */
     rp.host_id = host_id;
@@ -133,9 +142,10 @@ int client_channel_get(struct tstate *ts, const dhps_cluster_map *m, uint32_t id
     }
     struct chan *e = &ts->chans[id];
     uint32_t allow = path_allow(c, nd);
+    bool tls = client_node_tls(c, nd); /* labels may change with the map */
     if (e->ch)
         (void)client_chan_state(c, e, id);
-    if (e->ch && (e->broken || strcmp(e->addr, nd->addr) || e->allow != allow)) {
+    if (e->ch && (e->broken || strcmp(e->addr, nd->addr) || e->allow != allow || e->tls != tls)) {
         dhps_rpc_channel_close(e->ch); /* in-flight calls complete (cancelled) */
         e->ch = NULL;
         e->broken = false;
@@ -152,6 +162,7 @@ int client_channel_get(struct tstate *ts, const dhps_cluster_map *m, uint32_t id
     cp.host = nd->ip;
     cp.port = nd->port;
     cp.allow = allow;
+    cp.tls = tls;
     if (deadline_ns) {
         uint64_t left_us = deadline_ns > now ? (deadline_ns - now) / 1000 : 0;
         cp.tcp_connect_timeout_us =
@@ -159,6 +170,7 @@ int client_channel_get(struct tstate *ts, const dhps_cluster_map *m, uint32_t id
     }
     strcpy(e->addr, nd->addr);
     e->allow = allow;
+    e->tls = tls;
     e->ended = false;
     int rc = dhps_rpc_channel_open_async(ts->rpc, &cp, &e->ch);
     if (rc < 0) {

@@ -21,6 +21,7 @@ static const char *const dhps_errstr[] = {
     [-(DHPS_E_CONFLICT - DHPS_E_BASE)] = "conflict: a concurrent change won the compare-and-swap",
     [-(DHPS_E_MOVED - DHPS_E_BASE)] = "moved: the shard's replicas changed since the client's map; reload it and retry",
     [-(DHPS_E_MISMATCH - DHPS_E_BASE)] = "mismatch: the file belongs to another table, shard, node or cluster",
+    [-(DHPS_E_TLS - DHPS_E_BASE)] = "TLS failed: certificate not trusted or of another peer, our certificate refused, or TLS required",
 };
 
 const char *dhps_strerror(int err)

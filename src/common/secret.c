@@ -168,6 +168,36 @@ int dhps_secret_derive(const dhps_secret_kdf *kdf, uint8_t *key)
     return 0;
 }
 
+int dhps_private_file_check_fd(int fd, const char *path, const char *what, const char *why,
+                               char *err, size_t errlen)
+{
+    struct stat sb;
+    if (fstat(fd, &sb) != 0) {
+        snprintf(err, errlen, "%s %s: %s", what, path, strerror(errno));
+        return DHPS_E_CONFIG;
+    }
+    if (sb.st_mode & (S_IRGRP | S_IWGRP | S_IROTH | S_IWOTH)) {
+        snprintf(err, errlen, "%s %s: mode %04o lets %s read or change it; %s: chmod 600 %s",
+                 what, path, (unsigned)(sb.st_mode & 07777),
+                 sb.st_mode & (S_IROTH | S_IWOTH) ? "any user" : "its group", why, path);
+        return DHPS_E_CONFIG;
+    }
+    return 0;
+}
+
+int dhps_private_file_check(const char *path, const char *what, const char *why, char *err,
+                            size_t errlen)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        snprintf(err, errlen, "%s %s: %s", what, path, strerror(errno));
+        return DHPS_E_CONFIG;
+    }
+    int rc = dhps_private_file_check_fd(fd, path, what, why, err, errlen);
+    close(fd);
+    return rc;
+}
+
 int dhps_secret_load(const char *path, uint8_t *buf, size_t cap, size_t *len, char *err,
                      size_t errlen)
 {
@@ -177,17 +207,9 @@ int dhps_secret_load(const char *path, uint8_t *buf, size_t cap, size_t *len, ch
         snprintf(err, errlen, "secret file %s: %s", path, strerror(errno));
         return DHPS_E_CONFIG;
     }
-    struct stat sb;
-    if (fstat(fd, &sb) != 0) {
-        snprintf(err, errlen, "secret file %s: %s", path, strerror(errno));
-        close(fd);
-        return DHPS_E_CONFIG;
-    }
-    if (sb.st_mode & (S_IRGRP | S_IWGRP | S_IROTH | S_IWOTH)) {
-        snprintf(err, errlen, "secret file %s: mode %04o lets %s read or change it; the "
-                 "cluster secret authenticates every peer: chmod 600 %s", path,
-                 (unsigned)(sb.st_mode & 07777),
-                 sb.st_mode & (S_IROTH | S_IWOTH) ? "any user" : "its group", path);
+    if (dhps_private_file_check_fd(fd, path, "secret file",
+                                   "the cluster secret authenticates every peer", err,
+                                   errlen)) {
         close(fd);
         return DHPS_E_CONFIG;
     }

@@ -119,4 +119,16 @@ int dhps_secret_passphrase_write(const char *path, const uint8_t *pass, size_t p
                                  uint32_t n, uint32_t r, uint32_t p, bool replace, char *err,
                                  size_t errlen);
 
+/* A file holding a private secret (the cluster secret, a TLS private key) must be one
+ * that neither its group nor others may read or change. fd: the file opened
+ * (so the bytes read next are the ones checked); path and what ("secret file", "tls key
+ * file") name it in the message, why says what the file protects. 0, or DHPS_E_CONFIG
+ * with one line in err: fstat failed (strerror), or the mode (naming `chmod 600 PATH`).
+ * Thread-safe. */
+int dhps_private_file_check_fd(int fd, const char *path, const char *what, const char *why,
+                               char *err, size_t errlen);
+/* The same for a path (opened read-only, checked, closed); cannot open: strerror. */
+int dhps_private_file_check(const char *path, const char *what, const char *why, char *err,
+                            size_t errlen);
+
 #endif

@@ -1,9 +1,8 @@
 /* rpc client: one event loop per dhps_rpc_client, owned by one thread at a time. Opening
- * a channel is in client_open.c; shared state in client_int.h. */
+ * a channel is in client_open.c, the channel handles (the public channel and call
+ * functions) in client_chan.c; shared state in client_int.h. */
 #include "client_int.h"
 
-static void s_close(session *ch);
-static void cancel_deferred(dhps_rpc_client *cl, const void *owner);
 char cl_verbs_wake_tag;
 
 /* Watch a verbs endpoint's completion channel from the client's epoll set. */
@@ -41,13 +40,30 @@ int dhps_rpc_client_create(const dhps_rpc_client_params *p, dhps_rpc_client **ou
         p->max_inflight > (1u << 20) || p->secret_len > DHPS_RPC_MAX_SECRET ||
         (p->secret_len && !p->secret) || p->hello_version < 1 ||
         (p->shm_ring_bytes && (p->shm_ring_bytes & (p->shm_ring_bytes - 1))) ||
-        p->verbs_slots < 1 || p->verbs_slots > 1024)
+        p->verbs_slots < 1 || p->verbs_slots > 1024 ||
+        (!p->tls_ca_file && (p->tls_cert_file || p->tls_key_file)))
         return -EINVAL;
     dhps_rpc_client *c = calloc(1, sizeof *c);
     if (!c)
         return -ENOMEM;
     c->p = *p;
     c->p.secret = NULL;
+    c->p.tls_ca_file = c->p.tls_cert_file = c->p.tls_key_file = c->p.tls_server_name = NULL;
+    if (p->tls_ca_file) {
+        char err[600];
+        int rc = rpc_tls_ctx_client(p->tls_ca_file, p->tls_cert_file, p->tls_key_file,
+                                    &c->tls_ctx, err, sizeof err);
+        if (!rc && p->tls_server_name && *p->tls_server_name &&
+            !(c->tls_name = strdup(p->tls_server_name)))
+            rc = -ENOMEM;
+        if (rc) {
+            if (rc == DHPS_E_CONFIG)
+                DHPS_LOG(DHPS_LOG_ERROR, RPC_LOG, "client: %s", err);
+            SSL_CTX_free(c->tls_ctx);
+            free(c);
+            return rc;
+        }
+    }
     if (p->secret_len)
         memcpy(c->secret, p->secret, p->secret_len);
     rpc_host_id(p->host_id, c->host_id);
@@ -59,12 +75,16 @@ int dhps_rpc_client_create(const dhps_rpc_client_params *p, dhps_rpc_client **ou
         c->p.shm_ring_bytes = (uint32_t)r;
     }
     if ((uint64_t)c->p.shm_ring_bytes < 4ull * p->max_msg + 4096) {
+        SSL_CTX_free(c->tls_ctx);
+        free(c->tls_name);
         free(c);
         return -EINVAL;
     }
     c->ep = epoll_create1(EPOLL_CLOEXEC);
     if (c->ep < 0) {
         int e = -errno;
+        SSL_CTX_free(c->tls_ctx);
+        free(c->tls_name);
         free(c);
         return e;
     }
@@ -86,23 +106,14 @@ void dhps_rpc_client_destroy(dhps_rpc_client *c)
     }
     rpc_dev_close(c->dev);
     close(c->ep);
+    SSL_CTX_free(c->tls_ctx);
+    free(c->tls_name);
     free(c);
-}
-
-static int s_transport(const session *ch) { return ch->c.transport; }
-
-static void s_get_stats(const session *ch, dhps_rpc_channel_stats *st)
-{
-    *st = ch->st;
-    st->channels = ch->refs;
-    st->doorbells = ch->c.doorbells;
-    st->flushes = ch->c.flushes;
 }
 
 /* ---- completion ------------------------------------------------------------------- */
 
-static void complete(session *ch, uint32_t idx, int status, const void *resp,
-                     size_t len)
+void complete(session *ch, uint32_t idx, int status, const void *resp, size_t len)
 {
     slot *s = &ch->slots[idx];
     dhps_rpc_done_fn done = s->done;
@@ -144,6 +155,8 @@ static int channel_break(session *ch, int why)
     epoll_ctl(ch->cl->ep, EPOLL_CTL_DEL, ch->c.fd, NULL);
     if (ch->c.shm_base)
         ch->cl->nshm--;
+    rpc_tls_free(ch->c.tls); /* before its socket closes */
+    ch->c.tls = NULL;
     int fd = ch->c.fd;
     ch->c.fd = -1;
     close(fd);
@@ -215,7 +228,7 @@ static int on_response(void *arg, conn *c, int via, const rpc_frame *f, const ui
     return 0;
 }
 
-static void s_close(session *ch)
+void s_close(session *ch)
 {
     if (!ch)
         return;
@@ -246,7 +259,7 @@ static void s_close(session *ch)
 
 /* ---- calls ------------------------------------------------------------------------ */
 
-static int s_call_start(session *ch, uint16_t method, size_t max_len, void **buf)
+int s_call_start(session *ch, uint16_t method, size_t max_len, void **buf)
 {
     if (ch->lent)
         return -EINVAL;
@@ -296,7 +309,7 @@ static int s_call_start(session *ch, uint16_t method, size_t max_len, void **buf
     return 0;
 }
 
-static void s_call_abort(session *ch)
+void s_call_abort(session *ch)
 {
     ch->lent = false;
     free(ch->stage);
@@ -392,7 +405,7 @@ static void device_gone(dhps_rpc_client *cl)
     cl->dev = NULL;
 }
 
-static int s_inject(session *ch, int fault)
+int s_inject(session *ch, int fault)
 {
     if (fault != DHPS_RPC_FAULT_QP_ERROR)
         return -EINVAL;
@@ -441,8 +454,8 @@ static void deferred_fail(session *s, deferred *q, int status)
 }
 
 /* dhps_rpc_call_send with the fault rules applied (one relaxed load when none is set). */
-static int s_send(session *ch, const void *owner, size_t len, uint64_t timeout_us,
-                  dhps_rpc_done_fn done, void *arg)
+int s_send(session *ch, const void *owner, size_t len, uint64_t timeout_us,
+           dhps_rpc_done_fn done, void *arg)
 {
     if (ch->stage) { /* started while opening: wait for the hello (or its failure) */
         if (!ch->lent || len > ch->lent_max || !done)
@@ -554,7 +567,7 @@ static int run_deferred(dhps_rpc_client *cl, uint64_t now)
 }
 
 /* Cancel held-back calls of one channel handle (owner NULL: all). */
-static void cancel_deferred(dhps_rpc_client *cl, const void *owner)
+void cancel_deferred(dhps_rpc_client *cl, const void *owner)
 {
     deferred **pp = &cl->dq;
     while (*pp) {
@@ -590,6 +603,18 @@ static int expire(session *ch, uint64_t now)
     return n;
 }
 
+/* Arm EPOLLOUT on a ready session while its output waits for room in the socket (or its
+ * TLS session waits to write), so the loop wakes to send the rest. */
+static void s_arm(session *ch)
+{
+    bool out = ch->c.tcp_dirty || (ch->c.tls && ch->c.tls->want_write);
+    if (out == ch->out_armed)
+        return;
+    ch->out_armed = out;
+    struct epoll_event ev = {.events = EPOLLIN | (out ? EPOLLOUT : 0u), .data.ptr = ch};
+    epoll_ctl(ch->cl->ep, EPOLL_CTL_MOD, ch->c.fd, &ev);
+}
+
 static int flush_all(dhps_rpc_client *cl)
 {
     int ran = 0;
@@ -605,6 +630,8 @@ static int flush_all(dhps_rpc_client *cl)
             r = rpc_tcp_ops.flush(&ch->c);
         if (r)
             ran += channel_break(ch, r);
+        else
+            s_arm(ch);
     }
     return ran;
 }
@@ -781,196 +808,4 @@ int dhps_rpc_client_poll_ns(dhps_rpc_client *cl, int64_t timeout_ns)
         if (dhps_mono_ns() >= end)
             return 0;
     }
-}
-
-typedef struct sync_call {
-    bool done;
-    int status;
-    void *resp;
-    size_t cap, len;
-} sync_call;
-
-static void sync_done(void *arg, int status, const void *resp, size_t len)
-{
-    sync_call *s = arg;
-    s->done = true;
-    s->status = status;
-    s->len = len;
-    if (status == 0) {
-        if (len > s->cap) {
-            s->status = DHPS_E_TOOBIG;
-            len = s->cap;
-        }
-        if (len)
-            memcpy(s->resp, resp, len);
-    }
-}
-
-static int s_call(session *ch, const void *owner, uint16_t method, const void *req,
-                  size_t req_len, void *resp, size_t resp_cap, size_t *resp_len,
-                  uint64_t timeout_us)
-{
-    void *buf;
-    int rc;
-    uint64_t end = timeout_us ? dhps_mono_ns() + timeout_us * 1000ull : UINT64_MAX;
-    while ((rc = s_call_start(ch, method, req_len, &buf)) == DHPS_E_BUSY) {
-        if (dhps_mono_ns() >= end)
-            return DHPS_E_TIMEOUT;
-        dhps_rpc_client_poll(ch->cl, 1);
-    }
-    if (rc)
-        return rc;
-    if (req_len)
-        memcpy(buf, req, req_len);
-    sync_call s = {.resp = resp, .cap = resp_cap};
-    uint64_t now = dhps_mono_ns();
-    uint64_t left = end == UINT64_MAX ? 0 : (end > now ? (end - now) / 1000 : 1);
-    if (left == 0 && end != UINT64_MAX)
-        left = 1;
-    rc = s_send(ch, owner, req_len, left, sync_done, &s);
-    if (rc)
-        return rc;
-    while (!s.done) {
-        /* s lives on this stack: never return before its callback ran (the call
-         * carries a deadline when timeout_us > 0, so this ends) */
-        (void)dhps_rpc_client_poll(ch->cl, -1);
-    }
-    if (resp_len)
-        *resp_len = s.len;
-    return s.status;
-}
-
-
-/* ---- channel handles: sessions shared by channels with the same peer and policy ---- */
-
-static bool shareable(const session *s, const dhps_rpc_channel_params *p)
-{
-    return !s->broken && !s->exclusive && !p->exclusive && s->port == p->port &&
-           s->allow == p->allow && s->require == p->require && s->mixed == p->mixed &&
-           strcmp(s->host, p->host) == 0;
-}
-
-/* A handle on a session to the peer: a shared one (ready or opening), else a new one
- * whose open has started. */
-static int open_handle(dhps_rpc_client *cl, const dhps_rpc_channel_params *p,
-                       dhps_rpc_channel **out)
-{
-    *out = NULL;
-    if (!p || !p->host)
-        return DHPS_E_CONFIG;
-    dhps_rpc_channel *h = calloc(1, sizeof *h);
-    if (!h)
-        return -ENOMEM;
-    session *s = cl->chans;
-    while (s && !shareable(s, p))
-        s = s->next;
-    if (s) {
-        s->refs++;
-    } else {
-        int rc = s_begin(cl, p, &s);
-        if (rc) {
-            free(h);
-            return rc;
-        }
-        (void)hs_drive(s); /* a loopback connect may be done already */
-    }
-    h->s = s;
-    h->next = cl->handles;
-    if (cl->handles)
-        cl->handles->prev = h;
-    cl->handles = h;
-    *out = h;
-    return 0;
-}
-
-int dhps_rpc_channel_open(dhps_rpc_client *cl, const dhps_rpc_channel_params *p,
-                          dhps_rpc_channel **out)
-{
-    int rc = open_handle(cl, p, out);
-    if (rc)
-        return rc;
-    session *s = (*out)->s;
-    if (s->hs)
-        rc = hs_block(s);
-    else if (s->broken) /* refused at once */
-        rc = s->broken;
-    if (rc) {
-        dhps_rpc_channel_close(*out);
-        *out = NULL;
-    }
-    return rc;
-}
-
-int dhps_rpc_channel_open_async(dhps_rpc_client *cl, const dhps_rpc_channel_params *p,
-                                dhps_rpc_channel **out)
-{
-    return open_handle(cl, p, out);
-}
-
-int dhps_rpc_channel_status(const dhps_rpc_channel *h)
-{
-    return h->s->hs ? -EINPROGRESS : h->s->broken;
-}
-
-uint64_t dhps_rpc_channel_ready_ns(const dhps_rpc_channel *h) { return h->s->ready_ns; }
-
-void dhps_rpc_channel_close(dhps_rpc_channel *h)
-{
-    if (!h)
-        return;
-    session *s = h->s;
-    dhps_rpc_client *cl = s->cl;
-    if (s->lent && s->lent_owner == h)
-        s_call_abort(s);
-    for (uint32_t i = 0; i <= s->mask && s->inflight; i++) /* this channel's calls only */
-        if (s->slots[i].id && s->slots[i].owner == h)
-            complete(s, i, DHPS_E_CANCELLED, NULL, 0);
-    if (cl->dq)
-        cancel_deferred(cl, h);
-    if (h->prev)
-        h->prev->next = h->next;
-    else
-        cl->handles = h->next;
-    if (h->next)
-        h->next->prev = h->prev;
-    free(h);
-    if (--s->refs == 0)
-        s_close(s);
-}
-
-int dhps_rpc_channel_transport(const dhps_rpc_channel *h) { return s_transport(h->s); }
-
-void dhps_rpc_channel_get_stats(const dhps_rpc_channel *h, dhps_rpc_channel_stats *st)
-{
-    s_get_stats(h->s, st);
-}
-
-int dhps_rpc_channel_inject(dhps_rpc_channel *h, int fault) { return s_inject(h->s, fault); }
-
-int dhps_rpc_call_start(dhps_rpc_channel *h, uint16_t method, size_t max_len, void **buf)
-{
-    int rc = s_call_start(h->s, method, max_len, buf);
-    if (rc == 0)
-        h->s->lent_owner = h;
-    return rc;
-}
-
-void dhps_rpc_call_abort(dhps_rpc_channel *h)
-{
-    if (h->s->lent && h->s->lent_owner == h)
-        s_call_abort(h->s);
-}
-
-int dhps_rpc_call_send(dhps_rpc_channel *h, size_t len, uint64_t timeout_us,
-                       dhps_rpc_done_fn done, void *arg)
-{
-    if (h->s->lent && h->s->lent_owner != h)
-        return -EINVAL;
-    return s_send(h->s, h, len, timeout_us, done, arg);
-}
-
-int dhps_rpc_call(dhps_rpc_channel *h, uint16_t method, const void *req, size_t req_len,
-                  void *resp, size_t resp_cap, size_t *resp_len, uint64_t timeout_us)
-{
-    return s_call(h->s, h, method, req, req_len, resp, resp_cap, resp_len, timeout_us);
 }

@@ -2,9 +2,11 @@
  * call across files.
  *
  *   client.c       the event loop: client lifecycle, calls, completion, verbs fallback and
- *                  re-promotion, fault rules, channel handles
- *   client_open.c  opening a channel: connect, the authenticated hello and the transport
- *                  negotiation, as a state machine that never blocks the loop
+ *                  re-promotion, fault rules
+ *   client_chan.c  channel handles onto shared sessions; the public channel and call
+ *                  functions, the blocking call
+ *   client_open.c  opening a channel: connect, [TLS,] the authenticated hello and the
+ *                  transport negotiation, as a state machine that never blocks the loop
  */
 #ifndef DHPS_RPC_CLIENT_INT_H
 #define DHPS_RPC_CLIENT_INT_H
@@ -55,6 +57,8 @@ struct session {
     uint32_t allow;
     int require;
     bool exclusive;
+    bool tls;             /* the connection runs TLS (the channel asked for it) */
+    bool out_armed;       /* EPOLLOUT armed: output waits for room in the socket */
     const void *lent_owner;
     int broken;           /* 0, or the error calls now get */
     slot *slots;
@@ -119,6 +123,8 @@ struct dhps_rpc_client {
     struct dhps_rpc_channel *handles; /* channel handles, freed by destroy */
     uint32_t nshm, nverbs;
     rpc_dev *dev; /* opened on first use; closed on a fatal device event */
+    SSL_CTX *tls_ctx;         /* tls_ca_file given, else NULL */
+    char *tls_name;           /* tls_server_name (copied), or NULL */
     uint32_t nopening;        /* sessions whose hello is in progress */
     uint64_t dev_checked;
 };
@@ -128,10 +134,11 @@ struct dhps_rpc_client {
 /*
  * An open in progress. The hello is a state machine driven by the client's poll turns
  * (dhps_rpc_channel_open_async) or by a private poll loop (dhps_rpc_channel_open):
- * connect -> CLIENT_HELLO -> SERVER_HELLO -> CLIENT_PROOF -> ACCEPT. Hello messages
- * are read exactly (header, then body), so nothing that follows the ACCEPT is consumed.
+ * connect -> [TLS handshake] -> CLIENT_HELLO -> SERVER_HELLO -> CLIENT_PROOF -> ACCEPT.
+ * Hello messages are read exactly (header, then body), so nothing that follows the
+ * ACCEPT is consumed.
  */
-enum { HS_CONNECT = 1, HS_SERVER_HELLO, HS_ACCEPT };
+enum { HS_CONNECT = 1, HS_TLS, HS_SERVER_HELLO, HS_ACCEPT };
 
 struct hs {
     int state;
@@ -142,6 +149,8 @@ struct hs {
     uint64_t deadline;        /* connect + hello */
     uint64_t connect_deadline;/* the TCP connect alone */
     vep *v;                   /* verbs endpoint offered, until the ACCEPT */
+    rpc_tls *tls;             /* TLS session, until conn_init takes it over (c->c.tls) */
+    uint8_t bind[RPC_BIND];   /* its keying material, bound into both proofs */
     rpc_hello ch, sh, pr;
     rpc_hio io;
 };
@@ -154,6 +163,18 @@ extern char cl_verbs_wake_tag;
 void cl_watch_vep(dhps_rpc_client *cl, vep *v);
 /* Schedule the next verbs re-promotion attempt of a session that negotiated verbs. */
 void cl_schedule_promote(session *ch);
+/* Complete call slot idx with status (callback runs now). */
+void complete(session *ch, uint32_t idx, int status, const void *resp, size_t len);
+/* Close a session (its calls cancelled) and free it. NULL allowed. */
+void s_close(session *ch);
+/* Cancel the calls held back by fault rules of one channel handle (owner NULL: all). */
+void cancel_deferred(dhps_rpc_client *cl, const void *owner);
+/* dhps_rpc_call_start / _abort / _send / _inject on a session (owner: the handle). */
+int s_call_start(session *ch, uint16_t method, size_t max_len, void **buf);
+void s_call_abort(session *ch);
+int s_send(session *ch, const void *owner, size_t len, uint64_t timeout_us,
+           dhps_rpc_done_fn done, void *arg);
+int s_inject(session *ch, int fault);
 
 /* client_open.c */
 /* Start opening a session for p (connect issued, hello queued). 0 and *out, or an error. */

@@ -3,6 +3,9 @@
 #include "client_int.h"
 
 static int hs_fd(const session *c) { return c->hs->fd >= 0 ? c->hs->fd : c->c.fd; }
+/* The open's TLS session (NULL: plain), wherever it lives now. */
+static rpc_tls *hs_tls(const session *c) { return c->hs->tls ? c->hs->tls : c->c.tls; }
+static const uint8_t *hs_bind(const session *c) { return c->tls ? c->hs->bind : NULL; }
 
 uint64_t hs_deadline(const session *c)
 {
@@ -39,8 +42,13 @@ static int hs_server_hello(session *c)
     dhps_rpc_client *cl = c->cl;
     struct hs *h = c->hs;
     rpc_hello *ch = &h->ch, *sh = &h->sh, *pr = &h->pr;
-    if (sh->kind == RPC_H_REJECT)
-        return sh->status == DHPS_E_AUTH ? DHPS_E_AUTH : DHPS_E_VERSION;
+    if (sh->kind == RPC_H_REJECT) {
+        if (sh->status == DHPS_E_TLS)
+            DHPS_LOG(DHPS_LOG_WARN, RPC_LOG, "hello: %s:%u requires TLS (open the channel "
+                     "with tls)", c->host, c->port);
+        return sh->status == DHPS_E_AUTH || sh->status == DHPS_E_TLS ? sh->status
+                                                                    : DHPS_E_VERSION;
+    }
     if (sh->kind != RPC_H_SERVER_HELLO || sh->version > ch->version)
         return DHPS_E_MALFORMED;
     if (sh->version < RPC_HELLO_MIN_VERSION)
@@ -82,14 +90,15 @@ static int hs_server_hello(session *c)
     }
     if (c->require >= 0 && (int)pr->want != c->require)
         return DHPS_E_CONFIG;
-    int rc = conn_init(&c->c, h->fd, max_msg, false);
-    h->fd = -1; /* owned by c->c now (closed by it on failure) */
+    int rc = conn_init(&c->c, h->fd, h->tls, max_msg, false);
+    h->fd = -1; /* owned by c->c now (closed by it on failure), and the session */
+    h->tls = NULL;
     if (rc)
         return rc;
     if (pr->want == DHPS_RPC_SHM &&
         (rc = shm_attach(&c->c, h->shmfd, pr->shm_bytes, pr->shm_cookie, true)))
         return rc;
-    rpc_proof(cl->secret, cl->p.secret_len, 'c', ch, sh, pr, pr->proof);
+    rpc_proof_tls(cl->secret, cl->p.secret_len, 'c', ch, sh, pr, hs_bind(c), pr->proof);
     h->state = HS_ACCEPT;
     return rpc_hio_put(&h->io, pr);
 }
@@ -105,7 +114,7 @@ static int hs_accept(session *c, rpc_hello *ac)
         (ac->transport != DHPS_RPC_TCP && ac->transport != h->pr.want))
         return DHPS_E_MALFORMED;
     uint8_t want[RPC_MAC];
-    rpc_proof(cl->secret, cl->p.secret_len, 'a', &h->ch, &h->sh, ac, want);
+    rpc_proof_tls(cl->secret, cl->p.secret_len, 'a', &h->ch, &h->sh, ac, hs_bind(c), want);
     if (!rpc_mac_equal(want, ac->proof)) {
         DHPS_LOG(DHPS_LOG_WARN, RPC_LOG, "hello: server proof wrong (secret mismatch?)");
         return DHPS_E_AUTH;
@@ -142,6 +151,7 @@ static void hs_free(session *c)
         shm_unlink(h->pr.shm_name);
     if (h->shmfd >= 0)
         close(h->shmfd);
+    rpc_tls_free(h->tls); /* before its socket closes */
     if (h->fd >= 0)
         close(h->fd);
     vep_destroy(h->v);
@@ -162,6 +172,9 @@ static void release_waiting(session *c)
 /* The open failed (or the channel closes while opening). */
 void hs_fail(session *c, int why)
 {
+    rpc_tls *t = hs_tls(c);
+    if (why == DHPS_E_TLS && t && t->err[0]) /* certificates: say which and why */
+        DHPS_LOG(DHPS_LOG_WARN, RPC_LOG, "open %s:%u: tls: %s", c->host, c->port, t->err);
     epoll_ctl(c->cl->ep, EPOLL_CTL_DEL, hs_fd(c), NULL);
     hs_free(c);
     conn_fini(&c->c);
@@ -177,6 +190,7 @@ static void hs_done(session *c)
     dhps_rpc_client *cl = c->cl;
     struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
     epoll_ctl(cl->ep, EPOLL_CTL_MOD, c->c.fd, &ev);
+    c->out_armed = false;
     hs_free(c);
     if (c->c.shm_base)
         cl->nshm++;
@@ -206,22 +220,39 @@ int hs_drive(session *c)
             r = DHPS_E_UNREACHABLE;
             goto out;
         }
-        h->state = HS_SERVER_HELLO;
-        if ((r = rpc_hio_put(&h->io, &h->ch)))
+        if (c->tls) {
+            if ((r = rpc_tls_new(c->cl->tls_ctx, h->fd, false, c->cl->tls_name, c->host,
+                                 &h->tls)))
+                goto out;
+            h->state = HS_TLS;
+        } else {
+            h->state = HS_SERVER_HELLO;
+            if ((r = rpc_hio_put(&h->io, &h->ch)))
+                goto out;
+        }
+    }
+    if (h->state == HS_TLS) {
+        if ((r = rpc_tls_handshake(h->tls)) == 1 && !(r = rpc_tls_binding(h->tls, h->bind))) {
+            h->state = HS_SERVER_HELLO;
+            r = rpc_hio_put(&h->io, &h->ch);
+        }
+        if (r)
             goto out;
     }
     for (;;) {
-        if ((r = rpc_hio_flush(&h->io, hs_fd(c))) <= 0)
+        if (h->state == HS_TLS)
+            break;
+        if ((r = rpc_hio_flush(&h->io, hs_fd(c), hs_tls(c))) <= 0)
             break;
         if (h->state == HS_SERVER_HELLO) {
-            if ((r = rpc_hio_read(&h->io, hs_fd(c), &h->sh)) <= 0)
+            if ((r = rpc_hio_read(&h->io, hs_fd(c), hs_tls(c), &h->sh)) <= 0)
                 break;
             if ((r = hs_server_hello(c)))
                 break;
             continue; /* send the proof */
         }
         rpc_hello ac;
-        if ((r = rpc_hio_read(&h->io, hs_fd(c), &ac)) <= 0)
+        if ((r = rpc_hio_read(&h->io, hs_fd(c), hs_tls(c), &ac)) <= 0)
             break;
         r = hs_accept(c, &ac);
         break;
@@ -235,7 +266,9 @@ out:
         hs_done(c);
         return 1;
     }
-    bool want_out = h->state == HS_CONNECT || rpc_hio_pending_out(&h->io);
+    rpc_tls *t = hs_tls(c);
+    bool want_out = h->state == HS_CONNECT || rpc_hio_pending_out(&h->io) ||
+                    (t && t->want_write);
     if (want_out != h->want_out) {
         struct epoll_event ev = {.events = EPOLLIN | (want_out ? EPOLLOUT : 0u), .data.ptr = c};
         epoll_ctl(c->cl->ep, EPOLL_CTL_MOD, hs_fd(c), &ev);
@@ -282,6 +315,11 @@ int s_begin(dhps_rpc_client *cl, const dhps_rpc_channel_params *p, session **out
         return DHPS_E_CONFIG;
     if (p->require >= 0 && !(p->allow & DHPS_RPC_MASK(p->require)))
         return DHPS_E_CONFIG;
+    if (p->tls && !cl->tls_ctx) {
+        DHPS_LOG(DHPS_LOG_ERROR, RPC_LOG, "open %s:%u: tls asked for, but the client has no "
+                 "tls_ca_file to verify servers with", p->host, p->port);
+        return DHPS_E_CONFIG;
+    }
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(p->port)};
     if (inet_pton(AF_INET, p->host, &a.sin_addr) != 1)
         return DHPS_E_CONFIG;
@@ -312,6 +350,7 @@ int s_begin(dhps_rpc_client *cl, const dhps_rpc_channel_params *p, session **out
     c->port = p->port;
     c->allow = p->allow;
     c->require = p->require;
+    c->tls = p->tls;
     c->exclusive = p->exclusive || strlen(p->host) >= sizeof c->host;
     snprintf(c->host, sizeof c->host, "%s", p->host);
     uint64_t now = dhps_mono_ns();

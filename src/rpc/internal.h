@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "dhps/rpc.h"
+#include "tls.h"
 #include "util.h"
 #include "wire.h"
 
@@ -85,6 +86,7 @@ typedef struct conn {
     bool is_server;
     bool tcp_dirty, shm_dirty, verbs_dirty;
     struct vep *v;     /* verbs endpoint, or NULL */
+    rpc_tls *tls;      /* TLS session under the TCP byte stream, or NULL (plain) */
     bool eof;
     obuf out;
     ibuf in;
@@ -100,7 +102,9 @@ typedef struct conn {
     uint64_t doorbells, flushes;
 } conn;
 
-int conn_init(conn *c, int fd, uint32_t max_msg, bool is_server);
+/* Set up c over socket fd and TLS session tls (NULL: plain), both owned by c from now
+ * on, also when it fails (-ENOMEM: conn_fini ran). */
+int conn_init(conn *c, int fd, rpc_tls *tls, uint32_t max_msg, bool is_server);
 /* Give a grown input buffer back (down to in_base) once it holds no more than that and
  * has not grown for a second: the server's sweep calls it, so a stream of large frames
  * keeps its buffer and an idle connection does not hold the input budget. */
@@ -126,13 +130,15 @@ typedef struct rpc_hio {
 } rpc_hio;
 /* Queue hello m for sending (replaces what is queued). 0 or -EINVAL. */
 int rpc_hio_put(rpc_hio *h, const rpc_hello *m);
-/* Send what is queued: 1 all sent, 0 the socket is full (wait for POLLOUT), or
- * DHPS_E_UNREACHABLE. */
-int rpc_hio_flush(rpc_hio *h, int fd);
+/* Send what is queued on fd, through t when it is not NULL (TLS): 1 all sent, 0 the
+ * socket is full (wait for POLLOUT; with TLS, t->want_read: for POLLIN), or
+ * DHPS_E_UNREACHABLE (TLS: also DHPS_E_TLS, DHPS_E_MALFORMED). */
+int rpc_hio_flush(rpc_hio *h, int fd, rpc_tls *t);
 /* Read one hello message into m, exactly its bytes (what follows belongs to the
- * connection): 1 parsed, 0 more bytes needed (wait for POLLIN), DHPS_E_UNREACHABLE (peer
- * closed / error), or the parse's DHPS_E_MALFORMED / DHPS_E_VERSION. */
-int rpc_hio_read(rpc_hio *h, int fd, rpc_hello *m);
+ * connection): 1 parsed, 0 more bytes needed (wait for POLLIN; with TLS, t->want_write:
+ * for POLLOUT), DHPS_E_UNREACHABLE (peer closed / error), the parse's DHPS_E_MALFORMED /
+ * DHPS_E_VERSION, or (TLS) DHPS_E_TLS. */
+int rpc_hio_read(rpc_hio *h, int fd, rpc_tls *t, rpc_hello *m);
 static inline bool rpc_hio_pending_out(const rpc_hio *h) { return h->out_off < h->out_len; }
 
 /* ---- fault injection (fault.c) ---------------------------------------------------- */

@@ -40,7 +40,11 @@ int dhps_rpc_server_create(const dhps_rpc_server_params *p, dhps_rpc_server **ou
         p->acceptors < 1 || p->acceptors > MAX_ACCEPTORS || p->verbs_srq_slots < 1 ||
         p->verbs_srq_slots > 16384 ||
         p->max_msg > DHPS_RPC_MAX_MSG_LIMIT || p->secret_len > DHPS_RPC_MAX_SECRET ||
-        (p->secret_len && !p->secret) || !(p->allow & DHPS_RPC_MASK(DHPS_RPC_TCP))) {
+        (p->secret_len && !p->secret) || !(p->allow & DHPS_RPC_MASK(DHPS_RPC_TCP)) ||
+        !p->tls_cert_file != !p->tls_key_file || (p->tls_require && !p->tls_cert_file) ||
+        p->tls_verify_client < DHPS_RPC_TLS_VERIFY_NONE ||
+        p->tls_verify_client > DHPS_RPC_TLS_VERIFY_REQUIRED ||
+        (p->tls_verify_client && (!p->tls_cert_file || !p->tls_ca_file))) {
         DHPS_LOG(DHPS_LOG_ERROR, RPC_LOG, "server: invalid params");
         return -EINVAL;
     }
@@ -54,10 +58,21 @@ int dhps_rpc_server_create(const dhps_rpc_server_params *p, dhps_rpc_server **ou
     rpc_fault_table_init(&s->faults);
     s->p = *p;
     s->p.secret = NULL;
+    s->p.tls_cert_file = s->p.tls_key_file = s->p.tls_ca_file = NULL; /* read below only */
     if (p->secret_len)
         memcpy(s->secret, p->secret, p->secret_len);
     rpc_host_id(p->host_id, s->host_id);
     s->p.host_id = NULL;
+    if (p->tls_cert_file) {
+        char err[600];
+        rc = rpc_tls_ctx_server(p->tls_cert_file, p->tls_key_file, p->tls_ca_file,
+                                p->tls_verify_client, &s->tls_ctx, err, sizeof err);
+        if (rc) {
+            if (rc == DHPS_E_CONFIG)
+                DHPS_LOG(DHPS_LOG_ERROR, RPC_LOG, "server: %s", err);
+            goto fail;
+        }
+    }
     s->handlers = calloc(65536, sizeof *s->handlers);
     s->w = calloc(p->workers, sizeof *s->w);
     if (!s->handlers || !s->w || rpc_peers_create(&s->peers)) {
@@ -138,6 +153,9 @@ void dhps_rpc_server_get_stats(const dhps_rpc_server *s, dhps_rpc_server_stats *
     st->rejected_malformed = atomic_load_explicit(&s->rejected_hello, memory_order_relaxed);
     st->rejected_limit = atomic_load_explicit(&s->rejected_limit, memory_order_relaxed);
     st->input_bytes = atomic_load_explicit(&s->input_used, memory_order_relaxed);
+    st->accepted_tls = atomic_load_explicit(&s->accepted_tls, memory_order_relaxed);
+    st->tls_handshake_failures = atomic_load_explicit(&s->tls_failures, memory_order_relaxed);
+    st->rejected_plain = atomic_load_explicit(&s->rejected_plain, memory_order_relaxed);
     for (uint32_t i = 0; i < s->p.workers; i++) {
         const wstats *w = &s->w[i].st;
         for (int t = 0; t < DHPS_RPC_NTRANSPORTS; t++)
@@ -146,6 +164,7 @@ void dhps_rpc_server_get_stats(const dhps_rpc_server *s, dhps_rpc_server_stats *
         st->unknown_method += atomic_load_explicit(&w->unknown_method, memory_order_relaxed);
         st->rejected_malformed += atomic_load_explicit(&w->malformed, memory_order_relaxed);
         st->open_conns += atomic_load_explicit(&w->open, memory_order_relaxed);
+        st->open_tls += atomic_load_explicit(&w->open_tls, memory_order_relaxed);
         st->duplicates += atomic_load_explicit(&w->dup, memory_order_relaxed);
         st->verbs_failures += atomic_load_explicit(&w->verbs_down, memory_order_relaxed);
         st->fault_overflow += atomic_load_explicit(&w->fault_overflow, memory_order_relaxed);
@@ -228,6 +247,7 @@ void dhps_rpc_server_destroy(dhps_rpc_server *s)
     if (s->lfd >= 0)
         close(s->lfd);
     rpc_dev_close(s->dev);
+    SSL_CTX_free(s->tls_ctx);
     pthread_mutex_destroy(&s->srq_lock);
     rpc_fault_table_fini(&s->faults);
     free(s->w);

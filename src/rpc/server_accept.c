@@ -34,20 +34,59 @@ static int open_client_region(dhps_rpc_server *s, const rpc_hello *pr, uint32_t 
  * stalls (never sends, sends one byte a second, never reads) costs a slot until its
  * hello_timeout_ms, not the acceptor thread. At most PEND_MAX hellos per acceptor are in
  * progress; a new connection beyond that evicts the one nearest its deadline.
+ *
+ * With TLS configured a connection starts in P_PEEK: its first byte (peeked, not read)
+ * says TLS (a handshake record, 0x16: P_TLS, then the hello inside the session) or plain
+ * (the hello's magic: P_HELLO, or P_REFUSE under tls_require: the client hello is read
+ * and answered with a REJECT carrying DHPS_E_TLS). The TLS handshake runs on the same
+ * event loop, within the same hello_timeout_ms.
  */
 
-enum { P_HELLO = 1, P_PROOF };
+enum { P_PEEK = 1, P_TLS, P_HELLO, P_PROOF, P_REFUSE, P_LINGER };
+
+/* After a failed TLS handshake the socket lingers this long (at most) in P_LINGER: our
+ * alert went out and the write side is shut, and what the peer still sends is read and
+ * dropped, so that the close does not reset the connection before the peer read the
+ * alert (a TLS 1.3 client sends its first record right behind its certificate: closing
+ * with it unread would answer with a RST, and the client would see "connection reset"
+ * instead of "certificate refused"). */
+#define LINGER_NS 500000000ull
 
 typedef struct pend {
     int fd;
     uint32_t ip;      /* peer, network order: counted in s->peers until released */
+    uint16_t port;    /* peer's port (host order), for log lines */
     bool counted;     /* released by pend_drop, unless handed to a worker */
     int state;
     bool want_out;
     uint64_t deadline;
+    rpc_tls *tls;     /* the TLS session (from P_TLS on), or NULL */
+    uint8_t bind[RPC_BIND]; /* its keying material, bound into both proofs */
     rpc_hello ch, sh;
     rpc_hio io;
 } pend;
+
+/* Close a hello's connection: the TLS session first (it may still write close_notify
+ * on the socket), then the socket. */
+static void pend_close(pend *p)
+{
+    rpc_tls_free(p->tls);
+    p->tls = NULL;
+    close(p->fd);
+}
+
+static const uint8_t *pend_bind(const pend *p) { return p->tls ? p->bind : NULL; }
+
+/* One rate-limited warning line about the peer of p (counted by the caller). */
+static void pend_warn(struct acceptor *acc, const pend *p, const char *what, const char *why)
+{
+    char more[64];
+    if (!dhps_ratelimit_allow(&acc->log_rl, RPC_LOG_PER_S, more, sizeof more))
+        return;
+    char ip[INET_ADDRSTRLEN] = "?";
+    inet_ntop(AF_INET, &p->ip, ip, sizeof ip);
+    DHPS_LOG(DHPS_LOG_WARN, RPC_LOG, "%s %s:%u: %s%s", what, ip, p->port, why, more);
+}
 
 /* The proof checked out: set up the connection and its path, answer ACCEPT and hand it
  * to a worker. The ACCEPT is one small message into an empty socket buffer (the peer
@@ -61,9 +100,13 @@ static void finish(struct acceptor *acc, pend *p, const rpc_hello *pr)
     if (max_msg > DHPS_RPC_MAX_MSG_LIMIT)
         max_msg = DHPS_RPC_MAX_MSG_LIMIT;
     sconn *sc = calloc(1, sizeof *sc);
-    if (!sc || conn_init(&sc->c, fd, max_msg, true)) { /* conn_init closes fd on failure */
-        if (!sc)
-            close(fd);
+    if (!sc) {
+        pend_close(p);
+        goto bad;
+    }
+    rpc_tls *tls = p->tls;
+    p->tls = NULL;
+    if (conn_init(&sc->c, fd, tls, max_msg, true)) { /* frees tls, closes fd on failure */
         free(sc);
         goto bad;
     }
@@ -102,14 +145,16 @@ static void finish(struct acceptor *acc, pend *p, const rpc_hello *pr)
     }
     sc->c.transport = (int)ac.transport;
     /* the server proves itself only now, to a client that has proved itself */
-    rpc_proof(s->secret, s->p.secret_len, 'a', ch, sh, &ac, ac.proof);
-    if (rpc_hio_put(&p->io, &ac) || rpc_hio_flush(&p->io, fd) != 1)
+    rpc_proof_tls(s->secret, s->p.secret_len, 'a', ch, sh, &ac, tls ? p->bind : NULL, ac.proof);
+    if (rpc_hio_put(&p->io, &ac) || rpc_hio_flush(&p->io, fd, tls) != 1)
         goto bad_sc;
     rpc_tune_socket(fd, s->p.busy_poll_us);
     if (s->p.handoff_delay_us) /* test hook: let the client's first requests overtake */
         usleep(s->p.handoff_delay_us);
     /* before the worker can serve it: stats readers see it first */
     atomic_fetch_add_explicit(&s->accepted, 1, memory_order_relaxed);
+    if (tls)
+        atomic_fetch_add_explicit(&s->accepted_tls, 1, memory_order_relaxed);
     /* hand over to a worker: our own SPSC ring in it, we are its only producer */
     struct inbox *q = &w->in[acc->idx];
     for (;;) {
@@ -122,6 +167,8 @@ static void finish(struct acceptor *acc, pend *p, const rpc_hello *pr)
         }
         if (atomic_load_explicit(&s->stop, memory_order_acquire)) {
             atomic_fetch_sub_explicit(&s->accepted, 1, memory_order_relaxed);
+            if (tls)
+                atomic_fetch_sub_explicit(&s->accepted_tls, 1, memory_order_relaxed);
             goto bad_sc;
         }
         sched_yield();
@@ -134,10 +181,87 @@ static void finish(struct acceptor *acc, pend *p, const rpc_hello *pr)
         DHPS_LOG(DHPS_LOG_WARN, RPC_LOG, "eventfd write: %s", strerror(errno));
     return;
 bad_sc:
-    conn_fini(&sc->c); /* closes fd */
+    conn_fini(&sc->c); /* frees tls, closes fd */
     free(sc);
 bad:
     atomic_fetch_add_explicit(&s->rejected_hello, 1, memory_order_relaxed);
+}
+
+/* P_PEEK: TLS or plain? 1 decided (state set), 0 nothing yet, < 0 close. */
+static int pend_peek(struct acceptor *acc, pend *p)
+{
+    dhps_rpc_server *s = acc->s;
+    uint8_t b;
+    ssize_t r = recv(p->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        return 0;
+    if (r <= 0)
+        return DHPS_E_UNREACHABLE;
+    if (b == RPC_TLS_HANDSHAKE) {
+        int rc = rpc_tls_new(s->tls_ctx, p->fd, true, NULL, NULL, &p->tls);
+        if (rc)
+            return rc;
+        p->state = P_TLS;
+    } else if (s->p.tls_require) {
+        atomic_fetch_add_explicit(&s->rejected_plain, 1, memory_order_relaxed);
+        pend_warn(acc, p, "refused a plain TCP connection from",
+                  "this server requires TLS (tls_require)");
+        p->state = P_REFUSE;
+    } else {
+        p->state = P_HELLO;
+    }
+    return 1;
+}
+
+/* P_TLS: one handshake step. 1 done (bound, state P_HELLO), 0 waiting (also when it
+ * failed: counted, logged, P_LINGER). */
+static int pend_tls(struct acceptor *acc, pend *p)
+{
+    int r = rpc_tls_handshake(p->tls);
+    if (r == 1 && (r = rpc_tls_binding(p->tls, p->bind)) == 0) {
+        p->state = P_HELLO;
+        return 1;
+    }
+    if (r < 0) {
+        atomic_fetch_add_explicit(&acc->s->tls_failures, 1, memory_order_relaxed);
+        pend_warn(acc, p, "tls handshake failed with", p->tls->err);
+        rpc_tls_free(p->tls); /* its alert is written; no close_notify after a failure */
+        p->tls = NULL;
+        shutdown(p->fd, SHUT_WR);
+        p->state = P_LINGER;
+        uint64_t until = dhps_mono_ns() + LINGER_NS;
+        if (until < p->deadline)
+            p->deadline = until;
+    }
+    return 0;
+}
+
+/* P_LINGER: drop what the peer sends. 0 while it sends, < 0 at its EOF or an error. */
+static int pend_linger(pend *p)
+{
+    uint8_t junk[4096];
+    for (;;) {
+        ssize_t r = recv(p->fd, junk, sizeof junk, MSG_DONTWAIT);
+        if (r > 0)
+            continue;
+        if (r < 0 && errno == EINTR)
+            continue;
+        return r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : DHPS_E_UNREACHABLE;
+    }
+}
+
+/* P_REFUSE: read the plain client hello, answer REJECT(DHPS_E_TLS). 1 when done (the
+ * caller closes), 0 waiting, < 0 close. */
+static int pend_refuse(pend *p)
+{
+    rpc_hello m;
+    int r = rpc_hio_read(&p->io, p->fd, NULL, &m);
+    if (r <= 0)
+        return r;
+    rpc_hello rj = {.version = m.version, .kind = RPC_H_REJECT, .status = DHPS_E_TLS};
+    if (rpc_hio_put(&p->io, &rj) == 0)
+        (void)rpc_hio_flush(&p->io, p->fd, NULL);
+    return 1;
 }
 
 /* Move one hello on. Returns 0 while it goes on, 1 when it ended (handed to a worker,
@@ -147,10 +271,32 @@ static int pend_step(struct acceptor *acc, pend *p)
     dhps_rpc_server *s = acc->s;
     int r;
     for (;;) {
-        if ((r = rpc_hio_flush(&p->io, p->fd)) <= 0)
+        if (p->state == P_PEEK) {
+            if ((r = pend_peek(acc, p)) <= 0)
+                break;
+            continue;
+        }
+        if (p->state == P_TLS) {
+            if ((r = pend_tls(acc, p)) == 0)
+                break;
+            continue;
+        }
+        if (p->state == P_LINGER) {
+            if ((r = pend_linger(p)) == 0)
+                break;
+            pend_close(p); /* counted when the handshake failed */
+            return 1;
+        }
+        if ((r = rpc_hio_flush(&p->io, p->fd, p->tls)) <= 0)
             break;
+        if (p->state == P_REFUSE) {
+            if ((r = pend_refuse(p)) == 0)
+                break;
+            pend_close(p);
+            return 1;
+        }
         if (p->state == P_HELLO) {
-            if ((r = rpc_hio_read(&p->io, p->fd, &p->ch)) <= 0)
+            if ((r = rpc_hio_read(&p->io, p->fd, p->tls, &p->ch)) <= 0)
                 break;
             if (p->ch.kind != RPC_H_CLIENT_HELLO) {
                 r = DHPS_E_MALFORMED;
@@ -161,9 +307,9 @@ static int pend_step(struct acceptor *acc, pend *p)
                 rpc_hello rj = {.version = p->ch.version, .kind = RPC_H_REJECT,
                                 .status = DHPS_E_VERSION};
                 if (rpc_hio_put(&p->io, &rj) == 0)
-                    (void)rpc_hio_flush(&p->io, p->fd);
+                    (void)rpc_hio_flush(&p->io, p->fd, p->tls);
                 atomic_fetch_add_explicit(&s->rejected_hello, 1, memory_order_relaxed);
-                close(p->fd);
+                pend_close(p);
                 return 1;
             }
             rpc_hello *sh = &p->sh;
@@ -184,29 +330,30 @@ static int pend_step(struct acceptor *acc, pend *p)
             continue;
         }
         rpc_hello pr;
-        if ((r = rpc_hio_read(&p->io, p->fd, &pr)) <= 0)
+        if ((r = rpc_hio_read(&p->io, p->fd, p->tls, &pr)) <= 0)
             break;
         if (pr.kind != RPC_H_CLIENT_PROOF) {
             r = DHPS_E_MALFORMED;
             break;
         }
         uint8_t want[RPC_MAC];
-        rpc_proof(s->secret, s->p.secret_len, 'c', &p->ch, &p->sh, &pr, want);
+        rpc_proof_tls(s->secret, s->p.secret_len, 'c', &p->ch, &p->sh, &pr, pend_bind(p), want);
         if (!rpc_mac_equal(want, pr.proof)) {
             /* no region opened, no connection registered: just say no and close */
             rpc_hello rj = {.version = p->sh.version, .kind = RPC_H_REJECT,
                             .status = DHPS_E_AUTH};
             if (rpc_hio_put(&p->io, &rj) == 0)
-                (void)rpc_hio_flush(&p->io, p->fd);
+                (void)rpc_hio_flush(&p->io, p->fd, p->tls);
             atomic_fetch_add_explicit(&s->rejected_auth, 1, memory_order_relaxed);
             char more[64];
             if (dhps_ratelimit_allow(&acc->log_rl, RPC_LOG_PER_S, more, sizeof more)) {
                 char ip[INET_ADDRSTRLEN] = "?";
                 inet_ntop(AF_INET, &p->ip, ip, sizeof ip);
                 DHPS_LOG(DHPS_LOG_WARN, RPC_LOG, "hello from %s: bad client proof (wrong "
-                         "cluster secret?), connection refused%s", ip, more);
+                         "cluster secret%s?), connection refused%s", ip,
+                         p->tls ? ", or a relay between two TLS sessions" : "", more);
             }
-            close(p->fd);
+            pend_close(p);
             return 1;
         }
         epoll_ctl(acc->ep, EPOLL_CTL_DEL, p->fd, NULL);
@@ -215,10 +362,10 @@ static int pend_step(struct acceptor *acc, pend *p)
     }
     if (r < 0) {
         atomic_fetch_add_explicit(&s->rejected_hello, 1, memory_order_relaxed);
-        close(p->fd);
+        pend_close(p);
         return 1;
     }
-    bool want_out = rpc_hio_pending_out(&p->io);
+    bool want_out = rpc_hio_pending_out(&p->io) || (p->tls && p->tls->want_write);
     if (want_out != p->want_out) {
         struct epoll_event ev = {.events = EPOLLIN | (want_out ? EPOLLOUT : 0u), .data.ptr = p};
         epoll_ctl(acc->ep, EPOLL_CTL_MOD, p->fd, &ev);
@@ -256,7 +403,7 @@ static void take_new(struct acceptor *acc)
             for (uint32_t i = 1; i < acc->npend; i++)
                 if (acc->pend[i]->deadline < acc->pend[old]->deadline)
                     old = i;
-            close(acc->pend[old]->fd); /* also leaves the epoll set */
+            pend_close(acc->pend[old]); /* also leaves the epoll set */
             pend_drop(acc, old);
             atomic_fetch_add_explicit(&s->rejected_hello, 1, memory_order_relaxed);
         }
@@ -286,9 +433,10 @@ static void take_new(struct acceptor *acc)
             continue;
         }
         p->ip = pa.sin_addr.s_addr;
+        p->port = ntohs(pa.sin_port);
         p->counted = true;
         p->fd = fd;
-        p->state = P_HELLO;
+        p->state = s->tls_ctx ? P_PEEK : P_HELLO;
         p->deadline = dhps_mono_ns() + (uint64_t)s->p.hello_timeout_ms * 1000000ull;
         acc->pend[acc->npend++] = p;
         if (pend_step(acc, p)) /* the hello may be here already */
@@ -336,13 +484,15 @@ void *acceptor_main(void *arg)
                 i++;
                 continue;
             }
-            close(acc->pend[i]->fd);
+            bool counted = acc->pend[i]->state == P_LINGER; /* as a TLS failure */
+            pend_close(acc->pend[i]);
             pend_drop(acc, i);
-            atomic_fetch_add_explicit(&s->rejected_hello, 1, memory_order_relaxed);
+            if (!counted)
+                atomic_fetch_add_explicit(&s->rejected_hello, 1, memory_order_relaxed);
         }
     }
     for (uint32_t i = 0; i < acc->npend; i++)
-        close(acc->pend[i]->fd);
+        pend_close(acc->pend[i]);
     while (acc->npend)
         pend_drop(acc, acc->npend - 1);
     return NULL;

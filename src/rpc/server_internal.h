@@ -77,7 +77,7 @@ typedef struct sconn {
 typedef struct wstats {
     _Atomic uint64_t handled[DHPS_RPC_NTRANSPORTS];
     _Atomic uint64_t handler_errors, unknown_method, malformed, open, dup, verbs_down;
-    _Atomic uint64_t fault_overflow, closed_budget, closed_timeout;
+    _Atomic uint64_t fault_overflow, closed_budget, closed_timeout, open_tls;
 } wstats;
 
 typedef struct worker {
@@ -146,6 +146,8 @@ struct dhps_rpc_server {
     pthread_mutex_t srq_lock; /* lazy creation of the workers' shared receive queues */
     worker *w;
     _Atomic uint64_t accepted, rejected_auth, rejected_hello, rejected_limit;
+    _Atomic uint64_t accepted_tls, tls_failures, rejected_plain;
+    SSL_CTX *tls_ctx;              /* TLS configured (tls_cert_file), else NULL */
     _Atomic uint64_t input_used;   /* conn.in_used of every TCP connection */
     struct rpc_peers *peers;       /* open connections per address (server_limits.c) */
     rpc_fault_table faults; /* server-side fault rules (dhps_rpc_server_fault_*) */

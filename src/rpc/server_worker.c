@@ -110,6 +110,10 @@ void sconn_close(worker *w, sconn *sc, int why)
         w->last_sc = NULL;
     if (w->nheap)
         heap_purge(w, sc);
+    if (sc->c.tls)
+        atomic_store_explicit(&w->st.open_tls,
+                              atomic_load_explicit(&w->st.open_tls, memory_order_relaxed) - 1,
+                              memory_order_relaxed);
     conn_fini(&sc->c);
     if (sc->dd)
         for (uint32_t i = 0; i <= sc->dd_mask; i++)
@@ -364,7 +368,9 @@ static void arm(worker *w, sconn *sc, bool in, bool out)
     epoll_ctl(w->ep, EPOLL_CTL_MOD, sc->c.fd, &ev);
 }
 
-/* Flush a connection's queued responses; apply TCP back-pressure. 0 or < 0 (close). */
+/* Flush a connection's queued responses; apply TCP back-pressure (a TLS session that
+ * waits for the other direction - a write for bytes from the peer, a read for room in
+ * the socket - keeps that direction armed too). 0 or < 0 (close). */
 int sconn_flush(worker *w, sconn *sc)
 {
     conn *c = &sc->c;
@@ -378,7 +384,8 @@ int sconn_flush(worker *w, sconn *sc)
     if (r)
         return r;
     size_t pending = c->out.tail - c->out.head;
-    arm(w, sc, pending < (4u << 20), pending > 0);
+    bool tin = c->tls && c->tls->want_read, tout = c->tls && c->tls->want_write;
+    arm(w, sc, pending < (4u << 20) || tin, pending > 0 || tout);
     return 0;
 }
 
@@ -400,13 +407,28 @@ static void adopt_from(worker *w, struct inbox *q)
             w->nverbs++;
         atomic_store_explicit(&w->st.open, atomic_load_explicit(&w->st.open, memory_order_relaxed) + 1,
                               memory_order_relaxed);
+        if (sc->c.tls)
+            atomic_store_explicit(&w->st.open_tls,
+                                  atomic_load_explicit(&w->st.open_tls, memory_order_relaxed) + 1,
+                                  memory_order_relaxed);
         sc->reading = true;
         sc->c.last_rx_ns = dhps_mono_ns();
         struct epoll_event ev = {.events = EPOLLIN, .data.ptr = sc};
-        if (epoll_ctl(w->ep, EPOLL_CTL_ADD, sc->c.fd, &ev) != 0)
+        if (epoll_ctl(w->ep, EPOLL_CTL_ADD, sc->c.fd, &ev) != 0) {
             sconn_close(w, sc, -errno);
-        else if (w->norph && sc->c.v)
+            continue;
+        }
+        if (w->norph && sc->c.v)
             orphans_serve(w, sc);
+        if (sc->c.tls && rpc_tls_pending(sc->c.tls)) {
+            /* bytes a peer sent right behind its proof were read ahead with it: no socket
+             * event will announce them */
+            int r = rpc_tcp_ops.rx(&sc->c, serve_frame, w);
+            if (r >= 0)
+                r = sconn_flush(w, sc);
+            if (r < 0)
+                sconn_close(w, sc, r);
+        }
     }
     atomic_store_explicit(&q->head, h, memory_order_release);
 }
@@ -552,7 +574,9 @@ void *worker_main(void *arg)
                 continue;
             }
             int r = 0;
-            if (evs[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP))
+            /* TLS: any readiness may be the one a session waits for (a read may need the
+             * socket writable) */
+            if ((evs[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP)) || sc->c.tls)
                 r = rpc_tcp_ops.rx(&sc->c, serve_frame, w);
             if (r >= 0)
                 r = sconn_flush(w, sc);

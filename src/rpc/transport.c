@@ -1,6 +1,6 @@
-/* rpc transports behind one ops table: TCP (send buffer + one send per flush) and
- * shared memory (SPSC byte rings, frames in place, doorbell on TCP when the consumer
- * sleeps). Plus small I/O helpers used by the hello. */
+/* rpc transports behind one ops table: TCP (send buffer + one send per flush; plain or
+ * TLS underneath, tls.h) and shared memory (SPSC byte rings, frames in place, doorbell on
+ * TCP when the consumer sleeps). Plus small I/O helpers used by the hello. */
 #include "internal.h"
 #include "verbs.h"
 
@@ -94,6 +94,41 @@ void rpc_tune_socket(int fd, uint32_t busy_poll_us)
     }
 }
 
+/* The connection's byte stream, plain or TLS: > 0 bytes moved, 0 (recv) the peer closed,
+ * -EAGAIN nothing now, or an error code (DHPS_E_UNREACHABLE; TLS: also DHPS_E_TLS,
+ * DHPS_E_MALFORMED). */
+static long stream_send(int fd, rpc_tls *t, const void *p, size_t n)
+{
+    if (t)
+        return rpc_tls_write(t, p, n);
+    for (;;) {
+        ssize_t w = send(fd, p, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w > 0)
+            return (long)w;
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return -EAGAIN;
+        return DHPS_E_UNREACHABLE;
+    }
+}
+
+static long stream_recv(int fd, rpc_tls *t, void *p, size_t n)
+{
+    if (t)
+        return rpc_tls_read(t, p, n);
+    for (;;) {
+        ssize_t r = recv(fd, p, n, MSG_DONTWAIT);
+        if (r >= 0)
+            return (long)r;
+        if (errno == EINTR)
+            continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            return -EAGAIN;
+        return DHPS_E_UNREACHABLE;
+    }
+}
+
 int rpc_hio_put(rpc_hio *h, const rpc_hello *m)
 {
     long n = rpc_hello_encode(m, h->out, sizeof h->out);
@@ -104,25 +139,21 @@ int rpc_hio_put(rpc_hio *h, const rpc_hello *m)
     return 0;
 }
 
-int rpc_hio_flush(rpc_hio *h, int fd)
+int rpc_hio_flush(rpc_hio *h, int fd, rpc_tls *t)
 {
     while (h->out_off < h->out_len) {
-        ssize_t w = send(fd, h->out + h->out_off, h->out_len - h->out_off,
-                         MSG_DONTWAIT | MSG_NOSIGNAL);
+        long w = stream_send(fd, t, h->out + h->out_off, h->out_len - h->out_off);
         if (w > 0) {
             h->out_off += (size_t)w;
             continue;
         }
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-            return 0;
-        return DHPS_E_UNREACHABLE;
+        return w == -EAGAIN ? 0 : (int)w;
     }
-    return 1;
+    int r = t ? rpc_tls_flush(t) : 0; /* records the session gathered */
+    return r == -EAGAIN ? 0 : r < 0 ? r : 1;
 }
 
-int rpc_hio_read(rpc_hio *h, int fd, rpc_hello *m)
+int rpc_hio_read(rpc_hio *h, int fd, rpc_tls *t, rpc_hello *m)
 {
     for (;;) {
         size_t need = RPC_HELLO_HDR;
@@ -140,27 +171,22 @@ int rpc_hio_read(rpc_hio *h, int fd, rpc_hello *m)
             if (need <= h->in_len || need > sizeof h->in)
                 return DHPS_E_MALFORMED;
         }
-        ssize_t r = recv(fd, h->in + h->in_len, need - h->in_len, MSG_DONTWAIT);
+        long r = stream_recv(fd, t, h->in + h->in_len, need - h->in_len);
         if (r > 0) {
             h->in_len += (size_t)r;
             continue;
         }
-        if (r == 0)
-            return DHPS_E_UNREACHABLE;
-        if (errno == EINTR)
-            continue;
-        if (errno == EAGAIN || errno == EWOULDBLOCK)
-            return 0;
-        return DHPS_E_UNREACHABLE;
+        return r == 0 ? DHPS_E_UNREACHABLE : r == -EAGAIN ? 0 : (int)r;
     }
 }
 
 /* ---- connection ------------------------------------------------------------------- */
 
-int conn_init(conn *c, int fd, uint32_t max_msg, bool is_server)
+int conn_init(conn *c, int fd, rpc_tls *tls, uint32_t max_msg, bool is_server)
 {
     memset(c, 0, sizeof *c);
     c->fd = fd;
+    c->tls = tls;
     c->max_msg = max_msg;
     c->is_server = is_server;
     c->transport = DHPS_RPC_TCP;
@@ -221,6 +247,8 @@ void conn_in_shrink(conn *c, uint64_t now)
 
 void conn_fini(conn *c)
 {
+    rpc_tls_free(c->tls); /* close_notify, if it fits, before the socket closes */
+    c->tls = NULL;
     if (c->fd >= 0)
         close(c->fd);
     c->fd = -1;
@@ -274,45 +302,67 @@ static int tcp_flush(conn *c)
 {
     obuf *o = &c->out;
     if (o->head == o->tail) {
+        int r = c->tls ? rpc_tls_flush(c->tls) : 0; /* records gathered earlier */
+        if (r == -EAGAIN)
+            return 0;
         c->tcp_dirty = false;
-        return 0;
+        return r;
     }
     c->flushes++;
     while (o->head < o->tail) {
-        ssize_t w = send(c->fd, o->p + o->head, o->tail - o->head, MSG_NOSIGNAL | MSG_DONTWAIT);
+        long w = stream_send(c->fd, c->tls, o->p + o->head, o->tail - o->head);
         if (w > 0) {
             o->head += (size_t)w;
             continue;
         }
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-            return 0; /* stays dirty; the loop retries (EPOLLOUT) */
-        return DHPS_E_UNREACHABLE;
+        if (w == -EAGAIN)
+            return 0; /* stays dirty; the loop retries (EPOLLOUT, or EPOLLIN for a TLS
+                         write that waits for the peer: tls->want_read) */
+        return (int)w;
     }
     o->head = o->tail = 0;
+    if (c->tls && rpc_tls_unsent(c->tls))
+        return 0; /* records gathered by the session wait for room: stays dirty */
     c->tcp_dirty = false;
     return 0;
 }
 
-static int tcp_rx(conn *c, rpc_rx_fn fn, void *arg)
+/* Read what the stream has into c->in while at least `room` bytes are free. Plain: one
+ * recv (the kernel hands over what it has). TLS: records until the session has nothing
+ * (WANT_READ) or less than room is free; room is a whole record's plaintext, so each read
+ * takes a record whole and the session never keeps decrypted bytes that no socket event
+ * would announce. Returns 1 when it stopped for lack of room (more may wait), 0 when the
+ * stream had nothing more (or ended: c->eof), < 0 an error. */
+static int conn_fill(conn *c, size_t room)
 {
     ibuf *in = &c->in;
-    int delivered = 0;
-    for (;;) {
-        if (in->len < in->cap) {
-            ssize_t r = recv(c->fd, in->p + in->len, in->cap - in->len, MSG_DONTWAIT);
-            if (r == 0) {
-                c->eof = true;
-            } else if (r < 0) {
-                if (errno == EINTR)
-                    continue;
-                if (errno != EAGAIN && errno != EWOULDBLOCK)
-                    return DHPS_E_UNREACHABLE;
-            } else {
-                in->len += (size_t)r;
-            }
+    while (in->cap - in->len >= room) {
+        long r = stream_recv(c->fd, c->tls, in->p + in->len, in->cap - in->len);
+        if (r == 0) {
+            c->eof = true;
+            return 0;
         }
+        if (r == -EAGAIN)
+            return 0;
+        if (r < 0)
+            return (int)r;
+        in->len += (size_t)r;
+        if (!c->tls)
+            return in->len == in->cap;
+    }
+    return 1;
+}
+
+static int tcp_rx_loop(conn *c, rpc_rx_fn fn, void *arg, bool *held_out)
+{
+    ibuf *in = &c->in;
+    const size_t room = c->tls ? RPC_TLS_RECORD_MAX : 1;
+    int delivered = 0;
+    bool held = false; /* TLS: reading only what the session buffered (see below) */
+    for (;;) {
+        int more = conn_fill(c, room);
+        if (more < 0)
+            return more;
         size_t off = 0;
         for (;;) {
             rpc_frame f;
@@ -332,11 +382,13 @@ static int tcp_rx(conn *c, rpc_rx_fn fn, void *arg)
             in->len -= off;
             c->last_rx_ns = dhps_mono_ns();
         }
-        c->in_since_ns = in->len == 0 ? 0 : c->in_since_ns ? c->in_since_ns : dhps_mono_ns();
+        /* a partial frame, or (TLS) a partial record, starts the frame clock */
+        bool partial = in->len != 0 || (c->tls && rpc_tls_pending(c->tls));
+        c->in_since_ns = !partial ? 0 : c->in_since_ns ? c->in_since_ns : dhps_mono_ns();
         if (c->eof)
             return in->len ? DHPS_E_MALFORMED : DHPS_E_UNREACHABLE;
-        if (in->len == in->cap && in->len >= RPC_FRAME_HDR) {
-            /* a frame larger than the buffer: grow for it (its length was checked
+        if (in->cap - in->len < room && in->len >= RPC_FRAME_HDR) {
+            /* a frame larger than the free room: grow for it (its length was checked
              * against max_msg by the parse above) and read on */
             rpc_frame f;
             (void)rpc_frame_parse(in->p, in->len, c->max_msg, false, &f);
@@ -345,16 +397,37 @@ static int tcp_rx(conn *c, rpc_rx_fn fn, void *arg)
                 return g;
             continue;
         }
-        if (off == 0 || in->len == in->cap)
-            break; /* nothing new, or a frame is waiting for bytes */
-        /* keep reading while the socket has data: loop once more */
+        if (off == 0)
+            break; /* nothing new: a frame is waiting for bytes */
+        if (c->tls) {
+            /* enough for one turn: the socket's readiness brings us back, but records
+             * the session read ahead would wait for it: those are handled now, without
+             * reading more from the socket */
+            if (!more)
+                break;
+            if (delivered > 256 && !held) {
+                rpc_tls_hold(c->tls, true);
+                held = *held_out = true;
+            }
+            continue;
+        }
         if (delivered > 256)
-            break;
+            break; /* enough for one turn: the socket's readiness brings us back */
+        /* keep reading while the socket has data: loop once more */
         struct pollfd p = {.fd = c->fd, .events = POLLIN};
         if (poll(&p, 1, 0) <= 0)
             break;
     }
     return delivered;
+}
+
+static int tcp_rx(conn *c, rpc_rx_fn fn, void *arg)
+{
+    bool held = false;
+    int r = tcp_rx_loop(c, fn, arg, &held);
+    if (held)
+        rpc_tls_hold(c->tls, false);
+    return r;
 }
 
 const rpc_ops rpc_tcp_ops = {

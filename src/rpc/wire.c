@@ -291,6 +291,13 @@ long rpc_hello_parse(const uint8_t *buf, size_t n, rpc_hello *h)
 void rpc_proof(const void *key, size_t keylen, char role, const rpc_hello *ch,
                const rpc_hello *sh, const rpc_hello *offer, uint8_t out[RPC_MAC])
 {
+    rpc_proof_tls(key, keylen, role, ch, sh, offer, NULL, out);
+}
+
+void rpc_proof_tls(const void *key, size_t keylen, char role, const rpc_hello *ch,
+                   const rpc_hello *sh, const rpc_hello *offer, const uint8_t *bind,
+                   uint8_t out[RPC_MAC])
+{
     uint8_t m[256];
     size_t k = 0;
     memcpy(m, "dhps-rpc ", 9);
@@ -328,6 +335,11 @@ void rpc_proof(const void *key, size_t keylen, char role, const rpc_hello *ch,
         k += RPC_SHM_NAME;
         put_verbs(m + k, &offer->verbs);
         k += VERBS_BYTES;
+    }
+    if (bind) { /* the TLS session's exported keying material */
+        memcpy(m + k, "tls", 3);
+        memcpy(m + k + 3, bind, RPC_BIND);
+        k += 3 + RPC_BIND;
     }
     static const uint8_t nokey = 0;
     unsigned int outlen = RPC_MAC;

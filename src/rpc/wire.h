@@ -130,6 +130,13 @@ int rpc_ctrl_parse(const uint8_t *p, size_t n, uint32_t *op, rpc_verbs_info *v);
 void rpc_proof(const void *key, size_t keylen, char role, const rpc_hello *ch,
                const rpc_hello *sh, const rpc_hello *offer, uint8_t out[RPC_MAC]);
 
+/* rpc_proof, also covering bind (RPC_BIND bytes of keying material exported from the
+ * TLS session the hello runs in; NULL on plain TCP, then equal to rpc_proof). */
+#define RPC_BIND 32u
+void rpc_proof_tls(const void *key, size_t keylen, char role, const rpc_hello *ch,
+                   const rpc_hello *sh, const rpc_hello *offer, const uint8_t *bind,
+                   uint8_t out[RPC_MAC]);
+
 /* Constant-time compare of two MACs. */
 bool rpc_mac_equal(const uint8_t *a, const uint8_t *b);
 

@@ -44,6 +44,21 @@ int srv_check_files(const dhps_server_config *c, char *err, size_t errlen)
         srv_errf(err, errlen, "config secret_file: %s", e);
         return rc;
     }
+    if (c->tls_policy != DHPS_RPC_TLS_OFF &&
+        (rc = dhps_rpc_tls_check(c->tls_cert_file, c->tls_key_file, c->tls_ca_file, e,
+                                 sizeof e))) {
+        /* "tls key file PATH: why" -> "config tls.key_file PATH: why" */
+        static const char *const what[][2] = {{"tls cert file ", "tls.cert_file"},
+                                               {"tls key file ", "tls.key_file"},
+                                               {"tls ca file ", "tls.ca_file"}};
+        for (size_t i = 0; i < 3; i++)
+            if (!strncmp(e, what[i][0], strlen(what[i][0]))) {
+                srv_errf(err, errlen, "config %s %s", what[i][1], e + strlen(what[i][0]));
+                return rc;
+            }
+        srv_errf(err, errlen, "config %s", e);
+        return rc;
+    }
     if (c->snapshot_dir && (rc = check_dir("snapshot.dir", c->snapshot_dir, err, errlen)))
         return rc;
     if (c->log_enabled && c->log_dir) {

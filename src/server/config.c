@@ -9,6 +9,7 @@
 
 #include "dhps/cluster.h"
 #include "dhps/log.h"
+#include "dhps/rpc.h"
 #include "dhps/server.h"
 #include "dhps/wal.h"
 #include "srv_int.h"
@@ -114,6 +115,67 @@ static bool valid_name(const char *s)
               (*s >= '0' && *s <= '9') || *s == '_' || *s == '-' || *s == '.'))
             return false;
     return true;
+}
+
+/* "tls": {"policy": "off"|"cross_az"|"always", "cert_file", "key_file", "ca_file",
+ * "verify_clients": "none"|"optional"|"required", "server_name"}. The files are checked
+ * (read) by srv_check_files, not here: parsing touches no file. */
+static int parse_tls(cfg_ctx *x, json_t *root, dhps_server_config *c)
+{
+    json_t *tl = json_object_get(root, "tls");
+    if (!tl)
+        return 0;
+    static const char *const tk[] = {"policy", "cert_file", "key_file", "ca_file",
+                                     "verify_clients", "server_name", NULL};
+    char *pol = NULL, *ver = NULL;
+    int rc;
+    if ((rc = need_object(x, tl, "tls")) || (rc = only_keys(x, tl, "tls", tk)) ||
+        (rc = get_str(x, tl, "policy", "tls", true, 16, &pol)))
+        return rc;
+    c->tls_policy = dhps_rpc_tls_policy_parse(pol);
+    free(pol);
+    if (c->tls_policy < 0) {
+        c->tls_policy = DHPS_RPC_TLS_OFF;
+        return fail(x, "tls.policy: must be \"off\", \"cross_az\" or \"always\"");
+    }
+    if ((rc = get_str(x, tl, "cert_file", "tls", false, 4000, &c->tls_cert_file)) ||
+        (rc = get_str(x, tl, "key_file", "tls", false, 4000, &c->tls_key_file)) ||
+        (rc = get_str(x, tl, "ca_file", "tls", false, 4000, &c->tls_ca_file)) ||
+        (rc = get_str(x, tl, "server_name", "tls", false, 253, &c->tls_server_name)) ||
+        (rc = get_str(x, tl, "verify_clients", "tls", false, 16, &ver)))
+        return rc;
+    static const char *const vn[] = {"none", "optional", "required"};
+    c->tls_verify_clients = ver ? -1 : DHPS_RPC_TLS_VERIFY_NONE;
+    for (int i = 0; ver && i < 3; i++)
+        if (!strcmp(ver, vn[i]))
+            c->tls_verify_clients = i;
+    free(ver);
+    if (c->tls_verify_clients < 0) {
+        c->tls_verify_clients = DHPS_RPC_TLS_VERIFY_NONE;
+        return fail(x, "tls.verify_clients: must be \"none\", \"optional\" or \"required\"");
+    }
+    if (c->tls_server_name) {
+        for (const char *s = c->tls_server_name; *s; s++)
+            if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') ||
+                  (*s >= '0' && *s <= '9') || *s == '-' || *s == '.'))
+                return fail(x, "tls.server_name: must be a DNS name ([A-Za-z0-9.-])");
+    }
+    if (c->tls_policy == DHPS_RPC_TLS_OFF) {
+        /* a careless half-configuration: files named, TLS not on */
+        const char *set = c->tls_cert_file ? "cert_file" : c->tls_key_file ? "key_file"
+                          : c->tls_ca_file ? "ca_file" : c->tls_server_name ? "server_name"
+                          : c->tls_verify_clients ? "verify_clients" : NULL;
+        if (set)
+            return fail(x, "tls.%s: set, but tls.policy is \"off\" (no TLS): set the policy "
+                        "to \"cross_az\" or \"always\", or remove tls.%s", set, set);
+        return 0;
+    }
+    if (!c->tls_cert_file || !c->tls_key_file || !c->tls_ca_file)
+        return fail(x, "tls.%s: required with tls.policy \"%s\" (this node's certificate, "
+                    "its key, and the CA its peers' certificates are checked against)",
+                    !c->tls_cert_file ? "cert_file" : !c->tls_key_file ? "key_file" : "ca_file",
+                    dhps_rpc_tls_policy_name(c->tls_policy));
+    return 0;
 }
 
 static int parse_table(cfg_ctx *x, json_t *t, size_t i, dhps_server_table_config *tc)
@@ -306,7 +368,7 @@ static int parse_root(cfg_ctx *x, json_t *root, dhps_server_config *c)
     static const char *const keys[] = {"node_id", "labels", "listen", "tables", "snapshot",
                                        "secret_file", "metrics", "shards", "pid_file",
                                        "port_file", "startup_delay_ms", "startup_gate_file", "admin",
-                                       "sync", "log", "coord", NULL};
+                                       "sync", "log", "coord", "tls", NULL};
     int rc;
     if (!json_is_object(root))
         return fail(x, "top level: must be an object");
@@ -413,6 +475,8 @@ static int parse_root(cfg_ctx *x, json_t *root, dhps_server_config *c)
         return rc;
 
     if ((rc = get_str(x, root, "secret_file", "", true, 4000, &c->secret_file)))
+        return rc;
+    if ((rc = parse_tls(x, root, c)))
         return rc;
 
     json_t *m = json_object_get(root, "metrics");
@@ -645,6 +709,10 @@ void dhps_server_config_free(dhps_server_config *c)
     free(c->coord_etcd);
     free(c->coord_cluster);
     free(c->startup_gate_file);
+    free(c->tls_cert_file);
+    free(c->tls_key_file);
+    free(c->tls_ca_file);
+    free(c->tls_server_name);
     free(c);
 }
 
@@ -658,11 +726,15 @@ dhps_server_config *srv_config_dup(const dhps_server_config *c)
     char **strs[] = {&d->node_id, &d->label_host, &d->label_pod, &d->label_az,
                      &d->listen_host, &d->snapshot_dir, &d->secret_file, &d->metrics_host,
                      &d->cluster_map, &d->pid_file, &d->port_file, &d->log_dir,
-                     &d->coord_etcd, &d->coord_cluster, &d->startup_gate_file};
+                     &d->coord_etcd, &d->coord_cluster, &d->startup_gate_file,
+                     &d->tls_cert_file, &d->tls_key_file, &d->tls_ca_file,
+                     &d->tls_server_name};
     const char *src[] = {c->node_id, c->label_host, c->label_pod, c->label_az,
                          c->listen_host, c->snapshot_dir, c->secret_file, c->metrics_host,
                          c->cluster_map, c->pid_file, c->port_file, c->log_dir,
-                         c->coord_etcd, c->coord_cluster, c->startup_gate_file};
+                         c->coord_etcd, c->coord_cluster, c->startup_gate_file,
+                         c->tls_cert_file, c->tls_key_file, c->tls_ca_file,
+                         c->tls_server_name};
     bool ok = true;
     for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++)
         *strs[i] = NULL;

@@ -140,6 +140,13 @@ int dhps_server_create(const dhps_server_config *cfg, dhps_server **out, char *e
     uint8_t host_id[DHPS_RPC_HOST_ID_LEN];
     dhps_rpc_host_id(cfg->label_host, host_id); /* shm only with clients of our host label */
     rp.host_id = host_id;
+    if (cfg->tls_policy != DHPS_RPC_TLS_OFF) { /* files checked by srv_check_files */
+        rp.tls_cert_file = cfg->tls_cert_file;
+        rp.tls_key_file = cfg->tls_key_file;
+        rp.tls_ca_file = cfg->tls_ca_file;
+        rp.tls_verify_client = cfg->tls_verify_clients;
+        rp.tls_require = cfg->tls_policy == DHPS_RPC_TLS_ALWAYS;
+    }
     if ((rc = dhps_rpc_server_create(&rp, &s->rpc))) {
         srv_errf(err, errlen, "listen %s:%u: %s", cfg->listen_host, cfg->tcp_port,
                  dhps_strerror(rc));

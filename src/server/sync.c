@@ -421,6 +421,13 @@ int srv_sync_start(srv_sync *y)
     p.max_msg = y->s->cfg->max_msg;
     p.connect_timeout_ms = y->s->cfg->hello_timeout_ms > 1000 ? y->s->cfg->hello_timeout_ms
                                                               : 1000;
+    const dhps_server_config *cfg = y->s->cfg;
+    if (cfg->tls_policy != DHPS_RPC_TLS_OFF) { /* peers: our certificate as the client's */
+        p.tls_ca_file = cfg->tls_ca_file;
+        p.tls_cert_file = cfg->tls_cert_file;
+        p.tls_key_file = cfg->tls_key_file;
+        p.tls_server_name = cfg->tls_server_name;
+    }
     int rc = dhps_rpc_client_create(&p, &y->rc);
     if (rc)
         return rc;

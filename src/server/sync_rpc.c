@@ -67,6 +67,7 @@ static int peer_channel(srv_sync *y, uint32_t id, dhps_rpc_channel **out)
     /* bulk copies between servers: TCP (or shm on one host); verbs set-up buys nothing
      * for a few large calls and can take seconds (Soft-RoCE under emulation) */
     cp.allow = DHPS_RPC_MASK(DHPS_RPC_TCP) | DHPS_RPC_MASK(DHPS_RPC_SHM);
+    cp.tls = dhps_rpc_tls_wanted(y->s->cfg->tls_policy, y->s->cfg->label_az, nd->az);
     int rc = dhps_rpc_channel_open(y->rc, &cp, &p->ch);
     if (rc) {
         p->ch = NULL;

@@ -184,6 +184,8 @@ static const char *fail_reason(int err)
     case DHPS_E_UNREACHABLE: return "unreachable";
     case DHPS_E_TIMEOUT: return "timeout";
     case DHPS_E_AUTH: return "auth";
+    case DHPS_E_TLS: return "tls (the node requires TLS, refused ours, or its certificate is "
+                            "not trusted: DHPS_TLS, DHPS_TLS_CA)";
     default: return dhps_strerror(err);
     }
 }

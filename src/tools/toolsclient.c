@@ -64,8 +64,45 @@ static void copy_label(char *dst, size_t cap, const char *src)
     snprintf(dst, cap, "%s", src ? src : "");
 }
 
-static int node_call(dhps_rpc_client *rc, const dhps_cluster_node *nd, uint16_t method,
-                     const void *req, size_t req_len, void *resp, size_t cap, size_t *len);
+static int node_call(tools_conn *c, dhps_rpc_client *rc, const dhps_cluster_node *nd,
+                     uint16_t method, const void *req, size_t req_len, void *resp, size_t cap,
+                     size_t *len);
+static int admin_rpc(tools_conn *c, dhps_rpc_client **out);
+
+/* One TLS setting: $env, else key of cluster.json's "tls" object (tj may be NULL). */
+static void tls_setting(char *dst, size_t cap, const char *env, json_t *tj, const char *key)
+{
+    const char *v = getenv(env);
+    if (!v || !*v)
+        v = json_string_value(json_object_get(tj, key));
+    snprintf(dst, cap, "%s", v ? v : "");
+}
+
+/* The TLS settings of c (see tools_conn). 0, or -EINVAL after one line on stderr. */
+static int tls_settings(tools_conn *c, json_t *cj)
+{
+    json_t *tj = json_object_get(cj, "tls");
+    char pol[32];
+    tls_setting(pol, sizeof pol, "DHPS_TLS", tj, "policy");
+    tls_setting(c->tls_ca, sizeof c->tls_ca, "DHPS_TLS_CA", tj, "ca_file");
+    tls_setting(c->tls_cert, sizeof c->tls_cert, "DHPS_TLS_CERT", tj, "cert_file");
+    tls_setting(c->tls_key, sizeof c->tls_key, "DHPS_TLS_KEY", tj, "key_file");
+    tls_setting(c->tls_name, sizeof c->tls_name, "DHPS_TLS_SERVER_NAME", tj, "server_name");
+    c->tls = pol[0] ? dhps_rpc_tls_policy_parse(pol) : DHPS_RPC_TLS_OFF;
+    if (c->tls < 0) {
+        fprintf(stderr, "dhps: TLS policy \"%s\" (DHPS_TLS or cluster.json tls.policy): want "
+                "off, cross_az or always\n", pol);
+        return -EINVAL;
+    }
+    if (c->tls != DHPS_RPC_TLS_OFF && !c->tls_ca[0]) {
+        fprintf(stderr, "dhps: TLS policy %s needs the CA file the nodes' certificates are "
+                "checked against (DHPS_TLS_CA or cluster.json tls.ca_file)\n", pol);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+static const char *or_null(const char *s) { return s[0] ? s : NULL; }
 
 /* --addr HOST:PORT: ask that node (INFO) for its shard count and write a one-node map
  * of it (every shard on it, 1 replica) to a temp file c->map_path. 0, or an error after
@@ -93,20 +130,15 @@ static int addr_map(const char *addr, const char *secret_path, tools_conn *c)
         fprintf(stderr, "dhps: %s\n", err);
         return rc;
     }
-    dhps_rpc_client_params cp;
-    dhps_rpc_client_params_init(&cp);
-    cp.secret = c->secret;
-    cp.secret_len = c->secret_len;
-    cp.max_msg = 4u << 20;
     dhps_rpc_client *rpc = NULL;
     size_t cap = 1u << 20, len = 0;
     uint8_t *resp = malloc(cap);
-    if (!resp || (rc = dhps_rpc_client_create(&cp, &rpc)) < 0) {
+    if (!resp || (rc = admin_rpc(c, &rpc)) < 0) {
         free(resp);
         return rc < 0 ? rc : -ENOMEM;
     }
     dhps_proto_hdr h = {.version = DHPS_PROTO_VERSION};
-    rc = node_call(rpc, &nd, DHPS_M_INFO, &h, sizeof h, resp, cap, &len);
+    rc = node_call(c, rpc, &nd, DHPS_M_INFO, &h, sizeof h, resp, cap, &len);
     dhps_rpc_client_destroy(rpc);
     json_t *o = rc ? NULL : json_loadb((const char *)resp + sizeof(dhps_proto_resp),
                                        len - sizeof(dhps_proto_resp), 0, NULL);
@@ -116,7 +148,9 @@ static int addr_map(const char *addr, const char *secret_path, tools_conn *c)
     if (rc || ns <= 0) {
         fprintf(stderr, "dhps: --addr %s: INFO failed: %s\n", addr,
                 rc == DHPS_E_AUTH ? "auth failed (wrong cluster secret?)"
-                                  : rc ? dhps_strerror(rc) : "no shard count in the answer");
+                : rc == DHPS_E_TLS ? "TLS failed (the node requires TLS: DHPS_TLS, or its "
+                                     "certificate is not trusted: DHPS_TLS_CA)"
+                : rc ? dhps_strerror(rc) : "no shard count in the answer");
         return rc ? rc : DHPS_E_MALFORMED;
     }
     snprintf(c->map_path, sizeof c->map_path, "/tmp/dhps-addr-map-XXXXXX");
@@ -158,6 +192,10 @@ int tools_conn_open(const tools_target *t, tools_conn **out)
     if (!c)
         goto fail;
     char secret_path[4096];
+    if (t->addr || t->map || t->secret) { /* else after cluster.json is read */
+        if ((rc = tls_settings(c, NULL)) < 0)
+            goto fail;
+    }
     if (t->addr) {
         if (!t->secret || t->map) {
             fprintf(stderr, "dhps: --addr HOST:PORT goes with --secret FILE (and no --map)\n");
@@ -203,6 +241,8 @@ int tools_conn_open(const tools_target *t, tools_conn **out)
             snprintf(c->etcd, sizeof c->etcd, "%s", jstr_or(et, "url"));
             snprintf(c->etcd_cluster, sizeof c->etcd_cluster, "%s", jstr_or(et, "cluster"));
         }
+        if ((rc = tls_settings(c, cj)) < 0)
+            goto fail;
         json_t *l = json_object_get(cj, "client_labels");
         copy_label(c->host, sizeof c->host, json_string_value(json_object_get(l, "host")));
         copy_label(c->pod, sizeof c->pod, json_string_value(json_object_get(l, "pod")));
@@ -247,6 +287,13 @@ int tools_conn_open(const tools_target *t, tools_conn **out)
     }
     if (t->connect_timeout_ms)
         p.connect_timeout_ms = t->connect_timeout_ms;
+    p.tls = c->tls;
+    if (c->tls != DHPS_RPC_TLS_OFF) {
+        p.tls_ca_file = c->tls_ca;
+        p.tls_cert_file = or_null(c->tls_cert);
+        p.tls_key_file = or_null(c->tls_key);
+        p.tls_server_name = or_null(c->tls_name);
+    }
     c->put_timeout_us = 10000000;
     if (2000ull * p.connect_timeout_ms > c->put_timeout_us)
         c->put_timeout_us = 2000ull * p.connect_timeout_ms;
@@ -300,17 +347,19 @@ int tools_conn_put(tools_conn *c, const char *table, uint32_t dtype, uint32_t di
                               NULL);
 }
 
-/* One call to node nd over TCP on its own channel (opened and closed here): 0 with the
- * response in resp (*len bytes, at least a dhps_proto_resp) whose status is returned when
- * negative, or the channel/call error. */
-static int node_call(dhps_rpc_client *rc, const dhps_cluster_node *nd, uint16_t method,
-                     const void *req, size_t req_len, void *resp, size_t cap, size_t *len)
+/* One call to node nd over TCP on its own channel (opened and closed here; TLS by c's
+ * policy and the node's AZ): 0 with the response in resp (*len bytes, at least a
+ * dhps_proto_resp) whose status is returned when negative, or the channel/call error. */
+static int node_call(tools_conn *c, dhps_rpc_client *rc, const dhps_cluster_node *nd,
+                     uint16_t method, const void *req, size_t req_len, void *resp, size_t cap,
+                     size_t *len)
 {
     dhps_rpc_channel_params chp;
     dhps_rpc_channel_params_init(&chp);
     chp.host = nd->ip;
     chp.port = nd->port;
     chp.allow = DHPS_RPC_MASK(DHPS_RPC_TCP);
+    chp.tls = dhps_rpc_tls_wanted(c->tls, c->az, nd->az);
     dhps_rpc_channel *ch = NULL;
     *len = 0;
     int err = dhps_rpc_channel_open(rc, &chp, &ch);
@@ -334,6 +383,12 @@ static int admin_rpc(tools_conn *c, dhps_rpc_client **out)
     cp.secret = c->secret;
     cp.secret_len = c->secret_len;
     cp.max_msg = 4u << 20;
+    if (c->tls != DHPS_RPC_TLS_OFF) {
+        cp.tls_ca_file = c->tls_ca;
+        cp.tls_cert_file = or_null(c->tls_cert);
+        cp.tls_key_file = or_null(c->tls_key);
+        cp.tls_server_name = or_null(c->tls_name);
+    }
     return dhps_rpc_client_create(&cp, out);
 }
 
@@ -354,7 +409,7 @@ int tools_conn_admin(tools_conn *c, uint16_t method, const char *table, tools_ad
         snprintf(h.table, sizeof h.table, "%s", table ? table : "");
         h.map_version = dhps_cluster_map_version(c->map);
         size_t len = 0;
-        err = node_call(rc, nd, method, &h, sizeof h, resp, cap, &len);
+        err = node_call(c, rc, nd, method, &h, sizeof h, resp, cap, &len);
         dhps_proto_resp r = {0};
         if (!err)
             memcpy(&r, resp, sizeof r);
@@ -378,7 +433,7 @@ int tools_conn_call(tools_conn *c, uint32_t node, uint16_t method, const void *r
     int err = admin_rpc(c, &rc);
     if (err < 0)
         return err;
-    err = node_call(rc, nd, method, req, req_len, resp, cap, resp_len);
+    err = node_call(c, rc, nd, method, req, req_len, resp, cap, resp_len);
     dhps_rpc_client_destroy(rc);
     return err;
 }

@@ -43,6 +43,11 @@ typedef struct tools_conn {
     uint64_t put_timeout_us;        /* deadline of tools_conn_put (set by open) */
     char etcd[256], etcd_cluster[64]; /* cluster.json "etcd" (`dhps up --etcd`): the client
                                          follows the map in etcd ("" = the map file only) */
+    /* TLS to the nodes (docs/tools.md "TLS"): from $DHPS_TLS, $DHPS_TLS_CA,
+     * $DHPS_TLS_CERT, $DHPS_TLS_KEY, $DHPS_TLS_SERVER_NAME, else cluster.json's "tls"
+     * object (policy, ca_file, cert_file, key_file, server_name); "" = not set */
+    int tls;                          /* DHPS_RPC_TLS_* */
+    char tls_ca[4096], tls_cert[4096], tls_key[4096], tls_name[256];
 } tools_conn;
 
 /* Tier of a node labelled host/pod/az relative to a client labelled chost/cpod/caz, as

@@ -11,6 +11,7 @@
 #include <cmocka.h>
 
 #include "srv_proc.h"
+#include "test_certs.h"
 
 static char *g_dir;
 
@@ -35,7 +36,7 @@ static void config(char *out, size_t cap, const char *secret, const char *snap,
                    const char *extra)
 {
     snprintf(out, cap, "%s/node.json", g_dir);
-    char text[2048];
+    char text[4096];
     snprintf(text, sizeof text,
              "{\"node_id\":\"c\",\"listen\":{\"tcp_port\":0},\"tables\":[{\"name\":\"emb\","
              "\"dim\":4}],\"secret_file\":\"%s\",\"snapshot\":{\"dir\":\"%s\"},"
@@ -100,10 +101,58 @@ static void check_config_refuses_what_config_refuses(void **st)
     t_rmdir(g_dir);
 }
 
+/* TLS files: missing, a key others can read, a key of another certificate, an expired
+ * certificate, a CA file that is no certificate: --check-config and --config both exit
+ * 2 naming the key and the file; a good TLS config passes. */
+static void check_config_refuses_bad_tls_files(void **st)
+{
+    (void)st;
+    g_dir = t_mkdtemp();
+    assert_int_equal(test_certs_make(g_dir), 0);
+    char secret[600], snap[600], cfg[600], cmd[2048];
+    snprintf(secret, sizeof secret, "%s/secret", g_dir);
+    snprintf(snap, sizeof snap, "%s/snap", g_dir);
+    snprintf(cmd, sizeof cmd, "cp %s/server.key %s/loose.key && chmod 644 %s/loose.key",
+             g_dir, g_dir, g_dir);
+    assert_int_equal(system(cmd), 0);
+    struct {
+        const char *cert, *key, *ca, *want;
+    } cases[] = {
+        {"none.pem", "server.key", "ca.pem", "tls.cert_file"},
+        {"server.pem", "loose.key", "ca.pem", "chmod 600"},
+        {"server.pem", "client.key", "ca.pem", "does not match the certificate"},
+        {"expired.pem", "expired.key", "ca.pem", "has expired"},
+        {"server.pem", "server.key", "secret", "tls.ca_file"},
+        {"server.pem", "server.key", "ca.pem", NULL}, /* good */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char extra[2048];
+        snprintf(extra, sizeof extra,
+                 ",\"tls\":{\"policy\":\"always\",\"cert_file\":\"%s/%s\",\"key_file\":"
+                 "\"%s/%s\",\"ca_file\":\"%s/%s\"}", g_dir, cases[i].cert, g_dir, cases[i].key,
+                 g_dir, cases[i].ca);
+        config(cfg, sizeof cfg, secret, snap, extra);
+        if (!cases[i].want) {
+            assert_int_equal(run_flag("--check-config", cfg), 0);
+            continue;
+        }
+        for (int mode = 0; mode < 2; mode++) {
+            int rc = run_flag(mode ? "--config" : "--check-config", cfg);
+            char *err = stderr_text();
+            if (rc != 2 || !strstr(err, cases[i].want))
+                fail_msg("case %zu %s: exit %d, stderr \"%s\" lacks \"%s\"", i,
+                         mode ? "--config" : "--check-config", rc, err, cases[i].want);
+            free(err);
+        }
+    }
+    t_rmdir(g_dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(check_config_refuses_what_config_refuses),
+        cmocka_unit_test(check_config_refuses_bad_tls_files),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

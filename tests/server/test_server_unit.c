@@ -11,6 +11,7 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+#include "dhps/rpc.h"
 #include "dhps/server.h"
 #include "admin.h"
 #include "msg.h"
@@ -200,6 +201,52 @@ static void test_config_bad(void **st)
                "shards.follow_etcd: must be true or false");
 }
 
+/* tls: the policy and its files, each mistake named by key (files are checked by
+ * --check-config / create, test_sec_config and test_rpc_tls). */
+static void test_config_tls(void **st)
+{
+    (void)st;
+    const char *good = "{\"node_id\":\"n\"," BASE_T "," BASE_S ",\"tls\":{\"policy\":"
+                       "\"cross_az\",\"cert_file\":\"/c.pem\",\"key_file\":\"/k.pem\","
+                       "\"ca_file\":\"/ca.pem\",\"verify_clients\":\"optional\","
+                       "\"server_name\":\"dhps.example\"}}";
+    dhps_server_config *c = NULL;
+    char err[256];
+    assert_int_equal(dhps_server_config_parse(good, strlen(good), &c, err, sizeof err), 0);
+    assert_int_equal(c->tls_policy, DHPS_RPC_TLS_CROSS_AZ);
+    assert_string_equal(c->tls_cert_file, "/c.pem");
+    assert_string_equal(c->tls_key_file, "/k.pem");
+    assert_string_equal(c->tls_ca_file, "/ca.pem");
+    assert_string_equal(c->tls_server_name, "dhps.example");
+    assert_int_equal(c->tls_verify_clients, DHPS_RPC_TLS_VERIFY_OPTIONAL);
+    dhps_server_config_free(c);
+    const char *off = "{\"node_id\":\"n\"," BASE_T "," BASE_S ",\"tls\":{\"policy\":\"off\"}}";
+    assert_int_equal(dhps_server_config_parse(off, strlen(off), &c, err, sizeof err), 0);
+    assert_int_equal(c->tls_policy, DHPS_RPC_TLS_OFF);
+    dhps_server_config_free(c);
+#define TLS_CFG(x) "{\"node_id\":\"n\"," BASE_T "," BASE_S ",\"tls\":" x "}"
+#define FILES "\"cert_file\":\"/c\",\"key_file\":\"/k\",\"ca_file\":\"/a\""
+    expect_bad(TLS_CFG("true"), "tls: must be an object");
+    expect_bad(TLS_CFG("{}"), "tls.policy: required");
+    expect_bad(TLS_CFG("{\"policy\":\"sometimes\"}"),
+               "tls.policy: must be \"off\", \"cross_az\" or \"always\"");
+    expect_bad(TLS_CFG("{\"policy\":\"always\"}"), "tls.cert_file: required with tls.policy");
+    expect_bad(TLS_CFG("{\"policy\":\"always\",\"cert_file\":\"/c\",\"key_file\":\"/k\"}"),
+               "tls.ca_file: required with tls.policy \"always\"");
+    expect_bad(TLS_CFG("{\"policy\":\"off\",\"cert_file\":\"/c\"}"),
+               "tls.cert_file: set, but tls.policy is \"off\"");
+    expect_bad(TLS_CFG("{\"policy\":\"always\"," FILES ",\"verify_clients\":\"yes\"}"),
+               "tls.verify_clients: must be \"none\", \"optional\" or \"required\"");
+    expect_bad(TLS_CFG("{\"policy\":\"always\"," FILES ",\"server_name\":\"a b\"}"),
+               "tls.server_name: must be a DNS name");
+    expect_bad(TLS_CFG("{\"policy\":\"always\"," FILES ",\"cipher\":\"x\"}"),
+               "tls.cipher: unknown key");
+    expect_bad(TLS_CFG("{\"policy\":\"always\",\"cert_file\":7}"),
+               "tls.cert_file: must be a string");
+#undef TLS_CFG
+#undef FILES
+}
+
 /* follow_etcd: a missing map file is fine for --check-config (etcd has it at start),
  * a map that does not list map_node too; without follow_etcd both are errors. */
 static void test_config_follow(void **st)
@@ -357,7 +404,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fp16_paths_agree), cmocka_unit_test(test_fp16_round_trip),
-        cmocka_unit_test(test_config_good),      cmocka_unit_test(test_config_bad),
+        cmocka_unit_test(test_config_good),      cmocka_unit_test(test_config_tls),
+        cmocka_unit_test(test_config_bad),
         cmocka_unit_test(test_config_file),
         cmocka_unit_test(test_config_follow),      cmocka_unit_test(test_msg_decode),
         cmocka_unit_test(test_admin_replay_window),
