@@ -23,6 +23,7 @@
 #include "dhps/proto.h"
 #include "dhps/rpc.h"
 #include "util.h"
+#include "test_scale.h"
 
 #define FAKE_SECRET "client-test-secret"
 #define FAKE_SLOTS 65536u /* power of two; tests keep well below */
@@ -45,6 +46,7 @@ struct fake_node {
     pthread_mutex_t lock;
     struct fake_entry *tab;
     _Atomic int delay_ms;       /* handlers sleep while delay_ms > 0, up to that long */
+    _Atomic int sleeping;       /* handlers in that sleep now */
     _Atomic int fail;           /* answer with status DHPS_E_HANDLER */
     _Atomic int fail_next;      /* answer the next N requests with DHPS_E_HANDLER */
     _Atomic(const dhps_cluster_map *) owner_map; /* if set: refuse shards not owned
@@ -105,8 +107,10 @@ static inline void fake_on_moved(struct fake_node *f, fake_moved_fn fn, void *ar
 static int fake_prologue(struct fake_node *f, dhps_rpc_request *r, const dhps_proto_hdr *h)
 {
     uint64_t t0 = fake_now_ms();
+    atomic_fetch_add(&f->sleeping, 1);
     while (atomic_load(&f->delay_ms) > 0 && fake_now_ms() - t0 < (uint64_t)atomic_load(&f->delay_ms))
         usleep(1000);
+    atomic_fetch_sub(&f->sleeping, 1);
     dhps_proto_resp *resp = r->resp;
     memset(resp, 0, sizeof *resp);
     r->resp_len = sizeof *resp;
@@ -320,6 +324,7 @@ static int fake_start(struct fake_node *f, uint32_t id, uint16_t port)
     dhps_rpc_server_params_init(&p);
     p.port = port;
     p.workers = 2;
+    p.hello_timeout_ms = dhps_test_ms(2000); /* not under test: scaled */
     p.secret = FAKE_SECRET;
     p.secret_len = strlen(FAKE_SECRET);
     int rc = dhps_rpc_server_create(&p, &f->srv);

@@ -32,6 +32,7 @@ static dhps_client *mkclient(struct fx *x, int router, uint32_t reload_ms)
 {
     dhps_client_params p;
     dhps_client_params_init(&p);
+    p.connect_timeout_ms = dhps_test_ms(1000); /* not under test: scaled */
     p.map_path = x->path;
     p.secret = FAKE_SECRET;
     p.secret_len = strlen(FAKE_SECRET);
@@ -382,7 +383,9 @@ static void test_deadline_partial(void **state)
     /* partial: two nodes slow, two fast; keys with a fast replica come back */
     atomic_store(&x->nodes[2].delay_ms, 0);
     atomic_store(&x->nodes[3].delay_ms, 0);
-    usleep(20000);
+    /* the fast nodes' handlers still held by the delay have woken (an event, scaled) */
+    assert_true(DHPS_TEST_WAIT_FOR(atomic_load(&x->nodes[2].sleeping) == 0 &&
+                                   atomic_load(&x->nodes[3].sleeping) == 0, 5000));
     uint64_t part_us = dhps_test_us(300000); /* long enough for the fast nodes to answer */
     if (part_us > 4000000)
         part_us = 4000000; /* and shorter than the slow ones' delay */
@@ -391,7 +394,8 @@ static void test_deadline_partial(void **state)
     assert_true(res.found > 0);
     for (int i = 0; i < NNODES; i++)
         atomic_store(&x->nodes[i].delay_ms, 0);
-    usleep(20000);
+    for (int i = 0; i < NNODES; i++)
+        assert_true(DHPS_TEST_WAIT_FOR(atomic_load(&x->nodes[i].sleeping) == 0, 5000));
     /* detached calls complete harmlessly; the next calls are whole again */
     check_keys(x->c, 1, 200, 0);
     dhps_client_stats st;
@@ -929,6 +933,7 @@ static void test_nonfinite_refused(void **state)
     /* allowed by the client's params */
     dhps_client_params p;
     dhps_client_params_init(&p);
+    p.connect_timeout_ms = dhps_test_ms(1000); /* not under test: scaled */
     p.map_path = x->path;
     p.secret = FAKE_SECRET;
     p.secret_len = strlen(FAKE_SECRET);

@@ -76,6 +76,7 @@ static void test_etcd_refresh_on_demand(void **state)
     assert_int_equal(put_map(1, "[[0, 1]]"), 0);
     dhps_client_params p;
     dhps_client_params_init(&p);
+    p.connect_timeout_ms = dhps_test_ms(1000); /* not under test: scaled */
     p.etcd = efx.url;
     p.cluster = "t";
     p.secret = FAKE_SECRET;

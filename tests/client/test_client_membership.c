@@ -76,6 +76,7 @@ static dhps_client *mkclient(struct fx *x, int router)
 {
     dhps_client_params p;
     dhps_client_params_init(&p);
+    p.connect_timeout_ms = dhps_test_ms(1000); /* not under test: scaled */
     p.map_path = x->path;
     p.secret = FAKE_SECRET;
     p.secret_len = strlen(FAKE_SECRET);

@@ -141,6 +141,7 @@ static void test_cluster(void **st)
     assert_int_equal(publish(1, 0), DHPS_E_CONFLICT);
     dhps_client_params cp;
     dhps_client_params_init(&cp);
+    cp.connect_timeout_ms = dhps_test_ms(1000); /* not under test: scaled */
     cp.etcd = fx.url;
     cp.cluster = "t";
     cp.secret = T_SECRET;

@@ -215,6 +215,7 @@ static void test_follow(void **state)
     /* load at ACK_ALL through a client that takes the map from etcd */
     dhps_client_params cp;
     dhps_client_params_init(&cp);
+    cp.connect_timeout_ms = dhps_test_ms(1000); /* not under test: scaled */
     cp.etcd = fx.url;
     cp.cluster = "f";
     cp.secret = T_SECRET;

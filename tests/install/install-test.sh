@@ -15,6 +15,7 @@
 # Prints one line per check and "install: N passed, N failed"; exit 0 or 1. Idempotent.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
+. "$root/tests/common/test_scale.sh" # wait_for: waits on events, scaled bounds
 build=${1:-}
 if [ -z "$build" ]; then build=$("$root/scripts/build.sh" rel) || { echo "install: build failed"; exit 1; }; fi
 build=$(cd "$build" && pwd)
@@ -158,13 +159,12 @@ if [ -f "$deb" ]; then
   "${runas[@]}" $cmdline >"$tmp/server.log" 2>&1 &
   server_pid=$!
   code=""
-  for _ in $(seq 1 100); do
+  healthy_or_gone() { # /health 200, or the server exited (the wait ends either way)
     if [ -n "$portfile" ]; then metrics=$(awk '{print $2}' "$portfile" 2>/dev/null); fi
     code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$metrics/health" || true)
-    [ "$code" = 200 ] && break
-    kill -0 "$server_pid" 2>/dev/null || break
-    sleep 0.2
-  done
+    [ "$code" = 200 ] || ! kill -0 "$server_pid" 2>/dev/null
+  }
+  wait_for 20 healthy_or_gone
   if [ "$code" = 200 ]; then ok "dhps-server from the unit's ExecStart: /health 200 on port $metrics"
   else bad "dhps-server /health: '$code'"; tail -20 "$tmp/server.log" | sed 's/^/    /'; fi
   kill -TERM "$server_pid" 2>/dev/null

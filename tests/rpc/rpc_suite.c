@@ -47,15 +47,30 @@ static int h_echo(void *arg, dhps_rpc_request *r)
     return 0;
 }
 static int h_fail(void *arg, dhps_rpc_request *r) { (void)arg; (void)r; handled++; return -5; }
+static int g_slow_started_fd = -1; /* when set, h_slow writes a byte there as it starts */
+/* M_SLOW with this many ms waits until the test opens the gate (at most a minute: a
+ * failed test must not hang the server's destroy), instead of sleeping */
+#define GATED UINT32_MAX
+static _Atomic bool g_gate_open = true;
+
 static int h_slow(void *arg, dhps_rpc_request *r)
 {
     (void)arg;
     handled++;
+    if (g_slow_started_fd >= 0 && write(g_slow_started_fd, "s", 1) != 1)
+        return -1;
     uint32_t ms = 200;
     if (r->req_len == 4)
         memcpy(&ms, r->req, 4);
-    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000};
-    nanosleep(&ts, NULL);
+    if (ms == GATED) {
+        for (int i = 0; i < 60000 && !g_gate_open; i++) {
+            struct timespec ts = {0, 1000000};
+            nanosleep(&ts, NULL);
+        }
+    } else {
+        struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000};
+        nanosleep(&ts, NULL);
+    }
     r->resp_len = 0;
     return 0;
 }
@@ -83,8 +98,8 @@ static dhps_rpc_server *start_server(uint32_t workers, const uint8_t *host_id)
 {
     dhps_rpc_server_params sp;
     dhps_rpc_server_params_init(&sp);
-    if (g_hello_timeout_ms)
-        sp.hello_timeout_ms = g_hello_timeout_ms;
+    /* not under test unless a test sets it: scaled (test_scale.h) */
+    sp.hello_timeout_ms = g_hello_timeout_ms ? g_hello_timeout_ms : dhps_test_ms(2000);
     sp.workers = workers;
     sp.secret = SECRET;
     sp.secret_len = sizeof SECRET - 1;
@@ -103,7 +118,7 @@ static dhps_rpc_server *start_server(uint32_t workers, const uint8_t *host_id)
     return s;
 }
 
-/* A client with the suite's limits; connect_timeout_ms 0 = the default. */
+/* A client with the suite's limits; connect_timeout_ms 0 = 2 s scaled (test_scale.h). */
 static dhps_rpc_client *new_client_ct(const char *secret, uint32_t connect_timeout_ms)
 {
     dhps_rpc_client_params cp;
@@ -112,8 +127,7 @@ static dhps_rpc_client *new_client_ct(const char *secret, uint32_t connect_timeo
     cp.secret_len = strlen(secret);
     cp.max_msg = 64 << 10;
     cp.max_inflight = 256;
-    if (connect_timeout_ms)
-        cp.connect_timeout_ms = connect_timeout_ms;
+    cp.connect_timeout_ms = connect_timeout_ms ? connect_timeout_ms : dhps_test_ms(2000);
     dhps_rpc_client *c = NULL;
     assert_int_equal(dhps_rpc_client_create(&cp, &c), 0);
     return c;
@@ -160,7 +174,8 @@ static void echo_blocking(void **st)
     for (int i = 0; i < 100; i++) {
         char msg[32];
         int len = snprintf(msg, sizeof msg, "hello %d", i);
-        assert_int_equal(dhps_rpc_call(ch, M_ECHO, msg, (size_t)len, out, sizeof out, &n, 1000000), 0);
+        assert_int_equal(dhps_rpc_call(ch, M_ECHO, msg, (size_t)len, out, sizeof out, &n,
+                                       dhps_test_us(1000000)), 0);
         assert_int_equal(n, len);
         assert_memory_equal(out, msg, n);
     }
@@ -168,7 +183,8 @@ static void echo_blocking(void **st)
     print_message("  %s: 100 blocking calls in %.1f ms\n", dhps_rpc_transport_name(T),
                   (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6);
     /* empty request and response */
-    assert_int_equal(dhps_rpc_call(ch, M_ECHO, NULL, 0, out, sizeof out, &n, 1000000), 0);
+    assert_int_equal(dhps_rpc_call(ch, M_ECHO, NULL, 0, out, sizeof out, &n,
+                                   dhps_test_us(1000000)), 0);
     assert_int_equal(n, 0);
     dhps_rpc_channel_stats cs;
     dhps_rpc_channel_get_stats(ch, &cs);
@@ -221,7 +237,7 @@ static void zero_copy_async_coalesced(void **st)
             uint64_t v = (uint64_t)(r * batch + i);
             memcpy(buf, &v, 8); /* written in place: the lent buffer is transport memory */
             sum += (uint32_t)v;
-            assert_int_equal(dhps_rpc_call_send(ch, 8, 2000000, async_done, &a), 0);
+            assert_int_equal(dhps_rpc_call_send(ch, 8, dhps_test_us(2000000), async_done, &a), 0);
         }
         while (a.done < (r + 1) * batch)
             assert_true(dhps_rpc_client_poll(c, 1000) >= 0);
@@ -255,18 +271,21 @@ static void large_and_limits(void **st)
     for (size_t i = 0; i < max; i++)
         req[i] = (uint8_t)(i * 13 + 1);
     for (int k = 0; k < 20; k++) { /* wraps the shm rings several times */
-        assert_int_equal(dhps_rpc_call(ch, M_ECHO, req, max - (size_t)k * 1000, resp, max, &n, 2000000), 0);
+        assert_int_equal(dhps_rpc_call(ch, M_ECHO, req, max - (size_t)k * 1000, resp, max, &n,
+                                       dhps_test_us(2000000)), 0);
         assert_int_equal(n, max - (size_t)k * 1000);
         assert_memory_equal(req, resp, n);
     }
-    assert_int_equal(dhps_rpc_call(ch, M_BIG, NULL, 0, resp, max, &n, 2000000), 0);
+    assert_int_equal(dhps_rpc_call(ch, M_BIG, NULL, 0, resp, max, &n, dhps_test_us(2000000)), 0);
     assert_int_equal(n, max);
     assert_int_equal(resp[max - 1], (uint8_t)((max - 1) * 7));
     /* response longer than the caller's buffer */
-    assert_int_equal(dhps_rpc_call(ch, M_BIG, NULL, 0, resp, 10, &n, 2000000), DHPS_E_TOOBIG);
+    assert_int_equal(dhps_rpc_call(ch, M_BIG, NULL, 0, resp, 10, &n, dhps_test_us(2000000)),
+                     DHPS_E_TOOBIG);
     void *buf;
     assert_int_equal(dhps_rpc_call_start(ch, M_ECHO, max + 1, &buf), DHPS_E_TOOBIG);
-    assert_int_equal(dhps_rpc_call(ch, M_ECHO, req, max + 1, resp, max, &n, 1000000), DHPS_E_TOOBIG);
+    assert_int_equal(dhps_rpc_call(ch, M_ECHO, req, max + 1, resp, max, &n,
+                                   dhps_test_us(1000000)), DHPS_E_TOOBIG);
     free(req);
     free(resp);
     dhps_rpc_client_destroy(c);
@@ -281,15 +300,22 @@ static void errors_distinct(void **st)
     dhps_rpc_channel *ch = open_chan(c, dhps_rpc_server_port(s));
     char out[16];
     size_t n = 99;
-    assert_int_equal(dhps_rpc_call(ch, 777, "x", 1, out, sizeof out, &n, 1000000), DHPS_E_NOTFOUND);
-    assert_int_equal(dhps_rpc_call(ch, M_FAIL, "x", 1, out, sizeof out, &n, 1000000), DHPS_E_HANDLER);
-    /* deadline: the handler sleeps 300 ms, the call allows 30 ms */
-    uint32_t ms = 300;
-    long t0 = (long)time(NULL);
+    assert_int_equal(dhps_rpc_call(ch, 777, "x", 1, out, sizeof out, &n, dhps_test_us(1000000)),
+                     DHPS_E_NOTFOUND);
+    assert_int_equal(dhps_rpc_call(ch, M_FAIL, "x", 1, out, sizeof out, &n,
+                                   dhps_test_us(1000000)), DHPS_E_HANDLER);
+    /* deadline (under test): the call allows 30 ms and returns then, not when the handler
+     * answers: the handler waits for the test to let it go, after the call returned. The
+     * margin over the deadline is scaled (test_scale.h) */
+    uint32_t ms = GATED;
+    g_gate_open = false;
+    uint64_t t0 = dhps_test_now_ms();
     assert_int_equal(dhps_rpc_call(ch, M_SLOW, &ms, 4, out, sizeof out, &n, 30000), DHPS_E_TIMEOUT);
-    assert_true((long)time(NULL) - t0 <= 1);
+    assert_true(dhps_test_now_ms() - t0 < 30 + dhps_test_ms(1000));
+    g_gate_open = true;
     /* the channel still works; the late response is dropped */
-    assert_int_equal(dhps_rpc_call(ch, M_ECHO, "ok", 2, out, sizeof out, &n, 2000000), 0);
+    assert_int_equal(dhps_rpc_call(ch, M_ECHO, "ok", 2, out, sizeof out, &n,
+                                   dhps_test_us(2000000)), 0);
     assert_int_equal(n, 2);
     dhps_rpc_channel_stats cs;
     dhps_rpc_channel_get_stats(ch, &cs);
@@ -328,18 +354,20 @@ static void slow_reader_backpressure(void **st)
         assert_int_equal(rc, 0);
         uint64_t v = (uint64_t)i;
         memcpy(buf, &v, 8);
-        assert_int_equal(dhps_rpc_call_send(ch, 8, 10000000, async_done, &a), 0);
+        assert_int_equal(dhps_rpc_call_send(ch, 8, dhps_test_us(10000000), async_done, &a), 0);
         sent++;
     }
-    dhps_rpc_client_poll(c, 0); /* flush; then do not read for a while */
-    usleep(200000);
+    long before = handled;
+    dhps_rpc_client_poll(c, 0); /* flush; then read nothing until the server answered all */
+    assert_true(DHPS_TEST_WAIT_FOR(handled - before >= sent, 10000));
     while (a.done < sent)
         assert_true(dhps_rpc_client_poll(c, 1000) >= 0);
     assert_int_equal(a.bad, 0);
     assert_true(sent >= 30);
     char out[8];
     size_t n;
-    assert_int_equal(dhps_rpc_call(ch, M_ECHO, "z", 1, out, sizeof out, &n, 5000000), 0);
+    assert_int_equal(dhps_rpc_call(ch, M_ECHO, "z", 1, out, sizeof out, &n,
+                                   dhps_test_us(5000000)), 0);
     dhps_rpc_client_destroy(c);
     dhps_rpc_server_destroy(s);
 }
@@ -399,11 +427,13 @@ static void channels_share_one_connection(void **st)
                 void *buf;
                 assert_int_equal(dhps_rpc_call_start(ch[i], M_ECHO, 8, &buf), 0);
                 /* one lent buffer per connection: a sibling cannot send it */
-                assert_int_equal(dhps_rpc_call_send(ch[(i + 1) % 3], 8, 0, async_done, &a[i]), -EINVAL);
+                assert_int_equal(dhps_rpc_call_send(ch[(i + 1) % 3], 8, 0, async_done, &a[i]),
+                                 -EINVAL);
                 uint64_t v = (uint64_t)(i * 1000 + r * 4 + k);
                 memcpy(buf, &v, 8);
                 sum[i] += (uint32_t)v;
-                assert_int_equal(dhps_rpc_call_send(ch[i], 8, 5000000, async_done, &a[i]), 0);
+                assert_int_equal(dhps_rpc_call_send(ch[i], 8, dhps_test_us(5000000), async_done,
+                                                    &a[i]), 0);
             }
         }
         while (a[0].done + a[1].done + a[2].done < (r + 1) * 12)
@@ -425,10 +455,10 @@ static void channels_share_one_connection(void **st)
     uint32_t ms = 100;
     assert_int_equal(dhps_rpc_call_start(ch[0], M_SLOW, 4, &buf), 0);
     memcpy(buf, &ms, 4);
-    assert_int_equal(dhps_rpc_call_send(ch[0], 4, 5000000, async_done, &slow0), 0);
+    assert_int_equal(dhps_rpc_call_send(ch[0], 4, dhps_test_us(5000000), async_done, &slow0), 0);
     assert_int_equal(dhps_rpc_call_start(ch[1], M_ECHO, 8, &buf), 0);
     memset(buf, 0, 8);
-    assert_int_equal(dhps_rpc_call_send(ch[1], 8, 5000000, async_done, &slow1), 0);
+    assert_int_equal(dhps_rpc_call_send(ch[1], 8, dhps_test_us(5000000), async_done, &slow1), 0);
     dhps_rpc_channel_close(ch[1]);
     assert_int_equal(slow1.done, 1);
     assert_int_equal(slow1.bad, 1); /* cancelled */
@@ -437,7 +467,8 @@ static void channels_share_one_connection(void **st)
     assert_int_equal(slow0.bad, 1); /* empty response to M_SLOW: len != 8, but it arrived */
     char out[8];
     size_t n;
-    assert_int_equal(dhps_rpc_call(ch[2], M_ECHO, "x", 1, out, sizeof out, &n, 5000000), 0);
+    assert_int_equal(dhps_rpc_call(ch[2], M_ECHO, "x", 1, out, sizeof out, &n,
+                                   dhps_test_us(5000000)), 0);
     dhps_rpc_channel_get_stats(ch[2], &cs);
     assert_int_equal(cs.channels, 2);
     /* an exclusive channel gets its own connection */
@@ -446,7 +477,8 @@ static void channels_share_one_connection(void **st)
     p.exclusive = true;
     dhps_rpc_channel *ex;
     assert_int_equal(dhps_rpc_channel_open(c, &p, &ex), 0);
-    assert_int_equal(dhps_rpc_call(ex, M_ECHO, "y", 1, out, sizeof out, &n, 5000000), 0);
+    assert_int_equal(dhps_rpc_call(ex, M_ECHO, "y", 1, out, sizeof out, &n,
+                                   dhps_test_us(5000000)), 0);
     dhps_rpc_channel_get_stats(ex, &cs);
     assert_int_equal(cs.channels, 1);
     dhps_rpc_server_get_stats(s, &ss);
@@ -589,9 +621,21 @@ static void stalled_hello_does_not_block_others(void **st)
 {
     (void)st;
     /* under test: open + call return well inside the hello timeout the stalled peers hold
-     * their slots for; both scale with the machine (test_scale.h), 2 s natively */
-    g_hello_timeout_ms = dhps_test_ms(2000);
-    dhps_rpc_server *s = start_server(1, NULL); /* 2 acceptors by default */
+     * their slots for. The timeout is calibrated: 20 times what an open + call take here
+     * and now with no stalled peer (sanitizers, load), at least 300 ms */
+    dhps_rpc_server *s = start_server(1, NULL);
+    dhps_rpc_client *cal = new_client(SECRET);
+    char out[8];
+    size_t n;
+    uint64_t c0 = dhps_test_now_ms();
+    dhps_rpc_channel *cch = open_chan(cal, dhps_rpc_server_port(s));
+    assert_int_equal(dhps_rpc_call(cch, M_ECHO, "q", 1, out, sizeof out, &n,
+                                   dhps_test_us(5000000)), 0);
+    uint64_t took = dhps_test_now_ms() - c0;
+    dhps_rpc_client_destroy(cal);
+    dhps_rpc_server_destroy(s);
+    g_hello_timeout_ms = took * 20 > 300 ? (uint32_t)(took * 20) : 300;
+    s = start_server(1, NULL); /* 2 acceptors by default */
     /* many more stalled peers than acceptors: silent ones, ones that sent half a header,
      * one that got the server hello and never sends its proof. Each acceptor runs its
      * hellos on an event loop, so none of them holds it. */
@@ -605,14 +649,14 @@ static void stalled_hello_does_not_block_others(void **st)
     rpc_hello hch, hsh;
     int half = raw_half_hello(dhps_rpc_server_port(s), &hch, &hsh);
     int idle = stalled[0];
-    usleep(100000); /* let the acceptors pick them up */
+    /* no wait for the acceptors to pick the stalled peers up: the listen queue is FIFO,
+     * so the acceptors take every one of them before the connection opened below */
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     dhps_rpc_client *c = new_client(SECRET);
     dhps_rpc_channel *ch = open_chan(c, dhps_rpc_server_port(s));
-    char out[8];
-    size_t n;
-    assert_int_equal(dhps_rpc_call(ch, M_ECHO, "q", 1, out, sizeof out, &n, 5000000), 0);
+    assert_int_equal(dhps_rpc_call(ch, M_ECHO, "q", 1, out, sizeof out, &n,
+                                   dhps_test_us(5000000)), 0);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     double ms = (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6;
     print_message("  open + call beside %d stalled hellos: %.1f ms (hello timeout %u ms)\n",
@@ -765,7 +809,8 @@ static void garbage_closes_connection(void **st)
     dhps_rpc_channel *chn = open_chan(c, port);
     char out[8];
     size_t n;
-    assert_int_equal(dhps_rpc_call(chn, M_ECHO, "z", 1, out, sizeof out, &n, 1000000), 0);
+    assert_int_equal(dhps_rpc_call(chn, M_ECHO, "z", 1, out, sizeof out, &n,
+                                   dhps_test_us(1000000)), 0);
     dhps_rpc_client_destroy(c);
     dhps_rpc_server_stats ss;
     dhps_rpc_server_get_stats(s, &ss);
@@ -791,7 +836,8 @@ static void negotiation_policy(void **st)
     p.port = port;
     assert_int_equal(dhps_rpc_channel_open(c, &p, &ch), 0);
     assert_int_equal(dhps_rpc_channel_transport(ch), DHPS_RPC_SHM);
-    assert_int_equal(dhps_rpc_call(ch, M_ECHO, "a", 1, out, sizeof out, &n, 1000000), 0);
+    assert_int_equal(dhps_rpc_call(ch, M_ECHO, "a", 1, out, sizeof out, &n,
+                                   dhps_test_us(1000000)), 0);
     /* forbid shm and verbs: tcp */
     p.allow = DHPS_RPC_MASK(DHPS_RPC_TCP);
     assert_int_equal(dhps_rpc_channel_open(c, &p, &ch), 0);
@@ -802,7 +848,8 @@ static void negotiation_policy(void **st)
     if (dhps_rpc_verbs_available()) {
         assert_int_equal(dhps_rpc_channel_open(c, &p, &ch), 0);
         assert_int_equal(dhps_rpc_channel_transport(ch), DHPS_RPC_VERBS);
-        assert_int_equal(dhps_rpc_call(ch, M_ECHO, "v", 1, out, sizeof out, &n, 5000000), 0);
+        assert_int_equal(dhps_rpc_call(ch, M_ECHO, "v", 1, out, sizeof out, &n,
+                                       dhps_test_us(5000000)), 0);
     } else {
         assert_int_equal(dhps_rpc_channel_open(c, &p, &ch), DHPS_E_CONFIG);
     }
@@ -824,7 +871,8 @@ static void negotiation_policy(void **st)
     p.port = port;
     assert_int_equal(dhps_rpc_channel_open(c, &p, &ch), 0);
     assert_int_equal(dhps_rpc_channel_transport(ch), vb ? DHPS_RPC_VERBS : DHPS_RPC_TCP);
-    assert_int_equal(dhps_rpc_call(ch, M_ECHO, "b", 1, out, sizeof out, &n, 5000000), 0);
+    assert_int_equal(dhps_rpc_call(ch, M_ECHO, "b", 1, out, sizeof out, &n,
+                                   dhps_test_us(5000000)), 0);
     p.require = DHPS_RPC_SHM;
     assert_int_equal(dhps_rpc_channel_open(c, &p, &ch), DHPS_E_CONFIG);
     dhps_rpc_client_destroy(c);
@@ -876,7 +924,8 @@ static void refused_until_started(void **st)
     assert_int_equal(dhps_rpc_channel_open(c, &p, &ch), 0);
     char resp[8] = {0};
     size_t rl = 0;
-    assert_int_equal(dhps_rpc_call(ch, M_ECHO, "ping", 4, resp, sizeof resp, &rl, 2000000), 0);
+    assert_int_equal(dhps_rpc_call(ch, M_ECHO, "ping", 4, resp, sizeof resp, &rl,
+                                   dhps_test_us(2000000)), 0);
     assert_memory_equal(resp, "ping", 4);
     dhps_rpc_channel_close(ch);
     dhps_rpc_client_destroy(c);
@@ -912,7 +961,8 @@ static void tcp_connect_bounded(void **st)
     int lfd = loopback_socket(0, &a); /* never accepted: one queued connection fills it */
     int filler = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     assert_int_equal(connect(filler, (struct sockaddr *)&a, sizeof a), 0);
-    dhps_rpc_client *c = new_client_ct(SECRET, 10000);
+    uint32_t client_ms = dhps_test_ms(10000); /* the bound not used; scaled, as the check */
+    dhps_rpc_client *c = new_client_ct(SECRET, client_ms);
     dhps_rpc_channel_params p;
     chan_params(&p, ntohs(a.sin_port));
     p.tcp_connect_timeout_us = 200000;
@@ -922,8 +972,9 @@ static void tcp_connect_bounded(void **st)
     assert_int_equal(dhps_rpc_channel_open(c, &p, &ch), DHPS_E_TIMEOUT);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     double s = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
-    print_message("  connect to a full backlog failed after %.3f s (bound 0.2 s, client 10 s)\n", s);
-    assert_true(s < 5.0); /* the client's own 10 s bound would have been used */
+    print_message("  connect to a full backlog failed after %.3f s (bound 0.2 s, client %.1f s)\n",
+                  s, client_ms / 1e3);
+    assert_true(s < client_ms / 2e3); /* the client's own bound would have been used */
     assert_null(ch);
     dhps_rpc_client_destroy(c);
     close(filler);
@@ -965,12 +1016,12 @@ static void async_open_queues_calls(void **st)
     async_ctx a = {0};
     uint32_t sum = 0;
     for (uint64_t v = 1; v <= 100; v++) {
-        send_echo(ch, v, 20000000, &a);
+        send_echo(ch, v, dhps_test_us(20000000), &a);
         sum += (uint32_t)v;
     }
     struct timespec t0;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    while (a.done < 100 && since(&t0) < 30)
+    while (a.done < 100 && since(&t0) < dhps_test_ms(30000) / 1e3)
         assert_true(dhps_rpc_client_poll(c, 100) >= 0);
     assert_int_equal(a.done, 100);
     assert_int_equal(a.bad, 0);
@@ -1000,7 +1051,18 @@ static void async_open_does_not_block(void **st)
     dhps_rpc_server *s = start_server(1, NULL);
     struct sockaddr_in a;
     int lfd = loopback_socket(8, &a); /* connects complete in the backlog; nobody reads */
-    dhps_rpc_client *c = new_client_ct(SECRET, 1500);
+    /* under test: the stalled open fails at its bound (the client's connect timeout), not
+     * at the queued call's deadline, ten times longer. The bound is calibrated: 20 times
+     * what a whole blocking open (connect and hello) takes here and now, at least 500 ms */
+    dhps_rpc_client *cal = new_client(SECRET);
+    uint64_t c0 = dhps_test_now_ms();
+    dhps_rpc_channel_close(open_chan(cal, dhps_rpc_server_port(s)));
+    uint64_t open_ms = 20 * (dhps_test_now_ms() - c0);
+    dhps_rpc_client_destroy(cal);
+    if (open_ms < 500)
+        open_ms = 500;
+    uint64_t call_us = 10000ull * open_ms;
+    dhps_rpc_client *c = new_client_ct(SECRET, (uint32_t)open_ms);
     dhps_rpc_channel *good = open_chan(c, dhps_rpc_server_port(s));
     dhps_rpc_channel_params p;
     chan_params(&p, ntohs(a.sin_port));
@@ -1011,30 +1073,32 @@ static void async_open_does_not_block(void **st)
     double opened = since(&t0);
     assert_int_equal(dhps_rpc_channel_status(stuck), -EINPROGRESS);
     async_ctx q = {0};
-    send_echo(stuck, 7, 20000000, &q); /* waits for the hello; its deadline is 20 s */
+    send_echo(stuck, 7, call_us, &q); /* waits for the hello */
     /* meanwhile the other channel serves blocking calls, driving the same event loop */
     int served = 0;
     char out[8];
     size_t n;
-    while (q.done == 0 && since(&t0) < 30) {
-        assert_int_equal(dhps_rpc_call(good, M_ECHO, "ping", 4, out, sizeof out, &n, 5000000), 0);
+    while (q.done == 0 && since(&t0) < call_us / 1e6) {
+        assert_int_equal(dhps_rpc_call(good, M_ECHO, "ping", 4, out, sizeof out, &n,
+                                       dhps_test_us(5000000)), 0);
         served++;
     }
     double failed_at = since(&t0);
     print_message("  open_async returned in %.2f ms; %d calls served beside the stalled hello; "
-                  "its queued call failed after %.2f s (open bound 1.5 s, call 20 s)\n",
-                  opened * 1e3, served, failed_at);
-    assert_true(opened < 0.5); /* a blocking open would have waited 1.5 s */
+                  "its queued call failed after %.2f s (open bound %.1f s, call %.1f s)\n",
+                  opened * 1e3, served, failed_at, (double)open_ms / 1e3, (double)call_us / 1e6);
+    assert_true(opened < (double)open_ms / 2e3); /* a blocking one would have waited open_ms */
     assert_int_equal(q.done, 1);
     assert_int_equal(q.bad, 1);
     assert_int_equal(q.first_status, DHPS_E_TIMEOUT);
     assert_true(served > 1);
-    assert_true(failed_at < 15.0); /* the open's bound, not the call's 20 s */
+    assert_true(failed_at < call_us / 2e6); /* the open's bound, not the call's deadline */
     assert_int_equal(dhps_rpc_channel_status(stuck), DHPS_E_TIMEOUT);
     void *buf;
     assert_int_equal(dhps_rpc_call_start(stuck, M_ECHO, 8, &buf), DHPS_E_TIMEOUT);
     dhps_rpc_channel_close(stuck);
-    assert_int_equal(dhps_rpc_call(good, M_ECHO, "ping", 4, out, sizeof out, &n, 5000000), 0);
+    assert_int_equal(dhps_rpc_call(good, M_ECHO, "ping", 4, out, sizeof out, &n,
+                                   dhps_test_us(5000000)), 0);
     dhps_rpc_client_destroy(c);
     close(lfd);
     dhps_rpc_server_destroy(s);
@@ -1051,7 +1115,7 @@ static void try_echo(dhps_rpc_channel *ch, uint64_t v, async_ctx *a)
         return;
     }
     memcpy(buf, &v, 8);
-    assert_int_equal(dhps_rpc_call_send(ch, 8, 5000000, async_done, a), 0);
+    assert_int_equal(dhps_rpc_call_send(ch, 8, dhps_test_us(5000000), async_done, a), 0);
 }
 
 static void async_open_errors(void **st)
@@ -1087,8 +1151,8 @@ static void async_open_errors(void **st)
     /* closed while opening: its queued calls are cancelled, nothing leaks (ASan) */
     assert_int_equal(dhps_rpc_channel_open_async(c, &p, &ch), 0);
     q = (async_ctx){0};
-    send_echo(ch, 3, 5000000, &q);
-    send_echo(ch, 4, 5000000, &q);
+    send_echo(ch, 3, dhps_test_us(5000000), &q);
+    send_echo(ch, 4, dhps_test_us(5000000), &q);
     void *buf; /* and one started but never sent */
     assert_int_equal(dhps_rpc_call_start(ch, M_ECHO, 8, &buf), 0);
     dhps_rpc_channel_close(ch); /* in flight or still waiting: cancelled either way */
@@ -1107,6 +1171,7 @@ static void peer_killed_mid_call(void **st)
     assert_true(pid >= 0);
     if (pid == 0) { /* child: the server, killed below */
         close(pfd[0]);
+        g_slow_started_fd = pfd[1]; /* then tells when a slow handler runs */
         dhps_rpc_server *s = start_server(1, NULL);
         uint16_t port = dhps_rpc_server_port(s);
         if (write(pfd[1], &port, sizeof port) != sizeof port)
@@ -1117,29 +1182,35 @@ static void peer_killed_mid_call(void **st)
     close(pfd[1]);
     uint16_t port = 0;
     assert_int_equal(read(pfd[0], &port, sizeof port), (ssize_t)sizeof port);
-    close(pfd[0]);
     dhps_rpc_client *c = new_client(SECRET);
     dhps_rpc_channel *ch = open_chan(c, port);
     char out[8];
     size_t n;
-    assert_int_equal(dhps_rpc_call(ch, M_ECHO, "a", 1, out, sizeof out, &n, 2000000), 0);
-    /* a few calls in flight on a slow handler, then kill -9 the server */
+    assert_int_equal(dhps_rpc_call(ch, M_ECHO, "a", 1, out, sizeof out, &n,
+                                   dhps_test_us(2000000)), 0);
+    /* a few calls in flight on a slow handler (scaled: longer than any stall), then kill -9
+     * the server */
+    uint32_t slow_ms = dhps_test_ms(5000);
     async_ctx a = {0};
     for (int i = 0; i < 4; i++) {
         void *buf;
         assert_int_equal(dhps_rpc_call_start(ch, M_SLOW, 4, &buf), 0);
-        uint32_t ms = 5000;
-        memcpy(buf, &ms, 4);
+        memcpy(buf, &slow_ms, 4);
         assert_int_equal(dhps_rpc_call_send(ch, 4, 0 /* no deadline */, async_done, &a), 0);
     }
-    dhps_rpc_client_poll(c, 50);
+    /* the server is running the first of them when it is killed */
+    assert_true(dhps_rpc_client_poll(c, 0) >= 0);
+    struct pollfd started = {.fd = pfd[0], .events = POLLIN};
+    assert_int_equal(poll(&started, 1, (int)dhps_test_ms(5000)), 1);
+    close(pfd[0]);
     assert_int_equal(kill(pid, SIGKILL), 0);
-    time_t t0 = time(NULL);
+    uint64_t t0 = dhps_test_now_ms();
     while (a.done < 4)
         assert_true(dhps_rpc_client_poll(c, 1000) >= 0);
-    assert_true(time(NULL) - t0 <= 2);
+    /* under test: they failed as the peer died, not when the handler would answer */
+    assert_true(dhps_test_now_ms() - t0 < slow_ms / 2);
     assert_int_equal(a.bad, 4); /* each failed, cleanly */
-    assert_int_equal(dhps_rpc_call(ch, M_ECHO, "a", 1, out, sizeof out, &n, 1000000),
+    assert_int_equal(dhps_rpc_call(ch, M_ECHO, "a", 1, out, sizeof out, &n, dhps_test_us(1000000)),
                      DHPS_E_UNREACHABLE);
     void *buf;
     assert_int_equal(dhps_rpc_call_start(ch, M_ECHO, 1, &buf), DHPS_E_UNREACHABLE);
@@ -1163,7 +1234,8 @@ static void server_destroyed_under_client(void **st)
     dhps_rpc_channel *ch = open_chan(c, dhps_rpc_server_port(s));
     char out[8];
     size_t n;
-    assert_int_equal(dhps_rpc_call(ch, M_ECHO, "a", 1, out, sizeof out, &n, 1000000), 0);
+    assert_int_equal(dhps_rpc_call(ch, M_ECHO, "a", 1, out, sizeof out, &n,
+                                   dhps_test_us(1000000)), 0);
     dhps_rpc_server_destroy(s);
     void *buf;
     int rc = dhps_rpc_call_start(ch, M_ECHO, 1, &buf);
@@ -1193,7 +1265,7 @@ static void *client_thread(void *p)
     cp.secret = SECRET;
     cp.secret_len = sizeof SECRET - 1;
     cp.max_msg = 64 << 10;
-    cp.connect_timeout_ms = 30000; /* hellos are served one at a time; TCG + ASan is slow */
+    cp.connect_timeout_ms = dhps_test_ms(30000); /* not under test: scaled */
     dhps_rpc_client *c = NULL;
     if (dhps_rpc_client_create(&cp, &c)) {
         t->errors++;
@@ -1219,7 +1291,8 @@ static void *client_thread(void *p)
                 break;
             uint64_t v = (uint64_t)sent;
             memcpy(buf, &v, 8);
-            dhps_rpc_call_send(ch, 8, 30000000, async_done, &a); /* TCG + a loaded host */
+            dhps_rpc_call_send(ch, 8, dhps_test_us(30000000), async_done,
+                               &a); /* TCG + a loaded host */
             sent++;
         }
         dhps_rpc_client_poll(c, 100);
@@ -1289,7 +1362,8 @@ static void pump(stream *st, int upto, int depth)
         uint64_t v = (uint64_t)st->sent;
         memcpy(buf, &v, 8);
         st->sum += (uint32_t)v;
-        assert_int_equal(dhps_rpc_call_send(st->ch, 8, 20000000, async_done, &st->a), 0);
+        assert_int_equal(dhps_rpc_call_send(st->ch, 8, dhps_test_us(20000000), async_done,
+                                            &st->a), 0);
         st->sent++;
     }
     assert_true(dhps_rpc_client_poll(st->c, 10) >= 0);
@@ -1318,14 +1392,15 @@ static void verbs_requests_overtake_handoff(void **unused)
     dhps_rpc_channel *bch = open_chan(busy, dhps_rpc_server_port(s));
     char out[8];
     size_t n;
-    assert_int_equal(dhps_rpc_call(bch, M_ECHO, "b", 1, out, sizeof out, &n, 20000000), 0);
+    assert_int_equal(dhps_rpc_call(bch, M_ECHO, "b", 1, out, sizeof out, &n,
+                                   dhps_test_us(20000000)), 0);
     /* a second client sends at once after its ACCEPT, 300 ms before the hand-off */
     stream st = {.c = new_client(SECRET)};
     st.ch = open_chan(st.c, dhps_rpc_server_port(s));
     while (st.sent < 8)
         pump(&st, 8, 8);
-    time_t t0 = time(NULL);
-    while (st.a.done < 8 && time(NULL) - t0 < 30)
+    uint64_t end = dhps_test_now_ms() + dhps_test_ms(30000); /* a bound on an event, scaled */
+    while (st.a.done < 8 && dhps_test_now_ms() < end)
         pump(&st, 8, 8);
     assert_int_equal(st.a.done, 8);
     assert_int_equal(st.a.bad, 0);
@@ -1357,7 +1432,7 @@ static void verbs_qp_error_fallback_and_repromotion(void **unused)
         void *buf;
         assert_int_equal(dhps_rpc_call_start(sib, M_ECHO, 8, &buf), 0);
         memset(buf, 0, 8);
-        assert_int_equal(dhps_rpc_call_send(sib, 8, 20000000, async_done, &sa), 0);
+        assert_int_equal(dhps_rpc_call_send(sib, 8, dhps_test_us(20000000), async_done, &sa), 0);
     }
     pump(&st, 212, 16);
     assert_int_equal(dhps_rpc_channel_inject(st.ch, DHPS_RPC_FAULT_QP_ERROR), 0);
@@ -1365,10 +1440,10 @@ static void verbs_qp_error_fallback_and_repromotion(void **unused)
         pump(&st, 100000, 16);
     assert_int_equal(dhps_rpc_channel_transport(st.ch), DHPS_RPC_TCP);
     /* keep serving on TCP until verbs is re-promoted, then a while on verbs */
-    time_t t0 = time(NULL);
+    uint64_t end = dhps_test_now_ms() + dhps_test_ms(30000); /* a bound on an event, scaled */
     while (dhps_rpc_channel_transport(st.ch) != DHPS_RPC_VERBS) {
         pump(&st, 100000, 16);
-        assert_true(time(NULL) - t0 < 30);
+        assert_true(dhps_test_now_ms() < end);
     }
     int target = st.sent + 200;
     while (st.a.done < target)
@@ -1411,20 +1486,22 @@ static void verbs_retry_answered_from_cache(void **unused)
     st.ch = open_chan(st.c, dhps_rpc_server_port(s));
     char out[8];
     size_t n;
-    assert_int_equal(dhps_rpc_call(st.ch, M_ECHO, "w", 1, out, sizeof out, &n, 20000000), 0);
+    assert_int_equal(dhps_rpc_call(st.ch, M_ECHO, "w", 1, out, sizeof out, &n,
+                                   dhps_test_us(20000000)), 0);
     long before = handled;
     async_ctx a = {0};
+    g_gate_open = false; /* the handler answers only once the QP is broken */
     for (int i = 0; i < 4; i++) {
         void *buf;
         assert_int_equal(dhps_rpc_call_start(st.ch, M_SLOW, 4, &buf), 0);
-        uint32_t ms = 150;
+        uint32_t ms = GATED;
         memcpy(buf, &ms, 4);
-        assert_int_equal(dhps_rpc_call_send(st.ch, 4, 30000000, async_done, &a), 0);
+        assert_int_equal(dhps_rpc_call_send(st.ch, 4, dhps_test_us(30000000), async_done, &a), 0);
     }
     dhps_rpc_client_poll(st.c, 0); /* posted */
-    while (handled == before)       /* the server is running the first one */
-        usleep(1000);
+    assert_true(DHPS_TEST_WAIT_FOR(handled != before, 30000)); /* it runs the first one */
     assert_int_equal(dhps_rpc_channel_inject(st.ch, DHPS_RPC_FAULT_QP_ERROR), 0);
+    g_gate_open = true;
     while (a.done < 4)
         dhps_rpc_client_poll(st.c, 10);
     /* M_SLOW answers with an empty response: async_done counts it "bad" (len != 8)
@@ -1487,11 +1564,11 @@ static void verbs_small_shared_receive_queue(void **unused)
     stream a = {.c = new_client(SECRET)}, b = {.c = new_client(SECRET)};
     a.ch = open_chan(a.c, dhps_rpc_server_port(s));
     b.ch = open_chan(b.c, dhps_rpc_server_port(s));
-    time_t t0 = time(NULL);
+    uint64_t end = dhps_test_now_ms() + dhps_test_ms(60000); /* a bound on an event, scaled */
     while (a.a.done < 300 || b.a.done < 300) {
         pump(&a, 300, 32);
         pump(&b, 300, 32);
-        assert_true(time(NULL) - t0 < 60);
+        assert_true(dhps_test_now_ms() < end);
     }
     assert_int_equal(a.a.bad + b.a.bad, 0);
     assert_int_equal(a.a.expect_sum, a.sum);
@@ -1527,7 +1604,7 @@ static void verbs_link_deleted_mid_stream(void **unused)
     assert_true(pid > 0);
     /* keep calling until the client noticed the device is gone (rdma itself may take
      * seconds to start under TCG), then a while longer on TCP */
-    time_t t0 = time(NULL);
+    uint64_t t0 = dhps_test_now_ms(); /* bounds on events, scaled */
     dhps_rpc_channel_stats cs;
     int wst = 0;
     bool reaped = false;
@@ -1536,15 +1613,16 @@ static void verbs_link_deleted_mid_stream(void **unused)
         dhps_rpc_channel_get_stats(st.ch, &cs);
         if (!reaped && waitpid(pid, &wst, WNOHANG) == pid) {
             reaped = true;
-            print_message("  rdma link delete exited %d after %ld s\n",
-                          WIFEXITED(wst) ? WEXITSTATUS(wst) : -1, (long)(time(NULL) - t0));
+            print_message("  rdma link delete exited %d after %.1f s\n",
+                          WIFEXITED(wst) ? WEXITSTATUS(wst) : -1,
+                          (dhps_test_now_ms() - t0) / 1e3);
         }
-    } while (cs.fallbacks == 0 && time(NULL) - t0 < 90);
-    print_message("  fallback after %ld s\n", (long)(time(NULL) - t0));
+    } while (cs.fallbacks == 0 && dhps_test_now_ms() - t0 < dhps_test_ms(90000));
+    print_message("  fallback after %.1f s\n", (dhps_test_now_ms() - t0) / 1e3);
     int target = st.sent + 200;
     while (st.a.done < target) {
         pump(&st, target, 16);
-        assert_true(time(NULL) - t0 < 120);
+        assert_true(dhps_test_now_ms() - t0 < dhps_test_ms(120000));
     }
     dhps_rpc_channel_get_stats(st.ch, &cs);
     print_message("  after link delete: calls verbs %llu tcp %llu, fallbacks %llu, retries %llu\n",
@@ -1556,12 +1634,8 @@ static void verbs_link_deleted_mid_stream(void **unused)
     assert_int_equal(dhps_rpc_channel_transport(st.ch), DHPS_RPC_TCP);
     dhps_rpc_client_destroy(st.c);
     dhps_rpc_server_destroy(s);
-    for (int i = 0; !reaped && i < 100; i++) {
-        if (waitpid(pid, &wst, WNOHANG) == pid)
-            reaped = true;
-        else
-            usleep(100000);
-    }
+    if (!reaped)
+        reaped = DHPS_TEST_WAIT_FOR(waitpid(pid, &wst, WNOHANG) == pid, 10000);
     print_message("  rdma link delete: %s, exit %d\n", reaped ? "done" : "still running",
                   reaped && WIFEXITED(wst) ? WEXITSTATUS(wst) : -1);
 }
@@ -1572,7 +1646,7 @@ static uint16_t my_port(dhps_rpc_channel *ch)
 {
     uint32_t port = 0;
     size_t n = 0;
-    assert_int_equal(dhps_rpc_call(ch, M_WHO, NULL, 0, &port, 4, &n, 20000000), 0);
+    assert_int_equal(dhps_rpc_call(ch, M_WHO, NULL, 0, &port, 4, &n, dhps_test_us(20000000)), 0);
     assert_int_equal(n, 4);
     return (uint16_t)port;
 }
@@ -1599,9 +1673,20 @@ static void server_fault_rules(void **unused)
     dhps_rpc_channel *a = open_chan(ca, port), *b = open_chan(cb, port);
     uint16_t pa = my_port(a), pb = my_port(b);
     assert_int_not_equal(pa, pb);
+    /* the delay is under test: A's answers are held while B's 20 calls are answered. Its
+     * margin is calibrated: 20 times what B's 20 calls take here and now (TCG, sanitizers,
+     * load), at least 50 ms scaled (a stall after the calibration) */
+    uint64_t t0 = dhps_test_now_ms();
+    for (int i = 0; i < 20; i++)
+        assert_int_equal(echo_once(b, dhps_test_us(20000000)), 0);
+    uint64_t delay_us = 20 * 1000 * (dhps_test_now_ms() - t0);
+    if (delay_us < dhps_test_us(50000))
+        delay_us = dhps_test_us(50000);
+    if (delay_us > DHPS_RPC_FAULT_MAX_DELAY_US)
+        delay_us = DHPS_RPC_FAULT_MAX_DELAY_US;
     dhps_rpc_fault f;
     dhps_rpc_fault_init(&f);
-    f.delay_us = 1500000; /* the thing under test; long beside B's calls even under TCG */
+    f.delay_us = (uint32_t)delay_us;
     assert_int_equal(dhps_rpc_server_fault_set(s, "127.0.0.1", pa, &f), 0);
     async_ctx aa = {0};
     for (int i = 0; i < 8; i++) {
@@ -1609,11 +1694,11 @@ static void server_fault_rules(void **unused)
         assert_int_equal(dhps_rpc_call_start(a, M_ECHO, 8, &buf), 0);
         uint64_t v = (uint64_t)i;
         memcpy(buf, &v, 8);
-        assert_int_equal(dhps_rpc_call_send(a, 8, 60000000, async_done, &aa), 0);
+        assert_int_equal(dhps_rpc_call_send(a, 8, dhps_test_us(60000000), async_done, &aa), 0);
     }
     assert_true(dhps_rpc_client_poll(ca, 0) >= 0);
     for (int i = 0; i < 20; i++)
-        assert_int_equal(echo_once(b, 20000000), 0);
+        assert_int_equal(echo_once(b, dhps_test_us(20000000)), 0);
     assert_int_equal(dhps_rpc_client_poll(ca, 0), 0); /* A's answers are still held */
     assert_int_equal(aa.done, 0);
     while (aa.done < 8)
@@ -1629,7 +1714,7 @@ static void server_fault_rules(void **unused)
     f.drop_percent = 100;
     assert_int_equal(dhps_rpc_server_fault_set(s, "127.0.0.1", pa, &f), 0);
     assert_int_equal(echo_once(a, 200000), DHPS_E_TIMEOUT);
-    assert_int_equal(echo_once(b, 20000000), 0);
+    assert_int_equal(echo_once(b, dhps_test_us(20000000)), 0);
     /* every peer partitioned: B has no rule of its own */
     dhps_rpc_fault_init(&f);
     f.partition = true;
@@ -1638,8 +1723,8 @@ static void server_fault_rules(void **unused)
     assert_int_equal(dhps_rpc_server_fault_get_stats(s, "*", 0, &fs), 0);
     assert_int_equal(fs.partitioned, 1);
     assert_int_equal(dhps_rpc_server_fault_clear(s, NULL, 0), 0);
-    assert_int_equal(echo_once(a, 20000000), 0);
-    assert_int_equal(echo_once(b, 20000000), 0);
+    assert_int_equal(echo_once(a, dhps_test_us(20000000)), 0);
+    assert_int_equal(echo_once(b, dhps_test_us(20000000)), 0);
     assert_int_equal(dhps_rpc_channel_transport(a), T);
     assert_int_equal(dhps_rpc_channel_transport(b), T);
     dhps_rpc_client_destroy(ca);

@@ -23,6 +23,7 @@
 
 #include "dhps/rpc.h"
 #include "fault_test.h"
+#include "test_scale.h"
 
 enum { M_ECHO = 1, M_WHOAMI = 2 };
 static const char SECRET[] = "server-fault-secret";
@@ -47,6 +48,7 @@ static dhps_rpc_server *start_server_hold(uint32_t workers, uint64_t hold_bytes)
     sp.secret = SECRET;
     sp.secret_len = sizeof SECRET - 1;
     sp.workers = workers;
+    sp.hello_timeout_ms = dhps_test_ms(2000); /* not under test: scaled */
     dhps_rpc_server *s = NULL;
     assert_int_equal(dhps_rpc_server_create(&sp, &s), 0);
     assert_int_equal(dhps_rpc_server_register(s, M_ECHO, h_echo, NULL), 0);
@@ -73,6 +75,7 @@ static void peer_open(peer *p, uint16_t server_port, int transport)
     cp.secret = SECRET;
     cp.secret_len = sizeof SECRET - 1;
     cp.max_inflight = 512;
+    cp.connect_timeout_ms = dhps_test_ms(2000); /* not under test: scaled */
     assert_int_equal(dhps_rpc_client_create(&cp, &p->c), 0);
     dhps_rpc_channel_params chp;
     dhps_rpc_channel_params_init(&chp);
@@ -84,7 +87,8 @@ static void peer_open(peer *p, uint16_t server_port, int transport)
     assert_int_equal(dhps_rpc_channel_transport(p->ch), transport);
     uint32_t port = 0;
     size_t n = 0;
-    assert_int_equal(dhps_rpc_call(p->ch, M_WHOAMI, NULL, 0, &port, 4, &n, 5000000), 0);
+    assert_int_equal(dhps_rpc_call(p->ch, M_WHOAMI, NULL, 0, &port, 4, &n, dhps_test_us(5000000)),
+                     0);
     assert_int_equal(n, 4);
     assert_true(port > 0 && port < 65536);
     p->port = (uint16_t)port;
@@ -199,19 +203,29 @@ static void delay_one_peer(int transport)
     peer_open(&a, port, transport);
     peer_open(&b, port, transport);
     assert_int_not_equal(a.port, b.port);
-    const uint32_t delay = 1000000; /* 1 s: the thing under test */
+    /* the delay is under test: A's response is held while B's calls are answered. Its
+     * margin is calibrated: 20 times what B's calls take here and now (sanitizers, load),
+     * at least 50 ms scaled (test_scale.h: a stall after the calibration) */
+    const int nb = 50;
+    uint64_t c0 = now_us();
+    for (int i = 0; i < nb; i++)
+        assert_int_equal(echo(&b, dhps_test_us(5000000)), 0);
+    uint64_t d = 20 * (now_us() - c0);
+    if (d < dhps_test_us(50000))
+        d = dhps_test_us(50000);
+    const uint32_t delay = d < DHPS_RPC_FAULT_MAX_DELAY_US ? (uint32_t)d
+                                                          : DHPS_RPC_FAULT_MAX_DELAY_US;
     dhps_rpc_fault f;
     dhps_rpc_fault_init(&f);
     f.delay_us = delay;
     assert_int_equal(dhps_rpc_server_fault_set(s, "127.0.0.1", a.port, &f), 0);
     tally ta = {0};
     uint64_t t0 = now_us();
-    send_async(&a, &ta, 30000000);
+    send_async(&a, &ta, dhps_test_us(30000000));
     assert_true(dhps_rpc_client_poll(a.c, 0) >= 0); /* flush: the request leaves */
-    const int nb = 50;
     long before = handled;
     for (int i = 0; i < nb; i++)
-        assert_int_equal(echo(&b, 5000000), 0);
+        assert_int_equal(echo(&b, dhps_test_us(5000000)), 0);
     /* B's calls were served (one worker: A's held-back response does not block it) */
     assert_true(handled - before >= nb);
     uint64_t tb = now_us() - t0;
@@ -222,7 +236,7 @@ static void delay_one_peer(int transport)
     uint64_t ta_us = now_us() - t0;
     assert_int_equal(ta.ok, 1);
     assert_true(ta_us >= delay);
-    assert_true(ta_us < delay + 20000000ull); /* generous: sanitizers, a loaded host */
+    assert_true(ta_us < delay + dhps_test_us(20000000)); /* the delay, not the deadline */
     dhps_rpc_fault_stats fs;
     assert_int_equal(dhps_rpc_server_fault_get_stats(s, "127.0.0.1", a.port, &fs), 0);
     assert_int_equal(fs.calls, 1);
@@ -236,14 +250,14 @@ static void delay_one_peer(int transport)
     assert_int_equal(dhps_rpc_server_fault_set(s, "127.0.0.1", a.port, &f), 0);
     tally tm = {0};
     for (int i = 0; i < 100; i++)
-        send_async(&a, &tm, 30000000);
+        send_async(&a, &tm, dhps_test_us(30000000));
     wait_all(&a, &tm, 100);
     assert_int_equal(tm.ok, 100);
     assert_int_equal(dhps_rpc_server_fault_get_stats(s, "127.0.0.1", a.port, &fs), 0);
     assert_int_equal(fs.delayed, 100);
     /* cleared: A answered at once again (no held-back response left) */
     assert_int_equal(dhps_rpc_server_fault_clear(s, "127.0.0.1", a.port), 0);
-    assert_int_equal(echo(&a, 5000000), 0);
+    assert_int_equal(echo(&a, dhps_test_us(5000000)), 0);
     peer_close(&a);
     peer_close(&b);
     dhps_rpc_server_destroy(s);
@@ -281,7 +295,7 @@ static void drop_one_peer(void **st)
     for (int i = 0; i < 20; i++)
         send_async(&a, &t, 100000);
     for (int i = 0; i < 20; i++)
-        assert_int_equal(echo(&b, 5000000), 0);
+        assert_int_equal(echo(&b, dhps_test_us(5000000)), 0);
     wait_all(&a, &t, 20);
     assert_int_equal(t.timeout, 20);
     assert_int_equal(handled - before, 20); /* B's only */
@@ -296,7 +310,7 @@ static void drop_one_peer(void **st)
     tally t2 = {0};
     const int n = 400;
     for (int i = 0; i < n; i++)
-        send_async(&a, &t2, 300000);
+        send_async(&a, &t2, dhps_test_us(300000)); /* answered ones must make it: scaled */
     wait_all(&a, &t2, n);
     assert_int_equal(dhps_rpc_server_fault_get_stats(s, "127.0.0.1", a.port, &fs), 0);
     assert_int_equal(fs.calls, n);
@@ -308,7 +322,7 @@ static void drop_one_peer(void **st)
     /* cleared: every call answered */
     assert_int_equal(dhps_rpc_server_fault_clear(s, "127.0.0.1", a.port), 0);
     for (int i = 0; i < 20; i++)
-        assert_int_equal(echo(&a, 5000000), 0);
+        assert_int_equal(echo(&a, dhps_test_us(5000000)), 0);
     peer_close(&a);
     peer_close(&b);
     dhps_rpc_server_destroy(s);
@@ -332,7 +346,7 @@ static void partition_rules(void **st)
     assert_int_equal(dhps_rpc_server_fault_set(s, "127.0.0.1", a.port, &f), 0);
     long before = handled;
     assert_int_equal(echo(&a, 50000), DHPS_E_TIMEOUT);
-    assert_int_equal(echo(&b, 5000000), 0);
+    assert_int_equal(echo(&b, dhps_test_us(5000000)), 0);
     assert_int_equal(handled - before, 1);
     /* address rule: everyone from 127.0.0.1 but A keeps its own rule */
     assert_int_equal(dhps_rpc_server_fault_set(s, "127.0.0.1", 0, &f), 0);
@@ -353,13 +367,13 @@ static void partition_rules(void **st)
     assert_int_equal(echo(&c, 50000), DHPS_E_TIMEOUT);
     /* an exact rule with no effect exempts B from the address rule */
     assert_int_equal(dhps_rpc_server_fault_set(s, "127.0.0.1", b.port, &none), 0);
-    assert_int_equal(echo(&b, 5000000), 0);
+    assert_int_equal(echo(&b, dhps_test_us(5000000)), 0);
     assert_int_equal(dhps_rpc_server_fault_clear(s, "127.0.0.1", 0), 0);
-    assert_int_equal(echo(&c, 5000000), 0);
+    assert_int_equal(echo(&c, dhps_test_us(5000000)), 0);
     /* every peer: "*" applies to peers without a rule of their own (C), not to B */
     assert_int_equal(dhps_rpc_server_fault_set(s, DHPS_RPC_FAULT_ANY_PEER, 0, &f), 0);
     assert_int_equal(echo(&c, 50000), DHPS_E_TIMEOUT);
-    assert_int_equal(echo(&b, 5000000), 0);
+    assert_int_equal(echo(&b, dhps_test_us(5000000)), 0);
     assert_int_equal(echo(&a, 50000), DHPS_E_TIMEOUT); /* its own partition */
     dhps_rpc_fault_stats fs;
     assert_int_equal(dhps_rpc_server_fault_get_stats(s, "*", 0, &fs), 0);
@@ -375,9 +389,9 @@ static void partition_rules(void **st)
     assert_int_equal(dhps_rpc_server_fault_list(s, e, 8), 3);
     /* cleared: all served; the connections survived the partition */
     assert_int_equal(dhps_rpc_server_fault_clear(s, NULL, 0), 0);
-    assert_int_equal(echo(&a, 5000000), 0);
-    assert_int_equal(echo(&b, 5000000), 0);
-    assert_int_equal(echo(&c, 5000000), 0);
+    assert_int_equal(echo(&a, dhps_test_us(5000000)), 0);
+    assert_int_equal(echo(&b, dhps_test_us(5000000)), 0);
+    assert_int_equal(echo(&c, dhps_test_us(5000000)), 0);
     dhps_rpc_server_stats ss;
     dhps_rpc_server_get_stats(s, &ss);
     assert_int_equal(ss.accepted, 3);
@@ -397,33 +411,35 @@ static void close_with_held_responses(void **st)
     peer a, b;
     peer_open(&a, port, DHPS_RPC_TCP);
     peer_open(&b, port, DHPS_RPC_SHM);
+    /* a's responses are held far longer than the test runs (they must still be held when
+     * a closes), b's briefly */
     dhps_rpc_fault f;
     dhps_rpc_fault_init(&f);
-    f.delay_us = 500000;
-    assert_int_equal(dhps_rpc_server_fault_set(s, "127.0.0.1", 0, &f), 0);
+    f.delay_us = DHPS_RPC_FAULT_MAX_DELAY_US;
+    assert_int_equal(dhps_rpc_server_fault_set(s, "127.0.0.1", a.port, &f), 0);
+    f.delay_us = 100000;
+    assert_int_equal(dhps_rpc_server_fault_set(s, "127.0.0.1", b.port, &f), 0);
     tally ta = {0}, tb = {0};
     for (int i = 0; i < 32; i++) {
-        send_async(&a, &ta, 30000000);
-        send_async(&b, &tb, 30000000);
+        send_async(&a, &ta, dhps_test_us(30000000));
+        send_async(&b, &tb, dhps_test_us(30000000));
     }
     assert_true(dhps_rpc_client_poll(a.c, 0) >= 0);
     assert_true(dhps_rpc_client_poll(b.c, 0) >= 0);
     /* wait until the server has held them all back */
-    dhps_rpc_fault_stats fs = {0};
-    uint64_t end = now_us() + 20000000;
-    while (fs.delayed < 64 && now_us() < end) {
-        assert_int_equal(dhps_rpc_server_fault_get_stats(s, "127.0.0.1", 0, &fs), 0);
-        struct timespec ts = {0, 1000000};
-        nanosleep(&ts, NULL);
-    }
-    assert_int_equal(fs.delayed, 64);
+    dhps_rpc_fault_stats fs = {0}, fb = {0};
+    DHPS_TEST_WAIT_FOR(dhps_rpc_server_fault_get_stats(s, "127.0.0.1", a.port, &fs) == 0 &&
+                       dhps_rpc_server_fault_get_stats(s, "127.0.0.1", b.port, &fb) == 0 &&
+                       fs.delayed + fb.delayed >= 64, 20000);
+    assert_int_equal(fs.delayed, 32);
+    assert_int_equal(fb.delayed, 32);
     peer_close(&a); /* its 32 calls are cancelled client side */
     assert_int_equal(ta.done, 32);
     wait_all(&b, &tb, 32);
     assert_int_equal(tb.ok, 32);
     assert_int_equal(dhps_rpc_server_fault_clear(s, NULL, 0), 0);
     peer_open(&a, port, DHPS_RPC_TCP);
-    assert_int_equal(echo(&a, 5000000), 0);
+    assert_int_equal(echo(&a, dhps_test_us(5000000)), 0);
     peer_close(&a);
     peer_close(&b);
     dhps_rpc_server_destroy(s); /* b's connection closed with nothing held: fine too */
@@ -461,7 +477,8 @@ static void hold_bound(void **st)
         void *buf;
         assert_int_equal(dhps_rpc_call_start(a.ch, M_ECHO, 1024, &buf), 0);
         memset(buf, i, 1024);
-        assert_int_equal(dhps_rpc_call_send(a.ch, 1024, 30000000, count_ok, &ok), 0);
+        assert_int_equal(dhps_rpc_call_send(a.ch, 1024, dhps_test_us(30000000), count_ok, &ok),
+                         0);
     }
     while (ok < n)
         assert_true(dhps_rpc_client_poll(a.c, 100) >= 0);

@@ -107,7 +107,8 @@ static int teardown(void **st)
 typedef struct attack {
     bool stop; /* __atomic: set by the test, read by the attacker */
     uint16_t port;
-    uint64_t connects, cut;
+    uint64_t connects, cut; /* cut: __atomic (the test watches it) */
+    uint64_t passes;        /* __atomic: passes over every connection done */
 } attack;
 
 static int slow_open(uint16_t port)
@@ -155,13 +156,14 @@ static void *attacker(void *arg)
             if (dead) {
                 if (fd[i] >= 0) {
                     close(fd[i]);
-                    at->cut++;
+                    __atomic_add_fetch(&at->cut, 1, __ATOMIC_RELAXED);
                 }
                 fd[i] = slow_open(at->port);
                 started[i] = false;
                 at->connects++;
             }
         }
+        __atomic_add_fetch(&at->passes, 1, __ATOMIC_RELEASE);
         t_sleep_ms(300);
     }
     for (int i = 0; i < NATTACK; i++)
@@ -188,12 +190,16 @@ static void slowloris_health_and_metrics_still_answer(void **st)
     attack at = {.port = g_p.mport};
     pthread_t th;
     assert_int_equal(pthread_create(&th, NULL, attacker, &at), 0);
-    t_sleep_ms(1500); /* the attack is in place: every slot the server gives it is taken */
-    /* probes: a deadline per probe (the property under test: answered in time) */
+    /* the attack is in place: every connection opened and sent a header line, twice (an
+     * event, scaled) */
+    assert_true(DHPS_TEST_WAIT_FOR(__atomic_load_n(&at.passes, __ATOMIC_ACQUIRE) >= 2, 10000));
+    /* probes: a deadline per probe (the property under test: answered in time), for 6 s
+     * and until the server has cut slow connections (header_timeout_ms) */
     unsigned probe_ms = dhps_test_ms(1000);
     int health_ok = 0, health_n = 0, metrics_ok = 0, metrics_n = 0;
-    uint64_t end = t_now_ms() + 6000;
-    while (t_now_ms() < end) {
+    uint64_t t0 = t_now_ms(), end = t0 + 6000, cut_by = t0 + dhps_test_ms(20000);
+    while (t_now_ms() < end ||
+           (!__atomic_load_n(&at.cut, __ATOMIC_RELAXED) && t_now_ms() < cut_by)) {
         health_n++;
         health_ok += get_from("127.0.0.1", g_health, "/health", probe_ms) == 200;
         metrics_n++;

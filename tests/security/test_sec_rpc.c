@@ -59,6 +59,7 @@ static int setup(void **st)
     t_write(map, text, 0600);
     dhps_client_params cp;
     dhps_client_params_init(&cp);
+    cp.connect_timeout_ms = dhps_test_ms(1000); /* not under test: scaled */
     cp.map_path = map;
     cp.secret = SEC_SECRET;
     cp.secret_len = strlen(SEC_SECRET);
@@ -198,6 +199,7 @@ static void authenticated_memory_growth_is_bounded(void **st)
     rpc_frame f = {.type = RPC_F_REQ, .method = 0x0102, .len = BIG, .id = 7};
     rpc_frame_encode(&f, frame);
     int sent_whole = 0;
+    uint64_t loop0 = t_now_ms();
     for (int i = 0; i < NC; i++) {
         fd[i] = raw_auth();
         assert_true(fd[i] >= 0);
@@ -214,16 +216,23 @@ static void authenticated_memory_growth_is_bounded(void **st)
     }
     long rss1 = rss_kb();
     double budget_closed = metric("dhps_rpc_closed_budget_total");
+    double timed_out = metric("dhps_rpc_closed_timeout_total");
     double held = metric("dhps_rpc_input_bytes");
-    print_message("  %d x 4 MiB-1 frames: %d sent whole; RSS %ld -> %ld kB; closed for the "
-                  "budget %.0f; input held %.0f bytes\n",
-                  NC, sent_whole, rss0, rss1, budget_closed, held);
+    print_message("  %d x 4 MiB-1 frames in %.1f s: %d sent whole; RSS %ld -> %ld kB; closed "
+                  "for the budget %.0f, at the frame timeout %.0f; input held %.0f bytes\n",
+                  NC, (t_now_ms() - loop0) / 1e3, sent_whole, rss0, rss1, budget_closed,
+                  timed_out, held);
 #if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
     /* (a sanitizer's shadow memory grows with every byte the server touches: the budget is
      * checked through the input gauge below there) */
     assert_true(rss1 - rss0 < (16 + 12) * 1024);   /* budget + slack (was +128 MB) */
 #endif
-    assert_true(budget_closed >= NC - 5);
+    /* at most 4 of them fit in the 16 MiB budget at any time: every other one was closed
+     * for the budget, or at the frame timeout (2 s) when the loop ran longer (a slow
+     * machine), which gave its share of the budget to a later one; the budget closed some
+     * as long as 5 frames come within 2 s (the loop took 3 s for 32 under TSan at load 8) */
+    assert_true(budget_closed + timed_out >= NC - 5);
+    assert_true(budget_closed >= 1);
     assert_true(held <= 16.0 * (1 << 20));
     /* the partial frames are cut at the frame timeout; the budget is free again */
     uint64_t end = t_now_ms() + dhps_test_ms(10000);
@@ -256,11 +265,13 @@ static int log_lines(const char *needle)
 static void refusals_are_logged_with_peer_rate_limited(void **st)
 {
     (void)st;
-    t_sleep_ms(1100); /* the flood's refusals used this second's log lines */
+    t_sleep_ms(1100); /* the flood's refusals used this second's log lines: a new second */
+    uint64_t t0 = t_now_ms();
     int before = log_lines("hello from 127.0.0.1: bad client proof");
     for (int i = 0; i < 500; i++)
         assert_int_equal(raw_hello("a-wrong-secret-of-enough-length-0123456789"), -1);
     int hello_lines = log_lines("hello from 127.0.0.1: bad client proof") - before;
+    uint64_t t1 = t_now_ms();
     int fault_before = log_lines("/fault PUT from 127.0.0.1 refused");
     for (int i = 0; i < 500; i++) {
         int fd = t_http_connect(g_p.mport);
@@ -273,12 +284,30 @@ static void refusals_are_logged_with_peer_rate_limited(void **st)
         free(body);
     }
     int fault_lines = log_lines("/fault PUT from 127.0.0.1 refused") - fault_before;
-    print_message("  500 wrong-secret hellos: %d log lines; 500 unsigned /fault: %d lines\n",
-                  hello_lines, fault_lines);
-    assert_true(hello_lines >= 1 && hello_lines <= 40);
-    assert_true(fault_lines >= 1 && fault_lines <= 40);
+    uint64_t t2 = t_now_ms();
+    print_message("  500 wrong-secret hellos: %d log lines in %.1f s; 500 unsigned /fault: %d "
+                  "lines in %.1f s\n", hello_lines, (t1 - t0) / 1e3, fault_lines,
+                  (t2 - t1) / 1e3);
+    /* at most 5 lines a second per acceptor (2) and for the HTTP server, over the seconds
+     * the floods took (however slow the machine), and fewer lines than attempts */
+    int hello_cap = 2 * 5 * (int)((t1 - t0) / 1000 + 2);
+    int fault_cap = 5 * (int)((t2 - t1) / 1000 + 2);
+    assert_true(hello_lines >= 1 && hello_lines <= hello_cap && hello_lines < 500);
+    assert_true(fault_lines >= 1 && fault_lines <= fault_cap && fault_lines < 500);
     assert_true(metric("dhps_rpc_rejected_auth_total") >= 500);
     assert_int_equal(client_round(30000), 0);
+}
+
+/* How many of the n sockets the peer has not closed (a read would block). */
+static int still_open(const int *fd, int n)
+{
+    int open = 0;
+    for (int i = 0; i < n; i++) {
+        char b;
+        ssize_t r = recv(fd[i], &b, 1, MSG_DONTWAIT);
+        open += r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+    }
+    return open;
 }
 
 static void connection_flood_is_capped(void **st)
@@ -287,20 +316,20 @@ static void connection_flood_is_capped(void **st)
     enum { NF = 200 };
     int fd[NF];
     double refused0 = metric("dhps_rpc_rejected_limit_total");
+    uint64_t t0 = t_now_ms();
     for (int i = 0; i < NF; i++) {
         fd[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
         struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(g_p.port)};
         a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
         assert_int_equal(connect(fd[i], (struct sockaddr *)&a, sizeof a), 0);
     }
-    t_sleep_ms(300);
-    int open = 0;
-    for (int i = 0; i < NF; i++) {
-        char b;
-        ssize_t r = recv(fd[i], &b, 1, MSG_DONTWAIT);
-        open += r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
-    }
-    double refused = metric("dhps_rpc_rejected_limit_total") - refused0;
+    /* an event (scaled): the server has refused what is past its cap and closed it */
+    int open = NF;
+    double refused = 0;
+    DHPS_TEST_WAIT_FOR((open = still_open(fd, NF)) <= 32 &&
+                       (refused = metric("dhps_rpc_rejected_limit_total") - refused0) >= NF - 32,
+                       10000);
+    uint64_t took_ms = t_now_ms() - t0;
     print_message("  %d connections without a hello: %d held open, %.0f refused at accept\n",
                   NF, open, refused);
     assert_true(open <= 32);
@@ -315,8 +344,9 @@ static void connection_flood_is_capped(void **st)
     for (char *q = log; (q = strstr(q, "refused a connection from 127.0.0.1:")); q++)
         lines++;
     free(log);
-    print_message("  refusal log lines: %d\n", lines);
-    assert_true(lines >= 1 && lines <= 30);
+    print_message("  refusal log lines: %d in %.1f s\n", lines, took_ms / 1e3);
+    /* at most 5 a second per acceptor (2) over the seconds the flood took */
+    assert_true(lines >= 1 && lines <= 2 * 5 * (int)(took_ms / 1000 + 2) && lines < NF);
     /* the flood gone, a client is served */
     int rc = -1;
     uint64_t end = t_now_ms() + dhps_test_ms(5000);

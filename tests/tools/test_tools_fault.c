@@ -11,6 +11,7 @@
 #include <cmocka.h>
 
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +21,7 @@
 #include <unistd.h>
 
 #include "capture.h"
+#include "test_scale.h"
 
 static char dir[64];
 static pid_t pids[2];
@@ -31,6 +33,19 @@ static void write_file(const char *path, const char *text)
     assert_non_null(f);
     fputs(text, f);
     fclose(f);
+}
+
+/* The metrics port from a node's port file ("RPC METRICS ..."); false until it is there. */
+static bool port_file_read(const char *path, unsigned *mport)
+{
+    FILE *f = fopen(path, "r");
+    unsigned rpc = 0, m = 0;
+    bool ok = f && fscanf(f, "%u %u", &rpc, &m) == 2 && m > 0;
+    if (f)
+        fclose(f);
+    if (ok)
+        *mport = m;
+    return ok;
 }
 
 static int start_nodes(void **st)
@@ -68,20 +83,15 @@ static int start_nodes(void **st)
     }
     for (int i = 0; i < 2; i++) { /* the port file appears once both ports are bound */
         snprintf(p, sizeof p, "%s/ports%d", dir, i);
-        unsigned rpc = 0;
-        for (int k = 0; k < 3000 && !mports[i]; k++) {
-            FILE *f = fopen(p, "r");
-            if (f) {
-                if (fscanf(f, "%u %u", &rpc, &mports[i]) != 2)
-                    mports[i] = 0;
-                fclose(f);
-            }
-            if (!mports[i]) {
-                struct timespec ts = {0, 10000000};
-                nanosleep(&ts, NULL);
-            }
-        }
-        assert_true(mports[i] > 0);
+        /* an event, scaled (test_scale.h); a node that exited ends the wait */
+        bool exited = false;
+        DHPS_TEST_WAIT_FOR(port_file_read(p, &mports[i]) ||
+                           (exited = waitpid(pids[i], NULL, WNOHANG) == pids[i]), 30000);
+        if (exited)
+            pids[i] = 0;
+        if (!mports[i])
+            fail_msg("node %d: no port file %s (%s; log %s/n%d.log)", i, p,
+                     exited ? "it exited" : "timed out", dir, i);
     }
     snprintf(p, sizeof p, "%s/cluster.json", dir);
     snprintf(text, sizeof text,
