@@ -8,6 +8,8 @@
 . "$(cd "$(dirname "${BASH_SOURCE[0]}")/../common" && pwd)/test_scale.sh"
 free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 etcd_answers() { curl -sf -m 1 -X POST -d '{"key":"AA=="}' "$ETCD_URL/v3/kv/range" >/dev/null; }
+# the etcd answering is ours (it holds the client port), not one that took the port meanwhile
+etcd_ours() { ss -Hltnp "sport = :$ETCD_CPORT" 2>/dev/null | grep -q "pid=$ETCD_PID,"; }
 etcd_start() {
   command -v etcd >/dev/null || { echo "SKIP: no etcd binary (apt-get install etcd-server)"; exit 77; }
   ETCD_DIR=$1
@@ -25,7 +27,7 @@ etcd_start() {
       --initial-advertise-peer-urls "$pu" --initial-cluster "t=$pu" >>"$ETCD_DIR/etcd.log" 2>&1 &
     ETCD_PID=$!
     wait_for 10 etcd_wait_step || true
-    etcd_answers && return 0
+    etcd_answers && etcd_ours && return 0
     if kill -0 "$ETCD_PID" 2>/dev/null; then break; fi # running but silent: no retry
     wait "$ETCD_PID" 2>/dev/null || true
     echo "etcd exited at start (ports $ETCD_CPORT/$ETCD_PPORT taken?)" >&2
@@ -35,5 +37,5 @@ etcd_start() {
   return 1
 }
 # the start wait ends once etcd answers or has exited
-etcd_wait_step() { etcd_answers || ! kill -0 "$ETCD_PID" 2>/dev/null; }
+etcd_wait_step() { { etcd_answers && etcd_ours; } || ! kill -0 "$ETCD_PID" 2>/dev/null; }
 etcd_kill() { if [ -n "${ETCD_PID:-}" ]; then kill -9 "$ETCD_PID" 2>/dev/null || true; wait "$ETCD_PID" 2>/dev/null || true; ETCD_PID=; fi; }
