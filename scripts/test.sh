@@ -102,7 +102,7 @@ failed_tests() {
     sed -n '/The following tests FAILED:/,$p' "$log" | grep -oE '^[[:space:]]*[0-9]+ - [^ ]+ \([^)]*\)' |
       sed -E 's/^[[:space:]]*[0-9]+ - //'
     grep -oE '^fuzz: fuzz_[A-Za-z0-9_]+ FAILED' "$log" | awk '{print $2}'
-    grep -E '(verbs suite|chaos-rxe|topology( \(guest\))?) FAILED' "$log" | head -3
+    grep -E '(verbs suite|chaos-rxe|topology( \(guest\))?) FAILED' "$log" | sed -n 1,3p
   } | paste -sd';' - | sed "s/;/; /g${cases:+; s/\$/ [cases: $cases]/}"
 }
 

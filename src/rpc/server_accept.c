@@ -306,9 +306,11 @@ static int pend_step(struct acceptor *acc, pend *p)
                 /* an older peer would expect our proof before its own: refuse, no MAC */
                 rpc_hello rj = {.version = p->ch.version, .kind = RPC_H_REJECT,
                                 .status = DHPS_E_VERSION};
+                /* counted before the peer can see the refusal: a test (or an operator)
+                 * that reads the stats after its failed open finds it there */
+                atomic_fetch_add_explicit(&s->rejected_hello, 1, memory_order_relaxed);
                 if (rpc_hio_put(&p->io, &rj) == 0)
                     (void)rpc_hio_flush(&p->io, p->fd, p->tls);
-                atomic_fetch_add_explicit(&s->rejected_hello, 1, memory_order_relaxed);
                 pend_close(p);
                 return 1;
             }
@@ -342,9 +344,9 @@ static int pend_step(struct acceptor *acc, pend *p)
             /* no region opened, no connection registered: just say no and close */
             rpc_hello rj = {.version = p->sh.version, .kind = RPC_H_REJECT,
                             .status = DHPS_E_AUTH};
+            atomic_fetch_add_explicit(&s->rejected_auth, 1, memory_order_relaxed); /* first */
             if (rpc_hio_put(&p->io, &rj) == 0)
                 (void)rpc_hio_flush(&p->io, p->fd, p->tls);
-            atomic_fetch_add_explicit(&s->rejected_auth, 1, memory_order_relaxed);
             char more[64];
             if (dhps_ratelimit_allow(&acc->log_rl, RPC_LOG_PER_S, more, sizeof more)) {
                 char ip[INET_ADDRSTRLEN] = "?";

@@ -69,7 +69,7 @@ cp -r "$root/examples" "$tmp/examples"
 export PKG_CONFIG_PATH="$prefix/lib/pkgconfig"
 check "pkg-config --libs dhps is -ldhps only" bash -c '[ "$(pkg-config --libs-only-l dhps | xargs)" = "-ldhps" ]'
 check "pkg-config --static --libs dhps lists the private deps" bash -c \
-  'pkg-config --static --libs dhps | grep -q -- -ljansson && pkg-config --static --libs dhps | grep -q -- -lcrypto'
+  'pkg-config --static --libs dhps | grep -- -ljansson >/dev/null && pkg-config --static --libs dhps | grep -- -lcrypto >/dev/null'
 check "examples with pkg-config: make -C examples" make -C "$tmp/examples" client_example
 needed=$(readelf -d "$tmp/examples/client_example" 2>/dev/null | sed -n 's/.*NEEDED.*\[\(.*\)\]/\1/p' | sort | tr '\n' ' ')
 case " $needed" in
@@ -114,8 +114,8 @@ if [ -f "$deb" ]; then
   if [ -z "$missing" ]; then ok "deb holds server, CLI, libs, headers, dhps.pc, CMake package, unit, config"
   else bad "deb lacks:$missing"; fi
   check "deb control: conffiles /etc/dhps/server.json, postinst, Depends" bash -c \
-    "dpkg-deb -I '$deb' conffiles | grep -qx /etc/dhps/server.json && dpkg-deb -I '$deb' postinst >/dev/null &&
-     dpkg-deb -f '$deb' Depends | grep -q libc6"
+    "dpkg-deb -I '$deb' conffiles | grep -x /etc/dhps/server.json >/dev/null && dpkg-deb -I '$deb' postinst >/dev/null &&
+     dpkg-deb -f '$deb' Depends | grep libc6 >/dev/null"
   if [ "$(id -u)" = 0 ] && [ "${CI:-}" = true ]; then
     mode=system
     check "dpkg -i $(basename "$deb") (root, CI=true)" dpkg -i "$deb" && deb_installed=1
