@@ -1,127 +1,6 @@
-/*
- * dhps route: see include/dhps/route.h for the design and the contracts.
- *
- * All shared state is accessed through the __atomic builtins: relaxed loads and stores for
- * estimators and counters, compare-and-swap for breaker states, ejection counts and token
- * buckets. Doubles are stored with the generic __atomic_load/__atomic_store (8-byte,
- * lock-free on every 64-bit target we build for).
- */
-#include "dhps/route.h"
-#include "dhps/log.h"
-#include "util.h"
-
-#include <errno.h>
-#include <math.h>
-#include <stdlib.h>
-#include <string.h>
-#include <time.h>
-
-#define RLX __ATOMIC_RELAXED
-#define ACQ __ATOMIC_ACQUIRE
-#define REL __ATOMIC_RELEASE
-#define ACQREL __ATOMIC_ACQ_REL
-
-#define HIST_BUCKETS 128      /* quarter-octave buckets up to 2^32 ns (4.3 s) */
-#define HIST_MIN_SAMPLES 32   /* fewer: quantiles are not trusted */
-#define SUCCESS_ALPHA (1.0 / 16)
-#define EWMA_SAME_TIME_ALPHA (1.0 / 1024) /* a sample at the same instant still counts */
-#define BASELINE_MIN_SAMPLES 8 /* a node feeds its tier's baseline after this many oks */
-#define NEXT_TIER_MIN_GAP 1.5  /* next tier's reference is at least 1.5 x this baseline */
-#define NEXT_TIER_DEFAULT_GAP 3.0 /* ... and 3 x when unknown */
-#define RISE_FRESH_TAUS 3      /* a tier measured in the last 3 weight_tau is a witness */
-#define RISE_MIN_TIERS 2       /* witnesses needed before a rise is called common */
-#define TOKEN 1000000LL        /* token buckets count micro-tokens */
-#define MAX_LEVEL 40
-
-#define BRK_STATE(b) ((b)&3u)
-#define BRK_LEVEL(b) ((b) >> 2)
-#define BRK(st, lvl) ((uint32_t)(st) | ((uint32_t)(lvl) << 2))
-
-struct rnode {
-    uint32_t present;
-    uint32_t tier;
-    uint32_t up;
-    uint32_t in_flight;
-    uint32_t brk;        /* state | level << 2 */
-    uint32_t consec;     /* failures in a row (closed) */
-    uint32_t probe_busy; /* a probe is outstanding (half-open) */
-    uint32_t probe_ok;   /* ok probes since half-open */
-    uint32_t win_total, win_err, win_slow;
-    uint64_t win_start;
-    uint64_t open_until;
-    uint64_t closed_since;
-    double peak;         /* peak EWMA, ns */
-    uint64_t peak_stamp;
-    double lat;          /* smooth latency EWMA, ns */
-    uint64_t lat_stamp;
-    double succ;         /* success EWMA */
-    double weight;       /* dynamic weight */
-    uint64_t picks, ok, errors, timeouts, cancelled, ejections;
-} __attribute__((aligned(64)));
-
-struct rtier {
-    double lat;          /* smooth latency EWMA, weight_tau */
-    double last;         /* latency of its last ok answer: what it answers in right now */
-    double lat_long;     /* the same with baseline_tau: what it used to answer in */
-    uint64_t lat_stamp;
-    double base;
-    uint64_t base_stamp;
-    uint64_t hist_stamp;
-    uint32_t hist[HIST_BUCKETS];
-    uint64_t picks, spills, hedges, retries, ok, errors, timeouts, cancelled;
-} __attribute__((aligned(64)));
-
-struct bucket {
-    int64_t tokens; /* micro-tokens */
-    uint64_t stamp; /* last time-based refill */
-    int64_t per_pick, cap;
-    double per_s;
-    uint64_t window;      /* budget_window_ns (0: the cap is fixed) */
-    uint64_t win_start;   /* start of the current window */
-    int64_t earned;       /* micro-tokens earned by picks in the current window */
-    int64_t earned_prev;  /* ... in the previous one: the cap may grow to this */
-} __attribute__((aligned(64)));
-
-struct counters {
-    uint64_t picks, primary, hedge_picks, retry_picks, spills, panics, no_healthy, probes,
-        unreachable, breaker_opened, breaker_half_opened, breaker_closed, ejection_capped,
-        opened_errors, opened_slow, opened_probe,
-        hedge_sent, hedge_won, hedge_lost, hedge_budget_exhausted, hedge_deadline, retries,
-        retry_budget_exhausted, retry_deadline, reports_ok, reports_error, reports_timeout,
-        reports_cancelled;
-};
-
-struct dhps_route {
-    dhps_route_params p;
-    char local[3][DHPS_ROUTE_LABEL_MAX + 1]; /* host, pod, az */
-    uint64_t rng;
-    uint32_t present, ejected, down;
-    struct counters c __attribute__((aligned(64)));
-    struct bucket hedge, retry;
-    struct rtier tier[DHPS_ROUTE_TIERS];
-    struct rnode *nodes;
-};
-
-/* ---- small helpers ------------------------------------------------------------------ */
-
-static inline uint32_t ld32(const uint32_t *p) { return __atomic_load_n(p, RLX); }
-static inline void st32(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, RLX); }
-static inline uint64_t ld64(const uint64_t *p) { return __atomic_load_n(p, RLX); }
-static inline void st64(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, RLX); }
-static inline void inc(uint64_t *p) { __atomic_fetch_add(p, 1, RLX); }
-static inline double ldd(const double *p)
-{
-    double v;
-    __atomic_load(p, &v, RLX);
-    return v;
-}
-static inline void std_(double *p, double v) { __atomic_store(p, &v, RLX); }
-static inline bool cas32(uint32_t *p, uint32_t *expect, uint32_t v)
-{
-    return __atomic_compare_exchange_n(p, expect, v, false, ACQREL, RLX);
-}
-
-static double clampd(double v, double lo, double hi) { return v < lo ? lo : v > hi ? hi : v; }
+/* dhps route: see include/dhps/route.h for the design and the contracts, route_int.h
+ * for the internals shared with health.c and budget.c. */
+#include "route_int.h"
 
 static uint64_t default_clock(void *arg)
 {
@@ -136,149 +15,6 @@ static uint64_t default_rand(void *arg)
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
     return z ^ (z >> 31);
-}
-
-static inline uint64_t now_ns(dhps_route *r) { return r->p.clock_ns(r->p.clock_arg); }
-static inline uint64_t rnd(dhps_route *r) { return r->p.rand(r->p.rand_arg); }
-static inline double rnd01(dhps_route *r) { return (double)(rnd(r) >> 11) * 0x1.0p-53; }
-
-/* Time-based EWMA weight of a new sample dt ns after the previous one. */
-static double ewma_alpha(uint64_t dt, uint64_t tau)
-{
-    return dt ? 1.0 - exp(-(double)dt / (double)tau) : EWMA_SAME_TIME_ALPHA;
-}
-
-/* ---- histogram ----------------------------------------------------------------------- */
-
-static unsigned hist_index(uint64_t v)
-{
-    if (v > 0xFFFFFFFFull)
-        v = 0xFFFFFFFFull;
-    if (v < 4)
-        return (unsigned)v;
-    unsigned msb = 63u - (unsigned)__builtin_clzll(v);
-    return msb * 4 + (unsigned)((v >> (msb - 2)) & 3);
-}
-
-static void hist_bounds(unsigned i, double *lo, double *hi)
-{
-    if (i < 8) {
-        *lo = i;
-        *hi = i + 1;
-        return;
-    }
-    unsigned msb = i / 4, sub = i % 4;
-    *lo = (double)((4ull + sub) << (msb - 2));
-    *hi = (double)((5ull + sub) << (msb - 2));
-}
-
-static void hist_maybe_decay(dhps_route *r, struct rtier *t, uint64_t now)
-{
-    uint64_t s = ld64(&t->hist_stamp);
-    if (now - s < r->p.hist_decay_ns || now < s)
-        return;
-    if (!__atomic_compare_exchange_n(&t->hist_stamp, &s, now, false, ACQREL, RLX))
-        return;
-    for (unsigned i = 0; i < HIST_BUCKETS; i++) {
-        uint32_t v = ld32(&t->hist[i]);
-        if (v)
-            __atomic_fetch_sub(&t->hist[i], (v + 1) / 2, RLX);
-    }
-}
-
-/* Quantile q of tier t's histogram; 0 when it holds fewer than HIST_MIN_SAMPLES. */
-static uint64_t hist_quantile(const struct rtier *t, double q)
-{
-    uint32_t c[HIST_BUCKETS];
-    uint64_t total = 0;
-    for (unsigned i = 0; i < HIST_BUCKETS; i++) {
-        c[i] = ld32(&t->hist[i]);
-        total += c[i];
-    }
-    if (total < HIST_MIN_SAMPLES)
-        return 0;
-    double target = q * (double)total, cum = 0;
-    for (unsigned i = 0; i < HIST_BUCKETS; i++) {
-        if (!c[i])
-            continue;
-        if (cum + c[i] >= target) {
-            double lo, hi;
-            hist_bounds(i, &lo, &hi);
-            double v = lo + (hi - lo) * (target - cum) / c[i];
-            return v < 1 ? 1 : (uint64_t)v;
-        }
-        cum += c[i];
-    }
-    return 0xFFFFFFFFull;
-}
-
-/* ---- token buckets --------------------------------------------------------------------- */
-
-static void bucket_init(struct bucket *b, double per_pick, double per_s, double burst,
-                        uint64_t window, uint64_t now)
-{
-    b->per_pick = (int64_t)(per_pick * TOKEN);
-    b->per_s = per_s;
-    b->cap = (int64_t)(burst * TOKEN);
-    b->tokens = b->cap;
-    b->stamp = now;
-    b->window = window;
-    b->win_start = now;
-}
-
-/* The bucket holds at most the burst, or what picks earned in the last full window when
- * that is more: a budget of x % of the recent picks, so a burst of sub-batches that all
- * need a hedge at once (a node stalls under a wide fan-out) can be covered by what the
- * traffic of the last second earned, while the long-run share stays x %. */
-static int64_t bucket_cap(const struct bucket *b)
-{
-    int64_t e = __atomic_load_n(&b->earned_prev, RLX);
-    return e > b->cap ? e : b->cap;
-}
-
-static void bucket_add(struct bucket *b, int64_t amount)
-{
-    if (amount <= 0)
-        return;
-    int64_t cap = bucket_cap(b);
-    int64_t cur = __atomic_load_n(&b->tokens, RLX), nv;
-    do {
-        if (cur >= cap)
-            return;
-        nv = cur + amount > cap ? cap : cur + amount;
-    } while (!__atomic_compare_exchange_n(&b->tokens, &cur, nv, false, RLX, RLX));
-}
-
-/* A primary pick's deposit, counted in the current window. */
-static void bucket_deposit(struct bucket *b, uint64_t now)
-{
-    if (b->per_pick <= 0)
-        return;
-    if (b->window) {
-        uint64_t ws = ld64(&b->win_start);
-        if (now >= ws + b->window &&
-            __atomic_compare_exchange_n(&b->win_start, &ws, now, false, RLX, RLX)) {
-            int64_t e = __atomic_exchange_n(&b->earned, 0, RLX);
-            /* an idle window in between: nothing was earned in the last one */
-            __atomic_store_n(&b->earned_prev, now >= ws + 2 * b->window ? 0 : e, RLX);
-        }
-        __atomic_fetch_add(&b->earned, b->per_pick, RLX);
-    }
-    bucket_add(b, b->per_pick);
-}
-
-/* Refill by elapsed time, then take one token. True on success. */
-static bool bucket_take(struct bucket *b, uint64_t now)
-{
-    uint64_t s = ld64(&b->stamp);
-    if (now > s && __atomic_compare_exchange_n(&b->stamp, &s, now, false, RLX, RLX))
-        bucket_add(b, (int64_t)(b->per_s * (double)(now - s) * 1e-9 * TOKEN));
-    int64_t cur = __atomic_load_n(&b->tokens, RLX);
-    do {
-        if (cur < TOKEN)
-            return false;
-    } while (!__atomic_compare_exchange_n(&b->tokens, &cur, cur - TOKEN, false, RLX, RLX));
-    return true;
 }
 
 /* ---- params, create --------------------------------------------------------------------- */
@@ -385,9 +121,9 @@ int dhps_route_create(const dhps_route_params *p, const dhps_route_labels *local
     }
     memset(r->nodes, 0, sizeof(struct rnode) * p->max_nodes);
     uint64_t now = now_ns(r);
-    bucket_init(&r->hedge, p->hedge_budget, p->hedge_floor_per_s, p->hedge_burst,
+    route_bucket_init(&r->hedge, p->hedge_budget, p->hedge_floor_per_s, p->hedge_burst,
                 p->budget_window_ns, now);
-    bucket_init(&r->retry, p->retry_budget, p->retry_floor_per_s, p->retry_burst,
+    route_bucket_init(&r->retry, p->retry_budget, p->retry_floor_per_s, p->retry_burst,
                 p->budget_window_ns, now);
     for (int t = 0; t < DHPS_ROUTE_TIERS; t++)
         r->tier[t].hist_stamp = now;
@@ -522,248 +258,6 @@ const char *dhps_route_tier_name(int tier)
     return tier >= 0 && tier < DHPS_ROUTE_TIERS ? names[tier] : "?";
 }
 
-/* ---- breaker ----------------------------------------------------------------------------------- */
-
-static uint64_t backoff_ns(const dhps_route *r, uint32_t level)
-{
-    if (level > MAX_LEVEL)
-        level = MAX_LEVEL;
-    uint64_t b = r->p.base_ejection_ns;
-    for (uint32_t i = 0; i < level && b < r->p.max_ejection_ns; i++)
-        b *= 2;
-    return b > r->p.max_ejection_ns ? r->p.max_ejection_ns : b;
-}
-
-static void window_reset(struct rnode *n, uint64_t now)
-{
-    st64(&n->win_start, now);
-    st32(&n->win_total, 0);
-    st32(&n->win_err, 0);
-    st32(&n->win_slow, 0);
-    st32(&n->consec, 0);
-}
-
-/* Closed -> open, unless the ejection cap forbids it. */
-/* Open n's breaker (closed -> open); slow: the window's slow share tripped it, not
- * errors (counted apart, so a reader can tell a sick node from a loaded path). */
-static void breaker_open(dhps_route *r, struct rnode *n, uint32_t b, uint64_t now, bool slow)
-{
-    uint32_t level = BRK_LEVEL(b);
-    if (now - ld64(&n->closed_since) >= r->p.backoff_reset_ns)
-        level = 0;
-    uint32_t present = ld32(&r->present);
-    uint32_t cap = (uint32_t)(r->p.max_ejection_share * present);
-    if (cap < 1)
-        cap = 1;
-    uint32_t e = ld32(&r->ejected);
-    do {
-        if (e >= cap) {
-            inc(&r->c.ejection_capped);
-            window_reset(n, now); /* judge again on fresh evidence */
-            return;
-        }
-    } while (!cas32(&r->ejected, &e, e + 1));
-    st64(&n->open_until, now + backoff_ns(r, level));
-    st32(&n->probe_ok, 0);
-    st32(&n->probe_busy, 0);
-    uint32_t nb = BRK(DHPS_ROUTE_OPEN, level + 1 > MAX_LEVEL ? MAX_LEVEL : level + 1);
-    if (!cas32(&n->brk, &b, nb)) { /* someone else changed it first */
-        __atomic_fetch_sub(&r->ejected, 1, RLX);
-        return;
-    }
-    inc(&r->c.breaker_opened);
-    inc(slow ? &r->c.opened_slow : &r->c.opened_errors);
-    inc(&n->ejections);
-    DHPS_LOG(DHPS_LOG_DEBUG, "route", "node %u breaker open for %llu ns",
-             (unsigned)(n - r->nodes), (unsigned long long)backoff_ns(r, level));
-}
-
-/* Current breaker state, moving open -> half-open when the isolation has ended. */
-static uint32_t breaker_state(dhps_route *r, struct rnode *n, uint64_t now)
-{
-    uint32_t b = __atomic_load_n(&n->brk, ACQ);
-    /* probe_ok and probe_busy were cleared before the node entered OPEN */
-    while (BRK_STATE(b) == DHPS_ROUTE_OPEN && now >= ld64(&n->open_until)) {
-        if (cas32(&n->brk, &b, BRK(DHPS_ROUTE_HALF_OPEN, BRK_LEVEL(b)))) {
-            inc(&r->c.breaker_half_opened);
-            return DHPS_ROUTE_HALF_OPEN;
-        }
-    }
-    return BRK_STATE(b);
-}
-
-static void breaker_report(dhps_route *r, struct rnode *n, const dhps_route_choice *c,
-                           bool ok, bool slow, uint64_t now)
-{
-    uint32_t b = __atomic_load_n(&n->brk, ACQ);
-    if (BRK_STATE(b) == DHPS_ROUTE_HALF_OPEN) {
-        if (!(c->flags & DHPS_ROUTE_PROBE))
-            return;
-        st32(&n->probe_busy, 0);
-        if (ok && !slow) {
-            if (__atomic_add_fetch(&n->probe_ok, 1, RLX) < r->p.probe_successes)
-                return;
-            if (cas32(&n->brk, &b, BRK(DHPS_ROUTE_CLOSED, BRK_LEVEL(b)))) {
-                __atomic_fetch_sub(&r->ejected, 1, RLX);
-                st64(&n->closed_since, now);
-                window_reset(n, now);
-                std_(&n->succ, 1.0);
-                inc(&r->c.breaker_closed);
-            }
-        } else {
-            st64(&n->open_until, now + backoff_ns(r, BRK_LEVEL(b)));
-            st32(&n->probe_ok, 0);
-            uint32_t lvl = BRK_LEVEL(b) + 1 > MAX_LEVEL ? MAX_LEVEL : BRK_LEVEL(b) + 1;
-            if (cas32(&n->brk, &b, BRK(DHPS_ROUTE_OPEN, lvl))) {
-                inc(&r->c.breaker_opened);
-                inc(&r->c.opened_probe);
-                inc(&n->ejections);
-            }
-        }
-        return;
-    }
-    if (BRK_STATE(b) != DHPS_ROUTE_CLOSED)
-        return; /* answers to requests sent before the node was isolated */
-    uint64_t ws = ld64(&n->win_start);
-    if (now >= ws && now - ws >= r->p.window_ns &&
-        __atomic_compare_exchange_n(&n->win_start, &ws, now, false, RLX, RLX)) {
-        st32(&n->win_total, 0);
-        st32(&n->win_err, 0);
-        st32(&n->win_slow, 0);
-    }
-    uint32_t total = __atomic_add_fetch(&n->win_total, 1, RLX);
-    uint32_t err = ok ? ld32(&n->win_err) : __atomic_add_fetch(&n->win_err, 1, RLX);
-    uint32_t slw = slow ? __atomic_add_fetch(&n->win_slow, 1, RLX) : ld32(&n->win_slow);
-    uint32_t consec = 0;
-    if (ok)
-        st32(&n->consec, 0);
-    else
-        consec = __atomic_add_fetch(&n->consec, 1, RLX);
-    bool trip = consec >= r->p.consecutive_errors, by_slow = false;
-    if (!trip && total >= r->p.window_min_requests) {
-        if ((double)err >= r->p.error_threshold * total)
-            trip = true;
-        else if ((double)slw >= r->p.slow_threshold * total)
-            trip = by_slow = true;
-    }
-    if (trip)
-        breaker_open(r, n, b, now, by_slow);
-}
-
-/* ---- weights ------------------------------------------------------------------------------------ */
-
-/*
- * The rise every tier shares now. A tier's rise is its smooth latency (weight_tau EWMA)
- * minus its long one (baseline_tau): how much slower it answers than it used to. The
- * common rise is the least rise among the tiers with an ok answer in the last
- * RISE_FRESH_TAUS x weight_tau, and 0 unless at least RISE_MIN_TIERS of them agree (with
- * one tier, its own slowdown and the client's cannot be told apart). A load on the
- * client's own host adds about the same time to every answer whatever the tier; a tier
- * that is slow on its own rises alone, so the others keep this near 0 and its slowness
- * is judged in full. last: each tier's last answer instead of its smooth latency, which
- * lags a sudden rise by seconds.
- */
-static double common_rise(const dhps_route *r, uint64_t now, bool last)
-{
-    double rise = 0;
-    int n = 0;
-    uint64_t fresh = RISE_FRESH_TAUS * r->p.weight_tau_ns;
-    for (int t = 0; t < DHPS_ROUTE_TIERS; t++) {
-        const struct rtier *tr = &r->tier[t];
-        double now_lat = ldd(last ? &tr->last : &tr->lat), long_lat = ldd(&tr->lat_long);
-        uint64_t ts = ld64(&tr->lat_stamp);
-        if (now_lat <= 0 || long_lat <= 0 || (now > ts && now - ts > fresh))
-            continue;
-        double d = now_lat > long_lat ? now_lat - long_lat : 0;
-        if (!n++ || d < rise)
-            rise = d;
-    }
-    return n >= RISE_MIN_TIERS ? rise : 0;
-}
-
-/* Does an answer in v ns beat what the next tier with fresh answers (an ok answer in the
- * last RISE_FRESH_TAUS x weight_tau) answers in now (its smooth latency)? Such a node is
- * not "slow" for the breaker, whatever its baseline says: isolating it would only move
- * its traffic to something slower (a baseline remembers quiet moments; under a load
- * present all along there is no rise to take out). With no fresh next tier: false. */
-static bool faster_than_next(const dhps_route *r, unsigned t, double v, uint64_t now)
-{
-    uint64_t fresh = RISE_FRESH_TAUS * r->p.weight_tau_ns;
-    for (unsigned k = t + 1; k < DHPS_ROUTE_TIERS; k++) {
-        const struct rtier *nx = &r->tier[k];
-        double nl = ldd(&nx->lat);
-        uint64_t ts = ld64(&nx->lat_stamp);
-        if (nl > 0 && (now <= ts || now - ts <= fresh))
-            return v < nl;
-    }
-    return false;
-}
-
-/* f = (Lnext - lat') / (Lnext - B), lat' = lat - rise: the node's latency with the rise
- * every tier shares (the client's own wait) taken out, so B and Lnext still apply. */
-static void weight_update(dhps_route *r, struct rnode *n, unsigned t, double rise)
-{
-    double f = 1.0;
-    double B = ldd(&r->tier[t].base), lat = ldd(&n->lat);
-    if (B > 0 && lat > 0) {
-        double next = t + 1 < DHPS_ROUTE_TIERS ? ldd(&r->tier[t + 1].base) : 0;
-        if (next <= 0)
-            next = NEXT_TIER_DEFAULT_GAP * B;
-        else if (next < NEXT_TIER_MIN_GAP * B)
-            next = NEXT_TIER_MIN_GAP * B;
-        f = clampd((next - (lat - rise)) / (next - B), 0.0, 1.0);
-    }
-    double s = ldd(&n->succ);
-    double w = clampd(s * s * f, r->p.weight_floor, 1.0);
-    double old = ldd(&n->weight);
-    if (fabs(w - old) > r->p.weight_hysteresis || (w == 1.0 && old != 1.0) ||
-        (w == r->p.weight_floor && old != w))
-        std_(&n->weight, w);
-}
-
-static void latency_update(dhps_route *r, struct rnode *n, unsigned t, double v, uint64_t now)
-{
-    /* node smooth EWMA */
-    double lat = ldd(&n->lat);
-    uint64_t ls = ld64(&n->lat_stamp);
-    if (lat <= 0)
-        lat = v;
-    else
-        lat += (v - lat) * ewma_alpha(now > ls ? now - ls : 0, r->p.weight_tau_ns);
-    std_(&n->lat, lat);
-    st64(&n->lat_stamp, now);
-
-    struct rtier *tr = &r->tier[t];
-    double tl = ldd(&tr->lat), tll = ldd(&tr->lat_long);
-    uint64_t ts = ld64(&tr->lat_stamp), dt = now > ts ? now - ts : 0;
-    tl = tl <= 0 ? v : tl + (v - tl) * ewma_alpha(dt, r->p.weight_tau_ns);
-    /* same-instant answers weigh in the long EWMA what they weigh in the short one,
-     * relative to the time constants */
-    double along = dt ? ewma_alpha(dt, r->p.baseline_tau_ns)
-                      : EWMA_SAME_TIME_ALPHA * (double)r->p.weight_tau_ns /
-                            (double)r->p.baseline_tau_ns;
-    tll = tll <= 0 ? v : tll + (v - tll) * along;
-    std_(&tr->lat, tl);
-    std_(&tr->last, v);
-    std_(&tr->lat_long, tll);
-    st64(&tr->lat_stamp, now);
-
-    /* tier baseline: decaying minimum of its nodes' smooth latencies */
-    if (ld64(&n->ok) >= BASELINE_MIN_SAMPLES) {
-        double B = ldd(&tr->base);
-        uint64_t bs = ld64(&tr->base_stamp);
-        if (B <= 0 || lat < B)
-            B = lat;
-        else if (now > bs)
-            B += (lat - B) * (1.0 - exp(-(double)(now - bs) / (double)r->p.baseline_tau_ns));
-        std_(&tr->base, B);
-        st64(&tr->base_stamp, now);
-    }
-
-    hist_maybe_decay(r, tr, now);
-    __atomic_fetch_add(&tr->hist[hist_index((uint64_t)v)], 1, RLX);
-}
-
 /* ---- pick ------------------------------------------------------------------------------------------ */
 
 struct cand {
@@ -813,8 +307,8 @@ int dhps_route_pick(dhps_route *r, const uint32_t *replicas, size_t n,
         return DHPS_E_TOOBIG;
     uint64_t now = now_ns(r);
     if (kind == DHPS_ROUTE_PRIMARY) {
-        bucket_deposit(&r->hedge, now);
-        bucket_deposit(&r->retry, now);
+        route_bucket_deposit(&r->hedge, now);
+        route_bucket_deposit(&r->retry, now);
     }
 
     struct cand cs[DHPS_ROUTE_MAX_REPLICAS];
@@ -834,7 +328,7 @@ int dhps_route_pick(dhps_route *r, const uint32_t *replicas, size_t n,
         struct cand *c = &cs[nc++];
         c->id = id;
         c->tier = (uint8_t)(ld32(&nd->tier) & 3);
-        c->state = (uint8_t)breaker_state(r, nd, now);
+        c->state = (uint8_t)route_breaker_state(r, nd, now);
         bool eligible = ld32(&nd->up) && c->state == DHPS_ROUTE_CLOSED &&
                         (!r->p.max_in_flight || ld32(&nd->in_flight) < r->p.max_in_flight);
         c->e = eligible ? ldd(&nd->weight) : 0.0;
@@ -1002,7 +496,7 @@ int dhps_route_report(dhps_route *r, const dhps_route_choice *c, uint64_t latenc
         inc(&r->c.reports_ok);
         if (c->kind == DHPS_ROUTE_HEDGE)
             inc(&r->c.hedge_won);
-        latency_update(r, n, c->tier, v, now);
+        route_latency_update(r, n, c->tier, v, now);
     } else if (outcome == DHPS_ROUTE_ERROR) {
         inc(&n->errors);
         inc(&tr->errors);
@@ -1017,79 +511,17 @@ int dhps_route_report(dhps_route *r, const dhps_route_choice *c, uint64_t latenc
      * client is seen as soon as each tier has answered once; the smooth rise covers
      * steady state without their noise. Read after this answer updated its tier: a tier
      * back from an outage is a witness from its first answer. */
-    double B = ldd(&tr->base), rise = common_rise(r, now, false);
+    double B = ldd(&tr->base), rise = route_common_rise(r, now, false);
     bool slow = false;
     if (B > 0 && v - rise > r->p.slow_factor * B) { /* else not slow whatever rise_last is */
-        double rise_last = common_rise(r, now, true);
+        double rise_last = route_common_rise(r, now, true);
         slow = v - (rise > rise_last ? rise : rise_last) > r->p.slow_factor * B &&
-               !faster_than_next(r, c->tier, v, now);
+               !route_faster_than_next(r, c->tier, v, now);
     }
     double s = ldd(&n->succ);
     std_(&n->succ, s + ((ok ? 1.0 : 0.0) - s) * SUCCESS_ALPHA);
-    breaker_report(r, n, c, ok, slow, now); /* closing resets success: weigh after it */
-    weight_update(r, n, c->tier, rise);
-    return 0;
-}
-
-/* ---- hedging, retries -------------------------------------------------------------------------------- */
-
-uint64_t dhps_route_hedge_delay(dhps_route *r, const dhps_route_choice *c)
-{
-    if (!r || !c || c->tier >= DHPS_ROUTE_TIERS)
-        return r ? r->p.hedge_default_ns : 1000000ull;
-    struct rtier *tr = &r->tier[c->tier];
-    hist_maybe_decay(r, tr, now_ns(r));
-    uint64_t q = hist_quantile(tr, 0.95);
-    if (!q)
-        q = r->p.hedge_default_ns;
-    if (q < r->p.hedge_min_ns)
-        q = r->p.hedge_min_ns;
-    if (q > r->p.hedge_max_ns)
-        q = r->p.hedge_max_ns;
-    return q;
-}
-
-int dhps_route_hedge_acquire(dhps_route *r, uint64_t deadline_ns)
-{
-    if (!r)
-        return -EINVAL;
-    uint64_t now = now_ns(r);
-    if (deadline_ns && now >= deadline_ns) {
-        inc(&r->c.hedge_deadline);
-        return DHPS_E_TIMEOUT;
-    }
-    if (!bucket_take(&r->hedge, now)) {
-        inc(&r->c.hedge_budget_exhausted);
-        return DHPS_E_BUSY;
-    }
-    inc(&r->c.hedge_sent);
-    return 0;
-}
-
-int dhps_route_retry_acquire(dhps_route *r, uint64_t deadline_ns)
-{
-    if (!r)
-        return -EINVAL;
-    uint64_t now = now_ns(r);
-    if (deadline_ns) {
-        uint64_t headroom = r->p.retry_min_headroom_ns;
-        if (!headroom) {
-            for (int t = 0; t < DHPS_ROUTE_TIERS; t++) {
-                uint64_t q = hist_quantile(&r->tier[t], 0.5);
-                if (q && (!headroom || q < headroom))
-                    headroom = q;
-            }
-        }
-        if (now + headroom >= deadline_ns) {
-            inc(&r->c.retry_deadline);
-            return DHPS_E_TIMEOUT;
-        }
-    }
-    if (!bucket_take(&r->retry, now)) {
-        inc(&r->c.retry_budget_exhausted);
-        return DHPS_E_BUSY;
-    }
-    inc(&r->c.retries);
+    route_breaker_report(r, n, c, ok, slow, now); /* closing resets success: weigh after it */
+    route_weight_update(r, n, c->tier, rise);
     return 0;
 }
 
@@ -1143,15 +575,15 @@ int dhps_route_stats_get(dhps_route *r, dhps_route_stats *o)
         ts->errors = ld64(&tr->errors);
         ts->timeouts = ld64(&tr->timeouts);
         ts->cancelled = ld64(&tr->cancelled);
-        ts->p50_ns = hist_quantile(tr, 0.5);
-        ts->p95_ns = hist_quantile(tr, 0.95);
+        ts->p50_ns = route_hist_quantile(tr, 0.5);
+        ts->p95_ns = route_hist_quantile(tr, 0.95);
         ts->latency_ns = ldd(&tr->lat);
         ts->baseline_ns = ldd(&tr->base);
         ts->latency_long_ns = ldd(&tr->lat_long);
     }
     uint64_t now = now_ns(r);
-    o->common_rise_ns = common_rise(r, now, false);
-    o->common_rise_last_ns = common_rise(r, now, true);
+    o->common_rise_ns = route_common_rise(r, now, false);
+    o->common_rise_last_ns = route_common_rise(r, now, true);
     return 0;
 }
 
@@ -1179,10 +611,11 @@ int dhps_route_node_stats_get(dhps_route *r, uint32_t id, dhps_route_node_stats 
     uint32_t level = BRK_LEVEL(raw);
     if (b == DHPS_ROUTE_CLOSED && now_ns(r) - ld64(&n->closed_since) >= r->p.backoff_reset_ns)
         level = 0;
-    o->backoff_ns = backoff_ns(r, level);
+    o->backoff_ns = route_backoff_ns(r, level);
     o->peak_ewma_ns = ldd(&n->peak);
     o->latency_ns = ldd(&n->lat);
     o->success = ldd(&n->succ);
     o->weight = ldd(&n->weight);
     return 0;
 }
+
