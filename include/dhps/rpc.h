@@ -211,6 +211,12 @@ typedef int (*dhps_rpc_handler_fn)(void *arg, dhps_rpc_request *r);
 typedef struct dhps_rpc_server_params {
     const char *host;          /* listen address, numeric IPv4 (default "127.0.0.1") */
     uint16_t port;             /* 0 = ephemeral; see dhps_rpc_server_port (default 0) */
+    int listen_fd;             /* a TCP socket already bound (IPv4; listening or not),
+                                  served instead of binding host:port, e.g. one passed by
+                                  a launcher that holds the port (socket activation).
+                                  host and port are then ignored. The server owns it from
+                                  dhps_rpc_server_create on, also when that fails.
+                                  -1 = bind host:port (default -1) */
     uint32_t workers;          /* worker threads, 1..64 (default 1) */
     uint32_t acceptors;        /* acceptor threads, 1..8 (default 2), each running up to
                                   256 hellos at once on an event loop: a peer stalling
@@ -262,11 +268,13 @@ typedef struct dhps_rpc_server_params {
 /* Fill p with the defaults above. */
 void dhps_rpc_server_params_init(dhps_rpc_server_params *p);
 
-/* Create a server and bind its socket (threads are not started and nothing listens
- * yet: a peer dialing before dhps_rpc_server_start is refused at once, rather than left
- * waiting in the backlog while the owner loads its data). Returns 0 and sets *out, or
- * -EINVAL / DHPS_E_CONFIG (bad params), -errno from socket/bind (e.g. -EADDRINUSE),
- * -ENOMEM. Free with dhps_rpc_server_destroy. */
+/* Create a server and bind its socket, or take p->listen_fd (threads are not started
+ * and nothing listens yet: a peer dialing before dhps_rpc_server_start is refused at
+ * once, rather than left waiting in the backlog while the owner loads its data; a
+ * listen_fd that listens already keeps its backlog). Returns 0 and sets *out, or
+ * -EINVAL / DHPS_E_CONFIG (bad params), -ENOTSOCK (listen_fd is not a bound IPv4 TCP
+ * socket), -errno from socket/bind (e.g. -EADDRINUSE), -ENOMEM. listen_fd is closed when
+ * it fails. Free with dhps_rpc_server_destroy. */
 int dhps_rpc_server_create(const dhps_rpc_server_params *p, dhps_rpc_server **out);
 
 /* Register handler fn(arg, ...) for method. Only before dhps_rpc_server_start; not
@@ -274,9 +282,9 @@ int dhps_rpc_server_create(const dhps_rpc_server_params *p, dhps_rpc_server **ou
 int dhps_rpc_server_register(dhps_rpc_server *s, uint16_t method, dhps_rpc_handler_fn fn,
                              void *arg);
 
-/* Listen, then start the acceptor and worker threads. Returns 0, -EBUSY (already
- * started) or -errno (listen, pthread_create; threads already started are stopped by
- * dhps_rpc_server_destroy). */
+/* Listen (SO_REUSEADDR, also on a listen_fd), then start the acceptor and worker
+ * threads. Returns 0, -EBUSY (already started) or -errno (listen, pthread_create;
+ * threads already started are stopped by dhps_rpc_server_destroy). */
 int dhps_rpc_server_start(dhps_rpc_server *s);
 
 /* The bound TCP port (host order). Thread-safe. */

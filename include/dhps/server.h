@@ -161,7 +161,7 @@ typedef struct dhps_server_config {
                                         file exists before loading (health stays 503);
                                         NULL = none. */
     /* TLS on the rpc port and on this node's connections to its peers (docs/server.md
-     * "TLS"). Last, so earlier offsets keep. */
+     * "TLS"). */
     int tls_policy;                  /* tls.policy: DHPS_RPC_TLS_OFF / _CROSS_AZ / _ALWAYS
                                         (rpc.h). off: no TLS; cross_az: the port takes TLS
                                         and plain, peers in another AZ are dialled with
@@ -178,6 +178,16 @@ typedef struct dhps_server_config {
     char *tls_server_name;           /* tls.server_name: the DNS name every node's
                                         certificate carries, checked when dialling peers;
                                         NULL = the peer's address (an IP SAN) */
+    /* Sockets from a launcher that holds the ports (socket activation: dhps-server takes
+     * them from LISTEN_FDS, docs/server.md; not in the JSON), -1 = none (the default).
+     * Each is an IPv4 TCP socket bound (listening or not) to listen.host / metrics.host
+     * and, when the config names a non-zero port, to that port; the server listens on it
+     * instead of binding. dhps_server_create takes them over (closed with the server, or
+     * when create fails): a config with sockets serves one dhps_server_create. Last, so
+     * earlier offsets keep. */
+    int rpc_fd;                      /* the rpc listener (listen.tcp_port) */
+    int metrics_fd;                  /* the HTTP listener (metrics.port; needs "metrics") */
+    int health_fd;                   /* the /health listener (needs metrics.health_port) */
 } dhps_server_config;
 
 /*
@@ -208,8 +218,9 @@ int dhps_server_config_resolve(dhps_server_config *c, char *err, size_t errlen);
  * would refuse the config for before serving: resolve (above), the secret file (mode,
  * strength), snapshot.dir (a writable directory), log.dir (or a writable parent), and
  * that the configured non-zero ports (listen.tcp_port, metrics.port, metrics.health_port)
- * can be bound now. Returns 0 or DHPS_E_CONFIG (-errno for a socket failure) with one
- * line in err. Not thread-safe on one config.
+ * can be bound now, or that the sockets given instead (rpc_fd, ...) are bound where the
+ * config says. Returns 0 or DHPS_E_CONFIG (-errno for a socket failure) with one line in
+ * err. Not thread-safe on one config.
  */
 int dhps_server_config_check(dhps_server_config *c, char *err, size_t errlen);
 
@@ -223,10 +234,11 @@ void dhps_server_config_free(dhps_server_config *c);
 
 /*
  * Create a server from cfg (copied; cfg may be freed afterwards): reads the secret
- * file, creates the stores and the rpc server (its TCP port is bound now). Nothing runs
- * yet. Returns 0 and sets *out, or DHPS_E_CONFIG (bad secret file: missing, empty or
- * too long; message in err), -errno (bind, ...), -ENOMEM. A world-readable secret file
- * is accepted with a warning in the log. Free with dhps_server_destroy.
+ * file, creates the stores and the rpc server (its TCP port is bound now, or the rpc_fd
+ * socket taken over). Nothing runs yet. Returns 0 and sets *out, or DHPS_E_CONFIG (bad
+ * secret file: missing, empty or too long; a socket given not bound where the config
+ * says; message in err), -errno (bind, ...), -ENOMEM. A world-readable secret file is
+ * accepted with a warning in the log. Free with dhps_server_destroy.
  */
 int dhps_server_create(const dhps_server_config *cfg, dhps_server **out, char *err,
                        size_t errlen);

@@ -7,6 +7,7 @@ void dhps_rpc_server_params_init(dhps_rpc_server_params *p)
 {
     memset(p, 0, sizeof *p);
     p->host = "127.0.0.1";
+    p->listen_fd = -1;
     p->workers = 1;
     p->max_msg = 256u << 10;
     p->allow = DHPS_RPC_ALL;
@@ -31,11 +32,33 @@ const char *dhps_rpc_transport_name(int t)
     }
 }
 
+/* The port of a bound IPv4 TCP socket, or -ENOTSOCK. */
+static int bound_port(int fd)
+{
+    struct sockaddr_in a;
+    socklen_t al = sizeof a;
+    int type = 0;
+    socklen_t tl = sizeof type;
+    if (getsockname(fd, (struct sockaddr *)&a, &al) != 0 || al != sizeof a ||
+        a.sin_family != AF_INET || getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tl) != 0 ||
+        type != SOCK_STREAM || a.sin_port == 0)
+        return -ENOTSOCK;
+    return ntohs(a.sin_port);
+}
+
 int dhps_rpc_server_create(const dhps_rpc_server_params *p, dhps_rpc_server **out)
 {
     int rc = -EINVAL;
     dhps_rpc_server *s = NULL;
     *out = NULL;
+    int given = p ? p->listen_fd : -1; /* ours from here on */
+    if (given >= 0 && (rc = bound_port(given)) < 0) {
+        close(given);
+        DHPS_LOG(DHPS_LOG_ERROR, RPC_LOG, "server: listen_fd %d is not a bound TCP socket",
+                 given);
+        return rc;
+    }
+    rc = -EINVAL;
     if (!p || !p->host || p->workers < 1 || p->workers > MAX_WORKERS || p->max_msg == 0 ||
         p->acceptors < 1 || p->acceptors > MAX_ACCEPTORS || p->verbs_srq_slots < 1 ||
         p->verbs_srq_slots > 16384 ||
@@ -46,12 +69,17 @@ int dhps_rpc_server_create(const dhps_rpc_server_params *p, dhps_rpc_server **ou
         p->tls_verify_client > DHPS_RPC_TLS_VERIFY_REQUIRED ||
         (p->tls_verify_client && (!p->tls_cert_file || !p->tls_ca_file))) {
         DHPS_LOG(DHPS_LOG_ERROR, RPC_LOG, "server: invalid params");
+        if (given >= 0)
+            close(given);
         return -EINVAL;
     }
     s = calloc(1, sizeof *s);
-    if (!s)
+    if (!s) {
+        if (given >= 0)
+            close(given);
         return -ENOMEM;
-    s->lfd = -1;
+    }
+    s->lfd = given; /* closed by destroy */
     for (uint32_t a = 0; a < MAX_ACCEPTORS; a++)
         s->acc[a].ep = -1; /* destroy closes only what start created */
     pthread_mutex_init(&s->srq_lock, NULL);
@@ -89,26 +117,31 @@ int dhps_rpc_server_create(const dhps_rpc_server_params *p, dhps_rpc_server **ou
         if (r)
             DHPS_LOG(DHPS_LOG_INFO, RPC_LOG, "server: no verbs device (%s)", dhps_strerror(r));
     }
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(p->port)};
-    if (inet_pton(AF_INET, p->host, &a.sin_addr) != 1)
-        goto fail;
-    s->lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (s->lfd < 0) {
-        rc = -errno;
-        goto fail;
+    if (given >= 0) {
+        s->port = (uint16_t)bound_port(given);
+        fcntl(given, F_SETFD, FD_CLOEXEC); /* as our own sockets */
+    } else {
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(p->port)};
+        if (inet_pton(AF_INET, p->host, &a.sin_addr) != 1)
+            goto fail;
+        s->lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (s->lfd < 0) {
+            rc = -errno;
+            goto fail;
+        }
+        int one = 1;
+        setsockopt(s->lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        /* bound now (the port is known and held), listening only from start: a peer that
+         * dials while the owner is still loading is refused at once instead of waiting in
+         * the backlog for a hello nobody runs yet */
+        if (bind(s->lfd, (struct sockaddr *)&a, sizeof a) != 0) {
+            rc = -errno;
+            goto fail;
+        }
+        socklen_t al = sizeof a;
+        getsockname(s->lfd, (struct sockaddr *)&a, &al);
+        s->port = ntohs(a.sin_port);
     }
-    int one = 1;
-    setsockopt(s->lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    /* bound now (the port is known and held), listening only from start: a peer that
-     * dials while the owner is still loading is refused at once instead of waiting in
-     * the backlog for a hello nobody runs yet */
-    if (bind(s->lfd, (struct sockaddr *)&a, sizeof a) != 0) {
-        rc = -errno;
-        goto fail;
-    }
-    socklen_t al = sizeof a;
-    getsockname(s->lfd, (struct sockaddr *)&a, &al);
-    s->port = ntohs(a.sin_port);
     for (uint32_t i = 0; i < p->workers; i++) {
         worker *w = &s->w[i];
         w->ep = epoll_create1(EPOLL_CLOEXEC);
@@ -177,6 +210,11 @@ int dhps_rpc_server_start(dhps_rpc_server *s)
 {
     if (s->started)
         return -EBUSY;
+    /* SO_REUSEADDR now for a listen_fd too: its holder bound it without (so that nobody
+     * could share the port meanwhile); the listen must pass the port's TIME_WAIT
+     * connections of an earlier server */
+    int one = 1;
+    setsockopt(s->lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     if (listen(s->lfd, 128) != 0)
         return -errno;
     s->started = true;

@@ -100,18 +100,73 @@ static int check_port(const char *what, const char *host, unsigned port, char *e
     return rc;
 }
 
+/* A socket given for key (what: its name in LISTEN_FDNAMES): a bound IPv4 TCP socket on
+ * host and, when port is non-zero, on port. */
+static int check_fd(const char *what, const char *key, int fd, const char *host,
+                    unsigned port, char *err, size_t errlen)
+{
+    struct sockaddr_in a, want = {.sin_family = AF_INET};
+    socklen_t al = sizeof a;
+    int type = 0;
+    socklen_t tl = sizeof type;
+    if (getsockname(fd, (struct sockaddr *)&a, &al) != 0 || al != sizeof a ||
+        a.sin_family != AF_INET || getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tl) != 0 ||
+        type != SOCK_STREAM || a.sin_port == 0) {
+        srv_errf(err, errlen, "socket \"%s\" (fd %d, for %s): not a bound IPv4 TCP socket",
+                 what, fd, key);
+        return DHPS_E_CONFIG;
+    }
+    char got[INET_ADDRSTRLEN] = "?";
+    inet_ntop(AF_INET, &a.sin_addr, got, sizeof got);
+    if (inet_pton(AF_INET, host, &want.sin_addr) != 1 ||
+        want.sin_addr.s_addr != a.sin_addr.s_addr || (port && ntohs(a.sin_port) != port)) {
+        srv_errf(err, errlen, "socket \"%s\" (fd %d) is bound to %s:%u, but %s is %s:%u", what,
+                 fd, got, ntohs(a.sin_port), key, host, port);
+        return DHPS_E_CONFIG;
+    }
+    return 0;
+}
+
+int srv_check_listen_fds(const dhps_server_config *c, char *err, size_t errlen)
+{
+    int rc;
+    const char *host = c->listen_host ? c->listen_host : "127.0.0.1";
+    if (c->rpc_fd >= 0 &&
+        (rc = check_fd("rpc", "listen.tcp_port", c->rpc_fd, host, c->tcp_port, err, errlen)))
+        return rc;
+    if (c->metrics_fd >= 0 && !c->metrics_enabled) {
+        srv_errf(err, errlen, "socket \"metrics\" given, but the config has no \"metrics\"");
+        return DHPS_E_CONFIG;
+    }
+    if (c->metrics_fd >= 0 && (rc = check_fd("metrics", "metrics.port", c->metrics_fd,
+                                             c->metrics_host, c->metrics_port, err, errlen)))
+        return rc;
+    if (c->health_fd >= 0 && (!c->metrics_enabled || c->metrics_health_port < 0)) {
+        srv_errf(err, errlen, "socket \"health\" given, but the config has no "
+                 "metrics.health_port");
+        return DHPS_E_CONFIG;
+    }
+    if (c->health_fd >= 0 &&
+        (rc = check_fd("health", "metrics.health_port", c->health_fd, c->metrics_host,
+                       (unsigned)c->metrics_health_port, err, errlen)))
+        return rc;
+    return 0;
+}
+
 int dhps_server_config_check(dhps_server_config *c, char *err, size_t errlen)
 {
     int rc = dhps_server_config_resolve(c, err, errlen);
-    if (rc || (rc = srv_check_files(c, err, errlen)))
+    if (rc || (rc = srv_check_files(c, err, errlen)) ||
+        (rc = srv_check_listen_fds(c, err, errlen)))
         return rc;
-    if ((rc = check_port("listen.tcp_port", c->listen_host ? c->listen_host : "127.0.0.1",
+    if (c->rpc_fd < 0 &&
+        (rc = check_port("listen.tcp_port", c->listen_host ? c->listen_host : "127.0.0.1",
                          c->tcp_port, err, errlen)))
         return rc;
-    if (c->metrics_enabled &&
+    if (c->metrics_enabled && c->metrics_fd < 0 &&
         (rc = check_port("metrics.port", c->metrics_host, c->metrics_port, err, errlen)))
         return rc;
-    if (c->metrics_enabled && c->metrics_health_port > 0 &&
+    if (c->metrics_enabled && c->metrics_health_port > 0 && c->health_fd < 0 &&
         (rc = check_port("metrics.health_port", c->metrics_host,
                          (unsigned)c->metrics_health_port, err, errlen)))
         return rc;

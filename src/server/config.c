@@ -617,6 +617,7 @@ int dhps_server_config_parse(const void *buf, size_t len, dhps_server_config **o
     c->metrics_max_per_ip = 16;
     c->metrics_header_timeout_ms = 2000;
     c->metrics_health_port = -1;
+    c->rpc_fd = c->metrics_fd = c->health_fd = -1;
     c->sync_enabled = true;
     c->sync_peer_wait_s = 10;
     c->sync_anti_entropy_s = 30;

@@ -12,6 +12,7 @@
  * shares an address with an attacker still gets through. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <sys/socket.h>
 #include <stdarg.h>
@@ -617,26 +618,52 @@ static enum MHD_Result health_handler(void *cls, struct MHD_Connection *conn, co
     return http_handler(cls, conn, url, method, version, upload_data, upload_size, con_cls);
 }
 
-/* One guarded epoll daemon on host:port. NULL on failure. */
+/* One guarded epoll daemon on host:port, or on the given socket *fd (>= 0: listened on
+ * here, with SO_REUSEADDR as MHD's own; the daemon owns it then and *fd is set to -1, as
+ * when the start failed: closed here). NULL on failure. */
 static struct MHD_Daemon *start_daemon(dhps_server *s, const char *host, uint16_t port,
-                                       MHD_AccessHandlerCallback fn, uint32_t max_conn,
-                                       uint32_t max_per_ip)
+                                       int *fd, MHD_AccessHandlerCallback fn,
+                                       uint32_t max_conn, uint32_t max_per_ip)
 {
     struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons(port)};
     inet_pton(AF_INET, host, &sin.sin_addr);
-    return MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL, port, NULL, NULL,
-                            fn, s, MHD_OPTION_SOCK_ADDR, &sin,
-                            MHD_OPTION_CONNECTION_TIMEOUT, 10u,
-                            MHD_OPTION_CONNECTION_LIMIT, (unsigned)max_conn,
-                            MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)max_per_ip,
-                            MHD_OPTION_NOTIFY_CONNECTION, guard_notify, s->http_guard,
-                            MHD_OPTION_NOTIFY_COMPLETED, http_done, s->http_guard,
-                            MHD_OPTION_END);
+    struct MHD_OptionItem where[] = {
+        *fd >= 0 ? (struct MHD_OptionItem){MHD_OPTION_LISTEN_SOCKET, *fd, NULL}
+                 : (struct MHD_OptionItem){MHD_OPTION_SOCK_ADDR, 0, &sin},
+        {MHD_OPTION_END, 0, NULL}};
+    if (*fd >= 0) {
+        int one = 1;
+        setsockopt(*fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (listen(*fd, 128) != 0) {
+            close(*fd);
+            *fd = -1;
+            return NULL;
+        }
+    }
+    struct MHD_Daemon *d =
+        MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL, port, NULL, NULL,
+                         fn, s, MHD_OPTION_ARRAY, where,
+                         MHD_OPTION_CONNECTION_TIMEOUT, 10u,
+                         MHD_OPTION_CONNECTION_LIMIT, (unsigned)max_conn,
+                         MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)max_per_ip,
+                         MHD_OPTION_NOTIFY_CONNECTION, guard_notify, s->http_guard,
+                         MHD_OPTION_NOTIFY_COMPLETED, http_done, s->http_guard,
+                         MHD_OPTION_END);
+    if (*fd >= 0 && !d && fcntl(*fd, F_GETFD) != -1)
+        close(*fd);
+    *fd = -1;
+    return d;
 }
 
+/* The port d listens on (from its socket: also right for a given one). */
 static uint16_t daemon_port(struct MHD_Daemon *d, uint16_t asked)
 {
-    const union MHD_DaemonInfo *di = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(d, MHD_DAEMON_INFO_LISTEN_FD);
+    struct sockaddr_in a;
+    socklen_t al = sizeof a;
+    if (di && getsockname(di->listen_fd, (struct sockaddr *)&a, &al) == 0 && al == sizeof a)
+        return ntohs(a.sin_port);
+    di = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
     return di ? di->port : asked;
 }
 
@@ -649,8 +676,8 @@ int srv_http_start(dhps_server *s, char *err, size_t errlen)
         srv_errf(err, errlen, "metrics: out of memory or threads");
         return -ENOMEM;
     }
-    s->http = start_daemon(s, c->metrics_host, c->metrics_port, http_handler, maxc,
-                           perip < maxc ? perip : maxc);
+    s->http = start_daemon(s, c->metrics_host, c->metrics_port, &s->metrics_fd, http_handler,
+                           maxc, perip < maxc ? perip : maxc);
     if (!s->http) {
         srv_errf(err, errlen, "metrics %s:%u: cannot start the HTTP server (port in use?)",
                  c->metrics_host, c->metrics_port);
@@ -661,7 +688,7 @@ int srv_http_start(dhps_server *s, char *err, size_t errlen)
     if (c->metrics_health_port >= 0) {
         /* a small budget of its own: probes are few and short */
         s->health = start_daemon(s, c->metrics_host, (uint16_t)c->metrics_health_port,
-                                 health_handler, 16, 8);
+                                 &s->health_fd, health_handler, 16, 8);
         if (!s->health) {
             srv_errf(err, errlen, "metrics.health_port %s:%d: cannot start the HTTP server "
                      "(port in use?)", c->metrics_host, c->metrics_health_port);

@@ -1,9 +1,12 @@
 /* dhps-server: run one parameter-server node in the foreground. */
+#include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <pthread.h>
+#include <unistd.h>
 
 #include "dhps/log.h"
 #include "dhps/proto.h"
@@ -15,6 +18,70 @@ static void usage(FILE *f)
                "                                       snapshot, exit 0)\n"
                "       dhps-server --check-config FILE validate FILE (exit 0, or 2)\n"
                "       dhps-server --version            print the version\n");
+}
+
+/* Sockets passed by a launcher that holds the ports (`dhps up`, systemd): the socket
+ * activation protocol. LISTEN_PID names this process, LISTEN_FDS counts the sockets from
+ * fd 3 on, LISTEN_FDNAMES names them, colon-separated: "rpc", "metrics", "health". The
+ * variables are removed (children do not see them). Without LISTEN_FDS, or for another
+ * pid: nothing. 0, or DHPS_E_CONFIG with a message (the sockets are closed then). */
+static int take_listen_fds(dhps_server_config *cfg, char *err, size_t len)
+{
+    const char *pid = getenv("LISTEN_PID"), *nfds = getenv("LISTEN_FDS");
+    const char *names = getenv("LISTEN_FDNAMES");
+    int rc = 0;
+    if (!pid || !nfds)
+        goto out;
+    char *end;
+    long p = strtol(pid, &end, 10);
+    if (*end || p != (long)getpid())
+        goto out;
+    long n = strtol(nfds, &end, 10);
+    if (*end || n < 1 || n > 3) {
+        snprintf(err, len, "LISTEN_FDS=%s: want 1..3 sockets (rpc, metrics, health)", nfds);
+        rc = DHPS_E_CONFIG;
+        n = *end || n < 1 ? 0 : 3; /* closed below */
+    }
+    char list[64];
+    snprintf(list, sizeof list, "%s", names ? names : "");
+    char *save = NULL, *name = strtok_r(list, ":", &save);
+    for (int i = 0; i < n; i++, name = name ? strtok_r(NULL, ":", &save) : NULL) {
+        int fd = 3 + i, *slot = NULL;
+        if (name && !strcmp(name, "rpc"))
+            slot = &cfg->rpc_fd;
+        else if (name && !strcmp(name, "metrics"))
+            slot = &cfg->metrics_fd;
+        else if (name && !strcmp(name, "health"))
+            slot = &cfg->health_fd;
+        if (!rc && (!slot || *slot >= 0)) {
+            snprintf(err, len, "LISTEN_FDNAMES=%s: socket %d is named %s%s%s (want rpc, "
+                     "metrics or health, each once)", names ? names : "", fd,
+                     name ? "\"" : "", name ? name : "nothing", name ? "\"" : "");
+            rc = DHPS_E_CONFIG;
+        }
+        if (rc || fcntl(fd, F_SETFD, FD_CLOEXEC) != 0) {
+            if (!rc) {
+                snprintf(err, len, "LISTEN_FDS: socket %d: %s", fd, strerror(errno));
+                rc = DHPS_E_CONFIG;
+            }
+            close(fd);
+            continue;
+        }
+        *slot = fd;
+    }
+    if (rc) { /* none of them is used */
+        int *slots[] = {&cfg->rpc_fd, &cfg->metrics_fd, &cfg->health_fd};
+        for (int i = 0; i < 3; i++)
+            if (*slots[i] >= 0) {
+                close(*slots[i]);
+                *slots[i] = -1;
+            }
+    }
+out:
+    unsetenv("LISTEN_PID");
+    unsetenv("LISTEN_FDS");
+    unsetenv("LISTEN_FDNAMES");
+    return rc;
 }
 
 int main(int argc, char **argv)
@@ -46,6 +113,11 @@ int main(int argc, char **argv)
     int rc = dhps_server_config_load(path, &cfg, err, sizeof err);
     if (rc) {
         fprintf(stderr, "dhps-server: %s\n", rc == DHPS_E_CONFIG ? err : dhps_strerror(rc));
+        return 2;
+    }
+    if ((rc = take_listen_fds(cfg, err, sizeof err))) {
+        fprintf(stderr, "dhps-server: %s\n", err);
+        dhps_server_config_free(cfg);
         return 2;
     }
     if (check && (rc = dhps_server_config_check(cfg, err, sizeof err))) {

@@ -56,9 +56,17 @@ int dhps_server_create(const dhps_server_config *cfg, dhps_server **out, char *e
     *out = NULL;
     srv_errf(err, errlen, "%s", "");
     dhps_cluster_map *m0 = NULL; /* the map to start from (NULL: explicit shards) */
-    dhps_server *s = calloc(1, sizeof *s);
-    if (!s)
+    int rpc_fd = cfg->rpc_fd;     /* the given sockets are ours: rpc_fd until the rpc */
+    dhps_server *s = calloc(1, sizeof *s); /* server takes it, the others in s */
+    if (!s) {
+        const int fds[] = {cfg->rpc_fd, cfg->metrics_fd, cfg->health_fd};
+        for (int i = 0; i < 3; i++)
+            if (fds[i] >= 0)
+                close(fds[i]);
         return -ENOMEM;
+    }
+    s->metrics_fd = cfg->metrics_fd;
+    s->health_fd = cfg->health_fd;
     pthread_mutex_init(&s->ctl_mu, NULL);
     pthread_cond_init(&s->ctl_cv, NULL);
     srv_admin_replay_init(&s->replay);
@@ -82,6 +90,8 @@ int dhps_server_create(const dhps_server_config *cfg, dhps_server **out, char *e
         if ((rc = dhps_cluster_map_load(cfg->cluster_map, &m0, err, errlen)))
             goto fail; /* the applied map: sync peers, dhps_map_version, registration */
     }
+    if ((rc = srv_check_listen_fds(cfg, err, errlen))) /* with tcp_port resolved */
+        goto fail;
     s->follow = cfg->follow_etcd;
     s->tables = calloc(cfg->ntables, sizeof *s->tables);
     if (!s->tables) {
@@ -120,6 +130,8 @@ int dhps_server_create(const dhps_server_config *cfg, dhps_server **out, char *e
     dhps_rpc_server_params_init(&rp);
     rp.host = cfg->listen_host;
     rp.port = cfg->tcp_port;
+    rp.listen_fd = rpc_fd; /* taken over, also when the create fails */
+    rpc_fd = -1;
     rp.workers = cfg->workers;
     rp.secret = s->secret;
     rp.secret_len = s->secret_len;
@@ -164,6 +176,8 @@ int dhps_server_create(const dhps_server_config *cfg, dhps_server **out, char *e
     *out = s;
     return 0;
 fail:
+    if (rpc_fd >= 0)
+        close(rpc_fd);
     dhps_cluster_map_destroy(m0);
     dhps_server_destroy(s);
     return rc;
@@ -476,6 +490,10 @@ void dhps_server_destroy(dhps_server *s)
         free(s->secret);
     }
     dhps_server_config_free(s->cfg);
+    if (s->metrics_fd >= 0) /* given, never handed to a daemon */
+        close(s->metrics_fd);
+    if (s->health_fd >= 0)
+        close(s->health_fd);
     srv_admin_replay_fini(&s->replay);
     pthread_cond_destroy(&s->ctl_cv);
     pthread_mutex_destroy(&s->ctl_mu);

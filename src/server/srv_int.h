@@ -117,6 +117,7 @@ struct dhps_server {
     uint16_t http_port;
     struct MHD_Daemon *health;   /* metrics.health_port listener, or NULL */
     uint16_t health_port;
+    int metrics_fd, health_fd;   /* cfg's sockets until the HTTP daemons take them, -1 */
     struct srv_http_guard *http_guard; /* header deadlines of both (http.c) */
     dhps_ratelimit http_log_rl;  /* refused /fault requests (the daemon's thread) */
     bool ready;                  /* atomic: local recovery done, rpc serving (the node is
@@ -188,6 +189,10 @@ void srv_resp_error(dhps_rpc_request *r, int status, const char *fmt, ...)
  * writable directory), log.dir (one, or a writable parent to create it in). 0 or
  * DHPS_E_CONFIG with one line in err. (check.c; also dhps_server_config_check) */
 int srv_check_files(const dhps_server_config *c, char *err, size_t errlen);
+/* The sockets c names instead of ports (rpc_fd, metrics_fd, health_fd): each a bound
+ * IPv4 TCP socket on the configured host and (when non-zero) port, and for a listener
+ * the config has. 0 or DHPS_E_CONFIG with a message. */
+int srv_check_listen_fds(const dhps_server_config *c, char *err, size_t errlen);
 
 /* The rpc handler of every service method; arg is the server. (handlers.c) */
 int srv_rpc_handler(void *arg, dhps_rpc_request *r);

@@ -100,6 +100,23 @@ static inline int p_wait_http(const proc *p, const char *path, int code, unsigne
     return -1;
 }
 
+/* The rpc and metrics ports of a port file ("RPC METRICS ...") into p: false until it is
+ * there. */
+static inline bool p_read_ports(const char *pf, proc *p)
+{
+    FILE *f = fopen(pf, "r");
+    unsigned a = 0, b = 0;
+    if (!f)
+        return false;
+    int k = fscanf(f, "%u %u", &a, &b);
+    fclose(f);
+    if (k != 2)
+        return false;
+    p->port = (uint16_t)a;
+    p->mport = (uint16_t)b;
+    return true;
+}
+
 /* Start a server from cfg (its port_file is dir/ports), wait for the port file and,
  * when wait_ready, for /health 200. 0 or -1. */
 static inline int p_start(const char *dir, const char *cfg, proc *p, bool wait_ready)
@@ -110,18 +127,7 @@ static inline int p_start(const char *dir, const char *cfg, proc *p, bool wait_r
     memset(p, 0, sizeof *p);
     p->pid = p_spawn(dir, "--config", cfg);
     uint64_t end = t_now_ms() + dhps_test_ms(15000); /* a bound on an event, scaled */
-    while (t_now_ms() < end) {
-        FILE *f = fopen(pf, "r");
-        unsigned a = 0, b = 0;
-        if (f) {
-            int k = fscanf(f, "%u %u", &a, &b);
-            fclose(f);
-            if (k == 2) {
-                p->port = (uint16_t)a;
-                p->mport = (uint16_t)b;
-                break;
-            }
-        }
+    while (t_now_ms() < end && !p_read_ports(pf, p)) {
         if (waitpid(p->pid, NULL, WNOHANG) == p->pid)
             return -1;
         t_sleep_ms(10);

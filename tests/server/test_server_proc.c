@@ -2,7 +2,7 @@
  * driven with raw rpc + proto.h: restart keeps acknowledged data (SIGTERM, kill -9
  * after an on-demand snapshot, kill -9 in the middle of a snapshot loop), a corrupt
  * snapshot is refused with the file named, bad configs exit 2, a wrong secret is
- * refused, health goes 503 -> 200, pid file. */
+ * refused, health goes 503 -> 200, pid file, sockets passed by a launcher (LISTEN_FDS). */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -349,6 +349,120 @@ static void test_taken_ports_exit_1(void **st)
     t_rmdir(dir);
 }
 
+/* A TCP socket bound to 127.0.0.1 (a port the kernel picks), not listening: what a
+ * launcher holds for the server. */
+static int held_socket(uint16_t *port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t al = sizeof a;
+    assert_true(fd >= 0);
+    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &al), 0);
+    *port = ntohs(a.sin_port);
+    return fd;
+}
+
+/* DHPS_SERVER_BIN flag cfg (stderr to dir/stderr.log) with fds[0..n) as its fds 3.. by
+ * the socket activation protocol: LISTEN_FDS=n, LISTEN_PID (its own pid, or 1 when
+ * other_pid), LISTEN_FDNAMES=names. */
+static pid_t spawn_with_sockets(const char *dir, const char *flag, const char *cfg,
+                                const int *fds, int n, const char *names, bool other_pid)
+{
+    char log[600];
+    snprintf(log, sizeof log, "%s/stderr.log", dir);
+    pid_t pid = fork();
+    if (pid == 0) { /* the test has no other thread now: setenv is fine */
+        int hi[3];
+        for (int i = 0; i < n; i++)
+            hi[i] = fcntl(fds[i], F_DUPFD, 10);
+        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+        dup2(fd, 2);
+        for (int i = 0; i < n; i++)
+            if (dup2(hi[i], 3 + i) != 3 + i)
+                _exit(126);
+        char v[32];
+        snprintf(v, sizeof v, "%d", n);
+        setenv("LISTEN_FDS", v, 1);
+        snprintf(v, sizeof v, "%d", other_pid ? 1 : (int)getpid());
+        setenv("LISTEN_PID", v, 1);
+        setenv("LISTEN_FDNAMES", names, 1);
+        execl(DHPS_SERVER_BIN, "dhps-server", flag, cfg, (char *)NULL);
+        _exit(127);
+    }
+    return pid;
+}
+
+/* Sockets passed by a launcher that holds the ports (socket activation, what `dhps up`
+ * does): the server listens on them (the port file names their ports, rpc and /health
+ * answer there), --check-config accepts a config naming those held ports; a socket not
+ * bound where the config says, or named wrong, is exit 2 with the reason; sockets for
+ * another pid are left alone (the server binds the config's ports itself). */
+static void test_sockets_from_a_launcher(void **st)
+{
+    (void)st;
+    char *dir = t_mkdtemp(), cfg[600], text[2048], logp[600], pf[600];
+    snprintf(cfg, sizeof cfg, "%s/server.json", dir);
+    snprintf(logp, sizeof logp, "%s/stderr.log", dir);
+    snprintf(pf, sizeof pf, "%s/ports", dir);
+    uint16_t rpc, met, other;
+    int fds[2] = {held_socket(&rpc), held_socket(&met)};
+    int ofd = held_socket(&other);
+    char to[64];
+    /* the config names the held ports: a server binding them itself would fail */
+    t_config(dir, text, sizeof text, NSH, "\"all\"", "");
+    snprintf(to, sizeof to, "\"tcp_port\":%u", rpc);
+    replace_port(text, sizeof text, "\"tcp_port\":0", to);
+    snprintf(to, sizeof to, "\"metrics\":{\"port\":%u}", met);
+    replace_port(text, sizeof text, "\"metrics\":{\"port\":0}", to);
+    t_write(cfg, text, 0600);
+    p_stderr_clear(dir);
+    assert_int_equal(p_wait_exit(spawn_with_sockets(dir, "--check-config", cfg, fds, 2,
+                                                    "rpc:metrics", false), 10000), 0);
+    /* sockets for another process: not taken; the held ports make the bind fail */
+    assert_int_equal(p_wait_exit(spawn_with_sockets(dir, "--config", cfg, fds, 2,
+                                                    "rpc:metrics", true), 10000), 1);
+    char *log = p_slurp(logp);
+    assert_non_null(strstr(log, "in use"));
+    free(log);
+    /* served on the sockets */
+    unlink(pf);
+    proc p = {.pid = spawn_with_sockets(dir, "--config", cfg, fds, 2, "rpc:metrics", false)};
+    assert_true(DHPS_TEST_WAIT_FOR(p_read_ports(pf, &p) ||
+                                   waitpid(p.pid, NULL, WNOHANG) == p.pid, 15000));
+    assert_int_equal(p.port, rpc);
+    assert_int_equal(p.mport, met);
+    assert_int_equal(p_wait_http(&p, "/health", 200, 15000), 0);
+    t_conn tc;
+    assert_int_equal(t_connect(&tc, rpc, T_SECRET), 0);
+    t_close(&tc);
+    kill(p.pid, SIGTERM);
+    assert_int_equal(p_wait_exit(p.pid, 20000), 0);
+    /* an rpc socket on another port than listen.tcp_port: refused, named */
+    int wrong[2] = {ofd, fds[1]};
+    p_stderr_clear(dir);
+    assert_int_equal(p_wait_exit(spawn_with_sockets(dir, "--config", cfg, wrong, 2,
+                                                    "rpc:metrics", false), 10000), 2);
+    log = p_slurp(logp);
+    char want[128];
+    snprintf(want, sizeof want, "socket \"rpc\" (fd 3) is bound to 127.0.0.1:%u, but "
+             "listen.tcp_port is 127.0.0.1:%u", other, rpc);
+    if (!strstr(log, want))
+        fail_msg("stderr \"%s\" lacks \"%s\"", log, want);
+    free(log);
+    /* a name the server does not know */
+    p_stderr_clear(dir);
+    assert_int_equal(p_wait_exit(spawn_with_sockets(dir, "--config", cfg, fds, 2,
+                                                    "rpc:admin", false), 10000), 2);
+    log = p_slurp(logp);
+    assert_non_null(strstr(log, "socket 4 is named \"admin\""));
+    free(log);
+    close(fds[0]);
+    close(fds[1]);
+    close(ofd);
+    t_rmdir(dir);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -356,6 +470,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_bad_configs_exit_2),
         cmocka_unit_test(test_taken_ports_exit_1),
+        cmocka_unit_test(test_sockets_from_a_launcher),
         cmocka_unit_test(test_health_503_then_200),
         cmocka_unit_test(test_sigterm_restart),
         cmocka_unit_test(test_kill9_after_snapshot),
