@@ -291,13 +291,17 @@ void chaos_sleep_s(double s)
 }
 
 /* Start dhps-server on node n's config (its own session, log appended): the config names
- * the map's ports, so it comes back where the map says. */
+ * the map's ports, held here and handed to it, so it comes back where the map says. */
 static int node_start(struct ch_node *n, const char *server)
 {
     pid_t pid;
-    int e = up_spawn_node(server, n->cfg, n->log, true, &pid);
+    const char *which;
+    int e = up_restart_node(server, n->cfg, n->log, n->port, n->mport, &pid, &which);
     if (e == 0)
         n->pid = pid;
+    else if (e == -EADDRINUSE)
+        fprintf(stderr, "dhps chaos: %s: its %s port is in use by another process\n", n->cfg,
+                which);
     return e;
 }
 

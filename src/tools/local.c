@@ -4,9 +4,11 @@
  * one node's spawn and wait, stopping pids, finding the dhps-server processes of a
  * cluster directory in /proc.
  */
+#define _GNU_SOURCE /* nftw */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <jansson.h>
 #include <limits.h>
 #include <netinet/in.h>
@@ -156,20 +158,41 @@ int up_free_ports(uint16_t *out, uint32_t n)
     return rc;
 }
 
-int up_port_check(uint16_t port)
+int up_hold_port(uint16_t port, uint16_t *bound)
 {
-    if (!port)
-        return 0;
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -errno;
-    int one = 1; /* as the servers bind: a port in TIME_WAIT only is free */
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    int one = 1, zero = 0;
+    if (port)
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    int rc = bind(fd, (struct sockaddr *)&a, sizeof a) == 0 ? 0 : -errno;
-    close(fd);
-    return rc;
+    socklen_t al = sizeof a;
+    if (bind(fd, (struct sockaddr *)&a, sizeof a) != 0 ||
+        (port && setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &zero, sizeof zero) != 0) ||
+        getsockname(fd, (struct sockaddr *)&a, &al) != 0) {
+        int e = -errno;
+        close(fd);
+        return e;
+    }
+    *bound = ntohs(a.sin_port);
+    return fd;
+}
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *f)
+{
+    (void)st;
+    (void)f;
+    return (flag == FTW_DP ? rmdir(path) : unlink(path)) < 0 ? -1 : 0;
+}
+
+int up_rm_tree(const char *path)
+{
+    struct stat st;
+    if (lstat(path, &st) != 0)
+        return errno == ENOENT ? 0 : -errno;
+    return nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS) == 0 ? 0 : -errno;
 }
 
 /* ---- processes ---------------------------------------------------------------------- */
@@ -200,14 +223,39 @@ pid_t up_read_pid_file(const char *path)
     return v > 0 && v < INT_MAX ? (pid_t)v : 0;
 }
 
+extern char **environ;
+
 int up_spawn_node(const char *server, const char *cfg, const char *log, bool append,
-                  pid_t *pid)
+                  const int fds[2], pid_t *pid)
 {
+    /* the environment is built here: a child of a program with threads may only call
+     * async-signal-safe functions (no setenv); LISTEN_PID is written into it there */
+    char **envp = NULL, pidvar[32] = "LISTEN_PID=";
+    if (fds) {
+        size_t n = 0, k = 0;
+        while (environ[n])
+            n++;
+        if (!(envp = calloc(n + 4, sizeof *envp)))
+            return -ENOMEM;
+        for (size_t i = 0; i < n; i++)
+            if (strncmp(environ[i], "LISTEN_", 7))
+                envp[k++] = environ[i];
+        envp[k++] = "LISTEN_FDS=2";
+        envp[k++] = "LISTEN_FDNAMES=rpc:metrics";
+        envp[k++] = pidvar;
+    }
     pid_t p = fork();
-    if (p < 0)
-        return -errno;
+    if (p < 0) {
+        int e = -errno;
+        free(envp);
+        return e;
+    }
     if (p == 0) {
         setsid(); /* outlives the command, not killed by its terminal's ^C */
+        int hi[2] = {-1, -1}; /* the sockets out of the way of what follows (fds >= 10) */
+        if (fds && ((hi[0] = fcntl(fds[0], F_DUPFD, 10)) < 0 ||
+                    (hi[1] = fcntl(fds[1], F_DUPFD, 10)) < 0))
+            _exit(127);
         int lfd = open(log, O_WRONLY | O_CREAT | (append ? O_APPEND : O_TRUNC), 0640);
         int nfd = open("/dev/null", O_RDONLY);
         if (lfd >= 0) {
@@ -216,11 +264,51 @@ int up_spawn_node(const char *server, const char *cfg, const char *log, bool app
         }
         if (nfd >= 0)
             dup2(nfd, 0);
-        execl(server, "dhps-server", "--config", cfg, (char *)NULL);
+        if (lfd > 2)
+            close(lfd);
+        if (nfd > 2)
+            close(nfd);
+        if (!fds) {
+            execl(server, "dhps-server", "--config", cfg, (char *)NULL);
+            _exit(127);
+        }
+        if (dup2(hi[0], 3) != 3 || dup2(hi[1], 4) != 4) /* without close-on-exec */
+            _exit(127);
+        close(hi[0]);
+        close(hi[1]);
+        char digits[16], *d = pidvar + strlen("LISTEN_PID=");
+        int nd = 0;
+        for (unsigned v = (unsigned)getpid(); nd == 0 || v; v /= 10)
+            digits[nd++] = (char)('0' + v % 10);
+        while (nd)
+            *d++ = digits[--nd];
+        *d = 0;
+        char *const argv[] = {"dhps-server", "--config", (char *)cfg, NULL};
+        execve(server, argv, envp);
         _exit(127);
     }
+    free(envp);
     *pid = p;
     return 0;
+}
+
+int up_restart_node(const char *server, const char *cfg, const char *log, uint16_t port,
+                    uint16_t mport, pid_t *pid, const char **which)
+{
+    uint16_t got[2];
+    int fds[2] = {up_hold_port(port, &got[0]), -1};
+    *which = "rpc";
+    if (fds[0] >= 0) {
+        *which = "metrics";
+        fds[1] = up_hold_port(mport, &got[1]);
+    }
+    int e = fds[0] < 0 ? fds[0] : fds[1] < 0 ? fds[1] : 0;
+    if (e == 0)
+        e = up_spawn_node(server, cfg, log, true, fds, pid);
+    for (int i = 0; i < 2; i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+    return e;
 }
 
 int up_wait_node(pid_t pid, const char *portfile, double timeout_s,

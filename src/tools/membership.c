@@ -297,8 +297,15 @@ static int etcd_outage(struct mb *M, pid_t driver, double *down_s, bool *mid_mov
 static bool restart_node(struct mb *M, int i)
 {
     pid_t pid;
-    if (up_spawn_node(M->server, M->nd[i].cfg, M->nd[i].log, true, &pid) < 0)
+    const char *which;
+    int e = up_restart_node(M->server, M->nd[i].cfg, M->nd[i].log, M->nd[i].port,
+                            M->mport0[i], &pid, &which);
+    if (e < 0) {
+        fprintf(stderr, "dhps membership: restarting node %d: %s%s%s\n", i,
+                e == -EADDRINUSE ? which : "", e == -EADDRINUSE ? " port: " : "",
+                strerror(-e));
         return false;
+    }
     M->nd[i].pid = pid;
     M->nd[i].mport = M->mport0[i];
     for (int k = 0; k < 300; k++) {

@@ -431,23 +431,21 @@ static int start_node(const char *cmd, cluster *c, uint32_t i, double timeout)
             return 1;
         }
     }
-    static const char *const what[] = {"rpc", "metrics"};
-    const uint16_t ports[] = {x->port, x->mport};
-    for (int k = 0; k < 2; k++) {
-        int e = up_port_check(ports[k]);
-        if (e < 0) {
-            fprintf(stderr, "dhps %s: node %u (%s): %s port 127.0.0.1:%u: %s\n", cmd, i,
-                    x->name, what[k], ports[k],
-                    e == -EADDRINUSE ? "in use by another process" : strerror(-e));
-            return 1;
-        }
-    }
+    /* the map's ports, held here and handed to the server (nobody can take them
+     * between this check and its listen) */
     unlink(x->portfile);
     pid_t pid;
     uint64_t t0 = dhps_mono_ns();
-    int e = up_spawn_node(c->server, x->cfg, x->log, true, &pid);
+    const char *which = "";
+    int e = up_restart_node(c->server, x->cfg, x->log, x->port, x->mport, &pid, &which);
+    if (e == -EADDRINUSE || e == -EACCES || e == -EADDRNOTAVAIL) {
+        fprintf(stderr, "dhps %s: node %u (%s): %s port 127.0.0.1:%u: %s\n", cmd, i, x->name,
+                which, !strcmp(which, "rpc") ? x->port : x->mport,
+                e == -EADDRINUSE ? "in use by another process" : strerror(-e));
+        return 1;
+    }
     if (e < 0) {
-        fprintf(stderr, "dhps %s: fork: %s\n", cmd, strerror(-e));
+        fprintf(stderr, "dhps %s: starting node %u: %s\n", cmd, i, strerror(-e));
         return 1;
     }
     up_wait w = {0};

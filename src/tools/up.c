@@ -108,7 +108,7 @@ struct up_opts {
     const char *etcd_cluster; /* --etcd: cluster name in etcd */
     bool etcd;                /* start etcd, publish the map there, nodes follow it */
     uint32_t base_port; /* 0: free ports chosen at start */
-    uint16_t ports[2 * UP_MAX_NODES + 2]; /* node i: rpc 2i, metrics 2i + 1 (+ etcd's two) */
+    uint16_t ports[2 * UP_MAX_NODES]; /* node i: rpc 2i, metrics 2i + 1 */
     uint32_t anti_entropy_s;  /* sync.anti_entropy_s of the nodes (0: the server's default) */
     uint64_t keys;
     double seconds, zipf;
@@ -117,11 +117,12 @@ struct up_opts {
 };
 
 /* Port of node i (which 0: rpc, 1: metrics): --base-port + 2i (+1), or the free port
- * chosen for it at start. Fixed before any node starts, so the map and every config name
- * the ports the nodes listen on, and a restart comes back on them. */
+ * chosen for it at start. Held (up_hold_port) before any node starts and handed to its
+ * server, so the map and every config name the ports the nodes listen on, and a restart
+ * comes back on them. */
 static uint32_t port_of(const struct up_opts *o, uint32_t i, int which)
 {
-    return o->base_port ? o->base_port + 2 * i + (uint32_t)which : o->ports[2 * i + which];
+    return o->ports[2 * i + which];
 }
 
 struct up_node {
@@ -322,13 +323,6 @@ static int count_snap(const char *path, const struct stat *st, int flag, struct 
         g_snap_files++;
     return 0;
 }
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *f)
-{
-    (void)st;
-    (void)f;
-    return (flag == FTW_DP ? rmdir(path) : unlink(path)) < 0 ? -1 : 0;
-}
-
 /* Is entry name one of what `dhps up` writes at the top of DIR? */
 static bool up_entry(const char *name)
 {
@@ -388,8 +382,9 @@ static int dir_holds_cluster(const char *absdir, bool fresh)
         if (!up_entry(e->d_name))
             continue;
         snprintf(p, sizeof p, "%s/%s", absdir, e->d_name);
-        if (nftw(p, rm_entry, 16, FTW_DEPTH | FTW_PHYS) != 0) {
-            fprintf(stderr, "dhps up: --fresh: cannot remove %s: %s\n", p, strerror(errno));
+        int re = up_rm_tree(p);
+        if (re < 0) {
+            fprintf(stderr, "dhps up: --fresh: cannot remove %s: %s\n", p, strerror(-re));
             rc = 1;
         }
     }
@@ -515,36 +510,25 @@ int dhps_cmd_up(int argc, char **argv)
                 "`dhps down --cluster %s` first\n", dir, (int)alive, dir);
         return 1;
     }
-    for (uint32_t i = 0; i < 2 * o.total && o.base_port; i++) {
-        int pe = up_port_check((uint16_t)port_of(&o, i / 2, (int)(i % 2)));
-        if (pe < 0) {
-            fprintf(stderr, "dhps up: port 127.0.0.1:%u (%s port of n%u): %s\n",
-                    port_of(&o, i / 2, (int)(i % 2)), i % 2 ? "metrics" : "rpc", i / 2,
+    /* every node's two ports (--base-port: P + 2i, P + 2i + 1; else ports the kernel
+     * picks), held from here until its server takes them over: the map and the configs
+     * name them before any server runs, and no other process can take one meanwhile */
+    int held[2 * UP_MAX_NODES];
+    for (uint32_t i = 0; i < 2 * UP_MAX_NODES; i++)
+        held[i] = -1;
+    for (uint32_t i = 0; i < 2 * o.total; i++) {
+        uint16_t want = o.base_port ? (uint16_t)(o.base_port + i) : 0;
+        if ((held[i] = up_hold_port(want, &o.ports[i])) >= 0)
+            continue;
+        int pe = held[i];
+        if (o.base_port)
+            fprintf(stderr, "dhps up: port 127.0.0.1:%u (%s port of n%u): %s\n", want,
+                    i % 2 ? "metrics" : "rpc", i / 2,
                     pe == -EADDRINUSE ? "in use by another process" : strerror(-pe));
-            return 1;
-        }
-    }
-
-    int e0 = 0;
-    /* etcd's two ports come from the same call as the nodes' (distinct); with --base-port
-     * from a call of their own, outside the nodes' range */
-    uint32_t want = o.base_port ? 0 : 2 * o.total;
-    if (o.etcd)
-        want += 2;
-    for (int tries = 0; want && tries < 10; tries++) {
-        if ((e0 = up_free_ports(o.ports, want)) < 0)
-            break;
-        uint16_t c0 = o.ports[want - 2], c1 = o.ports[want - 1];
-        if (!o.base_port || ((c0 < o.base_port || c0 >= o.base_port + 2 * o.total) &&
-                             (c1 < o.base_port || c1 >= o.base_port + 2 * o.total)))
-            break;
-    }
-    if (o.etcd) {
-        o.etcd_ports[0] = o.ports[want - 2];
-        o.etcd_ports[1] = o.ports[want - 1];
-    }
-    if (want && e0 < 0) {
-        fprintf(stderr, "dhps up: no free ports on 127.0.0.1: %s\n", strerror(-e0));
+        else
+            fprintf(stderr, "dhps up: no free ports on 127.0.0.1: %s\n", strerror(-pe));
+        for (uint32_t k = 0; k < i; k++)
+            close(held[k]);
         return 1;
     }
 
@@ -688,10 +672,14 @@ int dhps_cmd_up(int argc, char **argv)
     sigaction(SIGTERM, &sa, &old_term);
     signals_caught = true;
     for (uint32_t i = 0; i < o.total; i++) {
-        if ((e = up_spawn_node(server, nd[i].cfg, nd[i].log, false, &nd[i].pid)) < 0) {
+        if ((e = up_spawn_node(server, nd[i].cfg, nd[i].log, false, &held[2 * i],
+                               &nd[i].pid)) < 0) {
             fprintf(stderr, "dhps up: fork: %s\n", strerror(-e));
             goto fail;
         }
+        close(held[2 * i]); /* the server has them now */
+        close(held[2 * i + 1]);
+        held[2 * i] = held[2 * i + 1] = -1;
     }
 
     /* wait for ports and health */
@@ -824,6 +812,9 @@ fail:
         up_etcd_stop(etcd_pid, 10);
     rc = 1;
 out:
+    for (uint32_t i = 0; i < 2 * UP_MAX_NODES; i++)
+        if (held[i] >= 0)
+            close(held[i]);
     if (signals_caught) {
         sigaction(SIGINT, &old_int, NULL);
         sigaction(SIGTERM, &old_term, NULL);

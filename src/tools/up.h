@@ -37,13 +37,25 @@ int up_http_status(uint16_t port, const char *path);
  * negative errno (-EPROTO for a reply too short to be HTTP). */
 int up_http_get(uint16_t port, const char *path, char *buf, size_t cap);
 
-/* Can a server bind 127.0.0.1:port now (SO_REUSEADDR, as dhps-server does)? 0 (also for
- * port 0), -EADDRINUSE when something holds it, or another -errno. */
-int up_port_check(uint16_t port);
-
 /* n distinct TCP ports of 127.0.0.1 that were free a moment ago (each bound to port 0
- * at the same time, read, then all closed). 0 or -errno. */
+ * at the same time, read, then all closed): only for a program that cannot take a held
+ * socket (etcd), which must then be started again on new ports when one was taken
+ * meanwhile. 0 or -errno. */
 int up_free_ports(uint16_t *out, uint32_t n);
+
+/* A TCP socket bound to 127.0.0.1:port (0: a port the kernel picks), not listening, held
+ * for a dhps-server that takes it over (up_spawn_node passes it): nobody else can bind
+ * the port meanwhile, nor get it for a connection, so the map and the configs can name
+ * it before the server runs. A given port is bound with SO_REUSEADDR, as a server binds
+ * (its earlier server's connections in TIME_WAIT do not hold it), then the option is
+ * cleared (Linux lets SO_REUSEADDR sockets share a port none of them listens on); the
+ * server sets it again before it listens. Returns the socket (close-on-exec) and sets
+ * *bound, or -errno (-EADDRINUSE: something holds the port). */
+int up_hold_port(uint16_t port, uint16_t *bound);
+
+/* Remove path and everything under it (no symlink followed). 0 or -errno; a missing
+ * path is 0. */
+int up_rm_tree(const char *path);
 
 /* Is pid a live, non-zombie process named dhps-server? */
 bool up_pid_is_server(pid_t pid);
@@ -53,9 +65,20 @@ pid_t up_read_pid_file(const char *path);
 
 /* Fork and exec `server --config cfg` in its own session (setsid: it outlives the caller
  * and its terminal's ^C), stdout and stderr to log (appended or truncated), stdin
- * /dev/null. Returns 0 (*pid set) or -errno of fork. The caller reaps the child. */
+ * /dev/null. fds: NULL, or the node's held rpc and metrics sockets (up_hold_port),
+ * passed as fds 3 and 4 by the socket activation protocol (LISTEN_FDS=2, LISTEN_PID,
+ * LISTEN_FDNAMES=rpc:metrics; docs/server.md): the server listens on them instead of
+ * binding its config's ports, which must name the same ports. The caller still closes
+ * its fds. Returns 0 (*pid set) or -errno (fork, -ENOMEM). The caller reaps the child.
+ * Safe in a program with threads (the child only calls async-signal-safe functions). */
 int up_spawn_node(const char *server, const char *cfg, const char *log, bool append,
-                  pid_t *pid);
+                  const int fds[2], pid_t *pid);
+
+/* up_spawn_node for a node whose config names fixed ports (a restart): holds them
+ * (up_hold_port) and passes them, so a port taken while the node was down is reported
+ * here (-EADDRINUSE; *which = "rpc" or "metrics") instead of by the server's exit. */
+int up_restart_node(const char *server, const char *cfg, const char *log, uint16_t port,
+                    uint16_t mport, pid_t *pid, const char **which);
 
 /* What up_wait_node saw. Zero port/mport before the call to read them from the port file;
  * set them to skip the port file. */
@@ -141,10 +164,13 @@ bool up_pid_is_etcd(pid_t pid);
 /* SIGTERM, wait up to timeout_s, SIGKILL. 0 stopped, 1 not running, 2 killed. */
 int up_etcd_stop(pid_t pid, double timeout_s);
 
-/* up_etcd_start on dir with ports[0..1], then publish map as /dhps/<cluster>/map (create).
- * Says what failed on stderr. Returns 0 (*pid, url) or a negative error (etcd stopped). */
+/* up_etcd_start on dir with ports[0..1] (client, peer) picked here (up_free_ports: etcd
+ * binds them itself; an etcd that exits at start, a port taken meanwhile, is started
+ * again on new ports, twice at most), then publish map as /dhps/<cluster>/map (create).
+ * Says what failed on stderr. Returns 0 (*pid, url, ports) or a negative error (etcd
+ * stopped). */
 int up_etcd_setup(const char *dir, const char *cluster, const struct dhps_cluster_map *map,
-                  const uint16_t ports[2], pid_t *pid, char *url, size_t cap);
+                  uint16_t ports[2], pid_t *pid, char *url, size_t cap);
 
 /* Turn a dhps-server config (from `dhps up`) into one that follows the map in etcd:
  * "coord" {etcd: url, cluster, lease_ttl_s (0: the server's default)} and "shards"

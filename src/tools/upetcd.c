@@ -140,9 +140,21 @@ int up_etcd_stop(pid_t pid, double timeout_s)
 }
 
 int up_etcd_setup(const char *dir, const char *cluster, const dhps_cluster_map *map,
-                  const uint16_t ports[2], pid_t *pid, char *url, size_t cap)
+                  uint16_t ports[2], pid_t *pid, char *url, size_t cap)
 {
-    int e = up_etcd_start(dir, ports[0], ports[1], pid, url, cap);
+    int e = -ECHILD;
+    char data[PATH_MAX];
+    snprintf(data, sizeof data, "%s/etcd", dir);
+    for (int attempt = 0; attempt < 3 && e == -ECHILD; attempt++) {
+        if (attempt) { /* its first start exited: a port taken meanwhile? New ones, anew */
+            fprintf(stderr, "dhps up: etcd exited at start on ports %u/%u; again on new "
+                    "ports\n", ports[0], ports[1]);
+            up_rm_tree(data);
+        }
+        if ((e = up_free_ports(ports, 2)) < 0)
+            break;
+        e = up_etcd_start(dir, ports[0], ports[1], pid, url, cap);
+    }
     if (e < 0) {
         fprintf(stderr, "dhps up: etcd: %s\n",
                 e == -ENOENT ? "no etcd binary (apt-get install etcd-server, or $DHPS_ETCD)"

@@ -3,8 +3,10 @@
  * node on the ports of the map; `dhps down` stops a node restarted by hand (found by its
  * pid file and in /proc) and says so; `dhps up` over an existing cluster directory is
  * refused and leaves its snapshots, `--fresh` replaces it; a taken port makes `dhps up
- * --base-port` fail cleanly. A 3-node cluster with 16 shards on loopback. Skips (77)
- * when dhps-server is not built. Every server started is stopped, also on failure.
+ * --base-port` fail cleanly; a process trying to take the ports `dhps up` picked, from
+ * the moment the map names them until the servers listen, never gets one. A 3-node
+ * cluster with 16 shards on loopback. Skips (77) when dhps-server is not built. Every
+ * server started is stopped, also on failure.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -359,6 +361,99 @@ static void up_taken_port(void **state)
     close(fd);
 }
 
+/* The 2 x 3 ports dir/map.json names (addr and metrics_port of nodes 0..2): true once
+ * all of them are there (the file may be absent or half-written). */
+static bool map_ports(unsigned out[6])
+{
+    char p[512];
+    snprintf(p, sizeof p, "%s/map.json", g_dir);
+    FILE *f = fopen(p, "r");
+    if (!f)
+        return false;
+    char text[8192];
+    size_t n = fread(text, 1, sizeof text - 1, f);
+    fclose(f);
+    text[n] = 0;
+    const char *s = text;
+    for (int i = 0; i < 6; i++) {
+        const char *key = i % 2 ? "\"metrics_port\": " : "\"addr\": \"127.0.0.1:";
+        if (!(s = strstr(s, key)))
+            return false;
+        s += strlen(key);
+        out[i] = (unsigned)strtoul(s, NULL, 10);
+        if (!out[i])
+            return false;
+    }
+    return true;
+}
+
+/* Take 127.0.0.1:port: bind with SO_REUSEADDR (the most a thief can try) and listen. The
+ * socket, or -1. */
+static int steal(unsigned port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (bind(fd, (struct sockaddr *)&a, sizeof a) == 0 && listen(fd, 1) == 0)
+        return fd;
+    close(fd);
+    return -1;
+}
+
+/* `dhps up` holds the ports it picks from before the map names them until each server
+ * listens (it hands the sockets over): a thief binding them over and over from the moment
+ * map.json appears (picked, when they used to be free again until each server bound its
+ * own) never gets one, and every node comes up on the map's ports. */
+static void up_ports_held_until_the_servers_listen(void **state)
+{
+    (void)state;
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, DHPS_BIN " up --dir %s " UP_ARGS " --no-load > %s.up.out 2>&1",
+             g_dir, g_dir);
+    pid_t up = fork();
+    assert_true(up >= 0);
+    if (up == 0) {
+        execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+        _exit(127);
+    }
+    unsigned ports[6];
+    int st = 0, stolen[6] = {-1, -1, -1, -1, -1, -1}, n_stolen = 0, tries = 0;
+    bool exited = false, named = false;
+    uint64_t end = dhps_test_now_ms() + dhps_test_ms(60000); /* an event, scaled */
+    while (!(exited = waitpid(up, &st, WNOHANG) == up) && dhps_test_now_ms() < end) {
+        if (named || (named = map_ports(ports)))
+            for (int i = 0; i < 6; i++)
+                if (stolen[i] < 0 && (tries++, (stolen[i] = steal(ports[i])) >= 0))
+                    n_stolen++; /* kept, as a thief would */
+        struct timespec ts = {0, 1000000}; /* 1 ms: leave the CPUs to the servers */
+        nanosleep(&ts, NULL);
+    }
+    if (!exited) {
+        kill(up, SIGKILL);
+        waitpid(up, &st, 0);
+    }
+    for (int i = 0; i < 6; i++)
+        if (stolen[i] >= 0)
+            close(stolen[i]);
+    if (!named || !WIFEXITED(st) || WEXITSTATUS(st) != 0 || n_stolen) {
+        run("cat %s.up.out >&2", g_dir);
+        fail_msg("dhps up: %s, status %d; map ports seen: %s; %d of them taken by the thief "
+                 "(%d binds tried)", exited ? "exited" : "timed out", st, named ? "yes" : "no",
+                 n_stolen, tries);
+    }
+    print_message("  %d binds of the map's ports tried while the servers started: none got one\n",
+                  tries);
+    for (int i = 0; i < 3; i++) {
+        unsigned rpc = 0, met = 0;
+        assert_true(node_ports(i, &rpc, &met));
+        assert_int_equal(rpc, ports[2 * i]);
+        assert_int_equal(met, ports[2 * i + 1]);
+    }
+    assert_int_equal(run(DHPS_BIN " down --dir %s > /dev/null", g_dir), 0);
+}
+
 static int setup(void **state)
 {
     (void)state;
@@ -384,6 +479,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(down_stops_hand_restart, setup, teardown),
         cmocka_unit_test_setup_teardown(up_refuses_existing_dir, setup, teardown),
         cmocka_unit_test_setup_teardown(up_taken_port, setup, teardown),
+        cmocka_unit_test_setup_teardown(up_ports_held_until_the_servers_listen, setup,
+                                        teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
