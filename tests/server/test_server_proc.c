@@ -364,10 +364,11 @@ static int held_socket(uint16_t *port)
 }
 
 /* DHPS_SERVER_BIN flag cfg (stderr to dir/stderr.log) with fds[0..n) as its fds 3.. by
- * the socket activation protocol: LISTEN_FDS=n, LISTEN_PID (its own pid, or 1 when
- * other_pid), LISTEN_FDNAMES=names. */
-static pid_t spawn_with_sockets(const char *dir, const char *flag, const char *cfg,
-                                const int *fds, int n, const char *names, bool other_pid)
+ * the socket activation protocol: LISTEN_FDS=count, LISTEN_PID (its own pid, or 1 when
+ * other_pid), LISTEN_FDNAMES=names. A count above n claims fds the server lacks. */
+static pid_t spawn_claiming(const char *dir, const char *flag, const char *cfg,
+                            const int *fds, int n, int count, const char *names,
+                            bool other_pid)
 {
     char log[600];
     snprintf(log, sizeof log, "%s/stderr.log", dir);
@@ -381,8 +382,12 @@ static pid_t spawn_with_sockets(const char *dir, const char *flag, const char *c
         for (int i = 0; i < n; i++)
             if (dup2(hi[i], 3 + i) != 3 + i)
                 _exit(126);
+        for (int i = 0; i < n; i++)
+            close(hi[i]);
         char v[32];
-        snprintf(v, sizeof v, "%d", n);
+        for (int i = n; i < count; i++)
+            close(3 + i); /* claimed, not there */
+        snprintf(v, sizeof v, "%d", count);
         setenv("LISTEN_FDS", v, 1);
         snprintf(v, sizeof v, "%d", other_pid ? 1 : (int)getpid());
         setenv("LISTEN_PID", v, 1);
@@ -391,6 +396,12 @@ static pid_t spawn_with_sockets(const char *dir, const char *flag, const char *c
         _exit(127);
     }
     return pid;
+}
+
+static pid_t spawn_with_sockets(const char *dir, const char *flag, const char *cfg,
+                                const int *fds, int n, const char *names, bool other_pid)
+{
+    return spawn_claiming(dir, flag, cfg, fds, n, n, names, other_pid);
 }
 
 /* Sockets passed by a launcher that holds the ports (socket activation, what `dhps up`
@@ -463,6 +474,62 @@ static void test_sockets_from_a_launcher(void **st)
     t_rmdir(dir);
 }
 
+/* stderr of DHPS_SERVER_BIN --config cfg given fds (LISTEN_FDS=count, names) after it
+ * exited 2 (the caller frees it). */
+static char *refused(const char *dir, const char *cfg, const int *fds, int n, int count,
+                     const char *names)
+{
+    char logp[600];
+    snprintf(logp, sizeof logp, "%s/stderr.log", dir);
+    p_stderr_clear(dir);
+    assert_int_equal(p_wait_exit(spawn_claiming(dir, "--config", cfg, fds, n, count, names,
+                                                false), 10000), 2);
+    return p_slurp(logp);
+}
+
+static void expect_in(char *log, const char *want)
+{
+    if (!strstr(log, want))
+        fail_msg("stderr \"%s\" lacks \"%s\"", log, want);
+    free(log);
+}
+
+/* What a launcher can get wrong, each exit 2 with the reason before anything is served:
+ * an fd that is a file, a UDP socket, a TCP socket bound nowhere, an fd claimed but not
+ * open, too many sockets, a socket named twice. */
+static void test_wrong_sockets_exit_2(void **st)
+{
+    (void)st;
+    char *dir = t_mkdtemp(), cfg[600], text[2048], path[600];
+    snprintf(cfg, sizeof cfg, "%s/server.json", dir);
+    t_config(dir, text, sizeof text, NSH, "\"all\"", "");
+    t_write(cfg, text, 0600);
+    snprintf(path, sizeof path, "%s/plain", dir);
+    int file = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    assert_true(file >= 0);
+    expect_in(refused(dir, cfg, &file, 1, 1, "rpc"),
+              "socket \"rpc\" (fd 3, for listen.tcp_port): not a bound IPv4 TCP socket");
+    int udp = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    assert_int_equal(bind(udp, (struct sockaddr *)&a, sizeof a), 0);
+    expect_in(refused(dir, cfg, &udp, 1, 1, "rpc"),
+              "socket \"rpc\" (fd 3, for listen.tcp_port): not a bound IPv4 TCP socket");
+    int unbound = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    expect_in(refused(dir, cfg, &unbound, 1, 1, "rpc"),
+              "socket \"rpc\" (fd 3, for listen.tcp_port): not a bound IPv4 TCP socket");
+    uint16_t rpc;
+    int fd = held_socket(&rpc);
+    expect_in(refused(dir, cfg, &fd, 1, 2, "rpc:metrics"), "LISTEN_FDS: socket 4: ");
+    expect_in(refused(dir, cfg, &fd, 1, 4, "rpc"), "LISTEN_FDS=4: want 1..3 sockets");
+    int two[2] = {fd, fd};
+    expect_in(refused(dir, cfg, two, 2, 2, "rpc:rpc"), "socket 4 is named \"rpc\"");
+    close(file);
+    close(udp);
+    close(unbound);
+    close(fd);
+    t_rmdir(dir);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -471,6 +538,7 @@ int main(void)
         cmocka_unit_test(test_bad_configs_exit_2),
         cmocka_unit_test(test_taken_ports_exit_1),
         cmocka_unit_test(test_sockets_from_a_launcher),
+        cmocka_unit_test(test_wrong_sockets_exit_2),
         cmocka_unit_test(test_health_503_then_200),
         cmocka_unit_test(test_sigterm_restart),
         cmocka_unit_test(test_kill9_after_snapshot),
