@@ -15,6 +15,28 @@ sys.path.insert(0, os.path.join(ROOT, "python"))  # the package from this checko
 DHPS = os.environ.get("DHPS_BIN") or os.path.join(ROOT, "build", "rel", "src", "tools", "dhps")
 
 
+def scaled(base_s):
+    """base_s seconds on the time scale of tests/common/test_scale.h: DHPS_TEST_TIME_SCALE
+    (>= 1) times the 1-minute load average per CPU when above 1, capped at 100. For
+    bounds on events that are not under test (a wait that ends when the event comes)."""
+    try:
+        s = max(1.0, float(os.environ.get("DHPS_TEST_TIME_SCALE", "1")))
+    except ValueError:
+        s = 1.0
+    s *= max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
+    return base_s * min(s, 100.0)
+
+
+def wait_for(cond, base_s, step=0.01):
+    """Call cond until it is true (True) or scaled(base_s) passed (False)."""
+    end = time.monotonic() + scaled(base_s)
+    while not cond():
+        if time.monotonic() >= end:
+            return False
+        time.sleep(step)
+    return True
+
+
 def dhps_tool():
     if not os.access(DHPS, os.X_OK):
         pytest.skip(f"dhps tool not built ({DHPS}); run ./scripts/build.sh rel")
@@ -27,12 +49,12 @@ def cluster(tmp_path_factory):
     d = str(tmp_path_factory.mktemp("cluster") / "c")
     r = subprocess.run([tool, "up", "--dir", d, "--no-workload", "--keys", "1000",
                         "--nodes", "3", "--shards", "64", "--quiet"],
-                       capture_output=True, text=True, timeout=120)
+                       capture_output=True, text=True, timeout=scaled(120))
     if r.returncode != 0:
-        subprocess.run([tool, "down", "--dir", d], capture_output=True, timeout=60)
+        subprocess.run([tool, "down", "--dir", d], capture_output=True, timeout=scaled(60))
         pytest.fail(f"dhps up failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
     yield d
-    subprocess.run([tool, "down", "--dir", d], capture_output=True, timeout=60)
+    subprocess.run([tool, "down", "--dir", d], capture_output=True, timeout=scaled(60))
 
 
 @pytest.fixture
@@ -44,13 +66,12 @@ def stopped(cluster):
         os.kill(p, signal.SIGSTOP)
     # kill() returns before the signal takes effect: wait until every thread of every
     # node is stopped ('T'), or a node could still answer the test's first request
+    def stopped_state(p, t):
+        with open(f"/proc/{p}/task/{t}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in "Tt"
     for p in pids:
         for t in os.listdir(f"/proc/{p}/task"):
-            for _ in range(2000):
-                with open(f"/proc/{p}/task/{t}/stat") as f:
-                    if f.read().rsplit(")", 1)[1].split()[0] in "Tt":
-                        break
-                time.sleep(0.001)
+            assert wait_for(lambda: stopped_state(p, t), 2, step=0.001), f"{p}/{t} not stopped"
     try:
         yield pids
     finally:

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 
 import dhps
-from conftest import dhps_tool
+from conftest import dhps_tool, scaled, wait_for
 
 DIM = 32
 
 
 @pytest.fixture(scope="module")
 def client(cluster):
-    with dhps.Client(cluster=cluster, timeout_ms=2000) as c:
+    with dhps.Client(cluster=cluster, timeout_ms=int(scaled(2) * 1000)) as c:  # not under test
         yield c
 
 
@@ -197,7 +197,7 @@ def test_gil_released(cluster, stopped):
 
         t = threading.Thread(target=spin)
         t.start()
-        time.sleep(0.05)
+        assert wait_for(lambda: count[0] > 0, 5)  # it runs (an event, not a sleep)
         before = count[0]
         t0 = time.monotonic()
         _, _, u = c.lookup("emb", np.arange(1, 65), dim=DIM, timeout_ms=500, partial=True)
@@ -217,7 +217,7 @@ def test_tablefile_roundtrip_through_dhps_load(cluster, client, tmp_path):
     n = dhps.tablefile.write(path, keys, vals)
     assert n == 64 + 500 * 8 + 500 * DIM * 4 + 8 == path.stat().st_size
     r = subprocess.run([dhps_tool(), "load", str(path), "--table", "emb", "--cluster", cluster],
-                       capture_output=True, text=True, timeout=60)
+                       capture_output=True, text=True, timeout=scaled(60))
     assert r.returncode == 0, r.stderr
     got, miss = client.lookup("emb", keys)
     assert not miss.any() and np.array_equal(got, vals)
@@ -226,7 +226,7 @@ def test_tablefile_roundtrip_through_dhps_load(cluster, client, tmp_path):
     p16 = tmp_path / "t16.bin"
     dhps.tablefile.write(p16, keys[:10], vals[:10].astype(np.float16))
     r = subprocess.run([dhps_tool(), "load", str(p16), "--table", "emb", "--cluster", cluster],
-                       capture_output=True, text=True, timeout=60)
+                       capture_output=True, text=True, timeout=scaled(60))
     assert r.returncode == 0, r.stderr
     got, _ = client.lookup("emb", keys[:10])
     assert np.array_equal(got, vals[:10].astype(np.float16).astype(np.float32))
@@ -235,7 +235,7 @@ def test_tablefile_roundtrip_through_dhps_load(cluster, client, tmp_path):
     bad[100] ^= 1
     (tmp_path / "bad.bin").write_bytes(bad)
     r = subprocess.run([dhps_tool(), "load", str(tmp_path / "bad.bin"), "--table", "emb",
-                        "--cluster", cluster], capture_output=True, text=True, timeout=60)
+                        "--cluster", cluster], capture_output=True, text=True, timeout=scaled(60))
     assert r.returncode != 0
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import dhps
-from conftest import dhps_tool
+from conftest import dhps_tool, scaled, wait_for
 
 
 def _free_port():
@@ -29,26 +29,39 @@ def etcd(tmp_path_factory):
     if not exe:
         pytest.skip("no etcd binary (apt-get install etcd-server)")
     d = tmp_path_factory.mktemp("etcd")
-    cu, pu = f"http://127.0.0.1:{_free_port()}", f"http://127.0.0.1:{_free_port()}"
     log = open(d / "etcd.log", "w")
-    p = subprocess.Popen([exe, "--name", "t", "--data-dir", str(d / "data"),
-                          "--listen-client-urls", cu, "--advertise-client-urls", cu,
-                          "--listen-peer-urls", pu, "--initial-advertise-peer-urls", pu,
-                          "--initial-cluster", f"t={pu}"], stdout=log, stderr=log)
+
+    def answers(cu):
+        try:
+            urllib.request.urlopen(urllib.request.Request(
+                cu + "/v3/kv/range", data=b'{"key":"AA=="}'), timeout=1).read()
+            return True
+        except OSError:
+            return False
+
+    # the ports are free when picked, not held: an etcd that exits at start (one was
+    # taken meanwhile) is started again on new ones, as `dhps up` does
+    p = None
     try:
-        for _ in range(200):
-            try:
-                urllib.request.urlopen(urllib.request.Request(
-                    cu + "/v3/kv/range", data=b'{"key":"AA=="}'), timeout=1).read()
+        for _ in range(3):
+            cu, pu = f"http://127.0.0.1:{_free_port()}", f"http://127.0.0.1:{_free_port()}"
+            shutil.rmtree(d / "data", ignore_errors=True)
+            p = subprocess.Popen([exe, "--name", "t", "--data-dir", str(d / "data"),
+                                  "--listen-client-urls", cu, "--advertise-client-urls", cu,
+                                  "--listen-peer-urls", pu, "--initial-advertise-peer-urls",
+                                  pu, "--initial-cluster", f"t={pu}"], stdout=log, stderr=log)
+            # an event (it answers, or it exited), bounded on the tests' time scale
+            assert wait_for(lambda: p.poll() is not None or answers(cu), 10, step=0.05), \
+                f"etcd did not start; see {d}/etcd.log"
+            if p.poll() is None:
                 break
-            except OSError:
-                time.sleep(0.05)
         else:
-            pytest.fail(f"etcd did not start; see {d}/etcd.log")
+            pytest.fail(f"etcd exited at start three times; see {d}/etcd.log")
         yield cu
     finally:
-        p.kill()
-        p.wait()
+        if p is not None:
+            p.kill()
+            p.wait()
         log.close()
 
 
@@ -56,10 +69,10 @@ def test_client_from_etcd(cluster, etcd):
     tool = dhps_tool()
     r = subprocess.run([tool, "map", "publish", "--etcd", etcd, "--cluster", "pytest",
                         os.path.join(cluster, "map.json")],
-                       capture_output=True, text=True, timeout=60)
+                       capture_output=True, text=True, timeout=scaled(60))
     assert r.returncode == 0, r.stderr
     with dhps.Client(etcd=etcd, name="pytest", secret=os.path.join(cluster, "secret"),
-                     timeout_ms=2000) as c:
+                     timeout_ms=int(scaled(2) * 1000)) as c:
         keys = np.arange(7_000_000, 7_000_050, dtype=np.uint64)
         vals = np.random.default_rng(3).random((50, c.table_info("emb").dim),
                                                dtype=np.float32)

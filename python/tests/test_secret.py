@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import dhps
-from conftest import dhps_tool
+from conftest import dhps_tool, scaled
 
 PASS = "correct horse battery staple"
 
@@ -73,14 +73,14 @@ def passphrase_node(tmp_path):
         server = os.path.join(os.path.dirname(tool), "dhps-server")
     secret = tmp_path / "secret"
     r = subprocess.run([tool, "keygen", "--passphrase", str(secret)], input=PASS + "\n",
-                       capture_output=True, text=True, timeout=60)
+                       capture_output=True, text=True, timeout=scaled(60))
     assert r.returncode == 0, r.stderr
     assert "passphrase file, scrypt N=32768" in r.stdout
     port = free_port()
     mp = tmp_path / "map.json"
     r = subprocess.run([tool, "map", "gen", "--local", "1", "--base-port", str(port),
                         "--shards", "4", "--replicas", "1", "-o", str(mp)],
-                       capture_output=True, text=True, timeout=60)
+                       capture_output=True, text=True, timeout=scaled(60))
     assert r.returncode == 0, r.stderr
     cfg = tmp_path / "node.json"
     cfg.write_text(
@@ -90,7 +90,7 @@ def passphrase_node(tmp_path):
     log = open(tmp_path / "server.log", "w")
     proc = subprocess.Popen([server, "--config", str(cfg)], stdout=log, stderr=log)
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + scaled(30)
         while not (tmp_path / "ports").exists():
             assert proc.poll() is None, (tmp_path / "server.log").read_text()
             assert time.monotonic() < deadline, "dhps-server did not write its port file"
@@ -98,7 +98,7 @@ def passphrase_node(tmp_path):
         yield str(mp), str(secret), tmp_path
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        proc.wait(timeout=scaled(30))
         log.close()
 
 
@@ -106,8 +106,8 @@ def test_passphrase_client_talks_other_refused(passphrase_node):
     mp, secret, tmp = passphrase_node
     keys = np.array([1, 2, 3], np.uint64)
     rows = np.arange(12, dtype=np.float32).reshape(3, 4)
-    with dhps.Client(map=mp, secret=secret, timeout_ms=5000) as c:
-        deadline = time.monotonic() + 30
+    with dhps.Client(map=mp, secret=secret, timeout_ms=int(scaled(5) * 1000)) as c:
+        deadline = time.monotonic() + scaled(30)
         while True:  # the node may still be loading (NotReady) right after its port file
             try:
                 c.update("emb", keys, rows)
@@ -121,9 +121,9 @@ def test_passphrase_client_talks_other_refused(passphrase_node):
     other = tmp / "other"
     r = subprocess.run([dhps_tool(), "keygen", "--passphrase", str(other)],
                        input="correct horse battery stable\n", capture_output=True, text=True,
-                       timeout=60)
+                       timeout=scaled(60))
     assert r.returncode == 0, r.stderr
-    with dhps.Client(map=mp, secret=other, timeout_ms=1000) as c:
+    with dhps.Client(map=mp, secret=other, timeout_ms=int(scaled(1) * 1000)) as c:
         with pytest.raises(dhps.AuthError) as ei:  # the hello refused the proof
             c.lookup("emb", keys)
         assert ei.value.code == dhps.errors.E_AUTH

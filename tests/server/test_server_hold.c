@@ -61,6 +61,7 @@ static dhps_cluster_map *map_v(uint64_t v, uint32_t nshards)
 typedef struct worker_arg {
     uint64_t ok, notfound, moved, other;
     int last_other;
+    uint64_t rounds; /* __atomic: upsert + lookup pairs done (the test waits on it) */
 } worker_arg;
 
 static bool stop;
@@ -92,6 +93,7 @@ static void *hammer(void *p)
                 a->last_other = both[j];
             }
         }
+        __atomic_add_fetch(&a->rounds, 1, __ATOMIC_RELEASE);
     }
     t_close(&tc);
     return NULL;
@@ -126,12 +128,19 @@ static void test_move_under_load(void **state)
     for (int i = 0; i < 2; i++)
         pthread_create(&th[i], NULL, hammer, &wa[i]);
     pthread_create(&th[2], NULL, scrape, NULL);
-    t_sleep_ms(50);
+    /* each map change happens under traffic: the clients are running before the first,
+     * and each change waits until both have done two rounds under the previous map (events,
+     * scaled; were 50 ms and 30 ms sleeps: a slow start left a client without one answer) */
+#define ROUNDS_OF(i) __atomic_load_n(&wa[i].rounds, __ATOMIC_ACQUIRE)
+    assert_true(DHPS_TEST_WAIT_FOR(ROUNDS_OF(0) >= 1 && ROUNDS_OF(1) >= 1, 10000));
     uint64_t v = 3; /* the server started from version 2 */
     for (int r = 0; r < ROUNDS; r++, v++) {
         assert_int_equal(srv_hold_apply(S, map_v(v, NSH), "test"), 1);
-        t_sleep_ms(30);
+        uint64_t r0 = ROUNDS_OF(0), r1 = ROUNDS_OF(1);
+        assert_true(DHPS_TEST_WAIT_FOR(ROUNDS_OF(0) >= r0 + 2 && ROUNDS_OF(1) >= r1 + 2,
+                                       10000));
     }
+#undef ROUNDS_OF
     __atomic_store_n(&stop, true, __ATOMIC_RELEASE);
     for (int i = 0; i < 3; i++)
         pthread_join(th[i], NULL);
