@@ -31,7 +31,32 @@ def etcd(tmp_path_factory):
     d = tmp_path_factory.mktemp("etcd")
     log = open(d / "etcd.log", "w")
 
+    def holds(pid, port):
+        """Does process pid hold a listening TCP socket on port? (An answer on a port
+        picked free counts only from the etcd we started: another test's etcd may have
+        taken the port meanwhile; the C fixture and `dhps up` check the same.)"""
+        inodes = set()
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                try:
+                    t = os.readlink(f"/proc/{pid}/fd/{fd}")
+                except OSError:
+                    continue
+                if t.startswith("socket:["):
+                    inodes.add(t[8:-1])
+            with open("/proc/net/tcp") as f:
+                for line in f.readlines()[1:]:
+                    c = line.split()
+                    if (c[3] == "0A" and int(c[1].split(":")[1], 16) == port
+                            and c[9] in inodes):
+                        return True
+        except OSError:
+            pass
+        return False
+
     def answers(cu):
+        if not holds(p.pid, int(cu.rsplit(":", 1)[1])):
+            return False
         try:
             urllib.request.urlopen(urllib.request.Request(
                 cu + "/v3/kv/range", data=b'{"key":"AA=="}'), timeout=1).read()
