@@ -619,22 +619,31 @@ static enum MHD_Result health_handler(void *cls, struct MHD_Connection *conn, co
 }
 
 /* One guarded epoll daemon on host:port, or on the given socket *fd (>= 0: listened on
- * here, with SO_REUSEADDR as MHD's own; the daemon owns it then and *fd is set to -1, as
- * when the start failed: closed here). NULL on failure. */
+ * here, with SO_REUSEADDR as MHD's own; the daemon gets a duplicate, *fd is closed
+ * here and set to -1 in every case). NULL on failure. */
 static struct MHD_Daemon *start_daemon(dhps_server *s, const char *host, uint16_t port,
                                        int *fd, MHD_AccessHandlerCallback fn,
                                        uint32_t max_conn, uint32_t max_per_ip)
 {
     struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons(port)};
     inet_pton(AF_INET, host, &sin.sin_addr);
+    /* MHD gets a duplicate: whether a failed MHD_start_daemon closed it or not, *fd is
+     * still ours to close, and no other thread's new fd can be closed by mistake */
+    int given = -1;
+    if (*fd >= 0 && (given = fcntl(*fd, F_DUPFD_CLOEXEC, 3)) < 0) {
+        close(*fd);
+        *fd = -1;
+        return NULL;
+    }
     struct MHD_OptionItem where[] = {
-        *fd >= 0 ? (struct MHD_OptionItem){MHD_OPTION_LISTEN_SOCKET, *fd, NULL}
-                 : (struct MHD_OptionItem){MHD_OPTION_SOCK_ADDR, 0, &sin},
+        given >= 0 ? (struct MHD_OptionItem){MHD_OPTION_LISTEN_SOCKET, given, NULL}
+                   : (struct MHD_OptionItem){MHD_OPTION_SOCK_ADDR, 0, &sin},
         {MHD_OPTION_END, 0, NULL}};
     if (*fd >= 0) {
         int one = 1;
         setsockopt(*fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
         if (listen(*fd, 128) != 0) {
+            close(given);
             close(*fd);
             *fd = -1;
             return NULL;
@@ -649,7 +658,7 @@ static struct MHD_Daemon *start_daemon(dhps_server *s, const char *host, uint16_
                          MHD_OPTION_NOTIFY_CONNECTION, guard_notify, s->http_guard,
                          MHD_OPTION_NOTIFY_COMPLETED, http_done, s->http_guard,
                          MHD_OPTION_END);
-    if (*fd >= 0 && !d && fcntl(*fd, F_GETFD) != -1)
+    if (*fd >= 0) /* the daemon holds its duplicate (a failed start may leak that one) */
         close(*fd);
     *fd = -1;
     return d;
