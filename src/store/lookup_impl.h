@@ -3,152 +3,329 @@
  *   LOOKUP_FN          the function's name
  *   LOOKUP_TARGET      a target attribute (or nothing)
  *   MATCH1(b, tag, m)  sets m to the 12-bit mask of bucket b's slots holding tag
- *   PREFETCH_RECORD(rec, span)  prefetches the lines of a record
+ *   COPY_FIXED(d, s, n)  copies n bytes, n a constant (64, 128 or 256)
  * When vals is non-NULL the call is the zero-copy variant: pointers instead of copies.
  *
- * Each key goes through four stages:
+ * Each key goes through four stages, its state kept in a small ring (lk_state):
  *   0. hash; prefetch its first bucket;
  *   1. match the first bucket's tags; on a hit prefetch the candidate record's lines,
  *      otherwise prefetch the second bucket (most keys live in their first bucket, so
  *      the second line is usually never read);
  *   2. if the first bucket had no hit, match the second and prefetch that record;
  *   3. resolve: verify the key (it sits in the record's first line), check expiry,
- *      copy the value, validate the bucket versions.
- * Schedule: keys move in groups of G = 4 and in one turn group g runs stage 0, group
- * g-1 stage 1, group g-2 stage 2 and group g-3 stage 3, so 12 keys' misses are in
- * flight ahead of the one being resolved. Measured on the dev machine (PERFORMANCE.md)
- * against a per-key pipeline (fine interleave: fast while the index fits in L3, 40 %
- * slower beyond it) and plain group prefetching (G = 16..64: flat, but 30 % slower
- * than this on small tables); this pipelined-groups schedule was best at both sizes. */
+ *      copy the value, validate the version of the bucket that held the reference.
+ * Anything unusual at stage 3 (an odd version, no tag hit that is the key, a version
+ * that moved) goes to lookup_one_slow, which searches both buckets until it reads them
+ * stable.
+ *
+ * Schedule: a per-key pipeline. Iteration i runs stage 0 for key i, stage 1 for key
+ * i - D, stage 2 for key i - 2D and stage 3 for key i - 3D, so 3D keys' misses are in
+ * flight ahead of the one being resolved; the steady state (3D <= i < n) runs without
+ * bounds checks.
+ *
+ * Per-key instructions matter as much as the schedule once the data is in cache, so
+ * the body is compiled once per copy mode (values of exactly 64, 128 or 256 bytes
+ * copied with constant-size moves; any other stride; zero-copy pointers): the mode's
+ * branches disappear from the loop. */
+
+#define LK_CAT2(a, b) a##b
+#define LK_CAT(a, b) LK_CAT2(a, b)
+#define LK(name) LK_CAT(LOOKUP_FN, name)
+
+/* copy modes (the body's constant parameter) */
+#define LK_COPY_ANY 0
+#define LK_COPY_64 1
+#define LK_COPY_128 2
+#define LK_COPY_256 3
+#define LK_PINNED 4
+
+typedef struct LK(_ctx) {
+    dhps_store *s;
+    const index_table *t;
+    const bucket *tb;
+    uint64_t nb;
+    const uint8_t *base;
+    unsigned al;
+    unsigned pf_mid;    /* whole lines of a record to prefetch between its first and last */
+    uintptr_t pf_last;  /* offset of the last record byte a lookup reads */
+    const uint64_t *keys;
+    uint8_t *out;
+    size_t stride;
+    uint32_t *lens;
+    uint64_t *found;
+    const void **vals;
+    uint32_t now_s;
+    uint64_t *retries;
+    lk_state st[LOOKUP_RING];
+} LK(_ctx);
+
+/* Prefetch a record's lines: its header and value up to stride bytes (a record
+ * without TTL: REC_BASE_HDR + stride bytes from rec). Prefetched addresses are at
+ * most 64 bytes apart, so every line of the range is covered. */
+#define LK_SPAN(stride) (REC_BASE_HDR + (stride))
+#define LK_PF_MID(span) (((span) - 2) / 64)
+LOOKUP_TARGET static inline __attribute__((always_inline)) void LK(_pf)(const LK(_ctx) *c,
+                                                                         const uint8_t *rec,
+                                                                         const int mode)
+{
+    const unsigned mid = mode == LK_COPY_64    ? LK_PF_MID(LK_SPAN(64))
+                         : mode == LK_COPY_128 ? LK_PF_MID(LK_SPAN(128))
+                         : mode == LK_COPY_256 ? LK_PF_MID(LK_SPAN(256))
+                                               : c->pf_mid;
+    const uintptr_t last = mode == LK_COPY_64    ? LK_SPAN(64) - 1
+                           : mode == LK_COPY_128 ? LK_SPAN(128) - 1
+                           : mode == LK_COPY_256 ? LK_SPAN(256) - 1
+                                                 : c->pf_last;
+    __builtin_prefetch(rec);
+    for (unsigned l = 1; l <= mid; l++)
+        __builtin_prefetch(rec + 64 * l);
+    __builtin_prefetch(rec + last);
+}
+
+LOOKUP_TARGET static inline __attribute__((always_inline)) void LK(_s0)(LK(_ctx) *c, size_t k)
+{
+    lk_state *q = &c->st[k & (LOOKUP_RING - 1)];
+    uint64_t key = c->keys[k];
+    uint64_t h = store_hash(c->s, key);
+    const bucket *b1 = &c->tb[fastrange32((uint32_t)h, c->nb)];
+    q->key = key;
+    q->tag = hash_tag(h);
+    q->b1 = b1;
+    __builtin_prefetch(b1);
+}
+
+LOOKUP_TARGET static inline __attribute__((always_inline)) void LK(_s1)(LK(_ctx) *c, size_t k,
+                                                                        const int mode)
+{
+    lk_state *q = &c->st[k & (LOOKUP_RING - 1)];
+    const bucket *b1 = q->b1;
+    uint32_t m;
+    uint32_t v = __atomic_load_n(&b1->version, __ATOMIC_ACQUIRE);
+    MATCH1(b1, q->tag, m);
+    q->m = m;
+    if (__builtin_expect(m != 0, 1)) {
+        uint32_t ref = __atomic_load_n(&b1->refs[__builtin_ctz(m)], __ATOMIC_ACQUIRE);
+        const uint8_t *rec = c->base + ((uint64_t)ref << c->al);
+        q->hb = b1;
+        q->hv = v;
+        q->rec = rec;
+        LK(_pf)(c, rec, mode);
+    } else {
+        const bucket *b2 = &c->tb[alt_bucket((uint32_t)(b1 - c->tb), q->tag, c->nb)];
+        q->v1 = v;
+        q->hb = b2; /* to read at stage 2 */
+        __builtin_prefetch(b2);
+    }
+}
+
+LOOKUP_TARGET static inline __attribute__((always_inline)) void LK(_s2)(LK(_ctx) *c, size_t k,
+                                                                        const int mode)
+{
+    lk_state *q = &c->st[k & (LOOKUP_RING - 1)];
+    if (__builtin_expect(q->m != 0, 1))
+        return;
+    const bucket *b2 = q->hb;
+    uint32_t m;
+    uint32_t v = __atomic_load_n(&b2->version, __ATOMIC_ACQUIRE);
+    MATCH1(b2, q->tag, m);
+    q->hv = v;
+    if (m) {
+        uint32_t ref = __atomic_load_n(&b2->refs[__builtin_ctz(m)], __ATOMIC_ACQUIRE);
+        const uint8_t *rec = c->base + ((uint64_t)ref << c->al);
+        q->m = m;
+        q->rec = rec;
+        LK(_pf)(c, rec, mode);
+    } else {
+        q->rec = NULL; /* no tag hit in either bucket */
+    }
+}
+
+/* Stage 3 for key i. Returns 1 (hit) or 0 (miss) and fills the key's row. */
+LOOKUP_TARGET static inline __attribute__((always_inline)) int LK(_s3)(LK(_ctx) *c, size_t i,
+                                                                        const int mode)
+{
+    lk_state *q = &c->st[i & (LOOKUP_RING - 1)];
+    const size_t stride = mode == LK_COPY_64    ? 64
+                          : mode == LK_COPY_128 ? 128
+                          : mode == LK_COPY_256 ? 256
+                          : mode == LK_PINNED   ? 0
+                                                : c->stride;
+    uint8_t *row = mode == LK_PINNED ? NULL
+                   : mode == LK_COPY_ANY ? (c->out ? c->out + i * stride : NULL)
+                                         : c->out + i * stride;
+    const bucket *hb = q->hb;
+    const uint8_t *rec = q->rec;
+    uint32_t hv = q->hv;
+    int r;
+    bool retry = true; /* the slow path after a concurrent change counts a retry */
+    if (__builtin_expect(rec != NULL && !(hv & 1), 1)) {
+        if (__builtin_expect(rd64(rec) != q->key, 0)) {
+            /* the first tag hit's record was prefetched; further hits (a tag shared by
+             * another key of the bucket) are read here */
+            uint32_t m = q->m;
+            do {
+                m &= m - 1;
+                if (!m) {
+                    retry = false; /* not in this bucket: the slow path searches both */
+                    goto slow;
+                }
+                uint32_t ref = __atomic_load_n(&hb->refs[__builtin_ctz(m)], __ATOMIC_ACQUIRE);
+                rec = c->base + ((uint64_t)ref << c->al);
+            } while (rd64(rec) != q->key);
+        }
+        uint16_t lf = rd16(rec + 8);
+        uint32_t len = lf;
+        const uint8_t *val = rec + REC_BASE_HDR;
+        r = 1;
+        if (__builtin_expect(lf & (REC_WIDE | REC_EXP), 0)) {
+            len = lf & REC_LEN_MASK;
+            val = rec + rec_hdr_size(lf);
+            if ((lf & REC_EXP) && rd32_sync(rec + rec_exp_off(lf)) <= c->now_s)
+                r = 0;
+        }
+        if (r) {
+            if (mode == LK_PINNED) {
+                c->vals[i] = val;
+            } else if (mode != LK_COPY_ANY && __builtin_expect(len == stride, 1)) {
+                COPY_FIXED(row, val, stride);
+            } else if (row) {
+                size_t n = len < stride ? len : stride;
+                copy_sync(row, val, n);
+                if (n < stride)
+                    memset(row + n, 0, stride - n);
+            }
+            if (c->lens)
+                c->lens[i] = len;
+        }
+        /* an in-place rewrite of this record bumps this bucket */
+        FENCE_ACQ();
+        if (__builtin_expect(__atomic_load_n(&hb->version, __ATOMIC_RELAXED) == hv, 1))
+            goto done;
+    } else if (rec == NULL && !((q->v1 | hv) & 1)) {
+        /* a miss is only a miss if no entry moved between the buckets */
+        FENCE_ACQ();
+        if (__atomic_load_n(&q->b1->version, __ATOMIC_RELAXED) == q->v1 &&
+            __atomic_load_n(&hb->version, __ATOMIC_RELAXED) == hv) {
+            r = 0;
+            goto done;
+        }
+    }
+slow:
+    *c->retries += retry;
+    {
+        hkey hk;
+        hkey_make(&hk, q->key, store_hash(c->s, q->key), c->nb);
+        r = lookup_one_slow(c->s, c->t, &hk, row, stride, c->lens ? &c->lens[i] : NULL,
+                            mode == LK_PINNED ? &c->vals[i] : NULL, c->now_s, c->retries);
+    }
+done:
+    if (__builtin_expect(!r, 0)) {
+        if (stride)
+            memset(row, 0, stride);
+        if (c->lens)
+            c->lens[i] = 0;
+        if (mode == LK_PINNED)
+            c->vals[i] = NULL;
+    }
+    return r;
+}
+
+/* The pipeline over the whole batch for one copy mode. Returns the hits. */
+LOOKUP_TARGET static inline __attribute__((always_inline)) size_t LK(_run)(LK(_ctx) *c, size_t n,
+                                                                            const int mode)
+{
+    enum { D = LOOKUP_DIST };
+    static_assert(LOOKUP_RING >= 3 * LOOKUP_DIST + 1 && (LOOKUP_RING & (LOOKUP_RING - 1)) == 0,
+                  "the ring holds a key from stage 0 to stage 3");
+    uint64_t fw = 0; /* found bits of the current 64-key word */
+    size_t i = 0;
+    /* fill: stages 0..2 of the first keys, bounds checked */
+    for (; i < 3 * D; i++) {
+        if (i < n)
+            LK(_s0)(c, i);
+        if (i >= D && i - D < n)
+            LK(_s1)(c, i - D, mode);
+        if (i >= 2 * D && i - 2 * D < n)
+            LK(_s2)(c, i - 2 * D, mode);
+    }
+    /* steady state */
+    for (; i < n; i++) {
+        LK(_s0)(c, i);
+        LK(_s1)(c, i - D, mode);
+        LK(_s2)(c, i - 2 * D, mode);
+        size_t j = i - 3 * D;
+        fw |= (uint64_t)LK(_s3)(c, j, mode) << (j & 63);
+        if ((j & 63) == 63) {
+            c->found[j >> 6] = fw;
+            fw = 0;
+        }
+    }
+    /* drain */
+    for (; i < n + 3 * D; i++) {
+        if (i - D < n)
+            LK(_s1)(c, i - D, mode);
+        if (i - 2 * D < n)
+            LK(_s2)(c, i - 2 * D, mode);
+        size_t j = i - 3 * D;
+        fw |= (uint64_t)LK(_s3)(c, j, mode) << (j & 63);
+        if ((j & 63) == 63) {
+            c->found[j >> 6] = fw;
+            fw = 0;
+        }
+    }
+    if (n & 63)
+        c->found[n >> 6] = fw;
+    size_t hits = 0;
+    for (size_t w = 0; w < (n + 63) / 64; w++)
+        hits += (size_t)__builtin_popcountll(c->found[w]);
+    return hits;
+}
 
 LOOKUP_TARGET static size_t LOOKUP_FN(dhps_store *s, const index_table *t, const uint64_t *keys,
                                       size_t n, uint8_t *out, size_t stride, uint32_t *lens,
                                       uint64_t *found, const void **vals, uint32_t now_s,
                                       uint64_t *retries)
 {
-    enum { G = LOOKUP_GROUP, R = 4 * LOOKUP_GROUP };
-    static_assert((R & (R - 1)) == 0, "the ring holds four groups");
-    hkey hk[R];
-    uint32_t v1[R], v2[R], m1[R], m2[R];
-    size_t hits = 0;
-    const uintptr_t span = REC_BASE_HDR + 8 + stride; /* header (up to 22 B) and value */
-    const size_t ngroups = (n + G - 1) / G;
-
-    for (size_t turn = 0; turn < ngroups + 3; turn++) {
-        if (turn < ngroups) { /* stage 0 */
-            size_t e = (turn + 1) * G < n ? (turn + 1) * G : n;
-            for (size_t k = turn * G; k < e; k++) {
-                size_t q = k & (R - 1);
-                hkey_make(&hk[q], keys[k], store_hash(s, keys[k]), t->nb);
-                __builtin_prefetch(&t->b[hk[q].b1]);
-            }
-        }
-        if (turn >= 1 && turn - 1 < ngroups) { /* stage 1 */
-            size_t g = turn - 1, e = (g + 1) * G < n ? (g + 1) * G : n;
-            for (size_t k = g * G; k < e; k++) {
-                size_t q = k & (R - 1);
-                const bucket *b1 = &t->b[hk[q].b1];
-                v1[q] = __atomic_load_n(&b1->version, __ATOMIC_ACQUIRE);
-                MATCH1(b1, hk[q].tag, m1[q]);
-                m2[q] = UINT32_MAX; /* second bucket not read */
-                if (m1[q]) {
-                    uint32_t ref = __atomic_load_n(&b1->refs[__builtin_ctz(m1[q])], __ATOMIC_ACQUIRE);
-                    PREFETCH_RECORD(rec_ptr(s, ref), span);
-                } else {
-                    __builtin_prefetch(&t->b[hk[q].b2]);
-                }
-            }
-        }
-        if (turn >= 2 && turn - 2 < ngroups) { /* stage 2 */
-            size_t g = turn - 2, e = (g + 1) * G < n ? (g + 1) * G : n;
-            for (size_t k = g * G; k < e; k++) {
-                size_t q = k & (R - 1);
-                if (m1[q])
-                    continue;
-                const bucket *b2 = &t->b[hk[q].b2];
-                v2[q] = __atomic_load_n(&b2->version, __ATOMIC_ACQUIRE);
-                MATCH1(b2, hk[q].tag, m2[q]);
-                if (m2[q]) {
-                    uint32_t ref = __atomic_load_n(&b2->refs[__builtin_ctz(m2[q])], __ATOMIC_ACQUIRE);
-                    PREFETCH_RECORD(rec_ptr(s, ref), span);
-                }
-            }
-        }
-        if (turn < 3)
-            continue;
-        size_t g = turn - 3, e = (g + 1) * G < n ? (g + 1) * G : n;
-        for (size_t i = g * G; i < e; i++) { /* stage 3 */
-            size_t j = i & (R - 1);
-            /* two: the second bucket was read (no tag hit in the first). With a tag hit in
-             * the first bucket that is not the key, the full search below decides. */
-            bool two = m2[j] != UINT32_MAX;
-            if (!two) {
-                m2[j] = 0;
-                v2[j] = 0;
-            }
-            uint8_t *row = out ? out + i * stride : NULL;
-            int r = -2; /* -2: no key match yet; -3: must retry; 0 miss; 1 hit */
-            if (!((v1[j] | v2[j]) & 1)) {
-                const bucket *bs[2] = {&t->b[hk[j].b1], &t->b[hk[j].b2]};
-                uint32_t ms[2] = {m1[j], m2[j]};
-                for (int w = 0; w < 2 && r == -2; w++) {
-                    while (ms[w]) {
-                        int slot = __builtin_ctz(ms[w]);
-                        ms[w] &= ms[w] - 1;
-                        uint32_t ref = __atomic_load_n(&bs[w]->refs[slot], __ATOMIC_ACQUIRE);
-                        const uint8_t *rec = rec_ptr(s, ref);
-                        if (rd64(rec) != hk[j].key)
-                            continue;
-                        uint16_t lf = rd16(rec + 8);
-                        uint32_t len = lf & REC_LEN_MASK;
-                        if ((lf & REC_EXP) && rd32_sync(rec + rec_exp_off(lf)) <= now_s) {
-                            r = 0;
-                        } else {
-                            const uint8_t *val = rec + rec_hdr_size(lf);
-                            if (vals) {
-                                vals[i] = val;
-                            } else if (row) {
-                                size_t c = len < stride ? len : stride;
-                                copy_sync(row, val, c);
-                                if (c < stride)
-                                    memset(row + c, 0, stride - c);
-                            }
-                            if (lens)
-                                lens[i] = len;
-                            r = 1;
-                        }
-                        /* an in-place rewrite of this record bumps this bucket */
-                        FENCE_ACQ();
-                        if (__atomic_load_n(&bs[w]->version, __ATOMIC_RELAXED) != (w ? v2[j] : v1[j]))
-                            r = -3;
-                        break;
-                    }
-                }
-                if (r == -2 && two) {
-                    /* a miss is only a miss if no entry moved between the buckets */
-                    FENCE_ACQ();
-                    if (__atomic_load_n(&bs[0]->version, __ATOMIC_RELAXED) == v1[j] &&
-                        __atomic_load_n(&bs[1]->version, __ATOMIC_RELAXED) == v2[j])
-                        r = 0;
-                }
-            }
-            if (r < 0) {
-                (*retries)++;
-                r = lookup_one_slow(s, t, &hk[j], row, stride, lens ? &lens[i] : NULL,
-                                    vals ? &vals[i] : NULL, now_s, retries);
-            }
-            if (r == 1) {
-                found[i >> 6] |= 1ull << (i & 63);
-                hits++;
-            } else {
-                if (row && stride)
-                    memset(row, 0, stride);
-                if (lens)
-                    lens[i] = 0;
-                if (vals)
-                    vals[i] = NULL;
-            }
-        }
-    }
-    return hits;
+    if (n == 0)
+        return 0;
+    LK(_ctx) c;
+    c.s = s;
+    c.t = t;
+    c.tb = t->b;
+    c.nb = t->nb;
+    c.base = s->base;
+    c.al = s->align_log2;
+    size_t span = REC_BASE_HDR + stride;
+    if (span > 16 * 64) /* at most 16 lines ahead */
+        span = 16 * 64;
+    c.pf_last = span - 1;
+    c.pf_mid = (unsigned)LK_PF_MID(span);
+    c.keys = keys;
+    c.out = out;
+    c.stride = out ? stride : 0;
+    c.lens = lens;
+    c.found = found;
+    c.vals = vals;
+    c.now_s = now_s;
+    c.retries = retries;
+    if (vals)
+        return LK(_run)(&c, n, LK_PINNED);
+    if (out && stride == 128)
+        return LK(_run)(&c, n, LK_COPY_128);
+    if (out && stride == 64)
+        return LK(_run)(&c, n, LK_COPY_64);
+    if (out && stride == 256)
+        return LK(_run)(&c, n, LK_COPY_256);
+    return LK(_run)(&c, n, LK_COPY_ANY);
 }
+
+#undef LK
+#undef LK_SPAN
+#undef LK_PF_MID
+#undef LK_CAT
+#undef LK_CAT2
+#undef LK_COPY_ANY
+#undef LK_COPY_64
+#undef LK_COPY_128
+#undef LK_COPY_256
+#undef LK_PINNED

@@ -222,24 +222,28 @@ static int lookup_one_slow(dhps_store *s, const index_table *t, const hkey *k, u
             m |= (uint32_t)(__atomic_load_n(&(b)->tags[i_], __ATOMIC_RELAXED) == (tag)) << i_; \
     } while (0)
 
-#define LOOKUP_GROUP 4 /* keys per group in the lookup pipeline (lookup_impl.h) */
+/* The lookup pipeline (lookup_impl.h): stage distance in keys, and the ring of key
+ * states (a power of two > 3 x the distance). */
+#define LOOKUP_DIST 4
+#define LOOKUP_RING 16
 
-/* Prefetch every line of a record: from its line through header (<= 22 B) and value. */
-#define PREFETCH_RECORD(rec, span)                                                         \
-    do {                                                                                   \
-        uintptr_t a_ = (uintptr_t)(rec) & ~(uintptr_t)63;                                  \
-        uintptr_t e_ = (uintptr_t)(rec) + ((span) < 16 * 64 ? (span) : 16 * 64);           \
-        for (; a_ < e_; a_ += 64)                                                          \
-            __builtin_prefetch((const void *)a_);                                          \
-    } while (0)
+/* Copy a value of a constant n bytes (64, 128, 256): inline moves instead of a call to
+ * memcpy with a run-time length. Under TSan every value copy is copy_sync's. */
+#ifdef DHPS_TSAN
+#define COPY_FIXED_PLAIN(d, s_, n) copy_sync((d), (s_), (n))
+#else
+#define COPY_FIXED_PLAIN(d, s_, n) __builtin_memcpy((d), (s_), (n))
+#endif
 
 #define LOOKUP_FN lookup_scalar
 #define LOOKUP_TARGET
 #define MATCH1(b, tag, m) MATCH_SCALAR(b, tag, m)
+#define COPY_FIXED(d, s_, n) COPY_FIXED_PLAIN(d, s_, n)
 #include "lookup_impl.h"
 #undef LOOKUP_FN
 #undef LOOKUP_TARGET
 #undef MATCH1
+#undef COPY_FIXED
 
 #if defined(__x86_64__) && !defined(DHPS_TSAN)
 #define MATCH_SSE2(b, tag, m)                                                              \
@@ -248,18 +252,29 @@ static int lookup_one_slow(dhps_store *s, const index_table *t, const hkey *k, u
 #define LOOKUP_FN lookup_sse2
 #define LOOKUP_TARGET
 #define MATCH1(b, tag, m) MATCH_SSE2(b, tag, m)
+#define COPY_FIXED(d, s_, n) COPY_FIXED_PLAIN(d, s_, n)
 #include "lookup_impl.h"
 #undef LOOKUP_FN
 #undef LOOKUP_TARGET
 #undef MATCH1
+#undef COPY_FIXED
 
+/* 32-byte moves (gcc's own expansion of a constant memcpy uses 16-byte ones) */
+#define COPY_FIXED_AVX2(d, s_, n)                                                          \
+    do {                                                                                   \
+        for (unsigned o_ = 0; o_ < (n); o_ += 32)                                          \
+            _mm256_storeu_si256((__m256i *)((uint8_t *)(d) + o_),                          \
+                                _mm256_loadu_si256((const __m256i *)((const uint8_t *)(s_) + o_))); \
+    } while (0)
 #define LOOKUP_FN lookup_avx2
 #define LOOKUP_TARGET __attribute__((target("avx2")))
 #define MATCH1(b, tag, m) MATCH_SSE2(b, tag, m)
+#define COPY_FIXED(d, s_, n) COPY_FIXED_AVX2(d, s_, n)
 #include "lookup_impl.h"
 #undef LOOKUP_FN
 #undef LOOKUP_TARGET
 #undef MATCH1
+#undef COPY_FIXED
 #endif
 
 typedef size_t (*lookup_fn)(dhps_store *, const index_table *, const uint64_t *, size_t,
@@ -367,7 +382,6 @@ size_t dhps_store_get(dhps_store_reader *r, const uint64_t *keys, size_t n, void
                       size_t out_stride, uint32_t *lens, uint64_t *found)
 {
     dhps_store *s = r->store;
-    memset(found, 0, ((n + 63) / 64) * sizeof *found);
     if (!out)
         out_stride = 0;
     uint32_t now = store_now_s(s);
@@ -385,7 +399,6 @@ size_t dhps_store_get_pinned(dhps_store_reader *r, const uint64_t *keys, size_t 
                              const void **vals, uint32_t *lens, uint64_t *found)
 {
     dhps_store *s = r->store;
-    memset(found, 0, ((n + 63) / 64) * sizeof *found);
     uint32_t now = store_now_s(s);
     if (!r->pinned) {
         /* Announce the pin before reading (pairs with the writer's check in

@@ -198,14 +198,33 @@ static inline uint32_t alt_bucket(uint32_t b, uint8_t tag, uint64_t nb)
     uint32_t f = fastrange32((uint32_t)tag * 0x9E3779B1u, nb);
     return f >= b ? f - b : (uint32_t)(f + nb - b);
 }
+/* A key's tag: the hash's top byte, never 0 (0 marks an empty slot). */
+static inline uint8_t hash_tag(uint64_t h)
+{
+    uint8_t tag = (uint8_t)(h >> 56);
+    return tag ? tag : 1;
+}
 static inline void hkey_make(hkey *k, uint64_t key, uint64_t h, uint64_t nb)
 {
     k->key = key;
-    uint8_t tag = (uint8_t)(h >> 56);
-    k->tag = tag ? tag : 1;
+    k->tag = hash_tag(h);
     k->b1 = fastrange32((uint32_t)h, nb);
     k->b2 = alt_bucket(k->b1, k->tag, nb);
 }
+
+/* One key's state in the lookup pipeline (lookup_impl.h). */
+typedef struct lk_state {
+    uint64_t key;
+    const bucket *b1;   /* first bucket */
+    const bucket *hb;   /* the bucket of the candidate record; the second bucket while
+                           it is still to be read */
+    const uint8_t *rec; /* candidate record: the first tag hit's; NULL: no tag hit in
+                           either bucket */
+    uint32_t hv;        /* hb's version as read */
+    uint32_t v1;        /* the first bucket's version when the second was read */
+    uint32_t m;         /* tag hits in hb (0 while the second bucket is to be read) */
+    uint8_t tag;
+} lk_state;
 
 static inline uint8_t *rec_ptr(const dhps_store *s, uint32_t ref)
 {
