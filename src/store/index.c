@@ -6,20 +6,12 @@
 #include <stdlib.h>
 #include <sys/mman.h>
 
-#define XXH_INLINE_ALL
-#include <xxhash.h>
-
 #include "dhps/log.h"
 #include "store_int.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
-
-uint64_t store_hash(const dhps_store *s, uint64_t key)
-{
-    return XXH3_64bits_withSeed(&key, sizeof key, s->seed);
-}
 
 uint32_t match_tags_writer(const bucket *b, uint8_t tag)
 {

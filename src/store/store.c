@@ -10,9 +10,6 @@
 #include <unistd.h>
 #include <time.h>
 
-#define XXH_INLINE_ALL
-#include <xxhash.h>
-
 #include "dhps/log.h"
 #include "store_int.h"
 #include "util.h"

@@ -191,7 +191,17 @@ typedef struct hkey {
     uint8_t tag;
 } hkey;
 
-uint64_t store_hash(const dhps_store *s, uint64_t key);
+/* The index hash: splitmix64's finalizer (a bijection with full avalanche: 2 multiplies,
+ * 3 shift-xors) of the key xor the store's random seed. Tag and first bucket come from
+ * its top byte and low 32 bits. Inline: it runs once per key of every lookup and
+ * upsert. Internal to the process (never stored), so it may change freely. */
+static inline uint64_t store_hash(const dhps_store *s, uint64_t key)
+{
+    uint64_t x = key ^ s->seed;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
+}
 static inline uint32_t fastrange32(uint32_t x, uint64_t n) { return (uint32_t)(((uint64_t)x * n) >> 32); }
 static inline uint32_t alt_bucket(uint32_t b, uint8_t tag, uint64_t nb)
 {
