@@ -9,23 +9,6 @@
 #include "dhps/log.h"
 #include "store_int.h"
 
-#if defined(__x86_64__)
-#include <immintrin.h>
-#endif
-
-uint32_t match_tags_writer(const bucket *b, uint8_t tag)
-{
-#if defined(__x86_64__) && !defined(DHPS_TSAN)
-    __m128i v = _mm_load_si128((const __m128i *)b);
-    return (uint32_t)_mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8((char)tag))) & 0xFFFu;
-#else
-    uint32_t m = 0;
-    for (int i = 0; i < SLOTS; i++)
-        m |= (uint32_t)(__atomic_load_n(&b->tags[i], __ATOMIC_RELAXED) == tag) << i;
-    return m;
-#endif
-}
-
 index_table *index_create(uint64_t nb, bool huge)
 {
     if (nb < 2)

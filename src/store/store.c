@@ -304,7 +304,7 @@ static void lookup_pick_once(void)
  * would drain the store buffer and serialise the writer's cache misses, so where the
  * kernel offers it the reader pays instead: membarrier(PRIVATE_EXPEDITED) makes every
  * thread of the process execute a full barrier, once per pin (a few microseconds). */
-static bool g_membarrier;
+bool store_membarrier;
 
 #ifndef DHPS_TSAN
 static void mb_register(void)
@@ -313,7 +313,7 @@ static void mb_register(void)
     long cmds = syscall(SYS_membarrier, MEMBARRIER_CMD_QUERY, 0, 0);
     if (cmds > 0 && (cmds & MEMBARRIER_CMD_PRIVATE_EXPEDITED) &&
         syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0)
-        g_membarrier = true;
+        store_membarrier = true;
 #endif
 }
 #endif
@@ -330,18 +330,10 @@ static void lookup_pick(void)
 static inline void pin_barrier(dhps_store *s)
 {
 #ifdef SYS_membarrier
-    if (g_membarrier && syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) == 0)
+    if (store_membarrier && syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) == 0)
         return;
 #endif
     FENCE_SC(s);
-}
-
-static inline void writer_pin_check_barrier(dhps_store *s)
-{
-    if (g_membarrier)
-        __asm__ __volatile__("" ::: "memory"); /* the pinning reader's membarrier fences us */
-    else
-        FENCE_SC(s);
 }
 
 const char *dhps_store_simd_name(void)
@@ -420,242 +412,6 @@ void dhps_store_release(dhps_store_reader *r)
     r->pinned = 0;
     reader_exit(r);
     atomic_fetch_sub_explicit(&r->store->zc_pins, 1, memory_order_release);
-}
-
-/* ---- writer ---------------------------------------------------------------------------- */
-
-/* Rewrite a record in place under its bucket's seqlock. Fails (returns false) while a
- * zero-copy pin is outstanding: pinned bytes must not change. */
-static bool try_inplace(dhps_store *s, bucket *b, uint8_t *rec, uint16_t lf, uint64_t ver,
-                        uint32_t exp, const void *val, uint32_t len)
-{
-    uint32_t v = __atomic_load_n(&b->version, __ATOMIC_RELAXED);
-    __atomic_store_n(&b->version, v + 1, __ATOMIC_RELAXED);
-    writer_pin_check_barrier(s);
-    if (atomic_load_explicit(&s->zc_pins, g_membarrier ? memory_order_relaxed : memory_order_seq_cst) != 0) {
-        __atomic_store_n(&b->version, v + 2, __ATOMIC_RELEASE);
-        return false;
-    }
-    uint32_t seg = seg_of_ref(s, (uint32_t)((uint64_t)(rec - s->base) >> s->align_log2));
-    if (lf & REC_WIDE) {
-        copy_sync(rec + 10, &ver, 8);
-    } else {
-        uint32_t d = (uint32_t)(int32_t)(int64_t)(ver - s->segs[seg].ver_base);
-        copy_sync(rec + 10, &d, 4);
-    }
-    if (lf & REC_EXP)
-        copy_sync(rec + rec_exp_off(lf), &exp, 4);
-    copy_sync(rec + rec_hdr_size(lf), val, len);
-    __atomic_store_n(&b->version, v + 2, __ATOMIC_RELEASE);
-    return true;
-}
-
-static bool version_fits(const dhps_store *s, uint16_t lf, uint32_t seg, uint64_t ver)
-{
-    if (lf & REC_WIDE)
-        return true;
-    int64_t d = (int64_t)(ver - s->segs[seg].ver_base);
-    return d >= INT32_MIN && d <= INT32_MAX;
-}
-
-static void maintain_after_put(dhps_store *s, size_t appended)
-{
-    uint32_t now = store_now_s(s);
-    if (now != s->last_sweep_s)
-        store_expire(s, now);
-    store_reclaim(s);
-    if (appended)
-        store_compact(s, 32 * appended + (s->seg_bytes >> 3));
-}
-
-long dhps_store_put(dhps_store *s, const dhps_store_batch *b, uint64_t *stale)
-{
-    if (stale)
-        memset(stale, 0, ((b->n + 63) / 64) * sizeof *stale);
-    if (b->n && (!b->keys || !b->values))
-        return -EINVAL;
-    uint32_t ttl = b->ttl == DHPS_TTL_DEFAULT ? s->p.default_ttl : b->ttl;
-    if (ttl > DHPS_STORE_MAX_TTL)
-        ttl = DHPS_STORE_MAX_TTL;
-    uint32_t now = store_now_s(s);
-    uint32_t exp = ttl ? now + ttl : 0;
-    unsigned cls = ttl_class_of(ttl);
-    long applied = 0;
-    size_t appended = 0;
-    const uint8_t *vbase = b->values;
-    /* The same pipelined-groups schedule as lookups (lookup_impl.h): in one turn group
-     * g has its first buckets prefetched, group g-1 its records (for writing) or second
-     * buckets, group g-2 its second-bucket records, and group g-3 is applied with its
-     * lines warm. Hashes are kept; bucket numbers are recomputed if the index grows. */
-    enum { WG = 4, WR = 16 };
-    uint64_t hh[WR];
-    uint32_t hit1[WR];
-    const size_t ngroups = (b->n + WG - 1) / WG;
-    for (size_t turn = 0; turn < ngroups + 3; turn++) {
-        index_table *pt = atomic_load_explicit(&s->table, memory_order_relaxed);
-        if (turn < ngroups) {
-            size_t e = (turn + 1) * WG < b->n ? (turn + 1) * WG : b->n;
-            for (size_t k = turn * WG; k < e; k++) {
-                hkey ph;
-                hh[k & (WR - 1)] = store_hash(s, b->keys[k]);
-                hkey_make(&ph, b->keys[k], hh[k & (WR - 1)], pt->nb);
-                __builtin_prefetch(&pt->b[ph.b1], 1);
-            }
-        }
-        for (int st = 1; st <= 2; st++) {
-            if (turn < (size_t)st || turn - st >= ngroups)
-                continue;
-            size_t g = turn - st, e = (g + 1) * WG < b->n ? (g + 1) * WG : b->n;
-            for (size_t k = g * WG; k < e; k++) {
-                hkey ph;
-                hkey_make(&ph, b->keys[k], hh[k & (WR - 1)], pt->nb);
-                const bucket *pb = &pt->b[st == 1 ? ph.b1 : ph.b2];
-                if (st == 2 && hit1[k & (WR - 1)])
-                    continue;
-                uint32_t m = match_tags_writer(pb, ph.tag);
-                if (st == 1)
-                    hit1[k & (WR - 1)] = m;
-                if (m) {
-                    const uint8_t *rec = rec_ptr(s, pb->refs[__builtin_ctz(m)]);
-                    uintptr_t a = (uintptr_t)rec & ~(uintptr_t)63, e2 = (uintptr_t)rec + 22 + b->value_stride;
-                    for (unsigned l = 0; a < e2 && l < 8; a += 64, l++)
-                        __builtin_prefetch((const void *)a, 1);
-                } else if (st == 1) {
-                    __builtin_prefetch(&pt->b[ph.b2], 1);
-                }
-            }
-        }
-        if (turn < 3)
-            continue;
-        size_t ag = turn - 3, ae = (ag + 1) * WG < b->n ? (ag + 1) * WG : b->n;
-        for (size_t j = ag * WG; j < ae; j++) {
-            uint64_t key = b->keys[j];
-            uint32_t len = b->lens ? b->lens[j] : (uint32_t)b->value_stride;
-            if (b->lens ? len > b->value_stride || len > DHPS_STORE_MAX_VALUE
-                        : b->value_stride > DHPS_STORE_MAX_VALUE)
-                return applied ? applied : DHPS_E_TOOBIG;
-            uint64_t ver = b->versions ? b->versions[j] : b->version;
-            const uint8_t *val = vbase + j * b->value_stride;
-            index_table *t = atomic_load_explicit(&s->table, memory_order_relaxed);
-            hkey k;
-            hkey_make(&k, key, hh[j & (WR - 1)], t->nb);
-            uint32_t bkt;
-            int slot;
-            bool exists = index_find(s, t, &k, &bkt, &slot) == 0;
-            if (exists) {
-                uint32_t oref = t->b[bkt].refs[slot];
-                uint8_t *orec = rec_ptr(s, oref);
-                uint32_t oseg = seg_of_ref(s, oref);
-                uint16_t elf = rd16(orec + 8);
-                bool expired = (elf & REC_EXP) && rd32(orec + rec_exp_off(elf)) <= now;
-                uint64_t over = expired ? 0 : rec_version(s, orec, oseg);
-                if (!expired && (ver < over || (b->keep_equal && ver == over))) {
-                    if (stale)
-                        stale[j >> 6] |= 1ull << (j & 63);
-                    s->st.stale_updates += ver < over;
-                    continue;
-                }
-                uint16_t olf = rd16(orec + 8);
-                if (s->p.inplace_updates && (olf & REC_LEN_MASK) == len &&
-                    !!(olf & REC_EXP) == (ttl != 0) && (!ttl || exp <= s->segs[oseg].max_exp) &&
-                    version_fits(s, olf, oseg, ver) &&
-                    try_inplace(s, &t->b[bkt], orec, olf, ver, exp, val, len)) {
-                    s->st.inplace_updates++;
-                    applied++;
-                    continue;
-                }
-            }
-            uint16_t lf;
-            uint32_t size;
-            uint64_t gen = s->index_gen;
-            int64_t ref = seg_append(s, cls, false, len, ttl != 0, ver, &lf, &size);
-            if (ref < 0)
-                return applied ? applied : (long)ref;
-            uint8_t *rec = rec_ptr(s, (uint32_t)ref);
-            rec_write_header(s, rec, (uint32_t)ref, key, lf, ver, exp);
-            memcpy(rec + rec_hdr_size(lf), val, len);
-            appended += size;
-            if (s->index_gen != gen) { /* reclamation may have dropped or moved the key */
-                t = atomic_load_explicit(&s->table, memory_order_relaxed);
-                exists = index_find(s, t, &k, &bkt, &slot) == 0;
-            }
-            if (exists) {
-                uint32_t oref = t->b[bkt].refs[slot];
-                __atomic_store_n(&t->b[bkt].refs[slot], (uint32_t)ref, __ATOMIC_RELEASE);
-                store_unlive(s, oref, rec_ptr(s, oref));
-            } else {
-                if (t->used + 1 > (uint64_t)(s->p.max_fill * (double)(t->nb * SLOTS))) {
-                    int grc = index_grow(s, t->used + t->used / 2 + 1);
-                    if (grc == -ENOMEM || (grc && t->used + 1 > t->nb * SLOTS))
-                        return applied ? applied : grc;
-                    t = atomic_load_explicit(&s->table, memory_order_relaxed);
-                    hkey_make(&k, key, store_hash(s, key), t->nb);
-                }
-                int rc = index_insert(s, t, &k, (uint32_t)ref);
-                if (rc == DHPS_E_FULL) {
-                    rc = index_grow(s, t->used + t->used / 2 + 1);
-                    if (rc == 0) {
-                        t = atomic_load_explicit(&s->table, memory_order_relaxed);
-                        hkey_make(&k, key, store_hash(s, key), t->nb);
-                        rc = index_insert(s, t, &k, (uint32_t)ref);
-                    }
-                }
-                if (rc)
-                    return applied ? applied : rc; /* the appended record stays as garbage */
-            }
-            store_live(s, (uint32_t)ref, rec);
-            applied++;
-        }
-    }
-    if (s->p.auto_maintain)
-        maintain_after_put(s, appended);
-    return applied;
-}
-
-size_t dhps_store_delete(dhps_store *s, const uint64_t *keys, size_t n, uint64_t version,
-                         uint64_t *deleted)
-{
-    if (deleted)
-        memset(deleted, 0, ((n + 63) / 64) * sizeof *deleted);
-    size_t count = 0;
-    uint32_t now = store_now_s(s);
-    for (size_t i = 0; i < n; i++) {
-        index_table *t = atomic_load_explicit(&s->table, memory_order_relaxed);
-        hkey k;
-        hkey_make(&k, keys[i], store_hash(s, keys[i]), t->nb);
-        uint32_t bkt;
-        int slot;
-        if (index_find(s, t, &k, &bkt, &slot) != 0)
-            continue;
-        uint32_t ref = t->b[bkt].refs[slot];
-        uint8_t *rec = rec_ptr(s, ref);
-        uint16_t lf = rd16(rec + 8);
-        if ((lf & REC_EXP) && rd32(rec + rec_exp_off(lf)) <= now) {
-            index_remove(t, bkt, slot); /* expired: already invisible, not counted */
-            store_unlive(s, ref, rec);
-            s->st.expired_records++;
-            continue;
-        }
-        if (rec_version(s, rec, seg_of_ref(s, ref)) > version)
-            continue;
-        index_remove(t, bkt, slot);
-        store_unlive(s, ref, rec);
-        if (deleted)
-            deleted[i >> 6] |= 1ull << (i & 63);
-        count++;
-    }
-    if (s->p.auto_maintain && count)
-        maintain_after_put(s, 0);
-    return count;
-}
-
-size_t dhps_store_maintain(dhps_store *s, size_t budget_bytes)
-{
-    size_t freed = store_expire(s, store_now_s(s));
-    (void)store_make_room(s, 0);
-    store_compact(s, budget_bytes);
-    freed += store_reclaim(s);
-    return freed;
 }
 
 void dhps_store_get_stats(const dhps_store *s, dhps_store_stats *st)

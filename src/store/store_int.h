@@ -9,6 +9,10 @@
 
 #include "dhps/store.h"
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #if defined(__SANITIZE_THREAD__)
 #define DHPS_TSAN 1
 #elif defined(__has_feature)
@@ -245,8 +249,20 @@ static inline uint32_t seg_of_ref(const dhps_store *s, uint32_t ref)
     return (uint32_t)(((uint64_t)ref << s->align_log2) >> s->seg_log2);
 }
 
-/* Tag match: bit i set where bucket tag i equals tag (12 bits). */
-uint32_t match_tags_writer(const bucket *b, uint8_t tag);
+/* Tag match: bit i set where bucket tag i equals tag (12 bits). The writer's (and the
+ * walks'); readers use the variants compiled into lookup_impl.h. */
+static inline uint32_t match_tags_writer(const bucket *b, uint8_t tag)
+{
+#if defined(__x86_64__) && !defined(DHPS_TSAN)
+    __m128i v = _mm_load_si128((const __m128i *)b);
+    return (uint32_t)_mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8((char)tag))) & 0xFFFu;
+#else
+    uint32_t m = 0;
+    for (int i = 0; i < SLOTS; i++)
+        m |= (uint32_t)(__atomic_load_n(&b->tags[i], __ATOMIC_RELAXED) == tag) << i;
+    return m;
+#endif
+}
 
 index_table *index_create(uint64_t nb, bool huge);
 void index_free(index_table *t);
@@ -263,6 +279,11 @@ int index_grow(dhps_store *s, uint64_t want);
 void index_prefetch_key(dhps_store *s, uint64_t key);
 /* Find the slot whose ref equals ref for key (liveness check). */
 int index_find_ref(dhps_store *s, uint64_t key, uint32_t ref, uint32_t *bkt, int *slot);
+
+/* Set once before any reader exists (store.c): membarrier(PRIVATE_EXPEDITED) is
+ * registered, so a pinning reader fences the writer and the writer's side of the
+ * pin handshake needs no fence of its own. */
+extern bool store_membarrier;
 
 /* ---- epochs (epoch.c) ------------------------------------------------------------------ */
 static inline void reader_enter(dhps_store *s, reader_slot *r)
