@@ -52,6 +52,12 @@
  * contender actually got (below ~0.9 the machine was busy and its rates understated). */
 static uint64_t cpu_ns(void) { return dhps_clock_ns(CLOCK_THREAD_CPUTIME_ID); }
 
+/* The clock around each timed call: wall time (CLOCK_MONOTONIC), or with --clock cpu the
+ * thread's CPU time, so that time the contender spent descheduled on a shared machine
+ * does not count (its caches still suffer from the neighbours). Set in the parent
+ * before any fork. */
+static uint64_t (*g_timer)(void) = dhps_mono_ns;
+
 void *bench_map(size_t bytes, bool huge)
 {
     void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -98,7 +104,7 @@ typedef struct opts {
     double zipf_s; /* 0: uniform */
     char dist[32];
     double churn;
-    bool peers, json, huge;
+    bool peers, json, huge, cpu_clock;
     char only[128];
     char simd[16];
 } opts;
@@ -134,6 +140,8 @@ static void usage(FILE *f)
 "                      noisy, and interleaving keeps a noise burst off one contender\n"
 "  --no-huge           no madvise(MADV_HUGEPAGE) for anyone (dhps huge_pages=false)\n"
 "  --simd NAME         force dhps's tag match: avx2 | sse2 | scalar\n"
+"  --clock C           wall (default): time the calls by CLOCK_MONOTONIC; cpu: by the\n"
+"                      thread's CPU time (a busy machine then costs cache, not turns)\n"
 "  --json              print one JSON object on stdout (progress goes to stderr)\n"
 "\n"
 "Contenders (each pre-sized for N; large arrays huge-page advised like dhps):\n"
@@ -210,7 +218,7 @@ static int parse_opts(int argc, char **argv, opts *o)
         if (!strcmp(name, "--no-huge")) { o->huge = false; continue; }
         static const char *const valued[] = {"--keys", "--value-bytes", "--batch", "--dist",
                                              "--ops", "--update-ops", "--churn", "--seed",
-                                             "--only", "--simd", "--rounds"};
+                                             "--only", "--simd", "--rounds", "--clock"};
         bool known = false;
         for (size_t k = 0; k < sizeof valued / sizeof valued[0]; k++)
             known |= !strcmp(name, valued[k]);
@@ -259,6 +267,9 @@ static int parse_opts(int argc, char **argv, opts *o)
             snprintf(o->only, sizeof o->only, "%s", val);
         } else if (!strcmp(name, "--simd")) {
             snprintf(o->simd, sizeof o->simd, "%s", val);
+        } else if (!strcmp(name, "--clock")) {
+            o->cpu_clock = !strcmp(val, "cpu");
+            bad = !o->cpu_clock && strcmp(val, "wall");
         }
         if (bad) {
             fprintf(stderr, "dhps-bench store: bad value '%s' for %s\n", val, name);
@@ -452,9 +463,9 @@ static void run_lookups(const run_data *d, child_bufs *b, void *ctx,
         const uint32_t *ix = d->lookup_ix + pos;
         for (size_t i = 0; i < n; i++)
             b->keys[i] = key_of(d->key_base, ix[i]);
-        uint64_t t0 = dhps_mono_ns();
+        uint64_t t0 = g_timer();
         size_t got = lookup(ctx, b->keys, n, b->out, B, NULL, b->found);
-        total += dhps_mono_ns() - t0;
+        total += g_timer() - t0;
         uint64_t m = 0;
         *bad += check_rows(d, b, ix, n, B, false, true, &m);
         *misses += m;
@@ -529,9 +540,9 @@ static void run_churn(const run_data *d, child_bufs *b, void *ctx, const bench_c
             b->keys[i] = key_of(d->key_base, k);
             bench_value_fill(b->vals + i * stride, b->keys[i], g, len);
         }
-        uint64_t t0 = dhps_mono_ns();
+        uint64_t t0 = g_timer();
         int rc = c->upsert(ctx, b->keys, n, b->vals, stride, blen, ttl, ++*version, r->err);
-        t += dhps_mono_ns() - t0;
+        t += g_timer() - t0;
         if (rc) {
             free(bix);
             free(blen);
@@ -645,9 +656,9 @@ static void run_contender(const run_data *d, const bench_contender *c, bench_res
             b.keys[i] = key_of(d->key_base, pos + i);
             bench_value_fill(b.vals + i * B, b.keys[i], 0, B);
         }
-        uint64_t t0 = dhps_mono_ns();
+        uint64_t t0 = g_timer();
         int rc = c->upsert(ctx, b.keys, n, b.vals, B, NULL, 0, version, r->err);
-        t += dhps_mono_ns() - t0;
+        t += g_timer() - t0;
         if (rc)
             goto out;
     }
@@ -681,9 +692,9 @@ static void run_contender(const run_data *d, const bench_contender *c, bench_res
             b.keys[i] = key_of(d->key_base, ix[i]);
             bench_value_fill(b.vals + i * B, b.keys[i], gen, B);
         }
-        uint64_t t0 = dhps_mono_ns();
+        uint64_t t0 = g_timer();
         int rc = c->upsert(ctx, b.keys, n, b.vals, B, NULL, 0, ++version, r->err);
-        t += dhps_mono_ns() - t0;
+        t += g_timer() - t0;
         if (rc)
             goto out;
         for (size_t i = 0; i < n; i++)
@@ -1124,8 +1135,9 @@ static void print_json(FILE *f, const run_data *d, const bench_result *res, size
     json_str(f, o->dist);
     fprintf(f, ", \"lookup_ops\": %" PRIu64 ", \"update_ops\": %" PRIu64
                ", \"seed\": %" PRIu64 ", \"rounds\": %" PRIu64 ", \"huge_pages\": %s, "
-               "\"simd\": ",
-            o->ops, o->update_ops, o->seed, o->rounds, o->huge ? "true" : "false");
+               "\"clock\": \"%s\", \"simd\": ",
+            o->ops, o->update_ops, o->seed, o->rounds, o->huge ? "true" : "false",
+            o->cpu_clock ? "cpu" : "wall");
     if (simd)
         json_str(f, simd);
     else
@@ -1248,6 +1260,8 @@ static void print_human(FILE *f, const run_data *d, const bench_result *res, siz
             pb, simd ? simd : "(not built)", thp, o->huge ? "on" : "off");
     if (o->rounds > 1)
         fprintf(f, "; rates: median of %" PRIu64 " round-robin rounds", o->rounds);
+    if (o->cpu_clock)
+        fprintf(f, "; calls timed by thread CPU time");
     fprintf(f, "; load average at start %.2f on %ld CPUs\n\n", g_loadavg,
             sysconf(_SC_NPROCESSORS_ONLN));
     fprintf(f, "%-20s %9s %9s %9s %10s %10s %7s %7s %8s %6s %5s %6s %s\n", "contender",
@@ -1447,6 +1461,8 @@ int bench_store_main(int argc, char **argv)
     d.cfg.max_value = o.churn > 0 && want[0] ? (o.value_bytes > 512 ? (uint32_t)o.value_bytes : 512)
                                              : (uint32_t)o.value_bytes;
     d.cfg.huge_pages = o.huge;
+    if (o.cpu_clock)
+        g_timer = cpu_ns;
 
     const char *simd = NULL;
 #ifndef DHPS_BENCH_NO_STORE
