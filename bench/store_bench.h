@@ -78,6 +78,10 @@ typedef struct bench_contender {
                       size_t stride, uint32_t *lens, uint64_t *found);
     /* Statistics, or NULL. */
     void (*stats)(void *ctx, bench_kv_stats *st);
+    /* Cache lines a lookup (copying value_bytes) reads per present key, counted from the
+     * structure's layout, not measured: *index in the index (buckets, key store), *data
+     * in the value (dhps: the record, key and header included). NULL if not known. */
+    void (*lines)(void *ctx, double *index, double *data);
     /* Free everything create() made; NULL allowed. */
     void (*destroy)(void *ctx);
     /* Process-wide teardown after destroy, or NULL. */

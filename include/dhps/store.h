@@ -371,6 +371,24 @@ int dhps_store_digest(dhps_store *s, uint32_t nranges, uint64_t *hash, uint64_t 
 int dhps_store_range_versions(dhps_store *s, const uint64_t *range_mask, uint32_t nranges,
                               uint64_t **keys, uint64_t **versions, size_t *n);
 
+/* Cache lines a lookup reads, counted from the layout (dhps_store_lookup_lines). */
+typedef struct dhps_store_lines {
+    uint64_t keys;        /* keys counted: every key in the index */
+    double bucket_lines;  /* index lines per lookup: the first bucket, plus the second
+                             when the first holds no tag hit (or not the key) */
+    double record_lines;  /* record lines per lookup: those prefetched for the first tag
+                             hit, plus those read to check other tag hits and to copy */
+} dhps_store_lines;
+
+/*
+ * Mean distinct cache lines a batched lookup (dhps_store_get with out_stride bytes per
+ * row; 0 for a presence test or get_pinned) reads or prefetches for a key present in s,
+ * computed from the current index and record layout by the lookup path's rules, with
+ * no concurrent writer. No lookup runs; for benchmarks and capacity planning. Writer
+ * only; O(keys). Returns 0 and fills *out, or -EINVAL (out NULL).
+ */
+int dhps_store_lookup_lines(dhps_store *s, size_t out_stride, dhps_store_lines *out);
+
 /* Which tag-match implementation lookups use: "avx2", "sse2" or "scalar". */
 const char *dhps_store_simd_name(void);
 

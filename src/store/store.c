@@ -414,6 +414,99 @@ void dhps_store_release(dhps_store_reader *r)
     atomic_fetch_sub_explicit(&r->store->zc_pins, 1, memory_order_release);
 }
 
+/* ---- lines a lookup touches (dhps_store_lookup_lines) ----------------------------- */
+
+typedef struct line_set {
+    uintptr_t l[64];
+    unsigned n;
+} line_set;
+
+/* Add the lines of [a, e) to the set. */
+static void lines_add(line_set *ls, uintptr_t a, uintptr_t e)
+{
+    for (uintptr_t l = a & ~(uintptr_t)63; l < e; l += 64) {
+        unsigned i = 0;
+        while (i < ls->n && ls->l[i] != l)
+            i++;
+        if (i == ls->n && ls->n < 64)
+            ls->l[ls->n++] = l;
+    }
+}
+
+/* Follow bucket b's tag hits m in slot order as the lookup does: read each record's key
+ * until one is key, then that record's header and value (up to stride bytes). Returns
+ * whether the key was found. */
+static bool lines_search(const dhps_store *s, const bucket *b, uint32_t m, uint64_t key,
+                         size_t stride, line_set *ls)
+{
+    for (; m; m &= m - 1) {
+        const uint8_t *rec = rec_ptr(s, b->refs[__builtin_ctz(m)]);
+        lines_add(ls, (uintptr_t)rec, (uintptr_t)rec + 8);
+        if (rd64(rec) != key)
+            continue;
+        uint16_t lf = rd16(rec + 8);
+        uint32_t len = lf & REC_LEN_MASK;
+        uintptr_t end = (uintptr_t)rec + rec_hdr_size(lf) + (len < stride ? len : stride);
+        lines_add(ls, (uintptr_t)rec, end);
+        return true;
+    }
+    return false;
+}
+
+int dhps_store_lookup_lines(dhps_store *s, size_t out_stride, dhps_store_lines *out)
+{
+    if (!out)
+        return -EINVAL;
+    memset(out, 0, sizeof *out);
+    const index_table *t = atomic_load_explicit(&s->table, memory_order_relaxed);
+    /* the prefetch span of the first tag hit's record (lookup_impl.h, LK_SPAN) */
+    size_t span = REC_BASE_HDR + out_stride;
+    if (span > 16 * 64)
+        span = 16 * 64;
+    uint64_t bucket_lines = 0, record_lines = 0;
+    for (uint64_t bi = 0; bi < t->nb; bi++) {
+        const bucket *kb = &t->b[bi];
+        for (int i = 0; i < SLOTS; i++) {
+            if (!kb->tags[i])
+                continue;
+            uint64_t key = rd64(rec_ptr(s, kb->refs[i]));
+            hkey k;
+            hkey_make(&k, key, store_hash(s, key), t->nb);
+            const bucket *b1 = &t->b[k.b1], *b2 = &t->b[k.b2];
+            line_set ls = {.n = 0};
+            unsigned buckets = 1;
+            uint32_t m1 = match_tags_writer(b1, k.tag);
+            bool found;
+            if (m1) { /* stage 1 prefetches the first hit's record; stage 3 searches b1 */
+                const uint8_t *rec = rec_ptr(s, b1->refs[__builtin_ctz(m1)]);
+                lines_add(&ls, (uintptr_t)rec, (uintptr_t)rec + span);
+                found = lines_search(s, b1, m1, key, out_stride, &ls);
+            } else { /* stage 2 reads the second bucket and prefetches its first hit */
+                uint32_t m2 = match_tags_writer(b2, k.tag);
+                buckets += b2 != b1;
+                if (m2) {
+                    const uint8_t *rec = rec_ptr(s, b2->refs[__builtin_ctz(m2)]);
+                    lines_add(&ls, (uintptr_t)rec, (uintptr_t)rec + span);
+                }
+                found = lines_search(s, b2, m2, key, out_stride, &ls);
+            }
+            if (!found) { /* the slow path searches both buckets */
+                buckets = b2 != b1 ? 2 : 1;
+                if (!lines_search(s, b1, m1, key, out_stride, &ls))
+                    lines_search(s, b2, match_tags_writer(b2, k.tag), key, out_stride, &ls);
+            }
+            bucket_lines += buckets;
+            record_lines += ls.n;
+            out->keys++;
+        }
+    }
+    if (out->keys) {
+        out->bucket_lines = (double)bucket_lines / (double)out->keys;
+        out->record_lines = (double)record_lines / (double)out->keys;
+    }
+    return 0;
+}
+
 void dhps_store_get_stats(const dhps_store *s, dhps_store_stats *st)
 {
     *st = s->st;

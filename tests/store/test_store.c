@@ -163,6 +163,85 @@ static void simd_paths_agree(void **state)
     dhps_store_destroy(s);
 }
 
+/* Rows of 64, 128 and 256 bytes take the constant-size copy paths of lookups and of
+ * in-place upserts; a value shorter than the row (stored with lens) takes the general
+ * path inside the same call. Checked for every tag-match implementation, with
+ * duplicate keys, a stale version and a short value inside the update batch. */
+static void fixed_row_sizes(void **state)
+{
+    (void)state;
+    enum { N = 3000 };
+    static const uint32_t sizes[] = {64, 128, 256};
+    static uint64_t keys[N], vers[N];
+    static uint32_t lens[N];
+    static uint8_t vals[N * 256], out[N * 256];
+    uint64_t found[(N + 63) / 64], stale[(N + 63) / 64];
+    const char *orig = dhps_store_simd_name();
+    const char *names[] = {"scalar", "sse2", "avx2"};
+    for (unsigned z = 0; z < 3; z++) {
+        const uint32_t D = sizes[z];
+        dhps_store *s = mk_store(NULL, N, 0);
+        dhps_store_reader *r;
+        assert_int_equal(dhps_store_reader_open(s, &r), 0);
+        uint64_t x = 7 + z;
+        for (int i = 0; i < N; i++) {
+            keys[i] = splitmix(&x);
+            fill_value(vals + (size_t)i * D, D, keys[i], 10);
+        }
+        dhps_store_batch b = {.keys = keys, .n = N, .values = vals, .value_stride = D, .version = 10};
+        assert_int_equal(dhps_store_put(s, &b, NULL), N);
+        /* update: key 5 written twice (the second wins), key 7 with an older version,
+         * key 9 with a shorter value (an append), the rest in place at version 11 */
+        static uint64_t ukeys[N];
+        memcpy(ukeys, keys, sizeof keys);
+        ukeys[6] = keys[5];
+        for (int i = 0; i < N; i++) {
+            vers[i] = i == 7 ? 9 : 11 + (uint64_t)(i == 6);
+            lens[i] = i == 9 ? D - 24 : D;
+            fill_value(vals + (size_t)i * D, lens[i], ukeys[i], vers[i]);
+        }
+        dhps_store_batch u = {.keys = ukeys, .n = N, .values = vals, .value_stride = D,
+                              .lens = lens, .versions = vers};
+        assert_int_equal(dhps_store_put(s, &u, stale), N - 1);
+        assert_true(bit(stale, 7));
+        dhps_store_stats st;
+        dhps_store_get_stats(s, &st);
+        assert_true(st.inplace_updates >= N - 4);
+        for (unsigned k = 0; k < 3; k++) {
+            if (dhps_store_force_simd(names[k]) != 0)
+                continue;
+            memset(out, 0xCD, sizeof out);
+            uint8_t *row;
+            assert_int_equal(dhps_store_get(r, keys, N, out, D, lens, found), N);
+            for (int i = 0; i < N; i++) {
+                /* keys[6] was not in the batch and keys[7]'s write was stale */
+                uint64_t ver = i == 5 ? 12 : i == 6 || i == 7 ? 10 : 11;
+                uint32_t len = i == 9 ? D - 24 : D;
+                assert_true(bit(found, (size_t)i));
+                assert_int_equal(lens[i], len);
+                row = out + (size_t)i * D;
+                if (!check_value(row, len, keys[i], ver))
+                    fail_msg("%u-byte rows, %s: row %d is not version %llu", D, names[k], i,
+                             (unsigned long long)ver);
+                for (uint32_t j = len; j < D; j++)
+                    assert_int_equal(row[j], 0);
+            }
+        }
+        assert_int_equal(dhps_store_force_simd(orig), 0);
+        dhps_store_lines l;
+        assert_int_equal(dhps_store_lookup_lines(s, D, &l), 0);
+        assert_int_equal(l.keys, N);
+        assert_true(l.bucket_lines >= 1.0 && l.bucket_lines <= 2.0);
+        /* a record is 14 + D bytes at 2-byte alignment: its lines, and rarely another
+         * record's first line read for a stray tag hit */
+        double min_lines = (double)((14 + D + 63) / 64);
+        assert_true(l.record_lines >= min_lines && l.record_lines <= min_lines + 1.2);
+        assert_int_equal(dhps_store_lookup_lines(s, D, NULL), -EINVAL);
+        dhps_store_reader_close(r);
+        dhps_store_destroy(s);
+    }
+}
+
 static void index_grows(void **state)
 {
     (void)state;
@@ -492,6 +571,7 @@ int main(void)
         cmocka_unit_test(versions_and_deletes),
         cmocka_unit_test(lengths_and_limits),
         cmocka_unit_test(simd_paths_agree),
+        cmocka_unit_test(fixed_row_sizes),
         cmocka_unit_test(index_grows),
         cmocka_unit_test(high_fill_from_hint),
         cmocka_unit_test(ttl_precise_expiry),
