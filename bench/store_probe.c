@@ -75,7 +75,7 @@ int main(int argc, char **argv)
         t = now();
         size_t h = 0;
         for (size_t i = 0; i < q; i += k)
-            h += dhps_store_get(r, qs + i, k, out, b, NULL, found);
+            h += dhps_store_get(r, qs + i, q - i < k ? q - i : k, out, b, NULL, found);
         double e = now() - t;
         if (h != q) {
             fprintf(stderr, "dhps-store-probe: %zu keys missing\n", q - h);
@@ -94,7 +94,8 @@ int main(int argc, char **argv)
             best_ref = q / e;
         t = now();
         for (size_t i = 0; i < q / 2; i += k) {
-            dhps_store_batch bt = {.keys = qs + i, .n = k, .values = v, .value_stride = b,
+            dhps_store_batch bt = {.keys = qs + i, .n = q / 2 - i < k ? q / 2 - i : k, .values = v,
+                                   .value_stride = b,
                                    .version = 2 + (uint64_t)rep};
             dhps_store_put(s, &bt, NULL);
         }
