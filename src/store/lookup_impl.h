@@ -6,7 +6,7 @@
  *   COPY_FIXED(d, s, n)  copies n bytes, n a constant (64, 128 or 256)
  * When vals is non-NULL the call is the zero-copy variant: pointers instead of copies.
  *
- * Each key goes through four stages, its state kept in a small ring (lk_state):
+ * Each key goes through four stages, its state kept per chunk (lk_state):
  *   0. hash; prefetch its first bucket;
  *   1. match the first bucket's tags; on a hit prefetch the candidate record's lines,
  *      otherwise prefetch the second bucket (most keys live in their first bucket, so
@@ -18,10 +18,12 @@
  * that moved) goes to lookup_one_slow, which searches both buckets until it reads them
  * stable.
  *
- * Schedule: a per-key pipeline. Iteration i runs stage 0 for key i, stage 1 for key
- * i - D, stage 2 for key i - 2D and stage 3 for key i - 3D, so 3D keys' misses are in
- * flight ahead of the one being resolved; the steady state (3D <= i < n) runs without
- * bounds checks.
+ * Schedule: batch-wide stage passes over chunks of LOOKUP_CHUNK (64) keys: stage 0 for
+ * the whole chunk (64 first-bucket prefetches in flight), then stage 1 for the chunk
+ * (its record prefetches), stage 2, stage 3. Measured against a per-key pipeline
+ * (stage distance 4, 8, 16) and chunks of 16-128 (docs/PERFORMANCE.md): passes over
+ * 32-64 keys keep the most misses in flight once the data is beyond the caches and
+ * cost nothing while it is inside them.
  *
  * Per-key instructions matter as much as the schedule once the data is in cache, so
  * the body is compiled once per copy mode (values of exactly 64, 128 or 256 bytes
@@ -56,7 +58,7 @@ typedef struct LK(_ctx) {
     const void **vals;
     uint32_t now_s;
     uint64_t *retries;
-    lk_state st[LOOKUP_RING];
+    lk_state st[LOOKUP_CHUNK];
 } LK(_ctx);
 
 /* Prefetch a record's lines: its header and value up to stride bytes (a record
@@ -84,7 +86,7 @@ LOOKUP_TARGET static inline __attribute__((always_inline)) void LK(_pf)(const LK
 
 LOOKUP_TARGET static inline __attribute__((always_inline)) void LK(_s0)(LK(_ctx) *c, size_t k)
 {
-    lk_state *q = &c->st[k & (LOOKUP_RING - 1)];
+    lk_state *q = &c->st[k & (LOOKUP_CHUNK - 1)];
     uint64_t key = c->keys[k];
     uint64_t h = store_hash(c->s, key);
     const bucket *b1 = &c->tb[fastrange32((uint32_t)h, c->nb)];
@@ -97,7 +99,7 @@ LOOKUP_TARGET static inline __attribute__((always_inline)) void LK(_s0)(LK(_ctx)
 LOOKUP_TARGET static inline __attribute__((always_inline)) void LK(_s1)(LK(_ctx) *c, size_t k,
                                                                         const int mode)
 {
-    lk_state *q = &c->st[k & (LOOKUP_RING - 1)];
+    lk_state *q = &c->st[k & (LOOKUP_CHUNK - 1)];
     const bucket *b1 = q->b1;
     uint32_t m;
     uint32_t v = __atomic_load_n(&b1->version, __ATOMIC_ACQUIRE);
@@ -121,7 +123,7 @@ LOOKUP_TARGET static inline __attribute__((always_inline)) void LK(_s1)(LK(_ctx)
 LOOKUP_TARGET static inline __attribute__((always_inline)) void LK(_s2)(LK(_ctx) *c, size_t k,
                                                                         const int mode)
 {
-    lk_state *q = &c->st[k & (LOOKUP_RING - 1)];
+    lk_state *q = &c->st[k & (LOOKUP_CHUNK - 1)];
     if (__builtin_expect(q->m != 0, 1))
         return;
     const bucket *b2 = q->hb;
@@ -144,7 +146,7 @@ LOOKUP_TARGET static inline __attribute__((always_inline)) void LK(_s2)(LK(_ctx)
 LOOKUP_TARGET static inline __attribute__((always_inline)) int LK(_s3)(LK(_ctx) *c, size_t i,
                                                                         const int mode)
 {
-    lk_state *q = &c->st[i & (LOOKUP_RING - 1)];
+    lk_state *q = &c->st[i & (LOOKUP_CHUNK - 1)];
     const size_t stride = mode == LK_COPY_64    ? 64
                           : mode == LK_COPY_128 ? 128
                           : mode == LK_COPY_256 ? 256
@@ -230,51 +232,26 @@ done:
     return r;
 }
 
-/* The pipeline over the whole batch for one copy mode. Returns the hits. */
+/* The whole batch for one copy mode, in chunks of LOOKUP_CHUNK keys, each stage a pass
+ * over the chunk. Returns the hits. */
 LOOKUP_TARGET static inline __attribute__((always_inline)) size_t LK(_run)(LK(_ctx) *c, size_t n,
                                                                             const int mode)
 {
-    enum { D = LOOKUP_DIST };
-    static_assert(LOOKUP_RING >= 3 * LOOKUP_DIST + 1 && (LOOKUP_RING & (LOOKUP_RING - 1)) == 0,
-                  "the ring holds a key from stage 0 to stage 3");
-    uint64_t fw = 0; /* found bits of the current 64-key word */
-    size_t i = 0;
-    /* fill: stages 0..2 of the first keys, bounds checked */
-    for (; i < 3 * D; i++) {
-        if (i < n)
-            LK(_s0)(c, i);
-        if (i >= D && i - D < n)
-            LK(_s1)(c, i - D, mode);
-        if (i >= 2 * D && i - 2 * D < n)
-            LK(_s2)(c, i - 2 * D, mode);
+    static_assert(LOOKUP_CHUNK <= 64 && (LOOKUP_CHUNK & (LOOKUP_CHUNK - 1)) == 0,
+                  "a chunk is a power of two, at most one found word");
+    for (size_t base = 0; base < n; base += LOOKUP_CHUNK) {
+        size_t e = base + LOOKUP_CHUNK < n ? base + LOOKUP_CHUNK : n;
+        for (size_t k = base; k < e; k++)
+            LK(_s0)(c, k);
+        for (size_t k = base; k < e; k++)
+            LK(_s1)(c, k, mode);
+        for (size_t k = base; k < e; k++)
+            LK(_s2)(c, k, mode);
+        uint64_t fw = c->found[base >> 6] & ((1ull << (base & 63)) - 1); /* earlier chunks' bits */
+        for (size_t k = base; k < e; k++)
+            fw |= (uint64_t)LK(_s3)(c, k, mode) << (k & 63);
+        c->found[base >> 6] = fw;
     }
-    /* steady state */
-    for (; i < n; i++) {
-        LK(_s0)(c, i);
-        LK(_s1)(c, i - D, mode);
-        LK(_s2)(c, i - 2 * D, mode);
-        size_t j = i - 3 * D;
-        fw |= (uint64_t)LK(_s3)(c, j, mode) << (j & 63);
-        if ((j & 63) == 63) {
-            c->found[j >> 6] = fw;
-            fw = 0;
-        }
-    }
-    /* drain */
-    for (; i < n + 3 * D; i++) {
-        if (i - D < n)
-            LK(_s1)(c, i - D, mode);
-        if (i - 2 * D < n)
-            LK(_s2)(c, i - 2 * D, mode);
-        size_t j = i - 3 * D;
-        fw |= (uint64_t)LK(_s3)(c, j, mode) << (j & 63);
-        if ((j & 63) == 63) {
-            c->found[j >> 6] = fw;
-            fw = 0;
-        }
-    }
-    if (n & 63)
-        c->found[n >> 6] = fw;
     size_t hits = 0;
     for (size_t w = 0; w < (n + 63) / 64; w++)
         hits += (size_t)__builtin_popcountll(c->found[w]);

@@ -219,10 +219,8 @@ static int lookup_one_slow(dhps_store *s, const index_table *t, const hkey *k, u
             m |= (uint32_t)(__atomic_load_n(&(b)->tags[i_], __ATOMIC_RELAXED) == (tag)) << i_; \
     } while (0)
 
-/* The lookup pipeline (lookup_impl.h): stage distance in keys, and the ring of key
- * states (a power of two > 3 x the distance). */
-#define LOOKUP_DIST 4
-#define LOOKUP_RING 16
+/* Keys per stage pass of the lookup (lookup_impl.h) */
+#define LOOKUP_CHUNK 64
 
 /* Copy a value of a constant n bytes (64, 128, 256): inline moves instead of a call to
  * memcpy with a run-time length. Under TSan every value copy is copy_sync's. */
