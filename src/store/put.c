@@ -140,8 +140,7 @@ typedef struct put_state {
     bool need2;
 } put_state;
 
-#define PUT_DIST 4  /* stage distance in keys */
-#define PUT_RING 16 /* a power of two > 3 x PUT_DIST */
+#define PUT_CHUNK 64 /* keys per stage pass (a power of two) */
 
 /* What one upsert call shares. */
 typedef struct put_ctx {
@@ -155,7 +154,7 @@ typedef struct put_ctx {
     long applied;
     bool fast; /* the fast in-place path applies: no TTL, in-place writes allowed and no
                   retired index table waiting */
-    put_state st[PUT_RING];
+    put_state st[PUT_CHUNK];
 } put_ctx;
 
 /* always_inline: gcc 12 finds a function that only loads and prefetches "const" and
@@ -174,7 +173,7 @@ static inline __attribute__((always_inline)) void put_prefetch_record(const dhps
 /* stage 0: hash key i, prefetch its first bucket */
 static inline __attribute__((always_inline)) void put_s0(put_ctx *c, size_t i, index_table *pt)
 {
-    put_state *q = &c->st[i & (PUT_RING - 1)];
+    put_state *q = &c->st[i & (PUT_CHUNK - 1)];
     q->h = store_hash(c->s, c->b->keys[i]);
     q->t = pt;
     q->hb = &pt->b[fastrange32((uint32_t)q->h, pt->nb)];
@@ -184,7 +183,7 @@ static inline __attribute__((always_inline)) void put_s0(put_ctx *c, size_t i, i
 /* stage 1: match the first bucket; prefetch the candidate record or the second bucket */
 static inline __attribute__((always_inline)) void put_s1(put_ctx *c, size_t i, index_table *pt)
 {
-    put_state *q = &c->st[i & (PUT_RING - 1)];
+    put_state *q = &c->st[i & (PUT_CHUNK - 1)];
     if (__builtin_expect(q->t != pt, 0)) { /* the index grew: hint again */
         q->t = pt;
         q->hb = &pt->b[fastrange32((uint32_t)q->h, pt->nb)];
@@ -204,7 +203,7 @@ static inline __attribute__((always_inline)) void put_s1(put_ctx *c, size_t i, i
 /* stage 2: match the second bucket if needed; prefetch its candidate record */
 static inline __attribute__((always_inline)) void put_s2(put_ctx *c, size_t i, index_table *pt)
 {
-    put_state *q = &c->st[i & (PUT_RING - 1)];
+    put_state *q = &c->st[i & (PUT_CHUNK - 1)];
     if (__builtin_expect(!q->need2, 1) || q->t != pt)
         return;
     q->need2 = false;
@@ -221,7 +220,7 @@ static __attribute__((noinline)) int put_key(put_ctx *c, size_t j, index_table *
 {
     dhps_store *s = c->s;
     const dhps_store_batch *b = c->b;
-    put_state *q = &c->st[j & (PUT_RING - 1)];
+    put_state *q = &c->st[j & (PUT_CHUNK - 1)];
     uint64_t key = b->keys[j];
     uint32_t len = b->lens ? b->lens[j] : (uint32_t)b->value_stride;
     if (b->lens && (len > b->value_stride || len > DHPS_STORE_MAX_VALUE))
@@ -279,7 +278,7 @@ static inline __attribute__((always_inline)) int put_s3(put_ctx *c, size_t j, in
 {
     dhps_store *s = c->s;
     const dhps_store_batch *b = c->b;
-    put_state *q = &c->st[j & (PUT_RING - 1)];
+    put_state *q = &c->st[j & (PUT_CHUNK - 1)];
     uint64_t key = b->keys[j];
     uint32_t bkt = 0;
     int slot = -1;
@@ -356,40 +355,26 @@ long dhps_store_put(dhps_store *s, const dhps_store_batch *b, uint64_t *stale)
     c.appended = 0;
     c.applied = 0;
     c.fast = c.ttl == 0 && s->p.inplace_updates && !s->retired_tables;
-    /* Per-key pipeline as for lookups (lookup_impl.h), prefetching for writing: key i
-     * is hashed and its first bucket prefetched; key i - D has its first bucket matched
-     * and its record (or second bucket) prefetched; key i - 2D its second bucket; key
-     * i - 3D is applied with its lines warm. The index may grow while a batch is
-     * applied, so each turn reads the current table. */
-    enum { D = PUT_DIST };
-    size_t i = 0;
-    for (; i < 3 * D; i++) { /* fill */
+    /* Stage passes over chunks of keys as for lookups (lookup_impl.h), prefetching for
+     * writing: the chunk's keys are hashed and their first buckets prefetched; then
+     * matched, their records (or second buckets) prefetched; then second buckets; then
+     * each key is applied with its lines warm. The index may grow while keys are
+     * applied, so each pass and each key reads the current table. */
+    for (size_t base = 0; base < n; base += PUT_CHUNK) {
+        size_t e = base + PUT_CHUNK < n ? base + PUT_CHUNK : n;
         index_table *pt = atomic_load_explicit(&s->table, memory_order_relaxed);
-        if (i < n)
-            put_s0(&c, i, pt);
-        if (i >= D && i - D < n)
-            put_s1(&c, i - D, pt);
-        if (i >= 2 * D && i - 2 * D < n)
-            put_s2(&c, i - 2 * D, pt);
-    }
-    for (; i < n; i++) { /* steady state */
-        index_table *pt = atomic_load_explicit(&s->table, memory_order_relaxed);
-        put_s0(&c, i, pt);
-        put_s1(&c, i - D, pt);
-        put_s2(&c, i - 2 * D, pt);
-        int rc = put_s3(&c, i - 3 * D, pt);
-        if (__builtin_expect(rc != 0, 0))
-            return c.applied ? c.applied : rc;
-    }
-    for (; i < n + 3 * D; i++) { /* drain */
-        index_table *pt = atomic_load_explicit(&s->table, memory_order_relaxed);
-        if (i - D < n)
-            put_s1(&c, i - D, pt);
-        if (i - 2 * D < n)
-            put_s2(&c, i - 2 * D, pt);
-        int rc = put_s3(&c, i - 3 * D, pt);
-        if (rc)
-            return c.applied ? c.applied : rc;
+        for (size_t k = base; k < e; k++)
+            put_s0(&c, k, pt);
+        for (size_t k = base; k < e; k++)
+            put_s1(&c, k, pt);
+        for (size_t k = base; k < e; k++)
+            put_s2(&c, k, pt);
+        for (size_t k = base; k < e; k++) {
+            pt = atomic_load_explicit(&s->table, memory_order_relaxed);
+            int rc = put_s3(&c, k, pt);
+            if (__builtin_expect(rc != 0, 0))
+                return c.applied ? c.applied : rc;
+        }
     }
     if (s->p.auto_maintain)
         maintain_after_put(s, c.appended);
