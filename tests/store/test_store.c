@@ -267,6 +267,61 @@ static void index_grows(void **state)
     dhps_store_destroy(s);
 }
 
+/* One batch that grows the index several times while it is applied: new keys, each
+ * written twice in the same chunk of the batch (the second, newer write wins and no
+ * key is inserted twice), then a second batch mixing in-place rewrites of those keys
+ * with new keys that grow the index again. Lookups of a length that is not a multiple
+ * of 64 leave the found bits past n clear whatever the array held. */
+static void batch_grows_index(void **state)
+{
+    (void)state;
+    enum { U = 6000, N = 2 * U, D = 64 };
+    static uint64_t keys[N], vers[N];
+    static uint8_t vals[(size_t)N * D], out[(size_t)N * D];
+    uint64_t found[(N + 63) / 64];
+    dhps_store *s = mk_store(NULL, 500, 0);
+    dhps_store_reader *r;
+    assert_int_equal(dhps_store_reader_open(s, &r), 0);
+    uint64_t x = 99;
+    for (int i = 0; i < U; i++) {
+        keys[2 * i] = keys[2 * i + 1] = splitmix(&x);
+        vers[2 * i] = 1;
+        vers[2 * i + 1] = 2;
+    }
+    for (int i = 0; i < N; i++)
+        fill_value(vals + (size_t)i * D, D, keys[i], vers[i]);
+    dhps_store_batch b = {.keys = keys, .n = N, .values = vals, .value_stride = D, .versions = vers};
+    assert_int_equal(dhps_store_put(s, &b, NULL), N);
+    dhps_store_stats st;
+    dhps_store_get_stats(s, &st);
+    assert_int_equal(st.keys, U);
+    assert_true(st.index_grows >= 2);
+    uint64_t grows = st.index_grows;
+    /* second batch: the U keys at version 3 interleaved with U new keys */
+    for (int i = 0; i < U; i++) {
+        keys[2 * i] = keys[2 * i + 1];
+        keys[2 * i + 1] = splitmix(&x);
+        vers[2 * i] = vers[2 * i + 1] = 3;
+    }
+    for (int i = 0; i < N; i++)
+        fill_value(vals + (size_t)i * D, D, keys[i], 3);
+    assert_int_equal(dhps_store_put(s, &b, NULL), N);
+    dhps_store_get_stats(s, &st);
+    assert_int_equal(st.keys, N);
+    assert_true(st.index_grows > grows);
+    for (size_t n = N - 37; n <= N; n += 37) {
+        memset(found, 0xFF, sizeof found);
+        assert_int_equal(dhps_store_get(r, keys, n, out, D, NULL, found), n);
+        for (size_t i = 0; i < n; i++)
+            if (!check_value(out + i * D, D, keys[i], 3))
+                fail_msg("row %zu of %zu is not version 3", i, n);
+        for (size_t i = n; i < (n + 63) / 64 * 64; i++)
+            assert_int_equal(bit(found, i), 0);
+    }
+    dhps_store_reader_close(r);
+    dhps_store_destroy(s);
+}
+
 static void high_fill_from_hint(void **state)
 {
     (void)state;
@@ -573,6 +628,7 @@ int main(void)
         cmocka_unit_test(simd_paths_agree),
         cmocka_unit_test(fixed_row_sizes),
         cmocka_unit_test(index_grows),
+        cmocka_unit_test(batch_grows_index),
         cmocka_unit_test(high_fill_from_hint),
         cmocka_unit_test(ttl_precise_expiry),
         cmocka_unit_test(memory_limit_evicts_nearest_expiry),
