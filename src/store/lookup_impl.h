@@ -20,10 +20,9 @@
  *
  * Schedule: batch-wide stage passes over chunks of LOOKUP_CHUNK (64) keys: stage 0 for
  * the whole chunk (64 first-bucket prefetches in flight), then stage 1 for the chunk
- * (its record prefetches), stage 2, stage 3. Measured against a per-key pipeline
- * (stage distance 4, 8, 16) and chunks of 16-128 (docs/PERFORMANCE.md): passes over
- * 32-64 keys keep the most misses in flight once the data is beyond the caches and
- * cost nothing while it is inside them.
+ * (its record prefetches), stage 2, stage 3: the most misses in flight once the data
+ * is beyond the caches. dhps-store-probe's lookups per reference line read for this and
+ * the earlier schedules are in docs/PERFORMANCE.md.
  *
  * Per-key instructions matter as much as the schedule once the data is in cache, so
  * the body is compiled once per copy mode (values of exactly 64, 128 or 256 bytes
