@@ -236,9 +236,10 @@ void dhps_server_config_free(dhps_server_config *c);
  * Create a server from cfg (copied; cfg may be freed afterwards): reads the secret
  * file, creates the stores and the rpc server (its TCP port is bound now, or the rpc_fd
  * socket taken over). Nothing runs yet. Returns 0 and sets *out, or DHPS_E_CONFIG (bad
- * secret file: missing, empty or too long; a socket given not bound where the config
- * says; message in err), -errno (bind, ...), -ENOMEM. A world-readable secret file is
- * accepted with a warning in the log. Free with dhps_server_destroy.
+ * secret file: missing, empty, too long, too weak, or open to its group or other users
+ * (dhps_client_secret_load's rules, docs/security.md); a socket given not bound where the
+ * config says; message in err), -errno (bind, ...), -ENOMEM. Free with
+ * dhps_server_destroy.
  */
 int dhps_server_create(const dhps_server_config *cfg, dhps_server **out, char *err,
                        size_t errlen);
