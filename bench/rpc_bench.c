@@ -5,6 +5,7 @@
  *   dhps-bench rpc --transport tcp|shm|verbs [--payload B] [--batch K] [--threads T]
  *                  [--workers W] [--seconds S] [--peers] [--json]
  *   dhps-bench rpc --transport tcp --tls [--payload B[,B...]] [--rounds N] [...]
+ *   dhps-bench rpc --transport tcp|shm|verbs --rounds N [--peers] [...]
  *
  * An in-process server (W workers, echo handler: the response has the request's size)
  * and T client threads, each with its own client and channel, keeping K calls in
@@ -14,7 +15,10 @@
  * (CLOCK_THREAD_CPUTIME_ID of each) and the rest of the process (getrusage minus the
  * clients': the server's acceptors and workers). --peers runs redis-server on 127.0.0.1
  * and redis-benchmark (PING, SET then GET of that value, pipeline K, T connections, value
- * size B) in the same run.
+ * size B) in the same run. --wait block: the clients sleep in epoll while their K calls
+ * are in flight (as redis-benchmark does) instead of busy-polling. --rounds N (without --tls) repeats the pair N times, the order
+ * flipping every round, and prints each round's ratios dhps/redis, then the median and
+ * range (min-max) of every figure and of the per-round ratios.
  *
  * --tls: for each payload size, N rounds of plain TCP then TCP+TLS (the order flips every
  * round, so a drift of the machine's load does not favour one side), S seconds each, a
@@ -57,6 +61,8 @@ typedef struct opts {
     double seconds;
     bool peers, json, tls_compare;
     bool tls;                     /* this run over TLS */
+    bool rounds_given;            /* --rounds on the command line */
+    bool block;                   /* clients sleep in epoll while K calls are in flight */
     char tls_dir[64];             /* certificates (--tls) */
 } opts;
 
@@ -154,9 +160,10 @@ static void *client_main(void *p)
                 break;
             tl_inflight++;
         }
-        /* busy-poll (the latency runs), or with --tls sleep in epoll while all K calls
-         * are in flight: CPU per call is then a call's work, not the wait's spinning */
-        dhps_rpc_client_poll(c, o->tls_compare && tl_inflight >= o->batch ? 5 : 0);
+        /* busy-poll (--wait spin), or sleep in epoll while all K calls are in flight
+         * (--wait block, and always with --tls: CPU per call is then a call's work, not
+         * the wait's spinning) */
+        dhps_rpc_client_poll(c, o->block && tl_inflight >= o->batch ? 5 : 0);
     }
     w->cpu_ns = dhps_clock_ns(CLOCK_THREAD_CPUTIME_ID) - cpu0;
     while (tl_inflight > 0)
@@ -233,10 +240,16 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: dhps-bench rpc --transport tcp|shm|verbs [--payload B] [--batch K]\n"
                "                      [--threads T] [--workers W] [--seconds S] [--peers] [--json]\n"
+               "                      [--wait spin|block] [--rounds N]\n"
                "       dhps-bench rpc --transport tcp --tls [--payload B[,B...]] [--rounds N]\n"
                "                      [--batch K] [--threads T] [--workers W] [--seconds S] [--json]\n"
-               "defaults: payload 32, batch 16, threads 1, workers 1, seconds 3, rounds 5 (--tls)\n"
-               "--tls: plain TCP vs TCP+TLS in one run, N rounds each, ratio TLS/plain\n");
+               "       dhps-bench rpc --transport T --rounds N [--peers] [...]: N rounds, median\n"
+               "                      and range (with --peers: of dhps/redis per round)\n"
+               "defaults: payload 32, batch 16, threads 1, workers 1, seconds 3, rounds 1\n"
+               "          (--tls: 5)\n"
+               "--tls: plain TCP vs TCP+TLS in one run, N rounds each, ratio TLS/plain\n"
+               "--wait: clients busy-poll (spin, default) or sleep in epoll while all K calls\n"
+               "        are in flight (block; always with --tls)\n");
 }
 
 /* One measured run. */
@@ -443,6 +456,107 @@ static int tls_compare(opts *o)
     return rc;
 }
 
+static const char *const tn[] = {"tcp", "shm", "verbs"};
+
+/* --rounds N without --tls: N rounds of this transport and (--peers) redis-benchmark,
+ * the order flipping every round; each round's ratios, then the median and range of
+ * every figure and of the per-round ratios. A round with errors or a failed peer run
+ * fails the bench. */
+static int peers_rounds(const opts *o)
+{
+    int n = o->rounds;
+    double v[5][64]; /* {dhps mps, p99, ping, get, cpu/call} x round */
+    double ratio[2][64]; /* dhps / redis {PING, GET} x round */
+    if (!o->json)
+        printf("rpc %s: payload %zu B, batch %d, threads %d, workers %d, clients %s, %.1f s "
+               "per run, %d rounds%s\n", tn[o->transport], o->payload, o->batch, o->threads,
+               o->workers, o->block ? "block" : "spin", o->seconds, n,
+               o->peers ? " beside redis-benchmark (order flips each round)" : "");
+    else
+        printf("{\"transport\": \"%s\", \"payload\": %zu, \"batch\": %d, \"threads\": %d, "
+               "\"workers\": %d, \"wait\": \"%s\", \"seconds\": %.2f, \"rounds\": [",
+               tn[o->transport], o->payload, o->batch, o->threads, o->workers,
+               o->block ? "block" : "spin", o->seconds);
+    for (int r = 0; r < n; r++) {
+        result res;
+        double ping = 0, get = 0;
+        int rc = 0;
+        for (int k = 0; k < 2 && !rc; k++) {
+            bool peer_turn = (k == 1) != (r % 2 == 1); /* dhps first on even rounds */
+            if (peer_turn)
+                rc = o->peers ? run_peers(o, &ping, &get) : 0;
+            else
+                rc = run_once(o, &res) || res.errors ? 1 : 0;
+        }
+        if (rc) {
+            if (o->json)
+                printf("]}\n");
+            fprintf(stderr, "dhps-bench rpc: round %d failed (errors, no channel, or "
+                    "redis-server/redis-benchmark did not run)\n", r + 1);
+            return 1;
+        }
+        v[0][r] = res.mps;
+        v[1][r] = res.p99;
+        v[2][r] = ping;
+        v[3][r] = get;
+        v[4][r] = res.cpu_us;
+        ratio[0][r] = ping > 0 ? res.mps / ping : 0;
+        ratio[1][r] = get > 0 ? res.mps / get : 0;
+        if (o->json) {
+            printf("%s{\"calls_mps\": %.4f, \"p50_us\": %.2f, \"p99_us\": %.2f, "
+                   "\"p999_us\": %.2f, \"cpu_us_per_call\": %.3f", r ? ", " : "", res.mps,
+                   res.p50, res.p99, res.p999, res.cpu_us);
+            if (o->peers)
+                printf(", \"redis_ping_mps\": %.4f, \"redis_get_mps\": %.4f, "
+                       "\"ratio_ping\": %.3f, \"ratio_get\": %.3f", ping, get, ratio[0][r],
+                       ratio[1][r]);
+            printf("}");
+        } else {
+            printf("  round %d: dhps %.3f M calls/s, p99 %.1f us, CPU %.2f us/call", r + 1,
+                   res.mps, res.p99, res.cpu_us);
+            if (o->peers)
+                printf(" | redis PING %.3f M/s, GET %.3f M/s | dhps/PING %.2fx, dhps/GET %.2fx",
+                       ping, get, ratio[0][r], ratio[1][r]);
+            printf("\n");
+        }
+        fflush(stdout);
+    }
+    double m[5][3], rr[2][3];
+    for (int q = 0; q < 5; q++)
+        spread(v[q], n, m[q]);
+    double min_ping = ratio[0][0];
+    for (int r = 1; r < n; r++)
+        if (ratio[0][r] < min_ping)
+            min_ping = ratio[0][r];
+    spread(ratio[0], n, rr[0]);
+    spread(ratio[1], n, rr[1]);
+    if (o->json) {
+        printf("], \"summary\": {\"calls_mps\": [%.4f, %.4f, %.4f], \"p99_us\": [%.2f, %.2f, "
+               "%.2f], \"cpu_us_per_call\": [%.3f, %.3f, %.3f]", m[0][0], m[0][1], m[0][2],
+               m[1][0], m[1][1], m[1][2], m[4][0], m[4][1], m[4][2]);
+        if (o->peers)
+            printf(", \"redis_ping_mps\": [%.4f, %.4f, %.4f], \"redis_get_mps\": [%.4f, %.4f, "
+                   "%.4f], \"ratio_ping\": [%.3f, %.3f, %.3f], \"ratio_get\": [%.3f, %.3f, "
+                   "%.3f]", m[2][0], m[2][1], m[2][2], m[3][0], m[3][1], m[3][2], rr[0][0],
+                   rr[0][1], rr[0][2], rr[1][0], rr[1][1], rr[1][2]);
+        printf("}}\n");
+    } else {
+        printf("median (min-max) over %d rounds:\n", n);
+        printf("  dhps       %.3f M calls/s (%.3f-%.3f), p99 %.1f us (%.1f-%.1f), "
+               "CPU %.2f us/call (%.2f-%.2f)\n", m[0][0], m[0][1], m[0][2], m[1][0], m[1][1],
+               m[1][2], m[4][0], m[4][1], m[4][2]);
+        if (o->peers) {
+            printf("  redis      PING %.3f M/s (%.3f-%.3f), GET %.3f M/s (%.3f-%.3f)\n",
+                   m[2][0], m[2][1], m[2][2], m[3][0], m[3][1], m[3][2]);
+            printf("  dhps/PING  %.2fx (rounds %.2f-%.2f); dhps/GET %.2fx (rounds %.2f-%.2f)\n",
+                   rr[0][0], rr[0][1], rr[0][2], rr[1][0], rr[1][1], rr[1][2]);
+            printf("  target     dhps/PING >= 2x in every round: %s (lowest round %.2fx)\n",
+                   min_ping >= 2.0 ? "met" : "not met", min_ping);
+        }
+    }
+    return 0;
+}
+
 /* --payload B[,B...] */
 static int parse_payloads(opts *o, const char *arg)
 {
@@ -472,7 +586,8 @@ int bench_rpc_main(int argc, char **argv)
         {"workers", required_argument, 0, 'w'},   {"seconds", required_argument, 0, 's'},
         {"peers", no_argument, 0, 'P'},           {"json", no_argument, 0, 'j'},
         {"tls", no_argument, 0, 'L'},             {"rounds", required_argument, 0, 'r'},
-        {"help", no_argument, 0, 'h'},            {0, 0, 0, 0}};
+        {"wait", required_argument, 0, 'W'},      {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0}};
     int c;
     bool bad = false;
     optind = 1;
@@ -491,11 +606,19 @@ int bench_rpc_main(int argc, char **argv)
         case 'P': o.peers = true; break;
         case 'j': o.json = true; break;
         case 'L': o.tls_compare = true; break;
-        case 'r': o.rounds = atoi(optarg); break;
+        case 'r': o.rounds = atoi(optarg); o.rounds_given = true; break;
+        case 'W':
+            if (!strcmp(optarg, "block"))
+                o.block = true;
+            else if (strcmp(optarg, "spin"))
+                bad = true;
+            break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
     }
+    if (o.tls_compare)
+        o.block = true;
     o.payload = o.payloads[0];
     if (bad || o.transport < 0 || o.batch < 1 || o.threads < 1 || o.threads > 64 ||
         o.workers < 1 || o.seconds <= 0 || o.rounds < 1 || o.rounds > 64 ||
@@ -511,26 +634,29 @@ int bench_rpc_main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     if (o.tls_compare)
         return tls_compare(&o);
+    if (o.rounds_given && o.rounds > 1)
+        return peers_rounds(&o);
     result r;
     if (run_once(&o, &r))
         return 1;
     double ping = 0, get = 0;
     int peers_rc = o.peers ? run_peers(&o, &ping, &get) : 0;
-    static const char *tn[] = {"tcp", "shm", "verbs"};
     if (o.json) {
         printf("{\"transport\": \"%s\", \"payload\": %zu, \"batch\": %d, \"threads\": %d, "
                "\"calls_mps\": %.4f, \"gbytes_s\": %.4f, \"p50_us\": %.2f, \"p99_us\": %.2f, "
                "\"p999_us\": %.2f, \"cpu_us_per_call\": %.3f, \"cpu_client_us_per_call\": %.3f, "
-               "\"cpu_server_us_per_call\": %.3f, \"errors\": %llu",
+               "\"cpu_server_us_per_call\": %.3f, \"errors\": %llu, \"wait\": \"%s\"",
                tn[o.transport], o.payload, o.batch, o.threads, r.mps, r.gbs, r.p50, r.p99, r.p999,
-               r.cpu_us, r.cpu_client_us, r.cpu_server_us, (unsigned long long)r.errors);
+               r.cpu_us, r.cpu_client_us, r.cpu_server_us, (unsigned long long)r.errors,
+               o.block ? "block" : "spin");
         if (o.peers)
             printf(", \"peers\": {\"redis_ping\": {\"calls_mps\": %.4f}, "
                    "\"redis_get\": {\"calls_mps\": %.4f}}", ping, get);
         printf("}\n");
     } else {
-        printf("rpc %s: payload %zu B, batch %d, threads %d, workers %d, %.1f s\n", tn[o.transport],
-               o.payload, o.batch, o.threads, o.workers, r.secs);
+        printf("rpc %s: payload %zu B, batch %d, threads %d, workers %d, clients %s, %.1f s\n",
+               tn[o.transport], o.payload, o.batch, o.threads, o.workers,
+               o.block ? "block" : "spin", r.secs);
         printf("  calls      %.3f M calls/s (%llu calls, %llu errors)\n", r.mps,
                (unsigned long long)r.calls, (unsigned long long)r.errors);
         printf("  payload    %.3f GB/s (request + response)\n", r.gbs);
@@ -542,8 +668,8 @@ int bench_rpc_main(int argc, char **argv)
                 printf("  redis      FAILED to run redis-server/redis-benchmark\n");
             else
                 printf("  redis      PING %.3f M/s, GET %.3f M/s (pipeline %d, %d conns); "
-                       "dhps/redis-GET %.2fx\n", ping, get, o.batch, o.threads,
-                       get > 0 ? r.mps / get : 0);
+                       "dhps/redis-PING %.2fx, dhps/redis-GET %.2fx\n", ping, get, o.batch,
+                       o.threads, ping > 0 ? r.mps / ping : 0, get > 0 ? r.mps / get : 0);
         }
     }
     return r.errors || peers_rc ? 1 : 0;
