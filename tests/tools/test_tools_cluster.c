@@ -14,65 +14,23 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "capture.h"
 #include "server_bin.h"
 #include "tablefile.h"
 #include "tools.h"
 #include "test_scale.h"
 
 static char g_dir[256];
-static char g_cmd[4096];
-
-static int run(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int run(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(g_cmd, sizeof g_cmd, fmt, ap);
-    va_end(ap);
-    int st = system(g_cmd);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-}
-
-/* Run a command and capture its stdout (malloc'ed). */
-static char *capture(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static char *capture(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(g_cmd, sizeof g_cmd, fmt, ap);
-    va_end(ap);
-    FILE *p = popen(g_cmd, "r");
-    assert_non_null(p);
-    size_t cap = 1 << 16, n = 0;
-    char *buf = malloc(cap);
-    size_t r;
-    while ((r = fread(buf + n, 1, cap - n - 1, p)) > 0)
-        n += r;
-    buf[n] = 0;
-    pclose(p);
-    return buf;
-}
-
-/* Kill whatever pids cluster.json still lists (after a failed test). */
-static void kill_leftovers(void)
-{
-    char *pids = capture("grep -o '\"pid\": [0-9]*' %s/cluster.json 2>/dev/null | cut -d' ' -f2",
-                         g_dir);
-    for (char *s = strtok(pids, "\n"); s; s = strtok(NULL, "\n"))
-        if (atoi(s) > 0)
-            kill(atoi(s), SIGKILL);
-    free(pids);
-}
 
 static void up_get_put_down(void **state)
 {
     (void)state;
-    int rc = run(DHPS_BIN " up --dir %s --nodes 4 --shards 64 --keys 20000 --dim 8 "
+    int rc = shellf(DHPS_BIN " up --dir %s --nodes 4 --shards 64 --keys 20000 --dim 8 "
                  "--seconds 1 --threads 2 --batch 200 --quiet > %s/up.out 2>&1", g_dir, g_dir);
     if (rc != 0)
-        run("cat %s/up.out; tail -20 %s/node*/server.log", g_dir, g_dir);
+        shellf("cat %s/up.out; tail -20 %s/node*/server.log", g_dir, g_dir);
     assert_int_equal(rc, 0);
-    char *out = capture("cat %s/up.out", g_dir);
+    char *out = capturef(NULL, "cat %s/up.out", g_dir);
     assert_non_null(strstr(out, "all match"));
     assert_non_null(strstr(out, "keys/s"));
     assert_non_null(strstr(out, "p99.9"));
@@ -83,7 +41,7 @@ static void up_get_put_down(void **state)
     free(out);
 
     /* get: the sample row of key 123 */
-    out = capture(DHPS_BIN " get 123 19999 --cluster %s", g_dir);
+    out = capturef(NULL, DHPS_BIN " get 123 19999 --cluster %s", g_dir);
     float want[8];
     tools_sample_row(123, 8, want);
     char line[512];
@@ -93,14 +51,14 @@ static void up_get_put_down(void **state)
     assert_non_null(strstr(out, line));
     assert_non_null(strstr(out, "\n19999 "));
     free(out);
-    out = capture(DHPS_BIN " get 20000 --cluster %s", g_dir);
+    out = capturef(NULL, DHPS_BIN " get 20000 --cluster %s", g_dir);
     assert_non_null(strstr(out, "20000 missing"));
     free(out);
 
     /* keys no ready replica answered: 3 of the 4 nodes stopped (SIGSTOP), so the shards
      * without a replica on node 0 go unanswered; get says so per key, names the failed
      * nodes and exits 1 (it printed them "missing" with exit 0 once) */
-    char *pids = capture("grep -o '\"pid\": [0-9]*' %s/cluster.json | cut -d' ' -f2 | tail -3",
+    char *pids = capturef(NULL, "grep -o '\"pid\": [0-9]*' %s/cluster.json | cut -d' ' -f2 | tail -3",
                          g_dir);
     int stopped[3], nstopped = 0;
     for (char *s = strtok(pids, "\n"); s && nstopped < 3; s = strtok(NULL, "\n"))
@@ -108,53 +66,53 @@ static void up_get_put_down(void **state)
             stopped[nstopped++] = atoi(s);
     free(pids);
     assert_int_equal(nstopped, 3);
-    rc = run(DHPS_BIN " get 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 --cluster %s "
+    rc = shellf(DHPS_BIN " get 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 --cluster %s "
              "> %s/get.out 2> %s/get.err", g_dir, g_dir, g_dir);
     for (int i = 0; i < nstopped; i++)
         kill(stopped[i], SIGCONT);
     assert_int_equal(rc, 1);
-    out = capture("cat %s/get.out", g_dir);
+    out = capturef(NULL, "cat %s/get.out", g_dir);
     assert_non_null(strstr(out, " unanswered ("));
     assert_null(strstr(out, " missing"));
     free(out);
-    out = capture("cat %s/get.err", g_dir);
+    out = capturef(NULL, "cat %s/get.err", g_dir);
     assert_non_null(strstr(out, "keys unanswered"));
     assert_non_null(strstr(out, "dhps get: failed nodes: node "));
     free(out);
 
     /* put, then get it back */
     /* right after three nodes were stopped and continued: a generous, scaled deadline */
-    assert_int_equal(run(DHPS_BIN " put 777777 1,2,3,4,5,6,7,8.5 --timeout-ms %u --cluster %s "
+    assert_int_equal(shellf(DHPS_BIN " put 777777 1,2,3,4,5,6,7,8.5 --timeout-ms %u --cluster %s "
                          "> /dev/null", dhps_test_ms(10000), g_dir), 0);
-    out = capture(DHPS_BIN " get 777777 --cluster %s", g_dir);
+    out = capturef(NULL, DHPS_BIN " get 777777 --cluster %s", g_dir);
     assert_string_equal(out, "777777 1,2,3,4,5,6,7,8.5\n");
     free(out);
-    assert_int_equal(run(DHPS_BIN " put 1 1,2 --cluster %s 2>/dev/null", g_dir), 2);
+    assert_int_equal(shellf(DHPS_BIN " put 1 1,2 --cluster %s 2>/dev/null", g_dir), 2);
 
     /* stats: 2 replicas of 20001 keys */
-    out = capture(DHPS_BIN " stats --json --cluster %s", g_dir);
+    out = capturef(NULL, DHPS_BIN " stats --json --cluster %s", g_dir);
     assert_non_null(strstr(out, "\"keys\": 40002"));
     assert_non_null(strstr(out, "\"failed_nodes\": 0"));
     free(out);
-    out = capture(DHPS_BIN " snapshot --cluster %s", g_dir);
+    out = capturef(NULL, DHPS_BIN " snapshot --cluster %s", g_dir);
     assert_non_null(strstr(out, "snapshot written"));
     assert_null(strstr(out, "failed"));
     free(out);
 
     /* the nodes of `dhps up` accept server-side fault rules (admin.faults): set, list, clear */
-    assert_int_equal(run(DHPS_BIN " fault set --node 1 --cluster %s --delay-us 500 > /dev/null",
+    assert_int_equal(shellf(DHPS_BIN " fault set --node 1 --cluster %s --delay-us 500 > /dev/null",
                          g_dir), 0);
-    out = capture(DHPS_BIN " fault list --node 1 --cluster %s", g_dir);
+    out = capturef(NULL, DHPS_BIN " fault list --node 1 --cluster %s", g_dir);
     assert_non_null(strstr(out, "1 rule"));
     free(out);
-    assert_int_equal(run(DHPS_BIN " fault clear --node 1 --cluster %s --all > /dev/null", g_dir),
+    assert_int_equal(shellf(DHPS_BIN " fault clear --node 1 --cluster %s --all > /dev/null", g_dir),
                      0);
-    out = capture(DHPS_BIN " fault list --node 1 --cluster %s", g_dir);
+    out = capturef(NULL, DHPS_BIN " fault list --node 1 --cluster %s", g_dir);
     assert_non_null(strstr(out, "0 rules"));
     free(out);
 
     /* a second up on a running cluster is refused */
-    assert_int_equal(run(DHPS_BIN " up --dir %s --nodes 4 --shards 64 --no-load --quiet "
+    assert_int_equal(shellf(DHPS_BIN " up --dir %s --nodes 4 --shards 64 --no-load --quiet "
                          ">/dev/null 2>&1", g_dir), 1);
 
     /* load a table file through the client */
@@ -171,10 +129,10 @@ static void up_get_put_down(void **state)
     assert_non_null(f);
     assert_int_equal(fwrite(file, 1, (size_t)flen, f), (size_t)flen);
     fclose(f);
-    out = capture(DHPS_BIN " load %s --table emb --cluster %s", path, g_dir);
+    out = capturef(NULL, DHPS_BIN " load %s --table emb --cluster %s", path, g_dir);
     assert_non_null(strstr(out, "loaded 3 rows"));
     free(out);
-    out = capture(DHPS_BIN " get 5000003 --cluster %s", g_dir);
+    out = capturef(NULL, DHPS_BIN " get 5000003 --cluster %s", g_dir);
     assert_string_equal(out, "5000003 16,17,18,19,20,21,22,23\n");
     free(out);
     /* a .npy (v2) of 4 x 8 fp32 rows keyed by row index + base */
@@ -191,11 +149,11 @@ static void up_get_put_down(void **state)
     assert_non_null(f);
     assert_int_equal(fwrite(npy, 1, (size_t)hl + sizeof nrows, f), (size_t)hl + sizeof nrows);
     fclose(f);
-    out = capture(DHPS_BIN " load %s --table emb --keys-from-row-index --key-base 6000000 "
+    out = capturef(NULL, DHPS_BIN " load %s --table emb --keys-from-row-index --key-base 6000000 "
                   "--cluster %s", path, g_dir);
     assert_non_null(strstr(out, "loaded 4 rows"));
     free(out);
-    out = capture(DHPS_BIN " get 6000003 --cluster %s", g_dir);
+    out = capturef(NULL, DHPS_BIN " get 6000003 --cluster %s", g_dir);
     assert_string_equal(out, "6000003 12,12.5,13,13.5,14,14.5,15,15.5\n");
     free(out);
 
@@ -204,12 +162,12 @@ static void up_get_put_down(void **state)
     f = fopen(path, "wb");
     fwrite(file, 1, (size_t)flen, f);
     fclose(f);
-    assert_int_equal(run(DHPS_BIN " load %s --table emb --cluster %s 2>/dev/null", path, g_dir), 1);
+    assert_int_equal(shellf(DHPS_BIN " load %s --table emb --cluster %s 2>/dev/null", path, g_dir), 1);
 
-    out = capture(DHPS_BIN " down --dir %s", g_dir);
+    out = capturef(NULL, DHPS_BIN " down --dir %s", g_dir);
     assert_non_null(strstr(out, "stopped cleanly"));
     free(out);
-    out = capture(DHPS_BIN " get 1 --cluster %s 2>&1", g_dir);
+    out = capturef(NULL, DHPS_BIN " get 1 --cluster %s 2>&1", g_dir);
     assert_non_null(strstr(out, "no cluster"));
     free(out);
 }
@@ -224,9 +182,9 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     (void)state;
-    run(DHPS_BIN " down --dir %s --timeout 10 > /dev/null 2>&1", g_dir);
-    kill_leftovers();
-    run("rm -rf %s", g_dir);
+    shellf(DHPS_BIN " down --dir %s --timeout 10 > /dev/null 2>&1", g_dir);
+    kill_cluster_leftovers(g_dir);
+    shellf("rm -rf %s", g_dir);
     return 0;
 }
 

@@ -25,43 +25,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "capture.h"
 #include "server_bin.h"
 #include "test_scale.h"
 
 static char g_dir[256];
 static char g_cmd[4096];
-
-static int run(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int run(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(g_cmd, sizeof g_cmd, fmt, ap);
-    va_end(ap);
-    int st = system(g_cmd);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-}
-
-/* stdout (and whatever the command redirects into it) of a shell command, malloc'ed. */
-static char *capture(int *rc, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static char *capture(int *rc, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(g_cmd, sizeof g_cmd, fmt, ap);
-    va_end(ap);
-    FILE *p = popen(g_cmd, "r");
-    assert_non_null(p);
-    size_t cap = 1 << 16, n = 0, r;
-    char *buf = malloc(cap);
-    while ((r = fread(buf + n, 1, cap - n - 1, p)) > 0)
-        n += r;
-    buf[n] = 0;
-    int st = pclose(p);
-    if (rc)
-        *rc = WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-    return buf;
-}
 
 /* "RPC METRICS" of node i's port file; false when unreadable. */
 static bool node_ports(int i, unsigned *rpc, unsigned *met)
@@ -125,9 +94,9 @@ static unsigned snap_files(void)
 
 static void up_cluster(void)
 {
-    int rc = run(DHPS_BIN " up --dir %s " UP_ARGS " > %s.up.out 2>&1", g_dir, g_dir);
+    int rc = shellf(DHPS_BIN " up --dir %s " UP_ARGS " > %s.up.out 2>&1", g_dir, g_dir);
     if (rc != 0)
-        run("cat %s.up.out; tail -5 %s/node*/server.log", g_dir, g_dir);
+        shellf("cat %s.up.out; tail -5 %s/node*/server.log", g_dir, g_dir);
     assert_int_equal(rc, 0);
 }
 
@@ -139,16 +108,16 @@ static void stop_start_same_ports(void **state)
     unsigned r0, m0, r1, m1;
     assert_true(node_ports(1, &r0, &m0));
     int rc, pid0 = node_pid(1);
-    char *out = capture(&rc, DHPS_BIN " stop --dir %s --node 1", g_dir);
+    char *out = capturef(&rc, DHPS_BIN " stop --dir %s --node 1", g_dir);
     assert_int_equal(rc, 0);
     assert_non_null(strstr(out, "stopped cleanly"));
     free(out);
     assert_false(alive(pid0));
-    out = capture(&rc, DHPS_BIN " stop --dir %s --node 1", g_dir);
+    out = capturef(&rc, DHPS_BIN " stop --dir %s --node 1", g_dir);
     assert_int_equal(rc, 0);
     assert_non_null(strstr(out, "was not running"));
     free(out);
-    out = capture(&rc, DHPS_BIN " start --dir %s --node 1", g_dir);
+    out = capturef(&rc, DHPS_BIN " start --dir %s --node 1", g_dir);
     assert_int_equal(rc, 0);
     assert_non_null(strstr(out, "healthy"));
     free(out);
@@ -156,25 +125,25 @@ static void stop_start_same_ports(void **state)
     assert_int_equal(r1, r0);
     assert_int_equal(m1, m0);
     /* the restarted node serves: every key of the sample table is found */
-    out = capture(&rc, DHPS_BIN " get 1 2 2999 --timeout-ms %u --cluster %s", dhps_test_ms(2000), g_dir);
+    out = capturef(&rc, DHPS_BIN " get 1 2 2999 --timeout-ms %u --cluster %s", dhps_test_ms(2000), g_dir);
     assert_int_equal(rc, 0);
     assert_null(strstr(out, "missing"));
     free(out);
     /* starting it again: one-line error, exit 1; unknown node; missing dir */
-    out = capture(&rc, DHPS_BIN " start --dir %s --node 1 2>&1", g_dir);
+    out = capturef(&rc, DHPS_BIN " start --dir %s --node 1 2>&1", g_dir);
     assert_int_equal(rc, 1);
     assert_non_null(strstr(out, "already running"));
     free(out);
-    out = capture(&rc, DHPS_BIN " start --dir %s --node 7 2>&1", g_dir);
+    out = capturef(&rc, DHPS_BIN " start --dir %s --node 7 2>&1", g_dir);
     assert_int_equal(rc, 1);
     assert_non_null(strstr(out, "no node '7'"));
     free(out);
-    out = capture(&rc, DHPS_BIN " stop --dir %s/nope --node 1 2>&1", g_dir);
+    out = capturef(&rc, DHPS_BIN " stop --dir %s/nope --node 1 2>&1", g_dir);
     assert_int_equal(rc, 1);
     assert_non_null(strstr(out, "cluster dir"));
     free(out);
     int pid1 = node_pid(1);
-    out = capture(&rc, DHPS_BIN " restart --dir %s --node n1", g_dir);
+    out = capturef(&rc, DHPS_BIN " restart --dir %s --node n1", g_dir);
     assert_int_equal(rc, 0);
     assert_non_null(strstr(out, "stopped cleanly"));
     assert_non_null(strstr(out, "healthy"));
@@ -183,7 +152,7 @@ static void stop_start_same_ports(void **state)
     assert_true(node_ports(1, &r1, &m1));
     assert_int_equal(r1, r0);
     assert_int_equal(m1, m0);
-    assert_int_equal(run(DHPS_BIN " down --dir %s > /dev/null", g_dir), 0);
+    assert_int_equal(shellf(DHPS_BIN " down --dir %s > /dev/null", g_dir), 0);
 }
 
 /* A node that ignores SIGTERM (stopped with SIGSTOP) is killed after --timeout, and stop
@@ -195,7 +164,7 @@ static void stop_escalates_start_reports_503(void **state)
     up_cluster();
     int rc, pid = node_pid(1);
     kill(pid, SIGSTOP);
-    char *out = capture(&rc, DHPS_BIN " stop --dir %s --node 1 --timeout 0.5", g_dir);
+    char *out = capturef(&rc, DHPS_BIN " stop --dir %s --node 1 --timeout 0.5", g_dir);
     assert_int_equal(rc, 1);
     assert_non_null(strstr(out, "killed (SIGKILL"));
     assert_null(strstr(out, "stopped cleanly"));
@@ -206,9 +175,9 @@ static void stop_escalates_start_reports_503(void **state)
      * (test_scale.h): the server must have its metrics port up within it. (It was a
      * startup_delay_ms of dhps_test_ms(3000), which at a scale above 20 -- TSan x5 at
      * load 8 on 2 cores -- passed the config's bound of 60000: the node exited 2.) */
-    assert_int_equal(run("sed -i 's|\"node_id\"|\"startup_gate_file\": \"%s/node1/gate\", "
+    assert_int_equal(shellf("sed -i 's|\"node_id\"|\"startup_gate_file\": \"%s/node1/gate\", "
                          "\"node_id\"|' %s/node1/server.json", g_dir, g_dir), 0);
-    out = capture(&rc, DHPS_BIN " start --dir %s --node 1 --timeout %.3f 2>&1", g_dir,
+    out = capturef(&rc, DHPS_BIN " start --dir %s --node 1 --timeout %.3f 2>&1", g_dir,
                   dhps_test_ms(1000) / 1000.0);
     assert_int_equal(rc, 1);
     if (!strstr(out, "/health answers 503") || !strstr(out, "left running"))
@@ -216,13 +185,13 @@ static void stop_escalates_start_reports_503(void **state)
     free(out);
     int pid2 = node_pid(1);
     assert_true(pid2 > 0 && alive(pid2));
-    out = capture(&rc, DHPS_BIN " start --dir %s --node 1 2>&1", g_dir);
+    out = capturef(&rc, DHPS_BIN " start --dir %s --node 1 2>&1", g_dir);
     assert_int_equal(rc, 1);
     assert_non_null(strstr(out, "already running"));
     free(out);
     /* open the gate: the node loads and stops cleanly with the others */
-    assert_int_equal(run("touch %s/node1/gate", g_dir), 0);
-    assert_int_equal(run(DHPS_BIN " down --dir %s --timeout %u > /dev/null", g_dir,
+    assert_int_equal(shellf("touch %s/node1/gate", g_dir), 0);
+    assert_int_equal(shellf(DHPS_BIN " down --dir %s --timeout %u > /dev/null", g_dir,
                          dhps_test_ms(30000) / 1000), 0);
     assert_false(alive(pid2));
 }
@@ -260,7 +229,7 @@ static void down_stops_hand_restart(void **state)
     assert_int_equal(r1, r0); /* server.json holds the map's ports */
     assert_int_equal(m1, m0);
     int rc;
-    char *out = capture(&rc, DHPS_BIN " down --dir %s", g_dir);
+    char *out = capturef(&rc, DHPS_BIN " down --dir %s", g_dir);
     char want[64];
     snprintf(want, sizeof want, "pid %-7d stopped cleanly", (int)pid);
     if (!strstr(out, want))
@@ -278,37 +247,37 @@ static void up_refuses_existing_dir(void **state)
 {
     (void)state;
     up_cluster();
-    assert_int_equal(run(DHPS_BIN " down --dir %s > /dev/null", g_dir), 0);
+    assert_int_equal(shellf(DHPS_BIN " down --dir %s > /dev/null", g_dir), 0);
     unsigned snaps = snap_files();
     assert_true(snaps > 0);
     int rc;
-    char *out = capture(&rc, DHPS_BIN " up --dir %s " UP_ARGS " --no-load 2>&1", g_dir);
+    char *out = capturef(&rc, DHPS_BIN " up --dir %s " UP_ARGS " --no-load 2>&1", g_dir);
     assert_int_not_equal(rc, 0);
     assert_non_null(strstr(out, "already holds a cluster"));
     assert_non_null(strstr(out, "--fresh"));
     free(out);
     assert_int_equal(snap_files(), snaps);
     /* the stopped cluster comes back whole, with its data */
-    out = capture(&rc, DHPS_BIN " start --dir %s", g_dir);
+    out = capturef(&rc, DHPS_BIN " start --dir %s", g_dir);
     assert_int_equal(rc, 0);
     assert_non_null(strstr(out, "3 nodes started and healthy"));
     free(out);
-    out = capture(&rc, DHPS_BIN " get 5 --timeout-ms %u --cluster %s", dhps_test_ms(2000), g_dir);
+    out = capturef(&rc, DHPS_BIN " get 5 --timeout-ms %u --cluster %s", dhps_test_ms(2000), g_dir);
     assert_int_equal(rc, 0);
     assert_null(strstr(out, "missing"));
     free(out);
     /* running: refused even with --fresh */
-    out = capture(&rc, DHPS_BIN " up --dir %s " UP_ARGS " --fresh 2>&1", g_dir);
+    out = capturef(&rc, DHPS_BIN " up --dir %s " UP_ARGS " --fresh 2>&1", g_dir);
     assert_int_equal(rc, 1);
     assert_non_null(strstr(out, "still running"));
     free(out);
-    assert_int_equal(run(DHPS_BIN " stop --dir %s > /dev/null", g_dir), 0);
-    out = capture(&rc, DHPS_BIN " up --dir %s " UP_ARGS " --no-load --fresh 2>&1", g_dir);
+    assert_int_equal(shellf(DHPS_BIN " stop --dir %s > /dev/null", g_dir), 0);
+    out = capturef(&rc, DHPS_BIN " up --dir %s " UP_ARGS " --no-load --fresh 2>&1", g_dir);
     assert_int_equal(rc, 0);
     assert_non_null(strstr(out, "--fresh: removing"));
     assert_non_null(strstr(out, "snapshot files"));
     free(out);
-    assert_int_equal(run(DHPS_BIN " down --dir %s > /dev/null", g_dir), 0);
+    assert_int_equal(shellf(DHPS_BIN " down --dir %s > /dev/null", g_dir), 0);
 }
 
 /* A port of --base-port taken: `dhps up` exits 1 with one line naming it, starts
@@ -349,7 +318,7 @@ static void up_taken_port(void **state)
     }
     assert_true(taken != 0);
     int rc;
-    char *out = capture(&rc, DHPS_BIN " up --dir %s " UP_ARGS " --base-port %u 2>&1", g_dir,
+    char *out = capturef(&rc, DHPS_BIN " up --dir %s " UP_ARGS " --base-port %u 2>&1", g_dir,
                         base);
     assert_int_equal(rc, 1);
     char want[96];
@@ -438,7 +407,7 @@ static void up_ports_held_until_the_servers_listen(void **state)
         if (stolen[i] >= 0)
             close(stolen[i]);
     if (!named || !WIFEXITED(st) || WEXITSTATUS(st) != 0 || n_stolen) {
-        run("cat %s.up.out >&2", g_dir);
+        shellf("cat %s.up.out >&2", g_dir);
         fail_msg("dhps up: %s, status %d; map ports seen: %s; %d of them taken by the thief "
                  "(%d binds tried)", exited ? "exited" : "timed out", st, named ? "yes" : "no",
                  n_stolen, tries);
@@ -451,7 +420,7 @@ static void up_ports_held_until_the_servers_listen(void **state)
         assert_int_equal(rpc, ports[2 * i]);
         assert_int_equal(met, ports[2 * i + 1]);
     }
-    assert_int_equal(run(DHPS_BIN " down --dir %s > /dev/null", g_dir), 0);
+    assert_int_equal(shellf(DHPS_BIN " down --dir %s > /dev/null", g_dir), 0);
 }
 
 static int setup(void **state)
@@ -464,8 +433,8 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     (void)state;
-    run(DHPS_BIN " down --dir %s --timeout 10 > /dev/null 2>&1", g_dir);
-    run("rm -rf %s %s.up.out", g_dir, g_dir);
+    shellf(DHPS_BIN " down --dir %s --timeout 10 > /dev/null 2>&1", g_dir);
+    shellf("rm -rf %s %s.up.out", g_dir, g_dir);
     return 0;
 }
 

@@ -21,72 +21,32 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "capture.h"
 #include "server_bin.h"
 
 static char g_dir[256];
-static char g_cmd[4096];
-
-static int run(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int run(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(g_cmd, sizeof g_cmd, fmt, ap);
-    va_end(ap);
-    int st = system(g_cmd);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-}
-
-static char *capture(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static char *capture(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(g_cmd, sizeof g_cmd, fmt, ap);
-    va_end(ap);
-    FILE *p = popen(g_cmd, "r");
-    assert_non_null(p);
-    size_t cap = 1 << 20, n = 0, r;
-    char *buf = malloc(cap);
-    assert_non_null(buf);
-    while ((r = fread(buf + n, 1, cap - n - 1, p)) > 0)
-        n += r;
-    buf[n] = 0;
-    pclose(p);
-    return buf;
-}
-
-static void kill_leftovers(void)
-{
-    char *pids = capture("grep -o '\"pid\": [0-9]*' %s/cluster.json 2>/dev/null | cut -d' ' -f2",
-                         g_dir);
-    for (char *s = strtok(pids, "\n"); s; s = strtok(NULL, "\n"))
-        if (atoi(s) > 0)
-            kill(atoi(s), SIGKILL);
-    free(pids);
-}
 
 static int setup(void **state)
 {
     (void)state;
     snprintf(g_dir, sizeof g_dir, "/tmp/dhps_test_metrics_XXXXXX");
     assert_non_null(mkdtemp(g_dir));
-    int rc = run(DHPS_BIN " up --dir %s/c --nodes 2 --replicas 2 --shards 16 --keys 2000 "
+    int rc = shellf(DHPS_BIN " up --dir %s/c --nodes 2 --replicas 2 --shards 16 --keys 2000 "
                  "--dim 4 --seconds 1 --threads 1 --batch 100 --quiet > %s/up.out 2>&1",
                  g_dir, g_dir);
     if (rc)
-        run("cat %s/up.out; tail -20 %s/c/node*/server.log", g_dir, g_dir);
+        shellf("cat %s/up.out; tail -20 %s/c/node*/server.log", g_dir, g_dir);
     assert_int_equal(rc, 0);
-    assert_int_equal(run(DHPS_BIN " snapshot --cluster %s/c > /dev/null", g_dir), 0);
+    assert_int_equal(shellf(DHPS_BIN " snapshot --cluster %s/c > /dev/null", g_dir), 0);
     return 0;
 }
 
 static int teardown(void **state)
 {
     (void)state;
-    run(DHPS_BIN " down --dir %s/c > /dev/null 2>&1", g_dir);
-    kill_leftovers();
-    run("rm -rf %s", g_dir);
+    shellf(DHPS_BIN " down --dir %s/c > /dev/null 2>&1", g_dir);
+    kill_cluster_leftovers(g_dir);
+    shellf("rm -rf %s", g_dir);
     return 0;
 }
 
@@ -115,12 +75,12 @@ static void promtool_clean_on_every_node(void **state)
 {
     (void)state;
     /* some traffic first: gets, a put */
-    assert_int_equal(run(DHPS_BIN " get 1 2 3 --cluster %s/c > /dev/null", g_dir), 0);
-    assert_int_equal(run(DHPS_BIN " put 7 1,2,3,4 --cluster %s/c > /dev/null", g_dir), 0);
-    char *ports = capture("grep -o '\"metrics_port\": [0-9]*' %s/c/cluster.json | cut -d' ' -f2",
+    assert_int_equal(shellf(DHPS_BIN " get 1 2 3 --cluster %s/c > /dev/null", g_dir), 0);
+    assert_int_equal(shellf(DHPS_BIN " put 7 1,2,3,4 --cluster %s/c > /dev/null", g_dir), 0);
+    char *ports = capturef(NULL, "grep -o '\"metrics_port\": [0-9]*' %s/c/cluster.json | cut -d' ' -f2",
                           g_dir);
     int nodes = 0;
-    bool have_promtool = run("command -v promtool > /dev/null") == 0;
+    bool have_promtool = shellf("command -v promtool > /dev/null") == 0;
     if (!have_promtool)
         fprintf(stderr, "promtool not installed (scripts/deps.sh): skipping its check\n");
     for (char *s = strtok(ports, "\n"); s; s = strtok(NULL, "\n")) {
@@ -129,8 +89,8 @@ static void promtool_clean_on_every_node(void **state)
         nodes++;
         char path[400];
         snprintf(path, sizeof path, "%s/metrics.%d", g_dir, port);
-        assert_int_equal(run("curl -sf http://127.0.0.1:%d/metrics > %s", port, path), 0);
-        char *body = capture("cat %s", path);
+        assert_int_equal(shellf("curl -sf http://127.0.0.1:%d/metrics > %s", port, path), 0);
+        char *body = capturef(NULL, "cat %s", path);
         check_help_type(body);
         assert_non_null(strstr(body, "dhps_build_info{version=\""));
         assert_non_null(strstr(body, "\nprocess_cpu_seconds_total "));
@@ -153,7 +113,7 @@ static void promtool_clean_on_every_node(void **state)
         }
         free(body);
         if (have_promtool) {
-            char *out = capture("promtool check metrics < %s 2>&1; echo rc=$?", path);
+            char *out = capturef(NULL, "promtool check metrics < %s 2>&1; echo rc=$?", path);
             if (!strstr(out, "rc=0") || strchr(out, '\n') != strrchr(out, '\n'))
                 fail_msg("promtool check metrics on node port %d:\n%s", port, out);
             free(out);
@@ -166,13 +126,13 @@ static void promtool_clean_on_every_node(void **state)
 static void version_flags(void **state)
 {
     (void)state;
-    char *v = capture(DHPS_BIN " --version");
+    char *v = capturef(NULL, DHPS_BIN " --version");
     assert_non_null(strstr(v, "dhps "));
     free(v);
-    v = capture(DHPS_BIN " get --version");
+    v = capturef(NULL, DHPS_BIN " get --version");
     assert_non_null(strstr(v, "dhps "));
     free(v);
-    v = capture(DHPS_SERVER_BIN " --version");
+    v = capturef(NULL, DHPS_SERVER_BIN " --version");
     assert_non_null(strstr(v, "dhps-server "));
     free(v);
 }
@@ -183,25 +143,25 @@ static void version_flags(void **state)
 static void secret_file_newline_and_empty(void **state)
 {
     (void)state;
-    assert_int_equal(run("(cat %s/c/secret; printf '\\n') > %s/secret.nl && chmod 600 %s/secret.nl",
+    assert_int_equal(shellf("(cat %s/c/secret; printf '\\n') > %s/secret.nl && chmod 600 %s/secret.nl",
                          g_dir, g_dir, g_dir),
                      0);
-    assert_int_equal(run(DHPS_BIN " get 1 --map %s/c/map.json --secret %s/secret.nl > /dev/null",
+    assert_int_equal(shellf(DHPS_BIN " get 1 --map %s/c/map.json --secret %s/secret.nl > /dev/null",
                          g_dir, g_dir),
                      0);
-    assert_int_equal(run(": > %s/secret.empty && chmod 600 %s/secret.empty", g_dir, g_dir), 0);
-    char *err = capture(DHPS_BIN " get 1 --map %s/c/map.json --secret %s/secret.empty 2>&1",
+    assert_int_equal(shellf(": > %s/secret.empty && chmod 600 %s/secret.empty", g_dir, g_dir), 0);
+    char *err = capturef(NULL, DHPS_BIN " get 1 --map %s/c/map.json --secret %s/secret.empty 2>&1",
                         g_dir, g_dir);
     assert_non_null(strstr(err, "secret.empty: empty"));
     free(err);
-    err = capture(DHPS_BIN " get 1 --map %s/c/map.json --secret %s/nonexistent 2>&1", g_dir,
+    err = capturef(NULL, DHPS_BIN " get 1 --map %s/c/map.json --secret %s/nonexistent 2>&1", g_dir,
                   g_dir);
     assert_non_null(strstr(err, "nonexistent: No such file or directory"));
     free(err);
     /* the right secret, but readable by the group: refused, and the fix named */
-    assert_int_equal(run("cp %s/c/secret %s/secret.grp && chmod 640 %s/secret.grp", g_dir, g_dir,
+    assert_int_equal(shellf("cp %s/c/secret %s/secret.grp && chmod 640 %s/secret.grp", g_dir, g_dir,
                          g_dir), 0);
-    err = capture(DHPS_BIN " get 1 --map %s/c/map.json --secret %s/secret.grp 2>&1; echo rc=$?",
+    err = capturef(NULL, DHPS_BIN " get 1 --map %s/c/map.json --secret %s/secret.grp 2>&1; echo rc=$?",
                   g_dir, g_dir);
     assert_non_null(strstr(err, "secret.grp: mode 0640 lets its group read or change it"));
     assert_non_null(strstr(err, "chmod 600"));
@@ -210,27 +170,27 @@ static void secret_file_newline_and_empty(void **state)
     /* weak: short, or long but with few distinct bytes */
     const char *weak[] = {"dog", "passwordpasswordpasswordpassword"};
     for (int i = 0; i < 2; i++) {
-        assert_int_equal(run("printf '%%s\\n' %s > %s/secret.weak && chmod 600 %s/secret.weak",
+        assert_int_equal(shellf("printf '%%s\\n' %s > %s/secret.weak && chmod 600 %s/secret.weak",
                              weak[i], g_dir, g_dir), 0);
-        err = capture(DHPS_BIN " get 1 --map %s/c/map.json --secret %s/secret.weak 2>&1", g_dir,
+        err = capturef(NULL, DHPS_BIN " get 1 --map %s/c/map.json --secret %s/secret.weak 2>&1", g_dir,
                       g_dir);
         assert_non_null(strstr(err, "secret.weak: too weak"));
         assert_non_null(strstr(err, "dhps keygen"));
         free(err);
     }
     /* keygen: 0600, 64 hex digits, refuses to overwrite, --force replaces */
-    assert_int_equal(run(DHPS_BIN " keygen %s/secret.new", g_dir), 0);
-    err = capture("stat -c %%a %s/secret.new; wc -c < %s/secret.new", g_dir, g_dir);
+    assert_int_equal(shellf(DHPS_BIN " keygen %s/secret.new", g_dir), 0);
+    err = capturef(NULL, "stat -c %%a %s/secret.new; wc -c < %s/secret.new", g_dir, g_dir);
     assert_string_equal(err, "600\n64\n");
     free(err);
-    err = capture("cat %s/secret.new", g_dir);
+    err = capturef(NULL, "cat %s/secret.new", g_dir);
     assert_true(strlen(err) == 64 && strspn(err, "0123456789abcdef") == 64);
-    char *again = capture(DHPS_BIN " keygen %s/secret.new 2>&1; echo rc=$?", g_dir);
+    char *again = capturef(NULL, DHPS_BIN " keygen %s/secret.new 2>&1; echo rc=$?", g_dir);
     assert_non_null(strstr(again, "exists; --force replaces it"));
     assert_non_null(strstr(again, "rc=1"));
     free(again);
-    assert_int_equal(run(DHPS_BIN " keygen %s/secret.new --force", g_dir), 0);
-    again = capture("cat %s/secret.new", g_dir);
+    assert_int_equal(shellf(DHPS_BIN " keygen %s/secret.new --force", g_dir), 0);
+    again = capturef(NULL, "cat %s/secret.new", g_dir);
     assert_true(strncmp(again, err, 64) != 0);
     free(again);
     free(err);
@@ -240,14 +200,14 @@ static void secret_file_newline_and_empty(void **state)
 static void info_delete_and_node_errors(void **state)
 {
     (void)state;
-    char *out = capture(DHPS_BIN " info emb --cluster %s/c", g_dir);
+    char *out = capturef(NULL, DHPS_BIN " info emb --cluster %s/c", g_dir);
     assert_non_null(strstr(out, "table emb: dim 4, fp32, 16 shards, served by 2 of 2 nodes (2 ready)"));
     assert_non_null(strstr(out, "serves it"));
     free(out);
-    out = capture(DHPS_BIN " info emb --dir %s/c --json", g_dir);
+    out = capturef(NULL, DHPS_BIN " info emb --dir %s/c --json", g_dir);
     assert_non_null(strstr(out, "\"nodes_ready\":2"));
     free(out);
-    out = capture(DHPS_BIN " info nope --cluster %s/c 2>&1; echo rc=$?", g_dir);
+    out = capturef(NULL, DHPS_BIN " info nope --cluster %s/c 2>&1; echo rc=$?", g_dir);
     assert_non_null(strstr(out, "has no table 'nope' (tables: emb)"));
     assert_non_null(strstr(out, "rc=1"));
     free(out);
@@ -256,21 +216,21 @@ static void info_delete_and_node_errors(void **state)
     const char *why[] = {"value 2 (nan) is not a finite", "value 3 (inf) is not a finite",
                          "value 4 (1e39) is not a finite", "a trailing comma after value 4"};
     for (int i = 0; i < 4; i++) {
-        char *e = capture(DHPS_BIN " put 9 %s --cluster %s/c 2>&1; echo rc=$?", bad[i], g_dir);
+        char *e = capturef(NULL, DHPS_BIN " put 9 %s --cluster %s/c 2>&1; echo rc=$?", bad[i], g_dir);
         assert_non_null(strstr(e, why[i]));
         assert_non_null(strstr(e, "rc=2"));
         free(e);
     }
-    assert_int_equal(run(DHPS_BIN " put 9 1,2,3,4 --cluster %s/c > /dev/null", g_dir), 0);
-    out = capture(DHPS_BIN " delete 9 --cluster %s/c", g_dir);
+    assert_int_equal(shellf(DHPS_BIN " put 9 1,2,3,4 --cluster %s/c > /dev/null", g_dir), 0);
+    out = capturef(NULL, DHPS_BIN " delete 9 --cluster %s/c", g_dir);
     assert_non_null(strstr(out, "deleted 1 keys from emb"));
     free(out);
-    out = capture(DHPS_BIN " get 9 --cluster %s/c", g_dir);
+    out = capturef(NULL, DHPS_BIN " get 9 --cluster %s/c", g_dir);
     assert_non_null(strstr(out, "9 missing"));
     free(out);
     /* a wrong secret: every node named, "auth failed" */
-    assert_int_equal(run(DHPS_BIN " keygen %s/secret.wrong --force", g_dir), 0);
-    out = capture(DHPS_BIN " get 1 --map %s/c/map.json --secret %s/secret.wrong 2>&1", g_dir,
+    assert_int_equal(shellf(DHPS_BIN " keygen %s/secret.wrong --force", g_dir), 0);
+    out = capturef(NULL, DHPS_BIN " get 1 --map %s/c/map.json --secret %s/secret.wrong 2>&1", g_dir,
                   g_dir);
     assert_non_null(strstr(out, "no node serves table 'emb': node 0 ("));
     assert_non_null(strstr(out, "auth failed (wrong cluster secret?); node 1 ("));
@@ -325,38 +285,38 @@ static void load_formats(void **state)
     write_npy("k.npy", "<u8", "(2,)", k, sizeof k);
     write_file("raw.f32", f, sizeof f);
 #define LOAD DHPS_BIN " load --cluster %s/c --table emb %s/"
-    assert_int_equal(run(LOAD "a.csv > /dev/null", g_dir, g_dir), 0);
-    assert_int_equal(run(LOAD "a.tsv > /dev/null", g_dir, g_dir), 0);
-    assert_int_equal(run(LOAD "f8.npy --keys %s/k.npy > /dev/null", g_dir, g_dir, g_dir), 0);
-    assert_int_equal(run(LOAD "raw.f32 --format raw --dim 4 --keys-from-row-index "
+    assert_int_equal(shellf(LOAD "a.csv > /dev/null", g_dir, g_dir), 0);
+    assert_int_equal(shellf(LOAD "a.tsv > /dev/null", g_dir, g_dir), 0);
+    assert_int_equal(shellf(LOAD "f8.npy --keys %s/k.npy > /dev/null", g_dir, g_dir, g_dir), 0);
+    assert_int_equal(shellf(LOAD "raw.f32 --format raw --dim 4 --keys-from-row-index "
                          "--key-base 500 > /dev/null", g_dir, g_dir), 0);
-    char *out = capture(DHPS_BIN " get 102 201 302 501 --cluster %s/c", g_dir);
+    char *out = capturef(NULL, DHPS_BIN " get 102 201 302 501 --cluster %s/c", g_dir);
     assert_non_null(strstr(out, "102 5,6,7,8\n"));
     assert_non_null(strstr(out, "201 1,2,3,4\n"));
     assert_non_null(strstr(out, "302 5,6,7,8.25\n"));
     assert_non_null(strstr(out, "501 5,6,7,8\n"));
     free(out);
-    out = capture(LOAD "d3.csv 2>&1; echo rc=$?", g_dir, g_dir);
+    out = capturef(NULL, LOAD "d3.csv 2>&1; echo rc=$?", g_dir, g_dir);
     assert_non_null(strstr(out, "has dim 3 but table emb has dim 4 on the nodes; nothing sent"));
     assert_non_null(strstr(out, "rc=1"));
     free(out);
-    out = capture(LOAD "d3.csv --dry-run 2>&1; echo rc=$?", g_dir, g_dir);
+    out = capturef(NULL, LOAD "d3.csv --dry-run 2>&1; echo rc=$?", g_dir, g_dir);
     assert_non_null(strstr(out, "has dim 3 but table emb has dim 4"));
     free(out);
-    out = capture(LOAD "f8.npy --keys-from-row-index --key-base 18446744073709551615 2>&1; "
+    out = capturef(NULL, LOAD "f8.npy --keys-from-row-index --key-base 18446744073709551615 2>&1; "
                   "echo rc=$?", g_dir, g_dir);
     assert_non_null(strstr(out, "overflows the 64-bit key range"));
     assert_non_null(strstr(out, "rc=2"));
     free(out);
-    out = capture(LOAD "junk.bin 2>&1; echo rc=$?", g_dir, g_dir);
+    out = capturef(NULL, LOAD "junk.bin 2>&1; echo rc=$?", g_dir, g_dir);
     assert_non_null(strstr(out, "unsupported file format"));
     free(out);
-    out = capture(LOAD "a.csv --format xml 2>&1; echo rc=$?", g_dir, g_dir);
+    out = capturef(NULL, LOAD "a.csv --format xml 2>&1; echo rc=$?", g_dir, g_dir);
     assert_non_null(strstr(out, "unsupported format 'xml'"));
     free(out);
-    assert_int_equal(run(LOAD "f8.npy --keys-from-row-index --key-base 60000 --resume-from 1 "
+    assert_int_equal(shellf(LOAD "f8.npy --keys-from-row-index --key-base 60000 --resume-from 1 "
                          "> /dev/null", g_dir, g_dir), 0);
-    out = capture(DHPS_BIN " get 60000 60001 --cluster %s/c", g_dir);
+    out = capturef(NULL, DHPS_BIN " get 60000 60001 --cluster %s/c", g_dir);
     assert_non_null(strstr(out, "60000 missing\n"));
     assert_non_null(strstr(out, "60001 5,6,7,8.25\n"));
     free(out);
@@ -367,17 +327,17 @@ static void load_formats(void **state)
 static void get_by_addr(void **state)
 {
     (void)state;
-    char *ports = capture("grep -o '\"port\": [0-9]*' %s/c/cluster.json | head -1 | cut -d' ' -f2",
+    char *ports = capturef(NULL, "grep -o '\"port\": [0-9]*' %s/c/cluster.json | head -1 | cut -d' ' -f2",
                           g_dir);
     int port = atoi(ports);
     free(ports);
     assert_true(port > 0);
-    assert_int_equal(run(DHPS_BIN " put 77 1,2,3,4 --cluster %s/c > /dev/null", g_dir), 0);
-    char *out = capture(DHPS_BIN " get 77 --addr 127.0.0.1:%d --secret %s/c/secret 2>&1", port,
+    assert_int_equal(shellf(DHPS_BIN " put 77 1,2,3,4 --cluster %s/c > /dev/null", g_dir), 0);
+    char *out = capturef(NULL, DHPS_BIN " get 77 --addr 127.0.0.1:%d --secret %s/c/secret 2>&1", port,
                         g_dir);
     assert_non_null(strstr(out, "77 1,2,3,4\n"));
     free(out);
-    out = capture(DHPS_BIN " get 77 --addr nonsense --secret %s/c/secret 2>&1; echo rc=$?", g_dir);
+    out = capturef(NULL, DHPS_BIN " get 77 --addr nonsense --secret %s/c/secret 2>&1; echo rc=$?", g_dir);
     assert_non_null(strstr(out, "want HOST:PORT"));
     assert_non_null(strstr(out, "rc=1"));
     free(out);
@@ -392,7 +352,7 @@ static void help_on_every_subcommand(void **state)
                                        "delete", "info", "stats", "snapshot", "bench",
                                        "chaos", "fault", "traffic"};
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
-        char *out = capture(DHPS_BIN " %s --help 2>&1; echo rc=$?", cmds[i]);
+        char *out = capturef(NULL, DHPS_BIN " %s --help 2>&1; echo rc=$?", cmds[i]);
         if (!strstr(out, "usage: dhps ") || !strstr(out, "rc=0") || !strstr(out, " --"))
             fail_msg("dhps %s --help:\n%s", cmds[i], out);
         free(out);
