@@ -1,8 +1,8 @@
 /*
- * dhps-bench subcommands. Each subcommand is one function with a main()-like
- * signature; bench/main.c dispatches on argv[1]. argv[0] of the call is the
- * subcommand name. Returns the process exit status (0 ok, 1 a contender failed or
- * returned wrong data, 2 usage error).
+ * dhps-bench subcommands, and the few helpers they share. Each subcommand is one
+ * function with a main()-like signature; bench/main.c dispatches on argv[1]. argv[0] of
+ * the call is the subcommand name. Returns the process exit status (0 ok, 1 a contender
+ * failed or returned wrong data, 2 usage error).
  */
 #ifndef DHPS_BENCH_H
 #define DHPS_BENCH_H
@@ -10,6 +10,17 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+/* ---- helpers shared by the subcommands ------------------------------------------ */
+
+/* qsort comparator of doubles, ascending (NaNs compare equal to everything). */
+static inline int bench_cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* ---- subcommands ----------------------------------------------------------------- */
 
 /* `dhps-bench store`: the storage engine beside its peers (bench/store_bench.c). */
 int bench_store_main(int argc, char **argv);

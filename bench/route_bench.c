@@ -30,6 +30,7 @@
 
 #include "bench.h"
 #include "dhps/route.h"
+#include "util.h"
 
 #define NSETS 4096u
 
@@ -58,21 +59,6 @@ typedef struct rb_thread {
 
 static const uint64_t TIER_US[4] = {5, 20, 60, 500};
 
-static uint64_t now_ns(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
-}
-
-static uint64_t mix(uint64_t *s)
-{
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
 static void *rb_run(void *arg)
 {
     rb_thread *t = arg;
@@ -80,9 +66,9 @@ static void *rb_run(void *arg)
     const rb_cfg *c = sh->cfg;
     uint64_t seed = 0x1234567ull * (t->idx + 1);
     pthread_barrier_wait(&sh->go);
-    uint64_t t0 = now_ns();
+    uint64_t t0 = dhps_mono_ns();
     for (uint64_t i = 0; i < c->ops; i++) {
-        const uint32_t *set = c->sets + (mix(&seed) % NSETS) * c->replicas;
+        const uint32_t *set = c->sets + (dhps_splitmix64(&seed) % NSETS) * c->replicas;
         uint32_t node;
         if (sh->which == 0) {
             dhps_route_choice ch;
@@ -96,13 +82,13 @@ static void *rb_run(void *arg)
             dhps_route_report(sh->route, &ch, lat, i % 100 ? DHPS_ROUTE_OK : DHPS_ROUTE_ERROR);
         } else {
             uint64_t k = sh->which == 1
-                             ? mix(&seed)
+                             ? dhps_splitmix64(&seed)
                              : atomic_fetch_add_explicit(&sh->rr, 1, memory_order_relaxed);
             node = set[k % c->replicas];
         }
         atomic_fetch_add_explicit(&sh->per_node[node], 1, memory_order_relaxed);
     }
-    t->ns = now_ns() - t0;
+    t->ns = dhps_mono_ns() - t0;
     return NULL;
 }
 
@@ -219,7 +205,7 @@ int bench_route_main(int argc, char **argv)
             uint32_t n;
             bool dup;
             do {
-                n = (uint32_t)(mix(&seed) % c.nodes);
+                n = (uint32_t)(dhps_splitmix64(&seed) % c.nodes);
                 dup = false;
                 for (uint32_t j = 0; j < k; j++)
                     dup |= set[j] == n;

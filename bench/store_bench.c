@@ -1,7 +1,10 @@
 /*
  * `dhps-bench store`: the dhps store beside std::unordered_map, absl::flat_hash_map and
  * DPDK rte_hash, on the same keys, in the same run. See usage() for options and
- * definitions; store_bench.h for the contender interface; store_peers.cc for the peers.
+ * definitions; store_bench.h for the contender interface; store_dhps.c for dhps and
+ * store_peers.cc for the peers; store_report.c for the merge of rounds and the reports
+ * (store_run.h joins the C parts). This file: options, run data, the child harness, the
+ * entry point.
  *
  * Method (what makes the figures comparable):
  *  - Keys: key[i] = mix64(splitmix64(seed) + i) for i < N, where mix64 is a bijection,
@@ -39,12 +42,8 @@
 
 #include "bench.h"
 #include "store_bench.h"
+#include "store_run.h"
 #include "util.h"
-
-#ifndef DHPS_BENCH_NO_STORE
-#include "dhps/error.h"
-#include "dhps/store.h"
-#endif
 
 /* ---- small helpers ----------------------------------------------------------------- */
 
@@ -95,19 +94,6 @@ static inline uint64_t rand_below(uint64_t *state, uint64_t n)
 static inline uint64_t key_of(uint64_t base, uint64_t i) { return bench_mix64(base + i); }
 
 /* ---- options ------------------------------------------------------------------------ */
-
-#define CONTENDER_MAX 4
-
-typedef struct opts {
-    uint64_t keys, value_bytes, batch, ops, update_ops, seed, rounds;
-    bool update_ops_set;
-    double zipf_s; /* 0: uniform */
-    char dist[32];
-    double churn;
-    bool peers, json, huge, cpu_clock;
-    char only[128];
-    char simd[16];
-} opts;
 
 static void usage(FILE *f)
 {
@@ -301,15 +287,6 @@ static int parse_opts(int argc, char **argv, opts *o)
 
 /* ---- shared run data (generated in the parent, read-only in children) --------------- */
 
-typedef struct run_data {
-    const opts *o;
-    bench_store_cfg cfg;
-    uint64_t key_base;   /* key[i] = mix64(key_base + i) */
-    uint32_t *lookup_ix; /* o->ops indices into the key set */
-    uint32_t *update_ix; /* o->update_ops indices */
-    bool churn_now;      /* this round runs --churn (the first round only) */
-} run_data;
-
 /* Fill n stream entries: uniform indices, or Zipf ranks mapped through perm. */
 static void gen_stream(uint32_t *dst, uint64_t n, uint64_t nkeys, const dhps_zipf *z,
                        const uint32_t *perm, uint64_t *state)
@@ -362,32 +339,6 @@ static void gen_data(run_data *d)
 }
 
 /* ---- one contender, in its child ----------------------------------------------------- */
-
-typedef struct bench_result {
-    char id[24], label[48], lookup2_label[48];
-    int ran;   /* the child got as far as sending its result */
-    int ok;    /* every phase completed */
-    char err[BENCH_ERR_LEN];
-    uint64_t built, lookups, updates;
-    double build_s, lookup_s, lookup2_s, update_s;
-    uint64_t rss_base, rss_loaded, rss_updated, rss_end;
-    uint64_t lookup_misses, lookup_checked, lookup_bad;
-    uint64_t lookup2_misses, lookup2_checked, lookup2_bad;
-    uint64_t update_checked, update_bad, update_misses;
-    double cpu_share;      /* min over the timed phases of CPU time / wall time */
-    uint64_t anon_huge_kb; /* AnonHugePages after loading */
-    bench_kv_stats st_loaded, st_updated;
-    double lines_index, lines_data; /* per lookup, from the layout (NAN: not known) */
-    /* churn (dhps) */
-    int churned;
-    uint64_t churn_ops, churn_samples;
-    double churn_s, frag_max, frag_final;
-    uint64_t churn_rss, churn_rss_max; /* deltas over rss_base */
-    uint64_t churn_live_payload;       /* sum of 8 + len over keys, as we wrote them */
-    double churn_ratio_max;            /* max RSS delta / live payload over samples */
-    uint64_t churn_checked, churn_bad, churn_misses;
-    bench_kv_stats st_churn;
-} bench_result;
 
 static uint64_t anon_huge_kb(void)
 {
@@ -812,633 +763,6 @@ static void run_forked(const run_data *d, const bench_contender *c, bench_result
                  WIFEXITED(status) ? WEXITSTATUS(status) : -1);
 }
 
-/* ---- the dhps contender (public API of include/dhps/store.h only) ---------------------- */
-
-#ifndef DHPS_BENCH_NO_STORE
-
-typedef struct dhps_ctx {
-    dhps_store *s;
-    dhps_store_reader *r;
-    const void **pv;    /* get_pinned's value pointers, one batch */
-    uint32_t *plens;
-    size_t cap;
-    uint64_t clock_ms;  /* frozen clock: TTLs are carried, nothing expires */
-    uint32_t value_bytes;
-} dhps_ctx;
-
-static uint64_t dhps_frozen_clock(void *arg) { return ((const dhps_ctx *)arg)->clock_ms; }
-
-static int dhps_c_create(const bench_store_cfg *cfg, void **out, char *err)
-{
-    dhps_ctx *c = calloc(1, sizeof *c);
-    if (!c) {
-        snprintf(err, BENCH_ERR_LEN, "out of memory");
-        return -1;
-    }
-    c->cap = cfg->batch;
-    c->value_bytes = cfg->value_bytes;
-    c->pv = calloc(c->cap, sizeof *c->pv);
-    c->plens = calloc(c->cap, sizeof *c->plens);
-    c->clock_ms = dhps_mono_ns() / 1000000;
-    if (!c->pv || !c->plens) {
-        snprintf(err, BENCH_ERR_LEN, "out of memory");
-        goto fail;
-    }
-    dhps_store_params p;
-    dhps_store_params_init(&p);
-    p.capacity_hint = cfg->keys;
-    p.huge_pages = cfg->huge_pages;
-    p.clock = dhps_frozen_clock;
-    p.clock_arg = c;
-    int rc = dhps_store_create(&p, &c->s);
-    if (rc) {
-        snprintf(err, BENCH_ERR_LEN, "dhps_store_create: %s", dhps_strerror(rc));
-        goto fail;
-    }
-    rc = dhps_store_reader_open(c->s, &c->r);
-    if (rc) {
-        snprintf(err, BENCH_ERR_LEN, "dhps_store_reader_open: %s", dhps_strerror(rc));
-        goto fail;
-    }
-    *out = c;
-    return 0;
-fail:
-    dhps_store_reader_close(c->r);
-    dhps_store_destroy(c->s);
-    free(c->pv);
-    free(c->plens);
-    free(c);
-    return -1;
-}
-
-static int dhps_c_upsert(void *ctx, const uint64_t *keys, size_t n, const uint8_t *vals,
-                         size_t stride, const uint32_t *lens, uint32_t ttl, uint64_t version,
-                         char *err)
-{
-    dhps_ctx *c = ctx;
-    dhps_store_batch b = {.keys = keys, .n = n, .values = vals, .value_stride = stride,
-                          .lens = lens, .versions = NULL, .version = version, .ttl = ttl};
-    long rc = dhps_store_put(c->s, &b, NULL);
-    if (rc < 0) {
-        snprintf(err, BENCH_ERR_LEN, "dhps_store_put(%zu keys, version %" PRIu64 "): %s", n,
-                 version, dhps_strerror((int)rc));
-        return -1;
-    }
-    if ((size_t)rc != n) {
-        snprintf(err, BENCH_ERR_LEN,
-                 "dhps_store_put wrote %ld of %zu records at increasing version %" PRIu64, rc,
-                 n, version);
-        return -1;
-    }
-    return 0;
-}
-
-static size_t dhps_c_lookup(void *ctx, const uint64_t *keys, size_t n, uint8_t *out,
-                            size_t stride, uint32_t *lens, uint64_t *found)
-{
-    dhps_ctx *c = ctx;
-    return dhps_store_get(c->r, keys, n, out, stride, lens, found);
-}
-
-/* Zero-copy lookup, then the copy an application would do itself. */
-static size_t dhps_c_lookup_pinned(void *ctx, const uint64_t *keys, size_t n, uint8_t *out,
-                                   size_t stride, uint32_t *lens, uint64_t *found)
-{
-    dhps_ctx *c = ctx;
-    size_t hits = dhps_store_get_pinned(c->r, keys, n, c->pv, c->plens, found);
-    for (size_t i = 0; i < n; i++) {
-        uint8_t *row = out + i * stride;
-        if (c->pv[i]) {
-            size_t len = c->plens[i] < stride ? c->plens[i] : stride;
-            memcpy(row, c->pv[i], len);
-            if (len < stride)
-                memset(row + len, 0, stride - len);
-        } else {
-            memset(row, 0, stride);
-        }
-        if (lens)
-            lens[i] = c->pv[i] ? c->plens[i] : 0;
-    }
-    dhps_store_release(c->r);
-    return hits;
-}
-
-static void dhps_c_stats(void *ctx, bench_kv_stats *st)
-{
-    dhps_ctx *c = ctx;
-    dhps_store_stats s;
-    dhps_store_get_stats(c->s, &s);
-    st->index_bytes = s.index_bytes;
-    st->payload_bytes = s.payload_bytes;
-    st->segment_bytes = s.segment_bytes;
-    st->keys = s.keys;
-    st->fragmentation = s.fragmentation;
-    st->load_factor = s.load_factor;
-    st->inplace_updates = s.inplace_updates;
-    st->compacted_segments = s.compacted_segments;
-    st->index_grows = s.index_grows;
-}
-
-static void dhps_c_lines(void *ctx, double *index, double *data)
-{
-    dhps_ctx *c = ctx;
-    dhps_store_lines l;
-    if (dhps_store_lookup_lines(c->s, c->value_bytes, &l) == 0) {
-        *index = l.bucket_lines;
-        *data = l.record_lines;
-    }
-}
-
-static void dhps_c_destroy(void *ctx)
-{
-    dhps_ctx *c = ctx;
-    if (!c)
-        return;
-    dhps_store_reader_close(c->r);
-    dhps_store_destroy(c->s);
-    free(c->pv);
-    free(c->plens);
-    free(c);
-}
-
-static const char *g_simd; /* --simd, applied in the dhps child */
-
-static int dhps_c_init(const bench_store_cfg *cfg, char *err)
-{
-    if (g_simd && g_simd[0]) {
-        int rc = dhps_store_force_simd(g_simd);
-        if (rc) {
-            snprintf(err, BENCH_ERR_LEN, "dhps_store_force_simd(%s): %s", g_simd,
-                     dhps_strerror(rc));
-            return -1;
-        }
-    }
-    return 0;
-}
-
-static const bench_contender k_dhps = {
-    .id = "dhps", .label = "dhps", .lookup2_label = "dhps (pinned)",
-    .describe = "dhps_store", .churn = true,
-    .init = dhps_c_init, .create = dhps_c_create, .upsert = dhps_c_upsert,
-    .lookup = dhps_c_lookup, .lookup2 = dhps_c_lookup_pinned, .stats = dhps_c_stats,
-    .lines = dhps_c_lines, .destroy = dhps_c_destroy, .fini = NULL,
-};
-#endif /* DHPS_BENCH_NO_STORE */
-
-static double g_loadavg = NAN; /* 1-minute load average when the run started */
-
-/* ---- rounds ----------------------------------------------------------------------------- */
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-/* Median of the round values of one timing field (seconds; equal key counts per round,
- * so the median time gives the median rate). */
-static double median_field(const bench_result *rounds, size_t col, uint64_t nr, size_t off)
-{
-    double v[100];
-    for (uint64_t r = 0; r < nr; r++)
-        memcpy(&v[r], (const char *)&rounds[r * CONTENDER_MAX + col] + off, sizeof(double));
-    qsort(v, nr, sizeof v[0], cmp_double);
-    return nr % 2 ? v[nr / 2] : (v[nr / 2 - 1] + v[nr / 2]) / 2;
-}
-
-/* out = round 1 of contender col, with median timings over the rounds that completed
- * and error counts summed over all rounds. */
-static void merge_rounds(bench_result *out, const bench_result *rounds, size_t col, uint64_t nr)
-{
-    *out = rounds[col];
-    uint64_t good = 0;
-    for (uint64_t r = 0; r < nr; r++) {
-        const bench_result *x = &rounds[r * CONTENDER_MAX + col];
-        good += x->ok != 0;
-        if (r == 0)
-            continue;
-        if (!x->ok) {
-            out->ok = 0;
-            if (!out->err[0])
-                snprintf(out->err, sizeof out->err, "round %" PRIu64 ": %.150s", r + 1, x->err);
-        }
-        out->lookup_misses += x->lookup_misses;
-        out->lookup_checked += x->lookup_checked;
-        out->lookup_bad += x->lookup_bad;
-        out->lookup2_misses += x->lookup2_misses;
-        out->lookup2_checked += x->lookup2_checked;
-        out->lookup2_bad += x->lookup2_bad;
-        out->update_checked += x->update_checked;
-        out->update_bad += x->update_bad;
-        out->update_misses += x->update_misses;
-        if (x->ok && x->cpu_share < out->cpu_share)
-            out->cpu_share = x->cpu_share;
-    }
-    if (nr < 2 || good != nr)
-        return;
-    out->build_s = median_field(rounds, col, nr, offsetof(bench_result, build_s));
-    out->lookup_s = median_field(rounds, col, nr, offsetof(bench_result, lookup_s));
-    out->lookup2_s = median_field(rounds, col, nr, offsetof(bench_result, lookup2_s));
-    out->update_s = median_field(rounds, col, nr, offsetof(bench_result, update_s));
-}
-
-/* ---- reporting ------------------------------------------------------------------------ */
-
-static double mks(uint64_t keys, double s) { return s > 0 ? keys / s / 1e6 : NAN; }
-
-typedef struct derived {
-    double lookup, lookup2, update, build;
-    uint64_t rss;           /* delta after loading */
-    double rss_ratio;       /* rss / payload */
-    double index_per_key, overhead_per_key, frag;
-    uint64_t bad, misses;
-} derived;
-
-static void derive(const run_data *d, const bench_result *r, derived *x)
-{
-    const uint64_t N = d->cfg.keys, B = d->cfg.value_bytes;
-    const double payload = (double)N * (double)(8 + B);
-    memset(x, 0, sizeof *x);
-    x->lookup = mks(r->lookups, r->lookup_s);
-    x->lookup2 = r->lookup2_label[0] ? mks(r->lookups, r->lookup2_s) : NAN;
-    x->update = mks(r->updates, r->update_s);
-    x->build = mks(r->built, r->build_s);
-    x->rss = r->rss_loaded > r->rss_base ? r->rss_loaded - r->rss_base : 0;
-    x->rss_ratio = r->rss_loaded ? x->rss / payload : NAN;
-    if (!r->rss_loaded)
-        x->index_per_key = x->overhead_per_key = NAN;
-    else if (r->st_loaded.known)
-        x->index_per_key = (double)r->st_loaded.index_bytes / (double)N;
-    else
-        x->index_per_key = ((double)x->rss - (double)N * (double)B) / (double)N;
-    if (r->rss_loaded)
-        x->overhead_per_key = ((double)x->rss - payload) / (double)N;
-    x->frag = r->st_loaded.known ? r->st_loaded.fragmentation : NAN;
-    x->bad = r->lookup_bad + r->lookup2_bad + r->update_bad + r->churn_bad;
-    x->misses = r->lookup_misses + r->lookup2_misses + r->update_misses + r->churn_misses;
-}
-
-static void json_num(FILE *f, const char *name, double v, bool comma)
-{
-    if (isfinite(v) && v == floor(v) && fabs(v) < 9007199254740992.0)
-        fprintf(f, "\"%s\": %.0f%s", name, v, comma ? ", " : ""); /* counts, bytes */
-    else if (isfinite(v))
-        fprintf(f, "\"%s\": %.6g%s", name, v, comma ? ", " : "");
-    else
-        fprintf(f, "\"%s\": null%s", name, comma ? ", " : "");
-}
-
-static void json_str(FILE *f, const char *s)
-{
-    fputc('"', f);
-    for (; *s; s++) {
-        if (*s == '"' || *s == '\\')
-            fprintf(f, "\\%c", *s);
-        else if ((unsigned char)*s < 0x20)
-            fprintf(f, "\\u%04x", *s);
-        else
-            fputc(*s, f);
-    }
-    fputc('"', f);
-}
-
-/* The fields every contender has; null when r is NULL or did not get that far. */
-static void json_fields(FILE *f, const run_data *d, const bench_result *r)
-{
-    derived x;
-    if (r)
-        derive(d, r, &x);
-    bool has = r && r->ok;
-    fprintf(f, "\"ok\": %s, ", !r ? "null" : has ? "true" : "false");
-    if (r && r->err[0]) {
-        fprintf(f, "\"error\": ");
-        json_str(f, r->err);
-        fprintf(f, ", ");
-    }
-    json_num(f, "lookup_mkeys_s", has ? x.lookup : NAN, true);
-    json_num(f, "update_mkeys_s", has ? x.update : NAN, true);
-    json_num(f, "build_mkeys_s", has ? x.build : NAN, true);
-    json_num(f, "rss_bytes", has ? (double)x.rss : NAN, true);
-    json_num(f, "rss_abs_bytes", has ? (double)r->rss_loaded : NAN, true);
-    json_num(f, "rss_after_updates_bytes",
-             has ? (double)(r->rss_updated - r->rss_base) : NAN, true);
-    json_num(f, "payload_bytes", (double)d->cfg.keys * (8.0 + d->cfg.value_bytes), true);
-    json_num(f, "rss_per_payload", has ? x.rss_ratio : NAN, true);
-    json_num(f, "index_bytes_per_key", has ? x.index_per_key : NAN, true);
-    json_num(f, "overhead_bytes_per_key", has ? x.overhead_per_key : NAN, true);
-    json_num(f, "fragmentation", has ? x.frag : NAN, true);
-    json_num(f, "anon_huge_bytes", has ? r->anon_huge_kb * 1024.0 : NAN, true);
-    json_num(f, "cpu_share", has ? r->cpu_share : NAN, true);
-    json_num(f, "index_lines_per_lookup", has ? r->lines_index : NAN, true);
-    json_num(f, "data_lines_per_lookup", has ? r->lines_data : NAN, true);
-    json_num(f, "lines_per_lookup", has ? r->lines_index + r->lines_data : NAN, true);
-    json_num(f, "misses", r ? (double)x.misses : NAN, true);
-    json_num(f, "wrong_values", r ? (double)x.bad : NAN, true);
-    json_num(f, "checked_values",
-             r ? (double)(r->lookup_checked + r->lookup2_checked + r->update_checked +
-                          r->churn_checked)
-               : NAN,
-             false);
-}
-
-static void print_json(FILE *f, const run_data *d, const bench_result *res, size_t nres,
-                       const char *simd)
-{
-    const opts *o = d->o;
-    const bench_result *dh = NULL;
-    for (size_t i = 0; i < nres; i++)
-        if (!strcmp(res[i].id, "dhps"))
-            dh = &res[i];
-    fprintf(f, "{\"bench\": \"store\", \"keys\": %" PRIu64 ", \"value_bytes\": %u, "
-               "\"batch\": %u, \"dist\": ", d->cfg.keys, d->cfg.value_bytes, d->cfg.batch);
-    json_str(f, o->dist);
-    fprintf(f, ", \"lookup_ops\": %" PRIu64 ", \"update_ops\": %" PRIu64
-               ", \"seed\": %" PRIu64 ", \"rounds\": %" PRIu64 ", \"huge_pages\": %s, "
-               "\"clock\": \"%s\", \"simd\": ",
-            o->ops, o->update_ops, o->seed, o->rounds, o->huge ? "true" : "false",
-            o->cpu_clock ? "cpu" : "wall");
-    if (simd)
-        json_str(f, simd);
-    else
-        fputs("null", f);
-    fprintf(f, ", \"loadavg_1m\": ");
-    if (isfinite(g_loadavg))
-        fprintf(f, "%.2f", g_loadavg);
-    else
-        fputs("null", f);
-    fprintf(f, ", \"cpus\": %ld,\n ", sysconf(_SC_NPROCESSORS_ONLN));
-    json_fields(f, d, dh);
-    derived x;
-    if (dh)
-        derive(d, dh, &x);
-    fprintf(f, ",\n ");
-    json_num(f, "pinned_lookup_mkeys_s", dh && dh->ok ? x.lookup2 : NAN, true);
-    json_num(f, "index_bytes", dh && dh->ok ? (double)dh->st_loaded.index_bytes : NAN, true);
-    json_num(f, "store_payload_bytes", dh && dh->ok ? (double)dh->st_loaded.payload_bytes : NAN,
-             true);
-    json_num(f, "segment_bytes", dh && dh->ok ? (double)dh->st_loaded.segment_bytes : NAN, true);
-    json_num(f, "load_factor", dh && dh->ok ? dh->st_loaded.load_factor : NAN, true);
-    json_num(f, "fragmentation_after_updates",
-             dh && dh->ok ? dh->st_updated.fragmentation : NAN, true);
-    json_num(f, "inplace_updates", dh && dh->ok ? (double)dh->st_updated.inplace_updates : NAN,
-             true);
-    json_num(f, "index_grows", dh && dh->ok ? (double)dh->st_updated.index_grows : NAN, false);
-    fprintf(f, ",\n \"churn\": ");
-    if (dh && dh->churned) {
-        fprintf(f, "{\"rounds\": %g, \"ops\": %" PRIu64 ", ", o->churn, dh->churn_ops);
-        json_num(f, "upsert_mkeys_s", mks(dh->churn_ops, dh->churn_s), true);
-        json_num(f, "fragmentation_max", dh->frag_max, true);
-        json_num(f, "fragmentation", dh->frag_final, true);
-        json_num(f, "rss_bytes", (double)dh->churn_rss, true);
-        json_num(f, "live_payload_bytes", (double)dh->churn_live_payload, true);
-        json_num(f, "store_payload_bytes", (double)dh->st_churn.payload_bytes, true);
-        json_num(f, "rss_per_payload", (double)dh->churn_rss / (double)dh->churn_live_payload,
-                 true);
-        json_num(f, "rss_per_payload_max", dh->churn_ratio_max, true);
-        json_num(f, "samples", (double)dh->churn_samples, true);
-        json_num(f, "segment_bytes", (double)dh->st_churn.segment_bytes, true);
-        json_num(f, "index_bytes", (double)dh->st_churn.index_bytes, true);
-        json_num(f, "compacted_segments", (double)dh->st_churn.compacted_segments, true);
-        json_num(f, "wrong_values", (double)dh->churn_bad, true);
-        json_num(f, "misses", (double)dh->churn_misses, false);
-        fputc('}', f);
-    } else {
-        fputs("null", f);
-    }
-    fprintf(f, ",\n \"peers\": {");
-    bool first = true;
-    for (size_t i = 0; i < nres; i++) {
-        if (!strcmp(res[i].id, "dhps"))
-            continue;
-        fprintf(f, "%s\n  ", first ? "" : ",");
-        json_str(f, res[i].id);
-        fprintf(f, ": {");
-        json_fields(f, d, &res[i]);
-        fputc('}', f);
-        first = false;
-    }
-    fprintf(f, "},\n \"ratios\": {");
-    first = true;
-    if (dh && dh->ok) {
-        for (size_t i = 0; i < nres; i++) {
-            derived y;
-            if (!strcmp(res[i].id, "dhps") || !res[i].ok)
-                continue;
-            derive(d, &res[i], &y);
-            fprintf(f, "%s\n  \"%s\": {", first ? "" : ",", res[i].id);
-            json_num(f, "lookup", x.lookup / y.lookup, true);
-            json_num(f, "update", x.update / y.update, true);
-            json_num(f, "rss", (double)x.rss / (double)y.rss, false);
-            fputc('}', f);
-            first = false;
-        }
-    }
-    fprintf(f, "}}\n");
-}
-
-static void fmt_bytes(char *buf, size_t n, double v)
-{
-    if (!isfinite(v))
-        snprintf(buf, n, "-");
-    else if (v >= 1e9)
-        snprintf(buf, n, "%.2f GB", v / 1e9);
-    else if (v >= 1e6)
-        snprintf(buf, n, "%.1f MB", v / 1e6);
-    else
-        snprintf(buf, n, "%.0f kB", v / 1e3);
-}
-
-static void fmt_num(char *buf, size_t n, const char *fmt, double v)
-{
-    if (isfinite(v))
-        snprintf(buf, n, fmt, v);
-    else
-        snprintf(buf, n, "-");
-}
-
-static const char *verdict(double v, double target, bool at_least)
-{
-    if (!isfinite(v))
-        return "n/a";
-    return (at_least ? v >= target : v <= target) ? "met" : "NOT met";
-}
-
-static void print_human(FILE *f, const run_data *d, const bench_result *res, size_t nres,
-                        const char *simd, const char *thp)
-{
-    const opts *o = d->o;
-    const double payload = (double)d->cfg.keys * (8.0 + d->cfg.value_bytes);
-    char pb[32];
-    fmt_bytes(pb, sizeof pb, payload);
-    fprintf(f, "\ndhps-bench store: %" PRIu64 " keys x %u B values, batch %u, dist %s, "
-               "%" PRIu64 " lookups, %" PRIu64 " upserts, seed %" PRIu64 "\n",
-            d->cfg.keys, d->cfg.value_bytes, d->cfg.batch, o->dist, o->ops, o->update_ops,
-            o->seed);
-    fprintf(f, "payload N x (8+B) = %s; dhps SIMD: %s; THP: %s; huge-page advice: %s; "
-               "one process per contender, single thread",
-            pb, simd ? simd : "(not built)", thp, o->huge ? "on" : "off");
-    if (o->rounds > 1)
-        fprintf(f, "; rates: median of %" PRIu64 " round-robin rounds", o->rounds);
-    if (o->cpu_clock)
-        fprintf(f, "; calls timed by thread CPU time");
-    fprintf(f, "; load average at start %.2f on %ld CPUs\n\n", g_loadavg,
-            sysconf(_SC_NPROCESSORS_ONLN));
-    fprintf(f, "%-20s %9s %9s %9s %10s %10s %7s %7s %8s %6s %5s %6s %s\n", "contender",
-            "build", "lookup", "update", "RSS delta", "RSS abs", "RSS/", "index", "overhd",
-            "frag", "CPU", "misses", "wrong");
-    fprintf(f, "%-20s %9s %9s %9s %10s %10s %7s %7s %8s %6s %5s %6s %s\n", "", "Mkeys/s",
-            "Mkeys/s", "Mkeys/s", "", "", "payload", "B/key", "B/key", "", "got", "",
-            "values");
-    const bench_result *dh = NULL;
-    bool busy = false;
-    for (size_t i = 0; i < nres; i++) {
-        const bench_result *r = &res[i];
-        derived x;
-        derive(d, r, &x);
-        if (!strcmp(r->id, "dhps"))
-            dh = r;
-        if (!r->ok) {
-            fprintf(f, "%-20s FAILED: %s\n", r->label, r->err[0] ? r->err : "(no message)");
-            if (!r->rss_loaded)
-                continue;
-        }
-        char c[11][24];
-        fmt_num(c[0], 24, "%.2f", x.build);
-        fmt_num(c[1], 24, "%.2f", x.lookup);
-        fmt_num(c[2], 24, "%.2f", x.update);
-        fmt_bytes(c[3], 24, r->rss_loaded ? (double)x.rss : NAN);
-        fmt_bytes(c[4], 24, r->rss_loaded ? (double)r->rss_loaded : NAN);
-        fmt_num(c[5], 24, "%.3f", x.rss_ratio);
-        fmt_num(c[6], 24, "%.1f", x.index_per_key);
-        fmt_num(c[7], 24, "%.1f", x.overhead_per_key);
-        fmt_num(c[8], 24, "%.2f%%", x.frag * 100);
-        fmt_num(c[9], 24, "%.0f%%", r->rss_loaded ? r->cpu_share * 100 : NAN);
-        fprintf(f, "%-20s %9s %9s %9s %10s %10s %7s %7s %8s %6s %5s %6" PRIu64 " %" PRIu64 "\n",
-                r->label, c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9],
-                x.misses, x.bad);
-        if (r->rss_loaded && r->cpu_share < 0.9)
-            busy = true;
-        if (r->lookup2_label[0] && r->ok) {
-            fmt_num(c[1], 24, "%.2f", x.lookup2);
-            fprintf(f, "%-20s %9s %9s %9s\n", r->lookup2_label, "", c[1], "");
-        }
-    }
-    if (busy)
-        fprintf(f, "note: CPU got = least share of a CPU a contender's process got in a timed "
-                   "phase; below 90%% the machine was busy\n      and that contender's rates "
-                   "are understated (try --rounds 3, or a quieter machine)\n");
-    bool lines_hdr = false;
-    for (size_t i = 0; i < nres; i++) {
-        const bench_result *r = &res[i];
-        if (!r->ok || !isfinite(r->lines_index))
-            continue;
-        if (!lines_hdr)
-            fprintf(f, "\ncache lines per lookup (counted from the layout, not measured)\n"
-                       "%-20s %7s %7s %7s\n", "", "index", "value", "total");
-        lines_hdr = true;
-        fprintf(f, "%-20s %7.2f %7.2f %7.2f\n", r->label, r->lines_index, r->lines_data,
-                r->lines_index + r->lines_data);
-    }
-    derived xd;
-    if (dh && dh->ok) {
-        derive(d, dh, &xd);
-        bool any = false;
-        for (size_t i = 0; i < nres; i++) {
-            const bench_result *r = &res[i];
-            if (r == dh || !r->ok)
-                continue;
-            derived y;
-            derive(d, r, &y);
-            if (!any)
-                fprintf(f, "\n%-20s %9s %9s %9s %7s\n", "ratios dhps / peer", "lookup",
-                        "(pinned)", "update", "RSS");
-            any = true;
-            char q[4][24];
-            fmt_num(q[0], 24, "%.2fx", xd.lookup / y.lookup);
-            fmt_num(q[1], 24, "%.2fx", xd.lookup2 / y.lookup);
-            fmt_num(q[2], 24, "%.2fx", xd.update / y.update);
-            fmt_num(q[3], 24, "%.2fx", (double)xd.rss / (double)y.rss);
-            fprintf(f, "%-20s %9s %9s %9s %7s\n", r->label, q[0], q[1], q[2], q[3]);
-        }
-        fprintf(f, "\ntargets (shown, not asserted):\n");
-        for (size_t i = 0; i < nres; i++) {
-            const bench_result *r = &res[i];
-            derived y;
-            if (!r->ok)
-                continue;
-            derive(d, r, &y);
-            if (!strcmp(r->id, "unordered_map")) {
-                fprintf(f, "  lookups  >= 5x std::unordered_map    %6.2fx  %s\n",
-                        xd.lookup / y.lookup, verdict(xd.lookup / y.lookup, 5, true));
-                fprintf(f, "  upserts  >= 3x std::unordered_map    %6.2fx  %s\n",
-                        xd.update / y.update, verdict(xd.update / y.update, 3, true));
-            } else if (!strcmp(r->id, "rte_hash")) {
-                fprintf(f, "  lookups  >= 3x rte_hash bulk         %6.2fx  %s\n",
-                        xd.lookup / y.lookup, verdict(xd.lookup / y.lookup, 3, true));
-                /* issue 14: 1.3x at 10 M keys, 1.2x cache-resident; upserts 1.3x at 10 M */
-                double want = d->cfg.keys >= 5000000 ? 1.3 : 1.2;
-                fprintf(f, "  lookups  >= %.1fx rte_hash bulk       %6.2fx  %s\n", want,
-                        xd.lookup / y.lookup, verdict(xd.lookup / y.lookup, want, true));
-                if (d->cfg.keys >= 5000000)
-                    fprintf(f, "  upserts  >= 1.3x rte_hash            %6.2fx  %s\n",
-                            xd.update / y.update, verdict(xd.update / y.update, 1.3, true));
-            } else if (!strcmp(r->id, "absl") && d->cfg.keys < 5000000) {
-                fprintf(f, "  upserts  >= 1.0x absl::flat_hash_map %6.2fx  %s\n",
-                        xd.update / y.update, verdict(xd.update / y.update, 1.0, true));
-            }
-        }
-        fprintf(f, "  RSS      <= 1.10 x payload (loaded)   %6.3f   %s\n", xd.rss_ratio,
-                verdict(xd.rss_ratio, 1.10, false));
-        fprintf(f, "  fragmentation <= 5%% (loaded)         %5.2f%%   %s\n", xd.frag * 100,
-                verdict(xd.frag, 0.05, false));
-        if (dh->churned) {
-            double ratio = (double)dh->churn_rss / (double)dh->churn_live_payload;
-            char lp[32], rs[32];
-            fmt_bytes(lp, sizeof lp, (double)dh->churn_live_payload);
-            fmt_bytes(rs, sizeof rs, (double)dh->churn_rss);
-            fprintf(f, "\nchurn %g (dhps): %" PRIu64 " overwrites at %.2f Mkeys/s, sizes 16..512 B,"
-                       " TTL none/1h/6h/1d; %" PRIu64 " samples\n",
-                    o->churn, dh->churn_ops, mks(dh->churn_ops, dh->churn_s), dh->churn_samples);
-            char sb[32];
-            fmt_bytes(sb, sizeof sb, (double)dh->st_churn.segment_bytes);
-            fprintf(f, "  live payload %s (store says %" PRIu64 " B), RSS delta %s, segments %s, "
-                       "compacted segments %" PRIu64 "\n",
-                    lp, dh->st_churn.payload_bytes, rs, sb, dh->st_churn.compacted_segments);
-            fprintf(f, "  RSS      <= 1.15 x live payload       %6.3f   %s   (final; max over "
-                       "samples %.3f)\n",
-                    ratio, verdict(ratio, 1.15, false), dh->churn_ratio_max);
-            fprintf(f, "  fragmentation <= 5%% steady state     %5.2f%%   %s   (max over samples; "
-                       "final %.2f%%)\n",
-                    dh->frag_max * 100, verdict(dh->frag_max, 0.05, false),
-                    dh->frag_final * 100);
-            fprintf(f, "  checked %" PRIu64 " keys after churn: %" PRIu64 " wrong, %" PRIu64
-                       " missing\n", dh->churn_checked, dh->churn_bad, dh->churn_misses);
-        }
-    }
-    uint64_t checked = 0;
-    for (size_t i = 0; i < nres; i++)
-        checked += res[i].lookup_checked + res[i].lookup2_checked + res[i].update_checked +
-                   res[i].churn_checked;
-    fprintf(f, "\nchecked %" PRIu64 " copied values against the expected bytes\n", checked);
-}
-
-static void thp_mode(char *buf, size_t n)
-{
-    snprintf(buf, n, "unknown");
-    FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
-    char line[128];
-    if (!f)
-        return;
-    if (fgets(line, sizeof line, f)) {
-        char *a = strchr(line, '['), *b = a ? strchr(a, ']') : NULL;
-        if (a && b) {
-            *b = 0;
-            snprintf(buf, n, "%s", a + 1);
-        }
-    }
-    fclose(f);
-}
-
 /* ---- entry ------------------------------------------------------------------------------ */
 
 int bench_store_main(int argc, char **argv)
@@ -1448,18 +772,13 @@ int bench_store_main(int argc, char **argv)
         return 2;
 
     /* which contenders */
-    const bench_contender *all[CONTENDER_MAX];
-    const char *names[CONTENDER_MAX] = {"dhps", "unordered_map", "absl", "rte_hash"};
-#ifndef DHPS_BENCH_NO_STORE
-    all[0] = &k_dhps;
-    g_simd = o.simd;
-#else
-    all[0] = NULL;
-#endif
+    const bench_contender *all[STORE_CONTENDER_MAX];
+    const char *names[STORE_CONTENDER_MAX] = {"dhps", "unordered_map", "absl", "rte_hash"};
+    all[0] = store_dhps_contender(o.simd);
     all[1] = bench_peer_unordered_map();
     all[2] = bench_peer_absl();
     all[3] = bench_peer_rte_hash();
-    bool want[CONTENDER_MAX] = {true, o.peers, o.peers, o.peers};
+    bool want[STORE_CONTENDER_MAX] = {true, o.peers, o.peers, o.peers};
     if (o.only[0]) {
         memset(want, 0, sizeof want);
         char list[128];
@@ -1467,7 +786,7 @@ int bench_store_main(int argc, char **argv)
         char *save = NULL;
         for (char *t = strtok_r(list, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
             int k = -1;
-            for (int i = 0; i < CONTENDER_MAX; i++)
+            for (int i = 0; i < STORE_CONTENDER_MAX; i++)
                 if (!strcmp(t, names[i]))
                     k = i;
             if (k < 0) {
@@ -1505,16 +824,13 @@ int bench_store_main(int argc, char **argv)
     if (o.cpu_clock)
         g_timer = cpu_ns;
 
-    const char *simd = NULL;
-#ifndef DHPS_BENCH_NO_STORE
-    simd = o.simd[0] ? o.simd : dhps_store_simd_name();
-#endif
+    const char *simd = store_dhps_simd_name(o.simd);
     char thp[32];
-    thp_mode(thp, sizeof thp);
+    store_thp_mode(thp, sizeof thp);
     double load[3] = {NAN, NAN, NAN};
     if (getloadavg(load, 3) < 1)
         load[0] = NAN;
-    g_loadavg = load[0];
+    d.loadavg = load[0];
     fprintf(stderr, "dhps-bench store: generating %" PRIu64 " keys, %" PRIu64 " lookups, %" PRIu64
                     " upserts (%s)\n", o.keys, o.ops, o.update_ops, o.dist);
     uint64_t t0 = dhps_mono_ns();
@@ -1522,8 +838,8 @@ int bench_store_main(int argc, char **argv)
     fprintf(stderr, "dhps-bench store: streams ready in %.2f s\n", (dhps_mono_ns() - t0) / 1e9);
 
     /* rounds x contenders, round-robin; res[] keeps round 1 with median timings */
-    bench_result res[CONTENDER_MAX];
-    bench_result *rounds = calloc(o.rounds * CONTENDER_MAX, sizeof *rounds);
+    bench_result res[STORE_CONTENDER_MAX];
+    bench_result *rounds = calloc(o.rounds * STORE_CONTENDER_MAX, sizeof *rounds);
     if (!rounds) {
         fprintf(stderr, "dhps-bench store: out of memory\n");
         return 1;
@@ -1533,7 +849,7 @@ int bench_store_main(int argc, char **argv)
     for (uint64_t rd = 0; rd < o.rounds; rd++) {
         d.churn_now = rd == 0;
         nres = 0;
-        for (int i = 0; i < CONTENDER_MAX; i++) {
+        for (int i = 0; i < STORE_CONTENDER_MAX; i++) {
             if (!want[i])
                 continue;
             if (o.rounds > 1)
@@ -1541,10 +857,10 @@ int bench_store_main(int argc, char **argv)
                         rd + 1, o.rounds, all[i]->label);
             else
                 fprintf(stderr, "dhps-bench store: running %s\n", all[i]->label);
-            bench_result *r = &rounds[rd * CONTENDER_MAX + nres++];
+            bench_result *r = &rounds[rd * STORE_CONTENDER_MAX + nres++];
             run_forked(&d, all[i], r);
             derived x;
-            derive(&d, r, &x);
+            store_derive(&d, r, &x);
             if (!r->ok) {
                 fprintf(stderr, "dhps-bench store: %s FAILED: %s\n", r->label, r->err);
                 status = 1;
@@ -1559,11 +875,11 @@ int bench_store_main(int argc, char **argv)
         }
     }
     for (size_t i = 0; i < nres; i++)
-        merge_rounds(&res[i], rounds, i, o.rounds);
+        store_merge_rounds(&res[i], rounds, i, o.rounds);
     if (o.json)
-        print_json(stdout, &d, res, nres, simd);
+        store_print_json(stdout, &d, res, nres, simd);
     else
-        print_human(stdout, &d, res, nres, simd, thp);
+        store_print_human(stdout, &d, res, nres, simd, thp);
     free(rounds);
     bench_unmap(d.lookup_ix, o.ops * sizeof(uint32_t));
     bench_unmap(d.update_ix, o.update_ops * sizeof(uint32_t));

@@ -1,6 +1,7 @@
 /*
  * Internal interface of `dhps-bench store` (not installed; shared by store_bench.c,
- * the harness and the dhps contender, and store_peers.cc, the peers).
+ * the harness, store_dhps.c, the dhps contender, and store_peers.cc, the peers; the C
+ * parts' own types are in store_run.h).
  *
  * Every contender is a const ops table driven by one harness, so all of them run the
  * very same loops: the harness generates the values of a batch outside the timed

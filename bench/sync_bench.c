@@ -181,16 +181,10 @@ static int sb_load(uint16_t port, uint32_t dim, uint64_t k0, uint64_t k1, uint64
     return rc;
 }
 
-static int cmp_d(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
 /* min / median / max of v[0..n) (sorted in place). */
 static void spread(double *v, int n, double out[3])
 {
-    qsort(v, (size_t)n, sizeof *v, cmp_d);
+    qsort(v, (size_t)n, sizeof *v, bench_cmp_double);
     out[0] = v[0];
     out[1] = v[n / 2];
     out[2] = v[n - 1];

@@ -394,12 +394,6 @@ out:
     return rate;
 }
 
-static int cmp_d(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
 static int server_mode(const wb_cfg *c)
 {
     static const char *const names[] = {"log off", "log on, fsync interval (default)",
@@ -421,7 +415,7 @@ static int server_mode(const wb_cfg *c)
         ratio[1][r] = v[2] / v[0];
     }
     for (int m = 0; m < 2; m++) {
-        qsort(ratio[m], c->rounds, sizeof(double), cmp_d);
+        qsort(ratio[m], c->rounds, sizeof(double), bench_cmp_double);
         printf("  %s / log off: median %.3fx, min %.3fx, max %.3fx\n", names[m + 1],
                ratio[m][c->rounds / 2], ratio[m][0], ratio[m][c->rounds - 1]);
     }
