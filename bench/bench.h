@@ -7,6 +7,8 @@
 #ifndef DHPS_BENCH_H
 #define DHPS_BENCH_H
 
+#include <stdlib.h>
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -18,6 +20,16 @@ static inline int bench_cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
     return x < y ? -1 : x > y;
+}
+
+/* Median, min and max of v[0..n) (n >= 1; v is sorted in place): out = {median, min,
+ * max}; an even n's median is the mean of the middle two. */
+static inline void bench_spread(double *v, int n, double out[3])
+{
+    qsort(v, (size_t)n, sizeof *v, bench_cmp_double);
+    out[0] = n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+    out[1] = v[0];
+    out[2] = v[n - 1];
 }
 
 /* ---- subcommands ----------------------------------------------------------------- */

@@ -43,6 +43,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench.h"
 #include "dhps/rpc.h"
 #include "test_certs.h"
 #include "util.h"
@@ -349,21 +350,6 @@ static int run_once(const opts *o, result *res)
     return 0;
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-/* median, min, max of v[0..n) (n >= 1; v is sorted in place) */
-static void spread(double *v, int n, double out[3])
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    out[0] = n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-    out[1] = v[0];
-    out[2] = v[n - 1];
-}
-
 /* --tls: rounds of plain and TLS per payload size. */
 static int tls_compare(opts *o)
 {
@@ -416,9 +402,9 @@ static int tls_compare(opts *o)
         double m[2][4][3], rr[2][3];
         for (int side = 0; side < 2; side++)
             for (int q = 0; q < 4; q++)
-                spread(v[side][q], n, m[side][q]);
-        spread(ratio[0], n, rr[0]);
-        spread(ratio[1], n, rr[1]);
+                bench_spread(v[side][q], n, m[side][q]);
+        bench_spread(ratio[0], n, rr[0]);
+        bench_spread(ratio[1], n, rr[1]);
         if (o->json) {
             printf("%s{\"payload\": %zu", pi ? ", " : "", o->payload);
             static const char *const sn[2] = {"plain", "tls"};
@@ -523,13 +509,13 @@ static int peers_rounds(const opts *o)
     }
     double m[5][3], rr[2][3];
     for (int q = 0; q < 5; q++)
-        spread(v[q], n, m[q]);
+        bench_spread(v[q], n, m[q]);
     double min_ping = ratio[0][0];
     for (int r = 1; r < n; r++)
         if (ratio[0][r] < min_ping)
             min_ping = ratio[0][r];
-    spread(ratio[0], n, rr[0]);
-    spread(ratio[1], n, rr[1]);
+    bench_spread(ratio[0], n, rr[0]);
+    bench_spread(ratio[1], n, rr[1]);
     if (o->json) {
         printf("], \"summary\": {\"calls_mps\": [%.4f, %.4f, %.4f], \"p99_us\": [%.2f, %.2f, "
                "%.2f], \"cpu_us_per_call\": [%.3f, %.3f, %.3f]", m[0][0], m[0][1], m[0][2],

@@ -181,15 +181,6 @@ static int sb_load(uint16_t port, uint32_t dim, uint64_t k0, uint64_t k1, uint64
     return rc;
 }
 
-/* min / median / max of v[0..n) (sorted in place). */
-static void spread(double *v, int n, double out[3])
-{
-    qsort(v, (size_t)n, sizeof *v, bench_cmp_double);
-    out[0] = v[0];
-    out[1] = v[n / 2];
-    out[2] = v[n - 1];
-}
-
 int bench_sync_main(int argc, char **argv)
 {
     uint64_t keys = 1000000, updates = 10000;
@@ -277,28 +268,28 @@ int bench_sync_main(int argc, char **argv)
     for (uint32_t r = 0; r < rounds; r++)
         ratio[r] = ld[r] / cu[r];
     double q3[3];
-    spread(ratio, (int)rounds, q3);
-    spread(cu, (int)rounds, c3);
-    spread(ld, (int)rounds, l3);
-    spread(rs, (int)rounds, r3);
+    bench_spread(ratio, (int)rounds, q3);
+    bench_spread(cu, (int)rounds, c3);
+    bench_spread(ld, (int)rounds, l3);
+    bench_spread(rs, (int)rounds, r3);
     if (json)
         printf("{\"keys\":%llu,\"dim\":%u,\"rounds\":%u,\"record_mb\":%.1f,"
                "\"catchup_s\":[%.3f,%.3f,%.3f],\"catchup_keys_per_s\":%.0f,"
                "\"catchup_mb_per_s\":%.1f,\"snapshot_load_s\":[%.3f,%.3f,%.3f],"
                "\"catchup_vs_snapshot_load\":[%.3f,%.3f,%.3f],"
                "\"updates\":%llu,\"restart_to_ready_s\":[%.3f,%.3f,%.3f]}\n",
-               (unsigned long long)keys, dim, rounds, rec_mb, c3[0], c3[1], c3[2],
-               keys / c3[1], rec_mb / c3[1], l3[0], l3[1], l3[2], q3[0], q3[1], q3[2],
-               (unsigned long long)updates, r3[0], r3[1], r3[2]);
+               (unsigned long long)keys, dim, rounds, rec_mb, c3[1], c3[0], c3[2],
+               keys / c3[0], rec_mb / c3[0], l3[1], l3[0], l3[2], q3[1], q3[0], q3[2],
+               (unsigned long long)updates, r3[1], r3[0], r3[2]);
     else
         printf("catch-up of %llu keys (%.0f MB of records) from a peer: median %.3f s "
                "(min %.3f, max %.3f) = %.2f M keys/s, %.0f MB/s; %.2fx the speed of "
                "loading the same keys from the node's own snapshot (median %.3f s; ratios "
                "%.2f..%.2f); restart to ready with %llu rows to catch up: median %.3f s "
                "(min %.3f, max %.3f)\n",
-               (unsigned long long)keys, rec_mb, c3[1], c3[0], c3[2], keys / c3[1] / 1e6,
-               rec_mb / c3[1], q3[1], l3[1], q3[0], q3[2], (unsigned long long)updates,
-               r3[1], r3[0], r3[2]);
+               (unsigned long long)keys, rec_mb, c3[0], c3[1], c3[2], keys / c3[0] / 1e6,
+               rec_mb / c3[0], q3[0], l3[0], q3[1], q3[2], (unsigned long long)updates,
+               r3[0], r3[1], r3[2]);
     fflush(stdout);
     free(cu);
     free(ld);

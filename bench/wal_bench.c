@@ -45,6 +45,9 @@
 #include "dhps/wal.h"
 #include "util.h"
 
+/* The --server run's cluster secret (the loader wants >= 32 bytes of several values). */
+#define WB_SECRET "wal-bench-secret-7f3a9c2e51d84b60"
+
 typedef struct wb_cfg {
     char dir[512];
     double seconds;
@@ -286,7 +289,7 @@ static void *client_main(void *p)
     const wb_cfg *c = a->c;
     dhps_rpc_client_params cp;
     dhps_rpc_client_params_init(&cp);
-    cp.secret = "wal-bench-secret";
+    cp.secret = WB_SECRET;
     cp.secret_len = strlen(cp.secret);
     cp.max_msg = 4u << 20;
     dhps_rpc_client *cl = NULL;
@@ -347,7 +350,7 @@ static double run_server(const wb_cfg *c, int mode, uint32_t round)
     mkdir(sdir, 0700);
     snprintf(secret, sizeof secret, "%s/secret", c->dir);
     FILE *f = fopen(secret, "w");
-    fputs("wal-bench-secret\n", f);
+    fputs(WB_SECRET "\n", f);
     fclose(f);
     chmod(secret, 0600);
     static const char *const logs[] = {"{\"enabled\":false}", "{\"fsync\":\"interval\"}",
@@ -415,9 +418,10 @@ static int server_mode(const wb_cfg *c)
         ratio[1][r] = v[2] / v[0];
     }
     for (int m = 0; m < 2; m++) {
-        qsort(ratio[m], c->rounds, sizeof(double), bench_cmp_double);
-        printf("  %s / log off: median %.3fx, min %.3fx, max %.3fx\n", names[m + 1],
-               ratio[m][c->rounds / 2], ratio[m][0], ratio[m][c->rounds - 1]);
+        double q[3];
+        bench_spread(ratio[m], (int)c->rounds, q);
+        printf("  %s / log off: median %.3fx, min %.3fx, max %.3fx\n", names[m + 1], q[0],
+               q[1], q[2]);
     }
     return 0;
 }
