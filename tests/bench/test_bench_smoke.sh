@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Every dhps-bench subcommand at a tiny size: it runs to the end, exits 0 and prints its
+# table, so a benchmark that rotted (a refused secret, a changed API) fails here instead
+# of in front of the next person who measures. No figure is judged.
+set -euo pipefail
+B=$1
+t=$(mktemp -d)
+trap 'rm -rf "$t"' EXIT
+run() { # NAME WANT-REGEX ARGS...
+  local name=$1 want=$2; shift 2
+  local rc=0
+  "$B" "$@" >"$t/out" 2>"$t/err" || rc=$?
+  if [ "$rc" -ne 0 ]; then
+    echo "FAIL: dhps-bench $* exited $rc"; cat "$t/out" "$t/err"; exit 1
+  fi
+  grep -Eq "$want" "$t/out" || { echo "FAIL: $name: no line matching '$want'"; cat "$t/out"; exit 1; }
+}
+run store 'dhps' store --keys 20000 --ops 100000 --batch 256 --rounds 1
+run store-json '"contenders"|"results"|\{' store --keys 20000 --ops 100000 --batch 256 --json
+run route 'ns|ops' route --nodes 64 --ops 20000 --repeat 1
+run sync 'catch-up of 5000 keys' sync --keys 5000 --updates 200 --rounds 1
+run wal 'dhps_wal never' wal --dir "$t/wal" --seconds 0.2 --rounds 1 --threads 1
+run wal-server 'log off' wal --server --dir "$t/walsrv" --seconds 0.3 --rounds 1 --clients 1
+run rpc-shm 'calls' rpc --transport shm --seconds 0.2
+echo ok
