@@ -181,8 +181,12 @@ static void finish(struct acceptor *acc, pend *p, const rpc_hello *pr)
         DHPS_LOG(DHPS_LOG_WARN, RPC_LOG, "eventfd write: %s", strerror(errno));
     return;
 bad_sc:
+    /* counted before the peer can see the close (as every refusal here: a test or an
+     * operator reading the stats after its failed open finds it there) */
+    atomic_fetch_add_explicit(&s->rejected_hello, 1, memory_order_relaxed);
     conn_fini(&sc->c); /* frees tls, closes fd */
     free(sc);
+    return;
 bad:
     atomic_fetch_add_explicit(&s->rejected_hello, 1, memory_order_relaxed);
 }
@@ -405,9 +409,9 @@ static void take_new(struct acceptor *acc)
             for (uint32_t i = 1; i < acc->npend; i++)
                 if (acc->pend[i]->deadline < acc->pend[old]->deadline)
                     old = i;
+            atomic_fetch_add_explicit(&s->rejected_hello, 1, memory_order_relaxed);
             pend_close(acc->pend[old]); /* also leaves the epoll set */
             pend_drop(acc, old);
-            atomic_fetch_add_explicit(&s->rejected_hello, 1, memory_order_relaxed);
         }
         uint32_t held = 0;
         int lim = rpc_peer_acquire(s, pa.sin_addr.s_addr, &held);
@@ -428,10 +432,10 @@ static void take_new(struct acceptor *acc)
         pend *p = calloc(1, sizeof *p);
         struct epoll_event ev = {.events = EPOLLIN, .data.ptr = p};
         if (!p || epoll_ctl(acc->ep, EPOLL_CTL_ADD, fd, &ev) != 0) {
+            atomic_fetch_add_explicit(&s->rejected_hello, 1, memory_order_relaxed);
             free(p);
             close(fd);
             rpc_peer_release(s, pa.sin_addr.s_addr);
-            atomic_fetch_add_explicit(&s->rejected_hello, 1, memory_order_relaxed);
             continue;
         }
         p->ip = pa.sin_addr.s_addr;
@@ -486,11 +490,10 @@ void *acceptor_main(void *arg)
                 i++;
                 continue;
             }
-            bool counted = acc->pend[i]->state == P_LINGER; /* as a TLS failure */
+            if (acc->pend[i]->state != P_LINGER) /* else counted as a TLS failure */
+                atomic_fetch_add_explicit(&s->rejected_hello, 1, memory_order_relaxed);
             pend_close(acc->pend[i]);
             pend_drop(acc, i);
-            if (!counted)
-                atomic_fetch_add_explicit(&s->rejected_hello, 1, memory_order_relaxed);
         }
     }
     for (uint32_t i = 0; i < acc->npend; i++)

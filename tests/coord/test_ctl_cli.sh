@@ -6,6 +6,7 @@
 # for the first), a rebalance timed out and resumed, a dead node re-replicated by the
 # controller, the map valid at every step (dhps map check on each history entry).
 set -euo pipefail
+trap 'echo "FAIL: line $LINENO: $BASH_COMMAND" >&2' ERR
 D=$1
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/etcd-lib.sh"
@@ -16,7 +17,10 @@ etcd_start "$t"
 E=(--etcd "$ETCD_URL" --cluster cc)
 b64() { printf '%s' "$1" | base64 -w0; }
 post() { curl -sf -m 5 -X POST -d "$2" "$ETCD_URL/v3/$1"; }
-lease() { post lease/grant '{"TTL": 60}' | python3 -c 'import json,sys;print(json.load(sys.stdin)["ID"])'; }
+# registration leases outlive the test however slow the machine (the test ran past 60 s
+# under load, the nodes' registrations expired and the driver rolled the joins back);
+# a node leaves only when the test revokes its lease
+lease() { post lease/grant '{"TTL": 3600}' | python3 -c 'import json,sys;print(json.load(sys.stdin)["ID"])'; }
 # reg ID LEASE MAPVERSION NOTREADY_JSON
 reg() {
   local v="{\"node_id\":\"n$1\",\"id\":$1,\"host\":\"h$1\",\"pod\":\"p\",\"az\":\"a\",\"addr\":\"127.0.0.1:$((7000+$1))\",\"metrics_port\":$((9000+$1)),\"map_version\":$3,\"not_ready\":$4}"
