@@ -1,7 +1,9 @@
-/* Which process listens on a port: read from /proc (Linux). */
+/* Facts about other processes read from /proc (Linux): which one listens on a port, how
+ * much CPU one has used. */
 #include "util.h"
 
 #include <dirent.h>
+#include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <stdlib.h>
@@ -71,4 +73,32 @@ bool dhps_pid_listens_tcp(pid_t pid, uint16_t port)
     }
     closedir(d);
     return found;
+}
+
+int dhps_pid_cpu_ns(pid_t pid, uint64_t *ns)
+{
+    if (pid <= 0)
+        return -EINVAL;
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return errno == ENOENT ? -ESRCH : -errno;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    /* "pid (comm) state ...": comm may hold spaces and parentheses, so the fields start
+     * after the last ')'; utime and stime are fields 14 and 15 (11 and 12 after it) */
+    const char *p = strrchr(buf, ')');
+    char state;
+    unsigned long long ut, st;
+    long tck = sysconf(_SC_CLK_TCK);
+    if (!p || tck <= 0 ||
+        sscanf(p + 1, " %c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &state, &ut,
+               &st) != 3)
+        return -EPROTO;
+    if (state == 'Z' || state == 'X')
+        return -ESRCH;
+    *ns = (ut + st) * (1000000000ull / (unsigned long long)tck);
+    return 0;
 }

@@ -116,4 +116,11 @@ static inline bool dhps_ratelimit_allow(dhps_ratelimit *r, uint32_t per_s, char 
  * when the process is gone or its fds are not readable. Thread-safe. (proc.c) */
 bool dhps_pid_listens_tcp(pid_t pid, uint16_t port);
 
+/* CPU time process `pid` has used so far, user + system over all its threads (live and
+ * exited; not its children): /proc/PID/stat fields utime and stime, in clock ticks
+ * (sysconf(_SC_CLK_TCK), 100 a second on Linux: 10 ms resolution), written to *ns.
+ * Returns 0, -EINVAL (pid <= 0), -ESRCH (no such process, or a zombie: its times are no
+ * longer counted there), -EPROTO (a stat line it cannot read). Thread-safe. (proc.c) */
+int dhps_pid_cpu_ns(pid_t pid, uint64_t *ns);
+
 #endif

@@ -79,6 +79,96 @@ bad:
     return false;
 }
 
+/* ---- CPU lists ---------------------------------------------------------------------- */
+
+/* A decimal CPU number at *p (digits only), advanced past it; false when there is none. */
+static bool cpu_number(const char **p, uint64_t *v)
+{
+    const char *s = *p;
+    uint64_t x = 0;
+    if (*s < '0' || *s > '9')
+        return false;
+    for (; *s >= '0' && *s <= '9'; s++)
+        x = x > 100000000ull ? x : x * 10 + (uint64_t)(*s - '0'); /* saturates: too big */
+    *p = s;
+    *v = x;
+    return true;
+}
+
+int tools_parse_cpu_list(const char *s, uint32_t ncpu, bool *in, char *why, size_t whylen)
+{
+    if (ncpu)
+        memset(in, 0, ncpu * sizeof *in);
+    if (!s || !*s) {
+        snprintf(why, whylen, "an empty CPU list");
+        return -1;
+    }
+    const char *p = s;
+    for (;;) {
+        uint64_t a, b;
+        if (!cpu_number(&p, &a)) {
+            if (*p)
+                snprintf(why, whylen, "a CPU number expected at '%s'", p);
+            else
+                snprintf(why, whylen, "a CPU number expected after the last ','");
+            return -1;
+        }
+        b = a;
+        if (*p == '-') {
+            p++;
+            if (!cpu_number(&p, &b)) {
+                snprintf(why, whylen, "range %llu- has no end CPU number", (unsigned long long)a);
+                return -1;
+            }
+            if (b < a) {
+                snprintf(why, whylen, "range %llu-%llu runs backwards", (unsigned long long)a,
+                         (unsigned long long)b);
+                return -1;
+            }
+        }
+        if (b >= ncpu) {
+            snprintf(why, whylen, "CPU %llu is past this machine's %u CPUs (0-%u)",
+                     (unsigned long long)b, ncpu, ncpu ? ncpu - 1 : 0);
+            return -1;
+        }
+        for (uint64_t c = a; c <= b; c++)
+            in[c] = true;
+        if (!*p)
+            break;
+        if (*p != ',') {
+            snprintf(why, whylen, "unexpected '%c' (a list is N, N-M or N,M,...)", *p);
+            return -1;
+        }
+        p++;
+    }
+    int n = 0;
+    for (uint32_t c = 0; c < ncpu; c++)
+        n += in[c];
+    return n;
+}
+
+size_t tools_format_cpu_list(const bool *in, uint32_t ncpu, char *out, size_t cap)
+{
+    size_t len = 0;
+    if (cap)
+        out[0] = 0;
+    for (uint32_t c = 0; c < ncpu; c++) {
+        if (!in[c])
+            continue;
+        uint32_t e = c;
+        while (e + 1 < ncpu && in[e + 1])
+            e++;
+        char item[32];
+        int k = e > c ? snprintf(item, sizeof item, "%s%u-%u", len ? "," : "", c, e)
+                      : snprintf(item, sizeof item, "%s%u", len ? "," : "", c);
+        if (cap && len + 1 < cap)
+            snprintf(out + len, cap - len, "%s", item);
+        len += (size_t)k;
+        c = e;
+    }
+    return len;
+}
+
 /* ---- progress ----------------------------------------------------------------------- */
 
 void tools_progress_init(tools_progress *p, const char *label)

@@ -26,6 +26,19 @@ void tools_file_unmap(tools_file *f);
  * into *v; returns false (after printing "dhps <cmd>: bad <what> '<s>'") on error. */
 bool tools_parse_u64(const char *cmd, const char *what, const char *s, uint64_t *v);
 
+/* Parse a CPU list in the kernel's list format (cpuset(7)): comma-separated decimal CPU
+ * numbers and ranges A-B with A <= B, e.g. "1", "0,2", "0-3,6"; no spaces, signs or empty
+ * items. Every CPU must be below ncpu. in[0..ncpu) is cleared, then in[c] set for each CPU
+ * listed (repeats allowed). Returns how many distinct CPUs are set (>= 1), or -1 with the
+ * reason in why (NUL-terminated, truncated to whylen; the caller names the option).
+ * Prints nothing; pure. */
+int tools_parse_cpu_list(const char *s, uint32_t ncpu, bool *in, char *why, size_t whylen);
+
+/* Write the CPUs set in in[0..ncpu) to out in list format, ranges joined ("0-2,5"; ""
+ * when none), truncated to cap (NUL-terminated when cap > 0). Returns the length the
+ * whole list needs, like snprintf. */
+size_t tools_format_cpu_list(const bool *in, uint32_t ncpu, char *out, size_t cap);
+
 /* A progress bar on stderr, drawn only when stderr is a terminal (isatty), at most
  * ~10 times a second; tools_progress_done ends the line. */
 typedef struct tools_progress {

@@ -1,4 +1,5 @@
-/* dhps_pid_listens_tcp: which process holds a listening port (src/common/proc.c). */
+/* dhps_pid_listens_tcp (which process holds a listening port) and dhps_pid_cpu_ns (the CPU
+ * time a process has used), src/common/proc.c. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -8,7 +9,9 @@
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <errno.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "util.h"
@@ -75,9 +78,51 @@ static void not_listening_or_no_process(void **state)
     close(fd);
 }
 
+/* A child spins until its own CPU clock shows 200 ms, says so on a pipe and waits: its
+ * /proc time then holds at least that (less one tick of rounding), and no more than the
+ * CPU this whole test has been given since. Gone and bad pids are errors. */
+static void cpu_time_of_a_process(void **state)
+{
+    (void)state;
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    uint64_t before;
+    assert_int_equal(dhps_pid_cpu_ns(getpid(), &before), 0);
+    pid_t child = fork();
+    assert_true(child >= 0);
+    if (child == 0) {
+        close(fds[0]);
+        while (dhps_clock_ns(CLOCK_PROCESS_CPUTIME_ID) < 200000000ull)
+            ;
+        char b = 1;
+        if (write(fds[1], &b, 1) != 1)
+            _exit(1);
+        pause();
+        _exit(0);
+    }
+    close(fds[1]);
+    char b;
+    assert_int_equal(read(fds[0], &b, 1), 1); /* the event: the child has spun */
+    close(fds[0]);
+    uint64_t ns = 0;
+    assert_int_equal(dhps_pid_cpu_ns(child, &ns), 0);
+    assert_true(ns >= 190000000ull);
+    assert_true(ns <= 60000000000ull);
+    kill(child, SIGKILL);
+    waitpid(child, NULL, 0);
+    assert_int_equal(dhps_pid_cpu_ns(child, &ns), -ESRCH); /* reaped */
+    assert_int_equal(dhps_pid_cpu_ns(0, &ns), -EINVAL);
+    assert_int_equal(dhps_pid_cpu_ns(-1, &ns), -EINVAL);
+    /* this process: counts up (its threads, exited ones too) */
+    uint64_t after;
+    assert_int_equal(dhps_pid_cpu_ns(getpid(), &after), 0);
+    assert_true(after >= before);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(cpu_time_of_a_process),
         cmocka_unit_test(owner_is_found),
         cmocka_unit_test(not_listening_or_no_process),
     };
