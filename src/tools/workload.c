@@ -10,7 +10,9 @@
 struct wl_thread {
     const wl_params *p;
     const wl_backend *b;
-    const dhps_zipf *z;
+    const uint64_t *pool; /* nb batches of this thread's keys, drawn before the run */
+    uint32_t nb;
+    uint64_t rng;         /* after the pool's draws: the update/lookup choices */
     uint32_t idx;
     uint64_t start_ns, end_ns;
     wl_result r;
@@ -59,15 +61,10 @@ static void *wl_main(void *arg)
 {
     struct wl_thread *t = arg;
     const wl_params *p = t->p;
-    uint64_t rng = p->seed * 0x9E3779B97F4A7C15ull + t->idx + 1;
-    uint64_t *keys = malloc(p->batch * sizeof *keys);
+    uint64_t rng = t->rng;
     uint8_t *buf = malloc((size_t)p->batch * p->row_bytes);
-    uint32_t seen_n = 16;
-    while (seen_n < 4 * p->batch)
-        seen_n *= 2;
-    uint64_t *seen = malloc(seen_n * sizeof *seen);
     void *th = t->b->open(t->b->arg);
-    if (!keys || !buf || !seen || !th) {
+    if (!buf || !th) {
         t->open_failed = 1;
         goto out;
     }
@@ -77,11 +74,8 @@ static void *wl_main(void *arg)
     uint64_t gap = per_thread > 0 ? (uint64_t)(1e9 / per_thread) : 0;
     /* stagger open-loop threads over one gap so their batches do not leave together */
     uint64_t next = t->start_ns + (gap ? gap * t->idx / p->threads : 0);
-    for (;;) {
-        /* the batch's keys are drawn before its clock starts: a Zipf draw of 1000
-         * distinct keys costs tens of microseconds of the client's CPU, which is the
-         * workload's, not the store's (open loop: drawn while waiting for the slot) */
-        wl_keys(p, t->z, &rng, keys, p->batch, seen, seen_n - 1);
+    for (uint64_t n = 0;; n++) {
+        const uint64_t *keys = t->pool + (size_t)(n % t->nb) * p->batch;
         bool upd = p->update_share > 0 &&
                    (double)(dhps_splitmix64(&rng) >> 11) * 0x1.0p-53 < p->update_share;
         if (gap)
@@ -110,10 +104,23 @@ static void *wl_main(void *arg)
 out:
     if (th)
         t->b->close(th);
-    free(seen);
     free(buf);
-    free(keys);
     return NULL;
+}
+
+/* Batches per thread in its key pool: enough for every thread together to draw about
+ * twice the key space (so a uniform run touches most of it), 16..1024, and at most
+ * 256 MiB of keys over all threads. */
+static uint32_t pool_batches(const wl_params *p)
+{
+    uint64_t want = (2 * p->nkeys + (uint64_t)p->batch * p->threads - 1) /
+                    ((uint64_t)p->batch * p->threads);
+    uint64_t cap = (256ull << 20) / (8ull * p->batch * p->threads);
+    if (want > 1024)
+        want = 1024;
+    if (want > cap)
+        want = cap;
+    return want < 16 ? 16 : (uint32_t)want;
 }
 
 int wl_run(const wl_params *p, const wl_backend *b, wl_result *r)
@@ -126,12 +133,37 @@ int wl_run(const wl_params *p, const wl_backend *b, wl_result *r)
         return -ENOMEM;
     dhps_zipf z;
     dhps_zipf_init(&z, p->nkeys, p->zipf > 0 ? p->zipf : 1.0);
+    /* every thread's keys are drawn here, before any clock runs, and replayed in a
+     * cycle: drawing 1000 distinct Zipf keys costs tens of microseconds of a client
+     * core, which belongs to the workload, not to the store it measures (and every
+     * store of a comparison gets the same streams) */
+    uint32_t nb = pool_batches(p);
+    size_t per = (size_t)nb * p->batch;
+    uint64_t *pool = malloc(per * p->threads * sizeof *pool);
+    uint32_t seen_n = 16;
+    while (seen_n < 4 * p->batch)
+        seen_n *= 2;
+    uint64_t *seen = malloc(seen_n * sizeof *seen);
+    if (!pool || !seen) {
+        free(pool);
+        free(seen);
+        free(ts);
+        return -ENOMEM;
+    }
+    for (uint32_t i = 0; i < p->threads; i++) {
+        ts[i].rng = p->seed * 0x9E3779B97F4A7C15ull + i + 1;
+        for (uint32_t k = 0; k < nb; k++)
+            wl_keys(p, &z, &ts[i].rng, pool + per * i + (size_t)k * p->batch, p->batch, seen,
+                    seen_n - 1);
+    }
+    free(seen);
     uint64_t start = dhps_mono_ns() + 20000000ull; /* let every thread open first */
     uint64_t end = start + (uint64_t)(p->seconds * 1e9);
     int rc = 0;
     uint32_t started = 0;
     for (uint32_t i = 0; i < p->threads; i++) {
-        ts[i] = (struct wl_thread){.p = p, .b = b, .z = &z, .idx = i, .start_ns = start,
+        ts[i] = (struct wl_thread){.p = p, .b = b, .pool = pool + per * i, .nb = nb,
+                                   .rng = ts[i].rng, .idx = i, .start_ns = start,
                                    .end_ns = end};
         if ((rc = -pthread_create(&ts[i].tid, NULL, wl_main, &ts[i])))
             break;
@@ -151,6 +183,7 @@ int wl_run(const wl_params *p, const wl_backend *b, wl_result *r)
     }
     uint64_t now = dhps_mono_ns();
     r->seconds = (double)(now - start) / 1e9; /* until the last batch returned */
+    free(pool);
     free(ts);
     return rc;
 }

@@ -4,7 +4,10 @@
  * (the dhps client, or a peer store for comparison), closed loop (each thread sends its
  * next batch when the previous one returns) or open loop (batches scheduled at a fixed
  * total rate; latency counted from the scheduled start, so queueing behind a slow
- * batch is measured rather than hidden). Private to src/tools.
+ * batch is measured rather than hidden). Each thread's batches are drawn before the run
+ * (a pool of up to 1024 batches, about twice the key space over all threads) and
+ * replayed in a cycle, so the draws cost the client nothing while it is measured.
+ * Private to src/tools.
  */
 #ifndef DHPS_TOOLS_WORKLOAD_H
 #define DHPS_TOOLS_WORKLOAD_H
@@ -48,7 +51,8 @@ typedef struct wl_result {
     tools_hist hist_lookup, hist_update;
 } wl_result;
 
-/* Run the workload; fills *r. Returns 0, or -ENOMEM / -errno (threads). */
+/* Run the workload; fills *r. Returns 0, or -ENOMEM / -errno (threads). Drawing the
+ * key pools comes first and takes time too (about 0.1 s per million keys drawn). */
 int wl_run(const wl_params *p, const wl_backend *b, wl_result *r);
 
 /* Fill buf[0..n) with keys for a batch (uniform or Zipf rank). With p->distinct and a
