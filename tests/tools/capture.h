@@ -8,13 +8,14 @@
 #include <string.h>
 #include <sys/wait.h>
 
-/* Run cmd through the shell and return its stdout (up to 64 KiB, NUL-terminated; the
- * caller frees it); *status gets pclose's status. Fails the test if cmd cannot start. */
-static inline char *capture(const char *cmd, int *status)
+/* Run cmd through the shell and return its stdout (up to cap - 1 bytes, NUL-terminated;
+ * the caller frees it); *status gets pclose's status. Fails the test if cmd cannot
+ * start. */
+static inline char *capture_cap(const char *cmd, int *status, size_t cap)
 {
     FILE *p = popen(cmd, "r");
     assert_non_null(p);
-    size_t cap = 1 << 16, n = 0, r;
+    size_t n = 0, r;
     char *buf = malloc(cap);
     assert_non_null(buf);
     while ((r = fread(buf + n, 1, cap - n - 1, p)) > 0)
@@ -22,6 +23,12 @@ static inline char *capture(const char *cmd, int *status)
     buf[n] = 0;
     *status = pclose(p);
     return buf;
+}
+
+/* capture_cap of up to 64 KiB. */
+static inline char *capture(const char *cmd, int *status)
+{
+    return capture_cap(cmd, status, 1 << 16);
 }
 
 /* The number after "name": in out, searched from the text after "in": when in is given
@@ -66,15 +73,8 @@ static inline char *capturef(int *rc, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(cmd, sizeof cmd, fmt, ap);
     va_end(ap);
-    FILE *p = popen(cmd, "r");
-    assert_non_null(p);
-    size_t cap = 1 << 20, n = 0, r;
-    char *buf = malloc(cap);
-    assert_non_null(buf);
-    while ((r = fread(buf + n, 1, cap - n - 1, p)) > 0)
-        n += r;
-    buf[n] = 0;
-    int st = pclose(p);
+    int st;
+    char *buf = capture_cap(cmd, &st, 1 << 20);
     if (rc)
         *rc = st != -1 && WIFEXITED(st) ? WEXITSTATUS(st) : 128;
     return buf;
