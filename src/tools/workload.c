@@ -110,17 +110,19 @@ out:
 
 /* Batches per thread in its key pool: enough for every thread together to draw about
  * twice the key space (so a uniform run touches most of it), 16..1024, and at most
- * 256 MiB of keys over all threads. */
+ * 256 MiB of keys over all threads (at least one batch each). */
 static uint32_t pool_batches(const wl_params *p)
 {
     uint64_t want = (2 * p->nkeys + (uint64_t)p->batch * p->threads - 1) /
                     ((uint64_t)p->batch * p->threads);
     uint64_t cap = (256ull << 20) / (8ull * p->batch * p->threads);
+    if (want < 16)
+        want = 16;
     if (want > 1024)
         want = 1024;
     if (want > cap)
-        want = cap;
-    return want < 16 ? 16 : (uint32_t)want;
+        want = cap ? cap : 1;
+    return (uint32_t)want;
 }
 
 int wl_run(const wl_params *p, const wl_backend *b, wl_result *r)
