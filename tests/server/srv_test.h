@@ -274,6 +274,54 @@ static inline int t_lookup(t_conn *tc, const char *table, uint32_t shard, const 
     return rc;
 }
 
+/* The deterministic row (dim floats) the tests write for key at version ver, and expect
+ * back. */
+static inline void t_fill_row(float *row, uint32_t dim, uint64_t key, uint64_t ver)
+{
+    for (uint32_t j = 0; j < dim; j++)
+        row[j] = (float)(key % 4096) + (float)j * 0.25f + (float)ver;
+}
+
+/* Keys [k0, k1) of table `table` (dim fp32, nsh shards, each key sent to its shard as
+ * the server places it): present with version ver's rows (ver > 0), or absent (ver ==
+ * 0). Fails the test naming the first key that is not. */
+static inline void t_check_range(t_conn *tc, const char *table, uint32_t nsh, uint32_t dim,
+                                 uint64_t k0, uint64_t k1, uint64_t ver)
+{
+    uint32_t n = (uint32_t)(k1 - k0);
+    uint64_t *keys = malloc(n * 8), *found = calloc((n + 63) / 64, 8);
+    float *rows = malloc((size_t)n * dim * 4), *want = malloc((size_t)dim * 4);
+    assert_true(keys && found && rows && want);
+    for (uint32_t sh = 0; sh < nsh; sh++) {
+        uint32_t m = 0;
+        for (uint64_t k = k0; k < k1; k++)
+            if (dhps_proto_shard_of(k, nsh) == sh)
+                keys[m++] = k;
+        if (!m)
+            continue;
+        assert_int_equal(t_lookup(tc, table, sh, keys, m, 0, rows, found, NULL), 0);
+        for (uint32_t i = 0; i < m; i++) {
+            bool hit = found[i / 64] >> (i % 64) & 1;
+            if (ver && !hit)
+                fail_msg("key %llu (shard %u) missing", (unsigned long long)keys[i], sh);
+            if (!ver && hit)
+                fail_msg("key %llu (shard %u) present, should be absent",
+                         (unsigned long long)keys[i], sh);
+            if (ver) {
+                t_fill_row(want, dim, keys[i], ver);
+                if (memcmp(rows + (size_t)i * dim, want, (size_t)dim * 4))
+                    fail_msg("key %llu: row differs (version %llu expected: %g, got %g)",
+                             (unsigned long long)keys[i], (unsigned long long)ver,
+                             (double)want[0], (double)rows[(size_t)i * dim]);
+            }
+        }
+    }
+    free(keys);
+    free(found);
+    free(rows);
+    free(want);
+}
+
 /* A header-only request (STATS/SNAPSHOT/INFO); text after the header copied to out. */
 static inline int t_simple(t_conn *tc, uint16_t method, const char *table, char *out,
                            size_t outlen, uint32_t *count)

@@ -22,12 +22,6 @@ static void cfg_file(const char *dir, const char *extra, char *path, size_t len)
     t_write(path, text, 0600);
 }
 
-static void fill_row(float *row, uint64_t key, uint64_t ver)
-{
-    for (int j = 0; j < D; j++)
-        row[j] = (float)(key % 4096) + (float)j * 0.5f + (float)ver;
-}
-
 /* Upsert keys [k0, k1) with version ver, split by shard. */
 static int put_range(t_conn *tc, uint64_t k0, uint64_t k1, uint64_t ver)
 {
@@ -40,7 +34,7 @@ static int put_range(t_conn *tc, uint64_t k0, uint64_t k1, uint64_t ver)
         for (uint64_t k = k0; k < k1; k++)
             if (dhps_proto_shard_of(k, NSH) == sh) {
                 keys[m] = k;
-                fill_row(rows + (size_t)m * D, k, ver);
+                t_fill_row(rows + (size_t)m * D, D, k, ver);
                 m++;
             }
         if (m)
@@ -49,33 +43,6 @@ static int put_range(t_conn *tc, uint64_t k0, uint64_t k1, uint64_t ver)
     free(keys);
     free(rows);
     return rc;
-}
-
-/* Check keys [k0, k1) are present with version ver's rows. */
-static void check_range(t_conn *tc, uint64_t k0, uint64_t k1, uint64_t ver)
-{
-    uint32_t n = (uint32_t)(k1 - k0);
-    uint64_t *keys = malloc(n * 8), *found = calloc((n + 63) / 64, 8);
-    float *rows = malloc((size_t)n * D * 4), want[D];
-    for (uint32_t sh = 0; sh < NSH; sh++) {
-        uint32_t m = 0;
-        for (uint64_t k = k0; k < k1; k++)
-            if (dhps_proto_shard_of(k, NSH) == sh)
-                keys[m++] = k;
-        if (!m)
-            continue;
-        assert_int_equal(t_lookup(tc, "emb", sh, keys, m, 0, rows, found, NULL), 0);
-        for (uint32_t i = 0; i < m; i++) {
-            if (!(found[i / 64] >> (i % 64) & 1))
-                fail_msg("key %llu (shard %u) missing after restart",
-                         (unsigned long long)keys[i], sh);
-            fill_row(want, keys[i], ver);
-            assert_memory_equal(rows + (size_t)i * D, want, sizeof want);
-        }
-    }
-    free(keys);
-    free(found);
-    free(rows);
 }
 
 static void test_sigterm_restart(void **st)
@@ -100,12 +67,12 @@ static void test_sigterm_restart(void **st)
 
     assert_int_equal(p_start(dir, cfg, &p, true), 0);
     assert_int_equal(t_connect(&tc, p.port, T_SECRET), 0);
-    check_range(&tc, 1, 1001, 2);
-    check_range(&tc, 1001, 3001, 1);
+    t_check_range(&tc, "emb", NSH, D, 1, 1001, 2);
+    t_check_range(&tc, "emb", NSH, D, 1001, 3001, 1);
     /* a wrong secret is refused; the server keeps serving */
     t_conn bad;
     assert_int_equal(t_connect(&bad, p.port, "not-the-secret"), DHPS_E_AUTH);
-    check_range(&tc, 1, 101, 2);
+    t_check_range(&tc, "emb", NSH, D, 1, 101, 2);
     t_close(&tc);
     kill(p.pid, SIGTERM);
     assert_int_equal(p_wait_exit(p.pid, 20000), 0);
@@ -149,7 +116,7 @@ static void test_kill9_after_snapshot(void **st)
     waitpid(p.pid, NULL, 0);
     assert_int_equal(p_start(dir, cfg, &p, true), 0);
     assert_int_equal(t_connect(&tc, p.port, T_SECRET), 0);
-    check_range(&tc, 1, 2001, 1);
+    t_check_range(&tc, "emb", NSH, D, 1, 2001, 1);
     t_close(&tc);
     kill(p.pid, SIGTERM);
     assert_int_equal(p_wait_exit(p.pid, 20000), 0);
@@ -214,7 +181,7 @@ static void test_kill9_during_snapshots(void **st)
         assert_int_equal(p_start(dir, cfg, &p, true), 0);
         t_conn tc;
         assert_int_equal(t_connect(&tc, p.port, T_SECRET), 0);
-        check_range(&tc, 1, (uint64_t)(safe + 1) * BATCH + 1, 1);
+        t_check_range(&tc, "emb", NSH, D, 1, (uint64_t)(safe + 1) * BATCH + 1, 1);
         t_close(&tc);
         kill(p.pid, SIGKILL); /* next round starts from what the snapshots hold */
         waitpid(p.pid, NULL, 0);

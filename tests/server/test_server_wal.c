@@ -38,12 +38,6 @@ static double metric(const proc *p, const char *series)
     return v;
 }
 
-static void fill_row(float *row, uint64_t key, uint64_t ver)
-{
-    for (int j = 0; j < D; j++)
-        row[j] = (float)(key % 4096) + (float)j * 0.25f + (float)ver;
-}
-
 /* UPSERT with a ttl (t_upsert sends ttl 0). */
 static int upsert_ttl(t_conn *tc, uint32_t shard, const uint64_t *keys, uint32_t n,
                       const float *rows, uint64_t version, uint32_t ttl)
@@ -97,7 +91,7 @@ static int range_op(t_conn *tc, char op, uint64_t k0, uint64_t k1, uint64_t ver,
         for (uint64_t k = k0; k < k1; k++)
             if (dhps_proto_shard_of(k, NSH) == sh) {
                 keys[m] = k;
-                fill_row(rows + (size_t)m * D, k, ver);
+                t_fill_row(rows + (size_t)m * D, D, k, ver);
                 m++;
             }
         if (!m)
@@ -110,42 +104,6 @@ static int range_op(t_conn *tc, char op, uint64_t k0, uint64_t k1, uint64_t ver,
     free(keys);
     free(rows);
     return rc;
-}
-
-/* Keys [k0, k1): present with version ver's rows (ver > 0), or absent (ver == 0). */
-static void check_range(t_conn *tc, uint64_t k0, uint64_t k1, uint64_t ver)
-{
-    uint32_t n = (uint32_t)(k1 - k0);
-    uint64_t *keys = malloc(n * 8), *found = calloc((n + 63) / 64, 8);
-    float *rows = malloc((size_t)n * D * 4), want[D];
-    for (uint32_t sh = 0; sh < NSH; sh++) {
-        uint32_t m = 0;
-        for (uint64_t k = k0; k < k1; k++)
-            if (dhps_proto_shard_of(k, NSH) == sh)
-                keys[m++] = k;
-        if (!m)
-            continue;
-        assert_int_equal(t_lookup(tc, "emb", sh, keys, m, 0, rows, found, NULL), 0);
-        for (uint32_t i = 0; i < m; i++) {
-            bool hit = found[i / 64] >> (i % 64) & 1;
-            if (ver && !hit)
-                fail_msg("key %llu (shard %u) missing after restart",
-                         (unsigned long long)keys[i], sh);
-            if (!ver && hit)
-                fail_msg("key %llu (shard %u) present after restart, should be absent",
-                         (unsigned long long)keys[i], sh);
-            if (ver) {
-                fill_row(want, keys[i], ver);
-                if (memcmp(rows + (size_t)i * D, want, sizeof want))
-                    fail_msg("key %llu: row differs (version %llu expected: %g, got %g)",
-                             (unsigned long long)keys[i], (unsigned long long)ver,
-                             (double)want[0], (double)rows[(size_t)i * D]);
-            }
-        }
-    }
-    free(keys);
-    free(found);
-    free(rows);
 }
 
 /* fp16 table "half" (dim 6): fp32 rows in, narrowed by the server; the log holds the
@@ -219,12 +177,12 @@ static void kill9_replays(const char *fsync)
 
     assert_int_equal(p_start(dir, cfg, &p, true), 0);
     assert_int_equal(t_connect(&tc, p.port, T_SECRET), 0);
-    check_range(&tc, 1, 1001, 2);
-    check_range(&tc, 1001, 2001, 1);
-    check_range(&tc, 2001, 2501, 0);
-    check_range(&tc, 2501, 40001, 1);
-    check_range(&tc, 50001, 50011, 0);
-    check_range(&tc, 50011, 50021, 1);
+    t_check_range(&tc, "emb", NSH, D, 1, 1001, 2);
+    t_check_range(&tc, "emb", NSH, D, 1001, 2001, 1);
+    t_check_range(&tc, "emb", NSH, D, 2001, 2501, 0);
+    t_check_range(&tc, "emb", NSH, D, 2501, 40001, 1);
+    t_check_range(&tc, "emb", NSH, D, 50001, 50011, 0);
+    t_check_range(&tc, "emb", NSH, D, 50011, 50021, 1);
     half_roundtrip(&tc, false, half1, &hn);
     assert_memory_equal(half0, half1, (size_t)hn * 6 * 2);
     assert_true(metric(&p, "dhps_log_replayed_records") > 10);
@@ -243,10 +201,10 @@ static void kill9_replays(const char *fsync)
     kill9(&p);
     assert_int_equal(p_start(dir, cfg, &p, true), 0);
     assert_int_equal(t_connect(&tc, p.port, T_SECRET), 0);
-    check_range(&tc, 1, 1001, 2);
-    check_range(&tc, 2001, 2501, 0);
-    check_range(&tc, 2501, 40001, 1);
-    check_range(&tc, 60001, 60101, 7);
+    t_check_range(&tc, "emb", NSH, D, 1, 1001, 2);
+    t_check_range(&tc, "emb", NSH, D, 2001, 2501, 0);
+    t_check_range(&tc, "emb", NSH, D, 2501, 40001, 1);
+    t_check_range(&tc, "emb", NSH, D, 60001, 60101, 7);
     assert_int_equal(metric(&p, "dhps_log_replayed_records"), NSH); /* one batch per shard */
     t_close(&tc);
     kill(p.pid, SIGTERM);
@@ -303,7 +261,7 @@ static void test_torn_tail_and_corrupt_middle(void **st)
     free(log);
     assert_true(metric(&p, "dhps_log_torn_bytes") > 0);
     assert_int_equal(t_connect(&tc, p.port, T_SECRET), 0);
-    check_range(&tc, 1, 901, 1); /* every earlier batch; the torn one lost keys of a shard */
+    t_check_range(&tc, "emb", NSH, D, 1, 901, 1); /* every earlier batch; the torn one lost keys of a shard */
     assert_int_equal(range_op(&tc, 'p', 5001, 5101, 2, 0), 0); /* serves and logs on */
     t_close(&tc);
     kill9(&p);
