@@ -210,13 +210,19 @@ int dhps_rpc_server_start(dhps_rpc_server *s)
 {
     if (s->started)
         return -EBUSY;
-    /* SO_REUSEADDR now for a listen_fd too: its holder bound it without (so that nobody
-     * could share the port meanwhile); the listen must pass the port's TIME_WAIT
-     * connections of an earlier server */
+    /* a listen_fd's holder bound it without SO_REUSEADDR, so that nobody could share the
+     * port meanwhile. It is listened on as it is (with SO_REUSEADDR only when that fails:
+     * the port's TIME_WAIT connections of an earlier server), and SO_REUSEADDR is set
+     * once it listens, so that the connections it accepts leave TIME_WAIT a restart can
+     * bind over. Set before listen(), it would open a window in which another
+     * SO_REUSEADDR socket could bind the port and listen first. */
     int one = 1;
-    setsockopt(s->lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (listen(s->lfd, 128) != 0)
+    if (listen(s->lfd, 128) != 0 &&
+        (errno != EADDRINUSE ||
+         setsockopt(s->lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+         listen(s->lfd, 128) != 0))
         return -errno;
+    setsockopt(s->lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     s->started = true;
     for (uint32_t i = 0; i < s->p.workers; i++) {
         int r = pthread_create(&s->w[i].th, NULL, worker_main, &s->w[i]);

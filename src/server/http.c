@@ -619,8 +619,8 @@ static enum MHD_Result health_handler(void *cls, struct MHD_Connection *conn, co
 }
 
 /* One guarded epoll daemon on host:port, or on the given socket *fd (>= 0: listened on
- * here, with SO_REUSEADDR as MHD's own; the daemon gets a duplicate, *fd is closed
- * here and set to -1 in every case). NULL on failure. */
+ * here, then SO_REUSEADDR as MHD's own; the daemon gets a duplicate, *fd is closed here
+ * and set to -1 in every case). NULL on failure. */
 static struct MHD_Daemon *start_daemon(dhps_server *s, const char *host, uint16_t port,
                                        int *fd, MHD_AccessHandlerCallback fn,
                                        uint32_t max_conn, uint32_t max_per_ip)
@@ -640,14 +640,21 @@ static struct MHD_Daemon *start_daemon(dhps_server *s, const char *host, uint16_
                    : (struct MHD_OptionItem){MHD_OPTION_SOCK_ADDR, 0, &sin},
         {MHD_OPTION_END, 0, NULL}};
     if (*fd >= 0) {
+        /* listened on as given (SO_REUSEADDR only when that fails: TIME_WAIT of an
+         * earlier server), SO_REUSEADDR set once it listens, as MHD's own: set first, it
+         * would let another SO_REUSEADDR socket bind the port and listen before us (as in
+         * dhps_rpc_server_start) */
         int one = 1;
-        setsockopt(*fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-        if (listen(*fd, 128) != 0) {
+        if (listen(*fd, 128) != 0 &&
+            (errno != EADDRINUSE ||
+             setsockopt(*fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+             listen(*fd, 128) != 0)) {
             close(given);
             close(*fd);
             *fd = -1;
             return NULL;
         }
+        setsockopt(*fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     }
     struct MHD_Daemon *d =
         MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL, port, NULL, NULL,
