@@ -13,19 +13,7 @@
 #include <cmocka.h>
 
 #include "srv_proc.h"
-
-/* Run a shell command line; its exit status. */
-static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int sh(const char *fmt, ...)
-{
-    char cmd[4096];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd, fmt, ap);
-    va_end(ap);
-    int st = system(cmd);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-}
+#include "test_shell.h"
 
 static void server_cfg(const char *dir, const char *secret, char *cfg, size_t len)
 {
@@ -44,7 +32,7 @@ static void passphrase_client_and_server(void **st)
     (void)st;
     char *dir = t_mkdtemp(), cfg[600];
     /* keygen from stdin: 0600, the documented form, the cost reported */
-    assert_int_equal(sh("printf 'correct horse battery staple\\n' | " DHPS_BIN " keygen "
+    assert_int_equal(shellf("printf 'correct horse battery staple\\n' | " DHPS_BIN " keygen "
                         "--passphrase %s/pass > %s/keygen.out", dir, dir), 0);
     char p[600];
     snprintf(p, sizeof p, "%s/keygen.out", dir);
@@ -61,12 +49,12 @@ static void passphrase_client_and_server(void **st)
     assert_non_null(strstr(text, ":correct horse battery staple"));
     free(text);
     /* another passphrase; the same passphrase under another salt */
-    assert_int_equal(sh("printf 'correct horse battery stable\\n' | " DHPS_BIN " keygen "
+    assert_int_equal(shellf("printf 'correct horse battery stable\\n' | " DHPS_BIN " keygen "
                         "--passphrase %s/other > /dev/null", dir), 0);
-    assert_int_equal(sh("printf 'correct horse battery staple\\n' | " DHPS_BIN " keygen "
+    assert_int_equal(shellf("printf 'correct horse battery staple\\n' | " DHPS_BIN " keygen "
                         "--passphrase %s/resalted > /dev/null", dir), 0);
     /* an existing file is not replaced (asked before reading the passphrase) */
-    assert_int_equal(sh(DHPS_BIN " keygen --passphrase %s/pass < /dev/null 2> %s/exists.err",
+    assert_int_equal(shellf(DHPS_BIN " keygen --passphrase %s/pass < /dev/null 2> %s/exists.err",
                         dir, dir), 1);
     snprintf(p, sizeof p, "%s/exists.err", dir);
     out = p_slurp(p);
@@ -78,9 +66,9 @@ static void passphrase_client_and_server(void **st)
     proc s;
     assert_int_equal(p_start(dir, cfg, &s, true), 0);
     /* the same file: put and get through the client library (the dhps CLI) */
-    assert_int_equal(sh(DHPS_BIN " put 7 1,2,3,4 --addr 127.0.0.1:%u --secret %s/pass "
+    assert_int_equal(shellf(DHPS_BIN " put 7 1,2,3,4 --addr 127.0.0.1:%u --secret %s/pass "
                         "> /dev/null", s.port, dir), 0);
-    assert_int_equal(sh(DHPS_BIN " get 7 --addr 127.0.0.1:%u --secret %s/pass > %s/get.out",
+    assert_int_equal(shellf(DHPS_BIN " get 7 --addr 127.0.0.1:%u --secret %s/pass > %s/get.out",
                         s.port, dir, dir), 0);
     snprintf(p, sizeof p, "%s/get.out", dir);
     out = p_slurp(p);
@@ -89,7 +77,7 @@ static void passphrase_client_and_server(void **st)
     /* another passphrase, another salt: refused by the hello */
     const char *wrong[] = {"other", "resalted"};
     for (int i = 0; i < 2; i++) {
-        assert_int_not_equal(sh(DHPS_BIN " get 7 --addr 127.0.0.1:%u --secret %s/%s "
+        assert_int_not_equal(shellf(DHPS_BIN " get 7 --addr 127.0.0.1:%u --secret %s/%s "
                                 "--timeout-ms 2000 > %s/wrong.out 2>&1", s.port, dir,
                                 wrong[i], dir), 0);
         snprintf(p, sizeof p, "%s/wrong.out", dir);
@@ -99,7 +87,7 @@ static void passphrase_client_and_server(void **st)
         free(out);
     }
     /* the server is still serving the right secret */
-    assert_int_equal(sh(DHPS_BIN " get 7 --addr 127.0.0.1:%u --secret %s/pass > /dev/null",
+    assert_int_equal(shellf(DHPS_BIN " get 7 --addr 127.0.0.1:%u --secret %s/pass > /dev/null",
                         s.port, dir), 0);
     kill(s.pid, SIGTERM);
     assert_int_equal(p_wait_exit(s.pid, 20000), 0);
@@ -111,18 +99,18 @@ static void weak_passphrases_refused(void **st)
     (void)st;
     char *dir = t_mkdtemp(), cfg[600], p[600];
     /* keygen: weak passphrase, weak cost, mismatched flags: exit 2, no file */
-    assert_int_equal(sh("printf 'Tr0ub4dor&3\\n' | " DHPS_BIN " keygen --passphrase %s/w "
+    assert_int_equal(shellf("printf 'Tr0ub4dor&3\\n' | " DHPS_BIN " keygen --passphrase %s/w "
                         "2> %s/err", dir, dir), 2);
     snprintf(p, sizeof p, "%s/err", dir);
     char *out = p_slurp(p);
     assert_non_null(strstr(out, "passphrase too weak (11 bytes"));
     free(out);
-    assert_int_equal(sh("printf 'correct horse battery staple\\n' | " DHPS_BIN " keygen "
+    assert_int_equal(shellf("printf 'correct horse battery staple\\n' | " DHPS_BIN " keygen "
                         "--passphrase %s/w --scrypt-n 1024 2> %s/err", dir, dir), 2);
     out = p_slurp(p);
     assert_non_null(strstr(out, "scrypt N=1024: must be a power of two from 16384"));
     free(out);
-    assert_int_equal(sh(DHPS_BIN " keygen %s/w --scrypt-n 65536 2> %s/err", dir, dir), 2);
+    assert_int_equal(shellf(DHPS_BIN " keygen %s/w --scrypt-n 65536 2> %s/err", dir, dir), 2);
     snprintf(p, sizeof p, "%s/w", dir);
     assert_int_equal(access(p, F_OK), -1);
     /* a hand-written weak file: the server and --check-config refuse it, naming it */

@@ -23,16 +23,6 @@
 
 static char g_dir[64];
 
-static int sh(const char *fmt, ...)
-{
-    char cmd[2048];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd, fmt, ap);
-    va_end(ap);
-    return system(cmd);
-}
-
 static double field(const char *line, const char *key)
 {
     const char *p = strstr(line, key);
@@ -97,7 +87,7 @@ static void text_until_sigterm(void **state)
     /* --seconds 0 runs until a signal; the summary is printed all the same. The signal
      * comes once an interval line counts lookups (an event, polled up to a scaled bound;
      * was a fixed 1 s, which a loaded machine can spend before the first lookup) */
-    int rc = sh("(" DHPS_BIN " traffic --cluster %s --table emb --dim 8 --keys 2000 "
+    int rc = shellf("(" DHPS_BIN " traffic --cluster %s --table emb --dim 8 --keys 2000 "
                 "--seconds 0 --interval-ms 100 --tier-delay-us 0,0,200,2000 > %s/t.out "
                 "2>&1 & p=$!; n=0; "
                 "until grep -q 'interval t=[0-9.]* lookups=[1-9]' %s/t.out || [ $n -ge %u ]; "
@@ -128,9 +118,9 @@ static void bad_options(void **state)
                                       "--deadline-ms 0", "--interval-ms 5", "--seconds -1",
                                       "--batch 0", "extra"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        int st = sh(DHPS_BIN " traffic --cluster %s %s > /dev/null 2>&1", g_dir, bad[i]);
-        if (WEXITSTATUS(st) != 2)
-            fail_msg("dhps traffic %s: exit %d, want 2", bad[i], WEXITSTATUS(st));
+        int st = shellf(DHPS_BIN " traffic --cluster %s %s > /dev/null 2>&1", g_dir, bad[i]);
+        if (st != 2)
+            fail_msg("dhps traffic %s: exit %d, want 2", bad[i], st);
     }
 }
 
@@ -140,15 +130,15 @@ static int setup(void **state)
     snprintf(g_dir, sizeof g_dir, "/tmp/dhps-test-traffic-XXXXXX");
     if (!mkdtemp(g_dir))
         return -1;
-    return sh(DHPS_BIN " up --dir %s --nodes 4 --shards 16 --dim 8 --no-load --quiet "
+    return shellf(DHPS_BIN " up --dir %s --nodes 4 --shards 16 --dim 8 --no-load --quiet "
               "> %s/up.out 2>&1", g_dir, g_dir) == 0 ? 0 : -1;
 }
 
 static int teardown(void **state)
 {
     (void)state;
-    sh(DHPS_BIN " down --dir %s --timeout 10 > /dev/null 2>&1", g_dir);
-    sh("rm -rf %s", g_dir);
+    shellf(DHPS_BIN " down --dir %s --timeout 10 > /dev/null 2>&1", g_dir);
+    shellf("rm -rf %s", g_dir);
     return 0;
 }
 
