@@ -19,6 +19,7 @@
 
 #include "dhps/client.h"
 #include "dhps/cluster.h"
+#include "dhps/route.h"
 #include "test_scale.h"
 
 #ifndef DHPS_SERVER_BIN
@@ -245,6 +246,13 @@ static void test_three_servers(void **state)
     assert_true(fs.partitioned > 0);
     /* then another 40 lookups: the router knows node 2 fails now */
     dhps_client_node_stats_get(c, 2, &n1);
+    struct dhps_route *rt = dhps_client_route(c);
+    assert_non_null(rt);
+    dhps_route_stats rs0, rs1;
+    dhps_route_node_stats other0[2], other1[2];
+    assert_int_equal(dhps_route_stats_get(rt, &rs0), 0);
+    for (uint32_t i = 0; i < 2; i++)
+        assert_int_equal(dhps_route_node_stats_get(rt, i, &other0[i]), 0);
     for (int r = 0; r < rounds; r++) {
         rc = dhps_client_lookup(c, "emb", keys, NKEYS, out, DIM, DHPS_FP32, mask, 0, &res);
         assert_int_equal(rc, 0);
@@ -274,7 +282,33 @@ static void test_three_servers(void **state)
                   "%llu in those last %d\n", rounds, (unsigned long long)before,
                   (unsigned long long)(n2a.messages - n0.messages), found_rounds, rounds,
                   (unsigned long long)after, rounds);
-    assert_true(after <= 3 * (uint64_t)rounds); /* 89 seen once on a loaded machine */
+    assert_int_equal(dhps_route_stats_get(rt, &rs1), 0);
+    bool other_open = false;
+    for (uint32_t i = 0; i < 2; i++) {
+        assert_int_equal(dhps_route_node_stats_get(rt, i, &other1[i]), 0);
+        other_open |= other1[i].ejections != other0[i].ejections ||
+                      other1[i].breaker != DHPS_ROUTE_CLOSED;
+    }
+    if (other_open) {
+        /* A healthy node's breaker opened in the window too (slow answers under a loaded
+         * sanitizer run: ASan repeat 7 of 10, 2026-12-05, sent node 2 843 messages here).
+         * The ejection cap (max_ejection_share 0.5 of 3 nodes: one) then keeps node 2's
+         * breaker closed, and the shards whose other replica is the ejected node have
+         * node 2 as their only eligible replica: by design, not a router ignoring the
+         * failures. What must show instead: the router tried to eject node 2 and the cap
+         * stopped it (the lookups above stayed complete through retries). */
+        print_message("  another node's breaker opened in the window (node 0: %llu -> %llu "
+                      "ejections, node 1: %llu -> %llu); ejection_capped %llu -> %llu\n",
+                      (unsigned long long)other0[0].ejections,
+                      (unsigned long long)other1[0].ejections,
+                      (unsigned long long)other0[1].ejections,
+                      (unsigned long long)other1[1].ejections,
+                      (unsigned long long)rs0.ejection_capped,
+                      (unsigned long long)rs1.ejection_capped);
+        assert_true(rs1.ejection_capped > rs0.ejection_capped || after <= 3 * (uint64_t)rounds);
+    } else {
+        assert_true(after <= 3 * (uint64_t)rounds); /* 89 seen once on a loaded machine */
+    }
     /* cleared: node 2 answers again */
     assert_int_equal(dhps_client_fault_set(c, 2, NULL), 0);
     assert_int_equal(dhps_client_fault_set(c, 2, NULL), -ENOENT);
