@@ -15,8 +15,10 @@
  * (CLOCK_THREAD_CPUTIME_ID of each) and the rest of the process (getrusage minus the
  * clients': the server's acceptors and workers). --peers runs redis-server on 127.0.0.1
  * and redis-benchmark (PING, SET then GET of that value, pipeline K, T connections, value
- * size B) in the same run. --wait block: the clients sleep in epoll while their K calls
- * are in flight (as redis-benchmark does) instead of busy-polling. --rounds N (without --tls) repeats the pair N times, the order
+ * size B) in the same run. --wait block: the clients wait in dhps_rpc_client_poll while
+ * their K calls are in flight, as the dhps client library does: they spin up to
+ * --spin-us (default the library's, 50 us) and then sleep in epoll (as redis-benchmark
+ * does); --spin-us 0 sleeps at once. --wait spin (default) busy-polls. --rounds N (without --tls) repeats the pair N times, the order
  * flipping every round, and prints each round's ratios dhps/redis, then the median and
  * range (min-max) of every figure and of the per-round ratios.
  *
@@ -63,7 +65,8 @@ typedef struct opts {
     bool peers, json, tls_compare;
     bool tls;                     /* this run over TLS */
     bool rounds_given;            /* --rounds on the command line */
-    bool block;                   /* clients sleep in epoll while K calls are in flight */
+    bool block;                   /* clients wait in poll while K calls are in flight */
+    int spin_us;                  /* --spin-us: the clients' spin_us (-1: the default) */
     char tls_dir[64];             /* certificates (--tls) */
 } opts;
 
@@ -123,6 +126,8 @@ static void *client_main(void *p)
     cp.secret = "bench";
     cp.secret_len = 5;
     cp.max_msg = (uint32_t)(o->payload < 4096 ? 4096 : o->payload);
+    if (o->spin_us >= 0)
+        cp.spin_us = (uint32_t)o->spin_us;
     if ((uint32_t)o->batch > cp.verbs_slots)
         cp.verbs_slots = (uint32_t)(o->batch > 1024 ? 1024 : o->batch);
     char ca[128];
@@ -241,7 +246,7 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: dhps-bench rpc --transport tcp|shm|verbs [--payload B] [--batch K]\n"
                "                      [--threads T] [--workers W] [--seconds S] [--peers] [--json]\n"
-               "                      [--wait spin|block] [--rounds N]\n"
+               "                      [--wait spin|block] [--spin-us N] [--rounds N]\n"
                "       dhps-bench rpc --transport tcp --tls [--payload B[,B...]] [--rounds N]\n"
                "                      [--batch K] [--threads T] [--workers W] [--seconds S] [--json]\n"
                "       dhps-bench rpc --transport T --rounds N [--peers] [...]: N rounds, median\n"
@@ -249,8 +254,9 @@ static void usage(FILE *f)
                "defaults: payload 32, batch 16, threads 1, workers 1, seconds 3, rounds 1\n"
                "          (--tls: 5)\n"
                "--tls: plain TCP vs TCP+TLS in one run, N rounds each, ratio TLS/plain\n"
-               "--wait: clients busy-poll (spin, default) or sleep in epoll while all K calls\n"
-               "        are in flight (block; always with --tls)\n");
+               "--wait: clients busy-poll (spin, default) or wait in the library's poll while\n"
+               "        all K calls are in flight (block; always with --tls): they spin up to\n"
+               "        --spin-us (default 50; 0 with --tls) and then sleep in epoll\n");
 }
 
 /* One measured run. */
@@ -444,6 +450,15 @@ static int tls_compare(opts *o)
 
 static const char *const tn[] = {"tcp", "shm", "verbs"};
 
+/* "spin", or "block (spin N us)": how the clients wait, for the text header */
+static const char *wait_text(const opts *o, char *buf, size_t cap)
+{
+    if (!o->block)
+        return "spin";
+    snprintf(buf, cap, "block (spin %d us)", o->spin_us);
+    return buf;
+}
+
 /* --rounds N without --tls: N rounds of this transport and (--peers) redis-benchmark,
  * the order flipping every round; each round's ratios, then the median and range of
  * every figure and of the per-round ratios. A round with errors or a failed peer run
@@ -453,16 +468,17 @@ static int peers_rounds(const opts *o)
     int n = o->rounds;
     double v[5][64]; /* {dhps mps, p99, ping, get, cpu/call} x round */
     double ratio[2][64]; /* dhps / redis {PING, GET} x round */
+    char wt[48];
     if (!o->json)
         printf("rpc %s: payload %zu B, batch %d, threads %d, workers %d, clients %s, %.1f s "
                "per run, %d rounds%s\n", tn[o->transport], o->payload, o->batch, o->threads,
-               o->workers, o->block ? "block" : "spin", o->seconds, n,
+               o->workers, wait_text(o, wt, sizeof wt), o->seconds, n,
                o->peers ? " beside redis-benchmark (order flips each round)" : "");
     else
         printf("{\"transport\": \"%s\", \"payload\": %zu, \"batch\": %d, \"threads\": %d, "
-               "\"workers\": %d, \"wait\": \"%s\", \"seconds\": %.2f, \"rounds\": [",
-               tn[o->transport], o->payload, o->batch, o->threads, o->workers,
-               o->block ? "block" : "spin", o->seconds);
+               "\"workers\": %d, \"wait\": \"%s\", \"spin_us\": %d, \"seconds\": %.2f, "
+               "\"rounds\": [", tn[o->transport], o->payload, o->batch, o->threads, o->workers,
+               o->block ? "block" : "spin", o->block ? o->spin_us : 0, o->seconds);
     for (int r = 0; r < n; r++) {
         result res;
         double ping = 0, get = 0;
@@ -565,7 +581,7 @@ static int parse_payloads(opts *o, const char *arg)
 int bench_rpc_main(int argc, char **argv)
 {
     opts o = {.transport = -1, .payload = 32, .payloads = {32}, .npayloads = 1, .batch = 16,
-              .threads = 1, .workers = 1, .seconds = 3, .rounds = 5};
+              .threads = 1, .workers = 1, .seconds = 3, .rounds = 5, .spin_us = -1};
     static const struct option lo[] = {
         {"transport", required_argument, 0, 't'}, {"payload", required_argument, 0, 'p'},
         {"batch", required_argument, 0, 'b'},     {"threads", required_argument, 0, 'T'},
@@ -573,6 +589,7 @@ int bench_rpc_main(int argc, char **argv)
         {"peers", no_argument, 0, 'P'},           {"json", no_argument, 0, 'j'},
         {"tls", no_argument, 0, 'L'},             {"rounds", required_argument, 0, 'r'},
         {"wait", required_argument, 0, 'W'},      {"help", no_argument, 0, 'h'},
+        {"spin-us", required_argument, 0, 'S'},
         {0, 0, 0, 0}};
     int c;
     bool bad = false;
@@ -599,12 +616,29 @@ int bench_rpc_main(int argc, char **argv)
             else if (strcmp(optarg, "spin"))
                 bad = true;
             break;
+        case 'S': {
+            char *e = NULL;
+            long v = strtol(optarg, &e, 10);
+            if (e == optarg || *e || v < 0 || v > 1000000)
+                bad = true;
+            else
+                o.spin_us = (int)v;
+            break;
+        }
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
     }
-    if (o.tls_compare)
+    if (o.tls_compare) {
         o.block = true;
+        if (o.spin_us < 0)
+            o.spin_us = 0; /* CPU per call counts work, not waiting */
+    }
+    if (o.block && o.spin_us < 0) {
+        dhps_rpc_client_params dp;
+        dhps_rpc_client_params_init(&dp);
+        o.spin_us = (int)dp.spin_us;
+    }
     o.payload = o.payloads[0];
     if (bad || o.transport < 0 || o.batch < 1 || o.threads < 1 || o.threads > 64 ||
         o.workers < 1 || o.seconds <= 0 || o.rounds < 1 || o.rounds > 64 ||
@@ -631,18 +665,20 @@ int bench_rpc_main(int argc, char **argv)
         printf("{\"transport\": \"%s\", \"payload\": %zu, \"batch\": %d, \"threads\": %d, "
                "\"calls_mps\": %.4f, \"gbytes_s\": %.4f, \"p50_us\": %.2f, \"p99_us\": %.2f, "
                "\"p999_us\": %.2f, \"cpu_us_per_call\": %.3f, \"cpu_client_us_per_call\": %.3f, "
-               "\"cpu_server_us_per_call\": %.3f, \"errors\": %llu, \"wait\": \"%s\"",
+               "\"cpu_server_us_per_call\": %.3f, \"errors\": %llu, \"wait\": \"%s\", "
+               "\"spin_us\": %d",
                tn[o.transport], o.payload, o.batch, o.threads, r.mps, r.gbs, r.p50, r.p99, r.p999,
                r.cpu_us, r.cpu_client_us, r.cpu_server_us, (unsigned long long)r.errors,
-               o.block ? "block" : "spin");
+               o.block ? "block" : "spin", o.block ? o.spin_us : 0);
         if (o.peers)
             printf(", \"peers\": {\"redis_ping\": {\"calls_mps\": %.4f}, "
                    "\"redis_get\": {\"calls_mps\": %.4f}}", ping, get);
         printf("}\n");
     } else {
+        char wt[48];
         printf("rpc %s: payload %zu B, batch %d, threads %d, workers %d, clients %s, %.1f s\n",
                tn[o.transport], o.payload, o.batch, o.threads, o.workers,
-               o.block ? "block" : "spin", r.secs);
+               wait_text(&o, wt, sizeof wt), r.secs);
         printf("  calls      %.3f M calls/s (%llu calls, %llu errors)\n", r.mps,
                (unsigned long long)r.calls, (unsigned long long)r.errors);
         printf("  payload    %.3f GB/s (request + response)\n", r.gbs);

@@ -229,6 +229,10 @@ typedef struct dhps_client_params {
     const char *tls_key_file;    /*   clients (both or neither; default NULL) */
     const char *tls_server_name; /* DNS name every node's certificate carries; NULL
                                     (default) = the node's address, as an IP SAN */
+    uint32_t spin_us;            /* a calling thread waiting for its answers spins up to
+                                    this long before sleeping, 0..1000000 (rpc.h
+                                    dhps_rpc_client_params.spin_us; default 50, 0 =
+                                    sleep at once) */
 } dhps_client_params;
 
 /* Fill p with the defaults above. */
@@ -236,7 +240,8 @@ void dhps_client_params_init(dhps_client_params *p);
 
 /*
  * Create a client: load and validate the map, create the router. No connection is made
- * until a thread's first call. Returns 0 and sets *out, or -EINVAL (NULL, no map path),
+ * until a thread's first call. Returns 0 and sets *out, or -EINVAL (NULL, no map path,
+ * tls or spin_us out of range),
  * DHPS_E_CONFIG (invalid map, a node id above max_node_id, bad params), -errno (map file
  * unreadable), -ENOMEM. DHPS_E_CONFIG also for an unusable TLS file (logged, naming it:
  * dhps_rpc_tls_check) or tls on without tls_ca_file. On failure a CUSTOM router_self is

@@ -353,6 +353,12 @@ typedef struct dhps_rpc_client_params {
     const char *tls_server_name;/* DNS name every server's certificate must carry (one
                                   cluster-wide name; also sent as SNI); NULL (default) =
                                   the numeric address dialled, as an IP SAN (copied) */
+    uint32_t spin_us;          /* dhps_rpc_client_poll with calls in flight and nothing
+                                  ready: keep turning without sleeping for up to this
+                                  long before sleeping in the kernel, 0..1000000 (default
+                                  50; 0 = sleep at once). A wait whose spin ran out
+                                  makes the next 16 waits sleep at once, so a slow peer
+                                  costs little CPU (docs/rpc.md §7 "Waiting") */
 } dhps_rpc_client_params;
 
 /* Fill p with the defaults above (no secret: set secret/secret_len). */
@@ -510,6 +516,19 @@ typedef struct dhps_rpc_channel_stats {
 /* Counters of the channel's connection (shared by every channel that shares it, see
  * dhps_rpc_channel_params.exclusive). Client thread only. */
 void dhps_rpc_channel_get_stats(const dhps_rpc_channel *ch, dhps_rpc_channel_stats *st);
+
+typedef struct dhps_rpc_client_stats {
+    uint64_t turns;       /* loop turns run by dhps_rpc_client_poll (and dhps_rpc_call) */
+    uint64_t sleeps;      /* turns that waited in the kernel (epoll with a timeout) */
+    uint64_t spin_turns;  /* turns run without sleeping while a wait spun (spin_us) */
+    uint64_t spin_hits;   /* waits that ended with a completion while spinning */
+    uint64_t spin_misses; /* waits whose spin ran out: they slept, and the next 16 waits
+                             sleep at once */
+} dhps_rpc_client_stats;
+
+/* Counters of the client's event loop since create (how it waited). Client thread
+ * only. */
+void dhps_rpc_client_get_stats(const dhps_rpc_client *c, dhps_rpc_client_stats *st);
 
 /* Test hooks (fault injection). DHPS_RPC_FAULT_QP_ERROR moves the channel's verbs
  * queue pair to the error state, as a failing device would; the next poll detects it

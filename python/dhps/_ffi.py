@@ -46,6 +46,7 @@ typedef struct dhps_client_params {
     const char *tls_cert_file;
     const char *tls_key_file;
     const char *tls_server_name;
+    uint32_t spin_us;
 } dhps_client_params;
 
 typedef struct dhps_client_result {

@@ -117,7 +117,9 @@ class Client:
     Options: timeout_ms (default deadline of calls, 100 ms), connect_timeout_ms,
     max_msg (bytes, default 4 MiB like the tools), hedge (bool), allow_nonfinite
     (bool, default False: an update with a NaN or inf value is refused whole, dhps.Error
-    with code -errno.EDOM, and nothing is written).
+    with code -errno.EDOM, and nothing is written), spin_us (0..1000000: a call waiting
+    for its answers spins this long before sleeping, default 50; 0 = sleep at once,
+    the least CPU per call).
 
     TLS (docs/client.md "TLS"): tls="off" (default) | "cross_az" | "always", tls_ca (the
     CA file the nodes' certificates are checked against; needed unless off), tls_cert /
@@ -128,8 +130,11 @@ class Client:
     def __init__(self, cluster=None, *, map=None, secret=None, host=None, pod=None, az=None,
                  timeout_ms=None, connect_timeout_ms=None, max_msg=4 << 20, hedge=None,
                  etcd=None, name=None, allow_nonfinite=False, tls="off", tls_ca=None,
-                 tls_cert=None, tls_key=None, tls_server_name=None):
+                 tls_cert=None, tls_key=None, tls_server_name=None, spin_us=None):
         self._c = None
+        if spin_us is not None and (isinstance(spin_us, bool) or not isinstance(spin_us, int)
+                                    or not 0 <= spin_us <= 1000000):
+            raise ValueError("spin_us must be an int in 0..1000000 (microseconds)")
         if etcd is not None:
             if cluster is not None:
                 raise ValueError("give cluster=DIR or etcd=URL, not both")
@@ -189,6 +194,8 @@ class Client:
         if hedge is not None:
             p.hedge = bool(hedge)
         p.allow_nonfinite = bool(allow_nonfinite)
+        if spin_us is not None:
+            p.spin_us = spin_us
         policies = {"off": 0, "cross_az": 1, "always": 2}
         if tls not in policies:
             raise ValueError('tls must be "off", "cross_az" or "always"')

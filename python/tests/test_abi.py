@@ -20,7 +20,8 @@ STRUCTS = {
                            "connect_timeout_ms", "redial_backoff_ms", "default_timeout_us",
                            "reload_interval_ms", "max_attempts", "hedge",
                            "attempt_timeout_us", "etcd", "cluster", "allow_nonfinite", "tls",
-                           "tls_ca_file", "tls_cert_file", "tls_key_file", "tls_server_name"],
+                           "tls_ca_file", "tls_cert_file", "tls_key_file", "tls_server_name",
+                           "spin_us"],
     "dhps_client_result": ["found", "missing", "unanswered", "messages", "retries", "hedges",
                            "version"],
 }

@@ -158,6 +158,23 @@ def test_error_carries_code_and_text(cluster):
     assert issubclass(dhps.TimeoutError, dhps.Error)
 
 
+def test_spin_us(cluster):
+    # the same answers whether a waiting call spins (1 s cap: it answers well within)
+    # or sleeps at once; out-of-range values are refused before C sees them
+    keys = np.arange(60_000, 60_100, dtype=np.uint64)
+    vals = np.random.default_rng(2).standard_normal((100, DIM)).astype(np.float32)
+    for scale, spin in ((2, 0), (3, 1_000_000)):
+        with dhps.Client(cluster=cluster, spin_us=spin,
+                         timeout_ms=int(scaled(2) * 1000)) as c:
+            c.update("emb", keys, vals * scale)
+            got, miss = c.lookup("emb", keys)
+            assert not miss.any() and np.array_equal(got, vals * scale)
+            c.delete("emb", keys)
+    for bad in (-1, 1_000_001, 2.5, True, "50"):
+        with pytest.raises(ValueError):
+            dhps.Client(cluster=cluster, spin_us=bad)
+
+
 def test_closed_client(cluster):
     c = dhps.Client(cluster=cluster)
     c.close()

@@ -49,6 +49,7 @@ void client_rpc_params(const dhps_client *c, dhps_rpc_client_params *rp)
     rp->secret_len = c->p.secret_len;
     rp->max_msg = c->p.max_msg;
     rp->connect_timeout_ms = c->p.connect_timeout_ms;
+    rp->spin_us = c->p.spin_us;
     rp->tls_ca_file = c->p.tls_ca_file; /* NULL when tls is off */
     rp->tls_cert_file = c->p.tls_cert_file;
     rp->tls_key_file = c->p.tls_key_file;

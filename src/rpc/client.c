@@ -22,6 +22,7 @@ void dhps_rpc_client_params_init(dhps_rpc_client_params *p)
     p->hello_version = RPC_HELLO_VERSION;
     p->verbs_slots = 32;
     p->promote_backoff_ms = 20;
+    p->spin_us = 50;
 }
 
 void dhps_rpc_channel_params_init(dhps_rpc_channel_params *p)
@@ -40,13 +41,14 @@ int dhps_rpc_client_create(const dhps_rpc_client_params *p, dhps_rpc_client **ou
         p->max_inflight > (1u << 20) || p->secret_len > DHPS_RPC_MAX_SECRET ||
         (p->secret_len && !p->secret) || p->hello_version < 1 ||
         (p->shm_ring_bytes && (p->shm_ring_bytes & (p->shm_ring_bytes - 1))) ||
-        p->verbs_slots < 1 || p->verbs_slots > 1024 ||
+        p->verbs_slots < 1 || p->verbs_slots > 1024 || p->spin_us > 1000000 ||
         (!p->tls_ca_file && (p->tls_cert_file || p->tls_key_file)))
         return -EINVAL;
     dhps_rpc_client *c = calloc(1, sizeof *c);
     if (!c)
         return -ENOMEM;
     c->p = *p;
+    c->spin_ns = (uint64_t)p->spin_us * 1000;
     c->p.secret = NULL;
     c->p.tls_ca_file = c->p.tls_cert_file = c->p.tls_key_file = c->p.tls_server_name = NULL;
     if (p->tls_ca_file) {
@@ -720,6 +722,9 @@ static int turn(dhps_rpc_client *cl, int64_t wait_ns)
         slept = true;
     }
     struct epoll_event evs[32];
+    cl->st.turns++;
+    if (wait_ns != 0)
+        cl->st.sleeps++;
     int n = wait_events(cl->ep, evs, 32, wait_ns);
     if (slept)
         for (session *ch = cl->chans; ch; ch = ch->next)
@@ -785,6 +790,24 @@ int dhps_rpc_client_poll(dhps_rpc_client *cl, int timeout_ms)
     return dhps_rpc_client_poll_ns(cl, timeout_ms < 0 ? -1 : (int64_t)timeout_ms * 1000000);
 }
 
+/* Should a wait that found nothing ready spin before sleeping? Only with calls in flight
+ * (an idle client sleeps at once) and not in the waits that follow a spin that ran out. */
+static bool spin_allowed(dhps_rpc_client *cl)
+{
+    if (!cl->spin_ns)
+        return false;
+    const session *ch = cl->chans;
+    while (ch && (!ch->inflight || ch->broken))
+        ch = ch->next;
+    if (!ch)
+        return false;
+    if (cl->spin_skip) {
+        cl->spin_skip--;
+        return false;
+    }
+    return true;
+}
+
 int dhps_rpc_client_poll_ns(dhps_rpc_client *cl, int64_t timeout_ns)
 {
     for (session *ch = cl->chans; ch; ch = ch->next)
@@ -792,20 +815,45 @@ int dhps_rpc_client_poll_ns(dhps_rpc_client *cl, int64_t timeout_ns)
             return -EINVAL;
     uint64_t end = timeout_ns < 0 ? UINT64_MAX : dhps_mono_ns() + (uint64_t)timeout_ns;
     uint32_t spins = 0;
+    enum { UNDECIDED, SPINNING, SLEEPING } mode = UNDECIDED;
+    uint64_t spin_end = 0;
     for (;;) {
         int64_t wait = 0;
         uint64_t now = dhps_mono_ns();
+        /* shm: 64 cheap turns before anything else (sleeping there costs a handshake
+         * with the server); then spin_us with calls in flight; then sleep */
         if (timeout_ns != 0 && (!cl->nshm || ++spins > 64)) {
-            uint64_t nd = next_deadline(cl), until = end < nd ? end : nd;
-            if (until == UINT64_MAX)
-                wait = -1;
-            else if (until > now)
-                wait = (int64_t)(until - now);
+            if (mode == UNDECIDED) {
+                mode = spin_allowed(cl) ? SPINNING : SLEEPING;
+                spin_end = now + cl->spin_ns;
+            }
+            if (mode == SPINNING && now >= spin_end) {
+                mode = SLEEPING;
+                cl->st.spin_misses++;
+                cl->spin_skip = 16;
+            }
+            if (mode == SPINNING) {
+                cl->st.spin_turns++;
+            } else {
+                uint64_t nd = next_deadline(cl), until = end < nd ? end : nd;
+                if (until == UINT64_MAX)
+                    wait = -1;
+                else if (until > now)
+                    wait = (int64_t)(until - now);
+            }
         }
         int r = turn(cl, wait);
-        if (r != 0 || timeout_ns == 0)
+        if (r != 0 || timeout_ns == 0) {
+            if (r > 0 && mode == SPINNING)
+                cl->st.spin_hits++;
             return r;
+        }
         if (dhps_mono_ns() >= end)
             return 0;
     }
+}
+
+void dhps_rpc_client_get_stats(const dhps_rpc_client *cl, dhps_rpc_client_stats *st)
+{
+    *st = cl->st;
 }

@@ -127,6 +127,9 @@ struct dhps_rpc_client {
     char *tls_name;           /* tls_server_name (copied), or NULL */
     uint32_t nopening;        /* sessions whose hello is in progress */
     uint64_t dev_checked;
+    uint64_t spin_ns;         /* p.spin_us in ns */
+    uint32_t spin_skip;       /* waits left that sleep at once (after a spin ran out) */
+    dhps_rpc_client_stats st;
 };
 
 /* ---- channel open: connect, hello, negotiate, without blocking -------------------- */

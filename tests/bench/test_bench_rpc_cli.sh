@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # dhps-bench rpc through its command line: one round and --rounds N (with --peers when
-# redis-server and redis-benchmark are installed), --wait spin|block, --json's fields,
+# redis-server and redis-benchmark are installed), --wait spin|block, --spin-us, --json's
+# fields,
 # and bad options refused with exit 2. The figures themselves are not judged here (a
 # benchmark on a shared machine); only that every round ran, without errors, and that
 # the summary is the median and range of the rounds printed.
@@ -14,7 +15,7 @@ fail() { echo "FAIL: $*"; [ -f "$t/out" ] && cat "$t/out"; [ -f "$t/err" ] && ca
 python3 - "$t/out" <<'PY' || fail "one round json"
 import json, sys
 d = json.load(open(sys.argv[1]))
-assert d["transport"] == "tcp" and d["wait"] == "spin", d
+assert d["transport"] == "tcp" and d["wait"] == "spin" and d["spin_us"] == 0, d
 assert d["calls_mps"] > 0 and d["errors"] == 0, d
 assert 0 < d["p50_us"] <= d["p99_us"] <= d["p999_us"], d
 PY
@@ -30,7 +31,7 @@ fi
 python3 - "$t/out" "${#peers[@]}" <<'PY' || fail "--rounds 3 json"
 import json, statistics, sys
 d = json.load(open(sys.argv[1])); peers = sys.argv[2] == "1"
-assert d["wait"] == "block" and len(d["rounds"]) == 3, d
+assert d["wait"] == "block" and d["spin_us"] == 50 and len(d["rounds"]) == 3, d
 s = d["summary"]
 for field, key in (("calls_mps", "calls_mps"), ("p99_us", "p99_us")):
     v = [r[key] for r in d["rounds"]]
@@ -47,12 +48,22 @@ else:
     assert "ratio_ping" not in s, s
 PY
 
+# --spin-us: the clients' spin before they sleep (block), in the JSON and the header
+"$B" rpc --transport tcp --seconds 0.2 --wait block --spin-us 0 --json >"$t/out" 2>"$t/err" \
+  || fail "--spin-us 0"
+python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["wait"] == "block" and d["spin_us"] == 0 and d["errors"] == 0, d' "$t/out" \
+  || fail "--spin-us 0 json"
+"$B" rpc --transport tcp --seconds 0.2 --wait block --spin-us 200 >"$t/out" 2>"$t/err" \
+  || fail "--spin-us 200"
+grep -q "clients block (spin 200 us)" "$t/out" || fail "no spin in the header"
+
 # the text form names every round and the summary
 "$B" rpc --transport tcp --seconds 0.2 --rounds 2 >"$t/out" 2>"$t/err" || fail "text rounds"
 grep -q "^  round 2: dhps" "$t/out" || fail "no round 2 line"
 grep -q "^median (min-max) over 2 rounds" "$t/out" || fail "no summary"
 
-for bad in "--wait nap" "--rounds 0" "--rounds 65" "--transport udp" "--batch 0"; do
+for bad in "--wait nap" "--rounds 0" "--rounds 65" "--transport udp" "--batch 0" \
+           "--spin-us -1" "--spin-us 1000001" "--spin-us 5x"; do
   set +e
   # shellcheck disable=SC2086
   "$B" rpc --transport tcp --seconds 0.1 $bad >"$t/out" 2>"$t/err"
