@@ -343,6 +343,8 @@ typedef struct dhps_route_stats {
     uint64_t breaker_half_opened;
     uint64_t breaker_closed;    /* half-open -> closed */
     uint64_t ejection_capped;   /* openings refused by max_ejection_share */
+    uint64_t displaced;         /* breakers opened for slow answers closed early to make
+                                   room, under max_ejection_share, for a node that fails */
     uint64_t opened_errors;     /* of breaker_opened: errors (consecutive, or the window's
                                    error share) */
     uint64_t opened_slow;       /* ... the window's slow share */

@@ -87,9 +87,39 @@ static void window_reset(struct rnode *n, uint64_t now)
     st32(&n->consec, 0);
 }
 
-/* Closed -> open, unless the ejection cap forbids it. */
-/* Open n's breaker (closed -> open); slow: the window's slow share tripped it, not
- * errors (counted apart, so a reader can tell a sick node from a loaded path). */
+/*
+ * Errors outrank slowness under the ejection cap. When a node that fails its calls would
+ * be refused by the cap, a node isolated only for slow answers (open or half-open with
+ * BRK_SLOW) is closed to make room: it answered, just late, while the failing node's
+ * shard partners now survive only by retries, within the retry budget. Returns whether
+ * a slot was freed (another opening may still take it first). Scans the nodes in id
+ * order; it runs only when the cap refuses an opening, and then once per node window.
+ */
+static bool displace_slow(dhps_route *r, uint64_t now)
+{
+    for (uint32_t i = 0; i < r->p.max_nodes; i++) {
+        struct rnode *m = &r->nodes[i];
+        if (!__atomic_load_n(&m->present, ACQ))
+            continue;
+        uint32_t b = __atomic_load_n(&m->brk, ACQ);
+        if (BRK_STATE(b) == DHPS_ROUTE_CLOSED || !(b & BRK_SLOW))
+            continue;
+        if (!cas32(&m->brk, &b, BRK(DHPS_ROUTE_CLOSED, BRK_LEVEL(b))))
+            continue; /* its state moved on; judge it no further */
+        __atomic_fetch_sub(&r->ejected, 1, RLX);
+        st64(&m->closed_since, now);
+        window_reset(m, now);
+        inc(&r->c.displaced);
+        DHPS_LOG(DHPS_LOG_DEBUG, "route", "node %u (isolated for slowness) displaced by "
+                 "a failing node under the ejection cap", i);
+        return true;
+    }
+    return false;
+}
+
+/* Open n's breaker (closed -> open), unless the ejection cap forbids it; slow: the
+ * window's slow share tripped it, not errors (counted apart, so a reader can tell a sick
+ * node from a loaded path, and an opening for errors may displace one for slowness). */
 static void breaker_open(dhps_route *r, struct rnode *n, uint32_t b, uint64_t now, bool slow)
 {
     uint32_t level = BRK_LEVEL(b);
@@ -100,17 +130,29 @@ static void breaker_open(dhps_route *r, struct rnode *n, uint32_t b, uint64_t no
     if (cap < 1)
         cap = 1;
     uint32_t e = ld32(&r->ejected);
-    do {
-        if (e >= cap) {
-            inc(&r->c.ejection_capped);
-            window_reset(n, now); /* judge again on fresh evidence */
-            return;
+    bool tried_displace = false;
+    for (;;) {
+        if (e < cap) {
+            if (cas32(&r->ejected, &e, e + 1))
+                break;
+            continue; /* lost a race; e is fresh */
         }
-    } while (!cas32(&r->ejected, &e, e + 1));
+        if (!slow && !tried_displace) {
+            tried_displace = true;
+            if (displace_slow(r, now)) {
+                e = ld32(&r->ejected);
+                continue;
+            }
+        }
+        inc(&r->c.ejection_capped);
+        window_reset(n, now); /* judge again on fresh evidence */
+        return;
+    }
     st64(&n->open_until, now + route_backoff_ns(r, level));
     st32(&n->probe_ok, 0);
     st32(&n->probe_busy, 0);
-    uint32_t nb = BRK(DHPS_ROUTE_OPEN, level + 1 > MAX_LEVEL ? MAX_LEVEL : level + 1);
+    uint32_t nb = BRK(DHPS_ROUTE_OPEN, level + 1 > MAX_LEVEL ? MAX_LEVEL : level + 1) |
+                  (slow ? BRK_SLOW : 0);
     if (!cas32(&n->brk, &b, nb)) { /* someone else changed it first */
         __atomic_fetch_sub(&r->ejected, 1, RLX);
         return;
@@ -128,7 +170,7 @@ uint32_t route_breaker_state(dhps_route *r, struct rnode *n, uint64_t now)
     uint32_t b = __atomic_load_n(&n->brk, ACQ);
     /* probe_ok and probe_busy were cleared before the node entered OPEN */
     while (BRK_STATE(b) == DHPS_ROUTE_OPEN && now >= ld64(&n->open_until)) {
-        if (cas32(&n->brk, &b, BRK(DHPS_ROUTE_HALF_OPEN, BRK_LEVEL(b)))) {
+        if (cas32(&n->brk, &b, BRK(DHPS_ROUTE_HALF_OPEN, BRK_LEVEL(b)) | (b & BRK_SLOW))) {
             inc(&r->c.breaker_half_opened);
             return DHPS_ROUTE_HALF_OPEN;
         }
@@ -158,7 +200,8 @@ void route_breaker_report(dhps_route *r, struct rnode *n, const dhps_route_choic
             st64(&n->open_until, now + route_backoff_ns(r, BRK_LEVEL(b)));
             st32(&n->probe_ok, 0);
             uint32_t lvl = BRK_LEVEL(b) + 1 > MAX_LEVEL ? MAX_LEVEL : BRK_LEVEL(b) + 1;
-            if (cas32(&n->brk, &b, BRK(DHPS_ROUTE_OPEN, lvl))) {
+            /* a probe that answered, late, keeps the node displaceable */
+            if (cas32(&n->brk, &b, BRK(DHPS_ROUTE_OPEN, lvl) | (ok ? BRK_SLOW : 0))) {
                 inc(&r->c.breaker_opened);
                 inc(&r->c.opened_probe);
                 inc(&n->ejections);

@@ -546,6 +546,7 @@ int dhps_route_stats_get(dhps_route *r, dhps_route_stats *o)
     o->breaker_half_opened = ld64(&c->breaker_half_opened);
     o->breaker_closed = ld64(&c->breaker_closed);
     o->ejection_capped = ld64(&c->ejection_capped);
+    o->displaced = ld64(&c->displaced);
     o->opened_errors = ld64(&c->opened_errors);
     o->opened_slow = ld64(&c->opened_slow);
     o->opened_probe = ld64(&c->opened_probe);

@@ -38,16 +38,20 @@
 #define TOKEN 1000000LL        /* token buckets count micro-tokens */
 #define MAX_LEVEL 40
 
+/* A breaker word: state (bits 0-1), BRK_SLOW (bit 2: opened for slow answers, not
+ * errors; kept through half-open), backoff level (bits 3..). One word, so a compare-and-
+ * swap sees the state and the reason together. */
+#define BRK_SLOW 4u
 #define BRK_STATE(b) ((b)&3u)
-#define BRK_LEVEL(b) ((b) >> 2)
-#define BRK(st, lvl) ((uint32_t)(st) | ((uint32_t)(lvl) << 2))
+#define BRK_LEVEL(b) ((b) >> 3)
+#define BRK(st, lvl) ((uint32_t)(st) | ((uint32_t)(lvl) << 3))
 
 struct rnode {
     uint32_t present;
     uint32_t tier;
     uint32_t up;
     uint32_t in_flight;
-    uint32_t brk;        /* state | level << 2 */
+    uint32_t brk;        /* state | BRK_SLOW | level << 3 */
     uint32_t consec;     /* failures in a row (closed) */
     uint32_t probe_busy; /* a probe is outstanding (half-open) */
     uint32_t probe_ok;   /* ok probes since half-open */
@@ -90,7 +94,7 @@ struct bucket {
 struct counters {
     uint64_t picks, primary, hedge_picks, retry_picks, spills, panics, no_healthy, probes,
         unreachable, breaker_opened, breaker_half_opened, breaker_closed, ejection_capped,
-        opened_errors, opened_slow, opened_probe,
+        displaced, opened_errors, opened_slow, opened_probe,
         hedge_sent, hedge_won, hedge_lost, hedge_budget_exhausted, hedge_deadline, retries,
         retry_budget_exhausted, retry_deadline, reports_ok, reports_error, reports_timeout,
         reports_cancelled;

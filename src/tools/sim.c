@@ -621,7 +621,7 @@ int dhps_cmd_sim(int argc, char **argv)
                "\"hedge_budget_exhausted\":%llu,\"retries\":%llu,"
                "\"retry_budget_exhausted\":%llu,\"retry_deadline\":%llu,\"timeouts\":%llu,"
                "\"breaker_opened\":%llu,\"breaker_closed\":%llu,\"ejection_capped\":%llu,"
-               "\"probes\":%llu,\"panics\":%llu,\"no_healthy\":%llu,\"spills\":%llu,"
+               "\"displaced\":%llu,\"probes\":%llu,\"panics\":%llu,\"no_healthy\":%llu,\"spills\":%llu,"
                "\"slow_pod\":%g,\"pod0_local_share_by_tenth\":[",
                (unsigned long long)tot.picks, (unsigned long long)tot.hedge_sent,
                (unsigned long long)tot.hedge_won,
@@ -629,8 +629,8 @@ int dhps_cmd_sim(int argc, char **argv)
                (unsigned long long)tot.retry_budget_exhausted,
                (unsigned long long)tot.retry_deadline, (unsigned long long)tot.reports_timeout,
                (unsigned long long)tot.breaker_opened, (unsigned long long)tot.breaker_closed,
-               (unsigned long long)tot.ejection_capped, (unsigned long long)tot.probes,
-               (unsigned long long)tot.panics, (unsigned long long)tot.no_healthy,
+               (unsigned long long)tot.ejection_capped, (unsigned long long)tot.displaced,
+               (unsigned long long)tot.probes, (unsigned long long)tot.panics, (unsigned long long)tot.no_healthy,
                (unsigned long long)tot.spills, o->slow_pod);
         for (int i = 0; i < 10; i++)
             printf("%s%.4f", i ? "," : "", s.pod0_att[i] ? (double)s.pod0_in[i] / (double)s.pod0_att[i] : 0);
@@ -657,10 +657,11 @@ int dhps_cmd_sim(int argc, char **argv)
                (unsigned long long)tot.hedge_budget_exhausted, (unsigned long long)tot.retries,
                (unsigned long long)tot.retry_budget_exhausted,
                (unsigned long long)tot.retry_deadline, (unsigned long long)tot.reports_timeout);
-        printf("breakers: %llu opened, %llu closed, %llu capped, %llu probes; picks %llu: "
-               "%llu spilled, %llu panic, %llu no-healthy\n",
+        printf("breakers: %llu opened, %llu closed, %llu capped, %llu displaced, %llu probes; "
+               "picks %llu: %llu spilled, %llu panic, %llu no-healthy\n",
                (unsigned long long)tot.breaker_opened, (unsigned long long)tot.breaker_closed,
-               (unsigned long long)tot.ejection_capped, (unsigned long long)tot.probes,
+               (unsigned long long)tot.ejection_capped, (unsigned long long)tot.displaced,
+               (unsigned long long)tot.probes,
                (unsigned long long)tot.picks, (unsigned long long)tot.spills,
                (unsigned long long)tot.panics, (unsigned long long)tot.no_healthy);
         printf("POD-0 clients, share of attempts kept in their POD (or host), by tenth of the run"

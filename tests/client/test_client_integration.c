@@ -290,21 +290,25 @@ static void test_three_servers(void **state)
                       other1[i].breaker != DHPS_ROUTE_CLOSED;
     }
     if (other_open) {
-        /* A healthy node's breaker opened in the window too (slow answers under a loaded
-         * sanitizer run: ASan repeat 7 of 10, 2026-12-05, sent node 2 843 messages here).
-         * The ejection cap (max_ejection_share 0.5 of 3 nodes: one) then keeps node 2's
-         * breaker closed, and the shards whose other replica is the ejected node have
+        /* A healthy node's breaker opened in the window too (timeouts or slow answers
+         * under a loaded sanitizer run: ASan repeat 7 of 10, 2026-12-05, sent node 2 843
+         * messages here). Isolated for slowness, node 2's errors displace it (route.md,
+         * "errors outrank slowness") and the bound below holds. Isolated for errors or
+         * timeouts, the ejection cap (max_ejection_share 0.5 of 3 nodes: one) keeps node
+         * 2's breaker closed, and the shards whose other replica is the ejected node have
          * node 2 as their only eligible replica: by design, not a router ignoring the
-         * failures. What must show instead: the router tried to eject node 2 and the cap
+         * failures. What must show then: the router tried to eject node 2 and the cap
          * stopped it (the lookups above stayed complete through retries). */
         print_message("  another node's breaker opened in the window (node 0: %llu -> %llu "
-                      "ejections, node 1: %llu -> %llu); ejection_capped %llu -> %llu\n",
+                      "ejections, node 1: %llu -> %llu); ejection_capped %llu -> %llu, "
+                      "displaced %llu -> %llu\n",
                       (unsigned long long)other0[0].ejections,
                       (unsigned long long)other1[0].ejections,
                       (unsigned long long)other0[1].ejections,
                       (unsigned long long)other1[1].ejections,
                       (unsigned long long)rs0.ejection_capped,
-                      (unsigned long long)rs1.ejection_capped);
+                      (unsigned long long)rs1.ejection_capped,
+                      (unsigned long long)rs0.displaced, (unsigned long long)rs1.displaced);
         assert_true(rs1.ejection_capped > rs0.ejection_capped || after <= 3 * (uint64_t)rounds);
     } else {
         assert_true(after <= 3 * (uint64_t)rounds); /* 89 seen once on a loaded machine */

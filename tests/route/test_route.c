@@ -771,6 +771,91 @@ static void ejection_cap(void **state)
     dhps_route_destroy(r);
 }
 
+/* Errors outrank slowness under the ejection cap: with the cap full of a node isolated
+ * for slow answers (here through a probe that answered late, so the reason survives
+ * half-open), a node that fails every call takes its place (counted as `displaced`, the
+ * slow node closed), while a failing node never displaces one isolated for errors and a
+ * slow node never displaces anything. */
+static void errors_displace_slow_under_cap(void **state)
+{
+    (void)state;
+    dhps_route_params p;
+    dhps_route_params_init(&p);
+    p.max_ejection_share = 0.25; /* 4 nodes: one ejection */
+    dhps_route *r = make(&p);
+    uint32_t reps[4] = {0, 1, 2, 3};
+    for (uint32_t i = 0; i < 4; i++)
+        add(r, i, DHPS_ROUTE_POD);
+    for (int i = 0; i < 4000; i++) { /* learn the 20 us baseline */
+        g_now += 10 * US;
+        pick_ok(r, reps, 4, 20 * US);
+    }
+    g_now += 1 * SEC; /* a fresh breaker window */
+    dhps_route_choice c;
+    for (int i = 0; i < 30; i++) { /* node 0 turns 10x slow: isolated for it */
+        g_now += 10 * US;
+        assert_int_equal(dhps_route_pick(r, &reps[0], 1, NULL, 0, 0, &c), 0);
+        dhps_route_report(r, &c, 200 * US, DHPS_ROUTE_OK);
+    }
+    dhps_route_node_stats ns;
+    dhps_route_stats s;
+    dhps_route_node_stats_get(r, 0, &ns);
+    assert_int_equal(ns.breaker, DHPS_ROUTE_OPEN);
+    g_now = ns.open_until_ns; /* half-open: the probe answers, late -> open again */
+    assert_int_equal(dhps_route_pick(r, &reps[0], 1, NULL, 0, 0, &c), 0);
+    assert_true(c.flags & DHPS_ROUTE_PROBE);
+    dhps_route_report(r, &c, 200 * US, DHPS_ROUTE_OK);
+    dhps_route_node_stats_get(r, 0, &ns);
+    assert_int_equal(ns.breaker, DHPS_ROUTE_OPEN);
+    dhps_route_stats_get(r, &s);
+    assert_int_equal(s.opened_slow, 1);
+    assert_int_equal(s.opened_probe, 1);
+    assert_int_equal(s.ejected, 1);
+    /* node 1 fails 5 in a row: the cap is full, node 0 (slow) makes room */
+    for (int i = 0; i < 5; i++) {
+        g_now += 10 * US;
+        assert_int_equal(dhps_route_pick(r, &reps[1], 1, NULL, 0, 0, &c), 0);
+        dhps_route_report(r, &c, 20 * US, DHPS_ROUTE_ERROR);
+    }
+    dhps_route_stats_get(r, &s);
+    assert_int_equal(s.displaced, 1);
+    assert_int_equal(s.ejection_capped, 0);
+    assert_int_equal(s.opened_errors, 1);
+    assert_int_equal(s.ejected, 1);
+    dhps_route_node_stats_get(r, 0, &ns);
+    assert_int_equal(ns.breaker, DHPS_ROUTE_CLOSED);
+    dhps_route_node_stats_get(r, 1, &ns);
+    assert_int_equal(ns.breaker, DHPS_ROUTE_OPEN);
+    /* node 2 fails too: node 1 was isolated for errors, so the cap holds */
+    for (int i = 0; i < 5; i++) {
+        g_now += 10 * US;
+        assert_int_equal(dhps_route_pick(r, &reps[2], 1, NULL, 0, 0, &c), 0);
+        dhps_route_report(r, &c, 20 * US, DHPS_ROUTE_ERROR);
+    }
+    dhps_route_stats_get(r, &s);
+    assert_int_equal(s.displaced, 1);
+    assert_int_equal(s.ejection_capped, 1);
+    dhps_route_node_stats_get(r, 2, &ns);
+    assert_int_equal(ns.breaker, DHPS_ROUTE_CLOSED);
+    /* node 0 still slow: a slow opening is capped and displaces nothing */
+    g_now += 1 * SEC;
+    for (int i = 0; i < 30; i++) {
+        g_now += 10 * US;
+        assert_int_equal(dhps_route_pick(r, &reps[0], 1, NULL, 0, 0, &c), 0);
+        dhps_route_report(r, &c, 200 * US, DHPS_ROUTE_OK);
+    }
+    dhps_route_stats_get(r, &s);
+    assert_int_equal(s.displaced, 1);
+    assert_true(s.ejection_capped >= 2);
+    assert_int_equal(s.opened_slow, 1);
+    assert_int_equal(s.ejected, 1);
+    dhps_route_node_stats_get(r, 0, &ns);
+    assert_int_equal(ns.breaker, DHPS_ROUTE_CLOSED);
+    dhps_route_node_stats_get(r, 1, &ns);
+    assert_int_equal(ns.breaker, DHPS_ROUTE_OPEN);
+    dhps_route_destroy(r);
+}
+
 static void hedge_delay_tracks_p95(void **state)
 {
     (void)state;
@@ -998,6 +1083,7 @@ int main(void)
         cmocka_unit_test(slow_node_is_ejected),
         cmocka_unit_test(not_slow_while_faster_than_next),
         cmocka_unit_test(ejection_cap),
+        cmocka_unit_test(errors_displace_slow_under_cap),
         cmocka_unit_test(hedge_delay_tracks_p95),
         cmocka_unit_test(hedge_budget),
         cmocka_unit_test(retry_budget_and_deadline),

@@ -23,6 +23,8 @@ static uint64_t tick_clock(void *arg)
 struct worker {
     dhps_route *r;
     uint64_t seed, picks, hedges, retries;
+    uint32_t slow_nodes; /* nodes 2 .. 2+slow_nodes-1 answer 10x late */
+    int fail_from;       /* nodes 0 and 1 fail from this iteration on */
 };
 
 static void *work(void *arg)
@@ -38,8 +40,11 @@ static void *work(void *arg)
             continue;
         w->picks++;
         /* nodes 0 and 1 fail, every tier answers in its own time */
-        int out = c.node < 2 ? DHPS_ROUTE_ERROR : DHPS_ROUTE_OK;
+        bool failing = i >= w->fail_from;
+        int out = c.node < 2 && failing ? DHPS_ROUTE_ERROR : DHPS_ROUTE_OK;
         uint64_t lat = 20000 + (x >> 58) * 1000;
+        if (c.node >= 2 && c.node < 2 + w->slow_nodes)
+            lat *= 10;
         if ((x & 15) == 0 && dhps_route_hedge_acquire(w->r, 0) == 0 &&
             dhps_route_pick(w->r, set, 3, &c.node, 1, DHPS_ROUTE_HEDGE, &h) == 0) {
             w->hedges++;
@@ -53,7 +58,8 @@ static void *work(void *arg)
             dhps_route_pick(w->r, set, 3, &c.node, 1, DHPS_ROUTE_RETRY, &h) == 0) {
             w->retries++;
             w->picks++;
-            dhps_route_report(w->r, &h, lat, h.node < 2 ? DHPS_ROUTE_ERROR : DHPS_ROUTE_OK);
+            dhps_route_report(w->r, &h, lat,
+                              h.node < 2 && failing ? DHPS_ROUTE_ERROR : DHPS_ROUTE_OK);
         }
         if (i % 1000 == 0) { /* flap node 15 administratively */
             dhps_route_node_set_up(w->r, 15, (i / 1000) % 2);
@@ -64,13 +70,17 @@ static void *work(void *arg)
     return NULL;
 }
 
-static void threads_keep_counters_exact(void **state)
+/* Runs THREADS workers on a 16-node router with max_ejection_share `share`; nodes 0 and
+ * 1 fail from iteration `fail_from` on, `slow_nodes` more answer 10x late. Checks that every counter adds up and that
+ * the breakers' states agree with the ejected count, which never passes the cap. */
+static void run_threads(double share, uint32_t slow_nodes, int fail_from,
+                        dhps_route_stats *out)
 {
-    (void)state;
     dhps_route_params p;
     dhps_route_params_init(&p);
     p.clock_ns = tick_clock;
     p.max_nodes = NODES;
+    p.max_ejection_share = share;
     dhps_route_labels local = {"h0", "p0", "a0"};
     dhps_route *r;
     assert_int_equal(dhps_route_create(&p, &local, &r), 0);
@@ -85,7 +95,8 @@ static void threads_keep_counters_exact(void **state)
     pthread_t th[THREADS];
     struct worker w[THREADS];
     for (int t = 0; t < THREADS; t++) {
-        w[t] = (struct worker){.r = r, .seed = 1000u + (uint64_t)t};
+        w[t] = (struct worker){.r = r, .seed = 1000u + (uint64_t)t, .slow_nodes = slow_nodes,
+                              .fail_from = fail_from};
         assert_int_equal(pthread_create(&th[t], NULL, work, &w[t]), 0);
     }
     uint64_t picks = 0, hedges = 0, retries = 0;
@@ -115,13 +126,41 @@ static void threads_keep_counters_exact(void **state)
     }
     assert_int_equal(node_picks, picks);
     assert_int_equal(not_closed, s.ejected);
+    uint32_t cap = (uint32_t)(share * NODES);
+    assert_true(s.ejected <= (cap < 1 ? 1 : cap));
     assert_true(s.breaker_opened > 0);
     assert_true(hedges <= (uint64_t)(0.05 * (double)s.primary) + 10 + 1);
+    print_message("  share %.3f, %u slow: opened %llu (errors %llu, slow %llu, probe %llu), "
+                  "capped %llu, displaced %llu\n", share, slow_nodes,
+                  (unsigned long long)s.breaker_opened, (unsigned long long)s.opened_errors,
+                  (unsigned long long)s.opened_slow, (unsigned long long)s.opened_probe,
+                  (unsigned long long)s.ejection_capped, (unsigned long long)s.displaced);
+    *out = s;
     dhps_route_destroy(r);
+}
+
+static void threads_keep_counters_exact(void **state)
+{
+    (void)state;
+    dhps_route_stats s;
+    run_threads(0.5, 0, 0, &s);
+}
+
+/* Slow nodes fill a cap of two, then two nodes start failing and take their places:
+ * displacements (a failing node closing a slow one's breaker) racing with openings and
+ * probes never leave the ejected count off or past the cap. */
+static void threads_displace_under_cap(void **state)
+{
+    (void)state;
+    dhps_route_stats s;
+    run_threads(0.125, 4, ITERS / 2, &s);
+    assert_true(s.opened_slow > 0);
+    assert_true(s.displaced > 0);
 }
 
 int main(void)
 {
-    const struct CMUnitTest tests[] = {cmocka_unit_test(threads_keep_counters_exact)};
+    const struct CMUnitTest tests[] = {cmocka_unit_test(threads_keep_counters_exact),
+                                       cmocka_unit_test(threads_displace_under_cap)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
