@@ -41,19 +41,21 @@ size_t store_reclaim(dhps_store *s)
             *link = m->next;
             /* Keep a few freed segments resident: a reused segment then costs no page
              * faults or zeroing (compaction frees and reuses segments constantly). */
-            if (s->free_resident < FREE_RESIDENT_MAX) {
-                m->resident = 1;
-                s->free_resident++;
-            } else {
-                (void)madvise(s->base + ((size_t)id << s->seg_log2), s->seg_bytes, MADV_DONTNEED);
-                m->resident = 0;
-            }
             m->state = SEG_FREE;
             s->used_bytes -= m->used;
             s->retired_used -= m->used;
             m->used = 0;
-            m->next = s->free_head;
-            s->free_head = id;
+            if (s->free_resident < FREE_RESIDENT_MAX) {
+                m->resident = 1;
+                s->free_resident++;
+                m->next = s->warm_head;
+                s->warm_head = id;
+            } else {
+                (void)madvise(s->base + ((size_t)id << s->seg_log2), s->seg_bytes, MADV_DONTNEED);
+                m->resident = 0;
+                m->next = s->free_head;
+                s->free_head = id;
+            }
             s->nsegs_alloc--;
             freed += s->seg_bytes;
         } else {

@@ -78,24 +78,12 @@ int index_find(dhps_store *s, index_table *t, const hkey *k, uint32_t *bkt, int 
     return -1;
 }
 
-void index_prefetch_key(dhps_store *s, uint64_t key)
+int index_find_ref_k(const index_table *t, const hkey *k, uint32_t ref, uint32_t *bkt, int *slot)
 {
-    index_table *t = atomic_load_explicit(&s->table, memory_order_relaxed);
-    hkey k;
-    hkey_make(&k, key, store_hash(s, key), t->nb);
-    __builtin_prefetch(&t->b[k.b1], 1);
-    __builtin_prefetch(&t->b[k.b2], 1);
-}
-
-int index_find_ref(dhps_store *s, uint64_t key, uint32_t ref, uint32_t *bkt, int *slot)
-{
-    index_table *t = atomic_load_explicit(&s->table, memory_order_relaxed);
-    hkey k;
-    hkey_make(&k, key, store_hash(s, key), t->nb);
-    uint32_t bs[2] = {k.b1, k.b2};
+    uint32_t bs[2] = {k->b1, k->b2};
     for (int j = 0; j < 2; j++) {
-        bucket *b = &t->b[bs[j]];
-        uint32_t m = match_tags_writer(b, k.tag);
+        const bucket *b = &t->b[bs[j]];
+        uint32_t m = match_tags_writer(b, k->tag);
         while (m) {
             int i = __builtin_ctz(m);
             m &= m - 1;
@@ -107,6 +95,14 @@ int index_find_ref(dhps_store *s, uint64_t key, uint32_t ref, uint32_t *bkt, int
         }
     }
     return -1;
+}
+
+int index_find_ref(dhps_store *s, uint64_t key, uint32_t ref, uint32_t *bkt, int *slot)
+{
+    index_table *t = atomic_load_explicit(&s->table, memory_order_relaxed);
+    hkey k;
+    hkey_make(&k, key, store_hash(s, key), t->nb);
+    return index_find_ref_k(t, &k, ref, bkt, slot);
 }
 
 static inline int empty_slot(const bucket *b)

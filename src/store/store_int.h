@@ -168,7 +168,9 @@ struct dhps_store {
     uint32_t seg_bytes;
     uint32_t nsegs_max;
     uint32_t nsegs_hw;      /* segment ids below this have been used */
-    uint32_t free_head;
+    uint32_t free_head;     /* FREE segments whose memory was given back (cold) */
+    uint32_t warm_head;     /* FREE segments kept resident (free_resident of them): reused
+                               first, so a reuse costs no page fault or zeroing */
     uint32_t retired_head;
     uint32_t nsegs_alloc;   /* OPEN + SEALED + RETIRED */
     uint32_t free_resident; /* FREE segments whose memory is kept */
@@ -275,10 +277,10 @@ int index_insert(dhps_store *s, index_table *t, const hkey *k, uint32_t ref);
 void index_remove(index_table *t, uint32_t bkt, int slot);
 /* Grow to hold at least `want` keys. Returns 0, DHPS_E_FULL (memory limit), -ENOMEM. */
 int index_grow(dhps_store *s, uint64_t want);
-/* Prefetch both of key's buckets (for walks over a segment's records). */
-void index_prefetch_key(dhps_store *s, uint64_t key);
-/* Find the slot whose ref equals ref for key (liveness check). */
+/* Find the slot whose ref equals ref for key (liveness check). 0, or -1 when none. */
 int index_find_ref(dhps_store *s, uint64_t key, uint32_t ref, uint32_t *bkt, int *slot);
+/* The same with the key's buckets and tag already made for table t. */
+int index_find_ref_k(const index_table *t, const hkey *k, uint32_t ref, uint32_t *bkt, int *slot);
 
 /* Set once before any reader exists (store.c): membarrier(PRIVATE_EXPEDITED) is
  * registered, so a pinning reader fences the writer and the writer's side of the
@@ -314,6 +316,8 @@ int64_t seg_append(dhps_store *s, unsigned cls, bool compact, uint32_t len, bool
 void rec_write_header(dhps_store *s, uint8_t *rec, uint32_t ref, uint64_t key, uint16_t lf,
                       uint64_t version, uint32_t exp);
 void store_live(dhps_store *s, uint32_t ref, const uint8_t *rec);
+/* store_live for a record of padded size `size` and value length len (not read back). */
+void store_live_sized(dhps_store *s, uint32_t ref, uint32_t size, uint32_t len);
 void seg_retire(dhps_store *s, uint32_t id);
 int seg_reserve(dhps_store *s);
 void seg_release_all(dhps_store *s);

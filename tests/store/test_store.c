@@ -520,6 +520,68 @@ static void compaction_bounds_fragmentation(void **state)
     dhps_store_destroy(s);
 }
 
+/* Compaction that finds no room to move a record into (memory full of retired segments a
+ * pinning reader still holds) must leave that record where it is and come back to it:
+ * retiring the victim past it would free a live record. Every acknowledged update is
+ * read back after the pin ends and maintenance has run. */
+static void compaction_waits_for_room(void **state)
+{
+    (void)state;
+    uint64_t n = 6000;
+    dhps_store_params p;
+    dhps_store_params_init(&p);
+    p.capacity_hint = n;
+    p.segment_bytes = 64u << 10;
+    p.mem_limit = 4u << 20;
+    p.huge_pages = false;
+    p.auto_maintain = false; /* garbage piles up until dhps_store_maintain */
+    dhps_store *s;
+    assert_int_equal(dhps_store_create(&p, &s), 0);
+    dhps_store_reader *r;
+    assert_int_equal(dhps_store_reader_open(s, &r), 0);
+    uint64_t *ver = calloc(n, sizeof *ver);
+    uint32_t *len = calloc(n, sizeof *len);
+    for (uint64_t i = 0; i < n; i++) { /* ~1.3 MiB live */
+        ver[i] = 1;
+        len[i] = 200;
+        assert_int_equal(put1(s, i + 1, 1, 200, 0), 1);
+    }
+    /* overwrites with other sizes until memory is two segments short of the limit */
+    uint64_t x = 11;
+    dhps_store_stats st;
+    for (;;) {
+        dhps_store_get_stats(s, &st);
+        if (st.segment_bytes + st.index_bytes + 2 * p.segment_bytes > p.mem_limit)
+            break;
+        uint64_t i = splitmix(&x) % n;
+        uint32_t l = 16 + (uint32_t)(splitmix(&x) % 400);
+        assert_int_equal(put1(s, i + 1, ++ver[i], l, 0), 1);
+        len[i] = l;
+    }
+    assert_true(st.fragmentation > 0.3);
+    /* a pin holds every segment compaction retires from now on: it runs out of room */
+    uint64_t pk = 1, found[1];
+    const void *pv;
+    uint32_t pl;
+    assert_int_equal(dhps_store_get_pinned(r, &pk, 1, &pv, &pl, found), 1);
+    dhps_store_maintain(s, 0);
+    dhps_store_get_stats(s, &st);
+    assert_true(st.fragmentation > 0.05); /* stopped short */
+    dhps_store_release(r);
+    for (int i = 0; i < 4; i++)
+        dhps_store_maintain(s, 0);
+    dhps_store_get_stats(s, &st);
+    assert_int_equal(st.evicted_records, 0);
+    assert_int_equal(st.keys, n);
+    assert_true(st.fragmentation <= 0.05);
+    for (uint64_t i = 0; i < n; i++)
+        assert_int_equal(get1(r, i + 1, ver[i], len[i]), 1);
+    free(ver);
+    free(len);
+    dhps_store_reader_close(r);
+    dhps_store_destroy(s);
+}
+
 static void inplace_and_pins(void **state)
 {
     (void)state;
@@ -634,6 +696,7 @@ int main(void)
         cmocka_unit_test(memory_limit_evicts_nearest_expiry),
         cmocka_unit_test(memory_limit_refuses_index_growth),
         cmocka_unit_test(compaction_bounds_fragmentation),
+        cmocka_unit_test(compaction_waits_for_room),
         cmocka_unit_test(inplace_and_pins),
         cmocka_unit_test(readers_limit_and_params),
         cmocka_unit_test(alignment_option),
