@@ -53,7 +53,9 @@ static const char bench_usage[] =
     "                  [--server-workers 1 (also redis io-threads, memcached -t)]\n"
     "                  [--server-cpus LIST|-1 | --server-cpu N|-1] (default: 1 worker on\n"
     "                  the last CPU; more workers not pinned)\n"
-    "                  [--timeout-ms 1000 (dhps call deadline)]\n";
+    "                  [--timeout-ms 1000 (dhps call deadline)]\n"
+    "                  [--spin-us N (the dhps client's spin before it sleeps; default the\n"
+    "                  client's 50, 0..1000000)]\n";
 
 /* The servers' and clients' CPU sets. */
 typedef struct bench_pin {
@@ -198,7 +200,7 @@ int dhps_cmd_bench(int argc, char **argv)
         {"shards", required_argument, 0, 'S'},   {"server-cpu", required_argument, 0, 'C'},
         {"server-cpus", required_argument, 0, 'X'}, {"rounds", required_argument, 0, 'R'},
         {"server-workers", required_argument, 0, 'W'}, {"help", no_argument, 0, 'h'},
-        {"timeout-ms", required_argument, 0, 'O'},
+        {"timeout-ms", required_argument, 0, 'O'}, {"spin-us", required_argument, 0, 'U'},
         {0, 0, 0, 0}};
     bench_opts o = {.table = "bench", .dim = 32, .batch = 1000, .threads = 2, .shards = 1,
                     .server_workers = 1, .rounds = 1, .keys = 100000, .seconds = 3,
@@ -221,7 +223,7 @@ int dhps_cmd_bench(int argc, char **argv)
     bool share_given = false;
     int c, rc = 2;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "c:m:s:M:u:D:z:b:v:k:j:T:r:PJt:S:C:X:R:W:O:h", lo,
+    while ((c = getopt_long(argc, argv, "c:m:s:M:u:D:z:b:v:k:j:T:r:PJt:S:C:X:R:W:O:U:h", lo,
                             NULL)) != -1) {
         switch (c) {
         case 'c': o.tgt.cluster_dir = optarg; break;
@@ -262,6 +264,16 @@ int dhps_cmd_bench(int argc, char **argv)
         case 'O':
             if (!tools_parse_u64("bench", "--timeout-ms", optarg, &o.timeout_ms) || !o.timeout_ms)
                 goto done;
+            break;
+        case 'U':
+            if (!tools_parse_u64("bench", "--spin-us", optarg, &v))
+                goto done;
+            if (v > 1000000) {
+                fprintf(stderr, "dhps bench: --spin-us: 0..1000000\n");
+                goto done;
+            }
+            o.tgt.spin_set = true;
+            o.tgt.spin_us = (uint32_t)v;
             break;
         case 'h': printf("%s", bench_usage); rc = 0; goto done;
         default: fprintf(stderr, "%s", bench_usage); goto done;

@@ -195,6 +195,8 @@ void bench_print_human(const bench_opts *o, const bench_meas (*m)[BENCH_STORES])
         printf("servers and clients not pinned");
     if (o->rounds > 1)
         printf("; %u rounds, each round's store order rotated", o->rounds);
+    if (o->tgt.spin_set)
+        printf("; dhps client spin %u us", o->tgt.spin_us);
     printf("\n");
     if (o->rounds > 1)
         printf("  round");
@@ -300,6 +302,10 @@ void bench_print_json(const bench_opts *o, const bench_meas (*m)[BENCH_STORES])
            q_us(d, 0.999), (unsigned long long)r->errors, (unsigned long long)r->missing);
     json_cpu(d);
     printf(",\"server_workers\":%u", o->server_workers);
+    if (o->tgt.spin_set)
+        printf(",\"spin_us\":%u", o->tgt.spin_us);
+    else
+        printf(",\"spin_us\":null");
     json_str_or_null("server_cpus", o->server_cpus);
     json_str_or_null("client_cpus", o->client_cpus);
     printf(",\"round\":%u", mr + 1);

@@ -287,6 +287,8 @@ int tools_conn_open(const tools_target *t, tools_conn **out)
     }
     if (t->connect_timeout_ms)
         p.connect_timeout_ms = t->connect_timeout_ms;
+    if (t->spin_set)
+        p.spin_us = t->spin_us;
     p.tls = c->tls;
     if (c->tls != DHPS_RPC_TLS_OFF) {
         p.tls_ca_file = c->tls_ca;

@@ -25,6 +25,8 @@ typedef struct tools_target {
                                 one-node map of that node is written to a temp file) */
     const char *host, *pod, *az; /* client labels (NULL: from cluster.json, if any) */
     uint32_t connect_timeout_ms; /* client connect + hello bound (0: the client's default) */
+    bool spin_set;               /* spin_us given: the client's spin_us (rpc.md "Waiting") */
+    uint32_t spin_us;
     uint32_t max_msg;            /* client max message (0: 4 MiB, for bulk loads); each
                                     verbs channel registers slots of this size */
     const char *etcd, *etcd_cluster; /* both or neither: the client follows the map in

@@ -242,6 +242,20 @@ static void pinning(void **state)
     json_decref(j);
 }
 
+/* --spin-us reaches the report (and the client: a run with spin 0 still answers) */
+static void spin_option(void **state)
+{
+    (void)state;
+    json_t *j = bench_json("--keys 1000 --batch 50 --seconds 0.3 --spin-us 0");
+    assert_int_equal((int)num(j, "spin_us"), 0);
+    assert_true(num(j, "keys_mps") > 0);
+    assert_int_equal((int)num(j, "errors"), 0);
+    json_decref(j);
+    j = bench_json("--keys 1000 --batch 50 --seconds 0.3");
+    assert_true(json_is_null(obj(j, "spin_us")));
+    json_decref(j);
+}
+
 /* exit 2 and a message naming the option */
 static void usage_error(const char *args, const char *opt)
 {
@@ -272,6 +286,8 @@ static void bad_options(void **state)
     usage_error("--server-cpu x", "--server-cpu");
     usage_error("--rounds 0", "--rounds");
     usage_error("--rounds 51", "--rounds");
+    usage_error("--spin-us 1000001", "--spin-us");
+    usage_error("--spin-us x", "--spin-us");
 }
 
 int main(void)
@@ -283,6 +299,7 @@ int main(void)
                                        cmocka_unit_test(rounds_json),
                                        cmocka_unit_test(two_workers),
                                        cmocka_unit_test(pinning),
+                                       cmocka_unit_test(spin_option),
                                        cmocka_unit_test(bad_options)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
