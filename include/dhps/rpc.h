@@ -358,7 +358,9 @@ typedef struct dhps_rpc_client_params {
                                   long before sleeping in the kernel, 0..1000000 (default
                                   50; 0 = sleep at once). A wait whose spin ran out
                                   makes the next 16 waits sleep at once, so a slow peer
-                                  costs little CPU (docs/rpc.md §1 "Waiting") */
+                                  costs little CPU; a spinning wait yields its CPU at
+                                  least every 4 us to any thread ready to run there
+                                  (docs/rpc.md §1 "Waiting") */
 } dhps_rpc_client_params;
 
 /* Fill p with the defaults above (no secret: set secret/secret_len). */

@@ -186,6 +186,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(echo_blocking),
         cmocka_unit_test(client_spin_then_sleep),
+        cmocka_unit_test(client_spin_gives_way),
         cmocka_unit_test(zero_copy_async_coalesced),
         cmocka_unit_test(large_and_limits),
         cmocka_unit_test(errors_distinct),

@@ -3,6 +3,10 @@
  * RPC_SUITE_TRANSPORT = DHPS_RPC_TCP / _SHM / _VERBS. */
 #ifndef DHPS_TEST_RPC_SUITE_H
 #define DHPS_TEST_RPC_SUITE_H
+
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* sched_getcpu, pthread_setaffinity_np */
+#endif
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -13,11 +17,15 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/utsname.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -80,6 +88,7 @@ double since(const struct timespec *t0);
 /* the tests (main's tables list them) */
 void echo_blocking(void **state);
 void client_spin_then_sleep(void **state);
+void client_spin_gives_way(void **state);
 void zero_copy_async_coalesced(void **state);
 void large_and_limits(void **state);
 void errors_distinct(void **state);
