@@ -3,6 +3,7 @@
  * shared connections, how a waiting client spins and sleeps.
  */
 #include "rpc_suite.h"
+#include "util.h" /* dhps_clock_ns */
 
 /* ---- basics ------------------------------------------------------------------------ */
 
@@ -155,13 +156,6 @@ typedef struct burner {
     uint64_t cpu_ns; /* its own CPU time */
 } burner;
 
-static uint64_t thread_cpu_ns(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
-    return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
-}
-
 static void pin_to(int cpu)
 {
     cpu_set_t set;
@@ -174,11 +168,11 @@ static void *burn(void *arg)
 {
     burner *b = arg;
     pin_to(b->cpu);
-    uint64_t t0 = thread_cpu_ns();
+    uint64_t t0 = dhps_clock_ns(CLOCK_THREAD_CPUTIME_ID);
     volatile uint64_t x = 0;
     while (!atomic_load_explicit(&b->stop, memory_order_relaxed))
         x++;
-    b->cpu_ns = thread_cpu_ns() - t0;
+    b->cpu_ns = dhps_clock_ns(CLOCK_THREAD_CPUTIME_ID) - t0;
     return NULL;
 }
 
@@ -216,10 +210,10 @@ void client_spin_gives_way(void **st)
     dhps_rpc_client_get_stats(c, &a);
     uint32_t ms = 300;
     size_t len = 0;
-    uint64_t t0 = thread_cpu_ns();
+    uint64_t t0 = dhps_clock_ns(CLOCK_THREAD_CPUTIME_ID);
     assert_int_equal(dhps_rpc_call(ch, M_SLOW, &ms, sizeof ms, NULL, 0, &len,
                                    dhps_test_us(10000000)), 0);
-    uint64_t spin_ns = thread_cpu_ns() - t0;
+    uint64_t spin_ns = dhps_clock_ns(CLOCK_THREAD_CPUTIME_ID) - t0;
     atomic_store(&b.stop, true);
     assert_int_equal(pthread_join(th, NULL), 0);
     assert_int_equal(pthread_setaffinity_np(pthread_self(), sizeof old, &old), 0);
