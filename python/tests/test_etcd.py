@@ -15,12 +15,16 @@ import dhps
 from conftest import dhps_tool, scaled, wait_for
 
 
-def _free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+def _free_ports(n):
+    """n distinct loopback ports free a moment ago (bound at once, so none repeats)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +73,8 @@ def etcd(tmp_path_factory):
     p = None
     try:
         for _ in range(3):
-            cu, pu = f"http://127.0.0.1:{_free_port()}", f"http://127.0.0.1:{_free_port()}"
+            cport, pport = _free_ports(2)
+            cu, pu = f"http://127.0.0.1:{cport}", f"http://127.0.0.1:{pport}"
             shutil.rmtree(d / "data", ignore_errors=True)
             p = subprocess.Popen([exe, "--name", "t", "--data-dir", str(d / "data"),
                                   "--listen-client-urls", cu, "--advertise-client-urls", cu,

@@ -28,27 +28,12 @@
 
 #include "dhps/error.h"
 #include "tools.h"
+#include "up.h"
 
 static void msleep(unsigned ms)
 {
     struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
     nanosleep(&ts, NULL);
-}
-
-/* A free TCP port on 127.0.0.1 (bound and released; a tiny race, loopback only). */
-static uint16_t free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t l = sizeof a;
-    uint16_t port = 0;
-    if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
-        getsockname(fd, (struct sockaddr *)&a, &l) == 0)
-        port = ntohs(a.sin_port);
-    if (fd >= 0)
-        close(fd);
-    return port;
 }
 
 pid_t bench_spawn(char *const argv[], const char *log, const cpu_set_t *cpus)
@@ -423,10 +408,17 @@ int bench_peers_start(bench_peer peers[2], uint32_t workers, const cpu_set_t *cp
                       uint32_t row_bytes, uint32_t batch)
 {
     bench_peer *rd = &peers[0], *mc = &peers[1];
-    *rd = (bench_peer){.port = free_port(), .row_bytes = row_bytes, .batch = batch,
+    uint16_t port[2] = {0, 0}; /* picked together, so redis and memcached never share one */
+    int e = up_free_ports(port, 2);
+    if (e < 0) {
+        fprintf(stderr, "dhps bench: no free loopback port for redis/memcached: %s\n",
+                strerror(-e));
+        return e;
+    }
+    *rd = (bench_peer){.port = port[0], .row_bytes = row_bytes, .batch = batch,
                        .b = {.name = "redis", .open = redis_open, .lookup = redis_lookup,
                              .update = redis_update, .close = redis_close, .arg = rd}};
-    *mc = (bench_peer){.port = free_port(), .row_bytes = row_bytes, .batch = batch,
+    *mc = (bench_peer){.port = port[1], .row_bytes = row_bytes, .batch = batch,
                        .b = {.name = "memcached", .open = mc_open, .lookup = mc_lookup,
                              .update = mc_update, .close = mc_close, .arg = mc}};
     char rp[16], mp[16], w[16];

@@ -6,7 +6,8 @@
 # by another process) is started again on new ports. Waits are on events, bounded by the
 # scaled time of tests/common/test_scale.sh.
 . "$(cd "$(dirname "${BASH_SOURCE[0]}")/../common" && pwd)/test_scale.sh"
-free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+# two distinct ports free a moment ago: bound at once, so the kernel cannot repeat one
+free_ports() { python3 -c 'import socket;s=[socket.socket() for _ in range(2)];[x.bind(("127.0.0.1",0)) for x in s];print(*[x.getsockname()[1] for x in s])'; }
 etcd_answers() { curl -sf -m 1 -X POST -d '{"key":"AA=="}' "$ETCD_URL/v3/kv/range" >/dev/null; }
 # the etcd answering is ours (it holds the client port), not one that took the port meanwhile
 etcd_ours() { ss -Hltnp "sport = :$ETCD_CPORT" 2>/dev/null | grep -q "pid=$ETCD_PID,"; }
@@ -17,7 +18,7 @@ etcd_start() {
   [ -n "${ETCD_CPORT:-}" ] || tries=3
   for ((attempt = 0; attempt < tries; attempt++)); do
     if [ "$tries" -gt 1 ]; then
-      ETCD_CPORT=$(free_port); ETCD_PPORT=$(free_port)
+      read -r ETCD_CPORT ETCD_PPORT < <(free_ports)
       rm -rf "$ETCD_DIR/etcd"
     fi
     ETCD_URL=http://127.0.0.1:$ETCD_CPORT

@@ -30,15 +30,29 @@ struct etcd_fx {
     char url[64];
 };
 
-static int fx_free_port(void)
+/* Two distinct TCP ports on 127.0.0.1 that were free a moment ago: both bound to 0 at
+ * once (so the kernel cannot hand out the same one twice), read, closed. etcd binds them
+ * itself; a port taken meanwhile makes etcd exit, and etcd_start tries new ones. */
+static int fx_free_ports(int *a, int *b)
 {
-    int s = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t l = sizeof a;
-    bind(s, (struct sockaddr *)&a, sizeof a);
-    getsockname(s, (struct sockaddr *)&a, &l);
-    close(s);
-    return ntohs(a.sin_port);
+    int s[2] = {-1, -1}, port[2] = {0, 0}, rc = 0;
+    for (int i = 0; i < 2 && !rc; i++) {
+        struct sockaddr_in sa = {.sin_family = AF_INET,
+                                 .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        socklen_t l = sizeof sa;
+        s[i] = socket(AF_INET, SOCK_STREAM, 0);
+        if (s[i] < 0 || bind(s[i], (struct sockaddr *)&sa, sizeof sa) ||
+            getsockname(s[i], (struct sockaddr *)&sa, &l))
+            rc = -1;
+        else
+            port[i] = ntohs(sa.sin_port);
+    }
+    for (int i = 0; i < 2; i++)
+        if (s[i] >= 0)
+            close(s[i]);
+    *a = port[0];
+    *b = port[1];
+    return rc;
 }
 
 static const char *fx_etcd_bin(void)
@@ -121,8 +135,8 @@ static int etcd_start(struct etcd_fx *fx)
         snprintf(cmd, sizeof cmd, "rm -rf %s/*", fx->dir); /* what a failed try left */
         if (attempt && system(cmd) != 0)
             return -1;
-        fx->cport = fx_free_port();
-        fx->pport = fx_free_port();
+        if (fx_free_ports(&fx->cport, &fx->pport))
+            continue;
         snprintf(fx->url, sizeof fx->url, "http://127.0.0.1:%d", fx->cport);
         if (fx_run(fx, bin) == 0)
             return 0;

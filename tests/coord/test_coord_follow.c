@@ -40,6 +40,7 @@ static dhps_coord *C;
 static char *dir;
 static char nd[NN][128], cfg[NN][160];
 static uint16_t port[NN];
+static int hold[NN] = {-1, -1, -1}; /* the map's ports, held until the end (p_hold_port) */
 static proc P[NN];
 static uint64_t keys[NK];
 static float vals[NK * D];
@@ -374,7 +375,8 @@ int main(void)
             vals[i * D + j] = (float)i + 0.25f * (float)j;
     }
     for (int i = 0; i < NN; i++)
-        port[i] = p_free_port();
+        if (!(port[i] = p_hold_port(&hold[i])))
+            return 1;
     for (int i = 0; i < NN; i++) {
         char text[4096];
         if (snprintf(nd[i], sizeof nd[i], "%s/n%d", dir, i + 1) >= (int)sizeof nd[i])
@@ -412,6 +414,9 @@ int main(void)
         if (system(cmd) != 0)
             fprintf(stderr, "no logs\n");
     }
+    for (int i = 0; i < NN; i++)
+        if (hold[i] >= 0)
+            close(hold[i]);
     dhps_coord_destroy(C);
     etcd_cleanup(&fx);
     t_rmdir(dir);

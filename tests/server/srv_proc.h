@@ -160,21 +160,4 @@ static inline uint16_t p_hold_port(int *fd)
     return ntohs(a.sin_port);
 }
 
-/* A TCP port on 127.0.0.1 that was free a moment ago (bound to 0, read, closed): only
- * for a port that must be free, never for one a server binds later (p_hold_port). */
-static inline uint16_t p_free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t al = sizeof a;
-    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) ||
-        getsockname(fd, (struct sockaddr *)&a, &al)) {
-        if (fd >= 0)
-            close(fd);
-        return 0;
-    }
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
 #endif
