@@ -619,7 +619,7 @@ int bench_rpc_main(int argc, char **argv)
         case 'S': {
             char *e = NULL;
             long v = strtol(optarg, &e, 10);
-            if (e == optarg || *e || v < 0 || v > 1000000)
+            if (e == optarg || *e || v < 0 || v > (long)DHPS_RPC_SPIN_US_MAX)
                 bad = true;
             else
                 o.spin_us = (int)v;

@@ -230,7 +230,7 @@ typedef struct dhps_client_params {
     const char *tls_server_name; /* DNS name every node's certificate carries; NULL
                                     (default) = the node's address, as an IP SAN */
     uint32_t spin_us;            /* a calling thread waiting for its answers spins up to
-                                    this long before sleeping, 0..1000000 (rpc.h
+                                    this long before sleeping, 0..DHPS_RPC_SPIN_US_MAX (rpc.h
                                     dhps_rpc_client_params.spin_us; default 50, 0 =
                                     sleep at once) */
 } dhps_client_params;

@@ -126,6 +126,9 @@ enum dhps_rpc_transport {
 #define DHPS_RPC_MAX_MSG_LIMIT (16u << 20)
 /* Longest shared cluster secret accepted. */
 #define DHPS_RPC_MAX_SECRET 256u
+/* Longest spin a client may be given (dhps_rpc_client_params.spin_us, also
+ * dhps_client_params.spin_us), in microseconds: one second. */
+#define DHPS_RPC_SPIN_US_MAX 1000000u
 
 /* Name a transport ("tcp", "shm", "verbs"; "?" otherwise). Thread-safe. */
 const char *dhps_rpc_transport_name(int transport);
@@ -355,7 +358,7 @@ typedef struct dhps_rpc_client_params {
                                   the numeric address dialled, as an IP SAN (copied) */
     uint32_t spin_us;          /* dhps_rpc_client_poll with calls in flight and nothing
                                   ready: keep turning without sleeping for up to this
-                                  long before sleeping in the kernel, 0..1000000 (default
+                                  long before sleeping in the kernel, 0..DHPS_RPC_SPIN_US_MAX (default
                                   50; 0 = sleep at once). A wait whose spin ran out
                                   makes the next 16 waits sleep at once, so a slow peer
                                   costs little CPU; a spinning wait yields its CPU at

@@ -133,8 +133,9 @@ class Client:
                  tls_cert=None, tls_key=None, tls_server_name=None, spin_us=None):
         self._c = None
         if spin_us is not None and (isinstance(spin_us, bool) or not isinstance(spin_us, int)
-                                    or not 0 <= spin_us <= 1000000):
-            raise ValueError("spin_us must be an int in 0..1000000 (microseconds)")
+                                    or not 0 <= spin_us <= _ffi.DHPS_RPC_SPIN_US_MAX):
+            raise ValueError(f"spin_us must be an int in 0..{_ffi.DHPS_RPC_SPIN_US_MAX} "
+                             "(microseconds)")
         if etcd is not None:
             if cluster is not None:
                 raise ValueError("give cluster=DIR or etcd=URL, not both")

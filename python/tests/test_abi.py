@@ -31,6 +31,7 @@ CONSTS = {
     "DHPS_ACK_ONE": _ffi.DHPS_ACK_ONE, "DHPS_CLIENT_TTL_DEFAULT": _ffi.DHPS_CLIENT_TTL_DEFAULT,
     "DHPS_TABLE_NAME_MAX": _ffi.DHPS_TABLE_NAME_MAX,
     "DHPS_RPC_MAX_SECRET": _ffi.DHPS_RPC_MAX_SECRET,
+    "DHPS_RPC_SPIN_US_MAX": _ffi.DHPS_RPC_SPIN_US_MAX,
     **{f"DHPS_E_{n[2:]}": getattr(dhps.errors, n) for n in dir(dhps.errors)
        if n.startswith("E_")},
 }

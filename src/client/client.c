@@ -119,7 +119,7 @@ int dhps_client_create(const dhps_client_params *p, dhps_client **out)
     if (!p || !out || (!p->map_path && !p->etcd) || (p->etcd && !p->cluster) ||
         (p->secret_len && !p->secret) ||
         p->secret_len > DHPS_RPC_MAX_SECRET || p->tls < DHPS_RPC_TLS_OFF ||
-        p->tls > DHPS_RPC_TLS_ALWAYS || p->spin_us > 1000000) {
+        p->tls > DHPS_RPC_TLS_ALWAYS || p->spin_us > DHPS_RPC_SPIN_US_MAX) {
         if (p && p->router == DHPS_CLIENT_ROUTER_CUSTOM && p->router_ops &&
             p->router_ops->destroy)
             p->router_ops->destroy(p->router_self);

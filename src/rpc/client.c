@@ -42,7 +42,7 @@ int dhps_rpc_client_create(const dhps_rpc_client_params *p, dhps_rpc_client **ou
         p->max_inflight > (1u << 20) || p->secret_len > DHPS_RPC_MAX_SECRET ||
         (p->secret_len && !p->secret) || p->hello_version < 1 ||
         (p->shm_ring_bytes && (p->shm_ring_bytes & (p->shm_ring_bytes - 1))) ||
-        p->verbs_slots < 1 || p->verbs_slots > 1024 || p->spin_us > 1000000 ||
+        p->verbs_slots < 1 || p->verbs_slots > 1024 || p->spin_us > DHPS_RPC_SPIN_US_MAX ||
         (!p->tls_ca_file && (p->tls_cert_file || p->tls_key_file)))
         return -EINVAL;
     dhps_rpc_client *c = calloc(1, sizeof *c);

@@ -268,8 +268,8 @@ int dhps_cmd_bench(int argc, char **argv)
         case 'U':
             if (!tools_parse_u64("bench", "--spin-us", optarg, &v))
                 goto done;
-            if (v > 1000000) {
-                fprintf(stderr, "dhps bench: --spin-us: 0..1000000\n");
+            if (v > DHPS_RPC_SPIN_US_MAX) {
+                fprintf(stderr, "dhps bench: --spin-us: 0..%u\n", DHPS_RPC_SPIN_US_MAX);
                 goto done;
             }
             o.tgt.spin_set = true;
