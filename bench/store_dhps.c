@@ -138,6 +138,8 @@ static void dhps_c_stats(void *ctx, bench_kv_stats *st)
     st->inplace_updates = s.inplace_updates;
     st->compacted_segments = s.compacted_segments;
     st->index_grows = s.index_grows;
+    st->compaction_bytes = s.compaction_bytes;
+    st->live_bytes = s.live_bytes;
 }
 
 static void dhps_c_lines(void *ctx, double *index, double *data)

@@ -66,6 +66,9 @@ typedef struct bench_result {
     uint64_t churn_live_payload;       /* sum of 8 + len over keys, as we wrote them */
     double churn_ratio_max;            /* max RSS delta / live payload over samples */
     uint64_t churn_checked, churn_bad, churn_misses;
+    uint64_t churn_written;   /* sum of 8 + len over the overwrites */
+    uint64_t churn_compacted; /* record bytes compaction moved during them */
+    double copy_gbs;          /* record-sized memcpy on this core after churn, GB/s */
     bench_kv_stats st_churn;
 } bench_result;
 
