@@ -78,25 +78,6 @@ int index_find(dhps_store *s, index_table *t, const hkey *k, uint32_t *bkt, int 
     return -1;
 }
 
-int index_find_ref_k(const index_table *t, const hkey *k, uint32_t ref, uint32_t *bkt, int *slot)
-{
-    uint32_t bs[2] = {k->b1, k->b2};
-    for (int j = 0; j < 2; j++) {
-        const bucket *b = &t->b[bs[j]];
-        uint32_t m = match_tags_writer(b, k->tag);
-        while (m) {
-            int i = __builtin_ctz(m);
-            m &= m - 1;
-            if (b->refs[i] == ref) {
-                *bkt = bs[j];
-                *slot = i;
-                return 0;
-            }
-        }
-    }
-    return -1;
-}
-
 int index_find_ref(dhps_store *s, uint64_t key, uint32_t ref, uint32_t *bkt, int *slot)
 {
     index_table *t = atomic_load_explicit(&s->table, memory_order_relaxed);

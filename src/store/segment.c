@@ -25,48 +25,6 @@ unsigned ttl_class_of(uint32_t ttl)
     return 128u + (k - 7u) * 64u + sub;
 }
 
-uint64_t rec_version(const dhps_store *s, const uint8_t *rec, uint32_t seg)
-{
-    uint16_t lf = rd16(rec + 8);
-    if (lf & REC_WIDE)
-        return rd64(rec + 10);
-    return s->segs[seg].ver_base + (uint64_t)(int64_t)(int32_t)rd32(rec + 10);
-}
-
-uint32_t rec_size(const dhps_store *s, const uint8_t *rec)
-{
-    uint16_t lf = rd16(rec + 8);
-    uint32_t sz = rec_hdr_size(lf) + (lf & REC_LEN_MASK);
-    uint32_t a = 1u << s->align_log2;
-    return (sz + a - 1) & ~(a - 1);
-}
-
-void store_live_sized(dhps_store *s, uint32_t ref, uint32_t size, uint32_t len)
-{
-    seg_meta *m = &s->segs[seg_of_ref(s, ref)];
-    m->live += size;
-    m->live_recs++;
-    s->live_bytes += size;
-    s->payload_bytes += 8u + len;
-    s->keys++;
-}
-
-void store_live(dhps_store *s, uint32_t ref, const uint8_t *rec)
-{
-    store_live_sized(s, ref, rec_size(s, rec), rd16(rec + 8) & REC_LEN_MASK);
-}
-
-void store_unlive(dhps_store *s, uint32_t ref, const uint8_t *rec)
-{
-    seg_meta *m = &s->segs[seg_of_ref(s, ref)];
-    uint32_t sz = rec_size(s, rec);
-    m->live -= sz;
-    m->live_recs--;
-    s->live_bytes -= sz;
-    s->payload_bytes -= 8u + (rd16(rec + 8) & REC_LEN_MASK);
-    s->keys--;
-}
-
 uint64_t store_mem_used(const dhps_store *s)
 {
     index_table *t = atomic_load_explicit(&s->table, memory_order_relaxed);
@@ -194,16 +152,18 @@ void seg_retire(dhps_store *s, uint32_t id)
 #define WALK_RING 16u /* a power of two >= WALK_AHEAD */
 #define VICTIM_STREAM_AHEAD 2048u
 
+typedef struct walk_rec {
+    uint32_t off, size;
+    hkey k; /* the key and its buckets in the walk's table */
+} walk_rec;
+
 typedef struct seg_walk {
     dhps_store *s;
     const uint8_t *base;
     index_table *t; /* the table the entries' buckets belong to */
     uint32_t used, pf, pfl; /* segment bytes; next record to look at; next line to fetch */
     unsigned head, n;       /* ring entries looked at and not yet returned */
-    struct {
-        uint32_t off;
-        hkey k;
-    } e[WALK_RING];
+    walk_rec e[WALK_RING];
 } seg_walk;
 
 static void walk_init(seg_walk *w, dhps_store *s, uint32_t id, uint32_t from)
@@ -217,29 +177,33 @@ static void walk_init(seg_walk *w, dhps_store *s, uint32_t id, uint32_t from)
     w->head = w->n = 0;
 }
 
-/* The next record: its offset and its key's buckets in w->t. False past the end. */
-static bool walk_next(seg_walk *w, uint32_t *off, hkey *k)
+/* The next record, or NULL past the end; the entry stays as it is until the next call.
+ * Inline: it runs once per record walked, and a call and the copies out of the ring
+ * were a fifth of its instructions. */
+static inline __attribute__((always_inline)) const walk_rec *walk_next(seg_walk *w)
 {
-    dhps_store *s = w->s;
-    for (; w->n < WALK_AHEAD && w->pf < w->used; w->n++) {
-        uint32_t lim = w->pf + VICTIM_STREAM_AHEAD;
-        for (; w->pfl < lim && w->pfl < w->used; w->pfl += 64)
+    const dhps_store *s = w->s;
+    while (w->n < WALK_AHEAD && w->pf < w->used) {
+        uint32_t lim = w->used - w->pf > VICTIM_STREAM_AHEAD ? w->pf + VICTIM_STREAM_AHEAD : w->used;
+        for (; w->pfl < lim; w->pfl += 64)
             __builtin_prefetch(w->base + w->pfl);
-        uint64_t key = rd64(w->base + w->pf);
-        unsigned i = (w->head + w->n) & (WALK_RING - 1);
-        w->e[i].off = w->pf;
-        hkey_make(&w->e[i].k, key, store_hash(s, key), w->t->nb);
-        __builtin_prefetch(&w->t->b[w->e[i].k.b1], 1);
-        __builtin_prefetch(&w->t->b[w->e[i].k.b2], 1);
-        w->pf += rec_size(s, w->base + w->pf);
+        const uint8_t *rec = w->base + w->pf;
+        walk_rec *e = &w->e[(w->head + w->n) & (WALK_RING - 1)];
+        uint64_t key = rd64(rec);
+        e->off = w->pf;
+        hkey_make(&e->k, key, store_hash(s, key), w->t->nb);
+        __builtin_prefetch(&w->t->b[e->k.b1], 1);
+        __builtin_prefetch(&w->t->b[e->k.b2], 1);
+        e->size = rec_size(s, rec);
+        w->pf += e->size;
+        w->n++;
     }
     if (!w->n)
-        return false;
-    *off = w->e[w->head].off;
-    *k = w->e[w->head].k;
+        return NULL;
+    const walk_rec *e = &w->e[w->head];
     w->head = (w->head + 1) & (WALK_RING - 1);
     w->n--;
-    return true;
+    return e;
 }
 
 uint64_t seg_drop_records(dhps_store *s, uint32_t id)
@@ -249,16 +213,15 @@ uint64_t seg_drop_records(dhps_store *s, uint32_t id)
     uint64_t n = 0;
     seg_walk w;
     walk_init(&w, s, id, 0);
-    uint32_t off;
-    hkey k;
-    while (m->live_recs && walk_next(&w, &off, &k)) {
-        uint8_t *rec = base + off;
-        uint32_t ref = (uint32_t)((((uint64_t)id << s->seg_log2) + off) >> s->align_log2);
+    const walk_rec *e;
+    while (m->live_recs && (e = walk_next(&w))) {
+        uint8_t *rec = base + e->off;
+        uint32_t ref = (uint32_t)((((uint64_t)id << s->seg_log2) + e->off) >> s->align_log2);
         uint32_t bkt;
         int slot;
-        if (index_find_ref_k(w.t, &k, ref, &bkt, &slot) == 0) {
+        if (index_find_ref_k(w.t, &e->k, ref, &bkt, &slot) == 0) {
             index_remove(w.t, bkt, slot);
-            store_unlive(s, ref, rec);
+            store_unlive_sized(s, ref, e->size, rd16(rec + 8) & REC_LEN_MASK);
             n++;
         }
     }
@@ -275,26 +238,17 @@ static int64_t seg_place(dhps_store *s, uint32_t id, uint32_t size)
     return (int64_t)((((uint64_t)id << s->seg_log2) + off) >> s->align_log2);
 }
 
-int64_t seg_append(dhps_store *s, unsigned cls, bool compact, uint32_t len, bool has_exp,
-                   uint64_t version, uint16_t *lf, uint32_t *size)
+int64_t seg_append_new(dhps_store *s, unsigned cls, bool compact, uint32_t len, bool has_exp,
+                       uint64_t version, uint16_t *lf, uint32_t *size)
 {
     uint32_t a = 1u << s->align_log2;
     uint16_t flags = (uint16_t)(len | (has_exp ? REC_EXP : 0));
     uint32_t *slot = compact ? &s->compact_seg[cls] : &s->open_seg[cls];
-    uint32_t id = *slot;
-    if (id != SEG_NONE) {
-        seg_meta *m = &s->segs[id];
-        int64_t d = (int64_t)(version - m->ver_base);
-        uint16_t f = flags | ((d < INT32_MIN || d > INT32_MAX) ? REC_WIDE : 0);
-        uint32_t sz = (rec_hdr_size(f) + len + a - 1) & ~(a - 1);
-        if (m->used + sz <= s->seg_bytes) {
-            *lf = f;
-            *size = sz;
-            return seg_place(s, id, sz);
-        }
-        m->state = SEG_SEALED;
+    if (*slot != SEG_NONE) { /* full (seg_append found no room in it) */
+        s->segs[*slot].state = SEG_SEALED;
         *slot = SEG_NONE;
     }
+    uint32_t id;
     uint32_t sz = (rec_hdr_size(flags) + len + a - 1) & ~(a - 1);
     int rc = store_make_room(s, s->seg_bytes);
     if (rc)
@@ -313,23 +267,6 @@ int64_t seg_append(dhps_store *s, unsigned cls, bool compact, uint32_t len, bool
     *lf = flags;
     *size = sz;
     return seg_place(s, id, sz);
-}
-
-void rec_write_header(dhps_store *s, uint8_t *rec, uint32_t ref, uint64_t key, uint16_t lf,
-                      uint64_t version, uint32_t exp)
-{
-    seg_meta *m = &s->segs[seg_of_ref(s, ref)];
-    wr64(rec, key);
-    wr16(rec + 8, lf);
-    if (lf & REC_WIDE)
-        wr64(rec + 10, version);
-    else
-        wr32(rec + 10, (uint32_t)(int32_t)(int64_t)(version - m->ver_base));
-    if (lf & REC_EXP) {
-        wr32(rec + rec_exp_off(lf), exp);
-        if (exp > m->max_exp)
-            m->max_exp = exp;
-    }
 }
 
 /* ---- expiry -------------------------------------------------------------------------- */
@@ -461,58 +398,62 @@ static size_t compact_segment(dhps_store *s, uint32_t id, size_t budget, bool *d
     seg_meta *m = &s->segs[id];
     uint8_t *base = s->base + ((size_t)id << s->seg_log2);
     uint32_t now = store_now_s(s);
+    uint32_t ref0 = (uint32_t)(((uint64_t)id << s->seg_log2) >> s->align_log2);
     size_t copied = 0;
     *done = false;
     seg_walk w;
     walk_init(&w, s, id, m->cursor);
-    uint32_t off;
-    hkey k;
-    while (m->live_recs && copied < budget && walk_next(&w, &off, &k)) {
-        uint8_t *rec = base + off;
-        uint32_t sz = rec_size(s, rec);
-        m->cursor = off + sz;
-        uint32_t ref = (uint32_t)((((uint64_t)id << s->seg_log2) + off) >> s->align_log2);
+    const walk_rec *e;
+    while (m->live_recs && copied < budget && (e = walk_next(&w))) {
+        uint8_t *rec = base + e->off;
+        uint32_t sz = e->size;
+        const hkey *k = &e->k;
+        m->cursor = e->off + sz;
+        uint32_t ref = ref0 + (e->off >> s->align_log2);
         index_table *t = atomic_load_explicit(&s->table, memory_order_relaxed);
+        hkey kt;
         if (t != w.t) { /* not expected (compaction does not grow the index): look again */
             w.t = t;
-            hkey_make(&k, k.key, store_hash(s, k.key), t->nb);
+            hkey_make(&kt, k->key, store_hash(s, k->key), t->nb);
+            k = &kt;
         }
         uint32_t bkt;
         int slot;
-        if (index_find_ref_k(t, &k, ref, &bkt, &slot) != 0)
+        if (index_find_ref_k(t, k, ref, &bkt, &slot) != 0)
             continue;
         uint16_t lf = rd16(rec + 8);
         uint32_t len = lf & REC_LEN_MASK;
         uint32_t exp = (lf & REC_EXP) ? rd32(rec + rec_exp_off(lf)) : 0;
         if ((lf & REC_EXP) && exp <= now) {
             index_remove(t, bkt, slot);
-            store_unlive(s, ref, rec);
+            store_unlive_sized(s, ref, sz, len);
             s->st.expired_records++;
             continue;
         }
         uint64_t ver = rec_version(s, rec, id);
+        uint64_t key = k->key;
         uint16_t nlf;
         uint32_t nsz;
         uint64_t gen = s->index_gen;
         int64_t nref = seg_append(s, m->ttl_class, true, len, lf & REC_EXP, ver, &nlf, &nsz);
         if (nref < 0) { /* no room to move into: this record waits for a later call */
-            m->cursor = off;
+            m->cursor = e->off;
             return copied;
         }
         if (s->index_gen != gen || m->state != SEG_SEALED) {
             /* reclamation ran; the victim or the entry may be gone: re-check */
             if (m->state != SEG_SEALED)
                 return copied;
-            if (index_find_ref(s, k.key, ref, &bkt, &slot) != 0)
+            if (index_find_ref(s, key, ref, &bkt, &slot) != 0)
                 continue; /* the space appended stays as garbage in the target */
             t = atomic_load_explicit(&s->table, memory_order_relaxed);
         }
         uint8_t *dst = rec_ptr(s, (uint32_t)nref);
-        rec_write_header(s, dst, (uint32_t)nref, k.key, nlf, ver, exp);
+        seg_meta *tm = &s->segs[seg_of_ref(s, (uint32_t)nref)];
+        rec_write_header_m(tm, dst, key, nlf, ver, exp);
         memcpy(dst + rec_hdr_size(nlf), rec + rec_hdr_size(lf), len);
         __atomic_store_n(&t->b[bkt].refs[slot], (uint32_t)nref, __ATOMIC_RELEASE);
-        store_unlive(s, ref, rec);
-        store_live_sized(s, (uint32_t)nref, nsz, len);
+        store_move_live(s, m, tm, sz, nsz);
         copied += sz;
         s->st.compaction_bytes += sz;
     }

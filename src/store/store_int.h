@@ -279,8 +279,47 @@ void index_remove(index_table *t, uint32_t bkt, int slot);
 int index_grow(dhps_store *s, uint64_t want);
 /* Find the slot whose ref equals ref for key (liveness check). 0, or -1 when none. */
 int index_find_ref(dhps_store *s, uint64_t key, uint32_t ref, uint32_t *bkt, int *slot);
-/* The same with the key's buckets and tag already made for table t. */
-int index_find_ref_k(const index_table *t, const hkey *k, uint32_t ref, uint32_t *bkt, int *slot);
+
+/* The slot of bucket b holding ref under tag, or -1. A removed slot keeps its ref with
+ * tag 0, so both must match. Writer only (the walks run it once per record). */
+static inline int bucket_find_ref(const bucket *b, uint8_t tag, uint32_t ref)
+{
+#if defined(__x86_64__) && !defined(DHPS_TSAN)
+    __m128i r = _mm_set1_epi32((int)ref);
+    const __m128i *p = (const __m128i *)b->refs;
+    uint32_t m = (uint32_t)_mm_movemask_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(_mm_load_si128(p), r))) |
+                 (uint32_t)_mm_movemask_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(_mm_load_si128(p + 1), r))) << 4 |
+                 (uint32_t)_mm_movemask_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(_mm_load_si128(p + 2), r))) << 8;
+    if (!m)
+        return -1;
+    m &= match_tags_writer(b, tag);
+    return m ? __builtin_ctz(m) : -1;
+#else
+    for (uint32_t m = match_tags_writer(b, tag); m; m &= m - 1)
+        if (b->refs[__builtin_ctz(m)] == ref)
+            return __builtin_ctz(m);
+    return -1;
+#endif
+}
+
+/* index_find_ref with the key's buckets and tag already made for table t. */
+static inline int index_find_ref_k(const index_table *t, const hkey *k, uint32_t ref,
+                                   uint32_t *bkt, int *slot)
+{
+    int i = bucket_find_ref(&t->b[k->b1], k->tag, ref);
+    if (i >= 0) {
+        *bkt = k->b1;
+        *slot = i;
+        return 0;
+    }
+    i = bucket_find_ref(&t->b[k->b2], k->tag, ref);
+    if (i >= 0) {
+        *bkt = k->b2;
+        *slot = i;
+        return 0;
+    }
+    return -1;
+}
 
 /* Set once before any reader exists (store.c): membarrier(PRIVATE_EXPEDITED) is
  * registered, so a pinning reader fences the writer and the writer's side of the
@@ -310,14 +349,125 @@ unsigned ttl_class_of(uint32_t ttl);
  * (its compaction segment if compact), sized for how `version` encodes there. Sets
  * *lf (length and flags) and *size; returns the ref, or DHPS_E_FULL. May run forced
  * reclamation (which bumps index_gen). */
-int64_t seg_append(dhps_store *s, unsigned cls, bool compact, uint32_t len, bool has_exp,
-                   uint64_t version, uint16_t *lf, uint32_t *size);
-/* Write a record header at rec for a record placed by seg_append. */
-void rec_write_header(dhps_store *s, uint8_t *rec, uint32_t ref, uint64_t key, uint16_t lf,
-                      uint64_t version, uint32_t exp);
-void store_live(dhps_store *s, uint32_t ref, const uint8_t *rec);
-/* store_live for a record of padded size `size` and value length len (not read back). */
-void store_live_sized(dhps_store *s, uint32_t ref, uint32_t size, uint32_t len);
+int64_t seg_append_new(dhps_store *s, unsigned cls, bool compact, uint32_t len, bool has_exp,
+                       uint64_t version, uint16_t *lf, uint32_t *size);
+static inline int64_t seg_append(dhps_store *s, unsigned cls, bool compact, uint32_t len,
+                                 bool has_exp, uint64_t version, uint16_t *lf, uint32_t *size)
+{
+    uint32_t id = compact ? s->compact_seg[cls] : s->open_seg[cls];
+    if (id != SEG_NONE) { /* the common case, inline: the class's segment has room */
+        seg_meta *m = &s->segs[id];
+        int64_t d = (int64_t)(version - m->ver_base);
+        uint16_t f = (uint16_t)(len | (has_exp ? REC_EXP : 0) |
+                                ((d < INT32_MIN || d > INT32_MAX) ? REC_WIDE : 0));
+        uint32_t a = 1u << s->align_log2;
+        uint32_t sz = (rec_hdr_size(f) + len + a - 1) & ~(a - 1);
+        if (m->used + sz <= s->seg_bytes) {
+            uint32_t off = m->used;
+            m->used += sz;
+            s->used_bytes += sz;
+            *lf = f;
+            *size = sz;
+            return (int64_t)((((uint64_t)id << s->seg_log2) + off) >> s->align_log2);
+        }
+    }
+    return seg_append_new(s, cls, compact, len, has_exp, version, lf, size); /* seals it */
+}
+/* Write a record header at rec for a record placed by seg_append in segment m. */
+static inline void rec_write_header_m(seg_meta *m, uint8_t *rec, uint64_t key, uint16_t lf,
+                                      uint64_t version, uint32_t exp)
+{
+    wr64(rec, key);
+    wr16(rec + 8, lf);
+    if (lf & REC_WIDE)
+        wr64(rec + 10, version);
+    else
+        wr32(rec + 10, (uint32_t)(int32_t)(int64_t)(version - m->ver_base));
+    if (lf & REC_EXP) {
+        wr32(rec + rec_exp_off(lf), exp);
+        if (exp > m->max_exp)
+            m->max_exp = exp;
+    }
+}
+/* The same, the segment found from the record's ref. */
+static inline void rec_write_header(dhps_store *s, uint8_t *rec, uint32_t ref, uint64_t key,
+                                    uint16_t lf, uint64_t version, uint32_t exp)
+{
+    rec_write_header_m(&s->segs[seg_of_ref(s, ref)], rec, key, lf, version, exp);
+}
+/* The live-data accounting of a record entering the index: its padded size `size` and
+ * value length len. The counters are updated one field at a time: left alone, the
+ * compiler merged neighbouring updates into one 16-byte load and store in some callers
+ * and not in others, and a 16-byte load of fields just written by two 8-byte stores
+ * cannot be served from the store buffer (it waits for every earlier store to reach the
+ * cache, among them those of a record just copied to lines not yet fetched). */
+#define STORE_COUNTER_SEP() __asm__ volatile("" ::: "memory")
+static inline void store_live_sized(dhps_store *s, uint32_t ref, uint32_t size, uint32_t len)
+{
+    seg_meta *m = &s->segs[seg_of_ref(s, ref)];
+    m->live += size;
+    STORE_COUNTER_SEP();
+    m->live_recs++;
+    STORE_COUNTER_SEP();
+    s->live_bytes += size;
+    STORE_COUNTER_SEP();
+    s->payload_bytes += 8u + len;
+    STORE_COUNTER_SEP();
+    s->keys++;
+}
+/* The same for a record leaving the index (overwrite, delete, drop). */
+static inline void store_unlive_sized(dhps_store *s, uint32_t ref, uint32_t size, uint32_t len)
+{
+    seg_meta *m = &s->segs[seg_of_ref(s, ref)];
+    m->live -= size;
+    STORE_COUNTER_SEP();
+    m->live_recs--;
+    STORE_COUNTER_SEP();
+    s->live_bytes -= size;
+    STORE_COUNTER_SEP();
+    s->payload_bytes -= 8u + len;
+    STORE_COUNTER_SEP();
+    s->keys--;
+}
+/* The accounting of a record moved from segment from (size bytes) to segment to (nsize
+ * bytes): the store's key and payload counts do not change. */
+static inline void store_move_live(dhps_store *s, seg_meta *from, seg_meta *to, uint32_t size,
+                                   uint32_t nsize)
+{
+    from->live -= size;
+    STORE_COUNTER_SEP();
+    from->live_recs--;
+    STORE_COUNTER_SEP();
+    to->live += nsize;
+    STORE_COUNTER_SEP();
+    to->live_recs++;
+    STORE_COUNTER_SEP();
+    s->live_bytes = s->live_bytes + nsize - size;
+}
+/* A record's version (its segment's base plus the delta, or the wide version). */
+static inline uint64_t rec_version(const dhps_store *s, const uint8_t *rec, uint32_t seg)
+{
+    uint16_t lf = rd16(rec + 8);
+    if (lf & REC_WIDE)
+        return rd64(rec + 10);
+    return s->segs[seg].ver_base + (uint64_t)(int64_t)(int32_t)rd32(rec + 10);
+}
+/* A record's bytes in its segment, padding included. */
+static inline uint32_t rec_size(const dhps_store *s, const uint8_t *rec)
+{
+    uint16_t lf = rd16(rec + 8);
+    uint32_t sz = rec_hdr_size(lf) + (lf & REC_LEN_MASK);
+    uint32_t a = 1u << s->align_log2;
+    return (sz + a - 1) & ~(a - 1);
+}
+static inline void store_live(dhps_store *s, uint32_t ref, const uint8_t *rec)
+{
+    store_live_sized(s, ref, rec_size(s, rec), rd16(rec + 8) & REC_LEN_MASK);
+}
+static inline void store_unlive(dhps_store *s, uint32_t ref, const uint8_t *rec)
+{
+    store_unlive_sized(s, ref, rec_size(s, rec), rd16(rec + 8) & REC_LEN_MASK);
+}
 void seg_retire(dhps_store *s, uint32_t id);
 int seg_reserve(dhps_store *s);
 void seg_release_all(dhps_store *s);
@@ -325,8 +475,6 @@ void seg_release_all(dhps_store *s);
 uint64_t seg_drop_records(dhps_store *s, uint32_t id);
 uint32_t store_now_s(const dhps_store *s);
 uint64_t store_now_ms(const dhps_store *s);
-uint64_t rec_version(const dhps_store *s, const uint8_t *rec, uint32_t seg);
-uint32_t rec_size(const dhps_store *s, const uint8_t *rec);
 /* Bytes of memory under the limit: segments plus index tables. */
 uint64_t store_mem_used(const dhps_store *s);
 /* Free space for one more segment under the memory limit: expiry, then forced
@@ -334,8 +482,6 @@ uint64_t store_mem_used(const dhps_store *s);
 int store_make_room(dhps_store *s, uint64_t bytes);
 size_t store_expire(dhps_store *s, uint32_t now_s);
 size_t store_compact(dhps_store *s, size_t budget);
-/* Account a record leaving the index (overwrite, delete, drop). */
-void store_unlive(dhps_store *s, uint32_t ref, const uint8_t *rec);
 
 /* ---- snapshot images (snapshot.c, export.c) -------------------------------------------
  * Layout in snapshot.c's head comment and docs/store.md. */
