@@ -93,7 +93,8 @@ static inline uint32_t rd32_sync(const void *p) { uint32_t v; copy_sync(&v, p, 4
 
 static inline uint32_t rec_hdr_size(uint16_t lf)
 {
-    return REC_BASE_HDR + ((lf & REC_WIDE) ? 4u : 0u) + ((lf & REC_EXP) ? 4u : 0u);
+    static_assert(REC_WIDE == 1u << 14 && REC_EXP == 1u << 15, "flag bits 14 and 15");
+    return REC_BASE_HDR + ((lf >> 12) & 4u) + ((lf >> 13) & 4u); /* +4 per flag set */
 }
 static inline uint32_t rec_exp_off(uint16_t lf) { return (lf & REC_WIDE) ? 18u : 14u; }
 
