@@ -17,6 +17,10 @@ run() { # NAME WANT-REGEX ARGS...
 }
 run store 'dhps' store --keys 20000 --ops 100000 --batch 256 --rounds 1
 run store-json '"contenders"|"results"|\{' store --keys 20000 --ops 100000 --batch 256 --json
+run store-churn 'compaction moved [0-9.]+ B of live records per record byte written' \
+  store --keys 20000 --ops 20000 --batch 256 --only dhps --churn 3
+run store-churn-json '"write_amplification": [0-9]' \
+  store --keys 20000 --ops 20000 --batch 256 --only dhps --churn 3 --json
 run route 'ns|ops' route --nodes 64 --ops 20000 --repeat 1
 run sync 'catch-up of 5000 keys' sync --keys 5000 --updates 200 --rounds 1
 run wal 'dhps_wal never' wal --dir "$t/wal" --seconds 0.2 --rounds 1 --threads 1
