@@ -121,6 +121,9 @@ static void usage(FILE *f)
 "                      warm-up, and final), RSS / live payload, live payload, and what\n"
 "                      it copied: compaction's write amplification, bytes per overwrite\n"
 "                      and their rate against a 288-byte memcpy on the same core\n"
+"  --fragmentation-goal F  dhps's fragmentation_goal, 0 < F < 0.5 (default the store's,\n"
+"                      0.04): compaction keeps garbage below it; with --churn, the\n"
+"                      trade of memory for overwrite rate\n"
 "  --seed X            PRNG seed (splitmix64) for keys and streams (default 1)\n"
 "  --rounds R          run the contenders R times, round-robin (dhps, peers, dhps,\n"
 "                      ...), each time in a fresh process, and report the median\n"
@@ -206,7 +209,8 @@ static int parse_opts(int argc, char **argv, opts *o)
         if (!strcmp(name, "--no-huge")) { o->huge = false; continue; }
         static const char *const valued[] = {"--keys", "--value-bytes", "--batch", "--dist",
                                              "--ops", "--update-ops", "--churn", "--seed",
-                                             "--only", "--simd", "--rounds", "--clock"};
+                                             "--only", "--simd", "--rounds", "--clock",
+                                             "--fragmentation-goal"};
         bool known = false;
         for (size_t k = 0; k < sizeof valued / sizeof valued[0]; k++)
             known |= !strcmp(name, valued[k]);
@@ -240,6 +244,10 @@ static int parse_opts(int argc, char **argv, opts *o)
             char *end;
             o->churn = strtod(val, &end);
             bad = *end || end == val || !(o->churn >= 0 && o->churn <= 1000);
+        } else if (!strcmp(name, "--fragmentation-goal")) {
+            char *end;
+            o->frag_goal = strtod(val, &end);
+            bad = *end || end == val || !(o->frag_goal > 0 && o->frag_goal < 0.5);
         } else if (!strcmp(name, "--dist")) {
             if (!strcmp(val, "uniform")) {
                 o->zipf_s = 0;
@@ -862,6 +870,7 @@ int bench_store_main(int argc, char **argv)
     d.cfg.max_value = o.churn > 0 && want[0] ? (o.value_bytes > 512 ? (uint32_t)o.value_bytes : 512)
                                              : (uint32_t)o.value_bytes;
     d.cfg.huge_pages = o.huge;
+    d.cfg.frag_goal = o.frag_goal;
     if (o.cpu_clock)
         g_timer = cpu_ns;
 

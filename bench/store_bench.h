@@ -32,6 +32,7 @@ typedef struct bench_store_cfg {
     uint32_t batch;       /* K: keys per upsert / lookup call */
     uint32_t max_value;   /* largest value an upsert will pass (B, or 512 with churn) */
     bool huge_pages;      /* madvise(MADV_HUGEPAGE) large arrays (every contender) */
+    double frag_goal;     /* dhps's fragmentation_goal (0: the store's default) */
 } bench_store_cfg;
 
 /* Structure statistics a contender may know about itself. */

@@ -49,6 +49,8 @@ static int dhps_c_create(const bench_store_cfg *cfg, void **out, char *err)
     dhps_store_params_init(&p);
     p.capacity_hint = cfg->keys;
     p.huge_pages = cfg->huge_pages;
+    if (cfg->frag_goal > 0)
+        p.fragmentation_goal = (float)cfg->frag_goal;
     p.clock = dhps_frozen_clock;
     p.clock_arg = c;
     int rc = dhps_store_create(&p, &c->s);

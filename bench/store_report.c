@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "bench.h"
+#include "dhps/store.h"
 #include "store_run.h"
 
 /* ---- rounds ----------------------------------------------------------------------------- */
@@ -112,6 +113,16 @@ typedef struct churn_copy {
     double need_gbs; /* the same at 1.2 M overwrites/s (issue 14's target) */
     double share;    /* gbs / the core's record-sized memcpy rate */
 } churn_copy;
+
+/* The fragmentation goal dhps ran with: --fragmentation-goal, or the store's default. */
+static double frag_goal_of(const opts *o)
+{
+    if (o->frag_goal > 0)
+        return o->frag_goal;
+    dhps_store_params p;
+    dhps_store_params_init(&p);
+    return p.fragmentation_goal;
+}
 
 static churn_copy churn_copy_of(const bench_result *r)
 {
@@ -226,6 +237,7 @@ void store_print_json(FILE *f, const run_data *d, const bench_result *res, size_
     fprintf(f, ",\n \"churn\": ");
     if (dh && dh->churned) {
         fprintf(f, "{\"rounds\": %g, \"ops\": %" PRIu64 ", ", o->churn, dh->churn_ops);
+        json_num(f, "fragmentation_goal", frag_goal_of(o), true);
         json_num(f, "upsert_mkeys_s", mks(dh->churn_ops, dh->churn_s), true);
         json_num(f, "fragmentation_max", dh->frag_max, true);
         json_num(f, "fragmentation", dh->frag_final, true);
@@ -445,8 +457,9 @@ void store_print_human(FILE *f, const run_data *d, const bench_result *res, size
             fmt_bytes(lp, sizeof lp, (double)dh->churn_live_payload);
             fmt_bytes(rs, sizeof rs, (double)dh->churn_rss);
             fprintf(f, "\nchurn %g (dhps): %" PRIu64 " overwrites at %.2f Mkeys/s, sizes 16..512 B,"
-                       " TTL none/1h/6h/1d; %" PRIu64 " samples\n",
-                    o->churn, dh->churn_ops, mks(dh->churn_ops, dh->churn_s), dh->churn_samples);
+                       " TTL none/1h/6h/1d; %" PRIu64 " samples; fragmentation goal %.3g%s\n",
+                    o->churn, dh->churn_ops, mks(dh->churn_ops, dh->churn_s), dh->churn_samples,
+                    frag_goal_of(o), o->frag_goal > 0 ? "" : " (default)");
             char sb[32];
             fmt_bytes(sb, sizeof sb, (double)dh->st_churn.segment_bytes);
             fprintf(f, "  live payload %s (store says %" PRIu64 " B), RSS delta %s, segments %s, "

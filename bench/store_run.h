@@ -26,6 +26,7 @@ typedef struct opts {
     double zipf_s; /* 0: uniform */
     char dist[32];
     double churn;
+    double frag_goal; /* dhps's fragmentation_goal (0: the store's default) */
     bool peers, json, huge, cpu_clock;
     char only[128];
     char simd[16];

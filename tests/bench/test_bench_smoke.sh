@@ -21,6 +21,13 @@ run store-churn 'compaction moved [0-9.]+ B of live records per record byte writ
   store --keys 20000 --ops 20000 --batch 256 --only dhps --churn 3
 run store-churn-json '"write_amplification": [0-9]' \
   store --keys 20000 --ops 20000 --batch 256 --only dhps --churn 3 --json
+run store-goal 'fragmentation goal 0.08$' \
+  store --keys 20000 --ops 20000 --batch 256 --only dhps --churn 3 --fragmentation-goal 0.08
+for bad in 0 0.5 x; do # out of (0, 0.5) or not a number: a usage error naming the option
+  rc=0; "$B" store --keys 1000 --fragmentation-goal "$bad" >"$t/out" 2>"$t/err" || rc=$?
+  [ "$rc" -ne 0 ] && grep -q -- '--fragmentation-goal' "$t/err" ||
+    { echo "FAIL: --fragmentation-goal $bad: exit $rc"; cat "$t/err"; exit 1; }
+done
 run route 'ns|ops' route --nodes 64 --ops 20000 --repeat 1
 run sync 'catch-up of 5000 keys' sync --keys 5000 --updates 200 --rounds 1
 run wal 'dhps_wal never' wal --dir "$t/wal" --seconds 0.2 --rounds 1 --threads 1
