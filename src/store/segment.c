@@ -218,7 +218,7 @@ uint64_t seg_drop_records(dhps_store *s, uint32_t id)
     const walk_rec *e;
     while (m->live_recs && (e = walk_next(&w))) {
         uint8_t *rec = base + e->off;
-        uint32_t ref = (uint32_t)((((uint64_t)id << s->seg_log2) + e->off) >> s->align_log2);
+        uint32_t ref = seg_ref(s, id, e->off);
         uint32_t bkt;
         int slot;
         if (index_find_ref_k(w.t, &e->k, ref, &bkt, &slot) == 0) {
@@ -231,31 +231,21 @@ uint64_t seg_drop_records(dhps_store *s, uint32_t id)
     return n;
 }
 
-static int64_t seg_place(dhps_store *s, uint32_t id, uint32_t size)
-{
-    seg_meta *m = &s->segs[id];
-    uint32_t off = m->used;
-    m->used += size;
-    s->used_bytes += size;
-    return (int64_t)((((uint64_t)id << s->seg_log2) + off) >> s->align_log2);
-}
 
 int64_t seg_append_new(dhps_store *s, unsigned cls, bool compact, uint32_t len, bool has_exp,
                        uint64_t version, uint16_t *lf, uint32_t *size)
 {
-    uint32_t a = 1u << s->align_log2;
     uint16_t flags = (uint16_t)(len | (has_exp ? REC_EXP : 0));
     uint32_t *slot = compact ? &s->compact_seg[cls] : &s->open_seg[cls];
     if (*slot != SEG_NONE) { /* full (seg_append found no room in it) */
         s->segs[*slot].state = SEG_SEALED;
         *slot = SEG_NONE;
     }
-    uint32_t id;
-    uint32_t sz = (rec_hdr_size(flags) + len + a - 1) & ~(a - 1);
+    uint32_t sz = rec_size_lf(s, flags);
     int rc = store_make_room(s, s->seg_bytes);
     if (rc)
         return rc;
-    id = seg_alloc(s);
+    uint32_t id = seg_alloc(s);
     if (id == SEG_NONE)
         return DHPS_E_FULL;
     seg_meta *m = &s->segs[id];
@@ -400,7 +390,6 @@ static size_t compact_segment(dhps_store *s, uint32_t id, size_t budget, bool *d
     seg_meta *m = &s->segs[id];
     uint8_t *base = s->base + ((size_t)id << s->seg_log2);
     uint32_t now = store_now_s(s);
-    uint32_t ref0 = (uint32_t)(((uint64_t)id << s->seg_log2) >> s->align_log2);
     size_t copied = 0;
     *done = false;
     seg_walk w;
@@ -411,7 +400,7 @@ static size_t compact_segment(dhps_store *s, uint32_t id, size_t budget, bool *d
         uint32_t sz = e->size;
         const hkey *k = &e->k;
         m->cursor = e->off + sz;
-        uint32_t ref = ref0 + (e->off >> s->align_log2);
+        uint32_t ref = seg_ref(s, id, e->off);
         index_table *t = atomic_load_explicit(&s->table, memory_order_relaxed);
         hkey kt;
         if (t != w.t) { /* not expected (compaction does not grow the index): look again */

@@ -251,6 +251,11 @@ static inline uint32_t seg_of_ref(const dhps_store *s, uint32_t ref)
 {
     return (uint32_t)(((uint64_t)ref << s->align_log2) >> s->seg_log2);
 }
+/* The ref of the record at byte off of segment id. */
+static inline uint32_t seg_ref(const dhps_store *s, uint32_t id, uint32_t off)
+{
+    return (uint32_t)((((uint64_t)id << s->seg_log2) + off) >> s->align_log2);
+}
 
 /* Tag match: bit i set where bucket tag i equals tag (12 bits). The writer's (and the
  * walks'); readers use the variants compiled into lookup_impl.h. */
@@ -352,24 +357,35 @@ unsigned ttl_class_of(uint32_t ttl);
  * reclamation (which bumps index_gen). */
 int64_t seg_append_new(dhps_store *s, unsigned cls, bool compact, uint32_t len, bool has_exp,
                        uint64_t version, uint16_t *lf, uint32_t *size);
+/* The bytes of a record with length-and-flags lf in its segment, padding included. */
+static inline uint32_t rec_size_lf(const dhps_store *s, uint16_t lf)
+{
+    uint32_t a = 1u << s->align_log2;
+    return (rec_hdr_size(lf) + (lf & REC_LEN_MASK) + a - 1) & ~(a - 1);
+}
+/* Take size bytes at the end of segment id (which has room); returns their ref. */
+static inline int64_t seg_place(dhps_store *s, uint32_t id, uint32_t size)
+{
+    seg_meta *m = &s->segs[id];
+    uint32_t off = m->used;
+    m->used += size;
+    s->used_bytes += size;
+    return seg_ref(s, id, off);
+}
 static inline int64_t seg_append(dhps_store *s, unsigned cls, bool compact, uint32_t len,
                                  bool has_exp, uint64_t version, uint16_t *lf, uint32_t *size)
 {
     uint32_t id = compact ? s->compact_seg[cls] : s->open_seg[cls];
     if (id != SEG_NONE) { /* the common case, inline: the class's segment has room */
-        seg_meta *m = &s->segs[id];
+        const seg_meta *m = &s->segs[id];
         int64_t d = (int64_t)(version - m->ver_base);
         uint16_t f = (uint16_t)(len | (has_exp ? REC_EXP : 0) |
                                 ((d < INT32_MIN || d > INT32_MAX) ? REC_WIDE : 0));
-        uint32_t a = 1u << s->align_log2;
-        uint32_t sz = (rec_hdr_size(f) + len + a - 1) & ~(a - 1);
+        uint32_t sz = rec_size_lf(s, f);
         if (m->used + sz <= s->seg_bytes) {
-            uint32_t off = m->used;
-            m->used += sz;
-            s->used_bytes += sz;
             *lf = f;
             *size = sz;
-            return (int64_t)((((uint64_t)id << s->seg_log2) + off) >> s->align_log2);
+            return seg_place(s, id, sz);
         }
     }
     return seg_append_new(s, cls, compact, len, has_exp, version, lf, size); /* seals it */
@@ -456,10 +472,7 @@ static inline uint64_t rec_version(const dhps_store *s, const uint8_t *rec, uint
 /* A record's bytes in its segment, padding included. */
 static inline uint32_t rec_size(const dhps_store *s, const uint8_t *rec)
 {
-    uint16_t lf = rd16(rec + 8);
-    uint32_t sz = rec_hdr_size(lf) + (lf & REC_LEN_MASK);
-    uint32_t a = 1u << s->align_log2;
-    return (sz + a - 1) & ~(a - 1);
+    return rec_size_lf(s, rd16(rec + 8));
 }
 static inline void store_live(dhps_store *s, uint32_t ref, const uint8_t *rec)
 {
