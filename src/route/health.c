@@ -287,13 +287,26 @@ bool route_faster_than_next(const dhps_route *r, unsigned t, double v, uint64_t 
 }
 
 /* f = (Lnext - lat') / (Lnext - B), lat' = lat - rise: the node's latency with the rise
- * every tier shares (the client's own wait) taken out, so B and Lnext still apply. */
-void route_weight_update(dhps_route *r, struct rnode *n, unsigned t, double rise)
+ * every tier shares (the client's own wait) taken out, so B and Lnext still apply.
+ * Lnext is what the next tier costs: its baseline, or, when it has fresh answers and
+ * answers slower than that now (rise taken out likewise), its smooth latency. Its
+ * baseline alone is a minimum it once showed, perhaps while it carried little; shedding
+ * toward a tier that answers slower than the node now only makes the answers slower. */
+void route_weight_update(dhps_route *r, struct rnode *n, unsigned t, double rise, uint64_t now)
 {
     double f = 1.0;
     double B = ldd(&r->tier[t].base), lat = ldd(&n->lat);
     if (B > 0 && lat > 0) {
-        double next = t + 1 < DHPS_ROUTE_TIERS ? ldd(&r->tier[t + 1].base) : 0;
+        double next = 0;
+        if (t + 1 < DHPS_ROUTE_TIERS) {
+            const struct rtier *nx = &r->tier[t + 1];
+            double nl = ldd(&nx->lat) - rise;
+            uint64_t ts = ld64(&nx->lat_stamp);
+            next = ldd(&nx->base);
+            if (next > 0 && nl > next &&
+                (now <= ts || now - ts <= RISE_FRESH_TAUS * r->p.weight_tau_ns))
+                next = nl;
+        }
         if (next <= 0)
             next = NEXT_TIER_DEFAULT_GAP * B;
         else if (next < NEXT_TIER_MIN_GAP * B)

@@ -521,7 +521,7 @@ int dhps_route_report(dhps_route *r, const dhps_route_choice *c, uint64_t latenc
     double s = ldd(&n->succ);
     std_(&n->succ, s + ((ok ? 1.0 : 0.0) - s) * SUCCESS_ALPHA);
     route_breaker_report(r, n, c, ok, slow, now); /* closing resets success: weigh after it */
-    route_weight_update(r, n, c->tier, rise);
+    route_weight_update(r, n, c->tier, rise, now);
     return 0;
 }
 

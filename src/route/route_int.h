@@ -161,8 +161,9 @@ void route_breaker_report(dhps_route *r, struct rnode *n, const dhps_route_choic
 double route_common_rise(const dhps_route *r, uint64_t now, bool last);
 /* Does tier t's latency v beat what the next fresh tier answers in now? */
 bool route_faster_than_next(const dhps_route *r, unsigned t, double v, uint64_t now);
-/* Recomputes node n's dynamic weight in tier t with the common rise taken out. */
-void route_weight_update(dhps_route *r, struct rnode *n, unsigned t, double rise);
+/* Recomputes node n's dynamic weight in tier t with the common rise taken out, against
+ * the next tier's baseline or, when fresh and slower now, its smooth latency. */
+void route_weight_update(dhps_route *r, struct rnode *n, unsigned t, double rise, uint64_t now);
 /* Feeds an ok answer's latency v to node n's and tier t's estimators and histogram. */
 void route_latency_update(dhps_route *r, struct rnode *n, unsigned t, double v, uint64_t now);
 

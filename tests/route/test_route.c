@@ -571,6 +571,80 @@ static void client_load_onset_keeps_pod(void **state)
     dhps_route_destroy(lr.r);
 }
 
+/* Pod, az and remote replicas (ids 0-1, 2-5, 6-7) at the given own latencies (us, +-10 %
+ * jitter): 1 pick per ms; every 20th ms a retry without the pod keeps the az measured,
+ * every 50th one without pod and az the remote, as other shards' traffic would. Returns
+ * the pod's share of the first picks. */
+static double tiers_window(dhps_route *r, uint64_t *seq, uint64_t window, const uint64_t us[3])
+{
+    static const uint32_t reps[8] = {0, 1, 2, 3, 4, 5, 6, 7};
+    int n = 0, pod = 0;
+    for (uint64_t end = g_now + window; g_now < end; g_now += 1 * MS) {
+        n++;
+        for (int k = 0; k < 3; k++) {
+            if ((k == 1 && n % 20) || (k == 2 && n % 50))
+                continue;
+            dhps_route_choice c;
+            assert_int_equal(dhps_route_pick(r, reps, 8, reps, k == 0 ? 0 : k == 1 ? 2 : 6,
+                                             k ? DHPS_ROUTE_RETRY : DHPS_ROUTE_PRIMARY, &c),
+                             0);
+            *seq = *seq * 6364136223846793005ull + 1442695040888963407ull;
+            double j = 0.9 + 0.2 * (double)(*seq >> 11) * 0x1.0p-53;
+            unsigned t = c.tier == DHPS_ROUTE_POD ? 0 : c.tier == DHPS_ROUTE_AZ ? 1 : 2;
+            assert_int_equal(
+                dhps_route_report(r, &c, (uint64_t)((double)us[t] * j * US), DHPS_ROUTE_OK), 0);
+            pod += k == 0 && c.tier == DHPS_ROUTE_POD;
+        }
+    }
+    return (double)pod / n;
+}
+
+/* A loaded machine from the start: the remote tier, unchanged, keeps the common rise at 0,
+ * and the az's baseline is the minimum it showed while it carried little; since then the
+ * az has become much slower than that, slower than the pod. Judged against that old
+ * minimum the pod (itself slower than its own baseline) looked as slow as the az and gave
+ * its traffic to the az, which answered in twice its time: the topology test's node
+ * replacement once ended so (POD a1 at 2.7 ms kept 5 % of the traffic; the az answered in
+ * 5 ms against its baseline of 2.6). The pod is judged against what the az answers in
+ * now, and still sheds when it becomes slower than that. */
+static void pod_keeps_traffic_when_next_tier_slowed(void **state)
+{
+    (void)state;
+    dhps_route *r = make(NULL);
+    for (uint32_t i = 0; i < 8; i++)
+        add(r, i, i < 2 ? DHPS_ROUTE_POD : i < 6 ? DHPS_ROUTE_AZ : DHPS_ROUTE_REMOTE);
+    bool verbose = getenv("ROUTE_TEST_VERBOSE") != NULL;
+    uint64_t seq = 3, us[3] = {1600, 2600, 9000};
+    assert_true(tiers_window(r, &seq, 60 * SEC, us) > 0.95);
+    /* both slow down; the az, loaded by others, to twice the pod's time */
+    us[0] = 2700;
+    us[1] = 5000;
+    double share = 0;
+    for (int w = 0; w < 20; w++) {
+        share = tiers_window(r, &seq, 1 * SEC, us);
+        if (verbose)
+            fprintf(stderr, "%.3f ", share);
+        if (w >= 5)
+            assert_true(share > 0.8);
+    }
+    dhps_route_stats s;
+    dhps_route_stats_get(r, &s);
+    if (verbose)
+        fprintf(stderr, "\nbase pod %.0f az %.0f, lat pod %.0f az %.0f, rise %.0f\n",
+                s.tier[1].baseline_ns, s.tier[2].baseline_ns, s.tier[1].latency_ns,
+                s.tier[2].latency_ns, s.common_rise_ns);
+    assert_true(s.tier[DHPS_ROUTE_AZ].baseline_ns < 3000 * US); /* the old minimum */
+    assert_true(s.common_rise_ns < 100 * US);
+    /* the pod becomes slower than the az is now: it sheds */
+    us[0] = 6000;
+    for (int w = 0; w < 10; w++)
+        share = tiers_window(r, &seq, 1 * SEC, us);
+    if (verbose)
+        fprintf(stderr, "| slower than the az: %.3f\n", share);
+    assert_true(share < 0.5);
+    dhps_route_destroy(r);
+}
+
 static void breaker_backoff_and_probes(void **state)
 {
     (void)state;
@@ -1079,6 +1153,7 @@ int main(void)
         cmocka_unit_test(slow_pod_sheds_smoothly),
         cmocka_unit_test(restarted_pod_under_client_load),
         cmocka_unit_test(client_load_onset_keeps_pod),
+        cmocka_unit_test(pod_keeps_traffic_when_next_tier_slowed),
         cmocka_unit_test(breaker_backoff_and_probes),
         cmocka_unit_test(slow_node_is_ejected),
         cmocka_unit_test(not_slow_while_faster_than_next),
