@@ -303,6 +303,11 @@ int dhps_cluster_plan(const dhps_cluster_map *m, const dhps_cluster_plan_params 
                       dhps_cluster_move **moves, size_t *n, dhps_cluster_plan_stats *st,
                       char *err, size_t errlen);
 
+/* Split a node address "a.b.c.d:port" (IPv4, port 1-65535, as in a map's "addr") into
+ * ip (NUL-terminated, at most ipcap bytes with the NUL) and port. Returns 0, or -1 (and
+ * ip/port unspecified) when addr is not such an address or ip does not fit. Pure. */
+int dhps_cluster_addr_split(const char *addr, char *ip, size_t ipcap, uint16_t *port);
+
 /* ---- editing (edit.c) ------------------------------------------------------------------
  *
  * Maps are immutable: each edit returns a NEW map (version = m's version + 1; free with

@@ -54,8 +54,7 @@ void cl_eb_init(struct cl_errbuf *e, char *buf, size_t cap)
 
 /* ---- helpers ------------------------------------------------------------------------- */
 
-/* Split "a.b.c.d:port" into ip and port. 0 or -1. */
-int cl_split_addr(const char *addr, char *ip, size_t ipcap, uint16_t *port)
+int dhps_cluster_addr_split(const char *addr, char *ip, size_t ipcap, uint16_t *port)
 {
     const char *colon = strrchr(addr, ':');
     if (!colon || colon == addr || (size_t)(colon - addr) >= ipcap)
@@ -130,7 +129,7 @@ static int parse_node(json_t *o, size_t i, dhps_cluster_node *nd, struct cl_errb
         bad = 1;
     } else {
         strcpy(nd->addr, json_string_value(addr));
-        if (cl_split_addr(nd->addr, nd->ip, sizeof nd->ip, &nd->port) < 0) {
+        if (dhps_cluster_addr_split(nd->addr, nd->ip, sizeof nd->ip, &nd->port) < 0) {
             cl_eb_add(e, "node %u: key \"addr\": \"%s\" is not a numeric IPv4 \"ip:port\"", nd->id,
                    nd->addr);
             bad = 1;

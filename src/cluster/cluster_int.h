@@ -38,9 +38,6 @@ struct cl_errbuf {
 void cl_eb_init(struct cl_errbuf *e, char *buf, size_t cap);
 __attribute__((format(printf, 2, 3))) void cl_eb_add(struct cl_errbuf *e, const char *fmt, ...);
 
-/* Split "a.b.c.d:port" into ip and port. 0 or -1. */
-int cl_split_addr(const char *addr, char *ip, size_t ipcap, uint16_t *port);
-
 /* Add a line to e for each duplicate node id or address in nodes[0..n). */
 void cl_check_nodes(const dhps_cluster_node *nodes, size_t n, struct cl_errbuf *e);
 

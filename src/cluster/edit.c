@@ -81,7 +81,7 @@ int dhps_cluster_map_edit_add_node(const dhps_cluster_map *m, const dhps_cluster
         cl_eb_add(&e, "node %u: id already in the map", n.id);
     if (!n.host[0])
         cl_eb_add(&e, "node %u: empty host", n.id);
-    if (cl_split_addr(n.addr, n.ip, sizeof n.ip, &n.port) < 0)
+    if (dhps_cluster_addr_split(n.addr, n.ip, sizeof n.ip, &n.port) < 0)
         cl_eb_add(&e, "node %u: address \"%s\" is not a numeric IPv4 \"ip:port\"", n.id, n.addr);
     if (n.state > DHPS_NODE_DRAINING)
         cl_eb_add(&e, "node %u: state %u is neither active nor draining", n.id, n.state);

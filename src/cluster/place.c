@@ -63,7 +63,7 @@ int dhps_cluster_map_generate(const dhps_cluster_gen_params *p, const dhps_clust
         nv[i].host[DHPS_CLUSTER_LABEL_MAX] = nv[i].pod[DHPS_CLUSTER_LABEL_MAX] =
             nv[i].az[DHPS_CLUSTER_LABEL_MAX] = '\0';
         if (nv[i].id > DHPS_CLUSTER_MAX_NODE_ID || !nv[i].host[0] ||
-            cl_split_addr(nv[i].addr, nv[i].ip, sizeof nv[i].ip, &nv[i].port) < 0)
+            dhps_cluster_addr_split(nv[i].addr, nv[i].ip, sizeof nv[i].ip, &nv[i].port) < 0)
             cl_eb_add(&e, "node %u: bad id, empty host or bad address \"%s\"", nv[i].id,
                       nv[i].addr);
         if (nv[i].state > DHPS_NODE_DRAINING)

@@ -82,6 +82,10 @@ static bool parse_reg(const dhps_coord_kv *kv, ctl_reg *r)
         copy_str(nd->pod, sizeof nd->pod, json_string_value(json_object_get(j, "pod")));
         copy_str(nd->az, sizeof nd->az, json_string_value(json_object_get(j, "az")));
         copy_str(nd->addr, sizeof nd->addr, json_string_value(json_object_get(j, "addr")));
+        if (dhps_cluster_addr_split(nd->addr, nd->ip, sizeof nd->ip, &nd->port) < 0) {
+            nd->ip[0] = '\0'; /* no usable address: port 0 tells */
+            nd->port = 0;
+        }
         json_int_t mp = json_integer_value(json_object_get(j, "metrics_port"));
         nd->metrics_port = mp > 0 && mp < 65536 ? (uint16_t)mp : 0;
     }

@@ -79,7 +79,7 @@ typedef struct ctl_reg {
     uint64_t map_version;        /* "map_version": the map the server has applied (0: none) */
     uint32_t *not_ready;         /* "not_ready": shards held but not ready, ascending */
     size_t n_not_ready;
-    dhps_cluster_node node;      /* labels, addr, metrics_port (for `dhps node add`) */
+    dhps_cluster_node node;      /* labels, addr (ip/port split from it; port 0: unusable), metrics_port */
     int64_t lease;
 } ctl_reg;
 

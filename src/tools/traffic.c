@@ -58,6 +58,7 @@
 #include "dhps/proto.h"
 #include "dhps/route.h"
 #include "dhps/rpc.h"
+#include "ctl.h"
 #include "tools.h"
 #include "toolsclient.h"
 
@@ -436,6 +437,34 @@ static int tr_delay(const struct tr_opts *o, struct tr_node *e, bool on)
     return 0;
 }
 
+/* Node nd's entry in ns, made on first sight (its tier; started: the run has begun, so
+ * its counts start at 0), with its tier's delay rule installed. NULL with *rc = 0 when ns
+ * is full; NULL with *rc < 0 when the rule could not be set. */
+static struct tr_node *tr_node_take(tools_conn *conn, const struct tr_opts *o,
+                                    struct tr_nodes *ns, const dhps_cluster_node *nd,
+                                    bool started, int *rc)
+{
+    struct tr_node *e = NULL;
+    *rc = 0;
+    for (size_t k = 0; k < ns->n && !e; k++)
+        if (ns->nd[k].id == nd->id)
+            e = &ns->nd[k];
+    if (!e) {
+        if (ns->n == TR_MAX_NODES)
+            return NULL;
+        e = &ns->nd[ns->n++];
+        memset(e, 0, sizeof *e);
+        e->id = nd->id;
+        e->tier = tools_tier_of(nd->host, nd->pod, nd->az, conn->host, conn->pod, conn->az);
+        snprintf(e->ip, sizeof e->ip, "%s", nd->ip);
+        e->port = nd->port;
+        e->first = e->prev = started ? 0 : tr_node_msgs(conn, e->id);
+    }
+    if ((*rc = tr_delay(o, e, true)))
+        return NULL;
+    return e;
+}
+
 /* Take map's nodes into ns (new ones: tier, delay rule; every known one: in_map).
  * started: the run has begun, so a new node's counts start at 0. */
 static int tr_nodes_merge(tools_conn *conn, const struct tr_opts *o, struct tr_nodes *ns,
@@ -444,51 +473,40 @@ static int tr_nodes_merge(tools_conn *conn, const struct tr_opts *o, struct tr_n
     for (size_t k = 0; k < ns->n; k++)
         ns->nd[k].in_map = false;
     for (size_t i = 0; i < dhps_cluster_map_nnodes(map); i++) {
-        const dhps_cluster_node *nd = dhps_cluster_map_node_at(map, i);
-        struct tr_node *e = NULL;
-        for (size_t k = 0; k < ns->n && !e; k++)
-            if (ns->nd[k].id == nd->id)
-                e = &ns->nd[k];
-        if (!e) {
-            if (ns->n == TR_MAX_NODES)
-                continue;
-            e = &ns->nd[ns->n++];
-            memset(e, 0, sizeof *e);
-            e->id = nd->id;
-            e->tier = tools_tier_of(nd->host, nd->pod, nd->az, conn->host, conn->pod, conn->az);
-            snprintf(e->ip, sizeof e->ip, "%s", nd->ip);
-            e->port = nd->port;
-            e->first = e->prev = started ? 0 : tr_node_msgs(conn, e->id);
-        }
-        e->in_map = true;
-        int rc = tr_delay(o, e, true);
+        int rc;
+        struct tr_node *e =
+            tr_node_take(conn, o, ns, dhps_cluster_map_node_at(map, i), started, &rc);
         if (rc)
             return rc;
+        if (e)
+            e->in_map = true;
     }
     return 0;
 }
 
-/* --etcd: when the client's map version moved, read the map from etcd and take its
- * nodes (a failed read is tried again at the next interval). */
+/* --etcd, every interval: one read of etcd (the map and the registrations). Every
+ * registered node gets its tier's delay rule at once: a server registers before an
+ * operator can add it to a map, so the rule is in place before the client can route to
+ * it (taking nodes from the map alone left a window of up to one interval in which a
+ * new node answered without its delay, and the router learned its tier's baseline from
+ * those answers). When the client's map version moved, the map's nodes are taken too
+ * (in_map). A failed read is tried again at the next interval. */
 static void tr_nodes_refresh(tools_conn *conn, const struct tr_opts *o, struct tr_nodes *ns,
                              dhps_coord *coord)
 {
-    uint64_t v = dhps_client_map_version(conn->client);
-    if (!coord || v == ns->version)
+    ctl_state st;
+    if (!coord || ctl_state_read(coord, conn->etcd_cluster, &st))
         return;
-    char key[256];
-    if (dhps_coord_key(key, sizeof key, conn->etcd_cluster, DHPS_COORD_KEY_MAP, 0) < 0)
-        return;
-    dhps_coord_kv *kv = NULL;
-    int n = dhps_coord_get(coord, key, false, &kv, NULL);
-    dhps_cluster_map *m = NULL;
-    char err[512];
-    if (n == 1 && dhps_cluster_map_parse(kv[0].value, kv[0].value_len, &m, err, sizeof err) == 0) {
-        if (dhps_cluster_map_version(m) >= v && tr_nodes_merge(conn, o, ns, m, true) == 0)
-            ns->version = v;
-        dhps_cluster_map_destroy(m);
+    for (size_t i = 0; i < st.nregs; i++) {
+        int rc;
+        if (st.regs[i].node.port)
+            tr_node_take(conn, o, ns, &st.regs[i].node, true, &rc);
     }
-    dhps_coord_kvs_free(kv, n);
+    uint64_t v = dhps_client_map_version(conn->client);
+    if (v != ns->version && st.map && dhps_cluster_map_version(st.map) >= v &&
+        tr_nodes_merge(conn, o, ns, st.map, true) == 0)
+        ns->version = v;
+    ctl_state_free(&st);
 }
 
 /* The router's breaker decisions since *base (and *base moved on to now), when the
@@ -524,6 +542,51 @@ struct tr_upd_counts {
     uint64_t updates, failed, acked_keys;
 };
 
+/* --per-node: the router's view behind the shares, for telling why a tier lost traffic
+ * (docs/route.md): each node's dynamic weight (w<ID>=) and smooth latency (lat<ID>_us=),
+ * each tier's baseline B and smooth latency (base_<tier>_us=, lat_<tier>_us=; 0 =
+ * unknown). Nothing when the client does not route with the route library. */
+static void tr_print_router(tools_conn *conn, const struct tr_nodes *ns, bool json)
+{
+    dhps_route *r = dhps_client_route(conn->client);
+    dhps_route_stats rs;
+    if (!r || dhps_route_stats_get(r, &rs))
+        return;
+    if (json)
+        printf(",\"node_weight\":{");
+    for (size_t i = 0, k = 0; i < ns->n; i++) {
+        dhps_route_node_stats st;
+        if (dhps_route_node_stats_get(r, ns->nd[i].id, &st))
+            continue;
+        if (json)
+            printf("%s\"%u\":%.3f", k++ ? "," : "", ns->nd[i].id, st.weight);
+        else
+            printf(" w%u=%.2f lat%u_us=%.0f", ns->nd[i].id, st.weight, ns->nd[i].id,
+                   st.latency_ns / 1e3);
+    }
+    if (json) {
+        printf("},\"node_latency_us\":{");
+        for (size_t i = 0, k = 0; i < ns->n; i++) {
+            dhps_route_node_stats st;
+            if (!dhps_route_node_stats_get(r, ns->nd[i].id, &st))
+                printf("%s\"%u\":%.1f", k++ ? "," : "", ns->nd[i].id, st.latency_ns / 1e3);
+        }
+        printf("},\"tier_baseline_us\":{");
+        for (int t = 0; t < 4; t++)
+            printf("%s\"%s\":%.1f", t ? "," : "", tools_tier_names[t],
+                   rs.tier[t].baseline_ns / 1e3);
+        printf("},\"tier_latency_us\":{");
+        for (int t = 0; t < 4; t++)
+            printf("%s\"%s\":%.1f", t ? "," : "", tools_tier_names[t],
+                   rs.tier[t].latency_ns / 1e3);
+        printf("}");
+        return;
+    }
+    for (int t = 1; t < 4; t++)
+        printf(" base_%s_us=%.0f lat_%s_us=%.0f", tools_tier_names[t],
+               rs.tier[t].baseline_ns / 1e3, tools_tier_names[t], rs.tier[t].latency_ns / 1e3);
+}
+
 static void tr_print(const struct tr_opts *o, tools_conn *conn, const struct tr_nodes *ns,
                      double t, bool summary, const struct tr_counts *n, const tools_hist *h,
                      const struct tr_route *rt, const struct tr_upd_counts *u,
@@ -557,6 +620,8 @@ static void tr_print(const struct tr_opts *o, tools_conn *conn, const struct tr_
             printf("%s\"%u\":%llu", i ? "," : "", ns->nd[i].id,
                    (unsigned long long)ns->nd[i].msgs);
         printf("}");
+        if (o->per_node)
+            tr_print_router(conn, ns, true);
         if (rt->have)
             printf(",\"breaker\":{\"opened_errors\":%llu,\"opened_slow\":%llu,"
                    "\"opened_probe\":%llu,\"closed\":%llu,\"ejected\":%u},"
@@ -599,10 +664,12 @@ static void tr_print(const struct tr_opts *o, tools_conn *conn, const struct tr_
                    (unsigned long long)u->updates, (unsigned long long)u->failed,
                    (unsigned long long)u->acked_keys, (unsigned long long)n->acked_missing,
                    (unsigned long long)n->stale);
-        if (o->per_node)
+        if (o->per_node) {
             for (size_t i = 0; i < ns->n; i++)
                 printf(" n%u=%.3f", ns->nd[i].id,
                        total ? (double)ns->nd[i].msgs / (double)total : 0.0);
+            tr_print_router(conn, ns, false);
+        }
         if (summary)
             printf(" availability=%.6f", avail);
         if (f)

@@ -320,10 +320,34 @@ static void test_write_load(void **state)
     free(v);
 }
 
+/* dhps_cluster_addr_split: what a map's "addr" accepts, and nothing else */
+static void test_addr_split(void **state)
+{
+    (void)state;
+    char ip[16];
+    uint16_t port = 0;
+    assert_int_equal(dhps_cluster_addr_split("198.51.100.7:7000", ip, sizeof ip, &port), 0);
+    assert_string_equal(ip, "198.51.100.7");
+    assert_int_equal(port, 7000);
+    assert_int_equal(dhps_cluster_addr_split("255.255.255.255:65535", ip, sizeof ip, &port), 0);
+    assert_int_equal(port, 65535);
+    static const char *const bad[] = {"",          "198.51.100.7",    ":7000",
+                                      "198.51.100.7:", "198.51.100.7:0", "198.51.100.7:65536",
+                                      "198.51.100.7:70a", "host:7000",   "198.51.100:7000",
+                                      "::1:7000"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        if (dhps_cluster_addr_split(bad[i], ip, sizeof ip, &port) == 0)
+            fail_msg("accepted \"%s\"", bad[i]);
+    /* an ip that does not fit the caller's buffer */
+    char small[8];
+    assert_int_equal(dhps_cluster_addr_split("198.51.100.7:7000", small, sizeof small, &port), -1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_parse_ok),       cmocka_unit_test(test_parse_errors),
+        cmocka_unit_test(test_addr_split),
         cmocka_unit_test(test_generate),       cmocka_unit_test(test_generate_errors),
         cmocka_unit_test(test_nodes_parse),    cmocka_unit_test(test_write_load),
     };

@@ -1,7 +1,8 @@
 /*
  * dhps traffic through the built binary, against a 4-node `dhps up` cluster: --load and
  * --check (every row right), per-interval lines and the summary in text and --json form
- * (tier shares add up to 1, every node listed), SIGTERM ends a --seconds 0 run with the
+ * (tier shares add up to 1, every node listed; --per-node: the router's node weights and
+ * latencies, tier baselines and latencies), SIGTERM ends a --seconds 0 run with the
  * summary, and bad options are usage errors. Routing behaviour under faults is the
  * topology test's (tests/topology/topology.sh).
  */
@@ -42,7 +43,7 @@ static void json_and_check(void **state)
         secs = 1;
     snprintf(cmd, sizeof cmd,
              DHPS_BIN " traffic --cluster %s --table emb --dim 8 --keys 2000 --batch 50 "
-             "--load --check --seconds %u --interval-ms 200 --deadline-ms 2000 --json",
+             "--load --check --seconds %u --interval-ms 200 --deadline-ms 2000 --json --per-node",
              g_dir, secs);
     int st;
     char *out = capture(cmd, &st);
@@ -78,6 +79,23 @@ static void json_and_check(void **state)
     assert_non_null(strstr(brk, "\"opened_slow\":"));
     assert_non_null(strstr(brk, "\"ejected\":"));
     assert_non_null(strstr(summary, "\"common_rise_us\":"));
+    /* --per-node: the router's view, a weight in [floor 0.05, 1] for every node, tier
+     * baselines and latencies (the nodes answered, so their tier has a latency) */
+    char *w = strstr(summary, "\"node_weight\":{");
+    if (!w)
+        fail_msg("no node weights in the summary: %s", summary);
+    for (int n = 0; n < 4; n++) {
+        char key[16];
+        snprintf(key, sizeof key, "\"%d\":", n);
+        double wt = field(w, key);
+        assert_true(wt >= 0.05 && wt <= 1.0);
+        assert_true(field(strstr(summary, "\"node_latency_us\":{"), key) > 0);
+    }
+    char *tl = strstr(summary, "\"tier_latency_us\":{");
+    assert_non_null(strstr(summary, "\"tier_baseline_us\":{"));
+    assert_non_null(tl);
+    assert_true(field(tl, "\"host\":") + field(tl, "\"pod\":") + field(tl, "\"az\":") +
+                    field(tl, "\"remote\":") > 0);
     free(out);
 }
 
@@ -88,7 +106,7 @@ static void text_until_sigterm(void **state)
      * comes once an interval line counts lookups (an event, polled up to a scaled bound;
      * was a fixed 1 s, which a loaded machine can spend before the first lookup) */
     int rc = shellf("(" DHPS_BIN " traffic --cluster %s --table emb --dim 8 --keys 2000 "
-                "--seconds 0 --interval-ms 100 --tier-delay-us 0,0,200,2000 > %s/t.out "
+                "--seconds 0 --interval-ms 100 --tier-delay-us 0,0,200,2000 --per-node > %s/t.out "
                 "2>&1 & p=$!; n=0; "
                 "until grep -q 'interval t=[0-9.]* lookups=[1-9]' %s/t.out || [ $n -ge %u ]; "
                 "do sleep 0.05; n=$((n+1)); done; kill -TERM $p; wait $p)",
@@ -108,6 +126,11 @@ static void text_until_sigterm(void **state)
     assert_non_null(strstr(s, " ejected="));
     assert_non_null(strstr(s, " rise_us="));
     assert_non_null(strstr(s, " availability="));
+    assert_non_null(strstr(s, " n0="));
+    assert_non_null(strstr(s, " w0="));
+    assert_non_null(strstr(s, " lat0_us="));
+    assert_non_null(strstr(s, " base_pod_us="));
+    assert_non_null(strstr(s, " lat_remote_us="));
     free(out);
 }
 

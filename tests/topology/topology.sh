@@ -259,7 +259,8 @@ traffic_pid=$!
 # dhps traffic's output) satisfy the condition
 tlog=$work/traffic.log
 await() {
-  local name=$1 cond=$2 t0=$SECONDS seen=0 lines=0
+  local name=$1 cond=$2 t0=$SECONDS seen=0 lines=0 first
+  first=$(grep -c '^interval' "$tlog")
   while [ $((SECONDS - t0)) -lt "$phase_timeout" ]; do
     sleep 0.5
     kill -0 "$traffic_pid" 2>/dev/null || { echo "topology: dhps traffic exited"; cat "$tlog"; exit 1; }
@@ -277,6 +278,12 @@ await() {
     else seen=0; fi
   done
   echo "  FAIL $name: not within $phase_timeout s; last: $(grep '^interval' "$tlog" | tail -1)"
+  # the phase's course, every 2 s: tier shares and, with --per-node, the router's view
+  # (node weights, tier baselines and latencies) that says why a tier lost traffic
+  echo "  the phase, every 4th line:"
+  grep '^interval' "$tlog" | tail -n +$((first + 1)) | awk 'NR % 4 == 1 {
+    o = ""; for (i = 2; i <= NF; i++) if ($i ~ /^(t|p50_us|host|pod|az|remote|rise_us|map|ejected|n[0-9]+|w[0-9]+|base_[a-z]+_us|lat_[a-z]+_us)=/) o = o " " $i
+    print "    " o }' | head -40
   fails=$((fails + 1)); return 1
 }
 # awk conditions read v["pod"] etc.
