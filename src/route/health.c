@@ -239,6 +239,14 @@ void route_breaker_report(dhps_route *r, struct rnode *n, const dhps_route_choic
 
 /* ---- weights ------------------------------------------------------------------------------------ */
 
+/* Has tier tr had an ok answer in the last RISE_FRESH_TAUS x weight_tau (its latency
+ * estimates are current, so it witnesses the rise and stands for the next tier's cost)? */
+static bool tier_fresh(const dhps_route *r, const struct rtier *tr, uint64_t now)
+{
+    uint64_t ts = ld64(&tr->lat_stamp);
+    return now <= ts || now - ts <= RISE_FRESH_TAUS * r->p.weight_tau_ns;
+}
+
 /*
  * The rise every tier shares now. A tier's rise is its smooth latency (weight_tau EWMA)
  * minus its long one (baseline_tau): how much slower it answers than it used to. The
@@ -254,12 +262,10 @@ double route_common_rise(const dhps_route *r, uint64_t now, bool last)
 {
     double rise = 0;
     int n = 0;
-    uint64_t fresh = RISE_FRESH_TAUS * r->p.weight_tau_ns;
     for (int t = 0; t < DHPS_ROUTE_TIERS; t++) {
         const struct rtier *tr = &r->tier[t];
         double now_lat = ldd(last ? &tr->last : &tr->lat), long_lat = ldd(&tr->lat_long);
-        uint64_t ts = ld64(&tr->lat_stamp);
-        if (now_lat <= 0 || long_lat <= 0 || (now > ts && now - ts > fresh))
+        if (now_lat <= 0 || long_lat <= 0 || !tier_fresh(r, tr, now))
             continue;
         double d = now_lat > long_lat ? now_lat - long_lat : 0;
         if (!n++ || d < rise)
@@ -275,12 +281,10 @@ double route_common_rise(const dhps_route *r, uint64_t now, bool last)
  * present all along there is no rise to take out). With no fresh next tier: false. */
 bool route_faster_than_next(const dhps_route *r, unsigned t, double v, uint64_t now)
 {
-    uint64_t fresh = RISE_FRESH_TAUS * r->p.weight_tau_ns;
     for (unsigned k = t + 1; k < DHPS_ROUTE_TIERS; k++) {
         const struct rtier *nx = &r->tier[k];
         double nl = ldd(&nx->lat);
-        uint64_t ts = ld64(&nx->lat_stamp);
-        if (nl > 0 && (now <= ts || now - ts <= fresh))
+        if (nl > 0 && tier_fresh(r, nx, now))
             return v < nl;
     }
     return false;
@@ -301,10 +305,8 @@ void route_weight_update(dhps_route *r, struct rnode *n, unsigned t, double rise
         if (t + 1 < DHPS_ROUTE_TIERS) {
             const struct rtier *nx = &r->tier[t + 1];
             double nl = ldd(&nx->lat) - rise;
-            uint64_t ts = ld64(&nx->lat_stamp);
             next = ldd(&nx->base);
-            if (next > 0 && nl > next &&
-                (now <= ts || now - ts <= RISE_FRESH_TAUS * r->p.weight_tau_ns))
+            if (next > 0 && nl > next && tier_fresh(r, nx, now))
                 next = nl;
         }
         if (next <= 0)

@@ -36,45 +36,44 @@ static void tr_print_router(tools_conn *conn, const struct tr_nodes *ns, bool js
     dhps_route_stats rs;
     if (!r || dhps_route_stats_get(r, &rs))
         return;
-    if (json)
-        printf(",\"node_weight\":{");
-    for (size_t i = 0, k = 0; i < ns->n; i++) {
+    /* each node's state read once: the text prints it per node, JSON as two objects */
+    struct node_view {
+        uint32_t id;
+        double weight, lat_us;
+    } nv[TR_MAX_NODES];
+    size_t nn = 0;
+    for (size_t i = 0; i < ns->n; i++) {
         dhps_route_node_stats st;
-        if (dhps_route_node_stats_get(r, ns->nd[i].id, &st))
-            continue;
-        if (json)
-            printf("%s\"%u\":%.3f", k++ ? "," : "", ns->nd[i].id, st.weight);
-        else
-            printf(" w%u=%.2f lat%u_us=%.0f", ns->nd[i].id, st.weight, ns->nd[i].id,
-                   st.latency_ns / 1e3);
+        if (!dhps_route_node_stats_get(r, ns->nd[i].id, &st))
+            nv[nn++] = (struct node_view){ns->nd[i].id, st.weight, st.latency_ns / 1e3};
     }
-    if (json) {
-        printf("},\"node_latency_us\":{");
-        for (size_t i = 0, k = 0; i < ns->n; i++) {
-            dhps_route_node_stats st;
-            if (!dhps_route_node_stats_get(r, ns->nd[i].id, &st))
-                printf("%s\"%u\":%.1f", k++ ? "," : "", ns->nd[i].id, st.latency_ns / 1e3);
-        }
-        printf("},\"tier_baseline_us\":{");
-        for (int t = 0; t < 4; t++)
-            printf("%s\"%s\":%.1f", t ? "," : "", tools_tier_names[t],
-                   rs.tier[t].baseline_ns / 1e3);
-        printf("},\"tier_latency_us\":{");
-        for (int t = 0; t < 4; t++)
-            printf("%s\"%s\":%.1f", t ? "," : "", tools_tier_names[t],
+    if (!json) {
+        for (size_t i = 0; i < nn; i++)
+            printf(" w%u=%.2f lat%u_us=%.0f", nv[i].id, nv[i].weight, nv[i].id, nv[i].lat_us);
+        for (int t = 1; t < 4; t++)
+            printf(" base_%s_us=%.0f lat_%s_us=%.0f", tools_tier_names[t],
+                   rs.tier[t].baseline_ns / 1e3, tools_tier_names[t],
                    rs.tier[t].latency_ns / 1e3);
-        printf("}");
         return;
     }
-    for (int t = 1; t < 4; t++)
-        printf(" base_%s_us=%.0f lat_%s_us=%.0f", tools_tier_names[t],
-               rs.tier[t].baseline_ns / 1e3, tools_tier_names[t], rs.tier[t].latency_ns / 1e3);
+    printf(",\"node_weight\":{");
+    for (size_t i = 0; i < nn; i++)
+        printf("%s\"%u\":%.3f", i ? "," : "", nv[i].id, nv[i].weight);
+    printf("},\"node_latency_us\":{");
+    for (size_t i = 0; i < nn; i++)
+        printf("%s\"%u\":%.1f", i ? "," : "", nv[i].id, nv[i].lat_us);
+    printf("},\"tier_baseline_us\":{");
+    for (int t = 0; t < 4; t++)
+        printf("%s\"%s\":%.1f", t ? "," : "", tools_tier_names[t], rs.tier[t].baseline_ns / 1e3);
+    printf("},\"tier_latency_us\":{");
+    for (int t = 0; t < 4; t++)
+        printf("%s\"%s\":%.1f", t ? "," : "", tools_tier_names[t], rs.tier[t].latency_ns / 1e3);
+    printf("}");
 }
 
-void tr_print(const struct tr_opts *o, tools_conn *conn, const struct tr_nodes *ns,
-                     double t, bool summary, const struct tr_counts *n, const tools_hist *h,
-                     const struct tr_route *rt, const struct tr_upd_counts *u,
-                     const struct tr_final *f)
+void tr_print(const struct tr_opts *o, tools_conn *conn, const struct tr_nodes *ns, double t,
+              bool summary, const struct tr_counts *n, const tools_hist *h,
+              const struct tr_route *rt, const struct tr_upd_counts *u, const struct tr_final *f)
 {
     uint64_t tier[4] = {0}, total = 0;
     for (size_t i = 0; i < ns->n; i++) {
