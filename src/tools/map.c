@@ -81,7 +81,7 @@ static int cmd_gen(int argc, char **argv)
         {"help", no_argument, NULL, 'h'},        {NULL, 0, NULL, 0},
     };
     const char *nodes_path = NULL, *out_path = NULL;
-    unsigned long long local = 0, azs = 1, pods = 1, base = 7100, v;
+    unsigned long long local = 0, azs = 1, pods = 1, base = 7100, v = 0;
     dhps_cluster_gen_params gp;
     dhps_cluster_gen_params_init(&gp);
     int c;
