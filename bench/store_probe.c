@@ -1,7 +1,8 @@
 /*
  * dhps-store-probe: where a lookup's time goes, normalised by this machine's memory.
  *
- * Builds a dhps store of N random keys with 128-byte values, then in one process and
+ * Builds a dhps store of N random keys with B-byte values (default 128) placed at
+ * 2^A-byte alignment (record_align_log2, default the store's 1), then in one process and
  * interleaved (best of 5): batched lookups (batch 1024, uniform), batched same-length
  * upserts, and a reference loop of independent random one-line reads (prefetched 32
  * ahead) over a 1 GiB huge-page array. Prints lookups and upserts per second and
@@ -9,7 +10,7 @@
  * so schedule changes can be compared on a shared machine. Not a peer comparison:
  * that is dhps-bench store.
  *
- *   dhps-store-probe [N]        (default 10000000)
+ *   dhps-store-probe [N [B [A]]]    (defaults 10000000, 128 and 1)
  */
 #define _GNU_SOURCE
 #include <stdio.h>
@@ -36,13 +37,17 @@ static uint64_t mix(uint64_t z)
 
 int main(int argc, char **argv)
 {
-    size_t n = argc > 1 ? strtoull(argv[1], NULL, 0) : 10000000, b = 128, k = 1024, q = 10000000;
+    size_t n = argc > 1 ? strtoull(argv[1], NULL, 0) : 10000000, k = 1024, q = 10000000;
+    size_t b = argc > 2 ? strtoull(argv[2], NULL, 0) : 128;
+    const char *usage = "usage: dhps-store-probe [N >= 1024 [B in 1..16383 [A in 1..4]]]\n";
     dhps_store_params p;
     dhps_store_params_init(&p);
     p.capacity_hint = n;
+    if (argc > 3)
+        p.record_align_log2 = (uint32_t)strtoul(argv[3], NULL, 0);
     dhps_store *s;
-    if (n < k || dhps_store_create(&p, &s) != 0) {
-        fprintf(stderr, "usage: dhps-store-probe [N >= 1024]\n");
+    if (argc > 4 || n < k || b < 1 || b > DHPS_STORE_MAX_VALUE || dhps_store_create(&p, &s) != 0) {
+        fputs(usage, stderr);
         return 2;
     }
     uint64_t *keys = malloc(n * 8), *qs = malloc(q * 8);
@@ -105,8 +110,8 @@ int main(int argc, char **argv)
     }
     dhps_store_stats st;
     dhps_store_get_stats(s, &st);
-    printf("keys %zu (index %.1f MB, %.2f B/key, fill %.3f), simd %s\n", n, st.index_bytes / 1e6,
-           (double)st.index_bytes / n, st.load_factor, dhps_store_simd_name());
+    printf("keys %zu, values %zu B at %u-byte alignment (index %.1f MB, %.2f B/key, fill %.3f), simd %s\n", n, b,
+           1u << p.record_align_log2, st.index_bytes / 1e6, (double)st.index_bytes / n, st.load_factor, dhps_store_simd_name());
     printf("build %.2f M/s  lookup %.2f M/s  upsert %.2f M/s  reference lines %.1f M/s  "
            "lookups per line %.3f\n",
            build / 1e6, best_l / 1e6, best_u / 1e6, best_ref / 1e6, best_l / best_ref);
