@@ -87,7 +87,8 @@ typedef struct dhps_store_params {
     float max_fill;            /* index fill at which inserts grow the table (default 0.95) */
     float fragmentation_goal;  /* compaction keeps garbage below this share (default 0.04) */
     bool huge_pages;           /* madvise(MADV_HUGEPAGE) index and segments (default true) */
-    bool inplace_updates;      /* allow in-place same-length overwrites (default true) */
+    bool inplace_updates;      /* allow in-place overwrites by values no longer than the
+                                  stored one and of the same TTL layer (default true) */
     bool auto_maintain;        /* upserts run expiry/compaction steps (default true) */
     uint32_t max_readers;      /* reader handles at once (default 256) */
     dhps_clock_fn clock;       /* time source (default CLOCK_MONOTONIC in ms) */
@@ -206,6 +207,7 @@ typedef struct dhps_store_stats {
     uint64_t stale_updates;      /* upserts ignored for an older version */
     uint64_t index_grows;        /* times the index was rebuilt larger */
     uint64_t reader_retries;     /* lookups repeated after a concurrent change */
+    uint64_t inplace_shrinks;    /* of inplace_updates: shorter values written over longer */
 } dhps_store_stats;
 
 /* Fill *st. Writer only (reads writer-owned counters without locks). */

@@ -174,7 +174,7 @@ LOOKUP_TARGET static inline __attribute__((always_inline)) int LK(_s3)(LK(_ctx) 
                 rec = c->base + ((uint64_t)ref << c->al);
             } while (rd64(rec) != q->key);
         }
-        uint16_t lf = rd16(rec + 8);
+        uint16_t lf = rd16_sync(rec + 8);
         uint32_t len = lf;
         const uint8_t *val = rec + REC_BASE_HDR;
         r = 1;

@@ -36,10 +36,15 @@ static inline void copy_value(uint8_t *dst, const void *src, uint32_t len)
 }
 
 /* Rewrite a record in place under its bucket's seqlock: version (as a delta d from its
- * segment's base, or whole when WIDE), expiry, value. Fails (returns false) while a
- * zero-copy pin is outstanding: pinned bytes must not change. */
-static inline bool try_inplace(dhps_store *s, bucket *b, uint8_t *rec, uint16_t lf, uint64_t ver,
-                               uint32_t d, uint32_t exp, const void *val, uint32_t len)
+ * segment's base, or whole when WIDE), expiry, value. A value shorter than the old one
+ * (nlf's length below olf's) takes the front of the record: its length is rewritten and
+ * the bytes it frees, tail of them, become a dead filler record (a header whose key is
+ * the record's own, which the index never points at), so walks over the segment step
+ * over them and compaction drops them; tail is 0 or at least REC_BASE_HDR. Fails
+ * (returns false) while a zero-copy pin is outstanding: pinned bytes must not change. */
+static inline bool try_inplace(dhps_store *s, bucket *b, uint8_t *rec, uint16_t olf, uint16_t nlf,
+                               uint64_t ver, uint32_t d, uint32_t exp, const void *val,
+                               uint32_t len, uint32_t tail)
 {
     uint32_t v = __atomic_load_n(&b->version, __ATOMIC_RELAXED);
     __atomic_store_n(&b->version, v + 1, __ATOMIC_RELAXED);
@@ -48,13 +53,23 @@ static inline bool try_inplace(dhps_store *s, bucket *b, uint8_t *rec, uint16_t 
         __atomic_store_n(&b->version, v + 2, __ATOMIC_RELEASE);
         return false;
     }
-    if (lf & REC_WIDE)
+    if (nlf != olf)
+        copy_sync(rec + 8, &nlf, 2);
+    if (nlf & REC_WIDE)
         copy_sync(rec + 10, &ver, 8);
     else
         copy_sync(rec + 10, &d, 4);
-    if (lf & REC_EXP)
-        copy_sync(rec + rec_exp_off(lf), &exp, 4);
-    copy_value(rec + rec_hdr_size(lf), val, len);
+    if (nlf & REC_EXP)
+        copy_sync(rec + rec_exp_off(nlf), &exp, 4);
+    copy_value(rec + rec_hdr_size(nlf), val, len);
+    if (tail) {
+        uint8_t *f = rec + rec_size_lf(s, nlf);
+        uint8_t hdr[REC_BASE_HDR] = {0};
+        uint16_t flf = (uint16_t)(tail - REC_BASE_HDR);
+        memcpy(hdr, rec, 8); /* the key: its index entry points at rec, never at f */
+        memcpy(hdr + 8, &flf, 2);
+        copy_sync(f, hdr, REC_BASE_HDR);
+    }
     __atomic_store_n(&b->version, v + 2, __ATOMIC_RELEASE);
     return true;
 }
@@ -247,15 +262,30 @@ static __attribute__((noinline)) int put_key(put_ctx *c, size_t j, index_table *
                 return 0;
             }
         }
-        /* In place when the record keeps its length and TTL layer, the version fits
-         * its encoding, and no reader can hold a stale view: none is pinned, and no
-         * retired index table (readers of an old table validate its versions, which an
-         * in-place write here would not bump) is still waiting to be freed. */
-        if ((olf & (REC_LEN_MASK | REC_EXP)) == (len | (c->ttl ? REC_EXP : 0)) &&
+        /* In place when the value is no longer than the record's and keeps its TTL
+         * layer, the version fits the record's encoding, what a shorter value frees
+         * can hold a filler header (or is nothing), and no reader can hold a stale
+         * view: none is pinned, and no retired index table (readers of an old table
+         * validate its versions, which an in-place write here would not bump) is
+         * still waiting to be freed. A shorter value rewritten in place leaves
+         * garbage of the bytes it frees, where an appended one would leave the whole
+         * old record. */
+        uint32_t olen = olf & REC_LEN_MASK;
+        uint16_t nlf = (uint16_t)((olf & ~REC_LEN_MASK) | len);
+        uint32_t osz = rec_size_lf(s, olf), tail = osz - rec_size_lf(s, nlf);
+        if ((olf & REC_EXP) == (c->ttl ? REC_EXP : 0) && len <= olen &&
+            (tail == 0 || tail >= REC_BASE_HDR) &&
             (!c->ttl || c->exp <= om->max_exp) &&
             ((olf & REC_WIDE) || (d >= INT32_MIN && d <= INT32_MAX)) &&
             s->p.inplace_updates && !s->retired_tables &&
-            try_inplace(s, &t->b[bkt], orec, olf, ver, (uint32_t)(int32_t)d, c->exp, val, len)) {
+            try_inplace(s, &t->b[bkt], orec, olf, nlf, ver, (uint32_t)(int32_t)d, c->exp, val, len,
+                        tail)) {
+            if (nlf != olf) { /* the record shrank: its freed bytes are garbage */
+                uint32_t ref = t->b[bkt].refs[slot];
+                store_unlive_sized(s, ref, osz, olen);
+                store_live_sized(s, ref, osz - tail, len);
+                s->st.inplace_shrinks++;
+            }
             s->st.inplace_updates++;
             c->applied++;
             return 0;

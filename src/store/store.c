@@ -181,7 +181,7 @@ static int lookup_one_slow(dhps_store *s, const index_table *t, const hkey *k, u
                 const uint8_t *rec = rec_ptr(s, ref);
                 if (rd64(rec) != k->key)
                     continue;
-                uint16_t lf = rd16(rec + 8);
+                uint16_t lf = rd16_sync(rec + 8);
                 uint32_t len = lf & REC_LEN_MASK;
                 if ((lf & REC_EXP) && rd32_sync(rec + rec_exp_off(lf)) <= now_s) {
                     r = -1; /* present but expired: a miss, once validated */

@@ -63,7 +63,10 @@ typedef struct index_table {
  * off 10 i32 version delta from the segment's ver_base, or u64 version if WIDE
  * then   u32 expiry second if EXP
  * then   value
- * Records start at multiples of 2^align_log2 bytes, so reads use memcpy (unaligned). */
+ * Records start at multiples of 2^align_log2 bytes, so reads use memcpy (unaligned).
+ * A filler record (what a shorter value rewritten in place frees, put.c) is a bare
+ * header: the key of the record before it, no flags, its length the freed bytes past
+ * REC_BASE_HDR. No index entry points at it, so walks see it as dead like any other. */
 #define REC_WIDE 0x4000u
 #define REC_EXP 0x8000u
 #define REC_LEN_MASK 0x3FFFu
@@ -90,6 +93,9 @@ static inline void copy_sync(void *dst, const void *src, size_t n)
 #endif
 }
 static inline uint32_t rd32_sync(const void *p) { uint32_t v; copy_sync(&v, p, 4); return v; }
+/* A record's length-and-flags as a reader sees it (a shorter value rewritten in place
+ * changes its length under the seqlock). */
+static inline uint16_t rd16_sync(const void *p) { uint16_t v; copy_sync(&v, p, 2); return v; }
 
 static inline uint32_t rec_hdr_size(uint16_t lf)
 {

@@ -621,6 +621,90 @@ static void inplace_and_pins(void **state)
     dhps_store_destroy(s);
 }
 
+/* A shorter value is written over a longer one in place: the record keeps its ref,
+ * the bytes it frees become a dead filler that compaction drops, and the store's live
+ * bytes and fragmentation count them as garbage. A shrink that frees too few bytes for
+ * a filler header, a longer value and a pinned record append instead. */
+static void shorter_value_rewritten_in_place(void **state)
+{
+    (void)state;
+    enum { N = 30000 };
+    dhps_store_params p;
+    dhps_store_params_init(&p);
+    p.capacity_hint = N;
+    p.segment_bytes = 256u << 10;
+    p.auto_maintain = false; /* compaction runs when the test says */
+    dhps_store *s = NULL;
+    assert_int_equal(dhps_store_create(&p, &s), 0);
+    dhps_store_reader *r;
+    assert_int_equal(dhps_store_reader_open(s, &r), 0);
+    for (uint64_t k = 1; k <= N; k++)
+        assert_int_equal(put1(s, k, 1, 200, 0), 1);
+    dhps_store_stats st0, st;
+    dhps_store_get_stats(s, &st0);
+    assert_true(st0.fragmentation < 0.01);
+
+    /* 200 -> 100 bytes: 214-byte records become 114 with a 100-byte filler each */
+    for (uint64_t k = 1; k <= N; k++)
+        assert_int_equal(put1(s, k, 2, 100, 0), 1);
+    dhps_store_get_stats(s, &st);
+    assert_int_equal(st.inplace_updates, N);
+    assert_int_equal(st.inplace_shrinks, N);
+    assert_int_equal(st.segments, st0.segments); /* nothing appended */
+    assert_int_equal(st.keys, N);
+    assert_int_equal(st.live_bytes, st0.live_bytes - 100ull * N);
+    assert_int_equal(st.payload_bytes, st0.payload_bytes - 100ull * N);
+    assert_true(st.fragmentation > 0.40);
+    for (uint64_t k = 1; k <= N; k++)
+        assert_int_equal(get1(r, k, 2, 100), 1);
+
+    /* 100 -> 99: the same padded size, no filler; 99 -> 90 frees 10 bytes, too few
+     * for a filler header: appended; 90 -> 120: longer, appended */
+    assert_int_equal(put1(s, 1, 3, 99, 0), 1);
+    assert_int_equal(put1(s, 2, 3, 90, 0), 1);
+    assert_int_equal(put1(s, 3, 3, 120, 0), 1);
+    dhps_store_get_stats(s, &st);
+    assert_int_equal(st.inplace_updates, N + 1);
+    assert_int_equal(st.inplace_shrinks, N + 1);
+    assert_int_equal(get1(r, 1, 3, 99), 1);
+    assert_int_equal(get1(r, 2, 3, 90), 1);
+    assert_int_equal(get1(r, 3, 3, 120), 1);
+
+    /* while a record is pinned its bytes stay: the shorter value is appended */
+    uint64_t key = 4, found[1];
+    const void *val;
+    uint32_t len;
+    assert_int_equal(dhps_store_get_pinned(r, &key, 1, &val, &len, found), 1);
+    assert_int_equal(put1(s, 4, 3, 50, 0), 1);
+    assert_int_equal(len, 100);
+    assert_true(check_value(val, 100, 4, 2));
+    dhps_store_release(r);
+    dhps_store_get_stats(s, &st);
+    assert_int_equal(st.inplace_shrinks, N + 1);
+    assert_int_equal(get1(r, 4, 3, 50), 1);
+
+    /* compaction walks over the fillers, moves the live records and meets the goal but
+     * for the fillers in the write segment, which is not compacted until it is sealed */
+    dhps_store_maintain(s, 0);
+    dhps_store_get_stats(s, &st);
+    assert_true(st.compacted_segments > 0);
+    assert_true(st.fragmentation <= p.fragmentation_goal + (double)p.segment_bytes / (double)st.segment_bytes);
+    assert_int_equal(st.keys, N);
+    assert_int_equal(get1(r, 1, 3, 99), 1);
+    assert_int_equal(get1(r, 2, 3, 90), 1);
+    assert_int_equal(get1(r, 3, 3, 120), 1);
+    assert_int_equal(get1(r, 4, 3, 50), 1);
+    for (uint64_t k = 5; k <= N; k++)
+        assert_int_equal(get1(r, k, 2, 100), 1);
+    /* and the moved records shrink in place again */
+    assert_int_equal(put1(s, 5, 4, 40, 0), 1);
+    dhps_store_get_stats(s, &st);
+    assert_int_equal(st.inplace_shrinks, N + 2);
+    assert_int_equal(get1(r, 5, 4, 40), 1);
+    dhps_store_reader_close(r);
+    dhps_store_destroy(s);
+}
+
 static void readers_limit_and_params(void **state)
 {
     (void)state;
@@ -698,6 +782,7 @@ int main(void)
         cmocka_unit_test(compaction_bounds_fragmentation),
         cmocka_unit_test(compaction_waits_for_room),
         cmocka_unit_test(inplace_and_pins),
+        cmocka_unit_test(shorter_value_rewritten_in_place),
         cmocka_unit_test(readers_limit_and_params),
         cmocka_unit_test(alignment_option),
     };

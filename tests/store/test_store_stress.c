@@ -1,5 +1,6 @@
 /* Concurrency stress: lock-free readers verify every value they see while one writer
- * upserts (in place and appending), deletes, expires, compacts and grows the index.
+ * upserts (in place, shorter values in place too, and appending), deletes, expires,
+ * compacts and grows the index.
  * Values carry their version in the first 8 bytes and bytes derived from (key,
  * version, length) after it, so a torn or stale-pointer read is caught. Keys below
  * STABLE are written once before readers start and never deleted or expired: readers
@@ -166,13 +167,14 @@ static void stress(void **state)
     dhps_store_stats st;
     dhps_store_get_stats(S, &st);
     printf("stress: %llu writer ops, %llu keys read (%llu hits), %llu pinned checks; grows %llu, "
-           "compacted %llu, expired %llu, inplace %llu, reader retries %llu\n",
+           "compacted %llu, expired %llu, inplace %llu (%llu shorter), reader retries %llu\n",
            (unsigned long long)ops, (unsigned long long)atomic_load(&reads),
            (unsigned long long)atomic_load(&hits), (unsigned long long)atomic_load(&pinned_checks),
            (unsigned long long)st.index_grows, (unsigned long long)st.compacted_segments,
            (unsigned long long)st.expired_segments, (unsigned long long)st.inplace_updates,
-           (unsigned long long)st.reader_retries);
+           (unsigned long long)st.inplace_shrinks, (unsigned long long)st.reader_retries);
     assert_true(st.index_grows >= 3);
+    assert_true(st.inplace_shrinks > 0); /* readers met shorter values written in place */
     assert_true(atomic_load(&reads) > 0);
     dhps_store_destroy(S);
 }
