@@ -576,6 +576,8 @@ static void run_churn(const run_data *d, child_bufs *b, void *ctx, const bench_c
     r->frag_final = r->st_churn.fragmentation;
     r->churn_written = written;
     r->churn_compacted = r->st_churn.compaction_bytes - st0.compaction_bytes;
+    r->churn_inplace = r->st_churn.inplace_updates - st0.inplace_updates;
+    r->churn_shrinks = r->st_churn.inplace_shrinks - st0.inplace_shrinks;
     /* check a spread sample of keys: length, bytes, presence */
     uint64_t ns = N < 262144 ? N : 262144;
     uint32_t *six = (uint32_t *)malloc(ns * sizeof(uint32_t));

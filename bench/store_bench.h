@@ -44,7 +44,7 @@ typedef struct bench_kv_stats {
     uint64_t keys;
     double fragmentation;   /* 1 - live / allocated value storage */
     double load_factor;
-    uint64_t inplace_updates, compacted_segments, index_grows;
+    uint64_t inplace_updates, inplace_shrinks, compacted_segments, index_grows;
     uint64_t compaction_bytes; /* live record bytes compaction moved so far */
     uint64_t live_bytes;       /* bytes of live records, headers included (0: unknown) */
 } bench_kv_stats;

@@ -138,6 +138,7 @@ static void dhps_c_stats(void *ctx, bench_kv_stats *st)
     st->fragmentation = s.fragmentation;
     st->load_factor = s.load_factor;
     st->inplace_updates = s.inplace_updates;
+    st->inplace_shrinks = s.inplace_shrinks;
     st->compacted_segments = s.compacted_segments;
     st->index_grows = s.index_grows;
     st->compaction_bytes = s.compaction_bytes;

@@ -254,6 +254,8 @@ void store_print_json(FILE *f, const run_data *d, const bench_result *res, size_
         churn_copy cc = churn_copy_of(dh);
         json_num(f, "written_payload_bytes", (double)dh->churn_written, true);
         json_num(f, "compaction_bytes", (double)dh->churn_compacted, true);
+        json_num(f, "inplace_overwrites", (double)dh->churn_inplace, true);
+        json_num(f, "inplace_shrinks", (double)dh->churn_shrinks, true);
         json_num(f, "write_amplification", cc.wa, true);
         json_num(f, "copied_bytes_per_op", cc.per_op, true);
         json_num(f, "copied_gb_s", cc.gbs, true);
@@ -465,6 +467,10 @@ void store_print_human(FILE *f, const run_data *d, const bench_result *res, size
             fprintf(f, "  live payload %s (store says %" PRIu64 " B), RSS delta %s, segments %s, "
                        "compacted segments %" PRIu64 "\n",
                     lp, dh->st_churn.payload_bytes, rs, sb, dh->st_churn.compacted_segments);
+            fprintf(f, "  in place: %" PRIu64 " of the overwrites (%.1f %%), %" PRIu64
+                       " of them by a shorter value\n",
+                    dh->churn_inplace, 100.0 * (double)dh->churn_inplace / (double)dh->churn_ops,
+                    dh->churn_shrinks);
             fprintf(f, "  RSS      <= 1.15 x live payload       %6.3f   %s   (final; max over "
                        "samples %.3f)\n",
                     ratio, verdict(ratio, 1.15, false), dh->churn_ratio_max);

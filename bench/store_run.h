@@ -69,6 +69,8 @@ typedef struct bench_result {
     uint64_t churn_checked, churn_bad, churn_misses;
     uint64_t churn_written;   /* sum of 8 + len over the overwrites */
     uint64_t churn_compacted; /* record bytes compaction moved during them */
+    uint64_t churn_inplace;   /* overwrites the store did in place during them */
+    uint64_t churn_shrinks;   /* of those, by a shorter value */
     double copy_gbs;          /* record-sized memcpy on this core after churn, GB/s */
     bench_kv_stats st_churn;
 } bench_result;

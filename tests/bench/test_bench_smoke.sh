@@ -21,6 +21,8 @@ run store 'dhps' store --keys 20000 --ops 100000 --batch 256 --rounds 1
 run store-json '"contenders"|"results"|\{' store --keys 20000 --ops 100000 --batch 256 --json
 run store-churn 'compaction moved [0-9.]+ B of live records per record byte written' \
   store --keys 20000 --ops 20000 --batch 256 --only dhps --churn 3
+run store-churn-inplace 'in place: [0-9]+ of the overwrites' \
+  store --keys 20000 --ops 20000 --batch 256 --only dhps --churn 3
 run store-churn-json '"write_amplification": [0-9]' \
   store --keys 20000 --ops 20000 --batch 256 --only dhps --churn 3 --json
 run store-goal 'fragmentation goal 0.08$' \
