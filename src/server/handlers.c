@@ -332,6 +332,7 @@ void srv_aggregate(dhps_server *s, const srv_table *t, table_agg *a)
         a->st.evicted_records += x.evicted_records;
         a->st.stale_updates += x.stale_updates;
         a->st.compaction_bytes += x.compaction_bytes;
+        a->st.inplace_updates += x.inplace_updates;
     }
     srv_hold_stores_put(v, k);
     a->st.fragmentation =

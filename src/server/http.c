@@ -136,7 +136,8 @@ static void write_metrics(dhps_server *s, FILE *f)
                 (unsigned long long)cum);
     }
     /* per-table families: one HELP/TYPE block each, then a row per table */
-    enum { T_LOOKED, T_FOUND, T_KEYS, T_LIVE, T_SEG, T_IDX, T_FRAG, T_EXP, T_EVI, T_STALE, T_N };
+    enum { T_LOOKED, T_FOUND, T_KEYS, T_LIVE, T_SEG, T_IDX, T_FRAG, T_EXP, T_EVI, T_STALE, T_COMP,
+           T_INPLACE, T_N };
     static const struct { const char *name, *type, *help; } tf[T_N] = {
         {"dhps_keys_looked_up_total", "counter", "Keys asked for in lookups."},
         {"dhps_keys_found_total", "counter", "Keys found by lookups."},
@@ -150,6 +151,10 @@ static void write_metrics(dhps_server *s, FILE *f)
         {"dhps_table_evicted_records_total", "counter", "Records evicted to stay within memory."},
         {"dhps_table_stale_updates_total", "counter",
          "Updates ignored because the store held a newer version."},
+        {"dhps_table_compaction_bytes_total", "counter",
+         "Bytes of live records compaction moved to free space."},
+        {"dhps_table_inplace_updates_total", "counter",
+         "Updates written over the stored record, leaving nothing to compact."},
     };
     table_agg *ag = calloc(s->cfg->ntables ? s->cfg->ntables : 1, sizeof *ag);
     if (ag)
@@ -171,7 +176,9 @@ static void write_metrics(dhps_server *s, FILE *f)
             case T_FRAG: fprintf(f, "%.6f\n", a->st.fragmentation); break;
             case T_EXP: fprintf(f, "%llu\n", (unsigned long long)a->st.expired_records); break;
             case T_EVI: fprintf(f, "%llu\n", (unsigned long long)a->st.evicted_records); break;
-            default: fprintf(f, "%llu\n", (unsigned long long)a->st.stale_updates); break;
+            case T_STALE: fprintf(f, "%llu\n", (unsigned long long)a->st.stale_updates); break;
+            case T_COMP: fprintf(f, "%llu\n", (unsigned long long)a->st.compaction_bytes); break;
+            default: fprintf(f, "%llu\n", (unsigned long long)a->st.inplace_updates); break;
             }
         }
     }

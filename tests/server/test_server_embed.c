@@ -211,10 +211,15 @@ static void test_stats_snapshot_metrics(void **state)
     fx *f = *state;
     uint64_t keys[3] = {11, 12, 13};
     float rows[3 * 8] = {0};
+    int owned = 0;
     for (int i = 0; i < 3; i++)
-        if (dhps_proto_shard_of(keys[i], NSH) < 3)
-            assert_int_equal(t_upsert(&f->tc, "emb", dhps_proto_shard_of(keys[i], NSH),
-                                      &keys[i], 1, rows, 32, 0, 1, NULL), 0);
+        if (dhps_proto_shard_of(keys[i], NSH) < 3) { /* then a newer row, written in place */
+            for (uint64_t ver = 1; ver <= 2; ver++)
+                assert_int_equal(t_upsert(&f->tc, "emb", dhps_proto_shard_of(keys[i], NSH),
+                                          &keys[i], 1, rows, 32, 0, ver, NULL), 0);
+            owned++;
+        }
+    assert_true(owned > 0);
     char text[8192];
     assert_int_equal(t_simple(&f->tc, DHPS_M_STATS, "emb", text, sizeof text, NULL), 0);
     assert_non_null(strstr(text, "\"name\":\"emb\""));
@@ -256,6 +261,8 @@ static void test_stats_snapshot_metrics(void **state)
     assert_true(t_metric(body, "dhps_request_seconds_bucket{method=\"lookup\",le=\"+Inf\"}") >= 1);
     assert_true(t_metric(body, "dhps_table_keys{table=\"emb\"}") >= 1);
     assert_true(t_metric(body, "dhps_table_fragmentation_ratio{table=\"half\"}") >= 0);
+    assert_true(t_metric(body, "dhps_table_inplace_updates_total{table=\"emb\"}") >= 1);
+    assert_true(t_metric(body, "dhps_table_compaction_bytes_total{table=\"emb\"}") >= 0);
     assert_true(t_metric(body, "dhps_rpc_handled_total{transport=\"tcp\"}") >= 1);
     assert_true(t_metric(body, "dhps_snapshot_files_total") >= 12);
     assert_true(t_metric(body, "dhps_ready") == 1);
