@@ -89,11 +89,12 @@ static void breaker_backoff_and_probes(void **state)
     dhps_route_destroy(r);
 }
 
-static void slow_node_is_ejected(void **state)
+/* Four POD nodes 0..3 that learned a 20 us baseline, then, in a fresh breaker window,
+ * node 0 alone answering 30 calls in 200 us (10x slow). */
+static dhps_route *pod_node0_slowed(dhps_route_params *p)
 {
-    (void)state;
-    dhps_route *r = make(NULL);
-    uint32_t reps[4] = {0, 1, 2, 3};
+    dhps_route *r = make(p);
+    const uint32_t reps[4] = {0, 1, 2, 3};
     for (uint32_t i = 0; i < 4; i++)
         add(r, i, DHPS_ROUTE_POD);
     for (int i = 0; i < 4000; i++) { /* learn the 20 us baseline */
@@ -102,11 +103,18 @@ static void slow_node_is_ejected(void **state)
     }
     g_now += 1 * SEC; /* a fresh breaker window */
     dhps_route_choice c;
-    for (int i = 0; i < 30; i++) { /* node 0 turns 10x slow */
+    for (int i = 0; i < 30; i++) {
         g_now += 10 * US;
         assert_int_equal(dhps_route_pick(r, reps, 1, NULL, 0, 0, &c), 0);
         dhps_route_report(r, &c, 200 * US, DHPS_ROUTE_OK);
     }
+    return r;
+}
+
+static void slow_node_is_ejected(void **state)
+{
+    (void)state;
+    dhps_route *r = pod_node0_slowed(NULL);
     dhps_route_node_stats ns;
     dhps_route_node_stats_get(r, 0, &ns);
     assert_int_equal(ns.breaker, DHPS_ROUTE_OPEN);
@@ -214,21 +222,9 @@ static void errors_displace_slow_under_cap(void **state)
     dhps_route_params p;
     dhps_route_params_init(&p);
     p.max_ejection_share = 0.25; /* 4 nodes: one ejection */
-    dhps_route *r = make(&p);
-    uint32_t reps[4] = {0, 1, 2, 3};
-    for (uint32_t i = 0; i < 4; i++)
-        add(r, i, DHPS_ROUTE_POD);
-    for (int i = 0; i < 4000; i++) { /* learn the 20 us baseline */
-        g_now += 10 * US;
-        pick_ok(r, reps, 4, 20 * US);
-    }
-    g_now += 1 * SEC; /* a fresh breaker window */
+    dhps_route *r = pod_node0_slowed(&p); /* node 0 isolated for slowness */
+    const uint32_t reps[4] = {0, 1, 2, 3};
     dhps_route_choice c;
-    for (int i = 0; i < 30; i++) { /* node 0 turns 10x slow: isolated for it */
-        g_now += 10 * US;
-        assert_int_equal(dhps_route_pick(r, &reps[0], 1, NULL, 0, 0, &c), 0);
-        dhps_route_report(r, &c, 200 * US, DHPS_ROUTE_OK);
-    }
     dhps_route_node_stats ns;
     dhps_route_stats s;
     dhps_route_node_stats_get(r, 0, &ns);
