@@ -110,8 +110,10 @@ int main(int argc, char **argv)
     }
     dhps_store_stats st;
     dhps_store_get_stats(s, &st);
-    printf("keys %zu, values %zu B at %u-byte alignment (index %.1f MB, %.2f B/key, fill %.3f), simd %s\n", n, b,
-           1u << p.record_align_log2, st.index_bytes / 1e6, (double)st.index_bytes / n, st.load_factor, dhps_store_simd_name());
+    printf("keys %zu, values %zu B at %u-byte alignment (index %.1f MB, %.2f B/key, fill %.3f), "
+           "simd %s\n",
+           n, b, 1u << p.record_align_log2, st.index_bytes / 1e6, (double)st.index_bytes / n,
+           st.load_factor, dhps_store_simd_name());
     printf("build %.2f M/s  lookup %.2f M/s  upsert %.2f M/s  reference lines %.1f M/s  "
            "lookups per line %.3f\n",
            build / 1e6, best_l / 1e6, best_u / 1e6, best_ref / 1e6, best_l / best_ref);

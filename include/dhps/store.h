@@ -26,10 +26,12 @@
  *   record with a TTL (u32 expiry second), +4 when a version does not fit the delta.
  *
  * Updates. One writer per store. An upsert whose version is lower than the stored
- *   version is ignored and reported. A same-length overwrite that does not extend the
- *   record's expiry is done in place under the bucket's seqlock (readers validate and
- *   retry), unless a zero-copy pin is outstanding; anything else appends a new record
- *   and swings the reference, leaving garbage that compaction reclaims.
+ *   version is ignored and reported. An overwrite by a value no longer than the stored
+ *   one, in the same TTL layer, that does not extend the record's expiry is done in
+ *   place under the bucket's seqlock (readers validate and retry), unless a zero-copy
+ *   pin is outstanding; a shorter value leaves the bytes it frees as garbage (or appends
+ *   when they are fewer than a record header). Anything else appends a new record and
+ *   swings the reference, leaving the old record as garbage that compaction reclaims.
  *
  * TTL layers. Records with a TTL are appended to segments of their TTL class (exact
  *   below 128 s, then 64 classes per power of two), so a segment's records expire
